@@ -1,0 +1,8 @@
+//! Felix: the per-node agent.
+//!
+//! Felix follows Typha's snapshot-plus-delta stream, keeps only what its node
+//! needs, and turns updates into ordered dataplane operations with a
+//! calculation graph that performs no I/O. The binary picks a dataplane driver.
+//!
+//! It refuses to reach into a driver's internals: drivers see only the
+//! dataplane contract.

@@ -1,0 +1,90 @@
+//! Errors from loading resources: each names the input, the document, the
+//! field path and the problem.
+
+use std::fmt;
+
+/// What is wrong with a document or a field.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("input is not UTF-8: invalid byte at offset {offset}")]
+    NotUtf8 {
+        offset: usize,
+        #[source]
+        source: std::str::Utf8Error,
+    },
+    #[error("input is {size} bytes; the limit is {limit} bytes (Kubernetes itself refuses objects over 1.5 MiB)")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("YAML syntax error: {source}")]
+    Syntax {
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("JSON syntax error: {source}")]
+    JsonSyntax {
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("a resource must be a mapping with apiVersion, kind and metadata, found {found}")]
+    NotAMapping { found: &'static str },
+    #[error("missing `{field}`")]
+    MissingType { field: &'static str },
+    #[error("unknown kind {kind:?} for apiVersion {api_version:?}; Manul accepts: {known}")]
+    UnknownKind {
+        api_version: String,
+        kind: String,
+        known: String,
+    },
+    #[error("unknown field `{field}` (a misspelt field could change what a policy allows, so it is an error)")]
+    UnknownField { field: String },
+    #[error("{message}")]
+    Decode { message: String },
+    #[error("{message}")]
+    Invalid { message: String },
+    #[error("duplicate resource {key}: document {first} of this input already defines it")]
+    Duplicate { key: String, first: usize },
+}
+
+/// One problem found while loading, with where it was found.
+#[derive(Debug, thiserror::Error)]
+pub struct LoadError {
+    /// The file name, or `-` for standard input.
+    pub origin: String,
+    /// 1-based index of the document in the input, when known.
+    pub document: Option<usize>,
+    /// `KIND NAMESPACE/NAME` of the resource, when known.
+    pub resource: Option<String>,
+    /// Path of the field inside the document, such as
+    /// `spec.ingress[0].source.selector`.
+    pub path: Option<String>,
+    #[source]
+    pub problem: Problem,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if let Some(doc) = self.document {
+            write!(f, ": document {doc}")?;
+            if let Some(res) = &self.resource {
+                write!(f, " ({res})")?;
+            }
+        }
+        if let Some(path) = &self.path {
+            write!(f, ": {path}")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+/// A problem with one field, found by validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}

@@ -1,0 +1,25 @@
+//! Manul's resource model.
+//!
+//! Typed Calico `projectcalico.org/v3` resources, the Kubernetes kinds Manul
+//! consumes, the Calico selector language, validation with precise error
+//! locations, the conversion of Kubernetes NetworkPolicy and Namespaces into
+//! their v3 form, and resource keys.
+//!
+//! It refuses to do I/O beyond decoding bytes it is handed: no files, no
+//! sockets, no clocks. Callers read files; this crate parses and judges them.
+
+pub mod convert;
+pub mod defaults;
+pub mod error;
+pub mod load;
+pub mod names;
+pub mod operator;
+pub mod resource;
+pub mod selector;
+pub mod v3;
+pub mod validate;
+
+pub use error::{FieldError, LoadError, Problem};
+pub use load::{Loaded, LoadOutcome, load};
+pub use resource::{Kind, Resource, ResourceKey};
+pub use selector::Selector;

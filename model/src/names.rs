@@ -1,0 +1,177 @@
+//! Name and label rules shared with Kubernetes: DNS-1123 names, qualified
+//! label keys, label values and IANA service (port) names.
+
+/// Longest DNS-1123 subdomain (resource names).
+pub const MAX_SUBDOMAIN_LEN: usize = 253;
+/// Longest DNS-1123 label (namespaces, tiers) and label name or value.
+pub const MAX_LABEL_LEN: usize = 63;
+/// Longest IANA service name (named ports).
+pub const MAX_PORT_NAME_LEN: usize = 15;
+/// Largest total size of a resource's annotations, as in Kubernetes.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+fn alnum(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
+}
+
+/// A DNS-1123 label: at most 63 lowercase letters, digits and `-`, starting
+/// and ending with a letter or digit.
+pub fn validate_dns_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > MAX_LABEL_LEN {
+        return Err(format!(
+            "{s:?} is {} characters long; the limit is {MAX_LABEL_LEN}",
+            s.len()
+        ));
+    }
+    let b = s.as_bytes();
+    if !b.iter().all(|&c| alnum(c) || c == b'-') || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return Err(format!(
+            "{s:?} is not a valid DNS-1123 label: use lowercase letters, digits and '-', \
+             starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// A DNS-1123 subdomain: at most 253 characters, dot-separated DNS-1123
+/// labels.
+pub fn validate_dns_subdomain(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > MAX_SUBDOMAIN_LEN {
+        return Err(format!(
+            "{:?}... is {} characters long; the limit is {MAX_SUBDOMAIN_LEN}",
+            &s[..s.floor_char_boundary(20)],
+            s.len()
+        ));
+    }
+    let b = s.as_bytes();
+    let ok = b.iter().all(|&c| alnum(c) || c == b'-' || c == b'.')
+        && alnum(b[0])
+        && alnum(b[b.len() - 1])
+        && !s.contains("..")
+        && !s.contains(".-")
+        && !s.contains("-.");
+    if !ok {
+        return Err(format!(
+            "{s:?} is not a valid DNS-1123 subdomain: use lowercase letters, digits, '-' and '.', \
+             starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+fn label_name_part(s: &str, what: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > MAX_LABEL_LEN {
+        return Err(format!(
+            "{what} {s:?} must be 1-{MAX_LABEL_LEN} characters long"
+        ));
+    }
+    let b = s.as_bytes();
+    let inner = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
+    if !b.iter().all(|&c| inner(c))
+        || !b[0].is_ascii_alphanumeric()
+        || !b[b.len() - 1].is_ascii_alphanumeric()
+    {
+        return Err(format!(
+            "{what} {s:?} must use letters, digits, '-', '_' and '.', \
+             starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// A label key: an optional DNS subdomain prefix and `/`, then a name.
+pub fn validate_label_key(s: &str) -> Result<(), String> {
+    match s.split_once('/') {
+        Some((prefix, name)) => {
+            validate_dns_subdomain(prefix).map_err(|e| format!("label key prefix: {e}"))?;
+            label_name_part(name, "label name")
+        }
+        None => label_name_part(s, "label name"),
+    }
+}
+
+/// A label value: empty, or a label name part.
+pub fn validate_label_value(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    label_name_part(s, "label value")
+}
+
+/// An IANA service name: 1-15 lowercase letters, digits and `-`, with at
+/// least one letter, no leading, trailing or doubled `-`.
+pub fn validate_port_name(s: &str) -> Result<(), String> {
+    let b = s.as_bytes();
+    let ok = !s.is_empty()
+        && s.len() <= MAX_PORT_NAME_LEN
+        && b.iter().all(|&c| alnum(c) || c == b'-')
+        && b.iter().any(|c| c.is_ascii_lowercase())
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && !s.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "not a valid port name: use 1-{MAX_PORT_NAME_LEN} lowercase letters, digits and '-', \
+             with at least one letter"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "production", "a-1", "0abc"] {
+            assert!(validate_dns_label(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "A", "-a", "a-", "a.b", "a_b", &"a".repeat(64)] {
+            assert!(validate_dns_label(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dns_subdomains() {
+        for ok in ["a", "security.block-threats", "knp.default.x", &"a".repeat(253)] {
+            assert!(validate_dns_subdomain(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Frontend", "a..b", ".a", "a.", "a_b", "a.-b", &"a".repeat(254)] {
+            assert!(validate_dns_subdomain(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn label_keys_and_values() {
+        for ok in ["app", "kubernetes.io/metadata.name", "node-role.kubernetes.io/worker", "A_b"] {
+            assert!(validate_label_key(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "/app", "a/", "Bad_Prefix/x", "-a", "a b", &"a".repeat(64)] {
+            assert!(validate_label_key(bad).is_err(), "{bad}");
+        }
+        for ok in ["", "true", "v1.2_3-x"] {
+            assert!(validate_label_value(ok).is_ok(), "{ok}");
+        }
+        for bad in ["-x", "x y", "x/y", &"v".repeat(64)] {
+            assert!(validate_label_value(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn port_names() {
+        for ok in ["http", "metrics-2", "h2c"] {
+            assert!(validate_port_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "123", "HTTP", "-http", "http-", "a--b", "sixteen-letters-", "a_b"] {
+            assert!(validate_port_name(bad).is_err(), "{bad}");
+        }
+    }
+}

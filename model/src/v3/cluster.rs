@@ -1,0 +1,274 @@
+//! Cluster-level resources: nodes, IP pools and Felix configuration.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+use super::primitives::{Cidr, Protocol};
+use crate::selector::Selector;
+
+/// Spec of a `Node`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<NodeBgpSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<NodeAddress>,
+    #[serde(default, rename = "ipv4VXLANTunnelAddr", skip_serializing_if = "Option::is_none")]
+    pub ipv4_vxlan_tunnel_addr: Option<IpAddr>,
+    #[serde(default, rename = "vxlanTunnelMACAddr", skip_serializing_if = "Option::is_none")]
+    pub vxlan_tunnel_mac_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orch_refs: Vec<OrchRef>,
+}
+
+/// BGP settings of a node; Manul reads the node's addresses from here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeBgpSpec {
+    #[serde(default, rename = "ipv4Address", skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<Cidr>,
+    #[serde(default, rename = "ipv6Address", skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<Cidr>,
+    #[serde(default, rename = "ipv4IPIPTunnelAddr", skip_serializing_if = "Option::is_none")]
+    pub ipv4_ipip_tunnel_addr: Option<IpAddr>,
+    #[serde(default, rename = "asNumber", skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    #[serde(default, rename = "routeReflectorClusterID", skip_serializing_if = "Option::is_none")]
+    pub route_reflector_cluster_id: Option<String>,
+}
+
+/// One address of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeAddress {
+    pub address: String,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub address_type: Option<NodeAddressType>,
+}
+
+/// Where a node address came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeAddressType {
+    InternalIP,
+    ExternalIP,
+    #[serde(rename = "CalicoNodeIP")]
+    CalicoNodeIp,
+}
+
+/// The orchestrator's name for a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrchRef {
+    pub node_name: String,
+    pub orchestrator: String,
+}
+
+/// Encapsulation mode of an IP pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EncapMode {
+    #[default]
+    Never,
+    Always,
+    CrossSubnet,
+}
+
+/// What addresses of a pool may be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AllowedUse {
+    Workload,
+    Tunnel,
+    LoadBalancer,
+}
+
+/// How addresses are handed out from a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AssignmentMode {
+    Automatic,
+    Manual,
+}
+
+/// Spec of an `IPPool`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpPoolSpec {
+    /// Required; validation reports a pool without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<Cidr>,
+    #[serde(default)]
+    pub vxlan_mode: EncapMode,
+    #[serde(default, rename = "ipipMode")]
+    pub ipip_mode: EncapMode,
+    #[serde(default)]
+    pub nat_outgoing: bool,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default, rename = "disableBGPExport")]
+    pub disable_bgp_export: bool,
+    /// Per-node block size; defaults to 26 (IPv4) or 122 (IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u8>,
+    #[serde(default = "Selector::all")]
+    pub node_selector: Selector,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_uses: Vec<AllowedUse>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment_mode: Option<AssignmentMode>,
+}
+
+/// A Go-style duration such as `90s`, `1m30s` or `500ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GoDuration(pub Duration);
+
+impl FromStr for GoDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<GoDuration, String> {
+        let bad = || format!("{s:?} is not a duration (such as 90s, 1m30s or 500ms)");
+        if s == "0" {
+            return Ok(GoDuration(Duration::ZERO));
+        }
+        let mut rest = s;
+        let mut total = 0f64;
+        if rest.is_empty() {
+            return Err(bad());
+        }
+        while !rest.is_empty() {
+            let num_len = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .ok_or_else(bad)?;
+            let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+            rest = &rest[num_len..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(rest.len());
+            let scale = match &rest[..unit_len] {
+                "ns" => 1e-9,
+                "us" | "µs" => 1e-6,
+                "ms" => 1e-3,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return Err(bad()),
+            };
+            rest = &rest[unit_len..];
+            total += value * scale;
+        }
+        Duration::try_from_secs_f64(total)
+            .map(GoDuration)
+            .map_err(|_| bad())
+    }
+}
+
+impl fmt::Display for GoDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        if d.subsec_nanos() == 0 {
+            write!(f, "{}s", d.as_secs())
+        } else if d.subsec_nanos() % 1_000_000 == 0 {
+            write!(f, "{}ms", d.as_millis())
+        } else {
+            write!(f, "{}ns", d.as_nanos())
+        }
+    }
+}
+
+impl Serialize for GoDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for GoDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<GoDuration, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+/// A protocol and port that is always allowed on host endpoints, so a bad
+/// policy cannot cut a node off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProtoPort {
+    pub protocol: Protocol,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<Cidr>,
+}
+
+/// Log severities, as Calico spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogSeverity {
+    Trace,
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Fatal,
+}
+
+/// What happens to traffic from a workload to its own host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointToHostAction {
+    Drop,
+    Return,
+    Accept,
+}
+
+/// Spec of a `FelixConfiguration` (`default` for the cluster, `node.NAME`
+/// for one node). Only the settings Manul implements are accepted, so a
+/// setting that would be ignored is reported instead.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FelixConfigurationSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_severity_screen: Option<LogSeverity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_log_level: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_map_size_conntrack: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_map_size_ip_sets: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_kube_proxy_iptables_cleanup_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iptables_backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iptables_refresh_interval: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipsets_refresh_interval: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_refresh_interval: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reporting_interval: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_logs_flush_interval: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_logs_file_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_metrics_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_metrics_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_endpoint_to_host_action: Option<EndpointToHostAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failsafe_inbound_host_ports: Option<Vec<ProtoPort>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failsafe_outbound_host_ports: Option<Vec<ProtoPort>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_sync_path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_status_path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface_prefix: Option<String>,
+}

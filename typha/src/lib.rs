@@ -1,0 +1,8 @@
+//! Typha: the cluster's source of truth for policy state.
+//!
+//! Typha replicates a versioned key/value state machine of Manul resources
+//! with Raft (tikv `raft`, `sled` storage) and streams a shared snapshot plus
+//! reference-counted deltas to every Felix agent.
+//!
+//! It refuses to know anything about dataplanes: it stores and fans out
+//! validated resources, nothing else.
