@@ -4,7 +4,6 @@
 //! - a policy's `types` are inferred from its rule lists when absent:
 //!   `Egress` when it has egress rules, `Ingress` when it has ingress rules
 //!   or no egress rules (so a policy with no rules at all denies ingress);
-//!   a `preDNAT` policy only ever has `Ingress`;
 //! - a tier's `defaultAction` is `Deny`;
 //! - an IP pool's block size is 26 (IPv4) or 122 (IPv6), its allowed uses
 //!   are `Workload` and `Tunnel`, and its assignment mode is `Automatic`.
@@ -38,11 +37,7 @@ pub fn apply(mut resource: Resource) -> Resource {
         }
         Resource::GlobalNetworkPolicy(o) => {
             if o.spec.types.is_empty() {
-                o.spec.types = if o.spec.pre_dnat {
-                    vec![PolicyType::Ingress]
-                } else {
-                    infer_types(&o.spec.ingress, &o.spec.egress)
-                };
+                o.spec.types = infer_types(&o.spec.ingress, &o.spec.egress);
             }
         }
         Resource::Tier(o) => {
