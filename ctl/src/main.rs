@@ -19,7 +19,11 @@ mod validate;
 const EXIT_BAD_INPUT: u8 = 2;
 
 #[derive(Debug, Parser)]
-#[command(name = "manulctl", version, about = "Manul's command line: validate, convert and inspect network policy resources")]
+#[command(
+    name = "manulctl",
+    version,
+    about = "Manul's command line: validate, convert and inspect network policy resources"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

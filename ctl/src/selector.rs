@@ -90,26 +90,39 @@ mod tests {
     #[test]
     fn one_answer_per_line_in_order() {
         let (out, code) = run_lines(concat!(
-            r#"{"selector": "app == 'api'", "labels": {"app": "api"}}"#, "\n",
-            r#"{"selector": "app == 'api'", "labels": {}}"#, "\n",
+            r#"{"selector": "app == 'api'", "labels": {"app": "api"}}"#,
             "\n",
-            r#"{"selector": "a in {'y', 'x', 'x'}"}"#, "\n",
-            r#"{"selector": "app == api"}"#, "\n",
-            r#"{"labels": {}}"#, "\n",
+            r#"{"selector": "app == 'api'", "labels": {}}"#,
+            "\n",
+            "\n",
+            r#"{"selector": "a in {'y', 'x', 'x'}"}"#,
+            "\n",
+            r#"{"selector": "app == api"}"#,
+            "\n",
+            r#"{"labels": {}}"#,
+            "\n",
         ));
         assert_eq!(code, ExitCode::SUCCESS);
-        let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 5);
         assert_eq!(lines[0], json!({"match": true}));
         assert_eq!(lines[1], json!({"match": false}));
         assert_eq!(lines[2], json!({"canonical": "a in {\"x\", \"y\"}"}));
-        assert!(lines[3]["error"].as_str().unwrap().contains("position 7"), "{}", lines[3]);
+        assert!(
+            lines[3]["error"].as_str().unwrap().contains("position 7"),
+            "{}",
+            lines[3]
+        );
         assert!(lines[4]["error"].is_string());
     }
 
     #[test]
     fn non_json_input_exits_2_after_earlier_answers() {
-        let (out, code) = run_lines("{\"selector\": \"all()\"}\nnot json\n{\"selector\": \"all()\"}\n");
+        let (out, code) =
+            run_lines("{\"selector\": \"all()\"}\nnot json\n{\"selector\": \"all()\"}\n");
         assert_eq!(code, ExitCode::from(2));
         assert_eq!(out.lines().count(), 1);
     }

@@ -15,7 +15,10 @@ pub fn run(args: &FileArgs) -> Result<ExitCode> {
         for e in &errors {
             eprintln!("error: {e}");
         }
-        eprintln!("{} error(s); nothing is valid until all are fixed", errors.len());
+        eprintln!(
+            "{} error(s); nothing is valid until all are fixed",
+            errors.len()
+        );
         return Ok(ExitCode::from(crate::EXIT_BAD_INPUT));
     }
     for input in &inputs {

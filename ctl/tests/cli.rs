@@ -50,30 +50,57 @@ fn validate_accepts_every_example() {
         "GlobalNetworkPolicy security.block-threats ok",
         "GlobalNetworkPolicy default-deny-with-dns ok",
     ] {
-        assert!(stdout.lines().any(|l| l == line), "{line:?} missing from:\n{stdout}");
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line:?} missing from:\n{stdout}"
+        );
     }
-    assert_eq!(stdout.lines().count(), 8, "bad/ is not read without -R:\n{stdout}");
+    assert_eq!(
+        stdout.lines().count(),
+        8,
+        "bad/ is not read without -R:\n{stdout}"
+    );
 }
 
 #[test]
 fn validate_rejects_every_bad_example_with_exit_2() {
     let bad = examples().join("bad");
     for (file, needle) in [
-        ("bad-cidr.yaml", "spec.nets[0]: \"10.0.0.300/8\" is not a valid CIDR"),
-        ("bad-selector.yaml", "spec.selector: invalid selector \"app == api\": at position 7"),
+        (
+            "bad-cidr.yaml",
+            "spec.nets[0]: \"10.0.0.300/8\" is not a valid CIDR",
+        ),
+        (
+            "bad-selector.yaml",
+            "spec.selector: invalid selector \"app == api\": at position 7",
+        ),
     ] {
         let path = bad.join(file);
         let out = manulctl(&["validate", "-f", path.to_str().unwrap()], None);
         assert_eq!(out.status.code(), Some(2), "{file}");
-        assert!(out.stdout.is_empty(), "{file}: nothing is ok when anything is bad");
+        assert!(
+            out.stdout.is_empty(),
+            "{file}: nothing is ok when anything is bad"
+        );
         let stderr = text(&out.stderr);
         assert!(stderr.contains(needle), "{file}: {stderr}");
-        assert!(stderr.contains(file), "{file}: error names the file: {stderr}");
+        assert!(
+            stderr.contains(file),
+            "{file}: error names the file: {stderr}"
+        );
     }
     // Recursing into bad/ makes the whole run fail, reporting both errors.
-    let out = manulctl(&["validate", "-R", "-f", examples().to_str().unwrap()], None);
+    let out = manulctl(
+        &["validate", "-R", "-f", examples().to_str().unwrap()],
+        None,
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(text(&out.stderr).matches("error: ").count(), 2, "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).matches("error: ").count(),
+        2,
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -85,7 +112,11 @@ fn validate_reads_stdin_and_rejects_garbage() {
 
     let out = manulctl(&["validate", "-f", "-"], Some(b"\xff\xfe\x00garbage"));
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("-: input is not UTF-8"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("-: input is not UTF-8"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = manulctl(&["validate", "-f", "/nonexistent/file.yaml"], None);
     assert_eq!(out.status.code(), Some(2));
@@ -110,7 +141,11 @@ fn validate_reports_a_50_mb_document_without_reading_it_whole() {
     drop(f);
     let out = manulctl(&["validate", "-f", path.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("the limit is 8388608 bytes"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the limit is 8388608 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -121,7 +156,10 @@ fn convert_prints_the_v3_form() {
     let yaml = text(&out.stdout);
     // The output is itself loadable v3.
     let loaded = manul_model_load(&yaml);
-    assert!(loaded.contains("NetworkPolicy data/knp.default.db-ingress ok"), "{loaded}");
+    assert!(
+        loaded.contains("NetworkPolicy data/knp.default.db-ingress ok"),
+        "{loaded}"
+    );
     for needle in [
         "selector: projectcalico.org/orchestrator == \"k8s\" && role == \"db\"",
         "namespaceSelector: team == \"web\"",
@@ -149,17 +187,26 @@ fn selector_eval_answers_each_line() {
     );
     let out = manulctl(&["selector", "eval"], Some(input.as_bytes()));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> =
-        text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 4);
     assert_eq!(lines[0], serde_json::json!({"match": true}));
-    assert_eq!(lines[1], serde_json::json!({"match": true}), "absent label: != is true");
+    assert_eq!(
+        lines[1],
+        serde_json::json!({"match": true}),
+        "absent label: != is true"
+    );
     assert_eq!(
         lines[2],
         serde_json::json!({"canonical": "(b in {\"a\", \"z\"} || (a == \"x\" && c == \"y\"))"})
     );
     assert!(lines[3]["error"].as_str().unwrap().contains("position 7"));
 
-    let out = manulctl(&["selector", "eval"], Some(b"{\"selector\": \"all()\"}\n[oops\n"));
+    let out = manulctl(
+        &["selector", "eval"],
+        Some(b"{\"selector\": \"all()\"}\n[oops\n"),
+    );
     assert_eq!(out.status.code(), Some(2));
 }

@@ -98,14 +98,26 @@ pub fn label_selector_text(sel: &LabelSelector, path: &str) -> Result<String, Co
                 return fail(format!("{p}.values[{j}]"), e);
             }
         }
-        let set = || values.iter().map(|v| quote(v)).collect::<Vec<_>>().join(", ");
+        let set = || {
+            values
+                .iter()
+                .map(|v| quote(v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let k = &req.key;
         parts.push(match req.operator.as_str() {
             "In" | "NotIn" if values.is_empty() => {
-                return fail(format!("{p}.values"), format!("{} needs at least one value", req.operator));
+                return fail(
+                    format!("{p}.values"),
+                    format!("{} needs at least one value", req.operator),
+                );
             }
             "Exists" | "DoesNotExist" if !values.is_empty() => {
-                return fail(format!("{p}.values"), format!("{} takes no values", req.operator));
+                return fail(
+                    format!("{p}.values"),
+                    format!("{} takes no values", req.operator),
+                );
             }
             "In" => format!("{k} in {{{}}}", set()),
             "NotIn" => format!("{k} not in {{{}}}", set()),
@@ -163,7 +175,10 @@ fn peer_entity(peer: &NetworkPolicyPeer, path: &str) -> Result<EntityRule, Conve
         return Ok(e);
     }
     if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
-        return fail(path, "a peer must set podSelector, namespaceSelector or ipBlock");
+        return fail(
+            path,
+            "a peer must set podSelector, namespaceSelector or ipBlock",
+        );
     }
     e.selector = Some(pod_selector(
         peer.pod_selector.as_ref(),
@@ -200,7 +215,10 @@ fn port_groups(ports: &[NetworkPolicyPort], path: &str) -> Result<PortGroups, Co
             (None, None) => None,
             (Some(IntOrString::String(name)), end) => {
                 if end.is_some() {
-                    return fail(format!("{path}.endPort"), "endPort needs a numeric port, not a named one");
+                    return fail(
+                        format!("{path}.endPort"),
+                        "endPort needs a numeric port, not a named one",
+                    );
                 }
                 if let Err(e) = names::validate_port_name(name) {
                     return fail(format!("{path}.port"), format!("{name:?}: {e}"));
@@ -209,10 +227,15 @@ fn port_groups(ports: &[NetworkPolicyPort], path: &str) -> Result<PortGroups, Co
             }
             (Some(IntOrString::Int(n)), end) => {
                 let check = |v: i32, field: &str| {
-                    u16::try_from(v)
-                        .ok()
-                        .filter(|v| *v >= 1)
-                        .map_or_else(|| fail(format!("{path}.{field}"), format!("{v} is out of range 1-65535")), Ok)
+                    u16::try_from(v).ok().filter(|v| *v >= 1).map_or_else(
+                        || {
+                            fail(
+                                format!("{path}.{field}"),
+                                format!("{v} is out of range 1-65535"),
+                            )
+                        },
+                        Ok,
+                    )
                 };
                 let min = check(*n, "port")?;
                 let max = match end {
@@ -220,7 +243,10 @@ fn port_groups(ports: &[NetworkPolicyPort], path: &str) -> Result<PortGroups, Co
                     None => min,
                 };
                 if max < min {
-                    return fail(format!("{path}.endPort"), format!("endPort {max} is below port {min}"));
+                    return fail(
+                        format!("{path}.endPort"),
+                        format!("endPort {max} is below port {min}"),
+                    );
                 }
                 Some(Port::Range { min, max })
             }
@@ -229,7 +255,12 @@ fn port_groups(ports: &[NetworkPolicyPort], path: &str) -> Result<PortGroups, Co
             Some((_, all @ None)) => *all = None,
             Some((_, Some(list))) => match port {
                 Some(port) => list.push(port),
-                None => groups.retain_mut(|(p, l)| *p != proto || { *l = None; true }),
+                None => groups.retain_mut(|(p, l)| {
+                    *p != proto || {
+                        *l = None;
+                        true
+                    }
+                }),
             },
             None => groups.push((proto, port.map(|p| vec![p]))),
         }
@@ -282,11 +313,21 @@ pub fn network_policy(np: &K8sNetworkPolicy) -> Result<Object<NetworkPolicySpec>
     let selector = pod_selector(spec.pod_selector.as_ref(), "spec.podSelector")?;
     let mut ingress = Vec::new();
     for (i, r) in spec.ingress.iter().flatten().enumerate() {
-        ingress.extend(rules(r.from.as_deref(), r.ports.as_deref(), true, &format!("spec.ingress[{i}]"))?);
+        ingress.extend(rules(
+            r.from.as_deref(),
+            r.ports.as_deref(),
+            true,
+            &format!("spec.ingress[{i}]"),
+        )?);
     }
     let mut egress = Vec::new();
     for (i, r) in spec.egress.iter().flatten().enumerate() {
-        egress.extend(rules(r.to.as_deref(), r.ports.as_deref(), false, &format!("spec.egress[{i}]"))?);
+        egress.extend(rules(
+            r.to.as_deref(),
+            r.ports.as_deref(),
+            false,
+            &format!("spec.egress[{i}]"),
+        )?);
     }
     let types = match &spec.policy_types {
         Some(t) if !t.is_empty() => {
@@ -303,7 +344,10 @@ pub fn network_policy(np: &K8sNetworkPolicy) -> Result<Object<NetworkPolicySpec>
                     }
                 };
                 if types.contains(&ty) {
-                    return fail(format!("spec.policyTypes[{i}]"), format!("{t} is listed twice"));
+                    return fail(
+                        format!("spec.policyTypes[{i}]"),
+                        format!("{t} is listed twice"),
+                    );
                 }
                 types.push(ty);
             }

@@ -92,14 +92,20 @@ fn kubernetes_policies_convert_with_calico_semantics() {
 
 #[test]
 fn namespace_becomes_a_profile_with_prefixed_labels() {
-    let ns = one("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n  labels:\n    team: web\n");
-    let Some(Ok(Resource::Profile(p))) = to_v3(&ns) else { panic!() };
+    let ns =
+        one("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n  labels:\n    team: web\n");
+    let Some(Ok(Resource::Profile(p))) = to_v3(&ns) else {
+        panic!()
+    };
     assert_eq!(p.name(), "kns.prod");
     let labels: Vec<_> = p.spec.labels_to_apply.iter().collect();
     assert_eq!(
         labels,
         [
-            (&"pcns.projectcalico.org/name".to_string(), &"prod".to_string()),
+            (
+                &"pcns.projectcalico.org/name".to_string(),
+                &"prod".to_string()
+            ),
             (&"pcns.team".to_string(), &"web".to_string()),
         ]
     );

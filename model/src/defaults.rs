@@ -30,15 +30,11 @@ pub fn infer_types(ingress: &[Rule], egress: &[Rule]) -> Vec<PolicyType> {
 pub fn apply(mut resource: Resource) -> Resource {
     let namespaced = resource.kind().namespaced();
     match &mut resource {
-        Resource::NetworkPolicy(o) => {
-            if o.spec.types.is_empty() {
-                o.spec.types = infer_types(&o.spec.ingress, &o.spec.egress);
-            }
+        Resource::NetworkPolicy(o) if o.spec.types.is_empty() => {
+            o.spec.types = infer_types(&o.spec.ingress, &o.spec.egress);
         }
-        Resource::GlobalNetworkPolicy(o) => {
-            if o.spec.types.is_empty() {
-                o.spec.types = infer_types(&o.spec.ingress, &o.spec.egress);
-            }
+        Resource::GlobalNetworkPolicy(o) if o.spec.types.is_empty() => {
+            o.spec.types = infer_types(&o.spec.ingress, &o.spec.egress);
         }
         Resource::Tier(o) => {
             o.spec.default_action.get_or_insert(Action::Deny);
@@ -52,7 +48,8 @@ pub fn apply(mut resource: Resource) -> Resource {
             if spec.allowed_uses.is_empty() {
                 spec.allowed_uses = vec![AllowedUse::Workload, AllowedUse::Tunnel];
             }
-            spec.assignment_mode.get_or_insert(AssignmentMode::Automatic);
+            spec.assignment_mode
+                .get_or_insert(AssignmentMode::Automatic);
         }
         _ => {}
     }

@@ -12,7 +12,9 @@ pub enum Problem {
         #[source]
         source: std::str::Utf8Error,
     },
-    #[error("input is {size} bytes; the limit is {limit} bytes (Kubernetes itself refuses objects over 1.5 MiB)")]
+    #[error(
+        "input is {size} bytes; the limit is {limit} bytes (Kubernetes itself refuses objects over 1.5 MiB)"
+    )]
     TooLarge { size: u64, limit: u64 },
     #[error("YAML syntax error: {source}")]
     Syntax {
@@ -34,7 +36,9 @@ pub enum Problem {
         kind: String,
         known: String,
     },
-    #[error("unknown field `{field}` (a misspelt field could change what a policy allows, so it is an error)")]
+    #[error(
+        "unknown field `{field}` (a misspelt field could change what a policy allows, so it is an error)"
+    )]
     UnknownField { field: String },
     #[error("{message}")]
     Decode { message: String },

@@ -20,6 +20,6 @@ pub mod v3;
 pub mod validate;
 
 pub use error::{FieldError, LoadError, Problem};
-pub use load::{Loaded, LoadOutcome, load};
+pub use load::{LoadOutcome, Loaded, load};
 pub use resource::{Kind, Resource, ResourceKey};
 pub use selector::Selector;

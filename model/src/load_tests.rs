@@ -66,30 +66,118 @@ spec:
 /// (spec body under a namespaced NetworkPolicy, path, reason) per
 /// validation error.
 const POLICY_ERRORS: &[(&str, &str, &str)] = &[
-    ("  ingress:\n  - action: Allow\n    sorce:\n      selector: all()\n", "spec.ingress[0]", "unknown field `sorce`"),
+    (
+        "  ingress:\n  - action: Allow\n    sorce:\n      selector: all()\n",
+        "spec.ingress[0]",
+        "unknown field `sorce`",
+    ),
     ("  selector: app == api\n", "spec.selector", "position 7"),
     ("  selector: (a == 'b'\n", "spec.selector", "position"),
-    ("  ingress:\n  - action: Allow\n    source:\n      nets: [10.0.0.0/33]\n", "spec.ingress[0].source.nets[0]", "not a valid CIDR"),
-    ("  ingress:\n  - action: Allow\n    protocol: TCP\n    destination:\n      ports: [70000]\n", "spec.ingress[0].destination.ports[0]", "out of range 0-65535"),
-    ("  ingress:\n  - action: Allow\n    protocol: TCP\n    destination:\n      ports: [-1]\n", "spec.ingress[0].destination.ports[0]", "out of range"),
-    ("  ingress:\n  - action: Allow\n    protocol: TCP\n    destination:\n      ports: ['90:80']\n", "spec.ingress[0].destination.ports[0]", "low end 90 is above the high end 80"),
-    ("  ingress:\n  - action: Allow\n    protocol: TCP\n    destination:\n      ports: ['1:70000']\n", "spec.ingress[0].destination.ports[0]", "out of range"),
-    ("  ingress:\n  - action: Allow\n    protocol: TCP\n    destination:\n      ports: [Web_Port]\n", "spec.ingress[0].destination.ports[0]", "not a valid port name"),
-    ("  ingress:\n  - action: Allow\n    protocol: TCPX\n", "spec.ingress[0].protocol", "unknown protocol \"TCPX\""),
-    ("  ingress:\n  - action: Allow\n    protocol: 300\n", "spec.ingress[0].protocol", "out of range 1-255"),
-    ("  ingress:\n  - action: Allow\n    protocol: TCP\n    icmp:\n      type: 8\n", "spec.ingress[0].icmp", "need protocol ICMP or ICMPv6"),
-    ("  ingress:\n  - action: Allow\n    protocol: ICMP\n    icmp:\n      code: 0\n", "spec.ingress[0].icmp.code", "needs an ICMP type"),
-    ("  ingress:\n  - action: Allow\n    protocol: ICMP\n    icmp:\n      type: 255\n", "spec.ingress[0].icmp.type", "0-254"),
-    ("  ingress:\n  - action: Allow\n    protocol: ICMP\n    notICMP:\n      type: 300\n", "spec.ingress[0].notICMP.type", "300"),
-    ("  ingress:\n  - action: Accept\n", "spec.ingress[0].action", "unknown variant `Accept`"),
-    ("  ingress:\n  - protocol: TCP\n", "spec.ingress[0]", "missing field `action`"),
-    ("  ingress:\n  - action: Allow\n    destination:\n      ports: [80]\n", "spec.ingress[0].destination.ports", "need a protocol"),
-    ("  ingress:\n  - action: Allow\n    protocol: ICMP\n    destination:\n      ports: [80]\n", "spec.ingress[0].destination.ports", "protocol is ICMP"),
-    ("  ingress:\n  - action: Allow\n    ipVersion: 4\n    source:\n      nets: ['fd00::/64']\n", "spec.ingress[0].source.nets[0]", "ipVersion is 4"),
-    ("  ingress:\n  - action: Allow\n    ipVersion: 5\n", "spec.ingress[0].ipVersion", "must be 4 or 6"),
-    ("  types: [Egress]\n  ingress:\n  - action: Allow\n", "spec.ingress", "does not include Ingress"),
-    ("  types: [Ingress, Ingress]\n", "spec.types[1]", "listed twice"),
-    ("  types: [Inbound]\n", "spec.types[0]", "unknown variant `Inbound`"),
+    (
+        "  ingress:\n  - action: Allow\n    source:\n      nets: [10.0.0.0/33]\n",
+        "spec.ingress[0].source.nets[0]",
+        "not a valid CIDR",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    protocol: TCP\n    destination:\n      ports: [70000]\n",
+        "spec.ingress[0].destination.ports[0]",
+        "out of range 0-65535",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    protocol: TCP\n    destination:\n      ports: [-1]\n",
+        "spec.ingress[0].destination.ports[0]",
+        "out of range",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    protocol: TCP\n    destination:\n      ports: ['90:80']\n",
+        "spec.ingress[0].destination.ports[0]",
+        "low end 90 is above the high end 80",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    protocol: TCP\n    destination:\n      ports: ['1:70000']\n",
+        "spec.ingress[0].destination.ports[0]",
+        "out of range",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    protocol: TCP\n    destination:\n      ports: [Web_Port]\n",
+        "spec.ingress[0].destination.ports[0]",
+        "not a valid port name",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    protocol: TCPX\n",
+        "spec.ingress[0].protocol",
+        "unknown protocol \"TCPX\"",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    protocol: 300\n",
+        "spec.ingress[0].protocol",
+        "out of range 1-255",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    protocol: TCP\n    icmp:\n      type: 8\n",
+        "spec.ingress[0].icmp",
+        "need protocol ICMP or ICMPv6",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    protocol: ICMP\n    icmp:\n      code: 0\n",
+        "spec.ingress[0].icmp.code",
+        "needs an ICMP type",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    protocol: ICMP\n    icmp:\n      type: 255\n",
+        "spec.ingress[0].icmp.type",
+        "0-254",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    protocol: ICMP\n    notICMP:\n      type: 300\n",
+        "spec.ingress[0].notICMP.type",
+        "300",
+    ),
+    (
+        "  ingress:\n  - action: Accept\n",
+        "spec.ingress[0].action",
+        "unknown variant `Accept`",
+    ),
+    (
+        "  ingress:\n  - protocol: TCP\n",
+        "spec.ingress[0]",
+        "missing field `action`",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    destination:\n      ports: [80]\n",
+        "spec.ingress[0].destination.ports",
+        "need a protocol",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    protocol: ICMP\n    destination:\n      ports: [80]\n",
+        "spec.ingress[0].destination.ports",
+        "protocol is ICMP",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    ipVersion: 4\n    source:\n      nets: ['fd00::/64']\n",
+        "spec.ingress[0].source.nets[0]",
+        "ipVersion is 4",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    ipVersion: 5\n",
+        "spec.ingress[0].ipVersion",
+        "must be 4 or 6",
+    ),
+    (
+        "  types: [Egress]\n  ingress:\n  - action: Allow\n",
+        "spec.ingress",
+        "does not include Ingress",
+    ),
+    (
+        "  types: [Ingress, Ingress]\n",
+        "spec.types[1]",
+        "listed twice",
+    ),
+    (
+        "  types: [Inbound]\n",
+        "spec.types[0]",
+        "unknown variant `Inbound`",
+    ),
     ("  tier: Security\n", "spec.tier", "DNS-1123 label"),
     ("  order: .nan\n", "spec.order", "finite"),
     ("  selector: all()\n  selector: all()\n", "", "duplicate"),
@@ -100,44 +188,170 @@ fn each_policy_validation_error_names_path_and_reason() {
     for (body, path, reason) in POLICY_ERRORS {
         let msg = only_error(&format!("{POLICY_HEAD}{body}"));
         assert!(msg.starts_with("test.yaml: document 1"), "{msg}");
-        assert!(msg.contains(&format!(": {path}")), "path {path:?} missing from: {msg}");
-        assert!(msg.contains(reason), "reason {reason:?} missing from: {msg}");
+        assert!(
+            msg.contains(&format!(": {path}")),
+            "path {path:?} missing from: {msg}"
+        );
+        assert!(
+            msg.contains(reason),
+            "reason {reason:?} missing from: {msg}"
+        );
     }
 }
 
 /// (whole document, path, reason) for the other kinds and for metadata.
 const OTHER_ERRORS: &[(&str, &str, &str)] = &[
-    ("apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: Frontend\n", "metadata.name", "DNS-1123 subdomain"),
-    ("apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  nmae: x\n", "metadata", "unknown field `nmae`"),
-    ("apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  namespace: x\n", "metadata.name", "required"),
-    ("apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: Prod\n", "metadata.namespace", "DNS-1123 label"),
-    ("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: s\n  namespace: prod\n", "metadata.namespace", "cluster-scoped"),
-    ("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: s\n  labels:\n    app: -bad\n", "metadata.labels.app", "label value"),
-    ("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: s\n  labels:\n    'bad key': x\n", "metadata.labels.bad key", "label name"),
-    ("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: g\nspec:\n  preDNAT: true\n", "spec.preDNAT", "requires applyOnForward"),
-    ("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: g\nspec:\n  doNotTrack: true\n", "spec.doNotTrack", "requires applyOnForward"),
-    ("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: g\nspec:\n  applyOnForward: true\n  preDNAT: true\n  egress:\n  - action: Allow\n", "spec.egress", "ingress only"),
-    ("apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata:\n  name: t\nspec:\n  defaultAction: Allow\n", "spec.defaultAction", "Deny or Pass"),
-    ("apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: h\nspec:\n  interfaceName: eth0\n", "spec.node", "required"),
-    ("apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: h\nspec:\n  node: n\n  expectedIPs: [10.0.0.300]\n", "spec.expectedIPs[0]", "invalid IP"),
-    ("apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: w\n  namespace: ns\nspec:\n  node: n\n  ports:\n  - name: Http\n    protocol: TCP\n    port: 80\n", "spec.ports[0].name", "not a valid port name"),
-    ("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  cidr: 10.0.0.0/16\n  blockSize: 8\n", "spec.blockSize", "20-32"),
-    ("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  blockSize: 26\n", "spec.cidr", "required"),
-    ("apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n  iptablesRefreshInterval: soon\n", "spec.iptablesRefreshInterval", "not a duration"),
-    ("apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n  bpfEnabledd: true\n", "spec", "unknown field `bpfEnabledd`"),
-    ("apiVersion: operator.tigera.io/v1\nkind: Installation\nmetadata:\n  name: other\n", "metadata.name", "named \"default\""),
-    ("apiVersion: projectcalico.org/v3\nkind: Firewall\nmetadata:\n  name: f\n", "kind", "unknown kind \"Firewall\""),
-    ("kind: NetworkPolicy\nmetadata:\n  name: f\n", "apiVersion", "missing `apiVersion`"),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: Frontend\n",
+        "metadata.name",
+        "DNS-1123 subdomain",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  nmae: x\n",
+        "metadata",
+        "unknown field `nmae`",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  namespace: x\n",
+        "metadata.name",
+        "required",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: Prod\n",
+        "metadata.namespace",
+        "DNS-1123 label",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: s\n  namespace: prod\n",
+        "metadata.namespace",
+        "cluster-scoped",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: s\n  labels:\n    app: -bad\n",
+        "metadata.labels.app",
+        "label value",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: s\n  labels:\n    'bad key': x\n",
+        "metadata.labels.bad key",
+        "label name",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: g\nspec:\n  preDNAT: true\n",
+        "spec.preDNAT",
+        "requires applyOnForward",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: g\nspec:\n  doNotTrack: true\n",
+        "spec.doNotTrack",
+        "requires applyOnForward",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: g\nspec:\n  applyOnForward: true\n  preDNAT: true\n  egress:\n  - action: Allow\n",
+        "spec.egress",
+        "ingress only",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata:\n  name: t\nspec:\n  defaultAction: Allow\n",
+        "spec.defaultAction",
+        "Deny or Pass",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: h\nspec:\n  interfaceName: eth0\n",
+        "spec.node",
+        "required",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: h\nspec:\n  node: n\n  expectedIPs: [10.0.0.300]\n",
+        "spec.expectedIPs[0]",
+        "invalid IP",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: w\n  namespace: ns\nspec:\n  node: n\n  ports:\n  - name: Http\n    protocol: TCP\n    port: 80\n",
+        "spec.ports[0].name",
+        "not a valid port name",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  cidr: 10.0.0.0/16\n  blockSize: 8\n",
+        "spec.blockSize",
+        "20-32",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  blockSize: 26\n",
+        "spec.cidr",
+        "required",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n  iptablesRefreshInterval: soon\n",
+        "spec.iptablesRefreshInterval",
+        "not a duration",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n  bpfEnabledd: true\n",
+        "spec",
+        "unknown field `bpfEnabledd`",
+    ),
+    (
+        "apiVersion: operator.tigera.io/v1\nkind: Installation\nmetadata:\n  name: other\n",
+        "metadata.name",
+        "named \"default\"",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: Firewall\nmetadata:\n  name: f\n",
+        "kind",
+        "unknown kind \"Firewall\"",
+    ),
+    (
+        "kind: NetworkPolicy\nmetadata:\n  name: f\n",
+        "apiVersion",
+        "missing `apiVersion`",
+    ),
     ("just a string\n", "document 1", "must be a mapping"),
-    ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  podSelectr: {}\n", "spec", "unknown field `podSelectr`"),
-    ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  ingress:\n  - ports:\n    - port: 80\n      endPort: 70\n", "spec.ingress[0].ports[0].endPort", "below port 80"),
-    ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  ingress:\n  - ports:\n    - port: http\n      endPort: 90\n", "spec.ingress[0].ports[0].endPort", "numeric port"),
-    ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  ingress:\n  - ports:\n    - protocol: ICMP\n", "spec.ingress[0].ports[0].protocol", "unsupported protocol"),
-    ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  egress:\n  - to:\n    - ipBlock:\n        cidr: 10.0.0.0/8\n        except: [192.168.0.0/16]\n", "spec.egress[0].to[0].ipBlock.except[0]", "not strictly inside"),
-    ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  podSelector:\n    matchExpressions:\n    - key: a\n      operator: Matches\n", "spec.podSelector.matchExpressions[0].operator", "unknown operator"),
-    ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  podSelector:\n    matchExpressions:\n    - key: a\n      operator: In\n", "spec.podSelector.matchExpressions[0].values", "at least one value"),
-    ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  policyTypes: [Sideways]\n", "spec.policyTypes[0]", "unknown policy type"),
-    ("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: Bad_Name\n", "metadata.name", "DNS-1123"),
+    (
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  podSelectr: {}\n",
+        "spec",
+        "unknown field `podSelectr`",
+    ),
+    (
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  ingress:\n  - ports:\n    - port: 80\n      endPort: 70\n",
+        "spec.ingress[0].ports[0].endPort",
+        "below port 80",
+    ),
+    (
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  ingress:\n  - ports:\n    - port: http\n      endPort: 90\n",
+        "spec.ingress[0].ports[0].endPort",
+        "numeric port",
+    ),
+    (
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  ingress:\n  - ports:\n    - protocol: ICMP\n",
+        "spec.ingress[0].ports[0].protocol",
+        "unsupported protocol",
+    ),
+    (
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  egress:\n  - to:\n    - ipBlock:\n        cidr: 10.0.0.0/8\n        except: [192.168.0.0/16]\n",
+        "spec.egress[0].to[0].ipBlock.except[0]",
+        "not strictly inside",
+    ),
+    (
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  podSelector:\n    matchExpressions:\n    - key: a\n      operator: Matches\n",
+        "spec.podSelector.matchExpressions[0].operator",
+        "unknown operator",
+    ),
+    (
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  podSelector:\n    matchExpressions:\n    - key: a\n      operator: In\n",
+        "spec.podSelector.matchExpressions[0].values",
+        "at least one value",
+    ),
+    (
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  policyTypes: [Sideways]\n",
+        "spec.policyTypes[0]",
+        "unknown policy type",
+    ),
+    (
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: Bad_Name\n",
+        "metadata.name",
+        "DNS-1123",
+    ),
     ("a: [1, 2\n", "document 1", "YAML syntax error"),
 ];
 
@@ -148,7 +362,10 @@ fn each_other_validation_error_names_path_and_reason() {
         assert_eq!(out.errors.len(), 1, "{doc}: {:#?}", out.errors);
         let msg = out.errors[0].to_string();
         assert!(msg.contains(path), "path {path:?} missing from: {msg}");
-        assert!(msg.contains(reason), "reason {reason:?} missing from: {msg}");
+        assert!(
+            msg.contains(reason),
+            "reason {reason:?} missing from: {msg}"
+        );
     }
 }
 
@@ -158,7 +375,10 @@ fn name_length_limit() {
     let msg = only_error(&format!(
         "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: {long}\n"
     ));
-    assert!(msg.contains("metadata.name") && msg.contains("limit is 253"), "{msg}");
+    assert!(
+        msg.contains("metadata.name") && msg.contains("limit is 253"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -168,18 +388,28 @@ fn duplicate_names_in_one_file_are_rejected() {
     assert_eq!(out.resources.len(), 1);
     assert_eq!(out.errors.len(), 1);
     let msg = out.errors[0].to_string();
-    assert!(msg.contains("document 2") && msg.contains("duplicate resource tier/t"), "{msg}");
+    assert!(
+        msg.contains("document 2") && msg.contains("duplicate resource tier/t"),
+        "{msg}"
+    );
     assert!(msg.contains("document 1 of this input"), "{msg}");
 }
 
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let not_utf8 = load("x.yaml", b"kind: Tier\nname: \xff\xfe\n");
-    assert!(not_utf8.errors[0].to_string().contains("not UTF-8: invalid byte at offset 17"));
+    assert!(
+        not_utf8.errors[0]
+            .to_string()
+            .contains("not UTF-8: invalid byte at offset 17")
+    );
 
     let big = vec![b'a'; 50 * 1024 * 1024];
     let msg = load("big.yaml", &big).errors[0].to_string();
-    assert!(msg.contains("52428800 bytes; the limit is 8388608"), "{msg}");
+    assert!(
+        msg.contains("52428800 bytes; the limit is 8388608"),
+        "{msg}"
+    );
 
     let deep_yaml = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let out = load_str(&deep_yaml);
@@ -191,7 +421,10 @@ fn bad_input_is_an_error_not_a_panic() {
         ")".repeat(10_000)
     );
     let msg = only_error(&deep_selector);
-    assert!(msg.contains("spec.selector") && msg.contains("position"), "{msg}");
+    assert!(
+        msg.contains("spec.selector") && msg.contains("position"),
+        "{msg}"
+    );
 
     let msg = only_error("apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: 7\n");
     assert!(msg.contains("metadata"), "{msg}");
@@ -219,16 +452,28 @@ fn calico_defaults_are_applied() {
     ))
     .into_result()
     .unwrap();
-    let Resource::NetworkPolicy(p) = &out[0].resource else { panic!() };
+    let Resource::NetworkPolicy(p) = &out[0].resource else {
+        panic!()
+    };
     assert_eq!(p.spec.tier, "default");
     assert!(p.spec.selector.is_all());
     assert_eq!(p.spec.types, vec![PolicyType::Egress]);
-    let Resource::NetworkPolicy(q) = &out[1].resource else { panic!() };
-    assert_eq!(q.spec.types, vec![PolicyType::Ingress], "no rules at all: ingress default-deny");
+    let Resource::NetworkPolicy(q) = &out[1].resource else {
+        panic!()
+    };
+    assert_eq!(
+        q.spec.types,
+        vec![PolicyType::Ingress],
+        "no rules at all: ingress default-deny"
+    );
     assert_eq!(q.metadata.namespace.as_deref(), Some("default"));
-    let Resource::Tier(t) = &out[2].resource else { panic!() };
+    let Resource::Tier(t) = &out[2].resource else {
+        panic!()
+    };
     assert_eq!(t.spec.default_action, Some(Action::Deny));
-    let Resource::IpPool(pool) = &out[3].resource else { panic!() };
+    let Resource::IpPool(pool) = &out[3].resource else {
+        panic!()
+    };
     assert_eq!(pool.spec.block_size, Some(122));
 }
 
@@ -237,7 +482,10 @@ fn json_yaml_and_lists_load_alike() {
     let yaml = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: s\nspec:\n  nets: [10.0.0.0/8]\n";
     let json = r#"{"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkSet",
         "metadata": {"name": "s"}, "spec": {"nets": ["10.0.0.0/8"]}}"#;
-    let list = format!("apiVersion: v1\nkind: List\nitems:\n- {}", yaml.replace('\n', "\n  "));
+    let list = format!(
+        "apiVersion: v1\nkind: List\nitems:\n- {}",
+        yaml.replace('\n', "\n  ")
+    );
     let a = load_str(yaml).into_result().unwrap();
     let b = load("x.json", json.as_bytes()).into_result().unwrap();
     let c = load_str(&list).into_result().unwrap();
@@ -262,7 +510,9 @@ fn yaml_round_trips() {
             printed.push_str("---\n");
             printed.push_str(&serde_yaml_ng::to_string(&l.resource).unwrap());
         }
-        let second = load_str(&printed).into_result().unwrap_or_else(|e| panic!("{printed}\n{e:#?}"));
+        let second = load_str(&printed)
+            .into_result()
+            .unwrap_or_else(|e| panic!("{printed}\n{e:#?}"));
         let a: Vec<_> = first.iter().map(|l| &l.resource).collect();
         let b: Vec<_> = second.iter().map(|l| &l.resource).collect();
         assert_eq!(a, b, "{printed}");

@@ -141,20 +141,47 @@ mod tests {
 
     #[test]
     fn dns_subdomains() {
-        for ok in ["a", "security.block-threats", "knp.default.x", &"a".repeat(253)] {
+        for ok in [
+            "a",
+            "security.block-threats",
+            "knp.default.x",
+            &"a".repeat(253),
+        ] {
             assert!(validate_dns_subdomain(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Frontend", "a..b", ".a", "a.", "a_b", "a.-b", &"a".repeat(254)] {
+        for bad in [
+            "",
+            "Frontend",
+            "a..b",
+            ".a",
+            "a.",
+            "a_b",
+            "a.-b",
+            &"a".repeat(254),
+        ] {
             assert!(validate_dns_subdomain(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn label_keys_and_values() {
-        for ok in ["app", "kubernetes.io/metadata.name", "node-role.kubernetes.io/worker", "A_b"] {
+        for ok in [
+            "app",
+            "kubernetes.io/metadata.name",
+            "node-role.kubernetes.io/worker",
+            "A_b",
+        ] {
             assert!(validate_label_key(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "/app", "a/", "Bad_Prefix/x", "-a", "a b", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "/app",
+            "a/",
+            "Bad_Prefix/x",
+            "-a",
+            "a b",
+            &"a".repeat(64),
+        ] {
             assert!(validate_label_key(bad).is_err(), "{bad}");
         }
         for ok in ["", "true", "v1.2_3-x"] {
@@ -170,7 +197,16 @@ mod tests {
         for ok in ["http", "metrics-2", "h2c"] {
             assert!(validate_port_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "123", "HTTP", "-http", "http-", "a--b", "sixteen-letters-", "a_b"] {
+        for bad in [
+            "",
+            "123",
+            "HTTP",
+            "-http",
+            "http-",
+            "a--b",
+            "sixteen-letters-",
+            "a_b",
+        ] {
             assert!(validate_port_name(bad).is_err(), "{bad}");
         }
     }

@@ -46,7 +46,11 @@ pub enum Toggle {
 pub struct CalicoNetworkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linux_dataplane: Option<LinuxDataplane>,
-    #[serde(default, rename = "containerIPForwarding", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "containerIPForwarding",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub container_ip_forwarding: Option<Toggle>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<Toggle>,
@@ -54,7 +58,11 @@ pub struct CalicoNetworkSpec {
     pub host_ports: Option<Toggle>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
-    #[serde(default, rename = "linuxPolicySetupTimeoutSeconds", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "linuxPolicySetupTimeoutSeconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub linux_policy_setup_timeout_seconds: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_pools: Vec<InstallationIpPool>,

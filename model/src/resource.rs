@@ -87,7 +87,10 @@ impl Kind {
     /// (case-insensitive, plural accepted) or a short name.
     pub fn from_cli(word: &str) -> Option<Kind> {
         let w = word.to_ascii_lowercase();
-        let w = w.strip_suffix('s').filter(|s| !s.ends_with('s')).unwrap_or(&w);
+        let w = w
+            .strip_suffix('s')
+            .filter(|s| !s.ends_with('s'))
+            .unwrap_or(&w);
         let short = match w {
             "gnp" => Some(Kind::GlobalNetworkPolicy),
             "np" | "policy" => Some(Kind::NetworkPolicy),
@@ -164,22 +167,70 @@ pub enum Resource {
 macro_rules! with_meta {
     ($r:expr, $m:ident => $body:expr) => {
         match $r {
-            Resource::NetworkPolicy(o) => { let $m = &o.metadata; $body }
-            Resource::GlobalNetworkPolicy(o) => { let $m = &o.metadata; $body }
-            Resource::Tier(o) => { let $m = &o.metadata; $body }
-            Resource::HostEndpoint(o) => { let $m = &o.metadata; $body }
-            Resource::WorkloadEndpoint(o) => { let $m = &o.metadata; $body }
-            Resource::NetworkSet(o) | Resource::GlobalNetworkSet(o) => { let $m = &o.metadata; $body }
-            Resource::Profile(o) => { let $m = &o.metadata; $body }
-            Resource::Node(o) => { let $m = &o.metadata; $body }
-            Resource::IpPool(o) => { let $m = &o.metadata; $body }
-            Resource::FelixConfiguration(o) => { let $m = &o.metadata; $body }
-            Resource::K8sNetworkPolicy(o) => { let $m = &o.metadata; $body }
-            Resource::Namespace(o) => { let $m = &o.metadata; $body }
-            Resource::Pod(o) => { let $m = &o.metadata; $body }
-            Resource::Service(o) => { let $m = &o.metadata; $body }
-            Resource::EndpointSlice(o) => { let $m = &o.metadata; $body }
-            Resource::Installation(o) => { let $m = &o.metadata; $body }
+            Resource::NetworkPolicy(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::GlobalNetworkPolicy(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::Tier(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::HostEndpoint(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::WorkloadEndpoint(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::NetworkSet(o) | Resource::GlobalNetworkSet(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::Profile(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::Node(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::IpPool(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::FelixConfiguration(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::K8sNetworkPolicy(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::Namespace(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::Pod(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::Service(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::EndpointSlice(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::Installation(o) => {
+                let $m = &o.metadata;
+                $body
+            }
         }
     };
 }

@@ -35,12 +35,18 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
             if let Some(a) = o.spec.default_action
                 && !matches!(a, Action::Deny | Action::Pass)
             {
-                v.err("spec.defaultAction", format!("must be Deny or Pass, not {a:?}"));
+                v.err(
+                    "spec.defaultAction",
+                    format!("must be Deny or Pass, not {a:?}"),
+                );
             }
             if let Some(name) = &o.metadata.name
                 && let Err(e) = names::validate_dns_label(name)
             {
-                v.err("metadata.name", format!("a tier name must be a DNS-1123 label: {e}"));
+                v.err(
+                    "metadata.name",
+                    format!("a tier name must be a DNS-1123 label: {e}"),
+                );
             }
         }
         Resource::Profile(o) => {
@@ -193,7 +199,10 @@ impl Validator {
             self.err("spec.preDNAT", "preDNAT requires applyOnForward: true");
         }
         if s.do_not_track && !s.apply_on_forward {
-            self.err("spec.doNotTrack", "doNotTrack requires applyOnForward: true");
+            self.err(
+                "spec.doNotTrack",
+                "doNotTrack requires applyOnForward: true",
+            );
         }
         if s.pre_dnat && s.do_not_track {
             self.err("spec.preDNAT", "preDNAT and doNotTrack cannot both be set");
@@ -214,7 +223,10 @@ impl Validator {
             && v != 4
             && v != 6
         {
-            self.err(format!("{path}.ipVersion"), format!("must be 4 or 6, not {v}"));
+            self.err(
+                format!("{path}.ipVersion"),
+                format!("must be 4 or 6, not {v}"),
+            );
         }
         for (field, icmp) in [("icmp", &r.icmp), ("notICMP", &r.not_icmp)] {
             let Some(icmp) = icmp else { continue };
@@ -229,7 +241,9 @@ impl Validator {
                 }
                 Some(proto) => self.err(
                     &p,
-                    format!("ICMP fields need protocol ICMP or ICMPv6, but the protocol is {proto}"),
+                    format!(
+                        "ICMP fields need protocol ICMP or ICMPv6, but the protocol is {proto}"
+                    ),
                 ),
                 None => self.err(&p, "ICMP fields need protocol ICMP or ICMPv6"),
             }
@@ -253,7 +267,9 @@ impl Validator {
                 Some(p) if p.supports_ports() => {}
                 Some(p) => self.err(
                     format!("{path}.{field}"),
-                    format!("ports need protocol TCP, UDP, SCTP or UDPLite, but the protocol is {p}"),
+                    format!(
+                        "ports need protocol TCP, UDP, SCTP or UDPLite, but the protocol is {p}"
+                    ),
                 ),
                 None => self.err(
                     format!("{path}.{field}"),
@@ -268,7 +284,10 @@ impl Validator {
                 {
                     self.err(
                         format!("{path}.{field}[{i}]"),
-                        format!("{n} is IPv{}, but the rule's ipVersion is {v}", n.ip_version()),
+                        format!(
+                            "{n} is IPv{}, but the rule's ipVersion is {v}",
+                            n.ip_version()
+                        ),
                     );
                 }
             }
@@ -296,11 +315,17 @@ impl Validator {
 
     fn endpoint_ports(&mut self, path: &str, ports: &[EndpointPort]) {
         for (i, p) in ports.iter().enumerate() {
-            self.check(format!("{path}[{i}].name"), names::validate_port_name(&p.name));
+            self.check(
+                format!("{path}[{i}].name"),
+                names::validate_port_name(&p.name),
+            );
             if !p.protocol.supports_ports() {
                 self.err(
                     format!("{path}[{i}].protocol"),
-                    format!("a named port needs TCP, UDP, SCTP or UDPLite, not {}", p.protocol),
+                    format!(
+                        "a named port needs TCP, UDP, SCTP or UDPLite, not {}",
+                        p.protocol
+                    ),
                 );
             }
         }
@@ -311,10 +336,17 @@ impl Validator {
             self.err("spec.cidr", "required: the pool's network");
             return;
         };
-        let (lo, hi) = if cidr.ip_version() == 4 { (20, 32) } else { (116, 128) };
+        let (lo, hi) = if cidr.ip_version() == 4 {
+            (20, 32)
+        } else {
+            (116, 128)
+        };
         if let Some(b) = s.block_size {
             if !(lo..=hi).contains(&b) {
-                self.err("spec.blockSize", format!("must be {lo}-{hi} for this pool, not {b}"));
+                self.err(
+                    "spec.blockSize",
+                    format!("must be {lo}-{hi} for this pool, not {b}"),
+                );
             } else if cidr.0.prefix_len() > b {
                 self.err(
                     "spec.blockSize",

@@ -18,9 +18,17 @@ pub struct NodeSpec {
     pub bgp: Option<NodeBgpSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<NodeAddress>,
-    #[serde(default, rename = "ipv4VXLANTunnelAddr", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ipv4VXLANTunnelAddr",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ipv4_vxlan_tunnel_addr: Option<IpAddr>,
-    #[serde(default, rename = "vxlanTunnelMACAddr", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "vxlanTunnelMACAddr",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub vxlan_tunnel_mac_addr: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub orch_refs: Vec<OrchRef>,
@@ -30,15 +38,31 @@ pub struct NodeSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeBgpSpec {
-    #[serde(default, rename = "ipv4Address", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ipv4Address",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ipv4_address: Option<Cidr>,
-    #[serde(default, rename = "ipv6Address", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ipv6Address",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ipv6_address: Option<Cidr>,
-    #[serde(default, rename = "ipv4IPIPTunnelAddr", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ipv4IPIPTunnelAddr",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ipv4_ipip_tunnel_addr: Option<IpAddr>,
     #[serde(default, rename = "asNumber", skip_serializing_if = "Option::is_none")]
     pub as_number: Option<u32>,
-    #[serde(default, rename = "routeReflectorClusterID", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "routeReflectorClusterID",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub route_reflector_cluster_id: Option<String>,
 }
 
@@ -169,7 +193,7 @@ impl fmt::Display for GoDuration {
         let d = self.0;
         if d.subsec_nanos() == 0 {
             write!(f, "{}s", d.as_secs())
-        } else if d.subsec_nanos() % 1_000_000 == 0 {
+        } else if d.subsec_nanos().is_multiple_of(1_000_000) {
             write!(f, "{}ms", d.as_millis())
         } else {
             write!(f, "{}ns", d.as_nanos())

@@ -39,7 +39,11 @@ pub struct WorkloadEndpointSpec {
     pub workload: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node: String,
-    #[serde(default, rename = "containerID", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "containerID",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub container_id: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pod: String,
@@ -51,9 +55,17 @@ pub struct WorkloadEndpointSpec {
     pub ip_networks: Vec<Cidr>,
     #[serde(default, rename = "ipNATs", skip_serializing_if = "Vec::is_empty")]
     pub ip_nats: Vec<IpNat>,
-    #[serde(default, rename = "ipv4Gateway", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ipv4Gateway",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ipv4_gateway: Option<IpAddr>,
-    #[serde(default, rename = "ipv6Gateway", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ipv6Gateway",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ipv6_gateway: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<String>,

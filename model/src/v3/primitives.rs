@@ -171,7 +171,7 @@ impl Protocol {
             58 => Ok(Protocol::IcmpV6),
             132 => Ok(Protocol::Sctp),
             136 => Ok(Protocol::UdpLite),
-            1..=255 => Ok(Protocol::Number(n as u8)),
+            2..=255 => Ok(Protocol::Number(n as u8)),
             _ => Err(format!("protocol number {n} is out of range 1-255")),
         }
     }
@@ -299,7 +299,9 @@ impl FromStr for Cidr {
         if let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(Cidr(IpNet::from(ip)));
         }
-        Err(format!("{s:?} is not a valid CIDR (such as 10.0.0.0/8 or fd00::/64)"))
+        Err(format!(
+            "{s:?} is not a valid CIDR (such as 10.0.0.0/8 or fd00::/64)"
+        ))
     }
 }
 

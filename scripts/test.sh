@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Quick-start command 2: install what is missing, build, and run every check
+# and test (formatting, clippy with warnings as errors, the whole suite).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/deps.sh
+. scripts/deps.sh
+ensure_deps
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
