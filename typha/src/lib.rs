@@ -6,3 +6,6 @@
 //!
 //! It refuses to know anything about dataplanes: it stores and fans out
 //! validated resources, nothing else.
+
+pub mod fanout;
+pub mod raft_storage;
