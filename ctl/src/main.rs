@@ -1,18 +1,25 @@
 //! `manulctl`: the operator's command line for Manul.
 //!
 //! Offline commands judge files without a server: `validate`, `convert` and
-//! `selector eval`. Exit codes: 0 success, 2 bad input (invalid resources,
-//! unreadable files, bad flags), 1 an internal failure.
+//! `selector eval`. Online commands talk to any Typha replica (`--server` or
+//! `MANUL_SERVER`): `apply`, `get`, `delete`, `cluster` and `sync`.
+//! Exit codes: 0 success, 2 bad input (invalid resources, unreadable files,
+//! bad flags, a request the server rejects), 1 any other failure (such as an
+//! unreachable server).
 //!
-//! It refuses to write anything when any input is invalid.
+//! It refuses to send anything when any input is invalid.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod client;
+mod cluster;
 mod convert;
 mod input;
+mod resources;
 mod selector;
+mod sync;
 mod validate;
 
 /// Exit code for bad input of any kind.
@@ -22,9 +29,11 @@ const EXIT_BAD_INPUT: u8 = 2;
 #[command(
     name = "manulctl",
     version,
-    about = "Manul's command line: validate, convert and inspect network policy resources"
+    about = "Manul's command line: validate, apply and inspect network policy resources"
 )]
 struct Cli {
+    #[command(flatten)]
+    server: client::ServerArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,20 +47,55 @@ enum Command {
     /// Selector tools.
     #[command(subcommand)]
     Selector(selector::SelectorCommand),
+    /// Validate files, then create or update their resources in one atomic batch.
+    Apply(input::FileArgs),
+    /// Show resources of a kind, or one by name.
+    Get(resources::GetArgs),
+    /// Delete a resource by kind and name, or those in files.
+    Delete(resources::DeleteArgs),
+    /// Replica status and membership.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Debug the Typha-to-Felix delta stream.
+    #[command(subcommand)]
+    Sync(sync::SyncCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Validate(args) => validate::run(&args),
-        Command::Convert(args) => convert::run(&args),
+    let result = match &cli.command {
+        Command::Validate(args) => validate::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Selector(cmd) => selector::run(cmd),
+        online => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(async {
+                match online {
+                    Command::Apply(args) => resources::apply(&cli.server, args).await,
+                    Command::Get(args) => resources::get(&cli.server, args).await,
+                    Command::Delete(args) => resources::delete(&cli.server, args).await,
+                    Command::Cluster(cmd) => cluster::run(&cli.server, cmd).await,
+                    Command::Sync(cmd) => sync::run(&cli.server, cmd).await,
+                    _ => Ok(ExitCode::SUCCESS),
+                }
+            }),
+            Err(e) => Err(e.into()),
+        },
     };
     match result {
         Ok(code) => code,
         Err(e) => {
+            let bad_input = e.chain().any(|c| c.is::<std::io::Error>())
+                || e.to_string().starts_with("unknown kind")
+                || e.to_string().starts_with("give ");
             eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_BAD_INPUT)
+            if bad_input {
+                ExitCode::from(EXIT_BAD_INPUT)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

@@ -24,7 +24,7 @@ pub enum SelectorCommand {
     Eval,
 }
 
-pub fn run(cmd: SelectorCommand) -> Result<ExitCode> {
+pub fn run(cmd: &SelectorCommand) -> Result<ExitCode> {
     match cmd {
         SelectorCommand::Eval => eval(io::stdin().lock(), &mut io::stdout().lock()),
     }

@@ -6,19 +6,26 @@ use std::process::ExitCode;
 use anyhow::Result;
 use manul_model::load::describe;
 
-use crate::input::{FileArgs, load_all};
+use crate::input::{FileArgs, Input, load_all};
 
-pub fn run(args: &FileArgs) -> Result<ExitCode> {
-    let inputs = load_all(args)?;
+/// Prints every error of every input; true when there was any.
+pub fn report_errors(inputs: &[Input]) -> bool {
     let errors: Vec<_> = inputs.iter().flat_map(|i| &i.outcome.errors).collect();
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
     if !errors.is_empty() {
-        for e in &errors {
-            eprintln!("error: {e}");
-        }
         eprintln!(
             "{} error(s); nothing is valid until all are fixed",
             errors.len()
         );
+    }
+    !errors.is_empty()
+}
+
+pub fn run(args: &FileArgs) -> Result<ExitCode> {
+    let inputs = load_all(args)?;
+    if report_errors(&inputs) {
         return Ok(ExitCode::from(crate::EXIT_BAD_INPUT));
     }
     for input in &inputs {

@@ -7,5 +7,11 @@
 //! It refuses to know anything about dataplanes: it stores and fans out
 //! validated resources, nothing else.
 
+pub mod api;
+pub mod cluster;
 pub mod fanout;
+pub mod http;
+pub mod node;
 pub mod raft_storage;
+pub mod server;
+pub mod state;

@@ -1,1 +1,158 @@
-fn main() {}
+//! `typha`: one replica of Manul's policy store.
+//!
+//! With no flags it runs a single-node embedded cluster: data in
+//! `./typha-data`, gRPC on 127.0.0.1:5473, metrics on 127.0.0.1:9093.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use manul_typha::fanout::FanoutConfig;
+use manul_typha::server::{TyphaConfig, start};
+
+/// Parses `ID=HOST:PORT,...`.
+fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| format!("{part:?}: the id must be a number above 0"))?;
+        let addr = addr.trim();
+        addr.parse::<SocketAddr>()
+            .map_err(|e| format!("{part:?}: {addr:?} is not HOST:PORT ({e})"))?;
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("replica {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no peers given".into());
+    }
+    Ok(peers)
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "typha",
+    version,
+    about = "Manul's Raft-replicated policy store and fan-out server"
+)]
+struct Args {
+    /// Where Raft's log, hard state and snapshots are kept.
+    #[arg(long, default_value = "typha-data")]
+    data_dir: PathBuf,
+    /// Address for the resource API, the Sync stream and Raft traffic.
+    #[arg(long, default_value = "127.0.0.1:5473")]
+    listen: SocketAddr,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9093")]
+    metrics: SocketAddr,
+    /// This replica's id (from 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    node_id: u64,
+    /// Every member as ID=HOST:PORT,..., this replica included. Default:
+    /// this replica alone (a single-node cluster).
+    #[arg(long, value_parser = parse_peers)]
+    peers: Option<BTreeMap<u64, String>>,
+    /// Join a running cluster: start empty and wait to be added with
+    /// `manulctl cluster add-learner`.
+    #[arg(long)]
+    join: bool,
+    /// Take a Raft snapshot and compact the log every N entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+    /// Most Sync clients this replica serves at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Deltas retained for resuming clients, by count.
+    #[arg(long, default_value_t = 10_000)]
+    history_revisions: usize,
+    /// Deltas retained for resuming clients, by encoded size in MiB.
+    #[arg(long, default_value_t = 64)]
+    history_mib: usize,
+    /// Seconds over which a graceful shutdown spreads client disconnects.
+    #[arg(long, default_value_t = 10)]
+    shutdown_spread_secs: u64,
+    /// Log format: text or json. Filter with RUST_LOG (default: info).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.log_format == "json");
+    let peers = args
+        .peers
+        .clone()
+        .unwrap_or_else(|| BTreeMap::from([(args.node_id, args.listen.to_string())]));
+    if !args.join && !peers.contains_key(&args.node_id) {
+        eprintln!(
+            "error: --peers must list this replica ({}) too, or pass --join",
+            args.node_id
+        );
+        return ExitCode::from(2);
+    }
+    let config = TyphaConfig {
+        node_id: args.node_id,
+        data_dir: args.data_dir,
+        listen: args.listen,
+        metrics: Some(args.metrics),
+        peers,
+        join: args.join,
+        snapshot_every: args.snapshot_every.max(1),
+        fanout: FanoutConfig {
+            replica_id: args.node_id,
+            max_connections: args.max_connections,
+            max_history_revisions: args.history_revisions.max(1),
+            max_history_bytes: args.history_mib.max(1) * 1024 * 1024,
+            ..FanoutConfig::default()
+        },
+        shutdown_spread: Duration::from_secs(args.shutdown_spread_secs),
+    };
+    let running = match start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}

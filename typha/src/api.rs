@@ -1,0 +1,331 @@
+//! The `Resources` gRPC service: apply, delete, get and list.
+//!
+//! Writes are validated with the model's loader (the same code as `manulctl
+//! validate`); any problem is INVALID_ARGUMENT naming it, and nothing is
+//! proposed. A batch becomes one Raft entry, so it commits whole or not at
+//! all. A follower forwards writes to the leader; the caller is answered
+//! once the entry is committed and applied. Reads are served from this
+//! replica's applied state (they may trail the leader by the replication
+//! delay; each answer carries the revision it reflects).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use manul_model::Kind;
+use manul_proto::v1::resources_client::ResourcesClient;
+use manul_proto::v1::resources_server::{Resources, ResourcesServer};
+use manul_proto::v1::{
+    ApplyRequest, ApplyResponse, Command, DeleteBatch, DeleteRequest, DeleteResponse, GetRequest,
+    GetResponse, ListRequest, ListResponse, ResourceKey, Write, WriteBatch, command::Op,
+};
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::node::{Node, NodeError};
+use crate::state::{Applied, ApplyError, Key};
+
+/// Metadata set on a forwarded request, so it is never forwarded twice.
+pub const FORWARDED: &str = "x-manul-forwarded";
+/// How long a write may take to commit before the caller is told its
+/// outcome is unknown.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Clients to the current leader, by address.
+#[derive(Debug, Default, Clone)]
+pub struct LeaderClients {
+    clients: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl LeaderClients {
+    pub async fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("bad leader address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        clients.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}
+
+/// Maps node errors to gRPC statuses.
+pub fn node_status(e: NodeError) -> Status {
+    match e {
+        NodeError::NotLeader { leader: None } => {
+            Status::unavailable("no leader is elected yet; retry shortly")
+        }
+        NodeError::NotLeader {
+            leader: Some((id, addr)),
+        } => Status::unavailable(format!(
+            "this replica is not the leader; replica {id} at {addr} is"
+        )),
+        NodeError::Membership(m) => Status::failed_precondition(m),
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+/// Where a request should go, given this replica's view of the leader.
+#[derive(Debug)]
+pub enum Route {
+    Local,
+    Forward(String),
+}
+
+/// Decides whether to serve locally or forward to the leader.
+pub fn route<T>(node: &Node, request: &Request<T>) -> Result<Route, Status> {
+    let status = node.status();
+    if status.leader_id == node.id() {
+        return Ok(Route::Local);
+    }
+    if request.metadata().contains_key(FORWARDED) {
+        return Err(Status::unavailable(
+            "forwarded to a replica that is no longer the leader; retry",
+        ));
+    }
+    match node.leader() {
+        Some((_, addr)) if !addr.is_empty() => Ok(Route::Forward(addr)),
+        _ => Err(Status::unavailable(
+            "no leader is elected yet; retry shortly",
+        )),
+    }
+}
+
+/// Marks a request as forwarded.
+pub fn forwarded<T>(inner: T) -> Request<T> {
+    let mut r = Request::new(inner);
+    r.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r
+}
+
+/// The `Resources` service of one replica.
+#[derive(Debug, Clone)]
+pub struct ResourcesService {
+    node: Node,
+    leaders: LeaderClients,
+}
+
+impl ResourcesService {
+    pub fn new(node: Node, leaders: LeaderClients) -> ResourcesServer<ResourcesService> {
+        ResourcesServer::new(ResourcesService { node, leaders })
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(1024 * 1024 * 1024)
+    }
+
+    async fn commit(&self, command: Command) -> Result<Applied, Status> {
+        match tokio::time::timeout(COMMIT_TIMEOUT, self.node.propose(command)).await {
+            Ok(Ok(applied)) => Ok(applied),
+            Ok(Err(e)) => Err(node_status(e)),
+            Err(_) => Err(Status::unavailable(format!(
+                "the write was not committed within {COMMIT_TIMEOUT:?}; its outcome is unknown"
+            ))),
+        }
+    }
+
+    async fn leader(&self, addr: &str) -> Result<ResourcesClient<Channel>, Status> {
+        Ok(ResourcesClient::new(self.leaders.channel(addr).await?)
+            .max_decoding_message_size(1024 * 1024 * 1024))
+    }
+}
+
+fn conflict(e: ApplyError) -> Status {
+    match e {
+        ApplyError::Conflict { .. } => Status::failed_precondition(e.to_string()),
+        ApplyError::Empty => Status::invalid_argument(e.to_string()),
+    }
+}
+
+/// Normalises and checks a key from a client: a known kind (any spelling
+/// `manulctl` accepts), a name, and a namespace exactly when the kind is
+/// namespaced (`default` when omitted).
+pub fn normalize_key(k: &ResourceKey, path: &str) -> Result<Key, Status> {
+    let kind = Kind::from_cli(&k.kind).ok_or_else(|| {
+        Status::invalid_argument(format!("{path}.kind: unknown kind {:?}", k.kind))
+    })?;
+    if k.name.is_empty() {
+        return Err(Status::invalid_argument(format!("{path}.name: required")));
+    }
+    let namespace = match (kind.namespaced(), k.namespace.as_str()) {
+        (true, "") => "default".to_string(),
+        (true, ns) => ns.to_string(),
+        (false, "") => String::new(),
+        (false, ns) => {
+            return Err(Status::invalid_argument(format!(
+                "{path}.namespace: {kind} is cluster-scoped; remove the namespace {ns:?}"
+            )));
+        }
+    };
+    Ok(Key {
+        kind: kind.key_name().to_string(),
+        namespace,
+        name: k.name.clone(),
+    })
+}
+
+fn proto_key(key: &manul_model::ResourceKey) -> ResourceKey {
+    ResourceKey {
+        kind: key.kind.key_name().to_string(),
+        namespace: key.namespace.clone().unwrap_or_default(),
+        name: key.name.clone(),
+    }
+}
+
+/// Validates every item and builds one write batch, or explains every
+/// problem.
+pub fn write_batch(request: &ApplyRequest) -> Result<WriteBatch, Status> {
+    if request.items.is_empty() {
+        return Err(Status::invalid_argument("items: nothing to apply"));
+    }
+    let mut errors = Vec::new();
+    let mut writes = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, item) in request.items.iter().enumerate() {
+        let origin = if item.origin.is_empty() {
+            format!("items[{i}]")
+        } else {
+            item.origin.clone()
+        };
+        let outcome = manul_model::load(&origin, &item.document);
+        errors.extend(outcome.errors.iter().map(ToString::to_string));
+        for loaded in outcome.resources {
+            let key = loaded.resource.key();
+            if !seen.insert(key.clone()) {
+                errors.push(format!("{origin}: {key} appears twice in one request"));
+                continue;
+            }
+            match serde_json::to_vec(&loaded.resource) {
+                Ok(value) => writes.push(Write {
+                    key: Some(proto_key(&key)),
+                    value: value.into(),
+                    expected_revision: item.expected_revision,
+                }),
+                Err(e) => errors.push(format!("{origin}: {key}: cannot encode: {e}")),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Status::invalid_argument(errors.join("\n")));
+    }
+    if writes.is_empty() {
+        return Err(Status::invalid_argument(
+            "items: no resources in the request",
+        ));
+    }
+    Ok(WriteBatch { writes })
+}
+
+#[tonic::async_trait]
+impl Resources for ResourcesService {
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let batch = write_batch(request.get_ref())?;
+        if let Route::Forward(addr) = route(&self.node, &request)? {
+            return self
+                .leader(&addr)
+                .await?
+                .apply(forwarded(request.into_inner()))
+                .await;
+        }
+        let applied = self
+            .commit(Command {
+                request_id: 0,
+                op: Some(Op::Writes(batch)),
+            })
+            .await?;
+        let entries = applied.result.map_err(conflict)?;
+        Ok(Response::new(ApplyResponse {
+            entries,
+            revision: applied.revision,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let req = request.get_ref();
+        if req.keys.is_empty() {
+            return Err(Status::invalid_argument("keys: nothing to delete"));
+        }
+        let keys = req
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| normalize_key(k, &format!("keys[{i}]")).map(|k| k.to_proto()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Route::Forward(addr) = route(&self.node, &request)? {
+            return self
+                .leader(&addr)
+                .await?
+                .delete(forwarded(request.into_inner()))
+                .await;
+        }
+        let applied = self
+            .commit(Command {
+                request_id: 0,
+                op: Some(Op::Deletes(DeleteBatch {
+                    keys,
+                    expected_revision: req.expected_revision,
+                })),
+            })
+            .await?;
+        let entries = applied.result.map_err(conflict)?;
+        Ok(Response::new(DeleteResponse {
+            deleted: entries.into_iter().filter_map(|e| e.key).collect(),
+            revision: applied.revision,
+        }))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let key = request
+            .get_ref()
+            .key
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("key: required"))?;
+        let key = normalize_key(key, "key")?;
+        let sm = self
+            .node
+            .shared()
+            .state
+            .read()
+            .map_err(|_| Status::internal("state lock poisoned"))?;
+        let entry = sm
+            .get(&key)
+            .ok_or_else(|| Status::not_found(format!("{key} not found")))?;
+        Ok(Response::new(GetResponse {
+            entry: Some(entry),
+            revision: sm.revision(),
+        }))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let req = request.get_ref();
+        let kind = if req.kind.is_empty() {
+            String::new()
+        } else {
+            Kind::from_cli(&req.kind)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!("kind: unknown kind {:?}", req.kind))
+                })?
+                .key_name()
+                .to_string()
+        };
+        let sm = self
+            .node
+            .shared()
+            .state
+            .read()
+            .map_err(|_| Status::internal("state lock poisoned"))?;
+        Ok(Response::new(ListResponse {
+            entries: sm.list(&kind, &req.namespace),
+            revision: sm.revision(),
+        }))
+    }
+}

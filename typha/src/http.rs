@@ -1,0 +1,80 @@
+//! `/metrics` (Prometheus text format), `/healthz` (the process and its Raft
+//! thread run) and `/readyz` (a leader is known, so writes and a consistent
+//! stream can be served).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::node::Node;
+
+#[derive(Clone)]
+struct AppState {
+    registry: Arc<Registry>,
+    node: Node,
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            out,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    if s.node.status().id == s.node.id() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "raft not running\n")
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let st = s.node.status();
+    if st.leader_id != 0 {
+        (StatusCode::OK, format!("ready: leader {}\n", st.leader_id))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no leader yet\n".to_string(),
+        )
+    }
+}
+
+/// Serves the endpoints on `addr`; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    node: Node,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { registry, node });
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics server failed: {e}");
+        }
+    });
+    Ok((bound, task))
+}

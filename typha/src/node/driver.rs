@@ -1,0 +1,595 @@
+//! The Raft thread: owns the `RawNode`, its storage and the state machine,
+//! and runs the ready loop in the order raft-rs requires:
+//!
+//! 1. send the messages that need no persistence (the leader's appends);
+//! 2. install an incoming snapshot (storage, then the state machine);
+//! 3. apply committed entries (already durable on a quorum);
+//! 4. append new entries and the hard state, then fsync;
+//! 5. only then send the messages that depend on what was persisted;
+//! 6. advance, and repeat for the light ready.
+//!
+//! A caller's write is answered from step 3 or 6, after its entry is
+//! committed and applied, so an acknowledged write is never lost.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use manul_proto::v1::{Command, Member, StateSnapshot};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, StateRole};
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use super::transport::Transport;
+use super::{MembershipChange, Msg, NodeConfig, NodeError, RaftStatus, Shared};
+use crate::fanout::Fanout;
+use crate::raft_storage::SledStorage;
+use crate::state::{Applied, StateMachine};
+
+/// Raft gauges, named like the rest of Typha's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct RaftMetrics {
+    pub term: Gauge,
+    pub leader_id: Gauge,
+    pub is_leader: Gauge,
+    pub commit_index: Gauge<u64, AtomicU64>,
+    pub applied_index: Gauge<u64, AtomicU64>,
+    pub snapshot_index: Gauge<i64, AtomicI64>,
+}
+
+impl RaftMetrics {
+    pub fn register(registry: &mut Registry) -> RaftMetrics {
+        let m = RaftMetrics::default();
+        registry.register("typha_raft_term", "Current Raft term", m.term.clone());
+        registry.register(
+            "typha_raft_leader_id",
+            "Id of the leader this replica follows (0: none)",
+            m.leader_id.clone(),
+        );
+        registry.register(
+            "typha_raft_is_leader",
+            "1 when this replica is the leader",
+            m.is_leader.clone(),
+        );
+        registry.register(
+            "typha_raft_commit_index",
+            "Highest Raft index known committed",
+            m.commit_index.clone(),
+        );
+        registry.register(
+            "typha_raft_applied_index",
+            "Highest Raft index applied to the state machine (the revision)",
+            m.applied_index.clone(),
+        );
+        registry.register(
+            "typha_raft_snapshot_index",
+            "Index of the last Raft snapshot (log compacted up to here)",
+            m.snapshot_index.clone(),
+        );
+        m
+    }
+}
+
+/// Forwards raft-rs's slog records to `tracing`.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        let msg = record.msg().to_string();
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => error!(target: "raft", "{msg}"),
+            slog::Level::Warning => warn!(target: "raft", "{msg}"),
+            slog::Level::Info => info!(target: "raft", "{msg}"),
+            _ => debug!(target: "raft", "{msg}"),
+        }
+        Ok(())
+    }
+}
+
+type Pending<T> = HashMap<u64, oneshot::Sender<Result<T, NodeError>>>;
+
+struct Driver {
+    raw: RawNode<SledStorage>,
+    storage: SledStorage,
+    shared: Arc<Shared>,
+    fanout: Arc<Fanout>,
+    transport: Transport,
+    metrics: RaftMetrics,
+    config: NodeConfig,
+    proposals: Pending<Applied>,
+    memberships: Pending<Vec<Member>>,
+    next_request: u64,
+    last_snapshot: u64,
+}
+
+/// Starts the Raft thread; must be called inside a Tokio runtime (the
+/// transport's sender tasks run on it).
+pub(super) fn spawn(
+    config: NodeConfig,
+    fanout: Arc<Fanout>,
+    metrics: RaftMetrics,
+) -> Result<(Sender<Msg>, Arc<Shared>), NodeError> {
+    let voters: Vec<u64> = if config.join {
+        Vec::new()
+    } else {
+        config.peers.keys().copied().collect()
+    };
+    let storage =
+        SledStorage::open(&config.data_dir.join("raft"), &voters).map_err(NodeError::Storage)?;
+    let mut sm = StateMachine::new();
+    if let Some(snap) = storage.stored_snapshot() {
+        match StateSnapshot::decode(snap.get_data()) {
+            Ok(s) => sm.restore(&s),
+            Err(e) => {
+                return Err(NodeError::Dropped(format!(
+                    "stored Raft snapshot is corrupt: {e}"
+                )));
+            }
+        }
+    }
+    let snapshot_index = storage.snapshot_metadata().index;
+    let mut addresses = config.peers.clone();
+    for m in sm.members() {
+        addresses.insert(m.id, m.address.clone());
+    }
+    fanout.reset(sm.revision());
+    let raft_config = raft::Config {
+        id: config.id,
+        election_tick: config.election_ticks,
+        heartbeat_tick: config.heartbeat_ticks,
+        applied: sm.revision(),
+        max_size_per_msg: 4 * 1024 * 1024,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        ..raft::Config::default()
+    };
+    let logger = slog::Logger::root(slog::Drain::fuse(TracingDrain), slog::o!());
+    let raw = RawNode::new(&raft_config, storage.clone(), &logger).map_err(NodeError::Raft)?;
+    let shared = Arc::new(Shared {
+        state: RwLock::new(sm),
+        status: RwLock::new(RaftStatus::default()),
+        addresses: RwLock::new(addresses),
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let transport = Transport::new(config.id, shared.clone(), tx.clone());
+    let next_request = (config.id << 48)
+        | (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            & 0xFFFF_FFFF_FFFF);
+    let mut driver = Driver {
+        raw,
+        storage,
+        shared: shared.clone(),
+        fanout,
+        transport,
+        metrics,
+        config,
+        proposals: HashMap::new(),
+        memberships: HashMap::new(),
+        next_request,
+        last_snapshot: snapshot_index,
+    };
+    driver.metrics.snapshot_index.set(snapshot_index as i64);
+    let name = format!("raft-{}", driver.config.id);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || driver.run(rx))
+        .map_err(|e| NodeError::Dropped(format!("cannot start the Raft thread: {e}")))?;
+    Ok((tx, shared))
+}
+
+impl Driver {
+    fn run(&mut self, rx: Receiver<Msg>) {
+        let span = tracing::info_span!("raft", id = self.config.id);
+        let _enter = span.enter();
+        let mut next_tick = Instant::now() + self.config.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Stop) => break,
+                Ok(msg) => {
+                    self.handle(msg);
+                    // Batch whatever else is queued into the same Ready.
+                    let mut stop = false;
+                    for msg in rx.try_iter().take(4096) {
+                        if matches!(msg, Msg::Stop) {
+                            stop = true;
+                            break;
+                        }
+                        self.handle(msg);
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                next_tick = Instant::now() + self.config.tick;
+            }
+            if let Err(e) = self.on_ready() {
+                error!("Raft ready handling failed, stopping this replica: {e}");
+                break;
+            }
+            self.publish_status();
+        }
+        for (_, tx) in self.proposals.drain() {
+            let _ = tx.send(Err(NodeError::Stopped));
+        }
+        info!("Raft thread stopped");
+    }
+
+    fn not_leader(&self) -> NodeError {
+        let id = self.raw.raft.leader_id;
+        let leader = (id != 0).then(|| {
+            let addr = self
+                .shared
+                .addresses
+                .read()
+                .ok()
+                .and_then(|a| a.get(&id).cloned())
+                .unwrap_or_default();
+            (id, addr)
+        });
+        NodeError::NotLeader { leader }
+    }
+
+    fn request_id(&mut self) -> u64 {
+        self.next_request = self.next_request.wrapping_add(1);
+        self.next_request
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Propose { mut command, reply } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                command.request_id = self.request_id();
+                match self.raw.propose(Vec::new(), command.encode_to_vec()) {
+                    Ok(()) => {
+                        self.proposals.insert(command.request_id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NodeError::Raft(e)));
+                    }
+                }
+            }
+            Msg::Raft(m) => {
+                if let Err(e) = self.raw.step(*m) {
+                    debug!("dropped a Raft message: {e}");
+                }
+            }
+            Msg::Unreachable(id) => self.raw.report_unreachable(id),
+            Msg::SnapshotDone { to, ok } => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Msg::Membership { change, reply } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                let rid = self.request_id();
+                let (kind, id, address) = match change {
+                    MembershipChange::AddLearner { id, address } => {
+                        (ConfChangeType::AddLearnerNode, id, address)
+                    }
+                    MembershipChange::Promote { id } => {
+                        let address = self
+                            .shared
+                            .addresses
+                            .read()
+                            .ok()
+                            .and_then(|a| a.get(&id).cloned());
+                        let Some(address) = address else {
+                            let _ = reply.send(Err(NodeError::Membership(format!(
+                                "replica {id} is not a member; add it as a learner first"
+                            ))));
+                            return;
+                        };
+                        (ConfChangeType::AddNode, id, address)
+                    }
+                    MembershipChange::Remove { id } => {
+                        (ConfChangeType::RemoveNode, id, String::new())
+                    }
+                };
+                let mut cc = ConfChange::default();
+                cc.set_change_type(kind);
+                cc.node_id = id;
+                cc.context = format!("{rid}|{address}").into_bytes().into();
+                match self.raw.propose_conf_change(Vec::new(), cc) {
+                    Ok(()) => {
+                        self.memberships.insert(rid, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NodeError::Membership(e.to_string())));
+                    }
+                }
+            }
+            Msg::Stop => {}
+        }
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            self.transport.send(m);
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), NodeError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            let msgs = ready.take_messages();
+            self.send(msgs);
+        }
+        if *ready.snapshot() != Snapshot::default() {
+            self.install_snapshot(ready.snapshot().clone())?;
+        }
+        let committed = ready.take_committed_entries();
+        self.apply(committed)?;
+        if !ready.entries().is_empty() {
+            self.storage
+                .append(ready.entries())
+                .map_err(NodeError::Storage)?;
+        }
+        if let Some(hs) = ready.hs() {
+            self.storage
+                .set_hard_state(hs)
+                .map_err(NodeError::Storage)?;
+        }
+        if ready.must_sync() || !ready.entries().is_empty() || ready.hs().is_some() {
+            self.storage.flush().map_err(NodeError::Storage)?;
+        }
+        if !ready.persisted_messages().is_empty() {
+            let msgs = ready.take_persisted_messages();
+            self.send(msgs);
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.storage
+                .set_commit(commit)
+                .map_err(NodeError::Storage)?;
+        }
+        let msgs = light.take_messages();
+        self.send(msgs);
+        let committed = light.take_committed_entries();
+        self.apply(committed)?;
+        self.raw.advance_apply();
+        self.maybe_snapshot()
+    }
+
+    fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), NodeError> {
+        let data = StateSnapshot::decode(snap.get_data())
+            .map_err(|e| NodeError::Dropped(format!("received a corrupt snapshot: {e}")))?;
+        self.storage
+            .apply_snapshot(&snap)
+            .map_err(NodeError::Storage)?;
+        let index = snap.get_metadata().index;
+        if let Ok(mut sm) = self.shared.state.write() {
+            sm.restore(&data);
+            sm.advance(index);
+        }
+        if let Ok(mut a) = self.shared.addresses.write() {
+            for m in &data.members {
+                a.insert(m.id, m.address.clone());
+            }
+        }
+        self.last_snapshot = index;
+        self.metrics.snapshot_index.set(index as i64);
+        self.fanout.reset(index);
+        info!(
+            index,
+            resources = data.entries.len(),
+            "installed a snapshot from the leader"
+        );
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut published = Vec::with_capacity(entries.len());
+        let mut replies = Vec::new();
+        let mut member_replies = Vec::new();
+        {
+            let Ok(mut sm) = self.shared.state.write() else {
+                return Err(NodeError::Dropped("state machine lock poisoned".into()));
+            };
+            for e in entries {
+                let index = e.index;
+                if index <= sm.revision() {
+                    continue;
+                }
+                match e.get_entry_type() {
+                    EntryType::EntryNormal if e.data.is_empty() => {
+                        sm.advance(index);
+                        published.push((index, Vec::new()));
+                    }
+                    EntryType::EntryNormal => match Command::decode(e.get_data()) {
+                        Ok(cmd) => {
+                            let applied = sm.apply(index, &cmd);
+                            published.push((index, applied.result.clone().unwrap_or_default()));
+                            replies.push(applied);
+                        }
+                        Err(err) => {
+                            error!(index, "skipping an undecodable committed entry: {err}");
+                            sm.advance(index);
+                            published.push((index, Vec::new()));
+                        }
+                    },
+                    EntryType::EntryConfChange => {
+                        let mut cc = ConfChange::default();
+                        if let Err(err) = cc.merge_from_bytes(e.get_data()) {
+                            error!(index, "skipping an undecodable configuration change: {err}");
+                        } else {
+                            let cs = self.raw.apply_conf_change(&cc).map_err(NodeError::Raft)?;
+                            self.storage
+                                .set_conf_state(&cs)
+                                .map_err(NodeError::Storage)?;
+                            let context = String::from_utf8_lossy(cc.get_context()).into_owned();
+                            let (rid, address) = context.split_once('|').unwrap_or(("0", ""));
+                            let id = cc.node_id;
+                            match cc.get_change_type() {
+                                ConfChangeType::RemoveNode => {
+                                    sm.remove_member(id);
+                                    if let Ok(mut a) = self.shared.addresses.write() {
+                                        a.remove(&id);
+                                    }
+                                }
+                                kind => {
+                                    let learner = kind == ConfChangeType::AddLearnerNode;
+                                    sm.set_member(Member {
+                                        id,
+                                        address: address.to_string(),
+                                        learner,
+                                    });
+                                    if let Ok(mut a) = self.shared.addresses.write() {
+                                        a.insert(id, address.to_string());
+                                    }
+                                }
+                            }
+                            info!(index, node = id, change = ?cc.get_change_type(), "membership changed");
+                            member_replies.push((rid.parse::<u64>().unwrap_or(0), cs));
+                        }
+                        sm.advance(index);
+                        published.push((index, Vec::new()));
+                    }
+                    EntryType::EntryConfChangeV2 => {
+                        warn!(
+                            index,
+                            "ignoring a joint configuration change (not proposed by Manul)"
+                        );
+                        sm.advance(index);
+                        published.push((index, Vec::new()));
+                    }
+                }
+            }
+        }
+        for (revision, entries) in published {
+            self.fanout.publish(revision, entries);
+        }
+        for applied in replies {
+            if let Some(tx) = self.proposals.remove(&applied.request_id) {
+                let _ = tx.send(Ok(applied));
+            }
+        }
+        for (rid, _cs) in member_replies {
+            if let Some(tx) = self.memberships.remove(&rid) {
+                let _ = tx.send(Ok(self.members()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Voters and learners with their addresses.
+    fn members(&self) -> Vec<Member> {
+        let cs = self.storage.conf_state();
+        let addresses = self
+            .shared
+            .addresses
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_default();
+        let addr = |id: &u64| addresses.get(id).cloned().unwrap_or_default();
+        let mut out: Vec<Member> = cs
+            .voters
+            .iter()
+            .map(|id| Member {
+                id: *id,
+                address: addr(id),
+                learner: false,
+            })
+            .chain(cs.learners.iter().map(|id| Member {
+                id: *id,
+                address: addr(id),
+                learner: true,
+            }))
+            .collect();
+        out.sort_by_key(|m| m.id);
+        out
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+        let (applied, data) = {
+            let Ok(sm) = self.shared.state.read() else {
+                return Ok(());
+            };
+            if sm.revision() < self.last_snapshot + self.config.snapshot_every {
+                return Ok(());
+            }
+            let mut snap = sm.to_snapshot();
+            snap.members = self.members();
+            (sm.revision(), snap.encode_to_vec())
+        };
+        let cs = self.storage.conf_state();
+        self.storage
+            .create_snapshot(applied, cs, data)
+            .map_err(NodeError::Storage)?;
+        self.last_snapshot = applied;
+        self.metrics.snapshot_index.set(applied as i64);
+        info!(
+            index = applied,
+            "took a Raft snapshot and compacted the log"
+        );
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let cs = self.storage.conf_state();
+        let raft = &self.raw.raft;
+        let learner = cs.learners.contains(&self.config.id);
+        let role = match raft.state {
+            StateRole::Leader => "leader",
+            _ if learner => "learner",
+            StateRole::Follower => "follower",
+            StateRole::Candidate | StateRole::PreCandidate => "candidate",
+        };
+        let applied = self.shared.state.read().map_or(0, |s| s.revision());
+        let status = RaftStatus {
+            id: self.config.id,
+            role: role.to_string(),
+            term: raft.term,
+            leader_id: raft.leader_id,
+            commit_index: raft.raft_log.committed,
+            applied_index: applied,
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+        };
+        self.metrics.term.set(status.term as i64);
+        self.metrics.leader_id.set(status.leader_id as i64);
+        self.metrics
+            .is_leader
+            .set(i64::from(raft.state == StateRole::Leader));
+        self.metrics.commit_index.set(status.commit_index);
+        self.metrics.applied_index.set(applied);
+        if let Ok(mut s) = self.shared.status.write()
+            && *s != status
+        {
+            *s = status;
+        }
+    }
+}

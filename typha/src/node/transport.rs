@@ -1,0 +1,167 @@
+//! Raft messages between replicas, over the `Peer` gRPC service.
+//!
+//! Sending: one Tokio task per peer drains a bounded queue and sends batches;
+//! a full queue drops messages (Raft retransmits), an unreachable peer is
+//! reported to Raft, and a snapshot's delivery is reported back so Raft can
+//! resume replication. Receiving: a batch is decoded whole before any of it
+//! is stepped, so a corrupt batch changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use bytes::Bytes;
+use manul_proto::v1::peer_client::PeerClient;
+use manul_proto::v1::peer_server::{Peer, PeerServer};
+use manul_proto::v1::{RaftAck, RaftBatch};
+use protobuf::Message as _;
+use raft::prelude::{Message, MessageType};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
+
+use super::{Msg, Node, Shared};
+
+/// Largest gRPC message between replicas: a snapshot of the whole state.
+pub const MAX_PEER_MESSAGE: usize = 1024 * 1024 * 1024;
+const QUEUE: usize = 4096;
+const BATCH: usize = 256;
+
+pub(super) struct Transport {
+    shared: Arc<Shared>,
+    node_tx: Sender<Msg>,
+    peers: HashMap<u64, mpsc::Sender<Message>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Transport {
+    pub(super) fn new(_id: u64, shared: Arc<Shared>, node_tx: Sender<Msg>) -> Transport {
+        Transport {
+            shared,
+            node_tx,
+            peers: HashMap::new(),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    pub(super) fn send(&mut self, m: Message) {
+        let to = m.to;
+        let tx = self.peers.entry(to).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            self.runtime
+                .spawn(peer_loop(to, rx, self.shared.clone(), self.node_tx.clone()));
+            tx
+        });
+        if tx.try_send(m).is_err() {
+            debug!(to, "peer queue full; dropping a Raft message");
+        }
+    }
+}
+
+fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+async fn peer_loop(
+    to: u64,
+    mut rx: mpsc::Receiver<Message>,
+    shared: Arc<Shared>,
+    node_tx: Sender<Msg>,
+) {
+    let mut client: Option<(String, PeerClient<Channel>)> = None;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let has_snapshot = batch
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+        let addr = shared
+            .addresses
+            .read()
+            .ok()
+            .and_then(|a| a.get(&to).cloned());
+        let Some(addr) = addr.filter(|a| !a.is_empty()) else {
+            let _ = node_tx.send(Msg::Unreachable(to));
+            continue;
+        };
+        if client.as_ref().is_none_or(|(a, _)| *a != addr) {
+            match channel(&addr) {
+                Ok(ch) => {
+                    let c = PeerClient::new(ch)
+                        .max_encoding_message_size(MAX_PEER_MESSAGE)
+                        .max_decoding_message_size(MAX_PEER_MESSAGE);
+                    client = Some((addr.clone(), c));
+                }
+                Err(e) => {
+                    warn!(to, %addr, "bad peer address: {e}");
+                    let _ = node_tx.send(Msg::Unreachable(to));
+                    continue;
+                }
+            }
+        }
+        let Some((_, c)) = client.as_mut() else {
+            continue;
+        };
+        let messages: Vec<Bytes> = batch
+            .iter()
+            .filter_map(|m| m.write_to_bytes().ok().map(Bytes::from))
+            .collect();
+        let result = c.raft(RaftBatch { messages }).await;
+        let ok = result.is_ok();
+        if let Err(e) = result {
+            debug!(to, %addr, "cannot reach peer: {}", e.message());
+            let _ = node_tx.send(Msg::Unreachable(to));
+        }
+        if has_snapshot {
+            let _ = node_tx.send(Msg::SnapshotDone { to, ok });
+        }
+        if !ok {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The receiving side: hands decoded messages to the local node.
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    node: Node,
+}
+
+impl PeerService {
+    pub fn new(node: Node) -> PeerServer<PeerService> {
+        PeerServer::new(PeerService { node })
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE)
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn raft(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        let batch = request.into_inner();
+        let mut msgs = Vec::with_capacity(batch.messages.len());
+        for (i, bytes) in batch.messages.iter().enumerate() {
+            let m = Message::parse_from_bytes(bytes).map_err(|e| {
+                Status::invalid_argument(format!("messages[{i}]: not a Raft message: {e}"))
+            })?;
+            msgs.push(m);
+        }
+        for m in msgs {
+            self.node
+                .step(m)
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+        }
+        Ok(Response::new(RaftAck {}))
+    }
+}
