@@ -110,6 +110,10 @@ struct Driver {
     memberships: Pending<Vec<Member>>,
     next_request: u64,
     last_snapshot: u64,
+    /// Take a snapshot after this Ready even if the log is short: a member
+    /// was added, and Raft only lets it restore a snapshot whose
+    /// configuration includes it.
+    force_snapshot: bool,
 }
 
 /// Starts the Raft thread; must be called inside a Tokio runtime (the
@@ -126,6 +130,9 @@ pub(super) fn spawn(
     };
     let storage =
         SledStorage::open(&config.data_dir.join("raft"), &voters).map_err(NodeError::Storage)?;
+    if !voters.is_empty() && storage.snapshot_metadata().index == 0 {
+        bootstrap(&storage, &config, &voters)?;
+    }
     let mut sm = StateMachine::new();
     if let Some(snap) = storage.stored_snapshot() {
         match StateSnapshot::decode(snap.get_data()) {
@@ -180,6 +187,7 @@ pub(super) fn spawn(
         memberships: HashMap::new(),
         next_request,
         last_snapshot: snapshot_index,
+        force_snapshot: false,
     };
     driver.metrics.snapshot_index.set(snapshot_index as i64);
     let name = format!("raft-{}", driver.config.id);
@@ -188,6 +196,45 @@ pub(super) fn spawn(
         .spawn(move || driver.run(rx))
         .map_err(|e| NodeError::Dropped(format!("cannot start the Raft thread: {e}")))?;
     Ok((tx, shared))
+}
+
+/// Index of the snapshot every founding member starts from.
+const BOOTSTRAP_INDEX: u64 = 1;
+
+/// Gives a founding member the same initial snapshot as every other one:
+/// index 1, the founding voters and their addresses. The log then starts
+/// at 2, so a replica that joins later is sent a snapshot first and learns
+/// the membership from it (the bootstrap configuration is in no log entry).
+fn bootstrap(storage: &SledStorage, config: &NodeConfig, voters: &[u64]) -> Result<(), NodeError> {
+    use raft::Storage as _;
+    let last = storage.last_index().map_err(NodeError::Raft)?;
+    if last != 0 {
+        return Ok(());
+    }
+    let members = config
+        .peers
+        .iter()
+        .map(|(id, address)| Member {
+            id: *id,
+            address: address.clone(),
+            learner: false,
+        })
+        .collect();
+    let data = StateSnapshot {
+        revision: BOOTSTRAP_INDEX,
+        entries: Vec::new(),
+        members,
+    };
+    let mut snap = Snapshot {
+        data: data.encode_to_vec().into(),
+        ..Snapshot::default()
+    };
+    let meta = snap.mut_metadata();
+    meta.index = BOOTSTRAP_INDEX;
+    meta.term = 1;
+    meta.mut_conf_state().voters = voters.to_vec();
+    storage.apply_snapshot(&snap).map_err(NodeError::Storage)?;
+    storage.flush().map_err(NodeError::Storage)
 }
 
 impl Driver {
@@ -461,6 +508,7 @@ impl Driver {
                                     }
                                 }
                                 kind => {
+                                    self.force_snapshot = true;
                                     let learner = kind == ConfChangeType::AddLearnerNode;
                                     sm.set_member(Member {
                                         id,
@@ -538,7 +586,8 @@ impl Driver {
             let Ok(sm) = self.shared.state.read() else {
                 return Ok(());
             };
-            if sm.revision() < self.last_snapshot + self.config.snapshot_every {
+            let due = sm.revision() >= self.last_snapshot + self.config.snapshot_every;
+            if sm.revision() <= self.last_snapshot || !(due || self.force_snapshot) {
                 return Ok(());
             }
             let mut snap = sm.to_snapshot();

@@ -30,6 +30,7 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 256;
 
 pub(super) struct Transport {
+    id: u64,
     shared: Arc<Shared>,
     node_tx: Sender<Msg>,
     peers: HashMap<u64, mpsc::Sender<Message>>,
@@ -37,8 +38,9 @@ pub(super) struct Transport {
 }
 
 impl Transport {
-    pub(super) fn new(_id: u64, shared: Arc<Shared>, node_tx: Sender<Msg>) -> Transport {
+    pub(super) fn new(id: u64, shared: Arc<Shared>, node_tx: Sender<Msg>) -> Transport {
         Transport {
+            id,
             shared,
             node_tx,
             peers: HashMap::new(),
@@ -50,8 +52,13 @@ impl Transport {
         let to = m.to;
         let tx = self.peers.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            self.runtime
-                .spawn(peer_loop(to, rx, self.shared.clone(), self.node_tx.clone()));
+            self.runtime.spawn(peer_loop(
+                self.id,
+                to,
+                rx,
+                self.shared.clone(),
+                self.node_tx.clone(),
+            ));
             tx
         });
         if tx.try_send(m).is_err() {
@@ -69,6 +76,7 @@ fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
 }
 
 async fn peer_loop(
+    from: u64,
     to: u64,
     mut rx: mpsc::Receiver<Message>,
     shared: Arc<Shared>,
@@ -117,7 +125,19 @@ async fn peer_loop(
             .iter()
             .filter_map(|m| m.write_to_bytes().ok().map(Bytes::from))
             .collect();
-        let result = c.raft(RaftBatch { messages }).await;
+        let from_address = shared
+            .addresses
+            .read()
+            .ok()
+            .and_then(|a| a.get(&from).cloned())
+            .unwrap_or_default();
+        let result = c
+            .raft(RaftBatch {
+                messages,
+                from,
+                from_address,
+            })
+            .await;
         let ok = result.is_ok();
         if let Err(e) = result {
             debug!(to, %addr, "cannot reach peer: {}", e.message());
@@ -150,6 +170,12 @@ impl PeerService {
 impl Peer for PeerService {
     async fn raft(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
         let batch = request.into_inner();
+        if batch.from != 0
+            && batch.from_address.parse::<std::net::SocketAddr>().is_ok()
+            && let Ok(mut a) = self.node.shared().addresses.write()
+        {
+            a.entry(batch.from).or_insert(batch.from_address.clone());
+        }
         let mut msgs = Vec::with_capacity(batch.messages.len());
         for (i, bytes) in batch.messages.iter().enumerate() {
             let m = Message::parse_from_bytes(bytes).map_err(|e| {

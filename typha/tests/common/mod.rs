@@ -1,0 +1,283 @@
+//! A local Typha cluster of real `typha` processes on loopback, for tests.
+//! Every process is killed when the cluster is dropped, even on failure.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use manul_proto::v1::cluster_client::ClusterClient;
+use manul_proto::v1::resources_client::ResourcesClient;
+use manul_proto::v1::sync_client::SyncClient;
+use manul_proto::v1::{
+    ApplyItem, ApplyRequest, ApplyResponse, ListRequest, ReplicaStatus, ReplicaStatusRequest,
+};
+use tonic::transport::Channel;
+
+/// Serialises the process-level tests: each runs a cluster on two cores.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Replica {
+    pub id: u64,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub join: bool,
+}
+
+impl Replica {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+pub struct Cluster {
+    _tmp: tempfile::TempDir,
+    pub replicas: Vec<Replica>,
+    pub snapshot_every: u64,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in &mut self.replicas {
+            if let Some(mut c) = r.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts `n` replicas that bootstrap together.
+    pub async fn start(n: u64, snapshot_every: u64) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let replicas = (1..=n)
+            .map(|id| Replica {
+                id,
+                port: free_port(),
+                metrics_port: free_port(),
+                dir: tmp.path().join(format!("r{id}")),
+                child: None,
+                join: false,
+            })
+            .collect();
+        let mut c = Cluster {
+            _tmp: tmp,
+            replicas,
+            snapshot_every,
+        };
+        for i in 0..c.replicas.len() {
+            c.spawn(i);
+        }
+        c.wait_for_leader(Duration::from_secs(15)).await;
+        c
+    }
+
+    fn peers(&self) -> String {
+        self.replicas
+            .iter()
+            .filter(|r| !r.join)
+            .map(|r| format!("{}={}", r.id, r.addr()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let peers = self.peers();
+        let r = &mut self.replicas[i];
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_typha"));
+        cmd.args(["--node-id", &r.id.to_string()])
+            .args(["--listen", &r.addr()])
+            .args(["--metrics", &format!("127.0.0.1:{}", r.metrics_port)])
+            .args(["--data-dir", r.dir.to_str().unwrap()])
+            .args(["--snapshot-every", &self.snapshot_every.to_string()])
+            .args(["--shutdown-spread-secs", "0"])
+            .env(
+                "RUST_LOG",
+                std::env::var("TYPHA_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null());
+        if r.join {
+            cmd.arg("--join");
+        } else {
+            cmd.args(["--peers", &peers]);
+        }
+        r.child = Some(cmd.spawn().expect("spawn typha"));
+    }
+
+    /// Adds a replica that starts with `--join`.
+    pub fn spawn_joiner(&mut self, id: u64) -> usize {
+        let dir = self.replicas[0]
+            .dir
+            .parent()
+            .unwrap()
+            .join(format!("r{id}"));
+        self.replicas.push(Replica {
+            id,
+            port: free_port(),
+            metrics_port: free_port(),
+            dir,
+            child: None,
+            join: true,
+        });
+        let i = self.replicas.len() - 1;
+        self.spawn(i);
+        i
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.replicas[i].child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn alive(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.replicas.len()).filter(|i| self.replicas[*i].child.is_some())
+    }
+
+    pub async fn channel(&self, i: usize) -> Channel {
+        let url = format!("http://{}", self.replicas[i].addr());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match tonic::transport::Endpoint::from_shared(url.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => panic!("cannot reach {url}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    pub async fn resources(&self, i: usize) -> ResourcesClient<Channel> {
+        ResourcesClient::new(self.channel(i).await)
+    }
+
+    pub async fn sync(&self, i: usize) -> SyncClient<Channel> {
+        SyncClient::new(self.channel(i).await)
+    }
+
+    pub async fn status(&self, i: usize) -> Option<ReplicaStatus> {
+        let mut c = ClusterClient::new(self.channel(i).await);
+        c.replica(ReplicaStatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// Waits until every live replica agrees on one leader; returns its index.
+    pub async fn wait_for_leader(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut leaders = Vec::new();
+            for i in self.alive().collect::<Vec<_>>() {
+                leaders.push(self.status(i).await.map_or(0, |s| s.leader_id));
+            }
+            if let Some(&l) = leaders.first()
+                && l != 0
+                && leaders.iter().all(|x| *x == l)
+                && let Some(i) = self
+                    .replicas
+                    .iter()
+                    .position(|r| r.id == l && r.child.is_some())
+            {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {within:?}: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every live replica has applied `revision`, then returns
+    /// their statuses.
+    pub async fn wait_applied(&self, revision: u64, within: Duration) -> Vec<ReplicaStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut all = Vec::new();
+            for i in self.alive().collect::<Vec<_>>() {
+                if let Some(s) = self.status(i).await {
+                    all.push(s);
+                }
+            }
+            if all.len() == self.alive().count()
+                && all.iter().all(|s| s.applied_revision >= revision)
+            {
+                return all;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "revision {revision} not applied everywhere: {all:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.replicas[i].metrics_port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        body.lines()
+            .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Lists every resource name on replica `i`.
+    pub async fn names(&self, i: usize) -> Vec<String> {
+        let mut c = self.resources(i).await;
+        let r = c.list(ListRequest::default()).await.unwrap().into_inner();
+        r.entries.into_iter().map(|e| e.key.unwrap().name).collect()
+    }
+}
+
+pub fn set_yaml(name: &str) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: {name}\n  labels:\n    bench: \"true\"\nspec:\n  nets: [10.1.2.0/24]\n"
+    )
+}
+
+pub fn apply_request(names: &[String]) -> ApplyRequest {
+    ApplyRequest {
+        items: names
+            .iter()
+            .map(|n| ApplyItem {
+                document: set_yaml(n).into_bytes().into(),
+                origin: n.clone(),
+                expected_revision: None,
+            })
+            .collect(),
+    }
+}
+
+/// Applies through replica `i`.
+pub async fn apply(
+    c: &Cluster,
+    i: usize,
+    names: &[String],
+) -> Result<ApplyResponse, tonic::Status> {
+    let mut r = c.resources(i).await;
+    r.apply(apply_request(names)).await.map(|r| r.into_inner())
+}
