@@ -194,6 +194,20 @@ async fn a_fourth_replica_joins_at_run_time() {
         "{s:?}"
     );
 
+    // Remove the dead member through a follower (forwarded to the leader).
+    let follower = c.alive().find(|i| *i != leader).unwrap();
+    let mut admin = ClusterClient::new(c.channel(follower).await);
+    let victim_id = c.replicas[victim].id;
+    let members = admin
+        .remove(MemberRequest { id: victim_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert!(!members.iter().any(|m| m.id == victim_id), "{members:?}");
+    assert_eq!(members.len(), 3);
+    assert_eq!(write_each(&c, &names("z", 3)).await.len(), 3);
+
     let bad = admin
         .add_learner(AddLearnerRequest {
             id: 0,
@@ -258,8 +272,12 @@ async fn a_sync_client_resumes_on_another_replica_without_a_snapshot() {
     assert!(follows);
     drop(first);
 
+    // Written through a follower: forwarded to the leader.
     let later = names("later", 3);
-    assert_eq!(write_each(&c, &later).await.len(), 3);
+    let leader = c.wait_for_leader(Duration::from_secs(5)).await;
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let r = apply(&c, follower, &later).await.unwrap();
+    assert_eq!(r.entries.len(), 3);
     let mut second = c
         .sync(1)
         .await
