@@ -28,7 +28,9 @@ impl ServerArgs {
             format!("http://{}", self.server)
         };
         Endpoint::from_shared(url)
-            .with_context(|| format!("--server {:?} is not HOST:PORT", self.server))?
+            .with_context(|| {
+                crate::BadInput(format!("--server {:?} is not HOST:PORT", self.server))
+            })?
             .connect_timeout(Duration::from_secs(3))
             .connect()
             .await

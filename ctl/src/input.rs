@@ -33,10 +33,10 @@ fn expand(path: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
         return Ok(());
     }
     let mut entries: Vec<PathBuf> = fs::read_dir(path)
-        .with_context(|| format!("cannot read directory {}", path.display()))?
+        .with_context(|| crate::BadInput(format!("cannot read directory {}", path.display())))?
         .map(|e| e.map(|e| e.path()))
         .collect::<io::Result<_>>()
-        .with_context(|| format!("cannot read directory {}", path.display()))?;
+        .with_context(|| crate::BadInput(format!("cannot read directory {}", path.display())))?;
     entries.sort();
     for entry in entries {
         if entry.is_dir() {
@@ -75,13 +75,14 @@ pub fn load_all(args: &FileArgs) -> Result<Vec<Input>> {
     let mut inputs = Vec::new();
     for path in paths {
         let (origin, bytes) = if path.as_os_str() == "-" {
-            let bytes = read_bounded(io::stdin().lock()).context("cannot read standard input")?;
+            let bytes = read_bounded(io::stdin().lock())
+                .context(crate::BadInput("cannot read standard input".into()))?;
             ("-".to_string(), bytes)
         } else {
-            let file =
-                fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            let bytes =
-                read_bounded(file).with_context(|| format!("cannot read {}", path.display()))?;
+            let file = fs::File::open(&path)
+                .with_context(|| crate::BadInput(format!("cannot open {}", path.display())))?;
+            let bytes = read_bounded(file)
+                .with_context(|| crate::BadInput(format!("cannot read {}", path.display())))?;
             (path.display().to_string(), bytes)
         };
         let outcome = manul_model::load(&origin, &bytes);

@@ -25,6 +25,19 @@ mod validate;
 /// Exit code for bad input of any kind.
 const EXIT_BAD_INPUT: u8 = 2;
 
+/// Marks an error as the user's input being wrong (exit code 2), as opposed
+/// to a failure such as an unreachable server (exit code 1).
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "manulctl",
@@ -87,9 +100,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            let bad_input = e.chain().any(|c| c.is::<std::io::Error>())
-                || e.to_string().starts_with("unknown kind")
-                || e.to_string().starts_with("give ");
+            let bad_input = e.downcast_ref::<BadInput>().is_some();
             eprintln!("error: {e:#}");
             if bad_input {
                 ExitCode::from(EXIT_BAD_INPUT)

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use manul_model::load::describe;
 use manul_model::{Kind, Resource};
@@ -75,7 +75,7 @@ pub async fn apply(server: &ServerArgs, args: &FileArgs) -> Result<ExitCode> {
         }
     }
     if items.is_empty() {
-        bail!("no resources to apply");
+        return Err(crate::BadInput("no resources to apply".into()).into());
     }
     match client(server).await?.apply(ApplyRequest { items }).await {
         Ok(_) => {
@@ -92,7 +92,10 @@ pub async fn apply(server: &ServerArgs, args: &FileArgs) -> Result<ExitCode> {
 fn kind_of(word: &str) -> Result<Kind> {
     Kind::from_cli(word).with_context(|| {
         let known: Vec<_> = Kind::ALL.iter().map(|k| k.key_name()).collect();
-        format!("unknown kind {word:?}; use one of {}", known.join(", "))
+        crate::BadInput(format!(
+            "unknown kind {word:?}; use one of {}",
+            known.join(", ")
+        ))
     })
 }
 
@@ -168,7 +171,7 @@ pub async fn delete(server: &ServerArgs, args: &DeleteArgs) -> Result<ExitCode> 
     let mut keys = Vec::new();
     if !args.paths.is_empty() {
         if args.kind.is_some() {
-            bail!("give either KIND NAME or -f, not both");
+            return Err(crate::BadInput("give either KIND NAME or -f, not both".into()).into());
         }
         let inputs = load_all(&FileArgs {
             paths: args.paths.clone(),

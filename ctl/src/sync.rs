@@ -98,7 +98,7 @@ async fn watch(server: &ServerArgs, args: &WatchArgs) -> Result<ExitCode> {
     let kind = match &args.kind {
         Some(k) => Some(
             manul_model::Kind::from_cli(k)
-                .with_context(|| format!("unknown kind {k:?}"))?
+                .with_context(|| crate::BadInput(format!("unknown kind {k:?}")))?
                 .key_name()
                 .to_string(),
         ),

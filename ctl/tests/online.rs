@@ -1,0 +1,171 @@
+//! manulctl's online commands against a real single-node Typha (in this
+//! process, on a loopback port), run as the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use manul_typha::server::{TyphaConfig, start};
+
+fn examples() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::env::var_os("MANUL_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("shared"))
+        .join("examples")
+}
+
+async fn manulctl(server: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_manulctl"));
+    cmd.args(args)
+        .env("MANUL_SERVER", server)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_delete_status_and_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    // Bind first to learn a free port, then start on it (peers need it).
+    let port = std::net::TcpListener::bind(listen)
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let typha = start(TyphaConfig::single(dir.path().to_path_buf(), addr))
+        .await
+        .unwrap();
+    let server = addr.to_string();
+    // Wait for the single node to elect itself.
+    for _ in 0..100 {
+        if typha.node.status().leader_id == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let ex = examples();
+    let out = manulctl(&server, &["apply", "-f", ex.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("NetworkPolicy production/frontend-to-api ok"));
+
+    // Bad input is rejected locally with exit 2 and nothing is written.
+    let bad = ex.join("bad/bad-selector.yaml");
+    let out = manulctl(&server, &["apply", "-f", bad.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("position 7"));
+
+    let out = manulctl(&server, &["get", "gnp"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("security.block-threats") && table.contains("default-deny-with-dns"),
+        "{table}"
+    );
+
+    let out = manulctl(
+        &server,
+        &[
+            "get",
+            "networkpolicy",
+            "frontend-to-api",
+            "-n",
+            "production",
+            "-o",
+            "yaml",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("selector: app == \"api\""),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = manulctl(&server, &["get", "tier", "nope"]).await;
+    assert_eq!(out.status.code(), Some(2), "not found is bad input");
+    let out = manulctl(&server, &["get", "frobnicator"]).await;
+    assert_eq!(out.status.code(), Some(2), "unknown kind");
+
+    let out = manulctl(&server, &["cluster", "status"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let status = text(&out.stdout);
+    assert!(
+        status.contains("leader: 1") && status.contains("leader "),
+        "{status}"
+    );
+
+    // Watch from the current revision while deleting.
+    let rev = typha.node.status().applied_index;
+    let watch = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            manulctl(
+                &server,
+                &[
+                    "sync",
+                    "watch",
+                    "--from-revision",
+                    &rev.to_string(),
+                    "--count",
+                    "1",
+                ],
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let out = manulctl(&server, &["delete", "tier", "security"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let watched = tokio::time::timeout(std::time::Duration::from_secs(10), watch)
+        .await
+        .unwrap()
+        .unwrap();
+    let lines = text(&watched.stdout);
+    assert!(lines.contains("resuming without a snapshot"), "{lines}");
+    assert!(
+        lines.contains(&format!("{} delete tier/security", rev + 1)),
+        "{lines}"
+    );
+
+    let out = manulctl(&server, &["delete", "tier", "security"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "deleting what is not there is bad input"
+    );
+    let out = manulctl(
+        &server,
+        &[
+            "delete",
+            "-f",
+            ex.join("frontend-to-api.yaml").to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let out = manulctl(&server, &["sync", "stats", "--seconds", "0"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["snapshot"]["resources"], 5);
+
+    // No server: a clear error, exit 1.
+    let out = manulctl("127.0.0.1:1", &["get", "gnp"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot connect to Typha at 127.0.0.1:1"));
+
+    typha.shutdown().await;
+}

@@ -1,0 +1,305 @@
+//! gRPC clients: one HTTP/2 connection per simulated Felix, the Sync
+//! stream reader, and the resource documents the benchmarks write.
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt};
+use manul_proto::v1::cluster_client::ClusterClient;
+use manul_proto::v1::resources_client::ResourcesClient;
+use manul_proto::v1::sync_client::SyncClient;
+use manul_proto::v1::sync_message::Message;
+use manul_proto::v1::{ApplyItem, ApplyRequest, EntryList, StatusRequest, SyncRequest};
+use prost::Message as _;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest message a client accepts.
+const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// A new HTTP/2 connection (its own `Channel`), retried a few times: a
+/// burst of connects can overflow the server's accept backlog.
+pub async fn channel(addr: SocketAddr) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true);
+    let mut attempt = 0;
+    loop {
+        match endpoint.connect().await {
+            Ok(c) => return Ok(c),
+            Err(e) if attempt >= 5 => {
+                return Err(e).with_context(|| format!("cannot connect to {addr}"));
+            }
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+        }
+    }
+}
+
+/// `n` connections, at most `concurrency` being set up at once.
+pub async fn channels(addr: SocketAddr, n: usize, concurrency: usize) -> Result<Vec<Channel>> {
+    let done = AtomicUsize::new(0);
+    let started = Instant::now();
+    let done = &done;
+    futures::stream::iter(0..n)
+        .map(|_| async move {
+            let c = channel(addr).await;
+            let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if d.is_multiple_of(1000) || d == n {
+                eprintln!(
+                    "  connected {d}/{n} in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            c
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await
+}
+
+pub fn resources(channel: Channel) -> ResourcesClient<Channel> {
+    ResourcesClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+pub fn apply_request(docs: impl IntoIterator<Item = String>) -> ApplyRequest {
+    ApplyRequest {
+        items: docs
+            .into_iter()
+            .map(|d| ApplyItem {
+                document: d.into_bytes().into(),
+                origin: "typha-bench".into(),
+                expected_revision: None,
+            })
+            .collect(),
+    }
+}
+
+/// A GlobalNetworkSet with three labels and `nets` networks (1 to 3).
+pub fn network_set(name: &str, i: usize, nets: usize) -> String {
+    let (a, b) = ((i >> 8) & 0xff, i & 0xff);
+    let all = [
+        format!("10.{a}.{b}.0/24"),
+        format!("172.16.{b}.{}/32", a % 256),
+        format!("\"fd00::{a:x}:{b:x}00/120\""),
+    ];
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: {name}\n  labels:\n    bench: \"true\"\n    group: g-{}\n    zone: z-{}\nspec:\n  nets: [{}]\n",
+        i % 100,
+        i % 7,
+        all[..nets.clamp(1, 3)].join(", ")
+    )
+}
+
+/// A namespaced NetworkPolicy with one ingress rule.
+pub fn network_policy(name: &str, i: usize) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: ns-{}\nspec:\n  selector: app == \"web-{}\"\n  ingress:\n  - action: Allow\n    protocol: TCP\n    source:\n      selector: role == \"frontend\" && group == \"g-{}\"\n    destination:\n      ports: [80, 443, {}]\n",
+        i % 50,
+        i % 1000,
+        i % 100,
+        8000 + i % 1000
+    )
+}
+
+/// The leader's id, as seen by the replica at `addr`; waits for one.
+pub async fn leader(addr: SocketAddr) -> Result<u64> {
+    let mut client = ClusterClient::new(channel(addr).await?);
+    let started = Instant::now();
+    loop {
+        let status = client.status(StatusRequest {}).await?.into_inner();
+        let id = status.replicas.first().map_or(0, |r| r.leader_id);
+        if id != 0 {
+            return Ok(id);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("no leader after 30s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Counters shared by every client task.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub in_sync: AtomicUsize,
+    /// Non-empty delta batches received, over all clients.
+    pub deltas: AtomicUsize,
+    pub failed: AtomicUsize,
+    pub errors: Mutex<Vec<String>>,
+}
+
+impl Progress {
+    fn fail(&self, idx: usize, what: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut e) = self.errors.lock()
+            && e.len() < 5
+        {
+            e.push(format!("client {idx}: {what}"));
+        }
+    }
+
+    pub fn check(&self) -> Result<()> {
+        let failed = self.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let errors = self.errors.lock().map(|e| e.join("; ")).unwrap_or_default();
+            bail!("{failed} client stream(s) failed: {errors}");
+        }
+        Ok(())
+    }
+
+    /// Waits until `get()` reaches `target`, failing on a client error or
+    /// after `limit`; prints progress every few seconds when `label` is set.
+    pub async fn wait(
+        &self,
+        get: impl Fn(&Progress) -> usize,
+        target: usize,
+        limit: Duration,
+        label: Option<&str>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        loop {
+            self.check()?;
+            let now = get(self);
+            if now >= target {
+                return Ok(());
+            }
+            if started.elapsed() > limit {
+                bail!("only {now}/{target} after {limit:?}");
+            }
+            if let Some(label) = label
+                && last_report.elapsed() > Duration::from_secs(2)
+            {
+                eprintln!(
+                    "  {label}: {now}/{target} after {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                last_report = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// What one client task saw.
+#[derive(Debug, Default)]
+pub struct ClientResult {
+    pub in_sync_at: Option<Instant>,
+    pub snapshot_chunks: u32,
+    pub snapshot_bytes: u64,
+    /// Entries in the snapshot, when the client was asked to decode it.
+    pub snapshot_entries: Option<u64>,
+    /// (revision, receive time) of non-empty delta batches, at most the
+    /// capacity asked for.
+    pub deltas: Vec<(u64, Instant)>,
+}
+
+/// How a client task behaves.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// "identity" or "gzip".
+    pub compression: String,
+    /// Delta receive times to keep.
+    pub delta_capacity: usize,
+    /// Decode (and decompress) snapshot chunks to count entries.
+    pub decode_snapshot: bool,
+}
+
+fn count_entries(bytes: &[u8], gzip: bool) -> Result<u64> {
+    let raw = if gzip {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes).read_to_end(&mut out)?;
+        out
+    } else {
+        bytes.to_vec()
+    };
+    Ok(EntryList::decode(raw.as_slice())?.entries.len() as u64)
+}
+
+/// One simulated Felix: opens a Sync stream on its own connection and
+/// reads it until `stop` changes, recording when it got in sync and when
+/// each delta arrived.
+pub async fn run_client(
+    idx: usize,
+    channel: Channel,
+    opts: ClientOptions,
+    progress: Arc<Progress>,
+    mut stop: watch::Receiver<bool>,
+) -> ClientResult {
+    let mut out = ClientResult {
+        deltas: Vec::with_capacity(opts.delta_capacity),
+        ..ClientResult::default()
+    };
+    let mut client = SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let request = SyncRequest {
+        node_name: format!("bench-node-{idx}"),
+        client_version: manul_proto::PROTOCOL_VERSION.into(),
+        resume_revision: 0,
+        accepted_compression: vec![opts.compression.clone()],
+    };
+    let mut stream = tokio::select! {
+        _ = stop.changed() => return out,
+        r = client.sync(request) => match r {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                progress.fail(idx, format!("{} ({:?})", s.message(), s.code()));
+                return out;
+            }
+        },
+    };
+    let mut gzip = false;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            m = stream.message() => m,
+        };
+        match msg {
+            Ok(Some(m)) => match m.message {
+                Some(Message::Hello(h)) => gzip = h.compression == "gzip",
+                Some(Message::Snapshot(c)) => {
+                    out.snapshot_chunks += 1;
+                    out.snapshot_bytes += c.entries.len() as u64;
+                    if opts.decode_snapshot {
+                        match count_entries(&c.entries, gzip) {
+                            Ok(n) => *out.snapshot_entries.get_or_insert(0) += n,
+                            Err(e) => {
+                                progress.fail(idx, format!("bad snapshot chunk: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                }
+                Some(Message::InSync(_)) => {
+                    out.in_sync_at = Some(Instant::now());
+                    progress.in_sync.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Message::Deltas(b)) if !b.entries.is_empty() => {
+                    if out.deltas.len() < opts.delta_capacity {
+                        out.deltas.push((b.last_revision, Instant::now()));
+                    }
+                    progress.deltas.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            },
+            Ok(None) => {
+                progress.fail(idx, "the server ended the stream".into());
+                break;
+            }
+            Err(s) => {
+                progress.fail(idx, format!("{} ({:?})", s.message(), s.code()));
+                break;
+            }
+        }
+    }
+    out
+}
