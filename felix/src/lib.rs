@@ -6,3 +6,5 @@
 //!
 //! It refuses to reach into a driver's internals: drivers see only the
 //! dataplane contract.
+
+pub mod calc;

@@ -1,0 +1,121 @@
+use super::*;
+
+pub(crate) fn resources(yaml: &str) -> Vec<Resource> {
+    manul_model::load("test.yaml", yaml.as_bytes())
+        .into_result()
+        .unwrap()
+        .into_iter()
+        .map(|l| l.resource)
+        .collect()
+}
+
+pub(crate) fn puts(yaml: &str) -> Vec<Update> {
+    resources(yaml)
+        .into_iter()
+        .map(|r| Update {
+            key: r.key(),
+            value: Some(r),
+        })
+        .collect()
+}
+
+pub(crate) fn wep(name: &str, node: &str, ip: &str, labels: &str) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: {name}\n  namespace: production\n  labels: {{{labels}}}\nspec:\n  node: {node}\n  interfaceName: cali-{name}\n  ipNetworks: [{ip}/32]\n  profiles: [kns.production]\n  ports:\n  - name: http\n    protocol: TCP\n    port: 8080\n---\n"
+    )
+}
+
+const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: production\n  labels:\n    team: shop\n---\n";
+
+const POLICY: &str = "apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: frontend-to-api
+  namespace: production
+spec:
+  selector: app == 'api'
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source:
+      selector: app == 'frontend'
+    destination:
+      ports: [http]
+";
+
+fn kinds(ops: &[dp::Operation]) -> Vec<&'static str> {
+    ops.iter()
+        .map(|o| match o {
+            dp::Operation::IpSetUpdate { .. } => "set+",
+            dp::Operation::IpSetDelta { .. } => "set~",
+            dp::Operation::IpSetRemove { .. } => "set-",
+            dp::Operation::PolicyUpdate { .. } => "policy+",
+            dp::Operation::PolicyRemove { .. } => "policy-",
+            dp::Operation::ProfileUpdate { .. } => "profile+",
+            dp::Operation::ProfileRemove { .. } => "profile-",
+            dp::Operation::WorkloadEndpointUpdate(_) => "wep+",
+            dp::Operation::WorkloadEndpointRemove { .. } => "wep-",
+            dp::Operation::HostEndpointUpdate(_) => "hep+",
+            dp::Operation::HostEndpointRemove { .. } => "hep-",
+            dp::Operation::ServiceUpdate(_) => "svc+",
+            dp::Operation::ServiceRemove { .. } => "svc-",
+            dp::Operation::InSync => "in-sync",
+        })
+        .collect()
+}
+
+#[test]
+fn frontend_to_api_programs_sets_then_policy_then_endpoints() {
+    let mut g = CalcGraph::new("node1");
+    let state = format!(
+        "{NAMESPACE}{}{}{}",
+        wep("api", "node1", "10.65.0.2", "app: api"),
+        wep("frontend", "node2", "10.65.1.2", "app: frontend"),
+        wep("other", "node1", "10.65.0.3", "app: other"),
+    );
+    let ops = g.apply(puts(&state));
+    // Only the profile and the two local endpoints: no policy applies yet.
+    assert_eq!(kinds(&ops), ["profile+", "wep+", "wep+"], "{ops:#?}");
+    let ops = g.apply(puts(POLICY));
+    assert_eq!(kinds(&ops), ["set+", "set+", "policy+", "wep+"], "{ops:#?}");
+    let dp::Operation::IpSetUpdate { id, members, .. } = &ops[0] else {
+        panic!()
+    };
+    let sel_set = if id.starts_with("sel:") {
+        (id, members)
+    } else {
+        let dp::Operation::IpSetUpdate { id, members, .. } = &ops[1] else {
+            panic!()
+        };
+        (id, members)
+    };
+    assert_eq!(
+        sel_set.0,
+        "sel:(app == \"frontend\" && projectcalico.org/namespace == \"production\")"
+    );
+    assert_eq!(
+        sel_set.1,
+        &vec![dp::IpSetMember::Net("10.65.1.2/32".parse().unwrap())]
+    );
+    let dp::Operation::WorkloadEndpointUpdate(w) = &ops[3] else {
+        panic!()
+    };
+    assert_eq!(w.id.name, "api");
+    assert_eq!(w.tiers.len(), 1);
+    assert_eq!(w.tiers[0].inbound[0].name, "production/frontend-to-api");
+    assert!(w.tiers[0].outbound.is_empty());
+
+    // Applying the same state again changes nothing.
+    assert!(g.apply(puts(&state)).is_empty());
+    assert!(g.apply(puts(POLICY)).is_empty());
+
+    // A remote endpoint with the label joins the selector's set, and its
+    // named port the named-port set: deltas only.
+    let ops = g.apply(puts(&wep("other2", "node2", "10.65.1.3", "app: frontend")));
+    assert_eq!(kinds(&ops), ["set~", "set~"], "{ops:#?}");
+
+    // Deleting the policy: endpoint first, then policy, then sets.
+    let key = resources(POLICY)[0].key();
+    let ops = g.apply([Update { key, value: None }]);
+    assert_eq!(kinds(&ops), ["wep+", "policy-", "set-", "set-"], "{ops:#?}");
+}
