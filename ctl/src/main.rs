@@ -2,7 +2,7 @@
 //!
 //! Offline commands judge files without a server: `validate`, `convert` and
 //! `selector eval`. Online commands talk to any Typha replica (`--server` or
-//! `MANUL_SERVER`): `apply`, `get`, `delete`, `cluster` and `sync`.
+//! `MANUL_SERVER`): `apply`, `get`, `delete`, `cluster`, `sync` and `trace`.
 //! Exit codes: 0 success, 2 bad input (invalid resources, unreadable files,
 //! bad flags, a request the server rejects), 1 any other failure (such as an
 //! unreachable server).
@@ -20,6 +20,7 @@ mod input;
 mod resources;
 mod selector;
 mod sync;
+mod trace;
 mod validate;
 
 /// Exit code for bad input of any kind.
@@ -72,6 +73,8 @@ enum Command {
     /// Debug the Typha-to-Felix delta stream.
     #[command(subcommand)]
     Sync(sync::SyncCommand),
+    /// Trace a packet through the policies: every step, then `verdict: allow` or `verdict: deny`.
+    Trace(trace::TraceArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
                     Command::Delete(args) => resources::delete(&cli.server, args).await,
                     Command::Cluster(cmd) => cluster::run(&cli.server, cmd).await,
                     Command::Sync(cmd) => sync::run(&cli.server, cmd).await,
+                    Command::Trace(args) => trace::run(&cli.server, args).await,
                     _ => Ok(ExitCode::SUCCESS),
                 }
             }),

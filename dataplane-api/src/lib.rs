@@ -10,7 +10,21 @@
 //! It refuses to know how any dataplane works: rules here are already
 //! resolved (selectors became IP set ids, named ports became per-endpoint
 //! sets), so a driver needs nothing but these types.
+//!
+//! [`verdict`] is the reference for how a dataplane judges a packet given
+//! the state it was told about; the null driver implements it in software.
 
+pub mod driver;
+pub mod null;
 pub mod ops;
+pub mod remote;
+pub mod verdict;
 
+#[cfg(test)]
+mod testutil;
+
+pub use driver::{ContractViolation, Driver, DriverError};
+pub use null::{DesiredState, IpSet, NullDriver, ServiceKey};
 pub use ops::*;
+pub use remote::{RemoteDriver, RemoteOptions, ServeHandle, serve, serve_connection, serve_with};
+pub use verdict::{Decider, Packet, SideVerdict, Verdict};

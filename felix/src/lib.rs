@@ -7,4 +7,9 @@
 //! It refuses to reach into a driver's internals: drivers see only the
 //! dataplane contract.
 
+pub mod agent;
 pub mod calc;
+pub mod evaluator;
+pub mod http;
+pub mod metrics;
+pub mod sync;

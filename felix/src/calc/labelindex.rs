@@ -88,6 +88,11 @@ where
         self.matches.get(selector).into_iter().flatten()
     }
 
+    /// Selectors an item currently matches.
+    pub fn selectors_of(&self, item: &I) -> impl Iterator<Item = &S> {
+        self.item_matches.get(item).into_iter().flatten()
+    }
+
     pub fn labels(&self, item: &I) -> Option<&LabelMap> {
         self.items.get(item)
     }

@@ -79,6 +79,8 @@ pub struct CalcGraph {
     netsets: BTreeMap<Item, NetSetInput>,
     index: LabelIndex<dp::IpSetId, Item>,
     set_defs: BTreeMap<dp::IpSetId, SetDef>,
+    /// How many rendered policies and profiles use each set.
+    set_refs: BTreeMap<dp::IpSetId, usize>,
     /// Local endpoint → the policies whose selector matches it.
     local_matches: BTreeMap<Item, BTreeSet<dp::PolicyId>>,
     /// Rendered active policies and profiles, with the sets they use.
@@ -86,6 +88,8 @@ pub struct CalcGraph {
     rendered_profiles: BTreeMap<String, (dp::Policy, Vec<SetDef>)>,
     emitted: Emitted,
     dirty_sets: BTreeSet<dp::IpSetId>,
+    /// Sets whose last user went away in this batch.
+    released_sets: BTreeSet<dp::IpSetId>,
     dirty_policies: BTreeSet<dp::PolicyId>,
     dirty_profiles: BTreeSet<String>,
     dirty_locals: BTreeSet<Item>,
@@ -105,11 +109,13 @@ impl CalcGraph {
             netsets: BTreeMap::new(),
             index: LabelIndex::default(),
             set_defs: BTreeMap::new(),
+            set_refs: BTreeMap::new(),
             local_matches: BTreeMap::new(),
             rendered: BTreeMap::new(),
             rendered_profiles: BTreeMap::new(),
             emitted: Emitted::default(),
             dirty_sets: BTreeSet::new(),
+            released_sets: BTreeSet::new(),
             dirty_policies: BTreeSet::new(),
             dirty_profiles: BTreeSet::new(),
             dirty_locals: BTreeSet::new(),
@@ -336,12 +342,7 @@ impl CalcGraph {
     /// Marks every set the item is in as dirty (its addresses or ports
     /// may have changed even though its labels did not).
     fn touch_sets_of(&mut self, item: &Item) {
-        let sets: Vec<dp::IpSetId> = self
-            .set_defs
-            .keys()
-            .filter(|s| self.index.matching(s).any(|i| i == item))
-            .cloned()
-            .collect();
+        let sets: Vec<dp::IpSetId> = self.index.selectors_of(item).cloned().collect();
         self.dirty_sets.extend(sets);
     }
 
@@ -509,6 +510,7 @@ impl CalcGraph {
             let locals: Vec<Item> = self.local_matches.keys().cloned().collect();
             self.dirty_locals.extend(locals);
         }
+        let locals_changed = !self.dirty_locals.is_empty();
         // Desired endpoints.
         let mut workloads = BTreeMap::new();
         let mut hosts = BTreeMap::new();
@@ -574,91 +576,91 @@ impl CalcGraph {
             }
         }
 
-        // Active policies and profiles: what the local endpoints use.
-        let active: BTreeSet<dp::PolicyId> = self
-            .local_matches
-            .values()
-            .flatten()
-            .filter(|id| self.policies.contains_key(*id))
-            .cloned()
-            .collect();
-        let active_profiles: BTreeSet<String> = self
-            .local_matches
-            .keys()
-            .filter_map(|i| self.endpoints.get(i))
-            .flat_map(|e| e.profiles.iter())
-            .filter(|p| self.profiles.contains_key(*p))
-            .cloned()
-            .collect();
+        // Active policies and profiles: what the local endpoints use. Only
+        // recomputed when local endpoints or policies changed.
         let dirty_policies = std::mem::take(&mut self.dirty_policies);
-        self.rendered
-            .retain(|id, _| active.contains(id) && !dirty_policies.contains(id));
-        for id in &active {
-            if !self.rendered.contains_key(id)
-                && let Some(p) = self.policies.get(id)
-            {
-                let mut sets = Vec::new();
-                let owner = format!("{}/{}", id.tier, id.name);
-                let ingress = if p.types.contains(&PolicyType::Ingress) {
-                    &p.ingress[..]
-                } else {
-                    &[]
-                };
-                let egress = if p.types.contains(&PolicyType::Egress) {
-                    &p.egress[..]
-                } else {
-                    &[]
-                };
-                let rendered =
-                    render::rules(&owner, ingress, egress, p.namespace.as_deref(), &mut sets);
-                self.rendered.insert(id.clone(), (rendered, sets));
-            }
-        }
         let dirty_profiles = std::mem::take(&mut self.dirty_profiles);
-        self.rendered_profiles
-            .retain(|id, _| active_profiles.contains(id) && !dirty_profiles.contains(id));
-        for id in &active_profiles {
-            if !self.rendered_profiles.contains_key(id)
-                && let Some(p) = self.profiles.get(id)
-            {
-                let mut sets = Vec::new();
-                let rendered = render::rules(
-                    &format!("profile/{id}"),
-                    &p.ingress,
-                    &p.egress,
-                    None,
-                    &mut sets,
-                );
-                self.rendered_profiles.insert(id.clone(), (rendered, sets));
+        let mut changed_policies: BTreeSet<dp::PolicyId> = BTreeSet::new();
+        let mut changed_profiles: BTreeSet<String> = BTreeSet::new();
+        if locals_changed || !dirty_policies.is_empty() || !dirty_profiles.is_empty() {
+            let active: BTreeSet<dp::PolicyId> = self
+                .local_matches
+                .values()
+                .flatten()
+                .filter(|id| self.policies.contains_key(*id))
+                .cloned()
+                .collect();
+            let active_profiles: BTreeSet<String> = self
+                .local_matches
+                .keys()
+                .filter_map(|i| self.endpoints.get(i))
+                .flat_map(|e| e.profiles.iter())
+                .filter(|p| self.profiles.contains_key(*p))
+                .cloned()
+                .collect();
+            let drop: Vec<dp::PolicyId> = self
+                .rendered
+                .keys()
+                .filter(|id| !active.contains(*id) || dirty_policies.contains(*id))
+                .cloned()
+                .collect();
+            for id in drop {
+                if let Some((_, sets)) = self.rendered.remove(&id) {
+                    self.release_sets(&sets);
+                }
+                changed_policies.insert(id);
             }
-        }
-
-        // Sets: what the active policies and profiles reference.
-        let mut wanted: BTreeMap<dp::IpSetId, SetDef> = BTreeMap::new();
-        for (_, sets) in self
-            .rendered
-            .values()
-            .chain(self.rendered_profiles.values())
-        {
-            for def in sets {
-                wanted.entry(def.id()).or_insert_with(|| def.clone());
+            for id in &active {
+                if !self.rendered.contains_key(id)
+                    && let Some(p) = self.policies.get(id)
+                {
+                    let mut sets = Vec::new();
+                    let owner = format!("{}/{}", id.tier, id.name);
+                    let ingress = if p.types.contains(&PolicyType::Ingress) {
+                        &p.ingress[..]
+                    } else {
+                        &[]
+                    };
+                    let egress = if p.types.contains(&PolicyType::Egress) {
+                        &p.egress[..]
+                    } else {
+                        &[]
+                    };
+                    let rendered =
+                        render::rules(&owner, ingress, egress, p.namespace.as_deref(), &mut sets);
+                    self.retain_sets(&sets);
+                    self.rendered.insert(id.clone(), (rendered, sets));
+                    changed_policies.insert(id.clone());
+                }
             }
-        }
-        let gone: Vec<dp::IpSetId> = self
-            .set_defs
-            .keys()
-            .filter(|id| !wanted.contains_key(*id))
-            .cloned()
-            .collect();
-        for id in &gone {
-            self.set_defs.remove(id);
-            self.index.remove_selector(id);
-        }
-        for (id, def) in wanted {
-            if !self.set_defs.contains_key(&id) {
-                let _ = self.index.update_selector(id.clone(), def.selector.clone());
-                self.set_defs.insert(id.clone(), def);
-                self.dirty_sets.insert(id);
+            let drop: Vec<String> = self
+                .rendered_profiles
+                .keys()
+                .filter(|id| !active_profiles.contains(*id) || dirty_profiles.contains(*id))
+                .cloned()
+                .collect();
+            for id in drop {
+                if let Some((_, sets)) = self.rendered_profiles.remove(&id) {
+                    self.release_sets(&sets);
+                }
+                changed_profiles.insert(id);
+            }
+            for id in &active_profiles {
+                if !self.rendered_profiles.contains_key(id)
+                    && let Some(p) = self.profiles.get(id)
+                {
+                    let mut sets = Vec::new();
+                    let rendered = render::rules(
+                        &format!("profile/{id}"),
+                        &p.ingress,
+                        &p.egress,
+                        None,
+                        &mut sets,
+                    );
+                    self.retain_sets(&sets);
+                    self.rendered_profiles.insert(id.clone(), (rendered, sets));
+                    changed_profiles.insert(id.clone());
+                }
             }
         }
 
@@ -740,40 +742,55 @@ impl CalcGraph {
         }
         // 4. Removals, in reverse dependency order.
         ops.extend(removals);
-        let stale: Vec<dp::PolicyId> = self
-            .emitted
-            .policies
-            .keys()
-            .filter(|id| !self.rendered.contains_key(*id))
-            .cloned()
-            .collect();
-        for id in stale {
-            self.emitted.policies.remove(&id);
-            ops.push(dp::Operation::PolicyRemove { id });
+        for id in changed_policies {
+            if !self.rendered.contains_key(&id) && self.emitted.policies.remove(&id).is_some() {
+                ops.push(dp::Operation::PolicyRemove { id });
+            }
         }
-        let stale: Vec<String> = self
-            .emitted
-            .profiles
-            .keys()
-            .filter(|id| !self.rendered_profiles.contains_key(*id))
-            .cloned()
-            .collect();
-        for id in stale {
-            self.emitted.profiles.remove(&id);
-            ops.push(dp::Operation::ProfileRemove { id });
+        for id in changed_profiles {
+            if !self.rendered_profiles.contains_key(&id)
+                && self.emitted.profiles.remove(&id).is_some()
+            {
+                ops.push(dp::Operation::ProfileRemove { id });
+            }
         }
-        let stale: Vec<dp::IpSetId> = self
-            .emitted
-            .sets
-            .keys()
-            .filter(|id| !self.set_defs.contains_key(*id))
-            .cloned()
-            .collect();
-        for id in stale {
-            self.emitted.sets.remove(&id);
-            ops.push(dp::Operation::IpSetRemove { id });
+        for id in std::mem::take(&mut self.released_sets) {
+            if !self.set_defs.contains_key(&id) && self.emitted.sets.remove(&id).is_some() {
+                ops.push(dp::Operation::IpSetRemove { id });
+            }
         }
         ops
+    }
+
+    fn retain_sets(&mut self, sets: &[SetDef]) {
+        for def in sets {
+            let id = def.id();
+            let n = self.set_refs.entry(id.clone()).or_default();
+            *n += 1;
+            if *n == 1 {
+                let _ = self.index.update_selector(id.clone(), def.selector.clone());
+                self.set_defs.insert(id.clone(), def.clone());
+                self.dirty_sets.insert(id.clone());
+                self.released_sets.remove(&id);
+            }
+        }
+    }
+
+    fn release_sets(&mut self, sets: &[SetDef]) {
+        for def in sets {
+            let id = def.id();
+            let Some(n) = self.set_refs.get_mut(&id) else {
+                continue;
+            };
+            *n -= 1;
+            if *n == 0 {
+                self.set_refs.remove(&id);
+                self.set_defs.remove(&id);
+                self.index.remove_selector(&id);
+                self.dirty_sets.remove(&id);
+                self.released_sets.insert(id);
+            }
+        }
     }
 
     /// The members a set should have now.
@@ -925,3 +942,6 @@ pub fn endpoint_input(r: &Resource) -> Option<EndpointInput> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod golden;

@@ -1,0 +1,265 @@
+//! The [`Driver`] trait and its errors.
+//!
+//! A driver applies ordered batches of [`Operation`]s. The contract it
+//! enforces, and that Felix's calculation graph must keep:
+//!
+//! - an IP set exists (`IpSetUpdate`) before a policy or profile rule names
+//!   it, and a rule uses a `Net` set only in `ip_sets`/`not_ip_sets` and a
+//!   `NamedPort` set only in `named_port_sets`/`not_named_port_sets`;
+//! - a policy or profile exists before an endpoint names it, and a policy is
+//!   listed under its own tier (`PolicyId::tier == TierPolicies::name`);
+//! - removals go in reverse: an endpoint stops naming a policy or profile
+//!   before that policy or profile is removed, a rule stops naming a set
+//!   before the set is removed;
+//! - `IpSetDelta` only changes a set that exists, with members of the set's
+//!   kind, never adding and removing one member in the same delta;
+//! - a removal names something that exists.
+//!
+//! A batch that breaks the contract is an error. What a driver has applied
+//! of such a batch is unspecified (a kernel cannot always roll back), so the
+//! caller must then resync it: see [`Driver::apply`].
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::ops::{Action, EndpointId, IpSetId, IpSetKind, IpSetMember, Operation, PolicyId};
+
+/// A dataplane driver: something that applies the calculation graph's
+/// operations to a kernel (or records them).
+pub trait Driver: Send {
+    /// Applies one ordered batch. A batch that breaks the contract (an
+    /// endpoint naming a policy or profile the driver was never given, a
+    /// policy rule naming an unknown IP set, a delta on a set that does not
+    /// exist, removing a policy still referenced by an endpoint) is an
+    /// error, and the driver must then be resynced: re-created (a kernel
+    /// driver adopts what it finds in the kernel as stale), sent the whole
+    /// desired state again, then [`Operation::InSync`], which removes what
+    /// was not sent again.
+    fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError>;
+
+    /// A short, stable name for logs and metrics (`null`, `remote`, `bpf`,
+    /// `iptables`).
+    fn name(&self) -> &'static str;
+}
+
+impl<D: Driver + ?Sized> Driver for Box<D> {
+    fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
+        (**self).apply(batch)
+    }
+
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+}
+
+/// Why a driver refused or failed a batch.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    /// The batch breaks the dataplane contract; nothing of it was applied
+    /// by the null driver (a kernel driver may have applied a prefix).
+    #[error("operation {index} ({operation}) breaks the dataplane contract: {violation}")]
+    Contract {
+        /// The operation's index in the batch.
+        index: usize,
+        /// The operation's kind ([`Operation::kind`]).
+        operation: &'static str,
+        violation: ContractViolation,
+    },
+    /// A kernel driver could not program what it was asked to.
+    #[error("{driver} dataplane: {context}")]
+    Dataplane {
+        driver: &'static str,
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// The remote driver's socket could not be reached.
+    #[error("remote driver: cannot connect to {}", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing the remote driver's socket failed.
+    #[error("remote driver: {context}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The remote driver did not answer in time. The connection is no
+    /// longer usable (an answer may still arrive): connect again and resync.
+    #[error("remote driver: no answer within {0:?}")]
+    Timeout(Duration),
+    /// The peer closed the connection.
+    #[error("remote driver: the peer closed the connection")]
+    Disconnected,
+    /// An earlier I/O error, timeout or malformed answer left the connection
+    /// in an unknown state: connect again and resync.
+    #[error("remote driver: the connection failed earlier and cannot be used; connect again")]
+    Broken,
+    /// A request or answer line would exceed the configured bound.
+    #[error("remote driver: a {what} line of {len} bytes exceeds the limit of {limit} bytes")]
+    LineTooLong {
+        what: &'static str,
+        len: usize,
+        limit: usize,
+    },
+    /// The batch could not be encoded as JSON.
+    #[error("remote driver: cannot encode the batch")]
+    Encode(#[source] serde_json::Error),
+    /// The remote driver answered something that is not a protocol answer.
+    #[error("remote driver: malformed answer {line:?}")]
+    BadResponse {
+        line: String,
+        #[source]
+        source: Option<serde_json::Error>,
+    },
+    /// The remote driver refused the batch (its `{"error": ...}` answer).
+    #[error("remote driver refused the batch{}: {message}", index.map(|i| format!(" at operation {i}")).unwrap_or_default())]
+    Rejected {
+        message: String,
+        index: Option<usize>,
+    },
+    /// A remote driver option is out of range.
+    #[error("remote driver: invalid option: {0}")]
+    InvalidOption(&'static str),
+    /// The serving thread panicked.
+    #[error("remote driver server thread panicked")]
+    ServerPanicked,
+}
+
+/// How a batch breaks the dataplane contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContractViolation {
+    #[error(
+        "{owner} rule {rule:?} names IP set {set:?}, which the driver was never given (send its IpSetUpdate first)"
+    )]
+    UnknownIpSet {
+        set: IpSetId,
+        owner: String,
+        rule: String,
+    },
+    #[error(
+        "{owner} rule {rule:?} uses IP set {set:?} as a {used_as:?} set, but it is a {actual:?} set"
+    )]
+    SetKindMismatch {
+        set: IpSetId,
+        owner: String,
+        rule: String,
+        used_as: IpSetKind,
+        actual: IpSetKind,
+    },
+    #[error("{owner} rule {rule:?} is invalid: {reason}")]
+    InvalidRule {
+        owner: String,
+        rule: String,
+        reason: String,
+    },
+    #[error(
+        "{endpoint} names policy {policy}, which the driver was never given (send its PolicyUpdate first)"
+    )]
+    UnknownPolicy { policy: PolicyId, endpoint: String },
+    #[error(
+        "{endpoint} names profile {profile:?}, which the driver was never given (send its ProfileUpdate first)"
+    )]
+    UnknownProfile { profile: String, endpoint: String },
+    #[error("{endpoint} lists policy {policy} under tier {tier:?}")]
+    PolicyInWrongTier {
+        policy: PolicyId,
+        tier: String,
+        endpoint: String,
+    },
+    #[error("{endpoint} gives tier {tier:?} the default action {action:?} (only Deny or Pass)")]
+    BadDefaultAction {
+        tier: String,
+        action: Action,
+        endpoint: String,
+    },
+    #[error("IpSetDelta on IP set {set:?}, which does not exist (send its IpSetUpdate first)")]
+    DeltaOnUnknownSet { set: IpSetId },
+    #[error("IP set {set:?} is a {kind:?} set and cannot hold {member:?}")]
+    MemberKindMismatch {
+        set: IpSetId,
+        kind: IpSetKind,
+        member: IpSetMember,
+    },
+    #[error("IpSetDelta on IP set {set:?} both adds and removes {member:?}")]
+    AddedAndRemoved { set: IpSetId, member: IpSetMember },
+    #[error(
+        "IpSetUpdate changes IP set {set:?} from {from:?} to {to:?} while {user} still uses it"
+    )]
+    SetKindChangeWhileReferenced {
+        set: IpSetId,
+        from: IpSetKind,
+        to: IpSetKind,
+        user: String,
+    },
+    #[error(
+        "IP set {set:?} is removed while {user} still names it (update or remove the policy first)"
+    )]
+    SetStillReferenced { set: IpSetId, user: String },
+    #[error(
+        "policy {policy} is removed while {endpoint} still names it (update or remove the endpoint first)"
+    )]
+    PolicyStillReferenced { policy: PolicyId, endpoint: String },
+    #[error(
+        "profile {profile:?} is removed while {endpoint} still names it (update or remove the endpoint first)"
+    )]
+    ProfileStillReferenced { profile: String, endpoint: String },
+    #[error("{what} {id} is removed, but the driver does not have it")]
+    RemoveUnknown { what: &'static str, id: String },
+    #[error(
+        "InSync: {what} {id} was not sent again since the driver restarted, so it is removed, but {user} (sent again) still names it"
+    )]
+    StaleStillReferenced {
+        what: &'static str,
+        id: String,
+        user: String,
+    },
+    #[error("a state's {what} stored under key {key} has the id {id}")]
+    KeyMismatch {
+        what: &'static str,
+        key: String,
+        id: String,
+    },
+}
+
+impl Operation {
+    /// The operation's variant name, as it appears in its JSON form.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Operation::IpSetUpdate { .. } => "IpSetUpdate",
+            Operation::IpSetDelta { .. } => "IpSetDelta",
+            Operation::IpSetRemove { .. } => "IpSetRemove",
+            Operation::PolicyUpdate { .. } => "PolicyUpdate",
+            Operation::PolicyRemove { .. } => "PolicyRemove",
+            Operation::ProfileUpdate { .. } => "ProfileUpdate",
+            Operation::ProfileRemove { .. } => "ProfileRemove",
+            Operation::WorkloadEndpointUpdate(_) => "WorkloadEndpointUpdate",
+            Operation::WorkloadEndpointRemove { .. } => "WorkloadEndpointRemove",
+            Operation::HostEndpointUpdate(_) => "HostEndpointUpdate",
+            Operation::HostEndpointRemove { .. } => "HostEndpointRemove",
+            Operation::ServiceUpdate(_) => "ServiceUpdate",
+            Operation::ServiceRemove { .. } => "ServiceRemove",
+            Operation::InSync => "InSync",
+        }
+    }
+}
+
+/// `TIER/NAME`.
+impl fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tier, self.name)
+    }
+}
+
+/// `NAMESPACE/NAME`.
+impl fmt::Display for EndpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}

@@ -1,0 +1,259 @@
+//! `felix-bench`: calculation-graph benchmarks that print JSON.
+//!
+//! `snapshot`: a cluster of `--endpoints` workload endpoints over
+//! `--nodes` nodes and `--policies` policies with varied selectors is fed
+//! to one node's graph in batches, as the sync client would; reports the
+//! time to in-sync and the peak RSS, also per endpoint.
+//!
+//! `churn`: after the snapshot, single updates (remote endpoint label
+//! changes, endpoint adds and removes, policy selector changes) one at a
+//! time; reports calculation-graph updates per second and per-update
+//! latency percentiles (the null driver's time is reported separately).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use manul_dataplane_api::{Driver, NullDriver};
+use manul_felix::calc::{CalcGraph, Update};
+use manul_model::Resource;
+
+#[derive(Debug, Parser)]
+#[command(name = "felix-bench")]
+struct Args {
+    #[arg(long, default_value_t = 250_000)]
+    endpoints: usize,
+    #[arg(long, default_value_t = 1_250)]
+    nodes: usize,
+    #[arg(long, default_value_t = 10_000)]
+    policies: usize,
+    #[arg(long, default_value_t = 100)]
+    namespaces: usize,
+    /// Updates in the churn phase (0: snapshot only).
+    #[arg(long, default_value_t = 100_000)]
+    churn: usize,
+    /// Snapshot batch size.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+}
+
+fn load(yaml: &str) -> Result<Resource> {
+    let mut r = manul_model::load("bench", yaml.as_bytes())
+        .into_result()
+        .map_err(|e| anyhow::anyhow!("{}", e[0]))?;
+    r.pop().map(|l| l.resource).context("empty")
+}
+
+fn put(r: Resource) -> Update {
+    Update {
+        key: r.key(),
+        value: Some(r),
+    }
+}
+
+fn endpoint(i: usize, nodes: usize, namespaces: usize, variant: usize) -> Result<Resource> {
+    let node = i % nodes;
+    let ns = i % namespaces;
+    let app = (i / 7 + variant) % 500;
+    let role = (i / 3) % 50;
+    let tier = ["web", "api", "db", "cache"][i % 4];
+    let env = ["prod", "staging", "dev"][(i / 11) % 3];
+    let (a, b) = ((i >> 8) & 0xff, i & 0xff);
+    load(&format!(
+        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: ep-{i}\n  namespace: ns-{ns}\n  labels: {{app: app-{app}, role: r-{role}, tier: {tier}, env: {env}}}\n\
+         spec:\n  node: node-{node}\n  interfaceName: cali{i}\n  ipNetworks: [10.{}.{a}.{b}/32]\n  profiles: [kns.ns-{ns}]\n  ports:\n  - {{name: http, protocol: TCP, port: 8080}}\n",
+        64 + (i >> 16)
+    ))
+}
+
+fn policy(j: usize, namespaces: usize, variant: usize) -> Result<Resource> {
+    let app = (j + variant) % 500;
+    match j % 4 {
+        0 | 1 => load(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: np-{j}\n  namespace: ns-{}\nspec:\n  order: {}\n  selector: app == 'app-{app}'\n  ingress:\n  - action: Allow\n    protocol: TCP\n    source:\n      selector: role == 'r-{}'\n    destination:\n      ports: [http, 9000]\n  egress:\n  - action: Allow\n",
+            j % namespaces,
+            j % 100,
+            j % 50
+        )),
+        2 => load(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: gnp-{j}\nspec:\n  order: {}\n  selector: tier == '{}' && app in {{'app-{app}', 'app-{}'}}\n  namespaceSelector: team == 't-{}'\n  ingress:\n  - action: Deny\n    source:\n      nets: [192.0.2.0/24]\n  - action: Allow\n    source:\n      selector: env != 'prod' && has(role)\n",
+            j % 50,
+            ["web", "api", "db", "cache"][j % 4],
+            (app + 1) % 500,
+            j % 10
+        )),
+        _ => load(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k8s-{j}\n  namespace: ns-{}\nspec:\n  podSelector:\n    matchLabels: {{app: app-{app}}}\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels: {{tier: web}}\n      namespaceSelector:\n        matchLabels: {{team: t-{}}}\n    ports:\n    - port: 8080\n",
+            j % namespaces,
+            j % 10
+        )),
+    }
+}
+
+fn namespace(n: usize) -> Result<Resource> {
+    load(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns-{n}\n  labels: {{team: t-{}}}\n",
+        n % 10
+    ))
+}
+
+fn rss_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    eprintln!(
+        "generating {} endpoints and {} policies",
+        args.endpoints, args.policies
+    );
+    let mut updates = Vec::with_capacity(args.endpoints + args.policies + args.namespaces);
+    for n in 0..args.namespaces {
+        updates.push(put(namespace(n)?));
+    }
+    for i in 0..args.endpoints {
+        updates.push(put(endpoint(i, args.nodes, args.namespaces, 0)?));
+    }
+    for j in 0..args.policies {
+        updates.push(put(policy(j, args.namespaces, 0)?));
+    }
+    let rss_before = rss_kb("VmRSS:");
+    let mut graph = CalcGraph::new("node-0");
+    let mut driver = NullDriver::default();
+    let started = Instant::now();
+    let mut ops_total = 0usize;
+    let mut batches = updates.into_iter().peekable();
+    while batches.peek().is_some() {
+        let batch: Vec<Update> = batches.by_ref().take(args.batch).collect();
+        let ops = graph.apply(batch);
+        ops_total += ops.len();
+        driver
+            .apply(&ops)
+            .map_err(|e| anyhow::anyhow!("driver refused: {e}"))?;
+    }
+    let ops = graph.in_sync();
+    ops_total += ops.len();
+    driver
+        .apply(&ops)
+        .map_err(|e| anyhow::anyhow!("driver refused: {e}"))?;
+    let snapshot_s = started.elapsed().as_secs_f64();
+    let stats = graph.stats();
+    let peak_kb = rss_kb("VmHWM:");
+    let rss_after = rss_kb("VmRSS:");
+    eprintln!("snapshot done in {snapshot_s:.2} s; churning");
+
+    // Churn: one update at a time.
+    let mut lat_ms = Vec::with_capacity(args.churn);
+    let mut driver_ms = Vec::with_capacity(args.churn);
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    let churn_started = Instant::now();
+    let mut extra = args.endpoints;
+    for k in 0..args.churn {
+        let (kind, update) = match k % 10 {
+            0..=6 => {
+                // A remote endpoint's labels change.
+                let mut i = (k * 7919) % args.endpoints;
+                if i % args.nodes == 0 {
+                    i += 1;
+                }
+                (
+                    "endpoint_label_change",
+                    put(endpoint(i, args.nodes, args.namespaces, k)?),
+                )
+            }
+            7 => {
+                extra += 1;
+                (
+                    "endpoint_add",
+                    put(endpoint(extra, args.nodes, args.namespaces, 0)?),
+                )
+            }
+            8 => {
+                let r = endpoint(args.endpoints + k / 10, args.nodes, args.namespaces, 0)?;
+                (
+                    "endpoint_remove",
+                    Update {
+                        key: r.key(),
+                        value: None,
+                    },
+                )
+            }
+            _ => {
+                let j = (k * 31) % args.policies;
+                (
+                    "policy_selector_change",
+                    put(policy(j, args.namespaces, k)?),
+                )
+            }
+        };
+        *kinds.entry(kind).or_default() += 1;
+        let t = Instant::now();
+        let ops = graph.apply([update]);
+        lat_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        driver
+            .apply(&ops)
+            .map_err(|e| anyhow::anyhow!("driver refused: {e}"))?;
+        driver_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let churn_s = churn_started.elapsed().as_secs_f64();
+    lat_ms.sort_by(f64::total_cmp);
+    driver_ms.sort_by(f64::total_cmp);
+    let graph_s: f64 = lat_ms.iter().sum::<f64>() / 1000.0;
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let report = serde_json::json!({
+        "benchmark": "felix-calc",
+        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "cpu": cpu},
+        "parameters": {"endpoints": args.endpoints, "nodes": args.nodes, "policies": args.policies,
+                        "namespaces": args.namespaces, "snapshot_batch": args.batch, "churn_updates": args.churn},
+        "snapshot": {
+            "seconds": snapshot_s,
+            "operations": ops_total,
+            "local_endpoints": stats.local_endpoints,
+            "active_policies": stats.active_policies,
+            "ip_sets": stats.ip_sets,
+            "peak_rss_bytes": peak_kb * 1024,
+            "rss_growth_bytes": rss_after.saturating_sub(rss_before) * 1024,
+            "rss_growth_per_endpoint_bytes": rss_after.saturating_sub(rss_before) as f64 * 1024.0 / args.endpoints.max(1) as f64,
+            "target_seconds": 2.0,
+        },
+        "churn": {
+            "updates": args.churn,
+            "kinds": kinds,
+            "seconds": churn_s,
+            "calc_graph_seconds": graph_s,
+            "updates_per_second": args.churn as f64 / graph_s.max(1e-9),
+            "null_driver_latency_ms": {"p50": percentile(&driver_ms, 0.5), "p99": percentile(&driver_ms, 0.99)},
+            "latency_ms": {"p50": percentile(&lat_ms, 0.5), "p90": percentile(&lat_ms, 0.9),
+                            "p99": percentile(&lat_ms, 0.99), "max": lat_ms.last().copied().unwrap_or(0.0)},
+            "target_updates_per_second": 50000,
+            "target_p99_ms": 1.0,
+        },
+    });
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

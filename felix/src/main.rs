@@ -1,0 +1,118 @@
+//! `felix`: Manul's per-node agent.
+//!
+//! It follows Typha (`--typha`), computes what its node (`--node`) needs
+//! and drives a dataplane: `null` records the desired state (tests, scale
+//! runs; needs no root), `remote` sends it to an out-of-process driver over
+//! a Unix socket (`--driver-socket`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use manul_dataplane_api::Driver;
+use manul_felix::agent::{self, AgentStatus};
+use manul_felix::calc::CalcGraph;
+use manul_felix::metrics::FelixMetrics;
+use manul_felix::sync::{SyncConfig, Syncer};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Dataplane {
+    /// Record the desired state in memory.
+    Null,
+    /// Send operations to an out-of-process driver (--driver-socket).
+    Remote,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "felix", version, about = "Manul's per-node policy agent")]
+struct Args {
+    /// Typha replicas, tried in turn: HOST:PORT[,HOST:PORT...].
+    #[arg(long, default_value = "127.0.0.1:5473", value_delimiter = ',')]
+    typha: Vec<String>,
+    /// This node's name (endpoints with this spec.node are local).
+    #[arg(long)]
+    node: String,
+    #[arg(long, value_enum, default_value = "null")]
+    dataplane: Dataplane,
+    /// Unix socket of an out-of-process driver (with --dataplane remote).
+    #[arg(long)]
+    driver_socket: Option<PathBuf>,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    metrics: SocketAddr,
+    /// Log format: text or json. Filter with RUST_LOG (default: info).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn driver(args: &Args) -> Result<Box<dyn Driver>, String> {
+    match args.dataplane {
+        Dataplane::Null => Ok(Box::new(manul_dataplane_api::null::NullDriver::default())),
+        Dataplane::Remote => {
+            let path = args
+                .driver_socket
+                .as_ref()
+                .ok_or("--dataplane remote needs --driver-socket PATH")?;
+            manul_dataplane_api::remote::RemoteDriver::connect(path)
+                .map(|d| Box::new(d) as Box<dyn Driver>)
+                .map_err(|e| format!("cannot reach the driver at {}: {e}", path.display()))
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.log_format == "json");
+    if args.node.is_empty() {
+        eprintln!("error: --node must not be empty");
+        return ExitCode::from(2);
+    }
+    let driver = match driver(&args) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut registry = Registry::default();
+    let metrics = FelixMetrics::register(&mut registry);
+    let (status_tx, status_rx) = watch::channel(AgentStatus::default());
+    match manul_felix::http::serve(args.metrics, Arc::new(registry), status_rx).await {
+        Ok(addr) => tracing::info!(%addr, "serving metrics and health"),
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", args.metrics);
+            return ExitCode::from(1);
+        }
+    }
+    let (tx, rx) = mpsc::channel(1024);
+    let syncer = Syncer::new(SyncConfig {
+        typhas: args.typha.clone(),
+        node: args.node.clone(),
+        min_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(5),
+    });
+    tokio::spawn(syncer.run(tx));
+    let graph = CalcGraph::new(args.node.clone());
+    tokio::select! {
+        _ = agent::run(graph, driver, rx, metrics, status_tx) => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,145 @@
+//! Felix's Prometheus metrics, named like Calico Felix's where the meaning
+//! is the same.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::calc::Stats;
+
+/// `felix_resync_state` values, as Calico reports them.
+pub mod resync {
+    pub const WAITING: i64 = 1;
+    pub const RESYNCING: i64 = 2;
+    pub const IN_SYNC: i64 = 3;
+}
+
+#[derive(Debug, Clone)]
+pub struct FelixMetrics {
+    pub calc_graph_update_time: Histogram,
+    pub dataplane_apply_time: Histogram,
+    pub dataplane_failures: Counter,
+    pub operations: Counter,
+    pub active_local_endpoints: Gauge,
+    pub active_local_policies: Gauge,
+    pub active_local_profiles: Gauge,
+    pub ipsets: Gauge,
+    pub resync_state: Gauge,
+    pub resyncs: Counter,
+    pub cluster_endpoints: Gauge,
+    pub cluster_policies: Gauge,
+    pub cluster_network_sets: Gauge,
+    pub revision: Gauge<u64, AtomicU64>,
+}
+
+impl Default for FelixMetrics {
+    fn default() -> Self {
+        let h = || Histogram::new(exponential_buckets(0.000_01, 2.0, 22));
+        FelixMetrics {
+            calc_graph_update_time: h(),
+            dataplane_apply_time: h(),
+            dataplane_failures: Counter::default(),
+            operations: Counter::default(),
+            active_local_endpoints: Gauge::default(),
+            active_local_policies: Gauge::default(),
+            active_local_profiles: Gauge::default(),
+            ipsets: Gauge::default(),
+            resync_state: Gauge::default(),
+            resyncs: Counter::default(),
+            cluster_endpoints: Gauge::default(),
+            cluster_policies: Gauge::default(),
+            cluster_network_sets: Gauge::default(),
+            revision: Gauge::default(),
+        }
+    }
+}
+
+impl FelixMetrics {
+    pub fn register(registry: &mut Registry) -> FelixMetrics {
+        let m = FelixMetrics::default();
+        registry.register(
+            "felix_calc_graph_update_time_seconds",
+            "Time to process one batch of updates in the calculation graph",
+            m.calc_graph_update_time.clone(),
+        );
+        registry.register(
+            "felix_int_dataplane_apply_time_seconds",
+            "Time to apply one batch of operations to the dataplane",
+            m.dataplane_apply_time.clone(),
+        );
+        registry.register(
+            "felix_int_dataplane_failures",
+            "Batches the dataplane driver refused",
+            m.dataplane_failures.clone(),
+        );
+        registry.register(
+            "felix_int_dataplane_operations",
+            "Operations sent to the dataplane driver",
+            m.operations.clone(),
+        );
+        registry.register(
+            "felix_active_local_endpoints",
+            "Local workload and host endpoints",
+            m.active_local_endpoints.clone(),
+        );
+        registry.register(
+            "felix_active_local_policies",
+            "Policies that apply to at least one local endpoint",
+            m.active_local_policies.clone(),
+        );
+        registry.register(
+            "felix_active_local_profiles",
+            "Profiles used by local endpoints",
+            m.active_local_profiles.clone(),
+        );
+        registry.register(
+            "felix_ipsets_calico",
+            "IP sets programmed",
+            m.ipsets.clone(),
+        );
+        registry.register(
+            "felix_resync_state",
+            "Datastore sync state: 1 waiting, 2 resyncing, 3 in sync",
+            m.resync_state.clone(),
+        );
+        registry.register(
+            "felix_resyncs_started",
+            "Connections to Typha",
+            m.resyncs.clone(),
+        );
+        registry.register(
+            "felix_cluster_num_workload_endpoints",
+            "Workload and host endpoints in the cluster",
+            m.cluster_endpoints.clone(),
+        );
+        registry.register(
+            "felix_cluster_num_policies",
+            "Policies in the cluster",
+            m.cluster_policies.clone(),
+        );
+        registry.register(
+            "felix_cluster_num_network_sets",
+            "Network sets in the cluster",
+            m.cluster_network_sets.clone(),
+        );
+        registry.register(
+            "felix_sync_revision",
+            "Last Typha revision applied",
+            m.revision.clone(),
+        );
+        m
+    }
+
+    pub fn observe(&self, s: Stats) {
+        self.active_local_endpoints.set(s.local_endpoints as i64);
+        self.active_local_policies.set(s.active_policies as i64);
+        self.active_local_profiles.set(s.active_profiles as i64);
+        self.ipsets.set(s.ip_sets as i64);
+        self.cluster_endpoints.set(s.endpoints as i64);
+        self.cluster_policies.set(s.policies as i64);
+        self.cluster_network_sets.set(s.network_sets as i64);
+    }
+}

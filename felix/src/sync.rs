@@ -1,0 +1,277 @@
+//! The Typha sync client: connects to any replica in a list, follows the
+//! hello / snapshot / in-sync / delta stream, and turns it into calculation
+//! graph updates.
+//!
+//! It reconnects with backoff, resuming from the last revision it applied,
+//! and moves on to the next replica when one fails. When a reconnect needs
+//! a fresh snapshot, it replays the snapshot as updates (the graph ignores
+//! what did not change) and synthesises deletions for the keys that
+//! vanished, so the dataplane is repaired, never reset.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::time::Duration;
+
+use manul_model::{Kind, ResourceKey};
+use manul_proto::v1::sync_client::SyncClient;
+use manul_proto::v1::sync_message::Message;
+use manul_proto::v1::{Entry, EntryList, SyncRequest};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::calc::Update;
+
+/// Largest message accepted from Typha.
+const MAX_MESSAGE: usize = 1024 * 1024 * 1024;
+
+/// What the sync client tells the agent.
+#[derive(Debug)]
+pub enum SyncEvent {
+    /// Updates to apply, in revision order.
+    Updates(Vec<Update>),
+    /// Everything up to `revision` has been delivered.
+    InSync { revision: u64 },
+    /// The stream broke; the client is reconnecting.
+    Disconnected { error: String },
+}
+
+/// Why an entry could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("entry has no key")]
+    NoKey,
+    #[error("unknown kind {0:?}")]
+    UnknownKind(String),
+    #[error("invalid value for {key}: {reason}")]
+    BadValue { key: String, reason: String },
+    #[error("corrupt {what}: {reason}")]
+    Corrupt { what: &'static str, reason: String },
+}
+
+/// Sync client configuration.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub typhas: Vec<String>,
+    pub node: String,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+fn key_of(e: &Entry) -> Result<ResourceKey, SyncError> {
+    let k = e.key.as_ref().ok_or(SyncError::NoKey)?;
+    let kind = Kind::from_cli(&k.kind).ok_or_else(|| SyncError::UnknownKind(k.kind.clone()))?;
+    Ok(ResourceKey {
+        kind,
+        namespace: kind.namespaced().then(|| k.namespace.clone()),
+        name: k.name.clone(),
+    })
+}
+
+/// Turns one stream entry into an update.
+pub fn update_of(e: &Entry) -> Result<Update, SyncError> {
+    let key = key_of(e)?;
+    if e.deleted {
+        return Ok(Update { key, value: None });
+    }
+    let loaded = manul_model::load("typha", &e.value)
+        .into_result()
+        .map_err(|errs| SyncError::BadValue {
+            key: key.to_string(),
+            reason: errs.first().map(ToString::to_string).unwrap_or_default(),
+        })?;
+    let value = loaded.into_iter().next().map(|l| l.resource);
+    Ok(Update { key, value })
+}
+
+fn decode(bytes: &[u8], gzip: bool, what: &'static str) -> Result<Vec<Entry>, SyncError> {
+    let corrupt = |e: String| SyncError::Corrupt { what, reason: e };
+    let raw = if gzip {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .map_err(|e| corrupt(e.to_string()))?;
+        out
+    } else {
+        bytes.to_vec()
+    };
+    EntryList::decode(raw.as_slice())
+        .map(|l| l.entries)
+        .map_err(|e| corrupt(e.to_string()))
+}
+
+/// Follows Typha until `events` is closed.
+#[derive(Debug)]
+pub struct Syncer {
+    config: SyncConfig,
+    revision: u64,
+    known: BTreeSet<ResourceKey>,
+}
+
+impl Syncer {
+    pub fn new(config: SyncConfig) -> Syncer {
+        Syncer {
+            config,
+            revision: 0,
+            known: BTreeSet::new(),
+        }
+    }
+
+    /// Runs forever (until the receiver is dropped).
+    pub async fn run(mut self, events: mpsc::Sender<SyncEvent>) {
+        let mut backoff = self.config.min_backoff;
+        let mut next = 0usize;
+        loop {
+            if events.is_closed() || self.config.typhas.is_empty() {
+                return;
+            }
+            let addr = self.config.typhas[next % self.config.typhas.len()].clone();
+            next += 1;
+            let span = tracing::info_span!("typha", %addr, node = %self.config.node);
+            let result = {
+                let _e = span.enter();
+                self.follow(&addr, &events, &mut backoff).await
+            };
+            let error = match result {
+                Ok(()) => "the stream ended".to_string(),
+                Err(e) => e,
+            };
+            warn!(%addr, revision = self.revision, "sync stream lost: {error}; reconnecting in {backoff:?}");
+            if events
+                .send(SyncEvent::Disconnected { error })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    async fn follow(
+        &mut self,
+        addr: &str,
+        events: &mpsc::Sender<SyncEvent>,
+        backoff: &mut Duration,
+    ) -> Result<(), String> {
+        let url = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let mut client = SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+        let request = SyncRequest {
+            node_name: self.config.node.clone(),
+            client_version: manul_proto::PROTOCOL_VERSION.into(),
+            resume_revision: self.revision,
+            accepted_compression: vec!["gzip".into()],
+        };
+        let mut stream = client
+            .sync(request)
+            .await
+            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?
+            .into_inner();
+        let mut gzip = false;
+        let mut snapshot: Option<BTreeSet<ResourceKey>> = None;
+        let send = |batch: Vec<Update>| async {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            events
+                .send(SyncEvent::Updates(batch))
+                .await
+                .map_err(|_| "agent stopped".to_string())
+        };
+        while let Some(msg) = stream
+            .message()
+            .await
+            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?
+        {
+            match msg.message {
+                Some(Message::Hello(h)) => {
+                    gzip = h.compression == "gzip";
+                    info!(
+                        replica = h.replica_id,
+                        revision = h.revision,
+                        snapshot = h.snapshot_follows,
+                        "connected"
+                    );
+                    if h.snapshot_follows {
+                        snapshot = Some(BTreeSet::new());
+                    }
+                }
+                Some(Message::Snapshot(chunk)) => {
+                    let mut batch = Vec::new();
+                    for e in
+                        decode(&chunk.entries, gzip, "snapshot chunk").map_err(|e| e.to_string())?
+                    {
+                        match update_of(&e) {
+                            Ok(u) => {
+                                if let Some(seen) = snapshot.as_mut() {
+                                    seen.insert(u.key.clone());
+                                }
+                                batch.push(u);
+                            }
+                            Err(err) => warn!("skipping a snapshot entry: {err}"),
+                        }
+                    }
+                    send(batch).await?;
+                }
+                Some(Message::InSync(s)) => {
+                    if let Some(seen) = snapshot.take() {
+                        // Keys that vanished while we were away.
+                        let gone: Vec<Update> = self
+                            .known
+                            .difference(&seen)
+                            .map(|k| Update {
+                                key: k.clone(),
+                                value: None,
+                            })
+                            .collect();
+                        self.known = seen;
+                        send(gone).await?;
+                    }
+                    self.revision = s.revision;
+                    *backoff = Duration::from_millis(100).min(*backoff);
+                    events
+                        .send(SyncEvent::InSync {
+                            revision: s.revision,
+                        })
+                        .await
+                        .map_err(|_| "agent stopped".to_string())?;
+                }
+                Some(Message::Deltas(d)) => {
+                    let mut batch = Vec::new();
+                    for e in decode(&d.entries, gzip, "delta batch").map_err(|e| e.to_string())? {
+                        if e.revision <= self.revision {
+                            continue;
+                        }
+                        match update_of(&e) {
+                            Ok(u) => {
+                                if u.value.is_some() {
+                                    self.known.insert(u.key.clone());
+                                } else {
+                                    self.known.remove(&u.key);
+                                }
+                                batch.push(u);
+                            }
+                            Err(err) => warn!("skipping a delta: {err}"),
+                        }
+                    }
+                    send(batch).await?;
+                    self.revision = self.revision.max(d.last_revision);
+                }
+                Some(Message::Ping(_)) | None => {}
+            }
+        }
+        Ok(())
+    }
+}
