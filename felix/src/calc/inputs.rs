@@ -19,6 +19,7 @@ pub struct PolicyInput {
     pub order: Option<f64>,
     pub selector: Selector,
     pub namespace_selector: Option<Selector>,
+    pub service_account_selector: Option<Selector>,
     pub types: Vec<PolicyType>,
     pub ingress: Vec<Rule>,
     pub egress: Vec<Rule>,

@@ -301,23 +301,28 @@ impl CalcGraph {
 
     /// An endpoint's labels as selectors see them.
     fn effective_labels(&self, e: &EndpointInput) -> LabelMap {
+        // Precedence, lowest first: namespace labels (for namespace
+        // selectors), profile labels (an earlier profile wins), the
+        // endpoint's own labels, then the namespace and orchestrator.
         let mut labels = LabelMap::new();
-        for p in &e.profiles {
-            if let Some(profile) = self.profiles.get(p) {
-                labels.extend(profile.labels_to_apply.clone());
-            }
-        }
         if let Some(ns) = &e.namespace {
             for (k, v) in self.namespace_labels(ns) {
                 labels.insert(format!("{NAMESPACE_PREFIX}{k}"), v);
             }
+        }
+        for p in e.profiles.iter().rev() {
+            if let Some(profile) = self.profiles.get(p) {
+                labels.extend(profile.labels_to_apply.clone());
+            }
+        }
+        labels.extend(e.own_labels.clone());
+        if let Some(ns) = &e.namespace {
             labels.insert(NAMESPACE_LABEL.into(), ns.clone());
             labels.insert(convert::ORCHESTRATOR_LABEL.into(), e.orchestrator.clone());
             if let Some(sa) = &e.service_account {
                 labels.insert(SERVICE_ACCOUNT_LABEL.into(), sa.clone());
             }
         }
-        labels.extend(e.own_labels.clone());
         labels
     }
 
@@ -413,10 +418,27 @@ impl CalcGraph {
             if p.namespace.is_some() {
                 return false;
             }
-        } else if let Some(ns) = &p.namespace
-            && e.namespace.as_ref() != Some(ns)
-        {
-            return false;
+        } else {
+            // preDNAT and untracked policies are for host endpoints only.
+            if p.pre_dnat || p.do_not_track {
+                return false;
+            }
+            if let Some(ns) = &p.namespace
+                && e.namespace.as_ref() != Some(ns)
+            {
+                return false;
+            }
+        }
+        if let Some(sas) = &p.service_account_selector {
+            // Service accounts carry no labels of their own here: a
+            // selector sees only their name.
+            let Some(sa) = &e.service_account else {
+                return false;
+            };
+            let labels = LabelMap::from([(convert::NAMESPACE_NAME_LABEL.to_string(), sa.clone())]);
+            if !sas.matches(&labels) {
+                return false;
+            }
         }
         if let (Some(nssel), Some(ns)) = (&p.namespace_selector, &e.namespace)
             && !nssel.matches(&self.namespace_labels(ns))
@@ -855,6 +877,7 @@ pub fn policy_input(r: &Resource) -> Option<PolicyInput> {
                 order: p.spec.order,
                 selector: p.spec.selector.clone(),
                 namespace_selector: None,
+                service_account_selector: p.spec.service_account_selector.clone(),
                 types: p.spec.types.clone(),
                 ingress: p.spec.ingress.clone(),
                 egress: p.spec.egress.clone(),
@@ -872,6 +895,7 @@ pub fn policy_input(r: &Resource) -> Option<PolicyInput> {
             order: p.spec.order,
             selector: p.spec.selector.clone(),
             namespace_selector: p.spec.namespace_selector.clone(),
+            service_account_selector: p.spec.service_account_selector.clone(),
             types: p.spec.types.clone(),
             ingress: p.spec.ingress.clone(),
             egress: p.spec.egress.clone(),

@@ -93,15 +93,20 @@ fn quote(v: &str) -> String {
 
 /// The selector over items' effective labels that a rule side's
 /// `selector`, `namespaceSelector` and `serviceAccounts` amount to, for a
-/// policy in `namespace` (None: global). None when the side does not
-/// constrain by labels at all.
+/// policy in `namespace` (None: global), following Calico's translation:
+/// as soon as the side names peers at all (`scoped` — any of selector,
+/// namespaceSelector, serviceAccounts or notSelector is set), a namespaced
+/// policy's side is limited to its own namespace unless a
+/// namespaceSelector says otherwise. None when the side does not constrain
+/// peers by labels.
 pub fn scoped_selector(
     selector: Option<&Selector>,
     namespace_selector: Option<&Selector>,
     service_account_names: &[String],
     namespace: Option<&str>,
+    scoped: bool,
 ) -> Option<Selector> {
-    if selector.is_none() && namespace_selector.is_none() && service_account_names.is_empty() {
+    if !scoped {
         return None;
     }
     let mut parts = Vec::new();
@@ -119,6 +124,9 @@ pub fn scoped_selector(
             "{SERVICE_ACCOUNT_LABEL} in {{{}}}",
             names.join(", ")
         ));
+    }
+    if parts.is_empty() {
+        return None;
     }
     let text = parts
         .iter()
@@ -169,11 +177,16 @@ fn side(
         .as_ref()
         .map(|s| s.names.clone())
         .unwrap_or_default();
+    let names_peers = e.selector.is_some()
+        || e.namespace_selector.is_some()
+        || e.not_selector.is_some()
+        || e.service_accounts.is_some();
     let scoped = scoped_selector(
         e.selector.as_ref(),
         e.namespace_selector.as_ref(),
         &names,
         namespace,
+        names_peers,
     );
     if let Some(sel) = &scoped {
         let def = SetDef {
@@ -183,11 +196,10 @@ fn side(
         m.ip_sets.push(def.id());
         sets.push(def);
     }
-    if let Some(not) = &e.not_selector
-        && let Some(sel) = scoped_selector(Some(not), None, &[], namespace)
-    {
+    // notSelector is not limited to the namespace (Calico's translation).
+    if let Some(not) = &e.not_selector {
         let def = SetDef {
-            selector: sel,
+            selector: not.clone(),
             named_port: None,
         };
         m.not_ip_sets.push(def.id());
