@@ -22,7 +22,7 @@ pub mod inputs;
 pub mod labelindex;
 pub mod render;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use manul_dataplane_api as dp;
 use manul_model::convert;
@@ -87,7 +87,12 @@ pub struct CalcGraph {
     rendered: BTreeMap<dp::PolicyId, (dp::Policy, Vec<SetDef>)>,
     rendered_profiles: BTreeMap<String, (dp::Policy, Vec<SetDef>)>,
     emitted: Emitted,
-    dirty_sets: BTreeSet<dp::IpSetId>,
+    /// Current members of every active set, counted by contributing item.
+    set_members: HashMap<dp::IpSetId, BTreeMap<dp::IpSetMember, u32>>,
+    /// Sets created (or re-created) in this batch: sent whole.
+    new_sets: BTreeSet<dp::IpSetId>,
+    /// Members whose count changed in this batch, per set: sent as deltas.
+    touched: BTreeMap<dp::IpSetId, BTreeSet<dp::IpSetMember>>,
     /// Sets whose last user went away in this batch.
     released_sets: BTreeSet<dp::IpSetId>,
     dirty_policies: BTreeSet<dp::PolicyId>,
@@ -114,7 +119,9 @@ impl CalcGraph {
             rendered: BTreeMap::new(),
             rendered_profiles: BTreeMap::new(),
             emitted: Emitted::default(),
-            dirty_sets: BTreeSet::new(),
+            set_members: HashMap::new(),
+            new_sets: BTreeSet::new(),
+            touched: BTreeMap::new(),
             released_sets: BTreeSet::new(),
             dirty_policies: BTreeSet::new(),
             dirty_profiles: BTreeSet::new(),
@@ -237,7 +244,7 @@ impl CalcGraph {
         let locals: Vec<Item> = self.local_matches.keys().cloned().collect();
         for item in locals {
             let matched = match (self.policies.get(id), self.endpoints.get(&item)) {
-                (Some(p), Some(e)) => self.policy_applies(p, e),
+                (Some(p), Some(e)) => self.policy_applies(p, e, self.index.labels(&item)),
                 _ => false,
             };
             let Some(set) = self.local_matches.get_mut(&item) else {
@@ -338,46 +345,108 @@ impl CalcGraph {
         labels
     }
 
-    fn index_changes(&mut self, changes: Vec<labelindex::MatchChange<dp::IpSetId, Item>>) {
-        for (set, _, _) in changes {
-            self.dirty_sets.insert(set);
+    /// The members `item` contributes to the set `def`, from its current
+    /// data.
+    fn contribution(&self, def: &SetDef, item: &Item) -> Vec<dp::IpSetMember> {
+        match (item, &def.named_port) {
+            (Item::Endpoint(..), None) => self
+                .endpoints
+                .get(item)
+                .map(|e| {
+                    e.nets
+                        .iter()
+                        .map(|n| dp::IpSetMember::Net(*n))
+                        .chain(
+                            e.expected_ips
+                                .iter()
+                                .map(|ip| dp::IpSetMember::Net(ipnet::IpNet::from(*ip))),
+                        )
+                        .collect()
+                })
+                .unwrap_or_default(),
+            (Item::Endpoint(..), Some((proto, name))) => self
+                .endpoints
+                .get(item)
+                .map(|e| {
+                    e.ports
+                        .iter()
+                        .filter(|(pname, pproto, _)| pname == name && pproto == proto)
+                        .flat_map(|(_, _, port)| {
+                            e.nets.iter().map(|n| dp::IpSetMember::NamedPort {
+                                ip: n.addr(),
+                                protocol: *proto,
+                                port: *port,
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            (Item::NetSet(..), None) => self
+                .netsets
+                .get(item)
+                .map(|n| n.nets.iter().map(|n| dp::IpSetMember::Net(*n)).collect())
+                .unwrap_or_default(),
+            (Item::NetSet(..), Some(_)) => Vec::new(),
         }
     }
 
-    /// Marks every set the item is in as dirty (its addresses or ports
-    /// may have changed even though its labels did not).
-    fn touch_sets_of(&mut self, item: &Item) {
+    /// Adds (`sign` true) or removes `item`'s contribution to every set it
+    /// is in, recording the touched members.
+    fn contribute(&mut self, item: &Item, sign: bool) {
         let sets: Vec<dp::IpSetId> = self.index.selectors_of(item).cloned().collect();
-        self.dirty_sets.extend(sets);
+        for id in sets {
+            let Some(def) = self.set_defs.get(&id) else {
+                continue;
+            };
+            let members = self.contribution(def, item);
+            self.count(&id, members, sign);
+        }
+    }
+
+    fn count(&mut self, id: &dp::IpSetId, members: Vec<dp::IpSetMember>, sign: bool) {
+        let counts = self.set_members.entry(id.clone()).or_default();
+        let touched = self.touched.entry(id.clone()).or_default();
+        for m in members {
+            if sign {
+                *counts.entry(m).or_default() += 1;
+            } else if let Some(n) = counts.get_mut(&m) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&m);
+                }
+            }
+            touched.insert(m);
+        }
     }
 
     fn reindex_endpoint(&mut self, item: &Item) {
+        self.contribute(item, false);
         if let Some(e) = self.endpoints.get(item) {
             let labels = self.effective_labels(e);
-            let changes = self.index.update_item(item.clone(), labels);
-            self.index_changes(changes);
+            let _ = self.index.update_item(item.clone(), labels);
         }
+        self.contribute(item, true);
     }
 
     fn reindex_netset(&mut self, item: &Item) {
+        self.contribute(item, false);
         if let Some(n) = self.netsets.get(item) {
             let labels = self.netset_labels(n);
-            let changes = self.index.update_item(item.clone(), labels);
-            self.index_changes(changes);
+            let _ = self.index.update_item(item.clone(), labels);
         }
+        self.contribute(item, true);
     }
 
     fn set_endpoint(&mut self, item: Item, input: Option<EndpointInput>) {
-        let old = self.endpoints.remove(&item);
-        if old.is_some() {
-            self.touch_sets_of(&item);
-        }
+        self.contribute(&item, false);
+        self.endpoints.remove(&item);
         match input {
             Some(e) => {
                 let local = self.is_local(&e);
+                let labels = self.effective_labels(&e);
                 self.endpoints.insert(item.clone(), e);
-                self.reindex_endpoint(&item);
-                self.touch_sets_of(&item);
+                let _ = self.index.update_item(item.clone(), labels);
+                self.contribute(&item, true);
                 if local {
                     self.local_matches.entry(item.clone()).or_default();
                     self.recompute_local(&item);
@@ -386,8 +455,7 @@ impl CalcGraph {
                 }
             }
             None => {
-                let changes = self.index.remove_item(&item);
-                self.index_changes(changes);
+                let _ = self.index.remove_item(&item);
                 if self.local_matches.remove(&item).is_some() {
                     self.dirty_locals.insert(item);
                 }
@@ -396,23 +464,29 @@ impl CalcGraph {
     }
 
     fn set_netset(&mut self, item: Item, input: Option<NetSetInput>) {
-        if self.netsets.remove(&item).is_some() {
-            self.touch_sets_of(&item);
-        }
+        self.contribute(&item, false);
+        self.netsets.remove(&item);
         match input {
             Some(n) => {
+                let labels = self.netset_labels(&n);
                 self.netsets.insert(item.clone(), n);
-                self.reindex_netset(&item);
-                self.touch_sets_of(&item);
+                let _ = self.index.update_item(item.clone(), labels);
+                self.contribute(&item, true);
             }
             None => {
-                let changes = self.index.remove_item(&item);
-                self.index_changes(changes);
+                let _ = self.index.remove_item(&item);
             }
         }
     }
 
-    fn policy_applies(&self, p: &PolicyInput, e: &EndpointInput) -> bool {
+    /// Whether policy `p` applies to endpoint `e`, whose effective labels
+    /// (as indexed) are `labels`.
+    fn policy_applies(
+        &self,
+        p: &PolicyInput,
+        e: &EndpointInput,
+        labels: Option<&LabelMap>,
+    ) -> bool {
         if e.is_host() {
             // Namespaced policies never apply to host endpoints.
             if p.namespace.is_some() {
@@ -445,7 +519,10 @@ impl CalcGraph {
         {
             return false;
         }
-        p.selector.matches(&self.effective_labels(e))
+        match labels {
+            Some(l) => p.selector.matches(l),
+            None => p.selector.matches(&self.effective_labels(e)),
+        }
     }
 
     fn recompute_local(&mut self, item: &Item) {
@@ -455,7 +532,7 @@ impl CalcGraph {
         let matched: BTreeSet<dp::PolicyId> = self
             .policies
             .values()
-            .filter(|p| self.policy_applies(p, e))
+            .filter(|p| self.policy_applies(p, e, self.index.labels(item)))
             .map(|p| p.id.clone())
             .collect();
         self.local_matches.insert(item.clone(), matched);
@@ -688,11 +765,16 @@ impl CalcGraph {
 
         let mut ops = Vec::new();
         // 1. Sets created or changed.
-        for id in std::mem::take(&mut self.dirty_sets) {
+        for id in std::mem::take(&mut self.new_sets) {
             let Some(def) = self.set_defs.get(&id) else {
                 continue;
             };
-            let members = self.members(def);
+            let members: BTreeSet<dp::IpSetMember> = self
+                .set_members
+                .get(&id)
+                .map(|m| m.keys().copied().collect())
+                .unwrap_or_default();
+            self.touched.remove(&id);
             match self.emitted.sets.get(&id) {
                 None => {
                     ops.push(dp::Operation::IpSetUpdate {
@@ -713,9 +795,35 @@ impl CalcGraph {
                 Some(_) => {}
             }
         }
+        for (id, touched) in std::mem::take(&mut self.touched) {
+            let (Some(current), Some(emitted)) =
+                (self.set_members.get(&id), self.emitted.sets.get_mut(&id))
+            else {
+                continue;
+            };
+            let (mut added, mut removed) = (Vec::new(), Vec::new());
+            for m in touched {
+                match (current.contains_key(&m), emitted.contains(&m)) {
+                    (true, false) => {
+                        emitted.insert(m);
+                        added.push(m);
+                    }
+                    (false, true) => {
+                        emitted.remove(&m);
+                        removed.push(m);
+                    }
+                    _ => {}
+                }
+            }
+            if !added.is_empty() || !removed.is_empty() {
+                ops.push(dp::Operation::IpSetDelta { id, added, removed });
+            }
+        }
         // 2. Policies and profiles created or changed.
-        for (id, (policy, _)) in &self.rendered {
-            if self.emitted.policies.get(id) != Some(policy) {
+        for id in &changed_policies {
+            if let Some((policy, _)) = self.rendered.get(id)
+                && self.emitted.policies.get(id) != Some(policy)
+            {
                 ops.push(dp::Operation::PolicyUpdate {
                     id: id.clone(),
                     policy: policy.clone(),
@@ -723,8 +831,10 @@ impl CalcGraph {
                 self.emitted.policies.insert(id.clone(), policy.clone());
             }
         }
-        for (id, (profile, _)) in &self.rendered_profiles {
-            if self.emitted.profiles.get(id) != Some(profile) {
+        for id in &changed_profiles {
+            if let Some((profile, _)) = self.rendered_profiles.get(id)
+                && self.emitted.profiles.get(id) != Some(profile)
+            {
                 ops.push(dp::Operation::ProfileUpdate {
                     id: id.clone(),
                     profile: profile.clone(),
@@ -792,7 +902,14 @@ impl CalcGraph {
             if *n == 1 {
                 let _ = self.index.update_selector(id.clone(), def.selector.clone());
                 self.set_defs.insert(id.clone(), def.clone());
-                self.dirty_sets.insert(id.clone());
+                let items: Vec<Item> = self.index.matching(&id).cloned().collect();
+                let mut members = Vec::new();
+                for item in &items {
+                    members.extend(self.contribution(def, item));
+                }
+                self.set_members.remove(&id);
+                self.count(&id, members, true);
+                self.new_sets.insert(id.clone());
                 self.released_sets.remove(&id);
             }
         }
@@ -809,50 +926,12 @@ impl CalcGraph {
                 self.set_refs.remove(&id);
                 self.set_defs.remove(&id);
                 self.index.remove_selector(&id);
-                self.dirty_sets.remove(&id);
+                self.set_members.remove(&id);
+                self.touched.remove(&id);
+                self.new_sets.remove(&id);
                 self.released_sets.insert(id);
             }
         }
-    }
-
-    /// The members a set should have now.
-    fn members(&self, def: &SetDef) -> BTreeSet<dp::IpSetMember> {
-        let id = def.id();
-        let mut out = BTreeSet::new();
-        for item in self.index.matching(&id) {
-            match (item, &def.named_port) {
-                (Item::Endpoint(..), None) => {
-                    if let Some(e) = self.endpoints.get(item) {
-                        out.extend(e.nets.iter().map(|n| dp::IpSetMember::Net(*n)));
-                        out.extend(
-                            e.expected_ips
-                                .iter()
-                                .map(|ip| dp::IpSetMember::Net(ipnet::IpNet::from(*ip))),
-                        );
-                    }
-                }
-                (Item::Endpoint(..), Some((proto, name))) => {
-                    if let Some(e) = self.endpoints.get(item) {
-                        for (pname, pproto, port) in &e.ports {
-                            if pname == name && pproto == proto {
-                                out.extend(e.nets.iter().map(|n| dp::IpSetMember::NamedPort {
-                                    ip: n.addr(),
-                                    protocol: *proto,
-                                    port: *port,
-                                }));
-                            }
-                        }
-                    }
-                }
-                (Item::NetSet(..), None) => {
-                    if let Some(n) = self.netsets.get(item) {
-                        out.extend(n.nets.iter().map(|n| dp::IpSetMember::Net(*n)));
-                    }
-                }
-                (Item::NetSet(..), Some(_)) => {}
-            }
-        }
-        out
     }
 
     /// The operation that tells the driver it has the whole state.
