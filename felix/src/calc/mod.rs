@@ -21,6 +21,7 @@
 pub mod inputs;
 pub mod labelindex;
 pub mod render;
+pub mod services;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -52,6 +53,7 @@ struct Emitted {
     profiles: BTreeMap<String, dp::Policy>,
     workloads: BTreeMap<dp::EndpointId, dp::WorkloadEndpoint>,
     hosts: BTreeMap<String, dp::HostEndpoint>,
+    services: BTreeMap<(String, String), dp::Service>,
 }
 
 /// Counts for metrics.
@@ -77,6 +79,10 @@ pub struct CalcGraph {
     namespaces: BTreeMap<String, LabelMap>,
     endpoints: BTreeMap<Item, EndpointInput>,
     netsets: BTreeMap<Item, NetSetInput>,
+    k8s_services: BTreeMap<(String, String), k8s_openapi::api::core::v1::Service>,
+    /// (namespace, slice name) → slice.
+    slices: BTreeMap<(String, String), services::Slice>,
+    dirty_services: BTreeSet<(String, String)>,
     index: LabelIndex<dp::IpSetId, Item>,
     set_defs: BTreeMap<dp::IpSetId, SetDef>,
     /// How many rendered policies and profiles use each set.
@@ -112,6 +118,9 @@ impl CalcGraph {
             namespaces: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             netsets: BTreeMap::new(),
+            k8s_services: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            dirty_services: BTreeSet::new(),
             index: LabelIndex::default(),
             set_defs: BTreeMap::new(),
             set_refs: BTreeMap::new(),
@@ -206,6 +215,30 @@ impl CalcGraph {
                 let item = Item::Endpoint(u.key.namespace.clone(), u.key.name.clone());
                 let input = u.value.as_ref().and_then(endpoint_input);
                 self.set_endpoint(item, input);
+            }
+            Kind::Service => {
+                let key = (
+                    u.key.namespace.clone().unwrap_or_default(),
+                    u.key.name.clone(),
+                );
+                match u.value {
+                    Some(Resource::Service(svc)) => self.k8s_services.insert(key.clone(), *svc),
+                    _ => self.k8s_services.remove(&key),
+                };
+                self.dirty_services.insert(key);
+            }
+            Kind::EndpointSlice => {
+                let ns = u.key.namespace.clone().unwrap_or_default();
+                let key = (ns.clone(), u.key.name.clone());
+                if let Some(old) = self.slices.remove(&key) {
+                    self.dirty_services.insert((ns.clone(), old.service));
+                }
+                if let Some(Resource::EndpointSlice(s)) = &u.value
+                    && let Some(slice) = services::Slice::from_k8s(s)
+                {
+                    self.dirty_services.insert((ns, slice.service.clone()));
+                    self.slices.insert(key, slice);
+                }
             }
             Kind::NetworkSet | Kind::GlobalNetworkSet => {
                 let item = Item::NetSet(u.key.namespace.clone(), u.key.name.clone());
@@ -868,6 +901,32 @@ impl CalcGraph {
                 None => {
                     if self.emitted.hosts.remove(&id).is_some() {
                         removals.push(dp::Operation::HostEndpointRemove { id });
+                    }
+                }
+            }
+        }
+        for key in std::mem::take(&mut self.dirty_services) {
+            let wanted = self.k8s_services.get(&key).map(|svc| {
+                let slices: Vec<&services::Slice> = self
+                    .slices
+                    .iter()
+                    .filter(|((ns, _), s)| *ns == key.0 && s.service == key.1)
+                    .map(|(_, s)| s)
+                    .collect();
+                services::desired(&key.0, &key.1, svc, &slices)
+            });
+            match wanted {
+                Some(svc) if self.emitted.services.get(&key) != Some(&svc) => {
+                    ops.push(dp::Operation::ServiceUpdate(svc.clone()));
+                    self.emitted.services.insert(key, svc);
+                }
+                Some(_) => {}
+                None => {
+                    if self.emitted.services.remove(&key).is_some() {
+                        removals.push(dp::Operation::ServiceRemove {
+                            namespace: key.0,
+                            name: key.1,
+                        });
                     }
                 }
             }

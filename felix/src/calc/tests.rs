@@ -119,3 +119,36 @@ fn frontend_to_api_programs_sets_then_policy_then_endpoints() {
     let ops = g.apply([Update { key, value: None }]);
     assert_eq!(kinds(&ops), ["wep+", "policy-", "set-", "set-"], "{ops:#?}");
 }
+
+#[test]
+fn services_join_endpoint_slices() {
+    let mut g = CalcGraph::new("node1");
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  clusterIP: 10.96.0.10\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n";
+    let ops = g.apply(puts(svc));
+    let [dp::Operation::ServiceUpdate(s)] = &ops[..] else {
+        panic!("{ops:#?}")
+    };
+    assert_eq!(
+        s.cluster_ips,
+        vec!["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert!(s.ports[0].backends.is_empty());
+    let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: shop\n  labels:\n    kubernetes.io/service-name: web\naddressType: IPv4\nendpoints:\n- addresses: [10.65.0.5]\n  conditions: {ready: true}\n- addresses: [10.65.0.6]\n  conditions: {ready: false}\nports:\n- name: http\n  port: 8080\n  protocol: TCP\n";
+    let ops = g.apply(puts(slice));
+    let [dp::Operation::ServiceUpdate(s)] = &ops[..] else {
+        panic!("{ops:#?}")
+    };
+    assert_eq!(
+        s.ports[0].backends,
+        vec!["10.65.0.5".parse::<std::net::IpAddr>().unwrap()],
+        "only ready backends"
+    );
+    assert_eq!(s.ports[0].target_port, 8080);
+    assert!(g.apply(puts(slice)).is_empty());
+    let key = resources(svc)[0].key();
+    let ops = g.apply([Update { key, value: None }]);
+    assert!(
+        matches!(&ops[..], [dp::Operation::ServiceRemove { .. }]),
+        "{ops:#?}"
+    );
+}
