@@ -2,35 +2,11 @@
 //! loopback port), run as the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+mod common;
 
-use manul_typha::server::{TyphaConfig, start};
+use std::process::Output;
 
-fn examples() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::env::var_os("MANUL_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("shared"))
-        .join("examples")
-}
-
-async fn manulctl(server: &str, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_manulctl"));
-    cmd.args(args)
-        .env("MANUL_SERVER", server)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{examples, manulctl, text};
 
 const ENDPOINTS: &str = r#"apiVersion: v1
 kind: Namespace
@@ -94,22 +70,7 @@ fn verdict(out: &Output) -> String {
 async fn trace_frontend_to_api() {
     let dir = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let typha = start(TyphaConfig::single(dir.path().to_path_buf(), addr))
-        .await
-        .unwrap();
-    let server = addr.to_string();
-    for _ in 0..100 {
-        if typha.node.status().leader_id == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let (typha, server) = common::typha(dir.path()).await;
 
     let endpoints = files.path().join("endpoints.yaml");
     std::fs::write(&endpoints, ENDPOINTS).unwrap();

@@ -1,0 +1,61 @@
+//! What the online CLI tests share: a single-node Typha in this process on
+//! a loopback port, and the real `manulctl` binary run against it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use manul_typha::server::{Running, TyphaConfig, start};
+
+pub fn examples() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::env::var_os("MANUL_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("shared"))
+        .join("examples")
+}
+
+pub async fn manulctl(server: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_manulctl"));
+    cmd.args(args)
+        .env("MANUL_SERVER", server)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Starts a single-node Typha with its data in `dir` and waits until it
+/// leads; returns it and its address.
+pub async fn typha(dir: &std::path::Path) -> (Running, String) {
+    // Bind first to learn a free port, then start on it (peers need it).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let typha = start(TyphaConfig::single(dir.to_path_buf(), addr))
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if typha.node.status().leader_id == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        typha.node.status().leader_id,
+        1,
+        "the single node never led"
+    );
+    (typha, addr.to_string())
+}
