@@ -186,7 +186,14 @@ fn peer_entity(peer: &NetworkPolicyPeer, path: &str) -> Result<EntityRule, Conve
     )?);
     if let Some(ns) = &peer.namespace_selector {
         let p = format!("{path}.namespaceSelector");
-        e.namespace_selector = Some(parse(&label_selector_text(ns, &p)?, &p)?);
+        // `{}` selects every namespace: `all()`, not an empty (unset) selector.
+        let text = label_selector_text(ns, &p)?;
+        let text = if text.is_empty() {
+            "all()".to_string()
+        } else {
+            text
+        };
+        e.namespace_selector = Some(parse(&text, &p)?);
     }
     Ok(e)
 }

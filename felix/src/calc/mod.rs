@@ -575,9 +575,11 @@ impl CalcGraph {
     // ------------------------------------------------------------- flush
 
     fn tier_order(&self, tier: &str) -> Option<f64> {
-        match self.tiers.get(tier) {
-            Some(t) => t.order,
-            None if tier == manul_model::v3::DEFAULT_TIER => Some(DEFAULT_TIER_ORDER),
+        let is_default = tier == manul_model::v3::DEFAULT_TIER;
+        match self.tiers.get(tier).and_then(|t| t.order) {
+            Some(order) => Some(order),
+            // The default tier keeps Calico's order unless a Tier sets one.
+            None if is_default => Some(DEFAULT_TIER_ORDER),
             None => None,
         }
     }

@@ -42,10 +42,13 @@ impl SetDef {
     }
 }
 
+/// A namespace selector rewritten over items' labels: every label gains
+/// `prefix`, and `all()` means "in some namespace" (Calico's translation),
+/// so it never matches global items such as GlobalNetworkSets.
 fn rename(expr: &Expr, prefix: &str) -> Expr {
     let p = |l: &String| format!("{prefix}{l}");
     match expr {
-        Expr::All => Expr::All,
+        Expr::All => Expr::Has(NAMESPACE_LABEL.to_string()),
         Expr::Global => Expr::Global,
         Expr::Eq { label, value } => Expr::Eq {
             label: p(label),
@@ -177,13 +180,20 @@ fn side(
         .as_ref()
         .map(|s| s.names.clone())
         .unwrap_or_default();
-    let names_peers = e.selector.is_some()
-        || e.namespace_selector.is_some()
-        || e.not_selector.is_some()
+    // An empty selector string is the same as no selector (Calico).
+    let set = |s: &Option<Selector>| s.clone().filter(|s| !s.source().trim().is_empty());
+    let (selector, namespace_selector, not_selector) = (
+        set(&e.selector),
+        set(&e.namespace_selector),
+        set(&e.not_selector),
+    );
+    let names_peers = selector.is_some()
+        || namespace_selector.is_some()
+        || not_selector.is_some()
         || e.service_accounts.is_some();
     let scoped = scoped_selector(
-        e.selector.as_ref(),
-        e.namespace_selector.as_ref(),
+        selector.as_ref(),
+        namespace_selector.as_ref(),
         &names,
         namespace,
         names_peers,
@@ -197,7 +207,7 @@ fn side(
         sets.push(def);
     }
     // notSelector is not limited to the namespace (Calico's translation).
-    if let Some(not) = &e.not_selector {
+    if let Some(not) = &not_selector {
         let def = SetDef {
             selector: not.clone(),
             named_port: None,
