@@ -12,16 +12,10 @@ use std::collections::BTreeMap;
 use manul_dataplane_api::Driver;
 use manul_dataplane_api::{NullDriver, Packet};
 
-use super::tests::resources;
+use super::tests::{resources, wep_in as wep};
 use super::*;
 
 const NODE: &str = "node1";
-
-fn wep(name: &str, ns: &str, node: &str, ip: &str, labels: &str) -> String {
-    format!(
-        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{{labels}}}\nspec:\n  node: {node}\n  interfaceName: cali-{name}\n  ipNetworks: [{ip}/32]\n  profiles: [kns.{ns}]\n  ports:\n  - name: http\n    protocol: TCP\n    port: 8080\n---\n"
-    )
-}
 
 fn base() -> String {
     let mut s = String::from(

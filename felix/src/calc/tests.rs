@@ -19,10 +19,16 @@ pub(crate) fn puts(yaml: &str) -> Vec<Update> {
         .collect()
 }
 
-pub(crate) fn wep(name: &str, node: &str, ip: &str, labels: &str) -> String {
+/// A workload endpoint in `ns`, with the namespace's profile and a named
+/// port `http` (TCP 8080), as YAML ending in a document separator.
+pub(crate) fn wep_in(name: &str, ns: &str, node: &str, ip: &str, labels: &str) -> String {
     format!(
-        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: {name}\n  namespace: production\n  labels: {{{labels}}}\nspec:\n  node: {node}\n  interfaceName: cali-{name}\n  ipNetworks: [{ip}/32]\n  profiles: [kns.production]\n  ports:\n  - name: http\n    protocol: TCP\n    port: 8080\n---\n"
+        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{{labels}}}\nspec:\n  node: {node}\n  interfaceName: cali-{name}\n  ipNetworks: [{ip}/32]\n  profiles: [kns.{ns}]\n  ports:\n  - name: http\n    protocol: TCP\n    port: 8080\n---\n"
     )
+}
+
+fn wep(name: &str, node: &str, ip: &str, labels: &str) -> String {
+    wep_in(name, "production", node, ip, labels)
 }
 
 const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: production\n  labels:\n    team: shop\n---\n";
