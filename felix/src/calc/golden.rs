@@ -35,22 +35,7 @@ fn base() -> String {
     s
 }
 
-const FRONTEND_TO_API: &str = "apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata:
-  name: frontend-to-api
-  namespace: production
-spec:
-  selector: app == 'api'
-  ingress:
-  - action: Allow
-    protocol: TCP
-    source:
-      selector: app == 'frontend'
-    destination:
-      ports: [http]
----
-";
+const FRONTEND_TO_API: &str = super::tests::POLICY;
 
 const FROM_DEV: &str = "apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy

@@ -33,7 +33,8 @@ fn wep(name: &str, node: &str, ip: &str, labels: &str) -> String {
 
 const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: production\n  labels:\n    team: shop\n---\n";
 
-const POLICY: &str = "apiVersion: projectcalico.org/v3
+/// The frontend-to-api policy with a named destination port.
+pub(crate) const POLICY: &str = "apiVersion: projectcalico.org/v3
 kind: NetworkPolicy
 metadata:
   name: frontend-to-api
@@ -47,6 +48,7 @@ spec:
       selector: app == 'frontend'
     destination:
       ports: [http]
+---
 ";
 
 fn kinds(ops: &[dp::Operation]) -> Vec<&'static str> {
