@@ -125,6 +125,24 @@ pub fn validate_port_name(s: &str) -> Result<(), String> {
     }
 }
 
+/// Prefix of every host-side workload interface Manul creates.
+pub const WORKLOAD_INTERFACE_PREFIX: &str = "mnl";
+
+/// The host-side interface name of a pod's interface: `mnl` and the first
+/// 12 hex digits of SHA-256 of `NAMESPACE.POD`, 15 characters, the kernel's
+/// limit. Stable, so the CNI plugin and Felix agree without talking (as
+/// Calico's `cali` + hash names).
+pub fn workload_interface_name(namespace: &str, pod: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{namespace}.{pod}").as_bytes());
+    let mut name = String::with_capacity(15);
+    name.push_str(WORKLOAD_INTERFACE_PREFIX);
+    for byte in &digest[..6] {
+        name.push_str(&format!("{byte:02x}"));
+    }
+    name
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +227,15 @@ mod tests {
         ] {
             assert!(validate_port_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn workload_interface_names_are_stable_and_fit_the_kernel_limit() {
+        let a = workload_interface_name("production", "frontend");
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with(WORKLOAD_INTERFACE_PREFIX));
+        assert_eq!(a, workload_interface_name("production", "frontend"));
+        assert_ne!(a, workload_interface_name("production", "api"));
+        assert_ne!(a, workload_interface_name("staging", "frontend"));
     }
 }
