@@ -3,7 +3,7 @@
 # shellcheck shell=bash
 
 # Debian packages the build and the tests use. Installed only when missing.
-MANUL_APT_PACKAGES=()
+MANUL_APT_PACKAGES=(iproute2 iptables ipset nftables iputils-ping clang llvm libbpf-dev libclang-dev bpftool iperf3 procps)
 
 ensure_deps() {
     if ! command -v cargo >/dev/null 2>&1; then
