@@ -278,6 +278,7 @@ pub fn decode_value(doc: Value) -> Result<Resource, DecodeError> {
         Kind::Profile => typed::<Object<_>>(value).map(Resource::Profile),
         Kind::Node => typed::<Object<_>>(value).map(Resource::Node),
         Kind::IpPool => typed::<Object<_>>(value).map(Resource::IpPool),
+        Kind::IpamBlock => typed::<Object<_>>(value).map(Resource::IpamBlock),
         Kind::FelixConfiguration => typed::<Object<_>>(value).map(Resource::FelixConfiguration),
         Kind::Installation => typed::<Object<_>>(value).map(Resource::Installation),
         Kind::K8sNetworkPolicy => typed(value).map(Resource::K8sNetworkPolicy),

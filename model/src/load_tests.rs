@@ -521,3 +521,74 @@ fn yaml_round_trips() {
         assert_eq!(a, third.iter().map(|l| &l.resource).collect::<Vec<_>>());
     }
 }
+
+const BLOCK_HEAD: &str = "apiVersion: projectcalico.org/v3\nkind: IPAMBlock\nmetadata:\n  name: 10-65-0-0-26\nspec:\n  cidr: 10.65.0.0/26\n";
+
+#[test]
+fn ipam_blocks_load_and_round_trip() {
+    let yaml = format!(
+        "{BLOCK_HEAD}  affinity: host:node-1\n  allocations:\n  - ip: 10.65.0.1\n    handle: c1\n    namespace: production\n    pod: api\n  - ip: 10.65.0.2\n    handle: c2\n"
+    );
+    let out = load_str(&yaml);
+    assert!(out.errors.is_empty(), "{:#?}", out.errors);
+    let r = &out.resources[0].resource;
+    assert_eq!(r.key().to_string(), "ipamblock/10-65-0-0-26");
+    let Resource::IpamBlock(b) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(b.spec.affine_node(), Some("node-1"));
+    assert_eq!(b.spec.allocations.len(), 2);
+    let again = load("json", &serde_json::to_vec(r).unwrap());
+    assert!(again.errors.is_empty(), "{:#?}", again.errors);
+    assert_eq!(&again.resources[0].resource, r);
+}
+
+#[test]
+fn ipam_block_errors_name_the_field() {
+    let cases = [
+        (
+            format!("{BLOCK_HEAD}  allocations:\n  - ip: 10.65.1.1\n    handle: c\n"),
+            "spec.allocations[0].ip",
+            "outside the block",
+        ),
+        (
+            format!(
+                "{BLOCK_HEAD}  allocations:\n  - ip: 10.65.0.1\n    handle: a\n  - ip: 10.65.0.1\n    handle: b\n"
+            ),
+            "spec.allocations[1].ip",
+            "allocated twice",
+        ),
+        (
+            format!("{BLOCK_HEAD}  allocations:\n  - ip: 10.65.0.1\n    handle: \"\"\n"),
+            "spec.allocations[0].handle",
+            "required",
+        ),
+        (
+            format!("{BLOCK_HEAD}  affinity: node-1\n"),
+            "spec.affinity",
+            "host:NODE",
+        ),
+        (
+            BLOCK_HEAD.replace("10.65.0.0/26", "10.65.0.64/26"),
+            "metadata.name",
+            "10-65-0-64-26",
+        ),
+        (
+            BLOCK_HEAD.replace("10.65.0.0/26", "10.65.0.1/26"),
+            "spec.cidr",
+            "host bits",
+        ),
+        (
+            BLOCK_HEAD.replace("  cidr: 10.65.0.0/26\n", "  affinity: host:n\n"),
+            "spec.cidr",
+            "required",
+        ),
+    ];
+    for (yaml, path, reason) in cases {
+        let msg = only_error(&yaml);
+        assert!(
+            msg.contains(path) && msg.contains(reason),
+            "{yaml}\n=> {msg}"
+        );
+    }
+}

@@ -11,7 +11,7 @@ use serde::{Serialize, Serializer};
 
 use crate::operator::InstallationSpec;
 use crate::v3::{
-    FelixConfigurationSpec, GlobalNetworkPolicySpec, HostEndpointSpec, IpPoolSpec,
+    FelixConfigurationSpec, GlobalNetworkPolicySpec, HostEndpointSpec, IpPoolSpec, IpamBlockSpec,
     NetworkPolicySpec, NetworkSetSpec, NodeSpec, Object, ProfileSpec, TierSpec,
     WorkloadEndpointSpec,
 };
@@ -65,6 +65,7 @@ kinds! {
     Profile => (crate::v3::API_VERSION, "Profile", false, "profile"),
     Node => (crate::v3::API_VERSION, "Node", false, "node"),
     IpPool => (crate::v3::API_VERSION, "IPPool", false, "ippool"),
+    IpamBlock => (crate::v3::API_VERSION, "IPAMBlock", false, "ipamblock"),
     FelixConfiguration => (crate::v3::API_VERSION, "FelixConfiguration", false, "felixconfiguration"),
     K8sNetworkPolicy => (K8S_NETWORKING, "NetworkPolicy", true, "k8s-networkpolicy"),
     Namespace => (K8S_CORE, "Namespace", false, "namespace"),
@@ -154,6 +155,7 @@ pub enum Resource {
     Profile(Object<ProfileSpec>),
     Node(Object<NodeSpec>),
     IpPool(Object<IpPoolSpec>),
+    IpamBlock(Object<IpamBlockSpec>),
     FelixConfiguration(Object<FelixConfigurationSpec>),
     K8sNetworkPolicy(Box<K8sNetworkPolicy>),
     Namespace(Box<Namespace>),
@@ -203,6 +205,10 @@ macro_rules! with_meta {
                 let $m = &o.metadata;
                 $body
             }
+            Resource::IpamBlock(o) => {
+                let $m = &o.metadata;
+                $body
+            }
             Resource::FelixConfiguration(o) => {
                 let $m = &o.metadata;
                 $body
@@ -249,6 +255,7 @@ impl Resource {
             Resource::Profile(_) => Kind::Profile,
             Resource::Node(_) => Kind::Node,
             Resource::IpPool(_) => Kind::IpPool,
+            Resource::IpamBlock(_) => Kind::IpamBlock,
             Resource::FelixConfiguration(_) => Kind::FelixConfiguration,
             Resource::K8sNetworkPolicy(_) => Kind::K8sNetworkPolicy,
             Resource::Namespace(_) => Kind::Namespace,
@@ -316,6 +323,7 @@ impl Serialize for Resource {
             Resource::Profile(o) => tagged(kind, o, s),
             Resource::Node(o) => tagged(kind, o, s),
             Resource::IpPool(o) => tagged(kind, o, s),
+            Resource::IpamBlock(o) => tagged(kind, o, s),
             Resource::FelixConfiguration(o) => tagged(kind, o, s),
             Resource::Installation(o) => tagged(kind, o, s),
             Resource::K8sNetworkPolicy(o) => o.serialize(s),

@@ -83,6 +83,7 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
             }
         }
         Resource::IpPool(o) => v.ip_pool(&o.spec),
+        Resource::IpamBlock(o) => v.ipam_block(o.name(), &o.spec),
         Resource::Installation(o) => {
             if o.metadata.name.as_deref() != Some("default") {
                 v.err("metadata.name", "an Installation must be named \"default\"");
@@ -357,6 +358,58 @@ impl Validator {
         use crate::v3::EncapMode::Never;
         if s.vxlan_mode != Never && s.ipip_mode != Never {
             self.err("spec", "vxlanMode and ipipMode cannot both be enabled");
+        }
+    }
+
+    /// A block: a network-aligned CIDR that names it, a `host:NODE`
+    /// affinity when set, and allocations inside the CIDR, each address
+    /// once, each with a handle.
+    fn ipam_block(&mut self, name: &str, s: &crate::v3::IpamBlockSpec) {
+        let Some(cidr) = s.cidr else {
+            self.err("spec.cidr", "required: the block's network");
+            return;
+        };
+        let net = cidr.0;
+        if net.trunc() != net {
+            self.err(
+                "spec.cidr",
+                format!("{net} has host bits set; a block starts at {}", net.trunc()),
+            );
+        }
+        let expected = crate::v3::ipam_block_name(net);
+        if !name.is_empty() && name != expected {
+            self.err(
+                "metadata.name",
+                format!(
+                    "a block for {} must be named {expected:?}, not {name:?}",
+                    net.trunc()
+                ),
+            );
+        }
+        if !s.affinity.is_empty() {
+            match s.affine_node() {
+                Some(node) => self.check("spec.affinity", names::validate_dns_subdomain(node)),
+                None => self.err(
+                    "spec.affinity",
+                    format!("must be \"host:NODE\", not {:?}", s.affinity),
+                ),
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, a) in s.allocations.iter().enumerate() {
+            let path = format!("spec.allocations[{i}]");
+            if !net.contains(&a.ip) {
+                self.err(
+                    format!("{path}.ip"),
+                    format!("{} is outside the block {net}", a.ip),
+                );
+            }
+            if !seen.insert(a.ip) {
+                self.err(format!("{path}.ip"), format!("{} is allocated twice", a.ip));
+            }
+            if a.handle.is_empty() {
+                self.err(format!("{path}.handle"), "required: who holds the address");
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod cluster;
 mod endpoints;
+mod ipam;
 mod policy;
 mod primitives;
 mod rule;
@@ -12,6 +13,7 @@ mod sets;
 
 pub use cluster::*;
 pub use endpoints::*;
+pub use ipam::*;
 pub use policy::*;
 pub use primitives::*;
 pub use rule::*;
