@@ -1,6 +1,34 @@
-//! The iptables dataplane: renders per-endpoint, per-policy and dispatch
-//! chains plus IP sets, and applies them in atomic `iptables-restore` and
-//! `ipset restore` transactions.
+//! The iptables dataplane: Linux netfilter, programmed through nftables.
 //!
-//! It refuses to depend on `felix`, and never flushes tables or chains that
-//! other software owns.
+//! It renders per-endpoint, per-tier, per-policy and per-profile chains,
+//! dispatch maps and IP sets into one table, `inet manul`, and writes them
+//! with `nft -f` — one atomic transaction per batch, holding only what
+//! changed. A periodic [`NftDriver::refresh`] reads the table back and
+//! rewrites it if someone else changed it.
+//!
+//! Why nftables rather than `iptables-restore` + `ipset restore`: one
+//! transaction covers sets and rules together (no window where a rule names
+//! a set not yet written), the table is ours alone (other software's tables
+//! are never read or flushed), dispatch is a verdict map lookup instead of
+//! a chain of interface matches, and interval sets hold CIDRs and
+//! concatenated sets hold named ports natively. The `iptables` command on
+//! current distributions is itself a front end to the same nf_tables
+//! kernel API.
+//!
+//! Semantics are those of `manul_dataplane_api::verdict`, plus connection
+//! tracking: established and related packets are accepted before any
+//! policy, so policy applies to new flows.
+//!
+//! It refuses to depend on `felix`, to flush or read tables it does not
+//! own, and to act outside the calling thread's network namespace. Host
+//! endpoints with interface `*`, pre-DNAT and untracked policies are not
+//! rendered.
+
+pub mod driver;
+pub mod names;
+pub mod nft;
+pub mod render;
+pub mod script;
+
+pub use driver::{NftDriver, NftStats, Refresh};
+pub use nft::{Nft, NftError};

@@ -1,0 +1,225 @@
+//! The driver: keeps the desired state (checked against the contract by
+//! the null driver), renders it, and writes the difference to the kernel.
+
+use std::time::Instant;
+
+use manul_dataplane_api::{DesiredState, Driver, DriverError, NullDriver, Operation};
+use tracing::{debug, info, warn};
+
+use crate::nft::{Nft, NftError, Observed};
+use crate::render::{self, Ruleset, base_chains};
+use crate::script;
+
+/// Counters for metrics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NftStats {
+    /// Whole-table transactions (start, first sync, repairs).
+    pub full_writes: u64,
+    /// Transactions that wrote only what changed.
+    pub incremental_writes: u64,
+    /// Refreshes that found and repaired an out-of-band change.
+    pub repairs: u64,
+    /// Batches held because an earlier run's table still enforces.
+    pub held_batches: u64,
+}
+
+/// What a refresh found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refresh {
+    /// The kernel holds what was written.
+    Clean,
+    /// It did not; the table was rewritten. The string says what differed.
+    Repaired(String),
+    /// Nothing has been written yet (waiting for the first sync).
+    NotProgrammed,
+}
+
+/// The iptables dataplane: netfilter programmed through `nft`.
+#[derive(Debug)]
+pub struct NftDriver {
+    contract: NullDriver,
+    nft: Nft,
+    /// What the kernel holds, as last written; `None` when unknown (an
+    /// earlier run's table, or a failed write).
+    programmed: Option<Ruleset>,
+    stats: NftStats,
+}
+
+fn dataplane(context: &str, e: NftError) -> DriverError {
+    DriverError::Dataplane {
+        driver: "iptables",
+        context: context.to_string(),
+        source: Box::new(e),
+    }
+}
+
+impl NftDriver {
+    /// Starts on this thread's network namespace. With no table from an
+    /// earlier run, it installs the empty table at once, so unknown
+    /// workload interfaces are dropped from the start. With one, it leaves
+    /// it enforcing and replaces it in one transaction at the first
+    /// [`Operation::InSync`]: no gap, and nothing stale survives.
+    pub fn new(nft: Nft) -> Result<Self, DriverError> {
+        let mut driver = Self {
+            contract: NullDriver::new(),
+            nft,
+            programmed: None,
+            stats: NftStats::default(),
+        };
+        let existing = driver
+            .nft
+            .table_exists()
+            .map_err(|e| dataplane("reading the existing table", e))?;
+        if existing {
+            info!("found a table from an earlier run; it enforces until the first sync");
+        } else {
+            driver.write_full(Ruleset::default())?;
+        }
+        Ok(driver)
+    }
+
+    /// The desired state.
+    pub fn state(&self) -> &DesiredState {
+        self.contract.state()
+    }
+
+    pub fn stats(&self) -> NftStats {
+        self.stats
+    }
+
+    fn write_full(&mut self, rs: Ruleset) -> Result<(), DriverError> {
+        self.programmed = None;
+        self.nft
+            .apply(&script::full(&rs))
+            .map_err(|e| dataplane("writing the whole table", e))?;
+        self.stats.full_writes += 1;
+        self.programmed = Some(rs);
+        Ok(())
+    }
+
+    /// Compares the kernel's table with what was written and rewrites it if
+    /// they differ (rules or chains added, removed or changed by someone
+    /// else, set elements added or removed, the table deleted).
+    pub fn refresh(&mut self) -> Result<Refresh, DriverError> {
+        let Some(rs) = self.programmed.clone() else {
+            if self.contract.state().in_sync {
+                let rs = render::render(self.contract.state());
+                self.write_full(rs)?;
+                self.stats.repairs += 1;
+                return Ok(Refresh::Repaired("the last write had failed".into()));
+            }
+            return Ok(Refresh::NotProgrammed);
+        };
+        let observed = self
+            .nft
+            .list()
+            .map_err(|e| dataplane("reading the table back", e))?;
+        let difference = match observed {
+            None => Some("the table is gone".to_string()),
+            Some(o) => difference(&rs, &o),
+        };
+        match difference {
+            None => Ok(Refresh::Clean),
+            Some(what) => {
+                warn!("out-of-band change to the nftables table: {what}; rewriting it");
+                self.write_full(rs)?;
+                self.stats.repairs += 1;
+                Ok(Refresh::Repaired(what))
+            }
+        }
+    }
+
+    /// Deletes the table (uninstall). Traffic on workload interfaces is
+    /// then no longer policed.
+    pub fn remove_all(&mut self) -> Result<(), DriverError> {
+        self.programmed = None;
+        self.nft
+            .apply(&format!(
+                "add table inet {t}\ndelete table inet {t}\n",
+                t = crate::names::TABLE
+            ))
+            .map_err(|e| dataplane("deleting the table", e))
+    }
+}
+
+/// How the kernel's table differs from `rs`, if it does.
+pub fn difference(rs: &Ruleset, o: &Observed) -> Option<String> {
+    let mut want: Vec<(String, Vec<String>)> = rs
+        .chains
+        .iter()
+        .map(|(n, r)| (n.clone(), r.iter().map(|r| r.comment.clone()).collect()))
+        .collect();
+    for (name, _, rules) in base_chains() {
+        want.push((
+            name.to_string(),
+            rules.iter().map(|r| r.comment.clone()).collect(),
+        ));
+    }
+    if want.len() != o.chains.len() {
+        return Some(format!(
+            "{} chains instead of {}",
+            o.chains.len(),
+            want.len()
+        ));
+    }
+    for (name, comments) in &want {
+        match o.chains.get(name) {
+            None => return Some(format!("chain {name} is missing")),
+            Some(got) if got != comments => return Some(format!("chain {name} was changed")),
+            Some(_) => {}
+        }
+    }
+    if rs.sets.len() != o.sets.len() {
+        return Some(format!(
+            "{} sets instead of {}",
+            o.sets.len(),
+            rs.sets.len()
+        ));
+    }
+    for (name, def) in &rs.sets {
+        match o.sets.get(name) {
+            None => return Some(format!("set {name} is missing")),
+            Some(&n) if n != def.elements.len() => {
+                return Some(format!(
+                    "set {name} has {n} elements instead of {}",
+                    def.elements.len()
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+impl Driver for NftDriver {
+    fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
+        self.contract.apply(batch)?;
+        if self.programmed.is_none() && !self.contract.state().in_sync {
+            self.stats.held_batches += 1;
+            return Ok(());
+        }
+        let started = Instant::now();
+        let new = render::render(self.contract.state());
+        match self.programmed.take() {
+            None => self.write_full(new)?,
+            Some(old) => {
+                let script = script::incremental(&old, &new);
+                if !script.is_empty() {
+                    // On failure `programmed` stays `None`: the next batch
+                    // or refresh rewrites the whole table.
+                    self.nft
+                        .apply(&script)
+                        .map_err(|e| dataplane("writing changes", e))?;
+                    self.stats.incremental_writes += 1;
+                }
+                self.programmed = Some(new);
+            }
+        }
+        debug!(ops = batch.len(), elapsed = ?started.elapsed(), "programmed");
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "iptables"
+    }
+}

@@ -1,0 +1,226 @@
+use std::collections::BTreeSet;
+
+use manul_dataplane_api::{
+    Action, DesiredState, EndpointId, IpSet, IpSetKind, IpSetMember, Match, Policy, PolicyId, Rule,
+    TierPolicies, WorkloadEndpoint,
+};
+
+use super::*;
+
+fn pid(tier: &str, name: &str) -> PolicyId {
+    PolicyId {
+        tier: tier.into(),
+        name: name.into(),
+    }
+}
+
+fn allow_from(set: &str) -> Rule {
+    Rule {
+        id: "r0".into(),
+        action: Action::Allow,
+        ip_version: None,
+        protocol: Some(6),
+        not_protocol: None,
+        icmp: None,
+        not_icmp: None,
+        src: Match {
+            ip_sets: vec![set.into()],
+            ..Match::default()
+        },
+        dst: Match::default(),
+    }
+}
+
+fn state() -> DesiredState {
+    let mut s = DesiredState::default();
+    s.ip_sets.insert(
+        "sel:role == 'frontend'".into(),
+        IpSet {
+            kind: IpSetKind::Net,
+            members: [
+                IpSetMember::Net("10.65.0.2/32".parse().unwrap()),
+                IpSetMember::Net("10.65.0.0/24".parse().unwrap()),
+                IpSetMember::Net("fd00::2/128".parse().unwrap()),
+            ]
+            .into_iter()
+            .collect(),
+        },
+    );
+    s.policies.insert(
+        pid("security", "gate"),
+        Policy {
+            inbound: vec![Rule {
+                action: Action::Pass,
+                ..allow_from("sel:role == 'frontend'")
+            }],
+            outbound: vec![],
+        },
+    );
+    s.policies.insert(
+        pid("default", "production/api"),
+        Policy {
+            inbound: vec![allow_from("sel:role == 'frontend'")],
+            outbound: vec![],
+        },
+    );
+    s.profiles
+        .insert("kns.production".into(), Policy::default());
+    s.workload_endpoints.insert(
+        EndpointId {
+            namespace: "production".into(),
+            name: "api".into(),
+        },
+        WorkloadEndpoint {
+            id: EndpointId {
+                namespace: "production".into(),
+                name: "api".into(),
+            },
+            interface_name: "mnlapi".into(),
+            nets: vec!["10.65.0.3/32".parse().unwrap()],
+            mac: None,
+            tiers: vec![
+                TierPolicies {
+                    name: "security".into(),
+                    default_action: Action::Deny,
+                    inbound: vec![pid("security", "gate")],
+                    outbound: vec![],
+                },
+                TierPolicies {
+                    name: "default".into(),
+                    default_action: Action::Deny,
+                    inbound: vec![pid("default", "production/api")],
+                    outbound: vec![],
+                },
+            ],
+            profiles: vec!["kns.production".into()],
+        },
+    );
+    s
+}
+
+fn texts(rs: &Ruleset, chain: &str) -> Vec<String> {
+    rs.chains
+        .get(chain)
+        .unwrap_or_else(|| panic!("no chain {chain}"))
+        .iter()
+        .map(|r| r.text.clone())
+        .collect()
+}
+
+#[test]
+fn sets_are_split_by_family_and_aggregated() {
+    let rs = render(&state());
+    let v4 = &rs.sets[&names::ip_set("sel:role == 'frontend'", false)];
+    let v6 = &rs.sets[&names::ip_set("sel:role == 'frontend'", true)];
+    assert_eq!(v4.elements, BTreeSet::from(["10.65.0.0/24".to_string()]));
+    assert_eq!(v6.elements, BTreeSet::from(["fd00::2/128".to_string()]));
+    assert!(v4.interval);
+    assert_eq!(v4.comment, "sel:role == 'frontend'");
+}
+
+#[test]
+fn endpoint_chains_walk_tiers_then_profiles_then_drop() {
+    let rs = render(&state());
+    let to = names::workload_chain("mnlapi", true);
+    assert_eq!(
+        texts(&rs, &to),
+        vec![
+            "meta mark set meta mark & 0xfffcffff".to_string(),
+            format!("jump {to}.t0"),
+            ACCEPTED.to_string(),
+            format!("jump {to}.t1"),
+            ACCEPTED.to_string(),
+            "jump mnl-pri-kns.production".to_string(),
+            ACCEPTED.to_string(),
+            "drop".to_string(),
+        ]
+    );
+    let t0 = texts(&rs, &format!("{to}.t0"));
+    assert_eq!(t0[0], "jump mnl-pi-security/gate");
+    assert_eq!(t0.last().map(String::as_str), Some("drop"));
+    // Outbound: no tier has outbound policies, so only profiles, after the
+    // anti-spoofing check.
+    let from = names::workload_chain("mnlapi", false);
+    let f = texts(&rs, &from);
+    assert_eq!(f[0], "ip saddr != { 10.65.0.3/32 } drop");
+    assert!(!f.iter().any(|r| r.contains(".t0")));
+    assert!(!rs.chains.contains_key(&format!("{from}.t0")));
+}
+
+#[test]
+fn pass_returns_from_the_policy_and_skips_the_rest_of_the_tier() {
+    let rs = render(&state());
+    let gate = texts(&rs, "mnl-pi-security/gate");
+    // One rule per family: the set has IPv4 and IPv6 halves.
+    assert_eq!(gate.len(), 2);
+    assert!(gate[0].starts_with("meta l4proto 6 ip saddr @"));
+    assert!(gate[1].starts_with("meta l4proto 6 ip6 saddr @"));
+    for rule in &gate {
+        assert!(rule.ends_with(&format!(
+            "meta mark set meta mark | {MARK_PASS:#010x} return"
+        )));
+    }
+    let t0 = texts(
+        &rs,
+        &format!("{}.t0", names::workload_chain("mnlapi", true)),
+    );
+    assert!(t0[2].starts_with(&format!(
+        "meta mark & {MARK_PASS:#010x} == {MARK_PASS:#010x}"
+    )));
+    assert!(t0[2].ends_with("return"));
+}
+
+#[test]
+fn tier_default_pass_returns_instead_of_dropping() {
+    let mut s = state();
+    for ep in s.workload_endpoints.values_mut() {
+        ep.tiers[0].default_action = Action::Pass;
+    }
+    let rs = render(&s);
+    let t0 = texts(
+        &rs,
+        &format!("{}.t0", names::workload_chain("mnlapi", true)),
+    );
+    assert_eq!(t0.last().map(String::as_str), Some("return"));
+}
+
+#[test]
+fn dispatch_knows_every_programmed_interface() {
+    let rs = render(&state());
+    assert_eq!(
+        rs.sets[MAP_TO_WORKLOAD].elements,
+        BTreeSet::from(["\"mnlapi\" : jump mnl-tw-mnlapi".to_string()])
+    );
+    assert_eq!(
+        rs.sets[MAP_FROM_WORKLOAD].elements,
+        BTreeSet::from(["\"mnlapi\" : jump mnl-fw-mnlapi".to_string()])
+    );
+    assert_eq!(
+        rs.sets[SET_WORKLOAD_IFACES].elements,
+        BTreeSet::from(["\"mnlapi\"".to_string()])
+    );
+    let empty = render(&DesiredState::default());
+    assert!(empty.sets[SET_WORKLOAD_IFACES].elements.is_empty());
+    assert!(empty.chains.is_empty());
+}
+
+#[test]
+fn comments_change_with_the_rule_and_the_chain() {
+    let a = with_comment("c", "drop");
+    assert_eq!(a, with_comment("c", "drop"));
+    assert_ne!(a.comment, with_comment("c", "accept").comment);
+    assert_ne!(a.comment, with_comment("d", "drop").comment);
+    assert!(
+        with_id("c", "ns/p/inbound/0", "drop")
+            .comment
+            .starts_with("ns/p/inbound/0 ")
+    );
+}
+
+#[test]
+fn rendering_is_deterministic_and_incremental_diff_is_empty() {
+    let a = render(&state());
+    let b = render(&state());
+    assert_eq!(a, b);
+    assert_eq!(crate::script::incremental(&a, &b), "");
+}

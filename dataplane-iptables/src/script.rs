@@ -1,0 +1,265 @@
+//! nft scripts: the whole table in one transaction, or only what changed
+//! between two rendered states. Pure text; `nft -f` applies a script as
+//! one atomic transaction.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use crate::names::TABLE;
+use crate::render::{Ruleset, SetDef, base_chains};
+
+/// Elements per `add element` line, so no line grows without bound.
+const ELEMENTS_PER_LINE: usize = 2_000;
+
+fn set_decl(out: &mut String, name: &str, def: &SetDef) {
+    // Verdict maps are declared with `add map`, sets with `add set`.
+    let keyword = if def.type_.contains(": verdict") {
+        "map"
+    } else {
+        "set"
+    };
+    let _ = write!(
+        out,
+        "add {keyword} inet {TABLE} {name} {{ type {};",
+        def.type_
+    );
+    if def.interval {
+        out.push_str(" flags interval;");
+    }
+    if !def.comment.is_empty() {
+        let _ = write!(out, " comment \"{}\";", def.comment);
+    }
+    out.push_str(" }\n");
+}
+
+fn elements<'a>(out: &mut String, verb: &str, set: &str, items: impl Iterator<Item = &'a String>) {
+    let items: Vec<&String> = items.collect();
+    for chunk in items.chunks(ELEMENTS_PER_LINE) {
+        let list: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "{verb} element inet {TABLE} {set} {{ {} }}",
+            list.join(", ")
+        );
+    }
+}
+
+fn rules(out: &mut String, chain: &str, rules: &[crate::render::RuleText]) {
+    for r in rules {
+        let _ = writeln!(
+            out,
+            "add rule inet {TABLE} {chain} {} comment \"{}\"",
+            r.text, r.comment
+        );
+    }
+}
+
+fn declare_set(out: &mut String, name: &str, def: &SetDef) {
+    set_decl(out, name, def);
+    elements(out, "add", name, def.elements.iter());
+}
+
+/// The whole table, replacing whatever table of that name exists, in one
+/// transaction: nothing is ever missing in between.
+pub fn full(rs: &Ruleset) -> String {
+    let mut out = String::new();
+    // `add` then `delete` makes the delete succeed whether or not the table
+    // exists; the kernel applies the file as one transaction.
+    let _ = writeln!(out, "add table inet {TABLE}");
+    let _ = writeln!(out, "delete table inet {TABLE}");
+    let _ = writeln!(out, "add table inet {TABLE}");
+    for (name, def) in &rs.sets {
+        declare_set(&mut out, name, def);
+    }
+    for name in rs.chains.keys() {
+        let _ = writeln!(out, "add chain inet {TABLE} {name}");
+    }
+    for (name, r) in &rs.chains {
+        rules(&mut out, name, r);
+    }
+    for (name, spec, r) in base_chains() {
+        let _ = writeln!(out, "add chain inet {TABLE} {name} {{ {spec} }}");
+        rules(&mut out, name, &r);
+    }
+    out
+}
+
+/// The changes that turn `old` into `new`; empty when nothing changed.
+/// Order: new sets and elements, new chains, rewritten chains, map
+/// entries, then the removal of what is no longer used (flushed before it
+/// is deleted, so references among removed chains do not matter).
+pub fn incremental(old: &Ruleset, new: &Ruleset) -> String {
+    let mut out = String::new();
+    for (name, def) in &new.sets {
+        match old.sets.get(name) {
+            None => declare_set(&mut out, name, def),
+            Some(o) if o.type_ != def.type_ || o.interval != def.interval => {
+                // Never happens for a given name, but be exact if it does.
+                let _ = writeln!(out, "delete set inet {TABLE} {name}");
+                declare_set(&mut out, name, def);
+            }
+            Some(o) => {
+                // Removed elements first: an aggregated network may be
+                // replaced by one that overlaps it.
+                elements(
+                    &mut out,
+                    "delete",
+                    name,
+                    o.elements.difference(&def.elements),
+                );
+                elements(&mut out, "add", name, def.elements.difference(&o.elements));
+            }
+        }
+    }
+    for name in new.chains.keys().filter(|n| !old.chains.contains_key(*n)) {
+        let _ = writeln!(out, "add chain inet {TABLE} {name}");
+    }
+    for (name, r) in &new.chains {
+        match old.chains.get(name) {
+            None => rules(&mut out, name, r),
+            Some(o) if o != r => {
+                let _ = writeln!(out, "flush chain inet {TABLE} {name}");
+                rules(&mut out, name, r);
+            }
+            Some(_) => {}
+        }
+    }
+    let gone: BTreeSet<&String> = old
+        .chains
+        .keys()
+        .filter(|n| !new.chains.contains_key(*n))
+        .collect();
+    for name in &gone {
+        let _ = writeln!(out, "flush chain inet {TABLE} {name}");
+    }
+    for name in &gone {
+        let _ = writeln!(out, "delete chain inet {TABLE} {name}");
+    }
+    for name in old.sets.keys().filter(|n| !new.sets.contains_key(*n)) {
+        let _ = writeln!(out, "delete set inet {TABLE} {name}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::render::RuleText;
+
+    fn set(elements: &[&str]) -> SetDef {
+        SetDef {
+            type_: "ipv4_addr",
+            interval: true,
+            comment: "sel:all()".into(),
+            elements: elements.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn rule(text: &str) -> RuleText {
+        RuleText {
+            text: text.into(),
+            comment: "c".into(),
+        }
+    }
+
+    fn ruleset(sets: &[(&str, SetDef)], chains: &[(&str, Vec<RuleText>)]) -> Ruleset {
+        Ruleset {
+            sets: sets
+                .iter()
+                .map(|(n, d)| (n.to_string(), d.clone()))
+                .collect(),
+            chains: chains
+                .iter()
+                .map(|(n, r)| (n.to_string(), r.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn nothing_changed_means_no_script() {
+        let rs = ruleset(&[("s", set(&["10.0.0.1"]))], &[("c", vec![rule("drop")])]);
+        assert_eq!(incremental(&rs, &rs), "");
+    }
+
+    #[test]
+    fn only_changed_objects_are_touched() {
+        let old = ruleset(
+            &[("s", set(&["10.0.0.1", "10.0.0.2"])), ("gone", set(&[]))],
+            &[
+                ("a", vec![rule("drop")]),
+                ("b", vec![rule("accept")]),
+                ("old", vec![rule("jump a")]),
+            ],
+        );
+        let new = ruleset(
+            &[
+                ("s", set(&["10.0.0.2", "10.0.0.3"])),
+                ("t", set(&["10.1.0.0/16"])),
+            ],
+            &[
+                ("a", vec![rule("drop")]),
+                ("b", vec![rule("return")]),
+                ("c", vec![rule("jump b")]),
+            ],
+        );
+        let script = incremental(&old, &new);
+        let lines: Vec<&str> = script.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                "delete element inet manul s { 10.0.0.1 }",
+                "add element inet manul s { 10.0.0.3 }",
+                "add set inet manul t { type ipv4_addr; flags interval; comment \"sel:all()\"; }",
+                "add element inet manul t { 10.1.0.0/16 }",
+                "add chain inet manul c",
+                "flush chain inet manul b",
+                "add rule inet manul b return comment \"c\"",
+                "add rule inet manul c jump b comment \"c\"",
+                "flush chain inet manul old",
+                "delete chain inet manul old",
+                "delete set inet manul gone",
+            ]
+        );
+    }
+
+    #[test]
+    fn full_replaces_the_table_atomically_and_declares_before_use() {
+        let rs = ruleset(
+            &[("s", set(&["10.0.0.1"]))],
+            &[("a", vec![rule("ip saddr @s drop")])],
+        );
+        let script = full(&rs);
+        let pos = |needle: &str| {
+            script
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing"))
+        };
+        assert!(
+            script.starts_with(
+                "add table inet manul\ndelete table inet manul\nadd table inet manul\n"
+            )
+        );
+        assert!(pos("add set inet manul s") < pos("add rule inet manul a"));
+        assert!(pos("add chain inet manul a") < pos("add rule inet manul a"));
+        assert!(pos("add rule inet manul a") < pos("add chain inet manul mnl-forward"));
+    }
+
+    #[test]
+    fn big_sets_are_split_into_lines() {
+        let many: Vec<String> = (0..5000u32)
+            .map(|i| format!("10.{}.{}.1", i / 256, i % 256))
+            .collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let rs = ruleset(&[("s", set(&refs))], &[]);
+        let script = incremental(&Ruleset::default(), &rs);
+        assert_eq!(
+            script
+                .lines()
+                .filter(|l| l.starts_with("add element"))
+                .count(),
+            3
+        );
+    }
+}
