@@ -1,0 +1,371 @@
+//! [`Client`]: typed apply, get, list and delete against any Typha replica.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use manul_model::{Kind, Resource, ResourceKey};
+use manul_proto::v1 as pb;
+use manul_proto::v1::resources_client::ResourcesClient;
+use tonic::transport::{Channel, Endpoint};
+use tracing::debug;
+
+use crate::error::ClientError;
+
+/// Largest answer accepted (a list of every resource of a kind).
+const MAX_MESSAGE: usize = 1024 * 1024 * 1024;
+
+/// How a [`Client`] connects and retries.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// How long one connection attempt to one replica may take.
+    pub connect_timeout: Duration,
+    /// How long one request may take (Typha gives up on a commit after 10 s).
+    pub request_timeout: Duration,
+    /// How many times an unavailable request goes round the replica list.
+    pub rounds: u32,
+    /// The pause between rounds.
+    pub round_pause: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(15),
+            rounds: 3,
+            round_pause: Duration::from_millis(200),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Current {
+    /// Index into the address list of the replica `client` talks to.
+    index: usize,
+    client: Option<ResourcesClient<Channel>>,
+}
+
+/// A connection to a Typha cluster. Cheap to clone; clones share the
+/// connection.
+///
+/// Requests that find their replica unavailable move on to the next address
+/// and are sent again, so a write whose outcome was unknown may be applied
+/// by the first attempt and then report a conflict on the second: after a
+/// conflict, re-read.
+#[derive(Debug, Clone)]
+pub struct Client {
+    addresses: Arc<[String]>,
+    config: ClientConfig,
+    current: Arc<Mutex<Current>>,
+}
+
+fn url(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
+}
+
+fn proto_key(key: &ResourceKey) -> pb::ResourceKey {
+    pb::ResourceKey {
+        kind: key.kind.key_name().to_string(),
+        namespace: key.namespace.clone().unwrap_or_default(),
+        name: key.name.clone(),
+    }
+}
+
+fn describe(key: Option<&pb::ResourceKey>) -> String {
+    match key {
+        Some(k) if k.namespace.is_empty() => format!("{}/{}", k.kind, k.name),
+        Some(k) => format!("{}/{}/{}", k.kind, k.namespace, k.name),
+        None => "an entry without a key".into(),
+    }
+}
+
+/// The typed resource and revision of a stored entry.
+fn decode(entry: &pb::Entry) -> Result<(Resource, u64), ClientError> {
+    let key = describe(entry.key.as_ref());
+    let outcome = manul_model::load(&key, &entry.value);
+    if let Some(e) = outcome.errors.first() {
+        return Err(ClientError::Decode {
+            key,
+            reason: e.to_string(),
+        });
+    }
+    let mut resources = outcome.resources.into_iter();
+    match (resources.next(), resources.next()) {
+        (Some(loaded), None) => Ok((loaded.resource, entry.revision)),
+        _ => Err(ClientError::Decode {
+            key,
+            reason: "expected exactly one resource".into(),
+        }),
+    }
+}
+
+impl Client {
+    /// Connects to the first replica in `addresses` (`HOST:PORT` or a URL)
+    /// that answers.
+    pub async fn connect<S: AsRef<str>>(addresses: &[S]) -> Result<Client, ClientError> {
+        Client::connect_with(addresses, ClientConfig::default()).await
+    }
+
+    /// [`Client::connect`] with explicit timeouts and retries.
+    pub async fn connect_with<S: AsRef<str>>(
+        addresses: &[S],
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        if addresses.is_empty() {
+            return Err(ClientError::NoAddress);
+        }
+        let addresses: Arc<[String]> = addresses.iter().map(|a| a.as_ref().to_string()).collect();
+        for a in addresses.iter() {
+            Endpoint::from_shared(url(a)).map_err(|e| ClientError::BadAddress {
+                address: a.clone(),
+                source: Box::new(e),
+            })?;
+        }
+        let client = Client {
+            addresses,
+            config,
+            current: Arc::new(Mutex::new(Current {
+                index: 0,
+                client: None,
+            })),
+        };
+        client.reconnect(0).await?;
+        Ok(client)
+    }
+
+    /// The replica addresses this client uses, in order.
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
+    }
+
+    fn joined(&self) -> String {
+        self.addresses.join(", ")
+    }
+
+    fn current(&self) -> (usize, Option<ResourcesClient<Channel>>) {
+        match self.current.lock() {
+            Ok(c) => (c.index, c.client.clone()),
+            Err(p) => {
+                let c = p.into_inner();
+                (c.index, c.client.clone())
+            }
+        }
+    }
+
+    fn set_current(&self, index: usize, client: Option<ResourcesClient<Channel>>) {
+        let mut c = match self.current.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        c.index = index;
+        c.client = client;
+    }
+
+    /// Connects to the first answering replica at or after `start` (going
+    /// round the list once).
+    async fn reconnect(&self, start: usize) -> Result<ResourcesClient<Channel>, ClientError> {
+        let n = self.addresses.len();
+        let mut last = None;
+        for i in 0..n {
+            let index = (start + i) % n;
+            let address = &self.addresses[index];
+            let endpoint = Endpoint::from_shared(url(address))
+                .map_err(|e| ClientError::BadAddress {
+                    address: address.clone(),
+                    source: Box::new(e),
+                })?
+                .connect_timeout(self.config.connect_timeout)
+                .tcp_nodelay(true);
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    debug!(%address, "connected to Typha");
+                    let client =
+                        ResourcesClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+                    self.set_current(index, Some(client.clone()));
+                    return Ok(client);
+                }
+                Err(e) => {
+                    debug!(%address, error = %e, "cannot connect to Typha");
+                    last = Some(e);
+                }
+            }
+        }
+        self.set_current(start % n, None);
+        Err(ClientError::Unavailable {
+            addresses: self.joined(),
+            message: "no replica accepted a connection".into(),
+            source: match last {
+                Some(e) => Box::new(e),
+                None => "no addresses".into(),
+            },
+        })
+    }
+
+    /// Runs one request, moving on to the next replica while the current one
+    /// is unavailable.
+    async fn call<T, F, Fut>(&self, request: F) -> Result<T, ClientError>
+    where
+        F: Fn(ResourcesClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let n = self.addresses.len();
+        let attempts = n * self.config.rounds.max(1) as usize;
+        let mut last = None;
+        for attempt in 0..attempts {
+            if attempt > 0 && attempt % n == 0 {
+                tokio::time::sleep(self.config.round_pause).await;
+            }
+            let (index, client) = self.current();
+            let client = match client {
+                Some(c) => c,
+                None => match self.reconnect(index).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                },
+            };
+            let outcome = tokio::time::timeout(self.config.request_timeout, request(client)).await;
+            let error = match outcome {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) => ClientError::from_status(status, &self.joined()),
+                Err(_) => ClientError::Unavailable {
+                    addresses: self.addresses[index].clone(),
+                    message: format!(
+                        "no answer within {:?}; a write's outcome is unknown",
+                        self.config.request_timeout
+                    ),
+                    source: "request timed out".into(),
+                },
+            };
+            if !error.is_unavailable() {
+                return Err(error);
+            }
+            debug!(address = %self.addresses[index], %error, "replica unavailable; trying the next");
+            self.set_current((index + 1) % n, None);
+            last = Some(error);
+        }
+        Err(last.unwrap_or(ClientError::NoAddress))
+    }
+
+    /// Writes `items` in one atomic batch, each with an optional expected
+    /// revision (0: must not exist yet), and returns the revision each one
+    /// was stored at, in order. An empty batch writes nothing.
+    pub async fn apply_all(
+        &self,
+        items: &[(&Resource, Option<u64>)],
+    ) -> Result<Vec<u64>, ClientError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut request = pb::ApplyRequest { items: Vec::new() };
+        for (resource, expected) in items {
+            let key = resource.key().to_string();
+            let document = serde_json::to_vec(resource).map_err(|source| ClientError::Encode {
+                key: key.clone(),
+                source,
+            })?;
+            request.items.push(pb::ApplyItem {
+                document: document.into(),
+                origin: key,
+                expected_revision: *expected,
+            });
+        }
+        let response = self
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.apply(r).await }
+            })
+            .await?;
+        Ok(response.entries.iter().map(|e| e.revision).collect())
+    }
+
+    /// Creates or replaces `resources` in one atomic batch; returns each
+    /// one's new revision.
+    pub async fn apply(&self, resources: &[Resource]) -> Result<Vec<u64>, ClientError> {
+        let items: Vec<_> = resources.iter().map(|r| (r, None)).collect();
+        self.apply_all(&items).await
+    }
+
+    /// Writes `resource` only if its stored revision is `expected` (0: only
+    /// if it does not exist); a mismatch is [`ClientError::Conflict`].
+    /// Returns the new revision.
+    pub async fn apply_if(&self, resource: &Resource, expected: u64) -> Result<u64, ClientError> {
+        let revisions = self.apply_all(&[(resource, Some(expected))]).await?;
+        revisions
+            .first()
+            .copied()
+            .ok_or_else(|| ClientError::Decode {
+                key: resource.key().to_string(),
+                reason: "the answer has no entry".into(),
+            })
+    }
+
+    /// The stored resource and its revision, or `None` when absent.
+    pub async fn get(&self, key: &ResourceKey) -> Result<Option<(Resource, u64)>, ClientError> {
+        let request = pb::GetRequest {
+            key: Some(proto_key(key)),
+        };
+        match self
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.get(r).await }
+            })
+            .await
+        {
+            Ok(response) => match response.entry {
+                Some(e) => decode(&e).map(Some),
+                None => Ok(None),
+            },
+            Err(ClientError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every stored resource of `kind` (in `namespace`, or in every
+    /// namespace), in key order, with revisions.
+    pub async fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> Result<Vec<(Resource, u64)>, ClientError> {
+        let request = pb::ListRequest {
+            kind: kind.key_name().to_string(),
+            namespace: namespace.unwrap_or_default().to_string(),
+        };
+        let response = self
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.list(r).await }
+            })
+            .await?;
+        response.entries.iter().map(decode).collect()
+    }
+
+    /// Deletes `key`, only if its revision is `expected` when given.
+    /// Returns the revision of the deletion, or `None` when nothing was
+    /// stored under the key (not an error: deleting is idempotent).
+    pub async fn delete(
+        &self,
+        key: &ResourceKey,
+        expected: Option<u64>,
+    ) -> Result<Option<u64>, ClientError> {
+        let request = pb::DeleteRequest {
+            keys: vec![proto_key(key)],
+            expected_revision: expected,
+        };
+        let response = self
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.delete(r).await }
+            })
+            .await?;
+        Ok((!response.deleted.is_empty()).then_some(response.revision))
+    }
+}

@@ -1,0 +1,131 @@
+//! What can go wrong talking to Typha, sorted by what the caller should do.
+
+use tonic::{Code, Status};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A failed request. [`ClientError::Conflict`] and
+/// [`ClientError::Unavailable`] are worth retrying (after re-reading, for a
+/// conflict); the others are not.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no Typha address given")]
+    NoAddress,
+    #[error("{address:?} is not a Typha address (HOST:PORT): {source}")]
+    BadAddress {
+        address: String,
+        #[source]
+        source: BoxError,
+    },
+    /// No replica answered, or the cluster has no leader, or a write's
+    /// outcome is unknown (it may have committed).
+    #[error("Typha is unavailable ({addresses}): {message}")]
+    Unavailable {
+        addresses: String,
+        message: String,
+        #[source]
+        source: BoxError,
+    },
+    /// An expected revision did not match: someone else wrote first.
+    #[error("revision conflict: {}", .source.message())]
+    Conflict {
+        #[source]
+        source: Status,
+    },
+    #[error("not found: {}", .source.message())]
+    NotFound {
+        #[source]
+        source: Status,
+    },
+    /// Typha's validation rejected the request; nothing was written.
+    #[error("invalid request: {}", .source.message())]
+    Invalid {
+        #[source]
+        source: Status,
+    },
+    #[error("Typha failed the request ({:?}): {}", .source.code(), .source.message())]
+    Server {
+        #[source]
+        source: Status,
+    },
+    #[error("cannot encode {key}: {source}")]
+    Encode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("Typha sent an undecodable entry for {key}: {reason}")]
+    Decode { key: String, reason: String },
+}
+
+impl ClientError {
+    /// Sorts a status from the `Resources` service.
+    pub(crate) fn from_status(status: Status, addresses: &str) -> ClientError {
+        match status.code() {
+            Code::FailedPrecondition | Code::Aborted => ClientError::Conflict { source: status },
+            Code::NotFound => ClientError::NotFound { source: status },
+            Code::InvalidArgument | Code::OutOfRange => ClientError::Invalid { source: status },
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                ClientError::Unavailable {
+                    addresses: addresses.to_string(),
+                    message: status.message().to_string(),
+                    source: Box::new(status),
+                }
+            }
+            _ => ClientError::Server { source: status },
+        }
+    }
+
+    /// Someone else wrote first; re-read and decide again.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ClientError::Conflict { .. })
+    }
+
+    /// Nobody could serve the request right now; trying later may work.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ClientError::Unavailable { .. })
+    }
+
+    /// The request itself is wrong; retrying it cannot help.
+    pub fn is_invalid(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Invalid { .. }
+                | ClientError::BadAddress { .. }
+                | ClientError::NoAddress
+                | ClientError::Encode { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_sort_into_what_the_caller_should_do() {
+        let cases = [
+            (Status::failed_precondition("revision conflict"), "conflict"),
+            (Status::not_found("x"), "not found"),
+            (Status::invalid_argument("bad"), "invalid"),
+            (Status::unavailable("no leader"), "unavailable"),
+            (Status::deadline_exceeded("slow"), "unavailable"),
+            (Status::internal("boom"), "server"),
+        ];
+        for (status, want) in cases {
+            let e = ClientError::from_status(status, "a:1");
+            let got = match &e {
+                ClientError::Conflict { .. } => "conflict",
+                ClientError::NotFound { .. } => "not found",
+                ClientError::Invalid { .. } => "invalid",
+                ClientError::Unavailable { .. } => "unavailable",
+                ClientError::Server { .. } => "server",
+                _ => "other",
+            };
+            assert_eq!(got, want, "{e}");
+        }
+        let e = ClientError::from_status(Status::failed_precondition("revision conflict on k"), "");
+        assert!(e.is_conflict() && !e.is_unavailable() && !e.is_invalid());
+        assert!(e.to_string().contains("revision conflict on k"), "{e}");
+    }
+}
