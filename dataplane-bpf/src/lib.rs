@@ -2,5 +2,17 @@
 //! with `aya`, that enforce policy from maps, track connections and emit flow
 //! events.
 //!
-//! It refuses to depend on `felix`: it implements the dataplane contract only,
-//! and a policy change must never need a program load.
+//! - `bpf/manul_tc.c` (compiled by `build.rs` with clang) holds the kernel
+//!   programs; `bpf/manul_maps.h` is the one definition of every map key and
+//!   value, read by bindgen for the Rust side ([`abi`]).
+//! - [`compile`] (no I/O) turns the contract's desired state into rule
+//!   tables: bitmaps the kernel ANDs to classify a new flow in a constant
+//!   number of lookups; [`model`] is the same lookup in userspace.
+//!
+//! It refuses to depend on `felix`: it implements the dataplane contract
+//! only, and a policy change must never need a program load.
+
+pub mod abi;
+pub mod bitmap;
+pub mod compile;
+pub mod model;

@@ -1,0 +1,243 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The one definition of every map key and value shared by the kernel
+ * programs (manul_tc.c) and the Rust loader (bindgen reads this file in
+ * build.rs). Only fixed-size integer types, no pointers, every padding byte
+ * named, so the layouts are identical on both sides and zeroable.
+ */
+#ifndef MANUL_MAPS_H
+#define MANUL_MAPS_H
+
+#include <linux/types.h>
+
+/* Rule bitmaps: one bit per compiled rule of a table. 17 words = 1088 rule
+ * slots per (endpoint, hook) table: 1024 user rules plus tier and final
+ * sentinels. The kernel loops are bounded by these constants. */
+#define MANUL_BITMAP_WORDS 17
+#define MANUL_MAX_RULES (MANUL_BITMAP_WORDS * 64)
+/* How many Pass rules one packet may follow (tiers and profiles). */
+#define MANUL_MAX_PASSES 64
+
+/* Fixed bits in front of the variable part of each LPM key's data (table
+ * id, side, version/padding); the prefix length of an entry is this plus the
+ * bits of the address or port prefix. The Rust side passes the data structs
+ * to aya's LpmTrie, which adds the prefix length in front. */
+#define MANUL_IP_KEY_BASE_BITS 64
+#define MANUL_PORT_KEY_BASE_BITS 48
+#define MANUL_PROTO_KEY_BASE_BITS 32
+
+enum manul_side {
+	MANUL_SIDE_SRC = 0,
+	MANUL_SIDE_DST = 1,
+};
+
+enum manul_hook {
+	MANUL_HOOK_INGRESS = 0,
+	MANUL_HOOK_EGRESS = 1,
+};
+
+enum manul_action {
+	MANUL_ACTION_ALLOW = 1,
+	MANUL_ACTION_DENY = 2,
+	MANUL_ACTION_PASS = 3,
+};
+
+/* What a rule slot is, for flow events. */
+enum manul_rule_kind {
+	MANUL_RULE_POLICY = 0,
+	MANUL_RULE_PROFILE = 1,
+	MANUL_RULE_TIER_DEFAULT = 2,
+	MANUL_RULE_NO_MATCH = 3,
+};
+
+enum manul_verdict {
+	MANUL_VERDICT_ALLOW = 1,
+	MANUL_VERDICT_DENY = 2,
+};
+
+/* Why a packet got its verdict (flow events). */
+enum manul_reason {
+	MANUL_REASON_POLICY = 0,
+	MANUL_REASON_NO_ENDPOINT = 1,
+	MANUL_REASON_NO_TABLE = 2,
+	MANUL_REASON_NO_RULE = 3,
+};
+
+enum manul_ct_state {
+	MANUL_CT_ALLOWED = 1,
+	/* A denied flow, remembered with the table that denied it so that
+	 * retransmissions are dropped without an event; re-evaluated as soon
+	 * as the endpoint's table id changes. */
+	MANUL_CT_DENIED = 2,
+};
+
+/* manul_ct_value.tcp_flags */
+#define MANUL_TCP_SYN_FWD 0x01
+#define MANUL_TCP_SYN_REV 0x02
+#define MANUL_TCP_FIN_FWD 0x04
+#define MANUL_TCP_FIN_REV 0x08
+#define MANUL_TCP_RST 0x10
+#define MANUL_TCP_ACK_REV 0x20
+
+/* Per-CPU counters (manul_cnt array index). */
+enum manul_counter {
+	MANUL_CNT_PACKETS = 0,
+	MANUL_CNT_CT_HIT = 1,
+	MANUL_CNT_NEW_ALLOWED = 2,
+	MANUL_CNT_NEW_DENIED = 3,
+	MANUL_CNT_DENIED_CACHED = 4,
+	MANUL_CNT_NO_ENDPOINT = 5,
+	MANUL_CNT_NO_TABLE = 6,
+	MANUL_CNT_NOT_IP = 7,
+	MANUL_CNT_EVENTS_LOST = 8,
+	MANUL_CNT_ND_ALLOWED = 9,
+	MANUL_CNT_MAX = 16,
+};
+
+/* manul_meta array index. */
+enum manul_meta_slot {
+	/* The next table id userspace may allocate (survives restarts). */
+	MANUL_META_NEXT_TABLE = 0,
+	MANUL_META_MAX = 4,
+};
+
+struct manul_bitmap {
+	__u64 w[MANUL_BITMAP_WORDS];
+};
+
+/* manul_ep: ifindex -> the tables judging its two hooks. */
+struct manul_ep_value {
+	/* Indexed by enum manul_hook; 0 = drop everything on that hook. */
+	__u32 table[2];
+	__u32 flags;
+	__u32 reserved;
+};
+
+/* manul_ip (LPM trie): (table, side, version, address prefix) -> rules whose
+ * address conditions on that side hold for addresses whose longest match is
+ * this prefix. IPv4 addresses use the first 4 bytes of addr. */
+struct manul_ip_data {
+	__u32 table; /* always inside the prefix */
+	__u8 side;
+	__u8 version;
+	__u8 pad[2];
+	__u8 addr[16];
+};
+
+struct manul_ip_key {
+	__u32 prefixlen;
+	struct manul_ip_data data;
+};
+
+/* manul_port (LPM trie): (table, side, port prefix) -> rules whose numeric
+ * port conditions hold (and whose named-port conditions hold for a triple
+ * found in no named-port set). */
+struct manul_port_data {
+	__u32 table; /* always inside the prefix */
+	__u8 side;
+	__u8 pad;
+	__u8 port[2]; /* big endian */
+};
+
+struct manul_port_key {
+	__u32 prefixlen;
+	struct manul_port_data data;
+};
+
+/* manul_proto (LPM trie): (table, version, protocol, ICMP type, ICMP code)
+ * -> rules whose ip_version/protocol/ICMP conditions hold. */
+struct manul_proto_data {
+	__u32 table; /* always inside the prefix */
+	__u8 version;
+	__u8 proto;
+	__u8 icmp_type;
+	__u8 icmp_code;
+};
+
+struct manul_proto_key {
+	__u32 prefixlen;
+	struct manul_proto_data data;
+};
+
+/* manul_np (hash): an exact (address, protocol, port) triple found in a
+ * named-port set some rule of the table names -> rules whose port
+ * conditions on that side hold for it (replaces the manul_port lookup). */
+struct manul_np_key {
+	__u32 table;
+	__u8 side;
+	__u8 version;
+	__u8 proto;
+	__u8 pad;
+	__u16 port; /* host order */
+	__u16 pad2;
+	__u8 addr[16];
+};
+
+/* manul_rule (hash): (table, rule index) -> what the rule does. */
+struct manul_rule_key {
+	__u32 table;
+	__u32 index;
+};
+
+struct manul_rule_value {
+	__u8 action; /* enum manul_action */
+	__u8 kind;   /* enum manul_rule_kind */
+	__u16 reserved;
+	/* For Pass: the last index of the tier (or profile) it ends. */
+	__u32 end;
+	/* Numeric ids the driver maps back to names (flow events). */
+	__u32 policy;
+	__u32 rule;
+};
+
+/* manul_ct (LRU hash): per interface, the flow with its endpoints ordered
+ * so both directions find one entry (a = the smaller (address, port)). */
+struct manul_ct_key {
+	__u32 ifindex;
+	__u8 proto;
+	__u8 version;
+	__u16 reserved;
+	__u8 addr_a[16];
+	__u8 addr_b[16];
+	__u16 port_a; /* network order */
+	__u16 port_b; /* network order */
+};
+
+struct manul_ct_value {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	/* [0]: from the originator, [1]: replies. */
+	__u64 packets[2];
+	__u64 bytes[2];
+	__u32 table;
+	__u32 rule_index;
+	__u8 state;     /* enum manul_ct_state */
+	__u8 tcp_flags; /* MANUL_TCP_* */
+	__u8 orig_is_a;
+	__u8 hook;
+	__u32 reserved;
+};
+
+/* manul_events (ring buffer): a flow started or was denied. */
+struct manul_event {
+	__u64 ts_ns;
+	__u32 ifindex;
+	__u32 table;
+	__u32 rule_index;
+	__u32 policy;
+	__u32 rule;
+	__u8 hook;
+	__u8 verdict; /* enum manul_verdict */
+	__u8 reason;  /* enum manul_reason */
+	__u8 kind;    /* enum manul_rule_kind */
+	__u8 proto;
+	__u8 version;
+	__u16 reserved;
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 sport; /* host order */
+	__u16 dport; /* host order */
+	__u32 reserved2;
+};
+
+#endif /* MANUL_MAPS_H */

@@ -1,0 +1,580 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * Manul's TC programs: one for the ingress hook and one for the egress hook
+ * of every policed interface. They are loaded once per driver and attached
+ * to every interface; all per-interface state is in maps keyed by ifindex,
+ * and policy is data (rule bitmaps), so no policy or endpoint change ever
+ * loads a program.
+ *
+ * Per packet: parse (IPv4, IPv6 without extension headers), find the
+ * interface's table (no entry: drop), look up conntrack (an allowed flow
+ * skips policy), otherwise classify: AND a handful of rule bitmaps found by
+ * map lookups, take the first set bit, follow Pass rules, create the
+ * conntrack entry and emit one flow event.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "manul_maps.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct manul_ep_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_ep SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1048576);
+	__type(key, struct manul_ip_key);
+	__type(value, struct manul_bitmap);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_ip SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144);
+	__type(key, struct manul_port_key);
+	__type(value, struct manul_bitmap);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_port SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144);
+	__type(key, struct manul_proto_key);
+	__type(value, struct manul_bitmap);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_proto SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct manul_np_key);
+	__type(value, struct manul_bitmap);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_np SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1048576);
+	__type(key, struct manul_rule_key);
+	__type(value, struct manul_rule_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_rule SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536); /* BpfConfig::conntrack_capacity */
+	__type(key, struct manul_ct_key);
+	__type(value, struct manul_ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MANUL_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_cnt SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MANUL_META_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_meta SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} manul_events SEC(".maps");
+
+/* Per-CPU scratch for the rule bitmap being computed (keeps the stack
+ * small). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct manul_bitmap);
+} manul_scratch SEC(".maps");
+
+struct pkt {
+	__u8 version;
+	__u8 proto;
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 tcp_flags;
+	__u8 pad[3];
+	__u16 sport; /* network order */
+	__u16 dport; /* network order */
+	__u32 len;
+	__u8 src[16];
+	__u8 dst[16];
+};
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&manul_cnt, &idx);
+
+	if (c)
+		*c += 1;
+}
+
+/* 0: parsed IP; 1: not IP (ARP...); -1: malformed. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	void *l4;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	p->len = skb->len;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		if (ip->ihl < 5)
+			return -1;
+		p->version = 4;
+		p->proto = ip->protocol;
+		__builtin_memcpy(p->src, &ip->saddr, 4);
+		__builtin_memcpy(p->dst, &ip->daddr, 4);
+		/* Non-first fragments carry no L4 header: ports stay 0. */
+		if (ip->frag_off & bpf_htons(0x1fff))
+			return 0;
+		l4 = (void *)ip + ip->ihl * 4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		p->version = 6;
+		p->proto = ip6->nexthdr;
+		__builtin_memcpy(p->src, &ip6->saddr, 16);
+		__builtin_memcpy(p->dst, &ip6->daddr, 16);
+		l4 = (void *)(ip6 + 1);
+	} else {
+		return 1;
+	}
+
+	switch (p->proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr *tcp = l4;
+
+		if ((void *)(tcp + 1) > data_end)
+			return -1;
+		p->sport = tcp->source;
+		p->dport = tcp->dest;
+		p->tcp_flags = ((__u8 *)tcp)[13];
+		break;
+	}
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP: {
+		/* UDP and SCTP both start with the two ports. */
+		__u16 *ports = l4;
+
+		if ((void *)(ports + 2) > data_end)
+			return -1;
+		p->sport = ports[0];
+		p->dport = ports[1];
+		break;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		__u8 *icmp = l4;
+
+		if ((void *)(icmp + 8) > data_end)
+			return -1;
+		p->icmp_type = icmp[0];
+		p->icmp_code = icmp[1];
+		/* Echo request/reply: the identifier tells flows apart. */
+		if ((p->proto == IPPROTO_ICMP && (icmp[0] == 8 || icmp[0] == 0)) ||
+		    (p->proto == IPPROTO_ICMPV6 && (icmp[0] == 128 || icmp[0] == 129))) {
+			__u16 id = *(__u16 *)(icmp + 4);
+
+			p->sport = id;
+			p->dport = id;
+		}
+		break;
+	}
+	default:
+		break;
+	}
+	return 0;
+}
+
+static __always_inline void and_into(struct manul_bitmap *acc, const struct manul_bitmap *b)
+{
+	for (int i = 0; i < MANUL_BITMAP_WORDS; i++)
+		acc->w[i] &= b->w[i];
+}
+
+static __always_inline int ctz64(__u64 w)
+{
+	int n = 0;
+
+	if (!(w & 0xffffffffULL)) {
+		n += 32;
+		w >>= 32;
+	}
+	if (!(w & 0xffffULL)) {
+		n += 16;
+		w >>= 16;
+	}
+	if (!(w & 0xffULL)) {
+		n += 8;
+		w >>= 8;
+	}
+	if (!(w & 0xfULL)) {
+		n += 4;
+		w >>= 4;
+	}
+	if (!(w & 0x3ULL)) {
+		n += 2;
+		w >>= 2;
+	}
+	if (!(w & 0x1ULL))
+		n += 1;
+	return n;
+}
+
+/* The first set bit at or after `from`, or -1. */
+static __always_inline int first_set(const struct manul_bitmap *acc, __u32 from)
+{
+	for (int i = 0; i < MANUL_BITMAP_WORDS; i++) {
+		__u64 w = acc->w[i];
+		__u32 base = i * 64;
+
+		if (base + 63 < from)
+			continue;
+		if (base < from)
+			w &= ~((1ULL << (from - base)) - 1);
+		if (w)
+			return base + ctz64(w);
+	}
+	return -1;
+}
+
+/* The rule bitmap of the port conditions on one side. */
+static __always_inline const struct manul_bitmap *
+port_bitmap(__u32 table, __u8 side, const struct pkt *p, const __u8 *addr, __u16 port_net)
+{
+	struct manul_np_key nk = {
+		.table = table,
+		.side = side,
+		.version = p->version,
+		.proto = p->proto,
+		.port = bpf_ntohs(port_net),
+	};
+	const struct manul_bitmap *b;
+	struct manul_port_key pk = {
+		.prefixlen = MANUL_PORT_KEY_BASE_BITS + 16,
+		.data = { .table = table, .side = side },
+	};
+
+	__builtin_memcpy(nk.addr, addr, 16);
+	b = bpf_map_lookup_elem(&manul_np, &nk);
+	if (b)
+		return b;
+	__builtin_memcpy(pk.data.port, &port_net, 2);
+	return bpf_map_lookup_elem(&manul_port, &pk);
+}
+
+struct decision {
+	__s32 index;
+	struct manul_rule_value rule;
+};
+
+/* Classifies a new flow against a table. Returns 0 with the deciding rule,
+ * or a MANUL_REASON_* explaining a drop without a rule. */
+static __always_inline int classify(__u32 table, const struct pkt *p, struct decision *d)
+{
+	__u32 zero = 0;
+	struct manul_bitmap *acc = bpf_map_lookup_elem(&manul_scratch, &zero);
+	const struct manul_bitmap *b;
+	struct manul_ip_key ik = {
+		.prefixlen = MANUL_IP_KEY_BASE_BITS + (p->version == 4 ? 32 : 128),
+		.data = { .table = table, .side = MANUL_SIDE_SRC, .version = p->version },
+	};
+	struct manul_proto_key prk = {
+		.prefixlen = MANUL_PROTO_KEY_BASE_BITS + 32,
+		.data = {
+			.table = table,
+			.version = p->version,
+			.proto = p->proto,
+			.icmp_type = p->icmp_type,
+			.icmp_code = p->icmp_code,
+		},
+	};
+	__u16 sport = p->sport, dport = p->dport;
+	__u32 from = 0;
+
+	if (!acc)
+		return MANUL_REASON_NO_TABLE;
+	/* ICMP "ports" are only conntrack identifiers: rules see port 0. */
+	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
+		sport = 0;
+		dport = 0;
+	}
+
+	b = bpf_map_lookup_elem(&manul_proto, &prk);
+	if (!b)
+		return MANUL_REASON_NO_TABLE;
+	__builtin_memcpy(acc, b, sizeof(*acc));
+
+	__builtin_memcpy(ik.data.addr, p->src, 16);
+	b = bpf_map_lookup_elem(&manul_ip, &ik);
+	if (!b)
+		return MANUL_REASON_NO_TABLE;
+	and_into(acc, b);
+
+	ik.data.side = MANUL_SIDE_DST;
+	__builtin_memcpy(ik.data.addr, p->dst, 16);
+	b = bpf_map_lookup_elem(&manul_ip, &ik);
+	if (!b)
+		return MANUL_REASON_NO_TABLE;
+	and_into(acc, b);
+
+	b = port_bitmap(table, MANUL_SIDE_SRC, p, p->src, sport);
+	if (!b)
+		return MANUL_REASON_NO_TABLE;
+	and_into(acc, b);
+
+	b = port_bitmap(table, MANUL_SIDE_DST, p, p->dst, dport);
+	if (!b)
+		return MANUL_REASON_NO_TABLE;
+	and_into(acc, b);
+
+	for (int i = 0; i < MANUL_MAX_PASSES; i++) {
+		int idx = first_set(acc, from);
+		struct manul_rule_key rk = { .table = table };
+		struct manul_rule_value *rv;
+
+		if (idx < 0)
+			return MANUL_REASON_NO_RULE;
+		rk.index = idx;
+		rv = bpf_map_lookup_elem(&manul_rule, &rk);
+		if (!rv)
+			return MANUL_REASON_NO_RULE;
+		if (rv->action == MANUL_ACTION_PASS) {
+			from = rv->end + 1;
+			if (from >= MANUL_MAX_RULES)
+				return MANUL_REASON_NO_RULE;
+			continue;
+		}
+		d->index = idx;
+		d->rule = *rv;
+		return MANUL_REASON_POLICY;
+	}
+	return MANUL_REASON_NO_RULE;
+}
+
+/* Orders the flow's endpoints; returns 1 when the packet's source is `a`. */
+static __always_inline int ct_key(struct manul_ct_key *k, __u32 ifindex, const struct pkt *p)
+{
+	int src_first = 0, decided = 0;
+
+	for (int i = 0; i < 16; i++) {
+		if (!decided && p->src[i] != p->dst[i]) {
+			src_first = p->src[i] < p->dst[i];
+			decided = 1;
+		}
+	}
+	if (!decided)
+		src_first = bpf_ntohs(p->sport) <= bpf_ntohs(p->dport);
+	k->ifindex = ifindex;
+	k->proto = p->proto;
+	k->version = p->version;
+	if (src_first) {
+		__builtin_memcpy(k->addr_a, p->src, 16);
+		__builtin_memcpy(k->addr_b, p->dst, 16);
+		k->port_a = p->sport;
+		k->port_b = p->dport;
+	} else {
+		__builtin_memcpy(k->addr_a, p->dst, 16);
+		__builtin_memcpy(k->addr_b, p->src, 16);
+		k->port_a = p->dport;
+		k->port_b = p->sport;
+	}
+	return src_first;
+}
+
+static __always_inline __u8 tcp_bits(const struct pkt *p, int fwd)
+{
+	__u8 f = p->tcp_flags, bits = 0;
+
+	if (p->proto != IPPROTO_TCP)
+		return 0;
+	if (f & 0x02) /* SYN */
+		bits |= fwd ? MANUL_TCP_SYN_FWD : MANUL_TCP_SYN_REV;
+	if (f & 0x01) /* FIN */
+		bits |= fwd ? MANUL_TCP_FIN_FWD : MANUL_TCP_FIN_REV;
+	if (f & 0x04) /* RST */
+		bits |= MANUL_TCP_RST;
+	if ((f & 0x10) && !fwd) /* ACK from the responder */
+		bits |= MANUL_TCP_ACK_REV;
+	return bits;
+}
+
+static __always_inline void emit(__u32 ifindex, __u8 hook, const struct pkt *p, __u32 table,
+				 __u8 verdict, __u8 reason, const struct decision *d)
+{
+	struct manul_event *e = bpf_ringbuf_reserve(&manul_events, sizeof(*e), 0);
+
+	if (!e) {
+		count(MANUL_CNT_EVENTS_LOST);
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->ifindex = ifindex;
+	e->table = table;
+	e->hook = hook;
+	e->verdict = verdict;
+	e->reason = reason;
+	e->proto = p->proto;
+	e->version = p->version;
+	e->reserved = 0;
+	e->reserved2 = 0;
+	if (d) {
+		e->rule_index = d->index;
+		e->policy = d->rule.policy;
+		e->rule = d->rule.rule;
+		e->kind = d->rule.kind;
+	} else {
+		e->rule_index = 0;
+		e->policy = 0;
+		e->rule = 0;
+		e->kind = MANUL_RULE_NO_MATCH;
+	}
+	__builtin_memcpy(e->src, p->src, 16);
+	__builtin_memcpy(e->dst, p->dst, 16);
+	e->sport = bpf_ntohs(p->sport);
+	e->dport = bpf_ntohs(p->dport);
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int is_neighbour_discovery(const struct pkt *p)
+{
+	return p->version == 6 && p->proto == IPPROTO_ICMPV6 && p->icmp_type >= 133 &&
+	       p->icmp_type <= 137;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
+{
+	__u32 ifindex = skb->ifindex;
+	struct manul_ep_value *ep;
+	struct pkt p = {};
+	struct manul_ct_key k = {};
+	struct manul_ct_value *ct;
+	struct decision d = {};
+	__u32 table;
+	__u64 now;
+	int rc, fwd;
+
+	count(MANUL_CNT_PACKETS);
+	ep = bpf_map_lookup_elem(&manul_ep, &ifindex);
+	if (!ep) {
+		count(MANUL_CNT_NO_ENDPOINT);
+		return TC_ACT_SHOT;
+	}
+	table = ep->table[hook & 1];
+	rc = parse(skb, &p);
+	if (rc == 1) {
+		/* ARP and other non-IP traffic of a programmed endpoint. */
+		count(MANUL_CNT_NOT_IP);
+		return table ? TC_ACT_OK : TC_ACT_SHOT;
+	}
+	if (rc < 0 || !table) {
+		count(MANUL_CNT_NO_TABLE);
+		return TC_ACT_SHOT;
+	}
+	if (is_neighbour_discovery(&p)) {
+		count(MANUL_CNT_ND_ALLOWED);
+		return TC_ACT_OK;
+	}
+
+	now = bpf_ktime_get_ns();
+	fwd = ct_key(&k, ifindex, &p);
+	ct = bpf_map_lookup_elem(&manul_ct, &k);
+	if (ct) {
+		if (ct->state == MANUL_CT_ALLOWED) {
+			int dir = (fwd == ct->orig_is_a) ? 0 : 1;
+
+			count(MANUL_CNT_CT_HIT);
+			ct->last_seen_ns = now;
+			__sync_fetch_and_add(&ct->packets[dir], 1);
+			__sync_fetch_and_add(&ct->bytes[dir], p.len);
+			ct->tcp_flags |= tcp_bits(&p, dir == 0);
+			return TC_ACT_OK;
+		}
+		if (ct->state == MANUL_CT_DENIED && ct->table == table) {
+			count(MANUL_CNT_DENIED_CACHED);
+			ct->last_seen_ns = now;
+			return TC_ACT_SHOT;
+		}
+	}
+
+	rc = classify(table, &p, &d);
+	{
+		struct manul_ct_value v = {
+			.created_ns = now,
+			.last_seen_ns = now,
+			.table = table,
+			.rule_index = d.index,
+			.orig_is_a = fwd,
+			.hook = hook,
+		};
+		int allowed = rc == MANUL_REASON_POLICY && d.rule.action == MANUL_ACTION_ALLOW;
+
+		v.state = allowed ? MANUL_CT_ALLOWED : MANUL_CT_DENIED;
+		if (allowed) {
+			v.packets[0] = 1;
+			v.bytes[0] = p.len;
+			v.tcp_flags = tcp_bits(&p, 1);
+		}
+		bpf_map_update_elem(&manul_ct, &k, &v, BPF_ANY);
+		emit(ifindex, hook, &p, table, allowed ? MANUL_VERDICT_ALLOW : MANUL_VERDICT_DENY, rc,
+		     rc == MANUL_REASON_POLICY ? &d : 0);
+		if (allowed) {
+			count(MANUL_CNT_NEW_ALLOWED);
+			return TC_ACT_OK;
+		}
+		count(MANUL_CNT_NEW_DENIED);
+		return TC_ACT_SHOT;
+	}
+}
+
+SEC("tc")
+int manul_ingress(struct __sk_buff *skb)
+{
+	return handle(skb, MANUL_HOOK_INGRESS);
+}
+
+SEC("tc")
+int manul_egress(struct __sk_buff *skb)
+{
+	return handle(skb, MANUL_HOOK_EGRESS);
+}

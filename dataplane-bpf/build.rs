@@ -1,0 +1,53 @@
+//! Compiles the kernel programs with clang and generates the Rust view of
+//! `bpf/manul_maps.h` with bindgen: one definition of every map key and
+//! value serves both sides.
+
+use std::env;
+use std::error::Error;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let out = PathBuf::from(env::var_os("OUT_DIR").ok_or("cargo did not set OUT_DIR")?);
+    let header = "bpf/manul_maps.h";
+    let source = "bpf/manul_tc.c";
+    println!("cargo:rerun-if-changed={header}");
+    println!("cargo:rerun-if-changed={source}");
+    println!("cargo:rerun-if-env-changed=CLANG");
+
+    let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());
+    let object = out.join("manul_tc.o");
+    let status = Command::new(&clang)
+        .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+        .arg("-I/usr/include/x86_64-linux-gnu")
+        .arg("-Ibpf")
+        .arg("-c")
+        .arg(source)
+        .arg("-o")
+        .arg(&object)
+        .status()
+        .map_err(|e| {
+            format!("cannot run {clang} (install clang and libbpf-dev, see scripts/deps.sh): {e}")
+        })?;
+    if !status.success() {
+        return Err(format!("{clang} failed to compile {source}").into());
+    }
+
+    let bindings = bindgen::Builder::default()
+        .header(header)
+        .clang_arg("-I/usr/include/x86_64-linux-gnu")
+        .allowlist_type("manul_.*")
+        .allowlist_var("MANUL_.*")
+        .derive_default(true)
+        .derive_debug(true)
+        .derive_copy(true)
+        .derive_eq(true)
+        .derive_hash(true)
+        .prepend_enum_name(false)
+        .default_enum_style(bindgen::EnumVariation::Consts)
+        .layout_tests(true)
+        .generate()
+        .map_err(|e| format!("bindgen cannot read {header}: {e}"))?;
+    bindings.write_to_file(out.join("manul_maps.rs"))?;
+    Ok(())
+}
