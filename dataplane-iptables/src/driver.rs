@@ -73,7 +73,7 @@ impl NftDriver {
         if existing {
             info!("found a table from an earlier run; it enforces until the first sync");
         } else {
-            driver.write_full(Ruleset::default())?;
+            driver.write_full(render::render(&DesiredState::default()))?;
         }
         Ok(driver)
     }

@@ -68,14 +68,22 @@ pub fn full(rs: &Ruleset) -> String {
     let _ = writeln!(out, "add table inet {TABLE}");
     let _ = writeln!(out, "delete table inet {TABLE}");
     let _ = writeln!(out, "add table inet {TABLE}");
-    for (name, def) in &rs.sets {
+    // Sets first (rules name them), chains next, then the verdict maps'
+    // elements (they name chains).
+    for (name, def) in rs.sets.iter().filter(|(_, d)| !is_map(d)) {
         declare_set(&mut out, name, def);
+    }
+    for (name, def) in rs.sets.iter().filter(|(_, d)| is_map(d)) {
+        set_decl(&mut out, name, def);
     }
     for name in rs.chains.keys() {
         let _ = writeln!(out, "add chain inet {TABLE} {name}");
     }
     for (name, r) in &rs.chains {
         rules(&mut out, name, r);
+    }
+    for (name, def) in rs.sets.iter().filter(|(_, d)| is_map(d)) {
+        elements(&mut out, "add", name, def.elements.iter());
     }
     for (name, spec, r) in base_chains() {
         let _ = writeln!(out, "add chain inet {TABLE} {name} {{ {spec} }}");
@@ -90,40 +98,56 @@ pub fn full(rs: &Ruleset) -> String {
 /// is deleted, so references among removed chains do not matter).
 pub fn incremental(old: &Ruleset, new: &Ruleset) -> String {
     let mut out = String::new();
-    for (name, def) in &new.sets {
+    sets(&mut out, old, new, false);
+    chains(&mut out, old, new);
+    sets(&mut out, old, new, true);
+    removals(&mut out, old, new);
+    out
+}
+
+fn is_map(def: &SetDef) -> bool {
+    def.type_.contains(": verdict")
+}
+
+/// New sets and changed elements, of plain sets or of verdict maps.
+fn sets(out: &mut String, old: &Ruleset, new: &Ruleset, maps: bool) {
+    for (name, def) in new.sets.iter().filter(|(_, d)| is_map(d) == maps) {
         match old.sets.get(name) {
-            None => declare_set(&mut out, name, def),
+            None => declare_set(out, name, def),
             Some(o) if o.type_ != def.type_ || o.interval != def.interval => {
                 // Never happens for a given name, but be exact if it does.
                 let _ = writeln!(out, "delete set inet {TABLE} {name}");
-                declare_set(&mut out, name, def);
+                declare_set(out, name, def);
             }
             Some(o) => {
                 // Removed elements first: an aggregated network may be
                 // replaced by one that overlaps it.
-                elements(
-                    &mut out,
-                    "delete",
-                    name,
-                    o.elements.difference(&def.elements),
-                );
-                elements(&mut out, "add", name, def.elements.difference(&o.elements));
+                elements(out, "delete", name, o.elements.difference(&def.elements));
+                elements(out, "add", name, def.elements.difference(&o.elements));
             }
         }
     }
+}
+
+/// New and rewritten chains.
+fn chains(out: &mut String, old: &Ruleset, new: &Ruleset) {
     for name in new.chains.keys().filter(|n| !old.chains.contains_key(*n)) {
         let _ = writeln!(out, "add chain inet {TABLE} {name}");
     }
     for (name, r) in &new.chains {
         match old.chains.get(name) {
-            None => rules(&mut out, name, r),
+            None => rules(out, name, r),
             Some(o) if o != r => {
                 let _ = writeln!(out, "flush chain inet {TABLE} {name}");
-                rules(&mut out, name, r);
+                rules(out, name, r);
             }
             Some(_) => {}
         }
     }
+}
+
+/// What is no longer used, after everything stopped naming it.
+fn removals(out: &mut String, old: &Ruleset, new: &Ruleset) {
     let gone: BTreeSet<&String> = old
         .chains
         .keys()
@@ -138,7 +162,6 @@ pub fn incremental(old: &Ruleset, new: &Ruleset) -> String {
     for name in old.sets.keys().filter(|n| !new.sets.contains_key(*n)) {
         let _ = writeln!(out, "delete set inet {TABLE} {name}");
     }
-    out
 }
 
 #[cfg(test)]
