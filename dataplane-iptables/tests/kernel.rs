@@ -2,6 +2,8 @@
 //! creates: refresh repairs out-of-band changes, other software's tables are
 //! never touched, a restart adopts the old table until in-sync.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 use manul_dataplane_api::{
