@@ -4,9 +4,7 @@
 //! ordinary threads.
 
 use std::io::{self, Read, Write};
-use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -88,7 +86,11 @@ pub fn tcp_connect(ns: &NetNs, dst: SocketAddr, timeout: Duration) -> Result<Pro
         Ok(_stream) => Ok(ProbeOutcome::Connected),
         Err(e) => match outcome_of(&e) {
             Some(outcome) => Ok(outcome),
-            None => Err(NetnsError::io(ns.name(), format!("tcp connect to {dst}"), e)),
+            None => Err(NetnsError::io(
+                ns.name(),
+                format!("tcp connect to {dst}"),
+                e,
+            )),
         },
     }
 }
@@ -110,12 +112,17 @@ impl TcpServer {
     /// Listens on `addr` inside `ns` (port 0 picks one: see
     /// [`TcpServer::local_addr`]).
     pub fn start(ns: &NetNs, addr: SocketAddr) -> Result<TcpServer> {
-        let io_err = |op: &str, e| NetnsError::io(ns.name(), format!("tcp server on {addr}: {op}"), e);
-        let listener = ns.run(|| TcpListener::bind(addr))?.map_err(|e| io_err("bind", e))?;
+        let io_err =
+            |op: &str, e| NetnsError::io(ns.name(), format!("tcp server on {addr}: {op}"), e);
+        let listener = ns
+            .run(|| TcpListener::bind(addr))?
+            .map_err(|e| io_err("bind", e))?;
         listener
             .set_nonblocking(true)
             .map_err(|e| io_err("set nonblocking", e))?;
-        let local_addr = listener.local_addr().map_err(|e| io_err("local address", e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| io_err("local address", e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let thread = {
@@ -219,7 +226,9 @@ fn serve_connection(mut stream: TcpStream, peer: SocketAddr, stop: &AtomicBool) 
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "tcp connection ended");
@@ -247,11 +256,14 @@ pub struct HeldConnection {
 /// here (use [`tcp_connect`] to tell them apart).
 pub fn open_connection(ns: &NetNs, dst: SocketAddr, timeout: Duration) -> Result<HeldConnection> {
     let deadline = Instant::now() + timeout;
-    let io_err = |op: &str, e| NetnsError::io(ns.name(), format!("tcp connection to {dst}: {op}"), e);
+    let io_err =
+        |op: &str, e| NetnsError::io(ns.name(), format!("tcp connection to {dst}: {op}"), e);
     let stream = ns
         .run(|| TcpStream::connect_timeout(&dst, timeout.max(MIN_TIMEOUT)))?
         .map_err(|e| io_err("connect", e))?;
-    stream.set_nodelay(true).map_err(|e| io_err("set nodelay", e))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| io_err("set nodelay", e))?;
     let mut held = HeldConnection {
         ns: ns.name().to_owned(),
         peer: dst,
@@ -284,9 +296,13 @@ impl HeldConnection {
 
     /// The local (client) address.
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.stream
-            .local_addr()
-            .map_err(|e| NetnsError::io(&self.ns, format!("tcp connection to {}: local address", self.peer), e))
+        self.stream.local_addr().map_err(|e| {
+            NetnsError::io(
+                &self.ns,
+                format!("tcp connection to {}: local address", self.peer),
+                e,
+            )
+        })
     }
 
     /// Sends a line and waits for the server to echo it: `Ok(true)` when
@@ -327,7 +343,11 @@ impl HeldConnection {
             | io::ErrorKind::TimedOut
             | io::ErrorKind::WouldBlock => Ok(false),
             _ if outcome_of(&e).is_some() => Ok(false),
-            _ => Err(NetnsError::io(&self.ns, format!("tcp connection to {}", self.peer), e)),
+            _ => Err(NetnsError::io(
+                &self.ns,
+                format!("tcp connection to {}", self.peer),
+                e,
+            )),
         }
     }
 
@@ -346,7 +366,11 @@ impl HeldConnection {
             match self.stream.read(&mut buf) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -367,12 +391,17 @@ pub struct UdpEcho {
 impl UdpEcho {
     /// Listens on `addr` inside `ns` (port 0 picks one).
     pub fn start(ns: &NetNs, addr: SocketAddr) -> Result<UdpEcho> {
-        let io_err = |op: &str, e| NetnsError::io(ns.name(), format!("udp echo on {addr}: {op}"), e);
-        let socket = ns.run(|| UdpSocket::bind(addr))?.map_err(|e| io_err("bind", e))?;
+        let io_err =
+            |op: &str, e| NetnsError::io(ns.name(), format!("udp echo on {addr}: {op}"), e);
+        let socket = ns
+            .run(|| UdpSocket::bind(addr))?
+            .map_err(|e| io_err("bind", e))?;
         socket
             .set_read_timeout(Some(POLL))
             .map_err(|e| io_err("set read timeout", e))?;
-        let local_addr = socket.local_addr().map_err(|e| io_err("local address", e))?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(|e| io_err("local address", e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = Arc::clone(&stop);
@@ -507,7 +536,9 @@ pub fn ping(ns: &NetNs, dst: IpAddr, timeout: Duration) -> Result<ProbeOutcome> 
                 IpAddr::V4(_) => strip_ipv4_header(&buf[..n]),
                 IpAddr::V6(_) => Some(&buf[..n]),
             };
-            if let Some(outcome) = icmp.and_then(|icmp| match_reply(icmp, dst, from.ip(), id, seq, &payload)) {
+            if let Some(outcome) =
+                icmp.and_then(|icmp| match_reply(icmp, dst, from.ip(), id, seq, &payload))
+            {
                 return Ok(outcome);
             }
         }
