@@ -41,6 +41,14 @@ pub trait Driver: Send {
     /// A short, stable name for logs and metrics (`null`, `remote`, `bpf`,
     /// `iptables`).
     fn name(&self) -> &'static str;
+
+    /// Checks that the kernel still holds what was programmed and repairs
+    /// it if something else changed it. Felix calls this periodically.
+    /// Returns whether anything was repaired. Drivers without kernel state
+    /// have nothing to check.
+    fn refresh(&mut self) -> Result<bool, DriverError> {
+        Ok(false)
+    }
 }
 
 impl<D: Driver + ?Sized> Driver for Box<D> {
@@ -50,6 +58,10 @@ impl<D: Driver + ?Sized> Driver for Box<D> {
 
     fn name(&self) -> &'static str {
         (**self).name()
+    }
+
+    fn refresh(&mut self) -> Result<bool, DriverError> {
+        (**self).refresh()
     }
 }
 

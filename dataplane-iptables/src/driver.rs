@@ -222,4 +222,8 @@ impl Driver for NftDriver {
     fn name(&self) -> &'static str {
         "iptables"
     }
+
+    fn refresh(&mut self) -> Result<bool, DriverError> {
+        NftDriver::refresh(self).map(|r| matches!(r, Refresh::Repaired(_)))
+    }
 }

@@ -12,4 +12,5 @@ pub mod calc;
 pub mod evaluator;
 pub mod http;
 pub mod metrics;
+pub mod status;
 pub mod sync;

@@ -3,7 +3,11 @@
 //! It follows Typha (`--typha`), computes what its node (`--node`) needs
 //! and drives a dataplane: `null` records the desired state (tests, scale
 //! runs; needs no root), `remote` sends it to an out-of-process driver over
-//! a Unix socket (`--driver-socket`).
+//! a Unix socket (`--driver-socket`), `iptables` programs netfilter through
+//! nftables (needs root).
+//!
+//! `--netns NAME` runs the whole agent inside a named network namespace
+//! (entered before any thread starts), as a local cluster's nodes do.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,9 +17,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use manul_dataplane_api::Driver;
-use manul_felix::agent::{self, AgentStatus};
+use manul_felix::agent::{self, AgentOptions, AgentStatus};
 use manul_felix::calc::CalcGraph;
 use manul_felix::metrics::FelixMetrics;
+use manul_felix::status::StatusReporter;
 use manul_felix::sync::{SyncConfig, Syncer};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
@@ -26,6 +31,8 @@ enum Dataplane {
     Null,
     /// Send operations to an out-of-process driver (--driver-socket).
     Remote,
+    /// Linux netfilter, programmed through nftables (`nft`).
+    Iptables,
 }
 
 #[derive(Debug, Parser)]
@@ -45,6 +52,17 @@ struct Args {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9091")]
     metrics: SocketAddr,
+    /// Run inside this named network namespace (as `ip netns` names them).
+    #[arg(long)]
+    netns: Option<String>,
+    /// Write a status file per programmed workload endpoint here, for the
+    /// CNI plugin to wait on.
+    #[arg(long)]
+    status_dir: Option<PathBuf>,
+    /// How often the dataplane is checked for out-of-band changes, in
+    /// seconds.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..))]
+    refresh_interval: u64,
     /// Log format: text or json. Filter with RUST_LOG (default: info).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -73,13 +91,48 @@ fn driver(args: &Args) -> Result<Box<dyn Driver>, String> {
                 .map(|d| Box::new(d) as Box<dyn Driver>)
                 .map_err(|e| format!("cannot reach the driver at {}: {e}", path.display()))
         }
+        Dataplane::Iptables => {
+            manul_dataplane_iptables::NftDriver::new(manul_dataplane_iptables::Nft::default())
+                .map(|d| Box::new(d) as Box<dyn Driver>)
+                .map_err(|e| format!("cannot start the iptables dataplane: {}", chain(&e)))
+        }
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(args.log_format == "json");
+    if let Some(name) = &args.netns {
+        // Before the runtime starts: every thread inherits the namespace.
+        if let Err(e) = manul_netns::NetNs::open(name).and_then(|ns| ns.enter_current_thread()) {
+            eprintln!("error: --netns {name}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run(args)),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: Args) -> ExitCode {
     if args.node.is_empty() {
         eprintln!("error: --node must not be empty");
         return ExitCode::from(2);
@@ -110,8 +163,21 @@ async fn main() -> ExitCode {
     });
     tokio::spawn(syncer.run(tx));
     let graph = CalcGraph::new(args.node.clone());
+    let mut options = AgentOptions {
+        refresh_interval: Duration::from_secs(args.refresh_interval),
+        ..AgentOptions::default()
+    };
+    if let Some(dir) = &args.status_dir {
+        match StatusReporter::new(dir) {
+            Ok(r) => options.status = Some(r),
+            Err(e) => {
+                eprintln!("error: --status-dir {}: {e}", dir.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     tokio::select! {
-        _ = agent::run(graph, driver, rx, metrics, status_tx) => {}
+        _ = agent::run(graph, driver, rx, metrics, status_tx, options) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
     }
     ExitCode::SUCCESS

@@ -22,6 +22,7 @@ pub struct FelixMetrics {
     pub calc_graph_update_time: Histogram,
     pub dataplane_apply_time: Histogram,
     pub dataplane_failures: Counter,
+    pub dataplane_repairs: Counter,
     pub operations: Counter,
     pub active_local_endpoints: Gauge,
     pub active_local_policies: Gauge,
@@ -42,6 +43,7 @@ impl Default for FelixMetrics {
             calc_graph_update_time: h(),
             dataplane_apply_time: h(),
             dataplane_failures: Counter::default(),
+            dataplane_repairs: Counter::default(),
             operations: Counter::default(),
             active_local_endpoints: Gauge::default(),
             active_local_policies: Gauge::default(),
@@ -74,6 +76,11 @@ impl FelixMetrics {
             "felix_int_dataplane_failures",
             "Batches the dataplane driver refused",
             m.dataplane_failures.clone(),
+        );
+        registry.register(
+            "felix_int_dataplane_repairs",
+            "Refreshes that found and repaired out-of-band changes to the dataplane",
+            m.dataplane_repairs.clone(),
         );
         registry.register(
             "felix_int_dataplane_operations",

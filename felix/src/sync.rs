@@ -28,8 +28,9 @@ const MAX_MESSAGE: usize = 1024 * 1024 * 1024;
 /// What the sync client tells the agent.
 #[derive(Debug)]
 pub enum SyncEvent {
-    /// Updates to apply, in revision order.
-    Updates(Vec<Update>),
+    /// Updates to apply, in revision order; the state is at `revision`
+    /// once they are applied (a snapshot chunk: the snapshot's revision).
+    Updates { updates: Vec<Update>, revision: u64 },
     /// Everything up to `revision` has been delivered.
     InSync { revision: u64 },
     /// The stream broke; the client is reconnecting.
@@ -181,12 +182,13 @@ impl Syncer {
             .into_inner();
         let mut gzip = false;
         let mut snapshot: Option<BTreeSet<ResourceKey>> = None;
-        let send = |batch: Vec<Update>| async {
-            if batch.is_empty() {
+        let mut snapshot_revision = 0;
+        let send = |updates: Vec<Update>, revision: u64| async move {
+            if updates.is_empty() {
                 return Ok(());
             }
             events
-                .send(SyncEvent::Updates(batch))
+                .send(SyncEvent::Updates { updates, revision })
                 .await
                 .map_err(|_| "agent stopped".to_string())
         };
@@ -206,6 +208,7 @@ impl Syncer {
                     );
                     if h.snapshot_follows {
                         snapshot = Some(BTreeSet::new());
+                        snapshot_revision = h.revision;
                     }
                 }
                 Some(Message::Snapshot(chunk)) => {
@@ -223,7 +226,7 @@ impl Syncer {
                             Err(err) => warn!("skipping a snapshot entry: {err}"),
                         }
                     }
-                    send(batch).await?;
+                    send(batch, snapshot_revision).await?;
                 }
                 Some(Message::InSync(s)) => {
                     if let Some(seen) = snapshot.take() {
@@ -237,7 +240,7 @@ impl Syncer {
                             })
                             .collect();
                         self.known = seen;
-                        send(gone).await?;
+                        send(gone, s.revision).await?;
                     }
                     self.revision = s.revision;
                     *backoff = Duration::from_millis(100).min(*backoff);
@@ -266,7 +269,7 @@ impl Syncer {
                             Err(err) => warn!("skipping a delta: {err}"),
                         }
                     }
-                    send(batch).await?;
+                    send(batch, d.last_revision).await?;
                     self.revision = self.revision.max(d.last_revision);
                 }
                 Some(Message::Ping(_)) | None => {}

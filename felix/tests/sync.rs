@@ -148,7 +148,7 @@ async fn resumes_resnapshots_and_synthesises_deletions() {
             .unwrap()
             .unwrap();
         match ev {
-            SyncEvent::Updates(us) => {
+            SyncEvent::Updates { updates: us, .. } => {
                 for u in us {
                     let op = if u.value.is_some() { "put" } else { "del" };
                     log.push(format!("{op} {}", u.key.name));
