@@ -9,6 +9,7 @@ use tracing::{error, info, warn};
 
 use crate::calc::{CalcGraph, Update};
 use crate::metrics::{FelixMetrics, resync};
+use crate::routes::{RouteCalc, RouteProgrammer};
 use crate::status::StatusReporter;
 use crate::sync::SyncEvent;
 
@@ -21,8 +22,10 @@ pub struct AgentStatus {
 }
 
 /// How the agent runs besides its inputs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AgentOptions {
+    /// Program routes to other nodes' pod blocks (`--program-routes`).
+    pub routes: Option<(RouteCalc, RouteProgrammer)>,
     /// Where to report programmed endpoints (`--status-dir`).
     pub status: Option<StatusReporter>,
     /// How often the driver checks the kernel for out-of-band changes.
@@ -32,6 +35,7 @@ pub struct AgentOptions {
 impl Default for AgentOptions {
     fn default() -> Self {
         Self {
+            routes: None,
             status: None,
             refresh_interval: Duration::from_secs(90),
         }
@@ -59,7 +63,7 @@ pub async fn run(
     mut events: mpsc::Receiver<SyncEvent>,
     metrics: FelixMetrics,
     status: watch::Sender<AgentStatus>,
-    options: AgentOptions,
+    mut options: AgentOptions,
 ) {
     metrics.resync_state.set(resync::WAITING);
     let mut current = AgentStatus::default();
@@ -120,6 +124,13 @@ pub async fn run(
         }
         if !updates.is_empty() && !current.in_sync {
             metrics.resync_state.set(resync::RESYNCING);
+        }
+        if let Some((calc, programmer)) = options.routes.as_mut() {
+            let changes = calc.apply(&updates);
+            if let Err(e) = programmer.apply(&changes) {
+                error!("cannot program routes: {e}");
+                metrics.dataplane_failures.inc();
+            }
         }
         let started = Instant::now();
         let mut ops = graph.apply(updates);

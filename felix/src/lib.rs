@@ -12,5 +12,6 @@ pub mod calc;
 pub mod evaluator;
 pub mod http;
 pub mod metrics;
+pub mod routes;
 pub mod status;
 pub mod sync;

@@ -20,6 +20,7 @@ use manul_dataplane_api::Driver;
 use manul_felix::agent::{self, AgentOptions, AgentStatus};
 use manul_felix::calc::CalcGraph;
 use manul_felix::metrics::FelixMetrics;
+use manul_felix::routes::{RouteCalc, RouteProgrammer};
 use manul_felix::status::StatusReporter;
 use manul_felix::sync::{SyncConfig, Syncer};
 use prometheus_client::registry::Registry;
@@ -59,6 +60,10 @@ struct Args {
     /// CNI plugin to wait on.
     #[arg(long)]
     status_dir: Option<PathBuf>,
+    /// Route other nodes' pod blocks via their node addresses (direct
+    /// routing, no encapsulation).
+    #[arg(long)]
+    program_routes: bool,
     /// How often the dataplane is checked for out-of-band changes, in
     /// seconds.
     #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..))]
@@ -167,6 +172,15 @@ async fn run(args: Args) -> ExitCode {
         refresh_interval: Duration::from_secs(args.refresh_interval),
         ..AgentOptions::default()
     };
+    if args.program_routes {
+        match RouteProgrammer::current() {
+            Ok(p) => options.routes = Some((RouteCalc::new(args.node.clone()), p)),
+            Err(e) => {
+                eprintln!("error: --program-routes: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     if let Some(dir) = &args.status_dir {
         match StatusReporter::new(dir) {
             Ok(r) => options.status = Some(r),
