@@ -17,6 +17,10 @@ pub struct ServerArgs {
         global = true
     )]
     pub server: String,
+    /// Talk to the server from inside this named network namespace (a
+    /// local cluster's Typha lives in one).
+    #[arg(long, env = "MANUL_NETNS", global = true)]
+    pub netns: Option<String>,
 }
 
 impl ServerArgs {

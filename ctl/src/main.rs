@@ -77,12 +77,28 @@ enum Command {
     Trace(trace::TraceArgs),
 }
 
+/// Enters `--netns` before the runtime starts; false (after printing why)
+/// when that fails.
+fn enter_netns(name: Option<&str>) -> bool {
+    let Some(name) = name else { return true };
+    match manul_netns::NetNs::open(name).and_then(|ns| ns.enter_current_thread()) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("error: --netns {name}: {e}");
+            false
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Selector(cmd) => selector::run(cmd),
+        _ if cli.server.netns.is_some() && !enter_netns(cli.server.netns.as_deref()) => {
+            return ExitCode::from(2);
+        }
         online => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
