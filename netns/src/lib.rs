@@ -9,7 +9,8 @@
 //!   [`NetNs::enter_current_thread`]) and writes its sysctls.
 //! - Links, addresses and routes ([`create_veth`], [`add_address`],
 //!   [`add_route`], [`create_bridge`], ...) over rtnetlink, and the
-//!   Calico-style pod plumbing ([`plumb_pod`]).
+//!   Calico-style pod plumbing ([`plumb_pod`], dual stack with
+//!   [`plumb_pod_ips`]).
 //! - Probes run from inside a namespace with a timeout ([`tcp_connect`],
 //!   [`udp_probe`], [`ping`]) and small servers listening inside one
 //!   ([`TcpServer`], [`UdpEcho`]).
@@ -43,7 +44,10 @@ pub use link::{
     list_routes, replace_route, set_mac, set_master, set_mtu,
 };
 pub use ns::{NETNS_RUN_DIR, NetNs, cleanup_prefix, unique_prefix};
-pub use pod::{CALICO_GATEWAY_V4, CALICO_HOST_MAC, PodLink, plumb_pod, unplumb_pod};
+pub use pod::{
+    CALICO_GATEWAY_V4, CALICO_GATEWAY_V6, CALICO_HOST_MAC, PodLink, plumb_pod, plumb_pod_ips,
+    unplumb_pod,
+};
 pub use probe::{
     HeldConnection, ProbeOutcome, TCP_BANNER, TcpServer, UdpEcho, open_connection, ping,
     tcp_connect, udp_probe,

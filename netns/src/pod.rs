@@ -2,9 +2,9 @@
 //! pod namespace, the pod routed through a link-local gateway that the host
 //! side answers for by proxy ARP.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::error::{NetnsError, Result};
 use crate::link::{
@@ -19,6 +19,11 @@ pub const CALICO_GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
 /// The MAC address Calico gives the host side of every pod veth.
 pub const CALICO_HOST_MAC: [u8; 6] = [0xee; 6];
+
+/// The IPv6 gateway of every Calico pod: the host side's link-local
+/// address, derived from [`CALICO_HOST_MAC`].
+pub const CALICO_GATEWAY_V6: Ipv6Addr =
+    Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
 
 /// What [`plumb_pod`] made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,11 +40,14 @@ pub struct PodLink {
     pub pod_ifindex: u32,
     /// The pod side's MAC.
     pub pod_mac: [u8; 6],
-    /// The pod's address.
+    /// The pod's first address.
     pub ip: IpAddr,
+    /// All the pod's addresses, in the order given.
+    pub ips: Vec<IpAddr>,
 }
 
-/// Plumbs `pod` into `node` the way Calico's CNI plugin does:
+/// Plumbs `pod` into `node` the way Calico's CNI plugin does, for one
+/// IPv4 address:
 ///
 /// - a veth pair `host_if` (in `node`) / `pod_if` (in `pod`);
 /// - pod side: `ip/32`, up, `169.254.1.1 dev POD_IF scope link`,
@@ -63,8 +71,32 @@ pub fn plumb_pod(
     pod_if: &str,
     ip: Ipv4Addr,
 ) -> Result<PodLink> {
+    plumb_pod_ips(node, pod, host_if, pod_if, &[IpAddr::V4(ip)])
+}
+
+/// [`plumb_pod`] for any mix of IPv4 and IPv6 addresses (dual stack).
+///
+/// For each IPv6 address: the pod gets `ip/128` and `default via
+/// fe80::ecee:eeff:feee:eeee dev POD_IF` (the host side's link-local
+/// address, from its MAC) with a permanent neighbour entry for it; the node
+/// gets `ip/128 dev HOST_IF` and `net.ipv6.conf.all.forwarding=1`.
+/// Duplicate address detection is off on both ends so that addresses are
+/// usable at once.
+pub fn plumb_pod_ips(
+    node: &NetNs,
+    pod: &NetNs,
+    host_if: &str,
+    pod_if: &str,
+    ips: &[IpAddr],
+) -> Result<PodLink> {
+    if ips.is_empty() {
+        return Err(NetnsError::InvalidArgument {
+            ns: pod.name().to_owned(),
+            reason: format!("pod plumbing {host_if}/{pod_if} needs at least one address"),
+        });
+    }
     create_veth(node, host_if, pod, pod_if)?;
-    match plumb_created(node, pod, host_if, pod_if, ip) {
+    match plumb_created(node, pod, host_if, pod_if, ips) {
         Ok(link) => Ok(link),
         Err(e) => {
             if let Err(cleanup) = delete_link(node, host_if) {
@@ -81,37 +113,69 @@ fn plumb_created(
     pod: &NetNs,
     host_if: &str,
     pod_if: &str,
-    ip: Ipv4Addr,
+    ips: &[IpAddr],
 ) -> Result<PodLink> {
-    let host32 = IpNet::V4(Ipv4Net::from(ip));
-    let gateway32 = IpNet::V4(Ipv4Net::from(CALICO_GATEWAY_V4));
-    let default = IpNet::V4(Ipv4Net::default());
+    let has_v4 = ips.iter().any(IpAddr::is_ipv4);
+    let has_v6 = ips.iter().any(IpAddr::is_ipv6);
+
+    // Before the links come up, so that link-local addresses skip DAD.
+    if has_v6 {
+        pod.set_sysctl(
+            &sysctl_key(pod, "net/ipv6/conf", pod_if, "accept_dad")?,
+            "0",
+        )?;
+        node.set_sysctl(
+            &sysctl_key(node, "net/ipv6/conf", host_if, "accept_dad")?,
+            "0",
+        )?;
+    }
+    set_mac(node, host_if, CALICO_HOST_MAC)?;
 
     // Pod side.
-    add_address(pod, pod_if, host32)?;
+    for ip in ips {
+        add_address(pod, pod_if, IpNet::from(*ip))?;
+    }
     link_up(pod, pod_if)?;
-    replace_route(pod, &Route::to(gateway32).dev(pod_if).scope_link())?;
-    replace_route(
-        pod,
-        &Route::to(default)
-            .via(IpAddr::V4(CALICO_GATEWAY_V4))
-            .dev(pod_if),
-    )?;
-    add_neighbour(pod, pod_if, IpAddr::V4(CALICO_GATEWAY_V4), CALICO_HOST_MAC)?;
+    if has_v4 {
+        let gateway32 = IpNet::V4(Ipv4Net::from(CALICO_GATEWAY_V4));
+        replace_route(pod, &Route::to(gateway32).dev(pod_if).scope_link())?;
+        replace_route(
+            pod,
+            &Route::to(IpNet::V4(Ipv4Net::default()))
+                .via(IpAddr::V4(CALICO_GATEWAY_V4))
+                .dev(pod_if),
+        )?;
+        add_neighbour(pod, pod_if, IpAddr::V4(CALICO_GATEWAY_V4), CALICO_HOST_MAC)?;
+    }
+    if has_v6 {
+        replace_route(
+            pod,
+            &Route::to(IpNet::V6(Ipv6Net::default()))
+                .via(IpAddr::V6(CALICO_GATEWAY_V6))
+                .dev(pod_if),
+        )?;
+        add_neighbour(pod, pod_if, IpAddr::V6(CALICO_GATEWAY_V6), CALICO_HOST_MAC)?;
+    }
 
     // Host side.
-    set_mac(node, host_if, CALICO_HOST_MAC)?;
-    node.set_sysctl(
-        &sysctl_key(node, "net/ipv4/conf", host_if, "proxy_arp")?,
-        "1",
-    )?;
-    node.set_sysctl(
-        &sysctl_key(node, "net/ipv4/neigh", host_if, "proxy_delay")?,
-        "0",
-    )?;
-    node.set_sysctl("net.ipv4.ip_forward", "1")?;
+    if has_v4 {
+        node.set_sysctl(
+            &sysctl_key(node, "net/ipv4/conf", host_if, "proxy_arp")?,
+            "1",
+        )?;
+        node.set_sysctl(
+            &sysctl_key(node, "net/ipv4/neigh", host_if, "proxy_delay")?,
+            "0",
+        )?;
+        node.set_sysctl("net.ipv4.ip_forward", "1")?;
+    }
+    if has_v6 {
+        node.set_sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    }
     link_up(node, host_if)?;
-    replace_route(node, &Route::to(host32).dev(host_if).scope_link())?;
+    for ip in ips {
+        replace_route(node, &Route::to(IpNet::from(*ip)).dev(host_if).scope_link())?;
+    }
 
     Ok(PodLink {
         host_if: host_if.to_owned(),
@@ -120,7 +184,8 @@ fn plumb_created(
         pod_if: pod_if.to_owned(),
         pod_ifindex: link_index(pod, pod_if)?,
         pod_mac: link_mac(pod, pod_if)?,
-        ip: IpAddr::V4(ip),
+        ip: ips[0],
+        ips: ips.to_vec(),
     })
 }
 
@@ -136,10 +201,10 @@ pub fn unplumb_pod(node: &NetNs, host_if: &str) -> Result<()> {
 
 /// A per-interface sysctl key in slash form, so that interface names with
 /// dots stay whole.
-fn sysctl_key(node: &NetNs, prefix: &str, ifname: &str, leaf: &str) -> Result<String> {
+fn sysctl_key(ns: &NetNs, prefix: &str, ifname: &str, leaf: &str) -> Result<String> {
     if ifname.is_empty() || ifname.contains('/') {
         return Err(NetnsError::InvalidArgument {
-            ns: node.name().to_owned(),
+            ns: ns.name().to_owned(),
             reason: format!("bad interface name {ifname:?}"),
         });
     }

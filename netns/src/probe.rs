@@ -26,6 +26,12 @@ const POLL: Duration = Duration::from_millis(50);
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
 /// How a probe ended.
+///
+/// `Refused` and `Unreachable` come from ICMP errors (or a TCP RST), and
+/// the kernel rate-limits ICMP errors per destination (a short burst, then
+/// about one a second): back-to-back probes from one address that each
+/// expect an ICMP error can see `TimedOut` instead. Space them by a second,
+/// or treat anything but `Connected` as "blocked".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProbeOutcome {
     /// Reached: TCP connected, the UDP datagram or ICMP echo came back.

@@ -185,3 +185,47 @@ fn dropped_traffic_times_out_and_rejected_traffic_is_unreachable() {
         ProbeOutcome::Connected
     );
 }
+
+#[test]
+fn dual_stack_pods_reach_each_other() {
+    if !have_root("dual_stack_pods_reach_each_other") {
+        return;
+    }
+    let cleanup = Cleanup::new("mt");
+    let node = NetNs::create(&cleanup.name("node")).unwrap();
+    let pod_a = NetNs::create(&cleanup.name("a")).unwrap();
+    let pod_b = NetNs::create(&cleanup.name("b")).unwrap();
+    let a6: IpAddr = "fd00:65::2".parse().unwrap();
+    let b6: IpAddr = "fd00:65::3".parse().unwrap();
+    let link = manul_netns::plumb_pod_ips(&node, &pod_a, "calia", "eth0", &[A.into(), a6]).unwrap();
+    assert_eq!(link.ips, vec![IpAddr::V4(A), a6]);
+    manul_netns::plumb_pod_ips(&node, &pod_b, "calib", "eth0", &[B.into(), b6]).unwrap();
+    assert!(
+        list_routes(&pod_a)
+            .unwrap()
+            .iter()
+            .any(|r| r.dst == "::/0".parse().unwrap()
+                && r.via == Some(IpAddr::V6(manul_netns::CALICO_GATEWAY_V6)))
+    );
+
+    assert_eq!(ping(&pod_a, b6, T).unwrap(), ProbeOutcome::Connected);
+    assert_eq!(ping(&pod_b, a6, T).unwrap(), ProbeOutcome::Connected);
+    assert_eq!(ping(&pod_a, B.into(), T).unwrap(), ProbeOutcome::Connected);
+    let server = TcpServer::start(&pod_b, SocketAddr::new(b6, 8080)).unwrap();
+    assert_eq!(
+        tcp_connect(&pod_a, SocketAddr::new(b6, 8080), T).unwrap(),
+        ProbeOutcome::Connected
+    );
+    assert_eq!(
+        tcp_connect(&pod_a, SocketAddr::new(b6, 8081), T).unwrap(),
+        ProbeOutcome::Refused
+    );
+    let mut held = open_connection(&pod_a, SocketAddr::new(b6, 8080), T).unwrap();
+    assert!(held.roundtrip(T).unwrap());
+    let _echo = UdpEcho::start(&pod_b, SocketAddr::new(b6, 5353)).unwrap();
+    assert_eq!(
+        udp_probe(&pod_a, SocketAddr::new(b6, 5353), T).unwrap(),
+        ProbeOutcome::Connected
+    );
+    drop(server);
+}
