@@ -1,0 +1,292 @@
+//! ADD, DEL and CHECK against the datastore and the kernel.
+//!
+//! The plugin runs in the node's network namespace (its own); the pod's is
+//! `CNI_NETNS`. ADD undoes what it did when a later step fails, so that a
+//! failed ADD leaves neither an address, nor a veth, nor an endpoint.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use manul_client::Client;
+use manul_client::ipam::plan::Holder;
+use manul_client::ipam::{AllocationRequest, Ipam};
+use manul_model::names::workload_interface_name;
+use manul_model::{Kind, Resource, ResourceKey};
+use manul_netns::{CALICO_GATEWAY_V4, NetNs, NetnsError, PodLink, plumb_pod, unplumb_pod};
+use tracing::{debug, info, warn};
+
+use crate::config::{CniEnv, NetConf};
+use crate::endpoint::{Plumbed, endpoint_key, pod_key, workload_endpoint};
+use crate::error::{CniError, code};
+use crate::result::{CniResult, pod_result};
+use crate::status::wait_programmed;
+
+/// The plugin's own (the node's) network namespace.
+pub const NODE_NETNS: &str = "/proc/self/ns/net";
+
+/// One invocation: the configuration, the environment and the node name.
+#[derive(Debug, Clone)]
+pub struct Plugin {
+    pub conf: NetConf,
+    pub env: CniEnv,
+    pub node: String,
+}
+
+/// Runs kernel work (blocking netlink calls) off the async threads.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, CniError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, NetnsError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(CniError::from),
+        Err(e) => Err(CniError::caused(code::NETWORK, "kernel work failed", &e)),
+    }
+}
+
+pub(crate) fn node_netns() -> Result<NetNs, NetnsError> {
+    NetNs::from_path(Path::new(NODE_NETNS))
+}
+
+/// What ADD has done so far, undone in reverse when a later step fails.
+struct Undo {
+    ipam: Ipam,
+    handle: String,
+    host_if: Option<String>,
+    endpoint: Option<(ResourceKey, u64)>,
+}
+
+impl Undo {
+    async fn run(self, client: &Client) {
+        if let Some((key, revision)) = &self.endpoint
+            && let Err(e) = client.delete(key, Some(*revision)).await
+        {
+            warn!(%key, error = %e, "could not delete the endpoint of a failed ADD");
+        }
+        if let Some(host_if) = self.host_if {
+            let r = blocking(move || unplumb_pod(&node_netns()?, &host_if)).await;
+            if let Err(e) = r {
+                warn!(error = %e, "could not remove the veth of a failed ADD");
+            }
+        }
+        if let Err(e) = self.ipam.release(&self.handle).await {
+            warn!(handle = %self.handle, error = %e, "could not release the address of a failed ADD");
+        }
+    }
+}
+
+impl Plugin {
+    async fn connect(&self) -> Result<Client, CniError> {
+        Client::connect(&self.conf.typha)
+            .await
+            .map_err(CniError::from)
+    }
+
+    fn pod_netns(&self) -> Result<PathBuf, CniError> {
+        self.env
+            .netns
+            .clone()
+            .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is not set", ""))
+    }
+
+    /// ADD: address, veth and routes, endpoint, and optionally the wait for
+    /// Felix.
+    pub async fn add(&self) -> Result<CniResult, CniError> {
+        let (namespace, pod_name) = self.env.required_pod()?;
+        let netns_path = self.pod_netns()?;
+        let client = self.connect().await?;
+        let pod = match client.get(&pod_key(namespace, pod_name)).await? {
+            Some((Resource::Pod(p), _)) => p,
+            _ => {
+                return Err(CniError::new(
+                    code::DATASTORE,
+                    format!("pod {namespace}/{pod_name} not found in the datastore"),
+                    "write the Pod to Typha before running the plugin, as the Kubernetes API server would",
+                ));
+            }
+        };
+        let check_path = netns_path.clone();
+        blocking(move || NetNs::from_path(&check_path).map(drop))
+            .await
+            .map_err(|e| {
+                CniError::new(
+                    code::UNKNOWN_CONTAINER,
+                    format!("cannot open CNI_NETNS {}", netns_path.display()),
+                    e.details,
+                )
+            })?;
+
+        let ipam = Ipam::new(client.clone());
+        let handle = self.env.container_id.clone();
+        let allocation = ipam
+            .allocate(&AllocationRequest {
+                node: self.node.clone(),
+                holder: Holder {
+                    handle: handle.clone(),
+                    namespace: Some(namespace.to_string()),
+                    pod: Some(pod_name.to_string()),
+                },
+                ip_version: 4,
+            })
+            .await?;
+        let mut undo = Undo {
+            ipam,
+            handle,
+            host_if: None,
+            endpoint: None,
+        };
+        match self
+            .add_after_allocation(&client, &mut undo, namespace, pod_name, &pod, allocation.ip)
+            .await
+        {
+            Ok(result) => Ok(result),
+            Err(e) => {
+                undo.run(&client).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn add_after_allocation(
+        &self,
+        client: &Client,
+        undo: &mut Undo,
+        namespace: &str,
+        pod_name: &str,
+        pod: &k8s_openapi::api::core::v1::Pod,
+        ip: IpAddr,
+    ) -> Result<CniResult, CniError> {
+        let IpAddr::V4(ip4) = ip else {
+            return Err(CniError::new(
+                code::IPAM,
+                format!("expected an IPv4 address, got {ip}"),
+                "",
+            ));
+        };
+        let host_if = workload_interface_name(namespace, pod_name);
+        let netns_path = self.pod_netns()?;
+        undo.host_if = Some(host_if.clone());
+        let link = {
+            let (host_if, ifname, path) =
+                (host_if.clone(), self.env.ifname.clone(), netns_path.clone());
+            blocking(move || plumb(&path, &host_if, &ifname, ip4)).await?
+        };
+        info!(%namespace, pod = %pod_name, %ip, host_if = %link.host_if, "pod plumbed");
+
+        let endpoint = workload_endpoint(
+            namespace,
+            pod_name,
+            pod,
+            &Plumbed {
+                node: self.node.clone(),
+                container_id: self.env.container_id.clone(),
+                endpoint: self.env.ifname.clone(),
+                interface_name: link.host_if.clone(),
+                ip,
+                mac: link.pod_mac,
+            },
+        );
+        let revision = client
+            .apply(std::slice::from_ref(&endpoint))
+            .await?
+            .first()
+            .copied()
+            .unwrap_or_default();
+        undo.endpoint = Some((endpoint.key(), revision));
+        debug!(key = %endpoint.key(), revision, "endpoint written");
+
+        if let (Some(timeout), Some(dir)) = (
+            self.conf.policy_setup_timeout(),
+            &self.conf.endpoint_status_dir,
+        ) {
+            let took = wait_programmed(dir, namespace, pod_name, revision, timeout)
+                .await
+                .map_err(|e| {
+                    CniError::caused(
+                        code::POLICY_TIMEOUT,
+                        "the endpoint was not programmed in time",
+                        &e,
+                    )
+                })?;
+            debug!(?took, "Felix reported the endpoint programmed");
+        }
+        Ok(pod_result(
+            &self.conf.cni_version,
+            self.conf.legacy_result(),
+            (&link.host_if, link.host_mac),
+            (&link.pod_if, link.pod_mac),
+            &netns_path.display().to_string(),
+            ip,
+            IpAddr::V4(CALICO_GATEWAY_V4),
+        ))
+    }
+
+    /// The pod this container belongs to: from `CNI_ARGS`, else the endpoint
+    /// that names this container.
+    async fn pod_of(&self, client: &Client) -> Result<Option<(String, String)>, CniError> {
+        if let Some((ns, name)) = self.env.pod() {
+            return Ok(Some((ns.to_string(), name.to_string())));
+        }
+        let endpoints = client.list(Kind::WorkloadEndpoint, None).await?;
+        Ok(endpoints.into_iter().find_map(|(r, _)| match r {
+            Resource::WorkloadEndpoint(o) if o.spec.container_id == self.env.container_id => {
+                Some((
+                    o.metadata.namespace.clone().unwrap_or_default(),
+                    o.name().to_string(),
+                ))
+            }
+            _ => None,
+        }))
+    }
+
+    /// DEL: release the address, delete the endpoint, remove the host veth.
+    /// Anything already gone is fine; an endpoint (and veth) that belongs
+    /// to a newer container of the same pod is left alone.
+    pub async fn del(&self) -> Result<(), CniError> {
+        let client = self.connect().await?;
+        let released = Ipam::new(client.clone())
+            .release(&self.env.container_id)
+            .await?;
+        debug!(?released, "released");
+        let Some((namespace, pod_name)) = self.pod_of(&client).await? else {
+            info!(container = %self.env.container_id, "no pod known for this container; nothing else to delete");
+            return Ok(());
+        };
+        let key = endpoint_key(&namespace, &pod_name);
+        let ours = match client.get(&key).await? {
+            Some((Resource::WorkloadEndpoint(o), revision)) => {
+                let id = &o.spec.container_id;
+                if id.is_empty() || *id == self.env.container_id {
+                    client.delete(&key, Some(revision)).await?;
+                    true
+                } else {
+                    info!(%key, other = %id, "the endpoint belongs to another container; leaving it and its veth");
+                    false
+                }
+            }
+            _ => true,
+        };
+        if ours {
+            let host_if = workload_interface_name(&namespace, &pod_name);
+            blocking(move || unplumb_pod(&node_netns()?, &host_if)).await?;
+        }
+        info!(%namespace, pod = %pod_name, "pod deleted");
+        Ok(())
+    }
+}
+
+/// Creates the pod's veth, replacing a leftover host side of the same name.
+fn plumb(
+    pod_netns: &Path,
+    host_if: &str,
+    ifname: &str,
+    ip: Ipv4Addr,
+) -> Result<PodLink, NetnsError> {
+    let node = node_netns()?;
+    let pod = NetNs::from_path(pod_netns)?;
+    if manul_netns::link_exists(&node, host_if)? {
+        warn!(%host_if, "replacing a leftover host veth");
+        unplumb_pod(&node, host_if)?;
+    }
+    plumb_pod(&node, &pod, host_if, ifname, ip)
+}
