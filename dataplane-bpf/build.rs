@@ -35,6 +35,8 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     let bindings = bindgen::Builder::default()
         .header(header)
+        .header_contents("manul_skb.h", "#include <linux/bpf.h>")
+        .allowlist_type("__sk_buff")
         .clang_arg("-I/usr/include/x86_64-linux-gnu")
         .allowlist_type("manul_.*")
         .allowlist_var("MANUL_.*")

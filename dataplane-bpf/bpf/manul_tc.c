@@ -26,6 +26,10 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* Benchmarks only (set at load time): classify every packet as a new flow,
+ * never creating conntrack entries. */
+volatile const __u32 manul_no_ct_create = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -232,33 +236,17 @@ static __always_inline void and_into(struct manul_bitmap *acc, const struct manu
 		acc->w[i] &= b->w[i];
 }
 
+/* Trailing zeros of a non-zero word, without branches (a branchy version
+ * multiplies the verifier's states): popcount of the bits below the lowest
+ * set one. */
 static __always_inline int ctz64(__u64 w)
 {
-	int n = 0;
+	__u64 x = (w & -w) - 1;
 
-	if (!(w & 0xffffffffULL)) {
-		n += 32;
-		w >>= 32;
-	}
-	if (!(w & 0xffffULL)) {
-		n += 16;
-		w >>= 16;
-	}
-	if (!(w & 0xffULL)) {
-		n += 8;
-		w >>= 8;
-	}
-	if (!(w & 0xfULL)) {
-		n += 4;
-		w >>= 4;
-	}
-	if (!(w & 0x3ULL)) {
-		n += 2;
-		w >>= 2;
-	}
-	if (!(w & 0x1ULL))
-		n += 1;
-	return n;
+	x = x - ((x >> 1) & 0x5555555555555555ULL);
+	x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (int)((x * 0x0101010101010101ULL) >> 56);
 }
 
 /* The first set bit at or after `from`, or -1. */
@@ -308,6 +296,47 @@ struct decision {
 	struct manul_rule_value rule;
 };
 
+/* One step of the walk over matching slots: the lowest set bit at or after
+ * `from` decides, unless it is a Pass, which moves `from` past its tier.
+ * Run by bpf_loop so that the verifier checks it once. */
+struct pass_ctx {
+	__u32 table;
+	__u32 from;
+	__s32 index;
+	int result;
+	struct manul_rule_value rule;
+};
+
+static long pass_step(__u32 i, void *data)
+{
+	struct pass_ctx *c = data;
+	__u32 zero = 0;
+	struct manul_bitmap *acc = bpf_map_lookup_elem(&manul_scratch, &zero);
+	struct manul_rule_key rk = { .table = c->table };
+	struct manul_rule_value *rv;
+	int idx;
+
+	if (!acc)
+		return 1;
+	idx = first_set(acc, c->from);
+	if (idx < 0)
+		return 1;
+	rk.index = idx;
+	rv = bpf_map_lookup_elem(&manul_rule, &rk);
+	if (!rv)
+		return 1;
+	if (rv->action == MANUL_ACTION_PASS) {
+		if (rv->end + 1 >= MANUL_MAX_RULES)
+			return 1;
+		c->from = rv->end + 1;
+		return 0;
+	}
+	c->index = idx;
+	c->rule = *rv;
+	c->result = MANUL_REASON_POLICY;
+	return 1;
+}
+
 /* Classifies a new flow against a table. Returns 0 with the deciding rule,
  * or a MANUL_REASON_* explaining a drop without a rule. */
 static __always_inline int classify(__u32 table, const struct pkt *p, struct decision *d)
@@ -330,7 +359,6 @@ static __always_inline int classify(__u32 table, const struct pkt *p, struct dec
 		},
 	};
 	__u16 sport = p->sport, dport = p->dport;
-	__u32 from = 0;
 
 	if (!acc)
 		return MANUL_REASON_NO_TABLE;
@@ -368,28 +396,16 @@ static __always_inline int classify(__u32 table, const struct pkt *p, struct dec
 		return MANUL_REASON_NO_TABLE;
 	and_into(acc, b);
 
-	for (int i = 0; i < MANUL_MAX_PASSES; i++) {
-		int idx = first_set(acc, from);
-		struct manul_rule_key rk = { .table = table };
-		struct manul_rule_value *rv;
+	{
+		struct pass_ctx c = { .table = table, .result = MANUL_REASON_NO_RULE };
 
-		if (idx < 0)
-			return MANUL_REASON_NO_RULE;
-		rk.index = idx;
-		rv = bpf_map_lookup_elem(&manul_rule, &rk);
-		if (!rv)
-			return MANUL_REASON_NO_RULE;
-		if (rv->action == MANUL_ACTION_PASS) {
-			from = rv->end + 1;
-			if (from >= MANUL_MAX_RULES)
-				return MANUL_REASON_NO_RULE;
-			continue;
+		bpf_loop(MANUL_MAX_PASSES, pass_step, &c, 0);
+		if (c.result == MANUL_REASON_POLICY) {
+			d->index = c.index;
+			d->rule = c.rule;
 		}
-		d->index = idx;
-		d->rule = *rv;
-		return MANUL_REASON_POLICY;
+		return c.result;
 	}
-	return MANUL_REASON_NO_RULE;
 }
 
 /* Orders the flow's endpoints; returns 1 when the packet's source is `a`. */
@@ -555,7 +571,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 			v.bytes[0] = p.len;
 			v.tcp_flags = tcp_bits(&p, 1);
 		}
-		bpf_map_update_elem(&manul_ct, &k, &v, BPF_ANY);
+		if (!manul_no_ct_create)
+			bpf_map_update_elem(&manul_ct, &k, &v, BPF_ANY);
 		emit(ifindex, hook, &p, table, allowed ? MANUL_VERDICT_ALLOW : MANUL_VERDICT_DENY, rc,
 		     rc == MANUL_REASON_POLICY ? &d : 0);
 		if (allowed) {
@@ -567,13 +584,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	}
 }
 
-SEC("tc")
+SEC("classifier")
 int manul_ingress(struct __sk_buff *skb)
 {
 	return handle(skb, MANUL_HOOK_INGRESS);
 }
 
-SEC("tc")
+SEC("classifier")
 int manul_egress(struct __sk_buff *skb)
 {
 	return handle(skb, MANUL_HOOK_EGRESS);

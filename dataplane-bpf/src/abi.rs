@@ -39,3 +39,14 @@ unsafe impl aya::Pod for manul_ct_key {}
 unsafe impl aya::Pod for manul_ct_value {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_event {}
+
+/// Reads a flow event from the ring buffer's bytes.
+pub fn event_from_bytes(bytes: &[u8]) -> Option<manul_event> {
+    if bytes.len() < std::mem::size_of::<manul_event>() {
+        return None;
+    }
+    // SAFETY: the slice holds at least size_of::<manul_event>() bytes (checked
+    // above), the read is unaligned-safe, and manul_event is plain integers
+    // (see the Pod markers above), so every bit pattern is a valid value.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<manul_event>()) })
+}

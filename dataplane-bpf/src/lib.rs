@@ -15,4 +15,18 @@
 pub mod abi;
 pub mod bitmap;
 pub mod compile;
+pub mod conntrack;
+mod driver;
+mod error;
+pub mod events;
+mod keys;
+mod loader;
+mod maps;
 pub mod model;
+mod plan;
+
+pub use conntrack::{ConntrackEntry, ConntrackTimeouts, GcStats};
+pub use driver::{BpfConfig, BpfDriver, KernelCounters, TestRunOutcome};
+pub use error::BpfError;
+pub use events::{FlowCounters, PolicyCounts};
+pub use loader::Hook;

@@ -1,0 +1,573 @@
+//! [`BpfDriver`]: the dataplane contract applied to the kernel.
+//!
+//! A batch is first checked and recorded by an embedded [`NullDriver`] (the
+//! contract and the desired state). Then the tables whose inputs changed are
+//! compiled (pure), written under new table ids, each endpoint's entry in
+//! `manul_ep` is flipped to its new ids in one map update, and the old
+//! tables are deleted: a packet sees the old table or the new one, never a
+//! mix. A compile or capacity error undoes the batch in the desired state
+//! and leaves the kernel as it was.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aya::Ebpf;
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, RingBuf};
+use aya::programs::{TestRun, TestRunOptions};
+use manul_dataplane_api::{Driver, DriverError, NullDriver, Operation};
+
+use crate::abi;
+use crate::compile::{self, CompiledTable, TableSpec};
+use crate::conntrack::{self, ConntrackEntry, ConntrackTimeouts, GcStats};
+use crate::error::BpfError;
+use crate::events::{self, FlowCounters, Reader, ReaderConfig, Shared};
+use crate::keys;
+use crate::loader::{self, Hook, PinDirs};
+use crate::maps::Maps;
+use crate::plan::{self, Before, EndpointKey, EndpointPlan, Touched};
+
+/// How to run the eBPF dataplane on one node.
+#[derive(Debug, Clone)]
+pub struct BpfConfig {
+    /// The node's name: its pins live under `pin_root/node`.
+    pub node: String,
+    /// Default `/sys/fs/bpf/manul` (bpffs is mounted there if absent).
+    pub pin_root: PathBuf,
+    /// Conntrack entries (LRU). Fixed when the pinned map is first created.
+    pub conntrack_capacity: u32,
+    pub conntrack_timeouts: ConntrackTimeouts,
+    /// How often the background thread collects expired conntrack entries.
+    pub gc_interval: Duration,
+    /// Where to append flow-log JSON lines, if anywhere.
+    pub flow_log: Option<PathBuf>,
+    pub flow_log_interval: Duration,
+    /// Interfaces with this prefix are workload interfaces: the driver
+    /// attaches to them as soon as it sees them, and drops their traffic
+    /// until their endpoint is programmed (`manul_model::names::
+    /// WORKLOAD_INTERFACE_PREFIX`). Empty: attach to endpoints only.
+    pub workload_prefix: String,
+    /// Benchmarks only: never create conntrack entries, so every packet is
+    /// classified as a new flow.
+    pub benchmark_no_conntrack: bool,
+}
+
+impl BpfConfig {
+    pub fn new(node: impl Into<String>) -> Self {
+        Self {
+            node: node.into(),
+            pin_root: PathBuf::from("/sys/fs/bpf/manul"),
+            conntrack_capacity: 512 * 1024,
+            conntrack_timeouts: ConntrackTimeouts::default(),
+            gc_interval: Duration::from_secs(10),
+            flow_log: None,
+            flow_log_interval: Duration::from_secs(10),
+            workload_prefix: "mnl".to_owned(),
+            benchmark_no_conntrack: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Installed {
+    id: u32,
+    table: CompiledTable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Programmed {
+    interface: String,
+    /// None while the interface does not exist (retried on every apply).
+    ifindex: Option<u32>,
+    tables: [u32; 2],
+}
+
+/// The result of one `BPF_PROG_TEST_RUN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestRunOutcome {
+    /// The TC verdict: 0 (`TC_ACT_OK`) passes, 2 (`TC_ACT_SHOT`) drops.
+    pub verdict: u32,
+    /// The kernel's average time per repetition.
+    pub duration: Duration,
+}
+
+impl TestRunOutcome {
+    pub fn allowed(&self) -> bool {
+        self.verdict == 0
+    }
+}
+
+/// Kernel-side counters (summed over CPUs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    pub packets: u64,
+    pub conntrack_hits: u64,
+    pub new_allowed: u64,
+    pub new_denied: u64,
+    pub denied_cached: u64,
+    pub no_endpoint: u64,
+    pub no_table: u64,
+    pub not_ip: u64,
+    pub events_lost: u64,
+    pub neighbour_discovery: u64,
+}
+
+/// The eBPF dataplane driver. It acts in the network namespace of the
+/// thread that calls it.
+#[derive(Debug)]
+pub struct BpfDriver {
+    config: BpfConfig,
+    dirs: PinDirs,
+    ebpf: Ebpf,
+    maps: Maps,
+    desired: NullDriver,
+    shared: Arc<Mutex<Shared>>,
+    reader: Option<Reader>,
+    tables: HashMap<TableSpec, Installed>,
+    endpoints: BTreeMap<EndpointKey, Programmed>,
+    /// Interfaces (ifindex) both programs are attached to in this run.
+    attached: HashSet<u32>,
+    next_table: u32,
+}
+
+impl BpfDriver {
+    /// Loads the programs (adopting the node's pinned maps and links if an
+    /// earlier run left them) and starts the event reader. What the earlier
+    /// run programmed keeps being enforced until [`Operation::InSync`].
+    pub fn new(config: BpfConfig) -> Result<Self, BpfError> {
+        loader::ensure_bpffs(&config.pin_root)?;
+        let dirs = PinDirs::create(&config.pin_root, &config.node)?;
+        let mut ebpf = loader::load(
+            &dirs,
+            config.conntrack_capacity,
+            config.benchmark_no_conntrack,
+        )?;
+        let maps = Maps::take(&mut ebpf)?;
+        let ring = ebpf
+            .take_map("manul_events")
+            .ok_or(BpfError::Missing("manul_events"))?;
+        let ring = RingBuf::try_from(ring)
+            .map_err(|e| BpfError::map("manul_events", "unexpected map type", e))?;
+        let gc_ct = MapData::from_pin(dirs.maps.join("manul_ct"))
+            .ok()
+            .and_then(|d| BpfHashMap::try_from(Map::HashMap(d)).ok());
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let reader = Reader::start(
+            ring,
+            gc_ct,
+            shared.clone(),
+            ReaderConfig {
+                flow_log: config.flow_log.clone(),
+                flow_log_interval: config.flow_log_interval,
+                gc_interval: config.gc_interval,
+                timeouts: config.conntrack_timeouts,
+            },
+        )
+        .map_err(|source| BpfError::Io {
+            path: dirs.node.clone(),
+            source,
+        })?;
+        let next_table = maps.next_table_id();
+        let mut driver = Self {
+            config,
+            dirs,
+            ebpf,
+            maps,
+            desired: NullDriver::new(),
+            shared,
+            reader: Some(reader),
+            tables: HashMap::new(),
+            endpoints: BTreeMap::new(),
+            attached: HashSet::new(),
+            next_table,
+        };
+        driver.adopt_links();
+        Ok(driver)
+    }
+
+    /// Replaces the program in every link an earlier run pinned whose
+    /// interface still exists (atomically: the interface is never without a
+    /// program), so that the tables it finds keep being enforced by this
+    /// run's programs.
+    fn adopt_links(&mut self) {
+        let names = interfaces();
+        for (ifindex, _, path) in self.dirs.pinned_links() {
+            let Some(name) = names.get(&ifindex) else {
+                loader::unpin(&path);
+                continue;
+            };
+            if self.attached.contains(&ifindex) {
+                continue;
+            }
+            if let Err(e) = self.attach(name.clone(), ifindex) {
+                tracing::warn!(interface = %name, error = %e, "cannot adopt a pinned link");
+            }
+        }
+    }
+
+    fn attach(&mut self, interface: String, ifindex: u32) -> Result<(), BpfError> {
+        if self.attached.contains(&ifindex) {
+            return Ok(());
+        }
+        for hook in Hook::BOTH {
+            loader::attach(&mut self.ebpf, &self.dirs, &interface, ifindex, hook)?;
+        }
+        self.attached.insert(ifindex);
+        Ok(())
+    }
+
+    fn detach(&mut self, ifindex: u32) {
+        for hook in Hook::BOTH {
+            loader::unpin(&self.dirs.link(ifindex, hook));
+        }
+        self.attached.remove(&ifindex);
+    }
+
+    /// The desired state as recorded (and enforced).
+    pub fn desired(&self) -> &NullDriver {
+        &self.desired
+    }
+
+    /// The node's pin directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.dirs.node
+    }
+
+    /// The kernel table id currently enforced on an interface's hooks.
+    pub fn endpoint_tables(&self, ifindex: u32) -> Option<[u32; 2]> {
+        self.maps.ep.get(&ifindex, 0).ok().map(|v| v.table)
+    }
+
+    /// How many distinct rule tables are installed.
+    pub fn table_count(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Compiles, checks capacity, writes new tables, flips endpoints and
+    /// deletes old tables. Errors before the flip leave the kernel as it
+    /// was (and are undone in the desired state by the caller).
+    fn program(&mut self, touched: &Touched) -> Result<Vec<BpfError>, BpfError> {
+        let state = self.desired.state();
+        let plans = plan::plans(state);
+
+        // Compile what is new or reads something the batch changed.
+        let mut fresh: Vec<(TableSpec, CompiledTable)> = Vec::new();
+        let mut seen: HashSet<&TableSpec> = HashSet::new();
+        for (key, p) in &plans {
+            for spec in &p.specs {
+                if !seen.insert(spec) {
+                    continue;
+                }
+                if self.tables.contains_key(spec) && !touched.affects(spec, state) {
+                    continue;
+                }
+                let table = compile::compile(state, spec).map_err(|source| BpfError::Compile {
+                    endpoint: key.to_string(),
+                    source,
+                })?;
+                fresh.push((spec.clone(), table));
+            }
+        }
+        let mut needed = self.maps.used;
+        for (_, t) in &fresh {
+            needed.add(&crate::maps::TableCounts::of(t));
+        }
+        needed.check(&self.maps.capacity)?;
+
+        // Write the new tables.
+        let mut written: Vec<(TableSpec, Installed)> = Vec::with_capacity(fresh.len());
+        for (spec, table) in fresh {
+            let id = self.next_table;
+            self.next_table = self.next_table.wrapping_add(1).max(1);
+            let labels = self.labels(&table);
+            if let Err(e) = self.maps.write_table(id, &table, &labels) {
+                for (_, w) in &written {
+                    self.maps.delete_table(w.id, &w.table);
+                }
+                return Err(e);
+            }
+            written.push((spec, Installed { id, table }));
+        }
+        let mut retire: Vec<Installed> = Vec::new();
+        for (spec, inst) in written {
+            if let Some(old) = self.tables.insert(spec, inst) {
+                retire.push(old);
+            }
+        }
+
+        // Flip endpoints, attach new interfaces.
+        let mut soft_errors = Vec::new();
+        let mut live: BTreeMap<EndpointKey, Programmed> = BTreeMap::new();
+        for (key, p) in plans {
+            let tables = Hook::BOTH.map(|h| self.tables.get(p.spec(h)).map_or(0, |t| t.id));
+            let ifindex = nix::net::if_::if_nametoindex(p.interface.as_str()).ok();
+            let prog = Programmed {
+                interface: p.interface.clone(),
+                ifindex,
+                tables,
+            };
+            let previous = self.endpoints.get(&key);
+            if let Some(old_ix) = previous.and_then(|o| o.ifindex)
+                && Some(old_ix) != ifindex
+            {
+                let _ = self.maps.ep.remove(&old_ix);
+            }
+            if let Some(ix) = ifindex {
+                if previous != Some(&prog) {
+                    let value = abi::manul_ep_value {
+                        table: tables,
+                        flags: u32::from(matches!(key, EndpointKey::Host(_))),
+                        reserved: 0,
+                    };
+                    if let Err(e) = self.maps.ep.insert(ix, value, 0) {
+                        soft_errors.push(BpfError::map("manul_ep", format!("program {key}"), e));
+                    }
+                }
+                if let Err(e) = self.attach(p.interface.clone(), ix) {
+                    soft_errors.push(e);
+                }
+            }
+            live.insert(key, prog);
+        }
+        let removed: Vec<(EndpointKey, Programmed)> = std::mem::take(&mut self.endpoints)
+            .into_iter()
+            .filter(|(k, _)| !live.contains_key(k))
+            .collect();
+        self.endpoints = live;
+        for (key, old) in removed {
+            let Some(ix) = old.ifindex else { continue };
+            let _ = self.maps.ep.remove(&ix);
+            // A workload interface keeps its program (dropping everything)
+            // until it disappears; a host interface goes back to normal.
+            let gone = nix::net::if_::if_nametoindex(old.interface.as_str()).ok() != Some(ix);
+            if matches!(key, EndpointKey::Host(_)) || gone {
+                self.detach(ix);
+            }
+        }
+
+        // Delete replaced and unused tables.
+        for old in retire {
+            self.maps.delete_table(old.id, &old.table);
+        }
+        let needed_specs: HashSet<TableSpec> = self
+            .endpoints
+            .keys()
+            .filter_map(|k| self.plan_of(k))
+            .flat_map(|p| p.specs)
+            .collect();
+        let unused: Vec<TableSpec> = self
+            .tables
+            .keys()
+            .filter(|s| !needed_specs.contains(*s))
+            .cloned()
+            .collect();
+        for spec in unused {
+            if let Some(old) = self.tables.remove(&spec) {
+                self.maps.delete_table(old.id, &old.table);
+            }
+        }
+
+        soft_errors.extend(self.attach_workload_interfaces());
+        if touched.in_sync {
+            self.remove_stale();
+        }
+        if let Err(e) = self.maps.store_next_table_id(self.next_table) {
+            soft_errors.push(e);
+        }
+        Ok(soft_errors)
+    }
+
+    fn plan_of(&self, key: &EndpointKey) -> Option<EndpointPlan> {
+        let s = self.desired.state();
+        match key {
+            EndpointKey::Workload(id) => s.workload_endpoints.get(id).map(EndpointPlan::workload),
+            EndpointKey::Host(id) => s.host_endpoints.get(id).map(EndpointPlan::host),
+        }
+    }
+
+    /// Numeric policy and rule ids of each slot.
+    fn labels(&self, table: &CompiledTable) -> Vec<(u32, u32)> {
+        let mut s = events::lock(&self.shared);
+        table
+            .slots
+            .iter()
+            .map(|slot| {
+                let (p, r) = keys::slot_labels(&slot.kind);
+                (s.labels.intern(&p), s.labels.intern(&r))
+            })
+            .collect()
+    }
+
+    /// Attaches to every workload-prefixed interface not attached yet: with
+    /// no endpoint entry, the programs drop its traffic (fail closed).
+    /// Felix may call this when it sees a new interface.
+    pub fn attach_workload_interfaces(&mut self) -> Vec<BpfError> {
+        if self.config.workload_prefix.is_empty() {
+            return Vec::new();
+        }
+        let mut errors = Vec::new();
+        for (ix, name) in interfaces() {
+            if name.starts_with(&self.config.workload_prefix)
+                && !self.attached.contains(&ix)
+                && let Err(e) = self.attach(name, ix)
+            {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    /// After InSync: removes endpoint entries, tables and links that an
+    /// earlier run left and this one was not told about again.
+    fn remove_stale(&mut self) {
+        let ours: HashSet<u32> = self.endpoints.values().filter_map(|p| p.ifindex).collect();
+        let stale: Vec<u32> = self
+            .maps
+            .ep
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|ix| !ours.contains(ix))
+            .collect();
+        for ix in stale {
+            let _ = self.maps.ep.remove(&ix);
+        }
+        let live: HashSet<u32> = self.tables.values().map(|t| t.id).collect();
+        let removed = self.maps.delete_tables_except(&live);
+        if removed > 0 {
+            tracing::info!(
+                entries = removed,
+                "removed rule tables left by an earlier run"
+            );
+        }
+        for (ix, _, path) in self.dirs.pinned_links() {
+            if !self.attached.contains(&ix) {
+                loader::unpin(&path);
+            }
+        }
+    }
+
+    /// Collects conntrack entries idle past their timeout at `now`
+    /// (CLOCK_MONOTONIC; see [`conntrack::monotonic_now`]). The background
+    /// thread also does this every `gc_interval`.
+    pub fn gc(&mut self, now: Duration) -> Result<GcStats, BpfError> {
+        conntrack::gc(&mut self.maps.ct, &self.config.conntrack_timeouts, now)
+    }
+
+    /// Every conntrack entry.
+    pub fn conntrack(&self) -> Vec<ConntrackEntry> {
+        conntrack::entries(&self.maps.ct)
+    }
+
+    /// Per-policy allow and deny counts from flow events so far.
+    pub fn flow_counters(&self) -> FlowCounters {
+        events::lock(&self.shared).counters.clone()
+    }
+
+    /// Drains pending flow events and writes the flow log now.
+    pub fn flush_flow_log(&self) {
+        if let Some(r) = &self.reader {
+            r.flush();
+        }
+    }
+
+    pub fn kernel_counters(&self) -> KernelCounters {
+        let c = self.maps.counters();
+        let at = |i: u32| c.get(i as usize).copied().unwrap_or(0);
+        KernelCounters {
+            packets: at(abi::MANUL_CNT_PACKETS),
+            conntrack_hits: at(abi::MANUL_CNT_CT_HIT),
+            new_allowed: at(abi::MANUL_CNT_NEW_ALLOWED),
+            new_denied: at(abi::MANUL_CNT_NEW_DENIED),
+            denied_cached: at(abi::MANUL_CNT_DENIED_CACHED),
+            no_endpoint: at(abi::MANUL_CNT_NO_ENDPOINT),
+            no_table: at(abi::MANUL_CNT_NO_TABLE),
+            not_ip: at(abi::MANUL_CNT_NOT_IP),
+            events_lost: at(abi::MANUL_CNT_EVENTS_LOST),
+            neighbour_discovery: at(abi::MANUL_CNT_ND_ALLOWED),
+        }
+    }
+
+    /// Runs a hook's program on an Ethernet frame with `BPF_PROG_TEST_RUN`,
+    /// as if it arrived on (or left by) interface `ifindex`, which must
+    /// exist in the calling thread's network namespace. The program uses
+    /// the real maps: conntrack entries and events are created as usual.
+    pub fn test_run(
+        &mut self,
+        hook: Hook,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutcome, BpfError> {
+        let ctx = skb_context(ifindex);
+        let mut out = vec![0u8; frame.len() + 256];
+        let prog = loader::program(&mut self.ebpf, hook)?;
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat: repeat.max(1),
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| BpfError::program(hook.program(), "BPF_PROG_TEST_RUN", e))?;
+        Ok(TestRunOutcome {
+            verdict: r.return_value,
+            duration: r.duration,
+        })
+    }
+
+    /// Removes every pin of a node (maps and links): its dataplane state
+    /// ends. For tests and decommissioning; the driver must not be running.
+    pub fn purge_node(pin_root: &Path, node: &str) -> std::io::Result<()> {
+        let dir = pin_root.join(node);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// A `struct __sk_buff` context with only `ifindex` set.
+fn skb_context(ifindex: u32) -> Vec<u8> {
+    let mut ctx = vec![0u8; std::mem::size_of::<abi::__sk_buff>()];
+    let at = std::mem::offset_of!(abi::__sk_buff, ifindex);
+    ctx[at..at + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// The interfaces of the calling thread's network namespace.
+fn interfaces() -> HashMap<u32, String> {
+    nix::net::if_::if_nameindex()
+        .map(|list| {
+            list.iter()
+                .filter_map(|i| Some((i.index(), i.name().to_str().ok()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Driver for BpfDriver {
+    fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
+        let touched = Touched::of(batch);
+        let before = Before::capture(&touched, self.desired.state());
+        self.desired.apply(batch)?;
+        match self.program(&touched) {
+            Ok(soft) => match soft.into_iter().next() {
+                None => Ok(()),
+                Some(e) => Err(e.into()),
+            },
+            Err(e) => {
+                let undo = before.undo(self.desired.state());
+                if let Err(u) = self.desired.apply(&undo) {
+                    tracing::error!(error = %u, "cannot undo a batch the kernel refused; resync the driver");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "bpf"
+    }
+}

@@ -1,0 +1,160 @@
+//! Map keys and values from compiled tables: pure conversions to the layouts
+//! of `manul_maps.h`.
+
+use std::net::IpAddr;
+
+use crate::abi;
+use crate::compile::{IpEntry, PortBlock, ProtoEntry, Slot, SlotAction, SlotKind, Triple};
+
+/// IP version and the address bytes as the kernel stores them (IPv4 in the
+/// first four bytes).
+pub fn addr_bytes(addr: IpAddr) -> (u8, [u8; 16]) {
+    let mut out = [0u8; 16];
+    match addr {
+        IpAddr::V4(a) => {
+            out[..4].copy_from_slice(&a.octets());
+            (4, out)
+        }
+        IpAddr::V6(a) => (6, a.octets()),
+    }
+}
+
+/// The address back from the kernel's bytes.
+pub fn addr_from(version: u8, bytes: &[u8; 16]) -> IpAddr {
+    if version == 4 {
+        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    } else {
+        IpAddr::from(*bytes)
+    }
+}
+
+/// The root covers the table id and the side (40 bits).
+const IP_ROOT_BITS: u32 = 40;
+
+pub fn ip_key(table: u32, side: u8, entry: &IpEntry) -> (u32, abi::manul_ip_data) {
+    let mut data = abi::manul_ip_data {
+        table,
+        side,
+        ..Default::default()
+    };
+    match entry {
+        IpEntry::Root => (IP_ROOT_BITS, data),
+        IpEntry::Net(net) => {
+            let (version, addr) = addr_bytes(net.network());
+            data.version = version;
+            data.addr = addr;
+            (
+                abi::MANUL_IP_KEY_BASE_BITS + u32::from(net.prefix_len()),
+                data,
+            )
+        }
+    }
+}
+
+pub fn port_key(table: u32, side: u8, block: &PortBlock) -> (u32, abi::manul_port_data) {
+    (
+        abi::MANUL_PORT_KEY_BASE_BITS + u32::from(block.prefix_len),
+        abi::manul_port_data {
+            table,
+            side,
+            pad: 0,
+            port: block.first.to_be_bytes(),
+        },
+    )
+}
+
+pub fn proto_key(table: u32, e: &ProtoEntry) -> (u32, abi::manul_proto_data) {
+    (
+        abi::MANUL_PROTO_KEY_BASE_BITS + 8 * u32::from(e.known_bytes()),
+        abi::manul_proto_data {
+            table,
+            version: e.version,
+            proto: e.proto.unwrap_or(0),
+            icmp_type: e.icmp_type.unwrap_or(0),
+            icmp_code: e.icmp_code.unwrap_or(0),
+        },
+    )
+}
+
+pub fn np_key(table: u32, side: u8, (ip, proto, port): Triple) -> abi::manul_np_key {
+    let (version, addr) = addr_bytes(ip);
+    abi::manul_np_key {
+        table,
+        side,
+        version,
+        proto,
+        port,
+        addr,
+        ..Default::default()
+    }
+}
+
+pub fn rule_key(table: u32, index: usize) -> abi::manul_rule_key {
+    abi::manul_rule_key {
+        table,
+        index: index as u32,
+    }
+}
+
+/// The label a slot's events carry: what decided, and the rule id.
+pub fn slot_labels(kind: &SlotKind) -> (String, String) {
+    match kind {
+        SlotKind::Policy { policy, rule_id } => (policy.to_string(), rule_id.clone()),
+        SlotKind::Profile { profile, rule_id } => (format!("profile:{profile}"), rule_id.clone()),
+        SlotKind::TierDefault { tier } => (format!("{tier}/(tier default)"), String::new()),
+        SlotKind::NoMatch => ("(no match)".to_owned(), String::new()),
+    }
+}
+
+pub fn rule_value(slot: &Slot, policy: u32, rule: u32) -> abi::manul_rule_value {
+    abi::manul_rule_value {
+        action: match slot.action {
+            SlotAction::Allow => abi::MANUL_ACTION_ALLOW,
+            SlotAction::Deny => abi::MANUL_ACTION_DENY,
+            SlotAction::Pass => abi::MANUL_ACTION_PASS,
+        } as u8,
+        kind: match slot.kind {
+            SlotKind::Policy { .. } => abi::MANUL_RULE_POLICY,
+            SlotKind::Profile { .. } => abi::MANUL_RULE_PROFILE,
+            SlotKind::TierDefault { .. } => abi::MANUL_RULE_TIER_DEFAULT,
+            SlotKind::NoMatch => abi::MANUL_RULE_NO_MATCH,
+        } as u8,
+        reserved: 0,
+        end: slot.end,
+        policy,
+        rule,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cover_the_fixed_fields_and_the_prefix() {
+        let net: ipnet::IpNet = "10.1.2.0/24".parse().unwrap();
+        let (len, data) = ip_key(7, 1, &IpEntry::Net(net));
+        assert_eq!(len, 64 + 24);
+        assert_eq!((data.table, data.side, data.version), (7, 1, 4));
+        assert_eq!(&data.addr[..4], &[10, 1, 2, 0]);
+        assert_eq!(ip_key(7, 0, &IpEntry::Root).0, 40);
+        let (len, data) = port_key(
+            7,
+            0,
+            &PortBlock {
+                first: 8080,
+                prefix_len: 16,
+            },
+        );
+        assert_eq!((len, data.port), (64, 8080u16.to_be_bytes()));
+        let e = ProtoEntry {
+            version: 4,
+            proto: Some(1),
+            icmp_type: Some(8),
+            icmp_code: None,
+        };
+        assert_eq!(proto_key(7, &e).0, 32 + 24);
+        let a: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(addr_from(6, &addr_bytes(a).1), a);
+    }
+}

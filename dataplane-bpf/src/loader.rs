@@ -1,0 +1,233 @@
+//! Loading the programs and attaching them: bpffs, the per-node pin
+//! directories, TCX links pinned so that they outlive the process.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::SchedClassifierLink;
+use aya::programs::{SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::error::BpfError;
+
+/// The kernel programs, compiled by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/manul_tc.o"));
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Which TC hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    /// Packets arriving on the interface (from the pod, for a workload).
+    Ingress,
+    /// Packets leaving through the interface (to the pod, for a workload).
+    Egress,
+}
+
+impl Hook {
+    pub const BOTH: [Hook; 2] = [Hook::Ingress, Hook::Egress];
+
+    pub fn index(self) -> usize {
+        match self {
+            Hook::Ingress => 0,
+            Hook::Egress => 1,
+        }
+    }
+
+    pub fn program(self) -> &'static str {
+        match self {
+            Hook::Ingress => "manul_ingress",
+            Hook::Egress => "manul_egress",
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Hook::Ingress => TcAttachType::Ingress,
+            Hook::Egress => TcAttachType::Egress,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Hook::Ingress => "ingress",
+            Hook::Egress => "egress",
+        }
+    }
+}
+
+/// Mounts bpffs at `/sys/fs/bpf` when `pin_root` is under it and it is not
+/// mounted yet (as Calico does).
+pub fn ensure_bpffs(pin_root: &Path) -> Result<(), BpfError> {
+    if !pin_root.starts_with(BPFFS) {
+        return Ok(());
+    }
+    let mounted = nix::sys::statfs::statfs(BPFFS)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+        .unwrap_or(false);
+    if mounted {
+        return Ok(());
+    }
+    std::fs::create_dir_all(BPFFS).map_err(|source| BpfError::Io {
+        path: BPFFS.into(),
+        source,
+    })?;
+    nix::mount::mount(
+        Some("bpffs"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| BpfError::Mount {
+        path: BPFFS.into(),
+        source,
+    })
+}
+
+/// The per-node pin directories.
+#[derive(Debug, Clone)]
+pub struct PinDirs {
+    pub node: PathBuf,
+    pub maps: PathBuf,
+    pub links: PathBuf,
+}
+
+impl PinDirs {
+    pub fn create(pin_root: &Path, node: &str) -> Result<Self, BpfError> {
+        if node.is_empty() || node.contains('/') || node == "." || node == ".." {
+            return Err(BpfError::Config(format!(
+                "node name {node:?} cannot name a pin directory"
+            )));
+        }
+        let node_dir = pin_root.join(node);
+        let dirs = Self {
+            maps: node_dir.join("maps"),
+            links: node_dir.join("links"),
+            node: node_dir,
+        };
+        for path in [&dirs.maps, &dirs.links] {
+            std::fs::create_dir_all(path).map_err(|source| BpfError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(dirs)
+    }
+
+    /// Where the link of one hook of one interface is pinned.
+    pub fn link(&self, ifindex: u32, hook: Hook) -> PathBuf {
+        self.links.join(format!("{ifindex}_{}", hook.label()))
+    }
+
+    /// Pinned links: (ifindex, hook, path).
+    pub fn pinned_links(&self) -> Vec<(u32, Hook, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(&self.links) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let (index, hook) = name.split_once('_')?;
+                let hook = match hook {
+                    "ingress" => Hook::Ingress,
+                    "egress" => Hook::Egress,
+                    _ => return None,
+                };
+                Some((index.parse().ok()?, hook, e.path()))
+            })
+            .collect()
+    }
+}
+
+/// Loads the object with its maps pinned (or adopted) in `dirs.maps`, and
+/// loads both programs into the kernel.
+pub fn load(dirs: &PinDirs, conntrack_capacity: u32, no_ct_create: bool) -> Result<Ebpf, BpfError> {
+    let flag: u32 = u32::from(no_ct_create);
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&dirs.maps)
+        .map_max_entries("manul_ct", conntrack_capacity)
+        .override_global("manul_no_ct_create", &flag, true)
+        .load(OBJECT)
+        .map_err(|source| BpfError::Load {
+            pin_dir: dirs.maps.clone(),
+            source: Box::new(source),
+        })?;
+    for hook in Hook::BOTH {
+        program(&mut ebpf, hook)?
+            .load()
+            .map_err(|e| BpfError::program(hook.program(), "load (verifier)", e))?;
+    }
+    Ok(ebpf)
+}
+
+pub fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier, BpfError> {
+    let name = hook.program();
+    ebpf.program_mut(name)
+        .ok_or(BpfError::Missing(name))?
+        .try_into()
+        .map_err(|e| BpfError::program(name, "not a TC program", e))
+}
+
+/// Attaches `hook`'s program to an interface (TCX) and pins the link. If a
+/// link from an earlier run is pinned there, the program is replaced in it
+/// atomically (no moment without a program).
+pub fn attach(
+    ebpf: &mut Ebpf,
+    dirs: &PinDirs,
+    interface: &str,
+    ifindex: u32,
+    hook: Hook,
+) -> Result<(), BpfError> {
+    let path = dirs.link(ifindex, hook);
+    let prog = program(ebpf, hook)?;
+    if path.exists() {
+        let replaced = PinnedLink::from_pin(&path)
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            .and_then(|pinned| {
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+                let id = prog
+                    .attach_to_link(link)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+                // The pin keeps the link (and the attachment) alive.
+                drop(prog.take_link(id));
+                Ok(())
+            });
+        match replaced {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "replacing a pinned link failed; attaching anew");
+                unpin(&path);
+            }
+        }
+    }
+    let id = prog
+        .attach(interface, hook.attach_type())
+        .map_err(|e| BpfError::program(hook.program(), format!("attach to {interface}"), e))?;
+    let link = prog
+        .take_link(id)
+        .map_err(|e| BpfError::program(hook.program(), "take the link", e))?;
+    let fd_link = FdLink::try_from(link).map_err(|e| BpfError::Link {
+        path: path.clone(),
+        what: "not a TCX link",
+        source: Box::new(e),
+    })?;
+    fd_link.pin(&path).map_err(|e| BpfError::Link {
+        path: path.clone(),
+        what: "pin",
+        source: Box::new(e),
+    })?;
+    Ok(())
+}
+
+/// Removes a link's pin: the kernel detaches it once no process holds it.
+pub fn unpin(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove a pinned link");
+    }
+}
