@@ -9,15 +9,14 @@ use manul_cni::config::version_of;
 use manul_cni::{CniEnv, CniError, Command, NetConf, Plugin, code};
 
 fn init_logs(level: Option<&str>) {
-    let level = match level.unwrap_or("warn") {
-        "error" => tracing::Level::ERROR,
-        "info" => tracing::Level::INFO,
-        "debug" => tracing::Level::DEBUG,
-        "trace" => tracing::Level::TRACE,
-        _ => tracing::Level::WARN,
-    };
+    // The configured level for Manul's own crates; libraries (gRPC, HTTP/2)
+    // only warn.
+    let level = level.unwrap_or("warn");
+    let filter = tracing_subscriber::EnvFilter::new(format!(
+        "warn,manul_cni={level},manul_client={level},manul_netns={level}"
+    ));
     let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .try_init();
