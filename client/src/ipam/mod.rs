@@ -201,8 +201,8 @@ impl Ipam {
             if attempt > 0 {
                 self.pause(attempt).await;
             }
-            let pools = self.pools(node, request.ip_version).await?;
-            let blocks = self.blocks().await?;
+            let (pools, blocks) = tokio::join!(self.pools(node, request.ip_version), self.blocks());
+            let (pools, blocks) = (pools?, blocks?);
             let held = plan::held_by(&blocks, handle)
                 .into_iter()
                 .find(|(_, ip)| ip.is_ipv4() == (request.ip_version == 4));
