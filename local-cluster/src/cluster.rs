@@ -1,0 +1,743 @@
+//! Bringing a cluster up, adding and removing pods, and tearing it down.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use manul_client::Client;
+use manul_model::resource::{Resource, ResourceKey};
+use manul_netns::{IpNet, NetNs, TcpServer};
+use tracing::{info, warn};
+
+use crate::ClusterError;
+use crate::procs::{self, program, spawn_in};
+
+/// The underlay network; the bridge holds `.1`, node N `.(10+N)`.
+pub const UNDERLAY_PREFIX: [u8; 3] = [192, 168, 220];
+/// The pod address pool.
+pub const POD_POOL: &str = "10.65.0.0/16";
+/// Typha's first port (replica K listens on `PORT + K - 1`).
+pub const TYPHA_PORT: u16 = 5473;
+
+/// Which dataplane the nodes' Felix runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dataplane {
+    Bpf,
+    Iptables,
+    /// No enforcement (the null driver): for control-plane runs.
+    Null,
+}
+
+impl Dataplane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dataplane::Bpf => "bpf",
+            Dataplane::Iptables => "iptables",
+            Dataplane::Null => "null",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Dataplane, ClusterError> {
+        match s {
+            "bpf" | "ebpf" => Ok(Dataplane::Bpf),
+            "iptables" | "nftables" => Ok(Dataplane::Iptables),
+            "null" => Ok(Dataplane::Null),
+            other => Err(ClusterError::Invalid(format!(
+                "unknown dataplane {other:?}: use bpf, iptables or null"
+            ))),
+        }
+    }
+}
+
+/// How to build the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Prefix of every namespace (`NAME-cp`, `NAME-node1`, ...).
+    pub name: String,
+    pub nodes: usize,
+    /// 1, or 3 and more (a Raft cluster).
+    pub typha_replicas: usize,
+    pub dataplane: Dataplane,
+    /// How long the CNI plugin waits for Felix to program a new pod (0:
+    /// do not wait).
+    pub policy_setup_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            name: "manul".into(),
+            nodes: 2,
+            typha_replicas: 1,
+            dataplane: Dataplane::Iptables,
+            policy_setup_timeout: Duration::ZERO,
+        }
+    }
+}
+
+/// A node of the cluster.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub netns: NetNs,
+    pub status_dir: PathBuf,
+    pub log: PathBuf,
+    pub felix: Child,
+}
+
+/// A pod to create.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Index into the cluster's nodes.
+    pub node: usize,
+    /// TCP ports to listen on: `(port, optional name)`.
+    pub tcp_ports: Vec<(u16, Option<String>)>,
+}
+
+/// A pod that exists.
+#[derive(Debug)]
+pub struct PodInfo {
+    pub spec: PodSpec,
+    pub ip: Ipv4Addr,
+    pub netns: NetNs,
+    pub container_id: String,
+    /// When the CNI plugin returned: the sandbox is ready.
+    pub ready_at: Instant,
+    _servers: Vec<TcpServer>,
+}
+
+impl PodInfo {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.spec.namespace, self.spec.name)
+    }
+}
+
+/// A running local cluster. Dropping it stops every process and removes
+/// every namespace.
+#[derive(Debug)]
+pub struct LocalCluster {
+    config: ClusterConfig,
+    // Field order is drop order.
+    pods: BTreeMap<String, PodInfo>,
+    nodes: Vec<Node>,
+    typhas: Vec<Child>,
+    client: Option<Client>,
+    runtime: Option<tokio::runtime::Runtime>,
+    namespaces: BTreeSet<String>,
+    work: tempfile::TempDir,
+    cp: NetNs,
+    pod_counter: AtomicU64,
+}
+
+fn netns_err(e: manul_netns::NetnsError) -> ClusterError {
+    ClusterError::Netns(e.to_string())
+}
+
+fn typha_err(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Typha(e.to_string())
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// An HTTP GET from inside `ns`; the status code.
+fn http_status(ns: &NetNs, addr: SocketAddr, path: &str) -> Option<u16> {
+    ns.run(|| -> Option<u16> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        buf.split_whitespace().nth(1)?.parse().ok()
+    })
+    .ok()
+    .flatten()
+}
+
+impl LocalCluster {
+    /// Stops the processes of a cluster named `name` and removes its
+    /// namespaces (what a killed run left behind). Returns how many
+    /// namespaces were removed.
+    pub fn cleanup(name: &str) -> Result<usize, ClusterError> {
+        let prefix = format!("{name}-");
+        if let Ok(entries) = std::fs::read_dir(manul_netns::NETNS_RUN_DIR) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    procs::stop_processes_in(&e.path(), Duration::from_secs(2));
+                }
+            }
+        }
+        manul_netns::cleanup_prefix(&prefix).map_err(netns_err)
+    }
+
+    /// Builds the cluster and waits until Typha and every Felix are ready.
+    pub fn up(config: ClusterConfig) -> Result<LocalCluster, ClusterError> {
+        if config.nodes == 0 || config.nodes > 200 {
+            return Err(ClusterError::Invalid("nodes must be 1..=200".into()));
+        }
+        if config.typha_replicas != 1 && config.typha_replicas < 3 {
+            return Err(ClusterError::Invalid(
+                "Typha runs 1 replica, or 3 or more".into(),
+            ));
+        }
+        let removed = Self::cleanup(&config.name)?;
+        if removed > 0 {
+            warn!(
+                removed,
+                "removed namespaces of an earlier run named {}", config.name
+            );
+        }
+        let cp = NetNs::create(&format!("{}-cp", config.name)).map_err(netns_err)?;
+        let work = tempfile::Builder::new()
+            .prefix(&format!("{}-", config.name))
+            .tempdir()
+            .map_err(|e| ClusterError::io(Path::new("temporary directory"), e))?;
+        let mut cluster = LocalCluster {
+            config,
+            pods: BTreeMap::new(),
+            nodes: Vec::new(),
+            typhas: Vec::new(),
+            client: None,
+            runtime: None,
+            namespaces: BTreeSet::new(),
+            work,
+            cp,
+            pod_counter: AtomicU64::new(0),
+        };
+        cluster.underlay()?;
+        cluster.start_typha()?;
+        cluster.seed()?;
+        for i in 1..=cluster.config.nodes {
+            cluster.start_node(i)?;
+        }
+        cluster.wait_nodes_ready()?;
+        info!(
+            nodes = cluster.config.nodes,
+            dataplane = cluster.config.dataplane.as_str(),
+            "cluster up"
+        );
+        Ok(cluster)
+    }
+
+    fn underlay(&mut self) -> Result<(), ClusterError> {
+        let [a, b, c] = UNDERLAY_PREFIX;
+        manul_netns::create_bridge(&self.cp, "br0").map_err(netns_err)?;
+        let bridge = IpNet::new(IpAddr::V4(Ipv4Addr::new(a, b, c, 1)), 24)
+            .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        manul_netns::add_address(&self.cp, "br0", bridge).map_err(netns_err)?;
+        manul_netns::link_up(&self.cp, "br0").map_err(netns_err)?;
+        Ok(())
+    }
+
+    /// Typha's addresses, `HOST:PORT` per replica.
+    pub fn typha_addresses(&self) -> Vec<String> {
+        let [a, b, c] = UNDERLAY_PREFIX;
+        (0..self.config.typha_replicas)
+            .map(|k| format!("{a}.{b}.{c}.1:{}", TYPHA_PORT + k as u16))
+            .collect()
+    }
+
+    /// The control-plane namespace's name (for `manulctl --netns`).
+    pub fn control_plane_netns(&self) -> &str {
+        self.cp.name()
+    }
+
+    fn start_typha(&mut self) -> Result<(), ClusterError> {
+        let typha = program("typha")?;
+        let addrs = self.typha_addresses();
+        let peers: Vec<String> = addrs
+            .iter()
+            .enumerate()
+            .map(|(k, a)| format!("{}={a}", k + 1))
+            .collect();
+        for (k, addr) in addrs.iter().enumerate() {
+            let id = k + 1;
+            let data = self.work.path().join(format!("typha-{id}"));
+            let mut cmd = Command::new(&typha);
+            cmd.arg("--data-dir")
+                .arg(&data)
+                .args(["--listen", addr])
+                .args(["--metrics", &format!("127.0.0.1:{}", 9093 + k)])
+                .args(["--node-id", &id.to_string()]);
+            if addrs.len() > 1 {
+                cmd.args(["--peers", &peers.join(",")]);
+            }
+            let log = self.work.path().join(format!("typha-{id}.log"));
+            self.typhas.push(spawn_in(&self.cp, cmd, &log)?);
+        }
+        // A runtime whose threads live in the control-plane namespace, so
+        // the client's connections reach Typha.
+        let cp_path = self.cp.path().to_path_buf();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .on_thread_start(move || {
+                if let Err(e) = NetNs::from_path(&cp_path).and_then(|ns| ns.enter_current_thread())
+                {
+                    warn!("runtime thread cannot enter the control plane: {e}");
+                }
+            })
+            .build()
+            .map_err(|e| ClusterError::Spawn(format!("runtime: {e}")))?;
+        self.runtime = Some(runtime);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let addrs = addrs.clone();
+            match self.block_on(async move { Client::connect(&addrs).await }) {
+                Ok(Ok(client)) => {
+                    self.client = Some(client);
+                    return Ok(());
+                }
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                Ok(Err(e)) => {
+                    return Err(ClusterError::NotReady {
+                        what: format!("Typha ({e})"),
+                        secs: 30,
+                        log: tail(&self.work.path().join("typha-1.log")),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs a future on the control-plane runtime.
+    pub fn block_on<F>(&self, fut: F) -> Result<F::Output, ClusterError>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let rt = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| ClusterError::Typha("not started".into()))?;
+        rt.block_on(rt.spawn(fut))
+            .map_err(|e| ClusterError::Typha(format!("task failed: {e}")))
+    }
+
+    /// The Typha client (its calls must run through [`Self::block_on`]).
+    pub fn client(&self) -> Result<Client, ClusterError> {
+        self.client
+            .clone()
+            .ok_or_else(|| ClusterError::Typha("not connected".into()))
+    }
+
+    /// Writes resources (retrying while Typha elects a leader); returns the
+    /// revision of the write.
+    pub fn apply(&self, resources: Vec<Resource>) -> Result<u64, ClusterError> {
+        if resources.is_empty() {
+            return Ok(0);
+        }
+        let client = self.client()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (c, r) = (client.clone(), resources.clone());
+            match self.block_on(async move { c.apply(&r).await })? {
+                Ok(revs) => return Ok(revs.into_iter().max().unwrap_or(0)),
+                Err(e) if e.is_unavailable() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(typha_err(e)),
+            }
+        }
+    }
+
+    /// Parses YAML and writes it.
+    pub fn apply_yaml(&self, yaml: &str) -> Result<u64, ClusterError> {
+        self.apply(parse(yaml)?)
+    }
+
+    /// Deletes a resource; absent is fine.
+    pub fn delete(&self, key: ResourceKey) -> Result<(), ClusterError> {
+        let client = self.client()?;
+        match self.block_on(async move { client.delete(&key, None).await })? {
+            Ok(_) => Ok(()),
+            Err(manul_client::ClientError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(typha_err(e)),
+        }
+    }
+
+    fn seed(&self) -> Result<(), ClusterError> {
+        let [a, b, c] = UNDERLAY_PREFIX;
+        let mut yaml = format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: default-ipv4-ippool}}\nspec: {{cidr: {POD_POOL}, blockSize: 26}}\n"
+        );
+        for i in 1..=self.config.nodes {
+            yaml.push_str(&format!(
+                "---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: node{i}}}\nspec: {{bgp: {{ipv4Address: {a}.{b}.{c}.{}/24}}}}\n",
+                10 + i
+            ));
+        }
+        self.apply_yaml(&yaml).map(|_| ())
+    }
+
+    fn start_node(&mut self, i: usize) -> Result<(), ClusterError> {
+        let [a, b, c] = UNDERLAY_PREFIX;
+        let name = format!("node{i}");
+        let ns = NetNs::create(&format!("{}-{name}", self.config.name)).map_err(netns_err)?;
+        let underlay_if = format!("n{i}");
+        manul_netns::create_veth(&ns, "eth0", &self.cp, &underlay_if).map_err(netns_err)?;
+        manul_netns::set_master(&self.cp, &underlay_if, "br0").map_err(netns_err)?;
+        manul_netns::link_up(&self.cp, &underlay_if).map_err(netns_err)?;
+        let ip = Ipv4Addr::new(a, b, c, 10 + i as u8);
+        let net =
+            IpNet::new(IpAddr::V4(ip), 24).map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        manul_netns::add_address(&ns, "eth0", net).map_err(netns_err)?;
+        manul_netns::link_up(&ns, "eth0").map_err(netns_err)?;
+        ns.set_sysctl("net.ipv4.ip_forward", "1")
+            .map_err(netns_err)?;
+        let dir = self.work.path().join(&name);
+        let status_dir = dir.join("endpoint-status");
+        std::fs::create_dir_all(&status_dir).map_err(|e| ClusterError::io(&status_dir, e))?;
+        let log = dir.join("felix.log");
+        let mut cmd = Command::new(program("felix")?);
+        cmd.args(["--netns", ns.name(), "--node", &name])
+            .args(["--typha", &self.typha_addresses().join(",")])
+            .args(["--dataplane", self.config.dataplane.as_str()])
+            .arg("--status-dir")
+            .arg(&status_dir)
+            .args(["--metrics", "127.0.0.1:9091", "--program-routes"]);
+        if self.config.dataplane == Dataplane::Bpf {
+            cmd.arg("--bpf-state-dir").arg(dir.join("bpf"));
+        }
+        // felix enters its namespace itself; start it from the root one.
+        let out = std::fs::File::create(&log).map_err(|e| ClusterError::io(&log, e))?;
+        let err = out.try_clone().map_err(|e| ClusterError::io(&log, e))?;
+        let felix = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .env(
+                "RUST_LOG",
+                std::env::var("MANUL_FELIX_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .spawn()
+            .map_err(|e| ClusterError::Spawn(format!("felix: {e}")))?;
+        self.nodes.push(Node {
+            name,
+            ip,
+            netns: ns,
+            status_dir,
+            log,
+            felix,
+        });
+        Ok(())
+    }
+
+    fn wait_nodes_ready(&mut self) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let metrics: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9091));
+        for node in &mut self.nodes {
+            loop {
+                if let Ok(Some(status)) = node.felix.try_wait() {
+                    return Err(ClusterError::NotReady {
+                        what: format!("felix on {} (exited: {status})", node.name),
+                        secs: 0,
+                        log: tail(&node.log),
+                    });
+                }
+                if http_status(&node.netns, metrics, "/readyz") == Some(200) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(ClusterError::NotReady {
+                        what: format!("felix on {}", node.name),
+                        secs: 30,
+                        log: tail(&node.log),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Process ids of Typha replicas and Felix agents, for sampling.
+    pub fn process_ids(&self) -> (Vec<u32>, Vec<u32>) {
+        (
+            self.typhas.iter().map(Child::id).collect(),
+            self.nodes.iter().map(|n| n.felix.id()).collect(),
+        )
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &PodInfo> {
+        self.pods.values()
+    }
+
+    pub fn pod(&self, key: &str) -> Result<&PodInfo, ClusterError> {
+        self.pods
+            .get(key)
+            .ok_or_else(|| ClusterError::Invalid(format!("no pod {key}")))
+    }
+
+    fn ensure_namespace(&mut self, namespace: &str) -> Result<(), ClusterError> {
+        if self.namespaces.contains(namespace) {
+            return Ok(());
+        }
+        self.apply_yaml(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n  labels: {{kubernetes.io/metadata.name: {namespace}}}\n"
+        ))?;
+        self.namespaces.insert(namespace.to_string());
+        Ok(())
+    }
+
+    /// The YAML of a pod resource.
+    fn pod_yaml(spec: &PodSpec, node: &str) -> String {
+        let labels: Vec<String> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}: {v:?}"))
+            .collect();
+        let ports: Vec<String> = spec
+            .tcp_ports
+            .iter()
+            .map(|(p, name)| match name {
+                Some(n) => format!("{{name: {n}, containerPort: {p}, protocol: TCP}}"),
+                None => format!("{{containerPort: {p}, protocol: TCP}}"),
+            })
+            .collect();
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels: {{{}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: manul/probe\n    ports: [{}]\n",
+            spec.name,
+            spec.namespace,
+            labels.join(", "),
+            ports.join(", ")
+        )
+    }
+
+    fn cni(
+        &self,
+        node: &Node,
+        command: &str,
+        container_id: &str,
+        netns: &Path,
+        spec: &PodSpec,
+    ) -> Result<String, ClusterError> {
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "manul",
+            "type": "manul-cni",
+            "typha": self.typha_addresses(),
+            "nodename": node.name,
+            "policy_setup_timeout_ms": self.config.policy_setup_timeout.as_millis() as u64,
+            "endpoint_status_dir": node.status_dir,
+        });
+        let cni = program("manul-cni")?;
+        let bin_dir = procs::bin_dir()?;
+        let args = format!(
+            "K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+            spec.namespace, spec.name
+        );
+        let netns = netns.to_path_buf();
+        let container_id = container_id.to_string();
+        let command = command.to_string();
+        let output = node
+            .netns
+            .run(move || -> std::io::Result<std::process::Output> {
+                let mut child = Command::new(cni)
+                    .env("CNI_COMMAND", command)
+                    .env("CNI_CONTAINERID", container_id)
+                    .env("CNI_NETNS", netns)
+                    .env("CNI_IFNAME", "eth0")
+                    .env("CNI_ARGS", args)
+                    .env("CNI_PATH", bin_dir)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()?;
+                if let Some(mut stdin) = child.stdin.take() {
+                    stdin.write_all(conf.to_string().as_bytes())?;
+                }
+                child.wait_with_output()
+            })
+            .map_err(netns_err)?
+            .map_err(|e| ClusterError::Spawn(format!("manul-cni: {e}")))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() {
+            Ok(stdout)
+        } else {
+            Err(ClusterError::Cni {
+                pod: format!("{}/{}", spec.namespace, spec.name),
+                message: format!(
+                    "{} {}",
+                    stdout.trim(),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            })
+        }
+    }
+
+    /// Creates a pod: its Namespace and Pod resources, its namespace, the
+    /// CNI ADD on its node, and servers on its ports. Returns when the
+    /// sandbox is ready (the CNI plugin returned).
+    pub fn add_pod(&mut self, spec: PodSpec) -> Result<&PodInfo, ClusterError> {
+        let node_name = self
+            .nodes
+            .get(spec.node)
+            .map(|n| n.name.clone())
+            .ok_or_else(|| ClusterError::Invalid(format!("no node with index {}", spec.node)))?;
+        self.ensure_namespace(&spec.namespace)?;
+        self.apply_yaml(&Self::pod_yaml(&spec, &node_name))?;
+        let n = self.pod_counter.fetch_add(1, Ordering::Relaxed);
+        let netns = NetNs::create(&format!("{}-p{n}", self.config.name)).map_err(netns_err)?;
+        let container_id = format!("{}-{n:08}", self.config.name);
+        let node = &self.nodes[spec.node];
+        let result = self.cni(node, "ADD", &container_id, netns.path(), &spec)?;
+        let ready_at = Instant::now();
+        let ip = pod_ip(&result).ok_or_else(|| ClusterError::Cni {
+            pod: format!("{}/{}", spec.namespace, spec.name),
+            message: format!("no IPv4 address in the result {result}"),
+        })?;
+        let mut servers = Vec::new();
+        for (port, _) in &spec.tcp_ports {
+            servers.push(
+                TcpServer::start(&netns, SocketAddr::new(IpAddr::V4(ip), *port))
+                    .map_err(netns_err)?,
+            );
+        }
+        let key = format!("{}/{}", spec.namespace, spec.name);
+        self.pods.insert(
+            key.clone(),
+            PodInfo {
+                spec,
+                ip,
+                netns,
+                container_id,
+                ready_at,
+                _servers: servers,
+            },
+        );
+        self.pod(&key)
+    }
+
+    /// Removes a pod: CNI DEL, its Pod resource, its namespace.
+    pub fn remove_pod(&mut self, key: &str) -> Result<(), ClusterError> {
+        let Some(pod) = self.pods.remove(key) else {
+            return Ok(());
+        };
+        let node = &self.nodes[pod.spec.node];
+        self.cni(node, "DEL", &pod.container_id, pod.netns.path(), &pod.spec)?;
+        self.delete(ResourceKey {
+            kind: manul_model::resource::Kind::Pod,
+            namespace: Some(pod.spec.namespace.clone()),
+            name: pod.spec.name.clone(),
+        })?;
+        Ok(())
+    }
+
+    /// A TCP connect from pod `from` to pod `to` on `port`.
+    pub fn tcp_probe(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<manul_netns::ProbeOutcome, ClusterError> {
+        let from = self.pod(from)?;
+        let to = self.pod(to)?;
+        manul_netns::tcp_connect(
+            &from.netns,
+            SocketAddr::new(IpAddr::V4(to.ip), port),
+            timeout,
+        )
+        .map_err(netns_err)
+    }
+
+    /// Where the cluster keeps logs and state.
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// Keeps the working directory (logs) after the cluster goes.
+    pub fn keep_work_dir(&mut self) -> PathBuf {
+        let path = self.work.path().to_path_buf();
+        let fresh = tempfile::tempdir();
+        if let Ok(fresh) = fresh {
+            let old = std::mem::replace(&mut self.work, fresh);
+            let _ = old.keep();
+        }
+        path
+    }
+}
+
+/// The first IPv4 address in a CNI result.
+fn pod_ip(result: &str) -> Option<Ipv4Addr> {
+    let v: serde_json::Value = serde_json::from_str(result).ok()?;
+    v.get("ips")?
+        .as_array()?
+        .iter()
+        .find_map(|ip| ip.get("address")?.as_str()?.split('/').next()?.parse().ok())
+}
+
+/// Parses YAML resources, failing on the first problem.
+pub fn parse(yaml: &str) -> Result<Vec<Resource>, ClusterError> {
+    manul_model::load::load("cluster", yaml.as_bytes())
+        .into_result()
+        .map(|l| l.into_iter().map(|l| l.resource).collect())
+        .map_err(|errors| {
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            ClusterError::Invalid(text.join("; "))
+        })
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        // Pods first (their namespaces), then the agents, Typha, and the
+        // node and control-plane namespaces (with anything still in them).
+        self.pods.clear();
+        for node in &mut self.nodes {
+            procs::stop_child(&mut node.felix, Duration::from_secs(3));
+        }
+        for typha in &mut self.typhas {
+            procs::stop_child(typha, Duration::from_secs(3));
+        }
+        self.client = None;
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+        for node in &self.nodes {
+            procs::stop_processes_in(node.netns.path(), Duration::from_secs(1));
+        }
+        procs::stop_processes_in(self.cp.path(), Duration::from_secs(1));
+        self.nodes.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cni_result_gives_the_pod_address() {
+        let r = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[{"address":"10.65.0.7/32","interface":0}]}"#;
+        assert_eq!(pod_ip(r), Some(Ipv4Addr::new(10, 65, 0, 7)));
+        assert_eq!(pod_ip("{}"), None);
+        assert_eq!(pod_ip("garbage"), None);
+    }
+
+    #[test]
+    fn dataplane_names() {
+        assert_eq!(Dataplane::parse("bpf").unwrap(), Dataplane::Bpf);
+        assert_eq!(Dataplane::parse("iptables").unwrap(), Dataplane::Iptables);
+        assert!(Dataplane::parse("ipvs").is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! A Manul cluster on one machine, for the main job, the scale test, the
+//! reachability probe and chaos runs.
+//!
+//! Layout (every piece a network namespace the cluster creates):
+//!
+//! - `NAME-cp`: the control plane and underlay: a bridge `br0` at
+//!   `192.168.220.1/24`, where Typha listens (one replica on port 5473, or
+//!   three on 5473-5475);
+//! - `NAME-nodeN`: one per node, `eth0` at `192.168.220.(10+N)/24` on the
+//!   bridge, running one `felix` (`--netns`) with the chosen dataplane and
+//!   `--program-routes`, so pods on other nodes are reached by direct
+//!   routing via their node's address;
+//! - `NAME-pK`: one per pod, wired into its node by the `manul-cni` plugin
+//!   (which allocates its address from the IPPool `10.65.0.0/16`, writes its
+//!   WorkloadEndpoint and creates the veth pair).
+//!
+//! It refuses to touch the root namespace's network: nothing is attached
+//! to or routed through it. Everything is removed on drop, also on failure
+//! and panics; [`LocalCluster::cleanup`] removes what a killed run left
+//! behind (processes in the cluster's namespaces, then the namespaces).
+
+pub mod cluster;
+pub mod procs;
+
+pub use cluster::{ClusterConfig, Dataplane, LocalCluster, PodInfo, PodSpec};
+
+use std::path::Path;
+
+/// What can go wrong running a local cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("network namespaces: {0}")]
+    Netns(String),
+    #[error("cannot find the cluster's programs: {0}")]
+    Binaries(String),
+    #[error("cannot start a process: {0}")]
+    Spawn(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Typha: {0}")]
+    Typha(String),
+    #[error("{what} did not become ready in {secs} s; last log lines:\n{log}")]
+    NotReady {
+        what: String,
+        secs: u64,
+        log: String,
+    },
+    #[error("the CNI plugin failed for pod {pod}: {message}")]
+    Cni { pod: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl ClusterError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> ClusterError {
+        ClusterError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

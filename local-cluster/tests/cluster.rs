@@ -1,0 +1,116 @@
+//! A two-node cluster on the real kernel: pods on different nodes reach
+//! each other through routes Felix programs, and a policy is enforced on
+//! both nodes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use manul_local_cluster::{ClusterConfig, Dataplane, LocalCluster, PodSpec};
+use manul_netns::ProbeOutcome;
+
+fn root_or_skip() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "this test needs root; CI=true makes that a failure"
+        );
+        eprintln!("skipped: needs root");
+    }
+    root
+}
+
+fn pod(ns: &str, name: &str, app: &str, node: usize) -> PodSpec {
+    PodSpec {
+        namespace: ns.into(),
+        name: name.into(),
+        labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+        node,
+        tcp_ports: vec![(8080, Some("http".into()))],
+    }
+}
+
+/// Probes until `want` or the deadline; returns how long it took.
+fn until(c: &LocalCluster, from: &str, to: &str, want: bool, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        let got = c
+            .tcp_probe(from, to, 8080, Duration::from_millis(100))
+            .unwrap()
+            == ProbeOutcome::Connected;
+        if got == want {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+const FRONTEND_TO_API: &str = "apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: frontend-to-api, namespace: production}
+spec:
+  selector: app == 'api'
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source: {selector: app == 'frontend'}
+    destination: {ports: [http]}
+";
+
+#[test]
+fn two_nodes_route_and_enforce() {
+    if !root_or_skip() {
+        return;
+    }
+    let name = manul_netns::unique_prefix("lc");
+    let mut c = LocalCluster::up(ClusterConfig {
+        name: name.clone(),
+        nodes: 2,
+        typha_replicas: 1,
+        dataplane: Dataplane::Iptables,
+        policy_setup_timeout: Duration::from_secs(5),
+    })
+    .expect("cluster up");
+    c.add_pod(pod("production", "frontend", "frontend", 0))
+        .unwrap();
+    c.add_pod(pod("production", "api", "api", 1)).unwrap();
+    c.add_pod(pod("production", "other", "other", 0)).unwrap();
+    let fe = "production/frontend";
+    let api = "production/api";
+    let other = "production/other";
+    // No policy: everything is allowed, across nodes too.
+    assert!(
+        until(&c, fe, api, true, Duration::from_secs(10)).is_some(),
+        "frontend cannot reach api"
+    );
+    assert!(until(&c, other, api, true, Duration::from_secs(5)).is_some());
+    c.apply_yaml(FRONTEND_TO_API).unwrap();
+    assert!(
+        until(&c, other, api, false, Duration::from_secs(5)).is_some(),
+        "the policy did not take effect"
+    );
+    assert!(
+        until(&c, fe, api, true, Duration::from_secs(1)).is_some(),
+        "frontend lost access"
+    );
+    let names: Vec<String> = c.pods().map(|p| p.key()).collect();
+    assert_eq!(names.len(), 3);
+    c.remove_pod(other).unwrap();
+    drop(c);
+    assert!(
+        std::fs::read_dir("/run/netns")
+            .unwrap()
+            .flatten()
+            .all(|e| !e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}-"))),
+        "namespaces left behind"
+    );
+}
