@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
@@ -139,7 +140,15 @@ pub async fn start(config: TyphaConfig) -> Result<Running, ServerError> {
         .add_service(PeerService::new(node.clone()));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(listener);
+        // The builder's `tcp_nodelay` only reaches listeners tonic binds
+        // itself: set it on every accepted socket, or Nagle plus delayed
+        // ACKs hold each response's trailers for ~40 ms.
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            if let Ok(stream) = &conn {
+                let _ = stream.set_nodelay(true);
+            }
+            conn
+        });
         let shutdown = async {
             let _ = stop_rx.await;
         };
