@@ -19,6 +19,7 @@ pub mod conntrack;
 mod driver;
 mod error;
 pub mod events;
+pub mod frames;
 mod keys;
 mod loader;
 mod maps;

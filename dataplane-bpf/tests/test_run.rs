@@ -1,0 +1,311 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+//! The loaded programs run with `BPF_PROG_TEST_RUN` against their real
+//! maps: verdicts for allowed, denied, established and unknown-interface
+//! traffic, IPv6, a policy change, map-capacity errors, flow events, GC and
+//! a restart. Each test runs in a network namespace it creates (veth pairs
+//! there give the programs real ifindexes) with its own pin directory, both
+//! removed at the end, also on failure.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use manul_dataplane_api::{
+    Action, Driver, EndpointId, Match, Operation, Packet, Policy, PolicyId, PortRange, Rule,
+    TierPolicies, WorkloadEndpoint,
+};
+use manul_dataplane_bpf::frames::{ACK, SYN, frame};
+use manul_dataplane_bpf::{BpfConfig, BpfDriver, Hook};
+use manul_dataplane_conformance::privileges;
+use manul_netns::{NetNs, create_veth, link_index, unique_prefix};
+
+const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
+
+/// A namespace and a pin directory for one test, removed on drop.
+struct Sandbox {
+    ns: Option<NetNs>,
+    node: String,
+}
+
+impl Sandbox {
+    /// None when not root (and CI is not set).
+    fn new(tag: &str) -> Option<Self> {
+        if !privileges().expect("privileges: CI=true needs root") {
+            eprintln!("skipped: needs root (set CI=true to make this a failure)");
+            return None;
+        }
+        let node = unique_prefix(tag);
+        let ns = NetNs::create(&node).expect("create a network namespace");
+        for (a, b) in [("mnla", "peera"), ("mnlb", "peerb"), ("other0", "peero")] {
+            create_veth(&ns, a, &ns, b).expect("create a veth pair");
+        }
+        Some(Self { ns: Some(ns), node })
+    }
+
+    fn ns(&self) -> &NetNs {
+        self.ns.as_ref().expect("namespace")
+    }
+
+    fn index(&self, name: &str) -> u32 {
+        link_index(self.ns(), name).expect("ifindex")
+    }
+
+    fn config(&self) -> BpfConfig {
+        let mut c = BpfConfig::new(&self.node);
+        c.pin_root = PathBuf::from(PIN_ROOT);
+        c.flow_log_interval = Duration::from_millis(50);
+        c
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        drop(self.ns.take());
+        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.node);
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn web_policy(action: Action) -> Operation {
+    Operation::PolicyUpdate {
+        id: PolicyId {
+            tier: "default".into(),
+            name: "web".into(),
+        },
+        policy: Policy {
+            inbound: vec![Rule {
+                id: "default/web/inbound/0".into(),
+                action,
+                ip_version: None,
+                protocol: Some(6),
+                not_protocol: None,
+                icmp: None,
+                not_icmp: None,
+                src: Match {
+                    nets: vec![net("10.0.0.0/24"), net("fd00::/64")],
+                    ..Match::default()
+                },
+                dst: Match {
+                    ports: vec![PortRange {
+                        first: 80,
+                        last: 80,
+                    }],
+                    ..Match::default()
+                },
+            }],
+            outbound: vec![],
+        },
+    }
+}
+
+fn pod_a(rules: usize) -> Operation {
+    let tier = |name: &str| TierPolicies {
+        name: "default".into(),
+        default_action: Action::Deny,
+        inbound: vec![PolicyId {
+            tier: "default".into(),
+            name: name.into(),
+        }],
+        outbound: vec![],
+    };
+    Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
+        id: EndpointId {
+            namespace: "ns".into(),
+            name: "a".into(),
+        },
+        interface_name: "mnla".into(),
+        nets: vec![net("10.0.0.1/32"), net("fd00::1/128")],
+        mac: None,
+        tiers: vec![tier(if rules > 0 { "big" } else { "web" })],
+        profiles: vec![],
+    })
+}
+
+/// TC verdicts: 0 passes, 2 drops.
+const PASS: u32 = 0;
+const DROP: u32 = 2;
+
+fn run(d: &mut BpfDriver, hook: Hook, ifindex: u32, p: Packet, flags: u8) -> u32 {
+    d.test_run(hook, ifindex, &frame(&p, flags), 1)
+        .expect("BPF_PROG_TEST_RUN")
+        .verdict
+}
+
+#[test]
+fn verdicts_conntrack_policy_change_and_events() {
+    let Some(sb) = Sandbox::new("bt") else { return };
+    let (a, b, other) = (sb.index("mnla"), sb.index("mnlb"), sb.index("other0"));
+    let config = sb.config();
+    sb.ns()
+        .run(move || {
+            let mut d = BpfDriver::new(config).expect("load the programs");
+            d.apply(&[web_policy(Action::Allow), pod_a(0), Operation::InSync])
+                .expect("apply");
+            let to_a = |sport, dport| Packet::tcp(ip("10.0.0.2"), sport, ip("10.0.0.1"), dport);
+
+            // Inbound (to the pod) is the host-side veth's egress.
+            assert_eq!(run(&mut d, Hook::Egress, a, to_a(40000, 80), SYN), PASS);
+            assert_eq!(run(&mut d, Hook::Egress, a, to_a(40000, 81), SYN), DROP);
+            let outsider = Packet::tcp(ip("10.9.0.2"), 40000, ip("10.0.0.1"), 80);
+            assert_eq!(run(&mut d, Hook::Egress, a, outsider, SYN), DROP);
+            // The reply of the allowed flow passes the pod's outbound side,
+            // which has no policy and no profile (default deny) ...
+            let reply = Packet::tcp(ip("10.0.0.1"), 80, ip("10.0.0.2"), 40000);
+            assert_eq!(run(&mut d, Hook::Ingress, a, reply, SYN | ACK), PASS);
+            // ... while a new outbound flow does not.
+            let new_out = Packet::tcp(ip("10.0.0.1"), 5000, ip("10.0.0.2"), 80);
+            assert_eq!(run(&mut d, Hook::Ingress, a, new_out, SYN), DROP);
+            // IPv6, by address rules.
+            let v6 = Packet::tcp(ip("fd00::2"), 40000, ip("fd00::1"), 80);
+            assert_eq!(run(&mut d, Hook::Egress, a, v6, SYN), PASS);
+            let v6_out = Packet::tcp(ip("fd01::2"), 40000, ip("fd00::1"), 80);
+            assert_eq!(run(&mut d, Hook::Egress, a, v6_out, SYN), DROP);
+            // A workload interface with no endpoint drops (fail closed).
+            assert_eq!(run(&mut d, Hook::Egress, b, to_a(40001, 80), SYN), DROP);
+            assert_eq!(run(&mut d, Hook::Ingress, b, reply, ACK), DROP);
+            // An interface the driver never attached to: the program,
+            // if run there, finds no endpoint either.
+            assert_eq!(run(&mut d, Hook::Egress, other, to_a(40001, 80), SYN), DROP);
+
+            // A policy change: new connections see it, the established one
+            // keeps flowing (like Calico).
+            let before = d.endpoint_tables(a).expect("endpoint entry");
+            d.apply(&[web_policy(Action::Deny)]).expect("apply");
+            assert_ne!(d.endpoint_tables(a), Some(before), "a new table version");
+            assert_eq!(run(&mut d, Hook::Egress, a, to_a(40002, 80), SYN), DROP);
+            assert_eq!(run(&mut d, Hook::Egress, a, to_a(40000, 80), ACK), PASS);
+            // A denied flow is re-evaluated once the policy allows it again.
+            d.apply(&[web_policy(Action::Allow)]).expect("apply");
+            assert_eq!(run(&mut d, Hook::Egress, a, to_a(40002, 80), SYN), PASS);
+
+            let ct = d.conntrack();
+            let flow = ct
+                .iter()
+                .find(|e| {
+                    e.ifindex == a
+                        && e.src_port == 40000
+                        && e.dst_port == 80
+                        && e.dst == ip("10.0.0.1")
+                })
+                .expect("the allowed flow is tracked");
+            assert!(flow.allowed);
+            assert_eq!((flow.src, flow.dst_port), (ip("10.0.0.2"), 80));
+            assert!(
+                flow.packets_orig >= 2 && flow.packets_reply >= 1,
+                "{flow:?}"
+            );
+
+            d.flush_flow_log();
+            let counters = d.flow_counters();
+            let web = counters.per_policy["default/web"];
+            assert!(web.allowed >= 3 && web.denied >= 1, "{counters:?}");
+            assert!(counters.per_policy["default/(tier default)"].denied >= 2);
+            let k = d.kernel_counters();
+            assert!(k.conntrack_hits >= 2 && k.no_endpoint >= 3, "{k:?}");
+
+            // Garbage collection: nothing is idle yet; two hours later
+            // everything is.
+            let now = manul_dataplane_bpf::conntrack::monotonic_now();
+            assert_eq!(d.gc(now).expect("gc").removed, 0);
+            let stats = d.gc(now + Duration::from_secs(7200)).expect("gc");
+            assert_eq!(stats.removed, stats.scanned);
+            assert!(d.conntrack().is_empty());
+        })
+        .expect("run in the namespace");
+}
+
+#[test]
+fn capacity_errors_keep_the_previous_state() {
+    let Some(sb) = Sandbox::new("bc") else { return };
+    let a = sb.index("mnla");
+    let config = sb.config();
+    sb.ns()
+        .run(move || {
+            let mut d = BpfDriver::new(config).expect("load the programs");
+            d.apply(&[web_policy(Action::Allow), pod_a(0)])
+                .expect("apply");
+            let tables = d.endpoint_tables(a);
+            let big = Operation::PolicyUpdate {
+                id: PolicyId {
+                    tier: "default".into(),
+                    name: "big".into(),
+                },
+                policy: Policy {
+                    inbound: (0..1100)
+                        .map(|i| Rule {
+                            id: format!("default/big/inbound/{i}"),
+                            action: Action::Deny,
+                            ip_version: None,
+                            protocol: Some(17),
+                            not_protocol: None,
+                            icmp: None,
+                            not_icmp: None,
+                            src: Match::default(),
+                            dst: Match::default(),
+                        })
+                        .collect(),
+                    outbound: vec![],
+                },
+            };
+            let err = d.apply(&[big, pod_a(1100)]).expect_err("too many rules");
+            let text = format!("{err}");
+            assert!(text.contains("exceed the table limit"), "{text}");
+            // Nothing changed: the old table is enforced, and the refused
+            // batch is not part of the desired state.
+            assert_eq!(d.endpoint_tables(a), tables);
+            assert_eq!(d.desired().policy_count(), 1);
+            let p = Packet::tcp(ip("10.0.0.2"), 40000, ip("10.0.0.1"), 80);
+            assert_eq!(run(&mut d, Hook::Egress, a, p, SYN), PASS);
+            // And the driver keeps working.
+            d.apply(&[web_policy(Action::Deny)]).expect("apply");
+            let p = Packet::tcp(ip("10.0.0.2"), 40001, ip("10.0.0.1"), 80);
+            assert_eq!(run(&mut d, Hook::Egress, a, p, SYN), DROP);
+        })
+        .expect("run in the namespace");
+}
+
+#[test]
+fn a_restart_adopts_pinned_state_until_in_sync() {
+    let Some(sb) = Sandbox::new("br") else { return };
+    let a = sb.index("mnla");
+    let config = sb.config();
+    sb.ns()
+        .run(move || {
+            let established = Packet::tcp(ip("10.0.0.2"), 40000, ip("10.0.0.1"), 80);
+            let mut d = BpfDriver::new(config.clone()).expect("load the programs");
+            d.apply(&[web_policy(Action::Allow), pod_a(0), Operation::InSync])
+                .expect("apply");
+            assert_eq!(run(&mut d, Hook::Egress, a, established, SYN), PASS);
+            let tables = d.endpoint_tables(a);
+            drop(d);
+
+            // The new driver finds the pinned maps: the endpoint, its table
+            // and the connection are still there before it is told anything.
+            let mut d = BpfDriver::new(config).expect("restart");
+            assert_eq!(d.endpoint_tables(a), tables);
+            assert_eq!(run(&mut d, Hook::Egress, a, established, ACK), PASS);
+            let fresh = Packet::tcp(ip("10.0.0.2"), 40001, ip("10.0.0.1"), 80);
+            assert_eq!(run(&mut d, Hook::Egress, a, fresh, SYN), PASS);
+            let denied = Packet::tcp(ip("10.0.0.2"), 40002, ip("10.0.0.1"), 81);
+            assert_eq!(run(&mut d, Hook::Egress, a, denied, SYN), DROP);
+
+            // Felix resends only the policy (the endpoint is gone), then
+            // InSync: the stale endpoint entry and tables are removed, so
+            // the interface drops (fail closed).
+            d.apply(&[web_policy(Action::Allow), Operation::InSync])
+                .expect("apply");
+            assert_eq!(d.endpoint_tables(a), None);
+            let later = Packet::tcp(ip("10.0.0.2"), 40003, ip("10.0.0.1"), 80);
+            assert_eq!(run(&mut d, Hook::Egress, a, later, SYN), DROP);
+        })
+        .expect("run in the namespace");
+}
