@@ -100,6 +100,8 @@ pub struct PodSpec {
     pub node: usize,
     /// TCP ports to listen on: `(port, optional name)`.
     pub tcp_ports: Vec<(u16, Option<String>)>,
+    /// UDP ports to echo on.
+    pub udp_ports: Vec<u16>,
 }
 
 /// A pod that exists.
@@ -112,6 +114,7 @@ pub struct PodInfo {
     /// When the CNI plugin returned: the sandbox is ready.
     pub ready_at: Instant,
     _servers: Vec<TcpServer>,
+    _udp: Vec<manul_netns::UdpEcho>,
 }
 
 impl PodInfo {
@@ -151,19 +154,30 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
-/// An HTTP GET from inside `ns`; the status code.
-fn http_status(ns: &NetNs, addr: SocketAddr, path: &str) -> Option<u16> {
-    ns.run(|| -> Option<u16> {
+/// An HTTP GET from inside `ns`: the status code and the body.
+fn http_get(ns: &NetNs, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    ns.run(|| -> Option<(u16, String)> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
         s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
         write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
         let mut buf = String::new();
         s.read_to_string(&mut buf).ok()?;
-        buf.split_whitespace().nth(1)?.parse().ok()
+        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((code, body))
     })
     .ok()
     .flatten()
 }
+
+fn http_status(ns: &NetNs, addr: SocketAddr, path: &str) -> Option<u16> {
+    http_get(ns, addr, path).map(|(code, _)| code)
+}
+
+const FELIX_METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9091);
 
 impl LocalCluster {
     /// Stops the processes of a cluster named `name` and removes its
@@ -437,7 +451,7 @@ impl LocalCluster {
 
     fn wait_nodes_ready(&mut self) -> Result<(), ClusterError> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let metrics: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9091));
+        let metrics = FELIX_METRICS;
         for node in &mut self.nodes {
             loop {
                 if let Ok(Some(status)) = node.felix.try_wait() {
@@ -461,6 +475,23 @@ impl LocalCluster {
             }
         }
         Ok(())
+    }
+
+    /// The datastore revision a node's Felix has applied to its dataplane
+    /// (0 before its first sync).
+    pub fn felix_revision(&self, node: &Node) -> Result<u64, ClusterError> {
+        let (_, body) = http_get(&node.netns, FELIX_METRICS, "/readyz").ok_or_else(|| {
+            ClusterError::NotReady {
+                what: format!("felix on {}", node.name),
+                secs: 0,
+                log: tail(&node.log),
+            }
+        })?;
+        Ok(body
+            .split_whitespace()
+            .last()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0))
     }
 
     pub fn config(&self) -> &ClusterConfig {
@@ -489,15 +520,29 @@ impl LocalCluster {
             .ok_or_else(|| ClusterError::Invalid(format!("no pod {key}")))
     }
 
+    /// Creates (or updates) a Kubernetes Namespace with `labels`.
+    pub fn declare_namespace(
+        &mut self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), ClusterError> {
+        let mut all = labels.clone();
+        all.entry("kubernetes.io/metadata.name".into())
+            .or_insert_with(|| namespace.to_string());
+        let labels: Vec<String> = all.iter().map(|(k, v)| format!("{k}: {v:?}")).collect();
+        self.apply_yaml(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n  labels: {{{}}}\n",
+            labels.join(", ")
+        ))?;
+        self.namespaces.insert(namespace.to_string());
+        Ok(())
+    }
+
     fn ensure_namespace(&mut self, namespace: &str) -> Result<(), ClusterError> {
         if self.namespaces.contains(namespace) {
             return Ok(());
         }
-        self.apply_yaml(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n  labels: {{kubernetes.io/metadata.name: {namespace}}}\n"
-        ))?;
-        self.namespaces.insert(namespace.to_string());
-        Ok(())
+        self.declare_namespace(namespace, &BTreeMap::new())
     }
 
     /// The YAML of a pod resource.
@@ -614,6 +659,13 @@ impl LocalCluster {
                     .map_err(netns_err)?,
             );
         }
+        let mut udp = Vec::new();
+        for port in &spec.udp_ports {
+            udp.push(
+                manul_netns::UdpEcho::start(&netns, SocketAddr::new(IpAddr::V4(ip), *port))
+                    .map_err(netns_err)?,
+            );
+        }
         let key = format!("{}/{}", spec.namespace, spec.name);
         self.pods.insert(
             key.clone(),
@@ -624,6 +676,7 @@ impl LocalCluster {
                 container_id,
                 ready_at,
                 _servers: servers,
+                _udp: udp,
             },
         );
         self.pod(&key)

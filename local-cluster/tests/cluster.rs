@@ -32,6 +32,7 @@ fn pod(ns: &str, name: &str, app: &str, node: usize) -> PodSpec {
         labels: BTreeMap::from([("app".to_string(), app.to_string())]),
         node,
         tcp_ports: vec![(8080, Some("http".into()))],
+        udp_ports: Vec::new(),
     }
 }
 

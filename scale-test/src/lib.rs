@@ -1,5 +1,13 @@
-//! The local cluster (nodes and pods as network namespaces) and the
-//! time-to-first-ping scale test that runs on it.
+//! The time-to-first-ping scale test, the README's main job and the
+//! reachability-matrix probe, all on a local cluster
+//! (`manul-local-cluster`: nodes and pods as network namespaces).
 //!
 //! It refuses to touch the host's own network: every link, address and route
-//! it makes lives in namespaces it creates and removes.
+//! it makes lives in namespaces the local cluster creates and removes.
+
+pub mod mainjob;
+pub mod probe;
+pub mod report;
+pub mod run;
+pub mod sampler;
+pub mod scenario;

@@ -1,0 +1,260 @@
+//! `scale-test`: time to first ping under pod and policy churn on a local
+//! cluster, the README's main job, and the reachability-matrix probe.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Args, Parser, Subcommand};
+use manul_local_cluster::Dataplane;
+use manul_scale_test::report::{Machine, Report};
+use manul_scale_test::run::{RunConfig, progress_bar, run_one};
+use manul_scale_test::{mainjob, scenario};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "scale-test",
+    version,
+    about = "Manul's scale test, main job and reachability probe on a local cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Churn pods and policies; measure time to first ping and enforcement latency.
+    Run(RunArgs),
+    /// The README's main job: 2 nodes, the frontend-to-api example, a reachability table, TTFP.
+    MainJob(MainJobArgs),
+    /// Run a reachability scenario file; exit 0 only when every result matches.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=50))]
+    nodes: u16,
+    #[arg(long, default_value_t = 20)]
+    standing_pods: usize,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=10_000))]
+    standing_policies: u64,
+    /// New pods per second during churn.
+    #[arg(long, default_value_t = 10.0)]
+    pods_per_s: f64,
+    /// Policy updates per second during churn.
+    #[arg(long, default_value_t = 4.0)]
+    policy_updates_per_s: f64,
+    /// Seconds of churn per dataplane.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// bpf, iptables, or both (in turn).
+    #[arg(long, default_value = "both")]
+    dataplane: String,
+    /// Write report.json and report.html here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A short run (2 nodes, 20 policies, 12 s per dataplane): under 90 s for both.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Debug, Args)]
+struct MainJobArgs {
+    /// bpf or iptables.
+    #[arg(long, default_value = "bpf")]
+    dataplane: String,
+    /// The policy file whose NetworkPolicy is applied.
+    #[arg(long, default_value = "../shared/examples/frontend-to-api.yaml")]
+    policy: PathBuf,
+    /// New pods in the short churn.
+    #[arg(long, default_value_t = 20)]
+    churn_pods: usize,
+    /// Keep the cluster running until Ctrl-C, to explore it with manulctl.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Debug, Args)]
+struct ProbeArgs {
+    /// The scenario file (YAML; see the README).
+    scenario: PathBuf,
+    /// bpf or iptables.
+    #[arg(long, default_value = "iptables")]
+    dataplane: String,
+}
+
+fn dataplanes(word: &str) -> Result<Vec<Dataplane>, String> {
+    match word {
+        "both" => Ok(vec![Dataplane::Bpf, Dataplane::Iptables]),
+        other => Dataplane::parse(other)
+            .map(|d| vec![d])
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn bad(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
+/// Ctrl-C sets the flag; the work stops and the cluster is removed.
+fn on_ctrl_c() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        if let Ok(rt) = rt
+            && rt.block_on(tokio::signal::ctrl_c()).is_ok()
+        {
+            eprintln!("interrupted: cleaning up");
+            set.store(true, Ordering::Relaxed);
+        }
+    });
+    flag
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let interrupted = on_ctrl_c();
+    match cli.command {
+        Cmd::Run(args) => run(args, &interrupted),
+        Cmd::MainJob(args) => {
+            let dp = match Dataplane::parse(&args.dataplane) {
+                Ok(d) => d,
+                Err(e) => return bad(e),
+            };
+            match mainjob::run(dp, &args.policy, args.churn_pods, args.keep, &interrupted) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Probe(args) => {
+            let dp = match Dataplane::parse(&args.dataplane) {
+                Ok(d) => d,
+                Err(e) => return bad(e),
+            };
+            let text = match std::fs::read_to_string(&args.scenario) {
+                Ok(t) => t,
+                Err(e) => return bad(format!("cannot read {}: {e}", args.scenario.display())),
+            };
+            let sc = match scenario::Scenario::parse(&text) {
+                Ok(s) => s,
+                Err(e) => return bad(format!("{}: {e}", args.scenario.display())),
+            };
+            match scenario::run(&sc, dp, &interrupted) {
+                Ok(outcome) => {
+                    print!("{}", outcome.render());
+                    if outcome.matches() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(args: RunArgs, interrupted: &AtomicBool) -> ExitCode {
+    let dps = match dataplanes(&args.dataplane) {
+        Ok(d) => d,
+        Err(e) => return bad(e),
+    };
+    for (name, v) in [
+        ("--pods-per-s", args.pods_per_s),
+        ("--policy-updates-per-s", args.policy_updates_per_s),
+        ("--duration", args.duration),
+    ] {
+        if !(v.is_finite() && v > 0.0 && v <= 10_000.0) {
+            return bad(format!(
+                "{name} must be a number above 0 and at most 10000, not {v}"
+            ));
+        }
+    }
+    let mut cfg = RunConfig {
+        name: "manul-scale".into(),
+        nodes: usize::from(args.nodes),
+        standing_pods: args.standing_pods,
+        standing_policies: args.standing_policies as usize,
+        pods_per_s: args.pods_per_s,
+        policy_updates_per_s: args.policy_updates_per_s,
+        duration_s: args.duration,
+        dataplanes: dps.iter().map(|d| d.as_str().to_string()).collect(),
+        live_churn_pods: 20,
+    };
+    if args.quick {
+        cfg.nodes = 2;
+        cfg.standing_pods = 6;
+        cfg.standing_policies = 20;
+        cfg.pods_per_s = 5.0;
+        cfg.policy_updates_per_s = 4.0;
+        cfg.duration_s = 12.0;
+    }
+    let mut report = Report {
+        config: serde_json::to_value(&cfg).unwrap_or_default(),
+        machine: Machine::detect(),
+        dataplanes: Default::default(),
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let mut ok = true;
+    for dp in dps {
+        let bar = progress_bar(dp.as_str());
+        match run_one(&cfg, dp, &bar, interrupted) {
+            Ok(result) => {
+                bar.finish_with_message(format!("{}: done", dp.as_str()));
+                ok &= result.unexpected_allows == 0 && result.failures == 0;
+                report.dataplanes.insert(dp.as_str().to_string(), result);
+            }
+            Err(e) => {
+                bar.abandon_with_message(format!("{}: failed", dp.as_str()));
+                eprintln!("error: the {} run failed: {e}", dp.as_str());
+                ok = false;
+                if interrupted.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        }
+    }
+    println!("{}", report.summary_text());
+    if let Some(dir) = &args.out {
+        match report.write(dir) {
+            Ok(()) => println!(
+                "reports: {}/report.json, {}/report.html",
+                dir.display(),
+                dir.display()
+            ),
+            Err(e) => {
+                eprintln!("error: cannot write the reports: {e}");
+                ok = false;
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,226 @@
+//! The README's main job: a two-node local cluster, the pods of the
+//! frontend-to-api example, the example policy, a reachability table for
+//! port 8080, a short churn with time to first ping, and cleanup.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use manul_local_cluster::{ClusterConfig, Dataplane, LocalCluster, PodSpec};
+use manul_model::resource::{Kind, Resource};
+
+use crate::probe;
+use crate::report::{LatencySummary, Sample};
+
+const NS: &str = "production";
+
+fn pod(name: &str, app: &str, node: usize) -> PodSpec {
+    PodSpec {
+        namespace: NS.into(),
+        name: name.into(),
+        labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+        node,
+        tcp_ports: vec![(8080, Some("http".into()))],
+        udp_ports: Vec::new(),
+    }
+}
+
+/// Runs the main job; `Ok(false)` when the reachability did not match.
+pub fn run(
+    dataplane: Dataplane,
+    policy_file: &Path,
+    churn_pods: usize,
+    keep: bool,
+    interrupted: &AtomicBool,
+) -> Result<bool> {
+    let text = std::fs::read_to_string(policy_file)
+        .with_context(|| format!("cannot read {}", policy_file.display()))?;
+    let loaded = manul_model::load::load(&policy_file.display().to_string(), text.as_bytes())
+        .into_result()
+        .map_err(|errors| {
+            anyhow::anyhow!(
+                "{}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
+    let (policies, skipped): (Vec<Resource>, Vec<Resource>) =
+        loaded.into_iter().map(|l| l.resource).partition(|r| {
+            matches!(
+                r.kind(),
+                Kind::NetworkPolicy | Kind::GlobalNetworkPolicy | Kind::K8sNetworkPolicy
+            )
+        });
+
+    println!(
+        "== starting a 2-node local cluster on the {} dataplane",
+        dataplane.as_str()
+    );
+    let started = Instant::now();
+    let mut c = LocalCluster::up(ClusterConfig {
+        name: "manul-demo".into(),
+        nodes: 2,
+        typha_replicas: 1,
+        dataplane,
+        policy_setup_timeout: Duration::from_secs(10),
+    })?;
+    println!(
+        "   up in {:.1} s: Typha at {}, nodes {}",
+        started.elapsed().as_secs_f64(),
+        c.typha_addresses().join(","),
+        c.nodes()
+            .iter()
+            .map(|n| format!("{} ({})", n.name, n.ip))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for spec in [
+        pod("frontend", "frontend", 0),
+        pod("api", "api", 1),
+        pod("other", "other", 0),
+    ] {
+        let p = c.add_pod(spec)?;
+        println!(
+            "   pod {}/{} on node{} at {}",
+            NS,
+            p.spec.name,
+            p.spec.node + 1,
+            p.ip
+        );
+    }
+    for r in &skipped {
+        println!(
+            "   (not applied: {} {} — it names a host interface of a real node, not one of the local cluster)",
+            r.kind().name(),
+            r.key().name
+        );
+    }
+    let names: Vec<String> = policies
+        .iter()
+        .map(|r| format!("{} {}", r.kind().name(), r.key()))
+        .collect();
+    c.apply(policies)?;
+    println!(
+        "== applied {} from {}: {}",
+        names.len(),
+        policy_file.display(),
+        names.join(", ")
+    );
+
+    let api = c.pod(&format!("{NS}/api"))?;
+    let api_addr = SocketAddr::new(IpAddr::V4(api.ip), 8080);
+    let other = manul_netns::NetNs::open(c.pod(&format!("{NS}/other"))?.netns.name())?;
+    let t0 = Instant::now();
+    match probe::time_to_first_block(&other, api_addr, t0, Duration::from_secs(10)) {
+        Some(d) => println!(
+            "   enforced on every node within {:.1} ms",
+            d.as_secs_f64() * 1e3
+        ),
+        None => bail!("the policy was not enforced within 10 s"),
+    }
+
+    println!("== reachability on TCP port 8080 (rows: from, columns: to)");
+    let keys = ["frontend", "api", "other"];
+    print!("{:>12}", "");
+    for k in keys {
+        print!("{k:>10}");
+    }
+    println!();
+    let mut actual = BTreeMap::new();
+    for from in keys {
+        print!("{from:>12}");
+        for to in keys {
+            if from == to {
+                print!("{:>10}", "-");
+                continue;
+            }
+            let ok = c
+                .tcp_probe(
+                    &format!("{NS}/{from}"),
+                    &format!("{NS}/{to}"),
+                    8080,
+                    Duration::from_millis(300),
+                )?
+                .reached();
+            actual.insert((from, to), ok);
+            print!("{:>10}", if ok { "allow" } else { "deny" });
+        }
+        println!();
+    }
+    let expected = [(("frontend", "api"), true), (("other", "api"), false)];
+    let mut good = true;
+    for ((from, to), want) in expected {
+        let got = actual.get(&(from, to)).copied().unwrap_or(!want);
+        let mark = if got == want {
+            "ok"
+        } else {
+            good = false;
+            "MISMATCH"
+        };
+        println!(
+            "   expected {from} -> {to}: {}, got {} [{mark}]",
+            if want { "allow" } else { "deny" },
+            if got { "allow" } else { "deny" }
+        );
+    }
+
+    println!("== churn: {churn_pods} new frontend pods, time to first ping to api:8080");
+    let mut samples = Vec::new();
+    for i in 0..churn_pods {
+        if interrupted.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        let p = c.add_pod(PodSpec {
+            tcp_ports: Vec::new(),
+            ..pod(&format!("frontend-{i}"), "frontend", i % 2)
+        })?;
+        let ns = manul_netns::NetNs::open(p.netns.name())?;
+        match probe::time_to_first_success(&ns, api_addr, p.ready_at, Duration::from_secs(10)) {
+            Some(d) => samples.push(Sample {
+                at_s: 0.0,
+                value_ms: d.as_secs_f64() * 1e3,
+            }),
+            None => {
+                good = false;
+                println!("   frontend-{i} never reached api");
+            }
+        }
+    }
+    let s = LatencySummary::of(&samples);
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} ms"));
+    println!(
+        "   TTFP p50 {} p99 {} max {} (n={})",
+        ms(s.p50),
+        ms(s.p99),
+        ms(s.max),
+        s.count
+    );
+
+    if keep {
+        println!("== the cluster stays up; explore it with:");
+        println!(
+            "   manulctl --netns {} --server {} get networkpolicy",
+            c.control_plane_netns(),
+            c.typha_addresses()[0]
+        );
+        println!(
+            "   manulctl --netns {} --server {} trace --from production/frontend --to production/api --proto tcp --port 8080",
+            c.control_plane_netns(),
+            c.typha_addresses()[0]
+        );
+        println!("   logs: {}", c.work_dir().display());
+        println!("   press Ctrl-C to remove it");
+        while !interrupted.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    println!("== cleaning up");
+    drop(c);
+    Ok(good)
+}
