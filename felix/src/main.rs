@@ -4,7 +4,7 @@
 //! and drives a dataplane: `null` records the desired state (tests, scale
 //! runs; needs no root), `remote` sends it to an out-of-process driver over
 //! a Unix socket (`--driver-socket`), `iptables` programs netfilter through
-//! nftables (needs root).
+//! nftables and `bpf` loads eBPF programs at TC (both need root).
 //!
 //! `--netns NAME` runs the whole agent inside a named network namespace
 //! (entered before any thread starts), as a local cluster's nodes do.
@@ -34,6 +34,8 @@ enum Dataplane {
     Remote,
     /// Linux netfilter, programmed through nftables (`nft`).
     Iptables,
+    /// eBPF programs at TC on every workload interface.
+    Bpf,
 }
 
 #[derive(Debug, Parser)]
@@ -53,6 +55,13 @@ struct Args {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9091")]
     metrics: SocketAddr,
+    /// eBPF: pins live under /sys/fs/bpf/manul/NAME (default: the node
+    /// name; nodes sharing a machine need different names).
+    #[arg(long)]
+    bpf_pin_name: Option<String>,
+    /// eBPF: append flow logs (JSON lines, aggregated per interval) here.
+    #[arg(long)]
+    flow_log: Option<PathBuf>,
     /// Run inside this named network namespace (as `ip netns` names them).
     #[arg(long)]
     netns: Option<String>,
@@ -100,6 +109,17 @@ fn driver(args: &Args) -> Result<Box<dyn Driver>, String> {
             manul_dataplane_iptables::NftDriver::new(manul_dataplane_iptables::Nft::default())
                 .map(|d| Box::new(d) as Box<dyn Driver>)
                 .map_err(|e| format!("cannot start the iptables dataplane: {}", chain(&e)))
+        }
+        Dataplane::Bpf => {
+            let mut config = manul_dataplane_bpf::BpfConfig::new(
+                args.bpf_pin_name
+                    .clone()
+                    .unwrap_or_else(|| args.node.clone()),
+            );
+            config.flow_log = args.flow_log.clone();
+            manul_dataplane_bpf::BpfDriver::new(config)
+                .map(|d| Box::new(d) as Box<dyn Driver>)
+                .map_err(|e| format!("cannot start the eBPF dataplane: {}", chain(&e)))
         }
     }
 }

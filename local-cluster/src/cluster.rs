@@ -192,7 +192,9 @@ impl LocalCluster {
                 }
             }
         }
-        manul_netns::cleanup_prefix(&prefix).map_err(netns_err)
+        let removed = manul_netns::cleanup_prefix(&prefix).map_err(netns_err)?;
+        remove_bpf_pins(&prefix);
+        Ok(removed)
     }
 
     /// Builds the cluster and waits until Typha and every Felix are ready.
@@ -423,7 +425,10 @@ impl LocalCluster {
             .arg(&status_dir)
             .args(["--metrics", "127.0.0.1:9091", "--program-routes"]);
         if self.config.dataplane == Dataplane::Bpf {
-            cmd.arg("--bpf-state-dir").arg(dir.join("bpf"));
+            // bpffs is shared by every namespace: pins are per cluster node.
+            cmd.args(["--bpf-pin-name", &format!("{}-{name}", self.config.name)])
+                .arg("--flow-log")
+                .arg(dir.join("flows.jsonl"));
         }
         // felix enters its namespace itself; start it from the root one.
         let out = std::fs::File::create(&log).map_err(|e| ClusterError::io(&log, e))?;
@@ -732,6 +737,24 @@ impl LocalCluster {
     }
 }
 
+/// Where the eBPF dataplane pins its maps, per node (`--bpf-pin-name`).
+const BPF_PIN_ROOT: &str = "/sys/fs/bpf/manul";
+
+/// Removes the eBPF pins of the cluster's nodes (bpffs is shared by every
+/// namespace, so they outlive the node namespaces).
+fn remove_bpf_pins(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(BPF_PIN_ROOT) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(prefix)
+            && let Err(err) = std::fs::remove_dir_all(e.path())
+        {
+            warn!("cannot remove {}: {err}", e.path().display());
+        }
+    }
+}
+
 /// The first IPv4 address in a CNI result.
 fn pod_ip(result: &str) -> Option<Ipv4Addr> {
     let v: serde_json::Value = serde_json::from_str(result).ok()?;
@@ -772,6 +795,7 @@ impl Drop for LocalCluster {
         }
         procs::stop_processes_in(self.cp.path(), Duration::from_secs(1));
         self.nodes.clear();
+        remove_bpf_pins(&format!("{}-", self.config.name));
     }
 }
 
