@@ -22,6 +22,7 @@ pub mod cases;
 pub mod cluster;
 pub mod driver_thread;
 pub mod topology;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
