@@ -1,0 +1,260 @@
+//! eBPF dataplane benchmarks, printing one JSON object:
+//!
+//! - per-packet cost with `BPF_PROG_TEST_RUN` (kernel-measured average over
+//!   `repeat` runs): a new flow (a driver that never creates conntrack
+//!   entries) and an established flow, with 10, 100 and 1,000 rules; the
+//!   deciding rule is the last one and names an IP set of 10,000 members;
+//! - enforcement latency: a policy change until `apply` returns (the
+//!   kernel maps hold the new table and the endpoint points at it), and an
+//!   endpoint add (table shared, entry written, programs attached).
+//!
+//! Needs root. Everything runs in a network namespace it creates, with pins
+//! under /sys/fs/bpf/manul-bench, removed at the end.
+//!
+//! `cargo run --release -p manul-dataplane-bpf --example bpf-bench [-- --runs N]`
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ipnet::{IpNet, Ipv4Net};
+use manul_dataplane_api::{
+    Action, Driver, EndpointId, IpSetKind, IpSetMember, Match, Operation, Packet, Policy,
+    PolicyId, PortRange, Rule, TierPolicies, WorkloadEndpoint,
+};
+use manul_dataplane_bpf::frames::{SYN, frame};
+use manul_dataplane_bpf::{BpfConfig, BpfDriver, Hook};
+use manul_netns::{NetNs, create_veth, link_index, unique_prefix};
+
+const PIN_ROOT: &str = "/sys/fs/bpf/manul-bench";
+const SET_MEMBERS: u32 = 10_000;
+
+fn pid() -> PolicyId {
+    PolicyId {
+        tier: "default".into(),
+        name: "bench".into(),
+    }
+}
+
+/// `n` rules: n-1 that do not match the benchmark packet (each with its own
+/// network and port), then one allowing TCP/80 from the big set.
+fn policy(n: usize, salt: u16) -> Operation {
+    let mut inbound: Vec<Rule> = (0..n - 1)
+        .map(|i| Rule {
+            id: format!("default/bench/inbound/{i}"),
+            action: Action::Allow,
+            ip_version: None,
+            protocol: Some(6),
+            not_protocol: None,
+            icmp: None,
+            not_icmp: None,
+            src: Match {
+                nets: vec![IpNet::V4(
+                    Ipv4Net::new(Ipv4Addr::new(10, 1 + (i / 250) as u8, (i % 250) as u8, 0), 24)
+                        .unwrap(),
+                )],
+                ..Match::default()
+            },
+            dst: Match {
+                ports: vec![PortRange {
+                    first: 1000 + i as u16 + salt,
+                    last: 1000 + i as u16 + salt,
+                }],
+                ..Match::default()
+            },
+        })
+        .collect();
+    inbound.push(Rule {
+        id: format!("default/bench/inbound/{}", n - 1),
+        action: Action::Allow,
+        ip_version: None,
+        protocol: Some(6),
+        not_protocol: None,
+        icmp: None,
+        not_icmp: None,
+        src: Match {
+            ip_sets: vec!["big".into()],
+            ..Match::default()
+        },
+        dst: Match {
+            ports: vec![PortRange { first: 80, last: 80 }],
+            ..Match::default()
+        },
+    });
+    Operation::PolicyUpdate {
+        id: pid(),
+        policy: Policy {
+            inbound,
+            outbound: vec![],
+        },
+    }
+}
+
+fn big_set() -> Operation {
+    Operation::IpSetUpdate {
+        id: "big".into(),
+        kind: IpSetKind::Net,
+        members: (0..SET_MEMBERS)
+            .map(|i| {
+                let a = Ipv4Addr::new(10, 200 + (i / 65536) as u8, (i / 256 % 256) as u8, (i % 256) as u8);
+                IpSetMember::Net(IpNet::V4(Ipv4Net::new(a, 32).unwrap()))
+            })
+            .collect(),
+    }
+}
+
+fn endpoint(name: &str, interface: &str, ip: Ipv4Addr) -> Operation {
+    Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
+        id: EndpointId {
+            namespace: "bench".into(),
+            name: name.into(),
+        },
+        interface_name: interface.into(),
+        nets: vec![IpNet::V4(Ipv4Net::new(ip, 32).unwrap())],
+        mac: None,
+        tiers: vec![TierPolicies {
+            name: "default".into(),
+            default_action: Action::Deny,
+            inbound: vec![pid()],
+            outbound: vec![],
+        }],
+        profiles: vec![],
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.5)
+}
+
+fn main() {
+    let runs: usize = std::env::args()
+        .skip_while(|a| a != "--runs")
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let repeat = 200_000u32;
+    let tag = unique_prefix("bb");
+    let ns = NetNs::create(&tag).expect("create a network namespace");
+    create_veth(&ns, "mnlbench", &ns, "peerbench").expect("veth");
+    for i in 0..50 {
+        create_veth(&ns, &format!("mnlep{i}"), &ns, &format!("peerep{i}")).expect("veth");
+    }
+    let ifindex = link_index(&ns, "mnlbench").expect("ifindex");
+    let nodes = [format!("{tag}n"), format!("{tag}e")];
+    let result = ns
+        .run(|| {
+            let mut new_cfg = BpfConfig::new(&nodes[0]);
+            new_cfg.pin_root = PathBuf::from(PIN_ROOT);
+            new_cfg.benchmark_no_conntrack = true;
+            let mut est_cfg = new_cfg.clone();
+            est_cfg.node = nodes[1].clone();
+            est_cfg.benchmark_no_conntrack = false;
+            let mut fresh = BpfDriver::new(new_cfg).expect("load (new-flow driver)");
+            let mut tracked = BpfDriver::new(est_cfg).expect("load (conntrack driver)");
+            let src = IpAddr::V4(Ipv4Addr::new(10, 200, 3, 7));
+            let dst = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+            let mut per_packet = Vec::new();
+            let mut change = Vec::new();
+            for rules in [10usize, 100, 1000] {
+                let ops = vec![
+                    big_set(),
+                    policy(rules, 0),
+                    endpoint("pod", "mnlbench", Ipv4Addr::new(10, 0, 0, 1)),
+                ];
+                fresh.apply(&ops).expect("apply");
+                tracked.apply(&ops).expect("apply");
+                let f = frame(&Packet::tcp(src, 40000, dst, 80), SYN);
+                let mut new_ns = Vec::new();
+                let mut est_ns = Vec::new();
+                for _ in 0..runs {
+                    let r = fresh.test_run(Hook::Egress, ifindex, &f, repeat).expect("test run");
+                    assert!(r.allowed(), "the benchmark packet must be allowed");
+                    new_ns.push(r.duration.as_nanos() as f64);
+                    tracked.test_run(Hook::Egress, ifindex, &f, 1).expect("test run");
+                    let r = tracked.test_run(Hook::Egress, ifindex, &f, repeat).expect("test run");
+                    assert!(r.allowed());
+                    est_ns.push(r.duration.as_nanos() as f64);
+                }
+                per_packet.push(serde_json::json!({
+                    "rules": rules,
+                    "set_members": SET_MEMBERS,
+                    "new_flow_ns_median": median(new_ns.clone()),
+                    "new_flow_ns_runs": new_ns,
+                    "established_ns_median": median(est_ns.clone()),
+                    "established_ns_runs": est_ns,
+                }));
+
+                // Policy change -> kernel maps (new table written, endpoint
+                // flipped, old table deleted).
+                let mut lat = Vec::new();
+                for i in 0..100u16 {
+                    let op = policy(rules, 1 + i % 2);
+                    let t = Instant::now();
+                    tracked.apply(std::slice::from_ref(&op)).expect("apply");
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                lat.sort_by(f64::total_cmp);
+                change.push(serde_json::json!({
+                    "rules": rules,
+                    "set_members": SET_MEMBERS,
+                    "p50_ms": percentile(&lat, 0.5),
+                    "p99_ms": percentile(&lat, 0.99),
+                }));
+            }
+            // IP set change (one member added) with 10 rules naming it.
+            tracked.apply(&[policy(10, 0)]).expect("apply");
+            let mut set_lat = Vec::new();
+            for i in 0..50u32 {
+                let member = IpSetMember::Net(IpNet::V4(
+                    Ipv4Net::new(Ipv4Addr::new(10, 250, 0, i as u8), 32).unwrap(),
+                ));
+                let t = Instant::now();
+                tracked
+                    .apply(&[Operation::IpSetDelta {
+                        id: "big".into(),
+                        added: vec![member],
+                        removed: vec![],
+                    }])
+                    .expect("apply");
+                set_lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            set_lat.sort_by(f64::total_cmp);
+            // Endpoint add: its table is shared with the existing pod.
+            let mut ep_lat = Vec::new();
+            for i in 0..50u8 {
+                let op = endpoint(&format!("ep{i}"), &format!("mnlep{i}"), Ipv4Addr::new(10, 0, 1, i));
+                let t = Instant::now();
+                tracked.apply(&[op]).expect("apply");
+                ep_lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            ep_lat.sort_by(f64::total_cmp);
+            let ratio = |i: usize, key: &str| {
+                per_packet[i][key].as_f64().unwrap_or(0.0)
+            };
+            serde_json::json!({
+                "bench": "dataplane-bpf",
+                "repeat_per_run": repeat,
+                "runs": runs,
+                "per_packet": per_packet,
+                "ratio_new_1000_vs_new_10": ratio(2, "new_flow_ns_median") / ratio(0, "new_flow_ns_median"),
+                "ratio_established_vs_new_10": ratio(0, "established_ns_median") / ratio(0, "new_flow_ns_median"),
+                "policy_change_to_maps": change,
+                "ip_set_member_add_to_maps": {"set_members": SET_MEMBERS, "rules": 10, "p50_ms": percentile(&set_lat, 0.5), "p99_ms": percentile(&set_lat, 0.99)},
+                "endpoint_add_to_enforced": {"p50_ms": percentile(&ep_lat, 0.5), "p99_ms": percentile(&ep_lat, 0.99)},
+                "kernel_events_lost_new_flow_driver": fresh.kernel_counters().events_lost,
+            })
+        })
+        .expect("run in the namespace");
+    drop(ns);
+    for node in &nodes {
+        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), node);
+    }
+    println!("{}", serde_json::to_string_pretty(&result).unwrap());
+}
