@@ -17,12 +17,12 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ipnet::{IpNet, Ipv4Net};
 use manul_dataplane_api::{
-    Action, Driver, EndpointId, IpSetKind, IpSetMember, Match, Operation, Packet, Policy,
-    PolicyId, PortRange, Rule, TierPolicies, WorkloadEndpoint,
+    Action, Driver, EndpointId, IpSetKind, IpSetMember, Match, Operation, Packet, Policy, PolicyId,
+    PortRange, Rule, TierPolicies, WorkloadEndpoint,
 };
 use manul_dataplane_bpf::frames::{SYN, frame};
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, Hook};
@@ -52,8 +52,11 @@ fn policy(n: usize, salt: u16) -> Operation {
             not_icmp: None,
             src: Match {
                 nets: vec![IpNet::V4(
-                    Ipv4Net::new(Ipv4Addr::new(10, 1 + (i / 250) as u8, (i % 250) as u8, 0), 24)
-                        .unwrap(),
+                    Ipv4Net::new(
+                        Ipv4Addr::new(10, 1 + (i / 250) as u8, (i % 250) as u8, 0),
+                        24,
+                    )
+                    .unwrap(),
                 )],
                 ..Match::default()
             },
@@ -79,7 +82,10 @@ fn policy(n: usize, salt: u16) -> Operation {
             ..Match::default()
         },
         dst: Match {
-            ports: vec![PortRange { first: 80, last: 80 }],
+            ports: vec![PortRange {
+                first: 80,
+                last: 80,
+            }],
             ..Match::default()
         },
     });
@@ -98,7 +104,12 @@ fn big_set() -> Operation {
         kind: IpSetKind::Net,
         members: (0..SET_MEMBERS)
             .map(|i| {
-                let a = Ipv4Addr::new(10, 200 + (i / 65536) as u8, (i / 256 % 256) as u8, (i % 256) as u8);
+                let a = Ipv4Addr::new(
+                    10,
+                    200 + (i / 65536) as u8,
+                    (i / 256 % 256) as u8,
+                    (i % 256) as u8,
+                );
                 IpSetMember::Net(IpNet::V4(Ipv4Net::new(a, 32).unwrap()))
             })
             .collect(),
