@@ -35,6 +35,9 @@ enum Cmd {
 
 #[derive(Debug, Args)]
 struct RunArgs {
+    /// Prefix of the cluster's namespaces (runs at the same time need different names).
+    #[arg(long, default_value = "manul-scale")]
+    name: String,
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=50))]
     nodes: u16,
     #[arg(long, default_value_t = 20)]
@@ -63,6 +66,9 @@ struct RunArgs {
 
 #[derive(Debug, Args)]
 struct MainJobArgs {
+    /// Prefix of the cluster's namespaces (runs at the same time need different names).
+    #[arg(long, default_value = "manul-demo")]
+    name: String,
     /// bpf or iptables.
     #[arg(long, default_value = "bpf")]
     dataplane: String,
@@ -79,6 +85,9 @@ struct MainJobArgs {
 
 #[derive(Debug, Args)]
 struct ProbeArgs {
+    /// Prefix of the cluster's namespaces (runs at the same time need different names).
+    #[arg(long, default_value = "manul-probe")]
+    name: String,
     /// The scenario file (YAML; see the README).
     scenario: PathBuf,
     /// bpf or iptables.
@@ -135,7 +144,14 @@ fn main() -> ExitCode {
                 Ok(d) => d,
                 Err(e) => return bad(e),
             };
-            match mainjob::run(dp, &args.policy, args.churn_pods, args.keep, &interrupted) {
+            match mainjob::run(
+                &args.name,
+                dp,
+                &args.policy,
+                args.churn_pods,
+                args.keep,
+                &interrupted,
+            ) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
@@ -157,7 +173,7 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return bad(format!("{}: {e}", args.scenario.display())),
             };
-            match scenario::run(&sc, dp, &interrupted) {
+            match scenario::run(&args.name, &sc, dp, &interrupted) {
                 Ok(outcome) => {
                     print!("{}", outcome.render());
                     if outcome.matches() {
@@ -192,7 +208,7 @@ fn run(args: RunArgs, interrupted: &AtomicBool) -> ExitCode {
         }
     }
     let mut cfg = RunConfig {
-        name: "manul-scale".into(),
+        name: args.name.clone(),
         nodes: usize::from(args.nodes),
         standing_pods: args.standing_pods,
         standing_policies: args.standing_policies as usize,

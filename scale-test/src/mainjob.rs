@@ -30,6 +30,7 @@ fn pod(name: &str, app: &str, node: usize) -> PodSpec {
 
 /// Runs the main job; `Ok(false)` when the reachability did not match.
 pub fn run(
+    name: &str,
     dataplane: Dataplane,
     policy_file: &Path,
     churn_pods: usize,
@@ -64,7 +65,7 @@ pub fn run(
     );
     let started = Instant::now();
     let mut c = LocalCluster::up(ClusterConfig {
-        name: "manul-demo".into(),
+        name: name.into(),
         nodes: 2,
         typha_replicas: 1,
         dataplane,

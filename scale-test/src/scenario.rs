@@ -302,9 +302,14 @@ impl Outcome {
 }
 
 /// Builds the scenario on a fresh local cluster and probes it.
-pub fn run(sc: &Scenario, dataplane: Dataplane, interrupted: &AtomicBool) -> Result<Outcome> {
+pub fn run(
+    name: &str,
+    sc: &Scenario,
+    dataplane: Dataplane,
+    interrupted: &AtomicBool,
+) -> Result<Outcome> {
     let mut c = LocalCluster::up(ClusterConfig {
-        name: "manul-probe".into(),
+        name: name.into(),
         nodes: sc.nodes,
         typha_replicas: 1,
         dataplane,
