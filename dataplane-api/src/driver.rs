@@ -49,6 +49,22 @@ pub trait Driver: Send {
     fn refresh(&mut self) -> Result<bool, DriverError> {
         Ok(false)
     }
+
+    /// New flows allowed and denied per deciding policy since the driver
+    /// started, for drivers that see flows (the eBPF driver's flow
+    /// events). Felix exports them as metrics.
+    fn policy_counters(&self) -> Vec<PolicyCounter> {
+        Vec::new()
+    }
+}
+
+/// Flows decided by one policy (or profile, or tier default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyCounter {
+    /// The deciding policy, as flow logs name it.
+    pub policy: String,
+    pub allowed: u64,
+    pub denied: u64,
 }
 
 impl<D: Driver + ?Sized> Driver for Box<D> {
@@ -62,6 +78,10 @@ impl<D: Driver + ?Sized> Driver for Box<D> {
 
     fn refresh(&mut self) -> Result<bool, DriverError> {
         (**self).refresh()
+    }
+
+    fn policy_counters(&self) -> Vec<PolicyCounter> {
+        (**self).policy_counters()
     }
 }
 

@@ -23,7 +23,7 @@ pub mod verdict;
 #[cfg(test)]
 mod testutil;
 
-pub use driver::{ContractViolation, Driver, DriverError};
+pub use driver::{ContractViolation, Driver, DriverError, PolicyCounter};
 pub use null::{DesiredState, IpSet, NullDriver, ServiceKey};
 pub use ops::*;
 pub use remote::{RemoteDriver, RemoteOptions, ServeHandle, serve, serve_connection, serve_with};

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::calc::{CalcGraph, Update};
-use crate::metrics::{FelixMetrics, resync};
+use crate::metrics::{FelixMetrics, PolicyFlowLabels, resync};
 use crate::routes::{RouteCalc, RouteProgrammer};
 use crate::status::StatusReporter;
 use crate::sync::SyncEvent;
@@ -42,6 +42,36 @@ impl Default for AgentOptions {
     }
 }
 
+/// The per-policy flow totals last exported, so the Prometheus counters
+/// only ever grow by what the driver counted since.
+#[derive(Debug, Default)]
+struct FlowTotals {
+    seen: std::collections::HashMap<(String, bool), u64>,
+}
+
+impl FlowTotals {
+    fn export(&mut self, driver: &dyn Driver, metrics: &FelixMetrics) {
+        for c in driver.policy_counters() {
+            for (allowed, total) in [(true, c.allowed), (false, c.denied)] {
+                let last = self.seen.entry((c.policy.clone(), allowed)).or_insert(0);
+                // A total below the last one means the driver restarted and
+                // counts from zero again.
+                let grew = if total >= *last { total - *last } else { total };
+                if grew > 0 {
+                    metrics
+                        .policy_flows
+                        .get_or_create(&PolicyFlowLabels {
+                            policy: c.policy.clone(),
+                            action: if allowed { "allow" } else { "deny" }.into(),
+                        })
+                        .inc_by(grew);
+                }
+                *last = total;
+            }
+        }
+    }
+}
+
 /// Reports what a successfully applied batch programmed.
 fn report(status: &StatusReporter, ops: &[Operation], revision: u64) {
     for op in ops {
@@ -67,6 +97,9 @@ pub async fn run(
 ) {
     metrics.resync_state.set(resync::WAITING);
     let mut current = AgentStatus::default();
+    let mut flows = FlowTotals::default();
+    let mut counters = tokio::time::interval(Duration::from_secs(5));
+    counters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh = tokio::time::interval(options.refresh_interval);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     refresh.tick().await;
@@ -76,6 +109,10 @@ pub async fn run(
                 Some(e) => e,
                 None => break,
             },
+            _ = counters.tick() => {
+                flows.export(driver.as_ref(), &metrics);
+                continue;
+            }
             _ = refresh.tick() => {
                 match driver.refresh() {
                     Ok(true) => {
@@ -168,5 +205,59 @@ pub async fn run(
                 .observe(started.elapsed().as_secs_f64());
         }
         status.send_replace(current);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use manul_dataplane_api::{DriverError, PolicyCounter};
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    struct Counting(Vec<PolicyCounter>);
+
+    impl Driver for Counting {
+        fn apply(&mut self, _: &[Operation]) -> Result<(), DriverError> {
+            Ok(())
+        }
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn policy_counters(&self) -> Vec<PolicyCounter> {
+            self.0.clone()
+        }
+    }
+
+    fn exported(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("felix_policy_flows_total{"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn policy_flow_counters_grow_by_what_the_driver_counted_since() {
+        let mut registry = Registry::default();
+        let metrics = FelixMetrics::register(&mut registry);
+        let mut totals = FlowTotals::default();
+        let c = |allowed, denied| PolicyCounter {
+            policy: "default/production/frontend-to-api".into(),
+            allowed,
+            denied,
+        };
+        totals.export(&Counting(vec![c(3, 1)]), &metrics);
+        totals.export(&Counting(vec![c(5, 1)]), &metrics);
+        let text = exported(&registry);
+        assert!(text.contains("action=\"allow\"} 5"), "{text}");
+        assert!(text.contains("action=\"deny\"} 1"), "{text}");
+        // A driver restart resets its totals: they count from zero again,
+        // and nothing is subtracted.
+        totals.export(&Counting(vec![c(2, 0)]), &metrics);
+        assert!(exported(&registry).contains("action=\"allow\"} 7"));
+        totals.export(&Counting(vec![c(4, 0)]), &metrics);
+        assert!(exported(&registry).contains("action=\"allow\"} 9"));
     }
 }

@@ -3,7 +3,9 @@
 
 use std::sync::atomic::AtomicU64;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -17,8 +19,17 @@ pub mod resync {
     pub const IN_SYNC: i64 = 3;
 }
 
+/// Labels of the per-policy flow counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyFlowLabels {
+    pub policy: String,
+    /// `allow` or `deny`.
+    pub action: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct FelixMetrics {
+    pub policy_flows: Family<PolicyFlowLabels, Counter>,
     pub calc_graph_update_time: Histogram,
     pub dataplane_apply_time: Histogram,
     pub dataplane_failures: Counter,
@@ -40,6 +51,7 @@ impl Default for FelixMetrics {
     fn default() -> Self {
         let h = || Histogram::new(exponential_buckets(0.000_01, 2.0, 22));
         FelixMetrics {
+            policy_flows: Family::default(),
             calc_graph_update_time: h(),
             dataplane_apply_time: h(),
             dataplane_failures: Counter::default(),
@@ -76,6 +88,11 @@ impl FelixMetrics {
             "felix_int_dataplane_failures",
             "Batches the dataplane driver refused",
             m.dataplane_failures.clone(),
+        );
+        registry.register(
+            "felix_policy_flows",
+            "New flows allowed and denied, per deciding policy (dataplanes with flow events)",
+            m.policy_flows.clone(),
         );
         registry.register(
             "felix_int_dataplane_repairs",
