@@ -167,3 +167,32 @@ fn a_restart_keeps_the_old_table_until_in_sync_then_replaces_it() {
         assert_eq!(d.refresh().expect("refresh"), Refresh::Clean);
     });
 }
+
+#[test]
+fn host_endpoints_load_with_their_failsafe_rules() {
+    in_netns("ipth", || {
+        let mut d = NftDriver::new(Nft::default()).expect("driver");
+        let mut ops = batch();
+        ops.insert(
+            ops.len() - 1,
+            Operation::HostEndpointUpdate(manul_dataplane_api::HostEndpoint {
+                id: "node1-eth9".into(),
+                interface_name: "eth9".into(),
+                expected_ips: vec![],
+                tiers: vec![],
+                pre_dnat_tiers: vec![],
+                untracked_tiers: vec![],
+                forward_tiers: vec![],
+                profiles: vec![],
+            }),
+        );
+        d.apply(&ops).expect("apply");
+        let listing =
+            String::from_utf8_lossy(&nft("list chain inet manul mnl-th-eth9").stdout).into_owned();
+        assert!(
+            listing.contains("tcp dport { 22, 179, 2379, 2380, 5473, 6443, 6666, 6667 } accept"),
+            "{listing}"
+        );
+        assert_eq!(d.refresh().expect("refresh"), Refresh::Clean);
+    });
+}

@@ -420,6 +420,8 @@ pub fn render(state: &DesiredState) -> Ruleset {
             &[],
             true,
         );
+        failsafe(&mut rs.chains, &to, FAILSAFE_IN);
+        failsafe(&mut rs.chains, &from, FAILSAFE_OUT);
         insert(&mut maps, MAP_TO_HOST, map_entry(iface, &to));
         insert(&mut maps, MAP_FROM_HOST, map_entry(iface, &from));
         if hep
@@ -464,6 +466,29 @@ pub fn render(state: &DesiredState) -> Ruleset {
         },
     );
     rs
+}
+
+/// Calico's default failsafe ports: a host endpoint's policy can never cut
+/// SSH, DHCP, BGP, etcd, Typha or the API server.
+const FAILSAFE_IN: &[&str] = &[
+    "tcp dport { 22, 179, 2379, 2380, 5473, 6443, 6666, 6667 } accept",
+    "udp dport 68 accept",
+];
+const FAILSAFE_OUT: &[&str] = &[
+    "tcp dport { 179, 2379, 2380, 5473, 6443, 6666, 6667 } accept",
+    "udp dport { 53, 67 } accept",
+];
+
+/// Puts the failsafe rules in front of a host endpoint chain.
+fn failsafe(chains: &mut BTreeMap<String, Rules>, chain: &str, rules: &[&str]) {
+    if let Some(existing) = chains.get_mut(chain) {
+        let mut out: Rules = rules
+            .iter()
+            .map(|r| with_id(chain, "failsafe", r))
+            .collect();
+        out.append(existing);
+        *existing = out;
+    }
 }
 
 fn insert(maps: &mut BTreeMap<&str, SetDef>, map: &str, entry: String) {

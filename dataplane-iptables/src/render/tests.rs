@@ -224,3 +224,34 @@ fn rendering_is_deterministic_and_incremental_diff_is_empty() {
     assert_eq!(a, b);
     assert_eq!(crate::script::incremental(&a, &b), "");
 }
+
+#[test]
+fn host_endpoints_get_failsafe_ports_before_their_policy() {
+    let mut s = state();
+    s.host_endpoints.insert(
+        "node1-eth0".into(),
+        manul_dataplane_api::HostEndpoint {
+            id: "node1-eth0".into(),
+            interface_name: "eth0".into(),
+            expected_ips: vec![],
+            tiers: vec![],
+            pre_dnat_tiers: vec![],
+            untracked_tiers: vec![],
+            forward_tiers: vec![],
+            profiles: vec![],
+        },
+    );
+    let rs = render(&s);
+    let to = texts(&rs, &names::host_chain("eth0", true, false));
+    assert!(to[0].starts_with("tcp dport { 22, 179, 2379, 2380, 5473,"));
+    assert_eq!(to.last().map(String::as_str), Some("drop"));
+    let from = texts(&rs, &names::host_chain("eth0", false, false));
+    assert!(from[1].starts_with("udp dport { 53, 67 }"));
+    assert!(
+        rs.sets[MAP_TO_HOST]
+            .elements
+            .contains("\"eth0\" : jump mnl-th-eth0")
+    );
+    // No forward policies: forwarded traffic is not policed.
+    assert!(rs.sets[MAP_TO_HOST_FWD].elements.is_empty());
+}
