@@ -115,3 +115,40 @@ fn two_nodes_route_and_enforce() {
         "namespaces left behind"
     );
 }
+
+#[test]
+fn three_typha_replicas_serve_the_cluster() {
+    if !root_or_skip() {
+        return;
+    }
+    let name = manul_netns::unique_prefix("lr");
+    let mut c = LocalCluster::up(ClusterConfig {
+        name: name.clone(),
+        nodes: 1,
+        typha_replicas: 3,
+        dataplane: Dataplane::Bpf,
+        policy_setup_timeout: Duration::from_secs(5),
+    })
+    .expect("cluster up");
+    assert_eq!(c.typha_addresses().len(), 3);
+    c.add_pod(pod("production", "frontend", "frontend", 0))
+        .unwrap();
+    c.add_pod(pod("production", "api", "api", 0)).unwrap();
+    let (fe, api) = ("production/frontend", "production/api");
+    assert!(until(&c, fe, api, true, Duration::from_secs(10)).is_some());
+    c.apply_yaml(
+        FRONTEND_TO_API
+            .replace("app == 'frontend'", "app == 'nobody'")
+            .as_str(),
+    )
+    .unwrap();
+    assert!(
+        until(&c, fe, api, false, Duration::from_secs(10)).is_some(),
+        "the policy did not take effect"
+    );
+    drop(c);
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/bpf/manul/{name}-node1")).exists(),
+        "pins left behind"
+    );
+}
