@@ -35,6 +35,7 @@ mod link;
 mod ns;
 mod pod;
 mod probe;
+pub mod testing;
 
 pub use error::{NetnsError, Result};
 pub use ipnet::IpNet;

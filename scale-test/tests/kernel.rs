@@ -7,18 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn root_or_skip() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    if !root {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "this test needs root; CI=true makes that a failure"
-        );
-        eprintln!("skipped: needs root");
-    }
-    root
+    manul_netns::testing::have_root("this test")
 }
 
 fn scale_test() -> Command {
