@@ -377,13 +377,7 @@ fn step_guard(
             Guard::Opening(h, at)
         }
         Guard::Opening(h, at) if h.is_finished() => {
-            match h.join().ok().flatten() {
-                Some(d) => result.policy_allow.push(Sample {
-                    at_s: at,
-                    value_ms: d.as_secs_f64() * 1e3,
-                }),
-                None => result.failures += 1,
-            }
+            record(result, h, at, true);
             Guard::Open
         }
         Guard::Open => {
@@ -393,17 +387,38 @@ fn step_guard(
             Guard::Closing(h, at)
         }
         Guard::Closing(h, at) if h.is_finished() => {
-            match h.join().ok().flatten() {
-                Some(d) => result.policy_deny.push(Sample {
-                    at_s: at,
-                    value_ms: d.as_secs_f64() * 1e3,
-                }),
-                None => result.failures += 1,
-            }
+            record(result, h, at, false);
             Guard::Closed
         }
         pending => pending,
     })
+}
+
+/// Records a finished enforcement measurement: a new allow (`allow`) or a
+/// new deny.
+fn record(result: &mut DataplaneRun, h: JoinHandle<Option<Duration>>, at: f64, allow: bool) {
+    match h.join().ok().flatten() {
+        Some(d) => {
+            let sample = Sample {
+                at_s: at,
+                value_ms: d.as_secs_f64() * 1e3,
+            };
+            if allow {
+                result.policy_allow.push(sample);
+            } else {
+                result.policy_deny.push(sample);
+            }
+        }
+        None => {
+            result.failures += 1;
+            let what = if allow { "allow" } else { "deny" };
+            if result.failure_messages.len() < 10 {
+                result.failure_messages.push(format!(
+                    "a new {what} at {at:.1} s was not enforced within {GIVE_UP:?}"
+                ));
+            }
+        }
+    }
 }
 
 /// A progress bar for one dataplane's run.
