@@ -19,10 +19,10 @@
 #define MANUL_MAX_PASSES 64
 
 /* Fixed bits in front of the variable part of each LPM key's data (table
- * id, side, version/padding); the prefix length of an entry is this plus the
- * bits of the address or port prefix. The Rust side passes the data structs
+ * or space id, side, version/padding); the prefix length of an entry is
+ * this plus the bits of the address or port prefix. The Rust side passes the data structs
  * to aya's LpmTrie, which adds the prefix length in front. */
-#define MANUL_IP_KEY_BASE_BITS 64
+#define MANUL_ADDR_KEY_BASE_BITS 64
 #define MANUL_PORT_KEY_BASE_BITS 48
 #define MANUL_PROTO_KEY_BASE_BITS 32
 
@@ -105,28 +105,40 @@ struct manul_bitmap {
 	__u64 w[MANUL_BITMAP_WORDS];
 };
 
-/* manul_ep: ifindex -> the tables judging its two hooks. */
+/* manul_ep: ifindex -> the tables judging its two hooks, and the address
+ * space each table's addresses are looked up in. */
 struct manul_ep_value {
 	/* Indexed by enum manul_hook; 0 = drop everything on that hook. */
 	__u32 table[2];
+	__u32 space[2];
 	__u32 flags;
 	__u32 reserved;
 };
 
-/* manul_ip (LPM trie): (table, side, version, address prefix) -> rules whose
- * address conditions on that side hold for addresses whose longest match is
- * this prefix. IPv4 addresses use the first 4 bytes of addr. */
-struct manul_ip_data {
-	__u32 table; /* always inside the prefix */
+/* manul_addr (LPM trie): (space, side, version, address prefix) -> the
+ * class of the prefix: which of the space's networks and IP sets contain
+ * it. IPv4 addresses use the first 4 bytes of addr. A space is shared by
+ * the versions of one table, so an IP-set member change is one entry. */
+struct manul_addr_data {
+	__u32 space; /* always inside the prefix */
 	__u8 side;
 	__u8 version;
 	__u8 pad[2];
 	__u8 addr[16];
 };
 
-struct manul_ip_key {
+struct manul_addr_key {
 	__u32 prefixlen;
-	struct manul_ip_data data;
+	struct manul_addr_data data;
+};
+
+/* manul_class (hash): (table, side, class) -> rules whose address
+ * conditions on that side hold for addresses of that class. */
+struct manul_class_key {
+	__u32 table;
+	__u8 side;
+	__u8 pad[3];
+	__u32 class_id;
 };
 
 /* manul_port (LPM trie): (table, side, port prefix) -> rules whose numeric

@@ -9,7 +9,8 @@
  * Per packet: parse (IPv4, IPv6 without extension headers), find the
  * interface's table (no entry: drop), look up conntrack (an allowed flow
  * skips policy), otherwise classify: AND a handful of rule bitmaps found by
- * map lookups, take the first set bit, follow Pass rules, create the
+ * map lookups (an address is looked up in its table's address space, whose
+ * class selects the table's bitmap), take the first set bit, follow Pass rules, create the
  * conntrack entry and emit one flow event.
  */
 #include <linux/bpf.h>
@@ -42,11 +43,20 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 1048576);
-	__type(key, struct manul_ip_key);
+	__type(key, struct manul_addr_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_addr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct manul_class_key);
 	__type(value, struct manul_bitmap);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} manul_ip SEC(".maps");
+} manul_class SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -266,6 +276,26 @@ static __always_inline int first_set(const struct manul_bitmap *acc, __u32 from)
 	return -1;
 }
 
+/* The rule bitmap of the address conditions on one side: the class of the
+ * address's longest prefix in the space, then the table's bitmap for it. */
+static __always_inline const struct manul_bitmap *
+addr_bitmap(__u32 table, __u32 space, __u8 side, const struct pkt *p, const __u8 *addr)
+{
+	struct manul_addr_key ak = {
+		.prefixlen = MANUL_ADDR_KEY_BASE_BITS + (p->version == 4 ? 32 : 128),
+		.data = { .space = space, .side = side, .version = p->version },
+	};
+	struct manul_class_key ck = { .table = table, .side = side };
+	__u32 *cls;
+
+	__builtin_memcpy(ak.data.addr, addr, 16);
+	cls = bpf_map_lookup_elem(&manul_addr, &ak);
+	if (!cls)
+		return 0;
+	ck.class_id = *cls;
+	return bpf_map_lookup_elem(&manul_class, &ck);
+}
+
 /* The rule bitmap of the port conditions on one side. */
 static __always_inline const struct manul_bitmap *
 port_bitmap(__u32 table, __u8 side, const struct pkt *p, const __u8 *addr, __u16 port_net)
@@ -339,15 +369,12 @@ static long pass_step(__u32 i, void *data)
 
 /* Classifies a new flow against a table. Returns 0 with the deciding rule,
  * or a MANUL_REASON_* explaining a drop without a rule. */
-static __always_inline int classify(__u32 table, const struct pkt *p, struct decision *d)
+static __always_inline int classify(__u32 table, __u32 space, const struct pkt *p,
+				    struct decision *d)
 {
 	__u32 zero = 0;
 	struct manul_bitmap *acc = bpf_map_lookup_elem(&manul_scratch, &zero);
 	const struct manul_bitmap *b;
-	struct manul_ip_key ik = {
-		.prefixlen = MANUL_IP_KEY_BASE_BITS + (p->version == 4 ? 32 : 128),
-		.data = { .table = table, .side = MANUL_SIDE_SRC, .version = p->version },
-	};
 	struct manul_proto_key prk = {
 		.prefixlen = MANUL_PROTO_KEY_BASE_BITS + 32,
 		.data = {
@@ -373,15 +400,12 @@ static __always_inline int classify(__u32 table, const struct pkt *p, struct dec
 		return MANUL_REASON_NO_TABLE;
 	__builtin_memcpy(acc, b, sizeof(*acc));
 
-	__builtin_memcpy(ik.data.addr, p->src, 16);
-	b = bpf_map_lookup_elem(&manul_ip, &ik);
+	b = addr_bitmap(table, space, MANUL_SIDE_SRC, p, p->src);
 	if (!b)
 		return MANUL_REASON_NO_TABLE;
 	and_into(acc, b);
 
-	ik.data.side = MANUL_SIDE_DST;
-	__builtin_memcpy(ik.data.addr, p->dst, 16);
-	b = bpf_map_lookup_elem(&manul_ip, &ik);
+	b = addr_bitmap(table, space, MANUL_SIDE_DST, p, p->dst);
 	if (!b)
 		return MANUL_REASON_NO_TABLE;
 	and_into(acc, b);
@@ -506,7 +530,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	struct manul_ct_key k = {};
 	struct manul_ct_value *ct;
 	struct decision d = {};
-	__u32 table;
+	__u32 table, space;
 	__u64 now;
 	int rc, fwd;
 
@@ -516,7 +540,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		count(MANUL_CNT_NO_ENDPOINT);
 		return TC_ACT_SHOT;
 	}
+	/* Read together: one manul_ep update flips both. */
 	table = ep->table[hook & 1];
+	space = ep->space[hook & 1];
 	rc = parse(skb, &p);
 	if (rc == 1) {
 		/* ARP and other non-IP traffic of a programmed endpoint. */
@@ -553,7 +579,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		}
 	}
 
-	rc = classify(table, &p, &d);
+	rc = classify(table, space, &p, &d);
 	{
 		struct manul_ct_value v = {
 			.created_ns = now,

@@ -22,7 +22,9 @@ unsafe impl aya::Pod for manul_bitmap {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_ep_value {}
 // SAFETY: as above.
-unsafe impl aya::Pod for manul_ip_data {}
+unsafe impl aya::Pod for manul_addr_data {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_class_key {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_port_data {}
 // SAFETY: as above.

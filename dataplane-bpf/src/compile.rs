@@ -10,11 +10,13 @@
 //! bitmaps: for every key the kernel can look up, the set of slots whose
 //! conditions of that kind hold for every packet that lands on that key.
 //!
-//! - Addresses (one trie per side): every prefix a rule of the table names
-//!   (nets, not-nets, members of its IP sets) plus a root. A packet's
-//!   address lands on its longest inserted prefix P, and the address is
-//!   inside an inserted prefix Q exactly when Q contains P, so each
-//!   condition is evaluated on P.
+//! - Addresses (one trie per side, in the table's address space, see
+//!   [`crate::space`]): every prefix a rule of the table names (nets,
+//!   not-nets, members of its IP sets) plus a root. A packet's address
+//!   lands on its longest inserted prefix P, and the address is inside an
+//!   inserted prefix Q exactly when Q contains P, so each condition is
+//!   evaluated on P; prefixes inside the same items share a class, and the
+//!   table holds one bitmap per class ([`AddrRules::bitmap`]).
 //! - Ports (one trie per side): every port range and not-port range cut into
 //!   aligned blocks, plus the whole range. The port is in a range exactly
 //!   when the range covers the longest matching block.
@@ -25,7 +27,7 @@
 //!   each ICMP type and code; a field not inserted means "none of those a
 //!   rule names".
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -179,25 +181,85 @@ impl ProtoEntry {
 /// An exact named-port triple.
 pub type Triple = (IpAddr, u8, u16);
 
-/// A compiled table: the slots and every bitmap the kernel looks up.
+/// A compiled table: the slots, every bitmap the kernel looks up by port
+/// and protocol, and the slots' address conditions. Address bitmaps are not
+/// part of the table: the prefixes live in the table's address space
+/// ([`crate::space`]), which gives each a class, and the table has one
+/// bitmap per class ([`AddrRules::bitmap`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CompiledTable {
     pub slots: Vec<Slot>,
     /// Indexed by side: 0 source, 1 destination.
-    pub ip: [Vec<(IpEntry, Bitmap)>; 2],
+    pub addr: [AddrRules; 2],
     pub port: [Vec<(PortBlock, Bitmap)>; 2],
     pub named: [Vec<(Triple, Bitmap)>; 2],
     pub proto: Vec<(ProtoEntry, Bitmap)>,
 }
 
 impl CompiledTable {
-    /// How many map entries writing this table takes.
+    /// How many map entries writing this table takes, class bitmaps and
+    /// address entries aside.
     pub fn entry_count(&self) -> usize {
         self.slots.len()
-            + self.ip.iter().map(Vec::len).sum::<usize>()
             + self.port.iter().map(Vec::len).sum::<usize>()
             + self.named.iter().map(Vec::len).sum::<usize>()
             + self.proto.len()
+    }
+}
+
+/// What an address condition names: a network (truncated) or an IP set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AddrItem {
+    Net(IpNet),
+    Set(String),
+}
+
+/// The address conditions of one slot on one side.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddrMatch {
+    pub nets: Vec<IpNet>,
+    pub not_nets: Vec<IpNet>,
+    pub sets: Vec<String>,
+    pub not_sets: Vec<String>,
+}
+
+/// The address conditions of one side of a table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddrRules {
+    /// Slots without address conditions on this side (always set).
+    pub base: Bitmap,
+    /// The other slots, with their conditions.
+    pub conditional: Vec<(usize, AddrMatch)>,
+}
+
+impl AddrRules {
+    /// Every network and set the conditions name: the items of the
+    /// table's address space on this side.
+    pub fn items(&self) -> BTreeSet<AddrItem> {
+        let mut out = BTreeSet::new();
+        for (_, m) in &self.conditional {
+            out.extend(m.nets.iter().chain(&m.not_nets).copied().map(AddrItem::Net));
+            out.extend(m.sets.iter().chain(&m.not_sets).cloned().map(AddrItem::Set));
+        }
+        out
+    }
+
+    /// The slots whose address conditions hold for an address whose
+    /// longest inserted prefix lies inside exactly the items of `sig`
+    /// (sorted; the root's is empty).
+    pub fn bitmap(&self, sig: &[AddrItem]) -> Bitmap {
+        let has = |item: AddrItem| sig.binary_search(&item).is_ok();
+        let mut b = self.base;
+        for (i, m) in &self.conditional {
+            let holds = (m.nets.is_empty() || m.nets.iter().any(|n| has(AddrItem::Net(*n))))
+                && !m.not_nets.iter().any(|n| has(AddrItem::Net(*n)))
+                && m.sets.iter().all(|s| has(AddrItem::Set(s.clone())))
+                && !m.not_sets.iter().any(|s| has(AddrItem::Set(s.clone())));
+            if holds {
+                b.set(*i);
+            }
+        }
+        b
     }
 }
 
@@ -222,8 +284,6 @@ struct Resolved<'a> {
 
 struct ResolvedMatch<'a> {
     m: &'a Match,
-    ip_sets: Vec<Option<&'a IpSet>>,
-    not_ip_sets: Vec<Option<&'a IpSet>>,
     named: Vec<Option<&'a IpSet>>,
     not_named: Vec<Option<&'a IpSet>>,
 }
@@ -233,8 +293,6 @@ impl<'a> ResolvedMatch<'a> {
         let get = |ids: &'a [String]| ids.iter().map(|id| state.ip_sets.get(id)).collect();
         Self {
             m,
-            ip_sets: get(&m.ip_sets),
-            not_ip_sets: get(&m.not_ip_sets),
             named: get(&m.named_port_sets),
             not_named: get(&m.not_named_port_sets),
         }
@@ -252,27 +310,6 @@ impl<'a> ResolvedMatch<'a> {
             && self.m.not_ports.is_empty()
             && self.m.named_port_sets.is_empty()
             && self.m.not_named_port_sets.is_empty())
-    }
-
-    /// The address conditions, for addresses whose longest inserted prefix
-    /// is `entry`.
-    fn ip_holds(&self, entry: &IpEntry) -> bool {
-        let inside = |net: &IpNet| match entry {
-            IpEntry::Root => false,
-            IpEntry::Net(p) => net.trunc().contains(p),
-        };
-        let in_set = |set: &Option<&IpSet>| {
-            set.is_some_and(|s| {
-                s.members.iter().any(|m| match m {
-                    IpSetMember::Net(n) => inside(n),
-                    IpSetMember::NamedPort { .. } => false,
-                })
-            })
-        };
-        (self.m.nets.is_empty() || self.m.nets.iter().any(inside))
-            && !self.m.not_nets.iter().any(inside)
-            && self.ip_sets.iter().all(in_set)
-            && !self.not_ip_sets.iter().any(in_set)
     }
 
     /// The port conditions for a port in `block` whose triple is in no
@@ -374,7 +411,7 @@ pub fn compile(state: &DesiredState, spec: &TableSpec) -> Result<CompiledTable, 
         ..CompiledTable::default()
     };
     for side in 0..2 {
-        table.ip[side] = ip_entries(&rules, side);
+        table.addr[side] = addr_rules(&rules, side);
         table.port[side] = port_entries(&rules, side);
         table.named[side] = named_entries(&rules, side);
     }
@@ -462,106 +499,28 @@ fn split(
     (base, conditional)
 }
 
-fn ip_entries(rules: &[Option<Resolved<'_>>], side: usize) -> Vec<(IpEntry, Bitmap)> {
+fn addr_rules(rules: &[Option<Resolved<'_>>], side: usize) -> AddrRules {
     let (base, conditional) = split(rules, |r| r.sides[side].has_ip_conditions());
-    let mut prefixes: BTreeSet<IpNet> = BTreeSet::new();
-    for &i in &conditional {
-        let Some(Some(r)) = rules.get(i) else {
-            continue;
-        };
-        let s = &r.sides[side];
-        prefixes.extend(s.m.nets.iter().chain(&s.m.not_nets).map(IpNet::trunc));
-        for set in s.ip_sets.iter().chain(&s.not_ip_sets).flatten() {
-            prefixes.extend(set.members.iter().filter_map(|m| match m {
-                IpSetMember::Net(n) => Some(n.trunc()),
-                IpSetMember::NamedPort { .. } => None,
-            }));
-        }
-    }
-    let index = AncestorIndex::new(rules, &conditional, side);
-    let mut out = Vec::with_capacity(prefixes.len() + 1);
-    out.push((
-        IpEntry::Root,
-        bitmap_where(rules, &base, &conditional, |r| {
-            r.sides[side].ip_holds(&IpEntry::Root)
-        }),
-    ));
-    for p in &prefixes {
-        out.push((
-            IpEntry::Net(*p),
-            index.bitmap(rules, &base, &conditional, side, p, &prefixes),
-        ));
-    }
-    out
-}
-
-/// Member prefix -> the sets (ids) a conditional rule names that hold it:
-/// an entry's bitmap is then computed from its inserted ancestors (at most
-/// 129 lookups) instead of scanning every member of every set.
-struct AncestorIndex<'a> {
-    set_members: HashMap<IpNet, Vec<&'a str>>,
-}
-
-impl<'a> AncestorIndex<'a> {
-    fn new(rules: &'a [Option<Resolved<'a>>], conditional: &[usize], side: usize) -> Self {
-        let mut set_members: HashMap<IpNet, Vec<&'a str>> = HashMap::new();
-        let mut seen: HashSet<&'a str> = HashSet::new();
-        for &i in conditional {
+    let conditional = conditional
+        .into_iter()
+        .filter_map(|i| {
             let Some(Some(r)) = rules.get(i) else {
-                continue;
+                return None;
             };
-            let s = &r.sides[side];
-            let named = s.m.ip_sets.iter().zip(&s.ip_sets);
-            let not_named = s.m.not_ip_sets.iter().zip(&s.not_ip_sets);
-            for (id, set) in named.chain(not_named) {
-                let Some(set) = set else { continue };
-                if !seen.insert(id.as_str()) {
-                    continue;
-                }
-                for m in &set.members {
-                    if let IpSetMember::Net(n) = m {
-                        set_members.entry(n.trunc()).or_default().push(id.as_str());
-                    }
-                }
-            }
-        }
-        Self { set_members }
-    }
-
-    fn bitmap(
-        &self,
-        rules: &'a [Option<Resolved<'a>>],
-        base: &Bitmap,
-        conditional: &[usize],
-        side: usize,
-        p: &IpNet,
-        prefixes: &BTreeSet<IpNet>,
-    ) -> Bitmap {
-        // The inserted ancestors-or-self of p, and the sets they belong to.
-        let mut ancestors: Vec<IpNet> = Vec::new();
-        for len in 0..=p.prefix_len() {
-            if let Ok(a) = IpNet::new(p.addr(), len).map(|n| n.trunc())
-                && prefixes.contains(&a)
-            {
-                ancestors.push(a);
-            }
-        }
-        let mut sets: HashSet<&str> = HashSet::new();
-        for a in &ancestors {
-            if let Some(owners) = self.set_members.get(a) {
-                sets.extend(owners.iter().copied());
-            }
-        }
-        let inside = |net: &IpNet| ancestors.contains(&net.trunc());
-        let in_set = |id: &String| sets.contains(id.as_str());
-        bitmap_where(rules, base, conditional, |r| {
             let m = r.sides[side].m;
-            (m.nets.is_empty() || m.nets.iter().any(inside))
-                && !m.not_nets.iter().any(inside)
-                && m.ip_sets.iter().all(in_set)
-                && !m.not_ip_sets.iter().any(in_set)
+            let trunc = |nets: &[IpNet]| nets.iter().map(IpNet::trunc).collect();
+            Some((
+                i,
+                AddrMatch {
+                    nets: trunc(&m.nets),
+                    not_nets: trunc(&m.not_nets),
+                    sets: m.ip_sets.clone(),
+                    not_sets: m.not_ip_sets.clone(),
+                },
+            ))
         })
-    }
+        .collect();
+    AddrRules { base, conditional }
 }
 
 fn port_entries(rules: &[Option<Resolved<'_>>], side: usize) -> Vec<(PortBlock, Bitmap)> {

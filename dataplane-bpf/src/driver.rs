@@ -1,12 +1,16 @@
 //! [`BpfDriver`]: the dataplane contract applied to the kernel.
 //!
 //! A batch is first checked and recorded by an embedded [`NullDriver`] (the
-//! contract and the desired state). Then the tables whose inputs changed are
-//! compiled (pure), written under new table ids, each endpoint's entry in
-//! `manul_ep` is flipped to its new ids in one map update, and the old
-//! tables are deleted: a packet sees the old table or the new one, never a
-//! mix. A compile or capacity error undoes the batch in the desired state
-//! and leaves the kernel as it was.
+//! contract and the desired state). Then the tables whose rules changed are
+//! compiled (pure) and written under new table ids in the address space of
+//! the version they replace (class bitmaps, ports, protocols, rules; the
+//! address prefixes stay), each endpoint's entry in `manul_ep` is flipped to
+//! its new ids in one map update, and the old versions are deleted: a
+//! packet sees the old table or the new one, never a mix. An IP-set change
+//! is written into the spaces that name the set, entry by entry (see
+//! [`crate::space`] for why each step is safe). A compile or capacity
+//! error undoes the batch in the desired state and leaves the kernel as it
+//! was.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -16,7 +20,7 @@ use std::time::Duration;
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, RingBuf};
 use aya::programs::{TestRun, TestRunOptions};
-use manul_dataplane_api::{Driver, DriverError, NullDriver, Operation};
+use manul_dataplane_api::{Driver, DriverError, NullDriver, Operation, PolicyCounter};
 
 use crate::abi;
 use crate::compile::{self, CompiledTable, TableSpec};
@@ -25,8 +29,9 @@ use crate::error::BpfError;
 use crate::events::{self, FlowCounters, Reader, ReaderConfig, Shared};
 use crate::keys;
 use crate::loader::{self, Hook, PinDirs};
-use crate::maps::Maps;
+use crate::maps::{Maps, TableCounts};
 use crate::plan::{self, Before, EndpointKey, EndpointPlan, Touched};
+use crate::space::{Delta, Space};
 
 /// How to run the eBPF dataplane on one node.
 #[derive(Debug, Clone)]
@@ -69,10 +74,27 @@ impl BpfConfig {
     }
 }
 
+/// One table spec's kernel state: its address space and its current
+/// table version in that space.
 #[derive(Debug)]
-struct Installed {
+struct Lineage {
+    space_id: u32,
+    space: Space,
     id: u32,
     table: CompiledTable,
+    /// A failed write left the kernel and this bookkeeping apart: the next
+    /// apply builds a new lineage and deletes this one's ids by scanning.
+    poisoned: bool,
+}
+
+/// What a batch does to one table spec.
+enum Work {
+    /// A new lineage (new spec, or replacing a poisoned one).
+    Create(CompiledTable),
+    /// A new table version in the same space.
+    Replace(CompiledTable),
+    /// Only IP sets the space names changed.
+    Sync,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +103,7 @@ struct Programmed {
     /// None while the interface does not exist (retried on every apply).
     ifindex: Option<u32>,
     tables: [u32; 2],
+    spaces: [u32; 2],
 }
 
 /// The result of one `BPF_PROG_TEST_RUN`.
@@ -124,7 +147,10 @@ pub struct BpfDriver {
     desired: NullDriver,
     shared: Arc<Mutex<Shared>>,
     reader: Option<Reader>,
-    tables: HashMap<TableSpec, Installed>,
+    tables: HashMap<TableSpec, Lineage>,
+    /// Table and space ids to delete by scanning (from failed writes and
+    /// replaced poisoned lineages).
+    garbage: HashSet<u32>,
     endpoints: BTreeMap<EndpointKey, Programmed>,
     /// Interfaces (ifindex) both programs are attached to in this run.
     attached: HashSet<u32>,
@@ -178,6 +204,7 @@ impl BpfDriver {
             shared,
             reader: Some(reader),
             tables: HashMap::new(),
+            garbage: HashSet::new(),
             endpoints: BTreeMap::new(),
             attached: HashSet::new(),
             next_table,
@@ -244,55 +271,168 @@ impl BpfDriver {
         self.tables.len()
     }
 
-    /// Compiles, checks capacity, writes new tables, flips endpoints and
-    /// deletes old tables. Errors before the flip leave the kernel as it
-    /// was (and are undone in the desired state by the caller).
+    /// Compiles, checks capacity, writes new table versions and set
+    /// changes, flips endpoints and deletes old versions. Errors before the
+    /// flip leave every table the endpoints use correct for the state
+    /// before the batch (and are undone in the desired state by the
+    /// caller).
     fn program(&mut self, touched: &Touched) -> Result<Vec<BpfError>, BpfError> {
         let state = self.desired.state();
         let plans = plan::plans(state);
 
-        // Compile what is new or reads something the batch changed.
-        let mut fresh: Vec<(TableSpec, CompiledTable)> = Vec::new();
+        // Decide and compile (pure).
+        let mut work: Vec<(TableSpec, Work)> = Vec::new();
         let mut seen: HashSet<&TableSpec> = HashSet::new();
         for (key, p) in &plans {
             for spec in &p.specs {
                 if !seen.insert(spec) {
                     continue;
                 }
-                if self.tables.contains_key(spec) && !touched.affects(spec, state) {
-                    continue;
-                }
-                let table = compile::compile(state, spec).map_err(|source| BpfError::Compile {
-                    endpoint: key.to_string(),
-                    source,
-                })?;
-                fresh.push((spec.clone(), table));
+                let compile = || {
+                    compile::compile(state, spec).map_err(|source| BpfError::Compile {
+                        endpoint: key.to_string(),
+                        source,
+                    })
+                };
+                let w = match self.tables.get(spec) {
+                    Some(l) if !l.poisoned && !touched.rules_affect(spec, state) => {
+                        if touched.sets.iter().any(|s| l.space.names_set(s)) {
+                            Work::Sync
+                        } else {
+                            continue;
+                        }
+                    }
+                    Some(l) if !l.poisoned => Work::Replace(compile()?),
+                    _ => Work::Create(compile()?),
+                };
+                work.push((spec.clone(), w));
             }
         }
         let mut needed = self.maps.used;
-        for (_, t) in &fresh {
-            needed.add(&crate::maps::TableCounts::of(t));
+        for (_, w) in &work {
+            if let Work::Create(t) | Work::Replace(t) = w {
+                needed.add(&TableCounts::of(t));
+            }
         }
         needed.check(&self.maps.capacity)?;
 
-        // Write the new tables.
-        let mut written: Vec<(TableSpec, Installed)> = Vec::with_capacity(fresh.len());
-        for (spec, table) in fresh {
-            let id = self.next_table;
-            self.next_table = self.next_table.wrapping_add(1).max(1);
-            let labels = self.labels(&table);
-            if let Err(e) = self.maps.write_table(id, &table, &labels) {
-                for (_, w) in &written {
-                    self.maps.delete_table(w.id, &w.table);
+        // Write new versions and set changes; nothing is flipped yet.
+        let mut created: Vec<(TableSpec, Lineage)> = Vec::new();
+        let mut replaced: Vec<(TableSpec, u32, CompiledTable)> = Vec::new();
+        let mut failure = None;
+        for (spec, w) in work {
+            let r = match w {
+                Work::Create(table) => {
+                    let space_id = next_id(&mut self.next_table);
+                    let id = next_id(&mut self.next_table);
+                    let mut space = Space::new();
+                    space.add_table(&table.addr, state);
+                    let delta = space.settle();
+                    let labels = self.labels(&table);
+                    let r = self
+                        .maps
+                        .write_table(id, &table, &labels)
+                        .and_then(|()| write_classes(&mut self.maps, &space, id, &table))
+                        .and_then(|()| write_delta(&mut self.maps, space_id, &space, &delta, &[]));
+                    if r.is_ok() {
+                        created.push((
+                            spec,
+                            Lineage {
+                                space_id,
+                                space,
+                                id,
+                                table,
+                                poisoned: false,
+                            },
+                        ));
+                    } else {
+                        self.garbage.extend([space_id, id]);
+                    }
+                    r
                 }
-                return Err(e);
+                Work::Replace(table) => {
+                    let id = next_id(&mut self.next_table);
+                    let labels = self.labels(&table);
+                    let Some(l) = self.tables.get_mut(&spec) else {
+                        continue;
+                    };
+                    l.space.add_table(&table.addr, state);
+                    for s in &touched.sets {
+                        l.space.sync_set(s, state);
+                    }
+                    let delta = l.space.settle();
+                    let r = write_delta(
+                        &mut self.maps,
+                        l.space_id,
+                        &l.space,
+                        &delta,
+                        &[(l.id, &l.table)],
+                    )
+                    .and_then(|()| self.maps.write_table(id, &table, &labels))
+                    .and_then(|()| write_classes(&mut self.maps, &l.space, id, &table));
+                    if r.is_ok() {
+                        replaced.push((spec, id, table));
+                    } else {
+                        l.poisoned = true;
+                        self.garbage.insert(id);
+                    }
+                    r
+                }
+                Work::Sync => {
+                    let Some(l) = self.tables.get_mut(&spec) else {
+                        continue;
+                    };
+                    for s in &touched.sets {
+                        l.space.sync_set(s, state);
+                    }
+                    let delta = l.space.settle();
+                    let r = write_delta(
+                        &mut self.maps,
+                        l.space_id,
+                        &l.space,
+                        &delta,
+                        &[(l.id, &l.table)],
+                    );
+                    l.poisoned |= r.is_err();
+                    r
+                }
+            };
+            if let Err(e) = r {
+                failure = Some(e);
+                break;
             }
-            written.push((spec, Installed { id, table }));
         }
-        let mut retire: Vec<Installed> = Vec::new();
-        for (spec, inst) in written {
-            if let Some(old) = self.tables.insert(spec, inst) {
-                retire.push(old);
+        if let Some(e) = failure {
+            // The lineages this batch already changed (sets synced in
+            // place) no longer match the state the caller restores.
+            for (spec, _, table) in replaced {
+                if let Some(l) = self.tables.get_mut(&spec) {
+                    l.poisoned = true;
+                    l.space.remove_table(&table.addr);
+                }
+            }
+            for (_, l) in created {
+                self.garbage.extend([l.space_id, l.id]);
+            }
+            for l in self.tables.values_mut() {
+                if touched.sets.iter().any(|s| l.space.names_set(s)) {
+                    l.poisoned = true;
+                }
+            }
+            self.collect_garbage();
+            return Err(e);
+        }
+        let mut retire: Vec<(TableSpec, u32, CompiledTable)> = Vec::new();
+        for (spec, id, table) in replaced {
+            if let Some(l) = self.tables.get_mut(&spec) {
+                let old_id = std::mem::replace(&mut l.id, id);
+                let old = std::mem::replace(&mut l.table, table);
+                retire.push((spec, old_id, old));
+            }
+        }
+        for (spec, l) in created {
+            if let Some(old) = self.tables.insert(spec, l) {
+                self.garbage.extend([old.space_id, old.id]);
             }
         }
 
@@ -300,12 +440,15 @@ impl BpfDriver {
         let mut soft_errors = Vec::new();
         let mut live: BTreeMap<EndpointKey, Programmed> = BTreeMap::new();
         for (key, p) in plans {
-            let tables = Hook::BOTH.map(|h| self.tables.get(p.spec(h)).map_or(0, |t| t.id));
+            let lineage = |h: Hook| self.tables.get(p.spec(h));
+            let tables = Hook::BOTH.map(|h| lineage(h).map_or(0, |l| l.id));
+            let spaces = Hook::BOTH.map(|h| lineage(h).map_or(0, |l| l.space_id));
             let ifindex = nix::net::if_::if_nametoindex(p.interface.as_str()).ok();
             let prog = Programmed {
                 interface: p.interface.clone(),
                 ifindex,
                 tables,
+                spaces,
             };
             let previous = self.endpoints.get(&key);
             if let Some(old_ix) = previous.and_then(|o| o.ifindex)
@@ -317,6 +460,7 @@ impl BpfDriver {
                 if previous != Some(&prog) {
                     let value = abi::manul_ep_value {
                         table: tables,
+                        space: spaces,
                         flags: u32::from(matches!(key, EndpointKey::Host(_))),
                         reserved: 0,
                     };
@@ -346,9 +490,28 @@ impl BpfDriver {
             }
         }
 
-        // Delete replaced and unused tables.
-        for old in retire {
-            self.maps.delete_table(old.id, &old.table);
+        // Delete replaced versions (and shrink their spaces to the items
+        // the current versions name), then unused lineages.
+        for (spec, old_id, old) in retire {
+            let Some(l) = self.tables.get_mut(&spec) else {
+                continue;
+            };
+            self.maps.delete_table(old_id, &old);
+            for (side, class, _) in l.space.classes() {
+                self.maps.delete_class(old_id, side, class);
+            }
+            l.space.remove_table(&old.addr);
+            let delta = l.space.settle();
+            if let Err(e) = write_delta(
+                &mut self.maps,
+                l.space_id,
+                &l.space,
+                &delta,
+                &[(l.id, &l.table)],
+            ) {
+                l.poisoned = true;
+                soft_errors.push(e);
+            }
         }
         let needed_specs: HashSet<TableSpec> = self
             .endpoints
@@ -364,9 +527,20 @@ impl BpfDriver {
             .collect();
         for spec in unused {
             if let Some(old) = self.tables.remove(&spec) {
+                if old.poisoned {
+                    self.garbage.extend([old.space_id, old.id]);
+                    continue;
+                }
                 self.maps.delete_table(old.id, &old.table);
+                for (side, class, _) in old.space.classes() {
+                    self.maps.delete_class(old.id, side, class);
+                }
+                for (side, entry, _) in old.space.entries() {
+                    self.maps.delete_addr(old.space_id, side, &entry);
+                }
             }
         }
+        self.collect_garbage();
 
         soft_errors.extend(self.attach_workload_interfaces());
         if touched.in_sync {
@@ -376,6 +550,15 @@ impl BpfDriver {
             soft_errors.push(e);
         }
         Ok(soft_errors)
+    }
+
+    fn collect_garbage(&mut self) {
+        if self.garbage.is_empty() {
+            return;
+        }
+        let garbage = std::mem::take(&mut self.garbage);
+        let removed = self.maps.delete_where(|id| garbage.contains(&id));
+        tracing::debug!(entries = removed, "deleted abandoned tables and spaces");
     }
 
     fn plan_of(&self, key: &EndpointKey) -> Option<EndpointPlan> {
@@ -432,8 +615,12 @@ impl BpfDriver {
         for ix in stale {
             let _ = self.maps.ep.remove(&ix);
         }
-        let live: HashSet<u32> = self.tables.values().map(|t| t.id).collect();
-        let removed = self.maps.delete_tables_except(&live);
+        let live: HashSet<u32> = self
+            .tables
+            .values()
+            .flat_map(|l| [l.id, l.space_id])
+            .collect();
+        let removed = self.maps.delete_where(|id| !live.contains(&id));
         if removed > 0 {
             tracing::info!(
                 entries = removed,
@@ -528,6 +715,60 @@ impl BpfDriver {
     }
 }
 
+/// The next id of the shared table/space allocator (never 0).
+fn next_id(counter: &mut u32) -> u32 {
+    let id = *counter;
+    *counter = counter.wrapping_add(1).max(1);
+    id
+}
+
+/// A table's bitmap for every class of its space.
+fn write_classes(
+    maps: &mut Maps,
+    space: &Space,
+    id: u32,
+    table: &CompiledTable,
+) -> Result<(), BpfError> {
+    for (side, class, sig) in space.classes() {
+        let bitmap = table.addr[usize::from(side)].bitmap(sig);
+        maps.write_class(id, side, class, &bitmap)?;
+    }
+    Ok(())
+}
+
+/// Writes one settling of a space, in the order [`Delta`] requires:
+/// new classes' bitmaps in every live table of the space, entries, then
+/// dropped classes' bitmaps removed.
+fn write_delta(
+    maps: &mut Maps,
+    space_id: u32,
+    space: &Space,
+    delta: &Delta,
+    tables: &[(u32, &CompiledTable)],
+) -> Result<(), BpfError> {
+    for &(side, class) in &delta.new_classes {
+        let Some(sig) = space.sig(side, class) else {
+            continue;
+        };
+        for (id, table) in tables {
+            let bitmap = table.addr[usize::from(side)].bitmap(sig);
+            maps.write_class(*id, side, class, &bitmap)?;
+        }
+    }
+    for (side, entry, class, new) in &delta.upserts {
+        maps.set_addr(space_id, *side, entry, *class, *new)?;
+    }
+    for (side, entry) in &delta.deletes {
+        maps.delete_addr(space_id, *side, entry);
+    }
+    for &(side, class) in &delta.dropped_classes {
+        for (id, _) in tables {
+            maps.delete_class(*id, side, class);
+        }
+    }
+    Ok(())
+}
+
 /// A `struct __sk_buff` context with only `ifindex` set.
 fn skb_context(ifindex: u32) -> Vec<u8> {
     let mut ctx = vec![0u8; std::mem::size_of::<abi::__sk_buff>()];
@@ -569,5 +810,21 @@ impl Driver for BpfDriver {
 
     fn name(&self) -> &'static str {
         "bpf"
+    }
+
+    /// The flow-event counters per deciding policy (`tier/name`; profiles
+    /// as `profile:NAME`, tier defaults as `TIER/(tier default)`, flows no
+    /// rule decided as `(no match)`), in name order.
+    fn policy_counters(&self) -> Vec<PolicyCounter> {
+        events::lock(&self.shared)
+            .counters
+            .per_policy
+            .iter()
+            .map(|(policy, c)| PolicyCounter {
+                policy: policy.clone(),
+                allowed: c.allowed,
+                denied: c.denied,
+            })
+            .collect()
     }
 }

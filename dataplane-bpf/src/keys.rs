@@ -28,26 +28,35 @@ pub fn addr_from(version: u8, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
-/// The root covers the table id and the side (40 bits).
-const IP_ROOT_BITS: u32 = 40;
+/// The root covers the space id and the side (40 bits).
+const ADDR_ROOT_BITS: u32 = 40;
 
-pub fn ip_key(table: u32, side: u8, entry: &IpEntry) -> (u32, abi::manul_ip_data) {
-    let mut data = abi::manul_ip_data {
-        table,
+pub fn addr_key(space: u32, side: u8, entry: &IpEntry) -> (u32, abi::manul_addr_data) {
+    let mut data = abi::manul_addr_data {
+        space,
         side,
         ..Default::default()
     };
     match entry {
-        IpEntry::Root => (IP_ROOT_BITS, data),
+        IpEntry::Root => (ADDR_ROOT_BITS, data),
         IpEntry::Net(net) => {
             let (version, addr) = addr_bytes(net.network());
             data.version = version;
             data.addr = addr;
             (
-                abi::MANUL_IP_KEY_BASE_BITS + u32::from(net.prefix_len()),
+                abi::MANUL_ADDR_KEY_BASE_BITS + u32::from(net.prefix_len()),
                 data,
             )
         }
+    }
+}
+
+pub fn class_key(table: u32, side: u8, class: u32) -> abi::manul_class_key {
+    abi::manul_class_key {
+        table,
+        side,
+        class_id: class,
+        ..Default::default()
     }
 }
 
@@ -133,11 +142,11 @@ mod tests {
     #[test]
     fn keys_cover_the_fixed_fields_and_the_prefix() {
         let net: ipnet::IpNet = "10.1.2.0/24".parse().unwrap();
-        let (len, data) = ip_key(7, 1, &IpEntry::Net(net));
+        let (len, data) = addr_key(7, 1, &IpEntry::Net(net));
         assert_eq!(len, 64 + 24);
-        assert_eq!((data.table, data.side, data.version), (7, 1, 4));
+        assert_eq!((data.space, data.side, data.version), (7, 1, 4));
         assert_eq!(&data.addr[..4], &[10, 1, 2, 0]);
-        assert_eq!(ip_key(7, 0, &IpEntry::Root).0, 40);
+        assert_eq!(addr_key(7, 0, &IpEntry::Root).0, 40);
         let (len, data) = port_key(
             7,
             0,

@@ -7,7 +7,9 @@
 //!   value, read by bindgen for the Rust side ([`abi`]).
 //! - [`compile`] (no I/O) turns the contract's desired state into rule
 //!   tables: bitmaps the kernel ANDs to classify a new flow in a constant
-//!   number of lookups; [`model`] is the same lookup in userspace.
+//!   number of lookups; [`space`] keeps each table's address prefixes and
+//!   their classes up to date incrementally; [`model`] is the same lookup
+//!   in userspace.
 //!
 //! It refuses to depend on `felix`: it implements the dataplane contract
 //! only, and a policy change must never need a program load.
@@ -25,6 +27,7 @@ mod loader;
 mod maps;
 pub mod model;
 mod plan;
+pub mod space;
 
 pub use conntrack::{ConntrackEntry, ConntrackTimeouts, GcStats};
 pub use driver::{BpfConfig, BpfDriver, KernelCounters, TestRunOutcome};

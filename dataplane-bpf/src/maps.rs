@@ -1,14 +1,14 @@
-//! The pinned maps, and writing or deleting one compiled table: thin calls
-//! into aya, keys from [`crate::keys`].
-
-use std::collections::HashSet;
+//! The pinned maps, and writing or deleting compiled tables, class bitmaps
+//! and address-space entries: thin calls into aya, keys from
+//! [`crate::keys`].
 
 use aya::Ebpf;
 use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 
 use crate::abi;
-use crate::compile::CompiledTable;
+use crate::bitmap::Bitmap;
+use crate::compile::{CompiledTable, IpEntry};
 use crate::error::BpfError;
 use crate::keys;
 
@@ -20,7 +20,8 @@ pub struct Maps {
     pub ct: HashMap<MapData, abi::manul_ct_key, abi::manul_ct_value>,
     pub meta: Array<MapData, u64>,
     pub cnt: PerCpuArray<MapData, u64>,
-    ip: Trie<abi::manul_ip_data>,
+    addr: LpmTrie<MapData, abi::manul_addr_data, u32>,
+    class: HashMap<MapData, abi::manul_class_key, abi::manul_bitmap>,
     port: Trie<abi::manul_port_data>,
     proto: Trie<abi::manul_proto_data>,
     np: HashMap<MapData, abi::manul_np_key, abi::manul_bitmap>,
@@ -34,7 +35,8 @@ pub struct Maps {
 /// Entry counts per table map.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TableCounts {
-    pub ip: usize,
+    pub addr: usize,
+    pub class: usize,
     pub port: usize,
     pub proto: usize,
     pub np: usize,
@@ -44,7 +46,8 @@ pub struct TableCounts {
 impl TableCounts {
     pub fn of(t: &CompiledTable) -> Self {
         Self {
-            ip: t.ip.iter().map(Vec::len).sum(),
+            addr: 0,
+            class: 0,
             port: t.port.iter().map(Vec::len).sum(),
             proto: t.proto.len(),
             np: t.named.iter().map(Vec::len).sum(),
@@ -53,7 +56,8 @@ impl TableCounts {
     }
 
     pub fn add(&mut self, o: &TableCounts) {
-        self.ip += o.ip;
+        self.addr += o.addr;
+        self.class += o.class;
         self.port += o.port;
         self.proto += o.proto;
         self.np += o.np;
@@ -61,7 +65,8 @@ impl TableCounts {
     }
 
     pub fn sub(&mut self, o: &TableCounts) {
-        self.ip = self.ip.saturating_sub(o.ip);
+        self.addr = self.addr.saturating_sub(o.addr);
+        self.class = self.class.saturating_sub(o.class);
         self.port = self.port.saturating_sub(o.port);
         self.proto = self.proto.saturating_sub(o.proto);
         self.np = self.np.saturating_sub(o.np);
@@ -71,7 +76,8 @@ impl TableCounts {
     /// The first map that would overflow.
     pub fn check(&self, capacity: &TableCounts) -> Result<(), BpfError> {
         for (map, needed, cap) in [
-            ("manul_ip", self.ip, capacity.ip),
+            ("manul_addr", self.addr, capacity.addr),
+            ("manul_class", self.class, capacity.class),
             ("manul_port", self.port, capacity.port),
             ("manul_proto", self.proto, capacity.proto),
             ("manul_np", self.np, capacity.np),
@@ -122,8 +128,10 @@ impl Maps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
         let mut capacity = TableCounts::default();
-        let ip_map = take(ebpf, "manul_ip")?;
-        capacity.ip = max_entries(&ip_map);
+        let addr_map = take(ebpf, "manul_addr")?;
+        capacity.addr = max_entries(&addr_map);
+        let class_map = take(ebpf, "manul_class")?;
+        capacity.class = max_entries(&class_map);
         let port_map = take(ebpf, "manul_port")?;
         capacity.port = max_entries(&port_map);
         let proto_map = take(ebpf, "manul_proto")?;
@@ -138,7 +146,8 @@ impl Maps {
             ct: typed!(ebpf, "manul_ct"),
             meta: typed!(ebpf, "manul_meta"),
             cnt: typed!(ebpf, "manul_cnt"),
-            ip: ip_map.try_into().map_err(conv("manul_ip"))?,
+            addr: addr_map.try_into().map_err(conv("manul_addr"))?,
+            class: class_map.try_into().map_err(conv("manul_class"))?,
             port: port_map.try_into().map_err(conv("manul_port"))?,
             proto: proto_map.try_into().map_err(conv("manul_proto"))?,
             np: np_map.try_into().map_err(conv("manul_np"))?,
@@ -152,7 +161,8 @@ impl Maps {
 
     fn count_existing(&self) -> TableCounts {
         TableCounts {
-            ip: self.ip.keys().count(),
+            addr: self.addr.keys().count(),
+            class: self.class.keys().count(),
             port: self.port.keys().count(),
             proto: self.proto.keys().count(),
             np: self.np.keys().count(),
@@ -192,14 +202,6 @@ impl Maps {
         t: &CompiledTable,
         labels: &[(u32, u32)],
     ) -> Result<(), BpfError> {
-        for (side, entries) in t.ip.iter().enumerate() {
-            for (e, b) in entries {
-                let (len, data) = keys::ip_key(id, side as u8, e);
-                self.ip
-                    .insert(&Key::new(len, data), b.to_abi(), 0)
-                    .map_err(|e| BpfError::map("manul_ip", format!("insert into table {id}"), e))?;
-            }
-        }
         for (side, entries) in t.port.iter().enumerate() {
             for (e, b) in entries {
                 let (len, data) = keys::port_key(id, side as u8, e);
@@ -239,12 +241,6 @@ impl Maps {
     /// Deletes a table written by [`Maps::write_table`] (missing entries are
     /// fine).
     pub fn delete_table(&mut self, id: u32, t: &CompiledTable) {
-        for (side, entries) in t.ip.iter().enumerate() {
-            for (e, _) in entries {
-                let (len, data) = keys::ip_key(id, side as u8, e);
-                let _ = self.ip.remove(&Key::new(len, data));
-            }
-        }
         for (side, entries) in t.port.iter().enumerate() {
             for (e, _) in entries {
                 let (len, data) = keys::port_key(id, side as u8, e);
@@ -266,28 +262,99 @@ impl Maps {
         self.used.sub(&TableCounts::of(t));
     }
 
-    /// Deletes every table entry whose id is not in `live` (tables left by
-    /// an earlier run). Returns how many entries it removed.
-    pub fn delete_tables_except(&mut self, live: &HashSet<u32>) -> usize {
+    /// Writes a table's bitmap for one class of its address space.
+    pub fn write_class(
+        &mut self,
+        table: u32,
+        side: u8,
+        class: u32,
+        bitmap: &Bitmap,
+    ) -> Result<(), BpfError> {
+        if self.used.class >= self.capacity.class {
+            return Err(BpfError::Capacity {
+                map: "manul_class",
+                needed: self.used.class + 1,
+                capacity: self.capacity.class,
+            });
+        }
+        self.class
+            .insert(keys::class_key(table, side, class), bitmap.to_abi(), 0)
+            .map_err(|e| BpfError::map("manul_class", format!("insert for table {table}"), e))?;
+        self.used.class += 1;
+        Ok(())
+    }
+
+    pub fn delete_class(&mut self, table: u32, side: u8, class: u32) {
+        if self
+            .class
+            .remove(&keys::class_key(table, side, class))
+            .is_ok()
+        {
+            self.used.class = self.used.class.saturating_sub(1);
+        }
+    }
+
+    /// Writes an address-space entry (`new`: the key is not there yet).
+    pub fn set_addr(
+        &mut self,
+        space: u32,
+        side: u8,
+        entry: &IpEntry,
+        class: u32,
+        new: bool,
+    ) -> Result<(), BpfError> {
+        if new && self.used.addr >= self.capacity.addr {
+            return Err(BpfError::Capacity {
+                map: "manul_addr",
+                needed: self.used.addr + 1,
+                capacity: self.capacity.addr,
+            });
+        }
+        let (len, data) = keys::addr_key(space, side, entry);
+        self.addr
+            .insert(&Key::new(len, data), class, 0)
+            .map_err(|e| BpfError::map("manul_addr", format!("insert into space {space}"), e))?;
+        if new {
+            self.used.addr += 1;
+        }
+        Ok(())
+    }
+
+    pub fn delete_addr(&mut self, space: u32, side: u8, entry: &IpEntry) {
+        let (len, data) = keys::addr_key(space, side, entry);
+        if self.addr.remove(&Key::new(len, data)).is_ok() {
+            self.used.addr = self.used.addr.saturating_sub(1);
+        }
+    }
+
+    /// Deletes every entry of a table or space for which `dead` holds, by
+    /// scanning the maps (tables and spaces left by an earlier run, or
+    /// whose bookkeeping a failed write made unreliable). Returns how many
+    /// entries it removed.
+    pub fn delete_where(&mut self, dead: impl Fn(u32) -> bool) -> usize {
         let mut removed = 0;
-        let ip: Vec<_> = self.ip.keys().filter_map(Result::ok).collect();
-        for k in ip.iter().filter(|k| !live.contains(&{ k.data().table })) {
-            removed += usize::from(self.ip.remove(k).is_ok());
+        let addr: Vec<_> = self.addr.keys().filter_map(Result::ok).collect();
+        for k in addr.iter().filter(|k| dead(k.data().space)) {
+            removed += usize::from(self.addr.remove(k).is_ok());
+        }
+        let class: Vec<_> = self.class.keys().filter_map(Result::ok).collect();
+        for k in class.iter().filter(|k| dead(k.table)) {
+            removed += usize::from(self.class.remove(k).is_ok());
         }
         let port: Vec<_> = self.port.keys().filter_map(Result::ok).collect();
-        for k in port.iter().filter(|k| !live.contains(&{ k.data().table })) {
+        for k in port.iter().filter(|k| dead(k.data().table)) {
             removed += usize::from(self.port.remove(k).is_ok());
         }
         let proto: Vec<_> = self.proto.keys().filter_map(Result::ok).collect();
-        for k in proto.iter().filter(|k| !live.contains(&{ k.data().table })) {
+        for k in proto.iter().filter(|k| dead(k.data().table)) {
             removed += usize::from(self.proto.remove(k).is_ok());
         }
         let np: Vec<_> = self.np.keys().filter_map(Result::ok).collect();
-        for k in np.iter().filter(|k| !live.contains(&k.table)) {
+        for k in np.iter().filter(|k| dead(k.table)) {
             removed += usize::from(self.np.remove(k).is_ok());
         }
         let rule: Vec<_> = self.rule.keys().filter_map(Result::ok).collect();
-        for k in rule.iter().filter(|k| !live.contains(&k.table)) {
+        for k in rule.iter().filter(|k| dead(k.table)) {
             removed += usize::from(self.rule.remove(k).is_ok());
         }
         self.used = self.count_existing();

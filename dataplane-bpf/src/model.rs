@@ -1,6 +1,7 @@
-//! A userspace model of the kernel's lookup over a [`CompiledTable`]: the
-//! same longest-prefix matches, bitmap AND and Pass walk as `manul_tc.c`,
-//! done by scanning. Tests compare it with the reference verdicts, and it
+//! A userspace model of the kernel's lookup over a [`CompiledTable`] and
+//! its address space's view ([`crate::space::Space::view`]): the same
+//! longest-prefix matches, bitmap AND and Pass walk as `manul_tc.c`, done
+//! by scanning. Tests compare it with the reference verdicts, and it
 //! explains a decision without a kernel.
 
 use std::net::IpAddr;
@@ -14,7 +15,11 @@ const MAX_PASSES: usize = crate::abi::MANUL_MAX_PASSES as usize;
 
 /// The slot that decides `packet` in `table`, as the kernel would find it;
 /// `None` means no slot matched (the kernel drops).
-pub fn decide<'t>(table: &'t CompiledTable, packet: &Packet) -> Option<(usize, &'t Slot)> {
+pub fn decide<'t>(
+    table: &'t CompiledTable,
+    addr_view: &[Vec<(IpEntry, Bitmap)>; 2],
+    packet: &Packet,
+) -> Option<(usize, &'t Slot)> {
     let version = packet.ip_version();
     let icmp = matches!(packet.protocol, 1 | 58);
     let (icmp_type, icmp_code) = if icmp {
@@ -38,7 +43,7 @@ pub fn decide<'t>(table: &'t CompiledTable, packet: &Packet) -> Option<(usize, &
         (0, packet.src, packet.src_port),
         (1, packet.dst, packet.dst_port),
     ] {
-        acc.and(ip_lookup(table, side, addr)?);
+        acc.and(ip_lookup(&addr_view[side], addr)?);
         acc.and(port_lookup(table, side, addr, packet.protocol, port)?);
     }
     let mut from = 0;
@@ -57,8 +62,8 @@ pub fn decide<'t>(table: &'t CompiledTable, packet: &Packet) -> Option<(usize, &
     None
 }
 
-fn ip_lookup(table: &CompiledTable, side: usize, addr: IpAddr) -> Option<&Bitmap> {
-    table.ip[side]
+fn ip_lookup(entries: &[(IpEntry, Bitmap)], addr: IpAddr) -> Option<&Bitmap> {
+    entries
         .iter()
         .filter(|(e, _)| match e {
             IpEntry::Root => true,

@@ -57,16 +57,17 @@ impl Touched {
         t
     }
 
-    /// Whether a table built from `spec` reads anything this batch changed.
-    pub fn affects(&self, spec: &TableSpec, state: &DesiredState) -> bool {
+    /// Whether a table built from `spec` must be compiled again: a policy
+    /// or profile it reads changed, or a named-port set its rules name
+    /// (named-port triples are part of the table). Address sets are not:
+    /// they live in the table's address space, which is synced in place.
+    pub fn rules_affect(&self, spec: &TableSpec, state: &DesiredState) -> bool {
         let rules_touch_sets = |rules: &[Rule]| {
             !self.sets.is_empty()
                 && rules.iter().any(|r| {
                     [&r.src, &r.dst].iter().any(|m| {
-                        m.ip_sets
+                        m.named_port_sets
                             .iter()
-                            .chain(&m.not_ip_sets)
-                            .chain(&m.named_port_sets)
                             .chain(&m.not_named_port_sets)
                             .any(|s| self.sets.contains(s))
                     })

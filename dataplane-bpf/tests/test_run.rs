@@ -191,7 +191,9 @@ fn verdicts_conntrack_policy_change_and_events() {
             let flow = ct
                 .iter()
                 .find(|e| {
+                    // (10.9.0.2, the denied outsider, used the same ports.)
                     e.ifindex == a
+                        && e.src == ip("10.0.0.2")
                         && e.src_port == 40000
                         && e.dst_port == 80
                         && e.dst == ip("10.0.0.1")
@@ -209,6 +211,13 @@ fn verdicts_conntrack_policy_change_and_events() {
             let web = counters.per_policy["default/web"];
             assert!(web.allowed >= 3 && web.denied >= 1, "{counters:?}");
             assert!(counters.per_policy["default/(tier default)"].denied >= 2);
+            // The same figures through the contract (Felix's metrics).
+            let via_trait = d.policy_counters();
+            let web_row = via_trait
+                .iter()
+                .find(|c| c.policy == "default/web")
+                .expect("a row for the policy");
+            assert_eq!((web_row.allowed, web_row.denied), (web.allowed, web.denied));
             let k = d.kernel_counters();
             assert!(k.conntrack_hits >= 2 && k.no_endpoint >= 3, "{k:?}");
 
@@ -306,6 +315,57 @@ fn a_restart_adopts_pinned_state_until_in_sync() {
             assert_eq!(d.endpoint_tables(a), None);
             let later = Packet::tcp(ip("10.0.0.2"), 40003, ip("10.0.0.1"), 80);
             assert_eq!(run(&mut d, Hook::Egress, a, later, SYN), DROP);
+        })
+        .expect("run in the namespace");
+}
+
+#[test]
+fn set_member_changes_are_written_in_place() {
+    let Some(sb) = Sandbox::new("bs") else { return };
+    let a = sb.index("mnla");
+    let config = sb.config();
+    sb.ns()
+        .run(move || {
+            let mut d = BpfDriver::new(config).expect("load the programs");
+            let member = |s: &str| manul_dataplane_api::IpSetMember::Net(net(s));
+            let Operation::PolicyUpdate { id, mut policy } = web_policy(Action::Allow) else {
+                unreachable!()
+            };
+            policy.inbound[0].src.nets.clear();
+            policy.inbound[0].src.ip_sets = vec!["clients".into()];
+            d.apply(&[
+                Operation::IpSetUpdate {
+                    id: "clients".into(),
+                    kind: manul_dataplane_api::IpSetKind::Net,
+                    members: vec![member("10.0.0.2/32")],
+                },
+                Operation::PolicyUpdate { id, policy },
+                pod_a(0),
+            ])
+            .expect("apply");
+            let from = |src: &str, sport| Packet::tcp(ip(src), sport, ip("10.0.0.1"), 80);
+            assert_eq!(run(&mut d, Hook::Egress, a, from("10.0.0.2", 1), SYN), PASS);
+            assert_eq!(run(&mut d, Hook::Egress, a, from("10.0.0.3", 2), SYN), DROP);
+            let tables = d.endpoint_tables(a);
+            let delta = |added: Vec<_>, removed: Vec<_>| Operation::IpSetDelta {
+                id: "clients".into(),
+                added,
+                removed,
+            };
+            d.apply(&[delta(
+                vec![member("10.0.0.0/30")],
+                vec![member("10.0.0.2/32")],
+            )])
+            .expect("apply");
+            // Same table: the members were written in place.
+            assert_eq!(d.endpoint_tables(a), tables);
+            assert_eq!(run(&mut d, Hook::Egress, a, from("10.0.0.3", 3), SYN), PASS);
+            assert_eq!(run(&mut d, Hook::Egress, a, from("10.0.0.2", 4), SYN), PASS);
+            assert_eq!(run(&mut d, Hook::Egress, a, from("10.0.0.5", 5), SYN), DROP);
+            d.apply(&[delta(vec![], vec![member("10.0.0.0/30")])])
+                .expect("apply");
+            assert_eq!(run(&mut d, Hook::Egress, a, from("10.0.0.3", 6), SYN), DROP);
+            assert_eq!(run(&mut d, Hook::Egress, a, from("10.0.0.2", 7), SYN), DROP);
         })
         .expect("run in the namespace");
 }
