@@ -8,15 +8,24 @@
 //!   kernel maps hold the new table and the endpoint points at it), and an
 //!   endpoint add (table shared, entry written, programs attached).
 //!
-//! Needs root. Everything runs in a network namespace it creates, with pins
-//! under /sys/fs/bpf/manul-bench, removed at the end.
+//! With `traffic` as its first argument it runs the shared real-traffic
+//! benchmark instead (`manul_dataplane_conformance::traffic`: iperf3
+//! throughput, new-connection latency and rate, established round trips,
+//! against a baseline without a dataplane), with the `BpfDriver`, and prints
+//! its report.
+//!
+//! Needs root (and `iperf3` for `traffic`). Everything runs in network
+//! namespaces it creates, with pins under /sys/fs/bpf/manul-bench, removed
+//! at the end.
 //!
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench [-- --runs N]`
+//! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- traffic [--runs 3] [--rule-counts 10,100,1000]`
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ipnet::{IpNet, Ipv4Net};
@@ -26,6 +35,9 @@ use manul_dataplane_api::{
 };
 use manul_dataplane_bpf::frames::{SYN, frame};
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, Hook};
+use manul_dataplane_conformance::Factory;
+use manul_dataplane_conformance::driver_thread::chain;
+use manul_dataplane_conformance::traffic::{self, Dataplane, TrafficOptions};
 use manul_netns::{NetNs, create_veth, link_index, unique_prefix};
 
 const PIN_ROOT: &str = "/sys/fs/bpf/manul-bench";
@@ -144,12 +156,62 @@ fn median(mut v: Vec<f64>) -> f64 {
     percentile(&v, 0.5)
 }
 
+fn flag(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
+/// The shared real-traffic benchmark with the eBPF driver.
+fn traffic_mode() {
+    let runs: usize = flag("--runs").and_then(|s| s.parse().ok()).unwrap_or(3);
+    let rule_counts: Vec<usize> = flag("--rule-counts")
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10, 100, 1000]);
+    let nodes: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = nodes.clone();
+    let factory: Arc<Factory> = Arc::new(move |ctx| {
+        seen.lock().unwrap().push(ctx.node.clone());
+        let mut config = BpfConfig::new(&ctx.node);
+        config.pin_root = PathBuf::from(PIN_ROOT);
+        BpfDriver::new(config)
+            .map(|d| Box::new(d) as Box<dyn Driver>)
+            .map_err(|e| chain(&e))
+    });
+    let dataplane = Dataplane::Driver {
+        name: "bpf".into(),
+        factory,
+    };
+    let report = traffic::run_traffic_benchmark_with(
+        "bt",
+        &dataplane,
+        &rule_counts,
+        runs,
+        &TrafficOptions::default(),
+        &mut |s| {
+            eprintln!(
+                "traffic: {} rules {:>5}: {:6.2} Gbit/s, connect p50 {:6.1} us p99 {:6.1} us, {:6.0} connects/s, rr p50 {:5.1} us",
+                s.dataplane,
+                s.rules.map_or("-".to_string(), |r| r.to_string()),
+                s.throughput_bps / 1e9,
+                s.connect.p50_us,
+                s.connect.p99_us,
+                s.connects_per_sec,
+                s.roundtrip.p50_us,
+            );
+        },
+    );
+    for node in nodes.lock().unwrap().iter() {
+        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), node);
+    }
+    let report = report.expect("traffic benchmark");
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
+
 fn main() {
-    let runs: usize = std::env::args()
-        .skip_while(|a| a != "--runs")
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    if std::env::args().nth(1).as_deref() == Some("traffic") {
+        traffic_mode();
+        return;
+    }
+    let runs: usize = flag("--runs").and_then(|s| s.parse().ok()).unwrap_or(5);
     let repeat = 200_000u32;
     let tag = unique_prefix("bb");
     let ns = NetNs::create(&tag).expect("create a network namespace");
