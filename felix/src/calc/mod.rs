@@ -14,24 +14,36 @@
 //!
 //! Only what this node needs is kept in the dataplane: its local endpoints,
 //! the policies and profiles that apply to them, and the IP sets those
-//! reference (whose members may be anywhere in the cluster). A two-way
-//! label index ([`labelindex`]) keeps set membership current without
-//! scanning every endpoint or every selector.
+//! reference (whose members may be anywhere in the cluster). Two label
+//! indexes ([`labelindex`]) keep set membership (over every endpoint and
+//! network set) and policy matches (over local endpoints) current without
+//! scanning every item or every selector.
+//!
+//! The work of a batch is proportional to what it changed: endpoints are
+//! stored once, with interned labels, under a `u32` id shared by the
+//! indexes; set members are counted per set and diffed only where a batch
+//! touched them; which policies and profiles are active is kept as counts
+//! of the local endpoints using them.
 
 pub mod inputs;
 pub mod labelindex;
 pub mod render;
 pub mod services;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
+use ipnet::IpNet;
 use manul_dataplane_api as dp;
 use manul_model::convert;
+use manul_model::selector::Expr;
 use manul_model::v3::{Action, PolicyType, ProfileSpec, TierSpec};
 use manul_model::{Kind, Resource, ResourceKey};
 
 use inputs::{EndpointInput, Item, NetSetInput, PolicyInput, by_order, namespace_selector_labels};
-use labelindex::{LabelIndex, LabelMap};
+use labelindex::{
+    FxHashMap, FxHashSet, Interner, LabelIndex, LabelMap, Labels, MatchChange, Sym, finish_labels,
+};
 use render::{NAMESPACE_LABEL, NAMESPACE_PREFIX, SERVICE_ACCOUNT_LABEL, SetDef};
 
 /// The order Calico gives the `default` tier when no Tier resource sets one.
@@ -45,10 +57,9 @@ pub struct Update {
     pub value: Option<Resource>,
 }
 
-/// What was last sent to the driver.
+/// What was last sent to the driver (sets: in [`SetState`]).
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Emitted {
-    sets: BTreeMap<dp::IpSetId, BTreeSet<dp::IpSetMember>>,
     policies: BTreeMap<dp::PolicyId, dp::Policy>,
     profiles: BTreeMap<String, dp::Policy>,
     workloads: BTreeMap<dp::EndpointId, dp::WorkloadEndpoint>,
@@ -68,74 +79,170 @@ pub struct Stats {
     pub network_sets: usize,
 }
 
+/// An endpoint as the graph keeps it: what its labels, set membership and
+/// locality are made of, with interned strings.
+#[derive(Debug)]
+struct EndpointRec {
+    local: bool,
+    namespace: Option<Sym>,
+    profiles: Box<[Sym]>,
+    own_labels: Labels,
+    service_account: Option<Sym>,
+    orchestrator: Sym,
+    nets: Box<[IpNet]>,
+    /// Named ports: (name, protocol number, port).
+    ports: Box<[(Sym, u8, u16)]>,
+    expected_ips: Box<[IpAddr]>,
+}
+
+#[derive(Debug)]
+struct NetSetRec {
+    namespace: Option<Sym>,
+    own_labels: Labels,
+    nets: Box<[IpNet]>,
+}
+
+#[derive(Debug)]
+enum Rec {
+    Endpoint(EndpointRec),
+    NetSet(NetSetRec),
+}
+
+/// A local endpoint: its whole input, and what it was last counted as
+/// using.
+#[derive(Debug)]
+struct Local {
+    input: EndpointInput,
+    matched: BTreeSet<dp::PolicyId>,
+    profiles: Vec<String>,
+}
+
+/// One active IP set.
+#[derive(Debug)]
+struct SetState {
+    id: dp::IpSetId,
+    def: SetDef,
+    /// Rendered policies and profiles using it.
+    refs: usize,
+    /// Current members, counted by contributing item.
+    members: FxHashMap<dp::IpSetMember, u32>,
+    /// Whether the driver has it.
+    emitted: bool,
+    /// Members whose count changed in this batch, with whether they were
+    /// members at the last flush.
+    touched: FxHashMap<dp::IpSetMember, bool>,
+}
+
 /// The calculation graph for one node.
 #[derive(Debug)]
 pub struct CalcGraph {
     node: String,
+    syms: Interner,
+    /// Interned names of the labels the graph adds.
+    sym_namespace: Sym,
+    sym_orchestrator: Sym,
+    sym_service_account: Sym,
     tiers: BTreeMap<String, TierSpec>,
     policies: BTreeMap<dp::PolicyId, PolicyInput>,
     policy_keys: BTreeMap<ResourceKey, dp::PolicyId>,
+    /// Policy ids in the policy index.
+    policy_slots: FxHashMap<dp::PolicyId, u32>,
+    slot_policies: Vec<Option<dp::PolicyId>>,
+    free_policy_slots: Vec<u32>,
     profiles: BTreeMap<String, ProfileSpec>,
+    /// Interned `labels_to_apply` of each profile.
+    profile_labels: FxHashMap<String, Labels>,
     namespaces: BTreeMap<String, LabelMap>,
-    endpoints: BTreeMap<Item, EndpointInput>,
-    netsets: BTreeMap<Item, NetSetInput>,
+    /// Per namespace: the labels namespace selectors see, and their
+    /// `pcns.`-prefixed interned form that namespaced items inherit.
+    namespace_views: FxHashMap<String, (LabelMap, Labels)>,
+    /// Endpoints and network sets: key → id, id → record.
+    item_ids: FxHashMap<Item, u32>,
+    items: Vec<Option<(Item, Rec)>>,
+    free_items: Vec<u32>,
+    endpoint_count: usize,
+    netset_count: usize,
+    /// Items by namespace and endpoints by profile, for inheritance.
+    namespace_members: FxHashMap<Sym, FxHashSet<u32>>,
+    profile_members: FxHashMap<Sym, FxHashSet<u32>>,
     k8s_services: BTreeMap<(String, String), k8s_openapi::api::core::v1::Service>,
     /// (namespace, slice name) → slice.
     slices: BTreeMap<(String, String), services::Slice>,
     dirty_services: BTreeSet<(String, String)>,
-    index: LabelIndex<dp::IpSetId, Item>,
-    set_defs: BTreeMap<dp::IpSetId, SetDef>,
-    /// How many rendered policies and profiles use each set.
-    set_refs: BTreeMap<dp::IpSetId, usize>,
-    /// Local endpoint → the policies whose selector matches it.
-    local_matches: BTreeMap<Item, BTreeSet<dp::PolicyId>>,
+    /// Set selectors over every endpoint and network set.
+    index: LabelIndex,
+    /// Policy selectors over local endpoints.
+    policy_index: LabelIndex,
+    sets: Vec<Option<SetState>>,
+    set_slots: FxHashMap<dp::IpSetId, u32>,
+    free_set_slots: Vec<u32>,
+    /// Sets created or touched in this batch.
+    dirty_sets: FxHashSet<u32>,
+    /// Sets whose use count went to zero in this batch.
+    released_sets: Vec<u32>,
+    locals: FxHashMap<u32, Local>,
+    /// How many local endpoints each policy and profile applies to.
+    policy_users: FxHashMap<dp::PolicyId, usize>,
+    profile_users: FxHashMap<String, usize>,
     /// Rendered active policies and profiles, with the sets they use.
     rendered: BTreeMap<dp::PolicyId, (dp::Policy, Vec<SetDef>)>,
     rendered_profiles: BTreeMap<String, (dp::Policy, Vec<SetDef>)>,
     emitted: Emitted,
-    /// Current members of every active set, counted by contributing item.
-    set_members: HashMap<dp::IpSetId, BTreeMap<dp::IpSetMember, u32>>,
-    /// Sets created (or re-created) in this batch: sent whole.
-    new_sets: BTreeSet<dp::IpSetId>,
-    /// Members whose count changed in this batch, per set: sent as deltas.
-    touched: BTreeMap<dp::IpSetId, BTreeSet<dp::IpSetMember>>,
-    /// Sets whose last user went away in this batch.
-    released_sets: BTreeSet<dp::IpSetId>,
     dirty_policies: BTreeSet<dp::PolicyId>,
     dirty_profiles: BTreeSet<String>,
     dirty_locals: BTreeSet<Item>,
     all_locals_dirty: bool,
+    /// Scratch space for index match changes.
+    changes: Vec<MatchChange>,
 }
 
 impl CalcGraph {
     pub fn new(node: impl Into<String>) -> CalcGraph {
+        let mut syms = Interner::default();
         CalcGraph {
             node: node.into(),
+            sym_namespace: syms.intern(NAMESPACE_LABEL),
+            sym_orchestrator: syms.intern(convert::ORCHESTRATOR_LABEL),
+            sym_service_account: syms.intern(SERVICE_ACCOUNT_LABEL),
+            syms,
             tiers: BTreeMap::new(),
             policies: BTreeMap::new(),
             policy_keys: BTreeMap::new(),
+            policy_slots: FxHashMap::default(),
+            slot_policies: Vec::new(),
+            free_policy_slots: Vec::new(),
             profiles: BTreeMap::new(),
+            profile_labels: FxHashMap::default(),
             namespaces: BTreeMap::new(),
-            endpoints: BTreeMap::new(),
-            netsets: BTreeMap::new(),
+            namespace_views: FxHashMap::default(),
+            item_ids: FxHashMap::default(),
+            items: Vec::new(),
+            free_items: Vec::new(),
+            endpoint_count: 0,
+            netset_count: 0,
+            namespace_members: FxHashMap::default(),
+            profile_members: FxHashMap::default(),
             k8s_services: BTreeMap::new(),
             slices: BTreeMap::new(),
             dirty_services: BTreeSet::new(),
             index: LabelIndex::default(),
-            set_defs: BTreeMap::new(),
-            set_refs: BTreeMap::new(),
-            local_matches: BTreeMap::new(),
+            policy_index: LabelIndex::default(),
+            sets: Vec::new(),
+            set_slots: FxHashMap::default(),
+            free_set_slots: Vec::new(),
+            dirty_sets: FxHashSet::default(),
+            released_sets: Vec::new(),
+            locals: FxHashMap::default(),
+            policy_users: FxHashMap::default(),
+            profile_users: FxHashMap::default(),
             rendered: BTreeMap::new(),
             rendered_profiles: BTreeMap::new(),
             emitted: Emitted::default(),
-            set_members: HashMap::new(),
-            new_sets: BTreeSet::new(),
-            touched: BTreeMap::new(),
-            released_sets: BTreeSet::new(),
             dirty_policies: BTreeSet::new(),
             dirty_profiles: BTreeSet::new(),
             dirty_locals: BTreeSet::new(),
             all_locals_dirty: false,
+            changes: Vec::new(),
         }
     }
 
@@ -145,13 +252,13 @@ impl CalcGraph {
 
     pub fn stats(&self) -> Stats {
         Stats {
-            local_endpoints: self.local_matches.len(),
+            local_endpoints: self.locals.len(),
             active_policies: self.emitted.policies.len(),
             active_profiles: self.emitted.profiles.len(),
-            ip_sets: self.emitted.sets.len(),
-            endpoints: self.endpoints.len(),
+            ip_sets: self.sets.iter().flatten().filter(|s| s.emitted).count(),
+            endpoints: self.endpoint_count,
             policies: self.policies.len(),
-            network_sets: self.netsets.len(),
+            network_sets: self.netset_count,
         }
     }
 
@@ -161,10 +268,6 @@ impl CalcGraph {
             self.ingest(u);
         }
         self.flush()
-    }
-
-    fn is_local(&self, e: &EndpointInput) -> bool {
-        e.node == self.node
     }
 
     // ------------------------------------------------------------ ingest
@@ -208,11 +311,12 @@ impl CalcGraph {
                         self.namespaces.remove(&name);
                     }
                 }
+                self.namespace_views.remove(&name);
                 self.profile_changed(&format!("{}{name}", convert::NAMESPACE_PROFILE_PREFIX));
                 self.namespace_changed(&name);
             }
             Kind::WorkloadEndpoint | Kind::HostEndpoint => {
-                let item = Item::Endpoint(u.key.namespace.clone(), u.key.name.clone());
+                let item = Item::Endpoint(u.key.namespace, u.key.name);
                 let input = u.value.as_ref().and_then(endpoint_input);
                 self.set_endpoint(item, input);
             }
@@ -241,285 +345,527 @@ impl CalcGraph {
                 }
             }
             Kind::NetworkSet | Kind::GlobalNetworkSet => {
-                let item = Item::NetSet(u.key.namespace.clone(), u.key.name.clone());
-                let input = match &u.value {
+                let input = match u.value {
                     Some(Resource::NetworkSet(o)) | Some(Resource::GlobalNetworkSet(o)) => {
                         Some(NetSetInput {
                             namespace: u.key.namespace.clone(),
-                            labels: o.metadata.labels.clone().unwrap_or_default(),
+                            labels: o.metadata.labels.unwrap_or_default(),
                             nets: o.spec.nets.iter().map(|c| c.net()).collect(),
                         })
                     }
                     _ => None,
                 };
+                let item = Item::NetSet(u.key.namespace, u.key.name);
                 self.set_netset(item, input);
             }
             _ => {}
         }
     }
 
-    fn set_policy(&mut self, key: ResourceKey, input: Option<PolicyInput>) {
-        // A policy can move tiers: its id changes, so remove the old one.
-        if let Some(old) = self.policy_keys.remove(&key) {
-            self.policies.remove(&old);
-            self.policy_changed(&old);
-        }
-        if let Some(p) = input {
-            let id = p.id.clone();
-            self.policy_keys.insert(key, id.clone());
-            self.policies.insert(id.clone(), p);
-            self.policy_changed(&id);
+    // ---------------------------------------------------------- policies
+
+    /// The selector a policy is indexed by over local endpoints: its own,
+    /// limited to its namespace for a namespaced policy. Matching it is
+    /// necessary for the policy to apply; [`Self::policy_applies`] checks
+    /// the rest.
+    fn policy_expr(p: &PolicyInput) -> Expr {
+        match &p.namespace {
+            Some(ns) => Expr::and(vec![
+                p.selector.expr().clone(),
+                Expr::Eq {
+                    label: NAMESPACE_LABEL.to_string(),
+                    value: ns.clone(),
+                },
+            ]),
+            None => p.selector.expr().clone(),
         }
     }
 
-    fn policy_changed(&mut self, id: &dp::PolicyId) {
-        self.dirty_policies.insert(id.clone());
-        let locals: Vec<Item> = self.local_matches.keys().cloned().collect();
-        for item in locals {
-            let matched = match (self.policies.get(id), self.endpoints.get(&item)) {
-                (Some(p), Some(e)) => self.policy_applies(p, e, self.index.labels(&item)),
-                _ => false,
-            };
-            let Some(set) = self.local_matches.get_mut(&item) else {
-                continue;
-            };
-            let changed = if matched {
-                set.insert(id.clone())
-            } else {
-                set.remove(id)
-            };
-            if changed || matched {
-                self.dirty_locals.insert(item);
+    fn set_policy(&mut self, key: ResourceKey, input: Option<PolicyInput>) {
+        // A policy can move tiers: its id changes, so remove the old one.
+        let old = self.policy_keys.remove(&key);
+        if let Some(old) = &old
+            && input.as_ref().is_none_or(|p| p.id != *old)
+        {
+            self.policies.remove(old);
+            self.dirty_policies.insert(old.clone());
+            if let Some(slot) = self.policy_slots.remove(old) {
+                let mut changes = std::mem::take(&mut self.changes);
+                self.policy_index.remove_selector(slot, &mut changes);
+                self.locals_dirty_from(&mut changes);
+                self.changes = changes;
+                self.slot_policies[slot as usize] = None;
+                self.free_policy_slots.push(slot);
             }
+        }
+        let Some(p) = input else {
+            return;
+        };
+        let id = p.id.clone();
+        let slot = match self.policy_slots.get(&id) {
+            Some(s) => *s,
+            None => {
+                let s = match self.free_policy_slots.pop() {
+                    Some(s) => {
+                        self.slot_policies[s as usize] = Some(id.clone());
+                        s
+                    }
+                    None => {
+                        self.slot_policies.push(Some(id.clone()));
+                        (self.slot_policies.len() - 1) as u32
+                    }
+                };
+                self.policy_slots.insert(id.clone(), s);
+                s
+            }
+        };
+        // Local endpoints it applied to see its new order, types or rules.
+        let before: Vec<u32> = self.policy_index.matching(slot).collect();
+        for i in before {
+            self.mark_local_dirty(i);
+        }
+        let expr = Self::policy_expr(&p);
+        let mut changes = std::mem::take(&mut self.changes);
+        self.policy_index
+            .update_selector(slot, &expr, &mut self.syms, &mut changes);
+        self.locals_dirty_from(&mut changes);
+        self.changes = changes;
+        self.policy_keys.insert(key, id.clone());
+        self.policies.insert(id.clone(), p);
+        self.dirty_policies.insert(id);
+    }
+
+    fn locals_dirty_from(&mut self, changes: &mut Vec<MatchChange>) {
+        for (_, item, _) in changes.drain(..) {
+            self.mark_local_dirty(item);
+        }
+    }
+
+    fn mark_local_dirty(&mut self, id: u32) {
+        if self.locals.contains_key(&id)
+            && let Some(Some((item, _))) = self.items.get(id as usize)
+        {
+            self.dirty_locals.insert(item.clone());
         }
     }
 
     fn profile_changed(&mut self, name: &str) {
         self.dirty_profiles.insert(name.to_string());
-        // Profile labels are inherited by the endpoints that use it.
-        let users: Vec<Item> = self
-            .endpoints
-            .iter()
-            .filter(|(_, e)| e.profiles.iter().any(|p| p == name))
-            .map(|(i, _)| i.clone())
-            .collect();
-        for item in users {
-            self.reindex_endpoint(&item);
-            if self.local_matches.contains_key(&item) {
-                self.dirty_locals.insert(item);
+        match self.profiles.get(name) {
+            Some(p) if !p.labels_to_apply.is_empty() => {
+                let labels = self.syms.pairs(
+                    p.labels_to_apply
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                self.profile_labels.insert(name.to_string(), labels);
             }
+            _ => {
+                self.profile_labels.remove(name);
+            }
+        }
+        // Profile labels are inherited by the endpoints that use it.
+        let sym = self.syms.intern(name);
+        let users: Vec<u32> = self
+            .profile_members
+            .get(&sym)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for id in users {
+            self.reindex(id);
+            self.mark_local_dirty(id);
         }
     }
 
     fn namespace_changed(&mut self, ns: &str) {
-        let members: Vec<Item> = self
-            .endpoints
-            .iter()
-            .filter(|(_, e)| e.namespace.as_deref() == Some(ns))
-            .map(|(i, _)| i.clone())
-            .chain(
-                self.netsets
-                    .iter()
-                    .filter(|(_, n)| n.namespace.as_deref() == Some(ns))
-                    .map(|(i, _)| i.clone()),
-            )
-            .collect();
-        for item in members {
-            match &item {
-                Item::Endpoint(..) => self.reindex_endpoint(&item),
-                Item::NetSet(..) => self.reindex_netset(&item),
-            }
-            if self.local_matches.contains_key(&item) {
-                self.recompute_local(&item);
-            }
+        let sym = self.syms.intern(ns);
+        let members: Vec<u32> = self
+            .namespace_members
+            .get(&sym)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for id in members {
+            self.reindex(id);
+            // Namespace selectors of policies see the namespace's labels.
+            self.mark_local_dirty(id);
         }
     }
 
-    fn namespace_labels(&self, ns: &str) -> LabelMap {
-        namespace_selector_labels(ns, self.namespaces.get(ns))
+    /// Appends the labels items of `ns` inherit from it (caching them
+    /// with the labels namespace selectors see).
+    fn namespace_inherited(&mut self, ns: &str, out: &mut Vec<(Sym, Sym)>) {
+        if !self.namespace_views.contains_key(ns) {
+            let plain = namespace_selector_labels(ns, self.namespaces.get(ns));
+            let prefixed: Vec<(String, &str)> = plain
+                .iter()
+                .map(|(k, v)| (format!("{NAMESPACE_PREFIX}{k}"), v.as_str()))
+                .collect();
+            let inherited = self
+                .syms
+                .pairs(prefixed.iter().map(|(k, v)| (k.as_str(), *v)));
+            self.namespace_views
+                .insert(ns.to_string(), (plain, inherited));
+        }
+        if let Some((_, inherited)) = self.namespace_views.get(ns) {
+            out.extend(inherited.iter().cloned());
+        }
     }
 
+    // --------------------------------------------------------- endpoints
+
     /// An endpoint's labels as selectors see them.
-    fn effective_labels(&self, e: &EndpointInput) -> LabelMap {
+    fn endpoint_labels(&mut self, e: &EndpointRec) -> Labels {
         // Precedence, lowest first: namespace labels (for namespace
         // selectors), profile labels (an earlier profile wins), the
         // endpoint's own labels, then the namespace and orchestrator.
-        let mut labels = LabelMap::new();
+        let mut labels: Vec<(Sym, Sym)> = Vec::with_capacity(e.own_labels.len() + 8);
         if let Some(ns) = &e.namespace {
-            for (k, v) in self.namespace_labels(ns) {
-                labels.insert(format!("{NAMESPACE_PREFIX}{k}"), v);
-            }
+            self.namespace_inherited(ns.as_str(), &mut labels);
         }
         for p in e.profiles.iter().rev() {
-            if let Some(profile) = self.profiles.get(p) {
-                labels.extend(profile.labels_to_apply.clone());
+            if let Some(l) = self.profile_labels.get(p.as_str()) {
+                labels.extend(l.iter().cloned());
             }
         }
-        labels.extend(e.own_labels.clone());
+        labels.extend(e.own_labels.iter().cloned());
         if let Some(ns) = &e.namespace {
-            labels.insert(NAMESPACE_LABEL.into(), ns.clone());
-            labels.insert(convert::ORCHESTRATOR_LABEL.into(), e.orchestrator.clone());
+            labels.push((self.sym_namespace.clone(), ns.clone()));
+            labels.push((self.sym_orchestrator.clone(), e.orchestrator.clone()));
             if let Some(sa) = &e.service_account {
-                labels.insert(SERVICE_ACCOUNT_LABEL.into(), sa.clone());
+                labels.push((self.sym_service_account.clone(), sa.clone()));
             }
         }
-        labels
+        finish_labels(labels)
     }
 
-    fn netset_labels(&self, n: &NetSetInput) -> LabelMap {
-        let mut labels = LabelMap::new();
+    fn netset_labels(&mut self, n: &NetSetRec) -> Labels {
+        let mut labels: Vec<(Sym, Sym)> = Vec::with_capacity(n.own_labels.len() + 4);
         if let Some(ns) = &n.namespace {
-            for (k, v) in self.namespace_labels(ns) {
-                labels.insert(format!("{NAMESPACE_PREFIX}{k}"), v);
+            self.namespace_inherited(ns.as_str(), &mut labels);
+            labels.push((self.sym_namespace.clone(), ns.clone()));
+        }
+        labels.extend(n.own_labels.iter().cloned());
+        finish_labels(labels)
+    }
+
+    fn labels_of(&mut self, id: u32) -> Option<Labels> {
+        let (item, rec) = self.items.get_mut(id as usize)?.take()?;
+        let labels = match &rec {
+            Rec::Endpoint(e) => self.endpoint_labels(e),
+            Rec::NetSet(n) => self.netset_labels(n),
+        };
+        self.items[id as usize] = Some((item, rec));
+        Some(labels)
+    }
+
+    /// The members item `id` contributes to the set `def`.
+    fn contribution(rec: &Rec, def: &SetDef, out: &mut Vec<dp::IpSetMember>) {
+        match (rec, &def.named_port) {
+            (Rec::Endpoint(e), None) => {
+                out.extend(e.nets.iter().map(|n| dp::IpSetMember::Net(*n)));
+                out.extend(
+                    e.expected_ips
+                        .iter()
+                        .map(|ip| dp::IpSetMember::Net(IpNet::from(*ip))),
+                );
             }
-            labels.insert(NAMESPACE_LABEL.into(), ns.clone());
-        }
-        labels.extend(n.labels.clone());
-        labels
-    }
-
-    /// The members `item` contributes to the set `def`, from its current
-    /// data.
-    fn contribution(&self, def: &SetDef, item: &Item) -> Vec<dp::IpSetMember> {
-        match (item, &def.named_port) {
-            (Item::Endpoint(..), None) => self
-                .endpoints
-                .get(item)
-                .map(|e| {
-                    e.nets
-                        .iter()
-                        .map(|n| dp::IpSetMember::Net(*n))
-                        .chain(
-                            e.expected_ips
-                                .iter()
-                                .map(|ip| dp::IpSetMember::Net(ipnet::IpNet::from(*ip))),
-                        )
-                        .collect()
-                })
-                .unwrap_or_default(),
-            (Item::Endpoint(..), Some((proto, name))) => self
-                .endpoints
-                .get(item)
-                .map(|e| {
-                    e.ports
-                        .iter()
-                        .filter(|(pname, pproto, _)| pname == name && pproto == proto)
-                        .flat_map(|(_, _, port)| {
-                            e.nets.iter().map(|n| dp::IpSetMember::NamedPort {
-                                ip: n.addr(),
-                                protocol: *proto,
-                                port: *port,
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            (Item::NetSet(..), None) => self
-                .netsets
-                .get(item)
-                .map(|n| n.nets.iter().map(|n| dp::IpSetMember::Net(*n)).collect())
-                .unwrap_or_default(),
-            (Item::NetSet(..), Some(_)) => Vec::new(),
-        }
-    }
-
-    /// Adds (`sign` true) or removes `item`'s contribution to every set it
-    /// is in, recording the touched members.
-    fn contribute(&mut self, item: &Item, sign: bool) {
-        let sets: Vec<dp::IpSetId> = self.index.selectors_of(item).cloned().collect();
-        for id in sets {
-            let Some(def) = self.set_defs.get(&id) else {
-                continue;
-            };
-            let members = self.contribution(def, item);
-            self.count(&id, members, sign);
-        }
-    }
-
-    fn count(&mut self, id: &dp::IpSetId, members: Vec<dp::IpSetMember>, sign: bool) {
-        let counts = self.set_members.entry(id.clone()).or_default();
-        let touched = self.touched.entry(id.clone()).or_default();
-        for m in members {
-            if sign {
-                *counts.entry(m).or_default() += 1;
-            } else if let Some(n) = counts.get_mut(&m) {
-                *n -= 1;
-                if *n == 0 {
-                    counts.remove(&m);
+            (Rec::Endpoint(e), Some((proto, name))) => {
+                for (pname, pproto, port) in e.ports.iter() {
+                    if pname.as_str() == name && pproto == proto {
+                        out.extend(e.nets.iter().map(|n| dp::IpSetMember::NamedPort {
+                            ip: n.addr(),
+                            protocol: *proto,
+                            port: *port,
+                        }));
+                    }
                 }
             }
-            touched.insert(m);
+            (Rec::NetSet(n), None) => out.extend(n.nets.iter().map(|n| dp::IpSetMember::Net(*n))),
+            (Rec::NetSet(_), Some(_)) => {}
         }
     }
 
-    fn reindex_endpoint(&mut self, item: &Item) {
-        self.contribute(item, false);
-        if let Some(e) = self.endpoints.get(item) {
-            let labels = self.effective_labels(e);
-            let _ = self.index.update_item(item.clone(), labels);
+    /// Adds (`sign` true) or removes item `id`'s contribution to the sets
+    /// `sets` (all it is in when None), recording the touched members.
+    fn contribute(&mut self, id: u32, sets: Option<&[u32]>, sign: bool) {
+        let Some(Some((_, rec))) = self.items.get(id as usize) else {
+            return;
+        };
+        let sets = sets.unwrap_or_else(|| self.index.selectors_of(id));
+        let mut members = Vec::new();
+        for &slot in sets {
+            let Some(Some(set)) = self.sets.get_mut(slot as usize) else {
+                continue;
+            };
+            members.clear();
+            Self::contribution(rec, &set.def, &mut members);
+            if members.is_empty() {
+                continue;
+            }
+            count(set, members.drain(..), sign);
+            self.dirty_sets.insert(slot);
         }
-        self.contribute(item, true);
     }
 
-    fn reindex_netset(&mut self, item: &Item) {
-        self.contribute(item, false);
-        if let Some(n) = self.netsets.get(item) {
-            let labels = self.netset_labels(n);
-            let _ = self.index.update_item(item.clone(), labels);
+    /// Re-derives item `id`'s labels after what it inherits changed.
+    fn reindex(&mut self, id: u32) {
+        let Some(labels) = self.labels_of(id) else {
+            return;
+        };
+        self.relabel(id, labels);
+    }
+
+    /// Gives item `id` new labels in both indexes, moving its set
+    /// contributions.
+    fn relabel(&mut self, id: u32, labels: Labels) {
+        let mut changes = std::mem::take(&mut self.changes);
+        if self.locals.contains_key(&id) {
+            self.policy_index
+                .update_item(id, labels.clone(), &mut changes);
+            changes.clear();
         }
-        self.contribute(item, true);
+        self.index.update_item(id, labels, &mut changes);
+        let left: Vec<u32> = changes.iter().filter(|c| !c.2).map(|c| c.0).collect();
+        let joined: Vec<u32> = changes.drain(..).filter(|c| c.2).map(|c| c.0).collect();
+        self.changes = changes;
+        self.contribute(id, Some(&left), false);
+        self.contribute(id, Some(&joined), true);
+    }
+
+    fn intern_opt(&mut self, s: Option<&str>) -> Option<Sym> {
+        s.map(|s| self.syms.intern(s))
+    }
+
+    fn endpoint_rec(&mut self, e: &EndpointInput) -> EndpointRec {
+        EndpointRec {
+            local: e.node == self.node,
+            namespace: self.intern_opt(e.namespace.as_deref()),
+            profiles: e.profiles.iter().map(|p| self.syms.intern(p)).collect(),
+            own_labels: self
+                .syms
+                .pairs(e.own_labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            service_account: self.intern_opt(e.service_account.as_deref()),
+            orchestrator: self.syms.intern(&e.orchestrator),
+            nets: e.nets.clone().into_boxed_slice(),
+            ports: e
+                .ports
+                .iter()
+                .map(|(n, proto, port)| (self.syms.intern(n), *proto, *port))
+                .collect(),
+            expected_ips: e.expected_ips.clone().into_boxed_slice(),
+        }
+    }
+
+    fn alloc_item(&mut self, item: &Item) -> u32 {
+        if let Some(id) = self.item_ids.get(item) {
+            return *id;
+        }
+        let id = match self.free_items.pop() {
+            Some(id) => id,
+            None => {
+                self.items.push(None);
+                (self.items.len() - 1) as u32
+            }
+        };
+        self.item_ids.insert(item.clone(), id);
+        id
+    }
+
+    /// Forgets item `id`'s record and memberships; returns it.
+    fn take_rec(&mut self, id: u32) -> Option<Rec> {
+        let (_, rec) = self.items.get_mut(id as usize)?.take()?;
+        let (ns, profiles): (Option<&Sym>, &[Sym]) = match &rec {
+            Rec::Endpoint(e) => {
+                self.endpoint_count -= 1;
+                (e.namespace.as_ref(), &e.profiles)
+            }
+            Rec::NetSet(n) => {
+                self.netset_count -= 1;
+                (n.namespace.as_ref(), &[])
+            }
+        };
+        if let Some(ns) = ns
+            && let Some(m) = self.namespace_members.get_mut(ns)
+        {
+            m.remove(&id);
+            if m.is_empty() {
+                self.namespace_members.remove(ns);
+            }
+        }
+        for p in profiles {
+            if let Some(m) = self.profile_members.get_mut(p) {
+                m.remove(&id);
+                if m.is_empty() {
+                    self.profile_members.remove(p);
+                }
+            }
+        }
+        Some(rec)
+    }
+
+    fn put_rec(&mut self, id: u32, item: Item, rec: Rec) {
+        let (ns, profiles): (Option<&Sym>, &[Sym]) = match &rec {
+            Rec::Endpoint(e) => {
+                self.endpoint_count += 1;
+                (e.namespace.as_ref(), &e.profiles)
+            }
+            Rec::NetSet(n) => {
+                self.netset_count += 1;
+                (n.namespace.as_ref(), &[])
+            }
+        };
+        if let Some(ns) = ns {
+            self.namespace_members
+                .entry(ns.clone())
+                .or_default()
+                .insert(id);
+        }
+        for p in profiles {
+            self.profile_members
+                .entry(p.clone())
+                .or_default()
+                .insert(id);
+        }
+        self.items[id as usize] = Some((item, rec));
+    }
+
+    fn remove_item(&mut self, item: Item) {
+        let Some(id) = self.item_ids.remove(&item) else {
+            return;
+        };
+        self.contribute(id, None, false);
+        let mut changes = std::mem::take(&mut self.changes);
+        self.index.remove_item(id, &mut changes);
+        changes.clear();
+        self.changes = changes;
+        self.take_rec(id);
+        self.drop_local(id, &item);
+        self.free_items.push(id);
+    }
+
+    /// Item `id` is no longer a local endpoint.
+    fn drop_local(&mut self, id: u32, item: &Item) {
+        let Some(local) = self.locals.remove(&id) else {
+            return;
+        };
+        let mut changes = std::mem::take(&mut self.changes);
+        self.policy_index.remove_item(id, &mut changes);
+        changes.clear();
+        self.changes = changes;
+        for p in local.matched {
+            self.unuse_policy(p);
+        }
+        for p in local.profiles {
+            self.unuse_profile(p);
+        }
+        self.dirty_locals.insert(item.clone());
+    }
+
+    fn unuse_policy(&mut self, p: dp::PolicyId) {
+        if let Some(n) = self.policy_users.get_mut(&p) {
+            *n -= 1;
+            if *n == 0 {
+                self.policy_users.remove(&p);
+                self.dirty_policies.insert(p);
+            }
+        }
+    }
+
+    fn use_policy(&mut self, p: dp::PolicyId) {
+        let n = self.policy_users.entry(p.clone()).or_default();
+        *n += 1;
+        if *n == 1 {
+            self.dirty_policies.insert(p);
+        }
+    }
+
+    fn unuse_profile(&mut self, p: String) {
+        if let Some(n) = self.profile_users.get_mut(&p) {
+            *n -= 1;
+            if *n == 0 {
+                self.profile_users.remove(&p);
+                self.dirty_profiles.insert(p);
+            }
+        }
+    }
+
+    fn use_profile(&mut self, p: String) {
+        let n = self.profile_users.entry(p.clone()).or_default();
+        *n += 1;
+        if *n == 1 {
+            self.dirty_profiles.insert(p);
+        }
     }
 
     fn set_endpoint(&mut self, item: Item, input: Option<EndpointInput>) {
-        self.contribute(&item, false);
-        self.endpoints.remove(&item);
-        match input {
-            Some(e) => {
-                let local = self.is_local(&e);
-                let labels = self.effective_labels(&e);
-                self.endpoints.insert(item.clone(), e);
-                let _ = self.index.update_item(item.clone(), labels);
-                self.contribute(&item, true);
-                if local {
-                    self.local_matches.entry(item.clone()).or_default();
-                    self.recompute_local(&item);
-                } else if self.local_matches.remove(&item).is_some() {
-                    self.dirty_locals.insert(item);
+        let Some(e) = input else {
+            self.remove_item(item);
+            return;
+        };
+        let rec = self.endpoint_rec(&e);
+        let local = rec.local;
+        let labels = self.endpoint_labels(&rec);
+        let id = self.alloc_item(&item);
+        // The old contribution leaves with the old record; the new one
+        // joins with the new (the members may differ even where the sets
+        // do not).
+        self.contribute(id, None, false);
+        self.take_rec(id);
+        self.put_rec(id, item.clone(), Rec::Endpoint(rec));
+        let mut changes = std::mem::take(&mut self.changes);
+        self.index.update_item(id, labels.clone(), &mut changes);
+        changes.clear();
+        if local {
+            self.policy_index.update_item(id, labels, &mut changes);
+            changes.clear();
+            match self.locals.get_mut(&id) {
+                Some(l) => l.input = e,
+                None => {
+                    self.locals.insert(
+                        id,
+                        Local {
+                            input: e,
+                            matched: BTreeSet::new(),
+                            profiles: Vec::new(),
+                        },
+                    );
                 }
             }
-            None => {
-                let _ = self.index.remove_item(&item);
-                if self.local_matches.remove(&item).is_some() {
-                    self.dirty_locals.insert(item);
-                }
-            }
+            self.dirty_locals.insert(item);
+        } else {
+            self.drop_local(id, &item);
         }
+        self.changes = changes;
+        self.contribute(id, None, true);
     }
 
     fn set_netset(&mut self, item: Item, input: Option<NetSetInput>) {
-        self.contribute(&item, false);
-        self.netsets.remove(&item);
-        match input {
-            Some(n) => {
-                let labels = self.netset_labels(&n);
-                self.netsets.insert(item.clone(), n);
-                let _ = self.index.update_item(item.clone(), labels);
-                self.contribute(&item, true);
-            }
-            None => {
-                let _ = self.index.remove_item(&item);
-            }
-        }
+        let Some(n) = input else {
+            self.remove_item(item);
+            return;
+        };
+        let rec = NetSetRec {
+            namespace: self.intern_opt(n.namespace.as_deref()),
+            own_labels: self
+                .syms
+                .pairs(n.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            nets: n.nets.into_boxed_slice(),
+        };
+        let labels = self.netset_labels(&rec);
+        let id = self.alloc_item(&item);
+        self.contribute(id, None, false);
+        self.take_rec(id);
+        self.put_rec(id, item, Rec::NetSet(rec));
+        let mut changes = std::mem::take(&mut self.changes);
+        self.index.update_item(id, labels, &mut changes);
+        changes.clear();
+        self.changes = changes;
+        self.contribute(id, None, true);
     }
 
-    /// Whether policy `p` applies to endpoint `e`, whose effective labels
-    /// (as indexed) are `labels`.
-    fn policy_applies(
-        &self,
-        p: &PolicyInput,
-        e: &EndpointInput,
-        labels: Option<&LabelMap>,
-    ) -> bool {
+    /// Whether policy `p`, whose indexed selector matches local endpoint
+    /// `e`, applies to it: the checks that are not about its labels.
+    fn policy_applies(&self, p: &PolicyInput, e: &EndpointInput) -> bool {
         if e.is_host() {
             // Namespaced policies never apply to host endpoints.
             if p.namespace.is_some() {
@@ -542,34 +888,60 @@ impl CalcGraph {
             let Some(sa) = &e.service_account else {
                 return false;
             };
-            let labels = LabelMap::from([(convert::NAMESPACE_NAME_LABEL.to_string(), sa.clone())]);
+            let labels = [(convert::NAMESPACE_NAME_LABEL, sa.as_str())];
             if !sas.matches(&labels) {
                 return false;
             }
         }
-        if let (Some(nssel), Some(ns)) = (&p.namespace_selector, &e.namespace)
-            && !nssel.matches(&self.namespace_labels(ns))
-        {
-            return false;
+        if let (Some(nssel), Some(ns)) = (&p.namespace_selector, &e.namespace) {
+            let matched = match self.namespace_views.get(ns) {
+                Some((labels, _)) => nssel.matches(labels),
+                None => nssel.matches(&namespace_selector_labels(ns, self.namespaces.get(ns))),
+            };
+            if !matched {
+                return false;
+            }
         }
-        match labels {
-            Some(l) => p.selector.matches(l),
-            None => p.selector.matches(&self.effective_labels(e)),
-        }
+        true
     }
 
-    fn recompute_local(&mut self, item: &Item) {
-        let Some(e) = self.endpoints.get(item) else {
+    /// Recomputes what local endpoint `id` uses; updates the counts.
+    fn recompute_local(&mut self, id: u32) {
+        let Some(local) = self.locals.remove(&id) else {
             return;
         };
-        let matched: BTreeSet<dp::PolicyId> = self
-            .policies
-            .values()
-            .filter(|p| self.policy_applies(p, e, self.index.labels(item)))
-            .map(|p| p.id.clone())
-            .collect();
-        self.local_matches.insert(item.clone(), matched);
-        self.dirty_locals.insert(item.clone());
+        let mut matched = BTreeSet::new();
+        for slot in self.policy_index.selectors_of(id) {
+            let Some(Some(pid)) = self.slot_policies.get(*slot as usize) else {
+                continue;
+            };
+            if let Some(p) = self.policies.get(pid)
+                && self.policy_applies(p, &local.input)
+            {
+                matched.insert(pid.clone());
+            }
+        }
+        let profiles = local.input.profiles.clone();
+        for p in matched.difference(&local.matched) {
+            self.use_policy(p.clone());
+        }
+        for p in local.matched.difference(&matched) {
+            self.unuse_policy(p.clone());
+        }
+        for p in &profiles {
+            self.use_profile(p.clone());
+        }
+        for p in &local.profiles {
+            self.unuse_profile(p.clone());
+        }
+        self.locals.insert(
+            id,
+            Local {
+                input: local.input,
+                matched,
+                profiles,
+            },
+        );
     }
 
     // ------------------------------------------------------------- flush
@@ -595,12 +967,9 @@ impl CalcGraph {
     /// tier list (normal, pre-DNAT, untracked, forward).
     fn tiers_for(
         &self,
-        item: &Item,
+        matched: &BTreeSet<dp::PolicyId>,
         filter: impl Fn(&PolicyInput) -> bool,
     ) -> Vec<dp::TierPolicies> {
-        let Some(matched) = self.local_matches.get(item) else {
-            return Vec::new();
-        };
         let mut by_tier: BTreeMap<String, Vec<&PolicyInput>> = BTreeMap::new();
         for id in matched {
             if let Some(p) = self.policies.get(id)
@@ -639,218 +1008,138 @@ impl CalcGraph {
             .collect()
     }
 
+    fn render_policy(&self, id: &dp::PolicyId) -> Option<(dp::Policy, Vec<SetDef>)> {
+        let p = self.policies.get(id)?;
+        let mut sets = Vec::new();
+        let owner = format!("{}/{}", id.tier, id.name);
+        let ingress = if p.types.contains(&PolicyType::Ingress) {
+            &p.ingress[..]
+        } else {
+            &[]
+        };
+        let egress = if p.types.contains(&PolicyType::Egress) {
+            &p.egress[..]
+        } else {
+            &[]
+        };
+        let rendered = render::rules(&owner, ingress, egress, p.namespace.as_deref(), &mut sets);
+        Some((rendered, sets))
+    }
+
+    fn render_profile(&self, id: &str) -> Option<(dp::Policy, Vec<SetDef>)> {
+        let p = self.profiles.get(id)?;
+        let mut sets = Vec::new();
+        let rendered = render::rules(
+            &format!("profile/{id}"),
+            &p.ingress,
+            &p.egress,
+            None,
+            &mut sets,
+        );
+        Some((rendered, sets))
+    }
+
     fn flush(&mut self) -> Vec<dp::Operation> {
         if std::mem::take(&mut self.all_locals_dirty) {
-            let locals: Vec<Item> = self.local_matches.keys().cloned().collect();
+            let locals: Vec<Item> = self
+                .locals
+                .keys()
+                .filter_map(|id| match self.items.get(*id as usize) {
+                    Some(Some((item, _))) => Some(item.clone()),
+                    _ => None,
+                })
+                .collect();
             self.dirty_locals.extend(locals);
         }
-        let locals_changed = !self.dirty_locals.is_empty();
-        // Desired endpoints.
-        let mut workloads = BTreeMap::new();
-        let mut hosts = BTreeMap::new();
-        for item in std::mem::take(&mut self.dirty_locals) {
-            let Some(e) = self
-                .endpoints
-                .get(&item)
-                .filter(|_| self.local_matches.contains_key(&item))
-            else {
-                match &item {
-                    Item::Endpoint(Some(ns), name) => {
-                        workloads.insert(
-                            dp::EndpointId {
-                                namespace: ns.clone(),
-                                name: name.clone(),
-                            },
-                            None,
-                        );
-                    }
-                    Item::Endpoint(None, name) => {
-                        hosts.insert(name.clone(), None);
-                    }
-                    Item::NetSet(..) => {}
+        // Local endpoints: what they use now.
+        let dirty_locals = std::mem::take(&mut self.dirty_locals);
+        let mut live_locals = Vec::new();
+        for item in &dirty_locals {
+            match self.item_ids.get(item) {
+                Some(id) if self.locals.contains_key(id) => {
+                    let id = *id;
+                    self.recompute_local(id);
+                    live_locals.push((item, Some(id)));
                 }
-                continue;
-            };
-            let profiles: Vec<String> = e
-                .profiles
-                .iter()
-                .filter(|p| self.profiles.contains_key(*p))
-                .cloned()
-                .collect();
-            match &e.namespace {
-                Some(ns) => {
-                    let id = dp::EndpointId {
-                        namespace: ns.clone(),
-                        name: e.name.clone(),
-                    };
-                    let wep = dp::WorkloadEndpoint {
-                        id: id.clone(),
-                        interface_name: e.interface_name.clone(),
-                        nets: e.nets.clone(),
-                        mac: e.mac.clone(),
-                        tiers: self.tiers_for(&item, |_| true),
-                        profiles,
-                    };
-                    workloads.insert(id, Some(wep));
-                }
-                None => {
-                    let normal = |p: &PolicyInput| !p.pre_dnat && !p.do_not_track;
-                    let hep = dp::HostEndpoint {
-                        id: e.name.clone(),
-                        interface_name: e.interface_name.clone(),
-                        expected_ips: e.expected_ips.clone(),
-                        tiers: self.tiers_for(&item, normal),
-                        pre_dnat_tiers: self.tiers_for(&item, |p| p.pre_dnat),
-                        untracked_tiers: self.tiers_for(&item, |p| p.do_not_track),
-                        forward_tiers: self.tiers_for(&item, |p| p.apply_on_forward && normal(p)),
-                        profiles,
-                    };
-                    hosts.insert(e.name.clone(), Some(hep));
-                }
+                _ => live_locals.push((item, None)),
             }
         }
 
-        // Active policies and profiles: what the local endpoints use. Only
-        // recomputed when local endpoints or policies changed.
-        let dirty_policies = std::mem::take(&mut self.dirty_policies);
-        let dirty_profiles = std::mem::take(&mut self.dirty_profiles);
-        let mut changed_policies: BTreeSet<dp::PolicyId> = BTreeSet::new();
-        let mut changed_profiles: BTreeSet<String> = BTreeSet::new();
-        if locals_changed || !dirty_policies.is_empty() || !dirty_profiles.is_empty() {
-            let active: BTreeSet<dp::PolicyId> = self
-                .local_matches
-                .values()
-                .flatten()
-                .filter(|id| self.policies.contains_key(*id))
-                .cloned()
-                .collect();
-            let active_profiles: BTreeSet<String> = self
-                .local_matches
-                .keys()
-                .filter_map(|i| self.endpoints.get(i))
-                .flat_map(|e| e.profiles.iter())
-                .filter(|p| self.profiles.contains_key(*p))
-                .cloned()
-                .collect();
-            let drop: Vec<dp::PolicyId> = self
-                .rendered
-                .keys()
-                .filter(|id| !active.contains(*id) || dirty_policies.contains(*id))
-                .cloned()
-                .collect();
-            for id in drop {
-                if let Some((_, sets)) = self.rendered.remove(&id) {
-                    self.release_sets(&sets);
-                }
-                changed_policies.insert(id);
+        // Policies and profiles whose use or definition changed.
+        let changed_policies = std::mem::take(&mut self.dirty_policies);
+        let changed_profiles = std::mem::take(&mut self.dirty_profiles);
+        for id in &changed_policies {
+            let active = self.policy_users.contains_key(id);
+            let new = if active { self.render_policy(id) } else { None };
+            if let Some((_, sets)) = &new {
+                self.retain_sets(sets);
             }
-            for id in &active {
-                if !self.rendered.contains_key(id)
-                    && let Some(p) = self.policies.get(id)
-                {
-                    let mut sets = Vec::new();
-                    let owner = format!("{}/{}", id.tier, id.name);
-                    let ingress = if p.types.contains(&PolicyType::Ingress) {
-                        &p.ingress[..]
-                    } else {
-                        &[]
-                    };
-                    let egress = if p.types.contains(&PolicyType::Egress) {
-                        &p.egress[..]
-                    } else {
-                        &[]
-                    };
-                    let rendered =
-                        render::rules(&owner, ingress, egress, p.namespace.as_deref(), &mut sets);
-                    self.retain_sets(&sets);
-                    self.rendered.insert(id.clone(), (rendered, sets));
-                    changed_policies.insert(id.clone());
-                }
+            if let Some((_, old_sets)) = self.rendered.remove(id) {
+                self.release_sets(&old_sets);
             }
-            let drop: Vec<String> = self
-                .rendered_profiles
-                .keys()
-                .filter(|id| !active_profiles.contains(*id) || dirty_profiles.contains(*id))
-                .cloned()
-                .collect();
-            for id in drop {
-                if let Some((_, sets)) = self.rendered_profiles.remove(&id) {
-                    self.release_sets(&sets);
-                }
-                changed_profiles.insert(id);
+            if let Some(new) = new {
+                self.rendered.insert(id.clone(), new);
             }
-            for id in &active_profiles {
-                if !self.rendered_profiles.contains_key(id)
-                    && let Some(p) = self.profiles.get(id)
-                {
-                    let mut sets = Vec::new();
-                    let rendered = render::rules(
-                        &format!("profile/{id}"),
-                        &p.ingress,
-                        &p.egress,
-                        None,
-                        &mut sets,
-                    );
-                    self.retain_sets(&sets);
-                    self.rendered_profiles.insert(id.clone(), (rendered, sets));
-                    changed_profiles.insert(id.clone());
-                }
+        }
+        for id in &changed_profiles {
+            let active = self.profile_users.contains_key(id);
+            let new = if active {
+                self.render_profile(id)
+            } else {
+                None
+            };
+            if let Some((_, sets)) = &new {
+                self.retain_sets(sets);
+            }
+            if let Some((_, old_sets)) = self.rendered_profiles.remove(id) {
+                self.release_sets(&old_sets);
+            }
+            if let Some(new) = new {
+                self.rendered_profiles.insert(id.clone(), new);
             }
         }
 
         let mut ops = Vec::new();
         // 1. Sets created or changed.
-        for id in std::mem::take(&mut self.new_sets) {
-            let Some(def) = self.set_defs.get(&id) else {
+        let mut dirty_sets: Vec<(dp::IpSetId, u32)> = self
+            .dirty_sets
+            .drain()
+            .filter_map(|slot| match self.sets.get(slot as usize) {
+                Some(Some(s)) => Some((s.id.clone(), slot)),
+                _ => None,
+            })
+            .collect();
+        dirty_sets.sort();
+        for (id, slot) in dirty_sets {
+            let Some(Some(set)) = self.sets.get_mut(slot as usize) else {
                 continue;
             };
-            let members: BTreeSet<dp::IpSetMember> = self
-                .set_members
-                .get(&id)
-                .map(|m| m.keys().copied().collect())
-                .unwrap_or_default();
-            self.touched.remove(&id);
-            match self.emitted.sets.get(&id) {
-                None => {
-                    ops.push(dp::Operation::IpSetUpdate {
-                        id: id.clone(),
-                        kind: def.kind(),
-                        members: members.iter().copied().collect(),
-                    });
-                    self.emitted.sets.insert(id, members);
-                }
-                Some(old) if *old != members => {
-                    ops.push(dp::Operation::IpSetDelta {
-                        id: id.clone(),
-                        added: members.difference(old).copied().collect(),
-                        removed: old.difference(&members).copied().collect(),
-                    });
-                    self.emitted.sets.insert(id, members);
-                }
-                Some(_) => {}
+            let touched = std::mem::take(&mut set.touched);
+            if set.refs == 0 {
+                continue;
             }
-        }
-        for (id, touched) in std::mem::take(&mut self.touched) {
-            let (Some(current), Some(emitted)) =
-                (self.set_members.get(&id), self.emitted.sets.get_mut(&id))
-            else {
+            if !set.emitted {
+                let mut members: Vec<dp::IpSetMember> = set.members.keys().copied().collect();
+                members.sort();
+                ops.push(dp::Operation::IpSetUpdate {
+                    id,
+                    kind: set.def.kind(),
+                    members,
+                });
+                set.emitted = true;
                 continue;
-            };
+            }
             let (mut added, mut removed) = (Vec::new(), Vec::new());
-            for m in touched {
-                match (current.contains_key(&m), emitted.contains(&m)) {
-                    (true, false) => {
-                        emitted.insert(m);
-                        added.push(m);
-                    }
-                    (false, true) => {
-                        emitted.remove(&m);
-                        removed.push(m);
-                    }
+            for (m, was) in touched {
+                match (set.members.contains_key(&m), was) {
+                    (true, false) => added.push(m),
+                    (false, true) => removed.push(m),
                     _ => {}
                 }
             }
             if !added.is_empty() || !removed.is_empty() {
+                added.sort();
+                removed.sort();
                 ops.push(dp::Operation::IpSetDelta { id, added, removed });
             }
         }
@@ -879,32 +1168,62 @@ impl CalcGraph {
         }
         // 3. Endpoints created or changed; removals collected for later.
         let mut removals = Vec::new();
-        for (id, wep) in workloads {
-            match wep {
-                Some(w) if self.emitted.workloads.get(&id) != Some(&w) => {
-                    ops.push(dp::Operation::WorkloadEndpointUpdate(w.clone()));
-                    self.emitted.workloads.insert(id, w);
+        for (item, id) in live_locals {
+            let local = id.and_then(|id| self.locals.get(&id));
+            match (item, local) {
+                (Item::Endpoint(Some(_), _), Some(l)) => {
+                    let e = &l.input;
+                    let id = dp::EndpointId {
+                        namespace: e.namespace.clone().unwrap_or_default(),
+                        name: e.name.clone(),
+                    };
+                    let w = dp::WorkloadEndpoint {
+                        id: id.clone(),
+                        interface_name: e.interface_name.clone(),
+                        nets: e.nets.clone(),
+                        mac: e.mac.clone(),
+                        tiers: self.tiers_for(&l.matched, |_| true),
+                        profiles: self.existing_profiles(e),
+                    };
+                    if self.emitted.workloads.get(&id) != Some(&w) {
+                        ops.push(dp::Operation::WorkloadEndpointUpdate(w.clone()));
+                        self.emitted.workloads.insert(id, w);
+                    }
                 }
-                Some(_) => {}
-                None => {
+                (Item::Endpoint(None, _), Some(l)) => {
+                    let e = &l.input;
+                    let normal = |p: &PolicyInput| !p.pre_dnat && !p.do_not_track;
+                    let h = dp::HostEndpoint {
+                        id: e.name.clone(),
+                        interface_name: e.interface_name.clone(),
+                        expected_ips: e.expected_ips.clone(),
+                        tiers: self.tiers_for(&l.matched, normal),
+                        pre_dnat_tiers: self.tiers_for(&l.matched, |p| p.pre_dnat),
+                        untracked_tiers: self.tiers_for(&l.matched, |p| p.do_not_track),
+                        forward_tiers: self
+                            .tiers_for(&l.matched, |p| p.apply_on_forward && normal(p)),
+                        profiles: self.existing_profiles(e),
+                    };
+                    if self.emitted.hosts.get(&h.id) != Some(&h) {
+                        ops.push(dp::Operation::HostEndpointUpdate(h.clone()));
+                        self.emitted.hosts.insert(h.id.clone(), h);
+                    }
+                }
+                (Item::Endpoint(Some(ns), name), None) => {
+                    let id = dp::EndpointId {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                    };
                     if self.emitted.workloads.remove(&id).is_some() {
                         removals.push(dp::Operation::WorkloadEndpointRemove { id });
                     }
                 }
-            }
-        }
-        for (id, hep) in hosts {
-            match hep {
-                Some(h) if self.emitted.hosts.get(&id) != Some(&h) => {
-                    ops.push(dp::Operation::HostEndpointUpdate(h.clone()));
-                    self.emitted.hosts.insert(id, h);
-                }
-                Some(_) => {}
-                None => {
-                    if self.emitted.hosts.remove(&id).is_some() {
-                        removals.push(dp::Operation::HostEndpointRemove { id });
+                (Item::Endpoint(None, name), None) => {
+                    if self.emitted.hosts.remove(name).is_some() {
+                        removals.push(dp::Operation::HostEndpointRemove { id: name.clone() });
                     }
                 }
+                (Item::NetSet(..), _) => {}
             }
         }
         for key in std::mem::take(&mut self.dirty_services) {
@@ -947,50 +1266,94 @@ impl CalcGraph {
                 ops.push(dp::Operation::ProfileRemove { id });
             }
         }
-        for id in std::mem::take(&mut self.released_sets) {
-            if !self.set_defs.contains_key(&id) && self.emitted.sets.remove(&id).is_some() {
+        let mut released: Vec<(dp::IpSetId, u32)> = Vec::new();
+        for slot in std::mem::take(&mut self.released_sets) {
+            if let Some(Some(s)) = self.sets.get(slot as usize)
+                && s.refs == 0
+            {
+                released.push((s.id.clone(), slot));
+            }
+        }
+        released.sort();
+        released.dedup();
+        for (id, slot) in released {
+            let mut changes = std::mem::take(&mut self.changes);
+            self.index.remove_selector(slot, &mut changes);
+            changes.clear();
+            self.changes = changes;
+            self.set_slots.remove(&id);
+            self.free_set_slots.push(slot);
+            if let Some(s) = self.sets.get_mut(slot as usize).and_then(Option::take)
+                && s.emitted
+            {
                 ops.push(dp::Operation::IpSetRemove { id });
             }
         }
         ops
     }
 
+    /// The endpoint's profiles that exist.
+    fn existing_profiles(&self, e: &EndpointInput) -> Vec<String> {
+        e.profiles
+            .iter()
+            .filter(|p| self.profiles.contains_key(*p))
+            .cloned()
+            .collect()
+    }
+
     fn retain_sets(&mut self, sets: &[SetDef]) {
         for def in sets {
             let id = def.id();
-            let n = self.set_refs.entry(id.clone()).or_default();
-            *n += 1;
-            if *n == 1 {
-                let _ = self.index.update_selector(id.clone(), def.selector.clone());
-                self.set_defs.insert(id.clone(), def.clone());
-                let items: Vec<Item> = self.index.matching(&id).cloned().collect();
-                let mut members = Vec::new();
-                for item in &items {
-                    members.extend(self.contribution(def, item));
-                }
-                self.set_members.remove(&id);
-                self.count(&id, members, true);
-                self.new_sets.insert(id.clone());
-                self.released_sets.remove(&id);
+            if let Some(slot) = self.set_slots.get(&id)
+                && let Some(Some(s)) = self.sets.get_mut(*slot as usize)
+            {
+                s.refs += 1;
+                continue;
             }
+            let slot = match self.free_set_slots.pop() {
+                Some(s) => s,
+                None => {
+                    self.sets.push(None);
+                    (self.sets.len() - 1) as u32
+                }
+            };
+            let mut set = SetState {
+                id: id.clone(),
+                def: def.clone(),
+                refs: 1,
+                members: FxHashMap::default(),
+                emitted: false,
+                touched: FxHashMap::default(),
+            };
+            let mut changes = std::mem::take(&mut self.changes);
+            self.index
+                .update_selector(slot, def.selector.expr(), &mut self.syms, &mut changes);
+            let mut members = Vec::new();
+            for (_, item, joined) in changes.drain(..) {
+                if joined && let Some(Some((_, rec))) = self.items.get(item as usize) {
+                    Self::contribution(rec, def, &mut members);
+                }
+            }
+            self.changes = changes;
+            count(&mut set, members.into_iter(), true);
+            set.touched.clear();
+            self.sets[slot as usize] = Some(set);
+            self.set_slots.insert(id, slot);
+            self.dirty_sets.insert(slot);
         }
     }
 
     fn release_sets(&mut self, sets: &[SetDef]) {
         for def in sets {
             let id = def.id();
-            let Some(n) = self.set_refs.get_mut(&id) else {
+            let Some(slot) = self.set_slots.get(&id).copied() else {
                 continue;
             };
-            *n -= 1;
-            if *n == 0 {
-                self.set_refs.remove(&id);
-                self.set_defs.remove(&id);
-                self.index.remove_selector(&id);
-                self.set_members.remove(&id);
-                self.touched.remove(&id);
-                self.new_sets.remove(&id);
-                self.released_sets.insert(id);
+            if let Some(Some(s)) = self.sets.get_mut(slot as usize) {
+                s.refs = s.refs.saturating_sub(1);
+                if s.refs == 0 {
+                    self.released_sets.push(slot);
+                }
             }
         }
     }
@@ -1000,6 +1363,23 @@ impl CalcGraph {
         let mut ops = self.flush();
         ops.push(dp::Operation::InSync);
         ops
+    }
+}
+
+/// Adds (`sign` true) or removes one count of each member, remembering
+/// whether a member was present before the batch touched it.
+fn count(set: &mut SetState, members: impl Iterator<Item = dp::IpSetMember>, sign: bool) {
+    for m in members {
+        let before = set.members.contains_key(&m);
+        if sign {
+            *set.members.entry(m).or_default() += 1;
+        } else if let Some(n) = set.members.get_mut(&m) {
+            *n -= 1;
+            if *n == 0 {
+                set.members.remove(&m);
+            }
+        }
+        set.touched.entry(m).or_insert(before);
     }
 }
 
