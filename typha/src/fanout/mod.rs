@@ -83,6 +83,7 @@
 //! taken snapshot) and `typha_history_bytes` (gauge: identity-encoded bytes
 //! of the retained history; lazily made gzip copies are not counted).
 
+mod grpc;
 mod history;
 mod metrics;
 mod service;
@@ -97,10 +98,10 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use manul_proto::v1::Entry;
-use manul_proto::v1::sync_server::SyncServer;
 use tokio::sync::{oneshot, watch};
 use tonic::Status;
 
+pub use grpc::SyncServer;
 use history::{EncodedEntries, History, Next, Published};
 pub use metrics::FanoutMetrics;
 use metrics::{DropReason, gauge_value};
@@ -329,7 +330,7 @@ impl Fanout {
     }
 
     /// The gRPC `Sync` service.
-    pub fn service(self: &Arc<Self>) -> SyncServer<SyncService> {
+    pub fn service(self: &Arc<Self>) -> SyncServer {
         SyncServer::new(SyncService::new(Arc::clone(self)))
             .max_decoding_message_size(MAX_REQUEST_BYTES)
     }
