@@ -118,6 +118,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// CPU seconds this thread has used (user + system), from
+/// `/proc/thread-self/stat`: on a shared machine, wall time also counts
+/// time spent waiting for a core.
+fn thread_cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces).
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     eprintln!(
@@ -138,6 +155,7 @@ fn main() -> Result<()> {
     let mut graph = CalcGraph::new("node-0");
     let mut driver = NullDriver::default();
     let started = Instant::now();
+    let cpu_started = thread_cpu_s();
     let mut ops_total = 0usize;
     let mut batches = updates.into_iter().peekable();
     while batches.peek().is_some() {
@@ -154,6 +172,7 @@ fn main() -> Result<()> {
         .apply(&ops)
         .map_err(|e| anyhow::anyhow!("driver refused: {e}"))?;
     let snapshot_s = started.elapsed().as_secs_f64();
+    let snapshot_cpu_s = thread_cpu_s() - cpu_started;
     let stats = graph.stats();
     let peak_kb = rss_kb("VmHWM:");
     let rss_after = rss_kb("VmRSS:");
@@ -163,6 +182,7 @@ fn main() -> Result<()> {
     let mut lat_ms = Vec::with_capacity(args.churn);
     let mut driver_ms = Vec::with_capacity(args.churn);
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut kind_ms: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let churn_started = Instant::now();
     let mut extra = args.endpoints;
     for k in 0..args.churn {
@@ -206,7 +226,9 @@ fn main() -> Result<()> {
         *kinds.entry(kind).or_default() += 1;
         let t = Instant::now();
         let ops = graph.apply([update]);
-        lat_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        lat_ms.push(ms);
+        kind_ms.entry(kind).or_default().push(ms);
         let t = Instant::now();
         driver
             .apply(&ops)
@@ -215,6 +237,18 @@ fn main() -> Result<()> {
     }
     let churn_s = churn_started.elapsed().as_secs_f64();
     lat_ms.sort_by(f64::total_cmp);
+    let by_kind: BTreeMap<&str, serde_json::Value> = kind_ms
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(f64::total_cmp);
+            let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+            (
+                k,
+                serde_json::json!({"mean": mean, "p50": percentile(&v, 0.5), "p99": percentile(&v, 0.99),
+                                   "max": v.last().copied().unwrap_or(0.0)}),
+            )
+        })
+        .collect();
     driver_ms.sort_by(f64::total_cmp);
     let graph_s: f64 = lat_ms.iter().sum::<f64>() / 1000.0;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -232,6 +266,7 @@ fn main() -> Result<()> {
                         "namespaces": args.namespaces, "snapshot_batch": args.batch, "churn_updates": args.churn},
         "snapshot": {
             "seconds": snapshot_s,
+            "cpu_seconds": snapshot_cpu_s,
             "operations": ops_total,
             "local_endpoints": stats.local_endpoints,
             "active_policies": stats.active_policies,
@@ -244,6 +279,7 @@ fn main() -> Result<()> {
         "churn": {
             "updates": args.churn,
             "kinds": kinds,
+            "latency_ms_by_kind": by_kind,
             "seconds": churn_s,
             "calc_graph_seconds": graph_s,
             "updates_per_second": args.churn as f64 / graph_s.max(1e-9),

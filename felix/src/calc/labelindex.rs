@@ -300,6 +300,60 @@ fn anchors(e: &CExpr, out: &mut Vec<Anchor>) {
     }
 }
 
+/// A short list of ids, inline up to three (most items match few
+/// selectors), so that an item's matches cost no allocation of their own.
+#[derive(Debug, Clone)]
+enum Ids {
+    Inline(u8, [u32; 3]),
+    Heap(Vec<u32>),
+}
+
+impl Default for Ids {
+    fn default() -> Ids {
+        Ids::Inline(0, [0; 3])
+    }
+}
+
+impl Ids {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Ids::Inline(n, a) => &a[..*n as usize],
+            Ids::Heap(v) => v,
+        }
+    }
+
+    fn push(&mut self, id: u32) {
+        match self {
+            Ids::Inline(n, a) if (*n as usize) < a.len() => {
+                a[*n as usize] = id;
+                *n += 1;
+            }
+            Ids::Inline(_, a) => {
+                let mut v = a.to_vec();
+                v.push(id);
+                *self = Ids::Heap(v);
+            }
+            Ids::Heap(v) => v.push(id),
+        }
+    }
+
+    fn remove(&mut self, id: u32) {
+        match self {
+            Ids::Inline(n, a) => {
+                if let Some(i) = a[..*n as usize].iter().position(|x| *x == id) {
+                    a.copy_within(i + 1..*n as usize, i);
+                    *n -= 1;
+                }
+            }
+            Ids::Heap(v) => v.retain(|x| *x != id),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+}
+
 /// A (selector, item) match that started (`true`) or stopped (`false`).
 pub type MatchChange = (u32, u32, bool);
 
@@ -323,7 +377,7 @@ pub struct LabelIndex {
     selectors_by_key: FxHashMap<Sym, Vec<u32>>,
     selectors_scanning: Vec<u32>,
     matches: FxHashMap<u32, FxHashSet<u32>>,
-    item_matches: FxHashMap<u32, Vec<u32>>,
+    item_matches: FxHashMap<u32, Ids>,
 }
 
 fn drop_from<K: Hash + Eq>(m: &mut FxHashMap<K, Vec<u32>>, key: &K, id: u32) {
@@ -343,7 +397,7 @@ impl LabelIndex {
 
     /// Selectors an item currently matches.
     pub fn selectors_of(&self, item: u32) -> &[u32] {
-        self.item_matches.get(&item).map_or(&[], Vec::as_slice)
+        self.item_matches.get(&item).map_or(&[], Ids::as_slice)
     }
 
     pub fn labels(&self, item: u32) -> Option<&Labels> {
@@ -368,7 +422,7 @@ impl LabelIndex {
             if matched {
                 self.item_matches.entry(i).or_default().push(s);
             } else if let Some(rev) = self.item_matches.get_mut(&i) {
-                rev.retain(|x| *x != s);
+                rev.remove(s);
                 if rev.is_empty() {
                     self.item_matches.remove(&i);
                 }
@@ -475,6 +529,10 @@ impl LabelIndex {
             None => self.selectors_scanning.push(id),
         }
         let candidates = self.candidate_items(&all);
+        self.matches
+            .entry(id)
+            .or_default()
+            .reserve(candidates.len());
         let previous: Vec<u32> = self
             .matches
             .get(&id)
@@ -523,7 +581,7 @@ impl LabelIndex {
         self.unindex_selector(id);
         for i in self.matches.remove(&id).unwrap_or_default() {
             if let Some(rev) = self.item_matches.get_mut(&i) {
-                rev.retain(|x| *x != id);
+                rev.remove(id);
                 if rev.is_empty() {
                     self.item_matches.remove(&i);
                 }
@@ -591,7 +649,7 @@ impl LabelIndex {
     /// Removes an item; appends the matches that ended to `out`.
     pub fn remove_item(&mut self, id: u32, out: &mut Vec<MatchChange>) {
         self.unindex_item(id);
-        for s in self.item_matches.remove(&id).unwrap_or_default() {
+        for &s in self.item_matches.remove(&id).unwrap_or_default().as_slice() {
             if let Some(set) = self.matches.get_mut(&s) {
                 set.remove(&id);
             }

@@ -1328,15 +1328,18 @@ impl CalcGraph {
             let mut changes = std::mem::take(&mut self.changes);
             self.index
                 .update_selector(slot, def.selector.expr(), &mut self.syms, &mut changes);
-            let mut members = Vec::new();
+            let mut members = Vec::with_capacity(changes.len());
             for (_, item, joined) in changes.drain(..) {
                 if joined && let Some(Some((_, rec))) = self.items.get(item as usize) {
                     Self::contribution(rec, def, &mut members);
                 }
             }
             self.changes = changes;
-            count(&mut set, members.into_iter(), true);
-            set.touched.clear();
+            // A new set is sent whole: no need to track touched members.
+            set.members.reserve(members.len());
+            for m in members {
+                *set.members.entry(m).or_default() += 1;
+            }
             self.sets[slot as usize] = Some(set);
             self.set_slots.insert(id, slot);
             self.dirty_sets.insert(slot);
