@@ -5,19 +5,24 @@
 //! proposed. A batch becomes one Raft entry, so it commits whole or not at
 //! all. A follower forwards writes to the leader; the caller is answered
 //! once the entry is committed and applied. Reads are served from this
-//! replica's applied state (they may trail the leader by the replication
-//! delay; each answer carries the revision it reflects).
+//! replica's applied state after it has caught up with the leader's commit
+//! index as of the read (Raft's read index, asked of the leader): a read on
+//! any replica sees every write acknowledged before it began. With no
+//! leader elected, a replica serves what it has (each answer carries the
+//! revision it reflects).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use manul_model::Kind;
+use manul_proto::v1::cluster_client::ClusterClient;
 use manul_proto::v1::resources_client::ResourcesClient;
 use manul_proto::v1::resources_server::{Resources, ResourcesServer};
 use manul_proto::v1::{
     ApplyRequest, ApplyResponse, Command, DeleteBatch, DeleteRequest, DeleteResponse, GetRequest,
-    GetResponse, ListRequest, ListResponse, ResourceKey, Write, WriteBatch, command::Op,
+    GetResponse, ListRequest, ListResponse, ReplicaStatusRequest, ResourceKey, Write, WriteBatch,
+    command::Op,
 };
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
@@ -25,6 +30,9 @@ use tonic::{Request, Response, Status};
 
 use crate::node::{Node, NodeError};
 use crate::state::{Applied, ApplyError, Key};
+
+/// How long a follower waits to catch up with the leader before a read.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Metadata set on a forwarded request, so it is never forwarded twice.
 pub const FORWARDED: &str = "x-manul-forwarded";
@@ -125,6 +133,34 @@ impl ResourcesService {
                 "the write was not committed within {COMMIT_TIMEOUT:?}; its outcome is unknown"
             ))),
         }
+    }
+
+    /// Waits until this replica has applied everything the leader had
+    /// committed when the read began, so reads see every acknowledged write.
+    async fn read_index(&self) -> Result<(), Status> {
+        if self.node.status().leader_id == self.node.id() {
+            return Ok(());
+        }
+        let Some((_, addr)) = self.node.leader().filter(|(_, a)| !a.is_empty()) else {
+            // No leader: serve what this replica has.
+            return Ok(());
+        };
+        let mut cluster = ClusterClient::new(self.leaders.channel(&addr).await?);
+        let target = cluster
+            .replica(ReplicaStatusRequest {})
+            .await?
+            .into_inner()
+            .commit_index;
+        let deadline = tokio::time::Instant::now() + READ_INDEX_TIMEOUT;
+        while self.node.status().applied_index < target {
+            if tokio::time::Instant::now() > deadline {
+                return Err(Status::unavailable(format!(
+                    "this replica has not applied the leader's index {target} within {READ_INDEX_TIMEOUT:?}; retry or ask another replica"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
     }
 
     async fn leader(&self, addr: &str) -> Result<ResourcesClient<Channel>, Status> {
@@ -290,6 +326,7 @@ impl Resources for ResourcesService {
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("key: required"))?;
         let key = normalize_key(key, "key")?;
+        self.read_index().await?;
         let sm = self
             .node
             .shared()
@@ -317,6 +354,7 @@ impl Resources for ResourcesService {
                 .key_name()
                 .to_string()
         };
+        self.read_index().await?;
         let sm = self
             .node
             .shared()

@@ -441,3 +441,34 @@ async fn bad_and_corrupt_requests_are_rejected_without_affecting_others() {
     let got = deltas(&mut good, 1).await;
     assert_eq!(got[0].1, "next");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_on_a_follower_sees_every_write_acknowledged_before_it() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(3, 10_000).await;
+    let leader = c.wait_for_leader(Duration::from_secs(10)).await;
+    let followers: Vec<usize> = c.alive().filter(|&i| i != leader).collect();
+    assert_eq!(followers.len(), 2);
+    for (n, name) in names("ryw", 40).into_iter().enumerate() {
+        apply(&c, leader, std::slice::from_ref(&name))
+            .await
+            .unwrap();
+        // Straight after the acknowledgement, on a follower: no stale read.
+        let follower = followers[n % 2];
+        let got = c
+            .resources(follower)
+            .await
+            .get(manul_proto::v1::GetRequest {
+                key: Some(manul_proto::v1::ResourceKey {
+                    kind: "globalnetworkset".into(),
+                    namespace: String::new(),
+                    name: name.clone(),
+                }),
+            })
+            .await;
+        assert!(
+            got.is_ok(),
+            "{name} not visible on follower {follower}: {got:?}"
+        );
+    }
+}
