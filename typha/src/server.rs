@@ -69,6 +69,34 @@ pub enum ServerError {
     },
     #[error("cannot start the Raft node: {0}")]
     Node(#[source] NodeError),
+    #[error("the single node did not become leader within {0:?}")]
+    NotLeading(Duration),
+}
+
+/// Starts a single-node replica on a free port of 127.0.0.1 with its data
+/// in `data_dir`, and waits until it leads (up to `within`): an embedded
+/// store for tests and tools.
+pub async fn start_single_loopback(
+    data_dir: PathBuf,
+    within: Duration,
+) -> Result<Running, ServerError> {
+    let probe = SocketAddr::from(([127, 0, 0, 1], 0));
+    // Bind once to learn a free port: the replica's peer map names it.
+    let addr = std::net::TcpListener::bind(probe)
+        .and_then(|l| l.local_addr())
+        .map_err(|source| ServerError::Listen {
+            addr: probe,
+            source,
+        })?;
+    let running = start(TyphaConfig::single(data_dir, addr)).await?;
+    let deadline = tokio::time::Instant::now() + within;
+    while running.node.status().leader_id != running.node.id() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(ServerError::NotLeading(within));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(running)
 }
 
 /// Reads the state machine for fan-out snapshots, once the node exists.

@@ -1,11 +1,10 @@
 //! A single-node Typha in this process on a loopback port.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use manul_model::Resource;
-use manul_typha::server::{Running, TyphaConfig, start};
+use manul_typha::server::Running;
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
@@ -19,22 +18,12 @@ pub fn free_port() -> u16 {
 /// Starts a single-node Typha with its data in `dir` and waits until it
 /// leads; returns it and its address.
 pub async fn typha(dir: &std::path::Path) -> (Running, String) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let typha = start(TyphaConfig::single(dir.to_path_buf(), addr))
-        .await
-        .unwrap();
-    for _ in 0..200 {
-        if typha.node.status().leader_id == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        typha.node.status().leader_id,
-        1,
-        "the single node never led"
-    );
-    (typha, addr.to_string())
+    let typha =
+        manul_typha::server::start_single_loopback(dir.to_path_buf(), Duration::from_secs(10))
+            .await
+            .unwrap();
+    let addr = typha.local_addr.to_string();
+    (typha, addr)
 }
 
 /// The one resource `yaml` describes.

@@ -4,14 +4,14 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
-use std::net::SocketAddr;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use manul_client::Client;
 use manul_model::Resource;
 use manul_netns::NetNs;
-use manul_typha::server::{Running, TyphaConfig, start};
+use manul_typha::server::Running;
 
 #[allow(unused_imports)]
 pub use manul_netns::testing::{Cleanup, have_root};
@@ -37,27 +37,12 @@ where
 
 /// A single-node Typha on this namespace's loopback; waits until it leads.
 pub async fn typha(dir: &std::path::Path) -> (Running, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let typha = start(TyphaConfig::single(dir.to_path_buf(), addr))
-        .await
-        .unwrap();
-    for _ in 0..200 {
-        if typha.node.status().leader_id == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        typha.node.status().leader_id,
-        1,
-        "the single node never led"
-    );
-    (typha, addr.to_string())
+    let typha =
+        manul_typha::server::start_single_loopback(dir.to_path_buf(), Duration::from_secs(10))
+            .await
+            .unwrap();
+    let addr = typha.local_addr.to_string();
+    (typha, addr)
 }
 
 pub fn resource(yaml: &str) -> Resource {

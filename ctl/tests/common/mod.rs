@@ -2,12 +2,11 @@
 //! a loopback port, and the real `manulctl` binary run against it.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use manul_typha::server::{Running, TyphaConfig, start};
+use manul_typha::server::Running;
 
 pub fn examples() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -36,26 +35,10 @@ pub fn text(b: &[u8]) -> String {
 /// Starts a single-node Typha with its data in `dir` and waits until it
 /// leads; returns it and its address.
 pub async fn typha(dir: &std::path::Path) -> (Running, String) {
-    // Bind first to learn a free port, then start on it (peers need it).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let typha = start(TyphaConfig::single(dir.to_path_buf(), addr))
-        .await
-        .unwrap();
-    for _ in 0..200 {
-        if typha.node.status().leader_id == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        typha.node.status().leader_id,
-        1,
-        "the single node never led"
-    );
-    (typha, addr.to_string())
+    let typha =
+        manul_typha::server::start_single_loopback(dir.to_path_buf(), Duration::from_secs(10))
+            .await
+            .unwrap();
+    let addr = typha.local_addr.to_string();
+    (typha, addr)
 }
