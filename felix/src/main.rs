@@ -9,6 +9,11 @@
 //! `--netns NAME` runs the whole agent inside a named network namespace
 //! (entered before any thread starts), as a local cluster's nodes do.
 
+/// The agent's allocator: the calculation graph allocates and frees many
+/// small objects, which mimalloc serves far faster than the system malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

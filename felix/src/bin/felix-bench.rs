@@ -10,6 +10,11 @@
 //! time; reports calculation-graph updates per second and per-update
 //! latency percentiles (the null driver's time is reported separately).
 
+/// The agent's allocator: the calculation graph allocates and frees many
+/// small objects, which mimalloc serves far faster than the system malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 

@@ -22,6 +22,7 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use manul_model::selector::{Expr, NAMESPACE_LABEL};
+use roaring::RoaringBitmap;
 
 /// Labels as resources carry them.
 pub type LabelMap = BTreeMap<String, String>;
@@ -369,14 +370,14 @@ struct SelectorEntry {
 #[derive(Debug, Default)]
 pub struct LabelIndex {
     items: FxHashMap<u32, Labels>,
-    postings: FxHashMap<(Sym, Sym), FxHashSet<u32>>,
+    postings: FxHashMap<(Sym, Sym), RoaringBitmap>,
     /// Label name → its values that some item has.
     key_values: FxHashMap<Sym, FxHashSet<Sym>>,
     selectors: FxHashMap<u32, SelectorEntry>,
     selectors_by_value: FxHashMap<(Sym, Sym), Vec<u32>>,
     selectors_by_key: FxHashMap<Sym, Vec<u32>>,
     selectors_scanning: Vec<u32>,
-    matches: FxHashMap<u32, FxHashSet<u32>>,
+    matches: FxHashMap<u32, RoaringBitmap>,
     item_matches: FxHashMap<u32, Ids>,
 }
 
@@ -392,7 +393,10 @@ fn drop_from<K: Hash + Eq>(m: &mut FxHashMap<K, Vec<u32>>, key: &K, id: u32) {
 impl LabelIndex {
     /// Items a selector currently matches.
     pub fn matching(&self, selector: u32) -> impl Iterator<Item = u32> + '_ {
-        self.matches.get(&selector).into_iter().flatten().copied()
+        self.matches
+            .get(&selector)
+            .into_iter()
+            .flat_map(|b| b.iter())
     }
 
     /// Selectors an item currently matches.
@@ -416,7 +420,7 @@ impl LabelIndex {
         let changed = if matched {
             self.matches.entry(s).or_default().insert(i)
         } else {
-            self.matches.get_mut(&s).is_some_and(|set| set.remove(&i))
+            self.matches.get_mut(&s).is_some_and(|set| set.remove(i))
         };
         if changed {
             if matched {
@@ -435,7 +439,7 @@ impl LabelIndex {
         let posting = |k: &Sym, v: &Sym| {
             self.postings
                 .get(&(k.clone(), v.clone()))
-                .map_or(0, FxHashSet::len)
+                .map_or(0, |b| b.len() as usize)
         };
         match a {
             Anchor::Value(k, v) => posting(k, v),
@@ -454,7 +458,7 @@ impl LabelIndex {
         let mut out = Vec::new();
         let mut add = |k: &Sym, v: &Sym| {
             if let Some(s) = self.postings.get(&(k.clone(), v.clone())) {
-                out.extend(s.iter().copied());
+                out.extend(s.iter());
             }
         };
         match best {
@@ -529,14 +533,10 @@ impl LabelIndex {
             None => self.selectors_scanning.push(id),
         }
         let candidates = self.candidate_items(&all);
-        self.matches
-            .entry(id)
-            .or_default()
-            .reserve(candidates.len());
         let previous: Vec<u32> = self
             .matches
             .get(&id)
-            .map(|s| s.iter().copied().collect())
+            .map(|s| s.iter().collect())
             .unwrap_or_default();
         for i in previous {
             let m = self.items.get(&i).is_some_and(|l| compiled.eval(l));
@@ -631,7 +631,7 @@ impl LabelIndex {
         for (k, v) in labels.into_vec() {
             let key = (k, v);
             if let Some(s) = self.postings.get_mut(&key) {
-                s.remove(&id);
+                s.remove(id);
                 if s.is_empty() {
                     self.postings.remove(&key);
                     let (k, v) = key;
@@ -651,7 +651,7 @@ impl LabelIndex {
         self.unindex_item(id);
         for &s in self.item_matches.remove(&id).unwrap_or_default().as_slice() {
             if let Some(set) = self.matches.get_mut(&s) {
-                set.remove(&id);
+                set.remove(id);
             }
             out.push((s, id, false));
         }

@@ -39,6 +39,7 @@ use manul_model::convert;
 use manul_model::selector::Expr;
 use manul_model::v3::{Action, PolicyType, ProfileSpec, TierSpec};
 use manul_model::{Kind, Resource, ResourceKey};
+use roaring::RoaringBitmap;
 
 use inputs::{EndpointInput, Item, NetSetInput, PolicyInput, by_order, namespace_selector_labels};
 use labelindex::{
@@ -112,6 +113,7 @@ enum Rec {
 /// using.
 #[derive(Debug)]
 struct Local {
+    item: Item,
     input: EndpointInput,
     matched: BTreeSet<dp::PolicyId>,
     profiles: Vec<String>,
@@ -158,13 +160,13 @@ pub struct CalcGraph {
     namespace_views: FxHashMap<String, (LabelMap, Labels)>,
     /// Endpoints and network sets: key → id, id → record.
     item_ids: FxHashMap<Item, u32>,
-    items: Vec<Option<(Item, Rec)>>,
+    items: Vec<Option<Rec>>,
     free_items: Vec<u32>,
     endpoint_count: usize,
     netset_count: usize,
     /// Items by namespace and endpoints by profile, for inheritance.
-    namespace_members: FxHashMap<Sym, FxHashSet<u32>>,
-    profile_members: FxHashMap<Sym, FxHashSet<u32>>,
+    namespace_members: FxHashMap<Sym, RoaringBitmap>,
+    profile_members: FxHashMap<Sym, RoaringBitmap>,
     k8s_services: BTreeMap<(String, String), k8s_openapi::api::core::v1::Service>,
     /// (namespace, slice name) → slice.
     slices: BTreeMap<(String, String), services::Slice>,
@@ -317,7 +319,7 @@ impl CalcGraph {
             }
             Kind::WorkloadEndpoint | Kind::HostEndpoint => {
                 let item = Item::Endpoint(u.key.namespace, u.key.name);
-                let input = u.value.as_ref().and_then(endpoint_input);
+                let input = u.value.and_then(endpoint_input);
                 self.set_endpoint(item, input);
             }
             Kind::Service => {
@@ -442,10 +444,8 @@ impl CalcGraph {
     }
 
     fn mark_local_dirty(&mut self, id: u32) {
-        if self.locals.contains_key(&id)
-            && let Some(Some((item, _))) = self.items.get(id as usize)
-        {
-            self.dirty_locals.insert(item.clone());
+        if let Some(local) = self.locals.get(&id) {
+            self.dirty_locals.insert(local.item.clone());
         }
     }
 
@@ -469,7 +469,7 @@ impl CalcGraph {
         let users: Vec<u32> = self
             .profile_members
             .get(&sym)
-            .map(|s| s.iter().copied().collect())
+            .map(|s| s.iter().collect())
             .unwrap_or_default();
         for id in users {
             self.reindex(id);
@@ -482,7 +482,7 @@ impl CalcGraph {
         let members: Vec<u32> = self
             .namespace_members
             .get(&sym)
-            .map(|s| s.iter().copied().collect())
+            .map(|s| s.iter().collect())
             .unwrap_or_default();
         for id in members {
             self.reindex(id);
@@ -549,12 +549,12 @@ impl CalcGraph {
     }
 
     fn labels_of(&mut self, id: u32) -> Option<Labels> {
-        let (item, rec) = self.items.get_mut(id as usize)?.take()?;
+        let rec = self.items.get_mut(id as usize)?.take()?;
         let labels = match &rec {
             Rec::Endpoint(e) => self.endpoint_labels(e),
             Rec::NetSet(n) => self.netset_labels(n),
         };
-        self.items[id as usize] = Some((item, rec));
+        self.items[id as usize] = Some(rec);
         Some(labels)
     }
 
@@ -588,7 +588,7 @@ impl CalcGraph {
     /// Adds (`sign` true) or removes item `id`'s contribution to the sets
     /// `sets` (all it is in when None), recording the touched members.
     fn contribute(&mut self, id: u32, sets: Option<&[u32]>, sign: bool) {
-        let Some(Some((_, rec))) = self.items.get(id as usize) else {
+        let Some(Some(rec)) = self.items.get(id as usize) else {
             return;
         };
         let sets = sets.unwrap_or_else(|| self.index.selectors_of(id));
@@ -673,7 +673,7 @@ impl CalcGraph {
 
     /// Forgets item `id`'s record and memberships; returns it.
     fn take_rec(&mut self, id: u32) -> Option<Rec> {
-        let (_, rec) = self.items.get_mut(id as usize)?.take()?;
+        let rec = self.items.get_mut(id as usize)?.take()?;
         let (ns, profiles): (Option<&Sym>, &[Sym]) = match &rec {
             Rec::Endpoint(e) => {
                 self.endpoint_count -= 1;
@@ -687,14 +687,14 @@ impl CalcGraph {
         if let Some(ns) = ns
             && let Some(m) = self.namespace_members.get_mut(ns)
         {
-            m.remove(&id);
+            m.remove(id);
             if m.is_empty() {
                 self.namespace_members.remove(ns);
             }
         }
         for p in profiles {
             if let Some(m) = self.profile_members.get_mut(p) {
-                m.remove(&id);
+                m.remove(id);
                 if m.is_empty() {
                     self.profile_members.remove(p);
                 }
@@ -703,7 +703,7 @@ impl CalcGraph {
         Some(rec)
     }
 
-    fn put_rec(&mut self, id: u32, item: Item, rec: Rec) {
+    fn put_rec(&mut self, id: u32, rec: Rec) {
         let (ns, profiles): (Option<&Sym>, &[Sym]) = match &rec {
             Rec::Endpoint(e) => {
                 self.endpoint_count += 1;
@@ -726,7 +726,7 @@ impl CalcGraph {
                 .or_default()
                 .insert(id);
         }
-        self.items[id as usize] = Some((item, rec));
+        self.items[id as usize] = Some(rec);
     }
 
     fn remove_item(&mut self, item: Item) {
@@ -811,7 +811,7 @@ impl CalcGraph {
         // do not).
         self.contribute(id, None, false);
         self.take_rec(id);
-        self.put_rec(id, item.clone(), Rec::Endpoint(rec));
+        self.put_rec(id, Rec::Endpoint(rec));
         let mut changes = std::mem::take(&mut self.changes);
         self.index.update_item(id, labels.clone(), &mut changes);
         changes.clear();
@@ -824,6 +824,7 @@ impl CalcGraph {
                     self.locals.insert(
                         id,
                         Local {
+                            item: item.clone(),
                             input: e,
                             matched: BTreeSet::new(),
                             profiles: Vec::new(),
@@ -855,7 +856,7 @@ impl CalcGraph {
         let id = self.alloc_item(&item);
         self.contribute(id, None, false);
         self.take_rec(id);
-        self.put_rec(id, item, Rec::NetSet(rec));
+        self.put_rec(id, Rec::NetSet(rec));
         let mut changes = std::mem::take(&mut self.changes);
         self.index.update_item(id, labels, &mut changes);
         changes.clear();
@@ -937,6 +938,7 @@ impl CalcGraph {
         self.locals.insert(
             id,
             Local {
+                item: local.item,
                 input: local.input,
                 matched,
                 profiles,
@@ -1041,14 +1043,7 @@ impl CalcGraph {
 
     fn flush(&mut self) -> Vec<dp::Operation> {
         if std::mem::take(&mut self.all_locals_dirty) {
-            let locals: Vec<Item> = self
-                .locals
-                .keys()
-                .filter_map(|id| match self.items.get(*id as usize) {
-                    Some(Some((item, _))) => Some(item.clone()),
-                    _ => None,
-                })
-                .collect();
+            let locals: Vec<Item> = self.locals.values().map(|l| l.item.clone()).collect();
             self.dirty_locals.extend(locals);
         }
         // Local endpoints: what they use now.
@@ -1330,7 +1325,7 @@ impl CalcGraph {
                 .update_selector(slot, def.selector.expr(), &mut self.syms, &mut changes);
             let mut members = Vec::with_capacity(changes.len());
             for (_, item, joined) in changes.drain(..) {
-                if joined && let Some(Some((_, rec))) = self.items.get(item as usize) {
+                if joined && let Some(Some(rec)) = self.items.get(item as usize) {
                     Self::contribution(rec, def, &mut members);
                 }
             }
@@ -1434,53 +1429,60 @@ pub fn policy_input(r: &Resource) -> Option<PolicyInput> {
 }
 
 /// The endpoint a WorkloadEndpoint or HostEndpoint describes.
-pub fn endpoint_input(r: &Resource) -> Option<EndpointInput> {
+pub fn endpoint_input(r: Resource) -> Option<EndpointInput> {
     match r {
         Resource::WorkloadEndpoint(w) => {
-            let s = &w.spec;
+            let namespace = Some(w.metadata.namespace.unwrap_or_default());
+            let s = w.spec;
             Some(EndpointInput {
-                node: s.node.clone(),
-                namespace: Some(w.metadata.namespace.clone().unwrap_or_default()),
-                name: w.name().to_string(),
-                interface_name: s.interface_name.clone(),
-                own_labels: w.metadata.labels.clone().unwrap_or_default(),
-                profiles: s.profiles.clone(),
+                node: s.node,
+                namespace,
+                name: w.metadata.name.unwrap_or_default(),
+                interface_name: s.interface_name,
+                own_labels: w.metadata.labels.unwrap_or_default(),
+                profiles: s.profiles,
                 service_account: (!s.service_account_name.is_empty())
-                    .then(|| s.service_account_name.clone()),
+                    .then_some(s.service_account_name),
                 orchestrator: if s.orchestrator.is_empty() {
                     "k8s".into()
                 } else {
-                    s.orchestrator.clone()
+                    s.orchestrator
                 },
                 nets: s.ip_networks.iter().map(|c| c.net()).collect(),
-                mac: (!s.mac.is_empty()).then(|| s.mac.clone()),
+                mac: (!s.mac.is_empty()).then_some(s.mac),
                 ports: s
                     .ports
-                    .iter()
-                    .map(|p| (p.name.clone(), p.protocol.number(), p.port))
+                    .into_iter()
+                    .map(|p| {
+                        let proto = p.protocol.number();
+                        (p.name, proto, p.port)
+                    })
                     .collect(),
                 expected_ips: Vec::new(),
             })
         }
         Resource::HostEndpoint(h) => {
-            let s = &h.spec;
+            let s = h.spec;
             Some(EndpointInput {
-                node: s.node.clone(),
+                node: s.node,
                 namespace: None,
-                name: h.name().to_string(),
-                interface_name: s.interface_name.clone(),
-                own_labels: h.metadata.labels.clone().unwrap_or_default(),
-                profiles: s.profiles.clone(),
+                name: h.metadata.name.unwrap_or_default(),
+                interface_name: s.interface_name,
+                own_labels: h.metadata.labels.unwrap_or_default(),
+                profiles: s.profiles,
                 service_account: None,
                 orchestrator: String::new(),
                 nets: Vec::new(),
                 mac: None,
                 ports: s
                     .ports
-                    .iter()
-                    .map(|p| (p.name.clone(), p.protocol.number(), p.port))
+                    .into_iter()
+                    .map(|p| {
+                        let proto = p.protocol.number();
+                        (p.name, proto, p.port)
+                    })
                     .collect(),
-                expected_ips: s.expected_ips.clone(),
+                expected_ips: s.expected_ips,
             })
         }
         _ => None,
