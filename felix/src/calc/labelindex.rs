@@ -596,16 +596,17 @@ impl LabelIndex {
         if self.items.get(&id) == Some(&labels) {
             return;
         }
-        self.unindex_item(id);
-        for (k, v) in labels.iter() {
-            let posting = self.postings.entry((k.clone(), v.clone())).or_default();
-            if posting.is_empty() {
-                self.key_values
-                    .entry(k.clone())
-                    .or_default()
-                    .insert(v.clone());
+        // Only the pairs that changed move between postings.
+        let old = self.items.remove(&id).unwrap_or_default();
+        for (k, v) in old.iter() {
+            if get(&labels, k) != Some(v) {
+                self.unpost(id, k, v);
             }
-            posting.insert(id);
+        }
+        for (k, v) in labels.iter() {
+            if get(&old, k) != Some(v) {
+                self.post(id, k, v);
+            }
         }
         let candidates = self.candidate_selectors(&labels);
         let previous: Vec<u32> = self.selectors_of(id).to_vec();
@@ -624,25 +625,39 @@ impl LabelIndex {
         self.items.insert(id, labels);
     }
 
+    fn post(&mut self, id: u32, k: &Sym, v: &Sym) {
+        let posting = self.postings.entry((k.clone(), v.clone())).or_default();
+        if posting.is_empty() {
+            self.key_values
+                .entry(k.clone())
+                .or_default()
+                .insert(v.clone());
+        }
+        posting.insert(id);
+    }
+
+    fn unpost(&mut self, id: u32, k: &Sym, v: &Sym) {
+        let key = (k.clone(), v.clone());
+        if let Some(s) = self.postings.get_mut(&key) {
+            s.remove(id);
+            if s.is_empty() {
+                self.postings.remove(&key);
+                if let Some(vs) = self.key_values.get_mut(k) {
+                    vs.remove(v);
+                    if vs.is_empty() {
+                        self.key_values.remove(k);
+                    }
+                }
+            }
+        }
+    }
+
     fn unindex_item(&mut self, id: u32) {
         let Some(labels) = self.items.remove(&id) else {
             return;
         };
-        for (k, v) in labels.into_vec() {
-            let key = (k, v);
-            if let Some(s) = self.postings.get_mut(&key) {
-                s.remove(id);
-                if s.is_empty() {
-                    self.postings.remove(&key);
-                    let (k, v) = key;
-                    if let Some(vs) = self.key_values.get_mut(&k) {
-                        vs.remove(&v);
-                        if vs.is_empty() {
-                            self.key_values.remove(&k);
-                        }
-                    }
-                }
-            }
+        for (k, v) in labels.iter() {
+            self.unpost(id, k, v);
         }
     }
 

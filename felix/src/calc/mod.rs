@@ -806,14 +806,30 @@ impl CalcGraph {
         let local = rec.local;
         let labels = self.endpoint_labels(&rec);
         let id = self.alloc_item(&item);
-        // The old contribution leaves with the old record; the new one
-        // joins with the new (the members may differ even where the sets
-        // do not).
-        self.contribute(id, None, false);
+        // Where the addresses and ports are unchanged, only the sets the
+        // endpoint joins or leaves change. Otherwise the old contribution
+        // leaves with the old record and the new one joins with the new
+        // (the members may differ even where the sets do not).
+        let same_members = matches!(
+            self.items.get(id as usize),
+            Some(Some(Rec::Endpoint(old)))
+                if old.nets == rec.nets
+                    && old.ports == rec.ports
+                    && old.expected_ips == rec.expected_ips
+        );
+        if !same_members {
+            self.contribute(id, None, false);
+        }
         self.take_rec(id);
         self.put_rec(id, Rec::Endpoint(rec));
         let mut changes = std::mem::take(&mut self.changes);
         self.index.update_item(id, labels.clone(), &mut changes);
+        if same_members {
+            let left: Vec<u32> = changes.iter().filter(|c| !c.2).map(|c| c.0).collect();
+            let joined: Vec<u32> = changes.iter().filter(|c| c.2).map(|c| c.0).collect();
+            self.contribute(id, Some(&left), false);
+            self.contribute(id, Some(&joined), true);
+        }
         changes.clear();
         if local {
             self.policy_index.update_item(id, labels, &mut changes);
@@ -837,7 +853,9 @@ impl CalcGraph {
             self.drop_local(id, &item);
         }
         self.changes = changes;
-        self.contribute(id, None, true);
+        if !same_members {
+            self.contribute(id, None, true);
+        }
     }
 
     fn set_netset(&mut self, item: Item, input: Option<NetSetInput>) {
@@ -1367,16 +1385,27 @@ impl CalcGraph {
 /// Adds (`sign` true) or removes one count of each member, remembering
 /// whether a member was present before the batch touched it.
 fn count(set: &mut SetState, members: impl Iterator<Item = dp::IpSetMember>, sign: bool) {
+    use std::collections::hash_map::Entry;
     for m in members {
-        let before = set.members.contains_key(&m);
-        if sign {
-            *set.members.entry(m).or_default() += 1;
-        } else if let Some(n) = set.members.get_mut(&m) {
-            *n -= 1;
-            if *n == 0 {
-                set.members.remove(&m);
+        let before = match set.members.entry(m) {
+            Entry::Occupied(mut o) => {
+                if sign {
+                    *o.get_mut() += 1;
+                } else {
+                    *o.get_mut() -= 1;
+                    if *o.get() == 0 {
+                        o.remove();
+                    }
+                }
+                true
             }
-        }
+            Entry::Vacant(v) => {
+                if sign {
+                    v.insert(1);
+                }
+                false
+            }
+        };
         set.touched.entry(m).or_insert(before);
     }
 }

@@ -160,3 +160,76 @@ fn services_join_endpoint_slices() {
         "{ops:#?}"
     );
 }
+
+/// The deltas for set `id` in `ops`: (added, removed).
+fn deltas_of(ops: &[dp::Operation], id: &str) -> (Vec<String>, Vec<String>) {
+    let mut out = (Vec::new(), Vec::new());
+    for o in ops {
+        if let dp::Operation::IpSetDelta {
+            id: d,
+            added,
+            removed,
+        } = o
+            && d == id
+        {
+            out.0.extend(added.iter().map(|m| format!("{m:?}")));
+            out.1.extend(removed.iter().map(|m| format!("{m:?}")));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_label_change_moves_an_endpoint_between_sets_and_an_address_change_moves_its_members() {
+    let mut g = CalcGraph::new("node1");
+    let two_sets = "apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: two-sets
+  namespace: production
+spec:
+  selector: app == 'api'
+  ingress:
+  - action: Allow
+    source:
+      selector: role == 'a'
+  - action: Allow
+    source:
+      selector: role == 'b'
+---
+";
+    let state = format!(
+        "{NAMESPACE}{}{}{two_sets}",
+        wep("api", "node1", "10.65.0.2", "app: api"),
+        wep("peer", "node2", "10.65.1.2", "role: a"),
+    );
+    g.apply(puts(&state));
+    let set_a = "sel:(role == \"a\" && projectcalico.org/namespace == \"production\")";
+    let set_b = "sel:(role == \"b\" && projectcalico.org/namespace == \"production\")";
+    let net = |ip: &str| format!("{:?}", dp::IpSetMember::Net(ip.parse().unwrap()));
+
+    // Same address, new label: it leaves a and joins b, nothing else.
+    let ops = g.apply(puts(&wep("peer", "node2", "10.65.1.2", "role: b")));
+    assert_eq!(kinds(&ops), ["set~", "set~"], "{ops:#?}");
+    assert_eq!(deltas_of(&ops, set_a), (vec![], vec![net("10.65.1.2/32")]));
+    assert_eq!(deltas_of(&ops, set_b), (vec![net("10.65.1.2/32")], vec![]));
+
+    // Same label, new address: b swaps the member.
+    let ops = g.apply(puts(&wep("peer", "node2", "10.65.1.9", "role: b")));
+    assert_eq!(kinds(&ops), ["set~"], "{ops:#?}");
+    assert_eq!(
+        deltas_of(&ops, set_b),
+        (vec![net("10.65.1.9/32")], vec![net("10.65.1.2/32")])
+    );
+
+    // New label and new address at once, then back: both sets stay exact.
+    let ops = g.apply(puts(&wep("peer", "node2", "10.65.1.2", "role: a")));
+    assert_eq!(deltas_of(&ops, set_b), (vec![], vec![net("10.65.1.9/32")]));
+    assert_eq!(deltas_of(&ops, set_a), (vec![net("10.65.1.2/32")], vec![]));
+
+    // An unchanged endpoint emits nothing.
+    assert!(
+        g.apply(puts(&wep("peer", "node2", "10.65.1.2", "role: a")))
+            .is_empty()
+    );
+}
