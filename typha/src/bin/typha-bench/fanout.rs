@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::clients::{self, ClientOptions, Progress};
-use crate::procs::{Cluster, TyphaOptions, cpu_seconds, metric};
+use crate::procs::{Cluster, TyphaOptions, cpu_split, metric};
 use crate::stats::{ms, round3, summary_ms};
 
 #[derive(Debug, Args)]
@@ -107,7 +107,7 @@ pub async fn run(opts: &TyphaOptions, args: &FanoutArgs, nofile: u64) -> Result<
 
     // Updates, one at a time.
     let server_pid = server.pid();
-    let cpu_before = (cpu_seconds(server_pid)?, cpu_seconds(std::process::id())?);
+    let cpu_before = (cpu_split(server_pid)?, cpu_split(std::process::id())?);
     let updates_started = Instant::now();
     let mut sent: HashMap<u64, Instant> = HashMap::new();
     let mut acks = Vec::with_capacity(args.updates);
@@ -139,7 +139,9 @@ pub async fn run(opts: &TyphaOptions, args: &FanoutArgs, nofile: u64) -> Result<
         );
     }
     let updates_elapsed = updates_started.elapsed().as_secs_f64();
-    let cpu_after = (cpu_seconds(server_pid)?, cpu_seconds(std::process::id())?);
+    let cpu_after = (cpu_split(server_pid)?, cpu_split(std::process::id())?);
+    let (server_cpu, bench_cpu) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+    let per_update = |s: f64| round3(s * 1000.0 / args.updates.max(1) as f64);
     let after_updates = server.memory()?;
     let _ = stop_tx.send(true);
     let mut per_client = Vec::with_capacity(n * args.updates);
@@ -191,9 +193,15 @@ pub async fn run(opts: &TyphaOptions, args: &FanoutArgs, nofile: u64) -> Result<
         "bench_process_rss_bytes": bench_memory.rss,
         "updates_phase": {
             "elapsed_s": round3(updates_elapsed),
-            "server_cpu_s": round3(cpu_after.0 - cpu_before.0),
-            "bench_cpu_s": round3(cpu_after.1 - cpu_before.1),
-            "note": "server and clients share the machine's cores",
+            "server_cpu_s": round3(server_cpu.user + server_cpu.system),
+            "bench_cpu_s": round3(bench_cpu.user + bench_cpu.system),
+            "per_update_cpu_ms": {
+                "server_user": per_update(server_cpu.user),
+                "server_system": per_update(server_cpu.system),
+                "clients_user": per_update(bench_cpu.user),
+                "clients_system": per_update(bench_cpu.system),
+            },
+            "note": "server and clients share the machine's cores; per_update_cpu_ms is CPU time per update (user space and kernel), whose sum divided by the cores bounds how fast the last client can have it",
         },
         "apply_ack_ms": summary_ms(acks),
         "delta_latency_per_client": summary_ms(per_client),

@@ -248,8 +248,25 @@ pub fn memory(pid: u32) -> Result<Memory> {
     })
 }
 
-/// CPU time (user + system) a process has used so far, in seconds.
-pub fn cpu_seconds(pid: u32) -> Result<f64> {
+/// A process's CPU time so far, in user space and in the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSplit {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl std::ops::Sub for CpuSplit {
+    type Output = CpuSplit;
+    fn sub(self, earlier: CpuSplit) -> CpuSplit {
+        CpuSplit {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
+/// User and system CPU seconds of process `pid`, from `/proc/PID/stat`.
+pub fn cpu_split(pid: u32) -> Result<CpuSplit> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     // Fields after the command name (which may hold spaces): state is
@@ -265,7 +282,10 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
             .and_then(|v| v.parse::<f64>().ok())
             .with_context(|| format!("malformed {path}"))
     };
-    Ok((tick(11)? + tick(12)?) / 100.0)
+    Ok(CpuSplit {
+        user: tick(11)? / 100.0,
+        system: tick(12)? / 100.0,
+    })
 }
 
 /// A plain HTTP/1.1 GET; returns the status code and the body.
