@@ -8,7 +8,7 @@
 //! what did not change) and synthesises deletions for the keys that
 //! vanished, so the dataplane is repaired, never reset.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::io::Read;
 use std::time::Duration;
 
@@ -75,17 +75,26 @@ pub fn update_of(e: &Entry) -> Result<Update, SyncError> {
     if e.deleted {
         return Ok(Update { key, value: None });
     }
-    let loaded = manul_model::load("typha", &e.value)
-        .into_result()
-        .map_err(|errs| SyncError::BadValue {
+    // Typha streams each resource in its stored (JSON) form.
+    let value =
+        manul_model::stored::decode_as(key.kind, &e.value).map_err(|err| SyncError::BadValue {
             key: key.to_string(),
-            reason: errs.first().map(ToString::to_string).unwrap_or_default(),
+            reason: err.to_string(),
         })?;
-    let value = loaded.into_iter().next().map(|l| l.resource);
-    Ok(Update { key, value })
+    if value.key() != key {
+        return Err(SyncError::BadValue {
+            key: key.to_string(),
+            reason: format!("the value is {}", value.key()),
+        });
+    }
+    Ok(Update {
+        key,
+        value: Some(value),
+    })
 }
 
-fn decode(bytes: &[u8], gzip: bool, what: &'static str) -> Result<Vec<Entry>, SyncError> {
+/// The entries of a snapshot chunk or delta batch (gzip when `gzip`).
+pub fn decode(bytes: &[u8], gzip: bool, what: &'static str) -> Result<Vec<Entry>, SyncError> {
     let corrupt = |e: String| SyncError::Corrupt { what, reason: e };
     let raw = if gzip {
         let mut out = Vec::new();
@@ -101,12 +110,37 @@ fn decode(bytes: &[u8], gzip: bool, what: &'static str) -> Result<Vec<Entry>, Sy
         .map_err(|e| corrupt(e.to_string()))
 }
 
+/// The updates of one snapshot chunk, recording their keys in `seen` (so
+/// that keys missing from the whole snapshot can be deleted at in-sync).
+/// An entry that does not decode is skipped with a warning; a chunk that
+/// does not decode is an error.
+pub fn snapshot_updates(
+    chunk: &[u8],
+    gzip: bool,
+    mut seen: Option<&mut HashSet<ResourceKey>>,
+) -> Result<Vec<Update>, SyncError> {
+    let entries = decode(chunk, gzip, "snapshot chunk")?;
+    let mut batch = Vec::with_capacity(entries.len());
+    for e in entries {
+        match update_of(&e) {
+            Ok(u) => {
+                if let Some(seen) = seen.as_deref_mut() {
+                    seen.insert(u.key.clone());
+                }
+                batch.push(u);
+            }
+            Err(err) => warn!("skipping a snapshot entry: {err}"),
+        }
+    }
+    Ok(batch)
+}
+
 /// Follows Typha until `events` is closed.
 #[derive(Debug)]
 pub struct Syncer {
     config: SyncConfig,
     revision: u64,
-    known: BTreeSet<ResourceKey>,
+    known: HashSet<ResourceKey>,
 }
 
 impl Syncer {
@@ -114,7 +148,7 @@ impl Syncer {
         Syncer {
             config,
             revision: 0,
-            known: BTreeSet::new(),
+            known: HashSet::new(),
         }
     }
 
@@ -181,7 +215,7 @@ impl Syncer {
             .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?
             .into_inner();
         let mut gzip = false;
-        let mut snapshot: Option<BTreeSet<ResourceKey>> = None;
+        let mut snapshot: Option<HashSet<ResourceKey>> = None;
         let mut snapshot_revision = 0;
         let send = |updates: Vec<Update>, revision: u64| async move {
             if updates.is_empty() {
@@ -207,31 +241,20 @@ impl Syncer {
                         "connected"
                     );
                     if h.snapshot_follows {
-                        snapshot = Some(BTreeSet::new());
+                        snapshot = Some(HashSet::new());
                         snapshot_revision = h.revision;
                     }
                 }
                 Some(Message::Snapshot(chunk)) => {
-                    let mut batch = Vec::new();
-                    for e in
-                        decode(&chunk.entries, gzip, "snapshot chunk").map_err(|e| e.to_string())?
-                    {
-                        match update_of(&e) {
-                            Ok(u) => {
-                                if let Some(seen) = snapshot.as_mut() {
-                                    seen.insert(u.key.clone());
-                                }
-                                batch.push(u);
-                            }
-                            Err(err) => warn!("skipping a snapshot entry: {err}"),
-                        }
-                    }
+                    let batch = snapshot_updates(&chunk.entries, gzip, snapshot.as_mut())
+                        .map_err(|e| e.to_string())?;
                     send(batch, snapshot_revision).await?;
                 }
                 Some(Message::InSync(s)) => {
                     if let Some(seen) = snapshot.take() {
-                        // Keys that vanished while we were away.
-                        let gone: Vec<Update> = self
+                        // Keys that vanished while we were away, in key
+                        // order.
+                        let mut gone: Vec<Update> = self
                             .known
                             .difference(&seen)
                             .map(|k| Update {
@@ -239,6 +262,7 @@ impl Syncer {
                                 value: None,
                             })
                             .collect();
+                        gone.sort_by(|a, b| a.key.cmp(&b.key));
                         self.known = seen;
                         send(gone, s.revision).await?;
                     }

@@ -176,3 +176,34 @@ async fn resumes_resnapshots_and_synthesises_deletions() {
     // The reconnect resumed from the last revision it had applied.
     assert_eq!(*server.resumes.lock().unwrap(), [0, 6]);
 }
+
+#[test]
+fn entries_decode_from_the_stored_form_and_bad_ones_name_the_problem() {
+    use manul_felix::sync::update_of;
+    let good = tier("platform", 1);
+    let u = update_of(&good).unwrap();
+    assert_eq!(u.key.to_string(), "tier/platform");
+    assert!(u.value.is_some());
+
+    // The value is another resource than the key says.
+    let mut other = tier("platform", 1);
+    other.value = tier("security", 1).value;
+    let err = update_of(&other).unwrap_err().to_string();
+    assert!(err.contains("the value is tier/security"), "{err}");
+
+    // Not JSON, and a stored resource of another kind.
+    let mut garbage = tier("platform", 1);
+    garbage.value = Bytes::from_static(b"kind: Tier\n");
+    let err = update_of(&garbage).unwrap_err().to_string();
+    assert!(err.contains("invalid value for tier/platform"), "{err}");
+    let mut wrong = tier("platform", 1);
+    wrong.key.as_mut().unwrap().kind = "globalnetworkset".into();
+    let err = update_of(&wrong).unwrap_err().to_string();
+    assert!(err.contains("expected a GlobalNetworkSet"), "{err}");
+
+    // A deletion needs no value.
+    let mut gone = tier("platform", 2);
+    gone.value = Bytes::new();
+    gone.deleted = true;
+    assert!(update_of(&gone).unwrap().value.is_none());
+}

@@ -16,6 +16,7 @@ pub mod names;
 pub mod operator;
 pub mod resource;
 pub mod selector;
+pub mod stored;
 pub mod v3;
 pub mod validate;
 

@@ -592,3 +592,18 @@ fn ipam_block_errors_name_the_field() {
         );
     }
 }
+
+#[test]
+fn every_example_round_trips_through_its_stored_form() {
+    for f in yaml_files(&shared_examples()) {
+        let out = load(&f.display().to_string(), &std::fs::read(&f).unwrap());
+        for r in out.into_result().unwrap().into_iter().map(|l| l.resource) {
+            let bytes = serde_json::to_vec(&r).unwrap();
+            let back = crate::stored::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", r.key()));
+            assert_eq!(back, r, "{}", r.key());
+            // The loader reads the same bytes to the same resource.
+            let via_loader = load("stored", &bytes).into_result().unwrap();
+            assert_eq!(via_loader[0].resource, back, "{}", r.key());
+        }
+    }
+}

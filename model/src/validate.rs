@@ -119,6 +119,14 @@ impl Validator {
         }
     }
 
+    /// [`Self::check`] with the path built only on failure (for checks run
+    /// once per label or port of every endpoint).
+    fn check_at(&mut self, path: impl FnOnce() -> String, result: Result<(), String>) {
+        if let Err(reason) = result {
+            self.err(path(), reason);
+        }
+    }
+
     fn metadata(&mut self, kind: Kind, meta: &ObjectMeta) {
         match meta.name.as_deref() {
             None | Some("") => self.err("metadata.name", "required"),
@@ -151,8 +159,8 @@ impl Validator {
 
     fn labels(&mut self, path: &str, labels: &BTreeMap<String, String>) {
         for (k, val) in labels {
-            self.check(format!("{path}.{k}"), names::validate_label_key(k));
-            self.check(format!("{path}.{k}"), names::validate_label_value(val));
+            self.check_at(|| format!("{path}.{k}"), names::validate_label_key(k));
+            self.check_at(|| format!("{path}.{k}"), names::validate_label_value(val));
         }
     }
 
@@ -316,8 +324,8 @@ impl Validator {
 
     fn endpoint_ports(&mut self, path: &str, ports: &[EndpointPort]) {
         for (i, p) in ports.iter().enumerate() {
-            self.check(
-                format!("{path}[{i}].name"),
+            self.check_at(
+                || format!("{path}[{i}].name"),
                 names::validate_port_name(&p.name),
             );
             if !p.protocol.supports_ports() {
