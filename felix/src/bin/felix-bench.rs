@@ -1,14 +1,18 @@
 //! `felix-bench`: calculation-graph benchmarks that print JSON.
 //!
 //! `snapshot`: a cluster of `--endpoints` workload endpoints over
-//! `--nodes` nodes and `--policies` policies with varied selectors is fed
-//! to one node's graph in batches, as the sync client would; reports the
-//! time to in-sync and the peak RSS, also per endpoint.
+//! `--nodes` nodes and `--policies` policies with varied selectors, in the
+//! form Typha streams it (gzipped chunks of stored JSON entries), is
+//! decoded by the sync client's own function on one thread and fed to one
+//! node's graph on another, as the agent does; reports the time from the
+//! first chunk to in-sync, each thread's CPU time, and the peak RSS, also
+//! per endpoint.
 //!
 //! `churn`: after the snapshot, single updates (remote endpoint label
 //! changes, endpoint adds and removes, policy selector changes) one at a
 //! time; reports calculation-graph updates per second and per-update
-//! latency percentiles (the null driver's time is reported separately).
+//! latency percentiles, and the same with each update's decoding included
+//! (the null driver's time is reported separately).
 
 /// The agent's allocator: the calculation graph allocates and frees many
 /// small objects, which mimalloc serves far faster than the system malloc.
@@ -22,7 +26,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use manul_dataplane_api::{Driver, NullDriver};
 use manul_felix::calc::{CalcGraph, Update};
+use manul_felix::sync::{snapshot_updates, update_of};
 use manul_model::Resource;
+use manul_proto::v1::Entry;
 
 #[derive(Debug, Parser)]
 #[command(name = "felix-bench")]
@@ -50,11 +56,38 @@ fn load(yaml: &str) -> Result<Resource> {
     r.pop().map(|l| l.resource).context("empty")
 }
 
-fn put(r: Resource) -> Update {
-    Update {
-        key: r.key(),
-        value: Some(r),
-    }
+/// A resource as Typha streams it: its key and its stored JSON.
+fn put(r: Resource) -> Result<Entry> {
+    let key = r.key();
+    Ok(Entry {
+        key: Some(manul_proto::v1::ResourceKey {
+            kind: key.kind.key_name().to_string(),
+            namespace: key.namespace.clone().unwrap_or_default(),
+            name: key.name.clone(),
+        }),
+        value: serde_json::to_vec(&r)?.into(),
+        revision: 0,
+        deleted: false,
+    })
+}
+
+/// A deletion as Typha streams it.
+fn delete(r: &Resource) -> Result<Entry> {
+    let mut e = put(r.clone())?;
+    e.value = Default::default();
+    e.deleted = true;
+    Ok(e)
+}
+
+fn gzip(data: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data)?;
+    Ok(encoder.finish()?)
+}
+
+fn decode(e: &Entry) -> Result<Update> {
+    update_of(e).map_err(|err| anyhow::anyhow!("{err}"))
 }
 
 fn endpoint(i: usize, nodes: usize, namespaces: usize, variant: usize) -> Result<Resource> {
@@ -148,23 +181,48 @@ fn main() -> Result<()> {
     );
     let mut updates = Vec::with_capacity(args.endpoints + args.policies + args.namespaces);
     for n in 0..args.namespaces {
-        updates.push(put(namespace(n)?));
+        updates.push(put(namespace(n)?)?);
     }
     for i in 0..args.endpoints {
-        updates.push(put(endpoint(i, args.nodes, args.namespaces, 0)?));
+        updates.push(put(endpoint(i, args.nodes, args.namespaces, 0)?)?);
     }
     for j in 0..args.policies {
-        updates.push(put(policy(j, args.namespaces, 0)?));
+        updates.push(put(policy(j, args.namespaces, 0)?)?);
     }
+    // The snapshot as Typha sends it: chunks of `batch` entries, each an
+    // encoded EntryList, gzipped.
+    let chunks: Vec<Vec<u8>> = updates
+        .chunks(args.batch.max(1))
+        .map(|c| {
+            let list = manul_proto::v1::EntryList {
+                entries: c.to_vec(),
+            };
+            gzip(&prost::Message::encode_to_vec(&list))
+        })
+        .collect::<Result<_>>()?;
+    let snapshot_bytes: usize = chunks.iter().map(Vec::len).sum();
+    drop(updates);
     let rss_before = rss_kb("VmRSS:");
     let mut graph = CalcGraph::new("node-0");
     let mut driver = NullDriver::default();
     let started = Instant::now();
     let cpu_started = thread_cpu_s();
     let mut ops_total = 0usize;
-    let mut batches = updates.into_iter().peekable();
-    while batches.peek().is_some() {
-        let batch: Vec<Update> = batches.by_ref().take(args.batch).collect();
+    // As in the agent: the sync client decodes chunks on one thread while
+    // the graph takes the previous ones on another.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Update>>(1024);
+    let decoder = std::thread::spawn(move || -> Result<f64> {
+        let cpu = thread_cpu_s();
+        let mut seen = std::collections::HashSet::new();
+        for chunk in &chunks {
+            let batch = snapshot_updates(chunk, true, Some(&mut seen))?;
+            if tx.send(batch).is_err() {
+                break;
+            }
+        }
+        Ok(thread_cpu_s() - cpu)
+    });
+    for batch in rx {
         let ops = graph.apply(batch);
         ops_total += ops.len();
         driver
@@ -178,6 +236,9 @@ fn main() -> Result<()> {
         .map_err(|e| anyhow::anyhow!("driver refused: {e}"))?;
     let snapshot_s = started.elapsed().as_secs_f64();
     let snapshot_cpu_s = thread_cpu_s() - cpu_started;
+    let decode_cpu_s = decoder
+        .join()
+        .map_err(|_| anyhow::anyhow!("the decoding thread panicked"))??;
     let stats = graph.stats();
     let peak_kb = rss_kb("VmHWM:");
     let rss_after = rss_kb("VmRSS:");
@@ -186,6 +247,7 @@ fn main() -> Result<()> {
     // Churn: one update at a time.
     let mut lat_ms = Vec::with_capacity(args.churn);
     let mut driver_ms = Vec::with_capacity(args.churn);
+    let mut decode_ms = Vec::with_capacity(args.churn);
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     let mut kind_ms: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let churn_started = Instant::now();
@@ -200,35 +262,32 @@ fn main() -> Result<()> {
                 }
                 (
                     "endpoint_label_change",
-                    put(endpoint(i, args.nodes, args.namespaces, k)?),
+                    put(endpoint(i, args.nodes, args.namespaces, k)?)?,
                 )
             }
             7 => {
                 extra += 1;
                 (
                     "endpoint_add",
-                    put(endpoint(extra, args.nodes, args.namespaces, 0)?),
+                    put(endpoint(extra, args.nodes, args.namespaces, 0)?)?,
                 )
             }
             8 => {
                 let r = endpoint(args.endpoints + k / 10, args.nodes, args.namespaces, 0)?;
-                (
-                    "endpoint_remove",
-                    Update {
-                        key: r.key(),
-                        value: None,
-                    },
-                )
+                ("endpoint_remove", delete(&r)?)
             }
             _ => {
                 let j = (k * 31) % args.policies;
                 (
                     "policy_selector_change",
-                    put(policy(j, args.namespaces, k)?),
+                    put(policy(j, args.namespaces, k)?)?,
                 )
             }
         };
         *kinds.entry(kind).or_default() += 1;
+        let t = Instant::now();
+        let update = decode(&update)?;
+        decode_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         let t = Instant::now();
         let ops = graph.apply([update]);
         let ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -256,6 +315,8 @@ fn main() -> Result<()> {
         .collect();
     driver_ms.sort_by(f64::total_cmp);
     let graph_s: f64 = lat_ms.iter().sum::<f64>() / 1000.0;
+    let churn_decode_s: f64 = decode_ms.iter().sum::<f64>() / 1000.0;
+    decode_ms.sort_by(f64::total_cmp);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -271,7 +332,10 @@ fn main() -> Result<()> {
                         "namespaces": args.namespaces, "snapshot_batch": args.batch, "churn_updates": args.churn},
         "snapshot": {
             "seconds": snapshot_s,
-            "cpu_seconds": snapshot_cpu_s,
+            "calc_graph_cpu_seconds": snapshot_cpu_s,
+            "decode_cpu_seconds": decode_cpu_s,
+            "one_core_seconds": snapshot_cpu_s + decode_cpu_s,
+            "gzip_bytes": snapshot_bytes,
             "operations": ops_total,
             "local_endpoints": stats.local_endpoints,
             "active_policies": stats.active_policies,
@@ -288,6 +352,8 @@ fn main() -> Result<()> {
             "seconds": churn_s,
             "calc_graph_seconds": graph_s,
             "updates_per_second": args.churn as f64 / graph_s.max(1e-9),
+            "updates_per_second_with_decode": args.churn as f64 / (graph_s + churn_decode_s).max(1e-9),
+            "decode_latency_ms": {"p50": percentile(&decode_ms, 0.5), "p99": percentile(&decode_ms, 0.99)},
             "null_driver_latency_ms": {"p50": percentile(&driver_ms, 0.5), "p99": percentile(&driver_ms, 0.99)},
             "latency_ms": {"p50": percentile(&lat_ms, 0.5), "p90": percentile(&lat_ms, 0.9),
                             "p99": percentile(&lat_ms, 0.99), "max": lat_ms.last().copied().unwrap_or(0.0)},
