@@ -8,7 +8,6 @@
 //! what did not change) and synthesises deletions for the keys that
 //! vanished, so the dataplane is repaired, never reset.
 
-use std::collections::HashSet;
 use std::io::Read;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use manul_proto::v1::sync_client::SyncClient;
 use manul_proto::v1::sync_message::Message;
 use manul_proto::v1::{Entry, EntryList, SyncRequest};
 use prost::Message as _;
+use rustc_hash::FxHashSet;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -117,7 +117,7 @@ pub fn decode(bytes: &[u8], gzip: bool, what: &'static str) -> Result<Vec<Entry>
 pub fn snapshot_updates(
     chunk: &[u8],
     gzip: bool,
-    mut seen: Option<&mut HashSet<ResourceKey>>,
+    mut seen: Option<&mut FxHashSet<ResourceKey>>,
 ) -> Result<Vec<Update>, SyncError> {
     let entries = decode(chunk, gzip, "snapshot chunk")?;
     let mut batch = Vec::with_capacity(entries.len());
@@ -140,7 +140,7 @@ pub fn snapshot_updates(
 pub struct Syncer {
     config: SyncConfig,
     revision: u64,
-    known: HashSet<ResourceKey>,
+    known: FxHashSet<ResourceKey>,
 }
 
 impl Syncer {
@@ -148,7 +148,7 @@ impl Syncer {
         Syncer {
             config,
             revision: 0,
-            known: HashSet::new(),
+            known: FxHashSet::default(),
         }
     }
 
@@ -215,7 +215,7 @@ impl Syncer {
             .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?
             .into_inner();
         let mut gzip = false;
-        let mut snapshot: Option<HashSet<ResourceKey>> = None;
+        let mut snapshot: Option<FxHashSet<ResourceKey>> = None;
         let mut snapshot_revision = 0;
         let send = |updates: Vec<Update>, revision: u64| async move {
             if updates.is_empty() {
@@ -241,7 +241,7 @@ impl Syncer {
                         "connected"
                     );
                     if h.snapshot_follows {
-                        snapshot = Some(HashSet::new());
+                        snapshot = Some(FxHashSet::default());
                         snapshot_revision = h.revision;
                     }
                 }

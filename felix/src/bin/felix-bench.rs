@@ -213,7 +213,7 @@ fn main() -> Result<()> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Update>>(1024);
     let decoder = std::thread::spawn(move || -> Result<f64> {
         let cpu = thread_cpu_s();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = rustc_hash::FxHashSet::default();
         for chunk in &chunks {
             let batch = snapshot_updates(chunk, true, Some(&mut seen))?;
             if tx.send(batch).is_err() {

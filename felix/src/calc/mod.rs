@@ -823,7 +823,9 @@ impl CalcGraph {
         self.take_rec(id);
         self.put_rec(id, Rec::Endpoint(rec));
         let mut changes = std::mem::take(&mut self.changes);
-        self.index.update_item(id, labels.clone(), &mut changes);
+        // Only a local endpoint's labels are needed twice.
+        let policy_labels = local.then(|| labels.clone());
+        self.index.update_item(id, labels, &mut changes);
         if same_members {
             let left: Vec<u32> = changes.iter().filter(|c| !c.2).map(|c| c.0).collect();
             let joined: Vec<u32> = changes.iter().filter(|c| c.2).map(|c| c.0).collect();
@@ -831,7 +833,7 @@ impl CalcGraph {
             self.contribute(id, Some(&joined), true);
         }
         changes.clear();
-        if local {
+        if let Some(labels) = policy_labels {
             self.policy_index.update_item(id, labels, &mut changes);
             changes.clear();
             match self.locals.get_mut(&id) {
