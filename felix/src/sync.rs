@@ -11,6 +11,7 @@
 use std::io::Read;
 use std::time::Duration;
 
+use bytes::Bytes;
 use manul_model::{Kind, ResourceKey};
 use manul_proto::v1::sync_client::SyncClient;
 use manul_proto::v1::sync_message::Message;
@@ -94,18 +95,19 @@ pub fn update_of(e: &Entry) -> Result<Update, SyncError> {
 }
 
 /// The entries of a snapshot chunk or delta batch (gzip when `gzip`).
-pub fn decode(bytes: &[u8], gzip: bool, what: &'static str) -> Result<Vec<Entry>, SyncError> {
+/// Entry values are slices of the (decompressed) message, not copies.
+pub fn decode(bytes: &Bytes, gzip: bool, what: &'static str) -> Result<Vec<Entry>, SyncError> {
     let corrupt = |e: String| SyncError::Corrupt { what, reason: e };
     let raw = if gzip {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(bytes)
+        flate2::read::GzDecoder::new(&bytes[..])
             .read_to_end(&mut out)
             .map_err(|e| corrupt(e.to_string()))?;
-        out
+        Bytes::from(out)
     } else {
-        bytes.to_vec()
+        bytes.clone()
     };
-    EntryList::decode(raw.as_slice())
+    EntryList::decode(raw)
         .map(|l| l.entries)
         .map_err(|e| corrupt(e.to_string()))
 }
@@ -115,7 +117,7 @@ pub fn decode(bytes: &[u8], gzip: bool, what: &'static str) -> Result<Vec<Entry>
 /// An entry that does not decode is skipped with a warning; a chunk that
 /// does not decode is an error.
 pub fn snapshot_updates(
-    chunk: &[u8],
+    chunk: &Bytes,
     gzip: bool,
     mut seen: Option<&mut FxHashSet<ResourceKey>>,
 ) -> Result<Vec<Update>, SyncError> {

@@ -191,16 +191,16 @@ fn main() -> Result<()> {
     }
     // The snapshot as Typha sends it: chunks of `batch` entries, each an
     // encoded EntryList, gzipped.
-    let chunks: Vec<Vec<u8>> = updates
+    let chunks: Vec<bytes::Bytes> = updates
         .chunks(args.batch.max(1))
         .map(|c| {
             let list = manul_proto::v1::EntryList {
                 entries: c.to_vec(),
             };
-            gzip(&prost::Message::encode_to_vec(&list))
+            gzip(&prost::Message::encode_to_vec(&list)).map(bytes::Bytes::from)
         })
         .collect::<Result<_>>()?;
-    let snapshot_bytes: usize = chunks.iter().map(Vec::len).sum();
+    let snapshot_bytes: usize = chunks.iter().map(bytes::Bytes::len).sum();
     drop(updates);
     let rss_before = rss_kb("VmRSS:");
     let mut graph = CalcGraph::new("node-0");
