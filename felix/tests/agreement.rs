@@ -29,16 +29,28 @@
 //! any; each side with random subsets of `selector`, `notSelector`,
 //! `namespaceSelector` (over namespace labels and `projectcalico.org/name`,
 //! with `all()` and `global()`), `nets`, `notNets`, `ports` and `notPorts`
-//! (numbers, ranges, `http`, `dns`; only with TCP or UDP). A rule's
-//! `selector`, `notSelector` or `namespaceSelector` is rarely the empty
-//! string. Every state is valid by construction; a state that
+//! (numbers, ranges, `http`, `dns`; only with TCP or UDP), `services`
+//! (a Service by name, in the policy's namespace or a named one; never
+//! beside nets, selector or namespaceSelector, nor beside ports as a
+//! destination, as validation requires) and `serviceAccounts` (names and
+//! a selector over the accounts' labels and `projectcalico.org/name`);
+//! sometimes `notProtocol`, `ipVersion` 4 or 6, `icmp`/`notICMP` types and
+//! codes (with ICMP) and an `http` match; sometimes a policy-level
+//! `serviceAccountSelector`. Endpoints sometimes have a service account
+//! (`sa0`, `sa1`, listed as profile `ksa.NS.SA`), 0–3 such profiles carry
+//! `pcsa.` labels, and 0–3 EndpointSlices of `svc0`/`svc1` hold endpoint
+//! addresses (or one no endpoint has) with named and unnamed TCP and UDP
+//! ports. A rule's `selector`, `notSelector` or `namespaceSelector` is
+//! rarely the empty string. Every state is valid by construction; a state that
 //! `manul_model::load` refuses anyway is discarded (a proptest rejection),
 //! never asserted on.
 //!
 //! State B is state A after 1–3 random [`Mutation`]s (relabel, move, re-port,
 //! re-namespace, add or remove an endpoint; relabel or delete a Namespace;
 //! change a policy's selector, order, tier or whole spec, add or remove a
-//! policy; add, change or remove a Tier or a network set).
+//! policy; add, change or remove a Tier or a network set; change an
+//! endpoint's service account or an account's labels; add, change or
+//! remove an EndpointSlice).
 //!
 //! # What is checked
 //!
@@ -49,7 +61,8 @@
 //! 2. Every packet between two addresses of the state (endpoint addresses,
 //!    and the external `198.51.100.7` and `203.0.113.9`) of which at least
 //!    one is a `node1` endpoint, for TCP and UDP to ports 53, 80, 8080, 9000
-//!    and 9999 from source port 40000, and ICMP echo, gets the same verdict
+//!    and 9999 from source port 40000, ICMP echo request (8/0) and
+//!    fragmentation needed (3/4), gets the same verdict
 //!    from the driver as from the evaluator (restricted, see below).
 //! 3. The transition A → B (puts for new or changed keys, deletes for removed
 //!    ones; in one batch or one update per batch, in order or reversed) is
@@ -227,6 +240,33 @@ const IP_BLOCKS: &[(&str, &[&str])] = &[
     ("10.65.0.8/29", &["10.65.0.12/31"]),
 ];
 
+/// Service account names, and the labels their `ksa.` profiles give them.
+const ACCOUNTS: &[&str] = &["sa0", "sa1"];
+const ACCOUNT_LABEL_KEYS: KeySpace = &[("tier", &["gold", "silver"])];
+/// What service account selectors may mention.
+const ACCOUNT_KEYS: KeySpace = &[
+    ("tier", &["gold", "silver"]),
+    ("projectcalico.org/name", &["sa0", "sa1"]),
+];
+/// Services named by EndpointSlices and rules.
+const SERVICES: &[&str] = &["svc0", "svc1"];
+/// Last octets of EndpointSlice addresses: endpoints' (w0-w7, x0-x1) and
+/// one that belongs to no endpoint.
+const SLICE_OCTETS: &[u8] = &[10, 11, 12, 13, 14, 15, 16, 17, 20, 21, 99];
+/// EndpointSlice ports: (name, protocol, port).
+const SLICE_PORTS: &[(&str, &str, u16)] =
+    &[("http", "TCP", 8080), ("", "TCP", 80), ("dns", "UDP", 53)];
+/// ICMP (type, code) matches; packets are echo requests (8/0) and
+/// fragmentation-needed (3/4).
+const ICMP_MATCHES: &[(u8, Option<u8>)] = &[
+    (8, None),
+    (8, Some(0)),
+    (3, None),
+    (3, Some(4)),
+    (3, Some(1)),
+    (0, None),
+];
+
 const TIER_ORDERS: &[Option<f64>] = &[None, Some(1.0), Some(100.0), Some(1e6), Some(2e6)];
 const POLICY_ORDERS: &[Option<f64>] = &[None, Some(0.5), Some(10.0), Some(100.0), Some(1000.0)];
 
@@ -297,6 +337,26 @@ struct Endpoint {
     /// Last octet of 10.65.0.x.
     ip: u8,
     port: Option<NamedPort>,
+    /// Index into [`ACCOUNTS`].
+    account: Option<usize>,
+}
+
+/// A `ksa.NS.SA` profile carrying a service account's labels.
+#[derive(Clone, Debug)]
+struct Account {
+    ns: usize,
+    account: usize,
+    labels: Labels,
+}
+
+/// An EndpointSlice of a Service.
+#[derive(Clone, Debug)]
+struct SliceDef {
+    ns: usize,
+    /// Index into [`SERVICES`].
+    service: usize,
+    octets: Vec<u8>,
+    ports: Vec<(&'static str, &'static str, u16)>,
 }
 
 #[derive(Clone, Debug)]
@@ -370,12 +430,23 @@ struct EntityDef {
     not_nets: Vec<&'static str>,
     ports: Vec<PortDef>,
     not_ports: Vec<PortDef>,
+    /// A Service (index into [`SERVICES`]) and its namespace, when named.
+    services: Option<(usize, Option<usize>)>,
+    /// Service account names (indexes into [`ACCOUNTS`]) and selector.
+    accounts: Option<(Vec<usize>, Option<Sel>)>,
 }
 
 #[derive(Clone, Debug)]
 struct RuleDef {
     action: &'static str,
     protocol: Option<Proto>,
+    not_protocol: Option<Proto>,
+    ip_version: Option<u8>,
+    /// ICMP and notICMP (type, code), with protocol ICMP only.
+    icmp: Option<(u8, Option<u8>)>,
+    not_icmp: Option<(u8, Option<u8>)>,
+    /// A layer-7 match (methods).
+    http: bool,
     source: EntityDef,
     destination: EntityDef,
 }
@@ -388,6 +459,7 @@ struct CalicoPolicy {
     ns: usize,
     /// GlobalNetworkPolicy only.
     namespace_selector: Option<Sel>,
+    service_account_selector: Option<Sel>,
     /// 0: default (omitted), 1: t1, 2: t2 (default when that tier does not
     /// exist).
     tier: usize,
@@ -457,6 +529,8 @@ struct Model {
     default_tier: Option<TierDef>,
     netsets: Vec<NetSet>,
     policies: Vec<Policy>,
+    accounts: Vec<Account>,
+    slices: Vec<SliceDef>,
     /// For fresh names of added items.
     next: usize,
 }
@@ -560,6 +634,14 @@ fn ports() -> BoxedStrategy<Vec<PortDef>> {
     prop::collection::vec(port_def(), 1..=2).boxed()
 }
 
+fn accounts_match() -> BoxedStrategy<(Vec<usize>, Option<Sel>)> {
+    (
+        subsequence(vec![0usize, 1], 0..=2),
+        prop::option::weighted(0.6, selector(ACCOUNT_KEYS, false)),
+    )
+        .boxed()
+}
+
 fn entity() -> BoxedStrategy<EntityDef> {
     (
         prop::option::weighted(0.4, rule_selector(POD_KEYS, false)),
@@ -569,10 +651,25 @@ fn entity() -> BoxedStrategy<EntityDef> {
         prop::option::weighted(0.15, cidrs()),
         prop::option::weighted(0.35, ports()),
         prop::option::weighted(0.15, ports()),
+        prop::option::weighted(
+            0.12,
+            (0..SERVICES.len(), prop::option::weighted(0.4, 0..3usize)),
+        ),
+        prop::option::weighted(0.15, accounts_match()),
     )
         .prop_map(
-            |(selector, not_selector, namespace_selector, nets, not_nets, ports, not_ports)| {
-                EntityDef {
+            |(
+                selector,
+                not_selector,
+                namespace_selector,
+                nets,
+                not_nets,
+                ports,
+                not_ports,
+                services,
+                accounts,
+            )| {
+                let mut e = EntityDef {
                     selector,
                     not_selector,
                     namespace_selector,
@@ -580,10 +677,23 @@ fn entity() -> BoxedStrategy<EntityDef> {
                     not_nets: not_nets.unwrap_or_default(),
                     ports: ports.unwrap_or_default(),
                     not_ports: not_ports.unwrap_or_default(),
+                    services,
+                    accounts,
+                };
+                // Validation: services stand instead of nets and selectors.
+                if e.services.is_some() {
+                    e.selector = None;
+                    e.namespace_selector = None;
+                    e.nets.clear();
                 }
+                e
             },
         )
         .boxed()
+}
+
+fn icmp_match() -> BoxedStrategy<(u8, Option<u8>)> {
+    select(ICMP_MATCHES).boxed()
 }
 
 fn rule() -> BoxedStrategy<RuleDef> {
@@ -602,13 +712,47 @@ fn rule() -> BoxedStrategy<RuleDef> {
         ],
         entity(),
         entity(),
+        prop::option::weighted(0.1, select(&[Proto::Tcp, Proto::Udp, Proto::Icmp][..])),
+        prop::option::weighted(0.1, select(&[4u8, 6][..])),
+        prop::option::weighted(0.5, icmp_match()),
+        prop::option::weighted(0.3, icmp_match()),
+        prop::bool::weighted(0.05),
     )
-        .prop_map(|(action, protocol, source, destination)| RuleDef {
-            action,
-            protocol,
-            source,
-            destination,
-        })
+        .prop_map(
+            |(
+                action,
+                protocol,
+                source,
+                mut destination,
+                not_protocol,
+                ip_version,
+                icmp,
+                not_icmp,
+                http,
+            )| {
+                let is_icmp = matches!(protocol, Some(Proto::Icmp));
+                // Validation: a destination Service brings its own ports.
+                if destination.services.is_some() {
+                    destination.ports.clear();
+                    destination.not_ports.clear();
+                }
+                // Validation: nets must be of the rule's IP version.
+                let has_nets = [&source, &destination]
+                    .iter()
+                    .any(|e| !e.nets.is_empty() || !e.not_nets.is_empty());
+                RuleDef {
+                    action,
+                    protocol,
+                    not_protocol,
+                    ip_version: ip_version.filter(|v| *v == 4 || !has_nets),
+                    icmp: icmp.filter(|_| is_icmp),
+                    not_icmp: not_icmp.filter(|_| is_icmp),
+                    http,
+                    source,
+                    destination,
+                }
+            },
+        )
         .boxed()
 }
 
@@ -634,13 +778,26 @@ fn calico_policy() -> BoxedStrategy<CalicoPolicy> {
         types(),
         prop::collection::vec(rule(), 0..=3),
         prop::collection::vec(rule(), 0..=3),
+        prop::option::weighted(0.1, selector(ACCOUNT_KEYS, false)),
     )
         .prop_map(
-            |(global, ns, namespace_selector, tier, order, selector, types, ingress, egress)| {
+            |(
+                global,
+                ns,
+                namespace_selector,
+                tier,
+                order,
+                selector,
+                types,
+                ingress,
+                egress,
+                service_account_selector,
+            )| {
                 CalicoPolicy {
                     global,
                     ns,
                     namespace_selector,
+                    service_account_selector,
                     tier,
                     order,
                     selector,
@@ -746,7 +903,13 @@ fn model() -> BoxedStrategy<Model> {
     (
         prop::collection::vec(labels(NS_LABEL_KEYS), 2..=3),
         prop::collection::vec(
-            (0..3usize, any::<bool>(), labels(POD_KEYS), named_port()),
+            (
+                0..3usize,
+                any::<bool>(),
+                labels(POD_KEYS),
+                named_port(),
+                account(),
+            ),
             3..=8,
         ),
         (
@@ -756,48 +919,85 @@ fn model() -> BoxedStrategy<Model> {
         ),
         prop::collection::vec((netset_ns(), labels(POD_KEYS), cidrs()), 0..=2),
         prop::collection::vec(policy_spec(), 1..=5),
+        prop::collection::vec(account_def(), 0..=3),
+        prop::collection::vec(slice_def(), 0..=3),
     )
-        .prop_map(|(nss, eps, (t1, t2, default_tier), sets, pols)| Model {
-            namespaces: nss
-                .into_iter()
-                .map(|labels| Namespace {
-                    exists: true,
-                    labels,
-                })
-                .collect(),
-            endpoints: eps
-                .into_iter()
-                .enumerate()
-                .map(|(i, (ns, local, labels, port))| Endpoint {
-                    name: format!("w{i}"),
-                    ns,
-                    local,
-                    labels,
-                    ip: 10 + i as u8,
-                    port,
-                })
-                .collect(),
-            tiers: [t1, t2],
-            default_tier,
-            netsets: sets
-                .into_iter()
-                .enumerate()
-                .map(|(i, (ns, labels, nets))| NetSet {
-                    name: format!("s{i}"),
-                    ns,
-                    labels,
-                    nets,
-                })
-                .collect(),
-            policies: pols
-                .into_iter()
-                .enumerate()
-                .map(|(i, spec)| Policy {
-                    name: format!("p{i}"),
-                    spec,
-                })
-                .collect(),
-            next: 0,
+        .prop_map(
+            |(nss, eps, (t1, t2, default_tier), sets, pols, accounts, slices)| Model {
+                namespaces: nss
+                    .into_iter()
+                    .map(|labels| Namespace {
+                        exists: true,
+                        labels,
+                    })
+                    .collect(),
+                endpoints: eps
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (ns, local, labels, port, account))| Endpoint {
+                        name: format!("w{i}"),
+                        ns,
+                        local,
+                        labels,
+                        ip: 10 + i as u8,
+                        port,
+                        account,
+                    })
+                    .collect(),
+                tiers: [t1, t2],
+                default_tier,
+                netsets: sets
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (ns, labels, nets))| NetSet {
+                        name: format!("s{i}"),
+                        ns,
+                        labels,
+                        nets,
+                    })
+                    .collect(),
+                policies: pols
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, spec)| Policy {
+                        name: format!("p{i}"),
+                        spec,
+                    })
+                    .collect(),
+                accounts,
+                slices,
+                next: 0,
+            },
+        )
+        .boxed()
+}
+
+fn account() -> BoxedStrategy<Option<usize>> {
+    prop::option::weighted(0.5, 0..ACCOUNTS.len()).boxed()
+}
+
+fn account_def() -> BoxedStrategy<Account> {
+    (0..3usize, 0..ACCOUNTS.len(), labels(ACCOUNT_LABEL_KEYS))
+        .prop_map(|(ns, account, labels)| Account {
+            ns,
+            account,
+            labels,
+        })
+        .boxed()
+}
+
+fn slice_def() -> BoxedStrategy<SliceDef> {
+    (
+        0..3usize,
+        0..SERVICES.len(),
+        subsequence(SLICE_OCTETS, 0..=4),
+        subsequence(SLICE_PORTS, 1..=2),
+    )
+        .prop_map(|(ns, service, octets, ports)| SliceDef {
+            ns,
+            service,
+            octets,
+            ports,
         })
         .boxed()
 }
@@ -823,6 +1023,11 @@ enum Mutation {
     AddNetSet(Option<usize>, Labels, Vec<&'static str>),
     ChangeNetSet(Index, Labels, Vec<&'static str>),
     RemoveNetSet(Index),
+    EndpointAccount(Index, Option<usize>),
+    SetAccount(Index, Labels),
+    AddSlice(SliceDef),
+    ChangeSlice(Index, Vec<u8>),
+    RemoveSlice(Index),
 }
 
 fn mutation() -> BoxedStrategy<Mutation> {
@@ -849,6 +1054,13 @@ fn mutation() -> BoxedStrategy<Mutation> {
         1 => (any::<Index>(), labels(POD_KEYS), cidrs())
             .prop_map(|(i, l, c)| Mutation::ChangeNetSet(i, l, c)),
         1 => any::<Index>().prop_map(Mutation::RemoveNetSet),
+        1 => (any::<Index>(), account()).prop_map(|(i, a)| Mutation::EndpointAccount(i, a)),
+        1 => (any::<Index>(), labels(ACCOUNT_LABEL_KEYS))
+            .prop_map(|(i, l)| Mutation::SetAccount(i, l)),
+        1 => slice_def().prop_map(Mutation::AddSlice),
+        1 => (any::<Index>(), subsequence(SLICE_OCTETS, 0..=4))
+            .prop_map(|(i, o)| Mutation::ChangeSlice(i, o)),
+        1 => any::<Index>().prop_map(Mutation::RemoveSlice),
     ]
     .boxed()
 }
@@ -903,6 +1115,7 @@ impl Model {
                     labels: labels.clone(),
                     ip: 20 + self.next as u8,
                     port: *port,
+                    account: None,
                 });
                 self.next += 1;
             }
@@ -963,6 +1176,22 @@ impl Model {
             Mutation::RemoveNetSet(i) if n_sets > 0 => {
                 self.netsets.remove(i.index(n_sets));
             }
+            Mutation::EndpointAccount(i, a) if n_eps > 0 => {
+                self.endpoints[i.index(n_eps)].account = *a;
+            }
+            Mutation::SetAccount(i, labels) if !self.accounts.is_empty() => {
+                let n = self.accounts.len();
+                self.accounts[i.index(n)].labels = labels.clone();
+            }
+            Mutation::AddSlice(slice) => self.slices.push(slice.clone()),
+            Mutation::ChangeSlice(i, octets) if !self.slices.is_empty() => {
+                let n = self.slices.len();
+                self.slices[i.index(n)].octets = octets.clone();
+            }
+            Mutation::RemoveSlice(i) if !self.slices.is_empty() => {
+                let n = self.slices.len();
+                self.slices.remove(i.index(n));
+            }
             _ => {}
         }
     }
@@ -999,18 +1228,30 @@ impl Model {
             }
         }
         for e in &self.endpoints {
+            let ns = self.ns_name(e.ns);
             let _ = write!(
                 out,
                 "---\napiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  \
                  name: {}\n  namespace: {ns}\n  labels: {}\nspec:\n  node: {}\n  \
-                 interfaceName: cali-{}\n  ipNetworks: [{}/32]\n  profiles: [kns.{ns}]\n",
+                 interfaceName: cali-{}\n  ipNetworks: [{}/32]\n",
                 e.name,
                 flow_labels(&e.labels),
                 if e.local { LOCAL } else { REMOTE },
                 e.name,
                 Model::ip(e),
-                ns = self.ns_name(e.ns),
             );
+            match e.account {
+                Some(a) => {
+                    let _ = write!(
+                        out,
+                        "  profiles: [kns.{ns}, ksa.{ns}.{sa}]\n  serviceAccountName: {sa}\n",
+                        sa = ACCOUNTS[a]
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "  profiles: [kns.{ns}]");
+                }
+            }
             match e.port {
                 Some(NamedPort::Http) => {
                     out.push_str("  ports: [{name: http, protocol: TCP, port: 8080}]\n")
@@ -1055,6 +1296,48 @@ impl Model {
                 s.nets.join(", ")
             );
         }
+        let mut profiles = std::collections::BTreeSet::new();
+        for a in &self.accounts {
+            let name = format!("ksa.{}.{}", self.ns_name(a.ns), ACCOUNTS[a.account]);
+            if !profiles.insert(name.clone()) {
+                continue;
+            }
+            let labels: Vec<String> = a
+                .labels
+                .iter()
+                .map(|(k, v)| format!("pcsa.{k}: {v}"))
+                .collect();
+            let _ = write!(
+                out,
+                "---\napiVersion: projectcalico.org/v3\nkind: Profile\nmetadata:\n  name: {name}\n\
+                 spec:\n  labelsToApply: {{{}}}\n",
+                labels.join(", ")
+            );
+        }
+        for (i, sl) in self.slices.iter().enumerate() {
+            let endpoints: Vec<String> = sl
+                .octets
+                .iter()
+                .map(|o| format!("{{addresses: [10.65.0.{o}]}}"))
+                .collect();
+            let ports: Vec<String> = sl
+                .ports
+                .iter()
+                .map(|(name, proto, port)| {
+                    format!("{{name: \"{name}\", protocol: {proto}, port: {port}}}")
+                })
+                .collect();
+            let _ = write!(
+                out,
+                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
+                 name: slice{i}\n  namespace: {}\n  labels: {{kubernetes.io/service-name: {}}}\n\
+                 addressType: IPv4\nendpoints: [{}]\nports: [{}]\n",
+                self.ns_name(sl.ns),
+                SERVICES[sl.service],
+                endpoints.join(", "),
+                ports.join(", ")
+            );
+        }
         for p in &self.policies {
             match &p.spec {
                 PolicySpec::Calico(c) => self.calico_yaml(&p.name, c, &mut out),
@@ -1090,6 +1373,9 @@ impl Model {
             && let Some(ns) = &p.namespace_selector
         {
             let _ = writeln!(out, "  namespaceSelector: \"{ns}\"");
+        }
+        if let Some(sa) = &p.service_account_selector {
+            let _ = writeln!(out, "  serviceAccountSelector: \"{sa}\"");
         }
         if let Some(t) = p.types {
             let _ = writeln!(out, "  types: {}", t.yaml());
@@ -1229,6 +1515,31 @@ fn rule_yaml(r: &RuleDef, out: &mut String) {
         }
         None => false,
     };
+    if let Some(p) = r.not_protocol {
+        let name = match p {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+            Proto::Icmp => "ICMP",
+        };
+        let _ = writeln!(out, "    notProtocol: {name}");
+    }
+    if let Some(v) = r.ip_version {
+        let _ = writeln!(out, "    ipVersion: {v}");
+    }
+    for (field, m) in [("icmp", r.icmp), ("notICMP", r.not_icmp)] {
+        match m {
+            Some((t, Some(c))) => {
+                let _ = writeln!(out, "    {field}: {{type: {t}, code: {c}}}");
+            }
+            Some((t, None)) => {
+                let _ = writeln!(out, "    {field}: {{type: {t}}}");
+            }
+            None => {}
+        }
+    }
+    if r.http {
+        out.push_str("    http: {methods: [GET]}\n");
+    }
     for (side, e) in [("source", &r.source), ("destination", &r.destination)] {
         let mut fields = Vec::new();
         for (name, sel) in [
@@ -1244,6 +1555,26 @@ fn rule_yaml(r: &RuleDef, out: &mut String) {
             if !nets.is_empty() {
                 fields.push(format!("{name}: [{}]", nets.join(", ")));
             }
+        }
+        if let Some((svc, ns)) = e.services {
+            match ns {
+                Some(ns) => fields.push(format!(
+                    "services: {{name: {}, namespace: ns{ns}}}",
+                    SERVICES[svc]
+                )),
+                None => fields.push(format!("services: {{name: {}}}", SERVICES[svc])),
+            }
+        }
+        if let Some((names, sel)) = &e.accounts {
+            let mut f = Vec::new();
+            if !names.is_empty() {
+                let names: Vec<&str> = names.iter().map(|i| ACCOUNTS[*i]).collect();
+                f.push(format!("names: [{}]", names.join(", ")));
+            }
+            if let Some(sel) = sel {
+                f.push(format!("selector: \"{sel}\""));
+            }
+            fields.push(format!("serviceAccounts: {{{}}}", f.join(", ")));
         }
         if with_ports {
             for (name, ports) in [("ports", &e.ports), ("notPorts", &e.not_ports)] {
@@ -1383,6 +1714,7 @@ fn packets(addresses: &[(IpAddr, bool)]) -> Vec<Packet> {
                 }
             }
             out.push(Packet::icmp(src, dst, 8, 0));
+            out.push(Packet::icmp(src, dst, 3, 4));
         }
     }
     out
@@ -1390,7 +1722,13 @@ fn packets(addresses: &[(IpAddr, bool)]) -> Vec<Packet> {
 
 fn describe(p: &Packet) -> String {
     match p.protocol {
-        1 => format!("ICMP {} -> {} type 8 code 0", p.src, p.dst),
+        1 => format!(
+            "ICMP {} -> {} type {} code {}",
+            p.src,
+            p.dst,
+            p.icmp_type.unwrap_or_default(),
+            p.icmp_code.unwrap_or_default()
+        ),
         proto => format!(
             "{} {}:{} -> {}:{}",
             if proto == 6 { "TCP" } else { "UDP" },

@@ -44,6 +44,10 @@ pub const NAMESPACE_LABEL_PREFIX: &str = "pcns.";
 pub const ORCHESTRATOR_LABEL: &str = "projectcalico.org/orchestrator";
 /// The label carrying a namespace's name, on its profile's labels.
 pub const NAMESPACE_NAME_LABEL: &str = "projectcalico.org/name";
+/// The profile carrying a service account's labels: `ksa.NAMESPACE.NAME`.
+pub const SERVICE_ACCOUNT_PROFILE_PREFIX: &str = "ksa.";
+/// Prefix of service-account labels in that profile's `labelsToApply`.
+pub const SERVICE_ACCOUNT_LABEL_PREFIX: &str = "pcsa.";
 /// The order of converted Kubernetes policies in the default tier.
 pub const K8S_POLICY_ORDER: f64 = 1000.0;
 

@@ -311,6 +311,17 @@ impl Validator {
                     "services cannot be combined with nets, selector or namespaceSelector",
                 );
             }
+            // A destination Service brings its own ports (Calico's rule).
+            if path.ends_with(".destination") {
+                for (field, ports) in [("ports", &e.ports), ("notPorts", &e.not_ports)] {
+                    if !ports.is_empty() {
+                        self.err(
+                            format!("{path}.{field}"),
+                            "a destination with services matches the Service's own ports: ports and notPorts cannot be combined with it",
+                        );
+                    }
+                }
+            }
         }
         if let Some(sa) = &e.service_accounts {
             for (i, n) in sa.names.iter().enumerate() {

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use manul_dataplane_api as dp;
 use manul_model::Selector;
+use manul_model::selector::Expr;
 use manul_model::v3::{PolicyType, Rule};
 
 use super::labelindex::LabelMap;
@@ -91,4 +92,21 @@ pub fn namespace_selector_labels(name: &str, labels: Option<&LabelMap>) -> Label
         name.to_string(),
     );
     out
+}
+
+/// Whether a policy-level selector over a parent's labels (a service
+/// account's) matches, in Calico's translation, where the selector reads
+/// `pcsa.`-prefixed labels of the endpoint: `all()` means "has such a
+/// parent", `global()` "has none", and without a parent every label is
+/// absent (so `a != "x"` and `!has(a)` still match).
+pub fn parent_selector_matches(expr: &Expr, parent: Option<&LabelMap>) -> bool {
+    match (expr, parent) {
+        (Expr::All, p) => p.is_some(),
+        (Expr::Global, p) => p.is_none(),
+        (Expr::Not(inner), p) => !parent_selector_matches(inner, p),
+        (Expr::And(items), p) => items.iter().all(|e| parent_selector_matches(e, p)),
+        (Expr::Or(items), p) => items.iter().any(|e| parent_selector_matches(e, p)),
+        (leaf, Some(labels)) => leaf.matches(labels),
+        (leaf, None) => leaf.matches(&LabelMap::new()),
+    }
 }

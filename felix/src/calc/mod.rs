@@ -89,6 +89,9 @@ struct EndpointRec {
     profiles: Box<[Sym]>,
     own_labels: Labels,
     service_account: Option<Sym>,
+    /// `ksa.NAMESPACE.ACCOUNT`: the profile whose `pcsa.` labels are the
+    /// service account's, when the endpoint has one.
+    account_profile: Option<Sym>,
     orchestrator: Sym,
     nets: Box<[IpNet]>,
     /// Named ports: (name, protocol number, port).
@@ -144,6 +147,7 @@ pub struct CalcGraph {
     sym_namespace: Sym,
     sym_orchestrator: Sym,
     sym_service_account: Sym,
+    sym_account_name: Sym,
     tiers: BTreeMap<String, TierSpec>,
     policies: BTreeMap<dp::PolicyId, PolicyInput>,
     policy_keys: BTreeMap<ResourceKey, dp::PolicyId>,
@@ -171,6 +175,8 @@ pub struct CalcGraph {
     /// (namespace, slice name) → slice.
     slices: BTreeMap<(String, String), services::Slice>,
     dirty_services: BTreeSet<(String, String)>,
+    /// Slots of the active sets made of each Service's endpoints.
+    service_sets: BTreeMap<(String, String), BTreeSet<u32>>,
     /// Set selectors over every endpoint and network set.
     index: LabelIndex,
     /// Policy selectors over local endpoints.
@@ -206,6 +212,11 @@ impl CalcGraph {
             sym_namespace: syms.intern(NAMESPACE_LABEL),
             sym_orchestrator: syms.intern(convert::ORCHESTRATOR_LABEL),
             sym_service_account: syms.intern(SERVICE_ACCOUNT_LABEL),
+            sym_account_name: syms.intern(&format!(
+                "{}{}",
+                render::SERVICE_ACCOUNT_PREFIX,
+                convert::NAMESPACE_NAME_LABEL
+            )),
             syms,
             tiers: BTreeMap::new(),
             policies: BTreeMap::new(),
@@ -227,6 +238,7 @@ impl CalcGraph {
             k8s_services: BTreeMap::new(),
             slices: BTreeMap::new(),
             dirty_services: BTreeSet::new(),
+            service_sets: BTreeMap::new(),
             index: LabelIndex::default(),
             policy_index: LabelIndex::default(),
             sets: Vec::new(),
@@ -533,6 +545,19 @@ impl CalcGraph {
             labels.push((self.sym_orchestrator.clone(), e.orchestrator.clone()));
             if let Some(sa) = &e.service_account {
                 labels.push((self.sym_service_account.clone(), sa.clone()));
+                // What `serviceAccounts.selector` sees, `pcsa.`-prefixed.
+                if let Some(l) = e
+                    .account_profile
+                    .as_ref()
+                    .and_then(|p| self.profile_labels.get(p.as_str()))
+                {
+                    labels.extend(
+                        l.iter()
+                            .filter(|(k, _)| k.as_str().starts_with(render::SERVICE_ACCOUNT_PREFIX))
+                            .cloned(),
+                    );
+                }
+                labels.push((self.sym_account_name.clone(), sa.clone()));
             }
         }
         finish_labels(labels)
@@ -560,7 +585,12 @@ impl CalcGraph {
 
     /// The members item `id` contributes to the set `def`.
     fn contribution(rec: &Rec, def: &SetDef, out: &mut Vec<dp::IpSetMember>) {
-        match (rec, &def.named_port) {
+        let named_port = match def {
+            SetDef::Selected { named_port, .. } => named_port,
+            // Made of EndpointSlices, not of labelled items.
+            SetDef::Service { .. } => return,
+        };
+        match (rec, named_port) {
             (Rec::Endpoint(e), None) => {
                 out.extend(e.nets.iter().map(|n| dp::IpSetMember::Net(*n)));
                 out.extend(
@@ -645,6 +675,10 @@ impl CalcGraph {
                 .syms
                 .pairs(e.own_labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
             service_account: self.intern_opt(e.service_account.as_deref()),
+            account_profile: match (&e.namespace, &e.service_account) {
+                (Some(ns), Some(sa)) => Some(self.syms.intern(&account_profile(ns, sa))),
+                _ => None,
+            },
             orchestrator: self.syms.intern(&e.orchestrator),
             nets: e.nets.clone().into_boxed_slice(),
             ports: e
@@ -674,14 +708,18 @@ impl CalcGraph {
     /// Forgets item `id`'s record and memberships; returns it.
     fn take_rec(&mut self, id: u32) -> Option<Rec> {
         let rec = self.items.get_mut(id as usize)?.take()?;
-        let (ns, profiles): (Option<&Sym>, &[Sym]) = match &rec {
+        let (ns, profiles, account): (Option<&Sym>, &[Sym], Option<&Sym>) = match &rec {
             Rec::Endpoint(e) => {
                 self.endpoint_count -= 1;
-                (e.namespace.as_ref(), &e.profiles)
+                (
+                    e.namespace.as_ref(),
+                    &e.profiles,
+                    e.account_profile.as_ref(),
+                )
             }
             Rec::NetSet(n) => {
                 self.netset_count -= 1;
-                (n.namespace.as_ref(), &[])
+                (n.namespace.as_ref(), &[], None)
             }
         };
         if let Some(ns) = ns
@@ -692,7 +730,7 @@ impl CalcGraph {
                 self.namespace_members.remove(ns);
             }
         }
-        for p in profiles {
+        for p in profiles.iter().chain(account) {
             if let Some(m) = self.profile_members.get_mut(p) {
                 m.remove(id);
                 if m.is_empty() {
@@ -704,14 +742,18 @@ impl CalcGraph {
     }
 
     fn put_rec(&mut self, id: u32, rec: Rec) {
-        let (ns, profiles): (Option<&Sym>, &[Sym]) = match &rec {
+        let (ns, profiles, account): (Option<&Sym>, &[Sym], Option<&Sym>) = match &rec {
             Rec::Endpoint(e) => {
                 self.endpoint_count += 1;
-                (e.namespace.as_ref(), &e.profiles)
+                (
+                    e.namespace.as_ref(),
+                    &e.profiles,
+                    e.account_profile.as_ref(),
+                )
             }
             Rec::NetSet(n) => {
                 self.netset_count += 1;
-                (n.namespace.as_ref(), &[])
+                (n.namespace.as_ref(), &[], None)
             }
         };
         if let Some(ns) = ns {
@@ -720,7 +762,7 @@ impl CalcGraph {
                 .or_default()
                 .insert(id);
         }
-        for p in profiles {
+        for p in profiles.iter().chain(account) {
             self.profile_members
                 .entry(p.clone())
                 .or_default()
@@ -904,13 +946,11 @@ impl CalcGraph {
             }
         }
         if let Some(sas) = &p.service_account_selector {
-            // Service accounts carry no labels of their own here: a
-            // selector sees only their name.
-            let Some(sa) = &e.service_account else {
-                return false;
+            let labels = match (&e.namespace, &e.service_account) {
+                (Some(ns), Some(sa)) => Some(self.account_labels(ns, sa)),
+                _ => None,
             };
-            let labels = [(convert::NAMESPACE_NAME_LABEL, sa.as_str())];
-            if !sas.matches(&labels) {
+            if !inputs::parent_selector_matches(sas.expr(), labels.as_ref()) {
                 return false;
             }
         }
@@ -924,6 +964,27 @@ impl CalcGraph {
             }
         }
         true
+    }
+
+    /// The labels a service account selector sees for account `sa` in
+    /// `ns`: the `pcsa.` labels of profile `ksa.NS.SA`, unprefixed, and
+    /// `projectcalico.org/name`.
+    fn account_labels(&self, ns: &str, sa: &str) -> LabelMap {
+        let mut labels: LabelMap = self
+            .profiles
+            .get(&account_profile(ns, sa))
+            .map(|p| {
+                p.labels_to_apply
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        k.strip_prefix(render::SERVICE_ACCOUNT_PREFIX)
+                            .map(|k| (k.to_string(), v.clone()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        labels.insert(convert::NAMESPACE_NAME_LABEL.to_string(), sa.to_string());
+        labels
     }
 
     /// Recomputes what local endpoint `id` uses; updates the counts.
@@ -1062,6 +1123,16 @@ impl CalcGraph {
     }
 
     fn flush(&mut self) -> Vec<dp::Operation> {
+        // Service sets follow their Services' EndpointSlices.
+        let refresh: Vec<(String, String)> = self
+            .dirty_services
+            .iter()
+            .filter(|k| self.service_sets.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in refresh {
+            self.refresh_service_sets(&key);
+        }
         if std::mem::take(&mut self.all_locals_dirty) {
             let locals: Vec<Item> = self.locals.values().map(|l| l.item.clone()).collect();
             self.dirty_locals.extend(locals);
@@ -1292,10 +1363,29 @@ impl CalcGraph {
         released.sort();
         released.dedup();
         for (id, slot) in released {
-            let mut changes = std::mem::take(&mut self.changes);
-            self.index.remove_selector(slot, &mut changes);
-            changes.clear();
-            self.changes = changes;
+            match self.sets.get(slot as usize) {
+                Some(Some(SetState {
+                    def:
+                        SetDef::Service {
+                            namespace, name, ..
+                        },
+                    ..
+                })) => {
+                    let key = (namespace.clone(), name.clone());
+                    if let Some(slots) = self.service_sets.get_mut(&key) {
+                        slots.remove(&slot);
+                        if slots.is_empty() {
+                            self.service_sets.remove(&key);
+                        }
+                    }
+                }
+                _ => {
+                    let mut changes = std::mem::take(&mut self.changes);
+                    self.index.remove_selector(slot, &mut changes);
+                    changes.clear();
+                    self.changes = changes;
+                }
+            }
             self.set_slots.remove(&id);
             self.free_set_slots.push(slot);
             if let Some(s) = self.sets.get_mut(slot as usize).and_then(Option::take)
@@ -1305,6 +1395,57 @@ impl CalcGraph {
             }
         }
         ops
+    }
+
+    /// The members of a set of Service `key`'s endpoints: every address of
+    /// its EndpointSlices, or with `ports`, each address with each port of
+    /// its slice.
+    fn service_members(&self, key: &(String, String), ports: bool) -> BTreeSet<dp::IpSetMember> {
+        let slices = self
+            .slices
+            .range((key.0.clone(), String::new())..)
+            .take_while(|((ns, _), _)| *ns == key.0)
+            .filter(|(_, s)| s.service == key.1)
+            .map(|(_, s)| s);
+        services::policy_members(slices, ports)
+    }
+
+    /// Brings Service `key`'s sets to what its slices say now.
+    fn refresh_service_sets(&mut self, key: &(String, String)) {
+        let slots: Vec<u32> = self
+            .service_sets
+            .get(key)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for slot in slots {
+            let Some(Some(SetState {
+                def: SetDef::Service { ports, .. },
+                ..
+            })) = self.sets.get(slot as usize)
+            else {
+                continue;
+            };
+            let wanted = self.service_members(key, *ports);
+            let Some(Some(set)) = self.sets.get_mut(slot as usize) else {
+                continue;
+            };
+            let gone: Vec<dp::IpSetMember> = set
+                .members
+                .keys()
+                .filter(|m| !wanted.contains(m))
+                .copied()
+                .collect();
+            let new: Vec<dp::IpSetMember> = wanted
+                .into_iter()
+                .filter(|m| !set.members.contains_key(m))
+                .collect();
+            if gone.is_empty() && new.is_empty() {
+                continue;
+            }
+            count(set, gone.into_iter(), false);
+            count(set, new.into_iter(), true);
+            self.dirty_sets.insert(slot);
+        }
     }
 
     /// The endpoint's profiles that exist.
@@ -1340,16 +1481,30 @@ impl CalcGraph {
                 emitted: false,
                 touched: FxHashMap::default(),
             };
-            let mut changes = std::mem::take(&mut self.changes);
-            self.index
-                .update_selector(slot, def.selector.expr(), &mut self.syms, &mut changes);
-            let mut members = Vec::with_capacity(changes.len());
-            for (_, item, joined) in changes.drain(..) {
-                if joined && let Some(Some(rec)) = self.items.get(item as usize) {
-                    Self::contribution(rec, def, &mut members);
+            let mut members = Vec::new();
+            match def {
+                SetDef::Selected { selector, .. } => {
+                    let mut changes = std::mem::take(&mut self.changes);
+                    self.index
+                        .update_selector(slot, selector.expr(), &mut self.syms, &mut changes);
+                    members.reserve(changes.len());
+                    for (_, item, joined) in changes.drain(..) {
+                        if joined && let Some(Some(rec)) = self.items.get(item as usize) {
+                            Self::contribution(rec, def, &mut members);
+                        }
+                    }
+                    self.changes = changes;
+                }
+                SetDef::Service {
+                    namespace,
+                    name,
+                    ports,
+                } => {
+                    let key = (namespace.clone(), name.clone());
+                    members.extend(self.service_members(&key, *ports));
+                    self.service_sets.entry(key).or_default().insert(slot);
                 }
             }
-            self.changes = changes;
             // A new set is sent whole: no need to track touched members.
             set.members.reserve(members.len());
             for m in members {
@@ -1382,6 +1537,11 @@ impl CalcGraph {
         ops.push(dp::Operation::InSync);
         ops
     }
+}
+
+/// The name of the profile carrying account `sa`'s labels in `ns`.
+fn account_profile(ns: &str, sa: &str) -> String {
+    format!("{}{ns}.{sa}", convert::SERVICE_ACCOUNT_PROFILE_PREFIX)
 }
 
 /// Adds (`sign` true) or removes one count of each member, remembering

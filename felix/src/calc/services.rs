@@ -28,6 +28,10 @@ pub struct Slice {
     /// Port name → (protocol, port).
     pub ports: BTreeMap<String, (u8, u16)>,
     pub ready: BTreeSet<IpAddr>,
+    /// Every endpoint's addresses, ready or not: what a policy's
+    /// `services` match selects (a backend that is starting or
+    /// terminating is still the Service's).
+    pub addresses: BTreeSet<IpAddr>,
 }
 
 impl Slice {
@@ -52,12 +56,47 @@ impl Slice {
             .flat_map(|e| e.addresses.iter())
             .filter_map(|a| a.parse().ok())
             .collect();
+        let addresses = s
+            .endpoints
+            .iter()
+            .flat_map(|e| e.addresses.iter())
+            .filter_map(|a| a.parse().ok())
+            .collect();
         Some(Slice {
             service,
             ports,
             ready,
+            addresses,
         })
     }
+}
+
+/// The members of a policy's `services` match over a Service's slices:
+/// every address (a source match), or with `ports` each address with each
+/// of its slice's ports (a destination match).
+pub fn policy_members<'a>(
+    slices: impl Iterator<Item = &'a Slice>,
+    ports: bool,
+) -> BTreeSet<dp::IpSetMember> {
+    let mut out = BTreeSet::new();
+    for s in slices {
+        for ip in &s.addresses {
+            if ports {
+                out.extend(
+                    s.ports
+                        .values()
+                        .map(|(protocol, port)| dp::IpSetMember::NamedPort {
+                            ip: *ip,
+                            protocol: *protocol,
+                            port: *port,
+                        }),
+                );
+            } else {
+                out.insert(dp::IpSetMember::Net(ipnet::IpNet::from(*ip)));
+            }
+        }
+    }
+    out
 }
 
 /// The dataplane form of a Service, given the slices that belong to it.

@@ -233,3 +233,167 @@ spec:
             .is_empty()
     );
 }
+
+#[test]
+fn a_services_match_is_a_set_of_the_services_endpoints_that_follows_its_slices() {
+    let mut g = CalcGraph::new("node1");
+    let policy = "apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: from-web, namespace: production}
+spec:
+  selector: app == 'api'
+  ingress:
+  - action: Allow
+    source: {services: {name: web}}
+  egress:
+  - action: Allow
+    destination: {services: {name: db, namespace: data}}
+---
+";
+    let yaml = format!(
+        "{NAMESPACE}{}{policy}",
+        wep("api", "node1", "10.65.0.2", "app: api")
+    );
+    let ops = g.apply(puts(&yaml));
+    // Services that have no slices yet: empty sets, so the rules match
+    // nothing (never everything).
+    let sets: Vec<(&str, usize)> = ops
+        .iter()
+        .filter_map(|o| match o {
+            dp::Operation::IpSetUpdate { id, members, .. } => Some((id.as_str(), members.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sets, vec![("svc:production/web", 0), ("svcp:data/db", 0)]);
+    let slice = |name: &str, ns: &str, svc: &str, ips: &str, ports: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {svc}}}\naddressType: IPv4\nendpoints: [{ips}]\nports: [{ports}]\n"
+        )
+    };
+    let web = slice(
+        "web-1",
+        "production",
+        "web",
+        "{addresses: [10.65.0.7]}, {addresses: [10.65.0.8], conditions: {ready: false}}",
+        "{name: http, port: 8080, protocol: TCP}",
+    );
+    let ops = g.apply(puts(&web));
+    let (added, removed) = deltas_of(&ops, "svc:production/web");
+    assert_eq!(added, vec!["Net(10.65.0.7/32)", "Net(10.65.0.8/32)"]);
+    assert!(removed.is_empty());
+    let db = slice(
+        "db-1",
+        "data",
+        "db",
+        "{addresses: [10.65.1.3]}",
+        "{name: pg, port: 5432, protocol: TCP}, {name: metrics, port: 9187, protocol: TCP}",
+    );
+    let ops = g.apply(puts(&db));
+    let (added, _) = deltas_of(&ops, "svcp:data/db");
+    assert_eq!(
+        added,
+        vec![
+            "NamedPort { ip: 10.65.1.3, protocol: 6, port: 5432 }",
+            "NamedPort { ip: 10.65.1.3, protocol: 6, port: 9187 }"
+        ]
+    );
+    // A backend leaves: its address leaves the set.
+    let ops = g.apply(puts(
+        &web.replace(", {addresses: [10.65.0.8], conditions: {ready: false}}", ""),
+    ));
+    assert_eq!(
+        deltas_of(&ops, "svc:production/web"),
+        (vec![], vec!["Net(10.65.0.8/32)".to_string()])
+    );
+    // The slice goes: the set empties.
+    let key = resources(&web)[0].key();
+    let ops = g.apply([Update { key, value: None }]);
+    assert_eq!(
+        deltas_of(&ops, "svc:production/web"),
+        (vec![], vec!["Net(10.65.0.7/32)".to_string()])
+    );
+}
+
+#[test]
+fn a_service_account_selector_reads_the_accounts_labels() {
+    let mut g = CalcGraph::new("node1");
+    let yaml = format!(
+        "{NAMESPACE}{}{}apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {{name: ksa.production.gold-sa}}
+spec:
+  labelsToApply: {{pcsa.tier: gold}}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: gold-only, namespace: production}}
+spec:
+  selector: app == 'api'
+  ingress:
+  - action: Allow
+    source: {{serviceAccounts: {{names: [gold-sa, other-sa], selector: \"tier == 'gold'\"}}}}
+",
+        wep("api", "node1", "10.65.0.2", "app: api"),
+        wep("client", "node2", "10.65.0.3", "app: client").replace(
+            "profiles: [kns.production]",
+            "profiles: [kns.production, ksa.production.gold-sa]\n  serviceAccountName: gold-sa"
+        ),
+    );
+    let ops = g.apply(puts(&yaml));
+    let set = ops
+        .iter()
+        .find_map(|o| match o {
+            dp::Operation::IpSetUpdate { id, members, .. } if id.contains("serviceaccount") => {
+                Some((id.clone(), members.clone()))
+            }
+            _ => None,
+        })
+        .expect("a set for the service account match");
+    assert_eq!(
+        set.0,
+        "sel:(projectcalico.org/namespace == \"production\" && projectcalico.org/serviceaccount in {\"gold-sa\", \"other-sa\"} && pcsa.tier == \"gold\")"
+    );
+    assert_eq!(format!("{:?}", set.1), "[Net(10.65.0.3/32)]");
+    // The account's labels change: the client leaves the set.
+    let ops = g.apply(puts(
+        "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: ksa.production.gold-sa}\nspec:\n  labelsToApply: {pcsa.tier: silver}\n",
+    ));
+    assert_eq!(
+        deltas_of(&ops, &set.0),
+        (vec![], vec!["Net(10.65.0.3/32)".to_string()])
+    );
+}
+
+#[test]
+fn a_layer7_rule_matches_nothing_but_a_layer7_deny_keeps_its_layer4_part() {
+    let mut g = CalcGraph::new("node1");
+    let yaml = format!(
+        "{NAMESPACE}{}apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: l7, namespace: production}}
+spec:
+  selector: app == 'api'
+  ingress:
+  - action: Deny
+    protocol: TCP
+    http: {{methods: [DELETE]}}
+  - action: Allow
+    http: {{methods: [GET]}}
+",
+        wep("api", "node1", "10.65.0.2", "app: api"),
+    );
+    let ops = g.apply(puts(&yaml));
+    let policy = ops
+        .iter()
+        .find_map(|o| match o {
+            dp::Operation::PolicyUpdate { policy, .. } => Some(policy.clone()),
+            _ => None,
+        })
+        .expect("the policy");
+    assert!(policy.inbound[0].src.ip_sets.is_empty(), "{policy:#?}");
+    assert_eq!(policy.inbound[0].protocol, Some(6));
+    assert_eq!(
+        policy.inbound[1].src.ip_sets,
+        vec!["sel:!all()".to_string()]
+    );
+}

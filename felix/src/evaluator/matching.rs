@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use manul_model::selector::{Expr, Selector};
-use manul_model::v3::{EndpointPort, EntityRule, Port, Protocol, Rule};
+use manul_model::v3::{Action, EndpointPort, EntityRule, Port, Protocol, Rule};
 
 use super::state::{ClusterState, Labels, WorkloadEndpoint};
 
@@ -253,6 +253,12 @@ impl ClusterState {
         policy_ns: Option<&str>,
         flow: &Flow<'_>,
     ) -> Option<String> {
+        if rule.http.is_some() && rule.action != Action::Deny {
+            return Some(
+                "http match: layer 7 needs an application-layer proxy, so the rule matches nothing"
+                    .to_string(),
+            );
+        }
         if let Some(v) = rule.ip_version
             && v != flow.ip_version()
         {
@@ -354,11 +360,12 @@ impl ClusterState {
             };
             let backends = ns.and_then(|ns| self.services.get(&(ns.to_string(), svc.name.clone())));
             let hit = backends.is_some_and(|b| {
-                b.addresses.contains(&addr)
-                    && (!is_destination
-                        || end
-                            .port
-                            .is_some_and(|p| b.ports.contains(&(flow.protocol, p))))
+                if is_destination {
+                    end.port
+                        .is_some_and(|p| b.sockets.contains(&(addr, flow.protocol, p)))
+                } else {
+                    b.addresses.contains(&addr)
+                }
             });
             if !hit {
                 return Some(format!(

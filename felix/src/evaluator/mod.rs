@@ -99,11 +99,14 @@
 //!   match TCP, UDP, SCTP and UDPLite packets, and an unknown port (the
 //!   source port, unless [`Packet::src_port`] is given) matches neither
 //!   `ports` nor `notPorts`;
-//! - `services`: the addresses (and, as a destination, the ports) of the
-//!   Service's EndpointSlices (label `kubernetes.io/service-name`) in its
-//!   namespace (default: the policy's; none for a global policy);
-//! - `http` matches are layer 7 and ignored (the layer-4 part decides), as
-//!   in a dataplane without an application-layer proxy.
+//! - `services`: the addresses of the Service's EndpointSlices (label
+//!   `kubernetes.io/service-name`) in its namespace (default: the
+//!   policy's; none for a global policy or a profile), whether ready or
+//!   not; as a destination, the address with one of the ports of the
+//!   slice it is in. A Service without slices matches nothing;
+//! - `http` matches are layer 7, and Manul runs no application-layer
+//!   proxy: a rule with one matches nothing (fail closed), except a `Deny`
+//!   rule, whose layer-4 part decides (it denies at least what it names).
 //!
 //! Profile rules are evaluated as global rules (no namespace scoping).
 

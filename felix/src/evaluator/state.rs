@@ -2,7 +2,7 @@
 //! endpoints with their effective labels, labelled address sets, policies,
 //! tiers, profiles and service backends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -24,10 +24,7 @@ pub type Labels = BTreeMap<String, String>;
 /// (Calico's fixed order for it).
 pub const DEFAULT_TIER_ORDER: f64 = 1_000_000.0;
 
-/// Prefix of the profiles standing for service accounts (`ksa.NS.SA`).
-pub const SERVICE_ACCOUNT_PROFILE_PREFIX: &str = "ksa.";
-/// Prefix service account labels carry in such profiles.
-pub const SERVICE_ACCOUNT_LABEL_PREFIX: &str = "pcsa.";
+pub use manul_model::convert::{SERVICE_ACCOUNT_LABEL_PREFIX, SERVICE_ACCOUNT_PROFILE_PREFIX};
 /// The label naming the Service an EndpointSlice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -118,9 +115,11 @@ pub struct Tier {
 pub struct ServiceBackends {
     pub namespace: String,
     pub name: String,
-    pub addresses: Vec<IpAddr>,
-    /// (protocol number, port).
-    pub ports: Vec<(u8, u16)>,
+    /// Every address of its slices' endpoints.
+    pub addresses: BTreeSet<IpAddr>,
+    /// (address, protocol number, port): each address with each port of
+    /// the slice it is in.
+    pub sockets: BTreeSet<(IpAddr, u8, u16)>,
 }
 
 /// The whole cluster state, ready to be traced against.
@@ -239,10 +238,13 @@ impl ClusterState {
                             name: svc.clone(),
                             ..ServiceBackends::default()
                         });
-                    for ep in &slice.endpoints {
-                        b.addresses
-                            .extend(ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()));
-                    }
+                    let addresses: Vec<IpAddr> = slice
+                        .endpoints
+                        .iter()
+                        .flat_map(|ep| ep.addresses.iter())
+                        .filter_map(|a| a.parse::<IpAddr>().ok())
+                        .collect();
+                    b.addresses.extend(addresses.iter().copied());
                     for p in slice.ports.iter().flatten() {
                         let proto = p
                             .protocol
@@ -252,7 +254,8 @@ impl ClusterState {
                             .map(Protocol::number);
                         let port = p.port.and_then(|n| u16::try_from(n).ok());
                         if let (Ok(proto), Some(port)) = (proto, port) {
-                            b.ports.push((proto, port));
+                            b.sockets
+                                .extend(addresses.iter().map(|ip| (*ip, proto, port)));
                         }
                     }
                 }

@@ -206,6 +206,22 @@ impl Selector {
         }
     }
 
+    /// The selector of an expression built in code (a translation of
+    /// other selectors): its source text is its canonical text.
+    pub fn from_expr(expr: Expr) -> Selector {
+        let canonical = expr.to_string();
+        Selector {
+            source: canonical.clone(),
+            expr,
+            canonical,
+        }
+    }
+
+    /// A selector that matches no label set (`!all()`).
+    pub fn none() -> Selector {
+        Selector::from_expr(Expr::Not(Box::new(Expr::All)))
+    }
+
     /// The text as written.
     pub fn source(&self) -> &str {
         &self.source
