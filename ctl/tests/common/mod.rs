@@ -9,12 +9,9 @@ use std::time::Duration;
 
 use manul_typha::server::Running;
 
+/// The repository's `examples/`.
 pub fn examples() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::env::var_os("MANUL_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("shared"))
-        .join("examples")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
 pub async fn manulctl(server: &str, args: &[&str]) -> Output {
