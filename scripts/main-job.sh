@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 . scripts/deps.sh
 ensure_deps
 
-EXAMPLES=${MANUL_SHARED_DIR:-../shared}/examples
+EXAMPLES=examples
 cargo build --release --locked --bins
 BIN=target/release
 

@@ -4,9 +4,9 @@ use tonic::{Code, Status};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A failed request. [`ClientError::Conflict`] and
-/// [`ClientError::Unavailable`] are worth retrying (after re-reading, for a
-/// conflict); the others are not.
+/// A failed request. [`ClientError::Conflict`], [`ClientError::NoLeader`]
+/// and [`ClientError::Unavailable`] are worth retrying (after re-reading, for
+/// a conflict); the others are not.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no Typha address given")]
@@ -17,14 +17,25 @@ pub enum ClientError {
         #[source]
         source: BoxError,
     },
-    /// No replica answered, or the cluster has no leader, or a write's
-    /// outcome is unknown (it may have committed).
+    /// No replica answered, or a write's outcome is unknown (it may have
+    /// committed).
     #[error("Typha is unavailable ({addresses}): {message}")]
     Unavailable {
         addresses: String,
         message: String,
         #[source]
         source: BoxError,
+    },
+    /// The replica asked knows no leader: none is elected yet (a cluster
+    /// just started, or lost its quorum), or leadership is changing. The
+    /// request was refused before it was proposed, so sending it again is
+    /// always safe.
+    #[error("Typha has no leader ({addresses}): {message}")]
+    NoLeader {
+        addresses: String,
+        message: String,
+        #[source]
+        source: Status,
     },
     /// An expected revision did not match: someone else wrote first.
     #[error("revision conflict: {}", .source.message())]
@@ -60,11 +71,17 @@ pub enum ClientError {
 
 impl ClientError {
     /// Sorts a status from the `Resources` service.
-    pub(crate) fn from_status(status: Status, addresses: &str) -> ClientError {
+    /// `addresses` names the replicas asked, for the message.
+    pub fn from_status(status: Status, addresses: &str) -> ClientError {
         match status.code() {
             Code::FailedPrecondition | Code::Aborted => ClientError::Conflict { source: status },
             Code::NotFound => ClientError::NotFound { source: status },
             Code::InvalidArgument | Code::OutOfRange => ClientError::Invalid { source: status },
+            Code::Unavailable if names_no_leader(status.message()) => ClientError::NoLeader {
+                addresses: addresses.to_string(),
+                message: status.message().to_string(),
+                source: status,
+            },
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
                 ClientError::Unavailable {
                     addresses: addresses.to_string(),
@@ -83,7 +100,16 @@ impl ClientError {
 
     /// Nobody could serve the request right now; trying later may work.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, ClientError::Unavailable { .. })
+        matches!(
+            self,
+            ClientError::Unavailable { .. } | ClientError::NoLeader { .. }
+        )
+    }
+
+    /// The cluster has no leader yet: the request was not executed, and
+    /// waiting for an election then sending it again is safe.
+    pub fn is_no_leader(&self) -> bool {
+        matches!(self, ClientError::NoLeader { .. })
     }
 
     /// The request itself is wrong; retrying it cannot help.
@@ -98,6 +124,18 @@ impl ClientError {
     }
 }
 
+/// Typha's answers, all `Unavailable`, for a request it refused because it
+/// knows no leader to commit it (see `typha::api`): nothing was proposed.
+const NO_LEADER_MESSAGES: [&str; 3] = [
+    "no leader is elected yet",
+    "this replica is not the leader",
+    "forwarded to a replica that is no longer the leader",
+];
+
+fn names_no_leader(message: &str) -> bool {
+    NO_LEADER_MESSAGES.iter().any(|m| message.starts_with(m))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,7 +146,15 @@ mod tests {
             (Status::failed_precondition("revision conflict"), "conflict"),
             (Status::not_found("x"), "not found"),
             (Status::invalid_argument("bad"), "invalid"),
-            (Status::unavailable("no leader"), "unavailable"),
+            (Status::unavailable("no replica answered"), "unavailable"),
+            (
+                Status::unavailable("no leader is elected yet; retry shortly"),
+                "no leader",
+            ),
+            (
+                Status::unavailable("this replica is not the leader; replica 2 at a:2 is"),
+                "no leader",
+            ),
             (Status::deadline_exceeded("slow"), "unavailable"),
             (Status::internal("boom"), "server"),
         ];
@@ -119,6 +165,7 @@ mod tests {
                 ClientError::NotFound { .. } => "not found",
                 ClientError::Invalid { .. } => "invalid",
                 ClientError::Unavailable { .. } => "unavailable",
+                ClientError::NoLeader { .. } => "no leader",
                 ClientError::Server { .. } => "server",
                 _ => "other",
             };
@@ -127,5 +174,12 @@ mod tests {
         let e = ClientError::from_status(Status::failed_precondition("revision conflict on k"), "");
         assert!(e.is_conflict() && !e.is_unavailable() && !e.is_invalid());
         assert!(e.to_string().contains("revision conflict on k"), "{e}");
+        let e = ClientError::from_status(Status::unavailable("no leader is elected yet"), "a:1");
+        assert!(
+            e.is_no_leader() && e.is_unavailable() && !e.is_invalid(),
+            "{e}"
+        );
+        let e = ClientError::from_status(Status::unavailable("the write was not committed"), "");
+        assert!(!e.is_no_leader() && e.is_unavailable(), "{e}");
     }
 }

@@ -7,7 +7,8 @@
 //! revisions. Optimistic concurrency is explicit: [`Client::apply_if`] and
 //! [`Client::delete`] take the revision the caller last saw (0: the key must
 //! not exist). [`ClientError`] tells a revision conflict, a missing
-//! resource, an invalid write and an unavailable cluster apart.
+//! resource, an invalid write, a cluster with no leader yet and an
+//! unavailable cluster apart.
 //!
 //! [`ipam`] allocates addresses from IP pools in per-node blocks stored as
 //! `IPAMBlock` resources; its decisions are pure functions

@@ -1,12 +1,16 @@
-//! Connecting to a Typha replica: `--server HOST:PORT` or `MANUL_SERVER`.
+//! Connecting to a Typha replica: `--server HOST:PORT` or `MANUL_SERVER`,
+//! waiting up to `--timeout` for it to accept a connection and to have a
+//! leader.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use manul_client::ClientError;
 use tonic::transport::{Channel, Endpoint};
 
-/// The server flag shared by online commands.
+/// The server flags shared by online commands.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// Typha replica to talk to (any replica; writes are forwarded to the leader).
@@ -21,24 +25,119 @@ pub struct ServerArgs {
     /// local cluster's Typha lives in one).
     #[arg(long, env = "MANUL_NETNS", global = true)]
     pub netns: Option<String>,
+    /// How long online commands wait for Typha to accept a connection and
+    /// to have a leader, counted from the start (such as 10s, 500ms, 2m).
+    #[arg(long, default_value = "10s", value_parser = parse_timeout, global = true)]
+    pub timeout: Duration,
+    /// When the command started; the timeout counts from here.
+    #[arg(skip = Instant::now())]
+    pub started: Instant,
 }
 
+/// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}; use ms, s or m (such as 10s)"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (such as 10s, 500ms, 2m)"))?;
+    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// First pause between attempts; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+const MAX_PAUSE: Duration = Duration::from_millis(250);
+
 impl ServerArgs {
-    /// A channel to the server; fails fast when nobody listens there.
+    fn deadline(&self) -> Instant {
+        self.started + self.timeout
+    }
+
+    /// Sleeps `pause` (at most until the deadline) and doubles it; false
+    /// when the deadline has passed and nothing more should be tried.
+    async fn wait(&self, pause: &mut Duration) -> bool {
+        let left = self.deadline().saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        tokio::time::sleep((*pause).min(left)).await;
+        *pause = (*pause * 2).min(MAX_PAUSE);
+        true
+    }
+
+    /// A channel to the server. A refused or failed connection is tried
+    /// again until `--timeout` has passed since the start.
     pub async fn connect(&self) -> Result<Channel> {
         let url = if self.server.contains("://") {
             self.server.clone()
         } else {
             format!("http://{}", self.server)
         };
-        Endpoint::from_shared(url)
-            .with_context(|| {
-                crate::BadInput(format!("--server {:?} is not HOST:PORT", self.server))
-            })?
-            .connect_timeout(Duration::from_secs(3))
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to Typha at {}", self.server))
+        let endpoint = Endpoint::from_shared(url).with_context(|| {
+            crate::BadInput(format!("--server {:?} is not HOST:PORT", self.server))
+        })?;
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let left = self.deadline().saturating_duration_since(Instant::now());
+            let attempt = endpoint
+                .clone()
+                .connect_timeout(left.clamp(Duration::from_millis(200), Duration::from_secs(3)))
+                .connect()
+                .await;
+            match attempt {
+                Ok(channel) => return Ok(channel),
+                Err(e) => {
+                    if !self.wait(&mut pause).await {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "cannot connect to Typha at {} after waiting {:?} (--timeout)",
+                            self.server, self.timeout
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a request until a replica with a leader answers it: an answer
+    /// saying that no leader is elected yet (the request was refused before
+    /// it was proposed, so sending it again is safe) is retried until
+    /// `--timeout` has passed since the start. Every other answer is
+    /// returned as it is.
+    pub async fn call<T, F, Fut>(&self, mut request: F) -> Result<tonic::Response<T>, tonic::Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let status = match request().await {
+                Ok(response) => return Ok(response),
+                Err(status) => status,
+            };
+            if !ClientError::from_status(status.clone(), &self.server).is_no_leader() {
+                return Err(status);
+            }
+            if !self.wait(&mut pause).await {
+                return Err(tonic::Status::unavailable(format!(
+                    "no leader elected after waiting {:?} (--timeout) for Typha at {}; its last answer: {}",
+                    self.timeout,
+                    self.server,
+                    status.message()
+                )));
+            }
+        }
     }
 }
 
@@ -56,4 +155,30 @@ pub fn is_bad_input(s: &tonic::Status) -> bool {
         s.code(),
         tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::FailedPrecondition
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_parse_with_units_or_as_seconds() {
+        assert_eq!(parse_timeout("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_timeout("0"), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "s",
+            "10h",
+            "ten",
+            "-1s",
+            "1e4s",
+            "99999999999999999999999s",
+        ] {
+            let e = parse_timeout(bad).unwrap_err();
+            assert!(e.contains(bad), "{bad:?}: {e}");
+        }
+    }
 }

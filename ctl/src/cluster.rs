@@ -29,11 +29,14 @@ fn print_members(members: &[Member]) {
 }
 
 pub async fn run(server: &ServerArgs, cmd: &ClusterCommand) -> Result<ExitCode> {
-    let mut c = ClusterClient::new(server.connect().await?);
+    let c = ClusterClient::new(server.connect().await?);
     let result = match cmd {
         ClusterCommand::Status => {
-            let s = c
-                .status(StatusRequest {})
+            let s = server
+                .call(|| {
+                    let mut c = c.clone();
+                    async move { c.status(StatusRequest {}).await }
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -81,14 +84,33 @@ pub async fn run(server: &ServerArgs, cmd: &ClusterCommand) -> Result<ExitCode> 
             return Ok(ExitCode::SUCCESS);
         }
         ClusterCommand::AddLearner { id, address } => {
-            c.add_learner(AddLearnerRequest {
+            let request = AddLearnerRequest {
                 id: *id,
                 address: address.clone(),
-            })
-            .await
+            };
+            server
+                .call(|| {
+                    let (mut c, request) = (c.clone(), request.clone());
+                    async move { c.add_learner(request).await }
+                })
+                .await
         }
-        ClusterCommand::Promote { id } => c.promote(MemberRequest { id: *id }).await,
-        ClusterCommand::Remove { id } => c.remove(MemberRequest { id: *id }).await,
+        ClusterCommand::Promote { id } => {
+            server
+                .call(|| {
+                    let mut c = c.clone();
+                    async move { c.promote(MemberRequest { id: *id }).await }
+                })
+                .await
+        }
+        ClusterCommand::Remove { id } => {
+            server
+                .call(|| {
+                    let mut c = c.clone();
+                    async move { c.remove(MemberRequest { id: *id }).await }
+                })
+                .await
+        }
     };
     match result {
         Ok(r) => {

@@ -77,7 +77,15 @@ pub async fn apply(server: &ServerArgs, args: &FileArgs) -> Result<ExitCode> {
     if items.is_empty() {
         return Err(crate::BadInput("no resources to apply".into()).into());
     }
-    match client(server).await?.apply(ApplyRequest { items }).await {
+    let c = client(server).await?;
+    let request = ApplyRequest { items };
+    let answer = server
+        .call(|| {
+            let (mut c, request) = (c.clone(), request.clone());
+            async move { c.apply(request).await }
+        })
+        .await;
+    match answer {
         Ok(_) => {
             for n in names {
                 println!("{n} ok");
@@ -111,24 +119,36 @@ fn decode(entry: &Entry) -> Result<Resource> {
 
 pub async fn get(server: &ServerArgs, args: &GetArgs) -> Result<ExitCode> {
     let kind = kind_of(&args.kind)?;
-    let mut c = client(server).await?;
+    let c = client(server).await?;
     let entries = match &args.name {
         Some(name) => {
-            let key = ResourceKey {
-                kind: kind.key_name().into(),
-                namespace: args.namespace.clone().unwrap_or_default(),
-                name: name.clone(),
+            let request = GetRequest {
+                key: Some(ResourceKey {
+                    kind: kind.key_name().into(),
+                    namespace: args.namespace.clone().unwrap_or_default(),
+                    name: name.clone(),
+                }),
             };
-            match c.get(GetRequest { key: Some(key) }).await {
+            let answer = server
+                .call(|| {
+                    let (mut c, request) = (c.clone(), request.clone());
+                    async move { c.get(request).await }
+                })
+                .await;
+            match answer {
                 Ok(r) => r.into_inner().entry.into_iter().collect(),
                 Err(s) if is_bad_input(&s) => return bad(s),
                 Err(s) => return Err(status_error(s)),
             }
         }
-        None => match c
-            .list(ListRequest {
-                kind: kind.key_name().into(),
-                namespace: args.namespace.clone().unwrap_or_default(),
+        None => match server
+            .call(|| {
+                let mut c = c.clone();
+                let request = ListRequest {
+                    kind: kind.key_name().into(),
+                    namespace: args.namespace.clone().unwrap_or_default(),
+                };
+                async move { c.list(request).await }
             })
             .await
         {
@@ -202,14 +222,18 @@ pub async fn delete(server: &ServerArgs, args: &DeleteArgs) -> Result<ExitCode> 
         });
     }
     let asked = keys.len();
-    match client(server)
-        .await?
-        .delete(DeleteRequest {
-            keys,
-            expected_revision: None,
+    let c = client(server).await?;
+    let request = DeleteRequest {
+        keys,
+        expected_revision: None,
+    };
+    let answer = server
+        .call(|| {
+            let (mut c, request) = (c.clone(), request.clone());
+            async move { c.delete(request).await }
         })
-        .await
-    {
+        .await;
+    match answer {
         Ok(r) => {
             let r = r.into_inner();
             for k in &r.deleted {

@@ -62,15 +62,22 @@ pub async fn run(server: &ServerArgs, args: &TraceArgs) -> Result<ExitCode> {
         icmp: args.icmp_type.map(|t| (t, args.icmp_code)),
     };
 
-    let mut client =
+    let client =
         ResourcesClient::new(server.connect().await?).max_decoding_message_size(MAX_MESSAGE);
-    let list = match client
-        .list(ListRequest {
-            kind: String::new(),
-            namespace: String::new(),
+    let answer = server
+        .call(|| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .list(ListRequest {
+                        kind: String::new(),
+                        namespace: String::new(),
+                    })
+                    .await
+            }
         })
-        .await
-    {
+        .await;
+    let list = match answer {
         Ok(r) => r.into_inner(),
         Err(s) if is_bad_input(&s) => return Err(BadInput(s.message().to_string()).into()),
         Err(s) => return Err(status_error(s)),

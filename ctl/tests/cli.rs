@@ -26,12 +26,9 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The repository's `examples/`.
 fn examples() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::env::var_os("MANUL_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("shared"))
-        .join("examples")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
 #[test]

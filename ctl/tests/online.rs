@@ -118,8 +118,8 @@ async fn apply_get_delete_status_and_watch() {
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["snapshot"]["resources"], 5);
 
-    // No server: a clear error, exit 1.
-    let out = manulctl("127.0.0.1:1", &["get", "gnp"]).await;
+    // No server: a clear error, exit 1, once --timeout has passed.
+    let out = manulctl("127.0.0.1:1", &["--timeout", "200ms", "get", "gnp"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot connect to Typha at 127.0.0.1:1"));
 

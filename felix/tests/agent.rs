@@ -95,7 +95,7 @@ async fn felix_syncs_programs_and_follows_changes() {
         wep("other", "node1", "10.65.0.3", "other"),
         std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/examples/frontend-to-api.yaml"),
+                .join("../examples/frontend-to-api.yaml"),
         )
         .unwrap(),
     ];

@@ -15,12 +15,9 @@ fn only_error(yaml: &str) -> String {
     out.errors[0].to_string()
 }
 
-fn shared_examples() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::env::var_os("MANUL_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("shared"))
-        .join("examples")
+/// The repository's `examples/`.
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
 fn yaml_files(dir: &std::path::Path) -> Vec<PathBuf> {
@@ -35,8 +32,8 @@ fn yaml_files(dir: &std::path::Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn shared_examples_load_and_bad_ones_are_rejected() {
-    let dir = shared_examples();
+fn examples_load_and_bad_ones_are_rejected() {
+    let dir = examples();
     for f in yaml_files(&dir) {
         let out = load(&f.display().to_string(), &std::fs::read(&f).unwrap());
         assert!(out.errors.is_empty(), "{}: {:#?}", f.display(), out.errors);
@@ -498,7 +495,7 @@ fn json_yaml_and_lists_load_alike() {
 /// Loading, printing as YAML and loading again gives the same resources.
 #[test]
 fn yaml_round_trips() {
-    let mut inputs: Vec<String> = yaml_files(&shared_examples())
+    let mut inputs: Vec<String> = yaml_files(&examples())
         .iter()
         .map(|f| std::fs::read_to_string(f).unwrap())
         .collect();
@@ -595,7 +592,7 @@ fn ipam_block_errors_name_the_field() {
 
 #[test]
 fn every_example_round_trips_through_its_stored_form() {
-    for f in yaml_files(&shared_examples()) {
+    for f in yaml_files(&examples()) {
         let out = load(&f.display().to_string(), &std::fs::read(&f).unwrap());
         for r in out.into_result().unwrap().into_iter().map(|l| l.resource) {
             let bytes = serde_json::to_vec(&r).unwrap();

@@ -72,8 +72,9 @@ struct MainJobArgs {
     /// bpf or iptables.
     #[arg(long, default_value = "bpf")]
     dataplane: String,
-    /// The policy file whose NetworkPolicy is applied.
-    #[arg(long, default_value = "../shared/examples/frontend-to-api.yaml")]
+    /// The policy file whose NetworkPolicy is applied (default: the quick
+    /// start's example, relative to the repository root).
+    #[arg(long, default_value = "examples/frontend-to-api.yaml")]
     policy: PathBuf,
     /// New pods in the short churn.
     #[arg(long, default_value_t = 20)]

@@ -4,16 +4,14 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use manul_typha::server::Running;
 
+/// The repository's `examples/`.
 pub fn examples() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::env::var_os("MANUL_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("shared"))
-        .join("examples")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
 pub async fn manulctl(server: &str, args: &[&str]) -> Output {
@@ -41,4 +39,18 @@ pub async fn typha(dir: &std::path::Path) -> (Running, String) {
             .unwrap();
     let addr = typha.local_addr.to_string();
     (typha, addr)
+}
+
+/// A loopback port below 32768 that nothing listens on right now (the
+/// kernel's ephemeral ports start at 32768).
+pub fn free_low_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    for _ in 0..4000 {
+        let n = std::process::id().wrapping_mul(7919) + NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20000 + (n % 12000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000");
 }

@@ -19,11 +19,9 @@ fn state(yaml: &str) -> ClusterState {
 }
 
 fn example(name: &str) -> String {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = std::env::var_os("MANUL_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("shared"));
-    let path = dir.join("examples").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     format!("---\n{text}\n")
 }

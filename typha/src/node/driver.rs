@@ -241,6 +241,12 @@ impl Driver {
     fn run(&mut self, rx: Receiver<Msg>) {
         let span = tracing::info_span!("raft", id = self.config.id);
         let _enter = span.enter();
+        self.campaign_if_sole_voter();
+        if let Err(e) = self.on_ready() {
+            error!("Raft ready handling failed, stopping this replica: {e}");
+            return;
+        }
+        self.publish_status();
         let mut next_tick = Instant::now() + self.config.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -278,6 +284,22 @@ impl Driver {
             let _ = tx.send(Err(NodeError::Stopped));
         }
         info!("Raft thread stopped");
+    }
+
+    /// A replica that is the only voter of its configuration cannot lose an
+    /// election: it campaigns at once instead of waiting out an election
+    /// timeout (1-2 s), so a fresh single-node Typha takes writes within
+    /// milliseconds of starting. A replica with peers waits as Raft
+    /// prescribes, so a restarted member does not disrupt a leader.
+    fn campaign_if_sole_voter(&mut self) {
+        let cs = self.storage.conf_state();
+        if cs.voters != [self.config.id] || !cs.voters_outgoing.is_empty() {
+            return;
+        }
+        info!("the only voter of its configuration: campaigning at once");
+        if let Err(e) = self.raw.campaign() {
+            warn!("could not campaign at start, waiting for the election timeout: {e}");
+        }
     }
 
     fn not_leader(&self) -> NodeError {

@@ -15,6 +15,8 @@
 //!   crashes.
 
 mod driver;
+#[cfg(test)]
+mod tests;
 pub mod transport;
 
 use std::collections::BTreeMap;
