@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
-use manul_model::convert::{NAMESPACE_PROFILE_PREFIX, ORCHESTRATOR_LABEL};
+use manul_model::convert::{
+    NAMESPACE_PROFILE_PREFIX, ORCHESTRATOR_LABEL, SERVICE_ACCOUNT_PROFILE_PREFIX,
+};
 use manul_model::v3::{Cidr, EndpointPort, Object, Protocol, WorkloadEndpointSpec};
 use manul_model::{Kind, Resource, ResourceKey};
 
@@ -83,7 +85,9 @@ fn named_ports(pod: &Pod) -> Vec<EndpointPort> {
 /// The endpoint for `pod` (in `namespace`, named `name`) with what ADD made:
 /// the pod's labels plus `projectcalico.org/namespace`,
 /// `projectcalico.org/orchestrator` (and `projectcalico.org/serviceaccount`
-/// when the pod has one), the namespace's profile, and the named ports.
+/// when the pod has one), the namespace's profile (and the service
+/// account's, `ksa.NAMESPACE.ACCOUNT`, as Calico names it), and the named
+/// ports.
 pub fn workload_endpoint(namespace: &str, name: &str, pod: &Pod, plumbed: &Plumbed) -> Resource {
     let mut labels: BTreeMap<String, String> = pod.metadata.labels.clone().unwrap_or_default();
     labels.insert(NAMESPACE_LABEL.into(), namespace.into());
@@ -93,8 +97,12 @@ pub fn workload_endpoint(namespace: &str, name: &str, pod: &Pod, plumbed: &Plumb
         .as_ref()
         .and_then(|s| s.service_account_name.clone())
         .unwrap_or_default();
+    let mut profiles = vec![format!("{NAMESPACE_PROFILE_PREFIX}{namespace}")];
     if !service_account.is_empty() {
         labels.insert(SERVICE_ACCOUNT_LABEL.into(), service_account.clone());
+        profiles.push(format!(
+            "{SERVICE_ACCOUNT_PROFILE_PREFIX}{namespace}.{service_account}"
+        ));
     }
     let spec = WorkloadEndpointSpec {
         orchestrator: ORCHESTRATOR.into(),
@@ -104,7 +112,7 @@ pub fn workload_endpoint(namespace: &str, name: &str, pod: &Pod, plumbed: &Plumb
         endpoint: plumbed.endpoint.clone(),
         service_account_name: service_account,
         ip_networks: vec![Cidr(IpNet::from(plumbed.ip))],
-        profiles: vec![format!("{NAMESPACE_PROFILE_PREFIX}{namespace}")],
+        profiles,
         interface_name: plumbed.interface_name.clone(),
         mac: crate::result::format_mac(plumbed.mac),
         ports: named_ports(pod),
@@ -190,7 +198,7 @@ spec:
         assert_eq!(s.interface_name, "mnl0123456789ab");
         assert_eq!(s.mac, "02:00:00:00:00:09");
         assert_eq!(s.ip_networks[0].to_string(), "10.65.0.7/32");
-        assert_eq!(s.profiles, vec!["kns.production"]);
+        assert_eq!(s.profiles, vec!["kns.production", "ksa.production.api-sa"]);
         assert_eq!(s.service_account_name, "api-sa");
         let ports: Vec<_> = s
             .ports

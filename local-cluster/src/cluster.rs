@@ -102,6 +102,8 @@ pub struct PodSpec {
     pub tcp_ports: Vec<(u16, Option<String>)>,
     /// UDP ports to echo on.
     pub udp_ports: Vec<u16>,
+    /// The pod's `serviceAccountName`.
+    pub service_account: Option<String>,
 }
 
 /// A pod that exists.
@@ -551,27 +553,40 @@ impl LocalCluster {
     }
 
     /// The YAML of a pod resource.
-    fn pod_yaml(spec: &PodSpec, node: &str) -> String {
-        let labels: Vec<String> = spec
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}: {v:?}"))
-            .collect();
-        let ports: Vec<String> = spec
+    /// The Pod resource a kubelet would report for `spec` on `node`.
+    fn pod_resource(spec: &PodSpec, node: &str) -> Resource {
+        use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let ports = spec
             .tcp_ports
             .iter()
-            .map(|(p, name)| match name {
-                Some(n) => format!("{{name: {n}, containerPort: {p}, protocol: TCP}}"),
-                None => format!("{{containerPort: {p}, protocol: TCP}}"),
+            .map(|(port, name)| ContainerPort {
+                name: name.clone(),
+                container_port: i32::from(*port),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
             })
             .collect();
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels: {{{}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: manul/probe\n    ports: [{}]\n",
-            spec.name,
-            spec.namespace,
-            labels.join(", "),
-            ports.join(", ")
-        )
+        Resource::Pod(Box::new(Pod {
+            metadata: ObjectMeta {
+                name: Some(spec.name.clone()),
+                namespace: Some(spec.namespace.clone()),
+                labels: Some(spec.labels.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                node_name: Some(node.to_string()),
+                service_account_name: spec.service_account.clone(),
+                containers: vec![Container {
+                    name: "main".into(),
+                    image: Some("manul/probe".into()),
+                    ports: Some(ports),
+                    ..Container::default()
+                }],
+                ..k8s_openapi::api::core::v1::PodSpec::default()
+            }),
+            status: None,
+        }))
     }
 
     fn cni(
@@ -646,7 +661,7 @@ impl LocalCluster {
             .map(|n| n.name.clone())
             .ok_or_else(|| ClusterError::Invalid(format!("no node with index {}", spec.node)))?;
         self.ensure_namespace(&spec.namespace)?;
-        self.apply_yaml(&Self::pod_yaml(&spec, &node_name))?;
+        self.apply(vec![Self::pod_resource(&spec, &node_name)])?;
         let n = self.pod_counter.fetch_add(1, Ordering::Relaxed);
         let netns = NetNs::create(&format!("{}-p{n}", self.config.name)).map_err(netns_err)?;
         let container_id = format!("{}-{n:08}", self.config.name);

@@ -64,6 +64,16 @@ spec:
 /// validation error.
 const POLICY_ERRORS: &[(&str, &str, &str)] = &[
     (
+        "  egress:\n  - action: Allow\n    protocol: TCP\n    destination:\n      services: {name: db}\n      ports: [5432]\n",
+        "spec.egress[0].destination.ports",
+        "cannot be combined with it",
+    ),
+    (
+        "  ingress:\n  - action: Allow\n    source:\n      services: {name: web}\n      selector: app == 'web'\n",
+        "spec.ingress[0].source.services",
+        "cannot be combined with nets, selector or namespaceSelector",
+    ),
+    (
         "  ingress:\n  - action: Allow\n    sorce:\n      selector: all()\n",
         "spec.ingress[0]",
         "unknown field `sorce`",

@@ -172,7 +172,7 @@ fn main() -> ExitCode {
             };
             let sc = match scenario::Scenario::parse(&text) {
                 Ok(s) => s,
-                Err(e) => return bad(format!("{}: {e}", args.scenario.display())),
+                Err(e) => return bad(format!("{}: {e:#}", args.scenario.display())),
             };
             match scenario::run(&args.name, &sc, dp, &interrupted) {
                 Ok(outcome) => {

@@ -25,6 +25,7 @@ fn pod(name: &str, app: &str, node: usize) -> PodSpec {
         node,
         tcp_ports: vec![(8080, Some("http".into()))],
         udp_ports: Vec::new(),
+        service_account: None,
     }
 }
 

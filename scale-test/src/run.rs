@@ -59,6 +59,7 @@ fn pod(name: &str, node: usize, pairs: &[(&str, &str)], listen: bool) -> PodSpec
             Vec::new()
         },
         udp_ports: Vec::new(),
+        service_account: None,
     }
 }
 

@@ -9,7 +9,12 @@
 //! namespaces:
 //!   - {name: production, labels: {team: shop}}
 //! pods:
-//!   - {name: production/api, labels: {app: api}, tcp: [8080], udp: [53], node: 1}
+//!   - {name: production/api, labels: {app: api}, tcp: [8080], udp: [53], node: 1,
+//!      service_account: api-sa}      # optional: the pod's serviceAccountName
+//! services:                       # optional: a Service and the EndpointSlice
+//!   - name: production/api        # the endpoint controller would write: the
+//!     selector: {app: api}        # addresses of the pods it selects
+//!     ports: [{name: http, protocol: tcp, port: 8080}]
 //! resources: |
 //!   apiVersion: networking.k8s.io/v1
 //!   kind: NetworkPolicy
@@ -56,6 +61,29 @@ pub struct Pod {
     /// Node index (0-based); default: round-robin.
     #[serde(default)]
     pub node: Option<usize>,
+    /// The pod's `serviceAccountName`.
+    #[serde(default)]
+    pub service_account: Option<String>,
+}
+
+/// A Service port, as an EndpointSlice lists it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePort {
+    #[serde(default)]
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// A Kubernetes Service selecting pods of its namespace by labels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// `NAMESPACE/NAME`.
+    pub name: String,
+    pub selector: BTreeMap<String, String>,
+    pub ports: Vec<ServicePort>,
 }
 
 /// A probe's protocol.
@@ -108,6 +136,8 @@ pub struct Scenario {
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
     #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+    #[serde(default)]
     pub resources: String,
     #[serde(default)]
     pub probes: Vec<ProbeSpec>,
@@ -147,6 +177,17 @@ impl Scenario {
             }
             if pods.insert(p.name.clone(), p).is_some() {
                 bail!("pod {} is listed twice", p.name);
+            }
+        }
+        for s in &sc.services {
+            if s.name
+                .split_once('/')
+                .is_none_or(|(ns, n)| ns.is_empty() || n.is_empty())
+            {
+                bail!("service {:?}: the name must be NAMESPACE/NAME", s.name);
+            }
+            if let Some(p) = s.ports.iter().find(|p| p.protocol == Protocol::Icmp) {
+                bail!("service {}: port {:?} must be TCP or UDP", s.name, p.name);
             }
         }
         if sc.probes.is_empty() && sc.matrices.is_empty() {
@@ -327,7 +368,15 @@ pub fn run(
             node: p.node.unwrap_or(i % sc.nodes),
             tcp_ports: p.tcp.iter().map(|&port| (port, None)).collect(),
             udp_ports: p.udp.clone(),
+            service_account: p.service_account.clone(),
         })?;
+    }
+    let mut endpoints = Vec::new();
+    for s in &sc.services {
+        endpoints.extend(service_resources(s, &c)?);
+    }
+    if !endpoints.is_empty() {
+        c.apply(endpoints)?;
     }
     let revision = c.apply_yaml(&sc.resources)?;
     // Felix reports programmed endpoints; policies have no such report, so
@@ -362,6 +411,88 @@ pub fn run(
         name: sc.name.clone(),
         results,
     })
+}
+
+/// A headless Service and the EndpointSlice the endpoint controller would
+/// write for it: the addresses of the pods of its namespace whose labels
+/// it selects, with its ports.
+fn service_resources(s: &ServiceSpec, c: &LocalCluster) -> Result<Vec<manul_model::Resource>> {
+    use k8s_openapi::api::core::v1::{Service, ServiceSpec as K8sServiceSpec};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let (ns, name) = s.name.split_once('/').unwrap_or(("default", &s.name));
+    let protocol = |p: Protocol| match p {
+        Protocol::Udp => "UDP",
+        _ => "TCP",
+    };
+    let mut addresses = Vec::new();
+    for pod in c.pods() {
+        let selected = pod.spec.namespace == ns
+            && s.selector
+                .iter()
+                .all(|(k, v)| pod.spec.labels.get(k) == Some(v));
+        if selected {
+            addresses.push(pod.ip.to_string());
+        }
+    }
+    let meta = |n: String, labels: Option<BTreeMap<String, String>>| ObjectMeta {
+        name: Some(n),
+        namespace: Some(ns.to_string()),
+        labels,
+        ..ObjectMeta::default()
+    };
+    let service = Service {
+        metadata: meta(name.to_string(), None),
+        spec: Some(K8sServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(s.selector.clone()),
+            ports: Some(
+                s.ports
+                    .iter()
+                    .map(|p| k8s_openapi::api::core::v1::ServicePort {
+                        name: Some(p.name.clone()).filter(|n| !n.is_empty()),
+                        protocol: Some(protocol(p.protocol).into()),
+                        port: i32::from(p.port),
+                        ..k8s_openapi::api::core::v1::ServicePort::default()
+                    })
+                    .collect(),
+            ),
+            ..K8sServiceSpec::default()
+        }),
+        status: None,
+    };
+    let slice = EndpointSlice {
+        metadata: meta(
+            format!("{name}-1"),
+            Some(BTreeMap::from([(
+                "kubernetes.io/service-name".to_string(),
+                name.to_string(),
+            )])),
+        ),
+        address_type: "IPv4".into(),
+        endpoints: addresses
+            .into_iter()
+            .map(|a| Endpoint {
+                addresses: vec![a],
+                ..Endpoint::default()
+            })
+            .collect(),
+        ports: Some(
+            s.ports
+                .iter()
+                .map(|p| EndpointPort {
+                    name: Some(p.name.clone()),
+                    protocol: Some(protocol(p.protocol).into()),
+                    port: Some(i32::from(p.port)),
+                    ..EndpointPort::default()
+                })
+                .collect(),
+        ),
+    };
+    Ok(vec![
+        manul_model::Resource::Service(Box::new(service)),
+        manul_model::Resource::EndpointSlice(Box::new(slice)),
+    ])
 }
 
 /// Waits until every Felix has applied `revision` (from its readiness

@@ -65,6 +65,14 @@ fn shipped_scenarios_match_on_both_dataplanes() {
         ("default-deny-egress.yaml", "iptables"),
         ("ip-block-except.yaml", "bpf"),
         ("allow-same-namespace.yaml", "iptables"),
+        // Every rule field, and the two rules that were once widened, on
+        // both dataplanes.
+        ("service-match-of-a-missing-service.yaml", "bpf"),
+        ("service-match-of-a-missing-service.yaml", "iptables"),
+        ("service-account-selector.yaml", "bpf"),
+        ("service-account-selector.yaml", "iptables"),
+        ("rule-fields.yaml", "bpf"),
+        ("rule-fields.yaml", "iptables"),
     ] {
         let out = scale_test()
             .args(["probe", "--name", "mt-scen", "--dataplane", dataplane])
