@@ -45,6 +45,11 @@ pub struct BpfConfig {
     pub pin_root: PathBuf,
     /// Conntrack entries (LRU). Fixed when the pinned map is first created.
     pub conntrack_capacity: u32,
+    /// Entries of `manul_addr` (every prefix and IP-set member the tables'
+    /// address spaces hold); `None`: the program's size (1 Mi). Fixed when
+    /// the pinned map is first created. A batch that would overflow it is
+    /// refused (the map is full) and the driver fails closed.
+    pub addr_capacity: Option<u32>,
     pub conntrack_timeouts: ConntrackTimeouts,
     /// How often the background thread collects expired conntrack entries.
     pub gc_interval: Duration,
@@ -67,6 +72,7 @@ impl BpfConfig {
             node: node.into(),
             pin_root: PathBuf::from("/sys/fs/bpf/manul"),
             conntrack_capacity: 512 * 1024,
+            addr_capacity: None,
             conntrack_timeouts: ConntrackTimeouts::default(),
             gc_interval: Duration::from_secs(10),
             flow_log: None,
@@ -170,6 +176,7 @@ impl BpfDriver {
         let mut ebpf = loader::load(
             &dirs,
             config.conntrack_capacity,
+            config.addr_capacity,
             config.benchmark_no_conntrack,
         )?;
         let maps = Maps::take(&mut ebpf)?;
@@ -366,7 +373,9 @@ impl BpfDriver {
                         l.space.sync_set(s, state);
                     }
                     let delta = l.space.settle();
-                    written_spaces.insert(l.space_id);
+                    if !delta.is_empty() {
+                        written_spaces.insert(l.space_id);
+                    }
                     let r = write_delta(
                         &mut self.maps,
                         l.space_id,
@@ -392,7 +401,9 @@ impl BpfDriver {
                         l.space.sync_set(s, state);
                     }
                     let delta = l.space.settle();
-                    written_spaces.insert(l.space_id);
+                    if !delta.is_empty() {
+                        written_spaces.insert(l.space_id);
+                    }
                     let r = write_delta(
                         &mut self.maps,
                         l.space_id,
@@ -564,10 +575,23 @@ impl BpfDriver {
     /// whose tables read one of `spaces` (which now hold part of the
     /// batch's set changes beside tables of the state before it) loses its
     /// `manul_ep` entry, so its interface drops everything until a later
-    /// apply programs it again. The others keep their tables.
+    /// apply programs it again. The others keep their tables. Nothing reads
+    /// those spaces any more: their lineages are dropped and their entries
+    /// deleted, which also makes room when the failure was a full map.
     fn unprogram_readers_of(&mut self, spaces: &HashSet<u32>) {
         if spaces.is_empty() {
             return;
+        }
+        let dead: Vec<TableSpec> = self
+            .tables
+            .iter()
+            .filter(|(_, l)| spaces.contains(&l.space_id))
+            .map(|(spec, _)| spec.clone())
+            .collect();
+        for spec in dead {
+            if let Some(l) = self.tables.remove(&spec) {
+                self.garbage.extend([l.space_id, l.id]);
+            }
         }
         let affected: Vec<EndpointKey> = self
             .endpoints
