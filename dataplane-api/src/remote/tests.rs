@@ -585,7 +585,11 @@ fn the_protocol_documentation_is_true() {
     assert_eq!(exchanged, 3);
     drop(raw);
     let served = handle.stop().expect("stop");
-    assert_eq!(served.ip_set_count(), 1, "the refused batch recorded nothing");
+    assert_eq!(
+        served.ip_set_count(),
+        1,
+        "the refused batch recorded nothing"
+    );
     assert!(
         !served.in_sync(),
         "a refused batch leaves the driver out of sync until a resync"
