@@ -596,10 +596,11 @@ mod tests {
         let mut ops = g.apply(first.into_iter().chain(second).chain(third));
         ops.extend(g.in_sync());
         reference.apply(&ops).unwrap();
-        let got = inner.lock().unwrap();
-        assert_eq!(got.state(), reference.state());
-        assert_eq!(got.stale_count(), 0);
-        drop(got);
+        {
+            let got = inner.lock().unwrap();
+            assert_eq!(got.state(), reference.state());
+            assert_eq!(got.stale_count(), 0);
+        }
         assert_eq!(
             counter(
                 &registry,
