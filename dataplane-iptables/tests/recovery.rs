@@ -4,6 +4,8 @@
 //! fault is an `nft` wrapper that refuses every call while a flag file
 //! exists.
 
+#![allow(clippy::expect_used)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
