@@ -34,16 +34,20 @@
 //!    it may build on an operation the kernel never took. A failed resync
 //!    is an error like any other: resync again (with a backoff).
 //! 3. **The kernel fails closed in the meantime.** From the failed batch
-//!    until the resync's `InSync` is applied, each policed interface
-//!    enforces, as a whole (its rules together with the members of the IP
-//!    sets they name), one of: the state after the last batch applied
-//!    without error, the state of a later batch or resync batch that was
-//!    applied without error, or nothing (it drops every packet, as an
-//!    unprogrammed workload interface does). No interface ever enforces
+//!    until the resync's `InSync` is applied, whenever no `apply` is
+//!    running, each policed interface enforces, as a whole (its rules
+//!    together with the members of the IP sets they name), one of: the
+//!    state after the last batch applied without error, the state of a
+//!    later batch or resync batch that was applied without error, or
+//!    nothing (it drops every packet, as an unprogrammed workload
+//!    interface does). A failed batch never leaves an interface enforcing
 //!    rules of one state with set members of another, and an interface
 //!    that was policed stays policed. What was enforced before a resync
 //!    keeps being enforced, interface by interface, until the resync
-//!    replaces it.
+//!    replaces it. (While an `apply` runs, each driver moves an interface
+//!    from one state to the next as its own documentation says: the
+//!    iptables driver in one transaction, the eBPF driver write by write,
+//!    each write safe on its own.)
 //!
 //! How the drivers meet 3: the null driver refuses a contract-breaking
 //! batch whole (nothing of it is recorded). The iptables driver writes each

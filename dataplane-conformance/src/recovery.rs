@@ -67,8 +67,10 @@ pub struct RecoveryReport {
     pub failures: u64,
     /// From the failed batch to the driver back in sync.
     pub out_of_sync_for: Duration,
-    /// Probes sent while the driver was out of sync (all must be denied).
+    /// Probes sent while the driver was out of sync.
     pub probes_while_out_of_sync: usize,
+    /// Those that got through (only ones the policy allows may).
+    pub allowed_while_out_of_sync: Vec<String>,
 }
 
 const API: &str = "production/api";
@@ -273,6 +275,7 @@ pub fn run_failed_batch_recovery(
     let agent = Agent::start(&topo.node, NodeContext { node: node.clone() }, factory)?;
     let mut failures = Vec::new();
     let mut probes_while_out_of_sync = 0;
+    let mut allowed_while_out_of_sync = Vec::new();
 
     // Probes `from -> api` on TCP 8080; checks the verdict against the
     // reference evaluator and `expect` (None: either is fine).
@@ -329,8 +332,13 @@ pub fn run_failed_batch_recovery(
     agent.wait("out of sync", Duration::from_secs(30), |s| {
         s.dataplane_out_of_sync
     })?;
-    for from in [STRANGER, OTHER] {
-        check(&model, &mut failures, "out of sync", from, Some(false))?;
+    for from in [STRANGER, OTHER, FE] {
+        // FE is allowed by the policy: either is right while out of sync
+        // (failing closed may drop it).
+        let expect = (from != FE).then_some(false);
+        if check(&model, &mut failures, "out of sync", from, expect)? {
+            allowed_while_out_of_sync.push(format!("{from} (before the relabel)"));
+        }
         probes_while_out_of_sync += 1;
     }
     // 3. A change while out of sync: folded into the graph only.
@@ -345,7 +353,9 @@ pub fn run_failed_batch_recovery(
         // FE and OTHER are allowed by the latest policy: either is right
         // while out of sync (fail closed may drop them).
         let expect = (from == STRANGER).then_some(false);
-        check(&model, &mut failures, "out of sync", from, expect)?;
+        if check(&model, &mut failures, "out of sync", from, expect)? {
+            allowed_while_out_of_sync.push(format!("{from} (after the relabel)"));
+        }
         probes_while_out_of_sync += 1;
     }
 
@@ -368,6 +378,7 @@ pub fn run_failed_batch_recovery(
         failures: agent.status.borrow().driver_failures,
         out_of_sync_for,
         probes_while_out_of_sync,
+        allowed_while_out_of_sync,
     };
     if report.resyncs < 3 {
         failures.push(format!(
