@@ -15,10 +15,53 @@
 //!   kind, never adding and removing one member in the same delta;
 //! - a removal names something that exists.
 //!
-//! A batch that breaks the contract is an error. What a driver has applied
-//! of such a batch is unspecified (a kernel cannot always roll back), so the
-//! caller must then resync it: see [`Driver::apply`].
-
+//! # After an error
+//!
+//! Every driver gives the same guarantees when [`Driver::apply`] returns an
+//! error, whatever the cause (a batch that breaks the contract, a kernel
+//! that refuses a write, a lost connection):
+//!
+//! 1. **The driver is out of sync.** Everything it holds becomes *stale*,
+//!    exactly as after a restart ([`Driver::mark_stale`]): it keeps
+//!    enforcing it, reports itself not in sync, and the next
+//!    [`Operation::InSync`] removes every item that was not sent again
+//!    since. Items named by a later update (an `IpSetUpdate`, not a delta)
+//!    are fresh again.
+//! 2. **The caller resyncs it before anything else:** it sends the whole
+//!    desired state (in one or more batches, in contract order, as at
+//!    start-up), then `InSync`, after calling [`Driver::mark_stale`]. Only when that succeeds is the driver in
+//!    sync again; an incremental batch sent instead is not enough, since
+//!    it may build on an operation the kernel never took. A failed resync
+//!    is an error like any other: resync again (with a backoff).
+//! 3. **The kernel fails closed in the meantime.** From the failed batch
+//!    until the resync's `InSync` is applied, whenever no `apply` is
+//!    running, each policed interface enforces, as a whole (its rules
+//!    together with the members of the IP sets they name), one of: the
+//!    state after the last batch applied without error, the state of a
+//!    later batch or resync batch that was applied without error, or
+//!    nothing (it drops every packet, as an unprogrammed workload
+//!    interface does). A failed batch never leaves an interface enforcing
+//!    rules of one state with set members of another, and an interface
+//!    that was policed stays policed. What was enforced before a resync
+//!    keeps being enforced, interface by interface, until the resync
+//!    replaces it. (While an `apply` runs, each driver moves an interface
+//!    from one state to the next as its own documentation says: the
+//!    iptables driver in one transaction, the eBPF driver write by write,
+//!    each write safe on its own.)
+//!
+//! How the drivers meet 3: the null driver refuses a contract-breaking
+//! batch whole (nothing of it is recorded). The iptables driver writes each
+//! batch as one `nft` transaction, which the kernel applies whole or not at
+//! all; after a refused one it leaves the table as it was and holds later
+//! batches until the resync's `InSync`, then replaces the whole table in one
+//! transaction. The eBPF driver checks capacity and compiles before it
+//! writes (an error there leaves the kernel as it was); a map write that
+//! fails part-way through a batch may have changed the address space of
+//! tables in use, so every endpoint whose tables use a space the batch
+//! wrote into stops being programmed (its interface drops everything) until
+//! the resync rebuilds it; the others keep their old tables. The remote
+//! driver's server marks its driver stale at every new connection, and the
+//! client connects again in `mark_stale` after a broken connection.
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,11 +75,21 @@ pub trait Driver: Send {
     /// endpoint naming a policy or profile the driver was never given, a
     /// policy rule naming an unknown IP set, a delta on a set that does not
     /// exist, removing a policy still referenced by an endpoint) is an
-    /// error, and the driver must then be resynced: re-created (a kernel
-    /// driver adopts what it finds in the kernel as stale), sent the whole
-    /// desired state again, then [`Operation::InSync`], which removes what
-    /// was not sent again.
+    /// error, as is a kernel that refuses a write. After any error the
+    /// driver is out of sync and must be resynced with the whole desired
+    /// state, then [`Operation::InSync`], before any further incremental
+    /// batch; until then its kernel state fails closed (see the
+    /// [module documentation](self), "After an error").
     fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError>;
+
+    /// Makes everything the driver holds stale, as a restart would: it
+    /// keeps enforcing it, is no longer in sync, and the next
+    /// [`Operation::InSync`] removes what was not sent again. A driver
+    /// does this itself when `apply` fails; the caller calls it at the
+    /// start of every resync (the remote driver connects again here after a
+    /// broken connection), and the remote driver's server for every new
+    /// connection.
+    fn mark_stale(&mut self);
 
     /// A short, stable name for logs and metrics (`null`, `remote`, `bpf`,
     /// `iptables`).
@@ -72,6 +125,10 @@ impl<D: Driver + ?Sized> Driver for Box<D> {
         (**self).apply(batch)
     }
 
+    fn mark_stale(&mut self) {
+        (**self).mark_stale()
+    }
+
     fn name(&self) -> &'static str {
         (**self).name()
     }
@@ -89,8 +146,9 @@ impl<D: Driver + ?Sized> Driver for Box<D> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DriverError {
-    /// The batch breaks the dataplane contract; nothing of it was applied
-    /// by the null driver (a kernel driver may have applied a prefix).
+    /// The batch breaks the dataplane contract. The driver checks a batch
+    /// before it programs anything, so nothing of it reached the kernel;
+    /// the driver is out of sync all the same (see "After an error").
     #[error("operation {index} ({operation}) breaks the dataplane contract: {violation}")]
     Contract {
         /// The operation's index in the batch.

@@ -24,6 +24,10 @@
 //! again still names a stale policy, profile or set. An `IpSetDelta` does not
 //! make a stale set fresh: only a full `IpSetUpdate` does.
 //!
+//! The same marking follows every refused batch: the refused batch itself
+//! records nothing (it is rolled back whole), but the driver is out of sync
+//! until a resync's `InSync` (see "After an error" in [`crate::driver`]).
+//!
 //! Removing what the driver does not have is an error; an `IpSetDelta` that
 //! adds a member already present or removes one that is absent is not.
 //! Rule checks beyond references: `ip_version` is 4 or 6, port ranges are
@@ -863,13 +867,22 @@ impl NullDriver {
 }
 
 impl Driver for NullDriver {
+    /// Applies the batch atomically. A refused batch records nothing of
+    /// itself, and leaves the driver out of sync (everything stale), as the
+    /// contract requires of every driver after an error.
     fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
-        self.apply_checked(batch)
-            .map_err(|(index, violation)| DriverError::Contract {
+        self.apply_checked(batch).map_err(|(index, violation)| {
+            self.mark_all_stale();
+            DriverError::Contract {
                 index,
                 operation: batch.get(index).map_or("?", Operation::kind),
                 violation,
-            })
+            }
+        })
+    }
+
+    fn mark_stale(&mut self) {
+        self.mark_all_stale();
     }
 
     fn name(&self) -> &'static str {

@@ -24,8 +24,10 @@
 //! ```
 //!
 //! `ok` means the whole batch was applied. `error` means it was not (or, for
-//! a kernel driver, possibly only in part): the client must then resync the
-//! driver (send the whole desired state again, then `"InSync"`). `index`,
+//! a kernel driver, possibly only in part): the driver is then out of sync
+//! (what it holds is stale) and the client must resync it (send the whole
+//! desired state again, then `"InSync"`, which removes what was not sent
+//! again). `index`,
 //! optional, is the position in the batch of the operation that broke the
 //! contract. A client ignores answer keys it does not know; the server
 //! refuses a request with any key but `batch`.
@@ -36,7 +38,10 @@
 //! answer before it sends the next request (default timeout
 //! [`DEFAULT_TIMEOUT`], 30 s); after a timeout it closes the connection.
 //! The server serves one connection at a time; a new connection means a new
-//! (or restarted) client, which will send the whole state and `"InSync"`.
+//! (or restarted, or reconnecting) client, which will send the whole state
+//! and `"InSync"`: the server marks what its driver holds stale at every
+//! new connection, so that `InSync` removes what the client did not send
+//! again.
 //!
 //! **Operations** are [`Operation`]'s serde form: externally tagged, so a
 //! unit variant is a string (`"InSync"`) and any other variant an object
@@ -165,8 +170,9 @@ impl Default for RemoteOptions {
 /// A driver in another process, reached over a Unix socket.
 ///
 /// One request at a time, blocking. After an I/O error, a timeout or a
-/// malformed answer the connection is unusable ([`DriverError::Broken`]):
-/// connect again, and resync. A refused batch
+/// malformed answer the connection is unusable ([`DriverError::Broken`])
+/// until [`Driver::mark_stale`], which the caller sends at the start of
+/// its resync, connects again. A refused batch
 /// ([`DriverError::Rejected`]) leaves the connection usable, but the remote
 /// driver must be resynced all the same.
 #[derive(Debug)]
@@ -303,6 +309,22 @@ impl Driver for RemoteDriver {
             self.line = Vec::new();
         }
         result
+    }
+
+    /// The start of a resync. After a broken connection this connects
+    /// again (if that fails the connection stays broken and the next batch
+    /// fails with [`DriverError::Broken`]); the server marks its driver
+    /// stale at every new connection. Over a working connection there is
+    /// nothing to do: a server's driver marks itself stale when it refuses
+    /// a batch.
+    fn mark_stale(&mut self) {
+        if !self.broken {
+            return;
+        }
+        match RemoteDriver::connect_with(&self.path, self.options) {
+            Ok(fresh) => *self = fresh,
+            Err(e) => tracing::debug!(error = %e, "remote driver: cannot connect again"),
+        }
     }
 
     fn name(&self) -> &'static str {
@@ -444,6 +466,9 @@ pub fn serve_connection<D: Driver + ?Sized>(
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     tracing::debug!(driver = driver.name(), "remote driver client connected");
+    // A new client resyncs: what the driver holds is stale until its
+    // InSync (a previous client may have lost a batch in flight).
+    driver.mark_stale();
     loop {
         let read = read_line_bounded(&mut reader, &mut line, max_line).map_err(|source| {
             DriverError::Io {

@@ -10,7 +10,10 @@
 //! is written into the spaces that name the set, entry by entry (see
 //! [`crate::space`] for why each step is safe). A compile or capacity
 //! error undoes the batch in the desired state and leaves the kernel as it
-//! was.
+//! was. After any error the driver is out of sync and fails closed as the
+//! contract requires (`manul_dataplane_api::driver`, "After an error"): a
+//! map write that fails part-way unprograms the endpoints whose address
+//! spaces it wrote into.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -42,6 +45,11 @@ pub struct BpfConfig {
     pub pin_root: PathBuf,
     /// Conntrack entries (LRU). Fixed when the pinned map is first created.
     pub conntrack_capacity: u32,
+    /// Entries of `manul_addr` (every prefix and IP-set member the tables'
+    /// address spaces hold); `None`: the program's size (1 Mi). Fixed when
+    /// the pinned map is first created. A batch that would overflow it is
+    /// refused (the map is full) and the driver fails closed.
+    pub addr_capacity: Option<u32>,
     pub conntrack_timeouts: ConntrackTimeouts,
     /// How often the background thread collects expired conntrack entries.
     pub gc_interval: Duration,
@@ -64,6 +72,7 @@ impl BpfConfig {
             node: node.into(),
             pin_root: PathBuf::from("/sys/fs/bpf/manul"),
             conntrack_capacity: 512 * 1024,
+            addr_capacity: None,
             conntrack_timeouts: ConntrackTimeouts::default(),
             gc_interval: Duration::from_secs(10),
             flow_log: None,
@@ -167,6 +176,7 @@ impl BpfDriver {
         let mut ebpf = loader::load(
             &dirs,
             config.conntrack_capacity,
+            config.addr_capacity,
             config.benchmark_no_conntrack,
         )?;
         let maps = Maps::take(&mut ebpf)?;
@@ -316,7 +326,9 @@ impl BpfDriver {
         }
         needed.check(&self.maps.capacity)?;
 
-        // Write new versions and set changes; nothing is flipped yet.
+        // Write new versions and set changes; nothing is flipped yet, but
+        // set changes go into spaces that tables in use read.
+        let mut written_spaces: HashSet<u32> = HashSet::new();
         let mut created: Vec<(TableSpec, Lineage)> = Vec::new();
         let mut replaced: Vec<(TableSpec, u32, CompiledTable)> = Vec::new();
         let mut failure = None;
@@ -361,6 +373,9 @@ impl BpfDriver {
                         l.space.sync_set(s, state);
                     }
                     let delta = l.space.settle();
+                    if !delta.is_empty() {
+                        written_spaces.insert(l.space_id);
+                    }
                     let r = write_delta(
                         &mut self.maps,
                         l.space_id,
@@ -386,6 +401,9 @@ impl BpfDriver {
                         l.space.sync_set(s, state);
                     }
                     let delta = l.space.settle();
+                    if !delta.is_empty() {
+                        written_spaces.insert(l.space_id);
+                    }
                     let r = write_delta(
                         &mut self.maps,
                         l.space_id,
@@ -419,6 +437,7 @@ impl BpfDriver {
                     l.poisoned = true;
                 }
             }
+            self.unprogram_readers_of(&written_spaces);
             self.collect_garbage();
             return Err(e);
         }
@@ -550,6 +569,48 @@ impl BpfDriver {
             soft_errors.push(e);
         }
         Ok(soft_errors)
+    }
+
+    /// Fails closed after a write that stopped part-way: every endpoint
+    /// whose tables read one of `spaces` (which now hold part of the
+    /// batch's set changes beside tables of the state before it) loses its
+    /// `manul_ep` entry, so its interface drops everything until a later
+    /// apply programs it again. The others keep their tables. Nothing reads
+    /// those spaces any more: their lineages are dropped and their entries
+    /// deleted, which also makes room when the failure was a full map.
+    fn unprogram_readers_of(&mut self, spaces: &HashSet<u32>) {
+        if spaces.is_empty() {
+            return;
+        }
+        let dead: Vec<TableSpec> = self
+            .tables
+            .iter()
+            .filter(|(_, l)| spaces.contains(&l.space_id))
+            .map(|(spec, _)| spec.clone())
+            .collect();
+        for spec in dead {
+            if let Some(l) = self.tables.remove(&spec) {
+                self.garbage.extend([l.space_id, l.id]);
+            }
+        }
+        let affected: Vec<EndpointKey> = self
+            .endpoints
+            .iter()
+            .filter(|(_, p)| p.spaces.iter().any(|s| spaces.contains(s)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in affected {
+            if let Some(p) = self.endpoints.remove(&key)
+                && let Some(ix) = p.ifindex
+            {
+                if let Err(e) = self.maps.ep.remove(&ix)
+                    && !matches!(&e, aya::maps::MapError::KeyNotFound)
+                {
+                    tracing::error!(endpoint = %key, error = %e, "cannot unprogram an endpoint after a failed write");
+                }
+                tracing::warn!(endpoint = %key, interface = %p.interface, "a failed write left this endpoint's address space half-changed: it drops everything until it is programmed again");
+            }
+        }
     }
 
     fn collect_garbage(&mut self) {
@@ -789,11 +850,21 @@ fn interfaces() -> HashMap<u32, String> {
 }
 
 impl Driver for BpfDriver {
+    /// Checks and records the batch, then programs it. After an error the
+    /// driver is out of sync (everything recorded is stale until the
+    /// resync's `InSync`) and the kernel fails closed: a contract, compile
+    /// or capacity error leaves it as it was (and the batch is undone in
+    /// the record); a map write that failed part-way leaves the tables in
+    /// use as they were, except that endpoints whose address space the
+    /// batch wrote into are unprogrammed (they drop everything); an error
+    /// after the flip (an endpoint entry, an attachment) leaves each
+    /// endpoint on its old or its new tables.
     fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
         let touched = Touched::of(batch);
         let before = Before::capture(&touched, self.desired.state());
+        // A refusal marks the record stale itself.
         self.desired.apply(batch)?;
-        match self.program(&touched) {
+        let result = match self.program(&touched) {
             Ok(soft) => match soft.into_iter().next() {
                 None => Ok(()),
                 Some(e) => Err(e.into()),
@@ -801,11 +872,19 @@ impl Driver for BpfDriver {
             Err(e) => {
                 let undo = before.undo(self.desired.state());
                 if let Err(u) = self.desired.apply(&undo) {
-                    tracing::error!(error = %u, "cannot undo a batch the kernel refused; resync the driver");
+                    tracing::error!(error = %u, "cannot undo a batch the kernel refused in the record; the resync replaces it");
                 }
                 Err(e.into())
             }
+        };
+        if result.is_err() {
+            self.desired.mark_stale();
         }
+        result
+    }
+
+    fn mark_stale(&mut self) {
+        self.desired.mark_stale();
     }
 
     fn name(&self) -> &'static str {

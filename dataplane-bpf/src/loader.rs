@@ -144,17 +144,25 @@ impl PinDirs {
 
 /// Loads the object with its maps pinned (or adopted) in `dirs.maps`, and
 /// loads both programs into the kernel.
-pub fn load(dirs: &PinDirs, conntrack_capacity: u32, no_ct_create: bool) -> Result<Ebpf, BpfError> {
+pub fn load(
+    dirs: &PinDirs,
+    conntrack_capacity: u32,
+    addr_capacity: Option<u32>,
+    no_ct_create: bool,
+) -> Result<Ebpf, BpfError> {
     let flag: u32 = u32::from(no_ct_create);
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .default_map_pin_directory(&dirs.maps)
         .map_max_entries("manul_ct", conntrack_capacity)
-        .override_global("manul_no_ct_create", &flag, true)
-        .load(OBJECT)
-        .map_err(|source| BpfError::Load {
-            pin_dir: dirs.maps.clone(),
-            source: Box::new(source),
-        })?;
+        .override_global("manul_no_ct_create", &flag, true);
+    if let Some(n) = addr_capacity {
+        loader.map_max_entries("manul_addr", n);
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(|source| BpfError::Load {
+        pin_dir: dirs.maps.clone(),
+        source: Box::new(source),
+    })?;
     for hook in Hook::BOTH {
         program(&mut ebpf, hook)?
             .load()

@@ -13,7 +13,9 @@
 //! Beyond the per-rule cases it checks connection tracking (an established
 //! connection survives a policy that denies new ones), a driver restart
 //! with no dropped packet on an open connection, and fail-closed handling
-//! of interfaces the driver was never told about.
+//! of interfaces the driver was never told about. [`recovery`] checks that
+//! a failed batch is resynced by Felix's agent loop, failing closed
+//! meanwhile.
 //!
 //! It refuses to touch anything outside the namespaces it creates; they are
 //! removed when the run ends, also on failure. Running it needs root.
@@ -21,6 +23,7 @@
 pub mod cases;
 pub mod cluster;
 pub mod driver_thread;
+pub mod recovery;
 pub mod topology;
 pub mod traffic;
 

@@ -191,8 +191,10 @@ pub fn difference(rs: &Ruleset, o: &Observed) -> Option<String> {
     None
 }
 
-impl Driver for NftDriver {
-    fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
+impl NftDriver {
+    /// Checks the batch, records it and writes it; see [`Driver::apply`]
+    /// for what happens after an error.
+    fn apply_batch(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
         self.contract.apply(batch)?;
         if self.programmed.is_none() && !self.contract.state().in_sync {
             self.stats.held_batches += 1;
@@ -205,8 +207,6 @@ impl Driver for NftDriver {
             Some(old) => {
                 let script = script::incremental(&old, &new);
                 if !script.is_empty() {
-                    // On failure `programmed` stays `None`: the next batch
-                    // or refresh rewrites the whole table.
                     self.nft
                         .apply(&script)
                         .map_err(|e| dataplane("writing changes", e))?;
@@ -217,6 +217,29 @@ impl Driver for NftDriver {
         }
         debug!(ops = batch.len(), elapsed = ?started.elapsed(), "programmed");
         Ok(())
+    }
+}
+
+impl Driver for NftDriver {
+    /// Writes the batch as one `nft` transaction (before the first sync of
+    /// a run that found an earlier table, or while out of sync, batches are
+    /// only recorded, and `InSync` writes the whole table in one
+    /// transaction). After an error the driver is out of sync: the kernel
+    /// keeps the table as it was before the failed batch (a transaction is
+    /// applied whole or not at all), everything recorded is stale, later
+    /// batches are held, and the resync's `InSync` replaces the whole table
+    /// in one transaction.
+    fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
+        let result = self.apply_batch(batch);
+        if result.is_err() {
+            self.mark_stale();
+        }
+        result
+    }
+
+    fn mark_stale(&mut self) {
+        self.contract.mark_stale();
+        self.programmed = None;
     }
 
     fn name(&self) -> &'static str {

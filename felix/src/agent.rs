@@ -1,5 +1,11 @@
 //! The agent loop: sync events in, calculation graph, driver out. A thin
 //! async shell around the I/O-free graph.
+//!
+//! A batch the driver refuses is not forgotten: the driver is then out of
+//! sync (the `Driver` contract, "After an error"), later batches are folded
+//! into the graph only, and the driver is resynced from the graph's whole
+//! state, with a backoff, until that succeeds ([`crate::resync`] decides
+//! when). Meanwhile `/readyz` says not ready.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::calc::{CalcGraph, Update};
 use crate::metrics::{FelixMetrics, PolicyFlowLabels, resync};
+use crate::resync::{BatchAction, DriverSync};
 use crate::routes::{RouteCalc, RouteProgrammer};
 use crate::status::StatusReporter;
 use crate::sync::SyncEvent;
@@ -18,7 +25,19 @@ use crate::sync::SyncEvent;
 pub struct AgentStatus {
     pub in_sync: bool,
     pub revision: u64,
+    /// Batches and resyncs the driver refused.
     pub driver_failures: u64,
+    /// The driver refused a batch and has not been resynced yet.
+    pub dataplane_out_of_sync: bool,
+    /// Resyncs started since the driver went out of sync.
+    pub resync_attempts: u32,
+}
+
+impl AgentStatus {
+    /// In sync with Typha, and the driver holds what the graph computed.
+    pub fn ready(&self) -> bool {
+        self.in_sync && !self.dataplane_out_of_sync
+    }
 }
 
 /// How the agent runs besides its inputs.
@@ -30,6 +49,10 @@ pub struct AgentOptions {
     pub status: Option<StatusReporter>,
     /// How often the driver checks the kernel for out-of-band changes.
     pub refresh_interval: Duration,
+    /// The wait before the first resync after a failed batch; it doubles
+    /// with every failed resync, up to `resync_max_backoff`.
+    pub resync_min_backoff: Duration,
+    pub resync_max_backoff: Duration,
 }
 
 impl Default for AgentOptions {
@@ -38,6 +61,8 @@ impl Default for AgentOptions {
             routes: None,
             status: None,
             refresh_interval: Duration::from_secs(90),
+            resync_min_backoff: Duration::from_millis(100),
+            resync_max_backoff: Duration::from_secs(10),
         }
     }
 }
@@ -86,34 +111,183 @@ fn report(status: &StatusReporter, ops: &[Operation], revision: u64) {
     }
 }
 
+/// The driver and what keeps it in step with the graph.
+struct Dataplane<'a> {
+    driver: Box<dyn Driver>,
+    sync: DriverSync,
+    metrics: &'a FelixMetrics,
+    status: Option<&'a StatusReporter>,
+}
+
+impl Dataplane<'_> {
+    /// Sends a batch the graph computed, unless a resync is pending (then
+    /// the graph's state covers it). A failure puts the driver out of sync.
+    fn batch(&mut self, ops: &[Operation], revision: u64, current: &mut AgentStatus) {
+        if self.sync.batch() == BatchAction::Fold {
+            // Removed endpoints lose their status file now; programmed
+            // ones are reported by the resync.
+            if let Some(s) = self.status {
+                let removals: Vec<Operation> = ops
+                    .iter()
+                    .filter(|o| matches!(o, Operation::WorkloadEndpointRemove { .. }))
+                    .cloned()
+                    .collect();
+                report(s, &removals, revision);
+            }
+            return;
+        }
+        let started = Instant::now();
+        self.metrics.operations.inc_by(ops.len() as u64);
+        match self.driver.apply(ops) {
+            Ok(()) => {
+                if let Some(s) = self.status {
+                    report(s, ops, revision);
+                }
+            }
+            Err(e) => {
+                let due = self.sync.failed(now());
+                error!(
+                    driver = self.driver.name(),
+                    resync_in = ?due.saturating_duration_since(now()),
+                    "dataplane refused a batch; it is out of sync and will be resynced from the whole state: {e}"
+                );
+                self.failed(current);
+            }
+        }
+        self.metrics
+            .dataplane_apply_time
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn failed(&mut self, current: &mut AgentStatus) {
+        self.metrics.dataplane_failures.inc();
+        self.metrics.dataplane_out_of_sync.set(1);
+        current.driver_failures += 1;
+        current.dataplane_out_of_sync = true;
+        current.resync_attempts = self.sync.attempts();
+    }
+
+    /// Resyncs the driver from the graph's whole state if one is due at
+    /// `at`; `complete` says whether the graph has had Typha's whole state
+    /// (then the resync ends with `InSync`).
+    fn resync(
+        &mut self,
+        graph: &CalcGraph,
+        complete: bool,
+        revision: u64,
+        at: std::time::Instant,
+        current: &mut AgentStatus,
+    ) {
+        let Some(attempt) = self.sync.start(at) else {
+            return;
+        };
+        current.resync_attempts = attempt;
+        self.metrics.dataplane_resyncs.inc();
+        let started = Instant::now();
+        self.driver.mark_stale();
+        let mut ops = graph.whole_state();
+        if complete {
+            ops.push(Operation::InSync);
+        }
+        warn!(
+            driver = self.driver.name(),
+            attempt,
+            operations = ops.len(),
+            "resyncing the dataplane from the whole state"
+        );
+        self.metrics.operations.inc_by(ops.len() as u64);
+        match self.driver.apply(&ops) {
+            Ok(()) => {
+                self.sync.resynced();
+                self.metrics.dataplane_out_of_sync.set(0);
+                current.dataplane_out_of_sync = false;
+                current.resync_attempts = 0;
+                info!(
+                    driver = self.driver.name(),
+                    attempt,
+                    elapsed = ?started.elapsed(),
+                    "dataplane resynced"
+                );
+                if let Some(s) = self.status {
+                    report(s, &ops, revision);
+                }
+            }
+            Err(e) => {
+                let due = self.sync.failed(now());
+                error!(
+                    driver = self.driver.name(),
+                    attempt,
+                    retry_in = ?due.saturating_duration_since(now()),
+                    "dataplane resync failed: {e}"
+                );
+                self.failed(current);
+            }
+        }
+        self.metrics
+            .dataplane_apply_time
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The agent's clock (Tokio's, so that tests can pause it).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Runs the agent until the sync client stops.
 pub async fn run(
     mut graph: CalcGraph,
-    mut driver: Box<dyn Driver>,
+    driver: Box<dyn Driver>,
     mut events: mpsc::Receiver<SyncEvent>,
     metrics: FelixMetrics,
     status: watch::Sender<AgentStatus>,
-    mut options: AgentOptions,
+    options: AgentOptions,
 ) {
+    let AgentOptions {
+        mut routes,
+        status: reporter,
+        refresh_interval,
+        resync_min_backoff,
+        resync_max_backoff,
+    } = options;
     metrics.resync_state.set(resync::WAITING);
+    let mut dataplane = Dataplane {
+        driver,
+        sync: DriverSync::new(resync_min_backoff, resync_max_backoff),
+        metrics: &metrics,
+        status: reporter.as_ref(),
+    };
+    // Whether the graph has had Typha's whole state at least once.
+    let mut complete = false;
     let mut current = AgentStatus::default();
     let mut flows = FlowTotals::default();
     let mut counters = tokio::time::interval(Duration::from_secs(5));
     counters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut refresh = tokio::time::interval(options.refresh_interval);
+    let mut refresh = tokio::time::interval(refresh_interval);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     refresh.tick().await;
     loop {
+        let due = dataplane.sync.due().map(tokio::time::Instant::from_std);
         let first = tokio::select! {
             event = events.recv() => match event {
                 Some(e) => e,
                 None => break,
             },
+            _ = sleep_until(due), if due.is_some() => {
+                dataplane.resync(&graph, complete, current.revision, now(), &mut current);
+                status.send_replace(current);
+                continue;
+            }
             _ = counters.tick() => {
-                flows.export(driver.as_ref(), &metrics);
+                flows.export(dataplane.driver.as_ref(), &metrics);
                 continue;
             }
             _ = refresh.tick() => {
+                // Out of sync, the resync rewrites everything anyway.
+                if !dataplane.sync.in_sync() {
+                    continue;
+                }
+                let driver = &mut dataplane.driver;
                 match driver.refresh() {
                     Ok(true) => {
                         warn!(driver = driver.name(), "repaired out-of-band dataplane changes");
@@ -162,7 +336,7 @@ pub async fn run(
         if !updates.is_empty() && !current.in_sync {
             metrics.resync_state.set(resync::RESYNCING);
         }
-        if let Some((calc, programmer)) = options.routes.as_mut() {
+        if let Some((calc, programmer)) = routes.as_mut() {
             let changes = calc.apply(&updates);
             if let Err(e) = programmer.apply(&changes) {
                 error!("cannot program routes: {e}");
@@ -173,6 +347,7 @@ pub async fn run(
         let mut ops = graph.apply(updates);
         if let Some(at) = in_sync_at {
             ops.extend(graph.in_sync());
+            complete = true;
             if !current.in_sync {
                 info!(revision = at, "in sync with Typha");
             }
@@ -186,31 +361,26 @@ pub async fn run(
             .observe(started.elapsed().as_secs_f64());
         metrics.observe(graph.stats());
         if !ops.is_empty() {
-            let started = Instant::now();
-            metrics.operations.inc_by(ops.len() as u64);
-            match driver.apply(&ops) {
-                Ok(()) => {
-                    if let Some(s) = &options.status {
-                        report(s, &ops, revision);
-                    }
-                }
-                Err(e) => {
-                    error!(driver = driver.name(), "dataplane refused a batch: {e}");
-                    metrics.dataplane_failures.inc();
-                    current.driver_failures += 1;
-                }
-            }
-            metrics
-                .dataplane_apply_time
-                .observe(started.elapsed().as_secs_f64());
+            dataplane.batch(&ops, revision, &mut current);
         }
         status.send_replace(current);
     }
 }
 
+/// Sleeps until `at`; never returns without one (the branch is disabled).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use manul_dataplane_api::{DriverError, PolicyCounter};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use manul_dataplane_api::{DriverError, NullDriver, PolicyCounter};
     use prometheus_client::registry::Registry;
 
     use super::*;
@@ -221,6 +391,7 @@ mod tests {
         fn apply(&mut self, _: &[Operation]) -> Result<(), DriverError> {
             Ok(())
         }
+        fn mark_stale(&mut self) {}
         fn name(&self) -> &'static str {
             "counting"
         }
@@ -259,5 +430,210 @@ mod tests {
         assert!(exported(&registry).contains("action=\"allow\"} 7"));
         totals.export(&Counting(vec![c(4, 0)]), &metrics);
         assert!(exported(&registry).contains("action=\"allow\"} 9"));
+    }
+
+    /// A null driver that, while `fail` is positive, applies only the
+    /// first half of a batch and then fails as a kernel would (and marks
+    /// itself stale, as the contract requires).
+    struct Flaky {
+        inner: Arc<Mutex<NullDriver>>,
+        fail: Arc<AtomicUsize>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Driver for Flaky {
+        fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mut inner = self.inner.lock().unwrap();
+            if self.fail.load(Ordering::SeqCst) == 0 {
+                return inner.apply(batch);
+            }
+            self.fail.fetch_sub(1, Ordering::SeqCst);
+            inner.apply(&batch[..batch.len() / 2])?;
+            inner.mark_stale();
+            Err(DriverError::Dataplane {
+                driver: "flaky",
+                context: "writing a map".into(),
+                source: Box::new(std::io::Error::other("no space left")),
+            })
+        }
+        fn mark_stale(&mut self) {
+            self.inner.lock().unwrap().mark_stale();
+        }
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+    }
+
+    fn updates(yaml: &str) -> Vec<Update> {
+        manul_model::load("test.yaml", yaml.as_bytes())
+            .into_result()
+            .unwrap()
+            .into_iter()
+            .map(|l| Update {
+                key: l.resource.key(),
+                value: Some(l.resource),
+            })
+            .collect()
+    }
+
+    fn wep(name: &str, node: &str, ip: &str, app: &str) -> String {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: {name}\n  namespace: prod\n  labels: {{app: {app}}}\nspec:\n  node: {node}\n  interfaceName: mnl-{name}\n  ipNetworks: [{ip}/32]\n  profiles: [kns.prod]\n---\n"
+        )
+    }
+
+    const POLICY: &str = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: fe-to-api\n  namespace: prod\nspec:\n  selector: app == 'api'\n  ingress:\n  - action: Allow\n    source:\n      selector: app == 'fe'\n---\n";
+
+    fn counter(registry: &Registry, line: &str) -> Option<u64> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+    }
+
+    async fn wait_for(
+        rx: &mut watch::Receiver<AgentStatus>,
+        what: &str,
+        f: impl Fn(&AgentStatus) -> bool,
+    ) -> AgentStatus {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let st = *rx.borrow_and_update();
+            if f(&st) {
+                return st;
+            }
+            assert!(
+                tokio::time::timeout_at(deadline, rx.changed())
+                    .await
+                    .is_ok(),
+                "never {what}: {st:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_batch_is_resynced_with_backoff_until_the_driver_holds_the_graph_state() {
+        let inner = Arc::new(Mutex::new(NullDriver::new()));
+        let fail = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let driver = Box::new(Flaky {
+            inner: inner.clone(),
+            fail: fail.clone(),
+            calls: calls.clone(),
+        });
+        let mut registry = Registry::default();
+        let metrics = FelixMetrics::register(&mut registry);
+        let (status_tx, mut status) = watch::channel(AgentStatus::default());
+        let (tx, rx) = mpsc::channel(16);
+        let agent = tokio::spawn(run(
+            CalcGraph::new("node1"),
+            driver,
+            rx,
+            metrics,
+            status_tx,
+            AgentOptions::default(),
+        ));
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n---\n";
+        let first = updates(&format!(
+            "{ns}{}{}{POLICY}",
+            wep("api", "node1", "10.65.0.2", "api"),
+            wep("fe", "node2", "10.65.1.2", "fe"),
+        ));
+        tx.send(SyncEvent::Updates {
+            updates: first.clone(),
+            revision: 1,
+        })
+        .await
+        .unwrap();
+        tx.send(SyncEvent::InSync { revision: 1 }).await.unwrap();
+        wait_for(&mut status, "ready", AgentStatus::ready).await;
+        assert!(inner.lock().unwrap().in_sync());
+
+        // The kernel refuses the next batch and the next two resyncs.
+        fail.store(3, Ordering::SeqCst);
+        let started = tokio::time::Instant::now();
+        let second = updates(&format!(
+            "{}{}",
+            wep("fe2", "node2", "10.65.1.3", "fe"),
+            wep("db", "node1", "10.65.0.9", "api"),
+        ));
+        tx.send(SyncEvent::Updates {
+            updates: second.clone(),
+            revision: 2,
+        })
+        .await
+        .unwrap();
+        let st = wait_for(&mut status, "out of sync", |s| s.dataplane_out_of_sync).await;
+        assert!(!st.ready(), "not ready while the dataplane is out of sync");
+        // An update that arrives meanwhile is folded into the graph only.
+        let third = updates(&wep("fe", "node2", "10.65.1.2", "other"));
+        let before = calls.load(Ordering::SeqCst);
+        tx.send(SyncEvent::Updates {
+            updates: third.clone(),
+            revision: 3,
+        })
+        .await
+        .unwrap();
+        let st = wait_for(&mut status, "resynced", |s| s.revision == 3 && s.ready()).await;
+        // Resyncs after 100 ms, then 200 ms more, then 400 ms more.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(700) && took < Duration::from_millis(800),
+            "{took:?}"
+        );
+        assert_eq!(st.driver_failures, 3);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            before + 3,
+            "only the three resyncs reached the driver"
+        );
+
+        // The driver holds exactly what a fresh graph computes from
+        // everything, with nothing stale left over.
+        let mut reference = NullDriver::new();
+        let mut g = CalcGraph::new("node1");
+        let mut ops = g.apply(first.into_iter().chain(second).chain(third));
+        ops.extend(g.in_sync());
+        reference.apply(&ops).unwrap();
+        {
+            let got = inner.lock().unwrap();
+            assert_eq!(got.state(), reference.state());
+            assert_eq!(got.stale_count(), 0);
+        }
+        assert_eq!(
+            counter(
+                &registry,
+                "felix_resyncs_started_total{target=\"dataplane\"}"
+            ),
+            Some(3)
+        );
+        assert_eq!(
+            counter(
+                &registry,
+                "felix_resyncs_started_total{target=\"datastore\"}"
+            ),
+            Some(0)
+        );
+        assert_eq!(
+            counter(&registry, "felix_int_dataplane_failures_total"),
+            Some(3)
+        );
+        assert_eq!(
+            counter(&registry, "felix_int_dataplane_out_of_sync"),
+            Some(0)
+        );
+
+        // Back in sync, batches are incremental again.
+        tx.send(SyncEvent::Updates {
+            updates: updates(&wep("fe3", "node2", "10.65.1.4", "fe")),
+            revision: 4,
+        })
+        .await
+        .unwrap();
+        wait_for(&mut status, "at revision 4", |s| s.revision == 4).await;
+        assert_eq!(calls.load(Ordering::SeqCst), before + 4);
+        drop(tx);
+        agent.await.unwrap();
     }
 }

@@ -1,5 +1,6 @@
 //! `/metrics`, `/healthz` (the agent runs) and `/readyz` (in sync with
-//! Typha and the last batch was applied).
+//! Typha, and the dataplane holds what the graph computed: not ready from a
+//! failed batch until the resync that follows succeeds).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,16 +43,29 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let st = *s.status.borrow();
-    if st.in_sync {
-        (
-            StatusCode::OK,
-            format!("in sync at revision {}\n", st.revision),
-        )
-    } else {
+    readiness(&s.status.borrow())
+}
+
+/// `/readyz`'s answer: ready once in sync with Typha, and not while the
+/// dataplane is out of sync after a failed batch.
+fn readiness(st: &AgentStatus) -> (StatusCode, String) {
+    if !st.in_sync {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "not in sync with Typha yet\n".to_string(),
+        )
+    } else if st.dataplane_out_of_sync {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the dataplane refused a batch and is out of sync; resyncing it from the whole state ({} attempts so far)\n",
+                st.resync_attempts
+            ),
+        )
+    } else {
+        (
+            StatusCode::OK,
+            format!("in sync at revision {}\n", st.revision),
         )
     }
 }
@@ -75,4 +89,30 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_in_sync_with_typha_and_with_the_dataplane() {
+        let mut st = AgentStatus::default();
+        assert_eq!(readiness(&st).0, StatusCode::SERVICE_UNAVAILABLE);
+        st.in_sync = true;
+        st.revision = 7;
+        assert_eq!(
+            readiness(&st),
+            (StatusCode::OK, "in sync at revision 7\n".into())
+        );
+        st.dataplane_out_of_sync = true;
+        st.resync_attempts = 2;
+        let (code, body) = readiness(&st);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.contains("out of sync") && body.contains("2 attempts"),
+            "{body}"
+        );
+        assert!(!st.ready());
+    }
 }

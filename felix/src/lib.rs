@@ -12,6 +12,7 @@ pub mod calc;
 pub mod evaluator;
 pub mod http;
 pub mod metrics;
+pub mod resync;
 pub mod routes;
 pub mod status;
 pub mod sync;

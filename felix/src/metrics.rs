@@ -19,6 +19,15 @@ pub mod resync {
     pub const IN_SYNC: i64 = 3;
 }
 
+/// Labels of `felix_resyncs_started`: what was resynced.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResyncLabels {
+    /// `datastore`: the sync stream from Typha started again (Calico's
+    /// meaning of the metric); `dataplane`: the driver was sent the whole
+    /// state after a failed batch.
+    pub target: String,
+}
+
 /// Labels of the per-policy flow counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyFlowLabels {
@@ -40,7 +49,12 @@ pub struct FelixMetrics {
     pub active_local_profiles: Gauge,
     pub ipsets: Gauge,
     pub resync_state: Gauge,
+    /// `felix_resyncs_started{target="datastore"}`.
     pub resyncs: Counter,
+    /// `felix_resyncs_started{target="dataplane"}`.
+    pub dataplane_resyncs: Counter,
+    /// 1 while the driver is out of sync after a failed batch.
+    pub dataplane_out_of_sync: Gauge,
     pub cluster_endpoints: Gauge,
     pub cluster_policies: Gauge,
     pub cluster_network_sets: Gauge,
@@ -63,6 +77,8 @@ impl Default for FelixMetrics {
             ipsets: Gauge::default(),
             resync_state: Gauge::default(),
             resyncs: Counter::default(),
+            dataplane_resyncs: Counter::default(),
+            dataplane_out_of_sync: Gauge::default(),
             cluster_endpoints: Gauge::default(),
             cluster_policies: Gauge::default(),
             cluster_network_sets: Gauge::default(),
@@ -73,7 +89,18 @@ impl Default for FelixMetrics {
 
 impl FelixMetrics {
     pub fn register(registry: &mut Registry) -> FelixMetrics {
-        let m = FelixMetrics::default();
+        let mut m = FelixMetrics::default();
+        // Both series of the family exist (at 0) from the start.
+        let resyncs = Family::<ResyncLabels, Counter>::default();
+        let series = |target: &str| {
+            resyncs
+                .get_or_create(&ResyncLabels {
+                    target: target.into(),
+                })
+                .clone()
+        };
+        m.resyncs = series("datastore");
+        m.dataplane_resyncs = series("dataplane");
         registry.register(
             "felix_calc_graph_update_time_seconds",
             "Time to process one batch of updates in the calculation graph",
@@ -86,7 +113,7 @@ impl FelixMetrics {
         );
         registry.register(
             "felix_int_dataplane_failures",
-            "Batches the dataplane driver refused",
+            "Batches and resyncs the dataplane driver refused (each is retried by a resync)",
             m.dataplane_failures.clone(),
         );
         registry.register(
@@ -131,8 +158,13 @@ impl FelixMetrics {
         );
         registry.register(
             "felix_resyncs_started",
-            "Connections to Typha",
-            m.resyncs.clone(),
+            "Resyncs started: of the datastore stream (target=datastore, a new connection to Typha) and of the dataplane driver from the whole state after a failed batch (target=dataplane)",
+            resyncs,
+        );
+        registry.register(
+            "felix_int_dataplane_out_of_sync",
+            "1 while the dataplane driver is out of sync after a failed batch and a resync is pending",
+            m.dataplane_out_of_sync.clone(),
         );
         registry.register(
             "felix_cluster_num_workload_endpoints",

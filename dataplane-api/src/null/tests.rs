@@ -3,20 +3,27 @@ use proptest::prelude::*;
 use super::*;
 use crate::testutil::*;
 
-/// Applies a batch that must break the contract, checks that nothing
-/// changed, and returns the error's index and violation.
+/// Applies a batch that must break the contract, checks that nothing of it
+/// was recorded and that the driver is out of sync (everything stale), and
+/// returns the error's index and violation.
 fn rejected(driver: &mut NullDriver, batch: &[Operation]) -> (usize, ContractViolation, String) {
-    let before = driver.state().clone();
+    let mut before = driver.state().clone();
     let batches = driver.batches_applied();
-    let stale = driver.stale_count();
     let error = driver.apply(batch).expect_err("the batch must be rejected");
+    before.in_sync = false;
     assert_eq!(
         driver.state(),
         &before,
         "a rejected batch changed the state"
     );
     assert_eq!(driver.batches_applied(), batches);
-    assert_eq!(driver.stale_count(), stale);
+    let items = before.ip_sets.len()
+        + before.policies.len()
+        + before.profiles.len()
+        + before.workload_endpoints.len()
+        + before.host_endpoints.len()
+        + before.services.len();
+    assert_eq!(driver.stale_count(), items, "everything is stale");
     let message = error.to_string();
     match error {
         DriverError::Contract {
@@ -623,31 +630,35 @@ fn a_sweep_that_would_break_a_reference_is_rejected() {
     );
     assert!(message.contains("not sent again"), "{message}");
     assert!(!driver.in_sync());
-    // Re-sending the policy (whose sets are still there, stale) is not
-    // enough: its sets must be re-sent too.
-    let policy = driver
-        .policy(&pid("default", "prod/allow-web"))
-        .expect("p")
-        .clone();
-    driver
-        .apply(&[Operation::PolicyUpdate {
-            id: pid("default", "prod/allow-web"),
-            policy,
-        }])
-        .expect("policy");
+    // The refusal made everything stale again: the caller resyncs. Re-sending
+    // the policy (whose sets are still there, stale) is not enough: its sets
+    // must be re-sent too.
+    let policy = Operation::PolicyUpdate {
+        id: pid("default", "prod/allow-web"),
+        policy: driver
+            .policy(&pid("default", "prod/allow-web"))
+            .expect("p")
+            .clone(),
+    };
+    let web0 = Operation::WorkloadEndpointUpdate(
+        driver
+            .workload_endpoint(&eid("prod", "web-0"))
+            .expect("ep")
+            .clone(),
+    );
+    let resend = [allow_all_profile("kns.prod"), policy, web0];
+    driver.apply(&resend).expect("resend");
     let (_, violation, _) = rejected(&mut driver, &[Operation::InSync]);
     assert!(matches!(
         violation,
         ContractViolation::StaleStillReferenced { what: "IP set", .. }
     ));
-    driver
-        .apply(&[
-            net_set("s:web", &["10.0.0.1/32"]),
-            np_set("np:http", &[]),
-            Operation::InSync,
-        ])
-        .expect("everything used was re-sent");
+    let mut whole = vec![net_set("s:web", &["10.0.0.1/32"]), np_set("np:http", &[])];
+    whole.extend(resend);
+    whole.push(Operation::InSync);
+    driver.apply(&whole).expect("everything used was re-sent");
     assert!(driver.in_sync());
+    assert_eq!(driver.stale_count(), 0);
     assert_eq!(driver.workload_endpoint_count(), 1);
     assert_eq!(driver.host_endpoint_count(), 0);
 }
@@ -790,7 +801,8 @@ fn arb_op() -> impl Strategy<Value = Operation> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// A rejected batch changes nothing; an accepted one leaves a state that
+    /// A rejected batch records nothing of itself (and a resync with the
+    /// whole state brings the driver back); an accepted one leaves a state that
     /// the slow full check accepts; and the incremental reference counts,
     /// through every commit and rollback, judge the next batch exactly as a
     /// driver rebuilt from scratch does.
@@ -809,7 +821,18 @@ proptest! {
                 (Err(DriverError::Contract { index: a, violation: va, .. }), Err(DriverError::Contract { index: b, violation: vb, .. })) => {
                     prop_assert_eq!(a, b);
                     prop_assert_eq!(va, vb);
-                    prop_assert_eq!(driver.state(), &before);
+                    let mut unchanged = before.clone();
+                    unchanged.in_sync = false;
+                    prop_assert_eq!(driver.state(), &unchanged);
+                    // Out of sync: the caller resyncs with the whole state,
+                    // which sweeps nothing and brings it back in sync.
+                    let mut whole = before.operations();
+                    whole.retain(|op| !matches!(op, Operation::InSync));
+                    whole.push(Operation::InSync);
+                    driver.apply(&whole).expect("the resync is accepted");
+                    prop_assert_eq!(driver.stale_count(), 0);
+                    unchanged.in_sync = true;
+                    prop_assert_eq!(driver.state(), &unchanged);
                 }
                 (Ok(()), Ok(())) => {
                     prop_assert!(driver.state().check().is_ok(), "{:?}", driver.state().check());

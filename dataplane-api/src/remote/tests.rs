@@ -445,6 +445,10 @@ impl Driver for Shared {
         self.0.lock().expect("lock").apply(batch)
     }
 
+    fn mark_stale(&mut self) {
+        self.0.lock().expect("lock").mark_stale();
+    }
+
     fn name(&self) -> &'static str {
         "shared"
     }
@@ -472,7 +476,13 @@ fn serve_forever_serves_a_boxed_driver() {
     drop(remote);
     let mut expected = NullDriver::new();
     expected.apply(&sample_batch()).expect("apply");
+    // The refusal left the driver out of sync, nothing of it recorded.
+    expected.mark_stale();
     assert_eq!(shared.lock().expect("lock").state(), expected.state());
+    assert_eq!(
+        shared.lock().expect("lock").stale_count(),
+        expected.stale_count()
+    );
 }
 
 #[test]
@@ -575,7 +585,15 @@ fn the_protocol_documentation_is_true() {
     assert_eq!(exchanged, 3);
     drop(raw);
     let served = handle.stop().expect("stop");
-    assert!(served.in_sync());
+    assert_eq!(
+        served.ip_set_count(),
+        1,
+        "the refused batch recorded nothing"
+    );
+    assert!(
+        !served.in_sync(),
+        "a refused batch leaves the driver out of sync until a resync"
+    );
 
     // An error answer's text for a contract violation names the violation.
     let violation = ContractViolation::RemoveUnknown {
@@ -583,4 +601,36 @@ fn the_protocol_documentation_is_true() {
         id: "s:nope".to_owned(),
     };
     assert!(doc.iter().any(|l| l.contains(&violation.to_string())));
+}
+
+#[test]
+fn after_a_broken_connection_mark_stale_connects_again_and_the_resync_sweeps() {
+    let (_dir, path) = socket();
+    let first = server(&path, DEFAULT_MAX_LINE);
+    let mut remote = RemoteDriver::connect(&path).expect("connect");
+    let mut batch = vec![net_set("s:old", &["10.0.0.1/32"])];
+    batch.push(crate::ops::Operation::InSync);
+    remote.apply(&batch).expect("apply");
+    // The server goes away with its driver; the same driver is served
+    // again on the same path (a connection that broke mid-way).
+    let driver = first.stop().expect("stop");
+    std::fs::remove_file(&path).expect("remove the socket");
+    let listener = UnixListener::bind(&path).expect("bind");
+    let second = ServeHandle::spawn(listener, driver).expect("spawn");
+    assert!(remote.apply(&[net_set("s:lost", &[])]).is_err());
+    assert!(remote.is_broken());
+    assert!(matches!(remote.apply(&[]), Err(DriverError::Broken)));
+    // The resync: connect again, whole state, InSync.
+    remote.mark_stale();
+    assert!(!remote.is_broken());
+    remote
+        .apply(&[net_set("s:new", &[]), crate::ops::Operation::InSync])
+        .expect("the resync is accepted");
+    let served = second.stop().expect("stop");
+    assert!(served.in_sync());
+    assert!(
+        served.ip_set("s:old").is_none(),
+        "what the resync did not send again is gone"
+    );
+    assert!(served.ip_set("s:new").is_some());
 }

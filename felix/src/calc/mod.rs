@@ -29,6 +29,7 @@ pub mod inputs;
 pub mod labelindex;
 pub mod render;
 pub mod services;
+mod whole;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
