@@ -394,6 +394,6 @@ spec:
     assert_eq!(policy.inbound[0].protocol, Some(6));
     assert_eq!(
         policy.inbound[1].src.ip_sets,
-        vec!["sel:!all()".to_string()]
+        vec!["sel:!(all())".to_string()]
     );
 }

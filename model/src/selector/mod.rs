@@ -217,7 +217,7 @@ impl Selector {
         }
     }
 
-    /// A selector that matches no label set (`!all()`).
+    /// A selector that matches no label set (`!(all())`).
     pub fn none() -> Selector {
         Selector::from_expr(Expr::Not(Box::new(Expr::All)))
     }
