@@ -60,6 +60,27 @@ fn bad_scenarios_are_rejected_with_a_reason() {
             GOOD.replace("name: t\n", "name: t\ncolour: red\n"),
             "not a scenario",
         ),
+        (
+            GOOD.replace(
+                "name: t\n",
+                "name: t\nservices: [{name: web, selector: {}, ports: []}]\n",
+            ),
+            "service \"web\": the name must be NAMESPACE/NAME",
+        ),
+        (
+            GOOD.replace(
+                "name: t\n",
+                "name: t\nservices: [{name: prod/web, selector: {}, ports: [{name: p, protocol: icmp, port: 1}]}]\n",
+            ),
+            "must be TCP or UDP",
+        ),
+        (
+            GOOD.replace(
+                "name: t\n",
+                "name: t\nservices: [{name: prod/web, selector: {}, ports: [{protocol: TCP, port: 1}]}]\n",
+            ),
+            "unknown variant `TCP`",
+        ),
     ];
     for (text, want) in cases {
         let err = format!("{:#}", Scenario::parse(&text).unwrap_err());
