@@ -336,27 +336,43 @@ pub const NOT_ACTED_ON: &[NotActedOn] = &[
     installation("spec.networkPolicy", OPERATOR),
 ];
 
-/// The value at a dotted path of mapping keys, when set (not null).
-fn lookup<'v>(root: &'v Value, path: &str) -> Option<&'v Value> {
+/// The value at a dotted path of mapping keys, when set (not null), and
+/// where it is in the document (the index of each key in its mapping).
+fn lookup<'v>(root: &'v Value, path: &str) -> Option<(&'v Value, Vec<usize>)> {
     let mut v = root;
+    let mut at = Vec::new();
     for key in path.split('.') {
-        v = v.as_mapping()?.get(key)?;
+        let map = v.as_mapping()?;
+        let (index, (_, value)) = map
+            .iter()
+            .enumerate()
+            .find(|(_, (k, _))| k.as_str() == Some(key))?;
+        at.push(index);
+        v = value;
     }
-    (!v.is_null()).then_some(v)
+    (!v.is_null()).then_some((v, at))
 }
 
 /// The fields of a document of `kind` (its body as the loader holds it)
-/// that Manul accepts but does not act on, in the table's order.
+/// that Manul accepts but does not act on, in the document's order.
 pub fn warnings(kind: Kind, document: &Value) -> Vec<Warning> {
-    NOT_ACTED_ON
+    let mut found: Vec<(Vec<usize>, Warning)> = NOT_ACTED_ON
         .iter()
         .filter(|e| e.kind == kind)
-        .filter(|e| lookup(document, e.field).is_some())
-        .map(|e| Warning {
-            path: e.field.to_string(),
-            reason: e.reason,
+        .filter_map(|e| {
+            lookup(document, e.field).map(|(_, at)| {
+                (
+                    at,
+                    Warning {
+                        path: e.field.to_string(),
+                        reason: e.reason,
+                    },
+                )
+            })
         })
-        .collect()
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found.into_iter().map(|(_, w)| w).collect()
 }
 
 #[cfg(test)]

@@ -110,7 +110,7 @@ fn warnings_name_each_field_set_and_nothing_else() {
     .expect("yaml");
     let w = warnings(Kind::FelixConfiguration, &doc);
     let paths: Vec<_> = w.iter().map(|w| w.path.as_str()).collect();
-    assert_eq!(paths, ["spec.chainInsertMode", "spec.ipipMTU"]);
+    assert_eq!(paths, ["spec.ipipMTU", "spec.chainInsertMode"]);
     assert!(warnings(Kind::NetworkPolicy, &doc).is_empty());
     let inst: Value = serde_yaml_ng::from_str(
         "spec:\n  cni: {type: Calico}\n  calicoNetwork:\n    nodeAddressAutodetectionV4: {firstFound: true}\n",
