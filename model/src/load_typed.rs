@@ -148,11 +148,63 @@ fn field_in(message: &str, prefix: &str) -> Option<String> {
     Some(name.to_string())
 }
 
+/// Most accepted fields listed after an unknown one; past that, only the
+/// closest is suggested.
+const MAX_LISTED_FIELDS: usize = 12;
+
+/// serde's "unknown field `x`, expected one of ..." lists every field of
+/// the type: for a long list, only the closest field is named.
+fn shorten_unknown_field(field: &str, message: String) -> String {
+    let Some((_, list)) = message.split_once(", expected one of ") else {
+        return message;
+    };
+    let accepted: Vec<&str> = list.split(", ").map(|f| f.trim_matches('`')).collect();
+    if accepted.len() <= MAX_LISTED_FIELDS {
+        return message;
+    }
+    let closest = accepted
+        .iter()
+        .map(|a| {
+            (
+                edit_distance(&field.to_ascii_lowercase(), &a.to_ascii_lowercase()),
+                *a,
+            )
+        })
+        .min();
+    match closest {
+        Some((d, a)) if d <= 3 => format!("unknown field `{field}`; did you mean `{a}`?"),
+        _ => format!(
+            "unknown field `{field}` (none of the {} fields this type accepts is close)",
+            accepted.len()
+        ),
+    }
+}
+
+/// Levenshtein distance between two short ASCII names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<u8> = b.bytes().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            let next = (prev + cost).min(row[j] + 1).min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 /// Decodes `value` strictly, reporting every error: fields the type does
 /// not know (whether it refuses them itself or would have silently dropped
 /// them, as the Kubernetes types do) and values of the wrong type or form.
 pub fn typed<T: DeserializeOwned>(mut value: Value) -> Typed<T> {
-    let mut errors: Vec<(Option<String>, Problem)> = Vec::new();
+    // Each error with its path as steps, to sort them into the document's
+    // order at the end (the decoder finds them in the type's field order).
+    let mut errors: Vec<(Vec<Seg>, Vec<Seg>, Problem)> = Vec::new();
+    let mut as_written: Option<Value> = None;
     let mut removed: Vec<Vec<Seg>> = Vec::new();
     loop {
         let mut unknown: Vec<Vec<Seg>> = Vec::new();
@@ -167,15 +219,16 @@ pub fn typed<T: DeserializeOwned>(mut value: Value) -> Typed<T> {
         let failure = match result {
             Ok(v) => {
                 for u in &unknown {
-                    let mut path = original(u, &removed);
+                    let full = original(u, &removed);
+                    let mut path = full.clone();
                     let Some(Seg::Key(field)) = path.pop() else {
                         continue;
                     };
-                    errors.push((display(&path), Problem::UnknownField { field }));
+                    errors.push((full, path, Problem::UnknownField { field }));
                 }
                 return Typed {
                     value: Some(v),
-                    errors,
+                    errors: in_document_order(errors, as_written.as_ref().unwrap_or(&value)),
                     removed: removed.iter().filter_map(|r| display(r)).collect(),
                 };
             }
@@ -185,7 +238,8 @@ pub fn typed<T: DeserializeOwned>(mut value: Value) -> Typed<T> {
         let message = failure.into_inner().0;
         if errors.len() >= MAX_ERRORS {
             errors.push((
-                None,
+                Vec::new(),
+                Vec::new(),
                 Problem::Decode {
                     message: format!("more errors; only the first {MAX_ERRORS} are reported"),
                 },
@@ -193,26 +247,39 @@ pub fn typed<T: DeserializeOwned>(mut value: Value) -> Typed<T> {
             break;
         }
         let Some(current) = current else {
-            errors.push((None, Problem::Decode { message }));
+            errors.push((Vec::new(), Vec::new(), Problem::Decode { message }));
             break;
         };
-        let path = original(&current, &removed);
         if let Some(field) = field_in(&message, "unknown field `") {
-            errors.push((display(&path), Problem::Decode { message }));
+            let message = shorten_unknown_field(&field, message);
+            // Reported at the mapping that holds the field, as the fields
+            // that serde_ignored finds are.
             let mut at = current;
+            if at.last() == Some(&Seg::Key(field.clone())) {
+                at.pop();
+            }
+            if as_written.is_none() {
+                as_written = Some(value.clone());
+            }
+            let shown = original(&at, &removed);
             at.push(Seg::Key(field));
+            errors.push((original(&at, &removed), shown, Problem::Decode { message }));
             if !remove(&mut value, &at) {
                 break;
             }
             continue;
         }
+        let path = original(&current, &removed);
         let caused_by_us = field_in(&message, "missing field `").is_some_and(|field| {
             let mut at = path.clone();
             at.push(Seg::Key(field));
             removed.contains(&at)
         });
         if !caused_by_us {
-            errors.push((display(&path), Problem::Decode { message }));
+            errors.push((path.clone(), path.clone(), Problem::Decode { message }));
+        }
+        if as_written.is_none() {
+            as_written = Some(value.clone());
         }
         if !remove(&mut value, &current) {
             break;
@@ -221,9 +288,50 @@ pub fn typed<T: DeserializeOwned>(mut value: Value) -> Typed<T> {
     }
     Typed {
         value: None,
-        errors,
+        errors: in_document_order(errors, as_written.as_ref().unwrap_or(&value)),
         removed: removed.iter().filter_map(|r| display(r)).collect(),
     }
+}
+
+/// Where a path leads in the document: the index of each step in its
+/// mapping or list, as far as it can be followed.
+fn position(root: &Value, path: &[Seg]) -> Vec<usize> {
+    let mut at = Vec::with_capacity(path.len());
+    let mut v = root;
+    for seg in path {
+        let next = match (v, seg) {
+            (Value::Mapping(m), Seg::Key(k)) => m
+                .iter()
+                .enumerate()
+                .find(|(_, (key, _))| key.as_str() == Some(k.as_str()))
+                .map(|(i, (_, value))| (i, value)),
+            (Value::Sequence(items), Seg::Index(i)) => items.get(*i).map(|value| (*i, value)),
+            _ => None,
+        };
+        let Some((index, value)) = next else {
+            break;
+        };
+        at.push(index);
+        v = value;
+    }
+    at
+}
+
+/// The errors (each with the path it is ordered by and the path it is
+/// shown at) in the order of the document.
+fn in_document_order(
+    errors: Vec<(Vec<Seg>, Vec<Seg>, Problem)>,
+    document: &Value,
+) -> Vec<(Option<String>, Problem)> {
+    let mut keyed: Vec<(Vec<usize>, Option<String>, Problem)> = errors
+        .into_iter()
+        .map(|(at, shown, problem)| (position(document, &at), display(&shown), problem))
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed
+        .into_iter()
+        .map(|(_, path, problem)| (path, problem))
+        .collect()
 }
 
 /// Whether a validation error at `path` may be a consequence of taking out
