@@ -173,3 +173,38 @@ fn a_selector_naming_a_label_key_kubernetes_would_refuse_is_an_error() {
         ],
     )]);
 }
+
+#[test]
+fn felix_settings_are_checked_against_calicos_ranges_and_forms() {
+    let f = "t.yaml: document 1 (FelixConfiguration default)";
+    check(&[(
+        format!(
+            "{FELIX}  iptablesBackend: Both\n  bpfLogLevel: Loud\n  nodeSelector: all()\n  \
+             logActionRateLimit: 10/week\n  featureGates: a=1,b\n  routeTableRange: {{min: 0, max: 300}}\n  \
+             goMaxProcs: -2\n  wireguardRoutingRulePriority: 40000\n  bpfMaglevMaxServices: 0\n"
+        ),
+        vec![
+            &format!(
+                "{f}: spec.iptablesBackend: unknown value \"Both\"; expected one of Legacy, NFT, Auto"
+            ),
+            &format!(
+                "{f}: spec.bpfLogLevel: unknown value \"Loud\"; expected one of Off, Info, Debug"
+            ),
+            &format!(
+                "{f}: spec.nodeSelector: only a FelixConfiguration not named `default` or `node.NAME` may have a node selector"
+            ),
+            &format!(
+                "{f}: spec.logActionRateLimit: \"10/week\" is not a rate such as 10/second (1-9999 per second, minute, hour or day)"
+            ),
+            &format!(
+                "{f}: spec.featureGates: \"a=1,b\" is not a comma-separated list of key=value"
+            ),
+            &format!(
+                "{f}: spec.routeTableRange: must be a range of route table indices within 1-250"
+            ),
+            &format!("{f}: spec.goMaxProcs: -2 is below the minimum, -1"),
+            &format!("{f}: spec.wireguardRoutingRulePriority: 40000 is out of range 1-32765"),
+            &format!("{f}: spec.bpfMaglevMaxServices: 0 is out of range 1-3000"),
+        ],
+    )]);
+}
