@@ -39,8 +39,8 @@ const DEBUG: &str = "Calico Felix's debugging, profiling and feature-detection h
 const HEALTH: &str = "Manul's health endpoint listens on `healthPort` with fixed timeouts and \
      reports no status TTL";
 const IPV6: &str = "Manul always handles IPv4 and IPv6 alike";
-const TIMERS: &str = "Manul has no such periodic task: it follows netlink events, holds no \
-     iptables lock, and refreshes its nftables table on `iptablesRefreshInterval`";
+const TIMERS: &str = "Manul has no such periodic task or lock; its nftables table is \
+     refreshed on `iptablesRefreshInterval`";
 const SET_SIZE: &str = "Manul's nftables sets have no size limit; the eBPF dataplane's is \
      `bpfMapSizeIPSets`";
 const OPENSTACK: &str = "OpenStack is not supported";
@@ -48,8 +48,8 @@ const INTERFACES: &str = "Manul manages exactly the interfaces named by `interfa
 const MTU: &str = "Manul does not manage MTUs";
 const RULES: &str = "Manul's dataplanes own their table, marks and verdicts; Calico's \
      iptables tuning does not apply";
-const LOGGING: &str = "Manul logs to standard error at `logSeverityScreen`; there is no log \
-     file, syslog or packet logging to configure";
+const LOGGING: &str = "Manul logs only to the console, at `logSeverityScreen`; there is no \
+     log file, syslog or packet logging to configure";
 const OVERLAY: &str = "Manul sets up no tunnels or encryption (IPIP, VXLAN, WireGuard); pod \
      traffic is routed by its CNI plugin";
 const ROUTES: &str = "Manul programs only the routes to its own workloads, through its CNI \
