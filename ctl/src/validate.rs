@@ -1,5 +1,7 @@
 //! `manulctl validate`: one `KIND NAMESPACE/NAME ok` line per resource when
-//! every input is valid; otherwise every error, and exit code 2.
+//! every input is valid; otherwise every error, and exit code 2. Fields
+//! that are accepted but not acted on are warned about on standard error
+//! either way; warnings do not change the exit code.
 
 use std::process::ExitCode;
 
@@ -23,8 +25,16 @@ pub fn report_errors(inputs: &[Input]) -> bool {
     !errors.is_empty()
 }
 
+/// Prints every warning of every input.
+pub fn report_warnings(inputs: &[Input]) {
+    for w in inputs.iter().flat_map(|i| &i.outcome.warnings) {
+        eprintln!("warning: {w}");
+    }
+}
+
 pub fn run(args: &FileArgs) -> Result<ExitCode> {
     let inputs = load_all(args)?;
+    report_warnings(&inputs);
     if report_errors(&inputs) {
         return Ok(ExitCode::from(crate::EXIT_BAD_INPUT));
     }

@@ -207,3 +207,60 @@ fn selector_eval_answers_each_line() {
     );
     assert_eq!(out.status.code(), Some(2));
 }
+
+fn calico_docs() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/calico-docs")
+}
+
+#[test]
+fn validate_warns_about_fields_it_accepts_but_does_not_act_on() {
+    let path = calico_docs().join("felixconfiguration-reference.yaml");
+    let out = manulctl(&["validate", "-f", path.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "FelixConfiguration default ok\n");
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    let file = path.display().to_string();
+    for (line, field) in lines
+        .iter()
+        .zip(["ipv6Support", "ipipMTU", "chainInsertMode"])
+    {
+        let head = format!(
+            "warning: {file}: document 1 (FelixConfiguration default): spec.{field} is accepted but not acted on by Manul ("
+        );
+        assert!(line.starts_with(&head), "{line}");
+    }
+    // Every Installation of Calico's install pages validates, with warnings.
+    let out = manulctl(&["validate", "-f", calico_docs().to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).matches("Installation default ok").count(),
+        8,
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stderr).contains(
+        "(Installation default): spec.calicoNetwork.nodeAddressAutodetectionV4 is accepted but not acted on by Manul ("
+    ));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.lines().all(|l| l.starts_with("warning: ")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_reports_every_error_of_a_document() {
+    let doc = "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n  ipipMTU: 1400\n  ipipMTUU: 1400\n  healthPort: 70000\n  interfacePrefix: 1234567890123456789012345\n";
+    let out = manulctl(&["validate", "-f", "-"], Some(doc.as_bytes()));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        text(&out.stderr),
+        "error: -: document 1 (FelixConfiguration default): spec: unknown field `ipipMTUU`; did you mean `ipipMTU`?\n\
+         error: -: document 1 (FelixConfiguration default): spec.healthPort: expected an integer 0-65535, found the integer 70000\n\
+         error: -: document 1 (FelixConfiguration default): spec.interfacePrefix: expected a string, found the integer 1234567890123456789012345\n\
+         3 error(s); nothing is valid until all are fixed\n"
+    );
+}

@@ -92,3 +92,29 @@ impl fmt::Display for FieldError {
         write!(f, "{}: {}", self.path, self.reason)
     }
 }
+
+/// A field of a loaded resource that Manul accepts (so that Calico's
+/// documents load unchanged) but does not act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadWarning {
+    /// The file name, or `-` for standard input.
+    pub origin: String,
+    /// 1-based index of the document in the input.
+    pub document: usize,
+    /// `KIND NAMESPACE/NAME` of the resource.
+    pub resource: String,
+    /// Path of the field, such as `spec.ipipMTU`.
+    pub field: String,
+    /// Why Manul does not act on it.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for LoadWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: document {} ({}): {} is accepted but not acted on by Manul ({})",
+            self.origin, self.document, self.resource, self.field, self.reason
+        )
+    }
+}

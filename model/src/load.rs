@@ -8,11 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
-use crate::error::{LoadError, Problem};
+use crate::error::{LoadError, LoadWarning, Problem};
 use crate::resource::{Kind, Resource};
 use crate::v3::Object;
 
@@ -27,13 +26,15 @@ pub struct Loaded {
     pub resource: Resource,
 }
 
-/// Everything loaded from one input: the good resources and every problem.
-/// A caller that writes resources must write none when `errors` is not
-/// empty.
+/// Everything loaded from one input: the good resources, every problem and
+/// every warning. A caller that writes resources must write none when
+/// `errors` is not empty; warnings do not stop anything.
 #[derive(Debug, Default)]
 pub struct LoadOutcome {
     pub resources: Vec<Loaded>,
     pub errors: Vec<LoadError>,
+    /// Fields of loaded resources that are accepted but not acted on.
+    pub warnings: Vec<LoadWarning>,
 }
 
 impl LoadOutcome {
@@ -102,38 +103,60 @@ pub fn load(origin: &str, bytes: &[u8]) -> LoadOutcome {
             }
         };
         for item in list_items(doc) {
-            match decode_value(item) {
-                Ok(resource) => {
-                    let name = describe(&resource);
-                    let errors = crate::validate::validate(&resource);
-                    let key = resource.key();
-                    for e in &errors {
-                        report(
-                            Some(name.clone()),
-                            Some(e.path.clone()),
-                            Problem::Invalid {
-                                message: e.reason.clone(),
-                            },
-                        );
-                    }
-                    if let Some(first) = seen.get(&key) {
-                        report(
-                            Some(name),
-                            None,
-                            Problem::Duplicate {
-                                key: key.to_string(),
-                                first: *first,
-                            },
-                        );
-                    } else if errors.is_empty() {
-                        seen.insert(key, index);
-                        out.resources.push(Loaded {
-                            document: index,
-                            resource,
-                        });
-                    }
+            let decoded = decode_document(item);
+            for e in decoded.errors {
+                report(e.resource, e.path, e.problem);
+            }
+            let Some(resource) = decoded.resource else {
+                continue;
+            };
+            let name = describe(&resource);
+            let errors: Vec<_> = crate::validate::validate(&resource)
+                .into_iter()
+                .filter(|e| {
+                    !decoded
+                        .removed
+                        .iter()
+                        .any(|r| crate::load_typed::related(&e.path, r))
+                })
+                .collect();
+            for e in &errors {
+                report(
+                    Some(name.clone()),
+                    Some(e.path.clone()),
+                    Problem::Invalid {
+                        message: e.reason.clone(),
+                    },
+                );
+            }
+            if !decoded.complete {
+                continue;
+            }
+            let key = resource.key();
+            if let Some(first) = seen.get(&key) {
+                report(
+                    Some(name),
+                    None,
+                    Problem::Duplicate {
+                        key: key.to_string(),
+                        first: *first,
+                    },
+                );
+            } else if errors.is_empty() {
+                seen.insert(key, index);
+                for w in decoded.warnings {
+                    out.warnings.push(LoadWarning {
+                        origin: origin.to_string(),
+                        document: index,
+                        resource: name.clone(),
+                        field: w.path,
+                        reason: w.reason,
+                    });
                 }
-                Err(e) => report(e.resource, e.path, e.problem),
+                out.resources.push(Loaded {
+                    document: index,
+                    resource,
+                });
             }
         }
     }
@@ -169,7 +192,7 @@ fn split_documents(text: &str) -> Result<Documents, Problem> {
     }
     let mut docs = Vec::new();
     for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        match Value::deserialize(de) {
+        match crate::value_de::parse_document(de) {
             Ok(v) => docs.push((i + 1, Ok(v))),
             Err(source) => {
                 // The parser cannot resynchronise after a syntax error.
@@ -212,16 +235,44 @@ fn value_type(v: &Value) -> &'static str {
     }
 }
 
-/// Decodes one document into a typed, defaulted resource. It does not
-/// validate: see [`crate::validate::validate`].
-pub fn decode_value(doc: Value) -> Result<Resource, DecodeError> {
+/// One document decoded: the typed, defaulted resource (not validated:
+/// see [`crate::validate::validate`]) and every decoding error.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The resource; after errors, what was left of it once the faulty
+    /// parts were taken out (validated only to find more errors).
+    pub resource: Option<Resource>,
+    /// Whether the document decoded without any error.
+    pub complete: bool,
+    pub errors: Vec<DecodeError>,
+    /// Paths of values taken out to find further errors.
+    pub removed: Vec<String>,
+    /// Fields that are accepted but not acted on.
+    pub warnings: Vec<crate::not_acted::Warning>,
+}
+
+impl Decoded {
+    fn failed(error: DecodeError) -> Decoded {
+        Decoded {
+            resource: None,
+            complete: false,
+            errors: vec![error],
+            removed: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Decodes one document into a typed, defaulted resource, collecting every
+/// error. It does not validate: see [`crate::validate::validate`].
+pub fn decode_document(doc: Value) -> Decoded {
     let err = |resource: Option<String>, path: Option<String>, problem| DecodeError {
         resource,
         path,
         problem,
     };
     let Value::Mapping(mut map) = doc else {
-        return Err(err(
+        return Decoded::failed(err(
             None,
             None,
             Problem::NotAMapping {
@@ -235,15 +286,21 @@ pub fn decode_value(doc: Value) -> Result<Resource, DecodeError> {
             .map(str::to_string)
             .ok_or_else(|| err(None, Some(field.into()), Problem::MissingType { field }))
     };
-    let api_version = text_field(&map, "apiVersion")?;
-    let kind_name = text_field(&map, "kind")?;
+    let api_version = match text_field(&map, "apiVersion") {
+        Ok(v) => v,
+        Err(e) => return Decoded::failed(e),
+    };
+    let kind_name = match text_field(&map, "kind") {
+        Ok(v) => v,
+        Err(e) => return Decoded::failed(e),
+    };
     let Some(kind) = Kind::from_type(&api_version, &kind_name) else {
         let known = Kind::ALL
             .iter()
             .map(|k| format!("{}/{}", k.api_version(), k.name()))
             .collect::<Vec<_>>()
             .join(", ");
-        return Err(err(
+        return Decoded::failed(err(
             None,
             Some("kind".into()),
             Problem::UnknownKind {
@@ -263,30 +320,51 @@ pub fn decode_value(doc: Value) -> Result<Resource, DecodeError> {
         map.remove("kind");
     }
     let value = Value::Mapping(map);
-    let with = |r: Result<Resource, (Option<String>, Problem)>| {
-        r.map(crate::defaults::apply)
-            .map_err(|(path, problem)| err(Some(label.clone()), path, problem))
+    let warnings = crate::not_acted::warnings(kind, &value);
+    let typed = match kind {
+        Kind::NetworkPolicy => decode::<Object<_>>(value, Resource::NetworkPolicy),
+        Kind::GlobalNetworkPolicy => decode::<Object<_>>(value, Resource::GlobalNetworkPolicy),
+        Kind::Tier => decode::<Object<_>>(value, Resource::Tier),
+        Kind::HostEndpoint => decode::<Object<_>>(value, Resource::HostEndpoint),
+        Kind::WorkloadEndpoint => decode::<Object<_>>(value, Resource::WorkloadEndpoint),
+        Kind::NetworkSet => decode::<Object<_>>(value, Resource::NetworkSet),
+        Kind::GlobalNetworkSet => decode::<Object<_>>(value, Resource::GlobalNetworkSet),
+        Kind::Profile => decode::<Object<_>>(value, Resource::Profile),
+        Kind::Node => decode::<Object<_>>(value, Resource::Node),
+        Kind::IpPool => decode::<Object<_>>(value, Resource::IpPool),
+        Kind::IpamBlock => decode::<Object<_>>(value, Resource::IpamBlock),
+        Kind::FelixConfiguration => decode::<Box<Object<_>>>(value, Resource::FelixConfiguration),
+        Kind::Installation => decode::<Box<Object<_>>>(value, Resource::Installation),
+        Kind::K8sNetworkPolicy => decode(value, Resource::K8sNetworkPolicy),
+        Kind::Namespace => decode(value, Resource::Namespace),
+        Kind::Pod => decode(value, Resource::Pod),
+        Kind::Service => decode(value, Resource::Service),
+        Kind::EndpointSlice => decode(value, Resource::EndpointSlice),
     };
-    with(match kind {
-        Kind::NetworkPolicy => typed::<Object<_>>(value).map(Resource::NetworkPolicy),
-        Kind::GlobalNetworkPolicy => typed::<Object<_>>(value).map(Resource::GlobalNetworkPolicy),
-        Kind::Tier => typed::<Object<_>>(value).map(Resource::Tier),
-        Kind::HostEndpoint => typed::<Object<_>>(value).map(Resource::HostEndpoint),
-        Kind::WorkloadEndpoint => typed::<Object<_>>(value).map(Resource::WorkloadEndpoint),
-        Kind::NetworkSet => typed::<Object<_>>(value).map(Resource::NetworkSet),
-        Kind::GlobalNetworkSet => typed::<Object<_>>(value).map(Resource::GlobalNetworkSet),
-        Kind::Profile => typed::<Object<_>>(value).map(Resource::Profile),
-        Kind::Node => typed::<Object<_>>(value).map(Resource::Node),
-        Kind::IpPool => typed::<Object<_>>(value).map(Resource::IpPool),
-        Kind::IpamBlock => typed::<Object<_>>(value).map(Resource::IpamBlock),
-        Kind::FelixConfiguration => typed::<Object<_>>(value).map(Resource::FelixConfiguration),
-        Kind::Installation => typed::<Object<_>>(value).map(Resource::Installation),
-        Kind::K8sNetworkPolicy => typed(value).map(Resource::K8sNetworkPolicy),
-        Kind::Namespace => typed(value).map(Resource::Namespace),
-        Kind::Pod => typed(value).map(Resource::Pod),
-        Kind::Service => typed(value).map(Resource::Service),
-        Kind::EndpointSlice => typed(value).map(Resource::EndpointSlice),
-    })
+    let complete = typed.errors.is_empty();
+    Decoded {
+        resource: typed.value.map(crate::defaults::apply),
+        complete,
+        errors: typed
+            .errors
+            .into_iter()
+            .map(|(path, problem)| err(Some(label.clone()), path, problem))
+            .collect(),
+        removed: typed.removed,
+        warnings: if complete { warnings } else { Vec::new() },
+    }
+}
+
+fn decode<T: DeserializeOwned>(
+    value: Value,
+    wrap: impl FnOnce(T) -> Resource,
+) -> crate::load_typed::Typed<Resource> {
+    let t = crate::load_typed::typed::<T>(value);
+    crate::load_typed::Typed {
+        value: t.value.map(wrap),
+        errors: t.errors,
+        removed: t.removed,
+    }
 }
 
 fn describe_raw(kind: Kind, map: &serde_yaml_ng::Mapping) -> String {
@@ -296,52 +374,6 @@ fn describe_raw(kind: Kind, map: &serde_yaml_ng::Mapping) -> String {
         (Some(ns), Some(name)) if kind.namespaced() => format!("{kind} {ns}/{name}"),
         (_, Some(name)) => format!("{kind} {name}"),
         (_, None) => format!("{kind} without a name"),
-    }
-}
-
-/// Strict typed decoding: a field the type does not know is an error that
-/// names its path, whether the type rejects it itself or would have
-/// silently ignored it (as the Kubernetes types do).
-fn typed<T: DeserializeOwned>(value: Value) -> Result<T, (Option<String>, Problem)> {
-    let mut unknown: Vec<String> = Vec::new();
-    let mut record = |path: serde_ignored::Path<'_>| unknown.push(format_path(&path));
-    let de = serde_ignored::Deserializer::new(value, &mut record);
-    let result: Result<T, _> = serde_path_to_error::deserialize(de);
-    match result {
-        Err(e) => {
-            let path = e.path().to_string();
-            let message = e.into_inner().to_string();
-            let path = (path != ".").then_some(path);
-            Err((path, Problem::Decode { message }))
-        }
-        Ok(_) if !unknown.is_empty() => {
-            let full = unknown.remove(0);
-            let (parent, field) = match full.rsplit_once('.') {
-                Some((p, f)) => (Some(p.to_string()), f.to_string()),
-                None => (None, full),
-            };
-            Err((parent, Problem::UnknownField { field }))
-        }
-        Ok(v) => Ok(v),
-    }
-}
-
-fn format_path(path: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path;
-    match path {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", format_path(parent)),
-        Path::Map { parent, key } => {
-            let p = format_path(parent);
-            if p.is_empty() {
-                key.clone()
-            } else {
-                format!("{p}.{key}")
-            }
-        }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => format_path(parent),
     }
 }
 

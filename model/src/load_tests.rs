@@ -214,7 +214,7 @@ const OTHER_ERRORS: &[(&str, &str, &str)] = &[
         "DNS-1123 subdomain",
     ),
     (
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  nmae: x\n",
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: n\n  nmae: x\n",
         "metadata",
         "unknown field `nmae`",
     ),

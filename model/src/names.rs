@@ -96,6 +96,39 @@ pub fn validate_label_key(s: &str) -> Result<(), String> {
     }
 }
 
+/// A label key as a selector names it: at most one `/`, a prefix that is
+/// a DNS-1123 subdomain of at most 253 characters, and a name of 1-63
+/// characters, as Kubernetes allows label keys to be. A selector naming a
+/// longer key could never match, so it is refused, as Calico does.
+pub fn validate_selector_label_key(s: &str) -> Result<(), String> {
+    let (prefix, name) = match s.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, s),
+    };
+    if name.contains('/') {
+        return Err(format!("label key {s:?} has more than one `/`"));
+    }
+    if let Some(prefix) = prefix {
+        validate_dns_subdomain(prefix).map_err(|e| {
+            format!(
+                "label key prefix {:?}: {e}",
+                &prefix[..prefix.floor_char_boundary(40)]
+            )
+        })?;
+    }
+    if name.is_empty() {
+        return Err(format!("label key {s:?} has no name after the `/`"));
+    }
+    if name.len() > MAX_LABEL_LEN {
+        return Err(format!(
+            "label name {:?}... is {} characters long; the limit is {MAX_LABEL_LEN}",
+            &name[..name.floor_char_boundary(20)],
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
 /// A label value: empty, or a label name part.
 pub fn validate_label_value(s: &str) -> Result<(), String> {
     if s.is_empty() {

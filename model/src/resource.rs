@@ -156,13 +156,13 @@ pub enum Resource {
     Node(Object<NodeSpec>),
     IpPool(Object<IpPoolSpec>),
     IpamBlock(Object<IpamBlockSpec>),
-    FelixConfiguration(Object<FelixConfigurationSpec>),
+    FelixConfiguration(Box<Object<FelixConfigurationSpec>>),
     K8sNetworkPolicy(Box<K8sNetworkPolicy>),
     Namespace(Box<Namespace>),
     Pod(Box<Pod>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
-    Installation(Object<InstallationSpec>),
+    Installation(Box<Object<InstallationSpec>>),
 }
 
 /// Applies `$body` to the metadata of whichever variant `$r` is.

@@ -14,6 +14,7 @@ use crate::names;
 use crate::resource::{Kind, Resource};
 use crate::v3::{Action, EndpointPort, EntityRule, GlobalNetworkPolicySpec, PolicyType, Rule};
 
+mod felix;
 mod k8s;
 
 /// Every problem with `resource`; empty when it is valid.
@@ -90,8 +91,8 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
             }
         }
         Resource::K8sNetworkPolicy(p) => k8s::network_policy(&mut v, p),
+        Resource::FelixConfiguration(o) => felix::configuration(&mut v, o.name(), &o.spec),
         Resource::Node(_)
-        | Resource::FelixConfiguration(_)
         | Resource::Namespace(_)
         | Resource::Pod(_)
         | Resource::Service(_)

@@ -277,3 +277,65 @@ fn serde_error_names_text_and_position() {
     );
     assert!(serde_json::from_str::<Selector>("42").is_err());
 }
+
+#[test]
+fn label_keys_longer_than_kubernetes_allows_are_refused_at_their_position() {
+    let name63 = "n".repeat(63);
+    let name64 = "n".repeat(64);
+    let label253 = [
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61),
+    ]
+    .join(".");
+    let label254 = format!("{label253}e");
+    assert_eq!(label253.len(), 253);
+    // Longest allowed: parse.
+    for text in [
+        format!("{name63} == 'x'"),
+        format!("has({label253}/{name63})"),
+        "example.com/app in {'a'}".to_string(),
+    ] {
+        assert!(Selector::parse(&text).is_ok(), "{text}");
+    }
+    // (selector, position, part of the reason).
+    let bad: Vec<(String, usize, String)> = vec![
+        (
+            format!("{name64} == 'x'"),
+            0,
+            "is 64 characters long; the limit is 63".into(),
+        ),
+        (
+            format!("a == 'b' && has(x/{name64})"),
+            16,
+            "label name \"nnnnnnnnnnnnnnnnnnnn\"... is 64 characters long".into(),
+        ),
+        (
+            format!("!{label254}/app == 'x'"),
+            1,
+            "label key prefix".into(),
+        ),
+        (
+            format!("{label254}/app == 'x'"),
+            0,
+            "is 254 characters long; the limit is 253".into(),
+        ),
+        (
+            "Example.com/app == 'x'".into(),
+            0,
+            "not a valid DNS-1123 subdomain".into(),
+        ),
+        ("a/b/c == 'x'".into(), 0, "more than one `/`".into()),
+        (
+            "has(example.com/)".into(),
+            4,
+            "has no name after the `/`".into(),
+        ),
+    ];
+    for (text, position, reason) in bad {
+        let err = Selector::parse(&text).expect_err(&text);
+        assert_eq!(err.position, position, "{text}: {err}");
+        assert!(err.reason.contains(&reason), "{text}: {err}");
+    }
+}

@@ -48,6 +48,13 @@ const AFTER_OR: &str = " after `||`";
 const AFTER_NOT: &str = " after `!`";
 const AFTER_PAREN: &str = " after `(`";
 
+/// A label name that Kubernetes would not allow as a label key (see
+/// [`crate::names::validate_selector_label_key`]) is an error at its
+/// position.
+fn label_key(label: &str, at: usize) -> PResult<()> {
+    crate::names::validate_selector_label_key(label).map_err(|reason| ParseError::new(at, reason))
+}
+
 /// Parses a whole selector. Empty or all-whitespace text is `all()`.
 pub(super) fn parse(src: &str) -> PResult<Expr> {
     if src.len() > MAX_SELECTOR_LEN {
@@ -196,10 +203,11 @@ impl<'a> Parser<'a> {
                 self.next()?;
                 match name {
                     "has" => {
-                        let label = self.next()?;
-                        let Tok::Ident(label) = label.tok else {
-                            return Err(self.unexpected(label, "expected a label name in `has(`"));
+                        let token = self.next()?;
+                        let Tok::Ident(label) = token.tok else {
+                            return Err(self.unexpected(token, "expected a label name in `has(`"));
                         };
+                        label_key(label, token.start)?;
                         self.expect_close("to close `has(`")?;
                         Ok(Expr::Has(label.to_owned()))
                     }
@@ -219,7 +227,10 @@ impl<'a> Parser<'a> {
                     )),
                 }
             }
-            Tok::Ident(label) => self.parse_comparison(label),
+            Tok::Ident(label) => {
+                label_key(label, t.start)?;
+                self.parse_comparison(label)
+            }
             _ => Err(self.unexpected(
                 t,
                 &format!("expected a label, `has(`, `all()`, `global()`, `!` or `(`{after}"),

@@ -1,4 +1,5 @@
-//! Cluster-level resources: nodes, IP pools and Felix configuration.
+//! Cluster-level resources: nodes, IP pools and the value types of Felix
+//! configuration (its spec is in `felix.rs`).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -241,58 +242,4 @@ pub enum EndpointToHostAction {
     Drop,
     Return,
     Accept,
-}
-
-/// Spec of a `FelixConfiguration` (`default` for the cluster, `node.NAME`
-/// for one node). Only the settings Manul implements are accepted, so a
-/// setting that would be ignored is reported instead.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FelixConfigurationSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_severity_screen: Option<LogSeverity>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bpf_enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bpf_log_level: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bpf_map_size_conntrack: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bpf_map_size_ip_sets: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bpf_kube_proxy_iptables_cleanup_enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iptables_backend: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iptables_refresh_interval: Option<GoDuration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipsets_refresh_interval: Option<GoDuration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route_refresh_interval: Option<GoDuration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reporting_interval: Option<GoDuration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flow_logs_flush_interval: Option<GoDuration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flow_logs_file_enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prometheus_metrics_enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prometheus_metrics_port: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_port: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default_endpoint_to_host_action: Option<EndpointToHostAction>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failsafe_inbound_host_ports: Option<Vec<ProtoPort>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failsafe_outbound_host_ports: Option<Vec<ProtoPort>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy_sync_path_prefix: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint_status_path_prefix: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interface_prefix: Option<String>,
 }

@@ -5,6 +5,7 @@
 
 mod cluster;
 mod endpoints;
+mod felix;
 mod ipam;
 mod policy;
 mod primitives;
@@ -13,6 +14,7 @@ mod sets;
 
 pub use cluster::*;
 pub use endpoints::*;
+pub use felix::*;
 pub use ipam::*;
 pub use policy::*;
 pub use primitives::*;
