@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Quick-start command 2: install what is missing, build, and run every check
-# and test (formatting, clippy with warnings as errors, the whole suite).
+# and test (the Kubernetes manifests, formatting, clippy with warnings as
+# errors, the whole suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/deps.sh
 . scripts/deps.sh
 ensure_deps
 
+echo "== manifests: kubectl kustomize, Kubernetes 1.33 schemas, flags and metrics"
+"$MANUL_PYTHON" scripts/check-manifests.py
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (warnings are errors)"

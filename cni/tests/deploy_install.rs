@@ -1,4 +1,4 @@
-//! The Kubernetes install of the plugin (`deploy/kubernetes/cni/`): the
+//! The Kubernetes install of the plugin (`deploy/kubernetes/base/cni/`): the
 //! init container's script, run here with `sh` against temporary
 //! directories, installs the built plugin and a network configuration this
 //! plugin accepts, and refuses to install without the Typha Service's
@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use manul_cni::NetConf;
 
 fn source_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/cni")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base/cni")
 }
 
 /// Runs install-cni.sh with `env` on top of a clean environment; the host
