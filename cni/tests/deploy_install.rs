@@ -64,7 +64,10 @@ fn installs_the_plugin_and_a_configuration_it_accepts() {
 
     let installed = std::fs::read(root.path().join("opt/cni/bin/manul-cni")).unwrap();
     let built = std::fs::read(env!("CARGO_BIN_EXE_manul-cni")).unwrap();
-    assert!(installed == built, "the installed plugin differs from the built one");
+    assert!(
+        installed == built,
+        "the installed plugin differs from the built one"
+    );
 
     let confs = installed_confs(root.path());
     assert_eq!(confs.len(), 1);
