@@ -52,7 +52,9 @@ bin_dir="$target_dir/$([[ $profile == dev ]] && echo debug || echo release)"
 context=$(mktemp -d)
 container=""
 cleanup() {
-    [[ -n $container ]] && "${buildah[@]}" rm "$container" >/dev/null 2>&1 || true
+    if [[ -n $container ]]; then
+        "${buildah[@]}" rm "$container" >/dev/null 2>&1 || true
+    fi
     rm -rf "$context"
 }
 trap cleanup EXIT
@@ -103,7 +105,9 @@ done
 echo "   manul-cni: $(run "$container" -- sh -c 'echo "{\"cniVersion\":\"1.0.0\"}" | CNI_COMMAND=VERSION manul-cni')"
 echo "   $(run "$container" -- nft --version)"
 
-# Typha starts and answers /healthz (host network, loopback only).
+# Typha starts and answers /healthz (host network, loopback only). The
+# script is expanded by the image's shell, not this one.
+# shellcheck disable=SC2016
 run "$container" -- sh -c '
     typha --data-dir /tmp/typha --listen 127.0.0.1:15473 --metrics 127.0.0.1:19093 >/tmp/typha.log 2>&1 &
     pid=$!

@@ -18,8 +18,9 @@ fail() {
 [ -n "${NODE_NAME:-}" ] || fail "NODE_NAME is not set (the pod's spec.nodeName)"
 host="${MANUL_TYPHA_SERVICE_HOST:-}"
 port="${MANUL_TYPHA_SERVICE_PORT_SYNC:-}"
-[ -n "$host" ] && [ -n "$port" ] ||
+if [ -z "$host" ] || [ -z "$port" ]; then
     fail "MANUL_TYPHA_SERVICE_HOST/PORT_SYNC are not set: the manul-typha Service must exist before this pod starts"
+fi
 case "$host" in
 *:*) address="[$host]:$port" ;; # IPv6
 *) address="$host:$port" ;;
