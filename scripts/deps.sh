@@ -24,12 +24,12 @@ ensure_deps() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     fi
-    ensure_manifest_tools
 }
 
 # kubectl (for `kubectl kustomize`) and a Python with kubernetes-validate
 # and PyYAML: the one on PATH when it has them, else a virtual environment
-# under target/ that pip fills once. Sets MANUL_PYTHON.
+# under target/ that pip fills once. Sets MANUL_PYTHON. Only the test
+# command needs these.
 ensure_manifest_tools() {
     if ! command -v kubectl >/dev/null 2>&1; then
         echo "kubectl is missing: install kubectl 1.27 or later (its built-in kustomize renders deploy/kubernetes)" >&2

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/deps.sh
 . scripts/deps.sh
 ensure_deps
+ensure_manifest_tools
 
 echo "== manifests: kubectl kustomize, Kubernetes 1.33 schemas, flags and metrics"
 "$MANUL_PYTHON" scripts/check-manifests.py
