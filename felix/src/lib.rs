@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod calc;
+pub mod config;
 pub mod evaluator;
 pub mod http;
 pub mod metrics;
