@@ -30,6 +30,50 @@ pub struct AgentOptions {
     pub status: Option<StatusReporter>,
     /// How often the driver checks the kernel for out-of-band changes.
     pub refresh_interval: Duration,
+    /// Later values of the refresh intervals (Felix's configuration,
+    /// applied live); a zero interval turns that refresh off.
+    pub intervals: Option<watch::Receiver<Intervals>>,
+}
+
+/// The periodic refreshes' intervals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intervals {
+    /// The dataplane's check for out-of-band changes.
+    pub dataplane: Duration,
+    /// Writing every programmed route again.
+    pub routes: Duration,
+}
+
+/// A ticker for `every`, or none when it is zero (turned off).
+fn ticker(every: Duration) -> Option<tokio::time::Interval> {
+    if every.is_zero() {
+        return None;
+    }
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    Some(t)
+}
+
+async fn tick(t: &mut Option<tokio::time::Interval>) {
+    match t {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_intervals(rx: &mut Option<watch::Receiver<Intervals>>) -> Option<Intervals> {
+    match rx {
+        Some(r) => match r.changed().await {
+            Ok(()) => Some(*r.borrow_and_update()),
+            Err(_) => {
+                *rx = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 impl Default for AgentOptions {
@@ -38,6 +82,7 @@ impl Default for AgentOptions {
             routes: None,
             status: None,
             refresh_interval: Duration::from_secs(90),
+            intervals: None,
         }
     }
 }
@@ -100,9 +145,13 @@ pub async fn run(
     let mut flows = FlowTotals::default();
     let mut counters = tokio::time::interval(Duration::from_secs(5));
     counters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut refresh = tokio::time::interval(options.refresh_interval);
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    refresh.tick().await;
+    let mut refresh = ticker(options.refresh_interval);
+    let mut route_refresh: Option<tokio::time::Interval> = None;
+    let mut intervals = options.intervals.take();
+    if let Some(i) = intervals.as_mut().map(|r| *r.borrow_and_update()) {
+        refresh = ticker(i.dataplane);
+        route_refresh = ticker(i.routes);
+    }
     loop {
         let first = tokio::select! {
             event = events.recv() => match event {
@@ -113,7 +162,22 @@ pub async fn run(
                 flows.export(driver.as_ref(), &metrics);
                 continue;
             }
-            _ = refresh.tick() => {
+            Some(i) = next_intervals(&mut intervals) => {
+                info!(dataplane = ?i.dataplane, routes = ?i.routes, "refresh intervals changed");
+                refresh = ticker(i.dataplane);
+                route_refresh = ticker(i.routes);
+                continue;
+            }
+            _ = tick(&mut route_refresh) => {
+                if let Some((calc, programmer)) = options.routes.as_ref()
+                    && let Err(e) = programmer.apply(&calc.all())
+                {
+                    error!("cannot refresh routes: {e}");
+                    metrics.dataplane_failures.inc();
+                }
+                continue;
+            }
+            _ = tick(&mut refresh) => {
                 match driver.refresh() {
                     Ok(true) => {
                         warn!(driver = driver.name(), "repaired out-of-band dataplane changes");

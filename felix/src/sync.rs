@@ -7,6 +7,9 @@
 //! a fresh snapshot, it replays the snapshot as updates (the graph ignores
 //! what did not change) and synthesises deletions for the keys that
 //! vanished, so the dataplane is repaired, never reset.
+//!
+//! FelixConfiguration updates go to their own channel when one is given
+//! ([`Syncer::with_config_updates`]): they configure Felix, not policy.
 
 use std::io::Read;
 use std::time::Duration;
@@ -143,6 +146,7 @@ pub struct Syncer {
     config: SyncConfig,
     revision: u64,
     known: FxHashSet<ResourceKey>,
+    felix_config: Option<mpsc::UnboundedSender<Update>>,
 }
 
 impl Syncer {
@@ -151,7 +155,33 @@ impl Syncer {
             config,
             revision: 0,
             known: FxHashSet::default(),
+            felix_config: None,
         }
+    }
+
+    /// Sends FelixConfiguration updates to `tx` instead of the agent.
+    pub fn with_config_updates(mut self, tx: mpsc::UnboundedSender<Update>) -> Syncer {
+        self.felix_config = Some(tx);
+        self
+    }
+
+    /// Takes the FelixConfiguration updates out of `batch` and sends them
+    /// on their channel, if there is one.
+    fn divert(&self, batch: &mut Vec<Update>) {
+        let Some(tx) = &self.felix_config else {
+            return;
+        };
+        if !batch.iter().any(|u| u.key.kind == Kind::FelixConfiguration) {
+            return;
+        }
+        batch.retain(|u| {
+            if u.key.kind != Kind::FelixConfiguration {
+                return true;
+            }
+            // A closed channel means Felix is stopping; nothing to do.
+            let _ = tx.send(u.clone());
+            false
+        });
     }
 
     /// Runs forever (until the receiver is dropped).
@@ -248,8 +278,9 @@ impl Syncer {
                     }
                 }
                 Some(Message::Snapshot(chunk)) => {
-                    let batch = snapshot_updates(&chunk.entries, gzip, snapshot.as_mut())
+                    let mut batch = snapshot_updates(&chunk.entries, gzip, snapshot.as_mut())
                         .map_err(|e| e.to_string())?;
+                    self.divert(&mut batch);
                     send(batch, snapshot_revision).await?;
                 }
                 Some(Message::InSync(s)) => {
@@ -266,6 +297,7 @@ impl Syncer {
                             .collect();
                         gone.sort_by(|a, b| a.key.cmp(&b.key));
                         self.known = seen;
+                        self.divert(&mut gone);
                         send(gone, s.revision).await?;
                     }
                     self.revision = s.revision;
@@ -295,6 +327,7 @@ impl Syncer {
                             Err(err) => warn!("skipping a delta: {err}"),
                         }
                     }
+                    self.divert(&mut batch);
                     send(batch, d.last_revision).await?;
                     self.revision = self.revision.max(d.last_revision);
                 }

@@ -94,8 +94,12 @@ async fn felix_syncs_programs_and_follows_changes() {
         wep("frontend", "node2", "10.65.1.2", "frontend"),
         wep("other", "node1", "10.65.0.3", "other"),
         std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/examples/frontend-to-api.yaml"),
+            std::env::var_os("MANUL_SHARED_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+                })
+                .join("examples/frontend-to-api.yaml"),
         )
         .unwrap(),
     ];

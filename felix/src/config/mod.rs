@@ -442,3 +442,37 @@ pub fn ignored_fields(spec: &FelixConfigurationSpec) -> Vec<String> {
         .cloned()
         .collect()
 }
+
+/// What `/config` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct View {
+    pub node: String,
+    /// Identifies this run of Felix: it changes when Felix restarts.
+    pub run_id: String,
+    pub settings: Vec<Entry>,
+    /// Fields set in this node's FelixConfigurations that Felix accepts but
+    /// does not act on.
+    pub not_acted_on: Vec<String>,
+    /// `RUST_LOG`, when it overrides `logSeverityScreen`.
+    pub log_filter_override: Option<String>,
+}
+
+impl View {
+    pub fn new(node: &str, run_id: &str, config: &FelixConfig, inputs: &Inputs) -> View {
+        let mut not_acted_on: Vec<String> = [&inputs.global, &inputs.node]
+            .into_iter()
+            .flatten()
+            .flat_map(ignored_fields)
+            .collect();
+        not_acted_on.sort();
+        not_acted_on.dedup();
+        View {
+            node: node.to_string(),
+            run_id: run_id.to_string(),
+            settings: config.entries(),
+            not_acted_on,
+            log_filter_override: None,
+        }
+    }
+}

@@ -243,10 +243,12 @@ fn settings_merge_by_priority() {
 
 #[test]
 fn typed_values_match_what_is_shown() {
-    let mut i = Inputs::default();
-    i.global = Some(spec(
-        "interfacePrefix: cali,tap\nlogSeverityScreen: Warning\nflowLogsFlushInterval: 15s",
-    ));
+    let i = Inputs {
+        global: Some(spec(
+            "interfacePrefix: cali,tap\nlogSeverityScreen: Warning\nflowLogsFlushInterval: 15s",
+        )),
+        ..Inputs::default()
+    };
     let c = merge(&i).unwrap();
     assert_eq!(c.interface_prefix.value, vec!["cali", "tap"]);
     assert_eq!(c.log_severity_screen.value, LogSeverity::Warning);
@@ -298,12 +300,14 @@ fn malformed_local_values_are_errors_naming_their_origin() {
 #[test]
 fn changes_say_whether_a_restart_is_needed() {
     let base = merge(&Inputs::default()).unwrap();
-    let mut i = Inputs::default();
-    i.global = Some(FelixConfigurationSpec {
-        log_severity_screen: Some(LogSeverity::Debug),
-        iptables_refresh_interval: Some(GoDuration(Duration::from_secs(5))),
-        ..Default::default()
-    });
+    let mut i = Inputs {
+        global: Some(FelixConfigurationSpec {
+            log_severity_screen: Some(LogSeverity::Debug),
+            iptables_refresh_interval: Some(GoDuration(Duration::from_secs(5))),
+            ..Default::default()
+        }),
+        ..Inputs::default()
+    };
     let live = merge(&i).unwrap();
     let changes = live.changes_from(&base);
     assert_eq!(
