@@ -128,7 +128,11 @@ fn init_tracing(json: bool, level: &str) -> LogHandle {
             .with(tracing_subscriber::fmt::layer().json())
             .init();
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).init();
+        // Colours only on a terminal, not in log files.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
+            .init();
     }
     handle
 }
