@@ -169,9 +169,12 @@ pub async fn follow(
         }
         current = next;
         view.send_modify(|v| {
-            let keep = v.log_filter_override.take();
-            *v = View::new(&node, &v.run_id, &current, &inputs);
-            v.log_filter_override = keep;
+            let next = View {
+                log_filter_override: v.log_filter_override.take(),
+                dataplane: std::mem::take(&mut v.dataplane),
+                ..View::new(&node, &v.run_id, &current, &inputs)
+            };
+            *v = next;
         });
     }
     Vec::new()

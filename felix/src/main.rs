@@ -404,6 +404,7 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
     let (status_tx, status_rx) = watch::channel(AgentStatus::default());
     let mut view = View::new(&args.node, &run_id(), &config, &inputs);
     view.log_filter_override = override_log;
+    view.dataplane = driver.name().to_string();
     let (view_tx, view_rx) = watch::channel(view);
     let state = HttpState {
         registry: registry.clone(),

@@ -450,6 +450,8 @@ pub struct View {
     pub node: String,
     /// Identifies this run of Felix: it changes when Felix restarts.
     pub run_id: String,
+    /// The driver this run started (`iptables`, `bpf`, ...).
+    pub dataplane: String,
     pub settings: Vec<Entry>,
     /// Fields set in this node's FelixConfigurations that Felix accepts but
     /// does not act on.
@@ -470,6 +472,7 @@ impl View {
         View {
             node: node.to_string(),
             run_id: run_id.to_string(),
+            dataplane: String::new(),
             settings: config.entries(),
             not_acted_on,
             log_filter_override: None,
