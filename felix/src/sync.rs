@@ -337,3 +337,66 @@ impl Syncer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use manul_model::Resource;
+
+    use super::*;
+
+    fn update(kind: Kind, name: &str, value: Option<Resource>) -> Update {
+        Update {
+            key: ResourceKey {
+                kind,
+                namespace: None,
+                name: name.into(),
+            },
+            value,
+        }
+    }
+
+    #[test]
+    fn felix_configuration_goes_to_its_own_channel_not_the_graph() {
+        let config = SyncConfig {
+            typhas: vec![],
+            node: "node1".into(),
+            min_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+        };
+        let fc = manul_model::load(
+            "test",
+            b"apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {interfacePrefix: cali}\n",
+        )
+        .into_result()
+        .unwrap()
+        .remove(0)
+        .resource;
+        let mut batch = vec![
+            update(Kind::Tier, "a", None),
+            update(Kind::FelixConfiguration, "default", Some(fc)),
+            update(Kind::Tier, "b", None),
+            update(Kind::FelixConfiguration, "node.node1", None),
+        ];
+        // Without a channel, everything goes on (the graph ignores it).
+        Syncer::new(config.clone()).divert(&mut batch);
+        assert_eq!(batch.len(), 4);
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let syncer = Syncer::new(config).with_config_updates(tx);
+        syncer.divert(&mut batch);
+        let names: Vec<&str> = batch.iter().map(|u| u.key.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let routed: Vec<(String, bool)> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|u| (u.key.name, u.value.is_some()))
+            .collect();
+        assert_eq!(
+            routed,
+            [
+                ("default".to_string(), true),
+                ("node.node1".to_string(), false)
+            ]
+        );
+    }
+}
