@@ -233,7 +233,10 @@ fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
             bpf.flow_log = match &args.flow_log {
                 Some(path) => Some(path.clone()),
                 None if config.flow_logs_file_enabled.value => {
-                    Some(PathBuf::from(&config.flow_logs_file_directory.value).join("flows.log"))
+                    let dir = PathBuf::from(&config.flow_logs_file_directory.value);
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| format!("flowLogsFileDirectory {}: {e}", dir.display()))?;
+                    Some(dir.join("flows.log"))
                 }
                 None => None,
             };

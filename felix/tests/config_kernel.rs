@@ -206,7 +206,7 @@ fn run(dataplane: &str, bpf: bool) {
             "FelixConfiguration",
             "node.node1",
             &format!(
-                "spec:\n  interfacePrefix: cali\n  bpfEnabled: {bpf}\n  iptablesRefreshInterval: 5s\n{extra}"
+                "spec:\n  interfacePrefix: cali\n  bpfEnabled: {bpf}\n  iptablesRefreshInterval: 5s\n  flowLogsFileEnabled: {bpf}\n{extra}"
             ),
         )
     };
@@ -229,6 +229,7 @@ fn run(dataplane: &str, bpf: bool) {
         .args(["--typha", &addr.to_string(), "--dataplane", dataplane])
         .args(["--metrics", "127.0.0.1:9091", "--bpf-pin-name", &prefix])
         .env_remove("RUST_LOG")
+        .env("FELIX_FLOWLOGSFILEDIRECTORY", dir.path().join("flows"))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(dir.path().join("felix.err")).unwrap());
@@ -293,11 +294,17 @@ fn run(dataplane: &str, bpf: bool) {
         "an unprogrammed cali pod was reachable"
     );
 
-    // A live change: the log level, in the same run.
+    // Live changes, in the same run: the log level and (eBPF) how often
+    // the flow log is written: every 300 s by default, so nothing yet.
+    let flows = dir.path().join("flows/flows.log");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(&flows, "\"action\""), 0, "flow log written early");
     assert_eq!(count(&log, "DEBUG"), 0);
     rt.block_on(apply(
         &mut api,
-        &[node_spec("  logSeverityScreen: Debug\n")],
+        &[node_spec(
+            "  logSeverityScreen: Debug\n  flowLogsFlushInterval: 1s\n",
+        )],
     ));
     rt.block_on(wait_config(9091, "logSeverityScreen becomes Debug", |v| {
         setting(v, "logSeverityScreen") == ("Debug".into(), "datastorePerHost".into())
@@ -306,6 +313,17 @@ fn run(dataplane: &str, bpf: bool) {
     while count(&log, "DEBUG") == 0 {
         assert!(Instant::now() < deadline, "no debug lines after the change");
         std::thread::sleep(Duration::from_millis(50));
+    }
+    if driver == "bpf" {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while count(&flows, "\"action\"") == 0 {
+            assert!(reached(a, target));
+            assert!(
+                Instant::now() < deadline,
+                "the flow log was not written after flowLogsFlushInterval: 1s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     let live = rt.block_on(config(9091)).unwrap();
     assert_eq!(live["runId"], run.as_str(), "a live change restarted Felix");
