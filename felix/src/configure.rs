@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::agent::Intervals;
 use crate::calc::Update;
-use crate::config::{Change, FelixConfig, Inputs, View, ignored_fields, merge};
+use crate::config::{Change, FelixConfig, Inputs, View, ignored_fields, merge, unusable_fields};
 
 /// Reads `default` and `node.<node>` into `inputs`, trying Typha until it
 /// answers or `deadline` passes (`None`: forever, as Felix does at start).
@@ -57,10 +57,17 @@ pub async fn load(
     }
 }
 
-/// Warns about fields set in the datastore that Felix does not act on.
+/// Warns about fields set in the datastore that Felix does not act on or
+/// cannot use.
 pub fn warn_ignored(inputs: &Inputs) {
     for (name, spec) in [("default", &inputs.global), ("node", &inputs.node)] {
         if let Some(spec) = spec {
+            for (field, reason) in unusable_fields(spec) {
+                warn!(
+                    resource = name,
+                    field, "FelixConfiguration value not used ({reason}); the next source applies"
+                );
+            }
             let fields = ignored_fields(spec);
             if !fields.is_empty() {
                 warn!(
@@ -159,8 +166,8 @@ pub async fn follow(
         if FelixConfig::needs_restart(&changes) {
             return changes.iter().map(|c| c.name).collect();
         }
+        warn_ignored(&inputs);
         if !changes.is_empty() {
-            warn_ignored(&inputs);
             live.apply(&next, &changes);
             info!(
                 settings = ?changes.iter().map(|c| c.name).collect::<Vec<_>>(),

@@ -430,6 +430,19 @@ pub const NOT_ACTED_ON: &[(&str, &str)] = &[
     ),
 ];
 
+/// Datastore values Felix cannot use (they fall back to the next layer):
+/// `(field, reason)`. The model checks types; the prefix list's syntax is
+/// checked here.
+pub fn unusable_fields(spec: &FelixConfigurationSpec) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(p) = &spec.interface_prefix
+        && let Err(e) = parse_prefixes(p)
+    {
+        out.push(("interfacePrefix", e));
+    }
+    out
+}
+
 /// The FelixConfiguration fields set in `spec` that Felix does not act on
 /// (everything but [`SETTINGS`]), for a warning.
 pub fn ignored_fields(spec: &FelixConfigurationSpec) -> Vec<String> {

@@ -387,3 +387,22 @@ fn the_table_shows_every_setting_with_its_source() {
     assert!(line("logSeverityScreen").contains("default"));
     assert!(line("logSeverityScreen").ends_with("live"));
 }
+
+#[test]
+fn an_unusable_datastore_prefix_falls_back_and_is_reported() {
+    let i = Inputs {
+        global: Some(spec("interfacePrefix: tap")),
+        node: Some(spec("interfacePrefix: ca*li")),
+        ..Inputs::default()
+    };
+    let c = merge(&i).unwrap();
+    assert_eq!(
+        (c.interface_prefix.value, c.interface_prefix.source),
+        (vec!["tap".to_string()], Source::DatastoreGlobal)
+    );
+    let problems = unusable_fields(i.node.as_ref().unwrap());
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].0, "interfacePrefix");
+    assert!(problems[0].1.contains("'*'"), "{problems:?}");
+    assert!(unusable_fields(i.global.as_ref().unwrap()).is_empty());
+}
