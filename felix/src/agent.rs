@@ -302,6 +302,73 @@ mod tests {
             .join("\n")
     }
 
+    /// Counts refreshes.
+    struct Refreshing(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Driver for Refreshing {
+        fn apply(&mut self, _: &[Operation]) -> Result<(), DriverError> {
+            Ok(())
+        }
+        fn name(&self) -> &'static str {
+            "refreshing"
+        }
+        fn refresh(&mut self) -> Result<bool, DriverError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(false)
+        }
+    }
+
+    #[tokio::test]
+    async fn refresh_intervals_change_while_the_agent_runs() {
+        use std::sync::atomic::Ordering;
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (intervals, rx) = watch::channel(Intervals {
+            dataplane: Duration::from_secs(3600),
+            routes: Duration::ZERO,
+        });
+        let options = AgentOptions {
+            intervals: Some(rx),
+            ..AgentOptions::default()
+        };
+        let (_events, events_rx) = mpsc::channel(1);
+        let mut registry = Registry::default();
+        let metrics = FelixMetrics::register(&mut registry);
+        let (status, _status_rx) = watch::channel(AgentStatus::default());
+        let agent = tokio::spawn(run(
+            CalcGraph::new("node1"),
+            Box::new(Refreshing(count.clone())),
+            events_rx,
+            metrics,
+            status,
+            options,
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            0,
+            "refreshed at an hourly interval"
+        );
+        intervals.send_replace(Intervals {
+            dataplane: Duration::from_millis(20),
+            routes: Duration::ZERO,
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count.load(Ordering::SeqCst) < 3 {
+            assert!(Instant::now() < deadline, "the new interval never applied");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Zero turns the refresh off.
+        intervals.send_replace(Intervals {
+            dataplane: Duration::ZERO,
+            routes: Duration::ZERO,
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stopped = count.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(count.load(Ordering::SeqCst), stopped, "refreshed while off");
+        agent.abort();
+    }
+
     #[test]
     fn policy_flow_counters_grow_by_what_the_driver_counted_since() {
         let mut registry = Registry::default();
