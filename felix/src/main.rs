@@ -330,6 +330,54 @@ enum Outcome {
     Restart(Vec<&'static str>),
 }
 
+/// Once the new dataplane is in sync, removes what the other kernel
+/// dataplane left from an earlier run (after `bpfEnabled` changed): the
+/// `inet manul` table under eBPF, this node's pins under iptables. Until
+/// then both enforce, which only ever drops more.
+async fn retire_other_dataplane(
+    running: &'static str,
+    pin_name: String,
+    mut status: watch::Receiver<AgentStatus>,
+) {
+    if status.wait_for(|s| s.in_sync).await.is_err() {
+        return;
+    }
+    let result = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+        match running {
+            "bpf" => {
+                let nft = manul_dataplane_iptables::Nft::default();
+                if !nft.table_exists().map_err(|e| e.to_string())? {
+                    return Ok(false);
+                }
+                manul_dataplane_iptables::NftDriver::new(nft)
+                    .and_then(|mut d| d.remove_all())
+                    .map(|()| true)
+                    .map_err(|e| chain(&e))
+            }
+            "iptables" => {
+                let root = manul_dataplane_bpf::BpfConfig::new(pin_name.clone()).pin_root;
+                if !root.join(&pin_name).exists() {
+                    return Ok(false);
+                }
+                manul_dataplane_bpf::BpfDriver::purge_node(&root, &pin_name)
+                    .map(|()| true)
+                    .map_err(|e| e.to_string())
+            }
+            _ => Ok(false),
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok(true)) => tracing::info!(
+            running,
+            "removed what the other kernel dataplane left from an earlier run"
+        ),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::error!("cannot remove the other kernel dataplane's state: {e}"),
+        Err(e) => tracing::error!("cannot remove the other kernel dataplane's state: {e}"),
+    }
+}
+
 fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -458,6 +506,20 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
             Ok(addr) => tracing::info!(%addr, "serving {what}"),
             Err(e) => tracing::error!("cannot serve {what}: {e}"),
         }
+    }
+    if matches!(
+        args.dataplane,
+        Dataplane::Iptables | Dataplane::Bpf | Dataplane::Kernel
+    ) {
+        let pin_name = args
+            .bpf_pin_name
+            .clone()
+            .unwrap_or_else(|| args.node.clone());
+        tokio::spawn(retire_other_dataplane(
+            driver.name(),
+            pin_name,
+            state.status.clone(),
+        ));
     }
     let (tx, rx) = mpsc::channel(1024);
     let (config_tx, config_rx) = mpsc::unbounded_channel();

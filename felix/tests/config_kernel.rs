@@ -201,7 +201,7 @@ fn run(dataplane: &str, bpf: bool) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    let node_spec = |extra: &str| {
+    let node_spec = |bpf: bool, extra: &str| {
         doc(
             "FelixConfiguration",
             "node.node1",
@@ -219,7 +219,7 @@ fn run(dataplane: &str, bpf: bool) {
                 "default",
                 "spec:\n  interfacePrefix: tap\n  logSeverityScreen: Warning\n",
             ),
-            node_spec(""),
+            node_spec(bpf, ""),
         ],
     ));
 
@@ -303,6 +303,7 @@ fn run(dataplane: &str, bpf: bool) {
     rt.block_on(apply(
         &mut api,
         &[node_spec(
+            bpf,
             "  logSeverityScreen: Debug\n  flowLogsFlushInterval: 1s\n",
         )],
     ));
@@ -333,6 +334,7 @@ fn run(dataplane: &str, bpf: bool) {
     rt.block_on(apply(
         &mut api,
         &[node_spec(
+            bpf,
             "  logSeverityScreen: Debug\n  failsafeInboundHostPorts: [{protocol: TCP, port: 22}]\n",
         )],
     ));
@@ -363,6 +365,63 @@ fn run(dataplane: &str, bpf: bool) {
     );
     assert!(!reached(c, target));
 
+    if dataplane == "kernel" {
+        // bpfEnabled flips: Felix restarts on the other dataplane, and once
+        // that one is in sync removes what the first one left.
+        let before = rt.block_on(config(9091)).unwrap()["runId"].clone();
+        rt.block_on(apply(
+            &mut api,
+            &[node_spec(!bpf, "  logSeverityScreen: Debug\n")],
+        ));
+        let other = if bpf { "iptables" } else { "bpf" };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                !reached(c, target),
+                "an unprogrammed pod was reachable while the dataplane changed"
+            );
+            if let Some(v) = rt.block_on(config(9091))
+                && v["runId"] != before
+                && v["dataplane"] == other
+                && rt.block_on(get(9091, "/readyz")).map(|r| r.0) == Some(200)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "felix never came back on {other}"
+            );
+        }
+        let table_gone = || {
+            !Command::new("nft")
+                .args(["list", "table", "inet", "manul"])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let retired = if bpf { !pins.0.exists() } else { table_gone() };
+            if retired {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the {driver} dataplane's state was not removed"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            reached(a, target),
+            "programmed pods lost each other on {other}"
+        );
+        assert!(
+            !reached(c, target),
+            "an unprogrammed pod was reachable on {other}"
+        );
+    }
+
     drop(felix);
     rt.block_on(typha.shutdown());
     drop(server);
@@ -373,6 +432,13 @@ fn run(dataplane: &str, bpf: bool) {
 fn interface_prefix_and_live_changes_on_iptables() {
     if root() {
         run("iptables", false);
+    }
+}
+
+#[test]
+fn interface_prefix_and_a_switch_from_iptables_to_bpf() {
+    if root() {
+        run("kernel", false);
     }
 }
 
