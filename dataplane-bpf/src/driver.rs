@@ -54,6 +54,10 @@ pub struct BpfConfig {
     /// endpoint is programmed. Default `manul_model::names::
     /// WORKLOAD_INTERFACE_PREFIX`; empty: attach to endpoints only.
     pub workload_prefixes: Vec<String>,
+    /// Drop a workload's traffic to its own host once the workload's policy
+    /// allowed it (Felix's `defaultEndpointToHostAction: Drop`); otherwise
+    /// it goes on to the host. Applies to new flows.
+    pub endpoint_to_host_drop: bool,
     /// Benchmarks only: never create conntrack entries, so every packet is
     /// classified as a new flow.
     pub benchmark_no_conntrack: bool,
@@ -70,6 +74,7 @@ impl BpfConfig {
             flow_log: None,
             flow_log_interval: Duration::from_secs(10),
             workload_prefixes: vec!["mnl".to_owned()],
+            endpoint_to_host_drop: false,
             benchmark_no_conntrack: false,
         }
     }
@@ -172,7 +177,8 @@ impl BpfDriver {
             config.conntrack_capacity,
             config.benchmark_no_conntrack,
         )?;
-        let maps = Maps::take(&mut ebpf)?;
+        let mut maps = Maps::take(&mut ebpf)?;
+        maps.store_to_host_drop(config.endpoint_to_host_drop)?;
         let ring = ebpf
             .take_map("manul_events")
             .ok_or(BpfError::Missing("manul_events"))?;

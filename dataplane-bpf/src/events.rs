@@ -77,6 +77,7 @@ impl FlowEvent {
             abi::MANUL_REASON_POLICY => "policy",
             abi::MANUL_REASON_NO_ENDPOINT => "no endpoint",
             abi::MANUL_REASON_NO_TABLE => "no table",
+            abi::MANUL_REASON_TO_HOST => "endpoint to host",
             _ => "no rule",
         };
         Self {

@@ -373,6 +373,14 @@ impl Maps {
             .map_err(|e| BpfError::map("manul_meta", "store the next table id", e))
     }
 
+    /// Whether a workload's traffic to its own host is dropped once its
+    /// policy allowed it.
+    pub fn store_to_host_drop(&mut self, drop: bool) -> Result<(), BpfError> {
+        self.meta
+            .set(abi::MANUL_META_TO_HOST_DROP, u64::from(drop), 0)
+            .map_err(|e| BpfError::map("manul_meta", "store the endpoint-to-host action", e))
+    }
+
     /// The per-CPU counters, summed.
     pub fn counters(&self) -> Vec<u64> {
         (0..abi::MANUL_CNT_MAX)

@@ -241,11 +241,8 @@ fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
                 None => None,
             };
             bpf.flow_log_interval = config.flow_logs_flush_interval.value;
-            if config.default_endpoint_to_host_action.value != EndpointToHostAction::Return {
-                tracing::warn!(
-                    "the eBPF dataplane does not act on defaultEndpointToHostAction: traffic from a workload to its host is allowed once the workload's policy allows it"
-                );
-            }
+            bpf.endpoint_to_host_drop =
+                config.default_endpoint_to_host_action.value == EndpointToHostAction::Drop;
             manul_dataplane_bpf::BpfDriver::new(bpf)
                 .map(|d| {
                     let handle = d.flow_log_interval();

@@ -6,8 +6,11 @@
 //! - a `cali` pod is fail-closed until its WorkloadEndpoint is programmed
 //!   (dropped before, allowed after);
 //! - a live change (the log level) takes effect in the same run of Felix;
+//! - `defaultEndpointToHostAction` Drop (the default) keeps a workload
+//!   from its own host, Accept lets it through;
 //! - a change that needs a restart restarts Felix in place, and an
-//!   unprogrammed `cali` pod stays dropped throughout.
+//!   unprogrammed `cali` pod stays dropped throughout, also across a switch
+//!   between the two kernel dataplanes.
 //!
 //! Needs root (namespaces, nftables, eBPF); skipped without it unless
 //! `CI=true`.
@@ -164,6 +167,11 @@ fn run(dataplane: &str, bpf: bool) {
         plumb_pod(&node, pod, &format!("cali{prefix}{name}"), "eth0", *ip).unwrap();
     }
     let server = TcpServer::start(&pods[1], SocketAddr::new(IpAddr::V4(ips[1]), 8080)).unwrap();
+    // A service of the node itself, for workload-to-host traffic.
+    let host_ip = Ipv4Addr::new(10, 64, 0, 1);
+    manul_netns::add_address(&node, "lo", format!("{host_ip}/32").parse().unwrap()).unwrap();
+    let host_server = TcpServer::start(&node, SocketAddr::new(IpAddr::V4(host_ip), 8081)).unwrap();
+    let host_target = host_server.local_addr();
     let target = server.local_addr();
     let (a, c) = (&pods[0], &pods[2]);
     let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/manul/{prefix}")));
@@ -293,6 +301,12 @@ fn run(dataplane: &str, bpf: bool) {
         !reached(c, target),
         "an unprogrammed cali pod was reachable"
     );
+    // defaultEndpointToHostAction is Drop by default: a's policy allows
+    // everything, but not its own host.
+    assert!(
+        !reached(a, host_target),
+        "a workload reached its host under Drop"
+    );
 
     // Live changes, in the same run: the log level and (eBPF) how often
     // the flow log is written: every 300 s by default, so nothing yet.
@@ -335,7 +349,7 @@ fn run(dataplane: &str, bpf: bool) {
         &mut api,
         &[node_spec(
             bpf,
-            "  logSeverityScreen: Debug\n  failsafeInboundHostPorts: [{protocol: TCP, port: 22}]\n",
+            "  logSeverityScreen: Debug\n  defaultEndpointToHostAction: Accept\n",
         )],
     ));
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -364,6 +378,18 @@ fn run(dataplane: &str, bpf: bool) {
         "programmed pods lost each other after the restart"
     );
     assert!(!reached(c, target));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reached(a, host_target) {
+        assert!(
+            Instant::now() < deadline,
+            "a workload never reached its host under Accept"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !reached(c, host_target),
+        "an unprogrammed pod reached the host"
+    );
 
     if dataplane == "kernel" {
         // bpfEnabled flips: Felix restarts on the other dataplane, and once
@@ -425,6 +451,7 @@ fn run(dataplane: &str, bpf: bool) {
     drop(felix);
     rt.block_on(typha.shutdown());
     drop(server);
+    drop(host_server);
     drop(pins);
 }
 
