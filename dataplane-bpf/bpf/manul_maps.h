@@ -64,6 +64,8 @@ enum manul_reason {
 	/* A workload's traffic to its own host, allowed by its policy and
 	 * dropped by the endpoint-to-host action. */
 	MANUL_REASON_TO_HOST = 4,
+	/* A host endpoint's failsafe port. */
+	MANUL_REASON_FAILSAFE = 5,
 };
 
 enum manul_ct_state {
@@ -119,6 +121,15 @@ struct manul_ep_value {
 	__u32 space[2];
 	__u32 flags; /* MANUL_EP_* */
 	__u32 reserved;
+};
+
+/* manul_failsafe: (direction, protocol, port) -> 1: new flows to this port
+ * of a host endpoint are allowed whatever its policy says (Felix's failsafe
+ * ports), so a bad policy cannot cut a node off. */
+struct manul_failsafe_key {
+	__u8 outbound; /* 0: to the host (inbound), 1: from it */
+	__u8 proto;
+	__u16 port; /* host order */
 };
 
 /* manul_ep_value.flags */

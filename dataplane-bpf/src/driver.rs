@@ -58,6 +58,11 @@ pub struct BpfConfig {
     /// allowed it (Felix's `defaultEndpointToHostAction: Drop`); otherwise
     /// it goes on to the host. Applies to new flows.
     pub endpoint_to_host_drop: bool,
+    /// Ports a host endpoint always allows new flows to, whatever its
+    /// policy: `(outbound, protocol number, port)` (Felix's failsafe
+    /// ports; inbound ones only for traffic to the host itself). Default
+    /// none.
+    pub failsafe: Vec<(bool, u8, u16)>,
     /// Benchmarks only: never create conntrack entries, so every packet is
     /// classified as a new flow.
     pub benchmark_no_conntrack: bool,
@@ -75,6 +80,7 @@ impl BpfConfig {
             flow_log_interval: Duration::from_secs(10),
             workload_prefixes: vec!["mnl".to_owned()],
             endpoint_to_host_drop: false,
+            failsafe: Vec::new(),
             benchmark_no_conntrack: false,
         }
     }
@@ -179,6 +185,7 @@ impl BpfDriver {
         )?;
         let mut maps = Maps::take(&mut ebpf)?;
         maps.store_to_host_drop(config.endpoint_to_host_drop)?;
+        maps.store_failsafe(&config.failsafe)?;
         let ring = ebpf
             .take_map("manul_events")
             .ok_or(BpfError::Missing("manul_events"))?;

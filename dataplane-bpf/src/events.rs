@@ -78,6 +78,7 @@ impl FlowEvent {
             abi::MANUL_REASON_NO_ENDPOINT => "no endpoint",
             abi::MANUL_REASON_NO_TABLE => "no table",
             abi::MANUL_REASON_TO_HOST => "endpoint to host",
+            abi::MANUL_REASON_FAILSAFE => "failsafe",
             _ => "no rule",
         };
         Self {

@@ -193,6 +193,29 @@ fn nft_config(config: &FelixConfig) -> manul_dataplane_iptables::NftConfig {
     }
 }
 
+/// The failsafe ports for the eBPF driver. It cannot restrict one to a
+/// network: such a port is left out (so it is policed, never opened wider).
+fn bpf_failsafe(config: &FelixConfig) -> Vec<(bool, u8, u16)> {
+    let mut out = Vec::new();
+    for (outbound, ports) in [
+        (false, &config.failsafe_inbound_host_ports.value),
+        (true, &config.failsafe_outbound_host_ports.value),
+    ] {
+        for p in ports {
+            if let Some(net) = &p.net {
+                tracing::warn!(
+                    port = p.port,
+                    net = %net.0,
+                    "the eBPF dataplane cannot limit a failsafe port to a network; it is not failsafe there"
+                );
+                continue;
+            }
+            out.push((outbound, p.protocol.number(), p.port));
+        }
+    }
+    out
+}
+
 /// The driver, and the eBPF flow-log interval's handle when it is eBPF.
 type Built = (
     Box<dyn Driver>,
@@ -243,6 +266,7 @@ fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
             bpf.flow_log_interval = config.flow_logs_flush_interval.value;
             bpf.endpoint_to_host_drop =
                 config.default_endpoint_to_host_action.value == EndpointToHostAction::Drop;
+            bpf.failsafe = bpf_failsafe(config);
             manul_dataplane_bpf::BpfDriver::new(bpf)
                 .map(|d| {
                     let handle = d.flow_log_interval();

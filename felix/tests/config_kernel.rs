@@ -172,6 +172,18 @@ fn run(dataplane: &str, bpf: bool) {
     manul_netns::add_address(&node, "lo", format!("{host_ip}/32").parse().unwrap()).unwrap();
     let host_server = TcpServer::start(&node, SocketAddr::new(IpAddr::V4(host_ip), 8081)).unwrap();
     let host_target = host_server.local_addr();
+    // A host endpoint: the node's interface hep0 to an outside namespace,
+    // with no policy (everything denied but the failsafe ports).
+    let outside = NetNs::create(&format!("{prefix}x")).unwrap();
+    manul_netns::create_veth(&node, "hep0", &outside, "eth0").unwrap();
+    manul_netns::add_address(&node, "hep0", "192.168.77.1/24".parse().unwrap()).unwrap();
+    manul_netns::add_address(&outside, "eth0", "192.168.77.2/24".parse().unwrap()).unwrap();
+    manul_netns::link_up(&node, "hep0").unwrap();
+    manul_netns::link_up(&outside, "eth0").unwrap();
+    let hep_ip = IpAddr::V4(Ipv4Addr::new(192, 168, 77, 1));
+    let ssh = TcpServer::start(&node, SocketAddr::new(hep_ip, 22)).unwrap();
+    let other_port = TcpServer::start(&node, SocketAddr::new(hep_ip, 8082)).unwrap();
+    let (ssh_target, other_target) = (ssh.local_addr(), other_port.local_addr());
     let target = server.local_addr();
     let (a, c) = (&pods[0], &pods[2]);
     let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/manul/{prefix}")));
@@ -222,6 +234,11 @@ fn run(dataplane: &str, bpf: bool) {
         &mut api,
         &[
             doc("Namespace", "be", ""),
+            doc(
+                "HostEndpoint",
+                "node1-hep0",
+                "spec:\n  node: node1\n  interfaceName: hep0\n  expectedIPs: [192.168.77.1]\n",
+            ),
             doc(
                 "FelixConfiguration",
                 "default",
@@ -307,6 +324,15 @@ fn run(dataplane: &str, bpf: bool) {
         !reached(a, host_target),
         "a workload reached its host under Drop"
     );
+    // The host endpoint denies everything but Calico's failsafe ports.
+    assert!(
+        reached(&outside, ssh_target),
+        "failsafe port 22 was not open"
+    );
+    assert!(
+        !reached(&outside, other_target),
+        "a host endpoint without policy let 8082 in"
+    );
 
     // Live changes, in the same run: the log level and (eBPF) how often
     // the flow log is written: every 300 s by default, so nothing yet.
@@ -349,7 +375,7 @@ fn run(dataplane: &str, bpf: bool) {
         &mut api,
         &[node_spec(
             bpf,
-            "  logSeverityScreen: Debug\n  defaultEndpointToHostAction: Accept\n",
+            "  logSeverityScreen: Debug\n  defaultEndpointToHostAction: Accept\n  failsafeInboundHostPorts: [{protocol: TCP, port: 8082}]\n",
         )],
     ));
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -389,6 +415,15 @@ fn run(dataplane: &str, bpf: bool) {
     assert!(
         !reached(c, host_target),
         "an unprogrammed pod reached the host"
+    );
+    // The failsafe ports are now 8082 alone.
+    assert!(
+        reached(&outside, other_target),
+        "the new failsafe port 8082 is closed"
+    );
+    assert!(
+        !reached(&outside, ssh_target),
+        "22 stayed open after it left the failsafe ports"
     );
 
     if dataplane == "kernel" {
@@ -452,6 +487,7 @@ fn run(dataplane: &str, bpf: bool) {
     rt.block_on(typha.shutdown());
     drop(server);
     drop(host_server);
+    drop((ssh, other_port));
     drop(pins);
 }
 
