@@ -28,20 +28,7 @@ use manul_typha::server::{TyphaConfig, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next().map(str::to_string));
-    if uid.as_deref() == Some("0") {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "kernel tests need root in CI"
-    );
-    eprintln!("skipped: needs root (set CI=true to make this a failure)");
-    false
+    manul_netns::testing::have_root("this FelixConfiguration kernel test")
 }
 
 struct Felix(Child);
