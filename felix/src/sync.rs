@@ -165,6 +165,25 @@ impl Syncer {
         self
     }
 
+    /// After a snapshot: tells the configuration channel that this node's
+    /// FelixConfigurations the snapshot did not hold are absent, even if
+    /// this client never saw them (Felix read them separately at start).
+    fn confirm_config_absent(&self, seen: &FxHashSet<ResourceKey>) {
+        let Some(tx) = &self.felix_config else {
+            return;
+        };
+        for name in ["default".to_string(), format!("node.{}", self.config.node)] {
+            let key = ResourceKey {
+                kind: Kind::FelixConfiguration,
+                namespace: None,
+                name,
+            };
+            if !seen.contains(&key) && !self.known.contains(&key) {
+                let _ = tx.send(Update { key, value: None });
+            }
+        }
+    }
+
     /// Takes the FelixConfiguration updates out of `batch` and sends them
     /// on their channel, if there is one.
     fn divert(&self, batch: &mut Vec<Update>) {
@@ -296,6 +315,7 @@ impl Syncer {
                             })
                             .collect();
                         gone.sort_by(|a, b| a.key.cmp(&b.key));
+                        self.confirm_config_absent(&seen);
                         self.known = seen;
                         self.divert(&mut gone);
                         send(gone, s.revision).await?;
@@ -398,5 +418,15 @@ mod tests {
                 ("node.node1".to_string(), false)
             ]
         );
+
+        // A snapshot without this node's resources confirms them absent
+        // (those the client knew are deleted the ordinary way).
+        let mut seen = FxHashSet::default();
+        seen.insert(update(Kind::FelixConfiguration, "default", None).key);
+        syncer.confirm_config_absent(&seen);
+        let absent: Vec<(String, bool)> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|u| (u.key.name, u.value.is_some()))
+            .collect();
+        assert_eq!(absent, [("node.node1".to_string(), false)]);
     }
 }
