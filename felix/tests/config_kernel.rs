@@ -358,6 +358,7 @@ fn run(dataplane: &str, bpf: bool) {
 
     // A change that needs a restart: Felix restarts in place; c stays
     // dropped throughout and a and b keep reaching each other.
+    let restart_started = Instant::now();
     rt.block_on(apply(
         &mut api,
         &[node_spec(
@@ -384,7 +385,8 @@ fn run(dataplane: &str, bpf: bool) {
     assert!(felix.0.try_wait().unwrap().is_none(), "felix exited");
     assert!(count(&log, "configuration changed: restarting Felix") >= 1);
     eprintln!(
-        "{dataplane}: {probes} probes of the unprogrammed pod during the restart, none reached"
+        "{dataplane}: ready again {:?} after the change; {probes} probes of the unprogrammed pod meanwhile, none reached",
+        restart_started.elapsed()
     );
     assert!(
         reached(a, target),
