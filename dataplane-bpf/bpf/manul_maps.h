@@ -61,6 +61,11 @@ enum manul_reason {
 	MANUL_REASON_NO_ENDPOINT = 1,
 	MANUL_REASON_NO_TABLE = 2,
 	MANUL_REASON_NO_RULE = 3,
+	/* A workload's traffic to its own host, allowed by its policy and
+	 * dropped by the endpoint-to-host action. */
+	MANUL_REASON_TO_HOST = 4,
+	/* A host endpoint's failsafe port. */
+	MANUL_REASON_FAILSAFE = 5,
 };
 
 enum manul_ct_state {
@@ -98,6 +103,9 @@ enum manul_counter {
 enum manul_meta_slot {
 	/* The next table id userspace may allocate (survives restarts). */
 	MANUL_META_NEXT_TABLE = 0,
+	/* 1: drop a workload's traffic to its own host once its policy allowed
+	 * it (Felix's defaultEndpointToHostAction Drop); 0: let it through. */
+	MANUL_META_TO_HOST_DROP = 1,
 	MANUL_META_MAX = 4,
 };
 
@@ -111,8 +119,22 @@ struct manul_ep_value {
 	/* Indexed by enum manul_hook; 0 = drop everything on that hook. */
 	__u32 table[2];
 	__u32 space[2];
-	__u32 flags;
+	__u32 flags; /* MANUL_EP_* */
 	__u32 reserved;
+};
+
+/* manul_failsafe: (direction, protocol, port) -> 1: new flows to this port
+ * of a host endpoint are allowed whatever its policy says (Felix's failsafe
+ * ports), so a bad policy cannot cut a node off. */
+struct manul_failsafe_key {
+	__u8 outbound; /* 0: to the host (inbound), 1: from it */
+	__u8 proto;
+	__u16 port; /* host order */
+};
+
+/* manul_ep_value.flags */
+enum manul_ep_flag {
+	MANUL_EP_HOST = 1, /* a host endpoint (else a workload) */
 };
 
 /* manul_addr (LPM trie): (space, side, version, address prefix) -> the

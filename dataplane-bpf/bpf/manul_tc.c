@@ -119,6 +119,14 @@ struct {
 } manul_meta SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct manul_failsafe_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_failsafe SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } manul_events SEC(".maps");
@@ -522,6 +530,57 @@ static __always_inline int is_neighbour_discovery(const struct pkt *p)
 	       p->icmp_type <= 137;
 }
 
+/* Whether the endpoint-to-host action drops a workload's traffic to its
+ * own host. */
+static __always_inline int to_host_dropped(void)
+{
+	__u32 slot = MANUL_META_TO_HOST_DROP;
+	__u64 *v = bpf_map_lookup_elem(&manul_meta, &slot);
+
+	return v && *v == 1;
+}
+
+/* Whether the packet is for this host rather than forwarded: the FIB has
+ * no unicast route out for it (a local, broadcast or multicast
+ * destination). Needs forwarding enabled, as on any node. */
+static __always_inline int to_local_host(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct bpf_fib_lookup f = {};
+
+	f.ifindex = skb->ifindex;
+	f.l4_protocol = p->proto;
+	f.sport = p->sport;
+	f.dport = p->dport;
+	if (p->version == 4) {
+		f.family = 2; /* AF_INET */
+		__builtin_memcpy(&f.ipv4_src, p->src, 4);
+		__builtin_memcpy(&f.ipv4_dst, p->dst, 4);
+	} else {
+		f.family = 10; /* AF_INET6 */
+		__builtin_memcpy(f.ipv6_src, p->src, 16);
+		__builtin_memcpy(f.ipv6_dst, p->dst, 16);
+	}
+	return bpf_fib_lookup(skb, &f, sizeof(f), 0) == BPF_FIB_LKUP_RET_NOT_FWDED;
+}
+
+/* Whether a new flow on a host endpoint is to (its ingress, for the host)
+ * or from (its egress) a failsafe port. */
+static __always_inline int failsafe(struct __sk_buff *skb, __u8 hook, const struct pkt *p)
+{
+	struct manul_failsafe_key k = {
+		.outbound = hook == MANUL_HOOK_EGRESS,
+		.proto = p->proto,
+		.port = bpf_ntohs(p->dport),
+	};
+
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
+		return 0;
+	if (!bpf_map_lookup_elem(&manul_failsafe, &k))
+		return 0;
+	/* Inbound: only what is for the host itself, not forwarded traffic. */
+	return k.outbound || to_local_host(skb, p);
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 {
 	__u32 ifindex = skb->ifindex;
@@ -579,7 +638,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		}
 	}
 
-	rc = classify(table, space, &p, &d);
+	if ((ep->flags & MANUL_EP_HOST) && failsafe(skb, hook, &p))
+		rc = MANUL_REASON_FAILSAFE;
+	else
+		rc = classify(table, space, &p, &d);
 	{
 		struct manul_ct_value v = {
 			.created_ns = now,
@@ -589,8 +651,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 			.orig_is_a = fwd,
 			.hook = hook,
 		};
-		int allowed = rc == MANUL_REASON_POLICY && d.rule.action == MANUL_ACTION_ALLOW;
+		int allowed = rc == MANUL_REASON_FAILSAFE ||
+			      (rc == MANUL_REASON_POLICY && d.rule.action == MANUL_ACTION_ALLOW);
 
+		/* From a workload (its host-side ingress) to its own host. */
+		if (allowed && hook == MANUL_HOOK_INGRESS && !(ep->flags & MANUL_EP_HOST) &&
+		    to_host_dropped() && to_local_host(skb, &p)) {
+			allowed = 0;
+			rc = MANUL_REASON_TO_HOST;
+		}
 		v.state = allowed ? MANUL_CT_ALLOWED : MANUL_CT_DENIED;
 		if (allowed) {
 			v.packets[0] = 1;

@@ -41,6 +41,8 @@ unsafe impl aya::Pod for manul_ct_key {}
 unsafe impl aya::Pod for manul_ct_value {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_event {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_failsafe_key {}
 
 /// Reads a flow event from the ring buffer's bytes.
 pub fn event_from_bytes(bytes: &[u8]) -> Option<manul_event> {

@@ -29,7 +29,7 @@ use crate::abi;
 use crate::compile::{self, CompiledTable, TableSpec};
 use crate::conntrack::{self, ConntrackEntry, ConntrackTimeouts, GcStats};
 use crate::error::BpfError;
-use crate::events::{self, FlowCounters, Reader, ReaderConfig, Shared};
+use crate::events::{self, FlowCounters, FlowLogInterval, Reader, ReaderConfig, Shared};
 use crate::keys;
 use crate::loader::{self, Hook, PinDirs};
 use crate::maps::{Maps, TableCounts};
@@ -56,11 +56,21 @@ pub struct BpfConfig {
     /// Where to append flow-log JSON lines, if anywhere.
     pub flow_log: Option<PathBuf>,
     pub flow_log_interval: Duration,
-    /// Interfaces with this prefix are workload interfaces: the driver
-    /// attaches to them as soon as it sees them, and drops their traffic
-    /// until their endpoint is programmed (`manul_model::names::
-    /// WORKLOAD_INTERFACE_PREFIX`). Empty: attach to endpoints only.
-    pub workload_prefix: String,
+    /// Interfaces whose names start with one of these prefixes are workload
+    /// interfaces (Felix's `interfacePrefix`): the driver attaches to them
+    /// as soon as it sees them, and drops their traffic until their
+    /// endpoint is programmed. Default `manul_model::names::
+    /// WORKLOAD_INTERFACE_PREFIX`; empty: attach to endpoints only.
+    pub workload_prefixes: Vec<String>,
+    /// Drop a workload's traffic to its own host once the workload's policy
+    /// allowed it (Felix's `defaultEndpointToHostAction: Drop`); otherwise
+    /// it goes on to the host. Applies to new flows.
+    pub endpoint_to_host_drop: bool,
+    /// Ports a host endpoint always allows new flows to, whatever its
+    /// policy: `(outbound, protocol number, port)` (Felix's failsafe
+    /// ports; inbound ones only for traffic to the host itself). Default
+    /// none.
+    pub failsafe: Vec<(bool, u8, u16)>,
     /// Benchmarks only: never create conntrack entries, so every packet is
     /// classified as a new flow.
     pub benchmark_no_conntrack: bool,
@@ -77,7 +87,9 @@ impl BpfConfig {
             gc_interval: Duration::from_secs(10),
             flow_log: None,
             flow_log_interval: Duration::from_secs(10),
-            workload_prefix: "mnl".to_owned(),
+            workload_prefixes: vec!["mnl".to_owned()],
+            endpoint_to_host_drop: false,
+            failsafe: Vec::new(),
             benchmark_no_conntrack: false,
         }
     }
@@ -156,6 +168,8 @@ pub struct BpfDriver {
     desired: NullDriver,
     shared: Arc<Mutex<Shared>>,
     reader: Option<Reader>,
+    /// The flow log's interval, shared with the reader.
+    flow_log_interval: FlowLogInterval,
     tables: HashMap<TableSpec, Lineage>,
     /// Table and space ids to delete by scanning (from failed writes and
     /// replaced poisoned lineages).
@@ -179,7 +193,9 @@ impl BpfDriver {
             config.addr_capacity,
             config.benchmark_no_conntrack,
         )?;
-        let maps = Maps::take(&mut ebpf)?;
+        let mut maps = Maps::take(&mut ebpf)?;
+        maps.store_to_host_drop(config.endpoint_to_host_drop)?;
+        maps.store_failsafe(&config.failsafe)?;
         let ring = ebpf
             .take_map("manul_events")
             .ok_or(BpfError::Missing("manul_events"))?;
@@ -189,13 +205,14 @@ impl BpfDriver {
             .ok()
             .and_then(|d| BpfHashMap::try_from(Map::HashMap(d)).ok());
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let flow_log_interval = FlowLogInterval::new(config.flow_log_interval);
         let reader = Reader::start(
             ring,
             gc_ct,
             shared.clone(),
             ReaderConfig {
                 flow_log: config.flow_log.clone(),
-                flow_log_interval: config.flow_log_interval,
+                flow_log_interval: flow_log_interval.clone(),
                 gc_interval: config.gc_interval,
                 timeouts: config.conntrack_timeouts,
             },
@@ -213,6 +230,7 @@ impl BpfDriver {
             desired: NullDriver::new(),
             shared,
             reader: Some(reader),
+            flow_log_interval,
             tables: HashMap::new(),
             garbage: HashSet::new(),
             endpoints: BTreeMap::new(),
@@ -647,12 +665,12 @@ impl BpfDriver {
     /// no endpoint entry, the programs drop its traffic (fail closed).
     /// Felix may call this when it sees a new interface.
     pub fn attach_workload_interfaces(&mut self) -> Vec<BpfError> {
-        if self.config.workload_prefix.is_empty() {
+        if self.config.workload_prefixes.is_empty() {
             return Vec::new();
         }
         let mut errors = Vec::new();
         for (ix, name) in interfaces() {
-            if name.starts_with(&self.config.workload_prefix)
+            if is_workload_interface(&self.config.workload_prefixes, &name)
                 && !self.attached.contains(&ix)
                 && let Err(e) = self.attach(name, ix)
             {
@@ -710,6 +728,12 @@ impl BpfDriver {
     /// Per-policy allow and deny counts from flow events so far.
     pub fn flow_counters(&self) -> FlowCounters {
         events::lock(&self.shared).counters.clone()
+    }
+
+    /// A handle that changes how often the flow log is written, while the
+    /// driver runs (Felix's `flowLogsFlushInterval`).
+    pub fn flow_log_interval(&self) -> FlowLogInterval {
+        self.flow_log_interval.clone()
     }
 
     /// Drains pending flow events and writes the flow log now.
@@ -839,6 +863,13 @@ fn skb_context(ifindex: u32) -> Vec<u8> {
 }
 
 /// The interfaces of the calling thread's network namespace.
+/// Whether `name` starts with one of the workload prefixes.
+pub fn is_workload_interface(prefixes: &[String], name: &str) -> bool {
+    prefixes
+        .iter()
+        .any(|p| !p.is_empty() && name.starts_with(p.as_str()))
+}
+
 fn interfaces() -> HashMap<u32, String> {
     nix::net::if_::if_nameindex()
         .map(|list| {
@@ -905,5 +936,26 @@ impl Driver for BpfDriver {
                 denied: c.denied,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::is_workload_interface;
+
+    #[test]
+    fn any_configured_prefix_makes_a_workload_interface() {
+        let prefixes = vec!["cali".to_string(), "tap".to_string()];
+        for (name, want) in [
+            ("cali12ab", true),
+            ("tap0", true),
+            ("mnl12ab", false),
+            ("eth0", false),
+            ("ca", false),
+        ] {
+            assert_eq!(is_workload_interface(&prefixes, name), want, "{name}");
+        }
+        assert!(!is_workload_interface(&[], "cali0"));
+        assert!(!is_workload_interface(&[String::new()], "eth0"));
     }
 }

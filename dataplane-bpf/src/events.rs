@@ -9,7 +9,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -77,6 +77,8 @@ impl FlowEvent {
             abi::MANUL_REASON_POLICY => "policy",
             abi::MANUL_REASON_NO_ENDPOINT => "no endpoint",
             abi::MANUL_REASON_NO_TABLE => "no table",
+            abi::MANUL_REASON_TO_HOST => "endpoint to host",
+            abi::MANUL_REASON_FAILSAFE => "failsafe",
             _ => "no rule",
         };
         Self {
@@ -203,11 +205,34 @@ pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How often the flow log is written; shared with the background thread,
+/// so it can be changed while the driver runs.
+#[derive(Debug, Clone)]
+pub struct FlowLogInterval(Arc<AtomicU64>);
+
+impl FlowLogInterval {
+    pub fn new(interval: Duration) -> FlowLogInterval {
+        let handle = FlowLogInterval(Arc::new(AtomicU64::new(0)));
+        handle.set(interval);
+        handle
+    }
+
+    /// Takes effect at the background thread's next pass.
+    pub fn set(&self, interval: Duration) {
+        let micros = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+        self.0.store(micros, Ordering::Release);
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Acquire))
+    }
+}
+
 /// What the background thread does besides reading events.
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {
     pub flow_log: Option<PathBuf>,
-    pub flow_log_interval: Duration,
+    pub flow_log_interval: FlowLogInterval,
     pub gc_interval: Duration,
     pub timeouts: ConntrackTimeouts,
 }
@@ -240,7 +265,10 @@ impl Reader {
                     let stopping = stop2.load(Ordering::Acquire);
                     drain(&mut ring, &shared);
                     let flushing = flush2.load(Ordering::Acquire);
-                    if stopping || flushing || last_flush.elapsed() >= config.flow_log_interval {
+                    if stopping
+                        || flushing
+                        || last_flush.elapsed() >= config.flow_log_interval.get()
+                    {
                         write_log(&shared, config.flow_log.as_ref());
                         last_flush = Instant::now();
                         flush2.store(false, Ordering::Release);

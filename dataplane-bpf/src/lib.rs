@@ -32,5 +32,5 @@ pub mod space;
 pub use conntrack::{ConntrackEntry, ConntrackTimeouts, GcStats};
 pub use driver::{BpfConfig, BpfDriver, KernelCounters, TestRunOutcome};
 pub use error::BpfError;
-pub use events::{FlowCounters, PolicyCounts};
+pub use events::{FlowCounters, FlowLogInterval, PolicyCounts};
 pub use loader::Hook;

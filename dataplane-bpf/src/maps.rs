@@ -26,6 +26,7 @@ pub struct Maps {
     proto: Trie<abi::manul_proto_data>,
     np: HashMap<MapData, abi::manul_np_key, abi::manul_bitmap>,
     rule: HashMap<MapData, abi::manul_rule_key, abi::manul_rule_value>,
+    failsafe: HashMap<MapData, abi::manul_failsafe_key, u8>,
     /// Entries the tables of this run hold in each table map (capacity
     /// checks; entries adopted from an earlier run are counted at start).
     pub used: TableCounts,
@@ -152,6 +153,7 @@ impl Maps {
             proto: proto_map.try_into().map_err(conv("manul_proto"))?,
             np: np_map.try_into().map_err(conv("manul_np"))?,
             rule: rule_map.try_into().map_err(conv("manul_rule"))?,
+            failsafe: typed!(ebpf, "manul_failsafe"),
             used: TableCounts::default(),
             capacity,
         };
@@ -371,6 +373,41 @@ impl Maps {
         self.meta
             .set(abi::MANUL_META_NEXT_TABLE, u64::from(id), 0)
             .map_err(|e| BpfError::map("manul_meta", "store the next table id", e))
+    }
+
+    /// Whether a workload's traffic to its own host is dropped once its
+    /// policy allowed it.
+    pub fn store_to_host_drop(&mut self, drop: bool) -> Result<(), BpfError> {
+        self.meta
+            .set(abi::MANUL_META_TO_HOST_DROP, u64::from(drop), 0)
+            .map_err(|e| BpfError::map("manul_meta", "store the endpoint-to-host action", e))
+    }
+
+    /// Replaces the failsafe ports: `(outbound, protocol, port)`.
+    pub fn store_failsafe(&mut self, ports: &[(bool, u8, u16)]) -> Result<(), BpfError> {
+        let key = |(outbound, proto, port): (bool, u8, u16)| abi::manul_failsafe_key {
+            outbound: u8::from(outbound),
+            proto,
+            port,
+        };
+        let wanted: std::collections::HashSet<(bool, u8, u16)> = ports.iter().copied().collect();
+        let stale: Vec<abi::manul_failsafe_key> = self
+            .failsafe
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(&(k.outbound != 0, k.proto, k.port)))
+            .collect();
+        for k in stale {
+            self.failsafe
+                .remove(&k)
+                .map_err(|e| BpfError::map("manul_failsafe", "remove a failsafe port", e))?;
+        }
+        for p in wanted {
+            self.failsafe
+                .insert(key(p), 1, 0)
+                .map_err(|e| BpfError::map("manul_failsafe", "store a failsafe port", e))?;
+        }
+        Ok(())
     }
 
     /// The per-CPU counters, summed.

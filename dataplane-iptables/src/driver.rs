@@ -7,7 +7,7 @@ use manul_dataplane_api::{DesiredState, Driver, DriverError, NullDriver, Operati
 use tracing::{debug, info, warn};
 
 use crate::nft::{Nft, NftError, Observed};
-use crate::render::{self, Ruleset, base_chains};
+use crate::render::{self, NftConfig, Ruleset};
 use crate::script;
 
 /// Counters for metrics and benchmarks.
@@ -43,6 +43,7 @@ pub struct NftDriver {
     /// earlier run's table, or a failed write).
     programmed: Option<Ruleset>,
     stats: NftStats,
+    config: NftConfig,
 }
 
 fn dataplane(context: &str, e: NftError) -> DriverError {
@@ -60,11 +61,17 @@ impl NftDriver {
     /// it enforcing and replaces it in one transaction at the first
     /// [`Operation::InSync`]: no gap, and nothing stale survives.
     pub fn new(nft: Nft) -> Result<Self, DriverError> {
+        Self::with_config(nft, NftConfig::default())
+    }
+
+    /// [`NftDriver::new`] with a configuration other than the default.
+    pub fn with_config(nft: Nft, config: NftConfig) -> Result<Self, DriverError> {
         let mut driver = Self {
             contract: NullDriver::new(),
             nft,
             programmed: None,
             stats: NftStats::default(),
+            config,
         };
         let existing = driver
             .nft
@@ -73,7 +80,10 @@ impl NftDriver {
         if existing {
             info!("found a table from an earlier run; it enforces until the first sync");
         } else {
-            driver.write_full(render::render(&DesiredState::default()))?;
+            driver.write_full(render::render_with(
+                &DesiredState::default(),
+                &driver.config,
+            ))?;
         }
         Ok(driver)
     }
@@ -103,7 +113,7 @@ impl NftDriver {
     pub fn refresh(&mut self) -> Result<Refresh, DriverError> {
         let Some(rs) = self.programmed.clone() else {
             if self.contract.state().in_sync {
-                let rs = render::render(self.contract.state());
+                let rs = render::render_with(self.contract.state(), &self.config);
                 self.write_full(rs)?;
                 self.stats.repairs += 1;
                 return Ok(Refresh::Repaired("the last write had failed".into()));
@@ -149,7 +159,7 @@ pub fn difference(rs: &Ruleset, o: &Observed) -> Option<String> {
         .iter()
         .map(|(n, r)| (n.clone(), r.iter().map(|r| r.comment.clone()).collect()))
         .collect();
-    for (name, _, rules) in base_chains() {
+    for (name, _, rules) in &rs.base {
         want.push((
             name.to_string(),
             rules.iter().map(|r| r.comment.clone()).collect(),
@@ -201,7 +211,7 @@ impl NftDriver {
             return Ok(());
         }
         let started = Instant::now();
-        let new = render::render(self.contract.state());
+        let new = render::render_with(self.contract.state(), &self.config);
         match self.programmed.take() {
             None => self.write_full(new)?,
             Some(old) => {

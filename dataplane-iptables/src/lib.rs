@@ -32,3 +32,4 @@ pub mod script;
 
 pub use driver::{NftDriver, NftStats, Refresh};
 pub use nft::{Nft, NftError};
+pub use render::{EndpointToHost, Failsafe, NftConfig};

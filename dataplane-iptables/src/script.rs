@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use crate::names::TABLE;
-use crate::render::{Ruleset, SetDef, base_chains};
+use crate::render::{Ruleset, SetDef};
 
 /// Elements per `add element` line, so no line grows without bound.
 const ELEMENTS_PER_LINE: usize = 2_000;
@@ -85,9 +85,9 @@ pub fn full(rs: &Ruleset) -> String {
     for (name, def) in rs.sets.iter().filter(|(_, d)| is_map(d)) {
         elements(&mut out, "add", name, def.elements.iter());
     }
-    for (name, spec, r) in base_chains() {
+    for (name, spec, r) in &rs.base {
         let _ = writeln!(out, "add chain inet {TABLE} {name} {{ {spec} }}");
-        rules(&mut out, name, &r);
+        rules(&mut out, name, r);
     }
     out
 }
@@ -197,6 +197,7 @@ mod tests {
                 .iter()
                 .map(|(n, r)| (n.to_string(), r.clone()))
                 .collect::<BTreeMap<_, _>>(),
+            base: crate::render::base_chains(&crate::render::NftConfig::default()),
         }
     }
 

@@ -53,6 +53,50 @@ pub struct AgentOptions {
     /// with every failed resync, up to `resync_max_backoff`.
     pub resync_min_backoff: Duration,
     pub resync_max_backoff: Duration,
+    /// Later values of the refresh intervals (Felix's configuration,
+    /// applied live); a zero interval turns that refresh off.
+    pub intervals: Option<watch::Receiver<Intervals>>,
+}
+
+/// The periodic refreshes' intervals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intervals {
+    /// The dataplane's check for out-of-band changes.
+    pub dataplane: Duration,
+    /// Writing every programmed route again.
+    pub routes: Duration,
+}
+
+/// A ticker for `every`, or none when it is zero (turned off).
+fn ticker(every: Duration) -> Option<tokio::time::Interval> {
+    if every.is_zero() {
+        return None;
+    }
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    Some(t)
+}
+
+async fn tick(t: &mut Option<tokio::time::Interval>) {
+    match t {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_intervals(rx: &mut Option<watch::Receiver<Intervals>>) -> Option<Intervals> {
+    match rx {
+        Some(r) => match r.changed().await {
+            Ok(()) => Some(*r.borrow_and_update()),
+            Err(_) => {
+                *rx = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 impl Default for AgentOptions {
@@ -63,6 +107,7 @@ impl Default for AgentOptions {
             refresh_interval: Duration::from_secs(90),
             resync_min_backoff: Duration::from_millis(100),
             resync_max_backoff: Duration::from_secs(10),
+            intervals: None,
         }
     }
 }
@@ -249,6 +294,7 @@ pub async fn run(
         refresh_interval,
         resync_min_backoff,
         resync_max_backoff,
+        intervals,
     } = options;
     metrics.resync_state.set(resync::WAITING);
     let mut dataplane = Dataplane {
@@ -263,9 +309,13 @@ pub async fn run(
     let mut flows = FlowTotals::default();
     let mut counters = tokio::time::interval(Duration::from_secs(5));
     counters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut refresh = tokio::time::interval(refresh_interval);
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    refresh.tick().await;
+    let mut refresh = ticker(refresh_interval);
+    let mut route_refresh: Option<tokio::time::Interval> = None;
+    let mut intervals = intervals;
+    if let Some(i) = intervals.as_mut().map(|r| *r.borrow_and_update()) {
+        refresh = ticker(i.dataplane);
+        route_refresh = ticker(i.routes);
+    }
     loop {
         let due = dataplane.sync.due().map(tokio::time::Instant::from_std);
         let first = tokio::select! {
@@ -282,7 +332,22 @@ pub async fn run(
                 flows.export(dataplane.driver.as_ref(), &metrics);
                 continue;
             }
-            _ = refresh.tick() => {
+            Some(i) = next_intervals(&mut intervals) => {
+                info!(dataplane = ?i.dataplane, routes = ?i.routes, "refresh intervals changed");
+                refresh = ticker(i.dataplane);
+                route_refresh = ticker(i.routes);
+                continue;
+            }
+            _ = tick(&mut route_refresh) => {
+                if let Some((calc, programmer)) = routes.as_ref()
+                    && let Err(e) = programmer.apply(&calc.all())
+                {
+                    error!("cannot refresh routes: {e}");
+                    metrics.dataplane_failures.inc();
+                }
+                continue;
+            }
+            _ = tick(&mut refresh) => {
                 // Out of sync, the resync rewrites everything anyway.
                 if !dataplane.sync.in_sync() {
                     continue;
@@ -407,6 +472,74 @@ mod tests {
             .filter(|l| l.starts_with("felix_policy_flows_total{"))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Counts refreshes.
+    struct Refreshing(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Driver for Refreshing {
+        fn apply(&mut self, _: &[Operation]) -> Result<(), DriverError> {
+            Ok(())
+        }
+        fn mark_stale(&mut self) {}
+        fn name(&self) -> &'static str {
+            "refreshing"
+        }
+        fn refresh(&mut self) -> Result<bool, DriverError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(false)
+        }
+    }
+
+    #[tokio::test]
+    async fn refresh_intervals_change_while_the_agent_runs() {
+        use std::sync::atomic::Ordering;
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (intervals, rx) = watch::channel(Intervals {
+            dataplane: Duration::from_secs(3600),
+            routes: Duration::ZERO,
+        });
+        let options = AgentOptions {
+            intervals: Some(rx),
+            ..AgentOptions::default()
+        };
+        let (_events, events_rx) = mpsc::channel(1);
+        let mut registry = Registry::default();
+        let metrics = FelixMetrics::register(&mut registry);
+        let (status, _status_rx) = watch::channel(AgentStatus::default());
+        let agent = tokio::spawn(run(
+            CalcGraph::new("node1"),
+            Box::new(Refreshing(count.clone())),
+            events_rx,
+            metrics,
+            status,
+            options,
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            0,
+            "refreshed at an hourly interval"
+        );
+        intervals.send_replace(Intervals {
+            dataplane: Duration::from_millis(20),
+            routes: Duration::ZERO,
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count.load(Ordering::SeqCst) < 3 {
+            assert!(Instant::now() < deadline, "the new interval never applied");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Zero turns the refresh off.
+        intervals.send_replace(Intervals {
+            dataplane: Duration::ZERO,
+            routes: Duration::ZERO,
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stopped = count.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(count.load(Ordering::SeqCst), stopped, "refreshed while off");
+        agent.abort();
     }
 
     #[test]

@@ -1,6 +1,11 @@
-//! `/metrics`, `/healthz` (the agent runs) and `/readyz` (in sync with
-//! Typha, and the dataplane holds what the graph computed: not ready from a
-//! failed batch until the resync that follows succeeds).
+//! Felix's HTTP endpoints: `/metrics`, `/healthz` and `/liveness` (the
+//! agent runs), `/readyz` and `/readiness` (in sync with Typha, and the
+//! dataplane holds what the graph computed: not ready from a failed batch
+//! until the resync that follows succeeds), and `/config` (the effective
+//! configuration and where each value came from). A listener serves a
+//! chosen subset: the local debug listener (`--metrics`) all of them,
+//! Calico's Prometheus listener the metrics, its health listener the
+//! health checks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,14 +20,34 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::agent::AgentStatus;
+use crate::config::View;
 
-#[derive(Clone)]
-struct AppState {
-    registry: Arc<Registry>,
-    status: watch::Receiver<AgentStatus>,
+/// What the handlers read.
+#[derive(Clone, Debug)]
+pub struct HttpState {
+    pub registry: Arc<Registry>,
+    pub status: watch::Receiver<AgentStatus>,
+    /// The effective configuration, when `/config` is served.
+    pub config: Option<watch::Receiver<View>>,
 }
 
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    pub metrics: bool,
+    pub health: bool,
+    pub config: bool,
+}
+
+impl Endpoints {
+    pub const ALL: Endpoints = Endpoints {
+        metrics: true,
+        health: true,
+        config: true,
+    };
+}
+
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
         Ok(()) => (
@@ -42,7 +67,7 @@ async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
 }
 
-async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     readiness(&s.status.borrow())
 }
 
@@ -70,25 +95,73 @@ fn readiness(st: &AgentStatus) -> (StatusCode, String) {
     }
 }
 
-/// Serves the endpoints on `addr`; returns the bound address.
+async fn config(State(s): State<HttpState>) -> impl IntoResponse {
+    let Some(rx) = &s.config else {
+        return (StatusCode::NOT_FOUND, "no configuration\n".to_string()).into_response();
+    };
+    let view = rx.borrow().clone();
+    match serde_json::to_string_pretty(&view) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body + "\n",
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Serves `endpoints` on `addr`; returns the bound address.
+pub async fn serve_with(
+    addr: SocketAddr,
+    endpoints: Endpoints,
+    state: HttpState,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let mut app = Router::new();
+    if endpoints.metrics {
+        app = app.route("/metrics", get(metrics));
+    }
+    if endpoints.health {
+        app = app
+            .route("/healthz", get(healthz))
+            .route("/liveness", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/readiness", get(readyz));
+    }
+    if endpoints.config {
+        app = app.route("/config", get(config));
+    }
+    let app = app.with_state(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(%bound, "HTTP server failed: {e}");
+        }
+    });
+    Ok(bound)
+}
+
+/// Serves metrics and health on `addr`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
     status: watch::Receiver<AgentStatus>,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(AppState { registry, status });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("metrics server failed: {e}");
-        }
-    });
-    Ok(bound)
+    let endpoints = Endpoints {
+        config: false,
+        ..Endpoints::ALL
+    };
+    serve_with(
+        addr,
+        endpoints,
+        HttpState {
+            registry,
+            status,
+            config: None,
+        },
+    )
+    .await
 }
 
 #[cfg(test)]

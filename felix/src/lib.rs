@@ -9,6 +9,8 @@
 
 pub mod agent;
 pub mod calc;
+pub mod config;
+pub mod configure;
 pub mod evaluator;
 pub mod http;
 pub mod metrics;

@@ -8,13 +8,24 @@
 //!
 //! `--netns NAME` runs the whole agent inside a named network namespace
 //! (entered before any thread starts), as a local cluster's nodes do.
+//!
+//! Configuration: before the dataplane starts, Felix reads the
+//! FelixConfigurations `default` and `node.<node>` from Typha and merges
+//! them with `FELIX_*` variables and explicit flags (`manul_felix::config`).
+//! `--print-config` prints the result with each value's source and exits;
+//! `/config` on the `--metrics` listener shows it while Felix runs. A later
+//! change that Calico applies live is applied live; any other restarts
+//! Felix in place (it executes itself again, same process id): the kernel
+//! state of the old run keeps enforcing until the new run is in sync, as
+//! after any restart, so no traffic is allowed that policy denies.
 
 /// The agent's allocator: the calculation graph allocates and frees many
 /// small objects, which mimalloc serves far faster than the system malloc.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,12 +35,19 @@ use clap::{Parser, ValueEnum};
 use manul_dataplane_api::Driver;
 use manul_felix::agent::{self, AgentOptions, AgentStatus};
 use manul_felix::calc::CalcGraph;
+use manul_felix::config::{self, FelixConfig, Inputs, View};
+use manul_felix::configure::{self, Live};
+use manul_felix::http::{Endpoints, HttpState};
 use manul_felix::metrics::FelixMetrics;
 use manul_felix::routes::{RouteCalc, RouteProgrammer};
 use manul_felix::status::StatusReporter;
 use manul_felix::sync::{SyncConfig, Syncer};
+use manul_model::v3::EndpointToHostAction;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, reload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Dataplane {
@@ -37,9 +55,14 @@ enum Dataplane {
     Null,
     /// Send operations to an out-of-process driver (--driver-socket).
     Remote,
-    /// Linux netfilter, programmed through nftables (`nft`).
+    /// The kernel dataplane FelixConfiguration picks: eBPF when
+    /// `bpfEnabled`, iptables otherwise.
+    Kernel,
+    /// Linux netfilter, programmed through nftables (`nft`); sets
+    /// `bpfEnabled: false` as a flag.
     Iptables,
-    /// eBPF programs at TC on every workload interface.
+    /// eBPF programs at TC on every workload interface; sets
+    /// `bpfEnabled: true` as a flag.
     Bpf,
 }
 
@@ -57,14 +80,15 @@ struct Args {
     /// Unix socket of an out-of-process driver (with --dataplane remote).
     #[arg(long)]
     driver_socket: Option<PathBuf>,
-    /// Address for /metrics, /healthz and /readyz.
+    /// Local debug listener: /metrics, /healthz, /readyz and /config.
     #[arg(long, default_value = "127.0.0.1:9091")]
     metrics: SocketAddr,
     /// eBPF: pins live under /sys/fs/bpf/manul/NAME (default: the node
     /// name; nodes sharing a machine need different names).
     #[arg(long)]
     bpf_pin_name: Option<String>,
-    /// eBPF: append flow logs (JSON lines, aggregated per interval) here.
+    /// eBPF: append flow logs (JSON lines, aggregated per interval) here;
+    /// sets `flowLogsFileEnabled: true` as a flag.
     #[arg(long)]
     flow_log: Option<PathBuf>,
     /// Run inside this named network namespace (as `ip netns` names them).
@@ -79,51 +103,175 @@ struct Args {
     #[arg(long)]
     program_routes: bool,
     /// How often the dataplane is checked for out-of-band changes, in
-    /// seconds.
-    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..))]
-    refresh_interval: u64,
-    /// Log format: text or json. Filter with RUST_LOG (default: info).
+    /// seconds; sets `iptablesRefreshInterval` as a flag.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    refresh_interval: Option<u64>,
+    /// Log format: text or json. RUST_LOG, when set, overrides
+    /// `logSeverityScreen`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Print the effective configuration, with where each value came from,
+    /// and exit (reads the FelixConfigurations from Typha).
+    #[arg(long)]
+    print_config: bool,
 }
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+/// The log filter's handle: `logSeverityScreen` changes go through it.
+type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+fn init_tracing(json: bool, level: &str) -> LogHandle {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     if json {
-        builder.json().init();
+        registry
+            .with(tracing_subscriber::fmt::layer().json())
+            .init();
     } else {
-        builder.init();
+        // Colours only on a terminal, not in log files.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
+            .init();
+    }
+    handle
+}
+
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty())
+}
+
+/// The settings the command line gives explicitly.
+fn flags(args: &Args) -> std::collections::BTreeMap<&'static str, String> {
+    let mut out = std::collections::BTreeMap::new();
+    match args.dataplane {
+        Dataplane::Iptables => {
+            out.insert("bpfEnabled", "false".to_string());
+        }
+        Dataplane::Bpf => {
+            out.insert("bpfEnabled", "true".to_string());
+        }
+        _ => {}
+    }
+    if let Some(secs) = args.refresh_interval {
+        out.insert("iptablesRefreshInterval", secs.to_string());
+    }
+    if args.flow_log.is_some() {
+        out.insert("flowLogsFileEnabled", "true".to_string());
+    }
+    out
+}
+
+fn nft_config(config: &FelixConfig) -> manul_dataplane_iptables::NftConfig {
+    use manul_dataplane_iptables::{EndpointToHost, Failsafe};
+    let ports = |list: &[manul_model::v3::ProtoPort]| {
+        list.iter()
+            .filter_map(|p| {
+                let protocol = match p.protocol.number() {
+                    6 => "tcp",
+                    17 => "udp",
+                    132 => "sctp",
+                    _ => return None,
+                };
+                Some(Failsafe {
+                    protocol,
+                    port: p.port,
+                    net: p.net.as_ref().map(|n| n.net()),
+                })
+            })
+            .collect()
+    };
+    manul_dataplane_iptables::NftConfig {
+        workload_prefixes: config.interface_prefix.value.clone(),
+        failsafe_inbound: ports(&config.failsafe_inbound_host_ports.value),
+        failsafe_outbound: ports(&config.failsafe_outbound_host_ports.value),
+        endpoint_to_host: match config.default_endpoint_to_host_action.value {
+            EndpointToHostAction::Drop => EndpointToHost::Drop,
+            EndpointToHostAction::Return => EndpointToHost::Return,
+            EndpointToHostAction::Accept => EndpointToHost::Accept,
+        },
     }
 }
 
-fn driver(args: &Args) -> Result<Box<dyn Driver>, String> {
+/// The failsafe ports for the eBPF driver. It cannot restrict one to a
+/// network: such a port is left out (so it is policed, never opened wider).
+fn bpf_failsafe(config: &FelixConfig) -> Vec<(bool, u8, u16)> {
+    let mut out = Vec::new();
+    for (outbound, ports) in [
+        (false, &config.failsafe_inbound_host_ports.value),
+        (true, &config.failsafe_outbound_host_ports.value),
+    ] {
+        for p in ports {
+            if let Some(net) = &p.net {
+                tracing::warn!(
+                    port = p.port,
+                    net = %net.0,
+                    "the eBPF dataplane cannot limit a failsafe port to a network; it is not failsafe there"
+                );
+                continue;
+            }
+            out.push((outbound, p.protocol.number(), p.port));
+        }
+    }
+    out
+}
+
+/// The driver, and the eBPF flow-log interval's handle when it is eBPF.
+type Built = (
+    Box<dyn Driver>,
+    Option<manul_dataplane_bpf::FlowLogInterval>,
+);
+
+fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
+    let kernel_bpf = config.bpf_enabled.value;
     match args.dataplane {
-        Dataplane::Null => Ok(Box::new(manul_dataplane_api::null::NullDriver::default())),
+        Dataplane::Null => Ok((
+            Box::new(manul_dataplane_api::null::NullDriver::default()),
+            None,
+        )),
         Dataplane::Remote => {
             let path = args
                 .driver_socket
                 .as_ref()
                 .ok_or("--dataplane remote needs --driver-socket PATH")?;
             manul_dataplane_api::remote::RemoteDriver::connect(path)
-                .map(|d| Box::new(d) as Box<dyn Driver>)
+                .map(|d| (Box::new(d) as Box<dyn Driver>, None))
                 .map_err(|e| format!("cannot reach the driver at {}: {e}", path.display()))
         }
-        Dataplane::Iptables => {
-            manul_dataplane_iptables::NftDriver::new(manul_dataplane_iptables::Nft::default())
-                .map(|d| Box::new(d) as Box<dyn Driver>)
-                .map_err(|e| format!("cannot start the iptables dataplane: {}", chain(&e)))
+        Dataplane::Iptables | Dataplane::Bpf | Dataplane::Kernel if !kernel_bpf => {
+            manul_dataplane_iptables::NftDriver::with_config(
+                manul_dataplane_iptables::Nft::default(),
+                nft_config(config),
+            )
+            .map(|d| (Box::new(d) as Box<dyn Driver>, None))
+            .map_err(|e| format!("cannot start the iptables dataplane: {}", chain(&e)))
         }
-        Dataplane::Bpf => {
-            let mut config = manul_dataplane_bpf::BpfConfig::new(
+        Dataplane::Iptables | Dataplane::Bpf | Dataplane::Kernel => {
+            let mut bpf = manul_dataplane_bpf::BpfConfig::new(
                 args.bpf_pin_name
                     .clone()
                     .unwrap_or_else(|| args.node.clone()),
             );
-            config.flow_log = args.flow_log.clone();
-            manul_dataplane_bpf::BpfDriver::new(config)
-                .map(|d| Box::new(d) as Box<dyn Driver>)
+            bpf.workload_prefixes = config.interface_prefix.value.clone();
+            bpf.flow_log = match &args.flow_log {
+                Some(path) => Some(path.clone()),
+                None if config.flow_logs_file_enabled.value => {
+                    let dir = PathBuf::from(&config.flow_logs_file_directory.value);
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| format!("flowLogsFileDirectory {}: {e}", dir.display()))?;
+                    Some(dir.join("flows.log"))
+                }
+                None => None,
+            };
+            bpf.flow_log_interval = config.flow_logs_flush_interval.value;
+            bpf.endpoint_to_host_drop =
+                config.default_endpoint_to_host_action.value == EndpointToHostAction::Drop;
+            bpf.failsafe = bpf_failsafe(config);
+            manul_dataplane_bpf::BpfDriver::new(bpf)
+                .map(|d| {
+                    let handle = d.flow_log_interval();
+                    (Box::new(d) as Box<dyn Driver>, Some(handle))
+                })
                 .map_err(|e| format!("cannot start the eBPF dataplane: {}", chain(&e)))
         }
     }
@@ -142,7 +290,11 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(args.log_format == "json");
+    // Until the configuration is read: RUST_LOG, or FELIX_LOGSEVERITYSCREEN.
+    let early = config::merge(&Inputs::default().with_env(std::env::vars()))
+        .map(|c| c.log_filter())
+        .unwrap_or("info");
+    let log = init_tracing(args.log_format == "json", early);
     if let Some(name) = &args.netns {
         // Before the runtime starts: every thread inherits the namespace.
         if let Err(e) = manul_netns::NetNs::open(name).and_then(|ns| ns.enter_current_thread()) {
@@ -150,74 +302,289 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(run(args)),
+        Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            ExitCode::from(1)
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args, log)) {
+        Outcome::Exit(code) => code,
+        Outcome::Restart(changed) => {
+            tracing::warn!(
+                ?changed,
+                "configuration changed: restarting Felix; the dataplane keeps enforcing meanwhile"
+            );
+            // Stop the runtime's threads before replacing the process.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            restart()
         }
     }
 }
 
-async fn run(args: Args) -> ExitCode {
-    if args.node.is_empty() {
-        eprintln!("error: --node must not be empty");
-        return ExitCode::from(2);
-    }
-    let driver = match driver(&args) {
-        Ok(d) => d,
+/// Executes this binary again with the same arguments and environment.
+fn restart() -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
+            eprintln!("error: cannot find the felix binary to restart: {e}");
+            return ExitCode::from(RESTART_FAILED);
         }
     };
+    let e = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    eprintln!("error: cannot restart {}: {e}", exe.display());
+    ExitCode::from(RESTART_FAILED)
+}
+
+/// Exit status when a restart the configuration needs could not be done
+/// in place: a supervisor should start Felix again.
+const RESTART_FAILED: u8 = 129;
+
+enum Outcome {
+    Exit(ExitCode),
+    Restart(Vec<&'static str>),
+}
+
+/// Once the new dataplane is in sync, removes what the other kernel
+/// dataplane left from an earlier run (after `bpfEnabled` changed): the
+/// `inet manul` table under eBPF, this node's pins under iptables. Until
+/// then both enforce, which only ever drops more.
+async fn retire_other_dataplane(
+    running: &'static str,
+    pin_name: String,
+    mut status: watch::Receiver<AgentStatus>,
+) {
+    if status.wait_for(|s| s.in_sync).await.is_err() {
+        return;
+    }
+    let result = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+        match running {
+            "bpf" => {
+                let nft = manul_dataplane_iptables::Nft::default();
+                if !nft.table_exists().map_err(|e| e.to_string())? {
+                    return Ok(false);
+                }
+                manul_dataplane_iptables::NftDriver::new(nft)
+                    .and_then(|mut d| d.remove_all())
+                    .map(|()| true)
+                    .map_err(|e| chain(&e))
+            }
+            "iptables" => {
+                let root = manul_dataplane_bpf::BpfConfig::new(pin_name.clone()).pin_root;
+                if !root.join(&pin_name).exists() {
+                    return Ok(false);
+                }
+                manul_dataplane_bpf::BpfDriver::purge_node(&root, &pin_name)
+                    .map(|()| true)
+                    .map_err(|e| e.to_string())
+            }
+            _ => Ok(false),
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok(true)) => tracing::info!(
+            running,
+            "removed what the other kernel dataplane left from an earlier run"
+        ),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::error!("cannot remove the other kernel dataplane's state: {e}"),
+        Err(e) => tracing::error!("cannot remove the other kernel dataplane's state: {e}"),
+    }
+}
+
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{nanos}", std::process::id())
+}
+
+fn listen_addr(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{host}:{port}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}:{port}: no address"))
+}
+
+async fn run(args: Args, log: LogHandle) -> Outcome {
+    let fail = |code: u8, msg: String| {
+        eprintln!("error: {msg}");
+        Outcome::Exit(ExitCode::from(code))
+    };
+    if args.node.is_empty() {
+        return fail(2, "--node must not be empty".into());
+    }
+    let mut inputs = Inputs::default().with_env(std::env::vars());
+    inputs.flags = flags(&args);
+    // A malformed variable or flag is an error before anything is read.
+    if let Err(e) = config::merge(&inputs) {
+        return fail(2, e.to_string());
+    }
+    let deadline = args.print_config.then_some(Duration::from_secs(10));
+    if let Err(e) = configure::load(&args.typha, &args.node, &mut inputs, deadline).await {
+        return fail(1, format!("cannot read FelixConfiguration from Typha: {e}"));
+    }
+    let config = match config::merge(&inputs) {
+        Ok(c) => c,
+        Err(e) => return fail(2, e.to_string()),
+    };
+    if args.print_config {
+        print!("{}", config.table());
+        for name in [&inputs.global, &inputs.node]
+            .into_iter()
+            .flatten()
+            .flat_map(config::ignored_fields)
+        {
+            println!("# {name}: accepted, not acted on");
+        }
+        return Outcome::Exit(ExitCode::SUCCESS);
+    }
+    configure::warn_ignored(&inputs);
+    let override_log = rust_log();
+    let set_log: Option<configure::SetLogFilter> = match &override_log {
+        Some(_) => None,
+        None => Some(Box::new(move |level: &str| {
+            if let Err(e) = log.reload(EnvFilter::new(level)) {
+                tracing::error!("cannot change the log level: {e}");
+            }
+        })),
+    };
+    if let Some(set) = &set_log {
+        set(config.log_filter());
+    }
+    if config.bpf_enabled.value && matches!(args.dataplane, Dataplane::Null | Dataplane::Remote) {
+        tracing::warn!("bpfEnabled is set but --dataplane is not kernel, iptables or bpf");
+    }
+    let (driver, flow_log_interval) = match driver(&args, &config) {
+        Ok(d) => d,
+        Err(e) => return fail(2, e),
+    };
+    tracing::info!(driver = driver.name(), "dataplane started");
     let mut registry = Registry::default();
     let metrics = FelixMetrics::register(&mut registry);
+    let registry = Arc::new(registry);
     let (status_tx, status_rx) = watch::channel(AgentStatus::default());
-    match manul_felix::http::serve(args.metrics, Arc::new(registry), status_rx).await {
-        Ok(addr) => tracing::info!(%addr, "serving metrics and health"),
-        Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", args.metrics);
-            return ExitCode::from(1);
+    let mut view = View::new(&args.node, &run_id(), &config, &inputs);
+    view.log_filter_override = override_log;
+    view.dataplane = driver.name().to_string();
+    let (view_tx, view_rx) = watch::channel(view);
+    let state = HttpState {
+        registry: registry.clone(),
+        status: status_rx,
+        config: Some(view_rx),
+    };
+    match manul_felix::http::serve_with(args.metrics, Endpoints::ALL, state.clone()).await {
+        Ok(addr) => tracing::info!(%addr, "serving metrics, health and /config"),
+        Err(e) => return fail(1, format!("cannot listen on {}: {e}", args.metrics)),
+    }
+    // Calico's listeners, from the configuration. A failure to listen is
+    // reported and does not stop policy.
+    let listeners = [
+        (
+            config.prometheus_metrics_enabled.value,
+            &config.prometheus_metrics_host.value,
+            config.prometheus_metrics_port.value,
+            Endpoints {
+                metrics: true,
+                health: false,
+                config: false,
+            },
+            "Prometheus metrics",
+        ),
+        (
+            config.health_enabled.value,
+            &config.health_host.value,
+            config.health_port.value,
+            Endpoints {
+                metrics: false,
+                health: true,
+                config: false,
+            },
+            "health checks",
+        ),
+    ];
+    for (enabled, host, port, endpoints, what) in listeners {
+        if !enabled {
+            continue;
+        }
+        let served = match listen_addr(host, port) {
+            Ok(addr) => manul_felix::http::serve_with(addr, endpoints, state.clone())
+                .await
+                .map_err(|e| format!("{addr}: {e}")),
+            Err(e) => Err(e),
+        };
+        match served {
+            Ok(addr) => tracing::info!(%addr, "serving {what}"),
+            Err(e) => tracing::error!("cannot serve {what}: {e}"),
         }
     }
+    if matches!(
+        args.dataplane,
+        Dataplane::Iptables | Dataplane::Bpf | Dataplane::Kernel
+    ) {
+        let pin_name = args
+            .bpf_pin_name
+            .clone()
+            .unwrap_or_else(|| args.node.clone());
+        tokio::spawn(retire_other_dataplane(
+            driver.name(),
+            pin_name,
+            state.status.clone(),
+        ));
+    }
     let (tx, rx) = mpsc::channel(1024);
+    let (config_tx, config_rx) = mpsc::unbounded_channel();
     let syncer = Syncer::new(SyncConfig {
         typhas: args.typha.clone(),
         node: args.node.clone(),
         min_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(5),
-    });
+    })
+    .with_config_updates(config_tx);
     tokio::spawn(syncer.run(tx));
+    let (intervals_tx, intervals_rx) = watch::channel(configure::intervals(&config));
     let graph = CalcGraph::new(args.node.clone());
     let mut options = AgentOptions {
-        refresh_interval: Duration::from_secs(args.refresh_interval),
+        refresh_interval: config.iptables_refresh_interval.value,
+        intervals: Some(intervals_rx),
         ..AgentOptions::default()
     };
     if args.program_routes {
         match RouteProgrammer::current() {
             Ok(p) => options.routes = Some((RouteCalc::new(args.node.clone()), p)),
-            Err(e) => {
-                eprintln!("error: --program-routes: {e}");
-                return ExitCode::from(1);
-            }
+            Err(e) => return fail(1, format!("--program-routes: {e}")),
         }
     }
     if let Some(dir) = &args.status_dir {
         match StatusReporter::new(dir) {
             Ok(r) => options.status = Some(r),
-            Err(e) => {
-                eprintln!("error: --status-dir {}: {e}", dir.display());
-                return ExitCode::from(2);
-            }
+            Err(e) => return fail(2, format!("--status-dir {}: {e}", dir.display())),
         }
     }
+    let live = Live {
+        log: set_log,
+        intervals: intervals_tx,
+        flow_log_interval,
+    };
+    let follow = configure::follow(args.node.clone(), inputs, config, config_rx, live, view_tx);
     tokio::select! {
         _ = agent::run(graph, driver, rx, metrics, status_tx, options) => {}
+        changed = follow => {
+            if !changed.is_empty() {
+                return Outcome::Restart(changed);
+            }
+        }
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
     }
-    ExitCode::SUCCESS
+    Outcome::Exit(ExitCode::SUCCESS)
 }

@@ -63,6 +63,17 @@ impl RouteCalc {
     }
 
     /// Takes the updates that matter for routing; returns the changes.
+    /// Every route currently wanted, to write again (a refresh).
+    pub fn all(&self) -> Vec<RouteChange> {
+        self.routes
+            .iter()
+            .map(|(dst, via)| RouteChange::Set {
+                dst: *dst,
+                via: *via,
+            })
+            .collect()
+    }
+
     pub fn apply(&mut self, updates: &[Update]) -> Vec<RouteChange> {
         let mut touched = false;
         for u in updates {

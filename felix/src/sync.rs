@@ -7,6 +7,9 @@
 //! a fresh snapshot, it replays the snapshot as updates (the graph ignores
 //! what did not change) and synthesises deletions for the keys that
 //! vanished, so the dataplane is repaired, never reset.
+//!
+//! FelixConfiguration updates go to their own channel when one is given
+//! ([`Syncer::with_config_updates`]): they configure Felix, not policy.
 
 use std::io::Read;
 use std::time::Duration;
@@ -143,6 +146,7 @@ pub struct Syncer {
     config: SyncConfig,
     revision: u64,
     known: FxHashSet<ResourceKey>,
+    felix_config: Option<mpsc::UnboundedSender<Update>>,
 }
 
 impl Syncer {
@@ -151,7 +155,52 @@ impl Syncer {
             config,
             revision: 0,
             known: FxHashSet::default(),
+            felix_config: None,
         }
+    }
+
+    /// Sends FelixConfiguration updates to `tx` instead of the agent.
+    pub fn with_config_updates(mut self, tx: mpsc::UnboundedSender<Update>) -> Syncer {
+        self.felix_config = Some(tx);
+        self
+    }
+
+    /// After a snapshot: tells the configuration channel that this node's
+    /// FelixConfigurations the snapshot did not hold are absent, even if
+    /// this client never saw them (Felix read them separately at start).
+    fn confirm_config_absent(&self, seen: &FxHashSet<ResourceKey>) {
+        let Some(tx) = &self.felix_config else {
+            return;
+        };
+        for name in ["default".to_string(), format!("node.{}", self.config.node)] {
+            let key = ResourceKey {
+                kind: Kind::FelixConfiguration,
+                namespace: None,
+                name,
+            };
+            if !seen.contains(&key) && !self.known.contains(&key) {
+                let _ = tx.send(Update { key, value: None });
+            }
+        }
+    }
+
+    /// Takes the FelixConfiguration updates out of `batch` and sends them
+    /// on their channel, if there is one.
+    fn divert(&self, batch: &mut Vec<Update>) {
+        let Some(tx) = &self.felix_config else {
+            return;
+        };
+        if !batch.iter().any(|u| u.key.kind == Kind::FelixConfiguration) {
+            return;
+        }
+        batch.retain(|u| {
+            if u.key.kind != Kind::FelixConfiguration {
+                return true;
+            }
+            // A closed channel means Felix is stopping; nothing to do.
+            let _ = tx.send(u.clone());
+            false
+        });
     }
 
     /// Runs forever (until the receiver is dropped).
@@ -248,8 +297,9 @@ impl Syncer {
                     }
                 }
                 Some(Message::Snapshot(chunk)) => {
-                    let batch = snapshot_updates(&chunk.entries, gzip, snapshot.as_mut())
+                    let mut batch = snapshot_updates(&chunk.entries, gzip, snapshot.as_mut())
                         .map_err(|e| e.to_string())?;
+                    self.divert(&mut batch);
                     send(batch, snapshot_revision).await?;
                 }
                 Some(Message::InSync(s)) => {
@@ -265,7 +315,9 @@ impl Syncer {
                             })
                             .collect();
                         gone.sort_by(|a, b| a.key.cmp(&b.key));
+                        self.confirm_config_absent(&seen);
                         self.known = seen;
+                        self.divert(&mut gone);
                         send(gone, s.revision).await?;
                     }
                     self.revision = s.revision;
@@ -295,6 +347,7 @@ impl Syncer {
                             Err(err) => warn!("skipping a delta: {err}"),
                         }
                     }
+                    self.divert(&mut batch);
                     send(batch, d.last_revision).await?;
                     self.revision = self.revision.max(d.last_revision);
                 }
@@ -302,5 +355,78 @@ impl Syncer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use manul_model::Resource;
+
+    use super::*;
+
+    fn update(kind: Kind, name: &str, value: Option<Resource>) -> Update {
+        Update {
+            key: ResourceKey {
+                kind,
+                namespace: None,
+                name: name.into(),
+            },
+            value,
+        }
+    }
+
+    #[test]
+    fn felix_configuration_goes_to_its_own_channel_not_the_graph() {
+        let config = SyncConfig {
+            typhas: vec![],
+            node: "node1".into(),
+            min_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+        };
+        let fc = manul_model::load(
+            "test",
+            b"apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {interfacePrefix: cali}\n",
+        )
+        .into_result()
+        .unwrap()
+        .remove(0)
+        .resource;
+        let mut batch = vec![
+            update(Kind::Tier, "a", None),
+            update(Kind::FelixConfiguration, "default", Some(fc)),
+            update(Kind::Tier, "b", None),
+            update(Kind::FelixConfiguration, "node.node1", None),
+        ];
+        // Without a channel, everything goes on (the graph ignores it).
+        Syncer::new(config.clone()).divert(&mut batch);
+        assert_eq!(batch.len(), 4);
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let syncer = Syncer::new(config).with_config_updates(tx);
+        syncer.divert(&mut batch);
+        let names: Vec<&str> = batch.iter().map(|u| u.key.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let routed: Vec<(String, bool)> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|u| (u.key.name, u.value.is_some()))
+            .collect();
+        assert_eq!(
+            routed,
+            [
+                ("default".to_string(), true),
+                ("node.node1".to_string(), false)
+            ]
+        );
+
+        // A snapshot without this node's resources confirms them absent
+        // (those the client knew are deleted the ordinary way).
+        let mut seen = FxHashSet::default();
+        seen.insert(update(Kind::FelixConfiguration, "default", None).key);
+        syncer.confirm_config_absent(&seen);
+        let absent: Vec<(String, bool)> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|u| (u.key.name, u.value.is_some()))
+            .collect();
+        assert_eq!(absent, [("node.node1".to_string(), false)]);
     }
 }

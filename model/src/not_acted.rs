@@ -41,8 +41,7 @@ const HEALTH: &str = "Manul's health endpoint listens on `healthPort` with fixed
 const IPV6: &str = "Manul always handles IPv4 and IPv6 alike";
 const TIMERS: &str = "Manul has no such periodic task or lock; its nftables table is \
      refreshed on `iptablesRefreshInterval`";
-const SET_SIZE: &str = "Manul's nftables sets have no size limit; the eBPF dataplane's is \
-     `bpfMapSizeIPSets`";
+const SET_SIZE: &str = "Manul's nftables sets have no size limit";
 const OPENSTACK: &str = "OpenStack is not supported";
 const INTERFACES: &str = "Manul manages exactly the interfaces named by `interfacePrefix`";
 const MTU: &str = "Manul does not manage MTUs";
@@ -61,7 +60,7 @@ const NAT: &str = "Manul does no NAT; outgoing NAT is left to the network";
 const SERVICES: &str = "Manul's eBPF dataplane enforces policy only; it does not replace \
      kube-proxy or load-balance services";
 const BPF: &str = "Manul's eBPF programs, maps and conntrack are its own; only `bpfEnabled` \
-     and the conntrack and IP set map sizes are configurable";
+     chooses them";
 const XDP: &str = "Manul attaches no XDP programs and has no sidecar acceleration";
 const FLOWS: &str = "Manul writes flow logs only to a local file (`flowLogsFileEnabled`); \
      there is no collector";
@@ -86,6 +85,10 @@ const AUTODETECT: &str = "Manul reads node addresses from Node resources; it doe
      autodetect them";
 const HOST_PORTS: &str = "Manul does not implement hostPort";
 const MULTI_INTERFACE: &str = "extra pod interfaces (Multus) are not supported";
+const STATUS: &str = "Felix reports no status to the datastore; it writes a file per \
+     programmed endpoint under its `--status-dir`";
+const MAP_SIZES: &str = "the eBPF dataplane sizes its maps itself; a pinned map keeps the \
+     size it was created with";
 const POD_SETUP: &str = "Manul's CNI plugin sets pods up its own way (see its configuration)";
 
 const fn felix(field: &'static str, reason: &'static str) -> NotActedOn {
@@ -106,7 +109,7 @@ const fn installation(field: &'static str, reason: &'static str) -> NotActedOn {
 
 /// Every field Manul accepts but does not act on, in the order of Calico's
 /// references. Felix acts on the `FelixConfiguration` fields not listed
-/// here.
+/// here (Felix's tests hold its settings to this table).
 pub const NOT_ACTED_ON: &[NotActedOn] = &[
     felix("spec.nodeSelector", SELECTOR_SCOPED),
     felix("spec.useInternalDataplaneDriver", DRIVER),
@@ -119,6 +122,11 @@ pub const NOT_ACTED_ON: &[NotActedOn] = &[
     felix("spec.featureDetectOverride", DEBUG),
     felix("spec.featureGates", DEBUG),
     felix("spec.maxIpsetSize", SET_SIZE),
+    felix("spec.ipsetsRefreshInterval", TIMERS),
+    felix("spec.reportingInterval", STATUS),
+    felix("spec.endpointStatusPathPrefix", STATUS),
+    felix("spec.bpfMapSizeConntrack", MAP_SIZES),
+    felix("spec.bpfMapSizeIPSets", MAP_SIZES),
     felix("spec.iptablesBackend", DRIVER),
     felix("spec.xdpRefreshInterval", TIMERS),
     felix("spec.netlinkTimeout", TIMERS),

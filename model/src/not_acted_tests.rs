@@ -24,40 +24,6 @@ fn every_entry_names_a_field_the_types_accept() {
     assert_eq!(fields.len(), NOT_ACTED_ON.len(), "a field is listed twice");
 }
 
-/// The fields Felix acts on: not one of them is in the table.
-const ACTED_ON: &[&str] = &[
-    "logSeverityScreen",
-    "bpfEnabled",
-    "bpfMapSizeConntrack",
-    "bpfMapSizeIPSets",
-    "iptablesRefreshInterval",
-    "ipsetsRefreshInterval",
-    "routeRefreshInterval",
-    "reportingInterval",
-    "flowLogsFlushInterval",
-    "flowLogsFileEnabled",
-    "prometheusMetricsEnabled",
-    "prometheusMetricsPort",
-    "healthEnabled",
-    "healthPort",
-    "defaultEndpointToHostAction",
-    "failsafeInboundHostPorts",
-    "failsafeOutboundHostPorts",
-    "interfacePrefix",
-    "endpointStatusPathPrefix",
-];
-
-#[test]
-fn fields_felix_acts_on_are_not_listed() {
-    for f in ACTED_ON {
-        let path = format!("spec.{f}");
-        assert!(
-            !NOT_ACTED_ON.iter().any(|e| e.field == path),
-            "{f} is acted on"
-        );
-    }
-}
-
 /// The README's section, as this table says it must read: the fields
 /// grouped by reason, in the table's order.
 fn readme_section() -> String {

@@ -20,6 +20,7 @@
 //! - base chains on the forward, input and output hooks that accept
 //!   established and related traffic first.
 
+pub mod config;
 pub mod rule;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +31,8 @@ use sha2::{Digest, Sha256};
 
 use crate::names::{self, MARK_ACCEPT, MARK_PASS};
 use rule::{Family, Owner};
+
+pub use config::{EndpointToHost, Failsafe, NftConfig};
 
 /// A set (or verdict map) of the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,13 +56,19 @@ pub struct RuleText {
     pub comment: String,
 }
 
-/// Everything in the table except the fixed base chains.
+/// A base chain: its name, its hook clause and its rules.
+pub type BaseChain = (&'static str, &'static str, Rules);
+
+/// Everything in the table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
     /// Sets and maps by name.
     pub sets: BTreeMap<String, SetDef>,
     /// Regular chains by name.
     pub chains: BTreeMap<String, Rules>,
+    /// The base chains: they depend on the configuration only, which is
+    /// fixed for a driver's life, so an incremental write leaves them.
+    pub base: Vec<BaseChain>,
 }
 
 /// Verdict map: workload interface → `mnl-fw-` chain.
@@ -75,51 +84,80 @@ pub const MAP_FROM_HOST: &str = "mnl-from-host";
 pub const MAP_TO_HOST_FWD: &str = "mnl-to-host-fwd";
 pub const MAP_FROM_HOST_FWD: &str = "mnl-from-host-fwd";
 
-/// The base chains, hooked into netfilter. Fixed text; the refresh checks
-/// them like any other chain.
-pub fn base_chains() -> Vec<(&'static str, &'static str, Rules)> {
+/// The base chains, hooked into netfilter, for `config`; the refresh checks
+/// them like any other chain. Traffic on an interface with a workload prefix
+/// that is not a programmed workload interface is dropped.
+pub fn base_chains(config: &NftConfig) -> Vec<BaseChain> {
     let wl = SET_WORKLOAD_IFACES;
+    let unknown = |dir: &str| -> Vec<String> {
+        config
+            .workload_prefixes
+            .iter()
+            .map(|p| format!("{dir}name \"{p}*\" {dir}name != @{wl} drop"))
+            .collect()
+    };
+    let to_host: Vec<String> = match config.endpoint_to_host {
+        EndpointToHost::Return => Vec::new(),
+        EndpointToHost::Drop | EndpointToHost::Accept => {
+            let verdict = if config.endpoint_to_host == EndpointToHost::Drop {
+                "drop"
+            } else {
+                "accept"
+            };
+            config
+                .workload_prefixes
+                .iter()
+                .map(|p| format!("iifname \"{p}*\" {verdict}"))
+                .collect()
+        }
+    };
     let est = "ct state established,related accept";
     let inv = "ct state invalid drop";
     let nd = "meta l4proto ipv6-icmp icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept";
-    let raw = |rules: &[&str]| -> Rules { rules.iter().map(|r| with_comment("base", r)).collect() };
+    let raw = |groups: &[Vec<String>]| -> Rules {
+        groups
+            .iter()
+            .flatten()
+            .map(|r| with_comment("base", r))
+            .collect()
+    };
     vec![
         (
             "mnl-forward",
             "type filter hook forward priority filter; policy accept;",
             raw(&[
-                est,
-                inv,
-                &format!("iifname \"mnl*\" iifname != @{wl} drop"),
-                &format!("oifname \"mnl*\" oifname != @{wl} drop"),
-                &format!("iifname vmap @{MAP_FROM_WORKLOAD}"),
-                &format!("oifname vmap @{MAP_TO_WORKLOAD}"),
-                &format!("iifname vmap @{MAP_TO_HOST_FWD}"),
-                &format!("oifname vmap @{MAP_FROM_HOST_FWD}"),
+                vec![est.to_string(), inv.to_string()],
+                unknown("iif"),
+                unknown("oif"),
+                vec![
+                    format!("iifname vmap @{MAP_FROM_WORKLOAD}"),
+                    format!("oifname vmap @{MAP_TO_WORKLOAD}"),
+                    format!("iifname vmap @{MAP_TO_HOST_FWD}"),
+                    format!("oifname vmap @{MAP_FROM_HOST_FWD}"),
+                ],
             ]),
         ),
         (
             "mnl-input",
             "type filter hook input priority filter; policy accept;",
             raw(&[
-                est,
-                inv,
-                nd,
-                &format!("iifname \"mnl*\" iifname != @{wl} drop"),
-                &format!("iifname vmap @{MAP_FROM_WORKLOAD}"),
-                &format!("iifname vmap @{MAP_TO_HOST}"),
+                vec![est.to_string(), inv.to_string(), nd.to_string()],
+                unknown("iif"),
+                vec![format!("iifname vmap @{MAP_FROM_WORKLOAD}")],
+                to_host,
+                vec![format!("iifname vmap @{MAP_TO_HOST}")],
             ]),
         ),
         (
             "mnl-output",
             "type filter hook output priority filter; policy accept;",
             raw(&[
-                est,
-                inv,
-                nd,
-                &format!("oifname \"mnl*\" oifname != @{wl} drop"),
-                &format!("oifname vmap @{MAP_TO_WORKLOAD}"),
-                &format!("oifname vmap @{MAP_FROM_HOST}"),
+                vec![est.to_string(), inv.to_string(), nd.to_string()],
+                unknown("oif"),
+                vec![
+                    format!("oifname vmap @{MAP_TO_WORKLOAD}"),
+                    format!("oifname vmap @{MAP_FROM_HOST}"),
+                ],
             ]),
         ),
     ]
@@ -319,9 +357,19 @@ fn empty_map() -> SetDef {
     }
 }
 
-/// Renders the whole desired state.
+/// Renders the whole desired state with the default configuration.
 pub fn render(state: &DesiredState) -> Ruleset {
-    let mut rs = Ruleset::default();
+    render_with(state, &NftConfig::default())
+}
+
+/// Renders the whole desired state for `config`.
+pub fn render_with(state: &DesiredState, config: &NftConfig) -> Ruleset {
+    let mut rs = Ruleset {
+        base: base_chains(config),
+        ..Ruleset::default()
+    };
+    let failsafe_in = config::failsafe_rules(&config.failsafe_inbound, true);
+    let failsafe_out = config::failsafe_rules(&config.failsafe_outbound, false);
     for (id, set) in &state.ip_sets {
         for v6 in [false, true] {
             let type_ = match (set.kind, v6) {
@@ -420,8 +468,8 @@ pub fn render(state: &DesiredState) -> Ruleset {
             &[],
             true,
         );
-        failsafe(&mut rs.chains, &to, FAILSAFE_IN);
-        failsafe(&mut rs.chains, &from, FAILSAFE_OUT);
+        failsafe(&mut rs.chains, &to, &failsafe_in);
+        failsafe(&mut rs.chains, &from, &failsafe_out);
         insert(&mut maps, MAP_TO_HOST, map_entry(iface, &to));
         insert(&mut maps, MAP_FROM_HOST, map_entry(iface, &from));
         if hep
@@ -468,19 +516,10 @@ pub fn render(state: &DesiredState) -> Ruleset {
     rs
 }
 
-/// Calico's default failsafe ports: a host endpoint's policy can never cut
-/// SSH, DHCP, BGP, etcd, Typha or the API server.
-const FAILSAFE_IN: &[&str] = &[
-    "tcp dport { 22, 179, 2379, 2380, 5473, 6443, 6666, 6667 } accept",
-    "udp dport 68 accept",
-];
-const FAILSAFE_OUT: &[&str] = &[
-    "tcp dport { 179, 2379, 2380, 5473, 6443, 6666, 6667 } accept",
-    "udp dport { 53, 67 } accept",
-];
-
-/// Puts the failsafe rules in front of a host endpoint chain.
-fn failsafe(chains: &mut BTreeMap<String, Rules>, chain: &str, rules: &[&str]) {
+/// Puts the failsafe rules in front of a host endpoint chain, so its policy
+/// can never cut SSH, DHCP, BGP, etcd, Typha or the API server (Calico's
+/// defaults; configurable).
+fn failsafe(chains: &mut BTreeMap<String, Rules>, chain: &str, rules: &[String]) {
     if let Some(existing) = chains.get_mut(chain) {
         let mut out: Rules = rules
             .iter()

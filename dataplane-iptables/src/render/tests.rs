@@ -255,3 +255,101 @@ fn host_endpoints_get_failsafe_ports_before_their_policy() {
     // No forward policies: forwarded traffic is not policed.
     assert!(rs.sets[MAP_TO_HOST_FWD].elements.is_empty());
 }
+
+fn base_rules(rs: &Ruleset, chain: &str) -> Vec<String> {
+    rs.base
+        .iter()
+        .find(|(name, _, _)| *name == chain)
+        .map(|(_, _, rules)| rules.iter().map(|r| r.text.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_workload_prefix_is_fail_closed() {
+    let config = NftConfig {
+        workload_prefixes: vec!["cali".into(), "tap".into()],
+        ..NftConfig::default()
+    };
+    let rs = render_with(&state(), &config);
+    let forward = base_rules(&rs, "mnl-forward");
+    for want in [
+        "iifname \"cali*\" iifname != @mnl-wl-ifaces drop",
+        "oifname \"cali*\" oifname != @mnl-wl-ifaces drop",
+        "iifname \"tap*\" iifname != @mnl-wl-ifaces drop",
+        "oifname \"tap*\" oifname != @mnl-wl-ifaces drop",
+    ] {
+        assert!(forward.iter().any(|r| r == want), "{want} in {forward:?}");
+    }
+    assert!(!forward.iter().any(|r| r.contains("mnl*")), "{forward:?}");
+    assert!(
+        base_rules(&rs, "mnl-input")
+            .iter()
+            .any(|r| r == "iifname \"tap*\" iifname != @mnl-wl-ifaces drop")
+    );
+    assert!(
+        base_rules(&rs, "mnl-output")
+            .iter()
+            .any(|r| r == "oifname \"cali*\" oifname != @mnl-wl-ifaces drop")
+    );
+    // The whole-table script carries them.
+    assert!(crate::script::full(&rs).contains("iifname \"tap*\" iifname != @mnl-wl-ifaces drop"));
+}
+
+#[test]
+fn endpoint_to_host_action_follows_the_workloads_outbound_policy() {
+    for (action, want) in [
+        (EndpointToHost::Drop, Some("iifname \"mnl*\" drop")),
+        (EndpointToHost::Accept, Some("iifname \"mnl*\" accept")),
+        (EndpointToHost::Return, None),
+    ] {
+        let config = NftConfig {
+            endpoint_to_host: action,
+            ..NftConfig::default()
+        };
+        let input = base_rules(&render_with(&state(), &config), "mnl-input");
+        let from_wl = input
+            .iter()
+            .position(|r| r == "iifname vmap @mnl-from-wl")
+            .unwrap();
+        match want {
+            Some(w) => assert_eq!(input[from_wl + 1], w, "{action:?}"),
+            None => assert_eq!(input[from_wl + 1], "iifname vmap @mnl-to-host"),
+        }
+    }
+}
+
+#[test]
+fn failsafe_ports_come_from_the_configuration() {
+    let mut s = state();
+    s.host_endpoints.insert(
+        "node1-eth0".into(),
+        manul_dataplane_api::HostEndpoint {
+            id: "node1-eth0".into(),
+            interface_name: "eth0".into(),
+            expected_ips: vec![],
+            tiers: vec![],
+            pre_dnat_tiers: vec![],
+            untracked_tiers: vec![],
+            forward_tiers: vec![],
+            profiles: vec![],
+        },
+    );
+    let config = NftConfig {
+        failsafe_inbound: vec![
+            Failsafe::new("tcp", 2222),
+            Failsafe {
+                protocol: "udp",
+                port: 500,
+                net: Some("10.0.0.0/8".parse().unwrap()),
+            },
+        ],
+        failsafe_outbound: vec![],
+        ..NftConfig::default()
+    };
+    let rs = render_with(&s, &config);
+    let to = texts(&rs, &names::host_chain("eth0", true, false));
+    assert_eq!(to[0], "tcp dport 2222 accept");
+    assert_eq!(to[1], "ip saddr 10.0.0.0/8 udp dport 500 accept");
+    let from = texts(&rs, &names::host_chain("eth0", false, false));
+    assert!(!from.iter().any(|r| r.contains("dport 53")), "{from:?}");
+}

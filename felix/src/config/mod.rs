@@ -1,0 +1,476 @@
+//! Felix's effective configuration, merged as Calico merges it. Pure: the
+//! inputs (the datastore's `FelixConfiguration`s, the environment, the
+//! command line) are passed in; nothing here reads a file, the environment
+//! or the clock.
+//!
+//! Priority, highest first (Calico's `config_params.go` order, with the
+//! command line above the environment as the most explicit local input):
+//!
+//! 1. a command-line flag given explicitly ([`Source::Flag`]),
+//! 2. the environment, `FELIX_<NAME>` with the name upper-cased, matched
+//!    case-insensitively ([`Source::Environment`]),
+//! 3. the node's own `FelixConfiguration` `node.<nodename>`
+//!    ([`Source::DatastorePerHost`]),
+//! 4. the global `FelixConfiguration` `default` ([`Source::DatastoreGlobal`]),
+//! 5. the built-in default ([`Source::Default`]).
+//!
+//! Local-only settings (where to listen, where to write files) have no
+//! datastore field and come from flags and the environment only. Every value
+//! remembers where it came from, and every setting says whether a change
+//! applies live or needs the dataplane restarted ([`Apply`]).
+//!
+//! It refuses a malformed local value (an error naming the variable or flag
+//! and the value); datastore values were validated when they were written.
+
+mod parse;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use manul_model::v3::{EndpointToHostAction, FelixConfigurationSpec, LogSeverity, ProtoPort};
+use serde::Serialize;
+
+pub use parse::{parse_ports, parse_prefixes};
+
+/// Where a value came from, lowest priority first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Source {
+    Default,
+    DatastoreGlobal,
+    DatastorePerHost,
+    Environment,
+    Flag,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::DatastoreGlobal => "datastore (default)",
+            Source::DatastorePerHost => "datastore (node)",
+            Source::Environment => "environment",
+            Source::Flag => "flag",
+        }
+    }
+}
+
+/// When a change to a setting takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Apply {
+    /// At once, in the running Felix.
+    Live,
+    /// Felix restarts its dataplane (the kernel state keeps enforcing
+    /// meanwhile).
+    Restart,
+}
+
+/// A value and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub source: Source,
+}
+
+/// A malformed local setting.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{origin} {value:?}: {reason}")]
+    Invalid {
+        /// The variable (`FELIX_INTERFACEPREFIX`) or flag that gave it.
+        origin: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// What the configuration is merged from.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// The global `default` FelixConfiguration, if stored.
+    pub global: Option<FelixConfigurationSpec>,
+    /// This node's `node.<nodename>` FelixConfiguration, if stored.
+    pub node: Option<FelixConfigurationSpec>,
+    /// `FELIX_*` variables, names upper-cased.
+    pub env: BTreeMap<String, String>,
+    /// Settings given explicitly on the command line, by setting name
+    /// (`bpfEnabled`), in the same text form as the environment.
+    pub flags: BTreeMap<&'static str, String>,
+}
+
+impl Inputs {
+    /// Keeps the `FELIX_*` variables of `vars` (any case), upper-cased.
+    pub fn with_env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Inputs {
+        self.env = vars
+            .into_iter()
+            .filter(|(k, _)| k.len() > 6 && k[..6].eq_ignore_ascii_case("FELIX_"))
+            .map(|(k, v)| (k.to_ascii_uppercase(), v))
+            .collect();
+        self
+    }
+
+    /// The datastore layer for `node`: `default` is global, `node.<node>`
+    /// is this node's; anything else is another node's and ignored.
+    /// Returns whether the name was this node's or the global one.
+    pub fn set_datastore(
+        &mut self,
+        node: &str,
+        name: &str,
+        spec: Option<FelixConfigurationSpec>,
+    ) -> bool {
+        if name == "default" {
+            self.global = spec;
+            true
+        } else if name.strip_prefix("node.") == Some(node) {
+            self.node = spec;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The environment variable of a setting: `FELIX_` and its name upper-cased.
+pub fn env_name(name: &str) -> String {
+    format!("FELIX_{}", name.to_ascii_uppercase())
+}
+
+/// A value's text for display.
+pub trait Render {
+    fn render(&self) -> String;
+}
+
+impl Render for bool {
+    fn render(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Render for u16 {
+    fn render(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Render for String {
+    fn render(&self) -> String {
+        self.clone()
+    }
+}
+
+impl Render for Vec<String> {
+    fn render(&self) -> String {
+        self.join(",")
+    }
+}
+
+impl Render for Duration {
+    fn render(&self) -> String {
+        manul_model::v3::GoDuration(*self).to_string()
+    }
+}
+
+impl Render for LogSeverity {
+    fn render(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl Render for EndpointToHostAction {
+    fn render(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl Render for Vec<ProtoPort> {
+    fn render(&self) -> String {
+        if self.is_empty() {
+            return "none".into();
+        }
+        self.iter()
+            .map(|p| match &p.net {
+                Some(net) => format!("{}:{}:{}", p.protocol, net.0, p.port),
+                None => format!("{}:{}", p.protocol, p.port),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// One setting as shown by `felix --print-config` and `/config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    pub name: &'static str,
+    pub value: String,
+    pub source: Source,
+    pub apply: Apply,
+}
+
+/// A setting whose value changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub name: &'static str,
+    pub apply: Apply,
+}
+
+type SpecField<T> = fn(&FelixConfigurationSpec) -> Option<T>;
+type Parser<T> = fn(&str) -> Result<T, String>;
+
+fn pick<T>(
+    name: &'static str,
+    default: T,
+    spec: SpecField<T>,
+    parse: Parser<T>,
+    inputs: &Inputs,
+) -> Result<Sourced<T>, ConfigError> {
+    let local = |text: &String, origin: String, source: Source| {
+        parse(text.trim())
+            .map(|value| Sourced { value, source })
+            .map_err(|reason| ConfigError::Invalid {
+                origin,
+                value: text.clone(),
+                reason,
+            })
+    };
+    if let Some(text) = inputs.flags.get(name) {
+        return local(text, format!("the flag for {name}"), Source::Flag);
+    }
+    let var = env_name(name);
+    // An empty variable is unset, as in Calico.
+    if let Some(text) = inputs.env.get(&var).filter(|t| !t.trim().is_empty()) {
+        return local(text, var, Source::Environment);
+    }
+    for (layer, source) in [
+        (&inputs.node, Source::DatastorePerHost),
+        (&inputs.global, Source::DatastoreGlobal),
+    ] {
+        if let Some(value) = layer.as_ref().and_then(spec) {
+            return Ok(Sourced { value, source });
+        }
+    }
+    Ok(Sourced {
+        value: default,
+        source: Source::Default,
+    })
+}
+
+fn local_only<T>(_: &FelixConfigurationSpec) -> Option<T> {
+    None
+}
+
+/// Declares the settings Felix acts on: the struct of effective values,
+/// the merge, the display and the comparison all come from this one list.
+macro_rules! settings {
+    ($( $(#[$doc:meta])* $field:ident: $ty:ty = $name:literal, $default:expr, $spec:expr, $parse:expr, $apply:ident; )*) => {
+        /// The effective configuration.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct FelixConfig {
+            $( $(#[$doc])* pub $field: Sourced<$ty>, )*
+        }
+
+        /// Merges `inputs` by priority.
+        pub fn merge(inputs: &Inputs) -> Result<FelixConfig, ConfigError> {
+            Ok(FelixConfig {
+                $( $field: pick($name, $default, $spec, $parse, inputs)?, )*
+            })
+        }
+
+        impl FelixConfig {
+            /// Every setting with its value and source, in declaration order.
+            pub fn entries(&self) -> Vec<Entry> {
+                vec![ $( Entry {
+                    name: $name,
+                    value: self.$field.value.render(),
+                    source: self.$field.source,
+                    apply: Apply::$apply,
+                }, )* ]
+            }
+
+            /// The settings whose values differ from `old` (sources aside).
+            pub fn changes_from(&self, old: &FelixConfig) -> Vec<Change> {
+                let mut out = Vec::new();
+                $( if self.$field.value != old.$field.value {
+                    out.push(Change { name: $name, apply: Apply::$apply });
+                } )*
+                out
+            }
+        }
+
+        /// The names of the settings Felix acts on.
+        pub const SETTINGS: &[&str] = &[ $( $name, )* ];
+    };
+}
+
+settings! {
+    /// Workload interface name prefixes (Calico: `cali`; Manul's CNI plugin
+    /// names interfaces `mnl…`, so `mnl` is the default).
+    interface_prefix: Vec<String> = "interfacePrefix",
+        vec![manul_model::names::WORKLOAD_INTERFACE_PREFIX.to_string()],
+        |s| s.interface_prefix.as_deref().and_then(|p| parse_prefixes(p).ok()),
+        parse_prefixes, Restart;
+    failsafe_inbound_host_ports: Vec<ProtoPort> = "failsafeInboundHostPorts",
+        parse::default_failsafe(true),
+        |s| s.failsafe_inbound_host_ports.clone(),
+        parse_ports, Restart;
+    failsafe_outbound_host_ports: Vec<ProtoPort> = "failsafeOutboundHostPorts",
+        parse::default_failsafe(false),
+        |s| s.failsafe_outbound_host_ports.clone(),
+        parse_ports, Restart;
+    default_endpoint_to_host_action: EndpointToHostAction = "defaultEndpointToHostAction",
+        EndpointToHostAction::Drop,
+        |s| s.default_endpoint_to_host_action,
+        parse::endpoint_to_host, Restart;
+    log_severity_screen: LogSeverity = "logSeverityScreen",
+        LogSeverity::Info,
+        |s| s.log_severity_screen,
+        parse::severity, Live;
+    bpf_enabled: bool = "bpfEnabled",
+        false, |s| s.bpf_enabled, parse::boolean, Restart;
+    prometheus_metrics_enabled: bool = "prometheusMetricsEnabled",
+        false, |s| s.prometheus_metrics_enabled, parse::boolean, Restart;
+    /// Local only (Calico: all interfaces).
+    prometheus_metrics_host: String = "prometheusMetricsHost",
+        String::new(), local_only, parse::host, Restart;
+    prometheus_metrics_port: u16 = "prometheusMetricsPort",
+        9091, |s| s.prometheus_metrics_port, parse::port, Restart;
+    health_enabled: bool = "healthEnabled",
+        false, |s| s.health_enabled, parse::boolean, Restart;
+    /// Local only.
+    health_host: String = "healthHost",
+        "localhost".to_string(), local_only, parse::host, Restart;
+    health_port: u16 = "healthPort",
+        9099, |s| s.health_port, parse::port, Restart;
+    /// How often the dataplane is checked for out-of-band changes; zero
+    /// turns the check off.
+    iptables_refresh_interval: Duration = "iptablesRefreshInterval",
+        Duration::from_secs(90), |s| s.iptables_refresh_interval.map(|d| d.0),
+        parse::duration, Live;
+    /// How often programmed routes are written again.
+    route_refresh_interval: Duration = "routeRefreshInterval",
+        Duration::from_secs(90), |s| s.route_refresh_interval.map(|d| d.0),
+        parse::duration, Live;
+    flow_logs_file_enabled: bool = "flowLogsFileEnabled",
+        false, |s| s.flow_logs_file_enabled, parse::boolean, Restart;
+    /// Local only: where `flows.log` is written.
+    flow_logs_file_directory: String = "flowLogsFileDirectory",
+        "/var/log/calico/flowlogs".to_string(), local_only, parse::path, Restart;
+    flow_logs_flush_interval: Duration = "flowLogsFlushInterval",
+        Duration::from_secs(300), |s| s.flow_logs_flush_interval.map(|d| d.0),
+        parse::duration, Live;
+}
+
+impl FelixConfig {
+    /// Whether any of `changes` needs a restart.
+    pub fn needs_restart(changes: &[Change]) -> bool {
+        changes.iter().any(|c| c.apply == Apply::Restart)
+    }
+
+    /// The `tracing` filter directive for `logSeverityScreen`.
+    pub fn log_filter(&self) -> &'static str {
+        match self.log_severity_screen.value {
+            LogSeverity::Trace => "trace",
+            LogSeverity::Debug => "debug",
+            LogSeverity::Info => "info",
+            LogSeverity::Warning => "warn",
+            LogSeverity::Error | LogSeverity::Fatal => "error",
+        }
+    }
+
+    /// The effective configuration as aligned text, one setting a line.
+    pub fn table(&self) -> String {
+        let entries = self.entries();
+        let width = entries.iter().map(|e| e.name.len()).max().unwrap_or(0);
+        let vwidth = entries.iter().map(|e| e.value.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for e in entries {
+            let apply = match e.apply {
+                Apply::Live => "live",
+                Apply::Restart => "restart",
+            };
+            out.push_str(&format!(
+                "{:width$}  {:vwidth$}  {:20}  {apply}\n",
+                e.name,
+                e.value,
+                e.source.as_str()
+            ));
+        }
+        out
+    }
+}
+
+/// Datastore values Felix cannot use (they fall back to the next layer):
+/// `(field, reason)`. The model checks types; the prefix list's syntax is
+/// checked here.
+pub fn unusable_fields(spec: &FelixConfigurationSpec) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(p) = &spec.interface_prefix
+        && let Err(e) = parse_prefixes(p)
+    {
+        out.push(("interfacePrefix", e));
+    }
+    out
+}
+
+/// The FelixConfiguration fields set in `spec` that Felix does not act on
+/// (those the model's [`manul_model::not_acted::NOT_ACTED_ON`] table lists,
+/// the local-only settings among them), for a warning.
+pub fn ignored_fields(spec: &FelixConfigurationSpec) -> Vec<String> {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(spec) else {
+        return Vec::new();
+    };
+    fields
+        .keys()
+        .filter(|name| not_acted_on(name))
+        .cloned()
+        .collect()
+}
+
+/// Whether the model lists FelixConfiguration field `name` as accepted but
+/// not acted on.
+pub fn not_acted_on(name: &str) -> bool {
+    manul_model::not_acted::NOT_ACTED_ON.iter().any(|e| {
+        e.kind == manul_model::Kind::FelixConfiguration
+            && e.field.strip_prefix("spec.") == Some(name)
+    })
+}
+
+/// What `/config` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct View {
+    pub node: String,
+    /// Identifies this run of Felix: it changes when Felix restarts.
+    pub run_id: String,
+    /// The driver this run started (`iptables`, `bpf`, ...).
+    pub dataplane: String,
+    pub settings: Vec<Entry>,
+    /// Fields set in this node's FelixConfigurations that Felix accepts but
+    /// does not act on.
+    pub not_acted_on: Vec<String>,
+    /// `RUST_LOG`, when it overrides `logSeverityScreen`.
+    pub log_filter_override: Option<String>,
+}
+
+impl View {
+    pub fn new(node: &str, run_id: &str, config: &FelixConfig, inputs: &Inputs) -> View {
+        let mut not_acted_on: Vec<String> = [&inputs.global, &inputs.node]
+            .into_iter()
+            .flatten()
+            .flat_map(ignored_fields)
+            .collect();
+        not_acted_on.sort();
+        not_acted_on.dedup();
+        View {
+            node: node.to_string(),
+            run_id: run_id.to_string(),
+            dataplane: String::new(),
+            settings: config.entries(),
+            not_acted_on,
+            log_filter_override: None,
+        }
+    }
+}

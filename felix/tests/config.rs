@@ -1,0 +1,360 @@
+//! FelixConfiguration against the `felix` binary and a real Typha (in this
+//! process, on loopback), with the null dataplane: the per-node resource
+//! overrides the global one, the environment overrides both, a live setting
+//! changes without a restart, a restart setting restarts Felix in place,
+//! Calico's listeners follow their settings, and `--print-config` shows
+//! each value's source.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use manul_proto::v1::resources_client::ResourcesClient;
+use manul_proto::v1::{ApplyItem, ApplyRequest};
+use manul_typha::server::{TyphaConfig, start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Felix(Child);
+
+impl Drop for Felix {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port below 32768, a different one at each call.
+fn port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = std::process::id() % 6_000;
+    loop {
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = 20_000 + ((base + k * 13) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.ok()?;
+    let code = raw.split_whitespace().nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// The `/config` document once `check` holds for it.
+async fn config_where(
+    port: u16,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    loop {
+        if let Some((200, body)) = get(port, "/config").await {
+            // A chunked body: the JSON object is between the first `{` and
+            // the last `}`.
+            if let (Some(a), Some(b)) = (body.find('{'), body.rfind('}'))
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&body[a..=b])
+            {
+                if check(&v) {
+                    return v;
+                }
+                last = v.to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "{what} never held: {last}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// (value, source) of a setting in a `/config` document.
+fn setting(v: &serde_json::Value, name: &str) -> (String, String) {
+    let s = v["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {v}"));
+    (
+        s["value"].as_str().unwrap().to_string(),
+        s["source"].as_str().unwrap().to_string(),
+    )
+}
+
+fn felix_config(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
+}
+
+async fn apply(api: &mut ResourcesClient<tonic::transport::Channel>, docs: &[String]) {
+    let items = docs
+        .iter()
+        .map(|d| ApplyItem {
+            document: d.clone().into_bytes().into(),
+            origin: "test".into(),
+            expected_revision: None,
+        })
+        .collect();
+    api.apply(ApplyRequest { items }).await.unwrap();
+}
+
+fn lines_with(path: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn felix_follows_felix_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
+    let typha = start(TyphaConfig::single(dir.path().to_path_buf(), addr))
+        .await
+        .unwrap();
+    let mut api = loop {
+        if typha.node.status().leader_id == 1
+            && let Ok(c) = ResourcesClient::connect(format!("http://{addr}")).await
+        {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (global_health, node_health, prometheus) = (port(), port(), port());
+    apply(
+        &mut api,
+        &[
+            felix_config(
+                "default",
+                &format!(
+                    "  interfacePrefix: tap\n  logSeverityScreen: Warning\n  healthEnabled: true\n  healthPort: {global_health}\n  routeRefreshInterval: 45s\n"
+                ),
+            ),
+            felix_config(
+                "node.node1",
+                &format!("  interfacePrefix: cali\n  healthPort: {node_health}\n"),
+            ),
+            // Another node's resource does not apply here.
+            felix_config("node.node2", "  interfacePrefix: other\n"),
+        ],
+    )
+    .await;
+
+    // --print-config: the merge, with sources, without starting anything.
+    let out = Command::new(env!("CARGO_BIN_EXE_felix"))
+        .args([
+            "--node",
+            "node1",
+            "--typha",
+            &addr.to_string(),
+            "--print-config",
+        ])
+        .env("FELIX_IPTABLESREFRESHINTERVAL", "30")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let line = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name}:\n{table}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(
+        line("interfacePrefix"),
+        "interfacePrefix cali datastore (node) restart"
+    );
+    assert_eq!(
+        line("logSeverityScreen"),
+        "logSeverityScreen Warning datastore (default) live"
+    );
+    assert_eq!(
+        line("iptablesRefreshInterval"),
+        "iptablesRefreshInterval 30s environment live"
+    );
+    assert_eq!(line("bpfEnabled"), "bpfEnabled false default restart");
+
+    let metrics_port = port();
+    let log = dir.path().join("felix.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_felix"))
+        .args(["--node", "node1", "--typha", &addr.to_string()])
+        .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
+        .env_remove("RUST_LOG")
+        .env("FELIX_IPTABLESREFRESHINTERVAL", "30")
+        .env("FELIX_HEALTHHOST", "127.0.0.1")
+        .env("FELIX_PROMETHEUSMETRICSENABLED", "true")
+        .env("FELIX_PROMETHEUSMETRICSHOST", "127.0.0.1")
+        .env("FELIX_PROMETHEUSMETRICSPORT", prometheus.to_string())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("felix.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut felix = Felix(child);
+    let first = config_where(metrics_port, "felix serves /config", |_| true).await;
+    assert_eq!(first["node"], "node1");
+    assert_eq!(
+        setting(&first, "interfacePrefix"),
+        ("cali".into(), "datastorePerHost".into())
+    );
+    assert_eq!(
+        setting(&first, "healthPort"),
+        (node_health.to_string(), "datastorePerHost".into())
+    );
+    assert_eq!(
+        setting(&first, "healthEnabled"),
+        ("true".into(), "datastoreGlobal".into())
+    );
+    assert_eq!(
+        setting(&first, "iptablesRefreshInterval"),
+        ("30s".into(), "environment".into())
+    );
+    assert_eq!(
+        setting(&first, "routeRefreshInterval"),
+        ("45s".into(), "datastoreGlobal".into())
+    );
+    let run = first["runId"].as_str().unwrap().to_string();
+
+    // Calico's listeners: health on the node's port (not the global one),
+    // Prometheus where the environment says.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(node_health, "/readiness").await.map(|r| r.0) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the health listener never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(node_health, "/liveness").await.map(|r| r.0), Some(200));
+    assert!(get(global_health, "/readiness").await.is_none());
+    let (code, body) = get(prometheus, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("felix_resync_state"), "{body}");
+    assert_eq!(get(prometheus, "/config").await.map(|r| r.0), Some(404));
+
+    // A live change: the log level, applied without a restart.
+    assert_eq!(lines_with(&log, "DEBUG"), 0, "debug lines at Warning");
+    apply(
+        &mut api,
+        &[felix_config(
+            "node.node1",
+            &format!(
+                "  interfacePrefix: cali\n  healthPort: {node_health}\n  logSeverityScreen: Debug\n  iptablesRefreshInterval: 10s\n"
+            ),
+        )],
+    )
+    .await;
+    let live = config_where(metrics_port, "logSeverityScreen becomes Debug", |v| {
+        setting(v, "logSeverityScreen").0 == "Debug"
+    })
+    .await;
+    assert_eq!(live["runId"], run.as_str(), "a live change restarted Felix");
+    assert_eq!(setting(&live, "logSeverityScreen").1, "datastorePerHost");
+    // The environment still wins over the datastore.
+    assert_eq!(
+        setting(&live, "iptablesRefreshInterval"),
+        ("30s".into(), "environment".into())
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines_with(&log, "DEBUG") == 0 {
+        assert!(Instant::now() < deadline, "no debug lines after the change");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(felix.0.try_wait().unwrap().is_none());
+
+    // A change that needs a restart: Felix restarts in place (same
+    // process, a new run) and comes back with the new value.
+    apply(
+        &mut api,
+        &[felix_config(
+            "node.node1",
+            &format!("  interfacePrefix: cali,tap\n  healthPort: {node_health}\n  logSeverityScreen: Debug\n"),
+        )],
+    )
+    .await;
+    let restarted = config_where(metrics_port, "Felix restarts with the new prefixes", |v| {
+        setting(v, "interfacePrefix").0 == "cali,tap"
+    })
+    .await;
+    assert_ne!(restarted["runId"], run.as_str());
+    assert!(
+        restarted["runId"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{pid}-"))
+    );
+    assert!(
+        felix.0.try_wait().unwrap().is_none(),
+        "felix exited instead of restarting"
+    );
+    assert!(lines_with(&log, "configuration changed: restarting Felix") >= 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(metrics_port, "/readyz").await.map(|r| r.0) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "felix never became ready after restarting"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Deleting the node's resource falls back to the global one.
+    api.delete(manul_proto::v1::DeleteRequest {
+        keys: vec![manul_proto::v1::ResourceKey {
+            kind: "felixconfiguration".into(),
+            namespace: String::new(),
+            name: "node.node1".into(),
+        }],
+        expected_revision: None,
+    })
+    .await
+    .unwrap();
+    let fallback = config_where(metrics_port, "the global prefix applies again", |v| {
+        setting(v, "interfacePrefix").0 == "tap"
+    })
+    .await;
+    assert_eq!(setting(&fallback, "interfacePrefix").1, "datastoreGlobal");
+    assert_eq!(
+        setting(&fallback, "logSeverityScreen"),
+        ("Warning".into(), "datastoreGlobal".into())
+    );
+    drop(felix);
+    typha.shutdown().await;
+}
+
+#[test]
+fn a_malformed_variable_is_an_error_before_anything_starts() {
+    let out = Command::new(env!("CARGO_BIN_EXE_felix"))
+        .args([
+            "--node",
+            "node1",
+            "--typha",
+            "127.0.0.1:1",
+            "--print-config",
+        ])
+        .env("FELIX_INTERFACEPREFIX", "cali,,tap")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FELIX_INTERFACEPREFIX") && err.contains("empty"),
+        "{err}"
+    );
+}
