@@ -79,6 +79,11 @@ pub trait Source {
     fn convert(&self, object: &Self::Object) -> Result<Vec<Resource>, ConvertError>;
     /// Whether `key` in the store belongs to this watcher.
     fn owns(&self, key: &ResourceKey) -> bool;
+    /// Resources the watcher writes whatever the API server holds (owned,
+    /// written with every list, never deleted by an object's deletion).
+    fn constant(&self) -> Vec<Resource> {
+        Vec::new()
+    }
 }
 
 /// Writes to propose as one atomic Raft entry.
@@ -203,7 +208,9 @@ impl<S: Source> Reconciler<S> {
     }
 
     /// Applies `batch` to the view and wraps it, unless it is empty.
-    fn commit(&mut self, batch: Batch) -> Option<Batch> {
+    fn commit(&mut self, mut batch: Batch) -> Option<Batch> {
+        batch.puts.sort_by(|a, b| a.0.cmp(&b.0));
+        batch.deletes.sort();
         for (k, v) in &batch.puts {
             self.stored.insert(k.clone(), v.clone());
         }
@@ -280,7 +287,31 @@ impl<S: Source> Reconciler<S> {
                 }
             }
             WatchEvent::InitDone => {
-                let relist = self.relist.take().unwrap_or_default();
+                let mut relist = self.relist.take().unwrap_or_default();
+                for r in self.source.constant() {
+                    let key = r.key();
+                    match serde_json::to_vec(&r) {
+                        Ok(v) if self.source.owns(&key) => {
+                            relist.produced.insert(key, v);
+                        }
+                        Ok(_) => self.skip(
+                            &ObjectRef {
+                                namespace: None,
+                                name: key.to_string(),
+                            },
+                            format!("{key} is not the watcher's to write"),
+                            &mut step,
+                        ),
+                        Err(e) => self.skip(
+                            &ObjectRef {
+                                namespace: None,
+                                name: key.to_string(),
+                            },
+                            e.to_string(),
+                            &mut step,
+                        ),
+                    }
+                }
                 let mut batch = Batch::default();
                 for k in self.stored.keys() {
                     if !relist.produced.contains_key(k) && !relist.keep.contains(k) {

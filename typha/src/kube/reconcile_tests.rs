@@ -302,6 +302,24 @@ fn automatic_host_endpoints_follow_the_setting() {
         },
         [],
     );
+    let got = run(
+        &mut on,
+        vec![Init, InitApply(node("worker-1", "192.0.2.1")), InitDone],
+    );
+    assert_eq!(
+        got,
+        [
+            "-",
+            "-",
+            "put hostendpoint/worker-1-auto-hep, put profile/projectcalico-default-allow, put node/worker-1"
+        ]
+    );
+    // Deleting a node leaves the profile the other nodes' endpoints use.
+    let got = run(&mut on, vec![Delete(node("worker-1", "192.0.2.1"))]);
+    assert_eq!(
+        got,
+        ["del hostendpoint/worker-1-auto-hep, del node/worker-1"]
+    );
     let got = run(&mut on, vec![Apply(node("worker-1", "192.0.2.1"))]);
     assert_eq!(
         got,
@@ -313,5 +331,12 @@ fn automatic_host_endpoints_follow_the_setting() {
         &mut off,
         vec![Init, InitApply(node("worker-1", "192.0.2.1")), InitDone],
     );
-    assert_eq!(got, ["-", "-", "del hostendpoint/worker-1-auto-hep"]);
+    assert_eq!(
+        got,
+        [
+            "-",
+            "-",
+            "del hostendpoint/worker-1-auto-hep, del profile/projectcalico-default-allow"
+        ]
+    );
 }

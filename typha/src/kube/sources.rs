@@ -7,7 +7,7 @@
 //! | Namespace | Namespace (Felix derives profile `kns.NAME`) | every Namespace |
 //! | ServiceAccount | Profile `ksa.NS.NAME` | Profiles named `ksa.*` |
 //! | NetworkPolicy | Kubernetes NetworkPolicy (Felix converts it; checked here) | every Kubernetes NetworkPolicy |
-//! | Node | Node, and `NAME-auto-hep` when enabled | every Node, HostEndpoints named `*-auto-hep` |
+//! | Node | Node, and `NAME-auto-hep` when enabled (plus the allow-all profile `projectcalico-default-allow` they use) | every Node, HostEndpoints named `*-auto-hep`, that profile |
 //!
 //! Kubernetes objects stored as they are keep only what Felix reads: name,
 //! namespace, labels, uid and spec (no status, annotations or managed
@@ -16,12 +16,15 @@
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use manul_model::convert::node::{auto_host_endpoint, auto_host_endpoint_name, node};
+use manul_model::convert::node::{
+    DEFAULT_ALLOW_PROFILE, auto_host_endpoint, auto_host_endpoint_name, node,
+};
 use manul_model::convert::pod::{PodEndpoint, workload_endpoint};
 use manul_model::convert::service_account::{
     service_account_profile, service_account_profile_name,
 };
 use manul_model::convert::{ConvertError, SERVICE_ACCOUNT_PROFILE_PREFIX, network_policy};
+use manul_model::v3::{Action, Object, ProfileSpec, Rule};
 use manul_model::{Kind, Resource, ResourceKey};
 
 use super::reconcile::{ObjectRef, Source};
@@ -189,8 +192,26 @@ impl Source for Nodes {
         out.insert(0, validated(Resource::Node(n))?);
         Ok(out)
     }
+    /// With automatic host endpoints, the allow-all profile they use (as
+    /// Calico has it built in): without it they would deny everything but
+    /// the failsafe ports.
+    fn constant(&self) -> Vec<Resource> {
+        if !self.auto_host_endpoints {
+            return Vec::new();
+        }
+        vec![Resource::Profile(Object::new(
+            DEFAULT_ALLOW_PROFILE,
+            None,
+            ProfileSpec {
+                ingress: vec![Rule::action(Action::Allow)],
+                egress: vec![Rule::action(Action::Allow)],
+                ..ProfileSpec::default()
+            },
+        ))]
+    }
     fn owns(&self, key: &ResourceKey) -> bool {
-        key.kind == Kind::Node
+        (key.kind == Kind::Profile && key.name == DEFAULT_ALLOW_PROFILE)
+            || key.kind == Kind::Node
             || (key.kind == Kind::HostEndpoint
                 && key
                     .name
