@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node as K8sNode, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node as K8sNode, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::config::{Config, KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, Event};
@@ -25,7 +26,9 @@ use tokio::task::JoinSet;
 use super::lenient::Lenient;
 use super::metrics::KubeMetrics;
 use super::reconcile::{Batch, Reconciler, Source, WatchEvent};
-use super::sources::{Namespaces, NetworkPolicies, Nodes, Pods, ServiceAccounts};
+use super::sources::{
+    EndpointSlices, Namespaces, NetworkPolicies, Nodes, Pods, ServiceAccounts, Services,
+};
 use crate::node::Node;
 use crate::state::Key;
 
@@ -247,6 +250,20 @@ fn start(client: &Client, node: &Node, metrics: &KubeMetrics, opts: KubeOptions)
     set.spawn(watch_kind(
         Api::<Lenient<NetworkPolicy>>::all(client.clone()),
         NetworkPolicies,
+        n,
+        m,
+    ));
+    let (n, m) = (node.clone(), metrics.clone());
+    set.spawn(watch_kind(
+        Api::<Lenient<Service>>::all(client.clone()),
+        Services,
+        n,
+        m,
+    ));
+    let (n, m) = (node.clone(), metrics.clone());
+    set.spawn(watch_kind(
+        Api::<Lenient<EndpointSlice>>::all(client.clone()),
+        EndpointSlices,
         n,
         m,
     ));

@@ -7,13 +7,16 @@
 //! | Namespace | Namespace (Felix derives profile `kns.NAME`) | every Namespace |
 //! | ServiceAccount | Profile `ksa.NS.NAME` | Profiles named `ksa.*` |
 //! | NetworkPolicy | Kubernetes NetworkPolicy (Felix converts it; checked here) | every Kubernetes NetworkPolicy |
+//! | Service | Service (spec only) | every Service |
+//! | EndpointSlice | EndpointSlice | every EndpointSlice |
 //! | Node | Node, and `NAME-auto-hep` when enabled (plus the allow-all profile `projectcalico-default-allow` they use) | every Node, HostEndpoints named `*-auto-hep`, that profile |
 //!
 //! Kubernetes objects stored as they are keep only what Felix reads: name,
 //! namespace, labels, uid and spec (no status, annotations or managed
 //! fields), so a status update does not rewrite them.
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use manul_model::convert::node::{
@@ -218,3 +221,57 @@ impl Source for Nodes {
                     .ends_with(manul_model::convert::node::AUTO_HEP_SUFFIX))
     }
 }
+
+/// Services are stored as they are (spec only), for rules that match
+/// services and the kube-proxy replacement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Services;
+
+impl Source for Services {
+    type Object = Service;
+    fn kind(&self) -> &'static str {
+        "service"
+    }
+    fn keys_of(&self, at: &ObjectRef) -> Vec<ResourceKey> {
+        vec![key(Kind::Service, at, at.name.clone())]
+    }
+    fn convert(&self, svc: &Service) -> Result<Vec<Resource>, ConvertError> {
+        let svc = Service {
+            metadata: trimmed(&svc.metadata),
+            spec: svc.spec.clone(),
+            status: None,
+        };
+        Ok(vec![validated(Resource::Service(Box::new(svc)))?])
+    }
+    fn owns(&self, key: &ResourceKey) -> bool {
+        key.kind == Kind::Service
+    }
+}
+
+/// EndpointSlices are stored as they are (their labels name the service).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EndpointSlices;
+
+impl Source for EndpointSlices {
+    type Object = EndpointSlice;
+    fn kind(&self) -> &'static str {
+        "endpointslice"
+    }
+    fn keys_of(&self, at: &ObjectRef) -> Vec<ResourceKey> {
+        vec![key(Kind::EndpointSlice, at, at.name.clone())]
+    }
+    fn convert(&self, slice: &EndpointSlice) -> Result<Vec<Resource>, ConvertError> {
+        let slice = EndpointSlice {
+            metadata: trimmed(&slice.metadata),
+            ..slice.clone()
+        };
+        Ok(vec![validated(Resource::EndpointSlice(Box::new(slice)))?])
+    }
+    fn owns(&self, key: &ResourceKey) -> bool {
+        key.kind == Kind::EndpointSlice
+    }
+}
+
+#[cfg(test)]
+#[path = "sources_tests.rs"]
+mod tests;
