@@ -1,23 +1,16 @@
 //! The WorkloadEndpoint a pod gets, built the way Calico's CNI plugin
 //! builds it, from the stored Pod and what ADD set up. No I/O.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
-use manul_model::convert::{
-    NAMESPACE_PROFILE_PREFIX, ORCHESTRATOR_LABEL, SERVICE_ACCOUNT_PROFILE_PREFIX,
+pub use manul_model::convert::pod::{
+    NAMESPACE_LABEL, ORCHESTRATOR_K8S as ORCHESTRATOR, SERVICE_ACCOUNT_LABEL,
 };
-use manul_model::v3::{Cidr, EndpointPort, Object, Protocol, WorkloadEndpointSpec};
+use manul_model::convert::pod::{endpoint_labels, endpoint_profiles, named_ports};
+use manul_model::v3::{Cidr, Object, WorkloadEndpointSpec};
 use manul_model::{Kind, Resource, ResourceKey};
-
-/// The label carrying an endpoint's namespace.
-pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
-/// The label carrying an endpoint's service account.
-pub const SERVICE_ACCOUNT_LABEL: &str = "projectcalico.org/serviceaccount";
-/// The orchestrator of every endpoint this plugin writes.
-pub const ORCHESTRATOR: &str = "k8s";
 
 /// What ADD made for the pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,59 +44,18 @@ pub fn pod_key(namespace: &str, pod: &str) -> ResourceKey {
     }
 }
 
-/// The pod's named container ports (unnamed ones cannot be referenced by
-/// rules and are left out).
-fn named_ports(pod: &Pod) -> Vec<EndpointPort> {
-    let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
-    let mut out: Vec<EndpointPort> = containers
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| {
-            let name = p.name.clone().filter(|n| !n.is_empty())?;
-            let protocol = p
-                .protocol
-                .as_deref()
-                .unwrap_or("TCP")
-                .parse::<Protocol>()
-                .ok()?;
-            Some(EndpointPort {
-                name,
-                protocol,
-                port: u16::try_from(p.container_port).ok()?,
-                host_port: p
-                    .host_port
-                    .and_then(|h| u16::try_from(h).ok())
-                    .filter(|h| *h > 0),
-                host_ip: p.host_ip.as_deref().and_then(|h| h.parse().ok()),
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| (&a.name, a.port).cmp(&(&b.name, b.port)));
-    out.dedup();
-    out
-}
-
-/// The endpoint for `pod` (in `namespace`, named `name`) with what ADD made:
-/// the pod's labels plus `projectcalico.org/namespace`,
-/// `projectcalico.org/orchestrator` (and `projectcalico.org/serviceaccount`
-/// when the pod has one), the namespace's profile (and the service
-/// account's, `ksa.NAMESPACE.ACCOUNT`, as Calico names it), and the named
-/// ports.
+/// The endpoint for `pod` (in `namespace`, named `name`) with what ADD made,
+/// and the labels, profiles and named ports of the model's Pod conversion
+/// ([`manul_model::convert::pod`]), so the plugin and the Kubernetes
+/// watchers describe a pod alike.
 pub fn workload_endpoint(namespace: &str, name: &str, pod: &Pod, plumbed: &Plumbed) -> Resource {
-    let mut labels: BTreeMap<String, String> = pod.metadata.labels.clone().unwrap_or_default();
-    labels.insert(NAMESPACE_LABEL.into(), namespace.into());
-    labels.insert(ORCHESTRATOR_LABEL.into(), ORCHESTRATOR.into());
     let service_account = pod
         .spec
         .as_ref()
         .and_then(|s| s.service_account_name.clone())
         .unwrap_or_default();
-    let mut profiles = vec![format!("{NAMESPACE_PROFILE_PREFIX}{namespace}")];
-    if !service_account.is_empty() {
-        labels.insert(SERVICE_ACCOUNT_LABEL.into(), service_account.clone());
-        profiles.push(format!(
-            "{SERVICE_ACCOUNT_PROFILE_PREFIX}{namespace}.{service_account}"
-        ));
-    }
+    let labels = endpoint_labels(namespace, pod.metadata.labels.as_ref(), &service_account);
+    let profiles = endpoint_profiles(namespace, &service_account);
     let spec = WorkloadEndpointSpec {
         orchestrator: ORCHESTRATOR.into(),
         node: plumbed.node.clone(),
@@ -127,6 +79,7 @@ pub fn workload_endpoint(namespace: &str, name: &str, pod: &Pod, plumbed: &Plumb
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::collections::BTreeMap;
 
     fn pod(yaml: &str) -> Pod {
         let out = manul_model::load("test", yaml.as_bytes());

@@ -16,6 +16,13 @@
 //! - a Namespace becomes the profile `kns.NAME` that allows everything and
 //!   applies its labels to its pods with the prefix `pcns.` (plus
 //!   `pcns.projectcalico.org/name`), which is how namespace selectors match.
+//! - a Pod becomes its WorkloadEndpoint ([`pod`]), a ServiceAccount the
+//!   profile `ksa.NAMESPACE.NAME` ([`service_account`]), a Node a v3 Node
+//!   and, when enabled, its automatic host endpoint ([`node`]).
+
+pub mod node;
+pub mod pod;
+pub mod service_account;
 
 use std::collections::BTreeMap;
 

@@ -2,8 +2,8 @@
 //!
 //! Typed Calico `projectcalico.org/v3` resources, the Kubernetes kinds Manul
 //! consumes, the Calico selector language, validation with precise error
-//! locations, the conversion of Kubernetes NetworkPolicy and Namespaces into
-//! their v3 form, and resource keys.
+//! locations, the conversion of Kubernetes NetworkPolicies, Namespaces,
+//! ServiceAccounts, Pods and Nodes into their v3 form, and resource keys.
 //!
 //! It refuses to do I/O beyond decoding bytes it is handed: no files, no
 //! sockets, no clocks. Callers read files; this crate parses and judges them.

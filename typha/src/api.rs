@@ -252,7 +252,10 @@ pub fn write_batch(request: &ApplyRequest) -> Result<WriteBatch, Status> {
             "items: no resources in the request",
         ));
     }
-    Ok(WriteBatch { writes })
+    Ok(WriteBatch {
+        writes,
+        deletes: Vec::new(),
+    })
 }
 
 #[tonic::async_trait]

@@ -11,6 +11,7 @@ pub mod api;
 pub mod cluster;
 pub mod fanout;
 pub mod http;
+pub mod kube;
 pub mod node;
 pub mod raft_storage;
 pub mod server;

@@ -81,6 +81,17 @@ struct Args {
     /// Seconds over which a graceful shutdown spreads client disconnects.
     #[arg(long, default_value_t = 10)]
     shutdown_spread_secs: u64,
+    /// Watch the Kubernetes API server this kubeconfig names (on the Raft
+    /// leader) and store what its objects convert to.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Watch the Kubernetes API with the in-cluster configuration (or
+    /// $KUBECONFIG).
+    #[arg(long)]
+    kubernetes: bool,
+    /// With the Kubernetes watchers: an automatic host endpoint per node.
+    #[arg(long)]
+    auto_host_endpoints: bool,
     /// Log format: text or json. Filter with RUST_LOG (default: info).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -127,6 +138,19 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // A Kubernetes configuration that cannot be used is refused before
+    // the replica starts.
+    let kube_client = if args.kubernetes || args.kubeconfig.is_some() {
+        match manul_typha::kube::driver::client(args.kubeconfig.as_deref()).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let config = TyphaConfig {
         node_id: args.node_id,
         data_dir: args.data_dir,
@@ -151,8 +175,23 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let (kube_stop, kube_stopped) = tokio::sync::watch::channel(false);
+    if let Some(client) = kube_client {
+        let opts = manul_typha::kube::driver::KubeOptions {
+            auto_host_endpoints: args.auto_host_endpoints,
+        };
+        let (node, metrics) = (running.node.clone(), running.kube_metrics.clone());
+        tokio::spawn(manul_typha::kube::driver::run(
+            client,
+            node,
+            metrics,
+            opts,
+            kube_stopped,
+        ));
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
+    let _ = kube_stop.send(true);
     running.shutdown().await;
     ExitCode::SUCCESS
 }

@@ -120,6 +120,8 @@ pub struct Running {
     pub registry: Arc<Registry>,
     pub local_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// The Kubernetes watchers' metrics (registered whether they run or not).
+    pub kube_metrics: crate::kube::metrics::KubeMetrics,
     spread: Duration,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
@@ -144,6 +146,7 @@ pub async fn start(config: TyphaConfig) -> Result<Running, ServerError> {
     let mut registry = Registry::default();
     let fanout_metrics = FanoutMetrics::register(&mut registry);
     let raft_metrics = RaftMetrics::register(&mut registry);
+    let kube_metrics = crate::kube::metrics::KubeMetrics::register(&mut registry);
     let source = Arc::new(StateSource::default());
     let mut fanout_config = config.fanout.clone();
     fanout_config.replica_id = config.node_id;
@@ -204,6 +207,7 @@ pub async fn start(config: TyphaConfig) -> Result<Running, ServerError> {
         registry,
         local_addr,
         metrics_addr,
+        kube_metrics,
         spread: config.shutdown_spread,
         stop: Some(stop_tx),
         server: Some(server),

@@ -187,7 +187,8 @@ impl StateMachine {
                     })
                     .collect();
                 checked.map(|keys| {
-                    keys.into_iter()
+                    let mut changes: Vec<Entry> = keys
+                        .into_iter()
                         .zip(&batch.writes)
                         .map(|(key, w)| {
                             self.insert(key.clone(), w.value.clone(), index);
@@ -198,7 +199,18 @@ impl StateMachine {
                                 deleted: false,
                             }
                         })
-                        .collect()
+                        .collect();
+                    for k in batch.deletes.iter().map(Key::from_proto) {
+                        if self.remove(&k) {
+                            changes.push(Entry {
+                                key: Some(k.to_proto()),
+                                value: Bytes::new(),
+                                revision: index,
+                                deleted: true,
+                            });
+                        }
+                    }
+                    changes
                 })
             }
             Some(Op::Deletes(batch)) => {
@@ -318,6 +330,7 @@ mod tests {
                         expected_revision: *e,
                     })
                     .collect(),
+                ..Default::default()
             })),
         }
     }
@@ -353,6 +366,35 @@ mod tests {
         assert_eq!(d.len(), 1, "only keys that existed are deleted");
         assert!(d[0].deleted && d[0].revision == 6 && d[0].value.is_empty());
         assert_eq!(sm.len(), 1);
+    }
+
+    #[test]
+    fn a_write_batch_can_delete_in_the_same_step() {
+        let mut sm = StateMachine::new();
+        sm.apply(1, &write(1, &[("a", "1", None), ("b", "2", None)]));
+        let mut mixed = write(2, &[("a", "3", None), ("c", "4", None)]);
+        if let Some(Op::Writes(batch)) = &mut mixed.op {
+            batch.deletes = vec![key("b"), key("missing")];
+        }
+        let changes = sm.apply(2, &mixed).result.unwrap();
+        let seen: Vec<(String, bool)> = changes
+            .iter()
+            .map(|e| (e.key.clone().unwrap().name, e.deleted))
+            .collect();
+        assert_eq!(
+            seen,
+            [("a".into(), false), ("c".into(), false), ("b".into(), true)],
+            "only keys that existed are reported deleted"
+        );
+        assert_eq!(sm.len(), 2);
+        assert!(sm.get(&Key::from_proto(&key("b"))).is_none());
+        // A conflict anywhere writes and deletes nothing.
+        let mut conflicting = write(3, &[("c", "5", Some(1))]);
+        if let Some(Op::Writes(batch)) = &mut conflicting.op {
+            batch.deletes = vec![key("a")];
+        }
+        assert!(sm.apply(3, &conflicting).result.is_err());
+        assert!(sm.get(&Key::from_proto(&key("a"))).is_some());
     }
 
     #[test]

@@ -37,6 +37,7 @@ fn write(name: &str) -> Command {
                 value: value.into_bytes().into(),
                 expected_revision: None,
             }],
+            ..Default::default()
         })),
     }
 }

@@ -45,6 +45,8 @@ pub struct Cluster {
     _tmp: tempfile::TempDir,
     pub replicas: Vec<Replica>,
     pub snapshot_every: u64,
+    /// Flags every replica also gets.
+    pub extra_args: Vec<String>,
 }
 
 impl Drop for Cluster {
@@ -61,6 +63,11 @@ impl Drop for Cluster {
 impl Cluster {
     /// Starts `n` replicas that bootstrap together.
     pub async fn start(n: u64, snapshot_every: u64) -> Cluster {
+        Cluster::start_with(n, snapshot_every, Vec::new()).await
+    }
+
+    /// Starts `n` replicas that bootstrap together, each with `extra_args`.
+    pub async fn start_with(n: u64, snapshot_every: u64, extra_args: Vec<String>) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let replicas = (1..=n)
             .map(|id| Replica {
@@ -76,6 +83,7 @@ impl Cluster {
             _tmp: tmp,
             replicas,
             snapshot_every,
+            extra_args,
         };
         for i in 0..c.replicas.len() {
             c.spawn(i);
@@ -103,6 +111,7 @@ impl Cluster {
             .args(["--data-dir", r.dir.to_str().unwrap()])
             .args(["--snapshot-every", &self.snapshot_every.to_string()])
             .args(["--shutdown-spread-secs", "0"])
+            .args(&self.extra_args)
             .env(
                 "RUST_LOG",
                 std::env::var("TYPHA_TEST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -1,0 +1,231 @@
+//! The pod watcher against `kube`'s mock service answering with the API
+//! server's JSON, proposing into a real single-voter replica.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use kube::Api;
+use kube::client::Body;
+use manul_proto::v1::Entry;
+use tower_test::mock;
+
+use super::*;
+use crate::fanout::{Fanout, FanoutConfig, FanoutMetrics, SnapshotSource};
+use crate::node::{NodeConfig, RaftMetrics};
+
+struct Empty;
+
+impl SnapshotSource for Empty {
+    fn snapshot(&self) -> (u64, Vec<Entry>) {
+        (0, Vec::new())
+    }
+}
+
+async fn leader(dir: &Path) -> Node {
+    let peers = BTreeMap::from([(1, "127.0.0.1:20001".to_string())]);
+    let config = NodeConfig::new(1, dir.to_path_buf(), peers);
+    let fanout = Fanout::new(
+        FanoutConfig::default(),
+        Arc::new(Empty),
+        FanoutMetrics::default(),
+    );
+    let node = Node::start(config, fanout, RaftMetrics::default()).unwrap();
+    for _ in 0..200 {
+        if is_leader(&node) {
+            return node;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the sole voter did not lead");
+}
+
+/// A pod as the API server lists it (list items carry no apiVersion/kind).
+fn pod(name: &str, ip: &str, rv: u32) -> String {
+    format!(
+        r#"{{"metadata": {{"name": "{name}", "namespace": "shop", "uid": "uid-{name}", "resourceVersion": "{rv}", "labels": {{"app": "web"}}}},
+            "spec": {{"nodeName": "worker-1", "serviceAccountName": "default", "containers": [{{"name": "c", "image": "i", "ports": [{{"name": "http", "containerPort": 8080}}]}}]}},
+            "status": {{"phase": "Running", "podIP": "{ip}", "podIPs": [{{"ip": "{ip}"}}]}}}}"#
+    )
+}
+
+fn list(items: &[String], rv: &str, cont: Option<&str>) -> Vec<u8> {
+    let cont = cont.map_or(String::new(), |c| format!(r#", "continue": "{c}""#));
+    format!(
+        r#"{{"kind": "PodList", "apiVersion": "v1", "metadata": {{"resourceVersion": "{rv}"{cont}}}, "items": [{}]}}"#,
+        items.join(",")
+    )
+    .into_bytes()
+}
+
+fn event(kind: &str, object: &str) -> String {
+    // A watch stream is one JSON object per line.
+    let object: serde_json::Value = serde_json::from_str(object).unwrap();
+    serde_json::json!({"type": kind, "object": object}).to_string()
+}
+
+fn typed(pod: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(pod).unwrap();
+    v["apiVersion"] = "v1".into();
+    v["kind"] = "Pod".into();
+    v.to_string()
+}
+
+type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+/// The next request, which must be to `/api/v1/pods` with every `query`
+/// part; answered with `body` unless it is `None` (then left hanging).
+async fn expect(
+    handle: &mut Handle,
+    query: &[&str],
+    body: Option<Vec<u8>>,
+) -> Option<mock::SendResponse<Response<Body>>> {
+    let (req, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
+        .await
+        .expect("the watcher sent a request in time")
+        .expect("a request");
+    assert_eq!(req.uri().path(), "/api/v1/pods");
+    let q = req.uri().query().unwrap_or_default().to_string();
+    for part in query {
+        assert!(q.split('&').any(|p| p == *part), "{part} not in {q}");
+    }
+    match body {
+        Some(b) => {
+            send.send_response(Response::builder().body(Body::from(b)).unwrap());
+            None
+        }
+        None => Some(send),
+    }
+}
+
+/// The endpoints in the store: name → (first address, revision).
+fn endpoints(node: &Node) -> BTreeMap<String, (String, u64)> {
+    let state = node.shared().state.read().unwrap();
+    state
+        .list("workloadendpoint", "")
+        .into_iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_slice(&e.value).unwrap();
+            let ip = v["spec"]["ipNetworks"][0].as_str().unwrap().to_string();
+            (e.key.unwrap().name, (ip, e.revision))
+        })
+        .collect()
+}
+
+async fn settle<F: Fn(&BTreeMap<String, (String, u64)>) -> bool>(node: &Node, done: F) {
+    for _ in 0..200 {
+        if done(&endpoints(node)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("store did not settle: {:?}", endpoints(node));
+}
+
+fn names(m: &BTreeMap<String, (String, u64)>) -> Vec<&str> {
+    m.keys().map(String::as_str).collect()
+}
+
+#[tokio::test]
+async fn pods_list_watch_expire_and_relist_into_raft() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = leader(dir.path()).await;
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let metrics = KubeMetrics::default();
+    let task = tokio::spawn(watch_kind(
+        Api::<Lenient<Pod>>::all(client),
+        Pods,
+        node.clone(),
+        metrics.clone(),
+    ));
+    let malformed = r#"{"metadata": {"name": "broken", "namespace": "shop", "resourceVersion": "90"}, "spec": {"nodeName": "worker-1", "containers": "not-a-list"}}"#;
+
+    // The initial list, in two chunks joined by `continue`.
+    expect(
+        &mut handle,
+        &[],
+        Some(list(
+            &[pod("a", "10.0.0.1", 91), malformed.to_string()],
+            "",
+            Some("chunk-2"),
+        )),
+    )
+    .await;
+    expect(
+        &mut handle,
+        &["continue=chunk-2"],
+        Some(list(&[pod("b", "10.0.0.2", 92)], "100", None)),
+    )
+    .await;
+    // The watch from the list's version: add, modify, delete, a bookmark,
+    // then the version expires.
+    let watch = [
+        event("ADDED", &typed(&pod("c", "10.0.0.3", 101))),
+        event("MODIFIED", &typed(&pod("a", "10.0.0.5", 102))),
+        event("DELETED", &typed(&pod("b", "10.0.0.2", 103))),
+        r#"{"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": "150"}}}"#.to_string(),
+        r#"{"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "too old resource version: 100 (160)", "reason": "Expired", "code": 410}}"#.to_string(),
+    ]
+    .join("\n");
+    expect(
+        &mut handle,
+        &["watch=true", "resourceVersion=100"],
+        Some(watch.into_bytes()),
+    )
+    .await;
+
+    // The relist request comes once every event before the error is in
+    // the store.
+    let (req, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !req.uri().query().unwrap_or_default().contains("watch=true"),
+        "{:?}",
+        req.uri()
+    );
+    let before = endpoints(&node);
+    assert_eq!(
+        names(&before),
+        ["a", "c"],
+        "b deleted, the malformed pod skipped"
+    );
+    assert_eq!(before["a"].0, "10.0.0.5/32");
+    let revision = node.shared().state.read().unwrap().revision();
+
+    // The relist: a unchanged, c gone, d new.
+    send.send_response(
+        Response::builder()
+            .body(Body::from(list(
+                &[pod("a", "10.0.0.5", 102), pod("d", "10.0.0.4", 170)],
+                "200",
+                None,
+            )))
+            .unwrap(),
+    );
+    let _hanging = expect(&mut handle, &["watch=true", "resourceVersion=200"], None).await;
+    settle(&node, |m| names(m) == ["a", "d"]).await;
+    let after = endpoints(&node);
+    assert_eq!(
+        after["a"], before["a"],
+        "an unchanged endpoint is not rewritten"
+    );
+    assert_eq!(
+        after["d"].1,
+        revision + 1,
+        "the relist's put and delete are one Raft entry"
+    );
+    assert_eq!(node.shared().state.read().unwrap().revision(), revision + 1);
+
+    let kind = KubeMetrics::kind("pod");
+    assert_eq!(metrics.objects.get_or_create(&kind).get(), 2);
+    assert_eq!(metrics.relists.get_or_create(&kind).get(), 1);
+    assert_eq!(metrics.conversion_errors.get_or_create(&kind).get(), 1);
+    assert_eq!(metrics.watch_restarts.get_or_create(&kind).get(), 1);
+    task.abort();
+    node.stop();
+}

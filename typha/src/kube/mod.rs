@@ -1,0 +1,15 @@
+//! The Kubernetes datastore: on the Raft leader, watchers list and watch the
+//! Kubernetes API and propose what the objects convert to.
+//!
+//! - [`reconcile`]: the pure core, watch events to batches of puts and
+//!   deletes (a relist ends in one batch that also deletes what vanished);
+//! - [`sources`]: what each watched kind becomes and which keys it owns;
+//! - [`driver`]: `kube` watchers on the leader, proposing through the node;
+//! - [`lenient`]: objects that may fail to decode, so one bad object is
+//!   skipped instead of failing a list;
+//! - [`metrics`]: the `typha_k8s_*` metrics.
+pub mod driver;
+pub mod lenient;
+pub mod metrics;
+pub mod reconcile;
+pub mod sources;
