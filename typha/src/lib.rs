@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod fanout;
 pub mod http;
 pub mod node;
+pub mod peer_auth;
 pub mod raft_storage;
 pub mod server;
 pub mod state;
