@@ -562,6 +562,7 @@ impl Driver {
         let mut published = Vec::with_capacity(entries.len());
         let mut replies = Vec::new();
         let mut member_replies = Vec::new();
+        let mut skipped = Vec::new();
         {
             let Ok(mut sm) = self.shared.state.write() else {
                 return Err(NodeError::Dropped("state machine lock poisoned".into()));
@@ -578,19 +579,23 @@ impl Driver {
                     }
                     EntryType::EntryNormal => {
                         let checked = Command::decode(e.get_data())
-                            .map_err(|err| format!("undecodable: {err}"))
-                            .and_then(|cmd| guard::check_command(&cmd).map(|()| cmd));
+                            .map_err(|err| (0, format!("undecodable: {err}")))
+                            .and_then(|cmd| match guard::check_command(&cmd) {
+                                Ok(()) => Ok(cmd),
+                                Err(why) => Err((cmd.request_id, why)),
+                            });
                         match checked {
                             Ok(cmd) => {
                                 let applied = sm.apply(index, &cmd);
                                 published.push((index, applied.result.clone().unwrap_or_default()));
                                 replies.push(applied);
                             }
-                            Err(err) => {
-                                error!(index, "skipping a committed entry: {err}");
+                            Err((request_id, why)) => {
+                                error!(index, "skipping a committed entry: {why}");
                                 self.metrics.apply_errors.inc();
                                 sm.advance(index);
                                 published.push((index, Vec::new()));
+                                skipped.push((request_id, why));
                             }
                         }
                     }
@@ -665,6 +670,13 @@ impl Driver {
         for applied in replies {
             if let Some(tx) = self.proposals.remove(&applied.request_id) {
                 let _ = tx.send(Ok(applied));
+            }
+        }
+        for (rid, why) in skipped {
+            if let Some(tx) = self.proposals.remove(&rid) {
+                let _ = tx.send(Err(NodeError::Dropped(format!(
+                    "the committed entry was skipped: {why}"
+                ))));
             }
         }
         for (rid, outcome) in member_replies {
