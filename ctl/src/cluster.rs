@@ -24,11 +24,16 @@ const TOKEN_HEADER: &str = "x-manul-peer-token";
 pub struct ClusterArgs {
     /// A Typha replica's peer listener (any replica; changes are forwarded
     /// to the leader).
-    #[arg(long, env = "MANUL_PEER_SERVER", default_value = "127.0.0.1:5474")]
+    #[arg(
+        long,
+        env = "MANUL_PEER_SERVER",
+        default_value = "127.0.0.1:5474",
+        global = true
+    )]
     pub peer_server: String,
     /// File holding the cluster's peer token (a replica started without
     /// `--peer-token-file` keeps its own in DATA_DIR/peer-token).
-    #[arg(long, env = "MANUL_PEER_TOKEN_FILE")]
+    #[arg(long, env = "MANUL_PEER_TOKEN_FILE", global = true)]
     pub peer_token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: ClusterCommand,

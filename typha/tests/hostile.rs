@@ -190,10 +190,7 @@ async fn forged_peer_and_admin_messages_change_nothing() {
         peer.raft(batch(from, &[m])).await.unwrap();
     }
     // A batch whose message names another sender is refused whole.
-    let err = peer
-        .raft(batch(2, &[heartbeat(77)]))
-        .await
-        .unwrap_err();
+    let err = peer.raft(batch(2, &[heartbeat(77)])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
     // Membership changes raft would refuse are refused before proposing.
@@ -209,7 +206,11 @@ async fn forged_peer_and_admin_messages_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-    assert!(err.message().contains("already a voter"), "{}", err.message());
+    assert!(
+        err.message().contains("already a voter"),
+        "{}",
+        err.message()
+    );
     // A learner nobody runs never catches up: it cannot be promoted.
     admin
         .add_learner(AddLearnerRequest {
@@ -220,7 +221,11 @@ async fn forged_peer_and_admin_messages_change_nothing() {
         .unwrap();
     let err = admin.promote(MemberRequest { id: 2 }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-    assert!(err.message().contains("has not caught up"), "{}", err.message());
+    assert!(
+        err.message().contains("has not caught up"),
+        "{}",
+        err.message()
+    );
     // A learner may not lead: its heartbeat is dropped too.
     peer.raft(batch(2, &[heartbeat(2)])).await.unwrap();
     admin.remove(MemberRequest { id: 2 }).await.unwrap();
@@ -266,9 +271,11 @@ async fn healthz_fails_once_the_raft_thread_has_stopped() {
     let get = |path: &'static str| async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).await.unwrap();
         text

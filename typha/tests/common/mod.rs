@@ -278,9 +278,11 @@ impl Cluster {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.replicas[i].metrics_port))
             .await
             .ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).await.ok()?;
         let code = text.split_whitespace().nth(1)?.parse().ok()?;
