@@ -37,6 +37,10 @@ pub enum Refused {
     NotForUs { to: u64 },
     #[error("claims to come from this replica")]
     FromSelf,
+    #[error("carries no term (raft-rs takes a message without one for a local one)")]
+    NoTerm,
+    #[error("an index or term no log reaches (raft-rs would overflow on it)")]
+    Overflowing,
     #[error("{0:?} is generated only inside a replica, never accepted from a peer")]
     LocalOnly(MessageType),
     #[error("replica {0} is not a member")]
@@ -47,12 +51,34 @@ pub enum Refused {
     CommitBeyondLog { commit: u64, last: u64 },
     #[error("appended entries do not follow index {index} one by one")]
     AppendNotContiguous { index: u64 },
-    #[error("an appended entry's term is above the message's term {term}")]
+    #[error("appended terms do not rise from the previous entry's to the message's term {term}")]
     AppendTermAhead { term: u64 },
+    #[error("an append after index {index} names no term for it")]
+    AppendNoLogTerm { index: u64 },
     #[error("acknowledges index {index}, beyond this replica's last index {last}")]
     AckBeyondLog { index: u64, last: u64 },
     #[error("snapshot: {0}")]
     Snapshot(String),
+}
+
+/// Above any index or term a real log reaches; raft-rs adds to them
+/// unchecked.
+const LIMIT: u64 = 1 << 62;
+
+fn overflowing(m: &Message) -> bool {
+    let snap = m.snapshot.as_ref().map(|s| s.get_metadata());
+    [
+        m.term,
+        m.log_term,
+        m.index,
+        m.commit,
+        m.reject_hint,
+        m.request_snapshot,
+    ]
+    .into_iter()
+    .chain(m.entries.iter().flat_map(|e| [e.index, e.term]))
+    .chain(snap.into_iter().flat_map(|s| [s.index, s.term]))
+    .any(|n| n >= LIMIT)
 }
 
 fn is_member(conf: &ConfState, id: u64) -> bool {
@@ -80,6 +106,13 @@ pub fn admit(m: &Message, v: &LogView<'_>) -> Result<(), Refused> {
     );
     if !(from_leader || from_candidate || response) {
         return Err(Refused::LocalOnly(kind));
+    }
+    // Every message between replicas carries the sender's term.
+    if m.term == 0 {
+        return Err(Refused::NoTerm);
+    }
+    if overflowing(m) {
+        return Err(Refused::Overflowing);
     }
     // A replica started with --join knows no members until the leader's
     // first snapshot: it can only follow.
@@ -111,17 +144,27 @@ pub fn admit(m: &Message, v: &LogView<'_>) -> Result<(), Refused> {
     }
 }
 
-/// An append's entries follow its index one by one, with terms no higher
-/// than the message's (raft-rs panics on a conflict at or below its commit
-/// index, which such a gap could fake).
+/// An append names the term of the entry it follows (raft-rs takes term 0
+/// beyond its log for a match and appends after a gap), and its entries
+/// follow its index one by one with terms that never fall, from that term
+/// up to the message's (raft-rs panics on a conflict at or below its commit
+/// index, which a gap could fake).
 fn check_append(m: &Message) -> Result<(), Refused> {
+    if m.index > 0 && m.log_term == 0 {
+        return Err(Refused::AppendNoLogTerm { index: m.index });
+    }
+    let mut term = m.log_term;
     for (k, e) in m.entries.iter().enumerate() {
         if Some(e.index) != m.index.checked_add(k as u64 + 1) {
             return Err(Refused::AppendNotContiguous { index: m.index });
         }
-        if e.term > m.term {
+        if e.term < term || e.term > m.term {
             return Err(Refused::AppendTermAhead { term: m.term });
         }
+        term = e.term;
+    }
+    if m.log_term > m.term {
+        return Err(Refused::AppendTermAhead { term: m.term });
     }
     Ok(())
 }
@@ -146,8 +189,15 @@ fn check_snapshot(m: &Message, id: u64) -> Result<(), Refused> {
     if !cs.voters_outgoing.is_empty() || !cs.learners_next.is_empty() || cs.auto_leave {
         return bad("a joint configuration (never made by Manul)");
     }
-    if cs.voters.iter().any(|v| cs.learners.contains(v)) {
-        return bad("a replica is both voter and learner");
+    let ids: Vec<u64> = cs.voters.iter().chain(&cs.learners).copied().collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() != ids.len() {
+        return bad("a replica is listed twice (or both voter and learner)");
+    }
+    if unique.first() == Some(&0) {
+        return bad("replica id 0");
     }
     if !is_member(cs, id) {
         return bad("this replica is not in its configuration");

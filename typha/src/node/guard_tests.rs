@@ -90,6 +90,9 @@ fn non_members_strangers_and_learners_leading_are_refused() {
             kind: vote
         })
     );
+    let mut no_term = msg(hb, 2, 1);
+    no_term.term = 0;
+    assert_eq!(admit(&no_term, &view(&c)), Err(Refused::NoTerm));
     // A learner answers its leader.
     let ack = MessageType::MsgAppendResponse;
     assert_eq!(admit(&msg(ack, 4, 1), &view(&c)), Ok(()));
@@ -142,8 +145,21 @@ fn appends_must_follow_their_index_with_possible_terms() {
     let c = conf(&[1, 2, 3], &[]);
     let mut m = msg(MessageType::MsgAppend, 2, 1);
     m.index = 4;
-    m.entries = vec![entry(5, 5), entry(6, 5)].into();
+    m.log_term = 4;
+    m.entries = vec![entry(5, 4), entry(6, 5)].into();
     assert_eq!(admit(&m, &view(&c)), Ok(()));
+    m.entries = vec![entry(5, 5), entry(6, 4)].into();
+    assert_eq!(
+        admit(&m, &view(&c)),
+        Err(Refused::AppendTermAhead { term: 5 })
+    );
+    m.log_term = 0;
+    m.entries = vec![entry(5, 5)].into();
+    assert_eq!(
+        admit(&m, &view(&c)),
+        Err(Refused::AppendNoLogTerm { index: 4 })
+    );
+    m.log_term = 4;
     m.entries = vec![entry(5, 5), entry(3, 5)].into();
     assert_eq!(
         admit(&m, &view(&c)),
@@ -155,11 +171,12 @@ fn appends_must_follow_their_index_with_possible_terms() {
         Err(Refused::AppendTermAhead { term: 5 })
     );
     m.index = u64::MAX;
+    m.log_term = 5;
     m.entries = vec![entry(0, 5)].into();
-    assert_eq!(
-        admit(&m, &view(&c)),
-        Err(Refused::AppendNotContiguous { index: u64::MAX })
-    );
+    assert_eq!(admit(&m, &view(&c)), Err(Refused::Overflowing));
+    m.index = (1 << 62) - 1;
+    m.entries = vec![entry(1 << 62, 5)].into();
+    assert_eq!(admit(&m, &view(&c)), Err(Refused::Overflowing));
 }
 
 #[test]
@@ -216,6 +233,8 @@ fn snapshots_must_be_installable() {
         ),
         (snapshot_msg(&[], &[1], good.clone()), "no voters"),
         (snapshot_msg(&[1, 2], &[2], good.clone()), "both voter"),
+        (snapshot_msg(&[1, 2, 2], &[], good.clone()), "listed twice"),
+        (snapshot_msg(&[0, 1, 2], &[], good.clone()), "replica id 0"),
         (
             snapshot_msg(&[2, 3], &[], good.clone()),
             "not in its configuration",

@@ -1,0 +1,118 @@
+//! A raft-rs follower on in-memory storage that steps a peer's message only
+//! when Typha's guard (`node::guard::admit`) admits it, and persists its
+//! Ready the way Typha's Raft thread does. Shared by the `raft_message`
+//! fuzz target and the generated-message test: neither may find a message
+//! that is admitted and then panics raft-rs.
+#![allow(dead_code)]
+
+use manul_typha::node::guard::{LogView, admit};
+use raft::prelude::{ConfState, Config, Entry, HardState, Message};
+use raft::storage::MemStorage;
+use raft::{RawNode, Storage as _};
+
+/// Replica 1 of voters 1, 2, 3 and learner 4, with entries 1 to 5 at term
+/// 2, 3 of them committed.
+pub struct Follower {
+    raw: RawNode<MemStorage>,
+    storage: MemStorage,
+}
+
+impl Default for Follower {
+    fn default() -> Self {
+        Follower::new()
+    }
+}
+
+impl Follower {
+    pub fn new() -> Follower {
+        let storage = MemStorage::new_with_conf_state(ConfState::from((vec![1, 2, 3], vec![4])));
+        let entries: Vec<Entry> = (1..=5)
+            .map(|index| Entry {
+                index,
+                term: 2,
+                ..Entry::default()
+            })
+            .collect();
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.commit = 3;
+        {
+            let mut w = storage.wl();
+            w.append(&entries).expect("a fresh log takes entries");
+            w.set_hardstate(hs);
+        }
+        let config = Config {
+            id: 1,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            check_quorum: true,
+            pre_vote: true,
+            ..Config::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&config, storage.clone(), &logger).expect("a valid follower");
+        Follower { raw, storage }
+    }
+
+    /// Steps `m` if the guard admits it; whether it did.
+    pub fn offer(&mut self, m: Message) -> bool {
+        let conf = self
+            .storage
+            .initial_state()
+            .map(|s| s.conf_state)
+            .unwrap_or_default();
+        let view = LogView {
+            id: 1,
+            conf: &conf,
+            last_index: self.raw.raft.raft_log.last_index(),
+        };
+        if admit(&m, &view).is_err() {
+            return false;
+        }
+        let _ = self.raw.step(m);
+        self.persist();
+        true
+    }
+
+    /// Ticks, as time passing would.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+        self.persist();
+    }
+
+    fn persist(&mut self) {
+        if !self.raw.has_ready() {
+            return;
+        }
+        let mut ready = self.raw.ready();
+        if !ready
+            .snapshot()
+            .get_metadata()
+            .get_conf_state()
+            .voters
+            .is_empty()
+        {
+            let snap = ready.snapshot().clone();
+            self.storage
+                .wl()
+                .apply_snapshot(snap)
+                .expect("an admitted snapshot is newer");
+        }
+        let _ = ready.take_committed_entries();
+        if !ready.entries().is_empty() {
+            self.storage
+                .wl()
+                .append(ready.entries())
+                .expect("entries follow the log");
+        }
+        if let Some(hs) = ready.hs() {
+            self.storage.wl().set_hardstate(hs.clone());
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.storage.wl().mut_hard_state().commit = commit;
+        }
+        let _ = light.take_committed_entries();
+        self.raw.advance_apply();
+    }
+}
