@@ -33,9 +33,11 @@ impl Follower {
                 ..Entry::default()
             })
             .collect();
-        let mut hs = HardState::default();
-        hs.term = 2;
-        hs.commit = 3;
+        let hs = HardState {
+            term: 2,
+            commit: 3,
+            ..HardState::default()
+        };
         {
             let mut w = storage.wl();
             w.append(&entries).expect("a fresh log takes entries");
