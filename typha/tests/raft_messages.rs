@@ -6,7 +6,7 @@
 #[path = "common/raft_follower.rs"]
 mod raft_follower;
 
-use manul_proto::v1::{Member, StateSnapshot};
+use manul_proto::v1::{Member, RaftBatch, StateSnapshot};
 use prost::Message as _;
 use raft::prelude::{ConfState, Entry, Message, MessageType, Snapshot};
 use raft_follower::Follower;
@@ -167,14 +167,31 @@ fn no_admitted_message_panics_raft() {
 }
 
 #[test]
-fn a_raft_message_from_raw_bytes_never_panics() {
+fn batches_from_raw_bytes_and_generated_messages_never_panic() {
     let mut r = Rng(42);
-    let mut f = Follower::new();
-    for _ in 0..20_000 {
+    let mut decoded = 0;
+    for _ in 0..5_000 {
         let len = r.below(64) as usize;
         let bytes: Vec<u8> = (0..len).map(|_| r.next() as u8).collect();
-        if let Ok(m) = <Message as protobuf::Message>::parse_from_bytes(&bytes) {
-            f.offer(m);
+        if raft_follower::offer_batch(&bytes) {
+            decoded += 1;
         }
+    }
+    assert!(decoded > 0, "no random batch decoded");
+    for _ in 0..500 {
+        let from = [2, 3, 4, 77][r.below(4) as usize];
+        let messages = (0..r.below(6))
+            .map(|_| {
+                let mut m = generate(&mut r);
+                m.from = from;
+                protobuf::Message::write_to_bytes(&m).unwrap().into()
+            })
+            .collect();
+        let batch = RaftBatch {
+            messages,
+            from,
+            from_address: String::new(),
+        };
+        assert!(raft_follower::offer_batch(&batch.encode_to_vec()));
     }
 }

@@ -5,7 +5,10 @@
 //! that is admitted and then panics raft-rs.
 #![allow(dead_code)]
 
+use manul_proto::v1::RaftBatch;
 use manul_typha::node::guard::{LogView, admit};
+use prost::Message as _;
+use protobuf::Message as _;
 use raft::prelude::{ConfState, Config, Entry, HardState, Message};
 use raft::storage::MemStorage;
 use raft::{RawNode, Storage as _};
@@ -117,4 +120,29 @@ impl Follower {
         let _ = light.take_committed_entries();
         self.raw.advance_apply();
     }
+}
+
+/// Any bytes as a batch on the peer listener: decoded as the Peer service
+/// decodes it (a batch whose messages name another sender is refused
+/// whole), then each message offered to a fresh follower, with a tick
+/// after every fourth. Whether the batch decoded.
+pub fn offer_batch(data: &[u8]) -> bool {
+    let Ok(batch) = RaftBatch::decode(data) else {
+        return false;
+    };
+    let mut messages = Vec::new();
+    for bytes in batch.messages.iter().take(32) {
+        match Message::parse_from_bytes(bytes) {
+            Ok(m) if m.from == batch.from => messages.push(m),
+            _ => return false,
+        }
+    }
+    let mut follower = Follower::new();
+    for (k, m) in messages.into_iter().enumerate() {
+        follower.offer(m);
+        if k % 4 == 3 {
+            follower.tick();
+        }
+    }
+    true
 }
