@@ -1,6 +1,6 @@
-//! A raft-rs follower on in-memory storage that steps a peer's message only
-//! when Typha's guard (`node::guard::admit`) admits it, and persists its
-//! Ready the way Typha's Raft thread does. Shared by the `raft_message`
+//! A raft-rs replica (a follower, or the leader) on in-memory storage that
+//! steps a peer's message only when Typha's guard (`node::guard::admit`)
+//! admits it, and persists its Ready the way Typha's Raft thread does. Shared by the `raft_message`
 //! fuzz target and the generated-message test: neither may find a message
 //! that is admitted and then panics raft-rs.
 #![allow(dead_code)]
@@ -9,7 +9,7 @@ use manul_proto::v1::RaftBatch;
 use manul_typha::node::guard::{LogView, admit};
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::prelude::{ConfState, Config, Entry, HardState, Message};
+use raft::prelude::{ConfState, Config, Entry, HardState, Message, MessageType};
 use raft::storage::MemStorage;
 use raft::{RawNode, Storage as _};
 
@@ -57,6 +57,27 @@ impl Follower {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let raw = RawNode::new(&config, storage.clone(), &logger).expect("a valid follower");
         Follower { raw, storage }
+    }
+
+    /// The same replica after winning an election (votes from replica 2).
+    pub fn leader() -> Follower {
+        let mut f = Follower::new();
+        f.raw.campaign().expect("a voter campaigns");
+        f.persist();
+        for kind in [
+            MessageType::MsgRequestPreVoteResponse,
+            MessageType::MsgRequestVoteResponse,
+        ] {
+            let mut m = Message::default();
+            m.set_msg_type(kind);
+            m.from = 2;
+            m.to = 1;
+            m.term = f.raw.raft.term + u64::from(kind == MessageType::MsgRequestPreVoteResponse);
+            f.raw.step(m).expect("a vote is stepped");
+            f.persist();
+        }
+        assert_eq!(f.raw.raft.state, raft::StateRole::Leader);
+        f
     }
 
     /// Steps `m` if the guard admits it; whether it did.
@@ -124,8 +145,9 @@ impl Follower {
 
 /// Any bytes as a batch on the peer listener: decoded as the Peer service
 /// decodes it (a batch whose messages name another sender is refused
-/// whole), then each message offered to a fresh follower, with a tick
-/// after every fourth. Whether the batch decoded.
+/// whole), then each message offered to a fresh follower (the leader when
+/// the first byte is odd), with a tick after every fourth. Whether the
+/// batch decoded.
 pub fn offer_batch(data: &[u8]) -> bool {
     let Ok(batch) = RaftBatch::decode(data) else {
         return false;
@@ -137,7 +159,11 @@ pub fn offer_batch(data: &[u8]) -> bool {
             _ => return false,
         }
     }
-    let mut follower = Follower::new();
+    let mut follower = if data.first().is_some_and(|b| b & 1 == 1) {
+        Follower::leader()
+    } else {
+        Follower::new()
+    };
     for (k, m) in messages.into_iter().enumerate() {
         follower.offer(m);
         if k % 4 == 3 {
