@@ -5,7 +5,10 @@
 //! reference-counted deltas to every Felix agent.
 //!
 //! It refuses to know anything about dataplanes: it stores and fans out
-//! validated resources, nothing else.
+//! validated resources, nothing else. It refuses Raft traffic and cluster
+//! administration from anyone without the cluster's peer token (they live
+//! on a separate peer listener), any Raft message its guard finds
+//! impossible or out of place, and any committed entry the model rejects.
 
 pub mod api;
 pub mod cluster;
