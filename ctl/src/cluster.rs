@@ -1,13 +1,62 @@
 //! `manulctl cluster`: replica status and membership changes.
+//!
+//! Cluster administration is served only on Typha's peer listener
+//! (`--peer-server` or `MANUL_PEER_SERVER`) and only to holders of the
+//! cluster's peer token (`--peer-token-file` or `MANUL_PEER_TOKEN_FILE`),
+//! sent as gRPC metadata.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use manul_proto::v1::cluster_client::ClusterClient;
 use manul_proto::v1::{AddLearnerRequest, Member, MemberRequest, StatusRequest};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
 use crate::client::{ServerArgs, is_bad_input, status_error};
+
+/// The metadata key Typha's peer listener reads the token from.
+const TOKEN_HEADER: &str = "x-manul-peer-token";
+
+/// `manulctl cluster`'s flags and command.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// A Typha replica's peer listener (any replica; changes are forwarded
+    /// to the leader).
+    #[arg(
+        long,
+        env = "MANUL_PEER_SERVER",
+        default_value = "127.0.0.1:5474",
+        global = true
+    )]
+    pub peer_server: String,
+    /// File holding the cluster's peer token (a replica started without
+    /// `--peer-token-file` keeps its own in DATA_DIR/peer-token).
+    #[arg(long, env = "MANUL_PEER_TOKEN_FILE", global = true)]
+    pub peer_token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+/// Reads the token file; a missing flag, an unreadable file or an
+/// unusable token is bad input.
+fn token(args: &ClusterArgs) -> Result<AsciiMetadataValue> {
+    let path = args.peer_token_file.as_ref().ok_or_else(|| {
+        crate::BadInput(
+            "cluster commands need the peer token: pass --peer-token-file or set MANUL_PEER_TOKEN_FILE".into(),
+        )
+    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| crate::BadInput(format!("--peer-token-file {}: {e}", path.display())))?;
+    MetadataValue::try_from(text.trim()).map_err(|_| {
+        crate::BadInput(format!(
+            "--peer-token-file {}: the token may hold only visible ASCII characters",
+            path.display()
+        ))
+        .into()
+    })
+}
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -28,8 +77,20 @@ fn print_members(members: &[Member]) {
     }
 }
 
-pub async fn run(server: &ServerArgs, cmd: &ClusterCommand) -> Result<ExitCode> {
-    let c = ClusterClient::new(server.connect().await?);
+pub async fn run(server: &ServerArgs, args: &ClusterArgs) -> Result<ExitCode> {
+    let token = token(args)?;
+    let server = &ServerArgs {
+        server: args.peer_server.clone(),
+        ..server.clone()
+    };
+    let cmd = &args.command;
+    let c = ClusterClient::with_interceptor(
+        server.connect().await?,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert(TOKEN_HEADER, token.clone());
+            Ok(r)
+        },
+    );
     let result = match cmd {
         ClusterCommand::Status => {
             let s = server

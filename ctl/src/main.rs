@@ -67,9 +67,8 @@ enum Command {
     Get(resources::GetArgs),
     /// Delete a resource by kind and name, or those in files.
     Delete(resources::DeleteArgs),
-    /// Replica status and membership.
-    #[command(subcommand)]
-    Cluster(cluster::ClusterCommand),
+    /// Replica status and membership (on Typha's peer listener, with the peer token).
+    Cluster(cluster::ClusterArgs),
     /// Debug the Typha-to-Felix delta stream.
     #[command(subcommand)]
     Sync(sync::SyncCommand),

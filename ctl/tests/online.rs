@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{examples, manulctl, text};
+use common::{examples, manulctl, manulctl_env, text};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_get_delete_status_and_watch() {
@@ -55,8 +55,47 @@ async fn apply_get_delete_status_and_watch() {
     let out = manulctl(&server, &["get", "frobnicator"]).await;
     assert_eq!(out.status.code(), Some(2), "unknown kind");
 
-    let out = manulctl(&server, &["cluster", "status"]).await;
-    assert_eq!(out.status.code(), Some(0));
+    // Cluster administration: only on the peer listener, with the token.
+    let peer = typha.peer_addr.to_string();
+    let out = manulctl_env(
+        &server,
+        &["cluster", "status"],
+        &[("MANUL_PEER_SERVER", &peer)],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "no token is bad input");
+    assert!(text(&out.stderr).contains("--peer-token-file"));
+    let wrong = dir.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-cluster-token-at-all").unwrap();
+    let out = manulctl_env(
+        &server,
+        &[
+            "cluster",
+            "status",
+            "--peer-token-file",
+            wrong.to_str().unwrap(),
+        ],
+        &[("MANUL_PEER_SERVER", &peer)],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "a wrong token is refused");
+    assert!(
+        text(&out.stderr).contains("wrong peer token"),
+        "{}",
+        text(&out.stderr)
+    );
+    let token_file = dir.path().join("peer-token");
+    std::fs::write(&token_file, typha.peer_token.secret()).unwrap();
+    let out = manulctl_env(
+        &server,
+        &["cluster", "status"],
+        &[
+            ("MANUL_PEER_SERVER", &peer),
+            ("MANUL_PEER_TOKEN_FILE", token_file.to_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let status = text(&out.stdout);
     assert!(
         status.contains("leader: 1") && status.contains("leader "),

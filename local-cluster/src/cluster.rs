@@ -22,6 +22,9 @@ pub const UNDERLAY_PREFIX: [u8; 3] = [192, 168, 220];
 pub const POD_POOL: &str = "10.65.0.0/16";
 /// Typha's first port (replica K listens on `PORT + K - 1`).
 pub const TYPHA_PORT: u16 = 5473;
+/// Typha's first peer port (Raft and cluster administration; replica K
+/// listens on `PEER_PORT + K - 1`).
+pub const TYPHA_PEER_PORT: u16 = 5573;
 
 /// Which dataplane the nodes' Felix runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -146,6 +149,19 @@ fn netns_err(e: manul_netns::NetnsError) -> ClusterError {
     ClusterError::Netns(e.to_string())
 }
 
+/// A fresh peer token: 32 bytes of the kernel's randomness, as hex.
+fn random_token() -> Result<String, ClusterError> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|source| ClusterError::Io {
+            path: "/dev/urandom".into(),
+            source,
+        })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn typha_err(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Typha(e.to_string())
 }
@@ -266,6 +282,20 @@ impl LocalCluster {
             .collect()
     }
 
+    /// Typha's peer listeners (Raft, `manulctl cluster`), `HOST:PORT` per
+    /// replica; they require the token in [`Self::typha_peer_token_file`].
+    pub fn typha_peer_addresses(&self) -> Vec<String> {
+        let [a, b, c] = UNDERLAY_PREFIX;
+        (0..self.config.typha_replicas)
+            .map(|k| format!("{a}.{b}.{c}.1:{}", TYPHA_PEER_PORT + k as u16))
+            .collect()
+    }
+
+    /// The file holding the Typha replicas' shared peer token.
+    pub fn typha_peer_token_file(&self) -> PathBuf {
+        self.work.path().join("typha-peer-token")
+    }
+
     /// The control-plane namespace's name (for `manulctl --netns`).
     pub fn control_plane_netns(&self) -> &str {
         self.cp.name()
@@ -274,7 +304,13 @@ impl LocalCluster {
     fn start_typha(&mut self) -> Result<(), ClusterError> {
         let typha = program("typha")?;
         let addrs = self.typha_addresses();
-        let peers: Vec<String> = addrs
+        let peer_addrs = self.typha_peer_addresses();
+        let token_file = self.typha_peer_token_file();
+        std::fs::write(&token_file, random_token()?).map_err(|source| ClusterError::Io {
+            path: token_file.clone(),
+            source,
+        })?;
+        let peers: Vec<String> = peer_addrs
             .iter()
             .enumerate()
             .map(|(k, a)| format!("{}={a}", k + 1))
@@ -286,6 +322,9 @@ impl LocalCluster {
             cmd.arg("--data-dir")
                 .arg(&data)
                 .args(["--listen", addr])
+                .args(["--peer-listen", &peer_addrs[k]])
+                .arg("--peer-token-file")
+                .arg(&token_file)
                 .args(["--metrics", &format!("127.0.0.1:{}", 9093 + k)])
                 .args(["--node-id", &id.to_string()]);
             if addrs.len() > 1 {

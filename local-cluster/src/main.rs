@@ -101,6 +101,12 @@ fn main() -> ExitCode {
                 cluster.control_plane_netns(),
                 cluster.typha_addresses()[0]
             );
+            println!(
+                "cluster administration: manulctl --netns {} cluster --peer-server {} --peer-token-file {} status",
+                cluster.control_plane_netns(),
+                cluster.typha_peer_addresses()[0],
+                cluster.typha_peer_token_file().display()
+            );
             println!("logs: {}", cluster.work_dir().display());
             println!("press Ctrl-C to remove it");
             wait_for_ctrl_c();

@@ -3,7 +3,8 @@
 //! Writes are validated with the model's loader (the same code as `manulctl
 //! validate`); any problem is INVALID_ARGUMENT naming it, and nothing is
 //! proposed. A batch becomes one Raft entry, so it commits whole or not at
-//! all. A follower forwards writes to the leader; the caller is answered
+//! all. A follower forwards writes to the leader's peer listener (with the
+//! peer token; the leader validates them again); the caller is answered
 //! once the entry is committed and applied. Reads are served from this
 //! replica's applied state after it has caught up with the leader's commit
 //! index as of the read (Raft's read index, asked of the leader): a read on
@@ -29,6 +30,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::node::{Node, NodeError};
+use crate::peer_auth::PeerToken;
 use crate::state::{Applied, ApplyError, Key};
 
 /// How long a follower waits to catch up with the leader before a read.
@@ -40,13 +42,40 @@ pub const FORWARDED: &str = "x-manul-forwarded";
 /// outcome is unknown.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Clients to the current leader, by address.
+/// Clients to other replicas' peer listeners, by address, and the token
+/// every call to them carries.
 #[derive(Debug, Default, Clone)]
 pub struct LeaderClients {
     clients: Arc<Mutex<HashMap<String, Channel>>>,
+    token: Option<PeerToken>,
 }
 
 impl LeaderClients {
+    pub fn new(token: Option<PeerToken>) -> LeaderClients {
+        LeaderClients {
+            clients: Arc::default(),
+            token,
+        }
+    }
+
+    /// A request to another replica: carries the peer token.
+    pub fn request<T>(&self, inner: T) -> Request<T> {
+        let mut r = Request::new(inner);
+        if let Some(t) = &self.token {
+            t.attach(&mut r);
+        }
+        r
+    }
+
+    /// A request forwarded to the leader: carries the peer token and is
+    /// marked, so it is never forwarded twice.
+    pub fn forwarded<T>(&self, inner: T) -> Request<T> {
+        let mut r = self.request(inner);
+        r.metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        r
+    }
+
     pub async fn channel(&self, addr: &str) -> Result<Channel, Status> {
         let mut clients = self.clients.lock().await;
         if let Some(c) = clients.get(addr) {
@@ -103,14 +132,6 @@ pub fn route<T>(node: &Node, request: &Request<T>) -> Result<Route, Status> {
     }
 }
 
-/// Marks a request as forwarded.
-pub fn forwarded<T>(inner: T) -> Request<T> {
-    let mut r = Request::new(inner);
-    r.metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    r
-}
-
 /// The `Resources` service of one replica.
 #[derive(Debug, Clone)]
 pub struct ResourcesService {
@@ -147,7 +168,7 @@ impl ResourcesService {
         };
         let mut cluster = ClusterClient::new(self.leaders.channel(&addr).await?);
         let target = cluster
-            .replica(ReplicaStatusRequest {})
+            .replica(self.leaders.request(ReplicaStatusRequest {}))
             .await?
             .into_inner()
             .commit_index;
@@ -269,7 +290,7 @@ impl Resources for ResourcesService {
             return self
                 .leader(&addr)
                 .await?
-                .apply(forwarded(request.into_inner()))
+                .apply(self.leaders.forwarded(request.into_inner()))
                 .await;
         }
         let applied = self
@@ -303,7 +324,7 @@ impl Resources for ResourcesService {
             return self
                 .leader(&addr)
                 .await?
-                .delete(forwarded(request.into_inner()))
+                .delete(self.leaders.forwarded(request.into_inner()))
                 .await;
         }
         let applied = self

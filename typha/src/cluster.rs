@@ -1,6 +1,8 @@
 //! The `Cluster` gRPC service: status of every replica, and membership
 //! changes (add a learner, promote it, remove a member), forwarded to the
-//! leader when received by a follower.
+//! leader when received by a follower. Served only on the peer listener,
+//! behind the peer token. The leader refuses a change raft would refuse
+//! (see `node::guard::check_change`) before proposing it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use manul_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::api::{LeaderClients, Route, forwarded, node_status, route};
+use crate::api::{LeaderClients, Route, node_status, route};
 use crate::fanout::Fanout;
 use crate::node::{MembershipChange, Node};
 
@@ -119,7 +121,7 @@ impl Cluster for ClusterService {
                 let mut c = self.client(&m.address).await?;
                 let r = tokio::time::timeout(
                     Duration::from_secs(1),
-                    c.replica(ReplicaStatusRequest {}),
+                    c.replica(self.leaders.request(ReplicaStatusRequest {})),
                 )
                 .await
                 .map_err(|_| Status::deadline_exceeded("no answer within 1s"))??;
@@ -159,7 +161,7 @@ impl Cluster for ClusterService {
             return self
                 .client(&addr)
                 .await?
-                .add_learner(forwarded(request.into_inner()))
+                .add_learner(self.leaders.forwarded(request.into_inner()))
                 .await;
         }
         let change = MembershipChange::AddLearner {
@@ -178,7 +180,7 @@ impl Cluster for ClusterService {
             return self
                 .client(&addr)
                 .await?
-                .promote(forwarded(request.into_inner()))
+                .promote(self.leaders.forwarded(request.into_inner()))
                 .await;
         }
         let id = request.get_ref().id;
@@ -196,7 +198,7 @@ impl Cluster for ClusterService {
             return self
                 .client(&addr)
                 .await?
-                .remove(forwarded(request.into_inner()))
+                .remove(self.leaders.forwarded(request.into_inner()))
                 .await;
         }
         let id = request.get_ref().id;

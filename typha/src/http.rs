@@ -1,6 +1,8 @@
 //! `/metrics` (Prometheus text format), `/healthz` (the process and its Raft
-//! thread run) and `/readyz` (a leader is known, so writes and a consistent
-//! stream can be served).
+//! thread run: it fails once the Raft thread has stopped, however it
+//! stopped) and `/readyz` (a leader that is a voter of this replica's
+//! configuration is known, so writes and a consistent stream can be served;
+//! a leader id that is not a member does not count).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,22 +41,29 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.node.status().id == s.node.id() {
+    if s.node.is_alive() {
         (StatusCode::OK, "ok\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "raft not running\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the Raft thread has stopped\n",
+        )
     }
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let st = s.node.status();
-    if st.leader_id != 0 {
-        (StatusCode::OK, format!("ready: leader {}\n", st.leader_id))
-    } else {
-        (
+    if !s.node.is_alive() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the Raft thread has stopped\n".to_string(),
+        );
+    }
+    match s.node.leader() {
+        Some((id, _)) => (StatusCode::OK, format!("ready: leader {id}\n")),
+        None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no leader yet\n".to_string(),
-        )
+        ),
     }
 }
 

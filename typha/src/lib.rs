@@ -5,7 +5,10 @@
 //! reference-counted deltas to every Felix agent.
 //!
 //! It refuses to know anything about dataplanes: it stores and fans out
-//! validated resources, nothing else.
+//! validated resources, nothing else. It refuses Raft traffic and cluster
+//! administration from anyone without the cluster's peer token (they live
+//! on a separate peer listener), any Raft message its guard finds
+//! impossible or out of place, and any committed entry the model rejects.
 
 pub mod api;
 pub mod cluster;
@@ -13,6 +16,7 @@ pub mod fanout;
 pub mod http;
 pub mod kube;
 pub mod node;
+pub mod peer_auth;
 pub mod raft_storage;
 pub mod server;
 pub mod state;

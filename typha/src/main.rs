@@ -1,7 +1,10 @@
 //! `typha`: one replica of Manul's policy store.
 //!
 //! With no flags it runs a single-node embedded cluster: data in
-//! `./typha-data`, gRPC on 127.0.0.1:5473, metrics on 127.0.0.1:9093.
+//! `./typha-data`, the client gRPC listener on 127.0.0.1:5473, the peer
+//! listener (Raft, cluster administration) on 127.0.0.1:5474 behind the
+//! token in `./typha-data/peer-token` (created when missing), metrics on
+//! 127.0.0.1:9093.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use manul_typha::fanout::FanoutConfig;
+use manul_typha::peer_auth::PeerToken;
 use manul_typha::server::{TyphaConfig, start};
 
 /// Parses `ID=HOST:PORT,...`.
@@ -49,16 +53,26 @@ struct Args {
     /// Where Raft's log, hard state and snapshots are kept.
     #[arg(long, default_value = "typha-data")]
     data_dir: PathBuf,
-    /// Address for the resource API, the Sync stream and Raft traffic.
+    /// Address for the resource API and the Sync stream (any client).
     #[arg(long, default_value = "127.0.0.1:5473")]
     listen: SocketAddr,
+    /// Address for Raft traffic, cluster administration and forwarded
+    /// writes: only holders of the peer token are served there.
+    #[arg(long, default_value = "127.0.0.1:5474")]
+    peer_listen: SocketAddr,
+    /// File holding the cluster's shared peer token (every replica and
+    /// administrator uses the same one). Default: DATA_DIR/peer-token,
+    /// created with a random token when missing.
+    #[arg(long)]
+    peer_token_file: Option<PathBuf>,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9093")]
     metrics: SocketAddr,
     /// This replica's id (from 1).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     node_id: u64,
-    /// Every member as ID=HOST:PORT,..., this replica included. Default:
+    /// Every member's peer address as ID=HOST:PORT,..., this replica
+    /// included. Default:
     /// this replica alone (a single-node cluster).
     #[arg(long, value_parser = parse_peers)]
     peers: Option<BTreeMap<u64, String>>,
@@ -130,7 +144,7 @@ async fn main() -> ExitCode {
     let peers = args
         .peers
         .clone()
-        .unwrap_or_else(|| BTreeMap::from([(args.node_id, args.listen.to_string())]));
+        .unwrap_or_else(|| BTreeMap::from([(args.node_id, args.peer_listen.to_string())]));
     if !args.join && !peers.contains_key(&args.node_id) {
         eprintln!(
             "error: --peers must list this replica ({}) too, or pass --join",
@@ -151,10 +165,23 @@ async fn main() -> ExitCode {
     } else {
         None
     };
+    let token = match &args.peer_token_file {
+        Some(path) => PeerToken::load(path),
+        None => PeerToken::load_or_create(&args.data_dir.join("peer-token")),
+    };
+    let token = match token {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = TyphaConfig {
         node_id: args.node_id,
         data_dir: args.data_dir,
         listen: args.listen,
+        peer_listen: args.peer_listen,
+        peer_token: Some(token),
         metrics: Some(args.metrics),
         peers,
         join: args.join,

@@ -1,6 +1,11 @@
-//! Wires a Typha replica together: the Raft node, the fan-out, the gRPC
-//! services on one listener (Resources, Sync, Cluster, Peer) and the
-//! metrics/health HTTP endpoint.
+//! Wires a Typha replica together: the Raft node, the fan-out, two gRPC
+//! listeners and the metrics/health HTTP endpoint.
+//!
+//! The client listener serves what any client may use: Resources (writes
+//! validated there) and Sync. The peer listener serves Raft traffic
+//! (Peer), cluster administration (Cluster) and the Resources service for
+//! writes followers forward, all behind the cluster's peer token
+//! ([`crate::peer_auth`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,10 +16,10 @@ use std::time::Duration;
 use manul_proto::v1::Entry;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tracing::info;
 
 use crate::api::{LeaderClients, ResourcesService};
@@ -22,17 +27,24 @@ use crate::cluster::ClusterService;
 use crate::fanout::{Fanout, FanoutConfig, FanoutMetrics, SnapshotSource};
 use crate::node::transport::PeerService;
 use crate::node::{Node, NodeConfig, NodeError, RaftMetrics, Shared};
+use crate::peer_auth::PeerToken;
 
 /// Everything a replica needs to start.
 #[derive(Debug, Clone)]
 pub struct TyphaConfig {
     pub node_id: u64,
     pub data_dir: PathBuf,
-    /// gRPC listener: the resource API, Sync, cluster management and Raft.
+    /// Client gRPC listener: the resource API and Sync.
     pub listen: SocketAddr,
+    /// Peer gRPC listener: Raft, cluster administration, forwarded writes.
+    pub peer_listen: SocketAddr,
+    /// The token the peer listener requires and this replica sends to
+    /// others; none: a fresh random one (a single replica's own).
+    pub peer_token: Option<PeerToken>,
     /// `/metrics`, `/healthz`, `/readyz`; none to disable.
     pub metrics: Option<SocketAddr>,
-    /// Every initial member's id and listen address, this one's included.
+    /// Every initial member's id and peer address, this one's included (a
+    /// port 0 for this one: the bound peer port).
     pub peers: BTreeMap<u64, String>,
     pub join: bool,
     pub snapshot_every: u64,
@@ -42,14 +54,18 @@ pub struct TyphaConfig {
 }
 
 impl TyphaConfig {
-    /// A single-node embedded cluster on `listen`.
+    /// A single-node embedded cluster on `listen`, its peer listener on a
+    /// free loopback port.
     pub fn single(data_dir: PathBuf, listen: SocketAddr) -> TyphaConfig {
+        let peer_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         TyphaConfig {
             node_id: 1,
             data_dir,
             listen,
+            peer_listen,
+            peer_token: None,
             metrics: None,
-            peers: BTreeMap::from([(1, listen.to_string())]),
+            peers: BTreeMap::from([(1, peer_listen.to_string())]),
             join: false,
             snapshot_every: 10_000,
             fanout: FanoutConfig::default(),
@@ -71,6 +87,8 @@ pub enum ServerError {
     Node(#[source] NodeError),
     #[error("the single node did not become leader within {0:?}")]
     NotLeading(Duration),
+    #[error("peer token: {0}")]
+    Token(#[source] crate::peer_auth::TokenError),
 }
 
 /// Starts a single-node replica on a free port of 127.0.0.1 with its data
@@ -119,30 +137,74 @@ pub struct Running {
     pub fanout: Arc<Fanout>,
     pub registry: Arc<Registry>,
     pub local_addr: SocketAddr,
+    /// The bound peer listener.
+    pub peer_addr: SocketAddr,
+    pub peer_token: PeerToken,
     pub metrics_addr: Option<SocketAddr>,
     /// The Kubernetes watchers' metrics (registered whether they run or not).
     pub kube_metrics: crate::kube::metrics::KubeMetrics,
     spread: Duration,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
     server: Option<JoinHandle<()>>,
+    peer_server: Option<JoinHandle<()>>,
     http: Option<JoinHandle<()>>,
 }
 
-/// Starts a replica.
-pub async fn start(config: TyphaConfig) -> Result<Running, ServerError> {
-    let listener =
-        TcpListener::bind(config.listen)
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listen_err = |source| ServerError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(listen_err)?;
+    let bound = listener.local_addr().map_err(listen_err)?;
+    Ok((listener, bound))
+}
+
+/// Serves `router` on `listener` until `stop` fires.
+fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // The builder's `tcp_nodelay` only reaches listeners tonic binds
+        // itself: set it on every accepted socket, or Nagle plus delayed
+        // ACKs hold each response's trailers for ~40 ms.
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            if let Ok(stream) = &conn {
+                let _ = stream.set_nodelay(true);
+            }
+            conn
+        });
+        let mut stop = stop;
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await
-            .map_err(|source| ServerError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        {
+            tracing::error!("gRPC server failed: {e}");
+        }
+    })
+}
+
+fn grpc_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+}
+
+/// Starts a replica.
+pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
+    let (listener, local_addr) = bind(config.listen).await?;
+    let (peer_listener, peer_addr) = bind(config.peer_listen).await?;
+    if let Some(own) = config.peers.get_mut(&config.node_id)
+        && own.parse::<SocketAddr>().is_ok_and(|a| a.port() == 0)
+    {
+        *own = peer_addr.to_string();
+    }
+    let peer_token = match config.peer_token.clone() {
+        Some(t) => t,
+        None => PeerToken::generate().map_err(ServerError::Token)?,
+    };
     let mut registry = Registry::default();
     let fanout_metrics = FanoutMetrics::register(&mut registry);
     let raft_metrics = RaftMetrics::register(&mut registry);
@@ -158,38 +220,30 @@ pub async fn start(config: TyphaConfig) -> Result<Running, ServerError> {
     );
     node_config.join = config.join;
     node_config.snapshot_every = config.snapshot_every;
+    node_config.peer_token = Some(peer_token.clone());
     let node = Node::start(node_config, fanout.clone(), raft_metrics).map_err(ServerError::Node)?;
     let _ = source.0.set(node.shared().clone());
 
-    let leaders = LeaderClients::default();
-    let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+    let leaders = LeaderClients::new(Some(peer_token.clone()));
+    let router = grpc_builder()
         .add_service(ResourcesService::new(node.clone(), leaders.clone()))
-        .add_service(fanout.service())
-        .add_service(ClusterService::new(node.clone(), fanout.clone(), leaders))
-        .add_service(PeerService::new(node.clone()));
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        // The builder's `tcp_nodelay` only reaches listeners tonic binds
-        // itself: set it on every accepted socket, or Nagle plus delayed
-        // ACKs hold each response's trailers for ~40 ms.
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            if let Ok(stream) = &conn {
-                let _ = stream.set_nodelay(true);
-            }
-            conn
-        });
-        let shutdown = async {
-            let _ = stop_rx.await;
-        };
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-        {
-            tracing::error!("gRPC server failed: {e}");
-        }
-    });
+        .add_service(fanout.service());
+    let peer_router = grpc_builder()
+        .add_service(InterceptedService::new(
+            PeerService::new(node.clone()),
+            peer_token.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            ClusterService::new(node.clone(), fanout.clone(), leaders.clone()),
+            peer_token.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            ResourcesService::new(node.clone(), leaders),
+            peer_token.clone(),
+        ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = serve(router, listener, stop_rx.clone());
+    let peer_server = serve(peer_router, peer_listener, stop_rx);
     let registry = Arc::new(registry);
     let (metrics_addr, http) = match config.metrics {
         Some(addr) => {
@@ -200,17 +254,20 @@ pub async fn start(config: TyphaConfig) -> Result<Running, ServerError> {
         }
         None => (None, None),
     };
-    info!(id = config.node_id, %local_addr, ?metrics_addr, "typha replica started");
+    info!(id = config.node_id, %local_addr, %peer_addr, ?metrics_addr, "typha replica started");
     Ok(Running {
         node,
         fanout,
         registry,
         local_addr,
+        peer_addr,
+        peer_token,
         metrics_addr,
         kube_metrics,
         spread: config.shutdown_spread,
         stop: Some(stop_tx),
         server: Some(server),
+        peer_server: Some(peer_server),
         http,
     })
 }
@@ -221,9 +278,12 @@ impl Running {
     pub async fn shutdown(mut self) {
         self.fanout.shutdown(self.spread).await;
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
-        if let Some(server) = self.server.take() {
+        for server in [self.server.take(), self.peer_server.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         }
         if let Some(http) = self.http.take() {

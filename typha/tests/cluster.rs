@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
 use common::{Cluster, SERIAL, apply, set_yaml};
-use manul_proto::v1::cluster_client::ClusterClient;
 use manul_proto::v1::peer_client::PeerClient;
 use manul_proto::v1::sync_message::Message;
 use manul_proto::v1::{
@@ -152,8 +151,8 @@ async fn a_fourth_replica_joins_at_run_time() {
     let mut c = Cluster::start(3, 10_000).await;
     assert_eq!(write_each(&c, &names("x", 10)).await.len(), 10);
     let joiner = c.spawn_joiner(4);
-    let addr = c.replicas[joiner].addr();
-    let mut admin = ClusterClient::new(c.channel(0).await);
+    let addr = c.replicas[joiner].peer_addr();
+    let mut admin = c.admin(0).await;
     let members = admin
         .add_learner(AddLearnerRequest {
             id: 4,
@@ -196,7 +195,7 @@ async fn a_fourth_replica_joins_at_run_time() {
 
     // Remove the dead member through a follower (forwarded to the leader).
     let follower = c.alive().find(|i| *i != leader).unwrap();
-    let mut admin = ClusterClient::new(c.channel(follower).await);
+    let mut admin = c.admin(follower).await;
     let victim_id = c.replicas[victim].id;
     let members = admin
         .remove(MemberRequest { id: victim_id })
@@ -421,7 +420,13 @@ async fn bad_and_corrupt_requests_are_rejected_without_affecting_others() {
         .await
         .unwrap_err();
     assert_eq!(empty_name.code(), tonic::Code::InvalidArgument);
-    let mut peer = PeerClient::new(c.channel(2).await);
+    // The Peer service is not on the client listener at all.
+    let err = PeerClient::new(c.channel(2).await)
+        .raft(RaftBatch::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    let mut peer = c.peer(2).await;
     let err = peer
         .raft(RaftBatch {
             messages: vec![garbage],

@@ -15,8 +15,14 @@ pub fn examples() -> PathBuf {
 }
 
 pub async fn manulctl(server: &str, args: &[&str]) -> Output {
+    manulctl_env(server, args, &[]).await
+}
+
+/// Like [`manulctl`], with more environment variables.
+pub async fn manulctl_env(server: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_manulctl"));
     cmd.args(args)
+        .envs(env.iter().copied())
         .env("MANUL_SERVER", server)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

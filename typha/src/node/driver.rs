@@ -12,12 +12,14 @@
 //! committed and applied, so an acknowledged write is never lost.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use manul_proto::v1::{Command, Member, StateSnapshot};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use prost::Message as _;
@@ -27,6 +29,7 @@ use raft::{RawNode, StateRole};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use super::guard::{self, LogView};
 use super::transport::Transport;
 use super::{MembershipChange, Msg, NodeConfig, NodeError, RaftStatus, Shared};
 use crate::fanout::Fanout;
@@ -42,6 +45,8 @@ pub struct RaftMetrics {
     pub commit_index: Gauge<u64, AtomicU64>,
     pub applied_index: Gauge<u64, AtomicU64>,
     pub snapshot_index: Gauge<i64, AtomicI64>,
+    pub refused_messages: Counter,
+    pub apply_errors: Counter,
 }
 
 impl RaftMetrics {
@@ -72,6 +77,16 @@ impl RaftMetrics {
             "typha_raft_snapshot_index",
             "Index of the last Raft snapshot (log compacted up to here)",
             m.snapshot_index.clone(),
+        );
+        registry.register(
+            "typha_raft_refused_messages",
+            "Raft messages from peers dropped before Raft saw them (not a member, a local-only type, an impossible field)",
+            m.refused_messages.clone(),
+        );
+        registry.register(
+            "typha_raft_apply_errors",
+            "Committed entries skipped because they could not be applied (invalid command, refused configuration change)",
+            m.apply_errors.clone(),
         );
         m
     }
@@ -114,6 +129,17 @@ struct Driver {
     /// was added, and Raft only lets it restore a snapshot whose
     /// configuration includes it.
     force_snapshot: bool,
+    /// Set when raft-rs panicked: the replica stops and reports unhealthy.
+    broken: bool,
+}
+
+/// Marks the replica dead when the Raft thread ends, however it ends.
+struct AliveGuard(Arc<Shared>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Starts the Raft thread; must be called inside a Tokio runtime (the
@@ -167,9 +193,15 @@ pub(super) fn spawn(
         state: RwLock::new(sm),
         status: RwLock::new(RaftStatus::default()),
         addresses: RwLock::new(addresses),
+        alive: AtomicBool::new(true),
     });
     let (tx, rx) = std::sync::mpsc::channel();
-    let transport = Transport::new(config.id, shared.clone(), tx.clone());
+    let transport = Transport::new(
+        config.id,
+        shared.clone(),
+        tx.clone(),
+        config.peer_token.clone(),
+    );
     let next_request = (config.id << 48)
         | (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -188,6 +220,7 @@ pub(super) fn spawn(
         next_request,
         last_snapshot: snapshot_index,
         force_snapshot: false,
+        broken: false,
     };
     driver.metrics.snapshot_index.set(snapshot_index as i64);
     let name = format!("raft-{}", driver.config.id);
@@ -241,6 +274,7 @@ impl Driver {
     fn run(&mut self, rx: Receiver<Msg>) {
         let span = tracing::info_span!("raft", id = self.config.id);
         let _enter = span.enter();
+        let _alive = AliveGuard(self.shared.clone());
         self.campaign_if_sole_voter();
         if let Err(e) = self.on_ready() {
             error!("Raft ready handling failed, stopping this replica: {e}");
@@ -269,6 +303,9 @@ impl Driver {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.broken {
+                break;
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
@@ -339,11 +376,7 @@ impl Driver {
                     }
                 }
             }
-            Msg::Raft(m) => {
-                if let Err(e) = self.raw.step(*m) {
-                    debug!("dropped a Raft message: {e}");
-                }
-            }
+            Msg::Raft(m) => self.step(*m),
             Msg::Unreachable(id) => self.raw.report_unreachable(id),
             Msg::SnapshotDone { to, ok } => {
                 let status = if ok {
@@ -356,6 +389,18 @@ impl Driver {
             Msg::Membership { change, reply } => {
                 if self.raw.raft.state != StateRole::Leader {
                     let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                let cs = self.storage.conf_state();
+                let target = match &change {
+                    MembershipChange::AddLearner { id, .. }
+                    | MembershipChange::Promote { id }
+                    | MembershipChange::Remove { id } => *id,
+                };
+                let matched = self.raw.raft.prs().get(target).map(|p| p.matched);
+                let committed = self.raw.raft.raft_log.committed;
+                if let Err(why) = guard::check_change(&change, &cs, matched, committed) {
+                    let _ = reply.send(Err(NodeError::Membership(why)));
                     return;
                 }
                 let rid = self.request_id();
@@ -396,6 +441,31 @@ impl Driver {
                 }
             }
             Msg::Stop => {}
+        }
+    }
+
+    /// Steps a peer's message once [`guard::admit`] has accepted it. A
+    /// panic inside raft-rs (which no admitted message should cause) stops
+    /// the replica visibly: `/healthz` then fails.
+    fn step(&mut self, m: Message) {
+        let cs = self.storage.conf_state();
+        let view = LogView {
+            id: self.config.id,
+            conf: &cs,
+            last_index: self.raw.raft.raft_log.last_index(),
+        };
+        if let Err(why) = guard::admit(&m, &view) {
+            self.metrics.refused_messages.inc();
+            warn!(from = m.from, kind = ?m.get_msg_type(), "dropped a Raft message: {why}");
+            return;
+        }
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.raw.step(m))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!("dropped a Raft message: {e}"),
+            Err(_) => {
+                error!("Raft panicked on a peer's message; stopping this replica");
+                self.broken = true;
+            }
         }
     }
 
@@ -461,9 +531,17 @@ impl Driver {
             sm.restore(&data);
             sm.advance(index);
         }
+        // Peer addresses come from membership only: the snapshot's members
+        // replace whatever was known.
         if let Ok(mut a) = self.shared.addresses.write() {
-            for m in &data.members {
-                a.insert(m.id, m.address.clone());
+            let own = a.get(&self.config.id).cloned();
+            *a = data
+                .members
+                .iter()
+                .map(|m| (m.id, m.address.clone()))
+                .collect();
+            if let Some(own) = own {
+                a.entry(self.config.id).or_insert(own);
             }
         }
         self.last_snapshot = index;
@@ -484,6 +562,7 @@ impl Driver {
         let mut published = Vec::with_capacity(entries.len());
         let mut replies = Vec::new();
         let mut member_replies = Vec::new();
+        let mut skipped = Vec::new();
         {
             let Ok(mut sm) = self.shared.state.write() else {
                 return Err(NodeError::Dropped("state machine lock poisoned".into()));
@@ -498,52 +577,78 @@ impl Driver {
                         sm.advance(index);
                         published.push((index, Vec::new()));
                     }
-                    EntryType::EntryNormal => match Command::decode(e.get_data()) {
-                        Ok(cmd) => {
-                            let applied = sm.apply(index, &cmd);
-                            published.push((index, applied.result.clone().unwrap_or_default()));
-                            replies.push(applied);
+                    EntryType::EntryNormal => {
+                        let checked = Command::decode(e.get_data())
+                            .map_err(|err| (0, format!("undecodable: {err}")))
+                            .and_then(|cmd| match guard::check_command(&cmd) {
+                                Ok(()) => Ok(cmd),
+                                Err(why) => Err((cmd.request_id, why)),
+                            });
+                        match checked {
+                            Ok(cmd) => {
+                                let applied = sm.apply(index, &cmd);
+                                published.push((index, applied.result.clone().unwrap_or_default()));
+                                replies.push(applied);
+                            }
+                            Err((request_id, why)) => {
+                                error!(index, "skipping a committed entry: {why}");
+                                self.metrics.apply_errors.inc();
+                                sm.advance(index);
+                                published.push((index, Vec::new()));
+                                skipped.push((request_id, why));
+                            }
                         }
-                        Err(err) => {
-                            error!(index, "skipping an undecodable committed entry: {err}");
-                            sm.advance(index);
-                            published.push((index, Vec::new()));
-                        }
-                    },
+                    }
                     EntryType::EntryConfChange => {
                         let mut cc = ConfChange::default();
-                        if let Err(err) = cc.merge_from_bytes(e.get_data()) {
-                            error!(index, "skipping an undecodable configuration change: {err}");
-                        } else {
-                            let cs = self.raw.apply_conf_change(&cc).map_err(NodeError::Raft)?;
-                            self.storage
-                                .set_conf_state(&cs)
-                                .map_err(NodeError::Storage)?;
-                            let context = String::from_utf8_lossy(cc.get_context()).into_owned();
-                            let (rid, address) = context.split_once('|').unwrap_or(("0", ""));
-                            let id = cc.node_id;
-                            match cc.get_change_type() {
-                                ConfChangeType::RemoveNode => {
-                                    sm.remove_member(id);
-                                    if let Ok(mut a) = self.shared.addresses.write() {
-                                        a.remove(&id);
-                                    }
-                                }
-                                kind => {
-                                    self.force_snapshot = true;
-                                    let learner = kind == ConfChangeType::AddLearnerNode;
-                                    sm.set_member(Member {
-                                        id,
-                                        address: address.to_string(),
-                                        learner,
-                                    });
-                                    if let Ok(mut a) = self.shared.addresses.write() {
-                                        a.insert(id, address.to_string());
-                                    }
-                                }
+                        let applied = cc
+                            .merge_from_bytes(e.get_data())
+                            .map_err(|err| format!("undecodable: {err}"))
+                            .and_then(|()| {
+                                self.raw
+                                    .apply_conf_change(&cc)
+                                    .map_err(|err| err.to_string())
+                            });
+                        let context = String::from_utf8_lossy(cc.get_context()).into_owned();
+                        let (rid, address) = context.split_once('|').unwrap_or(("0", ""));
+                        let rid = rid.parse::<u64>().unwrap_or(0);
+                        match applied {
+                            Err(err) => {
+                                error!(
+                                    index,
+                                    "skipping a configuration change raft refused: {err}"
+                                );
+                                self.metrics.apply_errors.inc();
+                                member_replies.push((rid, Err(err)));
                             }
-                            info!(index, node = id, change = ?cc.get_change_type(), "membership changed");
-                            member_replies.push((rid.parse::<u64>().unwrap_or(0), cs));
+                            Ok(cs) => {
+                                self.storage
+                                    .set_conf_state(&cs)
+                                    .map_err(NodeError::Storage)?;
+                                let id = cc.node_id;
+                                match cc.get_change_type() {
+                                    ConfChangeType::RemoveNode => {
+                                        sm.remove_member(id);
+                                        if let Ok(mut a) = self.shared.addresses.write() {
+                                            a.remove(&id);
+                                        }
+                                    }
+                                    kind => {
+                                        self.force_snapshot = true;
+                                        let learner = kind == ConfChangeType::AddLearnerNode;
+                                        sm.set_member(Member {
+                                            id,
+                                            address: address.to_string(),
+                                            learner,
+                                        });
+                                        if let Ok(mut a) = self.shared.addresses.write() {
+                                            a.insert(id, address.to_string());
+                                        }
+                                    }
+                                }
+                                info!(index, node = id, change = ?cc.get_change_type(), "membership changed");
+                                member_replies.push((rid, Ok(())));
+                            }
                         }
                         sm.advance(index);
                         published.push((index, Vec::new()));
@@ -567,9 +672,20 @@ impl Driver {
                 let _ = tx.send(Ok(applied));
             }
         }
-        for (rid, _cs) in member_replies {
+        for (rid, why) in skipped {
+            if let Some(tx) = self.proposals.remove(&rid) {
+                let _ = tx.send(Err(NodeError::Dropped(format!(
+                    "the committed entry was skipped: {why}"
+                ))));
+            }
+        }
+        for (rid, outcome) in member_replies {
             if let Some(tx) = self.memberships.remove(&rid) {
-                let _ = tx.send(Ok(self.members()));
+                let _ = tx.send(
+                    outcome
+                        .map(|()| self.members())
+                        .map_err(NodeError::Membership),
+                );
             }
         }
         Ok(())

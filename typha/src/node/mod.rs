@@ -15,12 +15,14 @@
 //!   crashes.
 
 mod driver;
+pub mod guard;
 #[cfg(test)]
 mod tests;
 pub mod transport;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -47,6 +49,8 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     /// Take a Raft snapshot and compact the log every this many entries.
     pub snapshot_every: u64,
+    /// Sent with every Raft message to other replicas' peer listeners.
+    pub peer_token: Option<crate::peer_auth::PeerToken>,
 }
 
 impl NodeConfig {
@@ -60,6 +64,7 @@ impl NodeConfig {
             election_ticks: 10,
             heartbeat_ticks: 1,
             snapshot_every: 10_000,
+            peer_token: None,
         }
     }
 }
@@ -125,7 +130,12 @@ pub(crate) enum Msg {
 pub struct Shared {
     pub state: RwLock<StateMachine>,
     pub status: RwLock<RaftStatus>,
+    /// Peer addresses by replica id: from the founding `--peers` list and
+    /// then from membership (configuration changes and snapshots), never
+    /// from what a message claims.
     pub addresses: RwLock<BTreeMap<u64, String>>,
+    /// False once the Raft thread has ended, however it ended.
+    pub alive: AtomicBool,
 }
 
 /// A handle to the running node. Cloning is cheap.
@@ -178,10 +188,18 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// The leader's id and address, when one is known.
+    /// Whether the Raft thread still runs.
+    pub fn is_alive(&self) -> bool {
+        self.shared.alive.load(Ordering::SeqCst)
+    }
+
+    /// The leader's id and address, when a leader is known and is a voter
+    /// of this replica's configuration (any other leader id is not one).
     pub fn leader(&self) -> Option<(u64, String)> {
-        let id = self.status().leader_id;
-        (id != 0).then(|| (id, self.address_of(id).unwrap_or_default()))
+        let status = self.status();
+        let id = status.leader_id;
+        (id != 0 && status.voters.contains(&id))
+            .then(|| (id, self.address_of(id).unwrap_or_default()))
     }
 
     pub(crate) fn send(&self, msg: Msg) -> Result<(), NodeError> {

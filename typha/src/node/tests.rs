@@ -1,5 +1,7 @@
 //! A fresh single-voter replica leads at once and takes its first write
-//! without waiting out an election timeout.
+//! without waiting out an election timeout. A forged Raft message, a bad
+//! committed entry or a refused membership change never stops the Raft
+//! thread; a stopped one is reported.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -10,7 +12,9 @@ use manul_proto::v1::command::Op;
 use manul_proto::v1::resources_client::ResourcesClient;
 use manul_proto::v1::{ApplyItem, ApplyRequest, Command, Entry, ResourceKey, Write, WriteBatch};
 
-use super::{Node, NodeConfig, NodeError, RaftMetrics};
+use raft::prelude::{Message, MessageType};
+
+use super::{MembershipChange, Node, NodeConfig, NodeError, RaftMetrics};
 use crate::fanout::{Fanout, FanoutConfig, FanoutMetrics, SnapshotSource};
 
 struct Empty;
@@ -30,7 +34,7 @@ fn write(name: &str) -> Command {
         op: Some(Op::Writes(WriteBatch {
             writes: vec![Write {
                 key: Some(ResourceKey {
-                    kind: "GlobalNetworkSet".into(),
+                    kind: manul_model::Kind::GlobalNetworkSet.key_name().into(),
                     namespace: String::new(),
                     name: name.into(),
                 }),
@@ -43,6 +47,10 @@ fn write(name: &str) -> Command {
 }
 
 fn start(dir: &std::path::Path, peers: &[u64]) -> Node {
+    start_with(dir, peers, RaftMetrics::default())
+}
+
+fn start_with(dir: &std::path::Path, peers: &[u64], metrics: RaftMetrics) -> Node {
     let peers: BTreeMap<u64, String> = peers
         .iter()
         .map(|id| (*id, format!("127.0.0.1:{}", 20000 + id)))
@@ -56,7 +64,113 @@ fn start(dir: &std::path::Path, peers: &[u64]) -> Node {
         Arc::new(Empty),
         FanoutMetrics::default(),
     );
-    Node::start(config, fanout, RaftMetrics::default()).unwrap()
+    Node::start(config, fanout, metrics).unwrap()
+}
+
+fn heartbeat(from: u64, term: u64, commit: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHeartbeat);
+    m.from = from;
+    m.to = 1;
+    m.term = term;
+    m.commit = commit;
+    m
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_heartbeat_committing_beyond_the_log_is_dropped_and_raft_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = RaftMetrics::default();
+    // Three voters, only this one running: replica 2 is a real member.
+    let node = start_with(dir.path(), &[1, 2, 3], metrics.clone());
+    settle().await;
+    node.step(heartbeat(2, 100, 1_000_000)).unwrap();
+    node.step(heartbeat(77, 200, 1)).unwrap();
+    settle().await;
+    assert!(node.is_alive(), "the Raft thread survived");
+    assert_eq!(metrics.refused_messages.get(), 2);
+    let st = node.status();
+    assert!(st.term < 100, "the forged terms were not taken: {st:?}");
+    assert_eq!(st.leader_id, 0);
+    // A heartbeat a real leader could send is stepped.
+    node.step(heartbeat(2, 100, 1)).unwrap();
+    settle().await;
+    let st = node.status();
+    assert_eq!((st.term, st.leader_id), (100, 2), "{st:?}");
+    assert!(node.is_alive());
+    node.stop();
+    settle().await;
+    assert!(!node.is_alive(), "a stopped Raft thread is reported");
+}
+
+#[tokio::test]
+async fn a_committed_entry_the_model_refuses_is_skipped_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = RaftMetrics::default();
+    let node = start_with(dir.path(), &[1], metrics.clone());
+    let mut bad = write("evil");
+    if let Some(Op::Writes(b)) = &mut bad.op {
+        b.writes[0].value = b"not json".to_vec().into();
+    }
+    let err = tokio::time::timeout(Duration::from_secs(10), node.propose(bad))
+        .await
+        .expect("answered in time")
+        .unwrap_err();
+    assert!(err.to_string().contains("skipped"), "{err}");
+    assert_eq!(metrics.apply_errors.get(), 1);
+    let good = node.propose(write("fine")).await.unwrap();
+    assert!(good.result.is_ok(), "{:?}", good.result);
+    let sm = node.shared().state.read().unwrap();
+    let names: Vec<String> = sm
+        .list("", "")
+        .into_iter()
+        .map(|e| e.key.unwrap().name)
+        .collect();
+    assert_eq!(names, ["fine"]);
+    drop(sm);
+    assert!(node.is_alive());
+    node.stop();
+}
+
+#[tokio::test]
+async fn membership_changes_raft_would_refuse_are_refused_before_proposing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), &[1]);
+    node.propose(write("first")).await.unwrap();
+    for (change, why) in [
+        (MembershipChange::Remove { id: 1 }, "last voter"),
+        (
+            MembershipChange::AddLearner {
+                id: 1,
+                address: "127.0.0.1:20001".into(),
+            },
+            "already a voter",
+        ),
+        (MembershipChange::Promote { id: 9 }, "not a member"),
+    ] {
+        let err = node.change_membership(change).await.unwrap_err();
+        assert!(err.to_string().contains(why), "{err} / {why}");
+    }
+    // A learner at an address nobody answers never catches up.
+    node.change_membership(MembershipChange::AddLearner {
+        id: 2,
+        address: "127.0.0.1:20002".into(),
+    })
+    .await
+    .unwrap();
+    let err = node
+        .change_membership(MembershipChange::Promote { id: 2 })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("has not caught up"), "{err}");
+    assert_eq!(node.status().voters, [1]);
+    assert!(node.is_alive());
+    assert!(node.propose(write("second")).await.unwrap().result.is_ok());
+    node.stop();
 }
 
 #[tokio::test]

@@ -3,8 +3,15 @@
 //! Sending: one Tokio task per peer drains a bounded queue and sends batches;
 //! a full queue drops messages (Raft retransmits), an unreachable peer is
 //! reported to Raft, and a snapshot's delivery is reported back so Raft can
-//! resume replication. Receiving: a batch is decoded whole before any of it
-//! is stepped, so a corrupt batch changes nothing.
+//! resume replication. Every call carries the cluster's peer token.
+//!
+//! Receiving: a batch is decoded whole before any of it is stepped, so a
+//! corrupt batch changes nothing; every message must name the batch's
+//! sender. The Raft thread then judges each message (`guard::admit`). A
+//! batch's `from_address` is used only by a replica that knows no members
+//! yet (started with `--join`, waiting for the leader's first snapshot),
+//! and only for a sender it has no address for: once a replica knows its
+//! configuration, peer addresses come from membership alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +30,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
 use super::{Msg, Node, Shared};
+use crate::peer_auth::PeerToken;
 
 /// Largest gRPC message between replicas: a snapshot of the whole state.
 pub const MAX_PEER_MESSAGE: usize = 1024 * 1024 * 1024;
@@ -33,16 +41,23 @@ pub(super) struct Transport {
     id: u64,
     shared: Arc<Shared>,
     node_tx: Sender<Msg>,
+    token: Option<PeerToken>,
     peers: HashMap<u64, mpsc::Sender<Message>>,
     runtime: tokio::runtime::Handle,
 }
 
 impl Transport {
-    pub(super) fn new(id: u64, shared: Arc<Shared>, node_tx: Sender<Msg>) -> Transport {
+    pub(super) fn new(
+        id: u64,
+        shared: Arc<Shared>,
+        node_tx: Sender<Msg>,
+        token: Option<PeerToken>,
+    ) -> Transport {
         Transport {
             id,
             shared,
             node_tx,
+            token,
             peers: HashMap::new(),
             runtime: tokio::runtime::Handle::current(),
         }
@@ -58,6 +73,7 @@ impl Transport {
                 rx,
                 self.shared.clone(),
                 self.node_tx.clone(),
+                self.token.clone(),
             ));
             tx
         });
@@ -81,6 +97,7 @@ async fn peer_loop(
     mut rx: mpsc::Receiver<Message>,
     shared: Arc<Shared>,
     node_tx: Sender<Msg>,
+    token: Option<PeerToken>,
 ) {
     let mut client: Option<(String, PeerClient<Channel>)> = None;
     while let Some(first) = rx.recv().await {
@@ -131,13 +148,15 @@ async fn peer_loop(
             .ok()
             .and_then(|a| a.get(&from).cloned())
             .unwrap_or_default();
-        let result = c
-            .raft(RaftBatch {
-                messages,
-                from,
-                from_address,
-            })
-            .await;
+        let mut request = tonic::Request::new(RaftBatch {
+            messages,
+            from,
+            from_address,
+        });
+        if let Some(t) = &token {
+            t.attach(&mut request);
+        }
+        let result = c.raft(request).await;
         let ok = result.is_ok();
         if let Err(e) = result {
             debug!(to, %addr, "cannot reach peer: {}", e.message());
@@ -170,18 +189,28 @@ impl PeerService {
 impl Peer for PeerService {
     async fn raft(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
         let batch = request.into_inner();
-        if batch.from != 0
-            && batch.from_address.parse::<std::net::SocketAddr>().is_ok()
-            && let Ok(mut a) = self.node.shared().addresses.write()
-        {
-            a.entry(batch.from).or_insert(batch.from_address.clone());
-        }
         let mut msgs = Vec::with_capacity(batch.messages.len());
         for (i, bytes) in batch.messages.iter().enumerate() {
             let m = Message::parse_from_bytes(bytes).map_err(|e| {
                 Status::invalid_argument(format!("messages[{i}]: not a Raft message: {e}"))
             })?;
+            if m.from != batch.from {
+                return Err(Status::invalid_argument(format!(
+                    "messages[{i}]: from replica {}, in a batch from replica {}",
+                    m.from, batch.from
+                )));
+            }
             msgs.push(m);
+        }
+        let status = self.node.status();
+        if status.voters.is_empty()
+            && status.learners.is_empty()
+            && batch.from != 0
+            && batch.from != self.node.id()
+            && batch.from_address.parse::<std::net::SocketAddr>().is_ok()
+            && let Ok(mut a) = self.node.shared().addresses.write()
+        {
+            a.entry(batch.from).or_insert(batch.from_address.clone());
         }
         for m in msgs {
             self.node

@@ -8,12 +8,32 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use manul_proto::v1::cluster_client::ClusterClient;
+use manul_proto::v1::peer_client::PeerClient;
 use manul_proto::v1::resources_client::ResourcesClient;
 use manul_proto::v1::sync_client::SyncClient;
 use manul_proto::v1::{
     ApplyItem, ApplyRequest, ApplyResponse, ListRequest, ReplicaStatus, ReplicaStatusRequest,
 };
+use manul_typha::peer_auth::{AttachToken, PeerToken};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A channel to `addr`, retried for up to 10 s while it refuses.
+pub async fn connect(addr: &str) -> Channel {
+    let url = format!("http://{addr}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("cannot reach {url}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
 
 /// Serialises the process-level tests: each runs a cluster on two cores.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -26,9 +46,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Every test cluster's peer token.
+pub const TOKEN: &str = "test-cluster-peer-token-0123456789";
+
+/// A client of a replica's peer listener (Cluster service) with the token.
+pub type Admin = ClusterClient<InterceptedService<Channel, AttachToken>>;
+
 pub struct Replica {
     pub id: u64,
     pub port: u16,
+    pub peer_port: u16,
     pub metrics_port: u16,
     pub dir: PathBuf,
     pub child: Option<Child>,
@@ -38,6 +65,10 @@ pub struct Replica {
 impl Replica {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn peer_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.peer_port)
     }
 }
 
@@ -69,10 +100,12 @@ impl Cluster {
     /// Starts `n` replicas that bootstrap together, each with `extra_args`.
     pub async fn start_with(n: u64, snapshot_every: u64, extra_args: Vec<String>) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("peer-token"), TOKEN).unwrap();
         let replicas = (1..=n)
             .map(|id| Replica {
                 id,
                 port: free_port(),
+                peer_port: free_port(),
                 metrics_port: free_port(),
                 dir: tmp.path().join(format!("r{id}")),
                 child: None,
@@ -96,7 +129,7 @@ impl Cluster {
         self.replicas
             .iter()
             .filter(|r| !r.join)
-            .map(|r| format!("{}={}", r.id, r.addr()))
+            .map(|r| format!("{}={}", r.id, r.peer_addr()))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -107,6 +140,9 @@ impl Cluster {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_typha"));
         cmd.args(["--node-id", &r.id.to_string()])
             .args(["--listen", &r.addr()])
+            .args(["--peer-listen", &r.peer_addr()])
+            .arg("--peer-token-file")
+            .arg(r.dir.parent().unwrap().join("peer-token"))
             .args(["--metrics", &format!("127.0.0.1:{}", r.metrics_port)])
             .args(["--data-dir", r.dir.to_str().unwrap()])
             .args(["--snapshot-every", &self.snapshot_every.to_string()])
@@ -135,6 +171,7 @@ impl Cluster {
         self.replicas.push(Replica {
             id,
             port: free_port(),
+            peer_port: free_port(),
             metrics_port: free_port(),
             dir,
             child: None,
@@ -157,19 +194,25 @@ impl Cluster {
     }
 
     pub async fn channel(&self, i: usize) -> Channel {
-        let url = format!("http://{}", self.replicas[i].addr());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match tonic::transport::Endpoint::from_shared(url.clone())
-                .unwrap()
-                .connect()
-                .await
-            {
-                Ok(c) => return c,
-                Err(e) if Instant::now() > deadline => panic!("cannot reach {url}: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        connect(&self.replicas[i].addr()).await
+    }
+
+    /// A Peer client on replica `i`'s peer listener, with the token.
+    pub async fn peer(&self, i: usize) -> PeerClient<InterceptedService<Channel, AttachToken>> {
+        let token = PeerToken::new(TOKEN).unwrap();
+        PeerClient::with_interceptor(
+            connect(&self.replicas[i].peer_addr()).await,
+            AttachToken(token),
+        )
+    }
+
+    /// A Cluster client on replica `i`'s peer listener, with the token.
+    pub async fn admin(&self, i: usize) -> Admin {
+        let token = PeerToken::new(TOKEN).unwrap();
+        ClusterClient::with_interceptor(
+            connect(&self.replicas[i].peer_addr()).await,
+            AttachToken(token),
+        )
     }
 
     pub async fn resources(&self, i: usize) -> ResourcesClient<Channel> {
@@ -181,7 +224,7 @@ impl Cluster {
     }
 
     pub async fn status(&self, i: usize) -> Option<ReplicaStatus> {
-        let mut c = ClusterClient::new(self.channel(i).await);
+        let mut c = self.admin(i).await;
         c.replica(ReplicaStatusRequest {})
             .await
             .ok()
@@ -236,6 +279,24 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// GET `path` on replica `i`'s metrics listener: status code and body.
+    pub async fn http(&self, i: usize, path: &str) -> Option<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.replicas[i].metrics_port))
+            .await
+            .ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.ok()?;
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((code, body))
     }
 
     pub async fn metric(&self, i: usize, name: &str) -> Option<f64> {

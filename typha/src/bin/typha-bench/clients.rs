@@ -14,6 +14,7 @@ use manul_proto::v1::resources_client::ResourcesClient;
 use manul_proto::v1::sync_client::SyncClient;
 use manul_proto::v1::sync_message::Message;
 use manul_proto::v1::{ApplyItem, ApplyRequest, EntryList, StatusRequest, SyncRequest};
+use manul_typha::peer_auth::{AttachToken, PeerToken};
 use prost::Message as _;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
@@ -110,9 +111,11 @@ pub fn network_policy(name: &str, i: usize) -> String {
     )
 }
 
-/// The leader's id, as seen by the replica at `addr`; waits for one.
-pub async fn leader(addr: SocketAddr) -> Result<u64> {
-    let mut client = ClusterClient::new(channel(addr).await?);
+/// The leader's id, as seen by the replica whose peer listener is at
+/// `addr`; waits for one.
+pub async fn leader(addr: SocketAddr, token: &PeerToken) -> Result<u64> {
+    let mut client =
+        ClusterClient::with_interceptor(channel(addr).await?, AttachToken(token.clone()));
     let started = Instant::now();
     loop {
         let status = client.status(StatusRequest {}).await?.into_inner();

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use manul_typha::peer_auth::PeerToken;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -29,6 +30,8 @@ pub struct TyphaOptions {
 pub struct Replica {
     pub id: u64,
     pub grpc: SocketAddr,
+    /// The peer listener (Raft, Cluster), behind [`Cluster::token`].
+    pub peer: SocketAddr,
     pub metrics: SocketAddr,
     pub log: PathBuf,
     child: Child,
@@ -59,6 +62,8 @@ pub struct Cluster {
     pub replicas: Vec<Replica>,
     root: PathBuf,
     keep: bool,
+    /// The replicas' shared peer token.
+    pub token: PeerToken,
 }
 
 /// Ports nobody listens on right now: all bound at once (so they differ),
@@ -98,12 +103,19 @@ impl Cluster {
             replicas: Vec::new(),
             root,
             keep: opts.keep_temp,
+            token: PeerToken::generate()?,
         };
-        let ports = free_ports(2 * n)?;
+        let token_file = cluster.root.join("peer-token");
+        std::fs::write(&token_file, cluster.token.secret())
+            .with_context(|| format!("cannot write {}", token_file.display()))?;
+        let ports = free_ports(3 * n)?;
         let grpc: Vec<SocketAddr> = (0..n)
-            .map(|i| SocketAddr::from(([127, 0, 0, 1], ports[2 * i])))
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], ports[3 * i])))
             .collect();
-        let peers = grpc
+        let peer: Vec<SocketAddr> = (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], ports[3 * i + 2])))
+            .collect();
+        let peers = peer
             .iter()
             .enumerate()
             .map(|(i, a)| format!("{}={a}", i + 1))
@@ -111,7 +123,7 @@ impl Cluster {
             .join(",");
         for (i, &listen) in grpc.iter().enumerate() {
             let id = i as u64 + 1;
-            let metrics = SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1]));
+            let metrics = SocketAddr::from(([127, 0, 0, 1], ports[3 * i + 1]));
             let dir = cluster.root.join(format!("replica-{id}"));
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -123,6 +135,10 @@ impl Cluster {
                 .arg(dir.join("data"))
                 .arg("--listen")
                 .arg(listen.to_string())
+                .arg("--peer-listen")
+                .arg(peer[i].to_string())
+                .arg("--peer-token-file")
+                .arg(&token_file)
                 .arg("--metrics")
                 .arg(metrics.to_string())
                 .arg("--node-id")
@@ -142,6 +158,7 @@ impl Cluster {
             cluster.replicas.push(Replica {
                 id,
                 grpc: listen,
+                peer: peer[i],
                 metrics,
                 log,
                 child,

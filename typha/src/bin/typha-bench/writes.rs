@@ -65,7 +65,7 @@ async fn one(
     concurrency: usize,
 ) -> Result<Value> {
     let mut cluster = Cluster::start(opts, replicas, 100).await?;
-    let leader_id = clients::leader(cluster.replica(1)?.grpc).await?;
+    let leader_id = clients::leader(cluster.replica(1)?.peer, &cluster.token).await?;
     let leader = cluster.replica(leader_id)?.grpc;
     // Warm-up: one write through the leader, not measured.
     let mut warm = clients::resources(clients::channel(leader).await?);
