@@ -3,44 +3,16 @@
 //! computed in its metrics, and follows later changes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Felix, get, port};
 use manul_proto::v1::resources_client::ResourcesClient;
 use manul_proto::v1::{ApplyItem, ApplyRequest};
 use manul_typha::server::{TyphaConfig, start};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Felix(Child);
-
-impl Drop for Felix {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.ok()?;
-    let code = body.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body))
-}
 
 fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines()
@@ -76,7 +48,7 @@ fn wep(name: &str, node: &str, ip: &str, app: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn felix_syncs_programs_and_follows_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
     let typha = start(TyphaConfig::single(dir.path().to_path_buf(), addr))
         .await
         .unwrap();
@@ -109,7 +81,7 @@ async fn felix_syncs_programs_and_follows_changes() {
         .collect();
     api.apply(ApplyRequest { items }).await.unwrap();
 
-    let metrics_port = free_port();
+    let metrics_port = port();
     let _felix = Felix(
         Command::new(env!("CARGO_BIN_EXE_felix"))
             .args(["--node", "node1", "--typha", &addr.to_string()])

@@ -16,28 +16,20 @@
 //! `CI=true`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::*;
 use manul_netns::{NetNs, TcpServer, plumb_pod, tcp_connect, unique_prefix};
 use manul_proto::v1::resources_client::ResourcesClient;
-use manul_proto::v1::{ApplyItem, ApplyRequest};
 use manul_typha::server::{TyphaConfig, start};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn root() -> bool {
     manul_netns::testing::have_root("this FelixConfiguration kernel test")
-}
-
-struct Felix(Child);
-
-impl Drop for Felix {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Removes the eBPF pins of a run, also when the test fails.
@@ -46,51 +38,6 @@ struct Pins(PathBuf);
 impl Drop for Pins {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.ok()?;
-    let code = raw.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, raw.split_once("\r\n\r\n")?.1.to_string()))
-}
-
-async fn config(port: u16) -> Option<serde_json::Value> {
-    let (code, body) = get(port, "/config").await?;
-    (code == 200).then_some(())?;
-    serde_json::from_str(body.trim()).ok()
-}
-
-fn setting(v: &serde_json::Value, name: &str) -> (String, String) {
-    let s = v["settings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap();
-    (
-        s["value"].as_str().unwrap().to_string(),
-        s["source"].as_str().unwrap().to_string(),
-    )
-}
-
-async fn wait_config(port: u16, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = config(port).await
-            && check(&v)
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: never");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -111,18 +58,6 @@ fn wep(name: &str, iface: &str, ip: Ipv4Addr) -> String {
             "  namespace: be\nspec:\n  node: node1\n  interfaceName: {iface}\n  ipNetworks: [{ip}/32]\n  profiles: [kns.be]\n"
         ),
     )
-}
-
-async fn apply(api: &mut ResourcesClient<tonic::transport::Channel>, docs: &[String]) {
-    let items = docs
-        .iter()
-        .map(|d| ApplyItem {
-            document: d.clone().into_bytes().into(),
-            origin: "test".into(),
-            expected_revision: None,
-        })
-        .collect();
-    api.apply(ApplyRequest { items }).await.unwrap();
 }
 
 fn reached(from: &NetNs, to: SocketAddr) -> bool {
@@ -334,7 +269,7 @@ fn run(dataplane: &str, bpf: bool) {
             "  logSeverityScreen: Debug\n  flowLogsFlushInterval: 1s\n",
         )],
     ));
-    rt.block_on(wait_config(9091, "logSeverityScreen becomes Debug", |v| {
+    rt.block_on(config_where(9091, "logSeverityScreen becomes Debug", |v| {
         setting(v, "logSeverityScreen") == ("Debug".into(), "datastorePerHost".into())
     }));
     let deadline = Instant::now() + Duration::from_secs(10);

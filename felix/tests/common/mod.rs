@@ -1,0 +1,105 @@
+//! What the `felix` binary tests share: the process, a loopback port, an
+//! HTTP GET, writes to Typha and reading `/config`.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use manul_proto::v1::resources_client::ResourcesClient;
+use manul_proto::v1::{ApplyItem, ApplyRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A running `felix`, killed when dropped.
+pub struct Felix(pub Child);
+
+impl Drop for Felix {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port below 32768 (above it the kernel hands out
+/// ephemeral ports), a different one at each call.
+pub fn port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = std::process::id() % 6_000;
+    loop {
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = 20_000 + ((base + k * 13) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// GET `path` on a loopback port: the status code and the body.
+pub async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.ok()?;
+    let code = raw.split_whitespace().nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// Applies YAML documents through Typha's API.
+pub async fn apply(api: &mut ResourcesClient<tonic::transport::Channel>, docs: &[String]) {
+    let items = docs
+        .iter()
+        .map(|d| ApplyItem {
+            document: d.clone().into_bytes().into(),
+            origin: "test".into(),
+            expected_revision: None,
+        })
+        .collect();
+    api.apply(ApplyRequest { items }).await.unwrap();
+}
+
+/// The `/config` document, when Felix serves one (the body may be chunked:
+/// the JSON object is between its first `{` and its last `}`).
+pub async fn config(port: u16) -> Option<serde_json::Value> {
+    let (code, body) = get(port, "/config").await?;
+    (code == 200).then_some(())?;
+    let (a, b) = (body.find('{')?, body.rfind('}')?);
+    serde_json::from_str(&body[a..=b]).ok()
+}
+
+/// The `/config` document once `check` holds for it (30 s at most).
+pub async fn config_where(
+    port: u16,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    loop {
+        if let Some(v) = config(port).await {
+            if check(&v) {
+                return v;
+            }
+            last = v.to_string();
+        }
+        assert!(Instant::now() < deadline, "{what} never held: {last}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// (value, source) of a setting in a `/config` document.
+pub fn setting(v: &serde_json::Value, name: &str) -> (String, String) {
+    let s = v["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {v}"));
+    (
+        s["value"].as_str().unwrap().to_string(),
+        s["source"].as_str().unwrap().to_string(),
+    )
+}
