@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Felix, get, port};
-use manul_proto::v1::resources_client::ResourcesClient;
+use common::{Felix, api_client, apply, get, port};
 use manul_proto::v1::{ApplyItem, ApplyRequest};
 use manul_typha::server::{TyphaConfig, start};
 
@@ -52,14 +51,7 @@ async fn felix_syncs_programs_and_follows_changes() {
     let typha = start(TyphaConfig::single(dir.path().to_path_buf(), addr))
         .await
         .unwrap();
-    let mut api = loop {
-        if typha.node.status().leader_id == 1
-            && let Ok(c) = ResourcesClient::connect(format!("http://{addr}")).await
-        {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut api = api_client(&typha, addr).await;
     let docs = [
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: production\n".to_string(),
         wep("api", "node1", "10.65.0.2", "api"),
@@ -71,15 +63,7 @@ async fn felix_syncs_programs_and_follows_changes() {
         )
         .unwrap(),
     ];
-    let items = docs
-        .iter()
-        .map(|d| ApplyItem {
-            document: d.clone().into_bytes().into(),
-            origin: "test".into(),
-            expected_revision: None,
-        })
-        .collect();
-    api.apply(ApplyRequest { items }).await.unwrap();
+    apply(&mut api, &docs).await;
 
     let metrics_port = port();
     let _felix = Felix(

@@ -13,7 +13,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use manul_proto::v1::resources_client::ResourcesClient;
 use manul_typha::server::{TyphaConfig, start};
 
 fn felix_config(name: &str, spec: &str) -> String {
@@ -37,14 +36,7 @@ async fn felix_follows_felix_configuration() {
     let typha = start(TyphaConfig::single(dir.path().to_path_buf(), addr))
         .await
         .unwrap();
-    let mut api = loop {
-        if typha.node.status().leader_id == 1
-            && let Ok(c) = ResourcesClient::connect(format!("http://{addr}")).await
-        {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut api = api_client(&typha, addr).await;
     let (global_health, node_health, prometheus) = (port(), port(), port());
     apply(
         &mut api,

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use manul_netns::{NetNs, TcpServer, plumb_pod, tcp_connect, unique_prefix};
-use manul_proto::v1::resources_client::ResourcesClient;
 use manul_typha::server::{TyphaConfig, start};
 
 fn root() -> bool {
@@ -133,16 +132,7 @@ fn run(dataplane: &str, bpf: bool) {
             .unwrap()
             .unwrap()
     });
-    let mut api = rt.block_on(async {
-        loop {
-            if typha.node.status().leader_id == 1
-                && let Ok(c) = ResourcesClient::connect(format!("http://{addr}")).await
-            {
-                break c;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let mut api = rt.block_on(api_client(&typha, addr));
     let node_spec = |bpf: bool, extra: &str| {
         doc(
             "FelixConfiguration",

@@ -48,6 +48,21 @@ pub async fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// A client of Typha's API once `typha` leads (it is a single voter).
+pub async fn api_client(
+    typha: &manul_typha::server::Running,
+    addr: std::net::SocketAddr,
+) -> ResourcesClient<tonic::transport::Channel> {
+    loop {
+        if typha.node.status().leader_id == 1
+            && let Ok(c) = ResourcesClient::connect(format!("http://{addr}")).await
+        {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Applies YAML documents through Typha's API.
 pub async fn apply(api: &mut ResourcesClient<tonic::transport::Channel>, docs: &[String]) {
     let items = docs
