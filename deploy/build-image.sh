@@ -31,16 +31,9 @@ while (($#)); do
     shift
 done
 
-packages=(buildah busybox-static nftables binutils)
-missing=()
-for pkg in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    echo "installing: ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-fi
+# shellcheck source=scripts/deps.sh
+. scripts/deps.sh
+ensure_apt_packages buildah busybox-static nftables binutils
 buildah=(buildah --storage-driver vfs)
 
 binaries=(typha felix manul-cni manulctl)

@@ -14,9 +14,14 @@ ensure_deps() {
         echo "cargo is missing: install Rust (rustup) first" >&2
         exit 1
     fi
+    ensure_apt_packages "${MANUL_APT_PACKAGES[@]}"
+}
+
+# Installs the named Debian packages that are missing.
+ensure_apt_packages() {
     local missing=()
     local pkg
-    for pkg in "${MANUL_APT_PACKAGES[@]}"; do
+    for pkg in "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
