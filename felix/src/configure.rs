@@ -1,5 +1,5 @@
-//! The shell around [`crate::config`]: reads the FelixConfigurations from
-//! Typha before the dataplane starts, then follows the ones the sync client
+//! The shell around [`crate::config`]: reads the FelixConfigurations and
+//! the operator's `Installation` from Typha before the dataplane starts, then follows the ones the sync client
 //! routes here (they never reach the calculation graph), applies a change
 //! that Calico applies live, and reports a change that needs a restart.
 
@@ -27,19 +27,23 @@ pub async fn load(
     loop {
         let attempt = async {
             let client = Client::connect(typhas).await.map_err(|e| e.to_string())?;
-            client
+            let mut all = client
                 .list(Kind::FelixConfiguration, None)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            all.extend(
+                client
+                    .list(Kind::Installation, None)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+            Ok::<_, String>(all)
         };
         match attempt.await {
             Ok(list) => {
                 for (resource, _) in list {
-                    if let Resource::FelixConfiguration(o) = resource
-                        && let Some(name) = o.metadata.name.as_deref()
-                    {
-                        inputs.set_datastore(node, name, Some(o.spec));
-                    }
+                    let name = resource.metadata().name.clone().unwrap_or_default();
+                    set(inputs, node, &name, Some(resource));
                 }
                 return Ok(());
             }
@@ -54,6 +58,31 @@ pub async fn load(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Takes a FelixConfiguration or Installation (`None`: deleted) into
+/// `inputs`; returns whether it is one of this node's layers.
+fn set(inputs: &mut Inputs, node: &str, name: &str, value: Option<Resource>) -> bool {
+    match value {
+        Some(Resource::FelixConfiguration(o)) => inputs.set_datastore(node, name, Some(o.spec)),
+        Some(Resource::Installation(o)) => {
+            let (taken, warning) = inputs.set_installation(name, Some(&o.spec));
+            if let Some(w) = warning {
+                warn!("Installation {name}: {w}");
+            }
+            taken
+        }
+        _ => false,
+    }
+}
+
+/// Takes a deletion of `key` into `inputs`.
+fn unset(inputs: &mut Inputs, node: &str, kind: Kind, name: &str) -> bool {
+    match kind {
+        Kind::FelixConfiguration => inputs.set_datastore(node, name, None),
+        Kind::Installation => inputs.set_installation(name, None).0,
+        _ => false,
     }
 }
 
@@ -134,7 +163,7 @@ pub fn intervals(config: &FelixConfig) -> Intervals {
     }
 }
 
-/// Follows FelixConfiguration updates until one needs a restart (returns
+/// Follows FelixConfiguration and Installation updates until one needs a restart (returns
 /// the settings that changed) or the sync client stops (returns empty).
 pub async fn follow(
     node: String,
@@ -145,14 +174,11 @@ pub async fn follow(
     view: watch::Sender<View>,
 ) -> Vec<&'static str> {
     while let Some(u) = updates.recv().await {
-        if u.key.kind != Kind::FelixConfiguration {
-            continue;
-        }
-        let spec = match u.value {
-            Some(Resource::FelixConfiguration(o)) => Some(o.spec),
-            _ => None,
+        let taken = match u.value {
+            Some(value) => set(&mut inputs, &node, &u.key.name, Some(value)),
+            None => unset(&mut inputs, &node, u.key.kind, &u.key.name),
         };
-        if !inputs.set_datastore(&node, &u.key.name, spec) {
+        if !taken {
             continue;
         }
         let next = match merge(&inputs) {

@@ -137,6 +137,24 @@ fn init_tracing(json: bool, level: &str) -> LogHandle {
     handle
 }
 
+/// Waits for SIGTERM (the kubelet stopping the pod) or SIGINT. Felix
+/// then exits without touching the dataplane: the pinned eBPF state or the
+/// `inet manul` table keeps enforcing until the next Felix takes over.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
 fn rust_log() -> Option<String> {
     std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty())
 }
@@ -584,7 +602,7 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
                 return Outcome::Restart(changed);
             }
         }
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+        signal = stop_signal() => tracing::info!(signal, "shutting down; the kernel state keeps enforcing"),
     }
     Outcome::Exit(ExitCode::SUCCESS)
 }

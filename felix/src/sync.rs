@@ -8,8 +8,9 @@
 //! what did not change) and synthesises deletions for the keys that
 //! vanished, so the dataplane is repaired, never reset.
 //!
-//! FelixConfiguration updates go to their own channel when one is given
-//! ([`Syncer::with_config_updates`]): they configure Felix, not policy.
+//! FelixConfiguration and Installation updates go to their own channel when
+//! one is given ([`Syncer::with_config_updates`]): they configure Felix, not
+//! policy.
 
 use std::io::Read;
 use std::time::Duration;
@@ -61,6 +62,11 @@ pub struct SyncConfig {
     pub node: String,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+}
+
+/// The kinds that configure Felix rather than policy.
+fn is_config(kind: Kind) -> bool {
+    matches!(kind, Kind::FelixConfiguration | Kind::Installation)
 }
 
 fn key_of(e: &Entry) -> Result<ResourceKey, SyncError> {
@@ -159,22 +165,31 @@ impl Syncer {
         }
     }
 
-    /// Sends FelixConfiguration updates to `tx` instead of the agent.
+    /// Sends FelixConfiguration and Installation updates to `tx` instead of
+    /// the agent.
     pub fn with_config_updates(mut self, tx: mpsc::UnboundedSender<Update>) -> Syncer {
         self.felix_config = Some(tx);
         self
     }
 
     /// After a snapshot: tells the configuration channel that this node's
-    /// FelixConfigurations the snapshot did not hold are absent, even if
+    /// FelixConfigurations (and the Installation) the snapshot did not hold
+    /// are absent, even if
     /// this client never saw them (Felix read them separately at start).
     fn confirm_config_absent(&self, seen: &FxHashSet<ResourceKey>) {
         let Some(tx) = &self.felix_config else {
             return;
         };
-        for name in ["default".to_string(), format!("node.{}", self.config.node)] {
+        for (kind, name) in [
+            (Kind::FelixConfiguration, "default".to_string()),
+            (
+                Kind::FelixConfiguration,
+                format!("node.{}", self.config.node),
+            ),
+            (Kind::Installation, "default".to_string()),
+        ] {
             let key = ResourceKey {
-                kind: Kind::FelixConfiguration,
+                kind,
                 namespace: None,
                 name,
             };
@@ -184,17 +199,17 @@ impl Syncer {
         }
     }
 
-    /// Takes the FelixConfiguration updates out of `batch` and sends them
-    /// on their channel, if there is one.
+    /// Takes the FelixConfiguration and Installation updates out of `batch`
+    /// and sends them on their channel, if there is one.
     fn divert(&self, batch: &mut Vec<Update>) {
         let Some(tx) = &self.felix_config else {
             return;
         };
-        if !batch.iter().any(|u| u.key.kind == Kind::FelixConfiguration) {
+        if !batch.iter().any(|u| is_config(u.key.kind)) {
             return;
         }
         batch.retain(|u| {
-            if u.key.kind != Kind::FelixConfiguration {
+            if !is_config(u.key.kind) {
                 return true;
             }
             // A closed channel means Felix is stopping; nothing to do.
@@ -398,10 +413,11 @@ mod tests {
             update(Kind::FelixConfiguration, "default", Some(fc)),
             update(Kind::Tier, "b", None),
             update(Kind::FelixConfiguration, "node.node1", None),
+            update(Kind::Installation, "default", None),
         ];
         // Without a channel, everything goes on (the graph ignores it).
         Syncer::new(config.clone()).divert(&mut batch);
-        assert_eq!(batch.len(), 4);
+        assert_eq!(batch.len(), 5);
 
         let (tx, mut rx) = mpsc::unbounded_channel();
         let syncer = Syncer::new(config).with_config_updates(tx);
@@ -415,7 +431,8 @@ mod tests {
             routed,
             [
                 ("default".to_string(), true),
-                ("node.node1".to_string(), false)
+                ("node.node1".to_string(), false),
+                ("default".to_string(), false)
             ]
         );
 
@@ -424,9 +441,21 @@ mod tests {
         let mut seen = FxHashSet::default();
         seen.insert(update(Kind::FelixConfiguration, "default", None).key);
         syncer.confirm_config_absent(&seen);
-        let absent: Vec<(String, bool)> = std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|u| (u.key.name, u.value.is_some()))
+        let absent_keys: Vec<(Kind, Update)> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|u| (u.key.kind, u))
             .collect();
-        assert_eq!(absent, [("node.node1".to_string(), false)]);
+        let absent: Vec<(String, bool)> = absent_keys
+            .iter()
+            .map(|(_, u)| (u.key.name.clone(), u.value.is_some()))
+            .collect();
+        let absent_kinds: Vec<Kind> = absent_keys.iter().map(|(k, _)| *k).collect();
+        assert_eq!(absent_kinds, [Kind::FelixConfiguration, Kind::Installation]);
+        assert_eq!(
+            absent,
+            [
+                ("node.node1".to_string(), false),
+                ("default".to_string(), false)
+            ]
+        );
     }
 }

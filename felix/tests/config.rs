@@ -2,8 +2,9 @@
 //! process, on loopback), with the null dataplane: the per-node resource
 //! overrides the global one, the environment overrides both, a live setting
 //! changes without a restart, a restart setting restarts Felix in place,
-//! Calico's listeners follow their settings, and `--print-config` shows
-//! each value's source.
+//! Calico's listeners follow their settings, the operator's Installation
+//! picks the dataplane, `--print-config` shows each value's source, and
+//! SIGTERM stops Felix cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -239,6 +240,37 @@ async fn felix_follows_felix_configuration() {
         setting(&fallback, "logSeverityScreen"),
         ("Warning".into(), "datastoreGlobal".into())
     );
+
+    // The operator's Installation picks the dataplane over the datastore
+    // (a restart-requiring change, so Felix restarts in place).
+    apply(
+        &mut api,
+        &["apiVersion: operator.tigera.io/v1\nkind: Installation\nmetadata:\n  name: default\nspec:\n  calicoNetwork:\n    linuxDataplane: BPF\n".to_string()],
+    )
+    .await;
+    let installed = config_where(metrics_port, "the Installation turns bpfEnabled on", |v| {
+        setting(v, "bpfEnabled").0 == "true"
+    })
+    .await;
+    assert_eq!(setting(&installed, "bpfEnabled").1, "installation");
+    assert!(felix.0.try_wait().unwrap().is_none());
+
+    // SIGTERM (the kubelet stopping the pod): a clean exit, soon.
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(code) = felix.0.try_wait().unwrap() {
+            break code;
+        }
+        assert!(Instant::now() < deadline, "felix ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Success, not death by the signal: Felix handled it.
+    assert!(code.success(), "{code:?}");
     drop(felix);
     typha.shutdown().await;
 }

@@ -19,7 +19,10 @@
 //! - a Pod becomes its WorkloadEndpoint ([`pod`]), a ServiceAccount the
 //!   profile `ksa.NAMESPACE.NAME` ([`service_account`]), a Node a v3 Node
 //!   and, when enabled, its automatic host endpoint ([`node`]).
+//! - the operator's `Installation` `default` becomes the FelixConfiguration
+//!   settings Calico's operator would set from it ([`installation`]).
 
+pub mod installation;
 pub mod node;
 pub mod pod;
 pub mod service_account;

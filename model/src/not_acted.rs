@@ -75,8 +75,6 @@ const OPERATOR: &str = "Manul has no operator: it deploys and configures no comp
 const CNI: &str = "Manul runs its own CNI plugin with datastore IPAM, whatever the \
      Installation names";
 const SERVICE_CIDRS: &str = "Manul does not handle service addresses (kube-proxy does)";
-const DATAPLANE: &str = "Felix picks its dataplane from FelixConfiguration `bpfEnabled` and \
-     its flags";
 const WINDOWS: &str = "Windows nodes are not supported";
 const KUBE_PROXY: &str = "Manul does not manage kube-proxy";
 const BGP: &str = "Manul runs no BGP; routes between nodes are the network's";
@@ -294,7 +292,6 @@ pub const NOT_ACTED_ON: &[NotActedOn] = &[
     installation("spec.imagePullPolicy", OPERATOR),
     installation("spec.kubernetesProvider", OPERATOR),
     installation("spec.cni", CNI),
-    installation("spec.calicoNetwork.linuxDataplane", DATAPLANE),
     installation("spec.calicoNetwork.windowsDataplane", WINDOWS),
     installation("spec.calicoNetwork.bpfNetworkBootstrap", KUBE_PROXY),
     installation("spec.calicoNetwork.kubeProxyManagement", KUBE_PROXY),

@@ -9,10 +9,13 @@
 //! 1. a command-line flag given explicitly ([`Source::Flag`]),
 //! 2. the environment, `FELIX_<NAME>` with the name upper-cased, matched
 //!    case-insensitively ([`Source::Environment`]),
-//! 3. the node's own `FelixConfiguration` `node.<nodename>`
+//! 3. the operator's `Installation` `default`, as the settings Calico's
+//!    operator derives from it (`linuxDataplane` → `bpfEnabled`;
+//!    [`Source::Installation`]),
+//! 4. the node's own `FelixConfiguration` `node.<nodename>`
 //!    ([`Source::DatastorePerHost`]),
-//! 4. the global `FelixConfiguration` `default` ([`Source::DatastoreGlobal`]),
-//! 5. the built-in default ([`Source::Default`]).
+//! 5. the global `FelixConfiguration` `default` ([`Source::DatastoreGlobal`]),
+//! 6. the built-in default ([`Source::Default`]).
 //!
 //! Local-only settings (where to listen, where to write files) have no
 //! datastore field and come from flags and the environment only. Every value
@@ -29,6 +32,8 @@ mod tests;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use manul_model::convert::installation::{INSTALLATION_NAME, felix_settings};
+use manul_model::operator::InstallationSpec;
 use manul_model::v3::{EndpointToHostAction, FelixConfigurationSpec, LogSeverity, ProtoPort};
 use serde::Serialize;
 
@@ -41,6 +46,7 @@ pub enum Source {
     Default,
     DatastoreGlobal,
     DatastorePerHost,
+    Installation,
     Environment,
     Flag,
 }
@@ -51,6 +57,7 @@ impl Source {
             Source::Default => "default",
             Source::DatastoreGlobal => "datastore (default)",
             Source::DatastorePerHost => "datastore (node)",
+            Source::Installation => "installation",
             Source::Environment => "environment",
             Source::Flag => "flag",
         }
@@ -94,6 +101,9 @@ pub struct Inputs {
     pub global: Option<FelixConfigurationSpec>,
     /// This node's `node.<nodename>` FelixConfiguration, if stored.
     pub node: Option<FelixConfigurationSpec>,
+    /// The settings the `Installation` `default` gives, if stored
+    /// ([`manul_model::convert::installation::felix_settings`]).
+    pub installation: Option<FelixConfigurationSpec>,
     /// `FELIX_*` variables, names upper-cased.
     pub env: BTreeMap<String, String>,
     /// Settings given explicitly on the command line, by setting name
@@ -110,6 +120,29 @@ impl Inputs {
             .map(|(k, v)| (k.to_ascii_uppercase(), v))
             .collect();
         self
+    }
+
+    /// The Installation layer: only `default` counts. Returns whether
+    /// the name was `default`, and a warning for a value Felix cannot act
+    /// on.
+    pub fn set_installation(
+        &mut self,
+        name: &str,
+        spec: Option<&InstallationSpec>,
+    ) -> (bool, Option<String>) {
+        if name != INSTALLATION_NAME {
+            return (false, None);
+        }
+        match spec.map(felix_settings) {
+            Some((settings, warning)) => {
+                self.installation = Some(settings);
+                (true, warning)
+            }
+            None => {
+                self.installation = None;
+                (true, None)
+            }
+        }
     }
 
     /// The datastore layer for `node`: `default` is global, `node.<node>`
@@ -245,6 +278,7 @@ fn pick<T>(
         return local(text, var, Source::Environment);
     }
     for (layer, source) in [
+        (&inputs.installation, Source::Installation),
         (&inputs.node, Source::DatastorePerHost),
         (&inputs.global, Source::DatastoreGlobal),
     ] {

@@ -451,3 +451,73 @@ fn an_unusable_datastore_prefix_falls_back_and_is_reported() {
     assert!(problems[0].1.contains("'*'"), "{problems:?}");
     assert!(unusable_fields(i.global.as_ref().unwrap()).is_empty());
 }
+
+fn installation(dataplane: &str) -> manul_model::operator::InstallationSpec {
+    serde_json::from_value(serde_json::json!({
+        "calicoNetwork": { "linuxDataplane": dataplane }
+    }))
+    .unwrap()
+}
+
+/// `(FelixConfiguration default, Installation dataplane, FELIX_BPFENABLED,
+/// expected bpfEnabled, expected source)`.
+const INSTALLATION_CASES: &[(&str, &str, &str, &str, Source)] = &[
+    ("", "BPF", "", "true", Source::Installation),
+    ("", "Iptables", "", "false", Source::Installation),
+    ("", "Nftables", "", "false", Source::Installation),
+    ("bpfEnabled: false", "BPF", "", "true", Source::Installation),
+    (
+        "bpfEnabled: true",
+        "Iptables",
+        "",
+        "false",
+        Source::Installation,
+    ),
+    (
+        "bpfEnabled: true",
+        "VPP",
+        "",
+        "true",
+        Source::DatastoreGlobal,
+    ),
+    ("", "BPF", "false", "false", Source::Environment),
+];
+
+#[test]
+fn the_installation_picks_the_dataplane_under_local_settings() {
+    for &(global, dataplane, env, value, source) in INSTALLATION_CASES {
+        let mut i = Inputs::default()
+            .with_env((!env.is_empty()).then(|| ("FELIX_BPFENABLED".to_string(), env.to_string())));
+        i.global = (!global.is_empty()).then(|| spec(global));
+        let (taken, warning) = i.set_installation("default", Some(&installation(dataplane)));
+        assert!(taken);
+        assert_eq!(warning.is_some(), dataplane == "VPP", "{dataplane}");
+        let config = merge(&i).unwrap();
+        assert_eq!(
+            (
+                config.bpf_enabled.value.to_string().as_str(),
+                config.bpf_enabled.source
+            ),
+            (value, source),
+            "{global} / {dataplane} / {env}"
+        );
+    }
+}
+
+#[test]
+fn only_the_default_installation_counts_and_its_removal_clears_it() {
+    let mut i = Inputs::default();
+    assert_eq!(
+        i.set_installation("other", Some(&installation("BPF"))),
+        (false, None)
+    );
+    assert!(i.installation.is_none());
+    i.set_installation("default", Some(&installation("BPF")));
+    let with = merge(&i).unwrap();
+    assert!(with.bpf_enabled.value);
+    assert_eq!(i.set_installation("default", None), (true, None));
+    let without = merge(&i).unwrap();
+    assert_eq!(without.bpf_enabled.source, Source::Default);
+    let changes = without.changes_from(&with);
+    assert!(FelixConfig::needs_restart(&changes), "{changes:?}");
+}
