@@ -329,6 +329,7 @@ pub fn decode_document(doc: Value) -> Decoded {
         Kind::WorkloadEndpoint => decode::<Object<_>>(value, Resource::WorkloadEndpoint),
         Kind::NetworkSet => decode::<Object<_>>(value, Resource::NetworkSet),
         Kind::GlobalNetworkSet => decode::<Object<_>>(value, Resource::GlobalNetworkSet),
+        Kind::GlobalThreatFeed => decode::<Object<_>>(value, Resource::GlobalThreatFeed),
         Kind::Profile => decode::<Object<_>>(value, Resource::Profile),
         Kind::Node => decode::<Object<_>>(value, Resource::Node),
         Kind::IpPool => decode::<Object<_>>(value, Resource::IpPool),

@@ -11,9 +11,9 @@ use serde::{Serialize, Serializer};
 
 use crate::operator::InstallationSpec;
 use crate::v3::{
-    FelixConfigurationSpec, GlobalNetworkPolicySpec, HostEndpointSpec, IpPoolSpec, IpamBlockSpec,
-    NetworkPolicySpec, NetworkSetSpec, NodeSpec, Object, ProfileSpec, TierSpec,
-    WorkloadEndpointSpec,
+    FelixConfigurationSpec, GlobalNetworkPolicySpec, GlobalThreatFeedSpec, HostEndpointSpec,
+    IpPoolSpec, IpamBlockSpec, NetworkPolicySpec, NetworkSetSpec, NodeSpec, Object, ProfileSpec,
+    TierSpec, WorkloadEndpointSpec,
 };
 
 const K8S_CORE: &str = "v1";
@@ -62,6 +62,7 @@ kinds! {
     WorkloadEndpoint => (crate::v3::API_VERSION, "WorkloadEndpoint", true, "workloadendpoint"),
     NetworkSet => (crate::v3::API_VERSION, "NetworkSet", true, "networkset"),
     GlobalNetworkSet => (crate::v3::API_VERSION, "GlobalNetworkSet", false, "globalnetworkset"),
+    GlobalThreatFeed => (crate::v3::API_VERSION, "GlobalThreatFeed", false, "globalthreatfeed"),
     Profile => (crate::v3::API_VERSION, "Profile", false, "profile"),
     Node => (crate::v3::API_VERSION, "Node", false, "node"),
     IpPool => (crate::v3::API_VERSION, "IPPool", false, "ippool"),
@@ -152,6 +153,7 @@ pub enum Resource {
     WorkloadEndpoint(Object<WorkloadEndpointSpec>),
     NetworkSet(Object<NetworkSetSpec>),
     GlobalNetworkSet(Object<NetworkSetSpec>),
+    GlobalThreatFeed(Object<GlobalThreatFeedSpec>),
     Profile(Object<ProfileSpec>),
     Node(Object<NodeSpec>),
     IpPool(Object<IpPoolSpec>),
@@ -190,6 +192,10 @@ macro_rules! with_meta {
                 $body
             }
             Resource::NetworkSet(o) | Resource::GlobalNetworkSet(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::GlobalThreatFeed(o) => {
                 let $m = &o.metadata;
                 $body
             }
@@ -252,6 +258,7 @@ impl Resource {
             Resource::WorkloadEndpoint(_) => Kind::WorkloadEndpoint,
             Resource::NetworkSet(_) => Kind::NetworkSet,
             Resource::GlobalNetworkSet(_) => Kind::GlobalNetworkSet,
+            Resource::GlobalThreatFeed(_) => Kind::GlobalThreatFeed,
             Resource::Profile(_) => Kind::Profile,
             Resource::Node(_) => Kind::Node,
             Resource::IpPool(_) => Kind::IpPool,
@@ -320,6 +327,7 @@ impl Serialize for Resource {
             Resource::HostEndpoint(o) => tagged(kind, o, s),
             Resource::WorkloadEndpoint(o) => tagged(kind, o, s),
             Resource::NetworkSet(o) | Resource::GlobalNetworkSet(o) => tagged(kind, o, s),
+            Resource::GlobalThreatFeed(o) => tagged(kind, o, s),
             Resource::Profile(o) => tagged(kind, o, s),
             Resource::Node(o) => tagged(kind, o, s),
             Resource::IpPool(o) => tagged(kind, o, s),

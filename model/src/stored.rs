@@ -116,6 +116,7 @@ pub fn decode_as(kind: Kind, bytes: &[u8]) -> Result<Resource, StoredError> {
         Kind::WorkloadEndpoint => Resource::WorkloadEndpoint(object(kind, bytes)?),
         Kind::NetworkSet => Resource::NetworkSet(object(kind, bytes)?),
         Kind::GlobalNetworkSet => Resource::GlobalNetworkSet(object(kind, bytes)?),
+        Kind::GlobalThreatFeed => Resource::GlobalThreatFeed(object(kind, bytes)?),
         Kind::Profile => Resource::Profile(object(kind, bytes)?),
         Kind::Node => Resource::Node(object(kind, bytes)?),
         Kind::IpPool => Resource::IpPool(object(kind, bytes)?),

@@ -16,6 +16,7 @@ use crate::v3::{Action, EndpointPort, EntityRule, GlobalNetworkPolicySpec, Polic
 
 mod felix;
 mod k8s;
+mod threatfeed;
 
 /// Every problem with `resource`; empty when it is valid.
 pub fn validate(resource: &Resource) -> Vec<FieldError> {
@@ -83,6 +84,7 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
                 }
             }
         }
+        Resource::GlobalThreatFeed(o) => threatfeed::feed(&mut v, &o.spec),
         Resource::IpPool(o) => v.ip_pool(&o.spec),
         Resource::IpamBlock(o) => v.ipam_block(o.name(), &o.spec),
         Resource::Installation(o) => {

@@ -11,6 +11,7 @@ mod policy;
 mod primitives;
 mod rule;
 mod sets;
+mod threatfeed;
 
 pub use cluster::*;
 pub use endpoints::*;
@@ -20,6 +21,7 @@ pub use policy::*;
 pub use primitives::*;
 pub use rule::*;
 pub use sets::*;
+pub use threatfeed::*;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
