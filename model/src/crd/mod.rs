@@ -61,6 +61,10 @@ const ORDER: Column = Column {
 pub struct CrdSpec {
     pub kind: Kind,
     pub plural: &'static str,
+    /// `PLURAL.projectcalico.org`: the CRD's name, also the watcher's
+    /// label in Typha's metrics and logs (unlike the kind's name, it does
+    /// not collide with Kubernetes' own NetworkPolicy).
+    pub crd_name: &'static str,
     pub short_names: &'static [&'static str],
     pub columns: &'static [Column],
     /// The schema of `status`, for kinds Calico gives a status subresource.
@@ -73,6 +77,7 @@ macro_rules! crd {
         CrdSpec {
             kind: Kind::$kind,
             plural: $plural,
+            crd_name: concat!($plural, ".projectcalico.org"),
             short_names: &[$($short),*],
             columns: &[$($col,)* AGE],
             status: crd!(@status $($status)?),
@@ -292,7 +297,7 @@ impl CrdSpec {
         Ok(json!({
             "apiVersion": "apiextensions.k8s.io/v1",
             "kind": "CustomResourceDefinition",
-            "metadata": {"name": format!("{}.{GROUP}", self.plural)},
+            "metadata": {"name": self.crd_name},
             "spec": {
                 "group": GROUP,
                 "names": names,

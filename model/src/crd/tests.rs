@@ -155,6 +155,14 @@ fn every_crd_schema_is_structural() {
 }
 
 #[test]
+fn crd_names_are_plural_dot_group() {
+    for crd in CRDS {
+        assert_eq!(crd.crd_name, format!("{}.{GROUP}", crd.plural));
+        assert_eq!(crd.file_name(), format!("{GROUP}_{}.yaml", crd.plural));
+    }
+}
+
+#[test]
 fn every_v3_kind_has_a_crd_or_a_reason() {
     for kind in Kind::ALL
         .iter()

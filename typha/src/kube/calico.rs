@@ -134,8 +134,10 @@ fn error(path: &str, reason: impl Into<String>) -> ConvertError {
 impl<M: CalicoKind> Source for CalicoSource<M> {
     type Object = CalicoObject<M>;
 
+    /// The CRD's name (`networkpolicies.projectcalico.org`): Kubernetes'
+    /// own NetworkPolicy watcher is `networkpolicy`.
     fn kind(&self) -> &'static str {
-        M::KIND.key_name()
+        crd::crd_of(M::KIND).map_or("", |c| c.crd_name)
     }
 
     fn keys_of(&self, at: &ObjectRef) -> Vec<ResourceKey> {

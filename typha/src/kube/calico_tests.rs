@@ -110,6 +110,11 @@ fn the_resource_names_the_crd() {
     assert_eq!(CalicoObject::<IpPools>::version(&()), "v3");
     assert_eq!(CalicoObject::<IpPools>::kind(&()), "IPPool");
     assert_eq!(
+        CalicoSource::<NetworkPolicies>::new(KubeOptions::default()).kind(),
+        "networkpolicies.projectcalico.org",
+        "not Kubernetes' networkpolicy watcher's label"
+    );
+    assert_eq!(
         CalicoObject::<NetworkPolicies>::url_path(&(), Some("shop")),
         "/apis/projectcalico.org/v3/namespaces/shop/networkpolicies"
     );

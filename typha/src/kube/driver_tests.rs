@@ -383,7 +383,7 @@ async fn global_network_policy_crd_list_watch_and_relist_into_raft() {
     assert_eq!(after.keys().collect::<Vec<_>>(), ["a", "c"]);
     assert_eq!(after["a"], before["a"], "unchanged, not rewritten");
     assert_eq!(after["c"].1, revision + 1, "put and delete in one entry");
-    let kind = KubeMetrics::kind("globalnetworkpolicy");
+    let kind = KubeMetrics::kind("globalnetworkpolicies.projectcalico.org");
     assert_eq!(metrics.objects.get_or_create(&kind).get(), 2);
     assert_eq!(metrics.conversion_errors.get_or_create(&kind).get(), 1);
     assert_eq!(metrics.relists.get_or_create(&kind).get(), 1);
