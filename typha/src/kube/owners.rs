@@ -6,7 +6,8 @@
 //! written only by their watcher: Typha's write API refuses them, and a
 //! custom resource cannot take a key a converting watcher owns. No I/O.
 
-use manul_model::ResourceKey;
+use manul_model::convert::NAMESPACE_PROFILE_PREFIX;
+use manul_model::{Kind, ResourceKey};
 
 use super::driver::KubeOptions;
 use super::reconcile::Source;
@@ -52,6 +53,11 @@ pub fn owner(key: &ResourceKey, opts: KubeOptions) -> Option<Owner> {
     if let Some((from, _)) = converted.iter().find(|(_, owns)| *owns) {
         return Some(Owner::Converted(from));
     }
+    // Felix derives profile `kns.NAME` from the stored Namespace: no other
+    // writer may take the name.
+    if key.kind == Kind::Profile && key.name.starts_with(NAMESPACE_PROFILE_PREFIX) {
+        return Some(Owner::Converted(Namespaces.kind()));
+    }
     manul_model::crd::crd_of(key.kind).map(|_| Owner::Crd)
 }
 
@@ -76,8 +82,6 @@ pub fn refuse_write(key: &ResourceKey, opts: KubeOptions) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use manul_model::Kind;
-
     use super::*;
 
     /// The kinds whose keys are all writable through Typha's API.
