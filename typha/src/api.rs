@@ -446,3 +446,35 @@ impl Resources for ResourcesService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kind: &str, namespace: &str, name: &str) -> ResourceKey {
+        ResourceKey {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn owned_keys_are_refused_only_in_kubernetes_mode() {
+        let keys = [
+            key("globalnetworkpolicy", "", "default.x"),
+            key("ipamblock", "", "10-65-0-0-26"),
+            key("workloadendpoint", "shop", "web"),
+        ];
+        assert!(refuse_owned(None, &keys).is_ok());
+        let refused = refuse_owned(Some(KubeOptions::default()), &keys).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        let lines: Vec<&str> = refused.message().lines().collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with(
+            "GlobalNetworkPolicy default.x is owned by the Kubernetes API in Kubernetes mode: apply it with kubectl"
+        ));
+        assert!(lines[1].starts_with("WorkloadEndpoint shop/web is owned by the Kubernetes API"));
+        assert!(refuse_owned(Some(KubeOptions::default()), &keys[1..2]).is_ok());
+    }
+}
