@@ -153,7 +153,10 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
 pub fn is_bad_input(s: &tonic::Status) -> bool {
     matches!(
         s.code(),
-        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::FailedPrecondition
+        tonic::Code::InvalidArgument
+            | tonic::Code::NotFound
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::PermissionDenied
     )
 }
 

@@ -1,7 +1,7 @@
 //! `manulctl`: the operator's command line for Manul.
 //!
-//! Offline commands judge files without a server: `validate`, `convert` and
-//! `selector eval`. Online commands talk to any Typha replica (`--server` or
+//! Offline commands judge files without a server: `validate`, `convert`,
+//! `selector eval`, and `crds` prints the CustomResourceDefinitions. Online commands talk to any Typha replica (`--server` or
 //! `MANUL_SERVER`): `apply`, `get`, `delete`, `cluster`, `sync` and `trace`.
 //! Exit codes: 0 success, 2 bad input (invalid resources, unreadable files,
 //! bad flags, a request the server rejects), 1 any other failure (such as an
@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 mod client;
 mod cluster;
 mod convert;
+mod crds;
 mod input;
 mod resources;
 mod selector;
@@ -58,6 +59,8 @@ enum Command {
     Validate(input::FileArgs),
     /// Print the v3 form of the Kubernetes NetworkPolicies (and Namespaces) in files, as YAML.
     Convert(input::FileArgs),
+    /// Print (or write with --out) the CRDs of the projectcalico.org/v3 kinds, generated from the model.
+    Crds(crds::CrdsArgs),
     /// Selector tools.
     #[command(subcommand)]
     Selector(selector::SelectorCommand),
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Selector(cmd) => selector::run(cmd),
+        Command::Crds(args) => crds::run(args),
         _ if cli.server.netns.is_some() && !enter_netns(cli.server.netns.as_deref()) => {
             return ExitCode::from(2);
         }

@@ -9,6 +9,7 @@
 //! sockets, no clocks. Callers read files; this crate parses and judges them.
 
 pub mod convert;
+pub mod crd;
 pub mod defaults;
 pub mod error;
 pub mod load;

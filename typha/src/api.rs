@@ -11,6 +11,13 @@
 //! any replica sees every write acknowledged before it began. With no
 //! leader elected, a replica serves what it has (each answer carries the
 //! revision it reflects).
+//!
+//! In Kubernetes mode the keys the watchers own (`kube::owners`: the
+//! `projectcalico.org/v3` custom resources, and what Typha converts from
+//! Pods, Namespaces, Nodes and the rest) are refused with
+//! PERMISSION_DENIED naming the owner, before anything is forwarded or
+//! proposed: the Kubernetes API is their one source, and a write here
+//! would be undone by the next relist.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -29,6 +36,8 @@ use tokio::sync::Mutex;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::kube::driver::KubeOptions;
+use crate::kube::owners::refuse_write;
 use crate::node::{Node, NodeError};
 use crate::peer_auth::PeerToken;
 use crate::state::{Applied, ApplyError, Key};
@@ -137,13 +146,28 @@ pub fn route<T>(node: &Node, request: &Request<T>) -> Result<Route, Status> {
 pub struct ResourcesService {
     node: Node,
     leaders: LeaderClients,
+    /// Kubernetes mode: writes to keys the watchers own are refused.
+    kube: Option<KubeOptions>,
 }
 
 impl ResourcesService {
     pub fn new(node: Node, leaders: LeaderClients) -> ResourcesServer<ResourcesService> {
-        ResourcesServer::new(ResourcesService { node, leaders })
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(1024 * 1024 * 1024)
+        ResourcesService::serve(node, leaders, None)
+    }
+
+    /// The service of a replica in Kubernetes mode (with `kube`) or not.
+    pub fn serve(
+        node: Node,
+        leaders: LeaderClients,
+        kube: Option<KubeOptions>,
+    ) -> ResourcesServer<ResourcesService> {
+        ResourcesServer::new(ResourcesService {
+            node,
+            leaders,
+            kube,
+        })
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(1024 * 1024 * 1024)
     }
 
     async fn commit(&self, command: Command) -> Result<Applied, Status> {
@@ -232,6 +256,32 @@ fn proto_key(key: &manul_model::ResourceKey) -> ResourceKey {
     }
 }
 
+/// In Kubernetes mode, PERMISSION_DENIED naming the owner of every key
+/// the watchers own among `keys`.
+pub fn refuse_owned<'a>(
+    kube: Option<KubeOptions>,
+    keys: impl IntoIterator<Item = &'a ResourceKey>,
+) -> Result<(), Status> {
+    let Some(opts) = kube else { return Ok(()) };
+    let refused: Vec<String> = keys
+        .into_iter()
+        .filter_map(|k| {
+            let kind = Kind::ALL.iter().copied().find(|x| x.key_name() == k.kind)?;
+            let key = manul_model::ResourceKey {
+                kind,
+                namespace: (!k.namespace.is_empty()).then(|| k.namespace.clone()),
+                name: k.name.clone(),
+            };
+            refuse_write(&key, opts)
+        })
+        .collect();
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(refused.join("\n")))
+    }
+}
+
 /// Validates every item and builds one write batch, or explains every
 /// problem.
 pub fn write_batch(request: &ApplyRequest) -> Result<WriteBatch, Status> {
@@ -286,6 +336,10 @@ impl Resources for ResourcesService {
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
         let batch = write_batch(request.get_ref())?;
+        refuse_owned(
+            self.kube,
+            batch.writes.iter().filter_map(|w| w.key.as_ref()),
+        )?;
         if let Route::Forward(addr) = route(&self.node, &request)? {
             return self
                 .leader(&addr)
@@ -320,6 +374,7 @@ impl Resources for ResourcesService {
             .enumerate()
             .map(|(i, k)| normalize_key(k, &format!("keys[{i}]")).map(|k| k.to_proto()))
             .collect::<Result<Vec<_>, _>>()?;
+        refuse_owned(self.kube, &keys)?;
         if let Route::Forward(addr) = route(&self.node, &request)? {
             return self
                 .leader(&addr)
@@ -389,5 +444,37 @@ impl Resources for ResourcesService {
             entries: sm.list(&kind, &req.namespace),
             revision: sm.revision(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kind: &str, namespace: &str, name: &str) -> ResourceKey {
+        ResourceKey {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn owned_keys_are_refused_only_in_kubernetes_mode() {
+        let keys = [
+            key("globalnetworkpolicy", "", "default.x"),
+            key("ipamblock", "", "10-65-0-0-26"),
+            key("workloadendpoint", "shop", "web"),
+        ];
+        assert!(refuse_owned(None, &keys).is_ok());
+        let refused = refuse_owned(Some(KubeOptions::default()), &keys).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        let lines: Vec<&str> = refused.message().lines().collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with(
+            "GlobalNetworkPolicy default.x is owned by the Kubernetes API in Kubernetes mode: apply it with kubectl"
+        ));
+        assert!(lines[1].starts_with("WorkloadEndpoint shop/web is owned by the Kubernetes API"));
+        assert!(refuse_owned(Some(KubeOptions::default()), &keys[1..2]).is_ok());
     }
 }

@@ -176,6 +176,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let kube_opts = manul_typha::kube::driver::KubeOptions {
+        auto_host_endpoints: args.auto_host_endpoints,
+    };
     let config = TyphaConfig {
         node_id: args.node_id,
         data_dir: args.data_dir,
@@ -194,6 +197,7 @@ async fn main() -> ExitCode {
             ..FanoutConfig::default()
         },
         shutdown_spread: Duration::from_secs(args.shutdown_spread_secs),
+        kube: kube_client.as_ref().map(|_| kube_opts),
     };
     let running = match start(config).await {
         Ok(r) => r,
@@ -204,9 +208,7 @@ async fn main() -> ExitCode {
     };
     let (kube_stop, kube_stopped) = tokio::sync::watch::channel(false);
     if let Some(client) = kube_client {
-        let opts = manul_typha::kube::driver::KubeOptions {
-            auto_host_endpoints: args.auto_host_endpoints,
-        };
+        let opts = kube_opts;
         let (node, metrics) = (running.node.clone(), running.kube_metrics.clone());
         tokio::spawn(manul_typha::kube::driver::run(
             client,

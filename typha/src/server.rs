@@ -51,6 +51,8 @@ pub struct TyphaConfig {
     pub fanout: FanoutConfig,
     /// Over how long a graceful shutdown spreads client disconnects.
     pub shutdown_spread: Duration,
+    /// Kubernetes mode: the write API refuses the keys the watchers own.
+    pub kube: Option<crate::kube::driver::KubeOptions>,
 }
 
 impl TyphaConfig {
@@ -70,6 +72,7 @@ impl TyphaConfig {
             snapshot_every: 10_000,
             fanout: FanoutConfig::default(),
             shutdown_spread: Duration::from_secs(10),
+            kube: None,
         }
     }
 }
@@ -226,7 +229,11 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
 
     let leaders = LeaderClients::new(Some(peer_token.clone()));
     let router = grpc_builder()
-        .add_service(ResourcesService::new(node.clone(), leaders.clone()))
+        .add_service(ResourcesService::serve(
+            node.clone(),
+            leaders.clone(),
+            config.kube,
+        ))
         .add_service(fanout.service());
     let peer_router = grpc_builder()
         .add_service(InterceptedService::new(
@@ -238,7 +245,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             peer_token.clone(),
         ))
         .add_service(InterceptedService::new(
-            ResourcesService::new(node.clone(), leaders),
+            ResourcesService::serve(node.clone(), leaders, config.kube),
             peer_token.clone(),
         ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -6,13 +6,14 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use super::primitives::{Cidr, Protocol};
 use crate::selector::Selector;
 
 /// Spec of a `Node`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -36,7 +37,7 @@ pub struct NodeSpec {
 }
 
 /// BGP settings of a node; Manul reads the node's addresses from here.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeBgpSpec {
     #[serde(
@@ -68,7 +69,7 @@ pub struct NodeBgpSpec {
 }
 
 /// One address of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeAddress {
     pub address: String,
@@ -77,7 +78,7 @@ pub struct NodeAddress {
 }
 
 /// Where a node address came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum NodeAddressType {
     InternalIP,
     ExternalIP,
@@ -86,7 +87,7 @@ pub enum NodeAddressType {
 }
 
 /// The orchestrator's name for a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrchRef {
     pub node_name: String,
@@ -94,7 +95,7 @@ pub struct OrchRef {
 }
 
 /// Encapsulation mode of an IP pool.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum EncapMode {
     #[default]
     Never,
@@ -103,7 +104,7 @@ pub enum EncapMode {
 }
 
 /// What addresses of a pool may be used for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum AllowedUse {
     Workload,
     Tunnel,
@@ -111,14 +112,14 @@ pub enum AllowedUse {
 }
 
 /// How addresses are handed out from a pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum AssignmentMode {
     Automatic,
     Manual,
 }
 
 /// Spec of an `IPPool`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IpPoolSpec {
     /// Required; validation reports a pool without one.
@@ -216,7 +217,7 @@ impl<'de> Deserialize<'de> for GoDuration {
 
 /// A protocol and port that is always allowed on host endpoints, so a bad
 /// policy cannot cut a node off.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProtoPort {
     pub protocol: Protocol,
@@ -226,7 +227,7 @@ pub struct ProtoPort {
 }
 
 /// Log severities, as Calico spells them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum LogSeverity {
     Trace,
     Debug,
@@ -237,7 +238,7 @@ pub enum LogSeverity {
 }
 
 /// What happens to traffic from a workload to its own host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum EndpointToHostAction {
     Drop,
     Return,

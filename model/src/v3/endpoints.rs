@@ -2,12 +2,13 @@
 
 use std::net::IpAddr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::primitives::{Cidr, Protocol};
 
 /// A named port an endpoint exposes, referenced by rules as `ports: [name]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointPort {
     pub name: String,
@@ -20,7 +21,7 @@ pub struct EndpointPort {
 }
 
 /// A 1:1 NAT mapping on a workload endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IpNat {
     #[serde(rename = "internalIP")]
@@ -30,7 +31,7 @@ pub struct IpNat {
 }
 
 /// Spec of a `WorkloadEndpoint`: one pod interface on one node.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadEndpointSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -81,7 +82,7 @@ pub struct WorkloadEndpointSpec {
 
 /// Spec of a `HostEndpoint`: a node's interface (or its expected IPs)
 /// brought under policy.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostEndpointSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]

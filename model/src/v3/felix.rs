@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use schemars::JsonSchema;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -35,6 +36,18 @@ macro_rules! calico_enum {
                 match self {
                     $($name::$variant => $text),+
                 }
+            }
+        }
+
+        impl JsonSchema for $name {
+            fn inline_schema() -> bool {
+                true
+            }
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                crate::crd::case_insensitive(Self::NAMES)
             }
         }
 
@@ -169,7 +182,7 @@ calico_enum!(
 );
 
 /// A per-component health timeout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthTimeoutOverride {
     pub name: String,
@@ -177,7 +190,7 @@ pub struct HealthTimeoutOverride {
 }
 
 /// An inclusive range of routing table numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteTableRange {
     pub min: u32,
@@ -213,7 +226,7 @@ impl<'de> Deserialize<'de> for BpfConntrackTimeout {
 }
 
 /// The eBPF dataplane's conntrack timeouts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BpfConntrackTimeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,7 +272,7 @@ pub struct BpfConntrackTimeouts {
 }
 
 /// The DSCP names Calico accepts besides numbers 0-63.
-const DSCP_NAMES: &[&str] = &[
+pub const DSCP_NAMES: &[&str] = &[
     "DF", "EF", "AF11", "AF12", "AF13", "AF21", "AF22", "AF23", "AF31", "AF32", "AF33", "AF41",
     "AF42", "AF43", "CS0", "CS1", "CS2", "CS3", "CS4", "CS5", "CS6",
 ];
@@ -317,7 +330,7 @@ impl<'de> Deserialize<'de> for Dscp {
 
 /// Spec of a `FelixConfiguration` (`default` for the cluster, `node.NAME`
 /// for one node): every field of Calico's reference, in its order.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FelixConfigurationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]

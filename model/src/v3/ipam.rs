@@ -14,6 +14,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::primitives::Cidr;
@@ -22,7 +23,7 @@ use super::primitives::Cidr;
 pub const HOST_AFFINITY_PREFIX: &str = "host:";
 
 /// One address handed out from a block.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IpamAllocation {
     pub ip: IpAddr,
@@ -37,7 +38,7 @@ pub struct IpamAllocation {
 }
 
 /// Spec of an `IPAMBlock`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IpamBlockSpec {
     /// Required; validation reports a block without one.

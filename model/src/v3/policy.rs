@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::primitives::{Action, PolicyType};
@@ -20,7 +21,7 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// Spec of a namespaced `NetworkPolicy`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkPolicySpec {
     #[serde(default = "default_tier")]
@@ -45,7 +46,7 @@ pub struct NetworkPolicySpec {
 }
 
 /// Spec of a cluster-wide `GlobalNetworkPolicy`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GlobalNetworkPolicySpec {
     #[serde(default = "default_tier")]
@@ -76,7 +77,7 @@ pub struct GlobalNetworkPolicySpec {
 }
 
 /// Spec of a `Tier`: an ordered group of policies.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TierSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,7 +90,7 @@ pub struct TierSpec {
 
 /// Spec of a `Profile`: rules and labels shared by the endpoints that name
 /// it (namespaces and service accounts become profiles).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProfileSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use ipnet::IpNet;
+use schemars::JsonSchema;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -244,7 +245,7 @@ impl<'de> Deserialize<'de> for Protocol {
 }
 
 /// A rule's action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum Action {
     /// Accept the packet; no later rule or tier is consulted.
     Allow,
@@ -257,7 +258,9 @@ pub enum Action {
 }
 
 /// Which direction a policy applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum PolicyType {
     Ingress,
     Egress,
@@ -319,11 +322,12 @@ impl<'de> Deserialize<'de> for Cidr {
 }
 
 /// An ICMP type and optional code to match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IcmpMatch {
     /// ICMP type, 0-254.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 254))]
     pub icmp_type: Option<u8>,
     /// ICMP code, 0-255; only with a type.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2,18 +2,20 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::primitives::{Action, Cidr, IcmpMatch, Port, Protocol};
 use crate::selector::Selector;
 
 /// One rule of a policy or profile. Rules are evaluated in order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
     pub action: Action,
     /// 4 or 6: match only that IP version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = [4, 6]))]
     pub ip_version: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
@@ -53,7 +55,7 @@ impl Rule {
 
 /// What a rule matches on one end of a connection. Every field that is set
 /// must match (they are ANDed); each list is ORed within itself.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EntityRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -89,7 +91,7 @@ impl EntityRule {
 }
 
 /// Match traffic to or from a Kubernetes Service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceMatch {
     pub name: String,
@@ -98,7 +100,7 @@ pub struct ServiceMatch {
 }
 
 /// Match endpoints by service account.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceAccountMatch {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -108,7 +110,7 @@ pub struct ServiceAccountMatch {
 }
 
 /// Layer-7 HTTP match (enforced only by an application-layer proxy).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpMatch {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -118,7 +120,7 @@ pub struct HttpMatch {
 }
 
 /// Free-form rule annotations.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleMetadata {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

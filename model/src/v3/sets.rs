@@ -1,11 +1,12 @@
 //! Network sets: labelled groups of CIDRs that rule selectors can match.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::primitives::Cidr;
 
 /// Spec of a `NetworkSet` (namespaced) or a `GlobalNetworkSet`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkSetSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::calico::{self, CalicoKind, CalicoObject, CalicoSource};
 use super::lenient::Lenient;
 use super::metrics::KubeMetrics;
 use super::reconcile::{Batch, Reconciler, Source, WatchEvent};
@@ -222,9 +223,34 @@ pub async fn watch_kind<S>(
     }
 }
 
+/// Starts the watcher of one `projectcalico.org/v3` CRD kind.
+fn spawn_calico<M: CalicoKind + Clone + std::fmt::Debug>(
+    set: &mut JoinSet<()>,
+    client: &Client,
+    node: &Node,
+    metrics: &KubeMetrics,
+    opts: KubeOptions,
+) {
+    set.spawn(watch_kind(
+        Api::<Lenient<CalicoObject<M>>>::all(client.clone()),
+        CalicoSource::<M>::new(opts),
+        node.clone(),
+        metrics.clone(),
+    ));
+}
+
 /// Starts every kind's watcher.
 fn start(client: &Client, node: &Node, metrics: &KubeMetrics, opts: KubeOptions) -> JoinSet<()> {
     let mut set = JoinSet::new();
+    spawn_calico::<calico::NetworkPolicies>(&mut set, client, node, metrics, opts);
+    spawn_calico::<calico::GlobalNetworkPolicies>(&mut set, client, node, metrics, opts);
+    spawn_calico::<calico::Tiers>(&mut set, client, node, metrics, opts);
+    spawn_calico::<calico::HostEndpoints>(&mut set, client, node, metrics, opts);
+    spawn_calico::<calico::NetworkSets>(&mut set, client, node, metrics, opts);
+    spawn_calico::<calico::GlobalNetworkSets>(&mut set, client, node, metrics, opts);
+    spawn_calico::<calico::Profiles>(&mut set, client, node, metrics, opts);
+    spawn_calico::<calico::IpPools>(&mut set, client, node, metrics, opts);
+    spawn_calico::<calico::FelixConfigurations>(&mut set, client, node, metrics, opts);
     let (n, m) = (node.clone(), metrics.clone());
     set.spawn(watch_kind(
         Api::<Lenient<Pod>>::all(client.clone()),

@@ -229,3 +229,164 @@ async fn pods_list_watch_expire_and_relist_into_raft() {
     task.abort();
     node.stop();
 }
+
+/// The next request, which must be to `path` with every `query` part;
+/// answered with `body` unless it is `None` (then left hanging).
+async fn expect_at(
+    handle: &mut Handle,
+    path: &str,
+    query: &[&str],
+    body: Option<Vec<u8>>,
+) -> Option<mock::SendResponse<Response<Body>>> {
+    let (req, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
+        .await
+        .expect("the watcher sent a request in time")
+        .expect("a request");
+    assert_eq!(req.uri().path(), path);
+    let q = req.uri().query().unwrap_or_default().to_string();
+    for part in query {
+        assert!(q.split('&').any(|p| p == *part), "{part} not in {q}");
+    }
+    match body {
+        Some(b) => {
+            send.send_response(Response::builder().body(Body::from(b)).unwrap());
+            None
+        }
+        None => Some(send),
+    }
+}
+
+fn gnp(name: &str, order: u32, rv: u32) -> String {
+    format!(
+        r#"{{"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+            "metadata": {{"name": "{name}", "uid": "uid-{name}", "resourceVersion": "{rv}", "generation": 1}},
+            "spec": {{"order": {order}, "selector": "app == 'db'", "ingress": [{{"action": "Allow"}}]}}}}"#
+    )
+}
+
+fn gnp_list(items: &[String], rv: &str) -> Vec<u8> {
+    format!(
+        r#"{{"kind": "GlobalNetworkPolicyList", "apiVersion": "projectcalico.org/v3", "metadata": {{"resourceVersion": "{rv}"}}, "items": [{}]}}"#,
+        items.join(",")
+    )
+    .into_bytes()
+}
+
+/// The policies in the store: name → (order, revision).
+fn policies(node: &Node) -> BTreeMap<String, (f64, u64)> {
+    let state = node.shared().state.read().unwrap();
+    state
+        .list("globalnetworkpolicy", "")
+        .into_iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_slice(&e.value).unwrap();
+            let order = v["spec"]["order"].as_f64().unwrap();
+            (e.key.unwrap().name, (order, e.revision))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn global_network_policy_crd_list_watch_and_relist_into_raft() {
+    use super::calico::{CalicoObject, CalicoSource, GlobalNetworkPolicies};
+    const PATH: &str = "/apis/projectcalico.org/v3/globalnetworkpolicies";
+    let dir = tempfile::tempdir().unwrap();
+    let node = leader(dir.path()).await;
+    // A policy an earlier leader stored that the API server no longer has.
+    let stale = Command {
+        request_id: 0,
+        op: Some(manul_proto::v1::command::Op::Writes(manul_proto::v1::WriteBatch {
+            writes: vec![manul_proto::v1::Write {
+                key: Some(
+                    Key {
+                        kind: "globalnetworkpolicy".into(),
+                        namespace: String::new(),
+                        name: "stale".into(),
+                    }
+                    .to_proto(),
+                ),
+                value: serde_json::to_vec(&serde_json::from_str::<serde_json::Value>(
+                    r#"{"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy", "metadata": {"name": "stale"}, "spec": {"order": 1, "tier": "default", "selector": "all()"}}"#,
+                ).unwrap())
+                .unwrap()
+                .into(),
+                expected_revision: None,
+            }],
+            deletes: Vec::new(),
+        })),
+    };
+    node.propose(stale).await.unwrap().result.unwrap();
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let metrics = KubeMetrics::default();
+    let task = tokio::spawn(watch_kind(
+        Api::<Lenient<CalicoObject<GlobalNetworkPolicies>>>::all(client),
+        CalicoSource::<GlobalNetworkPolicies>::new(KubeOptions::default()),
+        node.clone(),
+        metrics.clone(),
+    ));
+    // The API server took a policy whose selector the model refuses (a
+    // CRD schema cannot judge a selector): skipped, counted.
+    let malformed = r#"{"metadata": {"name": "broken", "resourceVersion": "12"}, "spec": {"selector": "app == db"}}"#;
+    expect_at(
+        &mut handle,
+        PATH,
+        &[],
+        Some(gnp_list(&[gnp("a", 10, 11), malformed.to_string()], "20")),
+    )
+    .await;
+    let watch = [
+        event("ADDED", &gnp("b", 20, 21)),
+        event("MODIFIED", &gnp("a", 15, 22)),
+        r#"{"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "too old resource version", "reason": "Expired", "code": 410}}"#.to_string(),
+    ]
+    .join("\n");
+    expect_at(
+        &mut handle,
+        PATH,
+        &["watch=true", "resourceVersion=20"],
+        Some(watch.into_bytes()),
+    )
+    .await;
+    let relist = expect_at(&mut handle, PATH, &[], None).await.unwrap();
+    let before = policies(&node);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        ["a", "b"],
+        "the stale policy deleted by the first list, the malformed one skipped"
+    );
+    assert_eq!(before["a"].0, 15.0);
+    let revision = node.shared().state.read().unwrap().revision();
+    // The relist: b is gone, c is new: one Raft entry.
+    relist.send_response(
+        Response::builder()
+            .body(Body::from(gnp_list(
+                &[gnp("a", 15, 22), gnp("c", 30, 31)],
+                "40",
+            )))
+            .unwrap(),
+    );
+    let _hanging = expect_at(
+        &mut handle,
+        PATH,
+        &["watch=true", "resourceVersion=40"],
+        None,
+    )
+    .await;
+    for _ in 0..200 {
+        if policies(&node).contains_key("c") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let after = policies(&node);
+    assert_eq!(after.keys().collect::<Vec<_>>(), ["a", "c"]);
+    assert_eq!(after["a"], before["a"], "unchanged, not rewritten");
+    assert_eq!(after["c"].1, revision + 1, "put and delete in one entry");
+    let kind = KubeMetrics::kind("globalnetworkpolicies.projectcalico.org");
+    assert_eq!(metrics.objects.get_or_create(&kind).get(), 2);
+    assert_eq!(metrics.conversion_errors.get_or_create(&kind).get(), 1);
+    assert_eq!(metrics.relists.get_or_create(&kind).get(), 1);
+    task.abort();
+    node.stop();
+}

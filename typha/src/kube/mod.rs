@@ -4,12 +4,18 @@
 //! - [`reconcile`]: the pure core, watch events to batches of puts and
 //!   deletes (a relist ends in one batch that also deletes what vanished);
 //! - [`sources`]: what each watched kind becomes and which keys it owns;
+//! - [`calico`]: the `projectcalico.org/v3` kinds served as CRDs, stored
+//!   as the model loads them;
+//! - [`owners`]: which watcher owns each key, and the write API's refusal
+//!   of owned keys;
 //! - [`driver`]: `kube` watchers on the leader, proposing through the node;
 //! - [`lenient`]: objects that may fail to decode, so one bad object is
 //!   skipped instead of failing a list;
 //! - [`metrics`]: the `typha_k8s_*` metrics.
+pub mod calico;
 pub mod driver;
 pub mod lenient;
 pub mod metrics;
+pub mod owners;
 pub mod reconcile;
 pub mod sources;
