@@ -20,3 +20,4 @@ pub mod peer_auth;
 pub mod raft_storage;
 pub mod server;
 pub mod state;
+pub mod threatfeed;

@@ -212,6 +212,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     let fanout_metrics = FanoutMetrics::register(&mut registry);
     let raft_metrics = RaftMetrics::register(&mut registry);
     let kube_metrics = crate::kube::metrics::KubeMetrics::register(&mut registry);
+    let threatfeed_metrics = crate::threatfeed::metrics::ThreatFeedMetrics::register(&mut registry);
     let source = Arc::new(StateSource::default());
     let mut fanout_config = config.fanout.clone();
     fanout_config.replica_id = config.node_id;
@@ -250,6 +251,11 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
         ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = serve(router, listener, stop_rx.clone());
+    tokio::spawn(crate::threatfeed::driver::run(
+        node.clone(),
+        threatfeed_metrics,
+        stop_rx.clone(),
+    ));
     let peer_server = serve(peer_router, peer_listener, stop_rx);
     let registry = Arc::new(registry);
     let (metrics_addr, http) = match config.metrics {

@@ -22,8 +22,8 @@ pub use structural::{StructuralError, structural};
 
 use crate::Kind;
 use crate::v3::{
-    FelixConfigurationSpec, GlobalNetworkPolicySpec, HostEndpointSpec, IpPoolSpec,
-    NetworkPolicySpec, NetworkSetSpec, ProfileSpec, TierSpec,
+    FelixConfigurationSpec, GlobalNetworkPolicySpec, GlobalThreatFeedSpec, HostEndpointSpec,
+    IpPoolSpec, NetworkPolicySpec, NetworkSetSpec, ProfileSpec, TierSpec,
 };
 
 /// The API group of the CRDs.
@@ -141,6 +141,30 @@ pub const CRDS: &[CrdSpec] = &[
         [],
         NetworkSetSpec
     ),
+    crd!(
+        GlobalThreatFeed,
+        "globalthreatfeeds",
+        [],
+        [
+            Column {
+                name: "Mode",
+                json_path: ".spec.mode",
+                typ: "string"
+            },
+            Column {
+                name: "Period",
+                json_path: ".spec.pull.period",
+                typ: "string"
+            },
+            Column {
+                name: "LastSync",
+                json_path: ".status.lastSuccessfulSync",
+                typ: "date"
+            }
+        ],
+        GlobalThreatFeedSpec,
+        status ThreatFeedStatus
+    ),
     crd!(Profile, "profiles", [], [], ProfileSpec),
     crd!(
         IpPool,
@@ -208,6 +232,27 @@ pub fn crd_of(kind: Kind) -> Option<&'static CrdSpec> {
 struct TierStatus {
     #[serde(default)]
     conditions: Vec<Condition>,
+}
+
+/// Calico's GlobalThreatFeed status.
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct ThreatFeedStatus {
+    #[serde(default)]
+    #[schemars(extend("format" = "date-time"))]
+    last_successful_sync: Option<String>,
+    #[serde(default)]
+    error_conditions: Vec<ThreatFeedError>,
+}
+
+/// One of a GlobalThreatFeed's errors.
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+struct ThreatFeedError {
+    #[serde(rename = "type")]
+    error_type: String,
+    message: String,
 }
 
 /// A standard Kubernetes condition.

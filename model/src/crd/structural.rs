@@ -103,7 +103,12 @@ fn convert(v: &mut Value, path: &str) -> Result<(), StructuralError> {
         }
     }
     match node.get("additionalProperties") {
-        Some(Value::Bool(_)) => {
+        Some(Value::Bool(open)) => {
+            // A closed object without properties is `{}` (a format
+            // without options): structural, with nothing to keep.
+            if !*open && !node.contains_key("properties") {
+                node.insert("properties".into(), Value::Object(Map::new()));
+            }
             node.remove("additionalProperties");
         }
         Some(Value::Object(_)) => {

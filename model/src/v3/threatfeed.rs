@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMapKeySelector, SecretKeySelector};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::GoDuration;
@@ -19,7 +19,7 @@ pub const THREAT_FEED_DEFAULT_PERIOD: std::time::Duration =
     std::time::Duration::from_secs(24 * 3600);
 
 /// Spec of a `GlobalThreatFeed`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GlobalThreatFeedSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,7 +46,7 @@ impl GlobalThreatFeedSpec {
 }
 
 /// What a feed lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ThreatFeedContent {
     #[serde(rename = "IPSet")]
     IpSet,
@@ -54,21 +54,21 @@ pub enum ThreatFeedContent {
 }
 
 /// Whether a feed is pulled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ThreatFeedMode {
     Enabled,
     Disabled,
 }
 
 /// Who maintains a feed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ThreatFeedType {
     Builtin,
     Custom,
 }
 
 /// The labels of the GlobalNetworkSet a feed keeps.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GlobalNetworkSetSync {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -76,7 +76,7 @@ pub struct GlobalNetworkSetSync {
 }
 
 /// How and how often a feed is pulled.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ThreatFeedPull {
     /// Calico's default is 24h.
@@ -86,7 +86,7 @@ pub struct ThreatFeedPull {
 }
 
 /// Where a feed is pulled from.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpPull {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,7 +98,7 @@ pub struct HttpPull {
 }
 
 /// How a feed's body is read; newline-delimited when none is set.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ThreatFeedFormat {
     /// `newlineDelimited: {}`: one entry a line, `#` comments.
@@ -115,19 +115,19 @@ pub struct ThreatFeedFormat {
 }
 
 /// An empty object (`{}`), the form of a format without options.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
 /// A JSON body: a JSONPath selecting the entries (strings).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JsonFormat {
     pub path: String,
 }
 
 /// A CSV body: the column holding the entries.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CsvFormat {
     /// The column by number (from 0).
@@ -152,7 +152,7 @@ pub struct CsvFormat {
 }
 
 /// A header sent with the request.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpHeader {
     pub name: String,
@@ -164,11 +164,21 @@ pub struct HttpHeader {
 
 /// A header value kept in a ConfigMap or a Secret (Calico's schema; Manul
 /// reads neither, so a feed naming one is not pulled and says why).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderValueSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config_map_key_ref: Option<ConfigMapKeySelector>,
+    pub config_map_key_ref: Option<KeyRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_key_ref: Option<SecretKeySelector>,
+    pub secret_key_ref: Option<KeyRef>,
+}
+
+/// A key of a ConfigMap or a Secret in Manul's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyRef {
+    pub name: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
 }

@@ -81,7 +81,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
 
 /// Leader, with every committed entry applied, so the store read at start
 /// holds what earlier leaders wrote.
-fn is_leader(node: &Node) -> bool {
+pub(crate) fn is_leader(node: &Node) -> bool {
     let s = node.status();
     s.leader_id != 0 && s.leader_id == s.id && s.applied_index >= s.commit_index
 }

@@ -22,6 +22,8 @@ pub enum Owner {
     Converted(&'static str),
     /// A `projectcalico.org/v3` custom resource.
     Crd,
+    /// Typha's threat-feed puller (`GlobalNetworkSet` `threatfeed.NAME`).
+    ThreatFeed,
 }
 
 impl Owner {
@@ -32,6 +34,9 @@ impl Owner {
                 "Typha writes it from the Kubernetes {from} objects (change those with kubectl)"
             ),
             Owner::Crd => "it is a custom resource in the Kubernetes API".to_string(),
+            Owner::ThreatFeed => {
+                "Typha's threat-feed puller writes it from its GlobalThreatFeed".to_string()
+            }
         }
     }
 }
@@ -58,6 +63,9 @@ pub fn owner(key: &ResourceKey, opts: KubeOptions) -> Option<Owner> {
     if key.kind == Kind::Profile && key.name.starts_with(NAMESPACE_PROFILE_PREFIX) {
         return Some(Owner::Converted(Namespaces.kind()));
     }
+    if crate::threatfeed::owns(key) {
+        return Some(Owner::ThreatFeed);
+    }
     manul_model::crd::crd_of(key.kind).map(|_| Owner::Crd)
 }
 
@@ -76,6 +84,10 @@ pub fn refuse_write(key: &ResourceKey, opts: KubeOptions) -> Option<String> {
         Owner::Converted(from) => Some(format!(
             "{kind} {name} is owned by the Kubernetes API in Kubernetes mode: Typha writes it from \
              the Kubernetes {from} objects; change those with kubectl"
+        )),
+        Owner::ThreatFeed => Some(format!(
+            "{kind} {name} is written by Typha's threat-feed puller from its GlobalThreatFeed; \
+             change the feed instead"
         )),
     }
 }
@@ -140,6 +152,14 @@ mod tests {
         );
         assert_eq!(
             owner(&key(Kind::GlobalNetworkPolicy, None, "x"), opts),
+            Some(Owner::Crd)
+        );
+        assert_eq!(
+            owner(&key(Kind::GlobalNetworkSet, None, "threatfeed.abuse"), opts),
+            Some(Owner::ThreatFeed)
+        );
+        assert_eq!(
+            owner(&key(Kind::GlobalNetworkSet, None, "blocked"), opts),
             Some(Owner::Crd)
         );
         assert_eq!(

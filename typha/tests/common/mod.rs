@@ -38,12 +38,18 @@ pub async fn connect(addr: &str) -> Channel {
 /// Serialises the process-level tests: each runs a cluster on two cores.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A free loopback port below 32768 (above it the kernel hands out
+/// ephemeral ports), a different one at each call.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = std::process::id() % 6_000;
+    loop {
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = 20_000 + ((base + k * 17) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// Every test cluster's peer token.
