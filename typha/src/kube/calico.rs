@@ -51,6 +51,7 @@ kinds! {
     HostEndpoints => HostEndpoint,
     NetworkSets => NetworkSet,
     GlobalNetworkSets => GlobalNetworkSet,
+    GlobalThreatFeeds => GlobalThreatFeed,
     Profiles => Profile,
     IpPools => IpPool,
     FelixConfigurations => FelixConfiguration,

@@ -248,6 +248,7 @@ fn start(client: &Client, node: &Node, metrics: &KubeMetrics, opts: KubeOptions)
     spawn_calico::<calico::HostEndpoints>(&mut set, client, node, metrics, opts);
     spawn_calico::<calico::NetworkSets>(&mut set, client, node, metrics, opts);
     spawn_calico::<calico::GlobalNetworkSets>(&mut set, client, node, metrics, opts);
+    spawn_calico::<calico::GlobalThreatFeeds>(&mut set, client, node, metrics, opts);
     spawn_calico::<calico::Profiles>(&mut set, client, node, metrics, opts);
     spawn_calico::<calico::IpPools>(&mut set, client, node, metrics, opts);
     spawn_calico::<calico::FelixConfigurations>(&mut set, client, node, metrics, opts);
