@@ -765,6 +765,11 @@ impl Driver {
             applied_index: applied,
             voters: cs.voters.clone(),
             learners: cs.learners.clone(),
+            matched: if raft.state == StateRole::Leader {
+                raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect()
+            } else {
+                Default::default()
+            },
         };
         self.metrics.term.set(status.term as i64);
         self.metrics.leader_id.set(status.leader_id as i64);
