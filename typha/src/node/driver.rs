@@ -737,6 +737,9 @@ impl Driver {
             .create_snapshot(applied, cs, data)
             .map_err(NodeError::Storage)?;
         self.last_snapshot = applied;
+        // One snapshot covers the added member: later entries wait for
+        // --snapshot-every again.
+        self.force_snapshot = false;
         self.metrics.snapshot_index.set(applied as i64);
         info!(
             index = applied,
