@@ -152,10 +152,11 @@ pub struct RaftView {
 
 impl RaftView {
     fn conf_state(&self) -> ConfState {
-        let mut cs = ConfState::default();
-        cs.voters = self.voters.clone();
-        cs.learners = self.learners.clone();
-        cs
+        ConfState {
+            voters: self.voters.clone(),
+            learners: self.learners.clone(),
+            ..ConfState::default()
+        }
     }
 
     fn members(&self) -> BTreeSet<u64> {

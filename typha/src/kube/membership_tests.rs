@@ -51,10 +51,13 @@ fn node_ids_are_stable_nonzero_and_differ_by_uid() {
     assert_eq!(node_id(""), 0xe3b0_c442_98fc_1c14 & ((1 << 53) - 1));
 }
 
+/// Name, data on disk, the pods, the Lease, the decision.
+type StartCase = (&'static str, bool, Vec<PodView>, Option<LeaseView>, Start);
+
 #[test]
 fn start_decisions() {
     let now = 100_000;
-    let cases: Vec<(&str, bool, Vec<PodView>, Option<LeaseView>, Start)> = vec![
+    let cases: Vec<StartCase> = vec![
         (
             "data on disk: resume",
             true,
