@@ -104,13 +104,22 @@ impl Deployment {
             peer_port: free_port(),
         };
         self.api.add_pod(&pod);
-        let r = Replica {
+        self.replicas.push(Replica {
             dir: self.tmp.path().join(name),
             pod,
             port: free_port(),
             metrics_port: free_port(),
             child: None,
-        };
+        });
+        let i = self.replicas.len() - 1;
+        self.spawn(i);
+        i
+    }
+
+    /// Starts (or restarts, as the kubelet restarts a container: same pod,
+    /// same data directory) replica `i`'s process.
+    fn spawn(&mut self, i: usize) {
+        let r = &self.replicas[i];
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_typha"));
         cmd.args(["--listen", &format!("127.0.0.1:{}", r.port)])
             .args(["--peer-listen", &format!("127.0.0.1:{}", r.pod.peer_port)])
@@ -122,8 +131,8 @@ impl Deployment {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["--kubernetes-membership", "--no-kube-watchers"])
-            .args(["--pod-name", name, "--pod-namespace", NAMESPACE])
-            .args(["--pod-uid", uid, "--pod-ip", "127.0.0.1"])
+            .args(["--pod-name", &r.pod.name, "--pod-namespace", NAMESPACE])
+            .args(["--pod-uid", &r.pod.uid, "--pod-ip", "127.0.0.1"])
             .args(["--voters", "3", "--lease-duration-secs", "3"])
             .args(["--snapshot-every", "50", "--shutdown-spread-secs", "0"])
             .env(
@@ -131,10 +140,14 @@ impl Deployment {
                 std::env::var("TYPHA_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null());
-        let mut r = r;
-        r.child = Some(cmd.spawn().expect("spawn typha"));
-        self.replicas.push(r);
-        self.replicas.len() - 1
+        self.replicas[i].child = Some(cmd.spawn().expect("spawn typha"));
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.replicas[i].child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
     }
 
     /// Reports each live process's /readyz as its pod's Ready condition,
@@ -317,14 +330,20 @@ async fn a_deployment_forms_one_cluster_and_replaces_a_lost_pod() {
         acked.extend(batch);
     }
 
+    // A follower's container restarts (same pod, same data): it resumes
+    // as the same member, and no membership change is made for it.
+    let follower = d.alive().into_iter().find(|i| *i != leader).unwrap();
+    let changes_before = d.status(leader).await.unwrap().applied_revision;
+    d.kill(follower);
+    d.spawn(follower);
+    d.until_same_state(changes_before, Duration::from_secs(20))
+        .await;
+    assert_eq!(d.until_one_cluster(Duration::from_secs(20)).await, leader);
+
     // The leader's pod is lost with its data; the Deployment creates a new
     // pod (new name, new uid, empty data directory).
     let lost = d.replicas[leader].id();
-    let child = d.replicas[leader].child.take();
-    if let Some(mut c) = child {
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
+    d.kill(leader);
     d.api.delete_pod(&d.replicas[leader].pod.name.clone());
     let new = d.create_pod("typha-d", "9d7c1e52-0004-4a1b-8c1d-000000000004");
     d.start_kubelet();
@@ -379,4 +398,46 @@ async fn a_deployment_forms_one_cluster_and_replaces_a_lost_pod() {
         statuses.iter().all(|s| s.resources == acked.len() as u64),
         "{statuses:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_never_added_restarts_and_bootstraps_when_no_cluster_remains() {
+    let _serial = SERIAL.lock().await;
+    let mut d = Deployment::new().await;
+    // A ready Typha pod with no process: to a new pod, a cluster exists.
+    let ghost = PodSpec {
+        name: "typha-ghost".into(),
+        uid: "9d7c1e52-00ff-4a1b-8c1d-0000000000ff".into(),
+        ip: "127.0.0.1".into(),
+        peer_port: free_port(),
+    };
+    d.api.add_pod(&ghost);
+    d.api.set_ready(&ghost.name, true);
+    let a = d.create_pod("typha-a", "9d7c1e52-0001-4a1b-8c1d-0000000000a1");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        d.api.lease_writes().is_empty(),
+        "it joins instead of bootstrapping"
+    );
+
+    // The cluster it waited for is gone: after a Lease duration it stops,
+    // so that the kubelet restarts it, and it then bootstraps.
+    d.api.delete_pod(&ghost.name);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = d.replicas[a].child.as_mut().unwrap().try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stranded joiner did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(1));
+    d.replicas[a].child = None;
+    d.spawn(a);
+    d.start_kubelet();
+    assert_eq!(d.until_one_cluster(Duration::from_secs(20)).await, a);
+    d.until_holder("typha-a", Duration::from_secs(10)).await;
 }
