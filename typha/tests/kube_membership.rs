@@ -441,3 +441,83 @@ async fn a_replica_never_added_restarts_and_bootstraps_when_no_cluster_remains()
     assert_eq!(d.until_one_cluster(Duration::from_secs(20)).await, a);
     d.until_holder("typha-a", Duration::from_secs(10)).await;
 }
+
+#[test]
+fn membership_flags_that_cannot_work_are_refused_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_kubeconfig(&kubeconfig, free_port());
+    let kc = kubeconfig.to_str().unwrap();
+    let pod = [
+        "--pod-name=typha-a",
+        "--pod-namespace=manul-system",
+        "--pod-uid=u-1",
+        "--pod-ip=127.0.0.1",
+    ];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [&["--kubernetes-membership"][..], &pod[..]].concat(),
+            "needs --kubernetes or --kubeconfig",
+        ),
+        (
+            [
+                &["--kubernetes-membership", "--kubeconfig", kc, "--join"][..],
+                &pod[..],
+            ]
+            .concat(),
+            "drop --peers and --join",
+        ),
+        (
+            vec![
+                "--kubernetes-membership",
+                "--kubeconfig",
+                kc,
+                "--pod-name=a",
+                "--pod-namespace=n",
+                "--pod-ip=127.0.0.1",
+            ],
+            "pod-uid",
+        ),
+        (
+            vec![
+                "--kubernetes-membership",
+                "--kubeconfig",
+                kc,
+                "--pod-name=a",
+                "--pod-uid=u",
+                "--pod-ip=127.0.0.1",
+            ],
+            "pod-namespace",
+        ),
+        (
+            vec![
+                "--kubernetes-membership",
+                "--kubeconfig",
+                kc,
+                "--pod-name=a",
+                "--pod-uid=u",
+                "--pod-namespace=n",
+            ],
+            "pod-ip",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_typha"))
+            .args(&args)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .env_remove("POD_UID")
+            .env_remove("POD_IP")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing written before refusing"
+    );
+}
