@@ -7,7 +7,7 @@
 //! 127.0.0.1:9093.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -106,6 +106,44 @@ struct Args {
     /// With the Kubernetes watchers: an automatic host endpoint per node.
     #[arg(long)]
     auto_host_endpoints: bool,
+    /// Raft membership from the Kubernetes API, for a Deployment's pods:
+    /// the replica id comes from the pod's uid, a Lease decides which pod
+    /// bootstraps the cluster, and the leader adds new pods as learners,
+    /// promotes them up to --voters and removes members whose pod is gone.
+    /// Needs --kubernetes or --kubeconfig; replaces --node-id, --peers and
+    /// --join. The peer address is POD_IP and the --peer-listen port.
+    #[arg(long)]
+    kubernetes_membership: bool,
+    /// This pod's name (the downward API's metadata.name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// This pod's namespace, where the Lease and the Typha pods are.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// This pod's uid: the replica id is derived from it.
+    #[arg(long, env = "POD_UID")]
+    pod_uid: Option<String>,
+    /// This pod's IP: the address its peers reach it at.
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<IpAddr>,
+    /// Label selector of this Deployment's Typha pods.
+    #[arg(long, default_value = "app.kubernetes.io/name=manul-typha")]
+    typha_selector: String,
+    /// The Lease that decides which pod bootstraps (and that the leader
+    /// then holds).
+    #[arg(long, default_value = "manul-typha-bootstrap")]
+    membership_lease: String,
+    /// Voters wanted: learners are promoted up to this many.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    voters: u64,
+    /// The Lease's duration: how long another pod waits before taking a
+    /// Lease that is not renewed.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..3600))]
+    lease_duration_secs: u64,
+    /// Use the Kubernetes API for membership only, without the datastore
+    /// watchers (policy then comes from the write API).
+    #[arg(long)]
+    no_kube_watchers: bool,
     /// Log format: text or json. Filter with RUST_LOG (default: info).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -141,11 +179,22 @@ async fn shutdown_signal() {
 async fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(args.log_format == "json");
-    let peers = args
+    let mut peers = args
         .peers
         .clone()
         .unwrap_or_else(|| BTreeMap::from([(args.node_id, args.peer_listen.to_string())]));
-    if !args.join && !peers.contains_key(&args.node_id) {
+    let membership = if args.kubernetes_membership {
+        match membership_options(&args) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    if membership.is_none() && !args.join && !peers.contains_key(&args.node_id) {
         eprintln!(
             "error: --peers must list this replica ({}) too, or pass --join",
             args.node_id
@@ -179,18 +228,33 @@ async fn main() -> ExitCode {
     let kube_opts = manul_typha::kube::driver::KubeOptions {
         auto_host_endpoints: args.auto_host_endpoints,
     };
+    let (mut node_id, mut join) = (args.node_id, args.join);
+    let mut membership_run = None;
+    if let (Some(opts), Some(client)) = (membership, &kube_client) {
+        use manul_typha::kube::membership_driver::{prepare, watch_pods};
+        let (mut pods, _watcher) = watch_pods(client.clone(), &opts);
+        let plan = match prepare(client.clone(), &opts, &args.data_dir, &mut pods).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        (node_id, join, peers) = (plan.node_id, plan.join, plan.peers);
+        membership_run = Some((opts, pods, client.clone()));
+    }
     let config = TyphaConfig {
-        node_id: args.node_id,
+        node_id,
         data_dir: args.data_dir,
         listen: args.listen,
         peer_listen: args.peer_listen,
         peer_token: Some(token),
         metrics: Some(args.metrics),
         peers,
-        join: args.join,
+        join,
         snapshot_every: args.snapshot_every.max(1),
         fanout: FanoutConfig {
-            replica_id: args.node_id,
+            replica_id: node_id,
             max_connections: args.max_connections,
             max_history_revisions: args.history_revisions.max(1),
             max_history_bytes: args.history_mib.max(1) * 1024 * 1024,
@@ -207,7 +271,16 @@ async fn main() -> ExitCode {
         }
     };
     let (kube_stop, kube_stopped) = tokio::sync::watch::channel(false);
-    if let Some(client) = kube_client {
+    let (node, stop) = (running.node.clone(), kube_stopped.clone());
+    let membership_ended = async move {
+        match membership_run {
+            Some((opts, pods, client)) => {
+                manul_typha::kube::membership_driver::run(client, node, opts, pods, stop).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    if let Some(client) = kube_client.filter(|_| !args.no_kube_watchers) {
         let opts = kube_opts;
         let (node, metrics) = (running.node.clone(), running.kube_metrics.clone());
         tokio::spawn(manul_typha::kube::driver::run(
@@ -218,9 +291,45 @@ async fn main() -> ExitCode {
             kube_stopped,
         ));
     }
-    shutdown_signal().await;
+    let code = tokio::select! {
+        () = shutdown_signal() => ExitCode::SUCCESS,
+        ended = membership_ended => {
+            tracing::error!(?ended, "Raft membership ended; stopping so the replica restarts");
+            ExitCode::from(1)
+        }
+    };
     tracing::info!("shutting down");
     let _ = kube_stop.send(true);
     running.shutdown().await;
-    ExitCode::SUCCESS
+    code
+}
+
+/// The membership settings from the flags, or what is missing.
+fn membership_options(
+    args: &Args,
+) -> Result<manul_typha::kube::membership_driver::MembershipOptions, String> {
+    if !args.kubernetes && args.kubeconfig.is_none() {
+        return Err("--kubernetes-membership needs --kubernetes or --kubeconfig".into());
+    }
+    if args.peers.is_some() || args.join {
+        return Err(
+            "--kubernetes-membership decides the members itself: drop --peers and --join".into(),
+        );
+    }
+    let missing = |what: &str, env: &str| {
+        format!("--kubernetes-membership needs {what} (--{what} or ${env}, from the downward API)")
+    };
+    let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+    Ok(manul_typha::kube::membership_driver::MembershipOptions {
+        namespace: nonempty(&args.pod_namespace)
+            .ok_or_else(|| missing("pod-namespace", "POD_NAMESPACE"))?,
+        pod_name: nonempty(&args.pod_name).ok_or_else(|| missing("pod-name", "POD_NAME"))?,
+        pod_uid: nonempty(&args.pod_uid).ok_or_else(|| missing("pod-uid", "POD_UID"))?,
+        pod_ip: args.pod_ip.ok_or_else(|| missing("pod-ip", "POD_IP"))?,
+        selector: args.typha_selector.clone(),
+        lease_name: args.membership_lease.clone(),
+        voters: usize::try_from(args.voters).unwrap_or(usize::MAX),
+        peer_port: args.peer_listen.port(),
+        lease_duration: Duration::from_secs(args.lease_duration_secs),
+    })
 }

@@ -11,10 +11,16 @@
 //! - [`driver`]: `kube` watchers on the leader, proposing through the node;
 //! - [`lenient`]: objects that may fail to decode, so one bad object is
 //!   skipped instead of failing a list;
-//! - [`metrics`]: the `typha_k8s_*` metrics.
+//! - [`metrics`]: the `typha_k8s_*` metrics;
+//! - [`membership`]: Raft membership for a Deployment, pure decisions
+//!   (which pod bootstraps, who joins, is promoted, is removed), and
+//!   [`membership_driver`], which observes the pods and the Lease and
+//!   applies them.
 pub mod calico;
 pub mod driver;
 pub mod lenient;
+pub mod membership;
+pub mod membership_driver;
 pub mod metrics;
 pub mod owners;
 pub mod reconcile;

@@ -737,6 +737,9 @@ impl Driver {
             .create_snapshot(applied, cs, data)
             .map_err(NodeError::Storage)?;
         self.last_snapshot = applied;
+        // One snapshot covers the added member: later entries wait for
+        // --snapshot-every again.
+        self.force_snapshot = false;
         self.metrics.snapshot_index.set(applied as i64);
         info!(
             index = applied,
@@ -765,6 +768,11 @@ impl Driver {
             applied_index: applied,
             voters: cs.voters.clone(),
             learners: cs.learners.clone(),
+            matched: if raft.state == StateRole::Leader {
+                raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect()
+            } else {
+                Default::default()
+            },
         };
         self.metrics.term.set(status.term as i64);
         self.metrics.leader_id.set(status.leader_id as i64);

@@ -97,6 +97,9 @@ pub struct RaftStatus {
     pub applied_index: u64,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// On the leader: each member's log as the leader knows it (raft-rs's
+    /// `matched`), to promote a learner once caught up; empty elsewhere.
+    pub matched: BTreeMap<u64, u64>,
 }
 
 /// A membership change.

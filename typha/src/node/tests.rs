@@ -246,3 +246,35 @@ async fn a_fresh_single_node_typha_acknowledges_a_write_within_a_second() {
     );
     typha.shutdown().await;
 }
+
+#[tokio::test]
+async fn adding_a_member_takes_one_snapshot_not_one_per_later_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = RaftMetrics::default();
+    let node = start_with(dir.path(), &[1], metrics.clone());
+    settle().await;
+    node.propose(write("before")).await.unwrap();
+    node.change_membership(MembershipChange::AddLearner {
+        id: 2,
+        address: "127.0.0.1:20002".into(),
+    })
+    .await
+    .unwrap();
+    // The snapshot follows the change's reply, within the same Ready.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metrics.snapshot_index.get() <= 1 {
+        assert!(Instant::now() < deadline, "no snapshot for the new member");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let at_change = metrics.snapshot_index.get();
+    for k in 0..5 {
+        node.propose(write(&format!("after-{k}"))).await.unwrap();
+    }
+    settle().await;
+    assert_eq!(
+        metrics.snapshot_index.get(),
+        at_change,
+        "no snapshot before --snapshot-every entries"
+    );
+    node.stop();
+}

@@ -2,6 +2,8 @@
 //! Every process is killed when the cluster is dropped, even on failure.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod kube_api;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
