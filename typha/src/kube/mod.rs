@@ -5,11 +5,16 @@
 //!   deletes (a relist ends in one batch that also deletes what vanished);
 //! - [`sources`]: what each watched kind becomes and which keys it owns;
 //! - [`driver`]: `kube` watchers on the leader, proposing through the node;
+//! - [`ipam`]: what a list of pods records in the IPAM blocks, so IPAM
+//!   survives losing every replica;
 //! - [`lenient`]: objects that may fail to decode, so one bad object is
 //!   skipped instead of failing a list;
-//! - [`metrics`]: the `typha_k8s_*` metrics.
+//! - [`metrics`]: the `typha_k8s_*` metrics;
+//! - [`testing`]: a minimal pods API server on loopback, for tests.
 pub mod driver;
+pub mod ipam;
 pub mod lenient;
 pub mod metrics;
 pub mod reconcile;
 pub mod sources;
+pub mod testing;
