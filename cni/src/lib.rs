@@ -20,10 +20,11 @@ pub mod config;
 pub mod endpoint;
 pub mod error;
 pub mod plugin;
+pub mod pod_api;
 pub mod result;
 pub mod status;
 
-pub use config::{CniEnv, Command, NetConf};
+pub use config::{CniEnv, Command, Datastore, NetConf};
 pub use error::{CniError, code};
 pub use plugin::Plugin;
 
