@@ -4,8 +4,10 @@
 //!
 //! Blocks are tried in address order; a node only allocates from blocks
 //! affine to it (it never borrows another node's block), and claims the
-//! first block of the first usable pool (pools in name order) that nobody
-//! has claimed. The first address of every block is never handed out.
+//! first block of the first usable pool (pools in name order) that no
+//! stored block overlaps (blocks of another size, or the single-address
+//! blocks Typha records for pods after losing its data, count as claimed).
+//! The first address of every block is never handed out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -149,13 +151,17 @@ pub fn choose(node: &str, pools: &[Pool], blocks: &[Block]) -> Choice {
             return Choice::Existing { cidr: b.cidr, ip };
         }
     }
-    let claimed: BTreeSet<IpNet> = blocks.iter().map(|b| b.cidr).collect();
+    let claimed = |c: &IpNet| {
+        blocks
+            .iter()
+            .any(|b| b.cidr.contains(&c.network()) || c.contains(&b.cidr.network()))
+    };
     for pool in pools {
         let Ok(subnets) = pool.cidr.subnets(pool.block_size) else {
             continue;
         };
         let free = subnets
-            .filter(|c| !claimed.contains(c))
+            .filter(|c| !claimed(c))
             .find_map(|c| free_address(c, &IpamBlockSpec::default()).map(|ip| (c, ip)));
         if let Some((cidr, ip)) = free {
             return Choice::Claim { cidr, ip };

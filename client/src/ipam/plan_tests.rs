@@ -232,6 +232,17 @@ fn choose_prefers_own_blocks_then_claims_the_next_unclaimed() {
             },
         ),
         (
+            "a block of another size, or a single address recorded for a pod, claims what it overlaps",
+            vec![
+                block("10.65.0.0/25", "n2", &[]),
+                block("10.65.0.130/32", "n2", &[("10.65.0.130", "k8s-pod.shop.a")]),
+            ],
+            Choice::Claim {
+                cidr: net("10.65.0.192/26"),
+                ip: ip("10.65.0.193"),
+            },
+        ),
+        (
             "everything claimed and full",
             vec![
                 full("10.65.0.0/26", "n1"),

@@ -7,9 +7,12 @@
 //! list of pods completes, the pod watcher adds to the same Raft entry:
 //!
 //! - every address a live pod's endpoint holds that no block records, as
-//!   an allocation for the pod's container (in the block that covers it,
-//!   created affine to the pod's node when missing, inside an IP pool),
-//!   each block written only if it still has the revision read;
+//!   an allocation for the pod's container, in the block that covers it;
+//!   a missing block is created affine to the pod's node, with its pool's
+//!   block size (the default size when no stored pool covers the address:
+//!   the pools may come back after the pods), or as a single-address block
+//!   when that would overlap a stored block; each block is written only if
+//!   it still has the revision read;
 //! - `ClusterInformation default` with `datastoreReady: true` (a constant
 //!   of the pod watcher, [`cluster_information`]).
 //!
@@ -71,26 +74,33 @@ pub fn pod_handle(namespace: &str, pod: &str) -> String {
     format!("k8s-pod.{namespace}.{pod}")
 }
 
-/// The block of `pools` that covers `ip`, if a pool does.
-fn block_of(ip: IpAddr, pools: &[Object<IpPoolSpec>]) -> Option<IpNet> {
-    pools.iter().find_map(|p| {
-        let cidr = p.spec.cidr?.net();
-        if !cidr.contains(&ip) {
-            return None;
-        }
-        let size = p
-            .spec
-            .block_size
-            .unwrap_or(if ip.is_ipv4() { 26 } else { 122 })
-            .max(cidr.prefix_len());
-        IpNet::new(ip, size).ok().map(|n| n.trunc())
-    })
+fn overlap(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The block to create for `ip`, which no stored block covers: its pool's
+/// block (the default size without a pool), or the address alone when
+/// that block would overlap one of `stored`.
+fn new_block_for(ip: IpAddr, pools: &[Object<IpPoolSpec>], stored: &[IpNet]) -> IpNet {
+    let default = if ip.is_ipv4() { 26 } else { 122 };
+    let size = pools
+        .iter()
+        .find_map(|p| {
+            let cidr = p.spec.cidr?.net();
+            cidr.contains(&ip)
+                .then(|| p.spec.block_size.unwrap_or(default).max(cidr.prefix_len()))
+        })
+        .unwrap_or(default);
+    let host = IpNet::from(ip);
+    match IpNet::new(ip, size).map(|n| n.trunc()) {
+        Ok(block) if !stored.iter().any(|s| overlap(s, &block)) => block,
+        _ => host,
+    }
 }
 
 /// The block writes that record every address of `endpoints` that no
 /// block records yet. `blocks` are every stored block, `pools` every
-/// stored pool. Addresses outside every block and pool are not Manul's to
-/// record and are left out.
+/// stored pool.
 pub fn record_live(
     endpoints: &[Object<WorkloadEndpointSpec>],
     pools: &[Object<IpPoolSpec>],
@@ -117,9 +127,12 @@ pub fn record_live(
             if recorded.contains(&ip) {
                 continue;
             }
-            let existing = stored.keys().copied().find(|c| c.contains(&ip));
-            let Some(cidr) = existing.or_else(|| block_of(ip, pools)) else {
-                continue;
+            let cidr = match stored.keys().copied().find(|c| c.contains(&ip)) {
+                Some(c) => c,
+                None => {
+                    let cidrs: Vec<IpNet> = stored.keys().copied().collect();
+                    new_block_for(ip, pools, &cidrs)
+                }
             };
             let (spec, _) = stored.entry(cidr).or_insert_with(|| {
                 (

@@ -81,7 +81,7 @@ fn an_empty_store_gets_a_block_per_pool_block_with_every_live_address() {
         wep("shop", "a", "node-1", "c-a", &["10.65.0.1"]),
         wep("shop", "b", "node-1", "c-b", &["10.65.0.2"]),
         wep("shop", "c", "node-2", "", &["10.65.0.65"]),
-        // Not from a Manul pool: not Manul's to record.
+        // No pool (yet): a block of the default size.
         wep("shop", "d", "node-2", "c-d", &["192.168.9.9"]),
     ];
     let writes = record_live(&weps, &pools, &[]);
@@ -98,6 +98,12 @@ fn an_empty_store_gets_a_block_per_pool_block_with_every_live_address() {
                 s("10-65-0-64-26"),
                 0,
                 vec![(s("10.65.0.65"), s("k8s-pod.shop.c"))],
+                s("host:node-2")
+            ),
+            (
+                s("192-168-9-0-26"),
+                0,
+                vec![(s("192.168.9.9"), s("c-d"))],
                 s("host:node-2")
             ),
         ]
@@ -136,6 +142,24 @@ fn recorded_addresses_are_left_and_missing_ones_join_their_block_at_its_revision
         9,
     )];
     assert!(record_live(&weps, &pools, &blocks).is_empty());
+}
+
+#[test]
+fn a_new_block_never_overlaps_a_stored_one() {
+    // The pool's blocks are /24 but a /26 block is stored (from before the
+    // pool changed): an address next to it gets a block of its own.
+    let pools = [pool("default", "10.65.0.0/16", Some(24))];
+    let blocks = [block("10.65.0.0/26", "node-1", &[], 3)];
+    let weps = [wep("shop", "a", "node-1", "c-a", &["10.65.0.100"])];
+    assert_eq!(
+        summary(&record_live(&weps, &pools, &blocks)),
+        vec![(
+            s("10-65-0-100-32"),
+            0,
+            vec![(s("10.65.0.100"), s("c-a"))],
+            s("host:node-1")
+        )]
+    );
 }
 
 #[test]
