@@ -47,8 +47,10 @@ fn block(cidr: &str, node: &str, allocs: &[(&str, &str)], revision: u64) -> Stor
     }
 }
 
-/// The writes as (block name, expected revision, [(ip, handle)], affinity).
-fn summary(writes: &[BlockWrite]) -> Vec<(String, u64, Vec<(String, String)>, String)> {
+/// A write as block name, expected revision, [(ip, handle)], affinity.
+type Summary = (String, u64, Vec<(String, String)>, String);
+
+fn summary(writes: &[BlockWrite]) -> Vec<Summary> {
     writes
         .iter()
         .map(|w| {
