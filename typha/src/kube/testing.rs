@@ -105,10 +105,27 @@ impl FakeApi {
         }
     }
 
-    /// Starts a server on a free loopback port.
+    /// Starts a server on a free loopback port below 32768 (above it the
+    /// kernel hands out ephemeral ports).
     pub async fn start() -> std::io::Result<RunningApi> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let base = std::process::id() % 6_000;
+        let mut bound = None;
+        for _ in 0..12_000 {
+            let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let port = 20_000 + ((base + k * 13) % 12_000) as u16;
+            if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                bound = Some(l);
+                break;
+            }
+        }
+        let listener = bound.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "no free loopback port between 20000 and 32000",
+            )
+        })?;
         let api = Arc::new(FakeApi::new());
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let app = Router::new().fallback(serve).with_state(api.clone());
         let task = tokio::spawn(async move {
