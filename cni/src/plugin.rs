@@ -242,7 +242,7 @@ impl Plugin {
                     .unwrap_or_default();
                 undo.endpoint = Some((endpoint.key(), revision));
                 debug!(key = %endpoint.key(), revision, "endpoint written");
-                revision
+                Some(revision)
             }
             EndpointOwner::Watcher(pods) => {
                 let container = self.env.container_id.as_str();
@@ -256,8 +256,7 @@ impl Plugin {
                         "Typha lost its IPAM blocks after the allocation (every replica restarted empty?); ADD is undone and may be retried",
                     ));
                 }
-                // The watcher's endpoint write comes after the allocation.
-                allocation.revision + 1
+                None
             }
         };
 
@@ -265,7 +264,23 @@ impl Plugin {
             self.conf.policy_setup_timeout(),
             &self.conf.endpoint_status_dir,
         ) {
-            let took = wait_programmed(dir, namespace, pod_name, revision, timeout)
+            let started = std::time::Instant::now();
+            let revision = match revision {
+                Some(r) => r,
+                None => {
+                    watcher_endpoint(
+                        client,
+                        namespace,
+                        pod_name,
+                        &self.env.container_id,
+                        ip,
+                        timeout,
+                    )
+                    .await?
+                }
+            };
+            let left = timeout.saturating_sub(started.elapsed());
+            let took = wait_programmed(dir, namespace, pod_name, revision, left)
                 .await
                 .map_err(|e| {
                     CniError::caused(
@@ -369,6 +384,39 @@ impl Plugin {
             info!(%namespace, pod = %name, "pod deleted");
         }
         Ok(())
+    }
+}
+
+/// The revision of the endpoint the pod watcher writes for this container
+/// and address, once it is in Typha (polled for at most `timeout`).
+async fn watcher_endpoint(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+    ip: IpAddr,
+    timeout: std::time::Duration,
+) -> Result<u64, CniError> {
+    let key = endpoint_key(namespace, pod);
+    let net = ipnet::IpNet::from(ip);
+    let started = std::time::Instant::now();
+    loop {
+        if let Some((Resource::WorkloadEndpoint(o), revision)) = client.get(&key).await?
+            && o.spec.container_id == container
+            && o.spec.ip_networks.iter().any(|n| n.0 == net)
+        {
+            return Ok(revision);
+        }
+        if started.elapsed() >= timeout {
+            return Err(CniError::new(
+                code::POLICY_TIMEOUT,
+                "the endpoint was not programmed in time",
+                format!(
+                    "Typha's pod watcher did not write {key} for container {container} and {ip} within {timeout:?}"
+                ),
+            ));
+        }
+        tokio::time::sleep(crate::status::POLL_INTERVAL).await;
     }
 }
 

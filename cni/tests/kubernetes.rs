@@ -201,6 +201,61 @@ fn kubernetes_mode_add_and_del_through_the_api_server() {
         .await;
         assert!(again.ok, "DEL is idempotent: {again:?}");
 
+        // ADD waiting for Felix: it waits for the watcher's endpoint, then
+        // for a report of that endpoint's revision (from a stand-in Felix).
+        api.api.put_pod(pod("api"));
+        let status = dir.path().join("status");
+        std::fs::create_dir_all(&status).unwrap();
+        let mut waiting: serde_json::Value = serde_json::from_str(&k8s).unwrap();
+        waiting["policy_setup_timeout_ms"] = 5000.into();
+        waiting["endpoint_status_dir"] = status.display().to_string().into();
+        let felix = {
+            let (client, status, wep) = (client.clone(), status.clone(), wep.clone());
+            tokio::spawn(async move {
+                for _ in 0..5000 {
+                    if let Some((_, revision)) = client.get(&wep).await.unwrap() {
+                        // Reported late: ADD must still be waiting.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let report = json!({"namespace": "production", "name": "api",
+                            "interface": workload_interface_name("production", "api"),
+                            "revision": revision});
+                        std::fs::write(status.join("production.api.json"), report.to_string())
+                            .unwrap();
+                        return Instant::now();
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                panic!("the endpoint never appeared");
+            })
+        };
+        let add = cni(
+            vars(
+                "ADD",
+                "w41t",
+                Some(pod_ns.path()),
+                Some(("production", "api")),
+            ),
+            waiting.to_string(),
+        )
+        .await;
+        let returned = Instant::now();
+        assert!(add.ok, "{add:?}");
+        assert!(
+            felix.await.unwrap() <= returned,
+            "ADD returned before Felix reported"
+        );
+        let del = cni(
+            vars(
+                "DEL",
+                "w41t",
+                Some(pod_ns.path()),
+                Some(("production", "api")),
+            ),
+            k8s.clone(),
+        )
+        .await;
+        assert!(del.ok, "{del:?}");
+
         // The figures: ADD until the endpoint is in Typha, per datastore.
         let local = conf(&addr, None);
         let (mut kube_path, mut local_path) = (Vec::new(), Vec::new());

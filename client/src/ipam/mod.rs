@@ -111,9 +111,6 @@ pub struct Allocation {
     pub block: IpNet,
     /// Whether the handle already held it (nothing was written).
     pub existing: bool,
-    /// The block's revision holding the allocation: every later write,
-    /// the endpoint's included, has a higher one.
-    pub revision: u64,
 }
 
 /// Allocates and releases addresses through a [`Client`].
@@ -249,15 +246,10 @@ impl Ipam {
                 .find(|(_, ip)| ip.is_ipv4() == (request.ip_version == 4));
             if let Some((block, ip)) = held {
                 debug!(%handle, %ip, "the handle already holds an address");
-                let revision = blocks
-                    .iter()
-                    .find(|b| b.cidr == block)
-                    .map_or(0, |b| b.revision);
                 return Ok(Allocation {
                     ip,
                     block,
                     existing: true,
-                    revision,
                 });
             }
             let (cidr, ip, spec, expected) = match plan::choose(node, &pools, &blocks) {
@@ -294,7 +286,7 @@ impl Ipam {
                 .apply_if(&block_resource(spec, cidr), expected)
                 .await
             {
-                Ok(revision) => {
+                Ok(_) => {
                     if expected == 0 {
                         info!(%node, block = %cidr, "claimed an IPAM block");
                     }
@@ -303,7 +295,6 @@ impl Ipam {
                         ip,
                         block: cidr,
                         existing: false,
-                        revision,
                     });
                 }
                 Err(e) if e.is_conflict() => {
