@@ -49,8 +49,93 @@ pub struct NetConf {
     /// from the datastore itself.
     #[serde(default)]
     pub ipam: Option<serde_json::Value>,
+    /// `kubernetes` when the pods live in a Kubernetes API server (as in
+    /// Calico's conflist); absent for Manul's own datastore. Checked into
+    /// [`NetConf::datastore`].
+    #[serde(default)]
+    pub datastore_type: Option<serde_json::Value>,
+    /// Calico's `{"kubeconfig": PATH}`; checked into [`NetConf::datastore`].
+    #[serde(default)]
+    pub kubernetes: Option<serde_json::Value>,
+    /// Where the pods live, from `datastore_type` and `kubernetes`.
+    #[serde(skip)]
+    pub datastore: Datastore,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// Where the pods live, and so who writes their WorkloadEndpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Datastore {
+    /// Manul's own datastore (the local cluster): the Pod is read from
+    /// Typha and the plugin writes the WorkloadEndpoint.
+    #[default]
+    Typha,
+    /// A Kubernetes API server, reached with this kubeconfig: the plugin
+    /// records the pod's addresses on the Pod (annotations) and Typha's pod
+    /// watcher alone writes the WorkloadEndpoint.
+    Kubernetes { kubeconfig: PathBuf },
+}
+
+/// The value of `datastore_type` that selects Kubernetes.
+pub const DATASTORE_KUBERNETES: &str = "kubernetes";
+
+/// Reads `datastore_type` and `kubernetes`; every error names its field.
+fn datastore(
+    kind: Option<&serde_json::Value>,
+    kubernetes: Option<&serde_json::Value>,
+) -> Result<Datastore, CniError> {
+    let invalid = |msg: String| Err(CniError::new(code::INVALID_CONFIG, msg, ""));
+    let kubernetes_mode = match kind {
+        None => false,
+        Some(serde_json::Value::String(s)) if s == DATASTORE_KUBERNETES => true,
+        Some(other) => {
+            return invalid(format!(
+                "\"datastore_type\" must be \"{DATASTORE_KUBERNETES}\" (or absent for Manul's own datastore), not {other}"
+            ));
+        }
+    };
+    let Some(section) = kubernetes else {
+        return if kubernetes_mode {
+            invalid(
+                "\"datastore_type\": \"kubernetes\" needs \"kubernetes\": {\"kubeconfig\": PATH}"
+                    .into(),
+            )
+        } else {
+            Ok(Datastore::Typha)
+        };
+    };
+    let Some(fields) = section.as_object() else {
+        return invalid(format!(
+            "\"kubernetes\" must be an object like {{\"kubeconfig\": PATH}}, not {section}"
+        ));
+    };
+    if let Some(key) = fields.keys().find(|k| k.as_str() != "kubeconfig") {
+        return Err(CniError::new(
+            code::UNSUPPORTED_FIELD,
+            format!("\"kubernetes.{key}\" is not supported"),
+            "only \"kubernetes.kubeconfig\" is read; the API server and credentials come from that file",
+        ));
+    }
+    let kubeconfig = match fields.get("kubeconfig") {
+        Some(serde_json::Value::String(p)) if !p.is_empty() => PathBuf::from(p),
+        Some(serde_json::Value::String(_)) | None => {
+            return invalid(
+                "\"kubernetes.kubeconfig\" must name the plugin's kubeconfig file".into(),
+            );
+        }
+        Some(other) => {
+            return invalid(format!(
+                "\"kubernetes.kubeconfig\" must be a path (a string), not {other}"
+            ));
+        }
+    };
+    if !kubernetes_mode {
+        return invalid(
+            "\"kubernetes\" is set but \"datastore_type\" is not \"kubernetes\"; set both or neither".into(),
+        );
+    }
+    Ok(Datastore::Kubernetes { kubeconfig })
 }
 
 /// The version to report errors in, read leniently from a configuration
@@ -68,7 +153,7 @@ const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 impl NetConf {
     /// Decodes and checks the configuration.
     pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
-        let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
+        let mut conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
             CniError::caused(code::DECODE, "cannot decode the network configuration", &e)
         })?;
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
@@ -111,7 +196,13 @@ impl NetConf {
                 ));
             }
         }
+        conf.datastore = datastore(conf.datastore_type.as_ref(), conf.kubernetes.as_ref())?;
         Ok(conf)
+    }
+
+    /// Whether the pods live in a Kubernetes API server.
+    pub fn kubernetes(&self) -> bool {
+        matches!(self.datastore, Datastore::Kubernetes { .. })
     }
 
     /// Top-level keys neither this plugin nor CNI runtimes define (likely

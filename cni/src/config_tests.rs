@@ -167,3 +167,82 @@ fn bad_environments_are_invalid_env() {
     assert_eq!(e.pod(), None);
     assert_eq!(e.required_pod().unwrap_err().code, code::INVALID_ENV);
 }
+
+#[test]
+fn the_datastore_comes_from_datastore_type_and_kubernetes() {
+    let with = |extra: &str| GOOD.replace("\"log_level\"", &format!("{extra},\"log_level\""));
+    let c = NetConf::parse(GOOD.as_bytes()).unwrap();
+    assert_eq!(c.datastore, Datastore::Typha);
+    assert!(!c.kubernetes());
+    let c = NetConf::parse(
+        with(r#""datastore_type":"kubernetes","kubernetes":{"kubeconfig":"/etc/cni/net.d/manul-kubeconfig"}"#)
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.datastore,
+        Datastore::Kubernetes {
+            kubeconfig: PathBuf::from("/etc/cni/net.d/manul-kubeconfig")
+        }
+    );
+    assert!(c.kubernetes());
+    assert!(c.unknown_keys().is_empty());
+}
+
+#[test]
+fn bad_datastore_settings_name_their_field() {
+    let with = |extra: &str| GOOD.replace("\"log_level\"", &format!("{extra},\"log_level\""));
+    let cases: &[(&str, u32, &str)] = &[
+        (
+            r#""datastore_type":"etcdv3""#,
+            code::INVALID_CONFIG,
+            "\"datastore_type\" must be \"kubernetes\"",
+        ),
+        (
+            r#""datastore_type":7"#,
+            code::INVALID_CONFIG,
+            "\"datastore_type\"",
+        ),
+        (
+            r#""datastore_type":"kubernetes""#,
+            code::INVALID_CONFIG,
+            "needs \"kubernetes\": {\"kubeconfig\": PATH}",
+        ),
+        (
+            r#""datastore_type":"kubernetes","kubernetes":"/etc/kubeconfig""#,
+            code::INVALID_CONFIG,
+            "\"kubernetes\" must be an object",
+        ),
+        (
+            r#""datastore_type":"kubernetes","kubernetes":{}"#,
+            code::INVALID_CONFIG,
+            "\"kubernetes.kubeconfig\" must name",
+        ),
+        (
+            r#""datastore_type":"kubernetes","kubernetes":{"kubeconfig":""}"#,
+            code::INVALID_CONFIG,
+            "\"kubernetes.kubeconfig\" must name",
+        ),
+        (
+            r#""datastore_type":"kubernetes","kubernetes":{"kubeconfig":["/a"]}"#,
+            code::INVALID_CONFIG,
+            "\"kubernetes.kubeconfig\" must be a path",
+        ),
+        (
+            r#""datastore_type":"kubernetes","kubernetes":{"kubeconfig":"/a","k8s_api_root":"https://x"}"#,
+            code::UNSUPPORTED_FIELD,
+            "\"kubernetes.k8s_api_root\" is not supported",
+        ),
+        (
+            r#""kubernetes":{"kubeconfig":"/a"}"#,
+            code::INVALID_CONFIG,
+            "\"datastore_type\" is not \"kubernetes\"",
+        ),
+    ];
+    for (extra, want, mention) in cases {
+        let text = with(extra);
+        let e = NetConf::parse(text.as_bytes()).unwrap_err();
+        assert_eq!(e.code, *want, "{extra}: {e}");
+        assert!(e.to_string().contains(mention), "{extra}: {e}");
+    }
+}

@@ -1,9 +1,13 @@
 //! The Manul CNI plugin (CNI spec 1.0; 0.3.x and 0.4.0 results too):
 //! addresses from the node's IPAM blocks in the datastore, a Calico-style
-//! veth pair and routes, the WorkloadEndpoint write to Typha, and an
-//! optional wait until Felix reports the endpoint programmed.
+//! veth pair and routes, the pod's endpoint, and an optional wait until
+//! Felix reports the endpoint programmed. With Manul's own datastore the
+//! plugin writes the WorkloadEndpoint to Typha; in Kubernetes mode
+//! (`datastore_type: kubernetes`) it records the pod's addresses on the
+//! Pod instead and Typha's pod watcher writes the endpoint.
 //!
 //! - [`config`]: the network configuration (stdin) and `CNI_*` environment.
+//! - [`pod_api`]: the Pod's address annotations through the API server.
 //! - [`plugin`]: ADD (undoing its earlier steps when a later one fails),
 //!   DEL (idempotent), and CHECK ([`check`]).
 //! - [`endpoint`]: the WorkloadEndpoint built from the stored Pod (no I/O).
@@ -13,17 +17,20 @@
 //! It refuses to program policy itself (Felix does; the plugin only waits
 //! for it when asked), to do IPAM other than the datastore's (an `ipam`
 //! section naming another plugin is an error), to invent a pod the
-//! datastore does not have, and to touch any interface but the pod's veth.
+//! datastore does not have, to write a WorkloadEndpoint in Kubernetes mode
+//! (the pod watcher owns them there), and to touch any interface but the
+//! pod's veth.
 
 pub mod check;
 pub mod config;
 pub mod endpoint;
 pub mod error;
 pub mod plugin;
+pub mod pod_api;
 pub mod result;
 pub mod status;
 
-pub use config::{CniEnv, Command, NetConf};
+pub use config::{CniEnv, Command, Datastore, NetConf};
 pub use error::{CniError, code};
 pub use plugin::Plugin;
 

@@ -1,22 +1,36 @@
 //! The Kubernetes install of the plugin (`deploy/kubernetes/base/cni/`): the
 //! init container's script, run here with `sh` against temporary
-//! directories, installs the built plugin and a network configuration this
-//! plugin accepts, and refuses to install without the Typha Service's
-//! address.
+//! directories, installs the built plugin, a network configuration this
+//! plugin accepts (Kubernetes mode) and the plugin's kubeconfig, and
+//! refuses to install without the Typha Service's address or the
+//! ServiceAccount's token.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use manul_cni::NetConf;
+use std::os::unix::fs::PermissionsExt;
+
+use kube::config::Kubeconfig;
+use manul_cni::{Datastore, NetConf};
 
 fn source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base/cni")
 }
 
+const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.test-token";
+const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
+
 /// Runs install-cni.sh with `env` on top of a clean environment; the host
-/// directories are `root/opt/cni/bin` and `root/etc/cni/net.d`.
+/// directories are `root/opt/cni/bin` and `root/etc/cni/net.d`, the
+/// mounted token Secret `root/token`.
 fn install(root: &Path, env: &[(&str, &str)]) -> Output {
+    let token_dir = root.join("token");
+    if !token_dir.exists() {
+        std::fs::create_dir_all(&token_dir).unwrap();
+        std::fs::write(token_dir.join("token"), TOKEN).unwrap();
+        std::fs::write(token_dir.join("ca.crt"), CA).unwrap();
+    }
     let mut cmd = Command::new("sh");
     cmd.arg(source_dir().join("install-cni.sh"))
         .env_clear()
@@ -24,7 +38,10 @@ fn install(root: &Path, env: &[(&str, &str)]) -> Output {
         .env("MANUL_CNI_SOURCE_DIR", source_dir())
         .env("MANUL_CNI_PLUGIN", env!("CARGO_BIN_EXE_manul-cni"))
         .env("MANUL_CNI_BIN_DIR", root.join("opt/cni/bin"))
-        .env("MANUL_CNI_NET_DIR", root.join("etc/cni/net.d"));
+        .env("MANUL_CNI_NET_DIR", root.join("etc/cni/net.d"))
+        .env("MANUL_CNI_TOKEN_DIR", &token_dir)
+        .env("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+        .env("KUBERNETES_SERVICE_PORT", "443");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -81,15 +98,76 @@ fn installs_the_plugin_and_a_configuration_it_accepts() {
         Some(Path::new("/var/run/manul/endpoint-status"))
     );
     assert!(conf.unknown_keys().is_empty(), "{:?}", conf.unknown_keys());
+    assert_eq!(
+        conf.datastore,
+        Datastore::Kubernetes {
+            kubeconfig: PathBuf::from("/etc/cni/net.d/manul-kubeconfig")
+        }
+    );
+
+    // The kubeconfig: the API server, its CA and the token, for root only.
+    let path = root.path().join("etc/cni/net.d/manul-kubeconfig");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let kc = Kubeconfig::read_from(&path).unwrap();
+    let cluster = kc.clusters[0].cluster.clone().unwrap();
+    assert_eq!(cluster.server.as_deref(), Some("https://10.96.0.1:443"));
+    let ca = cluster.certificate_authority_data.unwrap();
+    assert_eq!(
+        base64_decode(&ca),
+        CA.as_bytes(),
+        "the CA is carried as base64"
+    );
+    assert!(kc.auth_infos[0].auth_info.as_ref().unwrap().token.is_some());
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(&format!("token: {TOKEN}\n")), "{text}");
 
     // No temporary file is left beside the installed ones.
-    for dir in ["opt/cni/bin", "etc/cni/net.d"] {
+    for (dir, want) in [("opt/cni/bin", 1), ("etc/cni/net.d", 2)] {
         let names: Vec<_> = std::fs::read_dir(root.path().join(dir))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names.len(), 1, "{dir}: {names:?}");
+        assert_eq!(names.len(), want, "{dir}: {names:?}");
     }
+}
+
+/// Decodes standard base64 (what `base64 -w0` writes).
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == c).unwrap() as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn nothing_is_installed_without_the_service_account_token() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("token")).unwrap();
+    let out = install(
+        root.path(),
+        &[
+            ("NODE_NAME", "node-a"),
+            ("MANUL_TYPHA_SERVICE_HOST", "10.96.0.20"),
+            ("MANUL_TYPHA_SERVICE_PORT_SYNC", "5473"),
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("manul-cni-token Secret"), "{stderr}");
+    assert!(!root.path().join("opt").exists());
+    assert!(!root.path().join("etc").exists());
 }
 
 #[test]

@@ -334,6 +334,7 @@ pub fn decode_document(doc: Value) -> Decoded {
         Kind::Node => decode::<Object<_>>(value, Resource::Node),
         Kind::IpPool => decode::<Object<_>>(value, Resource::IpPool),
         Kind::IpamBlock => decode::<Object<_>>(value, Resource::IpamBlock),
+        Kind::ClusterInformation => decode::<Object<_>>(value, Resource::ClusterInformation),
         Kind::FelixConfiguration => decode::<Box<Object<_>>>(value, Resource::FelixConfiguration),
         Kind::Installation => decode::<Box<Object<_>>>(value, Resource::Installation),
         Kind::K8sNetworkPolicy => decode(value, Resource::K8sNetworkPolicy),

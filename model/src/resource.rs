@@ -11,9 +11,9 @@ use serde::{Serialize, Serializer};
 
 use crate::operator::InstallationSpec;
 use crate::v3::{
-    FelixConfigurationSpec, GlobalNetworkPolicySpec, GlobalThreatFeedSpec, HostEndpointSpec,
-    IpPoolSpec, IpamBlockSpec, NetworkPolicySpec, NetworkSetSpec, NodeSpec, Object, ProfileSpec,
-    TierSpec, WorkloadEndpointSpec,
+    ClusterInformationSpec, FelixConfigurationSpec, GlobalNetworkPolicySpec, GlobalThreatFeedSpec,
+    HostEndpointSpec, IpPoolSpec, IpamBlockSpec, NetworkPolicySpec, NetworkSetSpec, NodeSpec,
+    Object, ProfileSpec, TierSpec, WorkloadEndpointSpec,
 };
 
 const K8S_CORE: &str = "v1";
@@ -67,6 +67,7 @@ kinds! {
     Node => (crate::v3::API_VERSION, "Node", false, "node"),
     IpPool => (crate::v3::API_VERSION, "IPPool", false, "ippool"),
     IpamBlock => (crate::v3::API_VERSION, "IPAMBlock", false, "ipamblock"),
+    ClusterInformation => (crate::v3::API_VERSION, "ClusterInformation", false, "clusterinformation"),
     FelixConfiguration => (crate::v3::API_VERSION, "FelixConfiguration", false, "felixconfiguration"),
     K8sNetworkPolicy => (K8S_NETWORKING, "NetworkPolicy", true, "k8s-networkpolicy"),
     Namespace => (K8S_CORE, "Namespace", false, "namespace"),
@@ -158,6 +159,7 @@ pub enum Resource {
     Node(Object<NodeSpec>),
     IpPool(Object<IpPoolSpec>),
     IpamBlock(Object<IpamBlockSpec>),
+    ClusterInformation(Object<ClusterInformationSpec>),
     FelixConfiguration(Box<Object<FelixConfigurationSpec>>),
     K8sNetworkPolicy(Box<K8sNetworkPolicy>),
     Namespace(Box<Namespace>),
@@ -215,6 +217,10 @@ macro_rules! with_meta {
                 let $m = &o.metadata;
                 $body
             }
+            Resource::ClusterInformation(o) => {
+                let $m = &o.metadata;
+                $body
+            }
             Resource::FelixConfiguration(o) => {
                 let $m = &o.metadata;
                 $body
@@ -263,6 +269,7 @@ impl Resource {
             Resource::Node(_) => Kind::Node,
             Resource::IpPool(_) => Kind::IpPool,
             Resource::IpamBlock(_) => Kind::IpamBlock,
+            Resource::ClusterInformation(_) => Kind::ClusterInformation,
             Resource::FelixConfiguration(_) => Kind::FelixConfiguration,
             Resource::K8sNetworkPolicy(_) => Kind::K8sNetworkPolicy,
             Resource::Namespace(_) => Kind::Namespace,
@@ -332,6 +339,7 @@ impl Serialize for Resource {
             Resource::Node(o) => tagged(kind, o, s),
             Resource::IpPool(o) => tagged(kind, o, s),
             Resource::IpamBlock(o) => tagged(kind, o, s),
+            Resource::ClusterInformation(o) => tagged(kind, o, s),
             Resource::FelixConfiguration(o) => tagged(kind, o, s),
             Resource::Installation(o) => tagged(kind, o, s),
             Resource::K8sNetworkPolicy(o) => o.serialize(s),

@@ -121,6 +121,7 @@ pub fn decode_as(kind: Kind, bytes: &[u8]) -> Result<Resource, StoredError> {
         Kind::Node => Resource::Node(object(kind, bytes)?),
         Kind::IpPool => Resource::IpPool(object(kind, bytes)?),
         Kind::IpamBlock => Resource::IpamBlock(object(kind, bytes)?),
+        Kind::ClusterInformation => Resource::ClusterInformation(object(kind, bytes)?),
         Kind::FelixConfiguration => Resource::FelixConfiguration(Box::new(object(kind, bytes)?)),
         Kind::Installation => Resource::Installation(Box::new(object(kind, bytes)?)),
         Kind::K8sNetworkPolicy => Resource::K8sNetworkPolicy(k8s(kind, bytes)?),

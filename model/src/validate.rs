@@ -87,6 +87,14 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
         Resource::GlobalThreatFeed(o) => threatfeed::feed(&mut v, &o.spec),
         Resource::IpPool(o) => v.ip_pool(&o.spec),
         Resource::IpamBlock(o) => v.ipam_block(o.name(), &o.spec),
+        Resource::ClusterInformation(o) => {
+            if o.metadata.name.as_deref() != Some(crate::v3::CLUSTER_INFORMATION_NAME) {
+                v.err(
+                    "metadata.name",
+                    "a ClusterInformation must be named \"default\"",
+                );
+            }
+        }
         Resource::Installation(o) => {
             if o.metadata.name.as_deref() != Some("default") {
                 v.err("metadata.name", "an Installation must be named \"default\"");

@@ -1,53 +1,25 @@
-//! Three `typha` processes watch a minimal Kubernetes API server (list and
-//! watch over HTTP on loopback, the documented JSON): only the leader
-//! writes; when it dies, the new leader lists and reconciles, deleting what
-//! vanished and adding what appeared, without rewriting what is unchanged.
+//! Three `typha` processes watch a minimal Kubernetes API server (the
+//! shared `manul_typha::kube::testing` one: list and watch over HTTP on
+//! loopback, the documented JSON): only the leader writes; when it dies,
+//! the new leader lists and reconciles, deleting what vanished and adding
+//! what appeared, without rewriting what is unchanged.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::Uri;
-use axum::response::Response;
-use common::{Cluster, SERIAL, free_port};
+use common::{Cluster, SERIAL};
 use manul_proto::v1::ListRequest;
+use manul_typha::kube::testing::FakeApi;
+use serde_json::json;
 
-/// The API server's pods (as JSON list items) and resource version.
-#[derive(Default)]
-struct Api {
-    pods: Mutex<(u64, Vec<String>)>,
-}
-
-fn pod(name: &str, ip: &str) -> String {
-    format!(
-        r#"{{"metadata": {{"name": "{name}", "namespace": "shop", "resourceVersion": "1"}},
-            "spec": {{"nodeName": "worker-1", "containers": [{{"name": "c", "image": "i"}}]}},
-            "status": {{"phase": "Running", "podIP": "{ip}"}}}}"#
-    )
-}
-
-async fn serve(State(api): State<Arc<Api>>, uri: Uri) -> Response {
-    let query = uri.query().unwrap_or_default();
-    if query.split('&').any(|p| p == "watch=true") {
-        // A watch with no events, open until the client goes away.
-        let never = futures::stream::pending::<Result<Vec<u8>, std::io::Error>>();
-        return Response::new(Body::from_stream(never));
-    }
-    let (rv, items) = if uri.path() == "/api/v1/pods" {
-        api.pods.lock().unwrap().clone()
-    } else {
-        (1, Vec::new())
-    };
-    let body = format!(
-        r#"{{"kind": "List", "apiVersion": "v1", "metadata": {{"resourceVersion": "{rv}"}}, "items": [{}]}}"#,
-        items.join(",")
-    );
-    Response::new(Body::from(body))
+fn pod(name: &str, ip: &str) -> serde_json::Value {
+    json!({
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"nodeName": "worker-1", "containers": [{"name": "c", "image": "i"}]},
+        "status": {"phase": "Running", "podIP": ip},
+    })
 }
 
 /// WorkloadEndpoint name → revision on replica `i`.
@@ -87,24 +59,12 @@ async fn until_endpoints(c: &Cluster, i: usize, want: &[&str]) -> Vec<(String, u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_lists_and_reconciles_what_changed_while_none_watched() {
     let _serial = SERIAL.lock().await;
-    let api = Arc::new(Api::default());
-    *api.pods.lock().unwrap() = (10, vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.2")]);
-    let port = free_port();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let app = Router::new().fallback(serve).with_state(api.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
+    let api = FakeApi::start().await.unwrap();
+    api.api.put_pod(pod("a", "10.0.0.1"));
+    api.api.put_pod(pod("b", "10.0.0.2"));
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"http://127.0.0.1:{port}\"}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\nusers:\n- name: u\n  user: {{}}\n"
-        ),
-    )
-    .unwrap();
+    api.write_kubeconfig(&kubeconfig).unwrap();
     let mut c = Cluster::start_with(
         3,
         10_000,
@@ -117,7 +77,8 @@ async fn a_new_leader_lists_and_reconciles_what_changed_while_none_watched() {
 
     // While no leader watches, b goes and c comes.
     c.kill(leader);
-    *api.pods.lock().unwrap() = (20, vec![pod("a", "10.0.0.1"), pod("c", "10.0.0.3")]);
+    api.api.delete_pod("shop", "b");
+    api.api.put_pod(pod("c", "10.0.0.3"));
     let leader = c.wait_for_leader(Duration::from_secs(10)).await;
     let after = until_endpoints(&c, leader, &["a", "c"]).await;
     assert_eq!(

@@ -10,6 +10,12 @@
 //! again and retries, a bounded number of times, after a jittered pause.
 //! Allocating for a handle that already holds an address of that IP
 //! version returns that address, so a repeated CNI ADD does not leak.
+//!
+//! With [`IpamConfig::require_ready`] (Kubernetes mode) nothing is
+//! allocated until `ClusterInformation default` says `datastoreReady`:
+//! Typha's pod watcher writes it in the same entry as every live pod's
+//! address, so a store rebuilt after losing every replica hands out no
+//! address a pod holds.
 
 pub mod plan;
 
@@ -18,7 +24,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use manul_model::v3::{IpamBlockSpec, Object, ipam_block_name};
+use manul_model::v3::{CLUSTER_INFORMATION_NAME, IpamBlockSpec, Object, ipam_block_name};
 use manul_model::{Kind, Resource, ResourceKey};
 use tracing::{debug, info};
 
@@ -46,6 +52,10 @@ pub enum IpamError {
         "gave up after {attempts} revision conflicts on IPAM blocks; the datastore is busy, try again"
     )]
     Contention { attempts: u32 },
+    #[error(
+        "the datastore is not ready (ClusterInformation \"default\" lacks datastoreReady: Typha has not listed the Kubernetes pods yet); try again"
+    )]
+    NotReady,
 }
 
 impl IpamError {
@@ -53,7 +63,7 @@ impl IpamError {
     pub fn is_transient(&self) -> bool {
         match self {
             IpamError::Client(e) => e.is_unavailable() || e.is_conflict(),
-            IpamError::Contention { .. } => true,
+            IpamError::Contention { .. } | IpamError::NotReady => true,
             _ => false,
         }
     }
@@ -67,6 +77,9 @@ pub struct IpamConfig {
     /// The first pause after a conflict; it doubles (up to 64×) with
     /// ±50 % jitter.
     pub backoff: Duration,
+    /// Allocate only once `ClusterInformation default` says
+    /// `datastoreReady` (Kubernetes mode).
+    pub require_ready: bool,
 }
 
 impl Default for IpamConfig {
@@ -74,6 +87,7 @@ impl Default for IpamConfig {
         IpamConfig {
             max_attempts: 50,
             backoff: Duration::from_millis(2),
+            require_ready: false,
         }
     }
 }
@@ -156,6 +170,25 @@ impl Ipam {
             .collect())
     }
 
+    /// Whether `ClusterInformation default` says `datastoreReady` (always,
+    /// without [`IpamConfig::require_ready`]).
+    async fn ready(&self) -> Result<(), IpamError> {
+        if !self.config.require_ready {
+            return Ok(());
+        }
+        let key = ResourceKey {
+            kind: Kind::ClusterInformation,
+            namespace: None,
+            name: CLUSTER_INFORMATION_NAME.to_string(),
+        };
+        match self.client.get(&key).await? {
+            Some((Resource::ClusterInformation(o), _)) if o.spec.datastore_ready == Some(true) => {
+                Ok(())
+            }
+            _ => Err(IpamError::NotReady),
+        }
+    }
+
     async fn pools(&self, node: &str, ip_version: u8) -> Result<Vec<plan::Pool>, IpamError> {
         let pools: Vec<_> = self
             .client
@@ -201,7 +234,12 @@ impl Ipam {
             if attempt > 0 {
                 self.pause(attempt).await;
             }
-            let (pools, blocks) = tokio::join!(self.pools(node, request.ip_version), self.blocks());
+            let (ready, pools, blocks) = tokio::join!(
+                self.ready(),
+                self.pools(node, request.ip_version),
+                self.blocks()
+            );
+            ready?;
             let (pools, blocks) = (pools?, blocks?);
             let held = plan::held_by(&blocks, handle)
                 .into_iter()

@@ -4,8 +4,10 @@
 //!
 //! Blocks are tried in address order; a node only allocates from blocks
 //! affine to it (it never borrows another node's block), and claims the
-//! first block of the first usable pool (pools in name order) that nobody
-//! has claimed. The first address of every block is never handed out.
+//! first block of the first usable pool (pools in name order) that no
+//! stored block overlaps (blocks of another size, or the single-address
+//! blocks Typha records for pods after losing its data, count as claimed).
+//! The first address of every block is never handed out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -135,6 +137,70 @@ fn in_pools(cidr: &IpNet, pools: &[Pool]) -> bool {
     pools.iter().any(|p| p.cidr.contains(cidr))
 }
 
+fn bounds(net: &IpNet) -> (u128, u128) {
+    let n = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    };
+    (n(net.network()), n(net.broadcast()))
+}
+
+/// The address ranges stored blocks cover, per IP version, merged into
+/// disjoint intervals (start → end), so a candidate block is checked in
+/// logarithmic time however many blocks and subnets there are.
+struct Claimed {
+    v4: BTreeMap<u128, u128>,
+    v6: BTreeMap<u128, u128>,
+}
+
+impl Claimed {
+    fn new(blocks: &[Block]) -> Claimed {
+        let mut ranges: Vec<(bool, u128, u128)> = blocks
+            .iter()
+            .map(|b| {
+                let (lo, hi) = bounds(&b.cidr);
+                (version(&b.cidr) == 4, lo, hi)
+            })
+            .collect();
+        ranges.sort_unstable();
+        let mut out = Claimed {
+            v4: BTreeMap::new(),
+            v6: BTreeMap::new(),
+        };
+        let mut last: Option<(bool, u128, u128)> = None;
+        for (v4, lo, hi) in ranges {
+            last = match last {
+                Some((lv4, llo, lhi)) if lv4 == v4 && lo <= lhi.saturating_add(1) => {
+                    Some((v4, llo, lhi.max(hi)))
+                }
+                Some(done) => {
+                    out.insert(done);
+                    Some((v4, lo, hi))
+                }
+                None => Some((v4, lo, hi)),
+            };
+        }
+        if let Some(done) = last {
+            out.insert(done);
+        }
+        out
+    }
+
+    fn insert(&mut self, (v4, lo, hi): (bool, u128, u128)) {
+        let map = if v4 { &mut self.v4 } else { &mut self.v6 };
+        map.insert(lo, hi);
+    }
+
+    /// Whether a stored block overlaps `c`.
+    fn overlaps(&self, c: &IpNet) -> bool {
+        let map = if version(c) == 4 { &self.v4 } else { &self.v6 };
+        let (lo, hi) = bounds(c);
+        map.range(..=hi)
+            .next_back()
+            .is_some_and(|(_, end)| *end >= lo)
+    }
+}
+
 /// Where `node`'s next address comes from, given the usable `pools` and
 /// every stored block (any affinity).
 pub fn choose(node: &str, pools: &[Pool], blocks: &[Block]) -> Choice {
@@ -149,13 +215,13 @@ pub fn choose(node: &str, pools: &[Pool], blocks: &[Block]) -> Choice {
             return Choice::Existing { cidr: b.cidr, ip };
         }
     }
-    let claimed: BTreeSet<IpNet> = blocks.iter().map(|b| b.cidr).collect();
+    let claimed = Claimed::new(blocks);
     for pool in pools {
         let Ok(subnets) = pool.cidr.subnets(pool.block_size) else {
             continue;
         };
         let free = subnets
-            .filter(|c| !claimed.contains(c))
+            .filter(|c| !claimed.overlaps(c))
             .find_map(|c| free_address(c, &IpamBlockSpec::default()).map(|ip| (c, ip)));
         if let Some((cidr, ip)) = free {
             return Choice::Claim { cidr, ip };

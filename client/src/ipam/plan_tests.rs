@@ -232,6 +232,17 @@ fn choose_prefers_own_blocks_then_claims_the_next_unclaimed() {
             },
         ),
         (
+            "a block of another size, or a single address recorded for a pod, claims what it overlaps",
+            vec![
+                block("10.65.0.0/25", "n2", &[]),
+                block("10.65.0.130/32", "n2", &[("10.65.0.130", "k8s-pod.shop.a")]),
+            ],
+            Choice::Claim {
+                cidr: net("10.65.0.192/26"),
+                ip: ip("10.65.0.193"),
+            },
+        ),
+        (
             "everything claimed and full",
             vec![
                 full("10.65.0.0/26", "n1"),
@@ -298,4 +309,26 @@ fn allocations_stay_sorted_and_keep_the_holder() {
         ]
     );
     assert_eq!(blocks[0].name(), "10-65-0-0-26");
+}
+
+#[test]
+fn claiming_in_a_large_pool_skips_every_stored_block() {
+    // 4096 /26 blocks of other nodes at the start of a /8 (plus a nested
+    // single-address block): the next claim is the first block after them.
+    let pools = vec![usable("big", "10.0.0.0/8", 26)];
+    let mut blocks: Vec<Block> = (0..4096u32)
+        .map(|i| {
+            let base = u32::from(std::net::Ipv4Addr::new(10, 0, 0, 0)) + i * 64;
+            let cidr = format!("{}/26", std::net::Ipv4Addr::from(base));
+            block(&cidr, "n2", &[])
+        })
+        .collect();
+    blocks.push(block("10.0.0.5/32", "n3", &[("10.0.0.5", "k8s-pod.a.b")]));
+    assert_eq!(
+        choose("n1", &pools, &blocks),
+        Choice::Claim {
+            cidr: net("10.4.0.0/26"),
+            ip: ip("10.4.0.1"),
+        }
+    );
 }

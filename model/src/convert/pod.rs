@@ -134,8 +134,14 @@ pub fn named_ports(pod: &Pod) -> Vec<EndpointPort> {
     out
 }
 
-/// The pod's addresses, from `status.podIPs`, else `status.podIP`, else the
-/// CNI annotations, each as a host network (`/32`, `/128`).
+/// The pod's addresses, each as a host network (`/32`, `/128`), in
+/// Calico's order: the CNI plugin's annotations (`podIPs`, else `podIP`)
+/// first, then `status.podIPs`, else `status.podIP`. The plugin writes the
+/// annotations when it sets the pod's network up, before the kubelet
+/// reports any status, and again for every new sandbox of the pod; the
+/// status still names the old sandbox's address until the kubelet updates
+/// it, so preferring it would give the endpoint an address the plugin has
+/// already released.
 fn addresses(pod: &Pod) -> Result<Vec<Cidr>, ConvertError> {
     let annotations = pod.metadata.annotations.as_ref();
     let annotation = |k: &str| {
@@ -145,27 +151,31 @@ fn addresses(pod: &Pod) -> Result<Vec<Cidr>, ConvertError> {
             .cloned()
     };
     let status = pod.status.as_ref();
-    let (field, raw): (&str, Vec<String>) = match status
-        .and_then(|s| s.pod_ips.as_ref())
-        .filter(|v| !v.is_empty())
-    {
-        Some(ips) => ("status.podIPs", ips.iter().map(|i| i.ip.clone()).collect()),
-        None => match status
+    let from_status = || -> Option<(&str, Vec<String>)> {
+        if let Some(ips) = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .filter(|v| !v.is_empty())
+        {
+            return Some(("status.podIPs", ips.iter().map(|i| i.ip.clone()).collect()));
+        }
+        status
             .and_then(|s| s.pod_ip.clone())
             .filter(|i| !i.is_empty())
-        {
-            Some(ip) => ("status.podIP", vec![ip]),
-            None => match annotation(POD_IPS_ANNOTATION) {
-                Some(v) => (
-                    "metadata.annotations.cni.projectcalico.org/podIPs",
-                    v.split(',').map(str::to_string).collect(),
-                ),
-                None => match annotation(POD_IP_ANNOTATION) {
-                    Some(v) => ("metadata.annotations.cni.projectcalico.org/podIP", vec![v]),
-                    None => return Ok(Vec::new()),
-                },
-            },
-        },
+            .map(|ip| ("status.podIP", vec![ip]))
+    };
+    let found = match (
+        annotation(POD_IPS_ANNOTATION),
+        annotation(POD_IP_ANNOTATION),
+    ) {
+        (Some(v), _) => Some((
+            "metadata.annotations.cni.projectcalico.org/podIPs",
+            v.split(',').map(str::to_string).collect(),
+        )),
+        (None, Some(v)) => Some(("metadata.annotations.cni.projectcalico.org/podIP", vec![v])),
+        (None, None) => from_status(),
+    };
+    let Some((field, raw)) = found else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for (i, text) in raw.iter().enumerate() {

@@ -217,6 +217,10 @@ pub const NOT_CRDS: &[(Kind, &str)] = &[
         Kind::IpamBlock,
         "written by the CNI plugin's IPAM through Typha; its layout is Manul's own, not Calico's IPAMBlock",
     ),
+    (
+        Kind::ClusterInformation,
+        "written by Typha (datastoreReady once the pods are listed and IPAM rebuilt from them), never by users",
+    ),
 ];
 
 /// The CRD of `kind`, if it has one.

@@ -12,6 +12,34 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use super::primitives::{Cidr, Protocol};
 use crate::selector::Selector;
 
+/// Spec of a `ClusterInformation` (only `default` exists): what the
+/// datastore says about itself. In Kubernetes mode Typha's pod watcher
+/// writes `datastoreReady: true` in the same batch as its first list, with
+/// every live pod's address recorded in the IPAM blocks; the CNI plugin
+/// allocates nothing until it reads that (as Calico's plugin refuses to
+/// work while `datastoreReady` is not set).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterInformationSpec {
+    #[serde(
+        default,
+        rename = "clusterGUID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cluster_guid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calico_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore_ready: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// The name of the one `ClusterInformation`.
+pub const CLUSTER_INFORMATION_NAME: &str = "default";
+
 /// Spec of a `Node`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

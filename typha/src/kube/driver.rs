@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use super::calico::{self, CalicoKind, CalicoObject, CalicoSource};
 use super::lenient::Lenient;
 use super::metrics::KubeMetrics;
-use super::reconcile::{Batch, Reconciler, Source, WatchEvent};
+use super::reconcile::{Batch, Guarded, Reconciler, Source, WatchEvent};
 use super::sources::{
     EndpointSlices, Namespaces, NetworkPolicies, Nodes, Pods, ServiceAccounts, Services,
 };
@@ -115,8 +115,38 @@ fn store_key(k: &ResourceKey) -> Key {
     }
 }
 
+/// Every stored entry of `kind`, with its revision.
+fn kind_entries(node: &Node, kind: Kind) -> Vec<(ResourceKey, Vec<u8>, u64)> {
+    let Ok(state) = node.shared().state.read() else {
+        return Vec::new();
+    };
+    state
+        .list(kind.key_name(), "")
+        .into_iter()
+        .filter_map(|e| {
+            let k = e.key?;
+            let key = ResourceKey {
+                kind,
+                namespace: (!k.namespace.is_empty()).then_some(k.namespace),
+                name: k.name,
+            };
+            Some((key, e.value.to_vec(), e.revision))
+        })
+        .collect()
+}
+
 /// The Raft command for a batch: one atomic entry.
 pub fn command(batch: Batch) -> Command {
+    command_with(batch, Vec::new())
+}
+
+/// The Raft command for a batch and guarded writes: one atomic entry.
+pub fn command_with(batch: Batch, guarded: Vec<Guarded>) -> Command {
+    let guarded = guarded.into_iter().map(|g| Write {
+        key: Some(store_key(&g.key).to_proto()),
+        value: g.value.into(),
+        expected_revision: Some(g.expected),
+    });
     Command {
         request_id: 0,
         op: Some(Op::Writes(WriteBatch {
@@ -128,6 +158,7 @@ pub fn command(batch: Batch) -> Command {
                     value: v.into(),
                     expected_revision: None,
                 })
+                .chain(guarded)
                 .collect(),
             deletes: batch
                 .deletes
@@ -181,7 +212,9 @@ pub async fn watch_kind<S>(
                     continue;
                 }
             };
-            let step = reconciler.handle(event(next));
+            let next = event(next);
+            let listed = matches!(next, WatchEvent::InitDone);
+            let step = reconciler.handle(next);
             for s in &step.skipped {
                 tracing::warn!(kind = source.kind(), object = %s.at, reason = %s.reason, "skipped an object that cannot be converted");
             }
@@ -199,9 +232,22 @@ pub async fn watch_kind<S>(
                 .get_or_create(&label)
                 .inc_by(counts.conversion_errors - seen.conversion_errors);
             seen = counts;
-            if let Some(batch) = step.batch {
-                let (puts, deletes) = (batch.puts.len(), batch.deletes.len());
-                match node.propose(command(batch)).await.map(|a| a.result) {
+            let guarded = if listed {
+                source.after_list(reconciler.stored(), &|kind| kind_entries(&node, kind))
+            } else {
+                Vec::new()
+            };
+            let batch = match step.batch {
+                None if !guarded.is_empty() => Some(Batch::default()),
+                b => b,
+            };
+            if let Some(batch) = batch {
+                let (puts, deletes) = (batch.puts.len() + guarded.len(), batch.deletes.len());
+                match node
+                    .propose(command_with(batch, guarded))
+                    .await
+                    .map(|a| a.result)
+                {
                     Ok(Ok(_)) => {
                         metrics.batches.get_or_create(&label).inc();
                         tracing::debug!(kind = source.kind(), puts, deletes, "proposed");

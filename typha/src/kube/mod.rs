@@ -9,6 +9,8 @@
 //! - [`owners`]: which watcher owns each key, and the write API's refusal
 //!   of owned keys;
 //! - [`driver`]: `kube` watchers on the leader, proposing through the node;
+//! - [`ipam`]: what a list of pods records in the IPAM blocks, so IPAM
+//!   survives losing every replica;
 //! - [`lenient`]: objects that may fail to decode, so one bad object is
 //!   skipped instead of failing a list;
 //! - [`metrics`]: the `typha_k8s_*` metrics;
@@ -16,8 +18,10 @@
 //!   (which pod bootstraps, who joins, is promoted, is removed), and
 //!   [`membership_driver`], which observes the pods and the Lease and
 //!   applies them.
+//! - [`testing`]: a minimal pods API server on loopback, for tests.
 pub mod calico;
 pub mod driver;
+pub mod ipam;
 pub mod lenient;
 pub mod membership;
 pub mod membership_driver;
@@ -25,3 +29,4 @@ pub mod metrics;
 pub mod owners;
 pub mod reconcile;
 pub mod sources;
+pub mod testing;

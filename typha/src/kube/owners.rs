@@ -63,6 +63,11 @@ pub fn owner(key: &ResourceKey, opts: KubeOptions) -> Option<Owner> {
     if key.kind == Kind::Profile && key.name.starts_with(NAMESPACE_PROFILE_PREFIX) {
         return Some(Owner::Converted(Namespaces.kind()));
     }
+    // The pod watcher writes `datastoreReady` once IPAM is rebuilt from
+    // the pods (see `ipam.rs`).
+    if key.kind == Kind::ClusterInformation {
+        return Some(Owner::Converted(Pods.kind()));
+    }
     if crate::threatfeed::owns(key) {
         return Some(Owner::ThreatFeed);
     }

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use manul_model::convert::ConvertError;
-use manul_model::{Resource, ResourceKey};
+use manul_model::{Kind, Resource, ResourceKey};
 
 /// A watch event, as `kube::runtime::watcher::Event` gives it.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +84,29 @@ pub trait Source {
     fn constant(&self) -> Vec<Resource> {
         Vec::new()
     }
+    /// Writes of keys the watcher does not own that a completed list adds
+    /// to its Raft entry, from what the watcher holds after the list
+    /// (`owned`) and the store (`read` gives a kind's stored entries with
+    /// their revisions); each applies only if its key still has the
+    /// revision read, else the whole entry is refused and the watcher
+    /// lists again.
+    fn after_list(
+        &self,
+        owned: &BTreeMap<ResourceKey, Vec<u8>>,
+        read: &dyn Fn(Kind) -> Vec<(ResourceKey, Vec<u8>, u64)>,
+    ) -> Vec<Guarded> {
+        let _ = (owned, read);
+        Vec::new()
+    }
+}
+
+/// A write that applies only while its key has revision `expected` (0:
+/// absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guarded {
+    pub key: ResourceKey,
+    pub value: Vec<u8>,
+    pub expected: u64,
 }
 
 /// Writes to propose as one atomic Raft entry.

@@ -3,7 +3,7 @@
 //!
 //! | watched | stored as | owned keys |
 //! |---|---|---|
-//! | Pod | WorkloadEndpoint `NS/POD` (none while skipped) | every WorkloadEndpoint |
+//! | Pod | WorkloadEndpoint `NS/POD` (none while skipped); with each list, `ClusterInformation default` (`datastoreReady`) and the live pods' addresses in the IPAM blocks ([`super::ipam`]) | every WorkloadEndpoint, `ClusterInformation default` |
 //! | Namespace | Namespace (Felix derives profile `kns.NAME`) | every Namespace |
 //! | ServiceAccount | Profile `ksa.NS.NAME` | Profiles named `ksa.*` |
 //! | NetworkPolicy | Kubernetes NetworkPolicy (Felix converts it; checked here) | every Kubernetes NetworkPolicy |
@@ -30,7 +30,10 @@ use manul_model::convert::{ConvertError, SERVICE_ACCOUNT_PROFILE_PREFIX, network
 use manul_model::v3::{Action, Object, ProfileSpec, Rule};
 use manul_model::{Kind, Resource, ResourceKey};
 
-use super::reconcile::{ObjectRef, Source};
+use std::collections::BTreeMap;
+
+use super::ipam::{StoredBlock, cluster_information, cluster_information_key, record_live};
+use super::reconcile::{Guarded, ObjectRef, Source};
 
 fn key(kind: Kind, at: &ObjectRef, name: String) -> ResourceKey {
     ResourceKey {
@@ -86,7 +89,55 @@ impl Source for Pods {
         }
     }
     fn owns(&self, key: &ResourceKey) -> bool {
-        key.kind == Kind::WorkloadEndpoint
+        key.kind == Kind::WorkloadEndpoint || *key == cluster_information_key()
+    }
+    /// The ready flag, written in the same entry as the list and the
+    /// addresses recorded by [`Source::after_list`].
+    fn constant(&self) -> Vec<Resource> {
+        vec![cluster_information()]
+    }
+    /// Every live pod's address that no IPAM block records, recorded.
+    fn after_list(
+        &self,
+        owned: &BTreeMap<ResourceKey, Vec<u8>>,
+        read: &dyn Fn(Kind) -> Vec<(ResourceKey, Vec<u8>, u64)>,
+    ) -> Vec<Guarded> {
+        let endpoints: Vec<_> = owned
+            .iter()
+            .filter(|(k, _)| k.kind == Kind::WorkloadEndpoint)
+            .filter_map(|(_, v)| match manul_model::stored::decode(v) {
+                Ok(Resource::WorkloadEndpoint(o)) => Some(o),
+                _ => None,
+            })
+            .collect();
+        let pools: Vec<_> = read(Kind::IpPool)
+            .into_iter()
+            .filter_map(|(_, v, _)| match manul_model::stored::decode(&v) {
+                Ok(Resource::IpPool(o)) => Some(o),
+                _ => None,
+            })
+            .collect();
+        let blocks: Vec<_> = read(Kind::IpamBlock)
+            .into_iter()
+            .filter_map(|(_, v, revision)| match manul_model::stored::decode(&v) {
+                Ok(Resource::IpamBlock(o)) => Some(StoredBlock {
+                    spec: o.spec,
+                    revision,
+                }),
+                _ => None,
+            })
+            .collect();
+        record_live(&endpoints, &pools, &blocks)
+            .into_iter()
+            .filter_map(|w| {
+                let value = serde_json::to_vec(&w.block).ok()?;
+                Some(Guarded {
+                    key: w.key,
+                    value,
+                    expected: w.expected,
+                })
+            })
+            .collect()
     }
 }
 
