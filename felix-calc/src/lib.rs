@@ -1,0 +1,16 @@
+//! Felix's calculation graph and the reference evaluator, with no I/O and
+//! no clock.
+//!
+//! [`calc`] turns cluster state (resource updates) into the ordered
+//! operations of the dataplane contract for one node. [`evaluator`] is the
+//! deliberately naive reference the graph is tested against (`manulctl
+//! trace`).
+//!
+//! It refuses to do I/O, to read a clock, or to depend on anything above
+//! the model and the dataplane contract: the sync client, the agent loop
+//! and the kernel drivers live in `felix` and the `dataplane-*` crates.
+
+pub mod calc;
+pub mod evaluator;
+
+pub use calc::{CalcGraph, Stats, Update};
