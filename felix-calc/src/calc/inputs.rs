@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use manul_dataplane_api as dp;
-use manul_model::Selector;
+use manul_model::{Resource, Selector, convert};
 use manul_model::selector::Expr;
 use manul_model::v3::{PolicyType, Rule};
 
@@ -108,5 +108,118 @@ pub fn parent_selector_matches(expr: &Expr, parent: Option<&LabelMap>) -> bool {
         (Expr::Or(items), p) => items.iter().any(|e| parent_selector_matches(e, p)),
         (leaf, Some(labels)) => leaf.matches(labels),
         (leaf, None) => leaf.matches(&LabelMap::new()),
+    }
+}
+
+/// The name of the profile carrying account `sa`'s labels in `ns`.
+pub(super) fn account_profile(ns: &str, sa: &str) -> String {
+    format!("{}{ns}.{sa}", convert::SERVICE_ACCOUNT_PROFILE_PREFIX)
+}
+
+/// The normalised policy of a policy resource (Kubernetes ones converted).
+pub fn policy_input(r: &Resource) -> Option<PolicyInput> {
+    match r {
+        Resource::NetworkPolicy(p) => {
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            Some(PolicyInput {
+                id: dp::PolicyId {
+                    tier: p.spec.tier.clone(),
+                    name: format!("{ns}/{}", p.name()),
+                },
+                namespace: Some(ns),
+                order: p.spec.order,
+                selector: p.spec.selector.clone(),
+                namespace_selector: None,
+                service_account_selector: p.spec.service_account_selector.clone(),
+                types: p.spec.types.clone(),
+                ingress: p.spec.ingress.clone(),
+                egress: p.spec.egress.clone(),
+                pre_dnat: false,
+                do_not_track: false,
+                apply_on_forward: false,
+            })
+        }
+        Resource::GlobalNetworkPolicy(p) => Some(PolicyInput {
+            id: dp::PolicyId {
+                tier: p.spec.tier.clone(),
+                name: p.name().to_string(),
+            },
+            namespace: None,
+            order: p.spec.order,
+            selector: p.spec.selector.clone(),
+            namespace_selector: p.spec.namespace_selector.clone(),
+            service_account_selector: p.spec.service_account_selector.clone(),
+            types: p.spec.types.clone(),
+            ingress: p.spec.ingress.clone(),
+            egress: p.spec.egress.clone(),
+            pre_dnat: p.spec.pre_dnat,
+            do_not_track: p.spec.do_not_track,
+            apply_on_forward: p.spec.apply_on_forward,
+        }),
+        Resource::K8sNetworkPolicy(k) => convert::network_policy(k)
+            .ok()
+            .and_then(|p| policy_input(&Resource::NetworkPolicy(p))),
+        _ => None,
+    }
+}
+
+/// The endpoint a WorkloadEndpoint or HostEndpoint describes.
+pub fn endpoint_input(r: Resource) -> Option<EndpointInput> {
+    match r {
+        Resource::WorkloadEndpoint(w) => {
+            let namespace = Some(w.metadata.namespace.unwrap_or_default());
+            let s = w.spec;
+            Some(EndpointInput {
+                node: s.node,
+                namespace,
+                name: w.metadata.name.unwrap_or_default(),
+                interface_name: s.interface_name,
+                own_labels: w.metadata.labels.unwrap_or_default(),
+                profiles: s.profiles,
+                service_account: (!s.service_account_name.is_empty())
+                    .then_some(s.service_account_name),
+                orchestrator: if s.orchestrator.is_empty() {
+                    "k8s".into()
+                } else {
+                    s.orchestrator
+                },
+                nets: s.ip_networks.iter().map(|c| c.net()).collect(),
+                mac: (!s.mac.is_empty()).then_some(s.mac),
+                ports: s
+                    .ports
+                    .into_iter()
+                    .map(|p| {
+                        let proto = p.protocol.number();
+                        (p.name, proto, p.port)
+                    })
+                    .collect(),
+                expected_ips: Vec::new(),
+            })
+        }
+        Resource::HostEndpoint(h) => {
+            let s = h.spec;
+            Some(EndpointInput {
+                node: s.node,
+                namespace: None,
+                name: h.metadata.name.unwrap_or_default(),
+                interface_name: s.interface_name,
+                own_labels: h.metadata.labels.unwrap_or_default(),
+                profiles: s.profiles,
+                service_account: None,
+                orchestrator: String::new(),
+                nets: Vec::new(),
+                mac: None,
+                ports: s
+                    .ports
+                    .into_iter()
+                    .map(|p| {
+                        let proto = p.protocol.number();
+                        (p.name, proto, p.port)
+                    })
+                    .collect(),
+                expected_ips: s.expected_ips,
+            })
+        }
+        _ => None,
     }
 }
