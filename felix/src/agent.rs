@@ -251,7 +251,7 @@ impl Dataplane<'_> {
             "resyncing the dataplane from the whole state"
         );
         self.metrics.operations.inc_by(ops.len() as u64);
-        match self.driver.apply(&ops) {
+        match self.driver.apply(ops) {
             Ok(()) => {
                 graph.advance(&whole);
                 self.sync.resynced();
@@ -265,7 +265,7 @@ impl Dataplane<'_> {
                     "dataplane resynced"
                 );
                 if let Some(s) = self.status {
-                    report(s, &ops, revision);
+                    report(s, ops, revision);
                 }
             }
             Err(e) => {

@@ -10,8 +10,7 @@ use super::CalcGraph;
 use super::inputs::{EndpointInput, Item, PolicyInput};
 use super::services;
 
-
-/// What was last sent to the driver (sets: in [`SetState`]).
+/// What was last sent to the driver (sets: in [`super::sets::SetState`]).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(super) struct Emitted {
     /// Batches emitted (non-empty ones), and how many of them the
@@ -183,7 +182,9 @@ impl CalcGraph {
         ops: &mut Vec<dp::Operation>,
     ) {
         for id in changed_policies {
-            if !self.policies.rendered.contains_key(&id) && self.emitted.policies.remove(&id).is_some() {
+            if !self.policies.rendered.contains_key(&id)
+                && self.emitted.policies.remove(&id).is_some()
+            {
                 ops.push(dp::Operation::PolicyRemove { id });
             }
         }

@@ -5,9 +5,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use manul_dataplane_api as dp;
-use manul_model::{Resource, Selector, convert};
 use manul_model::selector::Expr;
 use manul_model::v3::{PolicyType, Rule};
+use manul_model::{Resource, Selector, convert};
 
 use super::labelindex::LabelMap;
 

@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 
 use ipnet::IpNet;
-use std::net::IpAddr;
 use roaring::RoaringBitmap;
+use std::net::IpAddr;
 
 use super::CalcGraph;
 use super::inputs::{EndpointInput, Item, NetSetInput, account_profile, namespace_selector_labels};
@@ -80,7 +80,8 @@ impl CalcGraph {
         // Profile labels are inherited by the endpoints that use it.
         let sym = self.syms.intern(name);
         let users: Vec<u32> = self
-            .items.by_profile
+            .items
+            .by_profile
             .get(&sym)
             .map(|s| s.iter().collect())
             .unwrap_or_default();
@@ -93,7 +94,8 @@ impl CalcGraph {
     pub(super) fn namespace_changed(&mut self, ns: &str) {
         let sym = self.syms.intern(ns);
         let members: Vec<u32> = self
-            .items.by_namespace
+            .items
+            .by_namespace
             .get(&sym)
             .map(|s| s.iter().collect())
             .unwrap_or_default();
@@ -195,7 +197,8 @@ impl CalcGraph {
     pub(super) fn relabel(&mut self, id: u32, labels: Labels) {
         let mut changes = std::mem::take(&mut self.changes);
         if self.policies.locals.contains_key(&id) {
-            self.policies.index
+            self.policies
+                .index
                 .update_item(id, labels.clone(), &mut changes);
             changes.clear();
         }
@@ -302,13 +305,15 @@ impl CalcGraph {
             }
         };
         if let Some(ns) = ns {
-            self.items.by_namespace
+            self.items
+                .by_namespace
                 .entry(ns.clone())
                 .or_default()
                 .insert(id);
         }
         for p in profiles.iter().chain(account) {
-            self.items.by_profile
+            self.items
+                .by_profile
                 .entry(p.clone())
                 .or_default()
                 .insert(id);

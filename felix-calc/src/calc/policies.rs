@@ -5,15 +5,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use manul_dataplane_api as dp;
-use manul_model::{ResourceKey, convert};
 use manul_model::selector::Expr;
 use manul_model::v3::{Action, PolicyType};
+use manul_model::{ResourceKey, convert};
 
-use super::inputs::{self, EndpointInput, Item, PolicyInput, account_profile, by_order, namespace_selector_labels};
+use super::inputs::{
+    self, EndpointInput, Item, PolicyInput, account_profile, by_order, namespace_selector_labels,
+};
 use super::labelindex::{FxHashMap, LabelIndex, LabelMap, MatchChange};
 use super::render::{self, NAMESPACE_LABEL, SetDef};
 use super::{CalcGraph, DEFAULT_TIER_ORDER};
-
 
 /// A local endpoint: its whole input, and what it was last counted as
 /// using.
@@ -112,7 +113,8 @@ impl CalcGraph {
         }
         let expr = Self::policy_expr(&p);
         let mut changes = std::mem::take(&mut self.changes);
-        self.policies.index
+        self.policies
+            .index
             .update_selector(slot, &expr, &mut self.syms, &mut changes);
         self.locals_dirty_from(&mut changes);
         self.changes = changes;
@@ -385,7 +387,12 @@ impl CalcGraph {
     /// them, each with its id while it is still a local endpoint.
     pub(super) fn recompute_dirty_locals(&mut self) -> Vec<(Item, Option<u32>)> {
         if std::mem::take(&mut self.policies.all_locals_dirty) {
-            let locals: Vec<Item> = self.policies.locals.values().map(|l| l.item.clone()).collect();
+            let locals: Vec<Item> = self
+                .policies
+                .locals
+                .values()
+                .map(|l| l.item.clone())
+                .collect();
             self.policies.dirty_locals.extend(locals);
         }
         // Local endpoints: what they use now.

@@ -13,7 +13,6 @@ use super::labelindex::{FxHashMap, FxHashSet, LabelIndex};
 use super::render::SetDef;
 use super::services;
 
-
 /// One active IP set.
 #[derive(Debug)]
 pub(super) struct SetState {
@@ -104,7 +103,11 @@ impl CalcGraph {
     /// The members of a set of Service `key`'s endpoints: every address of
     /// its EndpointSlices, or with `ports`, each address with each port of
     /// its slice.
-    pub(super) fn service_members(&self, key: &(String, String), ports: bool) -> BTreeSet<dp::IpSetMember> {
+    pub(super) fn service_members(
+        &self,
+        key: &(String, String),
+        ports: bool,
+    ) -> BTreeSet<dp::IpSetMember> {
         let slices = self
             .slices
             .range((key.0.clone(), String::new())..)
@@ -117,7 +120,8 @@ impl CalcGraph {
     /// Brings Service `key`'s sets to what its slices say now.
     pub(super) fn refresh_service_sets(&mut self, key: &(String, String)) {
         let slots: Vec<u32> = self
-            .sets.by_service
+            .sets
+            .by_service
             .get(key)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
@@ -180,8 +184,12 @@ impl CalcGraph {
             match def {
                 SetDef::Selected { selector, .. } => {
                     let mut changes = std::mem::take(&mut self.changes);
-                    self.sets.index
-                        .update_selector(slot, selector.expr(), &mut self.syms, &mut changes);
+                    self.sets.index.update_selector(
+                        slot,
+                        selector.expr(),
+                        &mut self.syms,
+                        &mut changes,
+                    );
                     members.reserve(changes.len());
                     for (_, item, joined) in changes.drain(..) {
                         if joined && let Some(Some(rec)) = self.items.recs.get(item as usize) {
@@ -336,10 +344,13 @@ impl CalcGraph {
     }
 }
 
-
 /// Adds (`sign` true) or removes one count of each member, remembering
 /// whether a member was present before the batch touched it.
-pub(super) fn count(set: &mut SetState, members: impl Iterator<Item = dp::IpSetMember>, sign: bool) {
+pub(super) fn count(
+    set: &mut SetState,
+    members: impl Iterator<Item = dp::IpSetMember>,
+    sign: bool,
+) {
     use std::collections::hash_map::Entry;
     for m in members {
         let before = match set.members.entry(m) {

@@ -60,10 +60,7 @@ impl Fault for DataFault {
 
 /// What the run saw.
 #[derive(Debug, Default)]
-#[allow(
-    dead_code,
-    reason = "read through `Debug`: the tests print the report"
-)]
+#[allow(dead_code, reason = "read through `Debug`: the tests print the report")]
 pub struct RecoveryReport {
     /// Resyncs the agent started (`felix_resyncs_started{target="dataplane"}`).
     pub resyncs: u64,
