@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use manul_felix::evaluator::{ClusterState, Packet, Peer, TraceError};
+use manul_felix_calc::evaluator::{ClusterState, Packet, Peer, TraceError};
 use manul_model::v3::Protocol;
 use manul_proto::v1::ListRequest;
 use manul_proto::v1::resources_client::ResourcesClient;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use manul_dataplane_api::{NullDriver, Operation, Packet};
-use manul_felix::calc::{CalcGraph, Update};
+use manul_felix_calc::calc::{CalcGraph, Update};
 use manul_model::resource::{Resource, ResourceKey};
 
 use crate::ConformanceError;

@@ -13,9 +13,9 @@
 //! Beyond the per-rule cases it checks connection tracking (an established
 //! connection survives a policy that denies new ones), a driver restart
 //! with no dropped packet on an open connection, and fail-closed handling
-//! of interfaces the driver was never told about. [`recovery`] checks that
-//! a failed batch is resynced by Felix's agent loop, failing closed
-//! meanwhile.
+//! of interfaces the driver was never told about. (That a failed batch is
+//! resynced by Felix's agent loop, failing closed meanwhile, is checked in
+//! `felix/tests/recovery/` with these parts.)
 //!
 //! It refuses to touch anything outside the namespaces it creates; they are
 //! removed when the run ends, also on failure. Running it needs root.
@@ -23,7 +23,6 @@
 pub mod cases;
 pub mod cluster;
 pub mod driver_thread;
-pub mod recovery;
 pub mod topology;
 pub mod traffic;
 
@@ -113,7 +112,9 @@ fn packet(from: &Pod, to: &Pod, probe: Probe) -> Packet {
     }
 }
 
-fn workload_yaml(
+/// A WorkloadEndpoint `NAMESPACE/NAME` on `node` as YAML, plumbed the way
+/// the topology plumbs its pods.
+pub fn workload_yaml(
     key: &str,
     ip: [u8; 4],
     labels: &str,

@@ -13,7 +13,7 @@ use manul_dataplane_api::{Driver, Operation};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::calc::{CalcGraph, Update};
+use crate::calc::{CalcGraph, Ready, Update};
 use crate::metrics::{FelixMetrics, PolicyFlowLabels, resync};
 use crate::resync::{BatchAction, DriverSync};
 use crate::routes::{RouteCalc, RouteProgrammer};
@@ -166,8 +166,16 @@ struct Dataplane<'a> {
 
 impl Dataplane<'_> {
     /// Sends a batch the graph computed, unless a resync is pending (then
-    /// the graph's state covers it). A failure puts the driver out of sync.
-    fn batch(&mut self, ops: &[Operation], revision: u64, current: &mut AgentStatus) {
+    /// the graph's state covers it), and commits it in the graph once the
+    /// driver holds it. A failure puts the driver out of sync.
+    fn batch(
+        &mut self,
+        graph: &mut CalcGraph,
+        ready: &Ready,
+        revision: u64,
+        current: &mut AgentStatus,
+    ) {
+        let ops = &ready.ops;
         if self.sync.batch() == BatchAction::Fold {
             // Removed endpoints lose their status file now; programmed
             // ones are reported by the resync.
@@ -185,6 +193,7 @@ impl Dataplane<'_> {
         self.metrics.operations.inc_by(ops.len() as u64);
         match self.driver.apply(ops) {
             Ok(()) => {
+                graph.advance(ready);
                 if let Some(s) = self.status {
                     report(s, ops, revision);
                 }
@@ -217,7 +226,7 @@ impl Dataplane<'_> {
     /// (then the resync ends with `InSync`).
     fn resync(
         &mut self,
-        graph: &CalcGraph,
+        graph: &mut CalcGraph,
         complete: bool,
         revision: u64,
         at: std::time::Instant,
@@ -230,10 +239,11 @@ impl Dataplane<'_> {
         self.metrics.dataplane_resyncs.inc();
         let started = Instant::now();
         self.driver.mark_stale();
-        let mut ops = graph.whole_state();
+        let mut whole = graph.resync();
         if complete {
-            ops.push(Operation::InSync);
+            whole.ops.push(Operation::InSync);
         }
+        let ops = &whole.ops;
         warn!(
             driver = self.driver.name(),
             attempt,
@@ -241,8 +251,9 @@ impl Dataplane<'_> {
             "resyncing the dataplane from the whole state"
         );
         self.metrics.operations.inc_by(ops.len() as u64);
-        match self.driver.apply(&ops) {
+        match self.driver.apply(ops) {
             Ok(()) => {
+                graph.advance(&whole);
                 self.sync.resynced();
                 self.metrics.dataplane_out_of_sync.set(0);
                 current.dataplane_out_of_sync = false;
@@ -254,7 +265,7 @@ impl Dataplane<'_> {
                     "dataplane resynced"
                 );
                 if let Some(s) = self.status {
-                    report(s, &ops, revision);
+                    report(s, ops, revision);
                 }
             }
             Err(e) => {
@@ -324,7 +335,7 @@ pub async fn run(
                 None => break,
             },
             _ = sleep_until(due), if due.is_some() => {
-                dataplane.resync(&graph, complete, current.revision, now(), &mut current);
+                dataplane.resync(&mut graph, complete, current.revision, now(), &mut current);
                 status.send_replace(current);
                 continue;
             }
@@ -409,9 +420,12 @@ pub async fn run(
             }
         }
         let started = Instant::now();
-        let mut ops = graph.apply(updates);
+        for u in updates {
+            graph.update(u);
+        }
+        let mut ready = graph.ready();
         if let Some(at) = in_sync_at {
-            ops.extend(graph.in_sync());
+            ready.ops.push(Operation::InSync);
             complete = true;
             if !current.in_sync {
                 info!(revision = at, "in sync with Typha");
@@ -425,8 +439,8 @@ pub async fn run(
             .calc_graph_update_time
             .observe(started.elapsed().as_secs_f64());
         metrics.observe(graph.stats());
-        if !ops.is_empty() {
-            dataplane.batch(&ops, revision, &mut current);
+        if !ready.ops.is_empty() {
+            dataplane.batch(&mut graph, &ready, revision, &mut current);
         }
         status.send_replace(current);
     }

@@ -8,13 +8,15 @@
 //! dataplane contract.
 
 pub mod agent;
-pub mod calc;
 pub mod config;
 pub mod configure;
-pub mod evaluator;
 pub mod http;
 pub mod metrics;
 pub mod resync;
 pub mod routes;
 pub mod status;
 pub mod sync;
+
+/// The calculation graph and the reference evaluator live in their own
+/// crate (no I/O, nothing above the model and the dataplane contract).
+pub use manul_felix_calc::{calc, evaluator};

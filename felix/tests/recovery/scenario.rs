@@ -32,8 +32,8 @@ use manul_netns::NetNs;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
-use crate::topology::{Probe, Topology};
-use crate::{ConformanceError, Factory, NodeContext, cluster, workload_yaml};
+use manul_dataplane_conformance::topology::{self, Probe, Topology};
+use manul_dataplane_conformance::{ConformanceError, Factory, NodeContext, cluster, workload_yaml};
 
 /// Addresses of `bulk` when the failing batch grows it.
 pub const BULK_GROWN: usize = 300;
@@ -60,6 +60,7 @@ impl Fault for DataFault {
 
 /// What the run saw.
 #[derive(Debug, Default)]
+#[allow(dead_code, reason = "read through `Debug`: the tests print the report")]
 pub struct RecoveryReport {
     /// Resyncs the agent started (`felix_resyncs_started{target="dataplane"}`).
     pub resyncs: u64,
@@ -290,7 +291,7 @@ pub fn run_failed_batch_recovery(
             model
                 .oracle
                 .oracle_allows(&Packet::tcp(src.ip.into(), 40000, dst.ip.into(), 8080));
-        let got = crate::topology::probe(src, dst, Probe::Tcp(8080))?;
+        let got = topology::probe(src, dst, Probe::Tcp(8080))?;
         if got && !oracle {
             failures.push(format!(
                 "[{when}] {from} -> {API} tcp/8080 got through, but the policy denies it"

@@ -1,3 +1,5 @@
+use manul_dataplane_api as dp;
+
 use super::*;
 
 pub(crate) fn resources(yaml: &str) -> Vec<Resource> {

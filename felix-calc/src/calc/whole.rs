@@ -14,8 +14,9 @@ impl CalcGraph {
     /// nothing pending).
     pub fn whole_state(&self) -> Vec<dp::Operation> {
         let e = &self.emitted;
-        let mut sets: Vec<&super::SetState> = self
+        let mut sets: Vec<&super::sets::SetState> = self
             .sets
+            .all
             .iter()
             .flatten()
             .filter(|s| s.emitted && s.refs > 0)
