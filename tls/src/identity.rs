@@ -82,6 +82,14 @@ impl Expected {
         })
     }
 
+    /// Either's identities.
+    pub fn or(&self, other: &Expected) -> Expected {
+        let mut out = self.clone();
+        out.common_names.extend(other.common_names.iter().cloned());
+        out.uri_sans.extend(other.uri_sans.iter().cloned());
+        out
+    }
+
     /// Whether `id` carries one of the expected identities.
     pub fn admits(&self, id: &PeerIdentity) -> bool {
         id.common_name

@@ -4,7 +4,9 @@
 //! `./typha-data`, the client gRPC listener on 127.0.0.1:5473, the peer
 //! listener (Raft, cluster administration) on 127.0.0.1:5474 behind the
 //! token in `./typha-data/peer-token` (created when missing), metrics on
-//! 127.0.0.1:9093.
+//! 127.0.0.1:9093. With `--ca-file`, `--server-cert-file` and
+//! `--server-key-file` every gRPC listener is mutual TLS and certificates
+//! replace the token (`manul_typha::tls`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -106,6 +108,8 @@ struct Args {
     /// With the Kubernetes watchers: an automatic host endpoint per node.
     #[arg(long)]
     auto_host_endpoints: bool,
+    #[command(flatten)]
+    tls: manul_typha::tls::TlsArgs,
     /// Log format: text or json. Filter with RUST_LOG (default: info).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -165,9 +169,18 @@ async fn main() -> ExitCode {
     } else {
         None
     };
-    let token = match &args.peer_token_file {
-        Some(path) => PeerToken::load(path),
-        None => PeerToken::load_or_create(&args.data_dir.join("peer-token")),
+    let tls = match args.tls.build() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // With TLS, certificates authenticate peers: no token file is needed.
+    let token = match (&tls, &args.peer_token_file) {
+        (Some(_), None) => Ok(None),
+        (_, Some(path)) => PeerToken::load(path).map(Some),
+        (None, None) => PeerToken::load_or_create(&args.data_dir.join("peer-token")).map(Some),
     };
     let token = match token {
         Ok(t) => t,
@@ -181,7 +194,7 @@ async fn main() -> ExitCode {
         data_dir: args.data_dir,
         listen: args.listen,
         peer_listen: args.peer_listen,
-        peer_token: Some(token),
+        peer_token: token,
         metrics: Some(args.metrics),
         peers,
         join: args.join,
@@ -194,6 +207,7 @@ async fn main() -> ExitCode {
             ..FanoutConfig::default()
         },
         shutdown_spread: Duration::from_secs(args.shutdown_spread_secs),
+        tls,
     };
     let running = match start(config).await {
         Ok(r) => r,
