@@ -18,3 +18,4 @@ pub mod resync;
 pub mod routes;
 pub mod status;
 pub mod sync;
+pub mod typha_tls;
