@@ -22,6 +22,7 @@ pub mod error;
 pub mod plugin;
 pub mod result;
 pub mod status;
+pub mod tls;
 
 pub use config::{CniEnv, Command, NetConf};
 pub use error::{CniError, code};
