@@ -7,7 +7,10 @@
 #
 # The configuration names the manul-typha Service by its cluster IP (the
 # CNI plugin runs in the host's network namespace, where cluster DNS may
-# not resolve) and this node by NODE_NAME.
+# not resolve) and this node by NODE_NAME. The plugin's TLS identity (the
+# manul-cni-tls Secret, mounted at /etc/manul/cni-tls) is copied to
+# /etc/cni/net.d/manul-tls on the host, readable by root only; a rotated
+# Secret reaches the host when this pod restarts.
 set -eu
 
 fail() {
@@ -32,6 +35,17 @@ bin_dir="${MANUL_CNI_BIN_DIR:-/host/opt/cni/bin}"
 net_dir="${MANUL_CNI_NET_DIR:-/host/etc/cni/net.d}"
 
 mkdir -p "$bin_dir" "$net_dir"
+
+tls_src="${MANUL_CNI_TLS_DIR:-/etc/manul/cni-tls}"
+tls_dir="$net_dir/manul-tls"
+mkdir -p "$tls_dir"
+chmod 0700 "$tls_dir"
+for f in ca.crt tls.crt tls.key; do
+    [ -s "$tls_src/$f" ] || fail "$tls_src/$f is missing: create the manul-cni-tls Secret (deploy/README.md)"
+    cp "$tls_src/$f" "$tls_dir/.$f.tmp"
+    chmod 0600 "$tls_dir/.$f.tmp"
+    mv -f "$tls_dir/.$f.tmp" "$tls_dir/$f"
+done
 
 cp "$plugin" "$bin_dir/.manul-cni.tmp"
 chmod 0755 "$bin_dir/.manul-cni.tmp"
