@@ -26,6 +26,9 @@ pub struct ClientConfig {
     pub rounds: u32,
     /// The pause between rounds.
     pub round_pause: Duration,
+    /// Plaintext or TLS (with this client's certificate and the identity
+    /// Typha must have).
+    pub transport: manul_tls::connect::Transport,
 }
 
 impl Default for ClientConfig {
@@ -35,6 +38,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(15),
             rounds: 3,
             round_pause: Duration::from_millis(200),
+            transport: manul_tls::connect::Transport::Plain,
         }
     }
 }
@@ -181,7 +185,7 @@ impl Client {
                 })?
                 .connect_timeout(self.config.connect_timeout)
                 .tcp_nodelay(true);
-            match endpoint.connect().await {
+            match self.config.transport.connect(endpoint).await {
                 Ok(channel) => {
                     debug!(%address, "connected to Typha");
                     let client =

@@ -30,6 +30,21 @@ pub struct NetConf {
     /// Typha replicas (`HOST:PORT`), tried in turn.
     #[serde(default)]
     pub typha: Vec<String>,
+    /// TLS towards Typha: the CA its certificate must chain to, this
+    /// plugin's certificate and key (its identity), and the common name or
+    /// URI SAN Typha's certificate must carry (Felix's `TyphaCAFile`,
+    /// `TyphaCertFile`, `TyphaKeyFile`, `TyphaCN`, `TyphaURISAN`); see
+    /// `crate::tls`.
+    #[serde(default)]
+    pub typha_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub typha_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub typha_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub typha_cn: Option<String>,
+    #[serde(default)]
+    pub typha_uri_san: Option<String>,
     /// This node's name; the hostname when absent.
     #[serde(default)]
     pub nodename: Option<String>,

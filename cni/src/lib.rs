@@ -29,6 +29,7 @@ pub mod plugin;
 pub mod pod_api;
 pub mod result;
 pub mod status;
+pub mod tls;
 
 pub use config::{CniEnv, Command, Datastore, NetConf};
 pub use error::{CniError, code};

@@ -96,7 +96,11 @@ impl Undo {
 
 impl Plugin {
     async fn connect(&self) -> Result<Client, CniError> {
-        Client::connect(&self.conf.typha)
+        let config = manul_client::ClientConfig {
+            transport: crate::tls::transport(&self.conf)?,
+            ..manul_client::ClientConfig::default()
+        };
+        Client::connect_with(&self.conf.typha, config)
             .await
             .map_err(CniError::from)
     }

@@ -1,6 +1,10 @@
 //! Connecting to a Typha replica: `--server HOST:PORT` or `MANUL_SERVER`,
 //! waiting up to `--timeout` for it to accept a connection and to have a
-//! leader.
+//! leader. With `--ca-file`, `--cert-file` and `--key-file` (or
+//! `MANUL_CA_FILE`, `MANUL_CERT_FILE`, `MANUL_KEY_FILE`) over TLS: the
+//! user's identity is the certificate's, and Typha's certificate must chain
+//! to the CA and carry `--server-cn` (default `manul-typha`) or
+//! `--server-uri-san`.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -29,6 +33,23 @@ pub struct ServerArgs {
     /// to have a leader, counted from the start (such as 10s, 500ms, 2m).
     #[arg(long, default_value = "10s", value_parser = parse_timeout, global = true)]
     pub timeout: Duration,
+    /// CA bundle Typha's certificate must chain to (TLS with --cert-file
+    /// and --key-file).
+    #[arg(long, env = "MANUL_CA_FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Your certificate: your identity towards Typha.
+    #[arg(long, env = "MANUL_CERT_FILE", global = true)]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Its private key.
+    #[arg(long, env = "MANUL_KEY_FILE", global = true)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// Common name Typha's certificate must have (default with TLS:
+    /// manul-typha, unless --server-uri-san is given).
+    #[arg(long, env = "MANUL_SERVER_CN", global = true)]
+    pub server_cn: Option<String>,
+    /// URI SAN Typha's certificate must have.
+    #[arg(long, env = "MANUL_SERVER_URI_SAN", global = true)]
+    pub server_uri_san: Option<String>,
     /// When the command started; the timeout counts from here.
     #[arg(skip = Instant::now())]
     pub started: Instant,
@@ -61,6 +82,44 @@ const FIRST_PAUSE: Duration = Duration::from_millis(50);
 const MAX_PAUSE: Duration = Duration::from_millis(250);
 
 impl ServerArgs {
+    /// Whether TLS is configured.
+    pub fn tls(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// Plaintext, or TLS with the user's certificate; a partial or unusable
+    /// configuration is bad input.
+    pub fn transport(&self) -> Result<manul_tls::connect::Transport> {
+        let bad = |m: String| anyhow::Error::new(crate::BadInput(m));
+        let (ca, cert, key) = match (&self.ca_file, &self.cert_file, &self.key_file) {
+            (None, None, None) => return Ok(manul_tls::connect::Transport::Plain),
+            (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+            _ => {
+                return Err(bad(
+                    "--ca-file, --cert-file and --key-file must be given together".into(),
+                ));
+            }
+        };
+        let cn = match (&self.server_cn, &self.server_uri_san) {
+            (None, None) => Some(manul_tls::dev::TYPHA_CN.to_string()),
+            (cn, _) => cn.clone(),
+        };
+        let server = manul_tls::Expected::new(
+            cn,
+            self.server_uri_san.clone(),
+            "--server-cn/--server-uri-san",
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        let settings = manul_tls::client::ClientSettings {
+            ca_file: ca.clone(),
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            server,
+        };
+        let config = settings.config().map_err(|e| bad(e.to_string()))?;
+        Ok(manul_tls::connect::Transport::Tls(config))
+    }
+
     fn deadline(&self) -> Instant {
         self.started + self.timeout
     }
@@ -88,13 +147,14 @@ impl ServerArgs {
         let endpoint = Endpoint::from_shared(url).with_context(|| {
             crate::BadInput(format!("--server {:?} is not HOST:PORT", self.server))
         })?;
+        let transport = self.transport()?;
         let mut pause = FIRST_PAUSE;
         loop {
             let left = self.deadline().saturating_duration_since(Instant::now());
-            let attempt = endpoint
-                .clone()
-                .connect_timeout(left.clamp(Duration::from_millis(200), Duration::from_secs(3)))
-                .connect()
+            let attempt = transport
+                .connect(endpoint.clone().connect_timeout(
+                    left.clamp(Duration::from_millis(200), Duration::from_secs(3)),
+                ))
                 .await;
             match attempt {
                 Ok(channel) => return Ok(channel),

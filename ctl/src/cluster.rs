@@ -78,7 +78,12 @@ fn print_members(members: &[Member]) {
 }
 
 pub async fn run(server: &ServerArgs, args: &ClusterArgs) -> Result<ExitCode> {
-    let token = token(args)?;
+    // With TLS the peer listener admits an administrator's certificate;
+    // the token is for plaintext clusters.
+    let token = match (server.tls(), &args.peer_token_file) {
+        (true, None) => None,
+        _ => Some(token(args)?),
+    };
     let server = &ServerArgs {
         server: args.peer_server.clone(),
         ..server.clone()
@@ -87,7 +92,9 @@ pub async fn run(server: &ServerArgs, args: &ClusterArgs) -> Result<ExitCode> {
     let c = ClusterClient::with_interceptor(
         server.connect().await?,
         move |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert(TOKEN_HEADER, token.clone());
+            if let Some(t) = &token {
+                r.metadata_mut().insert(TOKEN_HEADER, t.clone());
+            }
             Ok(r)
         },
     );

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod certs;
 mod client;
 mod cluster;
 mod convert;
@@ -77,6 +78,9 @@ enum Command {
     Sync(sync::SyncCommand),
     /// Trace a packet through the policies: every step, then `verdict: allow` or `verdict: deny`.
     Trace(trace::TraceArgs),
+    /// Certificates for TLS.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 /// Enters `--netns` before the runtime starts; false (after printing why)
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Selector(cmd) => selector::run(cmd),
         Command::Crds(args) => crds::run(args),
+        Command::Certs(cmd) => certs::run(cmd),
         _ if cli.server.netns.is_some() && !enter_netns(cli.server.netns.as_deref()) => {
             return ExitCode::from(2);
         }

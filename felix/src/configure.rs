@@ -19,6 +19,7 @@ use crate::config::{Change, FelixConfig, Inputs, View, ignored_fields, merge, un
 pub async fn load(
     typhas: &[String],
     node: &str,
+    transport: &manul_tls::connect::Transport,
     inputs: &mut Inputs,
     deadline: Option<Duration>,
 ) -> Result<(), String> {
@@ -26,7 +27,13 @@ pub async fn load(
     let mut backoff = Duration::from_millis(100);
     loop {
         let attempt = async {
-            let client = Client::connect(typhas).await.map_err(|e| e.to_string())?;
+            let config = manul_client::ClientConfig {
+                transport: transport.clone(),
+                ..manul_client::ClientConfig::default()
+            };
+            let client = Client::connect_with(typhas, config)
+                .await
+                .map_err(|e| e.to_string())?;
             let mut all = client
                 .list(Kind::FelixConfiguration, None)
                 .await

@@ -16,6 +16,7 @@ pub mod resync;
 pub mod routes;
 pub mod status;
 pub mod sync;
+pub mod typha_tls;
 
 /// The calculation graph and the reference evaluator live in their own
 /// crate (no I/O, nothing above the model and the dataplane contract).

@@ -106,6 +106,25 @@ struct Args {
     /// seconds; sets `iptablesRefreshInterval` as a flag.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     refresh_interval: Option<u64>,
+    /// CA bundle Typha's certificate must chain to; with --typha-cert-file
+    /// and --typha-key-file Felix speaks TLS to Typha (`typhaCAFile`, also
+    /// FELIX_TYPHACAFILE).
+    #[arg(long)]
+    typha_ca_file: Option<String>,
+    /// Felix's client certificate (`typhaCertFile`, FELIX_TYPHACERTFILE).
+    #[arg(long)]
+    typha_cert_file: Option<String>,
+    /// Its private key (`typhaKeyFile`, FELIX_TYPHAKEYFILE).
+    #[arg(long)]
+    typha_key_file: Option<String>,
+    /// Common name Typha's certificate must have (`typhaCN`,
+    /// FELIX_TYPHACN).
+    #[arg(long)]
+    typha_cn: Option<String>,
+    /// URI SAN Typha's certificate must have (`typhaURISAN`,
+    /// FELIX_TYPHAURISAN).
+    #[arg(long)]
+    typha_uri_san: Option<String>,
     /// Log format: text or json. RUST_LOG, when set, overrides
     /// `logSeverityScreen`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
@@ -176,6 +195,17 @@ fn flags(args: &Args) -> std::collections::BTreeMap<&'static str, String> {
     }
     if args.flow_log.is_some() {
         out.insert("flowLogsFileEnabled", "true".to_string());
+    }
+    for (name, value) in [
+        ("typhaCAFile", &args.typha_ca_file),
+        ("typhaCertFile", &args.typha_cert_file),
+        ("typhaKeyFile", &args.typha_key_file),
+        ("typhaCN", &args.typha_cn),
+        ("typhaURISAN", &args.typha_uri_san),
+    ] {
+        if let Some(v) = value {
+            out.insert(name, v.clone());
+        }
     }
     out
 }
@@ -445,11 +475,22 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
     let mut inputs = Inputs::default().with_env(std::env::vars());
     inputs.flags = flags(&args);
     // A malformed variable or flag is an error before anything is read.
-    if let Err(e) = config::merge(&inputs) {
-        return fail(2, e.to_string());
+    let local = match config::merge(&inputs) {
+        Ok(c) => c,
+        Err(e) => return fail(2, e.to_string()),
+    };
+    // Typha's TLS settings are local only: known before Typha is reached.
+    let transport = match manul_felix::typha_tls::transport(&local) {
+        Ok(t) => t,
+        Err(e) => return fail(2, e.to_string()),
+    };
+    if !transport.is_tls() {
+        tracing::warn!("no TyphaCAFile/TyphaCertFile/TyphaKeyFile: talking to Typha in plaintext");
     }
     let deadline = args.print_config.then_some(Duration::from_secs(10));
-    if let Err(e) = configure::load(&args.typha, &args.node, &mut inputs, deadline).await {
+    if let Err(e) =
+        configure::load(&args.typha, &args.node, &transport, &mut inputs, deadline).await
+    {
         return fail(1, format!("cannot read FelixConfiguration from Typha: {e}"));
     }
     let config = match config::merge(&inputs) {
@@ -568,7 +609,8 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
         min_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(5),
     })
-    .with_config_updates(config_tx);
+    .with_config_updates(config_tx)
+    .with_transport(transport);
     tokio::spawn(syncer.run(tx));
     let (intervals_tx, intervals_rx) = watch::channel(configure::intervals(&config));
     let graph = CalcGraph::new(args.node.clone());

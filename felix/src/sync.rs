@@ -153,6 +153,7 @@ pub struct Syncer {
     revision: u64,
     known: FxHashSet<ResourceKey>,
     felix_config: Option<mpsc::UnboundedSender<Update>>,
+    transport: manul_tls::connect::Transport,
 }
 
 impl Syncer {
@@ -162,7 +163,15 @@ impl Syncer {
             revision: 0,
             known: FxHashSet::default(),
             felix_config: None,
+            transport: manul_tls::connect::Transport::Plain,
         }
+    }
+
+    /// Connects over TLS (or plaintext) as `transport` says
+    /// ([`crate::typha_tls`]).
+    pub fn with_transport(mut self, transport: manul_tls::connect::Transport) -> Syncer {
+        self.transport = transport;
+        self
     }
 
     /// Sends FelixConfiguration and Installation updates to `tx` instead of
@@ -261,11 +270,13 @@ impl Syncer {
         } else {
             format!("http://{addr}")
         };
-        let channel = tonic::transport::Endpoint::from_shared(url)
+        let endpoint = tonic::transport::Endpoint::from_shared(url)
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect()
+            .tcp_nodelay(true);
+        let channel = self
+            .transport
+            .connect(endpoint)
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
         let mut client = SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE);

@@ -250,6 +250,7 @@ impl LocalCluster {
             pod_counter: AtomicU64::new(0),
         };
         cluster.underlay()?;
+        cluster.make_certs()?;
         cluster.start_typha()?;
         cluster.seed()?;
         for i in 1..=cluster.config.nodes {
@@ -296,6 +297,64 @@ impl LocalCluster {
         self.work.path().join("typha-peer-token")
     }
 
+    /// The development CA and certificates every component uses (see
+    /// `manul_tls::dev` for the identities): TLS on every connection.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.work.path().join("certs")
+    }
+
+    /// The `manulctl` flags that give it the administrator's identity.
+    pub fn manulctl_tls_flags(&self) -> String {
+        let d = self.certs_dir();
+        format!(
+            "--ca-file {} --cert-file {} --key-file {}",
+            d.join("ca.crt").display(),
+            d.join("admin.crt").display(),
+            d.join("admin.key").display()
+        )
+    }
+
+    fn make_certs(&self) -> Result<(), ClusterError> {
+        let typha_names = self
+            .typha_addresses()
+            .iter()
+            .filter_map(|a| a.rsplit_once(':').map(|(h, _)| h.to_string()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let set = manul_tls::dev::DevSet {
+            typha_names,
+            typha_cn: manul_tls::dev::TYPHA_CN.into(),
+            nodes: (1..=self.config.nodes)
+                .map(|i| format!("node{i}"))
+                .collect(),
+            days: 30,
+        };
+        manul_tls::dev::write_dev_set(&self.certs_dir(), &set)
+            .map_err(|e| ClusterError::Spawn(format!("certificates: {e}")))?;
+        Ok(())
+    }
+
+    /// Towards Typha as the administrator (the cluster's own client).
+    fn admin_transport(&self) -> Result<manul_tls::connect::Transport, ClusterError> {
+        let d = self.certs_dir();
+        let settings = manul_tls::client::ClientSettings {
+            ca_file: d.join("ca.crt"),
+            cert_file: d.join("admin.crt"),
+            key_file: d.join("admin.key"),
+            server: manul_tls::Expected::new(
+                [manul_tls::dev::TYPHA_CN.to_string()],
+                [],
+                "local cluster",
+            )
+            .map_err(|e| ClusterError::Spawn(e.to_string()))?,
+        };
+        let config = settings
+            .config()
+            .map_err(|e| ClusterError::Spawn(format!("TLS: {e}")))?;
+        Ok(manul_tls::connect::Transport::Tls(config))
+    }
+
     /// The control-plane namespace's name (for `manulctl --netns`).
     pub fn control_plane_netns(&self) -> &str {
         self.cp.name()
@@ -326,7 +385,17 @@ impl LocalCluster {
                 .arg("--peer-token-file")
                 .arg(&token_file)
                 .args(["--metrics", &format!("127.0.0.1:{}", 9093 + k)])
-                .args(["--node-id", &id.to_string()]);
+                .args(["--node-id", &id.to_string()])
+                .arg("--ca-file")
+                .arg(self.certs_dir().join("ca.crt"))
+                .arg("--server-cert-file")
+                .arg(self.certs_dir().join("typha.crt"))
+                .arg("--server-key-file")
+                .arg(self.certs_dir().join("typha.key"))
+                .args([
+                    "--client-cn",
+                    &format!("{},{}", manul_tls::dev::FELIX_CN, manul_tls::dev::CNI_CN),
+                ]);
             if addrs.len() > 1 {
                 cmd.args(["--peers", &peers.join(",")]);
             }
@@ -349,9 +418,13 @@ impl LocalCluster {
             .map_err(|e| ClusterError::Spawn(format!("runtime: {e}")))?;
         self.runtime = Some(runtime);
         let deadline = Instant::now() + Duration::from_secs(30);
+        let config = manul_client::ClientConfig {
+            transport: self.admin_transport()?,
+            ..manul_client::ClientConfig::default()
+        };
         loop {
-            let addrs = addrs.clone();
-            match self.block_on(async move { Client::connect(&addrs).await }) {
+            let (addrs, config) = (addrs.clone(), config.clone());
+            match self.block_on(async move { Client::connect_with(&addrs, config).await }) {
                 Ok(Ok(client)) => {
                     self.client = Some(client);
                     return Ok(());
@@ -464,7 +537,14 @@ impl LocalCluster {
             .args(["--dataplane", self.config.dataplane.as_str()])
             .arg("--status-dir")
             .arg(&status_dir)
-            .args(["--metrics", "127.0.0.1:9091", "--program-routes"]);
+            .args(["--metrics", "127.0.0.1:9091", "--program-routes"])
+            .arg("--typha-ca-file")
+            .arg(self.certs_dir().join("ca.crt"))
+            .arg("--typha-cert-file")
+            .arg(self.certs_dir().join(format!("felix-{name}.crt")))
+            .arg("--typha-key-file")
+            .arg(self.certs_dir().join(format!("felix-{name}.key")))
+            .args(["--typha-cn", manul_tls::dev::TYPHA_CN]);
         if self.config.dataplane == Dataplane::Bpf {
             // bpffs is shared by every namespace: pins are per cluster node.
             cmd.args(["--bpf-pin-name", &format!("{}-{name}", self.config.name)])
@@ -644,6 +724,10 @@ impl LocalCluster {
             "nodename": node.name,
             "policy_setup_timeout_ms": self.config.policy_setup_timeout.as_millis() as u64,
             "endpoint_status_dir": node.status_dir,
+            "typha_ca_file": self.certs_dir().join("ca.crt"),
+            "typha_cert_file": self.certs_dir().join(format!("cni-{}.crt", node.name)),
+            "typha_key_file": self.certs_dir().join(format!("cni-{}.key", node.name)),
+            "typha_cn": manul_tls::dev::TYPHA_CN,
         });
         let cni = program("manul-cni")?;
         let bin_dir = procs::bin_dir()?;

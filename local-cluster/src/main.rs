@@ -97,15 +97,16 @@ fn main() -> ExitCode {
                 cluster.typha_addresses().join(",")
             );
             println!(
-                "explore it with: manulctl --netns {} --server {} get networkpolicy",
+                "explore it with: manulctl --netns {} --server {} {} get networkpolicy",
                 cluster.control_plane_netns(),
-                cluster.typha_addresses()[0]
+                cluster.typha_addresses()[0],
+                cluster.manulctl_tls_flags()
             );
             println!(
-                "cluster administration: manulctl --netns {} cluster --peer-server {} --peer-token-file {} status",
+                "cluster administration: manulctl --netns {} {} cluster --peer-server {} status",
                 cluster.control_plane_netns(),
-                cluster.typha_peer_addresses()[0],
-                cluster.typha_peer_token_file().display()
+                cluster.manulctl_tls_flags(),
+                cluster.typha_peer_addresses()[0]
             );
             println!("logs: {}", cluster.work_dir().display());
             println!("press Ctrl-C to remove it");

@@ -209,14 +209,16 @@ pub fn run(
     if keep {
         println!("== the cluster stays up; explore it with:");
         println!(
-            "   manulctl --netns {} --server {} get networkpolicy",
+            "   manulctl --netns {} --server {} {} get networkpolicy",
             c.control_plane_netns(),
-            c.typha_addresses()[0]
+            c.typha_addresses()[0],
+            c.manulctl_tls_flags()
         );
         println!(
-            "   manulctl --netns {} --server {} trace --from production/frontend --to production/api --proto tcp --port 8080",
+            "   manulctl --netns {} --server {} {} trace --from production/frontend --to production/api --proto tcp --port 8080",
             c.control_plane_netns(),
-            c.typha_addresses()[0]
+            c.typha_addresses()[0],
+            c.manulctl_tls_flags()
         );
         println!("   logs: {}", c.work_dir().display());
         println!("   press Ctrl-C to remove it");

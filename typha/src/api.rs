@@ -57,6 +57,7 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct LeaderClients {
     clients: Arc<Mutex<HashMap<String, Channel>>>,
     token: Option<PeerToken>,
+    dial: manul_tls::connect::Transport,
 }
 
 impl LeaderClients {
@@ -64,7 +65,14 @@ impl LeaderClients {
         LeaderClients {
             clients: Arc::default(),
             token,
+            dial: manul_tls::connect::Transport::Plain,
         }
+    }
+
+    /// Reach the other replicas this way (TLS) instead of plaintext.
+    pub fn with_transport(mut self, dial: manul_tls::connect::Transport) -> LeaderClients {
+        self.dial = dial;
+        self
     }
 
     /// A request to another replica: carries the peer token.
@@ -90,10 +98,10 @@ impl LeaderClients {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Status::internal(format!("bad leader address {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy();
+            .connect_timeout(Duration::from_secs(1));
+        let ch = self.dial.connect_lazy(endpoint);
         clients.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

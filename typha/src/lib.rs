@@ -6,8 +6,9 @@
 //!
 //! It refuses to know anything about dataplanes: it stores and fans out
 //! validated resources, nothing else. It refuses Raft traffic and cluster
-//! administration from anyone without the cluster's peer token (they live
-//! on a separate peer listener), any Raft message its guard finds
+//! administration from anyone without a replica's or administrator's
+//! certificate (with TLS) or the cluster's peer token (plaintext); they live
+//! on a separate peer listener, any Raft message its guard finds
 //! impossible or out of place, and any committed entry the model rejects.
 
 pub mod api;
@@ -21,3 +22,4 @@ pub mod raft_storage;
 pub mod server;
 pub mod state;
 pub mod threatfeed;
+pub mod tls;

@@ -4,7 +4,9 @@
 //! `./typha-data`, the client gRPC listener on 127.0.0.1:5473, the peer
 //! listener (Raft, cluster administration) on 127.0.0.1:5474 behind the
 //! token in `./typha-data/peer-token` (created when missing), metrics on
-//! 127.0.0.1:9093.
+//! 127.0.0.1:9093. With `--ca-file`, `--server-cert-file` and
+//! `--server-key-file` every gRPC listener is mutual TLS and certificates
+//! replace the token (`manul_typha::tls`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -144,6 +146,8 @@ struct Args {
     /// watchers (policy then comes from the write API).
     #[arg(long)]
     no_kube_watchers: bool,
+    #[command(flatten)]
+    tls: manul_typha::tls::TlsArgs,
     /// Log format: text or json. Filter with RUST_LOG (default: info).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -214,9 +218,18 @@ async fn main() -> ExitCode {
     } else {
         None
     };
-    let token = match &args.peer_token_file {
-        Some(path) => PeerToken::load(path),
-        None => PeerToken::load_or_create(&args.data_dir.join("peer-token")),
+    let tls = match args.tls.build() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // With TLS, certificates authenticate peers: no token file is needed.
+    let token = match (&tls, &args.peer_token_file) {
+        (Some(_), None) => Ok(None),
+        (_, Some(path)) => PeerToken::load(path).map(Some),
+        (None, None) => PeerToken::load_or_create(&args.data_dir.join("peer-token")).map(Some),
     };
     let token = match token {
         Ok(t) => t,
@@ -248,7 +261,7 @@ async fn main() -> ExitCode {
         data_dir: args.data_dir,
         listen: args.listen,
         peer_listen: args.peer_listen,
-        peer_token: Some(token),
+        peer_token: token,
         metrics: Some(args.metrics),
         peers,
         join,
@@ -262,6 +275,7 @@ async fn main() -> ExitCode {
         },
         shutdown_spread: Duration::from_secs(args.shutdown_spread_secs),
         kube: kube_client.as_ref().map(|_| kube_opts),
+        tls,
     };
     let running = match start(config).await {
         Ok(r) => r,

@@ -2,10 +2,12 @@
 //! writes forwarded between replicas): holders of the cluster's shared peer
 //! token, sent as gRPC metadata on every call.
 //!
-//! The check sits in one place, a tonic interceptor, so mutual TLS can
-//! replace it later (the interceptor then checks the client certificate's
-//! identity instead of the token) without touching the services behind it.
-//! The token is never logged: its `Debug` form is redacted.
+//! The check sits in one place, [`PeerGate`], a tonic interceptor in front
+//! of every service of the peer listener. With TLS ([`crate::tls`]) mutual
+//! TLS replaces the token: the handshake admits only a replica's or an
+//! administrator's certificate, and the gate requires that a verified
+//! certificate came with the call. Without TLS (development) the token is
+//! the only check. The token is never logged: its `Debug` form is redacted.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -162,6 +164,31 @@ impl PeerToken {
 impl tonic::service::Interceptor for PeerToken {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         self.check(&request)?;
+        Ok(request)
+    }
+}
+
+/// Who may use the peer listener: the token's holders (plaintext) or the
+/// holders of a certificate the TLS handshake verified (a replica's or an
+/// administrator's identity, checked there).
+#[derive(Debug, Clone)]
+pub enum PeerGate {
+    Token(PeerToken),
+    Certificate,
+}
+
+impl tonic::service::Interceptor for PeerGate {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        match self {
+            PeerGate::Token(t) => t.check(&request)?,
+            PeerGate::Certificate => {
+                if request.peer_certs().is_none_or(|c| c.is_empty()) {
+                    return Err(Status::unauthenticated(
+                        "the peer listener requires a replica's or an administrator's certificate",
+                    ));
+                }
+            }
+        }
         Ok(request)
     }
 }

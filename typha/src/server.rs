@@ -4,8 +4,9 @@
 //! The client listener serves what any client may use: Resources (writes
 //! validated there) and Sync. The peer listener serves Raft traffic
 //! (Peer), cluster administration (Cluster) and the Resources service for
-//! writes followers forward, all behind the cluster's peer token
-//! ([`crate::peer_auth`]).
+//! writes followers forward, all behind [`crate::peer_auth::PeerGate`]:
+//! the cluster's peer token in plaintext, a replica's or administrator's
+//! certificate with TLS ([`crate::tls`]: every listener then speaks TLS).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,7 +28,8 @@ use crate::cluster::ClusterService;
 use crate::fanout::{Fanout, FanoutConfig, FanoutMetrics, SnapshotSource};
 use crate::node::transport::PeerService;
 use crate::node::{Node, NodeConfig, NodeError, RaftMetrics, Shared};
-use crate::peer_auth::PeerToken;
+use crate::peer_auth::{PeerGate, PeerToken};
+use crate::tls::TyphaTls;
 
 /// Everything a replica needs to start.
 #[derive(Debug, Clone)]
@@ -53,6 +55,8 @@ pub struct TyphaConfig {
     pub shutdown_spread: Duration,
     /// Kubernetes mode: the write API refuses the keys the watchers own.
     pub kube: Option<crate::kube::driver::KubeOptions>,
+    /// TLS on the gRPC listeners; none: plaintext (development).
+    pub tls: Option<TyphaTls>,
 }
 
 impl TyphaConfig {
@@ -73,6 +77,7 @@ impl TyphaConfig {
             fanout: FanoutConfig::default(),
             shutdown_spread: Duration::from_secs(10),
             kube: None,
+            tls: None,
         }
     }
 }
@@ -160,12 +165,28 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError
     Ok((listener, bound))
 }
 
-/// Serves `router` on `listener` until `stop` fires.
+/// Serves `router` on `listener` until `stop` fires, over TLS with `tls`.
 fn serve(
     router: tonic::transport::server::Router,
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> JoinHandle<()> {
+    if let Some(config) = tls {
+        return tokio::spawn(async move {
+            let incoming = manul_tls::accept::incoming(listener, config);
+            let mut stop = stop;
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+            {
+                tracing::error!("gRPC server failed: {e}");
+            }
+        });
+    }
     tokio::spawn(async move {
         // The builder's `tcp_nodelay` only reaches listeners tonic binds
         // itself: set it on every accepted socket, or Nagle plus delayed
@@ -225,10 +246,20 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     node_config.join = config.join;
     node_config.snapshot_every = config.snapshot_every;
     node_config.peer_token = Some(peer_token.clone());
+    let dial = config
+        .tls
+        .as_ref()
+        .map(|t| t.dial.clone())
+        .unwrap_or_default();
+    node_config.peer_transport = dial.clone();
+    let gate = match config.tls {
+        Some(_) => PeerGate::Certificate,
+        None => PeerGate::Token(peer_token.clone()),
+    };
     let node = Node::start(node_config, fanout.clone(), raft_metrics).map_err(ServerError::Node)?;
     let _ = source.0.set(node.shared().clone());
 
-    let leaders = LeaderClients::new(Some(peer_token.clone()));
+    let leaders = LeaderClients::new(Some(peer_token.clone())).with_transport(dial);
     let router = grpc_builder()
         .add_service(ResourcesService::serve(
             node.clone(),
@@ -239,24 +270,31 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     let peer_router = grpc_builder()
         .add_service(InterceptedService::new(
             PeerService::new(node.clone()),
-            peer_token.clone(),
+            gate.clone(),
         ))
         .add_service(InterceptedService::new(
             ClusterService::new(node.clone(), fanout.clone(), leaders.clone()),
-            peer_token.clone(),
+            gate.clone(),
         ))
         .add_service(InterceptedService::new(
             ResourcesService::serve(node.clone(), leaders, config.kube),
-            peer_token.clone(),
+            gate,
         ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = serve(router, listener, stop_rx.clone());
+    let (client_tls, peer_tls) = match &config.tls {
+        Some(t) => (Some(t.client.clone()), Some(t.peer.clone())),
+        None => {
+            tracing::warn!("no TLS configured: the gRPC listeners are plaintext");
+            (None, None)
+        }
+    };
+    let server = serve(router, listener, client_tls, stop_rx.clone());
     tokio::spawn(crate::threatfeed::driver::run(
         node.clone(),
         threatfeed_metrics,
         stop_rx.clone(),
     ));
-    let peer_server = serve(peer_router, peer_listener, stop_rx);
+    let peer_server = serve(peer_router, peer_listener, peer_tls, stop_rx);
     let registry = Arc::new(registry);
     let (metrics_addr, http) = match config.metrics {
         Some(addr) => {

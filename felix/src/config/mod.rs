@@ -395,6 +395,25 @@ settings! {
     flow_logs_flush_interval: Duration = "flowLogsFlushInterval",
         Duration::from_secs(300), |s| s.flow_logs_flush_interval.map(|d| d.0),
         parse::duration, Live;
+    /// Local only: the CA Typha's certificate must chain to; with the
+    /// certificate and key, Felix speaks TLS to Typha (Calico's
+    /// `TyphaCAFile`).
+    typha_ca_file: String = "typhaCAFile",
+        String::new(), local_only, parse::text, Restart;
+    /// Local only: Felix's client certificate (Calico's `TyphaCertFile`).
+    typha_cert_file: String = "typhaCertFile",
+        String::new(), local_only, parse::text, Restart;
+    /// Local only: its key (Calico's `TyphaKeyFile`).
+    typha_key_file: String = "typhaKeyFile",
+        String::new(), local_only, parse::text, Restart;
+    /// Local only: the common name Typha's certificate must have (Calico's
+    /// `TyphaCN`).
+    typha_cn: String = "typhaCN",
+        String::new(), local_only, parse::text, Restart;
+    /// Local only: a URI SAN Typha's certificate must have (Calico's
+    /// `TyphaURISAN`).
+    typha_uri_san: String = "typhaURISAN",
+        String::new(), local_only, parse::text, Restart;
 }
 
 impl FelixConfig {

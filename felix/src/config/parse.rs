@@ -134,6 +134,15 @@ pub fn host(text: &str) -> Result<String, String> {
     }
 }
 
+/// Free text (a file name, a certificate name); empty means unset.
+pub fn text(text: &str) -> Result<String, String> {
+    if text.contains('\0') {
+        Err("contains a NUL character".into())
+    } else {
+        Ok(text.trim().to_string())
+    }
+}
+
 pub fn path(text: &str) -> Result<String, String> {
     if text.is_empty() || text.contains('\0') {
         Err("not a path".into())

@@ -201,6 +201,7 @@ pub(super) fn spawn(
         shared.clone(),
         tx.clone(),
         config.peer_token.clone(),
+        config.peer_transport.clone(),
     );
     let next_request = (config.id << 48)
         | (std::time::SystemTime::now()

@@ -51,6 +51,8 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Sent with every Raft message to other replicas' peer listeners.
     pub peer_token: Option<crate::peer_auth::PeerToken>,
+    /// How Raft messages reach other replicas (TLS or plaintext).
+    pub peer_transport: manul_tls::connect::Transport,
 }
 
 impl NodeConfig {
@@ -65,6 +67,7 @@ impl NodeConfig {
             heartbeat_ticks: 1,
             snapshot_every: 10_000,
             peer_token: None,
+            peer_transport: manul_tls::connect::Transport::Plain,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! Sending: one Tokio task per peer drains a bounded queue and sends batches;
 //! a full queue drops messages (Raft retransmits), an unreachable peer is
 //! reported to Raft, and a snapshot's delivery is reported back so Raft can
-//! resume replication. Every call carries the cluster's peer token.
+//! resume replication. Every call carries the cluster's peer token, over
+//! mutual TLS when the replica has it.
 //!
 //! Receiving: a batch is decoded whole before any of it is stepped, so a
 //! corrupt batch changes nothing; every message must name the batch's
@@ -42,6 +43,7 @@ pub(super) struct Transport {
     shared: Arc<Shared>,
     node_tx: Sender<Msg>,
     token: Option<PeerToken>,
+    dial: manul_tls::connect::Transport,
     peers: HashMap<u64, mpsc::Sender<Message>>,
     runtime: tokio::runtime::Handle,
 }
@@ -52,12 +54,14 @@ impl Transport {
         shared: Arc<Shared>,
         node_tx: Sender<Msg>,
         token: Option<PeerToken>,
+        dial: manul_tls::connect::Transport,
     ) -> Transport {
         Transport {
             id,
             shared,
             node_tx,
             token,
+            dial,
             peers: HashMap::new(),
             runtime: tokio::runtime::Handle::current(),
         }
@@ -74,6 +78,7 @@ impl Transport {
                 self.shared.clone(),
                 self.node_tx.clone(),
                 self.token.clone(),
+                self.dial.clone(),
             ));
             tx
         });
@@ -83,12 +88,15 @@ impl Transport {
     }
 }
 
-fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+fn channel(
+    addr: &str,
+    dial: &manul_tls::connect::Transport,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .tcp_nodelay(true);
+    Ok(dial.connect_lazy(endpoint))
 }
 
 async fn peer_loop(
@@ -98,6 +106,7 @@ async fn peer_loop(
     shared: Arc<Shared>,
     node_tx: Sender<Msg>,
     token: Option<PeerToken>,
+    dial: manul_tls::connect::Transport,
 ) {
     let mut client: Option<(String, PeerClient<Channel>)> = None;
     while let Some(first) = rx.recv().await {
@@ -121,7 +130,7 @@ async fn peer_loop(
             continue;
         };
         if client.as_ref().is_none_or(|(a, _)| *a != addr) {
-            match channel(&addr) {
+            match channel(&addr, &dial) {
                 Ok(ch) => {
                     let c = PeerClient::new(ch)
                         .max_encoding_message_size(MAX_PEER_MESSAGE)

@@ -10,7 +10,10 @@
 # not resolve) and this node by NODE_NAME. Beside it goes manul-kubeconfig
 # (mode 0600): the API server by the kubernetes Service's cluster IP, its
 # CA and the manul-cni ServiceAccount's token (the Secret mounted at
-# MANUL_CNI_TOKEN_DIR), which the plugin uses to record pod addresses.
+# MANUL_CNI_TOKEN_DIR), which the plugin uses to record pod addresses. # The plugin's TLS identity (the
+# manul-cni-tls Secret, mounted at /etc/manul/cni-tls) is copied to
+# /etc/cni/net.d/manul-tls on the host, readable by root only; a rotated
+# Secret reaches the host when this pod restarts.
 set -eu
 
 fail() {
@@ -49,6 +52,17 @@ net_dir="${MANUL_CNI_NET_DIR:-/host/etc/cni/net.d}"
 host_net_dir="${MANUL_CNI_HOST_NET_DIR:-/etc/cni/net.d}"
 
 mkdir -p "$bin_dir" "$net_dir"
+
+tls_src="${MANUL_CNI_TLS_DIR:-/etc/manul/cni-tls}"
+tls_dir="$net_dir/manul-tls"
+mkdir -p "$tls_dir"
+chmod 0700 "$tls_dir"
+for f in ca.crt tls.crt tls.key; do
+    [ -s "$tls_src/$f" ] || fail "$tls_src/$f is missing: create the manul-cni-tls Secret (deploy/README.md)"
+    cp "$tls_src/$f" "$tls_dir/.$f.tmp"
+    chmod 0600 "$tls_dir/.$f.tmp"
+    mv -f "$tls_dir/.$f.tmp" "$tls_dir/$f"
+done
 
 cp "$plugin" "$bin_dir/.manul-cni.tmp"
 chmod 0755 "$bin_dir/.manul-cni.tmp"

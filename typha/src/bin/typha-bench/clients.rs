@@ -22,15 +22,24 @@ use tonic::transport::{Channel, Endpoint};
 /// Largest message a client accepts.
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
+/// How every client of this process connects (set once, by `--tls`).
+static TRANSPORT: std::sync::OnceLock<manul_tls::connect::Transport> = std::sync::OnceLock::new();
+
+/// Connect over `t` from now on (the first call wins).
+pub fn use_transport(t: manul_tls::connect::Transport) {
+    let _ = TRANSPORT.set(t);
+}
+
 /// A new HTTP/2 connection (its own `Channel`), retried a few times: a
 /// burst of connects can overflow the server's accept backlog.
 pub async fn channel(addr: SocketAddr) -> Result<Channel> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true);
+    let transport = TRANSPORT.get().cloned().unwrap_or_default();
     let mut attempt = 0;
     loop {
-        match endpoint.connect().await {
+        match transport.connect(endpoint.clone()).await {
             Ok(c) => return Ok(c),
             Err(e) if attempt >= 5 => {
                 return Err(e).with_context(|| format!("cannot connect to {addr}"));

@@ -42,6 +42,11 @@ struct Args {
     /// Keep the temporary directory (data and logs) at the end.
     #[arg(long, global = true)]
     keep_temp: bool,
+    /// Every connection over TLS (mutual, TLS 1.3): development
+    /// certificates are made for the run, the clients present the
+    /// administrator's.
+    #[arg(long, global = true)]
+    tls: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,10 +98,16 @@ async fn run(args: Args) -> Result<Value> {
             .context("cannot find this executable")?
             .with_file_name("typha"),
     };
+    let tls = if args.tls {
+        Some(std::sync::Arc::new(procs::BenchTls::create()?))
+    } else {
+        None
+    };
     let opts = TyphaOptions {
         binary,
         log_filter: args.typha_log,
         keep_temp: args.keep_temp,
+        tls,
     };
     let nofile = raise_nofile()?;
     eprintln!("RLIMIT_NOFILE soft limit: {nofile}");
@@ -108,6 +119,7 @@ async fn run(args: Args) -> Result<Value> {
     };
     if let Value::Object(map) = &mut report {
         map.insert("benchmark".into(), json!(name));
+        map.insert("tls".into(), json!(args.tls));
         map.insert("machine".into(), machine());
         map.insert("typha".into(), json!(opts.binary.display().to_string()));
         map.insert("nofile_limit".into(), json!(nofile));

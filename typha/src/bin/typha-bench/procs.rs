@@ -23,6 +23,58 @@ pub struct TyphaOptions {
     pub log_filter: String,
     /// Keep the temporary directory (data and logs) at the end.
     pub keep_temp: bool,
+    /// TLS on every listener and client.
+    pub tls: Option<std::sync::Arc<BenchTls>>,
+}
+
+/// Development certificates for a TLS run, made once per process (every
+/// replica serves the same `typha` certificate; clients present `admin`).
+#[derive(Debug)]
+pub struct BenchTls {
+    dir: PathBuf,
+}
+
+impl Drop for BenchTls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl BenchTls {
+    /// Makes the certificates and installs the clients' transport.
+    pub fn create() -> Result<BenchTls> {
+        let dir = unique_dir().with_extension("certs");
+        let set = manul_tls::dev::DevSet {
+            typha_names: vec!["127.0.0.1".into()],
+            typha_cn: manul_tls::dev::TYPHA_CN.into(),
+            nodes: Vec::new(),
+            days: 1,
+        };
+        manul_tls::dev::write_dev_set(&dir, &set)?;
+        let settings = manul_tls::client::ClientSettings {
+            ca_file: dir.join("ca.crt"),
+            cert_file: dir.join("admin.crt"),
+            key_file: dir.join("admin.key"),
+            server: manul_tls::Expected::new([manul_tls::dev::TYPHA_CN.to_string()], [], "bench")?,
+        };
+        crate::clients::use_transport(manul_tls::connect::Transport::Tls(settings.config()?));
+        Ok(BenchTls { dir })
+    }
+
+    /// The `typha` flags that turn TLS on.
+    fn args(&self) -> Vec<std::ffi::OsString> {
+        let file = |name: &str| self.dir.join(name).into_os_string();
+        vec![
+            "--ca-file".into(),
+            file("ca.crt"),
+            "--server-cert-file".into(),
+            file("typha.crt"),
+            "--server-key-file".into(),
+            file("typha.key"),
+            "--client-cn".into(),
+            manul_tls::dev::FELIX_CN.into(),
+        ]
+    }
 }
 
 /// One spawned replica.
@@ -149,6 +201,7 @@ impl Cluster {
                 .arg(max_connections.to_string())
                 .arg("--shutdown-spread-secs")
                 .arg("0")
+                .args(opts.tls.as_ref().map(|t| t.args()).unwrap_or_default())
                 .env("RUST_LOG", &opts.log_filter)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

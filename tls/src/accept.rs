@@ -1,0 +1,64 @@
+//! Accepting TLS connections for a tonic server.
+//!
+//! One task accepts; each handshake runs in its own task with a time
+//! limit, so a client that connects and sends nothing (or a slow one)
+//! holds up no one else. A failed handshake is logged and dropped: a
+//! server never sees a connection that did not authenticate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// Longest a client may take to complete its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The authenticated connections of `listener`, for
+/// `Router::serve_with_incoming`. Accepting stops when the stream is
+/// dropped.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> impl Stream<Item = std::io::Result<TlsStream<TcpStream>>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                a = listener.accept() => a,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            // Nagle plus delayed ACKs would hold each response's trailers.
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(%peer, "TLS handshake refused: {e}"),
+                    Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
