@@ -9,7 +9,7 @@
 //!   keeps any more; pure, time passed in;
 //! - [`fetch`]: `file://`, `http://`, `https://`, bounded in size and time;
 //! - [`driver`]: the leader's loop, proposing through the node;
-//! - [`metrics`]: `typha_threatfeed_*`.
+//! - [`metrics`]: the `typha_threatfeed_*` metrics.
 //!
 //! It refuses domain-name feeds (validation says so), header values kept
 //! in ConfigMaps or Secrets (the pull fails and says so), and to widen
