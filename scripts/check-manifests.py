@@ -30,7 +30,7 @@ RENDERED = {
     "deploy/kubernetes": "deploy/manul.yaml",
     "deploy/kubernetes/monitoring": "deploy/manul-monitoring.yaml",
 }
-OVERLAYS = {"bpf": "bpf", "iptables": "iptables"}
+OVERLAYS = {"bpf": "BPF", "iptables": "Iptables"}
 # Kinds the Kubernetes schemas do not describe: the Prometheus Operator's
 # custom resources (monitoring.coreos.com) and custom resources of Manul's
 # own CRDs (projectcalico.org, operator.tigera.io). Any other kind without
@@ -101,9 +101,16 @@ def check_rendered(write):
             for c in d["spec"]["template"]["spec"]["containers"]
             if c["name"] == "felix"
         ]
-        values = [e.get("value") for c in felix for e in c.get("env", []) if e["name"] == "MANUL_DATAPLANE"]
-        if values != [dataplane]:
-            error(f"{src}: Felix's MANUL_DATAPLANE is {values}, expected [{dataplane!r}]")
+        args = [a for c in felix for a in c.get("args", []) if a.startswith("--dataplane")]
+        if args != ["--dataplane=kernel"]:
+            error(f"{src}: Felix's dataplane flags are {args}, expected ['--dataplane=kernel'] (bpfEnabled decides)")
+        installs = [
+            (d.get("metadata", {}).get("name"), d.get("spec", {}).get("calicoNetwork", {}).get("linuxDataplane"))
+            for d in documents(text)
+            if d.get("kind") == "Installation"
+        ]
+        if installs != [("default", dataplane)]:
+            error(f"{src}: the Installations are {installs}, expected [('default', {dataplane!r})]")
     return rendered
 
 

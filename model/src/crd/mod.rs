@@ -30,6 +30,9 @@ use crate::v3::{
 pub const GROUP: &str = "projectcalico.org";
 /// The one version each CRD serves.
 pub const VERSION: &str = "v3";
+/// The operator's API group and version (its `Installation`).
+pub const OPERATOR_GROUP: &str = "operator.tigera.io";
+pub const OPERATOR_VERSION: &str = "v1";
 
 /// A column `kubectl get` prints.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +68,9 @@ pub struct CrdSpec {
     /// label in Typha's metrics and logs (unlike the kind's name, it does
     /// not collide with Kubernetes' own NetworkPolicy).
     pub crd_name: &'static str,
+    /// The API group and version (`projectcalico.org`, `v3`).
+    pub group: &'static str,
+    pub version: &'static str,
     pub short_names: &'static [&'static str],
     pub columns: &'static [Column],
     /// The schema of `status`, for kinds Calico gives a status subresource.
@@ -78,6 +84,8 @@ macro_rules! crd {
             kind: Kind::$kind,
             plural: $plural,
             crd_name: concat!($plural, ".projectcalico.org"),
+            group: GROUP,
+            version: VERSION,
             short_names: &[$($short),*],
             columns: &[$($col,)* AGE],
             status: crd!(@status $($status)?),
@@ -201,6 +209,29 @@ pub const CRDS: &[CrdSpec] = &[
         [],
         FelixConfigurationSpec
     ),
+    // The operator's Installation, for its `linuxDataplane` (Felix's
+    // dataplane). Its spec holds the operator's whole reference, much of
+    // it Kubernetes' own pod-template types: the schema keeps it open and
+    // Typha judges it with the model, skipping and counting what it
+    // refuses.
+    CrdSpec {
+        kind: Kind::Installation,
+        plural: "installations",
+        crd_name: "installations.operator.tigera.io",
+        group: OPERATOR_GROUP,
+        version: OPERATOR_VERSION,
+        short_names: &[],
+        columns: &[
+            Column {
+                name: "Dataplane",
+                json_path: ".spec.calicoNetwork.linuxDataplane",
+                typ: "string",
+            },
+            AGE,
+        ],
+        status: None,
+        spec: |_| schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+    },
 ];
 
 /// The `projectcalico.org/v3` kinds without a CRD, and why.
@@ -309,8 +340,9 @@ impl CrdSpec {
         Ok(json!({
             "type": "object",
             "description": format!(
-                "A Calico {} (projectcalico.org/v3), as Manul accepts it.",
-                self.kind.name()
+                "A Calico {} ({}), as Manul accepts it.",
+                self.kind.name(),
+                self.kind.api_version()
             ),
             "properties": props,
         }))
@@ -334,7 +366,7 @@ impl CrdSpec {
             .map(|c| json!({"name": c.name, "jsonPath": c.json_path, "type": c.typ}))
             .collect();
         let mut version = json!({
-            "name": VERSION,
+            "name": self.version,
             "served": true,
             "storage": true,
             "additionalPrinterColumns": columns,
@@ -348,7 +380,7 @@ impl CrdSpec {
             "kind": "CustomResourceDefinition",
             "metadata": {"name": self.crd_name},
             "spec": {
-                "group": GROUP,
+                "group": self.group,
                 "names": names,
                 "scope": if self.kind.namespaced() { "Namespaced" } else { "Cluster" },
                 "versions": [version],
@@ -356,9 +388,9 @@ impl CrdSpec {
         }))
     }
 
-    /// The file the CRD is written to: `projectcalico.org_PLURAL.yaml`.
+    /// The file the CRD is written to: `GROUP_PLURAL.yaml`.
     pub fn file_name(&self) -> String {
-        format!("{GROUP}_{}.yaml", self.plural)
+        format!("{}_{}.yaml", self.group, self.plural)
     }
 
     /// The CRD as the YAML file checked in: a header and the object with

@@ -157,8 +157,15 @@ fn every_crd_schema_is_structural() {
 #[test]
 fn crd_names_are_plural_dot_group() {
     for crd in CRDS {
-        assert_eq!(crd.crd_name, format!("{}.{GROUP}", crd.plural));
-        assert_eq!(crd.file_name(), format!("{GROUP}_{}.yaml", crd.plural));
+        assert_eq!(crd.crd_name, format!("{}.{}", crd.plural, crd.group));
+        assert_eq!(
+            crd.file_name(),
+            format!("{}_{}.yaml", crd.group, crd.plural)
+        );
+        assert_eq!(
+            crd.kind.api_version(),
+            format!("{}/{}", crd.group, crd.version)
+        );
     }
 }
 

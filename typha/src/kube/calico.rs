@@ -1,4 +1,5 @@
-//! The `projectcalico.org/v3` kinds served as CRDs (`manul_model::crd`):
+//! The `projectcalico.org/v3` kinds (and the operator's `Installation`)
+//! served as CRDs (`manul_model::crd`):
 //! each is watched and stored as the model loads it (strict decoding,
 //! Calico's defaults, validation), so a custom resource the API server
 //! accepted but the model refuses is skipped, logged and counted like any
@@ -15,7 +16,7 @@ use std::marker::PhantomData;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use manul_model::convert::ConvertError;
-use manul_model::crd::{self, GROUP, VERSION};
+use manul_model::crd;
 use manul_model::{Kind, Resource, ResourceKey};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
@@ -55,6 +56,7 @@ kinds! {
     Profiles => Profile,
     IpPools => IpPool,
     FelixConfigurations => FelixConfiguration,
+    Installations => Installation,
 }
 
 /// A custom resource as the API server sends it: its metadata and the
@@ -93,10 +95,10 @@ impl<M: CalicoKind> kube::Resource for CalicoObject<M> {
         M::KIND.name().into()
     }
     fn group(_: &()) -> Cow<'_, str> {
-        GROUP.into()
+        crd::crd_of(M::KIND).map_or("", |c| c.group).into()
     }
     fn version(_: &()) -> Cow<'_, str> {
-        VERSION.into()
+        crd::crd_of(M::KIND).map_or("", |c| c.version).into()
     }
     fn plural(_: &()) -> Cow<'_, str> {
         plural(M::KIND).into()

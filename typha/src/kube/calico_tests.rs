@@ -136,7 +136,9 @@ fn every_crd_is_watched_and_typha_may_list_and_watch_it() {
             continue;
         }
         for rule in doc["rules"].as_array().unwrap() {
-            if rule["apiGroups"] == json!(["projectcalico.org"]) {
+            if rule["apiGroups"] == json!(["projectcalico.org"])
+                || rule["apiGroups"] == json!(["operator.tigera.io"])
+            {
                 assert_eq!(
                     rule["verbs"],
                     json!(["list", "watch"]),
@@ -149,6 +151,34 @@ fn every_crd_is_watched_and_typha_may_list_and_watch_it() {
     let watched: Vec<Value> = WATCHED.iter().map(|k| json!(plural(*k))).collect();
     assert_eq!(
         granted, watched,
-        "the projectcalico.org resources Typha's ClusterRole grants"
+        "the custom resources Typha's ClusterRole grants"
     );
+}
+
+#[test]
+fn the_operators_installation_is_stored_for_felix_and_judged_by_the_model() {
+    use kube::Resource as _;
+    assert_eq!(
+        CalicoObject::<Installations>::group(&()),
+        "operator.tigera.io"
+    );
+    assert_eq!(CalicoObject::<Installations>::version(&()), "v1");
+    assert_eq!(CalicoObject::<Installations>::plural(&()), "installations");
+    let source = CalicoSource::<Installations>::new(KubeOptions::default());
+    let bpf: CalicoObject<Installations> = object(
+        r#"{"apiVersion": "operator.tigera.io/v1", "kind": "Installation",
+            "metadata": {"name": "default"}, "spec": {"calicoNetwork": {"linuxDataplane": "BPF"}}}"#,
+    );
+    let out = source.convert(&bpf).unwrap();
+    let stored = serde_json::to_value(&out[0]).unwrap();
+    assert_eq!(stored["apiVersion"], "operator.tigera.io/v1");
+    assert_eq!(stored["spec"]["calicoNetwork"]["linuxDataplane"], "BPF");
+    // The CRD's schema is open; the model is the judge.
+    for bad in [
+        r#"{"metadata": {"name": "other"}, "spec": {}}"#,
+        r#"{"metadata": {"name": "default"}, "spec": {"calicoNetwork": {"linuxDataplane": "Turbo"}}}"#,
+        r#"{"metadata": {"name": "default"}, "spec": {"noSuchField": 1}}"#,
+    ] {
+        assert!(source.convert(&object(bad)).is_err(), "{bad}");
+    }
 }

@@ -298,6 +298,7 @@ fn start(client: &Client, node: &Node, metrics: &KubeMetrics, opts: KubeOptions)
     spawn_calico::<calico::Profiles>(&mut set, client, node, metrics, opts);
     spawn_calico::<calico::IpPools>(&mut set, client, node, metrics, opts);
     spawn_calico::<calico::FelixConfigurations>(&mut set, client, node, metrics, opts);
+    spawn_calico::<calico::Installations>(&mut set, client, node, metrics, opts);
     let (n, m) = (node.clone(), metrics.clone());
     set.spawn(watch_kind(
         Api::<Lenient<Pod>>::all(client.clone()),

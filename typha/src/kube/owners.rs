@@ -1,8 +1,8 @@
 //! Who owns each key in Kubernetes mode: a watcher that converts a
 //! Kubernetes object (Pods, Namespaces, ServiceAccounts, NetworkPolicies,
 //! Nodes, Services, EndpointSlices), the custom resources of a
-//! `projectcalico.org/v3` CRD, or nobody (IPAM blocks, Pods and the
-//! operator's Installation, written through Typha's API). Owned keys are
+//! `projectcalico.org/v3` CRD (or the operator's Installation CRD), or
+//! nobody (IPAM blocks and Pods, written through Typha's API). Owned keys are
 //! written only by their watcher: Typha's write API refuses them, and a
 //! custom resource cannot take a key a converting watcher owns. No I/O.
 
@@ -171,13 +171,10 @@ mod tests {
             owner(&key(Kind::IpamBlock, None, "10-65-0-0-26"), opts),
             None
         );
-        // IPAM blocks (the CNI plugin's), Pods (stored only outside Kubernetes
-        // mode, where the plugin reads them from Typha) and the operator's
-        // Installation.
-        assert_eq!(
-            writable_kinds(opts),
-            [Kind::IpamBlock, Kind::Pod, Kind::Installation]
-        );
+        // IPAM blocks (the CNI plugin's) and Pods (stored only outside
+        // Kubernetes mode, where the plugin reads them from Typha); the
+        // operator's Installation is a custom resource.
+        assert_eq!(writable_kinds(opts), [Kind::IpamBlock, Kind::Pod]);
     }
 
     #[test]
