@@ -185,3 +185,78 @@ async fn del_leaves_a_newer_container_a_bare_pod_and_a_gone_pod_alone() {
         );
     }
 }
+
+/// `pods` or `pods/status` and the verb, from a request of this plugin.
+fn call(method: &Method, uri: &str) -> (String, String) {
+    let path = uri.split('?').next().unwrap_or_default();
+    let resource = if path.ends_with("/status") {
+        "pods/status"
+    } else {
+        "pods"
+    };
+    let verb = match *method {
+        Method::GET => "get",
+        Method::PATCH => "patch",
+        ref m => panic!("unexpected method {m}"),
+    };
+    (resource.to_string(), verb.to_string())
+}
+
+/// ADD and DEL against the mock: the calls they make are exactly what the
+/// plugin's ClusterRole grants (core group, no more, no less).
+#[tokio::test]
+async fn the_cluster_role_grants_exactly_the_calls_add_and_del_make() {
+    let mut calls = std::collections::BTreeSet::new();
+    let (api, mut handle) = mock_api();
+    let add = tokio::spawn(async move {
+        let ips: Vec<IpAddr> = vec!["10.65.0.7".parse().unwrap()];
+        api.record("production", "api", &ips, "c0ffee").await
+    });
+    let ((method, uri, _, _), send) = next(&mut handle).await;
+    calls.insert(call(&method, &uri));
+    respond(send, 200, &pod("", "8"));
+    add.await.unwrap().unwrap();
+
+    let (api, mut handle) = mock_api();
+    let del = tokio::spawn(async move { api.clear("production", "api", "c0ffee").await });
+    let ours = r#""cni.projectcalico.org/containerID": "c0ffee", "cni.projectcalico.org/podIP": "10.65.0.7/32""#;
+    let ((method, uri, _, _), send) = next(&mut handle).await;
+    calls.insert(call(&method, &uri));
+    respond(send, 200, &pod(ours, "9"));
+    let ((method, uri, _, _), send) = next(&mut handle).await;
+    calls.insert(call(&method, &uri));
+    respond(send, 200, &pod("", "10"));
+    del.await.unwrap().unwrap();
+
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kubernetes/base/cni/rbac.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut granted = std::collections::BTreeSet::new();
+    for de in serde_yaml_ng::Deserializer::from_str(&text) {
+        let doc: Value = serde::Deserialize::deserialize(de).unwrap();
+        if doc["kind"] != "ClusterRole" {
+            continue;
+        }
+        for rule in doc["rules"].as_array().unwrap() {
+            assert_eq!(
+                rule["apiGroups"],
+                serde_json::json!([""]),
+                "core group only"
+            );
+            for r in rule["resources"].as_array().unwrap() {
+                for v in rule["verbs"].as_array().unwrap() {
+                    granted.insert((
+                        r.as_str().unwrap().to_string(),
+                        v.as_str().unwrap().to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        calls, granted,
+        "the calls ADD and DEL made (left), the ClusterRole (right)"
+    );
+}

@@ -390,3 +390,129 @@ async fn global_network_policy_crd_list_watch_and_relist_into_raft() {
     task.abort();
     node.stop();
 }
+
+/// `(group, resource, verb)` of an API request: `/api/v1[/namespaces/NS]/R`
+/// or `/apis/G/V[/namespaces/NS]/R[/NAME]`; GET with `watch=true` is
+/// `watch`, GET on a collection `list`, on a name `get`.
+fn api_call(req: &Request<Body>) -> (String, String, String) {
+    let parts: Vec<&str> = req
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _v, rest @ ..] => (String::new(), rest.to_vec()),
+        ["apis", g, _v, rest @ ..] => (g.to_string(), rest.to_vec()),
+        _ => panic!("not an API path: {}", req.uri()),
+    };
+    let rest = match rest.as_slice() {
+        ["namespaces", _ns, r @ ..] if !r.is_empty() => r.to_vec(),
+        r => r.to_vec(),
+    };
+    let watch = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .any(|p| p == "watch=true" || p == "watch=1");
+    let verb = match (req.method().as_str(), rest.len(), watch) {
+        ("GET", _, true) => "watch",
+        ("GET", 1, false) => "list",
+        ("GET", _, false) => "get",
+        ("POST", _, _) => "create",
+        ("PUT", _, _) => "update",
+        ("PATCH", _, _) => "patch",
+        ("DELETE", _, _) => "delete",
+        (m, _, _) => panic!("unexpected method {m}"),
+    };
+    (group, rest[0].to_string(), verb.to_string())
+}
+
+/// What a ClusterRole in `file` grants, as `(group, resource, verb)`.
+fn granted(file: &str, role: &str) -> std::collections::BTreeSet<(String, String, String)> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut out = std::collections::BTreeSet::new();
+    for de in serde_yaml_ng::Deserializer::from_str(&text) {
+        let doc: serde_json::Value = serde::Deserialize::deserialize(de).unwrap();
+        if doc["kind"] != "ClusterRole" || doc["metadata"]["name"] != role {
+            continue;
+        }
+        for rule in doc["rules"].as_array().unwrap() {
+            let strings = |k: &str| -> Vec<String> {
+                rule[k]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string())
+                    .collect()
+            };
+            for g in strings("apiGroups") {
+                for r in strings("resources") {
+                    for v in strings("verbs") {
+                        out.insert((g.clone(), r.clone(), v));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every watcher the leader starts, against a mock API server that lists
+/// nothing and leaves watches open: the calls they make are exactly what
+/// Typha's ClusterRole grants, no more, no less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_role_grants_exactly_the_calls_the_watchers_make() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = leader(dir.path()).await;
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(run(
+        client,
+        node.clone(),
+        KubeMetrics::default(),
+        KubeOptions {
+            auto_host_endpoints: true,
+        },
+        stopped,
+    ));
+    let mut calls = std::collections::BTreeSet::new();
+    let mut hanging = Vec::new();
+    // Every watcher lists and then watches; wait until the calls stop
+    // growing for a while.
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(2), handle.next_request()).await;
+        let Ok(Some((req, send))) = next else {
+            break;
+        };
+        let call = api_call(&req);
+        if call.2 == "watch" {
+            hanging.push(send);
+        } else {
+            let body = r#"{"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []}"#;
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(body.as_bytes().to_vec()))
+                    .unwrap(),
+            );
+        }
+        calls.insert(call);
+    }
+    let role = granted(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/kubernetes/base/typha/rbac.yaml"
+        ),
+        "manul-typha",
+    );
+    assert_eq!(
+        calls, role,
+        "the calls the watchers made (left) and what the manul-typha ClusterRole grants (right)"
+    );
+    let _ = stop.send(true);
+    drop(hanging);
+    task.abort();
+    node.stop();
+}
