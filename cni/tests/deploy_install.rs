@@ -23,13 +23,24 @@ const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE---
 
 /// Runs install-cni.sh with `env` on top of a clean environment; the host
 /// directories are `root/opt/cni/bin` and `root/etc/cni/net.d`, the
-/// mounted token Secret `root/token`.
+/// mounted token Secret `root/token`, the TLS Secret `root/tls`.
 fn install(root: &Path, env: &[(&str, &str)]) -> Output {
     let token_dir = root.join("token");
     if !token_dir.exists() {
         std::fs::create_dir_all(&token_dir).unwrap();
         std::fs::write(token_dir.join("token"), TOKEN).unwrap();
         std::fs::write(token_dir.join("ca.crt"), CA).unwrap();
+    }
+    let tls_dir = root.join("tls");
+    if !tls_dir.exists() {
+        std::fs::create_dir_all(&tls_dir).unwrap();
+        for f in ["ca.crt", "tls.crt", "tls.key"] {
+            std::fs::write(
+                tls_dir.join(f),
+                format!("{f} of the manul-cni-tls Secret\n"),
+            )
+            .unwrap();
+        }
     }
     let mut cmd = Command::new("sh");
     cmd.arg(source_dir().join("install-cni.sh"))
@@ -40,6 +51,7 @@ fn install(root: &Path, env: &[(&str, &str)]) -> Output {
         .env("MANUL_CNI_BIN_DIR", root.join("opt/cni/bin"))
         .env("MANUL_CNI_NET_DIR", root.join("etc/cni/net.d"))
         .env("MANUL_CNI_TOKEN_DIR", &token_dir)
+        .env("MANUL_CNI_TLS_DIR", &tls_dir)
         .env("KUBERNETES_SERVICE_HOST", "10.96.0.1")
         .env("KUBERNETES_SERVICE_PORT", "443");
     for (k, v) in env {
@@ -122,8 +134,30 @@ fn installs_the_plugin_and_a_configuration_it_accepts() {
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains(&format!("token: {TOKEN}\n")), "{text}");
 
+    // The TLS identity, copied for root only, where the conflist names it.
+    let tls = root.path().join("etc/cni/net.d/manul-tls");
+    assert_eq!(
+        std::fs::metadata(&tls).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for f in ["ca.crt", "tls.crt", "tls.key"] {
+        let copied = tls.join(f);
+        assert_eq!(
+            std::fs::read_to_string(&copied).unwrap(),
+            format!("{f} of the manul-cni-tls Secret\n")
+        );
+        assert_eq!(
+            std::fs::metadata(&copied).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
     // No temporary file is left beside the installed ones.
-    for (dir, want) in [("opt/cni/bin", 1), ("etc/cni/net.d", 2)] {
+    for (dir, want) in [
+        ("opt/cni/bin", 1),
+        ("etc/cni/net.d", 3),
+        ("etc/cni/net.d/manul-tls", 3),
+    ] {
         let names: Vec<_> = std::fs::read_dir(root.path().join(dir))
             .unwrap()
             .map(|e| e.unwrap().file_name())
