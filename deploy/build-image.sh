@@ -119,13 +119,24 @@ run "$container" -- sh -c '
     exit 1
 ' | sed 's/^/   typha \/healthz: /'
 
-# The Felix DaemonSet's init container: install into a scratch host.
+# The Felix DaemonSet's init container: install into a scratch host, with
+# stand-ins for the two Secrets it mounts (the CNI plugin's service-account
+# token and its TLS identity).
 host=$(mktemp -d)
-trap 'cleanup; rm -rf "$host"' EXIT
+secrets=$(mktemp -d)
+trap 'cleanup; rm -rf "$host" "$secrets"' EXIT
+mkdir -p "$secrets/token" "$secrets/tls"
+printf 'token-of-manul-cni' >"$secrets/token/token"
+printf 'ca of the cluster\n' >"$secrets/token/ca.crt"
+for f in ca.crt tls.crt tls.key; do printf '%s\n' "$f" >"$secrets/tls/$f"; done
 run -v "$PWD/deploy/kubernetes/base/cni:/etc/manul/cni:ro" -v "$host:/host" \
+    -v "$secrets/token:/var/run/manul/cni-token:ro" -v "$secrets/tls:/etc/manul/cni-tls:ro" \
     --env NODE_NAME=node-a --env MANUL_TYPHA_SERVICE_HOST=10.96.0.20 \
     --env MANUL_TYPHA_SERVICE_PORT_SYNC=5473 \
+    --env KUBERNETES_SERVICE_HOST=10.96.0.1 --env KUBERNETES_SERVICE_PORT=443 \
     "$container" -- sh /etc/manul/cni/install-cni.sh | sed 's/^/   /'
 cmp "$host/opt/cni/bin/manul-cni" "$rootfs/usr/local/bin/manul-cni"
 grep -q '"10.96.0.20:5473"' "$host/etc/cni/net.d/10-manul.conflist"
+grep -q 'token: token-of-manul-cni' "$host/etc/cni/net.d/manul-kubeconfig"
+cmp "$host/etc/cni/net.d/manul-tls/tls.key" "$secrets/tls/tls.key"
 echo "image $tag ok"

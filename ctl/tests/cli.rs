@@ -46,6 +46,7 @@ fn validate_accepts_every_example() {
         "GlobalNetworkSet blocked-ranges ok",
         "GlobalNetworkPolicy security.block-threats ok",
         "GlobalNetworkPolicy default-deny-with-dns ok",
+        "GlobalThreatFeed abuse-ips ok",
     ] {
         assert!(
             stdout.lines().any(|l| l == line),
@@ -54,7 +55,7 @@ fn validate_accepts_every_example() {
     }
     assert_eq!(
         stdout.lines().count(),
-        8,
+        9,
         "bad/ is not read without -R:\n{stdout}"
     );
 }
