@@ -199,11 +199,15 @@ impl ResourcesService {
             return Ok(());
         };
         let mut cluster = ClusterClient::new(self.leaders.channel(&addr).await?);
-        let target = cluster
+        let leader = cluster
             .replica(self.leaders.request(ReplicaStatusRequest {}))
             .await?
-            .into_inner()
-            .commit_index;
+            .into_inner();
+        // The leader publishes its commit index after it has answered the
+        // writes of a batch, but applies them before answering: its applied
+        // revision (a Raft index, read live) covers every acknowledged
+        // write even when the published commit index lags.
+        let target = leader.commit_index.max(leader.applied_revision);
         let deadline = tokio::time::Instant::now() + READ_INDEX_TIMEOUT;
         while self.node.status().applied_index < target {
             if tokio::time::Instant::now() > deadline {

@@ -274,7 +274,12 @@ async fn main() -> ExitCode {
             ..FanoutConfig::default()
         },
         shutdown_spread: Duration::from_secs(args.shutdown_spread_secs),
-        kube: kube_client.as_ref().map(|_| kube_opts),
+        // Without the watchers nothing is owned by the Kubernetes API: the
+        // write API takes every kind.
+        kube: kube_client
+            .as_ref()
+            .filter(|_| !args.no_kube_watchers)
+            .map(|_| kube_opts),
         tls,
     };
     let running = match start(config).await {
