@@ -40,6 +40,24 @@ enum manul_action {
 	MANUL_ACTION_ALLOW = 1,
 	MANUL_ACTION_DENY = 2,
 	MANUL_ACTION_PASS = 3,
+	/* The table has no verdict: the next stage of a host endpoint's
+	 * policy decides (the end of pre-DNAT and untracked tables). */
+	MANUL_ACTION_NEXT = 4,
+};
+
+/* A host endpoint's policy besides its normal tiers, one table per hook
+ * and stage (manul_ep_value.stage_table); 0 = none of that kind. */
+enum manul_stage {
+	/* doNotTrack: every packet, before conntrack; an allow skips
+	 * conntrack and the other stages, a deny drops. */
+	MANUL_STAGE_UNTRACKED = 0,
+	/* preDNAT: new flows arriving (ingress hook only), before the
+	 * normal or forward tables. */
+	MANUL_STAGE_PRE_DNAT = 1,
+	/* applyOnForward: new flows forwarded through the host (neither to
+	 * nor from the host itself), instead of the normal table. */
+	MANUL_STAGE_FORWARD = 2,
+	MANUL_STAGE_MAX = 3,
 };
 
 /* What a rule slot is, for flow events. */
@@ -66,6 +84,9 @@ enum manul_reason {
 	MANUL_REASON_TO_HOST = 4,
 	/* A host endpoint's failsafe port. */
 	MANUL_REASON_FAILSAFE = 5,
+	/* Forwarded through a host endpoint that has no applyOnForward
+	 * policy for the direction: allowed. */
+	MANUL_REASON_FORWARD_UNPOLICED = 6,
 };
 
 enum manul_ct_state {
@@ -96,6 +117,9 @@ enum manul_counter {
 	MANUL_CNT_NOT_IP = 7,
 	MANUL_CNT_EVENTS_LOST = 8,
 	MANUL_CNT_ND_ALLOWED = 9,
+	/* Packets an untracked (doNotTrack) table allowed or denied. */
+	MANUL_CNT_UNTRACKED_ALLOWED = 10,
+	MANUL_CNT_UNTRACKED_DENIED = 11,
 	MANUL_CNT_MAX = 16,
 };
 
@@ -114,13 +138,19 @@ struct manul_bitmap {
 };
 
 /* manul_ep: ifindex -> the tables judging its two hooks, and the address
- * space each table's addresses are looked up in. */
+ * space each table's addresses are looked up in. One update flips them
+ * all. */
 struct manul_ep_value {
-	/* Indexed by enum manul_hook; 0 = drop everything on that hook. */
+	/* Indexed by enum manul_hook; 0 = drop everything on that hook. For
+	 * a host endpoint: its normal tiers and profiles, which judge
+	 * traffic to or from the host itself. */
 	__u32 table[2];
 	__u32 space[2];
 	__u32 flags; /* MANUL_EP_* */
 	__u32 reserved;
+	/* Host endpoints: [hook][enum manul_stage]; 0 = no such policy. */
+	__u32 stage_table[2][MANUL_STAGE_MAX];
+	__u32 stage_space[2][MANUL_STAGE_MAX];
 };
 
 /* manul_failsafe: (direction, protocol, port) -> 1: new flows to this port

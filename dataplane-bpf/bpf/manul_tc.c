@@ -12,6 +12,12 @@
  * map lookups (an address is looked up in its table's address space, whose
  * class selects the table's bitmap), take the first set bit, follow Pass rules, create the
  * conntrack entry and emit one flow event.
+ *
+ * A host endpoint's packet goes through up to three tables (see
+ * host_policy): its untracked table on every packet before conntrack;
+ * for a new flow, failsafe ports, then its pre-DNAT table (ingress), then
+ * its normal table if the packet is to or from the host itself, else its
+ * forward table.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -376,27 +382,29 @@ static long pass_step(__u32 i, void *data)
 }
 
 /* Classifies a new flow against a table. Returns 0 with the deciding rule,
- * or a MANUL_REASON_* explaining a drop without a rule. */
-static __always_inline int classify(__u32 table, __u32 space, const struct pkt *p,
-				    struct decision *d)
+ * or a MANUL_REASON_* explaining a drop without a rule. A global function:
+ * the verifier checks it once, however many tables a packet goes through
+ * (a host endpoint's untracked, pre-DNAT and normal or forward ones). */
+__attribute__((noinline)) int classify(__u32 table, __u32 space, const struct pkt *p,
+				       struct decision *d)
 {
 	__u32 zero = 0;
 	struct manul_bitmap *acc = bpf_map_lookup_elem(&manul_scratch, &zero);
 	const struct manul_bitmap *b;
 	struct manul_proto_key prk = {
 		.prefixlen = MANUL_PROTO_KEY_BASE_BITS + 32,
-		.data = {
-			.table = table,
-			.version = p->version,
-			.proto = p->proto,
-			.icmp_type = p->icmp_type,
-			.icmp_code = p->icmp_code,
-		},
+		.data = { .table = table },
 	};
-	__u16 sport = p->sport, dport = p->dport;
+	__u16 sport, dport;
 
-	if (!acc)
+	if (!acc || !p || !d)
 		return MANUL_REASON_NO_TABLE;
+	prk.data.version = p->version;
+	prk.data.proto = p->proto;
+	prk.data.icmp_type = p->icmp_type;
+	prk.data.icmp_code = p->icmp_code;
+	sport = p->sport;
+	dport = p->dport;
 	/* ICMP "ports" are only conntrack identifiers: rules see port 0. */
 	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
 		sport = 0;
@@ -540,27 +548,41 @@ static __always_inline int to_host_dropped(void)
 	return v && *v == 1;
 }
 
-/* Whether the packet is for this host rather than forwarded: the FIB has
- * no unicast route out for it (a local, broadcast or multicast
- * destination). Needs forwarding enabled, as on any node. */
-static __always_inline int to_local_host(struct __sk_buff *skb, const struct pkt *p)
+/* Whether the FIB has no unicast route out for `to` (a local, broadcast
+ * or multicast address), looked up as a packet from `from` arriving on
+ * the interface. Needs forwarding enabled, as on any node. */
+static __always_inline int fib_local(struct __sk_buff *skb, const struct pkt *p, const __u8 *from,
+				     const __u8 *to, __u16 from_port, __u16 to_port)
 {
 	struct bpf_fib_lookup f = {};
 
 	f.ifindex = skb->ifindex;
 	f.l4_protocol = p->proto;
-	f.sport = p->sport;
-	f.dport = p->dport;
+	f.sport = from_port;
+	f.dport = to_port;
 	if (p->version == 4) {
 		f.family = 2; /* AF_INET */
-		__builtin_memcpy(&f.ipv4_src, p->src, 4);
-		__builtin_memcpy(&f.ipv4_dst, p->dst, 4);
+		__builtin_memcpy(&f.ipv4_src, from, 4);
+		__builtin_memcpy(&f.ipv4_dst, to, 4);
 	} else {
 		f.family = 10; /* AF_INET6 */
-		__builtin_memcpy(f.ipv6_src, p->src, 16);
-		__builtin_memcpy(f.ipv6_dst, p->dst, 16);
+		__builtin_memcpy(f.ipv6_src, from, 16);
+		__builtin_memcpy(f.ipv6_dst, to, 16);
 	}
 	return bpf_fib_lookup(skb, &f, sizeof(f), 0) == BPF_FIB_LKUP_RET_NOT_FWDED;
+}
+
+/* Whether the packet is for this host rather than forwarded. */
+static __always_inline int to_local_host(struct __sk_buff *skb, const struct pkt *p)
+{
+	return fib_local(skb, p, p->src, p->dst, p->sport, p->dport);
+}
+
+/* Whether a leaving packet was sent by this host rather than forwarded:
+ * its source is one of the host's addresses. */
+static __always_inline int from_local_host(struct __sk_buff *skb, const struct pkt *p)
+{
+	return fib_local(skb, p, p->dst, p->src, p->dport, p->sport);
 }
 
 /* Whether a new flow on a host endpoint is to (its ingress, for the host)
@@ -581,6 +603,94 @@ static __always_inline int failsafe(struct __sk_buff *skb, __u8 hook, const stru
 	return k.outbound || to_local_host(skb, p);
 }
 
+/* Whether a packet belongs to a failsafe flow in either direction (to a
+ * failsafe port of its direction, or from one of the other direction: a
+ * reply). Such packets skip the untracked table, so that doNotTrack policy
+ * cannot cut a node off either; the tracked path judges them as usual. */
+static __always_inline int failsafe_packet(__u8 hook, const struct pkt *p)
+{
+	__u8 out = hook == MANUL_HOOK_EGRESS;
+	struct manul_failsafe_key to = { .outbound = out, .proto = p->proto,
+					 .port = bpf_ntohs(p->dport) };
+	struct manul_failsafe_key reply = { .outbound = !out, .proto = p->proto,
+					    .port = bpf_ntohs(p->sport) };
+
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
+		return 0;
+	return bpf_map_lookup_elem(&manul_failsafe, &to) ||
+	       bpf_map_lookup_elem(&manul_failsafe, &reply);
+}
+
+/* What a remembered denial is checked against: every table a new flow on
+ * this hook may consult, mixed (the normal table's id alone when there is
+ * no other). Table ids are never reused, so a change to any of them
+ * re-evaluates the flow. */
+static __always_inline __u32 hook_generation(const struct manul_ep_value *ep, __u32 h)
+{
+	return ep->table[h] ^ (ep->stage_table[h][MANUL_STAGE_PRE_DNAT] * 0x9e3779b1u) ^
+	       (ep->stage_table[h][MANUL_STAGE_FORWARD] * 0x85ebca77u);
+}
+
+/* A new flow on a host endpoint, failsafe ports aside: the pre-DNAT
+ * table (arriving traffic; a verdict there is final), then the normal
+ * table for traffic to or from the host itself, or the forward table for
+ * traffic forwarded through it (none: allowed). Sets *table to the table
+ * that decided. */
+static __always_inline int host_policy(struct __sk_buff *skb, const struct manul_ep_value *ep,
+				       __u8 hook, const struct pkt *p, struct decision *d,
+				       __u32 *table)
+{
+	__u32 h = hook & 1;
+	__u32 t = ep->stage_table[h][MANUL_STAGE_PRE_DNAT];
+	__u32 s = ep->stage_space[h][MANUL_STAGE_PRE_DNAT];
+	int rc, local;
+
+	if (t && hook == MANUL_HOOK_INGRESS) {
+		*table = t;
+		rc = classify(t, s, p, d);
+		if (rc != MANUL_REASON_POLICY || d->rule.action != MANUL_ACTION_NEXT)
+			return rc;
+	}
+	local = hook == MANUL_HOOK_INGRESS ? to_local_host(skb, p) : from_local_host(skb, p);
+	if (local) {
+		t = ep->table[h];
+		s = ep->space[h];
+	} else {
+		t = ep->stage_table[h][MANUL_STAGE_FORWARD];
+		s = ep->stage_space[h][MANUL_STAGE_FORWARD];
+		if (!t) {
+			*table = 0;
+			return MANUL_REASON_FORWARD_UNPOLICED;
+		}
+	}
+	*table = t;
+	return classify(t, s, p, d);
+}
+
+/* The untracked table's verdict on any packet of a host endpoint:
+ * TC_ACT_OK or TC_ACT_SHOT when it decides, -1 when the tracked path goes
+ * on. */
+static __always_inline int untracked(const struct manul_ep_value *ep, __u8 hook,
+				     const struct pkt *p)
+{
+	__u32 h = hook & 1;
+	__u32 t = ep->stage_table[h][MANUL_STAGE_UNTRACKED];
+	struct decision d = {};
+	int rc;
+
+	if (!t || failsafe_packet(hook, p))
+		return -1;
+	rc = classify(t, ep->stage_space[h][MANUL_STAGE_UNTRACKED], p, &d);
+	if (rc == MANUL_REASON_POLICY && d.rule.action == MANUL_ACTION_NEXT)
+		return -1;
+	if (rc == MANUL_REASON_POLICY && d.rule.action == MANUL_ACTION_ALLOW) {
+		count(MANUL_CNT_UNTRACKED_ALLOWED);
+		return TC_ACT_OK;
+	}
+	count(MANUL_CNT_UNTRACKED_DENIED);
+	return TC_ACT_SHOT;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 {
 	__u32 ifindex = skb->ifindex;
@@ -589,9 +699,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	struct manul_ct_key k = {};
 	struct manul_ct_value *ct;
 	struct decision d = {};
-	__u32 table, space;
+	__u32 table, space, generation, decided;
+	__u32 h = hook & 1;
 	__u64 now;
-	int rc, fwd;
+	int rc, fwd, host;
 
 	count(MANUL_CNT_PACKETS);
 	ep = bpf_map_lookup_elem(&manul_ep, &ifindex);
@@ -599,9 +710,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		count(MANUL_CNT_NO_ENDPOINT);
 		return TC_ACT_SHOT;
 	}
-	/* Read together: one manul_ep update flips both. */
-	table = ep->table[hook & 1];
-	space = ep->space[hook & 1];
+	/* Read together: one manul_ep update flips them all. */
+	table = ep->table[h];
+	space = ep->space[h];
+	host = ep->flags & MANUL_EP_HOST;
 	rc = parse(skb, &p);
 	if (rc == 1) {
 		/* ARP and other non-IP traffic of a programmed endpoint. */
@@ -616,8 +728,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		count(MANUL_CNT_ND_ALLOWED);
 		return TC_ACT_OK;
 	}
+	if (host) {
+		rc = untracked(ep, hook, &p);
+		if (rc >= 0)
+			return rc;
+	}
 
 	now = bpf_ktime_get_ns();
+	generation = hook_generation(ep, h);
 	fwd = ct_key(&k, ifindex, &p);
 	ct = bpf_map_lookup_elem(&manul_ct, &k);
 	if (ct) {
@@ -631,32 +749,35 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 			ct->tcp_flags |= tcp_bits(&p, dir == 0);
 			return TC_ACT_OK;
 		}
-		if (ct->state == MANUL_CT_DENIED && ct->table == table) {
+		if (ct->state == MANUL_CT_DENIED && ct->table == generation) {
 			count(MANUL_CNT_DENIED_CACHED);
 			ct->last_seen_ns = now;
 			return TC_ACT_SHOT;
 		}
 	}
 
-	if ((ep->flags & MANUL_EP_HOST) && failsafe(skb, hook, &p))
+	decided = table;
+	if (host && failsafe(skb, hook, &p))
 		rc = MANUL_REASON_FAILSAFE;
+	else if (host)
+		rc = host_policy(skb, ep, hook, &p, &d, &decided);
 	else
 		rc = classify(table, space, &p, &d);
 	{
 		struct manul_ct_value v = {
 			.created_ns = now,
 			.last_seen_ns = now,
-			.table = table,
+			.table = generation,
 			.rule_index = d.index,
 			.orig_is_a = fwd,
 			.hook = hook,
 		};
-		int allowed = rc == MANUL_REASON_FAILSAFE ||
+		int allowed = rc == MANUL_REASON_FAILSAFE || rc == MANUL_REASON_FORWARD_UNPOLICED ||
 			      (rc == MANUL_REASON_POLICY && d.rule.action == MANUL_ACTION_ALLOW);
 
 		/* From a workload (its host-side ingress) to its own host. */
-		if (allowed && hook == MANUL_HOOK_INGRESS && !(ep->flags & MANUL_EP_HOST) &&
-		    to_host_dropped() && to_local_host(skb, &p)) {
+		if (allowed && hook == MANUL_HOOK_INGRESS && !host && to_host_dropped() &&
+		    to_local_host(skb, &p)) {
 			allowed = 0;
 			rc = MANUL_REASON_TO_HOST;
 		}
@@ -668,8 +789,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		}
 		if (!manul_no_ct_create)
 			bpf_map_update_elem(&manul_ct, &k, &v, BPF_ANY);
-		emit(ifindex, hook, &p, table, allowed ? MANUL_VERDICT_ALLOW : MANUL_VERDICT_DENY, rc,
-		     rc == MANUL_REASON_POLICY ? &d : 0);
+		emit(ifindex, hook, &p, decided, allowed ? MANUL_VERDICT_ALLOW : MANUL_VERDICT_DENY,
+		     rc, rc == MANUL_REASON_POLICY ? &d : 0);
 		if (allowed) {
 			count(MANUL_CNT_NEW_ALLOWED);
 			return TC_ACT_OK;

@@ -1,8 +1,9 @@
 //! The policy compiler: contract state in, rule tables out. No I/O.
 //!
-//! One table judges one hook of one endpoint: the endpoint's tiers (each
-//! tier's policies' rules in order, then a tier-default sentinel), then its
-//! profiles' rules, then a final no-match sentinel, numbered 0..N ("slots").
+//! One table judges one hook of one endpoint (or one [`Stage`] of a host
+//! endpoint's policy): the endpoint's tiers (each tier's policies' rules in
+//! order, then a tier-default sentinel), then its profiles' rules, then a
+//! final no-match sentinel, numbered 0..N ("slots").
 //! Log rules take no slot. The kernel finds the slots whose conditions hold
 //! for a packet as the AND of a few bitmaps found by lookups, takes the
 //! lowest, and follows Pass slots to the end of their tier or profile (see
@@ -65,10 +66,48 @@ impl Direction {
     }
 }
 
+/// Which of an endpoint's policies a table holds, which decides how it
+/// ends (Calico's eBPF semantics for host endpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    /// A workload's policy, or a host endpoint's normal tiers: each tier
+    /// ends with its default action, then the profiles, then Deny.
+    Normal,
+    /// A host endpoint's applyOnForward tiers, for traffic forwarded
+    /// through the host: each tier ends with its default action; traffic
+    /// no tier decided is allowed (there are no profiles).
+    Forward,
+    /// A host endpoint's preDNAT tiers: a tier without a verdict passes to
+    /// the next one, and no verdict at all leaves the packet to the normal
+    /// or forward table ([`SlotAction::Next`]).
+    PreDnat,
+    /// A host endpoint's doNotTrack tiers: as [`Stage::PreDnat`], the
+    /// tracked path goes on when they give no verdict.
+    Untracked,
+}
+
+impl Stage {
+    /// Whether a tier without a verdict applies its default action (else
+    /// it passes to the next tier).
+    fn tier_defaults(self) -> bool {
+        matches!(self, Stage::Normal | Stage::Forward)
+    }
+
+    /// The action of the final no-match slot.
+    fn no_match(self) -> SlotAction {
+        match self {
+            Stage::Normal => SlotAction::Deny,
+            Stage::Forward => SlotAction::Allow,
+            Stage::PreDnat | Stage::Untracked => SlotAction::Next,
+        }
+    }
+}
+
 /// Everything that decides a table's shape: endpoints with equal specs share
 /// one table.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TableSpec {
+    pub stage: Stage,
     pub direction: Direction,
     /// Tiers with at least one policy for the direction: name, default
     /// action (Deny or Pass), policies in order.
@@ -77,9 +116,10 @@ pub struct TableSpec {
 }
 
 impl TableSpec {
-    /// The spec of one direction of an endpoint.
+    /// The spec of one direction of an endpoint's normal policy.
     pub fn new(direction: Direction, tiers: &[TierPolicies], profiles: &[String]) -> Self {
         Self {
+            stage: Stage::Normal,
             direction,
             tiers: tiers
                 .iter()
@@ -96,6 +136,17 @@ impl TableSpec {
         }
     }
 
+    /// The spec of one direction of a host endpoint's forward, pre-DNAT
+    /// or untracked tiers; `None` when no tier has a policy for the
+    /// direction (the kernel skips the stage).
+    pub fn stage(stage: Stage, direction: Direction, tiers: &[TierPolicies]) -> Option<Self> {
+        let spec = Self {
+            stage,
+            ..Self::new(direction, tiers, &[])
+        };
+        (stage != Stage::Normal && !spec.tiers.is_empty()).then_some(spec)
+    }
+
     /// The policies, profiles and sets this spec's table reads.
     pub fn policies(&self) -> impl Iterator<Item = &PolicyId> {
         self.tiers.iter().flat_map(|(_, _, p)| p.iter())
@@ -109,6 +160,8 @@ pub enum SlotAction {
     Deny,
     /// Skip to the slot after `Slot::end`.
     Pass,
+    /// No verdict: the next stage of a host endpoint's policy decides.
+    Next,
 }
 
 /// Where a slot comes from (flow events, and the oracle comparison).
@@ -368,7 +421,7 @@ pub fn compile(state: &DesiredState, spec: &TableSpec) -> Result<CompiledTable, 
                 push_rule(state, &mut slots, &mut rules, rule, kind);
             }
         }
-        if *default != Action::Pass {
+        if spec.stage.tier_defaults() && *default != Action::Pass {
             slots.push(Slot {
                 action: SlotAction::Deny,
                 end: 0,
@@ -394,7 +447,7 @@ pub fn compile(state: &DesiredState, spec: &TableSpec) -> Result<CompiledTable, 
         close_group(&mut slots, start);
     }
     slots.push(Slot {
-        action: SlotAction::Deny,
+        action: spec.stage.no_match(),
         end: 0,
         kind: SlotKind::NoMatch,
     });
@@ -671,5 +724,7 @@ fn proto_entries(rules: &[Option<Resolved<'_>>]) -> Vec<(ProtoEntry, Bitmap)> {
         .collect()
 }
 
+#[cfg(test)]
+mod stage_tests;
 #[cfg(test)]
 mod tests;

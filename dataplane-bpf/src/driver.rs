@@ -125,6 +125,18 @@ struct Programmed {
     ifindex: Option<u32>,
     tables: [u32; 2],
     spaces: [u32; 2],
+    /// Host endpoints: by hook, then as [`plan::STAGES`]; 0 = none.
+    stage_tables: [[u32; 3]; 2],
+    stage_spaces: [[u32; 3]; 2],
+}
+
+impl Programmed {
+    fn reads_space(&self, spaces: &HashSet<u32>) -> bool {
+        self.spaces
+            .iter()
+            .chain(self.stage_spaces.iter().flatten())
+            .any(|s| spaces.contains(s))
+    }
 }
 
 /// The result of one `BPF_PROG_TEST_RUN`.
@@ -155,6 +167,10 @@ pub struct KernelCounters {
     pub not_ip: u64,
     pub events_lost: u64,
     pub neighbour_discovery: u64,
+    /// Packets a host endpoint's untracked (doNotTrack) table allowed or
+    /// denied (no flow events: they have no flow state).
+    pub untracked_allowed: u64,
+    pub untracked_denied: u64,
 }
 
 /// The eBPF dataplane driver. It acts in the network namespace of the
@@ -294,6 +310,12 @@ impl BpfDriver {
         self.maps.ep.get(&ifindex, 0).ok().map(|v| v.table)
     }
 
+    /// A host interface's untracked, pre-DNAT and forward table ids per
+    /// hook (0: none), as the kernel reads them.
+    pub fn endpoint_stage_tables(&self, ifindex: u32) -> Option<[[u32; 3]; 2]> {
+        self.maps.ep.get(&ifindex, 0).ok().map(|v| v.stage_table)
+    }
+
     /// How many distinct rule tables are installed.
     pub fn table_count(&self) -> usize {
         self.tables.len()
@@ -306,13 +328,15 @@ impl BpfDriver {
     /// caller).
     fn program(&mut self, touched: &Touched) -> Result<Vec<BpfError>, BpfError> {
         let state = self.desired.state();
-        let plans = plan::plans(state);
+        let mut names: Vec<String> = interfaces().into_values().collect();
+        names.sort();
+        let plans = plan::plans(state, &names, &self.config.workload_prefixes);
 
         // Decide and compile (pure).
         let mut work: Vec<(TableSpec, Work)> = Vec::new();
         let mut seen: HashSet<&TableSpec> = HashSet::new();
         for (key, p) in &plans {
-            for spec in &p.specs {
+            for spec in p.all_specs() {
                 if !seen.insert(spec) {
                     continue;
                 }
@@ -480,12 +504,22 @@ impl BpfDriver {
             let lineage = |h: Hook| self.tables.get(p.spec(h));
             let tables = Hook::BOTH.map(|h| lineage(h).map_or(0, |l| l.id));
             let spaces = Hook::BOTH.map(|h| lineage(h).map_or(0, |l| l.space_id));
+            let stage = |f: fn(&Lineage) -> u32| {
+                p.stages.each_ref().map(|hook| {
+                    hook.each_ref()
+                        .map(|spec| spec.as_ref().and_then(|s| self.tables.get(s)).map_or(0, f))
+                })
+            };
+            let stage_tables = stage(|l| l.id);
+            let stage_spaces = stage(|l| l.space_id);
             let ifindex = nix::net::if_::if_nametoindex(p.interface.as_str()).ok();
             let prog = Programmed {
                 interface: p.interface.clone(),
                 ifindex,
                 tables,
                 spaces,
+                stage_tables,
+                stage_spaces,
             };
             let previous = self.endpoints.get(&key);
             if let Some(old_ix) = previous.and_then(|o| o.ifindex)
@@ -498,8 +532,14 @@ impl BpfDriver {
                     let value = abi::manul_ep_value {
                         table: tables,
                         space: spaces,
-                        flags: u32::from(matches!(key, EndpointKey::Host(_))),
+                        flags: if matches!(key, EndpointKey::Host { .. }) {
+                            abi::MANUL_EP_HOST
+                        } else {
+                            0
+                        },
                         reserved: 0,
+                        stage_table: stage_tables,
+                        stage_space: stage_spaces,
                     };
                     if let Err(e) = self.maps.ep.insert(ix, value, 0) {
                         soft_errors.push(BpfError::map("manul_ep", format!("program {key}"), e));
@@ -516,13 +556,19 @@ impl BpfDriver {
             .filter(|(k, _)| !live.contains_key(k))
             .collect();
         self.endpoints = live;
+        let in_use: HashSet<u32> = self.endpoints.values().filter_map(|p| p.ifindex).collect();
         for (key, old) in removed {
             let Some(ix) = old.ifindex else { continue };
+            // Another endpoint took the interface over (a named host
+            // endpoint replacing `*` on it): its entry is already written.
+            if in_use.contains(&ix) {
+                continue;
+            }
             let _ = self.maps.ep.remove(&ix);
             // A workload interface keeps its program (dropping everything)
             // until it disappears; a host interface goes back to normal.
             let gone = nix::net::if_::if_nametoindex(old.interface.as_str()).ok() != Some(ix);
-            if matches!(key, EndpointKey::Host(_)) || gone {
+            if matches!(key, EndpointKey::Host { .. }) || gone {
                 self.detach(ix);
             }
         }
@@ -554,7 +600,7 @@ impl BpfDriver {
             .endpoints
             .keys()
             .filter_map(|k| self.plan_of(k))
-            .flat_map(|p| p.specs)
+            .flat_map(|p| p.all_specs().cloned().collect::<Vec<_>>())
             .collect();
         let unused: Vec<TableSpec> = self
             .tables
@@ -614,7 +660,7 @@ impl BpfDriver {
         let affected: Vec<EndpointKey> = self
             .endpoints
             .iter()
-            .filter(|(_, p)| p.spaces.iter().any(|s| spaces.contains(s)))
+            .filter(|(_, p)| p.reads_space(spaces))
             .map(|(k, _)| k.clone())
             .collect();
         for key in affected {
@@ -644,7 +690,10 @@ impl BpfDriver {
         let s = self.desired.state();
         match key {
             EndpointKey::Workload(id) => s.workload_endpoints.get(id).map(EndpointPlan::workload),
-            EndpointKey::Host(id) => s.host_endpoints.get(id).map(EndpointPlan::host),
+            EndpointKey::Host { id, interface } => s
+                .host_endpoints
+                .get(id)
+                .map(|ep| EndpointPlan::host(ep, interface)),
         }
     }
 
@@ -757,6 +806,8 @@ impl BpfDriver {
             not_ip: at(abi::MANUL_CNT_NOT_IP),
             events_lost: at(abi::MANUL_CNT_EVENTS_LOST),
             neighbour_discovery: at(abi::MANUL_CNT_ND_ALLOWED),
+            untracked_allowed: at(abi::MANUL_CNT_UNTRACKED_ALLOWED),
+            untracked_denied: at(abi::MANUL_CNT_UNTRACKED_DENIED),
         }
     }
 

@@ -79,6 +79,7 @@ impl FlowEvent {
             abi::MANUL_REASON_NO_TABLE => "no table",
             abi::MANUL_REASON_TO_HOST => "endpoint to host",
             abi::MANUL_REASON_FAILSAFE => "failsafe",
+            abi::MANUL_REASON_FORWARD_UNPOLICED => "forwarded, no applyOnForward policy",
             _ => "no rule",
         };
         Self {

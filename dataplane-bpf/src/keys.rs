@@ -121,6 +121,7 @@ pub fn rule_value(slot: &Slot, policy: u32, rule: u32) -> abi::manul_rule_value 
             SlotAction::Allow => abi::MANUL_ACTION_ALLOW,
             SlotAction::Deny => abi::MANUL_ACTION_DENY,
             SlotAction::Pass => abi::MANUL_ACTION_PASS,
+            SlotAction::Next => abi::MANUL_ACTION_NEXT,
         } as u8,
         kind: match slot.kind {
             SlotKind::Policy { .. } => abi::MANUL_RULE_POLICY,

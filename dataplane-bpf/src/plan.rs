@@ -8,7 +8,7 @@ use manul_dataplane_api::{
     WorkloadEndpoint,
 };
 
-use crate::compile::{Direction, TableSpec};
+use crate::compile::{Direction, Stage, TableSpec};
 use crate::loader::Hook;
 
 /// What a batch names.
@@ -85,28 +85,42 @@ impl Touched {
     }
 }
 
-/// An endpoint of either kind.
+/// An endpoint of either kind on one interface (a host endpoint named
+/// `*` is one per interface it covers).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EndpointKey {
     Workload(EndpointId),
-    Host(String),
+    Host { id: String, interface: String },
 }
 
 impl std::fmt::Display for EndpointKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             EndpointKey::Workload(id) => write!(f, "workload endpoint {id}"),
-            EndpointKey::Host(id) => write!(f, "host endpoint {id}"),
+            EndpointKey::Host { id, interface } => {
+                write!(f, "host endpoint {id} on {interface}")
+            }
         }
     }
 }
+
+/// A host endpoint with this interface name applies to every host
+/// interface of the node that no other host endpoint names.
+pub const ALL_INTERFACES: &str = "*";
+
+/// The stages of [`EndpointPlan::stages`], in the order of `enum
+/// manul_stage`.
+pub const STAGES: [Stage; 3] = [Stage::Untracked, Stage::PreDnat, Stage::Forward];
 
 /// What an endpoint needs: its interface and the table spec of each hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointPlan {
     pub interface: String,
-    /// Indexed by [`Hook::index`].
+    /// Indexed by [`Hook::index`]: the normal tables.
     pub specs: [TableSpec; 2],
+    /// Host endpoints only: by hook, then as [`STAGES`]; `None` where the
+    /// endpoint has no such policy.
+    pub stages: [[Option<TableSpec>; 3]; 2],
 }
 
 impl EndpointPlan {
@@ -119,29 +133,59 @@ impl EndpointPlan {
                 TableSpec::new(Direction::Outbound, &ep.tiers, &ep.profiles),
                 TableSpec::new(Direction::Inbound, &ep.tiers, &ep.profiles),
             ],
+            stages: Default::default(),
         }
     }
 
-    /// A host interface's ingress is traffic to the host (inbound). Only
-    /// the normal tiers are enforced (see ARCHITECTURE.md).
-    pub fn host(ep: &HostEndpoint) -> Self {
+    /// A host interface's ingress is traffic to the host (inbound). Its
+    /// normal tables hold the normal tiers and profiles; the untracked and
+    /// forward tiers have a table per hook, the pre-DNAT tiers one for
+    /// ingress only (they judge arriving traffic).
+    pub fn host(ep: &HostEndpoint, interface: &str) -> Self {
+        let stages = |direction: Direction| {
+            STAGES.map(|stage| {
+                let tiers = match stage {
+                    Stage::Untracked => &ep.untracked_tiers,
+                    Stage::PreDnat if direction == Direction::Inbound => &ep.pre_dnat_tiers,
+                    Stage::Forward => &ep.forward_tiers,
+                    Stage::PreDnat | Stage::Normal => return None,
+                };
+                TableSpec::stage(stage, direction, tiers)
+            })
+        };
         Self {
-            interface: ep.interface_name.clone(),
+            interface: interface.to_owned(),
             specs: [
                 TableSpec::new(Direction::Inbound, &ep.tiers, &ep.profiles),
                 TableSpec::new(Direction::Outbound, &ep.tiers, &ep.profiles),
             ],
+            stages: [stages(Direction::Inbound), stages(Direction::Outbound)],
         }
     }
 
     pub fn spec(&self, hook: Hook) -> &TableSpec {
         &self.specs[hook.index()]
     }
+
+    /// Every table spec the endpoint reads.
+    pub fn all_specs(&self) -> impl Iterator<Item = &TableSpec> {
+        self.specs
+            .iter()
+            .chain(self.stages.iter().flatten().flatten())
+    }
 }
 
-/// Every endpoint of the state with its plan.
-pub fn plans(state: &DesiredState) -> Vec<(EndpointKey, EndpointPlan)> {
-    state
+/// Every endpoint of the state with its plan. `interfaces` are the names
+/// of the node's interfaces, which a host endpoint named `*` covers except
+/// loopback, interfaces with a workload prefix or a workload endpoint, and
+/// those another host endpoint names (the first `*` endpoint in id order
+/// takes an interface).
+pub fn plans(
+    state: &DesiredState,
+    interfaces: &[String],
+    workload_prefixes: &[String],
+) -> Vec<(EndpointKey, EndpointPlan)> {
+    let mut out: Vec<(EndpointKey, EndpointPlan)> = state
         .workload_endpoints
         .values()
         .map(|ep| {
@@ -150,13 +194,43 @@ pub fn plans(state: &DesiredState) -> Vec<(EndpointKey, EndpointPlan)> {
                 EndpointPlan::workload(ep),
             )
         })
-        .chain(
-            state
-                .host_endpoints
-                .values()
-                .map(|ep| (EndpointKey::Host(ep.id.clone()), EndpointPlan::host(ep))),
-        )
-        .collect()
+        .collect();
+    let mut taken: BTreeSet<&str> = state
+        .workload_endpoints
+        .values()
+        .map(|ep| ep.interface_name.as_str())
+        .collect();
+    for ep in state.host_endpoints.values() {
+        if ep.interface_name != ALL_INTERFACES {
+            taken.insert(ep.interface_name.as_str());
+            out.push(host_plan(ep, &ep.interface_name));
+        }
+    }
+    for ep in state.host_endpoints.values() {
+        if ep.interface_name != ALL_INTERFACES {
+            continue;
+        }
+        for name in interfaces {
+            if name == "lo"
+                || crate::driver::is_workload_interface(workload_prefixes, name)
+                || !taken.insert(name.as_str())
+            {
+                continue;
+            }
+            out.push(host_plan(ep, name));
+        }
+    }
+    out
+}
+
+fn host_plan(ep: &HostEndpoint, interface: &str) -> (EndpointKey, EndpointPlan) {
+    (
+        EndpointKey::Host {
+            id: ep.id.clone(),
+            interface: interface.to_owned(),
+        },
+        EndpointPlan::host(ep, interface),
+    )
 }
 
 /// The values a batch's touched items had before it.
@@ -266,5 +340,123 @@ impl Before {
             }
         }
         ops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use manul_dataplane_api::{Action, Driver, NullDriver, Policy, TierPolicies};
+
+    use super::*;
+
+    fn hep(id: &str, interface: &str, tiers: Vec<TierPolicies>) -> HostEndpoint {
+        HostEndpoint {
+            id: id.into(),
+            interface_name: interface.into(),
+            expected_ips: vec![],
+            tiers: vec![],
+            pre_dnat_tiers: tiers.clone(),
+            untracked_tiers: tiers.clone(),
+            forward_tiers: tiers,
+            profiles: vec![],
+        }
+    }
+
+    fn both_ways() -> Vec<TierPolicies> {
+        let id = PolicyId {
+            tier: "t".into(),
+            name: "p".into(),
+        };
+        vec![TierPolicies {
+            name: "t".into(),
+            default_action: Action::Deny,
+            inbound: vec![id.clone()],
+            outbound: vec![id],
+        }]
+    }
+
+    #[test]
+    fn all_interfaces_covers_host_interfaces_nothing_else_names() {
+        let mut d = NullDriver::new();
+        d.apply(&[
+            Operation::PolicyUpdate {
+                id: PolicyId {
+                    tier: "t".into(),
+                    name: "p".into(),
+                },
+                policy: Policy::default(),
+            },
+            Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
+                id: EndpointId {
+                    namespace: "ns".into(),
+                    name: "w".into(),
+                },
+                interface_name: "veth-w".into(),
+                nets: vec![],
+                mac: None,
+                tiers: vec![],
+                profiles: vec![],
+            }),
+            Operation::HostEndpointUpdate(hep("all", ALL_INTERFACES, both_ways())),
+            Operation::HostEndpointUpdate(hep("named", "eth1", vec![])),
+        ])
+        .unwrap();
+        let names: Vec<String> = ["eth0", "eth1", "lo", "mnl1", "tunl0", "veth-w"]
+            .map(String::from)
+            .to_vec();
+        let plans = plans(d.state(), &names, &["mnl".to_owned()]);
+        let hosts: Vec<(String, String)> = plans
+            .iter()
+            .filter_map(|(k, p)| match k {
+                EndpointKey::Host { id, interface } => {
+                    assert_eq!(interface, &p.interface);
+                    Some((id.clone(), interface.clone()))
+                }
+                EndpointKey::Workload(_) => None,
+            })
+            .collect();
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(
+            hosts,
+            vec![
+                pair("named", "eth1"),
+                pair("all", "eth0"),
+                pair("all", "tunl0")
+            ]
+        );
+
+        // Stages per hook: pre-DNAT on ingress only.
+        let (_, all) = plans
+            .iter()
+            .find(|(k, _)| matches!(k, EndpointKey::Host { id, .. } if id == "all"))
+            .unwrap();
+        let present = all.stages.clone().map(|h| h.map(|s| s.map(|s| s.stage)));
+        assert_eq!(
+            present,
+            [
+                [
+                    Some(Stage::Untracked),
+                    Some(Stage::PreDnat),
+                    Some(Stage::Forward)
+                ],
+                [Some(Stage::Untracked), None, Some(Stage::Forward)],
+            ]
+        );
+        assert_eq!(all.all_specs().count(), 2 + 5);
+        let (_, named) = plans
+            .iter()
+            .find(|(k, _)| matches!(k, EndpointKey::Host { id, .. } if id == "named"))
+            .unwrap();
+        assert_eq!(named.all_specs().count(), 2);
+    }
+
+    #[test]
+    fn stage_order_is_the_kernel_s() {
+        use crate::abi;
+        let index = |s: Stage| STAGES.iter().position(|x| *x == s).unwrap() as u32;
+        assert_eq!(index(Stage::Untracked), abi::MANUL_STAGE_UNTRACKED);
+        assert_eq!(index(Stage::PreDnat), abi::MANUL_STAGE_PRE_DNAT);
+        assert_eq!(index(Stage::Forward), abi::MANUL_STAGE_FORWARD);
+        assert_eq!(STAGES.len() as u32, abi::MANUL_STAGE_MAX);
     }
 }

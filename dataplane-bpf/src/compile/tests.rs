@@ -15,22 +15,22 @@ use super::*;
 use crate::model::decide;
 use crate::space::Space;
 
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn net(s: &str) -> IpNet {
+pub(super) fn net(s: &str) -> IpNet {
     s.parse().unwrap()
 }
 
-fn pid(tier: &str, name: &str) -> PolicyId {
+pub(super) fn pid(tier: &str, name: &str) -> PolicyId {
     PolicyId {
         tier: tier.into(),
         name: name.into(),
     }
 }
 
-fn rule(id: &str, action: Action) -> Rule {
+pub(super) fn rule(id: &str, action: Action) -> Rule {
     Rule {
         id: id.into(),
         action,
@@ -58,7 +58,7 @@ fn wep(name: &str, nets: &[&str], tiers: Vec<TierPolicies>, profiles: &[&str]) -
     }
 }
 
-fn state(ops: Vec<Operation>) -> DesiredState {
+pub(super) fn state(ops: Vec<Operation>) -> DesiredState {
     let mut d = NullDriver::new();
     d.apply(&ops).unwrap();
     d.state().clone()
@@ -459,7 +459,7 @@ fn an_endpoint(
         .prop_map(move |(t1, t2, profiles)| wep(name, nets, vec![t1, t2], &profiles))
 }
 
-fn a_state() -> impl Strategy<Value = DesiredState> {
+pub(super) fn a_state() -> impl Strategy<Value = DesiredState> {
     a_state_ops().prop_map(state)
 }
 
@@ -517,7 +517,7 @@ fn a_state_ops() -> impl Strategy<Value = Vec<Operation>> {
     })
 }
 
-fn a_packet() -> impl Strategy<Value = Packet> {
+pub(super) fn a_packet() -> impl Strategy<Value = Packet> {
     let v4 = proptest::sample::select(&ADDRS[..6]);
     let v6 = proptest::sample::select(&ADDRS[6..]);
     let addrs = prop_oneof![(v4.clone(), v4), (v6.clone(), v6)];
