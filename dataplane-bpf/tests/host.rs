@@ -9,7 +9,7 @@
 //! host endpoint takes `eth0` over from `*` and gives it back. Everything
 //! (namespaces, pins) is removed at the end, also on failure.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -21,14 +21,17 @@ use manul_dataplane_api::{
 use manul_dataplane_bpf::{BpfConfig, BpfDriver};
 use manul_dataplane_conformance::privileges;
 use manul_netns::{
-    NetNs, Route, TcpServer, add_address, add_route, create_veth, link_index, link_up, plumb_pod,
-    tcp_connect, unique_prefix,
+    NetNs, Route, TcpServer, add_address, add_route, create_veth, link_index, link_up,
+    plumb_pod_ips, tcp_connect, unique_prefix,
 };
 
 const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
 const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 20);
 const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 2);
+const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0x10);
+const OUTSIDE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0x20);
+const POD_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x65, 0, 0, 0, 0, 0, 2);
 /// A failsafe port of this test's configuration.
 const FAILSAFE: u16 = 2222;
 
@@ -51,16 +54,37 @@ impl Topology {
         let outside = NetNs::create(&format!("{prefix}-o")).expect("outside namespace");
         let pod = NetNs::create(&format!("{prefix}-p")).expect("pod namespace");
         create_veth(&node, "eth0", &outside, "ext0").expect("eth0");
+        // Addresses usable at once (no duplicate address detection).
+        node.set_sysctl("net.ipv6.conf.eth0.accept_dad", "0")
+            .unwrap();
+        outside
+            .set_sysctl("net.ipv6.conf.ext0.accept_dad", "0")
+            .unwrap();
         add_address(&node, "eth0", IpNet::new(NODE_IP.into(), 24).unwrap()).unwrap();
         add_address(&outside, "ext0", IpNet::new(OUTSIDE_IP.into(), 24).unwrap()).unwrap();
-        link_up(&node, "eth0").unwrap();
-        link_up(&outside, "ext0").unwrap();
-        plumb_pod(&node, &pod, "mnlp", "eth0", POD_IP).expect("pod plumbing");
-        add_route(
+        add_address(&node, "eth0", IpNet::new(NODE_IP6.into(), 64).unwrap()).unwrap();
+        add_address(
             &outside,
-            &Route::to("10.65.0.0/16".parse().unwrap()).via(NODE_IP.into()),
+            "ext0",
+            IpNet::new(OUTSIDE_IP6.into(), 64).unwrap(),
         )
         .unwrap();
+        link_up(&node, "eth0").unwrap();
+        link_up(&outside, "ext0").unwrap();
+        plumb_pod_ips(
+            &node,
+            &pod,
+            "mnlp",
+            "eth0",
+            &[POD_IP.into(), POD_IP6.into()],
+        )
+        .expect("pod plumbing");
+        for (to, via) in [
+            ("10.65.0.0/16", IpAddr::from(NODE_IP)),
+            ("fd00:65::/64", IpAddr::from(NODE_IP6)),
+        ] {
+            add_route(&outside, &Route::to(to.parse().unwrap()).via(via)).unwrap();
+        }
         Some(Self {
             node: Some(node),
             outside: Some(outside),
@@ -217,7 +241,10 @@ fn state() -> Vec<Operation> {
                 name: "p".into(),
             },
             interface_name: "mnlp".into(),
-            nets: vec![IpNet::new(POD_IP.into(), 32).unwrap()],
+            nets: vec![
+                IpNet::new(POD_IP.into(), 32).unwrap(),
+                IpNet::new(POD_IP6.into(), 128).unwrap(),
+            ],
             mac: None,
             tiers: vec![],
             profiles: vec!["allow".into()],
@@ -227,7 +254,7 @@ fn state() -> Vec<Operation> {
     ]
 }
 
-fn reached(from: &NetNs, ip: Ipv4Addr, port: u16) -> bool {
+fn reached(from: &NetNs, ip: impl Into<IpAddr>, port: u16) -> bool {
     tcp_connect(
         from,
         SocketAddr::new(ip.into(), port),
@@ -256,16 +283,19 @@ fn host_endpoint_stages_with_real_traffic() {
     let Some(topo) = Topology::new() else { return };
     let node = topo.node();
     let host_ports = [8080, 8081, 8082, 8083, 8085, 8086, FAILSAFE];
-    let _host_servers: Vec<TcpServer> = host_ports
-        .iter()
-        .map(|&p| TcpServer::start(node, SocketAddr::new(NODE_IP.into(), p)).unwrap())
-        .collect();
-    let _pod_servers: Vec<TcpServer> = [80, 81]
-        .iter()
-        .map(|&p| TcpServer::start(topo.pod(), SocketAddr::new(POD_IP.into(), p)).unwrap())
-        .collect();
-    let _outside_server =
-        TcpServer::start(topo.outside(), SocketAddr::new(OUTSIDE_IP.into(), 9090)).unwrap();
+    let servers = |ns: &NetNs, ips: [IpAddr; 2], ports: &[u16]| -> Vec<TcpServer> {
+        ips.iter()
+            .flat_map(|&ip| ports.iter().map(move |&p| SocketAddr::new(ip, p)))
+            .map(|a| TcpServer::start(ns, a).unwrap())
+            .collect()
+    };
+    let _host_servers = servers(node, [NODE_IP.into(), NODE_IP6.into()], &host_ports);
+    let _pod_servers = servers(topo.pod(), [POD_IP.into(), POD_IP6.into()], &[80, 81]);
+    let _outside_servers = servers(
+        topo.outside(),
+        [OUTSIDE_IP.into(), OUTSIDE_IP6.into()],
+        &[9090],
+    );
     let eth0 = link_index(node, "eth0").unwrap();
     let lo = link_index(node, "lo").unwrap();
     let config = topo.config();
@@ -334,6 +364,16 @@ fn host_endpoint_stages_with_real_traffic() {
         reached(topo.pod(), OUTSIDE_IP, 9090),
         "pod egress through the host"
     );
+    // The same over IPv6 (the FIB lookups of both families).
+    assert!(reached(out, NODE_IP6, 8080), "IPv6 normal allow");
+    assert!(!reached(out, NODE_IP6, 8081), "IPv6 normal default deny");
+    assert!(!reached(out, NODE_IP6, 8082), "IPv6 pre-DNAT deny");
+    assert!(reached(out, NODE_IP6, 8083), "IPv6 pre-DNAT allow");
+    assert!(!reached(out, NODE_IP6, 8086), "IPv6 untracked deny");
+    assert!(reached(out, NODE_IP6, 8085), "IPv6 untracked allow");
+    assert!(reached(out, POD_IP6, 80), "IPv6 forward allow");
+    assert!(!reached(out, POD_IP6, 81), "IPv6 forward tier default");
+    assert!(reached(topo.pod(), OUTSIDE_IP6, 9090), "IPv6 pod egress");
 
     let (_, _, _, conntrack, counters) = apply(vec![]);
     let on_eth0 = |port: u16| {
