@@ -40,6 +40,7 @@ fn validate_accepts_every_example() {
     for line in [
         "HostEndpoint node1-eth0 ok",
         "NetworkPolicy production/frontend-to-api ok",
+        "GlobalNetworkPolicy host-protection ok",
         "Installation default ok",
         "NetworkPolicy data/db-ingress ok",
         "Tier security ok",
@@ -55,7 +56,7 @@ fn validate_accepts_every_example() {
     }
     assert_eq!(
         stdout.lines().count(),
-        9,
+        10,
         "bad/ is not read without -R:\n{stdout}"
     );
 }

@@ -135,16 +135,34 @@ pub struct WorkloadEndpoint {
     pub profiles: Vec<String>,
 }
 
-/// A host interface on this node, with everything that applies to it.
+/// A host interface on this node, with everything that applies to it
+/// (Calico's host endpoint; its meaning per tier list is Calico's, as the
+/// iptables dataplane renders it). Failsafe ports are allowed before every
+/// list.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HostEndpoint {
     pub id: String,
+    /// The interface; `*` for every interface of the node that no other
+    /// host endpoint names and that is not a workload's; empty when only
+    /// `expected_ips` identify it.
     pub interface_name: String,
     pub expected_ips: Vec<IpAddr>,
+    /// Normal policy: traffic to and from the host itself, then the
+    /// profiles, then deny.
     pub tiers: Vec<TierPolicies>,
+    /// `preDNAT` policy: incoming traffic before destination NAT. No tier
+    /// default and no final deny: what it leaves undecided goes on to the
+    /// normal (or forward) policy; what it allows skips that.
     pub pre_dnat_tiers: Vec<TierPolicies>,
+    /// `doNotTrack` policy: both directions, before connection tracking.
+    /// No tier default and no final deny; what it allows is not tracked and
+    /// skips the other lists.
     pub untracked_tiers: Vec<TierPolicies>,
+    /// `applyOnForward` normal policy: traffic forwarded through the
+    /// interface (tier defaults apply; no profiles, no final deny). Empty:
+    /// forwarded traffic is not policed by this endpoint.
     pub forward_tiers: Vec<TierPolicies>,
+    /// Profiles, for normal policy only.
     pub profiles: Vec<String>,
 }
 

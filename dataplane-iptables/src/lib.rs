@@ -19,10 +19,19 @@
 //! tracking: established and related packets are accepted before any
 //! policy, so policy applies to new flows.
 //!
+//! Host endpoints get Calico's host protection (`render/host.rs`): normal
+//! policy on traffic to and from the host, `applyOnForward` policy on
+//! traffic forwarded through the interface, untracked (`doNotTrack`)
+//! policy at raw priority before connection tracking, pre-DNAT policy on
+//! ingress just before destination NAT, failsafe ports first everywhere,
+//! and an all-interfaces endpoint (`*`) for every interface no named one
+//! covers.
+//!
 //! It refuses to depend on `felix`, to flush or read tables it does not
-//! own, and to act outside the calling thread's network namespace. Host
-//! endpoints with interface `*`, pre-DNAT and untracked policies are not
-//! rendered.
+//! own, and to act outside the calling thread's network namespace. A host
+//! endpoint without an interface name (matched by `expectedIPs` alone) is
+//! not rendered, nor is untracked policy on the all-interfaces endpoint
+//! (Calico ignores it too).
 
 pub mod driver;
 pub mod names;

@@ -61,17 +61,46 @@ pub fn workload_chain(interface: &str, inbound: bool) -> String {
     ident(prefix, interface)
 }
 
-/// A host endpoint's chain: `mnl-th-IFACE` (to the host), `mnl-fh-IFACE`
-/// (from the host), `mnl-thfw-`/`mnl-fhfw-` for forwarded traffic.
-pub fn host_chain(interface: &str, inbound: bool, forward: bool) -> String {
-    let prefix = match (inbound, forward) {
-        (true, false) => "mnl-th-",
-        (false, false) => "mnl-fh-",
-        (true, true) => "mnl-thfw-",
-        (false, true) => "mnl-fhfw-",
-    };
-    ident(prefix, interface)
+/// Which of a host endpoint's chains: the kinds of policy Calico applies
+/// to traffic through a host interface, each at its own hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostChain {
+    /// Normal policy on traffic to or from the host itself (filter).
+    Normal,
+    /// `applyOnForward` policy on traffic forwarded through the interface.
+    Forward,
+    /// `doNotTrack` policy, before connection tracking (raw).
+    Untracked,
+    /// `preDNAT` policy, before destination NAT (ingress only).
+    PreDnat,
 }
+
+/// A host endpoint's chain: `mnl-th-IFACE` (to the host, its inbound
+/// policy), `mnl-fh-IFACE` (from the host, outbound), `mnl-thfw-`/`mnl-fhfw-`
+/// for forwarded traffic, `mnl-thu-`/`mnl-fhu-` for untracked policy and
+/// `mnl-thd-` for pre-DNAT policy. The all-interfaces endpoint (`*`) gets
+/// `mnl-th/all` and so on: no interface name contains `/`, so these never
+/// collide with a named interface's chains.
+pub fn host_chain(interface: &str, inbound: bool, kind: HostChain) -> String {
+    let prefix = match (inbound, kind) {
+        (true, HostChain::Normal) => "mnl-th-",
+        (false, HostChain::Normal) => "mnl-fh-",
+        (true, HostChain::Forward) => "mnl-thfw-",
+        (false, HostChain::Forward) => "mnl-fhfw-",
+        (true, HostChain::Untracked) => "mnl-thu-",
+        (false, HostChain::Untracked) => "mnl-fhu-",
+        // Pre-DNAT policy is ingress only; there is no outbound chain.
+        (_, HostChain::PreDnat) => "mnl-thd-",
+    };
+    if interface == ALL_INTERFACES {
+        format!("{}/all", prefix.trim_end_matches('-'))
+    } else {
+        ident(prefix, interface)
+    }
+}
+
+/// The interface name of a host endpoint for every interface of the node.
+pub const ALL_INTERFACES: &str = "*";
 
 /// One tier's section of an endpoint chain: `CHAIN.tN`.
 pub fn tier_chain(endpoint_chain: &str, index: usize) -> String {
@@ -128,6 +157,13 @@ mod tests {
             "mnl-tw-mnl0123456789ab"
         );
         assert_eq!(tier_chain("mnl-tw-x", 2), "mnl-tw-x.t2");
+        assert_eq!(host_chain("eth0", true, HostChain::Normal), "mnl-th-eth0");
+        assert_eq!(
+            host_chain("eth0", false, HostChain::Untracked),
+            "mnl-fhu-eth0"
+        );
+        assert_eq!(host_chain("eth0", true, HostChain::PreDnat), "mnl-thd-eth0");
+        assert_eq!(host_chain("*", true, HostChain::Forward), "mnl-thfw/all");
     }
 
     #[test]

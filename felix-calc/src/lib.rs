@@ -15,6 +15,8 @@
 //! and the kernel drivers live in `felix` and the `dataplane-*` crates.
 
 pub mod calc;
+#[cfg(test)]
+mod datadriven;
 pub mod evaluator;
 
 pub use calc::{CalcGraph, Ready, Stats, Update};

@@ -18,6 +18,10 @@ use crate::procs::{self, program, spawn_in};
 
 /// The underlay network; the bridge holds `.1`, node N `.(10+N)`.
 pub const UNDERLAY_PREFIX: [u8; 3] = [192, 168, 220];
+/// The node network every node's `eth0` also has: the bridge holds `.1`,
+/// node N `.(9+N)`, so `node1`'s `eth0` is at 10.0.0.10, the address the
+/// quick start's HostEndpoint expects.
+pub const HOST_NET_PREFIX: [u8; 3] = [10, 0, 0];
 /// The pod address pool.
 pub const POD_POOL: &str = "10.65.0.0/16";
 /// Typha's first port (replica K listens on `PORT + K - 1`).
@@ -87,6 +91,8 @@ impl Default for ClusterConfig {
 pub struct Node {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// Its `eth0`'s address on the node network ([`HOST_NET_PREFIX`]).
+    pub host_ip: Ipv4Addr,
     pub netns: NetNs,
     pub status_dir: PathBuf,
     pub log: PathBuf,
@@ -135,6 +141,8 @@ pub struct LocalCluster {
     config: ClusterConfig,
     // Field order is drop order.
     pods: BTreeMap<String, PodInfo>,
+    /// Servers listening in node namespaces ([`Self::host_listen`]).
+    host_servers: Vec<TcpServer>,
     nodes: Vec<Node>,
     typhas: Vec<Child>,
     client: Option<Client>,
@@ -240,6 +248,7 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             config,
             pods: BTreeMap::new(),
+            host_servers: Vec::new(),
             nodes: Vec::new(),
             typhas: Vec::new(),
             client: None,
@@ -271,8 +280,37 @@ impl LocalCluster {
         let bridge = IpNet::new(IpAddr::V4(Ipv4Addr::new(a, b, c, 1)), 24)
             .map_err(|e| ClusterError::Invalid(e.to_string()))?;
         manul_netns::add_address(&self.cp, "br0", bridge).map_err(netns_err)?;
+        let [a, b, c] = HOST_NET_PREFIX;
+        let host_net = IpNet::new(IpAddr::V4(Ipv4Addr::new(a, b, c, 1)), 24)
+            .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        manul_netns::add_address(&self.cp, "br0", host_net).map_err(netns_err)?;
         manul_netns::link_up(&self.cp, "br0").map_err(netns_err)?;
         Ok(())
+    }
+
+    /// Starts a TCP server on `port` in node `node`'s namespace (all its
+    /// addresses), as a host process of that node would listen; it stops
+    /// with the cluster.
+    pub fn host_listen(&mut self, node: usize, port: u16) -> Result<(), ClusterError> {
+        let ns = &self
+            .nodes
+            .get(node)
+            .ok_or_else(|| ClusterError::Invalid(format!("no node with index {node}")))?
+            .netns;
+        let server = TcpServer::start(ns, SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
+            .map_err(netns_err)?;
+        self.host_servers.push(server);
+        Ok(())
+    }
+
+    /// A TCP connect from the underlay (the control-plane namespace, a
+    /// machine on the nodes' network) to `dst`.
+    pub fn underlay_tcp_probe(
+        &self,
+        dst: SocketAddr,
+        timeout: Duration,
+    ) -> Result<manul_netns::ProbeOutcome, ClusterError> {
+        manul_netns::tcp_connect(&self.cp, dst, timeout).map_err(netns_err)
     }
 
     /// Typha's addresses, `HOST:PORT` per replica.
@@ -524,6 +562,11 @@ impl LocalCluster {
         let net =
             IpNet::new(IpAddr::V4(ip), 24).map_err(|e| ClusterError::Invalid(e.to_string()))?;
         manul_netns::add_address(&ns, "eth0", net).map_err(netns_err)?;
+        let [ha, hb, hc] = HOST_NET_PREFIX;
+        let host_ip = Ipv4Addr::new(ha, hb, hc, 9 + i as u8);
+        let host_net = IpNet::new(IpAddr::V4(host_ip), 24)
+            .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        manul_netns::add_address(&ns, "eth0", host_net).map_err(netns_err)?;
         manul_netns::link_up(&ns, "eth0").map_err(netns_err)?;
         ns.set_sysctl("net.ipv4.ip_forward", "1")
             .map_err(netns_err)?;
@@ -567,6 +610,7 @@ impl LocalCluster {
         self.nodes.push(Node {
             name,
             ip,
+            host_ip,
             netns: ns,
             status_dir,
             log,
@@ -918,6 +962,7 @@ impl Drop for LocalCluster {
         // Pods first (their namespaces), then the agents, Typha, and the
         // node and control-plane namespaces (with anything still in them).
         self.pods.clear();
+        self.host_servers.clear();
         for node in &mut self.nodes {
             procs::stop_child(&mut node.felix, Duration::from_secs(3));
         }

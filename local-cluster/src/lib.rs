@@ -5,9 +5,10 @@
 //!
 //! - `NAME-cp`: the control plane and underlay: a bridge `br0` at
 //!   `192.168.220.1/24`, where Typha listens (one replica on port 5473, or
-//!   three on 5473-5475);
-//! - `NAME-nodeN`: one per node, `eth0` at `192.168.220.(10+N)/24` on the
-//!   bridge, running one `felix` (`--netns`) with the chosen dataplane and
+//!   three on 5473-5475), and `10.0.0.1/24` on the node network;
+//! - `NAME-nodeN`: one per node, `eth0` at `192.168.220.(10+N)/24` and
+//!   `10.0.0.(9+N)/24` (so `node1`'s `eth0` is the quick start's
+//!   HostEndpoint at 10.0.0.10) on the bridge, running one `felix` (`--netns`) with the chosen dataplane and
 //!   `--program-routes`, so pods on other nodes are reached by direct
 //!   routing via their node's address;
 //! - `NAME-pK`: one per pod, wired into its node by the `manul-cni` plugin

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use manul_local_cluster::{ClusterConfig, Dataplane, LocalCluster, PodSpec};
@@ -140,5 +141,61 @@ fn three_typha_replicas_serve_the_cluster() {
     assert!(
         !std::path::Path::new(&format!("/sys/fs/bpf/manul/{name}-node1")).exists(),
         "pins left behind"
+    );
+}
+
+/// Probes from the node network until `want` or the deadline.
+fn host_until(c: &LocalCluster, dst: SocketAddr, want: bool, within: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        let got = c
+            .underlay_tcp_probe(dst, Duration::from_millis(100))
+            .unwrap()
+            == ProbeOutcome::Connected;
+        if got == want {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn node1_eth0_is_the_examples_host_endpoint() {
+    if !root_or_skip() {
+        return;
+    }
+    let name = manul_netns::unique_prefix("lh");
+    let mut c = LocalCluster::up(ClusterConfig {
+        name: name.clone(),
+        nodes: 1,
+        typha_replicas: 1,
+        dataplane: Dataplane::Iptables,
+        policy_setup_timeout: Duration::from_secs(5),
+    })
+    .expect("cluster up");
+    let ip = c.nodes()[0].host_ip;
+    assert_eq!(ip, Ipv4Addr::new(10, 0, 0, 10));
+    c.host_listen(0, 22).unwrap();
+    c.host_listen(0, 8081).unwrap();
+    let (ssh, other) = (SocketAddr::from((ip, 22)), SocketAddr::from((ip, 8081)));
+    assert!(host_until(&c, other, true, Duration::from_secs(5)));
+    // A host endpoint with no policy: everything to the host is denied but
+    // the failsafe ports.
+    c.apply_yaml(
+        "apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {name: node1-eth0}
+spec: {node: node1, interfaceName: eth0, expectedIPs: [10.0.0.10]}
+",
+    )
+    .unwrap();
+    assert!(
+        host_until(&c, other, false, Duration::from_secs(5)),
+        "the host endpoint did not take effect"
+    );
+    assert!(
+        host_until(&c, ssh, true, Duration::from_secs(1)),
+        "failsafe"
     );
 }

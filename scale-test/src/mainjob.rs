@@ -1,6 +1,10 @@
 //! The README's main job: a two-node local cluster, the pods of the
 //! frontend-to-api example, the example policy, a reachability table for
-//! port 8080, a short churn with time to first ping, and cleanup.
+//! port 8080, host protection of `node1`'s `eth0` (the example's
+//! HostEndpoint and its policy, with real packets: a failsafe port, a port
+//! the policy allows, a port it denies, and pod traffic forwarded through
+//! that interface), a short churn with time to first ping, and cleanup.
+//! The expectations are the same whatever the dataplane.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -52,13 +56,27 @@ pub fn run(
                     .join("\n")
             )
         })?;
-    let (policies, skipped): (Vec<Resource>, Vec<Resource>) =
-        loaded.into_iter().map(|l| l.resource).partition(|r| {
-            matches!(
+    let (policies, skipped): (Vec<Resource>, Vec<Resource>) = loaded
+        .into_iter()
+        .map(|l| l.resource)
+        .partition(|r| match r {
+            Resource::HostEndpoint(h) => is_cluster_node(&h.spec.node, 2),
+            _ => matches!(
                 r.kind(),
                 Kind::NetworkPolicy | Kind::GlobalNetworkPolicy | Kind::K8sNetworkPolicy
-            )
+            ),
         });
+    let host_endpoints: Vec<(String, String, String)> = policies
+        .iter()
+        .filter_map(|r| match r {
+            Resource::HostEndpoint(h) => Some((
+                h.name().to_string(),
+                h.spec.node.clone(),
+                h.spec.interface_name.clone(),
+            )),
+            _ => None,
+        })
+        .collect();
 
     println!(
         "== starting a 2-node local cluster on the {} dataplane",
@@ -88,11 +106,12 @@ pub fn run(
         pod("frontend", "frontend", 0),
         pod("api", "api", 1),
         pod("other", "other", 0),
+        client(),
     ] {
         let p = c.add_pod(spec)?;
         println!(
             "   pod {}/{} on node{} at {}",
-            NS,
+            p.spec.namespace,
             p.spec.name,
             p.spec.node + 1,
             p.ip
@@ -100,10 +119,39 @@ pub fn run(
     }
     for r in &skipped {
         println!(
-            "   (not applied: {} {} — it names a host interface of a real node, not one of the local cluster)",
+            "   (not applied: {} {} — it is not a policy or a host endpoint of a node of the local cluster)",
             r.kind().name(),
             r.key().name
         );
+    }
+    // Host processes of the protected nodes: a failsafe port, a port the
+    // example's host policy allows and one it does not.
+    let mut guarded = Vec::new();
+    let mut listening = std::collections::BTreeSet::new();
+    for (name, node, iface) in &host_endpoints {
+        let index = node_index(node).unwrap_or(0);
+        if listening.insert(index) {
+            for port in HOST_PORTS.iter().map(|(p, _, _)| *p) {
+                c.host_listen(index, port)?;
+            }
+        }
+        let ip = c.nodes()[index].host_ip;
+        let before = c
+            .underlay_tcp_probe(
+                SocketAddr::new(IpAddr::V4(ip), DENIED_HOST_PORT),
+                Duration::from_millis(300),
+            )?
+            .reached();
+        println!(
+            "   {node} listens on TCP {} ({iface} at {ip}); before HostEndpoint {name}: TCP {DENIED_HOST_PORT} {}",
+            HOST_PORTS
+                .iter()
+                .map(|(p, _, _)| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if before { "allow" } else { "deny" }
+        );
+        guarded.push((name.clone(), node.clone(), iface.clone(), ip));
     }
     let names: Vec<String> = policies
         .iter()
@@ -127,6 +175,17 @@ pub fn run(
             d.as_secs_f64() * 1e3
         ),
         None => bail!("the policy was not enforced within 10 s"),
+    }
+    let underlay = manul_netns::NetNs::open(c.control_plane_netns())?;
+    for (name, _, _, ip) in &guarded {
+        let target = SocketAddr::new(IpAddr::V4(*ip), DENIED_HOST_PORT);
+        match probe::time_to_first_block(&underlay, target, t0, Duration::from_secs(10)) {
+            Some(d) => println!(
+                "   HostEndpoint {name} enforced within {:.1} ms",
+                d.as_secs_f64() * 1e3
+            ),
+            None => bail!("HostEndpoint {name} was not enforced within 10 s"),
+        }
     }
 
     println!("== reachability on TCP port 8080 (rows: from, columns: to)");
@@ -172,6 +231,10 @@ pub fn run(
             if want { "allow" } else { "deny" },
             if got { "allow" } else { "deny" }
         );
+    }
+
+    for (name, node, iface, ip) in &guarded {
+        good &= host_protection(&c, name, node, iface, *ip)?;
     }
 
     println!("== churn: {churn_pods} new frontend pods, time to first ping to api:8080");
@@ -228,5 +291,103 @@ pub fn run(
     }
     println!("== cleaning up");
     drop(c);
+    Ok(good)
+}
+
+/// The pod that shows traffic through a protected node's interface: on
+/// node2, reaching pods on node1.
+const CLIENT: &str = "default/client";
+
+fn client() -> PodSpec {
+    PodSpec {
+        namespace: "default".into(),
+        name: "client".into(),
+        labels: BTreeMap::from([("app".to_string(), "client".to_string())]),
+        node: 1,
+        tcp_ports: Vec::new(),
+        udp_ports: Vec::new(),
+        service_account: None,
+    }
+}
+
+/// The host ports the main job listens on in a protected node, with what
+/// the example expects from the node network and why.
+const HOST_PORTS: [(u16, bool, &str); 3] = [
+    (22, true, "failsafe port"),
+    (10250, true, "allowed by the example's host policy"),
+    (DENIED_HOST_PORT, false, "no rule allows it"),
+];
+const DENIED_HOST_PORT: u16 = 8081;
+
+/// `node1` is index 0.
+fn node_index(node: &str) -> Option<usize> {
+    node.strip_prefix("node")?
+        .parse::<usize>()
+        .ok()?
+        .checked_sub(1)
+}
+
+fn is_cluster_node(node: &str, nodes: usize) -> bool {
+    node_index(node).is_some_and(|i| i < nodes)
+}
+
+fn verdict(allowed: bool) -> &'static str {
+    if allowed { "allow" } else { "deny" }
+}
+
+/// Prints and checks host protection of `node`'s `iface` at `ip`: from the
+/// node network to the host's ports, and pod traffic forwarded through
+/// the interface (both ways). `Ok(false)` when anything differs.
+fn host_protection(
+    c: &LocalCluster,
+    name: &str,
+    node: &str,
+    iface: &str,
+    ip: std::net::Ipv4Addr,
+) -> Result<bool> {
+    let mut good = true;
+    let mut check = |what: String, want: bool, got: bool| {
+        let mark = if want == got {
+            "ok"
+        } else {
+            good = false;
+            "MISMATCH"
+        };
+        println!(
+            "   {what}: expected {}, got {} [{mark}]",
+            verdict(want),
+            verdict(got)
+        );
+    };
+    println!("== host protection: HostEndpoint {name} ({node} {iface}, {ip})");
+    for (port, want, why) in HOST_PORTS {
+        let got = c
+            .underlay_tcp_probe(
+                SocketAddr::new(IpAddr::V4(ip), port),
+                Duration::from_millis(300),
+            )?
+            .reached();
+        check(
+            format!("node network -> {node} {ip} TCP {port} ({why})"),
+            want,
+            got,
+        );
+    }
+    // Pod traffic forwarded through the interface: normal host policy does
+    // not apply to it (no applyOnForward policy selects the endpoint).
+    let through = [
+        (CLIENT.to_string(), format!("{NS}/other")),
+        (format!("{NS}/frontend"), format!("{NS}/api")),
+    ];
+    for (from, to) in through {
+        let got = c
+            .tcp_probe(&from, &to, 8080, Duration::from_millis(300))?
+            .reached();
+        check(
+            format!("pod {from} -> pod {to} TCP 8080, through {node} {iface}"),
+            true,
+            got,
+        );
+    }
     Ok(good)
 }

@@ -82,9 +82,35 @@ impl Default for NftConfig {
     }
 }
 
-/// The failsafe rules: ports without a network grouped per protocol (in
-/// order of first appearance), then one rule per port with a network.
+/// The failsafe rules of a filter-table host endpoint chain: each port as
+/// the destination port, a port's network as the remote side (source
+/// inbound, destination outbound).
 pub fn failsafe_rules(ports: &[Failsafe], inbound: bool) -> Vec<String> {
+    let remote = if inbound { "saddr" } else { "daddr" };
+    failsafe_rules_on(ports, "dport", remote)
+}
+
+/// The failsafe rules of an untracked (raw) host endpoint chain. Before
+/// connection tracking a reply is not yet known as one, so both
+/// directions' ports are let through: inbound, the inbound ports as the
+/// destination and the outbound ports as the source (replies to the
+/// host's own failsafe connections); outbound the other way round. The
+/// packets stay tracked, so the filter table's rules judge them again.
+pub fn failsafe_raw_rules(config: &NftConfig, inbound: bool) -> Vec<String> {
+    let remote = if inbound { "saddr" } else { "daddr" };
+    let (own, other) = if inbound {
+        (&config.failsafe_inbound, &config.failsafe_outbound)
+    } else {
+        (&config.failsafe_outbound, &config.failsafe_inbound)
+    };
+    let mut out = failsafe_rules_on(own, "dport", remote);
+    out.extend(failsafe_rules_on(other, "sport", remote));
+    out
+}
+
+/// Ports without a network grouped per protocol (in order of first
+/// appearance), then one rule per port with a network.
+fn failsafe_rules_on(ports: &[Failsafe], port_field: &str, remote: &str) -> Vec<String> {
     let mut protocols: Vec<&str> = Vec::new();
     for p in ports {
         if !protocols.contains(&p.protocol) {
@@ -100,16 +126,18 @@ pub fn failsafe_rules(ports: &[Failsafe], inbound: bool) -> Vec<String> {
             .collect();
         match list.as_slice() {
             [] => {}
-            [one] => out.push(format!("{proto} dport {one} accept")),
-            many => out.push(format!("{proto} dport {{ {} }} accept", many.join(", "))),
+            [one] => out.push(format!("{proto} {port_field} {one} accept")),
+            many => out.push(format!(
+                "{proto} {port_field} {{ {} }} accept",
+                many.join(", ")
+            )),
         }
     }
     for p in ports {
         if let Some(net) = p.net {
             let family = if net.addr().is_ipv4() { "ip" } else { "ip6" };
-            let side = if inbound { "saddr" } else { "daddr" };
             out.push(format!(
-                "{family} {side} {net} {} dport {} accept",
+                "{family} {remote} {net} {} {port_field} {} accept",
                 p.protocol, p.port
             ));
         }

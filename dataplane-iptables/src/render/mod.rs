@@ -21,6 +21,7 @@
 //!   established and related traffic first.
 
 pub mod config;
+mod host;
 pub mod rule;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -83,10 +84,35 @@ pub const MAP_TO_HOST: &str = "mnl-to-host";
 pub const MAP_FROM_HOST: &str = "mnl-from-host";
 pub const MAP_TO_HOST_FWD: &str = "mnl-to-host-fwd";
 pub const MAP_FROM_HOST_FWD: &str = "mnl-from-host-fwd";
+/// Verdict maps for host endpoints' untracked policy (raw priority).
+pub const MAP_TO_HOST_RAW: &str = "mnl-to-host-raw";
+pub const MAP_FROM_HOST_RAW: &str = "mnl-from-host-raw";
+/// Verdict map for host endpoints' pre-DNAT policy.
+pub const MAP_TO_HOST_DNAT: &str = "mnl-to-host-dnat";
+/// Set of the interfaces a named host endpoint covers: the all-interfaces
+/// endpoint covers every other interface that is not a workload's.
+pub const SET_HOST_IFACES: &str = "mnl-host-ifaces";
+/// The chains that send what no named host endpoint covers to the
+/// all-interfaces endpoint's chains (empty without one); the base chains
+/// always jump to them, so the base chains depend on the configuration
+/// only.
+pub const ANY_TO_HOST: &str = "mnl-any-to-host";
+pub const ANY_FROM_HOST: &str = "mnl-any-from-host";
+pub const ANY_TO_HOST_FWD: &str = "mnl-any-to-host-fwd";
+pub const ANY_FROM_HOST_FWD: &str = "mnl-any-from-host-fwd";
+pub const ANY_TO_HOST_DNAT: &str = "mnl-any-to-host-dnat";
 
 /// The base chains, hooked into netfilter, for `config`; the refresh checks
 /// them like any other chain. Traffic on an interface with a workload prefix
 /// that is not a programmed workload interface is dropped.
+///
+/// Host endpoint policy follows Calico's tables: untracked policy at raw
+/// priority on prerouting and output (before connection tracking); pre-DNAT
+/// policy on prerouting just before destination NAT, ingress only; normal
+/// policy on input and output; `applyOnForward` policy on forward. An allow
+/// by untracked or pre-DNAT policy sets the accept bit, which the later
+/// hooks honour (the raw chains clear it first, so no other packet carries
+/// it); failsafe ports come first in every host endpoint chain.
 pub fn base_chains(config: &NftConfig) -> Vec<BaseChain> {
     let wl = SET_WORKLOAD_IFACES;
     let unknown = |dir: &str| -> Vec<String> {
@@ -96,24 +122,31 @@ pub fn base_chains(config: &NftConfig) -> Vec<BaseChain> {
             .map(|p| format!("{dir}name \"{p}*\" {dir}name != @{wl} drop"))
             .collect()
     };
-    let to_host: Vec<String> = match config.endpoint_to_host {
-        EndpointToHost::Return => Vec::new(),
-        EndpointToHost::Drop | EndpointToHost::Accept => {
-            let verdict = if config.endpoint_to_host == EndpointToHost::Drop {
-                "drop"
-            } else {
-                "accept"
-            };
-            config
-                .workload_prefixes
-                .iter()
-                .map(|p| format!("iifname \"{p}*\" {verdict}"))
-                .collect()
-        }
+    // Traffic from a workload to its host, once the workload's outbound
+    // policy allowed it; host endpoint policy never applies to it (Calico:
+    // the workload-to-host chain is reached by a goto).
+    let verdict = match config.endpoint_to_host {
+        EndpointToHost::Drop => "drop",
+        EndpointToHost::Accept => "accept",
+        EndpointToHost::Return => "return",
     };
+    let to_host: Vec<String> = config
+        .workload_prefixes
+        .iter()
+        .map(|p| format!("iifname \"{p}*\" {verdict}"))
+        .collect();
+    // Traffic from the host to a workload is judged by the workload's
+    // inbound policy only.
+    let to_workload: Vec<String> = config
+        .workload_prefixes
+        .iter()
+        .map(|p| format!("oifname \"{p}*\" return"))
+        .collect();
     let est = "ct state established,related accept";
     let inv = "ct state invalid drop";
     let nd = "meta l4proto ipv6-icmp icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept";
+    let accepted_before = format!("meta mark & {MARK_ACCEPT:#010x} == {MARK_ACCEPT:#010x} accept");
+    let not_accepted = format!("meta mark & {MARK_ACCEPT:#010x} == 0");
     let raw = |groups: &[Vec<String>]| -> Rules {
         groups
             .iter()
@@ -123,6 +156,32 @@ pub fn base_chains(config: &NftConfig) -> Vec<BaseChain> {
     };
     vec![
         (
+            "mnl-raw-prerouting",
+            "type filter hook prerouting priority raw; policy accept;",
+            raw(&[vec![
+                clear_marks(),
+                format!("iifname vmap @{MAP_TO_HOST_RAW}"),
+            ]]),
+        ),
+        (
+            "mnl-raw-output",
+            "type filter hook output priority raw; policy accept;",
+            raw(&[vec![
+                clear_marks(),
+                format!("oifname vmap @{MAP_FROM_HOST_RAW}"),
+            ]]),
+        ),
+        (
+            "mnl-pre-dnat",
+            "type filter hook prerouting priority dstnat - 1; policy accept;",
+            raw(&[vec![
+                est.to_string(),
+                accepted_before.clone(),
+                format!("iifname vmap @{MAP_TO_HOST_DNAT}"),
+                format!("jump {ANY_TO_HOST_DNAT}"),
+            ]]),
+        ),
+        (
             "mnl-forward",
             "type filter hook forward priority filter; policy accept;",
             raw(&[
@@ -130,10 +189,15 @@ pub fn base_chains(config: &NftConfig) -> Vec<BaseChain> {
                 unknown("iif"),
                 unknown("oif"),
                 vec![
+                    // Forward policy of the host endpoint the packet came
+                    // in through, unless untracked or pre-DNAT policy
+                    // allowed it already.
+                    format!("{not_accepted} iifname vmap @{MAP_TO_HOST_FWD}"),
+                    format!("{not_accepted} jump {ANY_TO_HOST_FWD}"),
                     format!("iifname vmap @{MAP_FROM_WORKLOAD}"),
                     format!("oifname vmap @{MAP_TO_WORKLOAD}"),
-                    format!("iifname vmap @{MAP_TO_HOST_FWD}"),
                     format!("oifname vmap @{MAP_FROM_HOST_FWD}"),
+                    format!("jump {ANY_FROM_HOST_FWD}"),
                 ],
             ]),
         ),
@@ -145,7 +209,11 @@ pub fn base_chains(config: &NftConfig) -> Vec<BaseChain> {
                 unknown("iif"),
                 vec![format!("iifname vmap @{MAP_FROM_WORKLOAD}")],
                 to_host,
-                vec![format!("iifname vmap @{MAP_TO_HOST}")],
+                vec![
+                    accepted_before.clone(),
+                    format!("iifname vmap @{MAP_TO_HOST}"),
+                    format!("jump {ANY_TO_HOST}"),
+                ],
             ]),
         ),
         (
@@ -154,9 +222,12 @@ pub fn base_chains(config: &NftConfig) -> Vec<BaseChain> {
             raw(&[
                 vec![est.to_string(), inv.to_string(), nd.to_string()],
                 unknown("oif"),
+                vec![format!("oifname vmap @{MAP_TO_WORKLOAD}")],
+                to_workload,
                 vec![
-                    format!("oifname vmap @{MAP_TO_WORKLOAD}"),
+                    accepted_before,
                     format!("oifname vmap @{MAP_FROM_HOST}"),
+                    format!("jump {ANY_FROM_HOST}"),
                 ],
             ]),
         ),
@@ -169,7 +240,7 @@ fn with_comment(chain: &str, text: &str) -> RuleText {
     with_id(chain, "", text)
 }
 
-fn with_id(chain: &str, id: &str, text: &str) -> RuleText {
+pub(crate) fn with_id(chain: &str, id: &str, text: &str) -> RuleText {
     let mut h = Sha256::new();
     h.update(chain.as_bytes());
     h.update([0]);
@@ -213,16 +284,44 @@ fn policy_chain(chain: &str, policy: &Policy, inbound: bool, owner: Owner) -> Ru
 
 const ACCEPTED: &str = "meta mark & 0x00010000 == 0x00010000 return";
 
+/// Clears the accept and pass bits, leaving other software's bits.
+fn clear_marks() -> String {
+    format!(
+        "meta mark set meta mark & {:#010x}",
+        !(MARK_ACCEPT | MARK_PASS)
+    )
+}
+
+/// What an endpoint chain is for, which decides how it ends (after
+/// Calico's `endpointIptablesChain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChainKind {
+    /// A workload's policy, or a host endpoint's normal policy: a tier
+    /// whose policies gave no verdict applies its default action; then the
+    /// profiles; then drop.
+    Normal,
+    /// A host endpoint's `applyOnForward` policy on forwarded traffic: tier
+    /// defaults apply; no profiles and no final drop.
+    Forward,
+    /// `doNotTrack` policy: no tier defaults and no final drop (the tracked
+    /// rules still judge what it leaves); an allow also marks the packet
+    /// untracked.
+    Untracked,
+    /// `preDNAT` policy: no tier defaults and no final drop (the normal
+    /// policy still judges what it leaves).
+    PreDnat,
+}
+
 /// An endpoint chain and its tier chains: the tiers with policies for the
-/// direction, then the profiles, then drop.
-fn endpoint_chains(
+/// direction, then (normal chains) the profiles, then drop.
+pub(crate) fn endpoint_chains(
     out: &mut BTreeMap<String, Rules>,
     chain: &str,
     tiers: &[TierPolicies],
     profiles: &[String],
     inbound: bool,
     anti_spoof: &[IpNet],
-    end_with_drop: bool,
+    kind: ChainKind,
 ) {
     debug_assert_eq!(
         ACCEPTED,
@@ -253,11 +352,12 @@ fn endpoint_chains(
             ));
         }
     }
-    let clear = !(MARK_ACCEPT | MARK_PASS);
-    rules.push(with_comment(
-        chain,
-        &format!("meta mark set meta mark & {clear:#010x}"),
-    ));
+    rules.push(with_comment(chain, &clear_marks()));
+    let accepted = if kind == ChainKind::Untracked {
+        ACCEPTED_UNTRACKED
+    } else {
+        ACCEPTED
+    };
     for (index, tier) in tiers.iter().enumerate() {
         let policies = if inbound {
             &tier.inbound
@@ -285,8 +385,8 @@ fn endpoint_chains(
                 ),
             ));
         }
-        let default = match tier.default_action {
-            Action::Pass => "return",
+        let default = match (kind, tier.default_action) {
+            (ChainKind::Untracked | ChainKind::PreDnat, _) | (_, Action::Pass) => "return",
             _ => "drop",
         };
         trules.push(with_id(
@@ -300,7 +400,11 @@ fn endpoint_chains(
             &format!("tier {}", tier.name),
             &format!("jump {tier_chain}"),
         ));
-        rules.push(with_comment(chain, ACCEPTED));
+        rules.push(with_comment(chain, accepted));
+    }
+    if kind != ChainKind::Normal {
+        out.insert(chain.to_string(), rules);
+        return;
     }
     for profile in profiles {
         let target = names::profile_chain(profile, inbound);
@@ -311,11 +415,13 @@ fn endpoint_chains(
         ));
         rules.push(with_comment(chain, ACCEPTED));
     }
-    if end_with_drop {
-        rules.push(with_id(chain, "no policy or profile allowed", "drop"));
-    }
+    rules.push(with_id(chain, "no policy or profile allowed", "drop"));
     out.insert(chain.to_string(), rules);
 }
+
+/// An untracked chain's return on allow: the flow is not tracked (both
+/// directions must then be allowed by untracked policy, as in Calico).
+const ACCEPTED_UNTRACKED: &str = "meta mark & 0x00010000 == 0x00010000 notrack return";
 
 fn set_elements(kind: IpSetKind, members: &BTreeSet<IpSetMember>, v6: bool) -> BTreeSet<String> {
     match kind {
@@ -344,7 +450,7 @@ fn set_elements(kind: IpSetKind, members: &BTreeSet<IpSetMember>, v6: bool) -> B
     }
 }
 
-fn map_entry(iface: &str, chain: &str) -> String {
+pub(crate) fn map_entry(iface: &str, chain: &str) -> String {
     format!("\"{iface}\" : jump {chain}")
 }
 
@@ -368,8 +474,6 @@ pub fn render_with(state: &DesiredState, config: &NftConfig) -> Ruleset {
         base: base_chains(config),
         ..Ruleset::default()
     };
-    let failsafe_in = config::failsafe_rules(&config.failsafe_inbound, true);
-    let failsafe_out = config::failsafe_rules(&config.failsafe_outbound, false);
     for (id, set) in &state.ip_sets {
         for v6 in [false, true] {
             let type_ = match (set.kind, v6) {
@@ -410,6 +514,9 @@ pub fn render_with(state: &DesiredState, config: &NftConfig) -> Ruleset {
         MAP_FROM_HOST,
         MAP_TO_HOST_FWD,
         MAP_FROM_HOST_FWD,
+        MAP_TO_HOST_RAW,
+        MAP_FROM_HOST_RAW,
+        MAP_TO_HOST_DNAT,
     ]
     .into_iter()
     .map(|m| (m, empty_map()))
@@ -426,7 +533,7 @@ pub fn render_with(state: &DesiredState, config: &NftConfig) -> Ruleset {
             &ep.profiles,
             true,
             &[],
-            true,
+            ChainKind::Normal,
         );
         endpoint_chains(
             &mut rs.chains,
@@ -435,72 +542,13 @@ pub fn render_with(state: &DesiredState, config: &NftConfig) -> Ruleset {
             &ep.profiles,
             false,
             &ep.nets,
-            true,
+            ChainKind::Normal,
         );
         insert(&mut maps, MAP_TO_WORKLOAD, map_entry(iface, &to));
         insert(&mut maps, MAP_FROM_WORKLOAD, map_entry(iface, &from));
         ifaces.insert(format!("\"{iface}\""));
     }
-    for hep in state.host_endpoints.values() {
-        let iface = &hep.interface_name;
-        // `*` (all interfaces) and empty names are not bound to one
-        // interface; they are not rendered (see the crate docs).
-        if iface.is_empty() || iface == "*" {
-            continue;
-        }
-        let to = names::host_chain(iface, true, false);
-        let from = names::host_chain(iface, false, false);
-        endpoint_chains(
-            &mut rs.chains,
-            &to,
-            &hep.tiers,
-            &hep.profiles,
-            true,
-            &[],
-            true,
-        );
-        endpoint_chains(
-            &mut rs.chains,
-            &from,
-            &hep.tiers,
-            &hep.profiles,
-            false,
-            &[],
-            true,
-        );
-        failsafe(&mut rs.chains, &to, &failsafe_in);
-        failsafe(&mut rs.chains, &from, &failsafe_out);
-        insert(&mut maps, MAP_TO_HOST, map_entry(iface, &to));
-        insert(&mut maps, MAP_FROM_HOST, map_entry(iface, &from));
-        if hep
-            .forward_tiers
-            .iter()
-            .any(|t| !t.inbound.is_empty() || !t.outbound.is_empty())
-        {
-            let to = names::host_chain(iface, true, true);
-            let from = names::host_chain(iface, false, true);
-            endpoint_chains(
-                &mut rs.chains,
-                &to,
-                &hep.forward_tiers,
-                &[],
-                true,
-                &[],
-                false,
-            );
-            endpoint_chains(
-                &mut rs.chains,
-                &from,
-                &hep.forward_tiers,
-                &[],
-                false,
-                &[],
-                false,
-            );
-            insert(&mut maps, MAP_TO_HOST_FWD, map_entry(iface, &to));
-            insert(&mut maps, MAP_FROM_HOST_FWD, map_entry(iface, &from));
-        }
-    }
+    let host_ifaces = host::render(state, config, &mut rs.chains, &mut maps);
     for (name, def) in maps {
         rs.sets.insert(name.to_string(), def);
     }
@@ -513,24 +561,19 @@ pub fn render_with(state: &DesiredState, config: &NftConfig) -> Ruleset {
             elements: ifaces,
         },
     );
+    rs.sets.insert(
+        SET_HOST_IFACES.to_string(),
+        SetDef {
+            type_: "ifname",
+            interval: false,
+            comment: "interfaces of named host endpoints".into(),
+            elements: host_ifaces,
+        },
+    );
     rs
 }
 
-/// Puts the failsafe rules in front of a host endpoint chain, so its policy
-/// can never cut SSH, DHCP, BGP, etcd, Typha or the API server (Calico's
-/// defaults; configurable).
-fn failsafe(chains: &mut BTreeMap<String, Rules>, chain: &str, rules: &[String]) {
-    if let Some(existing) = chains.get_mut(chain) {
-        let mut out: Rules = rules
-            .iter()
-            .map(|r| with_id(chain, "failsafe", r))
-            .collect();
-        out.append(existing);
-        *existing = out;
-    }
-}
-
-fn insert(maps: &mut BTreeMap<&str, SetDef>, map: &str, entry: String) {
+pub(crate) fn insert(maps: &mut BTreeMap<&str, SetDef>, map: &str, entry: String) {
     if let Some(def) = maps.get_mut(map) {
         def.elements.insert(entry);
     }

@@ -12,11 +12,12 @@
 //! The tests below the runner check what a table cannot (effective labels,
 //! trace steps, errors) on a file's state.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use manul_model::v3::Protocol;
 
 use super::*;
+use crate::datadriven::{Block, blocks};
 
 // ---------------------------------------------------------------- helpers
 
@@ -39,48 +40,6 @@ fn example(name: &str) -> String {
         .join("../examples")
         .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// One block of a data file.
-struct Block {
-    /// Line number of the command, for messages.
-    line: usize,
-    command: String,
-    input: Vec<String>,
-    expected: Vec<String>,
-}
-
-/// The blocks of the data file at `path`.
-fn blocks(path: &Path) -> Vec<Block> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines().enumerate().peekable();
-    let mut out = Vec::new();
-    while let Some((n, line)) = lines.next() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut block = Block {
-            line: n + 1,
-            command: line.trim().to_string(),
-            input: Vec::new(),
-            expected: Vec::new(),
-        };
-        for (_, l) in lines.by_ref() {
-            if l == "----" {
-                break;
-            }
-            block.input.push(l.to_string());
-        }
-        while let Some((_, l)) = lines.peek() {
-            if l.trim().is_empty() {
-                break;
-            }
-            block.expected.push(l.to_string());
-            lines.next();
-        }
-        out.push(block);
-    }
-    out
 }
 
 /// The YAML of a `state` block, with its includes expanded.

@@ -201,7 +201,9 @@ fn dispatch_knows_every_programmed_interface() {
     );
     let empty = render(&DesiredState::default());
     assert!(empty.sets[SET_WORKLOAD_IFACES].elements.is_empty());
-    assert!(empty.chains.is_empty());
+    // Only the all-interfaces dispatch chains, empty.
+    assert!(empty.chains.keys().all(|c| c.starts_with("mnl-any-")));
+    assert!(empty.chains.values().all(Vec::is_empty));
 }
 
 #[test]
@@ -242,10 +244,16 @@ fn host_endpoints_get_failsafe_ports_before_their_policy() {
         },
     );
     let rs = render(&s);
-    let to = texts(&rs, &names::host_chain("eth0", true, false));
+    let to = texts(
+        &rs,
+        &names::host_chain("eth0", true, names::HostChain::Normal),
+    );
     assert!(to[0].starts_with("tcp dport { 22, 179, 2379, 2380, 5473,"));
     assert_eq!(to.last().map(String::as_str), Some("drop"));
-    let from = texts(&rs, &names::host_chain("eth0", false, false));
+    let from = texts(
+        &rs,
+        &names::host_chain("eth0", false, names::HostChain::Normal),
+    );
     assert!(from[1].starts_with("udp dport { 53, 67 }"));
     assert!(
         rs.sets[MAP_TO_HOST]
@@ -298,9 +306,9 @@ fn every_workload_prefix_is_fail_closed() {
 #[test]
 fn endpoint_to_host_action_follows_the_workloads_outbound_policy() {
     for (action, want) in [
-        (EndpointToHost::Drop, Some("iifname \"mnl*\" drop")),
-        (EndpointToHost::Accept, Some("iifname \"mnl*\" accept")),
-        (EndpointToHost::Return, None),
+        (EndpointToHost::Drop, "iifname \"mnl*\" drop"),
+        (EndpointToHost::Accept, "iifname \"mnl*\" accept"),
+        (EndpointToHost::Return, "iifname \"mnl*\" return"),
     ] {
         let config = NftConfig {
             endpoint_to_host: action,
@@ -311,10 +319,13 @@ fn endpoint_to_host_action_follows_the_workloads_outbound_policy() {
             .iter()
             .position(|r| r == "iifname vmap @mnl-from-wl")
             .unwrap();
-        match want {
-            Some(w) => assert_eq!(input[from_wl + 1], w, "{action:?}"),
-            None => assert_eq!(input[from_wl + 1], "iifname vmap @mnl-to-host"),
-        }
+        // Host endpoint policy (a wildcard's included) never sees it.
+        assert_eq!(input[from_wl + 1], want, "{action:?}");
+        assert_eq!(
+            input[from_wl + 3],
+            "iifname vmap @mnl-to-host",
+            "{action:?}"
+        );
     }
 }
 
@@ -347,9 +358,17 @@ fn failsafe_ports_come_from_the_configuration() {
         ..NftConfig::default()
     };
     let rs = render_with(&s, &config);
-    let to = texts(&rs, &names::host_chain("eth0", true, false));
+    let to = texts(
+        &rs,
+        &names::host_chain("eth0", true, names::HostChain::Normal),
+    );
     assert_eq!(to[0], "tcp dport 2222 accept");
     assert_eq!(to[1], "ip saddr 10.0.0.0/8 udp dport 500 accept");
-    let from = texts(&rs, &names::host_chain("eth0", false, false));
+    let from = texts(
+        &rs,
+        &names::host_chain("eth0", false, names::HostChain::Normal),
+    );
     assert!(!from.iter().any(|r| r.contains("dport 53")), "{from:?}");
 }
+
+mod host;
