@@ -5,7 +5,9 @@
 //! configuration and where each value came from). A listener serves a
 //! chosen subset: the local debug listener (`--metrics`) all of them,
 //! Calico's Prometheus listener the metrics, its health listener the
-//! health checks.
+//! health checks. With `--metrics-tls-cert`/`--metrics-tls-key` every one
+//! of them is HTTPS (`manul_tls::https`: the certificate reloads when its
+//! files change; no client certificate is asked for).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -111,11 +113,13 @@ async fn config(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-/// Serves `endpoints` on `addr`; returns the bound address.
+/// Serves `endpoints` on `addr`, over HTTPS with `tls`; returns the bound
+/// address.
 pub async fn serve_with(
     addr: SocketAddr,
     endpoints: Endpoints,
     state: HttpState,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -134,11 +138,23 @@ pub async fn serve_with(
         app = app.route("/config", get(config));
     }
     let app = app.with_state(state);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(%bound, "HTTP server failed: {e}");
+    match tls {
+        Some(config) => {
+            let listener = manul_tls::https::HttpsListener::new(listener, config)?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(%bound, "HTTPS server failed: {e}");
+                }
+            });
         }
-    });
+        None => {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(%bound, "HTTP server failed: {e}");
+                }
+            });
+        }
+    }
     Ok(bound)
 }
 
@@ -160,6 +176,7 @@ pub async fn serve(
             status,
             config: None,
         },
+        None,
     )
     .await
 }
@@ -167,6 +184,51 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn metrics_and_health_are_served_over_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = manul_tls::dev::DevCa::new("test CA", 1).unwrap();
+        manul_tls::dev::write_atomic(&dir.path().join("ca.crt"), &ca.cert_pem(), 0o644).unwrap();
+        let leaf = manul_tls::dev::Leaf {
+            common_name: "felix-metrics".into(),
+            ips: vec!["127.0.0.1".parse().unwrap()],
+            server: true,
+            days: 1,
+            ..Default::default()
+        };
+        let (cert, key) =
+            manul_tls::dev::write_pair(dir.path(), "metrics", &ca.issue(&leaf).unwrap()).unwrap();
+        let tls = manul_tls::https::HttpsSettings {
+            cert_file: cert,
+            key_file: key,
+        }
+        .config()
+        .unwrap();
+        let mut registry = Registry::default();
+        crate::metrics::FelixMetrics::register(&mut registry);
+        let (_tx, status) = watch::channel(AgentStatus::default());
+        let state = HttpState {
+            registry: Arc::new(registry),
+            status,
+            config: None,
+        };
+        let addr = serve_with(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Endpoints::ALL,
+            state,
+            Some(tls),
+        )
+        .await
+        .unwrap();
+        let ca_file = dir.path().join("ca.crt");
+        let get = |path| manul_tls::https::get(addr, "127.0.0.1", &ca_file, path);
+        let (code, body) = get("/metrics").await.unwrap();
+        assert_eq!(code, 200);
+        assert!(body.contains("felix_"), "{body}");
+        assert_eq!(get("/healthz").await.unwrap(), (200, "ok\n".to_string()));
+        assert_eq!(get("/readyz").await.unwrap().0, 503);
+    }
 
     #[test]
     fn ready_only_in_sync_with_typha_and_with_the_dataplane() {

@@ -125,6 +125,14 @@ struct Args {
     /// FELIX_TYPHAURISAN).
     #[arg(long)]
     typha_uri_san: Option<String>,
+    /// Serve /metrics, /healthz, /readyz (and the Prometheus and health
+    /// listeners) over HTTPS with this certificate (chain), PEM; with
+    /// --metrics-tls-key. The files are read again when they change.
+    #[arg(long, env = "FELIX_METRICSTLSCERT")]
+    metrics_tls_cert: Option<PathBuf>,
+    /// The metrics certificate's private key, PEM.
+    #[arg(long, env = "FELIX_METRICSTLSKEY")]
+    metrics_tls_key: Option<PathBuf>,
     /// Log format: text or json. RUST_LOG, when set, overrides
     /// `logSeverityScreen`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
@@ -472,6 +480,16 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
     if args.node.is_empty() {
         return fail(2, "--node must not be empty".into());
     }
+    let https = manul_tls::https::HttpsSettings::from_pair(
+        args.metrics_tls_cert.clone(),
+        args.metrics_tls_key.clone(),
+        ("--metrics-tls-cert", "--metrics-tls-key"),
+    )
+    .and_then(|s| s.map(|s| s.config()).transpose());
+    let https = match https {
+        Ok(h) => h,
+        Err(e) => return fail(2, format!("metrics TLS: {e}")),
+    };
     let mut inputs = Inputs::default().with_env(std::env::vars());
     inputs.flags = flags(&args);
     // A malformed variable or flag is an error before anything is read.
@@ -542,7 +560,9 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
         status: status_rx,
         config: Some(view_rx),
     };
-    match manul_felix::http::serve_with(args.metrics, Endpoints::ALL, state.clone()).await {
+    match manul_felix::http::serve_with(args.metrics, Endpoints::ALL, state.clone(), https.clone())
+        .await
+    {
         Ok(addr) => tracing::info!(%addr, "serving metrics, health and /config"),
         Err(e) => return fail(1, format!("cannot listen on {}: {e}", args.metrics)),
     }
@@ -577,9 +597,11 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
             continue;
         }
         let served = match listen_addr(host, port) {
-            Ok(addr) => manul_felix::http::serve_with(addr, endpoints, state.clone())
-                .await
-                .map_err(|e| format!("{addr}: {e}")),
+            Ok(addr) => {
+                manul_felix::http::serve_with(addr, endpoints, state.clone(), https.clone())
+                    .await
+                    .map_err(|e| format!("{addr}: {e}"))
+            }
             Err(e) => Err(e),
         };
         match served {

@@ -14,6 +14,9 @@
 //!   handshake, so a rotated certificate is used by new connections
 //!   without a restart; a half-written or mismatched pair is refused and
 //!   the previous one kept.
+//! - [`https`]: HTTPS for the metrics and health listeners (a reloading
+//!   server certificate, no client certificate asked for) as an axum
+//!   listener.
 //! - [`dev`]: a development CA and certificates (`manulctl certs dev`).
 //!
 //! It refuses: a configuration that names no identity to check (anyone
@@ -24,6 +27,7 @@ pub mod accept;
 pub mod client;
 pub mod connect;
 pub mod dev;
+pub mod https;
 pub mod identity;
 pub mod pem;
 pub mod server;

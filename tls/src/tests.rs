@@ -405,3 +405,57 @@ async fn a_rotated_server_certificate_is_served_to_new_connections_without_a_res
     write_atomic(&pki.path("typha.crt"), &other.unwrap().cert_pem, 0o644).unwrap();
     assert_eq!(served_cert(addr, client).await, second);
 }
+
+#[tokio::test]
+async fn metrics_are_scraped_over_https_with_the_ca_only() {
+    let pki = Pki::new();
+    let leaf = Leaf {
+        common_name: "manul-typha".into(),
+        ips: vec!["127.0.0.1".parse().unwrap()],
+        server: true,
+        days: 1,
+        ..Leaf::default()
+    };
+    let (cert_file, key_file) =
+        write_pair(pki.dir.path(), "metrics", &pki.ca.issue(&leaf).unwrap()).unwrap();
+    let settings = crate::https::HttpsSettings::from_pair(
+        Some(cert_file),
+        Some(key_file),
+        ("--metrics-tls-cert", "--metrics-tls-key"),
+    )
+    .unwrap()
+    .unwrap();
+    let l = listener().await;
+    let addr = l.local_addr().unwrap();
+    let https = crate::https::HttpsListener::new(l, settings.config().unwrap()).unwrap();
+    let app = axum::Router::new().route("/metrics", axum::routing::get(|| async { "up 1\n" }));
+    tokio::spawn(async move { axum::serve(https, app).await });
+
+    let (status, body) = crate::https::get(addr, "127.0.0.1", &pki.path("ca.crt"), "/metrics")
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "up 1\n"));
+
+    // A scraper that trusts another CA refuses the certificate.
+    let other = DevCa::new("other CA", 1).unwrap();
+    write_atomic(&pki.path("other.crt"), &other.cert_pem(), 0o644).unwrap();
+    let refused = crate::https::get(addr, "127.0.0.1", &pki.path("other.crt"), "/metrics").await;
+    assert!(refused.is_err(), "{refused:?}");
+    // Plain HTTP gets no answer.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    assert!(!String::from_utf8_lossy(&out).contains("up 1"));
+
+    // Half a pair is refused.
+    let half = crate::https::HttpsSettings::from_pair(
+        Some(pki.path("metrics.crt")),
+        None,
+        ("--metrics-tls-cert", "--metrics-tls-key"),
+    );
+    assert!(matches!(half, Err(crate::TlsError::Incomplete(..))));
+}

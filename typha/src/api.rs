@@ -12,6 +12,12 @@
 //! leader elected, a replica serves what it has (each answer carries the
 //! revision it reflects).
 //!
+//! With TLS every write is authorized first (`api_authz`, `authz`): the
+//! caller's certificate gives it a role, and a write its role does not
+//! allow is PERMISSION_DENIED naming the identity and the missing
+//! permission, before anything is forwarded or proposed. Every write,
+//! allowed or refused, is recorded in the audit trail (`audit`).
+//!
 //! In Kubernetes mode the keys the watchers own (`kube::owners`: the
 //! `projectcalico.org/v3` custom resources, and what Typha converts from
 //! Pods, Namespaces, Nodes and the rest) are refused with
@@ -36,6 +42,8 @@ use tokio::sync::Mutex;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::api_authz::{Trail, WriteAuth};
+use crate::authz::Verb;
 use crate::kube::driver::KubeOptions;
 use crate::kube::owners::refuse_write;
 use crate::node::{Node, NodeError};
@@ -156,11 +164,14 @@ pub struct ResourcesService {
     leaders: LeaderClients,
     /// Kubernetes mode: writes to keys the watchers own are refused.
     kube: Option<KubeOptions>,
+    /// Who may write what, and the audit trail.
+    auth: WriteAuth,
 }
 
 impl ResourcesService {
+    /// Plaintext, every write allowed, no audit file.
     pub fn new(node: Node, leaders: LeaderClients) -> ResourcesServer<ResourcesService> {
-        ResourcesService::serve(node, leaders, None)
+        ResourcesService::serve(node, leaders, None, WriteAuth::open())
     }
 
     /// The service of a replica in Kubernetes mode (with `kube`) or not.
@@ -168,11 +179,13 @@ impl ResourcesService {
         node: Node,
         leaders: LeaderClients,
         kube: Option<KubeOptions>,
+        auth: WriteAuth,
     ) -> ResourcesServer<ResourcesService> {
         ResourcesServer::new(ResourcesService {
             node,
             leaders,
             kube,
+            auth,
         })
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(1024 * 1024 * 1024)
@@ -218,6 +231,111 @@ impl ResourcesService {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         Ok(())
+    }
+
+    /// The state, after catching up with the leader when `trail`'s
+    /// decision reads it.
+    async fn state_for(
+        &self,
+        trail: &Trail,
+    ) -> Result<std::sync::RwLockReadGuard<'_, crate::state::StateMachine>, Status> {
+        if trail.needs_state() {
+            self.read_index().await?;
+        }
+        self.node
+            .shared()
+            .state
+            .read()
+            .map_err(|_| Status::internal("state lock poisoned"))
+    }
+
+    async fn apply_as(
+        &self,
+        request: Request<ApplyRequest>,
+        trail: &mut Trail,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let mut batch = write_batch(request.get_ref())?;
+        trail.keys(batch.writes.iter().filter_map(|w| w.key.clone()));
+        if !trail.caller.role.writes_anything() {
+            let state = self.state_for(trail).await?;
+            trail.authorize_writes(&state, &mut batch.writes)?;
+        }
+        refuse_owned(
+            self.kube,
+            batch.writes.iter().filter_map(|w| w.key.as_ref()),
+        )?;
+        if let Route::Forward(addr) = route(&self.node, &request)? {
+            // A write authorized against stored values goes on as the
+            // validated batch, pinned to the revisions the decision saw.
+            let forwarded = if trail.caller.role.writes_anything() {
+                request.into_inner()
+            } else {
+                pinned_request(&batch)
+            };
+            return self
+                .leader(&addr)
+                .await?
+                .apply(self.leaders.forwarded(forwarded))
+                .await;
+        }
+        let applied = self
+            .commit(Command {
+                request_id: 0,
+                op: Some(Op::Writes(batch)),
+            })
+            .await?;
+        let entries = applied.result.map_err(conflict)?;
+        Ok(Response::new(ApplyResponse {
+            entries,
+            revision: applied.revision,
+        }))
+    }
+
+    async fn delete_as(
+        &self,
+        request: Request<DeleteRequest>,
+        trail: &mut Trail,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let req = request.get_ref();
+        if req.keys.is_empty() {
+            return Err(Status::invalid_argument("keys: nothing to delete"));
+        }
+        let keys = req
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| normalize_key(k, &format!("keys[{i}]")).map(|k| k.to_proto()))
+            .collect::<Result<Vec<_>, _>>()?;
+        trail.keys(keys.iter().cloned());
+        let mut expected_revision = req.expected_revision;
+        if !trail.caller.role.writes_anything() {
+            let state = self.state_for(trail).await?;
+            expected_revision = trail.authorize_delete(&state, expected_revision)?;
+        }
+        refuse_owned(self.kube, &keys)?;
+        if let Route::Forward(addr) = route(&self.node, &request)? {
+            let mut forwarded = request.into_inner();
+            forwarded.expected_revision = expected_revision;
+            return self
+                .leader(&addr)
+                .await?
+                .delete(self.leaders.forwarded(forwarded))
+                .await;
+        }
+        let applied = self
+            .commit(Command {
+                request_id: 0,
+                op: Some(Op::Deletes(DeleteBatch {
+                    keys,
+                    expected_revision,
+                })),
+            })
+            .await?;
+        let entries = applied.result.map_err(conflict)?;
+        Ok(Response::new(DeleteResponse {
+            deleted: entries.into_iter().filter_map(|e| e.key).collect(),
+            revision: applied.revision,
+        }))
     }
 
     async fn leader(&self, addr: &str) -> Result<ResourcesClient<Channel>, Status> {
@@ -294,6 +412,26 @@ pub fn refuse_owned<'a>(
     }
 }
 
+/// A request holding `batch`'s validated values, one item each, with
+/// their expected revisions.
+fn pinned_request(batch: &WriteBatch) -> ApplyRequest {
+    ApplyRequest {
+        items: batch
+            .writes
+            .iter()
+            .map(|w| manul_proto::v1::ApplyItem {
+                document: w.value.clone(),
+                origin: w
+                    .key
+                    .as_ref()
+                    .map(|k| Key::from_proto(k).to_string())
+                    .unwrap_or_default(),
+                expected_revision: w.expected_revision,
+            })
+            .collect(),
+    }
+}
+
 /// Validates every item and builds one write batch, or explains every
 /// problem.
 pub fn write_batch(request: &ApplyRequest) -> Result<WriteBatch, Status> {
@@ -347,67 +485,24 @@ impl Resources for ResourcesService {
         &self,
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
-        let batch = write_batch(request.get_ref())?;
-        refuse_owned(
-            self.kube,
-            batch.writes.iter().filter_map(|w| w.key.as_ref()),
-        )?;
-        if let Route::Forward(addr) = route(&self.node, &request)? {
-            return self
-                .leader(&addr)
-                .await?
-                .apply(self.leaders.forwarded(request.into_inner()))
-                .await;
-        }
-        let applied = self
-            .commit(Command {
-                request_id: 0,
-                op: Some(Op::Writes(batch)),
-            })
-            .await?;
-        let entries = applied.result.map_err(conflict)?;
-        Ok(Response::new(ApplyResponse {
-            entries,
-            revision: applied.revision,
-        }))
+        let caller = self.auth.caller(&request);
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let mut trail = self.auth.trail(caller, Verb::Apply, forwarded);
+        let result = self.apply_as(request, &mut trail).await;
+        trail.finish(result.as_ref().map(|r| r.get_ref().revision));
+        result
     }
 
     async fn delete(
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let req = request.get_ref();
-        if req.keys.is_empty() {
-            return Err(Status::invalid_argument("keys: nothing to delete"));
-        }
-        let keys = req
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| normalize_key(k, &format!("keys[{i}]")).map(|k| k.to_proto()))
-            .collect::<Result<Vec<_>, _>>()?;
-        refuse_owned(self.kube, &keys)?;
-        if let Route::Forward(addr) = route(&self.node, &request)? {
-            return self
-                .leader(&addr)
-                .await?
-                .delete(self.leaders.forwarded(request.into_inner()))
-                .await;
-        }
-        let applied = self
-            .commit(Command {
-                request_id: 0,
-                op: Some(Op::Deletes(DeleteBatch {
-                    keys,
-                    expected_revision: req.expected_revision,
-                })),
-            })
-            .await?;
-        let entries = applied.result.map_err(conflict)?;
-        Ok(Response::new(DeleteResponse {
-            deleted: entries.into_iter().filter_map(|e| e.key).collect(),
-            revision: applied.revision,
-        }))
+        let caller = self.auth.caller(&request);
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let mut trail = self.auth.trail(caller, Verb::Delete, forwarded);
+        let result = self.delete_as(request, &mut trail).await;
+        trail.finish(result.as_ref().map(|r| r.get_ref().revision));
+        result
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {

@@ -2,7 +2,8 @@
 //! thread run: it fails once the Raft thread has stopped, however it
 //! stopped) and `/readyz` (a leader that is a voter of this replica's
 //! configuration is known, so writes and a consistent stream can be served;
-//! a leader id that is not a member does not count).
+//! a leader id that is not a member does not count). Over HTTPS when
+//! configured (`--metrics-tls-*`, [`crate::tls`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,11 +68,13 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Serves the endpoints on `addr`; returns the bound address.
+/// Serves the endpoints on `addr` (over HTTPS with `tls`); returns the
+/// bound address.
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
     node: Node,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -80,10 +83,20 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { registry, node });
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("metrics server failed: {e}");
+    let task = match tls {
+        Some(config) => {
+            let listener = manul_tls::https::HttpsListener::new(listener, config)?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!("metrics server failed: {e}");
+                }
+            })
         }
-    });
+        None => tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("metrics server failed: {e}");
+            }
+        }),
+    };
     Ok((bound, task))
 }

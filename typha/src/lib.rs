@@ -10,8 +10,15 @@
 //! certificate (with TLS) or the cluster's peer token (plaintext); they live
 //! on a separate peer listener, any Raft message its guard finds
 //! impossible or out of place, and any committed entry the model rejects.
+//! With TLS it refuses a write the caller's role does not allow (`authz`:
+//! admin, a node's CNI identity for its node's endpoints and IPAM, Felix
+//! and read-only identities read), and records every write in its audit
+//! trail (`audit`).
 
 pub mod api;
+pub mod api_authz;
+pub mod audit;
+pub mod authz;
 pub mod cluster;
 pub mod fanout;
 pub mod http;

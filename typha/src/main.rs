@@ -6,7 +6,9 @@
 //! token in `./typha-data/peer-token` (created when missing), metrics on
 //! 127.0.0.1:9093. With `--ca-file`, `--server-cert-file` and
 //! `--server-key-file` every gRPC listener is mutual TLS and certificates
-//! replace the token (`manul_typha::tls`).
+//! replace the token (`manul_typha::tls`); the certificates' identities
+//! then decide who may write what (`manul_typha::authz`). `--audit-log`
+//! records every write.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -148,6 +150,10 @@ struct Args {
     no_kube_watchers: bool,
     #[command(flatten)]
     tls: manul_typha::tls::TlsArgs,
+    /// Append an audit record of every write (allowed or refused) to this
+    /// file, as JSON lines (like the Kubernetes API server's audit log).
+    #[arg(long, env = "TYPHA_AUDITLOG")]
+    audit_log: Option<PathBuf>,
     /// Log format: text or json. Filter with RUST_LOG (default: info).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -218,9 +224,9 @@ async fn main() -> ExitCode {
     } else {
         None
     };
-    let tls = match args.tls.build() {
-        Ok(t) => t,
-        Err(e) => {
+    let (tls, metrics_tls) = match (args.tls.build(), args.tls.metrics_tls()) {
+        (Ok(t), Ok(m)) => (t, m),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
@@ -281,6 +287,8 @@ async fn main() -> ExitCode {
             .filter(|_| !args.no_kube_watchers)
             .map(|_| kube_opts),
         tls,
+        metrics_tls,
+        audit_log: args.audit_log.clone(),
     };
     let running = match start(config).await {
         Ok(r) => r,

@@ -7,6 +7,9 @@
 //! writes followers forward, all behind [`crate::peer_auth::PeerGate`]:
 //! the cluster's peer token in plaintext, a replica's or administrator's
 //! certificate with TLS ([`crate::tls`]: every listener then speaks TLS).
+//! With TLS, writes are authorized by the caller's role
+//! ([`crate::api_authz`]); every write is recorded in the audit trail
+//! ([`crate::audit`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ use tonic::service::interceptor::InterceptedService;
 use tracing::info;
 
 use crate::api::{LeaderClients, ResourcesService};
+use crate::api_authz::WriteAuth;
 use crate::cluster::ClusterService;
 use crate::fanout::{Fanout, FanoutConfig, FanoutMetrics, SnapshotSource};
 use crate::node::transport::PeerService;
@@ -57,6 +61,10 @@ pub struct TyphaConfig {
     pub kube: Option<crate::kube::driver::KubeOptions>,
     /// TLS on the gRPC listeners; none: plaintext (development).
     pub tls: Option<TyphaTls>,
+    /// HTTPS on the metrics listener; none: HTTP.
+    pub metrics_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where the audit trail of writes goes (JSON lines); none: nowhere.
+    pub audit_log: Option<PathBuf>,
 }
 
 impl TyphaConfig {
@@ -78,6 +86,8 @@ impl TyphaConfig {
             shutdown_spread: Duration::from_secs(10),
             kube: None,
             tls: None,
+            metrics_tls: None,
+            audit_log: None,
         }
     }
 }
@@ -97,6 +107,8 @@ pub enum ServerError {
     NotLeading(Duration),
     #[error("peer token: {0}")]
     Token(#[source] crate::peer_auth::TokenError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// Starts a single-node replica on a free port of 127.0.0.1 with its data
@@ -234,6 +246,12 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     let raft_metrics = RaftMetrics::register(&mut registry);
     let kube_metrics = crate::kube::metrics::KubeMetrics::register(&mut registry);
     let threatfeed_metrics = crate::threatfeed::metrics::ThreatFeedMetrics::register(&mut registry);
+    let authz_metrics = crate::audit::AuthzMetrics::register(&mut registry);
+    let audit = match &config.audit_log {
+        Some(path) => crate::audit::Audit::open(path, authz_metrics).await?,
+        None => crate::audit::Audit::disabled(authz_metrics),
+    };
+    let auth = WriteAuth::new(config.tls.as_ref().map(|t| t.roles.clone()), audit);
     let source = Arc::new(StateSource::default());
     let mut fanout_config = config.fanout.clone();
     fanout_config.replica_id = config.node_id;
@@ -265,6 +283,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             node.clone(),
             leaders.clone(),
             config.kube,
+            auth.clone(),
         ))
         .add_service(fanout.service());
     let peer_router = grpc_builder()
@@ -277,14 +296,16 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             gate.clone(),
         ))
         .add_service(InterceptedService::new(
-            ResourcesService::serve(node.clone(), leaders, config.kube),
+            ResourcesService::serve(node.clone(), leaders, config.kube, auth),
             gate,
         ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (client_tls, peer_tls) = match &config.tls {
         Some(t) => (Some(t.client.clone()), Some(t.peer.clone())),
         None => {
-            tracing::warn!("no TLS configured: the gRPC listeners are plaintext");
+            tracing::warn!(
+                "no TLS configured: the gRPC listeners are plaintext, clients have no identity and any client may write anything (no authorization)"
+            );
             (None, None)
         }
     };
@@ -298,9 +319,14 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     let registry = Arc::new(registry);
     let (metrics_addr, http) = match config.metrics {
         Some(addr) => {
-            let (bound, task) = crate::http::serve(addr, registry.clone(), node.clone())
-                .await
-                .map_err(|source| ServerError::Listen { addr, source })?;
+            let (bound, task) = crate::http::serve(
+                addr,
+                registry.clone(),
+                node.clone(),
+                config.metrics_tls.clone(),
+            )
+            .await
+            .map_err(|source| ServerError::Listen { addr, source })?;
             (Some(bound), Some(task))
         }
         None => (None, None),

@@ -16,14 +16,49 @@
 //!
 //! The files are read again when they change (`manul_tls::watch`). Without
 //! them Typha serves plaintext and says so in its log.
+//!
+//! With TLS the verified certificate also gives the caller its role for
+//! writes ([`crate::authz`]): `--admin-*` and `--peer-*` as above,
+//! `--cni-*` (a node's CNI plugin: its node's endpoints and IPAM),
+//! `--felix-*` and `--read-only-*` (reads only). Those flags only map
+//! identities to roles: which clients connect at all is still
+//! `--client-cn`/`--client-uri-san` (and the administrators).
+//!
+//! `--metrics-tls-cert`/`--metrics-tls-key` (or `--metrics-tls-server-cert`,
+//! the server certificate) serve `/metrics`, `/healthz` and `/readyz` over
+//! HTTPS; scrapers verify the certificate against the CA, no client
+//! certificate is asked for.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use manul_tls::client::ClientSettings;
 use manul_tls::connect::Transport;
+use manul_tls::https::HttpsSettings;
 use manul_tls::server::ServerSettings;
 use manul_tls::{Expected, TlsError, dev};
+
+use crate::authz::roles::{Identities, RoleError, RoleMap, RoleSettings};
+
+/// The default CNI and Felix URI SAN templates (the development
+/// certificates' identities).
+pub const CNI_URI_TEMPLATE: &str = "spiffe://manul/node/{node}/cni";
+pub const FELIX_URI_TEMPLATE: &str = "spiffe://manul/node/{node}/felix";
+
+/// Why Typha's TLS settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TyphaTlsError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Role(#[from] RoleError),
+    #[error("--metrics-tls-server-cert needs --server-cert-file and --server-key-file")]
+    NoServerCert,
+    #[error(
+        "--metrics-tls-server-cert and --metrics-tls-cert/--metrics-tls-key exclude each other"
+    )]
+    TwoMetricsCerts,
+}
 
 /// The TLS flags of `typha`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -61,6 +96,41 @@ pub struct TlsArgs {
     /// URI SANs of administrators. Default: spiffe://manul/admin.
     #[arg(long, env = "TYPHA_ADMINURISAN", value_delimiter = ',')]
     pub admin_uri_san: Vec<String>,
+    /// URI SANs of the CNI plugin, which writes its node's
+    /// WorkloadEndpoints and IPAM blocks; `{node}` stands for the node (a
+    /// value without it is a plugin identity shared by every node).
+    /// Default: spiffe://manul/node/{node}/cni.
+    #[arg(long, env = "TYPHA_CNIURISAN", value_delimiter = ',')]
+    pub cni_uri_san: Vec<String>,
+    /// Common names of the CNI plugin (the fallback when no URI SAN maps;
+    /// `{node}` allowed). Default: none.
+    #[arg(long, env = "TYPHA_CNICN", value_delimiter = ',')]
+    pub cni_cn: Vec<String>,
+    /// URI SANs of Felix (reads only). Default:
+    /// spiffe://manul/node/{node}/felix.
+    #[arg(long, env = "TYPHA_FELIXURISAN", value_delimiter = ',')]
+    pub felix_uri_san: Vec<String>,
+    /// Common names of Felix (reads only). Default: manul-felix.
+    #[arg(long, env = "TYPHA_FELIXCN", value_delimiter = ',')]
+    pub felix_cn: Vec<String>,
+    /// URI SANs of read-only clients. Default: none (an admitted identity
+    /// no role names reads only anyway).
+    #[arg(long, env = "TYPHA_READONLYURISAN", value_delimiter = ',')]
+    pub read_only_uri_san: Vec<String>,
+    /// Common names of read-only clients. Default: none.
+    #[arg(long, env = "TYPHA_READONLYCN", value_delimiter = ',')]
+    pub read_only_cn: Vec<String>,
+    /// Serve /metrics, /healthz and /readyz over HTTPS with this
+    /// certificate (chain), PEM; with --metrics-tls-key.
+    #[arg(long, env = "TYPHA_METRICSTLSCERT")]
+    pub metrics_tls_cert: Option<PathBuf>,
+    /// The metrics certificate's private key, PEM.
+    #[arg(long, env = "TYPHA_METRICSTLSKEY")]
+    pub metrics_tls_key: Option<PathBuf>,
+    /// Serve /metrics, /healthz and /readyz over HTTPS with the server
+    /// certificate (--server-cert-file, --server-key-file).
+    #[arg(long, env = "TYPHA_METRICSTLSSERVERCERT")]
+    pub metrics_tls_server_cert: bool,
 }
 
 /// Typha's built TLS configurations.
@@ -72,6 +142,8 @@ pub struct TyphaTls {
     pub peer: Arc<rustls::ServerConfig>,
     /// How this replica reaches the others' peer listeners.
     pub dial: Transport,
+    /// Which role each verified certificate has, for writes.
+    pub roles: RoleMap,
 }
 
 fn or_default(values: &[String], default: &str) -> Vec<String> {
@@ -85,7 +157,7 @@ fn or_default(values: &[String], default: &str) -> Vec<String> {
 impl TlsArgs {
     /// The configurations, or none for plaintext; an error for a partial
     /// or unusable configuration.
-    pub fn build(&self) -> Result<Option<TyphaTls>, TlsError> {
+    pub fn build(&self) -> Result<Option<TyphaTls>, TyphaTlsError> {
         let (ca, cert, key) = match (&self.ca_file, &self.server_cert_file, &self.server_key_file) {
             (None, None, None) => return Ok(None),
             (Some(ca), Some(cert), Some(key)) => (ca.clone(), cert.clone(), key.clone()),
@@ -93,7 +165,8 @@ impl TlsArgs {
                 return Err(TlsError::Incomplete(
                     "--ca-file, --server-cert-file",
                     "--server-key-file",
-                ));
+                )
+                .into());
             }
         };
         let clients = Expected::new(
@@ -111,6 +184,7 @@ impl TlsArgs {
             or_default(&self.admin_uri_san, dev::ADMIN_URI),
             "AdminCN/AdminURISAN",
         )?;
+        let roles = self.roles()?;
         let server = |admitted: Expected| {
             ServerSettings {
                 cert_file: cert.clone(),
@@ -131,6 +205,57 @@ impl TlsArgs {
             client: server(clients.or(&admins))?,
             peer: server(peers.or(&admins))?,
             dial: Transport::Tls(dial),
+            roles,
         }))
+    }
+
+    /// The role of each identity, the development certificates' values
+    /// where a role's flags are unset.
+    pub fn roles(&self) -> Result<RoleMap, RoleError> {
+        let ids = |cns: Vec<String>, uris: Vec<String>| Identities {
+            common_names: cns,
+            uri_sans: uris,
+        };
+        RoleMap::new(&RoleSettings {
+            admin: ids(
+                or_default(&self.admin_cn, dev::ADMIN_CN),
+                or_default(&self.admin_uri_san, dev::ADMIN_URI),
+            ),
+            replica: ids(
+                or_default(&self.peer_cn, dev::TYPHA_CN),
+                or_default(&self.peer_uri_san, dev::TYPHA_URI),
+            ),
+            cni: ids(
+                self.cni_cn.clone(),
+                or_default(&self.cni_uri_san, CNI_URI_TEMPLATE),
+            ),
+            felix: ids(
+                or_default(&self.felix_cn, dev::FELIX_CN),
+                or_default(&self.felix_uri_san, FELIX_URI_TEMPLATE),
+            ),
+            read_only: ids(self.read_only_cn.clone(), self.read_only_uri_san.clone()),
+        })
+    }
+
+    /// The metrics listener's HTTPS configuration, or none for HTTP.
+    pub fn metrics_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, TyphaTlsError> {
+        let own = HttpsSettings::from_pair(
+            self.metrics_tls_cert.clone(),
+            self.metrics_tls_key.clone(),
+            ("--metrics-tls-cert", "--metrics-tls-key"),
+        )?;
+        let settings = match (own, self.metrics_tls_server_cert) {
+            (Some(_), true) => return Err(TyphaTlsError::TwoMetricsCerts),
+            (Some(s), false) => s,
+            (None, true) => match (&self.server_cert_file, &self.server_key_file) {
+                (Some(c), Some(k)) => HttpsSettings {
+                    cert_file: c.clone(),
+                    key_file: k.clone(),
+                },
+                _ => return Err(TyphaTlsError::NoServerCert),
+            },
+            (None, false) => return Ok(None),
+        };
+        Ok(Some(settings.config()?))
     }
 }

@@ -1,0 +1,431 @@
+//! Authorization of writes over real mutual TLS: three `typha` processes
+//! on loopback, clients holding the development identities (a node's CNI
+//! plugin, Felix, a read-only client, an administrator). Writes go to a
+//! follower, so the forwarded path is the one tested. Every write is in
+//! the audit log of the replica the client called, and refusals are
+//! counted in the metrics, scraped over HTTPS with the CA.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use manul_proto::v1::cluster_client::ClusterClient;
+use manul_proto::v1::resources_client::ResourcesClient;
+use manul_proto::v1::sync_client::SyncClient;
+use manul_proto::v1::{
+    ApplyItem, ApplyRequest, DeleteRequest, ListRequest, ReplicaStatusRequest, ResourceKey,
+    SyncRequest,
+};
+use manul_tls::Expected;
+use manul_tls::client::ClientSettings;
+use manul_tls::connect::Transport;
+use manul_tls::dev::{self, DevCa, Leaf, write_atomic, write_pair};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+/// Loopback ports below 32768 that nothing listens on now.
+fn low_ports(n: usize) -> Vec<u16> {
+    let base = (std::process::id() + 1_777) % 4_000;
+    let mut out = Vec::new();
+    let mut k = 0u32;
+    while out.len() < n {
+        let p = 23_000 + ((base + k * 13) % 9_000) as u16;
+        k += 1;
+        if !out.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A CA and the certificates of the test's identities in `dir`.
+fn certificates(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ca = DevCa::new("test CA", 1).unwrap();
+    write_atomic(&dir.join("ca.crt"), &ca.cert_pem(), 0o644).unwrap();
+    let leaf = |cn: &str, uri: String, server: bool| Leaf {
+        common_name: cn.into(),
+        uri_sans: vec![uri],
+        ips: if server {
+            vec!["127.0.0.1".parse().unwrap()]
+        } else {
+            Vec::new()
+        },
+        server,
+        days: 1,
+        ..Leaf::default()
+    };
+    let leaves = [
+        ("typha", leaf(dev::TYPHA_CN, dev::TYPHA_URI.into(), true)),
+        ("admin", leaf(dev::ADMIN_CN, dev::ADMIN_URI.into(), false)),
+        (
+            "cni-n1",
+            leaf(dev::CNI_CN, dev::node_uri("n1", "cni"), false),
+        ),
+        (
+            "felix-n1",
+            leaf(dev::FELIX_CN, dev::node_uri("n1", "felix"), false),
+        ),
+        (
+            "reader",
+            leaf("manul-reader", "spiffe://manul/reader".into(), false),
+        ),
+    ];
+    for (stem, l) in leaves {
+        write_pair(dir, stem, &ca.issue(&l).unwrap()).unwrap();
+    }
+}
+
+fn transport(certs: &Path, who: &str) -> Transport {
+    let settings = ClientSettings {
+        ca_file: certs.join("ca.crt"),
+        cert_file: certs.join(format!("{who}.crt")),
+        key_file: certs.join(format!("{who}.key")),
+        server: Expected::new([dev::TYPHA_CN.to_string()], [], "test").unwrap(),
+    };
+    Transport::Tls(settings.config().unwrap())
+}
+
+async fn channel(addr: &str, t: &Transport) -> Channel {
+    let e = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2));
+    t.connect(e).await.unwrap()
+}
+
+async fn agreed_leader(peers: &[String], admin: &Transport) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut leaders = Vec::new();
+        for p in peers {
+            let e = Endpoint::from_shared(format!("http://{p}")).unwrap();
+            let leader = match admin.connect(e).await {
+                Ok(ch) => ClusterClient::new(ch)
+                    .replica(ReplicaStatusRequest {})
+                    .await
+                    .map_or(0, |s| s.into_inner().leader_id),
+                Err(_) => 0,
+            };
+            leaders.push(leader);
+        }
+        if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
+            return leaders[0];
+        }
+        assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn endpoint(name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  node: {node}\n  orchestrator: k8s\n  pod: {name}\n  endpoint: eth0\n  interfaceName: cali{name}\n  ipNetworks: [10.65.0.5/32]\n"
+    )
+}
+
+fn block(third: u8, node: &str) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: IPAMBlock\nmetadata:\n  name: 10-65-{third}-0-26\nspec:\n  cidr: 10.65.{third}.0/26\n  affinity: host:{node}\n  allocations:\n    - ip: 10.65.{third}.1\n      handle: c-{third}\n"
+    )
+}
+
+const POLICY: &str = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: default.deny-all\nspec:\n  selector: all()\n  types: [Ingress]\n";
+
+fn apply(doc: &str, expected: Option<u64>) -> ApplyRequest {
+    ApplyRequest {
+        items: vec![ApplyItem {
+            document: doc.as_bytes().to_vec().into(),
+            origin: "test".into(),
+            expected_revision: expected,
+        }],
+    }
+}
+
+fn key(kind: &str, namespace: &str, name: &str) -> ResourceKey {
+    ResourceKey {
+        kind: kind.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+    }
+}
+
+fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The audit records of `path` for `name`, once `n` of them are there.
+async fn audited(path: &Path, name: &str, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines: Vec<_> = audit_lines(path)
+            .into_iter()
+            .filter(|l| l["name"] == name)
+            .collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_authorized_by_identity_and_audited() {
+    let _serial = common::SERIAL.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    certificates(&certs);
+    let ports = low_ports(9);
+    let client: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
+    let peer: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.1:{}", ports[3 + i]))
+        .collect();
+    let metrics: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.1:{}", ports[6 + i]))
+        .collect();
+    let peers = (0..3)
+        .map(|i| format!("{}={}", i + 1, peer[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let audit = |i: usize| tmp.path().join(format!("audit-{}.log", i + 1));
+    let mut procs = Procs(Vec::new());
+    for i in 0..3 {
+        let child = Command::new(env!("CARGO_BIN_EXE_typha"))
+            .args(["--node-id", &(i + 1).to_string()])
+            .args(["--listen", &client[i], "--peer-listen", &peer[i]])
+            .args(["--metrics", &metrics[i], "--metrics-tls-server-cert"])
+            .arg("--data-dir")
+            .arg(tmp.path().join(format!("r{}", i + 1)))
+            .args(["--peers", &peers])
+            .arg("--ca-file")
+            .arg(certs.join("ca.crt"))
+            .arg("--server-cert-file")
+            .arg(certs.join("typha.crt"))
+            .arg("--server-key-file")
+            .arg(certs.join("typha.key"))
+            .args(["--client-cn", "manul-felix,manul-cni"])
+            .args(["--client-uri-san", "spiffe://manul/reader"])
+            .args(["--read-only-uri-san", "spiffe://manul/reader"])
+            .arg("--audit-log")
+            .arg(audit(i))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        procs.0.push(child);
+    }
+    let admin_t = transport(&certs, "admin");
+    let leader = agreed_leader(&peer, &admin_t).await;
+    let f = (0..3).find(|i| *i as u64 + 1 != leader).unwrap();
+    let api = |who: &str| {
+        let t = transport(&certs, who);
+        let addr = client[f].clone();
+        async move { ResourcesClient::new(channel(&addr, &t).await) }
+    };
+    let mut admin = api("admin").await;
+    let mut cni = api("cni-n1").await;
+    let mut felix = api("felix-n1").await;
+    let mut reader = api("reader").await;
+
+    // A node's CNI identity writes its own node's endpoint...
+    let written = cni
+        .apply(apply(&endpoint("web", "n1"), None))
+        .await
+        .unwrap();
+    let revision = written.into_inner().revision;
+    let lines = audited(&audit(f), "web", 1).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["identity"], "spiffe://manul/node/n1/cni");
+    assert_eq!(lines[0]["role"], "cni");
+    assert_eq!(lines[0]["verb"], "apply");
+    assert_eq!(lines[0]["kind"], "WorkloadEndpoint");
+    assert_eq!(lines[0]["namespace"], "default");
+    assert_eq!(lines[0]["outcome"], "applied");
+    assert_eq!(lines[0]["revision"], revision);
+    // ...and not another node's: refused with the named identity and
+    // permission, and recorded.
+    let refused = cni
+        .apply(apply(&endpoint("web2", "n2"), None))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(
+        refused.message(),
+        "spiffe://manul/node/n1/cni may not write WorkloadEndpoint default/web2: it is on node n2; a CNI identity writes its own node's endpoints only"
+    );
+    let lines = audited(&audit(f), "web2", 1).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["outcome"], "denied");
+    assert_eq!(lines[0]["reason"], refused.message());
+    assert!(lines[0].get("revision").is_none());
+
+    // Another node's stored endpoint cannot be taken over or deleted.
+    admin
+        .apply(apply(&endpoint("db", "n2"), None))
+        .await
+        .unwrap();
+    let takeover = cni
+        .apply(apply(&endpoint("db", "n1"), None))
+        .await
+        .unwrap_err();
+    assert_eq!(takeover.code(), Code::PermissionDenied);
+    assert!(
+        takeover.message().ends_with(
+            "the stored one is on node n2; a CNI identity writes its own node's endpoints only"
+        ),
+        "{}",
+        takeover.message()
+    );
+    let del = cni
+        .delete(DeleteRequest {
+            keys: vec![key("workloadendpoint", "default", "db")],
+            expected_revision: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(del.code(), Code::PermissionDenied);
+    assert!(
+        del.message()
+            .contains("may not delete WorkloadEndpoint default/db")
+    );
+    // Its own one it deletes.
+    cni.delete(DeleteRequest {
+        keys: vec![key("workloadendpoint", "default", "web")],
+        expected_revision: None,
+    })
+    .await
+    .unwrap();
+
+    // IPAM: blocks affine to its node only, conditional writes kept.
+    cni.apply(apply(&block(0, "n1"), Some(0))).await.unwrap();
+    let stale = cni
+        .apply(apply(&block(0, "n1"), Some(0)))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    let other = cni
+        .apply(apply(&block(1, "n2"), Some(0)))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::PermissionDenied);
+    assert!(
+        other
+            .message()
+            .ends_with("a CNI identity writes the IPAM blocks affine to its own node only"),
+        "{}",
+        other.message()
+    );
+    // Nothing but endpoints and IPAM.
+    let policy = cni.apply(apply(POLICY, None)).await.unwrap_err();
+    assert_eq!(policy.code(), Code::PermissionDenied);
+    assert!(
+        policy
+            .message()
+            .ends_with("a CNI identity writes WorkloadEndpoints and IPAM blocks only")
+    );
+
+    // Read-only and Felix identities read, and write nothing.
+    let ro = reader.apply(apply(POLICY, None)).await.unwrap_err();
+    assert_eq!(ro.code(), Code::PermissionDenied);
+    assert_eq!(
+        ro.message(),
+        "spiffe://manul/reader may not write GlobalNetworkPolicy default.deny-all: a read-only identity reads only"
+    );
+    let fw = felix
+        .apply(apply(&endpoint("web", "n1"), None))
+        .await
+        .unwrap_err();
+    assert_eq!(fw.code(), Code::PermissionDenied);
+    assert!(fw.message().ends_with("a Felix identity reads only"));
+    let listed = reader
+        .list(ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed
+            .entries
+            .iter()
+            .any(|e| e.key.as_ref().unwrap().name == "db")
+    );
+    let listed = felix
+        .list(ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed
+            .entries
+            .iter()
+            .any(|e| e.key.as_ref().unwrap().name == "10-65-0-0-26")
+    );
+    let felix_ch = channel(&client[f], &transport(&certs, "felix-n1")).await;
+    let mut stream = SyncClient::new(felix_ch)
+        .sync(SyncRequest {
+            node_name: "n1".into(),
+            client_version: manul_proto::PROTOCOL_VERSION.into(),
+            ..SyncRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+
+    // An administrator writes anything.
+    admin.apply(apply(POLICY, None)).await.unwrap();
+    admin
+        .delete(DeleteRequest {
+            keys: vec![key("workloadendpoint", "default", "db")],
+            expected_revision: None,
+        })
+        .await
+        .unwrap();
+    let lines = audited(&audit(f), "default.deny-all", 3).await;
+    let outcomes: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| (l["role"].as_str().unwrap(), l["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("cni", "denied"),
+            ("read_only", "denied"),
+            ("admin", "applied")
+        ]
+    );
+    // The leader recorded none of the writes forwarded to it.
+    let leader_i = (leader - 1) as usize;
+    assert!(audit_lines(&audit(leader_i)).is_empty());
+
+    // Refusals by role and verb, scraped over HTTPS with the CA.
+    let addr = metrics[f].parse().unwrap();
+    let (code, body) = manul_tls::https::get(addr, "127.0.0.1", &certs.join("ca.crt"), "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    for (role, verb, n) in [
+        ("cni", "apply", 4),
+        ("cni", "delete", 1),
+        ("read_only", "apply", 1),
+        ("felix", "apply", 1),
+    ] {
+        let series = format!("typha_authz_refusals_total{{role=\"{role}\",verb=\"{verb}\"}} {n}");
+        assert!(body.contains(&series), "no {series} in\n{body}");
+    }
+}
