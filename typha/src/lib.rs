@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod fanout;
 pub mod http;
 pub mod kube;
+pub mod listener;
 pub mod node;
 pub mod peer_auth;
 pub mod raft_storage;

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use manul_typha::fanout::FanoutConfig;
+use manul_typha::listener::ConnectionLimits;
 use manul_typha::peer_auth::PeerToken;
 use manul_typha::server::{TyphaConfig, start};
 
@@ -99,6 +100,21 @@ struct Args {
     /// Seconds over which a graceful shutdown spreads client disconnects.
     #[arg(long, default_value_t = 10)]
     shutdown_spread_secs: u64,
+    /// Seconds a new gRPC connection has to send the HTTP/2 preface
+    /// (after its TLS handshake) before it is closed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..3600))]
+    handshake_timeout_secs: u64,
+    /// Seconds without a frame from a client before it is sent an HTTP/2
+    /// PING.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..86400))]
+    http2_keepalive_secs: u64,
+    /// Seconds a client has to acknowledge that PING before its connection
+    /// is closed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..3600))]
+    http2_keepalive_timeout_secs: u64,
+    /// Concurrent gRPC streams one connection may open (a Felix uses one).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
     /// Watch the Kubernetes API server this kubeconfig names (on the Raft
     /// leader) and store what its objects convert to.
     #[arg(long)]
@@ -289,6 +305,12 @@ async fn main() -> ExitCode {
         tls,
         metrics_tls,
         audit_log: args.audit_log.clone(),
+        limits: ConnectionLimits {
+            handshake: Duration::from_secs(args.handshake_timeout_secs),
+            keepalive: Duration::from_secs(args.http2_keepalive_secs),
+            keepalive_timeout: Duration::from_secs(args.http2_keepalive_timeout_secs),
+            max_streams: args.max_streams_per_connection,
+        },
     };
     let running = match start(config).await {
         Ok(r) => r,

@@ -22,7 +22,6 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tracing::info;
 
@@ -30,6 +29,7 @@ use crate::api::{LeaderClients, ResourcesService};
 use crate::api_authz::WriteAuth;
 use crate::cluster::ClusterService;
 use crate::fanout::{Fanout, FanoutConfig, FanoutMetrics, SnapshotSource};
+use crate::listener::{ConnectionLimits, Guarded};
 use crate::node::transport::PeerService;
 use crate::node::{Node, NodeConfig, NodeError, RaftMetrics, Shared};
 use crate::peer_auth::{PeerGate, PeerToken};
@@ -65,6 +65,8 @@ pub struct TyphaConfig {
     pub metrics_tls: Option<Arc<rustls::ServerConfig>>,
     /// Where the audit trail of writes goes (JSON lines); none: nowhere.
     pub audit_log: Option<PathBuf>,
+    /// What one connection to either gRPC listener may hold.
+    pub limits: ConnectionLimits,
 }
 
 impl TyphaConfig {
@@ -88,6 +90,7 @@ impl TyphaConfig {
             tls: None,
             metrics_tls: None,
             audit_log: None,
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -177,20 +180,23 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError
     Ok((listener, bound))
 }
 
-/// Serves `router` on `listener` until `stop` fires, over TLS with `tls`.
+/// Serves `router` on `listener` until `stop` fires, over TLS with `tls`,
+/// each connection held to `limits` (`crate::listener`).
 fn serve(
     router: tonic::transport::server::Router,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ConnectionLimits,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> JoinHandle<()> {
+    let mut stop = stop;
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
     if let Some(config) = tls {
         return tokio::spawn(async move {
-            let incoming = manul_tls::accept::incoming(listener, config);
-            let mut stop = stop;
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
+            let incoming = manul_tls::accept::incoming(listener, config)
+                .map(move |conn| conn.map(|tls| Guarded::new(tls, limits.handshake)));
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
@@ -200,19 +206,7 @@ fn serve(
         });
     }
     tokio::spawn(async move {
-        // The builder's `tcp_nodelay` only reaches listeners tonic binds
-        // itself: set it on every accepted socket, or Nagle plus delayed
-        // ACKs hold each response's trailers for ~40 ms.
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            if let Ok(stream) = &conn {
-                let _ = stream.set_nodelay(true);
-            }
-            conn
-        });
-        let mut stop = stop;
-        let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
+        let incoming = crate::listener::incoming(listener, limits);
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
@@ -220,12 +214,6 @@ fn serve(
             tracing::error!("gRPC server failed: {e}");
         }
     })
-}
-
-fn grpc_builder() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
 }
 
 /// Starts a replica.
@@ -278,7 +266,9 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     let _ = source.0.set(node.shared().clone());
 
     let leaders = LeaderClients::new(Some(peer_token.clone())).with_transport(dial);
-    let router = grpc_builder()
+    let router = config
+        .limits
+        .builder()
         .add_service(ResourcesService::serve(
             node.clone(),
             leaders.clone(),
@@ -286,7 +276,9 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             auth.clone(),
         ))
         .add_service(fanout.service());
-    let peer_router = grpc_builder()
+    let peer_router = config
+        .limits
+        .builder()
         .add_service(InterceptedService::new(
             PeerService::new(node.clone()),
             gate.clone(),
@@ -309,13 +301,13 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             (None, None)
         }
     };
-    let server = serve(router, listener, client_tls, stop_rx.clone());
+    let server = serve(router, listener, client_tls, config.limits, stop_rx.clone());
     tokio::spawn(crate::threatfeed::driver::run(
         node.clone(),
         threatfeed_metrics,
         stop_rx.clone(),
     ));
-    let peer_server = serve(peer_router, peer_listener, peer_tls, stop_rx);
+    let peer_server = serve(peer_router, peer_listener, peer_tls, config.limits, stop_rx);
     let registry = Arc::new(registry);
     let (metrics_addr, http) = match config.metrics {
         Some(addr) => {

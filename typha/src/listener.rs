@@ -1,0 +1,236 @@
+//! What one client connection may hold of a gRPC listener, so that no
+//! client (garbage, a half-open connection, a slow or absent reader) can
+//! stall or starve the others.
+//!
+//! Every connection is served by its own task, and each Sync stream is fed
+//! by its own task with a bounded queue (`fanout`: a stream whose client
+//! stops reading is ended once the revisions it needs leave the history,
+//! counted as `fell_behind`). Around that, [`ConnectionLimits`]:
+//!
+//! - **The HTTP/2 preface within `handshake`** (10 s; after the TLS
+//!   handshake, which `manul_tls::accept` limits to 10 s as well): a
+//!   connection that opens and says nothing, or too little, is closed
+//!   (h2 would wait for the preface forever, holding a descriptor).
+//!   Bytes that are not the preface end the connection at once.
+//! - **HTTP/2 keepalive** (`keepalive`, 30 s, and `keepalive_timeout`,
+//!   10 s): a PING after that long without a frame from the client; a
+//!   connection that does not acknowledge it in time (a client that
+//!   stopped reading its socket, or vanished without a FIN) is closed.
+//! - **At most `max_streams` concurrent streams per connection** (128;
+//!   tonic's own default is unlimited): one connection cannot take the
+//!   fan-out's whole `max_connections` of Sync streams. A Felix uses one.
+//! - An `accept` that fails (out of file descriptors) waits 50 ms before
+//!   the next, instead of spinning.
+//!
+//! Typha's flags: `--handshake-timeout-secs`, `--http2-keepalive-secs`,
+//! `--http2-keepalive-timeout-secs`, `--max-streams-per-connection`.
+
+use std::future::Future as _;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+use tonic::transport::server::Connected;
+
+/// The HTTP/2 client connection preface (RFC 9113, 3.4), without the
+/// SETTINGS frame that follows it.
+const PREFACE_LEN: usize = 24;
+
+/// What one connection may hold (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Longest wait for the HTTP/2 preface of a new connection.
+    pub handshake: Duration,
+    /// Idle time before the server pings the client.
+    pub keepalive: Duration,
+    /// Longest wait for the acknowledgement of that ping.
+    pub keepalive_timeout: Duration,
+    /// Concurrent streams per connection.
+    pub max_streams: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            handshake: Duration::from_secs(10),
+            keepalive: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_streams: 128,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// A tonic server builder that keeps these limits.
+    pub fn builder(&self) -> tonic::transport::Server {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(self.keepalive))
+            .http2_keepalive_timeout(Some(self.keepalive_timeout))
+            .max_concurrent_streams(self.max_streams)
+    }
+}
+
+/// The plaintext connections of `listener`, each held to `limits.handshake`.
+pub fn incoming(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+) -> impl Stream<Item = io::Result<Guarded<TcpStream>>> + Send + 'static {
+    futures::stream::unfold(listener, move |listener| async move {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, _)) => {
+                    // The builder's `tcp_nodelay` only reaches listeners
+                    // tonic binds itself: without it, Nagle plus delayed
+                    // ACKs hold each response's trailers for ~40 ms.
+                    let _ = tcp.set_nodelay(true);
+                    return Some((Ok(Guarded::new(tcp, limits.handshake)), listener));
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+}
+
+/// A connection that must deliver the HTTP/2 preface before a deadline:
+/// a read still waiting for it when the deadline passes fails, which ends
+/// the connection.
+#[derive(Debug)]
+pub struct Guarded<IO> {
+    inner: IO,
+    /// Until the preface has arrived: the bytes of it still missing and
+    /// the deadline.
+    preface: Option<(usize, Pin<Box<Sleep>>)>,
+}
+
+impl<IO> Guarded<IO> {
+    pub fn new(inner: IO, handshake: Duration) -> Guarded<IO> {
+        Guarded {
+            inner,
+            preface: Some((PREFACE_LEN, Box::pin(tokio::time::sleep(handshake)))),
+        }
+    }
+}
+
+impl<IO: Connected> Connected for Guarded<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let Some((missing, deadline)) = this.preface.as_mut() else {
+            return result;
+        };
+        match &result {
+            Poll::Ready(Ok(())) => {
+                let got = buf.filled().len() - before;
+                if got >= *missing {
+                    this.preface = None;
+                } else {
+                    *missing -= got;
+                }
+            }
+            Poll::Pending => {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no HTTP/2 preface within the handshake timeout",
+                    )));
+                }
+            }
+            Poll::Ready(Err(_)) => {}
+        }
+        result
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_fails_at_the_deadline() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut guarded = Guarded::new(server, Duration::from_secs(10));
+        let mut buf = [0u8; 64];
+        let started = tokio::time::Instant::now();
+        let err = guarded.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn part_of_the_preface_is_not_enough_and_all_of_it_lifts_the_deadline() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut guarded = Guarded::new(server, Duration::from_secs(10));
+        let mut buf = [0u8; 64];
+        client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        assert_eq!(guarded.read(&mut buf).await.unwrap(), 16);
+        let err = guarded.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut guarded = Guarded::new(server, Duration::from_secs(10));
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(guarded.read(&mut buf).await.unwrap(), PREFACE_LEN);
+        // Past the preface, silence is the keepalive's business.
+        let read = tokio::time::timeout(Duration::from_secs(60), guarded.read(&mut buf)).await;
+        assert!(read.is_err(), "the deadline still applies: {read:?}");
+        client.write_all(b"x").await.unwrap();
+        assert_eq!(guarded.read(&mut buf).await.unwrap(), 1);
+    }
+}
