@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use manul_model::error::chain;
 use manul_typha::fanout::FanoutConfig;
 use manul_typha::peer_auth::PeerToken;
 use manul_typha::server::{TyphaConfig, start};
@@ -211,7 +212,7 @@ async fn main() -> ExitCode {
         match manul_typha::kube::driver::client(args.kubeconfig.as_deref()).await {
             Ok(c) => Some(c),
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", chain(&e));
                 return ExitCode::from(2);
             }
         }
@@ -221,7 +222,7 @@ async fn main() -> ExitCode {
     let tls = match args.tls.build() {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -234,7 +235,7 @@ async fn main() -> ExitCode {
     let token = match token {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -249,7 +250,7 @@ async fn main() -> ExitCode {
         let plan = match prepare(client.clone(), &opts, &args.data_dir, &mut pods).await {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", chain(&e));
                 return ExitCode::from(1);
             }
         };
@@ -285,7 +286,7 @@ async fn main() -> ExitCode {
     let running = match start(config).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", chain(&e));
             return ExitCode::from(1);
         }
     };
