@@ -146,6 +146,20 @@ pub enum AssignmentMode {
     Manual,
 }
 
+/// The block size of an IPv4 pool that sets none (Calico's default).
+pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
+/// The block size of an IPv6 pool that sets none (Calico's default).
+pub const DEFAULT_BLOCK_SIZE_V6: u8 = 122;
+
+/// The default block size of a pool of IPv4 (`ipv4`) or IPv6 addresses.
+pub fn default_block_size(ipv4: bool) -> u8 {
+    if ipv4 {
+        DEFAULT_BLOCK_SIZE_V4
+    } else {
+        DEFAULT_BLOCK_SIZE_V6
+    }
+}
+
 /// Spec of an `IPPool`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -163,7 +177,8 @@ pub struct IpPoolSpec {
     pub disabled: bool,
     #[serde(default, rename = "disableBGPExport")]
     pub disable_bgp_export: bool,
-    /// Per-node block size; defaults to 26 (IPv4) or 122 (IPv6).
+    /// Per-node block size; defaults to [`DEFAULT_BLOCK_SIZE_V4`] (26) or
+    /// [`DEFAULT_BLOCK_SIZE_V6`] (122).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u8>,
     #[serde(default = "Selector::all")]
