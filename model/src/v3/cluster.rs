@@ -177,8 +177,7 @@ pub struct IpPoolSpec {
     pub disabled: bool,
     #[serde(default, rename = "disableBGPExport")]
     pub disable_bgp_export: bool,
-    /// Per-node block size; defaults to [`DEFAULT_BLOCK_SIZE_V4`] (26) or
-    /// [`DEFAULT_BLOCK_SIZE_V6`] (122).
+    /// Per-node block size; defaults to 26 (IPv4) or 122 (IPv6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u8>,
     #[serde(default = "Selector::all")]
