@@ -7,6 +7,7 @@ use std::time::Duration;
 use manul_model::{Kind, Resource, ResourceKey};
 use manul_proto::v1 as pb;
 use manul_proto::v1::resources_client::ResourcesClient;
+use manul_proto::wire;
 use tonic::transport::{Channel, Endpoint};
 use tracing::debug;
 
@@ -72,40 +73,9 @@ fn url(address: &str) -> String {
     }
 }
 
-fn proto_key(key: &ResourceKey) -> pb::ResourceKey {
-    pb::ResourceKey {
-        kind: key.kind.key_name().to_string(),
-        namespace: key.namespace.clone().unwrap_or_default(),
-        name: key.name.clone(),
-    }
-}
-
-fn describe(key: Option<&pb::ResourceKey>) -> String {
-    match key {
-        Some(k) if k.namespace.is_empty() => format!("{}/{}", k.kind, k.name),
-        Some(k) => format!("{}/{}/{}", k.kind, k.namespace, k.name),
-        None => "an entry without a key".into(),
-    }
-}
-
 /// The typed resource and revision of a stored entry.
 fn decode(entry: &pb::Entry) -> Result<(Resource, u64), ClientError> {
-    let key = describe(entry.key.as_ref());
-    let outcome = manul_model::load(&key, &entry.value);
-    if let Some(e) = outcome.errors.first() {
-        return Err(ClientError::Decode {
-            key,
-            reason: e.to_string(),
-        });
-    }
-    let mut resources = outcome.resources.into_iter();
-    match (resources.next(), resources.next()) {
-        (Some(loaded), None) => Ok((loaded.resource, entry.revision)),
-        _ => Err(ClientError::Decode {
-            key,
-            reason: "expected exactly one resource".into(),
-        }),
-    }
+    wire::decode_entry(entry).map_err(|source| ClientError::Entry { source })
 }
 
 impl Client {
@@ -203,10 +173,11 @@ impl Client {
         Err(ClientError::Unavailable {
             addresses: self.joined(),
             message: "no replica accepted a connection".into(),
-            source: match last {
+            status: None,
+            source: Some(match last {
                 Some(e) => Box::new(e),
                 None => "no addresses".into(),
-            },
+            }),
         })
     }
 
@@ -245,7 +216,8 @@ impl Client {
                         "no answer within {:?}; a write's outcome is unknown",
                         self.config.request_timeout
                     ),
-                    source: "request timed out".into(),
+                    status: None,
+                    source: Some("request timed out".into()),
                 },
             };
             if !error.is_unavailable() {
@@ -265,21 +237,44 @@ impl Client {
         &self,
         items: &[(&Resource, Option<u64>)],
     ) -> Result<Vec<u64>, ClientError> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
+        self.apply_items(
+            items
+                .iter()
+                .map(|(r, expected)| (*r, r.key().to_string(), *expected)),
+        )
+        .await
+    }
+
+    /// Creates or replaces `items` in one atomic batch, each named by where
+    /// it came from (such as a file and document), as Typha's answer names
+    /// a problem; returns each one's new revision.
+    pub async fn apply_from(&self, items: &[(&Resource, &str)]) -> Result<Vec<u64>, ClientError> {
+        self.apply_items(
+            items
+                .iter()
+                .map(|(r, origin)| (*r, (*origin).to_string(), None)),
+        )
+        .await
+    }
+
+    async fn apply_items<'a>(
+        &self,
+        items: impl Iterator<Item = (&'a Resource, String, Option<u64>)>,
+    ) -> Result<Vec<u64>, ClientError> {
         let mut request = pb::ApplyRequest { items: Vec::new() };
-        for (resource, expected) in items {
-            let key = resource.key().to_string();
+        for (resource, origin, expected) in items {
             let document = serde_json::to_vec(resource).map_err(|source| ClientError::Encode {
-                key: key.clone(),
+                key: resource.key().to_string(),
                 source,
             })?;
             request.items.push(pb::ApplyItem {
                 document: document.into(),
-                origin: key,
-                expected_revision: *expected,
+                origin,
+                expected_revision: expected,
             });
+        }
+        if request.items.is_empty() {
+            return Ok(Vec::new());
         }
         let response = self
             .call(|mut c| {
@@ -314,7 +309,7 @@ impl Client {
     /// The stored resource and its revision, or `None` when absent.
     pub async fn get(&self, key: &ResourceKey) -> Result<Option<(Resource, u64)>, ClientError> {
         let request = pb::GetRequest {
-            key: Some(proto_key(key)),
+            key: Some(wire::key_to_proto(key)),
         };
         match self
             .call(|mut c| {
@@ -339,8 +334,21 @@ impl Client {
         kind: Kind,
         namespace: Option<&str>,
     ) -> Result<Vec<(Resource, u64)>, ClientError> {
+        self.list_raw(kind.key_name(), namespace).await
+    }
+
+    /// Every stored resource of every kind, in key order, with revisions.
+    pub async fn list_every_kind(&self) -> Result<Vec<(Resource, u64)>, ClientError> {
+        self.list_raw("", None).await
+    }
+
+    async fn list_raw(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<(Resource, u64)>, ClientError> {
         let request = pb::ListRequest {
-            kind: kind.key_name().to_string(),
+            kind: kind.to_string(),
             namespace: namespace.unwrap_or_default().to_string(),
         };
         let response = self
@@ -360,16 +368,41 @@ impl Client {
         key: &ResourceKey,
         expected: Option<u64>,
     ) -> Result<Option<u64>, ClientError> {
-        let request = pb::DeleteRequest {
-            keys: vec![proto_key(key)],
-            expected_revision: expected,
-        };
         let response = self
-            .call(|mut c| {
-                let r = request.clone();
-                async move { c.delete(r).await }
-            })
+            .delete_keys(std::slice::from_ref(key), expected)
             .await?;
         Ok((!response.deleted.is_empty()).then_some(response.revision))
+    }
+
+    /// Deletes `keys` in one atomic batch (each only if its revision is
+    /// `expected`, when given) and returns the keys that were stored, in
+    /// the order Typha deleted them; the others did not exist.
+    pub async fn delete_all(
+        &self,
+        keys: &[ResourceKey],
+        expected: Option<u64>,
+    ) -> Result<Vec<ResourceKey>, ClientError> {
+        let response = self.delete_keys(keys, expected).await?;
+        response
+            .deleted
+            .iter()
+            .map(|k| wire::key_from_proto(k).map_err(|source| ClientError::Entry { source }))
+            .collect()
+    }
+
+    async fn delete_keys(
+        &self,
+        keys: &[ResourceKey],
+        expected: Option<u64>,
+    ) -> Result<pb::DeleteResponse, ClientError> {
+        let request = pb::DeleteRequest {
+            keys: keys.iter().map(wire::key_to_proto).collect(),
+            expected_revision: expected,
+        };
+        self.call(|mut c| {
+            let r = request.clone();
+            async move { c.delete(r).await }
+        })
+        .await
     }
 }

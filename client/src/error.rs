@@ -11,7 +11,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ClientError {
     #[error("no Typha address given")]
     NoAddress,
-    #[error("{address:?} is not a Typha address (HOST:PORT): {source}")]
+    #[error("{address:?} is not a Typha address (HOST:PORT)")]
     BadAddress {
         address: String,
         #[source]
@@ -23,49 +23,46 @@ pub enum ClientError {
     Unavailable {
         addresses: String,
         message: String,
+        /// Typha's answer, when it gave one (`message` is its message).
+        status: Option<Status>,
         #[source]
-        source: BoxError,
+        source: Option<BoxError>,
     },
     /// The replica asked knows no leader: none is elected yet (a cluster
     /// just started, or lost its quorum), or leadership is changing. The
     /// request was refused before it was proposed, so sending it again is
     /// always safe.
+    ///
+    /// These variants hold Typha's answer (`status`), whose message is
+    /// theirs: an answer, not a cause.
     #[error("Typha has no leader ({addresses}): {message}")]
     NoLeader {
         addresses: String,
         message: String,
-        #[source]
-        source: Status,
+        status: Status,
     },
     /// An expected revision did not match: someone else wrote first.
-    #[error("revision conflict: {}", .source.message())]
-    Conflict {
-        #[source]
-        source: Status,
-    },
-    #[error("not found: {}", .source.message())]
-    NotFound {
-        #[source]
-        source: Status,
-    },
+    #[error("revision conflict: {}", .status.message())]
+    Conflict { status: Status },
+    #[error("not found: {}", .status.message())]
+    NotFound { status: Status },
     /// Typha's validation rejected the request; nothing was written.
-    #[error("invalid request: {}", .source.message())]
-    Invalid {
-        #[source]
-        source: Status,
-    },
-    #[error("Typha failed the request ({:?}): {}", .source.code(), .source.message())]
-    Server {
-        #[source]
-        source: Status,
-    },
-    #[error("cannot encode {key}: {source}")]
+    #[error("invalid request: {}", .status.message())]
+    Invalid { status: Status },
+    #[error("Typha failed the request ({:?}): {}", .status.code(), .status.message())]
+    Server { status: Status },
+    #[error("cannot encode {key}")]
     Encode {
         key: String,
         #[source]
         source: serde_json::Error,
     },
-    #[error("Typha sent an undecodable entry for {key}: {reason}")]
+    #[error("Typha sent an undecodable entry")]
+    Entry {
+        #[source]
+        source: manul_proto::wire::WireError,
+    },
+    #[error("Typha's answer for {key} is incomplete: {reason}")]
     Decode { key: String, reason: String },
 }
 
@@ -74,22 +71,23 @@ impl ClientError {
     /// `addresses` names the replicas asked, for the message.
     pub fn from_status(status: Status, addresses: &str) -> ClientError {
         match status.code() {
-            Code::FailedPrecondition | Code::Aborted => ClientError::Conflict { source: status },
-            Code::NotFound => ClientError::NotFound { source: status },
-            Code::InvalidArgument | Code::OutOfRange => ClientError::Invalid { source: status },
+            Code::FailedPrecondition | Code::Aborted => ClientError::Conflict { status },
+            Code::NotFound => ClientError::NotFound { status },
+            Code::InvalidArgument | Code::OutOfRange => ClientError::Invalid { status },
             Code::Unavailable if names_no_leader(status.message()) => ClientError::NoLeader {
                 addresses: addresses.to_string(),
                 message: status.message().to_string(),
-                source: status,
+                status,
             },
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
                 ClientError::Unavailable {
                     addresses: addresses.to_string(),
                     message: status.message().to_string(),
-                    source: Box::new(status),
+                    status: Some(status),
+                    source: None,
                 }
             }
-            _ => ClientError::Server { source: status },
+            _ => ClientError::Server { status },
         }
     }
 
@@ -110,6 +108,20 @@ impl ClientError {
     /// waiting for an election then sending it again is safe.
     pub fn is_no_leader(&self) -> bool {
         matches!(self, ClientError::NoLeader { .. })
+    }
+
+    /// Typha's answer, when the error is one (for callers that show it as
+    /// Typha gave it).
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            ClientError::NoLeader { status, .. }
+            | ClientError::Conflict { status }
+            | ClientError::NotFound { status }
+            | ClientError::Invalid { status }
+            | ClientError::Server { status } => Some(status),
+            ClientError::Unavailable { status, .. } => status.as_ref(),
+            _ => None,
+        }
     }
 
     /// The request itself is wrong; retrying it cannot help.

@@ -44,8 +44,10 @@ fn execute(stdin: &[u8]) -> Result<Option<String>, CniError> {
         container = %plugin.env.container_id,
         node = %plugin.node
     );
-    let _entered = span.enter();
-    runtime.block_on(manul_cni::run(&plugin))
+    runtime.block_on(tracing::Instrument::instrument(
+        manul_cni::run(&plugin),
+        span,
+    ))
 }
 
 fn main() -> ExitCode {

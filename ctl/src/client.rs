@@ -1,5 +1,7 @@
-//! Connecting to a Typha replica: `--server HOST:PORT` or `MANUL_SERVER`,
-//! waiting up to `--timeout` for it to accept a connection and to have a
+//! Connecting to Typha: `--server HOST:PORT` or `MANUL_SERVER` (several
+//! replicas separated by commas: the resource commands move on to the next
+//! when one is unavailable, through [`manul_client::Client`]), waiting up
+//! to `--timeout` for a replica to accept a connection and to have a
 //! leader. With `--ca-file`, `--cert-file` and `--key-file` (or
 //! `MANUL_CA_FILE`, `MANUL_CERT_FILE`, `MANUL_KEY_FILE`) over TLS: the
 //! user's identity is the certificate's, and Typha's certificate must chain
@@ -9,15 +11,18 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use std::process::ExitCode;
+
 use anyhow::{Context, Result};
 use clap::Args;
-use manul_client::ClientError;
+use manul_client::{Client, ClientConfig, ClientError};
 use tonic::transport::{Channel, Endpoint};
 
 /// The server flags shared by online commands.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// Typha replica to talk to (any replica; writes are forwarded to the leader).
+    /// Typha replica to talk to (any replica; writes are forwarded to the
+    /// leader), or several separated by commas.
     #[arg(
         long,
         env = "MANUL_SERVER",
@@ -109,14 +114,16 @@ impl ServerArgs {
             self.server_uri_san.clone(),
             "--server-cn/--server-uri-san",
         )
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| bad(manul_model::error::chain(&e)))?;
         let settings = manul_tls::client::ClientSettings {
             ca_file: ca.clone(),
             cert_file: cert.clone(),
             key_file: key.clone(),
             server,
         };
-        let config = settings.config().map_err(|e| bad(e.to_string()))?;
+        let config = settings
+            .config()
+            .map_err(|e| bad(manul_model::error::chain(&e)))?;
         Ok(manul_tls::connect::Transport::Tls(config))
     }
 
@@ -136,13 +143,21 @@ impl ServerArgs {
         true
     }
 
-    /// A channel to the server. A refused or failed connection is tried
-    /// again until `--timeout` has passed since the start.
+    /// The replica addresses `--server` names.
+    fn addresses(&self) -> Vec<&str> {
+        self.server.split(',').map(str::trim).collect()
+    }
+
+    /// A channel to the first replica `--server` names (the `sync` and
+    /// `cluster` commands talk to one replica). A refused or failed
+    /// connection is tried again until `--timeout` has passed since the
+    /// start.
     pub async fn connect(&self) -> Result<Channel> {
-        let url = if self.server.contains("://") {
-            self.server.clone()
+        let first = self.addresses()[0];
+        let url = if first.contains("://") {
+            first.to_string()
         } else {
-            format!("http://{}", self.server)
+            format!("http://{first}")
         };
         let endpoint = Endpoint::from_shared(url).with_context(|| {
             crate::BadInput(format!("--server {:?} is not HOST:PORT", self.server))
@@ -152,18 +167,53 @@ impl ServerArgs {
         loop {
             let left = self.deadline().saturating_duration_since(Instant::now());
             let attempt = transport
-                .connect(endpoint.clone().connect_timeout(
-                    left.clamp(Duration::from_millis(200), Duration::from_secs(3)),
-                ))
+                .connect(endpoint.clone().connect_timeout(connect_timeout(left)))
                 .await;
             match attempt {
                 Ok(channel) => return Ok(channel),
                 Err(e) => {
                     if !self.wait(&mut pause).await {
-                        return Err(anyhow::Error::new(e).context(format!(
-                            "cannot connect to Typha at {} after waiting {:?} (--timeout)",
-                            self.server, self.timeout
-                        )));
+                        return Err(anyhow::Error::new(e).context(self.unreachable()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn unreachable(&self) -> String {
+        format!(
+            "cannot connect to Typha at {} after waiting {:?} (--timeout)",
+            self.server, self.timeout
+        )
+    }
+
+    /// A resource API client of the replicas `--server` names. Until
+    /// `--timeout` has passed since the start, a round in which no replica
+    /// accepts a connection is tried again.
+    pub async fn client(&self) -> Result<Client> {
+        let addresses = self.addresses();
+        let transport = self.transport()?;
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let left = self.deadline().saturating_duration_since(Instant::now());
+            let config = ClientConfig {
+                connect_timeout: connect_timeout(left),
+                // Waiting for a leader is this command's (until --timeout).
+                rounds: 1,
+                transport: transport.clone(),
+                ..ClientConfig::default()
+            };
+            match Client::connect_with(&addresses, config).await {
+                Ok(client) => return Ok(client),
+                Err(ClientError::BadAddress { source, .. }) => {
+                    return Err(anyhow::anyhow!("{source}").context(crate::BadInput(format!(
+                        "--server {:?} is not HOST:PORT",
+                        self.server
+                    ))));
+                }
+                Err(e) => {
+                    if !self.wait(&mut pause).await {
+                        return Err(anyhow::Error::new(e).context(self.unreachable()));
                     }
                 }
             }
@@ -175,29 +225,86 @@ impl ServerArgs {
     /// it was proposed, so sending it again is safe) is retried until
     /// `--timeout` has passed since the start. Every other answer is
     /// returned as it is.
-    pub async fn call<T, F, Fut>(&self, mut request: F) -> Result<tonic::Response<T>, tonic::Status>
+    pub async fn call<T, E, F, Fut>(&self, mut request: F) -> Result<T, E>
     where
+        E: Answer,
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        Fut: Future<Output = Result<T, E>>,
     {
         let mut pause = FIRST_PAUSE;
         loop {
-            let status = match request().await {
+            let answer = match request().await {
                 Ok(response) => return Ok(response),
-                Err(status) => status,
+                Err(answer) => answer,
             };
-            if !ClientError::from_status(status.clone(), &self.server).is_no_leader() {
-                return Err(status);
+            if !answer.is_no_leader(&self.server) {
+                return Err(answer);
             }
             if !self.wait(&mut pause).await {
-                return Err(tonic::Status::unavailable(format!(
+                let status = tonic::Status::unavailable(format!(
                     "no leader elected after waiting {:?} (--timeout) for Typha at {}; its last answer: {}",
                     self.timeout,
                     self.server,
-                    status.message()
-                )));
+                    answer.message()
+                ));
+                return Err(E::from_status(status, &self.server));
             }
         }
+    }
+}
+
+/// A refusal [`ServerArgs::call`] may wait out: a gRPC status, or the
+/// resource client's error.
+pub trait Answer: Sized {
+    fn is_no_leader(&self, server: &str) -> bool;
+    fn message(&self) -> String;
+    fn from_status(status: tonic::Status, server: &str) -> Self;
+}
+
+impl Answer for tonic::Status {
+    fn is_no_leader(&self, server: &str) -> bool {
+        ClientError::from_status(self.clone(), server).is_no_leader()
+    }
+    fn message(&self) -> String {
+        tonic::Status::message(self).to_string()
+    }
+    fn from_status(status: tonic::Status, _: &str) -> Self {
+        status
+    }
+}
+
+impl Answer for ClientError {
+    fn is_no_leader(&self, _: &str) -> bool {
+        ClientError::is_no_leader(self)
+    }
+    fn message(&self) -> String {
+        match self.status() {
+            Some(s) => s.message().to_string(),
+            None => self.to_string(),
+        }
+    }
+    fn from_status(status: tonic::Status, server: &str) -> Self {
+        ClientError::from_status(status, server)
+    }
+}
+
+/// How long one connection attempt may take, with `left` until the
+/// deadline.
+fn connect_timeout(left: Duration) -> Duration {
+    left.clamp(Duration::from_millis(200), Duration::from_secs(3))
+}
+
+/// The outcome of a failed resource request: the server rejecting the
+/// input is printed as Typha said it and exits 2; any other failure is an
+/// error (exit 1).
+pub fn failure(e: ClientError) -> Result<ExitCode> {
+    match e.status() {
+        Some(s) if is_bad_input(s) => {
+            eprintln!("error: {}", s.message());
+            Ok(ExitCode::from(crate::EXIT_BAD_INPUT))
+        }
+        Some(s) => Err(status_error(s.clone())),
+        None => Err(e.into()),
     }
 }
 

@@ -5,13 +5,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use manul_model::load::describe;
-use manul_model::{Kind, Resource};
-use manul_proto::v1::resources_client::ResourcesClient;
-use manul_proto::v1::{
-    ApplyItem, ApplyRequest, DeleteRequest, Entry, GetRequest, ListRequest, ResourceKey,
-};
+use manul_model::{Kind, Resource, ResourceKey};
 
-use crate::client::{MAX_MESSAGE, ServerArgs, is_bad_input, status_error};
+use crate::client::{ServerArgs, failure};
 use crate::input::{FileArgs, load_all};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -46,15 +42,6 @@ pub struct DeleteArgs {
     pub paths: Vec<std::path::PathBuf>,
 }
 
-async fn client(server: &ServerArgs) -> Result<ResourcesClient<tonic::transport::Channel>> {
-    Ok(ResourcesClient::new(server.connect().await?).max_decoding_message_size(MAX_MESSAGE))
-}
-
-fn bad(status: tonic::Status) -> Result<ExitCode> {
-    eprintln!("error: {}", status.message());
-    Ok(ExitCode::from(crate::EXIT_BAD_INPUT))
-}
-
 /// Validates locally (nothing is sent when any input is invalid), then
 /// applies everything in one atomic batch.
 pub async fn apply(server: &ServerArgs, args: &FileArgs) -> Result<ExitCode> {
@@ -67,33 +54,25 @@ pub async fn apply(server: &ServerArgs, args: &FileArgs) -> Result<ExitCode> {
     for input in &inputs {
         for loaded in &input.outcome.resources {
             names.push(describe(&loaded.resource));
-            items.push(ApplyItem {
-                document: serde_json::to_vec(&loaded.resource)?.into(),
-                origin: format!("{} (document {})", input.origin, loaded.document),
-                expected_revision: None,
-            });
+            items.push((
+                &loaded.resource,
+                format!("{} (document {})", input.origin, loaded.document),
+            ));
         }
     }
     if items.is_empty() {
         return Err(crate::BadInput("no resources to apply".into()).into());
     }
-    let c = client(server).await?;
-    let request = ApplyRequest { items };
-    let answer = server
-        .call(|| {
-            let (mut c, request) = (c.clone(), request.clone());
-            async move { c.apply(request).await }
-        })
-        .await;
-    match answer {
+    let items: Vec<(&Resource, &str)> = items.iter().map(|(r, o)| (*r, o.as_str())).collect();
+    let c = server.client().await?;
+    match server.call(|| c.apply_from(&items)).await {
         Ok(_) => {
             for n in names {
                 println!("{n} ok");
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(s) if is_bad_input(&s) => bad(s),
-        Err(s) => Err(status_error(s)),
+        Err(e) => failure(e),
     }
 }
 
@@ -107,54 +86,38 @@ fn kind_of(word: &str) -> Result<Kind> {
     })
 }
 
-fn decode(entry: &Entry) -> Result<Resource> {
-    let out = manul_model::load("server", &entry.value);
-    out.into_result()
-        .map_err(|e| anyhow::anyhow!("the server sent an invalid resource: {}", e[0]))?
-        .into_iter()
-        .next()
-        .map(|l| l.resource)
-        .context("the server sent an empty value")
-}
-
 pub async fn get(server: &ServerArgs, args: &GetArgs) -> Result<ExitCode> {
     let kind = kind_of(&args.kind)?;
-    let c = client(server).await?;
+    let c = server.client().await?;
     let entries = match &args.name {
         Some(name) => {
-            let request = GetRequest {
-                key: Some(ResourceKey {
-                    kind: kind.key_name().into(),
-                    namespace: args.namespace.clone().unwrap_or_default(),
-                    name: name.clone(),
-                }),
+            let key = ResourceKey {
+                kind,
+                namespace: args.namespace.clone(),
+                name: name.clone(),
             };
-            let answer = server
-                .call(|| {
-                    let (mut c, request) = (c.clone(), request.clone());
-                    async move { c.get(request).await }
-                })
-                .await;
-            match answer {
-                Ok(r) => r.into_inner().entry.into_iter().collect(),
-                Err(s) if is_bad_input(&s) => return bad(s),
-                Err(s) => return Err(status_error(s)),
+            match server.call(|| c.get(&key)).await {
+                Ok(Some(entry)) => vec![entry],
+                Ok(None) => {
+                    // As Typha names it: namespaced kinds default to `default`.
+                    let key = ResourceKey {
+                        namespace: kind
+                            .namespaced()
+                            .then(|| key.namespace.clone().unwrap_or_else(|| "default".into())),
+                        ..key
+                    };
+                    eprintln!("error: {key} not found");
+                    return Ok(ExitCode::from(crate::EXIT_BAD_INPUT));
+                }
+                Err(e) => return failure(e),
             }
         }
         None => match server
-            .call(|| {
-                let mut c = c.clone();
-                let request = ListRequest {
-                    kind: kind.key_name().into(),
-                    namespace: args.namespace.clone().unwrap_or_default(),
-                };
-                async move { c.list(request).await }
-            })
+            .call(|| c.list(kind, args.namespace.as_deref()))
             .await
         {
-            Ok(r) => r.into_inner().entries,
-            Err(s) if is_bad_input(&s) => return bad(s),
-            Err(s) => return Err(status_error(s)),
+            Ok(entries) => entries,
+            Err(e) => return failure(e),
         },
     };
     match args.output {
@@ -164,22 +127,23 @@ pub async fn get(server: &ServerArgs, args: &GetArgs) -> Result<ExitCode> {
             } else {
                 println!("{:<40} {:>10}", "NAME", "REVISION");
             }
-            for e in &entries {
-                let k = e.key.clone().unwrap_or_default();
+            for (resource, revision) in &entries {
+                let k = resource.key();
                 if kind.namespaced() {
-                    println!("{:<20} {:<40} {:>10}", k.namespace, k.name, e.revision);
+                    let namespace = k.namespace.unwrap_or_default();
+                    println!("{:<20} {:<40} {:>10}", namespace, k.name, revision);
                 } else {
-                    println!("{:<40} {:>10}", k.name, e.revision);
+                    println!("{:<40} {:>10}", k.name, revision);
                 }
             }
         }
         Output::Yaml => {
-            for e in &entries {
-                print!("---\n{}", serde_yaml_ng::to_string(&decode(e)?)?);
+            for (resource, _) in &entries {
+                print!("---\n{}", serde_yaml_ng::to_string(resource)?);
             }
         }
         Output::Json => {
-            let items = entries.iter().map(decode).collect::<Result<Vec<_>>>()?;
+            let items: Vec<&Resource> = entries.iter().map(|(r, _)| r).collect();
             let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
             println!("{}", serde_json::to_string_pretty(&list)?);
         }
@@ -201,14 +165,7 @@ pub async fn delete(server: &ServerArgs, args: &DeleteArgs) -> Result<ExitCode> 
             return Ok(ExitCode::from(crate::EXIT_BAD_INPUT));
         }
         for input in &inputs {
-            for l in &input.outcome.resources {
-                let k = l.resource.key();
-                keys.push(ResourceKey {
-                    kind: k.kind.key_name().into(),
-                    namespace: k.namespace.unwrap_or_default(),
-                    name: k.name,
-                });
-            }
+            keys.extend(input.outcome.resources.iter().map(|l| l.resource.key()));
         }
     } else {
         let (Some(kind), Some(name)) = (&args.kind, &args.name) else {
@@ -216,44 +173,31 @@ pub async fn delete(server: &ServerArgs, args: &DeleteArgs) -> Result<ExitCode> 
             return Ok(ExitCode::from(crate::EXIT_BAD_INPUT));
         };
         keys.push(ResourceKey {
-            kind: kind_of(kind)?.key_name().into(),
-            namespace: args.namespace.clone().unwrap_or_default(),
+            kind: kind_of(kind)?,
+            namespace: args.namespace.clone(),
             name: name.clone(),
         });
     }
     let asked = keys.len();
-    let c = client(server).await?;
-    let request = DeleteRequest {
-        keys,
-        expected_revision: None,
-    };
-    let answer = server
-        .call(|| {
-            let (mut c, request) = (c.clone(), request.clone());
-            async move { c.delete(request).await }
-        })
-        .await;
-    match answer {
-        Ok(r) => {
-            let r = r.into_inner();
-            for k in &r.deleted {
-                let ns = if k.namespace.is_empty() {
-                    String::new()
-                } else {
-                    format!("{}/", k.namespace)
+    let c = server.client().await?;
+    match server.call(|| c.delete_all(&keys, None)).await {
+        Ok(deleted) => {
+            for k in &deleted {
+                let ns = match &k.namespace {
+                    Some(ns) if !ns.is_empty() => format!("{ns}/"),
+                    _ => String::new(),
                 };
-                println!("{} {ns}{} deleted", k.kind, k.name);
+                println!("{} {ns}{} deleted", k.kind.key_name(), k.name);
             }
-            if r.deleted.len() < asked {
+            if deleted.len() < asked {
                 eprintln!(
                     "error: {} of {asked} resources did not exist",
-                    asked - r.deleted.len()
+                    asked - deleted.len()
                 );
                 return Ok(ExitCode::from(crate::EXIT_BAD_INPUT));
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(s) if is_bad_input(&s) => bad(s),
-        Err(s) => Err(status_error(s)),
+        Err(e) => failure(e),
     }
 }

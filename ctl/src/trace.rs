@@ -7,11 +7,9 @@ use anyhow::Result;
 use clap::Args;
 use manul_felix_calc::evaluator::{ClusterState, Packet, Peer, TraceError};
 use manul_model::v3::Protocol;
-use manul_proto::v1::ListRequest;
-use manul_proto::v1::resources_client::ResourcesClient;
 
 use crate::BadInput;
-use crate::client::{MAX_MESSAGE, ServerArgs, is_bad_input, status_error};
+use crate::client::{ServerArgs, is_bad_input, status_error};
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
@@ -62,38 +60,15 @@ pub async fn run(server: &ServerArgs, args: &TraceArgs) -> Result<ExitCode> {
         icmp: args.icmp_type.map(|t| (t, args.icmp_code)),
     };
 
-    let client =
-        ResourcesClient::new(server.connect().await?).max_decoding_message_size(MAX_MESSAGE);
-    let answer = server
-        .call(|| {
-            let mut client = client.clone();
-            async move {
-                client
-                    .list(ListRequest {
-                        kind: String::new(),
-                        namespace: String::new(),
-                    })
-                    .await
-            }
-        })
-        .await;
-    let list = match answer {
-        Ok(r) => r.into_inner(),
-        Err(s) if is_bad_input(&s) => return Err(BadInput(s.message().to_string()).into()),
-        Err(s) => return Err(status_error(s)),
+    let client = server.client().await?;
+    let resources = match server.call(|| client.list_every_kind()).await {
+        Ok(entries) => entries.into_iter().map(|(r, _)| r).collect::<Vec<_>>(),
+        Err(e) => match e.status() {
+            Some(s) if is_bad_input(s) => return Err(BadInput(s.message().to_string()).into()),
+            Some(s) => return Err(status_error(s.clone())),
+            None => return Err(e.into()),
+        },
     };
-    let mut resources = Vec::with_capacity(list.entries.len());
-    for entry in &list.entries {
-        let key = entry.key.clone().unwrap_or_default();
-        let origin = format!("{} {}/{}", key.kind, key.namespace, key.name);
-        let loaded = manul_model::load(&origin, &entry.value)
-            .into_result()
-            .map_err(|e| {
-                let first = e.first().map(ToString::to_string).unwrap_or_default();
-                anyhow::anyhow!("the server sent an invalid resource: {first}")
-            })?;
-        resources.extend(loaded.into_iter().map(|l| l.resource));
-    }
     let state = ClusterState::from_resources(resources);
     for note in state.notes() {
         eprintln!("note: {note}");

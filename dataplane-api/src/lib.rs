@@ -20,10 +20,12 @@ pub mod ops;
 pub mod remote;
 pub mod verdict;
 
-#[cfg(test)]
-mod testutil;
+/// Builders of operations, rules and endpoints for tests: this crate's
+/// and, with the `testing` feature, the drivers'.
+#[cfg(any(test, feature = "testing"))]
+pub mod testutil;
 
-pub use driver::{ContractViolation, Driver, DriverError, PolicyCounter};
+pub use driver::{ContractViolation, Driver, DriverError, PolicyCounter, chain};
 pub use null::{DesiredState, IpSet, NullDriver, ServiceKey};
 pub use ops::*;
 pub use remote::{RemoteDriver, RemoteOptions, ServeHandle, serve, serve_connection, serve_with};

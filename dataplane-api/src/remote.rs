@@ -533,21 +533,9 @@ fn answer<D: Driver + ?Sized>(line: &[u8], driver: &mut D) -> Response {
                 _ => None,
             };
             tracing::warn!(%error, driver = driver.name(), "remote driver refused a batch");
-            refuse(error_chain(&error), index)
+            refuse(crate::driver::chain(&error), index)
         }
     }
-}
-
-/// An error and its sources, joined by `: `.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A [`serve`] loop on its own thread, stoppable: for tests and for

@@ -1,4 +1,8 @@
-//! Builders shared by the crate's tests.
+//! Builders shared by the tests of this crate and, with the `testing`
+//! feature, of the drivers. They panic on a malformed literal (a broken
+//! test), never on data.
+
+#![allow(clippy::expect_used)]
 
 use std::net::IpAddr;
 

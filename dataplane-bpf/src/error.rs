@@ -99,16 +99,9 @@ impl From<BpfError> for DriverError {
     /// The context names the whole chain of causes, so that a log line
     /// with only the top-level message still says what went wrong.
     fn from(e: BpfError) -> Self {
-        let mut context = e.to_string();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            context.push_str(": ");
-            context.push_str(&c.to_string());
-            cause = c.source();
-        }
         DriverError::Dataplane {
             driver: "bpf",
-            context,
+            context: manul_dataplane_api::chain(&e),
             source: Box::new(e),
         }
     }

@@ -42,17 +42,7 @@ impl std::fmt::Debug for Request {
     }
 }
 
-/// An error and its sources, on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use manul_model::error::chain;
 
 impl DriverThread {
     /// Starts the thread in `node` and builds the driver there.

@@ -176,6 +176,7 @@ impl Dataplane<'_> {
         current: &mut AgentStatus,
     ) {
         let ops = &ready.ops;
+        let _span = tracing::info_span!("batch", revision, operations = ops.len()).entered();
         if self.sync.batch() == BatchAction::Fold {
             // Removed endpoints lose their status file now; programmed
             // ones are reported by the resync.
@@ -236,6 +237,7 @@ impl Dataplane<'_> {
             return;
         };
         current.resync_attempts = attempt;
+        let _span = tracing::info_span!("resync", revision, attempt).entered();
         self.metrics.dataplane_resyncs.inc();
         let started = Instant::now();
         self.driver.mark_stale();

@@ -33,16 +33,16 @@ pub async fn load(
             };
             let client = Client::connect_with(typhas, config)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| manul_model::error::chain(&e))?;
             let mut all = client
                 .list(Kind::FelixConfiguration, None)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| manul_model::error::chain(&e))?;
             all.extend(
                 client
                     .list(Kind::Installation, None)
                     .await
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| manul_model::error::chain(&e))?,
             );
             Ok::<_, String>(all)
         };

@@ -42,6 +42,7 @@ use manul_felix::metrics::FelixMetrics;
 use manul_felix::routes::{RouteCalc, RouteProgrammer};
 use manul_felix::status::StatusReporter;
 use manul_felix::sync::{SyncConfig, Syncer};
+use manul_model::error::chain;
 use manul_model::v3::EndpointToHostAction;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
@@ -333,17 +334,6 @@ fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     // Until the configuration is read: RUST_LOG, or FELIX_LOGSEVERITYSCREEN.
@@ -500,7 +490,7 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
     // Typha's TLS settings are local only: known before Typha is reached.
     let transport = match manul_felix::typha_tls::transport(&local) {
         Ok(t) => t,
-        Err(e) => return fail(2, e.to_string()),
+        Err(e) => return fail(2, chain(&e)),
     };
     if !transport.is_tls() {
         tracing::warn!("no TyphaCAFile/TyphaCertFile/TyphaKeyFile: talking to Typha in plaintext");

@@ -20,10 +20,11 @@ use manul_model::{Kind, ResourceKey};
 use manul_proto::v1::sync_client::SyncClient;
 use manul_proto::v1::sync_message::Message;
 use manul_proto::v1::{Entry, EntryList, SyncRequest};
+use manul_proto::wire::{self, WireError};
 use prost::Message as _;
 use rustc_hash::FxHashSet;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::calc::Update;
 
@@ -45,12 +46,9 @@ pub enum SyncEvent {
 /// Why an entry could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    #[error("entry has no key")]
-    NoKey,
-    #[error("unknown kind {0:?}")]
-    UnknownKind(String),
-    #[error("invalid value for {key}: {reason}")]
-    BadValue { key: String, reason: String },
+    /// The entry's key or value (the whole chain, as it is logged).
+    #[error("{}", manul_model::error::chain(.0))]
+    Entry(WireError),
     #[error("corrupt {what}: {reason}")]
     Corrupt { what: &'static str, reason: String },
 }
@@ -69,34 +67,14 @@ fn is_config(kind: Kind) -> bool {
     matches!(kind, Kind::FelixConfiguration | Kind::Installation)
 }
 
-fn key_of(e: &Entry) -> Result<ResourceKey, SyncError> {
-    let k = e.key.as_ref().ok_or(SyncError::NoKey)?;
-    let kind = Kind::from_cli(&k.kind).ok_or_else(|| SyncError::UnknownKind(k.kind.clone()))?;
-    Ok(ResourceKey {
-        kind,
-        namespace: kind.namespaced().then(|| k.namespace.clone()),
-        name: k.name.clone(),
-    })
-}
-
 /// Turns one stream entry into an update.
 pub fn update_of(e: &Entry) -> Result<Update, SyncError> {
-    let key = key_of(e)?;
+    let key = wire::entry_key(e).map_err(SyncError::Entry)?;
     if e.deleted {
         return Ok(Update { key, value: None });
     }
     // Typha streams each resource in its stored (JSON) form.
-    let value =
-        manul_model::stored::decode_as(key.kind, &e.value).map_err(|err| SyncError::BadValue {
-            key: key.to_string(),
-            reason: err.to_string(),
-        })?;
-    if value.key() != key {
-        return Err(SyncError::BadValue {
-            key: key.to_string(),
-            reason: format!("the value is {}", value.key()),
-        });
-    }
+    let value = wire::decode_value(&key, &e.value).map_err(SyncError::Entry)?;
     Ok(Update {
         key,
         value: Some(value),
@@ -238,10 +216,10 @@ impl Syncer {
             let addr = self.config.typhas[next % self.config.typhas.len()].clone();
             next += 1;
             let span = tracing::info_span!("typha", %addr, node = %self.config.node);
-            let result = {
-                let _e = span.enter();
-                self.follow(&addr, &events, &mut backoff).await
-            };
+            let result = self
+                .follow(&addr, &events, &mut backoff)
+                .instrument(span)
+                .await;
             let error = match result {
                 Ok(()) => "the stream ended".to_string(),
                 Err(e) => e,

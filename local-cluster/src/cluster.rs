@@ -368,8 +368,9 @@ impl LocalCluster {
                 .collect(),
             days: 30,
         };
-        manul_tls::dev::write_dev_set(&self.certs_dir(), &set)
-            .map_err(|e| ClusterError::Spawn(format!("certificates: {e}")))?;
+        manul_tls::dev::write_dev_set(&self.certs_dir(), &set).map_err(|e| {
+            ClusterError::Spawn(format!("certificates: {}", manul_model::error::chain(&e)))
+        })?;
         Ok(())
     }
 
@@ -389,7 +390,7 @@ impl LocalCluster {
         };
         let config = settings
             .config()
-            .map_err(|e| ClusterError::Spawn(format!("TLS: {e}")))?;
+            .map_err(|e| ClusterError::Spawn(format!("TLS: {}", manul_model::error::chain(&e))))?;
         Ok(manul_tls::connect::Transport::Tls(config))
     }
 

@@ -43,7 +43,7 @@ pub fn apply(mut resource: Resource) -> Resource {
             let spec = &mut o.spec;
             if let Some(cidr) = spec.cidr {
                 spec.block_size
-                    .get_or_insert(if cidr.ip_version() == 4 { 26 } else { 122 });
+                    .get_or_insert(crate::v3::default_block_size(cidr.ip_version() == 4));
             }
             if spec.allowed_uses.is_empty() {
                 spec.allowed_uses = vec![AllowedUse::Workload, AllowedUse::Tunnel];

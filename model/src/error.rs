@@ -16,16 +16,12 @@ pub enum Problem {
         "input is {size} bytes; the limit is {limit} bytes (Kubernetes itself refuses objects over 1.5 MiB)"
     )]
     TooLarge { size: u64, limit: u64 },
-    #[error("YAML syntax error: {source}")]
-    Syntax {
-        #[source]
-        source: serde_yaml_ng::Error,
-    },
-    #[error("JSON syntax error: {source}")]
-    JsonSyntax {
-        #[source]
-        source: serde_json::Error,
-    },
+    // The parser's message is this problem's text, so the parser's error
+    // is not also its source: a printed chain says it once.
+    #[error("YAML syntax error: {error}")]
+    Syntax { error: serde_yaml_ng::Error },
+    #[error("JSON syntax error: {error}")]
+    JsonSyntax { error: serde_json::Error },
     #[error("a resource must be a mapping with apiVersion, kind and metadata, found {found}")]
     NotAMapping { found: &'static str },
     #[error("missing `{field}`")]
@@ -60,7 +56,7 @@ pub struct LoadError {
     /// Path of the field inside the document, such as
     /// `spec.ingress[0].source.selector`.
     pub path: Option<String>,
-    #[source]
+    /// What is wrong; the message includes it, so it is not a source.
     pub problem: Problem,
 }
 

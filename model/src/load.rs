@@ -176,7 +176,7 @@ fn split_documents(text: &str) -> Result<Documents, Problem> {
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let mut docs = Vec::new();
         for v in serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>() {
-            let v = v.map_err(|source| Problem::JsonSyntax { source })?;
+            let v = v.map_err(|source| Problem::JsonSyntax { error: source })?;
             let items = match v {
                 serde_json::Value::Array(items) => items,
                 other => vec![other],
@@ -196,7 +196,7 @@ fn split_documents(text: &str) -> Result<Documents, Problem> {
             Ok(v) => docs.push((i + 1, Ok(v))),
             Err(source) => {
                 // The parser cannot resynchronise after a syntax error.
-                docs.push((i + 1, Err(Problem::Syntax { source })));
+                docs.push((i + 1, Err(Problem::Syntax { error: source })));
                 break;
             }
         }

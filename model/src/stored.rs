@@ -19,8 +19,9 @@ use crate::v3::Object;
 /// Why stored bytes are not a resource.
 #[derive(Debug, thiserror::Error)]
 pub enum StoredError {
+    /// The parser's message is this error's text (not also its source).
     #[error("not a stored resource: {0}")]
-    Json(#[source] serde_json::Error),
+    Json(serde_json::Error),
     #[error("unknown resource type {api_version}/{kind}")]
     UnknownKind { api_version: String, kind: String },
     #[error("expected a {expected}, found {api_version}/{kind}")]

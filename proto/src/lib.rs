@@ -3,15 +3,21 @@
 //! stream (`Sync`), Raft cluster management (`Cluster`) and replica-to-replica
 //! Raft transport (`Peer`).
 //!
-//! It refuses to hold logic: no validation, no state, no I/O beyond what the
-//! generated gRPC stubs do. Validation lives in `manul-model`.
-
-#![allow(missing_debug_implementations, clippy::all)]
+//! [`wire`] is the one adapter between the model's keys and resources and
+//! these messages (every crate that speaks the wire already depends on the
+//! model, and the model stays free of protobuf and gRPC).
+//!
+//! It refuses to hold other logic: no validation of its own (decoding a
+//! stored value uses `manul-model`'s), no state, no I/O beyond what the
+//! generated gRPC stubs do.
 
 /// Version 1 of the protocols.
+#[allow(missing_debug_implementations, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("manul.v1");
 }
+
+pub mod wire;
 
 /// The version clients and servers announce in their hellos.
 pub const PROTOCOL_VERSION: &str = concat!("manul/", env!("CARGO_PKG_VERSION"));

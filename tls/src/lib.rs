@@ -56,13 +56,13 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         #[source]
@@ -72,20 +72,20 @@ pub enum TlsError {
     NoCertificate { path: PathBuf },
     #[error("{path} holds no PEM private key")]
     NoKey { path: PathBuf },
-    #[error("{path}: {what}: {source}")]
+    #[error("{path}: {what}")]
     Pem {
         path: PathBuf,
         what: &'static str,
         #[source]
         source: rustls_pki_types::pem::Error,
     },
-    #[error("the key in {key} cannot be used: {source}")]
+    #[error("the key in {key} cannot be used")]
     BadKey {
         key: PathBuf,
         #[source]
         source: rustls::Error,
     },
-    #[error("the key in {key} does not belong to the certificate in {cert}: {source}")]
+    #[error("the key in {key} does not belong to the certificate in {cert}")]
     KeyMismatch {
         cert: PathBuf,
         key: PathBuf,
@@ -94,7 +94,7 @@ pub enum TlsError {
     },
     #[error("the CA file {path} cannot be used: {reason}")]
     BadCa { path: PathBuf, reason: String },
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration")]
     Config(#[source] rustls::Error),
     #[error(
         "{setting}: a CA file is set but neither a common name nor a URI SAN to check: set at least one"
@@ -102,6 +102,6 @@ pub enum TlsError {
     NoIdentity { setting: &'static str },
     #[error("{0} and {1} must be set together")]
     Incomplete(&'static str, &'static str),
-    #[error("cannot generate a certificate: {0}")]
+    #[error("cannot generate a certificate")]
     Generate(#[source] rcgen::Error),
 }

@@ -76,7 +76,11 @@ impl<T> Watched<T> {
                     state.1 = Arc::new(v);
                 }
                 Err(e) => {
-                    tracing::warn!(files = ?self.files, "TLS files changed but cannot be used, keeping the previous ones: {e}");
+                    tracing::warn!(
+                        files = ?self.files,
+                        error = &e as &(dyn std::error::Error + 'static),
+                        "TLS files changed but cannot be used, keeping the previous ones"
+                    );
                 }
             }
             state.0 = now;

@@ -38,6 +38,7 @@ use manul_proto::v1::{
     GetResponse, ListRequest, ListResponse, ReplicaStatusRequest, ResourceKey, Write, WriteBatch,
     command::Op,
 };
+use manul_proto::wire;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -99,6 +100,24 @@ impl LeaderClients {
         r.metadata_mut()
             .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
         r
+    }
+
+    /// The forward-to-leader preamble of a write: `None` when this replica
+    /// leads and serves `request` itself; otherwise a channel to the
+    /// leader and the request to send it there ([`LeaderClients::forwarded`]).
+    /// Refused as [`route`] says.
+    pub async fn to_leader<T: Clone>(
+        &self,
+        node: &Node,
+        request: &Request<T>,
+    ) -> Result<Option<(Channel, Request<T>)>, Status> {
+        match route(node, request)? {
+            Route::Local => Ok(None),
+            Route::Forward(addr) => Ok(Some((
+                self.channel(&addr).await?,
+                self.forwarded(request.get_ref().clone()),
+            ))),
+        }
     }
 
     pub async fn channel(&self, addr: &str) -> Result<Channel, Status> {
@@ -272,9 +291,7 @@ impl ResourcesService {
             } else {
                 pinned_request(&batch)
             };
-            return self
-                .leader(&addr)
-                .await?
+            return Self::leader(self.leaders.channel(&addr).await?)
                 .apply(self.leaders.forwarded(forwarded))
                 .await;
         }
@@ -316,9 +333,7 @@ impl ResourcesService {
         if let Route::Forward(addr) = route(&self.node, &request)? {
             let mut forwarded = request.into_inner();
             forwarded.expected_revision = expected_revision;
-            return self
-                .leader(&addr)
-                .await?
+            return Self::leader(self.leaders.channel(&addr).await?)
                 .delete(self.leaders.forwarded(forwarded))
                 .await;
         }
@@ -338,9 +353,8 @@ impl ResourcesService {
         }))
     }
 
-    async fn leader(&self, addr: &str) -> Result<ResourcesClient<Channel>, Status> {
-        Ok(ResourcesClient::new(self.leaders.channel(addr).await?)
-            .max_decoding_message_size(1024 * 1024 * 1024))
+    fn leader(channel: Channel) -> ResourcesClient<Channel> {
+        ResourcesClient::new(channel).max_decoding_message_size(1024 * 1024 * 1024)
     }
 }
 
@@ -378,14 +392,6 @@ pub fn normalize_key(k: &ResourceKey, path: &str) -> Result<Key, Status> {
     })
 }
 
-fn proto_key(key: &manul_model::ResourceKey) -> ResourceKey {
-    ResourceKey {
-        kind: key.kind.key_name().to_string(),
-        namespace: key.namespace.clone().unwrap_or_default(),
-        name: key.name.clone(),
-    }
-}
-
 /// In Kubernetes mode, PERMISSION_DENIED naming the owner of every key
 /// the watchers own among `keys`.
 pub fn refuse_owned<'a>(
@@ -395,15 +401,7 @@ pub fn refuse_owned<'a>(
     let Some(opts) = kube else { return Ok(()) };
     let refused: Vec<String> = keys
         .into_iter()
-        .filter_map(|k| {
-            let kind = Kind::ALL.iter().copied().find(|x| x.key_name() == k.kind)?;
-            let key = manul_model::ResourceKey {
-                kind,
-                namespace: (!k.namespace.is_empty()).then(|| k.namespace.clone()),
-                name: k.name.clone(),
-            };
-            refuse_write(&key, opts)
-        })
+        .filter_map(|k| refuse_write(&wire::key_from_proto(k).ok()?, opts))
         .collect();
     if refused.is_empty() {
         Ok(())
@@ -457,7 +455,7 @@ pub fn write_batch(request: &ApplyRequest) -> Result<WriteBatch, Status> {
             }
             match serde_json::to_vec(&loaded.resource) {
                 Ok(value) => writes.push(Write {
-                    key: Some(proto_key(&key)),
+                    key: Some(wire::key_to_proto(&key)),
                     value: value.into(),
                     expected_revision: item.expected_revision,
                 }),
@@ -481,6 +479,7 @@ pub fn write_batch(request: &ApplyRequest) -> Result<WriteBatch, Status> {
 
 #[tonic::async_trait]
 impl Resources for ResourcesService {
+    #[tracing::instrument(name = "resources.apply", skip_all)]
     async fn apply(
         &self,
         request: Request<ApplyRequest>,
@@ -493,6 +492,7 @@ impl Resources for ResourcesService {
         result
     }
 
+    #[tracing::instrument(name = "resources.delete", skip_all)]
     async fn delete(
         &self,
         request: Request<DeleteRequest>,
@@ -505,6 +505,7 @@ impl Resources for ResourcesService {
         result
     }
 
+    #[tracing::instrument(name = "resources.get", skip_all)]
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let key = request
             .get_ref()
@@ -528,6 +529,7 @@ impl Resources for ResourcesService {
         }))
     }
 
+    #[tracing::instrument(name = "resources.list", skip_all)]
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let req = request.get_ref();
         let kind = if req.kind.is_empty() {

@@ -15,7 +15,7 @@ use manul_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::api::{LeaderClients, Route, node_status, route};
+use crate::api::{LeaderClients, node_status};
 use crate::fanout::Fanout;
 use crate::node::{MembershipChange, Node};
 
@@ -157,12 +157,8 @@ impl Cluster for ClusterService {
                 req.address
             )));
         }
-        if let Route::Forward(addr) = route(&self.node, &request)? {
-            return self
-                .client(&addr)
-                .await?
-                .add_learner(self.leaders.forwarded(request.into_inner()))
-                .await;
+        if let Some((leader, forwarded)) = self.leaders.to_leader(&self.node, &request).await? {
+            return ClusterClient::new(leader).add_learner(forwarded).await;
         }
         let change = MembershipChange::AddLearner {
             id: req.id,
@@ -176,12 +172,8 @@ impl Cluster for ClusterService {
         request: Request<MemberRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
         check_id(request.get_ref().id)?;
-        if let Route::Forward(addr) = route(&self.node, &request)? {
-            return self
-                .client(&addr)
-                .await?
-                .promote(self.leaders.forwarded(request.into_inner()))
-                .await;
+        if let Some((leader, forwarded)) = self.leaders.to_leader(&self.node, &request).await? {
+            return ClusterClient::new(leader).promote(forwarded).await;
         }
         let id = request.get_ref().id;
         Ok(Response::new(
@@ -194,12 +186,8 @@ impl Cluster for ClusterService {
         request: Request<MemberRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
         check_id(request.get_ref().id)?;
-        if let Route::Forward(addr) = route(&self.node, &request)? {
-            return self
-                .client(&addr)
-                .await?
-                .remove(self.leaders.forwarded(request.into_inner()))
-                .await;
+        if let Some((leader, forwarded)) = self.leaders.to_leader(&self.node, &request).await? {
+            return ClusterClient::new(leader).remove(forwarded).await;
         }
         let id = request.get_ref().id;
         Ok(Response::new(

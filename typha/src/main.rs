@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use manul_model::error::chain;
 use manul_typha::fanout::FanoutConfig;
 use manul_typha::listener::ConnectionLimits;
 use manul_typha::peer_auth::PeerToken;
@@ -233,7 +234,7 @@ async fn main() -> ExitCode {
         match manul_typha::kube::driver::client(args.kubeconfig.as_deref()).await {
             Ok(c) => Some(c),
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", chain(&e));
                 return ExitCode::from(2);
             }
         }
@@ -243,7 +244,7 @@ async fn main() -> ExitCode {
     let (tls, metrics_tls) = match (args.tls.build(), args.tls.metrics_tls()) {
         (Ok(t), Ok(m)) => (t, m),
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -256,7 +257,7 @@ async fn main() -> ExitCode {
     let token = match token {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -271,7 +272,7 @@ async fn main() -> ExitCode {
         let plan = match prepare(client.clone(), &opts, &args.data_dir, &mut pods).await {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", chain(&e));
                 return ExitCode::from(1);
             }
         };
@@ -315,7 +316,7 @@ async fn main() -> ExitCode {
     let running = match start(config).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", chain(&e));
             return ExitCode::from(1);
         }
     };

@@ -23,13 +23,13 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// Why a token could not be read or made.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("cannot read the peer token file {path}: {source}")]
+    #[error("cannot read the peer token file {path}")]
     Read {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write the peer token file {path}: {source}")]
+    #[error("cannot write the peer token file {path}")]
     Write {
         path: String,
         #[source]

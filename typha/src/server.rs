@@ -98,17 +98,17 @@ impl TyphaConfig {
 /// Why a replica could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start the Raft node: {0}")]
+    #[error("cannot start the Raft node")]
     Node(#[source] NodeError),
     #[error("the single node did not become leader within {0:?}")]
     NotLeading(Duration),
-    #[error("peer token: {0}")]
+    #[error("peer token")]
     Token(#[source] crate::peer_auth::TokenError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),

@@ -17,10 +17,7 @@ use manul_model::v3::{
     AllowedUse, IpPoolSpec, IpamAllocation, IpamBlockSpec, Object, host_affinity, ipam_block_name,
 };
 
-/// The default block size of an IPv4 pool.
-pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
-/// The default block size of an IPv6 pool.
-pub const DEFAULT_BLOCK_SIZE_V6: u8 = 122;
+pub use manul_model::v3::{DEFAULT_BLOCK_SIZE_V4, DEFAULT_BLOCK_SIZE_V6};
 
 /// A pool a node may allocate from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,10 +10,11 @@ use manul_dataplane_api::{
 };
 use proptest::prelude::*;
 
-use super::tests::{a_packet, a_state, ip, pid, rule, state};
+use super::tests::{a_packet, a_state, state};
 use super::*;
 use crate::model::decide;
 use crate::space::Space;
+use manul_dataplane_api::testutil::{ip, pid, rule};
 
 fn tier(name: &str, default_action: Action, inbound: &[&str]) -> TierPolicies {
     TierPolicies {

@@ -1,48 +1,17 @@
 //! The compiler against the reference verdicts (`DesiredState::verdict`),
 //! through the userspace model of the kernel lookup.
 
-use std::net::IpAddr;
-
 use ipnet::IpNet;
+use manul_dataplane_api::testutil::{ip, net, pid, rule};
 use manul_dataplane_api::{
     Action, Decider, DesiredState, Driver, EndpointId, Icmp, IpSetKind, IpSetMember, Match,
-    NullDriver, Operation, Packet, Policy, PolicyId, PortRange, Rule, TierPolicies,
-    WorkloadEndpoint,
+    NullDriver, Operation, Packet, Policy, PortRange, Rule, TierPolicies, WorkloadEndpoint,
 };
 use proptest::prelude::*;
 
 use super::*;
 use crate::model::decide;
 use crate::space::Space;
-
-pub(super) fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-pub(super) fn net(s: &str) -> IpNet {
-    s.parse().unwrap()
-}
-
-pub(super) fn pid(tier: &str, name: &str) -> PolicyId {
-    PolicyId {
-        tier: tier.into(),
-        name: name.into(),
-    }
-}
-
-pub(super) fn rule(id: &str, action: Action) -> Rule {
-    Rule {
-        id: id.into(),
-        action,
-        ip_version: None,
-        protocol: None,
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
-        src: Match::default(),
-        dst: Match::default(),
-    }
-}
 
 fn wep(name: &str, nets: &[&str], tiers: Vec<TierPolicies>, profiles: &[&str]) -> WorkloadEndpoint {
     WorkloadEndpoint {

@@ -233,26 +233,13 @@ pub fn render(rule: &Rule, family: Family, owner: Owner) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use manul_dataplane_api::testutil::net;
     use manul_dataplane_api::{Action, Icmp, Match, PortRange, Rule};
 
     use super::*;
 
     fn rule(action: Action) -> Rule {
-        Rule {
-            id: "default/p/inbound/0".into(),
-            action,
-            ip_version: None,
-            protocol: None,
-            not_protocol: None,
-            icmp: None,
-            not_icmp: None,
-            src: Match::default(),
-            dst: Match::default(),
-        }
-    }
-
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
+        manul_dataplane_api::testutil::rule("default/p/inbound/0", action)
     }
 
     #[test]

@@ -66,8 +66,7 @@ pub use ready::Ready;
 
 pub use inputs::{endpoint_input, policy_input};
 
-/// The order Calico gives the `default` tier when no Tier resource sets one.
-pub const DEFAULT_TIER_ORDER: f64 = 1_000_000.0;
+pub use manul_model::v3::DEFAULT_TIER_ORDER;
 
 /// One change of cluster state.
 #[derive(Debug, Clone, PartialEq)]

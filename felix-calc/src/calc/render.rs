@@ -13,12 +13,10 @@ use manul_model::v3::{
     Action, EntityRule, IcmpMatch, Port, Protocol, Rule, ServiceAccountMatch, ServiceMatch,
 };
 
-/// The namespace label every namespaced item carries.
-pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
-/// The label carrying an endpoint's service account.
-pub const SERVICE_ACCOUNT_LABEL: &str = "projectcalico.org/serviceaccount";
 /// Prefix of namespace labels copied onto namespaced items.
-pub const NAMESPACE_PREFIX: &str = "pcns.";
+pub use manul_model::convert::NAMESPACE_LABEL_PREFIX as NAMESPACE_PREFIX;
+/// The namespace label every namespaced item carries.
+pub use manul_model::convert::pod::{NAMESPACE_LABEL, SERVICE_ACCOUNT_LABEL};
 /// Prefix of service-account labels on endpoints that have one.
 pub const SERVICE_ACCOUNT_PREFIX: &str = manul_model::convert::SERVICE_ACCOUNT_LABEL_PREFIX;
 

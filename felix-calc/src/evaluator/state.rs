@@ -20,9 +20,7 @@ use manul_model::v3::{
 /// A label set.
 pub type Labels = BTreeMap<String, String>;
 
-/// The order of the `default` tier when no Tier resource gives it one
-/// (Calico's fixed order for it).
-pub const DEFAULT_TIER_ORDER: f64 = 1_000_000.0;
+pub use manul_model::v3::DEFAULT_TIER_ORDER;
 
 pub use manul_model::convert::{SERVICE_ACCOUNT_LABEL_PREFIX, SERVICE_ACCOUNT_PROFILE_PREFIX};
 /// The label naming the Service an EndpointSlice belongs to.

@@ -60,11 +60,7 @@ fn load(yaml: &str) -> Result<Resource> {
 fn put(r: Resource) -> Result<Entry> {
     let key = r.key();
     Ok(Entry {
-        key: Some(manul_proto::v1::ResourceKey {
-            kind: key.kind.key_name().to_string(),
-            namespace: key.namespace.clone().unwrap_or_default(),
-            name: key.name.clone(),
-        }),
+        key: Some(manul_proto::wire::key_to_proto(&key)),
         value: serde_json::to_vec(&r)?.into(),
         revision: 0,
         deleted: false,

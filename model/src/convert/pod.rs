@@ -17,8 +17,7 @@ use super::{
 use crate::names;
 use crate::v3::{Cidr, EndpointPort, Object, Protocol, WorkloadEndpointSpec};
 
-/// The label carrying an endpoint's namespace.
-pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
+pub use crate::selector::NAMESPACE_LABEL;
 /// The label carrying an endpoint's service account.
 pub const SERVICE_ACCOUNT_LABEL: &str = "projectcalico.org/serviceaccount";
 /// The orchestrator of endpoints that stand for pods.

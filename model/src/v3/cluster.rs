@@ -146,6 +146,20 @@ pub enum AssignmentMode {
     Manual,
 }
 
+/// The block size of an IPv4 pool that sets none (Calico's default).
+pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
+/// The block size of an IPv6 pool that sets none (Calico's default).
+pub const DEFAULT_BLOCK_SIZE_V6: u8 = 122;
+
+/// The default block size of a pool of IPv4 (`ipv4`) or IPv6 addresses.
+pub fn default_block_size(ipv4: bool) -> u8 {
+    if ipv4 {
+        DEFAULT_BLOCK_SIZE_V4
+    } else {
+        DEFAULT_BLOCK_SIZE_V6
+    }
+}
+
 /// Spec of an `IPPool`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

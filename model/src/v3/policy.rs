@@ -12,6 +12,10 @@ use crate::selector::Selector;
 /// The tier every policy without an explicit tier belongs to.
 pub const DEFAULT_TIER: &str = "default";
 
+/// The order Calico gives the `default` tier when no Tier resource sets
+/// one.
+pub const DEFAULT_TIER_ORDER: f64 = 1_000_000.0;
+
 fn default_tier() -> String {
     DEFAULT_TIER.to_string()
 }

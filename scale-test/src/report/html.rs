@@ -5,7 +5,6 @@
 //! Every piece of text from the run goes through [`escape`]; chart text is
 //! escaped by the SVG backend.
 
-use std::error::Error as _;
 use std::fmt::Write as _;
 
 use super::charts::{self, ChartError, FULL, HALF, Resource};
@@ -147,15 +146,7 @@ fn figure(
             return;
         }
         Ok(None) => empty.to_owned(),
-        Err(e) => {
-            let mut note = e.to_string();
-            let mut source = e.source();
-            while let Some(s) = source {
-                let _ = write!(note, ": {s}");
-                source = s.source();
-            }
-            note
-        }
+        Err(e) => manul_model::error::chain(&e),
     };
     let _ = writeln!(
         page,

@@ -19,6 +19,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use manul_model::{Kind, ResourceKey};
 use manul_proto::v1::{Command, Write, WriteBatch, command::Op};
+use manul_proto::wire;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -48,15 +49,15 @@ pub struct KubeOptions {
 /// Why the Kubernetes client could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("kubeconfig {path}: {source}")]
+    #[error("kubeconfig {path}")]
     Kubeconfig {
         path: PathBuf,
         #[source]
         source: kube::config::KubeconfigError,
     },
-    #[error("no Kubernetes configuration (in-cluster or $KUBECONFIG): {0}")]
+    #[error("no Kubernetes configuration (in-cluster or $KUBECONFIG)")]
     Infer(#[source] kube::config::InferConfigError),
-    #[error("Kubernetes client: {0}")]
+    #[error("Kubernetes client")]
     Client(#[source] kube::Error),
 }
 
@@ -95,24 +96,14 @@ fn owned_entries<S: Source>(node: &Node, source: &S) -> Vec<(ResourceKey, Vec<u8
         .list("", "")
         .into_iter()
         .filter_map(|e| {
-            let k = e.key?;
-            let kind = Kind::ALL.iter().copied().find(|x| x.key_name() == k.kind)?;
-            let key = ResourceKey {
-                kind,
-                namespace: (!k.namespace.is_empty()).then_some(k.namespace),
-                name: k.name,
-            };
+            let key = wire::entry_key(&e).ok()?;
             source.owns(&key).then(|| (key, e.value.to_vec()))
         })
         .collect()
 }
 
 fn store_key(k: &ResourceKey) -> Key {
-    Key {
-        kind: k.kind.key_name().to_string(),
-        namespace: k.namespace.clone().unwrap_or_default(),
-        name: k.name.clone(),
-    }
+    Key::from_proto(&wire::key_to_proto(k))
 }
 
 /// Every stored entry of `kind`, with its revision.
@@ -124,12 +115,7 @@ fn kind_entries(node: &Node, kind: Kind) -> Vec<(ResourceKey, Vec<u8>, u64)> {
         .list(kind.key_name(), "")
         .into_iter()
         .filter_map(|e| {
-            let k = e.key?;
-            let key = ResourceKey {
-                kind,
-                namespace: (!k.namespace.is_empty()).then_some(k.namespace),
-                name: k.name,
-            };
+            let key = wire::entry_key(&e).ok().filter(|k| k.kind == kind)?;
             Some((key, e.value.to_vec(), e.revision))
         })
         .collect()

@@ -82,7 +82,7 @@ fn overlap(a: &IpNet, b: &IpNet) -> bool {
 /// block (the default size without a pool), or the address alone when
 /// that block would overlap one of `stored`.
 fn new_block_for(ip: IpAddr, pools: &[Object<IpPoolSpec>], stored: &[IpNet]) -> IpNet {
-    let default = if ip.is_ipv4() { 26 } else { 122 };
+    let default = manul_model::v3::default_block_size(ip.is_ipv4());
     let size = pools
         .iter()
         .find_map(|p| {

@@ -87,7 +87,7 @@ impl MembershipOptions {
 /// Why membership could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
-    #[error("reading the Raft storage in {path}: {source}")]
+    #[error("reading the Raft storage in {path}")]
     Storage {
         path: String,
         #[source]

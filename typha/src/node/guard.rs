@@ -257,14 +257,9 @@ pub fn check_change(
     }
 }
 
-/// The kind a stored key names (its key name).
-fn kind_of(key_name: &str) -> Option<Kind> {
-    Kind::ALL.iter().copied().find(|k| k.key_name() == key_name)
-}
-
 fn check_key(k: Option<&ResourceKey>, path: &str) -> Result<Kind, String> {
     let k = k.ok_or_else(|| format!("{path}: no key"))?;
-    let kind = kind_of(&k.kind).ok_or_else(|| format!("{path}: unknown kind {:?}", k.kind))?;
+    let kind = manul_proto::wire::kind(&k.kind).map_err(|e| format!("{path}: {e}"))?;
     if k.name.is_empty() || k.name.chars().any(char::is_control) {
         return Err(format!("{path}: bad name {:?}", k.name));
     }

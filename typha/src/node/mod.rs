@@ -81,10 +81,12 @@ pub enum NodeError {
     Stopped,
     #[error("proposal dropped: {0}")]
     Dropped(String),
+    // These two carry their cause's text (they are shown in gRPC statuses
+    // and log lines on their own), so it is not also their source.
     #[error("storage: {0}")]
-    Storage(#[source] crate::raft_storage::StorageError),
+    Storage(crate::raft_storage::StorageError),
     #[error("raft: {0}")]
-    Raft(#[source] raft::Error),
+    Raft(raft::Error),
     #[error("invalid membership change: {0}")]
     Membership(String),
 }

@@ -35,8 +35,7 @@ fn read_store(
     };
     let mut feeds = BTreeMap::new();
     for e in state.list(Kind::GlobalThreatFeed.key_name(), "") {
-        if let Ok(Resource::GlobalThreatFeed(o)) =
-            manul_model::stored::decode_as(Kind::GlobalThreatFeed, &e.value)
+        if let Ok((Resource::GlobalThreatFeed(o), _)) = manul_proto::wire::decode_entry(&e)
             && let Some(name) = o.metadata.name
         {
             feeds.insert(name, o.spec);

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use manul_dataplane_api::{HostEndpoint, PortRange};
+use manul_dataplane_api::{HostEndpoint, Match, PolicyId, PortRange};
 
 use super::*;
 use crate::names::HostChain;

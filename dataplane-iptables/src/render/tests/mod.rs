@@ -1,34 +1,18 @@
 use std::collections::BTreeSet;
 
+use manul_dataplane_api::testutil::{pid, rule};
 use manul_dataplane_api::{
-    Action, DesiredState, EndpointId, IpSet, IpSetKind, IpSetMember, Match, Policy, PolicyId, Rule,
-    TierPolicies, WorkloadEndpoint,
+    Action, DesiredState, EndpointId, IpSet, IpSetKind, IpSetMember, Policy, Rule, TierPolicies,
+    WorkloadEndpoint,
 };
 
 use super::*;
 
-fn pid(tier: &str, name: &str) -> PolicyId {
-    PolicyId {
-        tier: tier.into(),
-        name: name.into(),
-    }
-}
-
 fn allow_from(set: &str) -> Rule {
-    Rule {
-        id: "r0".into(),
-        action: Action::Allow,
-        ip_version: None,
-        protocol: Some(6),
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
-        src: Match {
-            ip_sets: vec![set.into()],
-            ..Match::default()
-        },
-        dst: Match::default(),
-    }
+    let mut r = rule("r0", Action::Allow);
+    r.protocol = Some(6);
+    r.src.ip_sets = vec![set.into()];
+    r
 }
 
 fn state() -> DesiredState {
