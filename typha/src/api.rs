@@ -375,6 +375,16 @@ pub fn normalize_key(k: &ResourceKey, path: &str) -> Result<Key, Status> {
     if k.name.is_empty() {
         return Err(Status::invalid_argument(format!("{path}.name: required")));
     }
+    // No stored name or namespace holds whitespace or a control character
+    // (the model's names are DNS labels and subdomains): refuse them here
+    // rather than propose an entry the Raft thread would refuse to apply.
+    for (field, text) in [("name", &k.name), ("namespace", &k.namespace)] {
+        if let Some(c) = text.chars().find(|c| c.is_control() || c.is_whitespace()) {
+            return Err(Status::invalid_argument(format!(
+                "{path}.{field}: {text:?} holds {c:?}; names have no spaces or control characters"
+            )));
+        }
+    }
     let namespace = match (kind.namespaced(), k.namespace.as_str()) {
         (true, "") => "default".to_string(),
         (true, ns) => ns.to_string(),
@@ -585,5 +595,30 @@ mod tests {
         ));
         assert!(lines[1].starts_with("WorkloadEndpoint shop/web is owned by the Kubernetes API"));
         assert!(refuse_owned(Some(KubeOptions::default()), &keys[1..2]).is_ok());
+    }
+
+    #[test]
+    fn keys_with_spaces_or_control_characters_are_refused_before_raft() {
+        for (k, message) in [
+            (
+                key("globalnetworkpolicy", "", "a\0b"),
+                "key.name: \"a\\0b\" holds '\\0'",
+            ),
+            (
+                key("networkpolicy", "a b", "x"),
+                "key.namespace: \"a b\" holds ' '",
+            ),
+            (key("globalnetworkpolicy", "", ""), "key.name: required"),
+        ] {
+            let refused = normalize_key(&k, "key").unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            assert!(
+                refused.message().starts_with(message),
+                "{}",
+                refused.message()
+            );
+        }
+        let ok = normalize_key(&key("networkpolicy", "", "default.x"), "key").unwrap();
+        assert_eq!(ok.namespace, "default");
     }
 }

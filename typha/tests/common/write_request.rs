@@ -12,9 +12,9 @@
 //!   stored-form decoder every Felix uses;
 //! - a delete that succeeds leaves none of its keys; a get answers the
 //!   stored entry or `NOT_FOUND` for an absent one;
-//! - the one refusal that is not `INVALID_ARGUMENT`, `FAILED_PRECONDITION`
-//!   (a conflict), `NOT_FOUND` or a decoding error is a delete of a key
-//!   whose name the model refuses (see `late_refusal`).
+//! - every refusal is `INVALID_ARGUMENT`, `FAILED_PRECONDITION` (a
+//!   conflict), `NOT_FOUND` or a decoding error: nothing the API should
+//!   have refused reaches Raft.
 //!
 //! Shared by the `write_request` fuzz target and `typha/tests/fuzz_replay.rs`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
@@ -173,13 +173,6 @@ pub fn offer_request(data: &[u8]) -> bool {
         _ => (Method::Get, "/manul.v1.Resources/Get"),
     };
     let answer = typha.call(path, body);
-    if let Err(status) = &answer
-        && method == Method::Delete
-        && late_refusal(status)
-    {
-        assert_eq!(typha.store(), before, "a refused delete changed the store");
-        return false;
-    }
     if let Err(status) = &answer {
         assert_eq!(
             typha.store(),
@@ -203,19 +196,6 @@ pub fn offer_request(data: &[u8]) -> bool {
         Method::Delete => check_delete(typha, body, answer),
         Method::Get => check_get(typha, body, answer),
     }
-}
-
-/// A delete whose key names the model refuses (a NUL or a space in a
-/// name): the write API checks only that a name is not empty, so such a
-/// delete is proposed, and the Raft thread refuses the committed entry
-/// when applying it (`node::guard::check_command`); the caller sees
-/// UNAVAILABLE, and nothing is stored. (The API should refuse it with
-/// INVALID_ARGUMENT before proposing.)
-fn late_refusal(status: &tonic::Status) -> bool {
-    status.code() == Code::Unavailable
-        && status
-            .message()
-            .starts_with("proposal dropped: the committed entry was skipped")
 }
 
 /// Whether the model's loader takes every item and the request names
