@@ -524,10 +524,12 @@ fn only_the_default_installation_counts_and_its_removal_clears_it() {
 
 #[test]
 fn wireguard_settings_come_from_the_datastore_and_the_environment() {
-    let mut i = Inputs::default();
-    i.global = Some(spec(
-        "wireguardEnabled: true\nwireguardListeningPort: 51821\nwireguardMTU: 1400\nwireguardKeepAlive: 25s",
-    ));
+    let mut i = Inputs {
+        global: Some(spec(
+            "wireguardEnabled: true\nwireguardListeningPort: 51821\nwireguardMTU: 1400\nwireguardKeepAlive: 25s",
+        )),
+        ..Inputs::default()
+    };
     let c = merge(&i).unwrap();
     assert!(c.wireguard_enabled.value);
     assert_eq!(c.wireguard_listening_port.value, 51821);

@@ -40,7 +40,7 @@ pub enum DeviceError {
     Link {
         name: String,
         #[source]
-        source: manul_netns::NetnsError,
+        source: Box<manul_netns::NetnsError>,
     },
     #[error("WireGuard device {name}: `wg` failed: {reason}")]
     Wg { name: String, reason: String },
@@ -94,7 +94,7 @@ fn current_ns(name: &str) -> Result<manul_netns::NetNs, DeviceError> {
     manul_netns::NetNs::from_path(Path::new("/proc/self/ns/net")).map_err(|source| {
         DeviceError::Link {
             name: name.to_string(),
-            source,
+            source: Box::new(source),
         }
     })
 }
@@ -107,7 +107,7 @@ impl Device {
         let name = &settings.name;
         let link = |source| DeviceError::Link {
             name: name.clone(),
-            source,
+            source: Box::new(source),
         };
         let ns = current_ns(name)?;
         if manul_netns::link_exists(&ns, name).map_err(link)? {
