@@ -19,6 +19,7 @@ use crate::resync::{BatchAction, DriverSync};
 use crate::routes::{RouteCalc, RouteProgrammer};
 use crate::status::StatusReporter;
 use crate::sync::SyncEvent;
+use crate::wireguard::Wireguard;
 
 /// What the health endpoints report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,8 +44,12 @@ impl AgentStatus {
 /// How the agent runs besides its inputs.
 #[derive(Debug)]
 pub struct AgentOptions {
-    /// Program routes to other nodes' pod blocks (`--program-routes`).
+    /// Program routes to other nodes' pod blocks (`--program-routes`, and
+    /// WireGuard's).
     pub routes: Option<(RouteCalc, RouteProgrammer)>,
+    /// Encrypt pod traffic to other nodes (`wireguardEnabled`); needs
+    /// `routes`.
+    pub wireguard: Option<Wireguard>,
     /// Where to report programmed endpoints (`--status-dir`).
     pub status: Option<StatusReporter>,
     /// How often the driver checks the kernel for out-of-band changes.
@@ -103,6 +108,7 @@ impl Default for AgentOptions {
     fn default() -> Self {
         Self {
             routes: None,
+            wireguard: None,
             status: None,
             refresh_interval: Duration::from_secs(90),
             resync_min_backoff: Duration::from_millis(100),
@@ -303,6 +309,7 @@ pub async fn run(
 ) {
     let AgentOptions {
         mut routes,
+        mut wireguard,
         status: reporter,
         refresh_interval,
         resync_min_backoff,
@@ -352,11 +359,13 @@ pub async fn run(
                 continue;
             }
             _ = tick(&mut route_refresh) => {
-                if let Some((calc, programmer)) = routes.as_ref()
-                    && let Err(e) = programmer.apply(&calc.all())
-                {
-                    error!("cannot refresh routes: {e}");
-                    metrics.dataplane_failures.inc();
+                if let Some((calc, programmer)) = routes.as_mut() {
+                    // A device that failed to start is tried again here.
+                    tunnel(wireguard.as_mut(), calc, programmer, &metrics);
+                    if let Err(e) = programmer.apply(&calc.all()) {
+                        error!("cannot refresh routes: {e}");
+                        metrics.dataplane_failures.inc();
+                    }
                 }
                 continue;
             }
@@ -420,6 +429,9 @@ pub async fn run(
                 error!("cannot program routes: {e}");
                 metrics.dataplane_failures.inc();
             }
+            // Then the device's peers, and the routes its start moves into
+            // the tunnel (after the ones above, which they supersede).
+            tunnel(wireguard.as_mut(), calc, programmer, &metrics);
         }
         let started = Instant::now();
         for u in updates {
@@ -445,6 +457,29 @@ pub async fn run(
             dataplane.batch(&mut graph, &ready, revision, &mut current);
         }
         status.send_replace(current);
+    }
+}
+
+/// Brings the WireGuard device in line with the route calculation and
+/// programs the routes its start moves into the tunnel.
+fn tunnel(
+    wireguard: Option<&mut Wireguard>,
+    calc: &mut RouteCalc,
+    programmer: &RouteProgrammer,
+    metrics: &FelixMetrics,
+) {
+    let Some(wg) = wireguard else { return };
+    match wg.sync(calc) {
+        Ok(changes) => {
+            if let Err(e) = programmer.apply(&changes) {
+                error!("cannot route through WireGuard: {e}");
+                metrics.dataplane_failures.inc();
+            }
+        }
+        Err(e) => {
+            error!("WireGuard: {e}");
+            metrics.dataplane_failures.inc();
+        }
     }
 }
 

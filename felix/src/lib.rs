@@ -17,6 +17,7 @@ pub mod routes;
 pub mod status;
 pub mod sync;
 pub mod typha_tls;
+pub mod wireguard;
 
 /// The calculation graph and the reference evaluator live in their own
 /// crate (no I/O, nothing above the model and the dataplane contract).

@@ -42,6 +42,8 @@ use manul_felix::metrics::FelixMetrics;
 use manul_felix::routes::{RouteCalc, RouteProgrammer};
 use manul_felix::status::StatusReporter;
 use manul_felix::sync::{SyncConfig, Syncer};
+use manul_felix::wireguard::Wireguard;
+use manul_felix::wireguard::publish::Publisher;
 use manul_model::error::chain;
 use manul_model::v3::EndpointToHostAction;
 use prometheus_client::registry::Registry;
@@ -622,7 +624,7 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
         max_backoff: Duration::from_secs(5),
     })
     .with_config_updates(config_tx)
-    .with_transport(transport);
+    .with_transport(transport.clone());
     tokio::spawn(syncer.run(tx));
     let (intervals_tx, intervals_rx) = watch::channel(configure::intervals(&config));
     let graph = CalcGraph::new(args.node.clone());
@@ -631,10 +633,39 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
         intervals: Some(intervals_rx),
         ..AgentOptions::default()
     };
-    if args.program_routes {
+    let publish = Arc::new(tokio::sync::Notify::new());
+    let publisher = |key: Option<String>| Publisher {
+        typhas: args.typha.clone(),
+        transport: transport.clone(),
+        node: args.node.clone(),
+        key,
+    };
+    if config.wireguard_enabled.value {
+        let wg = match Wireguard::new(&config, publish.clone()) {
+            Ok(wg) => wg,
+            Err(e) => return fail(2, e.to_string()),
+        };
+        let calc = RouteCalc::new(args.node.clone()).with_tunnel(wg.tunnel(), args.program_routes);
         match RouteProgrammer::current() {
-            Ok(p) => options.routes = Some((RouteCalc::new(args.node.clone()), p)),
-            Err(e) => return fail(1, format!("--program-routes: {e}")),
+            Ok(p) => options.routes = Some((calc, p)),
+            Err(e) => return fail(1, format!("wireguardEnabled: {e}")),
+        }
+        tokio::spawn(publisher(Some(wg.public_key())).run(publish.clone()));
+        options.wireguard = Some(wg);
+    } else {
+        if args.program_routes {
+            match RouteProgrammer::current() {
+                Ok(p) => options.routes = Some((RouteCalc::new(args.node.clone()), p)),
+                Err(e) => return fail(1, format!("--program-routes: {e}")),
+            }
+        }
+        if matches!(
+            args.dataplane,
+            Dataplane::Iptables | Dataplane::Bpf | Dataplane::Kernel
+        ) {
+            // WireGuard off: a key an earlier run published is taken back,
+            // so other nodes stop routing here through a tunnel.
+            tokio::spawn(publisher(None).run(publish.clone()));
         }
     }
     if let Some(dir) = &args.status_dir {

@@ -606,6 +606,9 @@ impl LocalCluster {
                 "RUST_LOG",
                 std::env::var("MANUL_FELIX_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // Each node keeps its own WireGuard key (used once a
+            // FelixConfiguration sets wireguardEnabled).
+            .env("FELIX_WIREGUARDPRIVATEKEYFILE", dir.join("wireguard.key"))
             .spawn()
             .map_err(|e| ClusterError::Spawn(format!("felix: {e}")))?;
         self.nodes.push(Node {

@@ -15,6 +15,10 @@
 //!   (which allocates its address from the IPPool `10.65.0.0/16`, writes its
 //!   WorkloadEndpoint and creates the veth pair).
 //!
+//! With the FelixConfiguration `wireguardEnabled` ([`wireguard::enable`])
+//! pod traffic between nodes goes through each node's WireGuard interface;
+//! each node keeps its key in its work directory.
+//!
 //! It refuses to touch the root namespace's network: nothing is attached
 //! to or routed through it. Everything is removed on drop, also on failure
 //! and panics; [`LocalCluster::cleanup`] removes what a killed run left
@@ -22,6 +26,7 @@
 
 pub mod cluster;
 pub mod procs;
+pub mod wireguard;
 
 pub use cluster::{ClusterConfig, Dataplane, LocalCluster, PodInfo, PodSpec};
 

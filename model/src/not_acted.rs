@@ -49,8 +49,15 @@ const RULES: &str = "Manul's dataplanes own their table, marks and verdicts; Cal
      iptables tuning does not apply";
 const LOGGING: &str = "Manul logs only to the console, at `logSeverityScreen`; there is no \
      log file, syslog or packet logging to configure";
-const OVERLAY: &str = "Manul sets up no tunnels or encryption (IPIP, VXLAN, WireGuard); pod \
-     traffic is routed by its CNI plugin";
+const OVERLAY: &str = "Manul sets up no IPIP or VXLAN tunnels; pod traffic is routed directly \
+     or through WireGuard";
+const WIREGUARD_V6: &str = "Manul's WireGuard encrypts IPv4 pod traffic only";
+const WIREGUARD_HOST: &str = "Manul's WireGuard encrypts pod-to-pod traffic only, not host \
+     traffic";
+const WIREGUARD_ROUTING: &str = "Manul routes other nodes' pod blocks through the WireGuard \
+     interface in the main table; there is no routing rule";
+const WIREGUARD_THREADS: &str = "the userspace WireGuard device picks its own threads";
+const WIREGUARD_METRICS: &str = "Manul exports no WireGuard metrics";
 const ROUTES: &str = "Manul programs only the routes to its own workloads, through its CNI \
      plugin; route tables, priorities and forwarding settings do not apply";
 const METRICS: &str = "Manul's metrics server serves plain HTTP on `prometheusMetricsPort` \
@@ -162,7 +169,7 @@ pub const NOT_ACTED_ON: &[NotActedOn] = &[
     felix("spec.prometheusMetricsHost", METRICS),
     felix("spec.prometheusGoMetricsEnabled", METRICS),
     felix("spec.prometheusProcessMetricsEnabled", METRICS),
-    felix("spec.prometheusWireGuardMetricsEnabled", OVERLAY),
+    felix("spec.prometheusWireGuardMetricsEnabled", WIREGUARD_METRICS),
     felix("spec.prometheusMetricsCAFile", METRICS),
     felix("spec.prometheusMetricsCertFile", METRICS),
     felix("spec.prometheusMetricsKeyFile", METRICS),
@@ -258,18 +265,13 @@ pub const NOT_ACTED_ON: &[NotActedOn] = &[
     felix("spec.ipv6NormalRoutePriority", ROUTES),
     felix("spec.ipv6ElevatedRoutePriority", ROUTES),
     felix("spec.liveMigrationRouteConvergenceTime", ROUTES),
-    felix("spec.wireguardEnabled", OVERLAY),
-    felix("spec.wireguardEnabledV6", OVERLAY),
-    felix("spec.wireguardThreadingEnabled", OVERLAY),
-    felix("spec.wireguardListeningPort", OVERLAY),
-    felix("spec.wireguardListeningPortV6", OVERLAY),
-    felix("spec.wireguardRoutingRulePriority", OVERLAY),
-    felix("spec.wireguardInterfaceName", OVERLAY),
-    felix("spec.wireguardInterfaceNameV6", OVERLAY),
-    felix("spec.wireguardMTU", OVERLAY),
-    felix("spec.wireguardMTUV6", OVERLAY),
-    felix("spec.wireguardHostEncryptionEnabled", OVERLAY),
-    felix("spec.wireguardKeepAlive", OVERLAY),
+    felix("spec.wireguardEnabledV6", WIREGUARD_V6),
+    felix("spec.wireguardThreadingEnabled", WIREGUARD_THREADS),
+    felix("spec.wireguardListeningPortV6", WIREGUARD_V6),
+    felix("spec.wireguardRoutingRulePriority", WIREGUARD_ROUTING),
+    felix("spec.wireguardInterfaceNameV6", WIREGUARD_V6),
+    felix("spec.wireguardMTUV6", WIREGUARD_V6),
+    felix("spec.wireguardHostEncryptionEnabled", WIREGUARD_HOST),
     felix("spec.awsSrcDstCheck", PLATFORM),
     felix("spec.serviceLoopPrevention", SERVICES),
     felix("spec.workloadSourceSpoofing", SPOOFING),

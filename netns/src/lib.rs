@@ -41,8 +41,9 @@ pub use error::{NetnsError, Result};
 pub use ipnet::IpNet;
 pub use link::{
     Route, RouteInfo, RouteKind, add_address, add_neighbour, add_route, create_bridge, create_veth,
-    delete_link, delete_route, link_exists, link_index, link_mac, link_up, list_addresses,
-    list_routes, replace_route, set_mac, set_master, set_mtu,
+    create_wireguard, delete_link, delete_route, interface_with_address, link_exists, link_index,
+    link_mac, link_mtu, link_up, list_addresses, list_routes, replace_route, set_mac, set_master,
+    set_mtu,
 };
 pub use ns::{NETNS_RUN_DIR, NetNs, cleanup_prefix, unique_prefix};
 pub use pod::{

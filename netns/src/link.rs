@@ -18,7 +18,8 @@ use rtnetlink::packet_route::route::{
     RouteType, RouteVia,
 };
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkWireguard,
+    RouteMessageBuilder,
 };
 
 use crate::error::{NetnsError, Result, netlink_errno};
@@ -104,6 +105,20 @@ pub fn create_veth(ns: &NetNs, name: &str, peer_ns: &NetNs, peer_name: &str) -> 
     });
     drop(peer_file);
     result
+}
+
+/// Creates a kernel WireGuard interface `name` (down). Without WireGuard
+/// in the kernel this fails with `EOPNOTSUPP` ([`NetnsError::errno`]).
+pub fn create_wireguard(ns: &NetNs, name: &str) -> Result<()> {
+    let ns_name = ns.name();
+    with_netlink(ns, |handle| async move {
+        handle
+            .link()
+            .add(LinkWireguard::new(name).build())
+            .execute()
+            .await
+            .map_err(|e| NetnsError::netlink(ns_name, format!("add wireguard link {name}"), e))
+    })
 }
 
 /// Deletes a link (for a veth, both ends go). [`NetnsError::LinkNotFound`]
@@ -278,6 +293,60 @@ pub fn list_addresses(ns: &NetNs, ifname: &str) -> Result<Vec<IpNet>> {
             }
         }
         Ok(out)
+    })
+}
+
+/// The interface holding address `ip` (any prefix length), if any.
+pub fn interface_with_address(ns: &NetNs, ip: IpAddr) -> Result<Option<String>> {
+    let ns_name = ns.name();
+    with_netlink(ns, |handle| async move {
+        let messages: Vec<_> = handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetnsError::netlink(ns_name, "list addresses", e))?;
+        let Some(index) = messages
+            .iter()
+            .find(|m| {
+                m.attributes.iter().any(|a| match a {
+                    AddressAttribute::Local(a) | AddressAttribute::Address(a) => *a == ip,
+                    _ => false,
+                })
+            })
+            .map(|m| m.header.index)
+        else {
+            return Ok(None);
+        };
+        let mut links = handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(Some(message)) => Ok(message.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(NetnsError::netlink(ns_name, format!("get link {index}"), e)),
+        }
+    })
+}
+
+/// The MTU of `name`.
+pub fn link_mtu(ns: &NetNs, name: &str) -> Result<u32> {
+    let ns_name = ns.name();
+    with_netlink(ns, |handle| async move {
+        let message = message_of(&handle, ns_name, name).await?;
+        message
+            .attributes
+            .iter()
+            .find_map(|attr| match attr {
+                LinkAttribute::Mtu(mtu) => Some(*mtu),
+                _ => None,
+            })
+            .ok_or_else(|| NetnsError::Unexpected {
+                ns: ns_name.to_owned(),
+                what: format!("interface {name} has no MTU"),
+            })
     })
 }
 

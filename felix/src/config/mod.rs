@@ -188,6 +188,12 @@ impl Render for u16 {
     }
 }
 
+impl Render for u32 {
+    fn render(&self) -> String {
+        self.to_string()
+    }
+}
+
 impl Render for String {
     fn render(&self) -> String {
         self.clone()
@@ -414,6 +420,31 @@ settings! {
     /// `TyphaURISAN`).
     typha_uri_san: String = "typhaURISAN",
         String::new(), local_only, parse::text, Restart;
+    /// Encrypt pod traffic to other nodes with WireGuard (see
+    /// `crate::wireguard`).
+    wireguard_enabled: bool = "wireguardEnabled",
+        false, |s| s.wireguard_enabled, parse::boolean, Restart;
+    wireguard_listening_port: u16 = "wireguardListeningPort",
+        51820, |s| s.wireguard_listening_port, parse::port, Restart;
+    /// Calico: `wireguard.cali`. It must not start with a workload prefix
+    /// (`interfacePrefix`): a workload interface is policed fail-closed.
+    wireguard_interface_name: String = "wireguardInterfaceName",
+        "wireguard.mnl".to_string(),
+        |s| s.wireguard_interface_name.as_deref().and_then(|n| parse::interface_name(n).ok()),
+        parse::interface_name, Restart;
+    /// 0: the MTU of the interface holding the node's address, less the
+    /// overhead (60 bytes over IPv4).
+    wireguard_mtu: u32 = "wireguardMTU",
+        0, |s| s.wireguard_mtu.filter(|m| parse::mtu(&m.to_string()).is_ok()),
+        parse::mtu, Restart;
+    /// Keepalive towards each peer; zero turns it off.
+    wireguard_keep_alive: Duration = "wireguardKeepAlive",
+        Duration::ZERO, |s| s.wireguard_keep_alive.map(|d| d.0),
+        parse::duration, Restart;
+    /// Local only: where the node's WireGuard private key is kept (created,
+    /// mode 0600, on first use; the same key across restarts).
+    wireguard_private_key_file: String = "wireguardPrivateKeyFile",
+        "/var/lib/manul/wireguard/private.key".to_string(), local_only, parse::path, Restart;
 }
 
 impl FelixConfig {
@@ -464,6 +495,16 @@ pub fn unusable_fields(spec: &FelixConfigurationSpec) -> Vec<(&'static str, Stri
         && let Err(e) = parse_prefixes(p)
     {
         out.push(("interfacePrefix", e));
+    }
+    if let Some(n) = &spec.wireguard_interface_name
+        && let Err(e) = parse::interface_name(n)
+    {
+        out.push(("wireguardInterfaceName", e));
+    }
+    if let Some(m) = spec.wireguard_mtu
+        && let Err(e) = parse::mtu(&m.to_string())
+    {
+        out.push(("wireguardMTU", e));
     }
     out
 }

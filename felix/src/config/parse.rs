@@ -150,3 +150,21 @@ pub fn path(text: &str) -> Result<String, String> {
         Ok(text.to_string())
     }
 }
+
+/// A Linux interface name: 1-15 characters of letters, digits, `-`, `_`
+/// and `.`.
+pub fn interface_name(text: &str) -> Result<String, String> {
+    match parse_prefixes(text)?.as_slice() {
+        [one] if one == text => Ok(one.clone()),
+        _ => Err("not one interface name".into()),
+    }
+}
+
+/// An MTU: 0 (automatic) or 68-65535, as Linux accepts for IPv4.
+pub fn mtu(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(0) => Ok(0),
+        Ok(m) if (68..=65535).contains(&m) => Ok(m),
+        _ => Err("not an MTU (0 for automatic, or 68-65535)".into()),
+    }
+}

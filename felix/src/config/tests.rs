@@ -521,3 +521,41 @@ fn only_the_default_installation_counts_and_its_removal_clears_it() {
     let changes = without.changes_from(&with);
     assert!(FelixConfig::needs_restart(&changes), "{changes:?}");
 }
+
+#[test]
+fn wireguard_settings_come_from_the_datastore_and_the_environment() {
+    let mut i = Inputs {
+        global: Some(spec(
+            "wireguardEnabled: true\nwireguardListeningPort: 51821\nwireguardMTU: 1400\nwireguardKeepAlive: 25s",
+        )),
+        ..Inputs::default()
+    };
+    let c = merge(&i).unwrap();
+    assert!(c.wireguard_enabled.value);
+    assert_eq!(c.wireguard_listening_port.value, 51821);
+    assert_eq!(c.wireguard_mtu.value, 1400);
+    assert_eq!(c.wireguard_keep_alive.value, Duration::from_secs(25));
+    assert_eq!(c.wireguard_interface_name.value, "wireguard.mnl");
+    // A datastore name that is no interface name falls back, and is named.
+    i.node = Some(spec("wireguardInterfaceName: 'not an interface'"));
+    assert_eq!(
+        merge(&i).unwrap().wireguard_interface_name.value,
+        "wireguard.mnl"
+    );
+    assert_eq!(
+        unusable_fields(i.node.as_ref().unwrap())
+            .iter()
+            .map(|(f, _)| *f)
+            .collect::<Vec<_>>(),
+        vec!["wireguardInterfaceName"]
+    );
+    // The key file is local only.
+    let i = Inputs::default()
+        .with_env([("FELIX_WIREGUARDPRIVATEKEYFILE".into(), "/tmp/wg.key".into())]);
+    assert_eq!(
+        merge(&i).unwrap().wireguard_private_key_file.value,
+        "/tmp/wg.key"
+    );
+    let bad = Inputs::default().with_env([("FELIX_WIREGUARDMTU".into(), "20".into())]);
+    assert!(merge(&bad).is_err());
+}

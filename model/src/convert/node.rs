@@ -2,7 +2,8 @@
 //!
 //! The v3 Node carries the Kubernetes node's labels, an orchestrator
 //! reference back to it, the Calico annotations Manul uses (BGP and tunnel
-//! addresses; an invalid one is ignored, as Calico ignores it) and its
+//! addresses; an invalid one is ignored, as Calico ignores it; the WireGuard
+//! public key, kept as the annotation it is) and its
 //! addresses: the Calico node IPs first, then the `InternalIP` and
 //! `ExternalIP` addresses from the status. The automatic host endpoint
 //! (`NODE-auto-hep`, interface `*`) brings every interface of the node under
@@ -16,6 +17,7 @@ use k8s_openapi::api::core::v1::Node as K8sNode;
 use super::{ConvertError, fail};
 use crate::v3::{
     Cidr, HostEndpointSpec, NodeAddress, NodeAddressType, NodeBgpSpec, NodeSpec, Object, OrchRef,
+    WIREGUARD_PUBLIC_KEY_ANNOTATION,
 };
 
 /// The node's BGP IPv4 address and network (`10.0.0.1/24`).
@@ -117,6 +119,12 @@ pub fn node(k8s: &K8sNode) -> Result<Object<NodeSpec>, ConvertError> {
     };
     let mut object = Object::new(name, None, spec);
     object.metadata.labels = k8s.metadata.labels.clone();
+    if let Some(key) = get(WIREGUARD_PUBLIC_KEY_ANNOTATION) {
+        object.metadata.annotations = Some(BTreeMap::from([(
+            WIREGUARD_PUBLIC_KEY_ANNOTATION.to_string(),
+            key.to_string(),
+        )]));
+    }
     Ok(object)
 }
 

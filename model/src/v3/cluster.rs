@@ -40,6 +40,13 @@ pub struct ClusterInformationSpec {
 /// The name of the one `ClusterInformation`.
 pub const CLUSTER_INFORMATION_NAME: &str = "default";
 
+/// The annotation of a `Node` holding its WireGuard public key (base64, as
+/// `wg` prints it). Calico shows it as the Node's `status.wireguardPublicKey`
+/// and stores it, in Kubernetes, as this annotation of the node; Manul's
+/// Nodes carry no status, so the annotation is the one place: Felix writes
+/// its own node's, and reads every other node's to learn its peers.
+pub const WIREGUARD_PUBLIC_KEY_ANNOTATION: &str = "projectcalico.org/WireguardPublicKey";
+
 /// Spec of a `Node`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
