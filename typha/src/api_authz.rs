@@ -22,7 +22,7 @@ use tonic::{Request, Status};
 
 use crate::audit::{Audit, Record, RefusalLabels};
 use crate::authz::roles::RoleMap;
-use crate::authz::{Caller, Placement, Refusal, Role, Target, Verb, decide};
+use crate::authz::{Caller, Change, Placement, Refusal, Role, Target, Verb, decide};
 use crate::state::{ApplyError, Key, StateMachine};
 
 /// The write API's authorization settings and audit trail.
@@ -116,15 +116,15 @@ impl Trail {
     /// Whether the decision needs the stored values (and so a caught-up
     /// replica).
     pub fn needs_state(&self) -> bool {
-        matches!(self.caller.role, Role::Cni(_))
+        matches!(self.caller.role, Role::Cni(_) | Role::Felix(_))
     }
 
     /// Decides every key against `state`: PERMISSION_DENIED naming each
     /// refused key, or the revisions the writes are pinned to.
-    fn decide(
+    fn decide<'w>(
         &mut self,
         state: &StateMachine,
-        written: &dyn Fn(usize) -> Placement,
+        written: &dyn Fn(usize) -> (Placement, Option<&'w [u8]>),
     ) -> Result<Vec<u64>, Status> {
         let mut stored_revisions = Vec::with_capacity(self.keys.len());
         for (i, key) in self.keys.iter().enumerate() {
@@ -136,11 +136,13 @@ impl Trail {
             };
             let stored = state.get(&Key::from_proto(key));
             stored_revisions.push(stored.as_ref().map_or(0, |e| e.revision));
+            let (placement, value) = written(i);
             let target = Target {
                 verb: self.verb,
                 kind,
                 name: display_name(key),
-                written: written(i),
+                written: placement,
+                change: Change::of(kind, stored.as_ref().map(|e| &e.value[..]), value),
                 stored: stored.map_or(Placement::Absent, |e| Placement::of(kind, &e.value)),
             };
             if let Err(r) = decide(&self.caller, &target) {
@@ -180,7 +182,9 @@ impl Trail {
                 kind.map_or(Placement::NoNode, |k| Placement::of(k, &w.value))
             })
             .collect();
-        let seen = self.decide(state, &|i| placements[i].clone())?;
+        let seen = self.decide(state, &|i| {
+            (placements[i].clone(), Some(&writes[i].value[..]))
+        })?;
         for (w, seen) in writes.iter_mut().zip(seen) {
             match w.expected_revision {
                 None => w.expected_revision = Some(seen),
@@ -201,7 +205,7 @@ impl Trail {
         if self.caller.role.writes_anything() {
             return Ok(expected);
         }
-        let seen = self.decide(state, &|_| Placement::Absent)?;
+        let seen = self.decide(state, &|_| (Placement::Absent, None))?;
         let Some(first) = seen.first().copied() else {
             return Ok(expected);
         };

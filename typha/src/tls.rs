@@ -20,7 +20,8 @@
 //! With TLS the verified certificate also gives the caller its role for
 //! writes ([`crate::authz`]): `--admin-*` and `--peer-*` as above,
 //! `--cni-*` (a node's CNI plugin: its node's endpoints and IPAM),
-//! `--felix-*` and `--read-only-*` (reads only). Those flags only map
+//! `--felix-*` (reads, and its own node's WireGuard key on its Node) and
+//! `--read-only-*` (reads only). Those flags only map
 //! identities to roles: which clients connect at all is still
 //! `--client-cn`/`--client-uri-san` (and the administrators).
 //!
@@ -106,11 +107,12 @@ pub struct TlsArgs {
     /// `{node}` allowed). Default: none.
     #[arg(long, env = "TYPHA_CNICN", value_delimiter = ',')]
     pub cni_cn: Vec<String>,
-    /// URI SANs of Felix (reads only). Default:
+    /// URI SANs of Felix (reads, and its own Node's WireGuard key). Default:
     /// spiffe://manul/node/{node}/felix.
     #[arg(long, env = "TYPHA_FELIXURISAN", value_delimiter = ',')]
     pub felix_uri_san: Vec<String>,
-    /// Common names of Felix (reads only). Default: manul-felix.
+    /// Common names of Felix (reads, and its own Node's WireGuard key).
+    /// Default: manul-felix.
     #[arg(long, env = "TYPHA_FELIXCN", value_delimiter = ',')]
     pub felix_cn: Vec<String>,
     /// URI SANs of read-only clients. Default: none (an admitted identity

@@ -352,7 +352,46 @@ async fn writes_are_authorized_by_identity_and_audited() {
         .await
         .unwrap_err();
     assert_eq!(fw.code(), Code::PermissionDenied);
-    assert!(fw.message().ends_with("a Felix identity reads only"));
+    assert!(fw.message().ends_with(
+        "a Felix identity reads, and writes only its own node's status (the Node's WireGuard public key annotation)"
+    ));
+    // ... but its own node's status: the WireGuard public key annotation on
+    // its own Node, and nothing else of it.
+    let node = |name: &str, address: &str, key: Option<&str>| {
+        let annotations = key.map_or(String::new(), |k| {
+            format!("  annotations:\n    projectcalico.org/WireguardPublicKey: {k}\n")
+        });
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: {name}\n{annotations}spec:\n  addresses:\n  - address: {address}\n"
+        )
+    };
+    admin
+        .apply(apply(&node("n1", "192.168.0.1", None), None))
+        .await
+        .unwrap();
+    admin
+        .apply(apply(&node("n2", "192.168.0.2", None), None))
+        .await
+        .unwrap();
+    felix
+        .apply(apply(&node("n1", "192.168.0.1", Some("k1")), None))
+        .await
+        .unwrap();
+    let moved = felix
+        .apply(apply(&node("n1", "192.168.0.9", Some("k1")), None))
+        .await
+        .unwrap_err();
+    assert_eq!(moved.code(), Code::PermissionDenied, "{moved:?}");
+    let other = felix
+        .apply(apply(&node("n2", "192.168.0.2", Some("k1")), None))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::PermissionDenied, "{other:?}");
+    assert!(
+        other.message().ends_with(
+            "it is node n2's status; a Felix identity writes its own node's status only"
+        )
+    );
     let listed = reader
         .list(ListRequest::default())
         .await
@@ -423,7 +462,7 @@ async fn writes_are_authorized_by_identity_and_audited() {
         ("cni", "apply", 4),
         ("cni", "delete", 1),
         ("read_only", "apply", 1),
-        ("felix", "apply", 1),
+        ("felix", "apply", 3),
     ] {
         let series = format!("typha_authz_refusals_total{{role=\"{role}\",verb=\"{verb}\"}} {n}");
         assert!(body.contains(&series), "no {series} in\n{body}");

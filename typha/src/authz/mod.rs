@@ -12,8 +12,11 @@
 //!   written and the value it replaces (or deletes). An identity shared by
 //!   every node's plugin (a template without `{node}`) may write those
 //!   kinds on every node, still nothing else;
-//! - **Felix**: reads only (Felix writes nothing to the datastore today: its
-//!   endpoint status goes to local files the CNI plugin reads);
+//! - **Felix**: reads, and writes its own node's status: an update of its
+//!   Node that changes nothing but the WireGuard public key annotation
+//!   (Calico's `status.wireguardPublicKey`; Manul's resources carry no
+//!   status, so the key is an annotation, see [`Change`]). Its endpoint
+//!   status goes to local files the CNI plugin reads;
 //! - **read-only**, and any identity the client listener admits that maps
 //!   to no role: reads only.
 //!
@@ -148,6 +151,49 @@ impl Placement {
     }
 }
 
+/// What a write changes, for the one write a Felix identity may make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Only this Node's status: its WireGuard public key annotation is
+    /// set, changed or removed, and nothing else differs.
+    StatusOf(String),
+    /// Anything else (a create, a delete, any other field or kind).
+    Other,
+}
+
+impl Change {
+    /// What writing `written` over `stored` (both in the stored form)
+    /// changes for a key of `kind`.
+    pub fn of(kind: Kind, stored: Option<&[u8]>, written: Option<&[u8]>) -> Change {
+        use manul_model::Resource;
+        use manul_model::stored::decode_as;
+        let (Some(stored), Some(written)) = (stored, written) else {
+            return Change::Other;
+        };
+        if kind != Kind::Node {
+            return Change::Other;
+        }
+        let without_key = |bytes: &[u8]| match decode_as(Kind::Node, bytes) {
+            Ok(Resource::Node(mut n)) => {
+                if let Some(a) = n.metadata.annotations.as_mut() {
+                    a.remove(manul_model::v3::WIREGUARD_PUBLIC_KEY_ANNOTATION);
+                    if a.is_empty() {
+                        n.metadata.annotations = None;
+                    }
+                }
+                Some(n)
+            }
+            _ => None,
+        };
+        match (without_key(stored), without_key(written)) {
+            (Some(a), Some(b)) if a == b => {
+                Change::StatusOf(a.metadata.name.clone().unwrap_or_default())
+            }
+            _ => Change::Other,
+        }
+    }
+}
+
 /// One key of a write request, with what the decision needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -159,6 +205,8 @@ pub struct Target {
     pub written: Placement,
     /// The value stored now, which the write replaces or deletes.
     pub stored: Placement,
+    /// What the write changes (for Felix's status writes).
+    pub change: Change,
 }
 
 /// A refused write: the message names the identity, the verb, the key and
@@ -186,13 +234,28 @@ pub fn decide(caller: &Caller, target: &Target) -> Result<(), Refusal> {
     };
     match &caller.role {
         Role::Plaintext | Role::Admin | Role::Replica => Ok(()),
-        Role::Felix(_) => refuse("a Felix identity reads only".into()),
+        Role::Felix(scope) => felix(scope, target).map_or(Ok(()), refuse),
         Role::ReadOnly => refuse("a read-only identity reads only".into()),
         Role::Unmapped => refuse(
             "this identity has no role that writes (admin, or a node's CNI identity for its node's endpoints and IPAM)"
                 .into(),
         ),
         Role::Cni(scope) => cni(scope, target).map_or(Ok(()), refuse),
+    }
+}
+
+/// Why a Felix identity of `scope` may not make this write, if it may not.
+fn felix(scope: &Scope, target: &Target) -> Option<String> {
+    match (&target.change, scope) {
+        (Change::StatusOf(_), Scope::AnyNode) => None,
+        (Change::StatusOf(n), Scope::Node(own)) if n == own => None,
+        (Change::StatusOf(n), Scope::Node(_)) => Some(format!(
+            "it is node {n}'s status; a Felix identity writes its own node's status only"
+        )),
+        (Change::Other, _) => Some(
+            "a Felix identity reads, and writes only its own node's status (the Node's WireGuard public key annotation)"
+                .into(),
+        ),
     }
 }
 

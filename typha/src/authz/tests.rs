@@ -24,6 +24,7 @@ fn target(verb: Verb, kind: Kind, written: Placement, stored: Placement) -> Targ
         name: "x".into(),
         written,
         stored,
+        change: Change::Other,
     }
 }
 
@@ -155,7 +156,7 @@ fn decisions() {
             wep,
             on("n1"),
             on("n1"),
-            "a Felix identity reads only",
+            "a Felix identity reads, and writes only its own node's status (the Node's WireGuard public key annotation)",
         ),
         (
             felix,
@@ -163,7 +164,7 @@ fn decisions() {
             block,
             Absent,
             on("n1"),
-            "a Felix identity reads only",
+            "a Felix identity reads, and writes only its own node's status (the Node's WireGuard public key annotation)",
         ),
         (
             role(Role::ReadOnly),
@@ -205,6 +206,7 @@ fn a_refusal_names_identity_verb_key_and_permission() {
         name: "default/web".into(),
         written: on("n2"),
         stored: Placement::Absent,
+        change: Change::Other,
     };
     assert_eq!(
         decide(&cni("n1"), &t).unwrap_err().to_string(),
@@ -216,6 +218,7 @@ fn a_refusal_names_identity_verb_key_and_permission() {
         name: "10-65-0-0-26".into(),
         written: Placement::Absent,
         stored: on("n2"),
+        change: Change::Other,
     };
     assert!(
         decide(&cni("n1"), &d)
@@ -372,4 +375,78 @@ fn unusable_role_settings_are_named() {
     })
     .unwrap();
     assert_eq!(m.caller(&cert(Some(""), &[])).role, Role::Unmapped);
+}
+
+fn node(name: &str, annotations: &[(&str, &str)], addresses: &str) -> Vec<u8> {
+    let annotations: Vec<String> = annotations
+        .iter()
+        .map(|(k, v)| format!("{k:?}: {v:?}"))
+        .collect();
+    let yaml = format!(
+        "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: {name}\n  annotations: {{{}}}\nspec:\n  addresses: [{{address: {addresses}}}]\n",
+        annotations.join(", ")
+    );
+    let loaded = manul_model::load("node.yaml", yaml.as_bytes());
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    serde_json::to_vec(&loaded.resources[0].resource).unwrap()
+}
+
+#[test]
+fn felix_writes_only_its_own_nodes_wireguard_key() {
+    const KEY: &str = manul_model::v3::WIREGUARD_PUBLIC_KEY_ANNOTATION;
+    let plain = node("n1", &[("team", "a")], "192.168.0.1");
+    let keyed = node("n1", &[("team", "a"), (KEY, "k1")], "192.168.0.1");
+    let rekeyed = node("n1", &[("team", "a"), (KEY, "k2")], "192.168.0.1");
+    let moved = node("n1", &[("team", "a"), (KEY, "k1")], "192.168.0.9");
+    let relabelled = node("n1", &[("team", "b"), (KEY, "k1")], "192.168.0.1");
+    let other = node("n2", &[], "192.168.0.2");
+    let other_keyed = node("n2", &[(KEY, "k1")], "192.168.0.2");
+    let n = Kind::Node;
+    // (stored, written, what it changes)
+    let table: Vec<(Option<&[u8]>, Option<&[u8]>, Change)> = vec![
+        (Some(&plain), Some(&keyed), Change::StatusOf("n1".into())),
+        (Some(&keyed), Some(&rekeyed), Change::StatusOf("n1".into())),
+        (Some(&keyed), Some(&plain), Change::StatusOf("n1".into())),
+        (Some(&plain), Some(&plain), Change::StatusOf("n1".into())),
+        (Some(&keyed), Some(&moved), Change::Other),
+        (Some(&keyed), Some(&relabelled), Change::Other),
+        (None, Some(&keyed), Change::Other),
+        (Some(&keyed), None, Change::Other),
+        (
+            Some(&other),
+            Some(&other_keyed),
+            Change::StatusOf("n2".into()),
+        ),
+        (Some(&plain), Some(b"not json"), Change::Other),
+    ];
+    for (i, (stored, written, want)) in table.into_iter().enumerate() {
+        assert_eq!(Change::of(n, stored, written), want, "row {i}");
+    }
+    assert_eq!(
+        Change::of(Kind::GlobalNetworkPolicy, Some(&plain), Some(&keyed)),
+        Change::Other
+    );
+    let felix = |scope: Scope| Caller {
+        identity: "spiffe://manul/node/n1/felix".into(),
+        role: Role::Felix(scope),
+    };
+    let status = |of: &str| Target {
+        verb: Verb::Apply,
+        kind: n,
+        name: of.into(),
+        written: Placement::NoNode,
+        stored: Placement::NoNode,
+        change: Change::StatusOf(of.into()),
+    };
+    assert!(decide(&felix(Scope::Node("n1".into())), &status("n1")).is_ok());
+    assert!(decide(&felix(Scope::AnyNode), &status("n2")).is_ok());
+    assert_eq!(
+        decide(&felix(Scope::Node("n1".into())), &status("n2"))
+            .unwrap_err()
+            .reason,
+        "it is node n2's status; a Felix identity writes its own node's status only"
+    );
+    // The same write by any other non-admin role is refused.
+    let cni = cni("n1");
+    assert!(decide(&cni, &status("n1")).is_err());
 }
