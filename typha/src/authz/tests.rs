@@ -403,7 +403,8 @@ fn felix_writes_only_its_own_nodes_wireguard_key() {
     let other_keyed = node("n2", &[(KEY, "k1")], "192.168.0.2");
     let n = Kind::Node;
     // (stored, written, what it changes)
-    let table: Vec<(Option<&[u8]>, Option<&[u8]>, Change)> = vec![
+    type Row<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, Change);
+    let table: Vec<Row> = vec![
         (Some(&plain), Some(&keyed), Change::StatusOf("n1".into())),
         (Some(&keyed), Some(&rekeyed), Change::StatusOf("n1".into())),
         (Some(&keyed), Some(&plain), Change::StatusOf("n1".into())),
