@@ -83,7 +83,8 @@ async fn felix_syncs_programs_and_follows_changes() {
     wait_metric(metrics_port, "felix_resync_state", 3.0).await;
     // api, other and the example's host endpoint node1-eth0 are local.
     wait_metric(metrics_port, "felix_active_local_endpoints", 3.0).await;
-    wait_metric(metrics_port, "felix_active_local_policies", 1.0).await;
+    // frontend-to-api (api) and the example's host-protection policy (node1-eth0).
+    wait_metric(metrics_port, "felix_active_local_policies", 2.0).await;
     wait_metric(metrics_port, "felix_cluster_num_workload_endpoints", 4.0).await;
     // The policy's source selector set (and no other, as its egress rule uses nets).
     wait_metric(metrics_port, "felix_ipsets_calico", 1.0).await;
@@ -108,7 +109,7 @@ async fn felix_syncs_programs_and_follows_changes() {
     })
     .await
     .unwrap();
-    wait_metric(metrics_port, "felix_active_local_policies", 0.0).await;
+    wait_metric(metrics_port, "felix_active_local_policies", 1.0).await;
     wait_metric(metrics_port, "felix_ipsets_calico", 0.0).await;
     let (_, body) = get(metrics_port, "/metrics").await.unwrap();
     assert_eq!(
