@@ -206,7 +206,7 @@ fn by_key(yaml: &str) -> BTreeMap<ResourceKey, Resource> {
 }
 
 /// The updates that take the graph from `from` to `to`.
-fn transition(from: &str, to: &str) -> Vec<Update> {
+pub(super) fn transition(from: &str, to: &str) -> Vec<Update> {
     let (a, b) = (by_key(from), by_key(to));
     let mut out: Vec<Update> = b
         .iter()

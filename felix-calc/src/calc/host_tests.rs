@@ -20,30 +20,9 @@ use std::path::PathBuf;
 
 use manul_dataplane_api::{self as dp, Driver, NullDriver};
 
-use super::tests::resources;
+use super::golden::transition;
 use super::*;
 use crate::datadriven::blocks;
-
-fn by_key(yaml: &str) -> BTreeMap<ResourceKey, Resource> {
-    resources(yaml).into_iter().map(|r| (r.key(), r)).collect()
-}
-
-fn transition(from: &str, to: &str) -> Vec<Update> {
-    let (a, b) = (by_key(from), by_key(to));
-    let mut out: Vec<Update> = b
-        .iter()
-        .filter(|(k, v)| a.get(*k) != Some(*v))
-        .map(|(k, v)| Update {
-            key: k.clone(),
-            value: Some(v.clone()),
-        })
-        .collect();
-    out.extend(a.keys().filter(|k| !b.contains_key(*k)).map(|k| Update {
-        key: k.clone(),
-        value: None,
-    }));
-    out
-}
 
 fn names(ids: &[dp::PolicyId]) -> String {
     ids.iter()
