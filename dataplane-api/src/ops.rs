@@ -166,23 +166,106 @@ pub struct HostEndpoint {
     pub profiles: Vec<String>,
 }
 
-/// A service port and its backends, for kube-proxy replacement.
+/// Which backends a kind of traffic may use (Kubernetes'
+/// `externalTrafficPolicy` and `internalTrafficPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TrafficPolicy {
+    /// Any of the port's `backends`, on any node.
+    #[default]
+    Cluster,
+    /// Only the port's `local_backends`; none: the connection is rejected.
+    Local,
+}
+
+/// How a new connection picks one of a port's backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Balancing {
+    /// Uniformly at random.
+    #[default]
+    Random,
+    /// Maglev consistent hashing of the 5-tuple, for traffic from outside
+    /// the cluster: every node builds the same lookup table, so a flow
+    /// keeps its backend across nodes and when another backend goes away.
+    Maglev,
+}
+
+/// One backend of a service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Backend {
+    pub ip: IpAddr,
+    /// The port the backend listens on (its EndpointSlice's port of the
+    /// service port's name; slices of one Service may differ).
+    pub port: u16,
+    /// The endpoint runs on this node.
+    pub local: bool,
+}
+
+/// A service port and its backends, for kube-proxy replacement. The
+/// calculation graph has already chosen the backends (Kubernetes' rules:
+/// ready endpoints, or when none is ready the serving terminating ones),
+/// so a driver only picks among them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServicePort {
     pub name: String,
     pub protocol: u8,
     pub port: u16,
-    pub target_port: u16,
-    pub backends: Vec<IpAddr>,
+    /// The port opened on every address of the node (NodePort and
+    /// LoadBalancer services).
+    pub node_port: Option<u16>,
+    /// What traffic under the `Cluster` policy picks from, sorted. Empty:
+    /// a connection is rejected at once (TCP RST, ICMP port unreachable).
+    pub backends: Vec<Backend>,
+    /// What traffic under the `Local` policy picks from: this node's ready
+    /// endpoints, or when none is ready its serving terminating ones.
+    pub local_backends: Vec<Backend>,
 }
 
-/// A Kubernetes Service.
+/// A Kubernetes Service as a dataplane programs it. Headless Services and
+/// Services for another proxy (`service.kubernetes.io/service-proxy-name`)
+/// never reach a driver.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Service {
     pub namespace: String,
     pub name: String,
+    /// ClusterIPs, both families.
     pub cluster_ips: Vec<IpAddr>,
+    /// `spec.externalIPs`: external traffic, like node ports.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress` IPs: external traffic.
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges`: when not empty, traffic to a
+    /// load-balancer IP from any other source is dropped.
+    pub load_balancer_source_ranges: Vec<IpNet>,
+    /// For traffic to node ports, external and load-balancer IPs.
+    pub external_traffic: TrafficPolicy,
+    /// For traffic to cluster IPs.
+    pub internal_traffic: TrafficPolicy,
+    /// `sessionAffinity: ClientIP`: a client keeps its backend for this
+    /// many seconds after its last connection.
+    pub affinity_timeout_seconds: Option<u32>,
+    /// With `externalTrafficPolicy: Local` on a LoadBalancer Service: the
+    /// node port where Felix answers a load balancer's health probe (200
+    /// while the node has local backends, 503 when not).
+    pub health_check_node_port: Option<u16>,
+    pub balancing: Balancing,
     pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    /// The addresses that carry external traffic (not node ports).
+    pub fn external_addresses(&self) -> impl Iterator<Item = &IpAddr> {
+        self.external_ips.iter().chain(&self.load_balancer_ips)
+    }
+}
+
+impl ServicePort {
+    /// The backends traffic under `policy` picks from.
+    pub fn backends_for(&self, policy: TrafficPolicy) -> &[Backend] {
+        match policy {
+            TrafficPolicy::Cluster => &self.backends,
+            TrafficPolicy::Local => &self.local_backends,
+        }
+    }
 }
 
 /// One instruction to a driver.

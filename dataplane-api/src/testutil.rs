@@ -9,8 +9,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::ops::{
-    Action, EndpointId, HostEndpoint, IpSetKind, IpSetMember, Match, Operation, Policy, PolicyId,
-    PortRange, Rule, Service, ServicePort, TierPolicies, WorkloadEndpoint,
+    Action, Backend, Balancing, EndpointId, HostEndpoint, IpSetKind, IpSetMember, Match, Operation,
+    Policy, PolicyId, PortRange, Rule, Service, ServicePort, TierPolicies, TrafficPolicy,
+    WorkloadEndpoint,
 };
 
 pub fn ip(s: &str) -> IpAddr {
@@ -159,12 +160,29 @@ pub fn service(namespace: &str, name: &str) -> Service {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         cluster_ips: vec![ip("10.96.0.10")],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        external_traffic: TrafficPolicy::Cluster,
+        internal_traffic: TrafficPolicy::Cluster,
+        affinity_timeout_seconds: None,
+        health_check_node_port: None,
+        balancing: Balancing::Random,
         ports: vec![ServicePort {
             name: "http".to_owned(),
             protocol: 6,
             port: 80,
-            target_port: 8080,
-            backends: vec![ip("10.0.0.1")],
+            node_port: None,
+            backends: vec![Backend {
+                ip: ip("10.0.0.1"),
+                port: 8080,
+                local: true,
+            }],
+            local_backends: vec![Backend {
+                ip: ip("10.0.0.1"),
+                port: 8080,
+                local: true,
+            }],
         }],
     }
 }

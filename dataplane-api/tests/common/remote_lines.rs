@@ -168,7 +168,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         ),
         r#"{"WorkloadEndpointUpdate":{"id":{"namespace":"prod","name":"web-0"},"interface_name":"cali0","nets":["10.0.0.1/32"],"mac":null,"tiers":[{"name":"default","default_action":"Deny","inbound":[{"tier":"default","name":"prod/allow-web"}],"outbound":[]}],"profiles":["kns.prod"]}}"#.to_owned(),
         r#"{"HostEndpointUpdate":{"id":"node1-eth0","interface_name":"eth0","expected_ips":["192.168.0.10"],"tiers":[],"pre_dnat_tiers":[],"untracked_tiers":[],"forward_tiers":[],"profiles":[]}}"#.to_owned(),
-        r#"{"ServiceUpdate":{"namespace":"prod","name":"web","cluster_ips":["10.96.0.10"],"ports":[{"name":"http","protocol":6,"port":80,"target_port":8080,"backends":["10.0.0.1"]}]}}"#.to_owned(),
+        r#"{"ServiceUpdate":{"namespace":"prod","name":"web","cluster_ips":["10.96.0.10"],"external_ips":[],"load_balancer_ips":[],"load_balancer_source_ranges":[],"external_traffic":"Cluster","internal_traffic":"Cluster","affinity_timeout_seconds":null,"health_check_node_port":null,"balancing":"Random","ports":[{"name":"http","protocol":6,"port":80,"node_port":null,"backends":[{"ip":"10.0.0.1","port":8080,"local":true}],"local_backends":[{"ip":"10.0.0.1","port":8080,"local":true}]}]}}"#.to_owned(),
         r#""InSync""#.to_owned(),
     ];
     let removals = [

@@ -120,7 +120,7 @@ pub fn desired(namespace: &str, name: &str, svc: &Service, slices: &[&Slice]) ->
             let name = p.name.clone().unwrap_or_default();
             let proto = protocol(p.protocol.as_deref());
             let mut backends = BTreeSet::new();
-            let mut target = match &p.target_port {
+            let default_target = match &p.target_port {
                 Some(IntOrString::Int(t)) => u16::try_from(*t).unwrap_or(port),
                 _ => port,
             };
@@ -128,16 +128,21 @@ pub fn desired(namespace: &str, name: &str, svc: &Service, slices: &[&Slice]) ->
                 if let Some((sp, tp)) = s.ports.get(&name)
                     && *sp == proto
                 {
-                    target = *tp;
-                    backends.extend(s.ready.iter().copied());
+                    backends.extend(s.ready.iter().map(|ip| dp::Backend {
+                        ip: *ip,
+                        port: *tp,
+                        local: false,
+                    }));
                 }
             }
+            let _ = default_target;
             Some(dp::ServicePort {
                 name,
                 protocol: proto,
                 port,
-                target_port: target,
+                node_port: None,
                 backends: backends.into_iter().collect(),
+                local_backends: Vec::new(),
             })
         })
         .collect();
@@ -145,6 +150,14 @@ pub fn desired(namespace: &str, name: &str, svc: &Service, slices: &[&Slice]) ->
         namespace: namespace.to_string(),
         name: name.to_string(),
         cluster_ips,
+        external_ips: Vec::new(),
+        load_balancer_ips: Vec::new(),
+        load_balancer_source_ranges: Vec::new(),
+        external_traffic: dp::TrafficPolicy::Cluster,
+        internal_traffic: dp::TrafficPolicy::Cluster,
+        affinity_timeout_seconds: None,
+        health_check_node_port: None,
+        balancing: dp::Balancing::Random,
         ports,
     }
 }
