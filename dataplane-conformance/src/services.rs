@@ -37,7 +37,10 @@
 //!   Cluster` the backend sees a node address (masqueraded, so replies
 //!   return through the node), under `Local` the client's own address;
 //! - `load-balancer source ranges`: a load-balancer IP whose source range
-//!   holds only the external client answers it and drops a pod.
+//!   holds only the external client answers it and drops a pod;
+//! - then incremental changes (`update`, `remove`: one service's backends
+//!   change, another service goes) and a driver restart with the whole
+//!   state again (`resync`), after which everything answers as before.
 //!
 //! IPv4 only. It refuses to touch anything outside the namespaces it
 //! creates; they are removed when the run ends, also on failure. Needs
@@ -623,6 +626,7 @@ pub fn run_service_cases(
     net.driver = Some(driver);
     let mut report = ServiceReport::default();
     run_cases(&net, &mut report)?;
+    run_changes(&net, &mut report)?;
     let failed: Vec<String> = report
         .checks
         .iter()
@@ -771,6 +775,88 @@ fn run_cases(net: &Net, report: &mut ServiceReport) -> Result<(), ConformanceErr
         "load-balancer source ranges: out of range dropped",
         outside == Outcome::Silent,
         format!("{outside:?}"),
+    );
+    Ok(())
+}
+
+/// Every backend that answers `count` connections from `ns` to `dst`, and
+/// how many went unanswered.
+fn backends_reached(
+    ns: &NetNs,
+    dst: SocketAddr,
+    count: usize,
+) -> Result<(std::collections::BTreeSet<String>, usize), ConformanceError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut silent = 0;
+    for _ in 0..count {
+        match ask_tcp(ns, dst, WAIT)?.answer() {
+            Some(a) => {
+                seen.insert(backend_name(a.backend.ip()));
+            }
+            None => silent += 1,
+        }
+    }
+    Ok((seen, silent))
+}
+
+/// Changes after the first programming: a service's backends change and
+/// another service goes (incremental updates), then the driver restarts
+/// and gets the whole state again (a resync).
+fn run_changes(net: &Net, report: &mut ServiceReport) -> Result<(), ConformanceError> {
+    let driver = net
+        .driver
+        .as_ref()
+        .ok_or_else(|| ConformanceError::Setup("no driver".into()))?;
+    let client = net.pod("client")?;
+    let mut web = services()
+        .into_iter()
+        .find(|s| s.name == "web")
+        .ok_or_else(|| ConformanceError::Setup("no web service".into()))?;
+    for p in &mut web.ports {
+        let target = if p.protocol == 17 { UDP_PORT } else { TCP_PORT };
+        p.backends = vec![backend("web-c", target)];
+        p.local_backends = p.backends.clone();
+    }
+    driver.apply(vec![
+        Operation::ServiceUpdate(web),
+        Operation::ServiceRemove {
+            namespace: NAMESPACE.into(),
+            name: "self".into(),
+        },
+    ])?;
+    let (seen, silent) = backends_reached(client, sock(WEB_IP, SERVICE_PORT), 12)?;
+    report.check(
+        "update: only the remaining backend answers",
+        seen.len() == 1 && seen.contains("web-c") && silent == 0,
+        format!("backends {seen:?}, {silent} unanswered"),
+    );
+    let removed = ask_tcp(net.pod("web-a")?, sock(SELF_IP, SERVICE_PORT), SILENCE)?;
+    report.check(
+        "remove: a removed service is not served",
+        removed.answer().is_none(),
+        format!("{removed:?}"),
+    );
+
+    driver.restart()?;
+    driver.apply(service_operations())?;
+    let (seen, silent) = backends_reached(client, sock(WEB_IP, SERVICE_PORT), CONNECTIONS)?;
+    report.check(
+        "resync: every backend answers again",
+        seen.len() == 3 && silent == 0,
+        format!("backends {seen:?}, {silent} unanswered"),
+    );
+    let back = ask_tcp(net.pod("web-a")?, sock(SELF_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "resync: the removed service is back",
+        back.answer()
+            .is_some_and(|a| a.backend == sock(pod_ip("web-a"), TCP_PORT)),
+        format!("{back:?}"),
+    );
+    let empty = ask_tcp(client, sock(EMPTY_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "resync: no endpoints still refused at once",
+        matches!(empty, Outcome::Refused(d) if d < REFUSED_WITHIN),
+        format!("{empty:?}"),
     );
     Ok(())
 }

@@ -224,4 +224,3 @@ mod tests {
         assert!(set_comment(&"y".repeat(500)).len() <= 123);
     }
 }
-

@@ -193,12 +193,18 @@ pub fn base_chains(config: &NftConfig) -> Vec<BaseChain> {
         (
             "mnl-svc-filter-pre",
             "type filter hook prerouting priority dstnat - 10; policy accept;",
-            raw(&[vec![format!("ct state new jump {}", services::SERVICES_FILTER)]]),
+            raw(&[vec![format!(
+                "ct state new jump {}",
+                services::SERVICES_FILTER
+            )]]),
         ),
         (
             "mnl-svc-filter-out",
             "type filter hook output priority -110; policy accept;",
-            raw(&[vec![format!("ct state new jump {}", services::SERVICES_FILTER)]]),
+            raw(&[vec![format!(
+                "ct state new jump {}",
+                services::SERVICES_FILTER
+            )]]),
         ),
         (
             "mnl-nat-prerouting",

@@ -282,17 +282,18 @@ fn firewall(
             &format!("{} saddr {{ {} }} return", f.kw(), list.join(", ")),
         ));
     }
-    rules.push(with_id(&chain, "source not in loadBalancerSourceRanges", "drop"));
+    rules.push(with_id(
+        &chain,
+        "source not in loadBalancerSourceRanges",
+        "drop",
+    ));
     chains.insert(chain.clone(), rules);
     for ip in lb {
         for port in &svc.ports {
             add(
                 sets,
                 &f.map("svc-fw"),
-                format!(
-                    "{} . {} . {} : jump {chain}",
-                    ip, port.protocol, port.port
-                ),
+                format!("{} . {} . {} : jump {chain}", ip, port.protocol, port.port),
             );
         }
     }
@@ -328,7 +329,11 @@ fn service_port(
     let body = port_body(svc, port);
     let cluster = of_family(&port.backends, f);
     let local = of_family(&port.local_backends, f);
-    let cluster_ips: Vec<&IpAddr> = svc.cluster_ips.iter().filter(|ip| Fam::of(ip) == f).collect();
+    let cluster_ips: Vec<&IpAddr> = svc
+        .cluster_ips
+        .iter()
+        .filter(|ip| Fam::of(ip) == f)
+        .collect();
     let external: Vec<&IpAddr> = svc
         .external_addresses()
         .filter(|ip| Fam::of(ip) == f)
@@ -358,7 +363,11 @@ fn service_port(
                 need_cluster = true;
                 &cluster_chain
             };
-            add(sets, &f.map("svc-ips"), format!("{} : goto {target}", key(ip)));
+            add(
+                sets,
+                &f.map("svc-ips"),
+                format!("{} : goto {target}", key(ip)),
+            );
         }
     }
 
@@ -372,7 +381,11 @@ fn service_port(
             if ext_backends.is_empty() {
                 add(sets, &f.map("noep-ips"), format!("{} : {reject}", key(ip)));
             } else {
-                add(sets, &f.map("svc-ips"), format!("{} : goto {ext_chain}", key(ip)));
+                add(
+                    sets,
+                    &f.map("svc-ips"),
+                    format!("{} : goto {ext_chain}", key(ip)),
+                );
                 used = true;
             }
         }
@@ -381,7 +394,11 @@ fn service_port(
             if ext_backends.is_empty() {
                 add(sets, &f.map("noep-nodeports"), format!("{k} : {reject}"));
             } else {
-                add(sets, &f.map("svc-nodeports"), format!("{k} : goto {ext_chain}"));
+                add(
+                    sets,
+                    &f.map("svc-nodeports"),
+                    format!("{k} : goto {ext_chain}"),
+                );
                 used = true;
             }
         }
