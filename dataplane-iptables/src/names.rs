@@ -156,7 +156,8 @@ pub enum ServiceObject {
 }
 
 /// The name of a service object: the prefix of its kind and family, then
-/// `body` (`NAMESPACE/NAME/PROTOCOL/PORT`, with `/IP/PORT` for a backend).
+/// `body` (`NAMESPACE/NAME/PROTOCOL/PORT`, with `/IP/PORT` for a backend,
+/// and `/TIMEOUTs` for an affinity set).
 pub fn service_object(kind: ServiceObject, v6: bool, body: &str) -> String {
     let kind = match kind {
         ServiceObject::Cluster => "svc",

@@ -26,3 +26,80 @@ fn service_cases() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// One service through every kind of change, each written as an
+/// incremental transaction the kernel must accept, with a clean refresh
+/// after each (affinity sets fill from the packet path and are not
+/// counted).
+#[test]
+fn every_kind_of_service_change_is_accepted_by_the_kernel() {
+    use manul_dataplane_api::testutil::{ip, service};
+    use manul_dataplane_api::{Backend, Operation, TrafficPolicy};
+    use manul_dataplane_iptables::Refresh;
+    use manul_netns::NetNs;
+
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let ns = NetNs::create(&manul_netns::unique_prefix("svck")).expect("namespace");
+    ns.run(|| {
+        let mut d = NftDriver::new(Nft::default()).expect("driver");
+        let backend = |a: &str| Backend {
+            ip: ip(a),
+            port: 8080,
+            local: true,
+        };
+        let mut svc = service("prod", "web");
+        svc.cluster_ips = vec![ip("10.96.0.10"), ip("fd00:96::10")];
+        svc.load_balancer_ips = vec![ip("198.51.100.10")];
+        svc.ports[0].node_port = Some(30080);
+        let mut steps = vec![("first", svc.clone())];
+        let mut s = svc.clone();
+        s.ports[0].backends = vec![backend("10.0.0.1"), backend("10.0.0.2"), backend("fd00::2")];
+        s.ports[0].local_backends = s.ports[0].backends.clone();
+        steps.push(("more backends, both families", s.clone()));
+        s.affinity_timeout_seconds = Some(10800);
+        steps.push(("affinity on", s.clone()));
+        s.affinity_timeout_seconds = Some(60);
+        steps.push(("affinity timeout changed", s.clone()));
+        s.load_balancer_source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
+        s.external_traffic = TrafficPolicy::Local;
+        s.internal_traffic = TrafficPolicy::Local;
+        steps.push(("Local policies, source ranges", s.clone()));
+        s.ports[0].local_backends.clear();
+        steps.push(("no local backends", s.clone()));
+        s.ports[0].backends.clear();
+        steps.push(("no backends at all", s.clone()));
+        s.affinity_timeout_seconds = None;
+        s.ports[0].backends = vec![backend("10.0.0.3")];
+        s.ports[0].local_backends = s.ports[0].backends.clone();
+        steps.push(("affinity off, a new backend", s));
+        let mut first = true;
+        for (what, svc) in steps {
+            let mut batch = vec![Operation::ServiceUpdate(svc)];
+            if first {
+                batch.push(Operation::InSync);
+                first = false;
+            }
+            d.apply(&batch)
+                .unwrap_or_else(|e| panic!("{what}: {}", chain(&e)));
+            assert_eq!(d.refresh().expect("refresh"), Refresh::Clean, "{what}");
+        }
+        d.apply(&[Operation::ServiceRemove {
+            namespace: "prod".into(),
+            name: "web".into(),
+        }])
+        .unwrap_or_else(|e| panic!("remove: {}", chain(&e)));
+        assert_eq!(
+            d.refresh().expect("refresh"),
+            Refresh::Clean,
+            "after removal"
+        );
+        let stats = d.stats();
+        assert_eq!(stats.repairs, 0);
+        assert!(stats.incremental_writes >= 8, "{stats:?}");
+        d.remove_all().expect("remove the table");
+    })
+    .expect("run in namespace");
+}

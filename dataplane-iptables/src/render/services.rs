@@ -11,7 +11,8 @@
 //!   not loopback);
 //! - a backend chain picks a backend (`numgen random mod N vmap`), after
 //!   the session-affinity sets (`mnl-aff4-`, one per backend, `timeout`)
-//!   when the service has affinity; each backend's chain (`mnl-sep4-`)
+//!   when the service has affinity (named with their timeout); each
+//!   backend's chain (`mnl-sep4-`)
 //!   marks hairpin traffic (source == the backend) for masquerade, records
 //!   the client in its affinity set, and DNATs;
 //! - an external chain marks traffic for masquerade under
@@ -529,7 +530,16 @@ fn picker(
             &format!("{} saddr {} jump {MARK_FOR_MASQ}", f.kw(), b.ip),
         )];
         if let Some(timeout) = svc.affinity_timeout_seconds {
-            let aff = names::service_object(ServiceObject::Affinity, f.v6, &bbody);
+            // The timeout is part of the name: a set's timeout cannot
+            // change in place, and a set still named by rules cannot be
+            // deleted, so a new timeout is a new set (the old one goes
+            // once no rule names it).
+            let timeout = timeout.max(1);
+            let aff = names::service_object(
+                ServiceObject::Affinity,
+                f.v6,
+                &format!("{bbody}/{timeout}s"),
+            );
             rules.push(with_id(
                 chain,
                 "session affinity",
@@ -545,7 +555,7 @@ fn picker(
                 SetDef {
                     type_: f.addr_type(),
                     interval: false,
-                    timeout: Some(timeout.max(1)),
+                    timeout: Some(timeout),
                     comment: format!("affinity {bbody}"),
                     elements: BTreeSet::new(),
                 },

@@ -252,7 +252,7 @@ fn local_policies_use_local_backends() {
 fn affinity_is_a_timeout_set_per_backend() {
     let rs = render(&with(&[edge()]));
     let body = "prod/edge/tcp/443/10.65.0.7/8443";
-    let aff = obj(ServiceObject::Affinity, false, body);
+    let aff = obj(ServiceObject::Affinity, false, &format!("{body}/10800s"));
     let sep = obj(ServiceObject::Backend, false, body);
     assert_eq!(rs.sets[&aff].timeout, Some(10800));
     assert!(rs.sets[&aff].elements.is_empty());
@@ -326,4 +326,30 @@ fn a_service_update_changes_only_that_service() {
             "{line}"
         );
     }
+}
+
+#[test]
+fn a_new_affinity_timeout_is_a_new_set_removed_after_its_rules() {
+    let old = render(&with(&[edge()]));
+    let mut longer = edge();
+    longer.affinity_timeout_seconds = Some(60);
+    let new = render(&with(&[longer]));
+    let script = crate::script::incremental(&old, &new);
+    let pos = |needle: &str| {
+        script
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing from {script}"))
+    };
+    let body = "prod/edge/tcp/443/10.65.0.7/8443";
+    let old_set = obj(ServiceObject::Affinity, false, &format!("{body}/10800s"));
+    let new_set = obj(ServiceObject::Affinity, false, &format!("{body}/60s"));
+    let sep = obj(ServiceObject::Backend, false, body);
+    assert!(
+        pos(&format!("add set inet manul {new_set} "))
+            < pos(&format!("flush chain inet manul {sep}"))
+    );
+    assert!(
+        pos(&format!("flush chain inet manul {sep}"))
+            < pos(&format!("delete set inet manul {old_set}"))
+    );
 }
