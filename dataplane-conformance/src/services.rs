@@ -5,7 +5,8 @@
 //! The topology is a node namespace with pods plumbed into it
 //! Calico-style (see [`PODS`]) and one "external" client namespace
 //! attached to the node by a veth ([`EXTERNAL_IP`] on the client's side,
-//! [`NODE_IP`] on the node's), never the host's network. Every pod runs a
+//! [`NODE_IP`] on the node's; the node's default route points there, as a
+//! node's points to its network), never the host's network. Every pod runs a
 //! *who-am-I* server: on TCP [`TCP_PORT`] it writes `LOCAL PEER` (the
 //! address and port it was reached on, and the client address it saw) and
 //! closes; on UDP [`UDP_PORT`] it answers every datagram the same way. So
@@ -36,6 +37,9 @@
 //!   reaches a node port on [`NODE_IP`]; under `externalTrafficPolicy:
 //!   Cluster` the backend sees a node address (masqueraded, so replies
 //!   return through the node), under `Local` the client's own address;
+//! - `host process`: a process in the node namespace reaches the
+//!   ClusterIP and its own node port, and is refused at once by a port
+//!   without backends;
 //! - `load-balancer source ranges`: a load-balancer IP whose source range
 //!   holds only the external client answers it and drops a pod;
 //! - then incremental changes (`update`, `remove`: one service's backends
@@ -514,6 +518,14 @@ impl Net {
             &Route::to(IpNet::V4(Default::default())).via(IpAddr::V4(NODE_IP)),
         )
         .map_err(setup("external default route"))?;
+        // The node's default route leads to the external side, as a
+        // node's leads to its network: a host process resolves a route to
+        // a ClusterIP before the output hook translates it.
+        replace_route(
+            &net.node,
+            &Route::to(IpNet::V4(Default::default())).via(IpAddr::V4(EXTERNAL_IP)),
+        )
+        .map_err(setup("node default route"))?;
         for (i, (name, ip)) in PODS.iter().enumerate() {
             let ip = Ipv4Addr::from(*ip);
             let ns = NetNs::create(&format!("{prefix}-{i}")).map_err(setup("pod namespace"))?;
@@ -759,6 +771,30 @@ fn run_cases(net: &Net, report: &mut ServiceReport) -> Result<(), ConformanceErr
             a.backend == sock(pod_ip("web-b"), TCP_PORT) && a.peer == IpAddr::V4(EXTERNAL_IP)
         }),
         format!("{local:?}"),
+    );
+
+    // Host processes: DNAT on the output hook.
+    let from_node = ask_tcp(&net.node, sock(WEB_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "host process: cluster IP",
+        from_node
+            .answer()
+            .is_some_and(|a| three.contains(&a.backend.ip())),
+        format!("{from_node:?}"),
+    );
+    let own_port = ask_tcp(&net.node, sock(NODE_IP, WEB_NODE_PORT), WAIT)?;
+    report.check(
+        "host process: its own node port",
+        own_port
+            .answer()
+            .is_some_and(|a| three.contains(&a.backend.ip())),
+        format!("{own_port:?}"),
+    );
+    let refused = ask_tcp(&net.node, sock(EMPTY_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "host process: no endpoints refused at once",
+        matches!(refused, Outcome::Refused(d) if d < REFUSED_WITHIN),
+        format!("{refused:?}"),
     );
 
     // Load-balancer source ranges.
