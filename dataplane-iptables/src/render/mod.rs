@@ -18,7 +18,11 @@
 //!   of the known interfaces, so traffic on an unknown `mnl*` interface is
 //!   dropped (fail closed);
 //! - base chains on the forward, input and output hooks that accept
-//!   established and related traffic first.
+//!   established and related traffic first;
+//! - services (`services.rs`): verdict maps to per-port and per-backend
+//!   chains, reached from nat base chains at `dstnat` on prerouting and
+//!   output, masquerade at `srcnat`, and rejects and source-range drops in
+//!   filter base chains at `dstnat - 10`.
 
 pub mod config;
 mod host;
