@@ -2,6 +2,7 @@
 //! against the iptables (nftables) driver, on the real kernel in network
 //! namespaces the cases create.
 
+use std::process::Command;
 use std::sync::Arc;
 
 use manul_dataplane_api::Driver;
@@ -29,8 +30,8 @@ fn service_cases() {
 
 /// One service through every kind of change, each written as an
 /// incremental transaction the kernel must accept, with a clean refresh
-/// after each (affinity sets fill from the packet path and are not
-/// counted).
+/// after each, also when the affinity sets hold clients (the packet path
+/// fills them).
 #[test]
 fn every_kind_of_service_change_is_accepted_by_the_kernel() {
     use manul_dataplane_api::testutil::{ip, service};
@@ -84,6 +85,43 @@ fn every_kind_of_service_change_is_accepted_by_the_kernel() {
             }
             d.apply(&batch)
                 .unwrap_or_else(|e| panic!("{what}: {}", chain(&e)));
+            // What the packet path adds to affinity sets is no drift.
+            let listing = Command::new("nft")
+                .args(["list", "sets", "inet"])
+                .output()
+                .expect("nft list sets");
+            let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+            let mut filled = 0;
+            for set in listing
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("set mnl-aff4-"))
+                .filter_map(|l| l.split_whitespace().next())
+            {
+                let out = Command::new("nft")
+                    .args([
+                        "add",
+                        "element",
+                        "inet",
+                        "manul",
+                        &format!("mnl-aff4-{set}"),
+                        "{ 192.0.2.9 }",
+                    ])
+                    .output()
+                    .expect("nft add element");
+                assert!(out.status.success(), "{what}: {out:?}");
+                filled += 1;
+            }
+            // Affinity with backends to pick from: sets to fill.
+            let with_sets = [
+                "affinity on",
+                "affinity timeout changed",
+                "Local policies, source ranges",
+            ];
+            assert_eq!(
+                filled > 0,
+                with_sets.contains(&what),
+                "{what}: {filled} sets"
+            );
             assert_eq!(d.refresh().expect("refresh"), Refresh::Clean, "{what}");
         }
         d.apply(&[Operation::ServiceRemove {
