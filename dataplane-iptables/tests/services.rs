@@ -124,6 +124,18 @@ fn every_kind_of_service_change_is_accepted_by_the_kernel() {
             );
             assert_eq!(d.refresh().expect("refresh"), Refresh::Clean, "{what}");
         }
+        // Another service claiming the same address, port and node port
+        // does not fail the transaction.
+        let mut twin = svc.clone();
+        twin.name = "twin".into();
+        d.apply(&[Operation::ServiceUpdate(twin)])
+            .unwrap_or_else(|e| panic!("conflicting service: {}", chain(&e)));
+        assert_eq!(d.refresh().expect("refresh"), Refresh::Clean, "conflict");
+        d.apply(&[Operation::ServiceRemove {
+            namespace: "prod".into(),
+            name: "twin".into(),
+        }])
+        .unwrap_or_else(|e| panic!("remove the twin: {}", chain(&e)));
         d.apply(&[Operation::ServiceRemove {
             namespace: "prod".into(),
             name: "web".into(),

@@ -40,7 +40,10 @@
 //!
 //! A service's families are those of its cluster IPs (and external and
 //! load-balancer addresses): a single-stack service gets no node port in
-//! the other family.
+//! the other family. Ports of protocols other than TCP, UDP and SCTP are
+//! not rendered. When two services claim the same address, protocol and
+//! port (or node port), the first in namespace/name order has it, so a
+//! conflict never fails the transaction.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -213,10 +216,30 @@ pub(super) fn empty_maps() -> BTreeMap<String, SetDef> {
     out
 }
 
+/// Adds `entry` (`KEY : VERDICT`) to `map` unless the map has that key
+/// already: two services claiming one address and port (external IPs are
+/// not checked for uniqueness by Kubernetes) must not make the whole
+/// transaction fail; the first service in key order keeps it.
 fn add(sets: &mut BTreeMap<String, SetDef>, map: &str, entry: String) {
-    if let Some(def) = sets.get_mut(map) {
+    let Some(def) = sets.get_mut(map) else {
+        return;
+    };
+    let key = entry.split(" : ").next().unwrap_or_default();
+    let prefix = format!("{key} : ");
+    let taken = def
+        .elements
+        .range(prefix.clone()..)
+        .next()
+        .is_some_and(|e| e.starts_with(&prefix));
+    if !taken {
         def.elements.insert(entry);
     }
+}
+
+/// The protocols a service port can be translated for (DNAT to a port
+/// needs a transport header nft knows).
+fn translatable(protocol: u8) -> bool {
+    matches!(protocol, 6 | 17 | 132)
 }
 
 /// Renders every service into `chains` and `sets` (which already hold the
@@ -237,7 +260,7 @@ pub(super) fn render(
         for v6 in families {
             let f = Fam { v6 };
             firewall(svc, f, chains, sets);
-            for port in &svc.ports {
+            for port in svc.ports.iter().filter(|p| translatable(p.protocol)) {
                 service_port(svc, port, f, config, chains, sets);
             }
         }
@@ -290,7 +313,7 @@ fn firewall(
     ));
     chains.insert(chain.clone(), rules);
     for ip in lb {
-        for port in &svc.ports {
+        for port in svc.ports.iter().filter(|p| translatable(p.protocol)) {
             add(
                 sets,
                 &f.map("svc-fw"),

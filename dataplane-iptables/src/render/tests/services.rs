@@ -353,3 +353,25 @@ fn a_new_affinity_timeout_is_a_new_set_removed_after_its_rules() {
             < pos(&format!("delete set inet manul {old_set}"))
     );
 }
+
+#[test]
+fn conflicting_claims_keep_the_first_service() {
+    // Another service claims web's ClusterIP, protocol and port, and its
+    // node port, and has an ICMP port, which is not rendered.
+    let mut twin = web();
+    twin.name = "zz-twin".into();
+    twin.ports[1].protocol = 1;
+    let rs = render(&with(&[web(), twin]));
+    let svc4 = obj(ServiceObject::Cluster, false, "prod/web/tcp/53");
+    let ext4 = obj(ServiceObject::External, false, "prod/web/tcp/53");
+    let ips: Vec<String> = elements(&rs, "mnl-svc-ips4")
+        .into_iter()
+        .filter(|e| e.starts_with("10.96.0.10 . 6 . 53 "))
+        .collect();
+    assert_eq!(ips, vec![format!("10.96.0.10 . 6 . 53 : goto {svc4}")]);
+    assert_eq!(
+        elements(&rs, "mnl-svc-nodeports4"),
+        vec![format!("6 . 30053 : goto {ext4}")]
+    );
+    assert!(!rs.chains.keys().any(|c| c.contains("zz-twin/1/")));
+}
