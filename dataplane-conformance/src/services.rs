@@ -27,6 +27,9 @@
 //! - `no endpoints: tcp refused at once` / `udp refused`: a service port
 //!   without backends is refused (RST or ICMP port unreachable) well under
 //!   [`REFUSED_WITHIN`], not left to time out;
+//! - `cluster-ip: unknown port` / `protocol mismatch`: a port, or a
+//!   protocol on a port, the service does not have is refused at once (as
+//!   kube-proxy's nftables mode does);
 //! - `hairpin`: a pod reaching a service it is the only backend of;
 //! - `policy sees the client`: a backend whose ingress policy allows only
 //!   the `client` pod to its real port is reached through the ClusterIP by
@@ -809,6 +812,20 @@ fn run_cases(net: &Net, report: &mut ServiceReport) -> Result<(), ConformanceErr
         "no endpoints: udp refused",
         matches!(udp, Outcome::Refused(d) if d < REFUSED_WITHIN),
         format!("{udp:?}"),
+    );
+
+    // A port or protocol the service does not have: refused at once.
+    let unknown = ask_tcp(client, sock(STICKY_IP, SERVICE_PORT + 1), WAIT)?;
+    report.check(
+        "cluster-ip: unknown port refused at once",
+        matches!(unknown, Outcome::Refused(d) if d < REFUSED_WITHIN),
+        format!("{unknown:?}"),
+    );
+    let mismatch = ask_udp(client, sock(STICKY_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "cluster-ip: protocol mismatch refused",
+        matches!(mismatch, Outcome::Refused(d) if d < REFUSED_WITHIN),
+        format!("{mismatch:?}"),
     );
 
     // Hairpin: the only backend reaches its own service.
