@@ -13,10 +13,12 @@
 //! each answer says which backend took the connection, on which port, and
 //! from which source address it came.
 //!
-//! The driver gets the operations Felix's calculation graph would send
-//! ([`service_operations`]: an allow-all profile, one ingress policy,
-//! the workload endpoints, the [`services`] and `InSync`), then the cases
-//! run, each a check with a name:
+//! The driver gets the operations written directly, as Felix's
+//! calculation graph sends them ([`service_operations`]: an allow-all
+//! profile, one ingress policy, the workload endpoints, the [`services`]
+//! and `InSync`; the backends are already chosen, all on this node), then
+//! the cases run, each a check with a name (a failed one is an error
+//! naming it, [`ConformanceError::Mismatch`]):
 //!
 //! - `cluster-ip: every backend answers`: over [`CONNECTIONS`]
 //!   connections to a ClusterIP with three backends, each one answers;
