@@ -110,14 +110,13 @@ impl ServiceHealth {
         for op in batch {
             match op {
                 Operation::ServiceUpdate(s) => self.update(&mut state, s),
-                Operation::ServiceRemove { namespace, name } => {
+                Operation::ServiceRemove { namespace, name }
                     if state
                         .checks
                         .remove(&(namespace.clone(), name.clone()))
-                        .is_some()
-                    {
-                        info!(namespace, name, "health check closed");
-                    }
+                        .is_some() =>
+                {
+                    info!(namespace, name, "health check closed");
                 }
                 Operation::InSync => {
                     state.checks.retain(|(namespace, name), c| {
@@ -272,6 +271,15 @@ async fn answer(State((key, health)): State<(Key, ServiceHealth)>) -> impl IntoR
 pub struct HealthCheckedDriver {
     inner: Box<dyn Driver>,
     health: ServiceHealth,
+}
+
+impl std::fmt::Debug for HealthCheckedDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthCheckedDriver")
+            .field("inner", &self.inner.name())
+            .field("health", &self.health)
+            .finish()
+    }
 }
 
 impl HealthCheckedDriver {

@@ -1,6 +1,7 @@
 //! The health-check node ports: a null driver wrapped by
 //! `HealthCheckedDriver` takes Service operations, and a plain HTTP client
 //! asks the listeners on 127.0.0.1 what a load balancer would.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};

@@ -16,7 +16,10 @@ fn backends(n: u32) -> Vec<Backend> {
 }
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 #[test]
@@ -141,7 +144,7 @@ proptest! {
         // another `local`, and one backend listed twice.
         let mut other = bs.clone();
         other.rotate_left((seed % bs.len() as u64) as usize);
-        if seed % 2 == 0 {
+        if seed.is_multiple_of(2) {
             other.reverse();
         }
         for b in &mut other {
