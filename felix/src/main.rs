@@ -146,7 +146,7 @@ struct Args {
     print_config: bool,
     /// Where the health-check node ports of LoadBalancer Services with
     /// `externalTrafficPolicy: Local` listen (kube-proxy's; 0.0.0.0: every
-    /// address of the node).
+    /// IPv4 address of the node; add `::` for the IPv6 ones).
     #[arg(long, default_value = "0.0.0.0", value_delimiter = ',')]
     service_health_addresses: Vec<std::net::IpAddr>,
     /// Open no health-check node ports (another proxy answers them).

@@ -37,6 +37,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use manul_dataplane_api::{Driver, DriverError, Operation, PolicyCounter, Service};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
@@ -79,8 +80,8 @@ pub struct ServiceHealth {
 }
 
 impl ServiceHealth {
-    /// Listeners on `addresses` (the node's; `0.0.0.0` for all of them),
-    /// run on `runtime`.
+    /// Listeners on `addresses` (the node's; `0.0.0.0` for all of its
+    /// IPv4 ones, `::` for all of its IPv6 ones), run on `runtime`.
     pub fn new(addresses: Vec<IpAddr>, runtime: Handle) -> ServiceHealth {
         ServiceHealth {
             addresses,
@@ -199,9 +200,7 @@ impl ServiceHealth {
         let mut servers = Vec::new();
         for ip in &self.addresses {
             let addr = SocketAddr::new(*ip, check.port);
-            let listener = std::net::TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .and_then(tokio::net::TcpListener::from_std);
+            let listener = bind(addr).and_then(tokio::net::TcpListener::from_std);
             match listener {
                 Ok(l) => {
                     let app = Router::new()
@@ -253,6 +252,20 @@ impl ServiceHealth {
         };
         (code, body.to_string())
     }
+}
+
+/// A non-blocking listener on `addr`; an IPv6 one takes IPv6 alone, so
+/// `0.0.0.0` and `::` can share a port.
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    Ok(s.into())
 }
 
 async fn answer(State((key, health)): State<(Key, ServiceHealth)>) -> impl IntoResponse {

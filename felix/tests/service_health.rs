@@ -27,9 +27,13 @@ fn free_ports() -> (u16, u16) {
     panic!("no free ports from {base}");
 }
 
-/// GET / on `port`: (status, JSON body), or None when nothing listens.
+/// GET / on 127.0.0.1:`port`: (status, JSON body), or None when nothing
+/// listens.
 fn get(port: u16) -> Option<(u16, serde_json::Value)> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    get_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+}
+
+fn get_at(addr: SocketAddr) -> Option<(u16, serde_json::Value)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
@@ -208,4 +212,63 @@ async fn a_port_in_use_is_tried_again_with_the_next_batch() {
     drop(squatter);
     driver.apply(&[]).unwrap();
     expect(ask(port).await, 200, 1, true);
+}
+
+/// GET / at `addr` from the runtime itself (the netns test's runtime has
+/// one thread): the status line's code.
+async fn status_at(addr: SocketAddr) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Felix's wildcard addresses, `0.0.0.0` and `::`, on one port: inside a
+/// network namespace of the test's own (the host's addresses are not the
+/// test's to listen on). Needs root; skipped without it unless `CI=true`.
+#[test]
+fn the_ipv4_and_ipv6_wildcards_share_a_port() {
+    if !manul_netns::testing::have_root("the health-check wildcard test") {
+        return;
+    }
+    let ns = manul_netns::NetNs::create(&manul_netns::unique_prefix("hc")).unwrap();
+    let port = 21_000;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                ns.enter_current_thread().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let health = ServiceHealth::new(
+                        vec![
+                            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                        ],
+                        tokio::runtime::Handle::current(),
+                    );
+                    let mut driver =
+                        HealthCheckedDriver::new(Box::new(NullDriver::default()), health.clone());
+                    driver
+                        .apply(&[
+                            Operation::ServiceUpdate(lb_service(port, &["10.65.0.5"])),
+                            Operation::InSync,
+                        ])
+                        .unwrap();
+                    assert_eq!(health.ports().into_values().collect::<Vec<_>>(), [port]);
+                    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+                    assert_eq!(status_at(v4).await, 200);
+                    assert_eq!(status_at(v6).await, 200);
+                });
+            })
+            .join()
+            .unwrap();
+    });
 }
