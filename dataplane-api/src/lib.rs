@@ -15,6 +15,7 @@
 //! the state it was told about; the null driver implements it in software.
 
 pub mod driver;
+pub mod maglev;
 pub mod null;
 pub mod ops;
 pub mod remote;
@@ -26,6 +27,7 @@ pub mod verdict;
 pub mod testutil;
 
 pub use driver::{ContractViolation, Driver, DriverError, PolicyCounter, chain};
+pub use maglev::MaglevTable;
 pub use null::{DesiredState, IpSet, NullDriver, ServiceKey};
 pub use ops::*;
 pub use remote::{RemoteDriver, RemoteOptions, ServeHandle, serve, serve_connection, serve_with};

@@ -14,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod resync;
 pub mod routes;
+pub mod service_health;
 pub mod status;
 pub mod sync;
 pub mod typha_tls;

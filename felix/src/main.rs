@@ -144,6 +144,14 @@ struct Args {
     /// and exit (reads the FelixConfigurations from Typha).
     #[arg(long)]
     print_config: bool,
+    /// Where the health-check node ports of LoadBalancer Services with
+    /// `externalTrafficPolicy: Local` listen (kube-proxy's; 0.0.0.0: every
+    /// IPv4 address of the node; add `::` for the IPv6 ones).
+    #[arg(long, default_value = "0.0.0.0", value_delimiter = ',')]
+    service_health_addresses: Vec<std::net::IpAddr>,
+    /// Open no health-check node ports (another proxy answers them).
+    #[arg(long)]
+    no_service_health: bool,
 }
 
 /// The log filter's handle: `logSeverityScreen` changes go through it.
@@ -539,6 +547,17 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
         Err(e) => return fail(2, e),
     };
     tracing::info!(driver = driver.name(), "dataplane started");
+    let driver: Box<dyn Driver> = if args.no_service_health {
+        driver
+    } else {
+        let health = manul_felix::service_health::ServiceHealth::new(
+            args.service_health_addresses.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        Box::new(manul_felix::service_health::HealthCheckedDriver::new(
+            driver, health,
+        ))
+    };
     let mut registry = Registry::default();
     let metrics = FelixMetrics::register(&mut registry);
     let registry = Arc::new(registry);

@@ -148,14 +148,9 @@ impl CalcGraph {
     /// The Services' updates, and their removals in `removals`.
     fn emit_services(&mut self, ops: &mut Vec<dp::Operation>, removals: &mut Vec<dp::Operation>) {
         for key in std::mem::take(&mut self.dirty_services) {
-            let wanted = self.k8s_services.get(&key).map(|svc| {
-                let slices: Vec<&services::Slice> = self
-                    .slices
-                    .iter()
-                    .filter(|((ns, _), s)| *ns == key.0 && s.service == key.1)
-                    .map(|(_, s)| s)
-                    .collect();
-                services::desired(&key.0, &key.1, svc, &slices)
+            let wanted = self.k8s_services.get(&key).map(|frontend| {
+                let slices: Vec<&services::Slice> = self.service_slices(&key).collect();
+                frontend.desired(&key.0, &key.1, &slices)
             });
             match wanted {
                 Some(svc) if self.emitted.services.get(&key) != Some(&svc) => {

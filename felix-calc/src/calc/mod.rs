@@ -106,9 +106,13 @@ pub struct CalcGraph {
     /// Per namespace: the labels namespace selectors see, and their
     /// `pcns.`-prefixed interned form that namespaced items inherit.
     namespace_views: FxHashMap<String, (LabelMap, Labels)>,
-    k8s_services: BTreeMap<(String, String), k8s_openapi::api::core::v1::Service>,
+    /// The Services this node proxies, by (namespace, name): their
+    /// frontends (Services that are not ours are not kept).
+    k8s_services: BTreeMap<(String, String), services::Frontend>,
     /// (namespace, slice name) → slice.
     slices: BTreeMap<(String, String), services::Slice>,
+    /// (namespace, Service name) → the names of its slices.
+    slices_by_service: BTreeMap<(String, String), BTreeSet<String>>,
     dirty_services: BTreeSet<(String, String)>,
     /// Endpoints and network sets, and what they inherit.
     items: Items,
@@ -143,6 +147,7 @@ impl CalcGraph {
             namespace_views: FxHashMap::default(),
             k8s_services: BTreeMap::new(),
             slices: BTreeMap::new(),
+            slices_by_service: BTreeMap::new(),
             dirty_services: BTreeSet::new(),
             items: Items::default(),
             sets: Sets::default(),
@@ -166,6 +171,18 @@ impl CalcGraph {
             policies: self.policies.inputs.len(),
             network_sets: self.items.netsets,
         }
+    }
+
+    /// The slices of Service `key` (namespace, name).
+    pub(super) fn service_slices<'a>(
+        &'a self,
+        key: &'a (String, String),
+    ) -> impl Iterator<Item = &'a services::Slice> + 'a {
+        self.slices_by_service
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(move |name| self.slices.get(&(key.0.clone(), name.clone())))
     }
 
     fn ingest(&mut self, u: Update) {
@@ -221,9 +238,15 @@ impl CalcGraph {
                     u.key.namespace.clone().unwrap_or_default(),
                     u.key.name.clone(),
                 );
-                match u.value {
-                    Some(Resource::Service(svc)) => self.k8s_services.insert(key.clone(), *svc),
-                    _ => self.k8s_services.remove(&key),
+                let frontend = match &u.value {
+                    Some(Resource::Service(svc)) => {
+                        services::Frontend::from_k8s(&key.0, &key.1, svc)
+                    }
+                    _ => None,
+                };
+                match frontend {
+                    Some(f) => self.k8s_services.insert(key.clone(), f),
+                    None => self.k8s_services.remove(&key),
                 };
                 self.dirty_services.insert(key);
             }
@@ -231,12 +254,24 @@ impl CalcGraph {
                 let ns = u.key.namespace.clone().unwrap_or_default();
                 let key = (ns.clone(), u.key.name.clone());
                 if let Some(old) = self.slices.remove(&key) {
-                    self.dirty_services.insert((ns.clone(), old.service));
+                    let owner = (ns.clone(), old.service);
+                    if let Some(names) = self.slices_by_service.get_mut(&owner) {
+                        names.remove(&key.1);
+                        if names.is_empty() {
+                            self.slices_by_service.remove(&owner);
+                        }
+                    }
+                    self.dirty_services.insert(owner);
                 }
                 if let Some(Resource::EndpointSlice(s)) = &u.value
-                    && let Some(slice) = services::Slice::from_k8s(s)
+                    && let Some(slice) = services::Slice::from_k8s(s, &self.node)
                 {
-                    self.dirty_services.insert((ns, slice.service.clone()));
+                    let owner = (ns, slice.service.clone());
+                    self.slices_by_service
+                        .entry(owner.clone())
+                        .or_default()
+                        .insert(key.1.clone());
+                    self.dirty_services.insert(owner);
                     self.slices.insert(key, slice);
                 }
             }

@@ -108,13 +108,7 @@ impl CalcGraph {
         key: &(String, String),
         ports: bool,
     ) -> BTreeSet<dp::IpSetMember> {
-        let slices = self
-            .slices
-            .range((key.0.clone(), String::new())..)
-            .take_while(|((ns, _), _)| *ns == key.0)
-            .filter(|(_, s)| s.service == key.1)
-            .map(|(_, s)| s);
-        services::policy_members(slices, ports)
+        services::policy_members(self.service_slices(key), ports)
     }
 
     /// Brings Service `key`'s sets to what its slices say now.
