@@ -15,6 +15,7 @@
 //! only, and a policy change must never need a program load.
 
 pub mod abi;
+mod batch;
 pub mod bitmap;
 pub mod compile;
 pub mod conntrack;
@@ -23,11 +24,14 @@ mod error;
 pub mod events;
 pub mod frames;
 mod keys;
+mod ledger;
 mod loader;
 mod maps;
 pub mod model;
 mod plan;
+mod program;
 pub mod space;
+mod write;
 
 pub use conntrack::{ConntrackEntry, ConntrackTimeouts, GcStats};
 pub use driver::{BpfConfig, BpfDriver, KernelCounters, TestRunOutcome};
