@@ -31,6 +31,8 @@ pub mod model;
 mod plan;
 mod program;
 pub mod space;
+#[cfg(test)]
+mod testing;
 mod write;
 
 pub use conntrack::{ConntrackEntry, ConntrackTimeouts, GcStats};

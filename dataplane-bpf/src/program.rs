@@ -251,3 +251,6 @@ fn remove_stale(ledger: &Ledger, maps: &mut impl MapWriter) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;
