@@ -166,7 +166,11 @@ fn commit(
 /// Write step `failed` of `plan` failed: the lineages the batch changed no
 /// longer match the state the caller restores (they are poisoned, or
 /// dropped with their ids deleted), and the endpoints reading a space the
-/// batch wrote into are unprogrammed.
+/// batch wrote into are unprogrammed. Every lineage the plan gives a new
+/// version is poisoned, also those after the failed step (their spaces
+/// were settled for the new version when planned; nothing was written to
+/// them, so their endpoints keep their tables until the resync rebuilds
+/// them).
 fn abort(
     ledger: &mut Ledger,
     maps: &mut impl MapWriter,
