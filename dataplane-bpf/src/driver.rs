@@ -194,6 +194,7 @@ pub struct BpfDriver {
     /// Interfaces (ifindex) both programs are attached to in this run.
     attached: HashSet<u32>,
     next_table: u32,
+    services: crate::services::Services,
 }
 
 impl BpfDriver {
@@ -210,6 +211,7 @@ impl BpfDriver {
             config.benchmark_no_conntrack,
         )?;
         let mut maps = Maps::take(&mut ebpf)?;
+        let services = crate::services::Services::new(&mut ebpf)?;
         maps.store_to_host_drop(config.endpoint_to_host_drop)?;
         maps.store_failsafe(&config.failsafe)?;
         let ring = ebpf
@@ -252,6 +254,7 @@ impl BpfDriver {
             endpoints: BTreeMap::new(),
             attached: HashSet::new(),
             next_table,
+            services,
         };
         driver.adopt_links();
         Ok(driver)
@@ -948,7 +951,10 @@ impl Driver for BpfDriver {
         self.desired.apply(batch)?;
         let result = match self.program(&touched) {
             Ok(soft) => match soft.into_iter().next() {
-                None => Ok(()),
+                None => self
+                    .services
+                    .apply(batch, &self.desired.state().services)
+                    .map_err(Into::into),
                 Some(e) => Err(e.into()),
             },
             Err(e) => {

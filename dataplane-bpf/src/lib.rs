@@ -27,6 +27,7 @@ mod loader;
 mod maps;
 pub mod model;
 mod plan;
+mod services;
 pub mod space;
 
 pub use conntrack::{ConntrackEntry, ConntrackTimeouts, GcStats};
