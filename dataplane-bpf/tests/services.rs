@@ -39,6 +39,7 @@ const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const SELF: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 const STICKY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
 const HELD: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 14);
+const DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 15);
 
 /// A server in a pod that answers every TCP connection, and every UDP
 /// datagram, with "SERVER CLIENT" (the addresses it saw).
@@ -128,6 +129,14 @@ fn who_udp(ns: &NetNs, dst: SocketAddr) -> Option<(Ipv4Addr, Ipv4Addr)> {
         parse_who(std::str::from_utf8(&buf[..n]).ok()?)
     })
     .unwrap()
+}
+
+/// Asks the who server behind a connected UDP socket: who answered.
+fn ask(s: &UdpSocket) -> Option<Ipv4Addr> {
+    s.send(b"who").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.recv(&mut buf).ok()?;
+    parse_who(std::str::from_utf8(&buf[..n]).ok()?).map(|w| w.0)
 }
 
 fn pid(name: &str) -> PolicyId {
@@ -270,13 +279,11 @@ fn cluster_ips_with_real_packets() {
     )
     .expect("driver");
 
-    // Backends accept only client A (and themselves: hairpin comes from
-    // the hairpin address, which the pod's own egress policy judges).
+    // Backends accept only client A. (A hairpinned connection is judged
+    // by the pod's egress policy only: it never leaves the pod's
+    // interface.)
     let only_a = Match {
-        nets: vec![
-            IpNet::new(a.ip.into(), 32).unwrap(),
-            IpNet::new(HAIRPIN_SNAT.into(), 32).unwrap(),
-        ],
+        nets: vec![IpNet::new(a.ip.into(), 32).unwrap()],
         ..Match::default()
     };
     let web = service(
@@ -335,8 +342,14 @@ fn cluster_ips_with_real_packets() {
         vec![port("echo", 6, 8080, 8080, &backends)],
         None,
     )));
+    ops.push(Operation::ServiceUpdate(service(
+        "dns",
+        DNS,
+        vec![port("dns", 17, 53, WHO_UDP, &[backends[0]])],
+        None,
+    )));
     ops.push(Operation::InSync);
-    driver.apply(ops).expect("apply");
+    driver.apply(ops.clone()).expect("apply");
 
     // Each backend is reached through the ClusterIP; each saw client A.
     let to_web = SocketAddr::new(WEB.into(), 80);
@@ -444,8 +457,44 @@ fn cluster_ips_with_real_packets() {
     );
     held.close();
 
-    // A service change never loads a program: the same driver serves on,
-    // and removing the service stops the translation.
+    // A connected UDP socket whose backend went away is answered by the
+    // new one (its flow is forgotten), from the ClusterIP.
+    let (server, socket) = a
+        .netns
+        .run(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.connect((DNS, 53)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            s
+        })
+        .map(|s| (ask(&s), s))
+        .unwrap();
+    assert_eq!(server, Some(backends[0].ip));
+    driver
+        .apply(vec![Operation::ServiceUpdate(service(
+            "dns",
+            DNS,
+            vec![port("dns", 17, 53, WHO_UDP, &[backends[1]])],
+            None,
+        ))])
+        .expect("move the dns backend");
+    assert_eq!(
+        ask(&socket),
+        Some(backends[1].ip),
+        "udp flow stuck on a removed backend"
+    );
+    drop(socket);
+
+    // A restarted driver keeps translating what the earlier run
+    // programmed until it is told the state again.
+    driver.restart().expect("restart");
+    let (server, _) = who_tcp(&a.netns, to_web).expect("after a restart, before the resync");
+    assert!(all.contains(&server));
+    driver.apply(ops).expect("resync");
+    let (server, _) = who_tcp(&a.netns, to_web).expect("after the resync");
+    assert!(all.contains(&server));
+
+    // Removing the service stops the translation.
     driver
         .apply(vec![Operation::ServiceRemove {
             namespace: "ns".into(),
