@@ -127,6 +127,9 @@ enum manul_counter {
 	MANUL_CNT_SVC_REJECT = 13,
 	/* New connections from a pod to a service it backs (hairpin). */
 	MANUL_CNT_SVC_HAIRPIN = 14,
+	/* Packets of TCP connections whose backend was removed, answered
+	 * with a RST. */
+	MANUL_CNT_SVC_RESET = 15,
 	MANUL_CNT_MAX = 16,
 };
 
@@ -370,6 +373,10 @@ enum manul_nat_dir {
 
 /* manul_nat_value.flags */
 #define MANUL_NAT_HAIRPIN 0x01
+/* Set by the driver on a TCP connection's forward entry when its backend
+ * left the list: the client's next packet is answered with a RST and the
+ * entry is deleted. */
+#define MANUL_NAT_RESET 0x02
 
 /* manul_nat (LRU hash): the service NAT's conntrack. A connection has a
  * forward entry (the backend it was given: it keeps it whatever happens

@@ -826,8 +826,9 @@ static __always_inline __u16 csum_fold(__s64 sum)
 	return (__u16)~s;
 }
 
-/* Turns a TCP segment to a frontend without backends into the RST that
- * refuses it (RFC 9293 3.10.7.1), sent back into the pod. */
+/* Turns a TCP segment to a frontend without backends, or of a connection
+ * whose backend is gone, into the RST that refuses it (RFC 9293
+ * 3.10.7.1), from the frontend, sent back into the pod. */
 static __always_inline int reject_tcp(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
@@ -1034,6 +1035,12 @@ static __always_inline int svc_from_pod(struct __sk_buff *skb, struct pkt *p, st
 		return -1;
 	key.dir = MANUL_NAT_FWD;
 	nv = bpf_map_lookup_elem(&manul_nat, &key);
+	if (nv && (nv->flags & MANUL_NAT_RESET) && p->proto == IPPROTO_TCP) {
+		/* Its backend is gone: reset the connection. */
+		bpf_map_delete_elem(&manul_nat, &key);
+		count(MANUL_CNT_SVC_RESET);
+		return reject_tcp(skb);
+	}
 	if (nv && nat_current(nv, p, now)) {
 		nv->last_seen_ns = now;
 		be.addr = nv->addr;

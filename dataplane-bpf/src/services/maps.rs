@@ -191,8 +191,9 @@ impl ServiceMaps {
 
     /// Forgets what clients had of backends that went away: their
     /// affinity entries, and their UDP flows (the next datagram picks a
-    /// live backend). Established TCP connections keep their entries.
-    /// Returns how many entries it removed.
+    /// live backend); marks their TCP connections for a reset (the
+    /// program answers the client's next packet with a RST). Returns how
+    /// many entries it removed or marked.
     pub fn clean(&mut self, gone: &BTreeMap<u32, BTreeSet<BackendAddr>>) -> usize {
         if gone.is_empty() {
             return 0;
@@ -210,11 +211,13 @@ impl ServiceMaps {
             .collect();
         let snat = abi::MANUL_HAIRPIN_SNAT_V4.to_be();
         let mut nat = Vec::new();
+        let mut reset = Vec::new();
         for (k, v) in self.nat.iter().flatten() {
-            if k.dir != abi::MANUL_NAT_FWD as u8
-                || k.proto != PROTO_UDP
-                || !is_gone(v.id, v.addr, v.port)
-            {
+            if k.dir != abi::MANUL_NAT_FWD as u8 || !is_gone(v.id, v.addr, v.port) {
+                continue;
+            }
+            if k.proto != PROTO_UDP {
+                reset.push((k, v));
                 continue;
             }
             nat.push(k);
@@ -238,6 +241,12 @@ impl ServiceMaps {
         }
         for k in &nat {
             removed += usize::from(self.nat.remove(k).is_ok());
+        }
+        for (k, mut v) in reset {
+            v.flags |= abi::MANUL_NAT_RESET;
+            // Only while it exists (BPF_EXIST): a connection gone meanwhile
+            // must not come back as one to reset.
+            removed += usize::from(self.nat.insert(k, v, 2).is_ok());
         }
         removed
     }
