@@ -17,12 +17,16 @@
 //! resynced by Felix's agent loop, failing closed meanwhile, is checked in
 //! `felix/tests/recovery/` with these parts.)
 //!
+//! Service (kube-proxy replacement) cases live in [`services`]: one call,
+//! [`services::run_service_cases`], runs them against any driver.
+//!
 //! It refuses to touch anything outside the namespaces it creates; they are
 //! removed when the run ends, also on failure. Running it needs root.
 
 pub mod cases;
 pub mod cluster;
 pub mod driver_thread;
+pub mod services;
 pub mod topology;
 pub mod traffic;
 

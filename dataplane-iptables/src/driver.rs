@@ -189,7 +189,8 @@ pub fn difference(rs: &Ruleset, o: &Observed) -> Option<String> {
     for (name, def) in &rs.sets {
         match o.sets.get(name) {
             None => return Some(format!("set {name} is missing")),
-            Some(&n) if n != def.elements.len() => {
+            // The packet path fills sets with a timeout (affinity).
+            Some(&n) if def.timeout.is_none() && n != def.elements.len() => {
                 return Some(format!(
                     "set {name} has {n} elements instead of {}",
                     def.elements.len()

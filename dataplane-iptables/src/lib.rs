@@ -27,6 +27,15 @@
 //! and an all-interfaces endpoint (`*`) for every interface no named one
 //! covers.
 //!
+//! Services replace kube-proxy (`render/services.rs`) with its
+//! nftables-mode semantics: verdict maps by address, protocol and port
+//! and by node port, a chain per service port picking a backend, a DNAT
+//! chain per backend, masquerade where kube-proxy masquerades, the
+//! `Local` traffic policies, immediate rejection of ports without
+//! backends, load-balancer source ranges and session affinity through
+//! sets with a timeout. Policy runs after DNAT, on the real endpoints.
+//! Balancing is random (Maglev is not implemented here).
+//!
 //! It refuses to depend on `felix`, to flush or read tables it does not
 //! own, and to act outside the calling thread's network namespace. A host
 //! endpoint without an interface name (matched by `expectedIPs` alone) is

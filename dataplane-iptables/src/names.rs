@@ -11,6 +11,10 @@ pub const MARK_ACCEPT: u32 = 0x0001_0000;
 /// Mark bit a policy sets when a Pass rule matched.
 pub const MARK_PASS: u32 = 0x0002_0000;
 
+/// Mark bit of a packet to masquerade in postrouting (kube-proxy's
+/// `mark-for-masquerade`, on a bit of its own).
+pub const MARK_MASQ: u32 = 0x0004_0000;
+
 /// Longest name this driver uses (the kernel allows 255 bytes).
 const MAX_NAME: usize = 200;
 
@@ -129,6 +133,41 @@ pub fn set_comment(id: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// What a service object is for; each kind has its own prefix, with the
+/// address family (`4`/`6`) in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceObject {
+    /// A service port's chain picking among its `Cluster` backends
+    /// (`mnl-svc4-`).
+    Cluster,
+    /// A service port's chain picking among its local backends (`mnl-svl4-`).
+    Local,
+    /// A service port's chain for external traffic: node ports, external
+    /// and load-balancer IPs (`mnl-ext4-`).
+    External,
+    /// A service's chain checking load-balancer source ranges (`mnl-fw4-`).
+    Firewall,
+    /// One backend's DNAT chain (`mnl-sep4-`).
+    Backend,
+    /// One backend's session-affinity set (`mnl-aff4-`).
+    Affinity,
+}
+
+/// The name of a service object: the prefix of its kind and family, then
+/// `body` (`NAMESPACE/NAME/PROTOCOL/PORT`, with `/IP/PORT` for a backend,
+/// and `/TIMEOUTs` for an affinity set).
+pub fn service_object(kind: ServiceObject, v6: bool, body: &str) -> String {
+    let kind = match kind {
+        ServiceObject::Cluster => "svc",
+        ServiceObject::Local => "svl",
+        ServiceObject::External => "ext",
+        ServiceObject::Firewall => "fw",
+        ServiceObject::Backend => "sep",
+        ServiceObject::Affinity => "aff",
+    };
+    ident(&format!("mnl-{kind}{}-", if v6 { 6 } else { 4 }), body)
 }
 
 #[cfg(test)]

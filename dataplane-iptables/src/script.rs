@@ -26,6 +26,9 @@ fn set_decl(out: &mut String, name: &str, def: &SetDef) {
     if def.interval {
         out.push_str(" flags interval;");
     }
+    if let Some(timeout) = def.timeout {
+        let _ = write!(out, " flags dynamic,timeout; timeout {timeout}s;");
+    }
     if !def.comment.is_empty() {
         let _ = write!(out, " comment \"{}\";", def.comment);
     }
@@ -114,7 +117,11 @@ fn sets(out: &mut String, old: &Ruleset, new: &Ruleset, maps: bool) {
     for (name, def) in new.sets.iter().filter(|(_, d)| is_map(d) == maps) {
         match old.sets.get(name) {
             None => declare_set(out, name, def),
-            Some(o) if o.type_ != def.type_ || o.interval != def.interval => {
+            Some(o)
+                if o.type_ != def.type_
+                    || o.interval != def.interval
+                    || o.timeout != def.timeout =>
+            {
                 // Never happens for a given name, but be exact if it does.
                 let _ = writeln!(out, "delete set inet {TABLE} {name}");
                 declare_set(out, name, def);
@@ -175,6 +182,7 @@ mod tests {
         SetDef {
             type_: "ipv4_addr",
             interval: true,
+            timeout: None,
             comment: "sel:all()".into(),
             elements: elements.iter().map(|s| s.to_string()).collect(),
         }

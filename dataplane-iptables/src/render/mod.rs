@@ -18,11 +18,16 @@
 //!   of the known interfaces, so traffic on an unknown `mnl*` interface is
 //!   dropped (fail closed);
 //! - base chains on the forward, input and output hooks that accept
-//!   established and related traffic first.
+//!   established and related traffic first;
+//! - services (`services.rs`): verdict maps to per-port and per-backend
+//!   chains, reached from nat base chains at `dstnat` on prerouting and
+//!   output, masquerade at `srcnat`, and rejects and source-range drops in
+//!   filter base chains at `dstnat - 10`.
 
 pub mod config;
 mod host;
 pub mod rule;
+pub mod services;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,6 +46,11 @@ pub struct SetDef {
     /// The `type` clause, e.g. `ipv4_addr` or `ifname : verdict`.
     pub type_: &'static str,
     pub interval: bool,
+    /// Elements expire this many seconds after they were last added or
+    /// updated (`flags dynamic,timeout`): a set the packet path fills,
+    /// such as session affinity. Its elements are not part of the desired
+    /// state.
+    pub timeout: Option<u32>,
     pub comment: String,
     /// Elements as nft writes them.
     pub elements: BTreeSet<String>,
@@ -180,6 +190,40 @@ pub fn base_chains(config: &NftConfig) -> Vec<BaseChain> {
                 format!("iifname vmap @{MAP_TO_HOST_DNAT}"),
                 format!("jump {ANY_TO_HOST_DNAT}"),
             ]]),
+        ),
+        // Services (`services.rs`): load-balancer source ranges and
+        // ports without backends, before DNAT; DNAT for traffic arriving
+        // and leaving from the host; masquerade last.
+        (
+            "mnl-svc-filter-pre",
+            "type filter hook prerouting priority dstnat - 10; policy accept;",
+            raw(&[vec![format!(
+                "ct state new jump {}",
+                services::SERVICES_FILTER
+            )]]),
+        ),
+        (
+            "mnl-svc-filter-out",
+            "type filter hook output priority -110; policy accept;",
+            raw(&[vec![format!(
+                "ct state new jump {}",
+                services::SERVICES_FILTER
+            )]]),
+        ),
+        (
+            "mnl-nat-prerouting",
+            "type nat hook prerouting priority dstnat; policy accept;",
+            raw(&[vec![format!("jump {}", services::SERVICES)]]),
+        ),
+        (
+            "mnl-nat-output",
+            "type nat hook output priority -100; policy accept;",
+            raw(&[vec![format!("jump {}", services::SERVICES)]]),
+        ),
+        (
+            "mnl-nat-postrouting",
+            "type nat hook postrouting priority srcnat; policy accept;",
+            raw(&[vec![format!("jump {}", services::MASQUERADING)]]),
         ),
         (
             "mnl-forward",
@@ -458,6 +502,7 @@ fn empty_map() -> SetDef {
     SetDef {
         type_: "ifname : verdict",
         interval: false,
+        timeout: None,
         comment: String::new(),
         elements: BTreeSet::new(),
     }
@@ -487,6 +532,7 @@ pub fn render_with(state: &DesiredState, config: &NftConfig) -> Ruleset {
                 SetDef {
                     type_,
                     interval: set.kind == IpSetKind::Net,
+                    timeout: None,
                     comment: names::set_comment(id),
                     elements: set_elements(set.kind, &set.members, v6),
                 },
@@ -549,6 +595,9 @@ pub fn render_with(state: &DesiredState, config: &NftConfig) -> Ruleset {
         ifaces.insert(format!("\"{iface}\""));
     }
     let host_ifaces = host::render(state, config, &mut rs.chains, &mut maps);
+    rs.chains.extend(services::fixed_chains(config));
+    rs.sets.extend(services::empty_maps());
+    services::render(state, config, &mut rs.chains, &mut rs.sets);
     for (name, def) in maps {
         rs.sets.insert(name.to_string(), def);
     }
@@ -557,6 +606,7 @@ pub fn render_with(state: &DesiredState, config: &NftConfig) -> Ruleset {
         SetDef {
             type_: "ifname",
             interval: false,
+            timeout: None,
             comment: "programmed workload interfaces".into(),
             elements: ifaces,
         },
@@ -566,6 +616,7 @@ pub fn render_with(state: &DesiredState, config: &NftConfig) -> Ruleset {
         SetDef {
             type_: "ifname",
             interval: false,
+            timeout: None,
             comment: "interfaces of named host endpoints".into(),
             elements: host_ifaces,
         },

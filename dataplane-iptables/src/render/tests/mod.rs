@@ -185,9 +185,21 @@ fn dispatch_knows_every_programmed_interface() {
     );
     let empty = render(&DesiredState::default());
     assert!(empty.sets[SET_WORKLOAD_IFACES].elements.is_empty());
-    // Only the all-interfaces dispatch chains, empty.
-    assert!(empty.chains.keys().all(|c| c.starts_with("mnl-any-")));
-    assert!(empty.chains.values().all(Vec::is_empty));
+    // Only the all-interfaces dispatch chains, empty, and the services'
+    // fixed chains.
+    let fixed = crate::render::services::fixed_chains(&NftConfig::default());
+    assert!(
+        empty
+            .chains
+            .iter()
+            .filter(|(name, _)| !fixed.contains_key(*name))
+            .all(|(name, rules)| name.starts_with("mnl-any-") && rules.is_empty())
+    );
+    assert!(
+        fixed
+            .iter()
+            .all(|(name, rules)| empty.chains[name] == *rules)
+    );
 }
 
 #[test]
@@ -356,3 +368,4 @@ fn failsafe_ports_come_from_the_configuration() {
 }
 
 mod host;
+mod services;

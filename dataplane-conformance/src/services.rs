@@ -1,0 +1,921 @@
+//! Service cases (kube-proxy replacement), written once for every kernel
+//! dataplane: run them with [`run_service_cases`] and a driver
+//! [`Factory`].
+//!
+//! The topology is a node namespace with pods plumbed into it
+//! Calico-style (see [`PODS`]) and one "external" client namespace
+//! attached to the node by a veth ([`EXTERNAL_IP`] on the client's side,
+//! [`NODE_IP`] on the node's; the node's default route points there, as a
+//! node's points to its network), never the host's network. Every pod runs a
+//! *who-am-I* server: on TCP [`TCP_PORT`] it writes `LOCAL PEER` (the
+//! address and port it was reached on, and the client address it saw) and
+//! closes; on UDP [`UDP_PORT`] it answers every datagram the same way. So
+//! each answer says which backend took the connection, on which port, and
+//! from which source address it came.
+//!
+//! The driver gets the operations Felix's calculation graph would send
+//! ([`service_operations`]: an allow-all profile, one ingress policy,
+//! the workload endpoints, the [`services`] and `InSync`), then the cases
+//! run, each a check with a name:
+//!
+//! - `cluster-ip: every backend answers`: over [`CONNECTIONS`]
+//!   connections to a ClusterIP with three backends, each one answers;
+//! - `cluster-ip: targetPort`: the answers come from the backends'
+//!   [`TCP_PORT`] although the client dialled the service port 80;
+//! - `cluster-ip: udp on the same port`: the same service port number
+//!   over UDP reaches a backend's UDP server;
+//! - `no endpoints: tcp refused at once` / `udp refused`: a service port
+//!   without backends is refused (RST or ICMP port unreachable) well under
+//!   [`REFUSED_WITHIN`], not left to time out;
+//! - `hairpin`: a pod reaching a service it is the only backend of;
+//! - `policy sees the client`: a backend whose ingress policy allows only
+//!   the `client` pod to its real port is reached through the ClusterIP by
+//!   `client` (and sees `client`'s address), not by `other`;
+//! - `session affinity`: every connection from one client to a service
+//!   with `sessionAffinity: ClientIP` lands on the same backend;
+//! - `node port, Cluster` / `node port, Local`: the external client
+//!   reaches a node port on [`NODE_IP`]; under `externalTrafficPolicy:
+//!   Cluster` the backend sees a node address (masqueraded, so replies
+//!   return through the node), under `Local` the client's own address;
+//! - `host process`: a process in the node namespace reaches the
+//!   ClusterIP and its own node port, and is refused at once by a port
+//!   without backends;
+//! - `load-balancer source ranges`: a load-balancer IP whose source range
+//!   holds only the external client answers it and drops a pod;
+//! - then incremental changes (`update`, `remove`: one service's backends
+//!   change, another service goes) and a driver restart with the whole
+//!   state again (`resync`), after which everything answers as before.
+//!
+//! IPv4 only. It refuses to touch anything outside the namespaces it
+//! creates; they are removed when the run ends, also on failure. Needs
+//! root.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use manul_dataplane_conformance::Factory;
+//! # fn driver() -> Arc<Factory> { unimplemented!() }
+//! let report = manul_dataplane_conformance::services::run_service_cases("sv", driver())?;
+//! println!("{}", report.table());
+//! # Ok::<(), manul_dataplane_conformance::ConformanceError>(())
+//! ```
+
+use std::io::{self, ErrorKind, Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use manul_dataplane_api::{
+    Action, Backend, Balancing, EndpointId, Match, Operation, Policy, PolicyId, PortRange, Rule,
+    Service, ServicePort, TierPolicies, TrafficPolicy, WorkloadEndpoint,
+};
+use manul_model::names::workload_interface_name;
+use manul_netns::{
+    IpNet, NetNs, Route, add_address, create_veth, link_up, plumb_pod, replace_route,
+};
+
+use crate::{ConformanceError, DriverThread, Factory, NodeContext};
+
+/// The Kubernetes namespace of every pod and service.
+pub const NAMESPACE: &str = "svc";
+/// The port every pod's who-am-I server listens on (TCP).
+pub const TCP_PORT: u16 = 8080;
+/// The port every pod's who-am-I server answers on (UDP).
+pub const UDP_PORT: u16 = 5353;
+/// The service port the cases dial (TCP and UDP).
+pub const SERVICE_PORT: u16 = 80;
+/// The node's address on the link to the external client.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The external client's address.
+pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// The node's interface towards the external client (not a workload
+/// prefix).
+pub const NODE_EXT_IF: &str = "ext0";
+/// Connections the "every backend answers" case opens.
+pub const CONNECTIONS: usize = 40;
+/// A refused connection must fail within this (a dropped one would wait
+/// for the connect timeout).
+pub const REFUSED_WITHIN: Duration = Duration::from_millis(500);
+/// How long a probe that should be dropped waits.
+pub const SILENCE: Duration = Duration::from_millis(400);
+
+/// The pods: name and address.
+pub const PODS: &[(&str, [u8; 4])] = &[
+    ("client", [10, 67, 0, 10]),
+    ("other", [10, 67, 0, 11]),
+    ("web-a", [10, 67, 0, 20]),
+    ("web-b", [10, 67, 0, 21]),
+    ("web-c", [10, 67, 0, 22]),
+    ("guarded", [10, 67, 0, 30]),
+];
+
+/// The ClusterIPs.
+pub const WEB_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub const EMPTY_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+pub const STICKY_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+pub const GUARDED_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
+pub const LOCAL_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 14);
+pub const SELF_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 15);
+/// The `web` service's node port (`externalTrafficPolicy: Cluster`).
+pub const WEB_NODE_PORT: u16 = 30080;
+/// The `local` service's node port (`externalTrafficPolicy: Local`).
+pub const LOCAL_NODE_PORT: u16 = 30081;
+/// The `local` service's load-balancer IP, open to [`EXTERNAL_IP`] only.
+pub const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The affinity timeout of the `sticky` service.
+pub const AFFINITY_SECONDS: u32 = 600;
+/// The profile every pod carries (allow all, both ways).
+pub const PROFILE: &str = "svc-allow";
+
+fn pod_ip(name: &str) -> Ipv4Addr {
+    PODS.iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, ip)| Ipv4Addr::from(*ip))
+        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+}
+
+fn host(ip: Ipv4Addr) -> IpNet {
+    IpNet::from(IpAddr::V4(ip))
+}
+
+fn allow_all(id: &str) -> Rule {
+    Rule {
+        id: id.into(),
+        action: Action::Allow,
+        ip_version: None,
+        protocol: None,
+        not_protocol: None,
+        icmp: None,
+        not_icmp: None,
+        src: Match::default(),
+        dst: Match::default(),
+    }
+}
+
+/// The `guarded` pod's ingress policy: TCP to its real port from the
+/// `client` pod only.
+pub fn guard_policy_id() -> PolicyId {
+    PolicyId {
+        tier: "default".into(),
+        name: format!("{NAMESPACE}/guard"),
+    }
+}
+
+fn backend(name: &str, port: u16) -> Backend {
+    Backend {
+        ip: IpAddr::V4(pod_ip(name)),
+        port,
+        local: true,
+    }
+}
+
+fn port(protocol: u8, node_port: Option<u16>, names: &[&str], target: u16) -> ServicePort {
+    let backends: Vec<Backend> = names.iter().map(|n| backend(n, target)).collect();
+    ServicePort {
+        name: if protocol == 17 { "dns" } else { "http" }.into(),
+        protocol,
+        port: SERVICE_PORT,
+        node_port,
+        local_backends: backends.clone(),
+        backends,
+    }
+}
+
+fn service(name: &str, ip: Ipv4Addr, ports: Vec<ServicePort>) -> Service {
+    Service {
+        namespace: NAMESPACE.into(),
+        name: name.into(),
+        cluster_ips: vec![IpAddr::V4(ip)],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        external_traffic: TrafficPolicy::Cluster,
+        internal_traffic: TrafficPolicy::Cluster,
+        affinity_timeout_seconds: None,
+        health_check_node_port: None,
+        balancing: Balancing::Random,
+        ports,
+    }
+}
+
+/// The services the cases use (all backends are on this node).
+pub fn services() -> Vec<Service> {
+    let three = ["web-a", "web-b", "web-c"];
+    let mut sticky = service("sticky", STICKY_IP, vec![port(6, None, &three, TCP_PORT)]);
+    sticky.affinity_timeout_seconds = Some(AFFINITY_SECONDS);
+    let mut local = service(
+        "local",
+        LOCAL_IP,
+        vec![port(6, Some(LOCAL_NODE_PORT), &["web-b"], TCP_PORT)],
+    );
+    local.external_traffic = TrafficPolicy::Local;
+    local.load_balancer_ips = vec![IpAddr::V4(LB_IP)];
+    local.load_balancer_source_ranges = vec![host(EXTERNAL_IP)];
+    vec![
+        service(
+            "web",
+            WEB_IP,
+            vec![
+                port(6, Some(WEB_NODE_PORT), &three, TCP_PORT),
+                port(17, None, &three, UDP_PORT),
+            ],
+        ),
+        service(
+            "empty",
+            EMPTY_IP,
+            vec![port(6, None, &[], TCP_PORT), port(17, None, &[], UDP_PORT)],
+        ),
+        sticky,
+        service(
+            "guarded",
+            GUARDED_IP,
+            vec![port(6, None, &["guarded"], TCP_PORT)],
+        ),
+        local,
+        service("self", SELF_IP, vec![port(6, None, &["web-a"], TCP_PORT)]),
+    ]
+}
+
+/// Everything the cases program, in contract order, ending with
+/// [`Operation::InSync`].
+pub fn service_operations() -> Vec<Operation> {
+    let mut ops = vec![
+        Operation::ProfileUpdate {
+            id: PROFILE.into(),
+            profile: Policy {
+                inbound: vec![allow_all(&format!("{PROFILE}/inbound/0"))],
+                outbound: vec![allow_all(&format!("{PROFILE}/outbound/0"))],
+            },
+        },
+        Operation::PolicyUpdate {
+            id: guard_policy_id(),
+            policy: Policy {
+                inbound: vec![Rule {
+                    protocol: Some(6),
+                    src: Match {
+                        nets: vec![host(pod_ip("client"))],
+                        ..Match::default()
+                    },
+                    dst: Match {
+                        ports: vec![PortRange {
+                            first: TCP_PORT,
+                            last: TCP_PORT,
+                        }],
+                        ..Match::default()
+                    },
+                    ..allow_all(&format!("{}/inbound/0", guard_policy_id().name))
+                }],
+                outbound: vec![],
+            },
+        },
+    ];
+    for (name, ip) in PODS {
+        let tiers = if *name == "guarded" {
+            vec![TierPolicies {
+                name: "default".into(),
+                default_action: Action::Deny,
+                inbound: vec![guard_policy_id()],
+                outbound: vec![],
+            }]
+        } else {
+            vec![]
+        };
+        ops.push(Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
+            id: EndpointId {
+                namespace: NAMESPACE.into(),
+                name: (*name).into(),
+            },
+            interface_name: workload_interface_name(NAMESPACE, name),
+            nets: vec![host(Ipv4Addr::from(*ip))],
+            mac: None,
+            tiers,
+            profiles: vec![PROFILE.into()],
+        }));
+    }
+    ops.extend(services().into_iter().map(Operation::ServiceUpdate));
+    ops.push(Operation::InSync);
+    ops
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ConformanceError + '_ {
+    move |e| ConformanceError::Setup(format!("{what}: {e}"))
+}
+
+/// What a who-am-I server said: where it was reached and whom it saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// The backend's address and the port it was reached on.
+    pub backend: SocketAddr,
+    /// The source address the backend saw.
+    pub peer: IpAddr,
+}
+
+impl FromStr for Answer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split_whitespace();
+        let backend = parts
+            .next()
+            .and_then(|b| b.parse().ok())
+            .ok_or_else(|| format!("bad answer {s:?}"))?;
+        let peer: SocketAddr = parts
+            .next()
+            .and_then(|b| b.parse().ok())
+            .ok_or_else(|| format!("bad answer {s:?}"))?;
+        Ok(Answer {
+            backend,
+            peer: peer.ip(),
+        })
+    }
+}
+
+/// What one probe got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Answered(Answer),
+    /// Refused (RST or ICMP port unreachable) after this long.
+    Refused(Duration),
+    /// Nothing within the timeout, or another error.
+    Silent,
+}
+
+impl Outcome {
+    fn answer(self) -> Option<Answer> {
+        match self {
+            Outcome::Answered(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// A TCP connection from `ns` to `dst`: the server's answer, a refusal,
+/// or silence.
+pub fn ask_tcp(
+    ns: &NetNs,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<Outcome, ConformanceError> {
+    ns.run(move || {
+        let started = Instant::now();
+        let mut stream = match TcpStream::connect_timeout(&dst, timeout) {
+            Ok(s) => s,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                return Outcome::Refused(started.elapsed());
+            }
+            Err(_) => return Outcome::Silent,
+        };
+        let _ = stream.set_read_timeout(Some(timeout));
+        let mut text = String::new();
+        match stream.read_to_string(&mut text) {
+            Ok(_) => text
+                .parse()
+                .map(Outcome::Answered)
+                .unwrap_or(Outcome::Silent),
+            Err(_) => Outcome::Silent,
+        }
+    })
+    .map_err(setup("tcp probe"))
+}
+
+/// A UDP datagram from `ns` to `dst` and its answer.
+pub fn ask_udp(
+    ns: &NetNs,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<Outcome, ConformanceError> {
+    ns.run(move || -> io::Result<Outcome> {
+        let started = Instant::now();
+        let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))?;
+        socket.connect(dst)?;
+        socket.set_read_timeout(Some(timeout))?;
+        socket.send(b"who")?;
+        let mut buf = [0u8; 256];
+        match socket.recv(&mut buf) {
+            Ok(n) => Ok(String::from_utf8_lossy(&buf[..n])
+                .parse()
+                .map(Outcome::Answered)
+                .unwrap_or(Outcome::Silent)),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                Ok(Outcome::Refused(started.elapsed()))
+            }
+            Err(_) => Ok(Outcome::Silent),
+        }
+    })
+    .map_err(setup("udp probe"))?
+    .map_err(setup("udp probe"))
+}
+
+/// A pod's who-am-I servers (TCP and UDP), each on its own thread; stopped
+/// on drop.
+struct WhoAmI {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl WhoAmI {
+    fn start(ns: &NetNs, ip: Ipv4Addr) -> Result<WhoAmI, ConformanceError> {
+        let (tcp, udp) = ns
+            .run(move || -> io::Result<(TcpListener, UdpSocket)> {
+                let tcp = TcpListener::bind(SocketAddr::new(IpAddr::V4(ip), TCP_PORT))?;
+                tcp.set_nonblocking(true)?;
+                let udp = UdpSocket::bind(SocketAddr::new(IpAddr::V4(ip), UDP_PORT))?;
+                udp.set_read_timeout(Some(Duration::from_millis(20)))?;
+                Ok((tcp, udp))
+            })
+            .map_err(setup("who-am-I server"))?
+            .map_err(setup("who-am-I server"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let tcp_thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("svc-whoami-tcp".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match tcp.accept() {
+                            Ok((mut conn, peer)) => {
+                                let local = conn.local_addr().map(|a| a.to_string());
+                                let _ = conn.set_nonblocking(false);
+                                let _ = writeln!(
+                                    conn,
+                                    "{} {peer}",
+                                    local.unwrap_or_else(|_| "?".into())
+                                );
+                            }
+                            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                        }
+                    }
+                })
+                .map_err(setup("who-am-I thread"))?
+        };
+        let udp_thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("svc-whoami-udp".into())
+                .spawn(move || {
+                    let local = udp
+                        .local_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|_| "?".into());
+                    let mut buf = [0u8; 64];
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                            let _ = udp.send_to(format!("{local} {peer}").as_bytes(), peer);
+                        }
+                    }
+                })
+                .map_err(setup("who-am-I thread"))?
+        };
+        Ok(WhoAmI {
+            stop,
+            threads: vec![tcp_thread, udp_thread],
+        })
+    }
+}
+
+impl Drop for WhoAmI {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The namespaces and servers; removed on drop (the driver first).
+struct Net {
+    driver: Option<DriverThread>,
+    servers: Vec<WhoAmI>,
+    pods: Vec<(String, NetNs)>,
+    external: NetNs,
+    node: NetNs,
+}
+
+impl Net {
+    fn build(prefix: &str) -> Result<Net, ConformanceError> {
+        let node = NetNs::create(&format!("{prefix}-node")).map_err(setup("node namespace"))?;
+        let external =
+            NetNs::create(&format!("{prefix}-ext")).map_err(setup("external namespace"))?;
+        let mut net = Net {
+            driver: None,
+            servers: Vec::new(),
+            pods: Vec::new(),
+            external,
+            node,
+        };
+        create_veth(&net.node, NODE_EXT_IF, &net.external, "eth0")
+            .map_err(setup("external veth"))?;
+        let link = |ns: &NetNs, ifname: &str, ip: Ipv4Addr| -> Result<(), ConformanceError> {
+            let net24 = IpNet::new(IpAddr::V4(ip), 24).map_err(setup("external address"))?;
+            add_address(ns, ifname, net24).map_err(setup("external address"))?;
+            link_up(ns, ifname).map_err(setup("external link"))
+        };
+        link(&net.node, NODE_EXT_IF, NODE_IP)?;
+        link(&net.external, "eth0", EXTERNAL_IP)?;
+        replace_route(
+            &net.external,
+            &Route::to(IpNet::V4(Default::default())).via(IpAddr::V4(NODE_IP)),
+        )
+        .map_err(setup("external default route"))?;
+        // The node's default route leads to the external side, as a
+        // node's leads to its network: a host process resolves a route to
+        // a ClusterIP before the output hook translates it.
+        replace_route(
+            &net.node,
+            &Route::to(IpNet::V4(Default::default())).via(IpAddr::V4(EXTERNAL_IP)),
+        )
+        .map_err(setup("node default route"))?;
+        for (i, (name, ip)) in PODS.iter().enumerate() {
+            let ip = Ipv4Addr::from(*ip);
+            let ns = NetNs::create(&format!("{prefix}-{i}")).map_err(setup("pod namespace"))?;
+            plumb_pod(
+                &net.node,
+                &ns,
+                &workload_interface_name(NAMESPACE, name),
+                "eth0",
+                ip,
+            )
+            .map_err(setup("pod plumbing"))?;
+            net.servers.push(WhoAmI::start(&ns, ip)?);
+            net.pods.push(((*name).to_string(), ns));
+        }
+        Ok(net)
+    }
+
+    fn pod(&self, name: &str) -> Result<&NetNs, ConformanceError> {
+        self.pods
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, ns)| ns)
+            .ok_or_else(|| ConformanceError::Setup(format!("no pod {name}")))
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // The driver stops before its namespace goes; the servers before
+        // theirs.
+        self.driver.take();
+        self.servers.clear();
+    }
+}
+
+/// One checked expectation.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub case: String,
+    pub passed: bool,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// What a run saw.
+#[derive(Debug, Default)]
+pub struct ServiceReport {
+    pub checks: Vec<Check>,
+}
+
+impl ServiceReport {
+    /// A readable table of every check.
+    pub fn table(&self) -> String {
+        self.checks
+            .iter()
+            .map(|c| {
+                format!(
+                    "{:<40} {:<4} {}\n",
+                    c.case,
+                    if c.passed { "ok" } else { "FAIL" },
+                    c.detail
+                )
+            })
+            .collect()
+    }
+
+    fn check(&mut self, case: &str, passed: bool, detail: String) {
+        self.checks.push(Check {
+            case: case.into(),
+            passed,
+            detail,
+        });
+    }
+}
+
+fn sock(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(ip), port)
+}
+
+fn backend_name(addr: IpAddr) -> String {
+    PODS.iter()
+        .find(|(_, ip)| IpAddr::V4(Ipv4Addr::from(*ip)) == addr)
+        .map(|(n, _)| (*n).to_string())
+        .unwrap_or_else(|| addr.to_string())
+}
+
+const WAIT: Duration = Duration::from_secs(2);
+
+/// Builds the topology in namespaces named after
+/// `manul_netns::unique_prefix(tag)` (keep `tag` to 2 characters), starts
+/// the driver `factory` builds in the node namespace, programs
+/// [`service_operations`] and runs every case. `Ok` when every check
+/// passed (the report lists them); otherwise
+/// [`ConformanceError::Mismatch`] with the failed ones (the table is
+/// printed to stderr).
+pub fn run_service_cases(
+    tag: &str,
+    factory: Arc<Factory>,
+) -> Result<ServiceReport, ConformanceError> {
+    let prefix = manul_netns::unique_prefix(tag);
+    let mut net = Net::build(&prefix)?;
+    let driver = DriverThread::start(
+        &net.node,
+        NodeContext {
+            node: prefix.clone(),
+        },
+        factory,
+    )?;
+    driver.apply(service_operations())?;
+    net.driver = Some(driver);
+    let mut report = ServiceReport::default();
+    run_cases(&net, &mut report)?;
+    run_changes(&net, &mut report)?;
+    let failed: Vec<String> = report
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("[{}] {}", c.case, c.detail))
+        .collect();
+    if failed.is_empty() {
+        Ok(report)
+    } else {
+        eprintln!("{}", report.table());
+        Err(ConformanceError::Mismatch(failed))
+    }
+}
+
+fn run_cases(net: &Net, report: &mut ServiceReport) -> Result<(), ConformanceError> {
+    let client = net.pod("client")?;
+    let three: Vec<IpAddr> = ["web-a", "web-b", "web-c"]
+        .iter()
+        .map(|n| IpAddr::V4(pod_ip(n)))
+        .collect();
+
+    // Every backend answers, on its target port.
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    let mut wrong_port = Vec::new();
+    let mut silent = 0;
+    for _ in 0..CONNECTIONS {
+        match ask_tcp(client, sock(WEB_IP, SERVICE_PORT), WAIT)?.answer() {
+            Some(a) => {
+                *seen.entry(backend_name(a.backend.ip())).or_default() += 1;
+                if a.backend.port() != TCP_PORT || !three.contains(&a.backend.ip()) {
+                    wrong_port.push(a.backend.to_string());
+                }
+            }
+            None => silent += 1,
+        }
+    }
+    report.check(
+        "cluster-ip: every backend answers",
+        seen.len() == 3 && silent == 0,
+        format!("answers per backend {seen:?}, {silent} unanswered"),
+    );
+    report.check(
+        "cluster-ip: targetPort",
+        wrong_port.is_empty() && !seen.is_empty(),
+        format!("answers not from a backend's port {TCP_PORT}: {wrong_port:?}"),
+    );
+
+    let udp = ask_udp(client, sock(WEB_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "cluster-ip: udp on the same port",
+        udp.answer()
+            .is_some_and(|a| three.contains(&a.backend.ip()) && a.backend.port() == UDP_PORT),
+        format!("{udp:?}"),
+    );
+
+    // No endpoints: refused at once, not dropped.
+    let tcp = ask_tcp(client, sock(EMPTY_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "no endpoints: tcp refused at once",
+        matches!(tcp, Outcome::Refused(d) if d < REFUSED_WITHIN),
+        format!("{tcp:?}"),
+    );
+    let udp = ask_udp(client, sock(EMPTY_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "no endpoints: udp refused",
+        matches!(udp, Outcome::Refused(d) if d < REFUSED_WITHIN),
+        format!("{udp:?}"),
+    );
+
+    // Hairpin: the only backend reaches its own service.
+    let hairpin = ask_tcp(net.pod("web-a")?, sock(SELF_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "hairpin",
+        hairpin
+            .answer()
+            .is_some_and(|a| a.backend == sock(pod_ip("web-a"), TCP_PORT)),
+        format!("{hairpin:?}"),
+    );
+
+    // The backend's ingress policy judges the client's address and the
+    // real port.
+    let allowed = ask_tcp(client, sock(GUARDED_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "policy sees the client: allowed client",
+        allowed
+            .answer()
+            .is_some_and(|a| a.peer == IpAddr::V4(pod_ip("client"))),
+        format!("{allowed:?}"),
+    );
+    let denied = ask_tcp(net.pod("other")?, sock(GUARDED_IP, SERVICE_PORT), SILENCE)?;
+    report.check(
+        "policy sees the client: other client denied",
+        denied == Outcome::Silent,
+        format!("{denied:?}"),
+    );
+
+    // Session affinity: one backend per client.
+    for name in ["client", "other"] {
+        let ns = net.pod(name)?;
+        let mut backends = std::collections::BTreeSet::new();
+        let mut silent = 0;
+        for _ in 0..12 {
+            match ask_tcp(ns, sock(STICKY_IP, SERVICE_PORT), WAIT)?.answer() {
+                Some(a) => {
+                    backends.insert(backend_name(a.backend.ip()));
+                }
+                None => silent += 1,
+            }
+        }
+        report.check(
+            &format!("session affinity ({name})"),
+            backends.len() == 1 && silent == 0,
+            format!("backends {backends:?}, {silent} unanswered"),
+        );
+    }
+
+    // Node ports from outside the node.
+    let cluster = ask_tcp(&net.external, sock(NODE_IP, WEB_NODE_PORT), WAIT)?;
+    report.check(
+        "node port, Cluster: masqueraded",
+        cluster
+            .answer()
+            .is_some_and(|a| three.contains(&a.backend.ip()) && a.peer != IpAddr::V4(EXTERNAL_IP)),
+        format!("{cluster:?}"),
+    );
+    let local = ask_tcp(&net.external, sock(NODE_IP, LOCAL_NODE_PORT), WAIT)?;
+    report.check(
+        "node port, Local: the client's address",
+        local.answer().is_some_and(|a| {
+            a.backend == sock(pod_ip("web-b"), TCP_PORT) && a.peer == IpAddr::V4(EXTERNAL_IP)
+        }),
+        format!("{local:?}"),
+    );
+
+    // Host processes: DNAT on the output hook.
+    let from_node = ask_tcp(&net.node, sock(WEB_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "host process: cluster IP",
+        from_node
+            .answer()
+            .is_some_and(|a| three.contains(&a.backend.ip())),
+        format!("{from_node:?}"),
+    );
+    let own_port = ask_tcp(&net.node, sock(NODE_IP, WEB_NODE_PORT), WAIT)?;
+    report.check(
+        "host process: its own node port",
+        own_port
+            .answer()
+            .is_some_and(|a| three.contains(&a.backend.ip())),
+        format!("{own_port:?}"),
+    );
+    let refused = ask_tcp(&net.node, sock(EMPTY_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "host process: no endpoints refused at once",
+        matches!(refused, Outcome::Refused(d) if d < REFUSED_WITHIN),
+        format!("{refused:?}"),
+    );
+
+    // Load-balancer source ranges.
+    let inside = ask_tcp(&net.external, sock(LB_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "load-balancer source ranges: in range",
+        inside
+            .answer()
+            .is_some_and(|a| a.backend == sock(pod_ip("web-b"), TCP_PORT)),
+        format!("{inside:?}"),
+    );
+    let outside = ask_tcp(client, sock(LB_IP, SERVICE_PORT), SILENCE)?;
+    report.check(
+        "load-balancer source ranges: out of range dropped",
+        outside == Outcome::Silent,
+        format!("{outside:?}"),
+    );
+    Ok(())
+}
+
+/// Every backend that answers `count` connections from `ns` to `dst`, and
+/// how many went unanswered.
+fn backends_reached(
+    ns: &NetNs,
+    dst: SocketAddr,
+    count: usize,
+) -> Result<(std::collections::BTreeSet<String>, usize), ConformanceError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut silent = 0;
+    for _ in 0..count {
+        match ask_tcp(ns, dst, WAIT)?.answer() {
+            Some(a) => {
+                seen.insert(backend_name(a.backend.ip()));
+            }
+            None => silent += 1,
+        }
+    }
+    Ok((seen, silent))
+}
+
+/// Changes after the first programming: a service's backends change and
+/// another service goes (incremental updates), then the driver restarts
+/// and gets the whole state again (a resync).
+fn run_changes(net: &Net, report: &mut ServiceReport) -> Result<(), ConformanceError> {
+    let driver = net
+        .driver
+        .as_ref()
+        .ok_or_else(|| ConformanceError::Setup("no driver".into()))?;
+    let client = net.pod("client")?;
+    let mut web = services()
+        .into_iter()
+        .find(|s| s.name == "web")
+        .ok_or_else(|| ConformanceError::Setup("no web service".into()))?;
+    for p in &mut web.ports {
+        let target = if p.protocol == 17 { UDP_PORT } else { TCP_PORT };
+        p.backends = vec![backend("web-c", target)];
+        p.local_backends = p.backends.clone();
+    }
+    driver.apply(vec![
+        Operation::ServiceUpdate(web),
+        Operation::ServiceRemove {
+            namespace: NAMESPACE.into(),
+            name: "self".into(),
+        },
+    ])?;
+    let (seen, silent) = backends_reached(client, sock(WEB_IP, SERVICE_PORT), 12)?;
+    report.check(
+        "update: only the remaining backend answers",
+        seen.len() == 1 && seen.contains("web-c") && silent == 0,
+        format!("backends {seen:?}, {silent} unanswered"),
+    );
+    let removed = ask_tcp(net.pod("web-a")?, sock(SELF_IP, SERVICE_PORT), SILENCE)?;
+    report.check(
+        "remove: a removed service is not served",
+        removed.answer().is_none(),
+        format!("{removed:?}"),
+    );
+
+    driver.restart()?;
+    driver.apply(service_operations())?;
+    let (seen, silent) = backends_reached(client, sock(WEB_IP, SERVICE_PORT), CONNECTIONS)?;
+    report.check(
+        "resync: every backend answers again",
+        seen.len() == 3 && silent == 0,
+        format!("backends {seen:?}, {silent} unanswered"),
+    );
+    let back = ask_tcp(net.pod("web-a")?, sock(SELF_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "resync: the removed service is back",
+        back.answer()
+            .is_some_and(|a| a.backend == sock(pod_ip("web-a"), TCP_PORT)),
+        format!("{back:?}"),
+    );
+    let empty = ask_tcp(client, sock(EMPTY_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "resync: no endpoints still refused at once",
+        matches!(empty, Outcome::Refused(d) if d < REFUSED_WITHIN),
+        format!("{empty:?}"),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_follow_the_contract() {
+        use manul_dataplane_api::{Driver as _, NullDriver};
+        let mut null = NullDriver::new();
+        null.apply(&service_operations()).expect("contract");
+        assert_eq!(null.state().services.len(), services().len());
+        let empty = &null.state().services[&(NAMESPACE.to_string(), "empty".to_string())];
+        assert!(empty.ports.iter().all(|p| p.backends.is_empty()));
+    }
+
+    #[test]
+    fn answers_parse() {
+        let a: Answer = "10.67.0.20:8080 10.67.0.10:40000".parse().expect("parse");
+        assert_eq!(a.backend, sock(Ipv4Addr::new(10, 67, 0, 20), 8080));
+        assert_eq!(a.peer, IpAddr::V4(Ipv4Addr::new(10, 67, 0, 10)));
+        assert!("garbage".parse::<Answer>().is_err());
+    }
+}

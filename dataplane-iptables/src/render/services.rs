@@ -1,0 +1,616 @@
+//! Services: kube-proxy's nftables mode, in Manul's table.
+//!
+//! Per address family (`4`/`6`):
+//!
+//! - verdict maps keyed by `daddr . l4proto . dport`: `mnl-svc-ips4` sends
+//!   a cluster IP to its port's backend chain (`mnl-svc4-`, or `mnl-svl4-`
+//!   under `internalTrafficPolicy: Local`), an external or load-balancer IP
+//!   to its port's external chain (`mnl-ext4-`); `mnl-svc-nodeports4`,
+//!   keyed by `l4proto . dport`, does the same for node ports when the
+//!   destination is one of the node's addresses (`fib daddr type local`,
+//!   not loopback);
+//! - a backend chain picks a backend (`numgen random mod N vmap`), after
+//!   the session-affinity sets (`mnl-aff4-`, one per backend, `timeout`)
+//!   when the service has affinity (named with their timeout); each
+//!   backend's chain (`mnl-sep4-`)
+//!   marks hairpin traffic (source == the backend) for masquerade, records
+//!   the client in its affinity set, and DNATs;
+//! - an external chain marks traffic for masquerade under
+//!   `externalTrafficPolicy: Cluster` (so replies return through this
+//!   node) and goes to the backend chain; under `Local` it keeps the
+//!   client's address and goes to the local backends, except for traffic
+//!   from pods (workload interfaces: to the cluster backends, unmasked) and
+//!   from the node itself (masqueraded, to the cluster backends), as
+//!   kube-proxy does;
+//! - traffic to a cluster IP that did not come from a pod is masqueraded
+//!   (kube-proxy's local-traffic detection by interface prefix);
+//! - `mnl-noep-ips4` and `mnl-noep-nodeports4`: a port whose backends for
+//!   that traffic are none is rejected at once (TCP reset, ICMP port
+//!   unreachable), in filter chains before DNAT;
+//! - `mnl-svc-fw4`: a load-balancer IP with source ranges jumps to its
+//!   service's firewall chain (`mnl-fw4-`), which drops other sources.
+//!
+//! The fixed chains (`mnl-services`, `mnl-svc-filter`, the masquerade
+//! chains, the reject chain) are the same for every state; the base chains
+//! in `render::base_chains` jump to them. Policy runs at the filter
+//! priority on forward, input and output, after DNAT at `dstnat`, so a
+//! backend's ingress policy sees the client's address (or the node's, when
+//! masqueraded) and the backend's real port; masquerading happens in
+//! postrouting, after policy.
+//!
+//! A service's families are those of its cluster IPs (and external and
+//! load-balancer addresses): a single-stack service gets no node port in
+//! the other family. Ports of protocols other than TCP, UDP and SCTP are
+//! not rendered. When two services claim the same address, protocol and
+//! port (or node port), the first in namespace/name order has it, so a
+//! conflict never fails the transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use manul_dataplane_api::{Backend, DesiredState, Service, ServicePort, TrafficPolicy};
+
+use super::{NftConfig, Rules, SetDef, with_comment, with_id};
+use crate::names::{self, MARK_MASQ, ServiceObject};
+
+/// The fixed chains.
+pub const SERVICES: &str = "mnl-services";
+pub const SERVICES_FILTER: &str = "mnl-svc-filter";
+pub const MARK_FOR_MASQ: &str = "mnl-mark-masq";
+pub const MASQ_NON_POD: &str = "mnl-masq-non-pod";
+pub const MASQUERADING: &str = "mnl-masquerading";
+pub const REJECT: &str = "mnl-svc-reject";
+
+/// An address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fam {
+    v6: bool,
+}
+
+impl Fam {
+    const BOTH: [Fam; 2] = [Fam { v6: false }, Fam { v6: true }];
+    fn of(ip: &IpAddr) -> Fam {
+        Fam { v6: ip.is_ipv6() }
+    }
+    fn kw(self) -> &'static str {
+        if self.v6 { "ip6" } else { "ip" }
+    }
+    fn n(self) -> char {
+        if self.v6 { '6' } else { '4' }
+    }
+    fn addr_type(self) -> &'static str {
+        if self.v6 { "ipv6_addr" } else { "ipv4_addr" }
+    }
+    fn map(self, what: &str) -> String {
+        format!("mnl-{what}{}", self.n())
+    }
+}
+
+/// The verdict maps, per family: `svc-ips`, `svc-nodeports`, `noep-ips`,
+/// `noep-nodeports`, `svc-fw`.
+const TRIPLE_MAPS: [&str; 3] = ["svc-ips", "noep-ips", "svc-fw"];
+const PORT_MAPS: [&str; 2] = ["svc-nodeports", "noep-nodeports"];
+
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        132 => "sctp".into(),
+        other => other.to_string(),
+    }
+}
+
+fn fmt_ip(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    }
+}
+
+/// The fixed regular chains, for `config`.
+pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
+    let mut out = BTreeMap::new();
+    let mut services = Vec::new();
+    let mut filter = Vec::new();
+    for f in Fam::BOTH {
+        let kw = f.kw();
+        let lo = if f.v6 { "::1" } else { "127.0.0.0/8" };
+        services.push(format!(
+            "{kw} daddr . meta l4proto . th dport vmap @{}",
+            f.map("svc-ips")
+        ));
+        services.push(format!(
+            "fib daddr type local {kw} daddr != {lo} meta l4proto . th dport vmap @{}",
+            f.map("svc-nodeports")
+        ));
+        filter.push(format!(
+            "{kw} daddr . meta l4proto . th dport vmap @{}",
+            f.map("svc-fw")
+        ));
+        filter.push(format!(
+            "{kw} daddr . meta l4proto . th dport vmap @{}",
+            f.map("noep-ips")
+        ));
+        filter.push(format!(
+            "fib daddr type local {kw} daddr != {lo} meta l4proto . th dport vmap @{}",
+            f.map("noep-nodeports")
+        ));
+    }
+    let rules = |chain: &str, texts: Vec<String>| -> Rules {
+        texts.iter().map(|t| with_comment(chain, t)).collect()
+    };
+    out.insert(SERVICES.to_string(), rules(SERVICES, services));
+    out.insert(SERVICES_FILTER.to_string(), rules(SERVICES_FILTER, filter));
+    out.insert(
+        MARK_FOR_MASQ.to_string(),
+        rules(
+            MARK_FOR_MASQ,
+            vec![format!("meta mark set meta mark | {MARK_MASQ:#010x}")],
+        ),
+    );
+    let mut non_pod: Vec<String> = config
+        .workload_prefixes
+        .iter()
+        .map(|p| format!("iifname \"{p}*\" return"))
+        .collect();
+    non_pod.push(format!("goto {MARK_FOR_MASQ}"));
+    out.insert(MASQ_NON_POD.to_string(), rules(MASQ_NON_POD, non_pod));
+    out.insert(
+        MASQUERADING.to_string(),
+        rules(
+            MASQUERADING,
+            vec![
+                format!("meta mark & {MARK_MASQ:#010x} == 0 return"),
+                format!("meta mark set meta mark & {:#010x}", !MARK_MASQ),
+                "masquerade fully-random".to_string(),
+            ],
+        ),
+    );
+    out.insert(
+        REJECT.to_string(),
+        rules(
+            REJECT,
+            vec![
+                "meta l4proto tcp reject with tcp reset".to_string(),
+                "reject".to_string(),
+            ],
+        ),
+    );
+    out
+}
+
+/// The empty verdict maps.
+pub(super) fn empty_maps() -> BTreeMap<String, SetDef> {
+    let mut out = BTreeMap::new();
+    for f in Fam::BOTH {
+        for m in TRIPLE_MAPS {
+            out.insert(
+                f.map(m),
+                SetDef {
+                    type_: if f.v6 {
+                        "ipv6_addr . inet_proto . inet_service : verdict"
+                    } else {
+                        "ipv4_addr . inet_proto . inet_service : verdict"
+                    },
+                    interval: false,
+                    timeout: None,
+                    comment: String::new(),
+                    elements: BTreeSet::new(),
+                },
+            );
+        }
+        for m in PORT_MAPS {
+            out.insert(
+                f.map(m),
+                SetDef {
+                    type_: "inet_proto . inet_service : verdict",
+                    interval: false,
+                    timeout: None,
+                    comment: String::new(),
+                    elements: BTreeSet::new(),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Adds `entry` (`KEY : VERDICT`) to `map` unless the map has that key
+/// already: two services claiming one address and port (external IPs are
+/// not checked for uniqueness by Kubernetes) must not make the whole
+/// transaction fail; the first service in key order keeps it.
+fn add(sets: &mut BTreeMap<String, SetDef>, map: &str, entry: String) {
+    let Some(def) = sets.get_mut(map) else {
+        return;
+    };
+    let key = entry.split(" : ").next().unwrap_or_default();
+    let prefix = format!("{key} : ");
+    let taken = def
+        .elements
+        .range(prefix.clone()..)
+        .next()
+        .is_some_and(|e| e.starts_with(&prefix));
+    if !taken {
+        def.elements.insert(entry);
+    }
+}
+
+/// The protocols a service port can be translated for (DNAT to a port
+/// needs a transport header nft knows).
+fn translatable(protocol: u8) -> bool {
+    matches!(protocol, 6 | 17 | 132)
+}
+
+/// Renders every service into `chains` and `sets` (which already hold the
+/// empty maps of [`empty_maps`]).
+pub(super) fn render(
+    state: &DesiredState,
+    config: &NftConfig,
+    chains: &mut BTreeMap<String, Rules>,
+    sets: &mut BTreeMap<String, SetDef>,
+) {
+    for svc in state.services.values() {
+        let families: BTreeSet<bool> = svc
+            .cluster_ips
+            .iter()
+            .chain(svc.external_addresses())
+            .map(IpAddr::is_ipv6)
+            .collect();
+        for v6 in families {
+            let f = Fam { v6 };
+            firewall(svc, f, chains, sets);
+            for port in svc.ports.iter().filter(|p| translatable(p.protocol)) {
+                service_port(svc, port, f, config, chains, sets);
+            }
+        }
+    }
+}
+
+/// A load-balancer IP's source ranges: a chain that drops other sources,
+/// and the map entries that reach it.
+fn firewall(
+    svc: &Service,
+    f: Fam,
+    chains: &mut BTreeMap<String, Rules>,
+    sets: &mut BTreeMap<String, SetDef>,
+) {
+    let lb: Vec<&IpAddr> = svc
+        .load_balancer_ips
+        .iter()
+        .filter(|ip| Fam::of(ip) == f)
+        .collect();
+    if svc.load_balancer_source_ranges.is_empty() || lb.is_empty() {
+        return;
+    }
+    let chain = names::service_object(
+        ServiceObject::Firewall,
+        f.v6,
+        &format!("{}/{}", svc.namespace, svc.name),
+    );
+    let ranges: Vec<IpNet> = svc
+        .load_balancer_source_ranges
+        .iter()
+        .copied()
+        .filter(|n| n.addr().is_ipv6() == f.v6)
+        .collect();
+    let mut rules = Vec::new();
+    if !ranges.is_empty() {
+        let list: Vec<String> = IpNet::aggregate(&ranges)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        rules.push(with_id(
+            &chain,
+            "source in loadBalancerSourceRanges",
+            &format!("{} saddr {{ {} }} return", f.kw(), list.join(", ")),
+        ));
+    }
+    rules.push(with_id(
+        &chain,
+        "source not in loadBalancerSourceRanges",
+        "drop",
+    ));
+    chains.insert(chain.clone(), rules);
+    for ip in lb {
+        for port in svc.ports.iter().filter(|p| translatable(p.protocol)) {
+            add(
+                sets,
+                &f.map("svc-fw"),
+                format!("{} . {} . {} : jump {chain}", ip, port.protocol, port.port),
+            );
+        }
+    }
+}
+
+fn port_body(svc: &Service, port: &ServicePort) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        svc.namespace,
+        svc.name,
+        proto_name(port.protocol),
+        port.port
+    )
+}
+
+fn of_family(backends: &[Backend], f: Fam) -> Vec<Backend> {
+    backends
+        .iter()
+        .copied()
+        .filter(|b| Fam::of(&b.ip) == f)
+        .collect()
+}
+
+/// One service port in one family: its chains and map entries.
+fn service_port(
+    svc: &Service,
+    port: &ServicePort,
+    f: Fam,
+    config: &NftConfig,
+    chains: &mut BTreeMap<String, Rules>,
+    sets: &mut BTreeMap<String, SetDef>,
+) {
+    let body = port_body(svc, port);
+    let cluster = of_family(&port.backends, f);
+    let local = of_family(&port.local_backends, f);
+    let cluster_ips: Vec<&IpAddr> = svc
+        .cluster_ips
+        .iter()
+        .filter(|ip| Fam::of(ip) == f)
+        .collect();
+    let external: Vec<&IpAddr> = svc
+        .external_addresses()
+        .filter(|ip| Fam::of(ip) == f)
+        .collect();
+    let internal_local = svc.internal_traffic == TrafficPolicy::Local;
+    let external_local = svc.external_traffic == TrafficPolicy::Local;
+    let key = |ip: &IpAddr| format!("{ip} . {} . {}", port.protocol, port.port);
+    let reject = format!("goto {REJECT}");
+
+    // The backend chains the traffic kinds use.
+    let cluster_chain = names::service_object(ServiceObject::Cluster, f.v6, &body);
+    let local_chain = names::service_object(ServiceObject::Local, f.v6, &body);
+    let internal_ips: &[&IpAddr] = &cluster_ips;
+    let mut need_cluster = false;
+    let mut need_local = false;
+
+    // Cluster IPs.
+    let internal = if internal_local { &local } else { &cluster };
+    for ip in &cluster_ips {
+        if internal.is_empty() {
+            add(sets, &f.map("noep-ips"), format!("{} : {reject}", key(ip)));
+        } else {
+            let target = if internal_local {
+                need_local = true;
+                &local_chain
+            } else {
+                need_cluster = true;
+                &cluster_chain
+            };
+            add(
+                sets,
+                &f.map("svc-ips"),
+                format!("{} : goto {target}", key(ip)),
+            );
+        }
+    }
+
+    // External traffic: external and load-balancer IPs, node ports.
+    let ext_backends = if external_local { &local } else { &cluster };
+    let has_external = !external.is_empty() || port.node_port.is_some();
+    if has_external {
+        let ext_chain = names::service_object(ServiceObject::External, f.v6, &body);
+        let mut used = false;
+        for ip in &external {
+            if ext_backends.is_empty() {
+                add(sets, &f.map("noep-ips"), format!("{} : {reject}", key(ip)));
+            } else {
+                add(
+                    sets,
+                    &f.map("svc-ips"),
+                    format!("{} : goto {ext_chain}", key(ip)),
+                );
+                used = true;
+            }
+        }
+        if let Some(np) = port.node_port {
+            let k = format!("{} . {np}", port.protocol);
+            if ext_backends.is_empty() {
+                add(sets, &f.map("noep-nodeports"), format!("{k} : {reject}"));
+            } else {
+                add(
+                    sets,
+                    &f.map("svc-nodeports"),
+                    format!("{k} : goto {ext_chain}"),
+                );
+                used = true;
+            }
+        }
+        if used {
+            let mut rules = Vec::new();
+            if external_local {
+                // Pods reach the service as they would its cluster IP; the
+                // node itself is masqueraded (its address may not be
+                // routable from a backend elsewhere); others keep their
+                // address and use local backends only.
+                if !cluster.is_empty() {
+                    for p in &config.workload_prefixes {
+                        rules.push(with_id(
+                            &ext_chain,
+                            "pod traffic to the cluster backends",
+                            &format!("iifname \"{p}*\" goto {cluster_chain}"),
+                        ));
+                    }
+                    rules.push(with_id(
+                        &ext_chain,
+                        "node traffic masqueraded",
+                        &format!("fib saddr type local jump {MARK_FOR_MASQ}"),
+                    ));
+                    rules.push(with_id(
+                        &ext_chain,
+                        "node traffic to the cluster backends",
+                        &format!("fib saddr type local goto {cluster_chain}"),
+                    ));
+                    need_cluster = true;
+                }
+                if local.is_empty() {
+                    rules.push(with_id(&ext_chain, "no local backends", &reject));
+                } else {
+                    rules.push(with_id(
+                        &ext_chain,
+                        "externalTrafficPolicy Local",
+                        &format!("goto {local_chain}"),
+                    ));
+                    need_local = true;
+                }
+            } else {
+                rules.push(with_id(
+                    &ext_chain,
+                    "external traffic masqueraded",
+                    &format!("jump {MARK_FOR_MASQ}"),
+                ));
+                rules.push(with_id(
+                    &ext_chain,
+                    "externalTrafficPolicy Cluster",
+                    &format!("goto {cluster_chain}"),
+                ));
+                need_cluster = true;
+            }
+            chains.insert(ext_chain, rules);
+        }
+    }
+
+    let masq_ips = |for_internal: bool| -> Vec<&IpAddr> {
+        if for_internal {
+            internal_ips.to_vec()
+        } else {
+            Vec::new()
+        }
+    };
+    if need_cluster {
+        picker(
+            svc,
+            port,
+            f,
+            &body,
+            &cluster_chain,
+            &cluster,
+            &masq_ips(!internal_local),
+            chains,
+            sets,
+        );
+    }
+    if need_local {
+        picker(
+            svc,
+            port,
+            f,
+            &body,
+            &local_chain,
+            &local,
+            &masq_ips(internal_local),
+            chains,
+            sets,
+        );
+    }
+}
+
+/// A chain picking one of `backends` (non-empty), and each backend's
+/// chain. Traffic to one of `cluster_ips` that did not come from a pod is
+/// marked for masquerade first.
+#[allow(clippy::too_many_arguments)]
+fn picker(
+    svc: &Service,
+    port: &ServicePort,
+    f: Fam,
+    body: &str,
+    chain: &str,
+    backends: &[Backend],
+    cluster_ips: &[&IpAddr],
+    chains: &mut BTreeMap<String, Rules>,
+    sets: &mut BTreeMap<String, SetDef>,
+) {
+    let mut rules = Vec::new();
+    if !cluster_ips.is_empty() {
+        let list: Vec<String> = cluster_ips.iter().map(ToString::to_string).collect();
+        rules.push(with_id(
+            chain,
+            "cluster IP traffic not from a pod masqueraded",
+            &format!(
+                "{} daddr {{ {} }} jump {MASQ_NON_POD}",
+                f.kw(),
+                list.join(", ")
+            ),
+        ));
+    }
+    let mut targets = Vec::new();
+    for b in backends {
+        let bbody = format!("{body}/{}/{}", b.ip, b.port);
+        let sep = names::service_object(ServiceObject::Backend, f.v6, &bbody);
+        let mut brules = vec![with_id(
+            &sep,
+            "hairpin masqueraded",
+            &format!("{} saddr {} jump {MARK_FOR_MASQ}", f.kw(), b.ip),
+        )];
+        if let Some(timeout) = svc.affinity_timeout_seconds {
+            // The timeout is part of the name: a set's timeout cannot
+            // change in place, and a set still named by rules cannot be
+            // deleted, so a new timeout is a new set (the old one goes
+            // once no rule names it).
+            let timeout = timeout.max(1);
+            let aff = names::service_object(
+                ServiceObject::Affinity,
+                f.v6,
+                &format!("{bbody}/{timeout}s"),
+            );
+            rules.push(with_id(
+                chain,
+                "session affinity",
+                &format!("{} saddr @{aff} goto {sep}", f.kw()),
+            ));
+            brules.push(with_id(
+                &sep,
+                "session affinity",
+                &format!("update @{aff} {{ {} saddr }}", f.kw()),
+            ));
+            sets.insert(
+                aff,
+                SetDef {
+                    type_: f.addr_type(),
+                    interval: false,
+                    timeout: Some(timeout),
+                    comment: format!("affinity {bbody}"),
+                    elements: BTreeSet::new(),
+                },
+            );
+        }
+        brules.push(with_id(
+            &sep,
+            "dnat",
+            &format!(
+                "meta l4proto {} dnat {} to {}:{}",
+                proto_name(port.protocol),
+                f.kw(),
+                fmt_ip(&b.ip),
+                b.port
+            ),
+        ));
+        chains.insert(sep.clone(), brules);
+        targets.push(sep);
+    }
+    let arms: Vec<String> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("{i} : goto {t}"))
+        .collect();
+    rules.push(with_id(
+        chain,
+        "pick a backend",
+        &format!(
+            "numgen random mod {} vmap {{ {} }}",
+            targets.len(),
+            arms.join(", ")
+        ),
+    ));
+    chains.insert(chain.to_string(), rules);
+}

@@ -1,0 +1,377 @@
+//! Services: the rendering of a few services (`services.nft` is the golden
+//! whole-table script of [`cluster`]; `MANUL_UPDATE_GOLDEN=1` rewrites it),
+//! the traffic policies, ports without backends, and the incremental
+//! change one service's update makes.
+
+use std::path::PathBuf;
+
+use manul_dataplane_api::testutil::{ip, service};
+use manul_dataplane_api::{Backend, Service, ServicePort, TrafficPolicy};
+
+use super::*;
+use crate::names::ServiceObject;
+
+fn backend(addr: &str, port: u16, local: bool) -> Backend {
+    Backend {
+        ip: ip(addr),
+        port,
+        local,
+    }
+}
+
+/// A dual-stack ClusterIP with a node port, TCP and UDP on port 53, two
+/// backends per family (one of them on another node).
+fn web() -> Service {
+    let mut s = service("prod", "web");
+    s.cluster_ips = vec![ip("10.96.0.10"), ip("fd00:96::10")];
+    let backends = vec![
+        backend("10.65.0.2", 8080, true),
+        backend("10.65.1.3", 8080, false),
+        backend("fd00:65::2", 8080, true),
+    ];
+    let local: Vec<Backend> = backends.iter().copied().filter(|b| b.local).collect();
+    s.ports = vec![
+        ServicePort {
+            name: "dns-tcp".into(),
+            protocol: 6,
+            port: 53,
+            node_port: Some(30053),
+            backends: backends.clone(),
+            local_backends: local.clone(),
+        },
+        ServicePort {
+            name: "dns-udp".into(),
+            protocol: 17,
+            port: 53,
+            node_port: None,
+            backends,
+            local_backends: local,
+        },
+    ];
+    s
+}
+
+/// A LoadBalancer service with `externalTrafficPolicy: Local`, source
+/// ranges, an external IP and session affinity.
+fn edge() -> Service {
+    let mut s = service("prod", "edge");
+    s.cluster_ips = vec![ip("10.96.0.20")];
+    s.external_ips = vec![ip("192.0.2.50")];
+    s.load_balancer_ips = vec![ip("198.51.100.10")];
+    s.load_balancer_source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
+    s.external_traffic = TrafficPolicy::Local;
+    s.affinity_timeout_seconds = Some(10800);
+    s.ports[0].node_port = Some(30443);
+    s.ports[0].port = 443;
+    s.ports[0].backends = vec![
+        backend("10.65.0.7", 8443, true),
+        backend("10.65.1.8", 8443, false),
+    ];
+    s.ports[0].local_backends = vec![backend("10.65.0.7", 8443, true)];
+    s
+}
+
+/// A service whose endpoints are all gone.
+fn gone() -> Service {
+    let mut s = service("prod", "gone");
+    s.cluster_ips = vec![ip("10.96.0.30")];
+    s.ports[0].node_port = Some(30080);
+    s.ports[0].backends.clear();
+    s.ports[0].local_backends.clear();
+    s
+}
+
+fn with(services: &[Service]) -> DesiredState {
+    let mut s = DesiredState::default();
+    for svc in services {
+        s.services
+            .insert((svc.namespace.clone(), svc.name.clone()), svc.clone());
+    }
+    s
+}
+
+fn cluster() -> DesiredState {
+    with(&[web(), edge(), gone()])
+}
+
+fn elements(rs: &Ruleset, map: &str) -> Vec<String> {
+    rs.sets[map].elements.iter().cloned().collect()
+}
+
+fn obj(kind: ServiceObject, v6: bool, body: &str) -> String {
+    names::service_object(kind, v6, body)
+}
+
+#[test]
+fn the_whole_table_matches_the_golden_script() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/render/tests/services.nft");
+    let got = crate::script::full(&render(&cluster()));
+    if std::env::var_os("MANUL_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        got == want,
+        "the rendering differs from {} (MANUL_UPDATE_GOLDEN=1 rewrites it)",
+        path.display()
+    );
+}
+
+#[test]
+fn cluster_ips_and_node_ports_per_family() {
+    let rs = render(&with(&[web()]));
+    let svc4 = obj(ServiceObject::Cluster, false, "prod/web/tcp/53");
+    let svc6 = obj(ServiceObject::Cluster, true, "prod/web/tcp/53");
+    let ext4 = obj(ServiceObject::External, false, "prod/web/tcp/53");
+    let ext6 = obj(ServiceObject::External, true, "prod/web/tcp/53");
+    assert!(elements(&rs, "mnl-svc-ips4").contains(&format!("10.96.0.10 . 6 . 53 : goto {svc4}")));
+    assert!(elements(&rs, "mnl-svc-ips6").contains(&format!("fd00:96::10 . 6 . 53 : goto {svc6}")));
+    assert_eq!(
+        elements(&rs, "mnl-svc-nodeports4"),
+        vec![format!("6 . 30053 : goto {ext4}")]
+    );
+    assert_eq!(
+        elements(&rs, "mnl-svc-nodeports6"),
+        vec![format!("6 . 30053 : goto {ext6}")]
+    );
+    // Two IPv4 backends, one IPv6 one, each with its DNAT chain.
+    let pick4 = rs.chains[&svc4].last().unwrap().text.clone();
+    assert!(pick4.starts_with("numgen random mod 2 vmap"), "{pick4}");
+    let pick6 = rs.chains[&svc6].last().unwrap().text.clone();
+    assert!(pick6.starts_with("numgen random mod 1 vmap"), "{pick6}");
+    let sep6 = obj(
+        ServiceObject::Backend,
+        true,
+        "prod/web/tcp/53/fd00:65::2/8080",
+    );
+    assert_eq!(
+        rs.chains[&sep6]
+            .iter()
+            .map(|r| r.text.as_str())
+            .collect::<Vec<_>>(),
+        vec![
+            "ip6 saddr fd00:65::2 jump mnl-mark-masq",
+            "meta l4proto tcp dnat ip6 to [fd00:65::2]:8080",
+        ]
+    );
+    // Cluster traffic is masqueraded only when it did not come from a pod;
+    // external traffic under the Cluster policy always.
+    assert!(rs.chains[&svc4][0].text.ends_with("jump mnl-masq-non-pod"));
+    assert_eq!(rs.chains[&ext4][0].text, "jump mnl-mark-masq");
+    // A single-stack service has no node port in the other family.
+    let mut v4 = web();
+    v4.cluster_ips.truncate(1);
+    let rs = render(&with(&[v4]));
+    assert!(elements(&rs, "mnl-svc-nodeports6").is_empty());
+    assert!(!rs.chains.contains_key(&svc6));
+}
+
+#[test]
+fn no_backends_is_a_reject_not_a_chain() {
+    let rs = render(&with(&[gone()]));
+    assert_eq!(
+        elements(&rs, "mnl-noep-ips4"),
+        vec!["10.96.0.30 . 6 . 80 : goto mnl-svc-reject".to_string()]
+    );
+    assert_eq!(
+        elements(&rs, "mnl-noep-nodeports4"),
+        vec!["6 . 30080 : goto mnl-svc-reject".to_string()]
+    );
+    assert!(elements(&rs, "mnl-svc-ips4").is_empty());
+    assert!(!rs.chains.keys().any(|c| c.contains("prod/gone")));
+    assert_eq!(
+        rs.chains["mnl-svc-reject"]
+            .iter()
+            .map(|r| r.text.as_str())
+            .collect::<Vec<_>>(),
+        vec!["meta l4proto tcp reject with tcp reset", "reject"]
+    );
+}
+
+#[test]
+fn local_policies_use_local_backends() {
+    let rs = render(&with(&[edge()]));
+    let body = "prod/edge/tcp/443";
+    let ext = obj(ServiceObject::External, false, body);
+    let svc = obj(ServiceObject::Cluster, false, body);
+    let svl = obj(ServiceObject::Local, false, body);
+    let texts: Vec<&str> = rs.chains[&ext].iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        vec![
+            format!("iifname \"mnl*\" goto {svc}").as_str(),
+            "fib saddr type local jump mnl-mark-masq",
+            format!("fib saddr type local goto {svc}").as_str(),
+            format!("goto {svl}").as_str(),
+        ]
+    );
+    assert!(rs.chains[&svl].last().unwrap().text.contains("mod 1 vmap"));
+    // Both the external IP and the load-balancer IP go there.
+    let ips = elements(&rs, "mnl-svc-ips4");
+    for addr in ["192.0.2.50", "198.51.100.10"] {
+        assert!(
+            ips.contains(&format!("{addr} . 6 . 443 : goto {ext}")),
+            "{ips:?}"
+        );
+    }
+    // Source ranges guard the load-balancer IP only.
+    let fw = obj(ServiceObject::Firewall, false, "prod/edge");
+    assert_eq!(
+        elements(&rs, "mnl-svc-fw4"),
+        vec![format!("198.51.100.10 . 6 . 443 : jump {fw}")]
+    );
+    assert_eq!(
+        rs.chains[&fw]
+            .iter()
+            .map(|r| r.text.as_str())
+            .collect::<Vec<_>>(),
+        vec!["ip saddr { 203.0.113.0/24 } return", "drop"]
+    );
+    // No local backend: external traffic is rejected, cluster traffic not.
+    let mut none = edge();
+    none.ports[0].local_backends.clear();
+    let rs = render(&with(&[none.clone()]));
+    assert!(
+        elements(&rs, "mnl-noep-ips4")
+            .contains(&"198.51.100.10 . 6 . 443 : goto mnl-svc-reject".to_string())
+    );
+    assert!(
+        elements(&rs, "mnl-noep-nodeports4")
+            .contains(&"6 . 30443 : goto mnl-svc-reject".to_string())
+    );
+    assert!(elements(&rs, "mnl-svc-ips4").contains(&format!("10.96.0.20 . 6 . 443 : goto {svc}")));
+    // internalTrafficPolicy Local: the cluster IP goes to the local chain.
+    none.internal_traffic = TrafficPolicy::Local;
+    none.ports[0].local_backends = vec![backend("10.65.0.7", 8443, true)];
+    let rs = render(&with(&[none]));
+    assert!(elements(&rs, "mnl-svc-ips4").contains(&format!("10.96.0.20 . 6 . 443 : goto {svl}")));
+    assert!(rs.chains[&svl][0].text.ends_with("jump mnl-masq-non-pod"));
+}
+
+#[test]
+fn affinity_is_a_timeout_set_per_backend() {
+    let rs = render(&with(&[edge()]));
+    let body = "prod/edge/tcp/443/10.65.0.7/8443";
+    let aff = obj(ServiceObject::Affinity, false, &format!("{body}/10800s"));
+    let sep = obj(ServiceObject::Backend, false, body);
+    assert_eq!(rs.sets[&aff].timeout, Some(10800));
+    assert!(rs.sets[&aff].elements.is_empty());
+    let svc = obj(ServiceObject::Cluster, false, "prod/edge/tcp/443");
+    assert!(
+        rs.chains[&svc]
+            .iter()
+            .any(|r| r.text == format!("ip saddr @{aff} goto {sep}"))
+    );
+    assert!(
+        rs.chains[&sep]
+            .iter()
+            .any(|r| r.text == format!("update @{aff} {{ ip saddr }}"))
+    );
+    let script = crate::script::full(&rs);
+    assert!(script.contains(&format!(
+        "add set inet manul {aff} {{ type ipv4_addr; flags dynamic,timeout; timeout 10800s;"
+    )));
+    // The packet path fills it: the refresh does not count its elements.
+    let mut observed = crate::nft::Observed::default();
+    for (name, rules) in &rs.chains {
+        observed.chains.insert(
+            name.clone(),
+            rules.iter().map(|r| r.comment.clone()).collect(),
+        );
+    }
+    for (name, _, rules) in &rs.base {
+        observed.chains.insert(
+            name.to_string(),
+            rules.iter().map(|r| r.comment.clone()).collect(),
+        );
+    }
+    for (name, def) in &rs.sets {
+        observed.sets.insert(name.clone(), def.elements.len());
+    }
+    observed.sets.insert(aff.clone(), 3);
+    assert_eq!(crate::driver::difference(&rs, &observed), None);
+    observed.sets.insert("mnl-svc-ips4".into(), 0);
+    assert!(crate::driver::difference(&rs, &observed).is_some());
+}
+
+#[test]
+fn a_service_update_changes_only_that_service() {
+    let old = render(&cluster());
+    let mut web2 = web();
+    // One backend replaced, one removed.
+    for p in &mut web2.ports {
+        p.backends = vec![
+            backend("10.65.0.9", 8080, true),
+            backend("fd00:65::2", 8080, true),
+        ];
+        p.local_backends = p.backends.clone();
+    }
+    let new = render(&with(&[web2, edge(), gone()]));
+    let script = crate::script::incremental(&old, &new);
+    assert!(!script.is_empty());
+    for line in script.lines() {
+        assert!(line.contains("prod/web/"), "{line}");
+    }
+    assert!(script.contains("10.65.0.9"));
+    assert!(script.contains("delete chain inet manul mnl-sep4-prod/web/tcp/53/10.65.1.3/8080"));
+    // Removing it removes its map entries, chains and nothing else.
+    let new = render(&with(&[edge(), gone()]));
+    let script = crate::script::incremental(&old, &new);
+    for line in script.lines() {
+        assert!(
+            line.contains("prod/web/")
+                || line.contains("10.96.0.10")
+                || line.contains("fd00:96::10")
+                || line.contains("30053"),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn a_new_affinity_timeout_is_a_new_set_removed_after_its_rules() {
+    let old = render(&with(&[edge()]));
+    let mut longer = edge();
+    longer.affinity_timeout_seconds = Some(60);
+    let new = render(&with(&[longer]));
+    let script = crate::script::incremental(&old, &new);
+    let pos = |needle: &str| {
+        script
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing from {script}"))
+    };
+    let body = "prod/edge/tcp/443/10.65.0.7/8443";
+    let old_set = obj(ServiceObject::Affinity, false, &format!("{body}/10800s"));
+    let new_set = obj(ServiceObject::Affinity, false, &format!("{body}/60s"));
+    let sep = obj(ServiceObject::Backend, false, body);
+    assert!(
+        pos(&format!("add set inet manul {new_set} "))
+            < pos(&format!("flush chain inet manul {sep}"))
+    );
+    assert!(
+        pos(&format!("flush chain inet manul {sep}"))
+            < pos(&format!("delete set inet manul {old_set}"))
+    );
+}
+
+#[test]
+fn conflicting_claims_keep_the_first_service() {
+    // Another service claims web's ClusterIP, protocol and port, and its
+    // node port, and has an ICMP port, which is not rendered.
+    let mut twin = web();
+    twin.name = "zz-twin".into();
+    twin.ports[1].protocol = 1;
+    let rs = render(&with(&[web(), twin]));
+    let svc4 = obj(ServiceObject::Cluster, false, "prod/web/tcp/53");
+    let ext4 = obj(ServiceObject::External, false, "prod/web/tcp/53");
+    let ips: Vec<String> = elements(&rs, "mnl-svc-ips4")
+        .into_iter()
+        .filter(|e| e.starts_with("10.96.0.10 . 6 . 53 "))
+        .collect();
+    assert_eq!(ips, vec![format!("10.96.0.10 . 6 . 53 : goto {svc4}")]);
+    assert_eq!(
+        elements(&rs, "mnl-svc-nodeports4"),
+        vec![format!("6 . 30053 : goto {ext4}")]
+    );
+    assert!(!rs.chains.keys().any(|c| c.contains("zz-twin/1/")));
+}

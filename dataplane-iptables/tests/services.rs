@@ -1,0 +1,155 @@
+//! The shared service cases (`manul_dataplane_conformance::services`)
+//! against the iptables (nftables) driver, on the real kernel in network
+//! namespaces the cases create.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use manul_dataplane_api::Driver;
+use manul_dataplane_conformance::driver_thread::chain;
+use manul_dataplane_conformance::services::run_service_cases;
+use manul_dataplane_conformance::{Factory, privileges};
+use manul_dataplane_iptables::{Nft, NftDriver};
+
+#[test]
+fn service_cases() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let factory: Arc<Factory> = Arc::new(|_ctx| {
+        NftDriver::new(Nft::default())
+            .map(|d| Box::new(d) as Box<dyn Driver>)
+            .map_err(|e| chain(&e))
+    });
+    match run_service_cases("sv", factory) {
+        Ok(report) => println!("{}", report.table()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// One service through every kind of change, each written as an
+/// incremental transaction the kernel must accept, with a clean refresh
+/// after each, also when the affinity sets hold clients (the packet path
+/// fills them).
+#[test]
+fn every_kind_of_service_change_is_accepted_by_the_kernel() {
+    use manul_dataplane_api::testutil::{ip, service};
+    use manul_dataplane_api::{Backend, Operation, TrafficPolicy};
+    use manul_dataplane_iptables::Refresh;
+    use manul_netns::NetNs;
+
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let ns = NetNs::create(&manul_netns::unique_prefix("svck")).expect("namespace");
+    ns.run(|| {
+        let mut d = NftDriver::new(Nft::default()).expect("driver");
+        let backend = |a: &str| Backend {
+            ip: ip(a),
+            port: 8080,
+            local: true,
+        };
+        let mut svc = service("prod", "web");
+        svc.cluster_ips = vec![ip("10.96.0.10"), ip("fd00:96::10")];
+        svc.load_balancer_ips = vec![ip("198.51.100.10")];
+        svc.ports[0].node_port = Some(30080);
+        let mut steps = vec![("first", svc.clone())];
+        let mut s = svc.clone();
+        s.ports[0].backends = vec![backend("10.0.0.1"), backend("10.0.0.2"), backend("fd00::2")];
+        s.ports[0].local_backends = s.ports[0].backends.clone();
+        steps.push(("more backends, both families", s.clone()));
+        s.affinity_timeout_seconds = Some(10800);
+        steps.push(("affinity on", s.clone()));
+        s.affinity_timeout_seconds = Some(60);
+        steps.push(("affinity timeout changed", s.clone()));
+        s.load_balancer_source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
+        s.external_traffic = TrafficPolicy::Local;
+        s.internal_traffic = TrafficPolicy::Local;
+        steps.push(("Local policies, source ranges", s.clone()));
+        s.ports[0].local_backends.clear();
+        steps.push(("no local backends", s.clone()));
+        s.ports[0].backends.clear();
+        steps.push(("no backends at all", s.clone()));
+        s.affinity_timeout_seconds = None;
+        s.ports[0].backends = vec![backend("10.0.0.3")];
+        s.ports[0].local_backends = s.ports[0].backends.clone();
+        steps.push(("affinity off, a new backend", s));
+        let mut first = true;
+        for (what, svc) in steps {
+            let mut batch = vec![Operation::ServiceUpdate(svc)];
+            if first {
+                batch.push(Operation::InSync);
+                first = false;
+            }
+            d.apply(&batch)
+                .unwrap_or_else(|e| panic!("{what}: {}", chain(&e)));
+            // What the packet path adds to affinity sets is no drift.
+            let listing = Command::new("nft")
+                .args(["list", "sets", "inet"])
+                .output()
+                .expect("nft list sets");
+            let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+            let mut filled = 0;
+            for set in listing
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("set mnl-aff4-"))
+                .filter_map(|l| l.split_whitespace().next())
+            {
+                let out = Command::new("nft")
+                    .args([
+                        "add",
+                        "element",
+                        "inet",
+                        "manul",
+                        &format!("mnl-aff4-{set}"),
+                        "{ 192.0.2.9 }",
+                    ])
+                    .output()
+                    .expect("nft add element");
+                assert!(out.status.success(), "{what}: {out:?}");
+                filled += 1;
+            }
+            // Affinity with backends to pick from: sets to fill.
+            let with_sets = [
+                "affinity on",
+                "affinity timeout changed",
+                "Local policies, source ranges",
+            ];
+            assert_eq!(
+                filled > 0,
+                with_sets.contains(&what),
+                "{what}: {filled} sets"
+            );
+            assert_eq!(d.refresh().expect("refresh"), Refresh::Clean, "{what}");
+        }
+        // Another service claiming the same address, port and node port
+        // does not fail the transaction.
+        let mut twin = svc.clone();
+        twin.name = "twin".into();
+        d.apply(&[Operation::ServiceUpdate(twin)])
+            .unwrap_or_else(|e| panic!("conflicting service: {}", chain(&e)));
+        assert_eq!(d.refresh().expect("refresh"), Refresh::Clean, "conflict");
+        d.apply(&[Operation::ServiceRemove {
+            namespace: "prod".into(),
+            name: "twin".into(),
+        }])
+        .unwrap_or_else(|e| panic!("remove the twin: {}", chain(&e)));
+        d.apply(&[Operation::ServiceRemove {
+            namespace: "prod".into(),
+            name: "web".into(),
+        }])
+        .unwrap_or_else(|e| panic!("remove: {}", chain(&e)));
+        assert_eq!(
+            d.refresh().expect("refresh"),
+            Refresh::Clean,
+            "after removal"
+        );
+        let stats = d.stats();
+        assert_eq!(stats.repairs, 0);
+        assert!(stats.incremental_writes >= 8, "{stats:?}");
+        d.remove_all().expect("remove the table");
+    })
+    .expect("run in namespace");
+}
