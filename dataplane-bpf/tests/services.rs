@@ -29,7 +29,7 @@ use manul_dataplane_api::{
 use manul_dataplane_bpf::{BpfConfig, BpfDriver};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
 use manul_dataplane_conformance::topology::{Pod, Topology};
-use manul_dataplane_conformance::{Factory, NodeContext, privileges};
+use manul_dataplane_conformance::{ConformanceError, Factory, NodeContext, privileges};
 use manul_netns::{NetNs, ProbeOutcome, open_connection, tcp_connect, udp_probe, unique_prefix};
 
 const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
@@ -530,4 +530,57 @@ fn cluster_ips_with_real_packets() {
         "a removed service still answers"
     );
     drop(driver);
+}
+
+/// The shared cases the eBPF dataplane does not pass yet, and why: it
+/// translates only at workload interfaces (no node ports, nothing for
+/// host processes, whose traffic passes no workload interface), and it
+/// leaves load-balancer addresses with source ranges untranslated rather
+/// than translate them unchecked.
+const NOT_YET: &[&str] = &[
+    "node port, Cluster: masqueraded",
+    "node port, Local: the client's address",
+    "host process: cluster IP",
+    "host process: its own node port",
+    "host process: no endpoints refused at once",
+    "load-balancer source ranges: in range",
+];
+
+/// The shared service cases (`manul_dataplane_conformance::services`)
+/// against the eBPF driver: every case passes but those of [`NOT_YET`].
+#[test]
+fn shared_service_cases() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let nodes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let seen = nodes.clone();
+    let factory: Arc<Factory> = Arc::new(move |ctx: &NodeContext| {
+        seen.lock().unwrap().push(ctx.node.clone());
+        let mut config = BpfConfig::new(&ctx.node);
+        config.pin_root = PathBuf::from(PIN_ROOT);
+        BpfDriver::new(config)
+            .map(|d| Box::new(d) as Box<dyn Driver>)
+            .map_err(|e| chain(&e))
+    });
+    let result = manul_dataplane_conformance::services::run_service_cases("svb", factory);
+    for node in nodes.lock().unwrap().iter() {
+        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
+    }
+    match result {
+        Ok(report) => println!("{}", report.table()),
+        Err(ConformanceError::Mismatch(failed)) => {
+            let unexpected: Vec<&String> = failed
+                .iter()
+                .filter(|f| {
+                    !NOT_YET
+                        .iter()
+                        .any(|case| f.starts_with(&format!("[{case}]")))
+                })
+                .collect();
+            assert!(unexpected.is_empty(), "failed: {unexpected:#?}");
+        }
+        Err(e) => panic!("{e}"),
+    }
 }
