@@ -10,9 +10,13 @@
 //!   number of lookups; [`space`] keeps each table's address prefixes and
 //!   their classes up to date incrementally; [`model`] is the same lookup
 //!   in userspace.
+//! - `services` turns the desired services into frontend and backend map
+//!   entries (a pure plan, then ordered writes); the programs translate a
+//!   pod's connections to a service (IPv4 TCP and UDP) before policy, so
+//!   policy sees the real endpoints.
 //!
 //! It refuses to depend on `felix`: it implements the dataplane contract
-//! only, and a policy change must never need a program load.
+//! only, and a policy or service change must never need a program load.
 
 pub mod abi;
 pub mod bitmap;
