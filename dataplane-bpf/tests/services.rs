@@ -9,7 +9,8 @@
 //! a service without backends refuses at once (TCP and UDP), hairpin,
 //! session affinity, an established connection across backend changes
 //! and its reset when its backend goes, a connected UDP socket moved to
-//! a live backend, a driver restart. Everything (namespaces, pins) is
+//! a live backend, checksums of a datagram that carries a full one, a
+//! driver restart. Everything (namespaces, pins) is
 //! removed at the end, also on failure.
 
 use std::collections::BTreeSet;
@@ -142,6 +143,113 @@ fn ask(s: &UdpSocket) -> Option<Ipv4Addr> {
     let mut buf = [0u8; 64];
     let n = s.recv(&mut buf).ok()?;
     parse_who(std::str::from_utf8(&buf[..n]).ok()?).map(|w| w.0)
+}
+
+/// The Internet checksum (RFC 1071) of `parts` concatenated (each of even
+/// length but the last).
+fn internet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    for part in parts {
+        for pair in part.chunks(2) {
+            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            sum += u32::from(word);
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends one UDP datagram to `frontend:port` from a raw socket in
+/// `client` (its checksum is complete, not left to offload) and captures
+/// it as `backend` receives it: its destination, destination port, and
+/// whether its IP and UDP checksums verify.
+fn full_checksum_datagram(
+    client: &Pod,
+    backend: &Pod,
+    frontend: Ipv4Addr,
+    port: u16,
+) -> Option<(Ipv4Addr, u16, bool, bool)> {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, recv, sendto,
+        setsockopt, socket, sockopt,
+    };
+    use nix::sys::time::TimeVal;
+    use std::os::fd::AsRawFd;
+
+    const SPORT: u16 = 40000;
+    let capture = backend
+        .netns
+        .run(|| {
+            socket(
+                AddressFamily::Packet,
+                SockType::Raw,
+                SockFlag::empty(),
+                SockProtocol::EthAll,
+            )
+        })
+        .unwrap()
+        .unwrap();
+    setsockopt(&capture, sockopt::ReceiveTimeout, &TimeVal::new(0, 200_000)).unwrap();
+    let payload = b"checksum";
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&SPORT.to_be_bytes());
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let pseudo = |src: Ipv4Addr, dst: Ipv4Addr, len: usize| {
+        let mut p = Vec::new();
+        p.extend_from_slice(&src.octets());
+        p.extend_from_slice(&dst.octets());
+        p.extend_from_slice(&[0, 17]);
+        p.extend_from_slice(&(len as u16).to_be_bytes());
+        p
+    };
+    let sum = internet_checksum(&[&pseudo(client.ip, frontend, udp.len()), &udp]);
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    client
+        .netns
+        .run(move || {
+            let s = socket(
+                AddressFamily::Inet,
+                SockType::Raw,
+                SockFlag::empty(),
+                SockProtocol::Udp,
+            )
+            .unwrap();
+            let to = SockaddrIn::from(std::net::SocketAddrV4::new(frontend, 0));
+            sendto(s.as_raw_fd(), &udp, &to, MsgFlags::empty()).unwrap();
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut frame = [0u8; 2048];
+    while Instant::now() < deadline {
+        let Ok(n) = recv(capture.as_raw_fd(), &mut frame, MsgFlags::empty()) else {
+            continue;
+        };
+        let f = &frame[..n];
+        if n < 14 + 20 + 8 || f[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let iph = &f[14..];
+        let ihl = usize::from(iph[0] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([iph[2], iph[3]]));
+        if iph[9] != 17 || iph.len() < total || total < ihl + 8 {
+            continue;
+        }
+        let src = Ipv4Addr::new(iph[12], iph[13], iph[14], iph[15]);
+        let dst = Ipv4Addr::new(iph[16], iph[17], iph[18], iph[19]);
+        let l4 = &iph[ihl..total];
+        if src != client.ip || u16::from_be_bytes([l4[0], l4[1]]) != SPORT {
+            continue;
+        }
+        let ip_ok = internet_checksum(&[&iph[..ihl]]) == 0;
+        let udp_ok = internet_checksum(&[&pseudo(src, dst, l4.len()), l4]) == 0;
+        return Some((dst, u16::from_be_bytes([l4[2], l4[3]]), ip_ok, udp_ok));
+    }
+    None
 }
 
 fn pid(name: &str) -> PolicyId {
@@ -507,6 +615,16 @@ fn cluster_ips_with_real_packets() {
         "udp flow stuck on a removed backend"
     );
     drop(socket);
+
+    // A datagram with a full checksum (as from a NIC, where a local
+    // socket's carries a partial one the kernel trusts) reaches the
+    // backend translated with both checksums right.
+    let seen = full_checksum_datagram(a, backends[1], DNS, 53);
+    assert_eq!(
+        seen,
+        Some((backends[1].ip, WHO_UDP, true, true)),
+        "translated datagram (destination, port, IP checksum, UDP checksum)"
+    );
 
     // A restarted driver keeps translating what the earlier run
     // programmed until it is told the state again.
