@@ -950,13 +950,15 @@ impl Driver for BpfDriver {
         // A refusal marks the record stale itself.
         self.desired.apply(batch)?;
         let result = match self.program(&touched) {
-            Ok(soft) => match soft.into_iter().next() {
-                None => self
-                    .services
-                    .apply(batch, &self.desired.state().services)
-                    .map_err(Into::into),
-                Some(e) => Err(e.into()),
-            },
+            Ok(soft) => {
+                // Services do not depend on endpoints: synced whatever
+                // an endpoint's soft error.
+                let services = self.services.apply(batch, &self.desired.state().services);
+                match soft.into_iter().next() {
+                    None => services.map_err(Into::into),
+                    Some(e) => Err(e.into()),
+                }
+            }
             Err(e) => {
                 let undo = before.undo(self.desired.state());
                 if let Err(u) = self.desired.apply(&undo) {
