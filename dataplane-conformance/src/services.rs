@@ -13,10 +13,12 @@
 //! each answer says which backend took the connection, on which port, and
 //! from which source address it came.
 //!
-//! The driver gets the operations Felix's calculation graph would send
-//! ([`service_operations`]: an allow-all profile, one ingress policy,
-//! the workload endpoints, the [`services`] and `InSync`), then the cases
-//! run, each a check with a name:
+//! The driver gets the operations written directly, as Felix's
+//! calculation graph sends them ([`service_operations`]: an allow-all
+//! profile, one ingress policy, the workload endpoints, the [`services`]
+//! and `InSync`; the backends are already chosen, all on this node), then
+//! the cases run, each a check with a name (a failed one is an error
+//! naming it, [`ConformanceError::Mismatch`]):
 //!
 //! - `cluster-ip: every backend answers`: over [`CONNECTIONS`]
 //!   connections to a ClusterIP with three backends, each one answers;
@@ -27,6 +29,9 @@
 //! - `no endpoints: tcp refused at once` / `udp refused`: a service port
 //!   without backends is refused (RST or ICMP port unreachable) well under
 //!   [`REFUSED_WITHIN`], not left to time out;
+//! - `cluster-ip: unknown port` / `protocol mismatch`: a port, or a
+//!   protocol on a port, the service does not have is refused at once (as
+//!   kube-proxy's nftables mode does);
 //! - `hairpin`: a pod reaching a service it is the only backend of;
 //! - `policy sees the client`: a backend whose ingress policy allows only
 //!   the `client` pod to its real port is reached through the ClusterIP by
@@ -46,7 +51,13 @@
 //!   change, another service goes) and a driver restart with the whole
 //!   state again (`resync`), after which everything answers as before.
 //!
-//! IPv4 only. It refuses to touch anything outside the namespaces it
+//! [`run_dual_stack_cases`] is the IPv6 half, a separate call for drivers
+//! that program IPv6 services: the pods also get IPv6 addresses, and a
+//! service with an IPv4 and an IPv6 ClusterIP is reached over each family
+//! from that family's backends; an IPv6 port without backends is refused
+//! at once; IPv6 hairpin.
+//!
+//! It refuses to touch anything outside the namespaces it
 //! creates; they are removed when the run ends, also on failure. Needs
 //! root.
 //!
@@ -60,7 +71,7 @@
 //! ```
 
 use std::io::{self, ErrorKind, Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,7 +84,7 @@ use manul_dataplane_api::{
 };
 use manul_model::names::workload_interface_name;
 use manul_netns::{
-    IpNet, NetNs, Route, add_address, create_veth, link_up, plumb_pod, replace_route,
+    IpNet, NetNs, Route, add_address, create_veth, link_up, plumb_pod_ips, replace_route,
 };
 
 use crate::{ConformanceError, DriverThread, Factory, NodeContext};
@@ -128,6 +139,31 @@ pub const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 pub const AFFINITY_SECONDS: u32 = 600;
 /// The profile every pod carries (allow all, both ways).
 pub const PROFILE: &str = "svc-allow";
+
+/// A pod's IPv6 address in the dual-stack cases: `fd00:67::N` for IPv4
+/// address `10.67.0.N`.
+pub fn pod_ip6(name: &str) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0xfd00,
+        0x67,
+        0,
+        0,
+        0,
+        0,
+        0,
+        u16::from(pod_ip(name).octets()[3]),
+    )
+}
+
+/// The node's and the external client's IPv6 addresses (dual-stack cases).
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x192, 0, 0, 0, 0, 0, 1);
+pub const EXTERNAL_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x192, 0, 0, 0, 0, 0, 2);
+/// The dual-stack service's ClusterIPs, and IPv6 ClusterIPs without
+/// backends and for hairpin.
+pub const DUAL_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
+pub const DUAL_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x40);
+pub const EMPTY_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x41);
+pub const SELF_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x42);
 
 fn pod_ip(name: &str) -> Ipv4Addr {
     PODS.iter()
@@ -241,6 +277,15 @@ pub fn services() -> Vec<Service> {
 /// Everything the cases program, in contract order, ending with
 /// [`Operation::InSync`].
 pub fn service_operations() -> Vec<Operation> {
+    let mut ops = base_operations(false);
+    ops.extend(services().into_iter().map(Operation::ServiceUpdate));
+    ops.push(Operation::InSync);
+    ops
+}
+
+/// The profile, the policy and the pods' endpoints (with their IPv6
+/// addresses when `dual_stack`).
+fn base_operations(dual_stack: bool) -> Vec<Operation> {
     let mut ops = vec![
         Operation::ProfileUpdate {
             id: PROFILE.into(),
@@ -288,13 +333,57 @@ pub fn service_operations() -> Vec<Operation> {
                 name: (*name).into(),
             },
             interface_name: workload_interface_name(NAMESPACE, name),
-            nets: vec![host(Ipv4Addr::from(*ip))],
+            nets: vec![host(Ipv4Addr::from(*ip))]
+                .into_iter()
+                .chain(dual_stack.then(|| IpNet::from(IpAddr::V6(pod_ip6(name)))))
+                .collect(),
             mac: None,
             tiers,
             profiles: vec![PROFILE.into()],
         }));
     }
-    ops.extend(services().into_iter().map(Operation::ServiceUpdate));
+    ops
+}
+
+/// The dual-stack cases' services: `dual` (an IPv4 and an IPv6
+/// ClusterIP, `web-a` and `web-b` in both families), `empty6` (IPv6, no
+/// backends) and `self6` (IPv6, `web-a` only).
+pub fn dual_stack_services() -> Vec<Service> {
+    let both = |names: &[&str]| -> Vec<Backend> {
+        let mut out: Vec<Backend> = names.iter().map(|n| backend(n, TCP_PORT)).collect();
+        out.extend(names.iter().map(|n| Backend {
+            ip: IpAddr::V6(pod_ip6(n)),
+            port: TCP_PORT,
+            local: true,
+        }));
+        out
+    };
+    let port6 = |backends: Vec<Backend>| ServicePort {
+        name: "http".into(),
+        protocol: 6,
+        port: SERVICE_PORT,
+        node_port: None,
+        local_backends: backends.clone(),
+        backends,
+    };
+    let mut dual = service("dual", DUAL_IP, vec![port6(both(&["web-a", "web-b"]))]);
+    dual.cluster_ips.push(IpAddr::V6(DUAL_IP6));
+    let mut empty = service("empty6", DUAL_IP, vec![port6(vec![])]);
+    empty.cluster_ips = vec![IpAddr::V6(EMPTY_IP6)];
+    let mut hairpin = service("self6", DUAL_IP, vec![port6(both(&["web-a"]))]);
+    hairpin.cluster_ips = vec![IpAddr::V6(SELF_IP6)];
+    vec![dual, empty, hairpin]
+}
+
+/// Everything the dual-stack cases program, ending with
+/// [`Operation::InSync`].
+pub fn dual_stack_operations() -> Vec<Operation> {
+    let mut ops = base_operations(true);
+    ops.extend(
+        dual_stack_services()
+            .into_iter()
+            .map(Operation::ServiceUpdate),
+    );
     ops.push(Operation::InSync);
     ops
 }
@@ -387,7 +476,12 @@ pub fn ask_udp(
 ) -> Result<Outcome, ConformanceError> {
     ns.run(move || -> io::Result<Outcome> {
         let started = Instant::now();
-        let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))?;
+        let any = if dst.is_ipv6() {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
         socket.connect(dst)?;
         socket.set_read_timeout(Some(timeout))?;
         socket.send(b"who")?;
@@ -415,12 +509,12 @@ struct WhoAmI {
 }
 
 impl WhoAmI {
-    fn start(ns: &NetNs, ip: Ipv4Addr) -> Result<WhoAmI, ConformanceError> {
+    fn start(ns: &NetNs, ip: IpAddr) -> Result<WhoAmI, ConformanceError> {
         let (tcp, udp) = ns
             .run(move || -> io::Result<(TcpListener, UdpSocket)> {
-                let tcp = TcpListener::bind(SocketAddr::new(IpAddr::V4(ip), TCP_PORT))?;
+                let tcp = TcpListener::bind(SocketAddr::new(ip, TCP_PORT))?;
                 tcp.set_nonblocking(true)?;
-                let udp = UdpSocket::bind(SocketAddr::new(IpAddr::V4(ip), UDP_PORT))?;
+                let udp = UdpSocket::bind(SocketAddr::new(ip, UDP_PORT))?;
                 udp.set_read_timeout(Some(Duration::from_millis(20)))?;
                 Ok((tcp, udp))
             })
@@ -493,7 +587,9 @@ struct Net {
 }
 
 impl Net {
-    fn build(prefix: &str) -> Result<Net, ConformanceError> {
+    /// The topology; with `dual_stack`, every pod, the node's external
+    /// link and the external client also get IPv6 addresses.
+    fn build(prefix: &str, dual_stack: bool) -> Result<Net, ConformanceError> {
         let node = NetNs::create(&format!("{prefix}-node")).map_err(setup("node namespace"))?;
         let external =
             NetNs::create(&format!("{prefix}-ext")).map_err(setup("external namespace"))?;
@@ -526,18 +622,39 @@ impl Net {
             &Route::to(IpNet::V4(Default::default())).via(IpAddr::V4(EXTERNAL_IP)),
         )
         .map_err(setup("node default route"))?;
+        if dual_stack {
+            for (ns, ifname, ip, via) in [
+                (&net.node, NODE_EXT_IF, NODE_IP6, EXTERNAL_IP6),
+                (&net.external, "eth0", EXTERNAL_IP6, NODE_IP6),
+            ] {
+                ns.set_sysctl(&format!("net.ipv6.conf.{ifname}.accept_dad"), "0")
+                    .map_err(setup("external IPv6"))?;
+                let net64 = IpNet::new(IpAddr::V6(ip), 64).map_err(setup("external IPv6"))?;
+                add_address(ns, ifname, net64).map_err(setup("external IPv6"))?;
+                replace_route(
+                    ns,
+                    &Route::to(IpNet::V6(Default::default())).via(IpAddr::V6(via)),
+                )
+                .map_err(setup("IPv6 default route"))?;
+            }
+        }
         for (i, (name, ip)) in PODS.iter().enumerate() {
-            let ip = Ipv4Addr::from(*ip);
+            let mut ips = vec![IpAddr::V4(Ipv4Addr::from(*ip))];
+            if dual_stack {
+                ips.push(IpAddr::V6(pod_ip6(name)));
+            }
             let ns = NetNs::create(&format!("{prefix}-{i}")).map_err(setup("pod namespace"))?;
-            plumb_pod(
+            plumb_pod_ips(
                 &net.node,
                 &ns,
                 &workload_interface_name(NAMESPACE, name),
                 "eth0",
-                ip,
+                &ips,
             )
             .map_err(setup("pod plumbing"))?;
-            net.servers.push(WhoAmI::start(&ns, ip)?);
+            for ip in ips {
+                net.servers.push(WhoAmI::start(&ns, ip)?);
+            }
             net.pods.push(((*name).to_string(), ns));
         }
         Ok(net)
@@ -607,7 +724,9 @@ fn sock(ip: Ipv4Addr, port: u16) -> SocketAddr {
 
 fn backend_name(addr: IpAddr) -> String {
     PODS.iter()
-        .find(|(_, ip)| IpAddr::V4(Ipv4Addr::from(*ip)) == addr)
+        .find(|(name, ip)| {
+            IpAddr::V4(Ipv4Addr::from(*ip)) == addr || IpAddr::V6(pod_ip6(name)) == addr
+        })
         .map(|(n, _)| (*n).to_string())
         .unwrap_or_else(|| addr.to_string())
 }
@@ -626,7 +745,7 @@ pub fn run_service_cases(
     factory: Arc<Factory>,
 ) -> Result<ServiceReport, ConformanceError> {
     let prefix = manul_netns::unique_prefix(tag);
-    let mut net = Net::build(&prefix)?;
+    let mut net = Net::build(&prefix, false)?;
     let driver = DriverThread::start(
         &net.node,
         NodeContext {
@@ -639,18 +758,7 @@ pub fn run_service_cases(
     let mut report = ServiceReport::default();
     run_cases(&net, &mut report)?;
     run_changes(&net, &mut report)?;
-    let failed: Vec<String> = report
-        .checks
-        .iter()
-        .filter(|c| !c.passed)
-        .map(|c| format!("[{}] {}", c.case, c.detail))
-        .collect();
-    if failed.is_empty() {
-        Ok(report)
-    } else {
-        eprintln!("{}", report.table());
-        Err(ConformanceError::Mismatch(failed))
-    }
+    finish(report)
 }
 
 fn run_cases(net: &Net, report: &mut ServiceReport) -> Result<(), ConformanceError> {
@@ -706,6 +814,20 @@ fn run_cases(net: &Net, report: &mut ServiceReport) -> Result<(), ConformanceErr
         "no endpoints: udp refused",
         matches!(udp, Outcome::Refused(d) if d < REFUSED_WITHIN),
         format!("{udp:?}"),
+    );
+
+    // A port or protocol the service does not have: refused at once.
+    let unknown = ask_tcp(client, sock(STICKY_IP, SERVICE_PORT + 1), WAIT)?;
+    report.check(
+        "cluster-ip: unknown port refused at once",
+        matches!(unknown, Outcome::Refused(d) if d < REFUSED_WITHIN),
+        format!("{unknown:?}"),
+    );
+    let mismatch = ask_udp(client, sock(STICKY_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "cluster-ip: protocol mismatch refused",
+        matches!(mismatch, Outcome::Refused(d) if d < REFUSED_WITHIN),
+        format!("{mismatch:?}"),
     );
 
     // Hairpin: the only backend reaches its own service.
@@ -815,6 +937,106 @@ fn run_cases(net: &Net, report: &mut ServiceReport) -> Result<(), ConformanceErr
     Ok(())
 }
 
+/// The dual-stack cases, in their own namespaces (pods with an IPv4 and
+/// an IPv6 address): a service with an IPv4 and an IPv6 ClusterIP is
+/// reached over each family from that family's backends, every backend
+/// answering and seeing the client's own address; an IPv6 port without
+/// backends is refused at once; IPv6 hairpin. A separate call from
+/// [`run_service_cases`], for drivers that program IPv6 services.
+pub fn run_dual_stack_cases(
+    tag: &str,
+    factory: Arc<Factory>,
+) -> Result<ServiceReport, ConformanceError> {
+    let prefix = manul_netns::unique_prefix(tag);
+    let mut net = Net::build(&prefix, true)?;
+    let driver = DriverThread::start(
+        &net.node,
+        NodeContext {
+            node: prefix.clone(),
+        },
+        factory,
+    )?;
+    driver.apply(dual_stack_operations())?;
+    net.driver = Some(driver);
+    let mut report = ServiceReport::default();
+    let client = net.pod("client")?;
+    for (family, dst, client_ip, backends) in [
+        (
+            "IPv4",
+            SocketAddr::new(IpAddr::V4(DUAL_IP), SERVICE_PORT),
+            IpAddr::V4(pod_ip("client")),
+            [IpAddr::V4(pod_ip("web-a")), IpAddr::V4(pod_ip("web-b"))],
+        ),
+        (
+            "IPv6",
+            SocketAddr::new(IpAddr::V6(DUAL_IP6), SERVICE_PORT),
+            IpAddr::V6(pod_ip6("client")),
+            [IpAddr::V6(pod_ip6("web-a")), IpAddr::V6(pod_ip6("web-b"))],
+        ),
+    ] {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut wrong = Vec::new();
+        let mut silent = 0;
+        for _ in 0..20 {
+            match ask_tcp(client, dst, WAIT)?.answer() {
+                Some(a) => {
+                    seen.insert(a.backend.ip());
+                    if !backends.contains(&a.backend.ip())
+                        || a.backend.port() != TCP_PORT
+                        || a.peer != client_ip
+                    {
+                        wrong.push(a);
+                    }
+                }
+                None => silent += 1,
+            }
+        }
+        report.check(
+            &format!("dual stack: {family} ClusterIP"),
+            seen.len() == 2 && wrong.is_empty() && silent == 0,
+            format!("backends {seen:?}, unexpected {wrong:?}, {silent} unanswered"),
+        );
+    }
+    let empty = ask_tcp(
+        client,
+        SocketAddr::new(IpAddr::V6(EMPTY_IP6), SERVICE_PORT),
+        WAIT,
+    )?;
+    report.check(
+        "dual stack: IPv6 no endpoints refused at once",
+        matches!(empty, Outcome::Refused(d) if d < REFUSED_WITHIN),
+        format!("{empty:?}"),
+    );
+    let hairpin = ask_tcp(
+        net.pod("web-a")?,
+        SocketAddr::new(IpAddr::V6(SELF_IP6), SERVICE_PORT),
+        WAIT,
+    )?;
+    report.check(
+        "dual stack: IPv6 hairpin",
+        hairpin
+            .answer()
+            .is_some_and(|a| a.backend == SocketAddr::new(IpAddr::V6(pod_ip6("web-a")), TCP_PORT)),
+        format!("{hairpin:?}"),
+    );
+    finish(report)
+}
+
+fn finish(report: ServiceReport) -> Result<ServiceReport, ConformanceError> {
+    let failed: Vec<String> = report
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("[{}] {}", c.case, c.detail))
+        .collect();
+    if failed.is_empty() {
+        Ok(report)
+    } else {
+        eprintln!("{}", report.table());
+        Err(ConformanceError::Mismatch(failed))
+    }
+}
+
 /// Every backend that answers `count` connections from `ns` to `dst`, and
 /// how many went unanswered.
 fn backends_reached(
@@ -909,6 +1131,16 @@ mod tests {
         assert_eq!(null.state().services.len(), services().len());
         let empty = &null.state().services[&(NAMESPACE.to_string(), "empty".to_string())];
         assert!(empty.ports.iter().all(|p| p.backends.is_empty()));
+    }
+
+    #[test]
+    fn dual_stack_operations_follow_the_contract() {
+        use manul_dataplane_api::{Driver as _, NullDriver};
+        let mut null = NullDriver::new();
+        null.apply(&dual_stack_operations()).expect("contract");
+        let dual = &null.state().services[&(NAMESPACE.to_string(), "dual".to_string())];
+        assert_eq!(dual.cluster_ips.len(), 2);
+        assert_eq!(pod_ip6("web-a"), "fd00:67::14".parse::<Ipv6Addr>().unwrap());
     }
 
     #[test]

@@ -21,8 +21,9 @@
 //!   established and related traffic first;
 //! - services (`services.rs`): verdict maps to per-port and per-backend
 //!   chains, reached from nat base chains at `dstnat` on prerouting and
-//!   output, masquerade at `srcnat`, and rejects and source-range drops in
-//!   filter base chains at `dstnat - 10`.
+//!   output, masquerade at `srcnat`, rejects and source-range drops in
+//!   filter base chains at `dstnat - 10`, and rejects of cluster-IP
+//!   traffic no service port matched just after DNAT (`-90`).
 
 pub mod config;
 mod host;
@@ -219,6 +220,22 @@ pub fn base_chains(config: &NftConfig) -> Vec<BaseChain> {
             "mnl-nat-output",
             "type nat hook output priority -100; policy accept;",
             raw(&[vec![format!("jump {}", services::SERVICES)]]),
+        ),
+        (
+            "mnl-svc-post-dnat-pre",
+            "type filter hook prerouting priority -90; policy accept;",
+            raw(&[vec![format!(
+                "ct state new jump {}",
+                services::SERVICES_POST_DNAT
+            )]]),
+        ),
+        (
+            "mnl-svc-post-dnat-out",
+            "type filter hook output priority -90; policy accept;",
+            raw(&[vec![format!(
+                "ct state new jump {}",
+                services::SERVICES_POST_DNAT
+            )]]),
         ),
         (
             "mnl-nat-postrouting",

@@ -28,7 +28,10 @@
 //!   that traffic are none is rejected at once (TCP reset, ICMP port
 //!   unreachable), in filter chains before DNAT;
 //! - `mnl-svc-fw4`: a load-balancer IP with source ranges jumps to its
-//!   service's firewall chain (`mnl-fw4-`), which drops other sources.
+//!   service's firewall chain (`mnl-fw4-`), which drops other sources;
+//! - `mnl-cluster-ips4`: every cluster IP; a new connection still
+//!   addressed to one after DNAT (a port or protocol the service does not
+//!   have) is rejected, in filter chains just after DNAT.
 //!
 //! The fixed chains (`mnl-services`, `mnl-svc-filter`, the masquerade
 //! chains, the reject chain) are the same for every state; the base chains
@@ -57,6 +60,9 @@ use crate::names::{self, MARK_MASQ, ServiceObject};
 /// The fixed chains.
 pub const SERVICES: &str = "mnl-services";
 pub const SERVICES_FILTER: &str = "mnl-svc-filter";
+/// After DNAT: a packet still addressed to a cluster IP matched no service
+/// port (an unknown port or protocol) and is rejected.
+pub const SERVICES_POST_DNAT: &str = "mnl-svc-post-dnat";
 pub const MARK_FOR_MASQ: &str = "mnl-mark-masq";
 pub const MASQ_NON_POD: &str = "mnl-masq-non-pod";
 pub const MASQUERADING: &str = "mnl-masquerading";
@@ -142,6 +148,14 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
     };
     out.insert(SERVICES.to_string(), rules(SERVICES, services));
     out.insert(SERVICES_FILTER.to_string(), rules(SERVICES_FILTER, filter));
+    let post: Vec<String> = Fam::BOTH
+        .iter()
+        .map(|f| format!("{} daddr @{} goto {REJECT}", f.kw(), f.map("cluster-ips")))
+        .collect();
+    out.insert(
+        SERVICES_POST_DNAT.to_string(),
+        rules(SERVICES_POST_DNAT, post),
+    );
     out.insert(
         MARK_FOR_MASQ.to_string(),
         rules(
@@ -180,10 +194,20 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
     out
 }
 
-/// The empty verdict maps.
+/// The empty verdict maps, and the empty sets of cluster IPs.
 pub(super) fn empty_maps() -> BTreeMap<String, SetDef> {
     let mut out = BTreeMap::new();
     for f in Fam::BOTH {
+        out.insert(
+            f.map("cluster-ips"),
+            SetDef {
+                type_: f.addr_type(),
+                interval: false,
+                timeout: None,
+                comment: "every service's cluster IPs".into(),
+                elements: BTreeSet::new(),
+            },
+        );
         for m in TRIPLE_MAPS {
             out.insert(
                 f.map(m),
@@ -257,6 +281,11 @@ pub(super) fn render(
             .chain(svc.external_addresses())
             .map(IpAddr::is_ipv6)
             .collect();
+        for ip in &svc.cluster_ips {
+            if let Some(def) = sets.get_mut(&Fam::of(ip).map("cluster-ips")) {
+                def.elements.insert(ip.to_string());
+            }
+        }
         for v6 in families {
             let f = Fam { v6 };
             firewall(svc, f, chains, sets);

@@ -375,3 +375,37 @@ fn conflicting_claims_keep_the_first_service() {
     );
     assert!(!rs.chains.keys().any(|c| c.contains("zz-twin/1/")));
 }
+
+#[test]
+fn cluster_ips_no_port_matched_are_rejected_after_dnat() {
+    let rs = render(&cluster());
+    assert_eq!(
+        elements(&rs, "mnl-cluster-ips4"),
+        vec!["10.96.0.10", "10.96.0.20", "10.96.0.30"]
+    );
+    assert_eq!(elements(&rs, "mnl-cluster-ips6"), vec!["fd00:96::10"]);
+    // External and load-balancer IPs are not cluster IPs.
+    assert!(!elements(&rs, "mnl-cluster-ips4").contains(&"198.51.100.10".to_string()));
+    let post: Vec<&str> = rs.chains["mnl-svc-post-dnat"]
+        .iter()
+        .map(|r| r.text.as_str())
+        .collect();
+    assert_eq!(
+        post,
+        vec![
+            "ip daddr @mnl-cluster-ips4 goto mnl-svc-reject",
+            "ip6 daddr @mnl-cluster-ips6 goto mnl-svc-reject",
+        ]
+    );
+    let hooks: Vec<&str> = rs
+        .base
+        .iter()
+        .filter(|(name, ..)| name.starts_with("mnl-svc-post-dnat"))
+        .map(|(_, spec, _)| *spec)
+        .collect();
+    assert!(
+        hooks.iter().all(|h| h.contains("priority -90;")),
+        "{hooks:?}"
+    );
+    assert_eq!(hooks.len(), 2);
+}
