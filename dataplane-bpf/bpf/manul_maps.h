@@ -329,7 +329,11 @@ struct manul_event {
 #define MANUL_HAIRPIN_SNAT_V4 0xa9fe0102
 
 /* manul_svc_fe (hash): a frontend (service address, port, protocol) ->
- * the backend list its traffic policy selects. */
+ * the backend list its traffic policy selects. Every service address also
+ * has an address entry (port 0, protocol 0; flags MANUL_SVC_FE_ADDRESS),
+ * looked up first, so traffic to other addresses costs one lookup, and a
+ * cluster IP's says (MANUL_SVC_FE_REJECT_UNKNOWN) that a port or protocol
+ * no service has there is refused, as kube-proxy does. */
 struct manul_svc_fe_key {
 	__u32 addr;
 	__u16 port;
@@ -345,8 +349,11 @@ struct manul_svc_fe_value {
 	/* sessionAffinity ClientIP: seconds a client keeps its backend; 0:
 	 * none. */
 	__u32 affinity_s;
-	__u32 flags;
+	__u32 flags; /* MANUL_SVC_FE_* */
 };
+
+#define MANUL_SVC_FE_ADDRESS 0x01
+#define MANUL_SVC_FE_REJECT_UNKNOWN 0x02
 
 /* manul_svc_be (hash): (list id, index) -> backend. */
 struct manul_svc_be_key {

@@ -1003,12 +1003,12 @@ static __always_inline int nat_current(const struct manul_nat_value *v, const st
 static __always_inline int svc_from_pod(struct __sk_buff *skb, struct pkt *p, struct svc_nat *n,
 					__u64 now)
 {
-	struct manul_svc_fe_key fk = { .port = p->dport, .proto = p->proto };
+	struct manul_svc_fe_key fk = {};
 	struct manul_nat_key key = { .sport = p->sport, .dport = p->dport, .proto = p->proto };
 	struct manul_svc_be_value be = {};
 	struct manul_svc_fe_value *fe;
 	struct manul_nat_value *nv;
-	__u32 src, dst, hairpin;
+	__u32 src, dst, hairpin, reject_unknown;
 
 	if (p->version != 4 || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
 		return -1;
@@ -1029,10 +1029,24 @@ static __always_inline int svc_from_pod(struct __sk_buff *skb, struct pkt *p, st
 		__builtin_memcpy(p->dst, p->src, 4);
 		return -1;
 	}
+	/* A service address at all? */
 	fk.addr = dst;
 	fe = bpf_map_lookup_elem(&manul_svc_fe, &fk);
 	if (!fe)
 		return -1;
+	reject_unknown = fe->flags & MANUL_SVC_FE_REJECT_UNKNOWN;
+	fk.port = p->dport;
+	fk.proto = p->proto;
+	fe = bpf_map_lookup_elem(&manul_svc_fe, &fk);
+	if (!fe) {
+		/* A cluster IP's port or protocol no service has. */
+		if (!reject_unknown)
+			return -1;
+		count(MANUL_CNT_SVC_REJECT);
+		if (p->proto == IPPROTO_TCP)
+			return reject_tcp(skb);
+		return reject_udp(skb);
+	}
 	key.dir = MANUL_NAT_FWD;
 	nv = bpf_map_lookup_elem(&manul_nat, &key);
 	if (nv && (nv->flags & MANUL_NAT_RESET) && p->proto == IPPROTO_TCP) {

@@ -71,7 +71,7 @@ pub fn fe_value(e: &FrontendEntry) -> abi::manul_svc_fe_value {
         id: e.id,
         count: e.count,
         affinity_s: e.affinity_s,
-        flags: 0,
+        flags: e.flags,
     }
 }
 
@@ -122,6 +122,7 @@ impl ServiceMaps {
                     id: v.id,
                     count: v.count,
                     affinity_s: v.affinity_s,
+                    flags: v.flags,
                 },
             );
             p.adopted.insert(f);

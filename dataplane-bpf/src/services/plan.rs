@@ -9,15 +9,32 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use manul_dataplane_api::{Service, ServiceKey, TrafficPolicy};
 
+use crate::abi::{MANUL_SVC_FE_ADDRESS, MANUL_SVC_FE_REJECT_UNKNOWN};
+
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// What a new connection is addressed to.
+/// What a new connection is addressed to; port 0 and protocol 0: the
+/// address entry of a service address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub proto: u8,
+}
+
+impl Frontend {
+    pub fn address(addr: Ipv4Addr) -> Self {
+        Self {
+            addr,
+            port: 0,
+            proto: 0,
+        }
+    }
+
+    pub fn is_address(&self) -> bool {
+        self.port == 0 && self.proto == 0
+    }
 }
 
 /// One backend list: a service port under one traffic policy (`local`:
@@ -43,6 +60,8 @@ pub struct FrontendEntry {
     pub id: u32,
     pub count: u32,
     pub affinity_s: u32,
+    /// `MANUL_SVC_FE_*`.
+    pub flags: u32,
 }
 
 /// The frontends and backend lists the services ask for.
@@ -50,6 +69,9 @@ pub struct FrontendEntry {
 pub struct Desired {
     pub frontends: BTreeMap<Frontend, (ListKey, u32)>,
     pub lists: BTreeMap<ListKey, Vec<BackendAddr>>,
+    /// Every service address with its address entry's flags (cluster IPs
+    /// refuse ports and protocols no service has there).
+    pub addresses: BTreeMap<Ipv4Addr, u32>,
     /// What the program cannot carry, for the log.
     pub skipped: Vec<Skipped>,
 }
@@ -114,7 +136,7 @@ impl fmt::Display for Skipped {
 
 /// The frontends and backend lists of `services`: a cluster IP uses the
 /// internal traffic policy's list, an external or load-balancer address
-/// the external one's. Node ports are not frontends here (the program
+/// the external one's; and the service addresses. Node ports are not frontends here (the program
 /// translates at workload interfaces only).
 pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
     let mut d = Desired::default();
@@ -158,6 +180,10 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
                         continue;
                     }
                 };
+                let flags = d.addresses.entry(addr).or_insert(MANUL_SVC_FE_ADDRESS);
+                if svc.cluster_ips.contains(ip) {
+                    *flags |= MANUL_SVC_FE_REJECT_UNKNOWN;
+                }
                 let list = ListKey {
                     service: key.clone(),
                     port_name: port.name.clone(),
@@ -213,7 +239,9 @@ pub struct Programmed {
 
 /// The map writes of one sync, in the order they must be made: backends
 /// first (new indices are invisible until a frontend's count covers them),
-/// then frontends, then deletions.
+/// then frontends (address entries last, so a new service's ports exist
+/// before its cluster IP refuses unknown ones), then deletions (address
+/// entries first).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Writes {
     pub backends: Vec<(u32, u32, BackendAddr)>,
@@ -286,12 +314,27 @@ pub fn plan(desired: &Desired, programmed: &Programmed, in_sync: bool) -> (Write
             id,
             count: next.lists.get(&id).map_or(0, Vec::len) as u32,
             affinity_s: *affinity_s,
+            flags: 0,
         };
         if programmed.frontends.get(frontend) != Some(&entry) {
             w.frontends.push((*frontend, entry));
         }
         next.frontends.insert(*frontend, entry);
         next.adopted.remove(frontend);
+    }
+    for (addr, flags) in &desired.addresses {
+        let frontend = Frontend::address(*addr);
+        let entry = FrontendEntry {
+            id: 0,
+            count: 0,
+            affinity_s: 0,
+            flags: *flags,
+        };
+        if programmed.frontends.get(&frontend) != Some(&entry) {
+            w.frontends.push((frontend, entry));
+        }
+        next.frontends.insert(frontend, entry);
+        next.adopted.remove(&frontend);
     }
     for (frontend, entry) in &programmed.frontends {
         if next.frontends.contains_key(frontend) {
@@ -306,6 +349,9 @@ pub fn plan(desired: &Desired, programmed: &Programmed, in_sync: bool) -> (Write
             w.frontend_deletes.push(*frontend);
         }
     }
+    // Address entries first: a cluster IP refuses unknown ports only
+    // while all of its ports are there.
+    w.frontend_deletes.sort_by_key(|f| !f.is_address());
     for (id, old) in &programmed.lists {
         if !next.lists.contains_key(id) {
             w.backend_deletes

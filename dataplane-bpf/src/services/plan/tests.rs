@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use manul_dataplane_api::{Backend, Balancing, Service, ServicePort, TrafficPolicy};
@@ -120,7 +120,18 @@ fn a_cluster_ip_gets_a_frontend_with_its_backend_list() {
     assert_eq!(entry.count, 3);
     assert_eq!(next.lists[&entry.id], vec![ba(2), ba(3), ba(4)]);
     assert_eq!(w.backends.len(), 3);
-    assert_eq!(w.frontends.len(), 1);
+    // The port's frontend, then the cluster IP's address entry.
+    assert_eq!(
+        w.frontends.iter().map(|(f, _)| *f).collect::<Vec<_>>(),
+        vec![
+            fe([10, 96, 0, 10], 80),
+            Frontend::address(Ipv4Addr::new(10, 96, 0, 10))
+        ]
+    );
+    assert_eq!(
+        next.frontends[&Frontend::address(Ipv4Addr::new(10, 96, 0, 10))].flags,
+        crate::abi::MANUL_SVC_FE_ADDRESS | crate::abi::MANUL_SVC_FE_REJECT_UNKNOWN
+    );
     // The same services again: nothing to write.
     let (w, again) = step(&svcs, &next, true);
     assert!(w.is_empty(), "{w:?}");
@@ -150,7 +161,8 @@ fn a_backend_change_rewrites_the_list_in_place_and_reports_what_went_away() {
             FrontendEntry {
                 id,
                 count: 2,
-                affinity_s: 0
+                affinity_s: 0,
+                flags: 0,
             }
         )]
     );
@@ -180,9 +192,16 @@ fn removing_a_service_deletes_its_frontends_and_lists() {
         &first,
         false,
     );
-    assert_eq!(w.frontend_deletes, vec![fe([10, 96, 0, 10], 80)]);
+    // The address entry goes first.
+    assert_eq!(
+        w.frontend_deletes,
+        vec![
+            Frontend::address(Ipv4Addr::new(10, 96, 0, 10)),
+            fe([10, 96, 0, 10], 80)
+        ]
+    );
     assert_eq!(w.backend_deletes.len(), 2);
-    assert_eq!(second.frontends.len(), 1);
+    assert_eq!(second.frontends.len(), 2);
     assert_eq!(second.lists.len(), 1);
 }
 
@@ -200,6 +219,13 @@ fn cluster_ips_follow_the_internal_policy_and_external_ips_the_external_one() {
     assert_eq!(p.lists[&internal.id], vec![ba(2), ba(4)]);
     assert_eq!(p.lists[&external.id], vec![ba(2), ba(3), ba(4), ba(5)]);
     assert_eq!((internal.affinity_s, external.affinity_s), (30, 30));
+    // Only a cluster IP refuses ports no service has there.
+    let flags = |a: [u8; 4]| p.frontends[&Frontend::address(a.into())].flags;
+    assert_eq!(
+        flags([10, 96, 0, 10]),
+        crate::abi::MANUL_SVC_FE_ADDRESS | crate::abi::MANUL_SVC_FE_REJECT_UNKNOWN
+    );
+    assert_eq!(flags([192, 0, 2, 1]), crate::abi::MANUL_SVC_FE_ADDRESS);
 }
 
 #[test]
@@ -254,8 +280,14 @@ fn an_earlier_runs_frontends_stay_until_in_sync_and_get_new_lists() {
     assert!(during.frontends.contains_key(&fe([10, 96, 0, 12], 80)));
     assert!(!during.lists.contains_key(&old_id));
     let (w, after) = step(&web, &during, true);
-    assert_eq!(w.frontend_deletes, vec![fe([10, 96, 0, 12], 80)]);
-    assert_eq!(after.frontends.len(), 1);
+    assert_eq!(
+        w.frontend_deletes,
+        vec![
+            Frontend::address(Ipv4Addr::new(10, 96, 0, 12)),
+            fe([10, 96, 0, 12], 80)
+        ]
+    );
+    assert_eq!(after.frontends.len(), 2);
     assert_eq!(after.lists.len(), 1);
 }
 
@@ -318,10 +350,13 @@ mod sequences {
                 let (_, next) = step(&svcs, &programmed, in_sync);
                 if in_sync {
                     let d = desired(&svcs);
-                    prop_assert_eq!(
-                        next.frontends.keys().collect::<Vec<_>>(),
-                        d.frontends.keys().collect::<Vec<_>>()
-                    );
+                    let want: BTreeSet<Frontend> = d
+                        .frontends
+                        .keys()
+                        .copied()
+                        .chain(d.addresses.keys().map(|a| Frontend::address(*a)))
+                        .collect();
+                    prop_assert_eq!(next.frontends.keys().copied().collect::<BTreeSet<_>>(), want);
                     prop_assert_eq!(next.lists.len(), d.lists.len());
                     for (f, (list, _)) in &d.frontends {
                         let e = next.frontends[f];
