@@ -19,9 +19,13 @@
 //!   failures, undo and id reuse are tested without root.
 //! - `driver/` is [`BpfDriver`]: loading, attaching to interfaces,
 //!   counters and `BPF_PROG_TEST_RUN`, conntrack and flow events.
+//! - `services` turns the desired services into frontend and backend map
+//!   entries (a pure plan, then ordered writes); the programs translate a
+//!   pod's connections to a service (IPv4 TCP and UDP) before policy, so
+//!   policy sees the real endpoints.
 //!
 //! It refuses to depend on `felix`: it implements the dataplane contract
-//! only, and a policy change must never need a program load.
+//! only, and a policy or service change must never need a program load.
 
 pub mod abi;
 mod batch;
@@ -39,6 +43,7 @@ mod maps;
 pub mod model;
 mod plan;
 mod program;
+mod services;
 pub mod space;
 #[cfg(test)]
 mod testing;

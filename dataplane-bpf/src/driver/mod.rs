@@ -63,6 +63,7 @@ pub struct BpfDriver {
     ledger: Ledger,
     /// Interfaces (ifindex) both programs are attached to in this run.
     attached: std::collections::HashSet<u32>,
+    services: crate::services::Services,
 }
 
 impl BpfDriver {
@@ -79,6 +80,7 @@ impl BpfDriver {
             config.benchmark_no_conntrack,
         )?;
         let mut maps = Maps::take(&mut ebpf)?;
+        let services = crate::services::Services::new(&mut ebpf)?;
         maps.store_to_host_drop(config.endpoint_to_host_drop)?;
         maps.store_failsafe(&config.failsafe)?;
         let ring = ebpf
@@ -118,6 +120,7 @@ impl BpfDriver {
             flow_log_interval,
             ledger,
             attached: std::collections::HashSet::new(),
+            services,
         };
         driver.adopt_links();
         Ok(driver)
@@ -188,6 +191,11 @@ impl Driver for BpfDriver {
             &mut |t| labels(shared, t),
         )?;
         let mut errors = outcome.soft_errors;
+        // Services do not depend on endpoints: synced whatever an
+        // endpoint's soft error.
+        if let Err(e) = self.services.apply(batch, &self.desired.state().services) {
+            errors.push(e);
+        }
         errors.extend(self.settle_attachments(&outcome.attach, &outcome.detach));
         if batch.iter().any(|op| matches!(op, Operation::InSync)) {
             self.unpin_stale_links();
