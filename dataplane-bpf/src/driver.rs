@@ -23,7 +23,9 @@ use std::time::Duration;
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, RingBuf};
 use aya::programs::{TestRun, TestRunOptions};
-use manul_dataplane_api::{Driver, DriverError, NullDriver, Operation, PolicyCounter};
+use manul_dataplane_api::{
+    ConntrackUsage, Driver, DriverError, NullDriver, Operation, PolicyCounter,
+};
 
 use crate::abi;
 use crate::compile::{self, CompiledTable, TableSpec};
@@ -987,6 +989,17 @@ impl Driver for BpfDriver {
                 denied: c.denied,
             })
             .collect()
+    }
+
+    /// The live entries the background thread counted at its last
+    /// garbage collection (it runs one as the driver starts), and the
+    /// map's size.
+    fn conntrack_usage(&self) -> Option<ConntrackUsage> {
+        let entries = events::lock(&self.shared).conntrack_entries?;
+        Some(ConntrackUsage {
+            entries,
+            capacity: u64::from(self.config.conntrack_capacity),
+        })
     }
 }
 
