@@ -3,7 +3,7 @@
 # shellcheck shell=bash
 
 # Debian packages the build and the tests use. Installed only when missing.
-MANUL_APT_PACKAGES=(iproute2 iptables ipset nftables iputils-ping clang llvm libbpf-dev libclang-dev bpftool iperf3 procps python3 python3-venv)
+MANUL_APT_PACKAGES=(iproute2 iptables ipset nftables iputils-ping clang llvm libbpf-dev libclang-dev bpftool iperf3 procps python3 python3-venv prometheus)
 
 # The manifest check (scripts/check-manifests.py) validates against the
 # Kubernetes schemas with this PyPI package.
