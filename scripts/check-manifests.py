@@ -8,10 +8,14 @@
 - Every rendered object is valid against the Kubernetes 1.33 schemas
   (kubernetes-validate, strict: unknown fields are errors), except the kinds
   in NOT_IN_SCHEMAS.
+- deploy/kubernetes/monitoring/prometheusrule.yaml is built from the plain
+  rule file deploy/prometheus/manul-rules.yaml (the one source of the
+  alerts), and deploy/dashboards/*.json from scripts/dashboards.py;
+  `--write` rewrites them, before rendering.
 - The manifests agree with the code: every flag passed to typha and felix
   is one their main.rs declares, the CNI configuration's status directory
-  is Felix's, and every metric the PrometheusRule names is one the code
-  registers.
+  is Felix's, and every metric the alerts and the dashboards name is one
+  the code registers.
 """
 
 import difflib
@@ -23,6 +27,8 @@ import sys
 
 import kubernetes_validate
 import yaml
+
+import dashboards
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 KUBERNETES_VERSION = "1.33"
@@ -44,6 +50,19 @@ NOT_IN_SCHEMAS_GROUPS = ("projectcalico.org/", "operator.tigera.io/")
 FLAG_SOURCES = {"typha": "typha/src/main.rs", "felix": "felix/src/main.rs"}
 METRIC_SOURCES = ["felix/src", "typha/src"]
 
+RULES = "deploy/prometheus/manul-rules.yaml"
+PROMETHEUS_RULE = "deploy/kubernetes/monitoring/prometheusrule.yaml"
+PROMETHEUS_RULE_HEAD = f"""# Manul's alerts as the Prometheus Operator's PrometheusRule. Generated
+# from {RULES} by `python3 scripts/check-manifests.py --write`:
+# edit that file, not this one.
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: manul
+  namespace: manul-system
+spec:
+"""
+
 errors = []
 
 
@@ -63,6 +82,33 @@ def kustomize(path):
 
 def documents(text):
     return [d for d in yaml.safe_load_all(text) if d is not None]
+
+
+def prometheus_rule():
+    """The PrometheusRule: the rule file's groups (its comments kept) as
+    the spec; the file's leading comment stays behind."""
+    lines = (ROOT / RULES).read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("groups:")), None)
+    if start is None:
+        error(f"{RULES} has no top-level `groups:`")
+        return None
+    body = "".join(f"  {line}\n" if line else "\n" for line in lines[start:])
+    return PROMETHEUS_RULE_HEAD + body
+
+
+def check_generated(write):
+    generated = {f"deploy/dashboards/{name}": text for name, text in dashboards.render().items()}
+    rule = prometheus_rule()
+    if rule is not None:
+        generated[PROMETHEUS_RULE] = rule
+    for dest, text in generated.items():
+        path = ROOT / dest
+        if write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {dest}")
+        elif not path.exists() or path.read_text() != text:
+            error(f"{dest} is stale; regenerate it with `python3 scripts/check-manifests.py --write`")
 
 
 def check_rendered(write):
@@ -193,6 +239,12 @@ def check_against_code(rendered):
     for name in registered:
         exported |= {name, name + "_total", name + "_bucket", name + "_sum", name + "_count"}
     monitoring = rendered.get("deploy/kubernetes/monitoring", "")
+    queried = 0
+    for expr in dashboards.queries():
+        for metric in re.findall(r"\b(?:felix|typha)_\w+", expr):
+            queried += 1
+            if metric not in exported:
+                error(f"dashboard query {expr!r}: no metric {metric} is registered in {METRIC_SOURCES}")
     named = 0
     for doc in documents(monitoring):
         if doc.get("kind") != "PrometheusRule":
@@ -205,11 +257,15 @@ def check_against_code(rendered):
                         error(f"PrometheusRule {rule.get('alert')}: no metric {metric} is registered in {METRIC_SOURCES}")
     if named == 0:
         error("the PrometheusRule names no Manul metric")
-    print(f"checked container flags against {sum(len(v) for v in flags.values())} declared ones, and {named} metric references in alerts")
+    print(
+        f"checked container flags against {sum(len(v) for v in flags.values())} declared ones, "
+        f"{named} metric references in alerts and {queried} in dashboards"
+    )
 
 
 def main():
     write = "--write" in sys.argv[1:]
+    check_generated(write)
     rendered = check_rendered(write)
     validate(rendered)
     check_against_code(rendered)

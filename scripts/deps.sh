@@ -3,7 +3,14 @@
 # shellcheck shell=bash
 
 # Debian packages the build and the tests use. Installed only when missing.
-MANUL_APT_PACKAGES=(iproute2 iptables ipset nftables iputils-ping clang llvm libbpf-dev libclang-dev bpftool iperf3 procps python3 python3-venv)
+MANUL_APT_PACKAGES=(iproute2 iptables ipset nftables iputils-ping clang llvm libbpf-dev libclang-dev bpftool iperf3 procps python3 python3-venv prometheus)
+
+# Installed without their recommended packages: Debian's prometheus
+# recommends the node exporter and its collectors, which the tests do not
+# use (local-cluster/tests/dashboards.rs runs its own Prometheus, in a
+# network namespace). On a host with systemd the package also starts its
+# own prometheus service; the tests do not touch it.
+MANUL_APT_WITHOUT_RECOMMENDS=(prometheus)
 
 # The manifest check (scripts/check-manifests.py) validates against the
 # Kubernetes schemas with this PyPI package.
@@ -27,7 +34,20 @@ ensure_apt_packages() {
     if ((${#missing[@]})); then
         echo "installing: ${missing[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+        local plain=() bare=()
+        for pkg in "${missing[@]}"; do
+            if [[ " ${MANUL_APT_WITHOUT_RECOMMENDS[*]} " == *" $pkg "* ]]; then
+                bare+=("$pkg")
+            else
+                plain+=("$pkg")
+            fi
+        done
+        if ((${#plain[@]})); then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${plain[@]}"
+        fi
+        if ((${#bare[@]})); then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${bare[@]}"
+        fi
     fi
 }
 

@@ -109,6 +109,22 @@ pub trait Driver: Send {
     fn policy_counters(&self) -> Vec<PolicyCounter> {
         Vec::new()
     }
+
+    /// How full the driver's own connection-tracking table is, for drivers
+    /// that keep one (the eBPF driver's conntrack map); `None` for the
+    /// others. Felix exports it as metrics.
+    fn conntrack_usage(&self) -> Option<ConntrackUsage> {
+        None
+    }
+}
+
+/// Entries in a driver's connection-tracking table and its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConntrackUsage {
+    /// Live entries when last counted.
+    pub entries: u64,
+    /// The most entries the table holds.
+    pub capacity: u64,
 }
 
 /// Flows decided by one policy (or profile, or tier default).
@@ -139,6 +155,10 @@ impl<D: Driver + ?Sized> Driver for Box<D> {
 
     fn policy_counters(&self) -> Vec<PolicyCounter> {
         (**self).policy_counters()
+    }
+
+    fn conntrack_usage(&self) -> Option<ConntrackUsage> {
+        (**self).conntrack_usage()
     }
 }
 

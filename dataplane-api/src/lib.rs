@@ -26,7 +26,7 @@ pub mod verdict;
 #[cfg(any(test, feature = "testing"))]
 pub mod testutil;
 
-pub use driver::{ContractViolation, Driver, DriverError, PolicyCounter, chain};
+pub use driver::{ConntrackUsage, ContractViolation, Driver, DriverError, PolicyCounter, chain};
 pub use maglev::MaglevTable;
 pub use null::{DesiredState, IpSet, NullDriver, ServiceKey};
 pub use ops::*;

@@ -200,6 +200,9 @@ pub struct Shared {
     pub labels: Labels,
     pub counters: FlowCounters,
     pub aggregator: Aggregator,
+    /// Live conntrack entries after the last garbage collection (`None`
+    /// before the first one).
+    pub conntrack_entries: Option<u64>,
 }
 
 pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -261,7 +264,9 @@ impl Reader {
             .name("manul-bpf-events".into())
             .spawn(move || {
                 let mut last_flush = Instant::now();
-                let mut last_gc = Instant::now();
+                // The first collection runs at once, so the number of
+                // conntrack entries is known from the start.
+                let mut last_gc: Option<Instant> = None;
                 loop {
                     let stopping = stop2.load(Ordering::Acquire);
                     drain(&mut ring, &shared);
@@ -275,14 +280,18 @@ impl Reader {
                         flush2.store(false, Ordering::Release);
                     }
                     if let Some(ct) = ct.as_mut()
-                        && last_gc.elapsed() >= config.gc_interval
+                        && last_gc.is_none_or(|t| t.elapsed() >= config.gc_interval)
                     {
-                        if let Err(e) =
-                            conntrack::gc(ct, &config.timeouts, conntrack::monotonic_now())
-                        {
-                            tracing::warn!(error = %e, "conntrack garbage collection failed");
+                        match conntrack::gc(ct, &config.timeouts, conntrack::monotonic_now()) {
+                            Ok(stats) => {
+                                let live = stats.scanned.saturating_sub(stats.removed);
+                                lock(&shared).conntrack_entries = Some(live as u64);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "conntrack garbage collection failed");
+                            }
                         }
-                        last_gc = Instant::now();
+                        last_gc = Some(Instant::now());
                     }
                     if stopping {
                         return;

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::calc::{CalcGraph, Ready, Update};
-use crate::metrics::{FelixMetrics, PolicyFlowLabels, resync};
+use crate::metrics::{DataplaneLabels, FelixMetrics, PolicyFlowLabels, resync};
 use crate::resync::{BatchAction, DriverSync};
 use crate::routes::{RouteCalc, RouteProgrammer};
 use crate::status::StatusReporter;
@@ -145,6 +145,24 @@ impl FlowTotals {
                 *last = total;
             }
         }
+    }
+}
+
+/// Sets the conntrack gauges of a driver that keeps its own table.
+fn export_conntrack(driver: &dyn Driver, metrics: &FelixMetrics) {
+    if let Some(u) = driver.conntrack_usage() {
+        let labels = DataplaneLabels {
+            dataplane: driver.name().into(),
+        };
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        metrics
+            .conntrack_entries
+            .get_or_create(&labels)
+            .set(gauge(u.entries));
+        metrics
+            .conntrack_capacity
+            .get_or_create(&labels)
+            .set(gauge(u.capacity));
     }
 }
 
@@ -350,6 +368,7 @@ pub async fn run(
             }
             _ = counters.tick() => {
                 flows.export(dataplane.driver.as_ref(), &metrics);
+                export_conntrack(dataplane.driver.as_ref(), &metrics);
                 continue;
             }
             Some(i) = next_intervals(&mut intervals) => {
@@ -614,6 +633,48 @@ mod tests {
         assert!(exported(&registry).contains("action=\"allow\"} 7"));
         totals.export(&Counting(vec![c(4, 0)]), &metrics);
         assert!(exported(&registry).contains("action=\"allow\"} 9"));
+    }
+
+    struct Tracking(Option<manul_dataplane_api::ConntrackUsage>);
+
+    impl Driver for Tracking {
+        fn apply(&mut self, _: &[Operation]) -> Result<(), DriverError> {
+            Ok(())
+        }
+        fn mark_stale(&mut self) {}
+        fn name(&self) -> &'static str {
+            "bpf"
+        }
+        fn conntrack_usage(&self) -> Option<manul_dataplane_api::ConntrackUsage> {
+            self.0
+        }
+    }
+
+    #[test]
+    fn conntrack_gauges_exist_only_for_drivers_with_a_table() {
+        let mut registry = Registry::default();
+        let metrics = FelixMetrics::register(&mut registry);
+        let text = |registry: &Registry| {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+            text
+        };
+        export_conntrack(&Tracking(None), &metrics);
+        assert!(!text(&registry).contains("felix_conntrack_entries{"));
+        let usage = manul_dataplane_api::ConntrackUsage {
+            entries: 12,
+            capacity: 524_288,
+        };
+        export_conntrack(&Tracking(Some(usage)), &metrics);
+        let text = text(&registry);
+        assert!(
+            text.contains("felix_conntrack_entries{dataplane=\"bpf\"} 12"),
+            "{text}"
+        );
+        assert!(
+            text.contains("felix_conntrack_capacity{dataplane=\"bpf\"} 524288"),
+            "{text}"
+        );
     }
 
     /// A null driver that, while `fail` is positive, applies only the

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
@@ -49,20 +49,10 @@ impl Endpoints {
     };
 }
 
-async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
-    let mut out = String::new();
-    match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            out,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+/// OpenMetrics for Prometheus, the text format for anyone else
+/// (`manul_metrics`).
+async fn metrics(State(s): State<HttpState>, headers: HeaderMap) -> impl IntoResponse {
+    manul_metrics::page(&s.registry, &headers)
 }
 
 async fn healthz() -> impl IntoResponse {

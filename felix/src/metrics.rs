@@ -36,9 +36,18 @@ pub struct PolicyFlowLabels {
     pub action: String,
 }
 
+/// Labels of the conntrack gauges: the driver whose table it is.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DataplaneLabels {
+    pub dataplane: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct FelixMetrics {
     pub policy_flows: Family<PolicyFlowLabels, Counter>,
+    /// Series only for drivers that keep their own conntrack table.
+    pub conntrack_entries: Family<DataplaneLabels, Gauge>,
+    pub conntrack_capacity: Family<DataplaneLabels, Gauge>,
     pub calc_graph_update_time: Histogram,
     pub dataplane_apply_time: Histogram,
     pub dataplane_failures: Counter,
@@ -66,6 +75,8 @@ impl Default for FelixMetrics {
         let h = || Histogram::new(exponential_buckets(0.000_01, 2.0, 22));
         FelixMetrics {
             policy_flows: Family::default(),
+            conntrack_entries: Family::default(),
+            conntrack_capacity: Family::default(),
             calc_graph_update_time: h(),
             dataplane_apply_time: h(),
             dataplane_failures: Counter::default(),
@@ -120,6 +131,16 @@ impl FelixMetrics {
             "felix_policy_flows",
             "New flows allowed and denied, per deciding policy (dataplanes with flow events)",
             m.policy_flows.clone(),
+        );
+        registry.register(
+            "felix_conntrack_entries",
+            "Live entries of the dataplane's own conntrack table at its last garbage collection (dataplanes with one: bpf)",
+            m.conntrack_entries.clone(),
+        );
+        registry.register(
+            "felix_conntrack_capacity",
+            "Entries the dataplane's own conntrack table holds at most (dataplanes with one: bpf)",
+            m.conntrack_capacity.clone(),
         );
         registry.register(
             "felix_int_dataplane_repairs",

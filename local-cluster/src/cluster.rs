@@ -203,7 +203,24 @@ fn http_status(ns: &NetNs, addr: SocketAddr, path: &str) -> Option<u16> {
     http_get(ns, addr, path).map(|(code, _)| code)
 }
 
-const FELIX_METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9091);
+/// Felix's metrics port on every node. It listens on all the node's
+/// addresses (Calico's default), so a scraper in the control plane reaches
+/// it over the underlay.
+pub const FELIX_METRICS_PORT: u16 = 9091;
+/// Typha replica K's metrics port is `TYPHA_METRICS_PORT + K - 1`, on the
+/// control plane's loopback.
+pub const TYPHA_METRICS_PORT: u16 = 9093;
+
+const FELIX_METRICS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), FELIX_METRICS_PORT);
+
+/// A `/metrics` page a scraper in the control-plane namespace reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsTarget {
+    /// `typha` or `felix`.
+    pub job: &'static str,
+    pub address: SocketAddr,
+}
 
 impl LocalCluster {
     /// Stops the processes of a cluster named `name` and removes its
@@ -399,6 +416,24 @@ impl LocalCluster {
         self.cp.name()
     }
 
+    /// Every Typha replica's and every Felix's metrics listener, as seen
+    /// from the control-plane namespace (Typha on its loopback, Felix at
+    /// its node's underlay address).
+    pub fn metrics_targets(&self) -> Vec<MetricsTarget> {
+        let typhas = (0..self.config.typha_replicas).map(|k| MetricsTarget {
+            job: "typha",
+            address: SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                TYPHA_METRICS_PORT.saturating_add(u16::try_from(k).unwrap_or(u16::MAX)),
+            ),
+        });
+        let felixes = self.nodes.iter().map(|n| MetricsTarget {
+            job: "felix",
+            address: SocketAddr::new(IpAddr::V4(n.ip), FELIX_METRICS_PORT),
+        });
+        typhas.chain(felixes).collect()
+    }
+
     fn start_typha(&mut self) -> Result<(), ClusterError> {
         let typha = program("typha")?;
         let addrs = self.typha_addresses();
@@ -423,7 +458,10 @@ impl LocalCluster {
                 .args(["--peer-listen", &peer_addrs[k]])
                 .arg("--peer-token-file")
                 .arg(&token_file)
-                .args(["--metrics", &format!("127.0.0.1:{}", 9093 + k)])
+                .args([
+                    "--metrics",
+                    &format!("127.0.0.1:{}", usize::from(TYPHA_METRICS_PORT) + k),
+                ])
                 .args(["--node-id", &id.to_string()])
                 .arg("--ca-file")
                 .arg(self.certs_dir().join("ca.crt"))
@@ -581,7 +619,11 @@ impl LocalCluster {
             .args(["--dataplane", self.config.dataplane.as_str()])
             .arg("--status-dir")
             .arg(&status_dir)
-            .args(["--metrics", "127.0.0.1:9091", "--program-routes"])
+            .args([
+                "--metrics",
+                &format!("0.0.0.0:{FELIX_METRICS_PORT}"),
+                "--program-routes",
+            ])
             .arg("--typha-ca-file")
             .arg(self.certs_dir().join("ca.crt"))
             .arg("--typha-cert-file")

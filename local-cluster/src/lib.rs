@@ -10,7 +10,9 @@
 //!   `10.0.0.(9+N)/24` (so `node1`'s `eth0` is the quick start's
 //!   HostEndpoint at 10.0.0.10) on the bridge, running one `felix` (`--netns`) with the chosen dataplane and
 //!   `--program-routes`, so pods on other nodes are reached by direct
-//!   routing via their node's address;
+//!   routing via their node's address; its metrics listen on port 9091 of
+//!   all the node's addresses, Typha's on the control plane's loopback
+//!   ([`LocalCluster::metrics_targets`]);
 //! - `NAME-pK`: one per pod, wired into its node by the `manul-cni` plugin
 //!   (which allocates its address from the IPPool `10.65.0.0/16`, writes its
 //!   WorkloadEndpoint and creates the veth pair).
@@ -28,7 +30,7 @@ pub mod cluster;
 pub mod procs;
 pub mod wireguard;
 
-pub use cluster::{ClusterConfig, Dataplane, LocalCluster, PodInfo, PodSpec};
+pub use cluster::{ClusterConfig, Dataplane, LocalCluster, MetricsTarget, PodInfo, PodSpec};
 
 use std::path::Path;
 

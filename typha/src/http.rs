@@ -1,4 +1,4 @@
-//! `/metrics` (Prometheus text format), `/healthz` (the process and its Raft
+//! `/metrics` (OpenMetrics for Prometheus, else the text format), `/healthz` (the process and its Raft
 //! thread run: it fails once the Raft thread has stopped, however it
 //! stopped) and `/readyz` (a leader that is a voter of this replica's
 //! configuration is known, so writes and a consistent stream can be served;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
@@ -25,20 +25,10 @@ struct AppState {
     node: Node,
 }
 
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    let mut out = String::new();
-    match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            out,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+/// OpenMetrics for Prometheus, the text format for anyone else
+/// (`manul_metrics`).
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    manul_metrics::page(&s.registry, &headers)
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {

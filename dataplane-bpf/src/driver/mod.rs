@@ -28,10 +28,12 @@ use std::sync::{Arc, Mutex};
 
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, RingBuf};
-use manul_dataplane_api::{Driver, DriverError, NullDriver, Operation, PolicyCounter};
+use manul_dataplane_api::{
+    ConntrackUsage, Driver, DriverError, NullDriver, Operation, PolicyCounter,
+};
 
 use crate::error::BpfError;
-use crate::events::{FlowLogInterval, Reader, ReaderConfig, Shared};
+use crate::events::{self, FlowLogInterval, Reader, ReaderConfig, Shared};
 use crate::ledger::Ledger;
 use crate::loader::{self, PinDirs};
 use crate::maps::Maps;
@@ -222,5 +224,16 @@ impl Driver for BpfDriver {
     /// rule decided as `(no match)`), in name order.
     fn policy_counters(&self) -> Vec<PolicyCounter> {
         self.policy_counter_list()
+    }
+
+    /// The live entries the background thread counted at its last
+    /// garbage collection (it runs one as the driver starts), and the
+    /// map's size.
+    fn conntrack_usage(&self) -> Option<ConntrackUsage> {
+        let entries = events::lock(&self.shared).conntrack_entries?;
+        Some(ConntrackUsage {
+            entries,
+            capacity: u64::from(self.config.conntrack_capacity),
+        })
     }
 }

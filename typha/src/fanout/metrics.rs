@@ -22,6 +22,13 @@ pub(crate) enum DropReason {
 }
 
 impl DropReason {
+    pub(crate) const ALL: [DropReason; 4] = [
+        DropReason::FellBehind,
+        DropReason::HistoryReset,
+        DropReason::Limit,
+        DropReason::Shutdown,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             DropReason::FellBehind => "fell_behind",
@@ -79,6 +86,13 @@ impl FanoutMetrics {
     /// New metrics registered in `registry`.
     pub fn register(registry: &mut Registry) -> FanoutMetrics {
         let metrics = FanoutMetrics::new();
+        // Every reason's series exists (at 0) from the start, so a rate
+        // over it is 0 rather than missing.
+        for reason in DropReason::ALL {
+            let _series = metrics.connections_dropped.get_or_create(&DropLabels {
+                reason: reason.as_str(),
+            });
+        }
         registry.register(
             "typha_connections_active",
             "Sync streams currently open",

@@ -512,6 +512,8 @@ fn metrics_expose_the_documented_names() {
         "typha_connections_active ",
         "typha_connections_accepted_total ",
         "typha_connections_dropped_total{reason=\"fell_behind\"} 1",
+        // Every reason is exported from the start.
+        "typha_connections_dropped_total{reason=\"limit\"} 0",
         "typha_updates_total ",
         "typha_breadcrumb_seq_number ",
         "typha_client_snapshot_send_secs_count 1",
