@@ -1,14 +1,15 @@
 //! The desired state: everything a driver has been told, as it should be
 //! programmed.
 //!
-//! [`DesiredState`] is what every driver holds in memory (the kernel drivers
-//! keep it beside what they wrote; the null driver keeps nothing else), what
-//! a resync sends ([`DesiredState::operations`]) and what a restarted driver
-//! reads back. [`DesiredState::check`] scans it against the contract (see
+//! [`DesiredState`] is what the drivers render from (the eBPF and nftables
+//! drivers compile their tables from it; the null driver keeps nothing
+//! else), what a resync sends ([`DesiredState::operations`]) and what
+//! [`crate::null::NullDriver::from_state`] restarts from.
+//! [`DesiredState::check`] scans it against the contract (the checks are in
 //! `contract`).
 //!
-//! It refuses to apply operations: applying, with the contract's checks
-//! batch by batch, is the drivers' work (the reference is
+//! It refuses to apply operations: applying them batch by batch, with the
+//! contract's checks, is the drivers' work (the reference is
 //! [`crate::null::NullDriver`]).
 
 mod entries;
