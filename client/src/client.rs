@@ -14,7 +14,7 @@ use tracing::debug;
 use crate::error::ClientError;
 
 /// Largest answer accepted (a list of every resource of a kind).
-const MAX_MESSAGE: usize = 1024 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE: usize = 1024 * 1024 * 1024;
 
 /// How a [`Client`] connects and retries.
 #[derive(Debug, Clone)]
@@ -46,9 +46,9 @@ impl Default for ClientConfig {
 
 #[derive(Debug)]
 struct Current {
-    /// Index into the address list of the replica `client` talks to.
+    /// Index into the address list of the replica `channel` leads to.
     index: usize,
-    client: Option<ResourcesClient<Channel>>,
+    channel: Option<Channel>,
 }
 
 /// A connection to a Typha cluster. Cheap to clone; clones share the
@@ -105,7 +105,7 @@ impl Client {
             config,
             current: Arc::new(Mutex::new(Current {
                 index: 0,
-                client: None,
+                channel: None,
             })),
         };
         client.reconnect(0).await?;
@@ -121,28 +121,28 @@ impl Client {
         self.addresses.join(", ")
     }
 
-    fn current(&self) -> (usize, Option<ResourcesClient<Channel>>) {
+    fn current(&self) -> (usize, Option<Channel>) {
         match self.current.lock() {
-            Ok(c) => (c.index, c.client.clone()),
+            Ok(c) => (c.index, c.channel.clone()),
             Err(p) => {
                 let c = p.into_inner();
-                (c.index, c.client.clone())
+                (c.index, c.channel.clone())
             }
         }
     }
 
-    fn set_current(&self, index: usize, client: Option<ResourcesClient<Channel>>) {
+    fn set_current(&self, index: usize, channel: Option<Channel>) {
         let mut c = match self.current.lock() {
             Ok(c) => c,
             Err(p) => p.into_inner(),
         };
         c.index = index;
-        c.client = client;
+        c.channel = channel;
     }
 
     /// Connects to the first answering replica at or after `start` (going
     /// round the list once).
-    async fn reconnect(&self, start: usize) -> Result<ResourcesClient<Channel>, ClientError> {
+    async fn reconnect(&self, start: usize) -> Result<Channel, ClientError> {
         let n = self.addresses.len();
         let mut last = None;
         for i in 0..n {
@@ -158,10 +158,8 @@ impl Client {
             match self.config.transport.connect(endpoint).await {
                 Ok(channel) => {
                     debug!(%address, "connected to Typha");
-                    let client =
-                        ResourcesClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
-                    self.set_current(index, Some(client.clone()));
-                    return Ok(client);
+                    self.set_current(index, Some(channel.clone()));
+                    return Ok(channel);
                 }
                 Err(e) => {
                     debug!(%address, error = %e, "cannot connect to Typha");
@@ -181,11 +179,25 @@ impl Client {
         })
     }
 
-    /// Runs one request, moving on to the next replica while the current one
-    /// is unavailable.
+    /// Runs one request of the `Resources` API, moving on to the next
+    /// replica while the current one is unavailable.
     async fn call<T, F, Fut>(&self, request: F) -> Result<T, ClientError>
     where
         F: Fn(ResourcesClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_on(|channel| {
+            request(ResourcesClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
+        })
+        .await
+    }
+
+    /// Runs one request of any of Typha's APIs over a channel to the
+    /// current replica, moving on to the next replica while the current
+    /// one is unavailable.
+    pub(crate) async fn call_on<T, F, Fut>(&self, request: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let n = self.addresses.len();
@@ -195,8 +207,8 @@ impl Client {
             if attempt > 0 && attempt % n == 0 {
                 tokio::time::sleep(self.config.round_pause).await;
             }
-            let (index, client) = self.current();
-            let client = match client {
+            let (index, channel) = self.current();
+            let channel = match channel {
                 Some(c) => c,
                 None => match self.reconnect(index).await {
                     Ok(c) => c,
@@ -206,7 +218,7 @@ impl Client {
                     }
                 },
             };
-            let outcome = tokio::time::timeout(self.config.request_timeout, request(client)).await;
+            let outcome = tokio::time::timeout(self.config.request_timeout, request(channel)).await;
             let error = match outcome {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => ClientError::from_status(status, &self.joined()),

@@ -10,6 +10,9 @@
 //! resource, an invalid write, a cluster with no leader yet and an
 //! unavailable cluster apart.
 //!
+//! The same failover opens Typha's sync stream ([`Client::sync`]) and
+//! carries cluster administration on the peer listener ([`Client::cluster`]).
+//!
 //! [`ipam`] allocates addresses from IP pools in per-node blocks stored as
 //! `IPAMBlock` resources; its decisions are pure functions
 //! ([`ipam::plan`]), its writes are compare-and-set on a block's revision.
@@ -22,8 +25,11 @@
 //! [`Resource`]: manul_model::Resource
 
 mod client;
+mod cluster;
 mod error;
 pub mod ipam;
+mod sync;
 
 pub use client::{Client, ClientConfig};
+pub use cluster::Cluster;
 pub use error::ClientError;

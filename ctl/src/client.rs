@@ -1,5 +1,5 @@
 //! Connecting to Typha: `--server HOST:PORT` or `MANUL_SERVER` (several
-//! replicas separated by commas: the resource commands move on to the next
+//! replicas separated by commas: every online command moves on to the next
 //! when one is unavailable, through [`manul_client::Client`]), waiting up
 //! to `--timeout` for a replica to accept a connection and to have a
 //! leader. With `--ca-file`, `--cert-file` and `--key-file` (or
@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use manul_client::{Client, ClientConfig, ClientError};
-use tonic::transport::{Channel, Endpoint};
 
 /// The server flags shared by online commands.
 #[derive(Debug, Clone, Args)]
@@ -148,38 +147,6 @@ impl ServerArgs {
         self.server.split(',').map(str::trim).collect()
     }
 
-    /// A channel to the first replica `--server` names (the `sync` and
-    /// `cluster` commands talk to one replica). A refused or failed
-    /// connection is tried again until `--timeout` has passed since the
-    /// start.
-    pub async fn connect(&self) -> Result<Channel> {
-        let first = self.addresses()[0];
-        let url = if first.contains("://") {
-            first.to_string()
-        } else {
-            format!("http://{first}")
-        };
-        let endpoint = Endpoint::from_shared(url).with_context(|| {
-            crate::BadInput(format!("--server {:?} is not HOST:PORT", self.server))
-        })?;
-        let transport = self.transport()?;
-        let mut pause = FIRST_PAUSE;
-        loop {
-            let left = self.deadline().saturating_duration_since(Instant::now());
-            let attempt = transport
-                .connect(endpoint.clone().connect_timeout(connect_timeout(left)))
-                .await;
-            match attempt {
-                Ok(channel) => return Ok(channel),
-                Err(e) => {
-                    if !self.wait(&mut pause).await {
-                        return Err(anyhow::Error::new(e).context(self.unreachable()));
-                    }
-                }
-            }
-        }
-    }
-
     fn unreachable(&self) -> String {
         format!(
             "cannot connect to Typha at {} after waiting {:?} (--timeout)",
@@ -303,13 +270,18 @@ pub fn failure(e: ClientError) -> Result<ExitCode> {
             eprintln!("error: {}", s.message());
             Ok(ExitCode::from(crate::EXIT_BAD_INPUT))
         }
-        Some(s) => Err(status_error(s.clone())),
-        None => Err(e.into()),
+        _ => Err(client_error(e)),
     }
 }
 
-/// Largest answer accepted from the server (a list of every resource).
-pub const MAX_MESSAGE: usize = 1024 * 1024 * 1024;
+/// Turns the resource client's error into a user-facing one: a gRPC
+/// status as [`status_error`] prints it, anything else as it is.
+pub fn client_error(e: ClientError) -> anyhow::Error {
+    match e.status() {
+        Some(s) => status_error(s.clone()),
+        None => e.into(),
+    }
+}
 
 /// Turns a gRPC status into a user-facing error.
 pub fn status_error(s: tonic::Status) -> anyhow::Error {

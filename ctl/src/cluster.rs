@@ -3,27 +3,25 @@
 //! Cluster administration is served only on Typha's peer listener
 //! (`--peer-server` or `MANUL_PEER_SERVER`) and only to holders of the
 //! cluster's peer token (`--peer-token-file` or `MANUL_PEER_TOKEN_FILE`),
-//! sent as gRPC metadata.
+//! sent as gRPC metadata. Several replicas' peer listeners may be named,
+//! separated by commas: the commands move on to the next while one is
+//! unavailable, through [`manul_client::Client::cluster`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use manul_proto::v1::cluster_client::ClusterClient;
-use manul_proto::v1::{AddLearnerRequest, Member, MemberRequest, StatusRequest};
+use manul_proto::v1::{Member, StatusResponse};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
-use crate::client::{ServerArgs, is_bad_input, status_error};
-
-/// The metadata key Typha's peer listener reads the token from.
-const TOKEN_HEADER: &str = "x-manul-peer-token";
+use crate::client::{ServerArgs, client_error, failure};
 
 /// `manulctl cluster`'s flags and command.
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
     /// A Typha replica's peer listener (any replica; changes are forwarded
-    /// to the leader).
+    /// to the leader), or several separated by commas.
     #[arg(
         long,
         env = "MANUL_PEER_SERVER",
@@ -88,107 +86,63 @@ pub async fn run(server: &ServerArgs, args: &ClusterArgs) -> Result<ExitCode> {
         server: args.peer_server.clone(),
         ..server.clone()
     };
-    let cmd = &args.command;
-    let c = ClusterClient::with_interceptor(
-        server.connect().await?,
-        move |mut r: tonic::Request<()>| {
-            if let Some(t) = &token {
-                r.metadata_mut().insert(TOKEN_HEADER, t.clone());
-            }
-            Ok(r)
-        },
-    );
-    let result = match cmd {
+    let cluster = server.client().await?.cluster(token);
+    let result = match &args.command {
         ClusterCommand::Status => {
             let s = server
-                .call(|| {
-                    let mut c = c.clone();
-                    async move { c.status(StatusRequest {}).await }
-                })
+                .call(|| cluster.status())
                 .await
-                .map_err(status_error)?
-                .into_inner();
-            let leader = s
-                .replicas
-                .iter()
-                .map(|r| r.leader_id)
-                .find(|l| *l != 0)
-                .unwrap_or(0);
-            println!(
-                "leader: {}",
-                if leader == 0 {
-                    "none".to_string()
-                } else {
-                    leader.to_string()
-                }
-            );
-            println!(
-                "{:>4} {:<22} {:<11} {:>6} {:>8} {:>10} {:>10} {:>8} {:>7}  STATE-HASH",
-                "ID",
-                "ADDRESS",
-                "ROLE",
-                "TERM",
-                "LEADER",
-                "COMMIT",
-                "APPLIED",
-                "OBJECTS",
-                "CLIENTS"
-            );
-            for r in &s.replicas {
-                println!(
-                    "{:>4} {:<22} {:<11} {:>6} {:>8} {:>10} {:>10} {:>8} {:>7}  {}",
-                    r.id,
-                    r.address,
-                    r.role,
-                    r.term,
-                    r.leader_id,
-                    r.commit_index,
-                    r.applied_revision,
-                    r.resources,
-                    r.sync_clients,
-                    r.state_hash
-                );
-            }
+                .map_err(client_error)?;
+            print_status(&s);
             return Ok(ExitCode::SUCCESS);
         }
         ClusterCommand::AddLearner { id, address } => {
-            let request = AddLearnerRequest {
-                id: *id,
-                address: address.clone(),
-            };
-            server
-                .call(|| {
-                    let (mut c, request) = (c.clone(), request.clone());
-                    async move { c.add_learner(request).await }
-                })
-                .await
+            server.call(|| cluster.add_learner(*id, address)).await
         }
-        ClusterCommand::Promote { id } => {
-            server
-                .call(|| {
-                    let mut c = c.clone();
-                    async move { c.promote(MemberRequest { id: *id }).await }
-                })
-                .await
-        }
-        ClusterCommand::Remove { id } => {
-            server
-                .call(|| {
-                    let mut c = c.clone();
-                    async move { c.remove(MemberRequest { id: *id }).await }
-                })
-                .await
-        }
+        ClusterCommand::Promote { id } => server.call(|| cluster.promote(*id)).await,
+        ClusterCommand::Remove { id } => server.call(|| cluster.remove(*id)).await,
     };
     match result {
         Ok(r) => {
-            print_members(&r.into_inner().members);
+            print_members(&r.members);
             Ok(ExitCode::SUCCESS)
         }
-        Err(s) if is_bad_input(&s) => {
-            eprintln!("error: {}", s.message());
-            Ok(ExitCode::from(crate::EXIT_BAD_INPUT))
+        Err(e) => failure(e),
+    }
+}
+
+fn print_status(s: &StatusResponse) {
+    let leader = s
+        .replicas
+        .iter()
+        .map(|r| r.leader_id)
+        .find(|l| *l != 0)
+        .unwrap_or(0);
+    println!(
+        "leader: {}",
+        if leader == 0 {
+            "none".to_string()
+        } else {
+            leader.to_string()
         }
-        Err(s) => Err(status_error(s)),
+    );
+    println!(
+        "{:>4} {:<22} {:<11} {:>6} {:>8} {:>10} {:>10} {:>8} {:>7}  STATE-HASH",
+        "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "OBJECTS", "CLIENTS"
+    );
+    for r in &s.replicas {
+        println!(
+            "{:>4} {:<22} {:<11} {:>6} {:>8} {:>10} {:>10} {:>8} {:>7}  {}",
+            r.id,
+            r.address,
+            r.role,
+            r.term,
+            r.leader_id,
+            r.commit_index,
+            r.applied_revision,
+            r.resources,
+            r.sync_clients,
+            r.state_hash
+        );
     }
 }

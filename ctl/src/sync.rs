@@ -1,6 +1,7 @@
 //! `manulctl sync`: the delta-stream debugger. `watch` prints a snapshot
 //! summary, then every delta as it arrives; `stats` summarises sizes and
-//! lag over a short window.
+//! lag over a short window. The stream is opened on the first replica
+//! `--server` names that answers.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -9,12 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use manul_proto::v1::sync_client::SyncClient;
 use manul_proto::v1::sync_message::Message;
 use manul_proto::v1::{Entry, EntryList, SyncRequest};
 use prost::Message as _;
 
-use crate::client::{MAX_MESSAGE, ServerArgs, status_error};
+use crate::client::{ServerArgs, client_error, status_error};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -68,14 +68,14 @@ async fn open(
     server: &ServerArgs,
     from: u64,
 ) -> Result<tonic::Streaming<manul_proto::v1::SyncMessage>> {
-    let mut c = SyncClient::new(server.connect().await?).max_decoding_message_size(MAX_MESSAGE);
+    let client = server.client().await?;
     let req = SyncRequest {
         node_name: "manulctl".into(),
         client_version: manul_proto::PROTOCOL_VERSION.into(),
         resume_revision: from,
         accepted_compression: vec!["gzip".into()],
     };
-    Ok(c.sync(req).await.map_err(status_error)?.into_inner())
+    client.sync(req).await.map_err(client_error)
 }
 
 fn key_text(e: &Entry) -> String {

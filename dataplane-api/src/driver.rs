@@ -162,24 +162,10 @@ impl<D: Driver + ?Sized> Driver for Box<D> {
     }
 }
 
-/// `error` and its sources, joined with `: ` (a source whose text the
-/// message already holds is not repeated): how the dataplane crates print
-/// an error with its causes. It is `manul_model::error::chain`'s rule; the
-/// dataplane crates do not depend on the resource model, so they have it
-/// here.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
+/// `error` and its sources, joined with `: `: the one way Manul prints an
+/// error with its causes (its home is `manul-error`, which the dataplane
+/// crates reach without the resource model).
+pub use manul_error::chain;
 
 /// Why a driver refused or failed a batch.
 #[derive(Debug, thiserror::Error)]

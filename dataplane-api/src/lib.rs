@@ -5,7 +5,8 @@
 //! profiles before the endpoints that reference them, removals in reverse. A
 //! [`Driver`] applies them to a kernel (eBPF, iptables) or records them (the
 //! [`null`] driver); the [`remote`] driver forwards them to a driver in
-//! another process.
+//! another process. Every driver holds the [`desired`] state it was told;
+//! `contract` holds the checks on what operations carry.
 //!
 //! It refuses to know how any dataplane works: rules here are already
 //! resolved (selectors became IP set ids, named ports became per-endpoint
@@ -14,6 +15,8 @@
 //! [`verdict`] is the reference for how a dataplane judges a packet given
 //! the state it was told about; the null driver implements it in software.
 
+mod contract;
+pub mod desired;
 pub mod driver;
 pub mod maglev;
 pub mod null;
@@ -26,9 +29,10 @@ pub mod verdict;
 #[cfg(any(test, feature = "testing"))]
 pub mod testutil;
 
+pub use desired::{DesiredState, IpSet, ServiceKey};
 pub use driver::{ConntrackUsage, ContractViolation, Driver, DriverError, PolicyCounter, chain};
 pub use maglev::MaglevTable;
-pub use null::{DesiredState, IpSet, NullDriver, ServiceKey};
+pub use null::NullDriver;
 pub use ops::*;
 pub use remote::{RemoteDriver, RemoteOptions, ServeHandle, serve, serve_connection, serve_with};
 pub use verdict::{Decider, Packet, SideVerdict, Verdict};

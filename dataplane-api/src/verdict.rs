@@ -40,7 +40,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::null::DesiredState;
+use crate::desired::DesiredState;
 use crate::ops::{Action, EndpointId, Icmp, Match, Policy, PolicyId, Rule, WorkloadEndpoint};
 
 /// A packet to judge.

@@ -293,17 +293,7 @@ fn programming_state(cli: &Cli) -> Vec<Operation> {
             members,
         });
     }
-    let allow = |id: &str| Rule {
-        id: id.into(),
-        action: Action::Allow,
-        ip_version: None,
-        protocol: None,
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
-        src: Match::default(),
-        dst: Match::default(),
-    };
+    let allow = |id: &str| manul_dataplane_api::testutil::rule(id, Action::Allow);
     ops.push(Operation::ProfileUpdate {
         id: "bench-allow".into(),
         profile: Policy {

@@ -117,17 +117,6 @@ impl fmt::Display for LoadWarning {
 
 /// `error` and its sources, joined with `: ` (a source whose text the
 /// message already holds is not repeated): the one way Manul prints an
-/// error with its causes.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
+/// error with its causes (its home is `manul-error`, which every crate can
+/// reach).
+pub use manul_error::chain;

@@ -21,3 +21,7 @@ pub mod wire;
 
 /// The version clients and servers announce in their hellos.
 pub const PROTOCOL_VERSION: &str = concat!("manul/", env!("CARGO_PKG_VERSION"));
+
+/// The gRPC metadata key that carries the cluster's peer token to Typha's
+/// peer listener (replication and cluster administration).
+pub const PEER_TOKEN_HEADER: &str = "x-manul-peer-token";

@@ -16,7 +16,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
 
 /// The metadata key that carries the token.
-pub const TOKEN_HEADER: &str = "x-manul-peer-token";
+pub use manul_proto::PEER_TOKEN_HEADER as TOKEN_HEADER;
 /// Shortest token accepted: short shared secrets are guessable.
 pub const MIN_TOKEN_LEN: usize = 16;
 

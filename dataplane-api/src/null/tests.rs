@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::ops::{Action, IpSetKind, IpSetMember};
 use crate::testutil::*;
 
 /// Applies a batch that must break the contract, checks that nothing of it
