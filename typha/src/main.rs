@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use manul_model::error::chain;
+use manul_typha::api_limits::WriteLimits;
 use manul_typha::fanout::FanoutConfig;
 use manul_typha::listener::ConnectionLimits;
 use manul_typha::peer_auth::PeerToken;
@@ -113,6 +114,14 @@ struct Args {
     /// is closed.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..3600))]
     http2_keepalive_timeout_secs: u64,
+    /// Largest write request (encoded gRPC message) a client may send, in
+    /// MiB; each item in it is at most 8 MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_request_mib: u64,
+    /// Most problems a refused write lists: validation stops there (its
+    /// text is at most 4 KiB however many).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    max_validation_problems: u64,
     /// Concurrent gRPC streams one connection may open (a Felix uses one).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     max_streams_per_connection: u32,
@@ -311,6 +320,12 @@ async fn main() -> ExitCode {
             keepalive: Duration::from_secs(args.http2_keepalive_secs),
             keepalive_timeout: Duration::from_secs(args.http2_keepalive_timeout_secs),
             max_streams: args.max_streams_per_connection,
+        },
+        write_limits: WriteLimits {
+            max_request_bytes: usize::try_from(args.max_request_mib * 1024 * 1024)
+                .unwrap_or(usize::MAX),
+            max_problems: usize::try_from(args.max_validation_problems).unwrap_or(usize::MAX),
+            ..WriteLimits::default()
         },
     };
     let running = match start(config).await {

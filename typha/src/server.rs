@@ -27,6 +27,7 @@ use tracing::info;
 
 use crate::api::{LeaderClients, ResourcesService};
 use crate::api_authz::WriteAuth;
+use crate::api_limits::WriteLimits;
 use crate::cluster::ClusterService;
 use crate::fanout::{Fanout, FanoutConfig, FanoutMetrics, SnapshotSource};
 use crate::listener::{ConnectionLimits, Guarded};
@@ -67,6 +68,8 @@ pub struct TyphaConfig {
     pub audit_log: Option<PathBuf>,
     /// What one connection to either gRPC listener may hold.
     pub limits: ConnectionLimits,
+    /// What one write request may cost.
+    pub write_limits: WriteLimits,
 }
 
 impl TyphaConfig {
@@ -91,6 +94,7 @@ impl TyphaConfig {
             metrics_tls: None,
             audit_log: None,
             limits: ConnectionLimits::default(),
+            write_limits: WriteLimits::default(),
         }
     }
 }
@@ -274,6 +278,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             leaders.clone(),
             config.kube,
             auth.clone(),
+            config.write_limits,
         ))
         .add_service(fanout.service());
     let peer_router = config
@@ -288,7 +293,13 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             gate.clone(),
         ))
         .add_service(InterceptedService::new(
-            ResourcesService::serve(node.clone(), leaders, config.kube, auth),
+            ResourcesService::serve(
+                node.clone(),
+                leaders,
+                config.kube,
+                auth,
+                config.write_limits,
+            ),
             gate,
         ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

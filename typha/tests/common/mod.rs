@@ -323,6 +323,17 @@ impl Cluster {
             .and_then(|v| v.parse().ok())
     }
 
+    /// A line of replica `i`'s `/proc/PID/status` in KiB, such as `VmHWM`
+    /// (its peak resident memory) or `VmRSS`.
+    pub fn memory_kib(&self, i: usize, field: &str) -> Option<u64> {
+        let pid = self.replicas[i].child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Lists every resource name on replica `i`.
     pub async fn names(&self, i: usize) -> Vec<String> {
         let mut c = self.resources(i).await;
