@@ -122,6 +122,11 @@ struct Args {
     /// text is at most 4 KiB however many).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     max_validation_problems: u64,
+    /// Connections each gRPC listener (client, peer) holds at once; with
+    /// that many open it waits before accepting. Never more than half of
+    /// RLIMIT_NOFILE less 128 (kept for the store and /readyz).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
+    max_connections_per_listener: u64,
     /// Concurrent gRPC streams one connection may open (a Felix uses one).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     max_streams_per_connection: u32,
@@ -320,6 +325,8 @@ async fn main() -> ExitCode {
             keepalive: Duration::from_secs(args.http2_keepalive_secs),
             keepalive_timeout: Duration::from_secs(args.http2_keepalive_timeout_secs),
             max_streams: args.max_streams_per_connection,
+            max_connections: usize::try_from(args.max_connections_per_listener)
+                .unwrap_or(usize::MAX),
         },
         write_limits: WriteLimits {
             max_request_bytes: usize::try_from(args.max_request_mib * 1024 * 1024)

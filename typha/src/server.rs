@@ -30,6 +30,7 @@ use crate::api_authz::WriteAuth;
 use crate::api_limits::WriteLimits;
 use crate::cluster::ClusterService;
 use crate::fanout::{Fanout, FanoutConfig, FanoutMetrics, SnapshotSource};
+use crate::listener::slots::{self, ListenerMetrics, Slots};
 use crate::listener::{ConnectionLimits, Guarded};
 use crate::node::transport::PeerService;
 use crate::node::{Node, NodeConfig, NodeError, RaftMetrics, Shared};
@@ -191,6 +192,7 @@ fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: ConnectionLimits,
+    slots: Slots,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let mut stop = stop;
@@ -199,8 +201,12 @@ fn serve(
     };
     if let Some(config) = tls {
         return tokio::spawn(async move {
-            let incoming = manul_tls::accept::incoming(listener, config)
-                .map(move |conn| conn.map(|tls| Guarded::new(tls, limits.handshake)));
+            let incoming = manul_tls::accept::incoming_limited(listener, config, slots.semaphore())
+                .map(move |conn| {
+                    conn.map(|(tls, permit)| {
+                        Guarded::new(tls, limits.handshake).holding(slots.from_permit(permit))
+                    })
+                });
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
@@ -210,7 +216,7 @@ fn serve(
         });
     }
     tokio::spawn(async move {
-        let incoming = crate::listener::incoming(listener, limits);
+        let incoming = crate::listener::incoming(listener, limits, slots);
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
@@ -239,6 +245,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     let kube_metrics = crate::kube::metrics::KubeMetrics::register(&mut registry);
     let threatfeed_metrics = crate::threatfeed::metrics::ThreatFeedMetrics::register(&mut registry);
     let authz_metrics = crate::audit::AuthzMetrics::register(&mut registry);
+    let listener_metrics = ListenerMetrics::register(&mut registry);
     let audit = match &config.audit_log {
         Some(path) => crate::audit::Audit::open(path, authz_metrics).await?,
         None => crate::audit::Audit::disabled(authz_metrics),
@@ -312,13 +319,38 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             (None, None)
         }
     };
-    let server = serve(router, listener, client_tls, config.limits, stop_rx.clone());
+    // Each gRPC listener's share of the descriptors (`listener::slots`).
+    let nofile = slots::nofile();
+    let max = slots::share(config.limits.max_connections, nofile, 2);
+    if max < config.limits.max_connections {
+        tracing::warn!(
+            max,
+            ?nofile,
+            "RLIMIT_NOFILE allows each gRPC listener at most {max} connections; raise it for more"
+        );
+    }
+    let server = serve(
+        router,
+        listener,
+        client_tls,
+        config.limits,
+        Slots::new("client", max, &listener_metrics),
+        stop_rx.clone(),
+    );
     tokio::spawn(crate::threatfeed::driver::run(
         node.clone(),
         threatfeed_metrics,
         stop_rx.clone(),
     ));
-    let peer_server = serve(peer_router, peer_listener, peer_tls, config.limits, stop_rx);
+    let peer_server = serve(
+        peer_router,
+        peer_listener,
+        peer_tls,
+        config.limits,
+        Slots::new("peer", max, &listener_metrics),
+        stop_rx,
+    );
+    let metrics_slots = Slots::new("metrics", slots::METRICS_CONNECTIONS, &listener_metrics);
     let registry = Arc::new(registry);
     let (metrics_addr, http) = match config.metrics {
         Some(addr) => {
@@ -327,6 +359,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
                 registry.clone(),
                 node.clone(),
                 config.metrics_tls.clone(),
+                metrics_slots,
             )
             .await
             .map_err(|source| ServerError::Listen { addr, source })?;
