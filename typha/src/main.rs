@@ -99,6 +99,11 @@ struct Args {
     /// Deltas retained for resuming clients, by encoded size in MiB.
     #[arg(long, default_value_t = 64)]
     history_mib: usize,
+    /// Seconds a Sync stream may leave its queued messages untaken (its
+    /// client stopped reading, or keeps its HTTP/2 window shut) before it
+    /// and its connection are cut.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..86400))]
+    sync_stall_timeout_secs: u64,
     /// Seconds over which a graceful shutdown spreads client disconnects.
     #[arg(long, default_value_t = 10)]
     shutdown_spread_secs: u64,
@@ -308,6 +313,7 @@ async fn main() -> ExitCode {
             max_connections: args.max_connections,
             max_history_revisions: args.history_revisions.max(1),
             max_history_bytes: args.history_mib.max(1) * 1024 * 1024,
+            stall_timeout: Duration::from_secs(args.sync_stall_timeout_secs),
             ..FanoutConfig::default()
         },
         shutdown_spread: Duration::from_secs(args.shutdown_spread_secs),

@@ -30,6 +30,7 @@ use crate::api_authz::WriteAuth;
 use crate::api_limits::WriteLimits;
 use crate::cluster::ClusterService;
 use crate::fanout::{Fanout, FanoutConfig, FanoutMetrics, SnapshotSource};
+use crate::listener::kill::Connections;
 use crate::listener::slots::{self, ListenerMetrics, Slots};
 use crate::listener::{ConnectionLimits, Guarded};
 use crate::node::transport::PeerService;
@@ -193,6 +194,7 @@ fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: ConnectionLimits,
     slots: Slots,
+    connections: Option<Arc<Connections>>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let mut stop = stop;
@@ -216,7 +218,7 @@ fn serve(
         });
     }
     tokio::spawn(async move {
-        let incoming = crate::listener::incoming(listener, limits, slots);
+        let incoming = crate::listener::incoming(listener, limits, slots, connections);
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
@@ -255,6 +257,10 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     let mut fanout_config = config.fanout.clone();
     fanout_config.replica_id = config.node_id;
     let fanout = Fanout::new(fanout_config, source.clone(), fanout_metrics);
+    // The client listener's connections, which the fan-out ends when their
+    // Sync stream stalls.
+    let client_connections = Arc::new(Connections::default());
+    fanout.cut_through(client_connections.clone());
     let mut node_config = NodeConfig::new(
         config.node_id,
         config.data_dir.clone(),
@@ -335,6 +341,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
         client_tls,
         config.limits,
         Slots::new("client", max, &listener_metrics),
+        Some(client_connections),
         stop_rx.clone(),
     );
     tokio::spawn(crate::threatfeed::driver::run(
@@ -348,6 +355,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
         peer_tls,
         config.limits,
         Slots::new("peer", max, &listener_metrics),
+        None,
         stop_rx,
     );
     let metrics_slots = Slots::new("metrics", slots::METRICS_CONNECTIONS, &listener_metrics);

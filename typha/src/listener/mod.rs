@@ -32,11 +32,13 @@
 //! `--http2-keepalive-timeout-secs`, `--max-streams-per-connection`,
 //! `--max-connections-per-listener`.
 
+pub mod kill;
 pub mod slots;
 
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -46,6 +48,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 use tonic::transport::server::Connected;
 
+use self::kill::{Connections, Registered};
 use self::slots::{Slot, Slots};
 
 /// The HTTP/2 client connection preface (RFC 9113, 3.4), without the
@@ -97,9 +100,11 @@ pub fn incoming(
     listener: TcpListener,
     limits: ConnectionLimits,
     slots: Slots,
+    connections: Option<Arc<Connections>>,
 ) -> impl Stream<Item = io::Result<Guarded<TcpStream>>> + Send + 'static {
     futures::stream::unfold(listener, move |listener| {
         let slots = slots.clone();
+        let connections = connections.clone();
         async move {
             let slot = slots.acquire().await;
             let (tcp, _) = accept(&listener).await;
@@ -107,7 +112,10 @@ pub fn incoming(
             // binds itself: without it, Nagle plus delayed ACKs hold each
             // response's trailers for ~40 ms.
             let _ = tcp.set_nodelay(true);
-            let guarded = Guarded::new(tcp, limits.handshake).holding(slot);
+            let addr = tcp.peer_addr();
+            let guarded = Guarded::new(tcp, limits.handshake)
+                .holding(slot)
+                .killable(connections.as_ref(), addr);
             Some((Ok(guarded), listener))
         }
     })
@@ -218,6 +226,13 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Idle<IO> {
     }
 }
 
+fn killed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "the server ended this connection",
+    )
+}
+
 /// A connection that must deliver the HTTP/2 preface before a deadline:
 /// a read still waiting for it when the deadline passes fails, which ends
 /// the connection.
@@ -229,6 +244,8 @@ pub struct Guarded<IO> {
     preface: Option<(usize, Pin<Box<Sleep>>)>,
     /// The listener's slot this connection holds.
     _slot: Option<Slot>,
+    /// Its kill switch, when its listener keeps them (`kill`).
+    kill: Option<Registered>,
 }
 
 impl<IO> Guarded<IO> {
@@ -237,7 +254,24 @@ impl<IO> Guarded<IO> {
             inner,
             preface: Some((PREFACE_LEN, Box::pin(tokio::time::sleep(handshake)))),
             _slot: None,
+            kill: None,
         }
+    }
+
+    /// This connection (from `addr`) can be ended through `connections`.
+    pub fn killable(
+        mut self,
+        connections: Option<&Arc<Connections>>,
+        addr: io::Result<std::net::SocketAddr>,
+    ) -> Guarded<IO> {
+        if let (Some(c), Ok(addr)) = (connections, addr) {
+            self.kill = Some(c.register(addr));
+        }
+        self
+    }
+
+    fn killed(&self, cx: &Context<'_>) -> bool {
+        self.kill.as_ref().is_some_and(|k| k.switch.killed(cx))
     }
 
     /// This connection holds `slot` until it is dropped.
@@ -262,6 +296,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.killed(cx) {
+            return Poll::Ready(Err(killed()));
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         let Some((missing, deadline)) = this.preface.as_mut() else {
@@ -296,7 +333,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.killed(cx) {
+            return Poll::Ready(Err(killed()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -304,7 +345,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.killed(cx) {
+            return Poll::Ready(Err(killed()));
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
