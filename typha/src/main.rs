@@ -90,6 +90,11 @@ struct Args {
     /// Take a Raft snapshot and compact the log every N entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Also take a Raft snapshot and compact the log once the entries since
+    /// the last one hold this many MiB: the log on disk, and what a restart
+    /// replays, stay bounded by size too.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    snapshot_every_mib: u64,
     /// Most Sync clients this replica serves at once.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
@@ -308,6 +313,7 @@ async fn main() -> ExitCode {
         peers,
         join,
         snapshot_every: args.snapshot_every.max(1),
+        snapshot_every_bytes: args.snapshot_every_mib * 1024 * 1024,
         fanout: FanoutConfig {
             replica_id: node_id,
             max_connections: args.max_connections,

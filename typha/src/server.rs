@@ -57,6 +57,8 @@ pub struct TyphaConfig {
     pub peers: BTreeMap<u64, String>,
     pub join: bool,
     pub snapshot_every: u64,
+    /// ... or every this many bytes of entries.
+    pub snapshot_every_bytes: u64,
     pub fanout: FanoutConfig,
     /// Over how long a graceful shutdown spreads client disconnects.
     pub shutdown_spread: Duration,
@@ -89,6 +91,7 @@ impl TyphaConfig {
             peers: BTreeMap::from([(1, peer_listen.to_string())]),
             join: false,
             snapshot_every: 10_000,
+            snapshot_every_bytes: 64 * 1024 * 1024,
             fanout: FanoutConfig::default(),
             shutdown_spread: Duration::from_secs(10),
             kube: None,
@@ -268,6 +271,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     );
     node_config.join = config.join;
     node_config.snapshot_every = config.snapshot_every;
+    node_config.snapshot_every_bytes = config.snapshot_every_bytes;
     node_config.peer_token = Some(peer_token.clone());
     let dial = config
         .tls
