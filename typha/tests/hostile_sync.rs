@@ -74,7 +74,13 @@ async fn a_client_that_stops_reading_is_cut_within_the_stall_timeout() {
         .unwrap()
         .into_inner();
     // A reader.
-    let mut reader = c.sync(0).await.sync(hello("reader")).await.unwrap().into_inner();
+    let mut reader = c
+        .sync(0)
+        .await
+        .sync(hello("reader"))
+        .await
+        .unwrap()
+        .into_inner();
     let (tx, mut reached) = tokio::sync::watch::channel(0);
     tokio::spawn(async move {
         while let Ok(Some(message)) = reader.message().await {
@@ -92,7 +98,12 @@ async fn a_client_that_stops_reading_is_cut_within_the_stall_timeout() {
     let mut last = 0;
     let started = Instant::now();
     for k in 0..120 {
-        last = resources.apply(big_set(k)).await.unwrap().into_inner().revision;
+        last = resources
+            .apply(big_set(k))
+            .await
+            .unwrap()
+            .into_inner()
+            .revision;
     }
     eprintln!("120 writes in {:?}", started.elapsed());
     tokio::time::timeout(Duration::from_secs(5), reached.wait_for(|r| *r >= last))
@@ -129,7 +140,12 @@ async fn a_client_that_stops_reading_is_cut_within_the_stall_timeout() {
             .unwrap_or(0.0),
         0.0
     );
-    let after = resources.apply(big_set(999)).await.unwrap().into_inner().revision;
+    let after = resources
+        .apply(big_set(999))
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
     tokio::time::timeout(Duration::from_secs(2), reached.wait_for(|r| *r >= after))
         .await
         .expect("the reader goes on")
