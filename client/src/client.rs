@@ -186,7 +186,20 @@ impl Client {
         F: Fn(ResourcesClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.call_on(|channel| {
+        self.call_on_as(false, |channel| {
+            request(ResourcesClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
+        })
+        .await
+    }
+
+    /// [`Client::call`] for a write: one that may have been committed is
+    /// not sent again ([`ClientError::OutcomeUnknown`]).
+    async fn call_write<T, F, Fut>(&self, request: F) -> Result<T, ClientError>
+    where
+        F: Fn(ResourcesClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_on_as(true, |channel| {
             request(ResourcesClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
         })
         .await
@@ -196,6 +209,14 @@ impl Client {
     /// current replica, moving on to the next replica while the current
     /// one is unavailable.
     pub(crate) async fn call_on<T, F, Fut>(&self, request: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_on_as(false, request).await
+    }
+
+    async fn call_on_as<T, F, Fut>(&self, write: bool, request: F) -> Result<T, ClientError>
     where
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -221,7 +242,23 @@ impl Client {
             let outcome = tokio::time::timeout(self.config.request_timeout, request(channel)).await;
             let error = match outcome {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) if write && crate::error::outcome_unknown(&status) => {
+                    self.set_current(index, None);
+                    return Err(ClientError::OutcomeUnknown {
+                        address: self.addresses[index].clone(),
+                        cause: status.message().to_string(),
+                        status: Some(status),
+                    });
+                }
                 Ok(Err(status)) => ClientError::from_status(status, &self.joined()),
+                Err(_) if write => {
+                    self.set_current(index, None);
+                    return Err(ClientError::OutcomeUnknown {
+                        address: self.addresses[index].clone(),
+                        cause: format!("no answer within {:?}", self.config.request_timeout),
+                        status: None,
+                    });
+                }
                 Err(_) => ClientError::Unavailable {
                     addresses: self.addresses[index].clone(),
                     message: format!(
@@ -289,7 +326,7 @@ impl Client {
             return Ok(Vec::new());
         }
         let response = self
-            .call(|mut c| {
+            .call_write(|mut c| {
                 let r = request.clone();
                 async move { c.apply(r).await }
             })
@@ -411,7 +448,7 @@ impl Client {
             keys: keys.iter().map(wire::key_to_proto).collect(),
             expected_revision: expected,
         };
-        self.call(|mut c| {
+        self.call_write(|mut c| {
             let r = request.clone();
             async move { c.delete(r).await }
         })

@@ -28,6 +28,19 @@ pub enum ClientError {
         #[source]
         source: Option<BoxError>,
     },
+    /// A write was sent but no answer came back (the connection dropped,
+    /// the request timed out, or Typha could not commit it in time): it may
+    /// or may not have been committed. It is not sent again (another try
+    /// could fail on a conflict with itself, or write twice); read the keys
+    /// back to see which.
+    #[error(
+        "the write's outcome is unknown: {cause} (Typha at {address}); it may or may not have been committed: read the keys back to see whether they hold it before writing again"
+    )]
+    OutcomeUnknown {
+        address: String,
+        cause: String,
+        status: Option<Status>,
+    },
     /// The replica asked knows no leader: none is elected yet (a cluster
     /// just started, or lost its quorum), or leadership is changing. The
     /// request was refused before it was proposed, so sending it again is
@@ -96,6 +109,11 @@ impl ClientError {
         matches!(self, ClientError::Conflict { .. })
     }
 
+    /// A write was sent and may or may not have been committed.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, ClientError::OutcomeUnknown { .. })
+    }
+
     /// Nobody could serve the request right now; trying later may work.
     pub fn is_unavailable(&self) -> bool {
         matches!(
@@ -146,6 +164,41 @@ const NO_LEADER_MESSAGES: [&str; 3] = [
 
 fn names_no_leader(message: &str) -> bool {
     NO_LEADER_MESSAGES.iter().any(|m| message.starts_with(m))
+}
+
+/// What a failed write's status says of it: whether it may have reached
+/// Typha and been committed. Typha's own answers say so when it proposed
+/// the write and did not see it commit; a connection that broke after the
+/// request was sent (tonic's status then carries the transport error as
+/// its source) leaves it unknown too, unless it broke before anything was
+/// sent (the connection was never made, or the stream was refused).
+pub(crate) fn outcome_unknown(status: &Status) -> bool {
+    if status.message().contains("outcome is unknown") {
+        return true;
+    }
+    if names_no_leader(status.message()) {
+        return false;
+    }
+    let Some(source) = std::error::Error::source(status) else {
+        return false;
+    };
+    let mut chain = source.to_string();
+    let mut next = source.source();
+    while let Some(e) = next {
+        chain.push_str(": ");
+        chain.push_str(&e.to_string());
+        next = e.source();
+    }
+    let chain = chain.to_ascii_lowercase();
+    ![
+        "connect error",
+        "connection refused",
+        "dns error",
+        "refused_stream",
+        "refused stream",
+    ]
+    .iter()
+    .any(|never_sent| chain.contains(never_sent))
 }
 
 #[cfg(test)]

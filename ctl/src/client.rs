@@ -263,8 +263,14 @@ fn connect_timeout(left: Duration) -> Duration {
 
 /// The outcome of a failed resource request: the server rejecting the
 /// input is printed as Typha said it and exits 2; any other failure is an
-/// error (exit 1).
+/// error (exit 1), and a write whose outcome is unknown (the connection
+/// dropped after it was sent) says how to find out.
 pub fn failure(e: ClientError) -> Result<ExitCode> {
+    if e.is_outcome_unknown() {
+        return Err(anyhow::anyhow!(
+            "{e}\ncheck with `manulctl get KIND NAME` (or `manulctl get KIND` for all of them) whether Typha holds what was written, and write again only if it does not"
+        ));
+    }
     match e.status() {
         Some(s) if is_bad_input(s) => {
             eprintln!("error: {}", s.message());

@@ -40,6 +40,10 @@ pub enum Problem {
     Decode { message: String },
     #[error("{message}")]
     Invalid { message: String },
+    #[error(
+        "{listed} problems listed; loading stopped there and any further problems are not listed"
+    )]
+    TooManyProblems { listed: usize },
     #[error("duplicate resource {key}: document {first} of this input already defines it")]
     Duplicate { key: String, first: usize },
 }

@@ -7,6 +7,7 @@
 //! `manulctl validate` shows them all.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
@@ -48,8 +49,40 @@ impl LoadOutcome {
     }
 }
 
+/// Most problems listed for one input by [`load`]: past them loading stops
+/// (the work and the report are bounded whatever the input holds).
+pub const MAX_PROBLEMS: usize = crate::load_typed::MAX_ERRORS;
+
+/// Longest origin, resource name or field path an error repeats, in bytes:
+/// longer ones (never valid names) are cut, so that an input cannot make
+/// each of its errors carry megabytes.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// `text`, cut to at most `max` bytes at a character boundary, with `…`
+/// when anything was cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// Loads every resource in `bytes`; `origin` names the input in errors.
+/// At most [`MAX_PROBLEMS`] problems are listed.
 pub fn load(origin: &str, bytes: &[u8]) -> LoadOutcome {
+    load_limited(origin, bytes, MAX_PROBLEMS)
+}
+
+/// [`load`], listing at most `max_problems` problems (at least one): once
+/// that many are found, loading stops and a last problem says so.
+pub fn load_limited(origin: &str, bytes: &[u8], max_problems: usize) -> LoadOutcome {
+    let max_problems = max_problems.max(1);
+    let origin = clip(origin, MAX_LABEL_BYTES);
+    let origin = origin.as_str();
     let mut out = LoadOutcome::default();
     let whole = |problem| LoadError {
         origin: origin.to_string(),
@@ -76,91 +109,115 @@ pub fn load(origin: &str, bytes: &[u8]) -> LoadOutcome {
             return out;
         }
     };
-    let documents = match split_documents(text) {
-        Ok(docs) => docs,
-        Err(problem) => {
-            out.errors.push(whole(problem));
-            return out;
-        }
-    };
     let mut seen = BTreeMap::new();
-    for (index, doc) in documents {
-        let mut report = |resource: Option<String>, path: Option<String>, problem| {
-            out.errors.push(LoadError {
-                origin: origin.to_string(),
-                document: Some(index),
-                resource,
-                path,
-                problem,
-            })
-        };
-        let doc = match doc {
-            Ok(Value::Null) => continue,
-            Ok(v) => v,
-            Err(problem) => {
-                report(None, None, problem);
-                continue;
-            }
-        };
-        for item in list_items(doc) {
-            let decoded = decode_document(item);
-            for e in decoded.errors {
-                report(e.resource, e.path, e.problem);
-            }
-            let Some(resource) = decoded.resource else {
-                continue;
-            };
-            let name = describe(&resource);
-            let errors: Vec<_> = crate::validate::validate(&resource)
-                .into_iter()
-                .filter(|e| {
-                    !decoded
-                        .removed
-                        .iter()
-                        .any(|r| crate::load_typed::related(&e.path, r))
-                })
-                .collect();
-            for e in &errors {
-                report(
-                    Some(name.clone()),
-                    Some(e.path.clone()),
-                    Problem::Invalid {
-                        message: e.reason.clone(),
-                    },
-                );
-            }
-            if !decoded.complete {
-                continue;
-            }
-            let key = resource.key();
-            if let Some(first) = seen.get(&key) {
-                report(
-                    Some(name),
-                    None,
-                    Problem::Duplicate {
-                        key: key.to_string(),
-                        first: *first,
-                    },
-                );
-            } else if errors.is_empty() {
-                seen.insert(key, index);
-                for w in decoded.warnings {
-                    out.warnings.push(LoadWarning {
-                        origin: origin.to_string(),
-                        document: index,
-                        resource: name.clone(),
-                        field: w.path,
-                        reason: w.reason,
-                    });
-                }
-                out.resources.push(Loaded {
-                    document: index,
-                    resource,
-                });
-            }
+    let split = each_document(text, &mut |index, doc| {
+        load_document(origin, index, doc, &mut out, &mut seen);
+        if out.errors.len() < max_problems {
+            return ControlFlow::Continue(());
         }
+        out.errors.truncate(max_problems);
+        out.errors.push(LoadError {
+            origin: origin.to_string(),
+            document: None,
+            resource: None,
+            path: None,
+            problem: Problem::TooManyProblems {
+                listed: max_problems,
+            },
+        });
+        ControlFlow::Break(())
+    });
+    if let Err(problem) = split {
+        // A syntax error in a JSON input is its only problem, as before
+        // anything of it was read.
+        out = LoadOutcome::default();
+        out.errors.push(whole(problem));
     }
     out
+}
+
+/// Loads document `index` of an input into `out`.
+fn load_document(
+    origin: &str,
+    index: usize,
+    doc: Result<Value, Problem>,
+    out: &mut LoadOutcome,
+    seen: &mut BTreeMap<crate::resource::ResourceKey, usize>,
+) {
+    let mut report = |resource: Option<String>, path: Option<String>, problem| {
+        out.errors.push(LoadError {
+            origin: origin.to_string(),
+            document: Some(index),
+            resource: resource.map(|r| clip(&r, MAX_LABEL_BYTES)),
+            path: path.map(|p| clip(&p, MAX_LABEL_BYTES)),
+            problem,
+        })
+    };
+    let doc = match doc {
+        Ok(Value::Null) => return,
+        Ok(v) => v,
+        Err(problem) => {
+            report(None, None, problem);
+            return;
+        }
+    };
+    for item in list_items(doc) {
+        let decoded = decode_document(item);
+        for e in decoded.errors {
+            report(e.resource, e.path, e.problem);
+        }
+        let Some(resource) = decoded.resource else {
+            continue;
+        };
+        let name = describe(&resource);
+        let errors: Vec<_> = crate::validate::validate(&resource)
+            .into_iter()
+            .filter(|e| {
+                !decoded
+                    .removed
+                    .iter()
+                    .any(|r| crate::load_typed::related(&e.path, r))
+            })
+            .collect();
+        for e in &errors {
+            report(
+                Some(name.clone()),
+                Some(e.path.clone()),
+                Problem::Invalid {
+                    message: e.reason.clone(),
+                },
+            );
+        }
+        if !decoded.complete {
+            continue;
+        }
+        let key = resource.key();
+        if let Some(first) = seen.get(&key) {
+            report(
+                Some(name),
+                None,
+                Problem::Duplicate {
+                    key: key.to_string(),
+                    first: *first,
+                },
+            );
+        } else if errors.is_empty() {
+            seen.insert(key, index);
+            for w in decoded.warnings {
+                out.warnings.push(LoadWarning {
+                    origin: origin.to_string(),
+                    document: index,
+                    resource: name.clone(),
+                    field: w.path,
+                    reason: w.reason,
+                });
+            }
+            out.resources.push(Loaded {
+                document: index,
+                resource,
+            });
+        }
+    }
 }
 
 /// `KIND NAMESPACE/NAME` or `KIND NAME`, as the CLI prints it.
@@ -169,48 +226,44 @@ pub fn describe(resource: &Resource) -> String {
     format!("{} {}", key.kind, key.qualified_name())
 }
 
-type Documents = Vec<(usize, Result<Value, Problem>)>;
+/// What to do with each document: go on or stop.
+type EachDocument<'f> = dyn FnMut(usize, Result<Value, Problem>) -> ControlFlow<()> + 'f;
 
-fn split_documents(text: &str) -> Result<Documents, Problem> {
+/// Hands each document of `text` (1-based index) to `f` as it is read,
+/// until `f` stops; a JSON input's items one by one, so that stopping also
+/// stops the parsing. A JSON syntax error is the whole input's problem.
+fn each_document(text: &str, f: &mut EachDocument<'_>) -> Result<(), Problem> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        let mut docs = Vec::new();
-        for v in serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>() {
-            let v = v.map_err(|source| Problem::JsonSyntax { error: source })?;
-            let items = match v {
-                serde_json::Value::Array(items) => items,
-                other => vec![other],
-            };
-            for item in items {
-                let value = serde_yaml_ng::to_value(item).map_err(|e| Problem::Decode {
-                    message: e.to_string(),
-                });
-                docs.push((docs.len() + 1, value));
-            }
-        }
-        return Ok(docs);
+        return json::each_document(text, f);
     }
-    let mut docs = Vec::new();
     for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         match crate::value_de::parse_document(de) {
-            Ok(v) => docs.push((i + 1, Ok(v))),
+            Ok(v) => {
+                if f(i + 1, Ok(v)).is_break() {
+                    break;
+                }
+            }
             Err(source) => {
                 // The parser cannot resynchronise after a syntax error.
-                docs.push((i + 1, Err(Problem::Syntax { error: source })));
+                let _ = f(i + 1, Err(Problem::Syntax { error: source }));
                 break;
             }
         }
     }
-    Ok(docs)
+    Ok(())
 }
 
 /// A `kind: List` (as `kubectl get -o yaml` prints) yields its items.
 fn list_items(doc: Value) -> Vec<Value> {
-    if let Value::Mapping(map) = &doc
-        && map.get("kind").and_then(Value::as_str) == Some("List")
-        && let Some(Value::Sequence(items)) = map.get("items")
-    {
-        return items.clone();
+    if let Value::Mapping(mut map) = doc {
+        if map.get("kind").and_then(Value::as_str) == Some("List")
+            && let Some(Value::Sequence(_)) = map.get("items")
+            && let Some(Value::Sequence(items)) = map.remove("items")
+        {
+            return items;
+        }
+        return vec![Value::Mapping(map)];
     }
     vec![doc]
 }
@@ -378,6 +431,8 @@ fn describe_raw(kind: Kind, map: &serde_yaml_ng::Mapping) -> String {
         (_, None) => format!("{kind} without a name"),
     }
 }
+
+mod json;
 
 #[cfg(test)]
 #[path = "load_tests.rs"]

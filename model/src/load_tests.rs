@@ -614,3 +614,40 @@ fn every_example_round_trips_through_its_stored_form() {
         }
     }
 }
+
+#[test]
+fn an_input_made_of_errors_stops_at_the_problem_limit() {
+    // Four million documents that are not resources: loading stops at the
+    // limit, whatever the input holds after it.
+    let mut input = String::from("[");
+    for _ in 0..4_000_000 {
+        input.push_str("1,");
+    }
+    input.push_str("1]");
+    let out = load("numbers.json", input.as_bytes());
+    assert_eq!(out.errors.len(), MAX_PROBLEMS + 1);
+    assert!(out.errors[0].to_string().contains("found a number"));
+    assert!(
+        out.errors[MAX_PROBLEMS]
+            .to_string()
+            .contains("100 problems listed; loading stopped there"),
+        "{}",
+        out.errors[MAX_PROBLEMS]
+    );
+    assert_eq!(load_limited("x", b"1\n---\n2\n---\n3\n", 2).errors.len(), 3);
+
+    // A name, origin or path of megabytes is not repeated in every error.
+    let name = "n".repeat(100_000);
+    let doc = format!(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: {name}\n  labels: {{{}}}\nspec:\n  nets: [bad, worse]\n",
+        (0..50)
+            .map(|i| format!("\"bad label {i}\": x"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let out = load(&"o".repeat(100_000), doc.as_bytes());
+    assert!(out.errors.len() > 2, "{:?}", out.errors);
+    for e in &out.errors {
+        assert!(e.to_string().len() < 2_000, "{}", e.to_string().len());
+    }
+}

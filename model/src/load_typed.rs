@@ -206,7 +206,11 @@ pub fn typed<T: DeserializeOwned>(mut value: Value) -> Typed<T> {
     let mut errors: Vec<(Vec<Seg>, Vec<Seg>, Problem)> = Vec::new();
     let mut as_written: Option<Value> = None;
     let mut removed: Vec<Vec<Seg>> = Vec::new();
+    // Each pass decodes the whole document again: passes are bounded like
+    // errors are, also those whose error is not reported.
+    let mut passes = 0;
     loop {
+        passes += 1;
         let mut unknown: Vec<Vec<Seg>> = Vec::new();
         let mut record = |p: serde_ignored::Path<'_>| {
             let mut segs = Vec::new();
@@ -236,7 +240,7 @@ pub fn typed<T: DeserializeOwned>(mut value: Value) -> Typed<T> {
         };
         let current = segs_of_error(failure.path());
         let message = failure.into_inner().0;
-        if errors.len() >= MAX_ERRORS {
+        if errors.len() >= MAX_ERRORS || passes > 2 * MAX_ERRORS {
             errors.push((
                 Vec::new(),
                 Vec::new(),

@@ -18,7 +18,8 @@ mod felix;
 mod k8s;
 mod threatfeed;
 
-/// Every problem with `resource`; empty when it is valid.
+/// Every problem with `resource` (the first
+/// [`crate::load_typed::MAX_ERRORS`] of them); empty when it is valid.
 pub fn validate(resource: &Resource) -> Vec<FieldError> {
     let mut v = Validator::default();
     v.metadata(resource.kind(), resource.metadata());
@@ -117,7 +118,12 @@ struct Validator {
 }
 
 impl Validator {
+    /// Records a problem; past [`crate::load_typed::MAX_ERRORS`] of them,
+    /// the rest are not kept (the loader says the list stops there).
     fn err(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        if self.errors.len() >= crate::load_typed::MAX_ERRORS {
+            return;
+        }
         self.errors.push(FieldError {
             path: path.into(),
             reason: reason.into(),

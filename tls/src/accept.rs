@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -23,10 +24,31 @@ pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
 ) -> impl Stream<Item = std::io::Result<TlsStream<TcpStream>>> + Send + 'static {
+    let slots = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+    futures::StreamExt::map(incoming_limited(listener, config, slots), |r| {
+        r.map(|(stream, _slot)| stream)
+    })
+}
+
+/// [`incoming`], holding each connection to a permit of `slots` from
+/// before it is accepted (its handshake included) to when the caller
+/// drops the permit: with none free, accepting waits (the kernel's
+/// backlog holds newcomers).
+pub fn incoming_limited(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    slots: Arc<Semaphore>,
+) -> impl Stream<Item = std::io::Result<(TlsStream<TcpStream>, OwnedSemaphorePermit)>> + Send + 'static
+{
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
+            let slot = tokio::select! {
+                _ = tx.closed() => return,
+                s = slots.clone().acquire_owned() => s,
+            };
+            let Ok(slot) = slot else { return };
             let accepted = tokio::select! {
                 _ = tx.closed() => return,
                 a = listener.accept() => a,
@@ -46,7 +68,7 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
+                        let _ = tx.send(Ok((stream, slot))).await;
                     }
                     Ok(Err(e)) => tracing::warn!(%peer, "TLS handshake refused: {e}"),
                     Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use manul_model::Kind;
+use manul_model::load::{MAX_LABEL_BYTES, clip};
 use manul_proto::v1::cluster_client::ClusterClient;
 use manul_proto::v1::resources_client::ResourcesClient;
 use manul_proto::v1::resources_server::{Resources, ResourcesServer};
@@ -44,6 +45,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::api_authz::{Trail, WriteAuth};
+use crate::api_limits::{Problems, WriteLimits};
 use crate::authz::Verb;
 use crate::kube::driver::KubeOptions;
 use crate::kube::owners::refuse_write;
@@ -185,12 +187,20 @@ pub struct ResourcesService {
     kube: Option<KubeOptions>,
     /// Who may write what, and the audit trail.
     auth: WriteAuth,
+    /// What one write request may cost.
+    limits: WriteLimits,
 }
 
 impl ResourcesService {
     /// Plaintext, every write allowed, no audit file.
     pub fn new(node: Node, leaders: LeaderClients) -> ResourcesServer<ResourcesService> {
-        ResourcesService::serve(node, leaders, None, WriteAuth::open())
+        ResourcesService::serve(
+            node,
+            leaders,
+            None,
+            WriteAuth::open(),
+            WriteLimits::default(),
+        )
     }
 
     /// The service of a replica in Kubernetes mode (with `kube`) or not.
@@ -199,14 +209,16 @@ impl ResourcesService {
         leaders: LeaderClients,
         kube: Option<KubeOptions>,
         auth: WriteAuth,
+        limits: WriteLimits,
     ) -> ResourcesServer<ResourcesService> {
         ResourcesServer::new(ResourcesService {
             node,
             leaders,
             kube,
             auth,
+            limits,
         })
-        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(1024 * 1024 * 1024)
     }
 
@@ -273,7 +285,7 @@ impl ResourcesService {
         request: Request<ApplyRequest>,
         trail: &mut Trail,
     ) -> Result<Response<ApplyResponse>, Status> {
-        let mut batch = write_batch(request.get_ref())?;
+        let mut batch = write_batch(request.get_ref(), &self.limits)?;
         trail.keys(batch.writes.iter().filter_map(|w| w.key.clone()));
         if !trail.caller.role.writes_anything() {
             let state = self.state_for(trail).await?;
@@ -440,27 +452,34 @@ fn pinned_request(batch: &WriteBatch) -> ApplyRequest {
     }
 }
 
-/// Validates every item and builds one write batch, or explains every
-/// problem.
-pub fn write_batch(request: &ApplyRequest) -> Result<WriteBatch, Status> {
+/// Validates every item and builds one write batch, or explains the
+/// problems (as many as `limits` lets a refusal list: past them
+/// validation stops).
+pub fn write_batch(request: &ApplyRequest, limits: &WriteLimits) -> Result<WriteBatch, Status> {
     if request.items.is_empty() {
         return Err(Status::invalid_argument("items: nothing to apply"));
     }
-    let mut errors = Vec::new();
+    let mut problems = Problems::new(*limits);
     let mut writes = Vec::new();
     let mut seen = BTreeSet::new();
     for (i, item) in request.items.iter().enumerate() {
+        if problems.room() == 0 {
+            problems.stopped();
+            break;
+        }
         let origin = if item.origin.is_empty() {
             format!("items[{i}]")
         } else {
-            item.origin.clone()
+            clip(&item.origin, MAX_LABEL_BYTES)
         };
-        let outcome = manul_model::load(&origin, &item.document);
-        errors.extend(outcome.errors.iter().map(ToString::to_string));
+        let outcome = manul_model::load::load_limited(&origin, &item.document, problems.room());
+        for e in &outcome.errors {
+            problems.push(&e.to_string());
+        }
         for loaded in outcome.resources {
             let key = loaded.resource.key();
             if !seen.insert(key.clone()) {
-                errors.push(format!("{origin}: {key} appears twice in one request"));
+                problems.push(&format!("{origin}: {key} appears twice in one request"));
                 continue;
             }
             match serde_json::to_vec(&loaded.resource) {
@@ -469,12 +488,12 @@ pub fn write_batch(request: &ApplyRequest) -> Result<WriteBatch, Status> {
                     value: value.into(),
                     expected_revision: item.expected_revision,
                 }),
-                Err(e) => errors.push(format!("{origin}: {key}: cannot encode: {e}")),
+                Err(e) => problems.push(&format!("{origin}: {key}: cannot encode: {e}")),
             }
         }
     }
-    if !errors.is_empty() {
-        return Err(Status::invalid_argument(errors.join("\n")));
+    if !problems.is_empty() {
+        return Err(problems.into_status());
     }
     if writes.is_empty() {
         return Err(Status::invalid_argument(

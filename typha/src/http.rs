@@ -17,6 +17,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::listener::MetricsListener;
+use crate::listener::slots::Slots;
 use crate::node::Node;
 
 #[derive(Clone)]
@@ -59,12 +61,14 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 /// Serves the endpoints on `addr` (over HTTPS with `tls`); returns the
-/// bound address.
+/// bound address. Over HTTP, at most `slots` connections at once, each
+/// closed once idle (`crate::listener::MetricsListener`).
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
     node: Node,
     tls: Option<Arc<rustls::ServerConfig>>,
+    slots: Slots,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -83,6 +87,7 @@ pub async fn serve(
             })
         }
         None => tokio::spawn(async move {
+            let listener = MetricsListener { listener, slots };
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("metrics server failed: {e}");
             }

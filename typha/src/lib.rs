@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod api_authz;
+pub mod api_limits;
 pub mod audit;
 pub mod authz;
 pub mod cluster;

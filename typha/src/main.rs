@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use manul_model::error::chain;
+use manul_typha::api_limits::WriteLimits;
 use manul_typha::fanout::FanoutConfig;
 use manul_typha::listener::ConnectionLimits;
 use manul_typha::peer_auth::PeerToken;
@@ -89,6 +90,11 @@ struct Args {
     /// Take a Raft snapshot and compact the log every N entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Also take a Raft snapshot and compact the log once the entries since
+    /// the last one hold this many MiB: the log on disk, and what a restart
+    /// replays, stay bounded by size too.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    snapshot_every_mib: u64,
     /// Most Sync clients this replica serves at once.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
@@ -98,6 +104,11 @@ struct Args {
     /// Deltas retained for resuming clients, by encoded size in MiB.
     #[arg(long, default_value_t = 64)]
     history_mib: usize,
+    /// Seconds a Sync stream may leave its queued messages untaken (its
+    /// client stopped reading, or keeps its HTTP/2 window shut) before it
+    /// and its connection are cut.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..86400))]
+    sync_stall_timeout_secs: u64,
     /// Seconds over which a graceful shutdown spreads client disconnects.
     #[arg(long, default_value_t = 10)]
     shutdown_spread_secs: u64,
@@ -113,6 +124,19 @@ struct Args {
     /// is closed.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..3600))]
     http2_keepalive_timeout_secs: u64,
+    /// Largest write request (encoded gRPC message) a client may send, in
+    /// MiB; each item in it is at most 8 MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_request_mib: u64,
+    /// Most problems a refused write lists: validation stops there (its
+    /// text is at most 4 KiB however many).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    max_validation_problems: u64,
+    /// Connections each gRPC listener (client, peer) holds at once; with
+    /// that many open it waits before accepting. Never more than half of
+    /// RLIMIT_NOFILE less 128 (kept for the store and /readyz).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
+    max_connections_per_listener: u64,
     /// Concurrent gRPC streams one connection may open (a Felix uses one).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     max_streams_per_connection: u32,
@@ -289,11 +313,13 @@ async fn main() -> ExitCode {
         peers,
         join,
         snapshot_every: args.snapshot_every.max(1),
+        snapshot_every_bytes: args.snapshot_every_mib * 1024 * 1024,
         fanout: FanoutConfig {
             replica_id: node_id,
             max_connections: args.max_connections,
             max_history_revisions: args.history_revisions.max(1),
             max_history_bytes: args.history_mib.max(1) * 1024 * 1024,
+            stall_timeout: Duration::from_secs(args.sync_stall_timeout_secs),
             ..FanoutConfig::default()
         },
         shutdown_spread: Duration::from_secs(args.shutdown_spread_secs),
@@ -311,6 +337,14 @@ async fn main() -> ExitCode {
             keepalive: Duration::from_secs(args.http2_keepalive_secs),
             keepalive_timeout: Duration::from_secs(args.http2_keepalive_timeout_secs),
             max_streams: args.max_streams_per_connection,
+            max_connections: usize::try_from(args.max_connections_per_listener)
+                .unwrap_or(usize::MAX),
+        },
+        write_limits: WriteLimits {
+            max_request_bytes: usize::try_from(args.max_request_mib * 1024 * 1024)
+                .unwrap_or(usize::MAX),
+            max_problems: usize::try_from(args.max_validation_problems).unwrap_or(usize::MAX),
+            ..WriteLimits::default()
         },
     };
     let running = match start(config).await {

@@ -27,8 +27,11 @@ use tracing::info;
 
 use crate::api::{LeaderClients, ResourcesService};
 use crate::api_authz::WriteAuth;
+use crate::api_limits::WriteLimits;
 use crate::cluster::ClusterService;
 use crate::fanout::{Fanout, FanoutConfig, FanoutMetrics, SnapshotSource};
+use crate::listener::kill::Connections;
+use crate::listener::slots::{self, ListenerMetrics, Slots};
 use crate::listener::{ConnectionLimits, Guarded};
 use crate::node::transport::PeerService;
 use crate::node::{Node, NodeConfig, NodeError, RaftMetrics, Shared};
@@ -54,6 +57,8 @@ pub struct TyphaConfig {
     pub peers: BTreeMap<u64, String>,
     pub join: bool,
     pub snapshot_every: u64,
+    /// ... or every this many bytes of entries.
+    pub snapshot_every_bytes: u64,
     pub fanout: FanoutConfig,
     /// Over how long a graceful shutdown spreads client disconnects.
     pub shutdown_spread: Duration,
@@ -67,6 +72,8 @@ pub struct TyphaConfig {
     pub audit_log: Option<PathBuf>,
     /// What one connection to either gRPC listener may hold.
     pub limits: ConnectionLimits,
+    /// What one write request may cost.
+    pub write_limits: WriteLimits,
 }
 
 impl TyphaConfig {
@@ -84,6 +91,7 @@ impl TyphaConfig {
             peers: BTreeMap::from([(1, peer_listen.to_string())]),
             join: false,
             snapshot_every: 10_000,
+            snapshot_every_bytes: 64 * 1024 * 1024,
             fanout: FanoutConfig::default(),
             shutdown_spread: Duration::from_secs(10),
             kube: None,
@@ -91,6 +99,7 @@ impl TyphaConfig {
             metrics_tls: None,
             audit_log: None,
             limits: ConnectionLimits::default(),
+            write_limits: WriteLimits::default(),
         }
     }
 }
@@ -187,6 +196,8 @@ fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: ConnectionLimits,
+    slots: Slots,
+    connections: Option<Arc<Connections>>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let mut stop = stop;
@@ -195,8 +206,12 @@ fn serve(
     };
     if let Some(config) = tls {
         return tokio::spawn(async move {
-            let incoming = manul_tls::accept::incoming(listener, config)
-                .map(move |conn| conn.map(|tls| Guarded::new(tls, limits.handshake)));
+            let incoming = manul_tls::accept::incoming_limited(listener, config, slots.semaphore())
+                .map(move |conn| {
+                    conn.map(|(tls, permit)| {
+                        Guarded::new(tls, limits.handshake).holding(slots.from_permit(permit))
+                    })
+                });
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
@@ -206,7 +221,7 @@ fn serve(
         });
     }
     tokio::spawn(async move {
-        let incoming = crate::listener::incoming(listener, limits);
+        let incoming = crate::listener::incoming(listener, limits, slots, connections);
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
@@ -235,6 +250,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     let kube_metrics = crate::kube::metrics::KubeMetrics::register(&mut registry);
     let threatfeed_metrics = crate::threatfeed::metrics::ThreatFeedMetrics::register(&mut registry);
     let authz_metrics = crate::audit::AuthzMetrics::register(&mut registry);
+    let listener_metrics = ListenerMetrics::register(&mut registry);
     let audit = match &config.audit_log {
         Some(path) => crate::audit::Audit::open(path, authz_metrics).await?,
         None => crate::audit::Audit::disabled(authz_metrics),
@@ -244,6 +260,10 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     let mut fanout_config = config.fanout.clone();
     fanout_config.replica_id = config.node_id;
     let fanout = Fanout::new(fanout_config, source.clone(), fanout_metrics);
+    // The client listener's connections, which the fan-out ends when their
+    // Sync stream stalls.
+    let client_connections = Arc::new(Connections::default());
+    fanout.cut_through(client_connections.clone());
     let mut node_config = NodeConfig::new(
         config.node_id,
         config.data_dir.clone(),
@@ -251,6 +271,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     );
     node_config.join = config.join;
     node_config.snapshot_every = config.snapshot_every;
+    node_config.snapshot_every_bytes = config.snapshot_every_bytes;
     node_config.peer_token = Some(peer_token.clone());
     let dial = config
         .tls
@@ -274,6 +295,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             leaders.clone(),
             config.kube,
             auth.clone(),
+            config.write_limits,
         ))
         .add_service(fanout.service());
     let peer_router = config
@@ -288,7 +310,13 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             gate.clone(),
         ))
         .add_service(InterceptedService::new(
-            ResourcesService::serve(node.clone(), leaders, config.kube, auth),
+            ResourcesService::serve(
+                node.clone(),
+                leaders,
+                config.kube,
+                auth,
+                config.write_limits,
+            ),
             gate,
         ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -301,13 +329,40 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             (None, None)
         }
     };
-    let server = serve(router, listener, client_tls, config.limits, stop_rx.clone());
+    // Each gRPC listener's share of the descriptors (`listener::slots`).
+    let nofile = slots::nofile();
+    let max = slots::share(config.limits.max_connections, nofile, 2);
+    if max < config.limits.max_connections {
+        tracing::warn!(
+            max,
+            ?nofile,
+            "RLIMIT_NOFILE allows each gRPC listener at most {max} connections; raise it for more"
+        );
+    }
+    let server = serve(
+        router,
+        listener,
+        client_tls,
+        config.limits,
+        Slots::new("client", max, &listener_metrics),
+        Some(client_connections),
+        stop_rx.clone(),
+    );
     tokio::spawn(crate::threatfeed::driver::run(
         node.clone(),
         threatfeed_metrics,
         stop_rx.clone(),
     ));
-    let peer_server = serve(peer_router, peer_listener, peer_tls, config.limits, stop_rx);
+    let peer_server = serve(
+        peer_router,
+        peer_listener,
+        peer_tls,
+        config.limits,
+        Slots::new("peer", max, &listener_metrics),
+        None,
+        stop_rx,
+    );
+    let metrics_slots = Slots::new("metrics", slots::METRICS_CONNECTIONS, &listener_metrics);
     let registry = Arc::new(registry);
     let (metrics_addr, http) = match config.metrics {
         Some(addr) => {
@@ -316,6 +371,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
                 registry.clone(),
                 node.clone(),
                 config.metrics_tls.clone(),
+                metrics_slots,
             )
             .await
             .map_err(|source| ServerError::Listen { addr, source })?;

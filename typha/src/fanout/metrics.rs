@@ -19,6 +19,8 @@ pub(crate) enum DropReason {
     Limit,
     /// Ended by [`super::Fanout::shutdown`].
     Shutdown,
+    /// Its client took nothing queued for `stall_timeout`.
+    Stalled,
 }
 
 impl DropReason {
@@ -35,6 +37,7 @@ impl DropReason {
             DropReason::HistoryReset => "history_reset",
             DropReason::Limit => "limit",
             DropReason::Shutdown => "shutdown",
+            DropReason::Stalled => "stalled",
         }
     }
 }

@@ -52,6 +52,14 @@
 //! `ABORTED` (`reason="history_reset"`). Either way the client reconnects
 //! with the last revision it applied.
 //!
+//! Stalled clients: a stream that leaves queued messages untaken for
+//! `stall_timeout` (60 s; its client stopped reading, or answers HTTP/2
+//! PINGs but keeps its window shut, so the stream is never polled) is cut:
+//! its task ends and its whole connection is closed
+//! ([`Fanout::cut_through`], `crate::listener::kill`), freeing what it
+//! held; counted as `reason="stalled"`. A slow reader that keeps taking
+//! messages is not stalled (it may still fall behind).
+//!
 //! Limits: beyond `max_connections` open streams a new stream is refused at
 //! once with `RESOURCE_EXHAUSTED` naming the limit and the replica. A
 //! request with an invalid `node_name` (empty, over 253 bytes, not
@@ -74,7 +82,7 @@
 //!
 //! Exposed names (prometheus-client appends `_total` to counters):
 //! `typha_connections_active` (gauge), `typha_connections_accepted_total`,
-//! `typha_connections_dropped_total{reason="fell_behind"|"history_reset"|"limit"|"shutdown"}`,
+//! `typha_connections_dropped_total{reason="fell_behind"|"history_reset"|"limit"|"shutdown"|"stalled"}`,
 //! `typha_updates_total` (entries published), `typha_breadcrumb_seq_number`
 //! (gauge: current revision), `typha_client_snapshot_send_secs` (histogram:
 //! `_bucket`, `_sum`, `_count`, from hello to in-sync),
@@ -131,6 +139,10 @@ pub struct FanoutConfig {
     /// How long a client resuming from a revision this replica has not
     /// reached yet is held before it gets a snapshot instead.
     pub resume_ahead_wait: Duration,
+    /// How long a stream may leave queued messages untaken (its client
+    /// stopped reading, or keeps its HTTP/2 window shut) before it is cut,
+    /// its connection with it.
+    pub stall_timeout: Duration,
 }
 
 impl Default for FanoutConfig {
@@ -144,6 +156,7 @@ impl Default for FanoutConfig {
             client_queue: 64,
             max_connections: 10_000,
             resume_ahead_wait: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -207,6 +220,8 @@ pub struct Fanout {
     snapshots: SnapshotCache,
     active: AtomicUsize,
     clients: Mutex<Clients>,
+    /// The client listener's connections, to end a stalled client's.
+    connections: std::sync::OnceLock<Arc<crate::listener::kill::Connections>>,
 }
 
 impl fmt::Debug for Fanout {
@@ -240,7 +255,18 @@ impl Fanout {
             snapshots: SnapshotCache::default(),
             active: AtomicUsize::new(0),
             clients: Mutex::new(Clients::default()),
+            connections: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Ends a stalled client's connection through `connections` (the
+    /// client listener's); without them only its stream's task ends.
+    pub fn cut_through(&self, connections: Arc<crate::listener::kill::Connections>) {
+        let _ = self.connections.set(connections);
+    }
+
+    pub(crate) fn kill_connection(&self, addr: std::net::SocketAddr) -> bool {
+        self.connections.get().is_some_and(|c| c.kill(addr))
     }
 
     /// Called by the apply loop, in revision order, after the state machine

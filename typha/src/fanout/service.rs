@@ -50,9 +50,8 @@ impl SyncApi for SyncService {
     type SyncStream = SyncStream;
 
     async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map_or_else(|| "unknown".to_owned(), |addr| addr.to_string());
+        let remote = request.remote_addr();
+        let peer = remote.map_or_else(|| "unknown".to_owned(), |addr| addr.to_string());
         let request = request.into_inner();
         let valid = match validate(&request) {
             Ok(valid) => valid,
@@ -76,6 +75,10 @@ impl SyncApi for SyncService {
             .max(std::time::Duration::from_millis(1));
         let mut ping = tokio::time::interval_at(Instant::now() + period, period);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let taken = Arc::new(Taken::new());
+        let check = (config.stall_timeout / 4).max(std::time::Duration::from_millis(50));
+        let mut stall_check = tokio::time::interval_at(Instant::now() + check, check);
+        stall_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let task = ClientTask {
             revisions: self.fanout.subscribe(),
             fanout: Arc::clone(&self.fanout),
@@ -85,6 +88,10 @@ impl SyncApi for SyncService {
             compression: valid.compression,
             position: 0,
             in_sync: false,
+            taken: taken.clone(),
+            queued_since: Instant::now(),
+            stall_check,
+            remote,
             _registration: accepted.registration,
         };
         tracing::info!(
@@ -97,6 +104,7 @@ impl SyncApi for SyncService {
         tokio::spawn(task.run(valid.resume_revision, end_tx).instrument(span));
         Ok(Response::new(SyncStream {
             rx,
+            taken,
             end: Some(end_rx),
             _guard: accepted.guard,
         }))
@@ -108,6 +116,8 @@ impl SyncApi for SyncService {
 #[derive(Debug)]
 pub struct SyncStream {
     rx: mpsc::Receiver<Box<SyncMessage>>,
+    /// When a message was last taken, for the task's stall check.
+    taken: Arc<Taken>,
     end: Option<oneshot::Receiver<Status>>,
     _guard: ConnectionGuard,
 }
@@ -117,6 +127,7 @@ impl futures::Stream for SyncStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(message) = std::task::ready!(self.rx.poll_recv(cx)) {
+            self.taken.now();
             return Poll::Ready(Some(Ok(*message)));
         }
         // The queue is drained and the task is gone: deliver its verdict.
@@ -126,6 +137,34 @@ impl futures::Stream for SyncStream {
         let result = std::task::ready!(Pin::new(end).poll(cx));
         self.end = None;
         Poll::Ready(result.ok().map(Err))
+    }
+}
+
+/// When the stream last took a message from its queue, in milliseconds
+/// since the stream began.
+#[derive(Debug)]
+struct Taken {
+    start: Instant,
+    at_millis: std::sync::atomic::AtomicU64,
+}
+
+impl Taken {
+    fn new() -> Taken {
+        Taken {
+            start: Instant::now(),
+            at_millis: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) {
+        let millis = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.at_millis
+            .store(millis, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        let millis = self.at_millis.load(std::sync::atomic::Ordering::Relaxed);
+        self.start + std::time::Duration::from_millis(millis)
     }
 }
 
@@ -220,6 +259,14 @@ struct ClientTask {
     /// Every revision up to this one has been queued (once in sync).
     position: u64,
     in_sync: bool,
+    /// When the stream last took a message.
+    taken: Arc<Taken>,
+    /// When a message was last queued into an empty queue.
+    queued_since: Instant,
+    /// When to look for a stall.
+    stall_check: Interval,
+    /// The client's address: its connection is ended when it stalls.
+    remote: Option<std::net::SocketAddr>,
     _registration: Registration,
 }
 
@@ -267,8 +314,42 @@ impl ClientTask {
                     }
                 }
                 _ = self.ping.tick() => self.send_ping().await?,
+                _ = self.stall_check.tick() => self.check_stall()?,
             }
         }
+    }
+
+    /// Ends a stream (and its connection) whose queued messages have
+    /// waited `stall_timeout` without the stream taking any.
+    fn check_stall(&self) -> Result<(), Ended> {
+        if self.tx.capacity() >= self.tx.max_capacity() {
+            return Ok(());
+        }
+        let since = self.queued_since.max(self.taken.last());
+        let timeout = self.fanout.config().stall_timeout;
+        if since.elapsed() < timeout {
+            return Ok(());
+        }
+        let killed = self
+            .remote
+            .is_some_and(|addr| self.fanout.kill_connection(addr));
+        let replica = self.fanout.config().replica_id;
+        let resume = if self.in_sync {
+            format!("resume from revision {}", self.position)
+        } else {
+            "resume from the last revision you applied".to_owned()
+        };
+        tracing::warn!(
+            ?timeout,
+            connection_closed = killed,
+            "sync client took nothing from its stream; cutting it"
+        );
+        Err(Ended::Dropped {
+            status: Status::resource_exhausted(format!(
+                "client stopped reading: nothing was taken from its stream for {timeout:?}; replica {replica} cut it; reconnect and {resume}"
+            )),
+            reason: Some(DropReason::Stalled),
+        })
     }
 
     /// Hello, then a snapshot or a resume, then in-sync.
@@ -450,12 +531,18 @@ impl ClientTask {
                 permit = self.tx.reserve() => {
                     return match permit {
                         Ok(permit) => {
+                            // The reserved slot counts as taken: the queue
+                            // was empty before it.
+                            if self.tx.capacity() + 1 >= self.tx.max_capacity() {
+                                self.queued_since = Instant::now();
+                            }
                             permit.send(Box::new(message));
                             Ok(())
                         }
                         Err(_) => Err(Ended::ClientGone),
                     };
                 }
+                _ = self.stall_check.tick() => self.check_stall()?,
                 changed = self.revisions.changed() => {
                     if changed.is_err() {
                         return Err(self.shutdown_end());

@@ -19,6 +19,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use manul_proto::v1::{Command, Member, StateSnapshot};
+
+/// Most bytes of committed entries one Ready hands to the apply loop (at
+/// least one entry): a restart replays a long log in pieces.
+const REPLAY_PIECE_BYTES: u64 = 16 * 1024 * 1024;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -125,6 +129,9 @@ struct Driver {
     memberships: Pending<Vec<Member>>,
     next_request: u64,
     last_snapshot: u64,
+    /// Bytes of the entries applied since the last snapshot (or since the
+    /// start: what a restart replays counts too).
+    log_bytes: u64,
     /// Take a snapshot after this Ready even if the log is short: a member
     /// was added, and Raft only lets it restore a snapshot whose
     /// configuration includes it.
@@ -183,6 +190,9 @@ pub(super) fn spawn(
         applied: sm.revision(),
         max_size_per_msg: 4 * 1024 * 1024,
         max_inflight_msgs: 256,
+        // A restart (or a follower catching up) applies the log in pieces
+        // of this size, not all of it in one Ready.
+        max_committed_size_per_ready: REPLAY_PIECE_BYTES,
         check_quorum: true,
         pre_vote: true,
         ..raft::Config::default()
@@ -220,6 +230,7 @@ pub(super) fn spawn(
         memberships: HashMap::new(),
         next_request,
         last_snapshot: snapshot_index,
+        log_bytes: 0,
         force_snapshot: false,
         broken: false,
     };
@@ -546,6 +557,7 @@ impl Driver {
             }
         }
         self.last_snapshot = index;
+        self.log_bytes = 0;
         self.metrics.snapshot_index.set(index as i64);
         self.fanout.reset(index);
         info!(
@@ -573,6 +585,7 @@ impl Driver {
                 if index <= sm.revision() {
                     continue;
                 }
+                self.log_bytes += e.data.len() as u64;
                 match e.get_entry_type() {
                     EntryType::EntryNormal if e.data.is_empty() => {
                         sm.advance(index);
@@ -720,12 +733,15 @@ impl Driver {
         out
     }
 
+    /// Takes a snapshot and compacts the log when `snapshot_every` entries
+    /// or `snapshot_every_bytes` bytes were applied since the last one.
     fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
         let (applied, data) = {
             let Ok(sm) = self.shared.state.read() else {
                 return Ok(());
             };
-            let due = sm.revision() >= self.last_snapshot + self.config.snapshot_every;
+            let due = sm.revision() >= self.last_snapshot + self.config.snapshot_every
+                || self.log_bytes >= self.config.snapshot_every_bytes;
             if sm.revision() <= self.last_snapshot || !(due || self.force_snapshot) {
                 return Ok(());
             }
@@ -738,6 +754,7 @@ impl Driver {
             .create_snapshot(applied, cs, data)
             .map_err(NodeError::Storage)?;
         self.last_snapshot = applied;
+        self.log_bytes = 0;
         // One snapshot covers the added member: later entries wait for
         // --snapshot-every again.
         self.force_snapshot = false;

@@ -49,6 +49,10 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     /// Take a Raft snapshot and compact the log every this many entries.
     pub snapshot_every: u64,
+    /// ... or once the entries applied since the last snapshot hold this
+    /// many bytes, whichever comes first: the log on disk, and what a
+    /// restart replays, stay bounded by size as well as by count.
+    pub snapshot_every_bytes: u64,
     /// Sent with every Raft message to other replicas' peer listeners.
     pub peer_token: Option<crate::peer_auth::PeerToken>,
     /// How Raft messages reach other replicas (TLS or plaintext).
@@ -66,6 +70,7 @@ impl NodeConfig {
             election_ticks: 10,
             heartbeat_ticks: 1,
             snapshot_every: 10_000,
+            snapshot_every_bytes: 64 * 1024 * 1024,
             peer_token: None,
             peer_transport: manul_tls::connect::Transport::Plain,
         }

@@ -86,6 +86,8 @@ pub struct Cluster {
     pub snapshot_every: u64,
     /// Flags every replica also gets.
     pub extra_args: Vec<String>,
+    /// RLIMIT_NOFILE every replica starts with (none: inherited).
+    pub nofile: Option<u64>,
 }
 
 impl Drop for Cluster {
@@ -107,6 +109,17 @@ impl Cluster {
 
     /// Starts `n` replicas that bootstrap together, each with `extra_args`.
     pub async fn start_with(n: u64, snapshot_every: u64, extra_args: Vec<String>) -> Cluster {
+        Cluster::start_limited(n, snapshot_every, extra_args, None).await
+    }
+
+    /// [`Cluster::start_with`], each replica started with RLIMIT_NOFILE
+    /// `nofile` when given.
+    pub async fn start_limited(
+        n: u64,
+        snapshot_every: u64,
+        extra_args: Vec<String>,
+        nofile: Option<u64>,
+    ) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("peer-token"), TOKEN).unwrap();
         let replicas = (1..=n)
@@ -125,6 +138,7 @@ impl Cluster {
             replicas,
             snapshot_every,
             extra_args,
+            nofile,
         };
         for i in 0..c.replicas.len() {
             c.spawn(i);
@@ -145,7 +159,17 @@ impl Cluster {
     pub fn spawn(&mut self, i: usize) {
         let peers = self.peers();
         let r = &mut self.replicas[i];
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_typha"));
+        let mut cmd = match self.nofile {
+            // The shell lowers the limit and becomes typha (same pid).
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_typha"));
+                sh
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_typha")),
+        };
         cmd.args(["--node-id", &r.id.to_string()])
             .args(["--listen", &r.addr()])
             .args(["--peer-listen", &r.peer_addr()])
@@ -321,6 +345,31 @@ impl Cluster {
             .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
+    }
+
+    /// A line of replica `i`'s `/proc/PID/status` in KiB, such as `VmHWM`
+    /// (its peak resident memory) or `VmRSS`.
+    pub fn memory_kib(&self, i: usize, field: &str) -> Option<u64> {
+        let pid = self.replicas[i].child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// CPU time replica `i` has used (user and system), from
+    /// `/proc/PID/stat`.
+    pub fn cpu_time(&self, i: usize) -> Option<Duration> {
+        let pid = self.replicas[i].child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (_, after_name) = stat.rsplit_once(')')?;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 (`after_name` starts at
+        // field 3), in ticks of USER_HZ, which is 100 on Linux.
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(Duration::from_millis(ticks * 10))
     }
 
     /// Lists every resource name on replica `i`.

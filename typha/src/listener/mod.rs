@@ -19,15 +19,26 @@
 //! - **At most `max_streams` concurrent streams per connection** (128;
 //!   tonic's own default is unlimited): one connection cannot take the
 //!   fan-out's whole `max_connections` of Sync streams. A Felix uses one.
+//! - **At most `max_connections` connections per listener** (4096, and
+//!   never more than the listener's share of the descriptor limit:
+//!   [`slots`]): with none free the listener waits before accepting. The
+//!   metrics listener holds at most [`slots::METRICS_CONNECTIONS`], each
+//!   closed after [`METRICS_IDLE`] without a request ([`Idle`]), so
+//!   `/readyz` answers whatever the gRPC listeners hold.
 //! - An `accept` that fails (out of file descriptors) waits 50 ms before
 //!   the next, instead of spinning.
 //!
 //! Typha's flags: `--handshake-timeout-secs`, `--http2-keepalive-secs`,
-//! `--http2-keepalive-timeout-secs`, `--max-streams-per-connection`.
+//! `--http2-keepalive-timeout-secs`, `--max-streams-per-connection`,
+//! `--max-connections-per-listener`.
+
+pub mod kill;
+pub mod slots;
 
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,6 +47,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 use tonic::transport::server::Connected;
+
+use self::kill::{Connections, Registered};
+use self::slots::{Slot, Slots};
 
 /// The HTTP/2 client connection preface (RFC 9113, 3.4), without the
 /// SETTINGS frame that follows it.
@@ -52,6 +66,9 @@ pub struct ConnectionLimits {
     pub keepalive_timeout: Duration,
     /// Concurrent streams per connection.
     pub max_streams: u32,
+    /// Connections each gRPC listener holds at once (before its share of
+    /// the descriptor limit, [`slots::share`]).
+    pub max_connections: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -61,6 +78,7 @@ impl Default for ConnectionLimits {
             keepalive: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_streams: 128,
+            max_connections: 4096,
         }
     }
 }
@@ -76,28 +94,143 @@ impl ConnectionLimits {
     }
 }
 
-/// The plaintext connections of `listener`, each held to `limits.handshake`.
+/// The plaintext connections of `listener`, each held to `limits.handshake`
+/// and to a slot of `slots`.
 pub fn incoming(
     listener: TcpListener,
     limits: ConnectionLimits,
+    slots: Slots,
+    connections: Option<Arc<Connections>>,
 ) -> impl Stream<Item = io::Result<Guarded<TcpStream>>> + Send + 'static {
-    futures::stream::unfold(listener, move |listener| async move {
-        loop {
-            match listener.accept().await {
-                Ok((tcp, _)) => {
-                    // The builder's `tcp_nodelay` only reaches listeners
-                    // tonic binds itself: without it, Nagle plus delayed
-                    // ACKs hold each response's trailers for ~40 ms.
-                    let _ = tcp.set_nodelay(true);
-                    return Some((Ok(Guarded::new(tcp, limits.handshake)), listener));
-                }
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+    futures::stream::unfold(listener, move |listener| {
+        let slots = slots.clone();
+        let connections = connections.clone();
+        async move {
+            let slot = slots.acquire().await;
+            let (tcp, _) = accept(&listener).await;
+            // The builder's `tcp_nodelay` only reaches listeners tonic
+            // binds itself: without it, Nagle plus delayed ACKs hold each
+            // response's trailers for ~40 ms.
+            let _ = tcp.set_nodelay(true);
+            let addr = tcp.peer_addr();
+            let guarded = Guarded::new(tcp, limits.handshake)
+                .holding(slot)
+                .killable(connections.as_ref(), addr);
+            Some((Ok(guarded), listener))
         }
     })
+}
+
+/// The next connection of `listener`; a failing accept (out of file
+/// descriptors) is retried after 50 ms instead of at once.
+async fn accept(listener: &TcpListener) -> (TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// How long a metrics connection may go without a request.
+pub const METRICS_IDLE: Duration = Duration::from_secs(10);
+
+/// The metrics listener: at most `slots` connections, each closed after
+/// [`METRICS_IDLE`] without a request.
+#[derive(Debug)]
+pub struct MetricsListener {
+    pub listener: TcpListener,
+    pub slots: Slots,
+}
+
+impl axum::serve::Listener for MetricsListener {
+    type Io = Idle<TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let slot = self.slots.acquire().await;
+        let (tcp, addr) = accept(&self.listener).await;
+        (Idle::new(tcp, METRICS_IDLE, Some(slot)), addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection whose reads fail once it has sent nothing for `idle`,
+/// which ends it; it holds its listener's slot until dropped.
+#[derive(Debug)]
+pub struct Idle<IO> {
+    inner: IO,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+    _slot: Option<Slot>,
+}
+
+impl<IO> Idle<IO> {
+    pub fn new(inner: IO, idle: Duration, slot: Option<Slot>) -> Idle<IO> {
+        Idle {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            _slot: slot,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Idle<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match &result {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+            }
+            Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request within the idle timeout",
+                )));
+            }
+            _ => {}
+        }
+        result
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Idle<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+fn killed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "the server ended this connection",
+    )
 }
 
 /// A connection that must deliver the HTTP/2 preface before a deadline:
@@ -109,6 +242,10 @@ pub struct Guarded<IO> {
     /// Until the preface has arrived: the bytes of it still missing and
     /// the deadline.
     preface: Option<(usize, Pin<Box<Sleep>>)>,
+    /// The listener's slot this connection holds.
+    _slot: Option<Slot>,
+    /// Its kill switch, when its listener keeps them (`kill`).
+    kill: Option<Registered>,
 }
 
 impl<IO> Guarded<IO> {
@@ -116,7 +253,31 @@ impl<IO> Guarded<IO> {
         Guarded {
             inner,
             preface: Some((PREFACE_LEN, Box::pin(tokio::time::sleep(handshake)))),
+            _slot: None,
+            kill: None,
         }
+    }
+
+    /// This connection (from `addr`) can be ended through `connections`.
+    pub fn killable(
+        mut self,
+        connections: Option<&Arc<Connections>>,
+        addr: io::Result<std::net::SocketAddr>,
+    ) -> Guarded<IO> {
+        if let (Some(c), Ok(addr)) = (connections, addr) {
+            self.kill = Some(c.register(addr));
+        }
+        self
+    }
+
+    fn killed(&self, cx: &Context<'_>) -> bool {
+        self.kill.as_ref().is_some_and(|k| k.switch.killed(cx))
+    }
+
+    /// This connection holds `slot` until it is dropped.
+    pub fn holding(mut self, slot: Slot) -> Guarded<IO> {
+        self._slot = Some(slot);
+        self
     }
 }
 
@@ -135,6 +296,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.killed(cx) {
+            return Poll::Ready(Err(killed()));
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         let Some((missing, deadline)) = this.preface.as_mut() else {
@@ -169,7 +333,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.killed(cx) {
+            return Poll::Ready(Err(killed()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -177,7 +345,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.killed(cx) {
+            return Poll::Ready(Err(killed()));
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1,0 +1,196 @@
+//! How many connections each listener holds at once, so that no kind of
+//! connection can take every file descriptor: a connection holds a slot
+//! until it closes, and a listener with no free slot stops accepting (the
+//! kernel's backlog holds newcomers) instead of accepting and failing.
+//! Each gRPC listener's share is also bounded by the process's
+//! RLIMIT_NOFILE, less [`RESERVED_FDS`] for the store, Raft's peers and the
+//! metrics listener, so the metrics listener (`/readyz`) and the store
+//! still get descriptors when a flood fills the gRPC listeners.
+//!
+//! Metrics: `typha_listener_connections{listener}` (open connections) and
+//! `typha_listener_full_total{listener}` (times a listener had to wait for
+//! a free slot before accepting).
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Descriptors kept out of the gRPC listeners' shares: the store's files,
+/// connections to peers and to the Kubernetes API, the metrics listener's
+/// connections, logs.
+pub const RESERVED_FDS: u64 = 128;
+
+/// Connections the metrics listener holds at once.
+pub const METRICS_CONNECTIONS: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: &'static str,
+}
+
+/// The listeners' metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerMetrics {
+    connections: Family<ListenerLabel, Gauge>,
+    full: Family<ListenerLabel, Counter>,
+}
+
+impl ListenerMetrics {
+    pub fn register(registry: &mut Registry) -> ListenerMetrics {
+        let m = ListenerMetrics::default();
+        registry.register(
+            "typha_listener_connections",
+            "Connections open on each listener",
+            m.connections.clone(),
+        );
+        registry.register(
+            "typha_listener_full",
+            "Times a listener had no free connection slot and waited before accepting",
+            m.full.clone(),
+        );
+        m
+    }
+}
+
+/// The connection slots of one listener.
+#[derive(Debug, Clone)]
+pub struct Slots {
+    free: Arc<Semaphore>,
+    max: usize,
+    open: Gauge,
+    full: Counter,
+    /// Whether the listener is known full (logged once per episode).
+    waiting: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// One connection's slot: freed when the connection is dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl Slots {
+    /// `max` slots (at least 1) for the listener named `listener` in the
+    /// metrics.
+    pub fn new(listener: &'static str, max: usize, metrics: &ListenerMetrics) -> Slots {
+        let label = ListenerLabel { listener };
+        Slots {
+            free: Arc::new(Semaphore::new(max.max(1))),
+            max: max.max(1),
+            open: metrics.connections.get_or_create(&label).clone(),
+            full: metrics.full.get_or_create(&label).clone(),
+            waiting: Arc::default(),
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A free slot, waiting for one when there is none.
+    pub async fn acquire(&self) -> Slot {
+        use std::sync::atomic::Ordering;
+        let permit = match self.free.clone().try_acquire_owned() {
+            Ok(p) => {
+                self.waiting.store(false, Ordering::Relaxed);
+                p
+            }
+            Err(_) => {
+                self.full.inc();
+                if !self.waiting.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        max = self.max,
+                        "a listener holds its most connections; waiting for one to close before accepting more"
+                    );
+                }
+                match self.free.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    // The semaphore is never closed.
+                    Err(_) => return std::future::pending().await,
+                }
+            }
+        };
+        self.from_permit(permit)
+    }
+
+    /// The semaphore behind the slots, for an accept loop elsewhere
+    /// (`manul_tls::accept::incoming_limited`).
+    pub fn semaphore(&self) -> Arc<Semaphore> {
+        self.free.clone()
+    }
+
+    /// A slot from a permit of [`Slots::semaphore`].
+    pub fn from_permit(&self, permit: OwnedSemaphorePermit) -> Slot {
+        self.open.inc();
+        Slot {
+            _permit: permit,
+            open: self.open.clone(),
+        }
+    }
+}
+
+/// The process's soft RLIMIT_NOFILE, when it can be read.
+pub fn nofile() -> Option<u64> {
+    rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
+/// Each of `listeners` gRPC listeners' share of `wanted` connections,
+/// given the descriptor limit `nofile`: at most `(nofile - RESERVED_FDS) /
+/// listeners`, at least 8.
+pub fn share(wanted: usize, nofile: Option<u64>, listeners: u64) -> usize {
+    let Some(nofile) = nofile else {
+        return wanted;
+    };
+    let budget = nofile.saturating_sub(RESERVED_FDS) / listeners.max(1);
+    wanted
+        .min(usize::try_from(budget).unwrap_or(usize::MAX))
+        .max(8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_share_leaves_descriptors_for_everything_else() {
+        assert_eq!(share(4096, Some(1_048_576), 2), 4096);
+        assert_eq!(share(4096, Some(1024), 2), 448);
+        assert_eq!(share(4096, Some(256), 2), 64);
+        assert_eq!(share(4096, Some(64), 2), 8);
+        assert_eq!(share(100, None, 2), 100);
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_held_until_dropped() {
+        let metrics = ListenerMetrics::default();
+        let slots = Slots::new("client", 2, &metrics);
+        let a = slots.acquire().await;
+        let _b = slots.acquire().await;
+        let label = ListenerLabel { listener: "client" };
+        assert_eq!(metrics.connections.get_or_create(&label).get(), 2);
+        let waiting = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.acquire().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        drop(a);
+        let _c = waiting.await.unwrap();
+        assert_eq!(metrics.full.get_or_create(&label).get(), 1);
+        assert_eq!(metrics.connections.get_or_create(&label).get(), 2);
+    }
+}
