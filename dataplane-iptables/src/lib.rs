@@ -48,6 +48,6 @@ pub mod nft;
 pub mod render;
 pub mod script;
 
-pub use driver::{NftDriver, NftStats, Refresh};
+pub use driver::{NftDriver, NftStats, Refresh, WriteTiming};
 pub use nft::{Nft, NftError};
 pub use render::{EndpointToHost, Failsafe, NftConfig};
