@@ -10,7 +10,13 @@
 //!   100 and 1,000 non-matching rules before the allowing one, and the
 //!   baseline without a dataplane: throughput (iperf3), new-connection
 //!   latency and rate, established round trips, with ratios.
-//! - no command: both.
+//! - `services`: the time to program `--services` services of one TCP
+//!   port with `--backends` backends each from a fresh table (the
+//!   snapshot), then one service's backend change (an EndpointSlice
+//!   change: one backend replaced), repeated `--changes` times; with where
+//!   the time goes (the driver's own split between preparing the script
+//!   and `nft`, rendering and diffing the whole state, `nft` alone).
+//! - no command: `programming` and `traffic`.
 //!
 //! Everything runs in network namespaces it creates and removes, also on
 //! error; the root namespace is never touched. Needs root, `nft` and
@@ -24,6 +30,7 @@
 //! cargo build --release -p manul-dataplane-iptables --example iptables-bench
 //! target/release/examples/iptables-bench            # both
 //! target/release/examples/iptables-bench traffic --runs 3
+//! target/release/examples/iptables-bench services --services 10000 --backends 10
 //! ```
 
 use std::sync::Arc;
@@ -42,6 +49,9 @@ use manul_dataplane_conformance::{Factory, privileges};
 use manul_dataplane_iptables::{Nft, NftDriver, names, render, script};
 use manul_netns::NetNs;
 use serde::Serialize;
+
+#[path = "iptables-bench/services.rs"]
+mod services;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -82,6 +92,15 @@ struct Cli {
     /// Rounds of the traffic benchmark (each measures every configuration).
     #[arg(long, default_value_t = 3, global = true)]
     runs: usize,
+    /// Services to program (`services`).
+    #[arg(long, default_value_t = 10_000, global = true)]
+    services: usize,
+    /// Backends per service (`services`).
+    #[arg(long, default_value_t = 10, global = true)]
+    backends: usize,
+    /// Backend changes to time (`services`).
+    #[arg(long, default_value_t = 50, global = true)]
+    changes: usize,
     /// iperf3 `-t` seconds.
     #[arg(long, default_value_t = 4, global = true)]
     iperf_seconds: u32,
@@ -99,6 +118,8 @@ enum Cmd {
     Programming,
     /// Per-packet cost against the number of rules, with real traffic.
     Traffic,
+    /// Services: the whole snapshot, then one service's backend change.
+    Services,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,12 +166,13 @@ fn machine() -> Machine {
     }
 }
 
-/// Milliseconds: median, p90 (nearest rank), min, max.
+/// Milliseconds: median, p90 and p99 (nearest rank), min, max.
 #[derive(Debug, Serialize)]
 struct Stats {
     n: usize,
     median_ms: f64,
     p90_ms: f64,
+    p99_ms: f64,
     min_ms: f64,
     max_ms: f64,
     all_ms: Vec<f64>,
@@ -179,6 +201,7 @@ impl Stats {
             n,
             median_ms: median,
             p90_ms: at(0.9),
+            p99_ms: at(0.99),
             min_ms: v.first().copied().unwrap_or(0.0),
             max_ms: v.last().copied().unwrap_or(0.0),
             all_ms,
@@ -522,6 +545,8 @@ struct Output {
     programming: Option<Programming>,
     #[serde(skip_serializing_if = "Option::is_none")]
     traffic: Option<TrafficReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    services: Option<services::Report>,
 }
 
 fn main() -> Result<()> {
@@ -533,6 +558,12 @@ fn main() -> Result<()> {
         None => (true, true),
         Some(Cmd::Programming) => (true, false),
         Some(Cmd::Traffic) => (false, true),
+        Some(Cmd::Services) => (false, false),
+    };
+    let services = if matches!(cli.command, Some(Cmd::Services)) {
+        Some(services::run(&cli)?)
+    } else {
+        None
     };
     let programming = if run_programming {
         Some(programming(&cli)?)
@@ -549,6 +580,7 @@ fn main() -> Result<()> {
         machine: machine(),
         programming,
         traffic,
+        services,
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

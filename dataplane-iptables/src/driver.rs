@@ -1,13 +1,16 @@
 //! The driver: keeps the desired state (checked against the contract by
 //! the null driver), renders it, and writes the difference to the kernel.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use manul_dataplane_api::{DesiredState, Driver, DriverError, NullDriver, Operation};
+use manul_dataplane_api::{
+    DesiredState, Driver, DriverError, NullDriver, Operation, Service, ServiceKey,
+};
 use tracing::{debug, info, warn};
 
 use crate::nft::{Nft, NftError, Observed};
-use crate::render::{self, NftConfig, Ruleset};
+use crate::render::services::Claims;
+use crate::render::{self, NftConfig, Ruleset, service_change};
 use crate::script;
 
 /// Counters for metrics and benchmarks.
@@ -21,6 +24,17 @@ pub struct NftStats {
     pub repairs: u64,
     /// Batches held because an earlier run's table still enforces.
     pub held_batches: u64,
+}
+
+/// Where the time of the last write went, for benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteTiming {
+    /// Rendering and computing the script.
+    pub prepare: Duration,
+    /// `nft` applying it.
+    pub nft: Duration,
+    /// The script's size.
+    pub script_bytes: usize,
 }
 
 /// What a refresh found.
@@ -42,8 +56,12 @@ pub struct NftDriver {
     /// What the kernel holds, as last written; `None` when unknown (an
     /// earlier run's table, or a failed write).
     programmed: Option<Ruleset>,
+    /// Who claims which service map entries in `programmed` (meaningful
+    /// only while `programmed` is known).
+    claims: Claims,
     stats: NftStats,
     config: NftConfig,
+    last_write: WriteTiming,
 }
 
 fn dataplane(context: &str, e: NftError) -> DriverError {
@@ -70,8 +88,10 @@ impl NftDriver {
             contract: NullDriver::new(),
             nft,
             programmed: None,
+            claims: Claims::default(),
             stats: NftStats::default(),
             config,
+            last_write: WriteTiming::default(),
         };
         let existing = driver
             .nft
@@ -97,6 +117,11 @@ impl NftDriver {
         self.stats
     }
 
+    /// Where the time of the last batch that wrote something went.
+    pub fn last_write(&self) -> WriteTiming {
+        self.last_write
+    }
+
     fn write_full(&mut self, rs: Ruleset) -> Result<(), DriverError> {
         self.programmed = None;
         self.nft
@@ -113,7 +138,8 @@ impl NftDriver {
     pub fn refresh(&mut self) -> Result<Refresh, DriverError> {
         let Some(rs) = self.programmed.clone() else {
             if self.contract.state().in_sync {
-                let rs = render::render_with(self.contract.state(), &self.config);
+                let (rs, claims) = render::render_indexed(self.contract.state(), &self.config);
+                self.claims = claims;
                 self.write_full(rs)?;
                 self.stats.repairs += 1;
                 return Ok(Refresh::Repaired("the last write had failed".into()));
@@ -206,27 +232,108 @@ impl NftDriver {
     /// Checks the batch, records it and writes it; see [`Driver::apply`]
     /// for what happens after an error.
     fn apply_batch(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
+        let before = self.services_before(batch);
         self.contract.apply(batch)?;
         if self.programmed.is_none() && !self.contract.state().in_sync {
             self.stats.held_batches += 1;
             return Ok(());
         }
         let started = Instant::now();
-        let new = render::render_with(self.contract.state(), &self.config);
+        if let Some(before) = before
+            && self.programmed.is_some()
+        {
+            return self.write_services(&before, started);
+        }
+        let (new, claims) = render::render_indexed(self.contract.state(), &self.config);
+        self.claims = claims;
         match self.programmed.take() {
-            None => self.write_full(new)?,
+            None => {
+                let prepare = started.elapsed();
+                self.write_full(new)?;
+                self.last_write = WriteTiming {
+                    prepare,
+                    nft: started.elapsed() - prepare,
+                    script_bytes: 0,
+                };
+            }
             Some(old) => {
                 let script = script::incremental(&old, &new);
-                if !script.is_empty() {
-                    self.nft
-                        .apply(&script)
-                        .map_err(|e| dataplane("writing changes", e))?;
-                    self.stats.incremental_writes += 1;
-                }
+                self.write_script(&script, started)?;
                 self.programmed = Some(new);
             }
         }
         debug!(ops = batch.len(), elapsed = ?started.elapsed(), "programmed");
+        Ok(())
+    }
+
+    /// When the batch changes services only: each changed service and what
+    /// it was before the batch. `None` for any other batch.
+    fn services_before(&self, batch: &[Operation]) -> Option<Vec<(ServiceKey, Option<Service>)>> {
+        let mut keys = std::collections::BTreeSet::new();
+        for op in batch {
+            match op {
+                Operation::ServiceUpdate(svc) => {
+                    keys.insert((svc.namespace.clone(), svc.name.clone()));
+                }
+                Operation::ServiceRemove { namespace, name } => {
+                    keys.insert((namespace.clone(), name.clone()));
+                }
+                _ => return None,
+            }
+        }
+        if keys.is_empty() {
+            return None;
+        }
+        let state = self.contract.state();
+        Some(
+            keys.into_iter()
+                .map(|k| {
+                    let svc = state.services.get(&k).cloned();
+                    (k, svc)
+                })
+                .collect(),
+        )
+    }
+
+    /// Renders and writes only the services a batch changed.
+    fn write_services(
+        &mut self,
+        before: &[(ServiceKey, Option<Service>)],
+        started: Instant,
+    ) -> Result<(), DriverError> {
+        let Some(mut programmed) = self.programmed.take() else {
+            return Ok(());
+        };
+        let state = self.contract.state();
+        let changes: Vec<service_change::Change<'_>> = before
+            .iter()
+            .map(|(k, old)| (k, old.as_ref(), state.services.get(k)))
+            .collect();
+        let change =
+            service_change::render_changes(&programmed, &mut self.claims, &changes, &self.config);
+        let script = script::incremental(&change.old, &change.new);
+        self.write_script(&script, started)?;
+        service_change::fold(&mut programmed, change);
+        self.programmed = Some(programmed);
+        debug!(services = before.len(), elapsed = ?started.elapsed(), "programmed services");
+        Ok(())
+    }
+
+    /// Writes an incremental script (nothing when it is empty).
+    fn write_script(&mut self, script: &str, started: Instant) -> Result<(), DriverError> {
+        if script.is_empty() {
+            return Ok(());
+        }
+        let prepare = started.elapsed();
+        self.nft
+            .apply(script)
+            .map_err(|e| dataplane("writing changes", e))?;
+        self.stats.incremental_writes += 1;
+        self.last_write = WriteTiming {
+            prepare,
+            nft: started.elapsed() - prepare,
+            script_bytes: script.len(),
+        };
         Ok(())
     }
 }

@@ -3,7 +3,8 @@
 //! It renders per-endpoint, per-tier, per-policy and per-profile chains,
 //! dispatch maps and IP sets into one table, `inet manul`, and writes them
 //! with `nft -f` — one atomic transaction per batch, holding only what
-//! changed. A periodic [`NftDriver::refresh`] reads the table back and
+//! changed (a batch that changes only services renders only those
+//! services). A periodic [`NftDriver::refresh`] reads the table back and
 //! rewrites it if someone else changed it.
 //!
 //! Why nftables rather than `iptables-restore` + `ipset restore`: one
@@ -48,6 +49,6 @@ pub mod nft;
 pub mod render;
 pub mod script;
 
-pub use driver::{NftDriver, NftStats, Refresh};
+pub use driver::{NftDriver, NftStats, Refresh, WriteTiming};
 pub use nft::{Nft, NftError};
 pub use render::{EndpointToHost, Failsafe, NftConfig};

@@ -28,6 +28,7 @@
 pub mod config;
 mod host;
 pub mod rule;
+pub mod service_change;
 pub mod services;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -532,6 +533,12 @@ pub fn render(state: &DesiredState) -> Ruleset {
 
 /// Renders the whole desired state for `config`.
 pub fn render_with(state: &DesiredState, config: &NftConfig) -> Ruleset {
+    render_indexed(state, config).0
+}
+
+/// [`render_with`], and who claims which service map entries (what the
+/// driver needs to render one service's change on its own).
+pub fn render_indexed(state: &DesiredState, config: &NftConfig) -> (Ruleset, services::Claims) {
     let mut rs = Ruleset {
         base: base_chains(config),
         ..Ruleset::default()
@@ -614,7 +621,7 @@ pub fn render_with(state: &DesiredState, config: &NftConfig) -> Ruleset {
     let host_ifaces = host::render(state, config, &mut rs.chains, &mut maps);
     rs.chains.extend(services::fixed_chains(config));
     rs.sets.extend(services::empty_maps());
-    services::render(state, config, &mut rs.chains, &mut rs.sets);
+    let claims = services::render(state, config, &mut rs.chains, &mut rs.sets);
     for (name, def) in maps {
         rs.sets.insert(name.to_string(), def);
     }
@@ -638,7 +645,7 @@ pub fn render_with(state: &DesiredState, config: &NftConfig) -> Ruleset {
             elements: host_ifaces,
         },
     );
-    rs
+    (rs, claims)
 }
 
 pub(crate) fn insert(maps: &mut BTreeMap<&str, SetDef>, map: &str, entry: String) {

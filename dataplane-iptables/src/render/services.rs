@@ -52,7 +52,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use manul_dataplane_api::{Backend, DesiredState, Service, ServicePort, TrafficPolicy};
+use manul_dataplane_api::{Backend, DesiredState, Service, ServiceKey, ServicePort, TrafficPolicy};
 
 use super::{NftConfig, Rules, SetDef, with_comment, with_id};
 use crate::names::{self, MARK_MASQ, ServiceObject};
@@ -248,7 +248,7 @@ fn add(sets: &mut BTreeMap<String, SetDef>, map: &str, entry: String) {
     let Some(def) = sets.get_mut(map) else {
         return;
     };
-    let key = entry.split(" : ").next().unwrap_or_default();
+    let key = element_key(&entry);
     let prefix = format!("{key} : ");
     let taken = def
         .elements
@@ -266,34 +266,119 @@ fn translatable(protocol: u8) -> bool {
     matches!(protocol, 6 | 17 | 132)
 }
 
+/// One service's objects: its own chains and sets (backend, external,
+/// firewall chains, affinity sets), and the elements it claims in the
+/// shared sets and maps (cluster IPs, map entries), in no particular order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceObjects {
+    pub chains: BTreeMap<String, Rules>,
+    pub sets: BTreeMap<String, SetDef>,
+    /// `(shared set or map, element)`; at most one element per map key.
+    pub elements: Vec<(String, String)>,
+}
+
+/// The key of a shared set's element or a map's entry (what comes before
+/// ` : `): two services claiming one key cannot both have it.
+pub fn element_key(element: &str) -> &str {
+    element.split(" : ").next().unwrap_or_default()
+}
+
+/// Renders one service on its own; [`render`] merges the services, and
+/// the driver renders only the services a batch changed.
+pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
+    let mut chains = BTreeMap::new();
+    let mut sets = empty_maps();
+    let shared: BTreeSet<String> = sets.keys().cloned().collect();
+    let families: BTreeSet<bool> = svc
+        .cluster_ips
+        .iter()
+        .chain(svc.external_addresses())
+        .map(IpAddr::is_ipv6)
+        .collect();
+    for ip in &svc.cluster_ips {
+        if let Some(def) = sets.get_mut(&Fam::of(ip).map("cluster-ips")) {
+            def.elements.insert(ip.to_string());
+        }
+    }
+    for v6 in families {
+        let f = Fam { v6 };
+        firewall(svc, f, &mut chains, &mut sets);
+        for port in svc.ports.iter().filter(|p| translatable(p.protocol)) {
+            service_port(svc, port, f, config, &mut chains, &mut sets);
+        }
+    }
+    let mut elements = Vec::new();
+    for name in &shared {
+        if let Some(def) = sets.remove(name) {
+            elements.extend(def.elements.into_iter().map(|e| (name.clone(), e)));
+        }
+    }
+    ServiceObjects {
+        chains,
+        sets,
+        elements,
+    }
+}
+
+/// Who claims each key of the shared sets and maps: per `(set, key)`, the
+/// services that want it and the element each would write. The first
+/// service in key order has it (see [`add`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claims {
+    by_key: BTreeMap<(String, String), BTreeMap<ServiceKey, String>>,
+}
+
+impl Claims {
+    /// The element that holds `(set, key)`, if any service claims it.
+    pub fn holder(&self, set: &str, key: &str) -> Option<&String> {
+        self.by_key
+            .get(&(set.to_string(), key.to_string()))
+            .and_then(|m| m.values().next())
+    }
+
+    /// Records `service`'s claims.
+    pub fn insert(&mut self, service: &ServiceKey, objects: &ServiceObjects) {
+        for (set, element) in &objects.elements {
+            self.by_key
+                .entry((set.clone(), element_key(element).to_string()))
+                .or_default()
+                .insert(service.clone(), element.clone());
+        }
+    }
+
+    /// Forgets `service`'s claims.
+    pub fn remove(&mut self, service: &ServiceKey, objects: &ServiceObjects) {
+        for (set, element) in &objects.elements {
+            let k = (set.clone(), element_key(element).to_string());
+            if let Some(m) = self.by_key.get_mut(&k) {
+                m.remove(service);
+                if m.is_empty() {
+                    self.by_key.remove(&k);
+                }
+            }
+        }
+    }
+}
+
 /// Renders every service into `chains` and `sets` (which already hold the
-/// empty maps of [`empty_maps`]).
+/// empty maps of [`empty_maps`]); returns who claims what.
 pub(super) fn render(
     state: &DesiredState,
     config: &NftConfig,
     chains: &mut BTreeMap<String, Rules>,
     sets: &mut BTreeMap<String, SetDef>,
-) {
-    for svc in state.services.values() {
-        let families: BTreeSet<bool> = svc
-            .cluster_ips
-            .iter()
-            .chain(svc.external_addresses())
-            .map(IpAddr::is_ipv6)
-            .collect();
-        for ip in &svc.cluster_ips {
-            if let Some(def) = sets.get_mut(&Fam::of(ip).map("cluster-ips")) {
-                def.elements.insert(ip.to_string());
-            }
+) -> Claims {
+    let mut claims = Claims::default();
+    for (key, svc) in &state.services {
+        let objects = render_service(svc, config);
+        claims.insert(key, &objects);
+        for (set, element) in &objects.elements {
+            add(sets, set, element.clone());
         }
-        for v6 in families {
-            let f = Fam { v6 };
-            firewall(svc, f, chains, sets);
-            for port in svc.ports.iter().filter(|p| translatable(p.protocol)) {
-                service_port(svc, port, f, config, chains, sets);
-            }
-        }
+        chains.extend(objects.chains);
+        sets.extend(objects.sets);
     }
+    claims
 }
 
 /// A load-balancer IP's source ranges: a chain that drops other sources,

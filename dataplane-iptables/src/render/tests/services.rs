@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use manul_dataplane_api::testutil::{ip, service};
-use manul_dataplane_api::{Backend, Service, ServicePort, TrafficPolicy};
+use manul_dataplane_api::{Backend, Service, ServiceKey, ServicePort, TrafficPolicy};
 
 use super::*;
 use crate::names::ServiceObject;
@@ -408,4 +408,79 @@ fn cluster_ips_no_port_matched_are_rejected_after_dnat() {
         "{hooks:?}"
     );
     assert_eq!(hooks.len(), 2);
+}
+
+/// Applies `steps` one after another, each as a batch of service changes
+/// rendered on their own, and checks every step against rendering the
+/// whole state and diffing it: the same script, the same table after.
+fn check_changes_match_whole_render(steps: &[Vec<(&str, Option<Service>)>]) {
+    let config = NftConfig::default();
+    let mut state = with(&[web(), edge(), gone()]);
+    let (mut programmed, mut claims) = render_indexed(&state, &config);
+    for (n, step) in steps.iter().enumerate() {
+        let before = state.clone();
+        for (name, svc) in step {
+            let key = ("prod".to_string(), name.to_string());
+            match svc {
+                Some(s) => state.services.insert(key, s.clone()),
+                None => state.services.remove(&key),
+            };
+        }
+        let keys: Vec<ServiceKey> = step
+            .iter()
+            .map(|(name, _)| ("prod".to_string(), name.to_string()))
+            .collect();
+        let changes: Vec<service_change::Change<'_>> = keys
+            .iter()
+            .map(|k| (k, before.services.get(k), state.services.get(k)))
+            .collect();
+        let change = service_change::render_changes(&programmed, &mut claims, &changes, &config);
+        let script = crate::script::incremental(&change.old, &change.new);
+        let (whole, whole_claims) = render_indexed(&state, &config);
+        assert_eq!(
+            script,
+            crate::script::incremental(&programmed, &whole),
+            "step {n}"
+        );
+        service_change::fold(&mut programmed, change);
+        assert_eq!(programmed, whole, "step {n}");
+        assert_eq!(claims, whole_claims, "step {n}");
+    }
+}
+
+#[test]
+fn service_changes_rendered_alone_match_the_whole_render() {
+    let mut web2 = web();
+    for p in &mut web2.ports {
+        p.backends = vec![
+            backend("10.65.0.9", 8080, true),
+            backend("fd00:65::2", 8080, true),
+        ];
+        p.local_backends = p.backends.clone();
+    }
+    let mut edge2 = edge();
+    edge2.affinity_timeout_seconds = Some(60);
+    edge2.ports[0].local_backends.clear();
+    let mut revived = gone();
+    revived.ports[0].backends = vec![backend("10.65.2.2", 80, false)];
+    // Claims the address and port of `edge`'s external IP, and the node
+    // port of `gone`: `b-rival` sorts first, `z-rival` last.
+    let rival = |name: &str| {
+        let mut s = service("prod", name);
+        s.cluster_ips = vec![ip("10.96.0.40")];
+        s.external_ips = vec![ip("192.0.2.50")];
+        s.ports[0].port = 443;
+        s.ports[0].node_port = Some(30080);
+        s
+    };
+    check_changes_match_whole_render(&[
+        vec![("web", Some(web2))],
+        vec![("edge", Some(edge2)), ("gone", Some(revived))],
+        vec![("z-rival", Some(rival("z-rival")))],
+        vec![("b-rival", Some(rival("b-rival")))],
+        vec![("edge", None), ("gone", None)],
+        vec![("b-rival", None)],
+        vec![("edge", Some(edge())), ("gone", Some(gone()))],
+        vec![("web", None), ("z-rival", None)],
+    ]);
 }

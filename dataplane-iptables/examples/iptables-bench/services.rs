@@ -1,0 +1,281 @@
+//! The `services` benchmark: a snapshot of services into a fresh table,
+//! then one service's backend change at a time.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use manul_dataplane_api::{
+    Backend, Balancing, Driver, Operation, Service, ServicePort, TrafficPolicy,
+};
+use manul_dataplane_conformance::driver_thread::chain;
+use manul_dataplane_iptables::{Nft, NftDriver, NftStats, names, render, script};
+use manul_netns::NetNs;
+use serde::Serialize;
+
+use super::{Cli, Stats, driver_err, ms};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    services: usize,
+    backends_per_service: usize,
+    /// Chains and rules in the rendered table.
+    nft_chains: usize,
+    nft_rules: usize,
+    /// The size of the whole-table `nft -f` script.
+    full_script_bytes: usize,
+    /// The snapshot (every `ServiceUpdate` and `InSync`) into a fresh
+    /// table, in one `apply`.
+    snapshot_apply: Stats,
+    /// Of the last snapshot: preparing the script (render) and `nft`.
+    snapshot_prepare_ms: f64,
+    snapshot_nft_ms: f64,
+    /// One `ServiceUpdate` replacing one backend of one service.
+    backend_change: Stats,
+    /// Of each change: preparing the script, and `nft` applying it.
+    backend_change_prepare: Stats,
+    backend_change_nft: Stats,
+    /// The bytes of the script one change writes (last change).
+    backend_change_script_bytes: usize,
+    /// The same changes the way every batch was written before services
+    /// were rendered on their own: render the whole state, diff it with
+    /// the previous rendering, `nft -f` the script (outside the driver, on
+    /// the same table; the contract check is left out).
+    whole_state_change: Stats,
+    whole_state_change_prepare: Stats,
+    /// Outside the driver: rendering the whole state, and diffing two
+    /// whole rendered states that differ by one backend.
+    render_whole: Stats,
+    diff_whole: Stats,
+    /// `nft` alone on the same table: one verdict-map element added or
+    /// deleted again, and an empty transaction.
+    nft_only_map_element: Stats,
+    nft_only_noop: Stats,
+    stats_after: Counters,
+}
+
+#[derive(Debug, Serialize)]
+struct Counters {
+    full_writes: u64,
+    incremental_writes: u64,
+}
+
+impl From<NftStats> for Counters {
+    fn from(s: NftStats) -> Self {
+        Counters {
+            full_writes: s.full_writes,
+            incremental_writes: s.incremental_writes,
+        }
+    }
+}
+
+fn v4(n: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(n))
+}
+
+/// Service `i`: cluster IP 10.96.0.0 + i, TCP port 80, backends in
+/// 10.64.0.0/10 on port 8080; `generation` moves its first backend.
+fn service(i: usize, backends: usize, generation: u32) -> Service {
+    let base = u32::from(Ipv4Addr::new(10, 64, 0, 0)) + (i * backends) as u32 * 4;
+    let backends: Vec<Backend> = (0..backends)
+        .map(|b| Backend {
+            ip: v4(if b == 0 && generation > 0 {
+                u32::from(Ipv4Addr::new(10, 200, 0, 0)) + generation
+            } else {
+                base + b as u32 + 1
+            }),
+            port: 8080,
+            local: false,
+        })
+        .collect();
+    Service {
+        namespace: "bench".into(),
+        name: format!("svc-{i}"),
+        cluster_ips: vec![v4(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32 + 1)],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        external_traffic: TrafficPolicy::Cluster,
+        internal_traffic: TrafficPolicy::Cluster,
+        affinity_timeout_seconds: None,
+        health_check_node_port: None,
+        balancing: Balancing::Random,
+        ports: vec![ServicePort {
+            name: "http".into(),
+            protocol: 6,
+            port: 80,
+            node_port: None,
+            backends,
+            local_backends: vec![],
+        }],
+    }
+}
+
+fn snapshot(cli: &Cli) -> Vec<Operation> {
+    let mut ops: Vec<Operation> = (0..cli.services)
+        .map(|i| Operation::ServiceUpdate(service(i, cli.backends, 0)))
+        .collect();
+    ops.push(Operation::InSync);
+    ops
+}
+
+fn nft_err(e: manul_dataplane_iptables::NftError) -> anyhow::Error {
+    anyhow::anyhow!(chain(&e))
+}
+
+pub fn run(cli: &Cli) -> Result<Report> {
+    if cli.services == 0 || cli.backends == 0 || cli.changes == 0 {
+        bail!("--services, --backends and --changes must be positive");
+    }
+    let ops = snapshot(cli);
+    let reps = cli.full_repetitions.max(1);
+    let mut snapshot_times = Vec::new();
+    for r in 0..reps {
+        let ns = NetNs::create(&format!("{}-s", manul_netns::unique_prefix("ib")))
+            .context("creating a namespace")?;
+        let last = r + 1 == reps;
+        let result = ns
+            .run(|| -> Result<Option<Report>> {
+                let mut driver = NftDriver::new(Nft::default()).map_err(driver_err)?;
+                let started = Instant::now();
+                driver.apply(&ops).map_err(driver_err)?;
+                let took = ms(started);
+                let split = driver.last_write();
+                eprintln!("services: snapshot in {took:.0} ms ({split:?})");
+                snapshot_times.push(took);
+                if !last {
+                    return Ok(None);
+                }
+                measure(cli, driver, split).map(Some)
+            })
+            .context("running in the benchmark namespace")??;
+        drop(ns);
+        if let Some(mut report) = result {
+            report.snapshot_apply = Stats::of(snapshot_times);
+            return Ok(report);
+        }
+    }
+    bail!("no repetition ran")
+}
+
+fn measure(
+    cli: &Cli,
+    mut driver: NftDriver,
+    split: manul_dataplane_iptables::WriteTiming,
+) -> Result<Report> {
+    let mut change = Vec::new();
+    let mut prepare = Vec::new();
+    let mut nft_time = Vec::new();
+    let mut script_bytes = 0;
+    for k in 0..cli.changes {
+        let i = (k * 7919) % cli.services;
+        let op = Operation::ServiceUpdate(service(i, cli.backends, k as u32 + 1));
+        let before = driver.stats().incremental_writes;
+        let started = Instant::now();
+        driver.apply(&[op]).map_err(driver_err)?;
+        change.push(ms(started));
+        if driver.stats().incremental_writes != before + 1 {
+            bail!("a backend change wrote no incremental transaction");
+        }
+        let split = driver.last_write();
+        prepare.push(split.prepare.as_secs_f64() * 1e3);
+        nft_time.push(split.nft.as_secs_f64() * 1e3);
+        script_bytes = split.script_bytes;
+    }
+    eprintln!(
+        "services: backend change p50 {:.1} ms",
+        Stats::of(change.clone()).median_ms
+    );
+
+    let nft = Nft::default();
+    let mut whole_change = Vec::new();
+    let mut whole_prepare = Vec::new();
+    let mut state = driver.state().clone();
+    let mut rendered = render::render(&state);
+    for k in 0..cli.changes {
+        let i = (k * 7919 + 1) % cli.services;
+        let svc = service(i, cli.backends, 1_000 + k as u32);
+        let started = Instant::now();
+        state
+            .services
+            .insert((svc.namespace.clone(), svc.name.clone()), svc);
+        let new = render::render(&state);
+        let script = script::incremental(&rendered, &new);
+        whole_prepare.push(ms(started));
+        nft.apply(&script).map_err(nft_err)?;
+        whole_change.push(ms(started));
+        rendered = new;
+    }
+    // Back to what the driver holds, so its refresh finds it clean.
+    let held = render::render(driver.state());
+    nft.apply(&script::incremental(&rendered, &held))
+        .map_err(nft_err)?;
+    eprintln!(
+        "services: whole-state change p50 {:.1} ms",
+        Stats::of(whole_change.clone()).median_ms
+    );
+
+    let state = driver.state().clone();
+    let rs = render::render(&state);
+    let full_script_bytes = script::full(&rs).len();
+    let nft_rules = rs.chains.values().map(Vec::len).sum();
+    let nft_chains = rs.chains.len();
+    let mut render_whole = Vec::new();
+    let mut diff_whole = Vec::new();
+    let mut changed = state.clone();
+    let svc = service(0, cli.backends, 1_000_000);
+    changed
+        .services
+        .insert((svc.namespace.clone(), svc.name.clone()), svc);
+    let rs_changed = render::render(&changed);
+    for _ in 0..5 {
+        let started = Instant::now();
+        std::hint::black_box(render::render(&state));
+        render_whole.push(ms(started));
+        let started = Instant::now();
+        std::hint::black_box(script::incremental(&rs, &rs_changed));
+        diff_whole.push(ms(started));
+    }
+
+    let mut nft_element = Vec::new();
+    let mut nft_noop = Vec::new();
+    for k in 0..cli.changes.max(2) / 2 * 2 {
+        let verb = if k.is_multiple_of(2) { "add" } else { "delete" };
+        let line = format!(
+            "{verb} element inet {} mnl-svc-ips4 {{ 10.255.0.1 . 6 . 80 : goto {} }}\n",
+            names::TABLE,
+            render::services::REJECT,
+        );
+        let started = Instant::now();
+        nft.apply(&line).map_err(nft_err)?;
+        nft_element.push(ms(started));
+        let started = Instant::now();
+        nft.apply(&format!("add table inet {}\n", names::TABLE))
+            .map_err(nft_err)?;
+        nft_noop.push(ms(started));
+    }
+    if driver.refresh().map_err(driver_err)? != manul_dataplane_iptables::Refresh::Clean {
+        bail!("the refresh found the table changed");
+    }
+    Ok(Report {
+        services: cli.services,
+        backends_per_service: cli.backends,
+        nft_chains,
+        nft_rules,
+        full_script_bytes,
+        snapshot_apply: Stats::of(Vec::new()),
+        snapshot_prepare_ms: split.prepare.as_secs_f64() * 1e3,
+        snapshot_nft_ms: split.nft.as_secs_f64() * 1e3,
+        backend_change: Stats::of(change),
+        backend_change_prepare: Stats::of(prepare),
+        backend_change_nft: Stats::of(nft_time),
+        backend_change_script_bytes: script_bytes,
+        whole_state_change: Stats::of(whole_change),
+        whole_state_change_prepare: Stats::of(whole_prepare),
+        render_whole: Stats::of(render_whole),
+        diff_whole: Stats::of(diff_whole),
+        nft_only_map_element: Stats::of(nft_element),
+        nft_only_noop: Stats::of(nft_noop),
+        stats_after: driver.stats().into(),
+    })
+}

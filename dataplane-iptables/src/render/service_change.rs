@@ -1,0 +1,120 @@
+//! A batch of service changes rendered on its own: only the changed
+//! services' objects (their chains and sets, and the shared map entries
+//! whose holder changed), as two partial rulesets that
+//! [`crate::script::incremental`] turns into a script, then folded into
+//! the programmed ruleset. What this writes is exactly what rendering the
+//! whole state and diffing it would write (a unit test checks that), at a
+//! cost that grows with the changed services rather than with the table.
+//! Pure: no I/O.
+
+use std::collections::BTreeSet;
+
+use manul_dataplane_api::{Service, ServiceKey};
+
+use super::services::{Claims, ServiceObjects, element_key, render_service};
+use super::{NftConfig, Ruleset};
+
+/// One service's change: its key, and the service before and after
+/// (`None`: absent).
+pub type Change<'a> = (&'a ServiceKey, Option<&'a Service>, Option<&'a Service>);
+
+/// The touched objects before and after the change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceChange {
+    pub old: Ruleset,
+    pub new: Ruleset,
+}
+
+/// Renders `changes` against `programmed` (the table as written) and
+/// `claims` (who claims which shared keys in it), and updates `claims`.
+/// After a failed write, `claims` no longer matches the kernel: rebuild it
+/// with the whole state ([`super::render_indexed`]).
+pub fn render_changes(
+    programmed: &Ruleset,
+    claims: &mut Claims,
+    changes: &[Change<'_>],
+    config: &NftConfig,
+) -> ServiceChange {
+    let rendered: Vec<(&ServiceKey, Option<ServiceObjects>, Option<ServiceObjects>)> = changes
+        .iter()
+        .map(|(key, before, after)| {
+            (
+                *key,
+                before.map(|s| render_service(s, config)),
+                after.map(|s| render_service(s, config)),
+            )
+        })
+        .collect();
+    let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
+    for (_, before, after) in &rendered {
+        for objects in [before, after].into_iter().flatten() {
+            for (set, element) in &objects.elements {
+                touched.insert((set.clone(), element_key(element).to_string()));
+            }
+        }
+    }
+    let holders_before: Vec<Option<String>> = touched
+        .iter()
+        .map(|(set, key)| claims.holder(set, key).cloned())
+        .collect();
+    let mut change = ServiceChange::default();
+    for (key, before, after) in rendered {
+        if let Some(o) = before {
+            claims.remove(key, &o);
+            change.old.chains.extend(o.chains);
+            change.old.sets.extend(o.sets);
+        }
+        if let Some(n) = after {
+            claims.insert(key, &n);
+            change.new.chains.extend(n.chains);
+            change.new.sets.extend(n.sets);
+        }
+    }
+    for ((set, key), before) in touched.iter().zip(holders_before) {
+        let after = claims.holder(set, key);
+        if before.as_ref() == after {
+            continue;
+        }
+        let Some(def) = programmed.sets.get(set) else {
+            continue;
+        };
+        for (part, element) in [(&mut change.old, before.as_ref()), (&mut change.new, after)] {
+            let entry = part.sets.entry(set.clone()).or_insert_with(|| {
+                let mut empty = def.clone();
+                empty.elements.clear();
+                empty
+            });
+            if let Some(e) = element {
+                entry.elements.insert(e.clone());
+            }
+        }
+    }
+    change
+}
+
+/// Folds a written change into `programmed`.
+pub fn fold(programmed: &mut Ruleset, change: ServiceChange) {
+    for name in change.old.chains.keys() {
+        programmed.chains.remove(name);
+    }
+    programmed.chains.extend(change.new.chains);
+    for (name, old) in &change.old.sets {
+        if !change.new.sets.contains_key(name) {
+            programmed.sets.remove(name);
+        } else if let Some(def) = programmed.sets.get_mut(name) {
+            for e in &old.elements {
+                def.elements.remove(e);
+            }
+        }
+    }
+    for (name, new) in change.new.sets {
+        match programmed.sets.get_mut(&name) {
+            Some(def) if change.old.sets.contains_key(&name) => {
+                def.elements.extend(new.elements);
+            }
+            _ => {
+                programmed.sets.insert(name, new);
+            }
+        }
+    }
+}
