@@ -64,6 +64,8 @@ pub struct BpfDriver {
     /// Interfaces (ifindex) both programs are attached to in this run.
     attached: std::collections::HashSet<u32>,
     services: crate::services::Services,
+    /// Host interfaces in `manul_svc_if` (see `interfaces.rs`).
+    service_only: std::collections::BTreeSet<u32>,
 }
 
 impl BpfDriver {
@@ -121,6 +123,7 @@ impl BpfDriver {
             ledger,
             attached: std::collections::HashSet::new(),
             services,
+            service_only: std::collections::BTreeSet::new(),
         };
         driver.adopt_links();
         Ok(driver)
