@@ -138,7 +138,15 @@ impl BpfDriver {
         let gone: Vec<u32> = self
             .service_only
             .iter()
-            .filter(|ix| !want.contains(ix) && self.maps.ep.get(ix, 0).is_err())
+            .filter(|ix| {
+                // Not one the programs stay on for other reasons: an
+                // endpoint's, or a workload-prefixed one (which drops).
+                !want.contains(ix)
+                    && self.maps.ep.get(ix, 0).is_err()
+                    && !names
+                        .get(ix)
+                        .is_some_and(|n| is_workload_interface(&self.config.workload_prefixes, n))
+            })
             .copied()
             .collect();
         for ix in gone {

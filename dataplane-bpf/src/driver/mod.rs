@@ -125,6 +125,10 @@ impl BpfDriver {
             services,
             service_only: std::collections::BTreeSet::new(),
         };
+        // An earlier run's service-only interfaces: their links are
+        // adopted below, and removed with their entries if no service
+        // needs them any more.
+        driver.service_only = driver.services.interfaces();
         driver.adopt_links();
         Ok(driver)
     }

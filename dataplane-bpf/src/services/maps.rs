@@ -131,6 +131,11 @@ impl ServiceMaps {
         })
     }
 
+    /// What `manul_svc_if` holds (an earlier run's entries at start).
+    pub fn interfaces(&self) -> BTreeSet<u32> {
+        self.ifs.keys().flatten().collect()
+    }
+
     /// Makes `manul_svc_if` hold exactly `want`: new entries first, then
     /// the others deleted.
     pub fn set_interfaces(&mut self, want: &BTreeSet<u32>) -> Result<(), BpfError> {

@@ -53,6 +53,11 @@ impl Services {
         self.sync(services, in_sync)
     }
 
+    /// The host interfaces `manul_svc_if` holds.
+    pub fn interfaces(&self) -> std::collections::BTreeSet<u32> {
+        self.maps.interfaces()
+    }
+
     /// Sets the host interfaces the programs carry for service NAT only.
     pub fn set_interfaces(
         &mut self,
