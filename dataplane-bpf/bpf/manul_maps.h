@@ -130,7 +130,10 @@ enum manul_counter {
 	/* Packets of TCP connections whose backend was removed, answered
 	 * with a RST. */
 	MANUL_CNT_SVC_RESET = 15,
-	MANUL_CNT_MAX = 16,
+	/* New connections to a load-balancer address from a client outside
+	 * its source ranges, dropped. */
+	MANUL_CNT_SVC_SOURCE_DENIED = 16,
+	MANUL_CNT_MAX = 17,
 };
 
 /* manul_meta array index. */
@@ -354,6 +357,23 @@ struct manul_svc_fe_value {
 
 #define MANUL_SVC_FE_ADDRESS 0x01
 #define MANUL_SVC_FE_REJECT_UNKNOWN 0x02
+/* On an address entry: a load-balancer address with source ranges; a new
+ * connection from a client no manul_svc_src prefix of the address holds
+ * is dropped. */
+#define MANUL_SVC_FE_SOURCE_RANGES 0x04
+
+/* manul_svc_src (LPM trie): (load-balancer address, client prefix) -> 1:
+ * the address's loadBalancerSourceRanges (IPv4). The address is always
+ * inside the prefix: prefixlen = 32 + the range's length. */
+struct manul_svc_src_data {
+	__u32 lb; /* network order */
+	__u32 client; /* network order */
+};
+
+struct manul_svc_src_key {
+	__u32 prefixlen;
+	struct manul_svc_src_data data;
+};
 
 /* manul_svc_be (hash): (list id, index) -> backend. */
 struct manul_svc_be_key {

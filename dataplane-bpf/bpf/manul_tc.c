@@ -167,6 +167,23 @@ struct {
 } manul_svc_aff SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_svc_if SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__type(key, struct manul_svc_src_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_svc_src SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } manul_events SEC(".maps");
@@ -800,8 +817,9 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, i
 }
 
 /* Swaps the frame's MAC addresses and hands it to the pod behind the
- * interface (the peer of the host-side veth), past routing. */
-static __always_inline int back_to_pod(struct __sk_buff *skb)
+ * interface (the peer of the host-side veth), past routing; on a host
+ * interface (`host`), sends it back out of the interface it came in by. */
+static __always_inline int back_to_pod(struct __sk_buff *skb, int host)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -813,6 +831,8 @@ static __always_inline int back_to_pod(struct __sk_buff *skb)
 	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	if (host)
+		return bpf_redirect(skb->ifindex, 0);
 	return bpf_redirect_peer(skb->ifindex, 0);
 }
 
@@ -829,7 +849,7 @@ static __always_inline __u16 csum_fold(__s64 sum)
 /* Turns a TCP segment to a frontend without backends, or of a connection
  * whose backend is gone, into the RST that refuses it (RFC 9293
  * 3.10.7.1), from the frontend, sent back into the pod. */
-static __always_inline int reject_tcp(struct __sk_buff *skb)
+static __always_inline int reject_tcp(struct __sk_buff *skb, int host)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -899,13 +919,13 @@ static __always_inline int reject_tcp(struct __sk_buff *skb)
 	if (sum < 0)
 		return TC_ACT_SHOT;
 	tcp->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)tcp, sizeof(*tcp), (__u32)sum));
-	return back_to_pod(skb);
+	return back_to_pod(skb, host);
 }
 
 /* Turns a UDP datagram to a frontend without backends into an ICMP port
  * unreachable carrying its IP header and first 8 bytes, from the
  * frontend, sent back into the pod. */
-static __always_inline int reject_udp(struct __sk_buff *skb)
+static __always_inline int reject_udp(struct __sk_buff *skb, int host)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -946,7 +966,7 @@ static __always_inline int reject_udp(struct __sk_buff *skb)
 	icmp[0] = 3; /* destination unreachable */
 	icmp[1] = 3; /* port unreachable */
 	*(__u16 *)(icmp + 2) = csum_fold(bpf_csum_diff(0, 0, (__be32 *)icmp, 8 + sizeof(*orig) + 8, 0));
-	return back_to_pod(skb);
+	return back_to_pod(skb, host);
 }
 
 /* The backend for a new connection: the client's affinity entry while it
@@ -998,10 +1018,14 @@ static __always_inline int nat_current(const struct manul_nat_value *v, const st
 	return 1;
 }
 
-/* A packet from a pod, before policy. Returns -1 to go on to policy (with
- * *p describing the translated packet), or a TC verdict. */
-static __always_inline int svc_from_pod(struct __sk_buff *skb, struct pkt *p, struct svc_nat *n,
-					__u64 now)
+/* A packet from a pod, before policy, or (`host`) one arriving at a host
+ * interface that the programs carry for service NAT only. Returns -1 to
+ * go on (with *p describing the translated packet), or a TC verdict. On a
+ * host interface a node port (frontend address 0) is looked up for a
+ * packet to one of the node's own addresses (the FIB's verdict), and
+ * there is no hairpin. */
+static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct svc_nat *n,
+				  __u64 now, int host)
 {
 	struct manul_svc_fe_key fk = {};
 	struct manul_nat_key key = { .sport = p->sport, .dport = p->dport, .proto = p->proto };
@@ -1016,7 +1040,7 @@ static __always_inline int svc_from_pod(struct __sk_buff *skb, struct pkt *p, st
 	__builtin_memcpy(&dst, p->dst, 4);
 	key.src = src;
 	key.dst = dst;
-	if (dst == bpf_htonl(MANUL_HAIRPIN_SNAT_V4)) {
+	if (!host && dst == bpf_htonl(MANUL_HAIRPIN_SNAT_V4)) {
 		/* A reply of a hairpinned connection: policy sees it as the
 		 * reply of the pod's connection to itself. */
 		key.dir = MANUL_NAT_REV;
@@ -1032,20 +1056,40 @@ static __always_inline int svc_from_pod(struct __sk_buff *skb, struct pkt *p, st
 	/* A service address at all? */
 	fk.addr = dst;
 	fe = bpf_map_lookup_elem(&manul_svc_fe, &fk);
-	if (!fe)
-		return -1;
-	reject_unknown = fe->flags & MANUL_SVC_FE_REJECT_UNKNOWN;
 	fk.port = p->dport;
 	fk.proto = p->proto;
-	fe = bpf_map_lookup_elem(&manul_svc_fe, &fk);
-	if (!fe) {
-		/* A cluster IP's port or protocol no service has. */
-		if (!reject_unknown)
+	if (fe) {
+		if (fe->flags & MANUL_SVC_FE_SOURCE_RANGES) {
+			struct manul_svc_src_key sk = {
+				.prefixlen = 64,
+				.data = { .lb = dst, .client = src },
+			};
+
+			if (!bpf_map_lookup_elem(&manul_svc_src, &sk)) {
+				count(MANUL_CNT_SVC_SOURCE_DENIED);
+				return TC_ACT_SHOT;
+			}
+		}
+		reject_unknown = fe->flags & MANUL_SVC_FE_REJECT_UNKNOWN;
+		fk.addr = dst;
+		fe = bpf_map_lookup_elem(&manul_svc_fe, &fk);
+		if (!fe) {
+			/* A cluster IP's port or protocol no service has. */
+			if (!reject_unknown)
+				return -1;
+			count(MANUL_CNT_SVC_REJECT);
+			if (p->proto == IPPROTO_TCP)
+				return reject_tcp(skb, host);
+			return reject_udp(skb, host);
+		}
+	} else {
+		/* A node port, on the node's own addresses only. */
+		if (!host)
 			return -1;
-		count(MANUL_CNT_SVC_REJECT);
-		if (p->proto == IPPROTO_TCP)
-			return reject_tcp(skb);
-		return reject_udp(skb);
+		fk.addr = 0;
+		fe = bpf_map_lookup_elem(&manul_svc_fe, &fk);
+		if (!fe || !to_local_host(skb, p))
+			return -1;
 	}
 	key.dir = MANUL_NAT_FWD;
 	nv = bpf_map_lookup_elem(&manul_nat, &key);
@@ -1053,7 +1097,7 @@ static __always_inline int svc_from_pod(struct __sk_buff *skb, struct pkt *p, st
 		/* Its backend is gone: reset the connection. */
 		bpf_map_delete_elem(&manul_nat, &key);
 		count(MANUL_CNT_SVC_RESET);
-		return reject_tcp(skb);
+		return reject_tcp(skb, host);
 	}
 	if (nv && nat_current(nv, p, now)) {
 		nv->last_seen_ns = now;
@@ -1070,10 +1114,10 @@ static __always_inline int svc_from_pod(struct __sk_buff *skb, struct pkt *p, st
 		if (svc_pick(fe, src, now, &be)) {
 			count(MANUL_CNT_SVC_REJECT);
 			if (p->proto == IPPROTO_TCP)
-				return reject_tcp(skb);
-			return reject_udp(skb);
+				return reject_tcp(skb, host);
+			return reject_udp(skb, host);
 		}
-		hairpin = be.addr == src;
+		hairpin = !host && be.addr == src;
 		v.flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
 		v.addr = be.addr;
 		v.port = be.port;
@@ -1143,15 +1187,38 @@ static __always_inline int svc_after(struct __sk_buff *skb, const struct pkt *p,
 	case SVC_HAIRPIN_FWD:
 		if (rewrite(skb, p, 1, src, snat, p->sport, p->sport))
 			return TC_ACT_SHOT;
-		return back_to_pod(skb);
+		return back_to_pod(skb, 0);
 	case SVC_HAIRPIN_REV:
 		if (rewrite(skb, p, 1, src, n->addr, p->sport, n->port) ||
 		    rewrite(skb, p, 0, snat, src, p->dport, p->dport))
 			return TC_ACT_SHOT;
-		return back_to_pod(skb);
+		return back_to_pod(skb, 0);
 	default:
 		return TC_ACT_SHOT;
 	}
+}
+
+/* A host interface the programs carry for service NAT only (in
+ * manul_svc_if, without an endpoint entry): arriving packets to a
+ * frontend are translated to their backend, leaving replies translated
+ * back; everything else passes untouched, as without the programs. No
+ * policy and no conntrack here: the backend's interface judges the flow. */
+static __always_inline int svc_host(struct __sk_buff *skb, __u8 hook)
+{
+	struct pkt p = {};
+	struct svc_nat n = {};
+	int rc;
+
+	if (parse(skb, &p) != 0)
+		return TC_ACT_OK;
+	if (hook == MANUL_HOOK_EGRESS) {
+		svc_to_pod(&p, &n);
+		if (n.after != SVC_REVERSE)
+			return TC_ACT_OK;
+		return svc_after(skb, &p, &n);
+	}
+	rc = svc_in(skb, &p, &n, bpf_ktime_get_ns(), 1);
+	return rc >= 0 ? rc : TC_ACT_OK;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
@@ -1171,6 +1238,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	count(MANUL_CNT_PACKETS);
 	ep = bpf_map_lookup_elem(&manul_ep, &ifindex);
 	if (!ep) {
+		if (bpf_map_lookup_elem(&manul_svc_if, &ifindex))
+			return svc_host(skb, hook);
 		count(MANUL_CNT_NO_ENDPOINT);
 		return TC_ACT_SHOT;
 	}
@@ -1198,7 +1267,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		if (rc >= 0)
 			return rc;
 	} else if (hook == MANUL_HOOK_INGRESS) {
-		rc = svc_from_pod(skb, &p, &n, now);
+		rc = svc_in(skb, &p, &n, now, 0);
 		if (rc >= 0)
 			return rc;
 	} else {

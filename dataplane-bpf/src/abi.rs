@@ -59,6 +59,8 @@ unsafe impl aya::Pod for manul_nat_value {}
 unsafe impl aya::Pod for manul_svc_aff_key {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_svc_aff_value {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_src_data {}
 
 /// Reads a flow event from the ring buffer's bytes.
 pub fn event_from_bytes(bytes: &[u8]) -> Option<manul_event> {

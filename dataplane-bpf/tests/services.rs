@@ -650,18 +650,16 @@ fn cluster_ips_with_real_packets() {
     drop(driver);
 }
 
-/// The shared cases the eBPF dataplane does not pass yet, and why: it
-/// translates only at workload interfaces (no node ports, nothing for
-/// host processes, whose traffic passes no workload interface), and it
-/// leaves load-balancer addresses with source ranges untranslated rather
-/// than translate them unchecked.
+/// The shared cases the eBPF dataplane does not pass yet, and why: a node
+/// port under `externalTrafficPolicy: Cluster` is translated at the host
+/// interface but not masqueraded (the backend sees the external client),
+/// and host processes' traffic passes no interface the programs
+/// translate at (no connect-time hooks).
 const NOT_YET: &[&str] = &[
     "node port, Cluster: masqueraded",
-    "node port, Local: the client's address",
     "host process: cluster IP",
     "host process: its own node port",
     "host process: no endpoints refused at once",
-    "load-balancer source ranges: in range",
 ];
 
 /// The shared service cases (`manul_dataplane_conformance::services`)

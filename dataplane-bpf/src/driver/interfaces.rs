@@ -2,7 +2,7 @@
 //! workload-prefixed one (which drops until its endpoint is programmed),
 //! and the links an earlier run pinned.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{BpfDriver, is_workload_interface};
 use crate::error::BpfError;
@@ -64,6 +64,7 @@ impl BpfDriver {
             self.detach(*ix);
         }
         errors.extend(self.attach_workload_interfaces());
+        errors.extend(self.sync_service_interfaces());
         errors
     }
 
@@ -83,6 +84,78 @@ impl BpfDriver {
                 errors.push(e);
             }
         }
+        errors
+    }
+
+    /// The host interfaces the programs carry for service NAT only (node
+    /// ports, external and load-balancer addresses reached from outside
+    /// the node): while a service has such a frontend, every interface
+    /// but loopback, the workload-prefixed ones and those a workload
+    /// endpoint names. On them the programs
+    /// translate service traffic and pass everything else untouched; an
+    /// interface with an endpoint entry is judged by it as before. When no
+    /// service needs them, the entries go and the links attached only for
+    /// them are removed.
+    pub(super) fn sync_service_interfaces(&mut self) -> Vec<BpfError> {
+        let needed = self.desired.state().services.values().any(|s| {
+            !s.external_ips.is_empty()
+                || !s.load_balancer_ips.is_empty()
+                || s.ports.iter().any(|p| p.node_port.is_some())
+        });
+        let state = self.desired.state();
+        let want: BTreeSet<u32> = if needed {
+            interfaces()
+                .into_iter()
+                .filter(|(_, name)| {
+                    name != "lo"
+                        && !is_workload_interface(&self.config.workload_prefixes, name)
+                        && !state
+                            .workload_endpoints
+                            .values()
+                            .any(|ep| &ep.interface_name == name)
+                })
+                .map(|(ix, _)| ix)
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        let mut errors = Vec::new();
+        // Entries before links (a link without an entry drops), links
+        // removed before entries.
+        let both: BTreeSet<u32> = want.union(&self.service_only).copied().collect();
+        if let Err(e) = self.services.set_interfaces(&both) {
+            errors.push(e);
+            return errors;
+        }
+        let names = interfaces();
+        for ix in &want {
+            if let Some(name) = names.get(ix)
+                && let Err(e) = self.attach(name.clone(), *ix)
+            {
+                errors.push(e);
+            }
+        }
+        let gone: Vec<u32> = self
+            .service_only
+            .iter()
+            .filter(|ix| {
+                // Not one the programs stay on for other reasons: an
+                // endpoint's, or a workload-prefixed one (which drops).
+                !want.contains(ix)
+                    && self.maps.ep.get(ix, 0).is_err()
+                    && !names
+                        .get(ix)
+                        .is_some_and(|n| is_workload_interface(&self.config.workload_prefixes, n))
+            })
+            .copied()
+            .collect();
+        for ix in gone {
+            self.detach(ix);
+        }
+        if let Err(e) = self.services.set_interfaces(&want) {
+            errors.push(e);
+        }
+        self.service_only = want;
         errors
     }
 

@@ -66,6 +66,8 @@ pub struct BpfDriver {
     /// Interfaces (ifindex) both programs are attached to in this run.
     attached: std::collections::HashSet<u32>,
     services: crate::services::Services,
+    /// Host interfaces in `manul_svc_if` (see `interfaces.rs`).
+    service_only: std::collections::BTreeSet<u32>,
 }
 
 impl BpfDriver {
@@ -123,7 +125,12 @@ impl BpfDriver {
             ledger,
             attached: std::collections::HashSet::new(),
             services,
+            service_only: std::collections::BTreeSet::new(),
         };
+        // An earlier run's service-only interfaces: their links are
+        // adopted below, and removed with their entries if no service
+        // needs them any more.
+        driver.service_only = driver.services.interfaces();
         driver.adopt_links();
         Ok(driver)
     }

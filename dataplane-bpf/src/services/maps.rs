@@ -5,8 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+
 use aya::Ebpf;
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::lpm_trie::Key;
+use aya::maps::{HashMap, LpmTrie, Map, MapData};
 
 use super::plan::{BackendAddr, Frontend, FrontendEntry, PROTO_UDP, Programmed, Writes};
 use crate::abi;
@@ -20,6 +23,10 @@ pub struct ServiceMaps {
     be: Hash<abi::manul_svc_be_key, abi::manul_svc_be_value>,
     nat: Hash<abi::manul_nat_key, abi::manul_nat_value>,
     aff: Hash<abi::manul_svc_aff_key, abi::manul_svc_aff_value>,
+    /// Host interfaces carried for service NAT only (ifindex -> 1).
+    ifs: Hash<u32, u32>,
+    /// Load-balancer addresses' source ranges.
+    src: LpmTrie<MapData, abi::manul_svc_src_data, u32>,
     fe_capacity: usize,
     be_capacity: usize,
 }
@@ -66,6 +73,16 @@ pub fn fe_key(f: &Frontend) -> abi::manul_svc_fe_key {
     }
 }
 
+fn src_key(lb: Ipv4Addr, range: Ipv4Net) -> Key<abi::manul_svc_src_data> {
+    Key::new(
+        32 + u32::from(range.prefix_len()),
+        abi::manul_svc_src_data {
+            lb: net_addr(lb),
+            client: net_addr(range.network()),
+        },
+    )
+}
+
 pub fn fe_value(e: &FrontendEntry) -> abi::manul_svc_fe_value {
     abi::manul_svc_fe_value {
         id: e.id,
@@ -96,14 +113,89 @@ impl ServiceMaps {
         let (be, be_capacity) = take(ebpf, "manul_svc_be")?;
         let (nat, _) = take(ebpf, "manul_nat")?;
         let (aff, _) = take(ebpf, "manul_svc_aff")?;
+        let (ifs, _) = take(ebpf, "manul_svc_if")?;
+        let src = ebpf
+            .take_map("manul_svc_src")
+            .ok_or(BpfError::Missing("manul_svc_src"))?
+            .try_into()
+            .map_err(|e| BpfError::map("manul_svc_src", "unexpected map type", e))?;
         Ok(Self {
             fe,
             be,
             nat,
             aff,
+            ifs,
+            src,
             fe_capacity,
             be_capacity,
         })
+    }
+
+    /// What `manul_svc_if` holds (an earlier run's entries at start).
+    pub fn interfaces(&self) -> BTreeSet<u32> {
+        self.ifs.keys().flatten().collect()
+    }
+
+    /// Makes `manul_svc_if` hold exactly `want`: new entries first, then
+    /// the others deleted.
+    pub fn set_interfaces(&mut self, want: &BTreeSet<u32>) -> Result<(), BpfError> {
+        for ix in want {
+            self.ifs
+                .insert(ix, 1, 0)
+                .map_err(|e| BpfError::map("manul_svc_if", format!("add interface {ix}"), e))?;
+        }
+        let stale: Vec<u32> = self
+            .ifs
+            .keys()
+            .flatten()
+            .filter(|ix| !want.contains(ix))
+            .collect();
+        for ix in stale {
+            self.ifs
+                .remove(&ix)
+                .map_err(|e| BpfError::map("manul_svc_if", format!("remove interface {ix}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Adds the source ranges of `want` the map lacks (before the address
+    /// entries that name them: until then such an address drops every
+    /// client, closed).
+    pub fn add_source_ranges(
+        &mut self,
+        want: &BTreeSet<(Ipv4Addr, Ipv4Net)>,
+    ) -> Result<(), BpfError> {
+        for (lb, range) in want {
+            self.src
+                .insert(&src_key(*lb, *range), 1, 0)
+                .map_err(|e| BpfError::map("manul_svc_src", format!("add {range} to {lb}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the source ranges not in `want` (after the address entries
+    /// stopped naming them).
+    pub fn remove_source_ranges(
+        &mut self,
+        want: &BTreeSet<(Ipv4Addr, Ipv4Net)>,
+    ) -> Result<(), BpfError> {
+        let stale: Vec<Key<abi::manul_svc_src_data>> = self
+            .src
+            .keys()
+            .flatten()
+            .filter(|k| {
+                let d = k.data();
+                let len = u8::try_from(k.prefix_len().saturating_sub(32)).unwrap_or(u8::MAX);
+                let range = Ipv4Net::new(host_addr(d.client), len).map(|r| r.trunc());
+                !range.is_ok_and(|r| want.contains(&(host_addr(d.lb), r)))
+            })
+            .collect();
+        for k in stale {
+            self.src
+                .remove(&k)
+                .map_err(|e| BpfError::map("manul_svc_src", "remove a source range", e))?;
+        }
+        Ok(())
     }
 
     /// What the maps hold (an earlier run's entries, or after a failed

@@ -53,6 +53,19 @@ impl Services {
         self.sync(services, in_sync)
     }
 
+    /// The host interfaces `manul_svc_if` holds.
+    pub fn interfaces(&self) -> std::collections::BTreeSet<u32> {
+        self.maps.interfaces()
+    }
+
+    /// Sets the host interfaces the programs carry for service NAT only.
+    pub fn set_interfaces(
+        &mut self,
+        want: &std::collections::BTreeSet<u32>,
+    ) -> Result<(), BpfError> {
+        self.maps.set_interfaces(want)
+    }
+
     fn sync(
         &mut self,
         services: &BTreeMap<ServiceKey, Service>,
@@ -63,9 +76,15 @@ impl Services {
             tracing::warn!(what = %s, "service frontend not programmed");
         }
         let (writes, next) = plan::plan(&desired, &self.programmed, in_sync);
+        self.maps.add_source_ranges(&desired.source_ranges)?;
+        // An earlier run's addresses keep their ranges while adopted.
+        let prune = next.adopted.is_empty();
         if writes.is_empty() {
             self.programmed = next;
-            return Ok(());
+            return match prune {
+                true => self.maps.remove_source_ranges(&desired.source_ranges),
+                false => Ok(()),
+            };
         }
         self.maps.check(&writes, &next)?;
         if let Err(e) = self.maps.write(&writes) {
@@ -73,6 +92,9 @@ impl Services {
             return Err(e);
         }
         self.programmed = next;
+        if prune {
+            self.maps.remove_source_ranges(&desired.source_ranges)?;
+        }
         let cleaned = self.maps.clean(&writes.gone);
         tracing::debug!(
             frontends = self.programmed.frontends.len(),

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use manul_dataplane_api::{Service, ServiceKey, TrafficPolicy};
 
-use crate::abi::{MANUL_SVC_FE_ADDRESS, MANUL_SVC_FE_REJECT_UNKNOWN};
+use crate::abi::{MANUL_SVC_FE_ADDRESS, MANUL_SVC_FE_REJECT_UNKNOWN, MANUL_SVC_FE_SOURCE_RANGES};
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -72,6 +72,10 @@ pub struct Desired {
     /// Every service address with its address entry's flags (cluster IPs
     /// refuse ports and protocols no service has there).
     pub addresses: BTreeMap<Ipv4Addr, u32>,
+    /// Load-balancer addresses' source ranges (IPv4 ones: an IPv4
+    /// address's clients are IPv4); such an address's entry has
+    /// `MANUL_SVC_FE_SOURCE_RANGES`, so a client outside them is dropped.
+    pub source_ranges: BTreeSet<(Ipv4Addr, ipnet::Ipv4Net)>,
     /// What the program cannot carry, for the log.
     pub skipped: Vec<Skipped>,
 }
@@ -84,9 +88,6 @@ pub enum Skipped {
     /// Protocols other than TCP and UDP (SCTP's CRC32c checksum cannot
     /// be updated incrementally).
     Protocol { service: ServiceKey, proto: u8 },
-    /// A load-balancer address with source ranges: the program does not
-    /// check them, so it does not translate that address at all.
-    SourceRanges { service: ServiceKey, addr: IpAddr },
     /// Two services claim one frontend: the first by name keeps it.
     Conflict {
         frontend: Frontend,
@@ -106,11 +107,6 @@ impl fmt::Display for Skipped {
             Skipped::Protocol { service, proto } => write!(
                 f,
                 "service {}/{}: protocol {proto} not programmed (TCP and UDP only)",
-                service.0, service.1
-            ),
-            Skipped::SourceRanges { service, addr } => write!(
-                f,
-                "service {}/{}: load-balancer address {addr} with source ranges not programmed",
                 service.0, service.1
             ),
             Skipped::Conflict {
@@ -136,8 +132,9 @@ impl fmt::Display for Skipped {
 
 /// The frontends and backend lists of `services`: a cluster IP uses the
 /// internal traffic policy's list, an external or load-balancer address
-/// the external one's; and the service addresses. Node ports are not frontends here (the program
-/// translates at workload interfaces only).
+/// the external one's, a node port (address 0.0.0.0) the external one's
+/// too; and the service addresses (not 0.0.0.0: a node port has no
+/// address entry).
 pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
     let mut d = Desired::default();
     for (key, svc) in services {
@@ -152,13 +149,16 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
             )
             .collect();
         for ip in &svc.load_balancer_ips {
+            frontends.push((*ip, svc.external_traffic));
+            let IpAddr::V4(lb) = ip else { continue };
             if svc.load_balancer_source_ranges.is_empty() {
-                frontends.push((*ip, svc.external_traffic));
-            } else {
-                d.skipped.push(Skipped::SourceRanges {
-                    service: key.clone(),
-                    addr: *ip,
-                });
+                continue;
+            }
+            *d.addresses.entry(*lb).or_insert(MANUL_SVC_FE_ADDRESS) |= MANUL_SVC_FE_SOURCE_RANGES;
+            for range in &svc.load_balancer_source_ranges {
+                if let ipnet::IpNet::V4(r) = range {
+                    d.source_ranges.insert((*lb, r.trunc()));
+                }
             }
         }
         for port in &svc.ports {
@@ -169,7 +169,19 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
                 });
                 continue;
             }
-            for (ip, policy) in &frontends {
+            // A node port: address 0.0.0.0 in the map, which the program
+            // looks up only for packets to the node's own addresses
+            // arriving at a host interface.
+            let node_port = port
+                .node_port
+                .map(|p| (IpAddr::V4(Ipv4Addr::UNSPECIFIED), svc.external_traffic, p));
+            let targets = frontends
+                .iter()
+                .map(|(ip, policy)| (*ip, *policy, port.port))
+                .chain(node_port);
+            for (ip, policy, number) in targets {
+                let ip = &ip;
+                let policy = &policy;
                 let addr = match ip {
                     IpAddr::V4(a) => *a,
                     IpAddr::V6(_) => {
@@ -180,9 +192,11 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
                         continue;
                     }
                 };
-                let flags = d.addresses.entry(addr).or_insert(MANUL_SVC_FE_ADDRESS);
-                if svc.cluster_ips.contains(ip) {
-                    *flags |= MANUL_SVC_FE_REJECT_UNKNOWN;
+                if !addr.is_unspecified() {
+                    let flags = d.addresses.entry(addr).or_insert(MANUL_SVC_FE_ADDRESS);
+                    if svc.cluster_ips.contains(ip) {
+                        *flags |= MANUL_SVC_FE_REJECT_UNKNOWN;
+                    }
                 }
                 let list = ListKey {
                     service: key.clone(),
@@ -193,7 +207,7 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
                 };
                 let frontend = Frontend {
                     addr,
-                    port: port.port,
+                    port: number,
                     proto: port.protocol,
                 };
                 if let Some((kept, _)) = d.frontends.get(&frontend) {

@@ -229,12 +229,55 @@ fn cluster_ips_follow_the_internal_policy_and_external_ips_the_external_one() {
 }
 
 #[test]
+fn a_node_port_is_a_frontend_on_address_zero_with_the_external_list() {
+    let mut svc = service("web", [10, 96, 0, 10], &[2, 3, 4, 5]);
+    svc.external_traffic = TrafficPolicy::Local;
+    svc.ports[0].node_port = Some(30080);
+    let (_, p) = step(&services(vec![svc]), &Programmed::default(), true);
+    let node_port = p.frontends[&fe([0, 0, 0, 0], 30080)];
+    let cluster = p.frontends[&fe([10, 96, 0, 10], 80)];
+    assert_eq!(p.lists[&node_port.id], vec![ba(2), ba(4)]);
+    assert_eq!(p.lists[&cluster.id], vec![ba(2), ba(3), ba(4), ba(5)]);
+    // No address entry for 0.0.0.0: only the node-port lookup at a host
+    // interface, for the node's own addresses, reaches it.
+    assert!(
+        !p.frontends
+            .contains_key(&Frontend::address(Ipv4Addr::UNSPECIFIED))
+    );
+    assert!(!p.frontends.contains_key(&fe([10, 96, 0, 10], 30080)));
+}
+
+#[test]
+fn a_load_balancer_address_with_source_ranges_is_flagged_with_its_ranges() {
+    let mut svc = service("web", [10, 96, 0, 10], &[2]);
+    let lb = Ipv4Addr::new(192, 0, 2, 9);
+    svc.load_balancer_ips = vec![IpAddr::V4(lb)];
+    svc.load_balancer_source_ranges = vec![
+        "198.51.100.7/24".parse().unwrap(),
+        "2001:db8::/32".parse().unwrap(),
+    ];
+    let d = desired(&services(vec![svc]));
+    assert!(d.frontends.contains_key(&fe([192, 0, 2, 9], 80)));
+    assert_eq!(
+        d.addresses[&lb],
+        crate::abi::MANUL_SVC_FE_ADDRESS | crate::abi::MANUL_SVC_FE_SOURCE_RANGES
+    );
+    // The range truncated to its network; the IPv6 one cannot match an
+    // IPv4 client.
+    let ranges: Vec<(Ipv4Addr, ipnet::Ipv4Net)> = d.source_ranges.into_iter().collect();
+    assert_eq!(ranges, vec![(lb, "198.51.100.0/24".parse().unwrap())]);
+    // The cluster IP has no such flag.
+    assert_eq!(
+        d.addresses[&Ipv4Addr::new(10, 96, 0, 10)],
+        crate::abi::MANUL_SVC_FE_ADDRESS | crate::abi::MANUL_SVC_FE_REJECT_UNKNOWN
+    );
+}
+
+#[test]
 fn what_the_program_cannot_carry_is_skipped_and_said() {
     let mut svc = service("web", [10, 96, 0, 10], &[2]);
     svc.cluster_ips
         .push(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 10)));
-    svc.load_balancer_ips = vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))];
-    svc.load_balancer_source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
     let mut sctp = svc.ports[0].clone();
     sctp.protocol = 132;
     svc.ports.push(sctp);
@@ -250,11 +293,10 @@ fn what_the_program_cannot_carry_is_skipped_and_said() {
         .map(|s| match s {
             Skipped::Ipv6 { .. } => "ipv6",
             Skipped::Protocol { .. } => "protocol",
-            Skipped::SourceRanges { .. } => "ranges",
             Skipped::Conflict { .. } => "conflict",
         })
         .collect();
-    assert_eq!(kinds, vec!["ranges", "conflict", "ipv6", "protocol"]);
+    assert_eq!(kinds, vec!["conflict", "ipv6", "protocol"]);
     assert!(d.skipped.iter().all(|s| !s.to_string().is_empty()));
 }
 
