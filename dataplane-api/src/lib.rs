@@ -15,6 +15,7 @@
 //! the state it was told about; the null driver implements it in software.
 
 pub mod driver;
+pub mod frontends;
 pub mod maglev;
 pub mod null;
 pub mod ops;
@@ -27,6 +28,7 @@ pub mod verdict;
 pub mod testutil;
 
 pub use driver::{ContractViolation, Driver, DriverError, PolicyCounter, chain};
+pub use frontends::{Frontend, FrontendKind, ServiceFrontends, protocol_name};
 pub use maglev::MaglevTable;
 pub use null::{DesiredState, IpSet, NullDriver, ServiceKey};
 pub use ops::*;
