@@ -109,6 +109,29 @@ pub trait Driver: Send {
     fn policy_counters(&self) -> Vec<PolicyCounter> {
         Vec::new()
     }
+
+    /// The kernel's service NAT totals since its maps were created, for
+    /// drivers that count them (the eBPF driver). Felix exports them as
+    /// metrics.
+    fn service_counters(&self) -> Option<ServiceCounters> {
+        None
+    }
+}
+
+/// Service NAT totals of a node's dataplane.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceCounters {
+    /// New connections to a frontend translated to a backend.
+    pub translated: u64,
+    /// New connections to a frontend without backends, rejected at once
+    /// (the NAT misses).
+    pub rejected_no_backend: u64,
+    /// New connections from a pod to a Service it backs.
+    pub hairpin: u64,
+    /// Packets of TCP connections whose backend was removed, reset.
+    pub reset: u64,
+    /// Entries in the session affinity map.
+    pub affinity_entries: u64,
 }
 
 /// Flows decided by one policy (or profile, or tier default).
@@ -139,6 +162,10 @@ impl<D: Driver + ?Sized> Driver for Box<D> {
 
     fn policy_counters(&self) -> Vec<PolicyCounter> {
         (**self).policy_counters()
+    }
+
+    fn service_counters(&self) -> Option<ServiceCounters> {
+        (**self).service_counters()
     }
 }
 

@@ -27,7 +27,7 @@ pub mod verdict;
 #[cfg(any(test, feature = "testing"))]
 pub mod testutil;
 
-pub use driver::{ContractViolation, Driver, DriverError, PolicyCounter, chain};
+pub use driver::{ContractViolation, Driver, DriverError, PolicyCounter, ServiceCounters, chain};
 pub use frontends::{Frontend, FrontendKind, ServiceFrontends, protocol_name};
 pub use maglev::MaglevTable;
 pub use null::{DesiredState, IpSet, NullDriver, ServiceKey};

@@ -223,4 +223,16 @@ impl Driver for BpfDriver {
     fn policy_counters(&self) -> Vec<PolicyCounter> {
         self.policy_counter_list()
     }
+
+    /// The tc program's service counters and the affinity map's entries.
+    fn service_counters(&self) -> Option<manul_dataplane_api::ServiceCounters> {
+        let k = self.kernel_counters();
+        Some(manul_dataplane_api::ServiceCounters {
+            translated: k.service_nat,
+            rejected_no_backend: k.service_rejected,
+            hairpin: k.service_hairpin,
+            reset: k.service_reset,
+            affinity_entries: self.services.affinity_entries() as u64,
+        })
+    }
 }
