@@ -575,7 +575,7 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
         registry: registry.clone(),
         status: status_rx,
         config: Some(view_rx),
-        services: Some(services),
+        services: Some(services.clone()),
     };
     match manul_felix::http::serve_with(args.metrics, Endpoints::ALL, state.clone(), https.clone())
         .await
@@ -656,6 +656,7 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
     let mut options = AgentOptions {
         refresh_interval: config.iptables_refresh_interval.value,
         intervals: Some(intervals_rx),
+        services: Some(services.clone()),
         ..AgentOptions::default()
     };
     let publish = Arc::new(tokio::sync::Notify::new());

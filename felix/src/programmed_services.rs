@@ -13,16 +13,22 @@
 //! (address, protocol and port triples a connection can target: each
 //! ClusterIP, external IP and load-balancer IP times the Service's ports,
 //! plus one per node port) and `felix_service_backends` (distinct
-//! backends, address, port and protocol, over all Services).
+//! backends, address, port and protocol, over all Services). With a
+//! driver that counts service NAT (eBPF), the totals the agent last read:
+//! `felix_service_nat_connections`, `felix_service_no_backend_rejects`
+//! (NAT misses), `felix_service_hairpin_connections`,
+//! `felix_service_backend_resets`, and `felix_service_affinity_entries`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use manul_dataplane_api::{
-    Driver, DriverError, Operation, PolicyCounter, Service, ServiceFrontends, ServiceKey,
+    Driver, DriverError, Operation, PolicyCounter, Service, ServiceCounters, ServiceFrontends,
+    ServiceKey,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
@@ -31,6 +37,8 @@ struct Record {
     services: BTreeMap<ServiceKey, Service>,
     /// Not sent again since the driver went stale.
     stale: std::collections::BTreeSet<ServiceKey>,
+    /// The driver's service NAT totals last read (eBPF only).
+    counters: Option<ServiceCounters>,
 }
 
 /// The Services the driver holds; cloned handles share them.
@@ -74,6 +82,12 @@ impl ProgrammedServices {
                 _ => {}
             }
         }
+    }
+
+    /// Keeps the driver's service NAT totals for the next scrape (the
+    /// agent reads them periodically).
+    pub fn observe_counters(&self, counters: Option<ServiceCounters>) {
+        self.lock().counters = counters;
     }
 
     /// The driver went stale: what is not sent again before the next
@@ -120,6 +134,7 @@ struct ServiceMetrics(ProgrammedServices);
 impl Collector for ServiceMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (services, frontends, backends) = self.0.counts();
+        let counters = self.0.lock().counters;
         let gauges = [
             (
                 "felix_services",
@@ -142,6 +157,43 @@ impl Collector for ServiceMetrics {
             let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric)?;
         }
+        // Drivers that count service NAT (eBPF) only.
+        let Some(c) = counters else { return Ok(()) };
+        let totals = [
+            (
+                "felix_service_nat_connections",
+                "New connections to a service frontend translated to a backend",
+                c.translated,
+            ),
+            (
+                "felix_service_no_backend_rejects",
+                "New connections to a service frontend without backends, rejected at once (NAT misses)",
+                c.rejected_no_backend,
+            ),
+            (
+                "felix_service_hairpin_connections",
+                "New connections from a pod to a Service it backs",
+                c.hairpin,
+            ),
+            (
+                "felix_service_backend_resets",
+                "Packets of TCP connections whose backend was removed, answered with a reset",
+                c.reset,
+            ),
+        ];
+        for (name, help, value) in totals {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        let gauge = ConstGauge::new(c.affinity_entries as i64);
+        let metric = encoder.encode_descriptor(
+            "felix_service_affinity_entries",
+            "Entries in the session affinity map (clients pinned to a backend)",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)?;
         Ok(())
     }
 }
@@ -195,6 +247,10 @@ impl Driver for ServiceRecordingDriver {
 
     fn policy_counters(&self) -> Vec<PolicyCounter> {
         self.inner.policy_counters()
+    }
+
+    fn service_counters(&self) -> Option<manul_dataplane_api::ServiceCounters> {
+        self.inner.service_counters()
     }
 }
 

@@ -87,3 +87,35 @@ fn metrics_count_services_frontends_and_backends_at_scrape() {
         assert!(text.contains(line), "{line} missing from\n{text}");
     }
 }
+
+#[test]
+fn service_nat_totals_are_exported_only_from_drivers_that_count_them() {
+    let services = ProgrammedServices::new();
+    let mut registry = Registry::default();
+    services.register_metrics(&mut registry);
+    let encode = || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    };
+    services.observe_counters(NullDriver::new().service_counters());
+    assert!(!encode().contains("felix_service_nat"), "{}", encode());
+    services.observe_counters(Some(ServiceCounters {
+        translated: 7,
+        rejected_no_backend: 3,
+        hairpin: 2,
+        reset: 1,
+        affinity_entries: 5,
+    }));
+    let text = encode();
+    for line in [
+        "felix_service_nat_connections_total 7",
+        "felix_service_no_backend_rejects_total 3",
+        "felix_service_hairpin_connections_total 2",
+        "felix_service_backend_resets_total 1",
+        "felix_service_affinity_entries 5",
+        "# HELP felix_service_no_backend_rejects ",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+}
