@@ -2,7 +2,8 @@
 //!
 //! Offline commands judge files without a server: `validate`, `convert`,
 //! `selector eval`, and `crds` prints the CustomResourceDefinitions. Online commands talk to any Typha replica (`--server` or
-//! `MANUL_SERVER`): `apply`, `get`, `delete`, `cluster`, `sync` and `trace`.
+//! `MANUL_SERVER`): `apply`, `get`, `delete`, `cluster`, `sync` and `trace`;
+//! `services` asks one node's Felix (`--felix`) what its dataplane holds.
 //! Exit codes: 0 success, 2 bad input (invalid resources, unreadable files,
 //! bad flags, a request the server rejects), 1 any other failure (such as an
 //! unreachable server).
@@ -21,6 +22,7 @@ mod crds;
 mod input;
 mod resources;
 mod selector;
+mod services;
 mod sync;
 mod trace;
 mod validate;
@@ -78,6 +80,8 @@ enum Command {
     Sync(sync::SyncCommand),
     /// Trace a packet through the policies: every step, then `verdict: allow` or `verdict: deny`.
     Trace(trace::TraceArgs),
+    /// The Services a node's dataplane is programmed with, from its Felix: frontends and their backends.
+    Services(services::ServicesArgs),
     /// Certificates for TLS.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
                     Command::Cluster(cmd) => cluster::run(&cli.server, cmd).await,
                     Command::Sync(cmd) => sync::run(&cli.server, cmd).await,
                     Command::Trace(args) => trace::run(&cli.server, args).await,
+                    Command::Services(args) => services::run(args).await,
                     _ => Ok(ExitCode::SUCCESS),
                 }
             }),

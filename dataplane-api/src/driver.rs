@@ -116,6 +116,13 @@ pub trait Driver: Send {
     fn conntrack_usage(&self) -> Option<ConntrackUsage> {
         None
     }
+
+    /// The kernel's service NAT totals since its maps were created, for
+    /// drivers that count them (the eBPF driver). Felix exports them as
+    /// metrics.
+    fn service_counters(&self) -> Option<ServiceCounters> {
+        None
+    }
 }
 
 /// Entries in a driver's connection-tracking table and its capacity.
@@ -125,6 +132,22 @@ pub struct ConntrackUsage {
     pub entries: u64,
     /// The most entries the table holds.
     pub capacity: u64,
+}
+
+/// Service NAT totals of a node's dataplane.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceCounters {
+    /// New connections to a frontend translated to a backend.
+    pub translated: u64,
+    /// New connections to a frontend without backends, rejected at once
+    /// (the NAT misses).
+    pub rejected_no_backend: u64,
+    /// New connections from a pod to a Service it backs.
+    pub hairpin: u64,
+    /// Packets of TCP connections whose backend was removed, reset.
+    pub reset: u64,
+    /// Entries in the session affinity map.
+    pub affinity_entries: u64,
 }
 
 /// Flows decided by one policy (or profile, or tier default).
@@ -159,6 +182,10 @@ impl<D: Driver + ?Sized> Driver for Box<D> {
 
     fn conntrack_usage(&self) -> Option<ConntrackUsage> {
         (**self).conntrack_usage()
+    }
+
+    fn service_counters(&self) -> Option<ServiceCounters> {
+        (**self).service_counters()
     }
 }
 

@@ -18,6 +18,7 @@
 mod contract;
 pub mod desired;
 pub mod driver;
+pub mod frontends;
 pub mod maglev;
 pub mod null;
 pub mod ops;
@@ -30,7 +31,10 @@ pub mod verdict;
 pub mod testutil;
 
 pub use desired::{DesiredState, IpSet, ServiceKey};
-pub use driver::{ConntrackUsage, ContractViolation, Driver, DriverError, PolicyCounter, chain};
+pub use driver::{
+    ConntrackUsage, ContractViolation, Driver, DriverError, PolicyCounter, ServiceCounters, chain,
+};
+pub use frontends::{Frontend, FrontendKind, ServiceFrontends, protocol_name};
 pub use maglev::MaglevTable;
 pub use null::NullDriver;
 pub use ops::*;

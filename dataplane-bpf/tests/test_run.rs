@@ -2,8 +2,8 @@
 
 //! The loaded programs run with `BPF_PROG_TEST_RUN` against their real
 //! maps: verdicts for allowed, denied, established and unknown-interface
-//! traffic, IPv6, a policy change, map-capacity errors, flow events, GC and
-//! a restart. Each test runs in a network namespace it creates (veth pairs
+//! traffic, IPv6, a policy change, map-capacity errors, flow events, GC,
+//! a restart, and the service counters. Each test runs in a network namespace it creates (veth pairs
 //! there give the programs real ifindexes) with its own pin directory, both
 //! removed at the end, also on failure.
 
@@ -366,6 +366,78 @@ fn set_member_changes_are_written_in_place() {
                 .expect("apply");
             assert_eq!(run(&mut d, Hook::Egress, a, from("10.0.0.3", 6), SYN), DROP);
             assert_eq!(run(&mut d, Hook::Egress, a, from("10.0.0.2", 7), SYN), DROP);
+        })
+        .expect("run in the namespace");
+}
+
+/// A Service on cluster IP `vip` port 80 with these backends (port 8080).
+fn svc(name: &str, vip: &str, backends: &[&str], affinity: Option<u32>) -> Operation {
+    let backends: Vec<manul_dataplane_api::Backend> = backends
+        .iter()
+        .map(|b| manul_dataplane_api::Backend {
+            ip: ip(b),
+            port: 8080,
+            local: true,
+        })
+        .collect();
+    Operation::ServiceUpdate(manul_dataplane_api::Service {
+        namespace: "ns".into(),
+        name: name.into(),
+        cluster_ips: vec![ip(vip)],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        external_traffic: manul_dataplane_api::TrafficPolicy::Cluster,
+        internal_traffic: manul_dataplane_api::TrafficPolicy::Cluster,
+        affinity_timeout_seconds: affinity,
+        health_check_node_port: None,
+        balancing: manul_dataplane_api::Balancing::Random,
+        ports: vec![manul_dataplane_api::ServicePort {
+            name: "http".into(),
+            protocol: 6,
+            port: 80,
+            node_port: None,
+            local_backends: backends.clone(),
+            backends,
+        }],
+    })
+}
+
+#[test]
+fn service_counters_count_translations_misses_hairpins_and_affinity() {
+    let Some(sb) = Sandbox::new("bs") else { return };
+    let a = sb.index("mnla");
+    let config = sb.config();
+    sb.ns()
+        .run(move || {
+            let mut d = BpfDriver::new(config).expect("load the programs");
+            d.apply(&[
+                web_policy(Action::Allow),
+                pod_a(0),
+                svc("web", "10.96.0.50", &["10.0.0.2"], Some(60)),
+                svc("empty", "10.96.0.51", &[], None),
+                svc("self", "10.96.0.52", &["10.0.0.1"], None),
+                Operation::InSync,
+            ])
+            .expect("apply");
+            let zero = d.service_counters().expect("the eBPF driver counts");
+            assert_eq!(zero, manul_dataplane_api::ServiceCounters::default());
+            // Pod a's outbound traffic is the host-side veth's ingress.
+            let to = |vip| Packet::tcp(ip("10.0.0.1"), 40000, ip(vip), 80);
+            run(&mut d, Hook::Ingress, a, to("10.96.0.50"), SYN);
+            run(&mut d, Hook::Ingress, a, to("10.96.0.51"), SYN);
+            run(&mut d, Hook::Ingress, a, to("10.96.0.52"), SYN);
+            let c = d.service_counters().expect("the eBPF driver counts");
+            assert_eq!(
+                c,
+                manul_dataplane_api::ServiceCounters {
+                    translated: 2,
+                    rejected_no_backend: 1,
+                    hairpin: 1,
+                    reset: 0,
+                    affinity_entries: 1,
+                }
+            );
         })
         .expect("run in the namespace");
 }

@@ -61,6 +61,9 @@ pub struct AgentOptions {
     /// Later values of the refresh intervals (Felix's configuration,
     /// applied live); a zero interval turns that refresh off.
     pub intervals: Option<watch::Receiver<Intervals>>,
+    /// Where the driver's service NAT totals go, read with the flow
+    /// counters.
+    pub services: Option<crate::programmed_services::ProgrammedServices>,
 }
 
 /// The periodic refreshes' intervals.
@@ -114,6 +117,7 @@ impl Default for AgentOptions {
             resync_min_backoff: Duration::from_millis(100),
             resync_max_backoff: Duration::from_secs(10),
             intervals: None,
+            services: None,
         }
     }
 }
@@ -333,6 +337,7 @@ pub async fn run(
         resync_min_backoff,
         resync_max_backoff,
         intervals,
+        services,
     } = options;
     metrics.resync_state.set(resync::WAITING);
     let mut dataplane = Dataplane {
@@ -369,6 +374,9 @@ pub async fn run(
             _ = counters.tick() => {
                 flows.export(dataplane.driver.as_ref(), &metrics);
                 export_conntrack(dataplane.driver.as_ref(), &metrics);
+                if let Some(s) = &services {
+                    s.observe_counters(dataplane.driver.service_counters());
+                }
                 continue;
             }
             Some(i) = next_intervals(&mut intervals) => {

@@ -2,7 +2,10 @@
 //! agent runs), `/readyz` and `/readiness` (in sync with Typha, and the
 //! dataplane holds what the graph computed: not ready from a failed batch
 //! until the resync that follows succeeds), and `/config` (the effective
-//! configuration and where each value came from). A listener serves a
+//! configuration and where each value came from), `/services` (with
+//! `/config`: every Service the dataplane driver holds, with its frontends
+//! and the backends each selects, as JSON; `manulctl services` prints it).
+//! A listener serves a
 //! chosen subset: the local debug listener (`--metrics`) all of them,
 //! Calico's Prometheus listener the metrics, its health listener the
 //! health checks. With `--metrics-tls-cert`/`--metrics-tls-key` every one
@@ -31,6 +34,8 @@ pub struct HttpState {
     pub status: watch::Receiver<AgentStatus>,
     /// The effective configuration, when `/config` is served.
     pub config: Option<watch::Receiver<View>>,
+    /// The Services the driver holds, when `/services` is served.
+    pub services: Option<crate::programmed_services::ProgrammedServices>,
 }
 
 /// Which endpoints a listener serves.
@@ -103,6 +108,21 @@ async fn config(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
+async fn services(State(s): State<HttpState>) -> impl IntoResponse {
+    let Some(services) = &s.services else {
+        return (StatusCode::NOT_FOUND, "no services\n".to_string()).into_response();
+    };
+    match serde_json::to_string_pretty(&services.frontends()) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body + "\n",
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 /// Serves `endpoints` on `addr`, over HTTPS with `tls`; returns the bound
 /// address.
 pub async fn serve_with(
@@ -125,7 +145,9 @@ pub async fn serve_with(
             .route("/readiness", get(readyz));
     }
     if endpoints.config {
-        app = app.route("/config", get(config));
+        app = app
+            .route("/config", get(config))
+            .route("/services", get(services));
     }
     let app = app.with_state(state);
     match tls {
@@ -165,6 +187,7 @@ pub async fn serve(
             registry,
             status,
             config: None,
+            services: None,
         },
         None,
     )
@@ -202,6 +225,7 @@ mod tests {
             registry: Arc::new(registry),
             status,
             config: None,
+            services: None,
         };
         let addr = serve_with(
             SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -218,6 +242,55 @@ mod tests {
         assert!(body.contains("felix_"), "{body}");
         assert_eq!(get("/healthz").await.unwrap(), (200, "ok\n".to_string()));
         assert_eq!(get("/readyz").await.unwrap().0, 503);
+    }
+
+    #[tokio::test]
+    async fn services_lists_the_programmed_frontends_and_backends_as_json() {
+        use manul_dataplane_api::testutil::service;
+        use manul_dataplane_api::{Operation, ServiceFrontends, TrafficPolicy};
+        let programmed = crate::programmed_services::ProgrammedServices::new();
+        let mut registry = Registry::default();
+        programmed.register_metrics(&mut registry);
+        let mut web = service("shop", "web");
+        web.load_balancer_ips = vec!["192.0.2.7".parse().unwrap()];
+        web.external_traffic = TrafficPolicy::Local;
+        web.affinity_timeout_seconds = Some(600);
+        web.ports[0].local_backends.clear();
+        programmed.applied(&[Operation::ServiceUpdate(web.clone())]);
+        let (_tx, status) = watch::channel(AgentStatus::default());
+        let state = HttpState {
+            registry: Arc::new(registry),
+            status,
+            config: None,
+            services: Some(programmed),
+        };
+        let body = |r: axum::response::Response| async move {
+            assert_eq!(r.status(), StatusCode::OK);
+            let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        };
+        let json = body(services(State(state.clone())).await.into_response()).await;
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value[0]["namespace"], "shop");
+        assert_eq!(value[0]["affinityTimeoutSeconds"], 600);
+        assert_eq!(value[0]["externalTrafficPolicy"], "Local");
+        let fe = &value[0]["frontends"];
+        assert_eq!(fe[0]["kind"], "ClusterIp");
+        assert_eq!(fe[0]["address"], "10.96.0.10");
+        assert_eq!(fe[0]["protocol"], "TCP");
+        assert_eq!(fe[0]["port"], 80);
+        assert_eq!(fe[0]["backends"][0]["ip"], "10.0.0.1");
+        assert_eq!(fe[0]["backends"][0]["port"], 8080);
+        // The LB IP under Local with no local backend selects none.
+        assert_eq!(fe[1]["kind"], "LoadBalancerIp");
+        assert_eq!(fe[1]["trafficPolicy"], "Local");
+        assert_eq!(fe[1]["backends"], serde_json::json!([]));
+        let parsed: Vec<ServiceFrontends> = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed, vec![web.with_frontends()]);
+        let text = body(metrics(State(state), HeaderMap::new()).await.into_response()).await;
+        assert!(text.contains("felix_services 1"), "{text}");
+        assert!(text.contains("felix_service_frontends 2"), "{text}");
+        assert!(text.contains("felix_service_backends 1"), "{text}");
     }
 
     #[test]

@@ -83,7 +83,7 @@ struct Args {
     /// Unix socket of an out-of-process driver (with --dataplane remote).
     #[arg(long)]
     driver_socket: Option<PathBuf>,
-    /// Local debug listener: /metrics, /healthz, /readyz and /config.
+    /// Local debug listener: /metrics, /healthz, /readyz, /config and /services.
     #[arg(long, default_value = "127.0.0.1:9091")]
     metrics: SocketAddr,
     /// eBPF: pins live under /sys/fs/bpf/manul/NAME (default: the node
@@ -558,8 +558,13 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
             driver, health,
         ))
     };
+    let services = manul_felix::programmed_services::ProgrammedServices::new();
+    let driver: Box<dyn Driver> = Box::new(
+        manul_felix::programmed_services::ServiceRecordingDriver::new(driver, services.clone()),
+    );
     let mut registry = Registry::default();
     let metrics = FelixMetrics::register(&mut registry);
+    services.register_metrics(&mut registry);
     let registry = Arc::new(registry);
     let (status_tx, status_rx) = watch::channel(AgentStatus::default());
     let mut view = View::new(&args.node, &run_id(), &config, &inputs);
@@ -570,11 +575,12 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
         registry: registry.clone(),
         status: status_rx,
         config: Some(view_rx),
+        services: Some(services.clone()),
     };
     match manul_felix::http::serve_with(args.metrics, Endpoints::ALL, state.clone(), https.clone())
         .await
     {
-        Ok(addr) => tracing::info!(%addr, "serving metrics, health and /config"),
+        Ok(addr) => tracing::info!(%addr, "serving metrics, health, /config and /services"),
         Err(e) => return fail(1, format!("cannot listen on {}: {e}", args.metrics)),
     }
     // Calico's listeners, from the configuration. A failure to listen is
@@ -650,6 +656,7 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
     let mut options = AgentOptions {
         refresh_interval: config.iptables_refresh_interval.value,
         intervals: Some(intervals_rx),
+        services: Some(services.clone()),
         ..AgentOptions::default()
     };
     let publish = Arc::new(tokio::sync::Notify::new());

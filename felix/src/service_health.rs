@@ -332,4 +332,8 @@ impl Driver for HealthCheckedDriver {
     fn policy_counters(&self) -> Vec<PolicyCounter> {
         self.inner.policy_counters()
     }
+
+    fn service_counters(&self) -> Option<manul_dataplane_api::ServiceCounters> {
+        self.inner.service_counters()
+    }
 }

@@ -42,6 +42,16 @@ pub struct KernelCounters {
     /// denied (no flow events: they have no flow state).
     pub untracked_allowed: u64,
     pub untracked_denied: u64,
+    /// New connections to a service frontend translated to a backend.
+    pub service_nat: u64,
+    /// New connections to a frontend without backends, rejected (TCP RST,
+    /// ICMP port unreachable) or dropped (other protocols): NAT misses.
+    pub service_rejected: u64,
+    /// New connections from a pod to a service it backs.
+    pub service_hairpin: u64,
+    /// Packets of TCP connections whose backend was removed, answered with
+    /// a RST.
+    pub service_reset: u64,
 }
 
 impl BpfDriver {
@@ -61,6 +71,10 @@ impl BpfDriver {
             neighbour_discovery: at(abi::MANUL_CNT_ND_ALLOWED),
             untracked_allowed: at(abi::MANUL_CNT_UNTRACKED_ALLOWED),
             untracked_denied: at(abi::MANUL_CNT_UNTRACKED_DENIED),
+            service_nat: at(abi::MANUL_CNT_SVC_NAT),
+            service_rejected: at(abi::MANUL_CNT_SVC_REJECT),
+            service_hairpin: at(abi::MANUL_CNT_SVC_HAIRPIN),
+            service_reset: at(abi::MANUL_CNT_SVC_RESET),
         }
     }
 

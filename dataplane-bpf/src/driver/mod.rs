@@ -243,4 +243,16 @@ impl Driver for BpfDriver {
             capacity: u64::from(self.config.conntrack_capacity),
         })
     }
+
+    /// The tc program's service counters and the affinity map's entries.
+    fn service_counters(&self) -> Option<manul_dataplane_api::ServiceCounters> {
+        let k = self.kernel_counters();
+        Some(manul_dataplane_api::ServiceCounters {
+            translated: k.service_nat,
+            rejected_no_backend: k.service_rejected,
+            hairpin: k.service_hairpin,
+            reset: k.service_reset,
+            affinity_entries: self.services.affinity_entries() as u64,
+        })
+    }
 }

@@ -282,6 +282,11 @@ impl ServiceMaps {
         Ok(())
     }
 
+    /// The session affinity map's entries (one key walk, no values read).
+    pub fn affinity_entries(&self) -> usize {
+        self.aff.keys().flatten().count()
+    }
+
     /// Forgets what clients had of backends that went away: their
     /// affinity entries, and their UDP flows (the next datagram picks a
     /// live backend); marks their TCP connections for a reset (the

@@ -32,6 +32,11 @@ impl Services {
         Ok(Self { maps, programmed })
     }
 
+    /// The session affinity map's entries.
+    pub fn affinity_entries(&self) -> usize {
+        self.maps.affinity_entries()
+    }
+
     /// Brings the maps to `services` when the batch names a service or
     /// brings the state in sync. On an error the maps are read back, so
     /// the next sync starts from what they hold.
