@@ -399,6 +399,11 @@ impl LocalCluster {
         self.cp.name()
     }
 
+    /// The control-plane namespace, which holds the underlay bridge.
+    pub(crate) fn underlay_netns(&self) -> &NetNs {
+        &self.cp
+    }
+
     fn start_typha(&mut self) -> Result<(), ClusterError> {
         let typha = program("typha")?;
         let addrs = self.typha_addresses();
