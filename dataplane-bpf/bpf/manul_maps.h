@@ -120,6 +120,16 @@ enum manul_counter {
 	/* Packets an untracked (doNotTrack) table allowed or denied. */
 	MANUL_CNT_UNTRACKED_ALLOWED = 10,
 	MANUL_CNT_UNTRACKED_DENIED = 11,
+	/* New connections to a service frontend translated to a backend. */
+	MANUL_CNT_SVC_NAT = 12,
+	/* New connections to a frontend without backends, rejected (TCP
+	 * RST, ICMP port unreachable) or dropped (other protocols). */
+	MANUL_CNT_SVC_REJECT = 13,
+	/* New connections from a pod to a service it backs (hairpin). */
+	MANUL_CNT_SVC_HAIRPIN = 14,
+	/* Packets of TCP connections whose backend was removed, answered
+	 * with a RST. */
+	MANUL_CNT_SVC_RESET = 15,
 	MANUL_CNT_MAX = 16,
 };
 
@@ -302,6 +312,117 @@ struct manul_event {
 	__u16 sport; /* host order */
 	__u16 dport; /* host order */
 	__u32 reserved2;
+};
+
+/*
+ * Services (kube-proxy replacement), IPv4. Addresses and ports in these
+ * maps are in network byte order, as in the packet. A service change is
+ * writes to manul_svc_fe and manul_svc_be, never a program load.
+ */
+
+/* The source address of a hairpinned connection (a pod reaching a service
+ * it backs), 169.254.1.2 (host order here): the pod sees its own connection
+ * come from this link-local address, and its replies, routed to its
+ * default gateway, come back through its host-side interface where they
+ * are translated back. Never routed: both directions are redirected on
+ * the pod's own interface. */
+#define MANUL_HAIRPIN_SNAT_V4 0xa9fe0102
+
+/* manul_svc_fe (hash): a frontend (service address, port, protocol) ->
+ * the backend list its traffic policy selects. Every service address also
+ * has an address entry (port 0, protocol 0; flags MANUL_SVC_FE_ADDRESS),
+ * looked up first, so traffic to other addresses costs one lookup, and a
+ * cluster IP's says (MANUL_SVC_FE_REJECT_UNKNOWN) that a port or protocol
+ * no service has there is refused, as kube-proxy does. */
+struct manul_svc_fe_key {
+	__u32 addr;
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct manul_svc_fe_value {
+	/* The backend list (manul_svc_be); ids are never reused by a run. */
+	__u32 id;
+	/* Backends at indices 0..count; 0: new connections are rejected. */
+	__u32 count;
+	/* sessionAffinity ClientIP: seconds a client keeps its backend; 0:
+	 * none. */
+	__u32 affinity_s;
+	__u32 flags; /* MANUL_SVC_FE_* */
+};
+
+#define MANUL_SVC_FE_ADDRESS 0x01
+#define MANUL_SVC_FE_REJECT_UNKNOWN 0x02
+
+/* manul_svc_be (hash): (list id, index) -> backend. */
+struct manul_svc_be_key {
+	__u32 id;
+	__u32 index;
+};
+
+struct manul_svc_be_value {
+	__u32 addr;
+	__u16 port;
+	__u16 pad;
+};
+
+enum manul_nat_dir {
+	/* (client, frontend) -> the backend: a connection's later packets. */
+	MANUL_NAT_FWD = 0,
+	/* (backend, client) as the reply leaves the backend -> the frontend
+	 * the reply's source is translated back to. */
+	MANUL_NAT_REV = 1,
+	/* A packet already translated on the same interface (hairpin), seen
+	 * again on the way into the pod: passed. */
+	MANUL_NAT_DONE = 2,
+};
+
+/* manul_nat_value.flags */
+#define MANUL_NAT_HAIRPIN 0x01
+/* Set by the driver on a TCP connection's forward entry when its backend
+ * left the list: the client's next packet is answered with a RST and the
+ * entry is deleted. */
+#define MANUL_NAT_RESET 0x02
+
+/* manul_nat (LRU hash): the service NAT's conntrack. A connection has a
+ * forward entry (the backend it was given: it keeps it whatever happens
+ * to the backend list) and a reverse entry (the frontend its replies come
+ * from); a hairpinned one also has DONE entries. */
+struct manul_nat_key {
+	__u32 src;
+	__u32 dst;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 dir; /* enum manul_nat_dir */
+	__u16 pad;
+};
+
+struct manul_nat_value {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	/* FWD: the backend; REV: the frontend. */
+	__u32 addr;
+	__u16 port;
+	__u16 pad;
+	/* The backend list the connection was given a backend from. */
+	__u32 id;
+	__u32 flags; /* MANUL_NAT_* */
+};
+
+/* manul_svc_aff (LRU hash): sessionAffinity ClientIP, (client, list id)
+ * -> the client's backend and when it last got it. */
+struct manul_svc_aff_key {
+	__u32 client;
+	__u32 id;
+};
+
+struct manul_svc_aff_value {
+	__u64 ts_ns;
+	__u32 addr;
+	__u16 port;
+	__u16 pad;
 };
 
 #endif /* MANUL_MAPS_H */

@@ -133,6 +133,40 @@ struct {
 } manul_failsafe SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct manul_svc_fe_key);
+	__type(value, struct manul_svc_fe_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_svc_fe SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1048576);
+	__type(key, struct manul_svc_be_key);
+	__type(value, struct manul_svc_be_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_svc_be SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct manul_nat_key);
+	__type(value, struct manul_nat_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_nat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct manul_svc_aff_key);
+	__type(value, struct manul_svc_aff_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_svc_aff SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } manul_events SEC(".maps");
@@ -153,6 +187,7 @@ struct pkt {
 	__u8 icmp_code;
 	__u8 tcp_flags;
 	__u8 pad[3];
+	__u32 l4_off; /* from the start of the frame */
 	__u16 sport; /* network order */
 	__u16 dport; /* network order */
 	__u32 len;
@@ -194,6 +229,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		if (ip->frag_off & bpf_htons(0x1fff))
 			return 0;
 		l4 = (void *)ip + ip->ihl * 4;
+		p->l4_off = sizeof(*eth) + ip->ihl * 4;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 
@@ -204,6 +240,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__builtin_memcpy(p->src, &ip6->saddr, 16);
 		__builtin_memcpy(p->dst, &ip6->daddr, 16);
 		l4 = (void *)(ip6 + 1);
+		p->l4_off = sizeof(*eth) + sizeof(*ip6);
 	} else {
 		return 1;
 	}
@@ -691,6 +728,432 @@ static __always_inline int untracked(const struct manul_ep_value *ep, __u8 hook,
 	return TC_ACT_SHOT;
 }
 
+/*
+ * Services (kube-proxy replacement), IPv4 TCP and UDP, on workload
+ * interfaces. From a pod (the ingress hook), before policy: a packet to a
+ * frontend (manul_svc_fe) is translated to its connection's backend (the
+ * forward manul_nat entry, or a backend picked now), so the pod's egress
+ * policy and, on the backend's interface, its ingress policy judge the real
+ * endpoints, and the backend sees the client's address. To a pod (the
+ * egress hook), after policy: a reply from a backend is translated back to
+ * the frontend (the reverse entry). A frontend without backends rejects a
+ * new connection at once. A pod reaching a service it backs (hairpin) gets
+ * its connection from MANUL_HAIRPIN_SNAT_V4, both directions redirected on
+ * its own interface.
+ */
+
+#define IP4_CSUM_OFF (ETH_HLEN + 10)
+#define IP4_SRC_OFF (ETH_HLEN + 12)
+#define IP4_DST_OFF (ETH_HLEN + 16)
+#define NS_PER_S 1000000000ULL
+/* A UDP flow idle this long picks a backend again. */
+#define NAT_UDP_IDLE_NS (60 * NS_PER_S)
+/* A TCP SYN (without ACK) of a connection whose entry is idle this long
+ * is a new connection reusing the port: it picks a backend again. */
+#define NAT_SYN_IDLE_NS (5 * NS_PER_S)
+
+/* What the service NAT does to a packet once policy allowed it. */
+enum svc_after {
+	SVC_NONE = 0,
+	/* A reply to a client on this interface: source back to the
+	 * frontend. */
+	SVC_REVERSE = 1,
+	/* Hairpin, from the pod: source to the hairpin address, straight
+	 * back into the pod. */
+	SVC_HAIRPIN_FWD = 2,
+	/* Hairpin reply: source back to the frontend, destination back to
+	 * the pod, straight back into the pod. */
+	SVC_HAIRPIN_REV = 3,
+};
+
+struct svc_nat {
+	__u32 addr; /* the frontend (SVC_REVERSE, SVC_HAIRPIN_REV) */
+	__u16 port;
+	__u8 after; /* enum svc_after */
+	__u8 pad;
+};
+
+/* Rewrites the source or destination address and port of an IPv4 TCP or
+ * UDP packet, with its checksums. */
+static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, int is_src,
+				   __u32 old_addr, __u32 new_addr, __u16 old_port, __u16 new_port)
+{
+	__u32 csum_off = p->l4_off + (p->proto == IPPROTO_TCP ? 16 : 6);
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (old_addr != new_addr) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
+					BPF_F_PSEUDO_HDR | mangled | 4))
+			return -1;
+		if (bpf_l3_csum_replace(skb, IP4_CSUM_OFF, old_addr, new_addr, 4))
+			return -1;
+		if (bpf_skb_store_bytes(skb, is_src ? IP4_SRC_OFF : IP4_DST_OFF, &new_addr, 4, 0))
+			return -1;
+	}
+	if (old_port != new_port) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, mangled | 2))
+			return -1;
+		if (bpf_skb_store_bytes(skb, p->l4_off + (is_src ? 0 : 2), &new_port, 2, 0))
+			return -1;
+	}
+	return 0;
+}
+
+/* Swaps the frame's MAC addresses and hands it to the pod behind the
+ * interface (the peer of the host-side veth), past routing. */
+static __always_inline int back_to_pod(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u8 mac[ETH_ALEN];
+
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	return bpf_redirect_peer(skb->ifindex, 0);
+}
+
+static __always_inline __u16 csum_fold(__s64 sum)
+{
+	__u64 s = (__u64)sum;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+/* Turns a TCP segment to a frontend without backends, or of a connection
+ * whose backend is gone, into the RST that refuses it (RFC 9293
+ * 3.10.7.1), from the frontend, sent back into the pod. */
+static __always_inline int reject_tcp(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct tcphdr *tcp = (void *)(ip + 1);
+	__u32 addr, seq, ack, payload;
+	__u16 port, flags;
+	struct {
+		__u32 src;
+		__u32 dst;
+		__u8 zero;
+		__u8 proto;
+		__u16 len;
+	} pseudo;
+	__s64 sum;
+
+	if ((void *)(tcp + 1) > data_end || ip->ihl != 5 || tcp->rst)
+		return TC_ACT_SHOT;
+	payload = bpf_ntohs(ip->tot_len);
+	if (payload < sizeof(*ip) + tcp->doff * 4)
+		return TC_ACT_SHOT;
+	payload -= sizeof(*ip) + tcp->doff * 4;
+	if (tcp->ack) {
+		seq = tcp->ack_seq;
+		ack = 0;
+		flags = bpf_htons(0x5004); /* data offset 5, RST */
+	} else {
+		seq = 0;
+		ack = bpf_htonl(bpf_ntohl(tcp->seq) + payload + tcp->syn + tcp->fin);
+		flags = bpf_htons(0x5014); /* data offset 5, RST ACK */
+	}
+	addr = ip->saddr;
+	ip->saddr = ip->daddr;
+	ip->daddr = addr;
+	port = tcp->source;
+	tcp->source = tcp->dest;
+	tcp->dest = port;
+	ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*tcp));
+	ip->id = 0;
+	ip->frag_off = bpf_htons(0x4000); /* DF */
+	ip->ttl = 64;
+	ip->tos = 0;
+	ip->check = 0;
+	tcp->seq = seq;
+	tcp->ack_seq = ack;
+	((__u16 *)tcp)[6] = flags;
+	tcp->window = 0;
+	tcp->check = 0;
+	tcp->urg_ptr = 0;
+	if (bpf_skb_change_tail(skb, sizeof(*eth) + sizeof(*ip) + sizeof(*tcp), 0))
+		return TC_ACT_SHOT;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	ip = (void *)(eth + 1);
+	tcp = (void *)(ip + 1);
+	if ((void *)(tcp + 1) > data_end)
+		return TC_ACT_SHOT;
+	ip->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
+	pseudo.src = ip->saddr;
+	pseudo.dst = ip->daddr;
+	pseudo.zero = 0;
+	pseudo.proto = IPPROTO_TCP;
+	pseudo.len = bpf_htons(sizeof(*tcp));
+	sum = bpf_csum_diff(0, 0, (__be32 *)&pseudo, sizeof(pseudo), 0);
+	if (sum < 0)
+		return TC_ACT_SHOT;
+	tcp->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)tcp, sizeof(*tcp), (__u32)sum));
+	return back_to_pod(skb);
+}
+
+/* Turns a UDP datagram to a frontend without backends into an ICMP port
+ * unreachable carrying its IP header and first 8 bytes, from the
+ * frontend, sent back into the pod. */
+static __always_inline int reject_udp(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct iphdr *orig;
+	__u8 *icmp;
+
+	if ((void *)(ip + 1) > data_end || ip->ihl != 5)
+		return TC_ACT_SHOT;
+	/* Room for the new IP and ICMP headers in front of the original IP
+	 * header, of which 28 bytes are kept. */
+	if (bpf_skb_adjust_room(skb, sizeof(*ip) + 8, BPF_ADJ_ROOM_MAC, 0))
+		return TC_ACT_SHOT;
+	if (bpf_skb_change_tail(skb, sizeof(*eth) + 2 * sizeof(*ip) + 16, 0))
+		return TC_ACT_SHOT;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	ip = (void *)(eth + 1);
+	icmp = (void *)(ip + 1);
+	orig = (void *)(icmp + 8);
+	if ((void *)orig + sizeof(*orig) + 8 > data_end)
+		return TC_ACT_SHOT;
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(2 * sizeof(*ip) + 16);
+	ip->id = 0;
+	ip->frag_off = 0;
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_ICMP;
+	ip->check = 0;
+	ip->saddr = orig->daddr;
+	ip->daddr = orig->saddr;
+	ip->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
+	__builtin_memset(icmp, 0, 8);
+	icmp[0] = 3; /* destination unreachable */
+	icmp[1] = 3; /* port unreachable */
+	*(__u16 *)(icmp + 2) = csum_fold(bpf_csum_diff(0, 0, (__be32 *)icmp, 8 + sizeof(*orig) + 8, 0));
+	return back_to_pod(skb);
+}
+
+/* The backend for a new connection: the client's affinity entry while it
+ * holds, else one at random (remembered when the frontend has affinity). */
+static __always_inline int svc_pick(const struct manul_svc_fe_value *fe, __u32 client, __u64 now,
+				    struct manul_svc_be_value *out)
+{
+	struct manul_svc_aff_key ak = { .client = client, .id = fe->id };
+	struct manul_svc_be_key bk = { .id = fe->id };
+	struct manul_svc_aff_value *av;
+	struct manul_svc_be_value *be;
+
+	if (fe->affinity_s) {
+		av = bpf_map_lookup_elem(&manul_svc_aff, &ak);
+		if (av && now - av->ts_ns < (__u64)fe->affinity_s * NS_PER_S) {
+			av->ts_ns = now;
+			out->addr = av->addr;
+			out->port = av->port;
+			return 0;
+		}
+	}
+	if (!fe->count)
+		return -1;
+	bk.index = bpf_get_prandom_u32() % fe->count;
+	be = bpf_map_lookup_elem(&manul_svc_be, &bk);
+	if (!be)
+		return -1;
+	out->addr = be->addr;
+	out->port = be->port;
+	if (fe->affinity_s) {
+		struct manul_svc_aff_value nv = { .ts_ns = now, .addr = be->addr, .port = be->port };
+
+		bpf_map_update_elem(&manul_svc_aff, &ak, &nv, BPF_ANY);
+	}
+	return 0;
+}
+
+/* Whether a forward entry still names the connection this packet is of. */
+static __always_inline int nat_current(const struct manul_nat_value *v, const struct pkt *p,
+				       __u64 now)
+{
+	__u64 idle = now - v->last_seen_ns;
+
+	if (p->proto == IPPROTO_UDP)
+		return idle < NAT_UDP_IDLE_NS;
+	/* SYN without ACK */
+	if ((p->tcp_flags & 0x12) == 0x02)
+		return idle < NAT_SYN_IDLE_NS;
+	return 1;
+}
+
+/* A packet from a pod, before policy. Returns -1 to go on to policy (with
+ * *p describing the translated packet), or a TC verdict. */
+static __always_inline int svc_from_pod(struct __sk_buff *skb, struct pkt *p, struct svc_nat *n,
+					__u64 now)
+{
+	struct manul_svc_fe_key fk = {};
+	struct manul_nat_key key = { .sport = p->sport, .dport = p->dport, .proto = p->proto };
+	struct manul_svc_be_value be = {};
+	struct manul_svc_fe_value *fe;
+	struct manul_nat_value *nv;
+	__u32 src, dst, hairpin, reject_unknown;
+
+	if (p->version != 4 || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
+		return -1;
+	__builtin_memcpy(&src, p->src, 4);
+	__builtin_memcpy(&dst, p->dst, 4);
+	key.src = src;
+	key.dst = dst;
+	if (dst == bpf_htonl(MANUL_HAIRPIN_SNAT_V4)) {
+		/* A reply of a hairpinned connection: policy sees it as the
+		 * reply of the pod's connection to itself. */
+		key.dir = MANUL_NAT_REV;
+		nv = bpf_map_lookup_elem(&manul_nat, &key);
+		if (!nv || !(nv->flags & MANUL_NAT_HAIRPIN))
+			return -1;
+		n->after = SVC_HAIRPIN_REV;
+		n->addr = nv->addr;
+		n->port = nv->port;
+		__builtin_memcpy(p->dst, p->src, 4);
+		return -1;
+	}
+	/* A service address at all? */
+	fk.addr = dst;
+	fe = bpf_map_lookup_elem(&manul_svc_fe, &fk);
+	if (!fe)
+		return -1;
+	reject_unknown = fe->flags & MANUL_SVC_FE_REJECT_UNKNOWN;
+	fk.port = p->dport;
+	fk.proto = p->proto;
+	fe = bpf_map_lookup_elem(&manul_svc_fe, &fk);
+	if (!fe) {
+		/* A cluster IP's port or protocol no service has. */
+		if (!reject_unknown)
+			return -1;
+		count(MANUL_CNT_SVC_REJECT);
+		if (p->proto == IPPROTO_TCP)
+			return reject_tcp(skb);
+		return reject_udp(skb);
+	}
+	key.dir = MANUL_NAT_FWD;
+	nv = bpf_map_lookup_elem(&manul_nat, &key);
+	if (nv && (nv->flags & MANUL_NAT_RESET) && p->proto == IPPROTO_TCP) {
+		/* Its backend is gone: reset the connection. */
+		bpf_map_delete_elem(&manul_nat, &key);
+		count(MANUL_CNT_SVC_RESET);
+		return reject_tcp(skb);
+	}
+	if (nv && nat_current(nv, p, now)) {
+		nv->last_seen_ns = now;
+		be.addr = nv->addr;
+		be.port = nv->port;
+		hairpin = nv->flags & MANUL_NAT_HAIRPIN;
+	} else {
+		struct manul_nat_value v = {
+			.created_ns = now,
+			.last_seen_ns = now,
+			.id = fe->id,
+		};
+
+		if (svc_pick(fe, src, now, &be)) {
+			count(MANUL_CNT_SVC_REJECT);
+			if (p->proto == IPPROTO_TCP)
+				return reject_tcp(skb);
+			return reject_udp(skb);
+		}
+		hairpin = be.addr == src;
+		v.flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
+		v.addr = be.addr;
+		v.port = be.port;
+		if (bpf_map_update_elem(&manul_nat, &key, &v, BPF_ANY))
+			return TC_ACT_SHOT;
+		key.src = be.addr;
+		key.dst = hairpin ? bpf_htonl(MANUL_HAIRPIN_SNAT_V4) : src;
+		key.sport = be.port;
+		key.dport = p->sport;
+		key.dir = MANUL_NAT_REV;
+		v.addr = dst;
+		v.port = p->dport;
+		if (bpf_map_update_elem(&manul_nat, &key, &v, BPF_ANY))
+			return TC_ACT_SHOT;
+		count(MANUL_CNT_SVC_NAT);
+		if (hairpin)
+			count(MANUL_CNT_SVC_HAIRPIN);
+	}
+	if (rewrite(skb, p, 0, dst, be.addr, p->dport, be.port))
+		return TC_ACT_SHOT;
+	__builtin_memcpy(p->dst, &be.addr, 4);
+	p->dport = be.port;
+	if (hairpin)
+		n->after = SVC_HAIRPIN_FWD;
+	return -1;
+}
+
+/* A packet to a pod, before policy: is it a backend's reply to a client
+ * here? */
+static __always_inline void svc_to_pod(const struct pkt *p, struct svc_nat *n)
+{
+	struct manul_nat_key key = {
+		.sport = p->sport,
+		.dport = p->dport,
+		.proto = p->proto,
+		.dir = MANUL_NAT_REV,
+	};
+	struct manul_nat_value *nv;
+
+	if (p->version != 4 || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
+		return;
+	__builtin_memcpy(&key.src, p->src, 4);
+	__builtin_memcpy(&key.dst, p->dst, 4);
+	nv = bpf_map_lookup_elem(&manul_nat, &key);
+	if (!nv || (nv->flags & MANUL_NAT_HAIRPIN))
+		return;
+	n->after = SVC_REVERSE;
+	n->addr = nv->addr;
+	n->port = nv->port;
+}
+
+/* The verdict on a packet policy allowed, after the service NAT's last
+ * step. */
+static __always_inline int svc_after(struct __sk_buff *skb, const struct pkt *p,
+				     const struct svc_nat *n)
+{
+	__u32 src, snat = bpf_htonl(MANUL_HAIRPIN_SNAT_V4);
+
+	if (n->after == SVC_NONE)
+		return TC_ACT_OK;
+	__builtin_memcpy(&src, p->src, 4);
+	switch (n->after) {
+	case SVC_REVERSE:
+		if (rewrite(skb, p, 1, src, n->addr, p->sport, n->port))
+			return TC_ACT_SHOT;
+		return TC_ACT_OK;
+	case SVC_HAIRPIN_FWD:
+		if (rewrite(skb, p, 1, src, snat, p->sport, p->sport))
+			return TC_ACT_SHOT;
+		return back_to_pod(skb);
+	case SVC_HAIRPIN_REV:
+		if (rewrite(skb, p, 1, src, n->addr, p->sport, n->port) ||
+		    rewrite(skb, p, 0, snat, src, p->dport, p->dport))
+			return TC_ACT_SHOT;
+		return back_to_pod(skb);
+	default:
+		return TC_ACT_SHOT;
+	}
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 {
 	__u32 ifindex = skb->ifindex;
@@ -699,6 +1162,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	struct manul_ct_key k = {};
 	struct manul_ct_value *ct;
 	struct decision d = {};
+	struct svc_nat n = {};
 	__u32 table, space, generation, decided;
 	__u32 h = hook & 1;
 	__u64 now;
@@ -728,13 +1192,19 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		count(MANUL_CNT_ND_ALLOWED);
 		return TC_ACT_OK;
 	}
+	now = bpf_ktime_get_ns();
 	if (host) {
 		rc = untracked(ep, hook, &p);
 		if (rc >= 0)
 			return rc;
+	} else if (hook == MANUL_HOOK_INGRESS) {
+		rc = svc_from_pod(skb, &p, &n, now);
+		if (rc >= 0)
+			return rc;
+	} else {
+		svc_to_pod(&p, &n);
 	}
 
-	now = bpf_ktime_get_ns();
 	generation = hook_generation(ep, h);
 	fwd = ct_key(&k, ifindex, &p);
 	ct = bpf_map_lookup_elem(&manul_ct, &k);
@@ -747,7 +1217,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 			__sync_fetch_and_add(&ct->packets[dir], 1);
 			__sync_fetch_and_add(&ct->bytes[dir], p.len);
 			ct->tcp_flags |= tcp_bits(&p, dir == 0);
-			return TC_ACT_OK;
+			return svc_after(skb, &p, &n);
 		}
 		if (ct->state == MANUL_CT_DENIED && ct->table == generation) {
 			count(MANUL_CNT_DENIED_CACHED);
@@ -793,7 +1263,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		     rc, rc == MANUL_REASON_POLICY ? &d : 0);
 		if (allowed) {
 			count(MANUL_CNT_NEW_ALLOWED);
-			return TC_ACT_OK;
+			return svc_after(skb, &p, &n);
 		}
 		count(MANUL_CNT_NEW_DENIED);
 		return TC_ACT_SHOT;

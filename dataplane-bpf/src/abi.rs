@@ -43,6 +43,22 @@ unsafe impl aya::Pod for manul_ct_value {}
 unsafe impl aya::Pod for manul_event {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_failsafe_key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_fe_key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_fe_value {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_be_key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_be_value {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_nat_key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_nat_value {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_aff_key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_aff_value {}
 
 /// Reads a flow event from the ring buffer's bytes.
 pub fn event_from_bytes(bytes: &[u8]) -> Option<manul_event> {

@@ -10,11 +10,25 @@
 //!   number of lookups; [`space`] keeps each table's address prefixes and
 //!   their classes up to date incrementally; [`model`] is the same lookup
 //!   in userspace.
+//! - A batch is planned without I/O (`batch.rs`: which tables to compile,
+//!   then every map write and delete in order, as values) against the
+//!   driver's bookkeeping (`ledger.rs`), and carried out through a small
+//!   map-writing trait (`write.rs`) by `program.rs`, which also fails closed
+//!   after a write that stops part-way. The pinned maps (`maps.rs`)
+//!   implement the trait, and so does an in-memory fake in the tests, so
+//!   failures, undo and id reuse are tested without root.
+//! - `driver/` is [`BpfDriver`]: loading, attaching to interfaces,
+//!   counters and `BPF_PROG_TEST_RUN`, conntrack and flow events.
+//! - `services` turns the desired services into frontend and backend map
+//!   entries (a pure plan, then ordered writes); the programs translate a
+//!   pod's connections to a service (IPv4 TCP and UDP) before policy, so
+//!   policy sees the real endpoints.
 //!
 //! It refuses to depend on `felix`: it implements the dataplane contract
-//! only, and a policy change must never need a program load.
+//! only, and a policy or service change must never need a program load.
 
 pub mod abi;
+mod batch;
 pub mod bitmap;
 pub mod compile;
 pub mod conntrack;
@@ -23,11 +37,17 @@ mod error;
 pub mod events;
 pub mod frames;
 mod keys;
+mod ledger;
 mod loader;
 mod maps;
 pub mod model;
 mod plan;
+mod program;
+mod services;
 pub mod space;
+#[cfg(test)]
+mod testing;
+mod write;
 
 pub use conntrack::{ConntrackEntry, ConntrackTimeouts, GcStats};
 pub use driver::{BpfConfig, BpfDriver, KernelCounters, TestRunOutcome};

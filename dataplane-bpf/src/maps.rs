@@ -1,6 +1,6 @@
 //! The pinned maps, and writing or deleting compiled tables, class bitmaps
 //! and address-space entries: thin calls into aya, keys from
-//! [`crate::keys`].
+//! [`crate::keys`]. [`Maps`] is the kernel's [`MapWriter`].
 
 use aya::Ebpf;
 use aya::maps::lpm_trie::Key;
@@ -11,6 +11,8 @@ use crate::bitmap::Bitmap;
 use crate::compile::{CompiledTable, IpEntry};
 use crate::error::BpfError;
 use crate::keys;
+use crate::plan::EndpointKey;
+use crate::write::MapWriter;
 
 type Trie<K> = LpmTrie<MapData, K, abi::manul_bitmap>;
 
@@ -420,5 +422,96 @@ impl Maps {
                     .unwrap_or(0)
             })
             .collect()
+    }
+}
+
+impl MapWriter for Maps {
+    fn used(&self) -> TableCounts {
+        self.used
+    }
+
+    fn capacity(&self) -> TableCounts {
+        self.capacity
+    }
+
+    fn write_table(
+        &mut self,
+        id: u32,
+        table: &CompiledTable,
+        labels: &[(u32, u32)],
+    ) -> Result<(), BpfError> {
+        Maps::write_table(self, id, table, labels)
+    }
+
+    fn delete_table(&mut self, id: u32, table: &CompiledTable) {
+        Maps::delete_table(self, id, table);
+    }
+
+    fn write_class(
+        &mut self,
+        table: u32,
+        side: u8,
+        class: u32,
+        bitmap: &Bitmap,
+    ) -> Result<(), BpfError> {
+        Maps::write_class(self, table, side, class, bitmap)
+    }
+
+    fn delete_class(&mut self, table: u32, side: u8, class: u32) {
+        Maps::delete_class(self, table, side, class);
+    }
+
+    fn set_addr(
+        &mut self,
+        space: u32,
+        side: u8,
+        entry: &IpEntry,
+        class: u32,
+        new: bool,
+    ) -> Result<(), BpfError> {
+        Maps::set_addr(self, space, side, entry, class, new)
+    }
+
+    fn delete_addr(&mut self, space: u32, side: u8, entry: &IpEntry) {
+        Maps::delete_addr(self, space, side, entry);
+    }
+
+    fn set_endpoint(
+        &mut self,
+        ifindex: u32,
+        value: abi::manul_ep_value,
+        endpoint: &EndpointKey,
+    ) -> Result<(), BpfError> {
+        self.ep
+            .insert(ifindex, value, 0)
+            .map_err(|e| BpfError::map("manul_ep", format!("program {endpoint}"), e))
+    }
+
+    fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), BpfError> {
+        match self.ep.remove(&ifindex) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(BpfError::map(
+                "manul_ep",
+                format!("remove the entry of interface {ifindex}"),
+                e,
+            )),
+        }
+    }
+
+    fn endpoint_ifindexes(&self) -> Vec<u32> {
+        self.ep.keys().filter_map(Result::ok).collect()
+    }
+
+    fn delete_where(&mut self, dead: &dyn Fn(u32) -> bool) -> usize {
+        Maps::delete_where(self, dead)
+    }
+
+    fn store_next_table_id(&mut self, id: u32) -> Result<(), BpfError> {
+        Maps::store_next_table_id(self, id)
     }
 }

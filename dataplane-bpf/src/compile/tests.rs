@@ -569,7 +569,7 @@ impl Lineages {
         out
     }
 
-    /// Applies a batch the way `BpfDriver::program` does, checking at the
+    /// Applies a batch the way `crate::program` does, checking at the
     /// midpoint of every table replacement that the old table still judges
     /// by the old rules and the new one by the new rules.
     fn apply(

@@ -1,0 +1,93 @@
+//! [`BpfConfig`]: how to run the eBPF dataplane on one node.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::conntrack::ConntrackTimeouts;
+
+/// How to run the eBPF dataplane on one node.
+#[derive(Debug, Clone)]
+pub struct BpfConfig {
+    /// The node's name: its pins live under `pin_root/node`.
+    pub node: String,
+    /// Default `/sys/fs/bpf/manul` (bpffs is mounted there if absent).
+    pub pin_root: PathBuf,
+    /// Conntrack entries (LRU). Fixed when the pinned map is first created.
+    pub conntrack_capacity: u32,
+    /// Entries of `manul_addr` (every prefix and IP-set member the tables'
+    /// address spaces hold); `None`: the program's size (1 Mi). Fixed when
+    /// the pinned map is first created. A batch that would overflow it is
+    /// refused (the map is full) and the driver fails closed.
+    pub addr_capacity: Option<u32>,
+    pub conntrack_timeouts: ConntrackTimeouts,
+    /// How often the background thread collects expired conntrack entries.
+    pub gc_interval: Duration,
+    /// Where to append flow-log JSON lines, if anywhere.
+    pub flow_log: Option<PathBuf>,
+    pub flow_log_interval: Duration,
+    /// Interfaces whose names start with one of these prefixes are workload
+    /// interfaces (Felix's `interfacePrefix`): the driver attaches to them
+    /// as soon as it sees them, and drops their traffic until their
+    /// endpoint is programmed. Default `manul_model::names::
+    /// WORKLOAD_INTERFACE_PREFIX`; empty: attach to endpoints only.
+    pub workload_prefixes: Vec<String>,
+    /// Drop a workload's traffic to its own host once the workload's policy
+    /// allowed it (Felix's `defaultEndpointToHostAction: Drop`); otherwise
+    /// it goes on to the host. Applies to new flows.
+    pub endpoint_to_host_drop: bool,
+    /// Ports a host endpoint always allows new flows to, whatever its
+    /// policy: `(outbound, protocol number, port)` (Felix's failsafe
+    /// ports; inbound ones only for traffic to the host itself). Default
+    /// none.
+    pub failsafe: Vec<(bool, u8, u16)>,
+    /// Benchmarks only: never create conntrack entries, so every packet is
+    /// classified as a new flow.
+    pub benchmark_no_conntrack: bool,
+}
+
+impl BpfConfig {
+    pub fn new(node: impl Into<String>) -> Self {
+        Self {
+            node: node.into(),
+            pin_root: PathBuf::from("/sys/fs/bpf/manul"),
+            conntrack_capacity: 512 * 1024,
+            addr_capacity: None,
+            conntrack_timeouts: ConntrackTimeouts::default(),
+            gc_interval: Duration::from_secs(10),
+            flow_log: None,
+            flow_log_interval: Duration::from_secs(10),
+            workload_prefixes: vec!["mnl".to_owned()],
+            endpoint_to_host_drop: false,
+            failsafe: Vec::new(),
+            benchmark_no_conntrack: false,
+        }
+    }
+}
+
+/// Whether `name` starts with one of the workload prefixes.
+pub fn is_workload_interface(prefixes: &[String], name: &str) -> bool {
+    prefixes
+        .iter()
+        .any(|p| !p.is_empty() && name.starts_with(p.as_str()))
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::is_workload_interface;
+
+    #[test]
+    fn any_configured_prefix_makes_a_workload_interface() {
+        let prefixes = vec!["cali".to_string(), "tap".to_string()];
+        for (name, want) in [
+            ("cali12ab", true),
+            ("tap0", true),
+            ("mnl12ab", false),
+            ("eth0", false),
+            ("ca", false),
+        ] {
+            assert_eq!(is_workload_interface(&prefixes, name), want, "{name}");
+        }
+        assert!(!is_workload_interface(&[], "cali0"));
+        assert!(!is_workload_interface(&[String::new()], "eth0"));
+    }
+}

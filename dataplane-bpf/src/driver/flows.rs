@@ -1,0 +1,74 @@
+//! Connections and flows: conntrack entries and their collection, flow
+//! events' counters and log, and the numeric labels events carry.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use manul_dataplane_api::PolicyCounter;
+
+use super::BpfDriver;
+use crate::compile::CompiledTable;
+use crate::conntrack::{self, ConntrackEntry, GcStats};
+use crate::error::BpfError;
+use crate::events::{self, FlowCounters, FlowLogInterval, Shared};
+use crate::keys;
+
+impl BpfDriver {
+    /// Collects conntrack entries idle past their timeout at `now`
+    /// (CLOCK_MONOTONIC; see [`conntrack::monotonic_now`]). The background
+    /// thread also does this every `gc_interval`.
+    pub fn gc(&mut self, now: Duration) -> Result<GcStats, BpfError> {
+        conntrack::gc(&mut self.maps.ct, &self.config.conntrack_timeouts, now)
+    }
+
+    /// Every conntrack entry.
+    pub fn conntrack(&self) -> Vec<ConntrackEntry> {
+        conntrack::entries(&self.maps.ct)
+    }
+
+    /// Per-policy allow and deny counts from flow events so far.
+    pub fn flow_counters(&self) -> FlowCounters {
+        events::lock(&self.shared).counters.clone()
+    }
+
+    /// A handle that changes how often the flow log is written, while the
+    /// driver runs (Felix's `flowLogsFlushInterval`).
+    pub fn flow_log_interval(&self) -> FlowLogInterval {
+        self.flow_log_interval.clone()
+    }
+
+    /// Drains pending flow events and writes the flow log now.
+    pub fn flush_flow_log(&self) {
+        if let Some(r) = &self.reader {
+            r.flush();
+        }
+    }
+
+    /// The flow-event counters per deciding policy, in name order.
+    pub(super) fn policy_counter_list(&self) -> Vec<PolicyCounter> {
+        events::lock(&self.shared)
+            .counters
+            .per_policy
+            .iter()
+            .map(|(policy, c)| PolicyCounter {
+                policy: policy.clone(),
+                allowed: c.allowed,
+                denied: c.denied,
+            })
+            .collect()
+    }
+}
+
+/// Numeric policy and rule ids of each slot (interned for the flow
+/// events).
+pub(crate) fn labels(shared: &Mutex<Shared>, table: &CompiledTable) -> Vec<(u32, u32)> {
+    let mut s = events::lock(shared);
+    table
+        .slots
+        .iter()
+        .map(|slot| {
+            let (p, r) = keys::slot_labels(&slot.kind);
+            (s.labels.intern(&p), s.labels.intern(&r))
+        })
+        .collect()
+}

@@ -1,0 +1,226 @@
+//! [`BpfDriver`]: the dataplane contract applied to the kernel.
+//!
+//! A batch is first checked and recorded by an embedded [`NullDriver`] (the
+//! contract and the desired state). Then the tables whose rules changed are
+//! compiled (pure) and written under new table ids in the address space of
+//! the version they replace (class bitmaps, ports, protocols, rules; the
+//! address prefixes stay), each endpoint's entry in `manul_ep` is flipped to
+//! its new ids in one map update, and the old versions are deleted: a
+//! packet sees the old table or the new one, never a mix. An IP-set change
+//! is written into the spaces that name the set, entry by entry (see
+//! [`crate::space`] for why each step is safe). What to write is planned
+//! without I/O ([`crate::batch`]) and carried out through a
+//! [`crate::write::MapWriter`] ([`crate::program`]). A compile or capacity
+//! error undoes the batch in the desired state and leaves the kernel as it
+//! was. After any error the driver is out of sync and fails closed as the
+//! contract requires (`manul_dataplane_api::driver`, "After an error"): a
+//! map write that fails part-way unprograms the endpoints whose address
+//! spaces it wrote into.
+//!
+//! - `config.rs`: [`BpfConfig`];
+//! - `interfaces.rs`: attaching the programs to interfaces, adopting an
+//!   earlier run's links;
+//! - `counters.rs`: kernel counters and `BPF_PROG_TEST_RUN`;
+//! - `flows.rs`: conntrack, flow events and their counters.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use aya::Ebpf;
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, RingBuf};
+use manul_dataplane_api::{Driver, DriverError, NullDriver, Operation, PolicyCounter};
+
+use crate::error::BpfError;
+use crate::events::{FlowLogInterval, Reader, ReaderConfig, Shared};
+use crate::ledger::Ledger;
+use crate::loader::{self, PinDirs};
+use crate::maps::Maps;
+use crate::program::{self, Env};
+
+mod config;
+mod counters;
+mod flows;
+mod interfaces;
+
+pub use config::{BpfConfig, is_workload_interface};
+pub use counters::{KernelCounters, TestRunOutcome};
+pub(crate) use flows::labels;
+
+/// The eBPF dataplane driver. It acts in the network namespace of the
+/// thread that calls it.
+#[derive(Debug)]
+pub struct BpfDriver {
+    config: BpfConfig,
+    dirs: PinDirs,
+    ebpf: Ebpf,
+    maps: Maps,
+    desired: NullDriver,
+    shared: Arc<Mutex<Shared>>,
+    reader: Option<Reader>,
+    /// The flow log's interval, shared with the reader.
+    flow_log_interval: FlowLogInterval,
+    /// What this run wrote: lineages, endpoints, ids.
+    ledger: Ledger,
+    /// Interfaces (ifindex) both programs are attached to in this run.
+    attached: std::collections::HashSet<u32>,
+    services: crate::services::Services,
+}
+
+impl BpfDriver {
+    /// Loads the programs (adopting the node's pinned maps and links if an
+    /// earlier run left them) and starts the event reader. What the earlier
+    /// run programmed keeps being enforced until [`Operation::InSync`].
+    pub fn new(config: BpfConfig) -> Result<Self, BpfError> {
+        loader::ensure_bpffs(&config.pin_root)?;
+        let dirs = PinDirs::create(&config.pin_root, &config.node)?;
+        let mut ebpf = loader::load(
+            &dirs,
+            config.conntrack_capacity,
+            config.addr_capacity,
+            config.benchmark_no_conntrack,
+        )?;
+        let mut maps = Maps::take(&mut ebpf)?;
+        let services = crate::services::Services::new(&mut ebpf)?;
+        maps.store_to_host_drop(config.endpoint_to_host_drop)?;
+        maps.store_failsafe(&config.failsafe)?;
+        let ring = ebpf
+            .take_map("manul_events")
+            .ok_or(BpfError::Missing("manul_events"))?;
+        let ring = RingBuf::try_from(ring)
+            .map_err(|e| BpfError::map("manul_events", "unexpected map type", e))?;
+        let gc_ct = MapData::from_pin(dirs.maps.join("manul_ct"))
+            .ok()
+            .and_then(|d| BpfHashMap::try_from(Map::HashMap(d)).ok());
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let flow_log_interval = FlowLogInterval::new(config.flow_log_interval);
+        let reader = Reader::start(
+            ring,
+            gc_ct,
+            shared.clone(),
+            ReaderConfig {
+                flow_log: config.flow_log.clone(),
+                flow_log_interval: flow_log_interval.clone(),
+                gc_interval: config.gc_interval,
+                timeouts: config.conntrack_timeouts,
+            },
+        )
+        .map_err(|source| BpfError::Io {
+            path: dirs.node.clone(),
+            source,
+        })?;
+        let ledger = Ledger::new(maps.next_table_id());
+        let mut driver = Self {
+            config,
+            dirs,
+            ebpf,
+            maps,
+            desired: NullDriver::new(),
+            shared,
+            reader: Some(reader),
+            flow_log_interval,
+            ledger,
+            attached: std::collections::HashSet::new(),
+            services,
+        };
+        driver.adopt_links();
+        Ok(driver)
+    }
+
+    /// The desired state as recorded (and enforced).
+    pub fn desired(&self) -> &NullDriver {
+        &self.desired
+    }
+
+    /// The node's pin directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.dirs.node
+    }
+
+    /// The kernel table id currently enforced on an interface's hooks.
+    pub fn endpoint_tables(&self, ifindex: u32) -> Option<[u32; 2]> {
+        self.maps.ep.get(&ifindex, 0).ok().map(|v| v.table)
+    }
+
+    /// A host interface's untracked, pre-DNAT and forward table ids per
+    /// hook (0: none), as the kernel reads them.
+    pub fn endpoint_stage_tables(&self, ifindex: u32) -> Option<[[u32; 3]; 2]> {
+        self.maps.ep.get(&ifindex, 0).ok().map(|v| v.stage_table)
+    }
+
+    /// How many distinct rule tables are installed.
+    pub fn table_count(&self) -> usize {
+        self.ledger.tables.len()
+    }
+
+    /// Removes every pin of a node (maps and links): its dataplane state
+    /// ends. For tests and decommissioning; the driver must not be running.
+    pub fn purge_node(pin_root: &Path, node: &str) -> std::io::Result<()> {
+        let dir = pin_root.join(node);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl Driver for BpfDriver {
+    /// Checks and records the batch, then programs it. After an error the
+    /// driver is out of sync (everything recorded is stale until the
+    /// resync's `InSync`) and the kernel fails closed: a contract, compile
+    /// or capacity error leaves it as it was (and the batch is undone in
+    /// the record); a map write that failed part-way leaves the tables in
+    /// use as they were, except that endpoints whose address space the
+    /// batch wrote into are unprogrammed (they drop everything); an error
+    /// after the flip (an endpoint entry, an attachment) leaves each
+    /// endpoint on its old or its new tables, except that an endpoint whose
+    /// own entry could not be written names a deleted old version (the
+    /// programs drop its new flows: no table).
+    fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
+        let interfaces = interfaces::by_name();
+        let env = Env {
+            interfaces: &interfaces,
+            workload_prefixes: &self.config.workload_prefixes,
+        };
+        let shared = &self.shared;
+        let outcome = program::apply(
+            &mut self.desired,
+            &mut self.ledger,
+            &mut self.maps,
+            batch,
+            env,
+            &mut |t| labels(shared, t),
+        )?;
+        let mut errors = outcome.soft_errors;
+        // Services do not depend on endpoints: synced whatever an
+        // endpoint's soft error.
+        if let Err(e) = self.services.apply(batch, &self.desired.state().services) {
+            errors.push(e);
+        }
+        errors.extend(self.settle_attachments(&outcome.attach, &outcome.detach));
+        if batch.iter().any(|op| matches!(op, Operation::InSync)) {
+            self.unpin_stale_links();
+        }
+        match errors.into_iter().next() {
+            None => Ok(()),
+            Some(e) => {
+                self.desired.mark_stale();
+                Err(e.into())
+            }
+        }
+    }
+
+    fn mark_stale(&mut self) {
+        self.desired.mark_stale();
+    }
+
+    fn name(&self) -> &'static str {
+        "bpf"
+    }
+
+    /// The flow-event counters per deciding policy (`tier/name`; profiles
+    /// as `profile:NAME`, tier defaults as `TIER/(tier default)`, flows no
+    /// rule decided as `(no match)`), in name order.
+    fn policy_counters(&self) -> Vec<PolicyCounter> {
+        self.policy_counter_list()
+    }
+}

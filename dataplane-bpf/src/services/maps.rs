@@ -1,0 +1,268 @@
+//! The service maps in the kernel: reading what an earlier run left,
+//! making a plan's writes in order, and cleaning up after backends that
+//! went away. Thin calls into aya; keys and values from [`crate::abi`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use aya::Ebpf;
+use aya::maps::{HashMap, Map, MapData};
+
+use super::plan::{BackendAddr, Frontend, FrontendEntry, PROTO_UDP, Programmed, Writes};
+use crate::abi;
+use crate::error::BpfError;
+
+type Hash<K, V> = HashMap<MapData, K, V>;
+
+/// Handles on the service maps.
+pub struct ServiceMaps {
+    fe: Hash<abi::manul_svc_fe_key, abi::manul_svc_fe_value>,
+    be: Hash<abi::manul_svc_be_key, abi::manul_svc_be_value>,
+    nat: Hash<abi::manul_nat_key, abi::manul_nat_value>,
+    aff: Hash<abi::manul_svc_aff_key, abi::manul_svc_aff_value>,
+    fe_capacity: usize,
+    be_capacity: usize,
+}
+
+impl std::fmt::Debug for ServiceMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceMaps")
+            .field("fe_capacity", &self.fe_capacity)
+            .field("be_capacity", &self.be_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+fn take<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<(Hash<K, V>, usize), BpfError> {
+    let map = ebpf.take_map(name).ok_or(BpfError::Missing(name))?;
+    let capacity = match &map {
+        Map::HashMap(d) | Map::LruHashMap(d) => d.info().map_or(0, |i| i.max_entries() as usize),
+        _ => 0,
+    };
+    let map = map
+        .try_into()
+        .map_err(|e| BpfError::map(name, "unexpected map type", e))?;
+    Ok((map, capacity))
+}
+
+/// Addresses and ports are in network order in the maps.
+fn net_addr(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+fn host_addr(a: u32) -> Ipv4Addr {
+    Ipv4Addr::from(a.to_ne_bytes())
+}
+
+pub fn fe_key(f: &Frontend) -> abi::manul_svc_fe_key {
+    abi::manul_svc_fe_key {
+        addr: net_addr(f.addr),
+        port: f.port.to_be(),
+        proto: f.proto,
+        pad: 0,
+    }
+}
+
+pub fn fe_value(e: &FrontendEntry) -> abi::manul_svc_fe_value {
+    abi::manul_svc_fe_value {
+        id: e.id,
+        count: e.count,
+        affinity_s: e.affinity_s,
+        flags: e.flags,
+    }
+}
+
+pub fn be_value(b: &BackendAddr) -> abi::manul_svc_be_value {
+    abi::manul_svc_be_value {
+        addr: net_addr(b.addr),
+        port: b.port.to_be(),
+        pad: 0,
+    }
+}
+
+fn backend_of(addr: u32, port: u16) -> BackendAddr {
+    BackendAddr {
+        addr: host_addr(addr),
+        port: u16::from_be(port),
+    }
+}
+
+impl ServiceMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        let (fe, fe_capacity) = take(ebpf, "manul_svc_fe")?;
+        let (be, be_capacity) = take(ebpf, "manul_svc_be")?;
+        let (nat, _) = take(ebpf, "manul_nat")?;
+        let (aff, _) = take(ebpf, "manul_svc_aff")?;
+        Ok(Self {
+            fe,
+            be,
+            nat,
+            aff,
+            fe_capacity,
+            be_capacity,
+        })
+    }
+
+    /// What the maps hold (an earlier run's entries, or after a failed
+    /// write): every frontend adopted, no list with a known service.
+    pub fn read(&self) -> Programmed {
+        let mut p = Programmed::default();
+        for (k, v) in self.fe.iter().flatten() {
+            let f = Frontend {
+                addr: host_addr(k.addr),
+                port: u16::from_be(k.port),
+                proto: k.proto,
+            };
+            p.frontends.insert(
+                f,
+                FrontendEntry {
+                    id: v.id,
+                    count: v.count,
+                    affinity_s: v.affinity_s,
+                    flags: v.flags,
+                },
+            );
+            p.adopted.insert(f);
+        }
+        let mut lists: BTreeMap<u32, BTreeMap<u32, BackendAddr>> = BTreeMap::new();
+        for (k, v) in self.be.iter().flatten() {
+            lists
+                .entry(k.id)
+                .or_default()
+                .insert(k.index, backend_of(v.addr, v.port));
+        }
+        p.next_id = lists.keys().max().map_or(1, |m| m.saturating_add(1));
+        p.lists = lists
+            .into_iter()
+            .map(|(id, l)| (id, l.into_values().collect()))
+            .collect();
+        p
+    }
+
+    /// Checks that the maps can hold every entry at the sync's peak
+    /// (before its deletions).
+    pub fn check(&self, w: &Writes, next: &Programmed) -> Result<(), BpfError> {
+        let fe = next.frontends.len() + w.frontend_deletes.len();
+        let be = next.lists.values().map(Vec::len).sum::<usize>() + w.backend_deletes.len();
+        for (map, needed, capacity) in [
+            ("manul_svc_fe", fe, self.fe_capacity),
+            ("manul_svc_be", be, self.be_capacity),
+        ] {
+            if needed > capacity {
+                return Err(BpfError::Capacity {
+                    map,
+                    needed,
+                    capacity,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the writes, in their order.
+    pub fn write(&mut self, w: &Writes) -> Result<(), BpfError> {
+        let put = |e| BpfError::map("manul_svc_be", "cannot write a backend", e);
+        for (id, index, b) in &w.backends {
+            let key = abi::manul_svc_be_key {
+                id: *id,
+                index: *index,
+            };
+            self.be.insert(key, be_value(b), 0).map_err(put)?;
+        }
+        for (f, e) in &w.frontends {
+            self.fe
+                .insert(fe_key(f), fe_value(e), 0)
+                .map_err(|e| BpfError::map("manul_svc_fe", "cannot write a frontend", e))?;
+        }
+        for f in &w.frontend_deletes {
+            remove(&mut self.fe, &fe_key(f), "manul_svc_fe")?;
+        }
+        for (id, index) in &w.backend_deletes {
+            let key = abi::manul_svc_be_key {
+                id: *id,
+                index: *index,
+            };
+            remove(&mut self.be, &key, "manul_svc_be")?;
+        }
+        Ok(())
+    }
+
+    /// Forgets what clients had of backends that went away: their
+    /// affinity entries, and their UDP flows (the next datagram picks a
+    /// live backend); marks their TCP connections for a reset (the
+    /// program answers the client's next packet with a RST). Returns how
+    /// many entries it removed or marked.
+    pub fn clean(&mut self, gone: &BTreeMap<u32, BTreeSet<BackendAddr>>) -> usize {
+        if gone.is_empty() {
+            return 0;
+        }
+        let is_gone = |id: u32, addr: u32, port: u16| {
+            gone.get(&id)
+                .is_some_and(|s| s.contains(&backend_of(addr, port)))
+        };
+        let aff: Vec<_> = self
+            .aff
+            .iter()
+            .flatten()
+            .filter(|(k, v)| is_gone(k.id, v.addr, v.port))
+            .map(|(k, _)| k)
+            .collect();
+        let snat = abi::MANUL_HAIRPIN_SNAT_V4.to_be();
+        let mut nat = Vec::new();
+        let mut reset = Vec::new();
+        for (k, v) in self.nat.iter().flatten() {
+            if k.dir != abi::MANUL_NAT_FWD as u8 || !is_gone(v.id, v.addr, v.port) {
+                continue;
+            }
+            if k.proto != PROTO_UDP {
+                reset.push((k, v));
+                continue;
+            }
+            nat.push(k);
+            nat.push(abi::manul_nat_key {
+                src: v.addr,
+                dst: if v.flags & abi::MANUL_NAT_HAIRPIN != 0 {
+                    snat
+                } else {
+                    k.src
+                },
+                sport: v.port,
+                dport: k.sport,
+                proto: k.proto,
+                dir: abi::MANUL_NAT_REV as u8,
+                pad: 0,
+            });
+        }
+        let mut removed = 0;
+        for k in &aff {
+            removed += usize::from(self.aff.remove(k).is_ok());
+        }
+        for k in &nat {
+            removed += usize::from(self.nat.remove(k).is_ok());
+        }
+        for (k, mut v) in reset {
+            v.flags |= abi::MANUL_NAT_RESET;
+            // Only while it exists (BPF_EXIST): a connection gone meanwhile
+            // must not come back as one to reset.
+            removed += usize::from(self.nat.insert(k, v, 2).is_ok());
+        }
+        removed
+    }
+}
+
+/// Removes an entry; one already gone is fine.
+fn remove<K: aya::Pod, V: aya::Pod>(
+    map: &mut Hash<K, V>,
+    key: &K,
+    name: &'static str,
+) -> Result<(), BpfError> {
+    match map.remove(key) {
+        Ok(()) => Ok(()),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(2) => Ok(()),
+        Err(e) => Err(BpfError::map(name, "cannot delete an entry", e)),
+    }
+}

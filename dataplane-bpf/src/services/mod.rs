@@ -1,0 +1,85 @@
+//! Services on the eBPF dataplane (kube-proxy replacement): the desired
+//! services become entries of the frontend and backend maps, which the
+//! programs read for every new connection. A service change is map writes,
+//! never a program load; established connections keep their backend
+//! through the NAT conntrack (`manul_nat`), which only the programs write.
+
+pub mod maps;
+pub mod plan;
+
+use std::collections::BTreeMap;
+
+use aya::Ebpf;
+use manul_dataplane_api::{Operation, Service, ServiceKey};
+
+use crate::error::BpfError;
+use maps::ServiceMaps;
+use plan::Programmed;
+
+/// The service maps and what this run wrote into them.
+#[derive(Debug)]
+pub struct Services {
+    maps: ServiceMaps,
+    programmed: Programmed,
+}
+
+impl Services {
+    /// Takes the service maps out of a loaded object and adopts what an
+    /// earlier run left in them (kept until the state is in sync).
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        let maps = ServiceMaps::take(ebpf)?;
+        let programmed = maps.read();
+        Ok(Self { maps, programmed })
+    }
+
+    /// Brings the maps to `services` when the batch names a service or
+    /// brings the state in sync. On an error the maps are read back, so
+    /// the next sync starts from what they hold.
+    pub fn apply(
+        &mut self,
+        batch: &[Operation],
+        services: &BTreeMap<ServiceKey, Service>,
+    ) -> Result<(), BpfError> {
+        let in_sync = batch.iter().any(|op| matches!(op, Operation::InSync));
+        let named = batch.iter().any(|op| {
+            matches!(
+                op,
+                Operation::ServiceUpdate(_) | Operation::ServiceRemove { .. }
+            )
+        });
+        if !(in_sync || named) {
+            return Ok(());
+        }
+        self.sync(services, in_sync)
+    }
+
+    fn sync(
+        &mut self,
+        services: &BTreeMap<ServiceKey, Service>,
+        in_sync: bool,
+    ) -> Result<(), BpfError> {
+        let desired = plan::desired(services);
+        for s in &desired.skipped {
+            tracing::warn!(what = %s, "service frontend not programmed");
+        }
+        let (writes, next) = plan::plan(&desired, &self.programmed, in_sync);
+        if writes.is_empty() {
+            self.programmed = next;
+            return Ok(());
+        }
+        self.maps.check(&writes, &next)?;
+        if let Err(e) = self.maps.write(&writes) {
+            self.programmed = self.maps.read();
+            return Err(e);
+        }
+        self.programmed = next;
+        let cleaned = self.maps.clean(&writes.gone);
+        tracing::debug!(
+            frontends = self.programmed.frontends.len(),
+            lists = self.programmed.lists.len(),
+            cleaned,
+            "services programmed"
+        );
+        Ok(())
+    }
+}

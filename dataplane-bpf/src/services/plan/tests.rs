@@ -1,0 +1,371 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use manul_dataplane_api::{Backend, Balancing, Service, ServicePort, TrafficPolicy};
+
+use super::*;
+
+fn v4(d: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 65, 0, d)
+}
+
+fn backend(d: u8, local: bool) -> Backend {
+    Backend {
+        ip: IpAddr::V4(v4(d)),
+        port: 8080,
+        local,
+    }
+}
+
+fn service(name: &str, cluster_ip: [u8; 4], backends: &[u8]) -> Service {
+    let all: Vec<Backend> = backends.iter().map(|&d| backend(d, d % 2 == 0)).collect();
+    Service {
+        namespace: "ns".into(),
+        name: name.into(),
+        cluster_ips: vec![IpAddr::V4(cluster_ip.into())],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        external_traffic: TrafficPolicy::Cluster,
+        internal_traffic: TrafficPolicy::Cluster,
+        affinity_timeout_seconds: None,
+        health_check_node_port: None,
+        balancing: Balancing::Random,
+        ports: vec![ServicePort {
+            name: "http".into(),
+            protocol: PROTO_TCP,
+            port: 80,
+            node_port: None,
+            local_backends: all.iter().filter(|b| b.local).copied().collect(),
+            backends: all,
+        }],
+    }
+}
+
+fn services(list: Vec<Service>) -> BTreeMap<ServiceKey, Service> {
+    list.into_iter()
+        .map(|s| ((s.namespace.clone(), s.name.clone()), s))
+        .collect()
+}
+
+fn fe(ip: [u8; 4], port: u16) -> Frontend {
+    Frontend {
+        addr: ip.into(),
+        port,
+        proto: PROTO_TCP,
+    }
+}
+
+fn ba(d: u8) -> BackendAddr {
+    BackendAddr {
+        addr: v4(d),
+        port: 8080,
+    }
+}
+
+/// Plans from `programmed` to `svcs` and checks that applying the writes
+/// to `programmed`'s maps gives exactly the planned maps.
+fn step(
+    svcs: &BTreeMap<ServiceKey, Service>,
+    programmed: &Programmed,
+    in_sync: bool,
+) -> (Writes, Programmed) {
+    let (w, next) = plan(&desired(svcs), programmed, in_sync);
+    let mut fes = programmed.frontends.clone();
+    let mut bes: BTreeMap<(u32, u32), BackendAddr> = programmed
+        .lists
+        .iter()
+        .flat_map(|(id, l)| (0u32..).zip(l).map(move |(i, b)| ((*id, i), *b)))
+        .collect();
+    for (id, i, b) in &w.backends {
+        bes.insert((*id, *i), *b);
+    }
+    // After the backend puts and before the frontend puts, every frontend
+    // still sees a complete list of its old length.
+    for e in fes.values() {
+        for i in 0..e.count {
+            assert!(bes.contains_key(&(e.id, i)), "{e:?} lost index {i}");
+        }
+    }
+    for (f, e) in &w.frontends {
+        fes.insert(*f, *e);
+        for i in 0..e.count {
+            assert!(
+                bes.contains_key(&(e.id, i)),
+                "{f:?} points at a missing backend"
+            );
+        }
+    }
+    for f in &w.frontend_deletes {
+        fes.remove(f);
+    }
+    for k in &w.backend_deletes {
+        bes.remove(k);
+    }
+    assert_eq!(fes, next.frontends);
+    let planned: BTreeMap<(u32, u32), BackendAddr> = next
+        .lists
+        .iter()
+        .flat_map(|(id, l)| (0u32..).zip(l).map(move |(i, b)| ((*id, i), *b)))
+        .collect();
+    assert_eq!(bes, planned);
+    (w, next)
+}
+
+#[test]
+fn a_cluster_ip_gets_a_frontend_with_its_backend_list() {
+    let svcs = services(vec![service("web", [10, 96, 0, 10], &[2, 3, 4])]);
+    let (w, next) = step(&svcs, &Programmed::default(), true);
+    let entry = next.frontends[&fe([10, 96, 0, 10], 80)];
+    assert_eq!(entry.count, 3);
+    assert_eq!(next.lists[&entry.id], vec![ba(2), ba(3), ba(4)]);
+    assert_eq!(w.backends.len(), 3);
+    // The port's frontend, then the cluster IP's address entry.
+    assert_eq!(
+        w.frontends.iter().map(|(f, _)| *f).collect::<Vec<_>>(),
+        vec![
+            fe([10, 96, 0, 10], 80),
+            Frontend::address(Ipv4Addr::new(10, 96, 0, 10))
+        ]
+    );
+    assert_eq!(
+        next.frontends[&Frontend::address(Ipv4Addr::new(10, 96, 0, 10))].flags,
+        crate::abi::MANUL_SVC_FE_ADDRESS | crate::abi::MANUL_SVC_FE_REJECT_UNKNOWN
+    );
+    // The same services again: nothing to write.
+    let (w, again) = step(&svcs, &next, true);
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(again, next);
+}
+
+#[test]
+fn a_backend_change_rewrites_the_list_in_place_and_reports_what_went_away() {
+    let (_, first) = step(
+        &services(vec![service("web", [10, 96, 0, 10], &[2, 3, 4])]),
+        &Programmed::default(),
+        true,
+    );
+    let id = first.frontends[&fe([10, 96, 0, 10], 80)].id;
+    // Shrink: 2, 4 (index 1 changes, index 2 goes).
+    let (w, second) = step(
+        &services(vec![service("web", [10, 96, 0, 10], &[2, 4])]),
+        &first,
+        true,
+    );
+    assert_eq!(w.backends, vec![(id, 1, ba(4))]);
+    assert_eq!(w.backend_deletes, vec![(id, 2)]);
+    assert_eq!(
+        w.frontends,
+        vec![(
+            fe([10, 96, 0, 10], 80),
+            FrontendEntry {
+                id,
+                count: 2,
+                affinity_s: 0,
+                flags: 0,
+            }
+        )]
+    );
+    assert_eq!(w.gone[&id].iter().copied().collect::<Vec<_>>(), vec![ba(3)]);
+    // Empty: the frontend stays, with no backends (rejects).
+    let (w, third) = step(
+        &services(vec![service("web", [10, 96, 0, 10], &[])]),
+        &second,
+        true,
+    );
+    assert_eq!(third.frontends[&fe([10, 96, 0, 10], 80)].count, 0);
+    assert_eq!(w.backend_deletes.len(), 2);
+}
+
+#[test]
+fn removing_a_service_deletes_its_frontends_and_lists() {
+    let (_, first) = step(
+        &services(vec![
+            service("web", [10, 96, 0, 10], &[2, 3]),
+            service("db", [10, 96, 0, 11], &[5]),
+        ]),
+        &Programmed::default(),
+        true,
+    );
+    let (w, second) = step(
+        &services(vec![service("db", [10, 96, 0, 11], &[5])]),
+        &first,
+        false,
+    );
+    // The address entry goes first.
+    assert_eq!(
+        w.frontend_deletes,
+        vec![
+            Frontend::address(Ipv4Addr::new(10, 96, 0, 10)),
+            fe([10, 96, 0, 10], 80)
+        ]
+    );
+    assert_eq!(w.backend_deletes.len(), 2);
+    assert_eq!(second.frontends.len(), 2);
+    assert_eq!(second.lists.len(), 1);
+}
+
+#[test]
+fn cluster_ips_follow_the_internal_policy_and_external_ips_the_external_one() {
+    let mut svc = service("web", [10, 96, 0, 10], &[2, 3, 4, 5]);
+    svc.internal_traffic = TrafficPolicy::Local;
+    svc.external_traffic = TrafficPolicy::Cluster;
+    svc.external_ips = vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))];
+    svc.affinity_timeout_seconds = Some(30);
+    let (_, p) = step(&services(vec![svc]), &Programmed::default(), true);
+    let internal = p.frontends[&fe([10, 96, 0, 10], 80)];
+    let external = p.frontends[&fe([192, 0, 2, 1], 80)];
+    assert_ne!(internal.id, external.id);
+    assert_eq!(p.lists[&internal.id], vec![ba(2), ba(4)]);
+    assert_eq!(p.lists[&external.id], vec![ba(2), ba(3), ba(4), ba(5)]);
+    assert_eq!((internal.affinity_s, external.affinity_s), (30, 30));
+    // Only a cluster IP refuses ports no service has there.
+    let flags = |a: [u8; 4]| p.frontends[&Frontend::address(a.into())].flags;
+    assert_eq!(
+        flags([10, 96, 0, 10]),
+        crate::abi::MANUL_SVC_FE_ADDRESS | crate::abi::MANUL_SVC_FE_REJECT_UNKNOWN
+    );
+    assert_eq!(flags([192, 0, 2, 1]), crate::abi::MANUL_SVC_FE_ADDRESS);
+}
+
+#[test]
+fn what_the_program_cannot_carry_is_skipped_and_said() {
+    let mut svc = service("web", [10, 96, 0, 10], &[2]);
+    svc.cluster_ips
+        .push(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 10)));
+    svc.load_balancer_ips = vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))];
+    svc.load_balancer_source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
+    let mut sctp = svc.ports[0].clone();
+    sctp.protocol = 132;
+    svc.ports.push(sctp);
+    let other = service("other", [10, 96, 0, 10], &[7]);
+    let d = desired(&services(vec![svc, other]));
+    assert_eq!(d.frontends.len(), 1);
+    let (list, _) = &d.frontends[&fe([10, 96, 0, 10], 80)];
+    // "ns/other" sorts first and keeps the contested frontend.
+    assert_eq!(list.service, ("ns".to_string(), "other".to_string()));
+    let kinds: Vec<&str> = d
+        .skipped
+        .iter()
+        .map(|s| match s {
+            Skipped::Ipv6 { .. } => "ipv6",
+            Skipped::Protocol { .. } => "protocol",
+            Skipped::SourceRanges { .. } => "ranges",
+            Skipped::Conflict { .. } => "conflict",
+        })
+        .collect();
+    assert_eq!(kinds, vec!["ranges", "conflict", "ipv6", "protocol"]);
+    assert!(d.skipped.iter().all(|s| !s.to_string().is_empty()));
+}
+
+#[test]
+fn an_earlier_runs_frontends_stay_until_in_sync_and_get_new_lists() {
+    // What the maps hold after a restart: read back, every frontend adopted.
+    let (_, before) = step(
+        &services(vec![
+            service("web", [10, 96, 0, 10], &[2, 3]),
+            service("gone", [10, 96, 0, 12], &[6]),
+        ]),
+        &Programmed::default(),
+        true,
+    );
+    let adopted = read_back(&before);
+    let web = services(vec![service("web", [10, 96, 0, 10], &[2, 3])]);
+    let (w, during) = step(&web, &adopted, false);
+    // web moves to a fresh list; "gone" is kept until in sync.
+    let old_id = adopted.frontends[&fe([10, 96, 0, 10], 80)].id;
+    let new_id = during.frontends[&fe([10, 96, 0, 10], 80)].id;
+    assert_ne!(old_id, new_id);
+    assert!(w.frontend_deletes.is_empty());
+    assert!(during.frontends.contains_key(&fe([10, 96, 0, 12], 80)));
+    assert!(!during.lists.contains_key(&old_id));
+    let (w, after) = step(&web, &during, true);
+    assert_eq!(
+        w.frontend_deletes,
+        vec![
+            Frontend::address(Ipv4Addr::new(10, 96, 0, 12)),
+            fe([10, 96, 0, 12], 80)
+        ]
+    );
+    assert_eq!(after.frontends.len(), 2);
+    assert_eq!(after.lists.len(), 1);
+}
+
+/// What the maps hold as a restarted driver reads them back.
+fn read_back(p: &Programmed) -> Programmed {
+    Programmed {
+        frontends: p.frontends.clone(),
+        lists: p.lists.clone(),
+        ids: BTreeMap::new(),
+        next_id: p.lists.keys().max().map_or(1, |m| m + 1),
+        adopted: p.frontends.keys().copied().collect(),
+    }
+}
+
+mod sequences {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A service state: for each of four names, absent or (cluster IP
+    /// from a pool of three, so names contend for frontends, backends from
+    /// a pool of six, affinity).
+    fn state() -> impl Strategy<Value = Vec<Option<(u8, Vec<u8>, bool)>>> {
+        prop::collection::vec(
+            prop::option::of((
+                0u8..3,
+                prop::collection::btree_set(2u8..8, 0..6).prop_map(|s| s.into_iter().collect()),
+                any::<bool>(),
+            )),
+            4,
+        )
+    }
+
+    proptest! {
+        /// Every step's writes, applied in order, never leave a frontend
+        /// pointing at a missing backend and end exactly at the plan; an
+        /// in-sync step ends at exactly the desired frontends and lists,
+        /// also after a restart.
+        #[test]
+        fn every_sequence_of_changes_is_written_safely(
+            steps in prop::collection::vec((state(), any::<bool>(), any::<bool>()), 1..8)
+        ) {
+            let mut programmed = Programmed::default();
+            for (state, in_sync, restart) in steps {
+                if restart {
+                    programmed = read_back(&programmed);
+                }
+                let svcs = services(
+                    state
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+                        .map(|(i, (ip, backends, affinity))| {
+                            let mut svc = service(&format!("s{i}"), [10, 96, 0, *ip], backends);
+                            svc.affinity_timeout_seconds = affinity.then_some(10);
+                            svc
+                        })
+                        .collect(),
+                );
+                let (_, next) = step(&svcs, &programmed, in_sync);
+                if in_sync {
+                    let d = desired(&svcs);
+                    let want: BTreeSet<Frontend> = d
+                        .frontends
+                        .keys()
+                        .copied()
+                        .chain(d.addresses.keys().map(|a| Frontend::address(*a)))
+                        .collect();
+                    prop_assert_eq!(next.frontends.keys().copied().collect::<BTreeSet<_>>(), want);
+                    prop_assert_eq!(next.lists.len(), d.lists.len());
+                    for (f, (list, _)) in &d.frontends {
+                        let e = next.frontends[f];
+                        prop_assert_eq!(&next.lists[&e.id], &d.lists[list]);
+                        prop_assert_eq!(e.count as usize, d.lists[list].len());
+                    }
+                }
+                programmed = next;
+            }
+        }
+    }
+}

@@ -1,0 +1,704 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+//! Services on the eBPF dataplane with real packets: pods in network
+//! namespaces behind veths to a node namespace (the conformance topology),
+//! ClusterIPs translated by the programs at the pods' interfaces. Each
+//! backend runs a small "who" server that answers with its own address and
+//! the address it saw the client at. Checked: every backend is reached,
+//! replies come from the ClusterIP, the backends' policy sees the client,
+//! a service without backends refuses at once (TCP and UDP), hairpin,
+//! session affinity, an established connection across backend changes
+//! and its reset when its backend goes, a connected UDP socket moved to
+//! a live backend, checksums of a datagram that carries a full one, a
+//! driver restart. Everything (namespaces, pins) is
+//! removed at the end, also on failure.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use manul_dataplane_api::{
+    Action, Backend, Balancing, Driver, EndpointId, Match, Operation, Policy, PolicyId, Rule,
+    Service, ServicePort, TierPolicies, TrafficPolicy, WorkloadEndpoint,
+};
+use manul_dataplane_bpf::{BpfConfig, BpfDriver};
+use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
+use manul_dataplane_conformance::topology::{Pod, Topology};
+use manul_dataplane_conformance::{ConformanceError, Factory, NodeContext, privileges};
+use manul_netns::{NetNs, ProbeOutcome, open_connection, tcp_connect, udp_probe, unique_prefix};
+
+const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
+/// The "who" servers' ports on every pod.
+const WHO_TCP: u16 = 7000;
+const WHO_UDP: u16 = 7001;
+/// The address a hairpinned connection comes from (manul_maps.h).
+const HAIRPIN_SNAT: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 2);
+
+const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const SELF: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+const STICKY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
+const HELD: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 14);
+const DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 15);
+
+/// A server in a pod that answers every TCP connection, and every UDP
+/// datagram, with "SERVER CLIENT" (the addresses it saw).
+struct Who {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Who {
+    fn start(pod: &Pod) -> Who {
+        let ip = pod.ip;
+        let (tcp, udp) = pod
+            .netns
+            .run(move || {
+                let tcp = TcpListener::bind((ip, WHO_TCP)).unwrap();
+                let udp = UdpSocket::bind((ip, WHO_UDP)).unwrap();
+                (tcp, udp)
+            })
+            .unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let t = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok((mut c, peer)) => {
+                        let _ = writeln!(c, "{ip} {}", peer.ip());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        let s = stop.clone();
+        let u = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(format!("{ip} {}", peer.ip()).as_bytes(), peer);
+                }
+            }
+        });
+        Who {
+            stop,
+            threads: vec![t, u],
+        }
+    }
+}
+
+impl Drop for Who {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// (server, client) as a who server reported them.
+fn parse_who(line: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let mut it = line.split_whitespace();
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Connects over TCP from `ns` to `dst`: who answered, and whom it saw.
+fn who_tcp(ns: &NetNs, dst: SocketAddr) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    ns.run(move || {
+        let c = TcpStream::connect_timeout(&dst, Duration::from_millis(500)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut line = String::new();
+        BufReader::new(c).read_line(&mut line).ok()?;
+        parse_who(&line)
+    })
+    .unwrap()
+}
+
+/// Asks over a connected UDP socket (it takes replies from `dst` only).
+fn who_udp(ns: &NetNs, dst: SocketAddr) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+        s.connect(dst).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+        s.send(b"who").ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.recv(&mut buf).ok()?;
+        parse_who(std::str::from_utf8(&buf[..n]).ok()?)
+    })
+    .unwrap()
+}
+
+/// Asks the who server behind a connected UDP socket: who answered.
+fn ask(s: &UdpSocket) -> Option<Ipv4Addr> {
+    s.send(b"who").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.recv(&mut buf).ok()?;
+    parse_who(std::str::from_utf8(&buf[..n]).ok()?).map(|w| w.0)
+}
+
+/// The Internet checksum (RFC 1071) of `parts` concatenated (each of even
+/// length but the last).
+fn internet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    for part in parts {
+        for pair in part.chunks(2) {
+            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            sum += u32::from(word);
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends one UDP datagram to `frontend:port` from a raw socket in
+/// `client` (its checksum is complete, not left to offload) and captures
+/// it as `backend` receives it: its destination, destination port, and
+/// whether its IP and UDP checksums verify.
+fn full_checksum_datagram(
+    client: &Pod,
+    backend: &Pod,
+    frontend: Ipv4Addr,
+    port: u16,
+) -> Option<(Ipv4Addr, u16, bool, bool)> {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, recv, sendto,
+        setsockopt, socket, sockopt,
+    };
+    use nix::sys::time::TimeVal;
+    use std::os::fd::AsRawFd;
+
+    const SPORT: u16 = 40000;
+    let capture = backend
+        .netns
+        .run(|| {
+            socket(
+                AddressFamily::Packet,
+                SockType::Raw,
+                SockFlag::empty(),
+                SockProtocol::EthAll,
+            )
+        })
+        .unwrap()
+        .unwrap();
+    setsockopt(&capture, sockopt::ReceiveTimeout, &TimeVal::new(0, 200_000)).unwrap();
+    let payload = b"checksum";
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&SPORT.to_be_bytes());
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let pseudo = |src: Ipv4Addr, dst: Ipv4Addr, len: usize| {
+        let mut p = Vec::new();
+        p.extend_from_slice(&src.octets());
+        p.extend_from_slice(&dst.octets());
+        p.extend_from_slice(&[0, 17]);
+        p.extend_from_slice(&(len as u16).to_be_bytes());
+        p
+    };
+    let sum = internet_checksum(&[&pseudo(client.ip, frontend, udp.len()), &udp]);
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    client
+        .netns
+        .run(move || {
+            let s = socket(
+                AddressFamily::Inet,
+                SockType::Raw,
+                SockFlag::empty(),
+                SockProtocol::Udp,
+            )
+            .unwrap();
+            let to = SockaddrIn::from(std::net::SocketAddrV4::new(frontend, 0));
+            sendto(s.as_raw_fd(), &udp, &to, MsgFlags::empty()).unwrap();
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut frame = [0u8; 2048];
+    while Instant::now() < deadline {
+        let Ok(n) = recv(capture.as_raw_fd(), &mut frame, MsgFlags::empty()) else {
+            continue;
+        };
+        let f = &frame[..n];
+        if n < 14 + 20 + 8 || f[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let iph = &f[14..];
+        let ihl = usize::from(iph[0] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([iph[2], iph[3]]));
+        if iph[9] != 17 || iph.len() < total || total < ihl + 8 {
+            continue;
+        }
+        let src = Ipv4Addr::new(iph[12], iph[13], iph[14], iph[15]);
+        let dst = Ipv4Addr::new(iph[16], iph[17], iph[18], iph[19]);
+        let l4 = &iph[ihl..total];
+        if src != client.ip || u16::from_be_bytes([l4[0], l4[1]]) != SPORT {
+            continue;
+        }
+        let ip_ok = internet_checksum(&[&iph[..ihl]]) == 0;
+        let udp_ok = internet_checksum(&[&pseudo(src, dst, l4.len()), l4]) == 0;
+        return Some((dst, u16::from_be_bytes([l4[2], l4[3]]), ip_ok, udp_ok));
+    }
+    None
+}
+
+fn pid(name: &str) -> PolicyId {
+    PolicyId {
+        tier: "default".into(),
+        name: name.into(),
+    }
+}
+
+fn allow_rule(id: &str, src: Match) -> Rule {
+    Rule {
+        id: id.into(),
+        action: Action::Allow,
+        ip_version: None,
+        protocol: None,
+        not_protocol: None,
+        icmp: None,
+        not_icmp: None,
+        src,
+        dst: Match::default(),
+    }
+}
+
+fn endpoint(pod: &Pod, backend: bool) -> Operation {
+    Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
+        id: EndpointId {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+        },
+        interface_name: pod.interface.clone(),
+        nets: vec![IpNet::new(pod.ip.into(), 32).unwrap()],
+        mac: None,
+        tiers: if backend {
+            vec![TierPolicies {
+                name: "default".into(),
+                default_action: Action::Deny,
+                inbound: vec![pid("backend")],
+                outbound: vec![pid("backend")],
+            }]
+        } else {
+            vec![]
+        },
+        profiles: if backend {
+            vec![]
+        } else {
+            vec!["allow".into()]
+        },
+    })
+}
+
+fn service(name: &str, ip: Ipv4Addr, ports: Vec<ServicePort>, affinity: Option<u32>) -> Service {
+    Service {
+        namespace: "ns".into(),
+        name: name.into(),
+        cluster_ips: vec![IpAddr::V4(ip)],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        external_traffic: TrafficPolicy::Cluster,
+        internal_traffic: TrafficPolicy::Cluster,
+        affinity_timeout_seconds: affinity,
+        health_check_node_port: None,
+        balancing: Balancing::Random,
+        ports,
+    }
+}
+
+fn port(name: &str, protocol: u8, port: u16, target: u16, backends: &[&Pod]) -> ServicePort {
+    let backends: Vec<Backend> = backends
+        .iter()
+        .map(|p| Backend {
+            ip: IpAddr::V4(p.ip),
+            port: target,
+            local: true,
+        })
+        .collect();
+    ServicePort {
+        name: name.into(),
+        protocol,
+        port,
+        node_port: None,
+        local_backends: backends.clone(),
+        backends,
+    }
+}
+
+/// The node and its pods (namespaces dropped with it) and the pins.
+struct Setup {
+    topo: Option<Topology>,
+    pins: String,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        drop(self.topo.take());
+        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.pins);
+    }
+}
+
+#[test]
+fn cluster_ips_with_real_packets() {
+    if !privileges().expect("privileges: CI=true needs root") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let prefix = unique_prefix("sv");
+    let mut setup = Setup {
+        topo: Some(Topology::new(&prefix).expect("node")),
+        pins: prefix.clone(),
+    };
+    let topo = setup.topo.as_mut().unwrap();
+    for (name, d) in [("a", 2), ("c", 3), ("b1", 11), ("b2", 12), ("b3", 13)] {
+        topo.add_pod("ns", name, Ipv4Addr::new(10, 65, 0, d))
+            .expect("pod");
+    }
+    let topo = setup.topo.as_ref().unwrap();
+    let pod = |n: &str| topo.pod(&format!("ns/{n}")).unwrap();
+    let (a, c) = (pod("a"), pod("c"));
+    let backends = [pod("b1"), pod("b2"), pod("b3")];
+    let _who: Vec<Who> = [a, c]
+        .iter()
+        .chain(&backends)
+        .map(|p| Who::start(p))
+        .collect();
+
+    let pins = prefix.clone();
+    let factory: Arc<Factory> = Arc::new(move |_: &NodeContext| {
+        let mut config = BpfConfig::new(&pins);
+        config.pin_root = PathBuf::from(PIN_ROOT);
+        BpfDriver::new(config)
+            .map(|d| Box::new(d) as Box<dyn Driver>)
+            .map_err(|e| chain(&e))
+    });
+    let driver = DriverThread::start(
+        &topo.node,
+        NodeContext {
+            node: prefix.clone(),
+        },
+        factory,
+    )
+    .expect("driver");
+
+    // Backends accept only client A. (A hairpinned connection is judged
+    // by the pod's egress policy only: it never leaves the pod's
+    // interface.)
+    let only_a = Match {
+        nets: vec![IpNet::new(a.ip.into(), 32).unwrap()],
+        ..Match::default()
+    };
+    let web = service(
+        "web",
+        WEB,
+        vec![
+            port("who", 6, 80, WHO_TCP, &backends),
+            port("who-udp", 17, 53, WHO_UDP, &backends),
+        ],
+        None,
+    );
+    let mut ops = vec![
+        Operation::PolicyUpdate {
+            id: pid("backend"),
+            policy: Policy {
+                inbound: vec![allow_rule("backend/in", only_a)],
+                outbound: vec![allow_rule("backend/out", Match::default())],
+            },
+        },
+        Operation::ProfileUpdate {
+            id: "allow".into(),
+            profile: Policy {
+                inbound: vec![allow_rule("allow/in", Match::default())],
+                outbound: vec![allow_rule("allow/out", Match::default())],
+            },
+        },
+        endpoint(a, false),
+        endpoint(c, false),
+    ];
+    ops.extend(backends.iter().map(|b| endpoint(b, true)));
+    ops.push(Operation::ServiceUpdate(web.clone()));
+    ops.push(Operation::ServiceUpdate(service(
+        "empty",
+        EMPTY,
+        vec![
+            port("tcp", 6, 80, WHO_TCP, &[]),
+            port("udp", 17, 53, WHO_UDP, &[]),
+        ],
+        None,
+    )));
+    ops.push(Operation::ServiceUpdate(service(
+        "self",
+        SELF,
+        vec![port("who", 6, 80, WHO_TCP, &[backends[0]])],
+        None,
+    )));
+    ops.push(Operation::ServiceUpdate(service(
+        "sticky",
+        STICKY,
+        vec![port("who", 6, 80, WHO_TCP, &backends)],
+        Some(60),
+    )));
+    ops.push(Operation::ServiceUpdate(service(
+        "held",
+        HELD,
+        vec![port("echo", 6, 8080, 8080, &[backends[0]])],
+        None,
+    )));
+    ops.push(Operation::ServiceUpdate(service(
+        "dns",
+        DNS,
+        vec![port("dns", 17, 53, WHO_UDP, &[backends[0]])],
+        None,
+    )));
+    ops.push(Operation::InSync);
+    driver.apply(ops.clone()).expect("apply");
+
+    // Each backend is reached through the ClusterIP; each saw client A.
+    let to_web = SocketAddr::new(WEB.into(), 80);
+    let mut reached = BTreeSet::new();
+    for _ in 0..60 {
+        let (server, client) = who_tcp(&a.netns, to_web).expect("a reaches the ClusterIP");
+        assert_eq!(client, a.ip, "the backend saw the client's address");
+        reached.insert(server);
+        if reached.len() == backends.len() {
+            break;
+        }
+    }
+    let all: BTreeSet<Ipv4Addr> = backends.iter().map(|b| b.ip).collect();
+    assert_eq!(reached, all, "every backend reached");
+
+    // UDP: a connected socket gets its answer from the ClusterIP.
+    let (server, client) =
+        who_udp(&a.netns, SocketAddr::new(WEB.into(), 53)).expect("udp through the ClusterIP");
+    assert!(all.contains(&server));
+    assert_eq!(client, a.ip);
+
+    // The backends' ingress policy judges the client: C is denied.
+    assert_eq!(
+        who_tcp(&c.netns, to_web),
+        None,
+        "c passed the backends' policy"
+    );
+    assert_eq!(who_udp(&c.netns, SocketAddr::new(WEB.into(), 53)), None);
+
+    // No backends: refused at once, not left to time out.
+    let started = Instant::now();
+    let outcome = tcp_connect(
+        &a.netns,
+        SocketAddr::new(EMPTY.into(), 80),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert_eq!(
+        outcome,
+        ProbeOutcome::Refused,
+        "tcp to a service without backends"
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let outcome = udp_probe(
+        &a.netns,
+        SocketAddr::new(EMPTY.into(), 53),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert_eq!(
+        outcome,
+        ProbeOutcome::Refused,
+        "udp to a service without backends"
+    );
+
+    // Hairpin: b1 reaches the service it backs and gets itself, from the
+    // hairpin address.
+    let b1 = backends[0];
+    assert_eq!(
+        who_tcp(&b1.netns, SocketAddr::new(SELF.into(), 80)),
+        Some((b1.ip, HAIRPIN_SNAT)),
+        "hairpin"
+    );
+
+    // Session affinity: one client keeps its backend.
+    let sticky: BTreeSet<Ipv4Addr> = (0..12)
+        .map(|_| {
+            who_tcp(&a.netns, SocketAddr::new(STICKY.into(), 80))
+                .expect("sticky")
+                .0
+        })
+        .collect();
+    assert_eq!(sticky.len(), 1, "affinity: {sticky:?}");
+
+    // An established connection keeps its backend when the list changes
+    // around it, and is reset when its backend leaves the list.
+    let mut held = open_connection(
+        &a.netns,
+        SocketAddr::new(HELD.into(), 8080),
+        Duration::from_secs(2),
+    )
+    .expect("held connection through the ClusterIP");
+    assert!(held.roundtrip(Duration::from_secs(2)).unwrap());
+    let held_backends = |list: &[&Pod]| {
+        vec![Operation::ServiceUpdate(service(
+            "held",
+            HELD,
+            vec![port("echo", 6, 8080, 8080, list)],
+            None,
+        ))]
+    };
+    driver
+        .apply(held_backends(&backends))
+        .expect("add backends");
+    for _ in 0..5 {
+        assert!(
+            held.roundtrip(Duration::from_secs(2)).unwrap(),
+            "the established connection lost its backend"
+        );
+    }
+    driver
+        .apply(held_backends(&[c]))
+        .expect("replace the backend");
+    let started = Instant::now();
+    assert!(
+        !held.roundtrip(Duration::from_secs(3)).unwrap(),
+        "a connection to a removed backend still passes data"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "not reset at once: {:?}",
+        started.elapsed()
+    );
+    // New connections go to the new backend.
+    assert_eq!(
+        tcp_connect(
+            &a.netns,
+            SocketAddr::new(HELD.into(), 8080),
+            Duration::from_secs(2)
+        )
+        .unwrap(),
+        ProbeOutcome::Connected
+    );
+    held.close();
+
+    // A connected UDP socket whose backend went away is answered by the
+    // new one (its flow is forgotten), from the ClusterIP.
+    let (server, socket) = a
+        .netns
+        .run(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.connect((DNS, 53)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            s
+        })
+        .map(|s| (ask(&s), s))
+        .unwrap();
+    assert_eq!(server, Some(backends[0].ip));
+    driver
+        .apply(vec![Operation::ServiceUpdate(service(
+            "dns",
+            DNS,
+            vec![port("dns", 17, 53, WHO_UDP, &[backends[1]])],
+            None,
+        ))])
+        .expect("move the dns backend");
+    assert_eq!(
+        ask(&socket),
+        Some(backends[1].ip),
+        "udp flow stuck on a removed backend"
+    );
+    drop(socket);
+
+    // A datagram with a full checksum (as from a NIC, where a local
+    // socket's carries a partial one the kernel trusts) reaches the
+    // backend translated with both checksums right.
+    let seen = full_checksum_datagram(a, backends[1], DNS, 53);
+    assert_eq!(
+        seen,
+        Some((backends[1].ip, WHO_UDP, true, true)),
+        "translated datagram (destination, port, IP checksum, UDP checksum)"
+    );
+
+    // A restarted driver keeps translating what the earlier run
+    // programmed until it is told the state again.
+    driver.restart().expect("restart");
+    let (server, _) = who_tcp(&a.netns, to_web).expect("after a restart, before the resync");
+    assert!(all.contains(&server));
+    driver.apply(ops).expect("resync");
+    let (server, _) = who_tcp(&a.netns, to_web).expect("after the resync");
+    assert!(all.contains(&server));
+
+    // Removing the service stops the translation.
+    driver
+        .apply(vec![Operation::ServiceRemove {
+            namespace: "ns".into(),
+            name: "web".into(),
+        }])
+        .expect("remove");
+    assert_eq!(
+        who_tcp(&a.netns, to_web),
+        None,
+        "a removed service still answers"
+    );
+    drop(driver);
+}
+
+/// The shared cases the eBPF dataplane does not pass yet, and why: it
+/// translates only at workload interfaces (no node ports, nothing for
+/// host processes, whose traffic passes no workload interface), and it
+/// leaves load-balancer addresses with source ranges untranslated rather
+/// than translate them unchecked.
+const NOT_YET: &[&str] = &[
+    "node port, Cluster: masqueraded",
+    "node port, Local: the client's address",
+    "host process: cluster IP",
+    "host process: its own node port",
+    "host process: no endpoints refused at once",
+    "load-balancer source ranges: in range",
+];
+
+/// The shared service cases (`manul_dataplane_conformance::services`)
+/// against the eBPF driver: every case passes but those of [`NOT_YET`].
+#[test]
+fn shared_service_cases() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let nodes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let seen = nodes.clone();
+    let factory: Arc<Factory> = Arc::new(move |ctx: &NodeContext| {
+        seen.lock().unwrap().push(ctx.node.clone());
+        let mut config = BpfConfig::new(&ctx.node);
+        config.pin_root = PathBuf::from(PIN_ROOT);
+        BpfDriver::new(config)
+            .map(|d| Box::new(d) as Box<dyn Driver>)
+            .map_err(|e| chain(&e))
+    });
+    let result = manul_dataplane_conformance::services::run_service_cases("svb", factory);
+    for node in nodes.lock().unwrap().iter() {
+        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
+    }
+    match result {
+        Ok(report) => println!("{}", report.table()),
+        Err(ConformanceError::Mismatch(failed)) => {
+            let unexpected: Vec<&String> = failed
+                .iter()
+                .filter(|f| {
+                    !NOT_YET
+                        .iter()
+                        .any(|case| f.starts_with(&format!("[{case}]")))
+                })
+                .collect();
+            assert!(unexpected.is_empty(), "failed: {unexpected:#?}");
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
