@@ -603,10 +603,12 @@ pub fn run(
     for s in &sc.services {
         endpoints.extend(crate::scenario_services::resources(s, &c, &terminating));
     }
+    let mut revision = 0;
     if !endpoints.is_empty() {
-        c.apply(endpoints)?;
+        revision = c.apply(endpoints)?;
     }
-    let revision = c.apply_yaml(&sc.resources)?;
+    // An empty `resources` writes nothing: the Services' revision counts.
+    revision = revision.max(c.apply_yaml(&sc.resources)?);
     // Felix reports programmed endpoints; policies have no such report, so
     // wait until every node has seen the write (its status files carry the
     // revision they reflect) by re-adding nothing and polling briefly.

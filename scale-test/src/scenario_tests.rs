@@ -189,7 +189,10 @@ fn bad_service_scenarios_are_rejected_with_a_reason() {
             "node_port needs type NodePort",
         ),
         (
-            SVC.replace("{name: prod/head,", "{name: prod/head, session_affinity: ClientIP,"),
+            SVC.replace(
+                "{name: prod/head,",
+                "{name: prod/head, session_affinity: ClientIP,",
+            ),
             "a headless service",
         ),
         (
