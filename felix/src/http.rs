@@ -287,7 +287,12 @@ mod tests {
         assert_eq!(fe[1]["backends"], serde_json::json!([]));
         let parsed: Vec<ServiceFrontends> = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed, vec![web.with_frontends()]);
-        let text = body(metrics(State(state), HeaderMap::new()).await.into_response()).await;
+        let text = body(
+            metrics(State(state), HeaderMap::new())
+                .await
+                .into_response(),
+        )
+        .await;
         assert!(text.contains("felix_services 1"), "{text}");
         assert!(text.contains("felix_service_frontends 2"), "{text}");
         assert!(text.contains("felix_service_backends 1"), "{text}");

@@ -12,6 +12,7 @@ pub mod config;
 pub mod configure;
 pub mod http;
 pub mod metrics;
+pub mod observed;
 pub mod programmed_services;
 pub mod resync;
 pub mod routes;

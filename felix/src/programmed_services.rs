@@ -22,10 +22,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use manul_dataplane_api::{
-    Driver, DriverError, Operation, PolicyCounter, Service, ServiceCounters, ServiceFrontends,
-    ServiceKey,
-};
+use manul_dataplane_api::{Operation, Service, ServiceCounters, ServiceFrontends, ServiceKey};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -199,58 +196,15 @@ impl Collector for ServiceMetrics {
 }
 
 /// A driver whose taken batches the Service record follows.
-pub struct ServiceRecordingDriver {
-    inner: Box<dyn Driver>,
-    services: ProgrammedServices,
-}
+pub type ServiceRecordingDriver = crate::observed::Observed<ProgrammedServices>;
 
-impl std::fmt::Debug for ServiceRecordingDriver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceRecordingDriver")
-            .field("inner", &self.inner.name())
-            .finish()
-    }
-}
-
-impl ServiceRecordingDriver {
-    pub fn new(inner: Box<dyn Driver>, services: ProgrammedServices) -> ServiceRecordingDriver {
-        ServiceRecordingDriver { inner, services }
-    }
-}
-
-impl Driver for ServiceRecordingDriver {
-    fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
-        match self.inner.apply(batch) {
-            Ok(()) => {
-                self.services.applied(batch);
-                Ok(())
-            }
-            Err(e) => {
-                self.services.mark_stale();
-                Err(e)
-            }
-        }
+impl crate::observed::BatchObserver for ProgrammedServices {
+    fn applied(&mut self, batch: &[Operation]) {
+        ProgrammedServices::applied(self, batch);
     }
 
     fn mark_stale(&mut self) {
-        self.inner.mark_stale();
-        self.services.mark_stale();
-    }
-
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn refresh(&mut self) -> Result<bool, DriverError> {
-        self.inner.refresh()
-    }
-
-    fn policy_counters(&self) -> Vec<PolicyCounter> {
-        self.inner.policy_counters()
-    }
-
-    fn service_counters(&self) -> Option<manul_dataplane_api::ServiceCounters> {
-        self.inner.service_counters()
+        ProgrammedServices::mark_stale(self);
     }
 }
 

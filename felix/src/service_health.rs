@@ -36,7 +36,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use manul_dataplane_api::{Driver, DriverError, Operation, PolicyCounter, Service};
+use manul_dataplane_api::{Operation, Service};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -281,59 +281,19 @@ async fn answer(State((key, health)): State<(Key, ServiceHealth)>) -> impl IntoR
 }
 
 /// A driver whose taken batches the health checks follow.
-pub struct HealthCheckedDriver {
-    inner: Box<dyn Driver>,
-    health: ServiceHealth,
-}
+pub type HealthCheckedDriver = crate::observed::Observed<ServiceHealth>;
 
-impl std::fmt::Debug for HealthCheckedDriver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HealthCheckedDriver")
-            .field("inner", &self.inner.name())
-            .field("health", &self.health)
-            .finish()
+impl crate::observed::BatchObserver for ServiceHealth {
+    fn applied(&mut self, batch: &[Operation]) {
+        ServiceHealth::applied(self, batch);
     }
-}
 
-impl HealthCheckedDriver {
-    pub fn new(inner: Box<dyn Driver>, health: ServiceHealth) -> HealthCheckedDriver {
-        HealthCheckedDriver { inner, health }
-    }
-}
-
-impl Driver for HealthCheckedDriver {
-    fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
-        match self.inner.apply(batch) {
-            Ok(()) => {
-                self.health.applied(batch);
-                Ok(())
-            }
-            Err(e) => {
-                self.health.failed();
-                self.health.mark_stale();
-                Err(e)
-            }
-        }
+    fn failed(&mut self) {
+        ServiceHealth::failed(self);
+        ServiceHealth::mark_stale(self);
     }
 
     fn mark_stale(&mut self) {
-        self.inner.mark_stale();
-        self.health.mark_stale();
-    }
-
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn refresh(&mut self) -> Result<bool, DriverError> {
-        self.inner.refresh()
-    }
-
-    fn policy_counters(&self) -> Vec<PolicyCounter> {
-        self.inner.policy_counters()
-    }
-
-    fn service_counters(&self) -> Option<manul_dataplane_api::ServiceCounters> {
-        self.inner.service_counters()
+        ServiceHealth::mark_stale(self);
     }
 }

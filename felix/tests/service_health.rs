@@ -12,9 +12,13 @@ use manul_dataplane_api::{Backend, Driver, NullDriver, Operation, Service};
 use manul_felix::service_health::{HealthCheckedDriver, ServiceHealth};
 
 /// Two free ports below 32768 (bound and released; the range is picked by
-/// process so parallel runs of this test do not meet).
+/// process so parallel runs of this test do not meet, and each call in a
+/// process starts past the ports earlier calls handed out, so parallel
+/// tests of one process do not take the same pair before either binds).
 fn free_ports() -> (u16, u16) {
-    let base = 20_000 + (std::process::id() % 5_000) as u16 * 2;
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20 + call * 2;
     let mut found = Vec::new();
     for p in base..base + 2_000 {
         if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok() {

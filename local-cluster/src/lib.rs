@@ -15,7 +15,9 @@
 //!   ([`LocalCluster::metrics_targets`]);
 //! - `NAME-pK`: one per pod, wired into its node by the `manul-cni` plugin
 //!   (which allocates its address from the IPPool `10.65.0.0/16`, writes its
-//!   WorkloadEndpoint and creates the veth pair).
+//!   WorkloadEndpoint and creates the veth pair);
+//! - `NAME-xK`: external clients ([`external`]), on the bridge at
+//!   `192.168.220.(200+K)/24` with no Felix: machines outside the cluster.
 //!
 //! With the FelixConfiguration `wireguardEnabled` ([`wireguard::enable`])
 //! pod traffic between nodes goes through each node's WireGuard interface;
@@ -27,10 +29,12 @@
 //! behind (processes in the cluster's namespaces, then the namespaces).
 
 pub mod cluster;
+pub mod external;
 pub mod procs;
 pub mod wireguard;
 
 pub use cluster::{ClusterConfig, Dataplane, LocalCluster, MetricsTarget, PodInfo, PodSpec};
+pub use external::ExternalClient;
 
 use std::path::Path;
 

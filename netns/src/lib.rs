@@ -33,6 +33,7 @@
 mod error;
 mod link;
 mod ns;
+mod peer;
 mod pod;
 mod probe;
 pub mod testing;
@@ -46,6 +47,7 @@ pub use link::{
     set_mtu,
 };
 pub use ns::{NETNS_RUN_DIR, NetNs, cleanup_prefix, unique_prefix};
+pub use peer::{PEER_QUERY, PeerProbe, tcp_peer};
 pub use pod::{
     CALICO_GATEWAY_V4, CALICO_GATEWAY_V6, CALICO_HOST_MAC, PodLink, plumb_pod, plumb_pod_ips,
     unplumb_pod,

@@ -53,7 +53,7 @@ impl ProbeOutcome {
 }
 
 /// Classifies the socket errors that are answers rather than failures.
-fn outcome_of(e: &io::Error) -> Option<ProbeOutcome> {
+pub(crate) fn outcome_of(e: &io::Error) -> Option<ProbeOutcome> {
     use nix::libc;
     match e.kind() {
         io::ErrorKind::ConnectionRefused => return Some(ProbeOutcome::Refused),
@@ -103,7 +103,8 @@ pub fn tcp_connect(ns: &NetNs, dst: SocketAddr, timeout: Duration) -> Result<Pro
 
 /// A TCP server listening inside a namespace. Every connection gets
 /// [`TCP_BANNER`], then everything it sends is echoed back, until the
-/// client closes it. Dropping the server stops it and closes every
+/// client closes it; except [`crate::PEER_QUERY`], answered with the
+/// addresses the server saw ([`crate::tcp_peer`]). Dropping the server stops it and closes every
 /// connection.
 #[derive(Debug)]
 pub struct TcpServer {
@@ -225,7 +226,13 @@ fn serve_connection(mut stream: TcpStream, peer: SocketAddr, stop: &AtomicBool) 
         match stream.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {
-                if stream.write_all(&buf[..n]).is_err() {
+                let reply = match stream.local_addr() {
+                    Ok(local) if &buf[..n] == crate::peer::PEER_QUERY => {
+                        crate::peer::peer_answer(peer, local)
+                    }
+                    _ => buf[..n].to_vec(),
+                };
+                if stream.write_all(&reply).is_err() {
                     return;
                 }
             }

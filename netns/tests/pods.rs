@@ -11,7 +11,7 @@ use common::{Cleanup, have_root};
 use manul_netns::{
     CALICO_GATEWAY_V4, CALICO_HOST_MAC, IpNet, NetNs, ProbeOutcome, Route, RouteKind, TcpServer,
     UdpEcho, link_exists, link_up, list_addresses, list_routes, open_connection, ping, plumb_pod,
-    replace_route, tcp_connect, udp_probe, unplumb_pod,
+    replace_route, tcp_connect, tcp_peer, udp_probe, unplumb_pod,
 };
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 2);
@@ -91,6 +91,19 @@ fn pods_on_one_node_reach_each_other() {
     assert!(held.roundtrip(T).unwrap());
     assert!(held.roundtrip(T).unwrap());
     assert_eq!(held.local_addr().unwrap().ip(), IpAddr::V4(A));
+    // The server says whom it saw, and on which address.
+    let seen = tcp_peer(&pod_a, sock(B, 8080), T).unwrap();
+    assert_eq!(seen.outcome, ProbeOutcome::Connected);
+    let (peer, local) = seen.seen.unwrap();
+    assert_eq!(peer.ip(), IpAddr::V4(A));
+    assert_eq!(local, sock(B, 8080));
+    assert_eq!(
+        tcp_peer(&pod_a, sock(B, 8081), T).unwrap(),
+        manul_netns::PeerProbe {
+            outcome: ProbeOutcome::Refused,
+            seen: None
+        }
+    );
     assert!(server.accepted() >= 2);
 
     // UDP: echoed, refused.

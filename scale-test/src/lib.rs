@@ -11,3 +11,5 @@ pub mod report;
 pub mod run;
 pub mod sampler;
 pub mod scenario;
+pub mod scenario_probe;
+pub mod scenario_services;

@@ -11,16 +11,48 @@
 //! pods:
 //!   - {name: production/api, labels: {app: api}, tcp: [8080], udp: [53], node: 1,
 //!      service_account: api-sa}      # optional: the pod's serviceAccountName
+//!   - {name: production/old, labels: {app: api}, tcp: [8080],
+//!      terminating: true}            # optional: its endpoints are serving and
+//!                                   # terminating, not ready
 //! services:                       # optional: a Service and the EndpointSlice
 //!   - name: production/api        # the endpoint controller would write: the
-//!     selector: {app: api}        # addresses of the pods it selects
+//!     selector: {app: api}        # pods it selects, with their nodes
 //!     ports: [{name: http, protocol: tcp, port: 8080}]
+//!   - name: production/web        # with a cluster_ip: a real Service (without,
+//!     cluster_ip: 10.96.0.10      # headless: for policy `services` matches)
+//!     type: NodePort              # optional: ClusterIP (default), NodePort,
+//!                                 # LoadBalancer
+//!     external_traffic_policy: Local   # optional: Cluster (default)
+//!     session_affinity: ClientIP       # optional: None (default)
+//!     selector: {app: api}
+//!     ports: [{protocol: tcp, port: 80, target_port: 8080, node_port: 30080}]
+//! externals: [outside]            # optional: clients outside the cluster, on
+//!                                 # the nodes' network, no Felix
 //! resources: |
 //!   apiVersion: networking.k8s.io/v1
 //!   kind: NetworkPolicy
 //!   ...
 //! probes:                         # and/or
 //!   - {from: production/frontend, to: production/api, protocol: tcp, port: 8080, expect: allow}
+//!   # to a Service's cluster IP (port: the Service's port); expect allow,
+//!   # deny (no answer, or any refusal) or reject (refused at once: a TCP
+//!   # reset or an ICMP error)
+//!   - {from: production/frontend, to: service/production/web, protocol: tcp, port: 80,
+//!      expect: allow,
+//!      source: client,              # optional (TCP): the address the backend
+//!                                   # saw: client (the prober's) or node (an
+//!                                   # address of a node of the cluster)
+//!      backends: [production/api],  # optional (TCP): who may answer
+//!      reach: each,                 # optional: any (default); each: every
+//!                                   # listed backend answers; same: one does,
+//!                                   # every time
+//!      repeat: 20}                  # optional: connections to make (default
+//!                                   # 1; 30 for each, 10 for same); each
+//!                                   # stops once all were reached
+//!   # to a node port on node NODE_INDEX (port: the node port), from an
+//!   # external client
+//!   - {from: external/outside, to: nodeport/0/production/web, protocol: tcp, port: 30080,
+//!      expect: allow, source: client}
 //! matrices:
 //!   - protocol: tcp               # tcp, udp or icmp
 //!     port: 8080
@@ -31,13 +63,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use manul_local_cluster::{ClusterConfig, Dataplane, LocalCluster, PodSpec};
 use serde::Deserialize;
+
+pub use crate::scenario_services::{
+    ServicePort, ServiceSpec, ServiceType, SessionAffinity, TrafficPolicy,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,26 +99,9 @@ pub struct Pod {
     /// The pod's `serviceAccountName`.
     #[serde(default)]
     pub service_account: Option<String>,
-}
-
-/// A Service port, as an EndpointSlice lists it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServicePort {
+    /// Its endpoints are terminating (serving, not ready).
     #[serde(default)]
-    pub name: String,
-    pub protocol: Protocol,
-    pub port: u16,
-}
-
-/// A Kubernetes Service selecting pods of its namespace by labels.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceSpec {
-    /// `NAMESPACE/NAME`.
-    pub name: String,
-    pub selector: BTreeMap<String, String>,
-    pub ports: Vec<ServicePort>,
+    pub terminating: bool,
 }
 
 /// A probe's protocol.
@@ -95,12 +113,47 @@ pub enum Protocol {
     Icmp,
 }
 
-/// allow or deny.
+/// allow, deny (not reached: no answer, or refused) or reject (refused at
+/// once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Allow,
     Deny,
+    Reject,
+}
+
+impl Verdict {
+    fn word(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::Reject => "reject",
+        }
+    }
+}
+
+/// Whose address a backend must see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The prober's own address.
+    Client,
+    /// An address of a node of the cluster (masqueraded).
+    Node,
+}
+
+/// Which of a probe's backends must answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reach {
+    /// Any listed one, each time.
+    #[default]
+    Any,
+    /// Every listed one, over the repeats.
+    Each,
+    /// One, the same every time.
+    Same,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,7 +165,62 @@ pub struct ProbeSpec {
     #[serde(default)]
     pub port: u16,
     pub expect: Verdict,
+    #[serde(default)]
+    pub source: Option<Source>,
+    #[serde(default)]
+    pub backends: Vec<String>,
+    #[serde(default)]
+    pub reach: Reach,
+    #[serde(default)]
+    pub repeat: Option<u32>,
 }
+
+/// One check, as [`Scenario::checks`] lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub from: String,
+    pub to: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub expect: Verdict,
+    pub source: Option<Source>,
+    pub backends: Vec<String>,
+    pub reach: Reach,
+    pub repeat: u32,
+}
+
+/// Where a probe goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// A pod's address (`NS/NAME`).
+    Pod(&'a str),
+    /// A Service's cluster IP (`service/NS/NAME`).
+    Service(&'a str),
+    /// A node's address, on a node port (`nodeport/NODE_INDEX/NS/NAME`).
+    NodePort(usize, &'a str),
+}
+
+impl<'a> Target<'a> {
+    /// Reads a probe's `to`.
+    pub fn parse(to: &'a str) -> Result<Target<'a>> {
+        if let Some(service) = to.strip_prefix("service/") {
+            return Ok(Target::Service(service));
+        }
+        if let Some(rest) = to.strip_prefix("nodeport/") {
+            let Some((node, service)) = rest.split_once('/') else {
+                bail!("{to}: not nodeport/NODE_INDEX/NAMESPACE/NAME");
+            };
+            let node = node
+                .parse()
+                .with_context(|| format!("{to}: the node index {node:?}"))?;
+            return Ok(Target::NodePort(node, service));
+        }
+        Ok(Target::Pod(to))
+    }
+}
+
+/// The prefix of a probe's `from` naming an external client.
+pub const EXTERNAL: &str = "external/";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,6 +246,8 @@ pub struct Scenario {
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
     #[serde(default)]
+    pub externals: Vec<String>,
+    #[serde(default)]
     pub resources: String,
     #[serde(default)]
     pub probes: Vec<ProbeSpec>,
@@ -151,13 +261,28 @@ fn two() -> usize {
 
 impl Scenario {
     /// Parses and checks a scenario: pods named `NS/NAME` and unique,
-    /// probes and matrices naming known pods, every matrix complete, ports
-    /// given for TCP and UDP and served by the destination pod, resources
-    /// that load.
+    /// probes and matrices naming known pods, services and external
+    /// clients, every matrix complete, ports given for TCP and UDP and
+    /// served by the destination pod, resources that load.
     pub fn parse(text: &str) -> Result<Scenario> {
         let sc: Scenario = serde_yaml_ng::from_str(text).context("not a scenario")?;
         if sc.nodes == 0 || sc.nodes > 20 {
             bail!("nodes: {} is not in 1..=20", sc.nodes);
+        }
+        let mut externals = BTreeMap::new();
+        for x in &sc.externals {
+            if x.is_empty() || x.contains('/') {
+                bail!("external {x:?}: a name without '/'");
+            }
+            if externals.insert(x.as_str(), ()).is_some() {
+                bail!("external {x} is listed twice");
+            }
+        }
+        if externals.len() > manul_local_cluster::external::MAX_EXTERNALS {
+            bail!(
+                "externals: at most {}",
+                manul_local_cluster::external::MAX_EXTERNALS
+            );
         }
         let mut pods = BTreeMap::new();
         for p in &sc.pods {
@@ -166,6 +291,12 @@ impl Scenario {
                 .is_none_or(|(ns, n)| ns.is_empty() || n.is_empty())
             {
                 bail!("pod {:?}: the name must be NAMESPACE/NAME", p.name);
+            }
+            if p.name
+                .strip_prefix(EXTERNAL)
+                .is_some_and(|x| externals.contains_key(x))
+            {
+                bail!("pod {}: the name of an external client", p.name);
             }
             if p.node.is_some_and(|n| n >= sc.nodes) {
                 bail!(
@@ -179,57 +310,94 @@ impl Scenario {
                 bail!("pod {} is listed twice", p.name);
             }
         }
+        let mut services = BTreeMap::new();
         for s in &sc.services {
-            if s.name
-                .split_once('/')
-                .is_none_or(|(ns, n)| ns.is_empty() || n.is_empty())
-            {
-                bail!("service {:?}: the name must be NAMESPACE/NAME", s.name);
-            }
-            if let Some(p) = s.ports.iter().find(|p| p.protocol == Protocol::Icmp) {
-                bail!("service {}: port {:?} must be TCP or UDP", s.name, p.name);
+            s.check()?;
+            if services.insert(s.name.as_str(), s).is_some() {
+                bail!("service {} is listed twice", s.name);
             }
         }
         if sc.probes.is_empty() && sc.matrices.is_empty() {
             bail!("a scenario needs probes or matrices");
         }
-        let check =
-            |from: &str, to: &str, protocol: Protocol, port: u16, what: &str| -> Result<()> {
-                if !pods.contains_key(from) {
-                    bail!("{what}: unknown pod {from}");
-                }
-                let Some(dst) = pods.get(to) else {
-                    bail!("{what}: unknown pod {to}")
-                };
-                let served = match protocol {
-                    Protocol::Tcp => dst.tcp.contains(&port),
-                    Protocol::Udp => dst.udp.contains(&port),
-                    Protocol::Icmp => true,
-                };
-                if !served {
-                    bail!("{what}: {to} does not listen on {protocol:?} port {port}");
-                }
-                Ok(())
+        let check_to_pod = |to: &str, protocol: Protocol, port: u16, what: &str| -> Result<()> {
+            let Some(dst) = pods.get(to) else {
+                bail!("{what}: unknown pod {to}")
             };
+            let served = match protocol {
+                Protocol::Tcp => dst.tcp.contains(&port),
+                Protocol::Udp => dst.udp.contains(&port),
+                Protocol::Icmp => true,
+            };
+            if !served {
+                bail!("{what}: {to} does not listen on {protocol:?} port {port}");
+            }
+            Ok(())
+        };
         for (i, p) in sc.probes.iter().enumerate() {
-            check(&p.from, &p.to, p.protocol, p.port, &format!("probes[{i}]"))?;
+            let what = format!("probes[{i}]");
+            let external = p
+                .from
+                .strip_prefix(EXTERNAL)
+                .is_some_and(|x| externals.contains_key(x));
+            if !external && !pods.contains_key(&p.from) {
+                bail!("{what}: unknown pod or external client {}", p.from);
+            }
+            let service = |name: &str| -> Result<&ServiceSpec> {
+                let s = services
+                    .get(name)
+                    .with_context(|| format!("{what}: unknown service {name}"))?;
+                if s.cluster_ip.is_none() {
+                    bail!("{what}: service {name} is headless (no cluster_ip)");
+                }
+                Ok(s)
+            };
+            match Target::parse(&p.to).with_context(|| what.clone())? {
+                Target::Pod(to) => check_to_pod(to, p.protocol, p.port, &what)?,
+                Target::Service(name) => {
+                    service(name)?;
+                }
+                Target::NodePort(node, name) => {
+                    if node >= sc.nodes {
+                        bail!("{what}: node {node} does not exist (nodes: {})", sc.nodes);
+                    }
+                    if service(name)?.service_type == ServiceType::ClusterIP {
+                        bail!("{what}: service {name} has no node ports");
+                    }
+                }
+            }
+            if (p.source.is_some() || !p.backends.is_empty() || p.reach != Reach::Any)
+                && (p.protocol != Protocol::Tcp || p.expect != Verdict::Allow)
+            {
+                bail!("{what}: source, backends and reach are for TCP probes expecting allow");
+            }
+            if let Some(b) = p.backends.iter().find(|b| !pods.contains_key(*b)) {
+                bail!("{what}: backend {b} is not a pod of the scenario");
+            }
+            if p.reach == Reach::Each && p.backends.len() < 2 {
+                bail!("{what}: reach: each needs two or more backends");
+            }
+            if p.repeat.is_some_and(|r| !(1..=100).contains(&r)) {
+                bail!("{what}: repeat is 1..=100");
+            }
         }
         for (i, m) in sc.matrices.iter().enumerate() {
+            let what = format!("matrices[{i}]");
             for from in pods.keys() {
                 for to in pods.keys().filter(|t| *t != from) {
                     if m.expect.get(from).and_then(|r| r.get(to)).is_none() {
                         bail!(
-                            "matrices[{i}]: no expectation for {from} -> {to} (a matrix lists every pair)"
+                            "{what}: no expectation for {from} -> {to} (a matrix lists every pair)"
                         );
                     }
-                    check(from, to, m.protocol, m.port, &format!("matrices[{i}]"))?;
+                    check_to_pod(to, m.protocol, m.port, &what)?;
                 }
             }
             for (from, row) in &m.expect {
                 for to in row.keys() {
                     if !pods.contains_key(from) || !pods.contains_key(to) || from == to {
                         bail!(
-                            "matrices[{i}]: {from} -> {to} is not a pair of different pods of the scenario"
+                            "{what}: {from} -> {to} is not a pair of different pods of the scenario"
                         );
                     }
                 }
@@ -250,31 +418,41 @@ impl Scenario {
         Ok(sc)
     }
 
-    /// Every check, in order: (from, to, protocol, port, expected).
-    pub fn checks(&self) -> Vec<(String, String, Protocol, u16, bool)> {
+    /// Every check, in order: the probes, then the matrices' cells.
+    pub fn checks(&self) -> Vec<Check> {
         let mut out: Vec<_> = self
             .probes
             .iter()
-            .map(|p| {
-                (
-                    p.from.clone(),
-                    p.to.clone(),
-                    p.protocol,
-                    p.port,
-                    p.expect == Verdict::Allow,
-                )
+            .map(|p| Check {
+                from: p.from.clone(),
+                to: p.to.clone(),
+                protocol: p.protocol,
+                port: p.port,
+                expect: p.expect,
+                source: p.source,
+                backends: p.backends.clone(),
+                reach: p.reach,
+                repeat: p.repeat.unwrap_or(match p.reach {
+                    Reach::Any => 1,
+                    Reach::Each => 30,
+                    Reach::Same => 10,
+                }),
             })
             .collect();
         for m in &self.matrices {
             for (from, row) in &m.expect {
                 for (to, v) in row {
-                    out.push((
-                        from.clone(),
-                        to.clone(),
-                        m.protocol,
-                        m.port,
-                        *v == Verdict::Allow,
-                    ));
+                    out.push(Check {
+                        from: from.clone(),
+                        to: to.clone(),
+                        protocol: m.protocol,
+                        port: m.port,
+                        expect: *v,
+                        source: None,
+                        backends: Vec::new(),
+                        reach: Reach::Any,
+                        repeat: 1,
+                    });
                 }
             }
         }
@@ -282,8 +460,21 @@ impl Scenario {
     }
 }
 
-/// One result: (from, to, protocol, port, expected, actual).
-pub type ResultRow = (String, String, Protocol, u16, bool, bool);
+/// One result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultRow {
+    pub from: String,
+    pub to: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub expected: Verdict,
+    pub actual: Verdict,
+    /// Whether everything expected held (the verdict, and the source and
+    /// backends when asked for).
+    pub ok: bool,
+    /// What the backends saw, or what did not hold.
+    pub note: String,
+}
 
 /// What a run saw.
 #[derive(Debug, Clone)]
@@ -294,43 +485,70 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn matches(&self) -> bool {
-        self.results.iter().all(|r| r.4 == r.5)
+        self.results.iter().all(|r| r.ok)
     }
 
-    /// The expected and actual results, per protocol and port as matrices.
+    /// The expected and actual results, per protocol and port as matrices,
+    /// then the notes.
     pub fn render(&self) -> String {
         let mut out = format!("scenario {}\n", self.name);
-        let yn = |b: bool| if b { "allow" } else { "deny" };
         let mut groups: BTreeMap<(Protocol, u16), Vec<&ResultRow>> = BTreeMap::new();
         for r in &self.results {
-            groups.entry((r.2, r.3)).or_default().push(r);
+            groups.entry((r.protocol, r.port)).or_default().push(r);
         }
         for ((proto, port), rows) in groups {
             let _ = writeln!(out, "\n{proto:?} port {port}: expected / actual");
-            let mut pods: Vec<&String> = rows.iter().flat_map(|r| [&r.0, &r.1]).collect();
-            pods.sort();
-            pods.dedup();
+            let mut froms: Vec<&String> = rows.iter().map(|r| &r.from).collect();
+            let mut tos: Vec<&String> = rows.iter().map(|r| &r.to).collect();
+            let mut names: Vec<&String> = froms.iter().chain(&tos).copied().collect();
+            names.sort();
+            names.dedup();
+            let pods_only = rows.iter().all(|r| {
+                matches!(Target::parse(&r.to), Ok(Target::Pod(_))) && !r.from.starts_with(EXTERNAL)
+            });
+            if pods_only {
+                froms = names.clone();
+                tos = names;
+            } else {
+                froms.sort();
+                froms.dedup();
+                tos.sort();
+                tos.dedup();
+            }
+            let width = tos.iter().map(|t| t.len()).max().unwrap_or(0).max(22);
             let _ = write!(out, "{:>24}", "");
-            for p in &pods {
-                let _ = write!(out, " {:>22}", p);
+            for t in &tos {
+                let _ = write!(out, " {t:>width$}");
             }
             out.push('\n');
-            for from in &pods {
+            for from in &froms {
                 let _ = write!(out, "{from:>24}");
-                for to in &pods {
-                    let cell = rows.iter().find(|r| &&r.0 == from && &&r.1 == to).map_or(
-                        "-".to_string(),
-                        |r| {
-                            let mark = if r.4 == r.5 { "" } else { " !" };
-                            format!("{}/{}{mark}", yn(r.4), yn(r.5))
-                        },
-                    );
-                    let _ = write!(out, " {cell:>22}");
+                for to in &tos {
+                    let cell = rows
+                        .iter()
+                        .find(|r| &&r.from == from && &&r.to == to)
+                        .map_or("-".to_string(), |r| {
+                            let mark = if r.ok { "" } else { " !" };
+                            format!("{}/{}{mark}", r.expected.word(), r.actual.word())
+                        });
+                    let _ = write!(out, " {cell:>width$}");
                 }
                 out.push('\n');
             }
         }
-        let bad = self.results.iter().filter(|r| r.4 != r.5).count();
+        let notes: Vec<&ResultRow> = self.results.iter().filter(|r| !r.note.is_empty()).collect();
+        if !notes.is_empty() {
+            out.push('\n');
+            for r in notes {
+                let mark = if r.ok { " " } else { "!" };
+                let _ = writeln!(
+                    out,
+                    "{mark} {} -> {} {:?} {}: {}",
+                    r.from, r.to, r.protocol, r.port, r.note
+                );
+            }
+        }
+        let bad = self.results.iter().filter(|r| !r.ok).count();
         let _ = writeln!(
             out,
             "\n{} of {} results as expected{}",
@@ -371,128 +589,43 @@ pub fn run(
             service_account: p.service_account.clone(),
         })?;
     }
+    let mut externals = BTreeMap::new();
+    for (i, x) in sc.externals.iter().enumerate() {
+        externals.insert(x.clone(), c.add_external(i, x)?);
+    }
+    let terminating = sc
+        .pods
+        .iter()
+        .filter(|p| p.terminating)
+        .map(|p| p.name.clone())
+        .collect();
     let mut endpoints = Vec::new();
     for s in &sc.services {
-        endpoints.extend(service_resources(s, &c)?);
+        endpoints.extend(crate::scenario_services::resources(s, &c, &terminating));
     }
+    let mut revision = 0;
     if !endpoints.is_empty() {
-        c.apply(endpoints)?;
+        revision = c.apply(endpoints)?;
     }
-    let revision = c.apply_yaml(&sc.resources)?;
+    // An empty `resources` writes nothing: the Services' revision counts.
+    revision = revision.max(c.apply_yaml(&sc.resources)?);
     // Felix reports programmed endpoints; policies have no such report, so
     // wait until every node has seen the write (its status files carry the
     // revision they reflect) by re-adding nothing and polling briefly.
     settle(&c, revision)?;
     let mut results = Vec::new();
-    for (from, to, protocol, port, expected) in sc.checks() {
+    for check in sc.checks() {
         if interrupted.load(Ordering::Relaxed) {
             bail!("interrupted");
         }
-        let src = c.pod(&from)?;
-        let dst = c.pod(&to)?;
-        let timeout = Duration::from_millis(300);
-        let outcome = match protocol {
-            Protocol::Tcp => manul_netns::tcp_connect(
-                &src.netns,
-                SocketAddr::new(IpAddr::V4(dst.ip), port),
-                timeout,
-            )?,
-            Protocol::Udp => manul_netns::udp_probe(
-                &src.netns,
-                SocketAddr::new(IpAddr::V4(dst.ip), port),
-                timeout,
-            )?,
-            Protocol::Icmp => manul_netns::ping(&src.netns, IpAddr::V4(dst.ip), timeout)?,
-        };
-        results.push((from, to, protocol, port, expected, outcome.reached()));
+        results.push(crate::scenario_probe::probe(&c, sc, &externals, check)?);
     }
+    drop(externals);
     drop(c);
     Ok(Outcome {
         name: sc.name.clone(),
         results,
     })
-}
-
-/// A headless Service and the EndpointSlice the endpoint controller would
-/// write for it: the addresses of the pods of its namespace whose labels
-/// it selects, with its ports.
-fn service_resources(s: &ServiceSpec, c: &LocalCluster) -> Result<Vec<manul_model::Resource>> {
-    use k8s_openapi::api::core::v1::{Service, ServiceSpec as K8sServiceSpec};
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    let (ns, name) = s.name.split_once('/').unwrap_or(("default", &s.name));
-    let protocol = |p: Protocol| match p {
-        Protocol::Udp => "UDP",
-        _ => "TCP",
-    };
-    let mut addresses = Vec::new();
-    for pod in c.pods() {
-        let selected = pod.spec.namespace == ns
-            && s.selector
-                .iter()
-                .all(|(k, v)| pod.spec.labels.get(k) == Some(v));
-        if selected {
-            addresses.push(pod.ip.to_string());
-        }
-    }
-    let meta = |n: String, labels: Option<BTreeMap<String, String>>| ObjectMeta {
-        name: Some(n),
-        namespace: Some(ns.to_string()),
-        labels,
-        ..ObjectMeta::default()
-    };
-    let service = Service {
-        metadata: meta(name.to_string(), None),
-        spec: Some(K8sServiceSpec {
-            cluster_ip: Some("None".into()),
-            selector: Some(s.selector.clone()),
-            ports: Some(
-                s.ports
-                    .iter()
-                    .map(|p| k8s_openapi::api::core::v1::ServicePort {
-                        name: Some(p.name.clone()).filter(|n| !n.is_empty()),
-                        protocol: Some(protocol(p.protocol).into()),
-                        port: i32::from(p.port),
-                        ..k8s_openapi::api::core::v1::ServicePort::default()
-                    })
-                    .collect(),
-            ),
-            ..K8sServiceSpec::default()
-        }),
-        status: None,
-    };
-    let slice = EndpointSlice {
-        metadata: meta(
-            format!("{name}-1"),
-            Some(BTreeMap::from([(
-                "kubernetes.io/service-name".to_string(),
-                name.to_string(),
-            )])),
-        ),
-        address_type: "IPv4".into(),
-        endpoints: addresses
-            .into_iter()
-            .map(|a| Endpoint {
-                addresses: vec![a],
-                ..Endpoint::default()
-            })
-            .collect(),
-        ports: Some(
-            s.ports
-                .iter()
-                .map(|p| EndpointPort {
-                    name: Some(p.name.clone()),
-                    protocol: Some(protocol(p.protocol).into()),
-                    port: Some(i32::from(p.port)),
-                    ..EndpointPort::default()
-                })
-                .collect(),
-        ),
-    };
-    Ok(vec![
-        manul_model::Resource::Service(Box::new(service)),
-        manul_model::Resource::EndpointSlice(Box::new(slice)),
-    ])
 }
 
 /// Waits until every Felix has applied `revision` (from its readiness

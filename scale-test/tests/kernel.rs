@@ -73,6 +73,20 @@ fn shipped_scenarios_match_on_both_dataplanes() {
         ("service-account-selector.yaml", "iptables"),
         ("rule-fields.yaml", "bpf"),
         ("rule-fields.yaml", "iptables"),
+        // Services on both dataplanes; node ports on nftables only (the
+        // eBPF service NAT serves pods' traffic on workload interfaces and
+        // has no node ports yet).
+        ("service-no-endpoints.yaml", "bpf"),
+        ("service-no-endpoints.yaml", "iptables"),
+        ("service-cluster-ip.yaml", "bpf"),
+        ("service-cluster-ip.yaml", "iptables"),
+        ("service-session-affinity.yaml", "bpf"),
+        ("service-session-affinity.yaml", "iptables"),
+        ("service-terminating-fallback.yaml", "bpf"),
+        ("service-terminating-fallback.yaml", "iptables"),
+        ("service-backend-policy-sees-client.yaml", "bpf"),
+        ("service-backend-policy-sees-client.yaml", "iptables"),
+        ("service-node-port.yaml", "iptables"),
     ] {
         let out = scale_test()
             .args(["probe", "--name", "mt-scen", "--dataplane", dataplane])

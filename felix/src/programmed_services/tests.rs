@@ -1,11 +1,11 @@
 use manul_dataplane_api::testutil::service;
-use manul_dataplane_api::{NullDriver, Operation};
+use manul_dataplane_api::{Driver, NullDriver, Operation};
 
 use super::*;
 
 fn recorded(driver: &ServiceRecordingDriver) -> Vec<(String, String)> {
     driver
-        .services
+        .observer()
         .frontends()
         .into_iter()
         .map(|s| (s.namespace, s.name))

@@ -120,6 +120,11 @@ impl LocalCluster {
         self.cp.name()
     }
 
+    /// The control-plane namespace, which holds the underlay bridge.
+    pub(crate) fn underlay_netns(&self) -> &NetNs {
+        &self.cp
+    }
+
     /// Every Typha replica's and every Felix's metrics listener, as seen
     /// from the control-plane namespace (Typha on its loopback, Felix at
     /// its node's underlay address).
