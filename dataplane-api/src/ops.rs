@@ -252,6 +252,31 @@ pub struct Service {
 }
 
 impl Service {
+    /// A ClusterIP Service with Kubernetes' defaults: no external or
+    /// load-balancer addresses, `Cluster` traffic policies, no affinity,
+    /// random balancing.
+    pub fn cluster_ip(
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        cluster_ips: Vec<IpAddr>,
+        ports: Vec<ServicePort>,
+    ) -> Service {
+        Service {
+            namespace: namespace.into(),
+            name: name.into(),
+            cluster_ips,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            external_traffic: TrafficPolicy::Cluster,
+            internal_traffic: TrafficPolicy::Cluster,
+            affinity_timeout_seconds: None,
+            health_check_node_port: None,
+            balancing: Balancing::Random,
+            ports,
+        }
+    }
+
     /// The addresses that carry external traffic (not node ports).
     pub fn external_addresses(&self) -> impl Iterator<Item = &IpAddr> {
         self.external_ips.iter().chain(&self.load_balancer_ips)

@@ -9,9 +9,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::ops::{
-    Action, Backend, Balancing, EndpointId, HostEndpoint, IpSetKind, IpSetMember, Match, Operation,
-    Policy, PolicyId, PortRange, Rule, Service, ServicePort, TierPolicies, TrafficPolicy,
-    WorkloadEndpoint,
+    Action, Backend, EndpointId, HostEndpoint, IpSetKind, IpSetMember, Match, Operation, Policy,
+    PolicyId, PortRange, Rule, Service, ServicePort, TierPolicies, WorkloadEndpoint,
 };
 
 pub fn ip(s: &str) -> IpAddr {
@@ -156,19 +155,11 @@ pub fn hep(id: &str, tiers: Vec<TierPolicies>, profiles: &[&str]) -> HostEndpoin
 }
 
 pub fn service(namespace: &str, name: &str) -> Service {
-    Service {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        cluster_ips: vec![ip("10.96.0.10")],
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        external_traffic: TrafficPolicy::Cluster,
-        internal_traffic: TrafficPolicy::Cluster,
-        affinity_timeout_seconds: None,
-        health_check_node_port: None,
-        balancing: Balancing::Random,
-        ports: vec![ServicePort {
+    Service::cluster_ip(
+        namespace,
+        name,
+        vec![ip("10.96.0.10")],
+        vec![ServicePort {
             name: "http".to_owned(),
             protocol: 6,
             port: 80,
@@ -184,7 +175,7 @@ pub fn service(namespace: &str, name: &str) -> Service {
                 local: true,
             }],
         }],
-    }
+    )
 }
 
 /// A valid state, in contract order: a set, a named-port set, a policy

@@ -79,8 +79,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use manul_dataplane_api::{
-    Action, Backend, Balancing, EndpointId, Match, Operation, Policy, PolicyId, PortRange, Rule,
-    Service, ServicePort, TierPolicies, TrafficPolicy, WorkloadEndpoint,
+    Action, Backend, EndpointId, Match, Operation, Policy, PolicyId, PortRange, Rule, Service,
+    ServicePort, TierPolicies, TrafficPolicy, WorkloadEndpoint,
 };
 use manul_model::names::workload_interface_name;
 use manul_netns::{
@@ -220,20 +220,7 @@ fn port(protocol: u8, node_port: Option<u16>, names: &[&str], target: u16) -> Se
 }
 
 fn service(name: &str, ip: Ipv4Addr, ports: Vec<ServicePort>) -> Service {
-    Service {
-        namespace: NAMESPACE.into(),
-        name: name.into(),
-        cluster_ips: vec![IpAddr::V4(ip)],
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        external_traffic: TrafficPolicy::Cluster,
-        internal_traffic: TrafficPolicy::Cluster,
-        affinity_timeout_seconds: None,
-        health_check_node_port: None,
-        balancing: Balancing::Random,
-        ports,
-    }
+    Service::cluster_ip(NAMESPACE, name, vec![IpAddr::V4(ip)], ports)
 }
 
 /// The services the cases use (all backends are on this node).

@@ -5,9 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use manul_dataplane_api::{
-    Backend, Balancing, Driver, Operation, Service, ServicePort, TrafficPolicy,
-};
+use manul_dataplane_api::{Backend, Driver, Operation, Service, ServicePort};
 use manul_dataplane_conformance::driver_thread::chain;
 use manul_dataplane_iptables::{Nft, NftDriver, NftStats, names, render, script};
 use manul_netns::NetNs;
@@ -88,19 +86,11 @@ fn service(i: usize, backends: usize, generation: u32) -> Service {
             local: false,
         })
         .collect();
-    Service {
-        namespace: "bench".into(),
-        name: format!("svc-{i}"),
-        cluster_ips: vec![v4(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32 + 1)],
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        external_traffic: TrafficPolicy::Cluster,
-        internal_traffic: TrafficPolicy::Cluster,
-        affinity_timeout_seconds: None,
-        health_check_node_port: None,
-        balancing: Balancing::Random,
-        ports: vec![ServicePort {
+    Service::cluster_ip(
+        "bench",
+        format!("svc-{i}"),
+        vec![v4(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32 + 1)],
+        vec![ServicePort {
             name: "http".into(),
             protocol: 6,
             port: 80,
@@ -108,7 +98,7 @@ fn service(i: usize, backends: usize, generation: u32) -> Service {
             backends,
             local_backends: vec![],
         }],
-    }
+    )
 }
 
 fn snapshot(cli: &Cli) -> Vec<Operation> {

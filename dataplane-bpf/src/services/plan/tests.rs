@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use manul_dataplane_api::{Backend, Balancing, Service, ServicePort, TrafficPolicy};
+use manul_dataplane_api::{Backend, Service, ServicePort, TrafficPolicy};
 
 use super::*;
 
@@ -19,19 +19,11 @@ fn backend(d: u8, local: bool) -> Backend {
 
 fn service(name: &str, cluster_ip: [u8; 4], backends: &[u8]) -> Service {
     let all: Vec<Backend> = backends.iter().map(|&d| backend(d, d % 2 == 0)).collect();
-    Service {
-        namespace: "ns".into(),
-        name: name.into(),
-        cluster_ips: vec![IpAddr::V4(cluster_ip.into())],
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        external_traffic: TrafficPolicy::Cluster,
-        internal_traffic: TrafficPolicy::Cluster,
-        affinity_timeout_seconds: None,
-        health_check_node_port: None,
-        balancing: Balancing::Random,
-        ports: vec![ServicePort {
+    Service::cluster_ip(
+        "ns",
+        name,
+        vec![IpAddr::V4(cluster_ip.into())],
+        vec![ServicePort {
             name: "http".into(),
             protocol: PROTO_TCP,
             port: 80,
@@ -39,7 +31,7 @@ fn service(name: &str, cluster_ip: [u8; 4], backends: &[u8]) -> Service {
             local_backends: all.iter().filter(|b| b.local).copied().collect(),
             backends: all,
         }],
-    }
+    )
 }
 
 fn services(list: Vec<Service>) -> BTreeMap<ServiceKey, Service> {
