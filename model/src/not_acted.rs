@@ -64,8 +64,8 @@ const METRICS: &str = "Manul's metrics server serves plain HTTP on `prometheusMe
      with its own metric set";
 const USAGE: &str = "Manul never reports usage";
 const NAT: &str = "Manul does no NAT; outgoing NAT is left to the network";
-const SERVICES: &str = "Manul's eBPF dataplane enforces policy only; it does not replace \
-     kube-proxy or load-balance services";
+const SERVICES: &str = "Manul programs Services on both dataplanes from the Services and \
+     EndpointSlices alone; it does not read this setting";
 const BPF: &str = "Manul's eBPF programs, maps and conntrack are its own; only `bpfEnabled` \
      chooses them";
 const XDP: &str = "Manul attaches no XDP programs and has no sidecar acceleration";
@@ -81,7 +81,7 @@ const OPERATOR: &str = "Manul has no operator: it deploys and configures no comp
      installation settings are stored only";
 const CNI: &str = "Manul runs its own CNI plugin with datastore IPAM, whatever the \
      Installation names";
-const SERVICE_CIDRS: &str = "Manul does not handle service addresses (kube-proxy does)";
+const SERVICE_CIDRS: &str = "Manul takes service addresses from the Services themselves";
 const WINDOWS: &str = "Windows nodes are not supported";
 const KUBE_PROXY: &str = "Manul does not manage kube-proxy";
 const BGP: &str = "Manul runs no BGP; routes between nodes are the network's";

@@ -59,7 +59,7 @@ impl BatchObserver for Log {
 fn every_query_reaches_the_wrapped_driver() {
     let mut d = Observed::new(Box::new(Answering(NullDriver::new())), Log::default());
     assert_eq!(d.name(), "answering");
-    assert_eq!(d.refresh().unwrap(), true);
+    assert!(d.refresh().unwrap());
     assert_eq!(d.policy_counters().len(), 1);
     assert_eq!(d.conntrack_usage().map(|u| u.entries), Some(3));
     assert_eq!(d.service_counters().map(|s| s.translated), Some(5));
