@@ -720,6 +720,29 @@ fn backend_name(addr: IpAddr) -> String {
 
 const WAIT: Duration = Duration::from_secs(2);
 
+/// The topology in namespaces named after `manul_netns::unique_prefix(tag)`
+/// (with IPv6 addresses too when `dual_stack`), with the driver `factory`
+/// builds running in the node namespace and `operations` applied.
+fn start(
+    tag: &str,
+    dual_stack: bool,
+    factory: Arc<Factory>,
+    operations: Vec<Operation>,
+) -> Result<Net, ConformanceError> {
+    let prefix = manul_netns::unique_prefix(tag);
+    let mut net = Net::build(&prefix, dual_stack)?;
+    let driver = DriverThread::start(
+        &net.node,
+        NodeContext {
+            node: prefix.clone(),
+        },
+        factory,
+    )?;
+    driver.apply(operations)?;
+    net.driver = Some(driver);
+    Ok(net)
+}
+
 /// Builds the topology in namespaces named after
 /// `manul_netns::unique_prefix(tag)` (keep `tag` to 2 characters), starts
 /// the driver `factory` builds in the node namespace, programs
@@ -731,17 +754,7 @@ pub fn run_service_cases(
     tag: &str,
     factory: Arc<Factory>,
 ) -> Result<ServiceReport, ConformanceError> {
-    let prefix = manul_netns::unique_prefix(tag);
-    let mut net = Net::build(&prefix, false)?;
-    let driver = DriverThread::start(
-        &net.node,
-        NodeContext {
-            node: prefix.clone(),
-        },
-        factory,
-    )?;
-    driver.apply(service_operations())?;
-    net.driver = Some(driver);
+    let net = start(tag, false, factory, service_operations())?;
     let mut report = ServiceReport::default();
     run_cases(&net, &mut report)?;
     run_changes(&net, &mut report)?;
@@ -934,17 +947,7 @@ pub fn run_dual_stack_cases(
     tag: &str,
     factory: Arc<Factory>,
 ) -> Result<ServiceReport, ConformanceError> {
-    let prefix = manul_netns::unique_prefix(tag);
-    let mut net = Net::build(&prefix, true)?;
-    let driver = DriverThread::start(
-        &net.node,
-        NodeContext {
-            node: prefix.clone(),
-        },
-        factory,
-    )?;
-    driver.apply(dual_stack_operations())?;
-    net.driver = Some(driver);
+    let net = start(tag, true, factory, dual_stack_operations())?;
     let mut report = ServiceReport::default();
     let client = net.pod("client")?;
     for (family, dst, client_ip, backends) in [

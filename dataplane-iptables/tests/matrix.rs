@@ -1,12 +1,9 @@
 //! The shared behaviour matrix against the iptables (nftables) driver, on
 //! the real kernel in network namespaces the suite creates.
 
-use std::sync::Arc;
+mod common;
 
-use manul_dataplane_api::Driver;
-use manul_dataplane_conformance::driver_thread::chain;
-use manul_dataplane_conformance::{Factory, privileges, run_behaviour_matrix};
-use manul_dataplane_iptables::{Nft, NftDriver};
+use manul_dataplane_conformance::{privileges, run_behaviour_matrix};
 
 #[test]
 fn behaviour_matrix() {
@@ -14,11 +11,7 @@ fn behaviour_matrix() {
         eprintln!("skipped: needs root (set CI=true to make this a failure)");
         return;
     }
-    let factory: Arc<Factory> = Arc::new(|_ctx| {
-        NftDriver::new(Nft::default())
-            .map(|d| Box::new(d) as Box<dyn Driver>)
-            .map_err(|e| chain(&e))
-    });
+    let factory = common::nft_factory();
     match run_behaviour_matrix("ipt", factory) {
         Ok(report) => println!("{}", report.table()),
         Err(e) => panic!("{e}"),

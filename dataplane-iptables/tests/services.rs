@@ -2,13 +2,14 @@
 //! against the iptables (nftables) driver, on the real kernel in network
 //! namespaces the cases create.
 
+mod common;
+
 use std::process::Command;
-use std::sync::Arc;
 
 use manul_dataplane_api::Driver;
 use manul_dataplane_conformance::driver_thread::chain;
+use manul_dataplane_conformance::privileges;
 use manul_dataplane_conformance::services::{run_dual_stack_cases, run_service_cases};
-use manul_dataplane_conformance::{Factory, privileges};
 use manul_dataplane_iptables::{Nft, NftDriver};
 
 #[test]
@@ -17,11 +18,7 @@ fn service_cases() {
         eprintln!("skipped: needs root (set CI=true to make this a failure)");
         return;
     }
-    let factory: Arc<Factory> = Arc::new(|_ctx| {
-        NftDriver::new(Nft::default())
-            .map(|d| Box::new(d) as Box<dyn Driver>)
-            .map_err(|e| chain(&e))
-    });
+    let factory = common::nft_factory();
     match run_service_cases("sv", factory) {
         Ok(report) => println!("{}", report.table()),
         Err(e) => panic!("{e}"),
@@ -34,11 +31,7 @@ fn dual_stack_cases() {
         eprintln!("skipped: needs root (set CI=true to make this a failure)");
         return;
     }
-    let factory: Arc<Factory> = Arc::new(|_ctx| {
-        NftDriver::new(Nft::default())
-            .map(|d| Box::new(d) as Box<dyn Driver>)
-            .map_err(|e| chain(&e))
-    });
+    let factory = common::nft_factory();
     match run_dual_stack_cases("s6", factory) {
         Ok(report) => println!("{}", report.table()),
         Err(e) => panic!("{e}"),

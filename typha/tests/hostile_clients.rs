@@ -14,8 +14,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, SERIAL};
+use manul_proto::v1::SyncRequest;
 use manul_proto::v1::sync_message::Message;
-use manul_proto::v1::{ApplyItem, ApplyRequest, SyncRequest};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -28,24 +28,6 @@ const WRITES: u64 = 200;
 const PROMPT: Duration = Duration::from_secs(2);
 /// The HTTP/2 client preface and an empty SETTINGS frame.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
-
-/// A GlobalNetworkSet of 200 addresses: about 4 KiB per delta.
-fn big_set(k: u64) -> ApplyRequest {
-    let nets: Vec<String> = (0..200)
-        .map(|i| format!("\"10.{}.{}.{}/32\"", k % 250, i / 250, i % 250))
-        .collect();
-    let document = format!(
-        "{{\"apiVersion\":\"projectcalico.org/v3\",\"kind\":\"GlobalNetworkSet\",\"metadata\":{{\"name\":\"set-{k}\"}},\"spec\":{{\"nets\":[{}]}}}}",
-        nets.join(",")
-    );
-    ApplyRequest {
-        items: vec![ApplyItem {
-            document: document.into_bytes().into(),
-            origin: format!("set-{k}"),
-            expected_revision: None,
-        }],
-    }
-}
 
 fn hello(node: &str, compression: &[&str]) -> SyncRequest {
     SyncRequest {
@@ -194,7 +176,7 @@ async fn misbehaving_clients_stall_and_starve_no_one() {
     let (mut slowest_write, mut slowest_delta) = (Duration::ZERO, Duration::ZERO);
     for k in 0..WRITES {
         let started = Instant::now();
-        let revision = tokio::time::timeout(PROMPT, resources.apply(big_set(k)))
+        let revision = tokio::time::timeout(PROMPT, resources.apply(common::big_set(k)))
             .await
             .unwrap_or_else(|_| panic!("write {k} took longer than {PROMPT:?}"))
             .unwrap()

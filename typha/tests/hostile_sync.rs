@@ -11,26 +11,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, SERIAL};
+use manul_proto::v1::SyncRequest;
 use manul_proto::v1::sync_message::Message;
-use manul_proto::v1::{ApplyItem, ApplyRequest, SyncRequest};
-
-/// A GlobalNetworkSet of 200 addresses: about 4 KiB per delta.
-fn big_set(k: u64) -> ApplyRequest {
-    let nets: Vec<String> = (0..200)
-        .map(|i| format!("\"10.{}.{}.{}/32\"", k % 250, i / 250, i % 250))
-        .collect();
-    let document = format!(
-        "{{\"apiVersion\":\"projectcalico.org/v3\",\"kind\":\"GlobalNetworkSet\",\"metadata\":{{\"name\":\"set-{k}\"}},\"spec\":{{\"nets\":[{}]}}}}",
-        nets.join(",")
-    );
-    ApplyRequest {
-        items: vec![ApplyItem {
-            document: document.into_bytes().into(),
-            origin: format!("set-{k}"),
-            expected_revision: None,
-        }],
-    }
-}
 
 fn hello(node: &str) -> SyncRequest {
     SyncRequest {
@@ -99,7 +81,7 @@ async fn a_client_that_stops_reading_is_cut_within_the_stall_timeout() {
     let started = Instant::now();
     for k in 0..120 {
         last = resources
-            .apply(big_set(k))
+            .apply(common::big_set(k))
             .await
             .unwrap()
             .into_inner()
@@ -141,7 +123,7 @@ async fn a_client_that_stops_reading_is_cut_within_the_stall_timeout() {
         0.0
     );
     let after = resources
-        .apply(big_set(999))
+        .apply(common::big_set(999))
         .await
         .unwrap()
         .into_inner()

@@ -408,3 +408,21 @@ pub async fn apply(
     let mut r = c.resources(i).await;
     r.apply(apply_request(names)).await.map(|r| r.into_inner())
 }
+
+/// A GlobalNetworkSet of 200 addresses: about 4 KiB per delta.
+pub fn big_set(k: u64) -> ApplyRequest {
+    let nets: Vec<String> = (0..200)
+        .map(|i| format!("\"10.{}.{}.{}/32\"", k % 250, i / 250, i % 250))
+        .collect();
+    let document = format!(
+        "{{\"apiVersion\":\"projectcalico.org/v3\",\"kind\":\"GlobalNetworkSet\",\"metadata\":{{\"name\":\"set-{k}\"}},\"spec\":{{\"nets\":[{}]}}}}",
+        nets.join(",")
+    );
+    ApplyRequest {
+        items: vec![ApplyItem {
+            document: document.into_bytes().into(),
+            origin: format!("set-{k}"),
+            expected_revision: None,
+        }],
+    }
+}
