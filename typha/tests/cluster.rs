@@ -344,6 +344,14 @@ async fn bad_and_corrupt_requests_are_rejected_without_affecting_others() {
     let _serial = SERIAL.lock().await;
     let c = Cluster::start(3, 10_000).await;
     assert_eq!(write_each(&c, &names("ok", 2)).await.len(), 2);
+    // The replica that acknowledged the writes has applied them: wait for
+    // replica 0 too, so both are in the snapshot the sync client gets, not
+    // a delta after it.
+    let mut written = 0;
+    for i in 0..3 {
+        written = written.max(c.status(i).await.unwrap().applied_revision);
+    }
+    c.wait_applied(written, Duration::from_secs(5)).await;
     let mut good = c
         .sync(0)
         .await
