@@ -151,7 +151,7 @@ pub async fn start_single_loopback(
 
 /// Reads the state machine for fan-out snapshots, once the node exists.
 #[derive(Debug, Default)]
-struct StateSource(OnceLock<Arc<Shared>>);
+pub(crate) struct StateSource(pub(crate) OnceLock<Arc<Shared>>);
 
 impl SnapshotSource for StateSource {
     fn snapshot(&self) -> (u64, Vec<Entry>) {
