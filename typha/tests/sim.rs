@@ -5,7 +5,7 @@
 use manul_typha::sim::{self, SimConfig};
 
 /// Seeds run on every test run; `typha-sim --seeds N` runs more.
-const SEEDS: u64 = 24;
+const SEEDS: u64 = 32;
 
 #[test]
 fn seeds_hold_every_invariant() {
@@ -28,5 +28,18 @@ fn seeds_hold_every_invariant() {
     assert!(
         acknowledged > 0,
         "no write was acknowledged in {SEEDS} seeds"
+    );
+}
+
+#[test]
+fn a_seed_runs_the_same_way_twice() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = SimConfig::default();
+    let first = sim::run(7, &config, dir.path()).expect("simulation runs");
+    let second = sim::run(7, &config, dir.path()).expect("simulation runs");
+    assert_eq!(first, second);
+    assert!(
+        first.stats.leaders > 0 && first.acknowledged > 0,
+        "{first:?}"
     );
 }

@@ -364,7 +364,7 @@ impl World {
         for r in &mut self.replicas {
             let (every, phase) = (r.setup.tick_every, r.setup.tick_phase);
             if let Some(live) = r.live.as_mut()
-                && (now + phase) % every == 0
+                && (now + phase).is_multiple_of(every)
             {
                 live.core.tick();
             }
