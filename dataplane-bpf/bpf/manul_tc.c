@@ -781,10 +781,15 @@ enum svc_after {
 	/* Hairpin reply: source back to the frontend, destination back to
 	 * the pod, straight back into the pod. */
 	SVC_HAIRPIN_REV = 3,
+	/* A local backend's reply to a masqueraded external connection:
+	 * destination back to the client (manul_svc_ext.h). */
+	SVC_SNAT_REV = 4,
 };
 
 struct svc_nat {
-	__u32 addr; /* the frontend (SVC_REVERSE, SVC_HAIRPIN_REV) */
+	/* the frontend (SVC_REVERSE, SVC_HAIRPIN_REV), the client
+	 * (SVC_SNAT_REV) */
+	__u32 addr;
 	__u16 port;
 	__u8 after; /* enum svc_after */
 	__u8 pad;
@@ -1018,6 +1023,8 @@ static __always_inline int nat_current(const struct manul_nat_value *v, const st
 	return 1;
 }
 
+#include "manul_svc_ext.h"
+
 /* A packet from a pod, before policy, or (`host`) one arriving at a host
  * interface that the programs carry for service NAT only. Returns -1 to
  * go on (with *p describing the translated packet), or a TC verdict. On a
@@ -1032,7 +1039,9 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 	struct manul_svc_be_value be = {};
 	struct manul_svc_fe_value *fe;
 	struct manul_nat_value *nv;
-	__u32 src, dst, hairpin, reject_unknown;
+	__u32 src, dst, hairpin, reject_unknown, nat_flags, snat_addr = 0;
+	__u16 snat_port = 0;
+	int rc;
 
 	if (p->version != 4 || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
 		return -1;
@@ -1040,6 +1049,12 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 	__builtin_memcpy(&dst, p->dst, 4);
 	key.src = src;
 	key.dst = dst;
+	/* A reply to a masqueraded external connection. */
+	rc = ext_snat_reply(skb, p, n, host, now);
+	if (rc < 0)
+		return TC_ACT_SHOT;
+	if (rc > 0)
+		return host ? TC_ACT_OK : -1;
 	if (!host && dst == bpf_htonl(MANUL_HAIRPIN_SNAT_V4)) {
 		/* A reply of a hairpinned connection: policy sees it as the
 		 * reply of the pod's connection to itself. */
@@ -1104,6 +1119,9 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 		be.addr = nv->addr;
 		be.port = nv->port;
 		hairpin = nv->flags & MANUL_NAT_HAIRPIN;
+		nat_flags = nv->flags;
+		snat_addr = nv->snat_addr;
+		snat_port = nv->snat_port;
 	} else {
 		struct manul_nat_value v = {
 			.created_ns = now,
@@ -1112,6 +1130,11 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 		};
 
 		if (svc_pick(fe, src, now, &be)) {
+			if (fe->flags & MANUL_SVC_FE_DROP_EMPTY) {
+				/* Local policy, no backend here: dropped. */
+				count(MANUL_CNT_SVC_LOCAL_DROP);
+				return TC_ACT_SHOT;
+			}
 			count(MANUL_CNT_SVC_REJECT);
 			if (p->proto == IPPROTO_TCP)
 				return reject_tcp(skb, host);
@@ -1121,6 +1144,11 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 		v.flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
 		v.addr = be.addr;
 		v.port = be.port;
+		if (host && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER) && ext_new(skb, p, &be, &v, now))
+			return TC_ACT_SHOT;
+		nat_flags = v.flags;
+		snat_addr = v.snat_addr;
+		snat_port = v.snat_port;
 		if (bpf_map_update_elem(&manul_nat, &key, &v, BPF_ANY))
 			return TC_ACT_SHOT;
 		key.src = be.addr;
@@ -1130,7 +1158,9 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 		key.dir = MANUL_NAT_REV;
 		v.addr = dst;
 		v.port = p->dport;
-		if (bpf_map_update_elem(&manul_nat, &key, &v, BPF_ANY))
+		/* DSR: the backend's node writes the reverse entry. */
+		if (!(nat_flags & MANUL_NAT_DSR) &&
+		    bpf_map_update_elem(&manul_nat, &key, &v, BPF_ANY))
 			return TC_ACT_SHOT;
 		count(MANUL_CNT_SVC_NAT);
 		if (hairpin)
@@ -1138,6 +1168,19 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 	}
 	if (rewrite(skb, p, 0, dst, be.addr, p->dport, be.port))
 		return TC_ACT_SHOT;
+	if ((nat_flags & MANUL_NAT_SNAT) &&
+	    rewrite(skb, p, 1, src, snat_addr, p->sport, snat_port))
+		return TC_ACT_SHOT;
+	/* DSR: the frontend goes along with TCP's SYN and every UDP
+	 * datagram. */
+	if ((nat_flags & MANUL_NAT_DSR) &&
+	    (p->proto == IPPROTO_UDP || (p->tcp_flags & 0x12) == 0x02) &&
+	    dsr_add_option(skb, dst, p->dport))
+		return TC_ACT_SHOT;
+	/* Masqueraded or DSR: straight to the backend's route. */
+	if (nat_flags & (MANUL_NAT_SNAT | MANUL_NAT_DSR))
+		return ext_forward(skb, p, (nat_flags & MANUL_NAT_SNAT) ? snat_addr : src, be.addr,
+				   (nat_flags & MANUL_NAT_SNAT) ? snat_port : p->sport, be.port);
 	__builtin_memcpy(p->dst, &be.addr, 4);
 	p->dport = be.port;
 	if (hairpin)
@@ -1193,6 +1236,11 @@ static __always_inline int svc_after(struct __sk_buff *skb, const struct pkt *p,
 		    rewrite(skb, p, 0, snat, src, p->dport, p->dport))
 			return TC_ACT_SHOT;
 		return back_to_pod(skb, 0);
+	case SVC_SNAT_REV:
+		__builtin_memcpy(&src, p->dst, 4);
+		if (rewrite(skb, p, 0, src, n->addr, p->dport, n->port))
+			return TC_ACT_SHOT;
+		return TC_ACT_OK;
 	default:
 		return TC_ACT_SHOT;
 	}
@@ -1207,6 +1255,7 @@ static __always_inline int svc_host(struct __sk_buff *skb, __u8 hook)
 {
 	struct pkt p = {};
 	struct svc_nat n = {};
+	__u64 now = bpf_ktime_get_ns();
 	int rc;
 
 	if (parse(skb, &p) != 0)
@@ -1217,7 +1266,17 @@ static __always_inline int svc_host(struct __sk_buff *skb, __u8 hook)
 			return TC_ACT_OK;
 		return svc_after(skb, &p, &n);
 	}
-	rc = svc_in(skb, &p, &n, bpf_ktime_get_ns(), 1);
+	/* Direct server return from another node: the option names the
+	 * frontend. */
+	rc = dsr_take_option(skb, &p, now);
+	if (rc < 0)
+		return TC_ACT_SHOT;
+	if (rc > 0) {
+		__builtin_memset(&p, 0, sizeof(p));
+		if (parse(skb, &p) != 0)
+			return TC_ACT_OK;
+	}
+	rc = svc_in(skb, &p, &n, now, 1);
 	return rc >= 0 ? rc : TC_ACT_OK;
 }
 
