@@ -30,6 +30,34 @@
 #ifndef MANUL_SVC_EXT_H
 #define MANUL_SVC_EXT_H
 
+/* Per-CPU scratch for NAT entries being built (the stack is the scarcest
+ * resource of the programs): slot 0 for svc_in's and the DSR option's,
+ * slot 1 for the masquerade's reverse entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct manul_nat_value);
+} manul_nat_scratch SEC(".maps");
+
+/* Per-CPU scratch for FIB lookups (64 bytes the stack cannot spare). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpf_fib_lookup);
+} manul_fib_scratch SEC(".maps");
+
+static __always_inline struct bpf_fib_lookup *fib_scratch(void)
+{
+	__u32 zero = 0;
+	struct bpf_fib_lookup *f = bpf_map_lookup_elem(&manul_fib_scratch, &zero);
+
+	if (f)
+		__builtin_memset(f, 0, sizeof(*f));
+	return f;
+}
+
 /* How a new external connection reaches its backend. */
 enum ext_route {
 	/* A workload on this node, or this host itself. */
@@ -51,19 +79,21 @@ static __always_inline __u64 ext_mode(void)
 static __always_inline int ext_route(struct __sk_buff *skb, const struct pkt *p, __u32 client,
 				     __u32 backend, __u16 port, __u32 *node_addr)
 {
-	struct bpf_fib_lookup f = {};
+	struct bpf_fib_lookup *f = fib_scratch();
 	struct manul_ep_value *ep;
 	__u32 oif;
 	long rc;
 
-	f.family = 2; /* AF_INET */
-	f.ifindex = skb->ifindex;
-	f.l4_protocol = p->proto;
-	f.sport = p->sport;
-	f.dport = port;
-	f.ipv4_src = client;
-	f.ipv4_dst = backend;
-	rc = bpf_fib_lookup(skb, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC);
+	if (!f)
+		return -1;
+	f->family = 2; /* AF_INET */
+	f->ifindex = skb->ifindex;
+	f->l4_protocol = p->proto;
+	f->sport = p->sport;
+	f->dport = port;
+	f->ipv4_src = client;
+	f->ipv4_dst = backend;
+	rc = bpf_fib_lookup(skb, f, sizeof(*f), BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC);
 	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
 		/* A host-networked backend: the node's own address. */
 		*node_addr = backend;
@@ -71,8 +101,8 @@ static __always_inline int ext_route(struct __sk_buff *skb, const struct pkt *p,
 	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return -1;
-	*node_addr = f.ipv4_src;
-	oif = f.ifindex;
+	*node_addr = f->ipv4_src;
+	oif = f->ifindex;
 	ep = bpf_map_lookup_elem(&manul_ep, &oif);
 	return ep && !(ep->flags & MANUL_EP_HOST) ? EXT_LOCAL : EXT_REMOTE;
 }
@@ -100,14 +130,17 @@ __attribute__((noinline)) int svc_snat_alloc(struct manul_nat_key *k,
 /* A new connection to a frontend with MANUL_SVC_FE_EXT_CLUSTER, arriving
  * at a host interface, given backend *be: sets the forward entry *fwd's
  * flags (MANUL_NAT_SNAT with the masquerade address and port, whose
- * SNAT_REV entry it writes, or MANUL_NAT_DSR). Returns 0, or -1 to drop. */
-static __always_inline int ext_new(struct __sk_buff *skb, const struct pkt *p,
-				   const struct manul_svc_be_value *be, struct manul_nat_value *fwd,
-				   __u64 now)
+ * SNAT_REV entry it writes, or MANUL_NAT_DSR). Returns 0, or -1 to drop.
+ * A global function, so its stack is not the caller's. */
+__attribute__((noinline)) int svc_ext_new(struct __sk_buff *skb, const struct pkt *p,
+					  const struct manul_svc_be_value *be,
+					  struct manul_nat_value *fwd, __u64 now)
 {
 	__u32 client, node_addr = 0;
 	int where;
 
+	if (!skb || !p || !be || !fwd)
+		return -1;
 	__builtin_memcpy(&client, p->src, 4);
 	where = ext_route(skb, p, client, be->addr, be->port, &node_addr);
 	if (where < 0)
@@ -132,16 +165,19 @@ static __always_inline int ext_new(struct __sk_buff *skb, const struct pkt *p,
 			.proto = p->proto,
 			.dir = MANUL_NAT_SNAT_REV,
 		};
-		struct manul_nat_value r = {
-			.created_ns = now,
-			.last_seen_ns = now,
-			.addr = client,
-			.port = p->sport,
-			.id = fwd->id,
-			.flags = MANUL_NAT_SNAT,
-		};
+		__u32 slot = 1;
+		struct manul_nat_value *r = bpf_map_lookup_elem(&manul_nat_scratch, &slot);
 
-		if (svc_snat_alloc(&k, &r)) {
+		if (!r)
+			return -1;
+		__builtin_memset(r, 0, sizeof(*r));
+		r->created_ns = now;
+		r->last_seen_ns = now;
+		r->addr = client;
+		r->port = p->sport;
+		r->id = fwd->id;
+		r->flags = MANUL_NAT_SNAT;
+		if (svc_snat_alloc(&k, r)) {
 			count(MANUL_CNT_SVC_SNAT_FULL);
 			return -1;
 		}
@@ -189,23 +225,26 @@ static __always_inline int ext_snat_reply(struct __sk_buff *skb, const struct pk
 /* Sends a translated external packet (masqueraded, or with DSR) toward its
  * backend past the kernel's input path, as the FIB routes it: a packet
  * arriving with one of the node's own addresses as its source would be
- * dropped there as a martian, and DSR's would draw ICMP redirects. */
-static __always_inline int ext_forward(struct __sk_buff *skb, const struct pkt *p, __u32 src,
-				       __u32 dst, __u16 sport, __u16 dport)
+ * dropped there as a martian, and DSR's would draw ICMP redirects.
+ * (Ports in network order.) */
+static __always_inline int ext_forward(struct __sk_buff *skb, __u32 src, __u32 dst, __u16 sport,
+				       __u16 dport, __u8 proto)
 {
-	struct bpf_fib_lookup f = {};
+	struct bpf_fib_lookup *f = fib_scratch();
 
-	f.family = 2; /* AF_INET */
-	f.ifindex = skb->ifindex;
-	f.l4_protocol = p->proto;
-	f.sport = sport;
-	f.dport = dport;
-	f.ipv4_src = src;
-	f.ipv4_dst = dst;
-	if (bpf_fib_lookup(skb, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH) !=
+	if (!f)
+		return TC_ACT_SHOT;
+	f->family = 2; /* AF_INET */
+	f->ifindex = skb->ifindex;
+	f->l4_protocol = proto;
+	f->sport = sport;
+	f->dport = dport;
+	f->ipv4_src = src;
+	f->ipv4_dst = dst;
+	if (bpf_fib_lookup(skb, f, sizeof(*f), BPF_FIB_LOOKUP_SKIP_NEIGH) !=
 	    BPF_FIB_LKUP_RET_SUCCESS)
 		return TC_ACT_SHOT;
-	return bpf_redirect_neigh(f.ifindex, 0, 0, 0);
+	return bpf_redirect_neigh(f->ifindex, 0, 0, 0);
 }
 
 /* Puts the DSR option (the frontend) after the 20-byte IPv4 header of a
@@ -254,11 +293,8 @@ static __always_inline int dsr_take_option(struct __sk_buff *skb, const struct p
 		.proto = p->proto,
 		.dir = MANUL_NAT_REV,
 	};
-	struct manul_nat_value v = {
-		.created_ns = now,
-		.last_seen_ns = now,
-		.flags = MANUL_NAT_DSR,
-	};
+	struct manul_nat_value *v;
+	__u32 slot = 0;
 
 	if (p->version != 4 || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
 		return 0;
@@ -268,11 +304,18 @@ static __always_inline int dsr_take_option(struct __sk_buff *skb, const struct p
 		return 0;
 	if (opt[0] != MANUL_DSR_OPT_TYPE || opt[1] != MANUL_DSR_OPT_LEN)
 		return 0;
-	__builtin_memcpy(&v.port, opt + 2, 2);
-	__builtin_memcpy(&v.addr, opt + 4, 4);
+	v = bpf_map_lookup_elem(&manul_nat_scratch, &slot);
+	if (!v)
+		return -1;
+	__builtin_memset(v, 0, sizeof(*v));
+	v->created_ns = now;
+	v->last_seen_ns = now;
+	v->flags = MANUL_NAT_DSR;
+	__builtin_memcpy(&v->port, opt + 2, 2);
+	__builtin_memcpy(&v->addr, opt + 4, 4);
 	__builtin_memcpy(&key.src, p->dst, 4);
 	__builtin_memcpy(&key.dst, p->src, 4);
-	if (bpf_map_update_elem(&manul_nat, &key, &v, BPF_ANY))
+	if (bpf_map_update_elem(&manul_nat, &key, v, BPF_ANY))
 		return -1;
 	if (bpf_skb_adjust_room(skb, -MANUL_DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0))
 		return -1;
@@ -286,6 +329,35 @@ static __always_inline int dsr_take_option(struct __sk_buff *skb, const struct p
 	ip->check = 0;
 	ip->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
 	return 1;
+}
+
+/* A translated packet of a masqueraded or DSR connection (its forward
+ * entry *ent: the backend, the masquerade), its destination already the
+ * backend's: the source masqueraded, or the DSR option added (TCP's SYN,
+ * every UDP datagram), then sent on toward the backend. `fe_addr` and
+ * `fe_port`: the frontend. A global function, so its stack is not the
+ * caller's. */
+__attribute__((noinline)) int svc_ext_send(struct __sk_buff *skb, const struct pkt *p,
+					   const struct manul_nat_value *ent, __u32 fe_addr,
+					   __u32 fe_port)
+{
+	__u32 src, dst, sport;
+
+	if (!skb || !p || !ent)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(&src, p->src, 4);
+	dst = ent->addr;
+	sport = p->sport;
+	if (ent->flags & MANUL_NAT_SNAT) {
+		if (rewrite_here(skb, p, 1, src, ent->snat_addr, p->sport, ent->snat_port))
+			return TC_ACT_SHOT;
+		src = ent->snat_addr;
+		sport = ent->snat_port;
+	} else if ((p->proto == IPPROTO_UDP || (p->tcp_flags & 0x12) == 0x02) &&
+		   dsr_add_option(skb, fe_addr, fe_port)) {
+		return TC_ACT_SHOT;
+	}
+	return ext_forward(skb, src, dst, sport, ent->port, p->proto);
 }
 
 #endif /* MANUL_SVC_EXT_H */

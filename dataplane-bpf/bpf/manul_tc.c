@@ -796,13 +796,19 @@ struct svc_nat {
 };
 
 /* Rewrites the source or destination address and port of an IPv4 TCP or
- * UDP packet, with its checksums. */
-static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, int is_src,
-				   __u32 old_addr, __u32 new_addr, __u16 old_port, __u16 new_port)
+ * UDP packet, with its checksums. `addrs`: the old address in the high
+ * half, the new in the low; `ports` likewise (all network order). A
+ * global function: each call costs the caller no stack (the verifier's
+ * 512-byte limit spans the caller and classify). */
+static __always_inline int rewrite_here(struct __sk_buff *skb, const struct pkt *p, int is_src,
+					__u32 old_addr, __u32 new_addr, __u16 old_port,
+					__u16 new_port)
 {
-	__u32 csum_off = p->l4_off + (p->proto == IPPROTO_TCP ? 16 : 6);
-	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__u32 csum_off;
+	__u64 mangled;
 
+	csum_off = p->l4_off + (p->proto == IPPROTO_TCP ? 16 : 6);
+	mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	if (old_addr != new_addr) {
 		if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
 					BPF_F_PSEUDO_HDR | mangled | 4))
@@ -819,6 +825,22 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, i
 			return -1;
 	}
 	return 0;
+}
+
+__attribute__((noinline)) int svc_rewrite(struct __sk_buff *skb, const struct pkt *p, __u32 is_src,
+					  __u64 addrs, __u32 ports)
+{
+	if (!skb || !p)
+		return -1;
+	return rewrite_here(skb, p, is_src, addrs >> 32, addrs & 0xffffffff, ports >> 16,
+			    ports & 0xffff);
+}
+
+static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, int is_src,
+				   __u32 old_addr, __u32 new_addr, __u16 old_port, __u16 new_port)
+{
+	return svc_rewrite(skb, p, is_src, ((__u64)old_addr << 32) | new_addr,
+			   ((__u32)old_port << 16) | new_port);
 }
 
 /* Swaps the frame's MAC addresses and hands it to the pod behind the
@@ -1039,8 +1061,9 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 	struct manul_svc_be_value be = {};
 	struct manul_svc_fe_value *fe;
 	struct manul_nat_value *nv;
-	__u32 src, dst, hairpin, reject_unknown, nat_flags, snat_addr = 0;
-	__u16 snat_port = 0;
+	/* The connection's forward entry (the masquerade or DSR it has). */
+	const struct manul_nat_value *ent;
+	__u32 src, dst, hairpin, reject_unknown;
 	int rc;
 
 	if (p->version != 4 || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
@@ -1119,15 +1142,19 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 		be.addr = nv->addr;
 		be.port = nv->port;
 		hairpin = nv->flags & MANUL_NAT_HAIRPIN;
-		nat_flags = nv->flags;
-		snat_addr = nv->snat_addr;
-		snat_port = nv->snat_port;
+		ent = nv;
 	} else {
-		struct manul_nat_value v = {
-			.created_ns = now,
-			.last_seen_ns = now,
-			.id = fe->id,
-		};
+		/* Built in per-CPU scratch: the stack is the verifier's
+		 * scarcest resource here. */
+		__u32 slot = 0;
+		struct manul_nat_value *v = bpf_map_lookup_elem(&manul_nat_scratch, &slot);
+
+		if (!v)
+			return TC_ACT_SHOT;
+		__builtin_memset(v, 0, sizeof(*v));
+		v->created_ns = now;
+		v->last_seen_ns = now;
+		v->id = fe->id;
 
 		if (svc_pick(fe, src, now, &be)) {
 			if (fe->flags & MANUL_SVC_FE_DROP_EMPTY) {
@@ -1141,46 +1168,37 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 			return reject_udp(skb, host);
 		}
 		hairpin = !host && be.addr == src;
-		v.flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
-		v.addr = be.addr;
-		v.port = be.port;
-		if (host && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER) && ext_new(skb, p, &be, &v, now))
+		v->flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
+		v->addr = be.addr;
+		v->port = be.port;
+		if (host && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER) && svc_ext_new(skb, p, &be, v, now))
 			return TC_ACT_SHOT;
-		nat_flags = v.flags;
-		snat_addr = v.snat_addr;
-		snat_port = v.snat_port;
-		if (bpf_map_update_elem(&manul_nat, &key, &v, BPF_ANY))
+		if (bpf_map_update_elem(&manul_nat, &key, v, BPF_ANY))
 			return TC_ACT_SHOT;
 		key.src = be.addr;
 		key.dst = hairpin ? bpf_htonl(MANUL_HAIRPIN_SNAT_V4) : src;
 		key.sport = be.port;
 		key.dport = p->sport;
 		key.dir = MANUL_NAT_REV;
-		v.addr = dst;
-		v.port = p->dport;
+		v->addr = dst;
+		v->port = p->dport;
 		/* DSR: the backend's node writes the reverse entry. */
-		if (!(nat_flags & MANUL_NAT_DSR) &&
-		    bpf_map_update_elem(&manul_nat, &key, &v, BPF_ANY))
+		if (!(v->flags & MANUL_NAT_DSR) &&
+		    bpf_map_update_elem(&manul_nat, &key, v, BPF_ANY))
 			return TC_ACT_SHOT;
+		/* The forward entry's flags, for what follows. */
+		v->addr = be.addr;
+		v->port = be.port;
+		ent = v;
 		count(MANUL_CNT_SVC_NAT);
 		if (hairpin)
 			count(MANUL_CNT_SVC_HAIRPIN);
 	}
 	if (rewrite(skb, p, 0, dst, be.addr, p->dport, be.port))
 		return TC_ACT_SHOT;
-	if ((nat_flags & MANUL_NAT_SNAT) &&
-	    rewrite(skb, p, 1, src, snat_addr, p->sport, snat_port))
-		return TC_ACT_SHOT;
-	/* DSR: the frontend goes along with TCP's SYN and every UDP
-	 * datagram. */
-	if ((nat_flags & MANUL_NAT_DSR) &&
-	    (p->proto == IPPROTO_UDP || (p->tcp_flags & 0x12) == 0x02) &&
-	    dsr_add_option(skb, dst, p->dport))
-		return TC_ACT_SHOT;
-	/* Masqueraded or DSR: straight to the backend's route. */
-	if (nat_flags & (MANUL_NAT_SNAT | MANUL_NAT_DSR))
-		return ext_forward(skb, p, (nat_flags & MANUL_NAT_SNAT) ? snat_addr : src, be.addr,
-				   (nat_flags & MANUL_NAT_SNAT) ? snat_port : p->sport, be.port);
+	/* Masqueraded or DSR: the rest in manul_svc_ext.h. */
+	if (host && (ent->flags & (MANUL_NAT_SNAT | MANUL_NAT_DSR)))
+		return svc_ext_send(skb, p, ent, dst, p->dport);
 	__builtin_memcpy(p->dst, &be.addr, 4);
 	p->dport = be.port;
 	if (hairpin)

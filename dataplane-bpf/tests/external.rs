@@ -61,7 +61,10 @@ struct UdpWho {
 
 impl UdpWho {
     fn start(ns: &NetNs, ip: Ipv4Addr) -> UdpWho {
-        let socket = ns.run(move || UdpSocket::bind((ip, UDP_PORT))).unwrap().unwrap();
+        let socket = ns
+            .run(move || UdpSocket::bind((ip, UDP_PORT)))
+            .unwrap()
+            .unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();

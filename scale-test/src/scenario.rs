@@ -337,7 +337,10 @@ impl Scenario {
                 if let Some(x) = r.strip_prefix(EXTERNAL)
                     && !externals.contains_key(x)
                 {
-                    bail!("service {}: source range {r}: no external client {x}", s.name);
+                    bail!(
+                        "service {}: source range {r}: no external client {x}",
+                        s.name
+                    );
                 }
             }
             if services.insert(s.name.as_str(), s).is_some() {

@@ -147,7 +147,9 @@ impl ServiceSpec {
             bail!("service {s}: load_balancer_source_ranges needs a load_balancer_ip");
         }
         for r in &self.load_balancer_source_ranges {
-            if !r.starts_with(crate::scenario::EXTERNAL) && !matches!(r.parse(), Ok(manul_netns::IpNet::V4(_))) {
+            if !r.starts_with(crate::scenario::EXTERNAL)
+                && !matches!(r.parse(), Ok(manul_netns::IpNet::V4(_)))
+            {
                 bail!("service {s}: source range {r:?} is neither an IPv4 CIDR nor external/NAME");
             }
         }

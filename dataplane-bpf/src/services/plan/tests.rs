@@ -265,7 +265,10 @@ fn external_frontends_under_cluster_are_flagged_for_masquerade_or_dsr() {
     svc.ports[0].local_backends.clear();
     let (_, p) = step(&services(vec![svc.clone()]), &Programmed::default(), true);
     let node_port = p.frontends[&fe([0, 0, 0, 0], 30080)];
-    assert_eq!((node_port.count, node_port.flags), (0, MANUL_SVC_FE_DROP_EMPTY));
+    assert_eq!(
+        (node_port.count, node_port.flags),
+        (0, MANUL_SVC_FE_DROP_EMPTY)
+    );
     svc.ports[0].backends.clear();
     let (_, p) = step(&services(vec![svc]), &Programmed::default(), true);
     assert_eq!(p.frontends[&fe([0, 0, 0, 0], 30080)].flags, 0);
