@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let source = "bpf/manul_tc.c";
     println!("cargo:rerun-if-changed={header}");
     println!("cargo:rerun-if-changed={source}");
+    println!("cargo:rerun-if-changed=bpf/manul_svc_ext.h");
     println!("cargo:rerun-if-env-changed=CLANG");
 
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());

@@ -50,7 +50,7 @@ mod testing;
 mod write;
 
 pub use conntrack::{ConntrackEntry, ConntrackTimeouts, GcStats};
-pub use driver::{BpfConfig, BpfDriver, KernelCounters, TestRunOutcome};
+pub use driver::{BpfConfig, BpfDriver, ExternalServiceMode, KernelCounters, TestRunOutcome};
 pub use error::BpfError;
 pub use events::{FlowCounters, FlowLogInterval, PolicyCounts};
 pub use loader::Hook;

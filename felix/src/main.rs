@@ -45,7 +45,7 @@ use manul_felix::sync::{SyncConfig, Syncer};
 use manul_felix::wireguard::Wireguard;
 use manul_felix::wireguard::publish::Publisher;
 use manul_model::error::chain;
-use manul_model::v3::EndpointToHostAction;
+use manul_model::v3::{BpfExternalServiceMode, EndpointToHostAction};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tracing_subscriber::layer::SubscriberExt;
@@ -334,6 +334,10 @@ fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
             bpf.endpoint_to_host_drop =
                 config.default_endpoint_to_host_action.value == EndpointToHostAction::Drop;
             bpf.failsafe = bpf_failsafe(config);
+            bpf.external_service_mode = match config.bpf_external_service_mode.value {
+                BpfExternalServiceMode::Tunnel => manul_dataplane_bpf::ExternalServiceMode::Snat,
+                BpfExternalServiceMode::Dsr => manul_dataplane_bpf::ExternalServiceMode::Dsr,
+            };
             manul_dataplane_bpf::BpfDriver::new(bpf)
                 .map(|d| {
                     let handle = d.flow_log_interval();

@@ -223,7 +223,6 @@ pub const NOT_ACTED_ON: &[NotActedOn] = &[
     felix("spec.bpfConnectTimeLoadBalancingEnabled", SERVICES),
     felix("spec.bpfConnectTimeLoadBalancing", SERVICES),
     felix("spec.bpfHostNetworkedNATWithoutCTLB", SERVICES),
-    felix("spec.bpfExternalServiceMode", SERVICES),
     felix("spec.bpfDSROptoutCIDRs", SERVICES),
     felix("spec.bpfExtToServiceConnmark", SERVICES),
     felix("spec.bpfKubeProxyIptablesCleanupEnabled", SERVICES),

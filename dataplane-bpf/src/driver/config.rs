@@ -43,6 +43,27 @@ pub struct BpfConfig {
     /// Benchmarks only: never create conntrack entries, so every packet is
     /// classified as a new flow.
     pub benchmark_no_conntrack: bool,
+    /// How external traffic (node ports, external and load-balancer IPs
+    /// under `externalTrafficPolicy: Cluster`) reaches a backend on
+    /// another node (Felix's `bpfExternalServiceMode`). Default
+    /// [`ExternalServiceMode::Snat`].
+    pub external_service_mode: ExternalServiceMode,
+}
+
+/// How external traffic under `externalTrafficPolicy: Cluster` reaches its
+/// backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExternalServiceMode {
+    /// Masqueraded to the node's address toward the backend (local or
+    /// on another node), so replies return through this node: the backend
+    /// sees the node's address, as with kube-proxy (`Tunnel` in Felix's
+    /// setting).
+    #[default]
+    Snat,
+    /// Direct server return: a backend on another node gets the client's
+    /// own address and the frontend in an IP option, and its node answers
+    /// the client directly; a local backend sees the client too (`DSR`).
+    Dsr,
 }
 
 impl BpfConfig {
@@ -60,6 +81,7 @@ impl BpfConfig {
             endpoint_to_host_drop: false,
             failsafe: Vec::new(),
             benchmark_no_conntrack: false,
+            external_service_mode: ExternalServiceMode::Snat,
         }
     }
 }

@@ -44,7 +44,7 @@ mod counters;
 mod flows;
 mod interfaces;
 
-pub use config::{BpfConfig, is_workload_interface};
+pub use config::{BpfConfig, ExternalServiceMode, is_workload_interface};
 pub use counters::{KernelCounters, TestRunOutcome};
 pub(crate) use flows::labels;
 
@@ -87,6 +87,7 @@ impl BpfDriver {
         let services = crate::services::Services::new(&mut ebpf)?;
         maps.store_to_host_drop(config.endpoint_to_host_drop)?;
         maps.store_failsafe(&config.failsafe)?;
+        maps.store_external_mode(config.external_service_mode)?;
         let ring = ebpf
             .take_map("manul_events")
             .ok_or(BpfError::Missing("manul_events"))?;

@@ -34,7 +34,9 @@ use std::time::Duration;
 
 use manul_model::convert::installation::{INSTALLATION_NAME, felix_settings};
 use manul_model::operator::InstallationSpec;
-use manul_model::v3::{EndpointToHostAction, FelixConfigurationSpec, LogSeverity, ProtoPort};
+use manul_model::v3::{
+    BpfExternalServiceMode, EndpointToHostAction, FelixConfigurationSpec, LogSeverity, ProtoPort,
+};
 use serde::Serialize;
 
 pub use parse::{parse_ports, parse_prefixes};
@@ -224,6 +226,12 @@ impl Render for EndpointToHostAction {
     }
 }
 
+impl Render for BpfExternalServiceMode {
+    fn render(&self) -> String {
+        self.as_str().to_string()
+    }
+}
+
 impl Render for Vec<ProtoPort> {
     fn render(&self) -> String {
         if self.is_empty() {
@@ -370,6 +378,15 @@ settings! {
         parse::severity, Live;
     bpf_enabled: bool = "bpfEnabled",
         false, |s| s.bpf_enabled, parse::boolean, Restart;
+    /// eBPF: how external traffic (node ports, external and load-balancer
+    /// IPs under `externalTrafficPolicy: Cluster`) reaches a backend.
+    /// `Tunnel` (the default): masqueraded to the node's address, replies
+    /// return through the node, as with kube-proxy (Calico tunnels
+    /// instead); `DSR`: the backend's node answers the client directly and
+    /// the backend sees the client's address.
+    bpf_external_service_mode: BpfExternalServiceMode = "bpfExternalServiceMode",
+        BpfExternalServiceMode::Tunnel, |s| s.bpf_external_service_mode,
+        parse::external_service_mode, Restart;
     prometheus_metrics_enabled: bool = "prometheusMetricsEnabled",
         false, |s| s.prometheus_metrics_enabled, parse::boolean, Restart;
     /// Local only (Calico: all interfaces).

@@ -122,6 +122,18 @@ pub fn endpoint_to_host(text: &str) -> Result<EndpointToHostAction, String> {
     }
 }
 
+/// `Tunnel` or `DSR`, in any case.
+pub fn external_service_mode(
+    text: &str,
+) -> Result<manul_model::v3::BpfExternalServiceMode, String> {
+    use manul_model::v3::BpfExternalServiceMode;
+    match text.to_ascii_lowercase().as_str() {
+        "tunnel" => Ok(BpfExternalServiceMode::Tunnel),
+        "dsr" => Ok(BpfExternalServiceMode::Dsr),
+        _ => Err("not an external service mode (Tunnel or DSR)".into()),
+    }
+}
+
 /// A host name or address to listen on; empty means every interface.
 pub fn host(text: &str) -> Result<String, String> {
     if text
