@@ -29,6 +29,7 @@ pub mod config;
 mod host;
 pub mod rule;
 pub mod service_change;
+pub mod service_pick;
 pub mod services;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,10 +43,11 @@ use rule::{Family, Owner};
 
 pub use config::{EndpointToHost, Failsafe, NftConfig};
 
-/// A set (or verdict map) of the table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A set (or map) of the table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SetDef {
-    /// The `type` clause, e.g. `ipv4_addr` or `ifname : verdict`.
+    /// The `type` clause, e.g. `ipv4_addr` or `ifname : verdict`, or a
+    /// whole `typeof …` clause.
     pub type_: &'static str,
     pub interval: bool,
     /// Elements expire this many seconds after they were last added or
