@@ -18,6 +18,7 @@
 mod contract;
 pub mod desired;
 pub mod driver;
+pub mod flows;
 pub mod frontends;
 pub mod maglev;
 pub mod null;
@@ -34,6 +35,7 @@ pub use desired::{DesiredState, IpSet, ServiceKey};
 pub use driver::{
     ConntrackUsage, ContractViolation, Driver, DriverError, PolicyCounter, ServiceCounters, chain,
 };
+pub use flows::{FlowCounts, FlowObservation, FlowPhase, FlowTuple, Reporter};
 pub use frontends::{Frontend, FrontendKind, ServiceFrontends, protocol_name};
 pub use maglev::MaglevTable;
 pub use null::NullDriver;
