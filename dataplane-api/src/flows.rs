@@ -90,3 +90,100 @@ pub struct FlowObservation {
     pub decider: Decider,
     pub counts: FlowCounts,
 }
+
+/// The bounded queue behind [`crate::Driver::take_flows`]: a driver pushes
+/// observations as it makes them and Felix drains them. When it is full
+/// the newest observation is dropped and counted (the queue never grows
+/// past its capacity, and what it holds stays in order).
+#[derive(Debug, Clone)]
+pub struct FlowQueue {
+    items: std::collections::VecDeque<FlowObservation>,
+    capacity: usize,
+    dropped: u64,
+}
+
+impl FlowQueue {
+    /// The default capacity: a few seconds of a busy node's connections.
+    pub const DEFAULT_CAPACITY: usize = 65_536;
+
+    pub fn new(capacity: usize) -> FlowQueue {
+        FlowQueue {
+            items: std::collections::VecDeque::new(),
+            capacity,
+            dropped: 0,
+        }
+    }
+
+    /// Queues `obs`, or drops and counts it when the queue is full.
+    pub fn push(&mut self, obs: FlowObservation) {
+        if self.items.len() >= self.capacity {
+            self.dropped += 1;
+        } else {
+            self.items.push_back(obs);
+        }
+    }
+
+    /// Everything queued, oldest first.
+    pub fn take(&mut self) -> Vec<FlowObservation> {
+        self.items.drain(..).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Observations dropped since the queue was made.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+impl Default for FlowQueue {
+    fn default() -> Self {
+        FlowQueue::new(FlowQueue::DEFAULT_CAPACITY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(port: u16) -> FlowObservation {
+        FlowObservation {
+            phase: FlowPhase::Start,
+            time_unix_ms: 1,
+            tuple: FlowTuple {
+                protocol: 6,
+                src: IpAddr::from([10, 0, 0, 1]),
+                src_port: port,
+                dst: IpAddr::from([10, 0, 0, 2]),
+                dst_port: 80,
+            },
+            service_frontend: None,
+            reporter: Reporter::Source,
+            endpoint: None,
+            allowed: true,
+            decider: Decider::NotAnEndpoint,
+            counts: FlowCounts::default(),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_newest_and_counts_it() {
+        let mut q = FlowQueue::new(2);
+        for port in 1..=5 {
+            q.push(obs(port));
+        }
+        assert_eq!(q.dropped(), 3);
+        let got: Vec<u16> = q.take().iter().map(|o| o.tuple.src_port).collect();
+        assert_eq!(got, vec![1, 2]);
+        assert!(q.is_empty());
+        q.push(obs(9));
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.dropped(), 3);
+    }
+}
