@@ -17,6 +17,7 @@
 
 pub mod aggregate;
 pub mod endpoints;
+pub mod export;
 pub mod trace;
 pub mod workload;
 
