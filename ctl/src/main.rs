@@ -3,7 +3,8 @@
 //! Offline commands judge files without a server: `validate`, `convert`,
 //! `selector eval`, and `crds` prints the CustomResourceDefinitions. Online commands talk to any Typha replica (`--server` or
 //! `MANUL_SERVER`): `apply`, `get`, `delete`, `cluster`, `sync` and `trace`;
-//! `services` asks one node's Felix (`--felix`) what its dataplane holds.
+//! `services` asks one node's Felix (`--felix`) what its dataplane holds;
+//! `flows` reads flow records from the flow aggregator (`--aggregator`).
 //! Exit codes: 0 success, 2 bad input (invalid resources, unreadable files,
 //! bad flags, a request the server rejects), 1 any other failure (such as an
 //! unreachable server).
@@ -19,6 +20,7 @@ mod client;
 mod cluster;
 mod convert;
 mod crds;
+mod flows;
 mod input;
 mod resources;
 mod selector;
@@ -82,6 +84,8 @@ enum Command {
     Trace(trace::TraceArgs),
     /// The Services a node's dataplane is programmed with, from its Felix: frontends and their backends.
     Services(services::ServicesArgs),
+    /// Flow records from the flow aggregator, in the manner of `hubble observe`.
+    Flows(flows::FlowsArgs),
     /// Certificates for TLS.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
                     Command::Sync(cmd) => sync::run(&cli.server, cmd).await,
                     Command::Trace(args) => trace::run(&cli.server, args).await,
                     Command::Services(args) => services::run(args).await,
+                    Command::Flows(args) => flows::run(args).await,
                     _ => Ok(ExitCode::SUCCESS),
                 }
             }),

@@ -35,6 +35,7 @@ pub mod conntrack;
 mod driver;
 mod error;
 pub mod events;
+pub mod flow_track;
 pub mod frames;
 mod keys;
 mod ledger;

@@ -152,6 +152,17 @@ struct Args {
     /// Open no health-check node ports (another proxy answers them).
     #[arg(long)]
     no_service_health: bool,
+    /// Stream flow records to this flow aggregator (`manul-flows`),
+    /// `http://HOST:PORT`; without it no records are built.
+    #[arg(long, env = "FELIX_FLOWAGGREGATOR")]
+    flow_aggregator: Option<String>,
+    /// Flow records aggregate the observations of this many seconds.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    flow_interval: u64,
+    /// Flow records kept while the aggregator is unreachable (the oldest
+    /// go first).
+    #[arg(long, default_value_t = 100_000)]
+    flow_buffer_records: usize,
 }
 
 /// The log filter's handle: `logSeverityScreen` changes go through it.
@@ -697,6 +708,32 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
             // so other nodes stop routing here through a tunnel.
             tokio::spawn(publisher(None).run(publish.clone()));
         }
+    }
+    if let Some(endpoint) = &args.flow_aggregator {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let (sink, records) = mpsc::channel(64);
+        let (export_tx, _) = watch::channel(manul_felix::flows::export::ExportStatus::default());
+        tokio::spawn(manul_felix::flows::export::run(
+            manul_felix::flows::export::ExportConfig {
+                endpoint: endpoint.clone(),
+                node: args.node.clone(),
+                epoch: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+                capacity: args.flow_buffer_records,
+            },
+            records,
+            export_tx,
+        ));
+        options.flows = Some(agent::FlowOptions {
+            pipeline: manul_felix::flows::FlowPipeline::new(
+                &args.node,
+                args.flow_interval,
+                now.as_secs(),
+            ),
+            sink,
+        });
+        tracing::info!(aggregator = %endpoint, interval_s = args.flow_interval, "flow records on");
     }
     if let Some(dir) = &args.status_dir {
         match StatusReporter::new(dir) {

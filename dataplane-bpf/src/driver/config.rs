@@ -25,6 +25,9 @@ pub struct BpfConfig {
     /// Where to append flow-log JSON lines, if anywhere.
     pub flow_log: Option<PathBuf>,
     pub flow_log_interval: Duration,
+    /// Flow observations kept until Felix takes them
+    /// (`Driver::take_flows`); beyond it they are dropped and counted.
+    pub flow_queue_capacity: usize,
     /// Interfaces whose names start with one of these prefixes are workload
     /// interfaces (Felix's `interfacePrefix`): the driver attaches to them
     /// as soon as it sees them, and drops their traffic until their
@@ -77,6 +80,7 @@ impl BpfConfig {
             gc_interval: Duration::from_secs(10),
             flow_log: None,
             flow_log_interval: Duration::from_secs(10),
+            flow_queue_capacity: manul_dataplane_api::FlowQueue::DEFAULT_CAPACITY,
             workload_prefixes: vec!["mnl".to_owned()],
             endpoint_to_host_drop: false,
             failsafe: Vec::new(),

@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex};
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, RingBuf};
 use manul_dataplane_api::{
-    ConntrackUsage, Driver, DriverError, NullDriver, Operation, PolicyCounter,
+    ConntrackUsage, Driver, DriverError, FlowObservation, FlowQueue, NullDriver, Operation,
+    PolicyCounter,
 };
 
 use crate::error::BpfError;
@@ -96,17 +97,25 @@ impl BpfDriver {
         let gc_ct = MapData::from_pin(dirs.maps.join("manul_ct"))
             .ok()
             .and_then(|d| BpfHashMap::try_from(Map::HashMap(d)).ok());
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let nat = MapData::from_pin(dirs.maps.join("manul_nat"))
+            .ok()
+            .and_then(|d| BpfHashMap::try_from(Map::LruHashMap(d)).ok());
+        let shared = Arc::new(Mutex::new(Shared {
+            flows: FlowQueue::new(config.flow_queue_capacity),
+            ..Shared::default()
+        }));
         let flow_log_interval = FlowLogInterval::new(config.flow_log_interval);
         let reader = Reader::start(
             ring,
             gc_ct,
+            nat,
             shared.clone(),
             ReaderConfig {
                 flow_log: config.flow_log.clone(),
                 flow_log_interval: flow_log_interval.clone(),
                 gc_interval: config.gc_interval,
                 timeouts: config.conntrack_timeouts,
+                tracked_flows: config.conntrack_capacity as usize,
             },
         )
         .map_err(|source| BpfError::Io {
@@ -207,6 +216,7 @@ impl Driver for BpfDriver {
             errors.push(e);
         }
         errors.extend(self.settle_attachments(&outcome.attach, &outcome.detach));
+        self.record_interfaces();
         if batch.iter().any(|op| matches!(op, Operation::InSync)) {
             self.unpin_stale_links();
         }
@@ -255,5 +265,15 @@ impl Driver for BpfDriver {
             reset: k.service_reset,
             affinity_entries: self.services.affinity_entries() as u64,
         })
+    }
+
+    /// Starts and denials from the flow events, updates and ends from the
+    /// conntrack scans (every `gc_interval`); see [`crate::flow_track`].
+    fn take_flows(&mut self) -> Vec<FlowObservation> {
+        events::take_flows(&self.shared)
+    }
+
+    fn flows_dropped(&self) -> u64 {
+        events::lock(&self.shared).flows.dropped()
     }
 }
