@@ -157,18 +157,50 @@ pub struct Recorded {
     pub ret: u64,
 }
 
-/// The verdict on each key's history (keys are independent objects, so
-/// the whole history is linearizable when every key's is).
-pub fn check_all(history: &[Recorded], budget_per_key: u64) -> BTreeMap<String, Verdict> {
-    let mut by_key: BTreeMap<&str, Vec<Operation<Input, Output>>> = BTreeMap::new();
-    for r in history {
-        by_key.entry(&r.key).or_default().push(Operation {
+/// One key's operations, without what cannot change the verdict but
+/// multiplies the search: a write of unknown outcome that no read ever
+/// saw may be taken as never having happened, except that it could
+/// explain a conflict after its call, so those conflicts (which change
+/// nothing) go too. Every write of unknown outcome stays in the search
+/// until its end, so each one kept doubles the orders to try.
+fn pruned(ops: Vec<&Recorded>) -> Vec<Operation<Input, Output>> {
+    let seen: std::collections::HashSet<u64> = ops
+        .iter()
+        .filter_map(|r| match r.output {
+            Output::Found { write, .. } => Some(write),
+            _ => None,
+        })
+        .collect();
+    let unseen = |r: &Recorded| {
+        matches!(r.input, Input::Apply { write, .. } if !seen.contains(&write))
+            && r.output == Output::Unknown
+    };
+    let first_unseen = ops
+        .iter()
+        .filter(|r| unseen(r))
+        .map(|r| r.call)
+        .min()
+        .unwrap_or(u64::MAX);
+    ops.into_iter()
+        .filter(|r| !(unseen(r) || (r.output == Output::Conflict && r.call > first_unseen)))
+        .map(|r| Operation {
             input: r.input.clone(),
             output: r.output.clone(),
             call: r.call,
             ret: r.ret,
-        });
+        })
+        .collect()
+}
+
+/// The verdict on each key's history (keys are independent objects, so
+/// the whole history is linearizable when every key's is).
+pub fn check_all(history: &[Recorded], budget_per_key: u64) -> BTreeMap<String, Verdict> {
+    let mut raw: BTreeMap<&str, Vec<&Recorded>> = BTreeMap::new();
+    for r in history {
+        raw.entry(&r.key).or_default().push(r);
     }
+    let by_key: BTreeMap<&str, Vec<Operation<Input, Output>>> =
+        raw.into_iter().map(|(k, ops)| (k, pruned(ops))).collect();
     by_key
         .into_iter()
         .map(|(k, ops)| {
@@ -339,6 +371,46 @@ mod tests {
             rec("a", Input::Get, Output::Absent, 5, 6),
         ];
         assert_eq!(verdict(&flapping), Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn unseen_unknown_writes_are_pruned_but_cannot_hide_a_stale_read() {
+        let mut h: Vec<Recorded> = (0..40)
+            .map(|i| {
+                rec(
+                    "a",
+                    apply(100 + i, None),
+                    Output::Unknown,
+                    i,
+                    UNKNOWN_RETURN,
+                )
+            })
+            .collect();
+        h.push(rec("a", apply(1, None), Output::Written(5), 50, 51));
+        h.push(rec("a", apply(2, Some(3)), Output::Conflict, 52, 53));
+        h.push(rec(
+            "a",
+            Input::Get,
+            Output::Found {
+                write: 1,
+                revision: 5,
+            },
+            54,
+            55,
+        ));
+        assert_eq!(verdict(&h), Verdict::Linearizable);
+        h.push(rec("a", apply(3, None), Output::Written(6), 56, 57));
+        h.push(rec(
+            "a",
+            Input::Get,
+            Output::Found {
+                write: 1,
+                revision: 5,
+            },
+            58,
+            59,
+        ));
+        assert_eq!(verdict(&h), Verdict::NotLinearizable);
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub struct RunConfig {
 pub const CONVERGENCE: Duration = Duration::from_secs(2);
 
 /// The budget of the linearizability search per key.
-const SEARCH_BUDGET: u64 = 20_000_000;
+const SEARCH_BUDGET: u64 = 2_000_000;
 
 /// The CI schedule and length.
 pub fn ci_config(name: &str, out: PathBuf) -> RunConfig {
@@ -87,13 +87,16 @@ pub fn seeded_config(
     }
 }
 
+/// Seconds, CPU (percent of a core), RSS (MiB).
+type Sample = (f64, f64, f64);
+
 /// The state of the main loop.
 struct Run {
     start: Instant,
     events: Vec<Event>,
     faults: Vec<FaultRecord>,
     /// Samples by process name and pid.
-    samples: BTreeMap<(String, u32), Vec<(f64, f64, f64)>>,
+    samples: BTreeMap<(String, u32), Vec<Sample>>,
     last_cpu: BTreeMap<u32, (f64, f64)>,
 }
 
@@ -149,7 +152,7 @@ fn churn_pod(n: u64, nodes: usize) -> PodSpec {
 /// A churn policy: on the servers (one more allow, from a role no pod has)
 /// or on the churn pods.
 fn churn_policy(n: u64) -> String {
-    let (selector, source) = if n % 2 == 0 {
+    let (selector, source) = if n.is_multiple_of(2) {
         ("app == 'server'", format!("role == 'extra-{}'", n % 7))
     } else {
         ("app == 'churn'", "role == 'allowed'".to_string())
@@ -172,8 +175,11 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
     let peer_clients = setup::clients(&rt, &c.typha_peer_addresses(), &admin)?;
     let writer = {
         let (addrs, admin) = (c.typha_addresses(), admin.clone());
-        rt.block_on(async move { Client::connect_with(&addrs, admin).await })
-            .map_err(|e| ChaosError::Setup(format!("connecting: {e}")))?
+        setup::on(
+            &rt,
+            async move { Client::connect_with(&addrs, admin).await },
+        )?
+        .map_err(|e| ChaosError::Setup(format!("connecting: {e}")))?
     };
 
     let start = Instant::now();
@@ -233,9 +239,12 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
     while start.elapsed() < config.length {
         let t = run.t();
         // Faults.
-        if active.is_none() && pending.front().is_some_and(|p| p.at.as_secs_f64() <= t) {
-            if let Some(p) = pending.pop_front() {
-                let statuses = rt.block_on(faults::statuses(&peer_clients));
+        if active.is_none()
+            && pending.front().is_some_and(|p| p.at.as_secs_f64() <= t)
+            && let Some(p) = pending.pop_front()
+        {
+            {
+                let statuses = statuses_of(&rt, &peer_clients);
                 let leader = faults::leader(&statuses);
                 match faults::inject(&mut c, p, leader) {
                     Ok(a) => {
@@ -266,7 +275,7 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
                 let healed = run.t();
                 run.faults[index].healed = Some(healed);
                 run.event(format!("healed {} on {}", a.planned.kind.name(), a.target));
-                let statuses = rt.block_on(faults::statuses(&peer_clients));
+                let statuses = statuses_of(&rt, &peer_clients);
                 let target = faults::leader(&statuses)
                     .and_then(|l| statuses[l].as_ref().map(|s| s.applied_revision))
                     .unwrap_or_else(|| {
@@ -299,9 +308,12 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
         }
         // Processes that died on their own are recorded and restarted.
         for k in 0..REPLICAS {
-            let killed = active
-                .as_ref()
-                .is_some_and(|(a, _)| a.undo == faults::Undo::RestartTypha(k));
+            // A killed replica restarts when its fault heals, one on a full
+            // disk once the disk has room again.
+            let killed = active.as_ref().is_some_and(|(a, _)| {
+                a.undo == faults::Undo::RestartTypha(k)
+                    || (a.undo == faults::Undo::FreeDisk && k == setup::SMALL_DISK_REPLICA)
+            });
             if !killed && let Some(status) = c.typha_exited(k) {
                 run.event(format!(
                     "typha-{} exited on its own ({status}); restarting it",
@@ -334,29 +346,33 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
                     name: format!("churn-{}", policy_n % 5),
                 };
                 let w = writer.clone();
-                rt.block_on(async move {
+                setup::on(&rt, async move {
                     tokio::time::timeout(Duration::from_secs(3), w.delete(&key, None)).await
                 })
+                .ok()
+                .and_then(Result::ok)
                 .map(|r| r.map(|_| ()))
             } else {
                 match manul_local_cluster::cluster::parse(&churn_policy(policy_n)) {
                     Ok(resources) => {
                         let w = writer.clone();
-                        rt.block_on(async move {
+                        setup::on(&rt, async move {
                             tokio::time::timeout(Duration::from_secs(3), w.apply(&resources)).await
                         })
+                        .ok()
+                        .and_then(Result::ok)
                         .map(|r| r.map(|_| ()))
                     }
                     Err(e) => {
                         run.event(format!("churn policy: {e}"));
-                        Ok(Ok(()))
+                        Some(Ok(()))
                     }
                 }
             };
             match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => run.event(format!("policy churn: {e}")),
-                Err(_) => run.event("policy churn: no answer within 3 s".into()),
+                Some(Ok(())) => {}
+                Some(Err(e)) => run.event(format!("policy churn: {e}")),
+                None => run.event("policy churn: no answer within 3 s".into()),
             }
         }
         if t >= next_pod {
@@ -406,6 +422,15 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
     )
 }
 
+/// Every replica's own status, from the control plane.
+fn statuses_of(
+    rt: &tokio::runtime::Runtime,
+    peers: &[Client],
+) -> Vec<Option<manul_proto::v1::ReplicaStatus>> {
+    let peers = peers.to_vec();
+    setup::on(rt, async move { faults::statuses(&peers).await }).unwrap_or_default()
+}
+
 /// What the end of a run needs from its start.
 struct Finish {
     history: Arc<History>,
@@ -431,14 +456,14 @@ fn finish(
 ) -> Result<Report, ChaosError> {
     f.stop_workers.store(true, Ordering::Relaxed);
     for w in f.workers {
-        let _ = rt.block_on(w);
+        let _ = rt.block_on(async move { tokio::time::timeout(Duration::from_secs(10), w).await });
     }
     run.event("churn stopped; waiting for the replicas to agree".into());
     let mut invariants = Vec::new();
     // Every replica at one revision with one state hash.
     let deadline = Instant::now() + Duration::from_secs(30);
     let statuses = loop {
-        let s = rt.block_on(faults::statuses(&f.peer_clients));
+        let s = statuses_of(&rt, &f.peer_clients);
         let agreed = s.iter().all(Option::is_some)
             && s.iter()
                 .flatten()
@@ -478,8 +503,12 @@ fn finish(
     for (k, client) in f.api_clients.iter().enumerate() {
         let before = f.history.operations().len();
         let (client, history) = (client.clone(), f.history.clone());
-        if let Err(e) = rt.block_on(async move { workload::final_reads(&client, &history).await }) {
-            problems.push(format!("final reads on typha-{}: {e}", k + 1));
+        match setup::on(&rt, async move {
+            workload::final_reads(&client, &history).await
+        }) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => problems.push(format!("final reads on typha-{}: {e}", k + 1)),
+            Err(e) => problems.push(format!("final reads on typha-{}: {e}", k + 1)),
         }
         for r in &f.history.operations()[before..] {
             let fin = match r.output {
@@ -492,6 +521,7 @@ fn finish(
                 .push((format!("typha-{}", k + 1), fin));
         }
     }
+    run.event("final reads done".into());
     let history = f.history.operations();
     problems.extend(invariants::acknowledged_writes(&history, &finals));
     invariants.push(Invariant::new(
@@ -504,6 +534,7 @@ fn finish(
         ),
     ));
     // Linearizability.
+    run.event("replicas compared".into());
     let verdicts = kv::check_all(&history, SEARCH_BUDGET);
     let bad: Vec<String> = verdicts
         .iter()
@@ -514,6 +545,10 @@ fn finish(
         "the API history is linearizable",
         &bad,
         format!("{} operations on {} keys", history.len(), verdicts.len()),
+    ));
+    run.event(format!(
+        "linearizability checked ({} operations)",
+        history.len()
     ));
     let summary = HistorySummary {
         operations: history.len(),
@@ -550,8 +585,9 @@ fn finish(
     }
     f.stop_watch.store(true, Ordering::Relaxed);
     for w in f.watchers {
-        let _ = rt.block_on(w);
+        let _ = rt.block_on(async move { tokio::time::timeout(Duration::from_secs(10), w).await });
     }
+    run.event("streams checked".into());
     let mut stream_problems = Vec::new();
     let streams: Vec<StreamSummary> = f
         .watched
@@ -734,12 +770,16 @@ fn finish(
             r.sort_by(f64::total_cmp);
             r.get(r.len() / 2).copied().unwrap_or(0.0)
         };
+        // Bounded: the fitted growth, carried over the whole run, stays
+        // under half the process's median size (and 32 MiB).
+        let hours = run.t() / 3600.0;
         if let Some(g) = p.growth_mib_per_hour
-            && g > (2.0 * median).max(256.0)
+            && g * hours > (0.5 * median).max(32.0)
         {
             growth_problems.push(format!(
-                "{}: {g:.0} MiB/h fitted growth (median {median:.0} MiB)",
-                p.name
+                "{}: {g:.0} MiB/h fitted growth, {:.0} MiB over the run (median {median:.0} MiB)",
+                p.name,
+                g * hours
             ));
         }
     }
@@ -772,6 +812,11 @@ fn finish(
         logs: logs_kept,
     };
     report.write(&config.out)?;
+    // The whole recorded history, for replaying a verdict.
+    let path = config.out.join("history.json");
+    let json =
+        serde_json::to_string(&history).map_err(|e| ChaosError::Setup(format!("history: {e}")))?;
+    std::fs::write(&path, json).map_err(|e| ChaosError::io(&path, e))?;
     drop(f.api_clients);
     drop(f.peer_clients);
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -807,5 +852,5 @@ fn allowed_recovery(results: &[probes::ProbeResult], healed: f64) -> Option<f64>
     pairs
         .values()
         .all(|(_, ok)| *ok)
-        .then(|| last_failure - healed)
+        .then_some(last_failure - healed)
 }

@@ -167,6 +167,17 @@ pub fn runtime(c: &LocalCluster) -> Result<tokio::runtime::Runtime, ChaosError> 
         .map_err(|e| ChaosError::Setup(format!("runtime: {e}")))
 }
 
+/// Runs `fut` on one of `rt`'s threads (inside the control plane) and
+/// waits for it.
+pub fn on<F>(rt: &tokio::runtime::Runtime, fut: F) -> Result<F::Output, ChaosError>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    rt.block_on(rt.spawn(fut))
+        .map_err(|e| ChaosError::Setup(format!("a task failed: {e}")))
+}
+
 /// The client configuration of the administrator, with short timeouts (a
 /// request to a dead replica fails fast).
 pub fn admin_config(c: &LocalCluster) -> Result<ClientConfig, ChaosError> {
@@ -200,7 +211,7 @@ pub fn clients(
         .iter()
         .map(|a| {
             let (a, config) = (a.clone(), config.clone());
-            rt.block_on(async move { Client::connect_with(&[a], config).await })
+            on(rt, async move { Client::connect_with(&[a], config).await })?
                 .map_err(|e| ChaosError::Setup(format!("connecting: {e}")))
         })
         .collect()

@@ -13,15 +13,17 @@ use sha2::{Digest as _, Sha256};
 
 type Key = (String, String, String);
 
+/// A snapshot being received: its revision, the next chunk's index, its
+/// entries so far.
+type Pending = (u64, u32, BTreeMap<Key, (Vec<u8>, u64)>);
+
 /// One stream's follower.
 #[derive(Debug, Default, Clone)]
 pub struct StreamCheck {
     /// The revision the stream's state is at (0 before the first in-sync).
     pub revision: u64,
     state: BTreeMap<Key, (Vec<u8>, u64)>,
-    /// A snapshot being received: its revision, the next chunk's index,
-    /// its entries so far.
-    snapshot: Option<(u64, u32, BTreeMap<Key, (Vec<u8>, u64)>)>,
+    snapshot: Option<Pending>,
     /// Whether the current connection reached in-sync.
     in_sync: bool,
     /// The revision a resumed connection asked to start after.

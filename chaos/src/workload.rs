@@ -97,8 +97,9 @@ pub async fn worker(client: Client, history: Arc<History>, seed: u64, stop: Arc<
         let key = key_name(k);
         if roll < 40 {
             let call = history.tick();
-            match client.get(&resource_key(k)).await {
-                Ok(found) => {
+            // A failed read observed nothing.
+            if let Ok(found) = client.get(&resource_key(k)).await {
+                {
                     let ret = history.tick();
                     let output = match found {
                         Some((r, revision)) => match write_of(&r) {
@@ -121,8 +122,6 @@ pub async fn worker(client: Client, history: Arc<History>, seed: u64, stop: Arc<
                         ret,
                     });
                 }
-                // A failed read observed nothing.
-                Err(_) => {}
             }
         } else if roll < 85 {
             let write = history.next_write.fetch_add(1, Ordering::SeqCst) + 1;
