@@ -16,6 +16,10 @@
 //!   change: one backend replaced), repeated `--changes` times; with where
 //!   the time goes (the driver's own split between preparing the script
 //!   and `nft`, rendering and diffing the whole state, `nft` alone).
+//! - `service-connections`: new connections through a ClusterIP with 10
+//!   and 10,000 services, this driver against kube-proxy's iptables mode
+//!   for the same services (`traffic::run_service_connect_benchmark`;
+//!   needs `iptables-legacy-restore`), `--runs` rounds.
 //! - no command: `programming` and `traffic`.
 //!
 //! Everything runs in network namespaces it creates and removes, also on
@@ -120,6 +124,9 @@ enum Cmd {
     Traffic,
     /// Services: the whole snapshot, then one service's backend change.
     Services,
+    /// New connections through a ClusterIP with 10 and 10,000 services,
+    /// against kube-proxy's iptables mode for the same services.
+    ServiceConnections,
 }
 
 #[derive(Debug, Serialize)]
@@ -547,6 +554,8 @@ struct Output {
     traffic: Option<TrafficReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     services: Option<services::Report>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_connections: Option<traffic::ServiceConnectReport>,
 }
 
 fn main() -> Result<()> {
@@ -558,7 +567,40 @@ fn main() -> Result<()> {
         None => (true, true),
         Some(Cmd::Programming) => (true, false),
         Some(Cmd::Traffic) => (false, true),
-        Some(Cmd::Services) => (false, false),
+        Some(Cmd::Services) | Some(Cmd::ServiceConnections) => (false, false),
+    };
+    let service_connections = if matches!(cli.command, Some(Cmd::ServiceConnections)) {
+        let nft: Arc<Factory> = Arc::new(|_ctx| {
+            NftDriver::new(Nft::default())
+                .map(|d| Box::new(d) as Box<dyn Driver>)
+                .map_err(|e| chain(&e))
+        });
+        let dataplanes = [
+            traffic::ServiceDataplane::Driver {
+                name: "nftables".into(),
+                factory: nft,
+            },
+            traffic::ServiceDataplane::KubeProxyIptables {
+                program: "iptables-legacy-restore".into(),
+            },
+        ];
+        let report = traffic::run_service_connect_benchmark(
+            "sc",
+            &dataplanes,
+            &[10, 10_000],
+            cli.runs,
+            &TrafficOptions::default(),
+            &mut |s| {
+                eprintln!(
+                    "service-connections: {} {} services: {:.0} connects/s, p50 {:.1} us, p99 {:.1} us, programmed in {:.0} ms",
+                    s.dataplane, s.services, s.connects_per_sec, s.connect.p50_us, s.connect.p99_us, s.program_ms
+                );
+            },
+        )
+        .map_err(|e| anyhow::anyhow!(chain(&e)))?;
+        Some(report)
+    } else {
+        None
     };
     let services = if matches!(cli.command, Some(Cmd::Services)) {
         Some(services::run(&cli)?)
@@ -581,6 +623,7 @@ fn main() -> Result<()> {
         programming,
         traffic,
         services,
+        service_connections,
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

@@ -13,7 +13,7 @@ use manul_dataplane_api::{Service, ServiceKey};
 
 use super::service_pick::PICK_CHAINS;
 use super::services::{Claims, ServiceObjects, element_key, render_service};
-use super::{NftConfig, Ruleset};
+use super::{NftConfig, Ruleset, SetDef};
 
 /// One service's change: its key, and the service before and after
 /// (`None`: absent).
@@ -101,10 +101,13 @@ pub fn render_changes(
             continue;
         };
         for (part, element) in [(&mut change.old, before.as_ref()), (&mut change.new, after)] {
-            let entry = part.sets.entry(set.clone()).or_insert_with(|| {
-                let mut empty = def.clone();
-                empty.elements.clear();
-                empty
+            // Not `def.clone()`: that would copy every element of the map.
+            let entry = part.sets.entry(set.clone()).or_insert_with(|| SetDef {
+                type_: def.type_,
+                interval: def.interval,
+                timeout: def.timeout,
+                comment: def.comment.clone(),
+                elements: BTreeSet::new(),
             });
             if let Some(e) = element {
                 entry.elements.insert(e.clone());
