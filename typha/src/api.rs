@@ -233,25 +233,34 @@ impl ResourcesService {
     }
 
     /// Waits until this replica has applied everything the leader had
-    /// committed when the read began, so reads see every acknowledged write.
+    /// committed when the read began, so reads see every acknowledged write
+    /// (linearizable reads). The leader confirms it still leads with a
+    /// quorum (Raft's ReadIndex) before an index counts, whether the read
+    /// is served by the leader or by a follower that asks it: a replica cut
+    /// off by a partition, or one that knows no leader, refuses the read
+    /// (UNAVAILABLE) instead of serving what it has.
     async fn read_index(&self) -> Result<(), Status> {
-        if self.node.status().leader_id == self.node.id() {
-            return Ok(());
-        }
-        let Some((_, addr)) = self.node.leader().filter(|(_, a)| !a.is_empty()) else {
-            // No leader: serve what this replica has.
-            return Ok(());
+        let target = if self.node.status().leader_id == self.node.id() {
+            crate::cluster::confirmed_read_index(&self.node).await?
+        } else {
+            let Some((_, addr)) = self.node.leader().filter(|(_, a)| !a.is_empty()) else {
+                return Err(Status::unavailable(
+                    "this replica knows no leader, so it cannot serve a read that sees every acknowledged write; retry or ask another replica",
+                ));
+            };
+            let mut cluster = ClusterClient::new(self.leaders.channel(&addr).await?);
+            let leader = cluster
+                .replica(self.leaders.request(ReplicaStatusRequest {
+                    confirm_leadership: true,
+                }))
+                .await?
+                .into_inner();
+            // The leader publishes its commit index after it has answered
+            // the writes of a batch, but applies them before answering: its
+            // applied revision (a Raft index, read live) covers every
+            // acknowledged write even when the published commit index lags.
+            leader.commit_index.max(leader.applied_revision)
         };
-        let mut cluster = ClusterClient::new(self.leaders.channel(&addr).await?);
-        let leader = cluster
-            .replica(self.leaders.request(ReplicaStatusRequest {}))
-            .await?
-            .into_inner();
-        // The leader publishes its commit index after it has answered the
-        // writes of a batch, but applies them before answering: its applied
-        // revision (a Raft index, read live) covers every acknowledged
-        // write even when the published commit index lags.
-        let target = leader.commit_index.max(leader.applied_revision);
         let deadline = tokio::time::Instant::now() + READ_INDEX_TIMEOUT;
         while self.node.status().applied_index < target {
             if tokio::time::Instant::now() > deadline {

@@ -127,6 +127,12 @@ pub(super) struct Driver {
     config: NodeConfig,
     proposals: Pending<Applied>,
     memberships: Pending<Vec<Member>>,
+    /// ReadIndex requests waiting for a quorum's heartbeat answers, by the
+    /// request id carried as their context.
+    reads: Pending<u64>,
+    /// Reads not handed to Raft yet: a new leader drops a ReadIndex until
+    /// it has committed an entry of its own term, so they wait for that.
+    unissued_reads: Vec<u64>,
     next_request: u64,
     last_snapshot: u64,
     /// Bytes of the entries applied since the last snapshot (or since the
@@ -278,6 +284,8 @@ impl Driver {
             config,
             proposals: HashMap::new(),
             memberships: HashMap::new(),
+            reads: HashMap::new(),
+            unissued_reads: Vec::new(),
             next_request,
             last_snapshot: snapshot_index,
             log_bytes: 0,
@@ -422,6 +430,41 @@ impl Driver {
         for (_, tx) in self.memberships.drain() {
             let _ = tx.send(Err(NodeError::Stopped));
         }
+        for (_, tx) in self.reads.drain() {
+            let _ = tx.send(Err(NodeError::Stopped));
+        }
+    }
+
+    /// Answers the waiting reads once this replica stopped leading (a read
+    /// confirmed by no quorum is never answered with an index), and forgets
+    /// those whose caller gave up.
+    fn settle_reads(&mut self) {
+        self.reads.retain(|_, tx| !tx.is_closed());
+        if self.reads.is_empty() {
+            self.unissued_reads.clear();
+            return;
+        }
+        if self.raw.raft.state == StateRole::Leader {
+            self.issue_reads();
+            return;
+        }
+        self.unissued_reads.clear();
+        for (_, tx) in std::mem::take(&mut self.reads) {
+            let _ = tx.send(Err(self.not_leader()));
+        }
+    }
+
+    /// Hands the waiting reads to Raft once this leader has committed an
+    /// entry of its term.
+    fn issue_reads(&mut self) {
+        if !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        for rid in std::mem::take(&mut self.unissued_reads) {
+            if self.reads.contains_key(&rid) {
+                self.raw.read_index(rid.to_be_bytes().to_vec());
+            }
+        }
     }
 
     /// A replica that is the only voter of its configuration cannot lose an
@@ -476,6 +519,16 @@ impl Driver {
                         let _ = reply.send(Err(NodeError::Raft(e)));
                     }
                 }
+            }
+            Msg::ReadIndex { reply } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                let rid = self.request_id();
+                self.reads.insert(rid, reply);
+                self.unissued_reads.push(rid);
+                self.issue_reads();
             }
             Msg::Raft(m) => self.step(*m),
             Msg::Unreachable(id) => self.raw.report_unreachable(id),
@@ -581,6 +634,12 @@ impl Driver {
             return Ok(());
         }
         let mut ready = self.raw.ready();
+        for rs in ready.take_read_states() {
+            let rid = <[u8; 8]>::try_from(rs.request_ctx.as_slice()).map(u64::from_be_bytes);
+            if let Some(tx) = rid.ok().and_then(|rid| self.reads.remove(&rid)) {
+                let _ = tx.send(Ok(rs.index));
+            }
+        }
         if !ready.messages().is_empty() {
             let msgs = ready.take_messages();
             self.send(msgs);
@@ -618,6 +677,7 @@ impl Driver {
         let committed = light.take_committed_entries();
         self.apply(committed)?;
         self.raw.advance_apply();
+        self.settle_reads();
         self.maybe_snapshot()
     }
 

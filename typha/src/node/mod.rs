@@ -131,6 +131,11 @@ pub(crate) enum Msg {
         command: Command,
         reply: oneshot::Sender<Result<Applied, NodeError>>,
     },
+    /// Confirm leadership with a quorum (Raft's ReadIndex) and answer the
+    /// commit index a linearizable read must wait for.
+    ReadIndex {
+        reply: oneshot::Sender<Result<u64, NodeError>>,
+    },
     Raft(Box<raft::prelude::Message>),
     Unreachable(u64),
     SnapshotDone {
@@ -230,6 +235,17 @@ impl Node {
     pub async fn propose(&self, command: Command) -> Result<Applied, NodeError> {
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Propose { command, reply })?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Raft's ReadIndex: only the leader answers, and only after a quorum
+    /// acknowledged a heartbeat sent after the request (so a leader cut off
+    /// by a partition, still believing it leads, cannot answer). The index
+    /// is what this replica must have applied before a read here is
+    /// linearizable.
+    pub async fn read_index(&self) -> Result<u64, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::ReadIndex { reply })?;
         rx.await.map_err(|_| NodeError::Stopped)?
     }
 

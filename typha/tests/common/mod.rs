@@ -257,7 +257,7 @@ impl Cluster {
 
     pub async fn status(&self, i: usize) -> Option<ReplicaStatus> {
         let mut c = self.admin(i).await;
-        c.replica(ReplicaStatusRequest {})
+        c.replica(ReplicaStatusRequest::default())
             .await
             .ok()
             .map(|r| r.into_inner())
