@@ -97,14 +97,27 @@ impl Replica {
         let mailbox = Mailbox::default();
         self.run += 1;
         let request_base = seed.wrapping_mul(31).wrapping_add(self.run << 32);
-        let core = Core::open(
-            config,
-            fanout.clone(),
-            RaftMetrics::default(),
-            Box::new(mailbox.clone()),
-            request_base,
-            true,
-        )?;
+        // The previous run's sled may still be closing on its background
+        // thread (a crashed process would have released its lock at
+        // once): a storage error is retried for up to a second before it
+        // counts.
+        let mut tries = 0;
+        let core = loop {
+            match Core::open(
+                config.clone(),
+                fanout.clone(),
+                RaftMetrics::default(),
+                Box::new(mailbox.clone()),
+                request_base,
+                true,
+            ) {
+                Err(NodeError::Storage(_)) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let _ = source.0.set(core.shared().clone());
         self.live = Some(Live {
             core,
