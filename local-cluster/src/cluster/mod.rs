@@ -5,10 +5,13 @@
 //! it, `nodes` builds the underlay and the nodes' Felix, `pods` creates
 //! Namespaces, Pods and their sandboxes through the CNI plugin.
 
+mod flows;
 mod nodes;
 mod pods;
 mod typha;
 
+use flows::FlowsState;
+pub use flows::{FLOWS_PORT, FlowsConfig};
 pub use pods::{PodInfo, PodSpec};
 pub use typha::parse;
 
@@ -134,6 +137,8 @@ pub struct LocalCluster {
     /// Servers listening in node namespaces ([`Self::host_listen`]).
     host_servers: Vec<TcpServer>,
     nodes: Vec<Node>,
+    /// The flow aggregator, when the cluster runs one.
+    flows: Option<FlowsState>,
     typhas: Vec<Child>,
     client: Option<Client>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -173,6 +178,15 @@ impl LocalCluster {
 
     /// Builds the cluster and waits until Typha and every Felix are ready.
     pub fn up(config: ClusterConfig) -> Result<LocalCluster, ClusterError> {
+        Self::up_with_flows(config, None)
+    }
+
+    /// [`Self::up`], with the flow aggregator in the control plane and
+    /// every Felix streaming flow records to it when `flows` is set.
+    pub fn up_with_flows(
+        config: ClusterConfig,
+        flows: Option<FlowsConfig>,
+    ) -> Result<LocalCluster, ClusterError> {
         if config.nodes == 0 || config.nodes > 200 {
             return Err(ClusterError::Invalid("nodes must be 1..=200".into()));
         }
@@ -198,6 +212,11 @@ impl LocalCluster {
             pods: BTreeMap::new(),
             host_servers: Vec::new(),
             nodes: Vec::new(),
+            flows: flows.map(|config| FlowsState {
+                config,
+                child: None,
+                starts: 0,
+            }),
             typhas: Vec::new(),
             client: None,
             runtime: None,
@@ -209,6 +228,7 @@ impl LocalCluster {
         cluster.underlay()?;
         cluster.make_certs()?;
         cluster.start_typha()?;
+        cluster.start_flows()?;
         cluster.seed()?;
         for i in 1..=cluster.config.nodes {
             cluster.start_node(i)?;
@@ -269,6 +289,9 @@ impl Drop for LocalCluster {
         self.host_servers.clear();
         for node in &mut self.nodes {
             procs::stop_child(&mut node.felix, Duration::from_secs(3));
+        }
+        if let Some(child) = self.flows.as_mut().and_then(|f| f.child.as_mut()) {
+            procs::stop_child(child, Duration::from_secs(3));
         }
         for typha in &mut self.typhas {
             procs::stop_child(typha, Duration::from_secs(3));
