@@ -109,7 +109,7 @@ fn pod_flag(flag: &str, v: &Option<String>) -> Result<String, BadInput> {
 /// The filter the flags ask for, at `now` (Unix seconds).
 pub fn filter(args: &FlowsArgs, now: u64) -> Result<FlowFilter, BadInput> {
     for l in &args.labels {
-        if !l.split_once('=').is_some_and(|(k, _)| !k.is_empty()) {
+        if l.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
             return Err(BadInput(format!("--label {l:?}: expected KEY=VALUE")));
         }
     }

@@ -20,6 +20,9 @@
 //! - `NAME-pK`: one per pod, wired into its node by the `manul-cni` plugin
 //!   (which allocates its address from the IPPool `10.65.0.0/16`, writes its
 //!   WorkloadEndpoint and creates the veth pair);
+//! - with [`LocalCluster::up_with_flows`], the flow aggregator
+//!   (`manul-flows`) in the control plane at `192.168.220.1:7443`, which
+//!   every Felix streams its flow records to;
 //! - `NAME-xK`: external clients ([`external`]), on the bridge at
 //!   `192.168.220.(200+K)/24` with no Felix: machines outside the cluster.
 //!
@@ -39,7 +42,8 @@ pub mod procs;
 pub mod wireguard;
 
 pub use cluster::{
-    ClusterConfig, Dataplane, LocalCluster, MetricsTarget, PodInfo, PodSpec, SmallDisk,
+    ClusterConfig, Dataplane, FLOWS_PORT, FlowsConfig, LocalCluster, MetricsTarget, PodInfo,
+    PodSpec, SmallDisk,
 };
 pub use external::ExternalClient;
 

@@ -499,27 +499,29 @@ fn verdicts_serialise() {
     assert_eq!(back, verdict);
 }
 
+/// (inbound, tier, policy or profile name, rule index, action).
+type Hit = (bool, Option<String>, Option<String>, Option<u32>, Action);
+
 #[test]
 fn the_trace_names_every_policy_that_gave_a_verdict() {
     let driver = driver();
-    let summary =
-        |v: &Verdict| -> Vec<(bool, Option<String>, Option<String>, Option<u32>, Action)> {
-            v.trace
-                .iter()
-                .map(|s| {
-                    (
-                        s.inbound,
-                        s.tier.clone(),
-                        s.policy
-                            .as_ref()
-                            .map(|p| p.name.clone())
-                            .or_else(|| s.profile.clone()),
-                        s.rule_index,
-                        s.action,
-                    )
-                })
-                .collect()
-        };
+    let summary = |v: &Verdict| -> Vec<Hit> {
+        v.trace
+            .iter()
+            .map(|s| {
+                (
+                    s.inbound,
+                    s.tier.clone(),
+                    s.policy
+                        .as_ref()
+                        .map(|p| p.name.clone())
+                        .or_else(|| s.profile.clone()),
+                    s.rule_index,
+                    s.action,
+                )
+            })
+            .collect()
+    };
     // frontend (profile only) to api: frontend's profile allows it out;
     // api's security tier passes it (rule 2, after the Log rule 0, which
     // is not in the trace), its default tier allows it (rule 0).

@@ -7,10 +7,13 @@
 
 mod disk;
 mod faults;
+mod flows;
 mod nodes;
 mod pods;
 mod typha;
 
+use flows::FlowsState;
+pub use flows::{FLOWS_PORT, FlowsConfig};
 pub use pods::{PodInfo, PodSpec};
 pub use typha::parse;
 
@@ -157,6 +160,8 @@ pub struct LocalCluster {
     typhas: Vec<Replica>,
     /// The mounted tmpfs of [`SmallDisk`], unmounted on drop.
     small_disk: Option<(PathBuf, SmallDisk)>,
+    /// The flow aggregator, when the cluster runs one.
+    flows: Option<FlowsState>,
     client: Option<Client>,
     runtime: Option<tokio::runtime::Runtime>,
     namespaces: BTreeSet<String>,
@@ -196,13 +201,30 @@ impl LocalCluster {
 
     /// Builds the cluster and waits until Typha and every Felix are ready.
     pub fn up(config: ClusterConfig) -> Result<LocalCluster, ClusterError> {
-        Self::up_with(config, None)
+        Self::start(config, None, None)
     }
 
     /// [`Self::up`], with one replica's data directory on a small tmpfs.
     pub fn up_with(
         config: ClusterConfig,
         small_disk: Option<SmallDisk>,
+    ) -> Result<LocalCluster, ClusterError> {
+        Self::start(config, small_disk, None)
+    }
+
+    /// [`Self::up`], with the flow aggregator in the control plane and
+    /// every Felix streaming flow records to it when `flows` is set.
+    pub fn up_with_flows(
+        config: ClusterConfig,
+        flows: Option<FlowsConfig>,
+    ) -> Result<LocalCluster, ClusterError> {
+        Self::start(config, None, flows)
+    }
+
+    fn start(
+        config: ClusterConfig,
+        small_disk: Option<SmallDisk>,
+        flows: Option<FlowsConfig>,
     ) -> Result<LocalCluster, ClusterError> {
         if small_disk.is_some_and(|d| d.replica >= config.typha_replicas || d.mib == 0) {
             return Err(ClusterError::Invalid(
@@ -234,6 +256,11 @@ impl LocalCluster {
             pods: BTreeMap::new(),
             host_servers: Vec::new(),
             nodes: Vec::new(),
+            flows: flows.map(|config| FlowsState {
+                config,
+                child: None,
+                starts: 0,
+            }),
             typhas: Vec::new(),
             small_disk: None,
             client: None,
@@ -246,6 +273,7 @@ impl LocalCluster {
         cluster.underlay()?;
         cluster.make_certs()?;
         cluster.start_typha(small_disk)?;
+        cluster.start_flows()?;
         cluster.seed()?;
         for i in 1..=cluster.config.nodes {
             cluster.start_node(i)?;
@@ -312,6 +340,9 @@ impl Drop for LocalCluster {
                 );
             }
             procs::stop_child(&mut node.felix, Duration::from_secs(3));
+        }
+        if let Some(child) = self.flows.as_mut().and_then(|f| f.child.as_mut()) {
+            procs::stop_child(child, Duration::from_secs(3));
         }
         for typha in &mut self.typhas {
             // A stopped (SIGSTOP) replica cannot act on SIGTERM.

@@ -143,7 +143,8 @@ impl LocalCluster {
             .arg(self.certs_dir().join(format!("felix-{name}.crt")))
             .arg("--typha-key-file")
             .arg(self.certs_dir().join(format!("felix-{name}.key")))
-            .args(["--typha-cn", manul_tls::dev::TYPHA_CN]);
+            .args(["--typha-cn", manul_tls::dev::TYPHA_CN])
+            .args(self.felix_flow_args());
         if self.config.dataplane == Dataplane::Bpf {
             // bpffs is shared by every namespace: pins are per cluster node.
             cmd.args(["--bpf-pin-name", &format!("{}-{name}", self.config.name)])
