@@ -324,6 +324,7 @@ fn port(name: &str, protocol: u8, port: u16, target: u16, backends: &[&Pod]) -> 
             ip: IpAddr::V4(p.ip),
             port: target,
             local: true,
+            ready: true,
         })
         .collect();
     ServicePort {
@@ -654,7 +655,8 @@ fn cluster_ips_with_real_packets() {
 /// port under `externalTrafficPolicy: Cluster` is translated at the host
 /// interface but not masqueraded (the backend sees the external client),
 /// and host processes' traffic passes no interface the programs
-/// translate at (no connect-time hooks).
+/// translate at (without connect-time load balancing, which
+/// `tests/ctlb.rs` turns on: there these cases pass).
 const NOT_YET: &[&str] = &[
     "node port, Cluster: masqueraded",
     "host process: cluster IP",

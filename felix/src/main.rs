@@ -152,6 +152,10 @@ struct Args {
     /// Open no health-check node ports (another proxy answers them).
     #[arg(long)]
     no_service_health: bool,
+    /// Leave every Service to kube-proxy (`kubeProxyReplacement: false`):
+    /// program none, and remove those an earlier run programmed.
+    #[arg(long)]
+    no_kube_proxy_replacement: bool,
 }
 
 /// The log filter's handle: `logSeverityScreen` changes go through it.
@@ -215,6 +219,9 @@ fn flags(args: &Args) -> std::collections::BTreeMap<&'static str, String> {
     if args.flow_log.is_some() {
         out.insert("flowLogsFileEnabled", "true".to_string());
     }
+    if args.no_kube_proxy_replacement {
+        out.insert("kubeProxyReplacement", "false".to_string());
+    }
     for (name, value) in [
         ("typhaCAFile", &args.typha_ca_file),
         ("typhaCertFile", &args.typha_cert_file),
@@ -227,6 +234,22 @@ fn flags(args: &Args) -> std::collections::BTreeMap<&'static str, String> {
         }
     }
     out
+}
+
+/// Connect-time load balancing from `bpfConnectTimeLoadBalancing` and
+/// `cgroupV2Path`.
+fn connect_time_lb(config: &FelixConfig) -> Option<manul_dataplane_bpf::CtlbConfig> {
+    use manul_model::v3::BpfConnectTimeLoadBalancing as Ctlb;
+    let udp = match config.bpf_connect_time_load_balancing.value {
+        Ctlb::Disabled => return None,
+        Ctlb::Tcp => false,
+        Ctlb::Enabled => true,
+    };
+    let path = config.cgroup_v2_path.value.trim();
+    Some(manul_dataplane_bpf::CtlbConfig {
+        udp,
+        cgroup: (!path.is_empty()).then(|| PathBuf::from(path)),
+    })
 }
 
 fn nft_config(config: &FelixConfig) -> manul_dataplane_iptables::NftConfig {
@@ -334,6 +357,7 @@ fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
             bpf.endpoint_to_host_drop =
                 config.default_endpoint_to_host_action.value == EndpointToHostAction::Drop;
             bpf.failsafe = bpf_failsafe(config);
+            bpf.connect_time_lb = connect_time_lb(config);
             manul_dataplane_bpf::BpfDriver::new(bpf)
                 .map(|d| {
                     let handle = d.flow_log_interval();
@@ -652,7 +676,13 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
     .with_transport(transport.clone());
     tokio::spawn(syncer.run(tx));
     let (intervals_tx, intervals_rx) = watch::channel(configure::intervals(&config));
-    let graph = CalcGraph::new(args.node.clone());
+    let graph = match config.kube_proxy_replacement.value {
+        true => CalcGraph::new(args.node.clone()),
+        false => {
+            tracing::info!("kubeProxyReplacement is false: Services are left to kube-proxy");
+            CalcGraph::new(args.node.clone()).without_services()
+        }
+    };
     let mut options = AgentOptions {
         refresh_interval: config.iptables_refresh_interval.value,
         intervals: Some(intervals_rx),

@@ -43,6 +43,10 @@ pub struct BpfConfig {
     /// Benchmarks only: never create conntrack entries, so every packet is
     /// classified as a new flow.
     pub benchmark_no_conntrack: bool,
+    /// Connect-time load balancing (Felix's `bpfConnectTimeLoadBalancing`
+    /// `TCP` or `Enabled`); `None` (`Disabled`, the default): off, and an
+    /// earlier run's cgroup links are removed.
+    pub connect_time_lb: Option<crate::ctlb::CtlbConfig>,
 }
 
 impl BpfConfig {
@@ -60,6 +64,7 @@ impl BpfConfig {
             endpoint_to_host_drop: false,
             failsafe: Vec::new(),
             benchmark_no_conntrack: false,
+            connect_time_lb: None,
         }
     }
 }
