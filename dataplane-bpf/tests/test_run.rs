@@ -482,6 +482,7 @@ fn svc(name: &str, vip: &str, backends: &[&str], affinity: Option<u32>) -> Opera
             ip: ip(b),
             port: 8080,
             local: true,
+            ready: true,
         })
         .collect();
     Operation::ServiceUpdate(manul_dataplane_api::Service {

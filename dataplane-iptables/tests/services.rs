@@ -60,6 +60,7 @@ fn every_kind_of_service_change_is_accepted_by_the_kernel() {
             ip: ip(a),
             port: 8080,
             local: true,
+            ready: true,
         };
         let mut svc = service("prod", "web");
         svc.cluster_ips = vec![ip("10.96.0.10"), ip("fd00:96::10")];

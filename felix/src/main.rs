@@ -163,6 +163,10 @@ struct Args {
     /// go first).
     #[arg(long, default_value_t = 100_000)]
     flow_buffer_records: usize,
+    /// Leave every Service to kube-proxy (`kubeProxyReplacement: false`):
+    /// program none, and remove those an earlier run programmed.
+    #[arg(long)]
+    no_kube_proxy_replacement: bool,
 }
 
 /// The log filter's handle: `logSeverityScreen` changes go through it.
@@ -226,6 +230,9 @@ fn flags(args: &Args) -> std::collections::BTreeMap<&'static str, String> {
     if args.flow_log.is_some() {
         out.insert("flowLogsFileEnabled", "true".to_string());
     }
+    if args.no_kube_proxy_replacement {
+        out.insert("kubeProxyReplacement", "false".to_string());
+    }
     for (name, value) in [
         ("typhaCAFile", &args.typha_ca_file),
         ("typhaCertFile", &args.typha_cert_file),
@@ -238,6 +245,22 @@ fn flags(args: &Args) -> std::collections::BTreeMap<&'static str, String> {
         }
     }
     out
+}
+
+/// Connect-time load balancing from `bpfConnectTimeLoadBalancing` and
+/// `cgroupV2Path`.
+fn connect_time_lb(config: &FelixConfig) -> Option<manul_dataplane_bpf::CtlbConfig> {
+    use manul_model::v3::BpfConnectTimeLoadBalancing as Ctlb;
+    let udp = match config.bpf_connect_time_load_balancing.value {
+        Ctlb::Disabled => return None,
+        Ctlb::Tcp => false,
+        Ctlb::Enabled => true,
+    };
+    let path = config.cgroup_v2_path.value.trim();
+    Some(manul_dataplane_bpf::CtlbConfig {
+        udp,
+        cgroup: (!path.is_empty()).then(|| PathBuf::from(path)),
+    })
 }
 
 fn nft_config(config: &FelixConfig) -> manul_dataplane_iptables::NftConfig {
@@ -349,6 +372,7 @@ fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
                 BpfExternalServiceMode::Tunnel => manul_dataplane_bpf::ExternalServiceMode::Snat,
                 BpfExternalServiceMode::Dsr => manul_dataplane_bpf::ExternalServiceMode::Dsr,
             };
+            bpf.connect_time_lb = connect_time_lb(config);
             manul_dataplane_bpf::BpfDriver::new(bpf)
                 .map(|d| {
                     let handle = d.flow_log_interval();
@@ -667,7 +691,13 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
     .with_transport(transport.clone());
     tokio::spawn(syncer.run(tx));
     let (intervals_tx, intervals_rx) = watch::channel(configure::intervals(&config));
-    let graph = CalcGraph::new(args.node.clone());
+    let graph = match config.kube_proxy_replacement.value {
+        true => CalcGraph::new(args.node.clone()),
+        false => {
+            tracing::info!("kubeProxyReplacement is false: Services are left to kube-proxy");
+            CalcGraph::new(args.node.clone()).without_services()
+        }
+    };
     let mut options = AgentOptions {
         refresh_interval: config.iptables_refresh_interval.value,
         intervals: Some(intervals_rx),

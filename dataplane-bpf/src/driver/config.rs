@@ -46,6 +46,10 @@ pub struct BpfConfig {
     /// Benchmarks only: never create conntrack entries, so every packet is
     /// classified as a new flow.
     pub benchmark_no_conntrack: bool,
+    /// Connect-time load balancing (Felix's `bpfConnectTimeLoadBalancing`
+    /// `TCP` or `Enabled`); `None` (`Disabled`, the default): off, and an
+    /// earlier run's cgroup links are removed.
+    pub connect_time_lb: Option<crate::ctlb::CtlbConfig>,
     /// How external traffic (node ports, external and load-balancer IPs
     /// under `externalTrafficPolicy: Cluster`) reaches a backend on
     /// another node (Felix's `bpfExternalServiceMode`). Default
@@ -86,6 +90,7 @@ impl BpfConfig {
             failsafe: Vec::new(),
             benchmark_no_conntrack: false,
             external_service_mode: ExternalServiceMode::Snat,
+            connect_time_lb: None,
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct BpfDriver {
     services: crate::services::Services,
     /// Host interfaces in `manul_svc_if` (see `interfaces.rs`).
     service_only: std::collections::BTreeSet<u32>,
+    /// Connect-time load balancing, when configured.
+    ctlb: Option<crate::ctlb::ConnectTimeLb>,
 }
 
 impl BpfDriver {
@@ -86,6 +88,14 @@ impl BpfDriver {
         )?;
         let mut maps = Maps::take(&mut ebpf)?;
         let services = crate::services::Services::new(&mut ebpf)?;
+        // After the TC object: it adopts the service maps that one pinned.
+        let ctlb = match &config.connect_time_lb {
+            Some(c) => Some(crate::ctlb::ConnectTimeLb::start(&dirs, c)?),
+            None => {
+                crate::ctlb::ConnectTimeLb::remove_links(&dirs);
+                None
+            }
+        };
         maps.store_to_host_drop(config.endpoint_to_host_drop)?;
         maps.store_failsafe(&config.failsafe)?;
         maps.store_external_mode(config.external_service_mode)?;
@@ -136,6 +146,7 @@ impl BpfDriver {
             attached: std::collections::HashSet::new(),
             services,
             service_only: std::collections::BTreeSet::new(),
+            ctlb,
         };
         // An earlier run's service-only interfaces: their links are
         // adopted below, and removed with their entries if no service
@@ -143,6 +154,31 @@ impl BpfDriver {
         driver.service_only = driver.services.interfaces();
         driver.adopt_links();
         Ok(driver)
+    }
+
+    /// What connect-time load balancing counted, when it is on.
+    pub fn ctlb_counters(&self) -> Option<crate::ctlb::CtlbCounters> {
+        self.ctlb.as_ref().map(crate::ctlb::ConnectTimeLb::counters)
+    }
+
+    /// After a batch's services are in the maps: the node's addresses for
+    /// node ports, and the sockets of backends that left destroyed.
+    fn connect_time_lb(&mut self, batch: &[Operation]) -> Result<(), BpfError> {
+        let gone = self.services.take_gone();
+        let Some(ctlb) = self.ctlb.as_mut() else {
+            return Ok(());
+        };
+        let touched = batch.iter().any(|op| {
+            matches!(
+                op,
+                Operation::InSync | Operation::ServiceUpdate(_) | Operation::ServiceRemove { .. }
+            )
+        });
+        if touched {
+            ctlb.set_local_addresses()?;
+        }
+        ctlb.reap(&gone);
+        Ok(())
     }
 
     /// The desired state as recorded (and enforced).
@@ -213,6 +249,9 @@ impl Driver for BpfDriver {
         // Services do not depend on endpoints: synced whatever an
         // endpoint's soft error.
         if let Err(e) = self.services.apply(batch, &self.desired.state().services) {
+            errors.push(e);
+        }
+        if let Err(e) = self.connect_time_lb(batch) {
             errors.push(e);
         }
         errors.extend(self.settle_attachments(&outcome.attach, &outcome.detach));

@@ -7,7 +7,7 @@
 pub mod maps;
 pub mod plan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::Ebpf;
 use manul_dataplane_api::{Operation, Service, ServiceKey};
@@ -21,6 +21,9 @@ use plan::Programmed;
 pub struct Services {
     maps: ServiceMaps,
     programmed: Programmed,
+    /// Backends that left their lists since [`Services::take_gone`] was
+    /// last called (list id → backends), for connect-time load balancing.
+    gone: BTreeMap<u32, BTreeSet<plan::BackendAddr>>,
 }
 
 impl Services {
@@ -29,7 +32,11 @@ impl Services {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
         let maps = ServiceMaps::take(ebpf)?;
         let programmed = maps.read();
-        Ok(Self { maps, programmed })
+        Ok(Self {
+            maps,
+            programmed,
+            gone: BTreeMap::new(),
+        })
     }
 
     /// The session affinity map's entries.
@@ -56,6 +63,11 @@ impl Services {
             return Ok(());
         }
         self.sync(services, in_sync)
+    }
+
+    /// The backends that left their lists since the last call.
+    pub fn take_gone(&mut self) -> BTreeMap<u32, BTreeSet<plan::BackendAddr>> {
+        std::mem::take(&mut self.gone)
     }
 
     /// The host interfaces `manul_svc_if` holds.
@@ -101,6 +113,9 @@ impl Services {
             self.maps.remove_source_ranges(&desired.source_ranges)?;
         }
         let cleaned = self.maps.clean(&writes.gone);
+        for (id, backends) in &writes.gone {
+            self.gone.entry(*id).or_default().extend(backends);
+        }
         tracing::debug!(
             frontends = self.programmed.frontends.len(),
             lists = self.programmed.lists.len(),

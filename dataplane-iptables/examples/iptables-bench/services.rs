@@ -91,6 +91,7 @@ fn service(i: usize, backends: usize, generation: u32) -> Service {
             }),
             port: 8080,
             local: false,
+            ready: true,
         })
         .collect();
     Service::cluster_ip(

@@ -114,6 +114,10 @@ pub struct CalcGraph {
     /// (namespace, Service name) → the names of its slices.
     slices_by_service: BTreeMap<(String, String), BTreeSet<String>>,
     dirty_services: BTreeSet<(String, String)>,
+    /// Whether this node proxies Services at all (Felix's
+    /// `kubeProxyReplacement`): false leaves every Service to kube-proxy,
+    /// none is emitted.
+    proxy_services: bool,
     /// Endpoints and network sets, and what they inherit.
     items: Items,
     /// The active IP sets.
@@ -149,6 +153,7 @@ impl CalcGraph {
             slices: BTreeMap::new(),
             slices_by_service: BTreeMap::new(),
             dirty_services: BTreeSet::new(),
+            proxy_services: true,
             items: Items::default(),
             sets: Sets::default(),
             policies: Policies::default(),
@@ -159,6 +164,15 @@ impl CalcGraph {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// A graph that leaves every Service to another proxy (kube-proxy,
+    /// while a cluster migrates): it emits no Service, as if none were
+    /// this proxy's. EndpointSlices still give the members of policy
+    /// rules' `services` matches.
+    pub fn without_services(mut self) -> CalcGraph {
+        self.proxy_services = false;
+        self
     }
 
     pub fn stats(&self) -> Stats {
@@ -239,7 +253,7 @@ impl CalcGraph {
                     u.key.name.clone(),
                 );
                 let frontend = match &u.value {
-                    Some(Resource::Service(svc)) => {
+                    Some(Resource::Service(svc)) if self.proxy_services => {
                         services::Frontend::from_k8s(&key.0, &key.1, svc)
                     }
                     _ => None,

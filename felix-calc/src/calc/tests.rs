@@ -153,7 +153,8 @@ fn services_join_endpoint_slices() {
         vec![dp::Backend {
             ip: "10.65.0.5".parse().unwrap(),
             port: 8080,
-            local: false
+            local: false,
+            ready: true,
         }],
         "only ready backends, at the slice's port"
     );

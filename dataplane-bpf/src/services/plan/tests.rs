@@ -14,6 +14,7 @@ fn backend(d: u8, local: bool) -> Backend {
         ip: IpAddr::V4(v4(d)),
         port: 8080,
         local,
+        ready: true,
     }
 }
 

@@ -16,6 +16,7 @@ fn backend(addr: &str, port: u16, local: bool) -> Backend {
         ip: ip(addr),
         port,
         local,
+        ready: true,
     }
 }
 
