@@ -16,6 +16,10 @@
 //!   change: one backend replaced), repeated `--changes` times; with where
 //!   the time goes (the driver's own split between preparing the script
 //!   and `nft`, rendering and diffing the whole state, `nft` alone).
+//! - `flows`: the per-packet cost with flow observations off and on, side
+//!   by side in one run (`iptables-bench/flows.rs`): established round
+//!   trips (a TCP_RR loop), new connections and throughput, with the
+//!   ratios of the medians.
 //! - no command: `programming` and `traffic`.
 //!
 //! Everything runs in network namespaces it creates and removes, also on
@@ -31,6 +35,7 @@
 //! target/release/examples/iptables-bench            # both
 //! target/release/examples/iptables-bench traffic --runs 3
 //! target/release/examples/iptables-bench services --services 10000 --backends 10
+//! target/release/examples/iptables-bench flows --runs 5
 //! ```
 
 use std::sync::Arc;
@@ -50,6 +55,8 @@ use manul_dataplane_iptables::{Nft, NftDriver, names, render, script};
 use manul_netns::NetNs;
 use serde::Serialize;
 
+#[path = "iptables-bench/flows.rs"]
+mod flows;
 #[path = "iptables-bench/services.rs"]
 mod services;
 
@@ -101,6 +108,9 @@ struct Cli {
     /// Backend changes to time (`services`).
     #[arg(long, default_value_t = 50, global = true)]
     changes: usize,
+    /// Non-matching rules before the allowing one (`flows`).
+    #[arg(long, default_value_t = 10, global = true)]
+    flow_rules: usize,
     /// iperf3 `-t` seconds.
     #[arg(long, default_value_t = 4, global = true)]
     iperf_seconds: u32,
@@ -120,6 +130,8 @@ enum Cmd {
     Traffic,
     /// Services: the whole snapshot, then one service's backend change.
     Services,
+    /// Per-packet cost with flow observations off and on, side by side.
+    Flows,
 }
 
 #[derive(Debug, Serialize)]
@@ -547,6 +559,8 @@ struct Output {
     traffic: Option<TrafficReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     services: Option<services::Report>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flows: Option<flows::Report>,
 }
 
 fn main() -> Result<()> {
@@ -558,7 +572,12 @@ fn main() -> Result<()> {
         None => (true, true),
         Some(Cmd::Programming) => (true, false),
         Some(Cmd::Traffic) => (false, true),
-        Some(Cmd::Services) => (false, false),
+        Some(Cmd::Services | Cmd::Flows) => (false, false),
+    };
+    let flows = if matches!(cli.command, Some(Cmd::Flows)) {
+        Some(flows::run(&cli)?)
+    } else {
+        None
     };
     let services = if matches!(cli.command, Some(Cmd::Services)) {
         Some(services::run(&cli)?)
@@ -581,6 +600,7 @@ fn main() -> Result<()> {
         programming,
         traffic,
         services,
+        flows,
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

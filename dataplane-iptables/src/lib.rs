@@ -44,11 +44,13 @@
 //! (Calico ignores it too).
 
 pub mod driver;
+pub mod flows;
 pub mod names;
 pub mod nft;
 pub mod render;
 pub mod script;
 
 pub use driver::{NftDriver, NftStats, Refresh, WriteTiming};
+pub use flows::FlowLog;
 pub use nft::{Nft, NftError};
 pub use render::{EndpointToHost, Failsafe, NftConfig};
