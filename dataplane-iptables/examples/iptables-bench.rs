@@ -20,6 +20,10 @@
 //!   and 10,000 services, this driver against kube-proxy's iptables mode
 //!   for the same services (`traffic::run_service_connect_benchmark`;
 //!   needs `iptables-legacy-restore`), `--runs` rounds.
+//! - `flows`: the per-packet cost with flow observations off and on, side
+//!   by side in one run (`iptables-bench/flows.rs`): established round
+//!   trips (a TCP_RR loop), new connections and throughput, with the
+//!   ratios of the medians.
 //! - no command: `programming` and `traffic`.
 //!
 //! Everything runs in network namespaces it creates and removes, also on
@@ -35,6 +39,7 @@
 //! target/release/examples/iptables-bench            # both
 //! target/release/examples/iptables-bench traffic --runs 3
 //! target/release/examples/iptables-bench services --services 10000 --backends 10
+//! target/release/examples/iptables-bench flows --runs 5
 //! ```
 
 use std::sync::Arc;
@@ -54,6 +59,8 @@ use manul_dataplane_iptables::{Nft, NftDriver, names, render, script};
 use manul_netns::NetNs;
 use serde::Serialize;
 
+#[path = "iptables-bench/flows.rs"]
+mod flows;
 #[path = "iptables-bench/services.rs"]
 mod services;
 
@@ -105,6 +112,9 @@ struct Cli {
     /// Backend changes to time (`services`).
     #[arg(long, default_value_t = 50, global = true)]
     changes: usize,
+    /// Non-matching rules before the allowing one (`flows`).
+    #[arg(long, default_value_t = 10, global = true)]
+    flow_rules: usize,
     /// iperf3 `-t` seconds.
     #[arg(long, default_value_t = 4, global = true)]
     iperf_seconds: u32,
@@ -127,6 +137,8 @@ enum Cmd {
     /// New connections through a ClusterIP with 10 and 10,000 services,
     /// against kube-proxy's iptables mode for the same services.
     ServiceConnections,
+    /// Per-packet cost with flow observations off and on, side by side.
+    Flows,
 }
 
 #[derive(Debug, Serialize)]
@@ -556,6 +568,7 @@ struct Output {
     services: Option<services::Report>,
     #[serde(skip_serializing_if = "Option::is_none")]
     service_connections: Option<traffic::ServiceConnectReport>,
+    flows: Option<flows::Report>,
 }
 
 fn main() -> Result<()> {
@@ -567,7 +580,7 @@ fn main() -> Result<()> {
         None => (true, true),
         Some(Cmd::Programming) => (true, false),
         Some(Cmd::Traffic) => (false, true),
-        Some(Cmd::Services) | Some(Cmd::ServiceConnections) => (false, false),
+        Some(Cmd::Services | Cmd::ServiceConnections | Cmd::Flows) => (false, false),
     };
     let service_connections = if matches!(cli.command, Some(Cmd::ServiceConnections)) {
         let nft: Arc<Factory> = Arc::new(|_ctx| {
@@ -602,6 +615,11 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    let flows = if matches!(cli.command, Some(Cmd::Flows)) {
+        Some(flows::run(&cli)?)
+    } else {
+        None
+    };
     let services = if matches!(cli.command, Some(Cmd::Services)) {
         Some(services::run(&cli)?)
     } else {
@@ -624,6 +642,7 @@ fn main() -> Result<()> {
         traffic,
         services,
         service_connections,
+        flows,
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

@@ -8,6 +8,7 @@ use manul_dataplane_api::{
 };
 use tracing::{debug, info, warn};
 
+use crate::flows::Flows;
 use crate::nft::{Nft, NftError, Observed};
 use crate::render::services::Claims;
 use crate::render::{self, NftConfig, Ruleset, service_change};
@@ -69,6 +70,8 @@ pub struct NftDriver {
     last_write: WriteTiming,
     /// The next netlink sequence number.
     seq: u32,
+    /// Flow observations, when the configuration turns them on.
+    flows: Option<Flows>,
 }
 
 fn dataplane(context: &str, e: NftError) -> DriverError {
@@ -97,10 +100,18 @@ impl NftDriver {
             programmed: None,
             claims: Claims::default(),
             stats: NftStats::default(),
+            flows: None,
             config,
             last_write: WriteTiming::default(),
             seq: 1,
         };
+        if let Some(flows) = driver.config.flows {
+            driver.flows = Some(Flows::open(flows).map_err(|e| DriverError::Dataplane {
+                driver: "iptables",
+                context: "opening the flow sockets".into(),
+                source: Box::new(e),
+            })?);
+        }
         let existing = driver
             .nft
             .table_exists()
@@ -397,6 +408,9 @@ impl Driver for NftDriver {
     /// in one transaction.
     fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
         let result = self.apply_batch(batch);
+        if let Some(flows) = &mut self.flows {
+            flows.state_changed();
+        }
         if result.is_err() {
             self.mark_stale();
         }
@@ -414,5 +428,18 @@ impl Driver for NftDriver {
 
     fn refresh(&mut self) -> Result<bool, DriverError> {
         NftDriver::refresh(self).map(|r| matches!(r, Refresh::Repaired(_)))
+    }
+
+    /// With flows on: nflog records of the deciding rules and conntrack's
+    /// counters and ends (see [`crate::flows`]); nothing otherwise.
+    fn take_flows(&mut self) -> Vec<manul_dataplane_api::FlowObservation> {
+        match &mut self.flows {
+            Some(flows) => flows.take(self.contract.state()),
+            None => Vec::new(),
+        }
+    }
+
+    fn flows_dropped(&self) -> u64 {
+        self.flows.as_ref().map_or(0, Flows::dropped)
     }
 }

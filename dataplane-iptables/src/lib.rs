@@ -52,6 +52,7 @@
 
 pub mod driver;
 pub mod elements;
+pub mod flows;
 pub mod names;
 pub mod netlink;
 pub mod nft;
@@ -59,5 +60,6 @@ pub mod render;
 pub mod script;
 
 pub use driver::{NftDriver, NftStats, Refresh, WriteTiming};
+pub use flows::FlowLog;
 pub use nft::{Nft, NftError};
 pub use render::{EndpointToHost, Failsafe, NftConfig};

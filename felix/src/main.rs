@@ -291,6 +291,10 @@ fn nft_config(config: &FelixConfig) -> manul_dataplane_iptables::NftConfig {
             EndpointToHostAction::Return => EndpointToHost::Return,
             EndpointToHostAction::Accept => EndpointToHost::Accept,
         },
+        flows: config
+            .flow_logs_file_enabled
+            .value
+            .then(manul_dataplane_iptables::FlowLog::default),
     }
 }
 

@@ -295,14 +295,31 @@ impl ResourcesService {
         trail: &mut Trail,
     ) -> Result<Response<ApplyResponse>, Status> {
         let mut batch = write_batch(request.get_ref(), &self.limits)?;
-        trail.keys(batch.writes.iter().filter_map(|w| w.key.clone()));
+        trail.keys(
+            batch
+                .writes
+                .iter()
+                .filter_map(|w| w.key.clone())
+                .chain(batch.deletes.iter().cloned()),
+        );
         if !trail.caller.role.writes_anything() {
+            if !batch.deletes.is_empty() {
+                return Err(Status::permission_denied(format!(
+                    "{} ({}): deletes within an apply need a role that may write anything",
+                    trail.caller.identity,
+                    trail.caller.role.label()
+                )));
+            }
             let state = self.state_for(trail).await?;
             trail.authorize_writes(&state, &mut batch.writes)?;
         }
         refuse_owned(
             self.kube,
-            batch.writes.iter().filter_map(|w| w.key.as_ref()),
+            batch
+                .writes
+                .iter()
+                .filter_map(|w| w.key.as_ref())
+                .chain(&batch.deletes),
         )?;
         if let Route::Forward(addr) = route(&self.node, &request)? {
             // A write authorized against stored values goes on as the
@@ -458,6 +475,7 @@ fn pinned_request(batch: &WriteBatch) -> ApplyRequest {
                 expected_revision: w.expected_revision,
             })
             .collect(),
+        deletes: batch.deletes.clone(),
     }
 }
 
@@ -509,10 +527,19 @@ pub fn write_batch(request: &ApplyRequest, limits: &WriteLimits) -> Result<Write
             "items: no resources in the request",
         ));
     }
-    Ok(WriteBatch {
-        writes,
-        deletes: Vec::new(),
-    })
+    let mut deletes = Vec::new();
+    for (i, k) in request.deletes.iter().enumerate() {
+        let key = normalize_key(k, &format!("deletes[{i}]"))?;
+        let proto = key.to_proto();
+        let written = writes.iter().any(|w| w.key.as_ref() == Some(&proto));
+        if written || deletes.contains(&proto) {
+            return Err(Status::invalid_argument(format!(
+                "deletes[{i}]: {key} is written or deleted twice in one request"
+            )));
+        }
+        deletes.push(proto);
+    }
+    Ok(WriteBatch { writes, deletes })
 }
 
 #[tonic::async_trait]

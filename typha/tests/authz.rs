@@ -151,6 +151,7 @@ fn apply(doc: &str, expected: Option<u64>) -> ApplyRequest {
             origin: "test".into(),
             expected_revision: expected,
         }],
+        deletes: Vec::new(),
     }
 }
 

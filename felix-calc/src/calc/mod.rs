@@ -212,6 +212,11 @@ impl CalcGraph {
                 let input = u.value.as_ref().and_then(inputs::policy_input);
                 self.set_policy(u.key, input);
             }
+            // Staged policies are never enforced: nothing of them reaches
+            // the driver (`crate::pending` evaluates them).
+            Kind::StagedNetworkPolicy
+            | Kind::StagedGlobalNetworkPolicy
+            | Kind::StagedKubernetesNetworkPolicy => {}
             Kind::Profile => {
                 match u.value {
                     Some(Resource::Profile(p)) => {
