@@ -12,7 +12,6 @@ fn main() -> Result<(), Box<dyn Error>> {
     let header = "bpf/manul_maps.h";
     let ctlb_header = "bpf/manul_ctlb.h";
     println!("cargo:rerun-if-changed={header}");
-    println!("cargo:rerun-if-changed={source}");
     println!("cargo:rerun-if-changed=bpf/manul_svc_ext.h");
     println!("cargo:rerun-if-changed={ctlb_header}");
     println!("cargo:rerun-if-env-changed=CLANG");

@@ -196,6 +196,7 @@ fn node_port(
         ip: IpAddr::V4(backend),
         port: target,
         local,
+        ready: true,
     }];
     let mut svc = Service::cluster_ip(
         "ns",

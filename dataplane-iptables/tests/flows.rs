@@ -101,12 +101,12 @@ fn server_rule(index: usize) -> Decider {
     }
 }
 
-fn find<'a>(
-    obs: &'a [FlowObservation],
+fn find(
+    obs: &[FlowObservation],
     phase: FlowPhase,
     reporter: Reporter,
     dst_port: u16,
-) -> Option<&'a FlowObservation> {
+) -> Option<&FlowObservation> {
     obs.iter()
         .find(|o| o.phase == phase && o.reporter == reporter && o.tuple.dst_port == dst_port)
 }

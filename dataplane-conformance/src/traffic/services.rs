@@ -116,6 +116,7 @@ pub fn service_operations(services: usize) -> Vec<Operation> {
                     ip: IpAddr::V4(ip),
                     port,
                     local: ip == SERVER_IP,
+                    ready: true,
                 })
                 .collect();
             let local = backends.iter().copied().filter(|b| b.local).collect();

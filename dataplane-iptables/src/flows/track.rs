@@ -308,7 +308,7 @@ impl Tracker {
     /// One `Denied` observation per burst gathered since the last flush.
     pub fn flush_denied(&mut self, now_ms: u64) {
         let mut bursts: Vec<(BurstKey, Burst)> = self.denied.drain().collect();
-        bursts.sort_by(|a, b| (a.0.0, a.0.1).cmp(&(b.0.0, b.0.1)));
+        bursts.sort_by_key(|a| (a.0.0, a.0.1));
         for ((tuple, reporter, endpoint, decider), burst) in bursts {
             self.push(FlowObservation {
                 phase: FlowPhase::Denied,

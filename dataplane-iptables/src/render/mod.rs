@@ -394,7 +394,9 @@ pub(crate) enum ChainKind {
 }
 
 /// An endpoint chain and its tier chains: the tiers with policies for the
-/// direction, then (normal chains) the profiles, then drop.
+/// direction, then (normal chains) the profiles, then drop. `log` is the
+/// nflog group deciding rules log to when flow observations are on.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn endpoint_chains(
     out: &mut BTreeMap<String, Rules>,
     chain: &str,

@@ -35,8 +35,8 @@ use std::time::Duration;
 use manul_model::convert::installation::{INSTALLATION_NAME, felix_settings};
 use manul_model::operator::InstallationSpec;
 use manul_model::v3::{
-    BpfConnectTimeLoadBalancing, BpfExternalServiceMode, EndpointToHostAction, FelixConfigurationSpec,
-    LogSeverity, ProtoPort,
+    BpfConnectTimeLoadBalancing, BpfExternalServiceMode, EndpointToHostAction,
+    FelixConfigurationSpec, LogSeverity, ProtoPort,
 };
 use serde::Serialize;
 
