@@ -81,9 +81,16 @@ async fn a_cluster_without_a_leader_fails_after_the_timeout_naming_what_it_waite
     assert!(waited >= Duration::from_secs(1), "gave up after {waited:?}");
     assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
 
-    // A read needs no leader: the replica serves what it has.
+    // Reads are linearizable: without a leader to confirm what is
+    // committed, a replica does not serve its own state; the read waits
+    // like the write and fails the same way.
+    let began = Instant::now();
     let out = manulctl(&server, &["--timeout", "1s", "get", "gnp"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.starts_with(&want), "{stderr}");
+    assert!(began.elapsed() >= Duration::from_secs(1));
+    assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
     typha.shutdown().await;
 }
 

@@ -245,7 +245,7 @@ impl ResourcesService {
         } else {
             let Some((_, addr)) = self.node.leader().filter(|(_, a)| !a.is_empty()) else {
                 return Err(Status::unavailable(
-                    "this replica knows no leader, so it cannot serve a read that sees every acknowledged write; retry or ask another replica",
+                    "no leader is elected yet: this replica cannot serve a read that sees every acknowledged write; retry shortly or ask another replica",
                 ));
             };
             let mut cluster = ClusterClient::new(self.leaders.channel(&addr).await?);
