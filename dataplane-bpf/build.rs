@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     let source = "bpf/manul_tc.c";
     println!("cargo:rerun-if-changed={header}");
     println!("cargo:rerun-if-changed={source}");
+    // The headers manul_tc.c includes.
+    println!("cargo:rerun-if-changed=bpf");
     println!("cargo:rerun-if-env-changed=CLANG");
 
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());

@@ -61,6 +61,10 @@ unsafe impl aya::Pod for manul_svc_aff_key {}
 unsafe impl aya::Pod for manul_svc_aff_value {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_svc_src_data {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_mag_key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_be6_value {}
 
 /// Reads a flow event from the ring buffer's bytes.
 pub fn event_from_bytes(bytes: &[u8]) -> Option<manul_event> {

@@ -334,6 +334,7 @@ fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
             bpf.endpoint_to_host_drop =
                 config.default_endpoint_to_host_action.value == EndpointToHostAction::Drop;
             bpf.failsafe = bpf_failsafe(config);
+            bpf.maglev_capacity = usize::from(config.bpf_maglev_max_endpoints_per_service.value);
             manul_dataplane_bpf::BpfDriver::new(bpf)
                 .map(|d| {
                     let handle = d.flow_log_interval();
@@ -652,7 +653,10 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
     .with_transport(transport.clone());
     tokio::spawn(syncer.run(tx));
     let (intervals_tx, intervals_rx) = watch::channel(configure::intervals(&config));
-    let graph = CalcGraph::new(args.node.clone());
+    let mut graph = CalcGraph::new(args.node.clone());
+    if config.service_maglev_default.value {
+        graph.set_default_balancing(manul_dataplane_api::Balancing::Maglev);
+    }
     let mut options = AgentOptions {
         refresh_interval: config.iptables_refresh_interval.value,
         intervals: Some(intervals_rx),

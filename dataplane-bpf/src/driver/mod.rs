@@ -84,7 +84,7 @@ impl BpfDriver {
             config.benchmark_no_conntrack,
         )?;
         let mut maps = Maps::take(&mut ebpf)?;
-        let services = crate::services::Services::new(&mut ebpf)?;
+        let services = crate::services::Services::new(&mut ebpf, config.maglev_capacity)?;
         maps.store_to_host_drop(config.endpoint_to_host_drop)?;
         maps.store_failsafe(&config.failsafe)?;
         let ring = ebpf

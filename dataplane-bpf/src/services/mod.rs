@@ -21,15 +21,21 @@ use plan::Programmed;
 pub struct Services {
     maps: ServiceMaps,
     programmed: Programmed,
+    /// Maglev tables are sized for at least this many backends.
+    maglev_capacity: usize,
 }
 
 impl Services {
     /// Takes the service maps out of a loaded object and adopts what an
     /// earlier run left in them (kept until the state is in sync).
-    pub fn new(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+    pub fn new(ebpf: &mut Ebpf, maglev_capacity: usize) -> Result<Self, BpfError> {
         let maps = ServiceMaps::take(ebpf)?;
         let programmed = maps.read();
-        Ok(Self { maps, programmed })
+        Ok(Self {
+            maps,
+            programmed,
+            maglev_capacity,
+        })
     }
 
     /// The session affinity map's entries.
@@ -76,7 +82,8 @@ impl Services {
         services: &BTreeMap<ServiceKey, Service>,
         in_sync: bool,
     ) -> Result<(), BpfError> {
-        let desired = plan::desired(services);
+        let mut desired = plan::desired(services);
+        desired.maglev_capacity = self.maglev_capacity;
         for s in &desired.skipped {
             tracing::warn!(what = %s, "service frontend not programmed");
         }
