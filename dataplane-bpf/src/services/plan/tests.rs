@@ -382,7 +382,10 @@ mod sequences {
     /// A service state: for each of four names, absent or (cluster IP
     /// from a pool of three, so names contend for frontends, backends from
     /// a pool of six, affinity).
-    fn state() -> impl Strategy<Value = Vec<Option<(u8, Vec<u8>, bool, bool)>>> {
+    /// One service: cluster IP, backends, affinity, Maglev.
+    type ServiceState = (u8, Vec<u8>, bool, bool);
+
+    fn state() -> impl Strategy<Value = Vec<Option<ServiceState>>> {
         prop::collection::vec(
             prop::option::of((
                 0u8..3,
