@@ -1,4 +1,5 @@
-//! Generates the Rust types and tonic stubs from `proto/manul.proto` with the
+//! Generates the Rust types and tonic stubs from `proto/manul.proto` and
+//! `proto/flows.proto` with the
 //! vendored `protoc`, so no system protobuf compiler is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -6,7 +7,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
         .bytes(".")
-        .compile_with_config(config, &["proto/manul.proto"], &["proto"])?;
+        .compile_with_config(
+            config,
+            &["proto/manul.proto", "proto/flows.proto"],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto/manul.proto");
+    println!("cargo:rerun-if-changed=proto/flows.proto");
     Ok(())
 }

@@ -306,11 +306,40 @@ impl Client {
         .await
     }
 
+    /// Writes `items` (each with an optional expected revision) and
+    /// deletes `deletes` in one atomic batch: one Raft entry, all or
+    /// nothing. Returns each item's new revision. Typha refuses the deletes
+    /// from callers whose role does not write anything.
+    pub async fn apply_and_delete(
+        &self,
+        items: &[(&Resource, Option<u64>)],
+        deletes: &[ResourceKey],
+    ) -> Result<Vec<u64>, ClientError> {
+        self.apply_items_deleting(
+            items
+                .iter()
+                .map(|(r, expected)| (*r, r.key().to_string(), *expected)),
+            deletes,
+        )
+        .await
+    }
+
     async fn apply_items<'a>(
         &self,
         items: impl Iterator<Item = (&'a Resource, String, Option<u64>)>,
     ) -> Result<Vec<u64>, ClientError> {
-        let mut request = pb::ApplyRequest { items: Vec::new() };
+        self.apply_items_deleting(items, &[]).await
+    }
+
+    async fn apply_items_deleting<'a>(
+        &self,
+        items: impl Iterator<Item = (&'a Resource, String, Option<u64>)>,
+        deletes: &[ResourceKey],
+    ) -> Result<Vec<u64>, ClientError> {
+        let mut request = pb::ApplyRequest {
+            items: Vec::new(),
+            deletes: deletes.iter().map(wire::key_to_proto).collect(),
+        };
         for (resource, origin, expected) in items {
             let document = serde_json::to_vec(resource).map_err(|source| ClientError::Encode {
                 key: resource.key().to_string(),

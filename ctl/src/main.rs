@@ -2,8 +2,10 @@
 //!
 //! Offline commands judge files without a server: `validate`, `convert`,
 //! `selector eval`, and `crds` prints the CustomResourceDefinitions. Online commands talk to any Typha replica (`--server` or
-//! `MANUL_SERVER`): `apply`, `get`, `delete`, `cluster`, `sync` and `trace`;
-//! `services` asks one node's Felix (`--felix`) what its dataplane holds.
+//! `MANUL_SERVER`): `apply`, `get`, `delete`, `cluster`, `sync`, `trace` and
+//! `policy promote`;
+//! `services` asks one node's Felix (`--felix`) what its dataplane holds;
+//! `flows` reads flow records from the flow aggregator (`--aggregator`).
 //! Exit codes: 0 success, 2 bad input (invalid resources, unreadable files,
 //! bad flags, a request the server rejects), 1 any other failure (such as an
 //! unreachable server).
@@ -19,7 +21,9 @@ mod client;
 mod cluster;
 mod convert;
 mod crds;
+mod flows;
 mod input;
+mod policy;
 mod resources;
 mod selector;
 mod services;
@@ -78,10 +82,15 @@ enum Command {
     /// Debug the Typha-to-Felix delta stream.
     #[command(subcommand)]
     Sync(sync::SyncCommand),
+    /// Staged policies: `promote` makes one its enforced kind in one write.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Trace a packet through the policies: every step, then `verdict: allow` or `verdict: deny`.
     Trace(trace::TraceArgs),
     /// The Services a node's dataplane is programmed with, from its Felix: frontends and their backends.
     Services(services::ServicesArgs),
+    /// Flow records from the flow aggregator, in the manner of `hubble observe`.
+    Flows(flows::FlowsArgs),
     /// Certificates for TLS.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -123,7 +132,9 @@ fn main() -> ExitCode {
                     Command::Cluster(cmd) => cluster::run(&cli.server, cmd).await,
                     Command::Sync(cmd) => sync::run(&cli.server, cmd).await,
                     Command::Trace(args) => trace::run(&cli.server, args).await,
+                    Command::Policy(cmd) => policy::run(&cli.server, cmd).await,
                     Command::Services(args) => services::run(args).await,
+                    Command::Flows(args) => flows::run(args).await,
                     _ => Ok(ExitCode::SUCCESS),
                 }
             }),

@@ -22,6 +22,7 @@ fn backend(ip: &str, local: bool) -> Backend {
         ip: ip.parse().unwrap(),
         port: 8080,
         local,
+        ready: true,
     }
 }
 

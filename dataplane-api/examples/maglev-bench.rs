@@ -35,6 +35,7 @@ fn main() {
             ip: IpAddr::V4(Ipv4Addr::from(0x0a41_0000 + i)),
             port: 8080,
             local: false,
+            ready: true,
         })
         .collect();
     let started = Instant::now();

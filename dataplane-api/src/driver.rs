@@ -66,6 +66,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::flows::FlowObservation;
 use crate::ops::{Action, EndpointId, IpSetId, IpSetKind, IpSetMember, Operation, PolicyId};
 
 /// A dataplane driver: something that applies the calculation graph's
@@ -122,6 +123,20 @@ pub trait Driver: Send {
     /// metrics.
     fn service_counters(&self) -> Option<ServiceCounters> {
         None
+    }
+
+    /// The flow observations made since the last call, oldest first, for
+    /// drivers that see connections (see [`crate::flows`]). A driver keeps a
+    /// bounded queue and counts what it had to drop
+    /// ([`Driver::flows_dropped`]); Felix drains it every few seconds.
+    fn take_flows(&mut self) -> Vec<FlowObservation> {
+        Vec::new()
+    }
+
+    /// Observations dropped because the queue behind
+    /// [`Driver::take_flows`] was full, since the driver started.
+    fn flows_dropped(&self) -> u64 {
+        0
     }
 }
 
@@ -186,6 +201,14 @@ impl<D: Driver + ?Sized> Driver for Box<D> {
 
     fn service_counters(&self) -> Option<ServiceCounters> {
         (**self).service_counters()
+    }
+
+    fn take_flows(&mut self) -> Vec<FlowObservation> {
+        (**self).take_flows()
+    }
+
+    fn flows_dropped(&self) -> u64 {
+        (**self).flows_dropped()
     }
 }
 

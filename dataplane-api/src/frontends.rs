@@ -165,6 +165,7 @@ mod tests {
             ip: ip("10.0.1.2"),
             port: 8080,
             local: false,
+            ready: true,
         });
         let f = svc.frontends();
         let kinds: Vec<_> = f.iter().map(|f| (f.kind, f.address, f.port)).collect();

@@ -18,6 +18,7 @@
 mod contract;
 pub mod desired;
 pub mod driver;
+pub mod flows;
 pub mod frontends;
 pub mod maglev;
 pub mod null;
@@ -34,9 +35,10 @@ pub use desired::{DesiredState, IpSet, ServiceKey};
 pub use driver::{
     ConntrackUsage, ContractViolation, Driver, DriverError, PolicyCounter, ServiceCounters, chain,
 };
+pub use flows::{FlowCounts, FlowObservation, FlowPhase, FlowQueue, FlowTuple, Reporter};
 pub use frontends::{Frontend, FrontendKind, ServiceFrontends, protocol_name};
 pub use maglev::MaglevTable;
 pub use null::NullDriver;
 pub use ops::*;
 pub use remote::{RemoteDriver, RemoteOptions, ServeHandle, serve, serve_connection, serve_with};
-pub use verdict::{Decider, Packet, SideVerdict, Verdict};
+pub use verdict::{Decider, Packet, SideVerdict, TraceStep, Verdict};

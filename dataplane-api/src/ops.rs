@@ -198,6 +198,17 @@ pub struct Backend {
     pub port: u16,
     /// The endpoint runs on this node.
     pub local: bool,
+    /// The endpoint is ready (its EndpointSlice condition); false: a
+    /// serving terminating endpoint, a backend only because its list has
+    /// no ready one (KEP-1669). Drivers translate to either alike; the
+    /// health-check node port counts ready local backends only, as
+    /// kube-proxy does. Absent in JSON: ready.
+    #[serde(default = "ready_default")]
+    pub ready: bool,
+}
+
+fn ready_default() -> bool {
+    true
 }
 
 /// A service port and its backends, for kube-proxy replacement. The

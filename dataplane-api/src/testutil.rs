@@ -168,11 +168,13 @@ pub fn service(namespace: &str, name: &str) -> Service {
                 ip: ip("10.0.0.1"),
                 port: 8080,
                 local: true,
+                ready: true,
             }],
             local_backends: vec![Backend {
                 ip: ip("10.0.0.1"),
                 port: 8080,
                 local: true,
+                ready: true,
             }],
         }],
     )

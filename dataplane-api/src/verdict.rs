@@ -158,6 +158,29 @@ pub struct Verdict {
     /// The destination endpoint's inbound judgement, if the destination is
     /// local and the outbound side did not drop the packet.
     pub inbound: Option<SideVerdict>,
+    /// Every policy and profile that gave a verdict on the way, in
+    /// evaluation order (both sides): the flow logs' policy trace.
+    #[serde(default)]
+    pub trace: Vec<TraceStep>,
+}
+
+/// One policy (or profile, or tier end) that gave a verdict on one side:
+/// a matching rule's Allow, Deny or Pass, or a tier's default action when
+/// its policies gave none (`rule_index` is then `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TraceStep {
+    pub endpoint: EndpointId,
+    /// The destination endpoint's inbound side (else the source's
+    /// outbound side).
+    pub inbound: bool,
+    /// The tier; `None` for a profile.
+    pub tier: Option<String>,
+    pub policy: Option<PolicyId>,
+    pub profile: Option<String>,
+    /// The rule's index in the policy's rules for the direction.
+    pub rule_index: Option<u32>,
+    /// Allow, Deny or Pass.
+    pub action: Action,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +217,7 @@ impl DesiredState {
             deciding: None,
             outbound: None,
             inbound: None,
+            trace: Vec::new(),
         };
 
         match source {
@@ -202,7 +226,13 @@ impl DesiredState {
                 packet.src
             )),
             Some(ep) => {
-                let (allowed, decider) = self.judge(ep, Direction::Outbound, packet, &mut steps);
+                let (allowed, decider) = self.judge(
+                    ep,
+                    Direction::Outbound,
+                    packet,
+                    &mut steps,
+                    &mut verdict.trace,
+                );
                 verdict.outbound = Some(SideVerdict {
                     endpoint: ep.id.clone(),
                     allowed,
@@ -224,7 +254,13 @@ impl DesiredState {
                 packet.dst
             )),
             Some(ep) => {
-                let (allowed, decider) = self.judge(ep, Direction::Inbound, packet, &mut steps);
+                let (allowed, decider) = self.judge(
+                    ep,
+                    Direction::Inbound,
+                    packet,
+                    &mut steps,
+                    &mut verdict.trace,
+                );
                 verdict.inbound = Some(SideVerdict {
                     endpoint: ep.id.clone(),
                     allowed,
@@ -294,7 +330,21 @@ impl DesiredState {
         dir: Direction,
         packet: &Packet,
         steps: &mut Vec<String>,
+        trace: &mut Vec<TraceStep>,
     ) -> (bool, Decider) {
+        let hit = |tier: Option<&str>,
+                   policy: Option<&PolicyId>,
+                   profile: Option<&str>,
+                   rule_index: Option<usize>,
+                   action: Action| TraceStep {
+            endpoint: ep.id.clone(),
+            inbound: dir == Direction::Inbound,
+            tier: tier.map(str::to_owned),
+            policy: policy.cloned(),
+            profile: profile.map(str::to_owned),
+            rule_index: rule_index.and_then(|i| u32::try_from(i).ok()),
+            action,
+        };
         let side = format!(
             "{} {} {}",
             dir.label(),
@@ -325,12 +375,21 @@ impl DesiredState {
                     steps.push(format!("{side}: policy {id} is missing: no rules"));
                     continue;
                 };
-                for rule in dir.policy_rules(policy) {
+                for (index, rule) in dir.policy_rules(policy).iter().enumerate() {
                     let Some(action) =
                         self.rule_action(rule, packet, &side, &format!("policy {id}"), steps)
                     else {
                         continue;
                     };
+                    if action != Action::Log {
+                        trace.push(hit(
+                            Some(tier.name.as_str()),
+                            Some(id),
+                            None,
+                            Some(index),
+                            action,
+                        ));
+                    }
                     match action {
                         Action::Allow | Action::Deny => {
                             let decider = Decider::Rule {
@@ -356,6 +415,13 @@ impl DesiredState {
                 ));
                 continue;
             }
+            trace.push(hit(
+                Some(tier.name.as_str()),
+                None,
+                None,
+                None,
+                tier.default_action,
+            ));
             if tier.default_action == Action::Pass {
                 steps.push(format!(
                     "{side}: tier {:?}: no verdict, default action Pass",
@@ -379,12 +445,15 @@ impl DesiredState {
                 steps.push(format!("{side}: profile {name:?} is missing: no rules"));
                 continue;
             };
-            for rule in dir.policy_rules(profile) {
+            for (index, rule) in dir.policy_rules(profile).iter().enumerate() {
                 let Some(action) =
                     self.rule_action(rule, packet, &side, &format!("profile {name:?}"), steps)
                 else {
                     continue;
                 };
+                if action != Action::Log {
+                    trace.push(hit(None, None, Some(name.as_str()), Some(index), action));
+                }
                 match action {
                     Action::Allow | Action::Deny => {
                         let decider = Decider::Rule {

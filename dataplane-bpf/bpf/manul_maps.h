@@ -133,7 +133,20 @@ enum manul_counter {
 	/* New connections to a load-balancer address from a client outside
 	 * its source ranges, dropped. */
 	MANUL_CNT_SVC_SOURCE_DENIED = 16,
-	MANUL_CNT_MAX = 17,
+	/* External connections (node port, external or load-balancer IP,
+	 * externalTrafficPolicy Cluster) masqueraded to a node address. */
+	MANUL_CNT_SVC_SNAT = 17,
+	/* External connections sent to a backend on another node with the
+	 * frontend in an IP option (direct server return). */
+	MANUL_CNT_SVC_DSR = 18,
+	/* New connections to a Local traffic policy's frontend with no
+	 * backend on this node while the service has some elsewhere:
+	 * dropped, as kube-proxy does. */
+	MANUL_CNT_SVC_LOCAL_DROP = 19,
+	/* New external connections dropped because no masquerade port was
+	 * free. */
+	MANUL_CNT_SVC_SNAT_FULL = 20,
+	MANUL_CNT_MAX = 21,
 };
 
 /* manul_meta array index. */
@@ -143,6 +156,9 @@ enum manul_meta_slot {
 	/* 1: drop a workload's traffic to its own host once its policy allowed
 	 * it (Felix's defaultEndpointToHostAction Drop); 0: let it through. */
 	MANUL_META_TO_HOST_DROP = 1,
+	/* enum manul_ext_mode: how external connections reach a backend on
+	 * another node. */
+	MANUL_META_EXT_MODE = 2,
 	MANUL_META_MAX = 4,
 };
 
@@ -366,6 +382,15 @@ struct manul_svc_fe_value {
  * connection from a client no manul_svc_src prefix of the address holds
  * is dropped. */
 #define MANUL_SVC_FE_SOURCE_RANGES 0x04
+/* On a port entry of a node port, an external or a load-balancer IP under
+ * externalTrafficPolicy Cluster: a new connection arriving at a host
+ * interface is masqueraded to the node's address, or, in DSR mode, sent
+ * to a backend on another node with the frontend in an IP option. */
+#define MANUL_SVC_FE_EXT_CLUSTER 0x08
+/* On a port entry whose list (a Local traffic policy's) is empty while the
+ * service has backends on other nodes: new connections are dropped, not
+ * refused. */
+#define MANUL_SVC_FE_DROP_EMPTY 0x10
 
 /* manul_svc_src (LPM trie): (load-balancer address, client prefix) -> 1:
  * the address's loadBalancerSourceRanges (IPv4). The address is always
@@ -408,6 +433,12 @@ enum manul_nat_dir {
 	/* A packet already translated on the same interface (hairpin), seen
 	 * again on the way into the pod: passed. */
 	MANUL_NAT_DONE = 2,
+	/* (backend, node address) as a reply to a masqueraded connection
+	 * arrives, keyed by the port the node allocated -> the client its
+	 * destination is translated back to (its source is translated back
+	 * to the frontend by the connection's REV entry where it leaves the
+	 * node). */
+	MANUL_NAT_SNAT_REV = 3,
 };
 
 /* manul_nat_value.flags */
@@ -416,6 +447,12 @@ enum manul_nat_dir {
  * left the list: the client's next packet is answered with a RST and the
  * entry is deleted. */
 #define MANUL_NAT_RESET 0x02
+/* FWD: the client's source is masqueraded (snat_addr, snat_port). */
+#define MANUL_NAT_SNAT 0x04
+/* FWD: direct server return to a backend on another node (its packets
+ * carry the frontend in an IP option: TCP's SYN, every UDP datagram);
+ * REV: written by the backend's node from that option. */
+#define MANUL_NAT_DSR 0x08
 
 /* manul_nat (LRU hash): the service NAT's conntrack. A connection has a
  * forward entry (the backend it was given: it keeps it whatever happens
@@ -441,6 +478,11 @@ struct manul_nat_value {
 	/* The backend list the connection was given a backend from. */
 	__u32 id;
 	__u32 flags; /* MANUL_NAT_* */
+	/* FWD with MANUL_NAT_SNAT: the node address and port the client is
+	 * masqueraded to (network order); 0 otherwise. */
+	__u32 snat_addr;
+	__u16 snat_port;
+	__u16 pad2;
 };
 
 /* manul_svc_aff (LRU hash): sessionAffinity ClientIP, (client, list id)
@@ -472,5 +514,30 @@ struct manul_svc_mag_key {
 	__u32 table;
 	__u32 slot;
 };
+
+ * External traffic to a backend on another node (externalTrafficPolicy
+ * Cluster), manul_meta[MANUL_META_EXT_MODE].
+ */
+enum manul_ext_mode {
+	/* Masquerade to the node's address toward the backend, with a port
+	 * from MANUL_SNAT_PORT_MIN..MAX: replies come back through this node
+	 * (kube-proxy's behaviour; Calico's bpfExternalServiceMode Tunnel). */
+	MANUL_EXT_SNAT = 0,
+	/* Direct server return: the client's address is kept, the frontend
+	 * travels in an IPv4 option (MANUL_DSR_OPT_*) to the backend's node,
+	 * which answers the client itself. */
+	MANUL_EXT_DSR = 1,
+};
+
+/* Masquerade ports: above Linux's default ephemeral range (32768-60999),
+ * so a node's own connections do not collide with them. */
+#define MANUL_SNAT_PORT_MIN 61000
+#define MANUL_SNAT_PORT_MAX 65535
+
+/* The DSR option: type 0x9e (copied, class 0, number 30: the experimental
+ * option of RFC 4727), length 8, the frontend's port and address (network
+ * order). */
+#define MANUL_DSR_OPT_TYPE 0x9e
+#define MANUL_DSR_OPT_LEN 8
 
 #endif /* MANUL_MAPS_H */

@@ -783,23 +783,34 @@ enum svc_after {
 	/* Hairpin reply: source back to the frontend, destination back to
 	 * the pod, straight back into the pod. */
 	SVC_HAIRPIN_REV = 3,
+	/* A local backend's reply to a masqueraded external connection:
+	 * destination back to the client (manul_svc_ext.h). */
+	SVC_SNAT_REV = 4,
 };
 
 struct svc_nat {
-	__u32 addr; /* the frontend (SVC_REVERSE, SVC_HAIRPIN_REV) */
+	/* the frontend (SVC_REVERSE, SVC_HAIRPIN_REV), the client
+	 * (SVC_SNAT_REV) */
+	__u32 addr;
 	__u16 port;
 	__u8 after; /* enum svc_after */
 	__u8 pad;
 };
 
 /* Rewrites the source or destination address and port of an IPv4 TCP or
- * UDP packet, with its checksums. */
-static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, int is_src,
-				   __u32 old_addr, __u32 new_addr, __u16 old_port, __u16 new_port)
+ * UDP packet, with its checksums. `addrs`: the old address in the high
+ * half, the new in the low; `ports` likewise (all network order). A
+ * global function: each call costs the caller no stack (the verifier's
+ * 512-byte limit spans the caller and classify). */
+static __always_inline int rewrite_here(struct __sk_buff *skb, const struct pkt *p, int is_src,
+					__u32 old_addr, __u32 new_addr, __u16 old_port,
+					__u16 new_port)
 {
-	__u32 csum_off = p->l4_off + (p->proto == IPPROTO_TCP ? 16 : 6);
-	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__u32 csum_off;
+	__u64 mangled;
 
+	csum_off = p->l4_off + (p->proto == IPPROTO_TCP ? 16 : 6);
+	mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	if (old_addr != new_addr) {
 		if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
 					BPF_F_PSEUDO_HDR | mangled | 4))
@@ -816,6 +827,22 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, i
 			return -1;
 	}
 	return 0;
+}
+
+__attribute__((noinline)) int svc_rewrite(struct __sk_buff *skb, const struct pkt *p, __u32 is_src,
+					  __u64 addrs, __u32 ports)
+{
+	if (!skb || !p)
+		return -1;
+	return rewrite_here(skb, p, is_src, addrs >> 32, addrs & 0xffffffff, ports >> 16,
+			    ports & 0xffff);
+}
+
+static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, int is_src,
+				   __u32 old_addr, __u32 new_addr, __u16 old_port, __u16 new_port)
+{
+	return svc_rewrite(skb, p, is_src, ((__u64)old_addr << 32) | new_addr,
+			   ((__u32)old_port << 16) | new_port);
 }
 
 /* Swaps the frame's MAC addresses and hands it to the pod behind the
@@ -1031,6 +1058,8 @@ static __always_inline int nat_current(const struct manul_nat_value *v, const st
 	return 1;
 }
 
+#include "manul_svc_ext.h"
+
 /* A packet from a pod, before policy, or (`host`) one arriving at a host
  * interface that the programs carry for service NAT only. Returns -1 to
  * go on (with *p describing the translated packet), or a TC verdict. On a
@@ -1045,7 +1074,10 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 	struct manul_svc_be_value be = {};
 	struct manul_svc_fe_value *fe;
 	struct manul_nat_value *nv;
+	/* The connection's forward entry (the masquerade or DSR it has). */
+	const struct manul_nat_value *ent;
 	__u32 src, dst, hairpin, reject_unknown;
+	int rc;
 
 	if (p->version != 4 || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
 		return -1;
@@ -1053,6 +1085,12 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 	__builtin_memcpy(&dst, p->dst, 4);
 	key.src = src;
 	key.dst = dst;
+	/* A reply to a masqueraded external connection. */
+	rc = ext_snat_reply(skb, p, n, host, now);
+	if (rc < 0)
+		return TC_ACT_SHOT;
+	if (rc > 0)
+		return host ? TC_ACT_OK : -1;
 	if (!host && dst == bpf_htonl(MANUL_HAIRPIN_SNAT_V4)) {
 		/* A reply of a hairpinned connection: policy sees it as the
 		 * reply of the pod's connection to itself. */
@@ -1117,40 +1155,63 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 		be.addr = nv->addr;
 		be.port = nv->port;
 		hairpin = nv->flags & MANUL_NAT_HAIRPIN;
+		ent = nv;
 	} else {
-		struct manul_nat_value v = {
-			.created_ns = now,
-			.last_seen_ns = now,
-			.id = fe->id,
-		};
+		/* Built in per-CPU scratch: the stack is the verifier's
+		 * scarcest resource here. */
+		__u32 slot = 0;
+		struct manul_nat_value *v = bpf_map_lookup_elem(&manul_nat_scratch, &slot);
+
+		if (!v)
+			return TC_ACT_SHOT;
+		__builtin_memset(v, 0, sizeof(*v));
+		v->created_ns = now;
+		v->last_seen_ns = now;
+		v->id = fe->id;
 
 		if (svc_pick(fe, p, fk.addr, now, &be)) {
+			if (fe->flags & MANUL_SVC_FE_DROP_EMPTY) {
+				/* Local policy, no backend here: dropped. */
+				count(MANUL_CNT_SVC_LOCAL_DROP);
+				return TC_ACT_SHOT;
+			}
 			count(MANUL_CNT_SVC_REJECT);
 			if (p->proto == IPPROTO_TCP)
 				return reject_tcp(skb, host);
 			return reject_udp(skb, host);
 		}
 		hairpin = !host && be.addr == src;
-		v.flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
-		v.addr = be.addr;
-		v.port = be.port;
-		if (bpf_map_update_elem(&manul_nat, &key, &v, BPF_ANY))
+		v->flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
+		v->addr = be.addr;
+		v->port = be.port;
+		if (host && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER) && svc_ext_new(skb, p, &be, v, now))
+			return TC_ACT_SHOT;
+		if (bpf_map_update_elem(&manul_nat, &key, v, BPF_ANY))
 			return TC_ACT_SHOT;
 		key.src = be.addr;
 		key.dst = hairpin ? bpf_htonl(MANUL_HAIRPIN_SNAT_V4) : src;
 		key.sport = be.port;
 		key.dport = p->sport;
 		key.dir = MANUL_NAT_REV;
-		v.addr = dst;
-		v.port = p->dport;
-		if (bpf_map_update_elem(&manul_nat, &key, &v, BPF_ANY))
+		v->addr = dst;
+		v->port = p->dport;
+		/* DSR: the backend's node writes the reverse entry. */
+		if (!(v->flags & MANUL_NAT_DSR) &&
+		    bpf_map_update_elem(&manul_nat, &key, v, BPF_ANY))
 			return TC_ACT_SHOT;
+		/* The forward entry's flags, for what follows. */
+		v->addr = be.addr;
+		v->port = be.port;
+		ent = v;
 		count(MANUL_CNT_SVC_NAT);
 		if (hairpin)
 			count(MANUL_CNT_SVC_HAIRPIN);
 	}
 	if (rewrite(skb, p, 0, dst, be.addr, p->dport, be.port))
 		return TC_ACT_SHOT;
+	/* Masqueraded or DSR: the rest in manul_svc_ext.h. */
+	if (host && (ent->flags & (MANUL_NAT_SNAT | MANUL_NAT_DSR)))
+		return svc_ext_send(skb, p, ent, dst, p->dport);
 	__builtin_memcpy(p->dst, &be.addr, 4);
 	p->dport = be.port;
 	if (hairpin)
@@ -1206,6 +1267,11 @@ static __always_inline int svc_after(struct __sk_buff *skb, const struct pkt *p,
 		    rewrite(skb, p, 0, snat, src, p->dport, p->dport))
 			return TC_ACT_SHOT;
 		return back_to_pod(skb, 0);
+	case SVC_SNAT_REV:
+		__builtin_memcpy(&src, p->dst, 4);
+		if (rewrite(skb, p, 0, src, n->addr, p->dport, n->port))
+			return TC_ACT_SHOT;
+		return TC_ACT_OK;
 	default:
 		return TC_ACT_SHOT;
 	}
@@ -1220,6 +1286,7 @@ static __always_inline int svc_host(struct __sk_buff *skb, __u8 hook)
 {
 	struct pkt p = {};
 	struct svc_nat n = {};
+	__u64 now = bpf_ktime_get_ns();
 	int rc;
 
 	if (parse(skb, &p) != 0)
@@ -1230,7 +1297,17 @@ static __always_inline int svc_host(struct __sk_buff *skb, __u8 hook)
 			return TC_ACT_OK;
 		return svc_after(skb, &p, &n);
 	}
-	rc = svc_in(skb, &p, &n, bpf_ktime_get_ns(), 1);
+	/* Direct server return from another node: the option names the
+	 * frontend. */
+	rc = dsr_take_option(skb, &p, now);
+	if (rc < 0)
+		return TC_ACT_SHOT;
+	if (rc > 0) {
+		__builtin_memset(&p, 0, sizeof(p));
+		if (parse(skb, &p) != 0)
+			return TC_ACT_OK;
+	}
+	rc = svc_in(skb, &p, &n, now, 1);
 	return rc >= 0 ? rc : TC_ACT_OK;
 }
 

@@ -137,12 +137,25 @@ pub fn gc(
     timeouts: &ConntrackTimeouts,
     now: Duration,
 ) -> Result<GcStats, BpfError> {
+    gc_visit(map, timeouts, now, |_, _, _| {})
+}
+
+/// [`gc`], showing `visit` every entry scanned and whether it expired
+/// (the flow tracker's scan).
+pub fn gc_visit(
+    map: &mut HashMap<MapData, abi::manul_ct_key, abi::manul_ct_value>,
+    timeouts: &ConntrackTimeouts,
+    now: Duration,
+    mut visit: impl FnMut(&abi::manul_ct_key, &abi::manul_ct_value, bool),
+) -> Result<GcStats, BpfError> {
     let mut stats = GcStats::default();
     let mut expired = Vec::new();
     for item in map.iter() {
         let (k, v) = item.map_err(|e| BpfError::map("manul_ct", "iterate", e))?;
         stats.scanned += 1;
-        if timeouts.expired(&k, &v, now) {
+        let gone = timeouts.expired(&k, &v, now);
+        visit(&k, &v, gone);
+        if gone {
             expired.push(k);
         }
     }

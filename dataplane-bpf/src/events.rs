@@ -1,8 +1,11 @@
 //! Flow events: the ring-buffer reader, the per-interval aggregation into
-//! JSON-line flow logs, and per-policy counters. The kernel emits one event
-//! when a flow starts (allowed) and one when a flow is denied, never one per
-//! packet; events carry numeric policy and rule ids, resolved here through
-//! the labels the driver registered when it wrote the tables.
+//! JSON-line flow logs, per-policy counters, and the flow observations
+//! behind `Driver::take_flows` ([`crate::flow_track`]: starts and denials
+//! from the events, updates and ends from the conntrack scans). The kernel
+//! emits one event when a flow starts (allowed) and one when a flow is
+//! denied, never one per packet; events carry numeric policy and rule ids,
+//! resolved here through the labels the driver registered when it wrote
+//! the tables.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
@@ -17,8 +20,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use serde::Serialize;
 
+use manul_dataplane_api::{FlowObservation, FlowQueue};
+
 use crate::abi;
 use crate::conntrack::{self, ConntrackTimeouts};
+use crate::flow_track::{self, Resolver, Tracker};
 use crate::keys::addr_from;
 
 /// Numeric ids for label strings; 0 is the empty label.
@@ -203,6 +209,10 @@ pub struct Shared {
     /// Live conntrack entries after the last garbage collection (`None`
     /// before the first one).
     pub conntrack_entries: Option<u64>,
+    /// Slot owners and interfaces, for flow observations.
+    pub resolver: Resolver,
+    /// Flow observations until `Driver::take_flows` drains them.
+    pub flows: FlowQueue,
 }
 
 pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -239,7 +249,13 @@ pub struct ReaderConfig {
     pub flow_log_interval: FlowLogInterval,
     pub gc_interval: Duration,
     pub timeouts: ConntrackTimeouts,
+    /// How many connections the flow observations follow at most.
+    pub tracked_flows: usize,
 }
+
+/// The service NAT's conntrack, read for the frontend of a translated
+/// connection.
+pub type NatMap = BpfHashMap<MapData, abi::manul_nat_key, abi::manul_nat_value>;
 
 /// The background thread: drains the ring buffer, aggregates, writes the
 /// flow log each interval, and collects expired conntrack entries.
@@ -254,6 +270,7 @@ impl Reader {
     pub fn start(
         mut ring: RingBuf<MapData>,
         mut ct: Option<BpfHashMap<MapData, abi::manul_ct_key, abi::manul_ct_value>>,
+        nat: Option<NatMap>,
         shared: Arc<Mutex<Shared>>,
         config: ReaderConfig,
     ) -> std::io::Result<Self> {
@@ -267,9 +284,10 @@ impl Reader {
                 // The first collection runs at once, so the number of
                 // conntrack entries is known from the start.
                 let mut last_gc: Option<Instant> = None;
+                let mut tracker = Tracker::new(config.tracked_flows);
                 loop {
                     let stopping = stop2.load(Ordering::Acquire);
-                    drain(&mut ring, &shared);
+                    drain(&mut ring, &shared, &mut tracker, nat.as_ref());
                     let flushing = flush2.load(Ordering::Acquire);
                     if stopping
                         || flushing
@@ -282,10 +300,27 @@ impl Reader {
                     if let Some(ct) = ct.as_mut()
                         && last_gc.is_none_or(|t| t.elapsed() >= config.gc_interval)
                     {
-                        match conntrack::gc(ct, &config.timeouts, conntrack::monotonic_now()) {
+                        let now_ms = unix_ms();
+                        let mut seen = Vec::new();
+                        tracker.begin_scan();
+                        let result = conntrack::gc_visit(
+                            ct,
+                            &config.timeouts,
+                            conntrack::monotonic_now(),
+                            |k, v, expired| {
+                                let (key, counts) = flow_track::entry_flow(k, v);
+                                seen.extend(tracker.visit(&key, counts, expired, now_ms));
+                            },
+                        );
+                        match result {
                             Ok(stats) => {
+                                seen.extend(tracker.end_scan(now_ms));
                                 let live = stats.scanned.saturating_sub(stats.removed);
-                                lock(&shared).conntrack_entries = Some(live as u64);
+                                let mut s = lock(&shared);
+                                s.conntrack_entries = Some(live as u64);
+                                for obs in seen {
+                                    s.flows.push(obs);
+                                }
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "conntrack garbage collection failed");
@@ -326,7 +361,12 @@ impl Drop for Reader {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, shared: &Mutex<Shared>) {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    shared: &Mutex<Shared>,
+    tracker: &mut Tracker,
+    nat: Option<&NatMap>,
+) {
     let mut raw = Vec::new();
     while let Some(item) = ring.next() {
         if let Some(e) = abi::event_from_bytes(&item) {
@@ -336,7 +376,10 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Mutex<Shared>) {
     if raw.is_empty() {
         return;
     }
+    // The events' clock is CLOCK_MONOTONIC; observations carry Unix time.
+    let offset_ms = unix_ms().saturating_sub(monotonic_ms());
     let mut s = lock(shared);
+    let mut observed = Vec::with_capacity(raw.len());
     for e in &raw {
         let ev = FlowEvent::decode(e, &s.labels);
         s.counters.events += 1;
@@ -347,7 +390,56 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Mutex<Shared>) {
             c.denied += 1;
         }
         s.aggregator.add(&ev);
+        let frontend = if ev.allowed {
+            nat.and_then(|m| service_frontend(m, &ev))
+        } else {
+            None
+        };
+        let time = (e.ts_ns / 1_000_000).saturating_add(offset_ms);
+        let (key, obs) = s.resolver.observe(e, &s.labels, time, frontend);
+        if ev.allowed {
+            tracker.started(key, &obs);
+        }
+        observed.push((key, obs));
     }
+    for obs in flow_track::fold_denials(observed) {
+        s.flows.push(obs);
+    }
+}
+
+/// The frontend a translated connection's client addressed: the service
+/// NAT's reverse entry for (backend, client).
+fn service_frontend(nat: &NatMap, ev: &FlowEvent) -> Option<(IpAddr, u16)> {
+    let (IpAddr::V4(src), IpAddr::V4(dst)) = (ev.src, ev.dst) else {
+        return None;
+    };
+    let key = abi::manul_nat_key {
+        src: u32::from_ne_bytes(dst.octets()),
+        dst: u32::from_ne_bytes(src.octets()),
+        sport: ev.dst_port.to_be(),
+        dport: ev.src_port.to_be(),
+        proto: ev.protocol,
+        dir: abi::MANUL_NAT_REV as u8,
+        pad: 0,
+    };
+    let v = nat.get(&key, 0).ok()?;
+    let addr = IpAddr::from(v.addr.to_ne_bytes());
+    Some((addr, u16::from_be(v.port)))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn monotonic_ms() -> u64 {
+    u64::try_from(conntrack::monotonic_now().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The observations made since the last call.
+pub fn take_flows(shared: &Mutex<Shared>) -> Vec<FlowObservation> {
+    lock(shared).flows.take()
 }
 
 fn write_log(shared: &Mutex<Shared>, path: Option<&PathBuf>) {

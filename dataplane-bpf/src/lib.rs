@@ -23,6 +23,11 @@
 //!   entries (a pure plan, then ordered writes); the programs translate a
 //!   pod's connections to a service (IPv4 TCP and UDP) before policy, so
 //!   policy sees the real endpoints.
+//! - `ctlb` is connect-time load balancing (`bpf/manul_ctlb.c`, an object
+//!   of its own, loaded only when configured): cgroup programs give sockets
+//!   their backend at `connect`/`sendmsg` from the same maps, for pods and
+//!   host-networked processes, and socket iterators destroy the connected
+//!   sockets of backends that left their lists.
 //!
 //! It refuses to depend on `felix`: it implements the dataplane contract
 //! only, and a policy or service change must never need a program load.
@@ -32,9 +37,11 @@ mod batch;
 pub mod bitmap;
 pub mod compile;
 pub mod conntrack;
+mod ctlb;
 mod driver;
 mod error;
 pub mod events;
+pub mod flow_track;
 pub mod frames;
 mod keys;
 mod ledger;
@@ -50,7 +57,8 @@ mod testing;
 mod write;
 
 pub use conntrack::{ConntrackEntry, ConntrackTimeouts, GcStats};
-pub use driver::{BpfConfig, BpfDriver, KernelCounters, TestRunOutcome};
+pub use ctlb::{CGROUP_MOUNT_POINT, CtlbConfig, CtlbCounters, cgroup2_mount};
+pub use driver::{BpfConfig, BpfDriver, ExternalServiceMode, KernelCounters, TestRunOutcome};
 pub use error::BpfError;
 pub use events::{FlowCounters, FlowLogInterval, PolicyCounts};
 pub use loader::Hook;

@@ -385,6 +385,20 @@ impl Maps {
             .map_err(|e| BpfError::map("manul_meta", "store the endpoint-to-host action", e))
     }
 
+    /// How external traffic reaches a backend on another node.
+    pub fn store_external_mode(
+        &mut self,
+        mode: crate::driver::ExternalServiceMode,
+    ) -> Result<(), BpfError> {
+        let value = match mode {
+            crate::driver::ExternalServiceMode::Snat => abi::MANUL_EXT_SNAT,
+            crate::driver::ExternalServiceMode::Dsr => abi::MANUL_EXT_DSR,
+        };
+        self.meta
+            .set(abi::MANUL_META_EXT_MODE, u64::from(value), 0)
+            .map_err(|e| BpfError::map("manul_meta", "store the external service mode", e))
+    }
+
     /// Replaces the failsafe ports: `(outbound, protocol, port)`.
     pub fn store_failsafe(&mut self, ports: &[(bool, u8, u16)]) -> Result<(), BpfError> {
         let key = |(outbound, proto, port): (bool, u8, u16)| abi::manul_failsafe_key {

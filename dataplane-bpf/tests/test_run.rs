@@ -3,7 +3,7 @@
 //! The loaded programs run with `BPF_PROG_TEST_RUN` against their real
 //! maps: verdicts for allowed, denied, established and unknown-interface
 //! traffic, IPv6, a policy change, map-capacity errors, flow events, GC,
-//! a restart, and the service counters. Each test runs in a network namespace it creates (veth pairs
+//! flow observations, a restart, and the service counters. Each test runs in a network namespace it creates (veth pairs
 //! there give the programs real ifindexes) with its own pin directory, both
 //! removed at the end, also on failure.
 
@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use manul_dataplane_api::{
-    Action, Driver, EndpointId, Match, Operation, Packet, Policy, PolicyId, PortRange, Rule,
-    TierPolicies, WorkloadEndpoint,
+    Action, Driver, EndpointId, FlowObservation, FlowPhase, Match, Operation, Packet, Policy,
+    PolicyId, PortRange, Reporter, Rule, TierPolicies, WorkloadEndpoint,
 };
 use manul_dataplane_bpf::frames::{ACK, SYN, frame};
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, Hook};
@@ -232,6 +232,110 @@ fn verdicts_conntrack_policy_change_and_events() {
         .expect("run in the namespace");
 }
 
+/// Drains the driver's flow observations until `done` holds for
+/// everything taken so far (or 10 s pass).
+fn take_until(
+    d: &mut BpfDriver,
+    taken: &mut Vec<FlowObservation>,
+    what: &str,
+    done: impl Fn(&[FlowObservation]) -> bool,
+) {
+    let start = std::time::Instant::now();
+    loop {
+        taken.extend(d.take_flows());
+        if done(taken) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no {what} in {taken:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn flow_observations_follow_a_connection_from_start_to_end() {
+    let Some(sb) = Sandbox::new("bo") else { return };
+    let a = sb.index("mnla");
+    let mut config = sb.config();
+    config.gc_interval = Duration::from_millis(100);
+    config.conntrack_timeouts.tcp_established = Duration::from_millis(600);
+    sb.ns()
+        .run(move || {
+            let mut d = BpfDriver::new(config).expect("load the programs");
+            d.apply(&[web_policy(Action::Allow), pod_a(0), Operation::InSync])
+                .expect("apply");
+            let to_a = |dport| Packet::tcp(ip("10.0.0.2"), 40000, ip("10.0.0.1"), dport);
+            let reply = Packet::tcp(ip("10.0.0.1"), 80, ip("10.0.0.2"), 40000);
+            assert_eq!(run(&mut d, Hook::Egress, a, to_a(80), SYN), PASS);
+            assert_eq!(run(&mut d, Hook::Ingress, a, reply, SYN | ACK), PASS);
+            // Denied twice: the second is the same burst (and cached).
+            assert_eq!(run(&mut d, Hook::Egress, a, to_a(81), SYN), DROP);
+            assert_eq!(run(&mut d, Hook::Egress, a, to_a(81), SYN), DROP);
+
+            let pod = EndpointId {
+                namespace: "ns".into(),
+                name: "a".into(),
+            };
+            let mut taken = Vec::new();
+            take_until(&mut d, &mut taken, "start and denial", |t| {
+                t.iter().any(|o| o.phase == FlowPhase::Start)
+                    && t.iter().any(|o| o.phase == FlowPhase::Denied)
+            });
+            let start = taken.iter().find(|o| o.phase == FlowPhase::Start).unwrap();
+            assert_eq!(
+                (start.tuple.src, start.tuple.dst, start.tuple.dst_port),
+                (ip("10.0.0.2"), ip("10.0.0.1"), 80)
+            );
+            assert_eq!(start.reporter, Reporter::Destination);
+            assert_eq!(start.endpoint.as_ref(), Some(&pod));
+            assert_eq!(start.decider.rule_id(), Some("default/web/inbound/0"));
+            assert!(start.allowed);
+            assert!(
+                start.time_unix_ms > 1_600_000_000_000,
+                "Unix time: {start:?}"
+            );
+            let denied: Vec<_> = taken
+                .iter()
+                .filter(|o| o.phase == FlowPhase::Denied)
+                .collect();
+            assert_eq!(denied.len(), 1, "{denied:#?}");
+            assert_eq!(denied[0].tuple.dst_port, 81);
+            assert_eq!(
+                denied[0].decider,
+                manul_dataplane_api::Decider::TierDefault {
+                    tier: "default".into()
+                }
+            );
+
+            // More packets: an update with the conntrack entry's counters.
+            assert_eq!(run(&mut d, Hook::Egress, a, to_a(80), ACK), PASS);
+            take_until(&mut d, &mut taken, "update", |t| {
+                t.iter().any(|o| {
+                    o.phase == FlowPhase::Update
+                        && o.counts.packets_forward >= 2
+                        && o.counts.packets_reverse >= 1
+                })
+            });
+            // Idle past its timeout: the scan ends it, with its totals.
+            take_until(&mut d, &mut taken, "end", |t| {
+                t.iter().any(|o| o.phase == FlowPhase::End)
+            });
+            let end = taken.iter().find(|o| o.phase == FlowPhase::End).unwrap();
+            assert_eq!(end.counts.packets_forward, 2);
+            assert_eq!(end.counts.packets_reverse, 1);
+            assert!(end.counts.bytes_forward > 0 && end.counts.bytes_reverse > 0);
+            assert_eq!(
+                taken.iter().filter(|o| o.phase == FlowPhase::End).count(),
+                1,
+                "one end"
+            );
+            assert_eq!(d.flows_dropped(), 0);
+        })
+        .expect("run in the namespace");
+}
+
 #[test]
 fn capacity_errors_keep_the_previous_state() {
     let Some(sb) = Sandbox::new("bc") else { return };
@@ -378,6 +482,7 @@ fn svc(name: &str, vip: &str, backends: &[&str], affinity: Option<u32>) -> Opera
             ip: ip(b),
             port: 8080,
             local: true,
+            ready: true,
         })
         .collect();
     Operation::ServiceUpdate(manul_dataplane_api::Service {

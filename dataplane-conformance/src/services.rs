@@ -204,6 +204,7 @@ fn backend(name: &str, port: u16) -> Backend {
         ip: IpAddr::V4(pod_ip(name)),
         port,
         local: true,
+        ready: true,
     }
 }
 
@@ -342,6 +343,7 @@ pub fn dual_stack_services() -> Vec<Service> {
             ip: IpAddr::V6(pod_ip6(n)),
             port: TCP_PORT,
             local: true,
+            ready: true,
         }));
         out
     };
@@ -469,7 +471,13 @@ pub fn ask_udp(
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         };
         let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
-        socket.connect(dst)?;
+        // Connect-time load balancing refuses at connect.
+        match socket.connect(dst) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                return Ok(Outcome::Refused(started.elapsed()));
+            }
+            other => other?,
+        }
         socket.set_read_timeout(Some(timeout))?;
         socket.send(b"who")?;
         let mut buf = [0u8; 256];

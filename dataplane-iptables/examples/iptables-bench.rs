@@ -16,6 +16,14 @@
 //!   change: one backend replaced), repeated `--changes` times; with where
 //!   the time goes (the driver's own split between preparing the script
 //!   and `nft`, rendering and diffing the whole state, `nft` alone).
+//! - `service-connections`: new connections through a ClusterIP with 10
+//!   and 10,000 services, this driver against kube-proxy's iptables mode
+//!   for the same services (`traffic::run_service_connect_benchmark`;
+//!   needs `iptables-legacy-restore`), `--runs` rounds.
+//! - `flows`: the per-packet cost with flow observations off and on, side
+//!   by side in one run (`iptables-bench/flows.rs`): established round
+//!   trips (a TCP_RR loop), new connections and throughput, with the
+//!   ratios of the medians.
 //! - no command: `programming` and `traffic`.
 //!
 //! Everything runs in network namespaces it creates and removes, also on
@@ -31,6 +39,7 @@
 //! target/release/examples/iptables-bench            # both
 //! target/release/examples/iptables-bench traffic --runs 3
 //! target/release/examples/iptables-bench services --services 10000 --backends 10
+//! target/release/examples/iptables-bench flows --runs 5
 //! ```
 
 use std::sync::Arc;
@@ -50,6 +59,8 @@ use manul_dataplane_iptables::{Nft, NftDriver, names, render, script};
 use manul_netns::NetNs;
 use serde::Serialize;
 
+#[path = "iptables-bench/flows.rs"]
+mod flows;
 #[path = "iptables-bench/services.rs"]
 mod services;
 
@@ -101,6 +112,9 @@ struct Cli {
     /// Backend changes to time (`services`).
     #[arg(long, default_value_t = 50, global = true)]
     changes: usize,
+    /// Non-matching rules before the allowing one (`flows`).
+    #[arg(long, default_value_t = 10, global = true)]
+    flow_rules: usize,
     /// iperf3 `-t` seconds.
     #[arg(long, default_value_t = 4, global = true)]
     iperf_seconds: u32,
@@ -120,6 +134,11 @@ enum Cmd {
     Traffic,
     /// Services: the whole snapshot, then one service's backend change.
     Services,
+    /// New connections through a ClusterIP with 10 and 10,000 services,
+    /// against kube-proxy's iptables mode for the same services.
+    ServiceConnections,
+    /// Per-packet cost with flow observations off and on, side by side.
+    Flows,
 }
 
 #[derive(Debug, Serialize)]
@@ -547,6 +566,9 @@ struct Output {
     traffic: Option<TrafficReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     services: Option<services::Report>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_connections: Option<traffic::ServiceConnectReport>,
+    flows: Option<flows::Report>,
 }
 
 fn main() -> Result<()> {
@@ -558,7 +580,45 @@ fn main() -> Result<()> {
         None => (true, true),
         Some(Cmd::Programming) => (true, false),
         Some(Cmd::Traffic) => (false, true),
-        Some(Cmd::Services) => (false, false),
+        Some(Cmd::Services | Cmd::ServiceConnections | Cmd::Flows) => (false, false),
+    };
+    let service_connections = if matches!(cli.command, Some(Cmd::ServiceConnections)) {
+        let nft: Arc<Factory> = Arc::new(|_ctx| {
+            NftDriver::new(Nft::default())
+                .map(|d| Box::new(d) as Box<dyn Driver>)
+                .map_err(|e| chain(&e))
+        });
+        let dataplanes = [
+            traffic::ServiceDataplane::Driver {
+                name: "nftables".into(),
+                factory: nft,
+            },
+            traffic::ServiceDataplane::KubeProxyIptables {
+                program: "iptables-legacy-restore".into(),
+            },
+        ];
+        let report = traffic::run_service_connect_benchmark(
+            "sc",
+            &dataplanes,
+            &[10, 10_000],
+            cli.runs,
+            &TrafficOptions::default(),
+            &mut |s| {
+                eprintln!(
+                    "service-connections: {} {} services: {:.0} connects/s, p50 {:.1} us, p99 {:.1} us, programmed in {:.0} ms",
+                    s.dataplane, s.services, s.connects_per_sec, s.connect.p50_us, s.connect.p99_us, s.program_ms
+                );
+            },
+        )
+        .map_err(|e| anyhow::anyhow!(chain(&e)))?;
+        Some(report)
+    } else {
+        None
+    };
+    let flows = if matches!(cli.command, Some(Cmd::Flows)) {
+        Some(flows::run(&cli)?)
+    } else {
+        None
     };
     let services = if matches!(cli.command, Some(Cmd::Services)) {
         Some(services::run(&cli)?)
@@ -581,6 +641,8 @@ fn main() -> Result<()> {
         programming,
         traffic,
         services,
+        service_connections,
+        flows,
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

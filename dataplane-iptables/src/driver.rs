@@ -8,10 +8,11 @@ use manul_dataplane_api::{
 };
 use tracing::{debug, info, warn};
 
+use crate::flows::Flows;
 use crate::nft::{Nft, NftError, Observed};
 use crate::render::services::Claims;
 use crate::render::{self, NftConfig, Ruleset, service_change};
-use crate::script;
+use crate::{elements, netlink, script};
 
 /// Counters for metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -24,6 +25,9 @@ pub struct NftStats {
     pub repairs: u64,
     /// Batches held because an earlier run's table still enforces.
     pub held_batches: u64,
+    /// Of the incremental writes, those sent as element changes over
+    /// netlink from this process instead of through `nft`.
+    pub netlink_writes: u64,
 }
 
 /// Where the time of the last write went, for benchmarks.
@@ -31,10 +35,12 @@ pub struct NftStats {
 pub struct WriteTiming {
     /// Rendering and computing the script.
     pub prepare: Duration,
-    /// `nft` applying it.
+    /// `nft` (or netlink) applying it.
     pub nft: Duration,
-    /// The script's size.
+    /// The script's size (of a netlink write: the batch's).
     pub script_bytes: usize,
+    /// Whether it was written over netlink rather than through `nft`.
+    pub netlink: bool,
 }
 
 /// What a refresh found.
@@ -62,6 +68,10 @@ pub struct NftDriver {
     stats: NftStats,
     config: NftConfig,
     last_write: WriteTiming,
+    /// The next netlink sequence number.
+    seq: u32,
+    /// Flow observations, when the configuration turns them on.
+    flows: Option<Flows>,
 }
 
 fn dataplane(context: &str, e: NftError) -> DriverError {
@@ -90,9 +100,18 @@ impl NftDriver {
             programmed: None,
             claims: Claims::default(),
             stats: NftStats::default(),
+            flows: None,
             config,
             last_write: WriteTiming::default(),
+            seq: 1,
         };
+        if let Some(flows) = driver.config.flows {
+            driver.flows = Some(Flows::open(flows).map_err(|e| DriverError::Dataplane {
+                driver: "iptables",
+                context: "opening the flow sockets".into(),
+                source: Box::new(e),
+            })?);
+        }
         let existing = driver
             .nft
             .table_exists()
@@ -254,6 +273,7 @@ impl NftDriver {
                     prepare,
                     nft: started.elapsed() - prepare,
                     script_bytes: 0,
+                    netlink: false,
                 };
             }
             Some(old) => {
@@ -311,11 +331,49 @@ impl NftDriver {
             .collect();
         let change =
             service_change::render_changes(&programmed, &mut self.claims, &changes, &self.config);
-        let script = script::incremental(&change.old, &change.new);
-        self.write_script(&script, started)?;
+        // Element changes alone (a backend moved, a service added or
+        // removed whose pick chains exist) go over netlink: `nft` would
+        // list the table first.
+        let batch = script::element_changes(&programmed, &change.old, &change.new)
+            .map(|sets| elements::batch(&sets, self.seq));
+        match batch {
+            Some(Ok(batch)) => {
+                self.seq = self.seq.wrapping_add(batch.acked.len() as u32 + 2);
+                self.write_netlink(&batch, started)?;
+            }
+            other => {
+                if let Some(Err(e)) = other {
+                    debug!("writing through nft: {}", manul_dataplane_api::chain(&e));
+                }
+                let script = script::incremental(&change.old, &change.new);
+                self.write_script(&script, started)?;
+            }
+        }
         service_change::fold(&mut programmed, change);
         self.programmed = Some(programmed);
         debug!(services = before.len(), elapsed = ?started.elapsed(), "programmed services");
+        Ok(())
+    }
+
+    /// Writes an element batch over netlink (nothing when it is empty).
+    fn write_netlink(
+        &mut self,
+        batch: &elements::Batch,
+        started: Instant,
+    ) -> Result<(), DriverError> {
+        if batch.acked.is_empty() {
+            return Ok(());
+        }
+        let prepare = started.elapsed();
+        netlink::apply(batch).map_err(|e| dataplane("writing changes", e))?;
+        self.stats.incremental_writes += 1;
+        self.stats.netlink_writes += 1;
+        self.last_write = WriteTiming {
+            prepare,
+            nft: started.elapsed() - prepare,
+            script_bytes: batch.bytes.len(),
+            netlink: true,
+        };
         Ok(())
     }
 
@@ -333,6 +391,7 @@ impl NftDriver {
             prepare,
             nft: started.elapsed() - prepare,
             script_bytes: script.len(),
+            netlink: false,
         };
         Ok(())
     }
@@ -349,6 +408,9 @@ impl Driver for NftDriver {
     /// in one transaction.
     fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
         let result = self.apply_batch(batch);
+        if let Some(flows) = &mut self.flows {
+            flows.state_changed();
+        }
         if result.is_err() {
             self.mark_stale();
         }
@@ -366,5 +428,18 @@ impl Driver for NftDriver {
 
     fn refresh(&mut self) -> Result<bool, DriverError> {
         NftDriver::refresh(self).map(|r| matches!(r, Refresh::Repaired(_)))
+    }
+
+    /// With flows on: nflog records of the deciding rules and conntrack's
+    /// counters and ends (see [`crate::flows`]); nothing otherwise.
+    fn take_flows(&mut self) -> Vec<manul_dataplane_api::FlowObservation> {
+        match &mut self.flows {
+            Some(flows) => flows.take(self.contract.state()),
+            None => Vec::new(),
+        }
+    }
+
+    fn flows_dropped(&self) -> u64 {
+        self.flows.as_ref().map_or(0, Flows::dropped)
     }
 }

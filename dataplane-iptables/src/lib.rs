@@ -3,9 +3,13 @@
 //! It renders per-endpoint, per-tier, per-policy and per-profile chains,
 //! dispatch maps and IP sets into one table, `inet manul`, and writes them
 //! with `nft -f` — one atomic transaction per batch, holding only what
-//! changed (a batch that changes only services renders only those
-//! services). A periodic [`NftDriver::refresh`] reads the table back and
-//! rewrites it if someone else changed it.
+//! changed. A batch that changes only services renders only those
+//! services, and when what changed is set and map elements alone (a
+//! backend moved, a service added or removed) it is sent as one nf_tables
+//! netlink batch from this process (`elements.rs`, `netlink.rs`): `nft`
+//! would list the table before writing anything. A periodic
+//! [`NftDriver::refresh`] reads the table back and rewrites it if someone
+//! else changed it.
 //!
 //! Why nftables rather than `iptables-restore` + `ipset restore`: one
 //! transaction covers sets and rules together (no window where a rule names
@@ -30,12 +34,15 @@
 //!
 //! Services replace kube-proxy (`render/services.rs`) with its
 //! nftables-mode semantics: verdict maps by address, protocol and port
-//! and by node port, a chain per service port picking a backend, a DNAT
-//! chain per backend, masquerade where kube-proxy masquerades, the
-//! `Local` traffic policies, immediate rejection of ports without
-//! backends, load-balancer source ranges and session affinity through
-//! sets with a timeout. Policy runs after DNAT, on the real endpoints.
-//! Balancing is random (Maglev is not implemented here).
+//! and by node port, masquerade where kube-proxy masquerades, the `Local`
+//! traffic policies, immediate rejection of ports without backends,
+//! load-balancer source ranges and session affinity through sets with a
+//! timeout. Backends are data (`render/service_pick.rs`): maps from a
+//! frontend and a random index to a backend, read by pick chains shared
+//! by every service port with as many backends; only a service with
+//! session affinity gets kube-proxy's chain per service port and per
+//! backend. Policy runs after DNAT, on the real endpoints. Balancing is
+//! random (Maglev is not implemented here).
 //!
 //! It refuses to depend on `felix`, to flush or read tables it does not
 //! own, and to act outside the calling thread's network namespace. A host
@@ -44,11 +51,15 @@
 //! (Calico ignores it too).
 
 pub mod driver;
+pub mod elements;
+pub mod flows;
 pub mod names;
+pub mod netlink;
 pub mod nft;
 pub mod render;
 pub mod script;
 
 pub use driver::{NftDriver, NftStats, Refresh, WriteTiming};
+pub use flows::FlowLog;
 pub use nft::{Nft, NftError};
 pub use render::{EndpointToHost, Failsafe, NftConfig};

@@ -21,6 +21,12 @@ pub enum NftError {
     },
     #[error("nft refused the transaction (nothing of it was applied): {stderr}")]
     Refused { stderr: String },
+    #[error("netlink: {context}")]
+    Netlink {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read `nft -j list table inet {TABLE}`: {0}")]
     BadListing(String),
 }

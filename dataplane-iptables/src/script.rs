@@ -12,15 +12,20 @@ use crate::render::{Ruleset, SetDef};
 const ELEMENTS_PER_LINE: usize = 2_000;
 
 fn set_decl(out: &mut String, name: &str, def: &SetDef) {
-    // Verdict maps are declared with `add map`, sets with `add set`.
-    let keyword = if def.type_.contains(": verdict") {
+    // Maps are declared with `add map`, sets with `add set`.
+    let keyword = if def.type_.contains(" : ") {
         "map"
     } else {
         "set"
     };
+    let clause = if def.type_.starts_with("typeof ") {
+        ""
+    } else {
+        "type "
+    };
     let _ = write!(
         out,
-        "add {keyword} inet {TABLE} {name} {{ type {};",
+        "add {keyword} inet {TABLE} {name} {{ {clause}{};",
         def.type_
     );
     if def.interval {
@@ -106,6 +111,48 @@ pub fn incremental(old: &Ruleset, new: &Ruleset) -> String {
     sets(&mut out, old, new, true);
     removals(&mut out, old, new);
     out
+}
+
+/// When turning `old` into `new` changes elements of sets that `programmed`
+/// holds and nothing else (no chain, no set created or removed, no set the
+/// packet path fills): those changes, in the order [`incremental`] writes
+/// them (plain sets, then verdict maps; within a set, deletions first).
+pub fn element_changes<'a>(
+    programmed: &'a Ruleset,
+    old: &'a Ruleset,
+    new: &'a Ruleset,
+) -> Option<Vec<crate::elements::SetChange<'a>>> {
+    if !old.chains.is_empty() || !new.chains.is_empty() {
+        return None;
+    }
+    if !old.sets.keys().eq(new.sets.keys()) {
+        return None;
+    }
+    let mut out = Vec::new();
+    for maps in [false, true] {
+        for (name, def) in new.sets.iter().filter(|(_, d)| is_map(d) == maps) {
+            let held = programmed.sets.get(name)?;
+            let o = old.sets.get(name)?;
+            if held.type_ != def.type_ || held.interval || held.timeout.is_some() {
+                return None;
+            }
+            for (add, elements) in [
+                (false, o.elements.difference(&def.elements)),
+                (true, def.elements.difference(&o.elements)),
+            ] {
+                let elements: Vec<&str> = elements.map(String::as_str).collect();
+                if !elements.is_empty() {
+                    out.push(crate::elements::SetChange {
+                        set: name,
+                        type_: def.type_,
+                        add,
+                        elements,
+                    });
+                }
+            }
+        }
+    }
+    Some(out)
 }
 
 fn is_map(def: &SetDef) -> bool {

@@ -60,6 +60,7 @@ fn every_kind_of_service_change_is_accepted_by_the_kernel() {
             ip: ip(a),
             port: 8080,
             local: true,
+            ready: true,
         };
         let mut svc = service("prod", "web");
         svc.cluster_ips = vec![ip("10.96.0.10"), ip("fd00:96::10")];
@@ -70,6 +71,10 @@ fn every_kind_of_service_change_is_accepted_by_the_kernel() {
         s.ports[0].backends = vec![backend("10.0.0.1"), backend("10.0.0.2"), backend("fd00::2")];
         s.ports[0].local_backends = s.ports[0].backends.clone();
         steps.push(("more backends, both families", s.clone()));
+        // As many backends as before: element changes alone (netlink).
+        s.ports[0].backends[1] = backend("10.0.0.4");
+        s.ports[0].local_backends = s.ports[0].backends.clone();
+        steps.push(("a backend replaced", s.clone()));
         s.affinity_timeout_seconds = Some(10800);
         steps.push(("affinity on", s.clone()));
         s.affinity_timeout_seconds = Some(60);
@@ -159,6 +164,72 @@ fn every_kind_of_service_change_is_accepted_by_the_kernel() {
         let stats = d.stats();
         assert_eq!(stats.repairs, 0);
         assert!(stats.incremental_writes >= 8, "{stats:?}");
+        assert!(stats.netlink_writes >= 1, "{stats:?}");
+        d.remove_all().expect("remove the table");
+    })
+    .expect("run in namespace");
+}
+
+/// A netlink element batch is one transaction: when one of its messages
+/// is refused (deleting an element that is not there), nothing of it is
+/// applied, and the error names the message.
+#[test]
+fn a_refused_element_batch_leaves_the_table_as_it_was() {
+    use manul_dataplane_iptables::elements::{SetChange, batch};
+    use manul_dataplane_iptables::{NftError, netlink};
+    use manul_netns::NetNs;
+
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let ns = NetNs::create(&manul_netns::unique_prefix("svnl")).expect("namespace");
+    ns.run(|| {
+        let mut d = NftDriver::new(Nft::default()).expect("driver");
+        d.apply(&[manul_dataplane_api::Operation::InSync])
+            .expect("in sync");
+        let list = || {
+            let out = Command::new("nft")
+                .args(["list", "set", "inet", "manul", "mnl-cluster-ips4"])
+                .output()
+                .expect("nft list set");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        let add = |e: &'static str| SetChange {
+            set: "mnl-cluster-ips4",
+            type_: "ipv4_addr",
+            add: true,
+            elements: vec![e],
+        };
+        netlink::apply(&batch(&[add("10.96.0.1")], 1).unwrap()).expect("a good batch");
+        assert!(list().contains("10.96.0.1"), "{}", list());
+        let refused = batch(
+            &[
+                add("10.96.0.2"),
+                SetChange {
+                    set: "mnl-cluster-ips4",
+                    type_: "ipv4_addr",
+                    add: false,
+                    elements: vec!["10.96.0.3"],
+                },
+            ],
+            10,
+        )
+        .unwrap();
+        match netlink::apply(&refused) {
+            Err(NftError::Refused { stderr }) => {
+                assert!(
+                    stderr.contains("deleting 1 elements of mnl-cluster-ips4"),
+                    "{stderr}"
+                );
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        let now = list();
+        assert!(
+            now.contains("10.96.0.1") && !now.contains("10.96.0.2"),
+            "{now}"
+        );
         d.remove_all().expect("remove the table");
     })
     .expect("run in namespace");

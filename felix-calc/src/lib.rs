@@ -18,5 +18,6 @@ pub mod calc;
 #[cfg(test)]
 mod datadriven;
 pub mod evaluator;
+pub mod pending;
 
 pub use calc::{CalcGraph, Ready, Stats, Update};

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::calc::{CalcGraph, Ready, Update};
+use crate::flows::FlowPipeline;
 use crate::metrics::{DataplaneLabels, FelixMetrics, PolicyFlowLabels, resync};
 use crate::resync::{BatchAction, DriverSync};
 use crate::routes::{RouteCalc, RouteProgrammer};
@@ -64,6 +65,25 @@ pub struct AgentOptions {
     /// Where the driver's service NAT totals go, read with the flow
     /// counters.
     pub services: Option<crate::programmed_services::ProgrammedServices>,
+    /// Flow records: the pipeline that enriches and aggregates the
+    /// driver's observations, and where each interval's records go.
+    pub flows: Option<FlowOptions>,
+}
+
+/// Flow records' pipeline and destination.
+#[derive(Debug)]
+pub struct FlowOptions {
+    pub pipeline: FlowPipeline,
+    /// A full channel drops the interval's records (counted): the agent
+    /// never waits for the exporter.
+    pub sink: mpsc::Sender<Vec<manul_proto::flows::FlowRecord>>,
+}
+
+/// Unix seconds (the agent's one wall-clock reading, for flow intervals).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The periodic refreshes' intervals.
@@ -118,6 +138,7 @@ impl Default for AgentOptions {
             resync_max_backoff: Duration::from_secs(10),
             intervals: None,
             services: None,
+            flows: None,
         }
     }
 }
@@ -190,6 +211,7 @@ struct Dataplane<'a> {
     sync: DriverSync,
     metrics: &'a FelixMetrics,
     status: Option<&'a StatusReporter>,
+    flows: Option<FlowOptions>,
 }
 
 impl Dataplane<'_> {
@@ -223,6 +245,9 @@ impl Dataplane<'_> {
         match self.driver.apply(ops) {
             Ok(()) => {
                 graph.advance(ready);
+                if let Some(f) = self.flows.as_mut() {
+                    f.pipeline.applied(ops);
+                }
                 if let Some(s) = self.status {
                     report(s, ops, revision);
                 }
@@ -240,6 +265,44 @@ impl Dataplane<'_> {
         self.metrics
             .dataplane_apply_time
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Drains the driver's flow observations into the pipeline and sends
+    /// an interval's records once it is over.
+    fn flows_tick(&mut self, metrics: &FelixMetrics) {
+        let Some(f) = self.flows.as_mut() else {
+            return;
+        };
+        let before = f.pipeline.stats;
+        let records = f.pipeline.poll(self.driver.as_mut(), unix_now());
+        let after = f.pipeline.stats;
+        metrics
+            .flow_observations
+            .inc_by(after.observations - before.observations);
+        metrics
+            .flow_trace_mismatches
+            .inc_by(after.trace_mismatches - before.trace_mismatches);
+        metrics
+            .flow_observations_dropped
+            .set(i64::try_from(self.driver.flows_dropped()).unwrap_or(i64::MAX));
+        if let Some(records) = records {
+            let n = records.len() as u64;
+            if records.is_empty() {
+                return;
+            }
+            match f.sink.try_send(records) {
+                Ok(()) => {
+                    metrics.flow_records.inc_by(n);
+                }
+                Err(_) => {
+                    warn!(
+                        records = n,
+                        "the flow exporter is behind: an interval's records are dropped"
+                    );
+                    metrics.flow_records_dropped.inc_by(n);
+                }
+            }
+        }
     }
 
     fn failed(&mut self, current: &mut AgentStatus) {
@@ -284,6 +347,10 @@ impl Dataplane<'_> {
         match self.driver.apply(ops) {
             Ok(()) => {
                 graph.advance(&whole);
+                if let Some(f) = self.flows.as_mut() {
+                    f.pipeline.mark_stale();
+                    f.pipeline.applied(ops);
+                }
                 self.sync.resynced();
                 self.metrics.dataplane_out_of_sync.set(0);
                 current.dataplane_out_of_sync = false;
@@ -338,6 +405,7 @@ pub async fn run(
         resync_max_backoff,
         intervals,
         services,
+        flows: flow_options,
     } = options;
     metrics.resync_state.set(resync::WAITING);
     let mut dataplane = Dataplane {
@@ -345,7 +413,12 @@ pub async fn run(
         sync: DriverSync::new(resync_min_backoff, resync_max_backoff),
         metrics: &metrics,
         status: reporter.as_ref(),
+        flows: flow_options,
     };
+    let mut flow_tick = dataplane
+        .flows
+        .as_ref()
+        .and_then(|_| ticker(Duration::from_secs(1)));
     // Whether the graph has had Typha's whole state at least once.
     let mut complete = false;
     let mut current = AgentStatus::default();
@@ -377,6 +450,10 @@ pub async fn run(
                 if let Some(s) = &services {
                     s.observe_counters(dataplane.driver.service_counters());
                 }
+                continue;
+            }
+            _ = tick(&mut flow_tick) => {
+                dataplane.flows_tick(&metrics);
                 continue;
             }
             Some(i) = next_intervals(&mut intervals) => {
@@ -461,6 +538,11 @@ pub async fn run(
             tunnel(wireguard.as_mut(), calc, programmer, &metrics);
         }
         let started = Instant::now();
+        if let Some(f) = dataplane.flows.as_mut() {
+            for u in &updates {
+                f.pipeline.update(u);
+            }
+        }
         for u in updates {
             graph.update(u);
         }

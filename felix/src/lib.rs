@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod config;
 pub mod configure;
+pub mod flows;
 pub mod http;
 pub mod metrics;
 pub mod observed;

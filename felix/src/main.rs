@@ -45,7 +45,7 @@ use manul_felix::sync::{SyncConfig, Syncer};
 use manul_felix::wireguard::Wireguard;
 use manul_felix::wireguard::publish::Publisher;
 use manul_model::error::chain;
-use manul_model::v3::EndpointToHostAction;
+use manul_model::v3::{BpfExternalServiceMode, EndpointToHostAction};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tracing_subscriber::layer::SubscriberExt;
@@ -152,6 +152,21 @@ struct Args {
     /// Open no health-check node ports (another proxy answers them).
     #[arg(long)]
     no_service_health: bool,
+    /// Stream flow records to this flow aggregator (`manul-flows`),
+    /// `http://HOST:PORT`; without it no records are built.
+    #[arg(long, env = "FELIX_FLOWAGGREGATOR")]
+    flow_aggregator: Option<String>,
+    /// Flow records aggregate the observations of this many seconds.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    flow_interval: u64,
+    /// Flow records kept while the aggregator is unreachable (the oldest
+    /// go first).
+    #[arg(long, default_value_t = 100_000)]
+    flow_buffer_records: usize,
+    /// Leave every Service to kube-proxy (`kubeProxyReplacement: false`):
+    /// program none, and remove those an earlier run programmed.
+    #[arg(long)]
+    no_kube_proxy_replacement: bool,
 }
 
 /// The log filter's handle: `logSeverityScreen` changes go through it.
@@ -215,6 +230,9 @@ fn flags(args: &Args) -> std::collections::BTreeMap<&'static str, String> {
     if args.flow_log.is_some() {
         out.insert("flowLogsFileEnabled", "true".to_string());
     }
+    if args.no_kube_proxy_replacement {
+        out.insert("kubeProxyReplacement", "false".to_string());
+    }
     for (name, value) in [
         ("typhaCAFile", &args.typha_ca_file),
         ("typhaCertFile", &args.typha_cert_file),
@@ -227,6 +245,22 @@ fn flags(args: &Args) -> std::collections::BTreeMap<&'static str, String> {
         }
     }
     out
+}
+
+/// Connect-time load balancing from `bpfConnectTimeLoadBalancing` and
+/// `cgroupV2Path`.
+fn connect_time_lb(config: &FelixConfig) -> Option<manul_dataplane_bpf::CtlbConfig> {
+    use manul_model::v3::BpfConnectTimeLoadBalancing as Ctlb;
+    let udp = match config.bpf_connect_time_load_balancing.value {
+        Ctlb::Disabled => return None,
+        Ctlb::Tcp => false,
+        Ctlb::Enabled => true,
+    };
+    let path = config.cgroup_v2_path.value.trim();
+    Some(manul_dataplane_bpf::CtlbConfig {
+        udp,
+        cgroup: (!path.is_empty()).then(|| PathBuf::from(path)),
+    })
 }
 
 fn nft_config(config: &FelixConfig) -> manul_dataplane_iptables::NftConfig {
@@ -257,6 +291,10 @@ fn nft_config(config: &FelixConfig) -> manul_dataplane_iptables::NftConfig {
             EndpointToHostAction::Return => EndpointToHost::Return,
             EndpointToHostAction::Accept => EndpointToHost::Accept,
         },
+        flows: config
+            .flow_logs_file_enabled
+            .value
+            .then(manul_dataplane_iptables::FlowLog::default),
     }
 }
 
@@ -335,6 +373,11 @@ fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
                 config.default_endpoint_to_host_action.value == EndpointToHostAction::Drop;
             bpf.failsafe = bpf_failsafe(config);
             bpf.maglev_capacity = usize::from(config.bpf_maglev_max_endpoints_per_service.value);
+            bpf.external_service_mode = match config.bpf_external_service_mode.value {
+                BpfExternalServiceMode::Tunnel => manul_dataplane_bpf::ExternalServiceMode::Snat,
+                BpfExternalServiceMode::Dsr => manul_dataplane_bpf::ExternalServiceMode::Dsr,
+            };
+            bpf.connect_time_lb = connect_time_lb(config);
             manul_dataplane_bpf::BpfDriver::new(bpf)
                 .map(|d| {
                     let handle = d.flow_log_interval();
@@ -653,7 +696,13 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
     .with_transport(transport.clone());
     tokio::spawn(syncer.run(tx));
     let (intervals_tx, intervals_rx) = watch::channel(configure::intervals(&config));
-    let mut graph = CalcGraph::new(args.node.clone());
+    let mut graph = match config.kube_proxy_replacement.value {
+        true => CalcGraph::new(args.node.clone()),
+        false => {
+            tracing::info!("kubeProxyReplacement is false: Services are left to kube-proxy");
+            CalcGraph::new(args.node.clone()).without_services()
+        }
+    };
     if config.service_maglev_default.value {
         graph.set_default_balancing(manul_dataplane_api::Balancing::Maglev);
     }
@@ -697,6 +746,32 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
             // so other nodes stop routing here through a tunnel.
             tokio::spawn(publisher(None).run(publish.clone()));
         }
+    }
+    if let Some(endpoint) = &args.flow_aggregator {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let (sink, records) = mpsc::channel(64);
+        let (export_tx, _) = watch::channel(manul_felix::flows::export::ExportStatus::default());
+        tokio::spawn(manul_felix::flows::export::run(
+            manul_felix::flows::export::ExportConfig {
+                endpoint: endpoint.clone(),
+                node: args.node.clone(),
+                epoch: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+                capacity: args.flow_buffer_records,
+            },
+            records,
+            export_tx,
+        ));
+        options.flows = Some(agent::FlowOptions {
+            pipeline: manul_felix::flows::FlowPipeline::new(
+                &args.node,
+                args.flow_interval,
+                now.as_secs(),
+            ),
+            sink,
+        });
+        tracing::info!(aggregator = %endpoint, interval_s = args.flow_interval, "flow records on");
     }
     if let Some(dir) = &args.status_dir {
         match StatusReporter::new(dir) {

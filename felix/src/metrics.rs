@@ -68,6 +68,11 @@ pub struct FelixMetrics {
     pub cluster_policies: Gauge,
     pub cluster_network_sets: Gauge,
     pub revision: Gauge<u64, AtomicU64>,
+    pub flow_observations: Counter,
+    pub flow_trace_mismatches: Counter,
+    pub flow_observations_dropped: Gauge,
+    pub flow_records: Counter,
+    pub flow_records_dropped: Counter,
 }
 
 impl Default for FelixMetrics {
@@ -94,6 +99,11 @@ impl Default for FelixMetrics {
             cluster_policies: Gauge::default(),
             cluster_network_sets: Gauge::default(),
             revision: Gauge::default(),
+            flow_observations: Counter::default(),
+            flow_trace_mismatches: Counter::default(),
+            flow_observations_dropped: Gauge::default(),
+            flow_records: Counter::default(),
+            flow_records_dropped: Counter::default(),
         }
     }
 }
@@ -126,6 +136,31 @@ impl FelixMetrics {
             "felix_int_dataplane_failures",
             "Batches and resyncs the dataplane driver refused (each is retried by a resync)",
             m.dataplane_failures.clone(),
+        );
+        registry.register(
+            "felix_flow_observations",
+            "Flow observations taken from the dataplane driver (starts, updates, ends, denied bursts)",
+            m.flow_observations.clone(),
+        );
+        registry.register(
+            "felix_flow_trace_mismatches",
+            "Observations whose policy trace on Felix's copy of the dataplane state ended elsewhere than the kernel's deciding rule",
+            m.flow_trace_mismatches.clone(),
+        );
+        registry.register(
+            "felix_flow_observations_dropped",
+            "Flow observations the driver dropped because its queue was full, since it started",
+            m.flow_observations_dropped.clone(),
+        );
+        registry.register(
+            "felix_flow_records",
+            "Aggregated flow records handed to the exporter",
+            m.flow_records.clone(),
+        );
+        registry.register(
+            "felix_flow_records_dropped",
+            "Aggregated flow records dropped because the exporter was behind",
+            m.flow_records_dropped.clone(),
         );
         registry.register(
             "felix_policy_flows",

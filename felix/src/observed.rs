@@ -8,7 +8,7 @@
 //! observer.
 
 use manul_dataplane_api::{
-    ConntrackUsage, Driver, DriverError, Operation, PolicyCounter, ServiceCounters,
+    ConntrackUsage, Driver, DriverError, FlowObservation, Operation, PolicyCounter, ServiceCounters,
 };
 
 /// What follows a driver's batches.
@@ -83,6 +83,14 @@ impl<O: BatchObserver> Driver for Observed<O> {
 
     fn service_counters(&self) -> Option<ServiceCounters> {
         self.inner.service_counters()
+    }
+
+    fn take_flows(&mut self) -> Vec<FlowObservation> {
+        self.inner.take_flows()
+    }
+
+    fn flows_dropped(&self) -> u64 {
+        self.inner.flows_dropped()
     }
 }
 

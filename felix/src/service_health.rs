@@ -5,11 +5,11 @@
 //! cloud load balancer sends the Service's traffic only to nodes that have
 //! a backend for it:
 //!
-//! - `200` while the node has local backends for the Service (the distinct
-//!   addresses of its ports' `local_backends`) and the dataplane holds what
-//!   Felix computed, `503` otherwise;
+//! - `200` while the node has ready local backends for the Service (the
+//!   distinct addresses of its ports' `local_backends` that are ready)
+//!   and the dataplane holds what Felix computed, `503` otherwise;
 //! - a JSON body `{"service":{"namespace":..,"name":..},
-//!   "localEndpoints":N,"serviceProxyHealthy":bool}`.
+//!   "localEndpoints":N,"serviceProxyHealthy":bool}`, N being that count.
 //!
 //! [`HealthCheckedDriver`] wraps the driver: what a batch the driver took
 //! says about Services is what the listeners follow (opened, moved to
@@ -18,12 +18,9 @@
 //! until a batch with `InSync` is taken). A resync closes the listeners of
 //! Services it does not send again, as a driver drops stale items.
 //!
-//! Unlike kube-proxy, whose count takes ready endpoints only, the count
-//! here is of `local_backends`, which fall back on this node's serving
-//! terminating endpoints when none is ready (the dataplane contract does
-//! not say which of the two a backend is): during a rolling update whose
-//! last local endpoint is terminating the node keeps answering 200 while
-//! that endpoint serves, instead of draining early.
+//! As in kube-proxy, a node whose only local endpoints are terminating
+//! answers 503 (the load balancer drains it), although its dataplane
+//! still sends the Service's traffic to them while they serve (KEP-1669).
 //!
 //! A port that cannot be bound (in use) is logged and tried again with the
 //! next batch; the other Services are served meanwhile.
@@ -167,7 +164,7 @@ impl ServiceHealth {
         let local: BTreeSet<IpAddr> = s
             .ports
             .iter()
-            .flat_map(|p| p.local_backends.iter().map(|b| b.ip))
+            .flat_map(|p| p.local_backends.iter().filter(|b| b.ready).map(|b| b.ip))
             .collect();
         match state.checks.get_mut(&key) {
             Some(c) if c.port == port => {
@@ -295,5 +292,63 @@ impl crate::observed::BatchObserver for ServiceHealth {
 
     fn mark_stale(&mut self) {
         ServiceHealth::mark_stale(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use manul_dataplane_api::Backend;
+    use manul_dataplane_api::testutil::{ip, service};
+
+    /// `shop/web` with health-check port 30500 and these local backends
+    /// (address, ready).
+    fn lb(local: &[(&str, bool)]) -> Service {
+        let mut s = service("shop", "web");
+        s.health_check_node_port = Some(30500);
+        let backends: Vec<Backend> = local
+            .iter()
+            .map(|(a, ready)| Backend {
+                ip: ip(a),
+                port: 8080,
+                local: true,
+                ready: *ready,
+            })
+            .collect();
+        s.ports[0].backends = backends.clone();
+        s.ports[0].local_backends = backends;
+        s
+    }
+
+    /// (status, localEndpoints) after `batch` (no address: nothing binds).
+    fn answer(batch: &[Operation]) -> (StatusCode, serde_json::Value) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let health = ServiceHealth::new(Vec::new(), rt.handle().clone());
+        health.applied(batch);
+        let (code, body) = health.status(&("shop".into(), "web".into()));
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["serviceProxyHealthy"], true, "{body}");
+        (code, body["localEndpoints"].clone())
+    }
+
+    #[test]
+    fn only_ready_local_endpoints_make_the_node_healthy() {
+        let ready = lb(&[("10.65.0.5", true), ("10.65.0.6", false)]);
+        assert_eq!(
+            answer(&[Operation::ServiceUpdate(ready), Operation::InSync]),
+            (StatusCode::OK, serde_json::json!(1)),
+            "the terminating one is not counted"
+        );
+        // KEP-1669: the node's only endpoints are terminating; the
+        // dataplane still uses them, the load balancer is told to drain.
+        let terminating = lb(&[("10.65.0.6", false), ("10.65.0.7", false)]);
+        assert_eq!(
+            answer(&[Operation::ServiceUpdate(terminating), Operation::InSync]),
+            (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!(0))
+        );
     }
 }

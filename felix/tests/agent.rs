@@ -97,7 +97,12 @@ async fn felix_syncs_programs_and_follows_changes() {
         origin: "test".into(),
         expected_revision: None,
     }];
-    api.apply(ApplyRequest { items }).await.unwrap();
+    api.apply(ApplyRequest {
+        items,
+        deletes: vec![],
+    })
+    .await
+    .unwrap();
     wait_metric(metrics_port, "felix_active_local_endpoints", 4.0).await;
     api.delete(manul_proto::v1::DeleteRequest {
         keys: vec![manul_proto::v1::ResourceKey {

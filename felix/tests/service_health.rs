@@ -83,6 +83,7 @@ fn lb_service(port: u16, local: &[&str]) -> Service {
             ip: ip(a),
             port: 8080,
             local: true,
+            ready: true,
         })
         .collect();
     s.ports[0].backends = backends.clone();

@@ -4,8 +4,12 @@
 //! Layout (every piece a network namespace the cluster creates):
 //!
 //! - `NAME-cp`: the control plane and underlay: a bridge `br0` at
-//!   `192.168.220.1/24`, where Typha listens (one replica on port 5473, or
-//!   three on 5473-5475), and `10.0.0.1/24` on the node network;
+//!   `192.168.220.1/24`, where a single Typha listens (port 5473), and
+//!   `10.0.0.1/24` on the node network;
+//! - `NAME-tK`: with three or more replicas, one per replica, its `eth0`
+//!   on the bridge at `192.168.220.(1+K)` (ports `5473+K-1`, peer ports
+//!   `5573+K-1`, metrics `9093+K-1`), so that cutting replicas apart is a
+//!   matter of drop rules between namespaces ([`cluster::LocalCluster::partition_typha`]);
 //! - `NAME-nodeN`: one per node, `eth0` at `192.168.220.(10+N)/24` and
 //!   `10.0.0.(9+N)/24` (so `node1`'s `eth0` is the quick start's
 //!   HostEndpoint at 10.0.0.10) on the bridge, running one `felix` (`--netns`) with the chosen dataplane and
@@ -16,6 +20,9 @@
 //! - `NAME-pK`: one per pod, wired into its node by the `manul-cni` plugin
 //!   (which allocates its address from the IPPool `10.65.0.0/16`, writes its
 //!   WorkloadEndpoint and creates the veth pair);
+//! - with [`LocalCluster::up_with_flows`], the flow aggregator
+//!   (`manul-flows`) in the control plane at `192.168.220.1:7443`, which
+//!   every Felix streams its flow records to;
 //! - `NAME-xK`: external clients ([`external`]), on the bridge at
 //!   `192.168.220.(200+K)/24` with no Felix: machines outside the cluster.
 //!
@@ -26,14 +33,18 @@
 //! It refuses to touch the root namespace's network: nothing is attached
 //! to or routed through it. Everything is removed on drop, also on failure
 //! and panics; [`LocalCluster::cleanup`] removes what a killed run left
-//! behind (processes in the cluster's namespaces, then the namespaces).
+//! behind (processes in the cluster's namespaces, then the namespaces, and
+//! a replica's small tmpfs, [`cluster::SmallDisk`]).
 
 pub mod cluster;
 pub mod external;
 pub mod procs;
 pub mod wireguard;
 
-pub use cluster::{ClusterConfig, Dataplane, LocalCluster, MetricsTarget, PodInfo, PodSpec};
+pub use cluster::{
+    ClusterConfig, Dataplane, FLOWS_PORT, FlowsConfig, LocalCluster, MetricsTarget, PodInfo,
+    PodSpec, SmallDisk,
+};
 pub use external::ExternalClient;
 
 use std::path::Path;

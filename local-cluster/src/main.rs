@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use manul_local_cluster::{ClusterConfig, Dataplane, LocalCluster};
+use manul_local_cluster::{ClusterConfig, Dataplane, FlowsConfig, LocalCluster};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +35,13 @@ enum Cmd {
         /// bpf, iptables or null.
         #[arg(long, default_value = "iptables")]
         dataplane: String,
+        /// Run the flow aggregator in the control plane; every Felix
+        /// streams flow records to it (read them with `manulctl flows`).
+        #[arg(long)]
+        flows: bool,
+        /// Felix's flow aggregation interval, seconds (with --flows).
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        flow_interval: u64,
     },
     /// Remove the processes and namespaces of a cluster.
     Down {
@@ -68,6 +75,8 @@ fn main() -> ExitCode {
             nodes,
             typha_replicas,
             dataplane,
+            flows,
+            flow_interval,
         } => {
             let dataplane = match Dataplane::parse(&dataplane) {
                 Ok(d) => d,
@@ -83,7 +92,10 @@ fn main() -> ExitCode {
                 dataplane,
                 policy_setup_timeout: Duration::ZERO,
             };
-            let cluster = match LocalCluster::up(config) {
+            let flows = flows.then_some(FlowsConfig {
+                interval_s: flow_interval,
+            });
+            let cluster = match LocalCluster::up_with_flows(config, flows) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -108,6 +120,12 @@ fn main() -> ExitCode {
                 cluster.manulctl_tls_flags(),
                 cluster.typha_peer_addresses()[0]
             );
+            if let Some(url) = cluster.flows_url() {
+                println!(
+                    "flows: manulctl --netns {} flows --aggregator {url}",
+                    cluster.control_plane_netns()
+                );
+            }
             println!("logs: {}", cluster.work_dir().display());
             println!("press Ctrl-C to remove it");
             wait_for_ctrl_c();

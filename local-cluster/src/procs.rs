@@ -43,8 +43,28 @@ pub fn program(name: &str) -> Result<PathBuf, ClusterError> {
 
 /// Starts `command` inside `ns` (the child inherits the namespace of the
 /// thread that forks it), logging to `log`.
-pub fn spawn_in(ns: &NetNs, mut command: Command, log: &Path) -> Result<Child, ClusterError> {
+pub fn spawn_in(ns: &NetNs, command: Command, log: &Path) -> Result<Child, ClusterError> {
     let out = std::fs::File::create(log).map_err(|e| ClusterError::io(log, e))?;
+    spawn_logging(ns, command, log, out)
+}
+
+/// Like [`spawn_in`], appending to `log` (a restarted process keeps its
+/// earlier runs' lines).
+pub fn spawn_in_appending(ns: &NetNs, command: Command, log: &Path) -> Result<Child, ClusterError> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| ClusterError::io(log, e))?;
+    spawn_logging(ns, command, log, out)
+}
+
+fn spawn_logging(
+    ns: &NetNs,
+    mut command: Command,
+    log: &Path,
+    out: std::fs::File,
+) -> Result<Child, ClusterError> {
     let err = out.try_clone().map_err(|e| ClusterError::io(log, e))?;
     command.stdin(Stdio::null()).stdout(out).stderr(err);
     ns.run(move || command.spawn())

@@ -12,7 +12,7 @@
 //! decoding.
 
 use crate::resource::Resource;
-use crate::v3::{Action, AllowedUse, AssignmentMode, PolicyType, Rule};
+use crate::v3::{Action, AllowedUse, AssignmentMode, PolicyType, Rule, StagedAction};
 
 /// The `types` Calico infers for a policy that does not list them.
 pub fn infer_types(ingress: &[Rule], egress: &[Rule]) -> Vec<PolicyType> {
@@ -34,6 +34,17 @@ pub fn apply(mut resource: Resource) -> Resource {
             o.spec.types = infer_types(&o.spec.ingress, &o.spec.egress);
         }
         Resource::GlobalNetworkPolicy(o) if o.spec.types.is_empty() => {
+            o.spec.types = infer_types(&o.spec.ingress, &o.spec.egress);
+        }
+        // A staged Delete keeps its types empty (Calico clears them).
+        Resource::StagedNetworkPolicy(o)
+            if o.spec.types.is_empty() && o.spec.staged_action == StagedAction::Set =>
+        {
+            o.spec.types = infer_types(&o.spec.ingress, &o.spec.egress);
+        }
+        Resource::StagedGlobalNetworkPolicy(o)
+            if o.spec.types.is_empty() && o.spec.staged_action == StagedAction::Set =>
+        {
             o.spec.types = infer_types(&o.spec.ingress, &o.spec.egress);
         }
         Resource::Tier(o) => {

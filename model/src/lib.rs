@@ -17,6 +17,7 @@ mod load_typed;
 pub mod names;
 pub mod not_acted;
 pub mod operator;
+pub mod promote;
 pub mod resource;
 pub mod selector;
 pub mod stored;

@@ -377,6 +377,13 @@ pub fn decode_document(doc: Value) -> Decoded {
     let typed = match kind {
         Kind::NetworkPolicy => decode::<Object<_>>(value, Resource::NetworkPolicy),
         Kind::GlobalNetworkPolicy => decode::<Object<_>>(value, Resource::GlobalNetworkPolicy),
+        Kind::StagedNetworkPolicy => decode::<Object<_>>(value, Resource::StagedNetworkPolicy),
+        Kind::StagedGlobalNetworkPolicy => {
+            decode::<Object<_>>(value, Resource::StagedGlobalNetworkPolicy)
+        }
+        Kind::StagedKubernetesNetworkPolicy => {
+            decode::<Object<_>>(value, Resource::StagedKubernetesNetworkPolicy)
+        }
         Kind::Tier => decode::<Object<_>>(value, Resource::Tier),
         Kind::HostEndpoint => decode::<Object<_>>(value, Resource::HostEndpoint),
         Kind::WorkloadEndpoint => decode::<Object<_>>(value, Resource::WorkloadEndpoint),

@@ -66,6 +66,10 @@ const USAGE: &str = "Manul never reports usage";
 const NAT: &str = "Manul does no NAT; outgoing NAT is left to the network";
 const SERVICES: &str = "Manul programs Services on both dataplanes from the Services and \
      EndpointSlices alone; it does not read this setting";
+const CTLB_DEPRECATED: &str = "Calico's deprecated switch; Manul reads \
+     `bpfConnectTimeLoadBalancing` only";
+const CTLB_ONLY: &str = "host-networked processes reach services through connect-time load \
+     balancing only (`bpfConnectTimeLoadBalancing`)";
 const BPF: &str = "Manul's eBPF programs, maps and conntrack are its own; only `bpfEnabled` \
      chooses them";
 const XDP: &str = "Manul attaches no XDP programs and has no sidecar acceleration";
@@ -220,10 +224,8 @@ pub const NOT_ACTED_ON: &[NotActedOn] = &[
     felix("spec.bpfCTLBLogFilter", BPF),
     felix("spec.bpfDataIfacePattern", INTERFACES),
     felix("spec.bpfL3IfacePattern", INTERFACES),
-    felix("spec.bpfConnectTimeLoadBalancingEnabled", SERVICES),
-    felix("spec.bpfConnectTimeLoadBalancing", SERVICES),
-    felix("spec.bpfHostNetworkedNATWithoutCTLB", SERVICES),
-    felix("spec.bpfExternalServiceMode", SERVICES),
+    felix("spec.bpfConnectTimeLoadBalancingEnabled", CTLB_DEPRECATED),
+    felix("spec.bpfHostNetworkedNATWithoutCTLB", CTLB_ONLY),
     felix("spec.bpfDSROptoutCIDRs", SERVICES),
     felix("spec.bpfExtToServiceConnmark", SERVICES),
     felix("spec.bpfKubeProxyIptablesCleanupEnabled", SERVICES),
@@ -248,7 +250,6 @@ pub const NOT_ACTED_ON: &[NotActedOn] = &[
     felix("spec.bpfExportBufferSizeMB", BPF),
     felix("spec.istioAmbientMode", PLATFORM),
     felix("spec.istioDSCPMark", PLATFORM),
-    felix("spec.cgroupV2Path", BPF),
     felix("spec.flowLogsPolicyEvaluationMode", FLOWS),
     felix("spec.bpfRedirectToPeer", BPF),
     felix("spec.bpfAttachType", BPF),

@@ -13,7 +13,8 @@ use crate::operator::InstallationSpec;
 use crate::v3::{
     ClusterInformationSpec, FelixConfigurationSpec, GlobalNetworkPolicySpec, GlobalThreatFeedSpec,
     HostEndpointSpec, IpPoolSpec, IpamBlockSpec, NetworkPolicySpec, NetworkSetSpec, NodeSpec,
-    Object, ProfileSpec, TierSpec, WorkloadEndpointSpec,
+    Object, ProfileSpec, StagedGlobalNetworkPolicySpec, StagedKubernetesNetworkPolicySpec,
+    StagedNetworkPolicySpec, TierSpec, WorkloadEndpointSpec,
 };
 
 const K8S_CORE: &str = "v1";
@@ -57,6 +58,9 @@ macro_rules! kinds {
 kinds! {
     NetworkPolicy => (crate::v3::API_VERSION, "NetworkPolicy", true, "networkpolicy"),
     GlobalNetworkPolicy => (crate::v3::API_VERSION, "GlobalNetworkPolicy", false, "globalnetworkpolicy"),
+    StagedNetworkPolicy => (crate::v3::API_VERSION, "StagedNetworkPolicy", true, "stagednetworkpolicy"),
+    StagedGlobalNetworkPolicy => (crate::v3::API_VERSION, "StagedGlobalNetworkPolicy", false, "stagedglobalnetworkpolicy"),
+    StagedKubernetesNetworkPolicy => (crate::v3::API_VERSION, "StagedKubernetesNetworkPolicy", true, "stagedkubernetesnetworkpolicy"),
     Tier => (crate::v3::API_VERSION, "Tier", false, "tier"),
     HostEndpoint => (crate::v3::API_VERSION, "HostEndpoint", false, "hostendpoint"),
     WorkloadEndpoint => (crate::v3::API_VERSION, "WorkloadEndpoint", true, "workloadendpoint"),
@@ -98,6 +102,9 @@ impl Kind {
             "gnp" => Some(Kind::GlobalNetworkPolicy),
             "np" | "policy" => Some(Kind::NetworkPolicy),
             "knp" => Some(Kind::K8sNetworkPolicy),
+            "snp" => Some(Kind::StagedNetworkPolicy),
+            "sgnp" => Some(Kind::StagedGlobalNetworkPolicy),
+            "sknp" => Some(Kind::StagedKubernetesNetworkPolicy),
             "hep" => Some(Kind::HostEndpoint),
             "wep" => Some(Kind::WorkloadEndpoint),
             "gn" => Some(Kind::GlobalNetworkSet),
@@ -149,6 +156,9 @@ impl fmt::Display for ResourceKey {
 pub enum Resource {
     NetworkPolicy(Object<NetworkPolicySpec>),
     GlobalNetworkPolicy(Object<GlobalNetworkPolicySpec>),
+    StagedNetworkPolicy(Object<StagedNetworkPolicySpec>),
+    StagedGlobalNetworkPolicy(Object<StagedGlobalNetworkPolicySpec>),
+    StagedKubernetesNetworkPolicy(Object<StagedKubernetesNetworkPolicySpec>),
     Tier(Object<TierSpec>),
     HostEndpoint(Object<HostEndpointSpec>),
     WorkloadEndpoint(Object<WorkloadEndpointSpec>),
@@ -182,6 +192,18 @@ macro_rules! with_meta {
                 $body
             }
             Resource::Tier(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::StagedNetworkPolicy(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::StagedGlobalNetworkPolicy(o) => {
+                let $m = &o.metadata;
+                $body
+            }
+            Resource::StagedKubernetesNetworkPolicy(o) => {
                 let $m = &o.metadata;
                 $body
             }
@@ -259,6 +281,9 @@ impl Resource {
         match self {
             Resource::NetworkPolicy(_) => Kind::NetworkPolicy,
             Resource::GlobalNetworkPolicy(_) => Kind::GlobalNetworkPolicy,
+            Resource::StagedNetworkPolicy(_) => Kind::StagedNetworkPolicy,
+            Resource::StagedGlobalNetworkPolicy(_) => Kind::StagedGlobalNetworkPolicy,
+            Resource::StagedKubernetesNetworkPolicy(_) => Kind::StagedKubernetesNetworkPolicy,
             Resource::Tier(_) => Kind::Tier,
             Resource::HostEndpoint(_) => Kind::HostEndpoint,
             Resource::WorkloadEndpoint(_) => Kind::WorkloadEndpoint,
@@ -330,6 +355,9 @@ impl Serialize for Resource {
         match self {
             Resource::NetworkPolicy(o) => tagged(kind, o, s),
             Resource::GlobalNetworkPolicy(o) => tagged(kind, o, s),
+            Resource::StagedNetworkPolicy(o) => tagged(kind, o, s),
+            Resource::StagedGlobalNetworkPolicy(o) => tagged(kind, o, s),
+            Resource::StagedKubernetesNetworkPolicy(o) => tagged(kind, o, s),
             Resource::Tier(o) => tagged(kind, o, s),
             Resource::HostEndpoint(o) => tagged(kind, o, s),
             Resource::WorkloadEndpoint(o) => tagged(kind, o, s),

@@ -112,6 +112,13 @@ pub fn decode_as(kind: Kind, bytes: &[u8]) -> Result<Resource, StoredError> {
     let resource = match kind {
         Kind::NetworkPolicy => Resource::NetworkPolicy(object(kind, bytes)?),
         Kind::GlobalNetworkPolicy => Resource::GlobalNetworkPolicy(object(kind, bytes)?),
+        Kind::StagedNetworkPolicy => Resource::StagedNetworkPolicy(object(kind, bytes)?),
+        Kind::StagedGlobalNetworkPolicy => {
+            Resource::StagedGlobalNetworkPolicy(object(kind, bytes)?)
+        }
+        Kind::StagedKubernetesNetworkPolicy => {
+            Resource::StagedKubernetesNetworkPolicy(object(kind, bytes)?)
+        }
         Kind::Tier => Resource::Tier(object(kind, bytes)?),
         Kind::HostEndpoint => Resource::HostEndpoint(object(kind, bytes)?),
         Kind::WorkloadEndpoint => Resource::WorkloadEndpoint(object(kind, bytes)?),

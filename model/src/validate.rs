@@ -12,7 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::error::FieldError;
 use crate::names;
 use crate::resource::{Kind, Resource};
-use crate::v3::{Action, EndpointPort, EntityRule, GlobalNetworkPolicySpec, PolicyType, Rule};
+use crate::v3::{
+    Action, EndpointPort, EntityRule, GlobalNetworkPolicySpec, PolicyType, Rule, StagedAction,
+};
 
 mod felix;
 mod k8s;
@@ -32,6 +34,40 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
             let s = &o.spec;
             v.policy_common(&s.tier, s.order, &s.types, &s.ingress, &s.egress);
             v.global_policy_flags(s);
+        }
+        Resource::StagedNetworkPolicy(o) => {
+            let s = &o.spec;
+            if s.staged_action == StagedAction::Delete {
+                v.staged_delete(s.is_empty_but_tier(), "every field but tier");
+            } else {
+                v.policy_common(&s.tier, s.order, &s.types, &s.ingress, &s.egress);
+            }
+        }
+        Resource::StagedGlobalNetworkPolicy(o) => {
+            let s = &o.spec;
+            if s.staged_action == StagedAction::Delete {
+                v.staged_delete(s.is_empty_but_tier(), "every field but tier");
+            } else {
+                v.policy_common(&s.tier, s.order, &s.types, &s.ingress, &s.egress);
+                v.global_policy_flags(&s.enforced());
+            }
+        }
+        Resource::StagedKubernetesNetworkPolicy(o) => {
+            let s = &o.spec;
+            if s.staged_action == StagedAction::Delete {
+                v.staged_delete(s.is_empty(), "every field");
+            } else {
+                let enforced = k8s_openapi::api::networking::v1::NetworkPolicy {
+                    metadata: o.metadata.clone(),
+                    spec: Some(s.enforced()),
+                };
+                if let Err(e) = crate::convert::network_policy(&enforced) {
+                    v.err(
+                        "spec",
+                        format!("does not convert as a Kubernetes NetworkPolicy: {e}"),
+                    );
+                }
+            }
         }
         Resource::Tier(o) => {
             v.order("spec.order", o.spec.order);
@@ -218,6 +254,17 @@ impl Validator {
         }
         self.rules("spec.ingress", ingress);
         self.rules("spec.egress", egress);
+    }
+
+    /// A staged `Delete` names the enforced policy to delete: anything
+    /// else it sets would never apply (Calico refuses it too).
+    fn staged_delete(&mut self, empty: bool, what: &str) {
+        if !empty {
+            self.err(
+                "spec",
+                format!("with stagedAction Delete, {what} must be left unset: a staged Delete only removes the enforced policy of the same name"),
+            );
+        }
     }
 
     fn global_policy_flags(&mut self, s: &GlobalNetworkPolicySpec) {

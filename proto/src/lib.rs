@@ -1,7 +1,8 @@
 //! Wire definitions shared by Manul's processes, generated from
 //! `proto/manul.proto`: the resource API (`Resources`), the Typha-to-Felix
 //! stream (`Sync`), Raft cluster management (`Cluster`) and replica-to-replica
-//! Raft transport (`Peer`).
+//! Raft transport (`Peer`); and from `proto/flows.proto` the flow
+//! aggregator's ingest stream (`FlowIngest`) and query API (`Flows`).
 //!
 //! [`wire`] is the one adapter between the model's keys and resources and
 //! these messages (every crate that speaks the wire already depends on the
@@ -15,6 +16,12 @@
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("manul.v1");
+}
+
+/// Flows: Felix's records to the flow aggregator and its query API.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod flows {
+    tonic::include_proto!("manul.flows.v1");
 }
 
 pub mod wire;

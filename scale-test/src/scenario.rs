@@ -24,6 +24,10 @@
 //!                                 # LoadBalancer
 //!     external_traffic_policy: Local   # optional: Cluster (default)
 //!     session_affinity: ClientIP       # optional: None (default)
+//!     load_balancer_ip: 198.51.100.7   # optional (LoadBalancer): its ingress
+//!                                      # address, probed as lb/NS/NAME
+//!     load_balancer_source_ranges: [external/inside, 10.0.0.0/8]
+//!                                      # optional: CIDRs or external clients
 //!     selector: {app: api}
 //!     ports: [{protocol: tcp, port: 80, target_port: 8080, node_port: 30080}]
 //! externals: [outside]            # optional: clients outside the cluster, on
@@ -46,13 +50,19 @@
 //!      reach: each,                 # optional: any (default); each: every
 //!                                   # listed backend answers; same: one does,
 //!                                   # every time
-//!      repeat: 20}                  # optional: connections to make (default
+//!      repeat: 20,                  # optional: connections to make (default
 //!                                   # 1; 30 for each, 10 for same); each
 //!                                   # stops once all were reached
+//!      backend_port: 8080}          # optional (TCP): the port the backend
+//!                                   # answered on (the targetPort)
 //!   # to a node port on node NODE_INDEX (port: the node port), from an
 //!   # external client
 //!   - {from: external/outside, to: nodeport/0/production/web, protocol: tcp, port: 30080,
 //!      expect: allow, source: client}
+//!   # to a LoadBalancer Service's ingress address (port: the Service's
+//!   # port); external clients route it to node 0
+//!   - {from: external/outside, to: lb/production/web, protocol: tcp, port: 80,
+//!      expect: deny}
 //! matrices:
 //!   - protocol: tcp               # tcp, udp or icmp
 //!     port: 8080
@@ -173,6 +183,10 @@ pub struct ProbeSpec {
     pub reach: Reach,
     #[serde(default)]
     pub repeat: Option<u32>,
+    /// The port the backend must have answered on (TCP; a Service's
+    /// targetPort).
+    #[serde(default)]
+    pub backend_port: Option<u16>,
 }
 
 /// One check, as [`Scenario::checks`] lists them.
@@ -187,6 +201,7 @@ pub struct Check {
     pub backends: Vec<String>,
     pub reach: Reach,
     pub repeat: u32,
+    pub backend_port: Option<u16>,
 }
 
 /// Where a probe goes.
@@ -198,6 +213,8 @@ pub enum Target<'a> {
     Service(&'a str),
     /// A node's address, on a node port (`nodeport/NODE_INDEX/NS/NAME`).
     NodePort(usize, &'a str),
+    /// A LoadBalancer Service's ingress address (`lb/NS/NAME`).
+    LoadBalancer(&'a str),
 }
 
 impl<'a> Target<'a> {
@@ -205,6 +222,9 @@ impl<'a> Target<'a> {
     pub fn parse(to: &'a str) -> Result<Target<'a>> {
         if let Some(service) = to.strip_prefix("service/") {
             return Ok(Target::Service(service));
+        }
+        if let Some(service) = to.strip_prefix("lb/") {
+            return Ok(Target::LoadBalancer(service));
         }
         if let Some(rest) = to.strip_prefix("nodeport/") {
             let Some((node, service)) = rest.split_once('/') else {
@@ -313,6 +333,16 @@ impl Scenario {
         let mut services = BTreeMap::new();
         for s in &sc.services {
             s.check()?;
+            for r in &s.load_balancer_source_ranges {
+                if let Some(x) = r.strip_prefix(EXTERNAL)
+                    && !externals.contains_key(x)
+                {
+                    bail!(
+                        "service {}: source range {r}: no external client {x}",
+                        s.name
+                    );
+                }
+            }
             if services.insert(s.name.as_str(), s).is_some() {
                 bail!("service {} is listed twice", s.name);
             }
@@ -365,11 +395,21 @@ impl Scenario {
                         bail!("{what}: service {name} has no node ports");
                     }
                 }
+                Target::LoadBalancer(name) => {
+                    if service(name)?.load_balancer_ip.is_none() {
+                        bail!("{what}: service {name} has no load_balancer_ip");
+                    }
+                }
             }
-            if (p.source.is_some() || !p.backends.is_empty() || p.reach != Reach::Any)
+            if (p.source.is_some()
+                || !p.backends.is_empty()
+                || p.reach != Reach::Any
+                || p.backend_port.is_some())
                 && (p.protocol != Protocol::Tcp || p.expect != Verdict::Allow)
             {
-                bail!("{what}: source, backends and reach are for TCP probes expecting allow");
+                bail!(
+                    "{what}: source, backends, reach and backend_port are for TCP probes expecting allow"
+                );
             }
             if let Some(b) = p.backends.iter().find(|b| !pods.contains_key(*b)) {
                 bail!("{what}: backend {b} is not a pod of the scenario");
@@ -437,6 +477,7 @@ impl Scenario {
                     Reach::Each => 30,
                     Reach::Same => 10,
                 }),
+                backend_port: p.backend_port,
             })
             .collect();
         for m in &self.matrices {
@@ -452,6 +493,7 @@ impl Scenario {
                         backends: Vec::new(),
                         reach: Reach::Any,
                         repeat: 1,
+                        backend_port: None,
                     });
                 }
             }
@@ -591,8 +633,21 @@ pub fn run(
     }
     let mut externals = BTreeMap::new();
     for (i, x) in sc.externals.iter().enumerate() {
-        externals.insert(x.clone(), c.add_external(i, x)?);
+        let client = c.add_external(i, x)?;
+        // The load balancer in front of the cluster: its addresses go to
+        // node 0.
+        for ip in sc.services.iter().filter_map(|s| s.load_balancer_ip) {
+            let route = manul_netns::Route::to(manul_netns::IpNet::from(std::net::IpAddr::V4(ip)))
+                .via(std::net::IpAddr::V4(c.nodes()[0].ip));
+            manul_netns::replace_route(&client.netns, &route)
+                .with_context(|| format!("external {x}: a route to {ip}"))?;
+        }
+        externals.insert(x.clone(), client);
     }
+    let external_ips: BTreeMap<String, std::net::Ipv4Addr> = externals
+        .iter()
+        .map(|(name, x)| (name.clone(), x.ip))
+        .collect();
     let terminating = sc
         .pods
         .iter()
@@ -601,7 +656,13 @@ pub fn run(
         .collect();
     let mut endpoints = Vec::new();
     for s in &sc.services {
-        endpoints.extend(crate::scenario_services::resources(s, &c, &terminating));
+        let ranges = s.source_ranges(&external_ips)?;
+        endpoints.extend(crate::scenario_services::resources(
+            s,
+            &c,
+            &terminating,
+            ranges,
+        ));
     }
     let mut revision = 0;
     if !endpoints.is_empty() {

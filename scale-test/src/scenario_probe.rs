@@ -56,9 +56,18 @@ pub fn probe(
             .map(IpAddr::V4)
             .with_context(|| format!("service {name} has no cluster IP"))
     };
+    let lb_ip = |name: &str| -> Result<IpAddr> {
+        sc.services
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.load_balancer_ip)
+            .map(IpAddr::V4)
+            .with_context(|| format!("service {name} has no load-balancer IP"))
+    };
     let dst_ip = match Target::parse(&check.to)? {
         Target::Pod(to) => IpAddr::V4(c.pod(to)?.ip),
         Target::Service(name) => cluster_ip(name)?,
+        Target::LoadBalancer(name) => lb_ip(name)?,
         Target::NodePort(node, _) => IpAddr::V4(
             c.nodes()
                 .get(node)
@@ -117,7 +126,10 @@ fn judge(c: &LocalCluster, check: Check, client: IpAddr, attempts: &[Attempt]) -
     let mut problems = Vec::new();
     let mut sources = BTreeSet::new();
     let mut backends = Vec::new();
-    let asked = check.source.is_some() || !check.backends.is_empty() || check.reach != Reach::Any;
+    let asked = check.source.is_some()
+        || !check.backends.is_empty()
+        || check.reach != Reach::Any
+        || check.backend_port.is_some();
     if check.protocol == Protocol::Tcp && actual == Verdict::Allow {
         for (_, seen) in attempts {
             match seen {
@@ -164,6 +176,14 @@ fn judge(c: &LocalCluster, check: Check, client: IpAddr, attempts: &[Attempt]) -
                 ));
             }
         }
+    }
+    if let Some(port) = check.backend_port
+        && let Some((_, local)) = attempts
+            .iter()
+            .filter_map(|a| a.1)
+            .find(|(_, local)| local.port() != port)
+    {
+        problems.push(format!("{local} answered, not port {port}"));
     }
     if check.reach == Reach::Same && distinct.len() > 1 {
         problems.push("more than one backend answered".to_string());

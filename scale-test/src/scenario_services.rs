@@ -81,6 +81,15 @@ pub struct ServiceSpec {
     pub external_traffic_policy: TrafficPolicy,
     #[serde(default)]
     pub session_affinity: SessionAffinity,
+    /// A LoadBalancer Service's ingress address (`status.loadBalancer`):
+    /// probes reach it as `lb/NAMESPACE/NAME`, external clients through
+    /// node 0.
+    #[serde(default)]
+    pub load_balancer_ip: Option<Ipv4Addr>,
+    /// `loadBalancerSourceRanges`: CIDRs, or `external/NAME` for an
+    /// external client's own address.
+    #[serde(default)]
+    pub load_balancer_source_ranges: Vec<String>,
 }
 
 impl ServiceSpec {
@@ -131,7 +140,36 @@ impl ServiceSpec {
         {
             bail!("service {s}: external_traffic_policy needs type NodePort or LoadBalancer");
         }
+        if self.load_balancer_ip.is_some() && self.service_type != ServiceType::LoadBalancer {
+            bail!("service {s}: load_balancer_ip needs type LoadBalancer");
+        }
+        if !self.load_balancer_source_ranges.is_empty() && self.load_balancer_ip.is_none() {
+            bail!("service {s}: load_balancer_source_ranges needs a load_balancer_ip");
+        }
+        for r in &self.load_balancer_source_ranges {
+            if !r.starts_with(crate::scenario::EXTERNAL)
+                && !matches!(r.parse(), Ok(manul_netns::IpNet::V4(_)))
+            {
+                bail!("service {s}: source range {r:?} is neither an IPv4 CIDR nor external/NAME");
+            }
+        }
         Ok(())
+    }
+
+    /// The source ranges as CIDRs, an external client named by its own
+    /// address (`externals`: name to address; an unknown one is an
+    /// error).
+    pub fn source_ranges(&self, externals: &BTreeMap<String, Ipv4Addr>) -> Result<Vec<String>> {
+        self.load_balancer_source_ranges
+            .iter()
+            .map(|r| match r.strip_prefix(crate::scenario::EXTERNAL) {
+                Some(x) => externals
+                    .get(x)
+                    .map(|ip| format!("{ip}/32"))
+                    .ok_or_else(|| anyhow::anyhow!("service {}: unknown external {x}", self.name)),
+                None => Ok(r.clone()),
+            })
+            .collect()
     }
 
     /// `(namespace, name)`.
@@ -149,13 +187,18 @@ fn protocol_name(p: Protocol) -> &'static str {
 
 /// The Service and its EndpointSlice: every pod of its namespace whose
 /// labels it selects, with its node, ready unless `terminating` marks it
-/// (then serving and terminating, not ready).
+/// (then serving and terminating, not ready). `ranges`: its
+/// `loadBalancerSourceRanges`, resolved.
 pub fn resources(
     s: &ServiceSpec,
     c: &LocalCluster,
     terminating: &BTreeSet<String>,
+    ranges: Vec<String>,
 ) -> Vec<manul_model::Resource> {
-    use k8s_openapi::api::core::v1::{Service, ServiceSpec as K8sServiceSpec};
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, Service, ServiceSpec as K8sServiceSpec,
+        ServiceStatus,
+    };
     use k8s_openapi::api::discovery::v1::{
         Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
     };
@@ -216,6 +259,7 @@ pub fn resources(
                 .to_string()
             }),
             selector: Some(s.selector.clone()),
+            load_balancer_source_ranges: (!ranges.is_empty()).then_some(ranges),
             ports: Some(
                 s.ports
                     .iter()
@@ -231,7 +275,15 @@ pub fn resources(
             ),
             ..K8sServiceSpec::default()
         }),
-        status: None,
+        status: s.load_balancer_ip.map(|ip| ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![LoadBalancerIngress {
+                    ip: Some(ip.to_string()),
+                    ..LoadBalancerIngress::default()
+                }]),
+            }),
+            ..ServiceStatus::default()
+        }),
     };
     let slice = EndpointSlice {
         metadata: meta(

@@ -73,9 +73,8 @@ fn shipped_scenarios_match_on_both_dataplanes() {
         ("service-account-selector.yaml", "iptables"),
         ("rule-fields.yaml", "bpf"),
         ("rule-fields.yaml", "iptables"),
-        // Services on both dataplanes; node ports on nftables only (the
-        // eBPF service NAT serves pods' traffic on workload interfaces and
-        // has no node ports yet).
+        // Services on both dataplanes: each family of kube-proxy's
+        // packet-flow tests that a static scenario can express.
         ("service-no-endpoints.yaml", "bpf"),
         ("service-no-endpoints.yaml", "iptables"),
         ("service-cluster-ip.yaml", "bpf"),
@@ -86,7 +85,16 @@ fn shipped_scenarios_match_on_both_dataplanes() {
         ("service-terminating-fallback.yaml", "iptables"),
         ("service-backend-policy-sees-client.yaml", "bpf"),
         ("service-backend-policy-sees-client.yaml", "iptables"),
+        ("service-node-port.yaml", "bpf"),
         ("service-node-port.yaml", "iptables"),
+        ("service-target-port.yaml", "bpf"),
+        ("service-target-port.yaml", "iptables"),
+        ("service-protocol-mismatch.yaml", "bpf"),
+        ("service-protocol-mismatch.yaml", "iptables"),
+        ("service-hairpin.yaml", "bpf"),
+        ("service-hairpin.yaml", "iptables"),
+        ("service-lb-source-ranges.yaml", "bpf"),
+        ("service-lb-source-ranges.yaml", "iptables"),
     ] {
         let out = scale_test()
             .args(["probe", "--name", "mt-scen", "--dataplane", dataplane])

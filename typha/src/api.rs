@@ -233,25 +233,34 @@ impl ResourcesService {
     }
 
     /// Waits until this replica has applied everything the leader had
-    /// committed when the read began, so reads see every acknowledged write.
+    /// committed when the read began, so reads see every acknowledged write
+    /// (linearizable reads). The leader confirms it still leads with a
+    /// quorum (Raft's ReadIndex) before an index counts, whether the read
+    /// is served by the leader or by a follower that asks it: a replica cut
+    /// off by a partition, or one that knows no leader, refuses the read
+    /// (UNAVAILABLE) instead of serving what it has.
     async fn read_index(&self) -> Result<(), Status> {
-        if self.node.status().leader_id == self.node.id() {
-            return Ok(());
-        }
-        let Some((_, addr)) = self.node.leader().filter(|(_, a)| !a.is_empty()) else {
-            // No leader: serve what this replica has.
-            return Ok(());
+        let target = if self.node.status().leader_id == self.node.id() {
+            crate::cluster::confirmed_read_index(&self.node).await?
+        } else {
+            let Some((_, addr)) = self.node.leader().filter(|(_, a)| !a.is_empty()) else {
+                return Err(Status::unavailable(
+                    "this replica knows no leader, so it cannot serve a read that sees every acknowledged write; retry or ask another replica",
+                ));
+            };
+            let mut cluster = ClusterClient::new(self.leaders.channel(&addr).await?);
+            let leader = cluster
+                .replica(self.leaders.request(ReplicaStatusRequest {
+                    confirm_leadership: true,
+                }))
+                .await?
+                .into_inner();
+            // The leader publishes its commit index after it has answered
+            // the writes of a batch, but applies them before answering: its
+            // applied revision (a Raft index, read live) covers every
+            // acknowledged write even when the published commit index lags.
+            leader.commit_index.max(leader.applied_revision)
         };
-        let mut cluster = ClusterClient::new(self.leaders.channel(&addr).await?);
-        let leader = cluster
-            .replica(self.leaders.request(ReplicaStatusRequest {}))
-            .await?
-            .into_inner();
-        // The leader publishes its commit index after it has answered the
-        // writes of a batch, but applies them before answering: its applied
-        // revision (a Raft index, read live) covers every acknowledged
-        // write even when the published commit index lags.
-        let target = leader.commit_index.max(leader.applied_revision);
         let deadline = tokio::time::Instant::now() + READ_INDEX_TIMEOUT;
         while self.node.status().applied_index < target {
             if tokio::time::Instant::now() > deadline {
@@ -286,14 +295,31 @@ impl ResourcesService {
         trail: &mut Trail,
     ) -> Result<Response<ApplyResponse>, Status> {
         let mut batch = write_batch(request.get_ref(), &self.limits)?;
-        trail.keys(batch.writes.iter().filter_map(|w| w.key.clone()));
+        trail.keys(
+            batch
+                .writes
+                .iter()
+                .filter_map(|w| w.key.clone())
+                .chain(batch.deletes.iter().cloned()),
+        );
         if !trail.caller.role.writes_anything() {
+            if !batch.deletes.is_empty() {
+                return Err(Status::permission_denied(format!(
+                    "{} ({}): deletes within an apply need a role that may write anything",
+                    trail.caller.identity,
+                    trail.caller.role.label()
+                )));
+            }
             let state = self.state_for(trail).await?;
             trail.authorize_writes(&state, &mut batch.writes)?;
         }
         refuse_owned(
             self.kube,
-            batch.writes.iter().filter_map(|w| w.key.as_ref()),
+            batch
+                .writes
+                .iter()
+                .filter_map(|w| w.key.as_ref())
+                .chain(&batch.deletes),
         )?;
         if let Route::Forward(addr) = route(&self.node, &request)? {
             // A write authorized against stored values goes on as the
@@ -449,6 +475,7 @@ fn pinned_request(batch: &WriteBatch) -> ApplyRequest {
                 expected_revision: w.expected_revision,
             })
             .collect(),
+        deletes: batch.deletes.clone(),
     }
 }
 
@@ -500,10 +527,19 @@ pub fn write_batch(request: &ApplyRequest, limits: &WriteLimits) -> Result<Write
             "items: no resources in the request",
         ));
     }
-    Ok(WriteBatch {
-        writes,
-        deletes: Vec::new(),
-    })
+    let mut deletes = Vec::new();
+    for (i, k) in request.deletes.iter().enumerate() {
+        let key = normalize_key(k, &format!("deletes[{i}]"))?;
+        let proto = key.to_proto();
+        let written = writes.iter().any(|w| w.key.as_ref() == Some(&proto));
+        if written || deletes.contains(&proto) {
+            return Err(Status::invalid_argument(format!(
+                "deletes[{i}]: {key} is written or deleted twice in one request"
+            )));
+        }
+        deletes.push(proto);
+    }
+    Ok(WriteBatch { writes, deletes })
 }
 
 #[tonic::async_trait]

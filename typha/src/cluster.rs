@@ -121,7 +121,7 @@ impl Cluster for ClusterService {
                 let mut c = self.client(&m.address).await?;
                 let r = tokio::time::timeout(
                     Duration::from_secs(1),
-                    c.replica(self.leaders.request(ReplicaStatusRequest {})),
+                    c.replica(self.leaders.request(ReplicaStatusRequest::default())),
                 )
                 .await
                 .map_err(|_| Status::deadline_exceeded("no answer within 1s"))??;
@@ -140,9 +140,15 @@ impl Cluster for ClusterService {
 
     async fn replica(
         &self,
-        _request: Request<ReplicaStatusRequest>,
+        request: Request<ReplicaStatusRequest>,
     ) -> Result<Response<ReplicaStatus>, Status> {
-        Ok(Response::new(self.local()))
+        if !request.get_ref().confirm_leadership {
+            return Ok(Response::new(self.local()));
+        }
+        let index = confirmed_read_index(&self.node).await?;
+        let mut status = self.local();
+        status.commit_index = status.commit_index.max(index);
+        Ok(Response::new(status))
     }
 
     async fn add_learner(
@@ -193,5 +199,23 @@ impl Cluster for ClusterService {
         Ok(Response::new(
             self.change(MembershipChange::Remove { id }).await?,
         ))
+    }
+}
+
+/// How long a leader waits for a quorum to confirm it before a read fails.
+pub(crate) const READ_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// This replica's leadership confirmed by a quorum (Raft's ReadIndex): the
+/// index a linearizable read must wait for, or UNAVAILABLE when this
+/// replica does not lead or no quorum answered in time.
+pub(crate) async fn confirmed_read_index(node: &Node) -> Result<u64, Status> {
+    match tokio::time::timeout(READ_CONFIRM_TIMEOUT, node.read_index()).await {
+        Ok(Ok(index)) => Ok(index),
+        Ok(Err(e)) => Err(Status::unavailable(format!(
+            "this replica cannot confirm its leadership for a read: {e}"
+        ))),
+        Err(_) => Err(Status::unavailable(format!(
+            "no quorum confirmed this replica's leadership within {READ_CONFIRM_TIMEOUT:?}; retry"
+        ))),
     }
 }

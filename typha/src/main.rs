@@ -375,16 +375,36 @@ async fn main() -> ExitCode {
             kube_stopped,
         ));
     }
-    let code = tokio::select! {
-        () = shutdown_signal() => ExitCode::SUCCESS,
+    // A replica whose Raft thread stopped (a failed write to its disk, a
+    // caught panic) applies nothing more: its Sync clients would stay at
+    // its last revision. It stops, so they move to another replica and a
+    // supervisor restarts it on its data.
+    let raft_stopped = {
+        let node = running.node.clone();
+        async move {
+            while node.is_alive() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let (code, now) = tokio::select! {
+        () = shutdown_signal() => (ExitCode::SUCCESS, false),
         ended = membership_ended => {
             tracing::error!(?ended, "Raft membership ended; stopping so the replica restarts");
-            ExitCode::from(1)
+            (ExitCode::from(1), false)
+        }
+        () = raft_stopped => {
+            tracing::error!("the Raft thread stopped; stopping so the replica restarts");
+            (ExitCode::from(1), true)
         }
     };
     tracing::info!("shutting down");
     let _ = kube_stop.send(true);
-    running.shutdown().await;
+    if now {
+        running.shutdown_now().await;
+    } else {
+        running.shutdown().await;
+    }
     code
 }
 

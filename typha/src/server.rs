@@ -151,7 +151,7 @@ pub async fn start_single_loopback(
 
 /// Reads the state machine for fan-out snapshots, once the node exists.
 #[derive(Debug, Default)]
-struct StateSource(OnceLock<Arc<Shared>>);
+pub(crate) struct StateSource(pub(crate) OnceLock<Arc<Shared>>);
 
 impl SnapshotSource for StateSource {
     fn snapshot(&self) -> (u64, Vec<Entry>) {
@@ -398,6 +398,14 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
 }
 
 impl Running {
+    /// Shutdown without spreading Sync clients' disconnects: for a replica
+    /// that can no longer serve (its Raft thread stopped), whose clients
+    /// had better move at once.
+    pub async fn shutdown_now(mut self) {
+        self.spread = Duration::ZERO;
+        self.shutdown().await;
+    }
+
     /// Graceful shutdown: spreads Sync clients' disconnects over the
     /// configured interval, stops serving, then stops Raft.
     pub async fn shutdown(mut self) {

@@ -115,7 +115,7 @@ async fn agreed_leader(peers: &[String], admin: &Transport) -> u64 {
             let e = Endpoint::from_shared(format!("http://{p}")).unwrap();
             let leader = match admin.connect(e).await {
                 Ok(ch) => ClusterClient::new(ch)
-                    .replica(ReplicaStatusRequest {})
+                    .replica(ReplicaStatusRequest::default())
                     .await
                     .map_or(0, |s| s.into_inner().leader_id),
                 Err(_) => 0,
@@ -151,6 +151,7 @@ fn apply(doc: &str, expected: Option<u64>) -> ApplyRequest {
             origin: "test".into(),
             expected_revision: expected,
         }],
+        deletes: Vec::new(),
     }
 }
 

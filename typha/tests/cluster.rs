@@ -380,6 +380,7 @@ async fn bad_and_corrupt_requests_are_rejected_without_affecting_others() {
                 expected_revision: None,
             },
         ],
+        deletes: Vec::new(),
     };
     let err = res.apply(bad).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -388,7 +389,13 @@ async fn bad_and_corrupt_requests_are_rejected_without_affecting_others() {
         "{}",
         err.message()
     );
-    let err = res.apply(ApplyRequest { items: vec![] }).await.unwrap_err();
+    let err = res
+        .apply(ApplyRequest {
+            items: vec![],
+            deletes: vec![],
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
     // Optimistic concurrency: a stale expected revision changes nothing.
@@ -398,6 +405,7 @@ async fn bad_and_corrupt_requests_are_rejected_without_affecting_others() {
             origin: String::new(),
             expected_revision: Some(1),
         }],
+        deletes: Vec::new(),
     };
     let err = res.apply(stale).await.unwrap_err();
     assert_eq!(

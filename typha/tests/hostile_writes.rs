@@ -37,6 +37,7 @@ fn request(items: usize, document: &bytes::Bytes) -> ApplyRequest {
                 expected_revision: None,
             })
             .collect(),
+        deletes: Vec::new(),
     }
 }
 

@@ -196,7 +196,10 @@ impl Deployment {
 
     async fn status(&self, i: usize) -> Option<ReplicaStatus> {
         let mut c = self.admin(i).await;
-        let s = tokio::time::timeout(Duration::from_secs(2), c.replica(ReplicaStatusRequest {}));
+        let s = tokio::time::timeout(
+            Duration::from_secs(2),
+            c.replica(ReplicaStatusRequest::default()),
+        );
         s.await.ok()?.ok().map(|r| r.into_inner())
     }
 

@@ -29,6 +29,7 @@ fn big(k: u64) -> ApplyRequest {
             origin: format!("big-{k}"),
             expected_revision: None,
         }],
+        deletes: Vec::new(),
     }
 }
 

@@ -67,6 +67,7 @@ async fn apply(api: &mut ResourcesClient<tonic::transport::Channel>, doc: String
             origin: "test".into(),
             expected_revision: None,
         }],
+        deletes: Vec::new(),
     })
     .await
     .unwrap();

@@ -71,7 +71,7 @@ async fn agreed_leader(peers: &[String], admin: &Transport) -> u64 {
         for p in peers {
             let leader = match channel(p, admin).await {
                 Ok(ch) => ClusterClient::new(ch)
-                    .replica(ReplicaStatusRequest {})
+                    .replica(ReplicaStatusRequest::default())
                     .await
                     .map_or(0, |s| s.into_inner().leader_id),
                 Err(_) => 0,

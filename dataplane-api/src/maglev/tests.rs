@@ -11,6 +11,7 @@ fn backends(n: u32) -> Vec<Backend> {
             ip: IpAddr::V4(Ipv4Addr::from(0x0a41_0000 + i)),
             port: 8080,
             local: i % 3 == 0,
+            ready: true,
         })
         .collect()
 }
@@ -138,7 +139,7 @@ proptest! {
         let bs: Vec<Backend> = ips
             .iter()
             .zip(&ports)
-            .map(|(ip, port)| Backend { ip: IpAddr::V4(Ipv4Addr::from(*ip)), port: *port, local: false })
+            .map(|(ip, port)| Backend { ip: IpAddr::V4(Ipv4Addr::from(*ip)), port: *port, local: false, ready: true })
             .collect();
         // Another order (a rotation and a reversal by the seed), with
         // another `local`, and one backend listed twice.

@@ -498,3 +498,68 @@ fn verdicts_serialise() {
     let back: Verdict = serde_json::from_str(&json).expect("decode");
     assert_eq!(back, verdict);
 }
+
+/// (inbound, tier, policy or profile name, rule index, action).
+type Hit = (bool, Option<String>, Option<String>, Option<u32>, Action);
+
+#[test]
+fn the_trace_names_every_policy_that_gave_a_verdict() {
+    let driver = driver();
+    let summary = |v: &Verdict| -> Vec<Hit> {
+        v.trace
+            .iter()
+            .map(|s| {
+                (
+                    s.inbound,
+                    s.tier.clone(),
+                    s.policy
+                        .as_ref()
+                        .map(|p| p.name.clone())
+                        .or_else(|| s.profile.clone()),
+                    s.rule_index,
+                    s.action,
+                )
+            })
+            .collect()
+    };
+    // frontend (profile only) to api: frontend's profile allows it out;
+    // api's security tier passes it (rule 2, after the Log rule 0, which
+    // is not in the trace), its default tier allows it (rule 0).
+    let v = driver.verdict(&Packet::tcp(ip(FRONTEND), 40000, ip(API), 8080));
+    assert_eq!(
+        summary(&v),
+        vec![
+            (false, None, Some("kns.prod".into()), Some(0), Action::Allow),
+            (
+                true,
+                Some("security".into()),
+                Some("sec-in".into()),
+                Some(2),
+                Action::Pass
+            ),
+            (
+                true,
+                Some("default".into()),
+                Some("prod/api-allow".into()),
+                Some(0),
+                Action::Allow
+            ),
+        ]
+    );
+    // To a port nothing allows: the default tier's end denies it.
+    let v = driver.verdict(&Packet::tcp(ip(FRONTEND), 40000, ip(API), 8081));
+    assert_eq!(
+        summary(&v).last(),
+        Some(&(true, Some("default".into()), None, None, Action::Deny))
+    );
+    // db's audit tier gives no verdict and passes by default, then the
+    // profile allows.
+    let v = driver.verdict(&Packet::tcp(ip(FRONTEND), 40000, ip(DB), 5432));
+    assert_eq!(
+        summary(&v)[1..],
+        [
+            (true, Some("audit".into()), None, None, Action::Pass),
+            (true, None, Some("kns.prod".into()), Some(0), Action::Allow),
+        ]
+    );
+}

@@ -25,6 +25,9 @@ pub struct BpfConfig {
     /// Where to append flow-log JSON lines, if anywhere.
     pub flow_log: Option<PathBuf>,
     pub flow_log_interval: Duration,
+    /// Flow observations kept until Felix takes them
+    /// (`Driver::take_flows`); beyond it they are dropped and counted.
+    pub flow_queue_capacity: usize,
     /// Interfaces whose names start with one of these prefixes are workload
     /// interfaces (Felix's `interfacePrefix`): the driver attaches to them
     /// as soon as it sees them, and drops their traffic until their
@@ -49,6 +52,31 @@ pub struct BpfConfig {
     /// Benchmarks only: never create conntrack entries, so every packet is
     /// classified as a new flow.
     pub benchmark_no_conntrack: bool,
+    /// Connect-time load balancing (Felix's `bpfConnectTimeLoadBalancing`
+    /// `TCP` or `Enabled`); `None` (`Disabled`, the default): off, and an
+    /// earlier run's cgroup links are removed.
+    pub connect_time_lb: Option<crate::ctlb::CtlbConfig>,
+    /// How external traffic (node ports, external and load-balancer IPs
+    /// under `externalTrafficPolicy: Cluster`) reaches a backend on
+    /// another node (Felix's `bpfExternalServiceMode`). Default
+    /// [`ExternalServiceMode::Snat`].
+    pub external_service_mode: ExternalServiceMode,
+}
+
+/// How external traffic under `externalTrafficPolicy: Cluster` reaches its
+/// backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExternalServiceMode {
+    /// Masqueraded to the node's address toward the backend (local or
+    /// on another node), so replies return through this node: the backend
+    /// sees the node's address, as with kube-proxy (`Tunnel` in Felix's
+    /// setting).
+    #[default]
+    Snat,
+    /// Direct server return: a backend on another node gets the client's
+    /// own address and the frontend in an IP option, and its node answers
+    /// the client directly; a local backend sees the client too (`DSR`).
+    Dsr,
 }
 
 impl BpfConfig {
@@ -62,11 +90,14 @@ impl BpfConfig {
             gc_interval: Duration::from_secs(10),
             flow_log: None,
             flow_log_interval: Duration::from_secs(10),
+            flow_queue_capacity: manul_dataplane_api::FlowQueue::DEFAULT_CAPACITY,
             workload_prefixes: vec!["mnl".to_owned()],
             endpoint_to_host_drop: false,
             failsafe: Vec::new(),
             maglev_capacity: 0,
             benchmark_no_conntrack: false,
+            external_service_mode: ExternalServiceMode::Snat,
+            connect_time_lb: None,
         }
     }
 }

@@ -55,6 +55,17 @@ pub struct KernelCounters {
     /// Packets of TCP connections whose backend was removed, answered with
     /// a RST.
     pub service_reset: u64,
+    /// External connections masqueraded to a node address.
+    pub service_snat: u64,
+    /// External connections sent to a backend on another node with direct
+    /// server return.
+    pub service_dsr: u64,
+    /// New connections to a `Local` policy's frontend without a backend
+    /// on this node (while the service has some elsewhere), dropped.
+    pub service_local_dropped: u64,
+    /// New external connections dropped because no masquerade port was
+    /// free.
+    pub service_snat_full: u64,
 }
 
 impl BpfDriver {
@@ -78,6 +89,10 @@ impl BpfDriver {
             service_rejected: at(abi::MANUL_CNT_SVC_REJECT),
             service_hairpin: at(abi::MANUL_CNT_SVC_HAIRPIN),
             service_reset: at(abi::MANUL_CNT_SVC_RESET),
+            service_snat: at(abi::MANUL_CNT_SVC_SNAT),
+            service_dsr: at(abi::MANUL_CNT_SVC_DSR),
+            service_local_dropped: at(abi::MANUL_CNT_SVC_LOCAL_DROP),
+            service_snat_full: at(abi::MANUL_CNT_SVC_SNAT_FULL),
         }
     }
 

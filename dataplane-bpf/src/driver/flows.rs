@@ -11,7 +11,9 @@ use crate::compile::CompiledTable;
 use crate::conntrack::{self, ConntrackEntry, GcStats};
 use crate::error::BpfError;
 use crate::events::{self, FlowCounters, FlowLogInterval, Shared};
+use crate::flow_track::{Interface, SlotOwner};
 use crate::keys;
+use crate::plan::EndpointKey;
 
 impl BpfDriver {
     /// Collects conntrack entries idle past their timeout at `now`
@@ -44,6 +46,24 @@ impl BpfDriver {
         }
     }
 
+    /// Which endpoint each programmed interface is, for the flow
+    /// observations' reporting side.
+    pub(super) fn record_interfaces(&self) {
+        let interfaces = self
+            .ledger
+            .endpoints
+            .iter()
+            .filter_map(|(key, p)| {
+                let iface = match key {
+                    EndpointKey::Workload(id) => Interface::Workload(id.clone()),
+                    EndpointKey::Host { .. } => Interface::Host,
+                };
+                Some((p.ifindex?, iface))
+            })
+            .collect();
+        events::lock(&self.shared).resolver.interfaces = interfaces;
+    }
+
     /// The flow-event counters per deciding policy, in name order.
     pub(super) fn policy_counter_list(&self) -> Vec<PolicyCounter> {
         events::lock(&self.shared)
@@ -60,7 +80,7 @@ impl BpfDriver {
 }
 
 /// Numeric policy and rule ids of each slot (interned for the flow
-/// events).
+/// events), with what each policy id stands for (flow observations).
 pub(crate) fn labels(shared: &Mutex<Shared>, table: &CompiledTable) -> Vec<(u32, u32)> {
     let mut s = events::lock(shared);
     table
@@ -68,7 +88,12 @@ pub(crate) fn labels(shared: &Mutex<Shared>, table: &CompiledTable) -> Vec<(u32,
         .iter()
         .map(|slot| {
             let (p, r) = keys::slot_labels(&slot.kind);
-            (s.labels.intern(&p), s.labels.intern(&r))
+            let ids = (s.labels.intern(&p), s.labels.intern(&r));
+            s.resolver
+                .owners
+                .entry(ids.0)
+                .or_insert_with(|| SlotOwner::of(&slot.kind));
+            ids
         })
         .collect()
 }

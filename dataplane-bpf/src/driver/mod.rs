@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex};
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, RingBuf};
 use manul_dataplane_api::{
-    ConntrackUsage, Driver, DriverError, NullDriver, Operation, PolicyCounter,
+    ConntrackUsage, Driver, DriverError, FlowObservation, FlowQueue, NullDriver, Operation,
+    PolicyCounter,
 };
 
 use crate::error::BpfError;
@@ -44,7 +45,7 @@ mod counters;
 mod flows;
 mod interfaces;
 
-pub use config::{BpfConfig, is_workload_interface};
+pub use config::{BpfConfig, ExternalServiceMode, is_workload_interface};
 pub use counters::{KernelCounters, TestRunOutcome};
 pub(crate) use flows::labels;
 
@@ -68,6 +69,8 @@ pub struct BpfDriver {
     services: crate::services::Services,
     /// Host interfaces in `manul_svc_if` (see `interfaces.rs`).
     service_only: std::collections::BTreeSet<u32>,
+    /// Connect-time load balancing, when configured.
+    ctlb: Option<crate::ctlb::ConnectTimeLb>,
 }
 
 impl BpfDriver {
@@ -85,8 +88,17 @@ impl BpfDriver {
         )?;
         let mut maps = Maps::take(&mut ebpf)?;
         let services = crate::services::Services::new(&mut ebpf, config.maglev_capacity)?;
+        // After the TC object: it adopts the service maps that one pinned.
+        let ctlb = match &config.connect_time_lb {
+            Some(c) => Some(crate::ctlb::ConnectTimeLb::start(&dirs, c)?),
+            None => {
+                crate::ctlb::ConnectTimeLb::remove_links(&dirs);
+                None
+            }
+        };
         maps.store_to_host_drop(config.endpoint_to_host_drop)?;
         maps.store_failsafe(&config.failsafe)?;
+        maps.store_external_mode(config.external_service_mode)?;
         let ring = ebpf
             .take_map("manul_events")
             .ok_or(BpfError::Missing("manul_events"))?;
@@ -95,17 +107,25 @@ impl BpfDriver {
         let gc_ct = MapData::from_pin(dirs.maps.join("manul_ct"))
             .ok()
             .and_then(|d| BpfHashMap::try_from(Map::HashMap(d)).ok());
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let nat = MapData::from_pin(dirs.maps.join("manul_nat"))
+            .ok()
+            .and_then(|d| BpfHashMap::try_from(Map::LruHashMap(d)).ok());
+        let shared = Arc::new(Mutex::new(Shared {
+            flows: FlowQueue::new(config.flow_queue_capacity),
+            ..Shared::default()
+        }));
         let flow_log_interval = FlowLogInterval::new(config.flow_log_interval);
         let reader = Reader::start(
             ring,
             gc_ct,
+            nat,
             shared.clone(),
             ReaderConfig {
                 flow_log: config.flow_log.clone(),
                 flow_log_interval: flow_log_interval.clone(),
                 gc_interval: config.gc_interval,
                 timeouts: config.conntrack_timeouts,
+                tracked_flows: config.conntrack_capacity as usize,
             },
         )
         .map_err(|source| BpfError::Io {
@@ -126,6 +146,7 @@ impl BpfDriver {
             attached: std::collections::HashSet::new(),
             services,
             service_only: std::collections::BTreeSet::new(),
+            ctlb,
         };
         // An earlier run's service-only interfaces: their links are
         // adopted below, and removed with their entries if no service
@@ -133,6 +154,31 @@ impl BpfDriver {
         driver.service_only = driver.services.interfaces();
         driver.adopt_links();
         Ok(driver)
+    }
+
+    /// What connect-time load balancing counted, when it is on.
+    pub fn ctlb_counters(&self) -> Option<crate::ctlb::CtlbCounters> {
+        self.ctlb.as_ref().map(crate::ctlb::ConnectTimeLb::counters)
+    }
+
+    /// After a batch's services are in the maps: the node's addresses for
+    /// node ports, and the sockets of backends that left destroyed.
+    fn connect_time_lb(&mut self, batch: &[Operation]) -> Result<(), BpfError> {
+        let gone = self.services.take_gone();
+        let Some(ctlb) = self.ctlb.as_mut() else {
+            return Ok(());
+        };
+        let touched = batch.iter().any(|op| {
+            matches!(
+                op,
+                Operation::InSync | Operation::ServiceUpdate(_) | Operation::ServiceRemove { .. }
+            )
+        });
+        if touched {
+            ctlb.set_local_addresses()?;
+        }
+        ctlb.reap(&gone);
+        Ok(())
     }
 
     /// The desired state as recorded (and enforced).
@@ -205,7 +251,11 @@ impl Driver for BpfDriver {
         if let Err(e) = self.services.apply(batch, &self.desired.state().services) {
             errors.push(e);
         }
+        if let Err(e) = self.connect_time_lb(batch) {
+            errors.push(e);
+        }
         errors.extend(self.settle_attachments(&outcome.attach, &outcome.detach));
+        self.record_interfaces();
         if batch.iter().any(|op| matches!(op, Operation::InSync)) {
             self.unpin_stale_links();
         }
@@ -254,5 +304,15 @@ impl Driver for BpfDriver {
             reset: k.service_reset,
             affinity_entries: self.services.affinity_entries() as u64,
         })
+    }
+
+    /// Starts and denials from the flow events, updates and ends from the
+    /// conntrack scans (every `gc_interval`); see [`crate::flow_track`].
+    fn take_flows(&mut self) -> Vec<FlowObservation> {
+        events::take_flows(&self.shared)
+    }
+
+    fn flows_dropped(&self) -> u64 {
+        events::lock(&self.shared).flows.dropped()
     }
 }

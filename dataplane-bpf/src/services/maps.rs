@@ -370,7 +370,7 @@ impl ServiceMaps {
 
     /// Forgets what clients had of backends that went away: their
     /// affinity entries, and their UDP flows (the next datagram picks a
-    /// live backend); marks their TCP connections for a reset (the
+    /// live backend; a masqueraded flow's reverse entries too); marks their TCP connections for a reset (the
     /// program answers the client's next packet with a RST). Returns how
     /// many entries it removed or marked.
     pub fn clean(&mut self, gone: &BTreeMap<u32, BTreeSet<BackendAddr>>) -> usize {
@@ -413,6 +413,17 @@ impl ServiceMaps {
                 dir: abi::MANUL_NAT_REV as u8,
                 pad: 0,
             });
+            if v.flags & abi::MANUL_NAT_SNAT != 0 {
+                nat.push(abi::manul_nat_key {
+                    src: v.addr,
+                    dst: v.snat_addr,
+                    sport: v.port,
+                    dport: v.snat_port,
+                    proto: k.proto,
+                    dir: abi::MANUL_NAT_SNAT_REV as u8,
+                    pad: 0,
+                });
+            }
         }
         let mut removed = 0;
         for k in &aff {

@@ -7,7 +7,7 @@
 pub mod maps;
 pub mod plan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::Ebpf;
 use manul_dataplane_api::{Operation, Service, ServiceKey};
@@ -23,6 +23,9 @@ pub struct Services {
     programmed: Programmed,
     /// Maglev tables are sized for at least this many backends.
     maglev_capacity: usize,
+    /// Backends that left their lists since [`Services::take_gone`] was
+    /// last called (list id → backends), for connect-time load balancing.
+    gone: BTreeMap<u32, BTreeSet<plan::BackendAddr>>,
 }
 
 impl Services {
@@ -35,6 +38,7 @@ impl Services {
             maps,
             programmed,
             maglev_capacity,
+            gone: BTreeMap::new(),
         })
     }
 
@@ -62,6 +66,11 @@ impl Services {
             return Ok(());
         }
         self.sync(services, in_sync)
+    }
+
+    /// The backends that left their lists since the last call.
+    pub fn take_gone(&mut self) -> BTreeMap<u32, BTreeSet<plan::BackendAddr>> {
+        std::mem::take(&mut self.gone)
     }
 
     /// The host interfaces `manul_svc_if` holds.
@@ -108,6 +117,9 @@ impl Services {
             self.maps.remove_source_ranges(&desired.source_ranges)?;
         }
         let cleaned = self.maps.clean(&writes.gone);
+        for (id, backends) in &writes.gone {
+            self.gone.entry(*id).or_default().extend(backends);
+        }
         tracing::debug!(
             frontends = self.programmed.frontends.len(),
             lists = self.programmed.lists.len(),

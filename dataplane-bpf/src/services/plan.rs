@@ -9,7 +9,10 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use manul_dataplane_api::{Backend, Balancing, MaglevTable, Service, ServiceKey, TrafficPolicy};
 
-use crate::abi::{MANUL_SVC_FE_ADDRESS, MANUL_SVC_FE_REJECT_UNKNOWN, MANUL_SVC_FE_SOURCE_RANGES};
+use crate::abi::{
+    MANUL_SVC_FE_ADDRESS, MANUL_SVC_FE_DROP_EMPTY, MANUL_SVC_FE_EXT_CLUSTER,
+    MANUL_SVC_FE_REJECT_UNKNOWN, MANUL_SVC_FE_SOURCE_RANGES,
+};
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -78,10 +81,24 @@ pub struct TableInfo {
     pub built: Option<(u32, Vec<BackendAddr>)>,
 }
 
+/// What a desired port frontend asks for: its list, the affinity
+/// timeout and its `MANUL_SVC_FE_*` flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub list: ListKey,
+    pub affinity_s: u32,
+    /// `MANUL_SVC_FE_EXT_CLUSTER` (an external frontend under the
+    /// `Cluster` policy: masqueraded or sent with DSR from a host
+    /// interface), `MANUL_SVC_FE_DROP_EMPTY` (a `Local` list with no
+    /// backend here while the service has some elsewhere: dropped, not
+    /// refused).
+    pub flags: u32,
+}
+
 /// The frontends and backend lists the services ask for.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub frontends: BTreeMap<Frontend, (ListKey, u32)>,
+    pub frontends: BTreeMap<Frontend, Wanted>,
     pub lists: BTreeMap<ListKey, Vec<BackendAddr>>,
     /// Every service address with its address entry's flags (cluster IPs
     /// refuse ports and protocols no service has there).
@@ -151,6 +168,43 @@ impl fmt::Display for Skipped {
     }
 }
 
+fn ipv4_backends(backends: &[manul_dataplane_api::Backend]) -> Vec<BackendAddr> {
+    backends
+        .iter()
+        .filter_map(|b| match b.ip {
+            IpAddr::V4(addr) => Some(BackendAddr {
+                addr: IpAddr::V4(addr),
+                port: b.port,
+            }),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// The flags of a port frontend: `external` (a node port, an external or a
+/// load-balancer address) under `Cluster` masquerades or uses DSR; a
+/// `Local` list without backends here while the port has some elsewhere
+/// drops.
+fn frontend_flags(
+    port: &manul_dataplane_api::ServicePort,
+    policy: TrafficPolicy,
+    external: bool,
+) -> u32 {
+    match policy {
+        TrafficPolicy::Cluster if external => MANUL_SVC_FE_EXT_CLUSTER,
+        TrafficPolicy::Cluster => 0,
+        TrafficPolicy::Local => {
+            let here = ipv4_backends(&port.local_backends).is_empty();
+            let anywhere = ipv4_backends(&port.backends).is_empty();
+            if here && !anywhere {
+                MANUL_SVC_FE_DROP_EMPTY
+            } else {
+                0
+            }
+        }
+    }
+}
+
 /// The frontends and backend lists of `services`: a cluster IP uses the
 /// internal traffic policy's list, an external or load-balancer address
 /// the external one's, a node port (address 0.0.0.0) the external one's
@@ -160,19 +214,20 @@ impl fmt::Display for Skipped {
 pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
     let mut d = Desired::default();
     for (key, svc) in services {
-        let mut frontends: Vec<(IpAddr, TrafficPolicy)> = svc
+        // (address, policy, external)
+        let mut frontends: Vec<(IpAddr, TrafficPolicy, bool)> = svc
             .cluster_ips
             .iter()
-            .map(|ip| (*ip, svc.internal_traffic))
+            .map(|ip| (*ip, svc.internal_traffic, false))
             .chain(
                 svc.external_ips
                     .iter()
-                    .map(|ip| (*ip, svc.external_traffic)),
+                    .map(|ip| (*ip, svc.external_traffic, true)),
             )
             .collect();
         for ip in &svc.load_balancer_ips {
-            frontends.push((*ip, svc.external_traffic));
-            let IpAddr::V4(lb) = *ip else { continue };
+            frontends.push((*ip, svc.external_traffic, true));
+            let IpAddr::V4(lb) = ip else { continue };
             if svc.load_balancer_source_ranges.is_empty() {
                 continue;
             }
@@ -194,14 +249,19 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
             // A node port: address 0.0.0.0 in the map, which the program
             // looks up only for packets to the node's own addresses
             // arriving at a host interface.
-            let node_port = port
-                .node_port
-                .map(|p| (IpAddr::V4(Ipv4Addr::UNSPECIFIED), svc.external_traffic, p));
+            let node_port = port.node_port.map(|p| {
+                (
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    svc.external_traffic,
+                    true,
+                    p,
+                )
+            });
             let targets = frontends
                 .iter()
-                .map(|(ip, policy)| (*ip, *policy, port.port))
+                .map(|(ip, policy, external)| (*ip, *policy, *external, port.port))
                 .chain(node_port);
-            for (ip, policy, number) in targets {
+            for (ip, policy, external, number) in targets {
                 let ip = &ip;
                 let policy = &policy;
                 if ip.is_ipv6() {
@@ -230,7 +290,7 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
                     port: number,
                     proto: port.protocol,
                 };
-                if let Some((kept, _)) = d.frontends.get(&frontend) {
+                if let Some(Wanted { list: kept, .. }) = d.frontends.get(&frontend) {
                     if kept.service != *key || kept != &list {
                         d.skipped.push(Skipped::Conflict {
                             frontend,
@@ -240,22 +300,20 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
                     }
                     continue;
                 }
-                d.lists.entry(list.clone()).or_insert_with(|| {
-                    port.backends_for(*policy)
-                        .iter()
-                        .filter(|b| b.ip.is_ipv6() == addr.is_ipv6())
-                        .map(|b| BackendAddr {
-                            addr: b.ip,
-                            port: b.port,
-                        })
-                        .collect()
-                });
-                let external = addr.is_unspecified() || !svc.cluster_ips.contains(ip);
+                d.lists
+                    .entry(list.clone())
+                    .or_insert_with(|| ipv4_backends(port.backends_for(*policy)));
                 if external && svc.balancing == Balancing::Maglev {
                     d.maglev.insert(frontend);
                 }
-                d.frontends
-                    .insert(frontend, (list, svc.affinity_timeout_seconds.unwrap_or(0)));
+                d.frontends.insert(
+                    frontend,
+                    Wanted {
+                        list,
+                        affinity_s: svc.affinity_timeout_seconds.unwrap_or(0),
+                        flags: frontend_flags(port, *policy, external),
+                    },
+                );
             }
         }
     }
@@ -355,9 +413,9 @@ pub fn plan(desired: &Desired, programmed: &Programmed, in_sync: bool) -> (Write
         next.ids.insert(key.clone(), id);
         next.lists.insert(id, list.clone());
     }
-    for (frontend, (list, affinity_s)) in &desired.frontends {
+    for (frontend, wanted) in &desired.frontends {
         // Every desired frontend's list is a desired list.
-        let Some(&id) = next.ids.get(list) else {
+        let Some(&id) = next.ids.get(&wanted.list) else {
             continue;
         };
         let (maglev, maglev_size) = match desired.maglev.contains(frontend) {
@@ -367,8 +425,8 @@ pub fn plan(desired: &Desired, programmed: &Programmed, in_sync: bool) -> (Write
         let entry = FrontendEntry {
             id,
             count: next.lists.get(&id).map_or(0, Vec::len) as u32,
-            affinity_s: *affinity_s,
-            flags: 0,
+            affinity_s: wanted.affinity_s,
+            flags: wanted.flags,
             maglev,
             maglev_size,
         };

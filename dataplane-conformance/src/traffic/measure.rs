@@ -22,7 +22,7 @@ struct Bench {
     _node: NetNs,
 }
 
-fn build(prefix: &str) -> Result<(NetNs, NetNs, NetNs), ConformanceError> {
+pub(super) fn build(prefix: &str) -> Result<(NetNs, NetNs, NetNs), ConformanceError> {
     let node = NetNs::create(&format!("{prefix}-n")).map_err(setup("node namespace"))?;
     let client = NetNs::create(&format!("{prefix}-c")).map_err(setup("client namespace"))?;
     let server = NetNs::create(&format!("{prefix}-s")).map_err(setup("server namespace"))?;

@@ -51,6 +51,7 @@
 mod load;
 mod measure;
 mod policy;
+mod services;
 mod stats;
 
 use std::net::Ipv4Addr;
@@ -62,6 +63,11 @@ use crate::{ConformanceError, Factory};
 
 pub use measure::measure;
 pub use policy::{ALLOWED_PORTS, bench_operations, server_policy_id, server_rule};
+pub use services::{
+    ServiceConnectRatio, ServiceConnectReport, ServiceConnectSample, ServiceConnectSummary,
+    ServiceDataplane, kube_proxy_rules, measure_services, run_service_connect_benchmark,
+    service_operations, summarise_services,
+};
 pub use stats::{LatencyStats, Ratios, TrafficReport, TrafficSample, TrafficSummary, summarise};
 
 /// The client pod's address.

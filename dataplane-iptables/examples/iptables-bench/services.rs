@@ -1,5 +1,6 @@
 //! The `services` benchmark: a snapshot of services into a fresh table,
-//! then one service's backend change at a time.
+//! then one service's backend change at a time (the driver writes those
+//! over netlink), and the same changes through `nft` for comparison.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
@@ -30,15 +31,19 @@ pub struct Report {
     snapshot_nft_ms: f64,
     /// One `ServiceUpdate` replacing one backend of one service.
     backend_change: Stats,
-    /// Of each change: preparing the script, and `nft` applying it.
+    /// How many of them the driver wrote over netlink (element changes)
+    /// rather than through `nft`.
+    backend_change_netlink: usize,
+    /// Of each change: preparing the change, and netlink (or `nft`)
+    /// applying it.
     backend_change_prepare: Stats,
     backend_change_nft: Stats,
-    /// The bytes of the script one change writes (last change).
+    /// The bytes of the batch (or script) one change writes (last change).
     backend_change_script_bytes: usize,
-    /// The same changes the way every batch was written before services
-    /// were rendered on their own: render the whole state, diff it with
-    /// the previous rendering, `nft -f` the script (outside the driver, on
-    /// the same table; the contract check is left out).
+    /// The same changes written the way every batch other than a service
+    /// change is: render the whole state, diff it with the previous
+    /// rendering, `nft -f` the script (outside the driver, on the same
+    /// table; the contract check is left out).
     whole_state_change: Stats,
     whole_state_change_prepare: Stats,
     /// Outside the driver: rendering the whole state, and diffing two
@@ -56,6 +61,7 @@ pub struct Report {
 struct Counters {
     full_writes: u64,
     incremental_writes: u64,
+    netlink_writes: u64,
 }
 
 impl From<NftStats> for Counters {
@@ -63,6 +69,7 @@ impl From<NftStats> for Counters {
         Counters {
             full_writes: s.full_writes,
             incremental_writes: s.incremental_writes,
+            netlink_writes: s.netlink_writes,
         }
     }
 }
@@ -84,6 +91,7 @@ fn service(i: usize, backends: usize, generation: u32) -> Service {
             }),
             port: 8080,
             local: false,
+            ready: true,
         })
         .collect();
     Service::cluster_ip(
@@ -157,6 +165,7 @@ fn measure(
     let mut prepare = Vec::new();
     let mut nft_time = Vec::new();
     let mut script_bytes = 0;
+    let mut netlink = 0;
     for k in 0..cli.changes {
         let i = (k * 7919) % cli.services;
         let op = Operation::ServiceUpdate(service(i, cli.backends, k as u32 + 1));
@@ -171,6 +180,7 @@ fn measure(
         prepare.push(split.prepare.as_secs_f64() * 1e3);
         nft_time.push(split.nft.as_secs_f64() * 1e3);
         script_bytes = split.script_bytes;
+        netlink += usize::from(split.netlink);
     }
     eprintln!(
         "services: backend change p50 {:.1} ms",
@@ -257,6 +267,7 @@ fn measure(
         snapshot_prepare_ms: split.prepare.as_secs_f64() * 1e3,
         snapshot_nft_ms: split.nft.as_secs_f64() * 1e3,
         backend_change: Stats::of(change),
+        backend_change_netlink: netlink,
         backend_change_prepare: Stats::of(prepare),
         backend_change_nft: Stats::of(nft_time),
         backend_change_script_bytes: script_bytes,

@@ -4,6 +4,8 @@
 
 use ipnet::IpNet;
 
+use crate::flows::FlowLog;
+
 /// What happens to traffic from a workload to its own host once the
 /// workload's outbound policy allowed it (Calico's
 /// `defaultEndpointToHostAction`).
@@ -48,6 +50,8 @@ pub struct NftConfig {
     pub failsafe_inbound: Vec<Failsafe>,
     pub failsafe_outbound: Vec<Failsafe>,
     pub endpoint_to_host: EndpointToHost,
+    /// Flow observations: `None` is off (no rule logs anything).
+    pub flows: Option<FlowLog>,
 }
 
 impl Default for NftConfig {
@@ -78,6 +82,7 @@ impl Default for NftConfig {
             failsafe_inbound: ports(&inbound),
             failsafe_outbound: ports(&outbound),
             endpoint_to_host: EndpointToHost::default(),
+            flows: None,
         }
     }
 }

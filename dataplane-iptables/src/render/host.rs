@@ -151,6 +151,7 @@ fn endpoint(
             inbound,
             &[],
             ChainKind::Normal,
+            config.flows.map(|f| f.group),
         );
         let ports = if inbound {
             &config.failsafe_inbound
@@ -173,6 +174,7 @@ fn endpoint(
                 inbound,
                 &[],
                 ChainKind::Forward,
+                config.flows.map(|f| f.group),
             );
         }
         (to, from)
@@ -191,6 +193,7 @@ fn endpoint(
                 inbound,
                 &[],
                 ChainKind::Untracked,
+                config.flows.map(|f| f.group),
             );
             failsafe_first(chains, name, &config::failsafe_raw_rules(config, inbound));
         }
@@ -206,6 +209,7 @@ fn endpoint(
             true,
             &[],
             ChainKind::PreDnat,
+            config.flows.map(|f| f.group),
         );
         failsafe_first(
             chains,

@@ -29,23 +29,29 @@ pub mod config;
 mod host;
 pub mod rule;
 pub mod service_change;
+pub mod service_pick;
 pub mod services;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
-use manul_dataplane_api::{Action, DesiredState, IpSetKind, IpSetMember, Policy, TierPolicies};
+use manul_dataplane_api::verdict::Decider;
+use manul_dataplane_api::{
+    Action, DesiredState, IpSetKind, IpSetMember, Policy, PolicyId, TierPolicies,
+};
 use sha2::{Digest, Sha256};
 
+use crate::flows::prefix;
 use crate::names::{self, MARK_ACCEPT, MARK_PASS};
 use rule::{Family, Owner};
 
 pub use config::{EndpointToHost, Failsafe, NftConfig};
 
-/// A set (or verdict map) of the table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A set (or map) of the table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SetDef {
-    /// The `type` clause, e.g. `ipv4_addr` or `ifname : verdict`.
+    /// The `type` clause, e.g. `ipv4_addr` or `ifname : verdict`, or a
+    /// whole `typeof …` clause.
     pub type_: &'static str,
     pub interval: bool,
     /// Elements expire this many seconds after they were last added or
@@ -332,11 +338,24 @@ fn rules_of(policy: &Policy, inbound: bool) -> &[manul_dataplane_api::Rule] {
     }
 }
 
-fn policy_chain(chain: &str, policy: &Policy, inbound: bool, owner: Owner) -> Rules {
+/// How a policy or profile chain logs its deciding rules (flows on): the
+/// nflog group and the decider of a rule id.
+type LogWith<'a> = Option<(u16, &'a dyn Fn(&str) -> Decider)>;
+
+fn policy_chain(
+    chain: &str,
+    policy: &Policy,
+    inbound: bool,
+    owner: Owner,
+    log: LogWith<'_>,
+) -> Rules {
     let mut out = Vec::new();
     for rule in rules_of(policy, inbound) {
+        let statement = log
+            .filter(|_| matches!(rule.action, Action::Allow | Action::Deny))
+            .map(|(group, decider)| prefix::log_statement(group, inbound, &decider(&rule.id)));
         for family in Family::BOTH {
-            for text in rule::render(rule, family, owner) {
+            for text in rule::render_logged(rule, family, owner, statement.as_deref()) {
                 out.push(with_id(chain, &rule.id, &text));
             }
         }
@@ -375,7 +394,9 @@ pub(crate) enum ChainKind {
 }
 
 /// An endpoint chain and its tier chains: the tiers with policies for the
-/// direction, then (normal chains) the profiles, then drop.
+/// direction, then (normal chains) the profiles, then drop. `log` is the
+/// nflog group deciding rules log to when flow observations are on.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn endpoint_chains(
     out: &mut BTreeMap<String, Rules>,
     chain: &str,
@@ -384,7 +405,18 @@ pub(crate) fn endpoint_chains(
     inbound: bool,
     anti_spoof: &[IpNet],
     kind: ChainKind,
+    log: Option<u16>,
 ) {
+    // Untracked policy judges every packet: logging it would cost per
+    // packet.
+    let log = log.filter(|_| kind != ChainKind::Untracked);
+    let logged = |decider: Decider, verdict: &str| match log {
+        Some(group) => format!(
+            "{} {verdict}",
+            prefix::log_statement(group, inbound, &decider)
+        ),
+        None => verdict.to_string(),
+    };
     debug_assert_eq!(
         ACCEPTED,
         format!("meta mark & {MARK_ACCEPT:#010x} == {MARK_ACCEPT:#010x} return")
@@ -448,13 +480,20 @@ pub(crate) fn endpoint_chains(
             ));
         }
         let default = match (kind, tier.default_action) {
-            (ChainKind::Untracked | ChainKind::PreDnat, _) | (_, Action::Pass) => "return",
-            _ => "drop",
+            (ChainKind::Untracked | ChainKind::PreDnat, _) | (_, Action::Pass) => {
+                "return".to_string()
+            }
+            _ => logged(
+                Decider::TierDefault {
+                    tier: tier.name.clone(),
+                },
+                "drop",
+            ),
         };
         trules.push(with_id(
             &tier_chain,
             &format!("tier {} default", tier.name),
-            default,
+            &default,
         ));
         out.insert(tier_chain.clone(), trules);
         rules.push(with_id(
@@ -477,7 +516,11 @@ pub(crate) fn endpoint_chains(
         ));
         rules.push(with_comment(chain, ACCEPTED));
     }
-    rules.push(with_id(chain, "no policy or profile allowed", "drop"));
+    rules.push(with_id(
+        chain,
+        "no policy or profile allowed",
+        &logged(Decider::NoMatch, "drop"),
+    ));
     out.insert(chain.to_string(), rules);
 }
 
@@ -563,17 +606,40 @@ pub fn render_indexed(state: &DesiredState, config: &NftConfig) -> (Ruleset, ser
             );
         }
     }
+    let group = config.flows.map(|f| f.group);
+    // Policies of untracked tiers judge every packet: never logged.
+    let untracked: BTreeSet<&PolicyId> = state
+        .host_endpoints
+        .values()
+        .flat_map(|h| &h.untracked_tiers)
+        .flat_map(|t| t.inbound.iter().chain(&t.outbound))
+        .collect();
     for (id, policy) in &state.policies {
+        let decider = |rule_id: &str| Decider::Rule {
+            policy: Some(id.clone()),
+            profile: None,
+            rule_id: rule_id.to_string(),
+        };
+        let log: LogWith<'_> = match group {
+            Some(g) if !untracked.contains(id) => Some((g, &decider)),
+            _ => None,
+        };
         for inbound in [true, false] {
             let chain = names::policy_chain(id, inbound);
-            let rules = policy_chain(&chain, policy, inbound, Owner::Policy);
+            let rules = policy_chain(&chain, policy, inbound, Owner::Policy, log);
             rs.chains.insert(chain, rules);
         }
     }
     for (name, profile) in &state.profiles {
+        let decider = |rule_id: &str| Decider::Rule {
+            policy: None,
+            profile: Some(name.clone()),
+            rule_id: rule_id.to_string(),
+        };
+        let log: LogWith<'_> = group.map(|g| (g, &decider as &dyn Fn(&str) -> Decider));
         for inbound in [true, false] {
             let chain = names::profile_chain(name, inbound);
-            let rules = policy_chain(&chain, profile, inbound, Owner::Profile);
+            let rules = policy_chain(&chain, profile, inbound, Owner::Profile, log);
             rs.chains.insert(chain, rules);
         }
     }
@@ -604,6 +670,7 @@ pub fn render_indexed(state: &DesiredState, config: &NftConfig) -> (Ruleset, ser
             true,
             &[],
             ChainKind::Normal,
+            config.flows.map(|f| f.group),
         );
         endpoint_chains(
             &mut rs.chains,
@@ -613,6 +680,7 @@ pub fn render_indexed(state: &DesiredState, config: &NftConfig) -> (Ruleset, ser
             false,
             &ep.nets,
             ChainKind::Normal,
+            config.flows.map(|f| f.group),
         );
         insert(&mut maps, MAP_TO_WORKLOAD, map_entry(iface, &to));
         insert(&mut maps, MAP_FROM_WORKLOAD, map_entry(iface, &from));

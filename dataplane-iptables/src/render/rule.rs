@@ -178,6 +178,11 @@ fn has_ports(m: &Match) -> bool {
 /// none if the rule cannot match that family, several when its port list
 /// mixes numbers and names.
 pub fn render(rule: &Rule, family: Family, owner: Owner) -> Vec<String> {
+    render_logged(rule, family, owner, None)
+}
+
+/// [`render`], with `log` (an nft `log` statement) before the verdict.
+pub fn render_logged(rule: &Rule, family: Family, owner: Owner, log: Option<&str>) -> Vec<String> {
     if rule.ip_version.is_some_and(|v| v != family.version()) {
         return Vec::new();
     }
@@ -216,7 +221,10 @@ pub fn render(rule: &Rule, family: Family, owner: Owner) -> Vec<String> {
     };
     head.extend(src);
     head.extend(dst);
-    let tail = verdict(rule.action, owner, &rule.id);
+    let tail = match log {
+        Some(log) => format!("{log} {}", verdict(rule.action, owner, &rule.id)),
+        None => verdict(rule.action, owner, &rule.id),
+    };
     let mut out = Vec::new();
     for sp in port_alternatives(family, "s", &rule.src) {
         for dp in port_alternatives(family, "d", &rule.dst) {

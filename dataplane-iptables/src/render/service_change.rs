@@ -7,12 +7,13 @@
 //! cost that grows with the changed services rather than with the table.
 //! Pure: no I/O.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use manul_dataplane_api::{Service, ServiceKey};
 
+use super::service_pick::PICK_CHAINS;
 use super::services::{Claims, ServiceObjects, element_key, render_service};
-use super::{NftConfig, Ruleset};
+use super::{NftConfig, Ruleset, SetDef};
 
 /// One service's change: its key, and the service before and after
 /// (`None`: absent).
@@ -57,6 +58,14 @@ pub fn render_changes(
         .iter()
         .map(|(set, key)| claims.holder(set, key).cloned())
         .collect();
+    let mut pick_chains = BTreeMap::new();
+    for (_, before, after) in &rendered {
+        for objects in [before, after].into_iter().flatten() {
+            for (name, rules) in &objects.shared_chains {
+                pick_chains.insert(name.clone(), rules.clone());
+            }
+        }
+    }
     let mut change = ServiceChange::default();
     for (key, before, after) in rendered {
         if let Some(o) = before {
@@ -75,14 +84,30 @@ pub fn render_changes(
         if before.as_ref() == after {
             continue;
         }
+        if set == PICK_CHAINS {
+            // A shared pick chain: written with its first user, removed
+            // with its last.
+            let part = match (&before, after) {
+                (None, Some(_)) => &mut change.new,
+                (Some(_), None) => &mut change.old,
+                _ => continue,
+            };
+            if let Some(rules) = pick_chains.get(key) {
+                part.chains.insert(key.clone(), rules.clone());
+            }
+            continue;
+        }
         let Some(def) = programmed.sets.get(set) else {
             continue;
         };
         for (part, element) in [(&mut change.old, before.as_ref()), (&mut change.new, after)] {
-            let entry = part.sets.entry(set.clone()).or_insert_with(|| {
-                let mut empty = def.clone();
-                empty.elements.clear();
-                empty
+            // Not `def.clone()`: that would copy every element of the map.
+            let entry = part.sets.entry(set.clone()).or_insert_with(|| SetDef {
+                type_: def.type_,
+                interval: def.interval,
+                timeout: def.timeout,
+                comment: def.comment.clone(),
+                elements: BTreeSet::new(),
             });
             if let Some(e) = element {
                 entry.elements.insert(e.clone());

@@ -9,19 +9,27 @@
 //!   keyed by `l4proto . dport`, does the same for node ports when the
 //!   destination is one of the node's addresses (`fib daddr type local`,
 //!   not loopback);
-//! - a backend chain picks a backend (`numgen random mod N vmap`), after
-//!   the session-affinity sets (`mnl-aff4-`, one per backend, `timeout`)
-//!   when the service has affinity (named with their timeout); each
-//!   backend's chain (`mnl-sep4-`)
-//!   marks hairpin traffic (source == the backend) for masquerade, records
-//!   the client in its affinity set, and DNATs;
-//! - an external chain marks traffic for masquerade under
+//! - a service without session affinity is data (`service_pick.rs`): the
+//!   map entries send a frontend to a pick chain shared by all frontends
+//!   with as many backends, which masquerades as its kind needs and DNATs
+//!   through `numgen random mod N` into the backend map; hairpin traffic
+//!   is masqueraded in postrouting (`mnl-hairpin4`);
+//! - a service with session affinity keeps kube-proxy's chains: a backend
+//!   chain picks a backend (`numgen random mod N vmap`) after the
+//!   session-affinity sets (`mnl-aff4-`, one per backend, `timeout`,
+//!   named with their timeout); each backend's chain (`mnl-sep4-`) marks
+//!   hairpin traffic (source == the backend) for masquerade, records the
+//!   client in its affinity set, and DNATs;
+//! - external traffic is marked for masquerade under
 //!   `externalTrafficPolicy: Cluster` (so replies return through this
-//!   node) and goes to the backend chain; under `Local` it keeps the
+//!   node) and goes to the cluster backends; under `Local` it keeps the
 //!   client's address and goes to the local backends, except for traffic
 //!   from pods (workload interfaces: to the cluster backends, unmasked) and
 //!   from the node itself (masqueraded, to the cluster backends), as
-//!   kube-proxy does;
+//!   kube-proxy does (for services without affinity through the maps
+//!   `mnl-svc-xpod4`/`mnl-svc-xnode4` and their node-port twins, looked up
+//!   first for those sources; with affinity through an external chain,
+//!   `mnl-ext4-`);
 //! - traffic to a cluster IP that did not come from a pod is masqueraded
 //!   (kube-proxy's local-traffic detection by interface prefix);
 //! - `mnl-noep-ips4` and `mnl-noep-nodeports4`: a port whose backends for
@@ -54,6 +62,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use manul_dataplane_api::{Backend, DesiredState, Service, ServiceKey, ServicePort, TrafficPolicy};
 
+use super::service_pick::{self, PICK_CHAINS, Pick};
 use super::{NftConfig, Rules, SetDef, with_comment, with_id};
 use crate::names::{self, MARK_MASQ, ServiceObject};
 
@@ -95,8 +104,8 @@ impl Fam {
 
 /// The verdict maps, per family: `svc-ips`, `svc-nodeports`, `noep-ips`,
 /// `noep-nodeports`, `svc-fw`.
-const TRIPLE_MAPS: [&str; 3] = ["svc-ips", "noep-ips", "svc-fw"];
-const PORT_MAPS: [&str; 2] = ["svc-nodeports", "noep-nodeports"];
+const TRIPLE_MAPS: [&str; 5] = ["svc-ips", "svc-xpod", "svc-xnode", "noep-ips", "svc-fw"];
+const PORT_MAPS: [&str; 4] = ["svc-nodeports", "np-xpod", "np-xnode", "noep-nodeports"];
 
 fn proto_name(p: u8) -> String {
     match p {
@@ -122,9 +131,31 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
     for f in Fam::BOTH {
         let kw = f.kw();
         let lo = if f.v6 { "::1" } else { "127.0.0.0/8" };
+        // `externalTrafficPolicy: Local` frontends send pods and the node
+        // itself to the cluster backends (see `service_pick`).
+        for p in &config.workload_prefixes {
+            services.push(format!(
+                "iifname \"{p}*\" {kw} daddr . meta l4proto . th dport vmap @{}",
+                f.map("svc-xpod")
+            ));
+        }
+        services.push(format!(
+            "fib saddr type local {kw} daddr . meta l4proto . th dport vmap @{}",
+            f.map("svc-xnode")
+        ));
         services.push(format!(
             "{kw} daddr . meta l4proto . th dport vmap @{}",
             f.map("svc-ips")
+        ));
+        for p in &config.workload_prefixes {
+            services.push(format!(
+                "iifname \"{p}*\" fib daddr type local {kw} daddr != {lo} meta l4proto . th dport vmap @{}",
+                f.map("np-xpod")
+            ));
+        }
+        services.push(format!(
+            "fib saddr type local fib daddr type local {kw} daddr != {lo} meta l4proto . th dport vmap @{}",
+            f.map("np-xnode")
         ));
         services.push(format!(
             "fib daddr type local {kw} daddr != {lo} meta l4proto . th dport vmap @{}",
@@ -175,6 +206,8 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
         rules(
             MASQUERADING,
             vec![
+                service_pick::hairpin_rule(false),
+                service_pick::hairpin_rule(true),
                 format!("meta mark & {MARK_MASQ:#010x} == 0 return"),
                 format!("meta mark set meta mark & {:#010x}", !MARK_MASQ),
                 "masquerade fully-random".to_string(),
@@ -224,6 +257,7 @@ pub(super) fn empty_maps() -> BTreeMap<String, SetDef> {
                 },
             );
         }
+        out.extend(service_pick::empty_maps(f.v6));
         for m in PORT_MAPS {
             out.insert(
                 f.map(m),
@@ -273,6 +307,9 @@ fn translatable(protocol: u8) -> bool {
 pub struct ServiceObjects {
     pub chains: BTreeMap<String, Rules>,
     pub sets: BTreeMap<String, SetDef>,
+    /// The pick chains it uses, shared with other services (claimed as
+    /// elements of [`PICK_CHAINS`]).
+    pub shared_chains: BTreeMap<String, Rules>,
     /// `(shared set or map, element)`; at most one element per map key.
     pub elements: Vec<(String, String)>,
 }
@@ -288,6 +325,7 @@ pub fn element_key(element: &str) -> &str {
 pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
     let mut chains = BTreeMap::new();
     let mut sets = empty_maps();
+    sets.insert(PICK_CHAINS.to_string(), SetDef::default());
     let shared: BTreeSet<String> = sets.keys().cloned().collect();
     let families: BTreeSet<bool> = svc
         .cluster_ips
@@ -313,9 +351,19 @@ pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
             elements.extend(def.elements.into_iter().map(|e| (name.clone(), e)));
         }
     }
+    let picks: Vec<String> = chains
+        .keys()
+        .filter(|name| name.starts_with(service_pick::PICK_PREFIX))
+        .cloned()
+        .collect();
+    let shared_chains = picks
+        .into_iter()
+        .filter_map(|name| chains.remove_entry(&name))
+        .collect();
     ServiceObjects {
         chains,
         sets,
+        shared_chains,
         elements,
     }
 }
@@ -376,6 +424,7 @@ pub(super) fn render(
             add(sets, set, element.clone());
         }
         chains.extend(objects.chains);
+        chains.extend(objects.shared_chains);
         sets.extend(objects.sets);
     }
     claims
@@ -455,8 +504,148 @@ fn of_family(backends: &[Backend], f: Fam) -> Vec<Backend> {
         .collect()
 }
 
-/// One service port in one family: its chains and map entries.
+/// One service port in one family: its map entries, and the pick chains
+/// they name (services without affinity), or its chains (with affinity).
 fn service_port(
+    svc: &Service,
+    port: &ServicePort,
+    f: Fam,
+    config: &NftConfig,
+    chains: &mut BTreeMap<String, Rules>,
+    sets: &mut BTreeMap<String, SetDef>,
+) {
+    if svc.affinity_timeout_seconds.is_some() {
+        service_port_chains(svc, port, f, config, chains, sets);
+    } else {
+        service_port_data(svc, port, f, chains, sets);
+    }
+}
+
+/// A frontend sent to a pick chain: the verdict map entry, the pick chain,
+/// and the frontend's backends in the backend map.
+#[allow(clippy::too_many_arguments)]
+fn frontend(
+    sets: &mut BTreeMap<String, SetDef>,
+    chains: &mut BTreeMap<String, Rules>,
+    f: Fam,
+    node_port: bool,
+    verdict_map: &str,
+    key: &str,
+    pick: Pick,
+    backends: &[Backend],
+) {
+    let n = backends.len();
+    let chain = service_pick::chain_name(pick, f.v6, node_port, n);
+    add(sets, verdict_map, format!("{key} : goto {chain}"));
+    if !chains.contains_key(&chain) {
+        chains.insert(
+            chain.clone(),
+            service_pick::chain_rules(pick, f.v6, node_port, n),
+        );
+    }
+    add(sets, PICK_CHAINS, chain);
+    let offset = match pick {
+        Pick::LocalFromPod | Pick::LocalFromNode => service_pick::CLUSTER_OFFSET,
+        _ => 0,
+    };
+    let map = service_pick::backend_map(f.v6, node_port);
+    for e in service_pick::backend_entries(key, offset, backends) {
+        add(sets, &map, e);
+    }
+    let hairpin = service_pick::hairpin_set(f.v6);
+    for b in backends {
+        add(sets, &hairpin, service_pick::hairpin_element(b));
+    }
+}
+
+/// One service port in one family, as data (see `service_pick`).
+fn service_port_data(
+    svc: &Service,
+    port: &ServicePort,
+    f: Fam,
+    chains: &mut BTreeMap<String, Rules>,
+    sets: &mut BTreeMap<String, SetDef>,
+) {
+    let cluster = of_family(&port.backends, f);
+    let local = of_family(&port.local_backends, f);
+    let internal_local = svc.internal_traffic == TrafficPolicy::Local;
+    let external_local = svc.external_traffic == TrafficPolicy::Local;
+    let reject = format!("goto {REJECT}");
+    let key = |ip: &IpAddr| format!("{ip} . {} . {}", port.protocol, port.port);
+
+    let internal = if internal_local { &local } else { &cluster };
+    for ip in svc.cluster_ips.iter().filter(|ip| Fam::of(ip) == f) {
+        if internal.is_empty() {
+            add(sets, &f.map("noep-ips"), format!("{} : {reject}", key(ip)));
+        } else {
+            let k = key(ip);
+            let map = f.map("svc-ips");
+            frontend(sets, chains, f, false, &map, &k, Pick::ClusterIp, internal);
+        }
+    }
+
+    let ext_backends = if external_local { &local } else { &cluster };
+    let mut externals: Vec<(bool, String)> = svc
+        .external_addresses()
+        .filter(|ip| Fam::of(ip) == f)
+        .map(|ip| (false, key(ip)))
+        .collect();
+    if let Some(np) = port.node_port {
+        externals.push((true, format!("{} . {np}", port.protocol)));
+    }
+    for (node_port, k) in externals {
+        let (main, xpod, xnode, noep) = if node_port {
+            ("svc-nodeports", "np-xpod", "np-xnode", "noep-nodeports")
+        } else {
+            ("svc-ips", "svc-xpod", "svc-xnode", "noep-ips")
+        };
+        if ext_backends.is_empty() {
+            add(sets, &f.map(noep), format!("{k} : {reject}"));
+        } else if external_local {
+            let (main, xpod, xnode) = (f.map(main), f.map(xpod), f.map(xnode));
+            frontend(sets, chains, f, node_port, &main, &k, Pick::Local, &local);
+            if !cluster.is_empty() {
+                frontend(
+                    sets,
+                    chains,
+                    f,
+                    node_port,
+                    &xpod,
+                    &k,
+                    Pick::LocalFromPod,
+                    &cluster,
+                );
+                frontend(
+                    sets,
+                    chains,
+                    f,
+                    node_port,
+                    &xnode,
+                    &k,
+                    Pick::LocalFromNode,
+                    &cluster,
+                );
+            }
+        } else {
+            let main = f.map(main);
+            frontend(
+                sets,
+                chains,
+                f,
+                node_port,
+                &main,
+                &k,
+                Pick::External,
+                &cluster,
+            );
+        }
+    }
+}
+
+/// One service port with session affinity, in one family: kube-proxy's
+/// chains (a chain picking a backend, a chain per backend) and the map
+/// entries that reach them.
+fn service_port_chains(
     svc: &Service,
     port: &ServicePort,
     f: Fam,

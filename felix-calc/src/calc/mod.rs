@@ -117,6 +117,10 @@ pub struct CalcGraph {
     /// How a Service without Calico's external-traffic-strategy
     /// annotation balances its external traffic.
     default_balancing: manul_dataplane_api::Balancing,
+    /// Whether this node proxies Services at all (Felix's
+    /// `kubeProxyReplacement`): false leaves every Service to kube-proxy,
+    /// none is emitted.
+    proxy_services: bool,
     /// Endpoints and network sets, and what they inherit.
     items: Items,
     /// The active IP sets.
@@ -153,6 +157,7 @@ impl CalcGraph {
             slices_by_service: BTreeMap::new(),
             dirty_services: BTreeSet::new(),
             default_balancing: manul_dataplane_api::Balancing::Random,
+            proxy_services: true,
             items: Items::default(),
             sets: Sets::default(),
             policies: Policies::default(),
@@ -170,6 +175,15 @@ impl CalcGraph {
     /// the first update: Services already seen keep what they had.
     pub fn set_default_balancing(&mut self, balancing: manul_dataplane_api::Balancing) {
         self.default_balancing = balancing;
+    }
+
+    /// A graph that leaves every Service to another proxy (kube-proxy,
+    /// while a cluster migrates): it emits no Service, as if none were
+    /// this proxy's. EndpointSlices still give the members of policy
+    /// rules' `services` matches.
+    pub fn without_services(mut self) -> CalcGraph {
+        self.proxy_services = false;
+        self
     }
 
     pub fn stats(&self) -> Stats {
@@ -209,6 +223,11 @@ impl CalcGraph {
                 let input = u.value.as_ref().and_then(inputs::policy_input);
                 self.set_policy(u.key, input);
             }
+            // Staged policies are never enforced: nothing of them reaches
+            // the driver (`crate::pending` evaluates them).
+            Kind::StagedNetworkPolicy
+            | Kind::StagedGlobalNetworkPolicy
+            | Kind::StagedKubernetesNetworkPolicy => {}
             Kind::Profile => {
                 match u.value {
                     Some(Resource::Profile(p)) => {
@@ -250,7 +269,7 @@ impl CalcGraph {
                     u.key.name.clone(),
                 );
                 let frontend = match &u.value {
-                    Some(Resource::Service(svc)) => {
+                    Some(Resource::Service(svc)) if self.proxy_services => {
                         services::Frontend::from_k8s(&key.0, &key.1, svc, self.default_balancing)
                     }
                     _ => None,

@@ -472,6 +472,7 @@ fn backends(
                 ip: *ip,
                 port: *port,
                 local: e.2,
+                ready: e.0,
             })
             .collect()
     };

@@ -153,7 +153,8 @@ fn services_join_endpoint_slices() {
         vec![dp::Backend {
             ip: "10.65.0.5".parse().unwrap(),
             port: 8080,
-            local: false
+            local: false,
+            ready: true,
         }],
         "only ready backends, at the slice's port"
     );
@@ -401,4 +402,50 @@ spec:
         policy.inbound[1].src.ip_sets,
         vec!["sel:!(all())".to_string()]
     );
+}
+
+#[test]
+fn staged_policies_never_reach_the_driver() {
+    let mut g = CalcGraph::new("node1");
+    let state = format!(
+        "{NAMESPACE}{}{}",
+        wep("api", "node1", "10.65.0.2", "app: api"),
+        wep("frontend", "node2", "10.65.1.2", "app: frontend"),
+    );
+    g.apply(puts(&state));
+    let staged = "apiVersion: projectcalico.org/v3
+kind: StagedNetworkPolicy
+metadata: {name: lock-down, namespace: production}
+spec:
+  selector: app == 'api'
+  ingress: [{action: Deny, source: {selector: app == 'frontend'}}]
+---
+apiVersion: projectcalico.org/v3
+kind: StagedGlobalNetworkPolicy
+metadata: {name: deny-all}
+spec: {selector: all(), egress: [{action: Deny}]}
+---
+apiVersion: projectcalico.org/v3
+kind: StagedKubernetesNetworkPolicy
+metadata: {name: default-deny, namespace: production}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+---
+apiVersion: projectcalico.org/v3
+kind: StagedNetworkPolicy
+metadata: {name: frontend-to-api, namespace: production}
+spec: {stagedAction: Delete}
+";
+    assert!(g.apply(puts(staged)).is_empty());
+    // With an enforced policy of the same name as a staged Delete, the
+    // enforced one is programmed as ever.
+    let ops = g.apply(puts(POLICY));
+    assert_eq!(kinds(&ops), ["set+", "set+", "policy+", "wep+"], "{ops:#?}");
+    let deletes: Vec<Update> = resources(staged)
+        .into_iter()
+        .map(|r| Update {
+            key: r.key(),
+            value: None,
+        })
+        .collect();
+    assert!(g.apply(deletes).is_empty());
 }

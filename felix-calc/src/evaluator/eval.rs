@@ -7,7 +7,7 @@ use manul_model::v3::{Action, PolicyType, Rule};
 
 use super::matching::{End, Flow, has_ports, parent_selector_matches, protocol_name};
 use super::state::{ClusterState, Policy, WorkloadEndpoint};
-use super::{Decision, Direction, Packet, Peer, Trace, TraceError, Verdict};
+use super::{Decision, Direction, Packet, Peer, PolicyStep, Trace, TraceError, Verdict};
 
 fn family(ip: IpAddr) -> &'static str {
     if ip.is_ipv4() { "IPv4" } else { "IPv6" }
@@ -141,6 +141,33 @@ impl ClusterState {
         })
     }
 
+    /// One side of a packet alone: the source's egress
+    /// ([`Direction::Egress`]) or the destination's ingress, whatever the
+    /// other side does. `None` when that end is not a workload endpoint.
+    pub fn trace_side(
+        &self,
+        packet: &Packet,
+        direction: Direction,
+    ) -> Result<Option<Decision>, TraceError> {
+        let (src_ep, dst_ep) = (self.lookup(&packet.from)?, self.lookup(&packet.to)?);
+        let ep = match direction {
+            Direction::Egress => src_ep,
+            Direction::Ingress => dst_ep,
+        };
+        let Some(ep) = ep else {
+            return Ok(None);
+        };
+        let (src_addr, dst_addr) = self.addresses(packet, src_ep, dst_ep)?;
+        let flow = Flow {
+            protocol: packet.protocol,
+            icmp: packet.icmp,
+            src: End::new(self, src_addr, packet.src_port, src_ep),
+            dst: End::new(self, dst_addr, packet.dst_port, dst_ep),
+        };
+        let mut steps = Vec::new();
+        Ok(Some(self.evaluate(ep, direction, &flow, &mut steps)))
+    }
+
     fn lookup(&self, peer: &Peer) -> Result<Option<&WorkloadEndpoint>, TraceError> {
         match peer {
             Peer::Endpoint { namespace, name } => self.find_endpoint(namespace, name).map(Some),
@@ -233,6 +260,7 @@ impl ClusterState {
     ) -> Decision {
         let id = ep.id();
         steps.push(format!("{direction} of {id}:"));
+        let mut passed: Vec<PolicyStep> = Vec::new();
         let decision = |verdict,
                         tier: Option<&str>,
                         policy: Option<&str>,
@@ -247,9 +275,11 @@ impl ClusterState {
             profile: profile.map(str::to_string),
             rule_index,
             reason,
+            passed: Vec::new(),
         };
-        let finish = |steps: &mut Vec<String>, d: Decision| {
+        let finish = |steps: &mut Vec<String>, mut d: Decision, passed: Vec<PolicyStep>| {
             steps.push(format!("  {direction} {}: {}", d.verdict, d.reason));
+            d.passed = passed;
             d
         };
         'tiers: for tier in self.tiers() {
@@ -284,7 +314,24 @@ impl ClusterState {
                     Direction::Egress => &policy.egress,
                 };
                 let ns = policy.namespace.as_deref();
-                match self.run_rules(rules, ns, flow, &format!("policy {}", policy.name), steps) {
+                let outcome =
+                    self.run_rules(rules, ns, flow, &format!("policy {}", policy.name), steps);
+                let bare = match &policy.namespace {
+                    Some(ns) => policy
+                        .name
+                        .strip_prefix(&format!("{ns}/"))
+                        .unwrap_or(&policy.name),
+                    None => &policy.name,
+                };
+                passed.push(PolicyStep {
+                    tier: tier.name.clone(),
+                    kind: policy.kind,
+                    namespace: policy.namespace.clone(),
+                    name: bare.to_string(),
+                    rule_index: outcome.map(|(i, _)| i),
+                    action: outcome.map(|(_, a)| a),
+                });
+                match outcome {
                     Some((i, action @ (Action::Allow | Action::Deny))) => {
                         let verdict = if action == Action::Allow {
                             Verdict::Allow
@@ -304,7 +351,7 @@ impl ClusterState {
                                 tier.name
                             ),
                         );
-                        return finish(steps, d);
+                        return finish(steps, d, passed);
                     }
                     Some((i, _)) => {
                         steps.push(format!(
@@ -339,7 +386,7 @@ impl ClusterState {
                             action_name(other)
                         ),
                     );
-                    return finish(steps, d);
+                    return finish(steps, d, passed);
                 }
             }
         }
@@ -356,7 +403,18 @@ impl ClusterState {
                 Direction::Egress => &profile.egress,
             };
             steps.push(format!("  profile {name}: {} rule(s)", rules.len()));
-            match self.run_rules(rules, None, flow, &format!("profile {name}"), steps) {
+            let outcome = self.run_rules(rules, None, flow, &format!("profile {name}"), steps);
+            if let Some((i, action)) = outcome {
+                passed.push(PolicyStep {
+                    tier: String::new(),
+                    kind: manul_model::Kind::Profile,
+                    namespace: None,
+                    name: name.clone(),
+                    rule_index: Some(i),
+                    action: Some(action),
+                });
+            }
+            match outcome {
                 Some((i, action @ (Action::Allow | Action::Deny))) => {
                     let verdict = if action == Action::Allow {
                         Verdict::Allow
@@ -374,7 +432,7 @@ impl ClusterState {
                             action_name(action)
                         ),
                     );
-                    return finish(steps, d);
+                    return finish(steps, d, passed);
                 }
                 Some((i, _)) => steps.push(format!(
                     "    Pass at rule {i} of profile {name}: on to the next profile"
@@ -390,7 +448,7 @@ impl ClusterState {
             None,
             "no policy or profile allowed it (default deny)".to_string(),
         );
-        finish(steps, d)
+        finish(steps, d, passed)
     }
 
     /// Runs rules in order until an Allow, Deny or Pass matches: returns its

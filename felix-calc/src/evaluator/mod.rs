@@ -226,6 +226,25 @@ pub struct Decision {
     pub rule_index: Option<usize>,
     /// A sentence saying why.
     pub reason: String,
+    /// Every policy that applied, in the order they were evaluated, with
+    /// what each did; then the profile that decided, if one did.
+    pub passed: Vec<PolicyStep>,
+}
+
+/// One policy (or profile) a packet passed on one side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyStep {
+    /// Empty for a profile.
+    pub tier: String,
+    /// The policy's kind (a staged kind in a pending view), or `Profile`.
+    pub kind: manul_model::Kind,
+    pub namespace: Option<String>,
+    /// The name without its namespace.
+    pub name: String,
+    /// The rule that matched (Allow, Deny or Pass), if one did.
+    pub rule_index: Option<usize>,
+    /// Its action; `None` when no rule matched (on to the next policy).
+    pub action: Option<manul_model::v3::Action>,
 }
 
 /// The result of a trace.

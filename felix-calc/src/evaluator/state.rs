@@ -6,16 +6,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use manul_model::Resource;
+use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use manul_model::convert::{
     NAMESPACE_LABEL_PREFIX, NAMESPACE_NAME_LABEL, NAMESPACE_PROFILE_PREFIX, ORCHESTRATOR_LABEL,
     namespace_profile, network_policy,
 };
 use manul_model::selector::{NAMESPACE_LABEL, Selector};
 use manul_model::v3::{
-    Action, DEFAULT_TIER, EndpointPort, NetworkSetSpec, Object, PolicyType, ProfileSpec, Protocol,
-    Rule, TierSpec,
+    Action, DEFAULT_TIER, EndpointPort, GlobalNetworkPolicySpec, NetworkSetSpec, Object,
+    PolicyType, ProfileSpec, Protocol, Rule, StagedAction, TierSpec,
 };
+use manul_model::{Kind, Resource};
 
 /// A label set.
 pub type Labels = BTreeMap<String, String>;
@@ -84,6 +85,9 @@ impl LabelledNets {
 /// GlobalNetworkPolicy, or converted Kubernetes NetworkPolicy).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
+    /// The kind it came from: a policy kind, or (in a pending view) a
+    /// staged one.
+    pub kind: Kind,
     /// `NAMESPACE/NAME` for namespaced policies, `NAME` for global ones.
     pub name: String,
     /// Set for namespaced policies.
@@ -154,6 +158,17 @@ impl ClusterState {
     /// ignored; a Kubernetes NetworkPolicy that cannot be converted is
     /// left out and reported in [`ClusterState::notes`].
     pub fn from_resources(resources: impl IntoIterator<Item = Resource>) -> ClusterState {
+        Self::from_resources_with(resources, false)
+    }
+
+    /// [`ClusterState::from_resources`]; with `staged`, staged policies
+    /// with `stagedAction: Set` count as their enforced kinds (a pending
+    /// view, see [`crate::pending`]); without, they are left out, as
+    /// Felix leaves them out of what it enforces.
+    pub fn from_resources_with(
+        resources: impl IntoIterator<Item = Resource>,
+        staged: bool,
+    ) -> ClusterState {
         let mut s = ClusterState::default();
         let mut weps = Vec::new();
         let mut heps = Vec::new();
@@ -163,12 +178,56 @@ impl ClusterState {
             match r {
                 Resource::NetworkPolicy(o) => {
                     let ns = o.metadata.namespace.clone().unwrap_or_default();
-                    s.policies.push(namespaced_policy(&ns, &o));
+                    s.policies
+                        .push(namespaced_policy(&ns, &o, Kind::NetworkPolicy));
+                }
+                Resource::StagedNetworkPolicy(o)
+                    if staged && o.spec.staged_action == StagedAction::Set =>
+                {
+                    let ns = o.metadata.namespace.clone().unwrap_or_default();
+                    let enforced = Object {
+                        metadata: o.metadata.clone(),
+                        spec: o.spec.enforced(),
+                    };
+                    s.policies
+                        .push(namespaced_policy(&ns, &enforced, Kind::StagedNetworkPolicy));
+                }
+                Resource::StagedGlobalNetworkPolicy(o)
+                    if staged && o.spec.staged_action == StagedAction::Set =>
+                {
+                    let enforced = Object {
+                        metadata: o.metadata.clone(),
+                        spec: o.spec.enforced(),
+                    };
+                    s.global_policy(&enforced, Kind::StagedGlobalNetworkPolicy);
+                }
+                Resource::StagedKubernetesNetworkPolicy(o)
+                    if staged && o.spec.staged_action == StagedAction::Set =>
+                {
+                    let np = K8sNetworkPolicy {
+                        metadata: o.metadata.clone(),
+                        spec: Some(o.spec.enforced()),
+                    };
+                    match network_policy(&np) {
+                        Ok(p) => {
+                            let ns = p.metadata.namespace.clone().unwrap_or_default();
+                            s.policies.push(namespaced_policy(
+                                &ns,
+                                &p,
+                                Kind::StagedKubernetesNetworkPolicy,
+                            ));
+                        }
+                        Err(e) => s.notes.push(format!(
+                            "StagedKubernetesNetworkPolicy {} left out: {e}",
+                            o.name()
+                        )),
+                    }
                 }
                 Resource::K8sNetworkPolicy(np) => match network_policy(&np) {
                     Ok(o) => {
                         let ns = o.metadata.namespace.clone().unwrap_or_default();
-                        s.policies.push(namespaced_policy(&ns, &o));
+                        s.policies
+                            .push(namespaced_policy(&ns, &o, Kind::K8sNetworkPolicy));
                     }
                     Err(e) => s.notes.push(format!(
                         "Kubernetes NetworkPolicy {}/{} left out: {e}",
@@ -177,33 +236,7 @@ impl ClusterState {
                     )),
                 },
                 Resource::GlobalNetworkPolicy(o) => {
-                    let spec = &o.spec;
-                    if spec.do_not_track || spec.pre_dnat {
-                        s.notes.push(format!(
-                            "GlobalNetworkPolicy {} left out: doNotTrack and preDNAT policies apply \
-                             only to host endpoints",
-                            o.name()
-                        ));
-                        continue;
-                    }
-                    s.policies.push(Policy {
-                        name: o.name().to_string(),
-                        namespace: None,
-                        tier: spec.tier.clone(),
-                        order: spec.order,
-                        selector: spec.selector.clone(),
-                        namespace_selector: spec
-                            .namespace_selector
-                            .clone()
-                            .filter(|s| !s.source().trim().is_empty()),
-                        service_account_selector: spec
-                            .service_account_selector
-                            .clone()
-                            .filter(|s| !s.source().trim().is_empty()),
-                        types: spec.types.clone(),
-                        ingress: spec.ingress.clone(),
-                        egress: spec.egress.clone(),
-                    });
+                    s.global_policy(&o, Kind::GlobalNetworkPolicy);
                 }
                 Resource::Tier(o) => {
                     s.tiers.insert(o.name().to_string(), o.spec.clone());
@@ -482,9 +515,14 @@ impl ClusterState {
     }
 }
 
-fn namespaced_policy(ns: &str, o: &Object<manul_model::v3::NetworkPolicySpec>) -> Policy {
+fn namespaced_policy(
+    ns: &str,
+    o: &Object<manul_model::v3::NetworkPolicySpec>,
+    kind: Kind,
+) -> Policy {
     let spec = &o.spec;
     Policy {
+        kind,
         name: format!("{ns}/{}", o.name()),
         namespace: Some(ns.to_string()),
         tier: spec.tier.clone(),
@@ -498,6 +536,40 @@ fn namespaced_policy(ns: &str, o: &Object<manul_model::v3::NetworkPolicySpec>) -
         types: spec.types.clone(),
         ingress: spec.ingress.clone(),
         egress: spec.egress.clone(),
+    }
+}
+
+impl ClusterState {
+    /// A global policy (left out, with a note, when it applies only to
+    /// host endpoints).
+    fn global_policy(&mut self, o: &Object<GlobalNetworkPolicySpec>, kind: Kind) {
+        let spec = &o.spec;
+        if spec.do_not_track || spec.pre_dnat {
+            self.notes.push(format!(
+                "{kind} {} left out: doNotTrack and preDNAT policies apply only to host endpoints",
+                o.name()
+            ));
+            return;
+        }
+        self.policies.push(Policy {
+            kind,
+            name: o.name().to_string(),
+            namespace: None,
+            tier: spec.tier.clone(),
+            order: spec.order,
+            selector: spec.selector.clone(),
+            namespace_selector: spec
+                .namespace_selector
+                .clone()
+                .filter(|s| !s.source().trim().is_empty()),
+            service_account_selector: spec
+                .service_account_selector
+                .clone()
+                .filter(|s| !s.source().trim().is_empty()),
+            types: spec.types.clone(),
+            ingress: spec.ingress.clone(),
+            egress: spec.egress.clone(),
+        });
     }
 }
 

@@ -34,7 +34,10 @@ use std::time::Duration;
 
 use manul_model::convert::installation::{INSTALLATION_NAME, felix_settings};
 use manul_model::operator::InstallationSpec;
-use manul_model::v3::{EndpointToHostAction, FelixConfigurationSpec, LogSeverity, ProtoPort};
+use manul_model::v3::{
+    BpfConnectTimeLoadBalancing, BpfExternalServiceMode, EndpointToHostAction,
+    FelixConfigurationSpec, LogSeverity, ProtoPort,
+};
 use serde::Serialize;
 
 pub use parse::{parse_ports, parse_prefixes};
@@ -224,6 +227,18 @@ impl Render for EndpointToHostAction {
     }
 }
 
+impl Render for BpfExternalServiceMode {
+    fn render(&self) -> String {
+        self.as_str().to_string()
+    }
+}
+
+impl Render for BpfConnectTimeLoadBalancing {
+    fn render(&self) -> String {
+        self.as_str().to_string()
+    }
+}
+
 impl Render for Vec<ProtoPort> {
     fn render(&self) -> String {
         if self.is_empty() {
@@ -370,6 +385,36 @@ settings! {
         parse::severity, Live;
     bpf_enabled: bool = "bpfEnabled",
         false, |s| s.bpf_enabled, parse::boolean, Restart;
+    /// eBPF: how external traffic (node ports, external and load-balancer
+    /// IPs under `externalTrafficPolicy: Cluster`) reaches a backend.
+    /// `Tunnel` (the default): masqueraded to the node's address, replies
+    /// return through the node, as with kube-proxy (Calico tunnels
+    /// instead); `DSR`: the backend's node answers the client directly and
+    /// the backend sees the client's address.
+    bpf_external_service_mode: BpfExternalServiceMode = "bpfExternalServiceMode",
+        BpfExternalServiceMode::Tunnel, |s| s.bpf_external_service_mode,
+        parse::external_service_mode, Restart;
+    /// Connect-time load balancing on the eBPF dataplane: `TCP` (TCP
+    /// only), `Enabled` (TCP and UDP) or `Disabled`. Calico's values;
+    /// Manul's default is `Disabled` (the TC programs already translate
+    /// pods' connections; turning it on gives host-networked processes
+    /// services and destroys sockets of backends that leave).
+    bpf_connect_time_load_balancing: BpfConnectTimeLoadBalancing =
+        "bpfConnectTimeLoadBalancing",
+        BpfConnectTimeLoadBalancing::Disabled, |s| s.bpf_connect_time_load_balancing,
+        parse::connect_time_lb, Restart;
+    /// Local only: Felix programs Services on either dataplane (true, the
+    /// default) or leaves them all to kube-proxy (false, while a cluster
+    /// migrates from kube-proxy): no Service is programmed, those an
+    /// earlier run programmed go at the first resync, and no health-check
+    /// node port is served. (Cilium's `kubeProxyReplacement`.)
+    kube_proxy_replacement: bool = "kubeProxyReplacement",
+        true, local_only, parse::boolean, Restart;
+    /// The cgroup (v2) directory connect-time load balancing attaches to;
+    /// empty: the root of the node's cgroup v2 hierarchy (mounted at
+    /// `/run/manul/cgroup` when the node has none).
+    cgroup_v2_path: String = "cgroupV2Path",
+        String::new(), |s| s.cgroup_v2_path.clone(), parse::text, Restart;
     prometheus_metrics_enabled: bool = "prometheusMetricsEnabled",
         false, |s| s.prometheus_metrics_enabled, parse::boolean, Restart;
     /// Local only (Calico: all interfaces).

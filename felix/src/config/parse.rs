@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use manul_model::v3::{Cidr, EndpointToHostAction, GoDuration, LogSeverity, ProtoPort, Protocol};
+use manul_model::v3::{
+    BpfConnectTimeLoadBalancing, Cidr, EndpointToHostAction, GoDuration, LogSeverity, ProtoPort,
+    Protocol,
+};
 
 /// `cali` or `cali,tap`: interface name prefixes, each 1-15 characters of
 /// letters, digits, `-`, `_` and `.` (a Linux interface name is at most 15).
@@ -119,6 +122,28 @@ pub fn endpoint_to_host(text: &str) -> Result<EndpointToHostAction, String> {
         "return" => Ok(EndpointToHostAction::Return),
         "accept" => Ok(EndpointToHostAction::Accept),
         _ => Err("not an action (Drop, Return or Accept)".into()),
+    }
+}
+
+/// `Tunnel` or `DSR`, in any case.
+pub fn external_service_mode(
+    text: &str,
+) -> Result<manul_model::v3::BpfExternalServiceMode, String> {
+    use manul_model::v3::BpfExternalServiceMode;
+    match text.to_ascii_lowercase().as_str() {
+        "tunnel" => Ok(BpfExternalServiceMode::Tunnel),
+        "dsr" => Ok(BpfExternalServiceMode::Dsr),
+        _ => Err("not an external service mode (Tunnel or DSR)".into()),
+    }
+}
+
+/// TCP, Enabled or Disabled, any case.
+pub fn connect_time_lb(text: &str) -> Result<BpfConnectTimeLoadBalancing, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(BpfConnectTimeLoadBalancing::Tcp),
+        "enabled" => Ok(BpfConnectTimeLoadBalancing::Enabled),
+        "disabled" => Ok(BpfConnectTimeLoadBalancing::Disabled),
+        _ => Err("not a mode (TCP, Enabled or Disabled)".into()),
     }
 }
 

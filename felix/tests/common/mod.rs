@@ -73,7 +73,12 @@ pub async fn apply(api: &mut ResourcesClient<tonic::transport::Channel>, docs: &
             expected_revision: None,
         })
         .collect();
-    api.apply(ApplyRequest { items }).await.unwrap();
+    api.apply(ApplyRequest {
+        items,
+        deletes: vec![],
+    })
+    .await
+    .unwrap();
 }
 
 /// The `/config` document, when Felix serves one (the body may be chunked:

@@ -5,10 +5,15 @@
 //! it, `nodes` builds the underlay and the nodes' Felix, `pods` creates
 //! Namespaces, Pods and their sandboxes through the CNI plugin.
 
+mod disk;
+mod faults;
+mod flows;
 mod nodes;
 mod pods;
 mod typha;
 
+use flows::FlowsState;
+pub use flows::{FLOWS_PORT, FlowsConfig};
 pub use pods::{PodInfo, PodSpec};
 pub use typha::parse;
 
@@ -111,6 +116,24 @@ impl Default for ClusterConfig {
     }
 }
 
+/// A Typha replica whose data directory is a small tmpfs of its own (for
+/// filling the disk under it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmallDisk {
+    /// The replica, 0-based.
+    pub replica: usize,
+    /// The tmpfs's size.
+    pub mib: u64,
+}
+
+/// A running Typha replica.
+#[derive(Debug)]
+struct Replica {
+    /// Its own namespace (clusters of three and more replicas).
+    netns: Option<NetNs>,
+    child: Child,
+}
+
 /// A node of the cluster.
 #[derive(Debug)]
 pub struct Node {
@@ -134,7 +157,11 @@ pub struct LocalCluster {
     /// Servers listening in node namespaces ([`Self::host_listen`]).
     host_servers: Vec<TcpServer>,
     nodes: Vec<Node>,
-    typhas: Vec<Child>,
+    typhas: Vec<Replica>,
+    /// The mounted tmpfs of [`SmallDisk`], unmounted on drop.
+    small_disk: Option<(PathBuf, SmallDisk)>,
+    /// The flow aggregator, when the cluster runs one.
+    flows: Option<FlowsState>,
     client: Option<Client>,
     runtime: Option<tokio::runtime::Runtime>,
     namespaces: BTreeSet<String>,
@@ -168,11 +195,42 @@ impl LocalCluster {
         }
         let removed = manul_netns::cleanup_prefix(&prefix).map_err(netns_err)?;
         remove_bpf_pins(&prefix);
+        disk::unmount_leftovers(&prefix);
         Ok(removed)
     }
 
     /// Builds the cluster and waits until Typha and every Felix are ready.
     pub fn up(config: ClusterConfig) -> Result<LocalCluster, ClusterError> {
+        Self::start(config, None, None)
+    }
+
+    /// [`Self::up`], with one replica's data directory on a small tmpfs.
+    pub fn up_with(
+        config: ClusterConfig,
+        small_disk: Option<SmallDisk>,
+    ) -> Result<LocalCluster, ClusterError> {
+        Self::start(config, small_disk, None)
+    }
+
+    /// [`Self::up`], with the flow aggregator in the control plane and
+    /// every Felix streaming flow records to it when `flows` is set.
+    pub fn up_with_flows(
+        config: ClusterConfig,
+        flows: Option<FlowsConfig>,
+    ) -> Result<LocalCluster, ClusterError> {
+        Self::start(config, None, flows)
+    }
+
+    fn start(
+        config: ClusterConfig,
+        small_disk: Option<SmallDisk>,
+        flows: Option<FlowsConfig>,
+    ) -> Result<LocalCluster, ClusterError> {
+        if small_disk.is_some_and(|d| d.replica >= config.typha_replicas || d.mib == 0) {
+            return Err(ClusterError::Invalid(
+                "the small disk must name one of the replicas and a size".into(),
+            ));
+        }
         if config.nodes == 0 || config.nodes > 200 {
             return Err(ClusterError::Invalid("nodes must be 1..=200".into()));
         }
@@ -198,7 +256,13 @@ impl LocalCluster {
             pods: BTreeMap::new(),
             host_servers: Vec::new(),
             nodes: Vec::new(),
+            flows: flows.map(|config| FlowsState {
+                config,
+                child: None,
+                starts: 0,
+            }),
             typhas: Vec::new(),
+            small_disk: None,
             client: None,
             runtime: None,
             namespaces: BTreeSet::new(),
@@ -208,7 +272,8 @@ impl LocalCluster {
         };
         cluster.underlay()?;
         cluster.make_certs()?;
-        cluster.start_typha()?;
+        cluster.start_typha(small_disk)?;
+        cluster.start_flows()?;
         cluster.seed()?;
         for i in 1..=cluster.config.nodes {
             cluster.start_node(i)?;
@@ -268,10 +333,26 @@ impl Drop for LocalCluster {
         self.pods.clear();
         self.host_servers.clear();
         for node in &mut self.nodes {
+            if let Ok(pid) = i32::try_from(node.felix.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGCONT,
+                );
+            }
             procs::stop_child(&mut node.felix, Duration::from_secs(3));
         }
+        if let Some(child) = self.flows.as_mut().and_then(|f| f.child.as_mut()) {
+            procs::stop_child(child, Duration::from_secs(3));
+        }
         for typha in &mut self.typhas {
-            procs::stop_child(typha, Duration::from_secs(3));
+            // A stopped (SIGSTOP) replica cannot act on SIGTERM.
+            if let Ok(pid) = i32::try_from(typha.child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGCONT,
+                );
+            }
+            procs::stop_child(&mut typha.child, Duration::from_secs(3));
         }
         self.client = None;
         if let Some(rt) = self.runtime.take() {
@@ -281,6 +362,15 @@ impl Drop for LocalCluster {
             procs::stop_processes_in(node.netns.path(), Duration::from_secs(1));
         }
         procs::stop_processes_in(self.cp.path(), Duration::from_secs(1));
+        for typha in &self.typhas {
+            if let Some(ns) = &typha.netns {
+                procs::stop_processes_in(ns.path(), Duration::from_secs(1));
+            }
+        }
+        self.typhas.clear();
+        if let Some((path, _)) = self.small_disk.take() {
+            disk::unmount(&path);
+        }
         self.nodes.clear();
         remove_bpf_pins(&format!("{}-", self.config.name));
     }

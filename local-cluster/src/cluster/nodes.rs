@@ -102,8 +102,32 @@ impl LocalCluster {
         let status_dir = dir.join("endpoint-status");
         std::fs::create_dir_all(&status_dir).map_err(|e| ClusterError::io(&status_dir, e))?;
         let log = dir.join("felix.log");
+        let felix = self.spawn_felix(&name, &ns, false)?;
+        self.nodes.push(Node {
+            name,
+            ip,
+            host_ip,
+            netns: ns,
+            status_dir,
+            log,
+            felix,
+        });
+        Ok(())
+    }
+
+    /// Starts node `name`'s Felix (the same command line at every start;
+    /// a restart appends to its log).
+    pub(super) fn spawn_felix(
+        &self,
+        name: &str,
+        ns: &NetNs,
+        append: bool,
+    ) -> Result<Child, ClusterError> {
+        let dir = self.work.path().join(name);
+        let status_dir = dir.join("endpoint-status");
+        let log = dir.join("felix.log");
         let mut cmd = Command::new(program("felix")?);
-        cmd.args(["--netns", ns.name(), "--node", &name])
+        cmd.args(["--netns", ns.name(), "--node", name])
             .args(["--typha", &self.typha_addresses().join(",")])
             .args(["--dataplane", self.config.dataplane.as_str()])
             .arg("--status-dir")
@@ -119,7 +143,8 @@ impl LocalCluster {
             .arg(self.certs_dir().join(format!("felix-{name}.crt")))
             .arg("--typha-key-file")
             .arg(self.certs_dir().join(format!("felix-{name}.key")))
-            .args(["--typha-cn", manul_tls::dev::TYPHA_CN]);
+            .args(["--typha-cn", manul_tls::dev::TYPHA_CN])
+            .args(self.felix_flow_args());
         if self.config.dataplane == Dataplane::Bpf {
             // bpffs is shared by every namespace: pins are per cluster node.
             cmd.args(["--bpf-pin-name", &format!("{}-{name}", self.config.name)])
@@ -127,7 +152,13 @@ impl LocalCluster {
                 .arg(dir.join("flows.jsonl"));
         }
         // felix enters its namespace itself; start it from the root one.
-        let out = std::fs::File::create(&log).map_err(|e| ClusterError::io(&log, e))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&log)
+            .map_err(|e| ClusterError::io(&log, e))?;
         let err = out.try_clone().map_err(|e| ClusterError::io(&log, e))?;
         let felix = cmd
             .stdin(Stdio::null())
@@ -142,16 +173,7 @@ impl LocalCluster {
             .env("FELIX_WIREGUARDPRIVATEKEYFILE", dir.join("wireguard.key"))
             .spawn()
             .map_err(|e| ClusterError::Spawn(format!("felix: {e}")))?;
-        self.nodes.push(Node {
-            name,
-            ip,
-            host_ip,
-            netns: ns,
-            status_dir,
-            log,
-            felix,
-        });
-        Ok(())
+        Ok(felix)
     }
 
     pub(super) fn wait_nodes_ready(&mut self) -> Result<(), ClusterError> {
@@ -206,7 +228,7 @@ impl LocalCluster {
     /// Process ids of Typha replicas and Felix agents, for sampling.
     pub fn process_ids(&self) -> (Vec<u32>, Vec<u32>) {
         (
-            self.typhas.iter().map(Child::id).collect(),
+            self.typhas.iter().map(|r| r.child.id()).collect(),
             self.nodes.iter().map(|n| n.felix.id()).collect(),
         )
     }

@@ -12,7 +12,7 @@ use manul_netns::NetNs;
 use tracing::warn;
 
 use crate::ClusterError;
-use crate::procs::{program, spawn_in};
+use crate::procs::{program, spawn_in_appending};
 
 use super::*;
 
@@ -36,19 +36,41 @@ fn typha_err(e: impl std::fmt::Display) -> ClusterError {
 impl LocalCluster {
     /// Typha's addresses, `HOST:PORT` per replica.
     pub fn typha_addresses(&self) -> Vec<String> {
-        let [a, b, c] = UNDERLAY_PREFIX;
         (0..self.config.typha_replicas)
-            .map(|k| format!("{a}.{b}.{c}.1:{}", TYPHA_PORT + k as u16))
+            .map(|k| format!("{}:{}", self.typha_ip(k), TYPHA_PORT + k as u16))
             .collect()
     }
 
     /// Typha's peer listeners (Raft, `manulctl cluster`), `HOST:PORT` per
     /// replica; they require the token in [`Self::typha_peer_token_file`].
     pub fn typha_peer_addresses(&self) -> Vec<String> {
-        let [a, b, c] = UNDERLAY_PREFIX;
         (0..self.config.typha_replicas)
-            .map(|k| format!("{a}.{b}.{c}.1:{}", TYPHA_PEER_PORT + k as u16))
+            .map(|k| format!("{}:{}", self.typha_ip(k), TYPHA_PEER_PORT + k as u16))
             .collect()
+    }
+
+    /// Replica `k`'s (0-based) address: the bridge's with one replica,
+    /// else `192.168.220.(2+k)` in its own namespace.
+    pub fn typha_ip(&self, k: usize) -> Ipv4Addr {
+        let [a, b, c] = UNDERLAY_PREFIX;
+        if self.config.typha_replicas == 1 {
+            Ipv4Addr::new(a, b, c, 1)
+        } else {
+            Ipv4Addr::new(a, b, c, 2 + k as u8)
+        }
+    }
+
+    /// Replica `k`'s metrics listener: the control plane's loopback with
+    /// one replica, else its own address.
+    pub(super) fn typha_metrics_addr(&self, k: usize) -> std::net::SocketAddr {
+        use std::net::{IpAddr, SocketAddr};
+        let port = TYPHA_METRICS_PORT.saturating_add(u16::try_from(k).unwrap_or(u16::MAX));
+        let ip = if self.config.typha_replicas == 1 {
+            Ipv4Addr::LOCALHOST
+        } else {
+            self.typha_ip(k)
+        };
+        SocketAddr::new(IpAddr::V4(ip), port)
     }
 
     /// The file holding the Typha replicas' shared peer token.
@@ -132,10 +154,7 @@ impl LocalCluster {
         use std::net::{IpAddr, SocketAddr};
         let typhas = (0..self.config.typha_replicas).map(|k| MetricsTarget {
             job: "typha",
-            address: SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                TYPHA_METRICS_PORT.saturating_add(u16::try_from(k).unwrap_or(u16::MAX)),
-            ),
+            address: self.typha_metrics_addr(k),
         });
         let felixes = self.nodes.iter().map(|n| MetricsTarget {
             job: "felix",
@@ -144,50 +163,92 @@ impl LocalCluster {
         typhas.chain(felixes).collect()
     }
 
-    pub(super) fn start_typha(&mut self) -> Result<(), ClusterError> {
+    /// The command line of replica `k` (0-based); the same at every
+    /// (re)start, so a restarted replica resumes from its data directory.
+    pub(super) fn typha_command(&self, k: usize) -> Result<Command, ClusterError> {
         let typha = program("typha")?;
         let addrs = self.typha_addresses();
         let peer_addrs = self.typha_peer_addresses();
-        let token_file = self.typha_peer_token_file();
-        std::fs::write(&token_file, random_token()?).map_err(|source| ClusterError::Io {
-            path: token_file.clone(),
-            source,
-        })?;
         let peers: Vec<String> = peer_addrs
             .iter()
             .enumerate()
             .map(|(k, a)| format!("{}={a}", k + 1))
             .collect();
-        for (k, addr) in addrs.iter().enumerate() {
-            let id = k + 1;
-            let data = self.work.path().join(format!("typha-{id}"));
-            let mut cmd = Command::new(&typha);
-            cmd.arg("--data-dir")
-                .arg(&data)
-                .args(["--listen", addr])
-                .args(["--peer-listen", &peer_addrs[k]])
-                .arg("--peer-token-file")
-                .arg(&token_file)
-                .args([
-                    "--metrics",
-                    &format!("127.0.0.1:{}", usize::from(TYPHA_METRICS_PORT) + k),
-                ])
-                .args(["--node-id", &id.to_string()])
-                .arg("--ca-file")
-                .arg(self.certs_dir().join("ca.crt"))
-                .arg("--server-cert-file")
-                .arg(self.certs_dir().join("typha.crt"))
-                .arg("--server-key-file")
-                .arg(self.certs_dir().join("typha.key"))
-                .args([
-                    "--client-cn",
-                    &format!("{},{}", manul_tls::dev::FELIX_CN, manul_tls::dev::CNI_CN),
-                ]);
-            if addrs.len() > 1 {
-                cmd.args(["--peers", &peers.join(",")]);
+        let id = k + 1;
+        let mut cmd = Command::new(&typha);
+        cmd.arg("--data-dir")
+            .arg(self.typha_data_dir(k))
+            .args(["--listen", &addrs[k]])
+            .args(["--peer-listen", &peer_addrs[k]])
+            .arg("--peer-token-file")
+            .arg(self.typha_peer_token_file())
+            .args(["--metrics", &self.typha_metrics_addr(k).to_string()])
+            .args(["--node-id", &id.to_string()])
+            .arg("--ca-file")
+            .arg(self.certs_dir().join("ca.crt"))
+            .arg("--server-cert-file")
+            .arg(self.certs_dir().join("typha.crt"))
+            .arg("--server-key-file")
+            .arg(self.certs_dir().join("typha.key"))
+            .args([
+                "--client-cn",
+                &format!("{},{}", manul_tls::dev::FELIX_CN, manul_tls::dev::CNI_CN),
+            ]);
+        if addrs.len() > 1 {
+            cmd.args(["--peers", &peers.join(",")]);
+        }
+        Ok(cmd)
+    }
+
+    /// Replica `k`'s (0-based) data directory.
+    pub fn typha_data_dir(&self, k: usize) -> PathBuf {
+        self.work.path().join(format!("typha-{}", k + 1))
+    }
+
+    /// Replica `k`'s (0-based) log, appended to across restarts.
+    pub fn typha_log(&self, k: usize) -> PathBuf {
+        self.work.path().join(format!("typha-{}.log", k + 1))
+    }
+
+    /// Replica `k`'s own namespace, `NAME-tK` on the underlay bridge
+    /// (clusters of three and more replicas, so that a partition between
+    /// replicas is a cut between namespaces).
+    fn replica_netns(&self, k: usize) -> Result<NetNs, ClusterError> {
+        let ns = NetNs::create(&format!("{}-t{}", self.config.name, k + 1)).map_err(netns_err)?;
+        let peer = format!("t{}", k + 1);
+        manul_netns::create_veth(&ns, "eth0", &self.cp, &peer).map_err(netns_err)?;
+        manul_netns::set_master(&self.cp, &peer, "br0").map_err(netns_err)?;
+        manul_netns::link_up(&self.cp, &peer).map_err(netns_err)?;
+        let net = manul_netns::IpNet::new(std::net::IpAddr::V4(self.typha_ip(k)), 24)
+            .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        manul_netns::add_address(&ns, "eth0", net).map_err(netns_err)?;
+        manul_netns::link_up(&ns, "eth0").map_err(netns_err)?;
+        Ok(ns)
+    }
+
+    pub(super) fn start_typha(&mut self, disk: Option<SmallDisk>) -> Result<(), ClusterError> {
+        let token_file = self.typha_peer_token_file();
+        std::fs::write(&token_file, random_token()?).map_err(|source| ClusterError::Io {
+            path: token_file.clone(),
+            source,
+        })?;
+        let addrs = self.typha_addresses();
+        for k in 0..addrs.len() {
+            let netns = if addrs.len() > 1 {
+                Some(self.replica_netns(k)?)
+            } else {
+                None
+            };
+            let data = self.typha_data_dir(k);
+            if let Some(d) = disk.filter(|d| d.replica == k) {
+                std::fs::create_dir_all(&data).map_err(|e| ClusterError::io(&data, e))?;
+                super::disk::mount_tmpfs(&data, d.mib)?;
+                self.small_disk = Some((data.clone(), d));
             }
-            let log = self.work.path().join(format!("typha-{id}.log"));
-            self.typhas.push(spawn_in(&self.cp, cmd, &log)?);
+            let log = self.typha_log(k);
+            let cmd = self.typha_command(k)?;
+            let child = spawn_in_appending(netns.as_ref().unwrap_or(&self.cp), cmd, &log)?;
+            self.typhas.push(Replica { netns, child });
         }
         // A runtime whose threads live in the control-plane namespace, so
         // the client's connections reach Typha.
@@ -221,7 +282,7 @@ impl LocalCluster {
                     return Err(ClusterError::NotReady {
                         what: format!("Typha ({e})"),
                         secs: 30,
-                        log: tail(&self.work.path().join("typha-1.log")),
+                        log: tail(&self.typha_log(0)),
                     });
                 }
                 Err(e) => return Err(e),

@@ -23,7 +23,8 @@ pub use structural::{StructuralError, structural};
 use crate::Kind;
 use crate::v3::{
     FelixConfigurationSpec, GlobalNetworkPolicySpec, GlobalThreatFeedSpec, HostEndpointSpec,
-    IpPoolSpec, NetworkPolicySpec, NetworkSetSpec, ProfileSpec, TierSpec,
+    IpPoolSpec, NetworkPolicySpec, NetworkSetSpec, ProfileSpec, StagedGlobalNetworkPolicySpec,
+    StagedKubernetesNetworkPolicySpec, StagedNetworkPolicySpec, TierSpec,
 };
 
 /// The API group of the CRDs.
@@ -56,6 +57,11 @@ const ORDER: Column = Column {
     name: "Order",
     json_path: ".spec.order",
     typ: "number",
+};
+const STAGED_ACTION: Column = Column {
+    name: "StagedAction",
+    json_path: ".spec.stagedAction",
+    typ: "string",
 };
 
 /// One CRD: a kind, its names, its printer columns, whether it has a
@@ -111,6 +117,27 @@ pub const CRDS: &[CrdSpec] = &[
         ["gnp", "cgnp"],
         [TIER, ORDER],
         GlobalNetworkPolicySpec
+    ),
+    crd!(
+        StagedNetworkPolicy,
+        "stagednetworkpolicies",
+        ["snp"],
+        [TIER, ORDER, STAGED_ACTION],
+        StagedNetworkPolicySpec
+    ),
+    crd!(
+        StagedGlobalNetworkPolicy,
+        "stagedglobalnetworkpolicies",
+        ["sgnp"],
+        [TIER, ORDER, STAGED_ACTION],
+        StagedGlobalNetworkPolicySpec
+    ),
+    crd!(
+        StagedKubernetesNetworkPolicy,
+        "stagedkubernetesnetworkpolicies",
+        ["sknp"],
+        [STAGED_ACTION],
+        StagedKubernetesNetworkPolicySpec
     ),
     crd!(
         Tier,

@@ -11,6 +11,7 @@ mod policy;
 mod primitives;
 mod rule;
 mod sets;
+mod staged;
 mod threatfeed;
 
 pub use cluster::*;
@@ -21,6 +22,7 @@ pub use policy::*;
 pub use primitives::*;
 pub use rule::*;
 pub use sets::*;
+pub use staged::*;
 pub use threatfeed::*;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

@@ -94,7 +94,7 @@
 mod grpc;
 mod history;
 mod metrics;
-mod service;
+pub(crate) mod service;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -389,6 +389,36 @@ impl Fanout {
         self.read_history().next_after(revision)
     }
 
+    /// The delta batch a client that has every revision up to `position`
+    /// gets next: the shared breadcrumb after it (or, when its snapshot was
+    /// taken inside a crumb's range, the part of the crumb after it).
+    pub(crate) fn next_delta(&self, position: u64, compression: Compression) -> NextDelta {
+        let crumb = match self.next_after(position) {
+            Next::UpToDate => return NextDelta::UpToDate,
+            Next::Gone { oldest, by_reset } => return NextDelta::Gone { oldest, by_reset },
+            Next::Crumb(crumb) => crumb,
+        };
+        let (first, payload) = if crumb.first > position {
+            (crumb.first, crumb.payload(compression))
+        } else {
+            // The snapshot was taken inside this crumb's range.
+            (position + 1, crumb.payload_after(position, compression))
+        };
+        let Some(entries) = payload else {
+            return NextDelta::EncodingFailed;
+        };
+        tracing::trace!(
+            first,
+            last = crumb.last,
+            entries = crumb.entries,
+            "queueing deltas"
+        );
+        NextDelta::Batch {
+            message: service::deltas(first, crumb.last, entries),
+            last: crumb.last,
+        }
+    }
+
     /// Admits a new stream, or refuses it (shutting down, or at the limit).
     pub(crate) fn accept(self: &Arc<Self>) -> Result<Accepted, Status> {
         let mut clients = self.lock_clients();
@@ -485,6 +515,22 @@ impl Fanout {
             }
         }
     }
+}
+
+/// What [`Fanout::next_delta`] found for a client.
+#[derive(Debug)]
+pub(crate) enum NextDelta {
+    /// The next `DeltaBatch`; the client is then at `last`.
+    Batch {
+        message: manul_proto::v1::SyncMessage,
+        last: u64,
+    },
+    /// The client has every published revision.
+    UpToDate,
+    /// The revisions after the client's are no longer retained.
+    Gone { oldest: u64, by_reset: bool },
+    /// The batch could not be encoded.
+    EncodingFailed,
 }
 
 /// A stream admitted by [`Fanout::accept`].

@@ -21,6 +21,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
+use super::NextDelta;
 use super::history::Next;
 use super::metrics::DropReason;
 use super::{Compression, ConnectionGuard, Fanout, Registration};
@@ -431,19 +432,8 @@ impl ClientTask {
         .await?;
         let count = u32::try_from(snapshot.chunks.len()).unwrap_or(u32::MAX);
         for (index, chunk) in snapshot.chunks.iter().enumerate() {
-            let message = Message::Snapshot(SnapshotChunk {
-                revision,
-                index: u32::try_from(index).unwrap_or(u32::MAX),
-                count,
-                entries: chunk.clone(),
-            });
-            self.send(
-                SyncMessage {
-                    message: Some(message),
-                },
-                revision,
-            )
-            .await?;
+            self.send(snapshot_chunk(revision, index, count, chunk), revision)
+                .await?;
         }
         self.send(in_sync(revision), revision).await?;
         self.position = revision;
@@ -465,35 +455,19 @@ impl ClientTask {
     /// Queues every retained breadcrumb after the client's position.
     async fn catch_up(&mut self) -> Result<(), Ended> {
         loop {
-            let crumb = match self.fanout.next_after(self.position) {
-                Next::UpToDate => return Ok(()),
-                Next::Gone { oldest, by_reset } => return Err(self.lost(oldest, by_reset)),
-                Next::Crumb(crumb) => crumb,
+            let (message, last) = match self.fanout.next_delta(self.position, self.compression) {
+                NextDelta::UpToDate => return Ok(()),
+                NextDelta::Gone { oldest, by_reset } => return Err(self.lost(oldest, by_reset)),
+                NextDelta::EncodingFailed => {
+                    return Err(Ended::Dropped {
+                        status: Status::internal("encoding a delta batch failed"),
+                        reason: None,
+                    });
+                }
+                NextDelta::Batch { message, last } => (message, last),
             };
-            let (first, payload) = if crumb.first > self.position {
-                (crumb.first, crumb.payload(self.compression))
-            } else {
-                // The snapshot was taken inside this crumb's range.
-                (
-                    self.position + 1,
-                    crumb.payload_after(self.position, self.compression),
-                )
-            };
-            let Some(entries) = payload else {
-                return Err(Ended::Dropped {
-                    status: Status::internal("encoding a delta batch failed"),
-                    reason: None,
-                });
-            };
-            tracing::trace!(
-                first,
-                last = crumb.last,
-                entries = crumb.entries,
-                "queueing deltas"
-            );
-            self.send(deltas(first, crumb.last, entries), crumb.last)
-                .await?;
-            self.position = crumb.last;
+            self.send(message, last).await?;
+            self.position = last;
             if self.ping.tick().now_or_never().is_some() {
                 self.send_ping().await?;
             }
@@ -597,7 +571,7 @@ impl ClientTask {
     }
 }
 
-fn hello(
+pub(crate) fn hello(
     replica_id: u64,
     revision: u64,
     snapshot_follows: bool,
@@ -614,13 +588,30 @@ fn hello(
     }
 }
 
-fn in_sync(revision: u64) -> SyncMessage {
+pub(crate) fn in_sync(revision: u64) -> SyncMessage {
     SyncMessage {
         message: Some(Message::InSync(InSync { revision })),
     }
 }
 
-fn deltas(first_revision: u64, last_revision: u64, entries: Bytes) -> SyncMessage {
+/// Chunk `index` of `count` of a snapshot at `revision`.
+pub(crate) fn snapshot_chunk(
+    revision: u64,
+    index: usize,
+    count: u32,
+    chunk: &Bytes,
+) -> SyncMessage {
+    SyncMessage {
+        message: Some(Message::Snapshot(SnapshotChunk {
+            revision,
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            count,
+            entries: chunk.clone(),
+        })),
+    }
+}
+
+pub(crate) fn deltas(first_revision: u64, last_revision: u64, entries: Bytes) -> SyncMessage {
     SyncMessage {
         message: Some(Message::Deltas(DeltaBatch {
             first_revision,

@@ -48,6 +48,9 @@ macro_rules! kinds {
 kinds! {
     NetworkPolicies => NetworkPolicy,
     GlobalNetworkPolicies => GlobalNetworkPolicy,
+    StagedNetworkPolicies => StagedNetworkPolicy,
+    StagedGlobalNetworkPolicies => StagedGlobalNetworkPolicy,
+    StagedKubernetesNetworkPolicies => StagedKubernetesNetworkPolicy,
     Tiers => Tier,
     HostEndpoints => HostEndpoint,
     NetworkSets => NetworkSet,

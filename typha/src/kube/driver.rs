@@ -276,6 +276,9 @@ fn start(client: &Client, node: &Node, metrics: &KubeMetrics, opts: KubeOptions)
     let mut set = JoinSet::new();
     spawn_calico::<calico::NetworkPolicies>(&mut set, client, node, metrics, opts);
     spawn_calico::<calico::GlobalNetworkPolicies>(&mut set, client, node, metrics, opts);
+    spawn_calico::<calico::StagedNetworkPolicies>(&mut set, client, node, metrics, opts);
+    spawn_calico::<calico::StagedGlobalNetworkPolicies>(&mut set, client, node, metrics, opts);
+    spawn_calico::<calico::StagedKubernetesNetworkPolicies>(&mut set, client, node, metrics, opts);
     spawn_calico::<calico::Tiers>(&mut set, client, node, metrics, opts);
     spawn_calico::<calico::HostEndpoints>(&mut set, client, node, metrics, opts);
     spawn_calico::<calico::NetworkSets>(&mut set, client, node, metrics, opts);

@@ -117,16 +117,22 @@ impl slog::Drain for TracingDrain {
 
 type Pending<T> = HashMap<u64, oneshot::Sender<Result<T, NodeError>>>;
 
-struct Driver {
+pub(super) struct Driver {
     raw: RawNode<SledStorage>,
     storage: SledStorage,
     shared: Arc<Shared>,
     fanout: Arc<Fanout>,
-    transport: Transport,
+    transport: Box<dyn Outbox>,
     metrics: RaftMetrics,
     config: NodeConfig,
     proposals: Pending<Applied>,
     memberships: Pending<Vec<Member>>,
+    /// ReadIndex requests waiting for a quorum's heartbeat answers, by the
+    /// request id carried as their context.
+    reads: Pending<u64>,
+    /// Reads not handed to Raft yet: a new leader drops a ReadIndex until
+    /// it has committed an entry of its own term, so they wait for that.
+    unissued_reads: Vec<u64>,
     next_request: u64,
     last_snapshot: u64,
     /// Bytes of the entries applied since the last snapshot (or since the
@@ -138,6 +144,9 @@ struct Driver {
     force_snapshot: bool,
     /// Set when raft-rs panicked: the replica stops and reports unhealthy.
     broken: bool,
+    /// Every entry applied (index, term, data), kept only when asked for
+    /// (the simulation checks replicas' logs against each other).
+    applied_log: Option<Vec<(u64, u64, bytes::Bytes)>>,
 }
 
 /// Marks the replica dead when the Raft thread ends, however it ends.
@@ -149,6 +158,18 @@ impl Drop for AliveGuard {
     }
 }
 
+/// Where the Raft thread's outgoing messages go: the gRPC [`Transport`] in
+/// a `typha` process, a simulated network in `crate::sim`.
+pub trait Outbox: Send {
+    fn send(&mut self, m: Message);
+}
+
+impl Outbox for Transport {
+    fn send(&mut self, m: Message) {
+        Transport::send(self, m);
+    }
+}
+
 /// Starts the Raft thread; must be called inside a Tokio runtime (the
 /// transport's sender tasks run on it).
 pub(super) fn spawn(
@@ -156,91 +177,125 @@ pub(super) fn spawn(
     fanout: Arc<Fanout>,
     metrics: RaftMetrics,
 ) -> Result<(Sender<Msg>, Arc<Shared>), NodeError> {
-    let voters: Vec<u64> = if config.join {
-        Vec::new()
-    } else {
-        config.peers.keys().copied().collect()
-    };
-    let storage =
-        SledStorage::open(&config.data_dir.join("raft"), &voters).map_err(NodeError::Storage)?;
-    if !voters.is_empty() && storage.snapshot_metadata().index == 0 {
-        bootstrap(&storage, &config, &voters)?;
-    }
-    let mut sm = StateMachine::new();
-    if let Some(snap) = storage.stored_snapshot() {
-        match StateSnapshot::decode(snap.get_data()) {
-            Ok(s) => sm.restore(&s),
-            Err(e) => {
-                return Err(NodeError::Dropped(format!(
-                    "stored Raft snapshot is corrupt: {e}"
-                )));
-            }
-        }
-    }
-    let snapshot_index = storage.snapshot_metadata().index;
-    let mut addresses = config.peers.clone();
-    for m in sm.members() {
-        addresses.insert(m.id, m.address.clone());
-    }
-    fanout.reset(sm.revision());
-    let raft_config = raft::Config {
-        id: config.id,
-        election_tick: config.election_ticks,
-        heartbeat_tick: config.heartbeat_ticks,
-        applied: sm.revision(),
-        max_size_per_msg: 4 * 1024 * 1024,
-        max_inflight_msgs: 256,
-        // A restart (or a follower catching up) applies the log in pieces
-        // of this size, not all of it in one Ready.
-        max_committed_size_per_ready: REPLAY_PIECE_BYTES,
-        check_quorum: true,
-        pre_vote: true,
-        ..raft::Config::default()
-    };
-    let logger = slog::Logger::root(slog::Drain::fuse(TracingDrain), slog::o!());
-    let raw = RawNode::new(&raft_config, storage.clone(), &logger).map_err(NodeError::Raft)?;
-    let shared = Arc::new(Shared {
-        state: RwLock::new(sm),
-        status: RwLock::new(RaftStatus::default()),
-        addresses: RwLock::new(addresses),
-        alive: AtomicBool::new(true),
-    });
     let (tx, rx) = std::sync::mpsc::channel();
-    let transport = Transport::new(
-        config.id,
-        shared.clone(),
-        tx.clone(),
-        config.peer_token.clone(),
-        config.peer_transport.clone(),
-    );
-    let next_request = (config.id << 48)
-        | (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            & 0xFFFF_FFFF_FFFF);
-    let mut driver = Driver {
-        raw,
-        storage,
-        shared: shared.clone(),
-        fanout,
-        transport,
-        metrics,
+    let token = config.peer_token.clone();
+    let dial = config.peer_transport.clone();
+    let id = config.id;
+    let transport_tx = tx.clone();
+    let request_base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut driver = Driver::open(
         config,
-        proposals: HashMap::new(),
-        memberships: HashMap::new(),
-        next_request,
-        last_snapshot: snapshot_index,
-        log_bytes: 0,
-        force_snapshot: false,
-        broken: false,
-    };
-    driver.metrics.snapshot_index.set(snapshot_index as i64);
+        fanout,
+        metrics,
+        move |shared| {
+            Box::new(Transport::new(
+                id,
+                shared.clone(),
+                transport_tx,
+                token,
+                dial,
+            ))
+        },
+        request_base,
+    )?;
+    let shared = driver.shared.clone();
     let name = format!("raft-{}", driver.config.id);
     std::thread::Builder::new()
         .name(name)
         .spawn(move || driver.run(rx))
         .map_err(|e| NodeError::Dropped(format!("cannot start the Raft thread: {e}")))?;
     Ok((tx, shared))
+}
+
+impl Driver {
+    /// Opens the storage, bootstraps a founding member, rebuilds the state
+    /// machine from the stored snapshot and builds the `RawNode`. Request
+    /// ids start from `request_base` (the clock in a `typha` process, a
+    /// seed in the simulation).
+    pub(super) fn open(
+        config: NodeConfig,
+        fanout: Arc<Fanout>,
+        metrics: RaftMetrics,
+        outbox: impl FnOnce(&Arc<Shared>) -> Box<dyn Outbox>,
+        request_base: u64,
+    ) -> Result<Driver, NodeError> {
+        let voters: Vec<u64> = if config.join {
+            Vec::new()
+        } else {
+            config.peers.keys().copied().collect()
+        };
+        let storage = SledStorage::open(&config.data_dir.join("raft"), &voters)
+            .map_err(NodeError::Storage)?;
+        if !voters.is_empty() && storage.snapshot_metadata().index == 0 {
+            bootstrap(&storage, &config, &voters)?;
+        }
+        let mut sm = StateMachine::new();
+        if let Some(snap) = storage.stored_snapshot() {
+            match StateSnapshot::decode(snap.get_data()) {
+                Ok(s) => sm.restore(&s),
+                Err(e) => {
+                    return Err(NodeError::Dropped(format!(
+                        "stored Raft snapshot is corrupt: {e}"
+                    )));
+                }
+            }
+        }
+        let snapshot_index = storage.snapshot_metadata().index;
+        let mut addresses = config.peers.clone();
+        for m in sm.members() {
+            addresses.insert(m.id, m.address.clone());
+        }
+        fanout.reset(sm.revision());
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied: sm.revision(),
+            // 0: raft-rs's default, twice the election timeout.
+            max_election_tick: config.max_election_ticks,
+            max_size_per_msg: 4 * 1024 * 1024,
+            max_inflight_msgs: 256,
+            // A restart (or a follower catching up) applies the log in pieces
+            // of this size, not all of it in one Ready.
+            max_committed_size_per_ready: REPLAY_PIECE_BYTES,
+            check_quorum: true,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        let logger = slog::Logger::root(slog::Drain::fuse(TracingDrain), slog::o!());
+        let raw = RawNode::new(&raft_config, storage.clone(), &logger).map_err(NodeError::Raft)?;
+        let shared = Arc::new(Shared {
+            state: RwLock::new(sm),
+            status: RwLock::new(RaftStatus::default()),
+            addresses: RwLock::new(addresses),
+            alive: AtomicBool::new(true),
+        });
+        let transport = outbox(&shared);
+        let next_request = (config.id << 48) | (request_base & 0xFFFF_FFFF_FFFF);
+        let driver = Driver {
+            raw,
+            storage,
+            shared,
+            fanout,
+            transport,
+            metrics,
+            config,
+            proposals: HashMap::new(),
+            memberships: HashMap::new(),
+            reads: HashMap::new(),
+            unissued_reads: Vec::new(),
+            next_request,
+            last_snapshot: snapshot_index,
+            log_bytes: 0,
+            force_snapshot: false,
+            broken: false,
+            applied_log: None,
+        };
+        driver.metrics.snapshot_index.set(snapshot_index as i64);
+        Ok(driver)
+    }
 }
 
 /// Index of the snapshot every founding member starts from.
@@ -287,12 +342,10 @@ impl Driver {
         let span = tracing::info_span!("raft", id = self.config.id);
         let _enter = span.enter();
         let _alive = AliveGuard(self.shared.clone());
-        self.campaign_if_sole_voter();
-        if let Err(e) = self.on_ready() {
+        if let Err(e) = self.start() {
             error!("Raft ready handling failed, stopping this replica: {e}");
             return;
         }
-        self.publish_status();
         let mut next_tick = Instant::now() + self.config.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -329,10 +382,89 @@ impl Driver {
             }
             self.publish_status();
         }
+        self.fail_pending();
+        info!("Raft thread stopped");
+    }
+
+    /// What the thread does before its loop: a sole voter campaigns, then
+    /// the first Ready (a restart's replay starts here).
+    pub(super) fn start(&mut self) -> Result<(), NodeError> {
+        self.campaign_if_sole_voter();
+        self.on_ready()?;
+        self.publish_status();
+        Ok(())
+    }
+
+    /// One Raft tick (the loop calls it every `config.tick`).
+    pub(super) fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// Whether raft-rs panicked: the replica must stop.
+    pub(super) fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Starts keeping every applied entry, for [`Driver::take_applied`].
+    pub(super) fn record_applied(&mut self) {
+        self.applied_log.get_or_insert_with(Vec::new);
+    }
+
+    /// The entries applied since the last call (index, term, data).
+    pub(super) fn take_applied(&mut self) -> Vec<(u64, u64, bytes::Bytes)> {
+        self.applied_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Answers every waiting write and membership change: stopped.
+    pub(super) fn fail_pending(&mut self) {
         for (_, tx) in self.proposals.drain() {
             let _ = tx.send(Err(NodeError::Stopped));
         }
-        info!("Raft thread stopped");
+        for (_, tx) in self.memberships.drain() {
+            let _ = tx.send(Err(NodeError::Stopped));
+        }
+        for (_, tx) in self.reads.drain() {
+            let _ = tx.send(Err(NodeError::Stopped));
+        }
+    }
+
+    /// Answers the waiting reads once this replica stopped leading (a read
+    /// confirmed by no quorum is never answered with an index), and forgets
+    /// those whose caller gave up.
+    fn settle_reads(&mut self) {
+        self.reads.retain(|_, tx| !tx.is_closed());
+        if self.reads.is_empty() {
+            self.unissued_reads.clear();
+            return;
+        }
+        if self.raw.raft.state == StateRole::Leader {
+            self.issue_reads();
+            return;
+        }
+        self.unissued_reads.clear();
+        for (_, tx) in std::mem::take(&mut self.reads) {
+            let _ = tx.send(Err(self.not_leader()));
+        }
+    }
+
+    /// Hands the waiting reads to Raft once this leader has committed an
+    /// entry of its term.
+    fn issue_reads(&mut self) {
+        if !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        for rid in std::mem::take(&mut self.unissued_reads) {
+            if self.reads.contains_key(&rid) {
+                self.raw.read_index(rid.to_be_bytes().to_vec());
+            }
+        }
     }
 
     /// A replica that is the only voter of its configuration cannot lose an
@@ -371,7 +503,7 @@ impl Driver {
         self.next_request
     }
 
-    fn handle(&mut self, msg: Msg) {
+    pub(super) fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Propose { mut command, reply } => {
                 if self.raw.raft.state != StateRole::Leader {
@@ -387,6 +519,16 @@ impl Driver {
                         let _ = reply.send(Err(NodeError::Raft(e)));
                     }
                 }
+            }
+            Msg::ReadIndex { reply } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                let rid = self.request_id();
+                self.reads.insert(rid, reply);
+                self.unissued_reads.push(rid);
+                self.issue_reads();
             }
             Msg::Raft(m) => self.step(*m),
             Msg::Unreachable(id) => self.raw.report_unreachable(id),
@@ -459,7 +601,7 @@ impl Driver {
     /// Steps a peer's message once [`guard::admit`] has accepted it. A
     /// panic inside raft-rs (which no admitted message should cause) stops
     /// the replica visibly: `/healthz` then fails.
-    fn step(&mut self, m: Message) {
+    pub(super) fn step(&mut self, m: Message) {
         let cs = self.storage.conf_state();
         let view = LogView {
             id: self.config.id,
@@ -487,11 +629,17 @@ impl Driver {
         }
     }
 
-    fn on_ready(&mut self) -> Result<(), NodeError> {
+    pub(super) fn on_ready(&mut self) -> Result<(), NodeError> {
         if !self.raw.has_ready() {
             return Ok(());
         }
         let mut ready = self.raw.ready();
+        for rs in ready.take_read_states() {
+            let rid = <[u8; 8]>::try_from(rs.request_ctx.as_slice()).map(u64::from_be_bytes);
+            if let Some(tx) = rid.ok().and_then(|rid| self.reads.remove(&rid)) {
+                let _ = tx.send(Ok(rs.index));
+            }
+        }
         if !ready.messages().is_empty() {
             let msgs = ready.take_messages();
             self.send(msgs);
@@ -529,6 +677,7 @@ impl Driver {
         let committed = light.take_committed_entries();
         self.apply(committed)?;
         self.raw.advance_apply();
+        self.settle_reads();
         self.maybe_snapshot()
     }
 
@@ -584,6 +733,9 @@ impl Driver {
                 let index = e.index;
                 if index <= sm.revision() {
                     continue;
+                }
+                if let Some(log) = self.applied_log.as_mut() {
+                    log.push((index, e.term, e.data.clone()));
                 }
                 self.log_bytes += e.data.len() as u64;
                 match e.get_entry_type() {
@@ -766,7 +918,7 @@ impl Driver {
         Ok(())
     }
 
-    fn publish_status(&mut self) {
+    pub(super) fn publish_status(&mut self) {
         let cs = self.storage.conf_state();
         let raft = &self.raw.raft;
         let learner = cs.learners.contains(&self.config.id);

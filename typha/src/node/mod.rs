@@ -14,6 +14,7 @@
 //!   acknowledged write is on a quorum's disks and survives any minority of
 //!   crashes.
 
+pub mod core;
 mod driver;
 pub mod guard;
 #[cfg(test)]
@@ -32,7 +33,7 @@ use tokio::sync::oneshot;
 use crate::fanout::Fanout;
 use crate::state::{Applied, StateMachine};
 
-pub use driver::RaftMetrics;
+pub use driver::{Outbox, RaftMetrics};
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -46,6 +47,10 @@ pub struct NodeConfig {
     pub join: bool,
     pub tick: Duration,
     pub election_ticks: usize,
+    /// Election timeouts are drawn from `[election_ticks, this)`; 0 means
+    /// twice `election_ticks`. The simulation sets `election_ticks + 1`
+    /// (a fixed timeout per replica) so that a seed decides every timeout.
+    pub max_election_ticks: usize,
     pub heartbeat_ticks: usize,
     /// Take a Raft snapshot and compact the log every this many entries.
     pub snapshot_every: u64,
@@ -68,6 +73,7 @@ impl NodeConfig {
             join: false,
             tick: Duration::from_millis(100),
             election_ticks: 10,
+            max_election_ticks: 0,
             heartbeat_ticks: 1,
             snapshot_every: 10_000,
             snapshot_every_bytes: 64 * 1024 * 1024,
@@ -124,6 +130,11 @@ pub(crate) enum Msg {
     Propose {
         command: Command,
         reply: oneshot::Sender<Result<Applied, NodeError>>,
+    },
+    /// Confirm leadership with a quorum (Raft's ReadIndex) and answer the
+    /// commit index a linearizable read must wait for.
+    ReadIndex {
+        reply: oneshot::Sender<Result<u64, NodeError>>,
     },
     Raft(Box<raft::prelude::Message>),
     Unreachable(u64),
@@ -224,6 +235,17 @@ impl Node {
     pub async fn propose(&self, command: Command) -> Result<Applied, NodeError> {
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Propose { command, reply })?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Raft's ReadIndex: only the leader answers, and only after a quorum
+    /// acknowledged a heartbeat sent after the request (so a leader cut off
+    /// by a partition, still believing it leads, cannot answer). The index
+    /// is what this replica must have applied before a read here is
+    /// linearizable.
+    pub async fn read_index(&self) -> Result<u64, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::ReadIndex { reply })?;
         rx.await.map_err(|_| NodeError::Stopped)?
     }
 

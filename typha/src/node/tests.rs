@@ -234,6 +234,7 @@ async fn a_fresh_single_node_typha_acknowledges_a_write_within_a_second() {
                 origin: "test".into(),
                 expected_revision: None,
             }],
+            deletes: Vec::new(),
         })
         .await
         .expect("the first write is acknowledged");

@@ -257,7 +257,7 @@ impl Cluster {
 
     pub async fn status(&self, i: usize) -> Option<ReplicaStatus> {
         let mut c = self.admin(i).await;
-        c.replica(ReplicaStatusRequest {})
+        c.replica(ReplicaStatusRequest::default())
             .await
             .ok()
             .map(|r| r.into_inner())
@@ -396,6 +396,7 @@ pub fn apply_request(names: &[String]) -> ApplyRequest {
                 expected_revision: None,
             })
             .collect(),
+        deletes: Vec::new(),
     }
 }
 
@@ -424,5 +425,6 @@ pub fn big_set(k: u64) -> ApplyRequest {
             origin: format!("set-{k}"),
             expected_revision: None,
         }],
+        deletes: Vec::new(),
     }
 }

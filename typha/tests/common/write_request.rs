@@ -354,7 +354,13 @@ pub fn seeds(examples: &std::path::Path) -> Vec<(String, Vec<u8>)> {
         let name = if bad { "bad" } else { "apply" };
         seeds.push((
             format!("seed-{name}-{file}"),
-            input(Method::Apply, &ApplyRequest { items }),
+            input(
+                Method::Apply,
+                &ApplyRequest {
+                    items,
+                    deletes: vec![],
+                },
+            ),
         ));
     }
     let proto = |k: &manul_model::ResourceKey| ResourceKey {
@@ -379,6 +385,7 @@ pub fn seeds(examples: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             Method::Apply,
             &ApplyRequest {
                 items: vec![set("created", Some(0)), set("also-created", Some(0))],
+                deletes: Vec::new(),
             },
         ),
     ));
@@ -388,6 +395,7 @@ pub fn seeds(examples: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             Method::Apply,
             &ApplyRequest {
                 items: vec![set("created", Some(1))],
+                deletes: Vec::new(),
             },
         ),
     ));

@@ -14,6 +14,7 @@ fn backend(d: u8, local: bool) -> Backend {
         ip: IpAddr::V4(v4(d)),
         port: 8080,
         local,
+        ready: true,
     }
 }
 
@@ -266,6 +267,41 @@ fn a_node_port_is_a_frontend_on_address_zero_with_the_external_list() {
 }
 
 #[test]
+fn external_frontends_under_cluster_are_flagged_for_masquerade_or_dsr() {
+    use crate::abi::{MANUL_SVC_FE_DROP_EMPTY, MANUL_SVC_FE_EXT_CLUSTER};
+    let mut svc = service("web", [10, 96, 0, 10], &[2, 3]);
+    svc.ports[0].node_port = Some(30080);
+    svc.external_ips = vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))];
+    svc.load_balancer_ips = vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))];
+    let (_, p) = step(&services(vec![svc.clone()]), &Programmed::default(), true);
+    for external in [
+        fe([0, 0, 0, 0], 30080),
+        fe([192, 0, 2, 1], 80),
+        fe([192, 0, 2, 9], 80),
+    ] {
+        assert_eq!(p.frontends[&external].flags, MANUL_SVC_FE_EXT_CLUSTER);
+    }
+    // A cluster IP is never masqueraded here.
+    assert_eq!(p.frontends[&fe([10, 96, 0, 10], 80)].flags, 0);
+
+    // Local: no flag while this node has a backend; with none here but
+    // some elsewhere, new connections drop; with none anywhere, refused.
+    svc.external_traffic = TrafficPolicy::Local;
+    let (_, p) = step(&services(vec![svc.clone()]), &Programmed::default(), true);
+    assert_eq!(p.frontends[&fe([0, 0, 0, 0], 30080)].flags, 0);
+    svc.ports[0].local_backends.clear();
+    let (_, p) = step(&services(vec![svc.clone()]), &Programmed::default(), true);
+    let node_port = p.frontends[&fe([0, 0, 0, 0], 30080)];
+    assert_eq!(
+        (node_port.count, node_port.flags),
+        (0, MANUL_SVC_FE_DROP_EMPTY)
+    );
+    svc.ports[0].backends.clear();
+    let (_, p) = step(&services(vec![svc]), &Programmed::default(), true);
+    assert_eq!(p.frontends[&fe([0, 0, 0, 0], 30080)].flags, 0);
+}
+
+#[test]
 fn a_load_balancer_address_with_source_ranges_is_flagged_with_its_ranges() {
     let mut svc = service("web", [10, 96, 0, 10], &[2]);
     let lb = Ipv4Addr::new(192, 0, 2, 9);
@@ -302,7 +338,7 @@ fn what_the_program_cannot_carry_is_skipped_and_said() {
     let other = service("other", [10, 96, 0, 10], &[7]);
     let d = desired(&services(vec![svc, other]));
     assert_eq!(d.frontends.len(), 1);
-    let (list, _) = &d.frontends[&fe([10, 96, 0, 10], 80)];
+    let list = &d.frontends[&fe([10, 96, 0, 10], 80)].list;
     // "ns/other" sorts first and keeps the contested frontend.
     assert_eq!(list.service, ("ns".to_string(), "other".to_string()));
     let kinds: Vec<&str> = d
@@ -438,7 +474,7 @@ mod sequences {
                         .collect();
                     prop_assert_eq!(next.frontends.keys().copied().collect::<BTreeSet<_>>(), want);
                     prop_assert_eq!(next.lists.len(), d.lists.len());
-                    for (f, (list, _)) in &d.frontends {
+                    for (f, Wanted { list, .. }) in &d.frontends {
                         let e = next.frontends[f];
                         prop_assert_eq!(&next.lists[&e.id], &d.lists[list]);
                         prop_assert_eq!(e.count as usize, d.lists[list].len());

@@ -16,6 +16,7 @@ fn backend(addr: &str, port: u16, local: bool) -> Backend {
         ip: ip(addr),
         port,
         local,
+        ready: true,
     }
 }
 
@@ -117,53 +118,83 @@ fn the_whole_table_matches_the_golden_script() {
     );
 }
 
+fn texts(rs: &Ruleset, chain: &str) -> Vec<String> {
+    rs.chains[chain].iter().map(|r| r.text.clone()).collect()
+}
+
 #[test]
 fn cluster_ips_and_node_ports_per_family() {
     let rs = render(&with(&[web()]));
-    let svc4 = obj(ServiceObject::Cluster, false, "prod/web/tcp/53");
-    let svc6 = obj(ServiceObject::Cluster, true, "prod/web/tcp/53");
-    let ext4 = obj(ServiceObject::External, false, "prod/web/tcp/53");
-    let ext6 = obj(ServiceObject::External, true, "prod/web/tcp/53");
-    assert!(elements(&rs, "mnl-svc-ips4").contains(&format!("10.96.0.10 . 6 . 53 : goto {svc4}")));
-    assert!(elements(&rs, "mnl-svc-ips6").contains(&format!("fd00:96::10 . 6 . 53 : goto {svc6}")));
+    assert!(
+        elements(&rs, "mnl-svc-ips4")
+            .contains(&"10.96.0.10 . 6 . 53 : goto mnl-pick4-cip-2".to_string())
+    );
+    assert!(
+        elements(&rs, "mnl-svc-ips6")
+            .contains(&"fd00:96::10 . 6 . 53 : goto mnl-pick6-cip-1".to_string())
+    );
     assert_eq!(
         elements(&rs, "mnl-svc-nodeports4"),
-        vec![format!("6 . 30053 : goto {ext4}")]
+        vec!["6 . 30053 : goto mnl-pick4-npext-2"]
     );
     assert_eq!(
         elements(&rs, "mnl-svc-nodeports6"),
-        vec![format!("6 . 30053 : goto {ext6}")]
+        vec!["6 . 30053 : goto mnl-pick6-npext-1"]
     );
-    // Two IPv4 backends, one IPv6 one, each with its DNAT chain.
-    let pick4 = rs.chains[&svc4].last().unwrap().text.clone();
-    assert!(pick4.starts_with("numgen random mod 2 vmap"), "{pick4}");
-    let pick6 = rs.chains[&svc6].last().unwrap().text.clone();
-    assert!(pick6.starts_with("numgen random mod 1 vmap"), "{pick6}");
-    let sep6 = obj(
-        ServiceObject::Backend,
-        true,
-        "prod/web/tcp/53/fd00:65::2/8080",
+    // The backends are data: two IPv4 ones per port, one IPv6 one.
+    let be4 = elements(&rs, "mnl-be4");
+    for e in [
+        "10.96.0.10 . 6 . 53 . 0 : 10.65.0.2 . 8080",
+        "10.96.0.10 . 6 . 53 . 1 : 10.65.1.3 . 8080",
+        "10.96.0.10 . 17 . 53 . 0 : 10.65.0.2 . 8080",
+        "10.96.0.10 . 17 . 53 . 1 : 10.65.1.3 . 8080",
+    ] {
+        assert!(be4.contains(&e.to_string()), "{be4:?}");
+    }
+    assert_eq!(be4.len(), 4);
+    assert_eq!(
+        elements(&rs, "mnl-be6"),
+        vec![
+            "fd00:96::10 . 17 . 53 . 0 : fd00:65::2 . 8080",
+            "fd00:96::10 . 6 . 53 . 0 : fd00:65::2 . 8080",
+        ]
     );
     assert_eq!(
-        rs.chains[&sep6]
-            .iter()
-            .map(|r| r.text.as_str())
-            .collect::<Vec<_>>(),
+        elements(&rs, "mnl-npbe4"),
         vec![
-            "ip6 saddr fd00:65::2 jump mnl-mark-masq",
-            "meta l4proto tcp dnat ip6 to [fd00:65::2]:8080",
+            "6 . 30053 . 0 : 10.65.0.2 . 8080",
+            "6 . 30053 . 1 : 10.65.1.3 . 8080"
         ]
+    );
+    assert_eq!(
+        elements(&rs, "mnl-hairpin4"),
+        vec!["10.65.0.2 . 10.65.0.2", "10.65.1.3 . 10.65.1.3"]
     );
     // Cluster traffic is masqueraded only when it did not come from a pod;
     // external traffic under the Cluster policy always.
-    assert!(rs.chains[&svc4][0].text.ends_with("jump mnl-masq-non-pod"));
-    assert_eq!(rs.chains[&ext4][0].text, "jump mnl-mark-masq");
+    assert_eq!(
+        texts(&rs, "mnl-pick4-cip-2"),
+        vec![
+            "jump mnl-masq-non-pod",
+            "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @mnl-be4",
+        ]
+    );
+    assert_eq!(
+        texts(&rs, "mnl-pick6-npext-1"),
+        vec![
+            "jump mnl-mark-masq",
+            "dnat ip6 to meta l4proto . th dport . numgen random mod 1 map @mnl-npbe6",
+        ]
+    );
+    // No chain of its own.
+    assert!(!rs.chains.keys().any(|c| c.contains("prod/web")));
     // A single-stack service has no node port in the other family.
     let mut v4 = web();
     v4.cluster_ips.truncate(1);
     let rs = render(&with(&[v4]));
     assert!(elements(&rs, "mnl-svc-nodeports6").is_empty());
-    assert!(!rs.chains.contains_key(&svc6));
+    assert!(elements(&rs, "mnl-be6").is_empty());
+    assert!(!rs.chains.contains_key("mnl-pick6-cip-1"));
 }
 
 #[test]
@@ -190,6 +221,91 @@ fn no_backends_is_a_reject_not_a_chain() {
 
 #[test]
 fn local_policies_use_local_backends() {
+    let mut edge = edge();
+    edge.affinity_timeout_seconds = None;
+    let rs = render(&with(&[edge.clone()]));
+    let ips = elements(&rs, "mnl-svc-ips4");
+    for e in [
+        "10.96.0.20 . 6 . 443 : goto mnl-pick4-cip-2",
+        "192.0.2.50 . 6 . 443 : goto mnl-pick4-loc-1",
+        "198.51.100.10 . 6 . 443 : goto mnl-pick4-loc-1",
+    ] {
+        assert!(ips.contains(&e.to_string()), "{ips:?}");
+    }
+    // Pods and the node itself reach the cluster backends.
+    assert!(
+        elements(&rs, "mnl-svc-xpod4")
+            .contains(&"192.0.2.50 . 6 . 443 : goto mnl-pick4-pod-2".to_string())
+    );
+    assert!(
+        elements(&rs, "mnl-svc-xnode4")
+            .contains(&"192.0.2.50 . 6 . 443 : goto mnl-pick4-node-2".to_string())
+    );
+    assert_eq!(
+        elements(&rs, "mnl-np-xpod4"),
+        vec!["6 . 30443 : goto mnl-pick4-nppod-2"]
+    );
+    assert_eq!(
+        elements(&rs, "mnl-svc-nodeports4"),
+        vec!["6 . 30443 : goto mnl-pick4-nploc-1"]
+    );
+    let be4 = elements(&rs, "mnl-be4");
+    for e in [
+        "192.0.2.50 . 6 . 443 . 0 : 10.65.0.7 . 8443",
+        "192.0.2.50 . 6 . 443 . 16777216 : 10.65.0.7 . 8443",
+        "192.0.2.50 . 6 . 443 . 16777217 : 10.65.1.8 . 8443",
+    ] {
+        assert!(be4.contains(&e.to_string()), "{be4:?}");
+    }
+    assert!(!be4.contains(&"192.0.2.50 . 6 . 443 . 1 : 10.65.1.8 . 8443".to_string()));
+    assert_eq!(
+        texts(&rs, "mnl-pick4-node-2"),
+        vec![
+            "jump mnl-mark-masq",
+            "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 offset 16777216 map @mnl-be4",
+        ]
+    );
+    assert_eq!(
+        texts(&rs, "mnl-pick4-loc-1"),
+        vec!["dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @mnl-be4"]
+    );
+    // No local backend: external traffic is rejected, cluster traffic not.
+    let mut none = edge.clone();
+    none.ports[0].local_backends.clear();
+    let rs = render(&with(&[none.clone()]));
+    assert!(
+        elements(&rs, "mnl-noep-ips4")
+            .contains(&"198.51.100.10 . 6 . 443 : goto mnl-svc-reject".to_string())
+    );
+    assert!(
+        elements(&rs, "mnl-noep-nodeports4")
+            .contains(&"6 . 30443 : goto mnl-svc-reject".to_string())
+    );
+    assert!(
+        elements(&rs, "mnl-svc-ips4")
+            .contains(&"10.96.0.20 . 6 . 443 : goto mnl-pick4-cip-2".to_string())
+    );
+    // internalTrafficPolicy Local: the cluster IP picks a local backend.
+    none.internal_traffic = TrafficPolicy::Local;
+    none.ports[0].local_backends = vec![backend("10.65.0.7", 8443, true)];
+    let rs = render(&with(&[none]));
+    assert!(
+        elements(&rs, "mnl-svc-ips4")
+            .contains(&"10.96.0.20 . 6 . 443 : goto mnl-pick4-cip-1".to_string())
+    );
+    assert_eq!(
+        elements(&rs, "mnl-be4")
+            .iter()
+            .filter(|e| e.starts_with("10.96.0.20 "))
+            .collect::<Vec<_>>(),
+        vec!["10.96.0.20 . 6 . 443 . 0 : 10.65.0.7 . 8443"]
+    );
+}
+
+/// A service with session affinity keeps kube-proxy's chains: affinity
+/// sets are per backend.
+#[test]
+fn affinity_services_keep_chains_with_local_policies() {
     let rs = render(&with(&[edge()]));
     let body = "prod/edge/tcp/443";
     let ext = obj(ServiceObject::External, false, body);
@@ -296,36 +412,68 @@ fn affinity_is_a_timeout_set_per_backend() {
 
 #[test]
 fn a_service_update_changes_only_that_service() {
-    let old = render(&cluster());
-    let mut web2 = web();
-    // One backend replaced, one removed.
-    for p in &mut web2.ports {
-        p.backends = vec![
-            backend("10.65.0.9", 8080, true),
-            backend("fd00:65::2", 8080, true),
-        ];
-        p.local_backends = p.backends.clone();
+    let config = NftConfig::default();
+    let key: ServiceKey = ("prod".into(), "web".into());
+    let update = |web2: &Service| {
+        let state = cluster();
+        let (programmed, mut claims) = render_indexed(&state, &config);
+        let before = web();
+        let changes: Vec<service_change::Change<'_>> = vec![(&key, Some(&before), Some(web2))];
+        let change = service_change::render_changes(&programmed, &mut claims, &changes, &config);
+        (programmed, change)
+    };
+    // One backend replaced: elements alone, of the maps that hold it.
+    let mut moved = web();
+    for p in &mut moved.ports {
+        p.backends[1] = backend("10.65.1.9", 8080, false);
     }
-    let new = render(&with(&[web2, edge(), gone()]));
-    let script = crate::script::incremental(&old, &new);
-    assert!(!script.is_empty());
-    for line in script.lines() {
-        assert!(line.contains("prod/web/"), "{line}");
+    let (programmed, change) = update(&moved);
+    let sets = crate::script::element_changes(&programmed, &change.old, &change.new).unwrap();
+    let touched: Vec<(&str, bool, Vec<&str>)> = sets
+        .iter()
+        .map(|c| (c.set, c.add, c.elements.clone()))
+        .collect();
+    assert_eq!(
+        touched,
+        vec![
+            (
+                "mnl-be4",
+                false,
+                vec![
+                    "10.96.0.10 . 17 . 53 . 1 : 10.65.1.3 . 8080",
+                    "10.96.0.10 . 6 . 53 . 1 : 10.65.1.3 . 8080",
+                ]
+            ),
+            (
+                "mnl-be4",
+                true,
+                vec![
+                    "10.96.0.10 . 17 . 53 . 1 : 10.65.1.9 . 8080",
+                    "10.96.0.10 . 6 . 53 . 1 : 10.65.1.9 . 8080",
+                ]
+            ),
+            ("mnl-hairpin4", false, vec!["10.65.1.3 . 10.65.1.3"]),
+            ("mnl-hairpin4", true, vec!["10.65.1.9 . 10.65.1.9"]),
+            ("mnl-npbe4", false, vec!["6 . 30053 . 1 : 10.65.1.3 . 8080"]),
+            ("mnl-npbe4", true, vec!["6 . 30053 . 1 : 10.65.1.9 . 8080"]),
+        ]
+    );
+    // One backend removed: a pick chain for one backend is written with
+    // the entries that name it, the one for two goes with its last user.
+    let mut fewer = web();
+    for p in &mut fewer.ports {
+        p.backends.remove(1);
     }
-    assert!(script.contains("10.65.0.9"));
-    assert!(script.contains("delete chain inet manul mnl-sep4-prod/web/tcp/53/10.65.1.3/8080"));
-    // Removing it removes its map entries, chains and nothing else.
-    let new = render(&with(&[edge(), gone()]));
-    let script = crate::script::incremental(&old, &new);
-    for line in script.lines() {
-        assert!(
-            line.contains("prod/web/")
-                || line.contains("10.96.0.10")
-                || line.contains("fd00:96::10")
-                || line.contains("30053"),
-            "{line}"
-        );
-    }
+    let (programmed, change) = update(&fewer);
+    assert!(crate::script::element_changes(&programmed, &change.old, &change.new).is_none());
+    let script = crate::script::incremental(&change.old, &change.new);
+    let pos = |needle: &str| {
+        script
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing from {script}"))
+    };
+    assert!(pos("add chain inet manul mnl-pick4-cip-1") < pos("goto mnl-pick4-cip-1"));
+    assert!(pos("goto mnl-pick4-cip-1") < pos("delete chain inet manul mnl-pick4-cip-2"));
 }
 
 #[test]
@@ -362,18 +510,20 @@ fn conflicting_claims_keep_the_first_service() {
     twin.name = "zz-twin".into();
     twin.ports[1].protocol = 1;
     let rs = render(&with(&[web(), twin]));
-    let svc4 = obj(ServiceObject::Cluster, false, "prod/web/tcp/53");
-    let ext4 = obj(ServiceObject::External, false, "prod/web/tcp/53");
     let ips: Vec<String> = elements(&rs, "mnl-svc-ips4")
         .into_iter()
         .filter(|e| e.starts_with("10.96.0.10 . 6 . 53 "))
         .collect();
-    assert_eq!(ips, vec![format!("10.96.0.10 . 6 . 53 : goto {svc4}")]);
+    assert_eq!(ips, vec!["10.96.0.10 . 6 . 53 : goto mnl-pick4-cip-2"]);
     assert_eq!(
         elements(&rs, "mnl-svc-nodeports4"),
-        vec![format!("6 . 30053 : goto {ext4}")]
+        vec!["6 . 30053 : goto mnl-pick4-npext-2"]
     );
-    assert!(!rs.chains.keys().any(|c| c.contains("zz-twin/1/")));
+    assert!(
+        !elements(&rs, "mnl-be4")
+            .iter()
+            .any(|e| e.contains(" . 1 . 53 "))
+    );
 }
 
 #[test]

@@ -62,6 +62,16 @@ fn backend(addr: &str, port: u16, local: bool) -> dp::Backend {
         ip: ip(addr),
         port,
         local,
+        ready: true,
+    }
+}
+
+/// A serving terminating backend: one only because its list has no ready
+/// endpoint.
+fn terminating(addr: &str, port: u16, local: bool) -> dp::Backend {
+    dp::Backend {
+        ready: false,
+        ..backend(addr, port, local)
     }
 }
 
@@ -132,8 +142,8 @@ fn cases() -> Vec<(&'static str, String, Option<Check>)> {
                 assert_eq!(
                     s.ports[0].backends,
                     [
-                        backend("10.65.0.5", 8080, false),
-                        backend("10.65.0.7", 8080, false)
+                        terminating("10.65.0.5", 8080, false),
+                        terminating("10.65.0.7", 8080, false)
                     ]
                 );
                 assert!(s.ports[0].local_backends.is_empty());
@@ -177,7 +187,8 @@ fn cases() -> Vec<(&'static str, String, Option<Check>)> {
                 assert_eq!(s.ports[0].backends, [backend("10.65.1.5", 8080, false)]);
                 assert_eq!(
                     s.ports[0].local_backends,
-                    [backend("10.65.0.6", 8080, true)]
+                    [terminating("10.65.0.6", 8080, true)],
+                    "ready: false, so the health check does not count it"
                 );
             })),
         ),
@@ -562,4 +573,43 @@ fn the_nodes_default_balancing_applies_without_the_annotation() {
         let s = emitted_by(&g).expect("emitted");
         assert_eq!(s.balancing, want, "{annotations}");
     }
+}
+
+#[test]
+fn a_graph_without_services_emits_none() {
+    let yaml = cluster_ip("") + &slice("web-1", "IPv4", HTTP, &[ep("10.65.0.5", NODE, "1--")]);
+    let mut g = CalcGraph::new(NODE).without_services();
+    let ops = g.apply(puts(&yaml));
+    assert!(
+        !ops.iter()
+            .any(|o| matches!(o, dp::Operation::ServiceUpdate(_))),
+        "{ops:?}"
+    );
+    assert_eq!(emitted_by(&g), None);
+    // The same input does emit it with services on.
+    assert!(emitted(&yaml).is_some());
+}
+
+/// Switching to kube-proxy: a driver that holds an earlier run's Services
+/// (stale, as after a restart) is resynced from a graph without services,
+/// and its `InSync` removes them all.
+#[test]
+fn leaving_services_to_kube_proxy_removes_those_programmed() {
+    use dp::Driver as _;
+    let yaml = cluster_ip("") + &slice("web-1", "IPv4", HTTP, &[ep("10.65.0.5", NODE, "1--")]);
+    let mut driver = dp::NullDriver::new();
+    let mut with = CalcGraph::new(NODE);
+    with.apply(puts(&yaml));
+    let mut ops = with.whole_state();
+    ops.push(dp::Operation::InSync);
+    driver.apply(&ops).unwrap();
+    assert_eq!(driver.state().services.len(), 1);
+
+    driver.mark_stale();
+    let mut without = CalcGraph::new(NODE).without_services();
+    without.apply(puts(&yaml));
+    let mut ops = without.whole_state();
+    ops.push(dp::Operation::InSync);
+    driver.apply(&ops).unwrap();
+    assert!(driver.state().services.is_empty());
 }

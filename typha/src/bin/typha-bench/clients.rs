@@ -90,6 +90,7 @@ pub fn apply_request(docs: impl IntoIterator<Item = String>) -> ApplyRequest {
                 expected_revision: None,
             })
             .collect(),
+        deletes: Vec::new(),
     }
 }
 

@@ -1,0 +1,210 @@
+//! The checks on what a run recorded, without I/O: acknowledged writes in
+//! every replica's final state, panics in logs, memory growth.
+
+use std::collections::BTreeMap;
+
+use crate::kv::{Input, Output, Recorded};
+
+/// A check's outcome, as the report shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Invariant {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Invariant {
+    pub fn new(name: &str, problems: &[String], fine: String) -> Invariant {
+        Invariant {
+            name: name.into(),
+            ok: problems.is_empty(),
+            detail: if problems.is_empty() {
+                fine
+            } else {
+                let shown: Vec<&str> = problems.iter().take(10).map(String::as_str).collect();
+                format!("{} problem(s): {}", problems.len(), shown.join("; "))
+            },
+        }
+    }
+}
+
+/// A key's final value on one replica: the write it holds and its
+/// revision, or `None` when absent.
+pub type Final = Option<(u64, u64)>;
+
+/// Every acknowledged change must be in every replica's final state: the
+/// key's final revision is at least the last acknowledged change's, and
+/// when equal it is that change (that write, or absent after a delete).
+/// An absent key whose last acknowledged change is a write needs a later
+/// delete whose outcome is unknown.
+pub fn acknowledged_writes(
+    history: &[Recorded],
+    finals: &BTreeMap<String, Vec<(String, Final)>>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (key, replicas) in finals {
+        let ops: Vec<&Recorded> = history.iter().filter(|r| &r.key == key).collect();
+        let last_ack = ops
+            .iter()
+            .filter_map(|r| match (&r.input, &r.output) {
+                (Input::Apply { write, .. }, Output::Written(rev)) => Some((*rev, Some(*write))),
+                (Input::Delete { .. }, Output::Written(rev)) => Some((*rev, None)),
+                _ => None,
+            })
+            .max_by_key(|(rev, _)| *rev);
+        let Some((ack_rev, ack_write)) = last_ack else {
+            continue;
+        };
+        let unknown_delete_after = ops
+            .iter()
+            .any(|r| matches!(r.input, Input::Delete { .. }) && r.output == Output::Unknown);
+        for (replica, fin) in replicas {
+            match (fin, ack_write) {
+                (Some((_, rev)), _) if *rev > ack_rev => {}
+                (Some((w, rev)), Some(aw)) if *rev == ack_rev && *w == aw => {}
+                (None, None) => {}
+                (None, Some(_)) if unknown_delete_after => {}
+                _ => problems.push(format!(
+                    "{key} on {replica}: final {fin:?}, last acknowledged {} at {ack_rev}",
+                    match ack_write {
+                        Some(w) => format!("write w{w}"),
+                        None => "delete".into(),
+                    }
+                )),
+            }
+        }
+    }
+    problems
+}
+
+/// The lines of a log that report a panic.
+pub fn panics(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("panicked at") || l.contains("RUST_BACKTRACE"))
+        .map(|l| l.chars().take(300).collect())
+        .collect()
+}
+
+/// The least-squares slope of `samples` (seconds, bytes): bytes per
+/// second. `None` with fewer than two distinct times.
+pub fn slope(samples: &[(f64, f64)]) -> Option<f64> {
+    let n = samples.len() as f64;
+    if samples.len() < 2 {
+        return None;
+    }
+    let mx = samples.iter().map(|s| s.0).sum::<f64>() / n;
+    let my = samples.iter().map(|s| s.1).sum::<f64>() / n;
+    let sxx: f64 = samples.iter().map(|s| (s.0 - mx).powi(2)).sum();
+    let sxy: f64 = samples.iter().map(|s| (s.0 - mx) * (s.1 - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
+/// Memory is bounded when, over the second half of the run (after start
+/// up and the first caches), the fitted growth would add less than
+/// `max_per_hour` bytes in an hour. Returns the fitted growth per hour.
+pub fn memory_growth_per_hour(samples: &[(f64, f64)]) -> Option<f64> {
+    let end = samples.iter().map(|s| s.0).fold(0.0, f64::max);
+    let late: Vec<(f64, f64)> = samples
+        .iter()
+        .copied()
+        .filter(|s| s.0 >= end / 2.0)
+        .collect();
+    slope(&late).map(|s| s * 3600.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(key: &str, input: Input, output: Output) -> Recorded {
+        Recorded {
+            key: key.into(),
+            input,
+            output,
+            call: 0,
+            ret: 1,
+        }
+    }
+
+    #[test]
+    fn the_last_acknowledged_write_must_survive_everywhere() {
+        let history = [
+            rec(
+                "a",
+                Input::Apply {
+                    write: 1,
+                    expected: None,
+                },
+                Output::Written(5),
+            ),
+            rec(
+                "a",
+                Input::Apply {
+                    write: 2,
+                    expected: None,
+                },
+                Output::Written(8),
+            ),
+            rec("b", Input::Delete { expected: None }, Output::Written(9)),
+        ];
+        let finals = BTreeMap::from([
+            (
+                "a".to_string(),
+                vec![
+                    ("t1".to_string(), Some((2, 8))),
+                    ("t2".to_string(), Some((1, 5))),
+                ],
+            ),
+            ("b".to_string(), vec![("t1".to_string(), None)]),
+        ]);
+        let problems = acknowledged_writes(&history, &finals);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("a on t2"));
+    }
+
+    #[test]
+    fn a_later_unknown_write_may_replace_an_acknowledged_one() {
+        let history = [
+            rec(
+                "a",
+                Input::Apply {
+                    write: 1,
+                    expected: None,
+                },
+                Output::Written(5),
+            ),
+            rec(
+                "a",
+                Input::Apply {
+                    write: 2,
+                    expected: None,
+                },
+                Output::Unknown,
+            ),
+            rec("a", Input::Delete { expected: None }, Output::Unknown),
+        ];
+        for fin in [Some((1, 5)), Some((2, 7)), None] {
+            let finals = BTreeMap::from([("a".to_string(), vec![("t1".to_string(), fin)])]);
+            assert!(acknowledged_writes(&history, &finals).is_empty(), "{fin:?}");
+        }
+    }
+
+    #[test]
+    fn panics_are_found_in_logs() {
+        let log = "INFO started\nthread 'raft' panicked at src/node.rs:3:5:\nboom\n";
+        assert_eq!(panics(log).len(), 1);
+        assert!(panics("INFO all good\n").is_empty());
+    }
+
+    #[test]
+    fn growth_is_fitted_over_the_second_half() {
+        // 1 MB/s for the first half, flat after: bounded.
+        let mut s: Vec<(f64, f64)> = (0..50).map(|t| (t as f64, 1e6 * t as f64)).collect();
+        s.extend((50..100).map(|t| (t as f64, 5e7)));
+        assert!(memory_growth_per_hour(&s).unwrap().abs() < 1.0);
+        let leak: Vec<(f64, f64)> = (0..100).map(|t| (t as f64, 1e3 * t as f64)).collect();
+        let g = memory_growth_per_hour(&leak).unwrap();
+        assert!((g - 3.6e6).abs() < 1.0, "{g}");
+        assert_eq!(slope(&[(1.0, 1.0)]), None);
+    }
+}

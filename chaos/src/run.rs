@@ -1,0 +1,856 @@
+//! One chaos run: the cluster and its workload, the recorded API
+//! workers, the Sync watchers and the prober in the background; faults,
+//! pod and policy churn, convergence and process samples in the main loop;
+//! then the end checks and the report.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use manul_client::Client;
+use manul_local_cluster::{LocalCluster, PodSpec, procs};
+
+use crate::ChaosError;
+use crate::faults::{self, Active};
+use crate::invariants::{self, Final, Invariant};
+use crate::kv;
+use crate::linearizability::Verdict;
+use crate::probes::{self, Probes};
+use crate::report::*;
+use crate::schedule::{self, Planned, SETTLE};
+use crate::setup::{self, NAMESPACE, REPLICAS};
+use crate::watch::{self, Watched};
+use crate::workload::{self, History};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Prefix of the cluster's namespaces.
+    pub name: String,
+    pub nodes: usize,
+    /// "ci", "soak" or "seed".
+    pub mode: String,
+    pub seed: Option<u64>,
+    pub schedule: Vec<Planned>,
+    /// How long the run lasts (the schedule ends before).
+    pub length: Duration,
+    pub out: PathBuf,
+    /// The small disk's size.
+    pub small_disk_mib: u64,
+}
+
+/// How long after a heal every Felix must have the leader's revision, and
+/// every allowed pair must connect again.
+pub const CONVERGENCE: Duration = Duration::from_secs(2);
+
+/// The budget of the linearizability search per key.
+const SEARCH_BUDGET: u64 = 2_000_000;
+
+/// The CI schedule and length.
+pub fn ci_config(name: &str, out: PathBuf) -> RunConfig {
+    let schedule = schedule::ci(Duration::from_secs(5));
+    let end = schedule
+        .last()
+        .map(|p| p.at + p.duration + SETTLE)
+        .unwrap_or_default();
+    RunConfig {
+        name: name.into(),
+        nodes: 3,
+        mode: "ci".into(),
+        seed: None,
+        schedule,
+        length: end,
+        out,
+        small_disk_mib: 96,
+    }
+}
+
+/// A random schedule from `seed` lasting `length`.
+pub fn seeded_config(
+    name: &str,
+    out: PathBuf,
+    seed: u64,
+    length: Duration,
+    mode: &str,
+) -> RunConfig {
+    RunConfig {
+        name: name.into(),
+        nodes: 3,
+        mode: mode.into(),
+        seed: Some(seed),
+        schedule: schedule::random(seed, Duration::from_secs(5), length),
+        length,
+        out,
+        small_disk_mib: 128,
+    }
+}
+
+/// Seconds, CPU (percent of a core), RSS (MiB).
+type Sample = (f64, f64, f64);
+
+/// The state of the main loop.
+struct Run {
+    start: Instant,
+    events: Vec<Event>,
+    faults: Vec<FaultRecord>,
+    /// Samples by process name and pid.
+    samples: BTreeMap<(String, u32), Vec<Sample>>,
+    last_cpu: BTreeMap<u32, (f64, f64)>,
+}
+
+impl Run {
+    fn t(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    fn event(&mut self, what: String) {
+        tracing::info!("{what}");
+        let t = self.t();
+        self.events.push(Event { t, what });
+    }
+
+    fn sample(&mut self, c: &LocalCluster) {
+        let t = self.t();
+        let mut procs_now: Vec<(String, u32)> = (0..REPLICAS)
+            .filter_map(|k| Some((format!("typha-{}", k + 1), c.typha_pid(k)?)))
+            .collect();
+        let (_, felixes) = c.process_ids();
+        for (i, pid) in felixes.into_iter().enumerate() {
+            procs_now.push((format!("felix-node{}", i + 1), pid));
+        }
+        for (name, pid) in procs_now {
+            let Some((cpu, rss)) = procs::usage(pid) else {
+                continue;
+            };
+            let percent = match self.last_cpu.insert(pid, (t, cpu)) {
+                Some((t0, cpu0)) if t > t0 => 100.0 * (cpu - cpu0) / (t - t0),
+                _ => 0.0,
+            };
+            self.samples.entry((name, pid)).or_default().push((
+                t,
+                percent,
+                rss as f64 / (1024.0 * 1024.0),
+            ));
+        }
+    }
+}
+
+fn churn_pod(n: u64, nodes: usize) -> PodSpec {
+    PodSpec {
+        namespace: NAMESPACE.into(),
+        name: format!("churn-{n}"),
+        labels: BTreeMap::from([("app".to_string(), "churn".to_string())]),
+        node: (n as usize) % nodes,
+        tcp_ports: Vec::new(),
+        udp_ports: Vec::new(),
+        service_account: None,
+    }
+}
+
+/// A churn policy: on the servers (one more allow, from a role no pod has)
+/// or on the churn pods.
+fn churn_policy(n: u64) -> String {
+    let (selector, source) = if n.is_multiple_of(2) {
+        ("app == 'server'", format!("role == 'extra-{}'", n % 7))
+    } else {
+        ("app == 'churn'", "role == 'allowed'".to_string())
+    };
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: churn-{}, namespace: {NAMESPACE}}}\nspec:\n  selector: {selector}\n  order: {}\n  ingress:\n  - action: Allow\n    protocol: TCP\n    source: {{selector: \"{source}\"}}\n    destination: {{ports: [{}]}}\n",
+        n % 5,
+        100 + n % 50,
+        9000 + n % 100
+    )
+}
+
+/// Runs the chaos test and writes its report; returns the report.
+pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
+    let mut c = setup::cluster(&config.name, config.nodes, config.small_disk_mib)?;
+    let pairs = setup::workload(&mut c)?;
+    let rt = setup::runtime(&c)?;
+    let admin = setup::admin_config(&c)?;
+    let api_clients = setup::clients(&rt, &c.typha_addresses(), &admin)?;
+    let peer_clients = setup::clients(&rt, &c.typha_peer_addresses(), &admin)?;
+    let writer = {
+        let (addrs, admin) = (c.typha_addresses(), admin.clone());
+        setup::on(
+            &rt,
+            async move { Client::connect_with(&addrs, admin).await },
+        )?
+        .map_err(|e| ChaosError::Setup(format!("connecting: {e}")))?
+    };
+
+    let start = Instant::now();
+    let stop_workers = Arc::new(AtomicBool::new(false));
+    let stop_watch = Arc::new(AtomicBool::new(false));
+    let stop_probes = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(History::default());
+    let mut workers = Vec::new();
+    for (w, client) in (0..4).map(|w| (w, api_clients[w % REPLICAS].clone())) {
+        let seed = config
+            .seed
+            .unwrap_or(1)
+            .wrapping_mul(31)
+            .wrapping_add(w as u64);
+        workers.push(rt.spawn(workload::worker(
+            client,
+            history.clone(),
+            seed,
+            stop_workers.clone(),
+        )));
+    }
+    let watched: Vec<Arc<Watched>> = (0..REPLICAS)
+        .map(|_| Arc::new(Watched::default()))
+        .collect();
+    let mut watchers = Vec::new();
+    for (k, w) in watched.iter().enumerate() {
+        watchers.push(rt.spawn(watch::follow(
+            api_clients[k].clone(),
+            format!("chaos-watch-{}", k + 1),
+            w.clone(),
+            stop_watch.clone(),
+        )));
+    }
+    let probe_log = Arc::new(Probes::default());
+    let prober = {
+        let (pairs, log, stop) = (pairs.clone(), probe_log.clone(), stop_probes.clone());
+        std::thread::spawn(move || probes::run(pairs, start, log, stop))
+    };
+
+    let mut run = Run {
+        start,
+        events: Vec::new(),
+        faults: Vec::new(),
+        samples: BTreeMap::new(),
+        last_cpu: BTreeMap::new(),
+    };
+    let mut pending: std::collections::VecDeque<Planned> =
+        config.schedule.iter().copied().collect();
+    let mut active: Option<(Active, usize)> = None;
+    // After a heal: the fault's index, the heal time, the revision to reach.
+    let mut converging: Option<(usize, f64, u64)> = None;
+    let mut churn_pods: std::collections::VecDeque<String> = Default::default();
+    let (mut pod_n, mut policy_n) = (0u64, 0u64);
+    let (mut next_pod, mut next_policy, mut next_sample) = (0.0, 0.0, 0.0);
+    let nodes = c.nodes().len();
+
+    while start.elapsed() < config.length {
+        let t = run.t();
+        // Faults.
+        if active.is_none()
+            && pending.front().is_some_and(|p| p.at.as_secs_f64() <= t)
+            && let Some(p) = pending.pop_front()
+        {
+            {
+                let statuses = statuses_of(&rt, &peer_clients);
+                let leader = faults::leader(&statuses);
+                match faults::inject(&mut c, p, leader) {
+                    Ok(a) => {
+                        run.event(format!("inject {} on {}", p.kind.name(), a.target));
+                        run.faults.push(FaultRecord {
+                            kind: p.kind.name().into(),
+                            target: a.target.clone(),
+                            start: run.t(),
+                            healed: None,
+                            felix_convergence: None,
+                            allowed_recovery: None,
+                        });
+                        let index = run.faults.len() - 1;
+                        active = Some((a, index));
+                        converging = None;
+                    }
+                    Err(e) => run.event(format!("cannot inject {}: {e}", p.kind.name())),
+                }
+            }
+        }
+        if let Some((a, index)) = &active {
+            let (a, index) = (a.clone(), *index);
+            let start_t = run.faults[index].start;
+            if t >= start_t + a.planned.duration.as_secs_f64() {
+                if let Err(e) = faults::heal(&mut c, &a) {
+                    run.event(format!("cannot heal {}: {e}", a.planned.kind.name()));
+                }
+                let healed = run.t();
+                run.faults[index].healed = Some(healed);
+                run.event(format!("healed {} on {}", a.planned.kind.name(), a.target));
+                let statuses = statuses_of(&rt, &peer_clients);
+                let target = faults::leader(&statuses)
+                    .and_then(|l| statuses[l].as_ref().map(|s| s.applied_revision))
+                    .unwrap_or_else(|| {
+                        statuses
+                            .iter()
+                            .flatten()
+                            .map(|s| s.applied_revision)
+                            .max()
+                            .unwrap_or(0)
+                    });
+                converging = Some((index, healed, target));
+                active = None;
+            }
+        }
+        // Felix convergence after the last heal.
+        if let Some((index, healed, target)) = converging {
+            let all = c
+                .nodes()
+                .iter()
+                .all(|n| c.felix_revision(n).is_ok_and(|r| r >= target));
+            if all {
+                run.faults[index].felix_convergence = Some(run.t() - healed);
+                converging = None;
+            } else if run.t() - healed > 15.0 {
+                run.event(format!(
+                    "Felix did not reach revision {target} within 15 s of the heal"
+                ));
+                converging = None;
+            }
+        }
+        // Processes that died on their own are recorded and restarted.
+        for k in 0..REPLICAS {
+            // A killed replica restarts when its fault heals, one on a full
+            // disk once the disk has room again.
+            let killed = active.as_ref().is_some_and(|(a, _)| {
+                a.undo == faults::Undo::RestartTypha(k)
+                    || (a.undo == faults::Undo::FreeDisk && k == setup::SMALL_DISK_REPLICA)
+            });
+            if !killed && let Some(status) = c.typha_exited(k) {
+                run.event(format!(
+                    "typha-{} exited on its own ({status}); restarting it",
+                    k + 1
+                ));
+                if let Err(e) = c.restart_typha(k) {
+                    run.event(format!("cannot restart typha-{}: {e}", k + 1));
+                }
+            }
+        }
+        for i in 0..nodes {
+            if let Some(status) = c.felix_exited(i) {
+                run.event(format!(
+                    "felix-node{} exited on its own ({status}); restarting it",
+                    i + 1
+                ));
+                if let Err(e) = c.restart_felix(i) {
+                    run.event(format!("cannot restart felix-node{}: {e}", i + 1));
+                }
+            }
+        }
+        // Churn.
+        if t >= next_policy {
+            next_policy = t + 1.0;
+            policy_n += 1;
+            let result = if policy_n % 4 == 0 {
+                let key = manul_model::resource::ResourceKey {
+                    kind: manul_model::resource::Kind::NetworkPolicy,
+                    namespace: Some(NAMESPACE.into()),
+                    name: format!("churn-{}", policy_n % 5),
+                };
+                let w = writer.clone();
+                setup::on(&rt, async move {
+                    tokio::time::timeout(Duration::from_secs(3), w.delete(&key, None)).await
+                })
+                .ok()
+                .and_then(Result::ok)
+                .map(|r| r.map(|_| ()))
+            } else {
+                match manul_local_cluster::cluster::parse(&churn_policy(policy_n)) {
+                    Ok(resources) => {
+                        let w = writer.clone();
+                        setup::on(&rt, async move {
+                            tokio::time::timeout(Duration::from_secs(3), w.apply(&resources)).await
+                        })
+                        .ok()
+                        .and_then(Result::ok)
+                        .map(|r| r.map(|_| ()))
+                    }
+                    Err(e) => {
+                        run.event(format!("churn policy: {e}"));
+                        Some(Ok(()))
+                    }
+                }
+            };
+            match result {
+                Some(Ok(())) => {}
+                Some(Err(e)) => run.event(format!("policy churn: {e}")),
+                None => run.event("policy churn: no answer within 3 s".into()),
+            }
+        }
+        if t >= next_pod {
+            next_pod = t + 3.0;
+            if churn_pods.len() < nodes * 2 {
+                pod_n += 1;
+                match c.add_pod(churn_pod(pod_n, nodes)) {
+                    Ok(p) => churn_pods.push_back(p.key()),
+                    Err(e) => run.event(format!("pod churn (add): {e}")),
+                }
+            } else if let Some(key) = churn_pods.pop_front()
+                && let Err(e) = c.remove_pod(&key)
+            {
+                run.event(format!("pod churn (remove {key}): {e}"));
+            }
+        }
+        if t >= next_sample {
+            next_sample = t + 1.0;
+            run.sample(&c);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Heal whatever is still going on.
+    if let Some((a, index)) = active.take() {
+        let _ = faults::heal(&mut c, &a);
+        run.faults[index].healed = Some(run.t());
+    }
+    finish(
+        config,
+        c,
+        rt,
+        run,
+        Finish {
+            history,
+            watched,
+            api_clients,
+            peer_clients,
+            workers,
+            watchers,
+            stop_workers,
+            stop_watch,
+            stop_probes,
+            prober,
+            probe_log,
+            pairs,
+        },
+    )
+}
+
+/// Every replica's own status, from the control plane.
+fn statuses_of(
+    rt: &tokio::runtime::Runtime,
+    peers: &[Client],
+) -> Vec<Option<manul_proto::v1::ReplicaStatus>> {
+    let peers = peers.to_vec();
+    setup::on(rt, async move { faults::statuses(&peers).await }).unwrap_or_default()
+}
+
+/// What the end of a run needs from its start.
+struct Finish {
+    history: Arc<History>,
+    watched: Vec<Arc<Watched>>,
+    api_clients: Vec<Client>,
+    peer_clients: Vec<Client>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+    stop_workers: Arc<AtomicBool>,
+    stop_watch: Arc<AtomicBool>,
+    stop_probes: Arc<AtomicBool>,
+    prober: std::thread::JoinHandle<()>,
+    probe_log: Arc<Probes>,
+    pairs: Vec<setup::Pair>,
+}
+
+fn finish(
+    config: &RunConfig,
+    mut c: LocalCluster,
+    rt: tokio::runtime::Runtime,
+    mut run: Run,
+    f: Finish,
+) -> Result<Report, ChaosError> {
+    f.stop_workers.store(true, Ordering::Relaxed);
+    for w in f.workers {
+        let _ = rt.block_on(async move { tokio::time::timeout(Duration::from_secs(10), w).await });
+    }
+    run.event("churn stopped; waiting for the replicas to agree".into());
+    let mut invariants = Vec::new();
+    // Every replica at one revision with one state hash.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let statuses = loop {
+        let s = statuses_of(&rt, &f.peer_clients);
+        let agreed = s.iter().all(Option::is_some)
+            && s.iter()
+                .flatten()
+                .map(|r| (r.applied_revision, r.state_hash.clone()))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == 1;
+        if agreed || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let replicas: Vec<ReplicaFinal> = statuses
+        .iter()
+        .enumerate()
+        .map(|(k, s)| ReplicaFinal {
+            replica: k,
+            applied_revision: s.as_ref().map_or(0, |s| s.applied_revision),
+            state_hash: s
+                .as_ref()
+                .map_or_else(String::new, |s| s.state_hash.clone()),
+        })
+        .collect();
+    let hashes: std::collections::BTreeSet<&str> =
+        replicas.iter().map(|r| r.state_hash.as_str()).collect();
+    let final_revision = replicas
+        .iter()
+        .map(|r| r.applied_revision)
+        .max()
+        .unwrap_or(0);
+    let mut problems = Vec::new();
+    if hashes.len() != 1 || hashes.contains("") {
+        problems.push(format!("replicas disagree: {replicas:?}"));
+    }
+    // Each key's final value through each replica (recorded as gets).
+    let mut finals: BTreeMap<String, Vec<(String, Final)>> = BTreeMap::new();
+    for (k, client) in f.api_clients.iter().enumerate() {
+        let before = f.history.operations().len();
+        let (client, history) = (client.clone(), f.history.clone());
+        match setup::on(&rt, async move {
+            workload::final_reads(&client, &history).await
+        }) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => problems.push(format!("final reads on typha-{}: {e}", k + 1)),
+            Err(e) => problems.push(format!("final reads on typha-{}: {e}", k + 1)),
+        }
+        for r in &f.history.operations()[before..] {
+            let fin = match r.output {
+                kv::Output::Found { write, revision } => Some((write, revision)),
+                _ => None,
+            };
+            finals
+                .entry(r.key.clone())
+                .or_default()
+                .push((format!("typha-{}", k + 1), fin));
+        }
+    }
+    run.event("final reads done".into());
+    let history = f.history.operations();
+    problems.extend(invariants::acknowledged_writes(&history, &finals));
+    invariants.push(Invariant::new(
+        "no acknowledged write lost",
+        &problems,
+        format!(
+            "{} replicas at revision {final_revision} with state hash {}; every key's last acknowledged change on each",
+            replicas.len(),
+            hashes.iter().next().copied().unwrap_or("")
+        ),
+    ));
+    // Linearizability.
+    run.event("replicas compared".into());
+    let verdicts = kv::check_all(&history, SEARCH_BUDGET);
+    let bad: Vec<String> = verdicts
+        .iter()
+        .filter(|(_, v)| **v != Verdict::Linearizable)
+        .map(|(k, v)| format!("{k}: {v:?}"))
+        .collect();
+    invariants.push(Invariant::new(
+        "the API history is linearizable",
+        &bad,
+        format!("{} operations on {} keys", history.len(), verdicts.len()),
+    ));
+    run.event(format!(
+        "linearizability checked ({} operations)",
+        history.len()
+    ));
+    let summary = HistorySummary {
+        operations: history.len(),
+        applies: history
+            .iter()
+            .filter(|r| matches!(r.input, kv::Input::Apply { .. }))
+            .count(),
+        gets: history.iter().filter(|r| r.input == kv::Input::Get).count(),
+        deletes: history
+            .iter()
+            .filter(|r| matches!(r.input, kv::Input::Delete { .. }))
+            .count(),
+        unknown: history
+            .iter()
+            .filter(|r| r.output == kv::Output::Unknown)
+            .count(),
+        conflicts: history
+            .iter()
+            .filter(|r| r.output == kv::Output::Conflict)
+            .count(),
+        verdicts: verdicts
+            .iter()
+            .map(|(k, v)| (k.clone(), format!("{v:?}")))
+            .collect(),
+    };
+    // The streams reach the final revision and hold the replicas' state.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && f.watched
+            .iter()
+            .any(|w| w.snapshot().revision < final_revision)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f.stop_watch.store(true, Ordering::Relaxed);
+    for w in f.watchers {
+        let _ = rt.block_on(async move { tokio::time::timeout(Duration::from_secs(10), w).await });
+    }
+    run.event("streams checked".into());
+    let mut stream_problems = Vec::new();
+    let streams: Vec<StreamSummary> = f
+        .watched
+        .iter()
+        .enumerate()
+        .map(|(k, w)| {
+            let s = w.snapshot();
+            for v in &s.violations {
+                stream_problems.push(format!("typha-{}: {v}", k + 1));
+            }
+            if s.revision != replicas[k].applied_revision
+                || s.state_hash() != replicas[k].state_hash
+            {
+                stream_problems.push(format!(
+                    "typha-{}: the stream is at {} with hash {}, the replica at {} with {}",
+                    k + 1,
+                    s.revision,
+                    s.state_hash(),
+                    replicas[k].applied_revision,
+                    replicas[k].state_hash
+                ));
+            }
+            StreamSummary {
+                replica: k,
+                connections: w.connections.load(Ordering::Relaxed),
+                snapshots: s.snapshots,
+                resumes: s.resumes,
+                batches: s.batches,
+                revision: s.revision,
+                state_hash: s.state_hash(),
+                violations: s.violations.clone(),
+            }
+        })
+        .collect();
+    invariants.push(Invariant::new(
+        "Sync streams ordered, without gaps or duplicates; snapshot plus deltas equal the state",
+        &stream_problems,
+        format!(
+            "{} batches, {} resumes, {} snapshots over {} streams",
+            streams.iter().map(|s| s.batches).sum::<u64>(),
+            streams.iter().map(|s| s.resumes).sum::<u64>(),
+            streams.iter().map(|s| s.snapshots).sum::<u64>(),
+            streams.len()
+        ),
+    ));
+    // Every Felix at the final revision.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let behind = loop {
+        let behind: Vec<String> = c
+            .nodes()
+            .iter()
+            .filter_map(|n| {
+                let r = c.felix_revision(n).unwrap_or(0);
+                (r < final_revision).then(|| format!("{} at {r}", n.name))
+            })
+            .collect();
+        if behind.is_empty() || Instant::now() > deadline {
+            break behind;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    f.stop_probes.store(true, Ordering::Relaxed);
+    let _ = f.prober.join();
+    let results = f.probe_log.all();
+    // Convergence after each heal.
+    let mut slow = behind
+        .into_iter()
+        .map(|b| format!("at the end {b}, below {final_revision}"))
+        .collect::<Vec<_>>();
+    for fault in &mut run.faults {
+        let Some(healed) = fault.healed else { continue };
+        fault.allowed_recovery = allowed_recovery(&results, healed);
+        match fault.felix_convergence {
+            Some(s) if s <= CONVERGENCE.as_secs_f64() => {}
+            other => slow.push(format!(
+                "{} on {}: Felix at the leader's revision after {}",
+                fault.kind,
+                fault.target,
+                other.map_or_else(|| "more than 15 s".into(), |s| format!("{s:.2} s"))
+            )),
+        }
+        if fault
+            .allowed_recovery
+            .is_none_or(|s| s > CONVERGENCE.as_secs_f64())
+        {
+            slow.push(format!(
+                "{} on {}: allowed pairs failing {} after the heal",
+                fault.kind,
+                fault.target,
+                fault
+                    .allowed_recovery
+                    .map_or_else(|| "until the end".into(), |s| format!("{s:.2} s"))
+            ));
+        }
+    }
+    let worst = run
+        .faults
+        .iter()
+        .filter_map(|f| f.felix_convergence)
+        .fold(0.0, f64::max);
+    invariants.push(Invariant::new(
+        "every Felix at the leader's revision and allowed pairs working within 2 s of each heal",
+        &slow,
+        format!("slowest Felix convergence {worst:.2} s"),
+    ));
+    let probes = ProbeSummary::of(
+        &results,
+        f.pairs
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} -> {} ({})",
+                    p.from,
+                    p.to,
+                    if p.allowed { "allowed" } else { "denied" }
+                )
+            })
+            .collect(),
+    );
+    let unexpected: Vec<String> = results
+        .iter()
+        .filter(|r| !r.allowed && r.connected)
+        .map(|r| format!("{} at {:.2} s", probes.pairs[r.pair], r.t))
+        .collect();
+    invariants.push(Invariant::new(
+        "zero unexpected allows",
+        &unexpected,
+        format!("{} denied probes, none connected", probes.denied_probes),
+    ));
+    // Panics in any log.
+    let mut logs: Vec<(String, PathBuf)> = (0..REPLICAS)
+        .map(|k| (format!("typha-{}", k + 1), c.typha_log(k)))
+        .collect();
+    for n in c.nodes() {
+        logs.push((format!("felix-{}", n.name), n.log.clone()));
+    }
+    let mut panics = Vec::new();
+    for (name, path) in &logs {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        panics.extend(
+            invariants::panics(&text)
+                .into_iter()
+                .map(|l| format!("{name}: {l}")),
+        );
+    }
+    invariants.push(Invariant::new(
+        "no panic in any log",
+        &panics,
+        format!("{} logs read", logs.len()),
+    ));
+    // Memory.
+    let mut processes: BTreeMap<String, ProcessSeries> = BTreeMap::new();
+    let mut growth_problems = Vec::new();
+    for ((name, _pid), samples) in &run.samples {
+        let p = processes
+            .entry(name.clone())
+            .or_insert_with(|| ProcessSeries {
+                name: name.clone(),
+                ..ProcessSeries::default()
+            });
+        p.samples.extend(samples.iter().copied());
+    }
+    for p in processes.values_mut() {
+        // The process's longest life decides (a restart starts afresh).
+        let longest = run
+            .samples
+            .iter()
+            .filter(|((n, _), _)| *n == p.name)
+            .map(|(_, s)| s)
+            .max_by_key(|s| s.len());
+        if let Some(series) = longest.filter(|s| s.len() >= 20) {
+            let rss: Vec<(f64, f64)> = series.iter().map(|s| (s.0, s.2)).collect();
+            p.growth_mib_per_hour = invariants::memory_growth_per_hour(&rss);
+        }
+    }
+    for p in processes.values_mut() {
+        p.samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let median = {
+            let mut r: Vec<f64> = p.samples.iter().map(|s| s.2).collect();
+            r.sort_by(f64::total_cmp);
+            r.get(r.len() / 2).copied().unwrap_or(0.0)
+        };
+        // Bounded: the fitted growth, carried over the whole run, stays
+        // under half the process's median size (and 32 MiB).
+        let hours = run.t() / 3600.0;
+        if let Some(g) = p.growth_mib_per_hour
+            && g * hours > (0.5 * median).max(32.0)
+        {
+            growth_problems.push(format!(
+                "{}: {g:.0} MiB/h fitted growth, {:.0} MiB over the run (median {median:.0} MiB)",
+                p.name,
+                g * hours
+            ));
+        }
+    }
+    invariants.push(Invariant::new(
+        "memory bounded (fitted growth over the second half of each process's life)",
+        &growth_problems,
+        format!("{} processes sampled", processes.len()),
+    ));
+    let ok = invariants.iter().all(|i| i.ok);
+    let logs_kept = if ok {
+        None
+    } else {
+        let dir = c.keep_work_dir();
+        Some(dir.display().to_string())
+    };
+    let report = Report {
+        mode: config.mode.clone(),
+        seed: config.seed,
+        nodes: config.nodes,
+        seconds: run.t(),
+        ok,
+        invariants,
+        faults: run.faults,
+        events: run.events,
+        probes,
+        history: summary,
+        streams,
+        replicas,
+        processes: processes.into_values().collect(),
+        logs: logs_kept,
+    };
+    report.write(&config.out)?;
+    // The whole recorded history, for replaying a verdict.
+    let path = config.out.join("history.json");
+    let json =
+        serde_json::to_string(&history).map_err(|e| ChaosError::Setup(format!("history: {e}")))?;
+    std::fs::write(&path, json).map_err(|e| ChaosError::io(&path, e))?;
+    drop(f.api_clients);
+    drop(f.peer_clients);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    drop(c);
+    Ok(report)
+}
+
+/// Seconds from `healed` until every allowed pair's last failure within
+/// the settle time after it (0 when none failed); `None` when one was
+/// still failing at the end of that window.
+fn allowed_recovery(results: &[probes::ProbeResult], healed: f64) -> Option<f64> {
+    let window = healed + SETTLE.as_secs_f64();
+    let after: Vec<&probes::ProbeResult> = results
+        .iter()
+        .filter(|r| r.allowed && r.t >= healed && r.t < window)
+        .collect();
+    let last_failure = after
+        .iter()
+        .filter(|r| !r.connected)
+        .map(|r| r.t)
+        .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
+    let Some(last_failure) = last_failure else {
+        return Some(0.0);
+    };
+    // Every pair that failed must have connected after its last failure.
+    let mut pairs: BTreeMap<usize, (f64, bool)> = BTreeMap::new();
+    for r in &after {
+        let e = pairs.entry(r.pair).or_insert((f64::MIN, true));
+        if r.t >= e.0 {
+            *e = (r.t, r.connected);
+        }
+    }
+    pairs
+        .values()
+        .all(|(_, ok)| *ok)
+        .then_some(last_failure - healed)
+}

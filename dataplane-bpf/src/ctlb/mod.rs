@@ -1,0 +1,466 @@
+//! Connect-time load balancing (Calico's `bpfConnectTimeLoadBalancing`):
+//! `bpf/manul_ctlb.c`'s cgroup programs give a socket its service backend
+//! when it connects (TCP, connected UDP) or sends a datagram (unconnected
+//! UDP), and answer `getpeername` and `recvmsg` with the service address.
+//! They read the same frontend and backend maps as the TC programs, so a
+//! service change is still map writes only.
+//!
+//! A socket connected to a backend keeps it; when the backend leaves its
+//! list, [`ConnectTimeLb::reap`] finds the connected sockets that were
+//! given it (`manul_ctlb_sock`) and destroys them with `bpf_sock_destroy`
+//! from a TCP and a UDP socket iterator run in each network namespace
+//! until all are gone: a connected UDP socket stuck on a DNS server that
+//! moved gets an error (`ECONNABORTED`, and it is no longer connected) and
+//! the application connects again, to a live backend.
+//!
+//! - `object.rs` (no I/O): the kfunc placeholder aimed at the kernel's
+//!   `bpf_sock_destroy`;
+//! - `cgroup.rs`: which cgroup the programs attach to;
+//! - `netns.rs`: the namespaces a socket may live in.
+//!
+//! The programs are attached with pinned links
+//! (`PIN_ROOT/NODE/links/ctlb_*`; other programs of the cgroup keep
+//! running beside them) that outlive the process; a new run attaches its programs before it
+//! removes the old links, so no connection goes untranslated meanwhile.
+
+mod cgroup;
+mod netns;
+mod object;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::Read as _;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Iter};
+use aya::{Btf, Ebpf, EbpfLoader};
+use aya_obj::btf::BtfKind;
+
+use crate::abi;
+use crate::error::BpfError;
+use crate::loader::PinDirs;
+use crate::services::plan::{BackendAddr, PROTO_TCP, PROTO_UDP};
+
+pub use cgroup::{MOUNT_POINT as CGROUP_MOUNT_POINT, cgroup2_mount};
+
+/// The cgroup and iterator programs, compiled by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/manul_ctlb.o"));
+
+/// The cgroup programs and the hooks they attach to (their link pins are
+/// `ctlb_HOOK`).
+const CGROUP_PROGRAMS: [(&str, &str); 4] = [
+    ("manul_ctlb_connect4", "connect4"),
+    ("manul_ctlb_sendmsg4", "sendmsg4"),
+    ("manul_ctlb_recvmsg4", "recvmsg4"),
+    ("manul_ctlb_getpeername4", "getpeername4"),
+];
+
+/// The program that forgets released sockets (`cgroup/sock_release`).
+const RELEASE: (&str, &str) = ("manul_ctlb_release", "sock_release");
+
+/// The socket iterators and their kernel iterator names.
+const ITERATORS: [(&str, &str); 2] = [
+    ("manul_ctlb_reap_tcp", "tcp"),
+    ("manul_ctlb_reap_udp", "udp"),
+];
+
+/// How to run connect-time load balancing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtlbConfig {
+    /// Translate UDP too (`Enabled`); otherwise TCP only (`TCP`).
+    pub udp: bool,
+    /// The cgroup (v2) the programs attach to; `None`: the root of the
+    /// cgroup v2 hierarchy (mounted at [`CGROUP_MOUNT_POINT`] if the node
+    /// has none), so that every process of the node gets it.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// What the programs counted since they were loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtlbCounters {
+    /// Connects and datagrams given a backend.
+    pub translated: u64,
+    /// Refused: no backend, or a port the cluster IP does not have.
+    pub rejected: u64,
+    /// Sockets destroyed because their backend left its list.
+    pub destroyed: u64,
+}
+
+/// The loaded programs and their maps.
+pub struct ConnectTimeLb {
+    ebpf: Ebpf,
+    sock: HashMap<MapData, abi::manul_ctlb_sock_key, abi::manul_ctlb_sock_value>,
+    conn: HashMap<MapData, u64, abi::manul_ctlb_conn_value>,
+    aff: HashMap<MapData, abi::manul_ctlb_aff_key, abi::manul_svc_aff_value>,
+    kill: HashMap<MapData, u64, abi::manul_ctlb_kill_value>,
+    local: HashMap<MapData, u32, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Whether the iterators loaded (the kernel has `bpf_sock_destroy`).
+    reaping: bool,
+    cgroup: PathBuf,
+}
+
+impl std::fmt::Debug for ConnectTimeLb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectTimeLb")
+            .field("cgroup", &self.cgroup)
+            .field("reaping", &self.reaping)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pin_path(dirs: &PinDirs, hook: &str) -> PathBuf {
+    dirs.links.join(format!("ctlb_{hook}"))
+}
+
+fn take<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, BpfError> {
+    ebpf.take_map(name)
+        .ok_or(BpfError::Missing(name))?
+        .try_into()
+        .map_err(|e| BpfError::map(name, "unexpected map type", e))
+}
+
+fn boxed<E: std::error::Error + Send + Sync + 'static>(
+    e: E,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}
+
+impl ConnectTimeLb {
+    /// Loads the programs (their maps pinned beside the TC programs', the
+    /// service maps adopted from them: load those first) and attaches the
+    /// cgroup programs, replacing an earlier run's links.
+    pub fn start(dirs: &PinDirs, config: &CtlbConfig) -> Result<Self, BpfError> {
+        let cgroup = cgroup::resolve(config.cgroup.as_deref())?;
+        let btf = Btf::from_sys_fs().ok();
+        let kfunc = btf.as_ref().and_then(|b| {
+            b.id_by_type_name_kind("bpf_sock_destroy", BtfKind::Func)
+                .ok()
+        });
+        let (patched, replaced) = object::patch_kfunc(OBJECT, kfunc.unwrap_or(0));
+        if replaced == 0 {
+            return Err(BpfError::Config(
+                "the connect-time object has no bpf_sock_destroy call to aim".into(),
+            ));
+        }
+        let (buf, start) = object::aligned(&patched);
+        let udp = u32::from(config.udp);
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&dirs.maps)
+            .override_global("manul_ctlb_udp", &udp, true)
+            .load(&buf[start..start + patched.len()])
+            .map_err(|source| BpfError::Load {
+                pin_dir: dirs.maps.clone(),
+                source: Box::new(source),
+            })?;
+        for (name, _) in CGROUP_PROGRAMS {
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|e| BpfError::program(name, "load (verifier)", e))?;
+        }
+        release_program(&mut ebpf)?
+            .load()
+            .map_err(|e| BpfError::program(RELEASE.0, "load (verifier)", e))?;
+        let reaping = match (&btf, kfunc) {
+            (Some(btf), Some(_)) => ITERATORS.iter().all(|(name, kind)| {
+                let loaded = ebpf
+                    .program_mut(name)
+                    .and_then(|p| <&mut Iter>::try_from(p).ok())
+                    .map(|p| p.load(kind, btf));
+                match loaded {
+                    Some(Ok(())) => true,
+                    Some(Err(e)) => {
+                        tracing::warn!(program = name, error = %e, "socket iterator not loaded: sockets of removed backends are not destroyed");
+                        false
+                    }
+                    None => false,
+                }
+            }),
+            _ => {
+                tracing::warn!("the kernel has no bpf_sock_destroy: sockets of removed backends are not destroyed");
+                false
+            }
+        };
+        let mut lb = Self {
+            sock: take(&mut ebpf, "manul_ctlb_sock")?,
+            conn: take(&mut ebpf, "manul_ctlb_conn")?,
+            aff: take(&mut ebpf, "manul_ctlb_aff")?,
+            kill: take(&mut ebpf, "manul_ctlb_kill")?,
+            local: take(&mut ebpf, "manul_ctlb_local")?,
+            counters: ebpf
+                .take_map("manul_ctlb_cnt")
+                .ok_or(BpfError::Missing("manul_ctlb_cnt"))?
+                .try_into()
+                .map_err(|e| BpfError::map("manul_ctlb_cnt", "unexpected map type", e))?,
+            ebpf,
+            reaping,
+            cgroup,
+        };
+        lb.attach(dirs)?;
+        tracing::info!(
+            cgroup = %lb.cgroup.display(),
+            udp = config.udp,
+            destroys_sockets = lb.reaping,
+            "connect-time load balancing attached"
+        );
+        Ok(lb)
+    }
+
+    /// Removes the links an earlier run pinned (connect-time load
+    /// balancing turned off): the kernel detaches them.
+    pub fn remove_links(dirs: &PinDirs) {
+        for (_, hook) in CGROUP_PROGRAMS.iter().chain([&RELEASE]) {
+            crate::loader::unpin(&pin_path(dirs, hook));
+        }
+    }
+
+    fn attach(&mut self, dirs: &PinDirs) -> Result<(), BpfError> {
+        let cg = File::open(&self.cgroup).map_err(|source| BpfError::Io {
+            path: self.cgroup.clone(),
+            source,
+        })?;
+        let at = format!("attach to {}", self.cgroup.display());
+        // A link (kernel 5.7+) always lets other programs attach too; its
+        // flags must be 0 (`Single`).
+        let mode = CgroupAttachMode::Single;
+        for (name, hook) in CGROUP_PROGRAMS {
+            let path = pin_path(dirs, hook);
+            // An earlier run's link keeps translating until ours is in.
+            let old = take_pin(&path);
+            let prog = program(&mut self.ebpf, name)?;
+            let id = prog
+                .attach(&cg, mode)
+                .map_err(|e| BpfError::program(name, at.clone(), e))?;
+            let link = prog
+                .take_link(id)
+                .map_err(|e| BpfError::program(name, "take the link", e))?;
+            pin(FdLink::try_from(link), &path)?;
+            drop(old);
+        }
+        let (name, hook) = RELEASE;
+        let path = pin_path(dirs, hook);
+        let old = take_pin(&path);
+        let prog = release_program(&mut self.ebpf)?;
+        let id = prog
+            .attach(&cg, mode)
+            .map_err(|e| BpfError::program(name, at.clone(), e))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| BpfError::program(name, "take the link", e))?;
+        pin(FdLink::try_from(link), &path)?;
+        drop(old);
+        Ok(())
+    }
+
+    /// Makes `manul_ctlb_local` (where node ports are reached) hold the
+    /// calling thread's namespace's IPv4 addresses but loopback ones.
+    pub fn set_local_addresses(&mut self) -> Result<(), BpfError> {
+        let want: BTreeSet<Ipv4Addr> = nix::ifaddrs::getifaddrs()
+            .map(|addrs| {
+                addrs
+                    .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+                    .filter(|ip| !ip.is_loopback())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let key = |ip: &Ipv4Addr| u32::from_ne_bytes(ip.octets());
+        for ip in &want {
+            self.local
+                .insert(key(ip), 1, 0)
+                .map_err(|e| BpfError::map("manul_ctlb_local", format!("add {ip}"), e))?;
+        }
+        let stale: Vec<u32> = self
+            .local
+            .keys()
+            .flatten()
+            .filter(|k| !want.iter().any(|ip| key(ip) == *k))
+            .collect();
+        for k in stale {
+            let _ = self.local.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// After backends left their lists (`gone`: list id → backends):
+    /// forgets the namespaces' affinity to them, and destroys the
+    /// connected sockets that were given them, visiting namespaces until
+    /// none is left. Returns how many sockets were destroyed.
+    pub fn reap(&mut self, gone: &BTreeMap<u32, BTreeSet<BackendAddr>>) -> usize {
+        if gone.is_empty() {
+            return 0;
+        }
+        let is_gone = |id: u32, addr: u32, port: u16| {
+            gone.get(&id).is_some_and(|s| {
+                s.contains(&BackendAddr {
+                    addr: Ipv4Addr::from(addr.to_ne_bytes()),
+                    port: u16::from_be(port),
+                })
+            })
+        };
+        let aff: Vec<_> = self
+            .aff
+            .iter()
+            .flatten()
+            .filter(|(k, v)| is_gone(k.id, v.addr, v.port))
+            .map(|(k, _)| k)
+            .collect();
+        for k in aff {
+            let _ = self.aff.remove(&k);
+        }
+        // Connected sockets (live ones: released ones are gone from the
+        // map) whose backend left.
+        let mut listed = 0;
+        if self.reaping {
+            let victims: Vec<_> = self
+                .conn
+                .iter()
+                .flatten()
+                .filter(|(_, v)| is_gone(v.id, v.addr, v.port))
+                .filter(|(_, v)| v.proto == PROTO_TCP || v.proto == PROTO_UDP)
+                .collect();
+            for (cookie, v) in &victims {
+                let target = abi::manul_ctlb_kill_value {
+                    addr: v.addr,
+                    port: v.port,
+                    pad: 0,
+                };
+                listed += usize::from(self.kill.insert(cookie, target, 0).is_ok());
+            }
+        }
+        let destroyed = if listed > 0 { self.sweep(listed) } else { 0 };
+        // What getpeername and recvmsg answered for those backends.
+        let stale: Vec<_> = self
+            .sock
+            .iter()
+            .flatten()
+            .filter(|(k, v)| is_gone(v.id, k.addr, k.port))
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            let _ = self.sock.remove(&k);
+        }
+        destroyed
+    }
+
+    /// Runs the iterators in each candidate namespace until the kill list
+    /// is empty, then clears what is left (sockets closed meanwhile).
+    fn sweep(&mut self, listed: usize) -> usize {
+        let before = self.counters().destroyed;
+        let paths = netns::candidates();
+        let kill = &self.kill;
+        let ebpf = &mut self.ebpf;
+        let visited = netns::visit_each(&paths, || {
+            for (name, _) in ITERATORS {
+                if let Err(e) = run_iterator(ebpf, name) {
+                    tracing::warn!(program = name, error = %e, "socket iterator failed");
+                }
+            }
+            kill.keys().next().is_some()
+        });
+        let left: Vec<u64> = self.kill.keys().flatten().collect();
+        for k in &left {
+            let _ = self.kill.remove(k);
+        }
+        let destroyed = self.counters().destroyed.saturating_sub(before);
+        tracing::debug!(
+            listed,
+            destroyed,
+            not_found = left.len(),
+            namespaces = visited,
+            "sockets of removed backends destroyed"
+        );
+        usize::try_from(destroyed).unwrap_or(usize::MAX)
+    }
+
+    /// What the programs counted (summed over CPUs).
+    pub fn counters(&self) -> CtlbCounters {
+        let read = |i: u32| {
+            self.counters
+                .get(&i, 0)
+                .map(|v| v.iter().sum::<u64>())
+                .unwrap_or(0)
+        };
+        CtlbCounters {
+            translated: read(abi::MANUL_CTLB_CNT_TRANSLATED),
+            rejected: read(abi::MANUL_CTLB_CNT_REJECTED),
+            destroyed: read(abi::MANUL_CTLB_CNT_DESTROYED),
+        }
+    }
+}
+
+/// An earlier run's link at `path`, held open while its pin is removed
+/// (it keeps working until dropped).
+fn take_pin(path: &std::path::Path) -> Option<PinnedLink> {
+    let old = PinnedLink::from_pin(path).ok();
+    if old.is_some() {
+        crate::loader::unpin(path);
+    }
+    old
+}
+
+/// Pins a new link at `path`.
+fn pin(
+    link: Result<FdLink, aya::programs::links::LinkError>,
+    path: &std::path::Path,
+) -> Result<(), BpfError> {
+    let link = link.map_err(|e| BpfError::Link {
+        path: path.to_path_buf(),
+        what: "not an fd link",
+        source: boxed(e),
+    })?;
+    link.pin(path).map_err(|e| BpfError::Link {
+        path: path.to_path_buf(),
+        what: "pin",
+        source: boxed(e),
+    })?;
+    Ok(())
+}
+
+fn release_program(ebpf: &mut Ebpf) -> Result<&mut CgroupSock, BpfError> {
+    let name = RELEASE.0;
+    ebpf.program_mut(name)
+        .ok_or(BpfError::Missing(name))?
+        .try_into()
+        .map_err(|e| BpfError::program(name, "not a cgroup socket program", e))
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, BpfError> {
+    ebpf.program_mut(name)
+        .ok_or(BpfError::Missing(name))?
+        .try_into()
+        .map_err(|e| BpfError::program(name, "not a cgroup socket-address program", e))
+}
+
+/// Runs one socket iterator over the calling thread's namespace: a link,
+/// an iterator file read to its end (the program runs per socket), both
+/// dropped.
+fn run_iterator(ebpf: &mut Ebpf, name: &'static str) -> Result<(), BpfError> {
+    let prog: &mut Iter = ebpf
+        .program_mut(name)
+        .ok_or(BpfError::Missing(name))?
+        .try_into()
+        .map_err(|e| BpfError::program(name, "not an iterator", e))?;
+    let id = prog
+        .attach()
+        .map_err(|e| BpfError::program(name, "attach", e))?;
+    let link = prog
+        .take_link(id)
+        .map_err(|e| BpfError::program(name, "take the link", e))?;
+    let mut file = link.into_file().map_err(|e| BpfError::Link {
+        path: PathBuf::from(name),
+        what: "create the iterator",
+        source: boxed(e),
+    })?;
+    let mut sink = Vec::new();
+    file.read_to_end(&mut sink).map_err(|source| BpfError::Io {
+        path: PathBuf::from(name),
+        source,
+    })?;
+    Ok(())
+}

@@ -1,0 +1,495 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+//! External traffic to services across two nodes with real packets: node
+//! ports reached by a client on the nodes' network, each node a namespace
+//! running its own eBPF driver, pods plumbed Calico-style and routed to
+//! the other node over that network (a routed underlay, no tunnel).
+//!
+//! Under `externalTrafficPolicy: Cluster`, in SNAT mode (the default) the
+//! backend on the other node sees the first node's address and the reply
+//! returns through it; in DSR mode the backend sees the client's own
+//! address and its node answers the client directly (the SYN-ACK leaves
+//! the second node's interface: its MAC, the first node's address). A
+//! `Local` node port without a local backend drops (the connection times
+//! out, it is not refused); UDP works both ways. Every namespace and pin
+//! is removed at the end, also on failure.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use manul_dataplane_api::{
+    Action, Backend, Driver, EndpointId, Match, Operation, Policy, Rule, Service, ServicePort,
+    TrafficPolicy, WorkloadEndpoint,
+};
+use manul_dataplane_bpf::{BpfConfig, BpfDriver, ExternalServiceMode};
+use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
+use manul_dataplane_conformance::{Factory, NodeContext, privileges};
+use manul_netns::{
+    NetNs, ProbeOutcome, Route, TcpServer, add_address, create_bridge, create_veth, link_mac,
+    link_up, plumb_pod, replace_route, set_master, tcp_connect, tcp_peer, unique_prefix,
+};
+
+const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
+const NODE1: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+const NODE2: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
+/// A pod on node 1 and one on node 2.
+const POD1: Ipv4Addr = Ipv4Addr::new(10, 70, 1, 10);
+const POD2: Ipv4Addr = Ipv4Addr::new(10, 70, 2, 10);
+const TCP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 5353;
+/// Node ports: `Cluster` to the pod on node 2, `Local` with its only
+/// backend on node 2, UDP `Cluster` to node 2, `Cluster` to the pod on
+/// node 1.
+const REMOTE: u16 = 30080;
+const LOCAL_ELSEWHERE: u16 = 30081;
+const REMOTE_UDP: u16 = 30082;
+const HERE: u16 = 30083;
+const WAIT: Duration = Duration::from_secs(2);
+
+/// A UDP server in a pod answering each datagram with the address it saw
+/// the client at.
+struct UdpWho {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpWho {
+    fn start(ns: &NetNs, ip: Ipv4Addr) -> UdpWho {
+        let socket = ns
+            .run(move || UdpSocket::bind((ip, UDP_PORT)))
+            .unwrap()
+            .unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(peer.ip().to_string().as_bytes(), peer);
+                }
+            }
+        });
+        UdpWho {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpWho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Asks the UDP who server behind `dst` over a connected socket (which
+/// takes replies from `dst` only): the client address it saw.
+fn udp_who(ns: &NetNs, dst: SocketAddr) -> Option<IpAddr> {
+    ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+        s.connect(dst).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+        for _ in 0..3 {
+            s.send(b"who").ok()?;
+            let mut buf = [0u8; 64];
+            if let Ok(n) = s.recv(&mut buf) {
+                return std::str::from_utf8(&buf[..n]).ok()?.parse().ok();
+            }
+        }
+        None
+    })
+    .unwrap()
+}
+
+/// Connects from the client to `dst` while capturing its interface: the
+/// peer probe's result and the source MAC of the SYN-ACK that came from
+/// `dst` (which node's interface answered).
+fn probe_with_syn_ack(
+    client: &NetNs,
+    dst: SocketAddrV4,
+) -> (manul_netns::PeerProbe, Option<[u8; 6]>) {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, setsockopt, socket,
+        sockopt,
+    };
+    use nix::sys::time::TimeVal;
+    use std::os::fd::AsRawFd;
+
+    let capture = client
+        .run(|| {
+            socket(
+                AddressFamily::Packet,
+                SockType::Raw,
+                SockFlag::empty(),
+                SockProtocol::EthAll,
+            )
+        })
+        .unwrap()
+        .unwrap();
+    setsockopt(&capture, sockopt::ReceiveTimeout, &TimeVal::new(0, 200_000)).unwrap();
+    let probe = tcp_peer(client, SocketAddr::V4(dst), WAIT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut frame = [0u8; 2048];
+    while Instant::now() < deadline {
+        let Ok(n) = recv(capture.as_raw_fd(), &mut frame, MsgFlags::empty()) else {
+            continue;
+        };
+        let f = &frame[..n];
+        if n < 14 + 20 + 20 || f[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip = &f[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        if ip[9] != 6 || ip.len() < ihl + 20 {
+            continue;
+        }
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let tcp = &ip[ihl..];
+        let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+        if src == *dst.ip() && sport == dst.port() && tcp[13] & 0x12 == 0x12 {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&f[6..12]);
+            return (probe, Some(mac));
+        }
+    }
+    (probe, None)
+}
+
+fn allow_all(id: &str) -> Rule {
+    Rule {
+        id: id.into(),
+        action: Action::Allow,
+        ip_version: None,
+        protocol: None,
+        not_protocol: None,
+        icmp: None,
+        not_icmp: None,
+        src: Match::default(),
+        dst: Match::default(),
+    }
+}
+
+/// A node port service with one backend, `local` on the node told.
+fn node_port(
+    name: &str,
+    cluster_ip: Ipv4Addr,
+    protocol: u8,
+    node_port: u16,
+    policy: TrafficPolicy,
+    backend: Ipv4Addr,
+    local: bool,
+) -> Service {
+    let target = if protocol == 17 { UDP_PORT } else { TCP_PORT };
+    let backends = vec![Backend {
+        ip: IpAddr::V4(backend),
+        port: target,
+        local,
+        ready: true,
+    }];
+    let mut svc = Service::cluster_ip(
+        "ns",
+        name,
+        vec![IpAddr::V4(cluster_ip)],
+        vec![ServicePort {
+            name: "p".into(),
+            protocol,
+            port: 80,
+            node_port: Some(node_port),
+            local_backends: if local { backends.clone() } else { vec![] },
+            backends,
+        }],
+    );
+    svc.external_traffic = policy;
+    svc
+}
+
+/// What node `n` (1 or 2) is told: its pod's endpoint and the services,
+/// with backends local where they are on node `n`.
+fn operations(n: u8, pod_if: &str, pod: Ipv4Addr) -> Vec<Operation> {
+    let on = |ip: Ipv4Addr| (ip == POD1) == (n == 1);
+    vec![
+        Operation::ProfileUpdate {
+            id: "allow".into(),
+            profile: Policy {
+                inbound: vec![allow_all("allow/in")],
+                outbound: vec![allow_all("allow/out")],
+            },
+        },
+        Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
+            id: EndpointId {
+                namespace: "ns".into(),
+                name: format!("pod{n}"),
+            },
+            interface_name: pod_if.into(),
+            nets: vec![IpNet::new(pod.into(), 32).unwrap()],
+            mac: None,
+            tiers: vec![],
+            profiles: vec!["allow".into()],
+        }),
+        Operation::ServiceUpdate(node_port(
+            "remote",
+            Ipv4Addr::new(10, 96, 0, 1),
+            6,
+            REMOTE,
+            TrafficPolicy::Cluster,
+            POD2,
+            on(POD2),
+        )),
+        Operation::ServiceUpdate(node_port(
+            "local-elsewhere",
+            Ipv4Addr::new(10, 96, 0, 2),
+            6,
+            LOCAL_ELSEWHERE,
+            TrafficPolicy::Local,
+            POD2,
+            on(POD2),
+        )),
+        Operation::ServiceUpdate(node_port(
+            "remote-udp",
+            Ipv4Addr::new(10, 96, 0, 3),
+            17,
+            REMOTE_UDP,
+            TrafficPolicy::Cluster,
+            POD2,
+            on(POD2),
+        )),
+        Operation::ServiceUpdate(node_port(
+            "here",
+            Ipv4Addr::new(10, 96, 0, 4),
+            6,
+            HERE,
+            TrafficPolicy::Cluster,
+            POD1,
+            on(POD1),
+        )),
+        Operation::InSync,
+    ]
+}
+
+/// The namespaces (deleted with it), the drivers and the pins.
+struct Cluster {
+    prefix: String,
+    drivers: Vec<DriverThread>,
+    namespaces: Vec<NetNs>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.drivers.clear();
+        self.namespaces.clear();
+        for n in ["n1", "n2"] {
+            let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &format!("{}-{n}", self.prefix));
+        }
+    }
+}
+
+impl Cluster {
+    fn ns(&self, i: usize) -> &NetNs {
+        &self.namespaces[i]
+    }
+}
+
+const UL: usize = 0;
+const N1: usize = 1;
+const N2: usize = 2;
+const CL: usize = 3;
+const P1: usize = 4;
+const P2: usize = 5;
+
+/// Builds the underlay bridge, two nodes, the client and a pod per node,
+/// and starts a driver per node in `mode`.
+fn build(tag: &str, mode: ExternalServiceMode) -> Cluster {
+    let prefix = unique_prefix(tag);
+    let mut c = Cluster {
+        prefix: prefix.clone(),
+        drivers: vec![],
+        namespaces: vec![],
+    };
+    for name in ["ul", "n1", "n2", "cl", "p1", "p2"] {
+        c.namespaces
+            .push(NetNs::create(&format!("{prefix}-{name}")).expect("namespace"));
+    }
+    let ul = c.ns(UL);
+    create_bridge(ul, "br0").unwrap();
+    link_up(ul, "br0").unwrap();
+    for (i, port, ip) in [(N1, "n1", NODE1), (N2, "n2", NODE2), (CL, "cl", CLIENT)] {
+        let ns = c.ns(i);
+        create_veth(ns, "eth0", ul, port).unwrap();
+        set_master(ul, port, "br0").unwrap();
+        link_up(ul, port).unwrap();
+        add_address(ns, "eth0", IpNet::new(ip.into(), 24).unwrap()).unwrap();
+        link_up(ns, "eth0").unwrap();
+        ns.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
+    }
+    plumb_pod(c.ns(N1), c.ns(P1), "mnlp1", "eth0", POD1).unwrap();
+    plumb_pod(c.ns(N2), c.ns(P2), "mnlp2", "eth0", POD2).unwrap();
+    let route = |to: &str, via: Ipv4Addr| Route::to(to.parse().unwrap()).via(via.into());
+    replace_route(c.ns(N1), &route("10.70.2.0/24", NODE2)).unwrap();
+    replace_route(c.ns(N2), &route("10.70.1.0/24", NODE1)).unwrap();
+
+    for (i, n, pod_if, pod) in [(N1, 1u8, "mnlp1", POD1), (N2, 2u8, "mnlp2", POD2)] {
+        let pins = format!("{prefix}-n{n}");
+        let factory: Arc<Factory> = Arc::new(move |_: &NodeContext| {
+            let mut config = BpfConfig::new(&pins);
+            config.pin_root = PathBuf::from(PIN_ROOT);
+            config.external_service_mode = mode;
+            BpfDriver::new(config)
+                .map(|d| Box::new(d) as Box<dyn Driver>)
+                .map_err(|e| chain(&e))
+        });
+        let driver = DriverThread::start(
+            c.ns(i),
+            NodeContext {
+                node: format!("{prefix}-n{n}"),
+            },
+            factory,
+        )
+        .expect("driver");
+        driver.apply(operations(n, pod_if, pod)).expect("apply");
+        c.drivers.push(driver);
+    }
+    c
+}
+
+/// The probes both modes share; returns the cluster for mode checks.
+struct Servers {
+    _tcp: Vec<TcpServer>,
+    _udp: UdpWho,
+}
+
+fn servers(c: &Cluster) -> Servers {
+    let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    Servers {
+        _tcp: vec![
+            TcpServer::start(c.ns(P1), any(TCP_PORT)).unwrap(),
+            TcpServer::start(c.ns(P2), any(TCP_PORT)).unwrap(),
+        ],
+        _udp: UdpWho::start(c.ns(P2), POD2),
+    }
+}
+
+/// The client address the backend saw and the backend, over a few
+/// connections (each masqueraded one gets its own port).
+fn seen(c: &Cluster, node: Ipv4Addr, port: u16) -> Vec<(IpAddr, SocketAddr)> {
+    (0..4)
+        .map(|_| {
+            let p = tcp_peer(c.ns(CL), SocketAddr::new(node.into(), port), WAIT).unwrap();
+            assert_eq!(p.outcome, ProbeOutcome::Connected, "{node}:{port}");
+            let (peer, local) = p.seen.expect("the server answered");
+            (peer.ip(), local)
+        })
+        .collect()
+}
+
+/// A `Local` node port on a node without a local backend drops: the
+/// connection times out, it is not refused; the backend's own node serves
+/// it and keeps the client's address.
+fn local_policy_checks(c: &Cluster) {
+    let started = Instant::now();
+    let out = tcp_connect(
+        c.ns(CL),
+        SocketAddr::new(NODE1.into(), LOCAL_ELSEWHERE),
+        Duration::from_millis(600),
+    )
+    .unwrap();
+    assert_eq!(out, ProbeOutcome::TimedOut, "Local without a local backend");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    for (peer, backend) in seen(c, NODE2, LOCAL_ELSEWHERE) {
+        assert_eq!(peer, IpAddr::V4(CLIENT), "Local keeps the client's address");
+        assert_eq!(backend, SocketAddr::new(POD2.into(), TCP_PORT));
+    }
+}
+
+#[test]
+fn node_port_to_another_node_masquerades_in_snat_mode() {
+    if !privileges().expect("privileges: CI=true needs root") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let c = build("xs", ExternalServiceMode::Snat);
+    let _servers = servers(&c);
+    let node1_mac = link_mac(c.ns(N1), "eth0").unwrap();
+
+    // Cluster, backend on node 2: the backend sees node 1's address, and
+    // the reply returns through node 1.
+    for (peer, backend) in seen(&c, NODE1, REMOTE) {
+        assert_eq!(peer, IpAddr::V4(NODE1), "masqueraded to node 1's address");
+        assert_eq!(backend, SocketAddr::new(POD2.into(), TCP_PORT));
+    }
+    let (probe, mac) = probe_with_syn_ack(c.ns(CL), SocketAddrV4::new(NODE1, REMOTE));
+    assert_eq!(probe.outcome, ProbeOutcome::Connected);
+    assert_eq!(mac, Some(node1_mac), "the SYN-ACK came back through node 1");
+
+    // Cluster, backend on node 1: masqueraded too (as kube-proxy does).
+    for (peer, backend) in seen(&c, NODE1, HERE) {
+        assert_eq!(peer, IpAddr::V4(NODE1));
+        assert_eq!(backend, SocketAddr::new(POD1.into(), TCP_PORT));
+    }
+    // Node 2 reaches node 1's pod the same way.
+    for (peer, backend) in seen(&c, NODE2, HERE) {
+        assert_eq!(peer, IpAddr::V4(NODE2), "masqueraded to node 2's address");
+        assert_eq!(backend, SocketAddr::new(POD1.into(), TCP_PORT));
+    }
+
+    // UDP, backend on node 2: answered from the node port.
+    assert_eq!(
+        udp_who(c.ns(CL), SocketAddr::new(NODE1.into(), REMOTE_UDP)),
+        Some(IpAddr::V4(NODE1)),
+        "udp through node 1, masqueraded"
+    );
+
+    local_policy_checks(&c);
+}
+
+#[test]
+fn node_port_to_another_node_keeps_the_client_in_dsr_mode() {
+    if !privileges().expect("privileges: CI=true needs root") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let c = build("xd", ExternalServiceMode::Dsr);
+    let _servers = servers(&c);
+    let node2_mac = link_mac(c.ns(N2), "eth0").unwrap();
+
+    // Cluster, backend on node 2: the backend sees the client, and node
+    // 2 answers it directly, from node 1's address and node port.
+    for (peer, backend) in seen(&c, NODE1, REMOTE) {
+        assert_eq!(peer, IpAddr::V4(CLIENT), "DSR keeps the client's address");
+        assert_eq!(backend, SocketAddr::new(POD2.into(), TCP_PORT));
+    }
+    let (probe, mac) = probe_with_syn_ack(c.ns(CL), SocketAddrV4::new(NODE1, REMOTE));
+    assert_eq!(probe.outcome, ProbeOutcome::Connected);
+    assert_eq!(
+        mac,
+        Some(node2_mac),
+        "the SYN-ACK came from node 2's interface"
+    );
+
+    // A local backend sees the client too.
+    for (peer, backend) in seen(&c, NODE1, HERE) {
+        assert_eq!(peer, IpAddr::V4(CLIENT));
+        assert_eq!(backend, SocketAddr::new(POD1.into(), TCP_PORT));
+    }
+
+    // UDP: every datagram carries the frontend; the answer comes from
+    // the node port and the backend saw the client.
+    assert_eq!(
+        udp_who(c.ns(CL), SocketAddr::new(NODE1.into(), REMOTE_UDP)),
+        Some(IpAddr::V4(CLIENT)),
+        "udp with DSR"
+    );
+
+    local_policy_checks(&c);
+}

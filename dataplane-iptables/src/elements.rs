@@ -1,0 +1,494 @@
+//! Set and map element changes as one nf_tables netlink batch: the
+//! messages `nft` would send for `add element` / `delete element`, built
+//! here from the rendered element text. Pure: no I/O (`netlink.rs` sends
+//! the batch).
+//!
+//! Only what the service maps need is understood: keys and values made
+//! of IPv4 and IPv6 addresses, protocol numbers, ports and `numgen`
+//! indices, each padded to 4 bytes as the kernel's concatenations are,
+//! and `goto`/`jump` verdicts. Anything else is an error, and the caller
+//! writes the change through `nft` instead.
+
+use std::net::IpAddr;
+
+use crate::names::TABLE;
+
+/// Why a change cannot be expressed as element messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ElementError {
+    #[error("set {set}: the type {type_:?} is not one the netlink writer knows")]
+    UnknownType { set: String, type_: String },
+    #[error("set {set}: cannot read the element {element:?}")]
+    BadElement { set: String, element: String },
+}
+
+/// One part of a concatenated key or value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Addr4,
+    Addr6,
+    Proto,
+    Port,
+    Index,
+}
+
+/// What a set's elements hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    key: Vec<Part>,
+    data: Data,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Data {
+    None,
+    Verdict,
+    Value(Vec<Part>),
+}
+
+fn part(token: &str) -> Option<Part> {
+    Some(match token.trim() {
+        "ipv4_addr" | "ip daddr" | "ip saddr" => Part::Addr4,
+        "ipv6_addr" | "ip6 daddr" | "ip6 saddr" => Part::Addr6,
+        "inet_proto" | "meta l4proto" => Part::Proto,
+        "inet_service" | "th dport" | "tcp dport" => Part::Port,
+        t if t.starts_with("numgen random mod ") => Part::Index,
+        _ => return None,
+    })
+}
+
+fn parts(text: &str) -> Option<Vec<Part>> {
+    text.split(" . ").map(part).collect()
+}
+
+/// The layout of a set declared with `type_` (a `type` or `typeof`
+/// clause), if the writer knows it.
+pub fn layout(type_: &str) -> Option<Layout> {
+    let clause = type_.strip_prefix("typeof ").unwrap_or(type_);
+    let (key, data) = match clause.split_once(" : ") {
+        None => (clause, None),
+        Some((k, d)) => (k, Some(d)),
+    };
+    let data = match data {
+        None => Data::None,
+        Some("verdict") => Data::Verdict,
+        Some(d) => Data::Value(parts(d)?),
+    };
+    Some(Layout {
+        key: parts(key)?,
+        data,
+    })
+}
+
+fn encode_parts(parts: &[Part], text: &str, out: &mut Vec<u8>) -> Option<()> {
+    let fields: Vec<&str> = text.split(" . ").map(str::trim).collect();
+    if fields.len() != parts.len() {
+        return None;
+    }
+    for (p, f) in parts.iter().zip(fields) {
+        match p {
+            Part::Addr4 => match f.parse::<IpAddr>().ok()? {
+                IpAddr::V4(a) => out.extend(a.octets()),
+                IpAddr::V6(_) => return None,
+            },
+            Part::Addr6 => match f.parse::<IpAddr>().ok()? {
+                IpAddr::V6(a) => out.extend(a.octets()),
+                IpAddr::V4(_) => return None,
+            },
+            Part::Proto => out.extend([f.parse::<u8>().ok()?, 0, 0, 0]),
+            Part::Port => {
+                let [a, b] = f.parse::<u16>().ok()?.to_be_bytes();
+                out.extend([a, b, 0, 0]);
+            }
+            // `numgen` writes host byte order.
+            Part::Index => out.extend(f.parse::<u32>().ok()?.to_ne_bytes()),
+        }
+    }
+    Some(())
+}
+
+/// A verdict as the kernel codes it (`NFT_JUMP`, `NFT_GOTO`).
+const NFT_JUMP: i32 = -3;
+const NFT_GOTO: i32 = -4;
+
+/// One element, encoded: its key, and its value or verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Encoded {
+    key: Vec<u8>,
+    data: Option<EncodedData>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EncodedData {
+    Value(Vec<u8>),
+    Verdict(i32, String),
+}
+
+fn encode(layout: &Layout, element: &str) -> Option<Encoded> {
+    let (key_text, data_text) = match element.split_once(" : ") {
+        None => (element, None),
+        Some((k, d)) => (k, Some(d)),
+    };
+    let mut key = Vec::new();
+    encode_parts(&layout.key, key_text, &mut key)?;
+    let data = match (&layout.data, data_text) {
+        (Data::None, None) => None,
+        (Data::Verdict, Some(d)) => {
+            let (verb, chain) = d.trim().split_once(' ')?;
+            let code = match verb {
+                "goto" => NFT_GOTO,
+                "jump" => NFT_JUMP,
+                _ => return None,
+            };
+            Some(EncodedData::Verdict(code, chain.trim().to_string()))
+        }
+        (Data::Value(parts), Some(d)) => {
+            let mut v = Vec::new();
+            encode_parts(parts, d, &mut v)?;
+            Some(EncodedData::Value(v))
+        }
+        _ => return None,
+    };
+    Some(Encoded { key, data })
+}
+
+/// Adding or deleting elements of one set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetChange<'a> {
+    pub set: &'a str,
+    /// The set's `type_` as rendered.
+    pub type_: &'a str,
+    pub add: bool,
+    pub elements: Vec<&'a str>,
+}
+
+// netlink and nf_tables constants (linux/netlink.h, netfilter/nfnetlink.h,
+// netfilter/nf_tables.h).
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLA_F_NESTED: u16 = 0x8000;
+const NLMSG_ERROR: u16 = 0x2;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NFPROTO_INET: u8 = 1;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+
+/// The most bytes of elements in one message: the attribute that holds
+/// them has a 16-bit length.
+const ELEMENT_BYTES_PER_MESSAGE: usize = 60_000;
+
+/// A batch ready to send: the bytes, and the sequence numbers of the
+/// messages the kernel acknowledges, each with what it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub bytes: Vec<u8>,
+    pub acked: Vec<(u32, String)>,
+}
+
+/// An upper bound of an element's bytes in a message.
+fn element_size(e: &Encoded) -> usize {
+    let data = match &e.data {
+        None => 0,
+        Some(EncodedData::Value(v)) => 8 + v.len().next_multiple_of(4),
+        Some(EncodedData::Verdict(_, chain)) => 24 + (chain.len() + 1).next_multiple_of(4),
+    };
+    12 + e.key.len().next_multiple_of(4) + data
+}
+
+fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    let len = 4 + payload.len();
+    out.extend((len as u16).to_ne_bytes());
+    out.extend(kind.to_ne_bytes());
+    out.extend(payload);
+    out.resize(out.len().next_multiple_of(4), 0);
+}
+
+fn nested(out: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend([0u8; 4]);
+    fill(out);
+    let len = (out.len() - start) as u16;
+    out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    out[start + 2..start + 4].copy_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// Appends one netlink message (header, `nfgenmsg`, attributes).
+fn message(
+    out: &mut Vec<u8>,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    res_id: u16,
+    body: &[u8],
+) {
+    let len = 16 + 4 + body.len();
+    out.extend((len as u32).to_ne_bytes());
+    out.extend(kind.to_ne_bytes());
+    out.extend(flags.to_ne_bytes());
+    out.extend(seq.to_ne_bytes());
+    out.extend(0u32.to_ne_bytes());
+    out.push(family);
+    out.push(0);
+    out.extend(res_id.to_be_bytes());
+    out.extend(body);
+}
+
+/// The batch that applies `changes` in order, as one transaction. Its
+/// messages are numbered from `seq`.
+pub fn batch(changes: &[SetChange<'_>], seq: u32) -> Result<Batch, ElementError> {
+    let mut bytes = Vec::new();
+    let mut acked = Vec::new();
+    let mut seq = seq;
+    message(
+        &mut bytes,
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        seq,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+        &[],
+    );
+    for change in changes {
+        let layout = layout(change.type_).ok_or_else(|| ElementError::UnknownType {
+            set: change.set.to_string(),
+            type_: change.type_.to_string(),
+        })?;
+        let encoded: Vec<Encoded> = change
+            .elements
+            .iter()
+            .map(|e| {
+                encode(&layout, e).ok_or_else(|| ElementError::BadElement {
+                    set: change.set.to_string(),
+                    element: e.to_string(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut rest: &[Encoded] = &encoded;
+        while !rest.is_empty() {
+            let mut bytes_of = 0;
+            let count = rest
+                .iter()
+                .take_while(|e| {
+                    bytes_of += element_size(e);
+                    bytes_of <= ELEMENT_BYTES_PER_MESSAGE
+                })
+                .count()
+                .max(1);
+            let (chunk, later) = rest.split_at(count);
+            rest = later;
+            let mut body = Vec::new();
+            attr(&mut body, NFTA_SET_ELEM_LIST_TABLE, &cstr(TABLE));
+            attr(&mut body, NFTA_SET_ELEM_LIST_SET, &cstr(change.set));
+            nested(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS, |out| {
+                for e in chunk {
+                    nested(out, NFTA_LIST_ELEM, |out| {
+                        nested(out, NFTA_SET_ELEM_KEY, |out| {
+                            attr(out, NFTA_DATA_VALUE, &e.key);
+                        });
+                        if !change.add {
+                            return;
+                        }
+                        match &e.data {
+                            None => {}
+                            Some(EncodedData::Value(v)) => nested(out, NFTA_SET_ELEM_DATA, |out| {
+                                attr(out, NFTA_DATA_VALUE, v);
+                            }),
+                            Some(EncodedData::Verdict(code, chain)) => {
+                                nested(out, NFTA_SET_ELEM_DATA, |out| {
+                                    nested(out, NFTA_DATA_VERDICT, |out| {
+                                        attr(out, NFTA_VERDICT_CODE, &code.to_be_bytes());
+                                        attr(out, NFTA_VERDICT_CHAIN, &cstr(chain));
+                                    });
+                                });
+                            }
+                        }
+                    });
+                }
+            });
+            seq = seq.wrapping_add(1);
+            let (kind, flags, verb) = if change.add {
+                (
+                    NFT_MSG_NEWSETELEM,
+                    NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
+                    "adding",
+                )
+            } else {
+                (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK, "deleting")
+            };
+            message(
+                &mut bytes,
+                (NFNL_SUBSYS_NFTABLES << 8) | kind,
+                flags,
+                seq,
+                NFPROTO_INET,
+                0,
+                &body,
+            );
+            acked.push((
+                seq,
+                format!("{verb} {} elements of {}", chunk.len(), change.set),
+            ));
+        }
+    }
+    seq = seq.wrapping_add(1);
+    message(
+        &mut bytes,
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        seq,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+        &[],
+    );
+    Ok(Batch { bytes, acked })
+}
+
+/// The acknowledgements and errors in a buffer the kernel sent: per
+/// message, its sequence number and error (0: success).
+pub fn acks(buf: &[u8]) -> Vec<(u32, i32)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 16 <= buf.len() {
+        let word = |o: usize| u32::from_ne_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
+        let len = word(at) as usize;
+        if len < 16 || at + len > buf.len() {
+            break;
+        }
+        let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+        let seq = word(at + 8);
+        if kind == NLMSG_ERROR && len >= 20 {
+            out.push((seq, word(at + 16) as i32));
+        }
+        at += len.next_multiple_of(4);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_of_the_service_maps() {
+        let l = layout("ipv4_addr . inet_proto . inet_service : verdict").unwrap();
+        assert_eq!(l.key, vec![Part::Addr4, Part::Proto, Part::Port]);
+        assert_eq!(l.data, Data::Verdict);
+        let l = layout(
+            "typeof ip6 daddr . meta l4proto . th dport . numgen random mod 1 : ip6 daddr . th dport",
+        )
+        .unwrap();
+        assert_eq!(
+            l.key,
+            vec![Part::Addr6, Part::Proto, Part::Port, Part::Index]
+        );
+        assert_eq!(l.data, Data::Value(vec![Part::Addr6, Part::Port]));
+        assert!(layout("ifname : verdict").is_none());
+        assert!(layout("ipv4_addr . ipv4_addr").is_some());
+    }
+
+    #[test]
+    fn elements_are_padded_as_concatenations() {
+        let l = layout(
+            "typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport",
+        )
+        .unwrap();
+        let e = encode(&l, "10.96.0.1 . 6 . 80 . 65537 : 10.1.1.1 . 8080").unwrap();
+        let mut want = vec![10, 96, 0, 1, 6, 0, 0, 0, 0, 80, 0, 0];
+        want.extend(65537u32.to_ne_bytes());
+        assert_eq!(e.key, want);
+        assert_eq!(
+            e.data,
+            Some(EncodedData::Value(vec![10, 1, 1, 1, 0x1f, 0x90, 0, 0]))
+        );
+        let l = layout("inet_proto . inet_service : verdict").unwrap();
+        let e = encode(&l, "17 . 30053 : goto mnl-pick4-npext-2").unwrap();
+        assert_eq!(e.key, vec![17, 0, 0, 0, 0x75, 0x65, 0, 0]);
+        assert_eq!(
+            e.data,
+            Some(EncodedData::Verdict(NFT_GOTO, "mnl-pick4-npext-2".into()))
+        );
+        assert!(encode(&l, "17 . 30053").is_none());
+        assert!(encode(&l, "17 . 70000 : goto x").is_none());
+        assert!(encode(&l, "17 . 53 : accept").is_none());
+    }
+
+    #[test]
+    fn a_batch_is_framed_and_its_messages_acknowledged() {
+        let changes = [
+            SetChange {
+                set: "mnl-cluster-ips4",
+                type_: "ipv4_addr",
+                add: false,
+                elements: vec!["10.96.0.1"],
+            },
+            SetChange {
+                set: "mnl-cluster-ips4",
+                type_: "ipv4_addr",
+                add: true,
+                elements: vec!["10.96.0.2", "10.96.0.3"],
+            },
+        ];
+        let b = batch(&changes, 100).unwrap();
+        assert_eq!(b.acked.len(), 2);
+        assert_eq!(b.acked[0].0, 101);
+        // Begin, two messages, end; each length-prefixed and aligned.
+        let mut at = 0;
+        let mut kinds = Vec::new();
+        while at < b.bytes.len() {
+            let len = u32::from_ne_bytes(b.bytes[at..at + 4].try_into().unwrap()) as usize;
+            kinds.push(u16::from_ne_bytes(
+                b.bytes[at + 4..at + 6].try_into().unwrap(),
+            ));
+            assert_eq!(len % 4, 0);
+            at += len;
+        }
+        assert_eq!(at, b.bytes.len());
+        assert_eq!(kinds, vec![0x10, 0x0a0e, 0x0a0c, 0x11]);
+        let bad = [SetChange {
+            set: "s",
+            type_: "ipv4_addr",
+            add: true,
+            elements: vec!["not an address"],
+        }];
+        assert!(matches!(
+            batch(&bad, 1),
+            Err(ElementError::BadElement { .. })
+        ));
+    }
+
+    #[test]
+    fn acks_are_read_from_error_messages() {
+        let mut buf = Vec::new();
+        for (seq, err) in [(7u32, 0i32), (8, -2)] {
+            buf.extend(36u32.to_ne_bytes());
+            buf.extend(NLMSG_ERROR.to_ne_bytes());
+            buf.extend(0u16.to_ne_bytes());
+            buf.extend(seq.to_ne_bytes());
+            buf.extend(0u32.to_ne_bytes());
+            buf.extend(err.to_ne_bytes());
+            buf.extend([0u8; 16]);
+        }
+        assert_eq!(acks(&buf), vec![(7, 0), (8, -2)]);
+        assert!(acks(&[1, 2, 3]).is_empty());
+    }
+}

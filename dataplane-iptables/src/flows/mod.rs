@@ -1,0 +1,158 @@
+//! Flow observations on nftables (`Driver::take_flows`), from what the
+//! kernel offers:
+//!
+//! - **nflog**: with flows on, every rule that decides carries a `log
+//!   group G` statement whose prefix names the decider ([`prefix`]). The
+//!   policy chains only see a connection's first packet (established and
+//!   related packets are accepted before them), so an allowing rule logs
+//!   once per connection and side (`Start`) and a denying one once per
+//!   dropped packet (folded into `Denied` bursts). Established packets pay
+//!   nothing.
+//! - **conntrack**: destroy events and periodic dumps, with accounting
+//!   (`nf_conntrack_acct`, turned on in the driver's namespace), give the
+//!   followed connections' packets and bytes each way (`Update`), their
+//!   service frontend, and their `End`.
+//!
+//! `packet.rs` and `track.rs` are pure (time passed in); `netlink.rs` is the
+//! I/O, through `netlink-packet-netfilter`. What it refuses: untracked
+//! (`doNotTrack`) policy is not logged (it judges every packet, so logging
+//! it would cost per packet), nor are drops of traffic on unknown workload
+//! interfaces (no endpoint, no rule). A `Start` carries no service frontend
+//! (the packet was already translated); later observations do.
+
+pub mod netlink;
+pub mod packet;
+pub mod prefix;
+pub mod track;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use manul_dataplane_api::{DesiredState, FlowObservation};
+use tracing::warn;
+
+pub use netlink::{Event, FlowSocketError, FlowSockets};
+pub use prefix::FlowIndex;
+pub use track::{CtEntry, Limits, LogRecord, Tracker};
+
+/// Flow observations' configuration: whether they are on, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowLog {
+    /// The nflog group of this node's driver.
+    pub group: u16,
+    /// How often live connections' counters are read (a conntrack dump at
+    /// the first `take_flows` after this much time).
+    pub update_interval: Duration,
+}
+
+impl Default for FlowLog {
+    fn default() -> Self {
+        FlowLog {
+            group: 20,
+            update_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The sysctl that makes conntrack count packets and bytes (per network
+/// namespace).
+const ACCT: &str = "/proc/sys/net/netfilter/nf_conntrack_acct";
+
+/// A driver's flow observations: its sockets, tracker and index.
+#[derive(Debug)]
+pub struct Flows {
+    config: FlowLog,
+    sockets: FlowSockets,
+    tracker: Tracker,
+    index: Option<FlowIndex>,
+    last_dump: Option<Instant>,
+    names: HashMap<u32, String>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Flows {
+    /// Opens the sockets in this thread's network namespace and turns
+    /// conntrack accounting on there (connections that exist already stay
+    /// without counters).
+    pub fn open(config: FlowLog) -> Result<Flows, FlowSocketError> {
+        // nf_conntrack is loaded by the table's `ct` rules; the sysctl is
+        // missing before it is.
+        if let Err(e) = std::fs::write(ACCT, "1") {
+            warn!("turning on {ACCT}: {e}; flows will carry no counters");
+        }
+        Ok(Flows {
+            config,
+            sockets: FlowSockets::open(config.group)?,
+            tracker: Tracker::new(Limits::default()),
+            index: None,
+            last_dump: None,
+            names: HashMap::new(),
+        })
+    }
+
+    /// The desired state changed: the index is rebuilt at the next take.
+    pub fn state_changed(&mut self) {
+        self.index = None;
+    }
+
+    fn name(&mut self, index: Option<u32>) -> Option<String> {
+        let i = index?;
+        if let Some(n) = self.names.get(&i) {
+            return Some(n.clone());
+        }
+        let name = nix::net::if_::if_indextoname(i)
+            .ok()?
+            .to_string_lossy()
+            .into_owned();
+        self.names.insert(i, name.clone());
+        Some(name)
+    }
+
+    /// The observations since the last call (see the module doc).
+    pub fn take(&mut self, state: &DesiredState) -> Vec<FlowObservation> {
+        let now = now_ms();
+        let index = self.index.take().unwrap_or_else(|| FlowIndex::build(state));
+        // Interface indexes are reused: names are looked up afresh each
+        // time.
+        self.names.clear();
+        for event in self.sockets.drain() {
+            match event {
+                Event::Log(raw) => {
+                    let record = LogRecord {
+                        prefix: raw.prefix,
+                        in_if: self.name(raw.in_ifindex),
+                        out_if: self.name(raw.out_ifindex),
+                        packet: raw.packet,
+                    };
+                    self.tracker.log(&record, &index, now);
+                }
+                Event::Destroyed(entry) => self.tracker.destroyed(&entry, now),
+            }
+        }
+        self.tracker.flush_denied(now);
+        let due = self
+            .last_dump
+            .is_none_or(|t| t.elapsed() >= self.config.update_interval);
+        if due && self.tracker.live() > 0 {
+            match self.sockets.dump() {
+                Ok(entries) => {
+                    self.tracker.dump(&entries, now);
+                    self.last_dump = Some(Instant::now());
+                }
+                Err(e) => warn!("{}", manul_dataplane_api::chain(&e)),
+            }
+        }
+        self.index = Some(index);
+        self.tracker.take()
+    }
+
+    /// Observations and events dropped since the start.
+    pub fn dropped(&self) -> u64 {
+        self.tracker.dropped() + self.sockets.dropped()
+    }
+}

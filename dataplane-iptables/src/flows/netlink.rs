@@ -1,0 +1,493 @@
+//! The kernel side of flow observations: an nflog group and conntrack
+//! (destroy events and dumps) over `NETLINK_NETFILTER`, through
+//! `netlink-packet-netfilter`. Sockets are opened in the calling thread's
+//! network namespace and keep it whichever thread reads them.
+//!
+//! One reader thread waits on the nflog socket and the conntrack event
+//! socket and queues what they bring, bounded: the kernel's socket buffers
+//! stay drained between Felix's calls to `take_flows`. Dumps run on the
+//! caller's thread.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use manul_dataplane_api::{FlowCounts, FlowTuple};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NlaBuffer,
+    NlasIterator,
+};
+use netlink_packet_netfilter::conntrack::{
+    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple, Tuple,
+};
+use netlink_packet_netfilter::nflog::{
+    ConfigCmd, ConfigMode, ConfigNla, PacketNla, Timeout, ULogMessage, config_request,
+};
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
+};
+use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+use tracing::{debug, warn};
+
+use super::packet::{self, PacketInfo};
+use super::track::CtEntry;
+
+/// Why the flow sockets could not be set up or read.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowSocketError {
+    #[error("opening a netfilter netlink socket")]
+    Open(#[source] std::io::Error),
+    #[error("binding nflog group {group}")]
+    Bind {
+        group: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("subscribing to conntrack events")]
+    Subscribe(#[source] std::io::Error),
+    #[error("dumping the conntrack table")]
+    Dump(#[source] std::io::Error),
+    #[error("starting the flow reader thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// A log record as read, interfaces still by index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawLog {
+    pub prefix: String,
+    pub in_ifindex: Option<u32>,
+    pub out_ifindex: Option<u32>,
+    pub packet: PacketInfo,
+}
+
+/// What the reader thread queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Log(RawLog),
+    Destroyed(CtEntry),
+}
+
+/// Conntrack's multicast group of destroyed entries (`NFNLGRP_CONNTRACK_DESTROY`).
+const GROUP_CT_DESTROY: u32 = 3;
+/// Conntrack's TCP states of a connection that is over.
+const TCP_TIME_WAIT: u8 = 7;
+const TCP_CLOSE: u8 = 8;
+const CTA_COUNTERS_ORIG: u16 = 9;
+const CTA_COUNTERS_REPLY: u16 = 10;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+const CTA_COUNTERS_PACKETS: u16 = 1;
+const CTA_COUNTERS_BYTES: u16 = 2;
+/// Bytes of each packet nflog copies: enough for IPv6 with extension
+/// headers and the ports.
+const COPY_RANGE: u32 = 128;
+/// The socket buffers asked for (the kernel caps them at `rmem_max`).
+const RCVBUF: usize = 4 << 20;
+
+fn io(e: impl Into<std::io::Error>) -> std::io::Error {
+    e.into()
+}
+
+fn send(socket: &Socket, mut msg: NetlinkMessage<NetfilterMessage>) -> std::io::Result<()> {
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    Ok(())
+}
+
+/// Each netlink message in one datagram.
+fn messages(buf: &[u8]) -> Vec<NetlinkMessage<NetfilterMessage>> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < buf.len() {
+        let Ok(msg) = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[offset..]) else {
+            // nflog's multipart batches and unknown attributes parse; a
+            // datagram that does not is skipped whole.
+            debug!("skipping an undecodable netfilter message");
+            break;
+        };
+        let len = msg.header.length as usize;
+        out.push(msg);
+        if len == 0 {
+            break;
+        }
+        offset += (len + 3) & !3;
+    }
+    out
+}
+
+/// Sends a request and waits for its acknowledgement.
+fn request(socket: &Socket, msg: NetlinkMessage<NetfilterMessage>) -> std::io::Result<()> {
+    send(socket, msg)?;
+    let mut buf = vec![0u8; 8192];
+    let n = socket.recv(&mut &mut buf[..], 0)?;
+    for m in messages(&buf[..n]) {
+        if let NetlinkPayload::Error(e) = m.payload
+            && let Some(code) = e.code
+        {
+            return Err(std::io::Error::from_raw_os_error(-code.get()));
+        }
+    }
+    Ok(())
+}
+
+fn bind_nflog(group: u16) -> Result<Socket, FlowSocketError> {
+    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(FlowSocketError::Open)?;
+    socket.bind_auto().map_err(FlowSocketError::Open)?;
+    let bind_err = |source| FlowSocketError::Bind { group, source };
+    let _ = socket.set_rx_buf_sz(RCVBUF);
+    // An earlier run's binding of the group is gone with its socket; an
+    // unbind first makes a half-closed one of this process go too.
+    let _ = request(
+        &socket,
+        config_request(
+            NetfilterProtoFamily::Unspec,
+            group,
+            vec![ConfigCmd::Unbind.into()],
+        ),
+    );
+    request(
+        &socket,
+        config_request(
+            NetfilterProtoFamily::Unspec,
+            group,
+            vec![
+                ConfigCmd::Bind.into(),
+                ConfigMode::new_packet(COPY_RANGE).into(),
+                ConfigNla::QThresh(64),
+                // Batches of up to 64 records, each at most 10 ms late
+                // (the kernel's default waits a second).
+                Timeout::from(Duration::from_millis(10)).into(),
+            ],
+        ),
+    )
+    .map_err(bind_err)?;
+    socket.set_non_blocking(true).map_err(bind_err)?;
+    Ok(socket)
+}
+
+fn subscribe_destroy() -> Result<Socket, FlowSocketError> {
+    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(FlowSocketError::Open)?;
+    socket.bind_auto().map_err(FlowSocketError::Subscribe)?;
+    let _ = socket.set_rx_buf_sz(RCVBUF);
+    socket
+        .add_membership(GROUP_CT_DESTROY)
+        .map_err(FlowSocketError::Subscribe)?;
+    socket
+        .set_non_blocking(true)
+        .map_err(FlowSocketError::Subscribe)?;
+    Ok(socket)
+}
+
+fn log_of(nlas: &[PacketNla]) -> Option<RawLog> {
+    let mut prefix = None;
+    let mut in_ifindex = None;
+    let mut out_ifindex = None;
+    let mut payload = None;
+    for nla in nlas {
+        match nla {
+            PacketNla::Prefix(p) => prefix = Some(p.to_string_lossy().into_owned()),
+            PacketNla::IfIndexInDev(i) => in_ifindex = Some(*i),
+            PacketNla::IfIndexOutDev(i) => out_ifindex = Some(*i),
+            PacketNla::Payload(p) => payload = Some(p),
+            _ => {}
+        }
+    }
+    Some(RawLog {
+        prefix: prefix?,
+        in_ifindex,
+        out_ifindex,
+        packet: packet::parse(payload?)?,
+    })
+}
+
+fn tuple_of(parts: &[Tuple]) -> Option<(IpAddr, IpAddr, u8, u16, u16)> {
+    let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, 0, 0);
+    for part in parts {
+        match part {
+            Tuple::Ip(ips) => {
+                for ip in ips {
+                    match ip {
+                        IPTuple::SourceAddress(a) => src = Some(*a),
+                        IPTuple::DestinationAddress(a) => dst = Some(*a),
+                        _ => {}
+                    }
+                }
+            }
+            Tuple::Proto(ps) => {
+                for p in ps {
+                    match p {
+                        ProtoTuple::Protocol(p) => proto = Some(u8::from(*p)),
+                        ProtoTuple::SourcePort(p) => sport = *p,
+                        ProtoTuple::DestinationPort(p) => dport = *p,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let proto = proto?;
+    if !matches!(proto, 6 | 17 | 132 | 136) {
+        (sport, dport) = (0, 0);
+    }
+    Some((src?, dst?, proto, sport, dport))
+}
+
+/// Packets and bytes of a `CTA_COUNTERS_*` attribute.
+fn counters(nla: &impl Nla) -> Option<(u64, u64)> {
+    let mut value = vec![0u8; nla.value_len()];
+    nla.emit_value(&mut value);
+    let (mut packets, mut bytes) = (None, None);
+    for inner in NlasIterator::new(&value[..]) {
+        let inner: NlaBuffer<&[u8]> = inner.ok()?;
+        let v = inner.value();
+        let n = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+        match inner.kind() {
+            CTA_COUNTERS_PACKETS => packets = Some(n),
+            CTA_COUNTERS_BYTES => bytes = Some(n),
+            _ => {}
+        }
+    }
+    Some((packets?, bytes?))
+}
+
+/// The entry a conntrack message describes.
+pub fn entry_of(attributes: &[ConntrackAttribute]) -> Option<CtEntry> {
+    let (mut orig, mut reply) = (None, None);
+    let (mut fwd, mut rev) = (None, None);
+    let mut closed = false;
+    for a in attributes {
+        match a {
+            ConntrackAttribute::CtaProtoInfo(infos) => {
+                for info in infos {
+                    if let ProtoInfo::TCP(tcp) = info {
+                        closed |= tcp.iter().any(|t| {
+                            matches!(t, ProtoInfoTCP::State(s) if *s == TCP_TIME_WAIT || *s == TCP_CLOSE)
+                        });
+                    }
+                }
+            }
+            ConntrackAttribute::CtaTupleOrig(t) => orig = tuple_of(t),
+            ConntrackAttribute::CtaTupleReply(t) => reply = tuple_of(t),
+            // The kind keeps the nested flag.
+            ConntrackAttribute::Other(nla) if nla.kind() & NLA_TYPE_MASK == CTA_COUNTERS_ORIG => {
+                fwd = counters(nla);
+            }
+            ConntrackAttribute::Other(nla) if nla.kind() & NLA_TYPE_MASK == CTA_COUNTERS_REPLY => {
+                rev = counters(nla);
+            }
+            _ => {}
+        }
+    }
+    let (src, dst, protocol, src_port, dst_port) = orig?;
+    let (reply_src, _, _, reply_src_port, _) = reply?;
+    let counts = match (fwd, rev) {
+        (Some((pf, bf)), Some((pr, br))) => Some(FlowCounts {
+            packets_forward: pf,
+            bytes_forward: bf,
+            packets_reverse: pr,
+            bytes_reverse: br,
+        }),
+        _ => None,
+    };
+    Some(CtEntry {
+        orig: FlowTuple {
+            protocol,
+            src,
+            src_port,
+            dst,
+            dst_port,
+        },
+        reply_src,
+        reply_src_port,
+        counts,
+        closed,
+    })
+}
+
+/// The bounded queue between the reader thread and the driver.
+#[derive(Debug, Default)]
+struct Shared {
+    queue: Mutex<VecDeque<Event>>,
+    dropped: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// The flow sockets of one driver, and the thread reading them.
+#[derive(Debug)]
+pub struct FlowSockets {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    dump: Socket,
+}
+
+/// Events queued at most before the reader drops (and counts) more.
+const QUEUE: usize = 262_144;
+
+impl FlowSockets {
+    /// Binds nflog `group` and subscribes to conntrack's destroy events in
+    /// this thread's network namespace, and starts the reader.
+    pub fn open(group: u16) -> Result<FlowSockets, FlowSocketError> {
+        let nflog = bind_nflog(group)?;
+        let events = subscribe_destroy()?;
+        let mut dump = Socket::new(NETLINK_NETFILTER).map_err(FlowSocketError::Open)?;
+        dump.bind_auto().map_err(FlowSocketError::Open)?;
+        let shared = Arc::new(Shared::default());
+        let reader = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("nft-flows".into())
+            .spawn(move || read_loop(&nflog, &events, &reader))
+            .map_err(FlowSocketError::Thread)?;
+        Ok(FlowSockets {
+            shared,
+            thread: Some(thread),
+            dump,
+        })
+    }
+
+    /// Everything queued since the last call.
+    pub fn drain(&self) -> Vec<Event> {
+        let mut q = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        q.drain(..).collect()
+    }
+
+    /// Events dropped: the queue was full, or a socket's buffer overran.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Every conntrack entry of the namespace, IPv4 and IPv6.
+    pub fn dump(&self) -> Result<Vec<CtEntry>, FlowSocketError> {
+        let mut hdr = NetlinkHeader::default();
+        hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let msg = NetlinkMessage::new(
+            hdr,
+            NetlinkPayload::from(NetfilterMessage::new(
+                NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
+                ConntrackMessage::Get(vec![]),
+            )),
+        );
+        send(&self.dump, msg).map_err(FlowSocketError::Dump)?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = self
+                .dump
+                .recv(&mut &mut buf[..], 0)
+                .map_err(FlowSocketError::Dump)?;
+            for m in messages(&buf[..n]) {
+                match m.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => {
+                        if let Some(code) = e.code {
+                            return Err(FlowSocketError::Dump(io(
+                                std::io::Error::from_raw_os_error(-code.get()),
+                            )));
+                        }
+                    }
+                    NetlinkPayload::InnerMessage(NetfilterMessage {
+                        inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
+                        ..
+                    }) => out.extend(entry_of(&attrs)),
+                    _ => {}
+                }
+            }
+            if n == 0 {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+impl Drop for FlowSockets {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn push(shared: &Shared, batch: &mut Vec<Event>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+    for e in batch.drain(..) {
+        if q.len() >= QUEUE {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            q.push_back(e);
+        }
+    }
+}
+
+/// Reads one socket until it would block; `false` when it failed for
+/// another reason than an overrun.
+fn read_socket(socket: &Socket, buf: &mut [u8], shared: &Shared, batch: &mut Vec<Event>) -> bool {
+    loop {
+        match socket.recv(&mut &mut buf[..], 0) {
+            Ok(n) => {
+                for m in messages(&buf[..n]) {
+                    if let NetlinkPayload::InnerMessage(NetfilterMessage { inner, .. }) = m.payload
+                    {
+                        match inner {
+                            NetfilterMessageInner::ULog(ULogMessage::Packet(nlas)) => {
+                                batch.extend(log_of(&nlas).map(Event::Log));
+                            }
+                            NetfilterMessageInner::Conntrack(ConntrackMessage::Delete(attrs)) => {
+                                batch.extend(entry_of(&attrs).map(Event::Destroyed));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                // The kernel dropped messages it could not queue.
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                warn!("reading flow events: {e}");
+                return false;
+            }
+        }
+    }
+}
+
+fn read_loop(nflog: &Socket, events: &Socket, shared: &Shared) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut buf = vec![0u8; 1 << 18];
+    let mut batch = Vec::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let mut fds = [
+            PollFd::new(nflog.as_fd(), PollFlags::POLLIN),
+            PollFd::new(events.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::from(200u16)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                warn!("waiting for flow events: {e}");
+                return;
+            }
+        }
+        let ok = read_socket(nflog, &mut buf, shared, &mut batch)
+            && read_socket(events, &mut buf, shared, &mut batch);
+        push(shared, &mut batch);
+        if !ok {
+            return;
+        }
+    }
+}

@@ -1,0 +1,238 @@
+use manul_dataplane_api::testutil::{
+    allow_all_profile, eid, ip, pid, policy_update, rule, tier, wep,
+};
+use manul_dataplane_api::{Action, Driver, NullDriver, Operation};
+
+use super::*;
+use crate::flows::prefix::prefix;
+
+fn index() -> FlowIndex {
+    let p = pid("default", "ns/p");
+    let mut null = NullDriver::new();
+    null.apply(&[
+        allow_all_profile("kns.ns"),
+        policy_update(
+            p.clone(),
+            vec![
+                rule("ns/p/inbound/0", Action::Allow),
+                rule("ns/p/inbound/1", Action::Deny),
+            ],
+            vec![],
+        ),
+        Operation::WorkloadEndpointUpdate(wep(
+            "ns",
+            "server",
+            &["10.0.0.2/32"],
+            vec![tier("default", Action::Deny, &[p], &[])],
+            &["kns.ns"],
+        )),
+        Operation::WorkloadEndpointUpdate(wep(
+            "ns",
+            "client",
+            &["10.0.0.1/32"],
+            vec![],
+            &["kns.ns"],
+        )),
+        Operation::InSync,
+    ])
+    .unwrap();
+    FlowIndex::build(null.state())
+}
+
+fn tcp(sport: u16, dport: u16) -> FlowTuple {
+    FlowTuple {
+        protocol: 6,
+        src: ip("10.0.0.1"),
+        src_port: sport,
+        dst: ip("10.0.0.2"),
+        dst_port: dport,
+    }
+}
+
+fn allow_rule() -> Decider {
+    Decider::Rule {
+        policy: Some(pid("default", "ns/p")),
+        profile: None,
+        rule_id: "ns/p/inbound/0".into(),
+    }
+}
+
+fn deny_rule() -> Decider {
+    Decider::Rule {
+        policy: Some(pid("default", "ns/p")),
+        profile: None,
+        rule_id: "ns/p/inbound/1".into(),
+    }
+}
+
+fn profile_rule() -> Decider {
+    Decider::Rule {
+        policy: None,
+        profile: Some("kns.ns".into()),
+        rule_id: "kns.ns/outbound/0".into(),
+    }
+}
+
+fn record(inbound: bool, d: &Decider, tuple: FlowTuple) -> LogRecord {
+    LogRecord {
+        prefix: prefix(inbound, d),
+        in_if: Some("caliclient".into()),
+        out_if: Some("caliserver".into()),
+        packet: PacketInfo { tuple, length: 60 },
+    }
+}
+
+fn entry(tuple: FlowTuple, counts: FlowCounts) -> CtEntry {
+    CtEntry {
+        orig: tuple,
+        reply_src: tuple.dst,
+        reply_src_port: tuple.dst_port,
+        counts: Some(counts),
+        closed: false,
+    }
+}
+
+fn summary(obs: &[FlowObservation]) -> Vec<(FlowPhase, Reporter, Option<String>, bool, u64)> {
+    obs.iter()
+        .map(|o| {
+            (
+                o.phase,
+                o.reporter,
+                o.endpoint.as_ref().map(|e| e.name.clone()),
+                o.allowed,
+                o.counts.packets_forward,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_connection_between_two_local_pods_starts_updates_and_ends_on_both_sides() {
+    let index = index();
+    let mut t = Tracker::new(Limits::default());
+    let flow = tcp(40000, 80);
+    t.log(&record(false, &profile_rule(), flow), &index, 1_000);
+    t.log(&record(true, &allow_rule(), flow), &index, 1_000);
+    let counts = FlowCounts {
+        packets_forward: 5,
+        bytes_forward: 400,
+        packets_reverse: 4,
+        bytes_reverse: 900,
+    };
+    t.dump(&[entry(flow, counts)], 2_000);
+    t.destroyed(
+        &entry(
+            flow,
+            FlowCounts {
+                packets_forward: 7,
+                ..counts
+            },
+        ),
+        3_000,
+    );
+    let obs = t.take();
+    let client = Some("client".to_string());
+    let server = Some("server".to_string());
+    assert_eq!(
+        summary(&obs),
+        vec![
+            (FlowPhase::Start, Reporter::Source, client.clone(), true, 1),
+            (
+                FlowPhase::Start,
+                Reporter::Destination,
+                server.clone(),
+                true,
+                1
+            ),
+            (FlowPhase::Update, Reporter::Source, client.clone(), true, 5),
+            (
+                FlowPhase::Update,
+                Reporter::Destination,
+                server.clone(),
+                true,
+                5
+            ),
+            (FlowPhase::End, Reporter::Source, client, true, 7),
+            (FlowPhase::End, Reporter::Destination, server, true, 7),
+        ]
+    );
+    assert_eq!(obs[1].decider, allow_rule());
+    assert_eq!(obs[0].decider, profile_rule());
+    assert_eq!(obs[5].counts.bytes_reverse, 900);
+    assert_eq!(t.live(), 0);
+}
+
+#[test]
+fn denied_packets_fold_into_one_burst_per_tuple_and_decider() {
+    let index = index();
+    let mut t = Tracker::new(Limits::default());
+    for _ in 0..3 {
+        t.log(&record(true, &deny_rule(), tcp(40001, 9090)), &index, 1_000);
+    }
+    let default = Decider::TierDefault {
+        tier: "default".into(),
+    };
+    t.log(&record(true, &default, tcp(40002, 7070)), &index, 1_000);
+    t.flush_denied(1_500);
+    let obs = t.take();
+    assert_eq!(obs.len(), 2);
+    assert_eq!((obs[0].phase, obs[0].allowed), (FlowPhase::Denied, false));
+    assert_eq!(obs[0].decider, deny_rule());
+    assert_eq!(
+        (obs[0].counts.packets_forward, obs[0].counts.bytes_forward),
+        (3, 180)
+    );
+    assert_eq!(obs[0].endpoint, Some(eid("ns", "server")));
+    assert_eq!(obs[1].decider, default);
+    assert_eq!(t.live(), 0);
+}
+
+#[test]
+fn connections_missing_from_dumps_end_after_grace_and_service_frontends_show() {
+    let index = index();
+    let mut t = Tracker::new(Limits::default());
+    let never_confirmed = tcp(40003, 80);
+    t.log(&record(true, &allow_rule(), never_confirmed), &index, 1_000);
+    t.dump(&[], 1_500);
+    assert_eq!(t.live(), 1, "still within its grace period");
+    t.dump(&[], 3_500);
+    assert_eq!(t.live(), 0);
+    let backend = tcp(40004, 80);
+    t.log(&record(true, &allow_rule(), backend), &index, 4_000);
+    let via_service = CtEntry {
+        orig: FlowTuple {
+            dst: ip("10.96.0.10"),
+            dst_port: 8080,
+            ..backend
+        },
+        reply_src: backend.dst,
+        reply_src_port: backend.dst_port,
+        counts: None,
+        closed: false,
+    };
+    t.dump(&[via_service], 4_100);
+    t.dump(&[], 4_200);
+    let obs = t.take();
+    let phases: Vec<FlowPhase> = obs.iter().map(|o| o.phase).collect();
+    use FlowPhase::*;
+    assert_eq!(phases, vec![Start, End, Start, Update, End]);
+    assert_eq!(obs[3].service_frontend, Some((ip("10.96.0.10"), 8080)));
+    assert_eq!(obs[4].service_frontend, Some((ip("10.96.0.10"), 8080)));
+}
+
+#[test]
+fn unknown_prefixes_and_a_full_queue_are_counted() {
+    let index = index();
+    let mut t = Tracker::new(Limits {
+        queue: 1,
+        ..Limits::default()
+    });
+    let mut stale = record(true, &allow_rule(), tcp(1, 2));
+    stale.prefix = "mnl:i:0011223344556677".into();
+    t.log(&stale, &index, 0);
+    assert_eq!(t.unknown, 1);
+    t.log(&record(true, &allow_rule(), tcp(1, 80)), &index, 0);
+    t.log(&record(true, &allow_rule(), tcp(2, 80)), &index, 0);
+    assert_eq!(t.dropped(), 1);
+    assert_eq!(t.take().len(), 1);
+}

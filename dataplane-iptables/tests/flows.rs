@@ -1,0 +1,278 @@
+//! Flow observations on the kernel: two pods on a node (network namespaces
+//! the test creates), the driver with flows on, real connections allowed
+//! and denied; the observations name the right deciding rules, endpoints
+//! and counts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use manul_dataplane_api::testutil::{eid, pid, rule};
+use manul_dataplane_api::verdict::Decider;
+use manul_dataplane_api::{
+    Action, Driver, FlowObservation, FlowPhase, IpSetKind, IpSetMember, Match, Operation, Policy,
+    PortRange, Reporter, TierPolicies, WorkloadEndpoint,
+};
+use manul_dataplane_conformance::privileges;
+use manul_dataplane_iptables::{FlowLog, Nft, NftConfig, NftDriver};
+use manul_model::names::workload_interface_name;
+use manul_netns::{NetNs, TcpServer, open_connection, plumb_pod, tcp_connect};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 67, 0, 10);
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 67, 0, 20);
+const ALLOWED: u16 = 8080;
+const DENIED_BY_RULE: u16 = 9090;
+const DENIED_BY_DEFAULT: u16 = 7070;
+
+fn port(p: u16) -> Vec<PortRange> {
+    vec![PortRange { first: p, last: p }]
+}
+
+fn operations() -> Vec<Operation> {
+    let policy = pid("default", "flows/server");
+    let tcp_to = |id: &str, action, p| manul_dataplane_api::Rule {
+        protocol: Some(6),
+        dst: Match {
+            ports: port(p),
+            ..Match::default()
+        },
+        ..rule(id, action)
+    };
+    let endpoint = |name: &str, ip: Ipv4Addr, tiers| {
+        Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
+            id: eid("flows", name),
+            interface_name: workload_interface_name("flows", name),
+            nets: vec![format!("{ip}/32").parse().unwrap()],
+            mac: None,
+            tiers,
+            profiles: vec!["kns.flows".into()],
+        })
+    };
+    vec![
+        Operation::IpSetUpdate {
+            id: "sel:client".into(),
+            kind: IpSetKind::Net,
+            members: vec![IpSetMember::Net(format!("{CLIENT}/32").parse().unwrap())],
+        },
+        Operation::ProfileUpdate {
+            id: "kns.flows".into(),
+            profile: Policy {
+                inbound: vec![],
+                outbound: vec![rule("kns.flows/outbound/0", Action::Allow)],
+            },
+        },
+        Operation::PolicyUpdate {
+            id: policy.clone(),
+            policy: Policy {
+                inbound: vec![
+                    manul_dataplane_api::Rule {
+                        src: Match {
+                            ip_sets: vec!["sel:client".into()],
+                            ..Match::default()
+                        },
+                        ..tcp_to("flows/server/inbound/0", Action::Allow, ALLOWED)
+                    },
+                    tcp_to("flows/server/inbound/1", Action::Deny, DENIED_BY_RULE),
+                ],
+                outbound: vec![],
+            },
+        },
+        endpoint("client", CLIENT, vec![]),
+        endpoint(
+            "server",
+            SERVER,
+            vec![TierPolicies {
+                name: "default".into(),
+                default_action: Action::Deny,
+                inbound: vec![policy],
+                outbound: vec![],
+            }],
+        ),
+        Operation::InSync,
+    ]
+}
+
+fn server_rule(index: usize) -> Decider {
+    Decider::Rule {
+        policy: Some(pid("default", "flows/server")),
+        profile: None,
+        rule_id: format!("flows/server/inbound/{index}"),
+    }
+}
+
+fn find(
+    obs: &[FlowObservation],
+    phase: FlowPhase,
+    reporter: Reporter,
+    dst_port: u16,
+) -> Option<&FlowObservation> {
+    obs.iter()
+        .find(|o| o.phase == phase && o.reporter == reporter && o.tuple.dst_port == dst_port)
+}
+
+#[test]
+fn allowed_and_denied_connections_are_observed_with_their_rules_and_counts() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let prefix = manul_netns::unique_prefix("fl");
+    let node = NetNs::create(&format!("{prefix}-n")).expect("node");
+    let client = NetNs::create(&format!("{prefix}-c")).expect("client");
+    let server = NetNs::create(&format!("{prefix}-s")).expect("server");
+    for (ns, name, ip) in [(&client, "client", CLIENT), (&server, "server", SERVER)] {
+        plumb_pod(
+            &node,
+            ns,
+            &workload_interface_name("flows", name),
+            "eth0",
+            ip,
+        )
+        .expect("plumb");
+    }
+    let _echo =
+        TcpServer::start(&server, SocketAddr::new(IpAddr::V4(SERVER), ALLOWED)).expect("echo");
+    const ROUNDTRIPS: u64 = 20;
+    let (obs, dropped) = node
+        .run(|| {
+            let config = NftConfig {
+                flows: Some(FlowLog {
+                    group: 20,
+                    update_interval: Duration::ZERO,
+                }),
+                ..NftConfig::default()
+            };
+            let mut driver = NftDriver::with_config(Nft::default(), config).expect("driver");
+            driver.apply(&operations()).expect("apply");
+            let mut held = open_connection(
+                &client,
+                SocketAddr::new(IpAddr::V4(SERVER), ALLOWED),
+                Duration::from_secs(2),
+            )
+            .expect("connect to the allowed port");
+            // The start shows (nflog hands records over in batches, each at
+            // most 10 ms late); then, the connection alive, an update.
+            let mut obs = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline
+                && find(&obs, FlowPhase::Start, Reporter::Destination, ALLOWED).is_none()
+            {
+                std::thread::sleep(Duration::from_millis(20));
+                obs.extend(driver.take_flows());
+            }
+            for _ in 0..ROUNDTRIPS {
+                assert!(held.roundtrip(Duration::from_secs(2)).expect("roundtrip"));
+            }
+            obs.extend(driver.take_flows());
+            held.close();
+            for p in [DENIED_BY_RULE, DENIED_BY_DEFAULT] {
+                let outcome = tcp_connect(
+                    &client,
+                    SocketAddr::new(IpAddr::V4(SERVER), p),
+                    Duration::from_millis(300),
+                )
+                .expect("probe");
+                assert!(!outcome.reached(), "port {p} got through: {outcome:?}");
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline
+                && find(&obs, FlowPhase::End, Reporter::Destination, ALLOWED).is_none()
+            {
+                std::thread::sleep(Duration::from_millis(200));
+                obs.extend(driver.take_flows());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            obs.extend(driver.take_flows());
+            (obs, driver.flows_dropped())
+        })
+        .expect("run in the node");
+    for o in &obs {
+        eprintln!("{}", serde_json::to_string(o).unwrap());
+    }
+    assert_eq!(dropped, 0);
+    let server_ep = Some(eid("flows", "server"));
+    let client_ep = Some(eid("flows", "client"));
+
+    let start =
+        find(&obs, FlowPhase::Start, Reporter::Destination, ALLOWED).expect("server's start");
+    assert!(start.allowed);
+    assert_eq!(start.decider, server_rule(0));
+    assert_eq!(start.endpoint, server_ep);
+    assert_eq!(start.tuple.src, IpAddr::V4(CLIENT));
+    assert_eq!(start.tuple.protocol, 6);
+    let client_start =
+        find(&obs, FlowPhase::Start, Reporter::Source, ALLOWED).expect("client's start");
+    assert_eq!(client_start.endpoint, client_ep);
+    assert_eq!(
+        client_start.decider,
+        Decider::Rule {
+            policy: None,
+            profile: Some("kns.flows".into()),
+            rule_id: "kns.flows/outbound/0".into()
+        }
+    );
+    let update = obs
+        .iter()
+        .rev()
+        .find(|o| {
+            o.phase == FlowPhase::Update
+                && o.reporter == Reporter::Destination
+                && o.tuple.dst_port == ALLOWED
+        })
+        .expect("an update");
+    assert!(
+        update.counts.packets_reverse >= ROUNDTRIPS,
+        "{:?}",
+        update.counts
+    );
+    assert!(update.time_unix_ms >= start.time_unix_ms);
+    let end = find(&obs, FlowPhase::End, Reporter::Destination, ALLOWED).expect("the end");
+    assert_eq!(end.tuple, start.tuple);
+    // The handshake, the round trips and the close: each round trip is a
+    // request and a reply.
+    assert!(end.counts.packets_forward > ROUNDTRIPS, "{:?}", end.counts);
+    assert!(end.counts.packets_reverse > ROUNDTRIPS, "{:?}", end.counts);
+    assert!(
+        end.counts.bytes_forward > 40 * ROUNDTRIPS,
+        "{:?}",
+        end.counts
+    );
+    assert!(
+        end.counts.bytes_reverse > 40 * ROUNDTRIPS,
+        "{:?}",
+        end.counts
+    );
+    assert!(find(&obs, FlowPhase::End, Reporter::Source, ALLOWED).is_some());
+
+    let denied = find(
+        &obs,
+        FlowPhase::Denied,
+        Reporter::Destination,
+        DENIED_BY_RULE,
+    )
+    .expect("the denial by rule");
+    assert!(!denied.allowed);
+    assert_eq!(denied.decider, server_rule(1));
+    assert_eq!(denied.endpoint, server_ep);
+    assert!(denied.counts.packets_forward >= 1);
+    let by_default = find(
+        &obs,
+        FlowPhase::Denied,
+        Reporter::Destination,
+        DENIED_BY_DEFAULT,
+    )
+    .expect("the denial by the tier's default");
+    assert_eq!(
+        by_default.decider,
+        Decider::TierDefault {
+            tier: "default".into()
+        }
+    );
+    for p in [DENIED_BY_RULE, DENIED_BY_DEFAULT] {
+        assert!(
+            find(&obs, FlowPhase::Start, Reporter::Destination, p).is_none(),
+            "a denied connection to {p} started"
+        );
+    }
+}

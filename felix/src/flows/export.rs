@@ -1,0 +1,260 @@
+//! Streaming flow records to the flow aggregator: numbered batches kept
+//! until acknowledged ([`Outbox`], no I/O) and the task that sends them
+//! ([`run`]), resending what was not acknowledged after every reconnect.
+//! The aggregator drops a batch it already stored (same node, epoch and
+//! sequence number), so a resend never counts a flow twice.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use manul_proto::flows::flow_ingest_client::FlowIngestClient;
+use manul_proto::flows::{FlowRecord, PushHello, PushRequest, RecordBatch, push_request};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// Batches sent or to send, oldest first, until acknowledged; at most
+/// `capacity` records (beyond: the oldest batches are dropped and counted).
+#[derive(Debug)]
+pub struct Outbox {
+    batches: VecDeque<RecordBatch>,
+    records: usize,
+    capacity: usize,
+    next_seq: u64,
+    /// Records dropped because the outbox was full.
+    pub dropped: u64,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Outbox {
+        Outbox {
+            batches: VecDeque::new(),
+            records: 0,
+            capacity,
+            next_seq: 1,
+            dropped: 0,
+        }
+    }
+
+    /// Numbers `records` as the next batch and keeps it; the batch to send.
+    pub fn push(&mut self, records: Vec<FlowRecord>) -> RecordBatch {
+        let batch = RecordBatch {
+            seq: self.next_seq,
+            records,
+        };
+        self.next_seq += 1;
+        self.records += batch.records.len();
+        self.batches.push_back(batch.clone());
+        while self.records > self.capacity {
+            let Some(old) = self.batches.pop_front() else {
+                break;
+            };
+            self.records -= old.records.len();
+            self.dropped += old.records.len() as u64;
+        }
+        batch
+    }
+
+    /// The aggregator stored every batch up to `seq`.
+    pub fn ack(&mut self, seq: u64) {
+        while self.batches.front().is_some_and(|b| b.seq <= seq) {
+            if let Some(b) = self.batches.pop_front() {
+                self.records -= b.records.len();
+            }
+        }
+    }
+
+    /// What a new stream sends first: every batch not acknowledged.
+    pub fn unacknowledged(&self) -> impl Iterator<Item = &RecordBatch> {
+        self.batches.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+}
+
+/// The most records one batch carries (well under gRPC's 4 MiB message
+/// limit at a few hundred bytes a record).
+pub const BATCH_RECORDS: usize = 2_000;
+
+/// An interval's records as batches' worth.
+fn split(mut records: Vec<FlowRecord>) -> Vec<Vec<FlowRecord>> {
+    let mut out = Vec::new();
+    while records.len() > BATCH_RECORDS {
+        let rest = records.split_off(BATCH_RECORDS);
+        out.push(records);
+        records = rest;
+    }
+    out.push(records);
+    out
+}
+
+/// Where and as whom the records go.
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    /// `http://HOST:PORT`.
+    pub endpoint: String,
+    pub node: String,
+    /// This run of Felix (its start time in nanoseconds): sequence numbers
+    /// start again with every run.
+    pub epoch: u64,
+    /// Records kept while the aggregator is away.
+    pub capacity: usize,
+}
+
+/// What the exporter did, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportStatus {
+    pub connected: bool,
+    pub sent_batches: u64,
+    pub acknowledged: u64,
+    pub unacknowledged: usize,
+    pub dropped_records: u64,
+}
+
+/// Sends the records that arrive on `records` until it closes.
+pub async fn run(
+    config: ExportConfig,
+    mut records: mpsc::Receiver<Vec<FlowRecord>>,
+    status: watch::Sender<ExportStatus>,
+) {
+    let mut outbox = Outbox::new(config.capacity);
+    let mut st = ExportStatus::default();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match stream(&config, &mut outbox, &mut records, &mut st, &status).await {
+            Ok(()) => return,
+            Err(e) => {
+                // A stream that got going starts the backoff again.
+                if st.connected {
+                    backoff = Duration::from_millis(200);
+                }
+                st.connected = false;
+                status.send_replace(st);
+                warn!(endpoint = %config.endpoint, "flow aggregator stream: {e}");
+            }
+        }
+        // Keep taking records while waiting to reconnect.
+        let wake = tokio::time::sleep(backoff);
+        tokio::pin!(wake);
+        loop {
+            tokio::select! {
+                _ = &mut wake => break,
+                r = records.recv() => match r {
+                    Some(r) => {
+                        for part in split(r) {
+                            outbox.push(part);
+                        }
+                        st.unacknowledged = outbox.len();
+                        st.dropped_records = outbox.dropped;
+                        status.send_replace(st);
+                    }
+                    None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One stream: hello, the unacknowledged batches, then new ones as they
+/// come, acknowledgements as they come. `Ok` when `records` closed.
+async fn stream(
+    config: &ExportConfig,
+    outbox: &mut Outbox,
+    records: &mut mpsc::Receiver<Vec<FlowRecord>>,
+    st: &mut ExportStatus,
+    status: &watch::Sender<ExportStatus>,
+) -> Result<(), tonic::Status> {
+    let mut client = FlowIngestClient::connect(config.endpoint.clone())
+        .await
+        .map_err(|e| tonic::Status::unavailable(manul_dataplane_api::chain(&e)))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let send = |tx: &mpsc::UnboundedSender<PushRequest>, msg| {
+        tx.send(PushRequest { msg: Some(msg) })
+            .map_err(|_| tonic::Status::cancelled("the request stream closed"))
+    };
+    send(
+        &tx,
+        push_request::Msg::Hello(PushHello {
+            node: config.node.clone(),
+            epoch: config.epoch,
+        }),
+    )?;
+    for b in outbox.unacknowledged() {
+        send(&tx, push_request::Msg::Batch(b.clone()))?;
+        st.sent_batches += 1;
+    }
+    let mut acks = client
+        .push(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    st.connected = true;
+    status.send_replace(*st);
+    info!(endpoint = %config.endpoint, resent = outbox.len(), "streaming flows to the aggregator");
+    loop {
+        tokio::select! {
+            r = records.recv() => match r {
+                Some(r) => {
+                    for part in split(r) {
+                        let b = outbox.push(part);
+                        send(&tx, push_request::Msg::Batch(b))?;
+                        st.sent_batches += 1;
+                    }
+                }
+                None => return Ok(()),
+            },
+            ack = acks.message() => match ack? {
+                Some(a) => {
+                    outbox.ack(a.seq);
+                    st.acknowledged = a.seq;
+                }
+                None => return Err(tonic::Status::unavailable("the aggregator ended the stream")),
+            },
+        }
+        st.unacknowledged = outbox.len();
+        st.dropped_records = outbox.dropped;
+        status.send_replace(*st);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(n: usize) -> Vec<FlowRecord> {
+        (0..n).map(|_| FlowRecord::default()).collect()
+    }
+
+    #[test]
+    fn large_intervals_are_split() {
+        let parts: Vec<usize> = split(records(2 * BATCH_RECORDS + 1))
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(parts, vec![BATCH_RECORDS, BATCH_RECORDS, 1]);
+    }
+
+    #[test]
+    fn batches_stay_until_acknowledged_and_the_oldest_go_when_full() {
+        let mut o = Outbox::new(5);
+        assert_eq!(o.push(records(2)).seq, 1);
+        assert_eq!(o.push(records(2)).seq, 2);
+        o.ack(1);
+        let left: Vec<u64> = o.unacknowledged().map(|b| b.seq).collect();
+        assert_eq!(left, vec![2]);
+        o.push(records(2));
+        o.push(records(2));
+        // 6 records > 5: batch 2 is dropped.
+        let left: Vec<u64> = o.unacknowledged().map(|b| b.seq).collect();
+        assert_eq!(left, vec![3, 4]);
+        assert_eq!(o.dropped, 2);
+        o.ack(9);
+        assert!(o.is_empty());
+        assert_eq!(o.push(records(1)).seq, 5, "numbers never repeat");
+    }
+}

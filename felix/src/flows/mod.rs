@@ -1,0 +1,205 @@
+//! Flows: what the driver observed ([`manul_dataplane_api::flows`]),
+//! enriched with what Felix knows and aggregated per interval into flow
+//! records for the flow aggregator.
+//!
+//! The core ([`FlowPipeline`]) does no I/O and reads no clock: the agent
+//! hands it the sync updates (for [`endpoints`]), the batches the driver
+//! took (a mirror of the driver's desired state, which [`trace`] judges
+//! flows against), the observations it drains from the driver and the
+//! time. [`export`] is the thin task that streams the records to the
+//! aggregator.
+//!
+//! It refuses to invent what it does not know: an address no endpoint or
+//! node owns is a network (`pub`/`pvt`), a trace that disagrees with the
+//! kernel is the kernel's deciding rule alone (and counted), and the
+//! pending trace stays empty until staged policies are evaluated
+//! ([`trace::PendingEvaluator`]).
+
+pub mod aggregate;
+pub mod endpoints;
+pub mod export;
+pub mod trace;
+pub mod workload;
+
+use std::net::IpAddr;
+
+use manul_dataplane_api::{DesiredState, Driver, FlowObservation, NullDriver, Operation};
+use manul_proto::flows::{FlowEndpoint, FlowRecord};
+
+use aggregate::{Aggregator, Enriched, wire_labels};
+use endpoints::EndpointIndex;
+use trace::{NoStagedPolicies, PendingEvaluator};
+
+use crate::calc::Update;
+
+/// Counters of the pipeline, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineStats {
+    pub observations: u64,
+    pub trace_mismatches: u64,
+    pub records: u64,
+}
+
+/// Observations in, records out (see the module documentation).
+pub struct FlowPipeline {
+    mirror: NullDriver,
+    index: EndpointIndex,
+    aggregator: Aggregator,
+    pending: Box<dyn PendingEvaluator>,
+    pub stats: PipelineStats,
+}
+
+impl std::fmt::Debug for FlowPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowPipeline")
+            .field("endpoints", &self.index.len())
+            .field("open_records", &self.aggregator.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl FlowPipeline {
+    /// A pipeline for `node`, aggregating over `interval_s`, from `now_s`.
+    pub fn new(node: &str, interval_s: u64, now_s: u64) -> FlowPipeline {
+        FlowPipeline {
+            mirror: NullDriver::new(),
+            index: EndpointIndex::default(),
+            aggregator: Aggregator::new(node, interval_s, now_s),
+            pending: Box::new(NoStagedPolicies),
+            stats: PipelineStats::default(),
+        }
+    }
+
+    /// Replaces what evaluates staged policies.
+    pub fn with_pending(mut self, pending: Box<dyn PendingEvaluator>) -> FlowPipeline {
+        self.pending = pending;
+        self
+    }
+
+    /// A sync update (endpoints' and nodes' addresses, labels).
+    pub fn update(&mut self, u: &Update) {
+        self.index.update(u);
+    }
+
+    /// The driver took `batch`: the mirror follows.
+    pub fn applied(&mut self, batch: &[Operation]) {
+        if let Err(e) = self.mirror.apply(batch) {
+            tracing::warn!(
+                "the flow pipeline's copy of the dataplane state refused a batch the driver took: {e}"
+            );
+            self.mirror.mark_stale();
+        }
+    }
+
+    /// The driver went stale: the whole state follows.
+    pub fn mark_stale(&mut self) {
+        self.mirror.mark_stale();
+    }
+
+    /// The state traces are computed on.
+    pub fn state(&self) -> &DesiredState {
+        self.mirror.state()
+    }
+
+    /// Enriches and aggregates observations.
+    pub fn observe(&mut self, observations: Vec<FlowObservation>) {
+        for obs in observations {
+            self.stats.observations += 1;
+            let e = self.enrich(&obs);
+            self.aggregator.add(e);
+        }
+    }
+
+    /// One observation with both endpoints, its traces and its Service.
+    pub fn enrich(&mut self, obs: &FlowObservation) -> Enriched {
+        let state = self.mirror.state();
+        let t = trace::enforced(state, obs);
+        if t.mismatch {
+            self.stats.trace_mismatches += 1;
+        }
+        let pending = self.pending.pending(state, obs);
+        let service = obs.service_frontend.and_then(|(addr, port)| {
+            state.services.values().find_map(|s| {
+                let has_addr =
+                    s.cluster_ips.contains(&addr) || s.external_addresses().any(|a| *a == addr);
+                (has_addr
+                    && s.ports
+                        .iter()
+                        .any(|p| p.port == port && p.protocol == obs.tuple.protocol))
+                .then(|| (s.namespace.clone(), s.name.clone(), port))
+            })
+        });
+        Enriched {
+            phase: obs.phase,
+            tuple: obs.tuple,
+            reporter: obs.reporter,
+            src: self.endpoint(obs.tuple.src),
+            dst: self.endpoint(obs.tuple.dst),
+            allowed: obs.allowed,
+            enforced: t.hits,
+            pending,
+            service,
+            counts: obs.counts,
+        }
+    }
+
+    fn endpoint(&self, addr: IpAddr) -> FlowEndpoint {
+        if let Some(w) = self.index.workload_at(addr) {
+            return FlowEndpoint {
+                kind: "pod".to_owned(),
+                namespace: w.namespace.clone(),
+                workload: w.workload.clone(),
+                labels: wire_labels(&w.labels),
+            };
+        }
+        if let Some(node) = self.index.node_at(addr) {
+            return FlowEndpoint {
+                kind: "host".to_owned(),
+                namespace: String::new(),
+                workload: node.to_owned(),
+                labels: Default::default(),
+            };
+        }
+        FlowEndpoint {
+            kind: "net".to_owned(),
+            namespace: String::new(),
+            workload: if is_private(addr) { "pvt" } else { "pub" }.to_owned(),
+            labels: Default::default(),
+        }
+    }
+
+    /// The interval's records once it is over at `now_s`.
+    pub fn flush_if_due(&mut self, now_s: u64) -> Option<Vec<FlowRecord>> {
+        if !self.aggregator.due(now_s) {
+            return None;
+        }
+        let records = self.aggregator.flush(now_s);
+        self.stats.records += records.len() as u64;
+        Some(records)
+    }
+
+    /// Drains the driver and aggregates what it observed; the interval's
+    /// records once it is over.
+    pub fn poll(&mut self, driver: &mut dyn Driver, now_s: u64) -> Option<Vec<FlowRecord>> {
+        let observations = driver.take_flows();
+        self.observe(observations);
+        self.flush_if_due(now_s)
+    }
+}
+
+/// RFC 1918, RFC 4193 and the other ranges Calico calls private.
+fn is_private(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => {
+            a.is_private()
+                || a.is_loopback()
+                || a.is_link_local()
+                || (a.octets()[0] == 100 && (a.octets()[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(a) => (a.segments()[0] & 0xfe00) == 0xfc00 || a.is_loopback(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

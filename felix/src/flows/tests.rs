@@ -1,0 +1,247 @@
+#![allow(clippy::unwrap_used)]
+
+use std::net::IpAddr;
+
+use manul_dataplane_api::testutil::{allow_all_profile, eid, pid, policy_update, rule, tier, wep};
+use manul_dataplane_api::{
+    Action, Decider, FlowCounts, FlowObservation, FlowPhase, FlowTuple, Operation, Reporter,
+};
+
+use super::*;
+
+fn updates(yaml: &str) -> Vec<Update> {
+    manul_model::load("test.yaml", yaml.as_bytes())
+        .into_result()
+        .unwrap()
+        .into_iter()
+        .map(|l| Update {
+            key: l.resource.key(),
+            value: Some(l.resource),
+        })
+        .collect()
+}
+
+fn wep_yaml(name: &str, pod: &str, ip: &str, labels: &str) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: {name}\n  namespace: prod\n  labels: {{{labels}}}\nspec:\n  node: node-a\n  pod: {pod}\n  interfaceName: mnl-{name}\n  ipNetworks: [{ip}/32]\n  profiles: [kns.prod]\n---\n"
+    )
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+const WEB1: &str = "10.0.0.1";
+const WEB2: &str = "10.0.0.2";
+const DB: &str = "10.0.0.9";
+
+/// web pods (a Deployment's) and a db pod; db's inbound: the `default`
+/// tier's `prod/db-allow` allows TCP 5432 (rule 1, after a non-matching
+/// rule 0), the tier denies the rest.
+fn pipeline() -> FlowPipeline {
+    let mut p = FlowPipeline::new("node-a", 15, 1000);
+    let yaml = [
+        wep_yaml(
+            "web1",
+            "web-6d4cf56db6-x2k9p",
+            WEB1,
+            "app: web, pod-template-hash: 6d4cf56db6, tier: fe",
+        ),
+        wep_yaml(
+            "web2",
+            "web-6d4cf56db6-q7zzw",
+            WEB2,
+            "app: web, pod-template-hash: 6d4cf56db6, tier: be",
+        ),
+        wep_yaml("db", "db", DB, "app: db"),
+    ]
+    .concat();
+    for u in updates(&yaml) {
+        p.update(&u);
+    }
+    let db_allow = pid("default", "prod/db-allow");
+    let mut udp = rule("default/prod/db-allow/inbound/0", Action::Allow);
+    udp.protocol = Some(17);
+    let mut pg = rule("default/prod/db-allow/inbound/1", Action::Allow);
+    pg.protocol = Some(6);
+    pg.dst.ports = manul_dataplane_api::testutil::ports(&[(5432, 5432)]);
+    p.applied(&[
+        allow_all_profile("kns.prod"),
+        policy_update(db_allow.clone(), vec![udp, pg], Vec::new()),
+        Operation::WorkloadEndpointUpdate(wep(
+            "prod",
+            "db",
+            &[&format!("{DB}/32")],
+            vec![tier("default", Action::Deny, &[db_allow], &[])],
+            &["kns.prod"],
+        )),
+        Operation::InSync,
+    ]);
+    p
+}
+
+fn obs(
+    phase: FlowPhase,
+    src: &str,
+    sport: u16,
+    dport: u16,
+    allowed: bool,
+    counts: FlowCounts,
+) -> FlowObservation {
+    FlowObservation {
+        phase,
+        time_unix_ms: 1_000_000,
+        tuple: FlowTuple {
+            protocol: 6,
+            src: ip(src),
+            src_port: sport,
+            dst: ip(DB),
+            dst_port: dport,
+        },
+        service_frontend: None,
+        reporter: Reporter::Destination,
+        endpoint: Some(eid("prod", "db")),
+        allowed,
+        decider: if allowed {
+            Decider::Rule {
+                policy: Some(pid("default", "prod/db-allow")),
+                profile: None,
+                rule_id: "default/prod/db-allow/inbound/1".into(),
+            }
+        } else {
+            Decider::TierDefault {
+                tier: "default".into(),
+            }
+        },
+        counts,
+    }
+}
+
+fn counts(p: u64) -> FlowCounts {
+    FlowCounts {
+        packets_forward: p,
+        bytes_forward: p * 100,
+        packets_reverse: p,
+        bytes_reverse: p * 10,
+    }
+}
+
+#[test]
+fn observations_become_records_with_workloads_and_the_policy_trace() {
+    let mut p = pipeline();
+    p.observe(vec![
+        obs(FlowPhase::Start, WEB1, 40000, 5432, true, counts(1)),
+        obs(FlowPhase::Start, WEB2, 40001, 5432, true, counts(1)),
+        obs(FlowPhase::Update, WEB1, 40000, 5432, true, counts(5)),
+        obs(FlowPhase::End, WEB1, 40000, 5432, true, counts(7)),
+        obs(FlowPhase::Denied, WEB1, 40002, 22, false, counts(3)),
+        obs(FlowPhase::Denied, "192.0.2.7", 40003, 22, false, counts(1)),
+    ]);
+    assert_eq!(p.flush_if_due(1014), None, "the interval is not over");
+    let records = p.flush_if_due(1015).unwrap();
+    assert_eq!(p.stats.trace_mismatches, 0);
+    assert_eq!(records.len(), 3, "{records:#?}");
+
+    let allowed = records.iter().find(|r| r.action == "allow").unwrap();
+    let src = allowed.src.as_ref().unwrap();
+    assert_eq!(
+        (
+            src.kind.as_str(),
+            src.namespace.as_str(),
+            src.workload.as_str()
+        ),
+        ("pod", "prod", "web-*")
+    );
+    // Only the labels both web pods have.
+    assert_eq!(src.labels.get("app").map(String::as_str), Some("web"));
+    assert!(!src.labels.contains_key("tier"));
+    assert_eq!(allowed.dst.as_ref().unwrap().workload, "db");
+    assert_eq!(
+        (
+            allowed.reporter.as_str(),
+            allowed.dst_port,
+            allowed.protocol
+        ),
+        ("dst", 5432, 6)
+    );
+    assert_eq!((allowed.start_unix_s, allowed.end_unix_s), (1000, 1015));
+    assert_eq!(
+        (
+            allowed.flows_started,
+            allowed.flows_completed,
+            allowed.num_flows
+        ),
+        (2, 1, 2)
+    );
+    // web1's totals (7) plus web2's start (1): counters never counted twice.
+    assert_eq!((allowed.packets_forward, allowed.bytes_forward), (8, 800));
+    let trace: Vec<_> = allowed
+        .enforced
+        .iter()
+        .map(|h| {
+            (
+                h.tier.as_str(),
+                h.kind.as_str(),
+                h.namespace.as_str(),
+                h.name.as_str(),
+                h.rule_index,
+                h.action.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        trace,
+        vec![(
+            "default",
+            "NetworkPolicy",
+            "prod",
+            "db-allow",
+            Some(1),
+            "allow"
+        )]
+    );
+    assert!(
+        allowed.pending.is_empty(),
+        "no staged policies: no pending trace"
+    );
+
+    let denied = records
+        .iter()
+        .find(|r| r.action == "deny" && r.src.as_ref().unwrap().kind == "pod")
+        .unwrap();
+    assert_eq!((denied.flows_denied, denied.packets_forward), (1, 3));
+    let end = &denied.enforced[0];
+    assert_eq!(
+        (
+            end.kind.as_str(),
+            end.name.as_str(),
+            end.rule_index,
+            end.action.as_str()
+        ),
+        ("EndOfTier", "default", None, "deny")
+    );
+    let outside = records
+        .iter()
+        .find(|r| r.src.as_ref().unwrap().kind == "net")
+        .unwrap();
+    assert_eq!(outside.src.as_ref().unwrap().workload, "pub");
+    // The next interval starts where this one ended, empty.
+    assert_eq!(p.flush_if_due(1030), Some(Vec::new()));
+}
+
+#[test]
+fn a_kernel_verdict_the_state_does_not_explain_keeps_the_kernels_rule() {
+    let mut p = pipeline();
+    // The kernel says rule 0 allowed TCP 5432 (say, before a policy
+    // change the copy already has): the trace is the kernel's rule alone.
+    let mut o = obs(FlowPhase::Start, WEB1, 40000, 5432, true, counts(1));
+    o.decider = Decider::Rule {
+        policy: Some(pid("default", "prod/db-allow")),
+        profile: None,
+        rule_id: "default/prod/db-allow/inbound/0".into(),
+    };
+    let e = p.enrich(&o);
+    assert_eq!(p.stats.trace_mismatches, 1);
+    assert_eq!(e.enforced.len(), 1);
+    assert_eq!(e.enforced[0].rule_index, Some(0));
+}

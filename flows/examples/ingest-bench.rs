@@ -1,0 +1,234 @@
+//! The flow aggregator's ingest benchmark, printing one JSON object:
+//!
+//! - `store`: records per second into the window (`Store::ingest`, batches
+//!   of 2,000, no network), per run;
+//! - `grpc`: records per second from a client streaming numbered batches
+//!   over `FlowIngest` on loopback until the last is acknowledged (the
+//!   server in the same process, on its own runtime threads);
+//! - `memory`: the process's resident memory before and after the store
+//!   holds `--retained` records, per record, beside the store's estimate.
+//!
+//! `cargo run --release -p manul-flows --example ingest-bench [-- --records N --runs R --retained M]`
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Instant;
+
+use manul_flows::server::Shared;
+use manul_flows::store::Store;
+use manul_proto::flows::flow_ingest_client::FlowIngestClient;
+use manul_proto::flows::{
+    FlowEndpoint, FlowRecord, PolicyHit, PushHello, PushRequest, RecordBatch, push_request,
+};
+use serde_json::json;
+
+const BATCH: usize = 2_000;
+
+fn flag(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// A record as a busy node sends them: pods with a few labels, a
+/// two-step trace.
+fn record(i: usize) -> FlowRecord {
+    let ep = |ns: &str, w: String, app: &str| FlowEndpoint {
+        kind: "pod".into(),
+        namespace: ns.into(),
+        workload: w,
+        labels: [
+            ("app".to_owned(), app.to_owned()),
+            ("team".to_owned(), "payments".to_owned()),
+            ("pod-template-hash".to_owned(), "6d4cf56db6".to_owned()),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    FlowRecord {
+        start_unix_s: 1_700_000_000,
+        end_unix_s: 1_700_000_015,
+        node: format!("node-{}", i % 100),
+        reporter: "dst".into(),
+        src: Some(ep("frontend", format!("web-{}-*", i % 500), "web")),
+        dst: Some(ep("backend", format!("api-{}-*", i % 50), "api")),
+        protocol: 6,
+        dst_port: 8080,
+        action: "allow".into(),
+        enforced: vec![
+            PolicyHit {
+                tier: "security".into(),
+                kind: "GlobalNetworkPolicy".into(),
+                namespace: String::new(),
+                name: "baseline".into(),
+                rule_index: Some(2),
+                action: "pass".into(),
+            },
+            PolicyHit {
+                tier: "default".into(),
+                kind: "NetworkPolicy".into(),
+                namespace: "backend".into(),
+                name: "api-allow".into(),
+                rule_index: Some(0),
+                action: "allow".into(),
+            },
+        ],
+        pending: Vec::new(),
+        packets_forward: 10,
+        bytes_forward: 1500,
+        packets_reverse: 8,
+        bytes_reverse: 9000,
+        flows_started: 3,
+        flows_completed: 2,
+        num_flows: 3,
+        ..FlowRecord::default()
+    }
+}
+
+fn batches(n: usize) -> Vec<RecordBatch> {
+    let records: Vec<FlowRecord> = (0..n).map(record).collect();
+    records
+        .chunks(BATCH)
+        .enumerate()
+        .map(|(i, c)| RecordBatch {
+            seq: i as u64 + 1,
+            records: c.to_vec(),
+        })
+        .collect()
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let n: usize = flag("--records")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400_000);
+    let runs: usize = flag("--runs").and_then(|s| s.parse().ok()).unwrap_or(5);
+    let retained: usize = flag("--retained")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500_000);
+
+    // The store alone.
+    let mut store_rates = Vec::new();
+    for run in 0..runs {
+        let input = batches(n);
+        let mut store = Store::new(3600, usize::MAX);
+        let started = Instant::now();
+        for b in input {
+            store.ingest("node-a", run as u64, b, 1_700_000_015);
+        }
+        store_rates.push(n as f64 / started.elapsed().as_secs_f64());
+    }
+
+    // Over gRPC on loopback.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let shared = Shared::new(Store::new(3600, usize::MAX));
+    let (ingest, query) = shared.services();
+    let listener = server_rt.block_on(async {
+        // A loopback port below 32768.
+        for port in 17_000..17_100 {
+            if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                return l;
+            }
+        }
+        panic!("no free loopback port in 17000..17100");
+    });
+    let addr = listener.local_addr().unwrap();
+    server_rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(ingest)
+            .add_service(query)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut grpc_rates = Vec::new();
+    for run in 0..runs {
+        let input = batches(n);
+        let last = input.len() as u64;
+        let rate = client_rt.block_on(async {
+            let mut client = FlowIngestClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let started = Instant::now();
+            let hello = PushRequest {
+                msg: Some(push_request::Msg::Hello(PushHello {
+                    node: "bench".into(),
+                    epoch: 1000 + run as u64,
+                })),
+            };
+            let requests = std::iter::once(hello).chain(input.into_iter().map(|b| PushRequest {
+                msg: Some(push_request::Msg::Batch(b)),
+            }));
+            let mut acks = client
+                .push(tokio_stream::iter(requests))
+                .await
+                .unwrap()
+                .into_inner();
+            while let Some(a) = acks.message().await.unwrap() {
+                if a.seq == last {
+                    break;
+                }
+            }
+            n as f64 / started.elapsed().as_secs_f64()
+        });
+        grpc_rates.push(rate);
+    }
+    let grpc_stored = shared.store().len();
+    drop(client_rt);
+    drop(server_rt);
+    drop(shared);
+
+    // Memory per retained record.
+    // Measured around building the records too: their strings and maps
+    // are what the store holds (an upper bound: the batches' vectors,
+    // freed as they are stored, may stay resident).
+    let before = rss_bytes();
+    let input = batches(retained);
+    let mut store = Store::new(3600, usize::MAX);
+    for b in input {
+        store.ingest("node-a", 1, b, 1_700_000_015);
+    }
+    let after = rss_bytes();
+    let per_record = (after.saturating_sub(before)) as f64 / retained as f64;
+
+    let summary = |v: &Vec<f64>| {
+        json!({
+            "median": median(v.clone()).round(),
+            "min": v.iter().cloned().fold(f64::INFINITY, f64::min).round(),
+            "max": v.iter().cloned().fold(0.0, f64::max).round(),
+            "runs": v.iter().map(|r| r.round()).collect::<Vec<_>>(),
+        })
+    };
+    let out = json!({
+        "records_per_run": n,
+        "batch_records": BATCH,
+        "store_records_per_s": summary(&store_rates),
+        "grpc_records_per_s": summary(&grpc_rates),
+        "grpc_records_stored": grpc_stored,
+        "memory": {
+            "retained": retained,
+            "rss_delta_bytes": after.saturating_sub(before),
+            "bytes_per_record": per_record.round(),
+            "store_estimate_bytes_per_record": (store.bytes() as f64 / retained as f64).round(),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&out).unwrap());
+}

@@ -1,0 +1,19 @@
+//! The flow aggregator (`manul-flows`): every Felix streams its aggregated
+//! flow records here (`FlowIngest`, numbered batches, acknowledged; a
+//! resent batch is dropped as a duplicate), the aggregator keeps a bounded
+//! window of them in memory and serves them (`Flows`: list with filters,
+//! follow, statistics per policy rule).
+//!
+//! It is its own small service, not part of Typha: flow volume grows with
+//! traffic, Typha's work with configuration, and a burst of flows must
+//! never contend with Raft (its disk, its CPU, its leader's heartbeats).
+//! It refuses to persist anything (a restart starts an empty window; the
+//! Felixes resend what was not acknowledged) and to enforce anything.
+
+pub mod filter;
+pub mod server;
+pub mod store;
+
+pub use filter::{Filter, FilterError};
+pub use server::Shared;
+pub use store::Store;

@@ -1,0 +1,202 @@
+//! The gRPC services over a [`Store`]: `FlowIngest` (Felix's numbered
+//! batches in, acknowledgements out) and `Flows` (list, follow,
+//! statistics). The store's lock is held only to store or read, never
+//! across an await.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use manul_proto::flows::flow_ingest_server::{FlowIngest, FlowIngestServer};
+use manul_proto::flows::flows_server::{Flows, FlowsServer};
+use manul_proto::flows::{
+    FlowRecord, ListRequest, ListResponse, PushAck, PushRequest, StatsRequest, StatsResponse,
+    push_request,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use crate::filter::Filter;
+use crate::store::Store;
+
+/// The most records one list returns.
+pub const MAX_LIST: usize = 100_000;
+/// What a list returns when it names no limit.
+pub const DEFAULT_LIST: usize = 1_000;
+
+/// The store and the feed of newly stored records, shared by both
+/// services.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    store: Arc<Mutex<Store>>,
+    feed: broadcast::Sender<Arc<FlowRecord>>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Shared {
+    pub fn new(store: Store) -> Shared {
+        let (feed, _) = broadcast::channel(16_384);
+        Shared {
+            store: Arc::new(Mutex::new(store)),
+            feed,
+        }
+    }
+
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Both services, for a tonic router.
+    pub fn services(&self) -> (FlowIngestServer<Ingest>, FlowsServer<Query>) {
+        (
+            FlowIngestServer::new(Ingest(self.clone())),
+            FlowsServer::new(Query(self.clone())),
+        )
+    }
+
+    /// Drops what left the window, every `every`, forever.
+    pub async fn expire_every(self, every: Duration) {
+        let mut t = tokio::time::interval(every);
+        loop {
+            t.tick().await;
+            self.store().expire(unix_now());
+        }
+    }
+}
+
+/// `FlowIngest`.
+#[derive(Debug, Clone)]
+pub struct Ingest(Shared);
+
+type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FlowIngest for Ingest {
+    type PushStream = Boxed<PushAck>;
+
+    async fn push(
+        &self,
+        request: Request<Streaming<PushRequest>>,
+    ) -> Result<Response<Self::PushStream>, Status> {
+        let mut input = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            let mut sender: Option<(String, u64)> = None;
+            loop {
+                let msg = match input.message().await {
+                    Ok(Some(PushRequest { msg: Some(m) })) => m,
+                    Ok(Some(PushRequest { msg: None })) => {
+                        let _ = tx
+                            .send(Err(Status::invalid_argument("an empty push message")))
+                            .await;
+                        return;
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        debug!("a flow stream ended: {e}");
+                        return;
+                    }
+                };
+                match msg {
+                    push_request::Msg::Hello(h) => {
+                        if h.node.is_empty() {
+                            let _ = tx
+                                .send(Err(Status::invalid_argument("the hello names no node")))
+                                .await;
+                            return;
+                        }
+                        sender = Some((h.node, h.epoch));
+                    }
+                    push_request::Msg::Batch(b) => {
+                        let Some((node, epoch)) = &sender else {
+                            let _ = tx
+                                .send(Err(Status::failed_precondition("a batch before the hello")))
+                                .await;
+                            return;
+                        };
+                        let ingested = shared.store().ingest(node, *epoch, b, unix_now());
+                        for r in ingested.stored {
+                            // No follower: nothing to do.
+                            let _ = shared.feed.send(r);
+                        }
+                        if tx.send(Ok(PushAck { seq: ingested.ack })).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// `Flows`.
+#[derive(Debug, Clone)]
+pub struct Query(Shared);
+
+fn filter(f: Option<manul_proto::flows::FlowFilter>) -> Result<Filter, Status> {
+    Filter::new(f.unwrap_or_default()).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl Flows for Query {
+    type FollowStream = Boxed<FlowRecord>;
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let req = request.into_inner();
+        let f = filter(req.filter)?;
+        let limit = match req.limit as usize {
+            0 => DEFAULT_LIST,
+            n => n.min(MAX_LIST),
+        };
+        let records = self.0.store().list(&f, limit);
+        Ok(Response::new(ListResponse { records }))
+    }
+
+    async fn follow(
+        &self,
+        request: Request<ListRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let f = filter(request.into_inner().filter)?;
+        let mut feed = self.0.feed.subscribe();
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                match feed.recv().await {
+                    Ok(r) => {
+                        if f.matches(&r) && tx.send(Ok((*r).clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(skipped = n, "a follower fell behind; records were skipped");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
+        let f = filter(request.into_inner().filter)?;
+        let store = self.0.store();
+        Ok(Response::new(StatsResponse {
+            rules: store.rule_stats(&f),
+            retained: store.len() as u64,
+            retained_bytes: store.bytes() as u64,
+        }))
+    }
+}
