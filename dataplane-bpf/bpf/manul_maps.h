@@ -515,6 +515,7 @@ struct manul_svc_mag_key {
 	__u32 slot;
 };
 
+/*
  * External traffic to a backend on another node (externalTrafficPolicy
  * Cluster), manul_meta[MANUL_META_EXT_MODE].
  */

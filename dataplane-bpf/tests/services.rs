@@ -747,6 +747,7 @@ fn maglev_predicted(backends: &[&Pod]) -> Vec<Ipv4Addr> {
             ip: IpAddr::V4(p.ip),
             port: WHO_UDP,
             local: true,
+            ready: true,
         })
         .collect();
     let table = MaglevTable::build(&list);

@@ -234,7 +234,7 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
             *d.addresses.entry(*ip).or_insert(MANUL_SVC_FE_ADDRESS) |= MANUL_SVC_FE_SOURCE_RANGES;
             for range in &svc.load_balancer_source_ranges {
                 if let ipnet::IpNet::V4(r) = range {
-                    d.source_ranges.insert((lb, r.trunc()));
+                    d.source_ranges.insert((*lb, r.trunc()));
                 }
             }
         }
@@ -506,6 +506,7 @@ fn maglev_table(
             ip: b.addr,
             port: b.port,
             local: false,
+            ready: true,
         })
         .collect();
     // The capacity is the driver's, fixed for the run: the same backends
