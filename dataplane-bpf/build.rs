@@ -12,7 +12,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     let header = "bpf/manul_maps.h";
     let ctlb_header = "bpf/manul_ctlb.h";
     println!("cargo:rerun-if-changed={header}");
-    println!("cargo:rerun-if-changed=bpf/manul_svc_ext.h");
+    // The headers manul_tc.c and manul_ctlb.c include.
+    println!("cargo:rerun-if-changed=bpf");
     println!("cargo:rerun-if-changed={ctlb_header}");
     println!("cargo:rerun-if-env-changed=CLANG");
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());

@@ -22,8 +22,13 @@
 //! [`MaglevTable::with_capacity`] pins M to a planned maximum of backends
 //! (as Calico's `bpfMaglevMaxEndpointsPerService` does) to avoid that.
 //!
-//! It refuses to hash flows: the dataplane computes a flow's hash (of the
-//! 5-tuple, as it likes, the same way on every node) and looks it up here.
+//! [`flow_hash`] is the one hash of a flow every dataplane uses to pick a
+//! slot (the eBPF program computes the same function in C), so that a
+//! flow lands on one backend whichever node it reaches. It reads the
+//! client's address and port, the frontend's port and protocol, and the
+//! frontend's address as the dataplane keys it: the service address for
+//! external and load-balancer IPs, the unspecified address for a node
+//! port (each node's own address differs, the table must not).
 
 use std::net::IpAddr;
 
@@ -83,6 +88,53 @@ fn identity(b: &Backend) -> Vec<u8> {
     }
     out.extend_from_slice(&b.port.to_be_bytes());
     out
+}
+
+/// The seed of [`flow_hash`] (also `MANUL_MAGLEV_FLOW_SEED` in the eBPF
+/// program).
+pub const FLOW_SEED: u64 = 0x6d61_6e75_6c5f_6d67;
+
+/// SplitMix64's finalizer.
+fn mix(h: u64) -> u64 {
+    let h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// An address as 16 bytes, an IPv4 one in the first four (the layout of
+/// the eBPF program's parsed packet).
+fn address_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => {
+            let mut out = [0u8; 16];
+            out[..4].copy_from_slice(&a.octets());
+            out
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The hash of a flow that picks its slot ([`MaglevTable::index`]): from
+/// [`FLOW_SEED`], each big-endian 32-bit word of the client's address,
+/// then of the frontend's (16 bytes each, an IPv4 address in the first
+/// four, zeros after), then `client_port << 16 | frontend_port` XORed
+/// with `protocol << 32`, each XORed in and mixed with SplitMix64's
+/// finalizer. `frontend` is the unspecified address for a node port.
+pub fn flow_hash(
+    client: IpAddr,
+    frontend: IpAddr,
+    client_port: u16,
+    frontend_port: u16,
+    protocol: u8,
+) -> u64 {
+    let mut h = FLOW_SEED;
+    for addr in [address_bytes(client), address_bytes(frontend)] {
+        for w in addr.chunks_exact(4) {
+            h = mix(h ^ u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]])));
+        }
+    }
+    let ports = (u64::from(client_port) << 16) | u64::from(frontend_port);
+    mix(h ^ ports ^ (u64::from(protocol) << 32))
 }
 
 /// A Maglev lookup table over a set of backends.

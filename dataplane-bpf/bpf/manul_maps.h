@@ -369,6 +369,11 @@ struct manul_svc_fe_value {
 	 * none. */
 	__u32 affinity_s;
 	__u32 flags; /* MANUL_SVC_FE_* */
+	/* Maglev (external traffic of a Service marked for it): the lookup
+	 * table (manul_svc_mag) a new connection's flow hash picks its
+	 * backend from, and its size M; 0: random. */
+	__u32 maglev;
+	__u32 maglev_size;
 };
 
 #define MANUL_SVC_FE_ADDRESS 0x01
@@ -408,6 +413,13 @@ struct manul_svc_be_key {
 
 struct manul_svc_be_value {
 	__u32 addr;
+	__u16 port;
+	__u16 pad;
+};
+
+/* A backend of either family (IPv4: the first 4 bytes, zeros after). */
+struct manul_svc_be6_value {
+	__u8 addr[16];
 	__u16 port;
 	__u16 pad;
 };
@@ -485,6 +497,22 @@ struct manul_svc_aff_value {
 	__u32 addr;
 	__u16 port;
 	__u16 pad;
+};
+
+/*
+ * Maglev consistent hashing (manul_svc_maglev.h). A table is immutable:
+ * a new backend set gets a new table id, written whole before the
+ * frontends flip to it, the old one deleted after.
+ */
+
+/* The seed of the flow hash (dataplane-api's maglev::FLOW_SEED). */
+#define MANUL_MAGLEV_FLOW_SEED 0x6d616e756c5f6d67ULL
+
+/* manul_svc_mag (hash): (table id, slot) -> the slot's backend
+ * (manul_svc_be6_value, either family: IPv4 in the first 4 bytes). */
+struct manul_svc_mag_key {
+	__u32 table;
+	__u32 slot;
 };
 
 /*

@@ -745,6 +745,8 @@ static __always_inline int untracked(const struct manul_ep_value *ep, __u8 hook,
 	return TC_ACT_SHOT;
 }
 
+#include "manul_svc_maglev.h"
+
 /*
  * Services (kube-proxy replacement), IPv4 TCP and UDP, on workload
  * interfaces. From a pod (the ingress hook), before policy: a packet to a
@@ -997,15 +999,19 @@ static __always_inline int reject_udp(struct __sk_buff *skb, int host)
 }
 
 /* The backend for a new connection: the client's affinity entry while it
- * holds, else one at random (remembered when the frontend has affinity). */
-static __always_inline int svc_pick(const struct manul_svc_fe_value *fe, __u32 client, __u64 now,
-				    struct manul_svc_be_value *out)
+ * holds, else the frontend's Maglev slot for the flow when it has a table,
+ * else one at random (remembered when the frontend has affinity).
+ * `frontend`: the frontend's address as keyed (0 for a node port). */
+static __always_inline int svc_pick(const struct manul_svc_fe_value *fe, const struct pkt *p,
+				    __u32 frontend, __u64 now, struct manul_svc_be_value *out)
 {
-	struct manul_svc_aff_key ak = { .client = client, .id = fe->id };
+	struct manul_svc_aff_key ak = { .id = fe->id };
 	struct manul_svc_be_key bk = { .id = fe->id };
 	struct manul_svc_aff_value *av;
 	struct manul_svc_be_value *be;
+	struct manul_svc_be6_value *slot;
 
+	__builtin_memcpy(&ak.client, p->src, 4);
 	if (fe->affinity_s) {
 		av = bpf_map_lookup_elem(&manul_svc_aff, &ak);
 		if (av && now - av->ts_ns < (__u64)fe->affinity_s * NS_PER_S) {
@@ -1017,14 +1023,21 @@ static __always_inline int svc_pick(const struct manul_svc_fe_value *fe, __u32 c
 	}
 	if (!fe->count)
 		return -1;
-	bk.index = bpf_get_prandom_u32() % fe->count;
-	be = bpf_map_lookup_elem(&manul_svc_be, &bk);
-	if (!be)
-		return -1;
-	out->addr = be->addr;
-	out->port = be->port;
+	slot = maglev_slot(fe, maglev_flow_hash(p->src, frontend, 0, 0, 0, p->sport, p->dport,
+						 p->proto));
+	if (slot) {
+		__builtin_memcpy(&out->addr, slot->addr, 4);
+		out->port = slot->port;
+	} else {
+		bk.index = bpf_get_prandom_u32() % fe->count;
+		be = bpf_map_lookup_elem(&manul_svc_be, &bk);
+		if (!be)
+			return -1;
+		out->addr = be->addr;
+		out->port = be->port;
+	}
 	if (fe->affinity_s) {
-		struct manul_svc_aff_value nv = { .ts_ns = now, .addr = be->addr, .port = be->port };
+		struct manul_svc_aff_value nv = { .ts_ns = now, .addr = out->addr, .port = out->port };
 
 		bpf_map_update_elem(&manul_svc_aff, &ak, &nv, BPF_ANY);
 	}
@@ -1156,7 +1169,7 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 		v->last_seen_ns = now;
 		v->id = fe->id;
 
-		if (svc_pick(fe, src, now, &be)) {
+		if (svc_pick(fe, p, fk.addr, now, &be)) {
 			if (fe->flags & MANUL_SVC_FE_DROP_EMPTY) {
 				/* Local policy, no backend here: dropped. */
 				count(MANUL_CNT_SVC_LOCAL_DROP);

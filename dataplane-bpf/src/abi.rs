@@ -61,6 +61,10 @@ unsafe impl aya::Pod for manul_svc_aff_key {}
 unsafe impl aya::Pod for manul_svc_aff_value {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_svc_src_data {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_mag_key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_be6_value {}
 // SAFETY: as above (`manul_ctlb.h` keeps the same rule).
 unsafe impl aya::Pod for manul_ctlb_sock_key {}
 // SAFETY: as above.

@@ -699,3 +699,191 @@ fn shared_service_cases() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// The external IP of the Maglev case's Service.
+const MAGLEV_LB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// The node's and the external client's addresses on their link.
+const MAGLEV_NODE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const MAGLEV_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// The client ports the Maglev case's flows come from.
+const MAGLEV_PORTS: std::ops::Range<u16> = 20_000..20_400;
+
+/// A Service marked for Maglev: a ClusterIP and an external IP, UDP 53 to
+/// the who servers of `backends`.
+fn maglev_service(backends: &[&Pod]) -> Service {
+    let mut svc = service(
+        "lb",
+        Ipv4Addr::new(10, 96, 0, 50),
+        vec![port("dns", 17, 53, WHO_UDP, backends)],
+        None,
+    );
+    svc.external_ips = vec![IpAddr::V4(MAGLEV_LB)];
+    svc.balancing = Balancing::Maglev;
+    svc
+}
+
+/// For each client port, the backend that answered a datagram from it to
+/// the external IP (a fresh socket per port, bound to it).
+fn maglev_round(ext: &NetNs) -> Vec<Option<Ipv4Addr>> {
+    ext.run(|| {
+        MAGLEV_PORTS
+            .map(|p| {
+                let s = UdpSocket::bind((MAGLEV_CLIENT, p)).ok()?;
+                s.connect((MAGLEV_LB, 53)).ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+                ask(&s)
+            })
+            .collect()
+    })
+    .unwrap()
+}
+
+/// What dataplane-api's table and flow hash say each client port gets.
+fn maglev_predicted(backends: &[&Pod]) -> Vec<Ipv4Addr> {
+    use manul_dataplane_api::maglev::{MaglevTable, flow_hash};
+    let list: Vec<Backend> = backends
+        .iter()
+        .map(|p| Backend {
+            ip: IpAddr::V4(p.ip),
+            port: WHO_UDP,
+            local: true,
+            ready: true,
+        })
+        .collect();
+    let table = MaglevTable::build(&list);
+    MAGLEV_PORTS
+        .map(|p| {
+            let h = flow_hash(MAGLEV_CLIENT.into(), MAGLEV_LB.into(), p, 53, 17);
+            match table.lookup(h).map(|b| b.ip) {
+                Some(IpAddr::V4(ip)) => ip,
+                other => panic!("no IPv4 backend for port {p}: {other:?}"),
+            }
+        })
+        .collect()
+}
+
+/// Maglev for external traffic with real packets: an external client
+/// sends UDP from many ports to a Service's external IP; each flow lands
+/// on the backend dataplane-api's table and flow hash predict (so the
+/// program hashes as every node does), spread over all ten backends. One
+/// backend goes: on the same node its flows move to the backend the new
+/// table gives them and the others keep theirs (their NAT entries); on a
+/// fresh node programmed with the nine (as where an upstream balancer
+/// sends a flow next), every flow takes the new table's slot, which moves
+/// only a small fraction of the surviving backends' flows.
+#[test]
+fn maglev_external_ip_with_real_packets() {
+    if !privileges().expect("privileges: CI=true needs root") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let prefix = unique_prefix("mg");
+    let mut setup = Setup {
+        topo: Some(Topology::new(&prefix).expect("node")),
+        pins: prefix.clone(),
+    };
+    let topo = setup.topo.as_mut().unwrap();
+    for i in 0..10u8 {
+        topo.add_pod("ns", &format!("m{i}"), Ipv4Addr::new(10, 66, 0, 20 + i))
+            .expect("pod");
+    }
+    let topo = setup.topo.as_ref().unwrap();
+    let ext = NetNs::create(&format!("{prefix}-ext")).expect("external namespace");
+    manul_netns::create_veth(&topo.node, "ext0", &ext, "eth0").expect("external veth");
+    for (ns, ifname, ip) in [
+        (&topo.node, "ext0", MAGLEV_NODE),
+        (&ext, "eth0", MAGLEV_CLIENT),
+    ] {
+        manul_netns::add_address(ns, ifname, IpNet::new(ip.into(), 24).unwrap()).unwrap();
+        manul_netns::link_up(ns, ifname).unwrap();
+    }
+    manul_netns::replace_route(
+        &ext,
+        &manul_netns::Route::to(IpNet::V4(Default::default())).via(MAGLEV_NODE.into()),
+    )
+    .expect("external default route");
+    let pods: Vec<&Pod> = (0..10)
+        .map(|i| topo.pod(&format!("ns/m{i}")).unwrap())
+        .collect();
+    let _who: Vec<Who> = pods.iter().map(|p| Who::start(p)).collect();
+
+    let factory = |pins: String| -> Arc<Factory> {
+        Arc::new(move |_: &NodeContext| {
+            let mut config = BpfConfig::new(&pins);
+            config.pin_root = PathBuf::from(PIN_ROOT);
+            BpfDriver::new(config)
+                .map(|d| Box::new(d) as Box<dyn Driver>)
+                .map_err(|e| chain(&e))
+        })
+    };
+    let ops = |backends: &[&Pod]| {
+        let mut ops = vec![Operation::ProfileUpdate {
+            id: "allow".into(),
+            profile: Policy {
+                inbound: vec![allow_rule("allow/in", Match::default())],
+                outbound: vec![allow_rule("allow/out", Match::default())],
+            },
+        }];
+        ops.extend(pods.iter().map(|p| endpoint(p, false)));
+        ops.push(Operation::ServiceUpdate(maglev_service(backends)));
+        ops.push(Operation::InSync);
+        ops
+    };
+    let ctx = NodeContext {
+        node: prefix.clone(),
+    };
+    let driver =
+        DriverThread::start(&topo.node, ctx.clone(), factory(prefix.clone())).expect("driver");
+    driver.apply(ops(&pods)).expect("apply");
+
+    // Every flow lands where the table says, spread over all backends.
+    let first = maglev_round(&ext);
+    let want = maglev_predicted(&pods);
+    let got: Vec<Ipv4Addr> = first
+        .iter()
+        .map(|b| b.expect("every flow answered"))
+        .collect();
+    assert_eq!(got, want, "the kernel's picks differ from the table's");
+    let mut per_backend: std::collections::BTreeMap<Ipv4Addr, usize> = Default::default();
+    for b in &got {
+        *per_backend.entry(*b).or_default() += 1;
+    }
+    assert_eq!(per_backend.len(), 10, "{per_backend:?}");
+    assert!(per_backend.values().all(|n| *n >= 15), "{per_backend:?}");
+
+    // One backend goes (m3).
+    let gone = pods[3].ip;
+    let nine: Vec<&Pod> = pods.iter().copied().filter(|p| p.ip != gone).collect();
+    driver.apply(ops(&nine)).expect("remove a backend");
+    let after = maglev_predicted(&nine);
+    let same_node = maglev_round(&ext);
+    for (i, (before, now)) in got.iter().zip(&same_node).enumerate() {
+        let want = if *before == gone { after[i] } else { *before };
+        assert_eq!(*now, Some(want), "port {}", MAGLEV_PORTS.start + i as u16);
+    }
+    drop(driver);
+
+    // A fresh node (no NAT entries) with the nine: the new table decides.
+    BpfDriver::purge_node(PIN_ROOT.as_ref(), &prefix).expect("purge");
+    let driver = DriverThread::start(&topo.node, ctx, factory(prefix.clone())).expect("driver");
+    driver.apply(ops(&nine)).expect("apply the nine");
+    let fresh: Vec<Ipv4Addr> = maglev_round(&ext)
+        .into_iter()
+        .map(|b| b.expect("every flow answered on the fresh node"))
+        .collect();
+    assert_eq!(
+        fresh, after,
+        "the fresh node's picks differ from the table's"
+    );
+    let survivors: Vec<usize> = (0..got.len()).filter(|i| got[*i] != gone).collect();
+    let moved = survivors.iter().filter(|i| fresh[**i] != got[**i]).count();
+    let fraction = moved as f64 / survivors.len() as f64;
+    println!(
+        "{{\"maglev_real_flows\":{},\"surviving\":{},\"moved\":{moved},\"fraction\":{fraction:.4}}}",
+        got.len(),
+        survivors.len()
+    );
+    assert!(fraction < 0.05, "{moved} of {} moved", survivors.len());
+    drop(driver);
+    drop(ext);
+}

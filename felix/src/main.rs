@@ -372,6 +372,7 @@ fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
             bpf.endpoint_to_host_drop =
                 config.default_endpoint_to_host_action.value == EndpointToHostAction::Drop;
             bpf.failsafe = bpf_failsafe(config);
+            bpf.maglev_capacity = usize::from(config.bpf_maglev_max_endpoints_per_service.value);
             bpf.external_service_mode = match config.bpf_external_service_mode.value {
                 BpfExternalServiceMode::Tunnel => manul_dataplane_bpf::ExternalServiceMode::Snat,
                 BpfExternalServiceMode::Dsr => manul_dataplane_bpf::ExternalServiceMode::Dsr,
@@ -695,13 +696,16 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
     .with_transport(transport.clone());
     tokio::spawn(syncer.run(tx));
     let (intervals_tx, intervals_rx) = watch::channel(configure::intervals(&config));
-    let graph = match config.kube_proxy_replacement.value {
+    let mut graph = match config.kube_proxy_replacement.value {
         true => CalcGraph::new(args.node.clone()),
         false => {
             tracing::info!("kubeProxyReplacement is false: Services are left to kube-proxy");
             CalcGraph::new(args.node.clone()).without_services()
         }
     };
+    if config.service_maglev_default.value {
+        graph.set_default_balancing(manul_dataplane_api::Balancing::Maglev);
+    }
     let mut options = AgentOptions {
         refresh_interval: config.iptables_refresh_interval.value,
         intervals: Some(intervals_rx),

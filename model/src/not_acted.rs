@@ -285,7 +285,6 @@ pub const NOT_ACTED_ON: &[NotActedOn] = &[
     felix("spec.goMemoryLimitMB", GO),
     felix("spec.goMaxProcs", GO),
     felix("spec.requireMTUFile", MTU),
-    felix("spec.bpfMaglevMaxEndpointsPerService", SERVICES),
     felix("spec.bpfMaglevMaxServices", SERVICES),
     installation("spec.variant", OPERATOR),
     installation("spec.registry", OPERATOR),

@@ -162,3 +162,38 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn the_flow_hash_is_a_fixed_function_of_the_flow() {
+    let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+    let lb = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
+    let h = flow_hash(client, lb, 40000, 80, 6);
+    assert_eq!(h, flow_hash(client, lb, 40000, 80, 6));
+    // Every field counts.
+    for other in [
+        flow_hash(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3)), lb, 40000, 80, 6),
+        flow_hash(client, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 40000, 80, 6),
+        flow_hash(client, lb, 40001, 80, 6),
+        flow_hash(client, lb, 40000, 81, 6),
+        flow_hash(client, lb, 40000, 80, 17),
+        flow_hash(client, lb, 80, 40000, 6),
+    ] {
+        assert_ne!(h, other);
+    }
+}
+
+#[test]
+fn flows_from_many_client_ports_spread_over_the_backends() {
+    let t = MaglevTable::build(&backends(10));
+    let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+    let mut count: BTreeMap<u32, usize> = BTreeMap::new();
+    for port in 20_000u16..30_000 {
+        let h = flow_hash(client, IpAddr::V4(Ipv4Addr::UNSPECIFIED), port, 30080, 6);
+        *count.entry(t.index(h).unwrap()).or_default() += 1;
+    }
+    assert_eq!(count.len(), 10);
+    for c in count.values() {
+        // 1,000 expected each; a binomial spread stays well inside this.
+        assert!((850..=1150).contains(c), "{count:?}");
+    }
+}

@@ -30,7 +30,7 @@ mod object;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Read as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
@@ -298,7 +298,7 @@ impl ConnectTimeLb {
         let is_gone = |id: u32, addr: u32, port: u16| {
             gone.get(&id).is_some_and(|s| {
                 s.contains(&BackendAddr {
-                    addr: Ipv4Addr::from(addr.to_ne_bytes()),
+                    addr: IpAddr::V4(Ipv4Addr::from(addr.to_ne_bytes())),
                     port: u16::from_be(port),
                 })
             })

@@ -43,6 +43,12 @@ pub struct BpfConfig {
     /// ports; inbound ones only for traffic to the host itself). Default
     /// none.
     pub failsafe: Vec<(bool, u8, u16)>,
+    /// Maglev tables are sized for at least this many backends (Felix's
+    /// `bpfMaglevMaxEndpointsPerService`), so a table's size, and with it
+    /// every flow's slot, stays the same while its Service has at most
+    /// that many; 0: each table sized for its own backends (a change
+    /// across a size step moves every flow).
+    pub maglev_capacity: usize,
     /// Benchmarks only: never create conntrack entries, so every packet is
     /// classified as a new flow.
     pub benchmark_no_conntrack: bool,
@@ -88,6 +94,7 @@ impl BpfConfig {
             workload_prefixes: vec!["mnl".to_owned()],
             endpoint_to_host_drop: false,
             failsafe: Vec::new(),
+            maglev_capacity: 0,
             benchmark_no_conntrack: false,
             external_service_mode: ExternalServiceMode::Snat,
             connect_time_lb: None,

@@ -11,12 +11,15 @@ use crate::error::BpfError;
 use crate::loader::{self, Hook};
 
 /// The result of one `BPF_PROG_TEST_RUN`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestRunOutcome {
     /// The TC verdict: 0 (`TC_ACT_OK`) passes, 2 (`TC_ACT_SHOT`) drops.
     pub verdict: u32,
     /// The kernel's average time per repetition.
     pub duration: Duration,
+    /// The frame as the program left it (translated, or turned into a
+    /// refusal).
+    pub frame: Vec<u8>,
 }
 
 impl TestRunOutcome {
@@ -116,9 +119,11 @@ impl BpfDriver {
                 ..TestRunOptions::default()
             })
             .map_err(|e| BpfError::program(hook.program(), "BPF_PROG_TEST_RUN", e))?;
+        out.truncate(r.data_size_out as usize);
         Ok(TestRunOutcome {
             verdict: r.return_value,
             duration: r.duration,
+            frame: out,
         })
     }
 }

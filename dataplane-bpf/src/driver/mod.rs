@@ -87,7 +87,7 @@ impl BpfDriver {
             config.benchmark_no_conntrack,
         )?;
         let mut maps = Maps::take(&mut ebpf)?;
-        let services = crate::services::Services::new(&mut ebpf)?;
+        let services = crate::services::Services::new(&mut ebpf, config.maglev_capacity)?;
         // After the TC object: it adopts the service maps that one pinned.
         let ctlb = match &config.connect_time_lb {
             Some(c) => Some(crate::ctlb::ConnectTimeLb::start(&dirs, c)?),

@@ -3,7 +3,7 @@
 //! went away. Thin calls into aya; keys and values from [`crate::abi`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 
@@ -11,7 +11,7 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
 
-use super::plan::{BackendAddr, Frontend, FrontendEntry, PROTO_UDP, Programmed, Writes};
+use super::plan::{BackendAddr, Frontend, FrontendEntry, PROTO_UDP, Programmed, TableInfo, Writes};
 use crate::abi;
 use crate::error::BpfError;
 
@@ -27,8 +27,11 @@ pub struct ServiceMaps {
     ifs: Hash<u32, u32>,
     /// Load-balancer addresses' source ranges.
     src: LpmTrie<MapData, abi::manul_svc_src_data, u32>,
+    /// Maglev tables: (table, slot) -> backend.
+    mag: Hash<abi::manul_svc_mag_key, abi::manul_svc_be6_value>,
     fe_capacity: usize,
     be_capacity: usize,
+    mag_capacity: usize,
 }
 
 impl std::fmt::Debug for ServiceMaps {
@@ -36,6 +39,7 @@ impl std::fmt::Debug for ServiceMaps {
         f.debug_struct("ServiceMaps")
             .field("fe_capacity", &self.fe_capacity)
             .field("be_capacity", &self.be_capacity)
+            .field("mag_capacity", &self.mag_capacity)
             .finish_non_exhaustive()
     }
 }
@@ -64,12 +68,17 @@ fn host_addr(a: u32) -> Ipv4Addr {
     Ipv4Addr::from(a.to_ne_bytes())
 }
 
-pub fn fe_key(f: &Frontend) -> abi::manul_svc_fe_key {
-    abi::manul_svc_fe_key {
-        addr: net_addr(f.addr),
-        port: f.port.to_be(),
-        proto: f.proto,
-        pad: 0,
+/// A frontend's key; None for an IPv6 one (the plan never asks for one:
+/// the program translates IPv4 only).
+fn fe_key(f: &Frontend) -> Option<abi::manul_svc_fe_key> {
+    match f.addr {
+        IpAddr::V4(a) => Some(abi::manul_svc_fe_key {
+            addr: net_addr(a),
+            port: f.port.to_be(),
+            proto: f.proto,
+            pad: 0,
+        }),
+        IpAddr::V6(_) => None,
     }
 }
 
@@ -89,12 +98,35 @@ pub fn fe_value(e: &FrontendEntry) -> abi::manul_svc_fe_value {
         count: e.count,
         affinity_s: e.affinity_s,
         flags: e.flags,
+        maglev: e.maglev,
+        maglev_size: e.maglev_size,
     }
 }
 
-pub fn be_value(b: &BackendAddr) -> abi::manul_svc_be_value {
-    abi::manul_svc_be_value {
-        addr: net_addr(b.addr),
+fn entry_of(v: &abi::manul_svc_fe_value) -> FrontendEntry {
+    FrontendEntry {
+        id: v.id,
+        count: v.count,
+        affinity_s: v.affinity_s,
+        flags: v.flags,
+        maglev: v.maglev,
+        maglev_size: v.maglev_size,
+    }
+}
+
+/// A backend as 16 address bytes (IPv4 in the first 4, zeros after):
+/// every Maglev slot's value.
+pub fn be6_value(b: &BackendAddr) -> abi::manul_svc_be6_value {
+    let addr = match b.addr {
+        IpAddr::V4(a) => {
+            let mut out = [0u8; 16];
+            out[..4].copy_from_slice(&a.octets());
+            out
+        }
+        IpAddr::V6(a) => a.octets(),
+    };
+    abi::manul_svc_be6_value {
+        addr,
         port: b.port.to_be(),
         pad: 0,
     }
@@ -102,7 +134,7 @@ pub fn be_value(b: &BackendAddr) -> abi::manul_svc_be_value {
 
 fn backend_of(addr: u32, port: u16) -> BackendAddr {
     BackendAddr {
-        addr: host_addr(addr),
+        addr: IpAddr::V4(host_addr(addr)),
         port: u16::from_be(port),
     }
 }
@@ -114,6 +146,7 @@ impl ServiceMaps {
         let (nat, _) = take(ebpf, "manul_nat")?;
         let (aff, _) = take(ebpf, "manul_svc_aff")?;
         let (ifs, _) = take(ebpf, "manul_svc_if")?;
+        let (mag, mag_capacity) = take(ebpf, "manul_svc_mag")?;
         let src = ebpf
             .take_map("manul_svc_src")
             .ok_or(BpfError::Missing("manul_svc_src"))?
@@ -126,8 +159,10 @@ impl ServiceMaps {
             aff,
             ifs,
             src,
+            mag,
             fe_capacity,
             be_capacity,
+            mag_capacity,
         })
     }
 
@@ -204,21 +239,23 @@ impl ServiceMaps {
         let mut p = Programmed::default();
         for (k, v) in self.fe.iter().flatten() {
             let f = Frontend {
-                addr: host_addr(k.addr),
+                addr: IpAddr::V4(host_addr(k.addr)),
                 port: u16::from_be(k.port),
                 proto: k.proto,
             };
-            p.frontends.insert(
-                f,
-                FrontendEntry {
-                    id: v.id,
-                    count: v.count,
-                    affinity_s: v.affinity_s,
-                    flags: v.flags,
-                },
-            );
+            p.frontends.insert(f, entry_of(&v));
             p.adopted.insert(f);
         }
+        // A table's size is its highest slot plus one (a table cut short
+        // by a failed write is deleted all the same).
+        for k in self.mag.keys().flatten() {
+            let t = p.tables.entry(k.table).or_insert(TableInfo {
+                size: 0,
+                built: None,
+            });
+            t.size = t.size.max(k.slot.saturating_add(1));
+        }
+        p.next_table = p.tables.keys().max().map_or(1, |m| m.saturating_add(1));
         let mut lists: BTreeMap<u32, BTreeMap<u32, BackendAddr>> = BTreeMap::new();
         for (k, v) in self.be.iter().flatten() {
             lists
@@ -239,9 +276,13 @@ impl ServiceMaps {
     pub fn check(&self, w: &Writes, next: &Programmed) -> Result<(), BpfError> {
         let fe = next.frontends.len() + w.frontend_deletes.len();
         let be = next.lists.values().map(Vec::len).sum::<usize>() + w.backend_deletes.len();
+        let size = |(_, size): &(u32, u32)| *size as usize;
+        let mag = next.tables.values().map(|t| t.size as usize).sum::<usize>()
+            + w.table_deletes.iter().map(size).sum::<usize>();
         for (map, needed, capacity) in [
             ("manul_svc_fe", fe, self.fe_capacity),
             ("manul_svc_be", be, self.be_capacity),
+            ("manul_svc_mag", mag, self.mag_capacity),
         ] {
             if needed > capacity {
                 return Err(BpfError::Capacity {
@@ -256,21 +297,52 @@ impl ServiceMaps {
 
     /// Makes the writes, in their order.
     pub fn write(&mut self, w: &Writes) -> Result<(), BpfError> {
-        let put = |e| BpfError::map("manul_svc_be", "cannot write a backend", e);
         for (id, index, b) in &w.backends {
             let key = abi::manul_svc_be_key {
                 id: *id,
                 index: *index,
             };
-            self.be.insert(key, be_value(b), 0).map_err(put)?;
+            let IpAddr::V4(a) = b.addr else {
+                return Err(BpfError::Config(format!(
+                    "backend {} is IPv6: the programs translate IPv4 only",
+                    b.addr
+                )));
+            };
+            let v = abi::manul_svc_be_value {
+                addr: net_addr(a),
+                port: b.port.to_be(),
+                pad: 0,
+            };
+            self.be
+                .insert(key, v, 0)
+                .map_err(|e| BpfError::map("manul_svc_be", "cannot write a backend", e))?;
+        }
+        for (table, slots) in &w.tables {
+            for (slot, b) in (0u32..).zip(slots) {
+                let key = abi::manul_svc_mag_key {
+                    table: *table,
+                    slot,
+                };
+                self.mag.insert(key, be6_value(b), 0).map_err(|e| {
+                    BpfError::map("manul_svc_mag", format!("cannot write table {table}"), e)
+                })?;
+            }
         }
         for (f, e) in &w.frontends {
+            let Some(k) = fe_key(f) else {
+                return Err(BpfError::Config(format!(
+                    "frontend {} is IPv6: the programs translate IPv4 only",
+                    f.addr
+                )));
+            };
             self.fe
-                .insert(fe_key(f), fe_value(e), 0)
+                .insert(k, fe_value(e), 0)
                 .map_err(|e| BpfError::map("manul_svc_fe", "cannot write a frontend", e))?;
         }
         for f in &w.frontend_deletes {
-            remove(&mut self.fe, &fe_key(f), "manul_svc_fe")?;
+            if let Some(k) = fe_key(f) {
+                remove(&mut self.fe, &k, "manul_svc_fe")?;
+            }
         }
         for (id, index) in &w.backend_deletes {
             let key = abi::manul_svc_be_key {
@@ -278,6 +350,15 @@ impl ServiceMaps {
                 index: *index,
             };
             remove(&mut self.be, &key, "manul_svc_be")?;
+        }
+        for (table, size) in &w.table_deletes {
+            for slot in 0..*size {
+                let key = abi::manul_svc_mag_key {
+                    table: *table,
+                    slot,
+                };
+                remove(&mut self.mag, &key, "manul_svc_mag")?;
+            }
         }
         Ok(())
     }

@@ -21,6 +21,8 @@ use plan::Programmed;
 pub struct Services {
     maps: ServiceMaps,
     programmed: Programmed,
+    /// Maglev tables are sized for at least this many backends.
+    maglev_capacity: usize,
     /// Backends that left their lists since [`Services::take_gone`] was
     /// last called (list id → backends), for connect-time load balancing.
     gone: BTreeMap<u32, BTreeSet<plan::BackendAddr>>,
@@ -29,12 +31,13 @@ pub struct Services {
 impl Services {
     /// Takes the service maps out of a loaded object and adopts what an
     /// earlier run left in them (kept until the state is in sync).
-    pub fn new(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+    pub fn new(ebpf: &mut Ebpf, maglev_capacity: usize) -> Result<Self, BpfError> {
         let maps = ServiceMaps::take(ebpf)?;
         let programmed = maps.read();
         Ok(Self {
             maps,
             programmed,
+            maglev_capacity,
             gone: BTreeMap::new(),
         })
     }
@@ -88,7 +91,8 @@ impl Services {
         services: &BTreeMap<ServiceKey, Service>,
         in_sync: bool,
     ) -> Result<(), BpfError> {
-        let desired = plan::desired(services);
+        let mut desired = plan::desired(services);
+        desired.maglev_capacity = self.maglev_capacity;
         for s in &desired.skipped {
             tracing::warn!(what = %s, "service frontend not programmed");
         }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
-use manul_dataplane_api::{Service, ServiceKey, TrafficPolicy};
+use manul_dataplane_api::{Backend, Balancing, MaglevTable, Service, ServiceKey, TrafficPolicy};
 
 use crate::abi::{
     MANUL_SVC_FE_ADDRESS, MANUL_SVC_FE_DROP_EMPTY, MANUL_SVC_FE_EXT_CLUSTER,
@@ -21,13 +21,14 @@ pub const PROTO_UDP: u8 = 17;
 /// address entry of a service address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
-    pub addr: Ipv4Addr,
+    /// Either family: IPv6 ones go to the IPv6 maps.
+    pub addr: IpAddr,
     pub port: u16,
     pub proto: u8,
 }
 
 impl Frontend {
-    pub fn address(addr: Ipv4Addr) -> Self {
+    pub fn address(addr: IpAddr) -> Self {
         Self {
             addr,
             port: 0,
@@ -53,7 +54,7 @@ pub struct ListKey {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendAddr {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
 }
 
@@ -65,6 +66,19 @@ pub struct FrontendEntry {
     pub affinity_s: u32,
     /// `MANUL_SVC_FE_*`.
     pub flags: u32,
+    /// The Maglev table new connections pick from (0: none, random) and
+    /// its size.
+    pub maglev: u32,
+    pub maglev_size: u32,
+}
+
+/// A Maglev table in the maps: its size, and (when this run wrote it) the
+/// list it was built for and from which backends. An earlier run's tables
+/// are known by id and size only, and replaced by new ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    pub size: u32,
+    pub built: Option<(u32, Vec<BackendAddr>)>,
 }
 
 /// What a desired port frontend asks for: its list, the affinity
@@ -88,11 +102,18 @@ pub struct Desired {
     pub lists: BTreeMap<ListKey, Vec<BackendAddr>>,
     /// Every service address with its address entry's flags (cluster IPs
     /// refuse ports and protocols no service has there).
-    pub addresses: BTreeMap<Ipv4Addr, u32>,
+    pub addresses: BTreeMap<IpAddr, u32>,
     /// Load-balancer addresses' source ranges (IPv4 ones: an IPv4
     /// address's clients are IPv4); such an address's entry has
     /// `MANUL_SVC_FE_SOURCE_RANGES`, so a client outside them is dropped.
     pub source_ranges: BTreeSet<(Ipv4Addr, ipnet::Ipv4Net)>,
+    /// Frontends that pick by Maglev: the external ones (node ports,
+    /// external and load-balancer addresses) of Services marked for it.
+    pub maglev: BTreeSet<Frontend>,
+    /// A Maglev table is sized for at least this many backends (0: for
+    /// its own), so its size, and thus every flow's slot, stays put while
+    /// a list grows up to it.
+    pub maglev_capacity: usize,
     /// What the program cannot carry, for the log.
     pub skipped: Vec<Skipped>,
 }
@@ -151,7 +172,10 @@ fn ipv4_backends(backends: &[manul_dataplane_api::Backend]) -> Vec<BackendAddr> 
     backends
         .iter()
         .filter_map(|b| match b.ip {
-            IpAddr::V4(addr) => Some(BackendAddr { addr, port: b.port }),
+            IpAddr::V4(addr) => Some(BackendAddr {
+                addr: IpAddr::V4(addr),
+                port: b.port,
+            }),
             IpAddr::V6(_) => None,
         })
         .collect()
@@ -185,7 +209,8 @@ fn frontend_flags(
 /// internal traffic policy's list, an external or load-balancer address
 /// the external one's, a node port (address 0.0.0.0) the external one's
 /// too; and the service addresses (not 0.0.0.0: a node port has no
-/// address entry).
+/// address entry). IPv6 frontends are skipped (the program translates
+/// IPv4 only).
 pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
     let mut d = Desired::default();
     for (key, svc) in services {
@@ -206,7 +231,7 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
             if svc.load_balancer_source_ranges.is_empty() {
                 continue;
             }
-            *d.addresses.entry(*lb).or_insert(MANUL_SVC_FE_ADDRESS) |= MANUL_SVC_FE_SOURCE_RANGES;
+            *d.addresses.entry(*ip).or_insert(MANUL_SVC_FE_ADDRESS) |= MANUL_SVC_FE_SOURCE_RANGES;
             for range in &svc.load_balancer_source_ranges {
                 if let ipnet::IpNet::V4(r) = range {
                     d.source_ranges.insert((*lb, r.trunc()));
@@ -239,16 +264,14 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
             for (ip, policy, external, number) in targets {
                 let ip = &ip;
                 let policy = &policy;
-                let addr = match ip {
-                    IpAddr::V4(a) => *a,
-                    IpAddr::V6(_) => {
-                        d.skipped.push(Skipped::Ipv6 {
-                            service: key.clone(),
-                            addr: *ip,
-                        });
-                        continue;
-                    }
-                };
+                if ip.is_ipv6() {
+                    d.skipped.push(Skipped::Ipv6 {
+                        service: key.clone(),
+                        addr: *ip,
+                    });
+                    continue;
+                }
+                let addr = *ip;
                 if !addr.is_unspecified() {
                     let flags = d.addresses.entry(addr).or_insert(MANUL_SVC_FE_ADDRESS);
                     if svc.cluster_ips.contains(ip) {
@@ -280,6 +303,9 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
                 d.lists
                     .entry(list.clone())
                     .or_insert_with(|| ipv4_backends(port.backends_for(*policy)));
+                if external && svc.balancing == Balancing::Maglev {
+                    d.maglev.insert(frontend);
+                }
                 d.frontends.insert(
                     frontend,
                     Wanted {
@@ -306,19 +332,27 @@ pub struct Programmed {
     /// Frontends an earlier run left and this run has not been told about
     /// yet: kept (with their lists) until the state is in sync.
     pub adopted: BTreeSet<Frontend>,
+    /// The Maglev tables by id (ids never reused by the run).
+    pub tables: BTreeMap<u32, TableInfo>,
+    pub next_table: u32,
 }
 
 /// The map writes of one sync, in the order they must be made: backends
 /// first (new indices are invisible until a frontend's count covers them),
-/// then frontends (address entries last, so a new service's ports exist
-/// before its cluster IP refuses unknown ones), then deletions (address
-/// entries first).
+/// then new Maglev tables whole, then frontends (address entries last, so
+/// a new service's ports exist before its cluster IP refuses unknown
+/// ones), then deletions (address entries first; replaced tables last,
+/// once no frontend names them).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Writes {
     pub backends: Vec<(u32, u32, BackendAddr)>,
+    /// New Maglev tables: id, and each slot's backend.
+    pub tables: Vec<(u32, Vec<BackendAddr>)>,
     pub frontends: Vec<(Frontend, FrontendEntry)>,
     pub frontend_deletes: Vec<Frontend>,
     pub backend_deletes: Vec<(u32, u32)>,
+    /// Tables no frontend names any more: id and size.
+    pub table_deletes: Vec<(u32, u32)>,
     /// Backends a list no longer holds, by list id: their affinity
     /// entries and UDP flows are cleaned up.
     pub gone: BTreeMap<u32, BTreeSet<BackendAddr>>,
@@ -327,9 +361,11 @@ pub struct Writes {
 impl Writes {
     pub fn is_empty(&self) -> bool {
         self.backends.is_empty()
+            && self.tables.is_empty()
             && self.frontends.is_empty()
             && self.frontend_deletes.is_empty()
             && self.backend_deletes.is_empty()
+            && self.table_deletes.is_empty()
     }
 }
 
@@ -340,6 +376,7 @@ pub fn plan(desired: &Desired, programmed: &Programmed, in_sync: bool) -> (Write
     let mut w = Writes::default();
     let mut next = Programmed {
         next_id: programmed.next_id.max(1),
+        next_table: programmed.next_table.max(1),
         adopted: if in_sync {
             BTreeSet::new()
         } else {
@@ -381,11 +418,17 @@ pub fn plan(desired: &Desired, programmed: &Programmed, in_sync: bool) -> (Write
         let Some(&id) = next.ids.get(&wanted.list) else {
             continue;
         };
+        let (maglev, maglev_size) = match desired.maglev.contains(frontend) {
+            true => maglev_table(desired, programmed, &mut next, &mut w, id),
+            false => (0, 0),
+        };
         let entry = FrontendEntry {
             id,
             count: next.lists.get(&id).map_or(0, Vec::len) as u32,
             affinity_s: wanted.affinity_s,
             flags: wanted.flags,
+            maglev,
+            maglev_size,
         };
         if programmed.frontends.get(frontend) != Some(&entry) {
             w.frontends.push((*frontend, entry));
@@ -400,6 +443,8 @@ pub fn plan(desired: &Desired, programmed: &Programmed, in_sync: bool) -> (Write
             count: 0,
             affinity_s: 0,
             flags: *flags,
+            maglev: 0,
+            maglev_size: 0,
         };
         if programmed.frontends.get(&frontend) != Some(&entry) {
             w.frontends.push((frontend, entry));
@@ -416,6 +461,9 @@ pub fn plan(desired: &Desired, programmed: &Programmed, in_sync: bool) -> (Write
             if let Some(list) = programmed.lists.get(&entry.id) {
                 next.lists.entry(entry.id).or_insert_with(|| list.clone());
             }
+            if let Some(t) = programmed.tables.get(&entry.maglev) {
+                next.tables.entry(entry.maglev).or_insert_with(|| t.clone());
+            }
         } else {
             w.frontend_deletes.push(*frontend);
         }
@@ -430,7 +478,67 @@ pub fn plan(desired: &Desired, programmed: &Programmed, in_sync: bool) -> (Write
             w.gone.insert(*id, old.iter().copied().collect());
         }
     }
+    for (id, t) in &programmed.tables {
+        if !next.tables.contains_key(id) {
+            w.table_deletes.push((*id, t.size));
+        }
+    }
     (w, next)
+}
+
+/// The Maglev table of list `id` (as `next` holds it), for a frontend
+/// that picks by Maglev: the one already written for the same backends
+/// and size, else a new one (written whole before any frontend names it).
+/// (0, 0) for an empty list: its frontends refuse new connections.
+fn maglev_table(
+    desired: &Desired,
+    programmed: &Programmed,
+    next: &mut Programmed,
+    w: &mut Writes,
+    id: u32,
+) -> (u32, u32) {
+    let Some(list) = next.lists.get(&id).filter(|l| !l.is_empty()) else {
+        return (0, 0);
+    };
+    let backends: Vec<Backend> = list
+        .iter()
+        .map(|b| Backend {
+            ip: b.addr,
+            port: b.port,
+            local: false,
+            ready: true,
+        })
+        .collect();
+    // The capacity is the driver's, fixed for the run: the same backends
+    // give the same table.
+    let built = Some((id, list.clone()));
+    let same = |t: &TableInfo| t.built == built;
+    if let Some((tid, t)) = next.tables.iter().find(|(_, t)| same(t)) {
+        return (*tid, t.size);
+    }
+    if let Some((tid, t)) = programmed.tables.iter().find(|(_, t)| same(t)) {
+        next.tables.insert(*tid, t.clone());
+        return (*tid, t.size);
+    }
+    let table = MaglevTable::with_capacity(&backends, desired.maglev_capacity);
+    let slots: Vec<BackendAddr> = table
+        .slots()
+        .iter()
+        .filter_map(|i| table.backends().get(*i as usize))
+        .map(|b| BackendAddr {
+            addr: b.ip,
+            port: b.port,
+        })
+        .collect();
+    let mut tid = next.next_table;
+    while programmed.tables.contains_key(&tid) || next.tables.contains_key(&tid) {
+        tid = tid.checked_add(1).unwrap_or(1);
+    }
+    next.next_table = tid.checked_add(1).unwrap_or(1);
+    let size = slots.len() as u32;
+    next.tables.insert(tid, TableInfo { size, built });
+    w.tables.push((tid, slots));
+    (tid, size)
 }
 
 #[cfg(test)]

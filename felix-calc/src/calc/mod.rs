@@ -114,6 +114,9 @@ pub struct CalcGraph {
     /// (namespace, Service name) → the names of its slices.
     slices_by_service: BTreeMap<(String, String), BTreeSet<String>>,
     dirty_services: BTreeSet<(String, String)>,
+    /// How a Service without Calico's external-traffic-strategy
+    /// annotation balances its external traffic.
+    default_balancing: manul_dataplane_api::Balancing,
     /// Whether this node proxies Services at all (Felix's
     /// `kubeProxyReplacement`): false leaves every Service to kube-proxy,
     /// none is emitted.
@@ -153,6 +156,7 @@ impl CalcGraph {
             slices: BTreeMap::new(),
             slices_by_service: BTreeMap::new(),
             dirty_services: BTreeSet::new(),
+            default_balancing: manul_dataplane_api::Balancing::Random,
             proxy_services: true,
             items: Items::default(),
             sets: Sets::default(),
@@ -164,6 +168,13 @@ impl CalcGraph {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// How Services without Calico's external-traffic-strategy annotation
+    /// balance their external traffic (random unless set). Set it before
+    /// the first update: Services already seen keep what they had.
+    pub fn set_default_balancing(&mut self, balancing: manul_dataplane_api::Balancing) {
+        self.default_balancing = balancing;
     }
 
     /// A graph that leaves every Service to another proxy (kube-proxy,
@@ -259,7 +270,7 @@ impl CalcGraph {
                 );
                 let frontend = match &u.value {
                     Some(Resource::Service(svc)) if self.proxy_services => {
-                        services::Frontend::from_k8s(&key.0, &key.1, svc)
+                        services::Frontend::from_k8s(&key.0, &key.1, svc, self.default_balancing)
                     }
                     _ => None,
                 };

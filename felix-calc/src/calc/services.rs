@@ -33,10 +33,12 @@
 //!   when none is valid the load-balancer IPs accept no source (the
 //!   unspecified addresses `0.0.0.0/32` and `::/128`, which no packet comes
 //!   from). A warning names the Service and the range.
-//! - `balancing`: Maglev when the Service has Calico's annotation
-//!   `lb.projectcalico.org/external-traffic-strategy: maglev`. A
-//!   cluster-wide default (FelixConfiguration) can come later; today the
-//!   annotation alone decides.
+//! - `balancing`: Calico's annotation
+//!   `lb.projectcalico.org/external-traffic-strategy` decides when the
+//!   Service has it (`maglev`: Maglev; any other value: random, so a
+//!   Service can opt out); without it, the node's default
+//!   ([`crate::calc::CalcGraph::set_default_balancing`], Felix's
+//!   `serviceMaglevDefault`), random unless set.
 //!
 //! Topology-aware routing (hints, `trafficDistribution`) is not applied:
 //! every node uses every backend.
@@ -288,7 +290,12 @@ impl Frontend {
     /// The frontend of Service `namespace/name`; None when it is not this
     /// proxy's (headless, `ExternalName`, another proxy's, or without a
     /// cluster IP that parses).
-    pub fn from_k8s(namespace: &str, name: &str, svc: &Service) -> Option<Frontend> {
+    pub fn from_k8s(
+        namespace: &str,
+        name: &str,
+        svc: &Service,
+        default_balancing: dp::Balancing,
+    ) -> Option<Frontend> {
         let labels = svc.metadata.labels.as_ref();
         if labels.is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)) {
             return None;
@@ -350,12 +357,16 @@ impl Frontend {
                     .filter(|t| *t > 0)
                     .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
             });
-        let maglev = svc
+        let balancing = match svc
             .metadata
             .annotations
             .as_ref()
             .and_then(|a| a.get(EXTERNAL_TRAFFIC_STRATEGY))
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("maglev"));
+        {
+            Some(v) if v.trim().eq_ignore_ascii_case("maglev") => dp::Balancing::Maglev,
+            Some(_) => dp::Balancing::Random,
+            None => default_balancing,
+        };
         let local = |on: bool| {
             if on {
                 dp::TrafficPolicy::Local
@@ -389,11 +400,7 @@ impl Frontend {
                 .health_check_node_port
                 .filter(|_| external_local && kind == "LoadBalancer")
                 .and_then(port_number),
-            balancing: if maglev {
-                dp::Balancing::Maglev
-            } else {
-                dp::Balancing::Random
-            },
+            balancing,
             cluster_ips,
             ports,
         })

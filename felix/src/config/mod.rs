@@ -490,6 +490,19 @@ settings! {
     /// mode 0600, on first use; the same key across restarts).
     wireguard_private_key_file: String = "wireguardPrivateKeyFile",
         "/var/lib/manul/wireguard/private.key".to_string(), local_only, parse::path, Restart;
+    /// Local only (Calico has no such field): Maglev consistent hashing
+    /// for the external traffic of every Service without Calico's
+    /// `lb.projectcalico.org/external-traffic-strategy` annotation (which
+    /// decides for its Service); set it alike on every node.
+    service_maglev_default: bool = "serviceMaglevDefault",
+        false, local_only, parse::boolean, Restart;
+    /// eBPF: Maglev tables are sized for at least this many backends (as
+    /// in Calico), so a table's size, and with it every flow's slot, stays
+    /// the same while a Service has at most that many.
+    bpf_maglev_max_endpoints_per_service: u16 = "bpfMaglevMaxEndpointsPerService",
+        100,
+        |s| s.bpf_maglev_max_endpoints_per_service.filter(|n| (1..=3000).contains(n)),
+        parse::maglev_endpoints, Restart;
 }
 
 impl FelixConfig {

@@ -193,3 +193,11 @@ pub fn mtu(text: &str) -> Result<u32, String> {
         _ => Err("not an MTU (0 for automatic, or 68-65535)".into()),
     }
 }
+
+/// `bpfMaglevMaxEndpointsPerService`: 1-3000, as Calico accepts.
+pub fn maglev_endpoints(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(n) if (1..=3000).contains(&n) => Ok(n),
+        _ => Err("not a number of endpoints (1-3000)".into()),
+    }
+}

@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use manul_dataplane_api::{Backend, Service, ServicePort, TrafficPolicy};
+use manul_dataplane_api::{Backend, Balancing, MaglevTable, Service, ServicePort, TrafficPolicy};
 
 use super::*;
 
@@ -43,7 +43,7 @@ fn services(list: Vec<Service>) -> BTreeMap<ServiceKey, Service> {
 
 fn fe(ip: [u8; 4], port: u16) -> Frontend {
     Frontend {
-        addr: ip.into(),
+        addr: IpAddr::V4(ip.into()),
         port,
         proto: PROTO_TCP,
     }
@@ -51,7 +51,7 @@ fn fe(ip: [u8; 4], port: u16) -> Frontend {
 
 fn ba(d: u8) -> BackendAddr {
     BackendAddr {
-        addr: v4(d),
+        addr: IpAddr::V4(v4(d)),
         port: 8080,
     }
 }
@@ -65,6 +65,19 @@ fn step(
 ) -> (Writes, Programmed) {
     let (w, next) = plan(&desired(svcs), programmed, in_sync);
     let mut fes = programmed.frontends.clone();
+    // Maglev tables: id -> size.
+    let mut mags: BTreeMap<u32, u32> = programmed
+        .tables
+        .iter()
+        .map(|(id, t)| (*id, t.size))
+        .collect();
+    for (id, slots) in &w.tables {
+        assert!(!mags.contains_key(id), "table {id} rewritten in place");
+        mags.insert(*id, slots.len() as u32);
+    }
+    let whole = |e: &FrontendEntry, mags: &BTreeMap<u32, u32>| {
+        e.maglev == 0 || (e.maglev_size > 0 && mags.get(&e.maglev) == Some(&e.maglev_size))
+    };
     let mut bes: BTreeMap<(u32, u32), BackendAddr> = programmed
         .lists
         .iter()
@@ -79,9 +92,11 @@ fn step(
         for i in 0..e.count {
             assert!(bes.contains_key(&(e.id, i)), "{e:?} lost index {i}");
         }
+        assert!(whole(e, &mags), "{e:?} lost its table");
     }
     for (f, e) in &w.frontends {
         fes.insert(*f, *e);
+        assert!(whole(e, &mags), "{f:?} flipped to a table not yet written");
         for i in 0..e.count {
             assert!(
                 bes.contains_key(&(e.id, i)),
@@ -95,7 +110,16 @@ fn step(
     for k in &w.backend_deletes {
         bes.remove(k);
     }
+    for (id, size) in &w.table_deletes {
+        assert!(
+            fes.values().all(|e| e.maglev != *id),
+            "table {id} deleted while named"
+        );
+        assert_eq!(mags.remove(id), Some(*size));
+    }
     assert_eq!(fes, next.frontends);
+    let planned: BTreeMap<u32, u32> = next.tables.iter().map(|(id, t)| (*id, t.size)).collect();
+    assert_eq!(mags, planned);
     let planned: BTreeMap<(u32, u32), BackendAddr> = next
         .lists
         .iter()
@@ -118,11 +142,11 @@ fn a_cluster_ip_gets_a_frontend_with_its_backend_list() {
         w.frontends.iter().map(|(f, _)| *f).collect::<Vec<_>>(),
         vec![
             fe([10, 96, 0, 10], 80),
-            Frontend::address(Ipv4Addr::new(10, 96, 0, 10))
+            Frontend::address(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)))
         ]
     );
     assert_eq!(
-        next.frontends[&Frontend::address(Ipv4Addr::new(10, 96, 0, 10))].flags,
+        next.frontends[&Frontend::address(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)))].flags,
         crate::abi::MANUL_SVC_FE_ADDRESS | crate::abi::MANUL_SVC_FE_REJECT_UNKNOWN
     );
     // The same services again: nothing to write.
@@ -156,6 +180,8 @@ fn a_backend_change_rewrites_the_list_in_place_and_reports_what_went_away() {
                 count: 2,
                 affinity_s: 0,
                 flags: 0,
+                maglev: 0,
+                maglev_size: 0,
             }
         )]
     );
@@ -189,7 +215,7 @@ fn removing_a_service_deletes_its_frontends_and_lists() {
     assert_eq!(
         w.frontend_deletes,
         vec![
-            Frontend::address(Ipv4Addr::new(10, 96, 0, 10)),
+            Frontend::address(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))),
             fe([10, 96, 0, 10], 80)
         ]
     );
@@ -235,7 +261,7 @@ fn a_node_port_is_a_frontend_on_address_zero_with_the_external_list() {
     // interface, for the node's own addresses, reaches it.
     assert!(
         !p.frontends
-            .contains_key(&Frontend::address(Ipv4Addr::UNSPECIFIED))
+            .contains_key(&Frontend::address(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
     );
     assert!(!p.frontends.contains_key(&fe([10, 96, 0, 10], 30080)));
 }
@@ -287,7 +313,7 @@ fn a_load_balancer_address_with_source_ranges_is_flagged_with_its_ranges() {
     let d = desired(&services(vec![svc]));
     assert!(d.frontends.contains_key(&fe([192, 0, 2, 9], 80)));
     assert_eq!(
-        d.addresses[&lb],
+        d.addresses[&IpAddr::V4(lb)],
         crate::abi::MANUL_SVC_FE_ADDRESS | crate::abi::MANUL_SVC_FE_SOURCE_RANGES
     );
     // The range truncated to its network; the IPv6 one cannot match an
@@ -296,7 +322,7 @@ fn a_load_balancer_address_with_source_ranges_is_flagged_with_its_ranges() {
     assert_eq!(ranges, vec![(lb, "198.51.100.0/24".parse().unwrap())]);
     // The cluster IP has no such flag.
     assert_eq!(
-        d.addresses[&Ipv4Addr::new(10, 96, 0, 10)],
+        d.addresses[&IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))],
         crate::abi::MANUL_SVC_FE_ADDRESS | crate::abi::MANUL_SVC_FE_REJECT_UNKNOWN
     );
 }
@@ -353,7 +379,7 @@ fn an_earlier_runs_frontends_stay_until_in_sync_and_get_new_lists() {
     assert_eq!(
         w.frontend_deletes,
         vec![
-            Frontend::address(Ipv4Addr::new(10, 96, 0, 12)),
+            Frontend::address(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 12))),
             fe([10, 96, 0, 12], 80)
         ]
     );
@@ -369,6 +395,18 @@ fn read_back(p: &Programmed) -> Programmed {
         ids: BTreeMap::new(),
         next_id: p.lists.keys().max().map_or(1, |m| m + 1),
         adopted: p.frontends.keys().copied().collect(),
+        tables: p
+            .tables
+            .iter()
+            .map(|(id, t)| {
+                let info = TableInfo {
+                    size: t.size,
+                    built: None,
+                };
+                (*id, info)
+            })
+            .collect(),
+        next_table: p.tables.keys().max().map_or(1, |m| m + 1),
     }
 }
 
@@ -380,11 +418,15 @@ mod sequences {
     /// A service state: for each of four names, absent or (cluster IP
     /// from a pool of three, so names contend for frontends, backends from
     /// a pool of six, affinity).
-    fn state() -> impl Strategy<Value = Vec<Option<(u8, Vec<u8>, bool)>>> {
+    /// One service: cluster IP, backends, affinity, Maglev.
+    type ServiceState = (u8, Vec<u8>, bool, bool);
+
+    fn state() -> impl Strategy<Value = Vec<Option<ServiceState>>> {
         prop::collection::vec(
             prop::option::of((
                 0u8..3,
                 prop::collection::btree_set(2u8..8, 0..6).prop_map(|s| s.into_iter().collect()),
+                any::<bool>(),
                 any::<bool>(),
             )),
             4,
@@ -410,9 +452,13 @@ mod sequences {
                         .iter()
                         .enumerate()
                         .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
-                        .map(|(i, (ip, backends, affinity))| {
+                        .map(|(i, (ip, backends, affinity, maglev))| {
                             let mut svc = service(&format!("s{i}"), [10, 96, 0, *ip], backends);
                             svc.affinity_timeout_seconds = affinity.then_some(10);
+                            if *maglev {
+                                svc.balancing = Balancing::Maglev;
+                                svc.external_ips = vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, *ip))];
+                            }
                             svc
                         })
                         .collect(),
@@ -432,10 +478,107 @@ mod sequences {
                         let e = next.frontends[f];
                         prop_assert_eq!(&next.lists[&e.id], &d.lists[list]);
                         prop_assert_eq!(e.count as usize, d.lists[list].len());
+                        let maglev = d.maglev.contains(f) && e.count > 0;
+                        prop_assert_eq!(e.maglev != 0, maglev);
+                    }
+                    // No table outlives the frontends naming it.
+                    let named: BTreeSet<u32> = next.frontends.values().map(|e| e.maglev).collect();
+                    for id in next.tables.keys() {
+                        prop_assert!(named.contains(id));
                     }
                 }
                 programmed = next;
             }
         }
     }
+}
+
+/// A Service marked for Maglev, with a cluster IP, an external IP and a
+/// node port.
+fn maglev_service(backends: &[u8]) -> Service {
+    let mut svc = service("lb", [10, 96, 0, 10], backends);
+    svc.balancing = Balancing::Maglev;
+    svc.external_ips = vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))];
+    svc.ports[0].node_port = Some(30080);
+    svc
+}
+
+#[test]
+fn maglev_tables_serve_external_frontends_only_and_are_replaced_whole() {
+    let svcs = services(vec![maglev_service(&[2, 3, 4])]);
+    let (w, first) = step(&svcs, &Programmed::default(), true);
+    let cluster = first.frontends[&fe([10, 96, 0, 10], 80)];
+    let external = first.frontends[&fe([192, 0, 2, 9], 80)];
+    let node_port = first.frontends[&fe([0, 0, 0, 0], 30080)];
+    assert_eq!(
+        (cluster.maglev, cluster.maglev_size),
+        (0, 0),
+        "a cluster IP picks at random"
+    );
+    assert_ne!(external.maglev, 0);
+    assert_eq!(
+        (node_port.maglev, node_port.maglev_size),
+        (external.maglev, external.maglev_size),
+        "one list, one table"
+    );
+    // The table is dataplane-api's, slot for slot.
+    let want = MaglevTable::build(&[backend(2, false), backend(3, false), backend(4, false)]);
+    assert_eq!(w.tables.len(), 1);
+    let (_, slots) = &w.tables[0];
+    assert_eq!(slots.len(), want.size());
+    assert_eq!(external.maglev_size as usize, want.size());
+    for (slot, b) in slots.iter().enumerate() {
+        let i = want.slots()[slot] as usize;
+        assert_eq!(b.addr, want.backends()[i].ip);
+    }
+
+    // The same backends again: nothing written.
+    let (w, same) = step(&svcs, &first, true);
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(same.tables, first.tables);
+
+    // A backend goes: a new table, the old one deleted after the flip.
+    let fewer = services(vec![maglev_service(&[2, 4])]);
+    let (w, second) = step(&fewer, &first, true);
+    let flipped = second.frontends[&fe([192, 0, 2, 9], 80)];
+    assert_ne!(flipped.maglev, external.maglev);
+    assert_eq!(
+        w.table_deletes,
+        vec![(external.maglev, external.maglev_size)]
+    );
+
+    // No backends: no table, the frontend refuses.
+    let (w, third) = step(&services(vec![maglev_service(&[])]), &second, true);
+    assert_eq!(third.frontends[&fe([192, 0, 2, 9], 80)].maglev, 0);
+    assert!(third.tables.is_empty());
+    assert_eq!(w.table_deletes.len(), 1);
+}
+
+#[test]
+fn an_earlier_runs_tables_stay_until_in_sync_then_go() {
+    let svcs = services(vec![maglev_service(&[2, 3])]);
+    let (_, first) = step(&svcs, &Programmed::default(), true);
+    let old = first.frontends[&fe([192, 0, 2, 9], 80)].maglev;
+    let adopted = read_back(&first);
+    // Told about nothing yet: the adopted frontends keep their table.
+    let (w, during) = step(&BTreeMap::new(), &adopted, false);
+    assert!(w.table_deletes.is_empty());
+    assert!(during.tables.contains_key(&old));
+    // The state again: a fresh table, the earlier run's deleted.
+    let (w, after) = step(&svcs, &during, true);
+    let new = after.frontends[&fe([192, 0, 2, 9], 80)].maglev;
+    assert_ne!(new, old);
+    assert_eq!(w.table_deletes.len(), 1);
+    assert_eq!(w.table_deletes[0].0, old);
+}
+
+#[test]
+fn a_capacity_pins_the_table_size() {
+    let mut d = desired(&services(vec![maglev_service(&[2, 3])]));
+    d.maglev_capacity = 100;
+    let (_, p) = plan(&d, &Programmed::default(), true);
+    assert_eq!(
+        p.frontends[&fe([192, 0, 2, 9], 80)].maglev_size,
+        manul_dataplane_api::maglev::table_size(100)
+    );
 }

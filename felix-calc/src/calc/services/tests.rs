@@ -421,6 +421,16 @@ fn cases() -> Vec<(&'static str, String, Option<Check>)> {
             })),
         ),
         (
+            "another strategy: random",
+            service(
+                "  annotations: {lb.projectcalico.org/external-traffic-strategy: random}\n",
+                "  clusterIP: 10.96.0.10\n  ports:\n  - {name: http, port: 80}\n",
+            ),
+            Some(Box::new(|s| {
+                assert_eq!(s.balancing, dp::Balancing::Random);
+            })),
+        ),
+        (
             "Maglev by Calico's annotation",
             service(
                 "  annotations: {lb.projectcalico.org/external-traffic-strategy: maglev}\n",
@@ -541,6 +551,28 @@ fn locality_is_this_nodes() {
         s.ports[0].local_backends,
         [backend("10.65.0.5", 8080, true)]
     );
+}
+
+#[test]
+fn the_nodes_default_balancing_applies_without_the_annotation() {
+    let ports = "  clusterIP: 10.96.0.10\n  ports:\n  - {name: http, port: 80}\n";
+    for (annotations, want) in [
+        ("", dp::Balancing::Maglev),
+        (
+            "  annotations: {lb.projectcalico.org/external-traffic-strategy: random}\n",
+            dp::Balancing::Random,
+        ),
+        (
+            "  annotations: {lb.projectcalico.org/external-traffic-strategy: maglev}\n",
+            dp::Balancing::Maglev,
+        ),
+    ] {
+        let mut g = CalcGraph::new(NODE);
+        g.set_default_balancing(dp::Balancing::Maglev);
+        g.apply(puts(&service(annotations, ports)));
+        let s = emitted_by(&g).expect("emitted");
+        assert_eq!(s.balancing, want, "{annotations}");
+    }
 }
 
 #[test]
