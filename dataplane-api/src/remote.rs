@@ -67,7 +67,7 @@
 //! {"WorkloadEndpointRemove":{"id":{"namespace":"prod","name":"web-0"}}}
 //! {"HostEndpointUpdate":{"id":"node1-eth0","interface_name":"eth0","expected_ips":["192.168.0.10"],"tiers":[],"pre_dnat_tiers":[],"untracked_tiers":[],"forward_tiers":[],"profiles":[]}}
 //! {"HostEndpointRemove":{"id":"node1-eth0"}}
-//! {"ServiceUpdate":{"namespace":"prod","name":"web","cluster_ips":["10.96.0.10"],"external_ips":[],"load_balancer_ips":[],"load_balancer_source_ranges":[],"external_traffic":"Cluster","internal_traffic":"Cluster","affinity_timeout_seconds":null,"health_check_node_port":null,"balancing":"Random","ports":[{"name":"http","protocol":6,"port":80,"node_port":null,"backends":[{"ip":"10.0.0.1","port":8080,"local":true}],"local_backends":[{"ip":"10.0.0.1","port":8080,"local":true}]}]}}
+//! {"ServiceUpdate":{"namespace":"prod","name":"web","cluster_ips":["10.96.0.10"],"external_ips":[],"load_balancer_ips":[],"load_balancer_source_ranges":[],"external_traffic":"Cluster","internal_traffic":"Cluster","affinity_timeout_seconds":null,"health_check_node_port":null,"balancing":"Random","ports":[{"name":"http","protocol":6,"port":80,"node_port":null,"backends":[{"ip":"10.0.0.1","port":8080,"local":true,"ready":true}],"local_backends":[{"ip":"10.0.0.1","port":8080,"local":true,"ready":true}]}]}}
 //! {"ServiceRemove":{"namespace":"prod","name":"web"}}
 //! "InSync"
 //! ```

@@ -226,5 +226,5 @@ fn schemas_judge_ports_protocols_cidrs_enums_and_unknown_fields() {
         let model = manul_model::load("test", y.as_bytes());
         assert!(!model.errors.is_empty(), "{why}: the model accepts {y}");
     }
-    assert_eq!(CRDS.len(), 11);
+    assert_eq!(CRDS.len(), 14);
 }
