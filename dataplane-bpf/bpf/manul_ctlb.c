@@ -50,25 +50,8 @@ volatile const __u32 manul_ctlb_udp = 0;
 #define TCP_LISTEN 10
 #define TCP_NEW_SYN_RECV 12
 
-/* The TC programs' maps, adopted by name: the same definitions as in
- * manul_tc.c. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct manul_svc_fe_key);
-	__type(value, struct manul_svc_fe_value);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} manul_svc_fe SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1048576);
-	__type(key, struct manul_svc_be_key);
-	__type(value, struct manul_svc_be_value);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} manul_svc_be SEC(".maps");
+/* The TC programs' service maps, adopted by name. */
+#include "manul_svc_maps.h"
 
 /* This program's own maps (manul_ctlb.h). */
 struct {

@@ -132,23 +132,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } manul_failsafe SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct manul_svc_fe_key);
-	__type(value, struct manul_svc_fe_value);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} manul_svc_fe SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1048576);
-	__type(key, struct manul_svc_be_key);
-	__type(value, struct manul_svc_be_value);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} manul_svc_be SEC(".maps");
+#include "manul_svc_maps.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
