@@ -2,7 +2,10 @@
 //! flow records here (`FlowIngest`, numbered batches, acknowledged; a
 //! resent batch is dropped as a duplicate), the aggregator keeps a bounded
 //! window of them in memory and serves them (`Flows`: list with filters,
-//! follow, statistics per policy rule).
+//! follow, statistics per policy rule). A web UI on its own listener
+//! ([`web`]) shows them as a live table and a service graph ([`graph`]),
+//! over a small read-only JSON API. With TLS ([`tls`]) the gRPC listener
+//! requires a client certificate of an admitted identity.
 //!
 //! It is its own small service, not part of Typha: flow volume grows with
 //! traffic, Typha's work with configuration, and a burst of flows must
@@ -11,8 +14,11 @@
 //! Felixes resend what was not acknowledged) and to enforce anything.
 
 pub mod filter;
+pub mod graph;
 pub mod server;
 pub mod store;
+pub mod tls;
+pub mod web;
 
 pub use filter::{Filter, FilterError};
 pub use server::Shared;

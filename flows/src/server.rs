@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use manul_proto::flows::flow_ingest_server::{FlowIngest, FlowIngestServer};
 use manul_proto::flows::flows_server::{Flows, FlowsServer};
 use manul_proto::flows::{
-    FlowRecord, ListRequest, ListResponse, PushAck, PushRequest, StatsRequest, StatsResponse,
-    push_request,
+    FlowRecord, ListRequest, ListResponse, PushAck, PushRequest, RecordBatch, StatsRequest,
+    StatsResponse, push_request,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 
 use crate::filter::Filter;
 use crate::store::Store;
+use crate::tls::Gates;
 
 /// The most records one list returns.
 pub const MAX_LIST: usize = 100_000;
@@ -33,9 +34,12 @@ pub const DEFAULT_LIST: usize = 1_000;
 pub struct Shared {
     store: Arc<Mutex<Store>>,
     feed: broadcast::Sender<Arc<FlowRecord>>,
+    /// With TLS: which certificates may push and which may query.
+    gates: Option<Arc<Gates>>,
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -47,11 +51,66 @@ impl Shared {
         Shared {
             store: Arc::new(Mutex::new(store)),
             feed,
+            gates: None,
+        }
+    }
+
+    /// Calls must come with a certificate `gates` admits for their
+    /// service (the listener speaks TLS).
+    pub fn with_gates(mut self, gates: Gates) -> Shared {
+        self.gates = Some(Arc::new(gates));
+        self
+    }
+
+    /// Refuses a call whose certificate the service's gate does not admit
+    /// (nothing to check without TLS).
+    fn admit<T>(&self, request: &Request<T>, ingest: bool) -> Result<(), Status> {
+        let Some(gates) = &self.gates else {
+            return Ok(());
+        };
+        let (which, what) = if ingest {
+            (
+                &gates.ingest,
+                "pushing flow records needs a Felix certificate",
+            )
+        } else {
+            (
+                &gates.query,
+                "querying flow records needs a reader's certificate",
+            )
+        };
+        let certs = request.peer_certs();
+        if Gates::admits(which, certs.as_ref().and_then(|c| c.first())) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(what))
         }
     }
 
     pub fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores a batch from `node`'s run `epoch` (see [`Store::ingest`]) and
+    /// hands what was stored to the followers; returns what to
+    /// acknowledge.
+    pub fn ingest(&self, node: &str, epoch: u64, batch: RecordBatch) -> u64 {
+        let ingested = self.store().ingest(node, epoch, batch, unix_now());
+        let ack = ingested.ack;
+        self.publish(ingested.stored);
+        ack
+    }
+
+    fn publish(&self, stored: Vec<Arc<FlowRecord>>) {
+        for r in stored {
+            // No follower: nothing to do.
+            let _ = self.feed.send(r);
+        }
+    }
+
+    /// The records stored from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FlowRecord>> {
+        self.feed.subscribe()
     }
 
     /// Both services, for a tonic router.
@@ -86,6 +145,7 @@ impl FlowIngest for Ingest {
         &self,
         request: Request<Streaming<PushRequest>>,
     ) -> Result<Response<Self::PushStream>, Status> {
+        self.0.admit(&request, true)?;
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let shared = self.0.clone();
@@ -123,12 +183,8 @@ impl FlowIngest for Ingest {
                                 .await;
                             return;
                         };
-                        let ingested = shared.store().ingest(node, *epoch, b, unix_now());
-                        for r in ingested.stored {
-                            // No follower: nothing to do.
-                            let _ = shared.feed.send(r);
-                        }
-                        if tx.send(Ok(PushAck { seq: ingested.ack })).await.is_err() {
+                        let ack = shared.ingest(node, *epoch, b);
+                        if tx.send(Ok(PushAck { seq: ack })).await.is_err() {
                             return;
                         }
                     }
@@ -152,6 +208,7 @@ impl Flows for Query {
     type FollowStream = Boxed<FlowRecord>;
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        self.0.admit(&request, false)?;
         let req = request.into_inner();
         let f = filter(req.filter)?;
         let limit = match req.limit as usize {
@@ -166,6 +223,7 @@ impl Flows for Query {
         &self,
         request: Request<ListRequest>,
     ) -> Result<Response<Self::FollowStream>, Status> {
+        self.0.admit(&request, false)?;
         let f = filter(request.into_inner().filter)?;
         let mut feed = self.0.feed.subscribe();
         let (tx, rx) = mpsc::channel(1024);
@@ -191,6 +249,7 @@ impl Flows for Query {
         &self,
         request: Request<StatsRequest>,
     ) -> Result<Response<StatsResponse>, Status> {
+        self.0.admit(&request, false)?;
         let f = filter(request.into_inner().filter)?;
         let store = self.0.store();
         Ok(Response::new(StatsResponse {

@@ -173,6 +173,16 @@ impl Store {
         out
     }
 
+    /// The service graph of the matching records ([`crate::graph`]).
+    pub fn graph(&self, filter: &Filter) -> crate::graph::Graph {
+        crate::graph::build(
+            self.records
+                .iter()
+                .map(|s| &*s.record)
+                .filter(|r| filter.matches(r)),
+        )
+    }
+
     /// Per policy rule (or tier end) of the enforced traces of the
     /// matching records: how many records, allowed and denied flows,
     /// packets and bytes passed through it.
