@@ -10,6 +10,7 @@
 //! | `felix-NODE.crt` | `manul-felix` | `spiffe://manul/node/NODE/felix` | Felix on NODE |
 //! | `cni-NODE.crt` | `manul-cni` | `spiffe://manul/node/NODE/cni` | the CNI plugin on NODE |
 //! | `admin.crt` | `manul-admin` | `spiffe://manul/admin` | `manulctl`, administrators |
+//! | `flows.crt` | `manul-flows` | `spiffe://manul/flows` | the flow aggregator's server certificate |
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,9 @@ pub const FELIX_CN: &str = "manul-felix";
 pub const CNI_CN: &str = "manul-cni";
 pub const ADMIN_CN: &str = "manul-admin";
 pub const ADMIN_URI: &str = "spiffe://manul/admin";
+/// The flow aggregator's (`manul-flows`) common name and URI SAN.
+pub const FLOWS_CN: &str = "manul-flows";
+pub const FLOWS_URI: &str = "spiffe://manul/flows";
 
 /// A node component's URI SAN (`felix` or `cni`).
 pub fn node_uri(node: &str, component: &str) -> String {
@@ -211,6 +215,16 @@ pub fn write_dev_set(dir: &Path, set: &DevSet) -> Result<Vec<PathBuf>, TlsError>
         Leaf {
             common_name: ADMIN_CN.into(),
             uri_sans: vec![ADMIN_URI.into()],
+            days: set.days,
+            ..Leaf::default()
+        },
+    ));
+    leaves.push((
+        "flows".into(),
+        Leaf {
+            common_name: FLOWS_CN.into(),
+            uri_sans: vec![FLOWS_URI.into()],
+            server: true,
             days: set.days,
             ..Leaf::default()
         },
