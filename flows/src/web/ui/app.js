@@ -86,7 +86,7 @@ function renderTable(records) {
 // A layered layout: a node's column is the longest path of edges that
 // leads to it (cycles cut), nodes in a column sorted by namespace, and
 // each namespace's run in a column drawn as a box around its workloads.
-const NODE_W = 170, NODE_H = 28, COL_W = 250, ROW_H = 48, PAD = 36;
+const NODE_W = 170, NODE_H = 28, COL_W = 290, ROW_H = 48, PAD = 36;
 
 function layout(g) {
   const ids = g.nodes.map(n => n.id);
@@ -151,6 +151,7 @@ function renderGraph(g) {
   const root = $("graph");
   const { pos, boxes, width, height } = layout(g);
   root.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  root.setAttribute("width", String(width));
   root.setAttribute("height", String(height));
   root.replaceChildren();
   for (const b of boxes) {
@@ -194,6 +195,7 @@ function renderGraph(g) {
   }
   if (g.nodes.length === 0) {
     root.setAttribute("viewBox", "0 0 400 60");
+    root.setAttribute("width", "400");
     root.setAttribute("height", "60");
     root.appendChild(svg("text", { x: 10, y: 30, class: "ns-label" }, "no flows match"));
   }
