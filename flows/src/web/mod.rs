@@ -109,18 +109,17 @@ fn bad_request(message: String) -> Response {
     )
 }
 
-/// The query and its checked filter, or the 400 that names the problem.
-fn parsed(raw: Option<String>) -> Result<(query::Query, Filter), Response> {
-    let q = query::parse(raw.as_deref().unwrap_or(""), unix_now())
-        .map_err(|e| bad_request(e.to_string()))?;
-    let f = Filter::new(q.filter.clone()).map_err(|e| bad_request(e.to_string()))?;
+/// The query and its checked filter, or what is wrong with them.
+fn parsed(raw: Option<String>) -> Result<(query::Query, Filter), String> {
+    let q = query::parse(raw.as_deref().unwrap_or(""), unix_now()).map_err(|e| e.to_string())?;
+    let f = Filter::new(q.filter.clone()).map_err(|e| e.to_string())?;
     Ok((q, f))
 }
 
 async fn flows(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Response {
     let (q, f) = match parsed(raw) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     let limit = match q.limit {
         0 => DEFAULT_LIST,
@@ -134,7 +133,7 @@ async fn flows(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Respons
 async fn graph(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Response {
     let (_, f) = match parsed(raw) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     let g = shared.store().graph(&f);
     match serde_json::to_value(&g) {
@@ -146,7 +145,7 @@ async fn graph(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Respons
 async fn follow(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Response {
     let (_, f) = match parsed(raw) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     let events = BroadcastStream::new(shared.subscribe()).filter_map(move |r| match r {
         Ok(r) if f.matches(&r) => Some(Ok::<Event, Infallible>(
