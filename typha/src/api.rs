@@ -294,7 +294,7 @@ impl ResourcesService {
         request: Request<ApplyRequest>,
         trail: &mut Trail,
     ) -> Result<Response<ApplyResponse>, Status> {
-        let mut batch = write_batch(request.get_ref(), &self.limits)?;
+        let mut batch = validate(request.get_ref(), self.limits).await?;
         trail.keys(
             batch
                 .writes
@@ -482,6 +482,24 @@ fn pinned_request(batch: &WriteBatch) -> ApplyRequest {
 /// Validates every item and builds one write batch, or explains the
 /// problems (as many as `limits` lets a refusal list: past them
 /// validation stops).
+/// Requests whose items hold more than this many bytes are validated on a
+/// blocking thread: validating megabytes takes the CPU for long enough to
+/// hold up the other requests a runtime worker would serve meanwhile.
+const VALIDATE_INLINE_BYTES: usize = 64 * 1024;
+
+/// [`write_batch`], off the runtime's workers for a large request.
+async fn validate(request: &ApplyRequest, limits: WriteLimits) -> Result<WriteBatch, Status> {
+    let bytes: usize = request.items.iter().map(|i| i.document.len()).sum();
+    if bytes <= VALIDATE_INLINE_BYTES {
+        return write_batch(request, &limits);
+    }
+    // The documents are reference-counted: the copy is cheap.
+    let request = request.clone();
+    tokio::task::spawn_blocking(move || write_batch(&request, &limits))
+        .await
+        .map_err(|e| Status::internal(format!("validation stopped: {e}")))?
+}
+
 pub fn write_batch(request: &ApplyRequest, limits: &WriteLimits) -> Result<WriteBatch, Status> {
     if request.items.is_empty() {
         return Err(Status::invalid_argument("items: nothing to apply"));

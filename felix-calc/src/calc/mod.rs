@@ -83,6 +83,8 @@ pub struct Stats {
     pub active_policies: usize,
     pub active_profiles: usize,
     pub ip_sets: usize,
+    /// Members of the IP sets the driver was given, summed over the sets.
+    pub ip_set_members: usize,
     pub endpoints: usize,
     pub policies: usize,
     pub network_sets: usize,
@@ -192,6 +194,14 @@ impl CalcGraph {
             active_policies: self.emitted.policies.len(),
             active_profiles: self.emitted.profiles.len(),
             ip_sets: self.sets.all.iter().flatten().filter(|s| s.emitted).count(),
+            ip_set_members: self
+                .sets
+                .all
+                .iter()
+                .flatten()
+                .filter(|s| s.emitted)
+                .map(|s| s.members.len())
+                .sum(),
             endpoints: self.items.endpoints,
             policies: self.policies.inputs.len(),
             network_sets: self.items.netsets,

@@ -13,6 +13,15 @@
 //! time; reports calculation-graph updates per second and per-update
 //! latency percentiles, and the same with each update's decoding included
 //! (the null driver's time is reported separately).
+//!
+//! `--profile sets`: instead of the mixed policies, the node's endpoints
+//! are selected by `--set-values` GlobalNetworkPolicies of `--set-labels`
+//! ingress rules each, every rule selecting the remote endpoints with one
+//! value of one label: `set-labels x set-values` IP sets (2,000 by
+//! default), each endpoint a member of `set-labels` of them (a million
+//! members with the default 100,000 endpoints). Churn relabels endpoints
+//! (each relabel moves it between sets), adds and removes them, and
+//! changes a policy's rule selectors.
 
 /// The agent's allocator: the calculation graph allocates and frees many
 /// small objects, which mimalloc serves far faster than the system malloc.
@@ -30,11 +39,32 @@ use manul_felix::sync::{snapshot_updates, update_of};
 use manul_model::Resource;
 use manul_proto::v1::Entry;
 
+/// What the cluster's policies look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Profile {
+    /// Namespaced, global and Kubernetes policies with varied selectors.
+    Mixed,
+    /// Policies whose rules select thousands of remote endpoints: many
+    /// large IP sets.
+    Sets,
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "felix-bench")]
 struct Args {
-    #[arg(long, default_value_t = 250_000)]
-    endpoints: usize,
+    #[arg(long, value_enum, default_value_t = Profile::Mixed)]
+    profile: Profile,
+    /// Endpoints in the cluster (default: 250,000 for `mixed`, 100,000
+    /// for `sets`).
+    #[arg(long)]
+    endpoints: Option<usize>,
+    /// `sets`: labels each endpoint carries for the sets' selectors (the
+    /// rules per policy, and the sets each endpoint is a member of).
+    #[arg(long, default_value_t = 10)]
+    set_labels: usize,
+    /// `sets`: values of each of those labels (the policies).
+    #[arg(long, default_value_t = 200)]
+    set_values: usize,
     #[arg(long, default_value_t = 1_250)]
     nodes: usize,
     #[arg(long, default_value_t = 10_000)]
@@ -125,6 +155,65 @@ fn policy(j: usize, namespaces: usize, variant: usize) -> Result<Resource> {
     }
 }
 
+/// `sets`: the value endpoint `i` has for set label `k` (`variant` 0 in
+/// the snapshot, another in a relabel). Each value is held by about one
+/// endpoint in `values`, spread differently for each label.
+fn set_value(i: usize, k: usize, values: usize, variant: usize) -> usize {
+    (i / (k + 1) + k * 13 + variant) % values
+}
+
+/// `sets`: an endpoint with the mixed profile's labels and `set_labels`
+/// more, `s0`..`sN`, one value each.
+fn set_endpoint(i: usize, args: &Args, variant: usize) -> Result<Resource> {
+    let node = i % args.nodes;
+    let ns = i % args.namespaces;
+    let labels: Vec<String> = (0..args.set_labels)
+        .map(|k| format!("s{k}: v-{}", set_value(i, k, args.set_values, variant)))
+        .collect();
+    let (a, b) = ((i >> 8) & 0xff, i & 0xff);
+    load(&format!(
+        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: ep-{i}\n  namespace: ns-{ns}\n  labels: {{app: app-{}, {}}}\n\
+         spec:\n  node: node-{node}\n  interfaceName: cali{i}\n  ipNetworks: [10.{}.{a}.{b}/32]\n  profiles: [kns.ns-{ns}]\n",
+        i % 500,
+        labels.join(", "),
+        64 + (i >> 16)
+    ))
+}
+
+/// `sets`: GlobalNetworkPolicy `j` applies to every endpoint; its rule `k`
+/// allows the endpoints whose label `sk` has value `j` (shifted by
+/// `variant`): one IP set per (label, value).
+fn set_policy(j: usize, args: &Args, variant: usize) -> Result<Resource> {
+    let rules: String = (0..args.set_labels)
+        .map(|k| {
+            format!(
+                "  - action: Allow\n    source:\n      selector: s{k} == 'v-{}'\n",
+                (j + variant) % args.set_values
+            )
+        })
+        .collect();
+    load(&format!(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: sets-{j}\nspec:\n  order: {}\n  selector: has(s0)\n  ingress:\n{rules}",
+        j % 100
+    ))
+}
+
+/// Endpoint `i` of the profile.
+fn any_endpoint(i: usize, args: &Args, variant: usize) -> Result<Resource> {
+    match args.profile {
+        Profile::Mixed => endpoint(i, args.nodes, args.namespaces, variant),
+        Profile::Sets => set_endpoint(i, args, variant),
+    }
+}
+
+/// Policy `j` of the profile.
+fn any_policy(j: usize, args: &Args, variant: usize) -> Result<Resource> {
+    match args.profile {
+        Profile::Mixed => policy(j, args.namespaces, variant),
+        Profile::Sets => set_policy(j, args, variant),
+    }
+}
+
 fn namespace(n: usize) -> Result<Resource> {
     load(&format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns-{n}\n  labels: {{team: t-{}}}\n",
@@ -171,19 +260,27 @@ fn thread_cpu_s() -> f64 {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    eprintln!(
-        "generating {} endpoints and {} policies",
-        args.endpoints, args.policies
-    );
-    let mut updates = Vec::with_capacity(args.endpoints + args.policies + args.namespaces);
+    let endpoints = args.endpoints.unwrap_or(match args.profile {
+        Profile::Mixed => 250_000,
+        Profile::Sets => 100_000,
+    });
+    let policies = match args.profile {
+        Profile::Mixed => args.policies,
+        Profile::Sets => args.set_values,
+    };
+    if endpoints == 0 || policies == 0 || args.nodes == 0 || args.namespaces == 0 {
+        anyhow::bail!("endpoints, policies, nodes and namespaces must not be 0");
+    }
+    eprintln!("generating {endpoints} endpoints and {policies} policies");
+    let mut updates = Vec::with_capacity(endpoints + policies + args.namespaces);
     for n in 0..args.namespaces {
         updates.push(put(namespace(n)?)?);
     }
-    for i in 0..args.endpoints {
-        updates.push(put(endpoint(i, args.nodes, args.namespaces, 0)?)?);
+    for i in 0..endpoints {
+        updates.push(put(any_endpoint(i, &args, 0)?)?);
     }
-    for j in 0..args.policies {
-        updates.push(put(policy(j, args.namespaces, 0)?)?);
+    for j in 0..policies {
+        updates.push(put(any_policy(j, &args, 0)?)?);
     }
     // The snapshot as Typha sends it: chunks of `batch` entries, each an
     // encoded EntryList, gzipped.
@@ -247,37 +344,28 @@ fn main() -> Result<()> {
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     let mut kind_ms: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let churn_started = Instant::now();
-    let mut extra = args.endpoints;
+    let mut extra = endpoints;
     for k in 0..args.churn {
         let (kind, update) = match k % 10 {
             0..=6 => {
                 // A remote endpoint's labels change.
-                let mut i = (k * 7919) % args.endpoints;
+                let mut i = (k * 7919) % endpoints;
                 if i % args.nodes == 0 {
                     i += 1;
                 }
-                (
-                    "endpoint_label_change",
-                    put(endpoint(i, args.nodes, args.namespaces, k)?)?,
-                )
+                ("endpoint_label_change", put(any_endpoint(i, &args, k)?)?)
             }
             7 => {
                 extra += 1;
-                (
-                    "endpoint_add",
-                    put(endpoint(extra, args.nodes, args.namespaces, 0)?)?,
-                )
+                ("endpoint_add", put(any_endpoint(extra, &args, 0)?)?)
             }
             8 => {
-                let r = endpoint(args.endpoints + k / 10, args.nodes, args.namespaces, 0)?;
+                let r = any_endpoint(endpoints + k / 10, &args, 0)?;
                 ("endpoint_remove", delete(&r)?)
             }
             _ => {
-                let j = (k * 31) % args.policies;
-                (
-                    "policy_selector_change",
-                    put(policy(j, args.namespaces, k)?)?,
-                )
+                let j = (k * 31) % policies;
+                ("policy_selector_change", put(any_policy(j, &args, k)?)?)
             }
         };
         *kinds.entry(kind).or_default() += 1;
@@ -324,7 +412,9 @@ fn main() -> Result<()> {
     let report = serde_json::json!({
         "benchmark": "felix-calc",
         "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "cpu": cpu},
-        "parameters": {"endpoints": args.endpoints, "nodes": args.nodes, "policies": args.policies,
+        "parameters": {"profile": format!("{:?}", args.profile).to_lowercase(), "endpoints": endpoints, "nodes": args.nodes, "policies": policies,
+                        "set_labels": (args.profile == Profile::Sets).then_some(args.set_labels),
+                        "set_values": (args.profile == Profile::Sets).then_some(args.set_values),
                         "namespaces": args.namespaces, "snapshot_batch": args.batch, "churn_updates": args.churn},
         "snapshot": {
             "seconds": snapshot_s,
@@ -336,9 +426,10 @@ fn main() -> Result<()> {
             "local_endpoints": stats.local_endpoints,
             "active_policies": stats.active_policies,
             "ip_sets": stats.ip_sets,
+            "ip_set_members": stats.ip_set_members,
             "peak_rss_bytes": peak_kb * 1024,
             "rss_growth_bytes": rss_after.saturating_sub(rss_before) * 1024,
-            "rss_growth_per_endpoint_bytes": rss_after.saturating_sub(rss_before) as f64 * 1024.0 / args.endpoints.max(1) as f64,
+            "rss_growth_per_endpoint_bytes": rss_after.saturating_sub(rss_before) as f64 * 1024.0 / endpoints as f64,
             "target_seconds": 2.0,
         },
         "churn": {

@@ -905,6 +905,8 @@ impl Driver {
         self.storage
             .create_snapshot(applied, cs, data)
             .map_err(NodeError::Storage)?;
+        // Durable now, and the files the compaction released are removed.
+        self.storage.flush().map_err(NodeError::Storage)?;
         self.last_snapshot = applied;
         self.log_bytes = 0;
         // One snapshot covers the added member: later entries wait for

@@ -1,18 +1,28 @@
 //! Durable Raft storage for tikv raft's `RawNode`, backed by `sled`.
 //!
 //! [`SledStorage`] keeps the Raft log, the hard state, the conf state and the
-//! latest snapshot in one sled database with two trees:
+//! latest snapshot in one sled database with two trees, and its large values
+//! in files beside it (`files/`, see [`files`]):
 //!
 //! * `log`: key = big-endian `u64` entry index, value = the protobuf-encoded
-//!   [`Entry`]. It always holds exactly the contiguous entries
+//!   [`Entry`], or, for an entry encoded larger than [`FILE_ENTRY_BYTES`],
+//!   a marker (a zero byte and the entry's term: no encoded entry starts
+//!   with a zero byte) for the file `entry-INDEX-TERM` that holds it. It
+//!   always holds exactly the contiguous entries
 //!   `snapshot index + 1 ..= last index`; nothing at or below the snapshot.
 //! * `meta`: the protobuf-encoded [`HardState`], [`ConfState`] and
-//!   [`Snapshot`] (metadata plus data) under fixed keys.
+//!   [`Snapshot`] metadata under fixed keys; the snapshot's data is the
+//!   file `snapshot-INDEX-TERM`.
+//!
+//! sled keeps no value larger than 4 KiB: it stores a tree node larger than
+//! about 128 KiB (a leaf holds up to 17 values) as a blob file, which it does
+//! not reclaim, and rewrites such a node whole whenever one of its values
+//! changes or a neighbour is inserted.
 //!
 //! An in-memory cache (hard state, conf state, snapshot, and the term of every
 //! entry in the log) answers `term`, `first_index`, `last_index` and
 //! `initial_state` without touching disk; `entries` reads the requested range
-//! from sled.
+//! from sled and the files.
 //!
 //! # What survives a crash
 //!
@@ -25,7 +35,8 @@
 //! * `open` on a fresh directory writes the bootstrap conf state and flushes
 //!   before returning.
 //! * `append`: one sled batch writes the new entries and deletes the
-//!   conflicting suffix they replace.
+//!   conflicting suffix they replace. An entry kept in a file is written
+//!   whole and fsynced under its final name before the batch refers to it.
 //! * `set_hard_state`, `set_commit`, `set_conf_state`: one key each.
 //! * `apply_snapshot`: one transaction across both trees stores the snapshot,
 //!   its conf state, the raised hard state and deletes the whole old log.
@@ -34,9 +45,15 @@
 //!   compacted entries. A crash leaves either the old snapshot with the full
 //!   log or the new snapshot with the compacted log, never a gap.
 //!
+//! * A file sled no longer refers to (a replaced or compacted entry, an
+//!   older snapshot) is removed by the `flush` after the change, once the
+//!   change is durable; `open` removes every file the stored state does not
+//!   refer to (what a crash left behind).
+//!
 //! On reopen the log is checked for contiguity with the snapshot and the
 //! stored commit index for being within `[snapshot index, last index]` (raft
-//! would otherwise panic in `load_state`); a violation is reported as
+//! would otherwise panic in `load_state`), and every file the log or the
+//! snapshot refers to must exist; a violation is reported as
 //! [`StorageError::Corrupt`] rather than silently repaired.
 //!
 //! # What it refuses to do
@@ -50,18 +67,27 @@
 //! older than the stored commit index, and to snapshot an index outside the
 //! log.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::path::Path;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage};
 use sled::transaction::{ConflictableTransactionResult, TransactionError, Transactional};
 
+mod files;
 #[cfg(test)]
 mod tests;
+
+pub use files::FileError;
+use files::{Files, entry_name, snapshot_name};
+
+/// Entries encoded larger than this are kept in a file of their own.
+pub const FILE_ENTRY_BYTES: usize = 4 * 1024;
+/// The first byte of a log value that names a file.
+const IN_FILE: u8 = 0;
 
 const LOG_TREE: &str = "log";
 const META_TREE: &str = "meta";
@@ -76,6 +102,9 @@ pub enum StorageError {
     /// sled failed (I/O, corruption detected by sled, ...).
     #[error("sled operation failed")]
     Sled(#[from] sled::Error),
+    /// A file of a large value could not be written, read or removed.
+    #[error("storage file operation failed")]
+    File(#[from] FileError),
     /// A protobuf message could not be encoded.
     #[error("failed to encode {what}")]
     Encode {
@@ -128,6 +157,8 @@ struct Cache {
     snapshot: Snapshot,
     /// `terms[i]` is the term of the entry at `first_index() + i`.
     terms: VecDeque<u64>,
+    /// The entries kept in files: index to term.
+    in_files: BTreeMap<u64, u64>,
 }
 
 impl Cache {
@@ -141,6 +172,16 @@ impl Cache {
 
     fn last_index(&self) -> u64 {
         self.snapshot_index() + self.terms.len() as u64
+    }
+
+    /// Whether the file `name` holds a value the cache refers to.
+    fn refers_to(&self, name: &str) -> bool {
+        let meta = self.snapshot.get_metadata();
+        if meta.index > 0 && snapshot_name(meta.index, meta.term) == name {
+            return true;
+        }
+        files::parse_entry_name(name)
+            .is_some_and(|(index, term)| self.in_files.get(&index) == Some(&term))
     }
 
     fn term(&self, idx: u64) -> Result<u64, raft::StorageError> {
@@ -164,6 +205,10 @@ struct Inner {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    files: Files,
+    /// Files the stored state stopped referring to: removed by the next
+    /// `flush`, once that is durable.
+    doomed: Mutex<Vec<String>>,
     cache: RwLock<Cache>,
 }
 
@@ -211,6 +256,31 @@ fn read_meta<M: protobuf::Message>(
     }
 }
 
+/// The log value of an entry kept in a file.
+fn file_marker(term: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9);
+    v.push(IN_FILE);
+    v.extend_from_slice(&term.to_be_bytes());
+    v
+}
+
+/// The term a file marker carries; `None` for an inline entry.
+fn marker_term(value: &[u8]) -> Result<Option<u64>, StorageError> {
+    match value.split_first() {
+        Some((&IN_FILE, term)) => <[u8; 8]>::try_from(term)
+            .map(|t| Some(u64::from_be_bytes(t)))
+            .map_err(|_| StorageError::Corrupt(format!("file marker of {} bytes", value.len()))),
+        _ => Ok(None),
+    }
+}
+
+/// A snapshot without its data: what the `meta` tree keeps.
+fn metadata_only(snap: &Snapshot) -> Snapshot {
+    let mut stored = Snapshot::default();
+    stored.set_metadata(snap.get_metadata().clone());
+    stored
+}
+
 fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StorageError> {
     let index = decode_log_key(key)?;
     let entry: Entry = decode(value, || format!("log entry {index}"))?;
@@ -236,30 +306,68 @@ impl SledStorage {
         let db = sled::open(dir)?;
         let log = db.open_tree(LOG_TREE)?;
         let meta = db.open_tree(META_TREE)?;
+        let files = Files::open(dir.join("files"))?;
 
         let hard_state: Option<HardState> = read_meta(&meta, KEY_HARD_STATE, "hard state")?;
         let conf_state: Option<ConfState> = read_meta(&meta, KEY_CONF_STATE, "conf state")?;
-        let snapshot: Option<Snapshot> = read_meta(&meta, KEY_SNAPSHOT, "snapshot")?;
+        let mut snapshot: Option<Snapshot> = read_meta(&meta, KEY_SNAPSHOT, "snapshot")?;
         let fresh = hard_state.is_none() && conf_state.is_none() && snapshot.is_none();
+        if let Some(snap) = snapshot.as_mut() {
+            let m = snap.get_metadata();
+            // Data stored inline is an older store's; new ones keep it in
+            // a file.
+            if m.index > 0 && snap.get_data().is_empty() {
+                let name = snapshot_name(m.index, m.term);
+                if !files.exists(&name) {
+                    return Err(StorageError::Corrupt(format!(
+                        "the data of snapshot {} is missing (file {name})",
+                        m.index
+                    )));
+                }
+                snap.data = files.read(&name)?.into();
+            }
+        }
 
         let mut cache = Cache {
             hard_state: hard_state.unwrap_or_default(),
             conf_state: conf_state.unwrap_or_default(),
             snapshot: snapshot.unwrap_or_default(),
             terms: VecDeque::new(),
+            in_files: BTreeMap::new(),
         };
         for item in log.iter() {
             let (key, value) = item?;
-            let entry = decode_entry(&key, &value)?;
+            let (index, term) = match marker_term(&value)? {
+                Some(term) => {
+                    let index = decode_log_key(&key)?;
+                    if !files.exists(&entry_name(index, term)) {
+                        return Err(StorageError::Corrupt(format!(
+                            "the file of log entry {index} is missing"
+                        )));
+                    }
+                    cache.in_files.insert(index, term);
+                    (index, term)
+                }
+                None => {
+                    let entry = decode_entry(&key, &value)?;
+                    (entry.index, entry.term)
+                }
+            };
             let expected = cache.last_index() + 1;
-            if entry.index != expected {
+            if index != expected {
                 return Err(StorageError::Corrupt(format!(
-                    "log entry {} found where {expected} was expected (snapshot index {})",
-                    entry.index,
+                    "log entry {index} found where {expected} was expected (snapshot index {})",
                     cache.snapshot_index()
                 )));
             }
-            cache.terms.push_back(entry.term);
+            cache.terms.push_back(term);
+        }
+        let swept = files.sweep(|name| cache.refers_to(name))?;
+        if swept > 0 {
+            tracing::info!(
+                files = swept,
+                "removed storage files no stored state refers to"
+            );
         }
         let commit = cache.hard_state.commit;
         if commit < cache.snapshot_index() || commit > cache.last_index() {
@@ -276,6 +384,8 @@ impl SledStorage {
                 db,
                 log,
                 meta,
+                files,
+                doomed: Mutex::new(Vec::new()),
                 cache: RwLock::new(cache),
             }),
         };
@@ -330,6 +440,28 @@ impl SledStorage {
         let Some(head) = entries.first() else {
             return Ok(());
         };
+        // Encoded, and the large ones written to their files, before the
+        // cache is locked.
+        let mut values = Vec::with_capacity(entries.len());
+        let mut next = head.index;
+        for entry in entries {
+            if entry.index != next {
+                return Err(StorageError::NonContiguous {
+                    previous: next - 1,
+                    found: entry.index,
+                });
+            }
+            let bytes = encode(entry, "log entry")?;
+            if bytes.len() > FILE_ENTRY_BYTES {
+                self.inner
+                    .files
+                    .write(&entry_name(entry.index, entry.term), &bytes)?;
+                values.push((entry.index, entry.term, None));
+            } else {
+                values.push((entry.index, entry.term, Some(bytes)));
+            }
+            next += 1;
+        }
         let mut cache = self.write();
         let first_index = cache.first_index();
         let last_index = cache.last_index();
@@ -346,16 +478,15 @@ impl SledStorage {
             });
         }
         let mut batch = sled::Batch::default();
-        let mut next = head.index;
-        for entry in entries {
-            if entry.index != next {
-                return Err(StorageError::NonContiguous {
-                    previous: next - 1,
-                    found: entry.index,
-                });
+        let mut in_files = Vec::new();
+        for (index, term, value) in values {
+            match value {
+                Some(bytes) => batch.insert(&log_key(index)[..], bytes),
+                None => {
+                    batch.insert(&log_key(index)[..], file_marker(term));
+                    in_files.push((index, term));
+                }
             }
-            batch.insert(&log_key(entry.index)[..], encode(entry, "log entry")?);
-            next += 1;
         }
         for stale in next..=last_index {
             batch.remove(&log_key(stale)[..]);
@@ -365,7 +496,40 @@ impl SledStorage {
         let keep = usize::try_from(head.index - first_index).unwrap_or(usize::MAX);
         cache.terms.truncate(keep);
         cache.terms.extend(entries.iter().map(|e| e.term));
+        let replaced = cache.in_files.split_off(&head.index);
+        cache.in_files.extend(in_files);
+        self.doom(
+            replaced
+                .into_iter()
+                .filter(|(index, term)| cache.in_files.get(index) != Some(term))
+                .map(|(index, term)| entry_name(index, term)),
+        );
         Ok(())
+    }
+
+    /// Files to remove at the next `flush`.
+    fn doom(&self, names: impl IntoIterator<Item = String>) {
+        self.inner
+            .doomed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(names);
+    }
+
+    /// The entry a `log` value holds or names.
+    fn stored_entry(&self, key: &[u8], value: &[u8]) -> Result<Entry, StorageError> {
+        let Some(term) = marker_term(value)? else {
+            return decode_entry(key, value);
+        };
+        let index = decode_log_key(key)?;
+        let entry = decode_entry(key, &self.inner.files.read(&entry_name(index, term))?)?;
+        if entry.term != term {
+            return Err(StorageError::Corrupt(format!(
+                "the file of log entry {index} holds term {} instead of {term}",
+                entry.term
+            )));
+        }
+        Ok(entry)
     }
 
     fn store_hard_state(&self, cache: &mut Cache, mut hs: HardState) -> Result<(), StorageError> {
@@ -421,6 +585,20 @@ impl SledStorage {
         if meta.index == 0 {
             return Err(StorageError::EmptySnapshot);
         }
+        let name = snapshot_name(meta.index, meta.term);
+        {
+            let cache = self.read();
+            let minimum = cache.hard_state.commit.max(cache.snapshot_index());
+            if meta.index < minimum {
+                return Err(StorageError::SnapshotOutOfDate {
+                    index: meta.index,
+                    minimum,
+                });
+            }
+        }
+        // The data first, outside the lock: the stored metadata refers to
+        // it once the transaction below commits.
+        self.inner.files.write(&name, snap.get_data())?;
         let mut cache = self.write();
         let minimum = cache.hard_state.commit.max(cache.snapshot_index());
         if meta.index < minimum {
@@ -435,7 +613,7 @@ impl SledStorage {
         let cs = meta.get_conf_state().clone();
 
         let mut meta_batch = sled::Batch::default();
-        meta_batch.insert(KEY_SNAPSHOT, encode(snap, "snapshot")?);
+        meta_batch.insert(KEY_SNAPSHOT, encode(&metadata_only(snap), "snapshot")?);
         meta_batch.insert(KEY_HARD_STATE, encode(&hs, "hard state")?);
         meta_batch.insert(KEY_CONF_STATE, encode(&cs, "conf state")?);
         let mut log_batch = sled::Batch::default();
@@ -444,6 +622,14 @@ impl SledStorage {
         }
         self.transact(&log_batch, &meta_batch)?;
 
+        let old = cache.snapshot.get_metadata();
+        let old = (old.index > 0).then(|| snapshot_name(old.index, old.term));
+        self.doom(
+            std::mem::take(&mut cache.in_files)
+                .into_iter()
+                .map(|(index, term)| entry_name(index, term))
+                .chain(old.filter(|old| *old != name)),
+        );
         cache.hard_state = hs;
         cache.conf_state = cs;
         cache.snapshot = snap.clone();
@@ -475,6 +661,25 @@ impl SledStorage {
         if index == 0 {
             return Err(StorageError::EmptySnapshot);
         }
+        // The data first, outside the lock: the stored metadata refers to
+        // it once the transaction below commits. (Checked again below.)
+        let term = {
+            let cache = self.read();
+            if index < cache.snapshot_index() {
+                return Err(StorageError::SnapshotOutOfDate {
+                    index,
+                    minimum: cache.snapshot_index(),
+                });
+            }
+            cache
+                .term(index)
+                .map_err(|_| StorageError::SnapshotIndexUnavailable {
+                    index,
+                    last_index: cache.last_index(),
+                })?
+        };
+        let name = snapshot_name(index, term);
+        self.inner.files.write(&name, &data)?;
         let mut cache = self.write();
         let snapshot_index = cache.snapshot_index();
         if index < snapshot_index {
@@ -483,12 +688,18 @@ impl SledStorage {
                 minimum: snapshot_index,
             });
         }
-        let term = cache
-            .term(index)
-            .map_err(|_| StorageError::SnapshotIndexUnavailable {
-                index,
-                last_index: cache.last_index(),
-            })?;
+        let stored_term =
+            cache
+                .term(index)
+                .map_err(|_| StorageError::SnapshotIndexUnavailable {
+                    index,
+                    last_index: cache.last_index(),
+                })?;
+        if stored_term != term {
+            return Err(StorageError::Corrupt(format!(
+                "the term of entry {index} changed from {term} to {stored_term} while snapshotting"
+            )));
+        }
 
         let mut snap = Snapshot {
             data: data.into(),
@@ -500,7 +711,7 @@ impl SledStorage {
         meta.set_conf_state(conf_state);
 
         let mut meta_batch = sled::Batch::default();
-        meta_batch.insert(KEY_SNAPSHOT, encode(&snap, "snapshot")?);
+        meta_batch.insert(KEY_SNAPSHOT, encode(&metadata_only(&snap), "snapshot")?);
         let mut hs = cache.hard_state.clone();
         if hs.commit < index {
             hs.commit = index;
@@ -515,6 +726,16 @@ impl SledStorage {
         let removed = usize::try_from(index - snapshot_index).unwrap_or(usize::MAX);
         let removed = removed.min(cache.terms.len());
         cache.terms.drain(..removed);
+        let kept = cache.in_files.split_off(&(index + 1));
+        let compacted = std::mem::replace(&mut cache.in_files, kept);
+        let old = cache.snapshot.get_metadata();
+        let old = (old.index > 0).then(|| snapshot_name(old.index, old.term));
+        self.doom(
+            compacted
+                .into_iter()
+                .map(|(index, term)| entry_name(index, term))
+                .chain(old.filter(|old| *old != name)),
+        );
         cache.snapshot = snap;
         cache.hard_state = hs;
         tracing::debug!(index, term, "created raft snapshot and compacted log");
@@ -522,8 +743,22 @@ impl SledStorage {
     }
 
     /// fsync: everything written before this call is durable when it returns.
+    /// Then removes the files the stored state stopped referring to.
     pub fn flush(&self) -> Result<(), StorageError> {
         self.inner.db.flush()?;
+        let doomed = std::mem::take(
+            &mut *self
+                .inner
+                .doomed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if !doomed.is_empty() {
+            let cache = self.read();
+            for name in doomed.iter().filter(|name| !cache.refers_to(name)) {
+                self.inner.files.remove(name)?;
+            }
+        }
         Ok(())
     }
 
@@ -585,7 +820,7 @@ impl Storage for SledStorage {
         let mut stopped_early = false;
         for item in self.inner.log.range(log_key(low)..log_key(high)) {
             let (key, value) = item.map_err(StorageError::from)?;
-            let entry = decode_entry(&key, &value)?;
+            let entry = self.stored_entry(&key, &value)?;
             let expected = low + entries.len() as u64;
             if entry.index != expected {
                 return Err(StorageError::Corrupt(format!(

@@ -773,3 +773,143 @@ fn three_node_cluster_replicates_and_catches_up_by_snapshot() {
     });
     assert_eq!(cluster.node(down).applied, expected_payloads(105));
 }
+
+/// An entry encoded larger than [`FILE_ENTRY_BYTES`]: kept in a file.
+fn large_entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        data: vec![(index % 251) as u8; FILE_ENTRY_BYTES + 1].into(),
+        ..Default::default()
+    }
+}
+
+/// The names of the files beside sled, sorted.
+fn stored_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("files"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Bytes of sled's blob files: sled keeps none, the large values being
+/// files of their own.
+fn sled_blob_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("blobs"))
+        .map(|listing| listing.map(|e| e.unwrap().metadata().unwrap().len()).sum())
+        .unwrap_or(0)
+}
+
+#[test]
+fn large_entries_live_in_files_until_replaced_or_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cs = conf_state(&[1], &[]);
+    let s = SledStorage::open(dir.path(), &[1]).unwrap();
+    let mut ents = vec![large_entry(1, 1), entry(2, 1), large_entry(3, 1)];
+    ents.push(large_entry(4, 1));
+    s.append(&ents).unwrap();
+    s.flush().unwrap();
+    assert_eq!(
+        stored_files(dir.path()),
+        [entry_name(1, 1), entry_name(3, 1), entry_name(4, 1)]
+    );
+    assert_eq!(s.entries(1, 5, None, ctx()).unwrap(), ents);
+
+    // A conflicting suffix from a new term replaces entries 3 and 4; the
+    // same entry appended again keeps its file.
+    let replacement = vec![large_entry(3, 2)];
+    s.append(&replacement).unwrap();
+    s.append(&[ents[0].clone(), ents[1].clone(), replacement[0].clone()])
+        .unwrap();
+    s.flush().unwrap();
+    assert_eq!(
+        stored_files(dir.path()),
+        [entry_name(1, 1), entry_name(3, 2)]
+    );
+    assert_eq!(s.entries(3, 4, None, ctx()).unwrap(), replacement);
+
+    // Compaction removes the compacted entries' files; the snapshot's data
+    // is a file too.
+    s.create_snapshot(2, cs.clone(), b"state@2".to_vec())
+        .unwrap();
+    s.flush().unwrap();
+    assert_eq!(
+        stored_files(dir.path()),
+        [entry_name(3, 2), snapshot_name(2, 1)]
+    );
+    s.create_snapshot(3, cs, b"state@3".to_vec()).unwrap();
+    s.flush().unwrap();
+    assert_eq!(stored_files(dir.path()), [snapshot_name(3, 2)]);
+    assert_eq!(sled_blob_bytes(dir.path()), 0);
+    drop(s);
+
+    let s = SledStorage::open(dir.path(), &[]).unwrap();
+    assert_eq!(s.stored_snapshot().unwrap().get_data(), b"state@3");
+    assert_eq!(s.first_index().unwrap(), 4);
+}
+
+#[test]
+fn reopen_reads_large_entries_and_sweeps_what_nothing_refers_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let ents = vec![large_entry(1, 1), large_entry(2, 1), entry(3, 1)];
+    {
+        let s = SledStorage::open(dir.path(), &[1]).unwrap();
+        s.append(&ents).unwrap();
+        s.set_hard_state(&hard_state(1, 1, 3)).unwrap();
+        s.flush().unwrap();
+    }
+    // What a crash leaves: a half-written file, a value no log entry
+    // refers to any more.
+    std::fs::write(dir.path().join("files").join("entry-x.tmp"), b"half").unwrap();
+    std::fs::write(dir.path().join("files").join(entry_name(9, 1)), b"orphan").unwrap();
+    let s = SledStorage::open(dir.path(), &[]).unwrap();
+    assert_eq!(s.entries(1, 4, None, ctx()).unwrap(), ents);
+    assert_eq!(
+        stored_files(dir.path()),
+        [entry_name(1, 1), entry_name(2, 1)]
+    );
+    drop(s);
+
+    // A file the log refers to is missing: refused, not repaired.
+    std::fs::remove_file(dir.path().join("files").join(entry_name(2, 1))).unwrap();
+    match SledStorage::open(dir.path(), &[]) {
+        Err(StorageError::Corrupt(why)) => assert!(why.contains("entry 2"), "{why}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn installed_snapshot_replaces_files_and_snapshot_cycles_stay_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let cs = conf_state(&[1], &[]);
+    let s = SledStorage::open(dir.path(), &[1]).unwrap();
+    s.append(&[large_entry(1, 1), large_entry(2, 1)]).unwrap();
+    s.apply_snapshot(&snapshot_at(5, 2, vec![1], &[7u8; 300_000]))
+        .unwrap();
+    s.flush().unwrap();
+    assert_eq!(stored_files(dir.path()), [snapshot_name(5, 2)]);
+
+    // Many snapshot cycles of large state and large entries: the files and
+    // sled's own size stay those of one cycle.
+    let mut index = 5;
+    for cycle in 0..40u64 {
+        let ents: Vec<Entry> = (1..=3).map(|k| large_entry(index + k, 2)).collect();
+        s.append(&ents).unwrap();
+        index += 3;
+        s.set_hard_state(&hard_state(2, 1, index)).unwrap();
+        s.flush().unwrap();
+        s.create_snapshot(index, cs.clone(), vec![cycle as u8; 400_000])
+            .unwrap();
+        s.flush().unwrap();
+        assert_eq!(stored_files(dir.path()), [snapshot_name(index, 2)]);
+    }
+    assert_eq!(sled_blob_bytes(dir.path()), 0);
+    drop(s);
+    let s = SledStorage::open(dir.path(), &[]).unwrap();
+    assert_eq!(
+        s.stored_snapshot().unwrap().get_data(),
+        &[39u8; 400_000][..]
+    );
+}
