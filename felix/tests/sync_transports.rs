@@ -44,7 +44,6 @@ fn local(port: u16) -> SocketAddr {
 
 /// A loopback relay whose connections can all be cut at once.
 struct Relay {
-    port: u16,
     accept: JoinHandle<()>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -64,11 +63,7 @@ impl Relay {
                 held.lock().unwrap().push(link);
             }
         });
-        Relay {
-            port,
-            accept,
-            links,
-        }
+        Relay { accept, links }
     }
 
     /// Drops every open connection (both ends see it close).
@@ -186,7 +181,7 @@ async fn follows_resumes_and_goes_on(tcp: bool, tls: bool, salt: u32) {
         running.local_addr
     };
     let relay = Relay::start(relay_port, target).await;
-    let (typhas, transport) = if tcp {
+    let (typhas, carried) = if tcp {
         (
             vec!["127.0.0.1:1".to_string()],
             SyncTransport::Tcp { port: relay_port },
@@ -199,7 +194,7 @@ async fn follows_resumes_and_goes_on(tcp: bool, tls: bool, salt: u32) {
         node: "n1".into(),
         min_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
-        transport,
+        transport: carried,
     })
     .with_transport(felix.clone());
     let (tx, mut rx) = mpsc::channel(64);

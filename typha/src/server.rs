@@ -343,11 +343,11 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             (None, None)
         }
     };
-    // Each client-facing listener's share of the descriptors
-    // (`listener::slots`).
+    // Each gRPC listener's share of the descriptors (`listener::slots`);
+    // the sync listener shares the client listener's slots (a Felix uses
+    // one or the other).
     let nofile = slots::nofile();
-    let listeners = if sync_listener.is_some() { 3 } else { 2 };
-    let max = slots::share(config.limits.max_connections, nofile, listeners);
+    let max = slots::share(config.limits.max_connections, nofile, 2);
     if max < config.limits.max_connections {
         tracing::warn!(
             max,
@@ -355,12 +355,13 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             "RLIMIT_NOFILE allows each gRPC listener at most {max} connections; raise it for more"
         );
     }
+    let client_slots = Slots::new("client", max, &listener_metrics);
     let sync_server = sync_listener.map(|(listener, _)| {
         crate::listener::lean::serve(
             listener,
             client_tls.clone(),
             config.limits,
-            Slots::new("sync", max, &listener_metrics),
+            client_slots.clone(),
             fanout.clone(),
             stop_rx.clone(),
         )
@@ -370,7 +371,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
         listener,
         client_tls,
         config.limits,
-        Slots::new("client", max, &listener_metrics),
+        client_slots,
         Some(client_connections),
         stop_rx.clone(),
     );

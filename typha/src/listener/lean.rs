@@ -1,6 +1,7 @@
 //! The sync listener: the lean Sync transport (`manul_proto::frame`,
 //! served by `crate::fanout` per connection) with the gRPC listeners'
-//! limits: a slot per connection (`slots`, waiting before accepting when
+//! limits: a slot per connection (the client listener's `slots`, shared:
+//! a Felix uses one listener or the other; waiting before accepting when
 //! none is free), an accept that fails (out of file descriptors) retried
 //! after 50 ms, the TLS handshake within `manul_tls::accept`'s 10 s, then
 //! the hello within [`super::ConnectionLimits::handshake`]. With TLS it uses

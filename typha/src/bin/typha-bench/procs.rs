@@ -204,6 +204,8 @@ impl Cluster {
                 .arg(&peers)
                 .arg("--max-connections")
                 .arg(max_connections.to_string())
+                .arg("--max-connections-per-listener")
+                .arg(max_connections.to_string())
                 .arg("--shutdown-spread-secs")
                 .arg("0")
                 .args(opts.tls.as_ref().map(|t| t.args()).unwrap_or_default())
