@@ -74,7 +74,7 @@ pub async fn follow(client: Client, name: String, watched: Arc<Watched>, stop: A
                 Some(Message::Deltas(d)) => {
                     check.deltas(d.first_revision, d.last_revision, &entries(&d.entries))
                 }
-                Some(Message::Ping(_)) | None => {}
+                Some(Message::Ping(_) | Message::End(_)) | None => {}
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

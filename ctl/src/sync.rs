@@ -165,7 +165,7 @@ async fn watch(server: &ServerArgs, args: &WatchArgs) -> Result<ExitCode> {
                     }
                 }
             }
-            Some(Message::Ping(_)) | None => {}
+            Some(Message::Ping(_) | Message::End(_)) | None => {}
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -224,7 +224,7 @@ async fn stats(server: &ServerArgs, seconds: u64) -> Result<ExitCode> {
                     p.revision.saturating_sub(last_revision),
                 ));
             }
-            None => {}
+            Some(Message::End(_)) | None => {}
         }
     }
     let Some((t, rev)) = in_sync else {

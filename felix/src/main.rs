@@ -41,7 +41,7 @@ use manul_felix::http::{Endpoints, HttpState};
 use manul_felix::metrics::FelixMetrics;
 use manul_felix::routes::{RouteCalc, RouteProgrammer};
 use manul_felix::status::StatusReporter;
-use manul_felix::sync::{SyncConfig, Syncer};
+use manul_felix::sync::{SyncConfig, SyncTransport, Syncer};
 use manul_felix::wireguard::Wireguard;
 use manul_felix::wireguard::publish::Publisher;
 use manul_model::error::chain;
@@ -128,6 +128,15 @@ struct Args {
     /// FELIX_TYPHAURISAN).
     #[arg(long)]
     typha_uri_san: Option<String>,
+    /// How the Sync stream is carried: grpc, or tcp (the lean transport on
+    /// Typha's --sync-listen) (`typhaSyncTransport`,
+    /// FELIX_TYPHASYNCTRANSPORT).
+    #[arg(long)]
+    typha_sync_transport: Option<String>,
+    /// The port of Typha's sync listener for the tcp transport
+    /// (`typhaSyncPort`, FELIX_TYPHASYNCPORT; 5475).
+    #[arg(long)]
+    typha_sync_port: Option<String>,
     /// Serve /metrics, /healthz, /readyz (and the Prometheus and health
     /// listeners) over HTTPS with this certificate (chain), PEM; with
     /// --metrics-tls-key. The files are read again when they change.
@@ -239,6 +248,8 @@ fn flags(args: &Args) -> std::collections::BTreeMap<&'static str, String> {
         ("typhaKeyFile", &args.typha_key_file),
         ("typhaCN", &args.typha_cn),
         ("typhaURISAN", &args.typha_uri_san),
+        ("typhaSyncTransport", &args.typha_sync_transport),
+        ("typhaSyncPort", &args.typha_sync_port),
     ] {
         if let Some(v) = value {
             out.insert(name, v.clone());
@@ -691,6 +702,13 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
         node: args.node.clone(),
         min_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(5),
+        transport: match SyncTransport::parse(
+            &config.typha_sync_transport.value,
+            config.typha_sync_port.value,
+        ) {
+            Ok(t) => t,
+            Err(e) => return fail(2, e),
+        },
     })
     .with_config_updates(config_tx)
     .with_transport(transport.clone());

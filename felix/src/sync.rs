@@ -60,6 +60,74 @@ pub struct SyncConfig {
     pub node: String,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// How the stream is carried (`typhaSyncTransport`).
+    pub transport: SyncTransport,
+}
+
+/// How the Sync stream reaches Felix (`typhaSyncTransport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncTransport {
+    /// The `Sync` gRPC call on Typha's client port (each address as given).
+    #[default]
+    Grpc,
+    /// The lean transport (`manul_proto::frame`) on Typha's sync listener:
+    /// each address's host with this port (`typhaSyncPort`).
+    Tcp { port: u16 },
+}
+
+impl SyncTransport {
+    /// `grpc`, or `tcp` on `port`; anything else is refused by name.
+    pub fn parse(name: &str, port: u16) -> Result<SyncTransport, String> {
+        match name.to_ascii_lowercase().as_str() {
+            "grpc" => Ok(SyncTransport::Grpc),
+            "tcp" => Ok(SyncTransport::Tcp { port }),
+            other => Err(format!(
+                "typhaSyncTransport: {other:?} is neither \"grpc\" nor \"tcp\""
+            )),
+        }
+    }
+}
+
+/// The host of a Typha address (`HOST:PORT`, `[V6]:PORT`, with or without
+/// a scheme).
+pub fn address_host(addr: &str) -> Result<&str, String> {
+    let rest = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    let rest = rest.split('/').next().unwrap_or(rest);
+    let host = match rest.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        _ => rest,
+    };
+    if host.is_empty() {
+        return Err(format!("{addr}: no host"));
+    }
+    Ok(host)
+}
+
+/// The messages of one stream, whichever transport carries it.
+enum Incoming {
+    Grpc(tonic::Streaming<manul_proto::v1::SyncMessage>),
+    Tcp(manul_proto::frame::LeanStream<manul_tls::connect::Stream>),
+}
+
+impl Incoming {
+    async fn message(&mut self) -> Result<Option<manul_proto::v1::SyncMessage>, String> {
+        match self {
+            Incoming::Grpc(s) => s
+                .message()
+                .await
+                .map_err(|s| format!("{} ({:?})", s.message(), s.code())),
+            Incoming::Tcp(s) => s.message().await.map_err(|e| {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    text.push_str(": ");
+                    text.push_str(&s.to_string());
+                    source = s.source();
+                }
+                text
+            }),
+        }
+    }
 }
 
 /// The kinds that configure Felix rather than policy.
@@ -243,32 +311,16 @@ impl Syncer {
         events: &mpsc::Sender<SyncEvent>,
         backoff: &mut Duration,
     ) -> Result<(), String> {
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
-        let channel = self
-            .transport
-            .connect(endpoint)
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let mut client = SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
         let request = SyncRequest {
             node_name: self.config.node.clone(),
             client_version: manul_proto::PROTOCOL_VERSION.into(),
             resume_revision: self.revision,
             accepted_compression: vec!["gzip".into()],
         };
-        let mut stream = client
-            .sync(request)
-            .await
-            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?
-            .into_inner();
+        let mut stream = match self.config.transport {
+            SyncTransport::Grpc => Incoming::Grpc(self.open_grpc(addr, request).await?),
+            SyncTransport::Tcp { port } => Incoming::Tcp(self.open_tcp(addr, port, request).await?),
+        };
         let mut gzip = false;
         let mut snapshot: Option<FxHashSet<ResourceKey>> = None;
         let mut snapshot_revision = 0;
@@ -281,11 +333,7 @@ impl Syncer {
                 .await
                 .map_err(|_| "agent stopped".to_string())
         };
-        while let Some(msg) = stream
-            .message()
-            .await
-            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?
-        {
+        while let Some(msg) = stream.message().await? {
             match msg.message {
                 Some(Message::Hello(h)) => {
                     gzip = h.compression == "gzip";
@@ -355,10 +403,56 @@ impl Syncer {
                     send(batch, d.last_revision).await?;
                     self.revision = self.revision.max(d.last_revision);
                 }
-                Some(Message::Ping(_)) | None => {}
+                Some(Message::Ping(_) | Message::End(_)) | None => {}
             }
         }
         Ok(())
+    }
+
+    async fn open_grpc(
+        &self,
+        addr: &str,
+        request: SyncRequest,
+    ) -> Result<tonic::Streaming<manul_proto::v1::SyncMessage>, String> {
+        let url = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(url)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        let channel = self
+            .transport
+            .connect(endpoint)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let mut client = SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+        Ok(client
+            .sync(request)
+            .await
+            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?
+            .into_inner())
+    }
+
+    async fn open_tcp(
+        &self,
+        addr: &str,
+        port: u16,
+        request: SyncRequest,
+    ) -> Result<manul_proto::frame::LeanStream<manul_tls::connect::Stream>, String> {
+        let host = address_host(addr)?;
+        let connect = self
+            .transport
+            .connect_stream(host, port, manul_proto::frame::ALPN);
+        let io = tokio::time::timeout(Duration::from_secs(2), connect)
+            .await
+            .map_err(|_| format!("cannot connect to {host}:{port}: timed out"))?
+            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+        manul_proto::frame::open(io, &request, MAX_MESSAGE)
+            .await
+            .map_err(|e| format!("cannot send the hello to {host}:{port}: {e}"))
     }
 }
 
@@ -382,12 +476,32 @@ mod tests {
     }
 
     #[test]
+    fn transports_and_hosts_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            SyncTransport::parse("TCP", 5475),
+            Ok(SyncTransport::Tcp { port: 5475 })
+        );
+        assert_eq!(SyncTransport::parse("grpc", 5475), Ok(SyncTransport::Grpc));
+        let err = SyncTransport::parse("quic", 5475).unwrap_err();
+        assert!(
+            err.contains("typhaSyncTransport") && err.contains("quic"),
+            "{err}"
+        );
+        assert_eq!(address_host("10.0.0.1:5473"), Ok("10.0.0.1"));
+        assert_eq!(address_host("http://typha.svc:5473"), Ok("typha.svc"));
+        assert_eq!(address_host("[fd00::1]:5473"), Ok("[fd00::1]"));
+        assert_eq!(address_host("typha"), Ok("typha"));
+        assert!(address_host("http://:5473").is_err());
+    }
+
+    #[test]
     fn felix_configuration_goes_to_its_own_channel_not_the_graph() {
         let config = SyncConfig {
             typhas: vec![],
             node: "node1".into(),
             min_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(1),
+            transport: SyncTransport::Grpc,
         };
         let fc = manul_model::load(
             "test",

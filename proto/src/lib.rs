@@ -8,9 +8,12 @@
 //! these messages (every crate that speaks the wire already depends on the
 //! model, and the model stays free of protobuf and gRPC).
 //!
+//! [`frame`] is the lean Sync transport's framing (the same messages,
+//! length-delimited over TCP) and its client side.
+//!
 //! It refuses to hold other logic: no validation of its own (decoding a
 //! stored value uses `manul-model`'s), no state, no I/O beyond what the
-//! generated gRPC stubs do.
+//! generated gRPC stubs and the frame reader do.
 
 /// Version 1 of the protocols.
 #[allow(missing_debug_implementations, clippy::all)]
@@ -24,6 +27,7 @@ pub mod flows {
     tonic::include_proto!("manul.flows.v1");
 }
 
+pub mod frame;
 pub mod wire;
 
 /// The version clients and servers announce in their hellos.

@@ -1,5 +1,7 @@
 //! Opening gRPC channels, plaintext or over TLS with Manul's verification
-//! (a tonic connector: TCP, then the rustls handshake with ALPN `h2`).
+//! (a tonic connector: TCP, then the rustls handshake with ALPN `h2`), and
+//! plain or TLS streams for the lean Sync transport
+//! ([`Transport::connect_stream`], with its own ALPN).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -93,5 +95,86 @@ impl tower::Service<Uri> for TlsConnector {
                 .await?;
             Ok(TokioIo::new(tls))
         })
+    }
+}
+
+/// A plain TCP or TLS connection of a protocol other than gRPC (the lean
+/// Sync transport).
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// TCP to `host`:`port`, then TLS naming the application protocol
+    /// `alpn` when this transport is TLS (the server's certificate is
+    /// checked as for gRPC: its CN or URI SAN, not the host name).
+    pub async fn connect_stream(
+        &self,
+        host: &str,
+        port: u16,
+        alpn: &[u8],
+    ) -> std::io::Result<Stream> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        match self {
+            Transport::Plain => Ok(Stream::Plain(tcp)),
+            Transport::Tls(config) => {
+                let name = ServerName::try_from(host.to_owned()).map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("{host}: not a host name or address"),
+                    )
+                })?;
+                let mut config = (**config).clone();
+                config.alpn_protocols = vec![alpn.to_vec()];
+                let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                    .connect(name, tcp)
+                    .await?;
+                Ok(Stream::Tls(Box::new(tls)))
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }

@@ -67,6 +67,12 @@ struct Args {
     /// writes: only holders of the peer token are served there.
     #[arg(long, default_value = "127.0.0.1:5474")]
     peer_listen: SocketAddr,
+    /// Address for the Sync stream over the lean transport (length-delimited
+    /// protobuf over TCP, with the client listener's TLS), beside gRPC on
+    /// --listen; unset: Sync over gRPC only. Felix uses it with
+    /// --typha-sync-transport=tcp (port 5475 by default).
+    #[arg(long)]
+    sync_listen: Option<SocketAddr>,
     /// File holding the cluster's shared peer token (every replica and
     /// administrator uses the same one). Default: DATA_DIR/peer-token,
     /// created with a random token when missing.
@@ -308,6 +314,7 @@ async fn main() -> ExitCode {
         data_dir: args.data_dir,
         listen: args.listen,
         peer_listen: args.peer_listen,
+        sync_listen: args.sync_listen,
         peer_token: token,
         metrics: Some(args.metrics),
         peers,

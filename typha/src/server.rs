@@ -2,7 +2,9 @@
 //! listeners and the metrics/health HTTP endpoint.
 //!
 //! The client listener serves what any client may use: Resources (writes
-//! validated there) and Sync. The peer listener serves Raft traffic
+//! validated there) and Sync. The optional sync listener serves Sync alone
+//! over the lean transport (`crate::listener::lean`), with the client
+//! listener's TLS. The peer listener serves Raft traffic
 //! (Peer), cluster administration (Cluster) and the Resources service for
 //! writes followers forward, all behind [`crate::peer_auth::PeerGate`]:
 //! the cluster's peer token in plaintext, a replica's or administrator's
@@ -47,6 +49,9 @@ pub struct TyphaConfig {
     pub listen: SocketAddr,
     /// Peer gRPC listener: Raft, cluster administration, forwarded writes.
     pub peer_listen: SocketAddr,
+    /// Sync listener of the lean transport (framed protobuf over TCP,
+    /// `manul_proto::frame`); none: Sync over gRPC only.
+    pub sync_listen: Option<SocketAddr>,
     /// The token the peer listener requires and this replica sends to
     /// others; none: a fresh random one (a single replica's own).
     pub peer_token: Option<PeerToken>,
@@ -86,6 +91,7 @@ impl TyphaConfig {
             data_dir,
             listen,
             peer_listen,
+            sync_listen: None,
             peer_token: None,
             metrics: None,
             peers: BTreeMap::from([(1, peer_listen.to_string())]),
@@ -171,6 +177,8 @@ pub struct Running {
     pub local_addr: SocketAddr,
     /// The bound peer listener.
     pub peer_addr: SocketAddr,
+    /// The bound sync listener of the lean transport, when there is one.
+    pub sync_addr: Option<SocketAddr>,
     pub peer_token: PeerToken,
     pub metrics_addr: Option<SocketAddr>,
     /// The Kubernetes watchers' metrics (registered whether they run or not).
@@ -179,6 +187,7 @@ pub struct Running {
     stop: Option<tokio::sync::watch::Sender<bool>>,
     server: Option<JoinHandle<()>>,
     peer_server: Option<JoinHandle<()>>,
+    sync_server: Option<JoinHandle<()>>,
     http: Option<JoinHandle<()>>,
 }
 
@@ -235,6 +244,11 @@ fn serve(
 pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     let (listener, local_addr) = bind(config.listen).await?;
     let (peer_listener, peer_addr) = bind(config.peer_listen).await?;
+    let sync_listener = match config.sync_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let sync_addr = sync_listener.as_ref().map(|(_, addr)| *addr);
     if let Some(own) = config.peers.get_mut(&config.node_id)
         && own.parse::<SocketAddr>().is_ok_and(|a| a.port() == 0)
     {
@@ -329,7 +343,9 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             (None, None)
         }
     };
-    // Each gRPC listener's share of the descriptors (`listener::slots`).
+    // Each gRPC listener's share of the descriptors (`listener::slots`);
+    // the sync listener shares the client listener's slots (a Felix uses
+    // one or the other).
     let nofile = slots::nofile();
     let max = slots::share(config.limits.max_connections, nofile, 2);
     if max < config.limits.max_connections {
@@ -339,12 +355,23 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
             "RLIMIT_NOFILE allows each gRPC listener at most {max} connections; raise it for more"
         );
     }
+    let client_slots = Slots::new("client", max, &listener_metrics);
+    let sync_server = sync_listener.map(|(listener, _)| {
+        crate::listener::lean::serve(
+            listener,
+            client_tls.clone(),
+            config.limits,
+            client_slots.clone(),
+            fanout.clone(),
+            stop_rx.clone(),
+        )
+    });
     let server = serve(
         router,
         listener,
         client_tls,
         config.limits,
-        Slots::new("client", max, &listener_metrics),
+        client_slots,
         Some(client_connections),
         stop_rx.clone(),
     );
@@ -379,13 +406,14 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
         }
         None => (None, None),
     };
-    info!(id = config.node_id, %local_addr, %peer_addr, ?metrics_addr, "typha replica started");
+    info!(id = config.node_id, %local_addr, %peer_addr, ?sync_addr, ?metrics_addr, "typha replica started");
     Ok(Running {
         node,
         fanout,
         registry,
         local_addr,
         peer_addr,
+        sync_addr,
         peer_token,
         metrics_addr,
         kube_metrics,
@@ -393,6 +421,7 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
         stop: Some(stop_tx),
         server: Some(server),
         peer_server: Some(peer_server),
+        sync_server,
         http,
     })
 }
@@ -413,9 +442,13 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(true);
         }
-        for server in [self.server.take(), self.peer_server.take()]
-            .into_iter()
-            .flatten()
+        for server in [
+            self.server.take(),
+            self.peer_server.take(),
+            self.sync_server.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         }

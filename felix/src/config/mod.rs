@@ -465,6 +465,16 @@ settings! {
     /// `TyphaURISAN`).
     typha_uri_san: String = "typhaURISAN",
         String::new(), local_only, parse::text, Restart;
+    /// Local only: how the Sync stream reaches Felix: `grpc` (the `Sync`
+    /// call on each Typha address) or `tcp` (the lean transport, framed
+    /// protobuf over TCP, on each address's host at `typhaSyncPort`; TLS
+    /// with the same files when they are set).
+    typha_sync_transport: String = "typhaSyncTransport",
+        "grpc".to_string(), local_only, parse::sync_transport, Restart;
+    /// Local only: the port of Typha's sync listener (`--sync-listen`)
+    /// for `typhaSyncTransport: tcp`.
+    typha_sync_port: u16 = "typhaSyncPort",
+        5475, local_only, parse::port, Restart;
     /// Encrypt pod traffic to other nodes with WireGuard (see
     /// `crate::wireguard`).
     wireguard_enabled: bool = "wireguardEnabled",

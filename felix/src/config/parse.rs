@@ -86,6 +86,14 @@ pub fn boolean(text: &str) -> Result<bool, String> {
     }
 }
 
+/// `typhaSyncTransport`: `grpc` or `tcp`, lowercased.
+pub fn sync_transport(text: &str) -> Result<String, String> {
+    match text.to_ascii_lowercase().as_str() {
+        t @ ("grpc" | "tcp") => Ok(t.to_string()),
+        _ => Err("not a sync transport (grpc or tcp)".into()),
+    }
+}
+
 pub fn port(text: &str) -> Result<u16, String> {
     text.parse::<u16>()
         .map_err(|_| "not a port (0-65535)".to_string())

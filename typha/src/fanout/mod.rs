@@ -93,6 +93,7 @@
 
 mod grpc;
 mod history;
+mod lean;
 mod metrics;
 pub(crate) mod service;
 mod snapshot;
@@ -111,6 +112,7 @@ use tonic::Status;
 
 pub use grpc::SyncServer;
 use history::{EncodedEntries, History, Next, Published};
+pub(crate) use lean::serve_connection as serve_lean_connection;
 pub use metrics::FanoutMetrics;
 use metrics::{DropReason, gauge_value};
 pub use service::{SyncService, SyncStream};

@@ -25,6 +25,7 @@ use super::NextDelta;
 use super::history::Next;
 use super::metrics::DropReason;
 use super::{Compression, ConnectionGuard, Fanout, Registration};
+use crate::listener::kill::KillSwitch;
 
 /// Longest accepted `node_name` (a DNS subdomain).
 const MAX_NODE_NAME: usize = 253;
@@ -61,55 +62,77 @@ impl SyncApi for SyncService {
                 return Err(status);
             }
         };
-        let accepted = self.fanout.accept()?;
-        let config = self.fanout.config();
-        let (tx, rx) = mpsc::channel(config.client_queue.max(1));
-        let (end_tx, end_rx) = oneshot::channel();
-        let span = tracing::info_span!(
-            "sync",
-            node = %valid.node_name,
-            %peer,
-            conn = accepted.id,
-        );
-        let period = config
-            .ping_interval
-            .max(std::time::Duration::from_millis(1));
-        let mut ping = tokio::time::interval_at(Instant::now() + period, period);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let taken = Arc::new(Taken::new());
-        let check = (config.stall_timeout / 4).max(std::time::Duration::from_millis(50));
-        let mut stall_check = tokio::time::interval_at(Instant::now() + check, check);
-        stall_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let task = ClientTask {
-            revisions: self.fanout.subscribe(),
-            fanout: Arc::clone(&self.fanout),
-            tx,
-            shutdown: accepted.shutdown,
-            ping,
-            compression: valid.compression,
-            position: 0,
-            in_sync: false,
-            taken: taken.clone(),
-            queued_since: Instant::now(),
-            stall_check,
-            remote,
-            _registration: accepted.registration,
-        };
-        tracing::info!(
-            parent: &span,
-            resume_revision = valid.resume_revision,
-            client_version = %valid.client_version,
-            compression = valid.compression.name(),
-            "sync stream accepted"
-        );
-        tokio::spawn(task.run(valid.resume_revision, end_tx).instrument(span));
-        Ok(Response::new(SyncStream {
-            rx,
-            taken,
-            end: Some(end_rx),
-            _guard: accepted.guard,
-        }))
+        let stream = open(&self.fanout, valid, &peer, Cut::Listener(remote))?;
+        Ok(Response::new(stream))
     }
+}
+
+/// How a stalled client's connection is ended.
+#[derive(Debug)]
+pub(crate) enum Cut {
+    /// Through the client listener's connection registry, by address
+    /// (the gRPC listener).
+    Listener(Option<std::net::SocketAddr>),
+    /// By the connection's own switch (the lean listener).
+    Switch(Arc<KillSwitch>),
+}
+
+/// Admits a validated stream and starts the task that feeds it: the
+/// stream both transports send.
+pub(crate) fn open(
+    fanout: &Arc<Fanout>,
+    valid: ValidRequest,
+    peer: &str,
+    cut: Cut,
+) -> Result<SyncStream, Status> {
+    let accepted = fanout.accept()?;
+    let config = fanout.config();
+    let (tx, rx) = mpsc::channel(config.client_queue.max(1));
+    let (end_tx, end_rx) = oneshot::channel();
+    let span = tracing::info_span!(
+        "sync",
+        node = %valid.node_name,
+        %peer,
+        conn = accepted.id,
+    );
+    let period = config
+        .ping_interval
+        .max(std::time::Duration::from_millis(1));
+    let mut ping = tokio::time::interval_at(Instant::now() + period, period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let taken = Arc::new(Taken::new());
+    let check = (config.stall_timeout / 4).max(std::time::Duration::from_millis(50));
+    let mut stall_check = tokio::time::interval_at(Instant::now() + check, check);
+    stall_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let task = ClientTask {
+        revisions: fanout.subscribe(),
+        fanout: Arc::clone(fanout),
+        tx,
+        shutdown: accepted.shutdown,
+        ping,
+        compression: valid.compression,
+        position: 0,
+        in_sync: false,
+        taken: taken.clone(),
+        queued_since: Instant::now(),
+        stall_check,
+        cut,
+        _registration: accepted.registration,
+    };
+    tracing::info!(
+        parent: &span,
+        resume_revision = valid.resume_revision,
+        client_version = %valid.client_version,
+        compression = valid.compression.name(),
+        "sync stream accepted"
+    );
+    tokio::spawn(task.run(valid.resume_revision, end_tx).instrument(span));
+    Ok(SyncStream {
+        rx,
+        taken,
+        end: Some(end_rx),
+        _guard: accepted.guard,
+    })
 }
 
 /// The response stream of one client: its bounded queue, then the status
@@ -266,8 +289,8 @@ struct ClientTask {
     queued_since: Instant,
     /// When to look for a stall.
     stall_check: Interval,
-    /// The client's address: its connection is ended when it stalls.
-    remote: Option<std::net::SocketAddr>,
+    /// How its connection is ended when it stalls.
+    cut: Cut,
     _registration: Registration,
 }
 
@@ -331,9 +354,13 @@ impl ClientTask {
         if since.elapsed() < timeout {
             return Ok(());
         }
-        let killed = self
-            .remote
-            .is_some_and(|addr| self.fanout.kill_connection(addr));
+        let killed = match &self.cut {
+            Cut::Listener(remote) => remote.is_some_and(|addr| self.fanout.kill_connection(addr)),
+            Cut::Switch(switch) => {
+                switch.kill();
+                true
+            }
+        };
         let replica = self.fanout.config().replica_id;
         let resume = if self.in_sync {
             format!("resume from revision {}", self.position)

@@ -28,11 +28,15 @@
 //! - An `accept` that fails (out of file descriptors) waits 50 ms before
 //!   the next, instead of spinning.
 //!
+//! The sync listener of the lean transport ([`lean`]) keeps the same
+//! slots, accept backoff and handshake timeout (for its hello frame).
+//!
 //! Typha's flags: `--handshake-timeout-secs`, `--http2-keepalive-secs`,
 //! `--http2-keepalive-timeout-secs`, `--max-streams-per-connection`,
 //! `--max-connections-per-listener`.
 
 pub mod kill;
+pub mod lean;
 pub mod slots;
 
 use std::future::Future as _;
@@ -123,7 +127,7 @@ pub fn incoming(
 
 /// The next connection of `listener`; a failing accept (out of file
 /// descriptors) is retried after 50 ms instead of at once.
-async fn accept(listener: &TcpListener) -> (TcpStream, std::net::SocketAddr) {
+pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, std::net::SocketAddr) {
     loop {
         match listener.accept().await {
             Ok(accepted) => return accepted,

@@ -385,6 +385,7 @@ impl Subscriber {
                         Message::InSync(_) => "an in-sync",
                         Message::Deltas(_) => "a delta batch",
                         Message::Ping(_) => "a ping",
+                        Message::End(_) => "a stream end",
                     };
                     return fail(id, format!("{kind} out of place in the stream"));
                 }

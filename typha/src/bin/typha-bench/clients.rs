@@ -1,5 +1,6 @@
-//! gRPC clients: one HTTP/2 connection per simulated Felix, the Sync
-//! stream reader, and the resource documents the benchmarks write.
+//! Clients: one connection per simulated Felix (HTTP/2 for gRPC, or a
+//! plain or TLS TCP connection for the lean transport), the Sync stream
+//! reader, and the resource documents the benchmarks write.
 
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -72,6 +73,120 @@ pub async fn channels(addr: SocketAddr, n: usize, concurrency: usize) -> Result<
         .buffer_unordered(concurrency.max(1))
         .try_collect()
         .await
+}
+
+/// Which transport the Sync clients use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncTransport {
+    Grpc,
+    Tcp,
+}
+
+impl SyncTransport {
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncTransport::Grpc => "grpc",
+            SyncTransport::Tcp => "tcp",
+        }
+    }
+}
+
+/// One simulated Felix's connection.
+#[derive(Debug)]
+pub enum Conn {
+    Grpc(Channel),
+    Tcp(manul_tls::connect::Stream),
+}
+
+/// A lean-transport connection to `addr`, retried a few times.
+pub async fn stream(addr: SocketAddr) -> Result<manul_tls::connect::Stream> {
+    let transport = TRANSPORT.get().cloned().unwrap_or_default();
+    let host = addr.ip().to_string();
+    let mut attempt = 0;
+    loop {
+        let connect = transport.connect_stream(&host, addr.port(), manul_proto::frame::ALPN);
+        match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) if attempt >= 5 => {
+                return Err(e).with_context(|| format!("cannot connect to {addr}"));
+            }
+            Err(_) if attempt >= 5 => bail!("cannot connect to {addr}: timed out"),
+            _ => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+        }
+    }
+}
+
+/// `n` connections of `transport`, at most `concurrency` being set up at
+/// once.
+pub async fn conns(
+    transport: SyncTransport,
+    addr: SocketAddr,
+    n: usize,
+    concurrency: usize,
+) -> Result<Vec<Conn>> {
+    if transport == SyncTransport::Grpc {
+        return Ok(channels(addr, n, concurrency)
+            .await?
+            .into_iter()
+            .map(Conn::Grpc)
+            .collect());
+    }
+    let done = AtomicUsize::new(0);
+    let started = Instant::now();
+    let done = &done;
+    futures::stream::iter(0..n)
+        .map(|_| async move {
+            let c = stream(addr).await.map(Conn::Tcp);
+            let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if d.is_multiple_of(1000) || d == n {
+                eprintln!(
+                    "  connected {d}/{n} in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            c
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await
+}
+
+/// A Sync stream on either transport.
+enum Incoming {
+    Grpc(tonic::Streaming<manul_proto::v1::SyncMessage>),
+    Tcp(manul_proto::frame::LeanStream<manul_tls::connect::Stream>),
+}
+
+impl Incoming {
+    async fn open(conn: Conn, request: SyncRequest) -> Result<Incoming, String> {
+        match conn {
+            Conn::Grpc(channel) => {
+                let mut client = SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+                client
+                    .sync(request)
+                    .await
+                    .map(|r| Incoming::Grpc(r.into_inner()))
+                    .map_err(|s| format!("{} ({:?})", s.message(), s.code()))
+            }
+            Conn::Tcp(io) => manul_proto::frame::open(io, &request, MAX_MESSAGE)
+                .await
+                .map(Incoming::Tcp)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn message(&mut self) -> Result<Option<manul_proto::v1::SyncMessage>, String> {
+        match self {
+            Incoming::Grpc(s) => s
+                .message()
+                .await
+                .map_err(|s| format!("{} ({:?})", s.message(), s.code())),
+            Incoming::Tcp(s) => s.message().await.map_err(|e| e.to_string()),
+        }
+    }
 }
 
 pub fn resources(channel: Channel) -> ResourcesClient<Channel> {
@@ -243,7 +358,7 @@ fn count_entries(bytes: &[u8], gzip: bool) -> Result<u64> {
 /// each delta arrived.
 pub async fn run_client(
     idx: usize,
-    channel: Channel,
+    conn: Conn,
     opts: ClientOptions,
     progress: Arc<Progress>,
     mut stop: watch::Receiver<bool>,
@@ -252,7 +367,6 @@ pub async fn run_client(
         deltas: Vec::with_capacity(opts.delta_capacity),
         ..ClientResult::default()
     };
-    let mut client = SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
     let request = SyncRequest {
         node_name: format!("bench-node-{idx}"),
         client_version: manul_proto::PROTOCOL_VERSION.into(),
@@ -261,10 +375,10 @@ pub async fn run_client(
     };
     let mut stream = tokio::select! {
         _ = stop.changed() => return out,
-        r = client.sync(request) => match r {
-            Ok(r) => r.into_inner(),
-            Err(s) => {
-                progress.fail(idx, format!("{} ({:?})", s.message(), s.code()));
+        r = Incoming::open(conn, request) => match r {
+            Ok(r) => r,
+            Err(e) => {
+                progress.fail(idx, e);
                 return out;
             }
         },
@@ -308,8 +422,8 @@ pub async fn run_client(
                 progress.fail(idx, "the server ended the stream".into());
                 break;
             }
-            Err(s) => {
-                progress.fail(idx, format!("{} ({:?})", s.message(), s.code()));
+            Err(e) => {
+                progress.fail(idx, e);
                 break;
             }
         }

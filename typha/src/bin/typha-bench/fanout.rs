@@ -1,6 +1,9 @@
 //! `fanout`: N Sync clients on their own connections; server memory per
-//! client, then delta latency for single-resource writes made one after
-//! another (each waits until every client has the previous one).
+//! client, then delta latency and server CPU for single-resource writes
+//! made one after another (each waits until every client has the
+//! previous one). Each transport asked for (gRPC, the lean framed TCP
+//! transport, or both: side by side in one run) gets a fresh replica, so
+//! that one's memory is not counted against the other.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,13 +15,13 @@ use clap::Args;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::clients::{self, ClientOptions, Progress};
+use crate::clients::{self, ClientOptions, Progress, SyncTransport};
 use crate::procs::{Cluster, TyphaOptions, cpu_split, metric};
 use crate::stats::{ms, round3, summary_ms};
 
 #[derive(Debug, Args)]
 pub struct FanoutArgs {
-    /// Sync clients, each on its own HTTP/2 connection.
+    /// Sync clients, each on its own connection.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
     /// Single-resource writes whose delivery is timed.
@@ -33,9 +36,54 @@ pub struct FanoutArgs {
     /// Seconds to wait for all clients to be in sync / to get an update.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
+    /// The Sync transport: grpc, tcp (the lean transport), or both (one
+    /// after the other, each on a fresh replica, compared).
+    #[arg(long, default_value = "both", value_parser = ["grpc", "tcp", "both"])]
+    transport: String,
 }
 
 pub async fn run(opts: &TyphaOptions, args: &FanoutArgs, nofile: u64) -> Result<Value> {
+    let transports: &[SyncTransport] = match args.transport.as_str() {
+        "grpc" => &[SyncTransport::Grpc],
+        "tcp" => &[SyncTransport::Tcp],
+        _ => &[SyncTransport::Grpc, SyncTransport::Tcp],
+    };
+    let mut out = serde_json::Map::new();
+    for &t in transports {
+        eprintln!("== transport {}", t.name());
+        out.insert(t.name().to_owned(), run_one(opts, args, nofile, t).await?);
+    }
+    if let (Some(grpc), Some(tcp)) = (out.get("grpc"), out.get("tcp")) {
+        let ratio = |path: &[&str]| {
+            let get = |v: &Value| {
+                path.iter()
+                    .try_fold(v, |v, k| v.get(*k))
+                    .and_then(Value::as_f64)
+            };
+            match (get(tcp), get(grpc)) {
+                (Some(t), Some(g)) if g > 0.0 => json!(round3(t / g)),
+                _ => Value::Null,
+            }
+        };
+        let comparison = json!({
+            "rss_per_client": ratio(&["rss_per_client_bytes"]),
+            "server_cpu_per_update": ratio(&["updates_phase", "server_cpu_per_update_ms"]),
+            "delta_latency_per_client_p50": ratio(&["delta_latency_per_client", "p50_ms"]),
+            "delta_latency_per_client_p99": ratio(&["delta_latency_per_client", "p99_ms"]),
+            "delta_latency_last_client_p50": ratio(&["delta_latency_last_client", "p50_ms"]),
+            "note": "tcp divided by grpc, measured in this run",
+        });
+        out.insert("tcp_over_grpc".to_owned(), comparison);
+    }
+    Ok(Value::Object(out))
+}
+
+async fn run_one(
+    opts: &TyphaOptions,
+    args: &FanoutArgs,
+    nofile: u64,
+    transport: SyncTransport,
+) -> Result<Value> {
     let n = args.clients;
     if n == 0 {
         bail!("--clients must be above 0");
@@ -66,7 +114,11 @@ pub async fn run(opts: &TyphaOptions, args: &FanoutArgs, nofile: u64) -> Result<
 
     let started = Instant::now();
     eprintln!("connecting {n} clients");
-    let channels = clients::channels(addr, n, args.connect_concurrency).await?;
+    let sync_addr = match transport {
+        SyncTransport::Grpc => addr,
+        SyncTransport::Tcp => server.sync,
+    };
+    let channels = clients::conns(transport, sync_addr, n, args.connect_concurrency).await?;
     let connected = started.elapsed();
     let progress = Arc::new(Progress::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -172,6 +224,11 @@ pub async fn run(opts: &TyphaOptions, args: &FanoutArgs, nofile: u64) -> Result<
         })
         .collect();
     let per_client_bytes = after.rss.saturating_sub(before.rss) as f64 / n as f64;
+    // The lean transport's target is 8 KB a client; gRPC's 20 KiB.
+    let target_bytes: u64 = match transport {
+        SyncTransport::Grpc => 20 * 1024,
+        SyncTransport::Tcp => 8 * 1000,
+    };
     let delta_p99 = summary_ms(per_client.clone())["p99_ms"]
         .as_f64()
         .unwrap_or(f64::MAX);
@@ -181,6 +238,7 @@ pub async fn run(opts: &TyphaOptions, args: &FanoutArgs, nofile: u64) -> Result<
             "updates": args.updates,
             "connect_concurrency": args.connect_concurrency,
             "compression": args.compression,
+            "transport": transport.name(),
         },
         "connect_s": round3(connected.as_secs_f64()),
         "all_in_sync_s": round3(all_in_sync.as_secs_f64()),
@@ -194,6 +252,11 @@ pub async fn run(opts: &TyphaOptions, args: &FanoutArgs, nofile: u64) -> Result<
         "updates_phase": {
             "elapsed_s": round3(updates_elapsed),
             "server_cpu_s": round3(server_cpu.user + server_cpu.system),
+            "server_cpu_per_update_ms": per_update(server_cpu.user + server_cpu.system),
+            "server_cpu_per_client_per_update_us": round3(
+                (server_cpu.user + server_cpu.system) * 1e6
+                    / (args.updates.max(1) * n) as f64
+            ),
             "bench_cpu_s": round3(bench_cpu.user + bench_cpu.system),
             "per_update_cpu_ms": {
                 "server_user": per_update(server_cpu.user),
@@ -208,8 +271,8 @@ pub async fn run(opts: &TyphaOptions, args: &FanoutArgs, nofile: u64) -> Result<
         "delta_latency_last_client": summary_ms(last_client),
         "deltas_missing": missing,
         "targets": {
-            "rss_per_client_bytes_max": 20 * 1024,
-            "rss_per_client_ok": per_client_bytes <= 20.0 * 1024.0,
+            "rss_per_client_bytes_max": target_bytes,
+            "rss_per_client_ok": per_client_bytes <= target_bytes as f64,
             "delta_p99_ms_max": 100,
             "delta_p99_ok": delta_p99 <= 100.0,
             "note": "targets are for 10,000 clients",

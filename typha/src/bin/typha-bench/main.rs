@@ -1,7 +1,8 @@
 //! `typha-bench`: measures real `typha` processes on 127.0.0.1.
 //!
-//! - `fanout`: N Sync clients (one HTTP/2 connection each): server memory
-//!   per client, and delta latency from a write to every client;
+//! - `fanout`: N Sync clients (one connection each, gRPC or the lean TCP
+//!   transport or both side by side): server memory per client, server CPU
+//!   per delta, and delta latency from a write to every client;
 //! - `snapshot`: R stored resources, C clients connecting together: time to
 //!   in-sync, peak memory, and that the snapshot was encoded once;
 //! - `writes`: committed writes per second and commit latency, on 1 or 3

@@ -82,6 +82,8 @@ impl BenchTls {
 pub struct Replica {
     pub id: u64,
     pub grpc: SocketAddr,
+    /// The sync listener of the lean transport.
+    pub sync: SocketAddr,
     /// The peer listener (Raft, Cluster), behind [`Cluster::token`].
     pub peer: SocketAddr,
     pub metrics: SocketAddr,
@@ -160,12 +162,12 @@ impl Cluster {
         let token_file = cluster.root.join("peer-token");
         std::fs::write(&token_file, cluster.token.secret())
             .with_context(|| format!("cannot write {}", token_file.display()))?;
-        let ports = free_ports(3 * n)?;
+        let ports = free_ports(4 * n)?;
         let grpc: Vec<SocketAddr> = (0..n)
-            .map(|i| SocketAddr::from(([127, 0, 0, 1], ports[3 * i])))
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], ports[4 * i])))
             .collect();
         let peer: Vec<SocketAddr> = (0..n)
-            .map(|i| SocketAddr::from(([127, 0, 0, 1], ports[3 * i + 2])))
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], ports[4 * i + 2])))
             .collect();
         let peers = peer
             .iter()
@@ -175,7 +177,8 @@ impl Cluster {
             .join(",");
         for (i, &listen) in grpc.iter().enumerate() {
             let id = i as u64 + 1;
-            let metrics = SocketAddr::from(([127, 0, 0, 1], ports[3 * i + 1]));
+            let metrics = SocketAddr::from(([127, 0, 0, 1], ports[4 * i + 1]));
+            let sync = SocketAddr::from(([127, 0, 0, 1], ports[4 * i + 3]));
             let dir = cluster.root.join(format!("replica-{id}"));
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -189,6 +192,8 @@ impl Cluster {
                 .arg(listen.to_string())
                 .arg("--peer-listen")
                 .arg(peer[i].to_string())
+                .arg("--sync-listen")
+                .arg(sync.to_string())
                 .arg("--peer-token-file")
                 .arg(&token_file)
                 .arg("--metrics")
@@ -198,6 +203,8 @@ impl Cluster {
                 .arg("--peers")
                 .arg(&peers)
                 .arg("--max-connections")
+                .arg(max_connections.to_string())
+                .arg("--max-connections-per-listener")
                 .arg(max_connections.to_string())
                 .arg("--shutdown-spread-secs")
                 .arg("0")
@@ -211,6 +218,7 @@ impl Cluster {
             cluster.replicas.push(Replica {
                 id,
                 grpc: listen,
+                sync,
                 peer: peer[i],
                 metrics,
                 log,

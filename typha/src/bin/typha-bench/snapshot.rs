@@ -112,7 +112,7 @@ pub async fn run(opts: &TyphaOptions, args: &SnapshotArgs, nofile: u64) -> Resul
         };
         tasks.push(tokio::spawn(clients::run_client(
             idx,
-            ch,
+            clients::Conn::Grpc(ch),
             client_opts,
             progress.clone(),
             stop_rx.clone(),
