@@ -164,6 +164,26 @@ async fn write_all(client: &Client, resources: &[Resource], batch: usize) -> Res
     Ok(revision)
 }
 
+/// Writes probe change `k`, again while the cluster has no leader or the
+/// outcome is unknown (the write is idempotent); returns its revision.
+async fn write_change(client: &Client, k: u32, limit: Duration) -> Result<u64> {
+    let probe = workload::probe_policy(k)?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match client.apply(std::slice::from_ref(&probe)).await {
+            Ok(revs) => return Ok(revs.into_iter().max().unwrap_or(0)),
+            Err(e)
+                if (e.is_outcome_unknown() || e.is_unavailable() || e.is_no_leader())
+                    && Instant::now() < deadline =>
+            {
+                tracing::debug!("change {k} not written yet: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot write change {k}")),
+        }
+    }
+}
+
 /// Waits until every node's driver took change `k`; `Err` after `limit`
 /// (naming how many did not).
 async fn wait_change(
@@ -295,10 +315,7 @@ async fn run_async(config: &Config, interrupted: &AtomicBool) -> Result<Report> 
     for k in 1..=config.changes {
         replicas.check_alive()?;
         let sent = Instant::now();
-        let revision = client
-            .apply(&[workload::probe_policy(k)?])
-            .await
-            .with_context(|| format!("cannot write change {k}"))?;
+        let revision = write_change(&client, k, timeout).await?;
         let acked = Instant::now();
         acks.push(ms(acked - sent));
         let seen = wait_change(&board, k, timeout, interrupted).await?;
@@ -310,7 +327,7 @@ async fn run_async(config: &Config, interrupted: &AtomicBool) -> Result<Report> 
             per_node.push(ms(at.saturating_duration_since(acked)));
         }
         to_all.push(ms(latest.saturating_duration_since(acked)));
-        tracing::debug!(k, ?revision, "change taken everywhere");
+        tracing::debug!(k, revision, "change taken everywhere");
         tokio::time::sleep(Duration::from_millis(config.change_pause_ms)).await;
     }
     let changes_wall = changes_started.elapsed().as_secs_f64();
@@ -368,7 +385,6 @@ async fn run_async(config: &Config, interrupted: &AtomicBool) -> Result<Report> 
                 config,
                 kill,
                 &mut replicas,
-                &client,
                 &board,
                 &nodes,
                 timeout,
@@ -407,7 +423,6 @@ async fn storm(
     config: &Config,
     kill: Kill,
     replicas: &mut Replicas,
-    client: &Client,
     board: &Arc<Board>,
     nodes: &[VirtualNode],
     timeout: Duration,
@@ -438,16 +453,21 @@ async fn storm(
                 metric(&text, "typha_client_snapshot_send_secs_count").unwrap_or(0.0);
         }
     }
+    // The writer talks to the survivors only, so that the kill does not
+    // leave the write's outcome unknown.
+    let survivors: Vec<String> = (0..replicas.replicas.len())
+        .filter(|&i| i != victim)
+        .map(|i| replicas.replicas[i].address())
+        .collect();
+    let writer = Client::connect(&survivors)
+        .await
+        .context("cannot reach the surviving replicas")?;
     let k = config.changes + 1;
     let killed = Instant::now();
     replicas.kill(victim)?;
-    let revision = client
-        .apply(&[workload::probe_policy(k)?])
+    let revision = write_change(&writer, k, timeout)
         .await
-        .context("cannot write the change after the kill")?
-        .into_iter()
-        .max()
-        .unwrap_or(0);
+        .context("after the kill")?;
     let acked = Instant::now();
     let seen = wait_change(board, k, timeout, interrupted).await?;
     // Every moved client has a hello from a live replica.
