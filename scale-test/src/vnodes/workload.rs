@@ -95,7 +95,7 @@ fn endpoint(shape: &Shape, node: usize, j: usize) -> Result<Resource> {
 fn policy(shape: &Shape, j: usize) -> Result<Resource> {
     let app = j % APPS;
     let from = (j + 1) % APPS;
-    if j % 2 == 0 {
+    if j.is_multiple_of(2) {
         load(&format!(
             "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: np-{j}\n  namespace: vn-{}\n\
              spec:\n  order: {}\n  selector: app == 'app-{app}'\n  ingress:\n  - action: Allow\n    protocol: TCP\n    \
