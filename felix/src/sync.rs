@@ -10,7 +10,9 @@
 //!
 //! FelixConfiguration and Installation updates go to their own channel when
 //! one is given ([`Syncer::with_config_updates`]): they configure Felix, not
-//! policy.
+//! policy. Each connection's hello can be reported too
+//! ([`Syncer::with_connections`]): which replica answered, and whether it
+//! resumed the stream or sent a snapshot.
 
 use std::io::Read;
 use std::time::Duration;
@@ -41,6 +43,21 @@ pub enum SyncEvent {
     InSync { revision: u64 },
     /// The stream broke; the client is reconnecting.
     Disconnected { error: String },
+}
+
+/// One accepted connection to a replica, as its hello described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    /// The address dialled (from [`SyncConfig::typhas`]).
+    pub address: String,
+    /// The replica's id, from its hello.
+    pub replica: u64,
+    /// The revision this client asked to resume from (0: none).
+    pub resume_from: u64,
+    /// The replica's revision when it answered.
+    pub revision: u64,
+    /// A snapshot follows (the replica could not resume the stream).
+    pub snapshot: bool,
 }
 
 /// Why an entry could not be used.
@@ -199,6 +216,7 @@ pub struct Syncer {
     revision: u64,
     known: FxHashSet<ResourceKey>,
     felix_config: Option<mpsc::UnboundedSender<Update>>,
+    connections: Option<mpsc::UnboundedSender<Connected>>,
     transport: manul_tls::connect::Transport,
 }
 
@@ -209,6 +227,7 @@ impl Syncer {
             revision: 0,
             known: FxHashSet::default(),
             felix_config: None,
+            connections: None,
             transport: manul_tls::connect::Transport::Plain,
         }
     }
@@ -224,6 +243,12 @@ impl Syncer {
     /// the agent.
     pub fn with_config_updates(mut self, tx: mpsc::UnboundedSender<Update>) -> Syncer {
         self.felix_config = Some(tx);
+        self
+    }
+
+    /// Reports every accepted connection's hello to `tx`.
+    pub fn with_connections(mut self, tx: mpsc::UnboundedSender<Connected>) -> Syncer {
+        self.connections = Some(tx);
         self
     }
 
@@ -343,6 +368,16 @@ impl Syncer {
                         snapshot = h.snapshot_follows,
                         "connected"
                     );
+                    if let Some(tx) = &self.connections {
+                        // A closed channel: nobody follows connections any more.
+                        let _ = tx.send(Connected {
+                            address: addr.to_string(),
+                            replica: h.replica_id,
+                            resume_from: self.revision,
+                            revision: h.revision,
+                            snapshot: h.snapshot_follows,
+                        });
+                    }
                     if h.snapshot_follows {
                         snapshot = Some(FxHashSet::default());
                         snapshot_revision = h.revision;

@@ -1,5 +1,11 @@
 //! `scale-test`: time to first ping under pod and policy churn on a local
-//! cluster, the README's main job, and the reachability-matrix probe.
+//! cluster, the README's main job, the reachability-matrix probe, and
+//! virtual nodes against Typha replicas on loopback.
+
+/// Felix's allocator, so that the virtual nodes' memory is what Felix's
+/// would be.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use manul_local_cluster::Dataplane;
 use manul_scale_test::report::{Machine, Report};
 use manul_scale_test::run::{RunConfig, progress_bar, run_one};
-use manul_scale_test::{mainjob, scenario};
+use manul_scale_test::{mainjob, scenario, vnodes};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +37,48 @@ enum Cmd {
     MainJob(MainJobArgs),
     /// Run a reachability scenario file; exit 0 only when every result matches.
     Probe(ProbeArgs),
+    /// Many simulated Felix (sync client, calculation graph, null driver) in
+    /// this process against Typha replicas on loopback: policy propagation,
+    /// Typha's CPU and memory, a reconnect storm. Prints JSON.
+    VirtualNodes(VirtualNodesArgs),
+}
+
+#[derive(Debug, Args)]
+struct VirtualNodesArgs {
+    /// Virtual nodes (each its own sync client, graph and driver).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    nodes: u32,
+    /// Typha replicas (processes on loopback).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
+    replicas: u8,
+    /// Probe-policy changes timed one after the other.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    changes: u32,
+    /// Workload endpoints per node.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    endpoints_per_node: u16,
+    /// Namespaces the endpoints are spread over.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    namespaces: u16,
+    /// Standing policies (besides the probe policy).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=10_000))]
+    policies: u16,
+    /// Worker threads of the runtime all nodes share.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=64))]
+    threads: u8,
+    /// Which replica the reconnect storm SIGKILLs: follower, leader or none.
+    #[arg(long, default_value = "follower")]
+    kill: String,
+    /// Pause between two changes, in milliseconds.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    change_pause_ms: u64,
+    /// Seconds every node has to take one change (startup gets 0.1 s more
+    /// per node).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    timeout_s: u64,
+    /// The typha binary (default: the one next to this program).
+    #[arg(long)]
+    typha: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -129,16 +177,23 @@ fn on_ctrl_c() -> Arc<AtomicBool> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A thousand virtual nodes each warn when their replica dies: that is
+    // the storm being measured, not news.
+    let default_filter = match cli.command {
+        Cmd::VirtualNodes(_) => "warn,manul_felix=error",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let interrupted = on_ctrl_c();
     match cli.command {
+        Cmd::VirtualNodes(args) => virtual_nodes(args, &interrupted),
         Cmd::Run(args) => run(args, &interrupted),
         Cmd::MainJob(args) => {
             let dp = match Dataplane::parse(&args.dataplane) {
@@ -273,5 +328,58 @@ fn run(args: RunArgs, interrupted: &AtomicBool) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn virtual_nodes(args: VirtualNodesArgs, interrupted: &AtomicBool) -> ExitCode {
+    let kill = match vnodes::Kill::parse(&args.kill) {
+        Ok(k) => k,
+        Err(e) => return bad(e),
+    };
+    if kill != vnodes::Kill::None && args.replicas < 3 {
+        return bad("--kill needs --replicas 3 or more (a quorum must survive); use --kill none");
+    }
+    let typha = match args.typha {
+        Some(p) => p,
+        None => match manul_local_cluster::procs::program("typha") {
+            Ok(p) => p,
+            Err(e) => return bad(e),
+        },
+    };
+    let config = vnodes::Config {
+        nodes: args.nodes as usize,
+        replicas: usize::from(args.replicas),
+        changes: args.changes,
+        endpoints_per_node: usize::from(args.endpoints_per_node),
+        namespaces: usize::from(args.namespaces),
+        policies: usize::from(args.policies),
+        threads: usize::from(args.threads),
+        kill,
+        change_pause_ms: args.change_pause_ms,
+        timeout_s: args.timeout_s,
+        typha,
+    };
+    match vnodes::run(&config, interrupted) {
+        Ok(report) => {
+            match serde_json::to_string_pretty(&report) {
+                Ok(json) => println!("{json}"),
+                Err(e) => {
+                    eprintln!("error: cannot print the report: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            if report.sound() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "error: a driver refused a batch, or a client took a snapshot on reconnect"
+                );
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
