@@ -20,6 +20,15 @@
 //!
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench [-- --runs N]`
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- traffic [--runs 3] [--rule-counts 10,100,1000]`
+//!
+//! With `services` it measures service programming instead: a snapshot
+//! of `--services` ClusterIP services with `--backends` backends each
+//! (every `ServiceUpdate` and `InSync` in one `apply`, into a fresh
+//! driver) and `--changes` single backend changes (one `ServiceUpdate`
+//! each), `--runs` times, until `apply` returns (the kernel maps hold
+//! them; services are map data, no program is loaded for them).
+//!
+//! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- services [--services 10000] [--backends 10] [--changes 50] [--runs 3]`
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -206,9 +215,119 @@ fn traffic_mode() {
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }
 
+/// Service `i` of the `services` mode: cluster IP 10.96.0.0 + i + 1, TCP
+/// port 80, `backends` backends in 10.64.0.0/10 on port 8080 (on other
+/// nodes); `generation` > 0 moves its first backend, as one EndpointSlice
+/// change would. The same state as `iptables-bench services`.
+fn bench_service(i: usize, backends: usize, generation: u32) -> manul_dataplane_api::Service {
+    use manul_dataplane_api::{Backend, Service, ServicePort};
+    let v4 = |n: u32| IpAddr::V4(Ipv4Addr::from(n));
+    let base = u32::from(Ipv4Addr::new(10, 64, 0, 0)) + (i * backends) as u32 * 4;
+    let backends: Vec<Backend> = (0..backends)
+        .map(|b| Backend {
+            ip: v4(if b == 0 && generation > 0 {
+                u32::from(Ipv4Addr::new(10, 200, 0, 0)) + generation
+            } else {
+                base + b as u32 + 1
+            }),
+            port: 8080,
+            local: false,
+            ready: true,
+        })
+        .collect();
+    Service::cluster_ip(
+        "bench",
+        format!("svc-{i}"),
+        vec![v4(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32 + 1)],
+        vec![ServicePort {
+            name: "http".into(),
+            protocol: 6,
+            port: 80,
+            node_port: None,
+            backends,
+            local_backends: vec![],
+        }],
+    )
+}
+
+/// Service programming: the snapshot (every `ServiceUpdate` and `InSync`
+/// in one `apply`) into a fresh driver, then one backend change at a
+/// time, each until `apply` returns (the maps hold it).
+fn services_mode() {
+    let services: usize = flag("--services")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let backends: usize = flag("--backends")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let changes: usize = flag("--changes").and_then(|s| s.parse().ok()).unwrap_or(50);
+    let runs: usize = flag("--runs").and_then(|s| s.parse().ok()).unwrap_or(3);
+    assert!(
+        services > 0 && backends > 0 && changes > 0,
+        "counts must be positive"
+    );
+    let mut ops: Vec<Operation> = (0..services)
+        .map(|i| Operation::ServiceUpdate(bench_service(i, backends, 0)))
+        .collect();
+    ops.push(Operation::InSync);
+    let mut snapshot = Vec::new();
+    let mut change = Vec::new();
+    let mut nodes = Vec::new();
+    for run in 0..runs.max(1) {
+        let tag = unique_prefix("bs");
+        let ns = NetNs::create(&tag).expect("create a network namespace");
+        let node = format!("{tag}n");
+        nodes.push(node.clone());
+        ns.run(|| {
+            let mut config = BpfConfig::new(&node);
+            config.pin_root = PathBuf::from(PIN_ROOT);
+            let mut driver = BpfDriver::new(config).expect("load");
+            let t = Instant::now();
+            driver.apply(&ops).expect("the snapshot");
+            snapshot.push(t.elapsed().as_secs_f64() * 1e3);
+            for k in 0..changes {
+                let i = (k * 7919 + run) % services;
+                let op = Operation::ServiceUpdate(bench_service(
+                    i,
+                    backends,
+                    (run * changes + k) as u32 + 1,
+                ));
+                let t = Instant::now();
+                driver
+                    .apply(std::slice::from_ref(&op))
+                    .expect("a backend change");
+                change.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        })
+        .expect("run in the namespace");
+        drop(ns);
+        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &node);
+    }
+    let mut sorted_snapshot = snapshot.clone();
+    sorted_snapshot.sort_by(f64::total_cmp);
+    change.sort_by(f64::total_cmp);
+    let report = serde_json::json!({
+        "bench": "dataplane-bpf services",
+        "services": services,
+        "backends_per_service": backends,
+        "runs": runs,
+        "snapshot_ms_runs": snapshot,
+        "snapshot_ms_median": percentile(&sorted_snapshot, 0.5),
+        "backend_changes": change.len(),
+        "backend_change_ms_p50": percentile(&change, 0.5),
+        "backend_change_ms_p99": percentile(&change, 0.99),
+        "backend_change_ms_max": change.last().copied().unwrap_or_default(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
+
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("traffic") {
         traffic_mode();
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("services") {
+        services_mode();
         return;
     }
     let runs: usize = flag("--runs").and_then(|s| s.parse().ok()).unwrap_or(5);

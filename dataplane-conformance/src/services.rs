@@ -26,6 +26,8 @@
 //!   [`TCP_PORT`] although the client dialled the service port 80;
 //! - `cluster-ip: udp on the same port`: the same service port number
 //!   over UDP reaches a backend's UDP server;
+//! - `cluster-ip: udp-only service` / `host process: udp-only service`:
+//!   a service whose one port is UDP answers a pod and the node;
 //! - `no endpoints: tcp refused at once` / `udp refused`: a service port
 //!   without backends is refused (RST or ICMP port unreachable) well under
 //!   [`REFUSED_WITHIN`], not left to time out;
@@ -129,6 +131,8 @@ pub const STICKY_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 pub const GUARDED_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
 pub const LOCAL_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 14);
 pub const SELF_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 15);
+/// A service with a UDP port only (as a DNS service has).
+pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 16);
 /// The `web` service's node port (`externalTrafficPolicy: Cluster`).
 pub const WEB_NODE_PORT: u16 = 30080;
 /// The `local` service's node port (`externalTrafficPolicy: Local`).
@@ -259,6 +263,7 @@ pub fn services() -> Vec<Service> {
         ),
         local,
         service("self", SELF_IP, vec![port(6, None, &["web-a"], TCP_PORT)]),
+        service("dns", DNS_IP, vec![port(17, None, &["web-b"], UDP_PORT)]),
     ]
 }
 
@@ -809,6 +814,20 @@ fn run_cases(net: &Net, report: &mut ServiceReport) -> Result<(), ConformanceErr
             .is_some_and(|a| three.contains(&a.backend.ip()) && a.backend.port() == UDP_PORT),
         format!("{udp:?}"),
     );
+
+    // A service with only a UDP port, from a pod and from the node.
+    for (case, from) in [
+        ("cluster-ip: udp-only service", client),
+        ("host process: udp-only service", &net.node),
+    ] {
+        let dns = ask_udp(from, sock(DNS_IP, SERVICE_PORT), WAIT)?;
+        report.check(
+            case,
+            dns.answer()
+                .is_some_and(|a| a.backend == sock(pod_ip("web-b"), UDP_PORT)),
+            format!("{dns:?}"),
+        );
+    }
 
     // No endpoints: refused at once, not dropped.
     let tcp = ask_tcp(client, sock(EMPTY_IP, SERVICE_PORT), WAIT)?;

@@ -17,9 +17,11 @@
 //!   the time goes (the driver's own split between preparing the script
 //!   and `nft`, rendering and diffing the whole state, `nft` alone).
 //! - `service-connections`: new connections through a ClusterIP with 10
-//!   and 10,000 services, this driver against kube-proxy's iptables mode
-//!   for the same services (`traffic::run_service_connect_benchmark`;
-//!   needs `iptables-legacy-restore`), `--runs` rounds.
+//!   and 10,000 services: the eBPF driver (its TC programs, pins under
+//!   `/sys/fs/bpf/manul-bench-svc`, removed at the end), this driver, and
+//!   kube-proxy's iptables mode for the same services
+//!   (`traffic::run_service_connect_benchmark`; needs
+//!   `iptables-legacy-restore`), `--runs` rounds.
 //! - `flows`: the per-packet cost with flow observations off and on, side
 //!   by side in one run (`iptables-bench/flows.rs`): established round
 //!   trips (a TCP_RR loop), new connections and throughput, with the
@@ -44,6 +46,9 @@
 
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Where `service-connections` pins the eBPF driver's maps and programs.
+const BPF_PIN_ROOT: &str = "/sys/fs/bpf/manul-bench-svc";
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -588,7 +593,25 @@ fn main() -> Result<()> {
                 .map(|d| Box::new(d) as Box<dyn Driver>)
                 .map_err(|e| chain(&e))
         });
+        // The eBPF driver's real TC programs, services as map data; its
+        // pins under their own root, removed at the end.
+        let bpf_nodes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let seen = bpf_nodes.clone();
+        let bpf: Arc<Factory> = Arc::new(move |ctx| {
+            if let Ok(mut nodes) = seen.lock() {
+                nodes.push(ctx.node.clone());
+            }
+            let mut config = manul_dataplane_bpf::BpfConfig::new(&ctx.node);
+            config.pin_root = BPF_PIN_ROOT.into();
+            manul_dataplane_bpf::BpfDriver::new(config)
+                .map(|d| Box::new(d) as Box<dyn Driver>)
+                .map_err(|e| chain(&e))
+        });
         let dataplanes = [
+            traffic::ServiceDataplane::Driver {
+                name: "ebpf".into(),
+                factory: bpf,
+            },
             traffic::ServiceDataplane::Driver {
                 name: "nftables".into(),
                 factory: nft,
@@ -606,12 +629,28 @@ fn main() -> Result<()> {
             &mut |s| {
                 eprintln!(
                     "service-connections: {} {} services: {:.0} connects/s, p50 {:.1} us, p99 {:.1} us, programmed in {:.0} ms",
-                    s.dataplane, s.services, s.connects_per_sec, s.connect.p50_us, s.connect.p99_us, s.program_ms
+                    s.dataplane,
+                    s.services,
+                    s.connects_per_sec,
+                    s.connect.p50_us,
+                    s.connect.p99_us,
+                    s.program_ms
                 );
             },
-        )
-        .map_err(|e| anyhow::anyhow!(chain(&e)))?;
-        Some(report)
+        );
+        if let Ok(nodes) = bpf_nodes.lock() {
+            for node in nodes.iter() {
+                if let Err(e) =
+                    manul_dataplane_bpf::BpfDriver::purge_node(BPF_PIN_ROOT.as_ref(), node)
+                {
+                    eprintln!(
+                        "service-connections: removing the pins of {node}: {}",
+                        chain(&e)
+                    );
+                }
+            }
+        }
+        Some(report.map_err(|e| anyhow::anyhow!(chain(&e)))?)
     } else {
         None
     };

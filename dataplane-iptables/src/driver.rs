@@ -12,7 +12,7 @@ use crate::flows::Flows;
 use crate::nft::{Nft, NftError, Observed};
 use crate::render::services::Claims;
 use crate::render::{self, NftConfig, Ruleset, service_change};
-use crate::{elements, netlink, script};
+use crate::{elements, full_write, netlink, script};
 
 /// Counters for metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,6 +28,9 @@ pub struct NftStats {
     /// Of the incremental writes, those sent as element changes over
     /// netlink from this process instead of through `nft`.
     pub netlink_writes: u64,
+    /// Of the whole-table writes, those sent as one netlink batch from
+    /// this process (`full_write.rs`) rather than through `nft -f`.
+    pub netlink_full_writes: u64,
 }
 
 /// Where the time of the last write went, for benchmarks.
@@ -141,11 +144,33 @@ impl NftDriver {
         self.last_write
     }
 
+    /// Writes the whole table in one transaction: as one netlink batch
+    /// (`full_write.rs`), or through `nft -f` when that writer cannot
+    /// express the table.
     fn write_full(&mut self, rs: Ruleset) -> Result<(), DriverError> {
         self.programmed = None;
-        self.nft
-            .apply(&script::full(&rs))
-            .map_err(|e| dataplane("writing the whole table", e))?;
+        match full_write::write(&self.nft, &rs, self.seq) {
+            Ok(written) => {
+                self.seq = self.seq.wrapping_add(written.messages as u32 + 2);
+                self.stats.netlink_full_writes += 1;
+            }
+            Err(e) if e.fall_back() => {
+                debug!(
+                    "writing the whole table through nft -f: {}",
+                    manul_dataplane_api::chain(&e)
+                );
+                self.nft
+                    .apply(&script::full(&rs))
+                    .map_err(|e| dataplane("writing the whole table", e))?;
+            }
+            Err(e) => {
+                return Err(DriverError::Dataplane {
+                    driver: "iptables",
+                    context: "writing the whole table".to_string(),
+                    source: Box::new(e),
+                });
+            }
+        }
         self.stats.full_writes += 1;
         self.programmed = Some(rs);
         Ok(())
@@ -277,8 +302,7 @@ impl NftDriver {
                 };
             }
             Some(old) => {
-                let script = script::incremental(&old, &new);
-                self.write_script(&script, started)?;
+                self.write_changes(&old, &new, started)?;
                 self.programmed = Some(new);
             }
         }
@@ -375,6 +399,48 @@ impl NftDriver {
             netlink: true,
         };
         Ok(())
+    }
+
+    /// Writes the changes from `old` to `new` in one transaction: as one
+    /// netlink batch with the service maps' elements encoded here
+    /// (`full_write::write_incremental`), or through `nft -f` when that
+    /// writer does not take the change.
+    fn write_changes(
+        &mut self,
+        old: &Ruleset,
+        new: &Ruleset,
+        started: Instant,
+    ) -> Result<(), DriverError> {
+        let prepare = started.elapsed();
+        match full_write::write_incremental(&self.nft, old, new, self.seq) {
+            Ok(Some(written)) => {
+                self.seq = self.seq.wrapping_add(written.messages as u32 + 2);
+                if written.messages > 0 {
+                    self.stats.incremental_writes += 1;
+                    self.stats.netlink_writes += 1;
+                    self.last_write = WriteTiming {
+                        prepare,
+                        nft: started.elapsed() - prepare,
+                        script_bytes: written.bytes,
+                        netlink: true,
+                    };
+                }
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) if e.fall_back() => {
+                debug!("writing through nft -f: {}", manul_dataplane_api::chain(&e));
+            }
+            Err(e) => {
+                return Err(DriverError::Dataplane {
+                    driver: "iptables",
+                    context: "writing changes".to_string(),
+                    source: Box::new(e),
+                });
+            }
+        }
+        let script = script::incremental(old, new);
+        self.write_script(&script, started)
     }
 
     /// Writes an incremental script (nothing when it is empty).

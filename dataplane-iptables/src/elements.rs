@@ -51,7 +51,7 @@ fn part(token: &str) -> Option<Part> {
         "ipv4_addr" | "ip daddr" | "ip saddr" => Part::Addr4,
         "ipv6_addr" | "ip6 daddr" | "ip6 saddr" => Part::Addr6,
         "inet_proto" | "meta l4proto" => Part::Proto,
-        "inet_service" | "th dport" | "tcp dport" => Part::Port,
+        "inet_service" | "th dport" | "tcp dport" | "udp dport" | "sctp dport" => Part::Port,
         t if t.starts_with("numgen random mod ") => Part::Index,
         _ => return None,
     })
@@ -256,6 +256,19 @@ fn message(
 /// The batch that applies `changes` in order, as one transaction. Its
 /// messages are numbered from `seq`.
 pub fn batch(changes: &[SetChange<'_>], seq: u32) -> Result<Batch, ElementError> {
+    batch_around(&[], &[], changes, seq)
+}
+
+/// The batch that applies `before`, sends `first` (messages `nft`
+/// compiled, see `compiled.rs`), then applies `after`, as one
+/// transaction. Its messages are numbered from `seq`; each is
+/// acknowledged.
+pub fn batch_around(
+    before: &[SetChange<'_>],
+    first: &[crate::compiled::Message],
+    after: &[SetChange<'_>],
+    seq: u32,
+) -> Result<Batch, ElementError> {
     let mut bytes = Vec::new();
     let mut acked = Vec::new();
     let mut seq = seq;
@@ -268,6 +281,40 @@ pub fn batch(changes: &[SetChange<'_>], seq: u32) -> Result<Batch, ElementError>
         NFNL_SUBSYS_NFTABLES,
         &[],
     );
+    append_changes(&mut bytes, &mut acked, &mut seq, before)?;
+    for (i, m) in first.iter().enumerate() {
+        seq = seq.wrapping_add(1);
+        let len = 16 + m.body.len();
+        bytes.extend((len as u32).to_ne_bytes());
+        bytes.extend(m.kind.to_ne_bytes());
+        bytes.extend((m.flags | NLM_F_ACK).to_ne_bytes());
+        bytes.extend(seq.to_ne_bytes());
+        bytes.extend(0u32.to_ne_bytes());
+        bytes.extend(&m.body);
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        acked.push((seq, format!("nft's message {i} (type {:#06x})", m.kind)));
+    }
+    append_changes(&mut bytes, &mut acked, &mut seq, after)?;
+    seq = seq.wrapping_add(1);
+    message(
+        &mut bytes,
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        seq,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+        &[],
+    );
+    Ok(Batch { bytes, acked })
+}
+
+/// Appends the messages of `changes`, numbered after `seq`.
+fn append_changes(
+    bytes: &mut Vec<u8>,
+    acked: &mut Vec<(u32, String)>,
+    seq: &mut u32,
+    changes: &[SetChange<'_>],
+) -> Result<(), ElementError> {
     for change in changes {
         let layout = layout(change.type_).ok_or_else(|| ElementError::UnknownType {
             set: change.set.to_string(),
@@ -325,7 +372,7 @@ pub fn batch(changes: &[SetChange<'_>], seq: u32) -> Result<Batch, ElementError>
                     });
                 }
             });
-            seq = seq.wrapping_add(1);
+            *seq = seq.wrapping_add(1);
             let (kind, flags, verb) = if change.add {
                 (
                     NFT_MSG_NEWSETELEM,
@@ -336,31 +383,21 @@ pub fn batch(changes: &[SetChange<'_>], seq: u32) -> Result<Batch, ElementError>
                 (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK, "deleting")
             };
             message(
-                &mut bytes,
+                bytes,
                 (NFNL_SUBSYS_NFTABLES << 8) | kind,
                 flags,
-                seq,
+                *seq,
                 NFPROTO_INET,
                 0,
                 &body,
             );
             acked.push((
-                seq,
+                *seq,
                 format!("{verb} {} elements of {}", chunk.len(), change.set),
             ));
         }
     }
-    seq = seq.wrapping_add(1);
-    message(
-        &mut bytes,
-        NFNL_MSG_BATCH_END,
-        NLM_F_REQUEST,
-        seq,
-        0,
-        NFNL_SUBSYS_NFTABLES,
-        &[],
-    );
-    Ok(Batch { bytes, acked })
+    Ok(())
 }
 
 /// The acknowledgements and errors in a buffer the kernel sent: per

@@ -2,12 +2,15 @@
 //!
 //! It renders per-endpoint, per-tier, per-policy and per-profile chains,
 //! dispatch maps and IP sets into one table, `inet manul`, and writes them
-//! with `nft -f` — one atomic transaction per batch, holding only what
-//! changed. A batch that changes only services renders only those
-//! services, and when what changed is set and map elements alone (a
-//! backend moved, a service added or removed) it is sent as one nf_tables
-//! netlink batch from this process (`elements.rs`, `netlink.rs`): `nft`
-//! would list the table before writing anything. A periodic
+//! as one atomic transaction per batch, holding only what changed (or the
+//! whole table): one nf_tables netlink batch sent from this process, the
+//! table's structure compiled by `nft --check` (`compiled.rs`) and the
+//! set and map elements encoded here (`elements.rs`, `full_write.rs`,
+//! `netlink.rs`), or `nft -f` where that writer does not apply. A batch
+//! that changes only services renders only those services, and when what
+//! changed is set and map elements alone (a backend moved, a service
+//! added or removed) it is element messages alone: `nft` would list the
+//! table before writing anything. A periodic
 //! [`NftDriver::refresh`] reads the table back and rewrites it if someone
 //! else changed it.
 //!
@@ -50,9 +53,11 @@
 //! not rendered, nor is untracked policy on the all-interfaces endpoint
 //! (Calico ignores it too).
 
+pub mod compiled;
 pub mod driver;
 pub mod elements;
 pub mod flows;
+pub mod full_write;
 pub mod names;
 pub mod netlink;
 pub mod nft;

@@ -11,7 +11,8 @@ use crate::elements::{self, Batch};
 use crate::nft::NftError;
 
 /// The kernel processes a batch while it is being sent, so every answer
-/// is queued by the time `send` returns; this is room for them.
+/// is queued by the time `send` returns; this is room for them (at
+/// least; more for a batch of many messages).
 const RECEIVE_BUFFER: usize = 1 << 20;
 
 fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> NftError {
@@ -55,8 +56,12 @@ pub fn apply(batch: &Batch) -> Result<(), NftError> {
     // (as `nft` does, past the system's default limit).
     buffer(&socket, libc::SO_SNDBUFFORCE, batch.bytes.len() + 4096)
         .map_err(io("sizing the send buffer"))?;
-    buffer(&socket, libc::SO_RCVBUFFORCE, RECEIVE_BUFFER)
-        .map_err(io("sizing the receive buffer"))?;
+    buffer(
+        &socket,
+        libc::SO_RCVBUFFORCE,
+        RECEIVE_BUFFER.max(batch.acked.len() * 64),
+    )
+    .map_err(io("sizing the receive buffer"))?;
     let sent = socket
         .send(&batch.bytes, 0)
         .map_err(io("sending the batch"))?;

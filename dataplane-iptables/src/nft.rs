@@ -98,6 +98,47 @@ impl Nft {
         }
     }
 
+    /// The messages `nft` would send for `script`, checked by the kernel
+    /// but not applied (`nft --check --debug=mnl`; see `compiled.rs`):
+    /// the text of its message dump.
+    pub fn compile(&self, script: &str) -> Result<String, NftError> {
+        let spawn = |source| NftError::Spawn {
+            program: self.program.clone(),
+            source,
+        };
+        let mut child = self
+            .command()
+            .args(["--check", "--debug=mnl", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn)?;
+        let writer = child.stdin.take().map(|mut stdin| {
+            let script = script.to_string();
+            std::thread::spawn(move || stdin.write_all(script.as_bytes()))
+        });
+        let output = child.wait_with_output().map_err(spawn)?;
+        // A refused script may stop nft reading: then the status says why.
+        let written = writer.map_or(Ok(()), |w| {
+            w.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the writer thread panicked")))
+        });
+        if output.status.success() {
+            written.map_err(spawn)?;
+            String::from_utf8(output.stdout).map_err(|e| NftError::Refused {
+                stderr: format!("nft's message dump is not text: {e}"),
+            })
+        } else {
+            let mut stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            if stderr.len() > 4000 {
+                stderr.truncate(4000);
+                stderr.push_str("...");
+            }
+            Err(NftError::Refused { stderr })
+        }
+    }
+
     /// Whether the table exists.
     pub fn table_exists(&self) -> Result<bool, NftError> {
         Ok(self.list()?.is_some())

@@ -70,6 +70,40 @@ fn declare_set(out: &mut String, name: &str, def: &SetDef) {
 /// The whole table, replacing whatever table of that name exists, in one
 /// transaction: nothing is ever missing in between.
 pub fn full(rs: &Ruleset) -> String {
+    full_except(rs, |_| false)
+}
+
+/// Whether the netlink writer (`elements.rs`) can write a set's elements:
+/// a layout it knows, no intervals, no timeout.
+fn by_netlink(def: &SetDef) -> bool {
+    !def.interval && def.timeout.is_none() && crate::elements::layout(def.type_).is_some()
+}
+
+/// The whole table split in two for one batch: the script without the
+/// elements of the sets the netlink writer can write (for `nft` to
+/// compile, see `compiled.rs`), and those elements, to be sent after
+/// the script's messages. Most of a large table's volume is the service
+/// maps' elements, which `nft` would spend most of its time parsing.
+pub fn full_split(rs: &Ruleset) -> (String, Vec<crate::elements::SetChange<'_>>) {
+    let script = full_except(rs, by_netlink);
+    let mut out = Vec::new();
+    for maps in [false, true] {
+        for (name, def) in rs.sets.iter().filter(|(_, d)| is_map(d) == maps) {
+            if by_netlink(def) && !def.elements.is_empty() {
+                out.push(crate::elements::SetChange {
+                    set: name,
+                    type_: def.type_,
+                    add: true,
+                    elements: def.elements.iter().map(String::as_str).collect(),
+                });
+            }
+        }
+    }
+    (script, out)
+}
+
+/// [`full`] without the elements of the sets `skip` names.
+fn full_except(rs: &Ruleset, skip: impl Fn(&SetDef) -> bool) -> String {
     let mut out = String::new();
     // `add` then `delete` makes the delete succeed whether or not the table
     // exists; the kernel applies the file as one transaction.
@@ -79,7 +113,10 @@ pub fn full(rs: &Ruleset) -> String {
     // Sets first (rules name them), chains next, then the verdict maps'
     // elements (they name chains).
     for (name, def) in rs.sets.iter().filter(|(_, d)| !is_map(d)) {
-        declare_set(&mut out, name, def);
+        set_decl(&mut out, name, def);
+        if !skip(def) {
+            elements(&mut out, "add", name, def.elements.iter());
+        }
     }
     for (name, def) in rs.sets.iter().filter(|(_, d)| is_map(d)) {
         set_decl(&mut out, name, def);
@@ -90,7 +127,7 @@ pub fn full(rs: &Ruleset) -> String {
     for (name, r) in &rs.chains {
         rules(&mut out, name, r);
     }
-    for (name, def) in rs.sets.iter().filter(|(_, d)| is_map(d)) {
+    for (name, def) in rs.sets.iter().filter(|(_, d)| is_map(d) && !skip(d)) {
         elements(&mut out, "add", name, def.elements.iter());
     }
     for (name, spec, r) in &rs.base {
@@ -105,12 +142,86 @@ pub fn full(rs: &Ruleset) -> String {
 /// entries, then the removal of what is no longer used (flushed before it
 /// is deleted, so references among removed chains do not matter).
 pub fn incremental(old: &Ruleset, new: &Ruleset) -> String {
+    incremental_except(old, new, &|_| false)
+}
+
+/// [`incremental`] without the element changes of the sets `skip` names.
+fn incremental_except(old: &Ruleset, new: &Ruleset, skip: &dyn Fn(&String) -> bool) -> String {
     let mut out = String::new();
-    sets(&mut out, old, new, false);
+    sets(&mut out, old, new, false, skip);
     chains(&mut out, old, new);
-    sets(&mut out, old, new, true);
+    sets(&mut out, old, new, true, skip);
     removals(&mut out, old, new);
     out
+}
+
+/// [`incremental`] split in three for one batch (see `full_write.rs`):
+/// the element deletions of the sets the netlink writer can write and
+/// that `old` and `new` declare alike, the script without those changes
+/// (for `nft` to compile), and their element additions. `None` when the
+/// script would remove a chain or a set: `nft` checks the script against
+/// the kernel's table, where elements deleted by the first part may
+/// still name what it removes.
+pub fn incremental_split<'a>(old: &'a Ruleset, new: &'a Ruleset) -> Option<Split<'a>> {
+    let alike = |name: &String| -> Option<&'a SetDef> {
+        let (o, n) = (old.sets.get(name)?, new.sets.get(name)?);
+        let same = o.type_ == n.type_ && o.interval == n.interval && o.timeout == n.timeout;
+        (same && by_netlink(n)).then_some(n)
+    };
+    if old.chains.keys().any(|c| !new.chains.contains_key(c))
+        || old.sets.keys().any(|s| !new.sets.contains_key(s))
+    {
+        return None;
+    }
+    let mut deletes = Vec::new();
+    let mut adds = Vec::new();
+    for maps in [false, true] {
+        for (name, def) in new.sets.iter().filter(|(_, d)| is_map(d) == maps) {
+            if alike(name).is_none() {
+                continue;
+            }
+            let o = &old.sets[name];
+            let gone: Vec<&str> = o
+                .elements
+                .difference(&def.elements)
+                .map(String::as_str)
+                .collect();
+            let added: Vec<&str> = def
+                .elements
+                .difference(&o.elements)
+                .map(String::as_str)
+                .collect();
+            if !gone.is_empty() {
+                deletes.push(crate::elements::SetChange {
+                    set: name,
+                    type_: def.type_,
+                    add: false,
+                    elements: gone,
+                });
+            }
+            if !added.is_empty() {
+                adds.push(crate::elements::SetChange {
+                    set: name,
+                    type_: def.type_,
+                    add: true,
+                    elements: added,
+                });
+            }
+        }
+    }
+    Some(Split {
+        deletes,
+        script: incremental_except(old, new, &|name| alike(name).is_some()),
+        adds,
+    })
+}
+
+/// A write in three parts, in this order, for one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split<'a> {
+    pub deletes: Vec<crate::elements::SetChange<'a>>,
+    pub script: String,
+    pub adds: Vec<crate::elements::SetChange<'a>>,
 }
 
 /// When turning `old` into `new` changes elements of sets that `programmed`
@@ -160,9 +271,16 @@ fn is_map(def: &SetDef) -> bool {
 }
 
 /// New sets and changed elements, of plain sets or of verdict maps.
-fn sets(out: &mut String, old: &Ruleset, new: &Ruleset, maps: bool) {
+fn sets(
+    out: &mut String,
+    old: &Ruleset,
+    new: &Ruleset,
+    maps: bool,
+    skip: &dyn Fn(&String) -> bool,
+) {
     for (name, def) in new.sets.iter().filter(|(_, d)| is_map(d) == maps) {
         match old.sets.get(name) {
+            Some(_) if skip(name) => {}
             None => declare_set(out, name, def),
             Some(o)
                 if o.type_ != def.type_

@@ -234,3 +234,95 @@ fn a_refused_element_batch_leaves_the_table_as_it_was() {
     })
     .expect("run in namespace");
 }
+
+/// The whole table as one netlink batch (`full_write`): with services,
+/// it is written from the driver's process (not through `nft -f`), and a
+/// later whole-table batch the kernel refuses (one element naming a chain
+/// that does not exist) applies nothing: the table is as it was.
+#[test]
+fn a_refused_whole_table_batch_leaves_the_table_as_it_was() {
+    use manul_dataplane_api::testutil::{ip, service};
+    use manul_dataplane_api::{Backend, DesiredState, Operation};
+    use manul_dataplane_iptables::full_write::{self, FullWriteError};
+    use manul_dataplane_iptables::render::{NftConfig, render_with};
+    use manul_netns::NetNs;
+
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let ns = NetNs::create(&manul_netns::unique_prefix("svfw")).expect("namespace");
+    ns.run(|| {
+        let mut d = NftDriver::new(Nft::default()).expect("driver");
+        let mut svc = service("prod", "dns");
+        svc.cluster_ips = vec![ip("10.96.0.53")];
+        svc.ports[0].protocol = 17;
+        svc.ports[0].port = 53;
+        svc.ports[0].backends = vec![Backend {
+            ip: ip("10.0.0.53"),
+            port: 5353,
+            local: true,
+            ready: true,
+        }];
+        svc.ports[0].local_backends = svc.ports[0].backends.clone();
+        d.apply(&[Operation::ServiceUpdate(svc.clone()), Operation::InSync])
+            .unwrap_or_else(|e| panic!("in sync: {}", chain(&e)));
+        // The empty table at the start was one such batch.
+        assert!(d.stats().netlink_full_writes >= 1, "{:?}", d.stats());
+        let list = || {
+            let out = Command::new("nft")
+                .args(["list", "table", "inet", "manul"])
+                .output()
+                .expect("nft list table");
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        let before = list();
+        assert!(
+            before.contains("10.96.0.53 . udp . 53 . 0 : 10.0.0.53 . 5353"),
+            "{before}"
+        );
+
+        // The same state plus a second service, and one entry that names
+        // a chain the table does not have.
+        let mut state = DesiredState::default();
+        let mut other = svc.clone();
+        other.name = "other".into();
+        other.cluster_ips = vec![ip("10.96.0.54")];
+        for s in [svc, other] {
+            state
+                .services
+                .insert((s.namespace.clone(), s.name.clone()), s);
+        }
+        let mut rs = render_with(&state, &NftConfig::default());
+        rs.sets
+            .get_mut("mnl-svc-ips4")
+            .expect("the cluster IP map")
+            .elements
+            .insert("10.96.0.99 . 6 . 80 : goto mnl-no-such-chain".into());
+        match full_write::write(&Nft::default(), &rs, 1000) {
+            Err(FullWriteError::Kernel(e)) => {
+                let text = manul_dataplane_api::chain(&e);
+                assert!(text.contains("elements of mnl-svc-ips4"), "{text}");
+            }
+            other => panic!("not refused by the kernel: {other:?}"),
+        }
+        assert_eq!(list(), before);
+
+        // Without the bad entry, the same batch is taken whole.
+        rs.sets
+            .get_mut("mnl-svc-ips4")
+            .expect("the cluster IP map")
+            .elements
+            .remove("10.96.0.99 . 6 . 80 : goto mnl-no-such-chain");
+        let written = full_write::write(&Nft::default(), &rs, 2000).expect("the batch");
+        assert!(written.messages > 10, "{written:?}");
+        let after = list();
+        assert!(
+            after.contains("10.96.0.54 . udp . 53 . 0 : 10.0.0.53 . 5353"),
+            "{after}"
+        );
+        d.remove_all().expect("remove the table");
+    })
+    .expect("run in namespace");
+}

@@ -5,15 +5,17 @@
 //! number of services, and the table holds a few hundred chains instead
 //! of one per service port and one per backend.
 //!
-//! - `mnl-be4`: `daddr . l4proto . dport . INDEX : backend . port`, for
-//!   frontends by address (cluster, external and load-balancer IPs), and
-//!   `mnl-npbe4`: `l4proto . dport . INDEX : backend . port` for node
-//!   ports. A frontend's own backends have the indices `0..N`; an
+//! - `mnl-be4-tcp`: `daddr . l4proto . dport . INDEX : backend . port`,
+//!   for frontends by address (cluster, external and load-balancer IPs),
+//!   and `mnl-npbe4-tcp`: `l4proto . dport . INDEX : backend . port` for
+//!   node ports; one map per transport protocol (`-tcp`, `-udp`, `-sctp`,
+//!   see [`empty_maps`]). A frontend's own backends have the indices
+//!   `0..N`; an
 //!   `externalTrafficPolicy: Local` frontend also has its cluster
 //!   backends at [`CLUSTER_OFFSET`]` + i`, for pods and the node itself.
 //! - A pick chain (`mnl-pick4-KIND-N`) marks for masquerade where its kind
 //!   needs it and DNATs through `numgen random mod N` into the backend
-//!   map: `cip` (cluster IPs; masqueraded unless from a pod), `ext`
+//!   map of the packet's protocol (one rule per protocol): `cip` (cluster IPs; masqueraded unless from a pod), `ext`
 //!   (`Cluster` external traffic; masqueraded), `loc` (`Local` external
 //!   traffic from elsewhere; kept), `pod` and `node` (`Local` external
 //!   traffic from a pod, kept, or from the node, masqueraded: both to the
@@ -47,14 +49,20 @@ pub const PICK_PREFIX: &str = "mnl-pick";
 /// start in the backend maps.
 pub const CLUSTER_OFFSET: u32 = 1 << 24;
 
-/// The backend maps' and the hairpin set's names, per family.
-pub fn backend_map(v6: bool, node_port: bool) -> String {
+/// The transport protocols a frontend is translated for, with their
+/// names in nft.
+pub const PROTOCOLS: [(u8, &str); 3] = [(6, "tcp"), (17, "udp"), (132, "sctp")];
+
+/// The backend maps' and the hairpin set's names, per family and
+/// transport protocol (`None` for a protocol no map holds).
+pub fn backend_map(v6: bool, node_port: bool, protocol: u8) -> Option<String> {
     let n = if v6 { 6 } else { 4 };
-    if node_port {
-        format!("mnl-npbe{n}")
+    let (_, p) = PROTOCOLS.iter().find(|(number, _)| *number == protocol)?;
+    Some(if node_port {
+        format!("mnl-npbe{n}-{p}")
     } else {
-        format!("mnl-be{n}")
-    }
+        format!("mnl-be{n}-{p}")
+    })
 }
 
 pub fn hairpin_set(v6: bool) -> String {
@@ -127,58 +135,92 @@ pub fn chain_rules(pick: Pick, v6: bool, node_port: bool, n: usize) -> Rules {
         0 => String::new(),
         o => format!(" offset {o}"),
     };
-    rules.push(format!(
-        "dnat {kw} to {key} . numgen random mod {n}{offset} map @{}",
-        backend_map(v6, node_port)
-    ));
+    for (number, p) in PROTOCOLS {
+        if let Some(map) = backend_map(v6, node_port, number) {
+            rules.push(format!(
+                "meta l4proto {p} dnat {kw} to {key} . numgen random mod {n}{offset} map @{map}"
+            ));
+        }
+    }
     rules.iter().map(|t| with_comment(&name, t)).collect()
 }
 
-/// The backend maps and the hairpin set, empty. The value is declared as
-/// `daddr . tcp dport` for every protocol (it is an address and a port
-/// either way): with `th dport` there, nft 1.0.6 refuses any later rule
-/// naming the map ("conflicting protocols specified").
+/// The backend maps and the hairpin set, empty. A backend map's value is
+/// declared with the map's own protocol (`daddr . udp dport`): nft makes
+/// a rule naming the map depend on the value's protocol, so a map typed
+/// `tcp dport` never translates UDP, and with `th dport` there nft 1.0.6
+/// refuses any later rule naming the map ("conflicting protocols
+/// specified"). Hence one map per protocol, and one rule per protocol in
+/// each pick chain.
 pub fn empty_maps(v6: bool) -> Vec<(String, SetDef)> {
     let addr = if v6 { "ipv6_addr" } else { "ipv4_addr" };
-    let map = |type_: &'static str, comment: &str| SetDef {
+    let map = |type_: &'static str, comment: String| SetDef {
         type_,
         interval: false,
         timeout: None,
-        comment: comment.into(),
+        comment,
         elements: Default::default(),
     };
-    let (be, npbe): (&'static str, &'static str) = if v6 {
-        (
-            "typeof ip6 daddr . meta l4proto . th dport . numgen random mod 1 : ip6 daddr . tcp dport",
-            "typeof meta l4proto . th dport . numgen random mod 1 : ip6 daddr . tcp dport",
-        )
-    } else {
-        (
-            "typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . tcp dport",
-            "typeof meta l4proto . th dport . numgen random mod 1 : ip daddr . tcp dport",
-        )
-    };
-    vec![
-        (
-            backend_map(v6, false),
-            map(be, "service backends by address"),
+    let mut out = Vec::new();
+    for (number, p) in PROTOCOLS {
+        for node_port in [false, true] {
+            let Some(name) = backend_map(v6, node_port, number) else {
+                continue;
+            };
+            let type_ = backend_map_type(v6, node_port, p);
+            let what = if node_port { "node port" } else { "address" };
+            out.push((name, map(type_, format!("{p} service backends by {what}"))));
+        }
+    }
+    out.push((
+        hairpin_set(v6),
+        map(
+            if v6 {
+                "ipv6_addr . ipv6_addr"
+            } else {
+                "ipv4_addr . ipv4_addr"
+            },
+            format!("{addr} pairs backend . backend: hairpin"),
         ),
-        (
-            backend_map(v6, true),
-            map(npbe, "service backends by node port"),
-        ),
-        (
-            hairpin_set(v6),
-            map(
-                if v6 {
-                    "ipv6_addr . ipv6_addr"
-                } else {
-                    "ipv4_addr . ipv4_addr"
-                },
-                &format!("{addr} pairs backend . backend: hairpin"),
-            ),
-        ),
-    ]
+    ));
+    out
+}
+
+/// A backend map's declaration (see [`empty_maps`]).
+fn backend_map_type(v6: bool, node_port: bool, protocol: &str) -> &'static str {
+    macro_rules! typeof_ {
+        ($key:literal, $kw:literal) => {
+            match protocol {
+                "udp" => concat!(
+                    "typeof ",
+                    $key,
+                    " . numgen random mod 1 : ",
+                    $kw,
+                    " daddr . udp dport"
+                ),
+                "sctp" => concat!(
+                    "typeof ",
+                    $key,
+                    " . numgen random mod 1 : ",
+                    $kw,
+                    " daddr . sctp dport"
+                ),
+                _ => concat!(
+                    "typeof ",
+                    $key,
+                    " . numgen random mod 1 : ",
+                    $kw,
+                    " daddr . tcp dport"
+                ),
+            }
+        };
+    }
+    match (v6, node_port) {
+        (false, false) => typeof_!("ip daddr . meta l4proto . th dport", "ip"),
+        (false, true) => typeof_!("meta l4proto . th dport", "ip"),
+        (true, false) => typeof_!("ip6 daddr . meta l4proto . th dport", "ip6"),
+        (true, true) => typeof_!("meta l4proto . th dport", "ip6"),
+    }
 }
 
 /// The hairpin rule of the masquerading chain, per family.

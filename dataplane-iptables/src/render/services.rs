@@ -278,10 +278,23 @@ pub(super) fn empty_maps() -> BTreeMap<String, SetDef> {
 /// already: two services claiming one address and port (external IPs are
 /// not checked for uniqueness by Kubernetes) must not make the whole
 /// transaction fail; the first service in key order keeps it.
+///
+/// A shared set or map a service's own rendering does not hold yet is
+/// created for its elements (see [`render_service`]).
 fn add(sets: &mut BTreeMap<String, SetDef>, map: &str, entry: String) {
+    if !sets.contains_key(map) {
+        if !shared_names().contains(map) {
+            return;
+        }
+        sets.insert(map.to_string(), SetDef::default());
+    }
     let Some(def) = sets.get_mut(map) else {
         return;
     };
+    if !entry.contains(" : ") {
+        def.elements.insert(entry);
+        return;
+    }
     let key = element_key(&entry);
     let prefix = format!("{key} : ");
     let taken = def
@@ -292,6 +305,17 @@ fn add(sets: &mut BTreeMap<String, SetDef>, map: &str, entry: String) {
     if !taken {
         def.elements.insert(entry);
     }
+}
+
+/// The shared sets and maps (those of [`empty_maps`]) and
+/// [`PICK_CHAINS`], under which services claim elements.
+fn shared_names() -> &'static BTreeSet<String> {
+    static NAMES: std::sync::LazyLock<BTreeSet<String>> = std::sync::LazyLock::new(|| {
+        let mut names: BTreeSet<String> = empty_maps().into_keys().collect();
+        names.insert(PICK_CHAINS.to_string());
+        names
+    });
+    &NAMES
 }
 
 /// The protocols a service port can be translated for (DNAT to a port
@@ -324,9 +348,9 @@ pub fn element_key(element: &str) -> &str {
 /// the driver renders only the services a batch changed.
 pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
     let mut chains = BTreeMap::new();
-    let mut sets = empty_maps();
-    sets.insert(PICK_CHAINS.to_string(), SetDef::default());
-    let shared: BTreeSet<String> = sets.keys().cloned().collect();
+    // Own sets (affinity), and the shared ones this service claims
+    // elements of, created as it does (`add`).
+    let mut sets = BTreeMap::new();
     let families: BTreeSet<bool> = svc
         .cluster_ips
         .iter()
@@ -334,9 +358,7 @@ pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
         .map(IpAddr::is_ipv6)
         .collect();
     for ip in &svc.cluster_ips {
-        if let Some(def) = sets.get_mut(&Fam::of(ip).map("cluster-ips")) {
-            def.elements.insert(ip.to_string());
-        }
+        add(&mut sets, &Fam::of(ip).map("cluster-ips"), ip.to_string());
     }
     for v6 in families {
         let f = Fam { v6 };
@@ -346,7 +368,7 @@ pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
         }
     }
     let mut elements = Vec::new();
-    for name in &shared {
+    for name in shared_names() {
         if let Some(def) = sets.remove(name) {
             elements.extend(def.elements.into_iter().map(|e| (name.clone(), e)));
         }
@@ -420,7 +442,8 @@ pub(super) fn render(
     for (key, svc) in &state.services {
         let objects = render_service(svc, config);
         claims.insert(key, &objects);
-        for (set, element) in &objects.elements {
+        // The pick chains are chains, not a set of the table.
+        for (set, element) in objects.elements.iter().filter(|(s, _)| s != PICK_CHAINS) {
             add(sets, set, element.clone());
         }
         chains.extend(objects.chains);
@@ -531,6 +554,7 @@ fn frontend(
     node_port: bool,
     verdict_map: &str,
     key: &str,
+    protocol: u8,
     pick: Pick,
     backends: &[Backend],
 ) {
@@ -548,9 +572,10 @@ fn frontend(
         Pick::LocalFromPod | Pick::LocalFromNode => service_pick::CLUSTER_OFFSET,
         _ => 0,
     };
-    let map = service_pick::backend_map(f.v6, node_port);
-    for e in service_pick::backend_entries(key, offset, backends) {
-        add(sets, &map, e);
+    if let Some(map) = service_pick::backend_map(f.v6, node_port, protocol) {
+        for e in service_pick::backend_entries(key, offset, backends) {
+            add(sets, &map, e);
+        }
     }
     let hairpin = service_pick::hairpin_set(f.v6);
     for b in backends {
@@ -580,7 +605,17 @@ fn service_port_data(
         } else {
             let k = key(ip);
             let map = f.map("svc-ips");
-            frontend(sets, chains, f, false, &map, &k, Pick::ClusterIp, internal);
+            frontend(
+                sets,
+                chains,
+                f,
+                false,
+                &map,
+                &k,
+                port.protocol,
+                Pick::ClusterIp,
+                internal,
+            );
         }
     }
 
@@ -603,7 +638,17 @@ fn service_port_data(
             add(sets, &f.map(noep), format!("{k} : {reject}"));
         } else if external_local {
             let (main, xpod, xnode) = (f.map(main), f.map(xpod), f.map(xnode));
-            frontend(sets, chains, f, node_port, &main, &k, Pick::Local, &local);
+            frontend(
+                sets,
+                chains,
+                f,
+                node_port,
+                &main,
+                &k,
+                port.protocol,
+                Pick::Local,
+                &local,
+            );
             if !cluster.is_empty() {
                 frontend(
                     sets,
@@ -612,6 +657,7 @@ fn service_port_data(
                     node_port,
                     &xpod,
                     &k,
+                    port.protocol,
                     Pick::LocalFromPod,
                     &cluster,
                 );
@@ -622,6 +668,7 @@ fn service_port_data(
                     node_port,
                     &xnode,
                     &k,
+                    port.protocol,
                     Pick::LocalFromNode,
                     &cluster,
                 );
@@ -635,6 +682,7 @@ fn service_port_data(
                 node_port,
                 &main,
                 &k,
+                port.protocol,
                 Pick::External,
                 &cluster,
             );

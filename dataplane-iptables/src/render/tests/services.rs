@@ -142,25 +142,32 @@ fn cluster_ips_and_node_ports_per_family() {
         vec!["6 . 30053 : goto mnl-pick6-npext-1"]
     );
     // The backends are data: two IPv4 ones per port, one IPv6 one.
-    let be4 = elements(&rs, "mnl-be4");
-    for e in [
-        "10.96.0.10 . 6 . 53 . 0 : 10.65.0.2 . 8080",
-        "10.96.0.10 . 6 . 53 . 1 : 10.65.1.3 . 8080",
-        "10.96.0.10 . 17 . 53 . 0 : 10.65.0.2 . 8080",
-        "10.96.0.10 . 17 . 53 . 1 : 10.65.1.3 . 8080",
-    ] {
-        assert!(be4.contains(&e.to_string()), "{be4:?}");
-    }
-    assert_eq!(be4.len(), 4);
+    // One backend map per protocol.
     assert_eq!(
-        elements(&rs, "mnl-be6"),
+        elements(&rs, "mnl-be4-tcp"),
         vec![
-            "fd00:96::10 . 17 . 53 . 0 : fd00:65::2 . 8080",
-            "fd00:96::10 . 6 . 53 . 0 : fd00:65::2 . 8080",
+            "10.96.0.10 . 6 . 53 . 0 : 10.65.0.2 . 8080",
+            "10.96.0.10 . 6 . 53 . 1 : 10.65.1.3 . 8080",
         ]
     );
     assert_eq!(
-        elements(&rs, "mnl-npbe4"),
+        elements(&rs, "mnl-be4-udp"),
+        vec![
+            "10.96.0.10 . 17 . 53 . 0 : 10.65.0.2 . 8080",
+            "10.96.0.10 . 17 . 53 . 1 : 10.65.1.3 . 8080",
+        ]
+    );
+    assert!(elements(&rs, "mnl-be4-sctp").is_empty());
+    assert_eq!(
+        elements(&rs, "mnl-be6-udp"),
+        vec!["fd00:96::10 . 17 . 53 . 0 : fd00:65::2 . 8080"]
+    );
+    assert_eq!(
+        elements(&rs, "mnl-be6-tcp"),
+        vec!["fd00:96::10 . 6 . 53 . 0 : fd00:65::2 . 8080"]
+    );
+    assert_eq!(
+        elements(&rs, "mnl-npbe4-tcp"),
         vec![
             "6 . 30053 . 0 : 10.65.0.2 . 8080",
             "6 . 30053 . 1 : 10.65.1.3 . 8080"
@@ -171,19 +178,24 @@ fn cluster_ips_and_node_ports_per_family() {
         vec!["10.65.0.2 . 10.65.0.2", "10.65.1.3 . 10.65.1.3"]
     );
     // Cluster traffic is masqueraded only when it did not come from a pod;
-    // external traffic under the Cluster policy always.
+    // external traffic under the Cluster policy always. Each protocol
+    // picks from its own map.
     assert_eq!(
         texts(&rs, "mnl-pick4-cip-2"),
         vec![
             "jump mnl-masq-non-pod",
-            "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @mnl-be4",
+            "meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @mnl-be4-tcp",
+            "meta l4proto udp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @mnl-be4-udp",
+            "meta l4proto sctp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @mnl-be4-sctp",
         ]
     );
     assert_eq!(
         texts(&rs, "mnl-pick6-npext-1"),
         vec![
             "jump mnl-mark-masq",
-            "dnat ip6 to meta l4proto . th dport . numgen random mod 1 map @mnl-npbe6",
+            "meta l4proto tcp dnat ip6 to meta l4proto . th dport . numgen random mod 1 map @mnl-npbe6-tcp",
+            "meta l4proto udp dnat ip6 to meta l4proto . th dport . numgen random mod 1 map @mnl-npbe6-udp",
+            "meta l4proto sctp dnat ip6 to meta l4proto . th dport . numgen random mod 1 map @mnl-npbe6-sctp",
         ]
     );
     // No chain of its own.
@@ -193,7 +205,7 @@ fn cluster_ips_and_node_ports_per_family() {
     v4.cluster_ips.truncate(1);
     let rs = render(&with(&[v4]));
     assert!(elements(&rs, "mnl-svc-nodeports6").is_empty());
-    assert!(elements(&rs, "mnl-be6").is_empty());
+    assert!(elements(&rs, "mnl-be6-tcp").is_empty());
     assert!(!rs.chains.contains_key("mnl-pick6-cip-1"));
 }
 
@@ -249,7 +261,7 @@ fn local_policies_use_local_backends() {
         elements(&rs, "mnl-svc-nodeports4"),
         vec!["6 . 30443 : goto mnl-pick4-nploc-1"]
     );
-    let be4 = elements(&rs, "mnl-be4");
+    let be4 = elements(&rs, "mnl-be4-tcp");
     for e in [
         "192.0.2.50 . 6 . 443 . 0 : 10.65.0.7 . 8443",
         "192.0.2.50 . 6 . 443 . 16777216 : 10.65.0.7 . 8443",
@@ -259,15 +271,15 @@ fn local_policies_use_local_backends() {
     }
     assert!(!be4.contains(&"192.0.2.50 . 6 . 443 . 1 : 10.65.1.8 . 8443".to_string()));
     assert_eq!(
-        texts(&rs, "mnl-pick4-node-2"),
-        vec![
+        texts(&rs, "mnl-pick4-node-2")[..2],
+        [
             "jump mnl-mark-masq",
-            "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 offset 16777216 map @mnl-be4",
+            "meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 offset 16777216 map @mnl-be4-tcp",
         ]
     );
     assert_eq!(
-        texts(&rs, "mnl-pick4-loc-1"),
-        vec!["dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @mnl-be4"]
+        texts(&rs, "mnl-pick4-loc-1")[0],
+        "meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @mnl-be4-tcp"
     );
     // No local backend: external traffic is rejected, cluster traffic not.
     let mut none = edge.clone();
@@ -294,7 +306,7 @@ fn local_policies_use_local_backends() {
             .contains(&"10.96.0.20 . 6 . 443 : goto mnl-pick4-cip-1".to_string())
     );
     assert_eq!(
-        elements(&rs, "mnl-be4")
+        elements(&rs, "mnl-be4-tcp")
             .iter()
             .filter(|e| e.starts_with("10.96.0.20 "))
             .collect::<Vec<_>>(),
@@ -437,25 +449,37 @@ fn a_service_update_changes_only_that_service() {
         touched,
         vec![
             (
-                "mnl-be4",
+                "mnl-be4-tcp",
                 false,
-                vec![
-                    "10.96.0.10 . 17 . 53 . 1 : 10.65.1.3 . 8080",
-                    "10.96.0.10 . 6 . 53 . 1 : 10.65.1.3 . 8080",
-                ]
+                vec!["10.96.0.10 . 6 . 53 . 1 : 10.65.1.3 . 8080"]
             ),
             (
-                "mnl-be4",
+                "mnl-be4-tcp",
                 true,
-                vec![
-                    "10.96.0.10 . 17 . 53 . 1 : 10.65.1.9 . 8080",
-                    "10.96.0.10 . 6 . 53 . 1 : 10.65.1.9 . 8080",
-                ]
+                vec!["10.96.0.10 . 6 . 53 . 1 : 10.65.1.9 . 8080"]
+            ),
+            (
+                "mnl-be4-udp",
+                false,
+                vec!["10.96.0.10 . 17 . 53 . 1 : 10.65.1.3 . 8080"]
+            ),
+            (
+                "mnl-be4-udp",
+                true,
+                vec!["10.96.0.10 . 17 . 53 . 1 : 10.65.1.9 . 8080"]
             ),
             ("mnl-hairpin4", false, vec!["10.65.1.3 . 10.65.1.3"]),
             ("mnl-hairpin4", true, vec!["10.65.1.9 . 10.65.1.9"]),
-            ("mnl-npbe4", false, vec!["6 . 30053 . 1 : 10.65.1.3 . 8080"]),
-            ("mnl-npbe4", true, vec!["6 . 30053 . 1 : 10.65.1.9 . 8080"]),
+            (
+                "mnl-npbe4-tcp",
+                false,
+                vec!["6 . 30053 . 1 : 10.65.1.3 . 8080"]
+            ),
+            (
+                "mnl-npbe4-tcp",
+                true,
+                vec!["6 . 30053 . 1 : 10.65.1.9 . 8080"]
+            ),
         ]
     );
     // One backend removed: a pick chain for one backend is written with
@@ -520,7 +544,7 @@ fn conflicting_claims_keep_the_first_service() {
         vec!["6 . 30053 : goto mnl-pick4-npext-2"]
     );
     assert!(
-        !elements(&rs, "mnl-be4")
+        !elements(&rs, "mnl-be4-tcp")
             .iter()
             .any(|e| e.contains(" . 1 . 53 "))
     );
