@@ -90,12 +90,11 @@ pub(super) fn pick_controller(
         };
         let point = PathBuf::from(point);
         match fstype {
-            "cgroup2" => {
+            "cgroup2"
                 if v2_controllers(&point)
-                    .is_some_and(|c| c.split_whitespace().any(|name| name == "io"))
-                {
-                    return Some(Controller::V2(point));
-                }
+                    .is_some_and(|c| c.split_whitespace().any(|name| name == "io")) =>
+            {
+                return Some(Controller::V2(point));
             }
             "cgroup" if options.split(',').any(|o| o == "blkio") => {
                 v1.get_or_insert(Controller::V1(point));
