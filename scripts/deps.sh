@@ -3,7 +3,7 @@
 # shellcheck shell=bash
 
 # Debian packages the build and the tests use. Installed only when missing.
-MANUL_APT_PACKAGES=(iproute2 iptables ipset nftables iputils-ping clang llvm libbpf-dev libclang-dev bpftool iperf3 procps python3 python3-venv prometheus)
+MANUL_APT_PACKAGES=(iproute2 iptables ipset nftables mount e2fsprogs iputils-ping clang llvm libbpf-dev libclang-dev bpftool iperf3 procps python3 python3-venv prometheus)
 
 # Installed without their recommended packages: Debian's prometheus
 # recommends the node exporter and its collectors, which the tests do not

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 
 use crate::ChaosError;
 use crate::schedule::{FaultKind, Planned};
-use crate::setup::{REPLICAS, SMALL_DISK_REPLICA};
+use crate::setup::{REPLICAS, SLOW, SLOW_DISK_REPLICA, SMALL_DISK_REPLICA};
 
 /// How to undo a fault in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,7 @@ pub enum Undo {
     Heal,
     Continue(usize),
     FreeDisk,
+    FastDisk,
     Nothing,
 }
 
@@ -103,6 +104,10 @@ pub fn inject(
             tracing::info!(bytes, "filled the small disk");
             (format!("typha-{}", SMALL_DISK_REPLICA + 1), Undo::FreeDisk)
         }
+        FaultKind::SlowDisk => {
+            c.slow_down_disk(SLOW)?;
+            (format!("typha-{}", SLOW_DISK_REPLICA + 1), Undo::FastDisk)
+        }
     };
     Ok(Active {
         planned,
@@ -118,6 +123,7 @@ pub fn heal(c: &mut LocalCluster, active: &Active) -> Result<(), ChaosError> {
         Undo::Heal => c.heal_partitions()?,
         Undo::Continue(node) => c.signal_felix(node, Signal::SIGCONT)?,
         Undo::FreeDisk => c.free_small_disk()?,
+        Undo::FastDisk => c.heal_slow_disk()?,
         Undo::Nothing => {}
     }
     Ok(())

@@ -23,10 +23,13 @@ pub enum FaultKind {
     /// Fill the small disk under one replica, free it after the fault's
     /// duration.
     FullDisk,
+    /// Throttle one replica's writes to its disk, lift the limit after the
+    /// fault's duration.
+    SlowDisk,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PartitionLeader,
@@ -34,6 +37,7 @@ impl FaultKind {
         FaultKind::StopFelix,
         FaultKind::RestartFelix,
         FaultKind::FullDisk,
+        FaultKind::SlowDisk,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +49,7 @@ impl FaultKind {
             FaultKind::StopFelix => "stop-felix",
             FaultKind::RestartFelix => "restart-felix",
             FaultKind::FullDisk => "full-disk",
+            FaultKind::SlowDisk => "slow-disk",
         }
     }
 }
@@ -166,7 +171,7 @@ mod tests {
             assert!(w[0].at + w[0].duration + SETTLE <= w[1].at);
         }
         let end = s.last().map(|p| p.at + p.duration + SETTLE).unwrap();
-        assert!(end <= Duration::from_secs(70), "{end:?}");
+        assert!(end <= Duration::from_secs(75), "{end:?}");
     }
 
     #[test]

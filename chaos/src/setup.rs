@@ -1,5 +1,6 @@
 //! The run's cluster and its fixed workload: three Typha replicas (each in
-//! its own namespace, one on a small tmpfs), the nodes' Felix on the eBPF
+//! its own namespace, one on a small tmpfs, one on a loop device a fault
+//! can throttle), the nodes' Felix on the eBPF
 //! dataplane, on every node a server pod, a client its policy allows and
 //! one it denies; and the clients the checks use (one per replica, as the
 //! administrator, from a runtime whose threads live in the control-plane
@@ -9,7 +10,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use manul_client::{Client, ClientConfig};
-use manul_local_cluster::{ClusterConfig, Dataplane, LocalCluster, PodSpec, SmallDisk};
+use manul_local_cluster::{
+    ClusterConfig, Dataplane, Disks, LocalCluster, PodSpec, SlowDisk, SmallDisk, Throttle,
+};
 use manul_netns::{NetNs, ProbeOutcome};
 
 use crate::ChaosError;
@@ -22,6 +25,16 @@ pub const PORT: u16 = 8080;
 pub const REPLICAS: usize = 3;
 /// The replica (0-based) whose data directory is a small tmpfs.
 pub const SMALL_DISK_REPLICA: usize = 2;
+/// The replica (0-based) whose data directory is on a disk a fault slows.
+pub const SLOW_DISK_REPLICA: usize = 1;
+/// The slow disk's size (its image is sparse).
+const SLOW_DISK_MIB: u64 = 256;
+/// What the slow-disk fault leaves the replica: 8 writes and 512 KiB a
+/// second to its disk.
+pub const SLOW: Throttle = Throttle {
+    write_iops: 8,
+    write_bytes: 512 * 1024,
+};
 
 /// The policy that makes `denied-*` → `server-*` a denied pair: only
 /// `role == 'allowed'` may reach the servers.
@@ -80,13 +93,35 @@ pub fn cluster(name: &str, nodes: usize, small_disk_mib: u64) -> Result<LocalClu
         dataplane: Dataplane::Bpf,
         policy_setup_timeout: Duration::ZERO,
     };
-    Ok(LocalCluster::up_with(
+    Ok(LocalCluster::up_with_disks(
         config,
-        Some(SmallDisk {
-            replica: SMALL_DISK_REPLICA,
-            mib: small_disk_mib,
-        }),
+        Disks {
+            small: Some(SmallDisk {
+                replica: SMALL_DISK_REPLICA,
+                mib: small_disk_mib,
+            }),
+            slow: slow_disk()?,
+        },
     )?)
+}
+
+/// The slow disk, when this machine can make one. Without, a run goes on
+/// without it (its slow-disk faults are recorded as not injected), except
+/// under `CI=true`, where it fails saying what is missing.
+fn slow_disk() -> Result<Option<SlowDisk>, ChaosError> {
+    match SlowDisk::check() {
+        Ok(()) => Ok(Some(SlowDisk {
+            replica: SLOW_DISK_REPLICA,
+            mib: SLOW_DISK_MIB,
+        })),
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => Err(ChaosError::Setup(format!(
+            "the slow disk cannot be made, and CI=true: {e}"
+        ))),
+        Err(e) => {
+            tracing::warn!("running without the slow disk: {e}");
+            Ok(None)
+        }
+    }
 }
 
 /// The fixed pods and the policy; returns the pairs to probe once every

@@ -1,13 +1,13 @@
 //! The CI chaos run: `manul-chaos run --ci` against a fresh local cluster
 //! (every fault kind once), which must pass every invariant, write both
 //! reports and leave no namespace or mount behind. Needs root and the
-//! workspace's programs (`typha`, `felix`, `manul-cni`); fails, rather than
-//! skips, without root when `CI=true`.
+//! workspace's programs (`typha`, `felix`, `manul-cni`), a loop device and
+//! a cgroup controller that throttles I/O (the slow disk); fails, rather
+//! than skips, without root when `CI=true`.
 
 use std::process::Command;
 
 #[test]
-#[ignore = "fails today on what it found: a Felix on a cut-off replica has needed up to 3.3 s after the heal, and at the end every Felix can stand one revision below the replicas (an entry that changes nothing sends no delta); see ARCHITECTURE.md, chaos/"]
 fn the_ci_run_holds_every_invariant_and_cleans_up() {
     if !manul_netns::testing::have_root("the chaos CI run") {
         return;
@@ -30,7 +30,14 @@ fn the_ci_run_holds_every_invariant_and_cleans_up() {
         .collect();
     assert!(failed.is_empty(), "violated: {failed:#?}");
     assert!(status.success(), "exit {status}");
-    assert_eq!(report["faults"].as_array().unwrap().len(), 7);
+    let not_injected: Vec<&serde_json::Value> = report["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["what"].as_str().unwrap().starts_with("cannot inject"))
+        .collect();
+    assert!(not_injected.is_empty(), "{not_injected:#?}");
+    assert_eq!(report["faults"].as_array().unwrap().len(), 8);
     assert!(report["probes"]["denied_probes"].as_u64().unwrap() > 100);
     assert!(report["history"]["operations"].as_u64().unwrap() > 100);
     let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();

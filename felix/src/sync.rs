@@ -435,7 +435,16 @@ impl Syncer {
                         }
                     }
                     self.divert(&mut batch);
-                    send(batch, d.last_revision).await?;
+                    // A batch that changes nothing (Raft entries that touch
+                    // no resource) still moves the revision on: the agent
+                    // reports the revision Typha's stream is at.
+                    events
+                        .send(SyncEvent::Updates {
+                            updates: batch,
+                            revision: d.last_revision,
+                        })
+                        .await
+                        .map_err(|_| "agent stopped".to_string())?;
                     self.revision = self.revision.max(d.last_revision);
                 }
                 Some(Message::Ping(_) | Message::End(_)) | None => {}

@@ -46,8 +46,8 @@ fn msg(m: Message) -> Result<SyncMessage, Status> {
     Ok(SyncMessage { message: Some(m) })
 }
 
-/// Answers the first connection with a snapshot of {a, b} at revision 5 and
-/// one delta (c at 6), then ends the stream; answers the second with a
+/// Answers the first connection with a snapshot of {a, b} at revision 5,
+/// one delta (c at 6) and an empty batch (7), then ends the stream; answers the second with a
 /// fresh snapshot of {b, c, d} at revision 9 (as if its history no longer
 /// held revision 6). Records each request's resume revision.
 #[derive(Default, Clone)]
@@ -90,6 +90,12 @@ impl Sync for Scripted {
                     first_revision: 6,
                     last_revision: 6,
                     entries: list(vec![tier("c", 6)]),
+                })),
+                // An entry that changed no resource: an empty batch.
+                msg(Message::Deltas(DeltaBatch {
+                    first_revision: 7,
+                    last_revision: 7,
+                    entries: list(Vec::new()),
                 })),
             ]
         } else {
@@ -148,7 +154,13 @@ async fn resumes_resnapshots_and_synthesises_deletions() {
             .unwrap()
             .unwrap();
         match ev {
-            SyncEvent::Updates { updates: us, .. } => {
+            SyncEvent::Updates {
+                updates: us,
+                revision,
+            } => {
+                if us.is_empty() {
+                    log.push(format!("at {revision}"));
+                }
                 for u in us {
                     let op = if u.value.is_some() { "put" } else { "del" };
                     log.push(format!("{op} {}", u.key.name));
@@ -165,6 +177,7 @@ async fn resumes_resnapshots_and_synthesises_deletions() {
             "put b",
             "in-sync 5",
             "put c",
+            "at 7",
             "disconnected",
             "put b",
             "put c",
@@ -173,8 +186,9 @@ async fn resumes_resnapshots_and_synthesises_deletions() {
             "in-sync 9",
         ]
     );
-    // The reconnect resumed from the last revision it had applied.
-    assert_eq!(*server.resumes.lock().unwrap(), [0, 6]);
+    // The reconnect resumed from the last revision it had applied, the
+    // empty batch's.
+    assert_eq!(*server.resumes.lock().unwrap(), [0, 7]);
 }
 
 #[test]

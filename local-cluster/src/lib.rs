@@ -34,7 +34,8 @@
 //! to or routed through it. Everything is removed on drop, also on failure
 //! and panics; [`LocalCluster::cleanup`] removes what a killed run left
 //! behind (processes in the cluster's namespaces, then the namespaces, and
-//! a replica's small tmpfs, [`cluster::SmallDisk`]).
+//! a replica's small tmpfs, [`cluster::SmallDisk`], and slow disk,
+//! [`cluster::SlowDisk`]: its file system, loop device and cgroup).
 
 pub mod cluster;
 pub mod external;
@@ -42,8 +43,8 @@ pub mod procs;
 pub mod wireguard;
 
 pub use cluster::{
-    ClusterConfig, Dataplane, FLOWS_PORT, FlowsConfig, LocalCluster, MetricsTarget, PodInfo,
-    PodSpec, SmallDisk,
+    ClusterConfig, Dataplane, Disks, FLOWS_PORT, FlowsConfig, LocalCluster, MetricsTarget, PodInfo,
+    PodSpec, SlowDisk, SmallDisk, Throttle,
 };
 pub use external::ExternalClient;
 

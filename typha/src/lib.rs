@@ -29,6 +29,7 @@ pub mod node;
 pub mod peer_auth;
 pub mod raft_storage;
 pub mod server;
+pub mod serving;
 pub mod sim;
 pub mod state;
 pub mod threatfeed;

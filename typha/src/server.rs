@@ -297,6 +297,12 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
         Some(_) => PeerGate::Certificate,
         None => PeerGate::Token(peer_token.clone()),
     };
+    // A replica that has known no leader for an election timeout sends its
+    // Sync clients to the others (`serving.rs`).
+    let leaderless_grace = node_config
+        .tick
+        .saturating_mul(u32::try_from(node_config.election_ticks).unwrap_or(u32::MAX));
+    let status_period = node_config.tick;
     let node = Node::start(node_config, fanout.clone(), raft_metrics).map_err(ServerError::Node)?;
     let _ = source.0.set(node.shared().clone());
 
@@ -375,6 +381,13 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
         Some(client_connections),
         stop_rx.clone(),
     );
+    tokio::spawn(crate::serving::watch(
+        node.clone(),
+        fanout.clone(),
+        leaderless_grace,
+        status_period,
+        stop_rx.clone(),
+    ));
     tokio::spawn(crate::threatfeed::driver::run(
         node.clone(),
         threatfeed_metrics,

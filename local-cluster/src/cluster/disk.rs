@@ -1,6 +1,7 @@
 //! A small tmpfs under one Typha replica's data directory: mounted before
 //! the replica starts, filled and freed by a fault, unmounted with the
-//! cluster (and, after a killed run, by [`super::LocalCluster::cleanup`]).
+//! cluster (and, after a killed run, by [`super::LocalCluster::cleanup`],
+//! with the slow disk's file system).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -52,8 +53,10 @@ fn leftover_points(mounts: &str, tmp: &Path, prefix: &str) -> Vec<PathBuf> {
         .lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
-            let (_, point, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-            (fstype == "tmpfs").then(|| PathBuf::from(point))
+            let (device, point, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            // The small disk's tmpfs, or the slow disk's loop device.
+            let ours = fstype == "tmpfs" || (fstype == "ext4" && device.starts_with("/dev/loop"));
+            ours.then(|| PathBuf::from(point))
         })
         .filter(|point| {
             let work = point.parent();
@@ -107,11 +110,15 @@ tmpfs /tmp/ch12-abc/typha-3 tmpfs rw,size=65536k 0 0
 tmpfs /tmp/other-abc/typha-3 tmpfs rw 0 0
 tmpfs /tmp/ch12-abc/elsewhere tmpfs rw 0 0
 /dev/sda1 /tmp/ch12-abc/typha-2 ext4 rw 0 0
+/dev/loop3 /tmp/ch12-abc/typha-1 ext4 rw 0 0
 tmpfs /run tmpfs rw 0 0
 ";
         assert_eq!(
             leftover_points(mounts, Path::new("/tmp"), "ch12-"),
-            [PathBuf::from("/tmp/ch12-abc/typha-3")]
+            [
+                PathBuf::from("/tmp/ch12-abc/typha-3"),
+                PathBuf::from("/tmp/ch12-abc/typha-1")
+            ]
         );
     }
 }

@@ -1,7 +1,8 @@
 //! Handles on the cluster's processes and links for fault injection:
 //! signals, kills and restarts of Typha replicas and Felix agents, cuts
 //! between replicas (nftables drop rules inside the replicas' own
-//! namespaces) and a full disk under one replica.
+//! namespaces), a full disk under one replica and a slow one under
+//! another.
 //!
 //! Every fault stays inside the cluster's namespaces and work directory.
 
@@ -172,6 +173,35 @@ impl LocalCluster {
     /// The replica whose data directory is the small disk.
     pub fn small_disk(&self) -> Option<SmallDisk> {
         self.small_disk.as_ref().map(|(_, d)| *d)
+    }
+
+    /// Throttles the writes of the slow disk's replica ([`SlowDisk`]) to
+    /// its disk.
+    pub fn slow_down_disk(&mut self, throttle: Throttle) -> Result<(), ClusterError> {
+        let replica = self
+            .slow_disk()
+            .ok_or_else(|| ClusterError::Invalid("the cluster has no slow disk".into()))?
+            .replica;
+        let pid = self
+            .typha_pid(replica)
+            .ok_or_else(|| ClusterError::Invalid(format!("no Typha replica {replica}")))?;
+        match self.slow_disk.as_mut() {
+            Some(d) => d.slow(pid, throttle),
+            None => Err(ClusterError::Invalid("the cluster has no slow disk".into())),
+        }
+    }
+
+    /// Lifts [`Self::slow_down_disk`]'s limits.
+    pub fn heal_slow_disk(&mut self) -> Result<(), ClusterError> {
+        match self.slow_disk.as_mut() {
+            Some(d) => d.heal(),
+            None => Ok(()),
+        }
+    }
+
+    /// The replica whose data directory is the slow disk.
+    pub fn slow_disk(&self) -> Option<SlowDisk> {
+        self.slow_disk.as_ref().map(|d| d.disk)
     }
 
     /// Sends `signal` to node `i`'s (0-based) Felix.

@@ -10,11 +10,13 @@ mod faults;
 mod flows;
 mod nodes;
 mod pods;
+mod slow_disk;
 mod typha;
 
 use flows::FlowsState;
 pub use flows::{FLOWS_PORT, FlowsConfig};
 pub use pods::{PodInfo, PodSpec};
+pub use slow_disk::{SlowDisk, Throttle};
 pub use typha::parse;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -126,6 +128,13 @@ pub struct SmallDisk {
     pub mib: u64,
 }
 
+/// The replicas' special disks, if any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Disks {
+    pub small: Option<SmallDisk>,
+    pub slow: Option<SlowDisk>,
+}
+
 /// A running Typha replica.
 #[derive(Debug)]
 struct Replica {
@@ -160,6 +169,8 @@ pub struct LocalCluster {
     typhas: Vec<Replica>,
     /// The mounted tmpfs of [`SmallDisk`], unmounted on drop.
     small_disk: Option<(PathBuf, SmallDisk)>,
+    /// The loop device of [`SlowDisk`], unmounted and detached on drop.
+    slow_disk: Option<slow_disk::Mounted>,
     /// The flow aggregator, when the cluster runs one.
     flows: Option<FlowsState>,
     client: Option<Client>,
@@ -196,12 +207,13 @@ impl LocalCluster {
         let removed = manul_netns::cleanup_prefix(&prefix).map_err(netns_err)?;
         remove_bpf_pins(&prefix);
         disk::unmount_leftovers(&prefix);
+        slow_disk::remove_leftovers(&prefix);
         Ok(removed)
     }
 
     /// Builds the cluster and waits until Typha and every Felix are ready.
     pub fn up(config: ClusterConfig) -> Result<LocalCluster, ClusterError> {
-        Self::start(config, None, None)
+        Self::start(config, Disks::default(), None)
     }
 
     /// [`Self::up`], with one replica's data directory on a small tmpfs.
@@ -209,7 +221,23 @@ impl LocalCluster {
         config: ClusterConfig,
         small_disk: Option<SmallDisk>,
     ) -> Result<LocalCluster, ClusterError> {
-        Self::start(config, small_disk, None)
+        Self::start(
+            config,
+            Disks {
+                small: small_disk,
+                slow: None,
+            },
+            None,
+        )
+    }
+
+    /// [`Self::up`], with one replica's data directory on a small tmpfs
+    /// and another's (or the same one's) on a disk a fault can slow down.
+    pub fn up_with_disks(
+        config: ClusterConfig,
+        disks: Disks,
+    ) -> Result<LocalCluster, ClusterError> {
+        Self::start(config, disks, None)
     }
 
     /// [`Self::up`], with the flow aggregator in the control plane and
@@ -218,17 +246,33 @@ impl LocalCluster {
         config: ClusterConfig,
         flows: Option<FlowsConfig>,
     ) -> Result<LocalCluster, ClusterError> {
-        Self::start(config, None, flows)
+        Self::start(config, Disks::default(), flows)
     }
 
     fn start(
         config: ClusterConfig,
-        small_disk: Option<SmallDisk>,
+        disks: Disks,
         flows: Option<FlowsConfig>,
     ) -> Result<LocalCluster, ClusterError> {
-        if small_disk.is_some_and(|d| d.replica >= config.typha_replicas || d.mib == 0) {
+        if disks
+            .small
+            .is_some_and(|d| d.replica >= config.typha_replicas || d.mib == 0)
+        {
             return Err(ClusterError::Invalid(
                 "the small disk must name one of the replicas and a size".into(),
+            ));
+        }
+        if disks
+            .slow
+            .is_some_and(|d| d.replica >= config.typha_replicas || d.mib == 0)
+            || disks
+                .small
+                .zip(disks.slow)
+                .is_some_and(|(a, b)| a.replica == b.replica)
+        {
+            return Err(ClusterError::Invalid(
+                "the slow disk must name a size and one of the replicas, not the small disk's"
+                    .into(),
             ));
         }
         if config.nodes == 0 || config.nodes > 200 {
@@ -263,6 +307,7 @@ impl LocalCluster {
             }),
             typhas: Vec::new(),
             small_disk: None,
+            slow_disk: None,
             client: None,
             runtime: None,
             namespaces: BTreeSet::new(),
@@ -272,7 +317,7 @@ impl LocalCluster {
         };
         cluster.underlay()?;
         cluster.make_certs()?;
-        cluster.start_typha(small_disk)?;
+        cluster.start_typha(disks)?;
         cluster.start_flows()?;
         cluster.seed()?;
         for i in 1..=cluster.config.nodes {
@@ -371,6 +416,7 @@ impl Drop for LocalCluster {
         if let Some((path, _)) = self.small_disk.take() {
             disk::unmount(&path);
         }
+        drop(self.slow_disk.take());
         self.nodes.clear();
         remove_bpf_pins(&format!("{}-", self.config.name));
     }

@@ -226,7 +226,7 @@ impl LocalCluster {
         Ok(ns)
     }
 
-    pub(super) fn start_typha(&mut self, disk: Option<SmallDisk>) -> Result<(), ClusterError> {
+    pub(super) fn start_typha(&mut self, disks: super::Disks) -> Result<(), ClusterError> {
         let token_file = self.typha_peer_token_file();
         std::fs::write(&token_file, random_token()?).map_err(|source| ClusterError::Io {
             path: token_file.clone(),
@@ -240,10 +240,17 @@ impl LocalCluster {
                 None
             };
             let data = self.typha_data_dir(k);
-            if let Some(d) = disk.filter(|d| d.replica == k) {
+            if let Some(d) = disks.small.filter(|d| d.replica == k) {
                 std::fs::create_dir_all(&data).map_err(|e| ClusterError::io(&data, e))?;
                 super::disk::mount_tmpfs(&data, d.mib)?;
                 self.small_disk = Some((data.clone(), d));
+            }
+            if let Some(d) = disks.slow.filter(|d| d.replica == k) {
+                let image = self.work.path().join(format!("typha-{}.img", k + 1));
+                let cgroup = super::slow_disk::cgroup_name(&self.config.name);
+                self.slow_disk = Some(super::slow_disk::Mounted::set_up(
+                    d, &data, &image, &cgroup,
+                )?);
             }
             let log = self.typha_log(k);
             let cmd = self.typha_command(k)?;

@@ -21,14 +21,20 @@ pub(crate) enum DropReason {
     Shutdown,
     /// Its client took nothing queued for `stall_timeout`.
     Stalled,
+    /// Ended or refused while the replica does not serve
+    /// ([`super::Fanout::stop_serving`]: it has known no Raft leader for
+    /// an election timeout).
+    NotServing,
 }
 
 impl DropReason {
-    pub(crate) const ALL: [DropReason; 4] = [
+    pub(crate) const ALL: [DropReason; 6] = [
         DropReason::FellBehind,
         DropReason::HistoryReset,
         DropReason::Limit,
         DropReason::Shutdown,
+        DropReason::Stalled,
+        DropReason::NotServing,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -38,6 +44,7 @@ impl DropReason {
             DropReason::Limit => "limit",
             DropReason::Shutdown => "shutdown",
             DropReason::Stalled => "stalled",
+            DropReason::NotServing => "not_serving",
         }
     }
 }

@@ -60,6 +60,13 @@
 //! held; counted as `reason="stalled"`. A slow reader that keeps taking
 //! messages is not stalled (it may still fall behind).
 //!
+//! Not serving: [`Fanout::stop_serving`] (called when the replica has
+//! known no Raft leader for an election timeout, `crate::serving`) ends
+//! every open stream at once with `UNAVAILABLE` ("... stopped serving ...
+//! resume from revision N") and refuses new ones the same way until
+//! [`Fanout::resume_serving`]; counted as `reason="not_serving"`. The
+//! clients resume on another replica from their revision.
+//!
 //! Limits: beyond `max_connections` open streams a new stream is refused at
 //! once with `RESOURCE_EXHAUSTED` naming the limit and the replica. A
 //! request with an invalid `node_name` (empty, over 253 bytes, not
@@ -82,7 +89,7 @@
 //!
 //! Exposed names (prometheus-client appends `_total` to counters):
 //! `typha_connections_active` (gauge), `typha_connections_accepted_total`,
-//! `typha_connections_dropped_total{reason="fell_behind"|"history_reset"|"limit"|"shutdown"|"stalled"}`,
+//! `typha_connections_dropped_total{reason="fell_behind"|"history_reset"|"limit"|"not_serving"|"shutdown"|"stalled"}`,
 //! `typha_updates_total` (entries published), `typha_breadcrumb_seq_number`
 //! (gauge: current revision), `typha_client_snapshot_send_secs` (histogram:
 //! `_bucket`, `_sum`, `_count`, from hello to in-sync),
@@ -202,12 +209,23 @@ impl Compression {
     }
 }
 
-/// Open streams' shutdown signals, in connection order.
+/// Why the server ends an open stream from outside its task.
+#[derive(Debug, Clone)]
+pub(crate) enum EndSignal {
+    /// [`Fanout::shutdown`].
+    Shutdown,
+    /// [`Fanout::stop_serving`], with its reason.
+    NotServing(Arc<str>),
+}
+
+/// Open streams' end signals, in connection order.
 #[derive(Debug, Default)]
 struct Clients {
     next_id: u64,
     shutting_down: bool,
-    signals: BTreeMap<u64, oneshot::Sender<()>>,
+    /// Set while the replica does not serve: why.
+    not_serving: Option<Arc<str>>,
+    signals: BTreeMap<u64, oneshot::Sender<EndSignal>>,
 }
 
 /// The fan-out server state, shared as `Arc<Fanout>` by the apply loop and
@@ -340,7 +358,7 @@ impl Fanout {
     /// order so that thousands of Felixes do not reconnect to the other
     /// replicas at once, then returns.
     pub async fn shutdown(&self, spread: Duration) {
-        let signals: Vec<oneshot::Sender<()>> = {
+        let signals: Vec<oneshot::Sender<EndSignal>> = {
             let mut clients = self.lock_clients();
             clients.shutting_down = true;
             std::mem::take(&mut clients.signals).into_values().collect()
@@ -353,8 +371,46 @@ impl Fanout {
             let offset = spread.mul_f64(index as f64 / count as f64);
             tokio::time::sleep_until(start + offset).await;
             // The stream may have ended meanwhile.
-            let _ = signal.send(());
+            let _ = signal.send(EndSignal::Shutdown);
         }
+    }
+
+    /// Stops serving: every open stream ends at once with `UNAVAILABLE`
+    /// saying `reason` (and the revision to resume from), and new streams
+    /// are refused the same way until [`Fanout::resume_serving`]. For a
+    /// replica whose state may be stale (it has known no leader for an
+    /// election timeout): its clients resume on another replica, from
+    /// their revision, without a snapshot. Returns how many streams were
+    /// ended; does nothing while already stopped.
+    pub fn stop_serving(&self, reason: &str) -> usize {
+        let signals: Vec<oneshot::Sender<EndSignal>> = {
+            let mut clients = self.lock_clients();
+            if clients.not_serving.is_some() {
+                return 0;
+            }
+            clients.not_serving = Some(Arc::from(reason));
+            std::mem::take(&mut clients.signals).into_values().collect()
+        };
+        let reason: Arc<str> = Arc::from(reason);
+        let count = signals.len();
+        tracing::warn!(clients = count, %reason, "fan-out stops serving");
+        for signal in signals {
+            let _ = signal.send(EndSignal::NotServing(reason.clone()));
+        }
+        count
+    }
+
+    /// Serves again after [`Fanout::stop_serving`].
+    pub fn resume_serving(&self) {
+        if self.lock_clients().not_serving.take().is_some() {
+            tracing::info!("fan-out serves again");
+        }
+    }
+
+    /// Whether new streams are accepted (not stopped by
+    /// [`Fanout::stop_serving`]).
+    pub fn serving(&self) -> bool {
+        self.lock_clients().not_serving.is_none()
     }
 
     /// The gRPC `Sync` service.
@@ -427,6 +483,13 @@ impl Fanout {
         if clients.shutting_down {
             return Err(Status::unavailable(format!(
                 "replica {} is shutting down; connect to another replica",
+                self.config.replica_id
+            )));
+        }
+        if let Some(reason) = &clients.not_serving {
+            self.metrics.dropped(DropReason::NotServing);
+            return Err(Status::unavailable(format!(
+                "replica {} does not serve: {reason}; connect to another replica",
                 self.config.replica_id
             )));
         }
@@ -541,7 +604,7 @@ pub(crate) struct Accepted {
     pub(crate) id: u64,
     pub(crate) guard: ConnectionGuard,
     pub(crate) registration: Registration,
-    pub(crate) shutdown: oneshot::Receiver<()>,
+    pub(crate) shutdown: oneshot::Receiver<EndSignal>,
 }
 
 /// Counts one open stream; held by the response stream, so the count drops

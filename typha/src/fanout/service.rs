@@ -24,7 +24,7 @@ use tracing::Instrument as _;
 use super::NextDelta;
 use super::history::Next;
 use super::metrics::DropReason;
-use super::{Compression, ConnectionGuard, Fanout, Registration};
+use super::{Compression, ConnectionGuard, EndSignal, Fanout, Registration};
 use crate::listener::kill::KillSwitch;
 
 /// Longest accepted `node_name` (a DNS subdomain).
@@ -276,7 +276,7 @@ struct ClientTask {
     /// a pointer per slot instead of a whole `SyncMessage` keeps that
     /// allocation at a few hundred bytes per client instead of about 2.5 KB.
     tx: mpsc::Sender<Box<SyncMessage>>,
-    shutdown: oneshot::Receiver<()>,
+    shutdown: oneshot::Receiver<EndSignal>,
     revisions: watch::Receiver<u64>,
     ping: Interval,
     compression: Compression,
@@ -330,7 +330,7 @@ impl ClientTask {
             self.catch_up().await?;
             tokio::select! {
                 biased;
-                _ = &mut self.shutdown => return Err(self.shutdown_end()),
+                signal = &mut self.shutdown => return Err(self.ended_by(signal.ok())),
                 () = self.tx.closed() => return Err(Ended::ClientGone),
                 changed = self.revisions.changed() => {
                     if changed.is_err() {
@@ -398,7 +398,7 @@ impl ClientTask {
             };
             let caught_up = tokio::select! {
                 biased;
-                _ = &mut self.shutdown => return Err(self.shutdown_end()),
+                signal = &mut self.shutdown => return Err(self.ended_by(signal.ok())),
                 () = self.tx.closed() => return Err(Ended::ClientGone),
                 reached = reached => reached,
             };
@@ -438,7 +438,7 @@ impl ClientTask {
         let fanout = Arc::clone(&self.fanout);
         let snapshot = tokio::select! {
             biased;
-            _ = &mut self.shutdown => return Err(self.shutdown_end()),
+            signal = &mut self.shutdown => return Err(self.ended_by(signal.ok())),
             () = self.tx.closed() => return Err(Ended::ClientGone),
             snapshot = fanout.snapshot(self.compression) => snapshot.map_err(|status| Ended::Dropped {
                 status,
@@ -528,7 +528,7 @@ impl ClientTask {
         loop {
             tokio::select! {
                 biased;
-                _ = &mut self.shutdown => return Err(self.shutdown_end()),
+                signal = &mut self.shutdown => return Err(self.ended_by(signal.ok())),
                 permit = self.tx.reserve() => {
                     return match permit {
                         Ok(permit) => {
@@ -579,6 +579,32 @@ impl ClientTask {
                 )),
                 reason: Some(DropReason::FellBehind),
             }
+        }
+    }
+
+    /// The end a signal from [`Fanout`] asks for (a dropped signal is a
+    /// shutdown).
+    fn ended_by(&self, signal: Option<EndSignal>) -> Ended {
+        match signal {
+            Some(EndSignal::NotServing(reason)) => {
+                let replica = self.fanout.config().replica_id;
+                Ended::Dropped {
+                    status: Status::unavailable(format!(
+                        "replica {replica} stopped serving: {reason}; reconnect to another replica and {}",
+                        self.resume_hint()
+                    )),
+                    reason: Some(DropReason::NotServing),
+                }
+            }
+            Some(EndSignal::Shutdown) | None => self.shutdown_end(),
+        }
+    }
+
+    fn resume_hint(&self) -> String {
+        if self.in_sync {
+            format!("resume from revision {}", self.position)
+        } else {
+            "resume from the last revision you applied".to_owned()
         }
     }
 

@@ -1025,3 +1025,45 @@ async fn reset_ends_clients_behind_it_and_they_resync() {
     assert_eq!(next, 101);
     assert_eq!(client.until(next).await, [next]);
 }
+
+#[tokio::test]
+async fn a_replica_that_stops_serving_ends_its_streams_and_refuses_until_it_resumes() {
+    let h = Harness::start(config()).await;
+    h.fanout.reset(0);
+    h.put("a", "v");
+    let mut client = h.reader("node-1", 0).await;
+    client.sync().await;
+    assert!(h.fanout.serving());
+    assert_eq!(
+        h.fanout
+            .stop_serving("it has known no Raft leader for 1.0 s (at revision 1)"),
+        1
+    );
+    // Stopping again ends nothing more.
+    assert_eq!(h.fanout.stop_serving("again"), 0);
+    let status = client.next().await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("replica 7 stopped serving")
+            && status.message().contains("no Raft leader")
+            && status.message().contains("resume from revision 1"),
+        "{status:?}"
+    );
+    // A new stream is refused, saying why.
+    let refused = h.open(request("node-2", 1)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(
+        refused.message().contains("does not serve")
+            && refused.message().contains("no Raft leader"),
+        "{refused:?}"
+    );
+    assert_eq!(h.metrics().dropped_count(DropReason::NotServing), 2);
+    // Serving again: a client resumes where it was, without a snapshot.
+    h.fanout.resume_serving();
+    assert!(h.fanout.serving());
+    let next = h.put("b", "w");
+    let mut client = h.reader("node-1", 1).await;
+    let hello = client.sync().await;
+    assert!(!hello.snapshot_follows);
+    assert_eq!(client.until(next).await, [next]);
+}
