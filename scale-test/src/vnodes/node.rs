@@ -141,6 +141,7 @@ pub fn start(index: usize, typhas: Vec<String>, board: Arc<Board>) -> VirtualNod
         node: name.clone(),
         min_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(5),
+        transport: manul_felix::sync::SyncTransport::Grpc,
     })
     .with_connections(hello_tx);
     tokio::spawn(syncer.run(events_tx));
