@@ -393,6 +393,7 @@ async fn bad_and_corrupt_requests_are_rejected_without_affecting_others() {
         .apply(ApplyRequest {
             items: vec![],
             deletes: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err();

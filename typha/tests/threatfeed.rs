@@ -219,6 +219,7 @@ async fn feeds_are_pulled_into_labelled_sets_within_one_period() {
             name: "abuse".into(),
         }],
         expected_revision: None,
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -359,6 +359,7 @@ pub fn seeds(examples: &std::path::Path) -> Vec<(String, Vec<u8>)> {
                 &ApplyRequest {
                     items,
                     deletes: vec![],
+                    ..Default::default()
                 },
             ),
         ));
@@ -386,6 +387,7 @@ pub fn seeds(examples: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             &ApplyRequest {
                 items: vec![set("created", Some(0)), set("also-created", Some(0))],
                 deletes: Vec::new(),
+                ..Default::default()
             },
         ),
     ));
@@ -396,6 +398,7 @@ pub fn seeds(examples: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             &ApplyRequest {
                 items: vec![set("created", Some(1))],
                 deletes: Vec::new(),
+                ..Default::default()
             },
         ),
     ));
@@ -445,6 +448,7 @@ pub fn seeds(examples: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             &DeleteRequest {
                 keys: keys.iter().map(proto).collect(),
                 expected_revision: None,
+                ..Default::default()
             },
         ),
     ));
