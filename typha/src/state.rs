@@ -365,6 +365,7 @@ mod tests {
     fn write(id: u64, items: &[(&str, &str, Option<u64>)]) -> Command {
         Command {
             request_id: id,
+            origin: None,
             op: Some(Op::Writes(WriteBatch {
                 writes: items
                     .iter()

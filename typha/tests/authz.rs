@@ -155,6 +155,7 @@ fn apply(doc: &str, expected: Option<u64>) -> ApplyRequest {
             expected_revision: expected,
         }],
         deletes: Vec::new(),
+        origin: None,
     }
 }
 

@@ -68,6 +68,7 @@ async fn apply(api: &mut ResourcesClient<tonic::transport::Channel>, doc: String
             expected_revision: None,
         }],
         deletes: Vec::new(),
+        origin: None,
     })
     .await
     .unwrap();

@@ -438,6 +438,7 @@ pub fn seeds(examples: &std::path::Path) -> Vec<(String, Vec<u8>)> {
                     ..set_key
                 }],
                 expected_revision: Some(0),
+                origin: None,
             },
         ),
     ));

@@ -91,6 +91,7 @@ pub fn apply_request(docs: impl IntoIterator<Item = String>) -> ApplyRequest {
             })
             .collect(),
         deletes: Vec::new(),
+        origin: None,
     }
 }
 
