@@ -63,7 +63,13 @@ pub struct Client {
     addresses: Arc<[String]>,
     config: ClientConfig,
     current: Arc<Mutex<Current>>,
+    /// The local user writes are made as in plaintext (Typha's
+    /// `x-manul-user`; over TLS the certificate names the caller).
+    user: Option<Arc<str>>,
 }
+
+/// The metadata naming a plaintext client's local user.
+pub const USER_HEADER: &str = "x-manul-user";
 
 fn url(address: &str) -> String {
     if address.contains("://") {
@@ -107,9 +113,27 @@ impl Client {
                 index: 0,
                 channel: None,
             })),
+            user: None,
         };
         client.reconnect(0).await?;
         Ok(client)
+    }
+
+    /// Names the local user that writes are made as, for Typha's audit
+    /// trail when there is no certificate to name it (plaintext). A name
+    /// that cannot be sent as metadata is left out.
+    pub fn with_user(mut self, user: &str) -> Client {
+        self.user = Some(Arc::from(user));
+        self
+    }
+
+    /// `message` as a request carrying the user's name, when set.
+    fn named<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(value) = self.user.as_deref().and_then(|u| u.parse().ok()) {
+            request.metadata_mut().insert(USER_HEADER, value);
+        }
+        request
     }
 
     /// The replica addresses this client uses, in order.
@@ -339,6 +363,7 @@ impl Client {
         let mut request = pb::ApplyRequest {
             items: Vec::new(),
             deletes: deletes.iter().map(wire::key_to_proto).collect(),
+            origin: None,
         };
         for (resource, origin, expected) in items {
             let document = serde_json::to_vec(resource).map_err(|source| ClientError::Encode {
@@ -357,6 +382,7 @@ impl Client {
         let response = self
             .call_write(|mut c| {
                 let r = request.clone();
+                let r = self.named(r);
                 async move { c.apply(r).await }
             })
             .await?;
@@ -438,6 +464,16 @@ impl Client {
         response.entries.iter().map(decode).collect()
     }
 
+    /// The audit history of committed writes matching `request`'s
+    /// filters, from the replicated log (any replica answers the same).
+    pub async fn audit(&self, request: pb::AuditRequest) -> Result<pb::AuditResponse, ClientError> {
+        self.call(|mut c| {
+            let r = request.clone();
+            async move { c.audit(r).await }
+        })
+        .await
+    }
+
     /// Deletes `key`, only if its revision is `expected` when given.
     /// Returns the revision of the deletion, or `None` when nothing was
     /// stored under the key (not an error: deleting is idempotent).
@@ -476,9 +512,10 @@ impl Client {
         let request = pb::DeleteRequest {
             keys: keys.iter().map(wire::key_to_proto).collect(),
             expected_revision: expected,
+            origin: None,
         };
         self.call_write(|mut c| {
-            let r = request.clone();
+            let r = self.named(request.clone());
             async move { c.delete(r).await }
         })
         .await

@@ -59,6 +59,15 @@ pub struct ServerArgs {
     pub started: Instant,
 }
 
+/// The local user's name (`USER`, `LOGNAME`), for Typha's audit trail
+/// of plaintext writes.
+pub fn local_user() -> String {
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown local user".to_string())
+}
+
 /// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
@@ -171,7 +180,10 @@ impl ServerArgs {
                 ..ClientConfig::default()
             };
             match Client::connect_with(&addresses, config).await {
-                Ok(client) => return Ok(client),
+                // Over TLS the certificate names the user; in plaintext
+                // Typha records the local user this names.
+                Ok(client) if self.tls() => return Ok(client),
+                Ok(client) => return Ok(client.with_user(&local_user())),
                 Err(ClientError::BadAddress { source, .. }) => {
                     return Err(anyhow::anyhow!("{source}").context(crate::BadInput(format!(
                         "--server {:?} is not HOST:PORT",

@@ -242,7 +242,7 @@ fn hit(h: &PolicyHit) -> String {
     }
 }
 
-fn protocol(p: u32) -> String {
+pub fn protocol(p: u32) -> String {
     match p {
         6 => "TCP".to_owned(),
         17 => "UDP".to_owned(),
@@ -253,7 +253,8 @@ fn protocol(p: u32) -> String {
     }
 }
 
-fn time(secs: u64) -> String {
+/// `secs` since the Unix epoch as an RFC 3339 UTC time.
+pub fn time(secs: u64) -> String {
     // UTC, without a date library: days since the epoch to a civil date.
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;

@@ -5,7 +5,10 @@
 //! `MANUL_SERVER`): `apply`, `get`, `delete`, `cluster`, `sync`, `trace` and
 //! `policy promote`;
 //! `services` asks one node's Felix (`--felix`) what its dataplane holds;
-//! `flows` reads flow records from the flow aggregator (`--aggregator`).
+//! `flows` reads flow records from the flow aggregator (`--aggregator`);
+//! `audit` reads the audit history of the replicated log from any
+//! replica; `report policy` and `report compliance` combine the
+//! aggregator's flows with a replica's state and audit history.
 //! Exit codes: 0 success, 2 bad input (invalid resources, unreadable files,
 //! bad flags, a request the server rejects), 1 any other failure (such as an
 //! unreachable server).
@@ -16,6 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod certs;
 mod client;
 mod cluster;
@@ -24,6 +28,7 @@ mod crds;
 mod flows;
 mod input;
 mod policy;
+mod report;
 mod resources;
 mod selector;
 mod services;
@@ -91,6 +96,11 @@ enum Command {
     Services(services::ServicesArgs),
     /// Flow records from the flow aggregator, in the manner of `hubble observe`.
     Flows(flows::FlowsArgs),
+    /// Who changed what and when: the audit history of the replicated log (any replica answers the same).
+    Audit(audit::AuditArgs),
+    /// Policy and compliance reports over a window, as text, JSON or an HTML page.
+    #[command(subcommand)]
+    Report(report::ReportCommand),
     /// Certificates for TLS.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -135,6 +145,8 @@ fn main() -> ExitCode {
                     Command::Policy(cmd) => policy::run(&cli.server, cmd).await,
                     Command::Services(args) => services::run(args).await,
                     Command::Flows(args) => flows::run(args).await,
+                    Command::Audit(args) => audit::run(&cli.server, args).await,
+                    Command::Report(cmd) => report::run(&cli.server, cmd).await,
                     _ => Ok(ExitCode::SUCCESS),
                 }
             }),

@@ -100,6 +100,7 @@ async fn felix_syncs_programs_and_follows_changes() {
     api.apply(ApplyRequest {
         items,
         deletes: vec![],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -111,6 +112,7 @@ async fn felix_syncs_programs_and_follows_changes() {
             name: "frontend-to-api".into(),
         }],
         expected_revision: None,
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -228,6 +228,7 @@ async fn felix_follows_felix_configuration() {
             name: "node.node1".into(),
         }],
         expected_revision: None,
+        ..Default::default()
     })
     .await
     .unwrap();

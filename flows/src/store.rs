@@ -187,11 +187,16 @@ impl Store {
     /// matching records: how many records, allowed and denied flows,
     /// packets and bytes passed through it.
     pub fn rule_stats(&self, filter: &Filter) -> Vec<RuleStats> {
-        type Key = (String, String, String, String, Option<u32>, String);
+        type Key = (String, String, String, String, Option<u32>, String, String);
         let mut by: BTreeMap<Key, RuleStats> = BTreeMap::new();
         for s in self.records.iter().filter(|s| filter.matches(&s.record)) {
             let r = &s.record;
             let flows = r.flows_started + r.flows_denied;
+            let direction = if r.reporter == "src" {
+                "egress"
+            } else {
+                "ingress"
+            };
             for h in &r.enforced {
                 let key = (
                     h.tier.clone(),
@@ -200,6 +205,7 @@ impl Store {
                     h.name.clone(),
                     h.rule_index,
                     h.action.clone(),
+                    direction.to_owned(),
                 );
                 let st = by.entry(key).or_insert_with(|| RuleStats {
                     tier: h.tier.clone(),
@@ -208,6 +214,7 @@ impl Store {
                     name: h.name.clone(),
                     rule_index: h.rule_index,
                     action: h.action.clone(),
+                    direction: direction.to_owned(),
                     ..RuleStats::default()
                 });
                 st.records += 1;

@@ -35,9 +35,9 @@ use manul_proto::v1::cluster_client::ClusterClient;
 use manul_proto::v1::resources_client::ResourcesClient;
 use manul_proto::v1::resources_server::{Resources, ResourcesServer};
 use manul_proto::v1::{
-    ApplyRequest, ApplyResponse, Command, DeleteBatch, DeleteRequest, DeleteResponse, GetRequest,
-    GetResponse, ListRequest, ListResponse, ReplicaStatusRequest, ResourceKey, Write, WriteBatch,
-    command::Op,
+    ApplyRequest, ApplyResponse, AuditRequest, AuditResponse, Command, DeleteBatch, DeleteRequest,
+    DeleteResponse, GetRequest, GetResponse, ListRequest, ListResponse, Origin,
+    ReplicaStatusRequest, ResourceKey, Write, WriteBatch, command::Op,
 };
 use manul_proto::wire;
 use tokio::sync::Mutex;
@@ -46,12 +46,13 @@ use tonic::{Request, Response, Status};
 
 use crate::api_authz::{Trail, WriteAuth};
 use crate::api_limits::{Problems, WriteLimits};
-use crate::authz::Verb;
+use crate::authz::{Caller, Role, Verb};
 use crate::kube::driver::KubeOptions;
 use crate::kube::owners::refuse_write;
 use crate::node::{Node, NodeError};
 use crate::peer_auth::PeerToken;
 use crate::state::{Applied, ApplyError, Key};
+use crate::state_audit::AuditFilter;
 
 /// How long a follower waits to catch up with the leader before a read.
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(3);
@@ -293,6 +294,7 @@ impl ResourcesService {
         &self,
         request: Request<ApplyRequest>,
         trail: &mut Trail,
+        origin: Origin,
     ) -> Result<Response<ApplyResponse>, Status> {
         let mut batch = validate(request.get_ref(), self.limits).await?;
         trail.keys(
@@ -324,11 +326,12 @@ impl ResourcesService {
         if let Route::Forward(addr) = route(&self.node, &request)? {
             // A write authorized against stored values goes on as the
             // validated batch, pinned to the revisions the decision saw.
-            let forwarded = if trail.caller.role.writes_anything() {
+            let mut forwarded = if trail.caller.role.writes_anything() {
                 request.into_inner()
             } else {
                 pinned_request(&batch)
             };
+            forwarded.origin = Some(origin);
             return Self::leader(self.leaders.channel(&addr).await?)
                 .apply(self.leaders.forwarded(forwarded))
                 .await;
@@ -337,6 +340,7 @@ impl ResourcesService {
             .commit(Command {
                 request_id: 0,
                 op: Some(Op::Writes(batch)),
+                origin: Some(origin),
             })
             .await?;
         let entries = applied.result.map_err(conflict)?;
@@ -350,6 +354,7 @@ impl ResourcesService {
         &self,
         request: Request<DeleteRequest>,
         trail: &mut Trail,
+        origin: Origin,
     ) -> Result<Response<DeleteResponse>, Status> {
         let req = request.get_ref();
         if req.keys.is_empty() {
@@ -371,6 +376,7 @@ impl ResourcesService {
         if let Route::Forward(addr) = route(&self.node, &request)? {
             let mut forwarded = request.into_inner();
             forwarded.expected_revision = expected_revision;
+            forwarded.origin = Some(origin);
             return Self::leader(self.leaders.channel(&addr).await?)
                 .delete(self.leaders.forwarded(forwarded))
                 .await;
@@ -382,6 +388,7 @@ impl ResourcesService {
                     keys,
                     expected_revision,
                 })),
+                origin: Some(origin),
             })
             .await?;
         let entries = applied.result.map_err(conflict)?;
@@ -476,6 +483,18 @@ fn pinned_request(batch: &WriteBatch) -> ApplyRequest {
             })
             .collect(),
         deletes: batch.deletes.clone(),
+        origin: None,
+    }
+}
+
+/// The origin a write's Raft entry carries: the one a replica that
+/// forwarded the request stamped (only a replica's, or any in plaintext,
+/// where the peer listener's token is the only check), else this
+/// replica's stamp of `caller` now.
+pub fn origin_of(caller: &Caller, verb: Verb, forwarded: bool, sent: Option<&Origin>) -> Origin {
+    match sent {
+        Some(o) if forwarded && matches!(caller.role, Role::Replica | Role::Plaintext) => o.clone(),
+        _ => crate::audit::stamp(&caller.identity, caller.role.label(), verb.as_str()),
     }
 }
 
@@ -569,8 +588,14 @@ impl Resources for ResourcesService {
     ) -> Result<Response<ApplyResponse>, Status> {
         let caller = self.auth.caller(&request);
         let forwarded = request.metadata().contains_key(FORWARDED);
+        let origin = origin_of(
+            &caller,
+            Verb::Apply,
+            forwarded,
+            request.get_ref().origin.as_ref(),
+        );
         let mut trail = self.auth.trail(caller, Verb::Apply, forwarded);
-        let result = self.apply_as(request, &mut trail).await;
+        let result = self.apply_as(request, &mut trail, origin).await;
         trail.finish(result.as_ref().map(|r| r.get_ref().revision));
         result
     }
@@ -582,8 +607,14 @@ impl Resources for ResourcesService {
     ) -> Result<Response<DeleteResponse>, Status> {
         let caller = self.auth.caller(&request);
         let forwarded = request.metadata().contains_key(FORWARDED);
+        let origin = origin_of(
+            &caller,
+            Verb::Delete,
+            forwarded,
+            request.get_ref().origin.as_ref(),
+        );
         let mut trail = self.auth.trail(caller, Verb::Delete, forwarded);
-        let result = self.delete_as(request, &mut trail).await;
+        let result = self.delete_as(request, &mut trail, origin).await;
         trail.finish(result.as_ref().map(|r| r.get_ref().revision));
         result
     }
@@ -635,6 +666,48 @@ impl Resources for ResourcesService {
         Ok(Response::new(ListResponse {
             entries: sm.list(&kind, &req.namespace),
             revision: sm.revision(),
+        }))
+    }
+
+    #[tracing::instrument(name = "resources.audit", skip_all)]
+    async fn audit(
+        &self,
+        request: Request<AuditRequest>,
+    ) -> Result<Response<AuditResponse>, Status> {
+        let req = request.get_ref();
+        let kind = if req.kind.is_empty() {
+            String::new()
+        } else {
+            Kind::from_cli(&req.kind)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!("kind: unknown kind {:?}", req.kind))
+                })?
+                .key_name()
+                .to_string()
+        };
+        let filter = AuditFilter {
+            since_unix_millis: req.since_unix_millis,
+            kind,
+            namespace: req.namespace.clone(),
+            identity: req.identity.clone(),
+            after_revision: req.after_revision,
+            limit: if req.limit == 0 {
+                1000
+            } else {
+                req.limit as usize
+            },
+        };
+        self.read_index().await?;
+        let sm = self
+            .node
+            .shared()
+            .state
+            .read()
+            .map_err(|_| Status::internal("state lock poisoned"))?;
+        Ok(Response::new(AuditResponse {
+            events: sm.audit().query(&filter),
+            revision: sm.revision(),
+            oldest_retained: sm.audit().oldest_retained(),
         }))
     }
 }

@@ -25,6 +25,19 @@ use crate::authz::roles::RoleMap;
 use crate::authz::{Caller, Change, Placement, Refusal, Role, Target, Verb, decide};
 use crate::state::{ApplyError, Key, StateMachine};
 
+/// Metadata naming the local user of a plaintext client (`manulctl` sends
+/// it); ignored with TLS, where the certificate names the caller.
+pub const USER_HEADER: &str = "x-manul-user";
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn clip(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
 /// The write API's authorization settings and audit trail.
 #[derive(Debug, Clone)]
 pub struct WriteAuth {
@@ -47,10 +60,22 @@ impl WriteAuth {
         WriteAuth::new(None, Audit::disabled(Default::default()))
     }
 
-    /// Who made `request`.
+    /// Who made `request`: with TLS its certificate's identity; in
+    /// plaintext the local user the client names in [`USER_HEADER`]
+    /// (unverified: the role says so), or `plaintext client`.
     pub fn caller<T>(&self, request: &Request<T>) -> Caller {
         let Some(roles) = &self.roles else {
-            return Caller::plaintext();
+            let mut caller = Caller::plaintext();
+            if let Some(user) = request
+                .metadata()
+                .get(USER_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(|u| clip(u.trim(), 64))
+                .filter(|u| !u.is_empty() && !u.chars().any(char::is_control))
+            {
+                caller.identity = user;
+            }
+            return caller;
         };
         let leaf = request.peer_certs();
         match leaf
@@ -324,6 +349,7 @@ mod tests {
                     writes: vec![wep(name, "n1", None)],
                     deletes: Vec::new(),
                 })),
+                ..Default::default()
             };
             sm.apply(index, &c).result.unwrap();
         }

@@ -98,6 +98,20 @@ pub fn now() -> String {
     jiff::Timestamp::now().to_string()
 }
 
+/// The origin a write carries into its Raft entry: who, in what role,
+/// which verb, stamped now on this replica's clock.
+pub fn stamp(identity: &str, role: &str, verb: &str) -> manul_proto::v1::Origin {
+    let unix_millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    manul_proto::v1::Origin {
+        identity: identity.to_string(),
+        role: role.to_string(),
+        verb: verb.to_string(),
+        unix_millis,
+    }
+}
+
 /// Why the audit log could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open the audit log {path}: {source}")]

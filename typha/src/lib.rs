@@ -13,7 +13,9 @@
 //! With TLS it refuses a write the caller's role does not allow (`authz`:
 //! admin, a node's CNI identity for its node's endpoints and IPAM, Felix
 //! and read-only identities read), and records every write in its audit
-//! trail (`audit`).
+//! trail (`audit`, a local file with refusals too) and, with the identity
+//! and time stamped into the Raft entry, in the replicated audit history
+//! (`state_audit`) that any replica serves.
 
 pub mod api;
 pub mod api_authz;
@@ -32,5 +34,6 @@ pub mod server;
 pub mod serving;
 pub mod sim;
 pub mod state;
+pub mod state_audit;
 pub mod threatfeed;
 pub mod tls;

@@ -8,12 +8,22 @@
 //! A batch is atomic: when any expected revision does not match, nothing in
 //! the batch is written, and the revision still advances (the entry was
 //! committed; it just changed nothing).
+//!
+//! Beside the map it keeps the audit history (`state_audit.rs`): each entry
+//! that changed something, with the origin (identity, role, verb, time)
+//! the proposing replica stamped into it. It is part of every replica's
+//! state and of Raft snapshots, but not of the state hash, which covers
+//! the resources that the Sync stream carries.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use manul_proto::v1::{Command, Entry, Member, ResourceKey, StateSnapshot, command::Op};
+use manul_proto::v1::{
+    AuditChange, Command, Entry, Member, ResourceKey, StateSnapshot, command::Op,
+};
 use sha2::{Digest, Sha256};
+
+use crate::state_audit::AuditHistory;
 
 /// A resource's place in the map: kind key name, namespace ("" for
 /// cluster-scoped kinds) and name. Orders like `manulctl get` lists.
@@ -87,6 +97,7 @@ pub struct StateMachine {
     members: BTreeMap<u64, Member>,
     applied: u64,
     hash: u128,
+    audit: AuditHistory,
 }
 
 fn entry_digest(key: &Key, value: &[u8], revision: u64) -> u128 {
@@ -131,25 +142,25 @@ impl StateMachine {
         format!("{:032x}", self.hash)
     }
 
-    fn insert(&mut self, key: Key, value: Bytes, revision: u64) {
+    /// Stores `value` under `key`; the revision it replaced, if any.
+    fn insert(&mut self, key: Key, value: Bytes, revision: u64) -> Option<u64> {
         self.hash = self.hash.wrapping_add(entry_digest(&key, &value, revision));
-        if let Some(old) = self.entries.insert(key.clone(), Stored { value, revision }) {
-            self.hash = self
-                .hash
-                .wrapping_sub(entry_digest(&key, &old.value, old.revision));
-        }
+        let old = self
+            .entries
+            .insert(key.clone(), Stored { value, revision })?;
+        self.hash = self
+            .hash
+            .wrapping_sub(entry_digest(&key, &old.value, old.revision));
+        Some(old.revision)
     }
 
-    fn remove(&mut self, key: &Key) -> bool {
-        match self.entries.remove(key) {
-            Some(old) => {
-                self.hash = self
-                    .hash
-                    .wrapping_sub(entry_digest(key, &old.value, old.revision));
-                true
-            }
-            None => false,
-        }
+    /// Removes `key`; the revision it had, if it was stored.
+    fn remove(&mut self, key: &Key) -> Option<u64> {
+        let old = self.entries.remove(key)?;
+        self.hash = self
+            .hash
+            .wrapping_sub(entry_digest(key, &old.value, old.revision));
+        Some(old.revision)
     }
 
     fn current_revision(&self, key: &Key) -> u64 {
@@ -176,6 +187,14 @@ impl StateMachine {
     /// Applies the committed command at Raft index `index`.
     pub fn apply(&mut self, index: u64, command: &Command) -> Applied {
         self.advance(index);
+        let mut audited: Vec<AuditChange> = Vec::new();
+        let mut change = |key: &Key, action: &str, previous: Option<u64>| {
+            audited.push(AuditChange {
+                key: Some(key.to_proto()),
+                action: action.to_string(),
+                previous_revision: previous.unwrap_or(0),
+            });
+        };
         let result = match &command.op {
             Some(Op::Writes(batch)) => {
                 let checked: Result<Vec<_>, _> = batch
@@ -191,7 +210,13 @@ impl StateMachine {
                         .into_iter()
                         .zip(&batch.writes)
                         .map(|(key, w)| {
-                            self.insert(key.clone(), w.value.clone(), index);
+                            let previous = self.insert(key.clone(), w.value.clone(), index);
+                            let action = if previous.is_some() {
+                                "updated"
+                            } else {
+                                "created"
+                            };
+                            change(&key, action, previous);
                             Entry {
                                 key: Some(key.to_proto()),
                                 value: w.value.clone(),
@@ -201,7 +226,8 @@ impl StateMachine {
                         })
                         .collect();
                     for k in batch.deletes.iter().map(Key::from_proto) {
-                        if self.remove(&k) {
+                        if let Some(previous) = self.remove(&k) {
+                            change(&k, "deleted", Some(previous));
                             changes.push(Entry {
                                 key: Some(k.to_proto()),
                                 value: Bytes::new(),
@@ -219,7 +245,13 @@ impl StateMachine {
                     .try_for_each(|k| self.check(k, batch.expected_revision))
                     .map(|()| {
                         keys.iter()
-                            .filter(|k| self.remove(k))
+                            .filter(|k| match self.remove(k) {
+                                Some(previous) => {
+                                    change(k, "deleted", Some(previous));
+                                    true
+                                }
+                                None => false,
+                            })
                             .map(|k| Entry {
                                 key: Some(k.to_proto()),
                                 value: Bytes::new(),
@@ -231,6 +263,10 @@ impl StateMachine {
             }
             None => Err(ApplyError::Empty),
         };
+        if !audited.is_empty() {
+            self.audit
+                .record(index, command.origin.clone().unwrap_or_default(), audited);
+        }
         Applied {
             request_id: command.request_id,
             revision: index,
@@ -266,6 +302,11 @@ impl StateMachine {
             .collect()
     }
 
+    /// The retained audit history.
+    pub fn audit(&self) -> &AuditHistory {
+        &self.audit
+    }
+
     /// Cluster members as last configured through the log.
     pub fn members(&self) -> Vec<Member> {
         self.members.values().cloned().collect()
@@ -287,6 +328,8 @@ impl StateMachine {
             revision: self.applied,
             entries: self.list("", ""),
             members: self.members(),
+            audit: self.audit.events().cloned().collect(),
+            audit_clock_unix_millis: self.audit.clock(),
         }
     }
 
@@ -300,6 +343,7 @@ impl StateMachine {
         for m in &snap.members {
             self.set_member(m.clone());
         }
+        self.audit = AuditHistory::restore(&snap.audit, snap.audit_clock_unix_millis);
         self.applied = snap.revision;
     }
 }
@@ -321,6 +365,7 @@ mod tests {
     fn write(id: u64, items: &[(&str, &str, Option<u64>)]) -> Command {
         Command {
             request_id: id,
+            origin: None,
             op: Some(Op::Writes(WriteBatch {
                 writes: items
                     .iter()
@@ -342,6 +387,7 @@ mod tests {
                 keys: names.iter().map(|n| key(n)).collect(),
                 expected_revision: expected,
             })),
+            ..Default::default()
         }
     }
 

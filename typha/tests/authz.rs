@@ -3,7 +3,10 @@
 //! plugin, Felix, a read-only client, an administrator). Writes go to a
 //! follower, so the forwarded path is the one tested. Every write is in
 //! the audit log of the replica the client called, and refusals are
-//! counted in the metrics, scraped over HTTPS with the CA.
+//! counted in the metrics, scraped over HTTPS with the CA. The audit
+//! history of the replicated log holds every committed write with the
+//! identity of the client that made it, read back from the other
+//! replicas than the one the clients wrote to.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -16,8 +19,8 @@ use manul_proto::v1::cluster_client::ClusterClient;
 use manul_proto::v1::resources_client::ResourcesClient;
 use manul_proto::v1::sync_client::SyncClient;
 use manul_proto::v1::{
-    ApplyItem, ApplyRequest, DeleteRequest, ListRequest, ReplicaStatusRequest, ResourceKey,
-    SyncRequest,
+    ApplyItem, ApplyRequest, AuditEvent, AuditRequest, DeleteRequest, ListRequest,
+    ReplicaStatusRequest, ResourceKey, SyncRequest,
 };
 use manul_tls::Expected;
 use manul_tls::client::ClientSettings;
@@ -152,6 +155,7 @@ fn apply(doc: &str, expected: Option<u64>) -> ApplyRequest {
             expected_revision: expected,
         }],
         deletes: Vec::new(),
+        origin: None,
     }
 }
 
@@ -192,6 +196,10 @@ async fn writes_are_authorized_by_identity_and_audited() {
     let tmp = tempfile::tempdir().unwrap();
     let certs = tmp.path().join("certs");
     certificates(&certs);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let ports = low_ports(9);
     let client: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
     let peer: Vec<String> = (0..3)
@@ -297,6 +305,7 @@ async fn writes_are_authorized_by_identity_and_audited() {
         .delete(DeleteRequest {
             keys: vec![key("workloadendpoint", "default", "db")],
             expected_revision: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -309,6 +318,7 @@ async fn writes_are_authorized_by_identity_and_audited() {
     cni.delete(DeleteRequest {
         keys: vec![key("workloadendpoint", "default", "web")],
         expected_revision: None,
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -433,6 +443,7 @@ async fn writes_are_authorized_by_identity_and_audited() {
         .delete(DeleteRequest {
             keys: vec![key("workloadendpoint", "default", "db")],
             expected_revision: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -468,4 +479,176 @@ async fn writes_are_authorized_by_identity_and_audited() {
         let series = format!("typha_authz_refusals_total{{role=\"{role}\",verb=\"{verb}\"}} {n}");
         assert!(body.contains(&series), "no {series} in\n{body}");
     }
+
+    // A promote-like write: one entry that writes a policy and deletes
+    // another.
+    let promoted = admin
+        .apply(ApplyRequest {
+            deletes: vec![key("globalnetworkpolicy", "", "default.deny-all")],
+            ..apply(&POLICY.replace("default.deny-all", "default.deny-in"), None)
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    replicated_audit(&certs, &client, f, revision, promoted, started).await;
+}
+
+/// `(identity, verb, action, kind, namespace/name)` of every change.
+fn changes(events: &[AuditEvent]) -> Vec<(String, String, String, String, String)> {
+    events
+        .iter()
+        .flat_map(|e| {
+            let o = e.origin.clone().unwrap();
+            e.changes.iter().map(move |c| {
+                let k = c.key.clone().unwrap();
+                (
+                    o.identity.clone(),
+                    o.verb.clone(),
+                    c.action.clone(),
+                    k.kind,
+                    format!("{}/{}", k.namespace, k.name),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The audit history, read by a read-only identity from every replica
+/// but `written` (the one the clients wrote to), is the same on each and
+/// holds each committed write with its client's identity and time.
+async fn replicated_audit(
+    certs: &Path,
+    client: &[String],
+    written: usize,
+    web_revision: u64,
+    promoted: u64,
+    started: u64,
+) {
+    let reader_t = transport(certs, "reader");
+    let mut answers = Vec::new();
+    for (i, addr) in client.iter().enumerate().filter(|(i, _)| *i != written) {
+        let mut api = ResourcesClient::new(channel(addr, &reader_t).await);
+        let all = api
+            .audit(AuditRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        answers.push((i, all.events));
+    }
+    let (_, events) = &answers[0];
+    for (i, other) in &answers[1..] {
+        assert_eq!(other, events, "replica {} answers differently", i + 1);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for e in events {
+        let at = e.origin.as_ref().unwrap().unix_millis;
+        assert!(at >= started && at <= now, "{e:?} stamped outside the test");
+    }
+    let cni = "spiffe://manul/node/n1/cni";
+    let admin = "spiffe://manul/admin";
+    let felix = "spiffe://manul/node/n1/felix";
+    let got = changes(events);
+    let row = |who: &str, verb: &str, action: &str, kind: &str, name: &str| {
+        (
+            who.to_string(),
+            verb.to_string(),
+            action.to_string(),
+            kind.to_string(),
+            name.to_string(),
+        )
+    };
+    assert_eq!(
+        got,
+        [
+            row(cni, "apply", "created", "workloadendpoint", "default/web"),
+            row(admin, "apply", "created", "workloadendpoint", "default/db"),
+            row(cni, "delete", "deleted", "workloadendpoint", "default/web"),
+            row(cni, "apply", "created", "ipamblock", "/10-65-0-0-26"),
+            row(admin, "apply", "created", "node", "/n1"),
+            row(admin, "apply", "created", "node", "/n2"),
+            row(felix, "apply", "updated", "node", "/n1"),
+            row(
+                admin,
+                "apply",
+                "created",
+                "globalnetworkpolicy",
+                "/default.deny-all"
+            ),
+            row(admin, "delete", "deleted", "workloadendpoint", "default/db"),
+            row(
+                admin,
+                "apply",
+                "created",
+                "globalnetworkpolicy",
+                "/default.deny-in"
+            ),
+            row(
+                admin,
+                "apply",
+                "deleted",
+                "globalnetworkpolicy",
+                "/default.deny-all"
+            ),
+        ]
+    );
+    assert_eq!(events[0].revision, web_revision);
+    let last = events.last().unwrap();
+    assert_eq!(
+        last.revision, promoted,
+        "the write and the delete are one entry"
+    );
+    assert_eq!(last.changes[1].previous_revision, events[7].revision);
+    assert_eq!(last.origin.as_ref().unwrap().role, "admin");
+
+    // Filters, on another replica than the one written to.
+    let other = answers[1].0;
+    let mut api = ResourcesClient::new(channel(&client[other], &reader_t).await);
+    let ask = |r: AuditRequest| {
+        let mut api = api.clone();
+        async move { changes(&api.audit(r).await.unwrap().into_inner().events) }
+    };
+    let by_cni = ask(AuditRequest {
+        identity: cni.into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_cni.len(), 3);
+    assert!(by_cni.iter().all(|c| c.0 == cni));
+    let policies = ask(AuditRequest {
+        kind: "gnp".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(policies.len(), 3, "{policies:?}");
+    let in_default = ask(AuditRequest {
+        namespace: "default".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(in_default.len(), 4);
+    let after = ask(AuditRequest {
+        after_revision: events[9 - 1].revision,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(after.len(), 2);
+    let newest = ask(AuditRequest {
+        limit: 1,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(newest.len(), 2, "one event, its two changes");
+    let bad = api
+        .audit(AuditRequest {
+            kind: "widgets".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(bad.message(), "kind: unknown kind \"widgets\"");
 }

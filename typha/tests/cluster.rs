@@ -381,6 +381,7 @@ async fn bad_and_corrupt_requests_are_rejected_without_affecting_others() {
             },
         ],
         deletes: Vec::new(),
+        origin: None,
     };
     let err = res.apply(bad).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -393,6 +394,7 @@ async fn bad_and_corrupt_requests_are_rejected_without_affecting_others() {
         .apply(ApplyRequest {
             items: vec![],
             deletes: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -406,6 +408,7 @@ async fn bad_and_corrupt_requests_are_rejected_without_affecting_others() {
             expected_revision: Some(1),
         }],
         deletes: Vec::new(),
+        origin: None,
     };
     let err = res.apply(stale).await.unwrap_err();
     assert_eq!(

@@ -66,6 +66,7 @@ fn write(kind: &str, name: &str, value: &[u8]) -> Vec<u8> {
             }],
             deletes: Vec::new(),
         })),
+        ..Default::default()
     }
     .encode_to_vec()
 }
@@ -109,6 +110,7 @@ fn snapshot(from: u64) -> Message {
             address: "127.0.0.1:9".into(),
             learner: false,
         }],
+        ..Default::default()
     };
     let mut snap = Snapshot {
         data: data.encode_to_vec().into(),

@@ -38,6 +38,7 @@ fn request(items: usize, document: &bytes::Bytes) -> ApplyRequest {
             })
             .collect(),
         deletes: Vec::new(),
+        origin: None,
     }
 }
 

@@ -30,6 +30,7 @@ fn big(k: u64) -> ApplyRequest {
             expected_revision: None,
         }],
         deletes: Vec::new(),
+        origin: None,
     }
 }
 

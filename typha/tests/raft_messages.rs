@@ -109,6 +109,7 @@ fn generate(r: &mut Rng) -> Message {
                     learner: false,
                 })
                 .collect(),
+            ..Default::default()
         };
         let mut snap = Snapshot {
             data: if r.below(5) == 0 {

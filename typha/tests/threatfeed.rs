@@ -68,6 +68,7 @@ async fn apply(api: &mut ResourcesClient<tonic::transport::Channel>, doc: String
             expected_revision: None,
         }],
         deletes: Vec::new(),
+        origin: None,
     })
     .await
     .unwrap();
@@ -219,6 +220,7 @@ async fn feeds_are_pulled_into_labelled_sets_within_one_period() {
             name: "abuse".into(),
         }],
         expected_revision: None,
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -222,7 +222,11 @@ impl ClusterState {
         })
     }
 
-    fn applies(&self, p: &Policy, ep: &WorkloadEndpoint, direction: Direction) -> bool {
+    /// Whether policy `p` applies to endpoint `ep` for `direction`: its
+    /// types, namespace, namespace and service account selectors and
+    /// selector, as evaluation decides (what reports use to find the
+    /// endpoints no policy selects).
+    pub fn applies(&self, p: &Policy, ep: &WorkloadEndpoint, direction: Direction) -> bool {
         let ty = match direction {
             Direction::Ingress => PolicyType::Ingress,
             Direction::Egress => PolicyType::Egress,

@@ -384,6 +384,43 @@ impl ClusterState {
         }
     }
 
+    /// The endpoint a new pod without labels of its own would be in
+    /// `namespace` (its namespace's profile, namespace and orchestrator
+    /// labels): a policy that applies to it applies to every pod there,
+    /// present and future.
+    pub fn new_endpoint_in(&self, namespace: &str) -> WorkloadEndpoint {
+        let profiles = vec![format!("{NAMESPACE_PROFILE_PREFIX}{namespace}")];
+        let mut labels = self.profile_labels(&profiles);
+        labels.insert(NAMESPACE_LABEL.to_string(), namespace.to_string());
+        labels.insert(ORCHESTRATOR_LABEL.to_string(), "k8s".to_string());
+        WorkloadEndpoint {
+            namespace: namespace.to_string(),
+            name: String::new(),
+            pod: String::new(),
+            labels,
+            addresses: Vec::new(),
+            networks: Vec::new(),
+            profiles,
+            ports: Vec::new(),
+            service_account: None,
+        }
+    }
+
+    /// Every namespace the state knows: Namespaces (or their `kns.`
+    /// profiles), and those of endpoints and namespaced policies.
+    pub fn namespace_names(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self.namespaces.keys().cloned().collect();
+        out.extend(
+            self.profiles
+                .keys()
+                .filter_map(|p| p.strip_prefix(NAMESPACE_PROFILE_PREFIX))
+                .map(str::to_string),
+        );
+        out.extend(self.endpoints.iter().map(|e| e.namespace.clone()));
+        out.extend(self.policies.iter().filter_map(|p| p.namespace.clone()));
+        out
+    }
+
     /// The labels a list of profiles applies; an earlier profile wins.
     fn profile_labels(&self, profiles: &[String]) -> Labels {
         let mut labels = Labels::new();

@@ -76,6 +76,7 @@ pub async fn apply(api: &mut ResourcesClient<tonic::transport::Channel>, docs: &
     api.apply(ApplyRequest {
         items,
         deletes: vec![],
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -1,40 +1,22 @@
 //! The report's charts, drawn with `plotters` into SVG strings for inline
-//! embedding.
+//! embedding, with the helpers of `manul-report-html` (palette, canvas,
+//! legend, thinning: one home, shared with `manulctl report`).
 //!
 //! Every function returns `Ok(None)` when it has nothing to draw, so the page
-//! shows a note instead. Text is emitted as SVG `<text>` (plotters' built-in
-//! font metrics, no system fonts) and escaped by the SVG backend. Long series
-//! are thinned to [`MAX_POINTS`] so the page stays small.
+//! shows a note instead. Long series are thinned to
+//! [`manul_report_html::charts::MAX_POINTS`] so the page stays small.
 
 use std::collections::BTreeMap;
 
-use plotters::coord::Shift;
-use plotters::drawing::DrawingAreaErrorKind;
+pub(super) use manul_report_html::charts::{ChartError, FULL, HALF};
+use manul_report_html::charts::{above_legend, builder, legend, render, series_color, thin, upper};
 use plotters::prelude::*;
 
 use super::stats::sorted_values;
 use super::{DataplaneRun, ResourceSample, Sample};
 
-/// Width and height of a chart shown beside another.
-pub(super) const HALF: (u32, u32) = (560, 340);
-/// Width and height of a chart that spans the page.
-pub(super) const FULL: (u32, u32) = (1000, 380);
-/// The most points drawn for one series.
-const MAX_POINTS: usize = 4000;
-
-type DrawError = DrawingAreaErrorKind<std::io::Error>;
-type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 /// `(x, y)` points of one series.
 type Points = Vec<(f64, f64)>;
-
-/// Why a chart could not be drawn.
-#[derive(Debug, thiserror::Error)]
-#[error("drawing the {chart} chart")]
-pub(super) struct ChartError {
-    chart: &'static str,
-    #[source]
-    source: DrawError,
-}
 
 /// The colour a dataplane is drawn in, the same on every chart.
 pub(super) fn dataplane_color(name: &str, index: usize) -> RGBColor {
@@ -43,25 +25,6 @@ pub(super) fn dataplane_color(name: &str, index: usize) -> RGBColor {
         "iptables" => series_color(1),
         _ => series_color(index + 4),
     }
-}
-
-/// Distinct, readable colours for series, cycled.
-const PALETTE: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
-
-/// The `index`th series colour.
-fn series_color(index: usize) -> RGBColor {
-    PALETTE[index % PALETTE.len()]
 }
 
 /// A histogram of one dataplane's TTFP.
@@ -264,70 +227,6 @@ pub(super) fn resource_over_time(
     })
 }
 
-/// Draws onto a white SVG canvas of `size` and returns the SVG text.
-fn render(
-    chart: &'static str,
-    size: (u32, u32),
-    draw: impl FnOnce(&Area<'_>) -> Result<(), DrawError>,
-) -> Result<Option<String>, ChartError> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        root.fill(&WHITE)
-            .and_then(|()| draw(&root))
-            .and_then(|()| root.present())
-            .map_err(|source| ChartError { chart, source })?;
-    }
-    Ok(Some(svg))
-}
-
-/// A chart builder with the report's common caption, margins and label areas.
-fn builder<'a, 'b>(root: &'a Area<'b>, caption: &str) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
-    let mut b = ChartBuilder::on(root);
-    b.caption(caption, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(55);
-    b
-}
-
-/// Draws the series legend at `position`.
-fn legend<'a, 'b: 'a, X, Y>(
-    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>,
-    position: SeriesLabelPosition,
-) -> Result<(), DrawError>
-where
-    X: plotters::coord::ranged1d::Ranged,
-    Y: plotters::coord::ranged1d::Ranged,
-{
-    chart
-        .configure_series_labels()
-        .position(position)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()
-}
-
-/// The upper end of an axis whose largest value is `max`: a little above it,
-/// and never an empty range.
-fn upper(max: f64) -> f64 {
-    if max.is_finite() && max > 0.0 {
-        max * 1.05
-    } else {
-        1.0
-    }
-}
-
-/// The upper end of a y axis whose largest value is `max`, with room at the
-/// top for a legend of `series` entries so it does not hide the data.
-fn above_legend(max: f64, series: usize) -> f64 {
-    if max.is_finite() && max > 0.0 {
-        max * (1.1 + 0.1 * series as f64)
-    } else {
-        1.0
-    }
-}
-
 /// The finite `(at_s, value_ms)` points of `samples`, in time order, thinned.
 fn points(samples: &[Sample]) -> Points {
     let mut points: Points = samples
@@ -337,19 +236,4 @@ fn points(samples: &[Sample]) -> Points {
         .collect();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
     thin(points)
-}
-
-/// At most [`MAX_POINTS`] items of `items`, evenly spaced, keeping the last.
-fn thin<T>(items: Vec<T>) -> Vec<T> {
-    let n = items.len();
-    if n <= MAX_POINTS {
-        return items;
-    }
-    let step = n.div_ceil(MAX_POINTS);
-    items
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| i % step == 0 || *i == n - 1)
-        .map(|(_, item)| item)
-        .collect()
 }

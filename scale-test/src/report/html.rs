@@ -7,35 +7,16 @@
 
 use std::fmt::Write as _;
 
-use super::charts::{self, ChartError, FULL, HALF, Resource};
+use manul_report_html::{escape, figure};
+
+use super::charts::{self, FULL, HALF, Resource};
 use super::stats::{LatencySummary, resource_summaries};
 use super::text::{mib, ms, percent, utc};
 use super::{DataplaneRun, Report};
 
-const STYLE: &str = "
-body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1200px; }
-h1, h2 { font-weight: 600; }
-h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.8em; }
-table { border-collapse: collapse; margin: .5em 0 1em; }
-th, td { border: 1px solid #ccc; padding: .25em .7em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-thead th { background: #f3f3f3; }
-.bad { color: #b00; font-weight: 600; }
-.row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
-.chart { margin: 0; border: 1px solid #eee; }
-.chart svg { display: block; max-width: 100%; height: auto; }
-.placeholder { display: flex; align-items: center; justify-content: center;
-  background: #fafafa; color: #777; font-style: italic; }
-pre { background: #f6f6f6; padding: 1em; overflow: auto; }
-";
-
 /// Renders the whole page.
 pub(super) fn render(report: &Report) -> String {
-    let mut page = String::with_capacity(64 * 1024);
-    page.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
-    page.push_str("<title>Manul scale test report</title>\n<style>");
-    page.push_str(STYLE);
-    page.push_str("</style>\n</head>\n<body>\n<h1>Manul scale test report</h1>\n");
+    let mut page = manul_report_html::page::head("Manul scale test report");
     let names: Vec<&str> = report.dataplanes.keys().map(String::as_str).collect();
     let _ = writeln!(
         page,
@@ -112,47 +93,9 @@ pub(super) fn render(report: &Report) -> String {
     pre(&mut page, &report.config);
     page.push_str("<details><summary>report.json</summary>\n");
     pre(&mut page, &report.to_json());
-    page.push_str("</details>\n</body>\n</html>\n");
+    page.push_str("</details>\n");
+    manul_report_html::page::end(&mut page);
     page
-}
-
-/// Escapes text for use in HTML content and attribute values.
-pub(super) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Appends a chart, or a placeholder of the same size with `empty` (or the
-/// drawing error) in it.
-fn figure(
-    page: &mut String,
-    chart: Result<Option<String>, ChartError>,
-    (width, height): (u32, u32),
-    empty: &str,
-) {
-    let note = match chart {
-        Ok(Some(svg)) => {
-            let _ = writeln!(page, "<figure class=\"chart\">{svg}</figure>");
-            return;
-        }
-        Ok(None) => empty.to_owned(),
-        Err(e) => manul_model::error::chain(&e),
-    };
-    let _ = writeln!(
-        page,
-        "<div class=\"chart placeholder\" style=\"width:{width}px;height:{height}px\"><p>{}</p></div>",
-        escape(&note)
-    );
 }
 
 /// The JSON figures, one column per dataplane.

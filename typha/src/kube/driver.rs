@@ -152,6 +152,7 @@ pub fn command_with(batch: Batch, guarded: Vec<Guarded>) -> Command {
                 .map(|k| store_key(k).to_proto())
                 .collect(),
         })),
+        origin: None,
     }
 }
 
@@ -229,11 +230,13 @@ pub async fn watch_kind<S>(
             };
             if let Some(batch) = batch {
                 let (puts, deletes) = (batch.puts.len() + guarded.len(), batch.deletes.len());
-                match node
-                    .propose(command_with(batch, guarded))
-                    .await
-                    .map(|a| a.result)
-                {
+                let mut command = command_with(batch, guarded);
+                command.origin = Some(crate::audit::stamp(
+                    &format!("typha kubernetes watcher {}", source.kind()),
+                    "typha",
+                    "apply",
+                ));
+                match node.propose(command).await.map(|a| a.result) {
                     Ok(Ok(_)) => {
                         metrics.batches.get_or_create(&label).inc();
                         tracing::debug!(kind = source.kind(), puts, deletes, "proposed");

@@ -314,6 +314,7 @@ async fn global_network_policy_crd_list_watch_and_relist_into_raft() {
             }],
             deletes: Vec::new(),
         })),
+        ..Default::default()
     };
     node.propose(stale).await.unwrap().result.unwrap();
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();

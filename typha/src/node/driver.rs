@@ -324,6 +324,7 @@ fn bootstrap(storage: &SledStorage, config: &NodeConfig, voters: &[u64]) -> Resu
         revision: BOOTSTRAP_INDEX,
         entries: Vec::new(),
         members,
+        ..Default::default()
     };
     let mut snap = Snapshot {
         data: data.encode_to_vec().into(),

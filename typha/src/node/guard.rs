@@ -276,6 +276,20 @@ fn check_key(k: Option<&ResourceKey>, path: &str) -> Result<Kind, String> {
 /// decodes as a valid resource of its key's kind, stored under its own key,
 /// and every deleted key names a known kind.
 pub fn check_command(command: &Command) -> Result<(), String> {
+    if let Some(o) = &command.origin {
+        for (field, text) in [
+            ("identity", &o.identity),
+            ("role", &o.role),
+            ("verb", &o.verb),
+        ] {
+            if text.len() > MAX_ORIGIN_FIELD {
+                return Err(format!(
+                    "origin.{field}: {} bytes, over {MAX_ORIGIN_FIELD}",
+                    text.len()
+                ));
+            }
+        }
+    }
     match &command.op {
         None => Err("no operation".into()),
         Some(Op::Writes(batch)) => {
@@ -309,6 +323,10 @@ pub fn check_command(command: &Command) -> Result<(), String> {
         }
     }
 }
+
+/// The longest identity, role or verb an entry's origin may hold (the
+/// audit history keeps thousands of them).
+pub const MAX_ORIGIN_FIELD: usize = 1024;
 
 #[cfg(test)]
 #[path = "guard_tests.rs"]

@@ -220,6 +220,7 @@ fn snapshots_must_be_installable() {
             address: "127.0.0.1:1".into(),
             learner: false,
         }],
+        ..Default::default()
     }
     .encode_to_vec();
     assert_eq!(
@@ -337,6 +338,7 @@ fn write(kind: &str, namespace: &str, name: &str, value: &[u8]) -> Command {
             }],
             deletes: Vec::new(),
         })),
+        ..Default::default()
     }
 }
 
@@ -368,6 +370,7 @@ fn committed_commands_are_checked_with_the_model() {
             Command {
                 request_id: 0,
                 op: None,
+                ..Default::default()
             },
             "no operation",
         ),
@@ -382,6 +385,7 @@ fn committed_commands_are_checked_with_the_model() {
                     }],
                     expected_revision: None,
                 })),
+                ..Default::default()
             },
             "unknown kind",
         ),

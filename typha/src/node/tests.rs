@@ -31,6 +31,7 @@ fn write(name: &str) -> Command {
     );
     Command {
         request_id: 0,
+        origin: None,
         op: Some(Op::Writes(WriteBatch {
             writes: vec![Write {
                 key: Some(ResourceKey {
@@ -235,6 +236,7 @@ async fn a_fresh_single_node_typha_acknowledges_a_write_within_a_second() {
                 expected_revision: None,
             }],
             deletes: Vec::new(),
+            origin: None,
         })
         .await
         .expect("the first write is acknowledged");

@@ -413,6 +413,7 @@ impl World {
         Command {
             request_id: 0,
             op: Some(op),
+            ..Default::default()
         }
     }
 

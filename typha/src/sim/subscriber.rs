@@ -111,6 +111,7 @@ fn hash(entries: &BTreeMap<Key, (Bytes, u64)>, revision: u64) -> String {
             })
             .collect(),
         members: Vec::new(),
+        ..Default::default()
     });
     sm.state_hash()
 }

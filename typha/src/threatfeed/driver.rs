@@ -62,7 +62,13 @@ fn set_key(name: &str) -> ResourceKey {
 }
 
 async fn propose(node: &Node, batch: Batch) -> bool {
-    match node.propose(command(batch)).await {
+    let mut command = command(batch);
+    command.origin = Some(crate::audit::stamp(
+        "typha threat feed puller",
+        "typha",
+        "apply",
+    ));
+    match node.propose(command).await {
         Ok(_) => true,
         Err(e) => {
             warn!("cannot write a threat feed's set: {e}");

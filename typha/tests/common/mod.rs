@@ -397,6 +397,7 @@ pub fn apply_request(names: &[String]) -> ApplyRequest {
             })
             .collect(),
         deletes: Vec::new(),
+        origin: None,
     }
 }
 
@@ -426,5 +427,6 @@ pub fn big_set(k: u64) -> ApplyRequest {
             expected_revision: None,
         }],
         deletes: Vec::new(),
+        origin: None,
     }
 }

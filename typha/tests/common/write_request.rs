@@ -359,6 +359,7 @@ pub fn seeds(examples: &std::path::Path) -> Vec<(String, Vec<u8>)> {
                 &ApplyRequest {
                     items,
                     deletes: vec![],
+                    ..Default::default()
                 },
             ),
         ));
@@ -386,6 +387,7 @@ pub fn seeds(examples: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             &ApplyRequest {
                 items: vec![set("created", Some(0)), set("also-created", Some(0))],
                 deletes: Vec::new(),
+                ..Default::default()
             },
         ),
     ));
@@ -396,6 +398,7 @@ pub fn seeds(examples: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             &ApplyRequest {
                 items: vec![set("created", Some(1))],
                 deletes: Vec::new(),
+                ..Default::default()
             },
         ),
     ));
@@ -435,6 +438,7 @@ pub fn seeds(examples: &std::path::Path) -> Vec<(String, Vec<u8>)> {
                     ..set_key
                 }],
                 expected_revision: Some(0),
+                origin: None,
             },
         ),
     ));
@@ -445,6 +449,7 @@ pub fn seeds(examples: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             &DeleteRequest {
                 keys: keys.iter().map(proto).collect(),
                 expected_revision: None,
+                ..Default::default()
             },
         ),
     ));

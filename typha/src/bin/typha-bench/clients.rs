@@ -206,6 +206,7 @@ pub fn apply_request(docs: impl IntoIterator<Item = String>) -> ApplyRequest {
             })
             .collect(),
         deletes: Vec::new(),
+        origin: None,
     }
 }
 
