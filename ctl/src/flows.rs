@@ -45,6 +45,14 @@ pub struct FlowsArgs {
     /// Flows a policy decided or passed: NAME, NAMESPACE/NAME or TIER/NAME.
     #[arg(long)]
     pub policy: Option<String>,
+    /// Flows the staged policies would allow or deny (their `pending`
+    /// verdict).
+    #[arg(long)]
+    pub pending_verdict: Option<String>,
+    /// Flows whose pending trace (staged policies enforced) has this
+    /// policy: NAME, NAMESPACE/NAME or TIER/NAME.
+    #[arg(long)]
+    pub pending_policy: Option<String>,
     /// Flows to this destination port.
     #[arg(long)]
     pub port: Option<u16>,
@@ -83,13 +91,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, BadInput> {
     Ok(Duration::from_secs(n.checked_mul(secs).ok_or_else(bad)?))
 }
 
-/// `allow` or `deny` from the verdicts users type.
-pub fn parse_verdict(s: &str) -> Result<&'static str, BadInput> {
+/// `allow` or `deny` from the verdicts users type (`flag` names the flag
+/// in the error).
+pub fn parse_verdict(flag: &str, s: &str) -> Result<&'static str, BadInput> {
     match s.to_ascii_lowercase().as_str() {
         "allow" | "allowed" | "forwarded" => Ok("allow"),
         "deny" | "denied" | "dropped" => Ok("deny"),
         _ => Err(BadInput(format!(
-            "--verdict {s:?}: expected allowed (or forwarded) or denied (or dropped)"
+            "{flag} {s:?}: expected allowed (or forwarded) or denied (or dropped)"
         ))),
     }
 }
@@ -120,9 +129,14 @@ pub fn filter(args: &FlowsArgs, now: u64) -> Result<FlowFilter, BadInput> {
         to_pod: pod_flag("--to-pod", &args.to_pod)?,
         labels: args.labels.clone(),
         action: match &args.verdict {
-            Some(v) => parse_verdict(v)?.to_owned(),
+            Some(v) => parse_verdict("--verdict", v)?.to_owned(),
             None => String::new(),
         },
+        pending_action: match &args.pending_verdict {
+            Some(v) => parse_verdict("--pending-verdict", v)?.to_owned(),
+            None => String::new(),
+        },
+        pending_policy: args.pending_policy.clone().unwrap_or_default(),
         policy: args.policy.clone().unwrap_or_default(),
         port: args.port.map_or(0, u32::from),
         since_unix_s: match &args.since {
@@ -202,7 +216,7 @@ fn print(r: &FlowRecord, output: Output) {
 
 fn header() -> String {
     format!(
-        "{:<20} {:<10} {:<4} {:<28} {:<28} {:<10} {:<6} {:<40} {:>6} {:>8} {:>10}",
+        "{:<20} {:<10} {:<4} {:<28} {:<28} {:<10} {:<7} {:<40} {:<7} {:<40} {:>6} {:>8} {:>10}",
         "TIME",
         "NODE",
         "SIDE",
@@ -211,6 +225,8 @@ fn header() -> String {
         "PORT",
         "VERDICT",
         "POLICY",
+        "PENDING",
+        "PENDING POLICY",
         "FLOWS",
         "PACKETS",
         "BYTES"
@@ -275,24 +291,36 @@ pub fn time(secs: u64) -> String {
     )
 }
 
+fn trace(hits: &[PolicyHit]) -> String {
+    if hits.is_empty() {
+        return "-".to_owned();
+    }
+    hits.iter().map(hit).collect::<Vec<_>>().join(",")
+}
+
+fn verdict(action: &str) -> &'static str {
+    match action {
+        "allow" => "ALLOW",
+        "deny" => "DENY",
+        _ => "-",
+    }
+}
+
 fn row(r: &FlowRecord) -> String {
-    let trace = r.enforced.iter().map(hit).collect::<Vec<_>>().join(",");
     let flows = r.flows_started + r.flows_denied;
     let port = format!("{}/{}", r.dst_port, protocol(r.protocol));
     format!(
-        "{:<20} {:<10} {:<4} {:<28} {:<28} {:<10} {:<6} {:<40} {:>6} {:>8} {:>10}",
+        "{:<20} {:<10} {:<4} {:<28} {:<28} {:<10} {:<7} {:<40} {:<7} {:<40} {:>6} {:>8} {:>10}",
         time(r.end_unix_s),
         r.node,
         r.reporter,
         endpoint(r.src.as_ref()),
         endpoint(r.dst.as_ref()),
         port,
-        if r.action == "allow" { "ALLOW" } else { "DENY" },
-        if trace.is_empty() {
-            "-".to_owned()
-        } else {
-            trace
-        },
+        verdict(&r.action),
+        trace(&r.enforced),
+        verdict(&r.pending_action),
+        trace(&r.pending),
         flows,
         r.packets_forward + r.packets_reverse,
         r.bytes_forward + r.bytes_reverse,
@@ -334,6 +362,7 @@ pub fn to_json(r: &FlowRecord) -> Value {
         "protocol": r.protocol,
         "dest_port": r.dst_port,
         "action": r.action,
+        "pending_action": if r.pending_action.is_empty() { Value::Null } else { json!(r.pending_action) },
         "policies": {"enforced": hits_json(&r.enforced), "pending": hits_json(&r.pending)},
         "service": service,
         "packets_forward": r.packets_forward,
@@ -384,10 +413,18 @@ mod tests {
                 "5m",
                 "--label",
                 "app=db",
+                "--pending-verdict",
+                "denied",
+                "--pending-policy",
+                "prod/db-lockdown",
             ]),
             1000,
         )
         .unwrap();
+        assert_eq!(
+            (f.pending_action.as_str(), f.pending_policy.as_str()),
+            ("deny", "prod/db-lockdown")
+        );
         assert_eq!(f.namespace, "prod");
         assert_eq!(
             (f.from_pod.as_str(), f.to_pod.as_str()),
@@ -407,6 +444,7 @@ mod tests {
         assert!(bad(&["--since", "5 minutes"]).starts_with("--since \"5 minutes\""));
         assert!(bad(&["--since", "5w"]).starts_with("--since"));
         assert!(bad(&["--verdict", "maybe"]).starts_with("--verdict \"maybe\""));
+        assert!(bad(&["--pending-verdict", "maybe"]).starts_with("--pending-verdict \"maybe\""));
         assert!(bad(&["--pod", "a/b/c"]).starts_with("--pod"));
         assert!(bad(&["--label", "novalue"]).starts_with("--label"));
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
@@ -442,6 +480,15 @@ mod tests {
                 rule_index: None,
                 action: "deny".into(),
             }],
+            pending: vec![PolicyHit {
+                tier: "default".into(),
+                kind: "StagedNetworkPolicy".into(),
+                namespace: "prod".into(),
+                name: "web-egress".into(),
+                rule_index: Some(0),
+                action: "allow".into(),
+            }],
+            pending_action: "allow".into(),
             flows_denied: 2,
             ..FlowRecord::default()
         };
@@ -453,10 +500,14 @@ mod tests {
             "80/TCP",
             "DENY",
             "default/default(end):deny",
+            "ALLOW",
+            "prod/web-egress#0:allow",
         ] {
             assert!(line.contains(part), "{part} in {line}");
         }
         let j = to_json(&r);
+        assert_eq!(j["pending_action"], "allow");
+        assert_eq!(j["policies"]["pending"][0]["kind"], "StagedNetworkPolicy");
         assert_eq!(j["policies"]["enforced"][0]["kind"], "EndOfTier");
         assert_eq!(j["source"]["workload"], "web-*");
         assert_eq!(j["service"], Value::Null);

@@ -251,6 +251,9 @@ pub struct ReaderConfig {
     pub timeouts: ConntrackTimeouts,
     /// How many connections the flow observations follow at most.
     pub tracked_flows: usize,
+    /// Whether flow observations are made at all (`Driver::take_flows`);
+    /// off, events still feed the flow log and the counters.
+    pub observe: bool,
 }
 
 /// The service NAT's conntrack, read for the frontend of a translated
@@ -287,7 +290,12 @@ impl Reader {
                 let mut tracker = Tracker::new(config.tracked_flows);
                 loop {
                     let stopping = stop2.load(Ordering::Acquire);
-                    drain(&mut ring, &shared, &mut tracker, nat.as_ref());
+                    drain(
+                        &mut ring,
+                        &shared,
+                        config.observe.then_some(&mut tracker),
+                        nat.as_ref(),
+                    );
                     let flushing = flush2.load(Ordering::Acquire);
                     if stopping
                         || flushing
@@ -308,8 +316,10 @@ impl Reader {
                             &config.timeouts,
                             conntrack::monotonic_now(),
                             |k, v, expired| {
-                                let (key, counts) = flow_track::entry_flow(k, v);
-                                seen.extend(tracker.visit(&key, counts, expired, now_ms));
+                                if config.observe {
+                                    let (key, counts) = flow_track::entry_flow(k, v);
+                                    seen.extend(tracker.visit(&key, counts, expired, now_ms));
+                                }
                             },
                         );
                         match result {
@@ -364,7 +374,7 @@ impl Drop for Reader {
 fn drain(
     ring: &mut RingBuf<MapData>,
     shared: &Mutex<Shared>,
-    tracker: &mut Tracker,
+    mut tracker: Option<&mut Tracker>,
     nat: Option<&NatMap>,
 ) {
     let mut raw = Vec::new();
@@ -390,6 +400,9 @@ fn drain(
             c.denied += 1;
         }
         s.aggregator.add(&ev);
+        let Some(tracker) = tracker.as_deref_mut() else {
+            continue;
+        };
         let frontend = if ev.allowed {
             nat.and_then(|m| service_frontend(m, &ev))
         } else {

@@ -274,7 +274,17 @@ fn connect_time_lb(config: &FelixConfig) -> Option<manul_dataplane_bpf::CtlbConf
     })
 }
 
-fn nft_config(config: &FelixConfig) -> manul_dataplane_iptables::NftConfig {
+/// How often the driver reports live connections' counters and ended
+/// connections when flow records are on (`--flow-aggregator`): once per
+/// record interval, so every interval of a long connection has its
+/// counters. `None` when records are off.
+fn flow_update_interval(args: &Args) -> Option<std::time::Duration> {
+    args.flow_aggregator
+        .as_ref()
+        .map(|_| std::time::Duration::from_secs(args.flow_interval))
+}
+
+fn nft_config(args: &Args, config: &FelixConfig) -> manul_dataplane_iptables::NftConfig {
     use manul_dataplane_iptables::{EndpointToHost, Failsafe};
     let ports = |list: &[manul_model::v3::ProtoPort]| {
         list.iter()
@@ -302,10 +312,19 @@ fn nft_config(config: &FelixConfig) -> manul_dataplane_iptables::NftConfig {
             EndpointToHostAction::Return => EndpointToHost::Return,
             EndpointToHostAction::Accept => EndpointToHost::Accept,
         },
-        flows: config
-            .flow_logs_file_enabled
-            .value
-            .then(manul_dataplane_iptables::FlowLog::default),
+        // On for the flow-log file or for flow records; records set how
+        // often counters are read.
+        flows: match flow_update_interval(args) {
+            Some(every) => {
+                let mut log = manul_dataplane_iptables::FlowLog::default();
+                log.update_interval = log.update_interval.min(every);
+                Some(log)
+            }
+            None => config
+                .flow_logs_file_enabled
+                .value
+                .then(manul_dataplane_iptables::FlowLog::default),
+        },
     }
 }
 
@@ -357,7 +376,7 @@ fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
         Dataplane::Iptables | Dataplane::Bpf | Dataplane::Kernel if !kernel_bpf => {
             manul_dataplane_iptables::NftDriver::with_config(
                 manul_dataplane_iptables::Nft::default(),
-                nft_config(config),
+                nft_config(args, config),
             )
             .map(|d| (Box::new(d) as Box<dyn Driver>, None))
             .map_err(|e| format!("cannot start the iptables dataplane: {}", chain(&e)))
@@ -380,6 +399,9 @@ fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
                 None => None,
             };
             bpf.flow_log_interval = config.flow_logs_flush_interval.value;
+            bpf.flow_update_interval = flow_update_interval(args);
+            // Observations only for flow records: nothing else reads them.
+            bpf.flow_observations = args.flow_aggregator.is_some();
             bpf.endpoint_to_host_drop =
                 config.default_endpoint_to_host_action.value == EndpointToHostAction::Drop;
             bpf.failsafe = bpf_failsafe(config);

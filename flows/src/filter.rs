@@ -11,6 +11,8 @@ pub enum FilterError {
     Label(String),
     #[error("action {0:?} is neither allow nor deny")]
     Action(String),
+    #[error("pending action {0:?} is neither allow nor deny")]
+    PendingAction(String),
     #[error("since {since} is after until {until}")]
     Window { since: u64, until: u64 },
 }
@@ -34,6 +36,9 @@ impl Filter {
             .collect::<Result<Vec<_>, _>>()?;
         if !matches!(raw.action.as_str(), "" | "allow" | "deny") {
             return Err(FilterError::Action(raw.action.clone()));
+        }
+        if !matches!(raw.pending_action.as_str(), "" | "allow" | "deny") {
+            return Err(FilterError::PendingAction(raw.pending_action.clone()));
         }
         if raw.since_unix_s != 0 && raw.until_unix_s != 0 && raw.since_unix_s > raw.until_unix_s {
             return Err(FilterError::Window {
@@ -69,6 +74,17 @@ impl Filter {
             return false;
         }
         if !f.policy.is_empty() && !r.enforced.iter().any(|h| policy_matches(&f.policy, h)) {
+            return false;
+        }
+        if !f.pending_action.is_empty() && r.pending_action != f.pending_action {
+            return false;
+        }
+        if !f.pending_policy.is_empty()
+            && !r
+                .pending
+                .iter()
+                .any(|h| policy_matches(&f.pending_policy, h))
+        {
             return false;
         }
         if f.port != 0 && r.dst_port != f.port {
@@ -140,6 +156,15 @@ mod tests {
                 rule_index: Some(1),
                 action: "allow".into(),
             }],
+            pending: vec![PolicyHit {
+                tier: "default".into(),
+                kind: "StagedNetworkPolicy".into(),
+                namespace: "data".into(),
+                name: "db-lockdown".into(),
+                rule_index: Some(0),
+                action: "deny".into(),
+            }],
+            pending_action: "deny".into(),
             ..FlowRecord::default()
         }
     }
@@ -208,6 +233,27 @@ mod tests {
             policy: "web-allow".into(),
             ..f()
         }));
+        assert!(matches(FlowFilter {
+            pending_action: "deny".into(),
+            ..f()
+        }));
+        assert!(!matches(FlowFilter {
+            pending_action: "allow".into(),
+            ..f()
+        }));
+        assert!(matches(FlowFilter {
+            pending_policy: "data/db-lockdown".into(),
+            ..f()
+        }));
+        // The enforced and pending traces are filtered apart.
+        assert!(!matches(FlowFilter {
+            pending_policy: "db-allow".into(),
+            ..f()
+        }));
+        assert!(!matches(FlowFilter {
+            policy: "db-lockdown".into(),
+            ..f()
+        }));
         assert!(matches(FlowFilter { port: 5432, ..f() }));
         assert!(!matches(FlowFilter { port: 80, ..f() }));
         assert!(matches(FlowFilter {
@@ -241,6 +287,13 @@ mod tests {
                 ..FlowFilter::default()
             }),
             "action \"drop\" is neither allow nor deny"
+        );
+        assert_eq!(
+            bad(FlowFilter {
+                pending_action: "maybe".into(),
+                ..FlowFilter::default()
+            }),
+            "pending action \"maybe\" is neither allow nor deny"
         );
         assert_eq!(
             bad(FlowFilter {

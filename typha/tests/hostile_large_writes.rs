@@ -47,6 +47,7 @@ fn large(k: u64) -> ApplyRequest {
             expected_revision: None,
         }],
         deletes: Vec::new(),
+        ..Default::default()
     }
 }
 

@@ -22,6 +22,16 @@ pub struct BpfConfig {
     pub conntrack_timeouts: ConntrackTimeouts,
     /// How often the background thread collects expired conntrack entries.
     pub gc_interval: Duration,
+    /// How often flow observations' `Update`s and `End`s are made (Felix's
+    /// flow-record interval): the conntrack scan, which makes them and
+    /// collects expired entries, then runs at the shorter of this and
+    /// `gc_interval`. `None`: every `gc_interval`.
+    pub flow_update_interval: Option<Duration>,
+    /// Make flow observations (`Driver::take_flows`): follow allowed
+    /// connections and report their starts, updates, ends and denials.
+    /// Off, nothing is queued for a reader that never comes; the kernel
+    /// programs are the same either way.
+    pub flow_observations: bool,
     /// Where to append flow-log JSON lines, if anywhere.
     pub flow_log: Option<PathBuf>,
     pub flow_log_interval: Duration,
@@ -88,6 +98,8 @@ impl BpfConfig {
             addr_capacity: None,
             conntrack_timeouts: ConntrackTimeouts::default(),
             gc_interval: Duration::from_secs(10),
+            flow_update_interval: None,
+            flow_observations: true,
             flow_log: None,
             flow_log_interval: Duration::from_secs(10),
             flow_queue_capacity: manul_dataplane_api::FlowQueue::DEFAULT_CAPACITY,
@@ -102,6 +114,18 @@ impl BpfConfig {
     }
 }
 
+impl BpfConfig {
+    /// How often the conntrack scan runs: `gc_interval`, or the flow
+    /// update interval when that is shorter (never below 100 ms).
+    pub fn scan_interval(&self) -> Duration {
+        let wanted = match self.flow_update_interval {
+            Some(f) => f.min(self.gc_interval),
+            None => self.gc_interval,
+        };
+        wanted.max(Duration::from_millis(100).min(self.gc_interval))
+    }
+}
+
 /// Whether `name` starts with one of the workload prefixes.
 pub fn is_workload_interface(prefixes: &[String], name: &str) -> bool {
     prefixes
@@ -111,7 +135,22 @@ pub fn is_workload_interface(prefixes: &[String], name: &str) -> bool {
 
 #[cfg(test)]
 mod prefix_tests {
-    use super::is_workload_interface;
+    use super::{BpfConfig, Duration, is_workload_interface};
+
+    #[test]
+    fn the_scan_follows_the_shorter_of_gc_and_flow_intervals() {
+        let mut c = BpfConfig::new("n");
+        assert_eq!(c.scan_interval(), Duration::from_secs(10));
+        c.flow_update_interval = Some(Duration::from_secs(2));
+        assert_eq!(c.scan_interval(), Duration::from_secs(2));
+        c.flow_update_interval = Some(Duration::from_secs(60));
+        assert_eq!(c.scan_interval(), Duration::from_secs(10));
+        c.flow_update_interval = Some(Duration::ZERO);
+        assert_eq!(c.scan_interval(), Duration::from_millis(100));
+        // A shorter collection interval than the floor stays as asked.
+        c.gc_interval = Duration::from_millis(20);
+        assert_eq!(c.scan_interval(), Duration::from_millis(20));
+    }
 
     #[test]
     fn any_configured_prefix_makes_a_workload_interface() {

@@ -123,9 +123,10 @@ impl BpfDriver {
             ReaderConfig {
                 flow_log: config.flow_log.clone(),
                 flow_log_interval: flow_log_interval.clone(),
-                gc_interval: config.gc_interval,
+                gc_interval: config.scan_interval(),
                 timeouts: config.conntrack_timeouts,
                 tracked_flows: config.conntrack_capacity as usize,
+                observe: config.flow_observations,
             },
         )
         .map_err(|source| BpfError::Io {

@@ -1,7 +1,7 @@
 //! Per-interval aggregation of enriched observations into flow records
 //! (no I/O, time passed in): one record per (reporter, source workload,
-//! destination workload, destination port, protocol, action, trace,
-//! service) and interval.
+//! destination workload, destination port, protocol, action, enforced and
+//! pending trace and verdict, service) and interval.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -19,6 +19,8 @@ pub struct Enriched {
     pub allowed: bool,
     pub enforced: Vec<PolicyHit>,
     pub pending: Vec<PolicyHit>,
+    /// The staged policies' verdict (`None`: none evaluated).
+    pub pending_allowed: Option<bool>,
     /// (namespace, name, port) of the Service the client addressed.
     pub service: Option<(String, String, u16)>,
     /// Cumulative for the connection.
@@ -36,6 +38,7 @@ struct Key {
     allowed: bool,
     enforced: Vec<HitKey>,
     pending: Vec<HitKey>,
+    pending_allowed: Option<bool>,
     service: Option<(String, String, u16)>,
 }
 
@@ -110,6 +113,7 @@ impl Aggregator {
             allowed: e.allowed,
             enforced: e.enforced.iter().map(hit_key).collect(),
             pending: e.pending.iter().map(hit_key).collect(),
+            pending_allowed: e.pending_allowed,
             service: e.service.clone(),
         };
         // What this observation adds to the connection's counters.
@@ -156,6 +160,12 @@ impl Aggregator {
                 action: if e.allowed { "allow" } else { "deny" }.to_owned(),
                 enforced: e.enforced.clone(),
                 pending: e.pending.clone(),
+                pending_action: match e.pending_allowed {
+                    Some(true) => "allow",
+                    Some(false) => "deny",
+                    None => "",
+                }
+                .to_owned(),
                 service_namespace: e.service.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
                 service_name: e.service.as_ref().map(|s| s.1.clone()).unwrap_or_default(),
                 service_port: e.service.as_ref().map_or(0, |s| u32::from(s.2)),

@@ -12,12 +12,13 @@
 //! It refuses to invent what it does not know: an address no endpoint or
 //! node owns is a network (`pub`/`pvt`), a trace that disagrees with the
 //! kernel is the kernel's deciding rule alone (and counted), and the
-//! pending trace stays empty until staged policies are evaluated
-//! ([`trace::PendingEvaluator`]).
+//! pending trace ([`pending`]: what the staged policies would do) is empty
+//! while no staged policy exists.
 
 pub mod aggregate;
 pub mod endpoints;
 pub mod export;
+pub mod pending;
 pub mod trace;
 pub mod workload;
 
@@ -28,7 +29,7 @@ use manul_proto::flows::{FlowEndpoint, FlowRecord};
 
 use aggregate::{Aggregator, Enriched, wire_labels};
 use endpoints::EndpointIndex;
-use trace::{NoStagedPolicies, PendingEvaluator};
+use pending::StagedPolicies;
 
 use crate::calc::Update;
 
@@ -38,6 +39,8 @@ pub struct PipelineStats {
     pub observations: u64,
     pub trace_mismatches: u64,
     pub records: u64,
+    /// Observations whose pending trace could not be computed.
+    pub pending_errors: u64,
 }
 
 /// Observations in, records out (see the module documentation).
@@ -45,7 +48,7 @@ pub struct FlowPipeline {
     mirror: NullDriver,
     index: EndpointIndex,
     aggregator: Aggregator,
-    pending: Box<dyn PendingEvaluator>,
+    pending: StagedPolicies,
     pub stats: PipelineStats,
 }
 
@@ -54,6 +57,7 @@ impl std::fmt::Debug for FlowPipeline {
         f.debug_struct("FlowPipeline")
             .field("endpoints", &self.index.len())
             .field("open_records", &self.aggregator.len())
+            .field("staged_policies", &self.pending.staged())
             .field("stats", &self.stats)
             .finish()
     }
@@ -66,20 +70,21 @@ impl FlowPipeline {
             mirror: NullDriver::new(),
             index: EndpointIndex::default(),
             aggregator: Aggregator::new(node, interval_s, now_s),
-            pending: Box::new(NoStagedPolicies),
+            pending: StagedPolicies::new(),
             stats: PipelineStats::default(),
         }
     }
 
-    /// Replaces what evaluates staged policies.
-    pub fn with_pending(mut self, pending: Box<dyn PendingEvaluator>) -> FlowPipeline {
-        self.pending = pending;
-        self
-    }
-
-    /// A sync update (endpoints' and nodes' addresses, labels).
+    /// A sync update (endpoints' and nodes' addresses, labels; the
+    /// policies, staged ones included, for the pending trace).
     pub fn update(&mut self, u: &Update) {
         self.index.update(u);
+        self.pending.update(u);
+    }
+
+    /// How many staged policies the pending trace evaluates.
+    pub fn staged_policies(&self) -> usize {
+        self.pending.staged()
     }
 
     /// The driver took `batch`: the mirror follows.
@@ -118,7 +123,8 @@ impl FlowPipeline {
         if t.mismatch {
             self.stats.trace_mismatches += 1;
         }
-        let pending = self.pending.pending(state, obs);
+        let pending = self.pending.pending(obs);
+        self.stats.pending_errors = self.pending.errors;
         let service = obs.service_frontend.and_then(|(addr, port)| {
             state.services.values().find_map(|s| {
                 let has_addr =
@@ -138,7 +144,8 @@ impl FlowPipeline {
             dst: self.endpoint(obs.tuple.dst),
             allowed: obs.allowed,
             enforced: t.hits,
-            pending,
+            pending: pending.hits,
+            pending_allowed: pending.allowed,
             service,
             counts: obs.counts,
         }

@@ -7,6 +7,8 @@ use manul_dataplane_api::{
     Action, Decider, FlowCounts, FlowObservation, FlowPhase, FlowTuple, Operation, Reporter,
 };
 
+use manul_proto::flows::PolicyHit;
+
 use super::*;
 
 fn updates(yaml: &str) -> Vec<Update> {
@@ -244,4 +246,156 @@ fn a_kernel_verdict_the_state_does_not_explain_keeps_the_kernels_rule() {
     assert_eq!(p.stats.trace_mismatches, 1);
     assert_eq!(e.enforced.len(), 1);
     assert_eq!(e.enforced[0].rule_index, Some(0));
+}
+
+/// The sync's view of `pipeline()`'s policy (the pending view evaluates
+/// resources, not the driver's batches): the namespace's profile and
+/// `prod/db-allow`.
+const ENFORCED: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {name: kns.prod}
+spec:
+  ingress: [{action: Allow}]
+  egress: [{action: Allow}]
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: db-allow, namespace: prod}
+spec:
+  order: 100
+  selector: app == 'db'
+  ingress:
+  - {action: Allow, protocol: UDP}
+  - {action: Allow, protocol: TCP, destination: {ports: [5432]}}
+"#;
+
+/// A staged policy that would deny web's connections to db.
+const STAGED_LOCKDOWN: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: StagedNetworkPolicy
+metadata: {name: db-lockdown, namespace: prod}
+spec:
+  order: 10
+  selector: app == 'db'
+  ingress: [{action: Deny, protocol: TCP, source: {selector: app == 'web'}}]
+"#;
+
+fn hits(h: &[PolicyHit]) -> Vec<(&str, &str, &str, Option<u32>, &str)> {
+    h.iter()
+        .map(|h| {
+            (
+                h.kind.as_str(),
+                h.namespace.as_str(),
+                h.name.as_str(),
+                h.rule_index,
+                h.action.as_str(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn staged_policies_give_the_pending_trace_beside_the_enforced_one() {
+    let mut p = pipeline();
+    for u in updates(ENFORCED) {
+        p.update(&u);
+    }
+    // Policies but nothing staged: no pending trace.
+    let e = p.enrich(&obs(FlowPhase::Start, WEB1, 40000, 5432, true, counts(1)));
+    assert!(e.pending.is_empty() && e.pending_allowed.is_none(), "{e:?}");
+
+    for u in updates(STAGED_LOCKDOWN) {
+        p.update(&u);
+    }
+    assert_eq!(p.staged_policies(), 1);
+    p.observe(vec![
+        obs(FlowPhase::Start, WEB1, 40000, 5432, true, counts(1)),
+        obs(FlowPhase::Denied, WEB1, 40002, 22, false, counts(1)),
+        obs(FlowPhase::Start, "192.0.2.7", 40003, 5432, true, counts(1)),
+    ]);
+    let records = p.flush_if_due(1015).unwrap();
+    assert_eq!(p.stats.pending_errors, 0);
+    let from = |w: &str, port: u32| {
+        records
+            .iter()
+            .find(|r| r.src.as_ref().unwrap().workload == w && r.dst_port == port)
+            .unwrap()
+    };
+    // Enforced allow, pending deny: the staged policy's rule 0.
+    let web = from("web-*", 5432);
+    assert_eq!(web.action, "allow");
+    assert_eq!(
+        hits(&web.enforced),
+        vec![("NetworkPolicy", "prod", "db-allow", Some(1), "allow")]
+    );
+    assert_eq!(web.pending_action, "deny");
+    assert_eq!(
+        hits(&web.pending),
+        vec![(
+            "StagedNetworkPolicy",
+            "prod",
+            "db-lockdown",
+            Some(0),
+            "deny"
+        )]
+    );
+    // Denied either way; the staged policy denies it first.
+    let ssh = from("web-*", 22);
+    assert_eq!(
+        (ssh.action.as_str(), ssh.pending_action.as_str()),
+        ("deny", "deny")
+    );
+    assert_eq!(hits(&ssh.pending)[0].2, "db-lockdown");
+    // A client the staged policy does not select: the enforced policies'
+    // verdict in the pending trace too.
+    let outside = from("pub", 5432);
+    assert_eq!(outside.pending_action, "allow");
+    assert_eq!(
+        hits(&outside.pending),
+        vec![("NetworkPolicy", "prod", "db-allow", Some(1), "allow")]
+    );
+
+    // The staged policy removed: no pending trace again.
+    let mut gone = updates(STAGED_LOCKDOWN);
+    gone[0].value = None;
+    p.update(&gone[0]);
+    let e = p.enrich(&obs(FlowPhase::Start, WEB1, 40000, 5432, true, counts(1)));
+    assert!(e.pending.is_empty() && e.pending_allowed.is_none(), "{e:?}");
+}
+
+#[test]
+fn a_staged_delete_and_a_tier_end_in_the_pending_trace() {
+    let mut p = pipeline();
+    for u in updates(ENFORCED) {
+        p.update(&u);
+    }
+    // Deleting db-allow would leave db's TCP 5432 to the tier's end.
+    let delete = "apiVersion: projectcalico.org/v3\nkind: StagedNetworkPolicy\nmetadata: {name: db-allow, namespace: prod}\nspec: {stagedAction: Delete}\n";
+    for u in updates(delete) {
+        p.update(&u);
+    }
+    let e = p.enrich(&obs(FlowPhase::Start, WEB1, 40000, 5432, true, counts(1)));
+    assert!(e.allowed);
+    assert_eq!(
+        e.pending_allowed,
+        Some(true),
+        "no policy applies: the profile"
+    );
+    assert_eq!(
+        hits(&e.pending),
+        vec![("Profile", "", "kns.prod", Some(0), "allow")]
+    );
+    // Replacing it with a version that allows only UDP would leave TCP
+    // 5432 to the end of the tier, which denies.
+    let udp_only = "apiVersion: projectcalico.org/v3\nkind: StagedNetworkPolicy\nmetadata: {name: db-allow, namespace: prod}\nspec:\n  selector: app == 'db'\n  ingress: [{action: Allow, protocol: UDP}]\n";
+    for u in updates(udp_only) {
+        p.update(&u);
+    }
+    let e = p.enrich(&obs(FlowPhase::Start, WEB1, 40000, 5432, true, counts(1)));
+    assert_eq!(e.pending_allowed, Some(false));
+    assert_eq!(
+        hits(&e.pending),
+        vec![("EndOfTier", "", "default", None, "deny")]
+    );
 }

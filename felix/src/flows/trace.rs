@@ -1,7 +1,7 @@
 //! The policy trace of an observation: every policy the reporting side's
 //! judgement went through, from [`DesiredState::verdict`] on the state the
-//! driver holds, cross-checked against the rule the kernel says decided;
-//! and the hook for staged policies' pending trace.
+//! driver holds, cross-checked against the rule the kernel says decided.
+//! (The staged policies' pending trace is [`super::pending`].)
 
 use manul_dataplane_api::{
     Action, Decider, DesiredState, FlowObservation, Packet, PolicyId, Reporter, TraceStep,
@@ -161,25 +161,5 @@ fn kernel_hit(decider: &Decider, allowed: bool) -> Option<PolicyHit> {
             action,
         }),
         Decider::Rule { .. } | Decider::NoMatch | Decider::NotAnEndpoint => None,
-    }
-}
-
-/// What staged policies would have done with a flow: the `pending` trace.
-///
-/// Staged policies (`StagedNetworkPolicy` and its kin) are evaluated by
-/// Felix and never enforced. Until Felix evaluates them, the one
-/// implementation is [`NoStagedPolicies`], which returns an empty trace:
-/// there is no pending verdict to show, and none is made up.
-pub trait PendingEvaluator: Send {
-    fn pending(&self, state: &DesiredState, obs: &FlowObservation) -> Vec<PolicyHit>;
-}
-
-/// No staged policies exist: every pending trace is empty.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoStagedPolicies;
-
-impl PendingEvaluator for NoStagedPolicies {
-    fn pending(&self, _state: &DesiredState, _obs: &FlowObservation) -> Vec<PolicyHit> {
-        Vec::new()
     }
 }
