@@ -140,6 +140,7 @@ async fn resumes_resnapshots_and_synthesises_deletions() {
         node: "node1".into(),
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
+        transport: Default::default(),
     });
     tokio::spawn(syncer.run(tx));
     let mut log = Vec::new();

@@ -278,7 +278,6 @@ mod tests {
     use super::*;
     use manul_proto::v1::sync_message::Message;
     use manul_proto::v1::{DeltaBatch, Ping};
-    use prost::Message as _;
 
     #[test]
     fn frames_advance_across_pieces_and_write_every_byte_once() {
