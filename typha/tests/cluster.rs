@@ -237,6 +237,29 @@ async fn until_in_sync(s: &mut Streaming<SyncMessage>) -> (bool, u64) {
     }
 }
 
+/// Opens a Sync stream on replica `i` as a client does: a replica that does
+/// not serve yet (it has not known a leader since it started, or it is
+/// still applying what it knows committed) answers UNAVAILABLE, and the
+/// client asks again.
+async fn open_sync(
+    c: &Cluster,
+    i: usize,
+    request: SyncRequest,
+) -> Result<tonic::Response<Streaming<SyncMessage>>, tonic::Status> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.sync(i).await.sync(request.clone()).await {
+            Err(e)
+                if e.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Reads delta entries until `n` arrived; returns their (revision, name).
 async fn deltas(s: &mut Streaming<SyncMessage>, n: usize) -> Vec<(u64, String)> {
     let mut out = Vec::new();
@@ -260,10 +283,7 @@ async fn a_sync_client_resumes_on_another_replica_without_a_snapshot() {
     let _serial = SERIAL.lock().await;
     let c = Cluster::start(3, 10_000).await;
     assert_eq!(write_each(&c, &names("r", 5)).await.len(), 5);
-    let mut first = c
-        .sync(0)
-        .await
-        .sync(sync_request("node-a", 0).await)
+    let mut first = open_sync(&c, 0, sync_request("node-a", 0).await)
         .await
         .unwrap()
         .into_inner();
@@ -277,10 +297,7 @@ async fn a_sync_client_resumes_on_another_replica_without_a_snapshot() {
     let follower = (0..3).find(|i| *i != leader).unwrap();
     let r = apply(&c, follower, &later).await.unwrap();
     assert_eq!(r.entries.len(), 3);
-    let mut second = c
-        .sync(1)
-        .await
-        .sync(sync_request("node-a", at).await)
+    let mut second = open_sync(&c, 1, sync_request("node-a", at).await)
         .await
         .unwrap()
         .into_inner();
@@ -352,10 +369,7 @@ async fn bad_and_corrupt_requests_are_rejected_without_affecting_others() {
         written = written.max(c.status(i).await.unwrap().applied_revision);
     }
     c.wait_applied(written, Duration::from_secs(5)).await;
-    let mut good = c
-        .sync(0)
-        .await
-        .sync(sync_request("good", 0).await)
+    let mut good = open_sync(&c, 0, sync_request("good", 0).await)
         .await
         .unwrap()
         .into_inner();
@@ -432,10 +446,7 @@ async fn bad_and_corrupt_requests_are_rejected_without_affecting_others() {
         .server_streaming(tonic::Request::new(garbage.clone()), path, RawCodec)
         .await;
     assert!(r.is_err(), "a corrupt SyncRequest is refused");
-    let empty_name = c
-        .sync(0)
-        .await
-        .sync(sync_request("", 0).await)
+    let empty_name = open_sync(&c, 0, sync_request("", 0).await)
         .await
         .unwrap_err();
     assert_eq!(empty_name.code(), tonic::Code::InvalidArgument);
