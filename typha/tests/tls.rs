@@ -171,15 +171,26 @@ async fn replicas_use_mutual_tls_and_clients_are_admitted_by_identity() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut stream = SyncClient::new(ch)
-        .sync(SyncRequest {
-            node_name: "node1".into(),
-            client_version: manul_proto::PROTOCOL_VERSION.into(),
-            ..SyncRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // A replica that has not served yet (no leader known since it started,
+    // or still applying what it knows committed) answers UNAVAILABLE, and
+    // a client asks again, as Felix does.
+    let request = SyncRequest {
+        node_name: "node1".into(),
+        client_version: manul_proto::PROTOCOL_VERSION.into(),
+        ..SyncRequest::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match SyncClient::new(ch.clone()).sync(request.clone()).await {
+            Err(e)
+                if e.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => break r.unwrap().into_inner(),
+        }
+    };
     assert!(stream.message().await.unwrap().is_some());
 
     // Felix's identity is not a replica's or an administrator's: refused on
