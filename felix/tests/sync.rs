@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use manul_felix::sync::{SyncConfig, SyncEvent, Syncer};
+use manul_felix::sync::{SyncConfig, SyncEvent, SyncTransport, Syncer};
 use manul_proto::v1::sync_message::Message;
 use manul_proto::v1::sync_server::{Sync, SyncServer};
 use manul_proto::v1::{
@@ -140,6 +140,7 @@ async fn resumes_resnapshots_and_synthesises_deletions() {
         node: "node1".into(),
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
+        transport: SyncTransport::Grpc,
     });
     tokio::spawn(syncer.run(tx));
     let mut log = Vec::new();

@@ -129,6 +129,7 @@ async fn apply_tier(addr: SocketAddr, t: &Transport, name: &str) -> u64 {
                 expected_revision: None,
             }],
             deletes: Vec::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
