@@ -394,12 +394,19 @@ fn a_staged_deny_shows_as_pending_until_promoted_then_the_flows_are_denied() {
     assert!(by_pending.iter().all(|r| r["pending_action"] == "deny"));
     // The table shows it too.
     let table = Command::new(program("manulctl").unwrap())
-        .args(["--netns", c.control_plane_netns(), "flows", "--aggregator"])
+        .args(["--netns", c.control_plane_netns()])
+        .args(c.manulctl_tls_flags().split_whitespace())
+        .args(["flows", "--aggregator"])
         .arg(c.flows_url().unwrap())
         .args(filter)
         .args(["--pending-verdict", "denied"])
         .output()
         .unwrap();
+    assert!(
+        table.status.success(),
+        "manulctl flows failed: {}",
+        String::from_utf8_lossy(&table.stderr)
+    );
     let table = String::from_utf8_lossy(&table.stdout);
     let row = table
         .lines()

@@ -7,7 +7,7 @@
 //! is skipped, unless CI=true: then it fails.
 //!
 //! With `MANUL_FLOWS_UI_SCREENSHOT=PATH` it also writes its screenshot
-//! there (the README's `docs/flows-ui.png`).
+//! there (the edge frontend → api selected and the table filtered to it).
 //!
 //! WebDriver is spoken directly (the W3C protocol's handful of commands
 //! this test needs, JSON over HTTP/1.1 to chromedriver on the control
@@ -95,8 +95,9 @@ enum Locator<'a> {
     Id(&'a str),
 }
 
-/// The key W3C WebDriver names an element reference by.
-const ELEMENT: &str = "element-6066-11e4-a52f-4a3b-9a8d-0b3d3f4a7b1b";
+/// The key W3C WebDriver names an element reference by (the web element
+/// identifier).
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// One WebDriver command: `method` on `path` with `body`; the answer's
 /// `value`, or the WebDriver error it reports.
@@ -118,8 +119,11 @@ async fn command(
     s.write_all(request.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+    // chromedriver may keep the connection open after its answer: read
+    // the answer's length, not to the end of the stream.
+    let raw = tokio::time::timeout(COMMAND_TIMEOUT, read_answer(&mut s))
+        .await
+        .map_err(|_| format!("{method} {path}: no answer within {COMMAND_TIMEOUT:?}"))??;
     let raw = String::from_utf8_lossy(&raw);
     let (head, rest) = raw.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
     let chunked = head
@@ -139,6 +143,41 @@ async fn command(
             "{method} {path}: {}: {}",
             value["error"], value["message"]
         ))
+    }
+}
+
+/// How long one WebDriver command may take before the test fails.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One HTTP/1.1 answer: its head and its body by `Content-Length`, by
+/// chunks up to the last one, or to the end of the stream.
+async fn read_answer(s: &mut tokio::net::TcpStream) -> Result<Vec<u8>, String> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok(raw);
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+        let body = &raw[end + 4..];
+        if head.contains("transfer-encoding: chunked") {
+            if body.ends_with(b"0\r\n\r\n") {
+                return Ok(raw);
+            }
+            continue;
+        }
+        let length = head.lines().find_map(|l| {
+            l.strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        });
+        if length.is_some_and(|len| body.len() >= len) {
+            return Ok(raw);
+        }
     }
 }
 
@@ -216,7 +255,7 @@ impl Client {
             .await?;
         let id = v[ELEMENT]
             .as_str()
-            .ok_or("no element reference")?
+            .ok_or_else(|| format!("no element reference in {v}"))?
             .to_owned();
         Ok(Element { client: self, id })
     }
