@@ -18,7 +18,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use manul_dataplane_api::{Driver, Packet};
@@ -144,8 +144,12 @@ fn test_run(runs: usize, rules: usize) -> Value {
 }
 
 fn traffic_side_by_side(runs: usize, rules: usize, options: &TrafficOptions) -> Value {
+    // The nodes the runs made, whose pins are removed at the end.
+    let nodes: Arc<Mutex<Vec<String>>> = Arc::default();
     let factory = |on: bool| -> Arc<Factory> {
+        let seen = nodes.clone();
         Arc::new(move |ctx| {
+            seen.lock().unwrap().push(ctx.node.clone());
             BpfDriver::new(config(&ctx.node, on))
                 .map(|d| Box::new(d) as Box<dyn Driver>)
                 .map_err(|e| chain(&e))
@@ -184,6 +188,9 @@ fn traffic_side_by_side(runs: usize, rules: usize, options: &TrafficOptions) -> 
                 samples_on.push(s);
             }
         }
+    }
+    for node in nodes.lock().unwrap().iter() {
+        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), node);
     }
     let side = |v: &[TrafficSample]| {
         json!({
