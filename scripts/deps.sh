@@ -3,7 +3,10 @@
 # shellcheck shell=bash
 
 # Debian packages the build and the tests use. Installed only when missing.
-MANUL_APT_PACKAGES=(iproute2 iptables ipset nftables mount e2fsprogs iputils-ping clang llvm libbpf-dev libclang-dev bpftool iperf3 procps python3 python3-venv prometheus)
+MANUL_APT_PACKAGES=(iproute2 iptables ipset nftables mount e2fsprogs iputils-ping clang llvm libbpf-dev libclang-dev bpftool iperf3 procps python3 python3-venv prometheus chromium chromium-driver)
+
+# chromium and chromium-driver: local-cluster/tests/flows_ui.rs drives the
+# flow aggregator's web UI in headless Chromium over WebDriver.
 
 # Installed without their recommended packages: Debian's prometheus
 # recommends the node exporter and its collectors, which the tests do not

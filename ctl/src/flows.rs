@@ -21,9 +21,17 @@ pub enum Output {
 
 #[derive(Debug, Args)]
 pub struct FlowsArgs {
-    /// The flow aggregator, such as http://127.0.0.1:7443.
+    /// The flow aggregator, such as http://127.0.0.1:7443; https:// for
+    /// TLS with --ca-file, --cert-file and --key-file (your certificate).
     #[arg(long, env = "MANUL_FLOWS", default_value = "http://127.0.0.1:7443")]
     pub aggregator: String,
+    /// Common name the aggregator's certificate must have (default with
+    /// https://: manul-flows, unless --aggregator-uri-san is given).
+    #[arg(long, env = "MANUL_FLOWS_CN")]
+    pub aggregator_cn: Option<String>,
+    /// URI SAN the aggregator's certificate must have.
+    #[arg(long, env = "MANUL_FLOWS_URI_SAN")]
+    pub aggregator_uri_san: Option<String>,
     /// Flows from or to this namespace.
     #[arg(long)]
     pub namespace: Option<String>,
@@ -147,21 +155,73 @@ pub fn filter(args: &FlowsArgs, now: u64) -> Result<FlowFilter, BadInput> {
     })
 }
 
-pub async fn run(args: &FlowsArgs) -> anyhow::Result<ExitCode> {
+/// Plaintext for `http://`; for `https://`, TLS with the user's
+/// certificate and the aggregator's identity checked.
+fn transport(
+    server: &crate::client::ServerArgs,
+    args: &FlowsArgs,
+) -> Result<manul_tls::connect::Transport, BadInput> {
+    let url = &args.aggregator;
+    let tls = url.starts_with("https://");
+    if !tls && !url.starts_with("http://") {
+        return Err(BadInput(format!(
+            "--aggregator {url:?}: expected an http:// or https:// URL, such as http://127.0.0.1:7443"
+        )));
+    }
+    if !tls {
+        if args.aggregator_cn.is_some() || args.aggregator_uri_san.is_some() {
+            return Err(BadInput(
+                "--aggregator-cn/--aggregator-uri-san need an https:// aggregator".into(),
+            ));
+        }
+        return Ok(manul_tls::connect::Transport::Plain);
+    }
+    let (Some(ca), Some(cert), Some(key)) = (&server.ca_file, &server.cert_file, &server.key_file)
+    else {
+        return Err(BadInput(format!(
+            "--aggregator {url:?} is https://: give --ca-file, --cert-file and --key-file"
+        )));
+    };
+    let cn = match (&args.aggregator_cn, &args.aggregator_uri_san) {
+        (None, None) => Some(manul_tls::dev::FLOWS_CN.to_owned()),
+        (cn, _) => cn.clone(),
+    };
+    let chain = |e: manul_tls::TlsError| BadInput(manul_model::error::chain(&e));
+    let expected = manul_tls::Expected::new(
+        cn,
+        args.aggregator_uri_san.clone(),
+        "--aggregator-cn/--aggregator-uri-san",
+    )
+    .map_err(chain)?;
+    let config = manul_tls::client::ClientSettings {
+        ca_file: ca.clone(),
+        cert_file: cert.clone(),
+        key_file: key.clone(),
+        server: expected,
+    }
+    .config()
+    .map_err(chain)?;
+    Ok(manul_tls::connect::Transport::Tls(config))
+}
+
+pub async fn run(server: &crate::client::ServerArgs, args: &FlowsArgs) -> anyhow::Result<ExitCode> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let filter = filter(args, now)?;
-    if !args.aggregator.starts_with("http://") {
-        return Err(BadInput(format!(
-            "--aggregator {:?}: expected an http:// URL, such as http://127.0.0.1:7443",
-            args.aggregator
-        ))
-        .into());
-    }
-    let mut client = FlowsClient::connect(args.aggregator.clone())
+    let transport = transport(server, args)?;
+    let url = match args.aggregator.strip_prefix("https://") {
+        Some(rest) => format!("http://{rest}"),
+        None => args.aggregator.clone(),
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| BadInput(format!("--aggregator {:?}: {e}", args.aggregator)))?
+        .connect_timeout(Duration::from_secs(10));
+    let channel = transport
+        .connect(endpoint)
         .await
         .with_context(|| format!("cannot reach the flow aggregator at {}", args.aggregator))?;
+    let mut client = FlowsClient::new(channel);
     let request = ListRequest {
         filter: Some(filter),
         limit: args.last,

@@ -95,7 +95,7 @@ enum Command {
     /// The Services a node's dataplane is programmed with, from its Felix: frontends and their backends.
     Services(services::ServicesArgs),
     /// Flow records from the flow aggregator, in the manner of `hubble observe`.
-    Flows(flows::FlowsArgs),
+    Flows(Box<flows::FlowsArgs>),
     /// Who changed what and when: the audit history of the replicated log (any replica answers the same).
     Audit(audit::AuditArgs),
     /// Policy and compliance reports over a window, as text, JSON or an HTML page.
@@ -144,7 +144,7 @@ fn main() -> ExitCode {
                     Command::Trace(args) => trace::run(&cli.server, args).await,
                     Command::Policy(cmd) => policy::run(&cli.server, cmd).await,
                     Command::Services(args) => services::run(args).await,
-                    Command::Flows(args) => flows::run(args).await,
+                    Command::Flows(args) => flows::run(&cli.server, args).await,
                     Command::Audit(args) => audit::run(&cli.server, args).await,
                     Command::Report(cmd) => report::run(&cli.server, cmd).await,
                     _ => Ok(ExitCode::SUCCESS),

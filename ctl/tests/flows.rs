@@ -161,6 +161,7 @@ async fn felix_records_reach_manulctl_once_across_a_lost_acknowledgement() {
     tokio::spawn(export::run(
         ExportConfig {
             endpoint: format!("http://127.0.0.1:{proxy_port}"),
+            transport: manul_tls::connect::Transport::Plain,
             node: "node1".into(),
             epoch: 42,
             capacity: 1000,

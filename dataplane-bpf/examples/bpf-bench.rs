@@ -14,7 +14,10 @@
 //! against a baseline without a dataplane), with the `BpfDriver`, and prints
 //! its report.
 //!
-//! Needs root (and `iperf3` for `traffic`). Everything runs in network
+//! With `flows` it measures flow observations off and on side by side
+//! (`BPF_PROG_TEST_RUN` and real traffic; see `bpf-bench/flows.rs`).
+//!
+//! Needs root (and `iperf3` for `traffic` and `flows`). Everything runs in network
 //! namespaces it creates, with pins under /sys/fs/bpf/manul-bench, removed
 //! at the end.
 //!
@@ -29,8 +32,12 @@
 //! them; services are map data, no program is loaded for them).
 //!
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- services [--services 10000] [--backends 10] [--changes 50] [--runs 3]`
+//! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- flows [--runs 6]`
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+
+#[path = "bpf-bench/flows.rs"]
+mod flows;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -328,6 +335,10 @@ fn main() {
     }
     if std::env::args().nth(1).as_deref() == Some("services") {
         services_mode();
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("flows") {
+        flows::run();
         return;
     }
     let runs: usize = flag("--runs").and_then(|s| s.parse().ok()).unwrap_or(5);

@@ -259,7 +259,10 @@ fn flow_observations_follow_a_connection_from_start_to_end() {
     let Some(sb) = Sandbox::new("bo") else { return };
     let a = sb.index("mnla");
     let mut config = sb.config();
-    config.gc_interval = Duration::from_millis(100);
+    // Collection every 10 s (the default), flow records every 200 ms: the
+    // scan that makes updates and ends follows the records' interval.
+    assert_eq!(config.gc_interval, Duration::from_secs(10));
+    config.flow_update_interval = Some(Duration::from_millis(200));
     config.conntrack_timeouts.tcp_established = Duration::from_millis(600);
     sb.ns()
         .run(move || {
@@ -311,6 +314,7 @@ fn flow_observations_follow_a_connection_from_start_to_end() {
 
             // More packets: an update with the conntrack entry's counters.
             assert_eq!(run(&mut d, Hook::Egress, a, to_a(80), ACK), PASS);
+            let sent = std::time::Instant::now();
             take_until(&mut d, &mut taken, "update", |t| {
                 t.iter().any(|o| {
                     o.phase == FlowPhase::Update
@@ -318,10 +322,16 @@ fn flow_observations_follow_a_connection_from_start_to_end() {
                         && o.counts.packets_reverse >= 1
                 })
             });
+            let updated = sent.elapsed();
             // Idle past its timeout: the scan ends it, with its totals.
             take_until(&mut d, &mut taken, "end", |t| {
                 t.iter().any(|o| o.phase == FlowPhase::End)
             });
+            let ended = sent.elapsed();
+            // Within a few scans of 200 ms, not the 10 s collection
+            // interval (the end: the 600 ms timeout, then a scan).
+            assert!(updated < Duration::from_secs(3), "update after {updated:?}");
+            assert!(ended < Duration::from_secs(4), "end after {ended:?}");
             let end = taken.iter().find(|o| o.phase == FlowPhase::End).unwrap();
             assert_eq!(end.counts.packets_forward, 2);
             assert_eq!(end.counts.packets_reverse, 1);
@@ -331,6 +341,33 @@ fn flow_observations_follow_a_connection_from_start_to_end() {
                 1,
                 "one end"
             );
+            assert_eq!(d.flows_dropped(), 0);
+        })
+        .expect("run in the namespace");
+}
+
+#[test]
+fn observations_off_queue_nothing_while_events_still_count() {
+    let Some(sb) = Sandbox::new("bf") else { return };
+    let a = sb.index("mnla");
+    let mut config = sb.config();
+    config.flow_observations = false;
+    config.flow_update_interval = Some(Duration::from_millis(100));
+    sb.ns()
+        .run(move || {
+            let mut d = BpfDriver::new(config).expect("load the programs");
+            d.apply(&[web_policy(Action::Allow), pod_a(0), Operation::InSync])
+                .expect("apply");
+            let to_a = |dport| Packet::tcp(ip("10.0.0.2"), 40000, ip("10.0.0.1"), dport);
+            assert_eq!(run(&mut d, Hook::Egress, a, to_a(80), SYN), PASS);
+            assert_eq!(run(&mut d, Hook::Egress, a, to_a(81), SYN), DROP);
+            // Several scans later: the events were read (the counters
+            // have them), and no observation was made.
+            std::thread::sleep(Duration::from_millis(500));
+            d.flush_flow_log();
+            let web = d.flow_counters().per_policy["default/web"];
+            assert!(web.allowed >= 1, "{web:?}");
+            assert!(d.take_flows().is_empty());
             assert_eq!(d.flows_dropped(), 0);
         })
         .expect("run in the namespace");

@@ -162,9 +162,18 @@ struct Args {
     #[arg(long)]
     no_service_health: bool,
     /// Stream flow records to this flow aggregator (`manul-flows`),
-    /// `http://HOST:PORT`; without it no records are built.
+    /// `http://HOST:PORT`, or `https://HOST:PORT` for TLS with Felix's
+    /// Typha certificate (--typha-ca-file, --typha-cert-file,
+    /// --typha-key-file); without it no records are built.
     #[arg(long, env = "FELIX_FLOWAGGREGATOR")]
     flow_aggregator: Option<String>,
+    /// Common name the aggregator's certificate must have (default
+    /// manul-flows, unless --flow-aggregator-uri-san is given).
+    #[arg(long, env = "FELIX_FLOWAGGREGATORCN")]
+    flow_aggregator_cn: Option<String>,
+    /// URI SAN the aggregator's certificate must have.
+    #[arg(long, env = "FELIX_FLOWAGGREGATORURISAN")]
+    flow_aggregator_uri_san: Option<String>,
     /// Flow records aggregate the observations of this many seconds.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
     flow_interval: u64,
@@ -788,6 +797,20 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
         }
     }
     if let Some(endpoint) = &args.flow_aggregator {
+        let flow_transport = manul_felix::flows::export::transport(
+            endpoint,
+            [
+                &local.typha_ca_file.value,
+                &local.typha_cert_file.value,
+                &local.typha_key_file.value,
+            ],
+            args.flow_aggregator_cn.as_deref(),
+            args.flow_aggregator_uri_san.as_deref(),
+        );
+        let flow_transport = match flow_transport {
+            Ok(t) => t,
+            Err(e) => return fail(2, chain(&e)),
+        };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -796,6 +819,7 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
         tokio::spawn(manul_felix::flows::export::run(
             manul_felix::flows::export::ExportConfig {
                 endpoint: endpoint.clone(),
+                transport: flow_transport,
                 node: args.node.clone(),
                 epoch: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
                 capacity: args.flow_buffer_records,

@@ -32,7 +32,8 @@ fn flag(name: &str) -> Option<String> {
 }
 
 /// A record as a busy node sends them: pods with a few labels, a
-/// two-step trace.
+/// two-step enforced trace and, as with a staged policy in place, a
+/// two-step pending trace.
 fn record(i: usize) -> FlowRecord {
     let ep = |ns: &str, w: String, app: &str| FlowEndpoint {
         kind: "pod".into(),
@@ -74,7 +75,25 @@ fn record(i: usize) -> FlowRecord {
                 action: "allow".into(),
             },
         ],
-        pending: Vec::new(),
+        pending: vec![
+            PolicyHit {
+                tier: "security".into(),
+                kind: "GlobalNetworkPolicy".into(),
+                namespace: String::new(),
+                name: "baseline".into(),
+                rule_index: Some(2),
+                action: "pass".into(),
+            },
+            PolicyHit {
+                tier: "default".into(),
+                kind: "StagedNetworkPolicy".into(),
+                namespace: "backend".into(),
+                name: "api-lockdown".into(),
+                rule_index: Some(0),
+                action: "deny".into(),
+            },
+        ],
+        pending_action: "deny".into(),
         packets_forward: 10,
         bytes_forward: 1500,
         packets_reverse: 8,

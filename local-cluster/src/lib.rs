@@ -21,8 +21,9 @@
 //!   (which allocates its address from the IPPool `10.65.0.0/16`, writes its
 //!   WorkloadEndpoint and creates the veth pair);
 //! - with [`LocalCluster::up_with_flows`], the flow aggregator
-//!   (`manul-flows`) in the control plane at `192.168.220.1:7443`, which
-//!   every Felix streams its flow records to;
+//!   (`manul-flows`) in the control plane at `192.168.220.1:7443` (TLS),
+//!   which every Felix streams its flow records to, with its web UI at
+//!   `http://192.168.220.1:7444/`;
 //! - `NAME-xK`: external clients ([`external`]), on the bridge at
 //!   `192.168.220.(200+K)/24` with no Felix: machines outside the cluster.
 //!
@@ -43,8 +44,8 @@ pub mod procs;
 pub mod wireguard;
 
 pub use cluster::{
-    ClusterConfig, Dataplane, Disks, FLOWS_PORT, FlowsConfig, LocalCluster, MetricsTarget, PodInfo,
-    PodSpec, SlowDisk, SmallDisk, Throttle,
+    ClusterConfig, Dataplane, Disks, FLOWS_PORT, FLOWS_UI_PORT, FlowsConfig, LocalCluster,
+    MetricsTarget, PodInfo, PodSpec, SlowDisk, SmallDisk, Throttle,
 };
 pub use external::ExternalClient;
 

@@ -122,7 +122,14 @@ fn main() -> ExitCode {
             );
             if let Some(url) = cluster.flows_url() {
                 println!(
-                    "flows: manulctl --netns {} flows --aggregator {url}",
+                    "flows: manulctl --netns {} {} flows --aggregator {url}",
+                    cluster.control_plane_netns(),
+                    cluster.manulctl_tls_flags()
+                );
+            }
+            if let Some(ui) = cluster.flows_ui_url() {
+                println!(
+                    "flows web UI: {ui} from the control plane's namespace (ip netns exec {} chromium --no-sandbox {ui})",
                     cluster.control_plane_netns()
                 );
             }

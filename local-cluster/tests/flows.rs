@@ -48,7 +48,9 @@ fn now() -> u64 {
 /// `manulctl flows -o json` with `args`, from the control plane.
 fn flows(c: &LocalCluster, args: &[&str]) -> Vec<Value> {
     let out = Command::new(program("manulctl").unwrap())
-        .args(["--netns", c.control_plane_netns(), "flows", "--aggregator"])
+        .args(["--netns", c.control_plane_netns()])
+        .args(c.manulctl_tls_flags().split_whitespace())
+        .args(["flows", "--aggregator"])
         .arg(c.flows_url().unwrap())
         .args(["-o", "json", "--last", "10000"])
         .args(args)
@@ -258,4 +260,225 @@ fn flows_reach_manulctl_with_their_policy_trace_and_survive_an_aggregator_restar
         );
         assert!(seen.insert(key), "a duplicate record: {r}");
     }
+}
+
+/// A staged policy that would deny frontend's connections to api.
+const STAGED_LOCKDOWN: &str = "apiVersion: projectcalico.org/v3
+kind: StagedNetworkPolicy
+metadata: {name: api-lockdown, namespace: production}
+spec:
+  order: 10
+  selector: app == 'api'
+  ingress:
+  - action: Deny
+    protocol: TCP
+    source: {selector: app == 'frontend'}
+";
+
+fn hits(r: &Value, which: &str) -> Vec<Hit> {
+    r["policies"][which]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["kind"].as_str().unwrap().to_owned(),
+                h["namespace"].as_str().unwrap().to_owned(),
+                h["name"].as_str().unwrap().to_owned(),
+                h["rule_index"].clone(),
+                h["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_staged_deny_shows_as_pending_until_promoted_then_the_flows_are_denied() {
+    if !manul_netns::testing::have_root("this test") {
+        return;
+    }
+    let name = manul_netns::unique_prefix("lp");
+    let mut c = LocalCluster::up_with_flows(
+        ClusterConfig {
+            name,
+            nodes: 2,
+            typha_replicas: 1,
+            dataplane: Dataplane::Bpf,
+            policy_setup_timeout: Duration::from_secs(5),
+        },
+        Some(FlowsConfig { interval_s: 1 }),
+    )
+    .expect("cluster up");
+    c.add_pod(pod("frontend", 0)).unwrap();
+    c.add_pod(pod("api", 1)).unwrap();
+    c.apply_yaml(FRONTEND_TO_API).unwrap();
+    c.apply_yaml(STAGED_LOCKDOWN).unwrap();
+    let filter = [
+        "--from-pod",
+        "production/frontend",
+        "--to-pod",
+        "api",
+        "--since",
+        "10m",
+    ];
+    // The staged deny is not enforced: frontend still connects, and its
+    // records show enforced allow beside pending deny (once api's Felix
+    // has the staged policy).
+    let records = {
+        let start = Instant::now();
+        loop {
+            assert_eq!(
+                c.tcp_probe(
+                    "production/frontend",
+                    "production/api",
+                    8080,
+                    Duration::from_millis(500)
+                )
+                .unwrap(),
+                ProbeOutcome::Connected,
+                "a staged policy must not be enforced"
+            );
+            let rs = flows(
+                &c,
+                &[&filter[..], &["--pending-verdict", "denied"]].concat(),
+            );
+            if rs.iter().any(|r| is(r, "frontend", "api", "allow")) {
+                break rs;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no record with a pending deny: {:?}",
+                flows(&c, &filter)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let r = records
+        .iter()
+        .find(|r| is(r, "frontend", "api", "allow"))
+        .unwrap();
+    assert_eq!(r["pending_action"], "deny", "{r}");
+    assert_eq!(
+        hits(r, "enforced"),
+        vec![(
+            "NetworkPolicy".into(),
+            "production".into(),
+            "frontend-to-api".into(),
+            Value::from(0),
+            "allow".into()
+        )],
+        "{r}"
+    );
+    assert_eq!(
+        hits(r, "pending"),
+        vec![(
+            "StagedNetworkPolicy".into(),
+            "production".into(),
+            "api-lockdown".into(),
+            Value::from(0),
+            "deny".into()
+        )],
+        "{r}"
+    );
+    // The aggregator filters on the pending trace.
+    let by_pending = flows(
+        &c,
+        &[
+            "--pending-policy",
+            "production/api-lockdown",
+            "--since",
+            "10m",
+        ],
+    );
+    assert!(!by_pending.is_empty());
+    assert!(by_pending.iter().all(|r| r["pending_action"] == "deny"));
+    // The table shows it too.
+    let table = Command::new(program("manulctl").unwrap())
+        .args(["--netns", c.control_plane_netns()])
+        .args(c.manulctl_tls_flags().split_whitespace())
+        .args(["flows", "--aggregator"])
+        .arg(c.flows_url().unwrap())
+        .args(filter)
+        .args(["--pending-verdict", "denied"])
+        .output()
+        .unwrap();
+    assert!(
+        table.status.success(),
+        "manulctl flows failed: {}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let table = String::from_utf8_lossy(&table.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.contains("production/frontend"))
+        .unwrap_or_else(|| panic!("no row in:\n{table}"));
+    for part in [
+        "ALLOW",
+        "frontend-to-api#0:allow",
+        "DENY",
+        "production/api-lockdown#0:deny",
+    ] {
+        assert!(row.contains(part), "{part} in {row}");
+    }
+
+    // Promoted: enforced, and the flows are denied by it.
+    let out = Command::new(program("manulctl").unwrap())
+        .args(["--netns", c.control_plane_netns(), "--server"])
+        .arg(c.typha_addresses().join(","))
+        .args(c.manulctl_tls_flags().split_whitespace())
+        .args([
+            "policy",
+            "promote",
+            "stagednetworkpolicy/production/api-lockdown",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promote failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let promoted_at = now();
+    let start = Instant::now();
+    while c
+        .tcp_probe(
+            "production/frontend",
+            "production/api",
+            8080,
+            Duration::from_millis(200),
+        )
+        .unwrap()
+        == ProbeOutcome::Connected
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the promoted policy did not take effect"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    traffic(&c, "production/frontend", 2);
+    let records = wait_for(&c, &filter, Duration::from_secs(30), |rs| {
+        rs.iter().any(|r| {
+            is(r, "frontend", "api", "deny") && r["end_time"].as_u64().unwrap() >= promoted_at
+        })
+    });
+    let denied = records
+        .iter()
+        .rev()
+        .find(|r| is(r, "frontend", "api", "deny"))
+        .unwrap();
+    assert_eq!(
+        hits(denied, "enforced"),
+        vec![(
+            "NetworkPolicy".into(),
+            "production".into(),
+            "api-lockdown".into(),
+            Value::from(0),
+            "deny".into()
+        )],
+        "{denied}"
+    );
+    // Nothing is staged any more: no pending trace.
+    assert_eq!(denied["policies"]["pending"], Value::Array(Vec::new()));
+    assert_eq!(denied["pending_action"], Value::Null);
 }

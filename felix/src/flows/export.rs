@@ -9,8 +9,79 @@ use std::time::Duration;
 
 use manul_proto::flows::flow_ingest_client::FlowIngestClient;
 use manul_proto::flows::{FlowRecord, PushHello, PushRequest, RecordBatch, push_request};
+use manul_tls::connect::Transport;
+use manul_tls::{Expected, TlsError};
 use tokio::sync::{mpsc, watch};
+use tonic::transport::Endpoint;
 use tracing::{info, warn};
+
+/// The aggregator's URL with the scheme tonic dials (`https://` becomes
+/// `http://`: the TLS is [`Transport`]'s, not tonic's).
+fn plain_url(url: &str) -> String {
+    match url.strip_prefix("https://") {
+        Some(rest) => format!("http://{rest}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Why the aggregator's address or TLS settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportTlsError {
+    #[error("--flow-aggregator {0:?}: expected http://HOST:PORT or https://HOST:PORT")]
+    Url(String),
+    #[error(
+        "--flow-aggregator {0:?} is https:// but TyphaCAFile, TyphaCertFile and TyphaKeyFile (Felix's certificate) are not all set"
+    )]
+    NoCertificate(String),
+    #[error("--flow-aggregator-cn/--flow-aggregator-uri-san need an https:// aggregator")]
+    NamesWithoutTls,
+    #[error("TLS towards the flow aggregator")]
+    Tls(#[source] TlsError),
+}
+
+/// How Felix reaches the aggregator at `url`: plaintext for `http://`;
+/// for `https://`, TLS with Felix's own certificate (the files it presents
+/// to Typha: `ca`, `cert`, `key`) and the aggregator's certificate checked
+/// for common name `cn` (default `manul-flows`) or URI SAN `uri_san`,
+/// never a host name.
+pub fn transport(
+    url: &str,
+    files: [&str; 3],
+    cn: Option<&str>,
+    uri_san: Option<&str>,
+) -> Result<Transport, ExportTlsError> {
+    if url.starts_with("http://") {
+        if cn.is_some() || uri_san.is_some() {
+            return Err(ExportTlsError::NamesWithoutTls);
+        }
+        return Ok(Transport::Plain);
+    }
+    if !url.starts_with("https://") {
+        return Err(ExportTlsError::Url(url.to_owned()));
+    }
+    if files.iter().any(|f| f.is_empty()) {
+        return Err(ExportTlsError::NoCertificate(url.to_owned()));
+    }
+    let cn = match (cn, uri_san) {
+        (None, None) => Some(manul_tls::dev::FLOWS_CN),
+        (cn, _) => cn,
+    };
+    let server = Expected::new(
+        cn.map(str::to_owned),
+        uri_san.map(str::to_owned),
+        "--flow-aggregator-cn/--flow-aggregator-uri-san",
+    )
+    .map_err(ExportTlsError::Tls)?;
+    let config = manul_tls::client::ClientSettings {
+        ca_file: files[0].into(),
+        cert_file: files[1].into(),
+        key_file: files[2].into(),
+        server,
+    }
+    .config()
+    .map_err(ExportTlsError::Tls)?;
+    Ok(Transport::Tls(config))
+}
 
 /// Batches sent or to send, oldest first, until acknowledged; at most
 /// `capacity` records (beyond: the oldest batches are dropped and counted).
@@ -96,8 +167,11 @@ fn split(mut records: Vec<FlowRecord>) -> Vec<Vec<FlowRecord>> {
 /// Where and as whom the records go.
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
-    /// `http://HOST:PORT`.
+    /// `http://HOST:PORT` (`https://` is the same address over TLS).
     pub endpoint: String,
+    /// Plaintext, or TLS with Felix's certificate and the aggregator's
+    /// identity checked (see [`transport`]).
+    pub transport: Transport,
     pub node: String,
     /// This run of Felix (its start time in nanoseconds): sequence numbers
     /// start again with every run.
@@ -170,9 +244,18 @@ async fn stream(
     st: &mut ExportStatus,
     status: &watch::Sender<ExportStatus>,
 ) -> Result<(), tonic::Status> {
-    let mut client = FlowIngestClient::connect(config.endpoint.clone())
+    let unavailable = |e: &(dyn std::error::Error + 'static)| {
+        tonic::Status::unavailable(manul_dataplane_api::chain(e))
+    };
+    let endpoint = Endpoint::from_shared(plain_url(&config.endpoint))
+        .map_err(|e| unavailable(&e))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = config
+        .transport
+        .connect(endpoint)
         .await
-        .map_err(|e| tonic::Status::unavailable(manul_dataplane_api::chain(&e)))?;
+        .map_err(|e| unavailable(&e))?;
+    let mut client = FlowIngestClient::new(channel);
     let (tx, rx) = mpsc::unbounded_channel();
     let send = |tx: &mpsc::UnboundedSender<PushRequest>, msg| {
         tx.send(PushRequest { msg: Some(msg) })

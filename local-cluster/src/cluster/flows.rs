@@ -1,5 +1,7 @@
 //! The flow aggregator (`manul-flows`) in the control plane, on the
-//! bridge's address, and what Felix needs to stream to it.
+//! bridge's address, over TLS with the development certificates (Felix
+//! presents its own, `manulctl flows` the administrator's), its web UI
+//! beside it, and what Felix needs to stream to it.
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -10,6 +12,8 @@ use crate::procs::{self, program, spawn_in};
 
 /// The aggregator's port on the control plane's bridge address.
 pub const FLOWS_PORT: u16 = 7443;
+/// Its web UI's port, on the same address.
+pub const FLOWS_UI_PORT: u16 = 7444;
 
 /// How the cluster runs the flow aggregator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,12 +36,21 @@ pub(super) struct FlowsState {
 }
 
 impl LocalCluster {
-    /// The aggregator's URL, as Felix and `manulctl flows --aggregator`
-    /// (from the control plane's namespace) reach it; `None` without one.
+    /// The aggregator's URL (TLS), as Felix and `manulctl flows
+    /// --aggregator` (from the control plane's namespace, with
+    /// [`Self::manulctl_tls_flags`]) reach it; `None` without one.
     pub fn flows_url(&self) -> Option<String> {
         self.flows.as_ref()?;
         let [a, b, c] = UNDERLAY_PREFIX;
-        Some(format!("http://{a}.{b}.{c}.1:{FLOWS_PORT}"))
+        Some(format!("https://{a}.{b}.{c}.1:{FLOWS_PORT}"))
+    }
+
+    /// The aggregator's web UI (plain HTTP), as a browser in the control
+    /// plane's namespace reaches it; `None` without one.
+    pub fn flows_ui_url(&self) -> Option<String> {
+        self.flows.as_ref()?;
+        let [a, b, c] = UNDERLAY_PREFIX;
+        Some(format!("http://{a}.{b}.{c}.1:{FLOWS_UI_PORT}/"))
     }
 
     /// Felix's flags for the aggregator, if the cluster runs one.
@@ -59,15 +72,25 @@ impl LocalCluster {
         let Some(url) = self.flows_url() else {
             return Ok(());
         };
-        let listen = url.trim_start_matches("http://").to_owned();
+        let listen = url.trim_start_matches("https://").to_owned();
+        let [a, b, c] = UNDERLAY_PREFIX;
+        let ui_listen = format!("{a}.{b}.{c}.1:{FLOWS_UI_PORT}");
+        let certs = self.certs_dir();
         // One log per start: a restart does not truncate the last one.
         let starts = self.flows.as_ref().map_or(0, |f| f.starts);
         let log = self.work.path().join(format!("flows-{starts}.log"));
         let mut cmd = Command::new(program("manul-flows")?);
-        cmd.args(["--listen", &listen]).env(
-            "RUST_LOG",
-            std::env::var("MANUL_FLOWS_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        cmd.args(["--listen", &listen, "--ui-listen", &ui_listen])
+            .arg("--ca-file")
+            .arg(certs.join("ca.crt"))
+            .arg("--server-cert-file")
+            .arg(certs.join("flows.crt"))
+            .arg("--server-key-file")
+            .arg(certs.join("flows.key"))
+            .env(
+                "RUST_LOG",
+                std::env::var("MANUL_FLOWS_LOG").unwrap_or_else(|_| "info".into()),
+            );
         let child = spawn_in(&self.cp, cmd, &log)?;
         if let Some(f) = self.flows.as_mut() {
             f.child = Some(child);

@@ -14,7 +14,7 @@ mod slow_disk;
 mod typha;
 
 use flows::FlowsState;
-pub use flows::{FLOWS_PORT, FlowsConfig};
+pub use flows::{FLOWS_PORT, FLOWS_UI_PORT, FlowsConfig};
 pub use pods::{PodInfo, PodSpec};
 pub use slow_disk::{SlowDisk, Throttle};
 pub use typha::parse;
