@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use manul_felix::sync::{SyncConfig, SyncEvent, SyncTransport, Syncer};
+use manul_felix::sync::{SyncConfig, SyncEvent, Syncer};
 use manul_proto::v1::sync_message::Message;
 use manul_proto::v1::sync_server::{Sync, SyncServer};
 use manul_proto::v1::{
