@@ -302,19 +302,19 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
                     }
                 }
                 let backends = family_backends(port.backends_for(*policy), ipv6);
-                if port.protocol == PROTO_SCTP {
-                    if let Some(b) = backends.iter().find(|b| b.port != number) {
-                        d.skipped.push(Skipped::SctpPort {
-                            service: key.clone(),
-                            frontend: Frontend {
-                                addr,
-                                port: number,
-                                proto: port.protocol,
-                            },
-                            target: b.port,
-                        });
-                        continue;
-                    }
+                if port.protocol == PROTO_SCTP
+                    && let Some(b) = backends.iter().find(|b| b.port != number)
+                {
+                    d.skipped.push(Skipped::SctpPort {
+                        service: key.clone(),
+                        frontend: Frontend {
+                            addr,
+                            port: number,
+                            proto: port.protocol,
+                        },
+                        target: b.port,
+                    });
+                    continue;
                 }
                 let list = ListKey {
                     service: key.clone(),
