@@ -146,7 +146,11 @@ enum manul_counter {
 	/* New external connections dropped because no masquerade port was
 	 * free. */
 	MANUL_CNT_SVC_SNAT_FULL = 20,
-	MANUL_CNT_MAX = 21,
+	/* New connections to a frontend the program cannot translate
+	 * (SCTP whose port would change: its CRC32c covers the ports; SCTP
+	 * to be masqueraded or sent with DSR), dropped. */
+	MANUL_CNT_SVC_UNTRANSLATABLE = 21,
+	MANUL_CNT_MAX = 22,
 };
 
 /* manul_meta array index. */
@@ -540,5 +544,66 @@ enum manul_ext_mode {
  * order). */
 #define MANUL_DSR_OPT_TYPE 0x9e
 #define MANUL_DSR_OPT_LEN 8
+
+/*
+ * Services over IPv6 (manul_svc6.h), on workload interfaces: the same
+ * model as IPv4 in maps of their own, addresses as 16 bytes (network
+ * order). Backend list ids share the IPv4 ones' space (a list holds one
+ * family's backends); manul_svc_fe_value, manul_svc_be_key and
+ * manul_svc_be6_value serve both families.
+ */
+
+/* The source address of a hairpinned IPv6 connection, fd6d:6e6c::2 as
+ * four words in host order: a unique local address (RFC 4193). The pod
+ * routes it like any off-link address, to its default gateway, so its
+ * replies come back through its host-side interface where they are
+ * translated back. Never routed. */
+#define MANUL_HAIRPIN_SNAT_V6_W0 0xfd6d6e6c
+#define MANUL_HAIRPIN_SNAT_V6_W3 0x00000002
+
+/* manul_svc_fe6 (hash): as manul_svc_fe, for IPv6 service addresses. */
+struct manul_svc_fe6_key {
+	__u8 addr[16];
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* manul_nat6 (LRU hash): as manul_nat. */
+struct manul_nat6_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 dir; /* enum manul_nat_dir */
+	__u16 pad;
+};
+
+struct manul_nat6_value {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	/* FWD: the backend; REV: the frontend. */
+	__u8 addr[16];
+	__u16 port;
+	__u16 pad;
+	__u32 id;
+	__u32 flags; /* MANUL_NAT_* */
+	__u32 pad2;
+};
+
+/* manul_svc_aff6 (LRU hash): as manul_svc_aff. */
+struct manul_svc_aff6_key {
+	__u8 client[16];
+	__u32 id;
+};
+
+struct manul_svc_aff6_value {
+	__u64 ts_ns;
+	__u8 addr[16];
+	__u16 port;
+	__u16 pad;
+	__u32 pad2;
+};
 
 #endif /* MANUL_MAPS_H */

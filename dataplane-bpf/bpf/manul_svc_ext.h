@@ -40,24 +40,6 @@ struct {
 	__type(value, struct manul_nat_value);
 } manul_nat_scratch SEC(".maps");
 
-/* Per-CPU scratch for FIB lookups (64 bytes the stack cannot spare). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct bpf_fib_lookup);
-} manul_fib_scratch SEC(".maps");
-
-static __always_inline struct bpf_fib_lookup *fib_scratch(void)
-{
-	__u32 zero = 0;
-	struct bpf_fib_lookup *f = bpf_map_lookup_elem(&manul_fib_scratch, &zero);
-
-	if (f)
-		__builtin_memset(f, 0, sizeof(*f));
-	return f;
-}
-
 /* How a new external connection reaches its backend. */
 enum ext_route {
 	/* A workload on this node, or this host itself. */

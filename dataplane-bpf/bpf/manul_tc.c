@@ -181,6 +181,16 @@ struct {
 	__type(value, struct manul_bitmap);
 } manul_scratch SEC(".maps");
 
+/* Per-CPU scratch for a new flow's conntrack entry: the stack of handle()
+ * is shared with classify's chain and the service NAT's subprograms
+ * (512 bytes in all). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct manul_ct_value);
+} manul_ct_scratch SEC(".maps");
+
 struct pkt {
 	__u8 version;
 	__u8 proto;
@@ -586,28 +596,49 @@ static __always_inline int to_host_dropped(void)
 	return v && *v == 1;
 }
 
+/* Per-CPU scratch for FIB lookups (64 bytes the stack cannot spare). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpf_fib_lookup);
+} manul_fib_scratch SEC(".maps");
+
+static __always_inline struct bpf_fib_lookup *fib_scratch(void)
+{
+	__u32 zero = 0;
+	struct bpf_fib_lookup *f = bpf_map_lookup_elem(&manul_fib_scratch, &zero);
+
+	if (f)
+		__builtin_memset(f, 0, sizeof(*f));
+	return f;
+}
+
 /* Whether the FIB has no unicast route out for `to` (a local, broadcast
  * or multicast address), looked up as a packet from `from` arriving on
- * the interface. Needs forwarding enabled, as on any node. */
+ * the interface. Needs forwarding enabled, as on any node. Without the
+ * scratch (never): not local. */
 static __always_inline int fib_local(struct __sk_buff *skb, const struct pkt *p, const __u8 *from,
 				     const __u8 *to, __u16 from_port, __u16 to_port)
 {
-	struct bpf_fib_lookup f = {};
+	struct bpf_fib_lookup *f = fib_scratch();
 
-	f.ifindex = skb->ifindex;
-	f.l4_protocol = p->proto;
-	f.sport = from_port;
-	f.dport = to_port;
+	if (!f)
+		return 0;
+	f->ifindex = skb->ifindex;
+	f->l4_protocol = p->proto;
+	f->sport = from_port;
+	f->dport = to_port;
 	if (p->version == 4) {
-		f.family = 2; /* AF_INET */
-		__builtin_memcpy(&f.ipv4_src, from, 4);
-		__builtin_memcpy(&f.ipv4_dst, to, 4);
+		f->family = 2; /* AF_INET */
+		__builtin_memcpy(&f->ipv4_src, from, 4);
+		__builtin_memcpy(&f->ipv4_dst, to, 4);
 	} else {
-		f.family = 10; /* AF_INET6 */
-		__builtin_memcpy(f.ipv6_src, from, 16);
-		__builtin_memcpy(f.ipv6_dst, to, 16);
+		f->family = 10; /* AF_INET6 */
+		__builtin_memcpy(f->ipv6_src, from, 16);
+		__builtin_memcpy(f->ipv6_dst, to, 16);
 	}
-	return bpf_fib_lookup(skb, &f, sizeof(f), 0) == BPF_FIB_LKUP_RET_NOT_FWDED;
+	return bpf_fib_lookup(skb, f, sizeof(*f), 0) == BPF_FIB_LKUP_RET_NOT_FWDED;
 }
 
 /* Whether the packet is for this host rather than forwarded. */
@@ -731,9 +762,15 @@ static __always_inline int untracked(const struct manul_ep_value *ep, __u8 hook,
 
 #include "manul_svc_maglev.h"
 
+/* The protocols the service NAT translates. */
+static __always_inline int svc_proto(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+}
+
 /*
- * Services (kube-proxy replacement), IPv4 TCP and UDP, on workload
- * interfaces. From a pod (the ingress hook), before policy: a packet to a
+ * Services (kube-proxy replacement), IPv4 TCP, UDP and SCTP, on workload
+ * interfaces (IPv6: manul_svc6.h). From a pod (the ingress hook), before policy: a packet to a
  * frontend (manul_svc_fe) is translated to its connection's backend (the
  * forward manul_nat entry, or a backend picked now), so the pod's egress
  * policy and, on the backend's interface, its ingress policy judge the real
@@ -743,6 +780,14 @@ static __always_inline int untracked(const struct manul_ep_value *ep, __u8 hook,
  * new connection at once. A pod reaching a service it backs (hairpin) gets
  * its connection from MANUL_HAIRPIN_SNAT_V4, both directions redirected on
  * its own interface.
+ *
+ * SCTP's checksum is a CRC32c over the SCTP packet only (no pseudo
+ * header), which the checksum helpers cannot patch: an address rewrite
+ * leaves it valid, a port rewrite would not. So SCTP is translated only
+ * where the port stays (a backend's targetPort equal to the service
+ * port) and never masqueraded or sent with DSR (a new port, an IP
+ * option); anything else is dropped (MANUL_CNT_SVC_UNTRANSLATABLE), never
+ * let through to the service address.
  */
 
 #define IP4_CSUM_OFF (ETH_HLEN + 10)
@@ -781,8 +826,8 @@ struct svc_nat {
 	__u8 pad;
 };
 
-/* Rewrites the source or destination address and port of an IPv4 TCP or
- * UDP packet, with its checksums. `addrs`: the old address in the high
+/* Rewrites the source or destination address and port of an IPv4 TCP,
+ * UDP or SCTP packet, with its checksums (-1 for an SCTP port change). `addrs`: the old address in the high
  * half, the new in the low; `ports` likewise (all network order). A
  * global function: each call costs the caller no stack (the verifier's
  * 512-byte limit spans the caller and classify). */
@@ -793,6 +838,17 @@ static __always_inline int rewrite_here(struct __sk_buff *skb, const struct pkt 
 	__u32 csum_off;
 	__u64 mangled;
 
+	if (p->proto == IPPROTO_SCTP) {
+		/* No pseudo header in SCTP's CRC: the address needs the IP
+		 * header checksum only; the ports the CRC covers stay. */
+		if (old_port != new_port)
+			return -1;
+		if (old_addr != new_addr &&
+		    (bpf_l3_csum_replace(skb, IP4_CSUM_OFF, old_addr, new_addr, 4) ||
+		     bpf_skb_store_bytes(skb, is_src ? IP4_SRC_OFF : IP4_DST_OFF, &new_addr, 4, 0)))
+			return -1;
+		return 0;
+	}
 	csum_off = p->l4_off + (p->proto == IPPROTO_TCP ? 16 : 6);
 	mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	if (old_addr != new_addr) {
@@ -982,6 +1038,8 @@ static __always_inline int reject_udp(struct __sk_buff *skb, int host)
 	return back_to_pod(skb, host);
 }
 
+#include "manul_svc6.h"
+
 /* The backend for a new connection: the client's affinity entry while it
  * holds, else the frontend's Maglev slot for the flow when it has a table,
  * else one at random (remembered when the frontend has affinity).
@@ -1063,7 +1121,14 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 	__u32 src, dst, hairpin, reject_unknown;
 	int rc;
 
-	if (p->version != 4 || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
+	/* IPv6: workload interfaces only (no IPv6 external frontends). */
+	if (p->version == 6) {
+		if (host)
+			return -1;
+		rc = svc6_in(skb, p, n, now);
+		return rc == SVC6_REFUSE ? svc6_refuse(skb, p) : rc;
+	}
+	if (p->version != 4 || !svc_proto(p->proto))
 		return -1;
 	__builtin_memcpy(&src, p->src, 4);
 	__builtin_memcpy(&dst, p->dst, 4);
@@ -1164,6 +1229,12 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 				return reject_tcp(skb, host);
 			return reject_udp(skb, host);
 		}
+		if (p->proto == IPPROTO_SCTP &&
+		    (be.port != p->dport || (host && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER)))) {
+			/* SCTP's CRC32c covers the ports. */
+			count(MANUL_CNT_SVC_UNTRANSLATABLE);
+			return TC_ACT_SHOT;
+		}
 		hairpin = !host && be.addr == src;
 		v->flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
 		v->addr = be.addr;
@@ -1215,7 +1286,11 @@ static __always_inline void svc_to_pod(const struct pkt *p, struct svc_nat *n)
 	};
 	struct manul_nat_value *nv;
 
-	if (p->version != 4 || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
+	if (p->version == 6) {
+		svc6_to_pod(p, n);
+		return;
+	}
+	if (p->version != 4 || !svc_proto(p->proto))
 		return;
 	__builtin_memcpy(&key.src, p->src, 4);
 	__builtin_memcpy(&key.dst, p->dst, 4);
@@ -1236,6 +1311,8 @@ static __always_inline int svc_after(struct __sk_buff *skb, const struct pkt *p,
 
 	if (n->after == SVC_NONE)
 		return TC_ACT_OK;
+	if (p->version == 6)
+		return svc6_after(skb, p, n);
 	__builtin_memcpy(&src, p->src, 4);
 	switch (n->after) {
 	case SVC_REVERSE:
@@ -1377,14 +1454,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	else
 		rc = classify(table, space, &p, &d);
 	{
-		struct manul_ct_value v = {
-			.created_ns = now,
-			.last_seen_ns = now,
-			.table = generation,
-			.rule_index = d.index,
-			.orig_is_a = fwd,
-			.hook = hook,
-		};
+		__u32 zero = 0;
+		struct manul_ct_value *v = bpf_map_lookup_elem(&manul_ct_scratch, &zero);
 		int allowed = rc == MANUL_REASON_FAILSAFE || rc == MANUL_REASON_FORWARD_UNPOLICED ||
 			      (rc == MANUL_REASON_POLICY && d.rule.action == MANUL_ACTION_ALLOW);
 
@@ -1394,14 +1465,23 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 			allowed = 0;
 			rc = MANUL_REASON_TO_HOST;
 		}
-		v.state = allowed ? MANUL_CT_ALLOWED : MANUL_CT_DENIED;
+		if (!v)
+			return TC_ACT_SHOT;
+		__builtin_memset(v, 0, sizeof(*v));
+		v->created_ns = now;
+		v->last_seen_ns = now;
+		v->table = generation;
+		v->rule_index = d.index;
+		v->orig_is_a = fwd;
+		v->hook = hook;
+		v->state = allowed ? MANUL_CT_ALLOWED : MANUL_CT_DENIED;
 		if (allowed) {
-			v.packets[0] = 1;
-			v.bytes[0] = p.len;
-			v.tcp_flags = tcp_bits(&p, 1);
+			v->packets[0] = 1;
+			v->bytes[0] = p.len;
+			v->tcp_flags = tcp_bits(&p, 1);
 		}
 		if (!manul_no_ct_create)
-			bpf_map_update_elem(&manul_ct, &k, &v, BPF_ANY);
+			bpf_map_update_elem(&manul_ct, &k, v, BPF_ANY);
 		emit(ifindex, hook, &p, decided, allowed ? MANUL_VERDICT_ALLOW : MANUL_VERDICT_DENY,
 		     rc, rc == MANUL_REASON_POLICY ? &d : 0);
 		if (allowed) {

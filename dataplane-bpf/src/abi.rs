@@ -65,6 +65,16 @@ unsafe impl aya::Pod for manul_svc_src_data {}
 unsafe impl aya::Pod for manul_svc_mag_key {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_svc_be6_value {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_fe6_key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_nat6_key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_nat6_value {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_aff6_key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_aff6_value {}
 // SAFETY: as above (`manul_ctlb.h` keeps the same rule).
 unsafe impl aya::Pod for manul_ctlb_sock_key {}
 // SAFETY: as above.

@@ -34,6 +34,8 @@ use manul_netns::{
     link_up, plumb_pod, replace_route, set_master, tcp_connect, tcp_peer, unique_prefix,
 };
 
+mod sctp_raw;
+
 const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 const NODE1: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 const NODE2: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
@@ -492,4 +494,136 @@ fn node_port_to_another_node_keeps_the_client_in_dsr_mode() {
     );
 
     local_policy_checks(&c);
+}
+
+/// SCTP node ports whose backends listen on the node port: `Local` with
+/// its backend on node 1, `Cluster` to the pod on node 2.
+const SCTP_HERE: u16 = 31001;
+const SCTP_REMOTE: u16 = 31002;
+
+/// An SCTP node port `port` whose backend listens on the same port (its
+/// cluster IP's port 80 is another one, so that frontend is left out).
+fn sctp_node_port(
+    name: &str,
+    cluster_ip: Ipv4Addr,
+    port: u16,
+    policy: TrafficPolicy,
+    backend: Ipv4Addr,
+    local: bool,
+) -> Service {
+    let mut svc = node_port(name, cluster_ip, 132, port, policy, backend, local);
+    for p in &mut svc.ports {
+        for b in p.backends.iter_mut().chain(p.local_backends.iter_mut()) {
+            b.port = port;
+        }
+    }
+    svc
+}
+
+/// Sends an SCTP INIT from the client (source port `sport`) to
+/// `node:port`; the pod in `backend_ns` answers what it gets. Returns
+/// what it got (source, destination port, whether the CRC32c held) and
+/// the answer as the client got it (source, source port, CRC32c held).
+#[allow(clippy::type_complexity)]
+fn sctp_through_node(
+    c: &Cluster,
+    backend_ns: usize,
+    node: Ipv4Addr,
+    port: u16,
+    sport: u16,
+) -> Option<((IpAddr, u16, bool), Option<(IpAddr, u16, bool)>)> {
+    use nix::sys::socket::SockProtocol;
+    let tag = 0x5c00_0000 | u32::from(sport);
+    let backend = sctp_raw::raw_socket(c.ns(backend_ns), false, SockProtocol::Sctp);
+    let client = sctp_raw::raw_socket(c.ns(CL), false, SockProtocol::Sctp);
+    sctp_raw::send_to(
+        &client,
+        &sctp_raw::sctp_packet(sport, port, 0, 1, tag),
+        node.into(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let (src, dport, held) = loop {
+        if Instant::now() > deadline {
+            return None;
+        }
+        let Some((src, l4)) = sctp_raw::receive(&backend, false) else {
+            continue;
+        };
+        if l4.len() >= 32 && l4[12] == 1 && l4[16..20] == tag.to_be_bytes() {
+            break (
+                src,
+                u16::from_be_bytes([l4[2], l4[3]]),
+                sctp_raw::crc_holds(&l4),
+            );
+        }
+    };
+    sctp_raw::send_to(
+        &backend,
+        &sctp_raw::sctp_packet(dport, sport, tag, 2, tag),
+        src,
+    );
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        let Some((from, l4)) = sctp_raw::receive(&client, false) else {
+            continue;
+        };
+        if l4.len() >= 32 && l4[12] == 2 && l4[4..8] == tag.to_be_bytes() {
+            let answer = (
+                from,
+                u16::from_be_bytes([l4[0], l4[1]]),
+                sctp_raw::crc_holds(&l4),
+            );
+            return Some(((src, dport, held), Some(answer)));
+        }
+    }
+    Some(((src, dport, held), None))
+}
+
+/// SCTP at a host interface: a `Local` node port keeps the client's
+/// address and the port, both ways, with the CRC32c intact; a `Cluster`
+/// one would need the client masqueraded to a new port, which SCTP's
+/// checksum forbids: dropped at the node, never delivered.
+#[test]
+fn sctp_node_ports_translate_addresses_only() {
+    if !privileges().expect("privileges: CI=true needs root") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let c = build("xp", ExternalServiceMode::Snat);
+    for (n, driver) in (1u8..).zip(&c.drivers) {
+        let on = |ip: Ipv4Addr| (ip == POD1) == (n == 1);
+        driver
+            .apply(vec![
+                Operation::ServiceUpdate(sctp_node_port(
+                    "sctp-here",
+                    Ipv4Addr::new(10, 96, 0, 5),
+                    SCTP_HERE,
+                    TrafficPolicy::Local,
+                    POD1,
+                    on(POD1),
+                )),
+                Operation::ServiceUpdate(sctp_node_port(
+                    "sctp-remote",
+                    Ipv4Addr::new(10, 96, 0, 6),
+                    SCTP_REMOTE,
+                    TrafficPolicy::Cluster,
+                    POD2,
+                    on(POD2),
+                )),
+            ])
+            .expect("apply");
+    }
+    assert_eq!(
+        sctp_through_node(&c, P1, NODE1, SCTP_HERE, 40_001),
+        Some((
+            (IpAddr::V4(CLIENT), SCTP_HERE, true),
+            Some((IpAddr::V4(NODE1), SCTP_HERE, true))
+        )),
+        "sctp to a Local node port: (what the backend got, the answer the client got)"
+    );
+    assert_eq!(
+        sctp_through_node(&c, P2, NODE1, SCTP_REMOTE, 40_002),
+        None,
+        "sctp that would need masquerading reached the backend"
+    );
 }

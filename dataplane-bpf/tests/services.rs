@@ -662,14 +662,9 @@ const NOT_YET: &[&str] = &[
     "host process: udp-only service",
 ];
 
-/// The shared service cases (`manul_dataplane_conformance::services`)
-/// against the eBPF driver: every case passes but those of [`NOT_YET`].
-#[test]
-fn shared_service_cases() {
-    if !privileges().expect("privileges") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
-        return;
-    }
+/// An eBPF driver factory pinning under [`PIN_ROOT`], and the nodes it
+/// made drivers for (whose pins the test removes).
+fn recording_factory() -> (Arc<Factory>, Arc<std::sync::Mutex<Vec<String>>>) {
     let nodes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let seen = nodes.clone();
     let factory: Arc<Factory> = Arc::new(move |ctx: &NodeContext| {
@@ -680,6 +675,38 @@ fn shared_service_cases() {
             .map(|d| Box::new(d) as Box<dyn Driver>)
             .map_err(|e| chain(&e))
     });
+    (factory, nodes)
+}
+
+/// The shared dual-stack cases: a service with an IPv4 and an IPv6
+/// ClusterIP reached over each family, an IPv6 port without backends
+/// refused at once, IPv6 hairpin. Every case must pass.
+#[test]
+fn shared_dual_stack_cases() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let (factory, nodes) = recording_factory();
+    let result = manul_dataplane_conformance::services::run_dual_stack_cases("s6b", factory);
+    for node in nodes.lock().unwrap().iter() {
+        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
+    }
+    match result {
+        Ok(report) => println!("{}", report.table()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The shared service cases (`manul_dataplane_conformance::services`)
+/// against the eBPF driver: every case passes but those of [`NOT_YET`].
+#[test]
+fn shared_service_cases() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let (factory, nodes) = recording_factory();
     let result = manul_dataplane_conformance::services::run_service_cases("svb", factory);
     for node in nodes.lock().unwrap().iter() {
         BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");

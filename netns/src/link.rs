@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{
@@ -249,14 +249,23 @@ fn set_link(
 }
 
 /// Adds `addr` (address and prefix length, e.g. `10.0.0.1/24`) to `ifname`.
-/// An address that is already there is an error (`EEXIST`).
+/// An address that is already there is an error (`EEXIST`). An IPv6
+/// address skips duplicate address detection (`IFA_F_NODAD`): usable at
+/// once, never tentative (with `accept_dad=0` alone it is tentative until
+/// the kernel's address worker runs after the link comes up, and a bind
+/// to it in that window fails with `EADDRNOTAVAIL`).
 pub fn add_address(ns: &NetNs, ifname: &str, addr: IpNet) -> Result<()> {
     let ns_name = ns.name();
     with_netlink(ns, |handle| async move {
         let index = index_of(&handle, ns_name, ifname).await?;
-        handle
-            .address()
-            .add(index, addr.addr(), addr.prefix_len())
+        let mut request = handle.address().add(index, addr.addr(), addr.prefix_len());
+        if addr.addr().is_ipv6() {
+            request
+                .message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        request
             .execute()
             .await
             .map_err(|e| NetnsError::netlink(ns_name, format!("add address {addr} to {ifname}"), e))

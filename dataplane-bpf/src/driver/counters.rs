@@ -66,6 +66,9 @@ pub struct KernelCounters {
     /// New external connections dropped because no masquerade port was
     /// free.
     pub service_snat_full: u64,
+    /// New connections to a frontend the programs cannot translate (SCTP
+    /// whose port would change, or to be masqueraded), dropped.
+    pub service_untranslatable: u64,
 }
 
 impl BpfDriver {
@@ -93,6 +96,7 @@ impl BpfDriver {
             service_dsr: at(abi::MANUL_CNT_SVC_DSR),
             service_local_dropped: at(abi::MANUL_CNT_SVC_LOCAL_DROP),
             service_snat_full: at(abi::MANUL_CNT_SVC_SNAT_FULL),
+            service_untranslatable: at(abi::MANUL_CNT_SVC_UNTRANSLATABLE),
         }
     }
 

@@ -3,7 +3,7 @@
 //! went away. Thin calls into aya; keys and values from [`crate::abi`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::Ipv4Net;
 
@@ -11,7 +11,9 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
 
-use super::plan::{BackendAddr, Frontend, FrontendEntry, PROTO_UDP, Programmed, TableInfo, Writes};
+use super::plan::{
+    BackendAddr, Frontend, FrontendEntry, PROTO_SCTP, PROTO_UDP, Programmed, TableInfo, Writes,
+};
 use crate::abi;
 use crate::error::BpfError;
 
@@ -29,9 +31,16 @@ pub struct ServiceMaps {
     src: LpmTrie<MapData, abi::manul_svc_src_data, u32>,
     /// Maglev tables: (table, slot) -> backend.
     mag: Hash<abi::manul_svc_mag_key, abi::manul_svc_be6_value>,
+    /// The IPv6 frontends, backends, NAT conntrack and affinity.
+    fe6: Hash<abi::manul_svc_fe6_key, abi::manul_svc_fe_value>,
+    be6: Hash<abi::manul_svc_be_key, abi::manul_svc_be6_value>,
+    nat6: Hash<abi::manul_nat6_key, abi::manul_nat6_value>,
+    aff6: Hash<abi::manul_svc_aff6_key, abi::manul_svc_aff6_value>,
     fe_capacity: usize,
     be_capacity: usize,
     mag_capacity: usize,
+    fe6_capacity: usize,
+    be6_capacity: usize,
 }
 
 impl std::fmt::Debug for ServiceMaps {
@@ -68,17 +77,26 @@ fn host_addr(a: u32) -> Ipv4Addr {
     Ipv4Addr::from(a.to_ne_bytes())
 }
 
-/// A frontend's key; None for an IPv6 one (the plan never asks for one:
-/// the program translates IPv4 only).
-fn fe_key(f: &Frontend) -> Option<abi::manul_svc_fe_key> {
+/// A frontend's key, in its family's map.
+enum FeKey {
+    V4(abi::manul_svc_fe_key),
+    V6(abi::manul_svc_fe6_key),
+}
+
+fn fe_key(f: &Frontend) -> FeKey {
     match f.addr {
-        IpAddr::V4(a) => Some(abi::manul_svc_fe_key {
+        IpAddr::V4(a) => FeKey::V4(abi::manul_svc_fe_key {
             addr: net_addr(a),
             port: f.port.to_be(),
             proto: f.proto,
             pad: 0,
         }),
-        IpAddr::V6(_) => None,
+        IpAddr::V6(a) => FeKey::V6(abi::manul_svc_fe6_key {
+            addr: a.octets(),
+            port: f.port.to_be(),
+            proto: f.proto,
+            pad: 0,
+        }),
     }
 }
 
@@ -139,6 +157,21 @@ fn backend_of(addr: u32, port: u16) -> BackendAddr {
     }
 }
 
+fn backend6_of(addr: [u8; 16], port: u16) -> BackendAddr {
+    BackendAddr {
+        addr: IpAddr::V6(Ipv6Addr::from(addr)),
+        port: u16::from_be(port),
+    }
+}
+
+/// MANUL_HAIRPIN_SNAT_V6 (manul_maps.h) as the maps hold it.
+fn hairpin_snat_v6() -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&abi::MANUL_HAIRPIN_SNAT_V6_W0.to_be_bytes());
+    out[12..].copy_from_slice(&abi::MANUL_HAIRPIN_SNAT_V6_W3.to_be_bytes());
+    out
+}
+
 impl ServiceMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
         let (fe, fe_capacity) = take(ebpf, "manul_svc_fe")?;
@@ -147,6 +180,10 @@ impl ServiceMaps {
         let (aff, _) = take(ebpf, "manul_svc_aff")?;
         let (ifs, _) = take(ebpf, "manul_svc_if")?;
         let (mag, mag_capacity) = take(ebpf, "manul_svc_mag")?;
+        let (fe6, fe6_capacity) = take(ebpf, "manul_svc_fe6")?;
+        let (be6, be6_capacity) = take(ebpf, "manul_svc_be6")?;
+        let (nat6, _) = take(ebpf, "manul_nat6")?;
+        let (aff6, _) = take(ebpf, "manul_svc_aff6")?;
         let src = ebpf
             .take_map("manul_svc_src")
             .ok_or(BpfError::Missing("manul_svc_src"))?
@@ -160,9 +197,15 @@ impl ServiceMaps {
             ifs,
             src,
             mag,
+            fe6,
+            be6,
+            nat6,
+            aff6,
             fe_capacity,
             be_capacity,
             mag_capacity,
+            fe6_capacity,
+            be6_capacity,
         })
     }
 
@@ -246,6 +289,15 @@ impl ServiceMaps {
             p.frontends.insert(f, entry_of(&v));
             p.adopted.insert(f);
         }
+        for (k, v) in self.fe6.iter().flatten() {
+            let f = Frontend {
+                addr: IpAddr::V6(Ipv6Addr::from(k.addr)),
+                port: u16::from_be(k.port),
+                proto: k.proto,
+            };
+            p.frontends.insert(f, entry_of(&v));
+            p.adopted.insert(f);
+        }
         // A table's size is its highest slot plus one (a table cut short
         // by a failed write is deleted all the same).
         for k in self.mag.keys().flatten() {
@@ -263,6 +315,12 @@ impl ServiceMaps {
                 .or_default()
                 .insert(k.index, backend_of(v.addr, v.port));
         }
+        for (k, v) in self.be6.iter().flatten() {
+            lists
+                .entry(k.id)
+                .or_default()
+                .insert(k.index, backend6_of(v.addr, v.port));
+        }
         p.next_id = lists.keys().max().map_or(1, |m| m.saturating_add(1));
         p.lists = lists
             .into_iter()
@@ -274,8 +332,15 @@ impl ServiceMaps {
     /// Checks that the maps can hold every entry at the sync's peak
     /// (before its deletions).
     pub fn check(&self, w: &Writes, next: &Programmed) -> Result<(), BpfError> {
-        let fe = next.frontends.len() + w.frontend_deletes.len();
-        let be = next.lists.values().map(Vec::len).sum::<usize>() + w.backend_deletes.len();
+        let v6 = |f: &&Frontend| f.addr.is_ipv6();
+        let fe6 =
+            next.frontends.keys().filter(v6).count() + w.frontend_deletes.iter().filter(v6).count();
+        let fe = next.frontends.len() + w.frontend_deletes.len() - fe6;
+        let backends = next.lists.values().flatten();
+        let be6 = backends.clone().filter(|b| b.addr.is_ipv6()).count();
+        // A deleted index may be of either family: counted in both.
+        let be = backends.count() - be6 + w.backend_deletes.len();
+        let be6 = be6 + w.backend_deletes.len();
         let size = |(_, size): &(u32, u32)| *size as usize;
         let mag = next.tables.values().map(|t| t.size as usize).sum::<usize>()
             + w.table_deletes.iter().map(size).sum::<usize>();
@@ -283,6 +348,8 @@ impl ServiceMaps {
             ("manul_svc_fe", fe, self.fe_capacity),
             ("manul_svc_be", be, self.be_capacity),
             ("manul_svc_mag", mag, self.mag_capacity),
+            ("manul_svc_fe6", fe6, self.fe6_capacity),
+            ("manul_svc_be6", be6, self.be6_capacity),
         ] {
             if needed > capacity {
                 return Err(BpfError::Capacity {
@@ -303,10 +370,10 @@ impl ServiceMaps {
                 index: *index,
             };
             let IpAddr::V4(a) = b.addr else {
-                return Err(BpfError::Config(format!(
-                    "backend {} is IPv6: the programs translate IPv4 only",
-                    b.addr
-                )));
+                self.be6
+                    .insert(key, be6_value(b), 0)
+                    .map_err(|e| BpfError::map("manul_svc_be6", "cannot write a backend", e))?;
+                continue;
             };
             let v = abi::manul_svc_be_value {
                 addr: net_addr(a),
@@ -329,19 +396,22 @@ impl ServiceMaps {
             }
         }
         for (f, e) in &w.frontends {
-            let Some(k) = fe_key(f) else {
-                return Err(BpfError::Config(format!(
-                    "frontend {} is IPv6: the programs translate IPv4 only",
-                    f.addr
-                )));
+            let written = match fe_key(f) {
+                FeKey::V4(k) => self
+                    .fe
+                    .insert(k, fe_value(e), 0)
+                    .map_err(|e| BpfError::map("manul_svc_fe", "cannot write a frontend", e)),
+                FeKey::V6(k) => self
+                    .fe6
+                    .insert(k, fe_value(e), 0)
+                    .map_err(|e| BpfError::map("manul_svc_fe6", "cannot write a frontend", e)),
             };
-            self.fe
-                .insert(k, fe_value(e), 0)
-                .map_err(|e| BpfError::map("manul_svc_fe", "cannot write a frontend", e))?;
+            written?;
         }
         for f in &w.frontend_deletes {
-            if let Some(k) = fe_key(f) {
-                remove(&mut self.fe, &k, "manul_svc_fe")?;
+            match fe_key(f) {
+                FeKey::V4(k) => remove(&mut self.fe, &k, "manul_svc_fe")?,
+                FeKey::V6(k) => remove(&mut self.fe6, &k, "manul_svc_fe6")?,
             }
         }
         for (id, index) in &w.backend_deletes {
@@ -349,7 +419,9 @@ impl ServiceMaps {
                 id: *id,
                 index: *index,
             };
+            // The index is of one family's list: the other map has none.
             remove(&mut self.be, &key, "manul_svc_be")?;
+            remove(&mut self.be6, &key, "manul_svc_be6")?;
         }
         for (table, size) in &w.table_deletes {
             for slot in 0..*size {
@@ -363,9 +435,9 @@ impl ServiceMaps {
         Ok(())
     }
 
-    /// The session affinity map's entries (one key walk, no values read).
+    /// The session affinity maps' entries (one key walk, no values read).
     pub fn affinity_entries(&self) -> usize {
-        self.aff.keys().flatten().count()
+        self.aff.keys().flatten().count() + self.aff6.keys().flatten().count()
     }
 
     /// Forgets what clients had of backends that went away: their
@@ -395,7 +467,10 @@ impl ServiceMaps {
             if k.dir != abi::MANUL_NAT_FWD as u8 || !is_gone(v.id, v.addr, v.port) {
                 continue;
             }
-            if k.proto != PROTO_UDP {
+            // TCP gets a RST; UDP and SCTP flows pick a live backend
+            // with their next packet (an SCTP association finds none
+            // there and is aborted by the new peer).
+            if k.proto != PROTO_UDP && k.proto != PROTO_SCTP {
                 reset.push((k, v));
                 continue;
             }
@@ -425,7 +500,7 @@ impl ServiceMaps {
                 });
             }
         }
-        let mut removed = 0;
+        let mut removed = self.clean6(gone);
         for k in &aff {
             removed += usize::from(self.aff.remove(k).is_ok());
         }
@@ -437,6 +512,61 @@ impl ServiceMaps {
             // Only while it exists (BPF_EXIST): a connection gone meanwhile
             // must not come back as one to reset.
             removed += usize::from(self.nat.insert(k, v, 2).is_ok());
+        }
+        removed
+    }
+}
+
+impl ServiceMaps {
+    /// [`ServiceMaps::clean`] for the IPv6 maps.
+    fn clean6(&mut self, gone: &BTreeMap<u32, BTreeSet<BackendAddr>>) -> usize {
+        let is_gone = |id: u32, addr: [u8; 16], port: u16| {
+            gone.get(&id)
+                .is_some_and(|s| s.contains(&backend6_of(addr, port)))
+        };
+        let aff: Vec<_> = self
+            .aff6
+            .iter()
+            .flatten()
+            .filter(|(k, v)| is_gone(k.id, v.addr, v.port))
+            .map(|(k, _)| k)
+            .collect();
+        let snat = hairpin_snat_v6();
+        let mut nat = Vec::new();
+        let mut reset = Vec::new();
+        for (k, v) in self.nat6.iter().flatten() {
+            if k.dir != abi::MANUL_NAT_FWD as u8 || !is_gone(v.id, v.addr, v.port) {
+                continue;
+            }
+            if k.proto != PROTO_UDP && k.proto != PROTO_SCTP {
+                reset.push((k, v));
+                continue;
+            }
+            nat.push(k);
+            nat.push(abi::manul_nat6_key {
+                src: v.addr,
+                dst: if v.flags & abi::MANUL_NAT_HAIRPIN != 0 {
+                    snat
+                } else {
+                    k.src
+                },
+                sport: v.port,
+                dport: k.sport,
+                proto: k.proto,
+                dir: abi::MANUL_NAT_REV as u8,
+                pad: 0,
+            });
+        }
+        let mut removed = 0;
+        for k in &aff {
+            removed += usize::from(self.aff6.remove(k).is_ok());
+        }
+        for k in &nat {
+            removed += usize::from(self.nat6.remove(k).is_ok());
+        }
+        for (k, mut v) in reset {
+            v.flags |= abi::MANUL_NAT_RESET;
+            removed += usize::from(self.nat6.insert(k, v, 2).is_ok());
         }
         removed
     }

@@ -16,6 +16,7 @@ use crate::abi::{
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
 
 /// What a new connection is addressed to; port 0 and protocol 0: the
 /// address entry of a service address.
@@ -42,7 +43,8 @@ impl Frontend {
 }
 
 /// One backend list: a service port under one traffic policy (`local`:
-/// the `Local` policy's list).
+/// the `Local` policy's list), of one family (`ipv6`: its IPv6
+/// backends, for IPv6 frontends; else its IPv4 ones).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ListKey {
     pub service: ServiceKey,
@@ -50,6 +52,7 @@ pub struct ListKey {
     pub proto: u8,
     pub port: u16,
     pub local: bool,
+    pub ipv6: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -121,11 +124,19 @@ pub struct Desired {
 /// A part of a service left out of the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Skipped {
-    /// IPv6 frontends: the program translates IPv4 only.
+    /// IPv6 external and load-balancer addresses: the programs translate
+    /// IPv6 on workload interfaces only (cluster IPs).
     Ipv6 { service: ServiceKey, addr: IpAddr },
-    /// Protocols other than TCP and UDP (SCTP's CRC32c checksum cannot
-    /// be updated incrementally).
+    /// Protocols other than TCP, UDP and SCTP.
     Protocol { service: ServiceKey, proto: u8 },
+    /// An SCTP frontend with a backend on another port: SCTP's CRC32c
+    /// covers the ports and cannot be patched, so the programs translate
+    /// SCTP addresses only. Left out, so a cluster IP refuses it.
+    SctpPort {
+        service: ServiceKey,
+        frontend: Frontend,
+        target: u16,
+    },
     /// Two services claim one frontend: the first by name keeps it.
     Conflict {
         frontend: Frontend,
@@ -139,13 +150,23 @@ impl fmt::Display for Skipped {
         match self {
             Skipped::Ipv6 { service, addr } => write!(
                 f,
-                "service {}/{}: frontend {addr} not programmed (IPv4 only)",
+                "service {}/{}: frontend {addr} not programmed (IPv6 cluster IPs only)",
                 service.0, service.1
             ),
             Skipped::Protocol { service, proto } => write!(
                 f,
-                "service {}/{}: protocol {proto} not programmed (TCP and UDP only)",
+                "service {}/{}: protocol {proto} not programmed (TCP, UDP and SCTP only)",
                 service.0, service.1
+            ),
+            Skipped::SctpPort {
+                service,
+                frontend,
+                target,
+            } => write!(
+                f,
+                "service {}/{}: SCTP frontend {}:{} not programmed: a backend listens on port \
+                 {target} (SCTP's checksum covers the ports; only addresses are translated)",
+                service.0, service.1, frontend.addr, frontend.port
             ),
             Skipped::Conflict {
                 frontend,
@@ -168,15 +189,14 @@ impl fmt::Display for Skipped {
     }
 }
 
-fn ipv4_backends(backends: &[manul_dataplane_api::Backend]) -> Vec<BackendAddr> {
+/// The backends of one family (`ipv6`), in order.
+fn family_backends(backends: &[manul_dataplane_api::Backend], ipv6: bool) -> Vec<BackendAddr> {
     backends
         .iter()
-        .filter_map(|b| match b.ip {
-            IpAddr::V4(addr) => Some(BackendAddr {
-                addr: IpAddr::V4(addr),
-                port: b.port,
-            }),
-            IpAddr::V6(_) => None,
+        .filter(|b| b.ip.is_ipv6() == ipv6)
+        .map(|b| BackendAddr {
+            addr: b.ip,
+            port: b.port,
         })
         .collect()
 }
@@ -189,13 +209,14 @@ fn frontend_flags(
     port: &manul_dataplane_api::ServicePort,
     policy: TrafficPolicy,
     external: bool,
+    ipv6: bool,
 ) -> u32 {
     match policy {
         TrafficPolicy::Cluster if external => MANUL_SVC_FE_EXT_CLUSTER,
         TrafficPolicy::Cluster => 0,
         TrafficPolicy::Local => {
-            let here = ipv4_backends(&port.local_backends).is_empty();
-            let anywhere = ipv4_backends(&port.backends).is_empty();
+            let here = family_backends(&port.local_backends, ipv6).is_empty();
+            let anywhere = family_backends(&port.backends, ipv6).is_empty();
             if here && !anywhere {
                 MANUL_SVC_FE_DROP_EMPTY
             } else {
@@ -209,8 +230,9 @@ fn frontend_flags(
 /// internal traffic policy's list, an external or load-balancer address
 /// the external one's, a node port (address 0.0.0.0) the external one's
 /// too; and the service addresses (not 0.0.0.0: a node port has no
-/// address entry). IPv6 frontends are skipped (the program translates
-/// IPv4 only).
+/// address entry). IPv6 frontends are cluster IPs only (the programs
+/// translate IPv6 on workload interfaces); an SCTP frontend whose
+/// backends listen on another port is left out (see [`Skipped::SctpPort`]).
 pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
     let mut d = Desired::default();
     for (key, svc) in services {
@@ -239,7 +261,7 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
             }
         }
         for port in &svc.ports {
-            if port.protocol != PROTO_TCP && port.protocol != PROTO_UDP {
+            if ![PROTO_TCP, PROTO_UDP, PROTO_SCTP].contains(&port.protocol) {
                 d.skipped.push(Skipped::Protocol {
                     service: key.clone(),
                     proto: port.protocol,
@@ -264,7 +286,8 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
             for (ip, policy, external, number) in targets {
                 let ip = &ip;
                 let policy = &policy;
-                if ip.is_ipv6() {
+                let ipv6 = ip.is_ipv6();
+                if ipv6 && !svc.cluster_ips.contains(ip) {
                     d.skipped.push(Skipped::Ipv6 {
                         service: key.clone(),
                         addr: *ip,
@@ -278,12 +301,28 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
                         *flags |= MANUL_SVC_FE_REJECT_UNKNOWN;
                     }
                 }
+                let backends = family_backends(port.backends_for(*policy), ipv6);
+                if port.protocol == PROTO_SCTP
+                    && let Some(b) = backends.iter().find(|b| b.port != number)
+                {
+                    d.skipped.push(Skipped::SctpPort {
+                        service: key.clone(),
+                        frontend: Frontend {
+                            addr,
+                            port: number,
+                            proto: port.protocol,
+                        },
+                        target: b.port,
+                    });
+                    continue;
+                }
                 let list = ListKey {
                     service: key.clone(),
                     port_name: port.name.clone(),
                     proto: port.protocol,
                     port: port.port,
                     local: *policy == TrafficPolicy::Local,
+                    ipv6,
                 };
                 let frontend = Frontend {
                     addr,
@@ -300,9 +339,7 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
                     }
                     continue;
                 }
-                d.lists
-                    .entry(list.clone())
-                    .or_insert_with(|| ipv4_backends(port.backends_for(*policy)));
+                d.lists.entry(list.clone()).or_insert(backends);
                 if external && svc.balancing == Balancing::Maglev {
                     d.maglev.insert(frontend);
                 }
@@ -311,7 +348,7 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
                     Wanted {
                         list,
                         affinity_s: svc.affinity_timeout_seconds.unwrap_or(0),
-                        flags: frontend_flags(port, *policy, external),
+                        flags: frontend_flags(port, *policy, external, ipv6),
                     },
                 );
             }

@@ -330,11 +330,16 @@ fn a_load_balancer_address_with_source_ranges_is_flagged_with_its_ranges() {
 #[test]
 fn what_the_program_cannot_carry_is_skipped_and_said() {
     let mut svc = service("web", [10, 96, 0, 10], &[2]);
-    svc.cluster_ips
-        .push(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 10)));
+    let ext6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10));
+    svc.external_ips.push(ext6);
+    // SCTP whose backends listen on another port (8080, not 80).
     let mut sctp = svc.ports[0].clone();
-    sctp.protocol = 132;
+    sctp.protocol = PROTO_SCTP;
     svc.ports.push(sctp);
+    // DCCP.
+    let mut dccp = svc.ports[0].clone();
+    dccp.protocol = 33;
+    svc.ports.push(dccp);
     let other = service("other", [10, 96, 0, 10], &[7]);
     let d = desired(&services(vec![svc, other]));
     assert_eq!(d.frontends.len(), 1);
@@ -347,11 +352,82 @@ fn what_the_program_cannot_carry_is_skipped_and_said() {
         .map(|s| match s {
             Skipped::Ipv6 { .. } => "ipv6",
             Skipped::Protocol { .. } => "protocol",
+            Skipped::SctpPort { .. } => "sctp-port",
             Skipped::Conflict { .. } => "conflict",
         })
         .collect();
-    assert_eq!(kinds, vec!["conflict", "ipv6", "protocol"]);
+    // Per port: the external IPv6 address once for TCP, once for SCTP.
+    assert_eq!(
+        kinds,
+        vec!["conflict", "ipv6", "sctp-port", "ipv6", "protocol"]
+    );
     assert!(d.skipped.iter().all(|s| !s.to_string().is_empty()));
+    // The cluster IP still refuses the SCTP port it could not program.
+    assert_eq!(
+        d.addresses[&IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))],
+        crate::abi::MANUL_SVC_FE_ADDRESS | crate::abi::MANUL_SVC_FE_REJECT_UNKNOWN
+    );
+    assert!(!d.addresses.contains_key(&ext6));
+}
+
+#[test]
+fn an_ipv6_cluster_ip_gets_its_familys_backends_in_a_list_of_its_own() {
+    let ip6 = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 10);
+    let b6 = Ipv6Addr::new(0xfd00, 0x65, 0, 0, 0, 0, 0, 2);
+    let mut svc = service("web", [10, 96, 0, 10], &[2]);
+    svc.cluster_ips.push(IpAddr::V6(ip6));
+    let six = Backend {
+        ip: IpAddr::V6(b6),
+        port: 8080,
+        local: true,
+        ready: true,
+    };
+    svc.ports[0].backends.push(six);
+    svc.ports[0].local_backends.push(six);
+    let d = desired(&services(vec![svc]));
+    let f6 = Frontend {
+        addr: IpAddr::V6(ip6),
+        port: 80,
+        proto: PROTO_TCP,
+    };
+    let l4 = &d.frontends[&fe([10, 96, 0, 10], 80)].list;
+    let l6 = &d.frontends[&f6].list;
+    assert!(!l4.ipv6 && l6.ipv6);
+    assert_eq!(d.lists[l4], vec![ba(2)]);
+    assert_eq!(
+        d.lists[l6],
+        vec![BackendAddr {
+            addr: IpAddr::V6(b6),
+            port: 8080
+        }]
+    );
+    assert_eq!(
+        d.addresses[&IpAddr::V6(ip6)],
+        crate::abi::MANUL_SVC_FE_ADDRESS | crate::abi::MANUL_SVC_FE_REJECT_UNKNOWN
+    );
+    assert!(d.skipped.is_empty(), "{:?}", d.skipped);
+    // Both lists get ids of their own, and their backends are written.
+    let (w, p) = plan(&d, &Programmed::default(), true);
+    assert_ne!(
+        p.frontends[&fe([10, 96, 0, 10], 80)].id,
+        p.frontends[&f6].id
+    );
+    assert!(w.backends.iter().any(|(_, _, b)| b.addr == IpAddr::V6(b6)));
+}
+
+#[test]
+fn sctp_is_programmed_where_the_backends_keep_the_port() {
+    let mut svc = service("assoc", [10, 96, 0, 20], &[2, 3]);
+    svc.ports[0].protocol = PROTO_SCTP;
+    svc.ports[0].port = 8080;
+    let d = desired(&services(vec![svc]));
+    let f = Frontend {
+        addr: IpAddr::V4(Ipv4Addr::new(10, 96, 0, 20)),
+        port: 8080,
+        proto: PROTO_SCTP,
+    };
+    assert_eq!(d.lists[&d.frontends[&f].list], vec![ba(2), ba(3)]);
+    assert!(d.skipped.is_empty(), "{:?}", d.skipped);
 }
 
 #[test]

@@ -1,0 +1,534 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Part of manul_tc.c (included once, after the IPv4 service functions):
+ * the service NAT over IPv6 on workload interfaces (cluster IPs), TCP,
+ * UDP and SCTP, in maps of its own (manul_svc_fe6, manul_svc_be6,
+ * manul_nat6, manul_svc_aff6), with the IPv4 steps: a frontend's new
+ * connection gets its backend (affinity, or random), a forward and a
+ * reverse NAT entry, and its destination rewritten before policy; a reply
+ * gets its source back after policy; a frontend without backends, or a
+ * cluster IP's unknown port, refuses at once (TCP RST, ICMPv6 port
+ * unreachable); a pod reaching a service it backs gets its connection
+ * from MANUL_HAIRPIN_SNAT_V6. IPv6 has no header checksum: a rewrite
+ * patches the TCP or UDP checksum by the difference of the 16-byte
+ * addresses (pseudo header) and of the ports; SCTP's CRC32c has no
+ * pseudo header, so its addresses are just stored, and a port change
+ * (which the CRC covers) is refused. Extension headers are not walked
+ * (a packet with one is not a TCP, UDP or SCTP one here). Host
+ * interfaces do not translate IPv6 (no IPv6 node ports, external or
+ * load-balancer addresses are programmed).
+ *
+ * Everything large lives in a per-CPU map value, not on the stack: the
+ * verifier's 512 bytes span the calling program and classify's chain.
+ * Each entry point is a subprogram (noinline) so its frame is its own.
+ */
+#ifndef MANUL_SVC6_H
+#define MANUL_SVC6_H
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct manul_svc_fe6_key);
+	__type(value, struct manul_svc_fe_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_svc_fe6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1048576);
+	__type(key, struct manul_svc_be_key);
+	__type(value, struct manul_svc_be6_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_svc_be6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct manul_nat6_key);
+	__type(value, struct manul_nat6_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_nat6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct manul_svc_aff6_key);
+	__type(value, struct manul_svc_aff6_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_svc_aff6 SEC(".maps");
+
+#define IP6_SRC_OFF (ETH_HLEN + 8)
+#define IP6_DST_OFF (ETH_HLEN + 24)
+
+/* The IPv6 pseudo header of a checksum. */
+struct svc6_pseudo {
+	__u8 src[16];
+	__u8 dst[16];
+	__u32 len;
+	__u8 zero[3];
+	__u8 next;
+};
+
+/* What the IPv6 functions keep, in a per-CPU map value: a program runs
+ * on one CPU from start to end, so svc6_in or svc6_to_pod leaves the
+ * frontend here for svc6_after. */
+struct svc6_scratch {
+	struct manul_svc_fe6_key fk;
+	struct manul_nat6_key key;
+	struct manul_nat6_value v;
+	struct manul_svc_be6_value be;
+	struct manul_svc_aff6_key ak;
+	struct manul_svc_aff6_value av;
+	struct svc6_pseudo pseudo;
+	__u8 snat[16];
+	__u8 from[16];
+	__u8 to[16];
+	/* The frontend a reply's source goes back to (SVC_REVERSE,
+	 * SVC_HAIRPIN_REV). */
+	__u8 frontend[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct svc6_scratch);
+} manul_svc6_scratch SEC(".maps");
+
+static __always_inline struct svc6_scratch *svc6_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&manul_svc6_scratch, &zero);
+}
+
+static __always_inline int addr6_eq(const __u8 *a, const __u8 *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+/* Copies an address a word at a time (a byte array's memcpy is 16 byte
+ * moves, spilled to the stack). Every address here is 4-byte aligned. */
+static __always_inline void addr6_copy(void *dst, const void *src)
+{
+	__u32 *d = dst;
+	const __u32 *x = src;
+
+	d[0] = x[0];
+	d[1] = x[1];
+	d[2] = x[2];
+	d[3] = x[3];
+}
+
+/* MANUL_HAIRPIN_SNAT_V6 into `out`. */
+static __always_inline void svc6_hairpin(__u8 *out)
+{
+	__u32 *w = (__u32 *)out;
+
+	w[0] = bpf_htonl(MANUL_HAIRPIN_SNAT_V6_W0);
+	w[1] = 0;
+	w[2] = 0;
+	w[3] = bpf_htonl(MANUL_HAIRPIN_SNAT_V6_W3);
+}
+
+/* Rewrites the source or destination address and port of an IPv6 TCP,
+ * UDP or SCTP packet, patching its checksum by the differences. -1: the
+ * packet cannot be rewritten (an SCTP port change), dropped. */
+static __always_inline int svc6_rewrite(struct __sk_buff *skb, const struct pkt *p,
+					struct svc6_scratch *s, int is_src, const __u8 *old_addr,
+					const __u8 *new_addr, __u16 old_port, __u16 new_port)
+{
+	__u32 csum_off = p->l4_off + (p->proto == IPPROTO_TCP ? 16 : 6);
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__s64 diff;
+
+	addr6_copy(s->from, old_addr);
+	addr6_copy(s->to, new_addr);
+	if (p->proto == IPPROTO_SCTP) {
+		if (old_port != new_port)
+			return -1;
+		if (!addr6_eq(s->from, s->to) &&
+		    bpf_skb_store_bytes(skb, is_src ? IP6_SRC_OFF : IP6_DST_OFF, s->to, 16, 0))
+			return -1;
+		return 0;
+	}
+	if (!addr6_eq(s->from, s->to)) {
+		diff = bpf_csum_diff((__be32 *)s->from, 16, (__be32 *)s->to, 16, 0);
+		if (diff < 0)
+			return -1;
+		if (bpf_l4_csum_replace(skb, csum_off, 0, (__u32)diff, BPF_F_PSEUDO_HDR | mangled))
+			return -1;
+		if (bpf_skb_store_bytes(skb, is_src ? IP6_SRC_OFF : IP6_DST_OFF, s->to, 16, 0))
+			return -1;
+	}
+	if (old_port != new_port) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, mangled | 2))
+			return -1;
+		if (bpf_skb_store_bytes(skb, p->l4_off + (is_src ? 0 : 2), &new_port, 2, 0))
+			return -1;
+	}
+	return 0;
+}
+
+/* Turns a TCP segment over IPv6 into the RST that refuses it (as
+ * reject_tcp). */
+static __always_inline int svc6_reject_tcp(struct __sk_buff *skb, struct svc6_scratch *s)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	struct tcphdr *tcp = (void *)(ip6 + 1);
+	__u32 seq, ack, payload;
+	__u16 port, flags;
+	__s64 sum;
+
+	if ((void *)(tcp + 1) > data_end || ip6->nexthdr != IPPROTO_TCP || tcp->rst)
+		return TC_ACT_SHOT;
+	payload = bpf_ntohs(ip6->payload_len);
+	if (payload < tcp->doff * 4)
+		return TC_ACT_SHOT;
+	payload -= tcp->doff * 4;
+	if (tcp->ack) {
+		seq = tcp->ack_seq;
+		ack = 0;
+		flags = bpf_htons(0x5004); /* data offset 5, RST */
+	} else {
+		seq = 0;
+		ack = bpf_htonl(bpf_ntohl(tcp->seq) + payload + tcp->syn + tcp->fin);
+		flags = bpf_htons(0x5014); /* data offset 5, RST ACK */
+	}
+	__builtin_memcpy(s->from, &ip6->saddr, 16);
+	__builtin_memcpy(&ip6->saddr, &ip6->daddr, 16);
+	__builtin_memcpy(&ip6->daddr, s->from, 16);
+	port = tcp->source;
+	tcp->source = tcp->dest;
+	tcp->dest = port;
+	*(__u32 *)ip6 = bpf_htonl(0x60000000); /* version 6, no class, no label */
+	ip6->payload_len = bpf_htons(sizeof(*tcp));
+	ip6->hop_limit = 64;
+	tcp->seq = seq;
+	tcp->ack_seq = ack;
+	((__u16 *)tcp)[6] = flags;
+	tcp->window = 0;
+	tcp->check = 0;
+	tcp->urg_ptr = 0;
+	if (bpf_skb_change_tail(skb, sizeof(*eth) + sizeof(*ip6) + sizeof(*tcp), 0))
+		return TC_ACT_SHOT;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	ip6 = (void *)(eth + 1);
+	tcp = (void *)(ip6 + 1);
+	if ((void *)(tcp + 1) > data_end)
+		return TC_ACT_SHOT;
+	__builtin_memset(&s->pseudo, 0, sizeof(s->pseudo));
+	__builtin_memcpy(s->pseudo.src, &ip6->saddr, 16);
+	__builtin_memcpy(s->pseudo.dst, &ip6->daddr, 16);
+	s->pseudo.len = bpf_htonl(sizeof(*tcp));
+	s->pseudo.next = IPPROTO_TCP;
+	sum = bpf_csum_diff(0, 0, (__be32 *)&s->pseudo, sizeof(s->pseudo), 0);
+	if (sum < 0)
+		return TC_ACT_SHOT;
+	tcp->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)tcp, sizeof(*tcp), (__u32)sum));
+	return back_to_pod(skb, 0);
+}
+
+/* The invoking packet's bytes an ICMPv6 error carries here: its IPv6
+ * header and the first 8 bytes after it (the ports). */
+#define SVC6_QUOTE (sizeof(struct ipv6hdr) + 8)
+
+/* Turns a UDP or SCTP packet over IPv6 into an ICMPv6 port unreachable
+ * (type 1, code 4) carrying its header and first 8 bytes, from the
+ * frontend. */
+static __always_inline int svc6_reject_udp(struct __sk_buff *skb, struct svc6_scratch *s)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	struct ipv6hdr *orig;
+	__u8 *icmp;
+	__s64 sum;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return TC_ACT_SHOT;
+	/* Room for the new IPv6 and ICMPv6 headers in front of the original
+	 * IPv6 header. */
+	if (bpf_skb_adjust_room(skb, sizeof(*ip6) + 8, BPF_ADJ_ROOM_MAC, 0))
+		return TC_ACT_SHOT;
+	if (bpf_skb_change_tail(skb, sizeof(*eth) + sizeof(*ip6) + 8 + SVC6_QUOTE, 0))
+		return TC_ACT_SHOT;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	ip6 = (void *)(eth + 1);
+	icmp = (void *)(ip6 + 1);
+	orig = (void *)(icmp + 8);
+	if ((void *)orig + SVC6_QUOTE > data_end)
+		return TC_ACT_SHOT;
+	*(__u32 *)ip6 = bpf_htonl(0x60000000);
+	ip6->payload_len = bpf_htons(8 + SVC6_QUOTE);
+	ip6->nexthdr = IPPROTO_ICMPV6;
+	ip6->hop_limit = 64;
+	__builtin_memcpy(&ip6->saddr, &orig->daddr, 16);
+	__builtin_memcpy(&ip6->daddr, &orig->saddr, 16);
+	__builtin_memset(icmp, 0, 8);
+	icmp[0] = 1; /* destination unreachable */
+	icmp[1] = 4; /* port unreachable */
+	__builtin_memset(&s->pseudo, 0, sizeof(s->pseudo));
+	__builtin_memcpy(s->pseudo.src, &ip6->saddr, 16);
+	__builtin_memcpy(s->pseudo.dst, &ip6->daddr, 16);
+	s->pseudo.len = bpf_htonl(8 + SVC6_QUOTE);
+	s->pseudo.next = IPPROTO_ICMPV6;
+	sum = bpf_csum_diff(0, 0, (__be32 *)&s->pseudo, sizeof(s->pseudo), 0);
+	if (sum < 0)
+		return TC_ACT_SHOT;
+	*(__u16 *)(icmp + 2) =
+		csum_fold(bpf_csum_diff(0, 0, (__be32 *)icmp, 8 + SVC6_QUOTE, (__u32)sum));
+	return back_to_pod(skb, 0);
+}
+
+/* svc6_in's answer: refuse the packet (svc6_refuse). */
+#define SVC6_REFUSE (-2)
+
+/* Turns the packet into its refusal: a TCP RST, else an ICMPv6 port
+ * unreachable. Called by svc_in after svc6_in returned, not from it: the
+ * two frames never stack. */
+static __attribute__((noinline)) int svc6_refuse(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct svc6_scratch *s = svc6_scratch();
+
+	if (!s || !p)
+		return TC_ACT_SHOT;
+	if (p->proto == IPPROTO_TCP)
+		return svc6_reject_tcp(skb, s);
+	return svc6_reject_udp(skb, s);
+}
+
+/* As svc_pick, into s->be: the client's affinity entry while it holds,
+ * else a backend at random (remembered when the frontend has affinity). */
+static __always_inline int svc6_pick(const struct manul_svc_fe_value *fe, const struct pkt *p,
+				     struct svc6_scratch *s, __u64 now)
+{
+	struct manul_svc_be_key bk = { .id = fe->id };
+	struct manul_svc_aff6_value *av;
+	struct manul_svc_be6_value *be;
+
+	__builtin_memset(&s->ak, 0, sizeof(s->ak));
+	addr6_copy(s->ak.client, p->src);
+	s->ak.id = fe->id;
+	if (fe->affinity_s) {
+		av = bpf_map_lookup_elem(&manul_svc_aff6, &s->ak);
+		if (av && now - av->ts_ns < (__u64)fe->affinity_s * NS_PER_S) {
+			av->ts_ns = now;
+			addr6_copy(s->be.addr, av->addr);
+			s->be.port = av->port;
+			return 0;
+		}
+	}
+	if (!fe->count)
+		return -1;
+	bk.index = bpf_get_prandom_u32() % fe->count;
+	be = bpf_map_lookup_elem(&manul_svc_be6, &bk);
+	if (!be)
+		return -1;
+	s->be = *be;
+	if (fe->affinity_s) {
+		__builtin_memset(&s->av, 0, sizeof(s->av));
+		s->av.ts_ns = now;
+		addr6_copy(s->av.addr, be->addr);
+		s->av.port = be->port;
+		bpf_map_update_elem(&manul_svc_aff6, &s->ak, &s->av, BPF_ANY);
+	}
+	return 0;
+}
+
+/* Whether an IPv6 forward entry still names the connection this packet
+ * is of (as nat_current). */
+static __always_inline int nat6_current(const struct manul_nat6_value *v, const struct pkt *p,
+					__u64 now)
+{
+	__u64 idle = now - v->last_seen_ns;
+
+	if (p->proto == IPPROTO_UDP)
+		return idle < NAT_UDP_IDLE_NS;
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & 0x12) == 0x02)
+		return idle < NAT_SYN_IDLE_NS;
+	return 1;
+}
+
+/* svc_in for IPv6 on a workload interface: -1 to go on with *p
+ * describing the translated packet, SVC6_REFUSE, or a TC verdict. */
+static __attribute__((noinline)) int svc6_in(struct __sk_buff *skb, struct pkt *p,
+					     struct svc_nat *n, __u64 now)
+{
+	struct svc6_scratch *s = svc6_scratch();
+	struct manul_svc_fe_value *fe;
+	struct manul_nat6_value *nv;
+	__u32 reject_unknown;
+	int hairpin;
+
+	if (!s || !p || !n)
+		return TC_ACT_SHOT;
+	if (!svc_proto(p->proto))
+		return -1;
+	__builtin_memset(&s->key, 0, sizeof(s->key));
+	__builtin_memset(&s->fk, 0, sizeof(s->fk));
+	addr6_copy(s->key.src, p->src);
+	addr6_copy(s->key.dst, p->dst);
+	s->key.sport = p->sport;
+	s->key.dport = p->dport;
+	s->key.proto = p->proto;
+	svc6_hairpin(s->snat);
+	if (addr6_eq(p->dst, s->snat)) {
+		/* A reply of a hairpinned connection: policy sees it as the
+		 * reply of the pod's connection to itself. */
+		s->key.dir = MANUL_NAT_REV;
+		nv = bpf_map_lookup_elem(&manul_nat6, &s->key);
+		if (!nv || !(nv->flags & MANUL_NAT_HAIRPIN))
+			return -1;
+		n->after = SVC_HAIRPIN_REV;
+		addr6_copy(s->frontend, nv->addr);
+		n->port = nv->port;
+		addr6_copy(p->dst, p->src);
+		return -1;
+	}
+	/* A service address at all? */
+	addr6_copy(s->fk.addr, p->dst);
+	fe = bpf_map_lookup_elem(&manul_svc_fe6, &s->fk);
+	if (!fe)
+		return -1;
+	reject_unknown = fe->flags & MANUL_SVC_FE_REJECT_UNKNOWN;
+	s->fk.port = p->dport;
+	s->fk.proto = p->proto;
+	fe = bpf_map_lookup_elem(&manul_svc_fe6, &s->fk);
+	if (!fe) {
+		/* A cluster IP's port or protocol no service has. */
+		if (!reject_unknown)
+			return -1;
+		count(MANUL_CNT_SVC_REJECT);
+		return SVC6_REFUSE;
+	}
+	s->key.dir = MANUL_NAT_FWD;
+	nv = bpf_map_lookup_elem(&manul_nat6, &s->key);
+	if (nv && (nv->flags & MANUL_NAT_RESET) && p->proto == IPPROTO_TCP) {
+		/* Its backend is gone: reset the connection. */
+		bpf_map_delete_elem(&manul_nat6, &s->key);
+		count(MANUL_CNT_SVC_RESET);
+		return SVC6_REFUSE;
+	}
+	if (nv && nat6_current(nv, p, now)) {
+		nv->last_seen_ns = now;
+		addr6_copy(s->be.addr, nv->addr);
+		s->be.port = nv->port;
+		hairpin = nv->flags & MANUL_NAT_HAIRPIN;
+	} else {
+		if (svc6_pick(fe, p, s, now)) {
+			if (fe->flags & MANUL_SVC_FE_DROP_EMPTY) {
+				count(MANUL_CNT_SVC_LOCAL_DROP);
+				return TC_ACT_SHOT;
+			}
+			count(MANUL_CNT_SVC_REJECT);
+			return SVC6_REFUSE;
+		}
+		if (p->proto == IPPROTO_SCTP && s->be.port != p->dport) {
+			/* SCTP's CRC32c covers the ports. */
+			count(MANUL_CNT_SVC_UNTRANSLATABLE);
+			return TC_ACT_SHOT;
+		}
+		hairpin = addr6_eq(s->be.addr, p->src);
+		__builtin_memset(&s->v, 0, sizeof(s->v));
+		s->v.created_ns = now;
+		s->v.last_seen_ns = now;
+		s->v.id = fe->id;
+		s->v.flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
+		addr6_copy(s->v.addr, s->be.addr);
+		s->v.port = s->be.port;
+		if (bpf_map_update_elem(&manul_nat6, &s->key, &s->v, BPF_ANY))
+			return TC_ACT_SHOT;
+		addr6_copy(s->key.src, s->be.addr);
+		if (hairpin)
+			addr6_copy(s->key.dst, s->snat);
+		else
+			addr6_copy(s->key.dst, p->src);
+		s->key.sport = s->be.port;
+		s->key.dport = p->sport;
+		s->key.dir = MANUL_NAT_REV;
+		addr6_copy(s->v.addr, p->dst);
+		s->v.port = p->dport;
+		if (bpf_map_update_elem(&manul_nat6, &s->key, &s->v, BPF_ANY))
+			return TC_ACT_SHOT;
+		count(MANUL_CNT_SVC_NAT);
+		if (hairpin)
+			count(MANUL_CNT_SVC_HAIRPIN);
+	}
+	if (svc6_rewrite(skb, p, s, 0, p->dst, s->be.addr, p->dport, s->be.port)) {
+		count(MANUL_CNT_SVC_UNTRANSLATABLE);
+		return TC_ACT_SHOT;
+	}
+	addr6_copy(p->dst, s->be.addr);
+	p->dport = s->be.port;
+	if (hairpin)
+		n->after = SVC_HAIRPIN_FWD;
+	return -1;
+}
+
+/* svc_to_pod for IPv6: is it a backend's reply to a client here? */
+static __attribute__((noinline)) int svc6_to_pod(const struct pkt *p, struct svc_nat *n)
+{
+	struct svc6_scratch *s = svc6_scratch();
+	struct manul_nat6_value *nv;
+
+	if (!s || !p || !n || !svc_proto(p->proto))
+		return 0;
+	__builtin_memset(&s->key, 0, sizeof(s->key));
+	addr6_copy(s->key.src, p->src);
+	addr6_copy(s->key.dst, p->dst);
+	s->key.sport = p->sport;
+	s->key.dport = p->dport;
+	s->key.proto = p->proto;
+	s->key.dir = MANUL_NAT_REV;
+	nv = bpf_map_lookup_elem(&manul_nat6, &s->key);
+	if (!nv || (nv->flags & MANUL_NAT_HAIRPIN))
+		return 0;
+	n->after = SVC_REVERSE;
+	addr6_copy(s->frontend, nv->addr);
+	n->port = nv->port;
+	return 0;
+}
+
+/* svc_after for IPv6. */
+static __attribute__((noinline)) int svc6_after(struct __sk_buff *skb, const struct pkt *p,
+						const struct svc_nat *n)
+{
+	struct svc6_scratch *s = svc6_scratch();
+
+	if (!s || !p || !n)
+		return TC_ACT_SHOT;
+	svc6_hairpin(s->snat);
+	switch (n->after) {
+	case SVC_REVERSE:
+		if (svc6_rewrite(skb, p, s, 1, p->src, s->frontend, p->sport, n->port))
+			return TC_ACT_SHOT;
+		return TC_ACT_OK;
+	case SVC_HAIRPIN_FWD:
+		if (svc6_rewrite(skb, p, s, 1, p->src, s->snat, p->sport, p->sport))
+			return TC_ACT_SHOT;
+		return back_to_pod(skb, 0);
+	case SVC_HAIRPIN_REV:
+		/* p->src: the pod, the reply's sender and its destination. */
+		if (svc6_rewrite(skb, p, s, 1, p->src, s->frontend, p->sport, n->port) ||
+		    svc6_rewrite(skb, p, s, 0, s->snat, p->src, p->dport, p->dport))
+			return TC_ACT_SHOT;
+		return back_to_pod(skb, 0);
+	default:
+		return TC_ACT_SHOT;
+	}
+}
+
+#endif /* MANUL_SVC6_H */
