@@ -92,6 +92,7 @@ pub fn cluster(name: &str, nodes: usize, small_disk_mib: u64) -> Result<LocalClu
         typha_replicas: REPLICAS,
         dataplane: Dataplane::Bpf,
         policy_setup_timeout: Duration::ZERO,
+        ..ClusterConfig::default()
     };
     Ok(LocalCluster::up_with_disks(
         config,

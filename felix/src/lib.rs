@@ -20,6 +20,7 @@ pub mod routes;
 pub mod service_health;
 pub mod status;
 pub mod sync;
+pub mod sync_backoff;
 pub mod typha_tls;
 pub mod wireguard;
 

@@ -28,6 +28,8 @@ use rustc_hash::FxHashSet;
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, warn};
 
+use crate::sync_backoff::Backoff;
+
 use crate::calc::Update;
 
 /// Largest message accepted from Typha.
@@ -121,28 +123,68 @@ pub fn address_host(addr: &str) -> Result<&str, String> {
 }
 
 /// The messages of one stream, whichever transport carries it.
+/// Why a stream was lost, and the server's hint to ask again after a
+/// while, when it gave one (a replica that does not serve yet).
+#[derive(Debug)]
+struct Lost {
+    error: String,
+    retry_after: Option<Duration>,
+}
+
+impl From<String> for Lost {
+    fn from(error: String) -> Lost {
+        Lost {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+impl Lost {
+    fn status(s: &tonic::Status) -> Lost {
+        let retry_after = s
+            .metadata()
+            .get(RETRY_PUSHBACK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        Lost {
+            error: format!("{} ({:?})", s.message(), s.code()),
+            retry_after,
+        }
+    }
+
+    fn frame(e: &manul_proto::frame::FrameError) -> Lost {
+        let mut error = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            error.push_str(": ");
+            error.push_str(&s.to_string());
+            source = s.source();
+        }
+        let retry_after = match e {
+            manul_proto::frame::FrameError::Ended { retry_after_ms, .. } if *retry_after_ms > 0 => {
+                Some(Duration::from_millis(u64::from(*retry_after_ms)))
+            }
+            _ => None,
+        };
+        Lost { error, retry_after }
+    }
+}
+
+/// The gRPC trailer of a server's retry hint (gRPC's retry design, A6).
+const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
 enum Incoming {
     Grpc(tonic::Streaming<manul_proto::v1::SyncMessage>),
     Tcp(manul_proto::frame::LeanStream<manul_tls::connect::Stream>),
 }
 
 impl Incoming {
-    async fn message(&mut self) -> Result<Option<manul_proto::v1::SyncMessage>, String> {
+    async fn message(&mut self) -> Result<Option<manul_proto::v1::SyncMessage>, Lost> {
         match self {
-            Incoming::Grpc(s) => s
-                .message()
-                .await
-                .map_err(|s| format!("{} ({:?})", s.message(), s.code())),
-            Incoming::Tcp(s) => s.message().await.map_err(|e| {
-                let mut text = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    text.push_str(": ");
-                    text.push_str(&s.to_string());
-                    source = s.source();
-                }
-                text
-            }),
+            Incoming::Grpc(s) => s.message().await.map_err(|s| Lost::status(&s)),
+            Incoming::Tcp(s) => s.message().await.map_err(|e| Lost::frame(&e)),
         }
     }
 }
@@ -300,7 +342,7 @@ impl Syncer {
 
     /// Runs forever (until the receiver is dropped).
     pub async fn run(mut self, events: mpsc::Sender<SyncEvent>) {
-        let mut backoff = self.config.min_backoff;
+        let mut backoff = Backoff::new(self.config.min_backoff, self.config.max_backoff);
         let mut next = 0usize;
         loop {
             if events.is_closed() || self.config.typhas.is_empty() {
@@ -313,11 +355,12 @@ impl Syncer {
                 .follow(&addr, &events, &mut backoff)
                 .instrument(span)
                 .await;
-            let error = match result {
-                Ok(()) => "the stream ended".to_string(),
-                Err(e) => e,
+            let (error, hint) = match result {
+                Ok(()) => ("the stream ended".to_string(), None),
+                Err(lost) => (lost.error, lost.retry_after),
             };
-            warn!(%addr, revision = self.revision, "sync stream lost: {error}; reconnecting in {backoff:?}");
+            let wait = backoff.after_failure(hint);
+            warn!(%addr, revision = self.revision, "sync stream lost: {error}; reconnecting in {wait:?}");
             if events
                 .send(SyncEvent::Disconnected { error })
                 .await
@@ -325,8 +368,7 @@ impl Syncer {
             {
                 return;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(self.config.max_backoff);
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -334,8 +376,8 @@ impl Syncer {
         &mut self,
         addr: &str,
         events: &mpsc::Sender<SyncEvent>,
-        backoff: &mut Duration,
-    ) -> Result<(), String> {
+        backoff: &mut Backoff,
+    ) -> Result<(), Lost> {
         let request = SyncRequest {
             node_name: self.config.node.clone(),
             client_version: manul_proto::PROTOCOL_VERSION.into(),
@@ -408,7 +450,7 @@ impl Syncer {
                         send(gone, s.revision).await?;
                     }
                     self.revision = s.revision;
-                    *backoff = Duration::from_millis(100).min(*backoff);
+                    backoff.in_sync();
                     events
                         .send(SyncEvent::InSync {
                             revision: s.revision,
@@ -457,7 +499,7 @@ impl Syncer {
         &self,
         addr: &str,
         request: SyncRequest,
-    ) -> Result<tonic::Streaming<manul_proto::v1::SyncMessage>, String> {
+    ) -> Result<tonic::Streaming<manul_proto::v1::SyncMessage>, Lost> {
         let url = if addr.contains("://") {
             addr.to_string()
         } else {
@@ -476,7 +518,7 @@ impl Syncer {
         Ok(client
             .sync(request)
             .await
-            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?
+            .map_err(|s| Lost::status(&s))?
             .into_inner())
     }
 
@@ -485,7 +527,7 @@ impl Syncer {
         addr: &str,
         port: u16,
         request: SyncRequest,
-    ) -> Result<manul_proto::frame::LeanStream<manul_tls::connect::Stream>, String> {
+    ) -> Result<manul_proto::frame::LeanStream<manul_tls::connect::Stream>, Lost> {
         let host = address_host(addr)?;
         let connect = self
             .transport
@@ -496,7 +538,7 @@ impl Syncer {
             .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
         manul_proto::frame::open(io, &request, MAX_MESSAGE)
             .await
-            .map_err(|e| format!("cannot send the hello to {host}:{port}: {e}"))
+            .map_err(|e| Lost::from(format!("cannot send the hello to {host}:{port}: {e}")))
     }
 }
 

@@ -50,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         typha_replicas: 1,
         dataplane: Dataplane::Iptables,
         policy_setup_timeout: Duration::from_secs(10),
+        ..ClusterConfig::default()
     })?;
     c.add_pod(pod("sender", 0))?;
     c.add_pod(pod("receiver", 1))?;

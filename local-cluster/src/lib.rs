@@ -4,10 +4,12 @@
 //! Layout (every piece a network namespace the cluster creates):
 //!
 //! - `NAME-cp`: the control plane and underlay: a bridge `br0` at
-//!   `192.168.220.1/24`, where a single Typha listens (port 5473), and
+//!   `192.168.220.1/24`, where a single Typha listens (port 5473, its
+//!   sync listener of the lean transport on 5675), and
 //!   `10.0.0.1/24` on the node network;
 //! - `NAME-tK`: with three or more replicas, one per replica, its `eth0`
-//!   on the bridge at `192.168.220.(1+K)` (ports `5473+K-1`, peer ports
+//!   on the bridge at `192.168.220.(1+K)` (ports `5473+K-1`, sync port
+//!   5675, peer ports
 //!   `5573+K-1`, metrics `9093+K-1`), so that cutting replicas apart is a
 //!   matter of drop rules between namespaces ([`cluster::LocalCluster::partition_typha`]);
 //! - `NAME-nodeN`: one per node, `eth0` at `192.168.220.(10+N)/24` and
@@ -45,7 +47,7 @@ pub mod wireguard;
 
 pub use cluster::{
     ClusterConfig, Dataplane, Disks, FLOWS_PORT, FLOWS_UI_PORT, FlowsConfig, LocalCluster,
-    MetricsTarget, PodInfo, PodSpec, SlowDisk, SmallDisk, Throttle,
+    MetricsTarget, PodInfo, PodSpec, SlowDisk, SmallDisk, SyncTransport, Throttle,
 };
 pub use external::ExternalClient;
 

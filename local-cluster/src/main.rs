@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use manul_local_cluster::{ClusterConfig, Dataplane, FlowsConfig, LocalCluster};
+use manul_local_cluster::{ClusterConfig, Dataplane, FlowsConfig, LocalCluster, SyncTransport};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +42,11 @@ enum Cmd {
         /// Felix's flow aggregation interval, seconds (with --flows).
         #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
         flow_interval: u64,
+        /// How each Felix takes its Sync stream: tcp (the lean transport
+        /// on each replica's sync listener, port 5675) or grpc (the Sync
+        /// call on its client port).
+        #[arg(long, default_value = "tcp")]
+        sync_transport: String,
     },
     /// Remove the processes and namespaces of a cluster.
     Down {
@@ -77,9 +82,17 @@ fn main() -> ExitCode {
             dataplane,
             flows,
             flow_interval,
+            sync_transport,
         } => {
             let dataplane = match Dataplane::parse(&dataplane) {
                 Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let sync_transport = match SyncTransport::parse(&sync_transport) {
+                Ok(t) => t,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
@@ -91,6 +104,7 @@ fn main() -> ExitCode {
                 typha_replicas,
                 dataplane,
                 policy_setup_timeout: Duration::ZERO,
+                sync_transport,
             };
             let flows = flows.then_some(FlowsConfig {
                 interval_s: flow_interval,
@@ -103,10 +117,11 @@ fn main() -> ExitCode {
                 }
             };
             println!(
-                "cluster up: {} nodes, dataplane {}, Typha at {}",
+                "cluster up: {} nodes, dataplane {}, Typha at {}, Felix's Sync over {}",
                 nodes,
                 dataplane.as_str(),
-                cluster.typha_addresses().join(",")
+                cluster.typha_addresses().join(","),
+                sync_transport.as_str()
             );
             println!(
                 "explore it with: manulctl --netns {} --server {} {} get networkpolicy",

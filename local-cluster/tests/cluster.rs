@@ -67,6 +67,7 @@ fn two_nodes_route_and_enforce() {
         typha_replicas: 1,
         dataplane: Dataplane::Iptables,
         policy_setup_timeout: Duration::from_secs(5),
+        ..ClusterConfig::default()
     })
     .expect("cluster up");
     c.add_pod(pod("production", "frontend", "frontend", 0))
@@ -119,6 +120,7 @@ fn three_typha_replicas_serve_the_cluster() {
         typha_replicas: 3,
         dataplane: Dataplane::Bpf,
         policy_setup_timeout: Duration::from_secs(5),
+        ..ClusterConfig::default()
     })
     .expect("cluster up");
     assert_eq!(c.typha_addresses().len(), 3);
@@ -172,6 +174,7 @@ fn node1_eth0_is_the_examples_host_endpoint() {
         typha_replicas: 1,
         dataplane: Dataplane::Iptables,
         policy_setup_timeout: Duration::from_secs(5),
+        ..ClusterConfig::default()
     })
     .expect("cluster up");
     let ip = c.nodes()[0].host_ip;

@@ -306,6 +306,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         typha_replicas: 1,
         dataplane: Dataplane::Bpf,
         policy_setup_timeout: Duration::from_secs(5),
+        ..ClusterConfig::default()
     })
     .expect("cluster up");
     for (p, node) in [("frontend", 0), ("api", 1), ("other", 0)] {

@@ -142,6 +142,7 @@ fn flows_reach_manulctl_with_their_policy_trace_and_survive_an_aggregator_restar
             typha_replicas: 1,
             dataplane: Dataplane::Bpf,
             policy_setup_timeout: Duration::from_secs(5),
+            ..ClusterConfig::default()
         },
         Some(FlowsConfig { interval_s: 1 }),
     )
@@ -305,6 +306,7 @@ fn a_staged_deny_shows_as_pending_until_promoted_then_the_flows_are_denied() {
             typha_replicas: 1,
             dataplane: Dataplane::Bpf,
             policy_setup_timeout: Duration::from_secs(5),
+            ..ClusterConfig::default()
         },
         Some(FlowsConfig { interval_s: 1 }),
     )

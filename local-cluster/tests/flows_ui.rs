@@ -441,6 +441,7 @@ fn the_web_ui_shows_real_flows_and_a_graph_edge_filters_the_table() {
             typha_replicas: 1,
             dataplane: Dataplane::Bpf,
             policy_setup_timeout: Duration::from_secs(5),
+            ..ClusterConfig::default()
         },
         Some(FlowsConfig { interval_s: 1 }),
     )

@@ -145,6 +145,7 @@ fn run(dataplane: Dataplane) {
         typha_replicas: 1,
         dataplane,
         policy_setup_timeout: Duration::from_secs(5),
+        ..ClusterConfig::default()
     })
     .expect("cluster up");
     c.add_pod(pod("client", 0)).unwrap();

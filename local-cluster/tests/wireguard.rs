@@ -161,6 +161,7 @@ fn pod_traffic_between_nodes_is_encrypted_and_still_policed() {
         typha_replicas: 1,
         dataplane: Dataplane::Iptables,
         policy_setup_timeout: Duration::from_secs(10),
+        ..ClusterConfig::default()
     })
     .unwrap();
     c.add_pod(pod("client", "client", 0)).unwrap();

@@ -57,7 +57,13 @@ pub enum FrameError {
         source: prost::DecodeError,
     },
     #[error("the server ended the stream (code {code}): {message}")]
-    Ended { code: i32, message: String },
+    Ended {
+        code: i32,
+        message: String,
+        /// The server's hint to ask again after this many milliseconds
+        /// (0: none).
+        retry_after_ms: u32,
+    },
 }
 
 /// Takes whole frames off the front of a buffer; refuses a length over
@@ -213,20 +219,22 @@ fn put_len(out: &mut BytesMut, len: usize) {
 
 /// The frame of a stream's end.
 pub fn end_frame(code: i32, message: &str) -> Bytes {
-    let end = SyncMessage {
+    end_frame_retry(code, message, 0)
+}
+
+/// The frame of a stream's end that asks the client to try again after
+/// `retry_after_ms` (0: no hint).
+pub fn end_frame_retry(code: i32, message: &str, retry_after_ms: u32) -> Bytes {
+    let end = |message: String| SyncMessage {
         message: Some(Message::End(StreamEnd {
             code,
-            message: message.to_owned(),
+            message,
+            retry_after_ms,
         })),
     };
     // A status message is small; cut one that is not rather than fail.
-    encode_frame(&end, MAX_HELLO_BYTES).unwrap_or_else(|_| {
-        let cut = SyncMessage {
-            message: Some(Message::End(StreamEnd {
-                code,
-                message: "stream ended (reason too long to send)".to_owned(),
-            })),
-        };
+    encode_frame(&end(message.to_owned()), MAX_HELLO_BYTES).unwrap_or_else(|_| {
+        let cut = end("stream ended (reason too long to send)".to_owned());
         encode_frame(&cut, MAX_HELLO_BYTES).unwrap_or_default()
     })
 }
@@ -278,7 +286,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// The connection, with any bytes read past the last frame dropped.
+    /// Bytes read past the last frame returned (the start of the next).
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The connection, with any bytes read past the last frame dropped
+    /// (see [`FrameReader::buffered`]).
     pub fn into_inner(self) -> R {
         self.io
     }
@@ -321,6 +335,7 @@ impl<S: AsyncRead + Unpin> LeanStream<S> {
             return Err(FrameError::Ended {
                 code: end.code,
                 message: end.message,
+                retry_after_ms: end.retry_after_ms,
             });
         }
         Ok(Some(message))
@@ -466,7 +481,7 @@ mod tests {
         };
         assert_eq!(got, messages());
         assert!(
-            matches!(&err, FrameError::Ended { code: 8, message } if message == "client fell behind"),
+            matches!(&err, FrameError::Ended { code: 8, message, retry_after_ms: 0 } if message == "client fell behind"),
             "{err}"
         );
         assert_eq!(serve.await.unwrap(), request);

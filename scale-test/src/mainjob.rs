@@ -91,6 +91,7 @@ pub fn run(
         // As in the scale test: the CNI plugin does not wait for Felix, so
         // the time to first ping includes programming the new pod.
         policy_setup_timeout: Duration::ZERO,
+        ..ClusterConfig::default()
     })?;
     println!(
         "   up in {:.1} s: Typha at {}, nodes {}",

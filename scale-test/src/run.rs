@@ -127,6 +127,7 @@ pub fn run_one(
         typha_replicas: 1,
         dataplane,
         policy_setup_timeout: Duration::ZERO,
+        ..ClusterConfig::default()
     })?;
     let nodes = cfg.nodes;
     bar.set_message(format!(

@@ -615,6 +615,7 @@ pub fn run(
         typha_replicas: 1,
         dataplane,
         policy_setup_timeout: Duration::from_secs(10),
+        ..ClusterConfig::default()
     })?;
     for ns in &sc.namespaces {
         c.declare_namespace(&ns.name, &ns.labels)?;

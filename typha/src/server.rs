@@ -274,6 +274,8 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     let mut fanout_config = config.fanout.clone();
     fanout_config.replica_id = config.node_id;
     let fanout = Fanout::new(fanout_config, source.clone(), fanout_metrics);
+    // Nothing is served before a leader is known (`serving.rs`).
+    fanout.stop_serving(crate::serving::STARTING);
     // The client listener's connections, which the fan-out ends when their
     // Sync stream stalls.
     let client_connections = Arc::new(Connections::default());
@@ -297,8 +299,9 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
         Some(_) => PeerGate::Certificate,
         None => PeerGate::Token(peer_token.clone()),
     };
-    // A replica that has known no leader for an election timeout sends its
-    // Sync clients to the others (`serving.rs`).
+    // A replica serves Sync once it knows a leader, and one that has known
+    // none for an election timeout sends its Sync clients to the others
+    // (`serving.rs`).
     let leaderless_grace = node_config
         .tick
         .saturating_mul(u32::try_from(node_config.election_ticks).unwrap_or(u32::MAX));

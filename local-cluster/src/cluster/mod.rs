@@ -46,6 +46,10 @@ pub const TYPHA_PORT: u16 = 5473;
 /// Typha's first peer port (Raft and cluster administration; replica K
 /// listens on `PEER_PORT + K - 1`).
 pub const TYPHA_PEER_PORT: u16 = 5573;
+/// Every replica's sync listener (the lean Sync transport,
+/// `--sync-listen`) on its own address: one port for all, as Felix's
+/// `typhaSyncPort` is. Not Typha's 5475, which replica 3's client port is.
+pub const TYPHA_SYNC_PORT: u16 = 5675;
 /// Felix's metrics port on every node. It listens on all the node's
 /// addresses (Calico's default), so a scraper in the control plane reaches
 /// it over the underlay.
@@ -92,6 +96,36 @@ impl Dataplane {
     }
 }
 
+/// How each Felix takes its Sync stream from Typha (`typhaSyncTransport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SyncTransport {
+    /// The lean transport on each replica's sync listener
+    /// ([`TYPHA_SYNC_PORT`]).
+    #[default]
+    Tcp,
+    /// The `Sync` gRPC call on each replica's client port.
+    Grpc,
+}
+
+impl SyncTransport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncTransport::Tcp => "tcp",
+            SyncTransport::Grpc => "grpc",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<SyncTransport, ClusterError> {
+        match s {
+            "tcp" => Ok(SyncTransport::Tcp),
+            "grpc" => Ok(SyncTransport::Grpc),
+            other => Err(ClusterError::Invalid(format!(
+                "unknown sync transport {other:?}: use tcp or grpc"
+            ))),
+        }
+    }
+}
+
 /// How to build the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -104,6 +138,8 @@ pub struct ClusterConfig {
     /// How long the CNI plugin waits for Felix to program a new pod (0:
     /// do not wait).
     pub policy_setup_timeout: Duration,
+    /// How each Felix takes its Sync stream (every replica serves both).
+    pub sync_transport: SyncTransport,
 }
 
 impl Default for ClusterConfig {
@@ -114,6 +150,7 @@ impl Default for ClusterConfig {
             typha_replicas: 1,
             dataplane: Dataplane::Iptables,
             policy_setup_timeout: Duration::ZERO,
+            sync_transport: SyncTransport::default(),
         }
     }
 }

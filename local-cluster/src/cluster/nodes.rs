@@ -144,6 +144,12 @@ impl LocalCluster {
             .arg("--typha-key-file")
             .arg(self.certs_dir().join(format!("felix-{name}.key")))
             .args(["--typha-cn", manul_tls::dev::TYPHA_CN])
+            .args([
+                "--typha-sync-transport",
+                self.config.sync_transport.as_str(),
+                "--typha-sync-port",
+                &super::TYPHA_SYNC_PORT.to_string(),
+            ])
             .args(self.felix_flow_args());
         if self.config.dataplane == Dataplane::Bpf {
             // bpffs is shared by every namespace: pins are per cluster node.

@@ -41,6 +41,12 @@ impl LocalCluster {
             .collect()
     }
 
+    /// Replica `k`'s (0-based) sync listener of the lean transport,
+    /// `HOST:PORT`.
+    pub fn typha_sync_address(&self, k: usize) -> String {
+        format!("{}:{}", self.typha_ip(k), super::TYPHA_SYNC_PORT)
+    }
+
     /// Typha's peer listeners (Raft, `manulctl cluster`), `HOST:PORT` per
     /// replica; they require the token in [`Self::typha_peer_token_file`].
     pub fn typha_peer_addresses(&self) -> Vec<String> {
@@ -179,6 +185,7 @@ impl LocalCluster {
         cmd.arg("--data-dir")
             .arg(self.typha_data_dir(k))
             .args(["--listen", &addrs[k]])
+            .args(["--sync-listen", &self.typha_sync_address(k)])
             .args(["--peer-listen", &peer_addrs[k]])
             .arg("--peer-token-file")
             .arg(self.typha_peer_token_file())

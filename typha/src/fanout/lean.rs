@@ -5,8 +5,9 @@
 //! The connection must send its hello (a `SyncRequest` frame of at most
 //! `MAX_HELLO_BYTES`) within the handshake timeout; a frame over the
 //! limit, one that does not decode, an invalid request, a refused stream
-//! (limit, shutdown) or any byte after the hello ends the connection with
-//! a `StreamEnd` naming the problem when one can be sent. Then the same
+//! (limit, shutdown, not serving) or any byte after the hello ends the
+//! connection with a `StreamEnd` naming the problem when one can be sent
+//! (with the status's retry hint, `retry_after_ms`). Then the same
 //! stream as gRPC's (`service::open`: the client task, its bounded queue,
 //! the stall cut) is written straight to the socket: each message is
 //! framed with its snapshot chunk's or delta batch's shared entries bytes
@@ -37,6 +38,10 @@ use crate::listener::kill::KillSwitch;
 const HELLO_BUFFER: usize = 512;
 /// Messages ready at once are written together up to about this many bytes.
 pub(crate) const BATCH_BYTES: usize = 64 * 1024;
+/// Longest a refusal's write may take.
+const REFUSAL_WRITE: Duration = Duration::from_secs(5);
+/// Longest the server reads what a refused client still sends.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// Largest frame sent (the client's default limit).
 const MAX_FRAME: usize = frame::MAX_MESSAGE_BYTES;
 
@@ -73,10 +78,19 @@ pub(crate) async fn serve_connection<S>(
         Ok(Ok(Some(hello))) => hello,
         Ok(Err(error)) => {
             let status = Status::invalid_argument(format!("hello: {error}"));
-            refuse(&mut write, &peer, status).await;
+            refuse(&mut write, reader.into_inner(), &peer, status).await;
             return;
         }
     };
+    if !reader.buffered().is_empty() {
+        // Sent with the hello, so read with it: nothing may follow it.
+        let status = Status::invalid_argument(format!(
+            "{} bytes after the hello: a client sends nothing after it",
+            reader.buffered().len()
+        ));
+        refuse(&mut write, reader.into_inner(), &peer, status).await;
+        return;
+    }
     let request = match SyncRequest::decode(hello) {
         Ok(request) => request,
         Err(source) => {
@@ -86,6 +100,7 @@ pub(crate) async fn serve_connection<S>(
             };
             refuse(
                 &mut write,
+                reader.into_inner(),
                 &peer,
                 Status::invalid_argument(format!("hello: {error}: {}", source_of(&error))),
             )
@@ -96,7 +111,7 @@ pub(crate) async fn serve_connection<S>(
     let valid = match validate(&request) {
         Ok(valid) => valid,
         Err(status) => {
-            refuse(&mut write, &peer, status).await;
+            refuse(&mut write, reader.into_inner(), &peer, status).await;
             return;
         }
     };
@@ -105,7 +120,7 @@ pub(crate) async fn serve_connection<S>(
     let stream = match open(&fanout, valid, &peer_name, Cut::Switch(switch.clone())) {
         Ok(stream) => stream,
         Err(status) => {
-            refuse(&mut write, &peer, status).await;
+            refuse(&mut write, reader.into_inner(), &peer, status).await;
             return;
         }
     };
@@ -131,16 +146,36 @@ fn source_of(error: &FrameError) -> String {
     std::error::Error::source(error).map_or_else(String::new, ToString::to_string)
 }
 
-/// Sends `status` as the stream's end and closes.
-async fn refuse<W: AsyncWrite + Unpin>(write: &mut W, peer: &SocketAddr, status: Status) {
+/// Sends `status` as the stream's end and closes, reading (and dropping)
+/// what the client still sends for a moment first: closing a socket with
+/// unread bytes resets the connection, and the reset can destroy the
+/// refusal before the client has read it.
+async fn refuse<W, R>(write: &mut W, mut read: R, peer: &SocketAddr, status: Status)
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
     tracing::info!(%peer, reason = status.message(), "lean sync connection refused");
-    let end = frame::end_frame(status.code() as i32, status.message());
+    let end = end_of(&status);
     let sent = async {
         write.write_all(&end).await?;
         write.shutdown().await
     };
     // A client that does not read its refusal does not hold the task.
-    let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
+    if !matches!(tokio::time::timeout(REFUSAL_WRITE, sent).await, Ok(Ok(()))) {
+        return;
+    }
+    let drained = async {
+        let mut sink = [0u8; 4096];
+        while matches!(read.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, drained).await;
+}
+
+/// The `StreamEnd` frame of `status`, with its retry hint.
+fn end_of(status: &Status) -> Bytes {
+    let retry = super::retry_hint(status).unwrap_or(0);
+    frame::end_frame_retry(status.code() as i32, status.message(), retry)
 }
 
 /// Resolves when the switch is flipped.
@@ -226,7 +261,7 @@ impl Frames {
     }
 
     fn push_end(&mut self, status: &Status) {
-        self.add(frame::end_frame(status.code() as i32, status.message()));
+        self.add(end_of(status));
     }
 
     fn add(&mut self, piece: Bytes) {

@@ -22,8 +22,8 @@ pub(crate) enum DropReason {
     /// Its client took nothing queued for `stall_timeout`.
     Stalled,
     /// Ended or refused while the replica does not serve
-    /// ([`super::Fanout::stop_serving`]: it has known no Raft leader for
-    /// an election timeout).
+    /// ([`super::Fanout::stop_serving`]: it has not known a Raft leader
+    /// since it started, or has known none for an election timeout).
     NotServing,
 }
 
@@ -68,6 +68,9 @@ pub struct FanoutMetrics {
     pub(crate) snapshots_generated: Counter,
     pub(crate) snapshots_reused: Counter,
     pub(crate) history_bytes: Gauge,
+    /// 1 while the replica serves Sync clients, 0 while it does not
+    /// ([`super::Fanout::stop_serving`]).
+    pub(crate) serving: Gauge,
 }
 
 impl Default for FanoutMetrics {
@@ -90,6 +93,7 @@ impl FanoutMetrics {
             snapshots_generated: Counter::default(),
             snapshots_reused: Counter::default(),
             history_bytes: Gauge::default(),
+            serving: Gauge::default(),
         }
     }
 
@@ -103,6 +107,12 @@ impl FanoutMetrics {
                 reason: reason.as_str(),
             });
         }
+        metrics.serving.set(1);
+        registry.register(
+            "typha_serving",
+            "1 while this replica serves Sync clients, 0 while it refuses them (no Raft leader known, or not caught up)",
+            metrics.serving.clone(),
+        );
         registry.register(
             "typha_connections_active",
             "Sync streams currently open",

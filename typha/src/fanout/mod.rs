@@ -60,12 +60,15 @@
 //! held; counted as `reason="stalled"`. A slow reader that keeps taking
 //! messages is not stalled (it may still fall behind).
 //!
-//! Not serving: [`Fanout::stop_serving`] (called when the replica has
-//! known no Raft leader for an election timeout, `crate::serving`) ends
-//! every open stream at once with `UNAVAILABLE` ("... stopped serving ...
-//! resume from revision N") and refuses new ones the same way until
-//! [`Fanout::resume_serving`]; counted as `reason="not_serving"`. The
-//! clients resume on another replica from their revision.
+//! Not serving: [`Fanout::stop_serving`] (called at start until the
+//! replica has known a Raft leader, and when it has known none for an
+//! election timeout, `crate::serving`) ends every open stream at once with
+//! `UNAVAILABLE` ("... stopped serving ... resume from revision N") and
+//! refuses new ones the same way until [`Fanout::resume_serving`]; counted
+//! as `reason="not_serving"`, with `typha_serving` at 0 meanwhile. Each
+//! such status carries the retry hint [`retry_later`] puts on it (the
+//! condition lasts about an election). The clients resume on another
+//! replica from their revision.
 //!
 //! Limits: beyond `max_connections` open streams a new stream is refused at
 //! once with `RESOURCE_EXHAUSTED` naming the limit and the replica. A
@@ -104,6 +107,7 @@ mod lean;
 mod metrics;
 pub(crate) mod service;
 mod snapshot;
+
 #[cfg(test)]
 mod tests;
 
@@ -389,11 +393,16 @@ impl Fanout {
                 return 0;
             }
             clients.not_serving = Some(Arc::from(reason));
+            self.metrics.serving.set(0);
             std::mem::take(&mut clients.signals).into_values().collect()
         };
         let reason: Arc<str> = Arc::from(reason);
         let count = signals.len();
-        tracing::warn!(clients = count, %reason, "fan-out stops serving");
+        if count == 0 {
+            tracing::info!(%reason, "fan-out does not serve");
+        } else {
+            tracing::warn!(clients = count, %reason, "fan-out stops serving");
+        }
         for signal in signals {
             let _ = signal.send(EndSignal::NotServing(reason.clone()));
         }
@@ -403,7 +412,8 @@ impl Fanout {
     /// Serves again after [`Fanout::stop_serving`].
     pub fn resume_serving(&self) {
         if self.lock_clients().not_serving.take().is_some() {
-            tracing::info!("fan-out serves again");
+            self.metrics.serving.set(1);
+            tracing::info!("fan-out serves");
         }
     }
 
@@ -488,10 +498,10 @@ impl Fanout {
         }
         if let Some(reason) = &clients.not_serving {
             self.metrics.dropped(DropReason::NotServing);
-            return Err(Status::unavailable(format!(
+            return Err(retry_later(Status::unavailable(format!(
                 "replica {} does not serve: {reason}; connect to another replica",
                 self.config.replica_id
-            )));
+            ))));
         }
         let active = self.active.load(Ordering::SeqCst);
         if active >= self.config.max_connections {
@@ -632,4 +642,30 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.fanout.lock_clients().signals.remove(&self.id);
     }
+}
+
+/// The gRPC trailer of a server's retry hint (gRPC's retry design, A6).
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// `status` with the hint to ask again (this or another replica) after
+/// [`crate::serving::RETRY_AFTER`]: for a refusal that lasts about an
+/// election, not a failure to back off from.
+pub(crate) fn retry_later(status: Status) -> Status {
+    let mut status = status;
+    let millis = crate::serving::RETRY_AFTER.as_millis().to_string();
+    if let Ok(value) = millis.parse() {
+        status.metadata_mut().insert(RETRY_PUSHBACK, value);
+    }
+    status
+}
+
+/// The retry hint of `status`, in milliseconds, when it has one.
+pub(crate) fn retry_hint(status: &Status) -> Option<u32> {
+    status
+        .metadata()
+        .get(RETRY_PUSHBACK)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }

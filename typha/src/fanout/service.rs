@@ -589,10 +589,10 @@ impl ClientTask {
             Some(EndSignal::NotServing(reason)) => {
                 let replica = self.fanout.config().replica_id;
                 Ended::Dropped {
-                    status: Status::unavailable(format!(
+                    status: super::retry_later(Status::unavailable(format!(
                         "replica {replica} stopped serving: {reason}; reconnect to another replica and {}",
                         self.resume_hint()
-                    )),
+                    ))),
                     reason: Some(DropReason::NotServing),
                 }
             }

@@ -1049,6 +1049,14 @@ async fn a_replica_that_stops_serving_ends_its_streams_and_refuses_until_it_resu
             && status.message().contains("resume from revision 1"),
         "{status:?}"
     );
+    // With the hint to ask again soon, as a trailer across the wire.
+    let hint = |s: &Status| {
+        s.metadata()
+            .get(super::RETRY_PUSHBACK)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(hint(&status).as_deref(), Some("200"), "{status:?}");
     // A new stream is refused, saying why.
     let refused = h.open(request("node-2", 1)).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable);
@@ -1057,7 +1065,30 @@ async fn a_replica_that_stops_serving_ends_its_streams_and_refuses_until_it_resu
             && refused.message().contains("no Raft leader"),
         "{refused:?}"
     );
+    assert_eq!(hint(&refused).as_deref(), Some("200"), "{refused:?}");
     assert_eq!(h.metrics().dropped_count(DropReason::NotServing), 2);
+    // On the lean transport, the refusal's StreamEnd carries the hint.
+    let (client_io, server_io) = tokio::io::duplex(4096);
+    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    tokio::spawn(super::lean::serve_connection(
+        h.fanout.clone(),
+        server_io,
+        peer,
+        Duration::from_secs(5),
+    ));
+    let mut lean = manul_proto::frame::open(client_io, &request("node-3", 1), 1 << 20)
+        .await
+        .unwrap();
+    let end = lean.message().await.unwrap_err();
+    assert!(
+        matches!(
+            &end,
+            manul_proto::frame::FrameError::Ended { code: 14, message, retry_after_ms: 200 }
+                if message.contains("does not serve")
+        ),
+        "{end:?}"
+    );
+    assert_eq!(h.metrics().dropped_count(DropReason::NotServing), 3);
     // Serving again: a client resumes where it was, without a snapshot.
     h.fanout.resume_serving();
     assert!(h.fanout.serving());

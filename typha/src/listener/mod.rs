@@ -110,8 +110,9 @@ pub fn incoming(
         let slots = slots.clone();
         let connections = connections.clone();
         async move {
-            let slot = slots.acquire().await;
+            let free = slots.acquire().await;
             let (tcp, _) = accept(&listener).await;
+            let slot = free.open();
             // The builder's `tcp_nodelay` only reaches listeners tonic
             // binds itself: without it, Nagle plus delayed ACKs hold each
             // response's trailers for ~40 ms.
@@ -155,8 +156,9 @@ impl axum::serve::Listener for MetricsListener {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let slot = self.slots.acquire().await;
+        let free = self.slots.acquire().await;
         let (tcp, addr) = accept(&self.listener).await;
+        let slot = free.open();
         (Idle::new(tcp, METRICS_IDLE, Some(slot)), addr)
     }
 

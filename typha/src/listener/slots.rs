@@ -7,6 +7,12 @@
 //! metrics listener, so the metrics listener (`/readyz`) and the store
 //! still get descriptors when a flood fills the gRPC listeners.
 //!
+//! An accept loop takes the slot of its next connection before it
+//! accepts it, so a full listener leaves newcomers in the kernel's backlog:
+//! while it waits, that slot is neither free nor counted as a connection
+//! (listeners that share slots, the client and sync listeners, each hold
+//! one so).
+//!
 //! Metrics: `typha_listener_connections{listener}` (open connections) and
 //! `typha_listener_full_total{listener}` (times a listener had to wait for
 //! a free slot before accepting).
@@ -68,6 +74,26 @@ pub struct Slots {
     waiting: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// A free slot taken by an accept loop before it accepts: not yet a
+/// connection (not counted in `typha_listener_connections`), but no other
+/// connection can have it.
+#[derive(Debug)]
+pub struct Free {
+    permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Free {
+    /// The slot of the connection just accepted.
+    pub fn open(self) -> Slot {
+        self.open.inc();
+        Slot {
+            _permit: self.permit,
+            open: self.open,
+        }
+    }
+}
+
 /// One connection's slot: freed when the connection is dropped.
 #[derive(Debug)]
 pub struct Slot {
@@ -99,8 +125,9 @@ impl Slots {
         self.max
     }
 
-    /// A free slot, waiting for one when there is none.
-    pub async fn acquire(&self) -> Slot {
+    /// A free slot, waiting for one when there is none; it counts as an
+    /// open connection once [`Free::open`].
+    pub async fn acquire(&self) -> Free {
         use std::sync::atomic::Ordering;
         let permit = match self.free.clone().try_acquire_owned() {
             Ok(p) => {
@@ -122,7 +149,10 @@ impl Slots {
                 }
             }
         };
-        self.from_permit(permit)
+        Free {
+            permit,
+            open: self.open.clone(),
+        }
     }
 
     /// The semaphore behind the slots, for an accept loop elsewhere
@@ -178,13 +208,15 @@ mod tests {
     async fn a_slot_is_held_until_dropped() {
         let metrics = ListenerMetrics::default();
         let slots = Slots::new("client", 2, &metrics);
-        let a = slots.acquire().await;
-        let _b = slots.acquire().await;
+        let a = slots.acquire().await.open();
+        let free = slots.acquire().await;
         let label = ListenerLabel { listener: "client" };
+        assert_eq!(metrics.connections.get_or_create(&label).get(), 1);
+        let _b = free.open();
         assert_eq!(metrics.connections.get_or_create(&label).get(), 2);
         let waiting = tokio::spawn({
             let slots = slots.clone();
-            async move { slots.acquire().await }
+            async move { slots.acquire().await.open() }
         });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(!waiting.is_finished());

@@ -144,7 +144,25 @@ impl Cluster {
             c.spawn(i);
         }
         c.wait_for_leader(Duration::from_secs(15)).await;
+        c.wait_serving(Duration::from_secs(10)).await;
         c
+    }
+
+    /// Waits until every live replica serves Sync clients (a replica
+    /// refuses them until it has known a leader and applied what it knows
+    /// committed: `typha_serving`).
+    pub async fn wait_serving(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        for i in self.alive().collect::<Vec<_>>() {
+            while self.metric(i, "typha_serving").await != Some(1.0) {
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {} does not serve within {within:?}",
+                    self.replicas[i].id
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     fn peers(&self) -> String {

@@ -142,7 +142,7 @@ fn unique_dir() -> PathBuf {
 
 impl Cluster {
     /// Spawns `n` replicas (a single-node cluster for 1; otherwise every
-    /// replica lists all as peers) and waits until each reports ready.
+    /// replica lists all as peers) and waits until each reports ready and serves Sync clients.
     pub async fn start(opts: &TyphaOptions, n: usize, max_connections: usize) -> Result<Cluster> {
         if !opts.binary.is_file() {
             bail!(
@@ -283,7 +283,12 @@ async fn wait_ready(r: &mut Replica, limit: Duration) -> Result<()> {
                 log_tail(&r.log)
             );
         }
-        if let Ok((200, _)) = http_get(r.metrics, "/readyz").await {
+        // Ready (a leader is known), and serving Sync clients (it has
+        // applied what it knows committed since).
+        if let Ok((200, _)) = http_get(r.metrics, "/readyz").await
+            && let Ok((200, metrics)) = http_get(r.metrics, "/metrics").await
+            && metrics.lines().any(|l| l == "typha_serving 1")
+        {
             return Ok(());
         }
         if start.elapsed() > limit {
