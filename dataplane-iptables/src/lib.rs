@@ -63,6 +63,7 @@ pub mod netlink;
 pub mod nft;
 pub mod render;
 pub mod script;
+pub mod stale_udp;
 
 pub use driver::{NftDriver, NftStats, Refresh, WriteTiming};
 pub use flows::FlowLog;
