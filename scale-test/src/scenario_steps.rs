@@ -443,3 +443,7 @@ fn pod_name(c: &LocalCluster, ip: IpAddr) -> String {
         .find(|p| IpAddr::V4(p.ip) == ip)
         .map_or_else(|| ip.to_string(), |p| p.key())
 }
+
+#[cfg(test)]
+#[path = "scenario_steps_tests.rs"]
+mod tests;
