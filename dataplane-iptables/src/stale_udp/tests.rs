@@ -59,7 +59,7 @@ fn a_udp_flow_to_a_backend_that_left_is_stale() {
     let f = UdpFrontends::of(&services(17, vec![backend(2)]));
     let gone = entry(17, vip(), 53, ip(1));
     let kept = entry(17, vip(), 53, ip(2));
-    assert_eq!(stale(&f, &[gone.clone(), kept]), vec![gone.orig]);
+    assert_eq!(stale(&f, &[gone, kept]), vec![gone.orig]);
 }
 
 #[test]
@@ -68,14 +68,14 @@ fn node_ports_match_on_the_port_whatever_the_address() {
     let node = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10));
     let gone = entry(17, node, 30053, ip(1));
     let kept = entry(17, node, 30053, ip(2));
-    assert_eq!(stale(&f, &[gone.clone(), kept]), vec![gone.orig]);
+    assert_eq!(stale(&f, &[gone, kept]), vec![gone.orig]);
 }
 
 #[test]
 fn with_no_backends_every_flow_to_the_frontend_is_stale() {
     let f = UdpFrontends::of(&services(17, Vec::new()));
     let untranslated = entry(17, vip(), 53, vip());
-    assert_eq!(stale(&f, &[untranslated.clone()]), vec![untranslated.orig]);
+    assert_eq!(stale(&f, &[untranslated]), vec![untranslated.orig]);
 }
 
 #[test]
