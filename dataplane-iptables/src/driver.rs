@@ -31,6 +31,8 @@ pub struct NftStats {
     /// Of the whole-table writes, those sent as one netlink batch from
     /// this process (`full_write.rs`) rather than through `nft -f`.
     pub netlink_full_writes: u64,
+    /// UDP conntrack entries of backends that went away, deleted.
+    pub stale_udp_cleared: u64,
 }
 
 /// Where the time of the last write went, for benchmarks.
@@ -75,6 +77,10 @@ pub struct NftDriver {
     seq: u32,
     /// Flow observations, when the configuration turns them on.
     flows: Option<Flows>,
+    /// The services changed since stale UDP conntrack entries were last
+    /// cleared (`stale_udp`); retried at every batch and refresh until it
+    /// works.
+    udp_dirty: bool,
 }
 
 fn dataplane(context: &str, e: NftError) -> DriverError {
@@ -107,6 +113,7 @@ impl NftDriver {
             config,
             last_write: WriteTiming::default(),
             seq: 1,
+            udp_dirty: false,
         };
         if let Some(flows) = driver.config.flows {
             driver.flows = Some(Flows::open(flows).map_err(|e| DriverError::Dataplane {
@@ -273,6 +280,29 @@ pub fn difference(rs: &Ruleset, o: &Observed) -> Option<String> {
 }
 
 impl NftDriver {
+    /// Once the services written hold, clears the UDP conntrack entries
+    /// of backends that went away (as kube-proxy does after its syncs); a
+    /// failure is logged and retried at the next batch or refresh.
+    fn clear_stale_udp(&mut self) {
+        if !self.udp_dirty || self.programmed.is_none() {
+            return;
+        }
+        let frontends = crate::stale_udp::UdpFrontends::of(&self.contract.state().services);
+        match crate::stale_udp::netlink::clear(&frontends) {
+            Ok(cleared) => {
+                self.udp_dirty = false;
+                self.stats.stale_udp_cleared += cleared as u64;
+                if cleared > 0 {
+                    debug!(cleared, "cleared stale UDP conntrack entries");
+                }
+            }
+            Err(e) => warn!(
+                error = %manul_dataplane_api::chain(&e),
+                "could not clear stale UDP conntrack entries; retrying later"
+            ),
+        }
+    }
+
     /// Checks the batch, records it and writes it; see [`Driver::apply`]
     /// for what happens after an error.
     fn apply_batch(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
@@ -473,7 +503,16 @@ impl Driver for NftDriver {
     /// batches are held, and the resync's `InSync` replaces the whole table
     /// in one transaction.
     fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
+        self.udp_dirty |= batch.iter().any(|op| {
+            matches!(
+                op,
+                Operation::ServiceUpdate(_) | Operation::ServiceRemove { .. } | Operation::InSync
+            )
+        });
         let result = self.apply_batch(batch);
+        if result.is_ok() {
+            self.clear_stale_udp();
+        }
         if let Some(flows) = &mut self.flows {
             flows.state_changed();
         }
@@ -493,7 +532,9 @@ impl Driver for NftDriver {
     }
 
     fn refresh(&mut self) -> Result<bool, DriverError> {
-        NftDriver::refresh(self).map(|r| matches!(r, Refresh::Repaired(_)))
+        let result = NftDriver::refresh(self).map(|r| matches!(r, Refresh::Repaired(_)));
+        self.clear_stale_udp();
+        result
     }
 
     /// With flows on: nflog records of the deciding rules and conntrack's

@@ -45,7 +45,10 @@
 //! by every service port with as many backends; only a service with
 //! session affinity gets kube-proxy's chain per service port and per
 //! backend. Policy runs after DNAT, on the real endpoints. Balancing is
-//! random (Maglev is not implemented here).
+//! random (Maglev is not implemented here). After a change of the
+//! services, the UDP conntrack entries of backends that went away are
+//! deleted, as kube-proxy deletes them (`stale_udp`); TCP connections keep
+//! their backend, as with kube-proxy.
 //!
 //! It refuses to depend on `felix`, to flush or read tables it does not
 //! own, and to act outside the calling thread's network namespace. A host
@@ -63,6 +66,7 @@ pub mod netlink;
 pub mod nft;
 pub mod render;
 pub mod script;
+pub mod stale_udp;
 
 pub use driver::{NftDriver, NftStats, Refresh, WriteTiming};
 pub use flows::FlowLog;

@@ -31,6 +31,7 @@
 //! namespace, so the servers here are served from ordinary threads.
 
 mod error;
+mod held;
 mod link;
 mod ns;
 mod peer;
@@ -39,6 +40,7 @@ mod probe;
 pub mod testing;
 
 pub use error::{NetnsError, Result};
+pub use held::{HeldAnswer, HeldUdp, open_udp};
 pub use ipnet::IpNet;
 pub use link::{
     Route, RouteInfo, RouteKind, add_address, add_neighbour, add_route, create_bridge, create_veth,

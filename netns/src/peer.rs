@@ -31,7 +31,7 @@ pub(crate) fn peer_answer(peer: SocketAddr, local: SocketAddr) -> Vec<u8> {
 }
 
 /// Parses [`peer_answer`]'s line.
-fn parse_answer(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+pub(crate) fn parse_answer(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     let rest = line.trim_end().strip_prefix("peer ")?;
     let (peer, local) = rest.split_once(" local ")?;
     Some((peer.parse().ok()?, local.parse().ok()?))

@@ -73,7 +73,7 @@ pub(crate) fn outcome_of(e: &io::Error) -> Option<ProbeOutcome> {
     }
 }
 
-fn remaining(deadline: Instant) -> Option<Duration> {
+pub(crate) fn remaining(deadline: Instant) -> Option<Duration> {
     deadline
         .checked_duration_since(Instant::now())
         .filter(|d| !d.is_zero())
@@ -257,9 +257,9 @@ fn serve_connection(mut stream: TcpStream, peer: SocketAddr, stop: &AtomicBool) 
 /// dataplane restart).
 #[derive(Debug)]
 pub struct HeldConnection {
-    ns: String,
-    peer: SocketAddr,
-    stream: TcpStream,
+    pub(crate) ns: String,
+    pub(crate) peer: SocketAddr,
+    pub(crate) stream: TcpStream,
     pending: Vec<u8>,
     seq: u64,
 }
@@ -366,7 +366,7 @@ impl HeldConnection {
 
     /// The next line (with its newline), `None` at the deadline; EOF is
     /// `UnexpectedEof`.
-    fn read_line(&mut self, deadline: Instant) -> io::Result<Option<Vec<u8>>> {
+    pub(crate) fn read_line(&mut self, deadline: Instant) -> io::Result<Option<Vec<u8>>> {
         let mut buf = [0u8; 1024];
         loop {
             if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
@@ -392,7 +392,9 @@ impl HeldConnection {
 }
 
 /// A UDP echo server inside a namespace: every datagram goes back to its
-/// sender. Dropping it stops it.
+/// sender, except [`crate::PEER_QUERY`], answered with the sender's address
+/// as the server saw it and its own ([`crate::HeldUdp::ask`]). Dropping it
+/// stops it.
 #[derive(Debug)]
 pub struct UdpEcho {
     ns: String,
@@ -426,7 +428,12 @@ impl UdpEcho {
                     while !stop.load(Ordering::Relaxed) {
                         match socket.recv_from(&mut buf) {
                             Ok((n, from)) => {
-                                if let Err(e) = socket.send_to(&buf[..n], from) {
+                                let reply = if &buf[..n] == crate::peer::PEER_QUERY {
+                                    crate::peer::peer_answer(from, local_addr)
+                                } else {
+                                    buf[..n].to_vec()
+                                };
+                                if let Err(e) = socket.send_to(&reply, from) {
                                     tracing::debug!(netns = %ns, %from, error = %e, "udp echo reply failed");
                                 }
                             }

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use common::{Cleanup, have_root};
 use manul_netns::{
-    CALICO_GATEWAY_V4, CALICO_HOST_MAC, IpNet, NetNs, ProbeOutcome, Route, RouteKind, TcpServer,
-    UdpEcho, link_exists, link_up, list_addresses, list_routes, open_connection, ping, plumb_pod,
-    replace_route, tcp_connect, tcp_peer, udp_probe, unplumb_pod,
+    CALICO_GATEWAY_V4, CALICO_HOST_MAC, HeldAnswer, IpNet, NetNs, ProbeOutcome, Route, RouteKind,
+    TcpServer, UdpEcho, link_exists, link_up, list_addresses, list_routes, open_connection,
+    open_udp, ping, plumb_pod, replace_route, tcp_connect, tcp_peer, udp_probe, unplumb_pod,
 };
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 2);
@@ -105,6 +105,15 @@ fn pods_on_one_node_reach_each_other() {
         }
     );
     assert!(server.accepted() >= 2);
+    // A held connection is asked the same, as often as wanted.
+    let client = held.local_addr().unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            held.ask(T).unwrap(),
+            HeldAnswer::Answered(client, sock(B, 8080))
+        );
+    }
+    assert!(held.roundtrip(T).unwrap());
 
     // UDP: echoed, refused.
     let echo = UdpEcho::start(&pod_b, sock(B, 5353)).unwrap();
@@ -112,6 +121,13 @@ fn pods_on_one_node_reach_each_other() {
         udp_probe(&pod_a, sock(B, 5353), T).unwrap(),
         ProbeOutcome::Connected
     );
+    // A connected UDP socket asks from one port every time.
+    let udp = open_udp(&pod_a, sock(B, 5353)).unwrap();
+    let HeldAnswer::Answered(first, local) = udp.ask(T).unwrap() else {
+        panic!("no answer over udp");
+    };
+    assert_eq!((first.ip(), local), (IpAddr::V4(A), sock(B, 5353)));
+    assert_eq!(udp.ask(T).unwrap(), HeldAnswer::Answered(first, local));
     assert_eq!(
         udp_probe(&pod_a, sock(B, 5354), T).unwrap(),
         ProbeOutcome::Refused
@@ -119,8 +135,16 @@ fn pods_on_one_node_reach_each_other() {
 
     // The server going away ends the held connection.
     drop(server);
+    assert!(matches!(
+        held.ask(Duration::from_millis(500)).unwrap(),
+        HeldAnswer::Closed | HeldAnswer::Reset
+    ));
     assert!(!held.roundtrip(Duration::from_millis(500)).unwrap());
     drop(echo);
+    assert_eq!(
+        udp.ask(Duration::from_millis(500)).unwrap(),
+        HeldAnswer::Reset
+    );
     assert_eq!(
         udp_probe(&pod_a, sock(B, 5353), T).unwrap(),
         ProbeOutcome::Refused

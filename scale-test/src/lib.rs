@@ -16,4 +16,5 @@ pub mod sampler;
 pub mod scenario;
 pub mod scenario_probe;
 pub mod scenario_services;
+pub mod scenario_steps;
 pub mod vnodes;

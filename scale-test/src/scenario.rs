@@ -63,6 +63,8 @@
 //!   # port); external clients route it to node 0
 //!   - {from: external/outside, to: lb/production/web, protocol: tcp, port: 80,
 //!      expect: deny}
+//! steps: [...]                   # optional, after the probes and matrices:
+//!                                 # see scenario_steps.rs
 //! matrices:
 //!   - protocol: tcp               # tcp, udp or icmp
 //!     port: 8080
@@ -83,6 +85,7 @@ use serde::Deserialize;
 pub use crate::scenario_services::{
     ServicePort, ServiceSpec, ServiceType, SessionAffinity, TrafficPolicy,
 };
+pub use crate::scenario_steps::{Held, Step, StepRow};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -273,6 +276,12 @@ pub struct Scenario {
     pub probes: Vec<ProbeSpec>,
     #[serde(default)]
     pub matrices: Vec<Matrix>,
+    /// Run in order after the probes and matrices (each `- KIND: {...}`).
+    #[serde(
+        default,
+        deserialize_with = "serde_yaml_ng::with::singleton_map_recursive::deserialize"
+    )]
+    pub steps: Vec<Step>,
 }
 
 fn two() -> usize {
@@ -347,9 +356,18 @@ impl Scenario {
                 bail!("service {} is listed twice", s.name);
             }
         }
-        if sc.probes.is_empty() && sc.matrices.is_empty() {
-            bail!("a scenario needs probes or matrices");
+        if sc.probes.is_empty() && sc.matrices.is_empty() && sc.steps.is_empty() {
+            bail!("a scenario needs probes, matrices or steps");
         }
+        let pod_names: std::collections::BTreeSet<&str> = pods.keys().map(String::as_str).collect();
+        let service_names: std::collections::BTreeSet<&str> = services.keys().copied().collect();
+        let step_probes = crate::scenario_steps::check(
+            &sc.steps,
+            &crate::scenario_steps::Known {
+                pods: &pod_names,
+                services: &service_names,
+            },
+        )?;
         let check_to_pod = |to: &str, protocol: Protocol, port: u16, what: &str| -> Result<()> {
             let Some(dst) = pods.get(to) else {
                 bail!("{what}: unknown pod {to}")
@@ -364,8 +382,13 @@ impl Scenario {
             }
             Ok(())
         };
-        for (i, p) in sc.probes.iter().enumerate() {
-            let what = format!("probes[{i}]");
+        let all_probes = sc
+            .probes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("probes[{i}]"), p))
+            .chain(step_probes.iter().map(|(what, p)| (what.clone(), p)));
+        for (what, p) in all_probes {
             let external = p
                 .from
                 .strip_prefix(EXTERNAL)
@@ -460,26 +483,7 @@ impl Scenario {
 
     /// Every check, in order: the probes, then the matrices' cells.
     pub fn checks(&self) -> Vec<Check> {
-        let mut out: Vec<_> = self
-            .probes
-            .iter()
-            .map(|p| Check {
-                from: p.from.clone(),
-                to: p.to.clone(),
-                protocol: p.protocol,
-                port: p.port,
-                expect: p.expect,
-                source: p.source,
-                backends: p.backends.clone(),
-                reach: p.reach,
-                repeat: p.repeat.unwrap_or(match p.reach {
-                    Reach::Any => 1,
-                    Reach::Each => 30,
-                    Reach::Same => 10,
-                }),
-                backend_port: p.backend_port,
-            })
-            .collect();
+        let mut out: Vec<_> = self.probes.iter().map(check_of).collect();
         for m in &self.matrices {
             for (from, row) in &m.expect {
                 for (to, v) in row {
@@ -499,6 +503,26 @@ impl Scenario {
             }
         }
         out
+    }
+}
+
+/// A probe as a check: its repeats defaulted by its reach.
+pub fn check_of(p: &ProbeSpec) -> Check {
+    Check {
+        from: p.from.clone(),
+        to: p.to.clone(),
+        protocol: p.protocol,
+        port: p.port,
+        expect: p.expect,
+        source: p.source,
+        backends: p.backends.clone(),
+        reach: p.reach,
+        repeat: p.repeat.unwrap_or(match p.reach {
+            Reach::Any => 1,
+            Reach::Each => 30,
+            Reach::Same => 10,
+        }),
+        backend_port: p.backend_port,
     }
 }
 
@@ -523,11 +547,13 @@ pub struct ResultRow {
 pub struct Outcome {
     pub name: String,
     pub results: Vec<ResultRow>,
+    /// The steps', in order.
+    pub steps: Vec<StepRow>,
 }
 
 impl Outcome {
     pub fn matches(&self) -> bool {
-        self.results.iter().all(|r| r.ok)
+        self.results.iter().all(|r| r.ok) && self.steps.iter().all(|s| s.ok)
     }
 
     /// The expected and actual results, per protocol and port as matrices,
@@ -590,12 +616,21 @@ impl Outcome {
                 );
             }
         }
-        let bad = self.results.iter().filter(|r| !r.ok).count();
+        if !self.steps.is_empty() {
+            out.push_str("\nsteps:\n");
+            for s in &self.steps {
+                let mark = if s.ok { " " } else { "!" };
+                let _ = writeln!(out, "{mark} {}: {}", s.what, s.note);
+            }
+        }
+        let total = self.results.len() + self.steps.len();
+        let bad = self.results.iter().filter(|r| !r.ok).count()
+            + self.steps.iter().filter(|s| !s.ok).count();
         let _ = writeln!(
             out,
             "\n{} of {} results as expected{}",
-            self.results.len() - bad,
-            self.results.len(),
+            total - bad,
+            total,
             if bad == 0 { "" } else { "; ! marks a mismatch" }
         );
         out
@@ -649,7 +684,7 @@ pub fn run(
         .iter()
         .map(|(name, x)| (name.clone(), x.ip))
         .collect();
-    let terminating = sc
+    let terminating: std::collections::BTreeSet<String> = sc
         .pods
         .iter()
         .filter(|p| p.terminating)
@@ -663,6 +698,7 @@ pub fn run(
             &c,
             &terminating,
             ranges,
+            None,
         ));
     }
     let mut revision = 0;
@@ -682,17 +718,29 @@ pub fn run(
         }
         results.push(crate::scenario_probe::probe(&c, sc, &externals, check)?);
     }
+    let steps = crate::scenario_steps::run(
+        &crate::scenario_steps::Env {
+            cluster: &c,
+            scenario: sc,
+            externals: &externals,
+            external_ips: &external_ips,
+            terminating: &terminating,
+            dataplane,
+        },
+        interrupted,
+    )?;
     drop(externals);
     drop(c);
     Ok(Outcome {
         name: sc.name.clone(),
         results,
+        steps,
     })
 }
 
 /// Waits until every Felix has applied `revision` (from its readiness
 /// endpoint), so probes see the scenario's policies.
-fn settle(c: &LocalCluster, revision: u64) -> Result<()> {
+pub(crate) fn settle(c: &LocalCluster, revision: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     for node in c.nodes() {
         loop {

@@ -37,45 +37,8 @@ pub fn probe(
     externals: &BTreeMap<String, ExternalClient>,
     check: Check,
 ) -> Result<ResultRow> {
-    let (netns, client_ip): (&NetNs, IpAddr) = match check
-        .from
-        .strip_prefix(EXTERNAL)
-        .and_then(|x| externals.get(x))
-    {
-        Some(x) => (&x.netns, IpAddr::V4(x.ip)),
-        None => {
-            let pod = c.pod(&check.from)?;
-            (&pod.netns, IpAddr::V4(pod.ip))
-        }
-    };
-    let cluster_ip = |name: &str| -> Result<IpAddr> {
-        sc.services
-            .iter()
-            .find(|s| s.name == name)
-            .and_then(|s| s.cluster_ip)
-            .map(IpAddr::V4)
-            .with_context(|| format!("service {name} has no cluster IP"))
-    };
-    let lb_ip = |name: &str| -> Result<IpAddr> {
-        sc.services
-            .iter()
-            .find(|s| s.name == name)
-            .and_then(|s| s.load_balancer_ip)
-            .map(IpAddr::V4)
-            .with_context(|| format!("service {name} has no load-balancer IP"))
-    };
-    let dst_ip = match Target::parse(&check.to)? {
-        Target::Pod(to) => IpAddr::V4(c.pod(to)?.ip),
-        Target::Service(name) => cluster_ip(name)?,
-        Target::LoadBalancer(name) => lb_ip(name)?,
-        Target::NodePort(node, _) => IpAddr::V4(
-            c.nodes()
-                .get(node)
-                .with_context(|| format!("no node {node}"))?
-                .ip,
-        ),
-    };
-    let dst = SocketAddr::new(dst_ip, check.port);
+    let (netns, client_ip, dst) = addresses(c, sc, externals, &check.from, &check.to, check.port)?;
+    let dst_ip = dst.ip();
     let wanted: BTreeSet<&str> = check.backends.iter().map(String::as_str).collect();
     let mut attempts: Vec<Attempt> = Vec::new();
     let mut reached = BTreeSet::new();
@@ -97,6 +60,55 @@ pub fn probe(
         }
     }
     Ok(judge(c, check, client_ip, &attempts))
+}
+
+/// The namespace and address a check from `from` leaves with, and where
+/// it goes (`to` on `port`).
+pub fn addresses<'a>(
+    c: &'a LocalCluster,
+    sc: &Scenario,
+    externals: &'a BTreeMap<String, ExternalClient>,
+    from: &str,
+    to: &str,
+    port: u16,
+) -> Result<(&'a NetNs, IpAddr, SocketAddr)> {
+    let (netns, client_ip): (&NetNs, IpAddr) =
+        match from.strip_prefix(EXTERNAL).and_then(|x| externals.get(x)) {
+            Some(x) => (&x.netns, IpAddr::V4(x.ip)),
+            None => {
+                let pod = c.pod(from)?;
+                (&pod.netns, IpAddr::V4(pod.ip))
+            }
+        };
+    let cluster_ip = |name: &str| -> Result<IpAddr> {
+        sc.services
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.cluster_ip)
+            .map(IpAddr::V4)
+            .with_context(|| format!("service {name} has no cluster IP"))
+    };
+    let lb_ip = |name: &str| -> Result<IpAddr> {
+        sc.services
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.load_balancer_ip)
+            .map(IpAddr::V4)
+            .with_context(|| format!("service {name} has no load-balancer IP"))
+    };
+    let dst_ip = match Target::parse(to)? {
+        Target::Pod(to) => IpAddr::V4(c.pod(to)?.ip),
+        Target::Service(name) => cluster_ip(name)?,
+        Target::LoadBalancer(name) => lb_ip(name)?,
+        Target::NodePort(node, _) => IpAddr::V4(
+            c.nodes()
+                .get(node)
+                .with_context(|| format!("no node {node}"))?
+                .ip,
+        ),
+    };
+    let dst = SocketAddr::new(dst_ip, port);
+    Ok((netns, client_ip, dst))
 }
 
 /// The pod that has `ip`, or the address itself.

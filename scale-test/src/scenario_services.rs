@@ -188,12 +188,14 @@ fn protocol_name(p: Protocol) -> &'static str {
 /// The Service and its EndpointSlice: every pod of its namespace whose
 /// labels it selects, with its node, ready unless `terminating` marks it
 /// (then serving and terminating, not ready). `ranges`: its
-/// `loadBalancerSourceRanges`, resolved.
+/// `loadBalancerSourceRanges`, resolved. `only`: the pods its endpoints
+/// list instead (a scenario step's change).
 pub fn resources(
     s: &ServiceSpec,
     c: &LocalCluster,
     terminating: &BTreeSet<String>,
     ranges: Vec<String>,
+    only: Option<&BTreeSet<String>>,
 ) -> Vec<manul_model::Resource> {
     use k8s_openapi::api::core::v1::{
         LoadBalancerIngress, LoadBalancerStatus, Service, ServiceSpec as K8sServiceSpec,
@@ -207,10 +209,15 @@ pub fn resources(
     let (ns, name) = s.key();
     let mut endpoints = Vec::new();
     for pod in c.pods() {
-        let selected = pod.spec.namespace == ns
-            && s.selector
-                .iter()
-                .all(|(k, v)| pod.spec.labels.get(k) == Some(v));
+        let selected = match only {
+            Some(only) => only.contains(&pod.key()),
+            None => {
+                pod.spec.namespace == ns
+                    && s.selector
+                        .iter()
+                        .all(|(k, v)| pod.spec.labels.get(k) == Some(v))
+            }
+        };
         if !selected {
             continue;
         }

@@ -118,6 +118,7 @@ fn outcomes_render_matrices_and_mark_mismatches() {
                 "the backend saw 192.168.220.11, not the client's 192.168.220.200",
             ),
         ],
+        steps: Vec::new(),
     };
     assert!(!o.matches());
     let text = o.render();

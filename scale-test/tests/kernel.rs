@@ -98,6 +98,14 @@ fn shipped_scenarios_match_on_both_dataplanes() {
         ("service-hairpin.yaml", "iptables"),
         ("service-lb-source-ranges.yaml", "bpf"),
         ("service-lb-source-ranges.yaml", "iptables"),
+        // Steps: a change under open connections. A backend removed under
+        // an established TCP connection: reset on eBPF, kept on nftables
+        // (as kube-proxy keeps it); a connected UDP socket whose backend
+        // moved reaches the new one at its next datagram on both.
+        ("service-backend-removed-tcp.yaml", "bpf"),
+        ("service-backend-removed-tcp.yaml", "iptables"),
+        ("service-udp-backend-moved.yaml", "bpf"),
+        ("service-udp-backend-moved.yaml", "iptables"),
     ] {
         let out = scale_test()
             .args(["probe", "--name", "mt-scen", "--dataplane", dataplane])

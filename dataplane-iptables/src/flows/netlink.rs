@@ -91,7 +91,10 @@ fn io(e: impl Into<std::io::Error>) -> std::io::Error {
     e.into()
 }
 
-fn send(socket: &Socket, mut msg: NetlinkMessage<NetfilterMessage>) -> std::io::Result<()> {
+pub(crate) fn send(
+    socket: &Socket,
+    mut msg: NetlinkMessage<NetfilterMessage>,
+) -> std::io::Result<()> {
     msg.finalize();
     let mut buf = vec![0; msg.buffer_len()];
     msg.serialize(&mut buf);
@@ -100,7 +103,7 @@ fn send(socket: &Socket, mut msg: NetlinkMessage<NetfilterMessage>) -> std::io::
 }
 
 /// Each netlink message in one datagram.
-fn messages(buf: &[u8]) -> Vec<NetlinkMessage<NetfilterMessage>> {
+pub(crate) fn messages(buf: &[u8]) -> Vec<NetlinkMessage<NetfilterMessage>> {
     let mut out = Vec::new();
     let mut offset = 0;
     while offset < buf.len() {
@@ -367,44 +370,7 @@ impl FlowSockets {
 
     /// Every conntrack entry of the namespace, IPv4 and IPv6.
     pub fn dump(&self) -> Result<Vec<CtEntry>, FlowSocketError> {
-        let mut hdr = NetlinkHeader::default();
-        hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let msg = NetlinkMessage::new(
-            hdr,
-            NetlinkPayload::from(NetfilterMessage::new(
-                NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
-                ConntrackMessage::Get(vec![]),
-            )),
-        );
-        send(&self.dump, msg).map_err(FlowSocketError::Dump)?;
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = self
-                .dump
-                .recv(&mut &mut buf[..], 0)
-                .map_err(FlowSocketError::Dump)?;
-            for m in messages(&buf[..n]) {
-                match m.payload {
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::Error(e) => {
-                        if let Some(code) = e.code {
-                            return Err(FlowSocketError::Dump(io(
-                                std::io::Error::from_raw_os_error(-code.get()),
-                            )));
-                        }
-                    }
-                    NetlinkPayload::InnerMessage(NetfilterMessage {
-                        inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
-                        ..
-                    }) => out.extend(entry_of(&attrs)),
-                    _ => {}
-                }
-            }
-            if n == 0 {
-                return Ok(out);
-            }
-        }
+        dump_table(&self.dump)
     }
 }
 
@@ -488,6 +454,48 @@ fn read_loop(nflog: &Socket, events: &Socket, shared: &Shared) {
         push(shared, &mut batch);
         if !ok {
             return;
+        }
+    }
+}
+
+/// Every conntrack entry of the socket's network namespace, IPv4 and
+/// IPv6.
+pub fn dump_table(socket: &Socket) -> Result<Vec<CtEntry>, FlowSocketError> {
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let msg = NetlinkMessage::new(
+        hdr,
+        NetlinkPayload::from(NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
+            ConntrackMessage::Get(vec![]),
+        )),
+    );
+    send(socket, msg).map_err(FlowSocketError::Dump)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = socket
+            .recv(&mut &mut buf[..], 0)
+            .map_err(FlowSocketError::Dump)?;
+        for m in messages(&buf[..n]) {
+            match m.payload {
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) => {
+                    if let Some(code) = e.code {
+                        return Err(FlowSocketError::Dump(io(
+                            std::io::Error::from_raw_os_error(-code.get()),
+                        )));
+                    }
+                }
+                NetlinkPayload::InnerMessage(NetfilterMessage {
+                    inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
+                    ..
+                }) => out.extend(entry_of(&attrs)),
+                _ => {}
+            }
+        }
+        if n == 0 {
+            return Ok(out);
         }
     }
 }
