@@ -73,19 +73,93 @@ pub struct BpfDriver {
     ctlb: Option<crate::ctlb::ConnectTimeLb>,
 }
 
+/// The programs loaded into the kernel (past the verifier) with the
+/// node's pinned maps adopted, or created and pinned, and nothing else:
+/// nothing is attached, no entry is written, so an earlier run's programs
+/// keep enforcing what they enforced. Loading needs only where the pins
+/// live and the maps' sizes, none of Felix's configuration from the
+/// datastore, so Felix loads while it reads that configuration and
+/// connects to Typha ([`BpfDriver::load`], then [`BpfDriver::start`]).
+#[derive(Debug)]
+pub struct LoadedPrograms {
+    dirs: PinDirs,
+    ebpf: Ebpf,
+    /// What the load depended on: a configuration that differs is loaded
+    /// again.
+    key: LoadKey,
+    /// How long loading took.
+    pub took: std::time::Duration,
+}
+
+/// The settings a load depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LoadKey {
+    pin_root: std::path::PathBuf,
+    node: String,
+    conntrack_capacity: u32,
+    addr_capacity: Option<u32>,
+    no_conntrack: bool,
+}
+
+impl LoadKey {
+    fn of(config: &BpfConfig) -> LoadKey {
+        LoadKey {
+            pin_root: config.pin_root.clone(),
+            node: config.node.clone(),
+            conntrack_capacity: config.conntrack_capacity,
+            addr_capacity: config.addr_capacity,
+            no_conntrack: config.benchmark_no_conntrack,
+        }
+    }
+}
+
 impl BpfDriver {
     /// Loads the programs (adopting the node's pinned maps and links if an
     /// earlier run left them) and starts the event reader. What the earlier
     /// run programmed keeps being enforced until [`Operation::InSync`].
     pub fn new(config: BpfConfig) -> Result<Self, BpfError> {
+        let loaded = Self::load(&config)?;
+        Self::start(config, loaded)
+    }
+
+    /// The first half of [`BpfDriver::new`]: mounts bpffs if needed,
+    /// creates the node's pin directories and loads the programs with the
+    /// maps pinned there (see [`LoadedPrograms`]).
+    pub fn load(config: &BpfConfig) -> Result<LoadedPrograms, BpfError> {
+        let started = std::time::Instant::now();
         loader::ensure_bpffs(&config.pin_root)?;
         let dirs = PinDirs::create(&config.pin_root, &config.node)?;
-        let mut ebpf = loader::load(
+        let ebpf = loader::load(
             &dirs,
             config.conntrack_capacity,
             config.addr_capacity,
             config.benchmark_no_conntrack,
         )?;
+        Ok(LoadedPrograms {
+            dirs,
+            ebpf,
+            key: LoadKey::of(config),
+            took: started.elapsed(),
+        })
+    }
+
+    /// The second half of [`BpfDriver::new`]: takes programs loaded by
+    /// [`BpfDriver::load`] (loaded again if they were loaded for another
+    /// pin directory or other map sizes), stores the configuration's
+    /// settings, starts the event reader and adopts the earlier run's
+    /// links. What the earlier run programmed keeps being enforced until
+    /// [`Operation::InSync`].
+    pub fn start(config: BpfConfig, loaded: LoadedPrograms) -> Result<Self, BpfError> {
+        let started = std::time::Instant::now();
+        let loaded = if loaded.key == LoadKey::of(&config) {
+            loaded
+        } else {
+            tracing::info!("the eBPF programs were loaded for other settings; loading them again");
+            drop(loaded);
+            Self::load(&config)?
+        };
+        let load_ms = loaded.took.as_millis() as u64;
+        let LoadedPrograms { dirs, mut ebpf, .. } = loaded;
         let mut maps = Maps::take(&mut ebpf)?;
         let services = crate::services::Services::new(&mut ebpf, config.maglev_capacity)?;
         // After the TC object: it adopts the service maps that one pinned.
@@ -154,6 +228,11 @@ impl BpfDriver {
         // needs them any more.
         driver.service_only = driver.services.interfaces();
         driver.adopt_links();
+        tracing::info!(
+            load_ms,
+            start_ms = started.elapsed().as_millis() as u64,
+            "eBPF dataplane started on the pinned state"
+        );
         Ok(driver)
     }
 
