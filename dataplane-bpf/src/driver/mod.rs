@@ -55,7 +55,8 @@ pub(crate) use flows::labels;
 pub struct BpfDriver {
     config: BpfConfig,
     dirs: PinDirs,
-    ebpf: Ebpf,
+    /// Both programs, opened from their pins.
+    programs: loader::Programs,
     maps: Maps,
     desired: NullDriver,
     shared: Arc<Mutex<Shared>>,
@@ -84,6 +85,9 @@ pub struct BpfDriver {
 pub struct LoadedPrograms {
     dirs: PinDirs,
     ebpf: Ebpf,
+    programs: loader::Programs,
+    /// `manul_events`, the ring the programs write to.
+    events: Map,
     /// What the load depended on: a configuration that differs is loaded
     /// again.
     key: LoadKey,
@@ -129,7 +133,7 @@ impl BpfDriver {
         let started = std::time::Instant::now();
         loader::ensure_bpffs(&config.pin_root)?;
         let dirs = PinDirs::create(&config.pin_root, &config.node)?;
-        let ebpf = loader::load(
+        let (ebpf, programs, events) = loader::load(
             &dirs,
             config.conntrack_capacity,
             config.addr_capacity,
@@ -138,6 +142,8 @@ impl BpfDriver {
         Ok(LoadedPrograms {
             dirs,
             ebpf,
+            programs,
+            events,
             key: LoadKey::of(config),
             took: started.elapsed(),
         })
@@ -159,7 +165,14 @@ impl BpfDriver {
             Self::load(&config)?
         };
         let load_ms = loaded.took.as_millis() as u64;
-        let LoadedPrograms { dirs, mut ebpf, .. } = loaded;
+        let LoadedPrograms {
+            dirs,
+            mut ebpf,
+            programs,
+            events,
+            ..
+        } = loaded;
+        let adopted = programs.adopted;
         let mut maps = Maps::take(&mut ebpf)?;
         let services = crate::services::Services::new(&mut ebpf, config.maglev_capacity)?;
         // After the TC object: it adopts the service maps that one pinned.
@@ -173,10 +186,7 @@ impl BpfDriver {
         maps.store_to_host_drop(config.endpoint_to_host_drop)?;
         maps.store_failsafe(&config.failsafe)?;
         maps.store_external_mode(config.external_service_mode)?;
-        let ring = ebpf
-            .take_map("manul_events")
-            .ok_or(BpfError::Missing("manul_events"))?;
-        let ring = RingBuf::try_from(ring)
+        let ring = RingBuf::try_from(events)
             .map_err(|e| BpfError::map("manul_events", "unexpected map type", e))?;
         let gc_ct = MapData::from_pin(dirs.maps.join("manul_ct"))
             .ok()
@@ -211,7 +221,7 @@ impl BpfDriver {
         let mut driver = Self {
             config,
             dirs,
-            ebpf,
+            programs,
             maps,
             desired: NullDriver::new(),
             shared,
@@ -230,6 +240,7 @@ impl BpfDriver {
         driver.adopt_links();
         tracing::info!(
             load_ms,
+            adopted,
             start_ms = started.elapsed().as_millis() as u64,
             "eBPF dataplane started on the pinned state"
         );
@@ -264,6 +275,12 @@ impl BpfDriver {
     /// The desired state as recorded (and enforced).
     pub fn desired(&self) -> &NullDriver {
         &self.desired
+    }
+
+    /// Whether this driver adopted an earlier run's pinned programs rather
+    /// than loading them through the verifier.
+    pub fn programs_adopted(&self) -> bool {
+        self.programs.adopted
     }
 
     /// The node's pin directory.
