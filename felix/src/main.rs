@@ -367,10 +367,11 @@ type Built = (
 );
 
 /// With `--dataplane bpf`, loads the eBPF programs on a blocking thread
-/// while Felix reads its configuration from Typha: the verifier's time no
-/// longer adds to a restart's. Loading adopts the node's pinned maps and
-/// attaches nothing, so the earlier run's programs keep enforcing until
-/// the dataplane is in sync, as before.
+/// while Felix reads its configuration from Typha, so that loading (the
+/// pinned programs adopted, or both through the verifier on a fresh node
+/// or after an upgrade) overlaps it. Loading adopts the node's pinned maps
+/// and attaches nothing, so the earlier run's programs keep enforcing
+/// until the dataplane is in sync, as before.
 fn preload_bpf(
     args: &Args,
 ) -> Option<tokio::task::JoinHandle<Result<manul_dataplane_bpf::LoadedPrograms, String>>> {
