@@ -121,12 +121,9 @@ pub fn growth_after_warmup(
     warmup: u64,
     min_samples: usize,
 ) -> (Option<f64>, u64) {
-    let at = |t: f64| {
-        revisions
-            .iter()
-            .take_while(|r| r.0 <= t)
-            .last()
-            .map_or(0, |r| r.1)
+    let at = |t: f64| match revisions.partition_point(|r| r.0 <= t) {
+        0 => 0,
+        i => revisions[i - 1].1,
     };
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
         return (None, 0);
