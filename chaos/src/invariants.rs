@@ -99,6 +99,48 @@ pub fn slope(samples: &[(f64, f64)]) -> Option<f64> {
     (sxx > 0.0).then(|| sxy / sxx)
 }
 
+/// Revisions a Typha replica applies after it starts before its memory
+/// can stand at its bounds: its fan-out history fills up to
+/// `--history-revisions` (10,000 by default), its Raft log grows to
+/// `--snapshot-every` entries (10,000) before the first compaction, and
+/// the replicated audit history holds up to 10,000 events. Under steady
+/// churn a replica's RSS rises over these first revisions (and steps up
+/// at its first Raft snapshot), then stays flat; a fit over that warm-up
+/// reads bounded filling as growth.
+pub const TYPHA_WARMUP_REVISIONS: u64 = 10_000;
+
+/// The fitted growth per hour of one process life's `samples` (seconds,
+/// bytes) after its warm-up: from the first sample at which the cluster's
+/// revision (`revisions`: seconds, revision, in time order) stood
+/// `warmup` revisions past where it stood at the life's first sample.
+/// `None` when fewer than `min_samples` samples come after the warm-up.
+/// Also returns the revisions the life saw in all.
+pub fn growth_after_warmup(
+    samples: &[(f64, f64)],
+    revisions: &[(f64, u64)],
+    warmup: u64,
+    min_samples: usize,
+) -> (Option<f64>, u64) {
+    let at = |t: f64| match revisions.partition_point(|r| r.0 <= t) {
+        0 => 0,
+        i => revisions[i - 1].1,
+    };
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return (None, 0);
+    };
+    let start = at(first.0);
+    let seen = at(last.0).saturating_sub(start);
+    let warm: Vec<(f64, f64)> = samples
+        .iter()
+        .copied()
+        .filter(|s| at(s.0) >= start + warmup)
+        .collect();
+    if warm.len() < min_samples {
+        return (None, seen);
+    }
+    (slope(&warm).map(|s| s * 3600.0), seen)
+}
+
 /// Memory is bounded when, over the second half of the run (after start
 /// up and the first caches), the fitted growth would add less than
 /// `max_per_hour` bytes in an hour. Returns the fitted growth per hour.
@@ -206,5 +248,26 @@ mod tests {
         let g = memory_growth_per_hour(&leak).unwrap();
         assert!((g - 3.6e6).abs() < 1.0, "{g}");
         assert_eq!(slope(&[(1.0, 1.0)]), None);
+    }
+
+    #[test]
+    fn typha_growth_is_fitted_after_its_warm_up_only() {
+        // 100 revisions a second from revision 5,000; RSS fills for the
+        // first 10,000 revisions (100 s), then stays flat.
+        let revisions: Vec<(f64, u64)> = (0..300).map(|t| (t as f64, 5_000 + 100 * t)).collect();
+        let filling: Vec<(f64, f64)> = (0..300)
+            .map(|t| (t as f64, 1e6 * (t.min(100) as f64)))
+            .collect();
+        let (g, seen) = growth_after_warmup(&filling, &revisions, 10_000, 20);
+        assert!(g.unwrap().abs() < 1.0, "{g:?}");
+        assert_eq!(seen, 29_900);
+        // A leak goes on after the warm-up.
+        let leak: Vec<(f64, f64)> = (0..300).map(|t| (t as f64, 1e3 * t as f64)).collect();
+        let (g, _) = growth_after_warmup(&leak, &revisions, 10_000, 20);
+        assert!((g.unwrap() - 3.6e6).abs() < 1.0, "{g:?}");
+        // A life that ends inside its warm-up is not fitted.
+        let short = &filling[..110];
+        let (g, seen) = growth_after_warmup(short, &revisions, 10_000, 20);
+        assert_eq!((g, seen), (None, 10_900));
     }
 }

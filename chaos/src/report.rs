@@ -37,8 +37,9 @@ pub struct Event {
 pub struct ProcessSeries {
     pub name: String,
     pub samples: Vec<(f64, f64, f64)>,
-    /// The fitted growth over the second half of its longest life (MiB
-    /// per hour).
+    /// The fitted growth in MiB per hour: over the second half of a
+    /// Felix's longest life, over a Typha replica's longest life after its
+    /// warm-up (`None`: no life long enough).
     pub growth_mib_per_hour: Option<f64>,
 }
 

@@ -58,7 +58,9 @@ mod write;
 
 pub use conntrack::{ConntrackEntry, ConntrackTimeouts, GcStats};
 pub use ctlb::{CGROUP_MOUNT_POINT, CtlbConfig, CtlbCounters, cgroup2_mount};
-pub use driver::{BpfConfig, BpfDriver, ExternalServiceMode, KernelCounters, TestRunOutcome};
+pub use driver::{
+    BpfConfig, BpfDriver, ExternalServiceMode, KernelCounters, LoadedPrograms, TestRunOutcome,
+};
 pub use error::BpfError;
 pub use events::{FlowCounters, FlowLogInterval, PolicyCounts};
 pub use loader::Hook;

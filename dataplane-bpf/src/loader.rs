@@ -1,13 +1,17 @@
 //! Loading the programs and attaching them: bpffs, the per-node pin
-//! directories, TCX links pinned so that they outlive the process.
+//! directories, TCX links pinned so that they outlive the process, and the
+//! programs pinned too, so that a restart adopts them instead of running
+//! the verifier again.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+use aya::maps::{Map, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
+use sha2::{Digest, Sha256};
 
 use crate::error::BpfError;
 
@@ -92,6 +96,9 @@ pub struct PinDirs {
     pub node: PathBuf,
     pub maps: PathBuf,
     pub links: PathBuf,
+    /// The loaded programs, pinned under a name carrying the digest of
+    /// what they were loaded from (see [`load`]).
+    pub programs: PathBuf,
 }
 
 impl PinDirs {
@@ -105,9 +112,10 @@ impl PinDirs {
         let dirs = Self {
             maps: node_dir.join("maps"),
             links: node_dir.join("links"),
+            programs: node_dir.join("programs"),
             node: node_dir,
         };
-        for path in [&dirs.maps, &dirs.links] {
+        for path in [&dirs.maps, &dirs.links, &dirs.programs] {
             std::fs::create_dir_all(path).map_err(|source| BpfError::Io {
                 path: path.clone(),
                 source,
@@ -142,14 +150,38 @@ impl PinDirs {
     }
 }
 
-/// Loads the object with its maps pinned (or adopted) in `dirs.maps`, and
-/// loads both programs into the kernel.
+/// Both programs, loaded in the kernel.
+#[derive(Debug)]
+pub struct Programs {
+    ingress: SchedClassifier,
+    egress: SchedClassifier,
+    /// Whether the programs were an earlier run's, adopted from their pins
+    /// (no verifier pass).
+    pub adopted: bool,
+}
+
+impl Programs {
+    pub fn get(&mut self, hook: Hook) -> &mut SchedClassifier {
+        match hook {
+            Hook::Ingress => &mut self.ingress,
+            Hook::Egress => &mut self.egress,
+        }
+    }
+}
+
+/// Loads the object with its maps pinned (or adopted) in `dirs.maps`, then
+/// the programs: the pinned ones of an earlier run when they were loaded
+/// from the same object with the same settings (their pin names carry the
+/// digest of both) and use exactly the maps pinned now; otherwise both
+/// through the verifier, then pinned under the new digest (other digests'
+/// pins are removed; the kernel frees such a program once no link holds
+/// it).
 pub fn load(
     dirs: &PinDirs,
     conntrack_capacity: u32,
     addr_capacity: Option<u32>,
     no_ct_create: bool,
-) -> Result<Ebpf, BpfError> {
+) -> Result<(Ebpf, Programs, Map), BpfError> {
     let flag: u32 = u32::from(no_ct_create);
     let mut loader = EbpfLoader::new();
     loader
@@ -163,12 +195,176 @@ pub fn load(
         pin_dir: dirs.maps.clone(),
         source: Box::new(source),
     })?;
-    for hook in Hook::BOTH {
-        program(&mut ebpf, hook)?
-            .load()
-            .map_err(|e| BpfError::program(hook.program(), "load (verifier)", e))?;
+    let digest = digest(conntrack_capacity, addr_capacity, no_ct_create);
+    match adopt(dirs, &ebpf, &digest) {
+        Ok((programs, events)) => return Ok((ebpf, programs, events)),
+        Err(why) => tracing::info!(%why, "loading the programs (verifier)"),
     }
-    Ok(ebpf)
+    load_programs(&mut ebpf)?;
+    let programs = pin_programs(dirs, &mut ebpf, &digest)?;
+    let events = ebpf
+        .take_map("manul_events")
+        .ok_or(BpfError::Missing("manul_events"))?;
+    Ok((ebpf, programs, events))
+}
+
+/// What the programs are loaded from: the object and the settings that
+/// change what the kernel holds (map sizes, the conntrack flag).
+fn digest(conntrack_capacity: u32, addr_capacity: Option<u32>, no_ct_create: bool) -> String {
+    let mut h = Sha256::new();
+    h.update(OBJECT);
+    h.update(conntrack_capacity.to_le_bytes());
+    h.update(addr_capacity.map_or(0, |n| u64::from(n) + 1).to_le_bytes());
+    h.update([u8::from(no_ct_create)]);
+    h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `PROGRAM-DIGEST` (bpffs refuses names with dots).
+fn program_pin(dirs: &PinDirs, hook: Hook, digest: &str) -> PathBuf {
+    dirs.programs.join(format!("{}-{digest}", hook.program()))
+}
+
+/// An earlier run's programs, when both are pinned under `digest` and use
+/// the very maps pinned now (a pinned map replaced since, or a map purged
+/// and created again, makes them unusable: they would read the old ones).
+fn adopt(dirs: &PinDirs, ebpf: &Ebpf, digest: &str) -> Result<(Programs, Map), String> {
+    // The kernel keeps a map's name to 15 bytes.
+    let kernel_name = |name: &str| name.chars().take(15).collect::<String>();
+    let mut pinned = std::collections::HashMap::new();
+    for (name, _) in ebpf.maps() {
+        let path = dirs.maps.join(name);
+        if path.exists() {
+            let id = MapData::from_pin(&path)
+                .and_then(|m| m.info())
+                .map_err(|e| format!("map {name}: {e}"))?
+                .id();
+            pinned.insert(kernel_name(name), id);
+        }
+    }
+    let open = |hook: Hook| -> Result<(SchedClassifier, Vec<u32>), String> {
+        let path = program_pin(dirs, hook, digest);
+        if !path.exists() {
+            return Err(format!("no {} pinned for this object", hook.program()));
+        }
+        let program =
+            SchedClassifier::from_pin(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let ids = program
+            .info()
+            .and_then(|i| i.map_ids())
+            .map_err(|e| format!("{}: {e}", hook.program()))?
+            .unwrap_or_default();
+        // Each map the program uses that has a pin must be that pin's map.
+        for id in &ids {
+            let info = aya::maps::MapInfo::from_id(*id)
+                .map_err(|e| format!("{}: map {id}: {e}", hook.program()))?;
+            let name = info.name_as_str().unwrap_or_default();
+            if pinned.get(name).is_some_and(|pin| pin != id) {
+                return Err(format!(
+                    "the pinned {} uses another {name} than the one pinned",
+                    hook.program()
+                ));
+            }
+        }
+        Ok((program, ids))
+    };
+    let (ingress, ingress_maps) = open(Hook::Ingress)?;
+    let (egress, egress_maps) = open(Hook::Egress)?;
+    let events = |ids: &[u32]| {
+        ids.iter().copied().find(|id| {
+            aya::maps::MapInfo::from_id(*id).is_ok_and(|i| i.name_as_str() == Some("manul_events"))
+        })
+    };
+    let id = match (events(&ingress_maps), events(&egress_maps)) {
+        (Some(a), Some(b)) if a == b => a,
+        _ => return Err("the pinned programs do not share one event ring".into()),
+    };
+    let events = MapData::from_id(id)
+        .map(Map::RingBuf)
+        .map_err(|e| format!("manul_events: {e}"))?;
+    Ok((
+        Programs {
+            ingress,
+            egress,
+            adopted: true,
+        },
+        events,
+    ))
+}
+
+/// Pins both freshly loaded programs under `digest` (removing other pins)
+/// and opens them from their pins.
+fn pin_programs(dirs: &PinDirs, ebpf: &mut Ebpf, digest: &str) -> Result<Programs, BpfError> {
+    if let Ok(entries) = std::fs::read_dir(&dirs.programs) {
+        for e in entries.filter_map(Result::ok) {
+            unpin(&e.path());
+        }
+    }
+    let mut open = |hook: Hook| -> Result<SchedClassifier, BpfError> {
+        let path = program_pin(dirs, hook, digest);
+        program(ebpf, hook)?
+            .pin(&path)
+            .map_err(|e| BpfError::Link {
+                path: path.clone(),
+                what: "pin the program",
+                source: Box::new(e),
+            })?;
+        SchedClassifier::from_pin(&path)
+            .map_err(|e| BpfError::program(hook.program(), "open from its pin", e))
+    };
+    let ingress = open(Hook::Ingress)?;
+    let egress = open(Hook::Egress)?;
+    Ok(Programs {
+        ingress,
+        egress,
+        adopted: false,
+    })
+}
+
+/// Loads both programs into the kernel, each on its own thread: the
+/// verifier's passes over the two programs are independent and take most
+/// of a fresh start (0.7 s each on ci-2c), so on two cores they overlap.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), BpfError> {
+    let mut programs: Vec<(Hook, &mut SchedClassifier)> = Vec::new();
+    for (name, program) in ebpf.programs_mut() {
+        let Some(hook) = Hook::BOTH.into_iter().find(|h| h.program() == name) else {
+            continue;
+        };
+        let classifier: &mut SchedClassifier = program
+            .try_into()
+            .map_err(|e| BpfError::program(hook.program(), "not a TC program", e))?;
+        programs.push((hook, classifier));
+    }
+    for hook in Hook::BOTH {
+        if !programs.iter().any(|(h, _)| *h == hook) {
+            return Err(BpfError::Missing(hook.program()));
+        }
+    }
+    std::thread::scope(|scope| {
+        let loading: Vec<_> = programs
+            .into_iter()
+            .map(|(hook, program)| {
+                scope.spawn(move || {
+                    program
+                        .load()
+                        .map_err(|e| BpfError::program(hook.program(), "load (verifier)", e))
+                })
+            })
+            .collect();
+        loading
+            .into_iter()
+            .map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(BpfError::Config(
+                        "a program's loading thread panicked".into(),
+                    ))
+                })
+            })
+            .collect::<Result<Vec<()>, BpfError>>()
+    })?;
+    Ok(())
 }
 
 pub fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier, BpfError> {
@@ -183,14 +379,14 @@ pub fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier, BpfE
 /// link from an earlier run is pinned there, the program is replaced in it
 /// atomically (no moment without a program).
 pub fn attach(
-    ebpf: &mut Ebpf,
+    programs: &mut Programs,
     dirs: &PinDirs,
     interface: &str,
     ifindex: u32,
     hook: Hook,
 ) -> Result<(), BpfError> {
     let path = dirs.link(ifindex, hook);
-    let prog = program(ebpf, hook)?;
+    let prog = programs.get(hook);
     if path.exists() {
         let replaced = PinnedLink::from_pin(&path)
             .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)

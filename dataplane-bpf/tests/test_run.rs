@@ -432,6 +432,7 @@ fn a_restart_adopts_pinned_state_until_in_sync() {
         .run(move || {
             let established = Packet::tcp(ip("10.0.0.2"), 40000, ip("10.0.0.1"), 80);
             let mut d = BpfDriver::new(config.clone()).expect("load the programs");
+            assert!(!d.programs_adopted(), "nothing was pinned before");
             d.apply(&[web_policy(Action::Allow), pod_a(0), Operation::InSync])
                 .expect("apply");
             assert_eq!(run(&mut d, Hook::Egress, a, established, SYN), PASS);
@@ -440,13 +441,31 @@ fn a_restart_adopts_pinned_state_until_in_sync() {
 
             // The new driver finds the pinned maps: the endpoint, its table
             // and the connection are still there before it is told anything.
+            // And it adopts the pinned programs (no verifier pass), which
+            // still report their events through the ring they write to.
             let mut d = BpfDriver::new(config).expect("restart");
+            assert!(d.programs_adopted());
             assert_eq!(d.endpoint_tables(a), tables);
             assert_eq!(run(&mut d, Hook::Egress, a, established, ACK), PASS);
             let fresh = Packet::tcp(ip("10.0.0.2"), 40001, ip("10.0.0.1"), 80);
             assert_eq!(run(&mut d, Hook::Egress, a, fresh, SYN), PASS);
             let denied = Packet::tcp(ip("10.0.0.2"), 40002, ip("10.0.0.1"), 81);
             assert_eq!(run(&mut d, Hook::Egress, a, denied, SYN), DROP);
+            let start = std::time::Instant::now();
+            loop {
+                d.flush_flow_log();
+                // Named once the policies are sent again: "(unknown)" until
+                // then.
+                let counters = d.flow_counters();
+                if counters.per_policy.values().any(|c| c.denied >= 1) {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "no denial event from the adopted programs: {counters:?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
 
             // Felix resends only the policy (the endpoint is gone), then
             // InSync: the stale endpoint entry and tables are removed, so
@@ -456,6 +475,43 @@ fn a_restart_adopts_pinned_state_until_in_sync() {
             assert_eq!(d.endpoint_tables(a), None);
             let later = Packet::tcp(ip("10.0.0.2"), 40003, ip("10.0.0.1"), 80);
             assert_eq!(run(&mut d, Hook::Egress, a, later, SYN), DROP);
+        })
+        .expect("run in the namespace");
+}
+
+#[test]
+fn pinned_programs_are_adopted_only_with_the_maps_they_use() {
+    let Some(sb) = Sandbox::new("bq") else { return };
+    let a = sb.index("mnla");
+    let config = sb.config();
+    sb.ns()
+        .run(move || {
+            let mut d = BpfDriver::new(config.clone()).expect("load the programs");
+            d.apply(&[web_policy(Action::Allow), pod_a(0), Operation::InSync])
+                .expect("apply");
+            let pin_dir = d.pin_dir().to_path_buf();
+            drop(d);
+            // The endpoint map is purged and created again: the pinned
+            // programs still read the old one, so they must not be adopted.
+            std::fs::remove_file(pin_dir.join("maps/manul_ep")).expect("unpin manul_ep");
+            let mut d = BpfDriver::new(config.clone()).expect("restart");
+            assert!(
+                !d.programs_adopted(),
+                "programs adopted with another manul_ep"
+            );
+            // Fresh programs on the fresh map: no endpoint entry, so the
+            // interface drops (fail closed) until the endpoint is sent again.
+            assert_eq!(d.endpoint_tables(a), None);
+            let p = Packet::tcp(ip("10.0.0.2"), 40000, ip("10.0.0.1"), 80);
+            assert_eq!(run(&mut d, Hook::Egress, a, p, SYN), DROP);
+            d.apply(&[web_policy(Action::Allow), pod_a(0), Operation::InSync])
+                .expect("apply");
+            let p = Packet::tcp(ip("10.0.0.2"), 40001, ip("10.0.0.1"), 80);
+            assert_eq!(run(&mut d, Hook::Egress, a, p, SYN), PASS);
+            drop(d);
+            // Those programs were pinned in turn: the next start adopts them.
+            let d = BpfDriver::new(config).expect("restart");
+            assert!(d.programs_adopted());
         })
         .expect("run in the namespace");
 }

@@ -366,7 +366,35 @@ type Built = (
     Option<manul_dataplane_bpf::FlowLogInterval>,
 );
 
-fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
+/// With `--dataplane bpf`, loads the eBPF programs on a blocking thread
+/// while Felix reads its configuration from Typha, so that loading (the
+/// pinned programs adopted, or both through the verifier on a fresh node
+/// or after an upgrade) overlaps it. Loading adopts the node's pinned maps
+/// and attaches nothing, so the earlier run's programs keep enforcing
+/// until the dataplane is in sync, as before.
+fn preload_bpf(
+    args: &Args,
+) -> Option<tokio::task::JoinHandle<Result<manul_dataplane_bpf::LoadedPrograms, String>>> {
+    if args.dataplane != Dataplane::Bpf {
+        return None;
+    }
+    let config = manul_dataplane_bpf::BpfConfig::new(bpf_pin_name(args));
+    Some(tokio::task::spawn_blocking(move || {
+        manul_dataplane_bpf::BpfDriver::load(&config).map_err(|e| chain(&e))
+    }))
+}
+
+fn bpf_pin_name(args: &Args) -> String {
+    args.bpf_pin_name
+        .clone()
+        .unwrap_or_else(|| args.node.clone())
+}
+
+fn driver(
+    args: &Args,
+    config: &FelixConfig,
+    preloaded: Option<manul_dataplane_bpf::LoadedPrograms>,
+) -> Result<Built, String> {
     let kernel_bpf = config.bpf_enabled.value;
     match args.dataplane {
         Dataplane::Null => Ok((
@@ -391,11 +419,7 @@ fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
             .map_err(|e| format!("cannot start the iptables dataplane: {}", chain(&e)))
         }
         Dataplane::Iptables | Dataplane::Bpf | Dataplane::Kernel => {
-            let mut bpf = manul_dataplane_bpf::BpfConfig::new(
-                args.bpf_pin_name
-                    .clone()
-                    .unwrap_or_else(|| args.node.clone()),
-            );
+            let mut bpf = manul_dataplane_bpf::BpfConfig::new(bpf_pin_name(args));
             bpf.workload_prefixes = config.interface_prefix.value.clone();
             bpf.flow_log = match &args.flow_log {
                 Some(path) => Some(path.clone()),
@@ -420,17 +444,21 @@ fn driver(args: &Args, config: &FelixConfig) -> Result<Built, String> {
                 BpfExternalServiceMode::Dsr => manul_dataplane_bpf::ExternalServiceMode::Dsr,
             };
             bpf.connect_time_lb = connect_time_lb(config);
-            manul_dataplane_bpf::BpfDriver::new(bpf)
-                .map(|d| {
-                    let handle = d.flow_log_interval();
-                    (Box::new(d) as Box<dyn Driver>, Some(handle))
-                })
-                .map_err(|e| format!("cannot start the eBPF dataplane: {}", chain(&e)))
+            match preloaded {
+                Some(loaded) => manul_dataplane_bpf::BpfDriver::start(bpf, loaded),
+                None => manul_dataplane_bpf::BpfDriver::new(bpf),
+            }
+            .map(|d| {
+                let handle = d.flow_log_interval();
+                (Box::new(d) as Box<dyn Driver>, Some(handle))
+            })
+            .map_err(|e| format!("cannot start the eBPF dataplane: {}", chain(&e)))
         }
     }
 }
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     let args = Args::parse();
     // Until the configuration is read: RUST_LOG, or FELIX_LOGSEVERITYSCREEN.
     let early = config::merge(&Inputs::default().with_env(std::env::vars()))
@@ -454,7 +482,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args, log)) {
+    match runtime.block_on(run(args, log, started)) {
         Outcome::Exit(code) => code,
         Outcome::Restart(changed) => {
             tracing::warn!(
@@ -558,7 +586,7 @@ fn listen_addr(host: &str, port: u16) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{host}:{port}: no address"))
 }
 
-async fn run(args: Args, log: LogHandle) -> Outcome {
+async fn run(args: Args, log: LogHandle, started: std::time::Instant) -> Outcome {
     let fail = |code: u8, msg: String| {
         eprintln!("error: {msg}");
         Outcome::Exit(ExitCode::from(code))
@@ -592,11 +620,20 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
         tracing::warn!("no TyphaCAFile/TyphaCertFile/TyphaKeyFile: talking to Typha in plaintext");
     }
     let deadline = args.print_config.then_some(Duration::from_secs(10));
+    let preload = if args.print_config {
+        None
+    } else {
+        preload_bpf(&args)
+    };
     if let Err(e) =
         configure::load(&args.typha, &args.node, &transport, &mut inputs, deadline).await
     {
         return fail(1, format!("cannot read FelixConfiguration from Typha: {e}"));
     }
+    tracing::info!(
+        since_start_ms = started.elapsed().as_millis() as u64,
+        "configuration read from Typha"
+    );
     let config = match config::merge(&inputs) {
         Ok(c) => c,
         Err(e) => return fail(2, e.to_string()),
@@ -628,11 +665,30 @@ async fn run(args: Args, log: LogHandle) -> Outcome {
     if config.bpf_enabled.value && matches!(args.dataplane, Dataplane::Null | Dataplane::Remote) {
         tracing::warn!("bpfEnabled is set but --dataplane is not kernel, iptables or bpf");
     }
-    let (driver, flow_log_interval) = match driver(&args, &config) {
+    let preloaded = match preload {
+        Some(handle) => match handle.await {
+            Ok(Ok(loaded)) => Some(loaded),
+            // Loading again reports the error where the driver starts.
+            Ok(Err(e)) => {
+                tracing::warn!("loading the eBPF programs early failed: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("loading the eBPF programs early failed: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let (driver, flow_log_interval) = match driver(&args, &config, preloaded) {
         Ok(d) => d,
         Err(e) => return fail(2, e),
     };
-    tracing::info!(driver = driver.name(), "dataplane started");
+    tracing::info!(
+        driver = driver.name(),
+        since_start_ms = started.elapsed().as_millis() as u64,
+        "dataplane started"
+    );
     let driver: Box<dyn Driver> = if args.no_service_health {
         driver
     } else {

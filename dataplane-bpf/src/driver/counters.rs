@@ -8,7 +8,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use super::BpfDriver;
 use crate::abi;
 use crate::error::BpfError;
-use crate::loader::{self, Hook};
+use crate::loader::Hook;
 
 /// The result of one `BPF_PROG_TEST_RUN`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +113,7 @@ impl BpfDriver {
     ) -> Result<TestRunOutcome, BpfError> {
         let ctx = skb_context(ifindex);
         let mut out = vec![0u8; frame.len() + 256];
-        let prog = loader::program(&mut self.ebpf, hook)?;
+        let prog = self.programs.get(hook);
         let r = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),

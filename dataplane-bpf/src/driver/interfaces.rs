@@ -34,7 +34,7 @@ impl BpfDriver {
             return Ok(());
         }
         for hook in Hook::BOTH {
-            loader::attach(&mut self.ebpf, &self.dirs, &interface, ifindex, hook)?;
+            loader::attach(&mut self.programs, &self.dirs, &interface, ifindex, hook)?;
         }
         self.attached.insert(ifindex);
         Ok(())

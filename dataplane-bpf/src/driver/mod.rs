@@ -55,7 +55,8 @@ pub(crate) use flows::labels;
 pub struct BpfDriver {
     config: BpfConfig,
     dirs: PinDirs,
-    ebpf: Ebpf,
+    /// Both programs, opened from their pins.
+    programs: loader::Programs,
     maps: Maps,
     desired: NullDriver,
     shared: Arc<Mutex<Shared>>,
@@ -73,19 +74,105 @@ pub struct BpfDriver {
     ctlb: Option<crate::ctlb::ConnectTimeLb>,
 }
 
+/// The programs loaded into the kernel (past the verifier) with the
+/// node's pinned maps adopted, or created and pinned, and nothing else:
+/// nothing is attached, no entry is written, so an earlier run's programs
+/// keep enforcing what they enforced. Loading needs only where the pins
+/// live and the maps' sizes, none of Felix's configuration from the
+/// datastore, so Felix loads while it reads that configuration and
+/// connects to Typha ([`BpfDriver::load`], then [`BpfDriver::start`]).
+#[derive(Debug)]
+pub struct LoadedPrograms {
+    dirs: PinDirs,
+    ebpf: Ebpf,
+    programs: loader::Programs,
+    /// `manul_events`, the ring the programs write to.
+    events: Map,
+    /// What the load depended on: a configuration that differs is loaded
+    /// again.
+    key: LoadKey,
+    /// How long loading took.
+    pub took: std::time::Duration,
+}
+
+/// The settings a load depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LoadKey {
+    pin_root: std::path::PathBuf,
+    node: String,
+    conntrack_capacity: u32,
+    addr_capacity: Option<u32>,
+    no_conntrack: bool,
+}
+
+impl LoadKey {
+    fn of(config: &BpfConfig) -> LoadKey {
+        LoadKey {
+            pin_root: config.pin_root.clone(),
+            node: config.node.clone(),
+            conntrack_capacity: config.conntrack_capacity,
+            addr_capacity: config.addr_capacity,
+            no_conntrack: config.benchmark_no_conntrack,
+        }
+    }
+}
+
 impl BpfDriver {
     /// Loads the programs (adopting the node's pinned maps and links if an
     /// earlier run left them) and starts the event reader. What the earlier
     /// run programmed keeps being enforced until [`Operation::InSync`].
     pub fn new(config: BpfConfig) -> Result<Self, BpfError> {
+        let loaded = Self::load(&config)?;
+        Self::start(config, loaded)
+    }
+
+    /// The first half of [`BpfDriver::new`]: mounts bpffs if needed,
+    /// creates the node's pin directories and loads the programs with the
+    /// maps pinned there (see [`LoadedPrograms`]).
+    pub fn load(config: &BpfConfig) -> Result<LoadedPrograms, BpfError> {
+        let started = std::time::Instant::now();
         loader::ensure_bpffs(&config.pin_root)?;
         let dirs = PinDirs::create(&config.pin_root, &config.node)?;
-        let mut ebpf = loader::load(
+        let (ebpf, programs, events) = loader::load(
             &dirs,
             config.conntrack_capacity,
             config.addr_capacity,
             config.benchmark_no_conntrack,
         )?;
+        Ok(LoadedPrograms {
+            dirs,
+            ebpf,
+            programs,
+            events,
+            key: LoadKey::of(config),
+            took: started.elapsed(),
+        })
+    }
+
+    /// The second half of [`BpfDriver::new`]: takes programs loaded by
+    /// [`BpfDriver::load`] (loaded again if they were loaded for another
+    /// pin directory or other map sizes), stores the configuration's
+    /// settings, starts the event reader and adopts the earlier run's
+    /// links. What the earlier run programmed keeps being enforced until
+    /// [`Operation::InSync`].
+    pub fn start(config: BpfConfig, loaded: LoadedPrograms) -> Result<Self, BpfError> {
+        let started = std::time::Instant::now();
+        let loaded = if loaded.key == LoadKey::of(&config) {
+            loaded
+        } else {
+            tracing::info!("the eBPF programs were loaded for other settings; loading them again");
+            drop(loaded);
+            Self::load(&config)?
+        };
+        let load_ms = loaded.took.as_millis() as u64;
+        let LoadedPrograms {
+            dirs,
+            mut ebpf,
+            programs,
+            events,
+            ..
+        } = loaded;
+        let adopted = programs.adopted;
         let mut maps = Maps::take(&mut ebpf)?;
         let services = crate::services::Services::new(&mut ebpf, config.maglev_capacity)?;
         // After the TC object: it adopts the service maps that one pinned.
@@ -99,10 +186,7 @@ impl BpfDriver {
         maps.store_to_host_drop(config.endpoint_to_host_drop)?;
         maps.store_failsafe(&config.failsafe)?;
         maps.store_external_mode(config.external_service_mode)?;
-        let ring = ebpf
-            .take_map("manul_events")
-            .ok_or(BpfError::Missing("manul_events"))?;
-        let ring = RingBuf::try_from(ring)
+        let ring = RingBuf::try_from(events)
             .map_err(|e| BpfError::map("manul_events", "unexpected map type", e))?;
         let gc_ct = MapData::from_pin(dirs.maps.join("manul_ct"))
             .ok()
@@ -137,7 +221,7 @@ impl BpfDriver {
         let mut driver = Self {
             config,
             dirs,
-            ebpf,
+            programs,
             maps,
             desired: NullDriver::new(),
             shared,
@@ -154,6 +238,12 @@ impl BpfDriver {
         // needs them any more.
         driver.service_only = driver.services.interfaces();
         driver.adopt_links();
+        tracing::info!(
+            load_ms,
+            adopted,
+            start_ms = started.elapsed().as_millis() as u64,
+            "eBPF dataplane started on the pinned state"
+        );
         Ok(driver)
     }
 
@@ -185,6 +275,12 @@ impl BpfDriver {
     /// The desired state as recorded (and enforced).
     pub fn desired(&self) -> &NullDriver {
         &self.desired
+    }
+
+    /// Whether this driver adopted an earlier run's pinned programs rather
+    /// than loading them through the verifier.
+    pub fn programs_adopted(&self) -> bool {
+        self.programs.adopted
     }
 
     /// The node's pin directory.
