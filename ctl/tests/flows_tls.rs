@@ -274,7 +274,8 @@ async fn tls_typha(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_read_the_aggregator_over_mutual_tls_as_flows_does() {
     let dir = tempfile::tempdir().unwrap();
-    let file = certs(&dir.path().join("certs"));
+    let cert_dir = dir.path().join("certs");
+    let file = certs(&cert_dir);
     let (_typha, server) = tls_typha(&file, &dir.path().join("typha")).await;
     let shared = Shared::new(Store::new(3600, 1000));
     let (url, _) = tls_aggregator(&file, &shared).await;
