@@ -257,6 +257,8 @@ async fn tls_typha(
         ca_file: Some(file("ca.crt")),
         server_cert_file: Some(file("typha.crt")),
         server_key_file: Some(file("typha.key")),
+        // Felix's; the administrator is admitted anyway.
+        client_cn: vec![manul_tls::dev::FELIX_CN.into()],
         ..manul_typha::tls::TlsArgs::default()
     }
     .build()
