@@ -1,17 +1,16 @@
 //! `manulctl flows`: flow records from the flow aggregator (`manul-flows`),
 //! in the manner of `hubble observe`: filters, a time window, `--follow`,
-//! a table or one JSON object per line.
+//! a table or one JSON object per line (the aggregator's one JSON shape,
+//! `manul_flows::json`).
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
-use manul_proto::flows::flows_client::FlowsClient;
 use manul_proto::flows::{FlowEndpoint, FlowFilter, FlowRecord, ListRequest, PolicyHit};
-use serde_json::{Value, json};
 
 use crate::BadInput;
+use crate::aggregator::status_error;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Output {
@@ -21,17 +20,8 @@ pub enum Output {
 
 #[derive(Debug, Args)]
 pub struct FlowsArgs {
-    /// The flow aggregator, such as http://127.0.0.1:7443; https:// for
-    /// TLS with --ca-file, --cert-file and --key-file (your certificate).
-    #[arg(long, env = "MANUL_FLOWS", default_value = "http://127.0.0.1:7443")]
-    pub aggregator: String,
-    /// Common name the aggregator's certificate must have (default with
-    /// https://: manul-flows, unless --aggregator-uri-san is given).
-    #[arg(long, env = "MANUL_FLOWS_CN")]
-    pub aggregator_cn: Option<String>,
-    /// URI SAN the aggregator's certificate must have.
-    #[arg(long, env = "MANUL_FLOWS_URI_SAN")]
-    pub aggregator_uri_san: Option<String>,
+    #[command(flatten)]
+    pub aggregator: crate::aggregator::AggregatorArgs,
     /// Flows from or to this namespace.
     #[arg(long)]
     pub namespace: Option<String>,
@@ -155,83 +145,15 @@ pub fn filter(args: &FlowsArgs, now: u64) -> Result<FlowFilter, BadInput> {
     })
 }
 
-/// Plaintext for `http://`; for `https://`, TLS with the user's
-/// certificate and the aggregator's identity checked.
-fn transport(
-    server: &crate::client::ServerArgs,
-    args: &FlowsArgs,
-) -> Result<manul_tls::connect::Transport, BadInput> {
-    let url = &args.aggregator;
-    let tls = url.starts_with("https://");
-    if !tls && !url.starts_with("http://") {
-        return Err(BadInput(format!(
-            "--aggregator {url:?}: expected an http:// or https:// URL, such as http://127.0.0.1:7443"
-        )));
-    }
-    if !tls {
-        if args.aggregator_cn.is_some() || args.aggregator_uri_san.is_some() {
-            return Err(BadInput(
-                "--aggregator-cn/--aggregator-uri-san need an https:// aggregator".into(),
-            ));
-        }
-        return Ok(manul_tls::connect::Transport::Plain);
-    }
-    let (Some(ca), Some(cert), Some(key)) = (&server.ca_file, &server.cert_file, &server.key_file)
-    else {
-        return Err(BadInput(format!(
-            "--aggregator {url:?} is https://: give --ca-file, --cert-file and --key-file"
-        )));
-    };
-    let cn = match (&args.aggregator_cn, &args.aggregator_uri_san) {
-        (None, None) => Some(manul_tls::dev::FLOWS_CN.to_owned()),
-        (cn, _) => cn.clone(),
-    };
-    let chain = |e: manul_tls::TlsError| BadInput(manul_model::error::chain(&e));
-    let expected = manul_tls::Expected::new(
-        cn,
-        args.aggregator_uri_san.clone(),
-        "--aggregator-cn/--aggregator-uri-san",
-    )
-    .map_err(chain)?;
-    let config = manul_tls::client::ClientSettings {
-        ca_file: ca.clone(),
-        cert_file: cert.clone(),
-        key_file: key.clone(),
-        server: expected,
-    }
-    .config()
-    .map_err(chain)?;
-    Ok(manul_tls::connect::Transport::Tls(config))
-}
-
 pub async fn run(server: &crate::client::ServerArgs, args: &FlowsArgs) -> anyhow::Result<ExitCode> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let filter = filter(args, now)?;
-    let transport = transport(server, args)?;
-    let url = match args.aggregator.strip_prefix("https://") {
-        Some(rest) => format!("http://{rest}"),
-        None => args.aggregator.clone(),
-    };
-    let endpoint = tonic::transport::Endpoint::from_shared(url)
-        .map_err(|e| BadInput(format!("--aggregator {:?}: {e}", args.aggregator)))?
-        .connect_timeout(Duration::from_secs(10));
-    let channel = transport
-        .connect(endpoint)
-        .await
-        .with_context(|| format!("cannot reach the flow aggregator at {}", args.aggregator))?;
-    let mut client = FlowsClient::new(channel);
+    let mut client = args.aggregator.client(server).await?;
     let request = ListRequest {
         filter: Some(filter),
         limit: args.last,
-    };
-    let status_error = |e: tonic::Status| -> anyhow::Error {
-        if e.code() == tonic::Code::InvalidArgument {
-            BadInput(e.message().to_owned()).into()
-        } else {
-            anyhow::anyhow!("the flow aggregator: {}", e.message())
-        }
     };
     // Subscribe first, so nothing stored between the list and the follow
     // is missed (a record in both is printed twice rather than never).
@@ -270,7 +192,7 @@ pub async fn run(server: &crate::client::ServerArgs, args: &FlowsArgs) -> anyhow
 fn print(r: &FlowRecord, output: Output) {
     match output {
         Output::Table => println!("{}", row(r)),
-        Output::Json => println!("{}", to_json(r)),
+        Output::Json => println!("{}", manul_flows::json::record(r)),
     }
 }
 
@@ -302,16 +224,7 @@ fn endpoint(e: Option<&FlowEndpoint>) -> String {
 }
 
 fn hit(h: &PolicyHit) -> String {
-    let name = if h.namespace.is_empty() {
-        format!("{}/{}", h.tier, h.name)
-    } else {
-        format!("{}/{}", h.namespace, h.name)
-    };
-    let name = if h.kind == "Profile" {
-        format!("profile:{}", h.name)
-    } else {
-        name
-    };
+    let name = manul_flows::graph::policy_name(h);
     match h.rule_index {
         Some(i) => format!("{name}#{i}:{}", h.action),
         None => format!("{name}(end):{}", h.action),
@@ -385,55 +298,6 @@ fn row(r: &FlowRecord) -> String {
         r.packets_forward + r.packets_reverse,
         r.bytes_forward + r.bytes_reverse,
     )
-}
-
-fn endpoint_json(e: Option<&FlowEndpoint>) -> Value {
-    match e {
-        None => Value::Null,
-        Some(e) => {
-            let labels: std::collections::BTreeMap<_, _> = e.labels.iter().collect();
-            json!({"kind": e.kind, "namespace": e.namespace, "workload": e.workload, "labels": labels})
-        }
-    }
-}
-
-fn hits_json(hits: &[PolicyHit]) -> Value {
-    hits.iter()
-        .map(|h| {
-            json!({"tier": h.tier, "kind": h.kind, "namespace": h.namespace, "name": h.name,
-                   "rule_index": h.rule_index, "action": h.action})
-        })
-        .collect()
-}
-
-pub fn to_json(r: &FlowRecord) -> Value {
-    let service = if r.service_name.is_empty() {
-        Value::Null
-    } else {
-        json!({"namespace": r.service_namespace, "name": r.service_name, "port": r.service_port})
-    };
-    json!({
-        "start_time": r.start_unix_s,
-        "end_time": r.end_unix_s,
-        "node": r.node,
-        "reporter": r.reporter,
-        "source": endpoint_json(r.src.as_ref()),
-        "destination": endpoint_json(r.dst.as_ref()),
-        "protocol": r.protocol,
-        "dest_port": r.dst_port,
-        "action": r.action,
-        "pending_action": if r.pending_action.is_empty() { Value::Null } else { json!(r.pending_action) },
-        "policies": {"enforced": hits_json(&r.enforced), "pending": hits_json(&r.pending)},
-        "service": service,
-        "packets_forward": r.packets_forward,
-        "bytes_forward": r.bytes_forward,
-        "packets_reverse": r.packets_reverse,
-        "bytes_reverse": r.bytes_reverse,
-        "flows_started": r.flows_started,
-        "flows_completed": r.flows_completed,
-        "flows_denied": r.flows_denied,
-        "num_flows": r.num_flows,
-    })
 }
 
 #[cfg(test)]
@@ -565,11 +429,11 @@ mod tests {
         ] {
             assert!(line.contains(part), "{part} in {line}");
         }
-        let j = to_json(&r);
+        let j = manul_flows::json::record(&r);
         assert_eq!(j["pending_action"], "allow");
         assert_eq!(j["policies"]["pending"][0]["kind"], "StagedNetworkPolicy");
         assert_eq!(j["policies"]["enforced"][0]["kind"], "EndOfTier");
         assert_eq!(j["source"]["workload"], "web-*");
-        assert_eq!(j["service"], Value::Null);
+        assert_eq!(j["service"], serde_json::Value::Null);
     }
 }

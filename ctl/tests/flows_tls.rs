@@ -3,7 +3,8 @@
 //! identity, `manulctl flows` reads with the administrator's; a
 //! certificate of another identity, a plaintext client and a wrong
 //! aggregator identity are refused, and each role may call only its own
-//! service.
+//! service. `manulctl report policy` and `report compliance` reach the
+//! aggregator the same way, and Typha over TLS with the same certificate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -18,7 +19,8 @@ use manul_flows::{Shared, Store};
 use manul_proto::flows::flow_ingest_client::FlowIngestClient;
 use manul_proto::flows::flows_client::FlowsClient;
 use manul_proto::flows::{
-    FlowEndpoint, FlowRecord, ListRequest, PushHello, PushRequest, push_request,
+    FlowEndpoint, FlowRecord, ListRequest, PolicyHit, PushHello, PushRequest, RecordBatch,
+    push_request,
 };
 use manul_tls::connect::Transport;
 use manul_tls::dev::{DevSet, write_dev_set};
@@ -92,28 +94,8 @@ fn endpoint(port: u16) -> Endpoint {
 async fn felix_pushes_and_manulctl_reads_over_mutual_tls_and_nobody_else() {
     let dir = tempfile::tempdir().unwrap();
     let file = certs(dir.path());
-    let tls = TlsArgs {
-        ca_file: Some(file("ca.crt")),
-        server_cert_file: Some(file("flows.crt")),
-        server_key_file: Some(file("flows.key")),
-        ..TlsArgs::default()
-    }
-    .build()
-    .unwrap()
-    .unwrap();
-    let shared = Shared::new(Store::new(3600, 1000)).with_gates(tls.gates.clone());
-    let port = free_low_port();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let (ingest, query) = shared.services();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ingest)
-            .add_service(query)
-            .serve_with_incoming(manul_tls::accept::incoming(listener, tls.config)),
-    );
-    let url = format!("https://127.0.0.1:{port}");
+    let shared = Shared::new(Store::new(3600, 1000));
+    let (url, port) = tls_aggregator(&file, &shared).await;
 
     // Felix's exporter, with its certificate, checking the aggregator's.
     let (records_tx, records_rx) = mpsc::channel(4);
@@ -234,4 +216,198 @@ async fn felix_pushes_and_manulctl_reads_over_mutual_tls_and_nobody_else() {
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
     assert_eq!(shared.store().len(), 2);
+}
+
+/// The aggregator over TLS on a free loopback port, serving `shared`;
+/// its https:// URL and its port.
+async fn tls_aggregator(file: &dyn Fn(&str) -> PathBuf, shared: &Shared) -> (String, u16) {
+    let tls = TlsArgs {
+        ca_file: Some(file("ca.crt")),
+        server_cert_file: Some(file("flows.crt")),
+        server_key_file: Some(file("flows.key")),
+        ..TlsArgs::default()
+    }
+    .build()
+    .unwrap()
+    .unwrap();
+    let shared = shared.clone().with_gates(tls.gates.clone());
+    let port = free_low_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (ingest, query) = shared.services();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ingest)
+            .add_service(query)
+            .serve_with_incoming(manul_tls::accept::incoming(listener, tls.config)),
+    );
+    (format!("https://127.0.0.1:{port}"), port)
+}
+
+/// A single-node Typha whose listeners speak TLS with the development
+/// certificates, leading; it and its address.
+async fn tls_typha(
+    file: &dyn Fn(&str) -> PathBuf,
+    data: &Path,
+) -> (manul_typha::server::Running, String) {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_low_port()));
+    let mut config = manul_typha::server::TyphaConfig::single(data.to_path_buf(), addr);
+    config.tls = manul_typha::tls::TlsArgs {
+        ca_file: Some(file("ca.crt")),
+        server_cert_file: Some(file("typha.crt")),
+        server_key_file: Some(file("typha.key")),
+        // Felix's; the administrator is admitted anyway.
+        client_cn: vec![manul_tls::dev::FELIX_CN.into()],
+        ..manul_typha::tls::TlsArgs::default()
+    }
+    .build()
+    .unwrap();
+    let typha = manul_typha::server::start(config).await.unwrap();
+    let start = Instant::now();
+    while typha.node.status().leader_id != typha.node.id() {
+        assert!(start.elapsed() < Duration::from_secs(10), "Typha never led");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let addr = typha.local_addr.to_string();
+    (typha, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_read_the_aggregator_over_mutual_tls_as_flows_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert_dir = dir.path().join("certs");
+    let file = certs(&cert_dir);
+    let (_typha, server) = tls_typha(&file, &dir.path().join("typha")).await;
+    let shared = Shared::new(Store::new(3600, 1000));
+    let (url, _) = tls_aggregator(&file, &shared).await;
+    let admin = [
+        "--ca-file",
+        &path(&file("ca.crt")),
+        "--cert-file",
+        &path(&file("admin.crt")),
+        "--key-file",
+        &path(&file("admin.key")),
+    ]
+    .map(str::to_owned);
+    let run = |args: &[&str]| {
+        let mut all: Vec<String> = admin.to_vec();
+        all.extend(args.iter().map(|s| s.to_string()));
+        let server = server.clone();
+        async move {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            manulctl(&server, &refs).await
+        }
+    };
+    let cluster = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/report/testdata/cluster.yaml"
+    );
+    let out = run(&["apply", "-f", cluster]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // web → db on 5432, allowed by shop/db-allow's first ingress rule.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let allowed = |end: u64, flows: u64| FlowRecord {
+        start_unix_s: end - 15,
+        end_unix_s: end,
+        node: "node1".into(),
+        reporter: "dst".into(),
+        src: Some(FlowEndpoint {
+            kind: "pod".into(),
+            namespace: "shop".into(),
+            workload: "web-*".into(),
+            labels: Default::default(),
+        }),
+        dst: Some(FlowEndpoint {
+            kind: "pod".into(),
+            namespace: "shop".into(),
+            workload: "db-*".into(),
+            labels: Default::default(),
+        }),
+        protocol: 6,
+        dst_port: 5432,
+        action: "allow".into(),
+        enforced: vec![PolicyHit {
+            tier: "default".into(),
+            kind: "NetworkPolicy".into(),
+            namespace: "shop".into(),
+            name: "db-allow".into(),
+            rule_index: Some(0),
+            action: "allow".into(),
+        }],
+        flows_started: flows,
+        ..FlowRecord::default()
+    };
+    shared.store().ingest(
+        "node1",
+        1,
+        RecordBatch {
+            seq: 1,
+            records: vec![allowed(now, 40), allowed(now - 15, 2)],
+        },
+        now,
+    );
+
+    // Both reports over TLS: the aggregator's statistics and records.
+    let out = run(&["report", "policy", "--aggregator", &url, "-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["policies"][0]["name"], "db-allow", "{report:#}");
+    assert_eq!(report["policies"][0]["flows_allowed"], 42);
+    let out = run(&["report", "compliance", "--aggregator", &url, "-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shop = report["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["namespace"] == "shop")
+        .cloned()
+        .unwrap();
+    assert_eq!(shop["ingress"]["observed_allowed"][0]["peer"], "shop/web-*");
+    assert_eq!(shop["ingress"]["observed_allowed"][0]["flows"], 42);
+
+    // The aggregator must carry the identity asked for; plaintext towards
+    // a TLS aggregator gets nowhere; https:// without a certificate and
+    // an identity flag without https:// are bad input.
+    let out = run(&[
+        "report",
+        "policy",
+        "--aggregator",
+        &url,
+        "--aggregator-cn",
+        "manul-typha",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot reach the flow aggregator"),
+        "{}",
+        text(&out.stderr)
+    );
+    let plain = url.replace("https://", "http://");
+    let out = run(&["report", "compliance", "--aggregator", &plain]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let out = manulctl(&server, &["report", "policy", "--aggregator", &url]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--ca-file, --cert-file and --key-file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&[
+        "report",
+        "policy",
+        "--aggregator",
+        &plain,
+        "--aggregator-uri-san",
+        "spiffe://manul/flows",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("need an https:// aggregator"));
 }

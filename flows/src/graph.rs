@@ -28,6 +28,23 @@ pub struct GraphNode {
     /// Empty for hosts and networks.
     pub namespace: String,
     pub name: String,
+    /// What the graph shows: the workload for a pod (its namespace is
+    /// drawn around it), `host NODE` for a node, and a network by its
+    /// class (`public network`, `private network`, `link-local`,
+    /// `multicast`).
+    pub label: String,
+}
+
+/// How the graph names an endpoint of `kind` called `name`.
+pub fn label(kind: &str, name: &str) -> String {
+    match (kind, name) {
+        ("pod", name) => name.to_owned(),
+        ("host", node) => format!("host {node}"),
+        ("net", "pub") => "public network".to_owned(),
+        ("net", "pvt") => "private network".to_owned(),
+        ("net", class) => class.to_owned(),
+        (kind, name) => format!("{kind} {name}"),
+    }
 }
 
 /// A policy on an edge, with how many of the edge's flows each of its
@@ -62,25 +79,32 @@ pub struct Graph {
 }
 
 fn node(e: Option<&FlowEndpoint>) -> GraphNode {
-    match e {
-        Some(e) if !e.namespace.is_empty() => GraphNode {
-            id: format!("{}/{}", e.namespace, e.workload),
-            kind: e.kind.clone(),
-            namespace: e.namespace.clone(),
-            name: e.workload.clone(),
-        },
-        Some(e) => GraphNode {
-            id: e.workload.clone(),
-            kind: e.kind.clone(),
-            namespace: String::new(),
-            name: e.workload.clone(),
-        },
-        None => GraphNode {
-            id: "unknown".into(),
-            kind: "net".into(),
-            namespace: String::new(),
-            name: "unknown".into(),
-        },
+    let (id, kind, namespace, name) = match e {
+        Some(e) if !e.namespace.is_empty() => (
+            format!("{}/{}", e.namespace, e.workload),
+            e.kind.clone(),
+            e.namespace.clone(),
+            e.workload.clone(),
+        ),
+        Some(e) => (
+            e.workload.clone(),
+            e.kind.clone(),
+            String::new(),
+            e.workload.clone(),
+        ),
+        None => (
+            "unknown".into(),
+            "net".into(),
+            String::new(),
+            "unknown".into(),
+        ),
+    };
+    GraphNode {
+        label: label(&kind, &name),
+        id,
+        kind,
+        namespace,
+        name,
     }
 }
 
@@ -281,6 +305,36 @@ mod tests {
         let g = build(&[out]);
         assert_eq!(g.nodes[0].id, "pub");
         assert_eq!(g.nodes[0].kind, "net");
+        assert_eq!(g.nodes[0].label, "public network");
         assert_eq!((g.edges[0].allowed, g.edges[0].denied), (4, 0));
+    }
+
+    #[test]
+    fn nodes_are_labelled_by_what_they_are() {
+        let mut to_multicast = rec("src", "web", "api", "deny", 2);
+        to_multicast.dst = ep("net", "", "multicast");
+        let mut from_host = rec("dst", "web", "api", "allow", 1);
+        from_host.src = ep("host", "", "node1");
+        let mut from_link_local = rec("dst", "web", "db", "allow", 1);
+        from_link_local.src = ep("net", "", "link-local");
+        let g = build(&[to_multicast, from_host, from_link_local]);
+        let labels: Vec<(&str, &str)> = g
+            .nodes
+            .iter()
+            .map(|n| (n.id.as_str(), n.label.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("link-local", "link-local"),
+                ("multicast", "multicast"),
+                ("node1", "host node1"),
+                ("shop/api", "api"),
+                ("shop/db", "db"),
+                ("shop/web", "web"),
+            ]
+        );
+        assert_eq!(label("net", "pvt"), "private network");
+        assert!(g.edges.iter().all(|e| e.source != e.target), "{g:?}");
     }
 }

@@ -4,7 +4,8 @@
 //! window of them in memory and serves them (`Flows`: list with filters,
 //! follow, statistics per policy rule). A web UI on its own listener
 //! ([`web`]) shows them as a live table and a service graph ([`graph`]),
-//! over a small read-only JSON API. With TLS ([`tls`]) the gRPC listener
+//! over a small read-only JSON API (records in the one JSON shape of
+//! [`json`], which `manulctl flows -o json` prints too). With TLS ([`tls`]) the gRPC listener
 //! requires a client certificate of an admitted identity.
 //!
 //! It is its own small service, not part of Typha: flow volume grows with
@@ -15,6 +16,7 @@
 
 pub mod filter;
 pub mod graph;
+pub mod json;
 pub mod server;
 pub mod store;
 pub mod tls;

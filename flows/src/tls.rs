@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use manul_tls::https::HttpsSettings;
-use manul_tls::server::ServerSettings;
+use manul_tls::identity::or_default;
+use manul_tls::server::ServerFiles;
 use manul_tls::{Expected, PeerIdentity, TlsError, dev};
 
 /// The TLS flags of `manul-flows`.
@@ -79,27 +80,17 @@ pub struct FlowsTls {
     pub gates: Gates,
 }
 
-fn or_default(values: &[String], default: &str) -> Vec<String> {
-    if values.iter().all(|v| v.trim().is_empty()) {
-        vec![default.to_string()]
-    } else {
-        values.to_vec()
-    }
-}
-
 impl TlsArgs {
     /// The gRPC listener's configuration, or none for plaintext; an error
     /// for a partial or unusable one.
     pub fn build(&self) -> Result<Option<FlowsTls>, TlsError> {
-        let (ca, cert, key) = match (&self.ca_file, &self.server_cert_file, &self.server_key_file) {
-            (None, None, None) => return Ok(None),
-            (Some(ca), Some(cert), Some(key)) => (ca.clone(), cert.clone(), key.clone()),
-            _ => {
-                return Err(TlsError::Incomplete(
-                    "--ca-file, --server-cert-file",
-                    "--server-key-file",
-                ));
-            }
+        let Some(files) = ServerFiles::from_flags(
+            self.ca_file.as_ref(),
+            self.server_cert_file.as_ref(),
+            self.server_key_file.as_ref(),
+        )?
+        else {
+            return Ok(None);
         };
         // An explicit URI SAN alone replaces the default common name.
         let felix_cn = if self.felix_uri_san.is_empty() {
@@ -122,13 +113,7 @@ impl TlsArgs {
             self.client_uri_san.clone(),
             "--client-cn/--client-uri-san",
         )?;
-        let config = ServerSettings {
-            cert_file: cert,
-            key_file: key,
-            ca_file: ca,
-            clients: ingest.or(&query),
-        }
-        .config()?;
+        let config = files.server(ingest.or(&query)).config()?;
         Ok(Some(FlowsTls {
             config,
             gates: Gates { ingest, query },

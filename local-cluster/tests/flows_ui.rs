@@ -3,8 +3,10 @@
 //! allowed and denied TCP on the eBPF dataplane: the table shows both
 //! flows by their pods, the service graph's edge shows the counts of
 //! connections the test made and the policies that decided them, and
-//! clicking the edge filters the table to it. Without the browser the test
-//! is skipped, unless CI=true: then it fails.
+//! clicking the edge filters the table to it; a node that is not a
+//! workload is labelled by what it is (a host, a network by class) and
+//! only a pod has an edge to itself. Without the browser the test is
+//! skipped, unless CI=true: then it fails.
 //!
 //! With `MANUL_FLOWS_UI_SCREENSHOT=PATH` it also writes its screenshot
 //! there (the edge frontend → api selected and the table filtered to it).
@@ -333,6 +335,35 @@ async fn edge_label(b: &Client, source: &str, target: &str) -> Option<String> {
     v.as_str().map(str::to_owned)
 }
 
+/// The graph's nodes as drawn: id to (kind, label).
+async fn graph_nodes(b: &Client) -> BTreeMap<String, (String, String)> {
+    let v = b
+        .execute(
+            "return [...document.querySelectorAll('#graph g.node')].map(g =>
+               [g.dataset.id, g.classList[1], g.querySelector('text').firstChild.nodeValue]);",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, String)> = serde_json::from_value(v).unwrap();
+    rows.into_iter()
+        .map(|(id, kind, label)| (id, (kind, label)))
+        .collect()
+}
+
+/// The graph's edges as drawn: (source, target).
+async fn graph_edges(b: &Client) -> Vec<(String, String)> {
+    let v = b
+        .execute(
+            "return [...document.querySelectorAll('#graph g.edge')].map(g =>
+               [g.dataset.source, g.dataset.target]);",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
 /// Polls `check` every 250 ms until it returns something, for `within`.
 async fn wait<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
 where
@@ -529,6 +560,27 @@ fn the_web_ui_shows_real_flows_and_a_graph_edge_filters_the_table() {
             assert_eq!((allowed, denied), (5, 0));
             assert!(policies.contains(&"production/frontend-to-api".to_string()), "{policies:?}");
             let png = b.screenshot().await.unwrap();
+            // A node that is not a workload is named by what it is (a host, or a
+            // network by class: the pods' own IPv6 neighbour discovery and
+            // multicast listener reports go from link-local addresses to
+            // multicast groups), and only a pod has an edge to itself.
+            let nodes = graph_nodes(&b).await;
+            for (kind, label) in nodes.values() {
+                if kind != "pod" {
+                    assert!(
+                        label.starts_with("host ")
+                            || ["public network", "private network", "link-local", "multicast"]
+                                .contains(&label.as_str()),
+                        "{nodes:?}"
+                    );
+                }
+            }
+            for (source, target) in graph_edges(&b).await {
+                assert!(
+                    source != target || nodes[&source].0 == "pod",
+                    "{source} → {target}: {nodes:?}"
+                );
+            }
 
             // The denied edge: at least the three denials made, decided by the
             // end of the default tier.

@@ -51,6 +51,17 @@ impl std::fmt::Display for PeerIdentity {
     }
 }
 
+/// An identity setting's values, or `default` alone when none is set
+/// (every value empty or blank): the development certificates' identity
+/// stands in for an unset flag.
+pub fn or_default(values: &[String], default: &str) -> Vec<String> {
+    if values.iter().all(|v| v.trim().is_empty()) {
+        vec![default.to_string()]
+    } else {
+        values.to_vec()
+    }
+}
+
 /// The identities a peer's certificate must carry one of. Never empty:
 /// [`Expected::new`] refuses a configuration that names none.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -129,6 +129,49 @@ impl ClientCertVerifier for IdentityClientVerifier {
     }
 }
 
+/// The three files a server's TLS reads: the CA its clients' certificates
+/// chain to, and its own certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFiles {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl ServerFiles {
+    /// All three (TLS), none (`None`: plaintext), or an error naming the
+    /// flags (`--ca-file`, `--server-cert-file`, `--server-key-file`, as
+    /// Typha and the flow aggregator call them) for a partial set.
+    pub fn from_flags(
+        ca_file: Option<&PathBuf>,
+        cert_file: Option<&PathBuf>,
+        key_file: Option<&PathBuf>,
+    ) -> Result<Option<ServerFiles>, TlsError> {
+        match (ca_file, cert_file, key_file) {
+            (None, None, None) => Ok(None),
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(ServerFiles {
+                ca_file: ca.clone(),
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            })),
+            _ => Err(TlsError::Incomplete(
+                "--ca-file, --server-cert-file",
+                "--server-key-file",
+            )),
+        }
+    }
+
+    /// The server's settings with these files, admitting `clients`.
+    pub fn server(&self, clients: Expected) -> ServerSettings {
+        ServerSettings {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            ca_file: self.ca_file.clone(),
+            clients,
+        }
+    }
+}
+
 /// A TLS server's files and the identities its clients must carry.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {

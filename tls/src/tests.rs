@@ -459,3 +459,38 @@ async fn metrics_are_scraped_over_https_with_the_ca_only() {
     );
     assert!(matches!(half, Err(crate::TlsError::Incomplete(..))));
 }
+
+#[test]
+fn server_files_are_all_three_or_none_and_unset_identities_take_the_default() {
+    use crate::server::ServerFiles;
+    let (ca, cert, key) = (
+        PathBuf::from("ca.crt"),
+        PathBuf::from("s.crt"),
+        PathBuf::from("s.key"),
+    );
+    assert_eq!(ServerFiles::from_flags(None, None, None).unwrap(), None);
+    let all = ServerFiles::from_flags(Some(&ca), Some(&cert), Some(&key))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (all.ca_file, all.cert_file, all.key_file),
+        (ca.clone(), cert.clone(), key)
+    );
+    for partial in [
+        ServerFiles::from_flags(Some(&ca), None, None),
+        ServerFiles::from_flags(None, Some(&cert), None),
+        ServerFiles::from_flags(Some(&ca), Some(&cert), None),
+    ] {
+        let e = partial.unwrap_err();
+        assert!(matches!(e, crate::TlsError::Incomplete(..)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "--ca-file, --server-cert-file and --server-key-file must be set together"
+        );
+    }
+
+    use crate::identity::or_default;
+    assert_eq!(or_default(&[], "manul-admin"), ["manul-admin"]);
+    assert_eq!(or_default(&[" ".into()], "manul-admin"), ["manul-admin"]);
+    assert_eq!(or_default(&["ops".into()], "manul-admin"), ["ops"]);
+}

@@ -36,7 +36,8 @@ use std::sync::Arc;
 use manul_tls::client::ClientSettings;
 use manul_tls::connect::Transport;
 use manul_tls::https::HttpsSettings;
-use manul_tls::server::ServerSettings;
+use manul_tls::identity::or_default;
+use manul_tls::server::ServerFiles;
 use manul_tls::{Expected, TlsError, dev};
 
 use crate::authz::roles::{Identities, RoleError, RoleMap, RoleSettings};
@@ -148,28 +149,17 @@ pub struct TyphaTls {
     pub roles: RoleMap,
 }
 
-fn or_default(values: &[String], default: &str) -> Vec<String> {
-    if values.iter().all(|v| v.trim().is_empty()) {
-        vec![default.to_string()]
-    } else {
-        values.to_vec()
-    }
-}
-
 impl TlsArgs {
     /// The configurations, or none for plaintext; an error for a partial
     /// or unusable configuration.
     pub fn build(&self) -> Result<Option<TyphaTls>, TyphaTlsError> {
-        let (ca, cert, key) = match (&self.ca_file, &self.server_cert_file, &self.server_key_file) {
-            (None, None, None) => return Ok(None),
-            (Some(ca), Some(cert), Some(key)) => (ca.clone(), cert.clone(), key.clone()),
-            _ => {
-                return Err(TlsError::Incomplete(
-                    "--ca-file, --server-cert-file",
-                    "--server-key-file",
-                )
-                .into());
-            }
+        let Some(files) = ServerFiles::from_flags(
+            self.ca_file.as_ref(),
+            self.server_cert_file.as_ref(),
+            self.server_key_file.as_ref(),
+        )?
+        else {
+            return Ok(None);
         };
         let clients = Expected::new(
             self.client_cn.iter().cloned(),
@@ -187,19 +177,11 @@ impl TlsArgs {
             "AdminCN/AdminURISAN",
         )?;
         let roles = self.roles()?;
-        let server = |admitted: Expected| {
-            ServerSettings {
-                cert_file: cert.clone(),
-                key_file: key.clone(),
-                ca_file: ca.clone(),
-                clients: admitted,
-            }
-            .config()
-        };
+        let server = |admitted: Expected| files.server(admitted).config();
         let dial = ClientSettings {
-            ca_file: ca.clone(),
-            cert_file: cert.clone(),
-            key_file: key.clone(),
+            ca_file: files.ca_file.clone(),
+            cert_file: files.cert_file.clone(),
+            key_file: files.key_file.clone(),
             server: peers.clone(),
         }
         .config()?;

@@ -4,6 +4,9 @@
 //! policy's selection is what Felix enforces) and, for compliance, the
 //! audit history of the replicated log. Printed as text or JSON, or
 //! written as one self-contained HTML page with charts (`--html FILE`).
+//! The aggregator is reached as `manulctl flows` reaches it
+//! ([`crate::aggregator`]: `http://`, or `https://` with the user's
+//! certificate).
 //!
 //! The reports themselves (`policy.rs`, `compliance.rs`) are pure
 //! functions of their inputs, with the window passed in; this module
@@ -19,7 +22,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use manul_felix_calc::evaluator::ClusterState;
 use manul_proto::flows::flows_client::FlowsClient;
@@ -29,6 +32,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::BadInput;
+use crate::aggregator::{AggregatorArgs, status_error as aggregator_error};
 use crate::client::{ServerArgs, is_bad_input, status_error};
 use crate::flows::parse_duration;
 
@@ -50,9 +54,8 @@ pub enum Format {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The flow aggregator, such as http://127.0.0.1:7443.
-    #[arg(long, env = "MANUL_FLOWS", default_value = "http://127.0.0.1:7443")]
-    pub aggregator: String,
+    #[command(flatten)]
+    pub aggregator: AggregatorArgs,
     /// The window: the last DURATION (such as 30m, 1h, 2d).
     #[arg(long, default_value = "1h")]
     pub since: String,
@@ -81,12 +84,6 @@ pub fn window(args: &ReportArgs, now: u64) -> Result<Window, BadInput> {
             args.since
         )));
     }
-    if !args.aggregator.starts_with("http://") {
-        return Err(BadInput(format!(
-            "--aggregator {:?}: expected an http:// URL, such as http://127.0.0.1:7443",
-            args.aggregator
-        )));
-    }
     if let Some(p) = &args.html
         && (p.as_os_str().is_empty() || p.is_dir())
     {
@@ -101,19 +98,11 @@ pub fn window(args: &ReportArgs, now: u64) -> Result<Window, BadInput> {
     })
 }
 
-async fn aggregator(args: &ReportArgs) -> Result<FlowsClient<Channel>> {
-    let client = FlowsClient::connect(args.aggregator.clone())
-        .await
-        .with_context(|| format!("cannot reach the flow aggregator at {}", args.aggregator))?;
+/// The aggregator's client, over plaintext or TLS as `manulctl flows`
+/// reaches it; a compliance report's records may be many.
+async fn aggregator(server: &ServerArgs, args: &ReportArgs) -> Result<FlowsClient<Channel>> {
+    let client = args.aggregator.client(server).await?;
     Ok(client.max_decoding_message_size(512 * 1024 * 1024))
-}
-
-fn flows_error(e: tonic::Status) -> anyhow::Error {
-    if e.code() == tonic::Code::InvalidArgument {
-        BadInput(e.message().to_owned()).into()
-    } else {
-        anyhow::anyhow!("the flow aggregator: {}", e.message())
-    }
 }
 
 fn window_filter(w: Window) -> FlowFilter {
@@ -124,19 +113,23 @@ fn window_filter(w: Window) -> FlowFilter {
     }
 }
 
-async fn stats(args: &ReportArgs, w: Window) -> Result<Vec<RuleStats>> {
-    let mut c = aggregator(args).await?;
+async fn stats(server: &ServerArgs, args: &ReportArgs, w: Window) -> Result<Vec<RuleStats>> {
+    let mut c = aggregator(server, args).await?;
     let answer = c
         .stats(StatsRequest {
             filter: Some(window_filter(w)),
         })
         .await
-        .map_err(flows_error)?;
+        .map_err(aggregator_error)?;
     Ok(answer.into_inner().rules)
 }
 
-async fn allowed_records(args: &ReportArgs, w: Window) -> Result<Vec<FlowRecord>> {
-    let mut c = aggregator(args).await?;
+async fn allowed_records(
+    server: &ServerArgs,
+    args: &ReportArgs,
+    w: Window,
+) -> Result<Vec<FlowRecord>> {
+    let mut c = aggregator(server, args).await?;
     let filter = FlowFilter {
         action: "allow".into(),
         ..window_filter(w)
@@ -147,7 +140,7 @@ async fn allowed_records(args: &ReportArgs, w: Window) -> Result<Vec<FlowRecord>
             limit: MAX_RECORDS,
         })
         .await
-        .map_err(flows_error)?;
+        .map_err(aggregator_error)?;
     Ok(answer.into_inner().records)
 }
 
@@ -198,7 +191,7 @@ pub async fn run(server: &ServerArgs, cmd: &ReportCommand) -> Result<ExitCode> {
     match cmd {
         ReportCommand::Policy(args) => {
             let w = window(args, now)?;
-            let stats = stats(args, w).await?;
+            let stats = stats(server, args, w).await?;
             let (state, _) = cluster_state(server).await?;
             let report = policy::policy_report(&state, &stats, w);
             if let Some(path) = &args.html {
@@ -211,7 +204,7 @@ pub async fn run(server: &ServerArgs, cmd: &ReportCommand) -> Result<ExitCode> {
         }
         ReportCommand::Compliance(args) => {
             let w = window(args, now)?;
-            let records = allowed_records(args, w).await?;
+            let records = allowed_records(server, args, w).await?;
             let (state, client) = cluster_state(server).await?;
             let events = audit(server, &client, w).await?;
             let report = compliance::compliance_report(&state, &records, &events, w);

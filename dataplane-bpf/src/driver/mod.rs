@@ -342,6 +342,9 @@ impl Driver for BpfDriver {
             env,
             &mut |t| labels(shared, t),
         )?;
+        // The endpoint entries are written: flow events on their interfaces
+        // name their endpoint from now on, not only once attaching is done.
+        self.record_interfaces();
         let mut errors = outcome.soft_errors;
         // Services do not depend on endpoints: synced whatever an
         // endpoint's soft error.
@@ -352,7 +355,6 @@ impl Driver for BpfDriver {
             errors.push(e);
         }
         errors.extend(self.settle_attachments(&outcome.attach, &outcome.detach));
-        self.record_interfaces();
         if batch.iter().any(|op| matches!(op, Operation::InSync)) {
             self.unpin_stale_links();
         }

@@ -1,12 +1,15 @@
 //! Which workload an address belongs to, cluster-wide: every
 //! WorkloadEndpoint Felix's sync stream carries (not only this node's),
 //! with its namespace, pod, aggregated workload and labels; and Nodes'
-//! addresses (a flow to or from a node is the host's).
+//! addresses (a flow to or from a node is the host's). A driver's
+//! endpoint id finds its workload too (for the side of a flow whose
+//! address no endpoint owns, such as a pod's link-local one).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use manul_dataplane_api::EndpointId;
 use manul_model::{Kind, Resource, ResourceKey};
 
 use super::workload::aggregated_name;
@@ -101,6 +104,17 @@ impl EndpointIndex {
     /// The workload endpoint with this address.
     pub fn workload_at(&self, addr: IpAddr) -> Option<&EndpointInfo> {
         self.by_addr.get(&addr).map(|a| a.as_ref())
+    }
+
+    /// The workload endpoint a driver names (its resource's namespace and
+    /// name).
+    pub fn workload_named(&self, id: &EndpointId) -> Option<&EndpointInfo> {
+        let key = ResourceKey {
+            kind: Kind::WorkloadEndpoint,
+            namespace: Some(id.namespace.clone()),
+            name: id.name.clone(),
+        };
+        self.by_key.get(&key).map(|(_, info)| info.as_ref())
     }
 
     /// The node with this address.

@@ -10,8 +10,11 @@
 //! aggregator.
 //!
 //! It refuses to invent what it does not know: an address no endpoint or
-//! node owns is a network (`pub`/`pvt`), a trace that disagrees with the
-//! kernel is the kernel's deciding rule alone (and counted), and the
+//! node owns is the reporting endpoint's when it is on the reporting side
+//! (a pod's link-local source), else a network by its class
+//! ([`network_class`]: `pub`, `pvt`, `link-local`, `multicast`), a trace
+//! that disagrees with the kernel is the kernel's deciding rule alone (and
+//! counted), and the
 //! pending trace ([`pending`]: what the staged policies would do) is empty
 //! while no staged policy exists.
 
@@ -24,7 +27,9 @@ pub mod workload;
 
 use std::net::IpAddr;
 
-use manul_dataplane_api::{DesiredState, Driver, FlowObservation, NullDriver, Operation};
+use manul_dataplane_api::{
+    DesiredState, Driver, EndpointId, FlowObservation, NullDriver, Operation, Reporter,
+};
 use manul_proto::flows::{FlowEndpoint, FlowRecord};
 
 use aggregate::{Aggregator, Enriched, wire_labels};
@@ -136,12 +141,14 @@ impl FlowPipeline {
                 .then(|| (s.namespace.clone(), s.name.clone(), port))
             })
         });
+        // The endpoint whose policy judged the flow is the reporting side's.
+        let reporting = |side: Reporter| obs.endpoint.as_ref().filter(|_| obs.reporter == side);
         Enriched {
             phase: obs.phase,
             tuple: obs.tuple,
             reporter: obs.reporter,
-            src: self.endpoint(obs.tuple.src),
-            dst: self.endpoint(obs.tuple.dst),
+            src: self.endpoint(obs.tuple.src, reporting(Reporter::Source)),
+            dst: self.endpoint(obs.tuple.dst, reporting(Reporter::Destination)),
             allowed: obs.allowed,
             enforced: t.hits,
             pending: pending.hits,
@@ -151,14 +158,22 @@ impl FlowPipeline {
         }
     }
 
-    fn endpoint(&self, addr: IpAddr) -> FlowEndpoint {
+    /// The endpoint at `addr`: the workload that owns it; else the
+    /// endpoint that reported the flow on this side (a pod's link-local or
+    /// unspecified source address is still that pod's); else the node that
+    /// owns it; else its network class ([`network_class`]).
+    fn endpoint(&self, addr: IpAddr, reporting: Option<&EndpointId>) -> FlowEndpoint {
+        let pod = |w: &endpoints::EndpointInfo| FlowEndpoint {
+            kind: "pod".to_owned(),
+            namespace: w.namespace.clone(),
+            workload: w.workload.clone(),
+            labels: wire_labels(&w.labels),
+        };
         if let Some(w) = self.index.workload_at(addr) {
-            return FlowEndpoint {
-                kind: "pod".to_owned(),
-                namespace: w.namespace.clone(),
-                workload: w.workload.clone(),
-                labels: wire_labels(&w.labels),
-            };
+            return pod(w);
+        }
+        if let Some(w) = reporting.and_then(|id| self.index.workload_named(id)) {
+            return pod(w);
         }
         if let Some(node) = self.index.node_at(addr) {
             return FlowEndpoint {
@@ -171,7 +186,7 @@ impl FlowPipeline {
         FlowEndpoint {
             kind: "net".to_owned(),
             namespace: String::new(),
-            workload: if is_private(addr) { "pvt" } else { "pub" }.to_owned(),
+            workload: network_class(addr).to_owned(),
             labels: Default::default(),
         }
     }
@@ -195,16 +210,27 @@ impl FlowPipeline {
     }
 }
 
-/// RFC 1918, RFC 4193 and the other ranges Calico calls private.
-fn is_private(addr: IpAddr) -> bool {
+/// The network an address no workload or node owns belongs to:
+/// `multicast` (224.0.0.0/4, the broadcast address, ff00::/8),
+/// `link-local` (169.254.0.0/16, fe80::/10 and the unspecified address:
+/// valid on one link only), `pvt` (RFC 1918, CGNAT 100.64.0.0/10,
+/// loopback, RFC 4193 fc00::/7: the ranges Calico calls private) or
+/// `pub` (anything else).
+pub fn network_class(addr: IpAddr) -> &'static str {
     match addr {
-        IpAddr::V4(a) => {
-            a.is_private()
+        IpAddr::V4(a) if a.is_multicast() || a.is_broadcast() => "multicast",
+        IpAddr::V4(a) if a.is_link_local() || a.is_unspecified() => "link-local",
+        IpAddr::V4(a)
+            if a.is_private()
                 || a.is_loopback()
-                || a.is_link_local()
-                || (a.octets()[0] == 100 && (a.octets()[1] & 0xc0) == 64)
+                || (a.octets()[0] == 100 && (a.octets()[1] & 0xc0) == 64) =>
+        {
+            "pvt"
         }
-        IpAddr::V6(a) => (a.segments()[0] & 0xfe00) == 0xfc00 || a.is_loopback(),
+        IpAddr::V6(a) if a.is_multicast() => "multicast",
+        IpAddr::V6(a) if a.is_unicast_link_local() || a.is_unspecified() => "link-local",
+        IpAddr::V6(a) if (a.segments()[0] & 0xfe00) == 0xfc00 || a.is_loopback() => "pvt",
+        _ => "pub",
     }
 }
 

@@ -232,6 +232,95 @@ fn observations_become_records_with_workloads_and_the_policy_trace() {
 }
 
 #[test]
+fn a_pods_link_local_and_multicast_traffic_is_the_pods_not_a_network_loop() {
+    // What a pod's kernel sends on its own: an IPv6 multicast listener
+    // report from its link-local address (or the unspecified one) to
+    // ff02::16, denied at the pod's egress; and the host's, arriving at
+    // the pod. Neither address is a workload's: the reporting side is the
+    // reporting endpoint, the other side the address's class.
+    let mut p = pipeline();
+    let mld = |src: &str, dst: &str, reporter: Reporter, allowed: bool| FlowObservation {
+        phase: if allowed {
+            FlowPhase::Start
+        } else {
+            FlowPhase::Denied
+        },
+        time_unix_ms: 1_000_000,
+        tuple: FlowTuple {
+            protocol: 0,
+            src: ip(src),
+            src_port: 0,
+            dst: ip(dst),
+            dst_port: 0,
+        },
+        service_frontend: None,
+        reporter,
+        endpoint: Some(eid("prod", "db")),
+        allowed,
+        decider: Decider::NoMatch,
+        counts: counts(1),
+    };
+    let out = p.enrich(&mld(
+        "fe80::1c2d:3eff:fe4f:5a6b",
+        "ff02::16",
+        Reporter::Source,
+        false,
+    ));
+    assert_eq!(
+        (
+            out.src.kind.as_str(),
+            out.src.namespace.as_str(),
+            out.src.workload.as_str()
+        ),
+        ("pod", "prod", "db")
+    );
+    assert_eq!(
+        (out.dst.kind.as_str(), out.dst.workload.as_str()),
+        ("net", "multicast")
+    );
+    let dad = p.enrich(&mld("::", "ff02::16", Reporter::Source, false));
+    assert_eq!(dad.src.workload, "db");
+    let inbound = p.enrich(&mld("fe80::1", "ff02::16", Reporter::Destination, true));
+    assert_eq!(
+        (inbound.src.kind.as_str(), inbound.src.workload.as_str()),
+        ("net", "link-local")
+    );
+    assert_eq!(
+        (inbound.dst.kind.as_str(), inbound.dst.workload.as_str()),
+        ("pod", "db")
+    );
+    // The side that did not report keeps its address's meaning.
+    let far = p.enrich(&mld(
+        "198.51.100.4",
+        "ff02::16",
+        Reporter::Destination,
+        true,
+    ));
+    assert_eq!(far.src.workload, "pub");
+}
+
+#[test]
+fn networks_are_named_by_their_class() {
+    for (addr, class) in [
+        ("8.8.8.8", "pub"),
+        ("2001:db8::1", "pub"),
+        ("10.1.2.3", "pvt"),
+        ("100.64.0.1", "pvt"),
+        ("127.0.0.1", "pvt"),
+        ("fd00::1", "pvt"),
+        ("169.254.1.1", "link-local"),
+        ("0.0.0.0", "link-local"),
+        ("fe80::1", "link-local"),
+        ("::", "link-local"),
+        ("224.0.0.251", "multicast"),
+        ("255.255.255.255", "multicast"),
+        ("ff02::16", "multicast"),
+    ] {
+        assert_eq!(network_class(ip(addr)), class, "{addr}");
+    }
+}
+
+#[test]
 fn a_kernel_verdict_the_state_does_not_explain_keeps_the_kernels_rule() {
     let mut p = pipeline();
     // The kernel says rule 0 allowed TCP 5432 (say, before a policy

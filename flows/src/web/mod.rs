@@ -17,7 +17,6 @@
 //! FILTERS are those of the gRPC `FlowFilter` ([`query`]); a bad one is a
 //! 400 naming it. The API reads only: it cannot write or delete records.
 
-pub mod json;
 pub mod query;
 
 use std::convert::Infallible;
@@ -126,7 +125,7 @@ async fn flows(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Respons
         n => n.min(MAX_LIST),
     };
     let records = shared.store().list(&f, limit);
-    let records: Vec<serde_json::Value> = records.iter().map(json::record).collect();
+    let records: Vec<serde_json::Value> = records.iter().map(crate::json::record).collect();
     json(&serde_json::json!({ "records": records }))
 }
 
@@ -151,7 +150,7 @@ async fn follow(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Respon
         Ok(r) if f.matches(&r) => Some(Ok::<Event, Infallible>(
             Event::default()
                 .event("record")
-                .data(json::record(&r).to_string()),
+                .data(crate::json::record(&r).to_string()),
         )),
         Ok(_) => None,
         Err(BroadcastStreamRecvError::Lagged(n)) => {

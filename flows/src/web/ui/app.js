@@ -165,7 +165,7 @@ function renderGraph(g) {
   for (const [id, p] of pos) {
     const n = svg("g", { class: "node " + p.node.kind, "data-id": id, transform: `translate(${p.x},${p.y})` });
     n.appendChild(svg("rect", { width: NODE_W, height: NODE_H }));
-    const label = p.node.namespace ? p.node.name : p.node.kind + ": " + p.node.name;
+    const label = p.node.label;
     const t = svg("text", { x: 8, y: 18 }, label);
     t.appendChild(svg("title", {}, id));
     n.appendChild(t);
