@@ -90,10 +90,7 @@ fn shipped_scenarios_match_on_both_dataplanes() {
         ("service-target-port.yaml", "bpf"),
         ("service-target-port.yaml", "iptables"),
         ("service-protocol-mismatch.yaml", "bpf"),
-        // Not on nftables yet: there the two UDP probes of this scenario
-        // (to a UDP-only Service and to one with UDP and TCP on port 53,
-        // both backed by a pod on the other node) are rejected; its TCP
-        // probes pass, as do the other service scenarios.
+        ("service-protocol-mismatch.yaml", "iptables"),
         ("service-hairpin.yaml", "bpf"),
         ("service-hairpin.yaml", "iptables"),
         ("service-lb-source-ranges.yaml", "bpf"),
