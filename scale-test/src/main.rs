@@ -69,6 +69,15 @@ struct VirtualNodesArgs {
     /// Which replica the reconnect storm SIGKILLs: follower, leader or none.
     #[arg(long, default_value = "follower")]
     kill: String,
+    /// How the nodes' sync clients reach Typha: grpc (the Sync call on the
+    /// API port) or tcp (the lean transport on each replica's
+    /// --sync-listen, `typhaSyncTransport tcp`).
+    #[arg(long, default_value = "grpc")]
+    transport: String,
+    /// Nodes started per second, as a DaemonSet rollout brings agents up
+    /// over time; 0 starts every node at once.
+    #[arg(long, default_value_t = 0.0)]
+    start_per_s: f64,
     /// Pause between two changes, in milliseconds.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     change_pause_ms: u64,
@@ -336,6 +345,16 @@ fn virtual_nodes(args: VirtualNodesArgs, interrupted: &AtomicBool) -> ExitCode {
         Ok(k) => k,
         Err(e) => return bad(e),
     };
+    let transport = match vnodes::Transport::parse(&args.transport) {
+        Ok(t) => t,
+        Err(e) => return bad(e),
+    };
+    if !(args.start_per_s.is_finite() && args.start_per_s >= 0.0) {
+        return bad(format!(
+            "--start-per-s must be 0 or a positive number of nodes per second, not {}",
+            args.start_per_s
+        ));
+    }
     if kill != vnodes::Kill::None && args.replicas < 3 {
         return bad("--kill needs --replicas 3 or more (a quorum must survive); use --kill none");
     }
@@ -355,6 +374,8 @@ fn virtual_nodes(args: VirtualNodesArgs, interrupted: &AtomicBool) -> ExitCode {
         policies: usize::from(args.policies),
         threads: usize::from(args.threads),
         kill,
+        transport,
+        start_per_s: args.start_per_s,
         change_pause_ms: args.change_pause_ms,
         timeout_s: args.timeout_s,
         typha,

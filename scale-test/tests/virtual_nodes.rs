@@ -72,12 +72,46 @@ fn fifty_nodes_converge_and_resume_without_a_snapshot_after_a_replica_dies() {
 }
 
 #[test]
+fn nodes_on_the_lean_transport_started_over_time_converge_and_resume() {
+    let (status, r, stderr) = run(&[
+        "--nodes",
+        "30",
+        "--changes",
+        "2",
+        "--transport",
+        "tcp",
+        "--start-per-s",
+        "60",
+        "--change-pause-ms",
+        "20",
+        "--timeout-s",
+        "20",
+    ]);
+    assert!(status.success(), "{status}: {stderr}\n{r:#}");
+    assert_eq!(r["config"]["transport"], "tcp", "{r:#}");
+    assert_eq!(r["startup"]["snapshots"], 30, "{r:#}");
+    // Started half a second apart from first to last.
+    assert!(
+        r["startup"]["all_in_sync_s"].as_f64().unwrap() >= 0.48,
+        "{r:#}"
+    );
+    assert_eq!(r["startup"]["node_in_sync_ms"]["count"], 30, "{r:#}");
+    assert_eq!(r["propagation"]["ack_to_node_ms"]["count"], 60, "{r:#}");
+    let s = &r["storm"];
+    assert!(s["clients_moved"].as_u64().unwrap() >= 5, "{s:#}");
+    assert_eq!(s["snapshots"], 0, "{s:#}");
+    assert!(s["resumed"].as_u64().unwrap() >= s["clients_moved"].as_u64().unwrap());
+}
+
+#[test]
 fn bad_flags_exit_2_naming_the_problem() {
     for (args, says) in [
         (&["--kill", "sideways"][..], "--kill"),
         (&["--nodes", "0"][..], "--nodes"),
         (&["--replicas", "2", "--kill", "leader"][..], "--replicas 3"),
         (&["--threads", "x"][..], "--threads"),
+        (&["--transport", "quic"][..], "--transport"),
+        (&["--start-per-s", "nan"][..], "--start-per-s"),
     ] {
         let (status, _, stderr) = run(args);
         assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");

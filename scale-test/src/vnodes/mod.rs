@@ -66,6 +66,26 @@ impl Kill {
     }
 }
 
+/// How the virtual nodes' sync clients reach Typha (`typhaSyncTransport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The `Sync` gRPC call on each replica's API port.
+    Grpc,
+    /// The lean transport on each replica's sync listener (`--sync-listen`).
+    Tcp,
+}
+
+impl Transport {
+    pub fn parse(word: &str) -> Result<Transport, String> {
+        match word {
+            "grpc" => Ok(Transport::Grpc),
+            "tcp" => Ok(Transport::Tcp),
+            other => Err(format!("--transport takes grpc or tcp, not {other:?}")),
+        }
+    }
+}
+
 /// A run's settings.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Config {
@@ -78,6 +98,10 @@ pub struct Config {
     /// Worker threads of the runtime every virtual node shares.
     pub threads: usize,
     pub kill: Kill,
+    pub transport: Transport,
+    /// Nodes started per second, as a DaemonSet rollout brings agents up
+    /// over time; 0: all at once.
+    pub start_per_s: f64,
     /// Pause between two probe changes.
     pub change_pause_ms: u64,
     /// How long every node has to take one change (and the storm to end).
@@ -253,8 +277,18 @@ async fn wait_in_sync(
 async fn run_async(config: &Config, interrupted: &AtomicBool) -> Result<Report> {
     let timeout = Duration::from_secs(config.timeout_s.max(1));
     let shape = config.shape();
-    let mut replicas = Replicas::start(&config.typha, config.replicas, config.nodes + 64).await?;
+    let mut replicas = Replicas::start(
+        &config.typha,
+        config.replicas,
+        config.nodes + 64,
+        config.transport == Transport::Tcp,
+    )
+    .await?;
     let addresses = replicas.addresses();
+    let transport = match replicas.sync_port() {
+        Some(port) => manul_felix::sync::SyncTransport::Tcp { port },
+        None => manul_felix::sync::SyncTransport::Grpc,
+    };
     let client = Client::connect(&addresses)
         .await
         .context("cannot reach Typha")?;
@@ -269,22 +303,48 @@ async fn run_async(config: &Config, interrupted: &AtomicBool) -> Result<Report> 
     let typha_idle = replica_usage(&replicas);
     let (_, rss_before) = own_usage();
 
-    // The nodes: node i dials replica i mod R first, then the others in turn.
+    // The nodes: node i dials replica i mod R first, then the others in
+    // turn; at `start_per_s`, node i starts i / start_per_s seconds in.
     let board = Board::new(config.nodes);
     let started = Instant::now();
     let cpu_before_nodes = own_usage().0;
-    let nodes: Vec<VirtualNode> = (0..config.nodes)
-        .map(|i| {
-            let r = addresses.len();
-            let order = (0..r).map(|k| addresses[(i + k) % r].clone()).collect();
-            node::start(i, order, board.clone())
-        })
-        .collect();
+    let mut nodes: Vec<VirtualNode> = Vec::with_capacity(config.nodes);
+    for i in 0..config.nodes {
+        if config.start_per_s > 0.0 {
+            let at = started + Duration::from_secs_f64(i as f64 / config.start_per_s);
+            tokio::time::sleep_until(at.into()).await;
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        let r = addresses.len();
+        let order = (0..r).map(|k| addresses[(i + k) % r].clone()).collect();
+        nodes.push(node::start(
+            i,
+            order,
+            transport,
+            setup_revision,
+            board.clone(),
+        ));
+    }
     let startup_limit = timeout + Duration::from_millis(100 * config.nodes as u64);
     wait_in_sync(&nodes, setup_revision, startup_limit, interrupted).await?;
     wait_change(&board, 0, timeout, interrupted).await?;
+    // Each node's watcher records the moment its status changed; give the
+    // last ones' tasks their turn.
+    let recorded_by = Instant::now() + Duration::from_secs(1);
+    while board.in_sync().iter().any(Option::is_none) && Instant::now() < recorded_by {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let startup = Startup {
         all_in_sync_s: started.elapsed().as_secs_f64(),
+        node_in_sync_ms: summary(
+            board
+                .in_sync()
+                .iter()
+                .zip(&nodes)
+                .filter_map(|(at, n)| at.map(|at| ms(at.saturating_duration_since(n.started)))),
+        ),
         cpu_s: own_usage().0 - cpu_before_nodes,
         snapshots: board
             .connections()

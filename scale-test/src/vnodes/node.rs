@@ -11,7 +11,7 @@ use manul_felix::agent::{self, AgentOptions, AgentStatus};
 use manul_felix::calc::CalcGraph;
 use manul_felix::metrics::FelixMetrics;
 use manul_felix::observed::{BatchObserver, Observed};
-use manul_felix::sync::{Connected, SyncConfig, Syncer};
+use manul_felix::sync::{Connected, SyncConfig, SyncTransport, Syncer};
 use tokio::sync::{mpsc, watch};
 
 use super::workload::{PROBE_POLICY, marker_of_port, node_name};
@@ -28,6 +28,9 @@ struct NodeLog {
     /// Each probe change the driver took, in order, with when.
     marks: Vec<(u32, Instant)>,
     connections: Vec<Connection>,
+    /// When its agent was first in sync at the cluster's revision with the
+    /// driver holding the graph's state.
+    in_sync: Option<Instant>,
     /// Operations the driver took.
     operations: u64,
 }
@@ -63,6 +66,12 @@ impl Board {
         self.lock().iter().map(|n| n.connections.clone()).collect()
     }
 
+    /// When each node was first in sync at the cluster's revision
+    /// (`None`: not yet).
+    pub fn in_sync(&self) -> Vec<Option<Instant>> {
+        self.lock().iter().map(|n| n.in_sync).collect()
+    }
+
     /// Operations the drivers took, per node.
     pub fn operations(&self) -> Vec<u64> {
         self.lock().iter().map(|n| n.operations).collect()
@@ -71,6 +80,12 @@ impl Board {
     fn record_mark(&self, node: usize, k: u32, at: Instant) {
         if let Some(n) = self.lock().get_mut(node) {
             n.marks.push((k, at));
+        }
+    }
+
+    fn record_in_sync(&self, node: usize, at: Instant) {
+        if let Some(n) = self.lock().get_mut(node) {
+            n.in_sync.get_or_insert(at);
         }
     }
 
@@ -123,15 +138,24 @@ impl BatchObserver for Probe {
     fn mark_stale(&mut self) {}
 }
 
-/// A running virtual node: its agent's status.
+/// A running virtual node: when it started, and its agent's status.
 #[derive(Debug)]
 pub struct VirtualNode {
+    pub started: Instant,
     pub status: watch::Receiver<AgentStatus>,
 }
 
 /// Starts virtual node `index` on the current runtime, following `typhas`
-/// in that order (the first is where it connects first).
-pub fn start(index: usize, typhas: Vec<String>, board: Arc<Board>) -> VirtualNode {
+/// in that order (the first is where it connects first) over `transport`;
+/// the board records when it is first in sync at `revision` or later.
+pub fn start(
+    index: usize,
+    typhas: Vec<String>,
+    transport: SyncTransport,
+    revision: u64,
+    board: Arc<Board>,
+) -> VirtualNode {
+    let started = Instant::now();
     let name = node_name(index);
     // Felix's own queue is 1024 events; a virtual node keeps less queued.
     let (events_tx, events_rx) = mpsc::channel(64);
@@ -141,11 +165,12 @@ pub fn start(index: usize, typhas: Vec<String>, board: Arc<Board>) -> VirtualNod
         node: name.clone(),
         min_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(5),
-        transport: manul_felix::sync::SyncTransport::Grpc,
+        transport,
     })
     .with_connections(hello_tx);
     tokio::spawn(syncer.run(events_tx));
     let hellos = board.clone();
+    let synced = board.clone();
     tokio::spawn(async move {
         while let Some(c) = hello_rx.recv().await {
             hellos.record_connection(index, c);
@@ -160,6 +185,16 @@ pub fn start(index: usize, typhas: Vec<String>, board: Arc<Board>) -> VirtualNod
         },
     );
     let (status_tx, status) = watch::channel(AgentStatus::default());
+    let mut watched = status.clone();
+    tokio::spawn(async move {
+        if watched
+            .wait_for(|s| s.ready() && s.revision >= revision)
+            .await
+            .is_ok()
+        {
+            synced.record_in_sync(index, Instant::now());
+        }
+    });
     tokio::spawn(agent::run(
         CalcGraph::new(name),
         Box::new(driver),
@@ -168,7 +203,7 @@ pub fn start(index: usize, typhas: Vec<String>, board: Arc<Board>) -> VirtualNod
         status_tx,
         AgentOptions::default(),
     ));
-    VirtualNode { status }
+    VirtualNode { started, status }
 }
 
 #[cfg(test)]

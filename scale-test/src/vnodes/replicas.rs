@@ -2,8 +2,13 @@
 //! loopback (ports below 32768, where the kernel hands out no ephemeral
 //! ports), one Raft cluster, a temporary data directory each, killed and
 //! removed when dropped, also after an error.
+//!
+//! Replica `i` (from 0) listens on its own loopback address `127.0.0.(i+1)`,
+//! so that with the lean Sync transport every replica's sync listener can
+//! use the one port a client is configured with (`typhaSyncPort`), as on
+//! real nodes where each replica has its own address.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct Replica {
     pub id: u64,
     pub grpc: SocketAddr,
+    /// The lean transport's sync listener, when the run uses it.
+    pub sync: Option<SocketAddr>,
     pub peer: SocketAddr,
     pub metrics: SocketAddr,
     log: PathBuf,
@@ -68,15 +75,20 @@ impl Drop for Replicas {
     }
 }
 
-/// A free loopback port below 32768, a different one at each call in this
-/// process.
-fn free_port() -> Result<u16> {
+/// The loopback address of replica `i` (from 0).
+pub fn replica_host(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, u8::try_from(i + 1).unwrap_or(u8::MAX))
+}
+
+/// A loopback port below 32768 free on every one of `hosts`, a different
+/// one at each call in this process.
+fn free_port(hosts: &[Ipv4Addr]) -> Result<u16> {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let base = std::process::id() % 7_000;
     for _ in 0..12_000 {
         let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let p = 20_000 + ((base + k * 13) % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+        if hosts.iter().all(|h| TcpListener::bind((*h, p)).is_ok()) {
             return Ok(p);
         }
     }
@@ -95,9 +107,15 @@ fn random_token() -> Result<String> {
 
 impl Replicas {
     /// Starts `n` replicas of `binary` that bootstrap one cluster, each
-    /// serving at most `max_clients` Sync clients, and waits until every one
+    /// serving at most `max_clients` Sync clients (and, with `lean`, the
+    /// lean transport on one port shared by all), and waits until every one
     /// is ready (it knows a leader).
-    pub async fn start(binary: &Path, n: usize, max_clients: usize) -> Result<Replicas> {
+    pub async fn start(
+        binary: &Path,
+        n: usize,
+        max_clients: usize,
+        lean: bool,
+    ) -> Result<Replicas> {
         if !binary.is_file() {
             bail!(
                 "no typha binary at {} (build it with `cargo build -p manul-typha --bin typha`)",
@@ -111,14 +129,20 @@ impl Replicas {
         let token = dir.path().join("peer-token");
         std::fs::write(&token, random_token()?)
             .with_context(|| format!("cannot write {}", token.display()))?;
-        let loopback = |p| SocketAddr::from(([127, 0, 0, 1], p));
+        if n > 254 {
+            bail!("at most 254 replicas (one loopback address each)");
+        }
+        let hosts: Vec<Ipv4Addr> = (0..n).map(replica_host).collect();
+        let sync_port = if lean { Some(free_port(&hosts)?) } else { None };
         let mut replicas = Vec::new();
-        for i in 0..n {
+        for (i, &host) in hosts.iter().enumerate() {
+            let at = |p: u16| SocketAddr::from((host, p));
             replicas.push(Replica {
                 id: i as u64 + 1,
-                grpc: loopback(free_port()?),
-                peer: loopback(free_port()?),
-                metrics: loopback(free_port()?),
+                grpc: at(free_port(&[host])?),
+                sync: sync_port.map(at),
+                peer: at(free_port(&[host])?),
+                metrics: at(free_port(&[host])?),
                 log: dir.path().join(format!("typha-{}.log", i + 1)),
                 child: None,
             });
@@ -133,7 +157,11 @@ impl Replicas {
             let data = all.dir.path().join(format!("data-{}", r.id));
             let log = std::fs::File::create(&r.log)
                 .with_context(|| format!("cannot create {}", r.log.display()))?;
-            let child = Command::new(binary)
+            let mut command = Command::new(binary);
+            if let Some(sync) = r.sync {
+                command.arg("--sync-listen").arg(sync.to_string());
+            }
+            let child = command
                 .arg("--node-id")
                 .arg(r.id.to_string())
                 .arg("--listen")
@@ -172,6 +200,11 @@ impl Replicas {
     /// Every replica's API address, in id order.
     pub fn addresses(&self) -> Vec<String> {
         self.replicas.iter().map(Replica::address).collect()
+    }
+
+    /// The port of every replica's lean sync listener, when they have one.
+    pub fn sync_port(&self) -> Option<u16> {
+        self.replicas.first().and_then(|r| r.sync).map(|a| a.port())
     }
 
     /// The index of the replica that leads (from each live replica's
@@ -315,9 +348,11 @@ mod tests {
 
     #[test]
     fn free_ports_are_below_the_ephemeral_range_and_differ() {
-        let a = free_port().unwrap();
-        let b = free_port().unwrap();
+        let hosts = [replica_host(0), replica_host(1)];
+        let a = free_port(&hosts).unwrap();
+        let b = free_port(&hosts[..1]).unwrap();
         assert_ne!(a, b);
         assert!((20_000..32_768).contains(&a) && (20_000..32_768).contains(&b));
+        assert_eq!(replica_host(2), Ipv4Addr::new(127, 0, 0, 3));
     }
 }

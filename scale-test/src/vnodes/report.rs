@@ -51,7 +51,11 @@ pub struct Setup {
 /// policy.
 #[derive(Debug, Serialize)]
 pub struct Startup {
+    /// From the first node's start until every node was in sync.
     pub all_in_sync_s: f64,
+    /// From each node's start until its agent was first in sync at the
+    /// cluster's revision.
+    pub node_in_sync_ms: LatencySummary,
     /// CPU seconds this process used meanwhile.
     pub cpu_s: f64,
     /// Nodes whose first connection got a snapshot (all of them).
