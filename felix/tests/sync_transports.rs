@@ -114,6 +114,13 @@ async fn typha(data: &Path, certs: Option<&Path>, salt: u32) -> Running {
         assert!(tokio::time::Instant::now() < deadline, "no leader");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A replica serves Sync once it has known a leader and applied what
+    // it knows committed (typha's serving gate); a client opening a
+    // stream before that is refused, as Felix is told to retry.
+    while !running.fanout.serving() {
+        assert!(tokio::time::Instant::now() < deadline, "never serving");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     running
 }
 
