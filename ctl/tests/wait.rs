@@ -55,14 +55,23 @@ async fn apply_run_before_typha_starts_goes_through_once_it_is_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_without_a_leader_fails_after_the_timeout_naming_what_it_waited_for() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = loopback(free_low_port());
-    let server = addr.to_string();
-    // Two voters, the second never started: no election can be won.
-    let mut config = TyphaConfig::single(dir.path().to_path_buf(), addr);
-    config
-        .peers
-        .insert(2, loopback(free_low_port()).to_string());
-    let typha = start(config).await.unwrap();
+    // Two voters, the second never started: no election can be won. A
+    // port found free can be taken by another process before Typha binds
+    // it: then another port is tried.
+    let mut tries = 0;
+    let (typha, server) = loop {
+        let addr = loopback(free_low_port());
+        let data = dir.path().join(format!("try-{tries}"));
+        let mut config = TyphaConfig::single(data, addr);
+        config
+            .peers
+            .insert(2, loopback(free_low_port()).to_string());
+        match start(config).await {
+            Ok(typha) => break (typha, addr.to_string()),
+            Err(manul_typha::server::ServerError::Listen { .. }) if tries < 5 => tries += 1,
+            Err(e) => panic!("{e}"),
+        }
+    };
 
     let policy = examples().join("frontend-to-api.yaml");
     let began = Instant::now();
