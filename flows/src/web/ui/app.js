@@ -158,10 +158,14 @@ function renderGraph(g) {
     root.appendChild(svg("rect", { class: "ns-box", x: b.x, y: b.y, width: NODE_W + 20, height: b.last - b.y + 8 }));
     root.appendChild(svg("text", { class: "ns-label", x: b.x + 4, y: b.y + 12 }, "namespace " + b.ns));
   }
-  const edges = svg("g", { class: "edges" });
+  // Lines under the nodes, labels over everything: a label is never
+  // covered by another edge's line or its wide click target.
+  const lines = svg("g", { class: "edge-lines" });
   const nodes = svg("g", { class: "nodes" });
-  root.appendChild(edges);
+  const edges = svg("g", { class: "edges" });
+  root.appendChild(lines);
   root.appendChild(nodes);
+  root.appendChild(edges);
   for (const [id, p] of pos) {
     const n = svg("g", { class: "node " + p.node.kind, "data-id": id, transform: `translate(${p.x},${p.y})` });
     n.appendChild(svg("rect", { width: NODE_W, height: NODE_H }));
@@ -175,11 +179,15 @@ function renderGraph(g) {
     const a = pos.get(e.source), b = pos.get(e.target);
     if (!a || !b) continue;
     const kind = e.denied > 0 && e.allowed > 0 ? "both" : e.denied > 0 ? "deny" : "allow";
-    const grp = svg("g", { class: "edge " + kind + (sameEdge(e) ? " selected" : ""), "data-source": e.source, "data-target": e.target });
+    const cls = kind + (sameEdge(e) ? " selected" : "");
+    const wire = svg("g", { class: "edge-line " + cls });
     const d = edgePath(a, b);
     const line = svg("path", { class: "line", d });
-    grp.appendChild(line);
-    grp.appendChild(svg("path", { class: "hit", d }));
+    wire.appendChild(line);
+    wire.appendChild(svg("path", { class: "hit", d }));
+    wire.addEventListener("click", () => selectEdge(e));
+    lines.appendChild(wire);
+    const grp = svg("g", { class: "edge " + cls, "data-source": e.source, "data-target": e.target });
     edges.appendChild(grp);
     const mid = line.getPointAtLength(line.getTotalLength() / 2);
     const lab = svg("g", { class: "edge-label" });
