@@ -4,10 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use common::FRONTEND_TO_API;
 use manul_local_cluster::{ClusterConfig, Dataplane, LocalCluster, PodSpec};
 use manul_netns::ProbeOutcome;
 
@@ -42,18 +45,6 @@ fn until(c: &LocalCluster, from: &str, to: &str, want: bool, within: Duration) -
     }
     None
 }
-
-const FRONTEND_TO_API: &str = "apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata: {name: frontend-to-api, namespace: production}
-spec:
-  selector: app == 'api'
-  ingress:
-  - action: Allow
-    protocol: TCP
-    source: {selector: app == 'frontend'}
-    destination: {ports: [http]}
-";
 
 #[test]
 fn two_nodes_route_and_enforce() {

@@ -12,15 +12,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use manul_local_cluster::procs::{spawn_in, stop_child};
-use manul_local_cluster::{ClusterConfig, Dataplane, LocalCluster, PodSpec};
+use common::{FRONTEND_TO_API, Stop, pod};
+use manul_local_cluster::procs::spawn_in;
+use manul_local_cluster::{ClusterConfig, Dataplane, LocalCluster};
 use manul_netns::{NetNs, ProbeOutcome};
 use serde_json::Value;
 
@@ -220,18 +223,6 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
     out
 }
 
-fn pod(name: &str, node: usize) -> PodSpec {
-    PodSpec {
-        namespace: "production".into(),
-        name: name.into(),
-        labels: BTreeMap::from([("app".to_string(), name.to_string())]),
-        node,
-        tcp_ports: vec![(8080, Some("http".into()))],
-        udp_ports: Vec::new(),
-        service_account: None,
-    }
-}
-
 /// Probes until `want` or the deadline.
 fn until(c: &LocalCluster, from: &str, to: &str, want: bool, within: Duration) -> bool {
     let start = Instant::now();
@@ -246,27 +237,6 @@ fn until(c: &LocalCluster, from: &str, to: &str, want: bool, within: Duration) -
         std::thread::sleep(Duration::from_millis(20));
     }
     false
-}
-
-const FRONTEND_TO_API: &str = "apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata: {name: frontend-to-api, namespace: production}
-spec:
-  selector: app == 'api'
-  ingress:
-  - action: Allow
-    protocol: TCP
-    source: {selector: app == 'frontend'}
-    destination: {ports: [http]}
-";
-
-/// Stops Prometheus when the test ends, however it ends.
-struct Stop(Child);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        stop_child(&mut self.0, Duration::from_secs(5));
-    }
 }
 
 fn prometheus_config(c: &LocalCluster) -> String {

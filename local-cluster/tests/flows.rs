@@ -5,38 +5,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashSet};
+mod common;
+
+use std::collections::HashSet;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{FRONTEND_TO_API, pod};
 use manul_local_cluster::procs::program;
-use manul_local_cluster::{ClusterConfig, Dataplane, FlowsConfig, LocalCluster, PodSpec};
+use manul_local_cluster::{ClusterConfig, Dataplane, FlowsConfig, LocalCluster};
 use manul_netns::ProbeOutcome;
 use serde_json::Value;
-
-fn pod(name: &str, node: usize) -> PodSpec {
-    PodSpec {
-        namespace: "production".into(),
-        name: name.into(),
-        labels: BTreeMap::from([("app".to_string(), name.to_string())]),
-        node,
-        tcp_ports: vec![(8080, Some("http".into()))],
-        udp_ports: Vec::new(),
-        service_account: None,
-    }
-}
-
-const FRONTEND_TO_API: &str = "apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata: {name: frontend-to-api, namespace: production}
-spec:
-  selector: app == 'api'
-  ingress:
-  - action: Allow
-    protocol: TCP
-    source: {selector: app == 'frontend'}
-    destination: {ports: [http]}
-";
 
 fn now() -> u64 {
     SystemTime::now()

@@ -18,13 +18,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use manul_local_cluster::procs::{spawn_in, stop_child};
-use manul_local_cluster::{ClusterConfig, Dataplane, FlowsConfig, LocalCluster, PodSpec};
+use common::{FRONTEND_TO_API, Stop, pod};
+use manul_local_cluster::procs::spawn_in;
+use manul_local_cluster::{ClusterConfig, Dataplane, FlowsConfig, LocalCluster};
 use manul_netns::{NetNs, ProbeOutcome};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,38 +54,6 @@ fn have(program: &str) -> bool {
         eprintln!("skipping: {program} is missing (Debian's chromium and chromium-driver)");
     }
     found
-}
-
-fn pod(name: &str, node: usize) -> PodSpec {
-    PodSpec {
-        namespace: "production".into(),
-        name: name.into(),
-        labels: BTreeMap::from([("app".to_string(), name.to_string())]),
-        node,
-        tcp_ports: vec![(8080, Some("http".into()))],
-        udp_ports: Vec::new(),
-        service_account: None,
-    }
-}
-
-const FRONTEND_TO_API: &str = "apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata: {name: frontend-to-api, namespace: production}
-spec:
-  selector: app == 'api'
-  ingress:
-  - action: Allow
-    protocol: TCP
-    source: {selector: app == 'frontend'}
-    destination: {ports: [http]}
-";
-
-struct Stop(Child);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        stop_child(&mut self.0, Duration::from_secs(5));
-    }
 }
 
 /// A WebDriver session with chromedriver on `127.0.0.1:port`.
