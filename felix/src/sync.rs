@@ -197,6 +197,22 @@ fn is_config(kind: Kind) -> bool {
 /// Turns one stream entry into an update.
 pub fn update_of(e: &Entry) -> Result<Update, SyncError> {
     let key = wire::entry_key(e).map_err(SyncError::Entry)?;
+    value_update(key, e)
+}
+
+/// [`update_of`] taking the entry: its key's namespace and name move into
+/// the update instead of being copied.
+pub fn update_from(mut e: Entry) -> Result<Update, SyncError> {
+    let key = e
+        .key
+        .take()
+        .ok_or(WireError::NoKey)
+        .and_then(wire::key_from_proto_owned)
+        .map_err(SyncError::Entry)?;
+    value_update(key, &e)
+}
+
+fn value_update(key: ResourceKey, e: &Entry) -> Result<Update, SyncError> {
     if e.deleted {
         return Ok(Update { key, value: None });
     }
@@ -208,16 +224,44 @@ pub fn update_of(e: &Entry) -> Result<Update, SyncError> {
     })
 }
 
+/// deflate expands at most about 1032:1; a gzip trailer claiming more is
+/// not believed when sizing the output.
+const DEFLATE_MAX_RATIO: usize = 1032;
+
+/// Decompresses one gzip member of at most `limit` bytes. The output is
+/// allocated once, at the size the trailer gives (ISIZE: the input's
+/// length mod 2^32), bounded by what the compressed length can expand to
+/// and by `limit`: no regrowth and no copying while it fills.
+pub fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    let trailer = data
+        .len()
+        .checked_sub(4)
+        .and_then(|at| data.get(at..))
+        .and_then(|t| <[u8; 4]>::try_from(t).ok())
+        .map_or(0, u32::from_le_bytes);
+    let hint = usize::try_from(trailer)
+        .unwrap_or(usize::MAX)
+        .min(data.len().saturating_mul(DEFLATE_MAX_RATIO))
+        .min(limit);
+    let mut out = Vec::with_capacity(hint);
+    // `bufread` reads the slice in place (no intermediate buffer); one
+    // byte past the limit tells a too-large message from one at it.
+    let read = flate2::bufread::GzDecoder::new(data)
+        .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| e.to_string())?;
+    if read > limit {
+        return Err(format!("decompresses to more than {limit} bytes"));
+    }
+    Ok(out)
+}
+
 /// The entries of a snapshot chunk or delta batch (gzip when `gzip`).
 /// Entry values are slices of the (decompressed) message, not copies.
 pub fn decode(bytes: &Bytes, gzip: bool, what: &'static str) -> Result<Vec<Entry>, SyncError> {
     let corrupt = |e: String| SyncError::Corrupt { what, reason: e };
     let raw = if gzip {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..])
-            .read_to_end(&mut out)
-            .map_err(|e| corrupt(e.to_string()))?;
-        Bytes::from(out)
+        Bytes::from(gunzip(bytes, MAX_MESSAGE).map_err(corrupt)?)
     } else {
         bytes.clone()
     };
@@ -238,7 +282,7 @@ pub fn snapshot_updates(
     let entries = decode(chunk, gzip, "snapshot chunk")?;
     let mut batch = Vec::with_capacity(entries.len());
     for e in entries {
-        match update_of(&e) {
+        match update_from(e) {
             Ok(u) => {
                 if let Some(seen) = seen.as_deref_mut() {
                     seen.insert(u.key.clone());
@@ -464,7 +508,7 @@ impl Syncer {
                         if e.revision <= self.revision {
                             continue;
                         }
-                        match update_of(&e) {
+                        match update_from(e) {
                             Ok(u) => {
                                 if u.value.is_some() {
                                     self.known.insert(u.key.clone());
@@ -559,6 +603,99 @@ mod tests {
             },
             value,
         }
+    }
+
+    fn gzipped(data: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn gunzip_sizes_its_output_from_the_trailer_and_keeps_to_the_limit() {
+        let data: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let z = gzipped(&data);
+        let out = gunzip(&z, MAX_MESSAGE).unwrap();
+        assert_eq!(out, data);
+        assert_eq!(
+            out.capacity(),
+            data.len(),
+            "one allocation of the trailer's size"
+        );
+        assert_eq!(gunzip(&z, data.len()).unwrap(), data);
+        let err = gunzip(&z, data.len() - 1).unwrap_err();
+        assert!(err.contains("more than"), "{err}");
+
+        // A trailer that lies only sizes the buffer: a small claim grows
+        // it, a huge one is capped by what the input can expand to, and
+        // the checksum still refuses the member.
+        for claim in [1u32, u32::MAX] {
+            let mut lying = z.clone();
+            let at = lying.len() - 4;
+            lying[at..].copy_from_slice(&claim.to_le_bytes());
+            let err = gunzip(&lying, MAX_MESSAGE).unwrap_err();
+            assert!(!err.is_empty());
+        }
+        assert!(gunzip(b"not gzip", MAX_MESSAGE).is_err());
+    }
+
+    #[test]
+    fn a_chunk_decodes_to_updates_with_keys_moved_and_bad_entries_skipped() {
+        let set = |name: &str| {
+            format!(
+                r#"{{"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkSet", "metadata": {{"name": "{name}"}}, "spec": {{"nets": ["10.0.0.0/8"]}}}}"#
+            )
+        };
+        let entry = |name: &str, value: String, deleted: bool| Entry {
+            key: Some(manul_proto::v1::ResourceKey {
+                kind: "globalnetworkset".into(),
+                namespace: String::new(),
+                name: name.into(),
+            }),
+            value: value.into_bytes().into(),
+            revision: 1,
+            deleted,
+        };
+        let list = EntryList {
+            entries: vec![
+                entry("a", set("a"), false),
+                entry("b", set("not-b"), false),
+                entry("c", String::new(), true),
+            ],
+        };
+        let plain = Bytes::from(list.encode_to_vec());
+        let zipped = Bytes::from(gzipped(&plain));
+        for (bytes, gzip) in [(&plain, false), (&zipped, true)] {
+            let mut seen = FxHashSet::default();
+            let batch = snapshot_updates(bytes, gzip, Some(&mut seen)).unwrap();
+            let got: Vec<(String, bool)> = batch
+                .iter()
+                .map(|u| (u.key.to_string(), u.value.is_some()))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    ("globalnetworkset/a".to_string(), true),
+                    ("globalnetworkset/c".to_string(), false)
+                ]
+            );
+            assert_eq!(seen.len(), 2);
+            // The owned and borrowed conversions agree.
+            for e in &list.entries[..1] {
+                assert_eq!(
+                    update_of(e).unwrap().key,
+                    update_from(e.clone()).unwrap().key
+                );
+            }
+        }
+        let err = snapshot_updates(&Bytes::from_static(b"\x1f\x8bjunk"), true, None).unwrap_err();
+        assert!(
+            err.to_string().starts_with("corrupt snapshot chunk"),
+            "{err}"
+        );
     }
 
     #[test]

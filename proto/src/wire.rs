@@ -74,9 +74,34 @@ pub fn key_from_proto(key: &pb::ResourceKey) -> Result<ResourceKey, WireError> {
     })
 }
 
+/// [`key_from_proto`] taking the wire key: its namespace and name move
+/// into the model key instead of being copied (a sync client converts
+/// every key of every snapshot).
+pub fn key_from_proto_owned(key: pb::ResourceKey) -> Result<ResourceKey, WireError> {
+    let kind = kind(&key.kind)?;
+    Ok(ResourceKey {
+        kind,
+        namespace: kind.namespaced().then_some(key.namespace),
+        name: key.name,
+    })
+}
+
 /// The key of a stored or streamed entry.
 pub fn entry_key(entry: &pb::Entry) -> Result<ResourceKey, WireError> {
     key_from_proto(entry.key.as_ref().ok_or(WireError::NoKey)?)
+}
+
+/// Whether `resource` is stored under `key`, as [`Resource::key`] would
+/// say, without building that key.
+fn is_stored_under(resource: &Resource, key: &ResourceKey) -> bool {
+    let meta = resource.metadata();
+    let namespace_matches = match &key.namespace {
+        Some(ns) => resource.kind().namespaced() && meta.namespace.as_deref().unwrap_or("") == ns,
+        None => !resource.kind().namespaced(),
+    };
+    resource.kind() == key.kind
+        && namespace_matches
+        && meta.name.as_deref().unwrap_or("") == key.name
 }
 
 /// The typed value stored under `key`: decoded as its kind, with
@@ -87,11 +112,10 @@ pub fn decode_value(key: &ResourceKey, value: &[u8]) -> Result<Resource, WireErr
             key: key.clone(),
             source,
         })?;
-    let found = resource.key();
-    if &found != key {
+    if !is_stored_under(&resource, key) {
         return Err(WireError::WrongKey {
             key: key.clone(),
-            found,
+            found: resource.key(),
         });
     }
     Ok(resource)
@@ -133,7 +157,18 @@ mod tests {
             assert_eq!(on_wire.kind, kind.key_name());
             assert_eq!(on_wire.namespace.is_empty(), !kind.namespaced());
             assert_eq!(key_from_proto(&on_wire).unwrap(), key);
+            assert_eq!(key_from_proto_owned(on_wire).unwrap(), key);
         }
+        // A cluster-scoped kind drops a namespace on the wire, either way.
+        let stray = wire("tier", "shop", "a");
+        assert_eq!(key_from_proto(&stray).unwrap().namespace, None);
+        assert_eq!(key_from_proto_owned(stray).unwrap().namespace, None);
+        assert_eq!(
+            key_from_proto_owned(wire("gnp", "", "a"))
+                .unwrap_err()
+                .to_string(),
+            "unknown kind \"gnp\""
+        );
     }
 
     #[test]
@@ -174,5 +209,31 @@ mod tests {
         );
         let e = decode_entry(&entry(Some(wire("globalnetworkset", "", "a")), true)).unwrap_err();
         assert!(matches!(e, WireError::Deleted { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_namespaced_value_under_another_namespace_is_refused() {
+        let set = br#"{"apiVersion": "projectcalico.org/v3", "kind": "NetworkSet", "metadata": {"name": "a", "namespace": "shop"}, "spec": {}}"#;
+        let key = |ns: &str, name: &str| ResourceKey {
+            kind: Kind::NetworkSet,
+            namespace: Some(ns.into()),
+            name: name.into(),
+        };
+        let r = decode_value(&key("shop", "a"), set).unwrap();
+        assert_eq!(r.key(), key("shop", "a"));
+        for (ns, name) in [("other", "a"), ("shop", "b"), ("", "a")] {
+            let e = decode_value(&key(ns, name), set).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "invalid value for {}: the value is networkset/shop/a",
+                    key(ns, name)
+                )
+            );
+        }
+        // A value that left its namespace out is in `default`.
+        let bare = br#"{"apiVersion": "projectcalico.org/v3", "kind": "NetworkSet", "metadata": {"name": "a"}, "spec": {}}"#;
+        assert!(decode_value(&key("default", "a"), bare).is_ok());
+        assert!(decode_value(&key("", "a"), bare).is_err());
     }
 }
