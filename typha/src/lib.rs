@@ -30,6 +30,7 @@ pub mod listener;
 pub mod node;
 pub mod peer_auth;
 pub mod raft_storage;
+pub mod replicas;
 pub mod server;
 pub mod serving;
 pub mod sim;

@@ -20,7 +20,6 @@
 //! It touches no network but loopback and starts no process but `typha`.
 
 pub mod node;
-pub mod replicas;
 pub mod report;
 pub mod workload;
 
@@ -34,8 +33,8 @@ use manul_client::Client;
 use manul_local_cluster::procs::usage;
 use manul_model::Resource;
 
+use manul_typha::replicas::{Options, Replicas, SyncListen, metric};
 use node::{Board, VirtualNode};
-use replicas::{Replicas, metric};
 use report::{
     Memory, Propagation, ReplicaFigures, Report, Startup, Storm, VirtualNodesCpu, ms, summary,
 };
@@ -277,13 +276,23 @@ async fn wait_in_sync(
 async fn run_async(config: &Config, interrupted: &AtomicBool) -> Result<Report> {
     let timeout = Duration::from_secs(config.timeout_s.max(1));
     let shape = config.shape();
-    let mut replicas = Replicas::start(
-        &config.typha,
-        config.replicas,
-        config.nodes + 64,
-        config.transport == Transport::Tcp,
-    )
-    .await?;
+    // Replica i on 127.0.0.(i+1), so that with the lean transport every
+    // replica's sync listener can use the one port a client is configured
+    // with (`typhaSyncPort`), as on real nodes where each replica has its
+    // own address.
+    let mut options = Options::new(&config.typha, config.replicas, config.nodes + 64);
+    options.own_addresses = true;
+    options.sync = match config.transport {
+        Transport::Tcp => SyncListen::Shared,
+        Transport::Grpc => SyncListen::None,
+    };
+    options.log_filter = std::env::var("TYPHA_LOG").unwrap_or_else(|_| "warn".into());
+    let mut replicas = Replicas::start(&options).await.with_context(|| {
+        format!(
+            "cannot run typha (build it with `cargo build -p manul-typha --bin typha`): {}",
+            config.typha.display()
+        )
+    })?;
     let addresses = replicas.addresses();
     let transport = match replicas.sync_port() {
         Some(port) => manul_felix::sync::SyncTransport::Tcp { port },

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::clients::{self, ClientOptions, Progress, SyncTransport};
-use crate::procs::{Cluster, TyphaOptions, cpu_split, metric};
+use crate::procs::{TyphaOptions, cpu_split, metric};
 use crate::stats::{ms, round3, summary_ms};
 
 #[derive(Debug, Args)]
@@ -93,7 +93,7 @@ async fn run_one(
     }
     let limit = Duration::from_secs(args.timeout_secs);
     eprintln!("starting typha");
-    let mut cluster = Cluster::start(opts, 1, n + 100).await?;
+    let mut cluster = crate::procs::start(opts, 1, n + 100).await?;
     let server = cluster.replica(1)?;
     let addr = server.grpc;
     let mut writer = clients::resources(clients::channel(addr).await?);
@@ -116,7 +116,7 @@ async fn run_one(
     eprintln!("connecting {n} clients");
     let sync_addr = match transport {
         SyncTransport::Grpc => addr,
-        SyncTransport::Tcp => server.sync,
+        SyncTransport::Tcp => server.sync.context("the replica has no sync listener")?,
     };
     let channels = clients::conns(transport, sync_addr, n, args.connect_concurrency).await?;
     let connected = started.elapsed();
@@ -158,7 +158,7 @@ async fn run_one(
     let bench_memory = crate::procs::memory(std::process::id())?;
 
     // Updates, one at a time.
-    let server_pid = server.pid();
+    let server_pid = server.pid().context("the replica is not running")?;
     let cpu_before = (cpu_split(server_pid)?, cpu_split(std::process::id())?);
     let updates_started = Instant::now();
     let mut sent: HashMap<u64, Instant> = HashMap::new();

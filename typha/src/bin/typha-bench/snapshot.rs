@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::clients::{self, ClientOptions, Progress};
-use crate::procs::{Cluster, TyphaOptions, metric};
+use crate::procs::{TyphaOptions, metric};
 use crate::stats::{ms, round3, summary_ms};
 
 #[derive(Debug, Args)]
@@ -54,7 +54,7 @@ pub async fn run(opts: &TyphaOptions, args: &SnapshotArgs, nofile: u64) -> Resul
         bail!("{c} clients need more open files than the limit of {nofile}");
     }
     eprintln!("starting typha");
-    let mut cluster = Cluster::start(opts, 1, c + 100).await?;
+    let mut cluster = crate::procs::start(opts, 1, c + 100).await?;
     let server = cluster.replica(1)?;
     let addr = server.grpc;
 

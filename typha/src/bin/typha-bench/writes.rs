@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::clients;
-use crate::procs::{Cluster, TyphaOptions};
+use crate::procs::TyphaOptions;
 use crate::stats::{ms, round3, summary_ms};
 
 #[derive(Debug, Args)]
@@ -64,7 +64,7 @@ async fn one(
     batch: usize,
     concurrency: usize,
 ) -> Result<Value> {
-    let mut cluster = Cluster::start(opts, replicas, 100).await?;
+    let mut cluster = crate::procs::start(opts, replicas, 100).await?;
     let leader_id = clients::leader(cluster.replica(1)?.peer, &cluster.token).await?;
     let leader = cluster.replica(leader_id)?.grpc;
     // Warm-up: one write through the leader, not measured.
