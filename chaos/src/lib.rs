@@ -25,6 +25,7 @@ pub mod html;
 pub mod invariants;
 pub mod kv;
 pub mod linearizability;
+pub mod minimal;
 pub mod probes;
 pub mod report;
 pub mod run;

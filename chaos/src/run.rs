@@ -16,7 +16,6 @@ use crate::ChaosError;
 use crate::faults::{self, Active};
 use crate::invariants::{self, Final, Invariant};
 use crate::kv;
-use crate::linearizability::Verdict;
 use crate::probes::{self, Probes};
 use crate::report::*;
 use crate::schedule::{self, Planned, SETTLE};
@@ -46,7 +45,7 @@ pub struct RunConfig {
 pub const CONVERGENCE: Duration = Duration::from_secs(2);
 
 /// The budget of the linearizability search per key.
-const SEARCH_BUDGET: u64 = 2_000_000;
+pub const SEARCH_BUDGET: u64 = 2_000_000;
 
 /// The CI schedule and length.
 pub fn ci_config(name: &str, out: PathBuf) -> RunConfig {
@@ -547,11 +546,9 @@ fn finish(
     // Linearizability.
     run.event("replicas compared".into());
     let verdicts = kv::check_all(&history, SEARCH_BUDGET);
-    let bad: Vec<String> = verdicts
-        .iter()
-        .filter(|(_, v)| **v != Verdict::Linearizable)
-        .map(|(k, v)| format!("{k}: {v:?}"))
-        .collect();
+    // Each key that failed, with the minimal piece of its history that
+    // shows why, written beside the report.
+    let bad = kv::write_explained(&history, &verdicts, SEARCH_BUDGET, &config.out)?;
     invariants.push(Invariant::new(
         "the API history is linearizable",
         &bad,
