@@ -30,6 +30,7 @@ pub mod probes;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod scrape;
 pub mod setup;
 pub mod stream;
 pub mod watch;
