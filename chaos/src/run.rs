@@ -276,8 +276,12 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
 
     while start.elapsed() < config.length {
         let t = run.t();
-        // Faults.
+        // Faults. The next one waits until the last heal's convergence is
+        // measured (or its 15 s ran out): injected before, it would cut
+        // that measurement short (a main loop held up by churn can find
+        // the next fault already due when it heals one).
         if active.is_none()
+            && converging.is_none()
             && pending.front().is_some_and(|p| p.at.as_secs_f64() <= t)
             && let Some(p) = pending.pop_front()
         {
@@ -297,7 +301,6 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
                         });
                         let index = run.faults.len() - 1;
                         active = Some((a, index));
-                        converging = None;
                     }
                     Err(e) => run.event(format!("cannot inject {}: {e}", p.kind.name())),
                 }
