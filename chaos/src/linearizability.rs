@@ -174,22 +174,95 @@ pub fn check<M: Model>(
     history: &[Operation<M::Input, M::Output>],
     budget: u64,
 ) -> Verdict {
+    check_from(model, model.init(), history, budget)
+}
+
+/// [`check`], starting from `init` rather than the model's initial state.
+pub fn check_from<M: Model>(
+    model: &M,
+    init: M::State,
+    history: &[Operation<M::Input, M::Output>],
+    budget: u64,
+) -> Verdict {
+    search(model, init, history, budget, None).verdict
+}
+
+/// How far a search that found no order got: the operations of its
+/// deepest partial linearization, in their order, each with the state
+/// after it, and the operation it could not place next (the first whose
+/// return came before it could be linearized; `None` when every
+/// remaining operation's return is unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deepest<S> {
+    pub order: Vec<(usize, S)>,
+    pub stuck: Option<usize>,
+}
+
+/// The deepest partial linearization of a history that is not
+/// linearizable from `init` (`None` when it is, or the budget ran out).
+/// The search is deterministic, so it runs twice: once to learn the
+/// depth, once to stop there.
+pub fn deepest<M: Model>(
+    model: &M,
+    init: M::State,
+    history: &[Operation<M::Input, M::Output>],
+    budget: u64,
+) -> Option<Deepest<M::State>> {
+    let first = search(model, init.clone(), history, budget, None);
+    if first.verdict != Verdict::NotLinearizable {
+        return None;
+    }
+    search(model, init, history, budget, Some(first.max_depth)).deepest
+}
+
+struct Outcome<S> {
+    verdict: Verdict,
+    max_depth: usize,
+    deepest: Option<Deepest<S>>,
+}
+
+/// Wing and Gong's search with Lowe's memoization; with `stop_at`, it
+/// stops the first time it has linearized that many operations and
+/// describes where it stands.
+fn search<M: Model>(
+    model: &M,
+    init: M::State,
+    history: &[Operation<M::Input, M::Output>],
+    budget: u64,
+    stop_at: Option<usize>,
+) -> Outcome<M::State> {
     let mut events = Events::new(history);
-    let mut state = model.init();
+    let mut state = init;
     let mut linearized = Bits::new(history.len());
     let mut cache: HashSet<(Bits, M::State)> = HashSet::new();
     let mut calls: Vec<(usize, M::State)> = Vec::new();
     let mut entry = events.list[0].next;
     let mut steps = 0u64;
+    let mut max_depth = 0;
+    let outcome = |verdict, max_depth| Outcome {
+        verdict,
+        max_depth,
+        deepest: None,
+    };
+    if stop_at == Some(0) {
+        return Outcome {
+            verdict: Verdict::NotLinearizable,
+            max_depth,
+            deepest: Some(Deepest {
+                order: Vec::new(),
+                stuck: first_return(&events),
+            }),
+        };
+    }
     while events.list[0].next != NIL {
         steps += 1;
         if steps > budget {
-            return Verdict::Inconclusive;
+            return outcome(Verdict::Inconclusive, max_depth);
         }
         if entry == NIL {
             // Every remaining call was tried: back up.
             let Some((call, previous)) = calls.pop() else {
-                return Verdict::NotLinearizable;
+                return outcome(Verdict::NotLinearizable, max_depth);
             };
             state = previous;
             linearized.clear(events.list[call].op);
@@ -208,6 +281,17 @@ pub fn check<M: Model>(
                     linearized = with;
                     events.lift(entry);
                     entry = events.list[0].next;
+                    max_depth = max_depth.max(calls.len());
+                    if stop_at == Some(calls.len()) {
+                        return Outcome {
+                            verdict: Verdict::NotLinearizable,
+                            max_depth,
+                            deepest: Some(Deepest {
+                                order: order_of(&events, &calls, &state),
+                                stuck: first_return(&events),
+                            }),
+                        };
+                    }
                     continue;
                 }
             }
@@ -215,7 +299,7 @@ pub fn check<M: Model>(
         } else {
             // A return whose call is not linearized yet: this order fails.
             let Some((call, previous)) = calls.pop() else {
-                return Verdict::NotLinearizable;
+                return outcome(Verdict::NotLinearizable, max_depth);
             };
             state = previous;
             linearized.clear(events.list[call].op);
@@ -223,7 +307,35 @@ pub fn check<M: Model>(
             entry = events.list[call].next;
         }
     }
-    Verdict::Linearizable
+    outcome(Verdict::Linearizable, max_depth)
+}
+
+/// The linearized operations in order, each with the state after it.
+fn order_of<S: Clone>(events: &Events, calls: &[(usize, S)], state: &S) -> Vec<(usize, S)> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, (call, _))| {
+            let after = calls
+                .get(i + 1)
+                .map_or(state, |(_, before_next)| before_next);
+            (events.list[*call].op, after.clone())
+        })
+        .collect()
+}
+
+/// The operation of the first return event still in the list (a known
+/// return: unknown ones sort last and are returns too, so any return).
+fn first_return(events: &Events) -> Option<usize> {
+    let mut i = events.list[0].next;
+    while i != NIL {
+        let e = events.list[i];
+        if !e.is_call {
+            return Some(e.op);
+        }
+        i = e.next;
+    }
+    None
 }
 
 #[cfg(test)]

@@ -49,6 +49,58 @@ enum Cmd {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
         nodes: u16,
     },
+    /// Check a run's recorded API history (its history.json) again, and
+    /// write the minimal non-linearizable piece of each key that fails
+    /// (nonlinearizable-KEY.json). No root needed.
+    Check {
+        /// The history.json a run wrote.
+        history: PathBuf,
+        /// Where to write the pieces (default: beside the history).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `manul-chaos check`: 0 when every key is linearizable, 1 when not, 2
+/// when the history cannot be read.
+fn check(history: &std::path::Path, out: Option<PathBuf>) -> ExitCode {
+    let recorded: Vec<manul_chaos::kv::Recorded> = match std::fs::read_to_string(history)
+        .map_err(|e| e.to_string())
+        .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}: {e}", history.display());
+            return ExitCode::from(2);
+        }
+    };
+    let dir = out.unwrap_or_else(|| {
+        history
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default()
+    });
+    let verdicts = manul_chaos::kv::check_all(&recorded, run::SEARCH_BUDGET);
+    match manul_chaos::kv::write_explained(&recorded, &verdicts, run::SEARCH_BUDGET, &dir) {
+        Ok(lines) if lines.is_empty() => {
+            println!(
+                "ok: {} operations on {} keys linearizable",
+                recorded.len(),
+                verdicts.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(lines) => {
+            for l in lines {
+                println!("FAIL {l}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {}", manul_model::error::chain(&e));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `90s`, `30m`, `2h` or a number of seconds.
@@ -91,15 +143,18 @@ fn main() -> ExitCode {
             };
         }
     };
-    let Cmd::Run {
-        ci,
-        soak,
-        seed,
-        length,
-        out,
-        name,
-        nodes,
-    } = cli.command;
+    let (ci, soak, seed, length, out, name, nodes) = match cli.command {
+        Cmd::Check { history, out } => return check(&history, out),
+        Cmd::Run {
+            ci,
+            soak,
+            seed,
+            length,
+            out,
+            name,
+            nodes,
+        } => (ci, soak, seed, length, out, name, nodes),
+    };
     if !nix::unistd::geteuid().is_root() {
         eprintln!("error: manul-chaos needs root (network namespaces, eBPF, nftables, mounts)");
         return ExitCode::from(2);

@@ -16,10 +16,10 @@ use crate::ChaosError;
 use crate::faults::{self, Active};
 use crate::invariants::{self, Final, Invariant};
 use crate::kv;
-use crate::linearizability::Verdict;
 use crate::probes::{self, Probes};
 use crate::report::*;
 use crate::schedule::{self, Planned, SETTLE};
+use crate::scrape;
 use crate::setup::{self, NAMESPACE, REPLICAS};
 use crate::watch::{self, Watched};
 use crate::workload::{self, History};
@@ -46,7 +46,7 @@ pub struct RunConfig {
 pub const CONVERGENCE: Duration = Duration::from_secs(2);
 
 /// The budget of the linearizability search per key.
-const SEARCH_BUDGET: u64 = 2_000_000;
+pub const SEARCH_BUDGET: u64 = 2_000_000;
 
 /// The CI schedule and length.
 pub fn ci_config(name: &str, out: PathBuf) -> RunConfig {
@@ -100,6 +100,9 @@ struct Run {
     /// The cluster's revision at each sample (the highest a watched
     /// stream reached), for Typha's warm-up.
     revisions: Vec<(f64, u64)>,
+    /// Each Typha life's Raft snapshot index at each sample (its
+    /// `typha_raft_snapshot_index`), for the end of its warm-up.
+    snapshots: BTreeMap<(String, u32), Vec<(f64, u64)>>,
     last_cpu: BTreeMap<u32, (f64, f64)>,
 }
 
@@ -114,8 +117,38 @@ impl Run {
         self.events.push(Event { t, what });
     }
 
-    fn sample(&mut self, c: &LocalCluster) {
+    fn sample(&mut self, c: &LocalCluster, rt: &tokio::runtime::Runtime) {
         let t = self.t();
+        // The replicas' snapshot indices, read in the control plane's
+        // namespace (their metrics listeners are on its loopback).
+        let targets: Vec<(usize, std::net::SocketAddr)> = c
+            .metrics_targets()
+            .into_iter()
+            .filter(|m| m.job == "typha")
+            .map(|m| m.address)
+            .enumerate()
+            .collect();
+        let indices = setup::on(rt, async move {
+            let reads = targets.into_iter().map(|(k, addr)| async move {
+                let v = scrape::read_gauge(
+                    addr,
+                    "typha_raft_snapshot_index",
+                    Duration::from_millis(300),
+                )
+                .await;
+                (k, v)
+            });
+            futures::future::join_all(reads).await
+        })
+        .unwrap_or_default();
+        for (k, index) in indices {
+            if let (Some(pid), Some(index)) = (c.typha_pid(k), index) {
+                self.snapshots
+                    .entry((format!("typha-{}", k + 1), pid))
+                    .or_default()
+                    .push((t, index as u64));
+            }
+        }
         let mut procs_now: Vec<(String, u32)> = (0..REPLICAS)
             .filter_map(|k| Some((format!("typha-{}", k + 1), c.typha_pid(k)?)))
             .collect();
@@ -228,6 +261,7 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
         faults: Vec::new(),
         samples: BTreeMap::new(),
         revisions: Vec::new(),
+        snapshots: BTreeMap::new(),
         last_cpu: BTreeMap::new(),
     };
     let mut pending: std::collections::VecDeque<Planned> =
@@ -242,8 +276,12 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
 
     while start.elapsed() < config.length {
         let t = run.t();
-        // Faults.
+        // Faults. The next one waits until the last heal's convergence is
+        // measured (or its 15 s ran out): injected before, it would cut
+        // that measurement short (a main loop held up by churn can find
+        // the next fault already due when it heals one).
         if active.is_none()
+            && converging.is_none()
             && pending.front().is_some_and(|p| p.at.as_secs_f64() <= t)
             && let Some(p) = pending.pop_front()
         {
@@ -263,7 +301,6 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
                         });
                         let index = run.faults.len() - 1;
                         active = Some((a, index));
-                        converging = None;
                     }
                     Err(e) => run.event(format!("cannot inject {}: {e}", p.kind.name())),
                 }
@@ -395,7 +432,7 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
         }
         if t >= next_sample {
             next_sample = t + 1.0;
-            run.sample(&c);
+            run.sample(&c, &rt);
             let revision = watched
                 .iter()
                 .filter_map(|w| w.check.lock().ok().map(|c| c.revision))
@@ -547,11 +584,9 @@ fn finish(
     // Linearizability.
     run.event("replicas compared".into());
     let verdicts = kv::check_all(&history, SEARCH_BUDGET);
-    let bad: Vec<String> = verdicts
-        .iter()
-        .filter(|(_, v)| **v != Verdict::Linearizable)
-        .map(|(k, v)| format!("{k}: {v:?}"))
-        .collect();
+    // Each key that failed, with the minimal piece of its history that
+    // shows why, written beside the report.
+    let bad = kv::write_explained(&history, &verdicts, SEARCH_BUDGET, &config.out)?;
     invariants.push(Invariant::new(
         "the API history is linearizable",
         &bad,
@@ -761,46 +796,73 @@ fn finish(
             });
         p.samples.extend(samples.iter().copied());
     }
-    // Lives of Typha replicas too short to leave their warm-up.
+    // Lives not fitted, and why.
     let mut unfitted = Vec::new();
     for p in processes.values_mut() {
         let lives = run
             .samples
             .iter()
             .filter(|((n, _), _)| *n == p.name)
-            .map(|(_, s)| s.iter().map(|s| (s.0, s.2)).collect::<Vec<(f64, f64)>>());
+            .map(|(key, s)| {
+                (
+                    key,
+                    s.iter().map(|s| (s.0, s.2)).collect::<Vec<(f64, f64)>>(),
+                )
+            });
         if p.name.starts_with("typha-") {
             // A replica's memory fills its retention bounds over its first
-            // revisions (see `TYPHA_WARMUP_REVISIONS`): only what comes
-            // after that is fitted, in the longest life that got there.
+            // revisions and steps at its first Raft snapshot (see
+            // `growth_after_warmup`): only what comes after both is fitted,
+            // in the life with the most of it.
             let mut most_seen = 0;
-            let mut best: Option<(usize, f64)> = None;
-            for rss in lives {
-                let (g, seen) = invariants::growth_after_warmup(
+            let mut compacted = false;
+            let mut longest_after = 0.0f64;
+            let mut best: Option<(f64, f64)> = None;
+            for (key, rss) in lives {
+                let snapshots = run.snapshots.get(key).map(Vec::as_slice).unwrap_or(&[]);
+                let fit = invariants::growth_after_warmup(
                     &rss,
                     &run.revisions,
                     invariants::TYPHA_WARMUP_REVISIONS,
-                    20,
+                    snapshots,
                 );
-                most_seen = most_seen.max(seen);
-                if let Some(g) = g
-                    && best.is_none_or(|(n, _)| rss.len() > n)
+                most_seen = most_seen.max(fit.revisions_seen);
+                compacted |= fit.compacted;
+                longest_after = longest_after.max(fit.after_warmup);
+                if let Some(g) = fit.growth
+                    && best.is_none_or(|(after, _)| fit.after_warmup > after)
                 {
-                    best = Some((rss.len(), g));
+                    best = Some((fit.after_warmup, g));
                 }
             }
             p.growth_mib_per_hour = best.map(|(_, g)| g);
             if best.is_none() {
                 unfitted.push(format!(
-                    "{}: no life went {} revisions past its start (most in one life: {most_seen}), growth not fitted",
+                    "{}: no life went {} revisions past its start and {:.0} s past its first Raft snapshot with {:.0} s to fit (most revisions in one life: {most_seen}; {}; longest after warm-up: {longest_after:.0} s)",
                     p.name,
-                    invariants::TYPHA_WARMUP_REVISIONS
+                    invariants::TYPHA_WARMUP_REVISIONS,
+                    invariants::COMPACTION_SETTLE_SECONDS,
+                    invariants::MIN_FIT_SECONDS,
+                    if compacted { "a life compacted" } else { "no life compacted" },
                 ));
             }
         } else {
-            // The process's longest life decides (a restart starts afresh).
-            if let Some(rss) = lives.max_by_key(Vec::len).filter(|s| s.len() >= 20) {
-                p.growth_mib_per_hour = invariants::memory_growth_per_hour(&rss);
+            // The process's longest life decides (a restart starts afresh);
+            // its second half must last MIN_FIT_SECONDS.
+            let longest = lives.map(|(_, s)| s).max_by_key(Vec::len);
+            p.growth_mib_per_hour = longest
+                .as_deref()
+                .and_then(invariants::memory_growth_per_hour);
+            if p.growth_mib_per_hour.is_none() {
+                let span = longest
+                    .as_deref()
+                    .and_then(|s| Some(s.last()?.0 - s.first()?.0))
+                    .unwrap_or(0.0);
+                unfitted.push(format!(
+                    "{}: longest life {span:.0} s, under {:.0} s, growth not fitted",
+                    p.name,
+                    2.0 * invariants::MIN_FIT_SECONDS
+                ));
             }
         }
     }
@@ -815,7 +877,7 @@ fn finish(
         // under half the process's median size (and 32 MiB).
         let hours = run.t() / 3600.0;
         if let Some(g) = p.growth_mib_per_hour
-            && g * hours > (0.5 * median).max(32.0)
+            && invariants::unbounded(g, hours, median)
         {
             growth_problems.push(format!(
                 "{}: {g:.0} MiB/h fitted growth, {:.0} MiB over the run (median {median:.0} MiB)",
@@ -825,7 +887,7 @@ fn finish(
         }
     }
     invariants.push(Invariant::new(
-        "memory bounded (fitted growth over each Felix's longest life's second half and each Typha's life after its warm-up)",
+        "memory bounded (Theil-Sen growth over each Felix's longest life's second half and each Typha's life after its warm-up and first Raft snapshot, each over 5 minutes at least)",
         &growth_problems,
         if unfitted.is_empty() {
             format!("{} processes sampled", processes.len())

@@ -156,10 +156,11 @@ impl ClientError {
 
 /// Typha's answers, all `Unavailable`, for a request it refused because it
 /// knows no leader to commit it (see `typha::api`): nothing was proposed.
-const NO_LEADER_MESSAGES: [&str; 3] = [
+const NO_LEADER_MESSAGES: [&str; 4] = [
     "no leader is elected yet",
     "this replica is not the leader",
     "forwarded to a replica that is no longer the leader",
+    "the leader could not be reached",
 ];
 
 fn names_no_leader(message: &str) -> bool {
@@ -172,6 +173,13 @@ fn names_no_leader(message: &str) -> bool {
 /// request was sent (tonic's status then carries the transport error as
 /// its source) leaves it unknown too, unless it broke before anything was
 /// sent (the connection was never made, or the stream was refused).
+///
+/// An answer from Typha with a "try again" code (unavailable, deadline
+/// exceeded, cancelled) that does not say the write was refused before it
+/// was proposed (the no-leader answers) is unknown as well: only those
+/// answers make sending the write again safe. Sent again after it had
+/// committed, an unconditional write would be stored twice, and a
+/// conditional one would be answered with a conflict against itself.
 pub(crate) fn outcome_unknown(status: &Status) -> bool {
     if status.message().contains("outcome is unknown") {
         return true;
@@ -180,7 +188,10 @@ pub(crate) fn outcome_unknown(status: &Status) -> bool {
         return false;
     }
     let Some(source) = std::error::Error::source(status) else {
-        return false;
+        return matches!(
+            status.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+        );
     };
     let mut chain = source.to_string();
     let mut next = source.source();
@@ -246,5 +257,41 @@ mod tests {
         );
         let e = ClientError::from_status(Status::unavailable("the write was not committed"), "");
         assert!(!e.is_no_leader() && e.is_unavailable(), "{e}");
+    }
+
+    #[test]
+    fn only_a_refusal_before_proposing_makes_a_failed_write_safe_to_send_again() {
+        // Typha's answers that say nothing was proposed.
+        for m in NO_LEADER_MESSAGES {
+            assert!(
+                !outcome_unknown(&Status::unavailable(format!("{m}; retry"))),
+                "{m}"
+            );
+        }
+        // Typha's answers that say it may have been committed, and any
+        // other "try again" answer (a replica whose Raft thread stopped
+        // while the write waited, a forwarding call that broke).
+        for status in [
+            Status::unavailable("the write was not committed within 10s; its outcome is unknown"),
+            Status::unavailable("the Raft node has stopped"),
+            Status::deadline_exceeded("slow"),
+            Status::cancelled("gone"),
+        ] {
+            assert!(outcome_unknown(&status), "{status:?}");
+        }
+        // Definite answers.
+        for status in [
+            Status::failed_precondition("revision conflict"),
+            Status::invalid_argument("bad"),
+            Status::permission_denied("no"),
+        ] {
+            assert!(!outcome_unknown(&status), "{status:?}");
+        }
+        // A connection that was never made sent nothing.
+        let refused = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        )));
+        assert!(!outcome_unknown(&refused), "{refused:?}");
     }
 }

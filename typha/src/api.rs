@@ -153,6 +153,60 @@ pub fn node_status(e: NodeError) -> Status {
     }
 }
 
+/// Maps the error of a proposed write to a gRPC status. Refused before it
+/// was proposed (this replica does not lead, or Raft dropped the proposal)
+/// or skipped when applied, it did not happen, as [`node_status`] says; a
+/// replica whose Raft thread stopped while the write waited (a failed disk
+/// write stops it) may have replicated it first, and the next leader may
+/// commit it, so its outcome is unknown, and a client must not send it
+/// again as if nothing had happened.
+pub fn proposal_status(e: NodeError) -> Status {
+    match e {
+        NodeError::Stopped | NodeError::Storage(_) => Status::unavailable(format!(
+            "{e} before the write was committed; its outcome is unknown"
+        )),
+        other => node_status(other),
+    }
+}
+
+/// What a replica answers when forwarding a write to the leader at `addr`
+/// failed. The leader's own answer is passed on as it is. A call that
+/// never reached it (no connection could be made, or the stream was
+/// refused) proposed nothing: a refusal a client may retry. Any other
+/// failure of the call (the connection broke, the leader was killed) may
+/// come after the leader committed the write, so its outcome is unknown;
+/// passed on as tonic's transport error, it would read as a refusal.
+pub fn forward_failed(addr: &str, status: Status) -> Status {
+    let Some(source) = std::error::Error::source(&status) else {
+        return status;
+    };
+    let mut chain = source.to_string();
+    let mut next = source.source();
+    while let Some(e) = next {
+        chain.push_str(": ");
+        chain.push_str(&e.to_string());
+        next = e.source();
+    }
+    let never_sent = [
+        "connect error",
+        "connection refused",
+        "dns error",
+        "refused_stream",
+        "refused stream",
+    ]
+    .iter()
+    .any(|m| chain.to_ascii_lowercase().contains(m));
+    if never_sent {
+        Status::unavailable(format!(
+            "the leader could not be reached at {addr} ({chain}); nothing was proposed; retry shortly"
+        ))
+    } else {
+        Status::unavailable(format!(
+            "the call forwarding the write to the leader at {addr} failed ({chain}); its outcome is unknown"
+        ))
+    }
+}
+
 /// Where a request should go, given this replica's view of the leader.
 #[derive(Debug)]
 pub enum Route {
@@ -226,7 +280,7 @@ impl ResourcesService {
     async fn commit(&self, command: Command) -> Result<Applied, Status> {
         match tokio::time::timeout(COMMIT_TIMEOUT, self.node.propose(command)).await {
             Ok(Ok(applied)) => Ok(applied),
-            Ok(Err(e)) => Err(node_status(e)),
+            Ok(Err(e)) => Err(proposal_status(e)),
             Err(_) => Err(Status::unavailable(format!(
                 "the write was not committed within {COMMIT_TIMEOUT:?}; its outcome is unknown"
             ))),
@@ -334,7 +388,8 @@ impl ResourcesService {
             forwarded.origin = Some(origin);
             return Self::leader(self.leaders.channel(&addr).await?)
                 .apply(self.leaders.forwarded(forwarded))
-                .await;
+                .await
+                .map_err(|s| forward_failed(&addr, s));
         }
         let applied = self
             .commit(Command {
@@ -379,7 +434,8 @@ impl ResourcesService {
             forwarded.origin = Some(origin);
             return Self::leader(self.leaders.channel(&addr).await?)
                 .delete(self.leaders.forwarded(forwarded))
-                .await;
+                .await
+                .map_err(|s| forward_failed(&addr, s));
         }
         let applied = self
             .commit(Command {
@@ -766,5 +822,41 @@ mod tests {
         }
         let ok = normalize_key(&key("networkpolicy", "", "default.x"), "key").unwrap();
         assert_eq!(ok.namespace, "default");
+    }
+
+    #[test]
+    fn a_forwarded_write_whose_call_broke_has_an_unknown_outcome() {
+        let broke = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        )));
+        let s = forward_failed("10.0.0.1:5473", broke);
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(s.message().contains("outcome is unknown"), "{s:?}");
+        // Never reached: a refusal the client may retry.
+        let refused = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "tcp connect error: connection refused",
+        )));
+        let s = forward_failed("10.0.0.1:5473", refused);
+        assert!(
+            s.message().starts_with("the leader could not be reached"),
+            "{s:?}"
+        );
+        // The leader's own answer goes on as it is.
+        let conflict = Status::failed_precondition("revision conflict on x");
+        let s = forward_failed("10.0.0.1:5473", conflict.clone());
+        assert_eq!(
+            (s.code(), s.message()),
+            (conflict.code(), conflict.message())
+        );
+    }
+
+    #[test]
+    fn a_write_whose_replica_stopped_has_an_unknown_outcome() {
+        let s = proposal_status(NodeError::Stopped);
+        assert!(s.message().contains("outcome is unknown"), "{s:?}");
+        let s = proposal_status(NodeError::NotLeader { leader: None });
+        assert!(s.message().starts_with("no leader is elected yet"), "{s:?}");
     }
 }

@@ -23,7 +23,6 @@ use manul_proto::v1::Entry;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt as _;
 use tonic::service::interceptor::InterceptedService;
 use tracing::info;
 
@@ -32,9 +31,9 @@ use crate::api_authz::WriteAuth;
 use crate::api_limits::WriteLimits;
 use crate::cluster::ClusterService;
 use crate::fanout::{Fanout, FanoutConfig, FanoutMetrics, SnapshotSource};
+use crate::listener::ConnectionLimits;
 use crate::listener::kill::Connections;
 use crate::listener::slots::{self, ListenerMetrics, Slots};
-use crate::listener::{ConnectionLimits, Guarded};
 use crate::node::transport::PeerService;
 use crate::node::{Node, NodeConfig, NodeError, RaftMetrics, Shared};
 use crate::peer_auth::{PeerGate, PeerToken};
@@ -215,12 +214,7 @@ fn serve(
     };
     if let Some(config) = tls {
         return tokio::spawn(async move {
-            let incoming = manul_tls::accept::incoming_limited(listener, config, slots.semaphore())
-                .map(move |conn| {
-                    conn.map(|(tls, permit)| {
-                        Guarded::new(tls, limits.handshake).holding(slots.from_permit(permit))
-                    })
-                });
+            let incoming = crate::listener::tls_incoming(listener, config, limits, slots);
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await

@@ -126,6 +126,53 @@ pub fn incoming(
     })
 }
 
+/// The TLS connections of `listener`, each held to `limits.handshake` and
+/// to a slot of `slots` from its accept, its TLS handshake included
+/// (within `manul_tls::accept::HANDSHAKE_TIMEOUT`), as the lean listener
+/// holds its own: a connection counts in `typha_listener_connections` from
+/// its accept, not only once its handshake is done. One task accepts;
+/// each handshake runs in its own task, so a silent client holds up no
+/// one else; a handshake that fails or times out is logged and its slot
+/// freed. Accepting stops when the stream is dropped.
+pub fn tls_incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    limits: ConnectionLimits,
+    slots: Slots,
+) -> impl Stream<Item = io::Result<Guarded<tokio_rustls::server::TlsStream<TcpStream>>>> + Send + 'static
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = tx.closed() => return,
+                a = async {
+                    let free = slots.acquire().await;
+                    let accepted = accept(&listener).await;
+                    (free.open(), accepted)
+                } => a,
+            };
+            let (slot, (tcp, peer)) = accepted;
+            // Nagle plus delayed ACKs would hold each response's trailers.
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let timeout = manul_tls::accept::HANDSHAKE_TIMEOUT;
+                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let guarded = Guarded::new(tls, limits.handshake).holding(slot);
+                        let _ = tx.send(Ok(guarded)).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(%peer, "TLS handshake refused: {e}"),
+                    Err(_) => tracing::warn!(%peer, ?timeout, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 /// The next connection of `listener`; a failing accept (out of file
 /// descriptors) is retried after 50 ms instead of at once.
 pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, std::net::SocketAddr) {

@@ -154,21 +154,6 @@ impl Slots {
             open: self.open.clone(),
         }
     }
-
-    /// The semaphore behind the slots, for an accept loop elsewhere
-    /// (`manul_tls::accept::incoming_limited`).
-    pub fn semaphore(&self) -> Arc<Semaphore> {
-        self.free.clone()
-    }
-
-    /// A slot from a permit of [`Slots::semaphore`].
-    pub fn from_permit(&self, permit: OwnedSemaphorePermit) -> Slot {
-        self.open.inc();
-        Slot {
-            _permit: permit,
-            open: self.open.clone(),
-        }
-    }
 }
 
 /// The process's soft RLIMIT_NOFILE, when it can be read.
