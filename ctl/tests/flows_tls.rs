@@ -12,6 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::flows::{allowed_web_to_db, now, pod};
 use common::{free_low_port, manulctl, text};
 use manul_felix::flows::export::{self, ExportConfig, ExportStatus};
 use manul_flows::tls::TlsArgs;
@@ -30,23 +31,14 @@ use tonic::transport::Endpoint;
 const UNUSED: &str = "127.0.0.1:1";
 
 fn record(src: &str, action: &str) -> FlowRecord {
-    let ep = |w: &str| FlowEndpoint {
-        kind: "pod".into(),
-        namespace: "shop".into(),
-        workload: w.into(),
-        labels: Default::default(),
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = now();
     FlowRecord {
         start_unix_s: now - 15,
         end_unix_s: now,
         node: "node1".into(),
         reporter: "dst".into(),
-        src: Some(ep(src)),
-        dst: Some(ep("db")),
+        src: Some(pod("shop", src)),
+        dst: Some(pod("shop", "db")),
         protocol: 6,
         dst_port: 5432,
         action: action.into(),
@@ -307,47 +299,13 @@ async fn reports_read_the_aggregator_over_mutual_tls_as_flows_does() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
     // web → db on 5432, allowed by shop/db-allow's first ingress rule.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let allowed = |end: u64, flows: u64| FlowRecord {
-        start_unix_s: end - 15,
-        end_unix_s: end,
-        node: "node1".into(),
-        reporter: "dst".into(),
-        src: Some(FlowEndpoint {
-            kind: "pod".into(),
-            namespace: "shop".into(),
-            workload: "web-*".into(),
-            labels: Default::default(),
-        }),
-        dst: Some(FlowEndpoint {
-            kind: "pod".into(),
-            namespace: "shop".into(),
-            workload: "db-*".into(),
-            labels: Default::default(),
-        }),
-        protocol: 6,
-        dst_port: 5432,
-        action: "allow".into(),
-        enforced: vec![PolicyHit {
-            tier: "default".into(),
-            kind: "NetworkPolicy".into(),
-            namespace: "shop".into(),
-            name: "db-allow".into(),
-            rule_index: Some(0),
-            action: "allow".into(),
-        }],
-        flows_started: flows,
-        ..FlowRecord::default()
-    };
+    let now = now();
     shared.store().ingest(
         "node1",
         1,
         RecordBatch {
             seq: 1,
-            records: vec![allowed(now, 40), allowed(now - 15, 2)],
+            records: vec![allowed_web_to_db(now, 40), allowed_web_to_db(now - 15, 2)],
         },
         now,
     );
