@@ -10,7 +10,7 @@ mod common;
 use common::flows::{allowed_web_to_db as allowed, now, serve};
 use common::{free_low_port, manulctl_env, text};
 use manul_flows::{Shared, Store};
-use manul_proto::flows::{FlowEndpoint, FlowRecord, PolicyHit, RecordBatch};
+use manul_proto::flows::RecordBatch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_and_the_audit_trail_from_typha_and_the_aggregator() {

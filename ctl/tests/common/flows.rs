@@ -1,7 +1,8 @@
 //! The flow fixtures the flow, TLS and report tests share: the time now,
 //! a pod endpoint, the allowed web → db record that `shop/db-allow`
 //! decides (the cluster of `src/report/testdata/cluster.yaml`), and the
-//! aggregator served in plaintext on a loopback port.
+//! aggregator's server (in plaintext on a loopback port, or over the
+//! listener a test brings).
 
 use manul_flows::Shared;
 use manul_proto::flows::{FlowEndpoint, FlowRecord, PolicyHit};
@@ -52,17 +53,21 @@ pub fn allowed_web_to_db(end: u64, flows: u64) -> FlowRecord {
     }
 }
 
-/// Serves `shared`'s ingest and query services in plaintext on the
-/// loopback `port`.
+/// A server with `shared`'s ingest and query services.
+pub fn router(shared: &Shared) -> tonic::transport::server::Router {
+    let (ingest, query) = shared.services();
+    tonic::transport::Server::builder()
+        .add_service(ingest)
+        .add_service(query)
+}
+
+/// Serves `shared`'s services in plaintext on the loopback `port`.
 pub async fn serve(shared: &Shared, port: u16) {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
-    let (ingest, query) = shared.services();
     tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ingest)
-            .add_service(query)
+        router(shared)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
 }
