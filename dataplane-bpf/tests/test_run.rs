@@ -16,7 +16,7 @@ use manul_dataplane_api::{
     Action, Driver, EndpointId, FlowObservation, FlowPhase, Match, Operation, Packet, Policy,
     PolicyId, PortRange, Reporter, Rule, TierPolicies, WorkloadEndpoint,
 };
-use manul_dataplane_bpf::frames::{ACK, SYN, frame};
+use manul_dataplane_bpf::frames::{ACK, SYN, dest_options, fragment, frame, hop_by_hop, with_ext};
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, Hook};
 use manul_dataplane_conformance::privileges;
 use manul_netns::{NetNs, create_veth, link_index, unique_prefix};
@@ -232,47 +232,6 @@ fn verdicts_conntrack_policy_change_and_events() {
         .expect("run in the namespace");
 }
 
-/// `frame` (an IPv6 frame from [`frame`]) with extension headers put
-/// between the IPv6 header and the L4 header: each is its next-header
-/// number and its bytes (whose first byte is overwritten with the next
-/// header's number); the payload length and the chain are fixed up.
-fn with_ext(frame: Vec<u8>, headers: &[(u8, Vec<u8>)]) -> Vec<u8> {
-    const IP6: usize = 14;
-    const L4: usize = IP6 + 40;
-    let upper = frame[IP6 + 6];
-    let mut out = frame[..L4].to_vec();
-    out[IP6 + 6] = headers.first().map_or(upper, |h| h.0);
-    for (i, (_, bytes)) in headers.iter().enumerate() {
-        let mut b = bytes.clone();
-        b[0] = headers.get(i + 1).map_or(upper, |h| h.0);
-        out.extend(b);
-    }
-    out.extend(&frame[L4..]);
-    let payload = (out.len() - L4) as u16;
-    out[IP6 + 4..IP6 + 6].copy_from_slice(&payload.to_be_bytes());
-    out
-}
-
-/// Hop-by-hop options with a router alert (as MLD reports carry).
-fn hop_by_hop() -> (u8, Vec<u8>) {
-    (0, vec![0, 0, 5, 2, 0, 0, 1, 0])
-}
-
-/// Destination options 16 bytes long (a PadN filling 14 bytes).
-fn dest_options() -> (u8, Vec<u8>) {
-    let mut b = vec![0, 1, 1, 12];
-    b.extend([0u8; 12]);
-    (60, b)
-}
-
-/// A fragment header: `offset` in 8-byte units, more fragments follow.
-fn fragment(offset: u16) -> (u8, Vec<u8>) {
-    let mut b = vec![0, 0];
-    b.extend(((offset << 3) | 1).to_be_bytes());
-    b.extend([0, 0, 0, 7]);
-    (44, b)
-}
-
 #[test]
 fn ipv6_extension_headers_are_skipped_to_the_l4_header() {
     let Some(sb) = Sandbox::new("bx") else { return };
@@ -298,26 +257,26 @@ fn ipv6_extension_headers_are_skipped_to_the_l4_header() {
             // the rule (TCP, port 80) allows it; to port 81 the tier's
             // default denies it.
             let both = [hop_by_hop(), dest_options()];
-            assert_eq!(verdict(with_ext(syn(41000, 80), &both)), PASS);
-            assert_eq!(verdict(with_ext(syn(41001, 81), &both)), DROP);
+            assert_eq!(verdict(with_ext(&syn(41000, 80), &both)), PASS);
+            assert_eq!(verdict(with_ext(&syn(41001, 81), &both)), DROP);
             // The first fragment carries the TCP header.
             let first = [dest_options(), fragment(0)];
-            assert_eq!(verdict(with_ext(syn(41002, 80), &first)), PASS);
+            assert_eq!(verdict(with_ext(&syn(41002, 80), &first)), PASS);
             // A later fragment has no ports: no rule for port 80 matches.
             let later = [fragment(185)];
-            assert_eq!(verdict(with_ext(syn(41003, 80), &later)), DROP);
+            assert_eq!(verdict(with_ext(&syn(41003, 80), &later)), DROP);
             // A header cut short, and more headers than the parser
             // follows, are malformed (dropped).
-            let mut cut = with_ext(syn(41004, 80), &[hop_by_hop()]);
+            let mut cut = with_ext(&syn(41004, 80), &[hop_by_hop()]);
             cut.truncate(14 + 40 + 6);
             assert_eq!(verdict(cut), DROP);
             let many = vec![dest_options(); 7];
-            assert_eq!(verdict(with_ext(syn(41005, 80), &many)), DROP);
+            assert_eq!(verdict(with_ext(&syn(41005, 80), &many)), DROP);
 
             // An MLDv2 listener report (hop-by-hop, then ICMPv6 143) is
             // denied as ICMPv6, not as protocol 0.
             let report = Packet::icmp(ip("fd00::2"), ip("fd00::1"), 143, 0);
-            assert_eq!(verdict(with_ext(frame(&report, 0), &[hop_by_hop()])), DROP);
+            assert_eq!(verdict(with_ext(&frame(&report, 0), &[hop_by_hop()])), DROP);
             let mut taken = Vec::new();
             take_until(&mut d, &mut taken, "the report's denial", |t| {
                 t.iter()
