@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::flows::{now, serve};
 use common::{free_low_port, manulctl, text};
 use manul_felix::flows::export::{self, ExportConfig, ExportStatus};
 use manul_flows::{Shared, Store};
@@ -64,26 +65,6 @@ fn record(src: &str, dst: &str, port: u32, action: &str, end: u64) -> FlowRecord
         bytes_forward: 400,
         ..FlowRecord::default()
     }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-async fn serve(shared: &Shared, port: u16) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let (ingest, query) = shared.services();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ingest)
-            .add_service(query)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
 }
 
 /// A TCP proxy whose answers (server to client) can be held back and

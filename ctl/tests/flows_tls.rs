@@ -12,6 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::flows::{allowed_web_to_db, now, pod, router};
 use common::{free_low_port, manulctl, text};
 use manul_felix::flows::export::{self, ExportConfig, ExportStatus};
 use manul_flows::tls::TlsArgs;
@@ -19,8 +20,7 @@ use manul_flows::{Shared, Store};
 use manul_proto::flows::flow_ingest_client::FlowIngestClient;
 use manul_proto::flows::flows_client::FlowsClient;
 use manul_proto::flows::{
-    FlowEndpoint, FlowRecord, ListRequest, PolicyHit, PushHello, PushRequest, RecordBatch,
-    push_request,
+    FlowRecord, ListRequest, PushHello, PushRequest, RecordBatch, push_request,
 };
 use manul_tls::connect::Transport;
 use manul_tls::dev::{DevSet, write_dev_set};
@@ -30,23 +30,14 @@ use tonic::transport::Endpoint;
 const UNUSED: &str = "127.0.0.1:1";
 
 fn record(src: &str, action: &str) -> FlowRecord {
-    let ep = |w: &str| FlowEndpoint {
-        kind: "pod".into(),
-        namespace: "shop".into(),
-        workload: w.into(),
-        labels: Default::default(),
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = now();
     FlowRecord {
         start_unix_s: now - 15,
         end_unix_s: now,
         node: "node1".into(),
         reporter: "dst".into(),
-        src: Some(ep(src)),
-        dst: Some(ep("db")),
+        src: Some(pod("shop", src)),
+        dst: Some(pod("shop", "db")),
         protocol: 6,
         dst_port: 5432,
         action: action.into(),
@@ -68,6 +59,18 @@ fn certs(dir: &Path) -> impl Fn(&str) -> PathBuf + '_ {
     )
     .unwrap();
     move |f: &str| dir.join(f)
+}
+
+/// manulctl's TLS flags with the administrator's certificate.
+fn admin_flags(file: &dyn Fn(&str) -> PathBuf) -> [String; 6] {
+    [
+        "--ca-file".to_owned(),
+        path(&file("ca.crt")),
+        "--cert-file".to_owned(),
+        path(&file("admin.crt")),
+        "--key-file".to_owned(),
+        path(&file("admin.key")),
+    ]
 }
 
 fn path(p: &Path) -> String {
@@ -126,15 +129,7 @@ async fn felix_pushes_and_manulctl_reads_over_mutual_tls_and_nobody_else() {
     assert_eq!(shared.store().len(), 2);
 
     // manulctl with the administrator's certificate.
-    let admin = [
-        "--ca-file",
-        &path(&file("ca.crt")),
-        "--cert-file",
-        &path(&file("admin.crt")),
-        "--key-file",
-        &path(&file("admin.key")),
-    ]
-    .map(str::to_owned);
+    let admin = admin_flags(&file);
     let ctl = |extra: &[&str]| {
         let mut args: Vec<String> = admin.to_vec();
         args.extend(["flows", "--aggregator", url.as_str(), "-o", "json"].map(str::to_owned));
@@ -235,12 +230,8 @@ async fn tls_aggregator(file: &dyn Fn(&str) -> PathBuf, shared: &Shared) -> (Str
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
-    let (ingest, query) = shared.services();
     tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ingest)
-            .add_service(query)
-            .serve_with_incoming(manul_tls::accept::incoming(listener, tls.config)),
+        router(&shared).serve_with_incoming(manul_tls::accept::incoming(listener, tls.config)),
     );
     (format!("https://127.0.0.1:{port}"), port)
 }
@@ -281,15 +272,7 @@ async fn reports_read_the_aggregator_over_mutual_tls_as_flows_does() {
     let (_typha, server) = tls_typha(&file, &dir.path().join("typha")).await;
     let shared = Shared::new(Store::new(3600, 1000));
     let (url, _) = tls_aggregator(&file, &shared).await;
-    let admin = [
-        "--ca-file",
-        &path(&file("ca.crt")),
-        "--cert-file",
-        &path(&file("admin.crt")),
-        "--key-file",
-        &path(&file("admin.key")),
-    ]
-    .map(str::to_owned);
+    let admin = admin_flags(&file);
     let run = |args: &[&str]| {
         let mut all: Vec<String> = admin.to_vec();
         all.extend(args.iter().map(|s| s.to_string()));
@@ -307,47 +290,13 @@ async fn reports_read_the_aggregator_over_mutual_tls_as_flows_does() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
     // web → db on 5432, allowed by shop/db-allow's first ingress rule.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let allowed = |end: u64, flows: u64| FlowRecord {
-        start_unix_s: end - 15,
-        end_unix_s: end,
-        node: "node1".into(),
-        reporter: "dst".into(),
-        src: Some(FlowEndpoint {
-            kind: "pod".into(),
-            namespace: "shop".into(),
-            workload: "web-*".into(),
-            labels: Default::default(),
-        }),
-        dst: Some(FlowEndpoint {
-            kind: "pod".into(),
-            namespace: "shop".into(),
-            workload: "db-*".into(),
-            labels: Default::default(),
-        }),
-        protocol: 6,
-        dst_port: 5432,
-        action: "allow".into(),
-        enforced: vec![PolicyHit {
-            tier: "default".into(),
-            kind: "NetworkPolicy".into(),
-            namespace: "shop".into(),
-            name: "db-allow".into(),
-            rule_index: Some(0),
-            action: "allow".into(),
-        }],
-        flows_started: flows,
-        ..FlowRecord::default()
-    };
+    let now = now();
     shared.store().ingest(
         "node1",
         1,
         RecordBatch {
             seq: 1,
-            records: vec![allowed(now, 40), allowed(now - 15, 2)],
+            records: vec![allowed_web_to_db(now, 40), allowed_web_to_db(now - 15, 2)],
         },
         now,
     );

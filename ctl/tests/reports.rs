@@ -7,65 +7,10 @@
 
 mod common;
 
+use common::flows::{allowed_web_to_db as allowed, now, serve};
 use common::{free_low_port, manulctl_env, text};
 use manul_flows::{Shared, Store};
-use manul_proto::flows::{FlowEndpoint, FlowRecord, PolicyHit, RecordBatch};
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-async fn serve(shared: &Shared, port: u16) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let (ingest, query) = shared.services();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ingest)
-            .add_service(query)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-}
-
-fn pod(ns: &str, workload: &str) -> FlowEndpoint {
-    FlowEndpoint {
-        kind: "pod".into(),
-        namespace: ns.into(),
-        workload: workload.into(),
-        ..FlowEndpoint::default()
-    }
-}
-
-/// web to db on 5432, allowed by shop/db-allow's first ingress rule.
-fn allowed(end: u64, flows: u64) -> FlowRecord {
-    FlowRecord {
-        start_unix_s: end - 15,
-        end_unix_s: end,
-        node: "node1".into(),
-        reporter: "dst".into(),
-        src: Some(pod("shop", "web-*")),
-        dst: Some(pod("shop", "db-*")),
-        protocol: 6,
-        dst_port: 5432,
-        action: "allow".into(),
-        enforced: vec![PolicyHit {
-            tier: "default".into(),
-            kind: "NetworkPolicy".into(),
-            namespace: "shop".into(),
-            name: "db-allow".into(),
-            rule_index: Some(0),
-            action: "allow".into(),
-        }],
-        flows_started: flows,
-        packets_forward: 10,
-        bytes_forward: 1000,
-        ..FlowRecord::default()
-    }
-}
+use manul_proto::flows::RecordBatch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_and_the_audit_trail_from_typha_and_the_aggregator() {

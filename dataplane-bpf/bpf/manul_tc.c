@@ -6,7 +6,7 @@
  * and policy is data (rule bitmaps), so no policy or endpoint change ever
  * loads a program.
  *
- * Per packet: parse (IPv4, IPv6 without extension headers), find the
+ * Per packet: parse (IPv4, IPv6 past its extension headers), find the
  * interface's table (no entry: drop), look up conntrack (an allowed flow
  * skips policy), otherwise classify: AND a handful of rule bitmaps found by
  * map lookups (an address is looked up in its table's address space, whose
@@ -214,6 +214,22 @@ static __always_inline void count(__u32 idx)
 		*c += 1;
 }
 
+/* IPv6 extension headers the parser skips (RFC 8200 section 4): hop-by-hop
+ * options, routing, fragment and destination options. At most this many
+ * before the L4 header (each once, destination options twice, and one to
+ * spare); a packet with more is malformed. */
+#define MANUL_NEXTHDR_HOP 0
+#define MANUL_NEXTHDR_ROUTING 43
+#define MANUL_NEXTHDR_FRAGMENT 44
+#define MANUL_NEXTHDR_DEST 60
+#define MANUL_IPV6_EXT_MAX 6
+
+static __always_inline int ipv6_ext(__u8 nh)
+{
+	return nh == MANUL_NEXTHDR_HOP || nh == MANUL_NEXTHDR_ROUTING ||
+	       nh == MANUL_NEXTHDR_FRAGMENT || nh == MANUL_NEXTHDR_DEST;
+}
+
 /* 0: parsed IP; 1: not IP (ARP...); -1: malformed. */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
@@ -246,12 +262,44 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 
 		if ((void *)(ip6 + 1) > data_end)
 			return -1;
+		__u32 off = sizeof(*eth) + sizeof(*ip6);
+		__u8 nh = ip6->nexthdr;
+
 		p->version = 6;
-		p->proto = ip6->nexthdr;
 		__builtin_memcpy(p->src, &ip6->saddr, 16);
 		__builtin_memcpy(p->dst, &ip6->daddr, 16);
 		l4 = (void *)(ip6 + 1);
-		p->l4_off = sizeof(*eth) + sizeof(*ip6);
+		/* Extension headers before the L4 header are skipped, a bounded
+		 * number of them; more is malformed. */
+#pragma unroll
+		for (int i = 0; i < MANUL_IPV6_EXT_MAX; i++) {
+			__u8 *h = l4;
+			__u32 hlen;
+
+			if (!ipv6_ext(nh))
+				break;
+			/* Every extension header is at least 8 bytes. */
+			if ((void *)(h + 8) > data_end)
+				return -1;
+			if (nh == MANUL_NEXTHDR_FRAGMENT) {
+				/* A non-first fragment carries no L4 header:
+				 * ports stay 0. */
+				if (*(__u16 *)(h + 2) & bpf_htons(0xfff8)) {
+					p->proto = h[0];
+					return 0;
+				}
+				hlen = 8;
+			} else {
+				hlen = ((__u32)h[1] + 1) * 8;
+			}
+			nh = h[0];
+			l4 += hlen;
+			off += hlen;
+		}
+		if (ipv6_ext(nh))
+			return -1;
+		p->proto = nh;
+		p->l4_off = off;
 	} else {
 		return 1;
 	}

@@ -17,6 +17,9 @@
 //! With `flows` it measures flow observations off and on side by side
 //! (`BPF_PROG_TEST_RUN` and real traffic; see `bpf-bench/flows.rs`).
 //!
+//! With `ipv6` it measures the parser's per-packet cost on IPv4, IPv6 and
+//! IPv6 behind extension headers side by side (see `bpf-bench/ipv6.rs`).
+//!
 //! Needs root (and `iperf3` for `traffic` and `flows`). Everything runs in network
 //! namespaces it creates, with pins under /sys/fs/bpf/manul-bench, removed
 //! at the end.
@@ -33,11 +36,14 @@
 //!
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- services [--services 10000] [--backends 10] [--changes 50] [--runs 3]`
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- flows [--runs 6]`
+//! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- ipv6 [--runs 5]`
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 #[path = "bpf-bench/flows.rs"]
 mod flows;
+#[path = "bpf-bench/ipv6.rs"]
+mod ipv6;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -339,6 +345,10 @@ fn main() {
     }
     if std::env::args().nth(1).as_deref() == Some("flows") {
         flows::run();
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("ipv6") {
+        ipv6::run();
         return;
     }
     let runs: usize = flag("--runs").and_then(|s| s.parse().ok()).unwrap_or(5);

@@ -68,3 +68,47 @@ pub fn frame(p: &Packet, tcp_flags: u8) -> Vec<u8> {
     f.extend(l4);
     f
 }
+
+/// IPv6 extension headers the programs skip (next-header number, bytes):
+/// hop-by-hop options with a router alert, as MLD reports carry.
+pub fn hop_by_hop() -> (u8, Vec<u8>) {
+    (0, vec![0, 0, 5, 2, 0, 0, 1, 0])
+}
+
+/// Destination options 16 bytes long (a PadN filling 14 bytes).
+pub fn dest_options() -> (u8, Vec<u8>) {
+    let mut b = vec![0, 1, 1, 12];
+    b.extend([0u8; 12]);
+    (60, b)
+}
+
+/// A fragment header: `offset` in 8-byte units, more fragments follow.
+pub fn fragment(offset: u16) -> (u8, Vec<u8>) {
+    let mut b = vec![0, 0];
+    b.extend(((offset << 3) | 1).to_be_bytes());
+    b.extend([0, 0, 0, 7]);
+    (44, b)
+}
+
+/// `frame` (an IPv6 frame from [`frame`]) with extension headers put
+/// between the IPv6 header and the L4 header: each is its next-header
+/// number and its bytes (whose first byte is overwritten with the next
+/// header's number); the payload length and the chain are fixed up.
+pub fn with_ext(frame: &[u8], headers: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    const IP6: usize = 14;
+    const L4: usize = IP6 + 40;
+    let upper = frame[IP6 + 6];
+    let mut out = frame[..L4].to_vec();
+    out[IP6 + 6] = headers.first().map_or(upper, |h| h.0);
+    for (i, (_, bytes)) in headers.iter().enumerate() {
+        let mut b = bytes.clone();
+        if let Some(first) = b.first_mut() {
+            *first = headers.get(i + 1).map_or(upper, |h| h.0);
+        }
+        out.extend(b);
+    }
+    out.extend(&frame[L4..]);
+    let payload = (out.len() - L4) as u16;
+    out[IP6 + 4..IP6 + 6].copy_from_slice(&payload.to_be_bytes());
+    out
+}

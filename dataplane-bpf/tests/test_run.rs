@@ -2,7 +2,7 @@
 
 //! The loaded programs run with `BPF_PROG_TEST_RUN` against their real
 //! maps: verdicts for allowed, denied, established and unknown-interface
-//! traffic, IPv6, a policy change, map-capacity errors, flow events, GC,
+//! traffic, IPv6 (past its extension headers), a policy change, map-capacity errors, flow events, GC,
 //! flow observations, a restart, and the service counters. Each test runs in a network namespace it creates (veth pairs
 //! there give the programs real ifindexes) with its own pin directory, both
 //! removed at the end, also on failure.
@@ -16,7 +16,7 @@ use manul_dataplane_api::{
     Action, Driver, EndpointId, FlowObservation, FlowPhase, Match, Operation, Packet, Policy,
     PolicyId, PortRange, Reporter, Rule, TierPolicies, WorkloadEndpoint,
 };
-use manul_dataplane_bpf::frames::{ACK, SYN, frame};
+use manul_dataplane_bpf::frames::{ACK, SYN, dest_options, fragment, frame, hop_by_hop, with_ext};
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, Hook};
 use manul_dataplane_conformance::privileges;
 use manul_netns::{NetNs, create_veth, link_index, unique_prefix};
@@ -228,6 +228,70 @@ fn verdicts_conntrack_policy_change_and_events() {
             let stats = d.gc(now + Duration::from_secs(7200)).expect("gc");
             assert_eq!(stats.removed, stats.scanned);
             assert!(d.conntrack().is_empty());
+        })
+        .expect("run in the namespace");
+}
+
+#[test]
+fn ipv6_extension_headers_are_skipped_to_the_l4_header() {
+    let Some(sb) = Sandbox::new("bx") else { return };
+    let a = sb.index("mnla");
+    let config = sb.config();
+    sb.ns()
+        .run(move || {
+            let mut d = BpfDriver::new(config).expect("load the programs");
+            d.apply(&[web_policy(Action::Allow), pod_a(0), Operation::InSync])
+                .expect("apply");
+            let mut verdict = |f: Vec<u8>| {
+                d.test_run(Hook::Egress, a, &f, 1)
+                    .expect("BPF_PROG_TEST_RUN")
+                    .verdict
+            };
+            let syn = |sport, dport| {
+                frame(
+                    &Packet::tcp(ip("fd00::2"), sport, ip("fd00::1"), dport),
+                    SYN,
+                )
+            };
+            // TCP to port 80 behind hop-by-hop and destination options:
+            // the rule (TCP, port 80) allows it; to port 81 the tier's
+            // default denies it.
+            let both = [hop_by_hop(), dest_options()];
+            assert_eq!(verdict(with_ext(&syn(41000, 80), &both)), PASS);
+            assert_eq!(verdict(with_ext(&syn(41001, 81), &both)), DROP);
+            // The first fragment carries the TCP header.
+            let first = [dest_options(), fragment(0)];
+            assert_eq!(verdict(with_ext(&syn(41002, 80), &first)), PASS);
+            // A later fragment has no ports: no rule for port 80 matches.
+            let later = [fragment(185)];
+            assert_eq!(verdict(with_ext(&syn(41003, 80), &later)), DROP);
+            // A header cut short, and more headers than the parser
+            // follows, are malformed (dropped).
+            let mut cut = with_ext(&syn(41004, 80), &[hop_by_hop()]);
+            cut.truncate(14 + 40 + 6);
+            assert_eq!(verdict(cut), DROP);
+            let many = vec![dest_options(); 7];
+            assert_eq!(verdict(with_ext(&syn(41005, 80), &many)), DROP);
+
+            // An MLDv2 listener report (hop-by-hop, then ICMPv6 143) is
+            // denied as ICMPv6, not as protocol 0.
+            let report = Packet::icmp(ip("fd00::2"), ip("fd00::1"), 143, 0);
+            assert_eq!(verdict(with_ext(&frame(&report, 0), &[hop_by_hop()])), DROP);
+            let mut taken = Vec::new();
+            take_until(&mut d, &mut taken, "the report's denial", |t| {
+                t.iter()
+                    .any(|o| o.phase == FlowPhase::Denied && o.tuple.protocol == 58)
+            });
+            assert!(
+                taken.iter().all(|o| o.tuple.protocol != 0),
+                "no flow of protocol 0: {taken:#?}"
+            );
+            let started: Vec<u16> = taken
+                .iter()
+                .filter(|o| o.phase == FlowPhase::Start)
+                .map(|o| o.tuple.src_port)
+                .collect();
+            assert_eq!(started, vec![41000, 41002], "{taken:#?}");
         })
         .expect("run in the namespace");
 }

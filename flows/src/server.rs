@@ -102,6 +102,10 @@ impl Shared {
     }
 
     fn publish(&self, stored: Vec<Arc<FlowRecord>>) {
+        // No follower: nothing to hand over (and no lock per record).
+        if self.feed.receiver_count() == 0 {
+            return;
+        }
         for r in stored {
             // No follower: nothing to do.
             let _ = self.feed.send(r);

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use manul_typha::server::Running;
 
+pub mod flows;
+
 /// The repository's `examples/`.
 pub fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")

@@ -2,16 +2,20 @@
 //! until acknowledged ([`Outbox`], no I/O) and the task that sends them
 //! ([`run`]), resending what was not acknowledged after every reconnect.
 //! The aggregator drops a batch it already stored (same node, epoch and
-//! sequence number), so a resend never counts a flow twice.
+//! sequence number), so a resend never counts a flow twice. A batch is
+//! kept once (shared with the stream that sends it, [`PushCodec`]), never
+//! copied to be sent or resent.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
-use manul_proto::flows::flow_ingest_client::FlowIngestClient;
-use manul_proto::flows::{FlowRecord, PushHello, PushRequest, RecordBatch, push_request};
+use manul_proto::flows::{FlowRecord, PushAck, PushHello, RecordBatch};
 use manul_tls::connect::Transport;
 use manul_tls::{Expected, TlsError};
+use prost::Message;
 use tokio::sync::{mpsc, watch};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
@@ -87,7 +91,7 @@ pub fn transport(
 /// `capacity` records (beyond: the oldest batches are dropped and counted).
 #[derive(Debug)]
 pub struct Outbox {
-    batches: VecDeque<RecordBatch>,
+    batches: VecDeque<Arc<RecordBatch>>,
     records: usize,
     capacity: usize,
     next_seq: u64,
@@ -106,12 +110,13 @@ impl Outbox {
         }
     }
 
-    /// Numbers `records` as the next batch and keeps it; the batch to send.
-    pub fn push(&mut self, records: Vec<FlowRecord>) -> RecordBatch {
-        let batch = RecordBatch {
+    /// Numbers `records` as the next batch and keeps it; the batch to send
+    /// (the one kept, shared).
+    pub fn push(&mut self, records: Vec<FlowRecord>) -> Arc<RecordBatch> {
+        let batch = Arc::new(RecordBatch {
             seq: self.next_seq,
             records,
-        };
+        });
         self.next_seq += 1;
         self.records += batch.records.len();
         self.batches.push_back(batch.clone());
@@ -135,7 +140,7 @@ impl Outbox {
     }
 
     /// What a new stream sends first: every batch not acknowledged.
-    pub fn unacknowledged(&self) -> impl Iterator<Item = &RecordBatch> {
+    pub fn unacknowledged(&self) -> impl Iterator<Item = &Arc<RecordBatch>> {
         self.batches.iter()
     }
 
@@ -151,6 +156,80 @@ impl Outbox {
 /// The most records one batch carries (well under gRPC's 4 MiB message
 /// limit at a few hundred bytes a record).
 pub const BATCH_RECORDS: usize = 2_000;
+
+/// `FlowIngest.Push`'s path.
+const PUSH: &str = "/manul.flows.v1.FlowIngest/Push";
+
+/// What the exporter writes on the stream: a `PushRequest` whose batch is
+/// the outbox's own.
+#[derive(Debug, Clone)]
+pub enum Push {
+    Hello(PushHello),
+    Batch(Arc<RecordBatch>),
+}
+
+/// `PushRequest`'s field numbers (`proto/flows.proto`).
+const HELLO_FIELD: u32 = 1;
+const BATCH_FIELD: u32 = 2;
+
+/// The codec of `FlowIngest.Push` on Felix's side: [`Push`] encoded as the
+/// `PushRequest` it stands for (the same bytes), `PushAck` decoded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PushCodec;
+
+/// [`PushCodec`]'s encoder.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PushEncoder;
+
+/// [`PushCodec`]'s decoder.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AckDecoder;
+
+impl Encoder for PushEncoder {
+    type Item = Push;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Push, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        item.encode(dst);
+        Ok(())
+    }
+}
+
+impl Push {
+    /// Writes the `PushRequest` this stands for.
+    fn encode(&self, dst: &mut impl bytes::BufMut) {
+        match self {
+            Push::Hello(h) => prost::encoding::message::encode(HELLO_FIELD, h, dst),
+            Push::Batch(b) => prost::encoding::message::encode(BATCH_FIELD, &**b, dst),
+        }
+    }
+}
+
+impl Decoder for AckDecoder {
+    type Item = PushAck;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<PushAck>, tonic::Status> {
+        PushAck::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("a malformed acknowledgement: {e}")))
+    }
+}
+
+impl Codec for PushCodec {
+    type Encode = Push;
+    type Decode = PushAck;
+    type Encoder = PushEncoder;
+    type Decoder = AckDecoder;
+
+    fn encoder(&mut self) -> PushEncoder {
+        PushEncoder
+    }
+
+    fn decoder(&mut self) -> AckDecoder {
+        AckDecoder
+    }
+}
 
 /// An interval's records as batches' worth.
 fn split(mut records: Vec<FlowRecord>) -> Vec<Vec<FlowRecord>> {
@@ -255,25 +334,33 @@ async fn stream(
         .connect(endpoint)
         .await
         .map_err(|e| unavailable(&e))?;
-    let mut client = FlowIngestClient::new(channel);
+    let mut client = tonic::client::Grpc::new(channel);
     let (tx, rx) = mpsc::unbounded_channel();
-    let send = |tx: &mpsc::UnboundedSender<PushRequest>, msg| {
-        tx.send(PushRequest { msg: Some(msg) })
+    let send = |tx: &mpsc::UnboundedSender<Push>, msg| {
+        tx.send(msg)
             .map_err(|_| tonic::Status::cancelled("the request stream closed"))
     };
     send(
         &tx,
-        push_request::Msg::Hello(PushHello {
+        Push::Hello(PushHello {
             node: config.node.clone(),
             epoch: config.epoch,
         }),
     )?;
     for b in outbox.unacknowledged() {
-        send(&tx, push_request::Msg::Batch(b.clone()))?;
+        send(&tx, Push::Batch(b.clone()))?;
         st.sent_batches += 1;
     }
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("the aggregator's channel: {e}")))?;
     let mut acks = client
-        .push(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .streaming(
+            tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)),
+            tonic::codegen::http::uri::PathAndQuery::from_static(PUSH),
+            PushCodec,
+        )
         .await?
         .into_inner();
     st.connected = true;
@@ -285,7 +372,7 @@ async fn stream(
                 Some(r) => {
                     for part in split(r) {
                         let b = outbox.push(part);
-                        send(&tx, push_request::Msg::Batch(b))?;
+                        send(&tx, Push::Batch(b))?;
                         st.sent_batches += 1;
                     }
                 }
@@ -311,6 +398,35 @@ mod tests {
 
     fn records(n: usize) -> Vec<FlowRecord> {
         (0..n).map(|_| FlowRecord::default()).collect()
+    }
+
+    #[test]
+    fn the_codec_writes_the_push_request_it_stands_for() {
+        use manul_proto::flows::{PushRequest, push_request};
+        let batch = RecordBatch {
+            seq: 7,
+            records: vec![FlowRecord {
+                node: "node1".into(),
+                dst_port: 80,
+                ..FlowRecord::default()
+            }],
+        };
+        let hello = PushHello {
+            node: "node1".into(),
+            epoch: 3,
+        };
+        for (ours, theirs) in [
+            (
+                Push::Batch(Arc::new(batch.clone())),
+                push_request::Msg::Batch(batch),
+            ),
+            (Push::Hello(hello.clone()), push_request::Msg::Hello(hello)),
+        ] {
+            let mut buf = bytes::BytesMut::new();
+            ours.encode(&mut buf);
+            let expected = PushRequest { msg: Some(theirs) }.encode_to_vec();
+            assert_eq!(&buf[..], &expected[..]);
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const POLL_MS = 2000;
-const state = { edge: null, timer: null, seq: 0 };
+const state = { edge: null, timer: null, seq: 0, graph: null };
 
 function $(id) { return document.getElementById(id); }
 
@@ -86,9 +86,12 @@ function renderTable(records) {
 // A layered layout: a node's column is the longest path of edges that
 // leads to it (cycles cut), nodes in a column sorted by namespace, and
 // each namespace's run in a column drawn as a box around its workloads.
-const NODE_W = 170, NODE_H = 28, COL_W = 290, ROW_H = 48, PAD = 36;
+// Columns are at least COL_W apart and spread over the width the pane
+// has (`avail`); the graph is drawn at its own scale, never shrunk (a
+// graph wider than the pane scrolls).
+const NODE_W = 170, NODE_H = 28, COL_W = 290, ROW_H = 48, PAD = 36, RIGHT = 60;
 
-function layout(g) {
+function layout(g, avail) {
   const ids = g.nodes.map(n => n.id);
   const layer = new Map(ids.map(i => [i, 0]));
   for (let k = 0; k < ids.length; k++) {
@@ -105,6 +108,9 @@ function layout(g) {
     const l = layer.get(n.id);
     (columns[l] = columns[l] || []).push(n);
   }
+  const ncols = Math.max(1, columns.length);
+  const spread = ncols > 1 ? (avail - PAD * 2 - NODE_W - RIGHT) / (ncols - 1) : 0;
+  const colW = Math.max(COL_W, Math.floor(spread) || 0);
   const pos = new Map();
   const boxes = [];
   let height = 0;
@@ -114,17 +120,18 @@ function layout(g) {
     col.forEach(n => {
       if (n.namespace !== prevNs) {
         if (prevNs !== null) y += 14;
-        if (n.namespace) boxes.push({ ns: n.namespace, x: PAD + c * COL_W - 10, y: y - 6, last: null });
+        if (n.namespace) boxes.push({ ns: n.namespace, x: PAD + c * colW - 10, y: y - 6, last: null });
         prevNs = n.namespace;
       }
-      pos.set(n.id, { x: PAD + c * COL_W, y: y + 12, layer: c, node: n });
+      pos.set(n.id, { x: PAD + c * colW, y: y + 12, layer: c, node: n });
       const box = boxes[boxes.length - 1];
       if (n.namespace && box && box.ns === n.namespace) box.last = y + 12 + NODE_H;
       y += ROW_H;
     });
     height = Math.max(height, y);
   });
-  return { pos, boxes, width: PAD * 2 + Math.max(1, columns.length) * COL_W - (COL_W - NODE_W) + 60, height: height + PAD };
+  const width = Math.max(avail, PAD * 2 + (ncols - 1) * colW + NODE_W + RIGHT);
+  return { pos, boxes, width, height: height + PAD };
 }
 
 function edgePath(a, b) {
@@ -147,9 +154,17 @@ function sameEdge(e) {
   return state.edge !== null && state.edge.source === e.source && state.edge.target === e.target;
 }
 
+// The width the graph pane offers its drawing.
+function graphRoom() {
+  const pane = $("graph").parentElement;
+  const style = getComputedStyle(pane);
+  return Math.floor(pane.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight));
+}
+
 function renderGraph(g) {
+  state.graph = g;
   const root = $("graph");
-  const { pos, boxes, width, height } = layout(g);
+  const { pos, boxes, width, height } = layout(g, graphRoom());
   root.setAttribute("viewBox", `0 0 ${width} ${height}`);
   root.setAttribute("width", String(width));
   root.setAttribute("height", String(height));
@@ -281,6 +296,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("filters").addEventListener("reset", () => { state.edge = null; setTimeout(refresh, 0); });
   $("edge-filter-clear").addEventListener("click", () => { state.edge = null; refresh(); });
   $("live").addEventListener("change", schedule);
+  let resized = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resized);
+    resized = setTimeout(() => { if (state.graph) renderGraph(state.graph); }, 100);
+  });
   refresh();
   schedule();
 });
