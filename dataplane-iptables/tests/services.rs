@@ -300,7 +300,12 @@ fn a_refused_whole_table_batch_leaves_the_table_as_it_was() {
             .expect("the cluster IP map")
             .elements
             .insert("10.96.0.99 . 6 . 80 : goto mnl-no-such-chain".into());
-        match full_write::write(&Nft::default(), &rs, 1000) {
+        match full_write::write(
+            &Nft::default(),
+            &mut manul_dataplane_iptables::netlink::Writer::default(),
+            &rs,
+            1000,
+        ) {
             Err(FullWriteError::Kernel(e)) => {
                 let text = manul_dataplane_api::chain(&e);
                 assert!(text.contains("elements of mnl-svc-ips4"), "{text}");
@@ -315,7 +320,13 @@ fn a_refused_whole_table_batch_leaves_the_table_as_it_was() {
             .expect("the cluster IP map")
             .elements
             .remove("10.96.0.99 . 6 . 80 : goto mnl-no-such-chain");
-        let written = full_write::write(&Nft::default(), &rs, 2000).expect("the batch");
+        let written = full_write::write(
+            &Nft::default(),
+            &mut manul_dataplane_iptables::netlink::Writer::default(),
+            &rs,
+            2000,
+        )
+        .expect("the batch");
         assert!(written.messages > 10, "{written:?}");
         let after = list();
         assert!(
