@@ -58,6 +58,7 @@
 
 pub mod compiled;
 pub mod driver;
+pub mod element;
 pub mod elements;
 pub mod flows;
 pub mod full_write;

@@ -96,7 +96,13 @@ fn cluster() -> DesiredState {
 }
 
 fn elements(rs: &Ruleset, map: &str) -> Vec<String> {
-    rs.sets[map].elements.iter().cloned().collect()
+    let mut out: Vec<String> = rs.sets[map]
+        .elements
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    out.sort();
+    out
 }
 
 fn obj(kind: ServiceObject, v6: bool, body: &str) -> String {
@@ -441,9 +447,17 @@ fn a_service_update_changes_only_that_service() {
     }
     let (programmed, change) = update(&moved);
     let sets = crate::script::element_changes(&programmed, &change.old, &change.new).unwrap();
-    let touched: Vec<(&str, bool, Vec<&str>)> = sets
+    let owned: Vec<(&str, bool, Vec<String>)> = sets
         .iter()
-        .map(|c| (c.set, c.add, c.elements.clone()))
+        .map(|c| {
+            let mut texts: Vec<String> = c.elements.iter().map(ToString::to_string).collect();
+            texts.sort();
+            (c.set, c.add, texts)
+        })
+        .collect();
+    let touched: Vec<(&str, bool, Vec<&str>)> = owned
+        .iter()
+        .map(|(s, a, t)| (*s, *a, t.iter().map(String::as_str).collect()))
         .collect();
     assert_eq!(
         touched,
