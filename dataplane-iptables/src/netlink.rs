@@ -124,10 +124,10 @@ fn send_batch(socket: &Socket, batch: &Batch) -> Result<(), NftError> {
     drain(socket, &mut buf)?;
     // A batch is one message to the kernel: the send buffer must hold it
     // (as `nft` does, past the system's default limit).
-    buffer(&socket, libc::SO_SNDBUFFORCE, batch.bytes.len() + 4096)
+    buffer(socket, libc::SO_SNDBUFFORCE, batch.bytes.len() + 4096)
         .map_err(io("sizing the send buffer"))?;
     buffer(
-        &socket,
+        socket,
         libc::SO_RCVBUFFORCE,
         RECEIVE_BUFFER.max(batch.acked.len() * 64),
     )

@@ -14,6 +14,15 @@ fn index(n: u32) -> Vec<u8> {
     n.to_ne_bytes().to_vec()
 }
 
+/// A set's type, an element, its text, and its encoded key and data.
+type Row = (
+    &'static str,
+    Element,
+    &'static str,
+    Vec<u8>,
+    Option<EncodedData>,
+);
+
 #[test]
 fn each_kind_of_element_as_text_and_as_bytes() {
     let be4 =
@@ -38,7 +47,7 @@ fn each_kind_of_element_as_text_and_as_bytes() {
     be6_data.extend([0x14, 0xe9, 0, 0]);
     let mut np4_key = vec![132, 0, 0, 0, 0x75, 0x30, 0, 0];
     np4_key.extend(index(1));
-    let rows: Vec<(&str, Element, &str, Vec<u8>, Option<EncodedData>)> = vec![
+    let rows: Vec<Row> = vec![
         (
             "ipv4_addr",
             Element::key(vec![a("10.96.0.1")]),
