@@ -460,8 +460,10 @@ pub(super) fn render(
         let objects = render_service(svc, config);
         claims.insert(key, &objects);
         // The pick chains are chains, not a set of the table.
-        for (set, element) in objects.elements.iter().filter(|(s, _)| s != PICK_CHAINS) {
-            add(sets, set, element.clone());
+        for (set, element) in objects.elements {
+            if set != PICK_CHAINS {
+                add(sets, &set, element);
+            }
         }
         chains.extend(objects.chains);
         chains.extend(objects.shared_chains);
