@@ -75,6 +75,9 @@ pub struct NftDriver {
     last_write: WriteTiming,
     /// The next netlink sequence number.
     seq: u32,
+    /// The netlink socket every batch goes through, kept open (see
+    /// `netlink.rs`).
+    writer: netlink::Writer,
     /// Flow observations, when the configuration turns them on.
     flows: Option<Flows>,
     /// The services changed since stale UDP conntrack entries were last
@@ -113,6 +116,7 @@ impl NftDriver {
             config,
             last_write: WriteTiming::default(),
             seq: 1,
+            writer: netlink::Writer::default(),
             udp_dirty: false,
         };
         if let Some(flows) = driver.config.flows {
@@ -156,7 +160,7 @@ impl NftDriver {
     /// express the table.
     fn write_full(&mut self, rs: Ruleset) -> Result<(), DriverError> {
         self.programmed = None;
-        match full_write::write(&self.nft, &rs, self.seq) {
+        match full_write::write(&self.nft, &mut self.writer, &rs, self.seq) {
             Ok(written) => {
                 self.seq = self.seq.wrapping_add(written.messages as u32 + 2);
                 self.stats.netlink_full_writes += 1;
@@ -288,7 +292,20 @@ impl NftDriver {
             return;
         }
         let frontends = crate::stale_udp::UdpFrontends::of(&self.contract.state().services);
-        match crate::stale_udp::netlink::clear(&frontends) {
+        if frontends.is_empty() {
+            self.udp_dirty = false;
+            return;
+        }
+        let cleared = match self.writer.socket() {
+            Ok(socket) => crate::stale_udp::netlink::clear_on(socket, &frontends)
+                .map_err(|e| manul_dataplane_api::chain(&e)),
+            Err(e) => Err(manul_dataplane_api::chain(&e)),
+        };
+        if cleared.is_err() {
+            // Answers of a failed exchange may still be queued.
+            self.writer.reset();
+        }
+        match cleared {
             Ok(cleared) => {
                 self.udp_dirty = false;
                 self.stats.stale_udp_cleared += cleared as u64;
@@ -296,8 +313,8 @@ impl NftDriver {
                     debug!(cleared, "cleared stale UDP conntrack entries");
                 }
             }
-            Err(e) => warn!(
-                error = %manul_dataplane_api::chain(&e),
+            Err(error) => warn!(
+                %error,
                 "could not clear stale UDP conntrack entries; retrying later"
             ),
         }
@@ -419,7 +436,9 @@ impl NftDriver {
             return Ok(());
         }
         let prepare = started.elapsed();
-        netlink::apply(batch).map_err(|e| dataplane("writing changes", e))?;
+        self.writer
+            .apply(batch)
+            .map_err(|e| dataplane("writing changes", e))?;
         self.stats.incremental_writes += 1;
         self.stats.netlink_writes += 1;
         self.last_write = WriteTiming {
@@ -442,7 +461,7 @@ impl NftDriver {
         started: Instant,
     ) -> Result<(), DriverError> {
         let prepare = started.elapsed();
-        match full_write::write_incremental(&self.nft, old, new, self.seq) {
+        match full_write::write_incremental(&self.nft, &mut self.writer, old, new, self.seq) {
             Ok(Some(written)) => {
                 self.seq = self.seq.wrapping_add(written.messages as u32 + 2);
                 if written.messages > 0 {

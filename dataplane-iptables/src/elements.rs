@@ -1,16 +1,15 @@
 //! Set and map element changes as one nf_tables netlink batch: the
 //! messages `nft` would send for `add element` / `delete element`, built
-//! here from the rendered element text. Pure: no I/O (`netlink.rs` sends
-//! the batch).
+//! here from the rendered elements, encoded by `element.rs` (no text in
+//! between). Pure: no I/O (`netlink.rs` sends the batch).
 //!
-//! Only what the service maps need is understood: keys and values made
-//! of IPv4 and IPv6 addresses, protocol numbers, ports and `numgen`
-//! indices, each padded to 4 bytes as the kernel's concatenations are,
-//! and `goto`/`jump` verdicts. Anything else is an error, and the caller
+//! Only what the service maps need is understood (see
+//! [`crate::element::layout`]): keys and values made of IPv4 and IPv6
+//! addresses, protocol numbers, ports and `numgen` indices, and
+//! `goto`/`jump` verdicts. Anything else is an error, and the caller
 //! writes the change through `nft` instead.
 
-use std::net::IpAddr;
-
+use crate::element::{Element, EncodeError, Encoded, EncodedData, layout};
 use crate::names::TABLE;
 
 /// Why a change cannot be expressed as element messages.
@@ -18,138 +17,13 @@ use crate::names::TABLE;
 pub enum ElementError {
     #[error("set {set}: the type {type_:?} is not one the netlink writer knows")]
     UnknownType { set: String, type_: String },
-    #[error("set {set}: cannot read the element {element:?}")]
-    BadElement { set: String, element: String },
-}
-
-/// One part of a concatenated key or value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Part {
-    Addr4,
-    Addr6,
-    Proto,
-    Port,
-    Index,
-}
-
-/// What a set's elements hold.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layout {
-    key: Vec<Part>,
-    data: Data,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Data {
-    None,
-    Verdict,
-    Value(Vec<Part>),
-}
-
-fn part(token: &str) -> Option<Part> {
-    Some(match token.trim() {
-        "ipv4_addr" | "ip daddr" | "ip saddr" => Part::Addr4,
-        "ipv6_addr" | "ip6 daddr" | "ip6 saddr" => Part::Addr6,
-        "inet_proto" | "meta l4proto" => Part::Proto,
-        "inet_service" | "th dport" | "tcp dport" | "udp dport" | "sctp dport" => Part::Port,
-        t if t.starts_with("numgen random mod ") => Part::Index,
-        _ => return None,
-    })
-}
-
-fn parts(text: &str) -> Option<Vec<Part>> {
-    text.split(" . ").map(part).collect()
-}
-
-/// The layout of a set declared with `type_` (a `type` or `typeof`
-/// clause), if the writer knows it.
-pub fn layout(type_: &str) -> Option<Layout> {
-    let clause = type_.strip_prefix("typeof ").unwrap_or(type_);
-    let (key, data) = match clause.split_once(" : ") {
-        None => (clause, None),
-        Some((k, d)) => (k, Some(d)),
-    };
-    let data = match data {
-        None => Data::None,
-        Some("verdict") => Data::Verdict,
-        Some(d) => Data::Value(parts(d)?),
-    };
-    Some(Layout {
-        key: parts(key)?,
-        data,
-    })
-}
-
-fn encode_parts(parts: &[Part], text: &str, out: &mut Vec<u8>) -> Option<()> {
-    let fields: Vec<&str> = text.split(" . ").map(str::trim).collect();
-    if fields.len() != parts.len() {
-        return None;
-    }
-    for (p, f) in parts.iter().zip(fields) {
-        match p {
-            Part::Addr4 => match f.parse::<IpAddr>().ok()? {
-                IpAddr::V4(a) => out.extend(a.octets()),
-                IpAddr::V6(_) => return None,
-            },
-            Part::Addr6 => match f.parse::<IpAddr>().ok()? {
-                IpAddr::V6(a) => out.extend(a.octets()),
-                IpAddr::V4(_) => return None,
-            },
-            Part::Proto => out.extend([f.parse::<u8>().ok()?, 0, 0, 0]),
-            Part::Port => {
-                let [a, b] = f.parse::<u16>().ok()?.to_be_bytes();
-                out.extend([a, b, 0, 0]);
-            }
-            // `numgen` writes host byte order.
-            Part::Index => out.extend(f.parse::<u32>().ok()?.to_ne_bytes()),
-        }
-    }
-    Some(())
-}
-
-/// A verdict as the kernel codes it (`NFT_JUMP`, `NFT_GOTO`).
-const NFT_JUMP: i32 = -3;
-const NFT_GOTO: i32 = -4;
-
-/// One element, encoded: its key, and its value or verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Encoded {
-    key: Vec<u8>,
-    data: Option<EncodedData>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum EncodedData {
-    Value(Vec<u8>),
-    Verdict(i32, String),
-}
-
-fn encode(layout: &Layout, element: &str) -> Option<Encoded> {
-    let (key_text, data_text) = match element.split_once(" : ") {
-        None => (element, None),
-        Some((k, d)) => (k, Some(d)),
-    };
-    let mut key = Vec::new();
-    encode_parts(&layout.key, key_text, &mut key)?;
-    let data = match (&layout.data, data_text) {
-        (Data::None, None) => None,
-        (Data::Verdict, Some(d)) => {
-            let (verb, chain) = d.trim().split_once(' ')?;
-            let code = match verb {
-                "goto" => NFT_GOTO,
-                "jump" => NFT_JUMP,
-                _ => return None,
-            };
-            Some(EncodedData::Verdict(code, chain.trim().to_string()))
-        }
-        (Data::Value(parts), Some(d)) => {
-            let mut v = Vec::new();
-            encode_parts(parts, d, &mut v)?;
-            Some(EncodedData::Value(v))
-        }
-        _ => return None,
-    };
-    Some(Encoded { key, data })
+    #[error("set {set}: the element {element} does not fit the set")]
+    BadElement {
+        set: String,
+        element: String,
+        #[source]
+        source: EncodeError,
+    },
 }
 
 /// Adding or deleting elements of one set.
@@ -159,7 +33,7 @@ pub struct SetChange<'a> {
     /// The set's `type_` as rendered.
     pub type_: &'a str,
     pub add: bool,
-    pub elements: Vec<&'a str>,
+    pub elements: Vec<&'a Element>,
 }
 
 // netlink and nf_tables constants (linux/netlink.h, netfilter/nfnetlink.h,
@@ -324,10 +198,12 @@ fn append_changes(
             .elements
             .iter()
             .map(|e| {
-                encode(&layout, e).ok_or_else(|| ElementError::BadElement {
-                    set: change.set.to_string(),
-                    element: e.to_string(),
-                })
+                e.encode(&layout)
+                    .map_err(|source| ElementError::BadElement {
+                        set: change.set.to_string(),
+                        element: e.to_string(),
+                        source,
+                    })
             })
             .collect::<Result<_, _>>()?;
         let mut rest: &[Encoded] = &encoded;
@@ -424,65 +300,27 @@ pub fn acks(buf: &[u8]) -> Vec<(u32, i32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::element::Value;
 
-    #[test]
-    fn layouts_of_the_service_maps() {
-        let l = layout("ipv4_addr . inet_proto . inet_service : verdict").unwrap();
-        assert_eq!(l.key, vec![Part::Addr4, Part::Proto, Part::Port]);
-        assert_eq!(l.data, Data::Verdict);
-        let l = layout(
-            "typeof ip6 daddr . meta l4proto . th dport . numgen random mod 1 : ip6 daddr . th dport",
-        )
-        .unwrap();
-        assert_eq!(
-            l.key,
-            vec![Part::Addr6, Part::Proto, Part::Port, Part::Index]
-        );
-        assert_eq!(l.data, Data::Value(vec![Part::Addr6, Part::Port]));
-        assert!(layout("ifname : verdict").is_none());
-        assert!(layout("ipv4_addr . ipv4_addr").is_some());
-    }
-
-    #[test]
-    fn elements_are_padded_as_concatenations() {
-        let l = layout(
-            "typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport",
-        )
-        .unwrap();
-        let e = encode(&l, "10.96.0.1 . 6 . 80 . 65537 : 10.1.1.1 . 8080").unwrap();
-        let mut want = vec![10, 96, 0, 1, 6, 0, 0, 0, 0, 80, 0, 0];
-        want.extend(65537u32.to_ne_bytes());
-        assert_eq!(e.key, want);
-        assert_eq!(
-            e.data,
-            Some(EncodedData::Value(vec![10, 1, 1, 1, 0x1f, 0x90, 0, 0]))
-        );
-        let l = layout("inet_proto . inet_service : verdict").unwrap();
-        let e = encode(&l, "17 . 30053 : goto mnl-pick4-npext-2").unwrap();
-        assert_eq!(e.key, vec![17, 0, 0, 0, 0x75, 0x65, 0, 0]);
-        assert_eq!(
-            e.data,
-            Some(EncodedData::Verdict(NFT_GOTO, "mnl-pick4-npext-2".into()))
-        );
-        assert!(encode(&l, "17 . 30053").is_none());
-        assert!(encode(&l, "17 . 70000 : goto x").is_none());
-        assert!(encode(&l, "17 . 53 : accept").is_none());
+    fn addr(a: &str) -> Element {
+        Element::key(vec![Value::Addr(a.parse().unwrap())])
     }
 
     #[test]
     fn a_batch_is_framed_and_its_messages_acknowledged() {
+        let (e1, e2, e3) = (addr("10.96.0.1"), addr("10.96.0.2"), addr("10.96.0.3"));
         let changes = [
             SetChange {
                 set: "mnl-cluster-ips4",
                 type_: "ipv4_addr",
                 add: false,
-                elements: vec!["10.96.0.1"],
+                elements: vec![&e1],
             },
             SetChange {
                 set: "mnl-cluster-ips4",
                 type_: "ipv4_addr",
                 add: true,
-                elements: vec!["10.96.0.2", "10.96.0.3"],
+                elements: vec![&e2, &e3],
             },
         ];
         let b = batch(&changes, 100).unwrap();
@@ -501,11 +339,12 @@ mod tests {
         }
         assert_eq!(at, b.bytes.len());
         assert_eq!(kinds, vec![0x10, 0x0a0e, 0x0a0c, 0x11]);
+        let v6 = addr("fd00::1");
         let bad = [SetChange {
             set: "s",
             type_: "ipv4_addr",
             add: true,
-            elements: vec!["not an address"],
+            elements: vec![&v6],
         }];
         assert!(matches!(
             batch(&bad, 1),

@@ -61,13 +61,18 @@ pub struct Written {
 
 /// Writes `rs` as the whole table, in one transaction whose messages are
 /// numbered from `seq`.
-pub fn write(nft: &Nft, rs: &Ruleset, seq: u32) -> Result<Written, FullWriteError> {
+pub fn write(
+    nft: &Nft,
+    writer: &mut netlink::Writer,
+    rs: &Ruleset,
+    seq: u32,
+) -> Result<Written, FullWriteError> {
     let started = Instant::now();
     let (structure, changes) = script::full_split(rs);
     let dump = nft.compile(&structure).map_err(FullWriteError::Compile)?;
     let first = compiled::parse(&dump).map_err(FullWriteError::Dump)?;
     let compile = started.elapsed();
-    send(&[], &first, &changes, seq, started, compile)
+    send(writer, &[], &first, &changes, seq, started, compile)
 }
 
 /// Writes the changes from `old` to `new` (the table holds `old`) in one
@@ -77,6 +82,7 @@ pub fn write(nft: &Nft, rs: &Ruleset, seq: u32) -> Result<Written, FullWriteErro
 /// caller writes it through `nft -f`.
 pub fn write_incremental(
     nft: &Nft,
+    writer: &mut netlink::Writer,
     old: &Ruleset,
     new: &Ruleset,
     seq: u32,
@@ -94,10 +100,20 @@ pub fn write_incremental(
         compiled::parse(&dump).map_err(FullWriteError::Dump)?
     };
     let compile = started.elapsed();
-    send(&split.deletes, &first, &split.adds, seq, started, compile).map(Some)
+    send(
+        writer,
+        &split.deletes,
+        &first,
+        &split.adds,
+        seq,
+        started,
+        compile,
+    )
+    .map(Some)
 }
 
 fn send(
+    writer: &mut netlink::Writer,
     before: &[elements::SetChange<'_>],
     first: &[compiled::Message],
     after: &[elements::SetChange<'_>],
@@ -108,7 +124,7 @@ fn send(
     let batch =
         elements::batch_around(before, first, after, seq).map_err(FullWriteError::Elements)?;
     if !batch.acked.is_empty() {
-        netlink::apply(&batch).map_err(FullWriteError::Kernel)?;
+        writer.apply(&batch).map_err(FullWriteError::Kernel)?;
     }
     Ok(Written {
         messages: batch.acked.len(),

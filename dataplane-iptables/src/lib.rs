@@ -5,8 +5,10 @@
 //! as one atomic transaction per batch, holding only what changed (or the
 //! whole table): one nf_tables netlink batch sent from this process, the
 //! table's structure compiled by `nft --check` (`compiled.rs`) and the
-//! set and map elements encoded here (`elements.rs`, `full_write.rs`,
-//! `netlink.rs`), or `nft -f` where that writer does not apply. A batch
+//! set and map elements, rendered as data (`element.rs`), encoded here
+//! without a text round trip (`elements.rs`, `full_write.rs`), sent on
+//! one netlink socket kept open (`netlink.rs`), or `nft -f` where that
+//! writer does not apply. A batch
 //! that changes only services renders only those services, and when what
 //! changed is set and map elements alone (a backend moved, a service
 //! added or removed) it is element messages alone: `nft` would list the
@@ -58,6 +60,7 @@
 
 pub mod compiled;
 pub mod driver;
+pub mod element;
 pub mod elements;
 pub mod flows;
 pub mod full_write;

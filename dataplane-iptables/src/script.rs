@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use crate::element::Element;
 use crate::names::TABLE;
 use crate::render::{Ruleset, SetDef};
 
@@ -40,8 +41,11 @@ fn set_decl(out: &mut String, name: &str, def: &SetDef) {
     out.push_str(" }\n");
 }
 
-fn elements<'a>(out: &mut String, verb: &str, set: &str, items: impl Iterator<Item = &'a String>) {
-    let items: Vec<&String> = items.collect();
+/// `verb element` lines for `items`, in the order of their text (the
+/// order nft scripts always had).
+fn elements<'a>(out: &mut String, verb: &str, set: &str, items: impl Iterator<Item = &'a Element>) {
+    let mut items: Vec<String> = items.map(ToString::to_string).collect();
+    items.sort_unstable();
     for chunk in items.chunks(ELEMENTS_PER_LINE) {
         let list: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
         let _ = writeln!(
@@ -76,7 +80,7 @@ pub fn full(rs: &Ruleset) -> String {
 /// Whether the netlink writer (`elements.rs`) can write a set's elements:
 /// a layout it knows, no intervals, no timeout.
 fn by_netlink(def: &SetDef) -> bool {
-    !def.interval && def.timeout.is_none() && crate::elements::layout(def.type_).is_some()
+    !def.interval && def.timeout.is_none() && crate::element::layout(def.type_).is_some()
 }
 
 /// The whole table split in two for one batch: the script without the
@@ -94,7 +98,7 @@ pub fn full_split(rs: &Ruleset) -> (String, Vec<crate::elements::SetChange<'_>>)
                     set: name,
                     type_: def.type_,
                     add: true,
-                    elements: def.elements.iter().map(String::as_str).collect(),
+                    elements: def.elements.iter().collect(),
                 });
             }
         }
@@ -181,16 +185,8 @@ pub fn incremental_split<'a>(old: &'a Ruleset, new: &'a Ruleset) -> Option<Split
                 continue;
             }
             let o = &old.sets[name];
-            let gone: Vec<&str> = o
-                .elements
-                .difference(&def.elements)
-                .map(String::as_str)
-                .collect();
-            let added: Vec<&str> = def
-                .elements
-                .difference(&o.elements)
-                .map(String::as_str)
-                .collect();
+            let gone: Vec<&Element> = o.elements.difference(&def.elements).collect();
+            let added: Vec<&Element> = def.elements.difference(&o.elements).collect();
             if !gone.is_empty() {
                 deletes.push(crate::elements::SetChange {
                     set: name,
@@ -251,7 +247,7 @@ pub fn element_changes<'a>(
                 (false, o.elements.difference(&def.elements)),
                 (true, def.elements.difference(&o.elements)),
             ] {
-                let elements: Vec<&str> = elements.map(String::as_str).collect();
+                let elements: Vec<&Element> = elements.collect();
                 if !elements.is_empty() {
                     out.push(crate::elements::SetChange {
                         set: name,
@@ -341,6 +337,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::element::Value;
     use crate::render::RuleText;
 
     fn set(elements: &[&str]) -> SetDef {
@@ -349,7 +346,16 @@ mod tests {
             interval: true,
             timeout: None,
             comment: "sel:all()".into(),
-            elements: elements.iter().map(|s| s.to_string()).collect(),
+            elements: elements
+                .iter()
+                .map(|s| {
+                    Element::key(vec![if s.contains('/') {
+                        Value::Net(s.parse().unwrap())
+                    } else {
+                        Value::Addr(s.parse().unwrap())
+                    }])
+                })
+                .collect(),
         }
     }
 

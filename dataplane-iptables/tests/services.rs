@@ -175,6 +175,7 @@ fn every_kind_of_service_change_is_accepted_by_the_kernel() {
 /// applied, and the error names the message.
 #[test]
 fn a_refused_element_batch_leaves_the_table_as_it_was() {
+    use manul_dataplane_iptables::element::{Element, Value};
     use manul_dataplane_iptables::elements::{SetChange, batch};
     use manul_dataplane_iptables::{NftError, netlink};
     use manul_netns::NetNs;
@@ -195,22 +196,24 @@ fn a_refused_element_batch_leaves_the_table_as_it_was() {
                 .expect("nft list set");
             String::from_utf8_lossy(&out.stdout).to_string()
         };
-        let add = |e: &'static str| SetChange {
+        let addr = |a: &str| Element::key(vec![Value::Addr(a.parse().expect("an address"))]);
+        let (e1, e2, e3) = (addr("10.96.0.1"), addr("10.96.0.2"), addr("10.96.0.3"));
+        let add = |e| SetChange {
             set: "mnl-cluster-ips4",
             type_: "ipv4_addr",
             add: true,
             elements: vec![e],
         };
-        netlink::apply(&batch(&[add("10.96.0.1")], 1).unwrap()).expect("a good batch");
+        netlink::apply(&batch(&[add(&e1)], 1).unwrap()).expect("a good batch");
         assert!(list().contains("10.96.0.1"), "{}", list());
         let refused = batch(
             &[
-                add("10.96.0.2"),
+                add(&e2),
                 SetChange {
                     set: "mnl-cluster-ips4",
                     type_: "ipv4_addr",
                     add: false,
-                    elements: vec!["10.96.0.3"],
+                    elements: vec![&e3],
                 },
             ],
             10,
@@ -295,12 +298,29 @@ fn a_refused_whole_table_batch_leaves_the_table_as_it_was() {
                 .insert((s.namespace.clone(), s.name.clone()), s);
         }
         let mut rs = render_with(&state, &NftConfig::default());
+        let bad = manul_dataplane_iptables::element::Element::verdict(
+            {
+                use manul_dataplane_iptables::element::Value;
+                vec![
+                    Value::Addr("10.96.0.99".parse().expect("an address")),
+                    Value::Proto(6),
+                    Value::Port(80),
+                ]
+            },
+            manul_dataplane_iptables::element::Verb::Goto,
+            "mnl-no-such-chain",
+        );
         rs.sets
             .get_mut("mnl-svc-ips4")
             .expect("the cluster IP map")
             .elements
-            .insert("10.96.0.99 . 6 . 80 : goto mnl-no-such-chain".into());
-        match full_write::write(&Nft::default(), &rs, 1000) {
+            .insert(bad.clone());
+        match full_write::write(
+            &Nft::default(),
+            &mut manul_dataplane_iptables::netlink::Writer::default(),
+            &rs,
+            1000,
+        ) {
             Err(FullWriteError::Kernel(e)) => {
                 let text = manul_dataplane_api::chain(&e);
                 assert!(text.contains("elements of mnl-svc-ips4"), "{text}");
@@ -314,8 +334,14 @@ fn a_refused_whole_table_batch_leaves_the_table_as_it_was() {
             .get_mut("mnl-svc-ips4")
             .expect("the cluster IP map")
             .elements
-            .remove("10.96.0.99 . 6 . 80 : goto mnl-no-such-chain");
-        let written = full_write::write(&Nft::default(), &rs, 2000).expect("the batch");
+            .remove(&bad);
+        let written = full_write::write(
+            &Nft::default(),
+            &mut manul_dataplane_iptables::netlink::Writer::default(),
+            &rs,
+            2000,
+        )
+        .expect("the batch");
         assert!(written.messages > 10, "{written:?}");
         let after = list();
         assert!(

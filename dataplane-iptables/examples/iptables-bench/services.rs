@@ -54,6 +54,12 @@ pub struct Report {
     /// deleted again, and an empty transaction.
     nft_only_map_element: Stats,
     nft_only_noop: Stats,
+    /// Outside the driver, on the same table: one cluster-IP element
+    /// added in one batch and deleted in the next, over netlink; each
+    /// batch on a socket of its own (closed after it), or all on one
+    /// socket kept open (as the driver sends them).
+    netlink_socket_per_batch: Stats,
+    netlink_kept_socket: Stats,
     stats_after: Counters,
 }
 
@@ -119,6 +125,49 @@ fn snapshot(cli: &Cli) -> Vec<Operation> {
 
 fn nft_err(e: manul_dataplane_iptables::NftError) -> anyhow::Error {
     anyhow::anyhow!(chain(&e))
+}
+
+/// One element added then deleted, `pairs` times, timing each batch:
+/// first with a socket per batch, then on one socket kept open,
+/// alternating the two every pair so both see the same load.
+fn socket_side_by_side(pairs: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    use manul_dataplane_iptables::element::{Element, Value};
+    use manul_dataplane_iptables::elements::{SetChange, batch};
+    use manul_dataplane_iptables::netlink;
+    let element = Element::key(vec![Value::Addr(v4(u32::from(Ipv4Addr::new(
+        10, 255, 255, 254,
+    ))))]);
+    let change = |add| SetChange {
+        set: "mnl-cluster-ips4",
+        type_: "ipv4_addr",
+        add,
+        elements: vec![&element],
+    };
+    let mut writer = netlink::Writer::default();
+    let (mut per_batch, mut kept) = (Vec::new(), Vec::new());
+    let mut seq = 1_000_000;
+    for _ in 0..pairs {
+        for own_socket in [true, false] {
+            for add in [true, false] {
+                let b = batch(&[change(add)], seq).map_err(|e| anyhow::anyhow!(chain(&e)))?;
+                seq += 4;
+                let started = Instant::now();
+                if own_socket {
+                    netlink::apply(&b).map_err(nft_err)?;
+                    per_batch.push(ms(started));
+                } else {
+                    writer.apply(&b).map_err(nft_err)?;
+                    kept.push(ms(started));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "services: element batch p50 {:.2} ms on a socket per batch, {:.2} ms on a kept socket",
+        Stats::of(per_batch.clone()).median_ms,
+        Stats::of(kept.clone()).median_ms
+    );
+    Ok((per_batch, kept))
 }
 
 pub fn run(cli: &Cli) -> Result<Report> {
@@ -254,6 +303,7 @@ fn measure(
             .map_err(nft_err)?;
         nft_noop.push(ms(started));
     }
+    let (per_batch, kept) = socket_side_by_side(cli.changes.max(2))?;
     if driver.refresh().map_err(driver_err)? != manul_dataplane_iptables::Refresh::Clean {
         bail!("the refresh found the table changed");
     }
@@ -277,6 +327,8 @@ fn measure(
         diff_whole: Stats::of(diff_whole),
         nft_only_map_element: Stats::of(nft_element),
         nft_only_noop: Stats::of(nft_noop),
+        netlink_socket_per_batch: Stats::of(per_batch),
+        netlink_kept_socket: Stats::of(kept),
         stats_after: driver.stats().into(),
     })
 }

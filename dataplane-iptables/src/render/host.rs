@@ -67,7 +67,7 @@ pub(super) fn render(
     config: &NftConfig,
     chains: &mut BTreeMap<String, Rules>,
     maps: &mut BTreeMap<&str, SetDef>,
-) -> BTreeSet<String> {
+) -> BTreeSet<crate::element::Element> {
     let mut named = BTreeSet::new();
     let mut any: BTreeMap<&str, Rules> = [
         ANY_TO_HOST,
@@ -100,7 +100,7 @@ pub(super) fn render(
             }
             continue;
         }
-        named.insert(format!("\"{iface}\""));
+        named.insert(crate::element::Element::iface(iface));
         insert(maps, MAP_TO_HOST, map_entry(iface, &made.to_host));
         insert(maps, MAP_FROM_HOST, map_entry(iface, &made.from_host));
         if let Some((to, from)) = &made.forward {

@@ -41,6 +41,7 @@ use manul_dataplane_api::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::element::{Element, Value, Verb};
 use crate::flows::prefix;
 use crate::names::{self, MARK_ACCEPT, MARK_PASS};
 use rule::{Family, Owner};
@@ -60,8 +61,9 @@ pub struct SetDef {
     /// state.
     pub timeout: Option<u32>,
     pub comment: String,
-    /// Elements as nft writes them.
-    pub elements: BTreeSet<String>,
+    /// Elements as data (`element.rs` writes them as text or encodes
+    /// them for netlink).
+    pub elements: BTreeSet<Element>,
 }
 
 /// A regular chain's rules, each with its comment.
@@ -528,7 +530,7 @@ pub(crate) fn endpoint_chains(
 /// directions must then be allowed by untracked policy, as in Calico).
 const ACCEPTED_UNTRACKED: &str = "meta mark & 0x00010000 == 0x00010000 notrack return";
 
-fn set_elements(kind: IpSetKind, members: &BTreeSet<IpSetMember>, v6: bool) -> BTreeSet<String> {
+fn set_elements(kind: IpSetKind, members: &BTreeSet<IpSetMember>, v6: bool) -> BTreeSet<Element> {
     match kind {
         IpSetKind::Net => {
             let nets: Vec<IpNet> = members
@@ -539,15 +541,19 @@ fn set_elements(kind: IpSetKind, members: &BTreeSet<IpSetMember>, v6: bool) -> B
                 })
                 .collect();
             IpNet::aggregate(&nets)
-                .iter()
-                .map(ToString::to_string)
+                .into_iter()
+                .map(|n| Element::key(vec![Value::Net(n)]))
                 .collect()
         }
         IpSetKind::NamedPort => members
             .iter()
             .filter_map(|m| match m {
                 IpSetMember::NamedPort { ip, protocol, port } if ip.is_ipv6() == v6 => {
-                    Some(format!("{ip} . {protocol} . {port}"))
+                    Some(Element::key(vec![
+                        Value::Addr(*ip),
+                        Value::Proto(*protocol),
+                        Value::Port(*port),
+                    ]))
                 }
                 _ => None,
             })
@@ -555,8 +561,8 @@ fn set_elements(kind: IpSetKind, members: &BTreeSet<IpSetMember>, v6: bool) -> B
     }
 }
 
-pub(crate) fn map_entry(iface: &str, chain: &str) -> String {
-    format!("\"{iface}\" : jump {chain}")
+pub(crate) fn map_entry(iface: &str, chain: &str) -> Element {
+    Element::verdict(vec![Value::Iface(iface.to_string())], Verb::Jump, chain)
 }
 
 fn empty_map() -> SetDef {
@@ -684,7 +690,7 @@ pub fn render_indexed(state: &DesiredState, config: &NftConfig) -> (Ruleset, ser
         );
         insert(&mut maps, MAP_TO_WORKLOAD, map_entry(iface, &to));
         insert(&mut maps, MAP_FROM_WORKLOAD, map_entry(iface, &from));
-        ifaces.insert(format!("\"{iface}\""));
+        ifaces.insert(Element::iface(iface));
     }
     let host_ifaces = host::render(state, config, &mut rs.chains, &mut maps);
     rs.chains.extend(services::fixed_chains(config));
@@ -716,7 +722,7 @@ pub fn render_indexed(state: &DesiredState, config: &NftConfig) -> (Ruleset, ser
     (rs, claims)
 }
 
-pub(crate) fn insert(maps: &mut BTreeMap<&str, SetDef>, map: &str, entry: String) {
+pub(crate) fn insert(maps: &mut BTreeMap<&str, SetDef>, map: &str, entry: Element) {
     if let Some(def) = maps.get_mut(map) {
         def.elements.insert(entry);
     }

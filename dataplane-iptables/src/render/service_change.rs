@@ -12,8 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use manul_dataplane_api::{Service, ServiceKey};
 
 use super::service_pick::PICK_CHAINS;
-use super::services::{Claims, ServiceObjects, element_key, render_service};
+use super::services::{Claims, ServiceObjects, render_service};
 use super::{NftConfig, Ruleset, SetDef};
+use crate::element::{Element, Value};
 
 /// One service's change: its key, and the service before and after
 /// (`None`: absent).
@@ -46,15 +47,15 @@ pub fn render_changes(
             )
         })
         .collect();
-    let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut touched: BTreeSet<(String, Vec<Value>)> = BTreeSet::new();
     for (_, before, after) in &rendered {
         for objects in [before, after].into_iter().flatten() {
             for (set, element) in &objects.elements {
-                touched.insert((set.clone(), element_key(element).to_string()));
+                touched.insert((set.clone(), element.key.clone()));
             }
         }
     }
-    let holders_before: Vec<Option<String>> = touched
+    let holders_before: Vec<Option<Element>> = touched
         .iter()
         .map(|(set, key)| claims.holder(set, key).cloned())
         .collect();
@@ -92,8 +93,10 @@ pub fn render_changes(
                 (Some(_), None) => &mut change.old,
                 _ => continue,
             };
-            if let Some(rules) = pick_chains.get(key) {
-                part.chains.insert(key.clone(), rules.clone());
+            if let [Value::Chain(name)] = key.as_slice()
+                && let Some(rules) = pick_chains.get(name)
+            {
+                part.chains.insert(name.clone(), rules.clone());
             }
             continue;
         }

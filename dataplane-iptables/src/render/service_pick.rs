@@ -32,11 +32,10 @@
 //! A pick chain is claimed like a shared map entry (`PICK_CHAINS`): it is
 //! written with its first user and removed with its last.
 
-use std::net::IpAddr;
-
 use manul_dataplane_api::Backend;
 
 use super::{Rules, SetDef, with_comment};
+use crate::element::{Element, Value};
 use crate::names::MARK_MASQ;
 
 /// The pseudo-set under which services claim the pick chains they use.
@@ -232,29 +231,23 @@ pub fn hairpin_rule(v6: bool) -> String {
     )
 }
 
-fn fmt_addr(ip: &IpAddr) -> String {
-    ip.to_string()
-}
-
 /// The backend map entries of one frontend (`key`: `daddr . proto .
 /// dport`, or `proto . port` for a node port): `backends` at `offset +
 /// i`.
-pub fn backend_entries(key: &str, offset: u32, backends: &[Backend]) -> Vec<String> {
+pub fn backend_entries(key: &[Value], offset: u32, backends: &[Backend]) -> Vec<Element> {
     backends
         .iter()
         .enumerate()
         .map(|(i, b)| {
-            format!(
-                "{key} . {} : {} . {}",
-                offset + i as u32,
-                fmt_addr(&b.ip),
-                b.port
-            )
+            let mut k = Vec::with_capacity(key.len() + 1);
+            k.extend_from_slice(key);
+            k.push(Value::Index(offset + i as u32));
+            Element::values(k, vec![Value::Addr(b.ip), Value::Port(b.port)])
         })
         .collect()
 }
 
 /// The hairpin set's element for a backend.
-pub fn hairpin_element(b: &Backend) -> String {
-    format!("{ip} . {ip}", ip = b.ip)
+pub fn hairpin_element(b: &Backend) -> Element {
+    Element::key(vec![Value::Addr(b.ip), Value::Addr(b.ip)])
 }

@@ -64,6 +64,7 @@ use manul_dataplane_api::{Backend, DesiredState, Service, ServiceKey, ServicePor
 
 use super::service_pick::{self, PICK_CHAINS, Pick};
 use super::{NftConfig, Rules, SetDef, with_comment, with_id};
+use crate::element::{Element, Value, Verb};
 use crate::names::{self, MARK_MASQ, ServiceObject};
 
 /// The fixed chains.
@@ -281,7 +282,7 @@ pub(super) fn empty_maps() -> BTreeMap<String, SetDef> {
 ///
 /// A shared set or map a service's own rendering does not hold yet is
 /// created for its elements (see [`render_service`]).
-fn add(sets: &mut BTreeMap<String, SetDef>, map: &str, entry: String) {
+fn add(sets: &mut BTreeMap<String, SetDef>, map: &str, entry: Element) {
     if !sets.contains_key(map) {
         if !shared_names().contains(map) {
             return;
@@ -291,17 +292,15 @@ fn add(sets: &mut BTreeMap<String, SetDef>, map: &str, entry: String) {
     let Some(def) = sets.get_mut(map) else {
         return;
     };
-    if !entry.contains(" : ") {
+    if entry.data.is_none() {
         def.elements.insert(entry);
         return;
     }
-    let key = element_key(&entry);
-    let prefix = format!("{key} : ");
     let taken = def
         .elements
-        .range(prefix.clone()..)
+        .range(Element::first_of(&entry.key)..)
         .next()
-        .is_some_and(|e| e.starts_with(&prefix));
+        .is_some_and(|e| e.key == entry.key);
     if !taken {
         def.elements.insert(entry);
     }
@@ -335,13 +334,27 @@ pub struct ServiceObjects {
     /// elements of [`PICK_CHAINS`]).
     pub shared_chains: BTreeMap<String, Rules>,
     /// `(shared set or map, element)`; at most one element per map key.
-    pub elements: Vec<(String, String)>,
+    pub elements: Vec<(String, Element)>,
 }
 
-/// The key of a shared set's element or a map's entry (what comes before
-/// ` : `): two services claiming one key cannot both have it.
-pub fn element_key(element: &str) -> &str {
-    element.split(" : ").next().unwrap_or_default()
+/// The address, protocol and port of a frontend by address: the key of
+/// the verdict maps by address.
+fn triple(ip: &IpAddr, port: &ServicePort) -> Vec<Value> {
+    vec![
+        Value::Addr(*ip),
+        Value::Proto(port.protocol),
+        Value::Port(port.port),
+    ]
+}
+
+/// The protocol and node port of a frontend by node port.
+fn node_port_key(protocol: u8, node_port: u16) -> Vec<Value> {
+    vec![Value::Proto(protocol), Value::Port(node_port)]
+}
+
+/// The element sending `key` to the reject chain.
+fn reject(key: Vec<Value>) -> Element {
+    Element::verdict(key, Verb::Goto, REJECT)
 }
 
 /// Renders one service on its own; [`render`] merges the services, and
@@ -358,7 +371,11 @@ pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
         .map(IpAddr::is_ipv6)
         .collect();
     for ip in &svc.cluster_ips {
-        add(&mut sets, &Fam::of(ip).map("cluster-ips"), ip.to_string());
+        add(
+            &mut sets,
+            &Fam::of(ip).map("cluster-ips"),
+            Element::key(vec![Value::Addr(*ip)]),
+        );
     }
     for v6 in families {
         let f = Fam { v6 };
@@ -395,14 +412,14 @@ pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
 /// service in key order has it (see [`add`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claims {
-    by_key: BTreeMap<(String, String), BTreeMap<ServiceKey, String>>,
+    by_key: BTreeMap<(String, Vec<Value>), BTreeMap<ServiceKey, Element>>,
 }
 
 impl Claims {
     /// The element that holds `(set, key)`, if any service claims it.
-    pub fn holder(&self, set: &str, key: &str) -> Option<&String> {
+    pub fn holder(&self, set: &str, key: &[Value]) -> Option<&Element> {
         self.by_key
-            .get(&(set.to_string(), key.to_string()))
+            .get(&(set.to_string(), key.to_vec()))
             .and_then(|m| m.values().next())
     }
 
@@ -410,7 +427,7 @@ impl Claims {
     pub fn insert(&mut self, service: &ServiceKey, objects: &ServiceObjects) {
         for (set, element) in &objects.elements {
             self.by_key
-                .entry((set.clone(), element_key(element).to_string()))
+                .entry((set.clone(), element.key.clone()))
                 .or_default()
                 .insert(service.clone(), element.clone());
         }
@@ -419,7 +436,7 @@ impl Claims {
     /// Forgets `service`'s claims.
     pub fn remove(&mut self, service: &ServiceKey, objects: &ServiceObjects) {
         for (set, element) in &objects.elements {
-            let k = (set.clone(), element_key(element).to_string());
+            let k = (set.clone(), element.key.clone());
             if let Some(m) = self.by_key.get_mut(&k) {
                 m.remove(service);
                 if m.is_empty() {
@@ -443,8 +460,10 @@ pub(super) fn render(
         let objects = render_service(svc, config);
         claims.insert(key, &objects);
         // The pick chains are chains, not a set of the table.
-        for (set, element) in objects.elements.iter().filter(|(s, _)| s != PICK_CHAINS) {
-            add(sets, set, element.clone());
+        for (set, element) in objects.elements {
+            if set != PICK_CHAINS {
+                add(sets, &set, element);
+            }
         }
         chains.extend(objects.chains);
         chains.extend(objects.shared_chains);
@@ -503,7 +522,7 @@ fn firewall(
             add(
                 sets,
                 &f.map("svc-fw"),
-                format!("{} . {} . {} : jump {chain}", ip, port.protocol, port.port),
+                Element::verdict(triple(ip, port), Verb::Jump, chain.clone()),
             );
         }
     }
@@ -553,21 +572,25 @@ fn frontend(
     f: Fam,
     node_port: bool,
     verdict_map: &str,
-    key: &str,
+    key: &[Value],
     protocol: u8,
     pick: Pick,
     backends: &[Backend],
 ) {
     let n = backends.len();
     let chain = service_pick::chain_name(pick, f.v6, node_port, n);
-    add(sets, verdict_map, format!("{key} : goto {chain}"));
+    add(
+        sets,
+        verdict_map,
+        Element::verdict(key.to_vec(), Verb::Goto, chain.clone()),
+    );
     if !chains.contains_key(&chain) {
         chains.insert(
             chain.clone(),
             service_pick::chain_rules(pick, f.v6, node_port, n),
         );
     }
-    add(sets, PICK_CHAINS, chain);
+    add(sets, PICK_CHAINS, Element::key(vec![Value::Chain(chain)]));
     let offset = match pick {
         Pick::LocalFromPod | Pick::LocalFromNode => service_pick::CLUSTER_OFFSET,
         _ => 0,
@@ -595,15 +618,13 @@ fn service_port_data(
     let local = of_family(&port.local_backends, f);
     let internal_local = svc.internal_traffic == TrafficPolicy::Local;
     let external_local = svc.external_traffic == TrafficPolicy::Local;
-    let reject = format!("goto {REJECT}");
-    let key = |ip: &IpAddr| format!("{ip} . {} . {}", port.protocol, port.port);
 
     let internal = if internal_local { &local } else { &cluster };
     for ip in svc.cluster_ips.iter().filter(|ip| Fam::of(ip) == f) {
         if internal.is_empty() {
-            add(sets, &f.map("noep-ips"), format!("{} : {reject}", key(ip)));
+            add(sets, &f.map("noep-ips"), reject(triple(ip, port)));
         } else {
-            let k = key(ip);
+            let k = triple(ip, port);
             let map = f.map("svc-ips");
             frontend(
                 sets,
@@ -620,13 +641,13 @@ fn service_port_data(
     }
 
     let ext_backends = if external_local { &local } else { &cluster };
-    let mut externals: Vec<(bool, String)> = svc
+    let mut externals: Vec<(bool, Vec<Value>)> = svc
         .external_addresses()
         .filter(|ip| Fam::of(ip) == f)
-        .map(|ip| (false, key(ip)))
+        .map(|ip| (false, triple(ip, port)))
         .collect();
     if let Some(np) = port.node_port {
-        externals.push((true, format!("{} . {np}", port.protocol)));
+        externals.push((true, node_port_key(port.protocol, np)));
     }
     for (node_port, k) in externals {
         let (main, xpod, xnode, noep) = if node_port {
@@ -635,7 +656,7 @@ fn service_port_data(
             ("svc-ips", "svc-xpod", "svc-xnode", "noep-ips")
         };
         if ext_backends.is_empty() {
-            add(sets, &f.map(noep), format!("{k} : {reject}"));
+            add(sets, &f.map(noep), reject(k));
         } else if external_local {
             let (main, xpod, xnode) = (f.map(main), f.map(xpod), f.map(xnode));
             frontend(
@@ -715,8 +736,7 @@ fn service_port_chains(
         .collect();
     let internal_local = svc.internal_traffic == TrafficPolicy::Local;
     let external_local = svc.external_traffic == TrafficPolicy::Local;
-    let key = |ip: &IpAddr| format!("{ip} . {} . {}", port.protocol, port.port);
-    let reject = format!("goto {REJECT}");
+    let reject_rule = format!("goto {REJECT}");
 
     // The backend chains the traffic kinds use.
     let cluster_chain = names::service_object(ServiceObject::Cluster, f.v6, &body);
@@ -729,7 +749,7 @@ fn service_port_chains(
     let internal = if internal_local { &local } else { &cluster };
     for ip in &cluster_ips {
         if internal.is_empty() {
-            add(sets, &f.map("noep-ips"), format!("{} : {reject}", key(ip)));
+            add(sets, &f.map("noep-ips"), reject(triple(ip, port)));
         } else {
             let target = if internal_local {
                 need_local = true;
@@ -741,7 +761,7 @@ fn service_port_chains(
             add(
                 sets,
                 &f.map("svc-ips"),
-                format!("{} : goto {target}", key(ip)),
+                Element::verdict(triple(ip, port), Verb::Goto, target.clone()),
             );
         }
     }
@@ -754,25 +774,25 @@ fn service_port_chains(
         let mut used = false;
         for ip in &external {
             if ext_backends.is_empty() {
-                add(sets, &f.map("noep-ips"), format!("{} : {reject}", key(ip)));
+                add(sets, &f.map("noep-ips"), reject(triple(ip, port)));
             } else {
                 add(
                     sets,
                     &f.map("svc-ips"),
-                    format!("{} : goto {ext_chain}", key(ip)),
+                    Element::verdict(triple(ip, port), Verb::Goto, ext_chain.clone()),
                 );
                 used = true;
             }
         }
         if let Some(np) = port.node_port {
-            let k = format!("{} . {np}", port.protocol);
+            let k = node_port_key(port.protocol, np);
             if ext_backends.is_empty() {
-                add(sets, &f.map("noep-nodeports"), format!("{k} : {reject}"));
+                add(sets, &f.map("noep-nodeports"), reject(k));
             } else {
                 add(
                     sets,
                     &f.map("svc-nodeports"),
-                    format!("{k} : goto {ext_chain}"),
+                    Element::verdict(k, Verb::Goto, ext_chain.clone()),
                 );
                 used = true;
             }
@@ -805,7 +825,7 @@ fn service_port_chains(
                     need_cluster = true;
                 }
                 if local.is_empty() {
-                    rules.push(with_id(&ext_chain, "no local backends", &reject));
+                    rules.push(with_id(&ext_chain, "no local backends", &reject_rule));
                 } else {
                     rules.push(with_id(
                         &ext_chain,

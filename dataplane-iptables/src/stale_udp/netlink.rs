@@ -33,17 +33,28 @@ pub enum StaleUdpError {
 }
 
 /// Deletes the entries [`stale`] finds; returns how many it deleted (one
-/// gone meanwhile is not counted, and is no error).
+/// gone meanwhile is not counted, and is no error). On a socket of its
+/// own; see [`clear_on`].
 pub fn clear(frontends: &UdpFrontends) -> Result<usize, StaleUdpError> {
     if frontends.is_empty() {
         return Ok(0);
     }
     let mut socket = Socket::new(NETLINK_NETFILTER).map_err(StaleUdpError::Open)?;
     socket.bind_auto().map_err(StaleUdpError::Open)?;
-    let entries = dump_table(&socket).map_err(StaleUdpError::Dump)?;
+    clear_on(&socket, frontends)
+}
+
+/// [`clear`] on a `NETLINK_NETFILTER` socket that is kept open (closing
+/// one waits for nf_tables, see `crate::netlink`) and has no answer
+/// queued.
+pub fn clear_on(socket: &Socket, frontends: &UdpFrontends) -> Result<usize, StaleUdpError> {
+    if frontends.is_empty() {
+        return Ok(0);
+    }
+    let entries = dump_table(socket).map_err(StaleUdpError::Dump)?;
     let mut deleted = 0;
     for tuple in stale(frontends, &entries) {
-        match delete(&socket, &tuple) {
+        match delete(socket, &tuple) {
             Ok(()) => deleted += 1,
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {}
             Err(source) => return Err(StaleUdpError::Delete { tuple, source }),

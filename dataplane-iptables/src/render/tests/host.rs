@@ -151,7 +151,7 @@ fn one_endpoint_per_interface_the_lowest_id() {
     let rs = render(&hosts());
     let to = names::host_chain("eth0", true, HostChain::Normal);
     assert_eq!(
-        rs.sets[MAP_TO_HOST].elements,
+        super::text(&rs.sets[MAP_TO_HOST].elements),
         BTreeSet::from([format!("\"eth0\" : jump {to}")])
     );
     // node1-eth0's policy, not node1-other-eth0's profile.
@@ -162,7 +162,7 @@ fn one_endpoint_per_interface_the_lowest_id() {
         "{rules:?}"
     );
     assert_eq!(
-        rs.sets[SET_HOST_IFACES].elements,
+        super::text(&rs.sets[SET_HOST_IFACES].elements),
         BTreeSet::from(["\"eth0\"".to_string()])
     );
 }
@@ -181,11 +181,7 @@ fn untracked_policy_is_at_raw_priority_both_ways_and_allows_untracked() {
     assert!(base("mnl-raw-output").contains("hook output priority raw"));
     for (inbound, map) in [(true, MAP_TO_HOST_RAW), (false, MAP_FROM_HOST_RAW)] {
         let chain = names::host_chain("eth0", inbound, HostChain::Untracked);
-        assert!(
-            rs.sets[map]
-                .elements
-                .contains(&format!("\"eth0\" : jump {chain}"))
-        );
+        assert!(super::text(&rs.sets[map].elements).contains(&format!("\"eth0\" : jump {chain}")));
         let rules = texts(&rs, &chain);
         // Failsafe ports of both directions first (replies are not known
         // as replies before conntrack), then the tier; an allow is

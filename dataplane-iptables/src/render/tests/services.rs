@@ -96,7 +96,13 @@ fn cluster() -> DesiredState {
 }
 
 fn elements(rs: &Ruleset, map: &str) -> Vec<String> {
-    rs.sets[map].elements.iter().cloned().collect()
+    let mut out: Vec<String> = rs.sets[map]
+        .elements
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    out.sort();
+    out
 }
 
 fn obj(kind: ServiceObject, v6: bool, body: &str) -> String {
@@ -441,9 +447,17 @@ fn a_service_update_changes_only_that_service() {
     }
     let (programmed, change) = update(&moved);
     let sets = crate::script::element_changes(&programmed, &change.old, &change.new).unwrap();
-    let touched: Vec<(&str, bool, Vec<&str>)> = sets
+    let owned: Vec<(&str, bool, Vec<String>)> = sets
         .iter()
-        .map(|c| (c.set, c.add, c.elements.clone()))
+        .map(|c| {
+            let mut texts: Vec<String> = c.elements.iter().map(ToString::to_string).collect();
+            texts.sort();
+            (c.set, c.add, texts)
+        })
+        .collect();
+    let touched: Vec<(&str, bool, Vec<&str>)> = owned
+        .iter()
+        .map(|(s, a, t)| (*s, *a, t.iter().map(String::as_str).collect()))
         .collect();
     assert_eq!(
         touched,
@@ -657,4 +671,95 @@ fn service_changes_rendered_alone_match_the_whole_render() {
         vec![("edge", Some(edge())), ("gone", Some(gone()))],
         vec![("web", None), ("z-rival", None)],
     ]);
+}
+
+/// [`cluster`], a service like [`edge`] without affinity (its
+/// `Local` policy as data) with an SCTP port, and an IP set of named
+/// ports, both families.
+fn cluster_and_named_ports() -> DesiredState {
+    use manul_dataplane_api::{IpSet, IpSetKind, IpSetMember};
+    let mut data = edge();
+    data.name = "edge-data".into();
+    data.affinity_timeout_seconds = None;
+    data.cluster_ips = vec![ip("10.96.0.40")];
+    data.external_ips = vec![ip("192.0.2.60")];
+    data.load_balancer_ips = vec![ip("198.51.100.20")];
+    data.ports[0].node_port = Some(30444);
+    let mut sctp = data.ports[0].clone();
+    sctp.name = "sctp".into();
+    sctp.protocol = 132;
+    sctp.port = 9;
+    sctp.node_port = None;
+    data.ports.push(sctp);
+    let mut state = with(&[web(), edge(), gone(), data]);
+    state.ip_sets.insert(
+        "sel:app == 'web'".into(),
+        IpSet {
+            kind: IpSetKind::NamedPort,
+            members: [
+                IpSetMember::NamedPort {
+                    ip: ip("10.65.0.2"),
+                    protocol: 6,
+                    port: 8080,
+                },
+                IpSetMember::NamedPort {
+                    ip: ip("fd00:65::2"),
+                    protocol: 132,
+                    port: 9,
+                },
+            ]
+            .into_iter()
+            .collect(),
+        },
+    );
+    state
+}
+
+/// Every element the netlink writer sends for [`cluster_and_named_ports`],
+/// one line each: the set, the element as nft writes it, and the whole
+/// netlink message that adds it alone (hex).
+fn encoded_lines(rs: &Ruleset) -> Vec<String> {
+    let (_, changes) = crate::script::full_split(rs);
+    let mut lines = Vec::new();
+    for change in &changes {
+        for e in &change.elements {
+            let one = crate::elements::SetChange {
+                set: change.set,
+                type_: change.type_,
+                add: true,
+                elements: vec![*e],
+            };
+            let batch = crate::elements::batch(&[one], 1).unwrap();
+            lines.push(format!(
+                "{}\t{}\t{}",
+                change.set,
+                e,
+                hex::encode(&batch.bytes)
+            ));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// The elements the netlink writer encodes are the bytes the string path
+/// (render to text, parse the text back) sent: `services.elements` was
+/// written by that path (`MANUL_UPDATE_GOLDEN=1` rewrites it).
+#[test]
+fn encoded_elements_match_the_golden_encoding() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/render/tests/services.elements");
+    let got = encoded_lines(&render(&cluster_and_named_ports())).join("\n") + "\n";
+    if std::env::var_os("MANUL_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        got.lines().count() > 50,
+        "too few elements to compare: {got}"
+    );
+    assert!(
+        got == want,
+        "the encoding differs from {} (MANUL_UPDATE_GOLDEN=1 rewrites it)",
+        path.display()
+    );
 }
