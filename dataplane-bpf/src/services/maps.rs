@@ -11,6 +11,7 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
 
+use super::plan::diff::Peak;
 use super::plan::{
     BackendAddr, Frontend, FrontendEntry, PROTO_SCTP, PROTO_UDP, Programmed, TableInfo, Writes,
 };
@@ -251,27 +252,31 @@ impl ServiceMaps {
         Ok(())
     }
 
-    /// Deletes the source ranges not in `want` (after the address entries
-    /// stopped naming them).
-    pub fn remove_source_ranges(
-        &mut self,
-        want: &BTreeSet<(Ipv4Addr, Ipv4Net)>,
-    ) -> Result<(), BpfError> {
-        let stale: Vec<Key<abi::manul_svc_src_data>> = self
-            .src
+    /// The source ranges the map holds.
+    pub fn source_ranges(&self) -> BTreeSet<(Ipv4Addr, Ipv4Net)> {
+        self.src
             .keys()
             .flatten()
-            .filter(|k| {
+            .filter_map(|k| {
                 let d = k.data();
-                let len = u8::try_from(k.prefix_len().saturating_sub(32)).unwrap_or(u8::MAX);
-                let range = Ipv4Net::new(host_addr(d.client), len).map(|r| r.trunc());
-                !range.is_ok_and(|r| want.contains(&(host_addr(d.lb), r)))
+                let len = u8::try_from(k.prefix_len().checked_sub(32)?).ok()?;
+                let range = Ipv4Net::new(host_addr(d.client), len).ok()?;
+                Some((host_addr(d.lb), range.trunc()))
             })
-            .collect();
-        for k in stale {
-            self.src
-                .remove(&k)
-                .map_err(|e| BpfError::map("manul_svc_src", "remove a source range", e))?;
+            .collect()
+    }
+
+    /// Deletes source ranges (after the address entries stopped naming
+    /// them); one already gone is fine.
+    pub fn remove_source_ranges(
+        &mut self,
+        stale: &BTreeSet<(Ipv4Addr, Ipv4Net)>,
+    ) -> Result<(), BpfError> {
+        for (lb, range) in stale {
+            let removed = self.src.remove(&src_key(*lb, *range));
+            already_gone_ok(removed, "manul_svc_src", || {
+                format!("remove {range} from {lb}")
+            })?;
         }
         Ok(())
     }
@@ -331,25 +336,13 @@ impl ServiceMaps {
 
     /// Checks that the maps can hold every entry at the sync's peak
     /// (before its deletions).
-    pub fn check(&self, w: &Writes, next: &Programmed) -> Result<(), BpfError> {
-        let v6 = |f: &&Frontend| f.addr.is_ipv6();
-        let fe6 =
-            next.frontends.keys().filter(v6).count() + w.frontend_deletes.iter().filter(v6).count();
-        let fe = next.frontends.len() + w.frontend_deletes.len() - fe6;
-        let backends = next.lists.values().flatten();
-        let be6 = backends.clone().filter(|b| b.addr.is_ipv6()).count();
-        // A deleted index may be of either family: counted in both.
-        let be = backends.count() - be6 + w.backend_deletes.len();
-        let be6 = be6 + w.backend_deletes.len();
-        let size = |(_, size): &(u32, u32)| *size as usize;
-        let mag = next.tables.values().map(|t| t.size as usize).sum::<usize>()
-            + w.table_deletes.iter().map(size).sum::<usize>();
+    pub fn check(&self, peak: &Peak) -> Result<(), BpfError> {
         for (map, needed, capacity) in [
-            ("manul_svc_fe", fe, self.fe_capacity),
-            ("manul_svc_be", be, self.be_capacity),
-            ("manul_svc_mag", mag, self.mag_capacity),
-            ("manul_svc_fe6", fe6, self.fe6_capacity),
-            ("manul_svc_be6", be6, self.be6_capacity),
+            ("manul_svc_fe", peak.fe, self.fe_capacity),
+            ("manul_svc_be", peak.be, self.be_capacity),
+            ("manul_svc_mag", peak.mag, self.mag_capacity),
+            ("manul_svc_fe6", peak.fe6, self.fe6_capacity),
+            ("manul_svc_be6", peak.be6, self.be6_capacity),
         ] {
             if needed > capacity {
                 return Err(BpfError::Capacity {
@@ -578,10 +571,20 @@ fn remove<K: aya::Pod, V: aya::Pod>(
     key: &K,
     name: &'static str,
 ) -> Result<(), BpfError> {
-    match map.remove(key) {
-        Ok(()) => Ok(()),
-        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+    already_gone_ok(map.remove(key), name, || {
+        "cannot delete an entry".to_string()
+    })
+}
+
+/// A removal's outcome, where an entry already gone is fine.
+fn already_gone_ok(
+    removed: Result<(), aya::maps::MapError>,
+    name: &'static str,
+    what: impl FnOnce() -> String,
+) -> Result<(), BpfError> {
+    match removed {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(2) => Ok(()),
-        Err(e) => Err(BpfError::map(name, "cannot delete an entry", e)),
+        Err(e) => Err(BpfError::map(name, what(), e)),
     }
 }
