@@ -11,14 +11,13 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
 
+use super::clean::{self, V4, V6};
 use super::plan::diff::Peak;
-use super::plan::{
-    BackendAddr, Frontend, FrontendEntry, PROTO_SCTP, PROTO_UDP, Programmed, TableInfo, Writes,
-};
+use super::plan::{BackendAddr, Frontend, FrontendEntry, Programmed, TableInfo, Writes};
 use crate::abi;
 use crate::error::BpfError;
 
-type Hash<K, V> = HashMap<MapData, K, V>;
+pub(super) type Hash<K, V> = HashMap<MapData, K, V>;
 
 /// Handles on the service maps.
 pub struct ServiceMaps {
@@ -151,14 +150,14 @@ pub fn be6_value(b: &BackendAddr) -> abi::manul_svc_be6_value {
     }
 }
 
-fn backend_of(addr: u32, port: u16) -> BackendAddr {
+pub(super) fn backend_of(addr: u32, port: u16) -> BackendAddr {
     BackendAddr {
         addr: IpAddr::V4(host_addr(addr)),
         port: u16::from_be(port),
     }
 }
 
-fn backend6_of(addr: [u8; 16], port: u16) -> BackendAddr {
+pub(super) fn backend6_of(addr: [u8; 16], port: u16) -> BackendAddr {
     BackendAddr {
         addr: IpAddr::V6(Ipv6Addr::from(addr)),
         port: u16::from_be(port),
@@ -166,7 +165,7 @@ fn backend6_of(addr: [u8; 16], port: u16) -> BackendAddr {
 }
 
 /// MANUL_HAIRPIN_SNAT_V6 (manul_maps.h) as the maps hold it.
-fn hairpin_snat_v6() -> [u8; 16] {
+pub(super) fn hairpin_snat_v6() -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..4].copy_from_slice(&abi::MANUL_HAIRPIN_SNAT_V6_W0.to_be_bytes());
     out[12..].copy_from_slice(&abi::MANUL_HAIRPIN_SNAT_V6_W3.to_be_bytes());
@@ -433,135 +432,18 @@ impl ServiceMaps {
         self.aff.keys().flatten().count() + self.aff6.keys().flatten().count()
     }
 
-    /// Forgets what clients had of backends that went away: their
-    /// affinity entries, and their UDP flows (the next datagram picks a
-    /// live backend; a masqueraded flow's reverse entries too); marks their TCP connections for a reset (the
-    /// program answers the client's next packet with a RST). Returns how
-    /// many entries it removed or marked.
+    /// Forgets what clients had of backends that went away, in both
+    /// families: their affinity entries, and their UDP and SCTP flows (the
+    /// next datagram picks a live backend; a masqueraded flow's reverse
+    /// entries too); marks their TCP connections for a reset (the program
+    /// answers the client's next packet with a RST). Returns how many
+    /// entries it removed or marked.
     pub fn clean(&mut self, gone: &BTreeMap<u32, BTreeSet<BackendAddr>>) -> usize {
         if gone.is_empty() {
             return 0;
         }
-        let is_gone = |id: u32, addr: u32, port: u16| {
-            gone.get(&id)
-                .is_some_and(|s| s.contains(&backend_of(addr, port)))
-        };
-        let aff: Vec<_> = self
-            .aff
-            .iter()
-            .flatten()
-            .filter(|(k, v)| is_gone(k.id, v.addr, v.port))
-            .map(|(k, _)| k)
-            .collect();
-        let snat = abi::MANUL_HAIRPIN_SNAT_V4.to_be();
-        let mut nat = Vec::new();
-        let mut reset = Vec::new();
-        for (k, v) in self.nat.iter().flatten() {
-            if k.dir != abi::MANUL_NAT_FWD as u8 || !is_gone(v.id, v.addr, v.port) {
-                continue;
-            }
-            // TCP gets a RST; UDP and SCTP flows pick a live backend
-            // with their next packet (an SCTP association finds none
-            // there and is aborted by the new peer).
-            if k.proto != PROTO_UDP && k.proto != PROTO_SCTP {
-                reset.push((k, v));
-                continue;
-            }
-            nat.push(k);
-            nat.push(abi::manul_nat_key {
-                src: v.addr,
-                dst: if v.flags & abi::MANUL_NAT_HAIRPIN != 0 {
-                    snat
-                } else {
-                    k.src
-                },
-                sport: v.port,
-                dport: k.sport,
-                proto: k.proto,
-                dir: abi::MANUL_NAT_REV as u8,
-                pad: 0,
-            });
-            if v.flags & abi::MANUL_NAT_SNAT != 0 {
-                nat.push(abi::manul_nat_key {
-                    src: v.addr,
-                    dst: v.snat_addr,
-                    sport: v.port,
-                    dport: v.snat_port,
-                    proto: k.proto,
-                    dir: abi::MANUL_NAT_SNAT_REV as u8,
-                    pad: 0,
-                });
-            }
-        }
-        let mut removed = self.clean6(gone);
-        for k in &aff {
-            removed += usize::from(self.aff.remove(k).is_ok());
-        }
-        for k in &nat {
-            removed += usize::from(self.nat.remove(k).is_ok());
-        }
-        for (k, mut v) in reset {
-            v.flags |= abi::MANUL_NAT_RESET;
-            // Only while it exists (BPF_EXIST): a connection gone meanwhile
-            // must not come back as one to reset.
-            removed += usize::from(self.nat.insert(k, v, 2).is_ok());
-        }
-        removed
-    }
-}
-
-impl ServiceMaps {
-    /// [`ServiceMaps::clean`] for the IPv6 maps.
-    fn clean6(&mut self, gone: &BTreeMap<u32, BTreeSet<BackendAddr>>) -> usize {
-        let is_gone = |id: u32, addr: [u8; 16], port: u16| {
-            gone.get(&id)
-                .is_some_and(|s| s.contains(&backend6_of(addr, port)))
-        };
-        let aff: Vec<_> = self
-            .aff6
-            .iter()
-            .flatten()
-            .filter(|(k, v)| is_gone(k.id, v.addr, v.port))
-            .map(|(k, _)| k)
-            .collect();
-        let snat = hairpin_snat_v6();
-        let mut nat = Vec::new();
-        let mut reset = Vec::new();
-        for (k, v) in self.nat6.iter().flatten() {
-            if k.dir != abi::MANUL_NAT_FWD as u8 || !is_gone(v.id, v.addr, v.port) {
-                continue;
-            }
-            if k.proto != PROTO_UDP && k.proto != PROTO_SCTP {
-                reset.push((k, v));
-                continue;
-            }
-            nat.push(k);
-            nat.push(abi::manul_nat6_key {
-                src: v.addr,
-                dst: if v.flags & abi::MANUL_NAT_HAIRPIN != 0 {
-                    snat
-                } else {
-                    k.src
-                },
-                sport: v.port,
-                dport: k.sport,
-                proto: k.proto,
-                dir: abi::MANUL_NAT_REV as u8,
-                pad: 0,
-            });
-        }
-        let mut removed = 0;
-        for k in &aff {
-            removed += usize::from(self.aff6.remove(k).is_ok());
-        }
-        for k in &nat {
-            removed += usize::from(self.nat6.remove(k).is_ok());
-        }
-        for (k, mut v) in reset {
-            v.flags |= abi::MANUL_NAT_RESET;
-            removed += usize::from(self.nat6.insert(k, v, 2).is_ok());
-        }
-        removed
+        clean::clean::<V4>(&mut self.aff, &mut self.nat, gone)
+            + clean::clean::<V6>(&mut self.aff6, &mut self.nat6, gone)
     }
 }
 

@@ -4,6 +4,7 @@
 //! never a program load; established connections keep their backend
 //! through the NAT conntrack (`manul_nat`), which only the programs write.
 
+mod clean;
 pub mod maps;
 pub mod plan;
 

@@ -231,29 +231,39 @@ impl Desired {
                 }
                 part::Item::Claim(c) => c,
             };
-            if let Some(kept) = self.frontends.get(&c.frontend) {
-                if kept.list.service != *key || kept.list != c.wanted.list {
-                    self.skipped.push(Skipped::Conflict {
-                        frontend: c.frontend,
-                        kept: kept.list.service.clone(),
-                        dropped: key.clone(),
-                    });
-                }
+            if self.frontends.contains_key(&c.frontend) {
+                self.skipped.extend(self.conflict(key, c));
                 continue;
             }
-            self.lists
-                .entry(c.wanted.list.clone())
-                .or_insert_with(|| c.backends.clone());
-            if c.maglev {
-                self.maglev.insert(c.frontend);
-            }
-            self.frontends.insert(c.frontend, c.wanted.clone());
+            self.take(c);
         }
         for (addr, flags) in &part.addresses {
             *self.addresses.entry(*addr).or_insert(0) |= flags;
         }
         self.source_ranges
             .extend(part.source_ranges.iter().copied());
+    }
+
+    /// Gives a claim its frontend (and the frontend its list).
+    fn take(&mut self, c: &part::Claim) {
+        self.lists
+            .entry(c.wanted.list.clone())
+            .or_insert_with(|| c.backends.clone());
+        if c.maglev {
+            self.maglev.insert(c.frontend);
+        }
+        self.frontends.insert(c.frontend, c.wanted.clone());
+    }
+
+    /// Service `key`'s claim `c` left out: its frontend is another
+    /// service's, or this one's for another list.
+    fn conflict(&self, key: &ServiceKey, c: &part::Claim) -> Option<Skipped> {
+        let kept = &self.frontends.get(&c.frontend)?.list;
+        (kept.service != *key || *kept != c.wanted.list).then(|| Skipped::Conflict {
+            frontend: c.frontend,
+            kept: kept.service.clone(),
+            dropped: key.clone(),
+        })
     }
 }
 

@@ -174,18 +174,7 @@ impl Index {
                 match item {
                     Item::Skipped(skip) if changed.contains(s) => change.skipped.push(skip.clone()),
                     Item::Skipped(_) => {}
-                    Item::Claim(c) => {
-                        let Some(kept) = self.desired.frontends.get(&c.frontend) else {
-                            continue;
-                        };
-                        if kept.list.service != *s || kept.list != c.wanted.list {
-                            change.skipped.push(Skipped::Conflict {
-                                frontend: c.frontend,
-                                kept: kept.list.service.clone(),
-                                dropped: s.clone(),
-                            });
-                        }
-                    }
+                    Item::Claim(c) => change.skipped.extend(self.desired.conflict(s, c)),
                 }
             }
         }
@@ -248,13 +237,7 @@ impl Index {
                 if first != Some(s) || d.frontends.contains_key(&c.frontend) {
                     continue;
                 }
-                d.lists
-                    .entry(c.wanted.list.clone())
-                    .or_insert_with(|| c.backends.clone());
-                if c.maglev {
-                    d.maglev.insert(c.frontend);
-                }
-                d.frontends.insert(c.frontend, c.wanted.clone());
+                d.take(c);
             }
         }
     }
