@@ -420,7 +420,7 @@ impl Counts {
             .map(|l| family_counts(l))
             .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
         Counts {
-            fe: p.frontends.len() - fe6,
+            fe: p.frontends.len().saturating_sub(fe6),
             fe6,
             be,
             be6,
@@ -437,7 +437,8 @@ impl Counts {
             } else {
                 &mut c.fe
             };
-            *n = *n + usize::from(e.is_some()) - usize::from(programmed.frontends.contains_key(f));
+            *n = (*n + usize::from(e.is_some()))
+                .saturating_sub(usize::from(programmed.frontends.contains_key(f)));
         }
         for (id, l) in &next.lists {
             let (new4, new6) = l.as_deref().map_or((0, 0), family_counts);
@@ -445,13 +446,13 @@ impl Counts {
                 .lists
                 .get(id)
                 .map_or((0, 0), |l| family_counts(l));
-            c.be = c.be + new4 - old4;
-            c.be6 = c.be6 + new6 - old6;
+            c.be = (c.be + new4).saturating_sub(old4);
+            c.be6 = (c.be6 + new6).saturating_sub(old6);
         }
         for (id, t) in &next.tables {
             let new = t.as_ref().map_or(0, |t| t.size as usize);
             let old = programmed.tables.get(id).map_or(0, |t| t.size as usize);
-            c.mag = c.mag + new - old;
+            c.mag = (c.mag + new).saturating_sub(old);
         }
         c
     }
@@ -465,7 +466,7 @@ impl Counts {
             .filter(|f| f.addr.is_ipv6())
             .count();
         Peak {
-            fe: self.fe + w.frontend_deletes.len() - fe6,
+            fe: self.fe + w.frontend_deletes.len().saturating_sub(fe6),
             fe6: self.fe6 + fe6,
             be: self.be + w.backend_deletes.len(),
             be6: self.be6 + w.backend_deletes.len(),
