@@ -11,13 +11,13 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
 
-use super::plan::{
-    BackendAddr, Frontend, FrontendEntry, PROTO_SCTP, PROTO_UDP, Programmed, TableInfo, Writes,
-};
+use super::clean::{self, V4, V6};
+use super::plan::diff::Peak;
+use super::plan::{BackendAddr, Frontend, FrontendEntry, Programmed, TableInfo, Writes};
 use crate::abi;
 use crate::error::BpfError;
 
-type Hash<K, V> = HashMap<MapData, K, V>;
+pub(super) type Hash<K, V> = HashMap<MapData, K, V>;
 
 /// Handles on the service maps.
 pub struct ServiceMaps {
@@ -150,14 +150,14 @@ pub fn be6_value(b: &BackendAddr) -> abi::manul_svc_be6_value {
     }
 }
 
-fn backend_of(addr: u32, port: u16) -> BackendAddr {
+pub(super) fn backend_of(addr: u32, port: u16) -> BackendAddr {
     BackendAddr {
         addr: IpAddr::V4(host_addr(addr)),
         port: u16::from_be(port),
     }
 }
 
-fn backend6_of(addr: [u8; 16], port: u16) -> BackendAddr {
+pub(super) fn backend6_of(addr: [u8; 16], port: u16) -> BackendAddr {
     BackendAddr {
         addr: IpAddr::V6(Ipv6Addr::from(addr)),
         port: u16::from_be(port),
@@ -165,7 +165,7 @@ fn backend6_of(addr: [u8; 16], port: u16) -> BackendAddr {
 }
 
 /// MANUL_HAIRPIN_SNAT_V6 (manul_maps.h) as the maps hold it.
-fn hairpin_snat_v6() -> [u8; 16] {
+pub(super) fn hairpin_snat_v6() -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..4].copy_from_slice(&abi::MANUL_HAIRPIN_SNAT_V6_W0.to_be_bytes());
     out[12..].copy_from_slice(&abi::MANUL_HAIRPIN_SNAT_V6_W3.to_be_bytes());
@@ -251,27 +251,31 @@ impl ServiceMaps {
         Ok(())
     }
 
-    /// Deletes the source ranges not in `want` (after the address entries
-    /// stopped naming them).
-    pub fn remove_source_ranges(
-        &mut self,
-        want: &BTreeSet<(Ipv4Addr, Ipv4Net)>,
-    ) -> Result<(), BpfError> {
-        let stale: Vec<Key<abi::manul_svc_src_data>> = self
-            .src
+    /// The source ranges the map holds.
+    pub fn source_ranges(&self) -> BTreeSet<(Ipv4Addr, Ipv4Net)> {
+        self.src
             .keys()
             .flatten()
-            .filter(|k| {
+            .filter_map(|k| {
                 let d = k.data();
-                let len = u8::try_from(k.prefix_len().saturating_sub(32)).unwrap_or(u8::MAX);
-                let range = Ipv4Net::new(host_addr(d.client), len).map(|r| r.trunc());
-                !range.is_ok_and(|r| want.contains(&(host_addr(d.lb), r)))
+                let len = u8::try_from(k.prefix_len().checked_sub(32)?).ok()?;
+                let range = Ipv4Net::new(host_addr(d.client), len).ok()?;
+                Some((host_addr(d.lb), range.trunc()))
             })
-            .collect();
-        for k in stale {
-            self.src
-                .remove(&k)
-                .map_err(|e| BpfError::map("manul_svc_src", "remove a source range", e))?;
+            .collect()
+    }
+
+    /// Deletes source ranges (after the address entries stopped naming
+    /// them); one already gone is fine.
+    pub fn remove_source_ranges(
+        &mut self,
+        stale: &BTreeSet<(Ipv4Addr, Ipv4Net)>,
+    ) -> Result<(), BpfError> {
+        for (lb, range) in stale {
+            let removed = self.src.remove(&src_key(*lb, *range));
+            already_gone_ok(removed, "manul_svc_src", || {
+                format!("remove {range} from {lb}")
+            })?;
         }
         Ok(())
     }
@@ -331,25 +335,13 @@ impl ServiceMaps {
 
     /// Checks that the maps can hold every entry at the sync's peak
     /// (before its deletions).
-    pub fn check(&self, w: &Writes, next: &Programmed) -> Result<(), BpfError> {
-        let v6 = |f: &&Frontend| f.addr.is_ipv6();
-        let fe6 =
-            next.frontends.keys().filter(v6).count() + w.frontend_deletes.iter().filter(v6).count();
-        let fe = next.frontends.len() + w.frontend_deletes.len() - fe6;
-        let backends = next.lists.values().flatten();
-        let be6 = backends.clone().filter(|b| b.addr.is_ipv6()).count();
-        // A deleted index may be of either family: counted in both.
-        let be = backends.count() - be6 + w.backend_deletes.len();
-        let be6 = be6 + w.backend_deletes.len();
-        let size = |(_, size): &(u32, u32)| *size as usize;
-        let mag = next.tables.values().map(|t| t.size as usize).sum::<usize>()
-            + w.table_deletes.iter().map(size).sum::<usize>();
+    pub fn check(&self, peak: &Peak) -> Result<(), BpfError> {
         for (map, needed, capacity) in [
-            ("manul_svc_fe", fe, self.fe_capacity),
-            ("manul_svc_be", be, self.be_capacity),
-            ("manul_svc_mag", mag, self.mag_capacity),
-            ("manul_svc_fe6", fe6, self.fe6_capacity),
-            ("manul_svc_be6", be6, self.be6_capacity),
+            ("manul_svc_fe", peak.fe, self.fe_capacity),
+            ("manul_svc_be", peak.be, self.be_capacity),
+            ("manul_svc_mag", peak.mag, self.mag_capacity),
+            ("manul_svc_fe6", peak.fe6, self.fe6_capacity),
+            ("manul_svc_be6", peak.be6, self.be6_capacity),
         ] {
             if needed > capacity {
                 return Err(BpfError::Capacity {
@@ -440,135 +432,18 @@ impl ServiceMaps {
         self.aff.keys().flatten().count() + self.aff6.keys().flatten().count()
     }
 
-    /// Forgets what clients had of backends that went away: their
-    /// affinity entries, and their UDP flows (the next datagram picks a
-    /// live backend; a masqueraded flow's reverse entries too); marks their TCP connections for a reset (the
-    /// program answers the client's next packet with a RST). Returns how
-    /// many entries it removed or marked.
+    /// Forgets what clients had of backends that went away, in both
+    /// families: their affinity entries, and their UDP and SCTP flows (the
+    /// next datagram picks a live backend; a masqueraded flow's reverse
+    /// entries too); marks their TCP connections for a reset (the program
+    /// answers the client's next packet with a RST). Returns how many
+    /// entries it removed or marked.
     pub fn clean(&mut self, gone: &BTreeMap<u32, BTreeSet<BackendAddr>>) -> usize {
         if gone.is_empty() {
             return 0;
         }
-        let is_gone = |id: u32, addr: u32, port: u16| {
-            gone.get(&id)
-                .is_some_and(|s| s.contains(&backend_of(addr, port)))
-        };
-        let aff: Vec<_> = self
-            .aff
-            .iter()
-            .flatten()
-            .filter(|(k, v)| is_gone(k.id, v.addr, v.port))
-            .map(|(k, _)| k)
-            .collect();
-        let snat = abi::MANUL_HAIRPIN_SNAT_V4.to_be();
-        let mut nat = Vec::new();
-        let mut reset = Vec::new();
-        for (k, v) in self.nat.iter().flatten() {
-            if k.dir != abi::MANUL_NAT_FWD as u8 || !is_gone(v.id, v.addr, v.port) {
-                continue;
-            }
-            // TCP gets a RST; UDP and SCTP flows pick a live backend
-            // with their next packet (an SCTP association finds none
-            // there and is aborted by the new peer).
-            if k.proto != PROTO_UDP && k.proto != PROTO_SCTP {
-                reset.push((k, v));
-                continue;
-            }
-            nat.push(k);
-            nat.push(abi::manul_nat_key {
-                src: v.addr,
-                dst: if v.flags & abi::MANUL_NAT_HAIRPIN != 0 {
-                    snat
-                } else {
-                    k.src
-                },
-                sport: v.port,
-                dport: k.sport,
-                proto: k.proto,
-                dir: abi::MANUL_NAT_REV as u8,
-                pad: 0,
-            });
-            if v.flags & abi::MANUL_NAT_SNAT != 0 {
-                nat.push(abi::manul_nat_key {
-                    src: v.addr,
-                    dst: v.snat_addr,
-                    sport: v.port,
-                    dport: v.snat_port,
-                    proto: k.proto,
-                    dir: abi::MANUL_NAT_SNAT_REV as u8,
-                    pad: 0,
-                });
-            }
-        }
-        let mut removed = self.clean6(gone);
-        for k in &aff {
-            removed += usize::from(self.aff.remove(k).is_ok());
-        }
-        for k in &nat {
-            removed += usize::from(self.nat.remove(k).is_ok());
-        }
-        for (k, mut v) in reset {
-            v.flags |= abi::MANUL_NAT_RESET;
-            // Only while it exists (BPF_EXIST): a connection gone meanwhile
-            // must not come back as one to reset.
-            removed += usize::from(self.nat.insert(k, v, 2).is_ok());
-        }
-        removed
-    }
-}
-
-impl ServiceMaps {
-    /// [`ServiceMaps::clean`] for the IPv6 maps.
-    fn clean6(&mut self, gone: &BTreeMap<u32, BTreeSet<BackendAddr>>) -> usize {
-        let is_gone = |id: u32, addr: [u8; 16], port: u16| {
-            gone.get(&id)
-                .is_some_and(|s| s.contains(&backend6_of(addr, port)))
-        };
-        let aff: Vec<_> = self
-            .aff6
-            .iter()
-            .flatten()
-            .filter(|(k, v)| is_gone(k.id, v.addr, v.port))
-            .map(|(k, _)| k)
-            .collect();
-        let snat = hairpin_snat_v6();
-        let mut nat = Vec::new();
-        let mut reset = Vec::new();
-        for (k, v) in self.nat6.iter().flatten() {
-            if k.dir != abi::MANUL_NAT_FWD as u8 || !is_gone(v.id, v.addr, v.port) {
-                continue;
-            }
-            if k.proto != PROTO_UDP && k.proto != PROTO_SCTP {
-                reset.push((k, v));
-                continue;
-            }
-            nat.push(k);
-            nat.push(abi::manul_nat6_key {
-                src: v.addr,
-                dst: if v.flags & abi::MANUL_NAT_HAIRPIN != 0 {
-                    snat
-                } else {
-                    k.src
-                },
-                sport: v.port,
-                dport: k.sport,
-                proto: k.proto,
-                dir: abi::MANUL_NAT_REV as u8,
-                pad: 0,
-            });
-        }
-        let mut removed = 0;
-        for k in &aff {
-            removed += usize::from(self.aff6.remove(k).is_ok());
-        }
-        for k in &nat {
-            removed += usize::from(self.nat6.remove(k).is_ok());
-        }
-        for (k, mut v) in reset {
-            v.flags |= abi::MANUL_NAT_RESET;
-            removed += usize::from(self.nat6.insert(k, v, 2).is_ok());
-        }
-        removed
+        clean::clean::<V4>(&mut self.aff, &mut self.nat, gone)
+            + clean::clean::<V6>(&mut self.aff6, &mut self.nat6, gone)
     }
 }
 
@@ -578,10 +453,20 @@ fn remove<K: aya::Pod, V: aya::Pod>(
     key: &K,
     name: &'static str,
 ) -> Result<(), BpfError> {
-    match map.remove(key) {
-        Ok(()) => Ok(()),
-        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+    already_gone_ok(map.remove(key), name, || {
+        "cannot delete an entry".to_string()
+    })
+}
+
+/// A removal's outcome, where an entry already gone is fine.
+fn already_gone_ok(
+    removed: Result<(), aya::maps::MapError>,
+    name: &'static str,
+    what: impl FnOnce() -> String,
+) -> Result<(), BpfError> {
+    match removed {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(2) => Ok(()),
-        Err(e) => Err(BpfError::map(name, "cannot delete an entry", e)),
+        Err(e) => Err(BpfError::map(name, what(), e)),
     }
 }

@@ -4,10 +4,12 @@
 //! never a program load; established connections keep their backend
 //! through the NAT conntrack (`manul_nat`), which only the programs write.
 
+mod clean;
 pub mod maps;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use aya::Ebpf;
 use manul_dataplane_api::{Operation, Service, ServiceKey};
@@ -15,17 +17,34 @@ use manul_dataplane_api::{Operation, Service, ServiceKey};
 use crate::error::BpfError;
 use maps::ServiceMaps;
 use plan::Programmed;
+use plan::diff::{self, Counts, Delta, Scope};
+use plan::index::Index;
 
 /// The service maps and what this run wrote into them.
 #[derive(Debug)]
 pub struct Services {
     maps: ServiceMaps,
     programmed: Programmed,
+    /// What `programmed` holds of each map.
+    counts: Counts,
+    /// The desired services as last planned, service by service; `None`
+    /// (at start, and after an error) makes the next sync plan the whole
+    /// state.
+    index: Option<Index>,
     /// Maglev tables are sized for at least this many backends.
     maglev_capacity: usize,
     /// Backends that left their lists since [`Services::take_gone`] was
     /// last called (list id → backends), for connect-time load balancing.
     gone: BTreeMap<u32, BTreeSet<plan::BackendAddr>>,
+}
+
+/// One sync's plan: the writes, what they change in the bookkeeping, and
+/// the source ranges to add before them and remove after them.
+struct Planned {
+    writes: plan::Writes,
+    delta: Delta,
+    ranges_added: BTreeSet<(Ipv4Addr, ipnet::Ipv4Net)>,
+    ranges_removed: BTreeSet<(Ipv4Addr, ipnet::Ipv4Net)>,
 }
 
 impl Services {
@@ -36,7 +55,9 @@ impl Services {
         let programmed = maps.read();
         Ok(Self {
             maps,
+            counts: Counts::of(&programmed),
             programmed,
+            index: None,
             maglev_capacity,
             gone: BTreeMap::new(),
         })
@@ -48,24 +69,35 @@ impl Services {
     }
 
     /// Brings the maps to `services` when the batch names a service or
-    /// brings the state in sync. On an error the maps are read back, so
-    /// the next sync starts from what they hold.
+    /// brings the state in sync: only the named services' entries while
+    /// this run's plan is what the maps hold, else the whole state. On an
+    /// error the next sync plans the whole state again (after a failed
+    /// write, from what the maps are read back to hold).
     pub fn apply(
         &mut self,
         batch: &[Operation],
         services: &BTreeMap<ServiceKey, Service>,
     ) -> Result<(), BpfError> {
         let in_sync = batch.iter().any(|op| matches!(op, Operation::InSync));
-        let named = batch.iter().any(|op| {
-            matches!(
-                op,
-                Operation::ServiceUpdate(_) | Operation::ServiceRemove { .. }
-            )
-        });
-        if !(in_sync || named) {
+        let named: BTreeSet<ServiceKey> = batch
+            .iter()
+            .filter_map(|op| match op {
+                Operation::ServiceUpdate(s) => Some((s.namespace.clone(), s.name.clone())),
+                Operation::ServiceRemove { namespace, name } => {
+                    Some((namespace.clone(), name.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        if !in_sync && named.is_empty() {
             return Ok(());
         }
-        self.sync(services, in_sync)
+        let planned = self.plan(services, &named, in_sync);
+        let synced = self.sync(planned);
+        if synced.is_err() {
+            self.index = None;
+        }
+        synced
     }
 
     /// The backends that left their lists since the last call.
@@ -86,36 +118,76 @@ impl Services {
         self.maps.set_interfaces(want)
     }
 
-    fn sync(
+    /// Plans the named services alone while this run's own plan, with
+    /// nothing adopted, is what the maps hold; else the whole state.
+    fn plan(
         &mut self,
         services: &BTreeMap<ServiceKey, Service>,
+        named: &BTreeSet<ServiceKey>,
         in_sync: bool,
-    ) -> Result<(), BpfError> {
-        let mut desired = plan::desired(services);
-        desired.maglev_capacity = self.maglev_capacity;
-        for s in &desired.skipped {
-            tracing::warn!(what = %s, "service frontend not programmed");
-        }
-        let (writes, next) = plan::plan(&desired, &self.programmed, in_sync);
-        self.maps.add_source_ranges(&desired.source_ranges)?;
-        // An earlier run's addresses keep their ranges while adopted.
-        let prune = next.adopted.is_empty();
-        if writes.is_empty() {
-            self.programmed = next;
-            return match prune {
-                true => self.maps.remove_source_ranges(&desired.source_ranges),
-                false => Ok(()),
+    ) -> Planned {
+        if let Some(index) = self.index.as_mut()
+            && !in_sync
+            && self.programmed.adopted.is_empty()
+        {
+            let change = index.update(named.iter().map(|k| (k, services.get(k))));
+            log_skipped(&change.skipped);
+            let scope = Scope::Touched(&change.touched);
+            let (writes, delta) = diff::diff(index.desired(), &self.programmed, scope, false);
+            return Planned {
+                writes,
+                delta,
+                ranges_added: change.ranges_added,
+                ranges_removed: change.ranges_removed,
             };
         }
-        self.maps.check(&writes, &next)?;
-        if let Err(e) = self.maps.write(&writes) {
-            self.programmed = self.maps.read();
-            return Err(e);
+        let mut index = Index::new(services, self.maglev_capacity);
+        log_skipped(&index.take_skipped());
+        let desired = index.desired();
+        let (writes, delta) = diff::diff(desired, &self.programmed, Scope::All, in_sync);
+        // An earlier run's addresses keep their ranges while adopted.
+        let ranges_removed = match delta.adopted.is_empty() {
+            true => self
+                .maps
+                .source_ranges()
+                .difference(&desired.source_ranges)
+                .copied()
+                .collect(),
+            false => BTreeSet::new(),
+        };
+        let planned = Planned {
+            writes,
+            delta,
+            ranges_added: desired.source_ranges.clone(),
+            ranges_removed,
+        };
+        self.index = Some(index);
+        planned
+    }
+
+    /// Makes a plan's writes: source ranges first, a capacity check, the
+    /// map writes in order, then the ranges no longer named, and the
+    /// clean-up after backends that went away.
+    fn sync(&mut self, planned: Planned) -> Result<(), BpfError> {
+        let Planned {
+            writes,
+            delta,
+            ranges_added,
+            ranges_removed,
+        } = planned;
+        self.maps.add_source_ranges(&ranges_added)?;
+        let counts = self.counts.after(&self.programmed, &delta);
+        if !writes.is_empty() {
+            self.maps.check(&counts.peak(&writes))?;
+            if let Err(e) = self.maps.write(&writes) {
+                self.programmed = self.maps.read();
+                self.counts = Counts::of(&self.programmed);
+                return Err(e);
+            }
         }
-        self.programmed = next;
-        if prune {
-            self.maps.remove_source_ranges(&desired.source_ranges)?;
-        }
+        self.programmed.apply(delta);
+        self.counts = counts;
+        self.maps.remove_source_ranges(&ranges_removed)?;
         let cleaned = self.maps.clean(&writes.gone);
         for (id, backends) in &writes.gone {
             self.gone.entry(*id).or_default().extend(backends);
@@ -127,5 +199,11 @@ impl Services {
             "services programmed"
         );
         Ok(())
+    }
+}
+
+fn log_skipped(skipped: &[plan::Skipped]) {
+    for s in skipped {
+        tracing::warn!(what = %s, "service frontend not programmed");
     }
 }

@@ -1,18 +1,20 @@
-//! Pure planning of the service maps (no I/O): from the desired services to
-//! frontend and backend entries, and from what is programmed to the writes
-//! that reach them in an order where no frontend ever points at an
-//! incomplete backend list.
+//! Pure planning of the service maps (no I/O): each service's part of
+//! the desired frontend and backend entries ([`part`]), put together for
+//! the whole state ([`desired`]) or kept up to date service by service
+//! ([`index`]), and the diff from what is programmed to the writes that
+//! reach it ([`diff`]), in an order where no frontend ever points at an
+//! incomplete backend list. A service change diffs only the keys it
+//! touched; the same diff over every key is the whole plan ([`plan`]).
+
+pub mod diff;
+pub mod index;
+pub mod part;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
-use manul_dataplane_api::{Backend, Balancing, MaglevTable, Service, ServiceKey, TrafficPolicy};
-
-use crate::abi::{
-    MANUL_SVC_FE_ADDRESS, MANUL_SVC_FE_DROP_EMPTY, MANUL_SVC_FE_EXT_CLUSTER,
-    MANUL_SVC_FE_REJECT_UNKNOWN, MANUL_SVC_FE_SOURCE_RANGES,
-};
+use manul_dataplane_api::ServiceKey;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -190,7 +192,10 @@ impl fmt::Display for Skipped {
 }
 
 /// The backends of one family (`ipv6`), in order.
-fn family_backends(backends: &[manul_dataplane_api::Backend], ipv6: bool) -> Vec<BackendAddr> {
+pub(crate) fn family_backends(
+    backends: &[manul_dataplane_api::Backend],
+    ipv6: bool,
+) -> Vec<BackendAddr> {
     backends
         .iter()
         .filter(|b| b.ip.is_ipv6() == ipv6)
@@ -201,160 +206,65 @@ fn family_backends(backends: &[manul_dataplane_api::Backend], ipv6: bool) -> Vec
         .collect()
 }
 
-/// The flags of a port frontend: `external` (a node port, an external or a
-/// load-balancer address) under `Cluster` masquerades or uses DSR; a
-/// `Local` list without backends here while the port has some elsewhere
-/// drops.
-fn frontend_flags(
-    port: &manul_dataplane_api::ServicePort,
-    policy: TrafficPolicy,
-    external: bool,
-    ipv6: bool,
-) -> u32 {
-    match policy {
-        TrafficPolicy::Cluster if external => MANUL_SVC_FE_EXT_CLUSTER,
-        TrafficPolicy::Cluster => 0,
-        TrafficPolicy::Local => {
-            let here = family_backends(&port.local_backends, ipv6).is_empty();
-            let anywhere = family_backends(&port.backends, ipv6).is_empty();
-            if here && !anywhere {
-                MANUL_SVC_FE_DROP_EMPTY
-            } else {
-                0
-            }
-        }
-    }
-}
-
-/// The frontends and backend lists of `services`: a cluster IP uses the
-/// internal traffic policy's list, an external or load-balancer address
-/// the external one's, a node port (address 0.0.0.0) the external one's
-/// too; and the service addresses (not 0.0.0.0: a node port has no
-/// address entry). IPv6 frontends are cluster IPs only (the programs
-/// translate IPv6 on workload interfaces); an SCTP frontend whose
-/// backends listen on another port is left out (see [`Skipped::SctpPort`]).
-pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
+/// The frontends and backend lists of `services` (each service's
+/// [`part::part`], added in name order): the whole-state reference that
+/// [`index::Index`] keeps up to date.
+#[cfg(test)]
+pub fn desired(services: &BTreeMap<ServiceKey, manul_dataplane_api::Service>) -> Desired {
     let mut d = Desired::default();
     for (key, svc) in services {
-        // (address, policy, external)
-        let mut frontends: Vec<(IpAddr, TrafficPolicy, bool)> = svc
-            .cluster_ips
-            .iter()
-            .map(|ip| (*ip, svc.internal_traffic, false))
-            .chain(
-                svc.external_ips
-                    .iter()
-                    .map(|ip| (*ip, svc.external_traffic, true)),
-            )
-            .collect();
-        for ip in &svc.load_balancer_ips {
-            frontends.push((*ip, svc.external_traffic, true));
-            let IpAddr::V4(lb) = ip else { continue };
-            if svc.load_balancer_source_ranges.is_empty() {
-                continue;
-            }
-            *d.addresses.entry(*ip).or_insert(MANUL_SVC_FE_ADDRESS) |= MANUL_SVC_FE_SOURCE_RANGES;
-            for range in &svc.load_balancer_source_ranges {
-                if let ipnet::IpNet::V4(r) = range {
-                    d.source_ranges.insert((*lb, r.trunc()));
-                }
-            }
-        }
-        for port in &svc.ports {
-            if ![PROTO_TCP, PROTO_UDP, PROTO_SCTP].contains(&port.protocol) {
-                d.skipped.push(Skipped::Protocol {
-                    service: key.clone(),
-                    proto: port.protocol,
-                });
-                continue;
-            }
-            // A node port: address 0.0.0.0 in the map, which the program
-            // looks up only for packets to the node's own addresses
-            // arriving at a host interface.
-            let node_port = port.node_port.map(|p| {
-                (
-                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    svc.external_traffic,
-                    true,
-                    p,
-                )
-            });
-            let targets = frontends
-                .iter()
-                .map(|(ip, policy, external)| (*ip, *policy, *external, port.port))
-                .chain(node_port);
-            for (ip, policy, external, number) in targets {
-                let ip = &ip;
-                let policy = &policy;
-                let ipv6 = ip.is_ipv6();
-                if ipv6 && !svc.cluster_ips.contains(ip) {
-                    d.skipped.push(Skipped::Ipv6 {
-                        service: key.clone(),
-                        addr: *ip,
-                    });
-                    continue;
-                }
-                let addr = *ip;
-                if !addr.is_unspecified() {
-                    let flags = d.addresses.entry(addr).or_insert(MANUL_SVC_FE_ADDRESS);
-                    if svc.cluster_ips.contains(ip) {
-                        *flags |= MANUL_SVC_FE_REJECT_UNKNOWN;
-                    }
-                }
-                let backends = family_backends(port.backends_for(*policy), ipv6);
-                if port.protocol == PROTO_SCTP
-                    && let Some(b) = backends.iter().find(|b| b.port != number)
-                {
-                    d.skipped.push(Skipped::SctpPort {
-                        service: key.clone(),
-                        frontend: Frontend {
-                            addr,
-                            port: number,
-                            proto: port.protocol,
-                        },
-                        target: b.port,
-                    });
-                    continue;
-                }
-                let list = ListKey {
-                    service: key.clone(),
-                    port_name: port.name.clone(),
-                    proto: port.protocol,
-                    port: port.port,
-                    local: *policy == TrafficPolicy::Local,
-                    ipv6,
-                };
-                let frontend = Frontend {
-                    addr,
-                    port: number,
-                    proto: port.protocol,
-                };
-                if let Some(Wanted { list: kept, .. }) = d.frontends.get(&frontend) {
-                    if kept.service != *key || kept != &list {
-                        d.skipped.push(Skipped::Conflict {
-                            frontend,
-                            kept: kept.service.clone(),
-                            dropped: key.clone(),
-                        });
-                    }
-                    continue;
-                }
-                d.lists.entry(list.clone()).or_insert(backends);
-                if external && svc.balancing == Balancing::Maglev {
-                    d.maglev.insert(frontend);
-                }
-                d.frontends.insert(
-                    frontend,
-                    Wanted {
-                        list,
-                        affinity_s: svc.affinity_timeout_seconds.unwrap_or(0),
-                        flags: frontend_flags(port, *policy, external, ipv6),
-                    },
-                );
-            }
-        }
+        d.add(key, &part::part(key, svc));
     }
     d
+}
+
+impl Desired {
+    /// Adds one service's part after every service before it by name: a
+    /// port frontend already claimed stays with its first claim (a
+    /// [`Skipped::Conflict`] unless that claim is for the same list).
+    pub fn add(&mut self, key: &ServiceKey, part: &part::Part) {
+        for item in &part.items {
+            let c = match item {
+                part::Item::Skipped(s) => {
+                    self.skipped.push(s.clone());
+                    continue;
+                }
+                part::Item::Claim(c) => c,
+            };
+            if self.frontends.contains_key(&c.frontend) {
+                self.skipped.extend(self.conflict(key, c));
+                continue;
+            }
+            self.take(c);
+        }
+        for (addr, flags) in &part.addresses {
+            *self.addresses.entry(*addr).or_insert(0) |= flags;
+        }
+        self.source_ranges
+            .extend(part.source_ranges.iter().copied());
+    }
+
+    /// Gives a claim its frontend (and the frontend its list).
+    fn take(&mut self, c: &part::Claim) {
+        self.lists
+            .entry(c.wanted.list.clone())
+            .or_insert_with(|| c.backends.clone());
+        if c.maglev {
+            self.maglev.insert(c.frontend);
+        }
+        self.frontends.insert(c.frontend, c.wanted.clone());
+    }
+
+    /// Service `key`'s claim `c` left out: its frontend is another
+    /// service's, or this one's for another list.
+    fn conflict(&self, key: &ServiceKey, c: &part::Claim) -> Option<Skipped> {
+        let kept = &self.frontends.get(&c.frontend)?.list;
+        (kept.service != *key || *kept != c.wanted.list).then(|| Skipped::Conflict {
+            frontend: c.frontend,
+            kept: kept.service.clone(),
+            dropped: key.clone(),
+        })
+    }
 }
 
 /// What the service maps hold, as this run knows them.
@@ -407,176 +317,17 @@ impl Writes {
 }
 
 /// The writes from `programmed` to `desired`, and what the maps hold
-/// after them. `in_sync`: what an earlier run left and nobody asked for
-/// again is removed.
+/// after them (the whole state: [`diff::Scope::All`]). `in_sync`: what an
+/// earlier run left and nobody asked for again is removed.
+#[cfg(test)]
 pub fn plan(desired: &Desired, programmed: &Programmed, in_sync: bool) -> (Writes, Programmed) {
-    let mut w = Writes::default();
-    let mut next = Programmed {
-        next_id: programmed.next_id.max(1),
-        next_table: programmed.next_table.max(1),
-        adopted: if in_sync {
-            BTreeSet::new()
-        } else {
-            programmed.adopted.clone()
-        },
-        ..Programmed::default()
-    };
-    for (key, list) in &desired.lists {
-        let id = match programmed.ids.get(key) {
-            Some(id) => *id,
-            None => {
-                let mut id = next.next_id;
-                while programmed.lists.contains_key(&id) || next.lists.contains_key(&id) {
-                    id = id.checked_add(1).unwrap_or(1);
-                }
-                next.next_id = id.checked_add(1).unwrap_or(1);
-                id
-            }
-        };
-        let old = programmed.lists.get(&id).map_or(&[][..], Vec::as_slice);
-        for (i, b) in (0u32..).zip(list) {
-            if old.get(i as usize) != Some(b) {
-                w.backends.push((id, i, *b));
-            }
-        }
-        for i in list.len()..old.len() {
-            w.backend_deletes.push((id, i as u32));
-        }
-        let gone: BTreeSet<BackendAddr> =
-            old.iter().filter(|b| !list.contains(b)).copied().collect();
-        if !gone.is_empty() {
-            w.gone.insert(id, gone);
-        }
-        next.ids.insert(key.clone(), id);
-        next.lists.insert(id, list.clone());
-    }
-    for (frontend, wanted) in &desired.frontends {
-        // Every desired frontend's list is a desired list.
-        let Some(&id) = next.ids.get(&wanted.list) else {
-            continue;
-        };
-        let (maglev, maglev_size) = match desired.maglev.contains(frontend) {
-            true => maglev_table(desired, programmed, &mut next, &mut w, id),
-            false => (0, 0),
-        };
-        let entry = FrontendEntry {
-            id,
-            count: next.lists.get(&id).map_or(0, Vec::len) as u32,
-            affinity_s: wanted.affinity_s,
-            flags: wanted.flags,
-            maglev,
-            maglev_size,
-        };
-        if programmed.frontends.get(frontend) != Some(&entry) {
-            w.frontends.push((*frontend, entry));
-        }
-        next.frontends.insert(*frontend, entry);
-        next.adopted.remove(frontend);
-    }
-    for (addr, flags) in &desired.addresses {
-        let frontend = Frontend::address(*addr);
-        let entry = FrontendEntry {
-            id: 0,
-            count: 0,
-            affinity_s: 0,
-            flags: *flags,
-            maglev: 0,
-            maglev_size: 0,
-        };
-        if programmed.frontends.get(&frontend) != Some(&entry) {
-            w.frontends.push((frontend, entry));
-        }
-        next.frontends.insert(frontend, entry);
-        next.adopted.remove(&frontend);
-    }
-    for (frontend, entry) in &programmed.frontends {
-        if next.frontends.contains_key(frontend) {
-            continue;
-        }
-        if next.adopted.contains(frontend) {
-            next.frontends.insert(*frontend, *entry);
-            if let Some(list) = programmed.lists.get(&entry.id) {
-                next.lists.entry(entry.id).or_insert_with(|| list.clone());
-            }
-            if let Some(t) = programmed.tables.get(&entry.maglev) {
-                next.tables.entry(entry.maglev).or_insert_with(|| t.clone());
-            }
-        } else {
-            w.frontend_deletes.push(*frontend);
-        }
-    }
-    // Address entries first: a cluster IP refuses unknown ports only
-    // while all of its ports are there.
-    w.frontend_deletes.sort_by_key(|f| !f.is_address());
-    for (id, old) in &programmed.lists {
-        if !next.lists.contains_key(id) {
-            w.backend_deletes
-                .extend((0..old.len() as u32).map(|i| (*id, i)));
-            w.gone.insert(*id, old.iter().copied().collect());
-        }
-    }
-    for (id, t) in &programmed.tables {
-        if !next.tables.contains_key(id) {
-            w.table_deletes.push((*id, t.size));
-        }
-    }
+    let (w, delta) = diff::diff(desired, programmed, diff::Scope::All, in_sync);
+    let mut next = programmed.clone();
+    next.apply(delta);
     (w, next)
 }
 
-/// The Maglev table of list `id` (as `next` holds it), for a frontend
-/// that picks by Maglev: the one already written for the same backends
-/// and size, else a new one (written whole before any frontend names it).
-/// (0, 0) for an empty list: its frontends refuse new connections.
-fn maglev_table(
-    desired: &Desired,
-    programmed: &Programmed,
-    next: &mut Programmed,
-    w: &mut Writes,
-    id: u32,
-) -> (u32, u32) {
-    let Some(list) = next.lists.get(&id).filter(|l| !l.is_empty()) else {
-        return (0, 0);
-    };
-    let backends: Vec<Backend> = list
-        .iter()
-        .map(|b| Backend {
-            ip: b.addr,
-            port: b.port,
-            local: false,
-            ready: true,
-        })
-        .collect();
-    // The capacity is the driver's, fixed for the run: the same backends
-    // give the same table.
-    let built = Some((id, list.clone()));
-    let same = |t: &TableInfo| t.built == built;
-    if let Some((tid, t)) = next.tables.iter().find(|(_, t)| same(t)) {
-        return (*tid, t.size);
-    }
-    if let Some((tid, t)) = programmed.tables.iter().find(|(_, t)| same(t)) {
-        next.tables.insert(*tid, t.clone());
-        return (*tid, t.size);
-    }
-    let table = MaglevTable::with_capacity(&backends, desired.maglev_capacity);
-    let slots: Vec<BackendAddr> = table
-        .slots()
-        .iter()
-        .filter_map(|i| table.backends().get(*i as usize))
-        .map(|b| BackendAddr {
-            addr: b.ip,
-            port: b.port,
-        })
-        .collect();
-    let mut tid = next.next_table;
-    while programmed.tables.contains_key(&tid) || next.tables.contains_key(&tid) {
-        tid = tid.checked_add(1).unwrap_or(1);
-    }
-    next.next_table = tid.checked_add(1).unwrap_or(1);
-    let size = slots.len() as u32;
-    next.tables.insert(tid, TableInfo { size, built });
-    w.tables.push((tid, slots));
-    (tid, size)
-}
-
+#[cfg(test)]
+mod incremental_tests;
 #[cfg(test)]
 mod tests;

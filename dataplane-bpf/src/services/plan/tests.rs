@@ -5,11 +5,11 @@ use manul_dataplane_api::{Backend, Balancing, MaglevTable, Service, ServicePort,
 
 use super::*;
 
-fn v4(d: u8) -> Ipv4Addr {
+pub(super) fn v4(d: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 65, 0, d)
 }
 
-fn backend(d: u8, local: bool) -> Backend {
+pub(super) fn backend(d: u8, local: bool) -> Backend {
     Backend {
         ip: IpAddr::V4(v4(d)),
         port: 8080,
@@ -18,7 +18,7 @@ fn backend(d: u8, local: bool) -> Backend {
     }
 }
 
-fn service(name: &str, cluster_ip: [u8; 4], backends: &[u8]) -> Service {
+pub(super) fn service(name: &str, cluster_ip: [u8; 4], backends: &[u8]) -> Service {
     let all: Vec<Backend> = backends.iter().map(|&d| backend(d, d % 2 == 0)).collect();
     Service::cluster_ip(
         "ns",
@@ -35,13 +35,13 @@ fn service(name: &str, cluster_ip: [u8; 4], backends: &[u8]) -> Service {
     )
 }
 
-fn services(list: Vec<Service>) -> BTreeMap<ServiceKey, Service> {
+pub(super) fn services(list: Vec<Service>) -> BTreeMap<ServiceKey, Service> {
     list.into_iter()
         .map(|s| ((s.namespace.clone(), s.name.clone()), s))
         .collect()
 }
 
-fn fe(ip: [u8; 4], port: u16) -> Frontend {
+pub(super) fn fe(ip: [u8; 4], port: u16) -> Frontend {
     Frontend {
         addr: IpAddr::V4(ip.into()),
         port,
@@ -49,7 +49,7 @@ fn fe(ip: [u8; 4], port: u16) -> Frontend {
     }
 }
 
-fn ba(d: u8) -> BackendAddr {
+pub(super) fn ba(d: u8) -> BackendAddr {
     BackendAddr {
         addr: IpAddr::V4(v4(d)),
         port: 8080,
@@ -58,7 +58,7 @@ fn ba(d: u8) -> BackendAddr {
 
 /// Plans from `programmed` to `svcs` and checks that applying the writes
 /// to `programmed`'s maps gives exactly the planned maps.
-fn step(
+pub(super) fn step(
     svcs: &BTreeMap<ServiceKey, Service>,
     programmed: &Programmed,
     in_sync: bool,
@@ -464,7 +464,7 @@ fn an_earlier_runs_frontends_stay_until_in_sync_and_get_new_lists() {
 }
 
 /// What the maps hold as a restarted driver reads them back.
-fn read_back(p: &Programmed) -> Programmed {
+pub(super) fn read_back(p: &Programmed) -> Programmed {
     Programmed {
         frontends: p.frontends.clone(),
         lists: p.lists.clone(),
@@ -571,7 +571,7 @@ mod sequences {
 
 /// A Service marked for Maglev, with a cluster IP, an external IP and a
 /// node port.
-fn maglev_service(backends: &[u8]) -> Service {
+pub(super) fn maglev_service(backends: &[u8]) -> Service {
     let mut svc = service("lb", [10, 96, 0, 10], backends);
     svc.balancing = Balancing::Maglev;
     svc.external_ips = vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))];

@@ -1,0 +1,189 @@
+//! One service's part of the desired maps, on its own: the port frontends
+//! it claims (each with its list and backends), what it leaves out, the
+//! address entries' flags and the source ranges it asks for. Which
+//! service keeps a frontend two claim is decided when parts are put
+//! together ([`super::Desired::add`]), so a part depends on its service
+//! alone and is recomputed only when that service changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use manul_dataplane_api::{Balancing, Service, ServiceKey, ServicePort, TrafficPolicy};
+
+use super::{
+    BackendAddr, Frontend, ListKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Skipped, Wanted,
+    family_backends,
+};
+use crate::abi::{
+    MANUL_SVC_FE_ADDRESS, MANUL_SVC_FE_DROP_EMPTY, MANUL_SVC_FE_EXT_CLUSTER,
+    MANUL_SVC_FE_REJECT_UNKNOWN, MANUL_SVC_FE_SOURCE_RANGES,
+};
+
+/// A service's claim on a port frontend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub frontend: Frontend,
+    pub wanted: Wanted,
+    /// The list's backends.
+    pub backends: Vec<BackendAddr>,
+    /// An external frontend of a Service marked for Maglev.
+    pub maglev: bool,
+}
+
+/// A claim or a part left out, in the order the service names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Claim(Claim),
+    Skipped(Skipped),
+}
+
+/// One service's part of the desired maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Part {
+    pub items: Vec<Item>,
+    /// The flags this service asks of each of its addresses' entries.
+    pub addresses: BTreeMap<IpAddr, u32>,
+    /// Its load-balancer addresses' source ranges.
+    pub source_ranges: BTreeSet<(Ipv4Addr, ipnet::Ipv4Net)>,
+}
+
+impl Part {
+    /// The port frontends this part claims.
+    pub fn claims(&self) -> impl Iterator<Item = &Claim> {
+        self.items.iter().filter_map(|i| match i {
+            Item::Claim(c) => Some(c),
+            Item::Skipped(_) => None,
+        })
+    }
+}
+
+/// The flags of a port frontend: `external` (a node port, an external or a
+/// load-balancer address) under `Cluster` masquerades or uses DSR; a
+/// `Local` list without backends here while the port has some elsewhere
+/// drops.
+fn frontend_flags(port: &ServicePort, policy: TrafficPolicy, external: bool, ipv6: bool) -> u32 {
+    match policy {
+        TrafficPolicy::Cluster if external => MANUL_SVC_FE_EXT_CLUSTER,
+        TrafficPolicy::Cluster => 0,
+        TrafficPolicy::Local => {
+            let here = family_backends(&port.local_backends, ipv6).is_empty();
+            let anywhere = family_backends(&port.backends, ipv6).is_empty();
+            if here && !anywhere {
+                MANUL_SVC_FE_DROP_EMPTY
+            } else {
+                0
+            }
+        }
+    }
+}
+
+/// The part of service `key`: a cluster IP uses the internal traffic
+/// policy's list, an external or load-balancer address the external
+/// one's, a node port (address 0.0.0.0) the external one's too; and the
+/// service addresses (not 0.0.0.0: a node port has no address entry).
+/// IPv6 frontends are cluster IPs only (the programs translate IPv6 on
+/// workload interfaces); an SCTP frontend whose backends listen on
+/// another port is left out (see [`Skipped::SctpPort`]).
+pub fn part(key: &ServiceKey, svc: &Service) -> Part {
+    let mut p = Part::default();
+    // (address, policy, external)
+    let mut frontends: Vec<(IpAddr, TrafficPolicy, bool)> = svc
+        .cluster_ips
+        .iter()
+        .map(|ip| (*ip, svc.internal_traffic, false))
+        .chain(
+            svc.external_ips
+                .iter()
+                .map(|ip| (*ip, svc.external_traffic, true)),
+        )
+        .collect();
+    for ip in &svc.load_balancer_ips {
+        frontends.push((*ip, svc.external_traffic, true));
+        let IpAddr::V4(lb) = ip else { continue };
+        if svc.load_balancer_source_ranges.is_empty() {
+            continue;
+        }
+        *p.addresses.entry(*ip).or_insert(MANUL_SVC_FE_ADDRESS) |= MANUL_SVC_FE_SOURCE_RANGES;
+        for range in &svc.load_balancer_source_ranges {
+            if let ipnet::IpNet::V4(r) = range {
+                p.source_ranges.insert((*lb, r.trunc()));
+            }
+        }
+    }
+    for port in &svc.ports {
+        if ![PROTO_TCP, PROTO_UDP, PROTO_SCTP].contains(&port.protocol) {
+            p.items.push(Item::Skipped(Skipped::Protocol {
+                service: key.clone(),
+                proto: port.protocol,
+            }));
+            continue;
+        }
+        // A node port: address 0.0.0.0 in the map, which the program
+        // looks up only for packets to the node's own addresses
+        // arriving at a host interface.
+        let node_port = port.node_port.map(|p| {
+            (
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                svc.external_traffic,
+                true,
+                p,
+            )
+        });
+        let targets = frontends
+            .iter()
+            .map(|(ip, policy, external)| (*ip, *policy, *external, port.port))
+            .chain(node_port);
+        for (addr, policy, external, number) in targets {
+            let ipv6 = addr.is_ipv6();
+            let cluster_ip = svc.cluster_ips.contains(&addr);
+            if ipv6 && !cluster_ip {
+                p.items.push(Item::Skipped(Skipped::Ipv6 {
+                    service: key.clone(),
+                    addr,
+                }));
+                continue;
+            }
+            if !addr.is_unspecified() {
+                let flags = p.addresses.entry(addr).or_insert(MANUL_SVC_FE_ADDRESS);
+                if cluster_ip {
+                    *flags |= MANUL_SVC_FE_REJECT_UNKNOWN;
+                }
+            }
+            let frontend = Frontend {
+                addr,
+                port: number,
+                proto: port.protocol,
+            };
+            let backends = family_backends(port.backends_for(policy), ipv6);
+            if port.protocol == PROTO_SCTP
+                && let Some(b) = backends.iter().find(|b| b.port != number)
+            {
+                p.items.push(Item::Skipped(Skipped::SctpPort {
+                    service: key.clone(),
+                    frontend,
+                    target: b.port,
+                }));
+                continue;
+            }
+            let list = ListKey {
+                service: key.clone(),
+                port_name: port.name.clone(),
+                proto: port.protocol,
+                port: port.port,
+                local: policy == TrafficPolicy::Local,
+                ipv6,
+            };
+            p.items.push(Item::Claim(Claim {
+                frontend,
+                wanted: Wanted {
+                    list,
+                    affinity_s: svc.affinity_timeout_seconds.unwrap_or(0),
+                    flags: frontend_flags(port, policy, external, ipv6),
+                },
+                backends,
+                maglev: external && svc.balancing == Balancing::Maglev,
+            }));
+        }
+    }
+    p
+}
