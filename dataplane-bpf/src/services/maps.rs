@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use aya::Ebpf;
 use aya::maps::lpm_trie::Key;
@@ -27,8 +27,9 @@ pub struct ServiceMaps {
     aff: Hash<abi::manul_svc_aff_key, abi::manul_svc_aff_value>,
     /// Host interfaces carried for service NAT only (ifindex -> 1).
     ifs: Hash<u32, u32>,
-    /// Load-balancer addresses' source ranges.
+    /// Load-balancer addresses' source ranges, IPv4 and IPv6.
     src: LpmTrie<MapData, abi::manul_svc_src_data, u32>,
+    src6: LpmTrie<MapData, abi::manul_svc_src6_data, u32>,
     /// Maglev tables: (table, slot) -> backend.
     mag: Hash<abi::manul_svc_mag_key, abi::manul_svc_be6_value>,
     /// The IPv6 frontends, backends, NAT conntrack and affinity.
@@ -110,6 +111,47 @@ fn src_key(lb: Ipv4Addr, range: Ipv4Net) -> Key<abi::manul_svc_src_data> {
     )
 }
 
+fn src6_key(lb: Ipv6Addr, range: Ipv6Net) -> Key<abi::manul_svc_src6_data> {
+    Key::new(
+        128 + u32::from(range.prefix_len()),
+        abi::manul_svc_src6_data {
+            lb: lb.octets(),
+            client: range.network().octets(),
+        },
+    )
+}
+
+/// Each family's source ranges: what the tries should hold.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceRanges<'a> {
+    pub v4: &'a BTreeSet<(Ipv4Addr, Ipv4Net)>,
+    pub v6: &'a BTreeSet<(Ipv6Addr, Ipv6Net)>,
+}
+
+type Trie<K> = LpmTrie<MapData, K, u32>;
+
+/// Takes an LPM trie out of a loaded object.
+fn take_trie<K: aya::Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<Trie<K>, BpfError> {
+    ebpf.take_map(name)
+        .ok_or(BpfError::Missing(name))?
+        .try_into()
+        .map_err(|e| BpfError::map(name, "unexpected map type", e))
+}
+
+/// Deletes a trie's entries `keep` refuses.
+fn remove_stale<K: aya::Pod>(
+    trie: &mut Trie<K>,
+    name: &'static str,
+    keep: impl Fn(&Key<K>) -> bool,
+) -> Result<(), BpfError> {
+    let stale: Vec<Key<K>> = trie.keys().flatten().filter(|k| !keep(k)).collect();
+    for k in stale {
+        trie.remove(&k)
+            .map_err(|e| BpfError::map(name, "remove a source range", e))?;
+    }
+    Ok(())
+}
+
 pub fn fe_value(e: &FrontendEntry) -> abi::manul_svc_fe_value {
     abi::manul_svc_fe_value {
         id: e.id,
@@ -184,11 +226,8 @@ impl ServiceMaps {
         let (be6, be6_capacity) = take(ebpf, "manul_svc_be6")?;
         let (nat6, _) = take(ebpf, "manul_nat6")?;
         let (aff6, _) = take(ebpf, "manul_svc_aff6")?;
-        let src = ebpf
-            .take_map("manul_svc_src")
-            .ok_or(BpfError::Missing("manul_svc_src"))?
-            .try_into()
-            .map_err(|e| BpfError::map("manul_svc_src", "unexpected map type", e))?;
+        let src = take_trie(ebpf, "manul_svc_src")?;
+        let src6 = take_trie(ebpf, "manul_svc_src6")?;
         Ok(Self {
             fe,
             be,
@@ -196,6 +235,7 @@ impl ServiceMaps {
             aff,
             ifs,
             src,
+            src6,
             mag,
             fe6,
             be6,
@@ -239,41 +279,35 @@ impl ServiceMaps {
     /// Adds the source ranges of `want` the map lacks (before the address
     /// entries that name them: until then such an address drops every
     /// client, closed).
-    pub fn add_source_ranges(
-        &mut self,
-        want: &BTreeSet<(Ipv4Addr, Ipv4Net)>,
-    ) -> Result<(), BpfError> {
-        for (lb, range) in want {
+    pub fn add_source_ranges(&mut self, want: SourceRanges<'_>) -> Result<(), BpfError> {
+        for (lb, range) in want.v4 {
             self.src
                 .insert(&src_key(*lb, *range), 1, 0)
                 .map_err(|e| BpfError::map("manul_svc_src", format!("add {range} to {lb}"), e))?;
+        }
+        for (lb, range) in want.v6 {
+            self.src6
+                .insert(&src6_key(*lb, *range), 1, 0)
+                .map_err(|e| BpfError::map("manul_svc_src6", format!("add {range} to {lb}"), e))?;
         }
         Ok(())
     }
 
     /// Deletes the source ranges not in `want` (after the address entries
     /// stopped naming them).
-    pub fn remove_source_ranges(
-        &mut self,
-        want: &BTreeSet<(Ipv4Addr, Ipv4Net)>,
-    ) -> Result<(), BpfError> {
-        let stale: Vec<Key<abi::manul_svc_src_data>> = self
-            .src
-            .keys()
-            .flatten()
-            .filter(|k| {
-                let d = k.data();
-                let len = u8::try_from(k.prefix_len().saturating_sub(32)).unwrap_or(u8::MAX);
-                let range = Ipv4Net::new(host_addr(d.client), len).map(|r| r.trunc());
-                !range.is_ok_and(|r| want.contains(&(host_addr(d.lb), r)))
-            })
-            .collect();
-        for k in stale {
-            self.src
-                .remove(&k)
-                .map_err(|e| BpfError::map("manul_svc_src", "remove a source range", e))?;
-        }
-        Ok(())
+    pub fn remove_source_ranges(&mut self, want: SourceRanges<'_>) -> Result<(), BpfError> {
+        remove_stale(&mut self.src, "manul_svc_src", |k| {
+            let d = k.data();
+            let len = u8::try_from(k.prefix_len().saturating_sub(32)).unwrap_or(u8::MAX);
+            let range = Ipv4Net::new(host_addr(d.client), len).map(|r| r.trunc());
+            range.is_ok_and(|r| want.v4.contains(&(host_addr(d.lb), r)))
+        })?;
+        remove_stale(&mut self.src6, "manul_svc_src6", |k| {
+            let d = k.data();
+            let len = u8::try_from(k.prefix_len().saturating_sub(128)).unwrap_or(u8::MAX);
+            let range = Ipv6Net::new(Ipv6Addr::from(d.client), len).map(|r| r.trunc());
+            range.is_ok_and(|r| want.v6.contains(&(Ipv6Addr::from(d.lb), r)))
+        })
     }
 
     /// What the maps hold (an earlier run's entries, or after a failed
@@ -556,6 +590,17 @@ impl ServiceMaps {
                 dir: abi::MANUL_NAT_REV as u8,
                 pad: 0,
             });
+            if v.flags & abi::MANUL_NAT_SNAT != 0 {
+                nat.push(abi::manul_nat6_key {
+                    src: v.addr,
+                    dst: v.snat_addr,
+                    sport: v.port,
+                    dport: v.snat_port,
+                    proto: k.proto,
+                    dir: abi::MANUL_NAT_SNAT_REV as u8,
+                    pad: 0,
+                });
+            }
         }
         let mut removed = 0;
         for k in &aff {

@@ -97,13 +97,17 @@ impl Services {
             tracing::warn!(what = %s, "service frontend not programmed");
         }
         let (writes, next) = plan::plan(&desired, &self.programmed, in_sync);
-        self.maps.add_source_ranges(&desired.source_ranges)?;
+        let ranges = maps::SourceRanges {
+            v4: &desired.source_ranges,
+            v6: &desired.source_ranges6,
+        };
+        self.maps.add_source_ranges(ranges)?;
         // An earlier run's addresses keep their ranges while adopted.
         let prune = next.adopted.is_empty();
         if writes.is_empty() {
             self.programmed = next;
             return match prune {
-                true => self.maps.remove_source_ranges(&desired.source_ranges),
+                true => self.maps.remove_source_ranges(ranges),
                 false => Ok(()),
             };
         }
@@ -114,7 +118,7 @@ impl Services {
         }
         self.programmed = next;
         if prune {
-            self.maps.remove_source_ranges(&desired.source_ranges)?;
+            self.maps.remove_source_ranges(ranges)?;
         }
         let cleaned = self.maps.clean(&writes.gone);
         for (id, backends) in &writes.gone {

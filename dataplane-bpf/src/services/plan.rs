@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use manul_dataplane_api::{Backend, Balancing, MaglevTable, Service, ServiceKey, TrafficPolicy};
 
@@ -110,6 +110,8 @@ pub struct Desired {
     /// address's clients are IPv4); such an address's entry has
     /// `MANUL_SVC_FE_SOURCE_RANGES`, so a client outside them is dropped.
     pub source_ranges: BTreeSet<(Ipv4Addr, ipnet::Ipv4Net)>,
+    /// The same for IPv6 load-balancer addresses and IPv6 ranges.
+    pub source_ranges6: BTreeSet<(Ipv6Addr, ipnet::Ipv6Net)>,
     /// Frontends that pick by Maglev: the external ones (node ports,
     /// external and load-balancer addresses) of Services marked for it.
     pub maglev: BTreeSet<Frontend>,
@@ -124,9 +126,6 @@ pub struct Desired {
 /// A part of a service left out of the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Skipped {
-    /// IPv6 external and load-balancer addresses: the programs translate
-    /// IPv6 on workload interfaces only (cluster IPs).
-    Ipv6 { service: ServiceKey, addr: IpAddr },
     /// Protocols other than TCP, UDP and SCTP.
     Protocol { service: ServiceKey, proto: u8 },
     /// An SCTP frontend with a backend on another port: SCTP's CRC32c
@@ -148,11 +147,6 @@ pub enum Skipped {
 impl fmt::Display for Skipped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Skipped::Ipv6 { service, addr } => write!(
-                f,
-                "service {}/{}: frontend {addr} not programmed (IPv6 cluster IPs only)",
-                service.0, service.1
-            ),
             Skipped::Protocol { service, proto } => write!(
                 f,
                 "service {}/{}: protocol {proto} not programmed (TCP, UDP and SCTP only)",
@@ -228,11 +222,12 @@ fn frontend_flags(
 
 /// The frontends and backend lists of `services`: a cluster IP uses the
 /// internal traffic policy's list, an external or load-balancer address
-/// the external one's, a node port (address 0.0.0.0) the external one's
-/// too; and the service addresses (not 0.0.0.0: a node port has no
-/// address entry). IPv6 frontends are cluster IPs only (the programs
-/// translate IPv6 on workload interfaces); an SCTP frontend whose
-/// backends listen on another port is left out (see [`Skipped::SctpPort`]).
+/// the external one's, a node port (address 0.0.0.0, and :: for a
+/// service with an IPv6 cluster IP) the external one's too; and the
+/// service addresses (not 0.0.0.0 or ::: a node port has no address
+/// entry). Each frontend's list holds its family's backends; an SCTP
+/// frontend whose backends listen on another port is left out (see
+/// [`Skipped::SctpPort`]).
 pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
     let mut d = Desired::default();
     for (key, svc) in services {
@@ -249,17 +244,25 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
             .collect();
         for ip in &svc.load_balancer_ips {
             frontends.push((*ip, svc.external_traffic, true));
-            let IpAddr::V4(lb) = ip else { continue };
             if svc.load_balancer_source_ranges.is_empty() {
                 continue;
             }
             *d.addresses.entry(*ip).or_insert(MANUL_SVC_FE_ADDRESS) |= MANUL_SVC_FE_SOURCE_RANGES;
+            // A range of the other family cannot match a client of this
+            // address's.
             for range in &svc.load_balancer_source_ranges {
-                if let ipnet::IpNet::V4(r) = range {
-                    d.source_ranges.insert((*lb, r.trunc()));
+                match (ip, range) {
+                    (IpAddr::V4(lb), ipnet::IpNet::V4(r)) => {
+                        d.source_ranges.insert((*lb, r.trunc()));
+                    }
+                    (IpAddr::V6(lb), ipnet::IpNet::V6(r)) => {
+                        d.source_ranges6.insert((*lb, r.trunc()));
+                    }
+                    _ => {}
                 }
             }
         }
+        let ipv6_node_port = svc.cluster_ips.iter().any(IpAddr::is_ipv6);
         for port in &svc.ports {
             if ![PROTO_TCP, PROTO_UDP, PROTO_SCTP].contains(&port.protocol) {
                 d.skipped.push(Skipped::Protocol {
@@ -268,16 +271,18 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
                 });
                 continue;
             }
-            // A node port: address 0.0.0.0 in the map, which the program
-            // looks up only for packets to the node's own addresses
-            // arriving at a host interface.
-            let node_port = port.node_port.map(|p| {
-                (
-                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    svc.external_traffic,
-                    true,
-                    p,
-                )
+            // A node port: address 0.0.0.0 (::) in the map, which the
+            // program looks up only for packets to the node's own
+            // addresses arriving at a host interface.
+            let unspecified = [
+                Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                ipv6_node_port.then_some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+            ];
+            let node_port = port.node_port.into_iter().flat_map(|p| {
+                unspecified
+                    .into_iter()
+                    .flatten()
+                    .map(move |ip| (ip, svc.external_traffic, true, p))
             });
             let targets = frontends
                 .iter()
@@ -287,13 +292,6 @@ pub fn desired(services: &BTreeMap<ServiceKey, Service>) -> Desired {
                 let ip = &ip;
                 let policy = &policy;
                 let ipv6 = ip.is_ipv6();
-                if ipv6 && !svc.cluster_ips.contains(ip) {
-                    d.skipped.push(Skipped::Ipv6 {
-                        service: key.clone(),
-                        addr: *ip,
-                    });
-                    continue;
-                }
                 let addr = *ip;
                 if !addr.is_unspecified() {
                     let flags = d.addresses.entry(addr).or_insert(MANUL_SVC_FE_ADDRESS);
