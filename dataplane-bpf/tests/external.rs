@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use manul_dataplane_api::{
-    Action, Backend, Driver, EndpointId, Match, Operation, Policy, Rule, Service, ServicePort,
-    TrafficPolicy, WorkloadEndpoint,
+    Backend, Driver, EndpointId, Operation, Policy, Service, ServicePort, TrafficPolicy,
+    WorkloadEndpoint,
 };
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, ExternalServiceMode};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
@@ -38,7 +38,10 @@ use manul_netns::{
     link_up, plumb_pod_ips, replace_route, set_master, tcp_connect, tcp_peer, unique_prefix,
 };
 
-mod sctp_raw;
+mod raw;
+mod rules;
+
+use rules::allow_all;
 
 const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 const NODE1: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
@@ -137,44 +140,15 @@ fn probe_with_syn_ack(
     client: &NetNs,
     dst: SocketAddr,
 ) -> (manul_netns::PeerProbe, Option<[u8; 6]>) {
-    use nix::sys::socket::{
-        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, setsockopt, socket,
-        sockopt,
-    };
-    use nix::sys::time::TimeVal;
-    use std::os::fd::AsRawFd;
-
-    let capture = client
-        .run(|| {
-            socket(
-                AddressFamily::Packet,
-                SockType::Raw,
-                SockFlag::empty(),
-                SockProtocol::EthAll,
-            )
-        })
-        .unwrap()
-        .unwrap();
-    setsockopt(&capture, sockopt::ReceiveTimeout, &TimeVal::new(0, 200_000)).unwrap();
+    let capture = raw::capture_socket(client);
     let probe = tcp_peer(client, dst, WAIT).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut frame = [0u8; 2048];
-    while Instant::now() < deadline {
-        let Ok(n) = recv(capture.as_raw_fd(), &mut frame, MsgFlags::empty()) else {
-            continue;
-        };
-        let f = &frame[..n];
-        let Some((src, tcp)) = tcp_of_frame(f) else {
-            continue;
-        };
+    let mac = raw::capture(&capture, Duration::from_secs(1), |f| {
+        let (src, tcp) = tcp_of_frame(f)?;
         let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-        if src == dst.ip() && sport == dst.port() && tcp[13] & 0x12 == 0x12 {
-            let mut mac = [0u8; 6];
-            mac.copy_from_slice(&f[6..12]);
-            return (probe, Some(mac));
-        }
-    }
-    (probe, None)
+        let syn_ack = src == dst.ip() && sport == dst.port() && tcp[13] & 0x12 == 0x12;
+        syn_ack.then(|| f[6..12].try_into().ok()).flatten()
+    });
+    (probe, mac)
 }
 
 /// The source address and TCP header of an Ethernet frame carrying TCP
@@ -200,20 +174,6 @@ fn tcp_of_frame(f: &[u8]) -> Option<(IpAddr, &[u8])> {
         _ => return None,
     };
     (tcp.len() >= 20).then_some((src, tcp))
-}
-
-fn allow_all(id: &str) -> Rule {
-    Rule {
-        id: id.into(),
-        action: Action::Allow,
-        ip_version: None,
-        protocol: None,
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
-        src: Match::default(),
-        dst: Match::default(),
-    }
 }
 
 /// A pod's IPv6 address.
@@ -707,11 +667,11 @@ fn sctp_through_node(
 ) -> Option<((IpAddr, u16, bool), Option<(IpAddr, u16, bool)>)> {
     use nix::sys::socket::SockProtocol;
     let tag = 0x5c00_0000 | u32::from(sport);
-    let backend = sctp_raw::raw_socket(c.ns(backend_ns), false, SockProtocol::Sctp);
-    let client = sctp_raw::raw_socket(c.ns(CL), false, SockProtocol::Sctp);
-    sctp_raw::send_to(
+    let backend = raw::raw_socket(c.ns(backend_ns), false, SockProtocol::Sctp);
+    let client = raw::raw_socket(c.ns(CL), false, SockProtocol::Sctp);
+    raw::send_to(
         &client,
-        &sctp_raw::sctp_packet(sport, port, 0, 1, tag),
+        &raw::sctp_packet(sport, port, 0, 1, tag),
         node.into(),
     );
     let deadline = Instant::now() + Duration::from_secs(1);
@@ -719,32 +679,24 @@ fn sctp_through_node(
         if Instant::now() > deadline {
             return None;
         }
-        let Some((src, l4)) = sctp_raw::receive(&backend, false) else {
+        let Some((src, l4)) = raw::receive(&backend, false) else {
             continue;
         };
         if l4.len() >= 32 && l4[12] == 1 && l4[16..20] == tag.to_be_bytes() {
-            break (
-                src,
-                u16::from_be_bytes([l4[2], l4[3]]),
-                sctp_raw::crc_holds(&l4),
-            );
+            break (src, u16::from_be_bytes([l4[2], l4[3]]), raw::crc_holds(&l4));
         }
     };
-    sctp_raw::send_to(
-        &backend,
-        &sctp_raw::sctp_packet(dport, sport, tag, 2, tag),
-        src,
-    );
+    raw::send_to(&backend, &raw::sctp_packet(dport, sport, tag, 2, tag), src);
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
-        let Some((from, l4)) = sctp_raw::receive(&client, false) else {
+        let Some((from, l4)) = raw::receive(&client, false) else {
             continue;
         };
         if l4.len() >= 32 && l4[12] == 2 && l4[4..8] == tag.to_be_bytes() {
             let answer = (
                 from,
                 u16::from_be_bytes([l4[0], l4[1]]),
-                sctp_raw::crc_holds(&l4),
+                raw::crc_holds(&l4),
             );
             return Some(((src, dport, held), Some(answer)));
         }
