@@ -69,10 +69,14 @@ const REMOTE: u16 = 30080;
 const LOCAL_ELSEWHERE: u16 = 30081;
 const REMOTE_UDP: u16 = 30082;
 const HERE: u16 = 30083;
+/// A UDP node port picking by Maglev between both pods (`Cluster`).
+const MAGLEV: u16 = 30084;
+/// The client ports of the Maglev flows.
+const MAGLEV_PORTS: std::ops::Range<u16> = 21_000..21_060;
 const WAIT: Duration = Duration::from_secs(2);
 
 /// A UDP server in a pod answering each datagram with the address it saw
-/// the client at.
+/// the client at and its own ("CLIENT SERVER").
 struct UdpWho {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -93,7 +97,7 @@ impl UdpWho {
             let mut buf = [0u8; 64];
             while !s.load(Ordering::Relaxed) {
                 if let Ok((_, peer)) = socket.recv_from(&mut buf) {
-                    let _ = socket.send_to(peer.ip().to_string().as_bytes(), peer);
+                    let _ = socket.send_to(format!("{} {ip}", peer.ip()).as_bytes(), peer);
                 }
             }
         });
@@ -116,16 +120,24 @@ impl Drop for UdpWho {
 /// Asks the UDP who server behind `dst` over a connected socket (which
 /// takes replies from `dst` only): the client address it saw.
 fn udp_who(ns: &NetNs, dst: SocketAddr) -> Option<IpAddr> {
+    let any = if dst.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    udp_ask(ns, any.parse().unwrap(), dst).map(|(client, _)| client)
+}
+
+/// Asks the UDP who server behind `dst` from `from`: the client address
+/// it saw and its own.
+fn udp_ask(ns: &NetNs, from: SocketAddr, dst: SocketAddr) -> Option<(IpAddr, IpAddr)> {
     ns.run(move || {
-        let any = if dst.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
-        let s = UdpSocket::bind(any).ok()?;
+        let s = UdpSocket::bind(from).ok()?;
         s.connect(dst).ok()?;
         s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
         for _ in 0..3 {
             s.send(b"who").ok()?;
-            let mut buf = [0u8; 64];
+            let mut buf = [0u8; 96];
             if let Ok(n) = s.recv(&mut buf) {
-                return std::str::from_utf8(&buf[..n]).ok()?.parse().ok();
+                let text = std::str::from_utf8(&buf[..n]).ok()?;
+                let (client, server) = text.split_once(' ')?;
+                return Some((client.parse().ok()?, server.parse().ok()?));
             }
         }
         None
@@ -233,6 +245,48 @@ fn load_balancer(name: &str, cluster_ip: Ipv4Addr, lb: Ipv6Addr, ranges: &str, n
     svc
 }
 
+/// A UDP node port to both pods that picks by Maglev.
+fn maglev_service(n: u8) -> Service {
+    let mut svc = node_port(
+        "maglev",
+        Ipv4Addr::new(10, 96, 0, 9),
+        17,
+        MAGLEV,
+        TrafficPolicy::Cluster,
+        POD2,
+        n == 2,
+    );
+    let pod1 = node_port("", POD1, 17, 0, TrafficPolicy::Cluster, POD1, n == 1);
+    for (p, q) in svc.ports.iter_mut().zip(pod1.ports) {
+        p.backends.extend(q.backends);
+        p.local_backends.extend(q.local_backends);
+    }
+    svc.balancing = manul_dataplane_api::Balancing::Maglev;
+    svc
+}
+
+/// The backend dataplane-api's Maglev table and flow hash give each IPv6
+/// flow from the client's `MAGLEV_PORTS` to the node port (frontend ::).
+fn maglev_predicted() -> Vec<IpAddr> {
+    use manul_dataplane_api::maglev::{MaglevTable, flow_hash};
+    let list: Vec<Backend> = [POD1_6, POD2_6]
+        .into_iter()
+        .map(|ip| Backend {
+            ip: ip.into(),
+            port: UDP_PORT,
+            local: false,
+            ready: true,
+        })
+        .collect();
+    let table = MaglevTable::build(&list);
+    MAGLEV_PORTS
+        .map(|p| {
+            let h = flow_hash(CLIENT_6.into(), Ipv6Addr::UNSPECIFIED.into(), p, MAGLEV, 17);
+            table.lookup(h).expect("a backend").ip
+        })
+        .collect()
+}
+
 /// What node `n` (1 or 2) is told: its pod's endpoint and the services,
 /// with backends local where they are on node `n`.
 fn operations(n: u8, pod_if: &str, pod: Ipv4Addr) -> Vec<Operation> {
@@ -295,6 +349,7 @@ fn operations(n: u8, pod_if: &str, pod: Ipv4Addr) -> Vec<Operation> {
             POD1,
             on(POD1),
         )),
+        Operation::ServiceUpdate(maglev_service(n)),
         // The client's /120 is allowed at one address, and only a
         // range without it at the other.
         Operation::ServiceUpdate(load_balancer(
@@ -448,6 +503,7 @@ fn servers(c: &Cluster) -> Servers {
         _udp: vec![
             UdpWho::start(c.ns(P2), POD2.into()),
             UdpWho::start(c.ns(P2), POD2_6.into()),
+            UdpWho::start(c.ns(P1), POD1_6.into()),
         ],
     }
 }
@@ -543,6 +599,20 @@ fn ipv6_checks(c: &Cluster) {
         times_out(c, SocketAddr::new(LB_REFUSED.into(), 80)),
         "a client outside the source ranges was let in"
     );
+    // Maglev over IPv6: each flow on the backend the table predicts.
+    let got: Vec<IpAddr> = MAGLEV_PORTS
+        .map(|p| {
+            let from = SocketAddr::new(CLIENT_6.into(), p);
+            let to = SocketAddr::new(NODE1_6.into(), MAGLEV);
+            udp_ask(c.ns(CL), from, to).expect("every flow answered").1
+        })
+        .collect();
+    let want = maglev_predicted();
+    assert_eq!(
+        got, want,
+        "the kernel's IPv6 Maglev picks differ from the table's"
+    );
+    assert!(want.contains(&IpAddr::V6(POD1_6)) && want.contains(&IpAddr::V6(POD2_6)));
 }
 
 #[test]
