@@ -530,7 +530,8 @@ enum manul_ext_mode {
 	MANUL_EXT_SNAT = 0,
 	/* Direct server return: the client's address is kept, the frontend
 	 * travels in an IPv4 option (MANUL_DSR_OPT_*) to the backend's node,
-	 * which answers the client itself. */
+	 * which answers the client itself. IPv4 only: IPv6 connections are
+	 * masqueraded as under MANUL_EXT_SNAT. */
 	MANUL_EXT_DSR = 1,
 };
 

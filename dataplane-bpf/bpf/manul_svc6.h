@@ -652,7 +652,8 @@ static __attribute__((noinline)) int svc6_to_pod(const struct pkt *p, struct svc
 	return 0;
 }
 
-/* svc_after for IPv6. */
+/* svc_after for IPv6 (the frontend or client n->port goes with is in
+ * s->frontend). */
 static __attribute__((noinline)) int svc6_after(struct __sk_buff *skb, const struct pkt *p,
 						const struct svc_nat *n)
 {
@@ -661,29 +662,10 @@ static __attribute__((noinline)) int svc6_after(struct __sk_buff *skb, const str
 	if (!s || !p || !n)
 		return TC_ACT_SHOT;
 	svc6_hairpin(s->snat);
-	switch (n->after) {
-	case SVC_REVERSE:
-		if (svc6_rewrite(skb, p, s, 1, p->src, s->frontend, p->sport, n->port))
-			return TC_ACT_SHOT;
-		return TC_ACT_OK;
-	case SVC_HAIRPIN_FWD:
-		if (svc6_rewrite(skb, p, s, 1, p->src, s->snat, p->sport, p->sport))
-			return TC_ACT_SHOT;
-		return back_to_pod(skb, 0);
-	case SVC_HAIRPIN_REV:
-		/* p->src: the pod, the reply's sender and its destination. */
-		if (svc6_rewrite(skb, p, s, 1, p->src, s->frontend, p->sport, n->port) ||
-		    svc6_rewrite(skb, p, s, 0, s->snat, p->src, p->dport, p->dport))
-			return TC_ACT_SHOT;
-		return back_to_pod(skb, 0);
-	case SVC_SNAT_REV:
-		/* A local backend's reply to a masqueraded connection. */
-		if (svc6_rewrite(skb, p, s, 0, p->dst, s->frontend, p->dport, n->port))
-			return TC_ACT_SHOT;
-		return TC_ACT_OK;
-	default:
-		return TC_ACT_SHOT;
-	}
+#define REWRITE6(is_src, old, new, old_port, new_port)                                           \
+	svc6_rewrite(skb, p, s, is_src, old, new, old_port, new_port)
+	SVC_AFTER(REWRITE6, p->src, p->dst, s->frontend, s->snat)
+#undef REWRITE6
 }
 
 #endif /* MANUL_SVC6_H */

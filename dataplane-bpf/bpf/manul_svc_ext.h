@@ -26,6 +26,9 @@
  * routing (the kernel drops a packet arriving with a local source): only
  * destinations are translated where packets arrive, sources where they
  * leave.
+ *
+ * ext_route, ext_forward and SNAT_ALLOC serve both families: IPv6
+ * (manul_svc6.h) masquerades the same way (DSR is IPv4's).
  */
 #ifndef MANUL_SVC_EXT_H
 #define MANUL_SVC_EXT_H

@@ -842,6 +842,42 @@ struct svc_nat {
 	__u8 pad;
 };
 
+/* The verdict on a packet policy allowed, after the service NAT's last
+ * step (`n->after`), for either family: REWRITE(is_src, old address, new
+ * address, old port, new port) is the family's rewrite (nonzero: failed),
+ * `src` and `dst` the packet's addresses, `back` the address n->port goes
+ * with (the frontend; SVC_SNAT_REV: the client), `snat` the hairpin
+ * source, each as REWRITE takes them. Expands to a switch that returns. */
+#define SVC_AFTER(REWRITE, src, dst, back, snat)                                                 \
+	switch (n->after) {                                                                      \
+	case SVC_REVERSE:                                                                        \
+		return REWRITE(1, src, back, p->sport, n->port) ? TC_ACT_SHOT : TC_ACT_OK;       \
+	case SVC_HAIRPIN_FWD:                                                                    \
+		if (REWRITE(1, src, snat, p->sport, p->sport))                                   \
+			return TC_ACT_SHOT;                                                      \
+		return back_to_pod(skb, 0);                                                      \
+	case SVC_HAIRPIN_REV:                                                                    \
+		/* src: the pod, the reply's sender and its destination. */                     \
+		if (REWRITE(1, src, back, p->sport, n->port) ||                                  \
+		    REWRITE(0, snat, src, p->dport, p->dport))                                   \
+			return TC_ACT_SHOT;                                                      \
+		return back_to_pod(skb, 0);                                                      \
+	case SVC_SNAT_REV:                                                                       \
+		/* A local backend's reply to a masqueraded connection. */                      \
+		return REWRITE(0, dst, back, p->dport, n->port) ? TC_ACT_SHOT : TC_ACT_OK;       \
+	default:                                                                                 \
+		return TC_ACT_SHOT;                                                              \
+	}
+
+/* An IPv4 address of a struct pkt, as the IPv4 rewrite takes it. */
+static __always_inline __u32 addr4(const __u8 *a)
+{
+	__u32 x;
+
+	__builtin_memcpy(&x, a, 4);
+	return x;
+}
+
 /* The offset of a TCP or UDP packet's checksum, and the flag a UDP one's
  * patch needs (a zero result is sent as 0xffff). */
 static __always_inline __u32 l4_csum_off(const struct pkt *p)
@@ -1370,29 +1406,11 @@ static __always_inline int svc_after(struct __sk_buff *skb, const struct pkt *p,
 		return TC_ACT_OK;
 	if (p->version == 6)
 		return svc6_after(skb, p, n);
-	__builtin_memcpy(&src, p->src, 4);
-	switch (n->after) {
-	case SVC_REVERSE:
-		if (rewrite(skb, p, 1, src, n->addr, p->sport, n->port))
-			return TC_ACT_SHOT;
-		return TC_ACT_OK;
-	case SVC_HAIRPIN_FWD:
-		if (rewrite(skb, p, 1, src, snat, p->sport, p->sport))
-			return TC_ACT_SHOT;
-		return back_to_pod(skb, 0);
-	case SVC_HAIRPIN_REV:
-		if (rewrite(skb, p, 1, src, n->addr, p->sport, n->port) ||
-		    rewrite(skb, p, 0, snat, src, p->dport, p->dport))
-			return TC_ACT_SHOT;
-		return back_to_pod(skb, 0);
-	case SVC_SNAT_REV:
-		__builtin_memcpy(&src, p->dst, 4);
-		if (rewrite(skb, p, 0, src, n->addr, p->dport, n->port))
-			return TC_ACT_SHOT;
-		return TC_ACT_OK;
-	default:
-		return TC_ACT_SHOT;
-	}
+	src = addr4(p->src);
+#define REWRITE4(is_src, old, new, old_port, new_port)                                           \
+	rewrite(skb, p, is_src, old, new, old_port, new_port)
+	SVC_AFTER(REWRITE4, src, addr4(p->dst), n->addr, snat)
+#undef REWRITE4
 }
 
 /* A host interface the programs carry for service NAT only (in
