@@ -530,7 +530,8 @@ enum manul_ext_mode {
 	MANUL_EXT_SNAT = 0,
 	/* Direct server return: the client's address is kept, the frontend
 	 * travels in an IPv4 option (MANUL_DSR_OPT_*) to the backend's node,
-	 * which answers the client itself. */
+	 * which answers the client itself. IPv4 only: IPv6 connections are
+	 * masqueraded as under MANUL_EXT_SNAT. */
 	MANUL_EXT_DSR = 1,
 };
 
@@ -546,9 +547,9 @@ enum manul_ext_mode {
 #define MANUL_DSR_OPT_LEN 8
 
 /*
- * Services over IPv6 (manul_svc6.h), on workload interfaces: the same
- * model as IPv4 in maps of their own, addresses as 16 bytes (network
- * order). Backend list ids share the IPv4 ones' space (a list holds one
+ * Services over IPv6 (manul_svc6.h), on workload and host interfaces:
+ * the same model as IPv4 in maps of their own, addresses as 16 bytes
+ * (network order); a node port's frontend address is ::. Backend list ids share the IPv4 ones' space (a list holds one
  * family's backends); manul_svc_fe_value, manul_svc_be_key and
  * manul_svc_be6_value serve both families.
  */
@@ -589,7 +590,23 @@ struct manul_nat6_value {
 	__u16 pad;
 	__u32 id;
 	__u32 flags; /* MANUL_NAT_* */
-	__u32 pad2;
+	/* FWD with MANUL_NAT_SNAT: the node address and port the client is
+	 * masqueraded to (network order); zeros otherwise. */
+	__u8 snat_addr[16];
+	__u16 snat_port;
+	__u16 pad2;
+};
+
+/* manul_svc_src6 (LPM trie): as manul_svc_src, for IPv6 load-balancer
+ * addresses: prefixlen = 128 + the range's length. */
+struct manul_svc_src6_data {
+	__u8 lb[16];
+	__u8 client[16];
+};
+
+struct manul_svc_src6_key {
+	__u32 prefixlen;
+	struct manul_svc_src6_data data;
 };
 
 /* manul_svc_aff6 (LRU hash): as manul_svc_aff. */

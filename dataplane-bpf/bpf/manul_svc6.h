@@ -1,22 +1,29 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Part of manul_tc.c (included once, after the IPv4 service functions):
- * the service NAT over IPv6 on workload interfaces (cluster IPs), TCP,
- * UDP and SCTP, in maps of its own (manul_svc_fe6, manul_svc_be6,
- * manul_nat6, manul_svc_aff6), with the IPv4 steps: a frontend's new
- * connection gets its backend (affinity, or random), a forward and a
- * reverse NAT entry, and its destination rewritten before policy; a reply
- * gets its source back after policy; a frontend without backends, or a
- * cluster IP's unknown port, refuses at once (TCP RST, ICMPv6 port
- * unreachable); a pod reaching a service it backs gets its connection
- * from MANUL_HAIRPIN_SNAT_V6. IPv6 has no header checksum: a rewrite
- * patches the TCP or UDP checksum by the difference of the 16-byte
- * addresses (pseudo header) and of the ports; SCTP's CRC32c has no
- * pseudo header, so its addresses are just stored, and a port change
- * (which the CRC covers) is refused. Extension headers are not walked
- * (a packet with one is not a TCP, UDP or SCTP one here). Host
- * interfaces do not translate IPv6 (no IPv6 node ports, external or
- * load-balancer addresses are programmed).
+ * Part of manul_tc.c (included once, after the IPv4 service functions and
+ * manul_svc_ext.h, whose family-neutral helpers it uses): the service NAT
+ * over IPv6, TCP, UDP and SCTP, in maps of its own (manul_svc_fe6,
+ * manul_svc_be6, manul_nat6, manul_svc_aff6, manul_svc_src6), with the
+ * IPv4 steps. On workload interfaces: a frontend's new connection gets
+ * its backend (affinity, Maglev, or random), a forward and a reverse NAT
+ * entry, and its destination rewritten before policy; a reply gets its
+ * source back after policy; a frontend without backends, or a cluster
+ * IP's unknown port, refuses at once (TCP RST, ICMPv6 port unreachable);
+ * a pod reaching a service it backs gets its connection from
+ * MANUL_HAIRPIN_SNAT_V6. On host interfaces carried for service NAT:
+ * node ports (frontend ::, to the node's own addresses), external and
+ * load-balancer addresses (with their source ranges), under the Local
+ * policy (local backends, client kept) or Cluster (the client
+ * masqueraded to the node's address toward the backend and a port of
+ * MANUL_SNAT_PORT_MIN..MAX, as manul_svc_ext.h does for IPv4; DSR is
+ * IPv4's only, so IPv6 is masqueraded in either mode).
+ *
+ * IPv6 has no header checksum: a rewrite patches the TCP or UDP checksum
+ * by the difference of the 16-byte addresses (pseudo header) and of the
+ * ports; SCTP's CRC32c has no pseudo header, so its addresses are just
+ * stored, and a port change (which the CRC covers) is refused. Extension
+ * headers are not walked (a packet with one is not a TCP, UDP or SCTP
+ * one here).
  *
  * Everything large lives in a per-CPU map value, not on the stack: the
  * verifier's 512 bytes span the calling program and classify's chain.
@@ -59,6 +66,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } manul_svc_aff6 SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__type(key, struct manul_svc_src6_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_svc_src6 SEC(".maps");
+
 #define IP6_SRC_OFF (ETH_HLEN + 8)
 #define IP6_DST_OFF (ETH_HLEN + 24)
 
@@ -82,12 +98,19 @@ struct svc6_scratch {
 	struct manul_svc_aff6_key ak;
 	struct manul_svc_aff6_value av;
 	struct svc6_pseudo pseudo;
+	/* A masqueraded connection's SNAT_REV entry being written. */
+	struct manul_nat6_key rkey;
+	struct manul_nat6_value rv;
+	struct manul_svc_src6_key sk;
 	__u8 snat[16];
 	__u8 from[16];
 	__u8 to[16];
 	/* The frontend a reply's source goes back to (SVC_REVERSE,
-	 * SVC_HAIRPIN_REV). */
+	 * SVC_HAIRPIN_REV), the client a masqueraded reply's destination
+	 * goes back to (SVC_SNAT_REV). */
 	__u8 frontend[16];
+	/* The node's address toward a new external connection's backend. */
+	__u8 node[16];
 };
 
 struct {
@@ -142,8 +165,6 @@ static __always_inline int svc6_rewrite(struct __sk_buff *skb, const struct pkt 
 					struct svc6_scratch *s, int is_src, const __u8 *old_addr,
 					const __u8 *new_addr, __u16 old_port, __u16 new_port)
 {
-	__u32 csum_off = p->l4_off + (p->proto == IPPROTO_TCP ? 16 : 6);
-	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	__s64 diff;
 
 	addr6_copy(s->from, old_addr);
@@ -160,31 +181,26 @@ static __always_inline int svc6_rewrite(struct __sk_buff *skb, const struct pkt 
 		diff = bpf_csum_diff((__be32 *)s->from, 16, (__be32 *)s->to, 16, 0);
 		if (diff < 0)
 			return -1;
-		if (bpf_l4_csum_replace(skb, csum_off, 0, (__u32)diff, BPF_F_PSEUDO_HDR | mangled))
+		if (bpf_l4_csum_replace(skb, l4_csum_off(p), 0, (__u32)diff,
+					BPF_F_PSEUDO_HDR | l4_mangled(p)))
 			return -1;
 		if (bpf_skb_store_bytes(skb, is_src ? IP6_SRC_OFF : IP6_DST_OFF, s->to, 16, 0))
 			return -1;
 	}
-	if (old_port != new_port) {
-		if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, mangled | 2))
-			return -1;
-		if (bpf_skb_store_bytes(skb, p->l4_off + (is_src ? 0 : 2), &new_port, 2, 0))
-			return -1;
-	}
-	return 0;
+	return rewrite_port(skb, p, is_src, old_port, new_port);
 }
 
 /* Turns a TCP segment over IPv6 into the RST that refuses it (as
  * reject_tcp). */
-static __always_inline int svc6_reject_tcp(struct __sk_buff *skb, struct svc6_scratch *s)
+static __always_inline int svc6_reject_tcp(struct __sk_buff *skb, struct svc6_scratch *s,
+					   int host)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	struct tcphdr *tcp = (void *)(ip6 + 1);
-	__u32 seq, ack, payload;
-	__u16 port, flags;
+	__u32 payload;
 	__s64 sum;
 
 	if ((void *)(tcp + 1) > data_end || ip6->nexthdr != IPPROTO_TCP || tcp->rst)
@@ -192,31 +208,13 @@ static __always_inline int svc6_reject_tcp(struct __sk_buff *skb, struct svc6_sc
 	payload = bpf_ntohs(ip6->payload_len);
 	if (payload < tcp->doff * 4)
 		return TC_ACT_SHOT;
-	payload -= tcp->doff * 4;
-	if (tcp->ack) {
-		seq = tcp->ack_seq;
-		ack = 0;
-		flags = bpf_htons(0x5004); /* data offset 5, RST */
-	} else {
-		seq = 0;
-		ack = bpf_htonl(bpf_ntohl(tcp->seq) + payload + tcp->syn + tcp->fin);
-		flags = bpf_htons(0x5014); /* data offset 5, RST ACK */
-	}
+	rst_header(tcp, payload - tcp->doff * 4);
 	__builtin_memcpy(s->from, &ip6->saddr, 16);
 	__builtin_memcpy(&ip6->saddr, &ip6->daddr, 16);
 	__builtin_memcpy(&ip6->daddr, s->from, 16);
-	port = tcp->source;
-	tcp->source = tcp->dest;
-	tcp->dest = port;
 	*(__u32 *)ip6 = bpf_htonl(0x60000000); /* version 6, no class, no label */
 	ip6->payload_len = bpf_htons(sizeof(*tcp));
 	ip6->hop_limit = 64;
-	tcp->seq = seq;
-	tcp->ack_seq = ack;
-	((__u16 *)tcp)[6] = flags;
-	tcp->window = 0;
-	tcp->check = 0;
-	tcp->urg_ptr = 0;
 	if (bpf_skb_change_tail(skb, sizeof(*eth) + sizeof(*ip6) + sizeof(*tcp), 0))
 		return TC_ACT_SHOT;
 	data = (void *)(long)skb->data;
@@ -235,7 +233,7 @@ static __always_inline int svc6_reject_tcp(struct __sk_buff *skb, struct svc6_sc
 	if (sum < 0)
 		return TC_ACT_SHOT;
 	tcp->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)tcp, sizeof(*tcp), (__u32)sum));
-	return back_to_pod(skb, 0);
+	return back_to_pod(skb, host);
 }
 
 /* The invoking packet's bytes an ICMPv6 error carries here: its IPv6
@@ -245,7 +243,8 @@ static __always_inline int svc6_reject_tcp(struct __sk_buff *skb, struct svc6_sc
 /* Turns a UDP or SCTP packet over IPv6 into an ICMPv6 port unreachable
  * (type 1, code 4) carrying its header and first 8 bytes, from the
  * frontend. */
-static __always_inline int svc6_reject_udp(struct __sk_buff *skb, struct svc6_scratch *s)
+static __always_inline int svc6_reject_udp(struct __sk_buff *skb, struct svc6_scratch *s,
+					   int host)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -290,7 +289,7 @@ static __always_inline int svc6_reject_udp(struct __sk_buff *skb, struct svc6_sc
 		return TC_ACT_SHOT;
 	*(__u16 *)(icmp + 2) =
 		csum_fold(bpf_csum_diff(0, 0, (__be32 *)icmp, 8 + SVC6_QUOTE, (__u32)sum));
-	return back_to_pod(skb, 0);
+	return back_to_pod(skb, host);
 }
 
 /* svc6_in's answer: refuse the packet (svc6_refuse). */
@@ -299,23 +298,27 @@ static __always_inline int svc6_reject_udp(struct __sk_buff *skb, struct svc6_sc
 /* Turns the packet into its refusal: a TCP RST, else an ICMPv6 port
  * unreachable. Called by svc_in after svc6_in returned, not from it: the
  * two frames never stack. */
-static __attribute__((noinline)) int svc6_refuse(struct __sk_buff *skb, const struct pkt *p)
+static __attribute__((noinline)) int svc6_refuse(struct __sk_buff *skb, const struct pkt *p,
+						 int host)
 {
 	struct svc6_scratch *s = svc6_scratch();
 
 	if (!s || !p)
 		return TC_ACT_SHOT;
 	if (p->proto == IPPROTO_TCP)
-		return svc6_reject_tcp(skb, s);
-	return svc6_reject_udp(skb, s);
+		return svc6_reject_tcp(skb, s, host);
+	return svc6_reject_udp(skb, s, host);
 }
 
 /* As svc_pick, into s->be: the client's affinity entry while it holds,
- * else a backend at random (remembered when the frontend has affinity). */
+ * else the frontend's Maglev slot for the flow when it has a table (the
+ * frontend as keyed in s->fk: :: for a node port), else a backend at
+ * random (remembered when the frontend has affinity). */
 static __always_inline int svc6_pick(const struct manul_svc_fe_value *fe, const struct pkt *p,
 				     struct svc6_scratch *s, __u64 now)
 {
 	struct manul_svc_be_key bk = { .id = fe->id };
+	const __u32 *f = (const __u32 *)s->fk.addr;
 	struct manul_svc_aff6_value *av;
 	struct manul_svc_be6_value *be;
 
@@ -324,8 +327,7 @@ static __always_inline int svc6_pick(const struct manul_svc_fe_value *fe, const 
 	s->ak.id = fe->id;
 	if (fe->affinity_s) {
 		av = bpf_map_lookup_elem(&manul_svc_aff6, &s->ak);
-		if (av && now - av->ts_ns < (__u64)fe->affinity_s * NS_PER_S) {
-			av->ts_ns = now;
+		if (av && affinity_holds(fe, &av->ts_ns, now)) {
 			addr6_copy(s->be.addr, av->addr);
 			s->be.port = av->port;
 			return 0;
@@ -333,10 +335,14 @@ static __always_inline int svc6_pick(const struct manul_svc_fe_value *fe, const 
 	}
 	if (!fe->count)
 		return -1;
-	bk.index = bpf_get_prandom_u32() % fe->count;
-	be = bpf_map_lookup_elem(&manul_svc_be6, &bk);
-	if (!be)
-		return -1;
+	be = maglev_slot(fe, maglev_flow_hash(p->src, f[0], f[1], f[2], f[3], p->sport, p->dport,
+					      p->proto));
+	if (!be) {
+		bk.index = bpf_get_prandom_u32() % fe->count;
+		be = bpf_map_lookup_elem(&manul_svc_be6, &bk);
+		if (!be)
+			return -1;
+	}
 	s->be = *be;
 	if (fe->affinity_s) {
 		__builtin_memset(&s->av, 0, sizeof(s->av));
@@ -348,30 +354,110 @@ static __always_inline int svc6_pick(const struct manul_svc_fe_value *fe, const 
 	return 0;
 }
 
-/* Whether an IPv6 forward entry still names the connection this packet
- * is of (as nat_current). */
-static __always_inline int nat6_current(const struct manul_nat6_value *v, const struct pkt *p,
-					__u64 now)
+/* svc_snat_alloc for IPv6. */
+__attribute__((noinline)) int svc6_snat_alloc(struct manul_nat6_key *k,
+					      const struct manul_nat6_value *v)
 {
-	__u64 idle = now - v->last_seen_ns;
+	if (!k || !v)
+		return -1;
+	return SNAT_ALLOC(manul_nat6, k, v);
+}
 
-	if (p->proto == IPPROTO_UDP)
-		return idle < NAT_UDP_IDLE_NS;
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & 0x12) == 0x02)
-		return idle < NAT_SYN_IDLE_NS;
+/* svc_ext_new for IPv6 (always a masquerade: DSR is IPv4's), with the
+ * backend in s->be and the forward entry in s->v: sets s->v's
+ * MANUL_NAT_SNAT, masquerade address and port, and writes the SNAT_REV
+ * entry. Returns 0, or -1 to drop. */
+static __always_inline int svc6_ext_new(struct __sk_buff *skb, const struct pkt *p,
+					struct svc6_scratch *s, __u64 now)
+{
+	int where = ext_route(skb, 6, p, p->src, s->be.addr, s->be.port, s->node);
+
+	if (where < 0)
+		return -1;
+	if (where == EXT_LOCAL && addr6_eq(s->node, s->be.addr))
+		return 0; /* the host itself: nothing to masquerade */
+	__builtin_memset(&s->rkey, 0, sizeof(s->rkey));
+	addr6_copy(s->rkey.src, s->be.addr);
+	addr6_copy(s->rkey.dst, s->node);
+	s->rkey.sport = s->be.port;
+	s->rkey.proto = p->proto;
+	s->rkey.dir = MANUL_NAT_SNAT_REV;
+	__builtin_memset(&s->rv, 0, sizeof(s->rv));
+	s->rv.created_ns = now;
+	s->rv.last_seen_ns = now;
+	addr6_copy(s->rv.addr, p->src);
+	s->rv.port = p->sport;
+	s->rv.id = s->v.id;
+	s->rv.flags = MANUL_NAT_SNAT;
+	if (svc6_snat_alloc(&s->rkey, &s->rv)) {
+		count(MANUL_CNT_SVC_SNAT_FULL);
+		return -1;
+	}
+	s->v.flags |= MANUL_NAT_SNAT;
+	addr6_copy(s->v.snat_addr, s->node);
+	s->v.snat_port = s->rkey.dport;
+	count(MANUL_CNT_SVC_SNAT);
+	return 0;
+}
+
+/* A reply to a masqueraded connection (as ext_snat_reply), the SNAT_REV
+ * key in s->key: 0 when it is no such reply, 1 when it is, -1 on a
+ * failed rewrite. */
+static __always_inline int svc6_snat_reply(struct __sk_buff *skb, const struct pkt *p,
+					   struct svc_nat *n, struct svc6_scratch *s, int host,
+					   __u64 now)
+{
+	struct manul_nat6_value *nv;
+
+	if (bpf_ntohs(p->dport) < MANUL_SNAT_PORT_MIN)
+		return 0;
+	s->key.dir = MANUL_NAT_SNAT_REV;
+	nv = bpf_map_lookup_elem(&manul_nat6, &s->key);
+	if (!nv)
+		return 0;
+	nv->last_seen_ns = now;
+	if (host)
+		return svc6_rewrite(skb, p, s, 0, p->dst, nv->addr, p->dport, nv->port) ? -1 : 1;
+	n->after = SVC_SNAT_REV;
+	addr6_copy(s->frontend, nv->addr);
+	n->port = nv->port;
 	return 1;
 }
 
-/* svc_in for IPv6 on a workload interface: -1 to go on with *p
- * describing the translated packet, SVC6_REFUSE, or a TC verdict. */
+/* Whether a client may reach a load-balancer address with source ranges
+ * (the frontend's address entry `fe`). */
+static __always_inline int svc6_source_allowed(const struct manul_svc_fe_value *fe,
+					       const struct pkt *p, struct svc6_scratch *s)
+{
+	if (!(fe->flags & MANUL_SVC_FE_SOURCE_RANGES))
+		return 1;
+	s->sk.prefixlen = 256;
+	addr6_copy(s->sk.data.lb, p->dst);
+	addr6_copy(s->sk.data.client, p->src);
+	return bpf_map_lookup_elem(&manul_svc_src6, &s->sk) != 0;
+}
+
+/* svc6_in's answers besides -1 and a TC verdict: refuse the packet
+ * (svc6_refuse), pick a new connection's backend (svc6_new), translate
+ * to the connection's backend in s->be (svc6_translate). svc_in calls
+ * each of these after the one before returned, never from it: their
+ * frames never stack (the 512 bytes span the calling program too). */
+#define SVC6_NEW (-3)
+#define SVC6_TRANSLATE (-4)
+
+/* svc_in for IPv6, on a workload interface or (`host`) a host interface
+ * carried for service NAT: -1 to go on with *p as it is, SVC6_REFUSE,
+ * SVC6_NEW (the frontend's port entry in s->fk, the forward key in
+ * s->key), SVC6_TRANSLATE (an established connection: its forward entry
+ * in s->v, its backend in s->be), or a TC verdict. */
 static __attribute__((noinline)) int svc6_in(struct __sk_buff *skb, struct pkt *p,
-					     struct svc_nat *n, __u64 now)
+					     struct svc_nat *n, __u64 now, int host)
 {
 	struct svc6_scratch *s = svc6_scratch();
 	struct manul_svc_fe_value *fe;
 	struct manul_nat6_value *nv;
 	__u32 reject_unknown;
-	int hairpin;
+	int rc;
 
 	if (!s || !p || !n)
 		return TC_ACT_SHOT;
@@ -384,8 +470,14 @@ static __attribute__((noinline)) int svc6_in(struct __sk_buff *skb, struct pkt *
 	s->key.sport = p->sport;
 	s->key.dport = p->dport;
 	s->key.proto = p->proto;
+	/* A reply to a masqueraded external connection. */
+	rc = svc6_snat_reply(skb, p, n, s, host, now);
+	if (rc < 0)
+		return TC_ACT_SHOT;
+	if (rc > 0)
+		return host ? TC_ACT_OK : -1;
 	svc6_hairpin(s->snat);
-	if (addr6_eq(p->dst, s->snat)) {
+	if (!host && addr6_eq(p->dst, s->snat)) {
 		/* A reply of a hairpinned connection: policy sees it as the
 		 * reply of the pod's connection to itself. */
 		s->key.dir = MANUL_NAT_REV;
@@ -401,18 +493,30 @@ static __attribute__((noinline)) int svc6_in(struct __sk_buff *skb, struct pkt *
 	/* A service address at all? */
 	addr6_copy(s->fk.addr, p->dst);
 	fe = bpf_map_lookup_elem(&manul_svc_fe6, &s->fk);
-	if (!fe)
-		return -1;
-	reject_unknown = fe->flags & MANUL_SVC_FE_REJECT_UNKNOWN;
 	s->fk.port = p->dport;
 	s->fk.proto = p->proto;
-	fe = bpf_map_lookup_elem(&manul_svc_fe6, &s->fk);
-	if (!fe) {
-		/* A cluster IP's port or protocol no service has. */
-		if (!reject_unknown)
+	if (fe) {
+		if (!svc6_source_allowed(fe, p, s)) {
+			count(MANUL_CNT_SVC_SOURCE_DENIED);
+			return TC_ACT_SHOT;
+		}
+		reject_unknown = fe->flags & MANUL_SVC_FE_REJECT_UNKNOWN;
+		fe = bpf_map_lookup_elem(&manul_svc_fe6, &s->fk);
+		if (!fe) {
+			/* A cluster IP's port or protocol no service has. */
+			if (!reject_unknown)
+				return -1;
+			count(MANUL_CNT_SVC_REJECT);
+			return SVC6_REFUSE;
+		}
+	} else {
+		/* A node port (::), on the node's own addresses only. */
+		if (!host)
 			return -1;
-		count(MANUL_CNT_SVC_REJECT);
-		return SVC6_REFUSE;
+		__builtin_memset(s->fk.addr, 0, sizeof(s->fk.addr));
+		fe = bpf_map_lookup_elem(&manul_svc_fe6, &s->fk);
+		if (!fe || !to_local_host(skb, p))
+			return -1;
 	}
 	s->key.dir = MANUL_NAT_FWD;
 	nv = bpf_map_lookup_elem(&manul_nat6, &s->key);
@@ -422,58 +526,104 @@ static __attribute__((noinline)) int svc6_in(struct __sk_buff *skb, struct pkt *
 		count(MANUL_CNT_SVC_RESET);
 		return SVC6_REFUSE;
 	}
-	if (nv && nat6_current(nv, p, now)) {
-		nv->last_seen_ns = now;
-		addr6_copy(s->be.addr, nv->addr);
-		s->be.port = nv->port;
-		hairpin = nv->flags & MANUL_NAT_HAIRPIN;
-	} else {
-		if (svc6_pick(fe, p, s, now)) {
-			if (fe->flags & MANUL_SVC_FE_DROP_EMPTY) {
-				count(MANUL_CNT_SVC_LOCAL_DROP);
-				return TC_ACT_SHOT;
-			}
-			count(MANUL_CNT_SVC_REJECT);
-			return SVC6_REFUSE;
-		}
-		if (p->proto == IPPROTO_SCTP && s->be.port != p->dport) {
-			/* SCTP's CRC32c covers the ports. */
-			count(MANUL_CNT_SVC_UNTRANSLATABLE);
+	if (!nv || !nat_current(nv->last_seen_ns, p, now))
+		return SVC6_NEW;
+	nv->last_seen_ns = now;
+	/* The connection's forward entry (its backend, the masquerade it
+	 * has). */
+	s->v = *nv;
+	addr6_copy(s->be.addr, nv->addr);
+	s->be.port = nv->port;
+	return SVC6_TRANSLATE;
+}
+
+/* A new connection to the frontend s->fk (svc6_in's SVC6_NEW): its
+ * backend, its forward and reverse entries (and a masquerade's), then
+ * SVC6_TRANSLATE; or SVC6_REFUSE, or a TC verdict. */
+static __attribute__((noinline)) int svc6_new(struct __sk_buff *skb, struct pkt *p,
+					      __u64 now, int host)
+{
+	struct svc6_scratch *s = svc6_scratch();
+	struct manul_svc_fe_value *fe;
+	int hairpin;
+
+	if (!s || !p)
+		return TC_ACT_SHOT;
+	fe = bpf_map_lookup_elem(&manul_svc_fe6, &s->fk);
+	if (!fe)
+		return TC_ACT_SHOT;
+	if (svc6_pick(fe, p, s, now)) {
+		if (fe->flags & MANUL_SVC_FE_DROP_EMPTY) {
+			/* Local policy, no backend here: dropped. */
+			count(MANUL_CNT_SVC_LOCAL_DROP);
 			return TC_ACT_SHOT;
 		}
-		hairpin = addr6_eq(s->be.addr, p->src);
-		__builtin_memset(&s->v, 0, sizeof(s->v));
-		s->v.created_ns = now;
-		s->v.last_seen_ns = now;
-		s->v.id = fe->id;
-		s->v.flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
-		addr6_copy(s->v.addr, s->be.addr);
-		s->v.port = s->be.port;
-		if (bpf_map_update_elem(&manul_nat6, &s->key, &s->v, BPF_ANY))
-			return TC_ACT_SHOT;
-		addr6_copy(s->key.src, s->be.addr);
-		if (hairpin)
-			addr6_copy(s->key.dst, s->snat);
-		else
-			addr6_copy(s->key.dst, p->src);
-		s->key.sport = s->be.port;
-		s->key.dport = p->sport;
-		s->key.dir = MANUL_NAT_REV;
-		addr6_copy(s->v.addr, p->dst);
-		s->v.port = p->dport;
-		if (bpf_map_update_elem(&manul_nat6, &s->key, &s->v, BPF_ANY))
-			return TC_ACT_SHOT;
-		count(MANUL_CNT_SVC_NAT);
-		if (hairpin)
-			count(MANUL_CNT_SVC_HAIRPIN);
+		count(MANUL_CNT_SVC_REJECT);
+		return SVC6_REFUSE;
 	}
+	if (p->proto == IPPROTO_SCTP &&
+	    (s->be.port != p->dport || (host && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER)))) {
+		/* SCTP's CRC32c covers the ports. */
+		count(MANUL_CNT_SVC_UNTRANSLATABLE);
+		return TC_ACT_SHOT;
+	}
+	hairpin = !host && addr6_eq(s->be.addr, p->src);
+	__builtin_memset(&s->v, 0, sizeof(s->v));
+	s->v.created_ns = now;
+	s->v.last_seen_ns = now;
+	s->v.id = fe->id;
+	s->v.flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
+	addr6_copy(s->v.addr, s->be.addr);
+	s->v.port = s->be.port;
+	if (host && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER) && svc6_ext_new(skb, p, s, now))
+		return TC_ACT_SHOT;
+	if (bpf_map_update_elem(&manul_nat6, &s->key, &s->v, BPF_ANY))
+		return TC_ACT_SHOT;
+	addr6_copy(s->key.src, s->be.addr);
+	if (hairpin)
+		addr6_copy(s->key.dst, s->snat);
+	else
+		addr6_copy(s->key.dst, p->src);
+	s->key.sport = s->be.port;
+	s->key.dport = p->sport;
+	s->key.dir = MANUL_NAT_REV;
+	addr6_copy(s->v.addr, p->dst);
+	s->v.port = p->dport;
+	if (bpf_map_update_elem(&manul_nat6, &s->key, &s->v, BPF_ANY))
+		return TC_ACT_SHOT;
+	/* The forward entry again, for svc6_translate. */
+	addr6_copy(s->v.addr, s->be.addr);
+	s->v.port = s->be.port;
+	count(MANUL_CNT_SVC_NAT);
+	if (hairpin)
+		count(MANUL_CNT_SVC_HAIRPIN);
+	return SVC6_TRANSLATE;
+}
+
+/* A connection's packet to its backend (s->be, its forward entry in
+ * s->v): the destination translated; a masqueraded one's source too,
+ * then sent on past the kernel's input path (as svc_ext_send). -1 to go
+ * on with *p describing the translated packet, or a TC verdict. */
+static __attribute__((noinline)) int svc6_translate(struct __sk_buff *skb, struct pkt *p,
+						    struct svc_nat *n, int host)
+{
+	struct svc6_scratch *s = svc6_scratch();
+
+	if (!s || !p || !n)
+		return TC_ACT_SHOT;
 	if (svc6_rewrite(skb, p, s, 0, p->dst, s->be.addr, p->dport, s->be.port)) {
 		count(MANUL_CNT_SVC_UNTRANSLATABLE);
 		return TC_ACT_SHOT;
 	}
+	if (host && (s->v.flags & MANUL_NAT_SNAT)) {
+		if (svc6_rewrite(skb, p, s, 1, p->src, s->v.snat_addr, p->sport, s->v.snat_port))
+			return TC_ACT_SHOT;
+		return ext_forward(skb, 6, s->v.snat_addr, s->v.addr, s->v.snat_port, s->v.port,
+				   p->proto);
+	}
 	addr6_copy(p->dst, s->be.addr);
 	p->dport = s->be.port;
-	if (hairpin)
+	if (s->v.flags & MANUL_NAT_HAIRPIN)
 		n->after = SVC_HAIRPIN_FWD;
 	return -1;
 }
@@ -502,7 +652,8 @@ static __attribute__((noinline)) int svc6_to_pod(const struct pkt *p, struct svc
 	return 0;
 }
 
-/* svc_after for IPv6. */
+/* svc_after for IPv6 (the frontend or client n->port goes with is in
+ * s->frontend). */
 static __attribute__((noinline)) int svc6_after(struct __sk_buff *skb, const struct pkt *p,
 						const struct svc_nat *n)
 {
@@ -511,24 +662,10 @@ static __attribute__((noinline)) int svc6_after(struct __sk_buff *skb, const str
 	if (!s || !p || !n)
 		return TC_ACT_SHOT;
 	svc6_hairpin(s->snat);
-	switch (n->after) {
-	case SVC_REVERSE:
-		if (svc6_rewrite(skb, p, s, 1, p->src, s->frontend, p->sport, n->port))
-			return TC_ACT_SHOT;
-		return TC_ACT_OK;
-	case SVC_HAIRPIN_FWD:
-		if (svc6_rewrite(skb, p, s, 1, p->src, s->snat, p->sport, p->sport))
-			return TC_ACT_SHOT;
-		return back_to_pod(skb, 0);
-	case SVC_HAIRPIN_REV:
-		/* p->src: the pod, the reply's sender and its destination. */
-		if (svc6_rewrite(skb, p, s, 1, p->src, s->frontend, p->sport, n->port) ||
-		    svc6_rewrite(skb, p, s, 0, s->snat, p->src, p->dport, p->dport))
-			return TC_ACT_SHOT;
-		return back_to_pod(skb, 0);
-	default:
-		return TC_ACT_SHOT;
-	}
+#define REWRITE6(is_src, old, new, old_port, new_port)                                           \
+	svc6_rewrite(skb, p, s, is_src, old, new, old_port, new_port)
+	SVC_AFTER(REWRITE6, p->src, p->dst, s->frontend, s->snat)
+#undef REWRITE6
 }
 
 #endif /* MANUL_SVC6_H */

@@ -26,6 +26,9 @@
  * routing (the kernel drops a packet arriving with a local source): only
  * destinations are translated where packets arrive, sources where they
  * leave.
+ *
+ * ext_route, ext_forward and SNAT_ALLOC serve both families: IPv6
+ * (manul_svc6.h) masquerades the same way (DSR is IPv4's).
  */
 #ifndef MANUL_SVC_EXT_H
 #define MANUL_SVC_EXT_H
@@ -56,57 +59,68 @@ static __always_inline __u64 ext_mode(void)
 	return v ? *v : MANUL_EXT_SNAT;
 }
 
-/* Where the backend is, as the FIB routes a packet arriving on this
- * interface, and the node's source address toward it. -1: no route. */
-static __always_inline int ext_route(struct __sk_buff *skb, const struct pkt *p, __u32 client,
-				     __u32 backend, __u16 port, __u32 *node_addr)
+/* Where the backend is, as the FIB routes a packet of the client's
+ * arriving on this interface, and the node's source address toward it
+ * (`client`, `backend`, `node_addr`: 4 or 16 bytes, IP `version`: a
+ * constant, so that a global caller's verification sees one family).
+ * -1: no route. */
+static __always_inline int ext_route(struct __sk_buff *skb, __u8 version, const struct pkt *p,
+				     const void *client, const void *backend, __u16 port,
+				     void *node_addr)
 {
-	struct bpf_fib_lookup *f = fib_scratch();
+	struct bpf_fib_lookup *f =
+		fib_query(skb, version, p->proto, client, backend, p->sport, port);
 	struct manul_ep_value *ep;
 	__u32 oif;
 	long rc;
 
 	if (!f)
 		return -1;
-	f->family = 2; /* AF_INET */
-	f->ifindex = skb->ifindex;
-	f->l4_protocol = p->proto;
-	f->sport = p->sport;
-	f->dport = port;
-	f->ipv4_src = client;
-	f->ipv4_dst = backend;
 	rc = bpf_fib_lookup(skb, f, sizeof(*f), BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC);
 	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
 		/* A host-networked backend: the node's own address. */
-		*node_addr = backend;
+		if (version == 4)
+			__builtin_memcpy(node_addr, backend, 4);
+		else
+			__builtin_memcpy(node_addr, backend, 16);
 		return EXT_LOCAL;
 	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return -1;
-	*node_addr = f->ipv4_src;
+	if (version == 4)
+		__builtin_memcpy(node_addr, &f->ipv4_src, 4);
+	else
+		__builtin_memcpy(node_addr, f->ipv6_src, 16);
 	oif = f->ifindex;
 	ep = bpf_map_lookup_elem(&manul_ep, &oif);
 	return ep && !(ep->flags & MANUL_EP_HOST) ? EXT_LOCAL : EXT_REMOTE;
 }
 
-/* Allocates a masquerade port: writes *v under *k (a SNAT_REV key whose
- * dport is tried at random in MANUL_SNAT_PORT_MIN..MAX) where no entry
- * is. Returns 0 with k->dport the port, or -1 when none of the tries was
- * free. A global function: the verifier checks its loop once. */
+/* Allocates a masquerade port in `map` (manul_nat or manul_nat6): writes
+ * *v under *k (a SNAT_REV key whose dport is tried at random in
+ * MANUL_SNAT_PORT_MIN..MAX) where no entry is. Evaluates to 0 with
+ * k->dport the port, or -1 when none of the tries was free. Each
+ * family's global function (the verifier checks its loop once) is this. */
+#define SNAT_ALLOC(map, k, v)                                                                   \
+	({                                                                                      \
+		int found_ = -1;                                                                \
+		for (int i_ = 0; i_ < 16 && found_; i_++) {                                     \
+			__u32 port_ = MANUL_SNAT_PORT_MIN +                                     \
+				      bpf_get_prandom_u32() %                                   \
+					      (MANUL_SNAT_PORT_MAX - MANUL_SNAT_PORT_MIN + 1);  \
+			(k)->dport = bpf_htons((__u16)port_);                                   \
+			if (!bpf_map_update_elem(&(map), (k), (v), BPF_NOEXIST))                \
+				found_ = 0;                                                     \
+		}                                                                               \
+		found_;                                                                         \
+	})
+
 __attribute__((noinline)) int svc_snat_alloc(struct manul_nat_key *k,
 					     const struct manul_nat_value *v)
 {
 	if (!k || !v)
 		return -1;
-	for (int i = 0; i < 16; i++) {
-		__u32 port = MANUL_SNAT_PORT_MIN +
-			     bpf_get_prandom_u32() % (MANUL_SNAT_PORT_MAX - MANUL_SNAT_PORT_MIN + 1);
-
-		k->dport = bpf_htons((__u16)port);
-		if (!bpf_map_update_elem(&manul_nat, k, v, BPF_NOEXIST))
-			return 0;
-	}
-	return -1;
+	return SNAT_ALLOC(manul_nat, k, v);
 }
 
 /* A new connection to a frontend with MANUL_SVC_FE_EXT_CLUSTER, arriving
@@ -118,13 +132,12 @@ __attribute__((noinline)) int svc_ext_new(struct __sk_buff *skb, const struct pk
 					  const struct manul_svc_be_value *be,
 					  struct manul_nat_value *fwd, __u64 now)
 {
-	__u32 client, node_addr = 0;
+	__u32 node_addr = 0;
 	int where;
 
 	if (!skb || !p || !be || !fwd)
 		return -1;
-	__builtin_memcpy(&client, p->src, 4);
-	where = ext_route(skb, p, client, be->addr, be->port, &node_addr);
+	where = ext_route(skb, 4, p, p->src, &be->addr, be->port, &node_addr);
 	if (where < 0)
 		return -1;
 	if (ext_mode() == MANUL_EXT_DSR) {
@@ -155,7 +168,7 @@ __attribute__((noinline)) int svc_ext_new(struct __sk_buff *skb, const struct pk
 		__builtin_memset(r, 0, sizeof(*r));
 		r->created_ns = now;
 		r->last_seen_ns = now;
-		r->addr = client;
+		__builtin_memcpy(&r->addr, p->src, 4);
 		r->port = p->sport;
 		r->id = fwd->id;
 		r->flags = MANUL_NAT_SNAT;
@@ -204,25 +217,19 @@ static __always_inline int ext_snat_reply(struct __sk_buff *skb, const struct pk
 	return 1;
 }
 
-/* Sends a translated external packet (masqueraded, or with DSR) toward its
- * backend past the kernel's input path, as the FIB routes it: a packet
- * arriving with one of the node's own addresses as its source would be
- * dropped there as a martian, and DSR's would draw ICMP redirects.
- * (Ports in network order.) */
-static __always_inline int ext_forward(struct __sk_buff *skb, __u32 src, __u32 dst, __u16 sport,
-				       __u16 dport, __u8 proto)
+/* Sends a translated external packet (masqueraded, or with DSR) of IP
+ * `version` toward its backend past the kernel's input path, as the FIB
+ * routes it: a packet arriving with one of the node's own addresses as
+ * its source would be dropped there as a martian, and DSR's would draw
+ * ICMP redirects. (Addresses of the family's size; ports in network
+ * order.) */
+static __always_inline int ext_forward(struct __sk_buff *skb, __u8 version, const void *src,
+				       const void *dst, __u16 sport, __u16 dport, __u8 proto)
 {
-	struct bpf_fib_lookup *f = fib_scratch();
+	struct bpf_fib_lookup *f = fib_query(skb, version, proto, src, dst, sport, dport);
 
 	if (!f)
 		return TC_ACT_SHOT;
-	f->family = 2; /* AF_INET */
-	f->ifindex = skb->ifindex;
-	f->l4_protocol = proto;
-	f->sport = sport;
-	f->dport = dport;
-	f->ipv4_src = src;
-	f->ipv4_dst = dst;
 	if (bpf_fib_lookup(skb, f, sizeof(*f), BPF_FIB_LOOKUP_SKIP_NEIGH) !=
 	    BPF_FIB_LKUP_RET_SUCCESS)
 		return TC_ACT_SHOT;
@@ -339,7 +346,7 @@ __attribute__((noinline)) int svc_ext_send(struct __sk_buff *skb, const struct p
 		   dsr_add_option(skb, fe_addr, fe_port)) {
 		return TC_ACT_SHOT;
 	}
-	return ext_forward(skb, src, dst, sport, ent->port, p->proto);
+	return ext_forward(skb, 4, &src, &dst, sport, ent->port, p->proto);
 }
 
 #endif /* MANUL_SVC_EXT_H */

@@ -662,22 +662,23 @@ static __always_inline struct bpf_fib_lookup *fib_scratch(void)
 	return f;
 }
 
-/* Whether the FIB has no unicast route out for `to` (a local, broadcast
- * or multicast address), looked up as a packet from `from` arriving on
- * the interface. Needs forwarding enabled, as on any node. Without the
- * scratch (never): not local. */
-static __always_inline int fib_local(struct __sk_buff *skb, const struct pkt *p, const __u8 *from,
-				     const __u8 *to, __u16 from_port, __u16 to_port)
+/* The FIB scratch set up for a packet of IP `version` from `from` to `to`
+ * (4 or 16 address bytes; ports in network order) arriving on the
+ * interface, or NULL (never: the scratch is always there). */
+static __always_inline struct bpf_fib_lookup *fib_query(struct __sk_buff *skb, __u8 version,
+							__u8 proto, const void *from,
+							const void *to, __u16 from_port,
+							__u16 to_port)
 {
 	struct bpf_fib_lookup *f = fib_scratch();
 
 	if (!f)
 		return 0;
 	f->ifindex = skb->ifindex;
-	f->l4_protocol = p->proto;
+	f->l4_protocol = proto;
 	f->sport = from_port;
 	f->dport = to_port;
-	if (p->version == 4) {
+	if (version == 4) {
 		f->family = 2; /* AF_INET */
 		__builtin_memcpy(&f->ipv4_src, from, 4);
 		__builtin_memcpy(&f->ipv4_dst, to, 4);
@@ -686,6 +687,21 @@ static __always_inline int fib_local(struct __sk_buff *skb, const struct pkt *p,
 		__builtin_memcpy(f->ipv6_src, from, 16);
 		__builtin_memcpy(f->ipv6_dst, to, 16);
 	}
+	return f;
+}
+
+/* Whether the FIB has no unicast route out for `to` (a local, broadcast
+ * or multicast address), looked up as a packet from `from` arriving on
+ * the interface. Needs forwarding enabled, as on any node. Without the
+ * scratch (never): not local. */
+static __always_inline int fib_local(struct __sk_buff *skb, const struct pkt *p, const __u8 *from,
+				     const __u8 *to, __u16 from_port, __u16 to_port)
+{
+	struct bpf_fib_lookup *f = fib_query(skb, p->version, p->proto, from, to, from_port,
+					     to_port);
+
+	if (!f)
+		return 0;
 	return bpf_fib_lookup(skb, f, sizeof(*f), 0) == BPF_FIB_LKUP_RET_NOT_FWDED;
 }
 
@@ -874,6 +890,68 @@ struct svc_nat {
 	__u8 pad;
 };
 
+/* The verdict on a packet policy allowed, after the service NAT's last
+ * step (`n->after`), for either family: REWRITE(is_src, old address, new
+ * address, old port, new port) is the family's rewrite (nonzero: failed),
+ * `src` and `dst` the packet's addresses, `back` the address n->port goes
+ * with (the frontend; SVC_SNAT_REV: the client), `snat` the hairpin
+ * source, each as REWRITE takes them. Expands to a switch that returns. */
+#define SVC_AFTER(REWRITE, src, dst, back, snat)                                                 \
+	switch (n->after) {                                                                      \
+	case SVC_REVERSE:                                                                        \
+		return REWRITE(1, src, back, p->sport, n->port) ? TC_ACT_SHOT : TC_ACT_OK;       \
+	case SVC_HAIRPIN_FWD:                                                                    \
+		if (REWRITE(1, src, snat, p->sport, p->sport))                                   \
+			return TC_ACT_SHOT;                                                      \
+		return back_to_pod(skb, 0);                                                      \
+	case SVC_HAIRPIN_REV:                                                                    \
+		/* src: the pod, the reply's sender and its destination. */                     \
+		if (REWRITE(1, src, back, p->sport, n->port) ||                                  \
+		    REWRITE(0, snat, src, p->dport, p->dport))                                   \
+			return TC_ACT_SHOT;                                                      \
+		return back_to_pod(skb, 0);                                                      \
+	case SVC_SNAT_REV:                                                                       \
+		/* A local backend's reply to a masqueraded connection. */                      \
+		return REWRITE(0, dst, back, p->dport, n->port) ? TC_ACT_SHOT : TC_ACT_OK;       \
+	default:                                                                                 \
+		return TC_ACT_SHOT;                                                              \
+	}
+
+/* An IPv4 address of a struct pkt, as the IPv4 rewrite takes it. */
+static __always_inline __u32 addr4(const __u8 *a)
+{
+	__u32 x;
+
+	__builtin_memcpy(&x, a, 4);
+	return x;
+}
+
+/* The offset of a TCP or UDP packet's checksum, and the flag a UDP one's
+ * patch needs (a zero result is sent as 0xffff). */
+static __always_inline __u32 l4_csum_off(const struct pkt *p)
+{
+	return p->l4_off + (p->proto == IPPROTO_TCP ? 16 : 6);
+}
+
+static __always_inline __u64 l4_mangled(const struct pkt *p)
+{
+	return p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+}
+
+/* Rewrites the source or destination port of a TCP or UDP packet of
+ * either family, with its checksum. */
+static __always_inline int rewrite_port(struct __sk_buff *skb, const struct pkt *p, int is_src,
+					__u16 old_port, __u16 new_port)
+{
+	if (old_port == new_port)
+		return 0;
+	if (bpf_l4_csum_replace(skb, l4_csum_off(p), old_port, new_port, l4_mangled(p) | 2))
+		return -1;
+	if (bpf_skb_store_bytes(skb, p->l4_off + (is_src ? 0 : 2), &new_port, 2, 0))
+		return -1;
+	return 0;
+}
+
 /* Rewrites the source or destination address and port of an IPv4 TCP,
  * UDP or SCTP packet, with its checksums (-1 for an SCTP port change). `addrs`: the old address in the high
  * half, the new in the low; `ports` likewise (all network order). A
@@ -883,9 +961,6 @@ static __always_inline int rewrite_here(struct __sk_buff *skb, const struct pkt 
 					__u32 old_addr, __u32 new_addr, __u16 old_port,
 					__u16 new_port)
 {
-	__u32 csum_off;
-	__u64 mangled;
-
 	if (p->proto == IPPROTO_SCTP) {
 		/* No pseudo header in SCTP's CRC: the address needs the IP
 		 * header checksum only; the ports the CRC covers stay. */
@@ -897,24 +972,16 @@ static __always_inline int rewrite_here(struct __sk_buff *skb, const struct pkt 
 			return -1;
 		return 0;
 	}
-	csum_off = p->l4_off + (p->proto == IPPROTO_TCP ? 16 : 6);
-	mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	if (old_addr != new_addr) {
-		if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
-					BPF_F_PSEUDO_HDR | mangled | 4))
+		if (bpf_l4_csum_replace(skb, l4_csum_off(p), old_addr, new_addr,
+					BPF_F_PSEUDO_HDR | l4_mangled(p) | 4))
 			return -1;
 		if (bpf_l3_csum_replace(skb, IP4_CSUM_OFF, old_addr, new_addr, 4))
 			return -1;
 		if (bpf_skb_store_bytes(skb, is_src ? IP4_SRC_OFF : IP4_DST_OFF, &new_addr, 4, 0))
 			return -1;
 	}
-	if (old_port != new_port) {
-		if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, mangled | 2))
-			return -1;
-		if (bpf_skb_store_bytes(skb, p->l4_off + (is_src ? 0 : 2), &new_port, 2, 0))
-			return -1;
-	}
-	return 0;
+	return rewrite_port(skb, p, is_src, old_port, new_port);
 }
 
 __attribute__((noinline)) int svc_rewrite(struct __sk_buff *skb, const struct pkt *p, __u32 is_src,
@@ -963,9 +1030,38 @@ static __always_inline __u16 csum_fold(__s64 sum)
 	return (__u16)~s;
 }
 
+/* Turns the TCP header of a segment carrying `payload` bytes into the
+ * header of the RST that refuses it (RFC 9293 3.10.7.1): ports swapped,
+ * no options, checksum 0 (the caller sums it over its family's pseudo
+ * header). Either family's reject uses it. */
+static __always_inline void rst_header(struct tcphdr *tcp, __u32 payload)
+{
+	__u32 seq, ack;
+	__u16 port, flags;
+
+	if (tcp->ack) {
+		seq = tcp->ack_seq;
+		ack = 0;
+		flags = bpf_htons(0x5004); /* data offset 5, RST */
+	} else {
+		seq = 0;
+		ack = bpf_htonl(bpf_ntohl(tcp->seq) + payload + tcp->syn + tcp->fin);
+		flags = bpf_htons(0x5014); /* data offset 5, RST ACK */
+	}
+	port = tcp->source;
+	tcp->source = tcp->dest;
+	tcp->dest = port;
+	tcp->seq = seq;
+	tcp->ack_seq = ack;
+	((__u16 *)tcp)[6] = flags;
+	tcp->window = 0;
+	tcp->check = 0;
+	tcp->urg_ptr = 0;
+}
+
 /* Turns a TCP segment to a frontend without backends, or of a connection
- * whose backend is gone, into the RST that refuses it (RFC 9293
- * 3.10.7.1), from the frontend, sent back into the pod. */
+ * whose backend is gone, into the RST that refuses it, from the
+ * frontend, sent back into the pod. */
 static __always_inline int reject_tcp(struct __sk_buff *skb, int host)
 {
 	void *data = (void *)(long)skb->data;
@@ -973,8 +1069,7 @@ static __always_inline int reject_tcp(struct __sk_buff *skb, int host)
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
 	struct tcphdr *tcp = (void *)(ip + 1);
-	__u32 addr, seq, ack, payload;
-	__u16 port, flags;
+	__u32 addr, payload;
 	struct {
 		__u32 src;
 		__u32 dst;
@@ -990,33 +1085,16 @@ static __always_inline int reject_tcp(struct __sk_buff *skb, int host)
 	if (payload < sizeof(*ip) + tcp->doff * 4)
 		return TC_ACT_SHOT;
 	payload -= sizeof(*ip) + tcp->doff * 4;
-	if (tcp->ack) {
-		seq = tcp->ack_seq;
-		ack = 0;
-		flags = bpf_htons(0x5004); /* data offset 5, RST */
-	} else {
-		seq = 0;
-		ack = bpf_htonl(bpf_ntohl(tcp->seq) + payload + tcp->syn + tcp->fin);
-		flags = bpf_htons(0x5014); /* data offset 5, RST ACK */
-	}
+	rst_header(tcp, payload);
 	addr = ip->saddr;
 	ip->saddr = ip->daddr;
 	ip->daddr = addr;
-	port = tcp->source;
-	tcp->source = tcp->dest;
-	tcp->dest = port;
 	ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*tcp));
 	ip->id = 0;
 	ip->frag_off = bpf_htons(0x4000); /* DF */
 	ip->ttl = 64;
 	ip->tos = 0;
 	ip->check = 0;
-	tcp->seq = seq;
-	tcp->ack_seq = ack;
-	((__u16 *)tcp)[6] = flags;
-	tcp->window = 0;
-	tcp->check = 0;
-	tcp->urg_ptr = 0;
 	if (bpf_skb_change_tail(skb, sizeof(*eth) + sizeof(*ip) + sizeof(*tcp), 0))
 		return TC_ACT_SHOT;
 	data = (void *)(long)skb->data;
@@ -1086,7 +1164,39 @@ static __always_inline int reject_udp(struct __sk_buff *skb, int host)
 	return back_to_pod(skb, host);
 }
 
-#include "manul_svc6.h"
+/* Refuses a new connection (IPv4): a TCP RST, else an ICMP port
+ * unreachable. */
+static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, int host)
+{
+	if (p->proto == IPPROTO_TCP)
+		return reject_tcp(skb, host);
+	return reject_udp(skb, host);
+}
+
+/* Whether a client's affinity entry, last used at *ts, still holds for
+ * frontend `fe`; if so it is used now. Both families' pick. */
+static __always_inline int affinity_holds(const struct manul_svc_fe_value *fe, __u64 *ts,
+					  __u64 now)
+{
+	if (now - *ts >= (__u64)fe->affinity_s * NS_PER_S)
+		return 0;
+	*ts = now;
+	return 1;
+}
+
+/* Whether a forward entry last seen at `last_seen` still names the
+ * connection this packet is of (either family's). */
+static __always_inline int nat_current(__u64 last_seen, const struct pkt *p, __u64 now)
+{
+	__u64 idle = now - last_seen;
+
+	if (p->proto == IPPROTO_UDP)
+		return idle < NAT_UDP_IDLE_NS;
+	/* TCP's SYN without ACK */
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & 0x12) == 0x02)
+		return idle < NAT_SYN_IDLE_NS;
+	return 1;
+}
 
 /* The backend for a new connection: the client's affinity entry while it
  * holds, else the frontend's Maglev slot for the flow when it has a table,
@@ -1104,8 +1214,7 @@ static __always_inline int svc_pick(const struct manul_svc_fe_value *fe, const s
 	__builtin_memcpy(&ak.client, p->src, 4);
 	if (fe->affinity_s) {
 		av = bpf_map_lookup_elem(&manul_svc_aff, &ak);
-		if (av && now - av->ts_ns < (__u64)fe->affinity_s * NS_PER_S) {
-			av->ts_ns = now;
+		if (av && affinity_holds(fe, &av->ts_ns, now)) {
 			out->addr = av->addr;
 			out->port = av->port;
 			return 0;
@@ -1134,21 +1243,8 @@ static __always_inline int svc_pick(const struct manul_svc_fe_value *fe, const s
 	return 0;
 }
 
-/* Whether a forward entry still names the connection this packet is of. */
-static __always_inline int nat_current(const struct manul_nat_value *v, const struct pkt *p,
-				       __u64 now)
-{
-	__u64 idle = now - v->last_seen_ns;
-
-	if (p->proto == IPPROTO_UDP)
-		return idle < NAT_UDP_IDLE_NS;
-	/* SYN without ACK */
-	if ((p->tcp_flags & 0x12) == 0x02)
-		return idle < NAT_SYN_IDLE_NS;
-	return 1;
-}
-
 #include "manul_svc_ext.h"
+#include "manul_svc6.h"
 
 /* A packet from a pod, before policy, or (`host`) one arriving at a host
  * interface that the programs carry for service NAT only. Returns -1 to
@@ -1169,12 +1265,13 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 	__u32 src, dst, hairpin, reject_unknown;
 	int rc;
 
-	/* IPv6: workload interfaces only (no IPv6 external frontends). */
 	if (p->version == 6) {
-		if (host)
-			return -1;
-		rc = svc6_in(skb, p, n, now);
-		return rc == SVC6_REFUSE ? svc6_refuse(skb, p) : rc;
+		rc = svc6_in(skb, p, n, now, host);
+		if (rc == SVC6_NEW)
+			rc = svc6_new(skb, p, now, host);
+		if (rc == SVC6_TRANSLATE)
+			rc = svc6_translate(skb, p, n, host);
+		return rc == SVC6_REFUSE ? svc6_refuse(skb, p, host) : rc;
 	}
 	if (p->version != 4 || !svc_proto(p->proto))
 		return -1;
@@ -1226,9 +1323,7 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 			if (!reject_unknown)
 				return -1;
 			count(MANUL_CNT_SVC_REJECT);
-			if (p->proto == IPPROTO_TCP)
-				return reject_tcp(skb, host);
-			return reject_udp(skb, host);
+			return reject(skb, p, host);
 		}
 	} else {
 		/* A node port, on the node's own addresses only. */
@@ -1247,7 +1342,7 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 		count(MANUL_CNT_SVC_RESET);
 		return reject_tcp(skb, host);
 	}
-	if (nv && nat_current(nv, p, now)) {
+	if (nv && nat_current(nv->last_seen_ns, p, now)) {
 		nv->last_seen_ns = now;
 		be.addr = nv->addr;
 		be.port = nv->port;
@@ -1273,9 +1368,7 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 				return TC_ACT_SHOT;
 			}
 			count(MANUL_CNT_SVC_REJECT);
-			if (p->proto == IPPROTO_TCP)
-				return reject_tcp(skb, host);
-			return reject_udp(skb, host);
+			return reject(skb, p, host);
 		}
 		if (p->proto == IPPROTO_SCTP &&
 		    (be.port != p->dport || (host && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER)))) {
@@ -1361,29 +1454,11 @@ static __always_inline int svc_after(struct __sk_buff *skb, const struct pkt *p,
 		return TC_ACT_OK;
 	if (p->version == 6)
 		return svc6_after(skb, p, n);
-	__builtin_memcpy(&src, p->src, 4);
-	switch (n->after) {
-	case SVC_REVERSE:
-		if (rewrite(skb, p, 1, src, n->addr, p->sport, n->port))
-			return TC_ACT_SHOT;
-		return TC_ACT_OK;
-	case SVC_HAIRPIN_FWD:
-		if (rewrite(skb, p, 1, src, snat, p->sport, p->sport))
-			return TC_ACT_SHOT;
-		return back_to_pod(skb, 0);
-	case SVC_HAIRPIN_REV:
-		if (rewrite(skb, p, 1, src, n->addr, p->sport, n->port) ||
-		    rewrite(skb, p, 0, snat, src, p->dport, p->dport))
-			return TC_ACT_SHOT;
-		return back_to_pod(skb, 0);
-	case SVC_SNAT_REV:
-		__builtin_memcpy(&src, p->dst, 4);
-		if (rewrite(skb, p, 0, src, n->addr, p->dport, n->port))
-			return TC_ACT_SHOT;
-		return TC_ACT_OK;
-	default:
-		return TC_ACT_SHOT;
-	}
+	src = addr4(p->src);
+#define REWRITE4(is_src, old, new, old_port, new_port)                                           \
+	rewrite(skb, p, is_src, old, new, old_port, new_port)
+	SVC_AFTER(REWRITE4, src, addr4(p->dst), n->addr, snat)
+#undef REWRITE4
 }
 
 /* A host interface the programs carry for service NAT only (in

@@ -62,6 +62,8 @@ unsafe impl aya::Pod for manul_svc_aff_value {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_svc_src_data {}
 // SAFETY: as above.
+unsafe impl aya::Pod for manul_svc_src6_data {}
+// SAFETY: as above.
 unsafe impl aya::Pod for manul_svc_mag_key {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_svc_be6_value {}

@@ -30,6 +30,11 @@ pub enum BpfError {
     },
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("source range {range} is not of load-balancer address {lb}'s family")]
+    MixedSourceRange {
+        lb: std::net::IpAddr,
+        range: ipnet::IpNet,
+    },
     #[error("program {name}: {what}")]
     Program {
         name: &'static str,

@@ -29,14 +29,18 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use manul_dataplane_api::{
-    Action, Backend, Balancing, Driver, EndpointId, Match, Operation, Policy, Rule, Service,
-    ServicePort, TrafficPolicy, WorkloadEndpoint,
+    Backend, Balancing, Driver, EndpointId, Operation, Policy, Service, ServicePort, TrafficPolicy,
+    WorkloadEndpoint,
 };
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, CtlbConfig, cgroup2_mount};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
 use manul_dataplane_conformance::topology::{Pod, Topology};
 use manul_dataplane_conformance::{ConformanceError, Factory, NodeContext, privileges};
 use manul_netns::{NetNs, unique_prefix};
+
+mod rules;
+
+use rules::allow_all;
 
 const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 /// The "who" servers' ports on the backends, and the port that holds TCP
@@ -154,20 +158,6 @@ impl Drop for Servers {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-    }
-}
-
-fn allow_all(id: &str) -> Rule {
-    Rule {
-        id: id.into(),
-        action: Action::Allow,
-        ip_version: None,
-        protocol: None,
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
-        src: Match::default(),
-        dst: Match::default(),
     }
 }
 

@@ -11,10 +11,14 @@
 //! address and its node answers the client directly (the SYN-ACK leaves
 //! the second node's interface: its MAC, the first node's address). A
 //! `Local` node port without a local backend drops (the connection times
-//! out, it is not refused); UDP works both ways. Every namespace and pin
+//! out, it is not refused); UDP works both ways. The network is dual
+//! stack: the same node ports over IPv6 (Local keeps the client, Cluster
+//! masquerades to the node's IPv6 address, to a local and to a remote
+//! backend, in either mode), and IPv6 load-balancer addresses whose
+//! source ranges allow the client, or refuse it. Every namespace and pin
 //! is removed at the end, also on failure.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,18 +27,21 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use manul_dataplane_api::{
-    Action, Backend, Driver, EndpointId, Match, Operation, Policy, Rule, Service, ServicePort,
-    TrafficPolicy, WorkloadEndpoint,
+    Backend, Driver, EndpointId, Operation, Policy, Service, ServicePort, TrafficPolicy,
+    WorkloadEndpoint,
 };
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, ExternalServiceMode};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
 use manul_dataplane_conformance::{Factory, NodeContext, privileges};
 use manul_netns::{
     NetNs, ProbeOutcome, Route, TcpServer, add_address, create_bridge, create_veth, link_mac,
-    link_up, plumb_pod, replace_route, set_master, tcp_connect, tcp_peer, unique_prefix,
+    link_up, plumb_pod_ips, replace_route, set_master, tcp_connect, tcp_peer, unique_prefix,
 };
 
-mod sctp_raw;
+mod raw;
+mod rules;
+
+use rules::allow_all;
 
 const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 const NODE1: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
@@ -43,6 +50,16 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
 /// A pod on node 1 and one on node 2.
 const POD1: Ipv4Addr = Ipv4Addr::new(10, 70, 1, 10);
 const POD2: Ipv4Addr = Ipv4Addr::new(10, 70, 2, 10);
+/// The same over IPv6.
+const NODE1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 1);
+const NODE2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2);
+const CLIENT_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x100);
+const POD1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x70, 1, 0, 0, 0, 0, 0x10);
+const POD2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x70, 2, 0, 0, 0, 0, 0x10);
+/// IPv6 load-balancer addresses (routed to node 1 by the client): one
+/// whose source ranges hold the client, one whose do not.
+const LB_ALLOWED: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1);
+const LB_REFUSED: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2);
 const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
 /// Node ports: `Cluster` to the pod on node 2, `Local` with its only
@@ -52,17 +69,21 @@ const REMOTE: u16 = 30080;
 const LOCAL_ELSEWHERE: u16 = 30081;
 const REMOTE_UDP: u16 = 30082;
 const HERE: u16 = 30083;
+/// A UDP node port picking by Maglev between both pods (`Cluster`).
+const MAGLEV: u16 = 30084;
+/// The client ports of the Maglev flows.
+const MAGLEV_PORTS: std::ops::Range<u16> = 21_000..21_060;
 const WAIT: Duration = Duration::from_secs(2);
 
 /// A UDP server in a pod answering each datagram with the address it saw
-/// the client at.
+/// the client at and its own ("CLIENT SERVER").
 struct UdpWho {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl UdpWho {
-    fn start(ns: &NetNs, ip: Ipv4Addr) -> UdpWho {
+    fn start(ns: &NetNs, ip: IpAddr) -> UdpWho {
         let socket = ns
             .run(move || UdpSocket::bind((ip, UDP_PORT)))
             .unwrap()
@@ -76,7 +97,7 @@ impl UdpWho {
             let mut buf = [0u8; 64];
             while !s.load(Ordering::Relaxed) {
                 if let Ok((_, peer)) = socket.recv_from(&mut buf) {
-                    let _ = socket.send_to(peer.ip().to_string().as_bytes(), peer);
+                    let _ = socket.send_to(format!("{} {ip}", peer.ip()).as_bytes(), peer);
                 }
             }
         });
@@ -99,15 +120,24 @@ impl Drop for UdpWho {
 /// Asks the UDP who server behind `dst` over a connected socket (which
 /// takes replies from `dst` only): the client address it saw.
 fn udp_who(ns: &NetNs, dst: SocketAddr) -> Option<IpAddr> {
+    let any = if dst.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    udp_ask(ns, any.parse().unwrap(), dst).map(|(client, _)| client)
+}
+
+/// Asks the UDP who server behind `dst` from `from`: the client address
+/// it saw and its own.
+fn udp_ask(ns: &NetNs, from: SocketAddr, dst: SocketAddr) -> Option<(IpAddr, IpAddr)> {
     ns.run(move || {
-        let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+        let s = UdpSocket::bind(from).ok()?;
         s.connect(dst).ok()?;
         s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
         for _ in 0..3 {
             s.send(b"who").ok()?;
-            let mut buf = [0u8; 64];
+            let mut buf = [0u8; 96];
             if let Ok(n) = s.recv(&mut buf) {
-                return std::str::from_utf8(&buf[..n]).ok()?.parse().ok();
+                let text = std::str::from_utf8(&buf[..n]).ok()?;
+                let (client, server) = text.split_once(' ')?;
+                return Some((client.parse().ok()?, server.parse().ok()?));
             }
         }
         None
@@ -120,70 +150,52 @@ fn udp_who(ns: &NetNs, dst: SocketAddr) -> Option<IpAddr> {
 /// `dst` (which node's interface answered).
 fn probe_with_syn_ack(
     client: &NetNs,
-    dst: SocketAddrV4,
+    dst: SocketAddr,
 ) -> (manul_netns::PeerProbe, Option<[u8; 6]>) {
-    use nix::sys::socket::{
-        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, setsockopt, socket,
-        sockopt,
-    };
-    use nix::sys::time::TimeVal;
-    use std::os::fd::AsRawFd;
-
-    let capture = client
-        .run(|| {
-            socket(
-                AddressFamily::Packet,
-                SockType::Raw,
-                SockFlag::empty(),
-                SockProtocol::EthAll,
-            )
-        })
-        .unwrap()
-        .unwrap();
-    setsockopt(&capture, sockopt::ReceiveTimeout, &TimeVal::new(0, 200_000)).unwrap();
-    let probe = tcp_peer(client, SocketAddr::V4(dst), WAIT).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut frame = [0u8; 2048];
-    while Instant::now() < deadline {
-        let Ok(n) = recv(capture.as_raw_fd(), &mut frame, MsgFlags::empty()) else {
-            continue;
-        };
-        let f = &frame[..n];
-        if n < 14 + 20 + 20 || f[12..14] != [0x08, 0x00] {
-            continue;
-        }
-        let ip = &f[14..];
-        let ihl = usize::from(ip[0] & 0x0f) * 4;
-        if ip[9] != 6 || ip.len() < ihl + 20 {
-            continue;
-        }
-        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-        let tcp = &ip[ihl..];
+    let capture = raw::capture_socket(client);
+    let probe = tcp_peer(client, dst, WAIT).unwrap();
+    let mac = raw::capture(&capture, Duration::from_secs(1), |f| {
+        let (src, tcp) = tcp_of_frame(f)?;
         let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-        if src == *dst.ip() && sport == dst.port() && tcp[13] & 0x12 == 0x12 {
-            let mut mac = [0u8; 6];
-            mac.copy_from_slice(&f[6..12]);
-            return (probe, Some(mac));
+        let syn_ack = src == dst.ip() && sport == dst.port() && tcp[13] & 0x12 == 0x12;
+        syn_ack.then(|| f[6..12].try_into().ok()).flatten()
+    });
+    (probe, mac)
+}
+
+/// The source address and TCP header of an Ethernet frame carrying TCP
+/// over IPv4 or IPv6 (without extension headers).
+fn tcp_of_frame(f: &[u8]) -> Option<(IpAddr, &[u8])> {
+    let ip = f.get(14..)?;
+    let (src, tcp) = match f.get(12..14)? {
+        [0x08, 0x00] => {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            if *ip.get(9)? != 6 {
+                return None;
+            }
+            let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+            (IpAddr::from(src), ip.get(ihl..)?)
         }
-    }
-    (probe, None)
+        [0x86, 0xdd] => {
+            if *ip.get(6)? != 6 {
+                return None;
+            }
+            let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+            (IpAddr::from(src), ip.get(40..)?)
+        }
+        _ => return None,
+    };
+    (tcp.len() >= 20).then_some((src, tcp))
 }
 
-fn allow_all(id: &str) -> Rule {
-    Rule {
-        id: id.into(),
-        action: Action::Allow,
-        ip_version: None,
-        protocol: None,
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
-        src: Match::default(),
-        dst: Match::default(),
-    }
+/// A pod's IPv6 address.
+fn six(pod: Ipv4Addr) -> Ipv6Addr {
+    if pod == POD1 { POD1_6 } else { POD2_6 }
 }
 
-/// A node port service with one backend, `local` on the node told.
+/// A dual-stack node port service with one backend pod (both of its
+/// addresses), `local` on the node told; its IPv6 cluster IP ends like
+/// its IPv4 one.
 fn node_port(
     name: &str,
     cluster_ip: Ipv4Addr,
@@ -194,16 +206,20 @@ fn node_port(
     local: bool,
 ) -> Service {
     let target = if protocol == 17 { UDP_PORT } else { TCP_PORT };
-    let backends = vec![Backend {
-        ip: IpAddr::V4(backend),
-        port: target,
-        local,
-        ready: true,
-    }];
+    let backends: Vec<Backend> = [IpAddr::V4(backend), IpAddr::V6(six(backend))]
+        .into_iter()
+        .map(|ip| Backend {
+            ip,
+            port: target,
+            local,
+            ready: true,
+        })
+        .collect();
+    let cluster_ip6 = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, cluster_ip.octets()[3].into());
     let mut svc = Service::cluster_ip(
         "ns",
         name,
-        vec![IpAddr::V4(cluster_ip)],
+        vec![IpAddr::V4(cluster_ip), IpAddr::V6(cluster_ip6)],
         vec![ServicePort {
             name: "p".into(),
             protocol,
@@ -215,6 +231,60 @@ fn node_port(
     );
     svc.external_traffic = policy;
     svc
+}
+
+/// An IPv6 load-balancer address `lb` of a `Local` service whose backend
+/// is the pod on node 1, with `ranges` as its source ranges.
+fn load_balancer(name: &str, cluster_ip: Ipv4Addr, lb: Ipv6Addr, ranges: &str, n: u8) -> Service {
+    let mut svc = node_port(name, cluster_ip, 6, 0, TrafficPolicy::Local, POD1, n == 1);
+    for p in &mut svc.ports {
+        p.node_port = None;
+    }
+    svc.load_balancer_ips = vec![IpAddr::V6(lb)];
+    svc.load_balancer_source_ranges = vec![ranges.parse().unwrap()];
+    svc
+}
+
+/// A UDP node port to both pods that picks by Maglev.
+fn maglev_service(n: u8) -> Service {
+    let mut svc = node_port(
+        "maglev",
+        Ipv4Addr::new(10, 96, 0, 9),
+        17,
+        MAGLEV,
+        TrafficPolicy::Cluster,
+        POD2,
+        n == 2,
+    );
+    let pod1 = node_port("", POD1, 17, 0, TrafficPolicy::Cluster, POD1, n == 1);
+    for (p, q) in svc.ports.iter_mut().zip(pod1.ports) {
+        p.backends.extend(q.backends);
+        p.local_backends.extend(q.local_backends);
+    }
+    svc.balancing = manul_dataplane_api::Balancing::Maglev;
+    svc
+}
+
+/// The backend dataplane-api's Maglev table and flow hash give each IPv6
+/// flow from the client's `MAGLEV_PORTS` to the node port (frontend ::).
+fn maglev_predicted() -> Vec<IpAddr> {
+    use manul_dataplane_api::maglev::{MaglevTable, flow_hash};
+    let list: Vec<Backend> = [POD1_6, POD2_6]
+        .into_iter()
+        .map(|ip| Backend {
+            ip: ip.into(),
+            port: UDP_PORT,
+            local: false,
+            ready: true,
+        })
+        .collect();
+    let table = MaglevTable::build(&list);
+    MAGLEV_PORTS
+        .map(|p| {
+            let h = flow_hash(CLIENT_6.into(), Ipv6Addr::UNSPECIFIED.into(), p, MAGLEV, 17);
+            table.lookup(h).expect("a backend").ip
+        })
+        .collect()
 }
 
 /// What node `n` (1 or 2) is told: its pod's endpoint and the services,
@@ -235,7 +305,10 @@ fn operations(n: u8, pod_if: &str, pod: Ipv4Addr) -> Vec<Operation> {
                 name: format!("pod{n}"),
             },
             interface_name: pod_if.into(),
-            nets: vec![IpNet::new(pod.into(), 32).unwrap()],
+            nets: vec![
+                IpNet::new(pod.into(), 32).unwrap(),
+                IpNet::new(six(pod).into(), 128).unwrap(),
+            ],
             mac: None,
             tiers: vec![],
             profiles: vec!["allow".into()],
@@ -275,6 +348,23 @@ fn operations(n: u8, pod_if: &str, pod: Ipv4Addr) -> Vec<Operation> {
             TrafficPolicy::Cluster,
             POD1,
             on(POD1),
+        )),
+        Operation::ServiceUpdate(maglev_service(n)),
+        // The client's /120 is allowed at one address, and only a
+        // range without it at the other.
+        Operation::ServiceUpdate(load_balancer(
+            "lb-allowed",
+            Ipv4Addr::new(10, 96, 0, 7),
+            LB_ALLOWED,
+            "fd00:77::100/120",
+            n,
+        )),
+        Operation::ServiceUpdate(load_balancer(
+            "lb-refused",
+            Ipv4Addr::new(10, 96, 0, 8),
+            LB_REFUSED,
+            "fd00:1234::/64",
+            n,
         )),
         Operation::InSync,
     ]
@@ -320,26 +410,55 @@ fn build(tag: &str, mode: ExternalServiceMode) -> Cluster {
         namespaces: vec![],
     };
     for name in ["ul", "n1", "n2", "cl", "p1", "p2"] {
-        c.namespaces
-            .push(NetNs::create(&format!("{prefix}-{name}")).expect("namespace"));
+        let ns = NetNs::create(&format!("{prefix}-{name}")).expect("namespace");
+        // IPv6 addresses usable at once (no duplicate detection).
+        for key in ["all", "default"] {
+            ns.set_sysctl(&format!("net.ipv6.conf.{key}.accept_dad"), "0")
+                .unwrap();
+        }
+        c.namespaces.push(ns);
     }
     let ul = c.ns(UL);
     create_bridge(ul, "br0").unwrap();
     link_up(ul, "br0").unwrap();
-    for (i, port, ip) in [(N1, "n1", NODE1), (N2, "n2", NODE2), (CL, "cl", CLIENT)] {
+    for (i, port, ip, ip6) in [
+        (N1, "n1", NODE1, NODE1_6),
+        (N2, "n2", NODE2, NODE2_6),
+        (CL, "cl", CLIENT, CLIENT_6),
+    ] {
         let ns = c.ns(i);
         create_veth(ns, "eth0", ul, port).unwrap();
         set_master(ul, port, "br0").unwrap();
         link_up(ul, port).unwrap();
         add_address(ns, "eth0", IpNet::new(ip.into(), 24).unwrap()).unwrap();
+        add_address(ns, "eth0", IpNet::new(ip6.into(), 64).unwrap()).unwrap();
         link_up(ns, "eth0").unwrap();
         ns.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
+        ns.set_sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
     }
-    plumb_pod(c.ns(N1), c.ns(P1), "mnlp1", "eth0", POD1).unwrap();
-    plumb_pod(c.ns(N2), c.ns(P2), "mnlp2", "eth0", POD2).unwrap();
-    let route = |to: &str, via: Ipv4Addr| Route::to(to.parse().unwrap()).via(via.into());
-    replace_route(c.ns(N1), &route("10.70.2.0/24", NODE2)).unwrap();
-    replace_route(c.ns(N2), &route("10.70.1.0/24", NODE1)).unwrap();
+    plumb_pod_ips(
+        c.ns(N1),
+        c.ns(P1),
+        "mnlp1",
+        "eth0",
+        &[POD1.into(), POD1_6.into()],
+    )
+    .unwrap();
+    plumb_pod_ips(
+        c.ns(N2),
+        c.ns(P2),
+        "mnlp2",
+        "eth0",
+        &[POD2.into(), POD2_6.into()],
+    )
+    .unwrap();
+    let route = |to: &str, via: IpAddr| Route::to(to.parse().unwrap()).via(via);
+    replace_route(c.ns(N1), &route("10.70.2.0/24", NODE2.into())).unwrap();
+    replace_route(c.ns(N2), &route("10.70.1.0/24", NODE1.into())).unwrap();
+    replace_route(c.ns(N1), &route("fd00:70:2::/64", NODE2_6.into())).unwrap();
+    replace_route(c.ns(N2), &route("fd00:70:1::/64", NODE1_6.into())).unwrap();
+    // The load-balancer addresses are announced by node 1.
+    replace_route(c.ns(CL), &route("fd00:99::/64", NODE1_6.into())).unwrap();
 
     for (i, n, pod_if, pod) in [(N1, 1u8, "mnlp1", POD1), (N2, 2u8, "mnlp2", POD2)] {
         let pins = format!("{prefix}-n{n}");
@@ -368,26 +487,34 @@ fn build(tag: &str, mode: ExternalServiceMode) -> Cluster {
 /// The probes both modes share; returns the cluster for mode checks.
 struct Servers {
     _tcp: Vec<TcpServer>,
-    _udp: UdpWho,
+    _udp: Vec<UdpWho>,
 }
 
 fn servers(c: &Cluster) -> Servers {
     let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    let at = |ip: Ipv6Addr| SocketAddr::new(IpAddr::V6(ip), TCP_PORT);
     Servers {
         _tcp: vec![
             TcpServer::start(c.ns(P1), any(TCP_PORT)).unwrap(),
             TcpServer::start(c.ns(P2), any(TCP_PORT)).unwrap(),
+            TcpServer::start(c.ns(P1), at(POD1_6)).unwrap(),
+            TcpServer::start(c.ns(P2), at(POD2_6)).unwrap(),
         ],
-        _udp: UdpWho::start(c.ns(P2), POD2),
+        _udp: vec![
+            UdpWho::start(c.ns(P2), POD2.into()),
+            UdpWho::start(c.ns(P2), POD2_6.into()),
+            UdpWho::start(c.ns(P1), POD1_6.into()),
+        ],
     }
 }
 
 /// The client address the backend saw and the backend, over a few
 /// connections (each masqueraded one gets its own port).
-fn seen(c: &Cluster, node: Ipv4Addr, port: u16) -> Vec<(IpAddr, SocketAddr)> {
+fn seen(c: &Cluster, node: impl Into<IpAddr>, port: u16) -> Vec<(IpAddr, SocketAddr)> {
+    let node = node.into();
     (0..4)
         .map(|_| {
-            let p = tcp_peer(c.ns(CL), SocketAddr::new(node.into(), port), WAIT).unwrap();
+            let p = tcp_peer(c.ns(CL), SocketAddr::new(node, port), WAIT).unwrap();
             assert_eq!(p.outcome, ProbeOutcome::Connected, "{node}:{port}");
             let (peer, local) = p.seen.expect("the server answered");
             (peer.ip(), local)
@@ -395,23 +522,97 @@ fn seen(c: &Cluster, node: Ipv4Addr, port: u16) -> Vec<(IpAddr, SocketAddr)> {
         .collect()
 }
 
+/// Whether a TCP connection from the client to `dst` times out (dropped,
+/// neither refused nor answered).
+fn times_out(c: &Cluster, dst: SocketAddr) -> bool {
+    let started = Instant::now();
+    let out = tcp_connect(c.ns(CL), dst, Duration::from_millis(600)).unwrap();
+    out == ProbeOutcome::TimedOut && started.elapsed() >= Duration::from_millis(500)
+}
+
 /// A `Local` node port on a node without a local backend drops: the
 /// connection times out, it is not refused; the backend's own node serves
-/// it and keeps the client's address.
+/// it and keeps the client's address. Over both families.
 fn local_policy_checks(c: &Cluster) {
-    let started = Instant::now();
-    let out = tcp_connect(
-        c.ns(CL),
-        SocketAddr::new(NODE1.into(), LOCAL_ELSEWHERE),
-        Duration::from_millis(600),
-    )
-    .unwrap();
-    assert_eq!(out, ProbeOutcome::TimedOut, "Local without a local backend");
-    assert!(started.elapsed() >= Duration::from_millis(500));
-    for (peer, backend) in seen(c, NODE2, LOCAL_ELSEWHERE) {
-        assert_eq!(peer, IpAddr::V4(CLIENT), "Local keeps the client's address");
-        assert_eq!(backend, SocketAddr::new(POD2.into(), TCP_PORT));
+    let families = [
+        (
+            IpAddr::V4(NODE1),
+            IpAddr::V4(NODE2),
+            IpAddr::V4(CLIENT),
+            IpAddr::V4(POD2),
+        ),
+        (
+            IpAddr::V6(NODE1_6),
+            IpAddr::V6(NODE2_6),
+            IpAddr::V6(CLIENT_6),
+            IpAddr::V6(POD2_6),
+        ),
+    ];
+    for (node1, node2, client, pod2) in families {
+        assert!(
+            times_out(c, SocketAddr::new(node1, LOCAL_ELSEWHERE)),
+            "Local without a local backend, {node1}"
+        );
+        for (peer, backend) in seen(c, node2, LOCAL_ELSEWHERE) {
+            assert_eq!(peer, client, "Local keeps the client's address");
+            assert_eq!(backend, SocketAddr::new(pod2, TCP_PORT));
+        }
     }
+}
+
+/// IPv6 external traffic under `Cluster`, in either mode (DSR is IPv4's):
+/// masqueraded to the node's IPv6 address toward a backend on the other
+/// node (the reply returns through the node) and toward a local one; UDP
+/// too. IPv6 load-balancer addresses: the one whose source ranges hold
+/// the client serves it (`Local`, the client kept), the other drops it.
+fn ipv6_checks(c: &Cluster) {
+    let node1_mac = link_mac(c.ns(N1), "eth0").unwrap();
+    for (peer, backend) in seen(c, NODE1_6, REMOTE) {
+        assert_eq!(peer, IpAddr::V6(NODE1_6), "masqueraded to node 1's address");
+        assert_eq!(backend, SocketAddr::new(POD2_6.into(), TCP_PORT));
+    }
+    let (probe, mac) = probe_with_syn_ack(c.ns(CL), SocketAddr::new(NODE1_6.into(), REMOTE));
+    assert_eq!(probe.outcome, ProbeOutcome::Connected);
+    assert_eq!(mac, Some(node1_mac), "the SYN-ACK came back through node 1");
+    for (peer, backend) in seen(c, NODE1_6, HERE) {
+        assert_eq!(peer, IpAddr::V6(NODE1_6));
+        assert_eq!(backend, SocketAddr::new(POD1_6.into(), TCP_PORT));
+    }
+    for (peer, backend) in seen(c, NODE2_6, HERE) {
+        assert_eq!(peer, IpAddr::V6(NODE2_6), "masqueraded to node 2's address");
+        assert_eq!(backend, SocketAddr::new(POD1_6.into(), TCP_PORT));
+    }
+    assert_eq!(
+        udp_who(c.ns(CL), SocketAddr::new(NODE1_6.into(), REMOTE_UDP)),
+        Some(IpAddr::V6(NODE1_6)),
+        "udp over IPv6 through node 1, masqueraded"
+    );
+    for (peer, backend) in seen(c, LB_ALLOWED, 80) {
+        assert_eq!(
+            peer,
+            IpAddr::V6(CLIENT_6),
+            "Local keeps the client's address"
+        );
+        assert_eq!(backend, SocketAddr::new(POD1_6.into(), TCP_PORT));
+    }
+    assert!(
+        times_out(c, SocketAddr::new(LB_REFUSED.into(), 80)),
+        "a client outside the source ranges was let in"
+    );
+    // Maglev over IPv6: each flow on the backend the table predicts.
+    let got: Vec<IpAddr> = MAGLEV_PORTS
+        .map(|p| {
+            let from = SocketAddr::new(CLIENT_6.into(), p);
+            let to = SocketAddr::new(NODE1_6.into(), MAGLEV);
+            udp_ask(c.ns(CL), from, to).expect("every flow answered").1
+        })
+        .collect();
+    let want = maglev_predicted();
+    assert_eq!(
+        got, want,
+        "the kernel's IPv6 Maglev picks differ from the table's"
+    );
+    assert!(want.contains(&IpAddr::V6(POD1_6)) && want.contains(&IpAddr::V6(POD2_6)));
 }
 
 #[test]
@@ -430,7 +631,7 @@ fn node_port_to_another_node_masquerades_in_snat_mode() {
         assert_eq!(peer, IpAddr::V4(NODE1), "masqueraded to node 1's address");
         assert_eq!(backend, SocketAddr::new(POD2.into(), TCP_PORT));
     }
-    let (probe, mac) = probe_with_syn_ack(c.ns(CL), SocketAddrV4::new(NODE1, REMOTE));
+    let (probe, mac) = probe_with_syn_ack(c.ns(CL), SocketAddr::new(NODE1.into(), REMOTE));
     assert_eq!(probe.outcome, ProbeOutcome::Connected);
     assert_eq!(mac, Some(node1_mac), "the SYN-ACK came back through node 1");
 
@@ -453,6 +654,7 @@ fn node_port_to_another_node_masquerades_in_snat_mode() {
     );
 
     local_policy_checks(&c);
+    ipv6_checks(&c);
 }
 
 #[test]
@@ -471,7 +673,7 @@ fn node_port_to_another_node_keeps_the_client_in_dsr_mode() {
         assert_eq!(peer, IpAddr::V4(CLIENT), "DSR keeps the client's address");
         assert_eq!(backend, SocketAddr::new(POD2.into(), TCP_PORT));
     }
-    let (probe, mac) = probe_with_syn_ack(c.ns(CL), SocketAddrV4::new(NODE1, REMOTE));
+    let (probe, mac) = probe_with_syn_ack(c.ns(CL), SocketAddr::new(NODE1.into(), REMOTE));
     assert_eq!(probe.outcome, ProbeOutcome::Connected);
     assert_eq!(
         mac,
@@ -494,6 +696,7 @@ fn node_port_to_another_node_keeps_the_client_in_dsr_mode() {
     );
 
     local_policy_checks(&c);
+    ipv6_checks(&c);
 }
 
 /// SCTP node ports whose backends listen on the node port: `Local` with
@@ -534,11 +737,11 @@ fn sctp_through_node(
 ) -> Option<((IpAddr, u16, bool), Option<(IpAddr, u16, bool)>)> {
     use nix::sys::socket::SockProtocol;
     let tag = 0x5c00_0000 | u32::from(sport);
-    let backend = sctp_raw::raw_socket(c.ns(backend_ns), false, SockProtocol::Sctp);
-    let client = sctp_raw::raw_socket(c.ns(CL), false, SockProtocol::Sctp);
-    sctp_raw::send_to(
+    let backend = raw::raw_socket(c.ns(backend_ns), false, SockProtocol::Sctp);
+    let client = raw::raw_socket(c.ns(CL), false, SockProtocol::Sctp);
+    raw::send_to(
         &client,
-        &sctp_raw::sctp_packet(sport, port, 0, 1, tag),
+        &raw::sctp_packet(sport, port, 0, 1, tag),
         node.into(),
     );
     let deadline = Instant::now() + Duration::from_secs(1);
@@ -546,32 +749,24 @@ fn sctp_through_node(
         if Instant::now() > deadline {
             return None;
         }
-        let Some((src, l4)) = sctp_raw::receive(&backend, false) else {
+        let Some((src, l4)) = raw::receive(&backend, false) else {
             continue;
         };
         if l4.len() >= 32 && l4[12] == 1 && l4[16..20] == tag.to_be_bytes() {
-            break (
-                src,
-                u16::from_be_bytes([l4[2], l4[3]]),
-                sctp_raw::crc_holds(&l4),
-            );
+            break (src, u16::from_be_bytes([l4[2], l4[3]]), raw::crc_holds(&l4));
         }
     };
-    sctp_raw::send_to(
-        &backend,
-        &sctp_raw::sctp_packet(dport, sport, tag, 2, tag),
-        src,
-    );
+    raw::send_to(&backend, &raw::sctp_packet(dport, sport, tag, 2, tag), src);
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
-        let Some((from, l4)) = sctp_raw::receive(&client, false) else {
+        let Some((from, l4)) = raw::receive(&client, false) else {
             continue;
         };
         if l4.len() >= 32 && l4[12] == 2 && l4[4..8] == tag.to_be_bytes() {
             let answer = (
                 from,
                 u16::from_be_bytes([l4[0], l4[1]]),
-                sctp_raw::crc_holds(&l4),
+                raw::crc_holds(&l4),
             );
             return Some(((src, dport, held), Some(answer)));
         }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use manul_dataplane_api::{
-    Action, Driver, EndpointId, HostEndpoint, Match, Operation, Policy, PolicyId, PortRange, Rule,
+    Action, Driver, EndpointId, HostEndpoint, Match, Operation, Policy, PortRange, Rule,
     TierPolicies, WorkloadEndpoint,
 };
 use manul_dataplane_bpf::{BpfConfig, BpfDriver};
@@ -24,6 +24,10 @@ use manul_netns::{
     NetNs, Route, TcpServer, add_address, add_route, create_veth, link_index, link_up,
     plumb_pod_ips, tcp_connect, unique_prefix,
 };
+
+mod rules;
+
+use rules::{allow_all, pid};
 
 const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
@@ -122,13 +126,6 @@ impl Drop for Topology {
     }
 }
 
-fn pid(name: &str) -> PolicyId {
-    PolicyId {
-        tier: "default".into(),
-        name: name.into(),
-    }
-}
-
 fn ports(list: &[u16]) -> Vec<PortRange> {
     list.iter()
         .map(|&p| PortRange { first: p, last: p })
@@ -156,13 +153,6 @@ fn tcp(id: &str, action: Action, list: &[u16], source: bool) -> Rule {
         not_icmp: None,
         src,
         dst,
-    }
-}
-
-fn allow_all(id: &str) -> Rule {
-    Rule {
-        protocol: None,
-        ..tcp(id, Action::Allow, &[], false)
     }
 }
 

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use manul_dataplane_api::{
-    Action, Backend, Driver, EndpointId, Match, Operation, Policy, PolicyId, Rule, Service,
-    ServicePort, TierPolicies, WorkloadEndpoint,
+    Action, Backend, Driver, EndpointId, Match, Operation, Policy, Service, ServicePort,
+    TierPolicies, WorkloadEndpoint,
 };
 use manul_dataplane_bpf::{BpfConfig, BpfDriver};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
@@ -37,9 +37,11 @@ use manul_netns::{
     NetNs, ProbeOutcome, TcpServer, UdpEcho, plumb_pod_ips, tcp_connect, udp_probe, unique_prefix,
 };
 use nix::sys::socket::SockProtocol;
-use sctp_raw::{crc_holds, raw_socket, receive, sctp_packet, send_to};
+use raw::{crc_holds, raw_socket, receive, sctp_packet, send_to};
+use rules::{allow, pid};
 
-mod sctp_raw;
+mod raw;
+mod rules;
 
 const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 const PROTO_TCP: u8 = 6;
@@ -215,27 +217,6 @@ fn sctp_refused(client: &Pod, frontend: IpAddr, port: u16, sport: u16) -> bool {
         }
     }
     false
-}
-
-fn pid(name: &str) -> PolicyId {
-    PolicyId {
-        tier: "default".into(),
-        name: name.into(),
-    }
-}
-
-fn allow(id: &str, src: Match) -> Rule {
-    Rule {
-        id: id.into(),
-        action: Action::Allow,
-        ip_version: None,
-        protocol: None,
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
-        src,
-        dst: Match::default(),
-    }
 }
 
 fn endpoint(pod: &Pod, backend: bool) -> Operation {

@@ -24,14 +24,20 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use manul_dataplane_api::{
-    Action, Backend, Balancing, Driver, EndpointId, Match, Operation, Policy, PolicyId, Rule,
-    Service, ServicePort, TierPolicies, TrafficPolicy, WorkloadEndpoint,
+    Action, Backend, Balancing, Driver, EndpointId, Match, Operation, Policy, Service, ServicePort,
+    TierPolicies, TrafficPolicy, WorkloadEndpoint,
 };
 use manul_dataplane_bpf::{BpfConfig, BpfDriver};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
 use manul_dataplane_conformance::topology::{Pod, Topology};
 use manul_dataplane_conformance::{ConformanceError, Factory, NodeContext, privileges};
 use manul_netns::{NetNs, ProbeOutcome, open_connection, tcp_connect, udp_probe, unique_prefix};
+
+mod raw;
+mod rules;
+
+use raw::internet_checksum;
+use rules::{allow, pid};
 
 const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 /// The "who" servers' ports on every pod.
@@ -145,22 +151,6 @@ fn ask(s: &UdpSocket) -> Option<Ipv4Addr> {
     parse_who(std::str::from_utf8(&buf[..n]).ok()?).map(|w| w.0)
 }
 
-/// The Internet checksum (RFC 1071) of `parts` concatenated (each of even
-/// length but the last).
-fn internet_checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum = 0u32;
-    for part in parts {
-        for pair in part.chunks(2) {
-            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
-            sum += u32::from(word);
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Sends one UDP datagram to `frontend:port` from a raw socket in
 /// `client` (its checksum is complete, not left to offload) and captures
 /// it as `backend` receives it: its destination, destination port, and
@@ -172,26 +162,12 @@ fn full_checksum_datagram(
     port: u16,
 ) -> Option<(Ipv4Addr, u16, bool, bool)> {
     use nix::sys::socket::{
-        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, recv, sendto,
-        setsockopt, socket, sockopt,
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, sendto, socket,
     };
-    use nix::sys::time::TimeVal;
     use std::os::fd::AsRawFd;
 
     const SPORT: u16 = 40000;
-    let capture = backend
-        .netns
-        .run(|| {
-            socket(
-                AddressFamily::Packet,
-                SockType::Raw,
-                SockFlag::empty(),
-                SockProtocol::EthAll,
-            )
-        })
-        .unwrap()
-        .unwrap();
-    setsockopt(&capture, sockopt::ReceiveTimeout, &TimeVal::new(0, 200_000)).unwrap();
+    let capture = raw::capture_socket(&backend.netns);
     let payload = b"checksum";
     let mut udp = Vec::new();
     udp.extend_from_slice(&SPORT.to_be_bytes());
@@ -223,54 +199,26 @@ fn full_checksum_datagram(
             sendto(s.as_raw_fd(), &udp, &to, MsgFlags::empty()).unwrap();
         })
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut frame = [0u8; 2048];
-    while Instant::now() < deadline {
-        let Ok(n) = recv(capture.as_raw_fd(), &mut frame, MsgFlags::empty()) else {
-            continue;
-        };
-        let f = &frame[..n];
-        if n < 14 + 20 + 8 || f[12..14] != [0x08, 0x00] {
-            continue;
+    raw::capture(&capture, Duration::from_secs(2), |f| {
+        if f.len() < 14 + 20 + 8 || f[12..14] != [0x08, 0x00] {
+            return None;
         }
         let iph = &f[14..];
         let ihl = usize::from(iph[0] & 0x0f) * 4;
         let total = usize::from(u16::from_be_bytes([iph[2], iph[3]]));
         if iph[9] != 17 || iph.len() < total || total < ihl + 8 {
-            continue;
+            return None;
         }
         let src = Ipv4Addr::new(iph[12], iph[13], iph[14], iph[15]);
         let dst = Ipv4Addr::new(iph[16], iph[17], iph[18], iph[19]);
         let l4 = &iph[ihl..total];
         if src != client.ip || u16::from_be_bytes([l4[0], l4[1]]) != SPORT {
-            continue;
+            return None;
         }
         let ip_ok = internet_checksum(&[&iph[..ihl]]) == 0;
         let udp_ok = internet_checksum(&[&pseudo(src, dst, l4.len()), l4]) == 0;
-        return Some((dst, u16::from_be_bytes([l4[2], l4[3]]), ip_ok, udp_ok));
-    }
-    None
-}
-
-fn pid(name: &str) -> PolicyId {
-    PolicyId {
-        tier: "default".into(),
-        name: name.into(),
-    }
-}
-
-fn allow_rule(id: &str, src: Match) -> Rule {
-    Rule {
-        id: id.into(),
-        action: Action::Allow,
-        ip_version: None,
-        protocol: None,
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
-        src,
-        dst: Match::default(),
-    }
+        Some((dst, u16::from_be_bytes([l4[2], l4[3]]), ip_ok, udp_ok))
+    })
 }
 
 fn endpoint(pod: &Pod, backend: bool) -> Operation {
@@ -413,15 +361,15 @@ fn cluster_ips_with_real_packets() {
         Operation::PolicyUpdate {
             id: pid("backend"),
             policy: Policy {
-                inbound: vec![allow_rule("backend/in", only_a)],
-                outbound: vec![allow_rule("backend/out", Match::default())],
+                inbound: vec![allow("backend/in", only_a)],
+                outbound: vec![allow("backend/out", Match::default())],
             },
         },
         Operation::ProfileUpdate {
             id: "allow".into(),
             profile: Policy {
-                inbound: vec![allow_rule("allow/in", Match::default())],
-                outbound: vec![allow_rule("allow/out", Match::default())],
+                inbound: vec![allow("allow/in", Match::default())],
+                outbound: vec![allow("allow/out", Match::default())],
             },
         },
         endpoint(a, false),
@@ -848,8 +796,8 @@ fn maglev_external_ip_with_real_packets() {
         let mut ops = vec![Operation::ProfileUpdate {
             id: "allow".into(),
             profile: Policy {
-                inbound: vec![allow_rule("allow/in", Match::default())],
-                outbound: vec![allow_rule("allow/out", Match::default())],
+                inbound: vec![allow("allow/in", Match::default())],
+                outbound: vec![allow("allow/out", Match::default())],
             },
         }];
         ops.extend(pods.iter().map(|p| endpoint(p, false)));

@@ -94,7 +94,7 @@ impl Family for V6 {
     }
 
     fn others(k: &Self::NatKey, v: &Self::NatValue) -> Vec<Self::NatKey> {
-        vec![abi::manul_nat6_key {
+        let mut out = vec![abi::manul_nat6_key {
             src: v.addr,
             dst: if v.flags & abi::MANUL_NAT_HAIRPIN != 0 {
                 hairpin_snat_v6()
@@ -106,7 +106,19 @@ impl Family for V6 {
             proto: k.proto,
             dir: abi::MANUL_NAT_REV as u8,
             pad: 0,
-        }]
+        }];
+        if v.flags & abi::MANUL_NAT_SNAT != 0 {
+            out.push(abi::manul_nat6_key {
+                src: v.addr,
+                dst: v.snat_addr,
+                sport: v.port,
+                dport: v.snat_port,
+                proto: k.proto,
+                dir: abi::MANUL_NAT_SNAT_REV as u8,
+                pad: 0,
+            });
+        }
+        out
     }
 
     fn mark_reset(v: &mut Self::NatValue) {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use aya::Ebpf;
 use aya::maps::lpm_trie::Key;
@@ -13,7 +13,9 @@ use aya::maps::{HashMap, LpmTrie, Map, MapData};
 
 use super::clean::{self, V4, V6};
 use super::plan::diff::Peak;
-use super::plan::{BackendAddr, Frontend, FrontendEntry, Programmed, TableInfo, Writes};
+use super::plan::{
+    BackendAddr, Frontend, FrontendEntry, Programmed, SourceRange, TableInfo, Writes,
+};
 use crate::abi;
 use crate::error::BpfError;
 
@@ -27,8 +29,9 @@ pub struct ServiceMaps {
     aff: Hash<abi::manul_svc_aff_key, abi::manul_svc_aff_value>,
     /// Host interfaces carried for service NAT only (ifindex -> 1).
     ifs: Hash<u32, u32>,
-    /// Load-balancer addresses' source ranges.
+    /// Load-balancer addresses' source ranges, IPv4 and IPv6.
     src: LpmTrie<MapData, abi::manul_svc_src_data, u32>,
+    src6: LpmTrie<MapData, abi::manul_svc_src6_data, u32>,
     /// Maglev tables: (table, slot) -> backend.
     mag: Hash<abi::manul_svc_mag_key, abi::manul_svc_be6_value>,
     /// The IPv6 frontends, backends, NAT conntrack and affinity.
@@ -100,6 +103,14 @@ fn fe_key(f: &Frontend) -> FeKey {
     }
 }
 
+/// The source-range trie of `lb`'s family.
+fn src_map(lb: &IpAddr) -> &'static str {
+    match lb {
+        IpAddr::V4(_) => "manul_svc_src",
+        IpAddr::V6(_) => "manul_svc_src6",
+    }
+}
+
 fn src_key(lb: Ipv4Addr, range: Ipv4Net) -> Key<abi::manul_svc_src_data> {
     Key::new(
         32 + u32::from(range.prefix_len()),
@@ -108,6 +119,26 @@ fn src_key(lb: Ipv4Addr, range: Ipv4Net) -> Key<abi::manul_svc_src_data> {
             client: net_addr(range.network()),
         },
     )
+}
+
+fn src6_key(lb: Ipv6Addr, range: Ipv6Net) -> Key<abi::manul_svc_src6_data> {
+    Key::new(
+        128 + u32::from(range.prefix_len()),
+        abi::manul_svc_src6_data {
+            lb: lb.octets(),
+            client: range.network().octets(),
+        },
+    )
+}
+
+type Trie<K> = LpmTrie<MapData, K, u32>;
+
+/// Takes an LPM trie out of a loaded object.
+fn take_trie<K: aya::Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<Trie<K>, BpfError> {
+    ebpf.take_map(name)
+        .ok_or(BpfError::Missing(name))?
+        .try_into()
+        .map_err(|e| BpfError::map(name, "unexpected map type", e))
 }
 
 pub fn fe_value(e: &FrontendEntry) -> abi::manul_svc_fe_value {
@@ -184,11 +215,8 @@ impl ServiceMaps {
         let (be6, be6_capacity) = take(ebpf, "manul_svc_be6")?;
         let (nat6, _) = take(ebpf, "manul_nat6")?;
         let (aff6, _) = take(ebpf, "manul_svc_aff6")?;
-        let src = ebpf
-            .take_map("manul_svc_src")
-            .ok_or(BpfError::Missing("manul_svc_src"))?
-            .try_into()
-            .map_err(|e| BpfError::map("manul_svc_src", "unexpected map type", e))?;
+        let src = take_trie(ebpf, "manul_svc_src")?;
+        let src6 = take_trie(ebpf, "manul_svc_src6")?;
         Ok(Self {
             fe,
             be,
@@ -196,6 +224,7 @@ impl ServiceMaps {
             aff,
             ifs,
             src,
+            src6,
             mag,
             fe6,
             be6,
@@ -236,46 +265,54 @@ impl ServiceMaps {
         Ok(())
     }
 
-    /// Adds the source ranges of `want` the map lacks (before the address
-    /// entries that name them: until then such an address drops every
-    /// client, closed).
-    pub fn add_source_ranges(
-        &mut self,
-        want: &BTreeSet<(Ipv4Addr, Ipv4Net)>,
-    ) -> Result<(), BpfError> {
+    /// Adds source ranges (before the address entries that name them:
+    /// until then such an address drops every client, closed). A range
+    /// of the other family than its address's is refused.
+    pub fn add_source_ranges(&mut self, want: &BTreeSet<SourceRange>) -> Result<(), BpfError> {
         for (lb, range) in want {
-            self.src
-                .insert(&src_key(*lb, *range), 1, 0)
-                .map_err(|e| BpfError::map("manul_svc_src", format!("add {range} to {lb}"), e))?;
+            let added = match (lb, range) {
+                (IpAddr::V4(a), IpNet::V4(r)) => self.src.insert(&src_key(*a, *r), 1, 0),
+                (IpAddr::V6(a), IpNet::V6(r)) => self.src6.insert(&src6_key(*a, *r), 1, 0),
+                _ => {
+                    return Err(BpfError::MixedSourceRange {
+                        lb: *lb,
+                        range: *range,
+                    });
+                }
+            };
+            added.map_err(|e| BpfError::map(src_map(lb), format!("add {range} to {lb}"), e))?;
         }
         Ok(())
     }
 
-    /// The source ranges the map holds.
-    pub fn source_ranges(&self) -> BTreeSet<(Ipv4Addr, Ipv4Net)> {
-        self.src
-            .keys()
-            .flatten()
-            .filter_map(|k| {
-                let d = k.data();
-                let len = u8::try_from(k.prefix_len().checked_sub(32)?).ok()?;
-                let range = Ipv4Net::new(host_addr(d.client), len).ok()?;
-                Some((host_addr(d.lb), range.trunc()))
-            })
-            .collect()
+    /// The source ranges the maps hold, both families.
+    pub fn source_ranges(&self) -> BTreeSet<SourceRange> {
+        let v4 = self.src.keys().flatten().filter_map(|k| {
+            let d = k.data();
+            let len = u8::try_from(k.prefix_len().checked_sub(32)?).ok()?;
+            let range = Ipv4Net::new(host_addr(d.client), len).ok()?;
+            Some((IpAddr::V4(host_addr(d.lb)), IpNet::V4(range.trunc())))
+        });
+        let v6 = self.src6.keys().flatten().filter_map(|k| {
+            let d = k.data();
+            let len = u8::try_from(k.prefix_len().checked_sub(128)?).ok()?;
+            let range = Ipv6Net::new(Ipv6Addr::from(d.client), len).ok()?;
+            Some((IpAddr::V6(Ipv6Addr::from(d.lb)), IpNet::V6(range.trunc())))
+        });
+        v4.chain(v6).collect()
     }
 
     /// Deletes source ranges (after the address entries stopped naming
-    /// them); one already gone is fine.
-    pub fn remove_source_ranges(
-        &mut self,
-        stale: &BTreeSet<(Ipv4Addr, Ipv4Net)>,
-    ) -> Result<(), BpfError> {
+    /// them); one already gone, or of mixed families (never added), is
+    /// fine.
+    pub fn remove_source_ranges(&mut self, stale: &BTreeSet<SourceRange>) -> Result<(), BpfError> {
         for (lb, range) in stale {
-            let removed = self.src.remove(&src_key(*lb, *range));
-            already_gone_ok(removed, "manul_svc_src", || {
-                format!("remove {range} from {lb}")
-            })?;
+            let removed = match (lb, range) {
+                (IpAddr::V4(a), IpNet::V4(r)) => self.src.remove(&src_key(*a, *r)),
+                (IpAddr::V6(a), IpNet::V6(r)) => self.src6.remove(&src6_key(*a, *r)),
+                _ => continue,
+            };
+            already_gone_ok(removed, src_map(lb), || format!("remove {range} from {lb}"))?;
         }
         Ok(())
     }

@@ -9,16 +9,15 @@ pub mod maps;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 
 use aya::Ebpf;
 use manul_dataplane_api::{Operation, Service, ServiceKey};
 
 use crate::error::BpfError;
 use maps::ServiceMaps;
-use plan::Programmed;
 use plan::diff::{self, Counts, Delta, Scope};
 use plan::index::Index;
+use plan::{Programmed, SourceRange};
 
 /// The service maps and what this run wrote into them.
 #[derive(Debug)]
@@ -43,8 +42,8 @@ pub struct Services {
 struct Planned {
     writes: plan::Writes,
     delta: Delta,
-    ranges_added: BTreeSet<(Ipv4Addr, ipnet::Ipv4Net)>,
-    ranges_removed: BTreeSet<(Ipv4Addr, ipnet::Ipv4Net)>,
+    ranges_added: BTreeSet<SourceRange>,
+    ranges_removed: BTreeSet<SourceRange>,
 }
 
 impl Services {

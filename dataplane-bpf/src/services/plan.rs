@@ -12,7 +12,7 @@ pub mod part;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use manul_dataplane_api::ServiceKey;
 
@@ -100,6 +100,11 @@ pub struct Wanted {
     pub flags: u32,
 }
 
+/// A load-balancer address and one client range of its own family
+/// (truncated to its prefix): a range of the other family could never
+/// match one of the address's clients, so it is not kept.
+pub type SourceRange = (IpAddr, ipnet::IpNet);
+
 /// The frontends and backend lists the services ask for.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Desired {
@@ -108,10 +113,10 @@ pub struct Desired {
     /// Every service address with its address entry's flags (cluster IPs
     /// refuse ports and protocols no service has there).
     pub addresses: BTreeMap<IpAddr, u32>,
-    /// Load-balancer addresses' source ranges (IPv4 ones: an IPv4
-    /// address's clients are IPv4); such an address's entry has
-    /// `MANUL_SVC_FE_SOURCE_RANGES`, so a client outside them is dropped.
-    pub source_ranges: BTreeSet<(Ipv4Addr, ipnet::Ipv4Net)>,
+    /// Load-balancer addresses' source ranges; such an address's entry
+    /// has `MANUL_SVC_FE_SOURCE_RANGES`, so a client outside them is
+    /// dropped.
+    pub source_ranges: BTreeSet<SourceRange>,
     /// Frontends that pick by Maglev: the external ones (node ports,
     /// external and load-balancer addresses) of Services marked for it.
     pub maglev: BTreeSet<Frontend>,
@@ -126,9 +131,6 @@ pub struct Desired {
 /// A part of a service left out of the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Skipped {
-    /// IPv6 external and load-balancer addresses: the programs translate
-    /// IPv6 on workload interfaces only (cluster IPs).
-    Ipv6 { service: ServiceKey, addr: IpAddr },
     /// Protocols other than TCP, UDP and SCTP.
     Protocol { service: ServiceKey, proto: u8 },
     /// An SCTP frontend with a backend on another port: SCTP's CRC32c
@@ -150,11 +152,6 @@ pub enum Skipped {
 impl fmt::Display for Skipped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Skipped::Ipv6 { service, addr } => write!(
-                f,
-                "service {}/{}: frontend {addr} not programmed (IPv6 cluster IPs only)",
-                service.0, service.1
-            ),
             Skipped::Protocol { service, proto } => write!(
                 f,
                 "service {}/{}: protocol {proto} not programmed (TCP, UDP and SCTP only)",

@@ -8,12 +8,12 @@
 //! which keys to diff.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use manul_dataplane_api::{Service, ServiceKey};
 
 use super::part::{Item, Part, part};
-use super::{Desired, Frontend, ListKey, Skipped};
+use super::{Desired, Frontend, ListKey, Skipped, SourceRange};
 
 /// The services a change touches and the frontends (port frontends and
 /// address entries) whose entries it may change: every frontend a touched
@@ -31,8 +31,8 @@ pub struct Change {
     pub touched: Touched,
     /// Source ranges now asked for (written before the address entries
     /// naming them) and no longer (deleted after).
-    pub ranges_added: BTreeSet<(Ipv4Addr, ipnet::Ipv4Net)>,
-    pub ranges_removed: BTreeSet<(Ipv4Addr, ipnet::Ipv4Net)>,
+    pub ranges_added: BTreeSet<SourceRange>,
+    pub ranges_removed: BTreeSet<SourceRange>,
     /// What the touched services leave out, for the log.
     pub skipped: Vec<Skipped>,
 }
@@ -45,7 +45,7 @@ pub struct Index {
     /// The services claiming each port frontend: the first by name keeps it.
     claimants: BTreeMap<Frontend, BTreeSet<ServiceKey>>,
     address_users: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
-    range_users: BTreeMap<(Ipv4Addr, ipnet::Ipv4Net), BTreeSet<ServiceKey>>,
+    range_users: BTreeMap<SourceRange, BTreeSet<ServiceKey>>,
 }
 
 /// The smallest list key of `service`: its lists start there.

@@ -6,12 +6,12 @@
 //! alone and is recomputed only when that service changes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use manul_dataplane_api::{Balancing, Service, ServiceKey, ServicePort, TrafficPolicy};
 
 use super::{
-    BackendAddr, Frontend, ListKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Skipped, Wanted,
+    BackendAddr, Frontend, ListKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Skipped, SourceRange, Wanted,
     family_backends,
 };
 use crate::abi::{
@@ -44,7 +44,7 @@ pub struct Part {
     /// The flags this service asks of each of its addresses' entries.
     pub addresses: BTreeMap<IpAddr, u32>,
     /// Its load-balancer addresses' source ranges.
-    pub source_ranges: BTreeSet<(Ipv4Addr, ipnet::Ipv4Net)>,
+    pub source_ranges: BTreeSet<SourceRange>,
 }
 
 impl Part {
@@ -79,11 +79,12 @@ fn frontend_flags(port: &ServicePort, policy: TrafficPolicy, external: bool, ipv
 
 /// The part of service `key`: a cluster IP uses the internal traffic
 /// policy's list, an external or load-balancer address the external
-/// one's, a node port (address 0.0.0.0) the external one's too; and the
-/// service addresses (not 0.0.0.0: a node port has no address entry).
-/// IPv6 frontends are cluster IPs only (the programs translate IPv6 on
-/// workload interfaces); an SCTP frontend whose backends listen on
-/// another port is left out (see [`Skipped::SctpPort`]).
+/// one's, a node port (address 0.0.0.0, and :: for a service with an
+/// IPv6 cluster IP) the external one's too; and the service addresses
+/// (not 0.0.0.0 or ::: a node port has no address entry). Each
+/// frontend's list holds its family's backends; an SCTP frontend whose
+/// backends listen on another port is left out (see
+/// [`Skipped::SctpPort`]).
 pub fn part(key: &ServiceKey, svc: &Service) -> Part {
     let mut p = Part::default();
     // (address, policy, external)
@@ -99,17 +100,19 @@ pub fn part(key: &ServiceKey, svc: &Service) -> Part {
         .collect();
     for ip in &svc.load_balancer_ips {
         frontends.push((*ip, svc.external_traffic, true));
-        let IpAddr::V4(lb) = ip else { continue };
         if svc.load_balancer_source_ranges.is_empty() {
             continue;
         }
         *p.addresses.entry(*ip).or_insert(MANUL_SVC_FE_ADDRESS) |= MANUL_SVC_FE_SOURCE_RANGES;
+        // A range of the other family cannot match a client of this
+        // address's.
         for range in &svc.load_balancer_source_ranges {
-            if let ipnet::IpNet::V4(r) = range {
-                p.source_ranges.insert((*lb, r.trunc()));
+            if range.addr().is_ipv6() == ip.is_ipv6() {
+                p.source_ranges.insert((*ip, range.trunc()));
             }
         }
     }
+    let ipv6_node_port = svc.cluster_ips.iter().any(IpAddr::is_ipv6);
     for port in &svc.ports {
         if ![PROTO_TCP, PROTO_UDP, PROTO_SCTP].contains(&port.protocol) {
             p.items.push(Item::Skipped(Skipped::Protocol {
@@ -118,16 +121,18 @@ pub fn part(key: &ServiceKey, svc: &Service) -> Part {
             }));
             continue;
         }
-        // A node port: address 0.0.0.0 in the map, which the program
-        // looks up only for packets to the node's own addresses
+        // A node port: address 0.0.0.0 (::) in the map, which the
+        // program looks up only for packets to the node's own addresses
         // arriving at a host interface.
-        let node_port = port.node_port.map(|p| {
-            (
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                svc.external_traffic,
-                true,
-                p,
-            )
+        let unspecified = [
+            Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            ipv6_node_port.then_some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        ];
+        let node_port = port.node_port.into_iter().flat_map(|p| {
+            unspecified
+                .into_iter()
+                .flatten()
+                .map(move |ip| (ip, svc.external_traffic, true, p))
         });
         let targets = frontends
             .iter()
@@ -136,13 +141,6 @@ pub fn part(key: &ServiceKey, svc: &Service) -> Part {
         for (addr, policy, external, number) in targets {
             let ipv6 = addr.is_ipv6();
             let cluster_ip = svc.cluster_ips.contains(&addr);
-            if ipv6 && !cluster_ip {
-                p.items.push(Item::Skipped(Skipped::Ipv6 {
-                    service: key.clone(),
-                    addr,
-                }));
-                continue;
-            }
             if !addr.is_unspecified() {
                 let flags = p.addresses.entry(addr).or_insert(MANUL_SVC_FE_ADDRESS);
                 if cluster_ip {

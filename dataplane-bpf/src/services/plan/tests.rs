@@ -318,8 +318,11 @@ fn a_load_balancer_address_with_source_ranges_is_flagged_with_its_ranges() {
     );
     // The range truncated to its network; the IPv6 one cannot match an
     // IPv4 client.
-    let ranges: Vec<(Ipv4Addr, ipnet::Ipv4Net)> = d.source_ranges.into_iter().collect();
-    assert_eq!(ranges, vec![(lb, "198.51.100.0/24".parse().unwrap())]);
+    let ranges: Vec<SourceRange> = d.source_ranges.into_iter().collect();
+    assert_eq!(
+        ranges,
+        vec![(IpAddr::V4(lb), "198.51.100.0/24".parse().unwrap())]
+    );
     // The cluster IP has no such flag.
     assert_eq!(
         d.addresses[&IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))],
@@ -330,8 +333,6 @@ fn a_load_balancer_address_with_source_ranges_is_flagged_with_its_ranges() {
 #[test]
 fn what_the_program_cannot_carry_is_skipped_and_said() {
     let mut svc = service("web", [10, 96, 0, 10], &[2]);
-    let ext6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10));
-    svc.external_ips.push(ext6);
     // SCTP whose backends listen on another port (8080, not 80).
     let mut sctp = svc.ports[0].clone();
     sctp.protocol = PROTO_SCTP;
@@ -350,24 +351,86 @@ fn what_the_program_cannot_carry_is_skipped_and_said() {
         .skipped
         .iter()
         .map(|s| match s {
-            Skipped::Ipv6 { .. } => "ipv6",
             Skipped::Protocol { .. } => "protocol",
             Skipped::SctpPort { .. } => "sctp-port",
             Skipped::Conflict { .. } => "conflict",
         })
         .collect();
-    // Per port: the external IPv6 address once for TCP, once for SCTP.
-    assert_eq!(
-        kinds,
-        vec!["conflict", "ipv6", "sctp-port", "ipv6", "protocol"]
-    );
+    assert_eq!(kinds, vec!["conflict", "sctp-port", "protocol"]);
     assert!(d.skipped.iter().all(|s| !s.to_string().is_empty()));
     // The cluster IP still refuses the SCTP port it could not program.
     assert_eq!(
         d.addresses[&IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))],
         crate::abi::MANUL_SVC_FE_ADDRESS | crate::abi::MANUL_SVC_FE_REJECT_UNKNOWN
     );
-    assert!(!d.addresses.contains_key(&ext6));
+}
+
+/// A dual-stack service with a node port, an IPv6 external and an IPv6
+/// load-balancer address with source ranges: each IPv6 frontend (the
+/// node port on ::) gets the IPv6 list of its policy, and the IPv6 ranges
+/// go to the IPv6 load-balancer address.
+#[test]
+fn ipv6_node_ports_external_and_load_balancer_addresses_are_frontends() {
+    let ip6 = |d: u16| Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, d);
+    let b6 = Ipv6Addr::new(0xfd00, 0x65, 0, 0, 0, 0, 0, 2);
+    let (ext6, lb6) = (ip6(0x20), ip6(0x30));
+    let mut svc = service("web", [10, 96, 0, 10], &[2, 3]);
+    svc.cluster_ips.push(IpAddr::V6(ip6(10)));
+    svc.external_ips.push(IpAddr::V6(ext6));
+    svc.load_balancer_ips.push(IpAddr::V6(lb6));
+    svc.load_balancer_source_ranges = vec![
+        "2001:db8:1::7/48".parse().unwrap(),
+        "198.51.100.0/24".parse().unwrap(),
+    ];
+    svc.external_traffic = TrafficPolicy::Local;
+    svc.ports[0].node_port = Some(30080);
+    let remote6 = Backend {
+        ip: IpAddr::V6(b6),
+        port: 8080,
+        local: false,
+        ready: true,
+    };
+    svc.ports[0].backends.push(remote6);
+    let d = desired(&services(vec![svc]));
+    assert!(d.skipped.is_empty(), "{:?}", d.skipped);
+    let at = |addr: IpAddr, port: u16| Frontend {
+        addr,
+        port,
+        proto: PROTO_TCP,
+    };
+    let node6 = &d.frontends[&at(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 30080)];
+    assert!(node6.list.ipv6 && node6.list.local);
+    // Local, and the only IPv6 backend is elsewhere: dropped, not refused.
+    assert_eq!(node6.flags, crate::abi::MANUL_SVC_FE_DROP_EMPTY);
+    assert!(d.lists[&node6.list].is_empty());
+    for addr in [ext6, lb6] {
+        let w = &d.frontends[&at(IpAddr::V6(addr), 80)];
+        assert_eq!(w.list, node6.list);
+    }
+    // The IPv4 node port is still there, with the IPv4 list.
+    assert!(!d.frontends[&fe([0, 0, 0, 0], 30080)].list.ipv6);
+    // No address entry for ::; the load-balancer address is flagged with
+    // its IPv6 range only.
+    assert!(!d.addresses.contains_key(&IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+    assert_eq!(
+        d.addresses[&IpAddr::V6(lb6)],
+        crate::abi::MANUL_SVC_FE_ADDRESS | crate::abi::MANUL_SVC_FE_SOURCE_RANGES
+    );
+    // Only the IPv6 range: the IPv4 one cannot match its clients.
+    let ranges: Vec<SourceRange> = d.source_ranges.into_iter().collect();
+    assert_eq!(
+        ranges,
+        vec![(IpAddr::V6(lb6), "2001:db8:1::/48".parse().unwrap())]
+    );
+}
+
+/// An IPv4-only service gets no IPv6 node port.
+#[test]
+fn a_single_stack_ipv4_service_has_no_ipv6_node_port() {
+    let mut svc = service("web", [10, 96, 0, 10], &[2]);
+    svc.ports[0].node_port = Some(30080);
+    let d = desired(&services(vec![svc]));
+    assert!(d.frontends.keys().all(|f| f.addr.is_ipv4()));
 }
 
 #[test]

@@ -1,16 +1,73 @@
-//! SCTP over raw sockets for the tests (the test kernel may have no SCTP
-//! stack): packets built with their CRC32c, sent and received as they are
-//! on the wire.
+//! Raw sockets for the tests: SCTP over raw sockets (the test kernel may
+//! have no SCTP stack), packets built with their CRC32c, sent and received
+//! as they are on the wire; frames captured on a namespace's interfaces;
+//! the Internet checksum to build and verify packets with.
+#![allow(dead_code)]
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use manul_netns::NetNs;
 use nix::sys::socket::{
     AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6,
-    SockaddrStorage, recvfrom, sendto, setsockopt, socket, sockopt,
+    SockaddrStorage, recv, recvfrom, sendto, setsockopt, socket, sockopt,
 };
 use nix::sys::time::TimeVal;
+
+/// The Internet checksum (RFC 1071) of `parts` concatenated (each of even
+/// length but the last).
+pub fn internet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    for part in parts {
+        for pair in part.chunks(2) {
+            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            sum += u32::from(word);
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A packet socket in `ns` that captures every frame of its interfaces,
+/// both ways (opened before the traffic it is to see).
+pub fn capture_socket(ns: &NetNs) -> OwnedFd {
+    let fd = ns
+        .run(|| {
+            socket(
+                AddressFamily::Packet,
+                SockType::Raw,
+                SockFlag::empty(),
+                SockProtocol::EthAll,
+            )
+        })
+        .unwrap()
+        .unwrap();
+    setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 200_000)).unwrap();
+    fd
+}
+
+/// Hands each frame `fd` captures within `within` to `pick` until it
+/// picks one.
+pub fn capture<T>(
+    fd: &OwnedFd,
+    within: Duration,
+    mut pick: impl FnMut(&[u8]) -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + within;
+    let mut frame = [0u8; 2048];
+    while Instant::now() < deadline {
+        let Ok(n) = recv(fd.as_raw_fd(), &mut frame, MsgFlags::empty()) else {
+            continue;
+        };
+        if let Some(found) = pick(&frame[..n]) {
+            return Some(found);
+        }
+    }
+    None
+}
 
 /// CRC32c (Castagnoli, reflected 0x82f63b78), bit by bit.
 pub fn crc32c(data: &[u8]) -> u32 {
