@@ -649,57 +649,47 @@ mod tests {
         assert_eq!(verdict(&h), Verdict::NotLinearizable);
     }
 
+    /// A write and its delete, then a write of unknown outcome (revision 7
+    /// had it taken effect) and a second delete that answered: how the
+    /// histories of the test below start.
+    fn unknown_write_then_delete() -> Vec<Recorded> {
+        vec![
+            rec("a", apply(1, None), Output::Written(5), 0, 1),
+            rec(
+                "a",
+                Input::Delete { expected: None },
+                Output::Written(6),
+                2,
+                3,
+            ),
+            rec("a", apply(2, None), Output::Unknown, 4, UNKNOWN_RETURN),
+            rec(
+                "a",
+                Input::Delete { expected: None },
+                Output::Written(8),
+                5,
+                6,
+            ),
+        ]
+    }
+
     #[test]
     fn a_left_out_unknown_write_can_explain_a_delete_of_an_absent_key() {
         // The unknown write took effect at revision 7 and the delete took
         // it away before anyone read the key: linearizable. Left out of
         // the search (nobody read it), it must still explain the delete.
-        let deleted = [
-            rec("a", apply(1, None), Output::Written(5), 0, 1),
-            rec(
-                "a",
-                Input::Delete { expected: None },
-                Output::Written(6),
-                2,
-                3,
-            ),
-            rec("a", apply(2, None), Output::Unknown, 4, UNKNOWN_RETURN),
-            rec(
-                "a",
-                Input::Delete { expected: None },
-                Output::Written(8),
-                5,
-                6,
-            ),
-            rec("a", Input::Get, Output::Absent, 7, 8),
-        ];
+        let mut deleted = unknown_write_then_delete();
+        deleted.push(rec("a", Input::Get, Output::Absent, 7, 8));
         assert_eq!(verdict(&deleted), Verdict::Linearizable);
         // One such write explains one delete, not two.
-        let twice = [
-            rec("a", apply(1, None), Output::Written(5), 0, 1),
-            rec(
-                "a",
-                Input::Delete { expected: None },
-                Output::Written(6),
-                2,
-                3,
-            ),
-            rec("a", apply(2, None), Output::Unknown, 4, UNKNOWN_RETURN),
-            rec(
-                "a",
-                Input::Delete { expected: None },
-                Output::Written(8),
-                5,
-                6,
-            ),
-            rec(
-                "a",
-                Input::Delete { expected: None },
-                Output::Written(9),
-                7,
-                8,
-            ),
-        ];
+        let mut twice = unknown_write_then_delete();
+        twice.push(rec(
+            "a",
+            Input::Delete { expected: None },
+            Output::Written(9),
+            7,
+            8,
+        ));
         assert_eq!(verdict(&twice), Verdict::NotLinearizable);
         // Nor a delete that returned before the write was called.
         let before = [
