@@ -15,6 +15,9 @@
 use std::collections::HashSet;
 use std::hash::Hash;
 
+#[cfg(test)]
+pub(crate) mod register;
+
 /// The return time of an operation whose outcome is unknown.
 pub const UNKNOWN_RETURN: u64 = u64::MAX;
 
@@ -340,40 +343,8 @@ fn first_return(events: &Events) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use super::register::{In, Register, op};
     use super::*;
-
-    /// A register: write a value, read it.
-    struct Register;
-
-    #[derive(Debug, Clone)]
-    enum In {
-        Write(u32),
-        Read,
-    }
-
-    impl Model for Register {
-        type State = u32;
-        type Input = In;
-        type Output = u32;
-        fn init(&self) -> u32 {
-            0
-        }
-        fn step(&self, state: &u32, input: &In, output: &u32) -> Option<u32> {
-            match input {
-                In::Write(v) => Some(*v),
-                In::Read => (output == state).then_some(*state),
-            }
-        }
-    }
-
-    fn op(input: In, output: u32, call: u64, ret: u64) -> Operation<In, u32> {
-        Operation {
-            input,
-            output,
-            call,
-            ret,
-        }
-    }
 
     #[test]
     fn sequential_and_concurrent_histories_that_have_an_order_pass() {

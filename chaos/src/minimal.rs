@@ -103,7 +103,7 @@ where
     M::Input: Clone,
     M::Output: Clone,
 {
-    if !not_linearizable(model, initial, history, ops, budget) {
+    if verdict(model, initial, history, ops, budget) != Verdict::NotLinearizable {
         return false;
     }
     match stuck {
@@ -114,20 +114,8 @@ where
         _ => true,
     }
 }
-fn not_linearizable<M: Model>(
-    model: &M,
-    initial: &M::State,
-    history: &[Operation<M::Input, M::Output>],
-    ops: &[usize],
-    budget: u64,
-) -> bool
-where
-    M::Input: Clone,
-    M::Output: Clone,
-{
-    verdict(model, initial, history, ops, budget) == Verdict::NotLinearizable
-}
 
+/// The verdict on the operations `ops` of `history`, from `initial`.
 fn verdict<M: Model>(
     model: &M,
     initial: &M::State,
@@ -193,39 +181,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A register: write a value, read it.
-    struct Register;
-
-    #[derive(Debug, Clone)]
-    enum In {
-        Write(u32),
-        Read,
-    }
-
-    impl Model for Register {
-        type State = u32;
-        type Input = In;
-        type Output = u32;
-        fn init(&self) -> u32 {
-            0
-        }
-        fn step(&self, state: &u32, input: &In, output: &u32) -> Option<u32> {
-            match input {
-                In::Write(v) => Some(*v),
-                In::Read => (output == state).then_some(*state),
-            }
-        }
-    }
-
-    fn op(input: In, output: u32, call: u64, ret: u64) -> Operation<In, u32> {
-        Operation {
-            input,
-            output,
-            call,
-            ret,
-        }
-    }
+    use crate::linearizability::register::{In, Register, op};
 
     #[test]
     fn a_stale_read_deep_in_a_long_history_is_cut_down_to_its_cause() {
