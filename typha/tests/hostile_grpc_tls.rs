@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::SERIAL;
-use common::connections::{closed_between, no_tls_handshake, until_closed, wait_metric_eq};
+use common::connections::{closed_between, no_tls_handshakes, until_closed, wait_metric_eq};
 use common::tls_typha::{TlsTypha, felix_tls};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,10 +24,7 @@ async fn grpc_tls_connections_count_from_their_accept_until_closed() {
     let grpc = format!("127.0.0.1:{}", typha.port);
 
     // Connected, never a ClientHello; a ClientHello's first bytes only.
-    let mut no_tls = Vec::new();
-    for k in 0..4 {
-        no_tls.push(no_tls_handshake(&grpc, k % 2 == 1).await);
-    }
+    let no_tls = no_tls_handshakes(&grpc, 4).await;
     // Each counts while its TLS handshake is still under way.
     wait_metric_eq(typha.metrics_port, open, 4.0, Duration::from_secs(1)).await;
     // TLS done (HTTP/2 offered), then no preface: counted too.

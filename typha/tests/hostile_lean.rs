@@ -23,7 +23,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::connections::{closed_between, no_tls_handshake, until_closed, wait_metric_eq};
+use common::connections::{closed_between, no_tls_handshakes, until_closed, wait_metric_eq};
 use common::tls_typha::{TlsTypha, felix_tls};
 use common::{Cluster, SERIAL};
 use manul_proto::frame::{self, FrameReader};
@@ -473,10 +473,7 @@ async fn with_tls_unfinished_handshakes_and_hellos_are_closed_and_hold_slots() {
     let sync = format!("127.0.0.1:{sync_port}");
 
     // Connected, never a ClientHello; a ClientHello's first bytes only.
-    let mut no_tls = Vec::new();
-    for k in 0..4 {
-        no_tls.push(no_tls_handshake(&sync, k % 2 == 1).await);
-    }
+    let no_tls = no_tls_handshakes(&sync, 4).await;
     // TLS done, then no hello.
     let transport = felix_tls(&typha.certs);
     let mut no_hello = Vec::new();

@@ -82,16 +82,17 @@ pub async fn closed_between(
     slowest
 }
 
-/// Connects to `addr` and holds the connection: none, or the first
-/// bytes of a TLS ClientHello when `partial_hello`, until the server
-/// closes it; see [`until_closed`].
-pub async fn no_tls_handshake(
-    addr: &str,
-    partial_hello: bool,
-) -> tokio::task::JoinHandle<Duration> {
-    let mut socket = TcpStream::connect(addr).await.unwrap();
-    if partial_hello {
-        socket.write_all(&[0x16, 0x03, 0x01, 0x00]).await.unwrap();
+/// `n` connections to `addr` that never finish a TLS handshake: every
+/// other one sends the first bytes of a ClientHello, the others nothing;
+/// each read until the server closes it (see [`until_closed`]).
+pub async fn no_tls_handshakes(addr: &str, n: usize) -> Vec<tokio::task::JoinHandle<Duration>> {
+    let mut out = Vec::new();
+    for k in 0..n {
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        if k % 2 == 1 {
+            socket.write_all(&[0x16, 0x03, 0x01, 0x00]).await.unwrap();
+        }
+        out.push(until_closed(socket));
     }
-    until_closed(socket)
+    out
 }
