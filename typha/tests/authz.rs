@@ -215,19 +215,14 @@ async fn writes_are_authorized_by_identity_and_audited() {
     let audit = |i: usize| tmp.path().join(format!("audit-{}.log", i + 1));
     let mut procs = Procs(Vec::new());
     for i in 0..3 {
-        let child = Command::new(env!("CARGO_BIN_EXE_typha"))
-            .args(["--node-id", &(i + 1).to_string()])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_typha"));
+        cmd.args(["--node-id", &(i + 1).to_string()])
             .args(["--listen", &client[i], "--peer-listen", &peer[i]])
             .args(["--metrics", &metrics[i], "--metrics-tls-server-cert"])
             .arg("--data-dir")
             .arg(tmp.path().join(format!("r{}", i + 1)))
-            .args(["--peers", &peers])
-            .arg("--ca-file")
-            .arg(certs.join("ca.crt"))
-            .arg("--server-cert-file")
-            .arg(certs.join("typha.crt"))
-            .arg("--server-key-file")
-            .arg(certs.join("typha.key"))
+            .args(["--peers", &peers]);
+        let child = common::tls_typha::tls_server_args(&mut cmd, &certs)
             .args(["--client-cn", "manul-felix,manul-cni"])
             .args(["--client-uri-san", "spiffe://manul/reader"])
             .args(["--read-only-uri-san", "spiffe://manul/reader"])

@@ -21,16 +21,16 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::connections::{closed_between, no_tls_handshakes, until_closed, wait_metric_eq};
+use common::tls_typha::{TlsTypha, felix_tls};
 use common::{Cluster, SERIAL};
 use manul_proto::frame::{self, FrameReader};
 use manul_proto::v1::sync_message::Message;
 use manul_proto::v1::{StreamEnd, SyncMessage, SyncRequest};
 use prost::Message as _;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -84,41 +84,6 @@ where
 
 async fn felix(addr: &str, node: &str) -> watch::Receiver<u64> {
     follow(TcpStream::connect(addr).await.unwrap(), node)
-}
-
-/// Reads `socket` until the server closes it; how long that took.
-fn until_closed<S>(mut socket: S) -> tokio::task::JoinHandle<Duration>
-where
-    S: AsyncRead + Unpin + Send + 'static,
-{
-    let started = Instant::now();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
-        started.elapsed()
-    })
-}
-
-async fn closed_between(
-    what: &str,
-    tasks: Vec<tokio::task::JoinHandle<Duration>>,
-    earliest: Duration,
-    latest: Duration,
-) -> Duration {
-    let mut slowest = Duration::ZERO;
-    for task in tasks {
-        let took = tokio::time::timeout(latest + Duration::from_secs(1), task)
-            .await
-            .unwrap_or_else(|_| panic!("a {what} connection is still open after {latest:?}"))
-            .unwrap();
-        assert!(
-            took >= earliest && took <= latest,
-            "a {what} connection closed after {took:?}, not within {earliest:?}..{latest:?}"
-        );
-        slowest = slowest.max(took);
-    }
-    eprintln!("{what}: closed after at most {slowest:?}");
-    slowest
 }
 
 async fn wait_metric(c: &Cluster, name: &str, at_least: f64, within: Duration) -> f64 {
@@ -499,122 +464,31 @@ async fn a_flood_of_lean_connections_leaves_readyz_working_and_the_accept_loop_i
     .await;
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.ok()?;
-    Some(text)
-}
-
-async fn metric(port: u16, name: &str) -> Option<f64> {
-    let body = http_get(port, "/metrics").await?;
-    body.lines()
-        .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
-fn felix_tls(certs: &Path) -> manul_tls::connect::Transport {
-    let settings = manul_tls::client::ClientSettings {
-        ca_file: certs.join("ca.crt"),
-        cert_file: certs.join("felix-node1.crt"),
-        key_file: certs.join("felix-node1.key"),
-        server: manul_tls::Expected::new(["manul-typha".to_string()], [], "test").unwrap(),
-    };
-    manul_tls::connect::Transport::Tls(settings.config().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tls_unfinished_handshakes_and_hellos_are_closed_and_hold_slots() {
     let _serial = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
-    let certs = tmp.path().join("certs");
-    manul_tls::dev::write_dev_set(
-        &certs,
-        &manul_tls::dev::DevSet {
-            typha_names: vec!["127.0.0.1".into()],
-            typha_cn: "manul-typha".into(),
-            nodes: vec!["node1".into()],
-            days: 1,
-        },
-    )
-    .unwrap();
-    let ports: Vec<u16> = (0..4).map(|_| common::free_port()).collect();
-    let sync = format!("127.0.0.1:{}", ports[3]);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_typha"));
-    cmd.args(["--node-id", "1"])
-        .args(["--listen", &format!("127.0.0.1:{}", ports[0])])
-        .args(["--peer-listen", &format!("127.0.0.1:{}", ports[1])])
-        .args(["--metrics", &format!("127.0.0.1:{}", ports[2])])
-        .args(["--sync-listen", &sync])
-        .arg("--data-dir")
-        .arg(tmp.path().join("data"))
-        .arg("--ca-file")
-        .arg(certs.join("ca.crt"))
-        .arg("--server-cert-file")
-        .arg(certs.join("typha.crt"))
-        .arg("--server-key-file")
-        .arg(certs.join("typha.key"))
-        .args(["--client-cn", "manul-felix"])
-        .args(["--handshake-timeout-secs", "2"])
-        .args(["--shutdown-spread-secs", "0"])
-        .env(
-            "RUST_LOG",
-            std::env::var("TYPHA_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null());
-    let _typha = Proc(cmd.spawn().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while metric(ports[2], "typha_serving").await != Some(1.0) {
-        assert!(Instant::now() < deadline, "typha does not serve");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let typha = TlsTypha::start(tmp.path(), true).await;
+    let sync_port = typha.sync_port.unwrap();
+    let sync = format!("127.0.0.1:{sync_port}");
 
     // Connected, never a ClientHello; a ClientHello's first bytes only.
-    let mut no_tls = Vec::new();
-    for k in 0..4 {
-        let mut socket = TcpStream::connect(&sync).await.unwrap();
-        if k % 2 == 1 {
-            socket.write_all(&[0x16, 0x03, 0x01, 0x00]).await.unwrap();
-        }
-        no_tls.push(until_closed(socket));
-    }
+    let no_tls = no_tls_handshakes(&sync, 4).await;
     // TLS done, then no hello.
-    let transport = felix_tls(&certs);
+    let transport = felix_tls(&typha.certs);
     let mut no_hello = Vec::new();
     for _ in 0..4 {
         let stream = transport
-            .connect_stream("127.0.0.1", ports[3], frame::ALPN)
+            .connect_stream("127.0.0.1", sync_port, frame::ALPN)
             .await
             .unwrap();
         no_hello.push(until_closed(stream));
     }
     // All eight hold a slot: those in their TLS handshake too.
-    let open_name = "typha_listener_connections{listener=\"client\"}";
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while metric(ports[2], open_name).await != Some(8.0) {
-        assert!(
-            Instant::now() < deadline,
-            "{:?} connections counted, not 8",
-            metric(ports[2], open_name).await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_metric_eq(typha.metrics_port, CLIENT_OPEN, 8.0, Duration::from_secs(1)).await;
     // A Felix with its certificate is served meanwhile.
     let io = transport
-        .connect_stream("127.0.0.1", ports[3], frame::ALPN)
+        .connect_stream("127.0.0.1", sync_port, frame::ALPN)
         .await
         .unwrap();
     let mut request = hello("node1", &["gzip"]);
@@ -652,9 +526,5 @@ async fn with_tls_unfinished_handshakes_and_hellos_are_closed_and_hold_slots() {
         Duration::from_secs(12),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while metric(ports[2], open_name).await != Some(1.0) {
-        assert!(Instant::now() < deadline, "slots not freed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric_eq(typha.metrics_port, CLIENT_OPEN, 1.0, Duration::from_secs(2)).await;
 }

@@ -16,7 +16,6 @@ use manul_proto::v1::{ListRequest, ReplicaStatusRequest, StatusRequest, SyncRequ
 use manul_tls::Expected;
 use manul_tls::client::ClientSettings;
 use manul_tls::connect::Transport;
-use manul_tls::dev::{DevSet, write_dev_set};
 use tonic::transport::{Channel, Endpoint};
 
 /// Loopback ports below 32768 that nothing listens on now.
@@ -91,16 +90,7 @@ async fn replicas_use_mutual_tls_and_clients_are_admitted_by_identity() {
     let _serial = common::SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let certs = tmp.path().join("certs");
-    write_dev_set(
-        &certs,
-        &DevSet {
-            typha_names: vec!["127.0.0.1".into()],
-            typha_cn: "manul-typha".into(),
-            nodes: vec!["node1".into()],
-            days: 1,
-        },
-    )
-    .unwrap();
+    common::tls_typha::dev_certs(&certs);
     let ports = low_ports(9);
     let client: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
     let peer: Vec<String> = (0..3)
@@ -113,19 +103,14 @@ async fn replicas_use_mutual_tls_and_clients_are_admitted_by_identity() {
     let mut procs = Procs(Vec::new());
     for i in 0..3 {
         let data = tmp.path().join(format!("r{}", i + 1));
-        let child = Command::new(env!("CARGO_BIN_EXE_typha"))
-            .args(["--node-id", &(i + 1).to_string()])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_typha"));
+        cmd.args(["--node-id", &(i + 1).to_string()])
             .args(["--listen", &client[i], "--peer-listen", &peer[i]])
             .args(["--metrics", &format!("127.0.0.1:{}", ports[6 + i])])
             .arg("--data-dir")
             .arg(&data)
-            .args(["--peers", &peers])
-            .arg("--ca-file")
-            .arg(certs.join("ca.crt"))
-            .arg("--server-cert-file")
-            .arg(certs.join("typha.crt"))
-            .arg("--server-key-file")
-            .arg(certs.join("typha.key"))
+            .args(["--peers", &peers]);
+        let child = common::tls_typha::tls_server_args(&mut cmd, &certs)
             .args(["--client-cn", "manul-felix"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -2,7 +2,9 @@
 //! Every process is killed when the cluster is dropped, even on failure.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod connections;
 pub mod kube_api;
+pub mod tls_typha;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -333,36 +335,14 @@ impl Cluster {
 
     /// GET `path` on replica `i`'s metrics listener: status code and body.
     pub async fn http(&self, i: usize, path: &str) -> Option<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.replicas[i].metrics_port))
-            .await
-            .ok()?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).await.ok()?;
+        let text = connections::http_get(self.replicas[i].metrics_port, path).await?;
         let code = text.split_whitespace().nth(1)?.parse().ok()?;
         let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
         Some((code, body))
     }
 
     pub async fn metric(&self, i: usize, name: &str) -> Option<f64> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.replicas[i].metrics_port))
-            .await
-            .ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.ok()?;
-        body.lines()
-            .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
+        connections::metric_at(self.replicas[i].metrics_port, name).await
     }
 
     /// A line of replica `i`'s `/proc/PID/status` in KiB, such as `VmHWM`
