@@ -520,13 +520,14 @@ static __attribute__((noinline)) int svc6_in(struct __sk_buff *skb, struct pkt *
 	}
 	s->key.dir = MANUL_NAT_FWD;
 	nv = bpf_map_lookup_elem(&manul_nat6, &s->key);
-	if (nv && (nv->flags & MANUL_NAT_RESET) && p->proto == IPPROTO_TCP) {
+	if (nv && nat_reset(nv->flags, p)) {
 		/* Its backend is gone: reset the connection. */
 		bpf_map_delete_elem(&manul_nat6, &s->key);
 		count(MANUL_CNT_SVC_RESET);
 		return SVC6_REFUSE;
 	}
-	if (!nv || !nat_current(nv->last_seen_ns, p, now))
+	/* A reset-marked entry met by a SYN: a new connection replaces it. */
+	if (!nv || (nv->flags & MANUL_NAT_RESET) || !nat_current(nv->last_seen_ns, p, now))
 		return SVC6_NEW;
 	nv->last_seen_ns = now;
 	/* The connection's forward entry (its backend, the masquerade it

@@ -1186,6 +1186,12 @@ static __always_inline int affinity_holds(const struct manul_svc_fe_value *fe, _
 
 /* Whether a forward entry last seen at `last_seen` still names the
  * connection this packet is of (either family's). */
+/* TCP's SYN without ACK: a connection's first packet. */
+static __always_inline int tcp_syn_only(const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & 0x12) == 0x02;
+}
+
 static __always_inline int nat_current(__u64 last_seen, const struct pkt *p, __u64 now)
 {
 	__u64 idle = now - last_seen;
@@ -1193,9 +1199,18 @@ static __always_inline int nat_current(__u64 last_seen, const struct pkt *p, __u
 	if (p->proto == IPPROTO_UDP)
 		return idle < NAT_UDP_IDLE_NS;
 	/* TCP's SYN without ACK */
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & 0x12) == 0x02)
+	if (tcp_syn_only(p))
 		return idle < NAT_SYN_IDLE_NS;
 	return 1;
+}
+
+/* A NAT entry marked for a reset (its backend left) met by a TCP packet:
+ * 1 to answer with a RST. A SYN without ACK opens a new connection on
+ * the old one's ports (a client reusing a source port): it gets a fresh
+ * entry and a live backend, not the old connection's reset. */
+static __always_inline int nat_reset(__u8 flags, const struct pkt *p)
+{
+	return (flags & MANUL_NAT_RESET) && p->proto == IPPROTO_TCP && !tcp_syn_only(p);
 }
 
 /* The backend for a new connection: the client's affinity entry while it
@@ -1336,13 +1351,14 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 	}
 	key.dir = MANUL_NAT_FWD;
 	nv = bpf_map_lookup_elem(&manul_nat, &key);
-	if (nv && (nv->flags & MANUL_NAT_RESET) && p->proto == IPPROTO_TCP) {
+	if (nv && nat_reset(nv->flags, p)) {
 		/* Its backend is gone: reset the connection. */
 		bpf_map_delete_elem(&manul_nat, &key);
 		count(MANUL_CNT_SVC_RESET);
 		return reject_tcp(skb, host);
 	}
-	if (nv && nat_current(nv->last_seen_ns, p, now)) {
+	/* A reset-marked entry met by a SYN: a new connection replaces it. */
+	if (nv && !(nv->flags & MANUL_NAT_RESET) && nat_current(nv->last_seen_ns, p, now)) {
 		nv->last_seen_ns = now;
 		be.addr = nv->addr;
 		be.port = nv->port;

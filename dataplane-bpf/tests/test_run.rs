@@ -3,7 +3,8 @@
 //! The loaded programs run with `BPF_PROG_TEST_RUN` against their real
 //! maps: verdicts for allowed, denied, established and unknown-interface
 //! traffic, IPv6 (past its extension headers), a policy change, map-capacity errors, flow events, GC,
-//! flow observations, a restart, and the service counters. Each test runs in a network namespace it creates (veth pairs
+//! flow observations, a restart, the service counters, and a new
+//! connection on a reset-marked connection's ports. Each test runs in a network namespace it creates (veth pairs
 //! there give the programs real ifindexes) with its own pin directory, both
 //! removed at the end, also on failure.
 
@@ -700,6 +701,57 @@ fn service_counters_count_translations_misses_hairpins_and_affinity() {
                     affinity_entries: 1,
                 }
             );
+        })
+        .expect("run in the namespace");
+}
+
+/// An IPv4 frame's destination address.
+fn destination(frame: &[u8]) -> IpAddr {
+    assert_eq!(frame[12..14], [0x08, 0x00], "an IPv4 frame");
+    IpAddr::from(<[u8; 4]>::try_from(&frame[30..34]).expect("an IPv4 header"))
+}
+
+#[test]
+fn a_syn_on_a_reset_connections_ports_opens_a_new_connection() {
+    let Some(sb) = Sandbox::new("br") else { return };
+    let a = sb.index("mnla");
+    let config = sb.config();
+    sb.ns()
+        .run(move || {
+            let mut d = BpfDriver::new(config).expect("load the programs");
+            d.apply(&[
+                web_policy(Action::Allow),
+                pod_a(0),
+                svc("web", "10.96.0.50", &["10.0.0.2"], None),
+                Operation::InSync,
+            ])
+            .expect("apply");
+            // Pod a's outbound traffic is the host-side veth's ingress:
+            // where each packet goes once the program is done with it.
+            let send = |d: &mut BpfDriver, port: u16, flags: u8| {
+                let p = Packet::tcp(ip("10.0.0.1"), port, ip("10.96.0.50"), 80);
+                let out = d
+                    .test_run(Hook::Ingress, a, &frame(&p, flags), 1)
+                    .expect("BPF_PROG_TEST_RUN");
+                destination(&out.frame)
+            };
+            assert_eq!(send(&mut d, 40001, SYN), ip("10.0.0.2"));
+            assert_eq!(send(&mut d, 40002, SYN), ip("10.0.0.2"));
+            // The backend leaves: both connections' entries are marked
+            // for a reset.
+            d.apply(&[svc("web", "10.96.0.50", &["10.0.0.3"], None)])
+                .expect("apply");
+            // The old connection's next packet is answered with a RST
+            // (back to the client).
+            assert_eq!(send(&mut d, 40002, ACK), ip("10.0.0.1"));
+            let c = d.service_counters().expect("the eBPF driver counts");
+            assert_eq!((c.reset, c.translated), (1, 2));
+            // A client reusing the first connection's source port opens a
+            // new connection: it reaches the live backend, not the reset.
+            assert_eq!(send(&mut d, 40001, SYN), ip("10.0.0.3"));
+            assert_eq!(send(&mut d, 40001, ACK), ip("10.0.0.3"));
+            let c = d.service_counters().expect("the eBPF driver counts");
+            assert_eq!((c.reset, c.translated), (1, 3));
         })
         .expect("run in the namespace");
 }
