@@ -304,7 +304,15 @@ fn a_staged_deny_shows_as_pending_until_promoted_then_the_flows_are_denied() {
     ];
     // The staged deny is not enforced: frontend still connects, and its
     // records show enforced allow beside pending deny (once api's Felix
-    // has the staged policy).
+    // has the staged policy). A connection made before frontend-to-api
+    // reached api's node was allowed by the namespace profile, and its
+    // record says so: wait for one the policy allowed.
+    let by_policy = |r: &Value| {
+        is(r, "frontend", "api", "allow")
+            && hits(r, "enforced")
+                .first()
+                .is_some_and(|h| h.2 == "frontend-to-api")
+    };
     let records = {
         let start = Instant::now();
         loop {
@@ -323,21 +331,18 @@ fn a_staged_deny_shows_as_pending_until_promoted_then_the_flows_are_denied() {
                 &c,
                 &[&filter[..], &["--pending-verdict", "denied"]].concat(),
             );
-            if rs.iter().any(|r| is(r, "frontend", "api", "allow")) {
+            if rs.iter().any(by_policy) {
                 break rs;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "no record with a pending deny: {:?}",
+                "no record allowed by frontend-to-api with a pending deny: {:?}",
                 flows(&c, &filter)
             );
             std::thread::sleep(Duration::from_millis(500));
         }
     };
-    let r = records
-        .iter()
-        .find(|r| is(r, "frontend", "api", "allow"))
-        .unwrap();
+    let r = records.iter().find(|r| by_policy(r)).unwrap();
     assert_eq!(r["pending_action"], "deny", "{r}");
     assert_eq!(
         hits(r, "enforced"),
