@@ -27,8 +27,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use manul_dataplane_api::{
-    Action, Backend, Driver, EndpointId, Match, Operation, Policy, Service, ServicePort,
-    TierPolicies, WorkloadEndpoint,
+    Backend, Driver, EndpointId, Match, Operation, Policy, Service, ServicePort, WorkloadEndpoint,
 };
 use manul_dataplane_bpf::{BpfConfig, BpfDriver};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
@@ -220,6 +219,7 @@ fn sctp_refused(client: &Pod, frontend: IpAddr, port: u16, sport: u16) -> bool {
 }
 
 fn endpoint(pod: &Pod, backend: bool) -> Operation {
+    let (tiers, profiles) = rules::guard(backend);
     Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
         id: EndpointId {
             namespace: "ns".into(),
@@ -231,21 +231,8 @@ fn endpoint(pod: &Pod, backend: bool) -> Operation {
             IpNet::new(pod.v6.into(), 128).unwrap(),
         ],
         mac: None,
-        tiers: if backend {
-            vec![TierPolicies {
-                name: "default".into(),
-                default_action: Action::Deny,
-                inbound: vec![pid("backend")],
-                outbound: vec![pid("backend")],
-            }]
-        } else {
-            vec![]
-        },
-        profiles: if backend {
-            vec![]
-        } else {
-            vec!["allow".into()]
-        },
+        tiers,
+        profiles,
     })
 }
 

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use manul_dataplane_api::{
-    Action, Backend, Balancing, Driver, EndpointId, Match, Operation, Policy, Service, ServicePort,
-    TierPolicies, TrafficPolicy, WorkloadEndpoint,
+    Backend, Balancing, Driver, EndpointId, Match, Operation, Policy, Service, ServicePort,
+    TrafficPolicy, WorkloadEndpoint,
 };
 use manul_dataplane_bpf::{BpfConfig, BpfDriver};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
@@ -222,6 +222,7 @@ fn full_checksum_datagram(
 }
 
 fn endpoint(pod: &Pod, backend: bool) -> Operation {
+    let (tiers, profiles) = rules::guard(backend);
     Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
         id: EndpointId {
             namespace: pod.namespace.clone(),
@@ -230,21 +231,8 @@ fn endpoint(pod: &Pod, backend: bool) -> Operation {
         interface_name: pod.interface.clone(),
         nets: vec![IpNet::new(pod.ip.into(), 32).unwrap()],
         mac: None,
-        tiers: if backend {
-            vec![TierPolicies {
-                name: "default".into(),
-                default_action: Action::Deny,
-                inbound: vec![pid("backend")],
-                outbound: vec![pid("backend")],
-            }]
-        } else {
-            vec![]
-        },
-        profiles: if backend {
-            vec![]
-        } else {
-            vec!["allow".into()]
-        },
+        tiers,
+        profiles,
     })
 }
 

@@ -2,7 +2,7 @@
 //! allow rules.
 #![allow(dead_code)]
 
-use manul_dataplane_api::{Action, Match, PolicyId, Rule};
+use manul_dataplane_api::{Action, Match, PolicyId, Rule, TierPolicies};
 
 /// A policy of the default tier.
 pub fn pid(name: &str) -> PolicyId {
@@ -30,4 +30,21 @@ pub fn allow(id: &str, src: Match) -> Rule {
 /// Allows everything.
 pub fn allow_all(id: &str) -> Rule {
     allow(id, Match::default())
+}
+
+/// A pod's tiers and profiles: a backend is guarded by the default tier's
+/// "backend" policy (denying what it does not allow), any other pod is
+/// open through the "allow" profile.
+pub fn guard(backend: bool) -> (Vec<TierPolicies>, Vec<String>) {
+    if backend {
+        let tier = TierPolicies {
+            name: "default".into(),
+            default_action: Action::Deny,
+            inbound: vec![pid("backend")],
+            outbound: vec![pid("backend")],
+        };
+        (vec![tier], vec![])
+    } else {
+        (vec![], vec!["allow".into()])
+    }
 }
