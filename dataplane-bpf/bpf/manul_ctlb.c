@@ -19,6 +19,8 @@
  * - sendmsg4: the same per datagram of an unconnected UDP socket.
  * - recvmsg4 / getpeername4: the backend's address is answered as the
  *   frontend it stands for, so the application sees the service address.
+ * - connect6, sendmsg6, recvmsg6, getpeername6: the same for IPv6 sockets
+ *   and the IPv6 service maps (manul_ctlb6.h).
  * - iter/tcp, iter/udp: destroy the sockets the driver lists in
  *   manul_ctlb_kill (their backend left its list) with bpf_sock_destroy,
  *   when the driver reads the iterator in each network namespace: a UDP
@@ -284,6 +286,9 @@ int manul_ctlb_getpeername4(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+/* The IPv6 programs and maps. */
+#include "manul_ctlb6.h"
+
 /* A socket goes: it is no longer one to destroy. */
 SEC("cgroup/sock_release")
 int manul_ctlb_release(struct bpf_sock *ctx)
@@ -291,15 +296,23 @@ int manul_ctlb_release(struct bpf_sock *ctx)
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 
 	bpf_map_delete_elem(&manul_ctlb_conn, &cookie);
+	bpf_map_delete_elem(&manul_ctlb_conn6, &cookie);
 	return 1;
 }
 
 /* The kernel's socket types, as far as the iterators read them; CO-RE
  * relocates the fields against the running kernel's BTF. */
+struct in6_addr___ctlb {
+	union {
+		__u32 u6_addr32[4];
+	} in6_u;
+} __attribute__((preserve_access_index));
+
 struct sock_common {
 	__be32 skc_daddr;
 	__be16 skc_dport;
 	unsigned char skc_state;
+	struct in6_addr___ctlb skc_v6_daddr;
 } __attribute__((preserve_access_index));
 
 struct sock {
@@ -345,20 +358,41 @@ static __always_inline long sock_destroy(void *sk)
 	return r0;
 }
 
-/* Destroys the socket when the driver listed it and it is still
+/* Whether an IPv6 socket is still connected to the backend k. */
+static __always_inline int connected6(struct sock_common *c,
+				      const struct manul_ctlb_kill6_value *k)
+{
+	__u32 w[4];
+
+	__builtin_memcpy(w, k->addr, 16);
+	return c->skc_dport == k->port && c->skc_v6_daddr.in6_u.u6_addr32[0] == w[0] &&
+	       c->skc_v6_daddr.in6_u.u6_addr32[1] == w[1] &&
+	       c->skc_v6_daddr.in6_u.u6_addr32[2] == w[2] &&
+	       c->skc_v6_daddr.in6_u.u6_addr32[3] == w[3];
+}
+
+/* Destroys the socket when the driver listed it (manul_ctlb_kill for an
+ * IPv4 backend, manul_ctlb_kill6 for an IPv6 one) and it is still
  * connected to the backend that left. */
 static __always_inline void reap(void *sk, struct sock_common *c)
 {
 	__u64 cookie = bpf_get_socket_cookie(sk);
 	struct manul_ctlb_kill_value *k = bpf_map_lookup_elem(&manul_ctlb_kill, &cookie);
+	struct manul_ctlb_kill6_value *k6;
 
-	if (!k)
-		return;
-	if (c->skc_daddr != k->addr || c->skc_dport != k->port)
-		return;
+	if (k) {
+		if (c->skc_daddr != k->addr || c->skc_dport != k->port)
+			return;
+	} else {
+		k6 = bpf_map_lookup_elem(&manul_ctlb_kill6, &cookie);
+		if (!k6 || !connected6(c, k6))
+			return;
+	}
 	if (sock_destroy(sk) == 0) {
 		count(MANUL_CTLB_CNT_DESTROYED);
+		/* The cookie is in one of the two lists. */
 		bpf_map_delete_elem(&manul_ctlb_kill, &cookie);
+		bpf_map_delete_elem(&manul_ctlb_kill6, &cookie);
 	}
 }
 

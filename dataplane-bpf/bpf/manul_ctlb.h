@@ -66,6 +66,54 @@ struct manul_ctlb_kill_value {
 	__u16 pad;
 };
 
+/*
+ * IPv6 (manul_ctlb6.h): the same maps for IPv6 sockets, addresses as 16
+ * bytes in network order. List ids share one space across families (a
+ * list holds one family's backends).
+ */
+
+/* manul_ctlb_sock6 (LRU hash): as manul_ctlb_sock. The value is
+ * manul_ctlb_sock6_value. */
+struct manul_ctlb_sock6_key {
+	__u64 cookie;
+	__u8 addr[16]; /* the backend */
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+	__u32 pad2;
+};
+
+struct manul_ctlb_sock6_value {
+	__u8 addr[16]; /* the frontend */
+	__u16 port;
+	__u16 flags; /* MANUL_CTLB_* */
+	__u32 id;
+};
+
+/* manul_ctlb_conn6 (LRU hash): as manul_ctlb_conn, cookie -> this. */
+struct manul_ctlb_conn6_value {
+	__u8 addr[16]; /* the backend */
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+	__u32 id;
+};
+
+/* manul_ctlb_aff6 (LRU hash): as manul_ctlb_aff, manul_ctlb_aff_key ->
+ * manul_svc_aff6_value. */
+
+/* manul_ctlb_local6 (hash): the node's own IPv6 addresses -> 1. */
+struct manul_ctlb_local6_key {
+	__u8 addr[16];
+};
+
+/* manul_ctlb_kill6 (hash): as manul_ctlb_kill, cookie -> this. */
+struct manul_ctlb_kill6_value {
+	__u8 addr[16];
+	__u16 port;
+	__u16 pad;
+};
+
 /* manul_ctlb_cnt (per-CPU array) indices. */
 enum manul_ctlb_counter {
 	/* A connect or datagram given a backend. */

@@ -32,23 +32,8 @@
 #ifndef MANUL_SVC6_H
 #define MANUL_SVC6_H
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct manul_svc_fe6_key);
-	__type(value, struct manul_svc_fe_value);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} manul_svc_fe6 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1048576);
-	__type(key, struct manul_svc_be_key);
-	__type(value, struct manul_svc_be6_value);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} manul_svc_be6 SEC(".maps");
+/* manul_svc_fe6 and manul_svc_be6 are in manul_svc_maps.h (the
+ * connect-time load balancer reads them too). */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -87,6 +87,16 @@ unsafe impl aya::Pod for manul_ctlb_aff_key {}
 unsafe impl aya::Pod for manul_ctlb_kill_value {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_ctlb_conn_value {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_ctlb_sock6_key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_ctlb_sock6_value {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_ctlb_conn6_value {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_ctlb_local6_key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for manul_ctlb_kill6_value {}
 
 /// Reads a flow event from the ring buffer's bytes.
 pub fn event_from_bytes(bytes: &[u8]) -> Option<manul_event> {

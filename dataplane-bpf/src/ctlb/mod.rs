@@ -1,13 +1,15 @@
 //! Connect-time load balancing (Calico's `bpfConnectTimeLoadBalancing`):
 //! `bpf/manul_ctlb.c`'s cgroup programs give a socket its service backend
 //! when it connects (TCP, connected UDP) or sends a datagram (unconnected
-//! UDP), and answer `getpeername` and `recvmsg` with the service address.
+//! UDP), and answer `getpeername` and `recvmsg` with the service address;
+//! IPv4 sockets from the IPv4 service maps, IPv6 ones from the IPv6 maps
+//! (`bpf/manul_ctlb6.h`).
 //! They read the same frontend and backend maps as the TC programs, so a
 //! service change is still map writes only.
 //!
 //! A socket connected to a backend keeps it; when the backend leaves its
 //! list, [`ConnectTimeLb::reap`] finds the connected sockets that were
-//! given it (`manul_ctlb_sock`) and destroys them with `bpf_sock_destroy`
+//! given it (`manul_ctlb_conn`, `manul_ctlb_conn6`) and destroys them with `bpf_sock_destroy`
 //! from a TCP and a UDP socket iterator run in each network namespace
 //! until all are gone: a connected UDP socket stuck on a DNS server that
 //! moved gets an error (`ECONNABORTED`, and it is no longer connected) and
@@ -15,6 +17,8 @@
 //!
 //! - `object.rs` (no I/O): the kfunc placeholder aimed at the kernel's
 //!   `bpf_sock_destroy`;
+//! - `maps.rs`: the programs' own maps, both families, and what the
+//!   driver keeps in them;
 //! - `cgroup.rs`: which cgroup the programs attach to;
 //! - `netns.rs`: the namespaces a socket may live in.
 //!
@@ -24,16 +28,16 @@
 //! removes the old links, so no connection goes untranslated meanwhile.
 
 mod cgroup;
+mod maps;
 mod netns;
 mod object;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Read as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Iter};
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -42,7 +46,9 @@ use aya_obj::btf::BtfKind;
 use crate::abi;
 use crate::error::BpfError;
 use crate::loader::PinDirs;
-use crate::services::plan::{BackendAddr, PROTO_TCP, PROTO_UDP};
+
+use maps::Gone;
+use maps::{CtlbMaps, node_addresses};
 
 pub use cgroup::{MOUNT_POINT as CGROUP_MOUNT_POINT, cgroup2_mount};
 
@@ -51,11 +57,15 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ma
 
 /// The cgroup programs and the hooks they attach to (their link pins are
 /// `ctlb_HOOK`).
-const CGROUP_PROGRAMS: [(&str, &str); 4] = [
+const CGROUP_PROGRAMS: [(&str, &str); 8] = [
     ("manul_ctlb_connect4", "connect4"),
     ("manul_ctlb_sendmsg4", "sendmsg4"),
     ("manul_ctlb_recvmsg4", "recvmsg4"),
     ("manul_ctlb_getpeername4", "getpeername4"),
+    ("manul_ctlb_connect6", "connect6"),
+    ("manul_ctlb_sendmsg6", "sendmsg6"),
+    ("manul_ctlb_recvmsg6", "recvmsg6"),
+    ("manul_ctlb_getpeername6", "getpeername6"),
 ];
 
 /// The program that forgets released sockets (`cgroup/sock_release`).
@@ -92,11 +102,7 @@ pub struct CtlbCounters {
 /// The loaded programs and their maps.
 pub struct ConnectTimeLb {
     ebpf: Ebpf,
-    sock: HashMap<MapData, abi::manul_ctlb_sock_key, abi::manul_ctlb_sock_value>,
-    conn: HashMap<MapData, u64, abi::manul_ctlb_conn_value>,
-    aff: HashMap<MapData, abi::manul_ctlb_aff_key, abi::manul_svc_aff_value>,
-    kill: HashMap<MapData, u64, abi::manul_ctlb_kill_value>,
-    local: HashMap<MapData, u32, u32>,
+    maps: CtlbMaps,
     counters: PerCpuArray<MapData, u64>,
     /// Whether the iterators loaded (the kernel has `bpf_sock_destroy`).
     reaping: bool,
@@ -114,16 +120,6 @@ impl std::fmt::Debug for ConnectTimeLb {
 
 fn pin_path(dirs: &PinDirs, hook: &str) -> PathBuf {
     dirs.links.join(format!("ctlb_{hook}"))
-}
-
-fn take<K: aya::Pod, V: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<HashMap<MapData, K, V>, BpfError> {
-    ebpf.take_map(name)
-        .ok_or(BpfError::Missing(name))?
-        .try_into()
-        .map_err(|e| BpfError::map(name, "unexpected map type", e))
 }
 
 fn boxed<E: std::error::Error + Send + Sync + 'static>(
@@ -188,11 +184,7 @@ impl ConnectTimeLb {
             }
         };
         let mut lb = Self {
-            sock: take(&mut ebpf, "manul_ctlb_sock")?,
-            conn: take(&mut ebpf, "manul_ctlb_conn")?,
-            aff: take(&mut ebpf, "manul_ctlb_aff")?,
-            kill: take(&mut ebpf, "manul_ctlb_kill")?,
-            local: take(&mut ebpf, "manul_ctlb_local")?,
+            maps: CtlbMaps::take(&mut ebpf)?,
             counters: ebpf
                 .take_map("manul_ctlb_cnt")
                 .ok_or(BpfError::Missing("manul_ctlb_cnt"))?
@@ -258,93 +250,45 @@ impl ConnectTimeLb {
         Ok(())
     }
 
-    /// Makes `manul_ctlb_local` (where node ports are reached) hold the
-    /// calling thread's namespace's IPv4 addresses but loopback ones.
+    /// Makes `manul_ctlb_local` and `manul_ctlb_local6` (where node ports
+    /// are reached) hold the calling thread's namespace's addresses but
+    /// loopback ones.
     pub fn set_local_addresses(&mut self) -> Result<(), BpfError> {
-        let want: BTreeSet<Ipv4Addr> = nix::ifaddrs::getifaddrs()
+        let addrs: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
             .map(|addrs| {
                 addrs
-                    .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
-                    .filter(|ip| !ip.is_loopback())
+                    .filter_map(|a| {
+                        let a = a.address?;
+                        a.as_sockaddr_in()
+                            .map(|s| IpAddr::V4(s.ip()))
+                            .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        let key = |ip: &Ipv4Addr| u32::from_ne_bytes(ip.octets());
-        for ip in &want {
-            self.local
-                .insert(key(ip), 1, 0)
-                .map_err(|e| BpfError::map("manul_ctlb_local", format!("add {ip}"), e))?;
-        }
-        let stale: Vec<u32> = self
-            .local
-            .keys()
-            .flatten()
-            .filter(|k| !want.iter().any(|ip| key(ip) == *k))
-            .collect();
-        for k in stale {
-            let _ = self.local.remove(&k);
-        }
-        Ok(())
+        let (v4, v6) = node_addresses(addrs);
+        self.maps.set_local(&v4, &v6)
     }
 
     /// After backends left their lists (`gone`: list id → backends):
     /// forgets the namespaces' affinity to them, and destroys the
-    /// connected sockets that were given them, visiting namespaces until
-    /// none is left. Returns how many sockets were destroyed.
-    pub fn reap(&mut self, gone: &BTreeMap<u32, BTreeSet<BackendAddr>>) -> usize {
+    /// connected sockets (of either family) that were given them, visiting
+    /// namespaces until none is left. Returns how many sockets were
+    /// destroyed.
+    pub fn reap(&mut self, gone: &Gone) -> usize {
         if gone.is_empty() {
             return 0;
         }
-        let is_gone = |id: u32, addr: u32, port: u16| {
-            gone.get(&id).is_some_and(|s| {
-                s.contains(&BackendAddr {
-                    addr: IpAddr::V4(Ipv4Addr::from(addr.to_ne_bytes())),
-                    port: u16::from_be(port),
-                })
-            })
-        };
-        let aff: Vec<_> = self
-            .aff
-            .iter()
-            .flatten()
-            .filter(|(k, v)| is_gone(k.id, v.addr, v.port))
-            .map(|(k, _)| k)
-            .collect();
-        for k in aff {
-            let _ = self.aff.remove(&k);
-        }
+        self.maps.forget_affinity(gone);
         // Connected sockets (live ones: released ones are gone from the
-        // map) whose backend left.
-        let mut listed = 0;
-        if self.reaping {
-            let victims: Vec<_> = self
-                .conn
-                .iter()
-                .flatten()
-                .filter(|(_, v)| is_gone(v.id, v.addr, v.port))
-                .filter(|(_, v)| v.proto == PROTO_TCP || v.proto == PROTO_UDP)
-                .collect();
-            for (cookie, v) in &victims {
-                let target = abi::manul_ctlb_kill_value {
-                    addr: v.addr,
-                    port: v.port,
-                    pad: 0,
-                };
-                listed += usize::from(self.kill.insert(cookie, target, 0).is_ok());
-            }
-        }
+        // maps) whose backend left.
+        let listed = if self.reaping {
+            self.maps.list_victims(gone)
+        } else {
+            0
+        };
         let destroyed = if listed > 0 { self.sweep(listed) } else { 0 };
-        // What getpeername and recvmsg answered for those backends.
-        let stale: Vec<_> = self
-            .sock
-            .iter()
-            .flatten()
-            .filter(|(k, v)| is_gone(v.id, k.addr, k.port))
-            .map(|(k, _)| k)
-            .collect();
-        for k in stale {
-            let _ = self.sock.remove(&k);
-        }
+        self.maps.forget_sockets(gone);
         destroyed
     }
 
@@ -353,7 +297,7 @@ impl ConnectTimeLb {
     fn sweep(&mut self, listed: usize) -> usize {
         let before = self.counters().destroyed;
         let paths = netns::candidates();
-        let kill = &self.kill;
+        let maps = &self.maps;
         let ebpf = &mut self.ebpf;
         let visited = netns::visit_each(&paths, || {
             for (name, _) in ITERATORS {
@@ -361,17 +305,14 @@ impl ConnectTimeLb {
                     tracing::warn!(program = name, error = %e, "socket iterator failed");
                 }
             }
-            kill.keys().next().is_some()
+            maps.victims_left()
         });
-        let left: Vec<u64> = self.kill.keys().flatten().collect();
-        for k in &left {
-            let _ = self.kill.remove(k);
-        }
+        let left = self.maps.clear_victims();
         let destroyed = self.counters().destroyed.saturating_sub(before);
         tracing::debug!(
             listed,
             destroyed,
-            not_found = left.len(),
+            not_found = left,
             namespaces = visited,
             "sockets of removed backends destroyed"
         );
