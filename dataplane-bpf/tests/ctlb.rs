@@ -14,7 +14,9 @@
 //! established TCP connection, whose backend leaves the list get an
 //! error on their next use (the socket was destroyed; no answer from the
 //! old backend, which still runs), and connecting again reaches the new
-//! backend; then the shared service cases
+//! backend; the same for IPv6 sockets and IPv6 services, with a node
+//! port, session affinity and refusals besides (`ctlb6/`); then the
+//! shared service cases
 //! (`manul_dataplane_conformance::services`), where the host-process
 //! cases the TC programs alone cannot pass now pass too.
 
@@ -38,6 +40,7 @@ use manul_dataplane_conformance::topology::{Pod, Topology};
 use manul_dataplane_conformance::{ConformanceError, Factory, NodeContext, privileges};
 use manul_netns::{NetNs, unique_prefix};
 
+mod ctlb6;
 mod rules;
 
 use rules::allow_all;
@@ -109,9 +112,12 @@ struct Servers {
 
 impl Servers {
     fn start(pod: &Pod) -> Servers {
-        let ip = pod.ip;
-        let (udp, who, hold) = pod
-            .netns
+        Servers::start_at(&pod.netns, IpAddr::V4(pod.ip))
+    }
+
+    /// The servers on `ip` in `netns`.
+    fn start_at(netns: &NetNs, ip: IpAddr) -> Servers {
+        let (udp, who, hold) = netns
             .run(move || {
                 (
                     UdpSocket::bind((ip, WHO_UDP)).unwrap(),
@@ -213,7 +219,7 @@ fn dns_service(backend: &Pod) -> Service {
 }
 
 /// Asks over a connected UDP socket: who answered, or the error.
-fn ask(s: &UdpSocket) -> Result<Ipv4Addr, ErrorKind> {
+fn ask(s: &UdpSocket) -> Result<IpAddr, ErrorKind> {
     s.send(b"who").map_err(|e| e.kind())?;
     let mut buf = [0u8; 64];
     let n = s.recv(&mut buf).map_err(|e| e.kind())?;
@@ -223,10 +229,18 @@ fn ask(s: &UdpSocket) -> Result<Ipv4Addr, ErrorKind> {
         .ok_or(ErrorKind::InvalidData)
 }
 
+/// The wildcard address of `dst`'s family, port 0.
+fn any_of(dst: SocketAddr) -> SocketAddr {
+    match dst {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+    }
+}
+
 /// A connected UDP socket opened in `ns`.
 fn connected_udp(ns: &NetNs, dst: SocketAddr) -> UdpSocket {
     ns.run(move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let s = UdpSocket::bind(any_of(dst)).unwrap();
         s.connect(dst).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
@@ -249,7 +263,11 @@ fn dns_moves(topo: &Topology, driver: &DriverThread) {
 
     // A host-networked process (the node namespace) reaches the ClusterIP.
     let host_udp = connected_udp(&topo.node, dns);
-    assert_eq!(ask(&host_udp), Ok(a.ip), "host process over UDP");
+    assert_eq!(
+        ask(&host_udp),
+        Ok(IpAddr::V4(a.ip)),
+        "host process over UDP"
+    );
     assert_eq!(
         host_udp.peer_addr().unwrap(),
         dns,
@@ -298,7 +316,7 @@ fn dns_moves(topo: &Topology, driver: &DriverThread) {
             })
             .unwrap(),
     };
-    assert_eq!(ask(&before.pod_udp), Ok(a.ip), "pod over UDP");
+    assert_eq!(ask(&before.pod_udp), Ok(IpAddr::V4(a.ip)), "pod over UDP");
     before
         .host_tcp
         .set_read_timeout(Some(Duration::from_secs(2)))
@@ -324,7 +342,7 @@ fn dns_moves(topo: &Topology, driver: &DriverThread) {
         if again.is_err() {
             again = ask(s);
         }
-        assert_eq!(again, Ok(b.ip), "{who}: after connecting again");
+        assert_eq!(again, Ok(IpAddr::V4(b.ip)), "{who}: after connecting again");
     }
     let mut buf = [0u8; 8];
     let mut tcp = &before.host_tcp;
@@ -406,6 +424,9 @@ fn connect_time_load_balancing() {
     if let Err(p) = outcome {
         std::panic::resume_unwind(p);
     }
+
+    // The same over IPv6, and more: a node port, affinity, refusals.
+    ctlb6::ipv6_services(&ctlb);
 
     // The shared service cases, host processes included.
     let nodes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
