@@ -169,15 +169,17 @@ static __always_inline int pick(struct bpf_sock_addr *ctx, const struct manul_sv
 	return 0;
 }
 
-/* Gives the socket's destination (ctx->user_ip4/user_port) its backend
- * when it is a frontend. Returns the program's verdict (1: go on). */
-static __always_inline int translate(struct bpf_sock_addr *ctx, __u8 proto, __u16 flags)
+/* Gives the socket's IPv4 destination (*addr, *port: ctx->user_ip4 and
+ * user_port, or an IPv4-mapped IPv6 destination's) its backend when it is
+ * a frontend, in place. Returns the program's verdict (1: go on). */
+static __always_inline int translate4(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *port,
+				      __u8 proto, __u16 flags)
 {
-	struct manul_svc_fe_key fk = { .addr = ctx->user_ip4 };
+	struct manul_svc_fe_key fk = { .addr = *addr };
 	struct manul_svc_be_value be = {};
 	struct manul_svc_fe_value *fe;
-	__u32 dst = ctx->user_ip4;
-	__u16 dport = (__u16)ctx->user_port;
+	__u32 dst = *addr;
+	__u16 dport = *port;
 	__u32 reject_unknown;
 
 	fe = bpf_map_lookup_elem(&manul_svc_fe, &fk);
@@ -227,27 +229,53 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, __u8 proto, __u1
 			bpf_map_update_elem(&manul_ctlb_conn, &sk.cookie, &cv, BPF_ANY);
 		}
 	}
-	ctx->user_ip4 = be.addr;
-	ctx->user_port = (__u32)be.port;
+	*addr = be.addr;
+	*port = be.port;
 	count(MANUL_CTLB_CNT_TRANSLATED);
 	return 1;
 }
 
-/* The frontend a backend's address stands for on this socket. */
-static __always_inline void untranslate(struct bpf_sock_addr *ctx, __u8 proto)
+/* The frontend a backend's address (*addr, *port) stands for on this
+ * socket, in place; 0 when it stands for none. */
+static __always_inline int untranslate4(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *port,
+					__u8 proto)
 {
 	struct manul_ctlb_sock_key sk = {
 		.cookie = bpf_get_socket_cookie(ctx),
-		.addr = ctx->user_ip4,
-		.port = (__u16)ctx->user_port,
+		.addr = *addr,
+		.port = *port,
 		.proto = proto,
 	};
 	struct manul_ctlb_sock_value *sv = bpf_map_lookup_elem(&manul_ctlb_sock, &sk);
 
 	if (!sv)
-		return;
-	ctx->user_ip4 = sv->addr;
-	ctx->user_port = (__u32)sv->port;
+		return 0;
+	*addr = sv->addr;
+	*port = sv->port;
+	return 1;
+}
+
+static __always_inline int translate(struct bpf_sock_addr *ctx, __u8 proto, __u16 flags)
+{
+	__u32 addr = ctx->user_ip4;
+	__u16 port = (__u16)ctx->user_port;
+	int verdict = translate4(ctx, &addr, &port, proto, flags);
+
+	/* Unchanged unless translated. */
+	ctx->user_ip4 = addr;
+	ctx->user_port = (__u32)port;
+	return verdict;
+}
+
+static __always_inline void untranslate(struct bpf_sock_addr *ctx, __u8 proto)
+{
+	__u32 addr = ctx->user_ip4;
+	__u16 port = (__u16)ctx->user_port;
+
+	if (untranslate4(ctx, &addr, &port, proto)) {
+		ctx->user_ip4 = addr;
+		ctx->user_port = (__u32)port;
+	}
 }
 
 SEC("cgroup/connect4")

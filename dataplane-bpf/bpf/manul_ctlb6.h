@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Part of manul_ctlb.c (included once, after the IPv4 functions, whose
- * proto_of, refuse and count it uses): connect-time load balancing of
+ * proto_of, refuse, count, translate4 and untranslate4 it uses):
+ * connect-time load balancing of
  * IPv6 sockets, with the IPv4 semantics over the IPv6 service maps
  * (manul_svc_fe6, manul_svc_be6) and maps of its own (manul_ctlb.h).
  *
@@ -15,10 +16,11 @@
  * - recvmsg6 / getpeername6: the backend's address answered as the
  *   frontend.
  *
- * An IPv4-mapped destination (::ffff:a.b.c.d, an IPv6 socket reaching an
- * IPv4 address) is no key of the IPv6 maps: it goes on untranslated here
- * (the packets are IPv4 ones, which the TC programs translate on a pod's
- * interface).
+ * An IPv4-mapped destination (::ffff:a.b.c.d: an IPv6 socket, not
+ * IPV6_V6ONLY, reaching an IPv4 address; its packets are IPv4 ones) is
+ * translated from the IPv4 maps into an IPv4-mapped backend, and
+ * recorded in the IPv4 socket maps (the kernel keeps such a socket's
+ * destination as an IPv4 address, which the iterators compare).
  *
  * ctx->user_ip6 is read and written a 32-bit word at a time (the only
  * access every kernel's verifier accepts); the words hold the address in
@@ -160,6 +162,39 @@ static __always_inline void remember6(struct bpf_sock_addr *ctx, __u8 proto, __u
 	}
 }
 
+/* The third word of an IPv4-mapped address (::ffff:0:0/96), network
+ * order. */
+#define V4_MAPPED_W2 bpf_htonl(0x0000ffff)
+
+static __always_inline int v4_mapped(const struct bpf_sock_addr *ctx)
+{
+	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == V4_MAPPED_W2;
+}
+
+/* An IPv4-mapped destination translated from the IPv4 maps. */
+static __always_inline int translate_mapped(struct bpf_sock_addr *ctx, __u8 proto, __u16 flags)
+{
+	__u32 addr = ctx->user_ip6[3];
+	__u16 port = (__u16)ctx->user_port;
+	int verdict = translate4(ctx, &addr, &port, proto, flags);
+
+	/* Unchanged unless translated. */
+	ctx->user_ip6[3] = addr;
+	ctx->user_port = (__u32)port;
+	return verdict;
+}
+
+static __always_inline void untranslate_mapped(struct bpf_sock_addr *ctx, __u8 proto)
+{
+	__u32 addr = ctx->user_ip6[3];
+	__u16 port = (__u16)ctx->user_port;
+
+	if (untranslate4(ctx, &addr, &port, proto)) {
+		ctx->user_ip6[3] = addr;
+		ctx->user_port = (__u32)port;
+	}
+}
+
 /* As translate, for ctx->user_ip6/user_port. */
 static __always_inline int translate6(struct bpf_sock_addr *ctx, __u8 proto, __u16 flags)
 {
@@ -170,6 +205,8 @@ static __always_inline int translate6(struct bpf_sock_addr *ctx, __u8 proto, __u
 	__u16 dport = (__u16)ctx->user_port;
 	__u32 reject_unknown;
 
+	if (v4_mapped(ctx))
+		return translate_mapped(ctx, proto, flags);
 	user_ip6_get(ctx, fk.addr);
 	fe = bpf_map_lookup_elem(&manul_svc_fe6, &fk);
 	fk.port = dport;
@@ -212,6 +249,10 @@ static __always_inline void untranslate6(struct bpf_sock_addr *ctx, __u8 proto)
 	};
 	struct manul_ctlb_sock6_value *sv;
 
+	if (v4_mapped(ctx)) {
+		untranslate_mapped(ctx, proto);
+		return;
+	}
 	user_ip6_get(ctx, sk.addr);
 	sv = bpf_map_lookup_elem(&manul_ctlb_sock6, &sk);
 	if (!sv)

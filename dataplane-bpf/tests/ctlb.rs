@@ -249,10 +249,42 @@ fn connected_udp(ns: &NetNs, dst: SocketAddr) -> UdpSocket {
     .unwrap()
 }
 
+/// Connects over TCP from `ns`: (what `getpeername` answered, the
+/// backend's address the server wrote).
+fn who_tcp(ns: &NetNs, dst: SocketAddr) -> (SocketAddr, IpAddr) {
+    ns.run(move || {
+        let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("connect to {dst}: {e}"));
+        let peer = c.peer_addr().unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        (peer, text.trim().parse().unwrap())
+    })
+    .unwrap()
+}
+
+/// One unconnected datagram from `ns`: (who `recvfrom` says answered,
+/// the backend's address in the answer).
+fn who_udp(ns: &NetNs, dst: SocketAddr) -> (SocketAddr, IpAddr) {
+    ns.run(move || {
+        let s = UdpSocket::bind(any_of(dst)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s.send_to(b"who", dst).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = s.recv_from(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+        (from, text.parse().unwrap())
+    })
+    .unwrap()
+}
+
 /// The sockets connected before the backend moves.
 struct Before {
     host_udp: UdpSocket,
     pod_udp: UdpSocket,
+    /// An IPv6 socket connected to the IPv4-mapped ClusterIP.
+    host_udp_mapped: UdpSocket,
     host_tcp: TcpStream,
 }
 
@@ -273,38 +305,36 @@ fn dns_moves(topo: &Topology, driver: &DriverThread) {
         dns,
         "getpeername answers with the service"
     );
-    let tcp_answer = topo
-        .node
-        .run(move || {
-            let mut c = TcpStream::connect_timeout(&dns, Duration::from_secs(1)).unwrap();
-            let peer = c.peer_addr().unwrap();
-            let mut text = String::new();
-            c.read_to_string(&mut text).unwrap();
-            (peer, text.trim().to_string())
-        })
-        .unwrap();
-    assert_eq!(tcp_answer, (dns, a.ip.to_string()), "host process over TCP");
-    let unconnected = topo
-        .node
-        .run(move || {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(500)))
-                .unwrap();
-            s.send_to(b"who", dns).unwrap();
-            let mut buf = [0u8; 64];
-            let (n, from) = s.recv_from(&mut buf).unwrap();
-            (from, String::from_utf8_lossy(&buf[..n]).trim().to_string())
-        })
-        .unwrap();
+    let a_ip = IpAddr::V4(a.ip);
     assert_eq!(
-        unconnected,
-        (dns, a.ip.to_string()),
+        who_tcp(&topo.node, dns),
+        (dns, a_ip),
+        "host process over TCP"
+    );
+    assert_eq!(
+        who_udp(&topo.node, dns),
+        (dns, a_ip),
         "an unconnected datagram's answer comes from the service"
+    );
+    // An IPv6 socket (not IPV6_V6ONLY) reaching the ClusterIP by its
+    // IPv4-mapped address: translated from the IPv4 maps, answered with
+    // the mapped service address.
+    let mapped = SocketAddr::new(IpAddr::V6(DNS.to_ipv6_mapped()), DNS_PORT);
+    assert_eq!(
+        who_tcp(&topo.node, mapped),
+        (mapped, a_ip),
+        "host process, IPv6 socket to the IPv4-mapped ClusterIP over TCP"
+    );
+    assert_eq!(
+        who_udp(&topo.node, mapped),
+        (mapped, a_ip),
+        "host process, IPv6 socket to the IPv4-mapped ClusterIP over UDP"
     );
 
     let before = Before {
         host_udp,
         pod_udp: connected_udp(&client.netns, dns),
+        host_udp_mapped: connected_udp(&topo.node, mapped),
         host_tcp: topo
             .node
             .run(move || {
@@ -316,7 +346,9 @@ fn dns_moves(topo: &Topology, driver: &DriverThread) {
             })
             .unwrap(),
     };
-    assert_eq!(ask(&before.pod_udp), Ok(IpAddr::V4(a.ip)), "pod over UDP");
+    assert_eq!(ask(&before.pod_udp), Ok(a_ip), "pod over UDP");
+    assert_eq!(ask(&before.host_udp_mapped), Ok(a_ip), "IPv4-mapped UDP");
+    assert_eq!(before.host_udp_mapped.peer_addr().unwrap(), mapped);
     before
         .host_tcp
         .set_read_timeout(Some(Duration::from_secs(2)))
@@ -327,7 +359,11 @@ fn dns_moves(topo: &Topology, driver: &DriverThread) {
         .apply(vec![Operation::ServiceUpdate(dns_service(b))])
         .expect("move the backend");
 
-    for (who, s) in [("host", &before.host_udp), ("pod", &before.pod_udp)] {
+    for (who, s, dst) in [
+        ("host", &before.host_udp, dns),
+        ("pod", &before.pod_udp, dns),
+        ("host, IPv4-mapped", &before.host_udp_mapped, mapped),
+    ] {
         // Destroyed: no longer connected (the send fails) and an
         // ECONNABORTED pending; not a timeout, not the old backend.
         let first = ask(s);
@@ -337,7 +373,7 @@ fn dns_moves(topo: &Topology, driver: &DriverThread) {
         );
         // The application connects again and reaches the new backend
         // (a pending error, if the send did not take it, comes first).
-        s.connect(dns).unwrap();
+        s.connect(dst).unwrap();
         let mut again = ask(s);
         if again.is_err() {
             again = ask(s);

@@ -31,7 +31,9 @@ use manul_dataplane_conformance::{Factory, NodeContext};
 use manul_netns::{NetNs, plumb_pod_ips, unique_prefix};
 
 use crate::rules::allow_all;
-use crate::{HOLD_TCP, PIN_ROOT, Servers, WHO_TCP, WHO_UDP, any_of, ask, connected_udp};
+use crate::{
+    HOLD_TCP, PIN_ROOT, Servers, WHO_TCP, WHO_UDP, any_of, ask, connected_udp, who_tcp, who_udp,
+};
 
 /// The service addresses: `dns` (moves), `sticky` (affinity), `spread`
 /// (the same backends without affinity), `empty` (no backends).
@@ -199,36 +201,6 @@ fn services(net: &Net6) -> Vec<Service> {
             ],
         ),
     ]
-}
-
-/// Connects over TCP from `ns`: (what `getpeername` answered, the
-/// backend's address the server wrote).
-fn who_tcp(ns: &NetNs, dst: SocketAddr) -> (SocketAddr, IpAddr) {
-    ns.run(move || {
-        let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(1))
-            .unwrap_or_else(|e| panic!("connect to {dst}: {e}"));
-        let peer = c.peer_addr().unwrap();
-        let mut text = String::new();
-        c.read_to_string(&mut text).unwrap();
-        (peer, text.trim().parse().unwrap())
-    })
-    .unwrap()
-}
-
-/// One unconnected datagram from `ns`: (who `recvfrom` says answered,
-/// the backend's address in the answer).
-fn who_udp(ns: &NetNs, dst: SocketAddr) -> (SocketAddr, IpAddr) {
-    ns.run(move || {
-        let s = UdpSocket::bind(any_of(dst)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        s.send_to(b"who", dst).unwrap();
-        let mut buf = [0u8; 64];
-        let (n, from) = s.recv_from(&mut buf).unwrap();
-        let text = String::from_utf8_lossy(&buf[..n]).trim().to_string();
-        (from, text.parse().unwrap())
-    })
-    .unwrap()
 }
 
 /// How a TCP connect and a UDP connect and send from `ns` to `dst` end,
