@@ -18,7 +18,8 @@
 //! port, session affinity and refusals besides (`ctlb6/`); then the
 //! shared service cases
 //! (`manul_dataplane_conformance::services`), where the host-process
-//! cases the TC programs alone cannot pass now pass too.
+//! cases the TC programs alone cannot pass now pass too, and the shared
+//! dual-stack cases.
 
 use std::fs;
 use std::io::{ErrorKind, Read as _, Write as _};
@@ -476,7 +477,9 @@ fn connect_time_load_balancing() {
             .map(|d| Box::new(d) as Box<dyn Driver>)
             .map_err(|e| chain(&e))
     });
-    let result = manul_dataplane_conformance::services::run_service_cases("cs", factory);
+    let result = manul_dataplane_conformance::services::run_service_cases("cs", factory.clone());
+    // The shared dual-stack cases, every one of which must pass.
+    let dual = manul_dataplane_conformance::services::run_dual_stack_cases("c2", factory);
     for node in nodes.lock().unwrap().iter() {
         BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
     }
@@ -494,6 +497,10 @@ fn connect_time_load_balancing() {
             assert!(unexpected.is_empty(), "failed: {unexpected:#?}");
         }
         Err(e) => panic!("{e}"),
+    }
+    match dual {
+        Ok(report) => println!("{}", report.table()),
+        Err(e) => panic!("dual-stack cases: {e}"),
     }
     drop(cgroup);
 }
