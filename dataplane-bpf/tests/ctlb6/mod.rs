@@ -6,10 +6,11 @@
 //!
 //! Checked: a host process and a pod reach an IPv6 ClusterIP over TCP
 //! (`getpeername` answers with the service) and over unconnected UDP
-//! (`recvfrom` answers with the service), and a node port on the node's
-//! own IPv6 address; session affinity keeps a namespace on one backend
-//! (a service without it reaches both); a service without backends and a
-//! ClusterIP's unknown port are refused at once (TCP and UDP); a
+//! (`recvfrom` answers with the service), an external IP, and a node
+//! port on the node's own IPv6 address; session affinity keeps a
+//! namespace on one backend (a service without it reaches both); a
+//! service without backends and a ClusterIP's unknown port are refused at
+//! once (TCP and UDP); a
 //! connected UDP socket (a host process's and a pod's) and a TCP
 //! connection whose backend leaves get an error on their next use, and
 //! connecting again reaches the new backend.
@@ -41,6 +42,8 @@ const DNS6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x35);
 const STICKY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x36);
 const SPREAD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x37);
 const EMPTY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x38);
+/// An external IP of `dns`.
+const EXTERNAL6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x97, 0, 0, 0, 0, 0, 0x35);
 /// The node namespace's own IPv6 address (on `lo`).
 const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x66, 0xff, 0, 0, 0, 0, 1);
 const DNS_PORT: u16 = 53;
@@ -170,7 +173,7 @@ fn service6(
 /// `dns` on `backend`: DNS over UDP and TCP (the TCP port also a node
 /// port) and a port that holds TCP connections.
 fn dns_service(backend: Ipv6Addr) -> Service {
-    service6(
+    let mut dns = service6(
         "dns",
         DNS6,
         &[backend],
@@ -180,7 +183,9 @@ fn dns_service(backend: Ipv6Addr) -> Service {
             ("dns-tcp", 6, DNS_PORT, WHO_TCP, Some(NODE_PORT)),
             ("hold", 6, HOLD_PORT, HOLD_TCP, None),
         ],
-    )
+    );
+    dns.external_ips = vec![IpAddr::V6(EXTERNAL6)];
+    dns
 }
 
 fn services(net: &Net6) -> Vec<Service> {
@@ -239,6 +244,12 @@ fn reach(net: &Net6) {
             "{who}: a datagram's answer comes from the IPv6 service"
         );
     }
+    let external = SocketAddr::new(IpAddr::V6(EXTERNAL6), DNS_PORT);
+    assert_eq!(
+        who_tcp(&net.node, external),
+        (external, a_ip),
+        "host process: an IPv6 external IP"
+    );
     let node_port = SocketAddr::new(IpAddr::V6(NODE_IP6), NODE_PORT);
     assert_eq!(
         who_tcp(&net.node, node_port),
