@@ -21,13 +21,14 @@
 //!   counters and `BPF_PROG_TEST_RUN`, conntrack and flow events.
 //! - `services` turns the desired services into frontend and backend map
 //!   entries (a pure plan, then ordered writes); the programs translate a
-//!   pod's connections to a service (IPv4 TCP and UDP) before policy, so
-//!   policy sees the real endpoints.
+//!   pod's connections to a service (TCP, UDP and SCTP, IPv4 and IPv6)
+//!   before policy, so policy sees the real endpoints.
 //! - `ctlb` is connect-time load balancing (`bpf/manul_ctlb.c`, an object
 //!   of its own, loaded only when configured): cgroup programs give sockets
 //!   their backend at `connect`/`sendmsg` from the same maps, for pods and
-//!   host-networked processes, and socket iterators destroy the connected
-//!   sockets of backends that left their lists.
+//!   host-networked processes, IPv4 and IPv6 sockets (an IPv6 socket's
+//!   IPv4-mapped destination from the IPv4 maps), and socket iterators
+//!   destroy the connected sockets of backends that left their lists.
 //!
 //! It refuses to depend on `felix`: it implements the dataplane contract
 //! only, and a policy or service change must never need a program load.
