@@ -2,9 +2,9 @@
 /*
  * Part of manul_ctlb.c (included once, after the IPv4 functions, whose
  * proto_of, refuse, count, translate4 and untranslate4 it uses):
- * connect-time load balancing of
- * IPv6 sockets, with the IPv4 semantics over the IPv6 service maps
- * (manul_svc_fe6, manul_svc_be6) and maps of its own (manul_ctlb.h).
+ * connect-time load balancing of IPv6 sockets, with the IPv4 semantics
+ * over the IPv6 service maps (manul_svc_fe6, manul_svc_be6) and maps of
+ * its own (manul_ctlb.h).
  *
  * - connect6 / sendmsg6: an IPv6 frontend (cluster, external or
  *   load-balancer address and port, or a node port, frontend ::, on one of
@@ -22,8 +22,8 @@
  * recorded in the IPv4 socket maps (the kernel keeps such a socket's
  * destination as an IPv4 address, which the iterators compare).
  *
- * ctx->user_ip6 is read and written a 32-bit word at a time (the only
- * access every kernel's verifier accepts); the words hold the address in
+ * ctx->user_ip6 is read and written a 32-bit word at a time (the width
+ * every kernel's verifier accepts); the words hold the address in
  * network order, so their bytes are the maps' 16-byte addresses.
  */
 #ifndef MANUL_CTLB6_H
