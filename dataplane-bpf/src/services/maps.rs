@@ -318,7 +318,8 @@ impl ServiceMaps {
     }
 
     /// What the maps hold (an earlier run's entries, or after a failed
-    /// write): every frontend adopted, no list with a known service.
+    /// write): every frontend adopted, no list with a known service (the
+    /// plan gives each back to the desired list whose frontends name it).
     pub fn read(&self) -> Programmed {
         let mut p = Programmed::default();
         for (k, v) in self.fe.iter().flatten() {
@@ -362,7 +363,15 @@ impl ServiceMaps {
                 .or_default()
                 .insert(k.index, backend6_of(v.addr, v.port));
         }
-        p.next_id = lists.keys().max().map_or(1, |m| m.saturating_add(1));
+        // Past every id a frontend names too: a list without backends
+        // has no entry of its own.
+        let named = p.frontends.values().map(|e| e.id);
+        p.next_id = lists
+            .keys()
+            .copied()
+            .chain(named)
+            .max()
+            .map_or(1, |m| m.saturating_add(1));
         p.lists = lists
             .into_iter()
             .map(|(id, l)| (id, l.into_values().collect()))

@@ -3,12 +3,15 @@
 //! the whole state ([`desired`]) or kept up to date service by service
 //! ([`index`]), and the diff from what is programmed to the writes that
 //! reach it ([`diff`]), in an order where no frontend ever points at an
-//! incomplete backend list. A service change diffs only the keys it
+//! incomplete backend list. An earlier run's lists are taken over by the
+//! desired lists whose frontends name them ([`recover`]), so a restart
+//! keeps list ids and established connections. A service change diffs only the keys it
 //! touched; the same diff over every key is the whole plan ([`plan`]).
 
 pub mod diff;
 pub mod index;
 pub mod part;
+pub mod recover;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -269,8 +272,9 @@ impl Desired {
 pub struct Programmed {
     pub frontends: BTreeMap<Frontend, FrontendEntry>,
     pub lists: BTreeMap<u32, Vec<BackendAddr>>,
-    /// The list id of each desired list (an earlier run's lists have
-    /// none: they are replaced by new ones).
+    /// The list id of each desired list. An earlier run's lists have
+    /// none until a desired list takes one over ([`recover`]: the one
+    /// its frontends name); the others are replaced by new ones.
     pub ids: BTreeMap<ListKey, u32>,
     pub next_id: u32,
     /// Frontends an earlier run left and this run has not been told about

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use manul_dataplane_api::{Backend, MaglevTable};
 
 use super::index::{Touched, first_list};
+use super::recover::recover;
 use super::{
     BackendAddr, Desired, Frontend, FrontendEntry, ListKey, Programmed, TableInfo, Wanted, Writes,
 };
@@ -191,13 +192,17 @@ impl Programmed {
 
 /// The writes from `programmed` to `desired` over `scope`, and the
 /// changes they make. `in_sync`: what an earlier run left and nobody
-/// asked for again is removed.
+/// asked for again is removed. A desired list first takes over the
+/// earlier run's list its frontends name ([`recover`]).
 pub fn diff(
     desired: &Desired,
     programmed: &Programmed,
     scope: Scope<'_>,
     in_sync: bool,
 ) -> (Writes, Delta) {
+    // An earlier run's lists that desired ones take over keep their ids.
+    let recovered = recover(desired, programmed, in_sync);
+    let programmed: &Programmed = &recovered;
     let mut w = Writes::default();
     let mut next = Delta {
         next_id: programmed.next_id.max(1),

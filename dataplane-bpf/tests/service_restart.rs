@@ -1,0 +1,369 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+//! A Felix restart on the eBPF dataplane with real packets: established
+//! TCP connections through a ClusterIP, each to a known backend, carry
+//! data while the driver is dropped and a new one is built over the same
+//! pins and given the state again. Unchanged services leave every
+//! connection alone (both directions keep flowing); a backend removed
+//! while no driver ran gets its connections reset at the first sync, and
+//! the other backend's carry on. Everything (namespaces, pins) is removed
+//! at the end, also on failure.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use manul_dataplane_api::{
+    Backend, Balancing, Driver, EndpointId, Match, Operation, Policy, Service, ServicePort,
+    TrafficPolicy, WorkloadEndpoint,
+};
+use manul_dataplane_bpf::{BpfConfig, BpfDriver};
+use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
+use manul_dataplane_conformance::topology::{Pod, Topology};
+use manul_dataplane_conformance::{Factory, NodeContext, privileges};
+use manul_netns::unique_prefix;
+
+mod rules;
+
+use rules::{allow, pid};
+
+const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
+/// The cluster IP of the service under test, and its port.
+const KEPT: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+const PORT: u16 = 80;
+/// The port every backend's named echo server listens on.
+const ECHO: u16 = 7002;
+
+/// A TCP server in a pod that greets each connection with its own address
+/// (so the client knows which backend it reached), then echoes every line.
+struct NamedEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NamedEcho {
+    fn start(pod: &Pod) -> NamedEcho {
+        let ip = pod.ip;
+        let listener = pod
+            .netns
+            .run(move || TcpListener::bind((ip, ECHO)).unwrap())
+            .unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((c, _)) => {
+                        let s = s.clone();
+                        conns.push(std::thread::spawn(move || serve(c, ip, &s)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        NamedEcho {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// Greets with `ip`, then echoes what arrives until the peer closes or
+/// `stop` is set.
+fn serve(mut c: TcpStream, ip: Ipv4Addr, stop: &AtomicBool) {
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(Duration::from_millis(50)));
+    if writeln!(c, "{ip}").is_err() {
+        return;
+    }
+    let mut buf = [0u8; 256];
+    while !stop.load(Ordering::Relaxed) {
+        match c.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if c.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for NamedEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A client's connection through the ClusterIP to the backend that
+/// greeted it.
+struct Held {
+    backend: Ipv4Addr,
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+    seq: u32,
+}
+
+impl Held {
+    /// Connects from `pod` to the cluster IP and reads the greeting.
+    fn open(pod: &Pod) -> Held {
+        let dst = SocketAddr::new(KEPT.into(), PORT);
+        let writer = pod
+            .netns
+            .run(move || TcpStream::connect_timeout(&dst, Duration::from_secs(2)))
+            .unwrap()
+            .expect("connect through the ClusterIP");
+        writer
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        writer
+            .set_write_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut reader = BufReader::new(writer.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("greeting");
+        let backend = line.trim().parse().expect("a backend's address");
+        Held {
+            backend,
+            writer,
+            reader,
+            seq: 0,
+        }
+    }
+
+    /// Sends a line and reads it back: whether it came back in time (not
+    /// when the connection was reset or closed).
+    fn roundtrip(&mut self) -> bool {
+        self.seq += 1;
+        let message = format!("roundtrip {}\n", self.seq);
+        if self.writer.write_all(message.as_bytes()).is_err() {
+            return false;
+        }
+        let mut line = String::new();
+        matches!(self.reader.read_line(&mut line), Ok(n) if n > 0 && line == message)
+    }
+}
+
+fn endpoint(pod: &Pod, backend: bool) -> Operation {
+    let (tiers, profiles) = rules::guard(backend);
+    Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
+        id: EndpointId {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+        },
+        interface_name: pod.interface.clone(),
+        nets: vec![IpNet::new(pod.ip.into(), 32).unwrap()],
+        mac: None,
+        tiers,
+        profiles,
+    })
+}
+
+/// The service at [`KEPT`] with `backends`.
+fn service(backends: &[&Pod]) -> Service {
+    let backends: Vec<Backend> = backends
+        .iter()
+        .map(|p| Backend {
+            ip: IpAddr::V4(p.ip),
+            port: ECHO,
+            local: true,
+            ready: true,
+        })
+        .collect();
+    Service {
+        namespace: "ns".into(),
+        name: "kept".into(),
+        cluster_ips: vec![IpAddr::V4(KEPT)],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        external_traffic: TrafficPolicy::Cluster,
+        internal_traffic: TrafficPolicy::Cluster,
+        affinity_timeout_seconds: None,
+        health_check_node_port: None,
+        balancing: Balancing::Random,
+        ports: vec![ServicePort {
+            name: "echo".into(),
+            protocol: 6,
+            port: PORT,
+            node_port: None,
+            local_backends: backends.clone(),
+            backends,
+        }],
+    }
+}
+
+/// The whole state as a restarted Felix's first batch: policy, the
+/// endpoints, the service, in sync.
+fn snapshot(client: &Pod, all: &[&Pod], backends: &[&Pod]) -> Vec<Operation> {
+    let mut ops = vec![
+        Operation::PolicyUpdate {
+            id: pid("backend"),
+            policy: Policy {
+                inbound: vec![allow("backend/in", Match::default())],
+                outbound: vec![allow("backend/out", Match::default())],
+            },
+        },
+        Operation::ProfileUpdate {
+            id: "allow".into(),
+            profile: Policy {
+                inbound: vec![allow("allow/in", Match::default())],
+                outbound: vec![allow("allow/out", Match::default())],
+            },
+        },
+        endpoint(client, false),
+    ];
+    ops.extend(all.iter().map(|b| endpoint(b, true)));
+    ops.push(Operation::ServiceUpdate(service(backends)));
+    ops.push(Operation::InSync);
+    ops
+}
+
+/// The node and its pods (namespaces dropped with it) and the pins.
+struct Setup {
+    topo: Option<Topology>,
+    pins: String,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        drop(self.topo.take());
+        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.pins);
+    }
+}
+
+/// Opens connections from `client` until one reached each of `backends`.
+fn one_per_backend(client: &Pod, backends: &[&Pod]) -> Vec<Held> {
+    let mut held: Vec<Held> = Vec::new();
+    for _ in 0..64 {
+        if held.len() == backends.len() {
+            break;
+        }
+        let c = Held::open(client);
+        if !held.iter().any(|h| h.backend == c.backend) {
+            held.push(c);
+        }
+    }
+    held.sort_by_key(|h| h.backend);
+    let reached: Vec<Ipv4Addr> = held.iter().map(|h| h.backend).collect();
+    let mut want: Vec<Ipv4Addr> = backends.iter().map(|b| b.ip).collect();
+    want.sort();
+    assert_eq!(reached, want, "a connection to every backend");
+    held
+}
+
+#[test]
+fn established_connections_survive_a_restart() {
+    if !privileges().expect("privileges: CI=true needs root") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let prefix = unique_prefix("rs");
+    let mut setup = Setup {
+        topo: Some(Topology::new(&prefix).expect("node")),
+        pins: prefix.clone(),
+    };
+    let topo = setup.topo.as_mut().unwrap();
+    for (name, d) in [("a", 2), ("b1", 11), ("b2", 12)] {
+        topo.add_pod("ns", name, Ipv4Addr::new(10, 67, 0, d))
+            .expect("pod");
+    }
+    let topo = setup.topo.as_ref().unwrap();
+    let pod = |n: &str| topo.pod(&format!("ns/{n}")).unwrap();
+    let a = pod("a");
+    let backends = [pod("b1"), pod("b2")];
+    let _echo: Vec<NamedEcho> = backends.iter().map(|p| NamedEcho::start(p)).collect();
+
+    let pins = prefix.clone();
+    let factory: Arc<Factory> = Arc::new(move |_: &NodeContext| {
+        let mut config = BpfConfig::new(&pins);
+        config.pin_root = PathBuf::from(PIN_ROOT);
+        BpfDriver::new(config)
+            .map(|d| Box::new(d) as Box<dyn Driver>)
+            .map_err(|e| chain(&e))
+    });
+    let driver = DriverThread::start(
+        &topo.node,
+        NodeContext {
+            node: prefix.clone(),
+        },
+        factory,
+    )
+    .expect("driver");
+    let both = snapshot(a, &backends, &backends);
+    driver.apply(both.clone()).expect("apply");
+
+    let mut held = one_per_backend(a, &backends);
+    for h in &mut held {
+        assert!(h.roundtrip(), "to {} before the restart", h.backend);
+    }
+
+    // The same services after a restart: nothing is disturbed.
+    driver.restart().expect("restart");
+    for h in &mut held {
+        assert!(h.roundtrip(), "to {} before the resync", h.backend);
+    }
+    driver.apply(both.clone()).expect("resync");
+    for h in &mut held {
+        for _ in 0..3 {
+            assert!(
+                h.roundtrip(),
+                "the connection to {} did not survive a restart with the same services",
+                h.backend
+            );
+        }
+    }
+    // New connections still reach both.
+    drop(one_per_backend(a, &backends));
+
+    // b2 removed while no driver ran: its connection is reset at the
+    // first sync (at once), b1's carries on.
+    driver.restart().expect("restart");
+    driver
+        .apply(snapshot(a, &backends, &backends[..1]))
+        .expect("resync without b2");
+    let (kept, gone) = held.split_at_mut(1);
+    let started = Instant::now();
+    assert!(
+        !gone[0].roundtrip(),
+        "the connection to the removed backend {} still passes data",
+        gone[0].backend
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "not reset at once: {:?}",
+        started.elapsed()
+    );
+    for _ in 0..3 {
+        assert!(
+            kept[0].roundtrip(),
+            "the connection to the surviving backend {} was cut",
+            kept[0].backend
+        );
+    }
+    // New connections go to the survivor.
+    for _ in 0..8 {
+        assert_eq!(Held::open(a).backend, backends[0].ip);
+    }
+    drop(held);
+    drop(driver);
+}
