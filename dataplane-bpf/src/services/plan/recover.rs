@@ -3,13 +3,15 @@
 //! the list its frontend names when the earlier run left it there. Its
 //! id, and so the established connections' NAT entries and the clients'
 //! affinity entries (which name the id), stay valid: a restart with the
-//! same services writes no backend and cleans up nothing, and a backend
-//! removed meanwhile is the only one that counts as gone.
+//! same services writes nothing and cleans up nothing (a Maglev table
+//! whose slots are what its list's backends give is kept too), and a
+//! backend removed meanwhile is the only one that counts as gone.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{BackendAddr, Desired, ListKey, Programmed};
+use super::diff::table_slots;
+use super::{BackendAddr, Desired, ListKey, Programmed, table_digest};
 
 /// `programmed` with the earlier run's lists that desired lists take
 /// over given to them (`ids`; a list without backends also gets its
@@ -75,10 +77,43 @@ pub fn recover<'a>(
         return Cow::Borrowed(programmed);
     }
     let mut p = programmed.clone();
-    for (key, id) in found {
-        p.lists.entry(id).or_default();
+    for (key, id) in &found {
+        p.lists.entry(*id).or_default();
         p.next_id = p.next_id.max(id.saturating_add(1));
-        p.ids.insert(key, id);
+        p.ids.insert(key.clone(), *id);
     }
+    recover_tables(desired, &found, &mut p);
     Cow::Owned(p)
+}
+
+/// Marks the earlier run's Maglev tables of the lists taken over as built
+/// from their backends where their slots are exactly the table those
+/// backends give (the size and the slots' digest), so an unchanged list
+/// keeps its table; any other is replaced as before.
+fn recover_tables(desired: &Desired, found: &BTreeMap<ListKey, u32>, p: &mut Programmed) {
+    for f in &desired.maglev {
+        let Some(w) = desired.frontends.get(f) else {
+            continue;
+        };
+        let (Some(id), Some(e)) = (found.get(&w.list), p.frontends.get(f)) else {
+            continue;
+        };
+        let Some(list) = p.lists.get(id) else {
+            continue;
+        };
+        let Some(t) = p.tables.get(&e.maglev) else {
+            continue;
+        };
+        if e.id != *id || t.built.is_some() || t.size != e.maglev_size || t.digest.is_none() {
+            continue;
+        }
+        let slots = table_slots(list, desired.maglev_capacity);
+        if slots.len() != t.size as usize || t.digest != Some(table_digest(&slots)) {
+            continue;
+        }
+        let built = Some((*id, list.clone()));
+        if let Some(t) = p.tables.get_mut(&e.maglev) {
+            t.built = built;
+        }
+    }
 }

@@ -528,11 +528,17 @@ fn an_earlier_runs_frontends_stay_until_in_sync_and_keep_their_lists() {
     assert_eq!(after.lists.len(), 1);
 }
 
-/// What the maps hold as a restarted driver reads them back.
+/// What the maps hold as a restarted driver reads them back (a list
+/// without backends has no entry).
 pub(super) fn read_back(p: &Programmed) -> Programmed {
     Programmed {
         frontends: p.frontends.clone(),
-        lists: p.lists.clone(),
+        lists: p
+            .lists
+            .iter()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(id, l)| (*id, l.clone()))
+            .collect(),
         ids: BTreeMap::new(),
         next_id: p
             .lists
@@ -546,9 +552,15 @@ pub(super) fn read_back(p: &Programmed) -> Programmed {
             .tables
             .iter()
             .map(|(id, t)| {
+                // The slots are the table this run built (capacity 0).
+                let digest = t
+                    .built
+                    .as_ref()
+                    .map(|(_, list)| table_digest(&diff::table_slots(list, 0)));
                 let info = TableInfo {
                     size: t.size,
                     built: None,
+                    digest,
                 };
                 (*id, info)
             })
@@ -702,7 +714,7 @@ fn maglev_tables_serve_external_frontends_only_and_are_replaced_whole() {
 }
 
 #[test]
-fn an_earlier_runs_tables_stay_until_in_sync_then_go() {
+fn an_earlier_runs_tables_stay_until_in_sync_and_are_kept_where_their_slots_match() {
     let svcs = services(vec![maglev_service(&[2, 3])]);
     let (_, first) = step(&svcs, &Programmed::default(), true);
     let old = first.frontends[&fe([192, 0, 2, 9], 80)].maglev;
@@ -711,12 +723,26 @@ fn an_earlier_runs_tables_stay_until_in_sync_then_go() {
     let (w, during) = step(&BTreeMap::new(), &adopted, false);
     assert!(w.table_deletes.is_empty());
     assert!(during.tables.contains_key(&old));
-    // The state again: a fresh table, the earlier run's deleted.
+    // The state again: the table holds what the backends give, so it is
+    // kept (nothing written).
     let (w, after) = step(&svcs, &during, true);
-    let new = after.frontends[&fe([192, 0, 2, 9], 80)].maglev;
-    assert_ne!(new, old);
-    assert_eq!(w.table_deletes.len(), 1);
-    assert_eq!(w.table_deletes[0].0, old);
+    assert_eq!(after.frontends[&fe([192, 0, 2, 9], 80)].maglev, old);
+    assert!(w.is_empty(), "{w:?}");
+    // A table whose slots are not what the backends give (another
+    // capacity, a slot changed or missing) is replaced: a fresh table,
+    // the earlier run's deleted once no frontend names it.
+    for digest in [None, Some(1)] {
+        let mut adopted = read_back(&first);
+        if let Some(t) = adopted.tables.get_mut(&old) {
+            t.digest = digest;
+        }
+        let (w, after) = step(&svcs, &adopted, true);
+        let new = after.frontends[&fe([192, 0, 2, 9], 80)].maglev;
+        assert_ne!(new, old);
+        assert_eq!(w.table_deletes.len(), 1);
+        assert_eq!(w.table_deletes[0].0, old);
+        assert!(w.gone.is_empty(), "the list is kept: {:?}", w.gone);
+    }
 }
 
 #[test]
