@@ -4,19 +4,23 @@
 //! TCP connections through a ClusterIP, each to a known backend, carry
 //! data while the driver is dropped and a new one is built over the same
 //! pins and given the state again. Unchanged services leave every
-//! connection alone (both directions keep flowing); a backend removed
+//! connection alone (both directions keep flowing) and the pinned service
+//! maps hold exactly what they held (the same list ids, the same Maglev
+//! table of the service's external IP); a backend removed
 //! while no driver ran gets its connections reset at the first sync, and
 //! the other backend's carry on. Everything (namespaces, pins) is removed
 //! at the end, also on failure.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use aya::maps::{HashMap, Map, MapData};
 use ipnet::IpNet;
 use manul_dataplane_api::{
     Backend, Balancing, Driver, EndpointId, Match, Operation, Policy, Service, ServicePort,
@@ -38,6 +42,8 @@ const KEPT: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 const PORT: u16 = 80;
 /// The port every backend's named echo server listens on.
 const ECHO: u16 = 7002;
+/// The service's external IP, which picks by Maglev.
+const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
 
 /// A TCP server in a pod that greets each connection with its own address
 /// (so the client knows which backend it reached), then echoes every line.
@@ -178,7 +184,7 @@ fn endpoint(pod: &Pod, backend: bool) -> Operation {
     })
 }
 
-/// The service at [`KEPT`] with `backends`.
+/// The service at [`KEPT`] (and [`EXTERNAL`], by Maglev) with `backends`.
 fn service(backends: &[&Pod]) -> Service {
     let backends: Vec<Backend> = backends
         .iter()
@@ -193,14 +199,14 @@ fn service(backends: &[&Pod]) -> Service {
         namespace: "ns".into(),
         name: "kept".into(),
         cluster_ips: vec![IpAddr::V4(KEPT)],
-        external_ips: vec![],
+        external_ips: vec![IpAddr::V4(EXTERNAL)],
         load_balancer_ips: vec![],
         load_balancer_source_ranges: vec![],
         external_traffic: TrafficPolicy::Cluster,
         internal_traffic: TrafficPolicy::Cluster,
         affinity_timeout_seconds: None,
         health_check_node_port: None,
-        balancing: Balancing::Random,
+        balancing: Balancing::Maglev,
         ports: vec![ServicePort {
             name: "echo".into(),
             protocol: 6,
@@ -248,6 +254,65 @@ impl Drop for Setup {
     fn drop(&mut self) {
         drop(self.topo.take());
         let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.pins);
+    }
+}
+
+/// What the pinned service maps hold: frontends, backends and Maglev
+/// slots, as raw fields.
+#[derive(Debug, PartialEq, Eq)]
+struct Pinned {
+    fe: BTreeSet<(u32, u16, u8, [u32; 6])>,
+    be: BTreeSet<(u32, u32, u32, u16)>,
+    mag: BTreeSet<(u32, u32, [u8; 16], u16)>,
+}
+
+impl Pinned {
+    /// Each Maglev table's id and slot count.
+    fn tables(&self) -> BTreeMap<u32, usize> {
+        let mut out = BTreeMap::new();
+        for (table, ..) in &self.mag {
+            *out.entry(*table).or_default() += 1;
+        }
+        out
+    }
+}
+
+/// Every entry of pinned hash map `name` of node `node`.
+fn entries<K: aya::Pod, V: aya::Pod>(node: &str, name: &str) -> Vec<(K, V)> {
+    let path = Path::new(PIN_ROOT).join(node).join("maps").join(name);
+    let data = MapData::from_pin(&path).expect("a pinned service map");
+    let map: HashMap<MapData, K, V> = HashMap::try_from(Map::HashMap(data)).expect("a hash map");
+    map.iter().map(|e| e.expect("an entry")).collect()
+}
+
+fn pinned(node: &str) -> Pinned {
+    use manul_dataplane_bpf::abi;
+    let fe = entries::<abi::manul_svc_fe_key, abi::manul_svc_fe_value>(node, "manul_svc_fe");
+    let be = entries::<abi::manul_svc_be_key, abi::manul_svc_be_value>(node, "manul_svc_be");
+    let mag = entries::<abi::manul_svc_mag_key, abi::manul_svc_be6_value>(node, "manul_svc_mag");
+    Pinned {
+        fe: fe
+            .iter()
+            .map(|(k, v)| {
+                let value = [
+                    v.id,
+                    v.count,
+                    v.affinity_s,
+                    v.flags,
+                    v.maglev,
+                    v.maglev_size,
+                ];
+                (k.addr, k.port, k.proto, value)
+            })
+            .collect(),
+        be: be
+            .iter()
+            .map(|(k, v)| (k.id, k.index, v.addr, v.port))
+            .collect(),
+        mag: mag
+            .iter()
+            .map(|(k, v)| (k.table, k.slot, v.addr, v.port))
+            .collect(),
     }
 }
 
@@ -312,6 +377,8 @@ fn established_connections_survive_a_restart() {
     let both = snapshot(a, &backends, &backends);
     driver.apply(both.clone()).expect("apply");
 
+    let programmed = pinned(&prefix);
+    assert!(!programmed.mag.is_empty(), "no Maglev table");
     let mut held = one_per_backend(a, &backends);
     for h in &mut held {
         assert!(h.roundtrip(), "to {} before the restart", h.backend);
@@ -332,6 +399,18 @@ fn established_connections_survive_a_restart() {
             );
         }
     }
+    let now = pinned(&prefix);
+    assert!(
+        now == programmed,
+        "the service maps changed across a restart with the same services: \
+         frontends {:?} -> {:?}, backends {:?} -> {:?}, Maglev tables {:?} -> {:?}",
+        programmed.fe,
+        now.fe,
+        programmed.be,
+        now.be,
+        programmed.tables(),
+        now.tables()
+    );
     // New connections still reach both.
     drop(one_per_backend(a, &backends));
 
