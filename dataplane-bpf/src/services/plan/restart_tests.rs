@@ -18,7 +18,7 @@ fn backend6(d: u8) -> Backend {
     Backend {
         ip: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x65, 0, 0, 0, 0, 0, u16::from(d))),
         port: 8080,
-        local: d % 2 == 0,
+        local: d.is_multiple_of(2),
         ready: true,
     }
 }
@@ -30,6 +30,9 @@ fn ba6(d: u8) -> BackendAddr {
         port: b.port,
     }
 }
+
+/// A Maglev table's list id and backends.
+type Built = (u32, Vec<BackendAddr>);
 
 /// A case: a name and its services with the backends numbered `backends`.
 type Case = (&'static str, fn(&[u8]) -> BTreeMap<ServiceKey, Service>);
@@ -115,7 +118,8 @@ fn the_same_services_after_a_restart_write_reset_and_clean_up_nothing() {
             assert_eq!(after.frontends, before.frontends, "{name}");
             assert_eq!(after.ids, before.ids, "{name}");
             assert_eq!(after.lists, before.lists, "{name}");
-            let built = |p: &Programmed| -> Vec<(u32, u32, Option<(u32, Vec<BackendAddr>)>)> {
+            // Each table's id, size and what it was built from.
+            let built = |p: &Programmed| -> Vec<(u32, u32, Option<Built>)> {
                 p.tables
                     .iter()
                     .map(|(id, t)| (*id, t.size, t.built.clone()))
