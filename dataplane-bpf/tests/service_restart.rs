@@ -1,19 +1,20 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 //! A Felix restart on the eBPF dataplane with real packets: established
-//! TCP connections through a ClusterIP, each to a known backend, carry
-//! data while the driver is dropped and a new one is built over the same
-//! pins and given the state again. Unchanged services leave every
-//! connection alone (both directions keep flowing) and the pinned service
-//! maps hold exactly what they held (the same list ids, the same Maglev
-//! table of the service's external IP); a backend removed
-//! while no driver ran gets its connections reset at the first sync, and
-//! the other backend's carry on. Everything (namespaces, pins) is removed
-//! at the end, also on failure.
+//! TCP connections and UDP flows through a ClusterIP, each to a known
+//! backend, and a client's session affinity, while the driver is dropped
+//! and a new one is built over the same pins and given the state again.
+//! Unchanged services leave every connection alone (both directions keep
+//! flowing), every UDP flow and the affinity on their backend, and the
+//! pinned service maps hold exactly what they held (the same list ids,
+//! the same Maglev table of the service's external IP); a backend removed
+//! while no driver ran gets its connections reset and its flows moved at
+//! the first sync, and the other backend's carry on. Everything
+//! (namespaces, pins) is removed at the end, also on failure.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,16 +38,19 @@ mod rules;
 use rules::{allow, pid};
 
 const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
-/// The cluster IP of the service under test, and its port.
+/// The cluster IP of the service under test, and its port (TCP and UDP).
 const KEPT: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 const PORT: u16 = 80;
-/// The port every backend's named echo server listens on.
+/// The cluster IP of a service with session affinity.
+const STICKY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 31);
+/// The port every backend's named echo servers listen on (TCP and UDP).
 const ECHO: u16 = 7002;
 /// The service's external IP, which picks by Maglev.
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
 
 /// A TCP server in a pod that greets each connection with its own address
-/// (so the client knows which backend it reached), then echoes every line.
+/// (so the client knows which backend it reached), then echoes every line;
+/// and a UDP one that answers every datagram with its address.
 struct NamedEcho {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -55,11 +59,16 @@ struct NamedEcho {
 impl NamedEcho {
     fn start(pod: &Pod) -> NamedEcho {
         let ip = pod.ip;
-        let listener = pod
+        let (listener, udp) = pod
             .netns
-            .run(move || TcpListener::bind((ip, ECHO)).unwrap())
+            .run(move || {
+                let tcp = TcpListener::bind((ip, ECHO)).unwrap();
+                (tcp, UdpSocket::bind((ip, ECHO)).unwrap())
+            })
             .unwrap();
         listener.set_nonblocking(true).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(10)))
+            .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -70,7 +79,12 @@ impl NamedEcho {
                         let s = s.clone();
                         conns.push(std::thread::spawn(move || serve(c, ip, &s)));
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(_) => {
+                        let mut buf = [0u8; 64];
+                        if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                            let _ = udp.send_to(ip.to_string().as_bytes(), peer);
+                        }
+                    }
                 }
             }
             for c in conns {
@@ -130,9 +144,9 @@ struct Held {
 }
 
 impl Held {
-    /// Connects from `pod` to the cluster IP and reads the greeting.
-    fn open(pod: &Pod) -> Held {
-        let dst = SocketAddr::new(KEPT.into(), PORT);
+    /// Connects from `pod` to `ip`'s [`PORT`] and reads the greeting.
+    fn open(pod: &Pod, ip: Ipv4Addr) -> Held {
+        let dst = SocketAddr::new(ip.into(), PORT);
         let writer = pod
             .netns
             .run(move || TcpStream::connect_timeout(&dst, Duration::from_secs(2)))
@@ -169,6 +183,38 @@ impl Held {
     }
 }
 
+/// A connected UDP socket of `pod` to the cluster IP, and the backend
+/// that answered its first datagram.
+fn udp_flow(pod: &Pod) -> (UdpSocket, Ipv4Addr) {
+    let s = pod
+        .netns
+        .run(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.connect((KEPT, PORT)).unwrap();
+            s
+        })
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let backend = ask(&s).expect("an answer through the ClusterIP");
+    (s, backend)
+}
+
+/// Who answers a datagram on a connected socket.
+fn ask(s: &UdpSocket) -> Option<Ipv4Addr> {
+    s.send(b"who").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.recv(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.parse().ok()
+}
+
+/// The backend a series of new connections from `pod` to the affinity
+/// service reaches: always the same one.
+fn sticky(pod: &Pod) -> Ipv4Addr {
+    let reached: BTreeSet<Ipv4Addr> = (0..6).map(|_| Held::open(pod, STICKY).backend).collect();
+    assert_eq!(reached.len(), 1, "affinity: {reached:?}");
+    reached.into_iter().next().unwrap()
+}
+
 fn endpoint(pod: &Pod, backend: bool) -> Operation {
     let (tiers, profiles) = rules::guard(backend);
     Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
@@ -184,8 +230,9 @@ fn endpoint(pod: &Pod, backend: bool) -> Operation {
     })
 }
 
-/// The service at [`KEPT`] (and [`EXTERNAL`], by Maglev) with `backends`.
-fn service(backends: &[&Pod]) -> Service {
+/// The service at [`KEPT`] (and [`EXTERNAL`], by Maglev), TCP and UDP,
+/// with `backends`; and the one at [`STICKY`] with session affinity.
+fn services(backends: &[&Pod]) -> [Service; 2] {
     let backends: Vec<Backend> = backends
         .iter()
         .map(|p| Backend {
@@ -195,7 +242,15 @@ fn service(backends: &[&Pod]) -> Service {
             ready: true,
         })
         .collect();
-    Service {
+    let port = |name: &str, protocol: u8| ServicePort {
+        name: name.into(),
+        protocol,
+        port: PORT,
+        node_port: None,
+        local_backends: backends.clone(),
+        backends: backends.clone(),
+    };
+    let kept = Service {
         namespace: "ns".into(),
         name: "kept".into(),
         cluster_ips: vec![IpAddr::V4(KEPT)],
@@ -207,15 +262,18 @@ fn service(backends: &[&Pod]) -> Service {
         affinity_timeout_seconds: None,
         health_check_node_port: None,
         balancing: Balancing::Maglev,
-        ports: vec![ServicePort {
-            name: "echo".into(),
-            protocol: 6,
-            port: PORT,
-            node_port: None,
-            local_backends: backends.clone(),
-            backends,
-        }],
-    }
+        ports: vec![port("echo", 6), port("echo-udp", 17)],
+    };
+    let sticky = Service {
+        name: "sticky".into(),
+        cluster_ips: vec![IpAddr::V4(STICKY)],
+        external_ips: vec![],
+        affinity_timeout_seconds: Some(60),
+        balancing: Balancing::Random,
+        ports: vec![port("echo", 6)],
+        ..kept.clone()
+    };
+    [kept, sticky]
 }
 
 /// The whole state as a restarted Felix's first batch: policy, the
@@ -239,7 +297,7 @@ fn snapshot(client: &Pod, all: &[&Pod], backends: &[&Pod]) -> Vec<Operation> {
         endpoint(client, false),
     ];
     ops.extend(all.iter().map(|b| endpoint(b, true)));
-    ops.push(Operation::ServiceUpdate(service(backends)));
+    ops.extend(services(backends).into_iter().map(Operation::ServiceUpdate));
     ops.push(Operation::InSync);
     ops
 }
@@ -323,7 +381,7 @@ fn one_per_backend(client: &Pod, backends: &[&Pod]) -> Vec<Held> {
         if held.len() == backends.len() {
             break;
         }
-        let c = Held::open(client);
+        let c = Held::open(client, KEPT);
         if !held.iter().any(|h| h.backend == c.backend) {
             held.push(c);
         }
@@ -383,6 +441,23 @@ fn established_connections_survive_a_restart() {
     for h in &mut held {
         assert!(h.roundtrip(), "to {} before the restart", h.backend);
     }
+    // UDP flows, at least four on each backend (each socket a flow).
+    let mut flows: Vec<(UdpSocket, Ipv4Addr)> = Vec::new();
+    for _ in 0..64 {
+        let on = |b: &Pod| flows.iter().filter(|f| f.1 == b.ip).count();
+        if backends.iter().all(|b| on(b) >= 4) {
+            break;
+        }
+        flows.push(udp_flow(a));
+    }
+    for b in backends {
+        assert!(
+            flows.iter().filter(|f| f.1 == b.ip).count() >= 4,
+            "flows to {}",
+            b.ip
+        );
+    }
+    let stuck = sticky(a);
 
     // The same services after a restart: nothing is disturbed.
     driver.restart().expect("restart");
@@ -411,6 +486,10 @@ fn established_connections_survive_a_restart() {
         programmed.tables(),
         now.tables()
     );
+    for (s, backend) in &flows {
+        assert_eq!(ask(s), Some(*backend), "a UDP flow moved across a restart");
+    }
+    assert_eq!(sticky(a), stuck, "the client's affinity was lost");
     // New connections still reach both.
     drop(one_per_backend(a, &backends));
 
@@ -439,9 +518,18 @@ fn established_connections_survive_a_restart() {
             kept[0].backend
         );
     }
+    // Its UDP flows are answered by the survivor, whose own stay.
+    for (s, _) in &flows {
+        assert_eq!(
+            ask(s),
+            Some(backends[0].ip),
+            "a UDP flow to the removed backend"
+        );
+    }
+    assert_eq!(sticky(a), backends[0].ip);
     // New connections go to the survivor.
     for _ in 0..8 {
-        assert_eq!(Held::open(a).backend, backends[0].ip);
+        assert_eq!(Held::open(a, KEPT).backend, backends[0].ip);
     }
     drop(held);
     drop(driver);
