@@ -27,8 +27,8 @@ use super::{BackendAddr, Desired, ListKey, Programmed, table_digest};
 /// list changes: each is desired (so rewritten before any index goes), or
 /// the plan is `in_sync` (so the others are deleted). Lists whose
 /// backends are unchanged choose first, then the others, each in
-/// frontend order; a list no desired list takes is replaced as before
-/// (its backends count as gone).
+/// frontend order; a list no desired list takes is replaced by a new
+/// one (its backends count as gone).
 pub fn recover<'a>(
     desired: &Desired,
     programmed: &'a Programmed,
@@ -89,7 +89,7 @@ pub fn recover<'a>(
 /// Marks the earlier run's Maglev tables of the lists taken over as built
 /// from their backends where their slots are exactly the table those
 /// backends give (the size and the slots' digest), so an unchanged list
-/// keeps its table; any other is replaced as before.
+/// keeps its table; any other is replaced by a new one.
 fn recover_tables(desired: &Desired, found: &BTreeMap<ListKey, u32>, p: &mut Programmed) {
     for f in &desired.maglev {
         let Some(w) = desired.frontends.get(f) else {

@@ -161,7 +161,7 @@ fn a_backend_removed_while_down_is_the_only_one_gone() {
 }
 
 #[test]
-fn a_list_a_kept_frontend_names_is_replaced_as_before() {
+fn a_list_a_kept_frontend_names_is_replaced() {
     // An external IP removed during the downtime: before InSync its
     // frontend is kept as it is, so the list it names cannot change under
     // it; the service moves to a new list (`step` checks that no frontend
