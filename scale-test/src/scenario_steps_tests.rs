@@ -1,4 +1,4 @@
-use crate::scenario::tests::assert_rejected;
+use crate::scenario::tests::assert_all_refused;
 use crate::scenario::{Outcome, Scenario};
 
 use super::*;
@@ -46,72 +46,73 @@ fn steps_parse_in_order_with_their_expectations_per_dataplane() {
 
 #[test]
 fn bad_steps_are_rejected_with_a_reason() {
-    assert_rejected(
-        STEPS,
-        &[
-            (
+    let cases = [
+        (
+            STEPS.replace(
                 "- endpoints: {service: prod/web,",
                 "- endpoint: {service: prod/web,",
-                "unknown variant `endpoint`",
             ),
-            (
-                "{service: prod/web, pods",
-                "{service: prod/api, pods",
-                "steps[2].endpoints: unknown service prod/api",
-            ),
-            (
-                "pods: [prod/b]}",
-                "pods: [prod/x]}",
-                "steps[2].endpoints: prod/x is not a pod of the scenario",
-            ),
-            (
-                "{name: u, expect: open",
-                "{name: v, expect: open",
-                "steps[4].check: no earlier open step is named \"v\"",
-            ),
-            (
-                "{name: u, expect: open",
-                "{name: u, expect: reset",
-                "steps[4].check: u is UDP: reset is for TCP",
-            ),
-            (
-                "bpf: reset, iptables: open,",
-                "bpf: reset,",
-                "steps[3].check: needs expect, or both bpf and iptables",
-            ),
-            (
+            "unknown variant `endpoint`",
+        ),
+        (
+            STEPS.replace("{service: prod/web, pods", "{service: prod/api, pods"),
+            "steps[2].endpoints: unknown service prod/api",
+        ),
+        (
+            STEPS.replace("pods: [prod/b]}", "pods: [prod/x]}"),
+            "steps[2].endpoints: prod/x is not a pod of the scenario",
+        ),
+        (
+            STEPS.replace("{name: u, expect: open", "{name: v, expect: open"),
+            "steps[4].check: no earlier open step is named \"v\"",
+        ),
+        (
+            STEPS.replace("{name: u, expect: open", "{name: u, expect: reset"),
+            "steps[4].check: u is UDP: reset is for TCP",
+        ),
+        (
+            STEPS.replace("bpf: reset, iptables: open,", "bpf: reset,"),
+            "steps[3].check: needs expect, or both bpf and iptables",
+        ),
+        (
+            STEPS.replace(
                 "{name: u, expect: open,",
                 "{name: u, expect: open, bpf: open,",
-                "steps[4].check: expect, or bpf and iptables, not both",
             ),
-            ("within_ms: 500", "within_ms: 0", "within_ms is 1..=60000"),
-            (
-                "{name: u, from: prod/c",
-                "{name: t, from: prod/c",
-                "steps[1].open: t is opened twice",
-            ),
-            (
-                "protocol: udp, port: 53}",
-                "protocol: icmp, port: 53}",
-                "steps[1].open: protocol must be tcp or udp",
-            ),
-            (
+            "steps[4].check: expect, or bpf and iptables, not both",
+        ),
+        (
+            STEPS.replace("within_ms: 500", "within_ms: 0"),
+            "within_ms is 1..=60000",
+        ),
+        (
+            STEPS.replace("{name: u, from: prod/c", "{name: t, from: prod/c"),
+            "steps[1].open: t is opened twice",
+        ),
+        (
+            STEPS.replace("protocol: udp, port: 53}", "protocol: icmp, port: 53}"),
+            "steps[1].open: protocol must be tcp or udp",
+        ),
+        (
+            STEPS.replace(
                 "to: service/prod/web, protocol: udp",
                 "to: service/prod/db, protocol: udp",
-                "steps[1].open: unknown service prod/db",
             ),
-            (
-                "backends: [prod/b]}",
-                "backends: [prod/z]}",
-                "steps[5].probe: backend prod/z is not a pod of the scenario",
-            ),
-            (
+            "steps[1].open: unknown service prod/db",
+        ),
+        (
+            STEPS.replace("backends: [prod/b]}", "backends: [prod/z]}"),
+            "steps[5].probe: backend prod/z is not a pod of the scenario",
+        ),
+        (
+            STEPS.replace(
                 "port: 80, backend: prod/a}",
                 "port: 80, backend: prod/a, hold: 1}",
-                "unknown field `hold`",
             ),
-        ],
-    );
+            "unknown field `hold`",
+        ),
+    ];
+    assert_all_refused(cases);
 }
 
 #[test]
