@@ -4,7 +4,11 @@
 //!   of 2,000, no network), per run;
 //! - `grpc`: records per second from a client streaming numbered batches
 //!   over `FlowIngest` on loopback until the last is acknowledged (the
-//!   server in the same process, on its own runtime threads);
+//!   server in the same process, on its own runtime threads), into a
+//!   window that keeps every run's records (it grows: new pages);
+//! - `grpc_full_window`: the same into a window already holding
+//!   `--retained` records at its bound, so each record stored drops the
+//!   oldest (the steady state of a full window);
 //! - `memory`: the process's resident memory before and after the store
 //!   holds `--retained` records, per record, beside the store's estimate.
 //!
@@ -133,6 +137,74 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Records per second, per run, of `runs` client streams of `n` records
+/// each (one after the other) into `shared`'s ingest service on loopback:
+/// the server on one runtime thread, the client on another.
+fn grpc(shared: &Shared, n: usize, runs: usize) -> Vec<f64> {
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (ingest, query) = shared.services();
+    let listener = server_rt.block_on(async {
+        // A loopback port below 32768.
+        for port in 17_000..17_100 {
+            if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                return l;
+            }
+        }
+        panic!("no free loopback port in 17000..17100");
+    });
+    let addr = listener.local_addr().unwrap();
+    server_rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(ingest)
+            .add_service(query)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rates = Vec::new();
+    for run in 0..runs {
+        let input = batches(n);
+        let last = input.len() as u64;
+        let rate = client_rt.block_on(async {
+            let mut client = FlowIngestClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let started = Instant::now();
+            let hello = PushRequest {
+                msg: Some(push_request::Msg::Hello(PushHello {
+                    node: "bench".into(),
+                    epoch: 1000 + run as u64,
+                })),
+            };
+            let requests = std::iter::once(hello).chain(input.into_iter().map(|b| PushRequest {
+                msg: Some(push_request::Msg::Batch(b)),
+            }));
+            let mut acks = client
+                .push(tokio_stream::iter(requests))
+                .await
+                .unwrap()
+                .into_inner();
+            while let Some(a) = acks.message().await.unwrap() {
+                if a.seq == last {
+                    break;
+                }
+            }
+            n as f64 / started.elapsed().as_secs_f64()
+        });
+        rates.push(rate);
+    }
+    drop(client_rt);
+    drop(server_rt);
+    rates
+}
+
 fn main() {
     let n: usize = flag("--records")
         .and_then(|s| s.parse().ok())
@@ -168,71 +240,23 @@ fn main() {
         store_rates.push(n as f64 / started.elapsed().as_secs_f64());
     }
 
-    // Over gRPC on loopback.
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let shared = Shared::new(Store::new(3600, usize::MAX));
-    let (ingest, query) = shared.services();
-    let listener = server_rt.block_on(async {
-        // A loopback port below 32768.
-        for port in 17_000..17_100 {
-            if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-                return l;
-            }
-        }
-        panic!("no free loopback port in 17000..17100");
-    });
-    let addr = listener.local_addr().unwrap();
-    server_rt.spawn(
-        tonic::transport::Server::builder()
-            .add_service(ingest)
-            .add_service(query)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut grpc_rates = Vec::new();
-    for run in 0..runs {
-        let input = batches(n);
-        let last = input.len() as u64;
-        let rate = client_rt.block_on(async {
-            let mut client = FlowIngestClient::connect(format!("http://{addr}"))
-                .await
-                .unwrap();
-            let started = Instant::now();
-            let hello = PushRequest {
-                msg: Some(push_request::Msg::Hello(PushHello {
-                    node: "bench".into(),
-                    epoch: 1000 + run as u64,
-                })),
-            };
-            let requests = std::iter::once(hello).chain(input.into_iter().map(|b| PushRequest {
-                msg: Some(push_request::Msg::Batch(b)),
-            }));
-            let mut acks = client
-                .push(tokio_stream::iter(requests))
-                .await
-                .unwrap()
-                .into_inner();
-            while let Some(a) = acks.message().await.unwrap() {
-                if a.seq == last {
-                    break;
-                }
-            }
-            n as f64 / started.elapsed().as_secs_f64()
-        });
-        grpc_rates.push(rate);
+    // Over gRPC on loopback, into a window that grows (every run's records
+    // stay: the kernel zeroes each new page the store takes).
+    let growing = Shared::new(Store::new(3600, usize::MAX));
+    let grpc_rates = grpc(&growing, n, runs);
+    let grpc_stored = growing.store().len();
+    drop(growing);
+
+    // Over gRPC into a full window: `--retained` records held, so each
+    // record stored drops the oldest (what a window at its bound or
+    // expiring steadily does; freed records' memory is reused).
+    let full = Shared::new(Store::new(3600, retained));
+    for i in 0..retained.div_ceil(BATCH) {
+        full.ingest("prefill", 1, batch(i, retained));
     }
-    let grpc_stored = shared.store().len();
-    drop(client_rt);
-    drop(server_rt);
-    drop(shared);
+    let steady_rates = grpc(&full, n, runs);
+    let steady_stored = full.store().len();
+    drop(full);
 
     let summary = |v: &Vec<f64>| {
         json!({
@@ -248,6 +272,8 @@ fn main() {
         "store_records_per_s": summary(&store_rates),
         "grpc_records_per_s": summary(&grpc_rates),
         "grpc_records_stored": grpc_stored,
+        "grpc_full_window_records_per_s": summary(&steady_rates),
+        "grpc_full_window_records_held": steady_stored,
         "memory": {
             "retained": retained,
             "rss_delta_bytes": after.saturating_sub(before),
