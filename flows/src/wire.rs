@@ -150,32 +150,30 @@ impl PushDecoder {
 
     fn fast(&mut self, mut buf: &[u8]) -> Result<Push, Stop> {
         const M: &str = "PushRequest";
-        // The oneof: the last of its fields given wins.
-        let mut last: Option<(u32, &[u8])> = None;
-        let (mut hellos, mut batches) = (0, 0);
+        // The oneof: each field given replaces the other; the same one
+        // given again would be merged into it.
+        let mut push = Push::Empty;
         while !buf.is_empty() {
             let (field, wt) = key(&mut buf)?;
             match field {
-                1 | 2 => {
+                1 => {
                     let b = delimited(&mut buf, M, field, wt)?;
-                    if field == 1 {
-                        hellos += 1;
-                    } else {
-                        batches += 1;
+                    if matches!(push, Push::Hello(_)) {
+                        return Err(Stop::Merge);
                     }
-                    last = Some((field, b));
+                    push = Push::Hello(PushHello::decode(b)?);
+                }
+                2 => {
+                    let b = delimited(&mut buf, M, field, wt)?;
+                    if matches!(push, Push::Batch(_)) {
+                        return Err(Stop::Merge);
+                    }
+                    push = Push::Batch(self.batch(b)?);
                 }
                 _ => skip(&mut buf, field, wt)?,
             }
         }
-        if hellos > 1 || batches > 1 {
-            return Err(Stop::Merge);
-        }
-        match last {
-            None => Ok(Push::Empty),
-            Some((1, b)) => Ok(Push::Hello(PushHello::decode(b)?)),
-            Some((_, b)) => self.batch(b).map(Push::Batch),
-        }
+        Ok(push)
     }
 
     fn batch(&mut self, mut buf: &[u8]) -> Result<Batch, Stop> {
