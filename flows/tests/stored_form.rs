@@ -6,6 +6,7 @@
 //! decoding any bytes (random records, then cut, changed or grown) gives
 //! what prost's decoding of the same bytes, converted, gives: the same
 //! records or an error both ways.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use manul_flows::flow::Flow;
 use manul_flows::intern::Interner;
