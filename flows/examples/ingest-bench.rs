@@ -1,7 +1,7 @@
 //! The flow aggregator's ingest benchmark, printing one JSON object:
 //!
-//! - `store`: records per second into the window (`Store::ingest`, batches
-//!   of 2,000, no network), per run;
+//! - `store`: records per second into the window (`Store::ingest` of
+//!   decoded `RecordBatch`es, batches of 2,000, no network), per run;
 //! - `grpc`: records per second from a client streaming numbered batches
 //!   over `FlowIngest` on loopback until the last is acknowledged (the
 //!   server in the same process, on its own runtime threads), into a
@@ -215,9 +215,10 @@ fn main() {
         .unwrap_or(500_000);
 
     // Memory per retained record, first (the allocator keeps what later
-    // phases free, which would hide the growth): each batch is built just before it is
-    // stored (its strings and maps are what the store keeps), so what the
-    // RSS grows by is the store's records, plus one batch's vector.
+    // phases free, which would hide the growth): each batch is built just
+    // before it is stored and dropped after, so what the RSS grows by is
+    // what the store keeps of its records (their shared strings included),
+    // plus one batch's worth.
     let before = rss_bytes();
     let mut store = Store::new(3600, usize::MAX);
     for i in 0..retained.div_ceil(BATCH) {
