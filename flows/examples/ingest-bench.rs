@@ -1,10 +1,14 @@
 //! The flow aggregator's ingest benchmark, printing one JSON object:
 //!
-//! - `store`: records per second into the window (`Store::ingest`, batches
-//!   of 2,000, no network), per run;
+//! - `store`: records per second into the window (`Store::ingest` of
+//!   decoded `RecordBatch`es, batches of 2,000, no network), per run;
 //! - `grpc`: records per second from a client streaming numbered batches
 //!   over `FlowIngest` on loopback until the last is acknowledged (the
-//!   server in the same process, on its own runtime threads);
+//!   server in the same process, on its own runtime threads), into a
+//!   window that keeps every run's records (it grows: new pages);
+//! - `grpc_full_window`: the same into a window already holding
+//!   `--retained` records at its bound, so each record stored drops the
+//!   oldest (the steady state of a full window);
 //! - `memory`: the process's resident memory before and after the store
 //!   holds `--retained` records, per record, beside the store's estimate.
 //!
@@ -133,48 +137,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() {
-    let n: usize = flag("--records")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(400_000);
-    let runs: usize = flag("--runs").and_then(|s| s.parse().ok()).unwrap_or(5);
-    let retained: usize = flag("--retained")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(500_000);
-
-    // Memory per retained record, first (the allocator keeps what later
-    // phases free, which would hide the growth): each batch is built just before it is
-    // stored (its strings and maps are what the store keeps), so what the
-    // RSS grows by is the store's records, plus one batch's vector.
-    let before = rss_bytes();
-    let mut store = Store::new(3600, usize::MAX);
-    for i in 0..retained.div_ceil(BATCH) {
-        store.ingest("node-a", 1, batch(i, retained), 1_700_000_015);
-    }
-    let after = rss_bytes();
-    let per_record = (after.saturating_sub(before)) as f64 / retained as f64;
-    let store_estimate = store.bytes() as f64 / retained as f64;
-    drop(store);
-
-    // The store alone.
-    let mut store_rates = Vec::new();
-    for run in 0..runs {
-        let input = batches(n);
-        let mut store = Store::new(3600, usize::MAX);
-        let started = Instant::now();
-        for b in input {
-            store.ingest("node-a", run as u64, b, 1_700_000_015);
-        }
-        store_rates.push(n as f64 / started.elapsed().as_secs_f64());
-    }
-
-    // Over gRPC on loopback.
+/// Records per second, per run, of `runs` client streams of `n` records
+/// each (one after the other) into `shared`'s ingest service on loopback:
+/// the server on one runtime thread, the client on another.
+fn grpc(shared: &Shared, n: usize, runs: usize) -> Vec<f64> {
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let shared = Shared::new(Store::new(3600, usize::MAX));
     let (ingest, query) = shared.services();
     let listener = server_rt.block_on(async {
         // A loopback port below 32768.
@@ -197,7 +168,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut grpc_rates = Vec::new();
+    let mut rates = Vec::new();
     for run in 0..runs {
         let input = batches(n);
         let last = input.len() as u64;
@@ -227,12 +198,66 @@ fn main() {
             }
             n as f64 / started.elapsed().as_secs_f64()
         });
-        grpc_rates.push(rate);
+        rates.push(rate);
     }
-    let grpc_stored = shared.store().len();
     drop(client_rt);
     drop(server_rt);
-    drop(shared);
+    rates
+}
+
+fn main() {
+    let n: usize = flag("--records")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400_000);
+    let runs: usize = flag("--runs").and_then(|s| s.parse().ok()).unwrap_or(5);
+    let retained: usize = flag("--retained")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500_000);
+
+    // Memory per retained record, first (the allocator keeps what later
+    // phases free, which would hide the growth): each batch is built just
+    // before it is stored and dropped after, so what the RSS grows by is
+    // what the store keeps of its records (their shared strings included),
+    // plus one batch's worth.
+    let before = rss_bytes();
+    let mut store = Store::new(3600, usize::MAX);
+    for i in 0..retained.div_ceil(BATCH) {
+        store.ingest("node-a", 1, batch(i, retained), 1_700_000_015);
+    }
+    let after = rss_bytes();
+    let per_record = (after.saturating_sub(before)) as f64 / retained as f64;
+    let store_estimate = store.bytes() as f64 / retained as f64;
+    drop(store);
+
+    // The store alone.
+    let mut store_rates = Vec::new();
+    for run in 0..runs {
+        let input = batches(n);
+        let mut store = Store::new(3600, usize::MAX);
+        let started = Instant::now();
+        for b in input {
+            store.ingest("node-a", run as u64, b, 1_700_000_015);
+        }
+        store_rates.push(n as f64 / started.elapsed().as_secs_f64());
+    }
+
+    // Over gRPC on loopback, into a window that grows (every run's records
+    // stay: the kernel zeroes each new page the store takes).
+    let growing = Shared::new(Store::new(3600, usize::MAX));
+    let grpc_rates = grpc(&growing, n, runs);
+    let grpc_stored = growing.store().len();
+    drop(growing);
+
+    // Over gRPC into a full window: `--retained` records held, so each
+    // record stored drops the oldest (what a window at its bound or
+    // expiring steadily does; freed records' memory is reused).
+    let full = Shared::new(Store::new(3600, retained));
+    for i in 0..retained.div_ceil(BATCH) {
+        full.ingest("prefill", 1, batch(i, retained));
+    }
+    let steady_rates = grpc(&full, n, runs);
+    let steady_stored = full.store().len();
+    drop(full);
 
     let summary = |v: &Vec<f64>| {
         json!({
@@ -248,6 +273,8 @@ fn main() {
         "store_records_per_s": summary(&store_rates),
         "grpc_records_per_s": summary(&grpc_rates),
         "grpc_records_stored": grpc_stored,
+        "grpc_full_window_records_per_s": summary(&steady_rates),
+        "grpc_full_window_records_held": steady_stored,
         "memory": {
             "retained": retained,
             "rss_delta_bytes": after.saturating_sub(before),

@@ -2,7 +2,9 @@
 //! match everything; a filter that cannot be understood is an error naming
 //! the field.
 
-use manul_proto::flows::{FlowEndpoint, FlowFilter, FlowRecord, PolicyHit};
+use manul_proto::flows::FlowFilter;
+
+use crate::flow::{Endpoint, Flow, Hit};
 
 /// A filter that does not make sense.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,11 +51,11 @@ impl Filter {
         Ok(Filter { raw, labels })
     }
 
-    pub fn matches(&self, r: &FlowRecord) -> bool {
+    pub fn matches(&self, r: &Flow) -> bool {
         let f = &self.raw;
-        let (src, dst) = (r.src.as_ref(), r.dst.as_ref());
-        let either = |p: &dyn Fn(&FlowEndpoint) -> bool| src.is_some_and(p) || dst.is_some_and(p);
-        if !f.namespace.is_empty() && !either(&|e| e.namespace == f.namespace) {
+        let (src, dst) = (r.src.as_deref(), r.dst.as_deref());
+        let either = |p: &dyn Fn(&Endpoint) -> bool| src.is_some_and(p) || dst.is_some_and(p);
+        if !f.namespace.is_empty() && !either(&|e| *e.namespace == *f.namespace) {
             return false;
         }
         if !f.pod.is_empty() && !either(&|e| pod_matches(&f.pod, e)) {
@@ -66,17 +68,17 @@ impl Filter {
             return false;
         }
         for (k, v) in &self.labels {
-            if !either(&|e| e.labels.get(k) == Some(v)) {
+            if !either(&|e| e.label(k) == Some(v.as_str())) {
                 return false;
             }
         }
-        if !f.action.is_empty() && r.action != f.action {
+        if !f.action.is_empty() && *r.action != *f.action {
             return false;
         }
         if !f.policy.is_empty() && !r.enforced.iter().any(|h| policy_matches(&f.policy, h)) {
             return false;
         }
-        if !f.pending_action.is_empty() && r.pending_action != f.pending_action {
+        if !f.pending_action.is_empty() && *r.pending_action != *f.pending_action {
             return false;
         }
         if !f.pending_policy.is_empty()
@@ -102,15 +104,15 @@ impl Filter {
 
 /// `NS/NAME` or `NAME`; NAME is the workload (`web-*`) or a pod name it
 /// stands for (`web-6d4cf56db6-x2k9p` matches `web-*`).
-fn pod_matches(want: &str, e: &FlowEndpoint) -> bool {
+fn pod_matches(want: &str, e: &Endpoint) -> bool {
     let (ns, name) = match want.split_once('/') {
         Some((ns, name)) => (Some(ns), name),
         None => (None, want),
     };
-    if ns.is_some_and(|ns| ns != e.namespace) {
+    if ns.is_some_and(|ns| ns != &*e.namespace) {
         return false;
     }
-    if e.workload == name {
+    if &*e.workload == name {
         return true;
     }
     match e.workload.strip_suffix('*') {
@@ -120,16 +122,18 @@ fn pod_matches(want: &str, e: &FlowEndpoint) -> bool {
 }
 
 /// `NAME`, `NS/NAME` or `TIER/NAME` (a tier only for global policies).
-fn policy_matches(want: &str, h: &PolicyHit) -> bool {
+fn policy_matches(want: &str, h: &Hit) -> bool {
     match want.split_once('/') {
-        Some((scope, name)) => name == h.name && (scope == h.namespace || scope == h.tier),
-        None => want == h.name,
+        Some((scope, name)) => name == &*h.name && (scope == &*h.namespace || scope == &*h.tier),
+        None => want == &*h.name,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::intern::Interner;
+    use manul_proto::flows::{FlowEndpoint, FlowRecord, PolicyHit};
 
     fn ep(ns: &str, workload: &str, app: &str) -> Option<FlowEndpoint> {
         Some(FlowEndpoint {
@@ -170,7 +174,9 @@ mod tests {
     }
 
     fn matches(f: FlowFilter) -> bool {
-        Filter::new(f).unwrap().matches(&record())
+        Filter::new(f)
+            .unwrap()
+            .matches(&Flow::from_record(&record(), &mut Interner::new()))
     }
 
     #[test]

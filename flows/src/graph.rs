@@ -14,8 +14,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use manul_proto::flows::{FlowEndpoint, FlowRecord, PolicyHit};
+use manul_proto::flows::PolicyHit;
 use serde::Serialize;
+
+use crate::flow::{Endpoint, Flow, Hit};
 
 /// A workload, a host or an outside network.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -78,19 +80,19 @@ pub struct Graph {
     pub edges: Vec<GraphEdge>,
 }
 
-fn node(e: Option<&FlowEndpoint>) -> GraphNode {
+fn node(e: Option<&Endpoint>) -> GraphNode {
     let (id, kind, namespace, name) = match e {
         Some(e) if !e.namespace.is_empty() => (
             format!("{}/{}", e.namespace, e.workload),
-            e.kind.clone(),
-            e.namespace.clone(),
-            e.workload.clone(),
+            e.kind.to_string(),
+            e.namespace.to_string(),
+            e.workload.to_string(),
         ),
         Some(e) => (
-            e.workload.clone(),
-            e.kind.clone(),
+            e.workload.to_string(),
+            e.kind.to_string(),
             String::new(),
-            e.workload.clone(),
+            e.workload.to_string(),
         ),
         None => (
             "unknown".into(),
@@ -110,22 +112,31 @@ fn node(e: Option<&FlowEndpoint>) -> GraphNode {
 
 /// How the flow filters and the table name a policy.
 pub fn policy_name(h: &PolicyHit) -> String {
-    if h.kind == "Profile" {
-        format!("profile:{}", h.name)
-    } else if h.namespace.is_empty() {
-        format!("{}/{}", h.tier, h.name)
+    display(&h.kind, &h.tier, &h.namespace, &h.name)
+}
+
+/// [`policy_name`] of a stored hit.
+pub fn hit_name(h: &Hit) -> String {
+    display(&h.kind, &h.tier, &h.namespace, &h.name)
+}
+
+fn display(kind: &str, tier: &str, namespace: &str, name: &str) -> String {
+    if kind == "Profile" {
+        format!("profile:{name}")
+    } else if namespace.is_empty() {
+        format!("{tier}/{name}")
     } else {
-        format!("{}/{}", h.namespace, h.name)
+        format!("{namespace}/{name}")
     }
 }
 
 /// Whether this record's allowed flows are the ones the edge counts.
-fn counts_allowed(r: &FlowRecord) -> bool {
-    let dst_is_pod = r.dst.as_ref().is_some_and(|d| d.kind == "pod");
+fn counts_allowed(r: &Flow) -> bool {
+    let dst_is_pod = r.dst.as_ref().is_some_and(|d| &*d.kind == "pod");
     if dst_is_pod {
-        r.reporter == "dst"
+        &*r.reporter == "dst"
     } else {
-        r.reporter == "src"
+        &*r.reporter == "src"
     }
 }
 
@@ -138,16 +149,16 @@ struct EdgeAcc {
 }
 
 /// The graph of `records`.
-pub fn build<'a>(records: impl IntoIterator<Item = &'a FlowRecord>) -> Graph {
+pub fn build<'a>(records: impl IntoIterator<Item = &'a Flow>) -> Graph {
     let mut nodes: BTreeMap<String, GraphNode> = BTreeMap::new();
     let mut edges: BTreeMap<(String, String), EdgeAcc> = BTreeMap::new();
     for r in records {
-        let (src, dst) = (node(r.src.as_ref()), node(r.dst.as_ref()));
+        let (src, dst) = (node(r.src.as_deref()), node(r.dst.as_deref()));
         let acc = edges.entry((src.id.clone(), dst.id.clone())).or_default();
         nodes.entry(src.id.clone()).or_insert(src);
         nodes.entry(dst.id.clone()).or_insert(dst);
         acc.ports.insert(r.dst_port);
-        let (allowed, denied) = if r.action == "allow" {
+        let (allowed, denied) = if &*r.action == "allow" {
             (
                 if counts_allowed(r) {
                     r.flows_started
@@ -161,13 +172,13 @@ pub fn build<'a>(records: impl IntoIterator<Item = &'a FlowRecord>) -> Graph {
         };
         acc.allowed += allowed;
         acc.denied += denied;
-        for h in &r.enforced {
+        for h in r.enforced.iter() {
             let p = acc
                 .policies
-                .entry((policy_name(h), h.kind.clone()))
+                .entry((hit_name(h), h.kind.to_string()))
                 .or_default();
             // A pass hands the flow on: the policy did not decide it.
-            match h.action.as_str() {
+            match &*h.action {
                 "allow" => p.0 += r.flows_started,
                 "deny" => p.1 += r.flows_denied,
                 _ => {}
@@ -202,6 +213,18 @@ pub fn build<'a>(records: impl IntoIterator<Item = &'a FlowRecord>) -> Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::intern::Interner;
+    use manul_proto::flows::{FlowEndpoint, FlowRecord};
+
+    /// The graph of `records` as the store holds them.
+    fn build(records: &[FlowRecord]) -> Graph {
+        let mut i = Interner::new();
+        let flows: Vec<Flow> = records
+            .iter()
+            .map(|r| Flow::from_record(r, &mut i))
+            .collect();
+        super::build(&flows)
+    }
 
     fn ep(kind: &str, ns: &str, w: &str) -> Option<FlowEndpoint> {
         Some(FlowEndpoint {

@@ -15,12 +15,16 @@
 //! Felixes resend what was not acknowledged) and to enforce anything.
 
 pub mod filter;
+pub mod flow;
 pub mod graph;
+pub mod ingest;
+pub mod intern;
 pub mod json;
 pub mod server;
 pub mod store;
 pub mod tls;
 pub mod web;
+pub mod wire;
 
 pub use filter::{Filter, FilterError};
 pub use server::Shared;

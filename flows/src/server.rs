@@ -1,5 +1,6 @@
 //! The gRPC services over a [`Store`]: `FlowIngest` (Felix's numbered
-//! batches in, acknowledgements out) and `Flows` (list, follow,
+//! batches in, acknowledgements out; served by [`crate::ingest`], which
+//! decodes straight into the stored form) and `Flows` (list, follow,
 //! statistics). The store's lock is held only to store or read, never
 //! across an await.
 
@@ -7,21 +8,22 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use manul_proto::flows::flow_ingest_server::{FlowIngest, FlowIngestServer};
 use manul_proto::flows::flows_server::{Flows, FlowsServer};
 use manul_proto::flows::{
-    FlowRecord, ListRequest, ListResponse, PushAck, PushRequest, RecordBatch, StatsRequest,
-    StatsResponse, push_request,
+    FlowRecord, ListRequest, ListResponse, RecordBatch, StatsRequest, StatsResponse,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, warn};
+use tonic::{Request, Response, Status};
+use tracing::warn;
 
 use crate::filter::Filter;
-use crate::store::Store;
+use crate::flow::Flow;
+use crate::ingest::IngestServer;
+use crate::store::{Ingested, Store};
 use crate::tls::Gates;
+use crate::wire::Batch;
 
 /// The most records one list returns.
 pub const MAX_LIST: usize = 100_000;
@@ -33,7 +35,7 @@ pub const DEFAULT_LIST: usize = 1_000;
 #[derive(Debug, Clone)]
 pub struct Shared {
     store: Arc<Mutex<Store>>,
-    feed: broadcast::Sender<Arc<FlowRecord>>,
+    feed: broadcast::Sender<Arc<Flow>>,
     /// With TLS: which certificates may push and which may query.
     gates: Option<Arc<Gates>>,
 }
@@ -64,7 +66,7 @@ impl Shared {
 
     /// Refuses a call whose certificate the service's gate does not admit
     /// (nothing to check without TLS).
-    fn admit<T>(&self, request: &Request<T>, ingest: bool) -> Result<(), Status> {
+    pub(crate) fn admit<T>(&self, request: &Request<T>, ingest: bool) -> Result<(), Status> {
         let Some(gates) = &self.gates else {
             return Ok(());
         };
@@ -95,32 +97,40 @@ impl Shared {
     /// hands what was stored to the followers; returns what to
     /// acknowledge.
     pub fn ingest(&self, node: &str, epoch: u64, batch: RecordBatch) -> u64 {
-        let ingested = self.store().ingest(node, epoch, batch, unix_now());
-        let ack = ingested.ack;
-        self.publish(ingested.stored);
-        ack
+        let mut store = self.store();
+        let ingested = store.ingest(node, epoch, batch, unix_now());
+        self.publish(&store, ingested)
     }
 
-    fn publish(&self, stored: Vec<Arc<FlowRecord>>) {
-        // No follower: nothing to hand over (and no lock per record).
-        if self.feed.receiver_count() == 0 {
-            return;
+    /// [`Shared::ingest`] of a batch already in the stored form.
+    pub fn ingest_flat(&self, node: &str, epoch: u64, batch: Batch) -> u64 {
+        let mut store = self.store();
+        let ingested = store.ingest_flat(node, epoch, batch, unix_now());
+        self.publish(&store, ingested)
+    }
+
+    /// Hands what `ingested` stored to the followers; returns what to
+    /// acknowledge.
+    fn publish(&self, store: &Store, ingested: Ingested) -> u64 {
+        // No follower: nothing to hand over (and nothing copied).
+        if self.feed.receiver_count() > 0 {
+            for r in store.newest(ingested.stored) {
+                // The last follower may just have gone: nothing to do.
+                let _ = self.feed.send(Arc::new(r.clone()));
+            }
         }
-        for r in stored {
-            // No follower: nothing to do.
-            let _ = self.feed.send(r);
-        }
+        ingested.ack
     }
 
     /// The records stored from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FlowRecord>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Flow>> {
         self.feed.subscribe()
     }
 
     /// Both services, for a tonic router.
-    pub fn services(&self) -> (FlowIngestServer<Ingest>, FlowsServer<Query>) {
+    pub fn services(&self) -> (IngestServer, FlowsServer<Query>) {
         (
-            FlowIngestServer::new(Ingest(self.clone())),
+            IngestServer::new(self.clone()),
             FlowsServer::new(Query(self.clone())),
         )
     }
@@ -135,69 +145,7 @@ impl Shared {
     }
 }
 
-/// `FlowIngest`.
-#[derive(Debug, Clone)]
-pub struct Ingest(Shared);
-
 type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl FlowIngest for Ingest {
-    type PushStream = Boxed<PushAck>;
-
-    async fn push(
-        &self,
-        request: Request<Streaming<PushRequest>>,
-    ) -> Result<Response<Self::PushStream>, Status> {
-        self.0.admit(&request, true)?;
-        let mut input = request.into_inner();
-        let (tx, rx) = mpsc::channel(64);
-        let shared = self.0.clone();
-        tokio::spawn(async move {
-            let mut sender: Option<(String, u64)> = None;
-            loop {
-                let msg = match input.message().await {
-                    Ok(Some(PushRequest { msg: Some(m) })) => m,
-                    Ok(Some(PushRequest { msg: None })) => {
-                        let _ = tx
-                            .send(Err(Status::invalid_argument("an empty push message")))
-                            .await;
-                        return;
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        debug!("a flow stream ended: {e}");
-                        return;
-                    }
-                };
-                match msg {
-                    push_request::Msg::Hello(h) => {
-                        if h.node.is_empty() {
-                            let _ = tx
-                                .send(Err(Status::invalid_argument("the hello names no node")))
-                                .await;
-                            return;
-                        }
-                        sender = Some((h.node, h.epoch));
-                    }
-                    push_request::Msg::Batch(b) => {
-                        let Some((node, epoch)) = &sender else {
-                            let _ = tx
-                                .send(Err(Status::failed_precondition("a batch before the hello")))
-                                .await;
-                            return;
-                        };
-                        let ack = shared.ingest(node, *epoch, b);
-                        if tx.send(Ok(PushAck { seq: ack })).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
 
 /// `Flows`.
 #[derive(Debug, Clone)]
@@ -235,7 +183,7 @@ impl Flows for Query {
             loop {
                 match feed.recv().await {
                     Ok(r) => {
-                        if f.matches(&r) && tx.send(Ok((*r).clone())).await.is_err() {
+                        if f.matches(&r) && tx.send(Ok(r.to_record())).await.is_err() {
                             return;
                         }
                     }

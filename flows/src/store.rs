@@ -4,21 +4,13 @@
 //! the window or beyond the record bound dropped oldest first, and the
 //! queries (list with a filter, statistics per policy rule).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
-
 use manul_proto::flows::{FlowRecord, RecordBatch, RuleStats};
-use prost::Message;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::filter::Filter;
-
-/// What the store keeps per record besides the record: its estimated
-/// heap size (for the retained-bytes figure).
-#[derive(Debug)]
-struct Stored {
-    record: Arc<FlowRecord>,
-    bytes: usize,
-}
+use crate::flow::{Flow, Sym};
+use crate::intern::Interner;
+use crate::wire::Batch;
 
 /// Per sending run of a Felix: the last batch stored.
 #[derive(Debug, Clone, Copy)]
@@ -28,10 +20,11 @@ struct Sender {
 }
 
 /// What [`Store::ingest`] did with a batch.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ingested {
-    /// The records stored (empty for a duplicate).
-    pub stored: Vec<Arc<FlowRecord>>,
+    /// How many records were stored (0 for a duplicate): the newest ones
+    /// ([`Store::newest`]).
+    pub stored: usize,
     pub duplicate: bool,
     /// What to acknowledge: every batch up to this one is stored.
     pub ack: u64,
@@ -51,18 +44,20 @@ pub struct StoreStats {
 pub struct Store {
     window_s: u64,
     max_records: usize,
-    records: VecDeque<Stored>,
-    bytes: usize,
+    /// Each record in place: its strings, endpoints and traces shared.
+    records: VecDeque<Flow>,
     senders: HashMap<(String, u64), Sender>,
+    /// Shares the parts of records stored from decoded messages
+    /// ([`Store::ingest`]); a stream's records come already shared by its
+    /// own decoder ([`crate::wire::PushDecoder`]).
+    interner: Interner,
     pub stats: StoreStats,
 }
 
-/// A record's heap estimate: its encoded size is a lower bound on its
-/// strings; the struct, the `Arc` and the maps' and vectors' headers come
-/// on top (measured by the ingest benchmark against the process's RSS).
-fn estimate(r: &FlowRecord) -> usize {
-    std::mem::size_of::<FlowRecord>() + 16 + r.encoded_len() * 2
-}
+/// A record's bytes as the store estimates them: the record itself. Its
+/// strings, endpoints and traces are shared by every record with the same
+/// ones and drawn from small sets, so they are not counted per record.
+const RECORD_BYTES: usize = std::mem::size_of::<Flow>();
 
 impl Store {
     pub fn new(window_s: u64, max_records: usize) -> Store {
@@ -70,8 +65,8 @@ impl Store {
             window_s,
             max_records,
             records: VecDeque::new(),
-            bytes: 0,
             senders: HashMap::new(),
+            interner: Interner::new(),
             stats: StoreStats::default(),
         }
     }
@@ -87,13 +82,33 @@ impl Store {
 
     /// The estimated bytes the records hold.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.records.len() * RECORD_BYTES
+    }
+
+    /// Stores a decoded batch (see [`Store::ingest_flat`]), its records
+    /// shared through the store's own interner.
+    pub fn ingest(&mut self, node: &str, epoch: u64, batch: RecordBatch, now_s: u64) -> Ingested {
+        let records = batch
+            .records
+            .iter()
+            .map(|r| Flow::from_record(r, &mut self.interner))
+            .collect();
+        self.interner.maybe_prune();
+        self.ingest_flat(
+            node,
+            epoch,
+            Batch {
+                seq: batch.seq,
+                records,
+            },
+            now_s,
+        )
     }
 
     /// Stores a batch from `node`'s run `epoch` unless it was stored
     /// before. A gap (the sender dropped batches it could not keep) is
     /// accepted: what is lost is lost, and the next batches are not.
-    pub fn ingest(&mut self, node: &str, epoch: u64, batch: RecordBatch, now_s: u64) -> Ingested {
+    pub fn ingest_flat(&mut self, node: &str, epoch: u64, batch: Batch, now_s: u64) -> Ingested {
         self.stats.batches += 1;
         let sender = self
             .senders
@@ -106,57 +121,45 @@ impl Store {
         if batch.seq <= sender.last_seq {
             self.stats.duplicates += 1;
             return Ingested {
-                stored: Vec::new(),
+                stored: 0,
                 duplicate: true,
                 ack: sender.last_seq,
             };
         }
         sender.last_seq = batch.seq;
         let ack = batch.seq;
-        let mut stored = Vec::with_capacity(batch.records.len());
-        for r in batch.records {
-            let bytes = estimate(&r);
-            let record = Arc::new(r);
-            self.bytes += bytes;
-            self.records.push_back(Stored {
-                record: record.clone(),
-                bytes,
-            });
-            stored.push(record);
-        }
-        self.stats.records += stored.len() as u64;
+        let stored = batch.records.len();
+        self.records.extend(batch.records);
+        self.stats.records += stored as u64;
         while self.records.len() > self.max_records {
-            self.pop();
+            self.records.pop_front();
             self.stats.evicted += 1;
         }
         Ingested {
-            stored,
+            stored: stored.min(self.records.len()),
             duplicate: false,
             ack,
         }
     }
 
-    fn pop(&mut self) {
-        if let Some(s) = self.records.pop_front() {
-            self.bytes -= s.bytes;
-        }
+    /// The newest `n` records, oldest first, to hand to followers.
+    pub fn newest(&self, n: usize) -> impl Iterator<Item = &Flow> {
+        self.records.range(self.records.len().saturating_sub(n)..)
     }
 
     /// Drops records whose interval ended before the window, and forgets
-    /// senders not heard from for a window.
+    /// senders not heard from for a window; then the shared parts no
+    /// record holds any more.
     pub fn expire(&mut self, now_s: u64) {
         let oldest = now_s.saturating_sub(self.window_s);
         // Records arrive roughly in time order; one that arrived late and
         // is older than its predecessors goes when they do.
-        while self
-            .records
-            .front()
-            .is_some_and(|s| s.record.end_unix_s < oldest)
-        {
-            self.pop();
+        while self.records.front().is_some_and(|r| r.end_unix_s < oldest) {
+            self.records.pop_front();
             self.stats.expired += 1;
         }
         self.senders.retain(|_, s| s.seen_s >= oldest);
+        self.interner.prune();
     }
 
     /// The newest `limit` records that match, oldest first.
@@ -165,9 +168,9 @@ impl Store {
             .records
             .iter()
             .rev()
-            .filter(|s| filter.matches(&s.record))
+            .filter(|r| filter.matches(r))
             .take(limit)
-            .map(|s| (*s.record).clone())
+            .map(Flow::to_record)
             .collect();
         out.reverse();
         out
@@ -175,29 +178,23 @@ impl Store {
 
     /// The service graph of the matching records ([`crate::graph`]).
     pub fn graph(&self, filter: &Filter) -> crate::graph::Graph {
-        crate::graph::build(
-            self.records
-                .iter()
-                .map(|s| &*s.record)
-                .filter(|r| filter.matches(r)),
-        )
+        crate::graph::build(self.records.iter().filter(|r| filter.matches(r)))
     }
 
     /// Per policy rule (or tier end) of the enforced traces of the
     /// matching records: how many records, allowed and denied flows,
     /// packets and bytes passed through it.
     pub fn rule_stats(&self, filter: &Filter) -> Vec<RuleStats> {
-        type Key = (String, String, String, String, Option<u32>, String, String);
+        type Key = (Sym, Sym, Sym, Sym, Option<u32>, Sym, &'static str);
         let mut by: BTreeMap<Key, RuleStats> = BTreeMap::new();
-        for s in self.records.iter().filter(|s| filter.matches(&s.record)) {
-            let r = &s.record;
+        for r in self.records.iter().filter(|r| filter.matches(r)) {
             let flows = r.flows_started + r.flows_denied;
-            let direction = if r.reporter == "src" {
+            let direction = if &*r.reporter == "src" {
                 "egress"
             } else {
                 "ingress"
             };
-            for h in &r.enforced {
+            for h in r.enforced.iter() {
                 let key = (
                     h.tier.clone(),
                     h.kind.clone(),
@@ -205,20 +202,20 @@ impl Store {
                     h.name.clone(),
                     h.rule_index,
                     h.action.clone(),
-                    direction.to_owned(),
+                    direction,
                 );
                 let st = by.entry(key).or_insert_with(|| RuleStats {
-                    tier: h.tier.clone(),
-                    kind: h.kind.clone(),
-                    namespace: h.namespace.clone(),
-                    name: h.name.clone(),
+                    tier: h.tier.to_string(),
+                    kind: h.kind.to_string(),
+                    namespace: h.namespace.to_string(),
+                    name: h.name.to_string(),
                     rule_index: h.rule_index,
-                    action: h.action.clone(),
+                    action: h.action.to_string(),
                     direction: direction.to_owned(),
                     ..RuleStats::default()
                 });
                 st.records += 1;
-                if r.action == "allow" {
+                if &*r.action == "allow" {
                     st.flows_allowed += flows;
                 } else {
                     st.flows_denied += flows;
@@ -268,7 +265,7 @@ mod tests {
     fn a_resent_batch_is_stored_once() {
         let mut s = Store::new(3600, 100);
         let first = s.ingest("a", 1, batch(1, vec![rec(100, "allow", 0)]), 100);
-        assert_eq!((first.stored.len(), first.ack), (1, 1));
+        assert_eq!((first.stored, first.ack), (1, 1));
         s.ingest("a", 1, batch(2, vec![rec(100, "allow", 0)]), 100);
         // The connection broke before the ack of 2: both come again.
         let again = s.ingest("a", 1, batch(1, vec![rec(100, "allow", 0)]), 101);

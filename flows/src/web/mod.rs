@@ -150,7 +150,7 @@ async fn follow(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Respon
         Ok(r) if f.matches(&r) => Some(Ok::<Event, Infallible>(
             Event::default()
                 .event("record")
-                .data(crate::json::record(&r).to_string()),
+                .data(crate::json::record(&r.to_record()).to_string()),
         )),
         Ok(_) => None,
         Err(BroadcastStreamRecvError::Lagged(n)) => {
