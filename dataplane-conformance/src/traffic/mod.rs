@@ -67,7 +67,7 @@ pub use policy::{ALLOWED_PORTS, bench_operations, server_policy_id, server_rule}
 pub use services::{
     CLUSTER_CIDR, ServiceConnectRatio, ServiceConnectReport, ServiceConnectSample,
     ServiceConnectSummary, ServiceDataplane, kube_proxy_rules, measure_services,
-    run_service_connect_benchmark, service_operations, summarise_services,
+    run_service_connect_benchmark, service_operations, summarise_services, tested_service,
 };
 pub use stats::{LatencyStats, Ratios, TrafficReport, TrafficSample, TrafficSummary, summarise};
 
@@ -151,6 +151,12 @@ impl Default for TrafficOptions {
             warmup: 100,
         }
     }
+}
+
+/// The host-side interface of the benchmark's pod `pod` ([`CLIENT`] or
+/// [`SERVER`]).
+pub fn pod_interface(pod: &str) -> String {
+    manul_model::names::workload_interface_name(NAMESPACE, pod)
 }
 
 fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ConformanceError + '_ {

@@ -127,6 +127,11 @@ pub fn tested(services: usize) -> usize {
     services / 2
 }
 
+/// The cluster IP and port of the service under test among `services`.
+pub fn tested_service(services: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(cluster_ip(tested(services))), SERVICE_PORT)
+}
+
 /// The backends of service `i`: `(address, port)`.
 pub(super) fn backends(i: usize, services: usize) -> Vec<(Ipv4Addr, u16)> {
     if i == tested(services) {
@@ -255,7 +260,7 @@ pub fn measure_services(
     let target = if services == 0 {
         SocketAddr::new(IpAddr::V4(SERVER_IP), CONNECT_PORT)
     } else {
-        SocketAddr::new(IpAddr::V4(cluster_ip(tested(services))), SERVICE_PORT)
+        tested_service(services)
     };
     let reached = manul_netns::tcp_connect(&bench.client, target, Duration::from_secs(1))
         .map_err(setup("reachability check"))?;
