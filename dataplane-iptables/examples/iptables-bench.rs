@@ -645,10 +645,11 @@ fn main() -> Result<()> {
             &options,
             &mut |s| {
                 eprintln!(
-                    "service-connections: {} {} services: {:.0} connects/s (p50 {:.1} us, p99 {:.1} us); {} clients: {:.0} connects/s; programmed in {:.0} ms; load {:.2}",
+                    "service-connections: {} {} services: {:.0} connects/s ({:.0} from the median cycle; p50 {:.1} us, p99 {:.1} us); {} clients: {:.0} connects/s; programmed in {:.0} ms; load {:.2}",
                     s.dataplane,
                     s.services,
                     s.connects_per_sec,
+                    s.connects_per_sec_p50_cycle,
                     s.connect.p50_us,
                     s.connect.p99_us,
                     s.parallel_clients,

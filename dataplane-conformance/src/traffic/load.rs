@@ -191,21 +191,32 @@ pub(super) fn connect_loop(
     count: usize,
     warmup: usize,
 ) -> Result<(Vec<Duration>, usize, Duration), ConformanceError> {
-    parallel_connect_loop(client, dst, 1, count, warmup)
+    let run = parallel_connect_loop(client, dst, 1, count, warmup)?;
+    Ok((run.connects, run.failures, run.took))
+}
+
+/// The timed part of a connect loop.
+pub(super) struct ConnectRun {
+    /// The handshakes (`connect` until it returns), of those that succeeded.
+    pub connects: Vec<Duration>,
+    /// Whole cycles (socket, connect, RST close), of every attempt.
+    pub cycles: Vec<Duration>,
+    pub failures: usize,
+    /// Wall time from the first timed cycle's start to the last one's end.
+    pub took: Duration,
 }
 
 /// `clients` threads in `client`'s namespace, each running the sequential
 /// loop of [`connect_loop`] at once: `count` timed connects in all (after
 /// `warmup` untimed ones in all, which every thread finishes before any
-/// starts timing). Returns every latency, the failures and the wall time
-/// from the first timed connect's start to the last one's end.
+/// starts timing).
 pub(super) fn parallel_connect_loop(
     client: &NetNs,
     dst: SocketAddr,
     clients: usize,
     count: usize,
     warmup: usize,
-) -> Result<(Vec<Duration>, usize, Duration), ConformanceError> {
+) -> Result<ConnectRun, ConformanceError> {
     let clients = clients.max(1);
     let barrier = Barrier::new(clients);
     let share = |total: usize, i: usize| total / clients + usize::from(i < total % clients);
@@ -232,40 +243,48 @@ pub(super) fn parallel_connect_loop(
             })
             .collect()
     });
-    let mut samples = Vec::with_capacity(count);
-    let mut failures = 0;
+    let mut run = ConnectRun {
+        connects: Vec::with_capacity(count),
+        cycles: Vec::with_capacity(count),
+        failures: 0,
+        took: Duration::ZERO,
+    };
     let mut first: Option<Instant> = None;
     let mut last: Option<Instant> = None;
     for r in results {
         let t = r?.map_err(setup("connect loop"))?;
-        samples.extend(t.samples);
-        failures += t.failures;
+        run.connects.extend(t.connects);
+        run.cycles.extend(t.cycles);
+        run.failures += t.failures;
         first = Some(first.map_or(t.started, |f| f.min(t.started)));
         last = Some(last.map_or(t.ended, |l| l.max(t.ended)));
     }
-    let took = match (first, last) {
-        (Some(f), Some(l)) => l.saturating_duration_since(f),
-        _ => Duration::ZERO,
-    };
-    Ok((samples, failures, took))
+    if let (Some(f), Some(l)) = (first, last) {
+        run.took = l.saturating_duration_since(f);
+    }
+    Ok(run)
 }
 
 /// One client thread's timed connects.
 struct Timed {
-    samples: Vec<Duration>,
+    connects: Vec<Duration>,
+    cycles: Vec<Duration>,
     failures: usize,
     started: Instant,
     ended: Instant,
 }
 
-fn connect_once(addr: &SockAddr) -> io::Result<(io::Result<()>, Duration)> {
+/// One cycle: a socket, its connect (the result and how long it took),
+/// its RST close; with the whole cycle's time.
+fn connect_once(addr: &SockAddr) -> io::Result<(io::Result<()>, Duration, Duration)> {
+    let cycle = Instant::now();
     let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     let t = Instant::now();
     let r = s.connect_timeout(addr, Duration::from_secs(1));
     let took = t.elapsed();
     s.set_linger(Some(Duration::ZERO))?;
     drop(s);
-    Ok((r, took))
+    Ok((r, took, cycle.elapsed()))
 }
 
 /// The calling thread's loop: `warmup` untimed connects, the barrier (also
@@ -281,17 +300,21 @@ fn connects_here(
     let warmed = (0..warmup).try_for_each(|_| connect_once(&addr).map(|_| ()));
     barrier.wait();
     warmed?;
-    let mut samples = Vec::with_capacity(count);
+    let mut connects = Vec::with_capacity(count);
+    let mut cycles = Vec::with_capacity(count);
     let mut failures = 0;
     let started = Instant::now();
     for _ in 0..count {
-        match connect_once(&addr)? {
-            (Ok(()), took) => samples.push(took),
-            (Err(_), _) => failures += 1,
+        let (r, took, cycle) = connect_once(&addr)?;
+        cycles.push(cycle);
+        match r {
+            Ok(()) => connects.push(took),
+            Err(_) => failures += 1,
         }
     }
     Ok(Timed {
-        samples,
+        connects,
+        cycles,
         failures,
         started,
         ended: Instant::now(),
