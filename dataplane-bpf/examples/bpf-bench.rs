@@ -20,6 +20,10 @@
 //! With `ipv6` it measures the parser's per-packet cost on IPv4, IPv6 and
 //! IPv6 behind extension headers side by side (see `bpf-bench/ipv6.rs`).
 //!
+//! With `svc-path` it measures a new connection's first packet to a
+//! ClusterIP against one straight to the pod, at 10 and 10,000 services
+//! (`BPF_PROG_TEST_RUN`, one run per call; see `bpf-bench/svc_path.rs`).
+//!
 //! Needs root (and `iperf3` for `traffic` and `flows`). Everything runs in network
 //! namespaces it creates, with pins under /sys/fs/bpf/manul-bench, removed
 //! at the end.
@@ -39,6 +43,7 @@
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- services [--services 10000] [--backends 10] [--changes 50] [--runs 3]`
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- flows [--runs 6]`
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- ipv6 [--runs 5]`
+//! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- svc-path [--calls 5000]`
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -46,6 +51,8 @@
 mod flows;
 #[path = "bpf-bench/ipv6.rs"]
 mod ipv6;
+#[path = "bpf-bench/svc_path.rs"]
+mod svc_path;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -365,6 +372,10 @@ fn main() {
     }
     if std::env::args().nth(1).as_deref() == Some("ipv6") {
         ipv6::run();
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("svc-path") {
+        svc_path::run();
         return;
     }
     let runs: usize = flag("--runs").and_then(|s| s.parse().ok()).unwrap_or(5);

@@ -21,7 +21,10 @@
 //!   `/sys/fs/bpf/manul-bench-svc`, removed at the end), this driver, and
 //!   kube-proxy's iptables mode for the same services
 //!   (`traffic::run_service_connect_benchmark`; needs
-//!   `iptables-legacy-restore`), `--runs` rounds.
+//!   `iptables-legacy-restore`), `--runs` rounds; one client connecting
+//!   sequentially, then `--parallel-clients` at once; beside them the
+//!   harness's ceiling, the same loops straight to the server pod's IP
+//!   with no dataplane and through the eBPF driver without services.
 //! - `flows`: the per-packet cost with flow observations off and on, side
 //!   by side in one run (`iptables-bench/flows.rs`): established round
 //!   trips (a TCP_RR loop), new connections and throughput, with the
@@ -129,6 +132,10 @@ struct Cli {
     /// Timed round trips per measurement.
     #[arg(long, default_value_t = 2000, global = true)]
     roundtrips: usize,
+    /// Clients connecting at once for the parallel figure of
+    /// `service-connections` (0: sequential only).
+    #[arg(long, default_value_t = 2, global = true)]
+    parallel_clients: usize,
 }
 
 #[derive(Debug, Clone, Copy, Subcommand)]
@@ -608,6 +615,11 @@ fn main() -> Result<()> {
                 .map_err(|e| chain(&e))
         });
         let dataplanes = [
+            traffic::ServiceDataplane::None,
+            traffic::ServiceDataplane::DriverNoServices {
+                name: "ebpf-no-services".into(),
+                factory: bpf.clone(),
+            },
             traffic::ServiceDataplane::Driver {
                 name: "ebpf".into(),
                 factory: bpf,
@@ -620,21 +632,30 @@ fn main() -> Result<()> {
                 program: "iptables-legacy-restore".into(),
             },
         ];
+        let options = TrafficOptions {
+            connects: cli.connects,
+            ..TrafficOptions::default()
+        };
         let report = traffic::run_service_connect_benchmark(
             "sc",
             &dataplanes,
             &[10, 10_000],
             cli.runs,
-            &TrafficOptions::default(),
+            cli.parallel_clients,
+            &options,
             &mut |s| {
                 eprintln!(
-                    "service-connections: {} {} services: {:.0} connects/s, p50 {:.1} us, p99 {:.1} us, programmed in {:.0} ms",
+                    "service-connections: {} {} services: {:.0} connects/s ({:.0} from the median cycle; p50 {:.1} us, p99 {:.1} us); {} clients: {:.0} connects/s; programmed in {:.0} ms; load {:.2}",
                     s.dataplane,
                     s.services,
                     s.connects_per_sec,
+                    s.connects_per_sec_p50_cycle,
                     s.connect.p50_us,
                     s.connect.p99_us,
-                    s.program_ms
+                    s.parallel_clients,
+                    s.parallel_connects_per_sec,
+                    s.program_ms,
+                    s.load_average[0],
                 );
             },
         );

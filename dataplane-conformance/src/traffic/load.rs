@@ -5,8 +5,8 @@
 use std::io::{self, Read as _};
 use std::net::{Shutdown, SocketAddr};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,15 +17,24 @@ use super::*;
 use crate::ConformanceError;
 
 /// A listener that accepts and closes every connection at once, from its
-/// own thread; stopped on drop.
+/// own threads (one per expected concurrent client); stopped on drop.
 pub(super) struct ConnectSink {
     stop: Arc<AtomicBool>,
     waker: Socket,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl ConnectSink {
     pub(super) fn start(ns: &NetNs, addr: SocketAddr) -> Result<ConnectSink, ConformanceError> {
+        ConnectSink::start_with(ns, addr, 1)
+    }
+
+    /// A sink whose listener is drained by `acceptors` threads.
+    pub(super) fn start_with(
+        ns: &NetNs,
+        addr: SocketAddr,
+        acceptors: usize,
+    ) -> Result<ConnectSink, ConformanceError> {
         let socket = ns
             .run(|| -> io::Result<Socket> {
                 let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
@@ -38,9 +47,15 @@ impl ConnectSink {
             .map_err(setup("connect listener"))?;
         let waker = socket.try_clone().map_err(setup("connect listener"))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let mut sink = ConnectSink {
+            stop: Arc::clone(&stop),
+            waker,
+            threads: Vec::new(),
+        };
+        for _ in 0..acceptors.max(1) {
+            let socket = socket.try_clone().map_err(setup("connect listener"))?;
             let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name("bench-accept".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
@@ -56,22 +71,19 @@ impl ConnectSink {
                         }
                     }
                 })
-                .map_err(setup("connect listener thread"))?
-        };
-        Ok(ConnectSink {
-            stop,
-            waker,
-            thread: Some(thread),
-        })
+                .map_err(setup("connect listener thread"))?;
+            sink.threads.push(thread);
+        }
+        Ok(sink)
     }
 }
 
 impl Drop for ConnectSink {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Shutting a listening socket down wakes a blocked accept.
+        // Shutting a listening socket down wakes every blocked accept.
         let _ = self.waker.shutdown(Shutdown::Both);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -179,33 +191,134 @@ pub(super) fn connect_loop(
     count: usize,
     warmup: usize,
 ) -> Result<(Vec<Duration>, usize, Duration), ConformanceError> {
-    client
-        .run(|| -> io::Result<(Vec<Duration>, usize, Duration)> {
-            let addr = SockAddr::from(dst);
-            let mut samples = Vec::with_capacity(count);
-            let mut failures = 0;
-            let mut started = Instant::now();
-            for i in 0..warmup + count {
-                if i == warmup {
-                    started = Instant::now();
-                }
-                let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-                let t = Instant::now();
-                let r = s.connect_timeout(&addr, Duration::from_secs(1));
-                let took = t.elapsed();
-                s.set_linger(Some(Duration::ZERO))?;
-                drop(s);
-                if i >= warmup {
-                    match r {
-                        Ok(()) => samples.push(took),
-                        Err(_) => failures += 1,
-                    }
-                }
-            }
-            Ok((samples, failures, started.elapsed()))
-        })
-        .map_err(setup("connect loop"))?
-        .map_err(setup("connect loop"))
+    let run = parallel_connect_loop(client, dst, 1, count, warmup)?;
+    Ok((run.connects, run.failures, run.took))
+}
+
+/// The timed part of a connect loop.
+pub(super) struct ConnectRun {
+    /// The handshakes (`connect` until it returns), of those that succeeded.
+    pub connects: Vec<Duration>,
+    /// Whole cycles (socket, connect, RST close), of every attempt.
+    pub cycles: Vec<Duration>,
+    pub failures: usize,
+    /// Wall time from the first timed cycle's start to the last one's end.
+    pub took: Duration,
+}
+
+/// `clients` threads in `client`'s namespace, each running the sequential
+/// loop of [`connect_loop`] at once: `count` timed connects in all (after
+/// `warmup` untimed ones in all, which every thread finishes before any
+/// starts timing).
+pub(super) fn parallel_connect_loop(
+    client: &NetNs,
+    dst: SocketAddr,
+    clients: usize,
+    count: usize,
+    warmup: usize,
+) -> Result<ConnectRun, ConformanceError> {
+    let clients = clients.max(1);
+    let barrier = Barrier::new(clients);
+    let share = |total: usize, i: usize| total / clients + usize::from(i < total % clients);
+    let results: Vec<Result<io::Result<Timed>, ConformanceError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|i| {
+                let barrier = &barrier;
+                let (count, warmup) = (share(count, i), share(warmup, i));
+                s.spawn(move || {
+                    client
+                        .run(|| connects_here(dst, count, warmup, barrier))
+                        .map_err(setup("connect loop"))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(ConformanceError::Setup(
+                        "connect loop: a client thread panicked".into(),
+                    ))
+                })
+            })
+            .collect()
+    });
+    let mut run = ConnectRun {
+        connects: Vec::with_capacity(count),
+        cycles: Vec::with_capacity(count),
+        failures: 0,
+        took: Duration::ZERO,
+    };
+    let mut first: Option<Instant> = None;
+    let mut last: Option<Instant> = None;
+    for r in results {
+        let t = r?.map_err(setup("connect loop"))?;
+        run.connects.extend(t.connects);
+        run.cycles.extend(t.cycles);
+        run.failures += t.failures;
+        first = Some(first.map_or(t.started, |f| f.min(t.started)));
+        last = Some(last.map_or(t.ended, |l| l.max(t.ended)));
+    }
+    if let (Some(f), Some(l)) = (first, last) {
+        run.took = l.saturating_duration_since(f);
+    }
+    Ok(run)
+}
+
+/// One client thread's timed connects.
+struct Timed {
+    connects: Vec<Duration>,
+    cycles: Vec<Duration>,
+    failures: usize,
+    started: Instant,
+    ended: Instant,
+}
+
+/// One cycle: a socket, its connect (the result and how long it took),
+/// its RST close; with the whole cycle's time.
+fn connect_once(addr: &SockAddr) -> io::Result<(io::Result<()>, Duration, Duration)> {
+    let cycle = Instant::now();
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    let t = Instant::now();
+    let r = s.connect_timeout(addr, Duration::from_secs(1));
+    let took = t.elapsed();
+    s.set_linger(Some(Duration::ZERO))?;
+    drop(s);
+    Ok((r, took, cycle.elapsed()))
+}
+
+/// The calling thread's loop: `warmup` untimed connects, the barrier (also
+/// after a failed warmup, so that no other thread waits for ever), then
+/// `count` timed ones.
+fn connects_here(
+    dst: SocketAddr,
+    count: usize,
+    warmup: usize,
+    barrier: &Barrier,
+) -> io::Result<Timed> {
+    let addr = SockAddr::from(dst);
+    let warmed = (0..warmup).try_for_each(|_| connect_once(&addr).map(|_| ()));
+    barrier.wait();
+    warmed?;
+    let mut connects = Vec::with_capacity(count);
+    let mut cycles = Vec::with_capacity(count);
+    let mut failures = 0;
+    let started = Instant::now();
+    for _ in 0..count {
+        let (r, took, cycle) = connect_once(&addr)?;
+        cycles.push(cycle);
+        match r {
+            Ok(()) => connects.push(took),
+            Err(_) => failures += 1,
+        }
+    }
+    Ok(Timed {
+        connects,
+        cycles,
+        failures,
+        started,
+        ended: Instant::now(),
+    })
 }
 
 pub(super) fn roundtrip_loop(

@@ -48,6 +48,7 @@
 //! # Ok::<(), manul_dataplane_conformance::ConformanceError>(())
 //! ```
 
+mod kube_proxy;
 mod load;
 mod measure;
 mod policy;
@@ -64,9 +65,9 @@ use crate::{ConformanceError, Factory};
 pub use measure::measure;
 pub use policy::{ALLOWED_PORTS, bench_operations, server_policy_id, server_rule};
 pub use services::{
-    ServiceConnectRatio, ServiceConnectReport, ServiceConnectSample, ServiceConnectSummary,
-    ServiceDataplane, kube_proxy_rules, measure_services, run_service_connect_benchmark,
-    service_operations, summarise_services,
+    CLUSTER_CIDR, ServiceConnectRatio, ServiceConnectReport, ServiceConnectSample,
+    ServiceConnectSummary, ServiceDataplane, kube_proxy_rules, measure_services,
+    run_service_connect_benchmark, service_operations, summarise_services, tested_service,
 };
 pub use stats::{LatencyStats, Ratios, TrafficReport, TrafficSample, TrafficSummary, summarise};
 
@@ -150,6 +151,12 @@ impl Default for TrafficOptions {
             warmup: 100,
         }
     }
+}
+
+/// The host-side interface of the benchmark's pod `pod` ([`CLIENT`] or
+/// [`SERVER`]).
+pub fn pod_interface(pod: &str) -> String {
+    manul_model::names::workload_interface_name(NAMESPACE, pod)
 }
 
 fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ConformanceError + '_ {

@@ -1,32 +1,37 @@
 //! New connections through a ClusterIP: the cost per connection of a
 //! dataplane's service translation against the number of services, with
-//! kube-proxy's iptables mode for the same services as the alternative.
+//! kube-proxy's iptables mode for the same services as the alternative,
+//! and the harness's own ceiling beside them.
 //!
 //! One measurement builds the node and both pods as in [`super::measure`],
 //! programs `services` ClusterIP services of one TCP port (10 backends
 //! each at addresses no pod has, except the service under test, the one
 //! in the middle of the list, whose one backend is the server pod's
 //! connect listener), checks that a connection to the service's cluster
-//! IP reaches the server, then times sequential new connections to it
-//! from the client pod (each closed with an RST, so every one is a new
-//! flow: a fresh translation).
+//! IP reaches the server, then times new connections to it from the
+//! client pod, each closed with an RST so that every one is a new flow (a
+//! fresh translation): first one client connecting sequentially, then, in
+//! the same namespaces, `parallel_clients` clients at once (one thread
+//! each; the listener has as many accepting threads), which keeps every
+//! core busy so that the rate shows the CPU cost per connection rather
+//! than the latency of one.
 //!
 //! The alternative, [`ServiceDataplane::KubeProxyIptables`], programs no
 //! Manul driver (pods plumbed as for the baseline: plain forwarding) and
-//! loads the nat table kube-proxy's iptables mode writes for the same
+//! loads the tables kube-proxy's iptables mode writes for the same
 //! services into the node's namespace with `iptables-legacy-restore`
-//! ([`kube_proxy_rules`]): `KUBE-SERVICES` with one rule per service
-//! port, a `KUBE-SVC-` chain per service port choosing a backend with
-//! `statistic --mode random` rules, and a `KUBE-SEP-` chain per backend.
-//! The node's namespace is where kube-proxy's rules act on pod traffic (in
-//! prerouting, as the node routes between its pods).
+//! ([`kube_proxy_rules`], see [`super::kube_proxy`]). The node's namespace
+//! is where kube-proxy's rules act on pod traffic (in prerouting and
+//! forward, as the node routes between its pods).
+//!
+//! The ceiling: [`ServiceDataplane::None`] runs the same loops with no
+//! dataplane and no service, straight to the server pod's IP (what the
+//! loop itself, the veths and the listener cost), and
+//! [`ServiceDataplane::DriverNoServices`] does so through a driver
+//! programmed with the pods and their policy but no service. Their
+//! samples have `services` 0.
 
-use std::collections::hash_map::DefaultHasher;
-use std::fmt::Write as _;
-use std::hash::{Hash, Hasher};
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +39,9 @@ use manul_dataplane_api::{Backend, Operation, Service, ServicePort};
 use manul_netns::{NetNs, ProbeOutcome};
 use serde::Serialize;
 
-use super::load::{ConnectSink, connect_loop};
+use super::kube_proxy::iptables_restore;
+pub use super::kube_proxy::{CLUSTER_CIDR, kube_proxy_rules};
+use super::load::{ConnectSink, parallel_connect_loop};
 use super::measure::build;
 use super::{CONNECT_PORT, LatencyStats, SERVER_IP, TrafficOptions, bench_operations, setup};
 use crate::{ConformanceError, DriverThread, Factory, NodeContext};
@@ -43,11 +50,9 @@ use crate::{ConformanceError, DriverThread, Factory, NodeContext};
 pub const SERVICE_PORT: u16 = 80;
 /// Backends of every service but the one under test.
 pub const BACKENDS: usize = 10;
-/// The cluster CIDR kube-proxy is told (`--cluster-cidr`): traffic to a
-/// service from outside it is masqueraded.
-pub const CLUSTER_CIDR: &str = "10.64.0.0/10";
 
-/// What translates the services.
+/// What translates the services (or, for the ceiling, carries the
+/// connections without any service).
 #[derive(Clone)]
 pub enum ServiceDataplane {
     /// A Manul driver, programmed with the services and the pods.
@@ -55,6 +60,12 @@ pub enum ServiceDataplane {
     /// kube-proxy's iptables mode, loaded with `program` (an
     /// `iptables-restore`).
     KubeProxyIptables { program: String },
+    /// The ceiling: no dataplane, no service; the connections go straight
+    /// to the server pod's IP.
+    None,
+    /// A Manul driver programmed with the pods and their policy but no
+    /// service; the connections go straight to the server pod's IP.
+    DriverNoServices { name: String, factory: Arc<Factory> },
 }
 
 impl std::fmt::Debug for ServiceDataplane {
@@ -67,8 +78,18 @@ impl ServiceDataplane {
     pub fn name(&self) -> &str {
         match self {
             ServiceDataplane::Driver { name, .. } => name,
+            ServiceDataplane::DriverNoServices { name, .. } => name,
             ServiceDataplane::KubeProxyIptables { .. } => "kube-proxy-iptables",
+            ServiceDataplane::None => "none",
         }
+    }
+
+    /// Whether it programs services (the ceilings do not).
+    pub fn has_services(&self) -> bool {
+        matches!(
+            self,
+            ServiceDataplane::Driver { .. } | ServiceDataplane::KubeProxyIptables { .. }
+        )
     }
 }
 
@@ -76,14 +97,28 @@ impl ServiceDataplane {
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceConnectSample {
     pub dataplane: String,
+    /// 0 for the ceilings (straight to the pod's IP).
     pub services: usize,
     /// Programming the services (and, for a driver, the pods) in ms.
     pub program_ms: f64,
+    /// One client, sequential connects: timed connects over the wall time.
     pub connects_per_sec: f64,
     pub connect: LatencyStats,
+    /// One client's whole cycles (socket, connect, RST close).
+    pub cycle: LatencyStats,
+    /// 1 / the median cycle: the sequential rate with the time other
+    /// processes take from the loop (its slow tail) left out.
+    pub connects_per_sec_p50_cycle: f64,
+    /// Clients connecting at once in the parallel figure (0: not measured).
+    pub parallel_clients: usize,
+    /// All of them together.
+    pub parallel_connects_per_sec: f64,
+    pub parallel_connect: LatencyStats,
+    /// `/proc/loadavg` (1, 5, 15 minutes) before the timed connects.
+    pub load_average: [f64; 3],
 }
 
-fn cluster_ip(i: usize) -> Ipv4Addr {
+pub(super) fn cluster_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32)
 }
 
@@ -97,8 +132,13 @@ pub fn tested(services: usize) -> usize {
     services / 2
 }
 
+/// The cluster IP and port of the service under test among `services`.
+pub fn tested_service(services: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(cluster_ip(tested(services))), SERVICE_PORT)
+}
+
 /// The backends of service `i`: `(address, port)`.
-fn backends(i: usize, services: usize) -> Vec<(Ipv4Addr, u16)> {
+pub(super) fn backends(i: usize, services: usize) -> Vec<(Ipv4Addr, u16)> {
     if i == tested(services) {
         vec![(SERVER_IP, CONNECT_PORT)]
     } else {
@@ -137,114 +177,16 @@ pub fn service_operations(services: usize) -> Vec<Operation> {
         .collect()
 }
 
-fn chain_hash(kind: &str, text: &str) -> String {
-    let mut h = DefaultHasher::new();
-    text.hash(&mut h);
-    format!("{kind}-{:016X}", h.finish())
-}
-
-/// kube-proxy's iptables-mode nat table for the services, as
-/// `iptables-restore` input (the shape of kube-proxy 1.3x's
-/// `proxier.go` for ClusterIP services, without the filter table's
-/// rules, which these services do not use).
-pub fn kube_proxy_rules(services: usize) -> String {
-    let mut chains = String::new();
-    let mut rules = String::new();
-    for c in [
-        "KUBE-SERVICES",
-        "KUBE-MARK-MASQ",
-        "KUBE-POSTROUTING",
-        "KUBE-NODEPORTS",
-    ] {
-        let _ = writeln!(chains, ":{c} - [0:0]");
-    }
-    for i in 0..services {
-        let name = format!("bench/svc-{i}:http");
-        let svc = chain_hash("KUBE-SVC", &name);
-        let vip = cluster_ip(i);
-        let _ = writeln!(chains, ":{svc} - [0:0]");
-        let _ = writeln!(
-            rules,
-            "-A KUBE-SERVICES -d {vip}/32 -p tcp -m comment --comment \"{name} cluster IP\" -m tcp --dport {SERVICE_PORT} -j {svc}"
-        );
-        let _ = writeln!(
-            rules,
-            "-A {svc} ! -s {CLUSTER_CIDR} -d {vip}/32 -p tcp -m comment --comment \"{name} cluster IP\" -m tcp --dport {SERVICE_PORT} -j KUBE-MARK-MASQ"
-        );
-        let eps = backends(i, services);
-        let n = eps.len();
-        for (b, (ip, port)) in eps.into_iter().enumerate() {
-            let sep = chain_hash("KUBE-SEP", &format!("{name}/{ip}:{port}"));
-            let _ = writeln!(chains, ":{sep} - [0:0]");
-            if b + 1 < n {
-                let _ = writeln!(
-                    rules,
-                    "-A {svc} -m comment --comment \"{name} -> {ip}:{port}\" -m statistic --mode random --probability {:.11} -j {sep}",
-                    1.0 / (n - b) as f64
-                );
-            } else {
-                let _ = writeln!(
-                    rules,
-                    "-A {svc} -m comment --comment \"{name} -> {ip}:{port}\" -j {sep}"
-                );
-            }
-            let _ = writeln!(
-                rules,
-                "-A {sep} -s {ip}/32 -m comment --comment \"{name}\" -j KUBE-MARK-MASQ"
-            );
-            let _ = writeln!(
-                rules,
-                "-A {sep} -p tcp -m comment --comment \"{name}\" -m tcp -j DNAT --to-destination {ip}:{port}"
-            );
-        }
-    }
-    let fixed = [
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-        "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
-        "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
-        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
-        "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
-        "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully",
-        "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS",
-    ];
-    let mut out = String::from("*nat\n");
-    out.push_str(&chains);
-    out.push_str(&rules);
-    for r in fixed {
-        out.push_str(r);
-        out.push('\n');
-    }
-    out.push_str("COMMIT\n");
-    out
-}
-
-fn iptables_restore(node: &NetNs, program: &str, input: &str) -> Result<(), ConformanceError> {
-    let output = node
-        .run(|| -> std::io::Result<std::process::Output> {
-            let mut child = Command::new(program)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()?;
-            if let Some(mut stdin) = child.stdin.take() {
-                stdin.write_all(input.as_bytes())?;
-            }
-            child.wait_with_output()
-        })
-        .map_err(setup("entering the node namespace"))?
-        .map_err(setup("running iptables-restore"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(ConformanceError::Driver(format!(
-            "{program} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-                .chars()
-                .take(2000)
-                .collect::<String>()
-        )))
-    }
+fn load_average() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut f = text
+        .split_whitespace()
+        .map(|x| x.parse::<f64>().unwrap_or(f64::NAN));
+    [
+        f.next().unwrap_or(f64::NAN),
+        f.next().unwrap_or(f64::NAN),
+        f.next().unwrap_or(f64::NAN),
+    ]
 }
 
 /// The namespaces, listener and driver of one measurement; field order
@@ -259,25 +201,34 @@ struct Bench {
 
 /// One measurement in fresh namespaces named after
 /// `manul_netns::unique_prefix(tag)` (2 characters): `services` services
-/// programmed through `dataplane`, the reachability check, then
-/// `options.connects` timed connects (after `options.warmup`). Everything
-/// it created is removed when it returns.
+/// programmed through `dataplane` (none for the ceilings), the
+/// reachability check, then `options.connects` timed sequential connects
+/// (after `options.warmup`), then as many again from `parallel_clients`
+/// clients at once (skipped when it is 0). Everything it created is
+/// removed when it returns.
 pub fn measure_services(
     tag: &str,
     dataplane: &ServiceDataplane,
     services: usize,
+    parallel_clients: usize,
     options: &TrafficOptions,
 ) -> Result<ServiceConnectSample, ConformanceError> {
-    if services == 0 {
-        return Err(ConformanceError::Driver(
-            "the number of services must be positive".into(),
-        ));
-    }
+    let services = if dataplane.has_services() {
+        if services == 0 {
+            return Err(ConformanceError::Driver(
+                "the number of services must be positive".into(),
+            ));
+        }
+        services
+    } else {
+        0
+    };
     let prefix = manul_netns::unique_prefix(tag);
     let (node, client, server) = build(&prefix)?;
-    let sink = ConnectSink::start(
+    let sink = ConnectSink::start_with(
         &server,
         SocketAddr::new(IpAddr::V4(SERVER_IP), CONNECT_PORT),
+        parallel_clients.max(1),
     )?;
     let mut bench = Bench {
         driver: None,
@@ -288,7 +239,8 @@ pub fn measure_services(
     };
     let started = Instant::now();
     match dataplane {
-        ServiceDataplane::Driver { factory, .. } => {
+        ServiceDataplane::Driver { factory, .. }
+        | ServiceDataplane::DriverNoServices { factory, .. } => {
             let driver = DriverThread::start(
                 &bench.node,
                 NodeContext {
@@ -306,26 +258,58 @@ pub fn measure_services(
         ServiceDataplane::KubeProxyIptables { program } => {
             iptables_restore(&bench.node, program, &kube_proxy_rules(services))?;
         }
+        ServiceDataplane::None => {}
     }
     let program_ms = started.elapsed().as_secs_f64() * 1e3;
 
-    let vip = SocketAddr::new(IpAddr::V4(cluster_ip(tested(services))), SERVICE_PORT);
-    let reached = manul_netns::tcp_connect(&bench.client, vip, Duration::from_secs(1))
+    let target = if services == 0 {
+        SocketAddr::new(IpAddr::V4(SERVER_IP), CONNECT_PORT)
+    } else {
+        tested_service(services)
+    };
+    let reached = manul_netns::tcp_connect(&bench.client, target, Duration::from_secs(1))
         .map_err(setup("reachability check"))?;
     if !matches!(reached, ProbeOutcome::Connected) {
         return Err(ConformanceError::Driver(format!(
-            "{}: the service's cluster IP {vip} is not reached: {reached:?}",
+            "{}: {target} is not reached: {reached:?}",
             dataplane.name()
         )));
     }
-    let (mut connects, failures, took) =
-        connect_loop(&bench.client, vip, options.connects, options.warmup)?;
+    let load_average = load_average();
+    let mut seq =
+        parallel_connect_loop(&bench.client, target, 1, options.connects, options.warmup)?;
+    let cycle = LatencyStats::from_samples(&mut seq.cycles, 0);
+    let (parallel_connects_per_sec, parallel_connect) = if parallel_clients > 0 {
+        let mut par = parallel_connect_loop(
+            &bench.client,
+            target,
+            parallel_clients,
+            options.connects,
+            options.warmup,
+        )?;
+        (
+            par.connects.len() as f64 / par.took.as_secs_f64().max(1e-9),
+            LatencyStats::from_samples(&mut par.connects, par.failures),
+        )
+    } else {
+        (0.0, LatencyStats::default())
+    };
     Ok(ServiceConnectSample {
         dataplane: dataplane.name().to_string(),
         services,
         program_ms,
-        connects_per_sec: connects.len() as f64 / took.as_secs_f64().max(1e-9),
-        connect: LatencyStats::from_samples(&mut connects, failures),
+        connects_per_sec: seq.connects.len() as f64 / seq.took.as_secs_f64().max(1e-9),
+        connect: LatencyStats::from_samples(&mut seq.connects, seq.failures),
+        connects_per_sec_p50_cycle: if cycle.p50_us > 0.0 {
+            1e6 / cycle.p50_us
+        } else {
+            0.0
+        },
+        cycle,
+        parallel_clients,
+        parallel_connects_per_sec,
+        parallel_connect,
+        load_average,
     })
 }
 
@@ -340,12 +324,26 @@ pub struct ServiceConnectSummary {
     pub connects_per_sec_max: f64,
     pub connect_p50_us: f64,
     pub connect_p99_us: f64,
+    pub cycle_p50_us: f64,
+    pub connects_per_sec_p50_cycle: f64,
+    pub connects_per_sec_p50_cycle_min: f64,
+    pub connects_per_sec_p50_cycle_max: f64,
+    pub parallel_clients: usize,
+    pub parallel_connects_per_sec: f64,
+    pub parallel_connects_per_sec_min: f64,
+    pub parallel_connects_per_sec_max: f64,
+    pub parallel_connect_p50_us: f64,
     pub program_ms: f64,
+    /// The median of the 1-minute load averages of its runs.
+    pub load_average_1m: f64,
 }
 
-/// Ratios: each dataplane's most services against its fewest (cost: the
-/// inverse of the connect rate, and the connect p50), and each dataplane
-/// against the last one (kube-proxy) at the same number of services.
+/// Ratios of the medians: each dataplane's most services against its
+/// fewest (cost: the inverse of the connect rate, and the connect p50),
+/// each dataplane against kube-proxy (the last dataplane with services)
+/// at the same number of services, and each configuration against the
+/// first ceiling (services 0; how close it comes to the harness's own
+/// rate).
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceConnectRatio {
     pub dataplane: String,
@@ -354,6 +352,9 @@ pub struct ServiceConnectRatio {
     pub against_services: usize,
     pub connects_per_sec: f64,
     pub connect_p50: f64,
+    pub connects_per_sec_p50_cycle: f64,
+    /// 0 when the parallel figure was not measured.
+    pub parallel_connects_per_sec: f64,
 }
 
 /// The whole run.
@@ -377,6 +378,38 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+fn summary_of(d: &str, n: usize, of: &[&ServiceConnectSample]) -> ServiceConnectSummary {
+    let col = |f: &dyn Fn(&ServiceConnectSample) -> f64| -> Vec<f64> {
+        of.iter().map(|s| f(s)).collect()
+    };
+    let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let mut cps = col(&|s| s.connects_per_sec);
+    let mut pcps = col(&|s| s.parallel_connects_per_sec);
+    let mut ccps = col(&|s| s.connects_per_sec_p50_cycle);
+    ServiceConnectSummary {
+        dataplane: d.to_string(),
+        services: n,
+        runs: of.len(),
+        connects_per_sec_min: min(&cps),
+        connects_per_sec_max: max(&cps),
+        connects_per_sec: median(&mut cps),
+        connect_p50_us: median(&mut col(&|s| s.connect.p50_us)),
+        connect_p99_us: median(&mut col(&|s| s.connect.p99_us)),
+        cycle_p50_us: median(&mut col(&|s| s.cycle.p50_us)),
+        connects_per_sec_p50_cycle_min: min(&ccps),
+        connects_per_sec_p50_cycle_max: max(&ccps),
+        connects_per_sec_p50_cycle: median(&mut ccps),
+        parallel_clients: of.iter().map(|s| s.parallel_clients).max().unwrap_or(0),
+        parallel_connects_per_sec_min: min(&pcps),
+        parallel_connects_per_sec_max: max(&pcps),
+        parallel_connects_per_sec: median(&mut pcps),
+        parallel_connect_p50_us: median(&mut col(&|s| s.parallel_connect.p50_us)),
+        program_ms: median(&mut col(&|s| s.program_ms)),
+        load_average_1m: median(&mut col(&|s| s.load_average[0])),
+    }
+}
+
 /// Medians per configuration, and the ratios.
 pub fn summarise_services(samples: Vec<ServiceConnectSample>) -> ServiceConnectReport {
     let mut keys: Vec<(String, usize)> = Vec::new();
@@ -393,28 +426,16 @@ pub fn summarise_services(samples: Vec<ServiceConnectSample>) -> ServiceConnectR
                 .iter()
                 .filter(|s| &s.dataplane == d && s.services == *n)
                 .collect();
-            let mut cps: Vec<f64> = of.iter().map(|s| s.connects_per_sec).collect();
-            let mut p50: Vec<f64> = of.iter().map(|s| s.connect.p50_us).collect();
-            let mut p99: Vec<f64> = of.iter().map(|s| s.connect.p99_us).collect();
-            let mut prog: Vec<f64> = of.iter().map(|s| s.program_ms).collect();
-            ServiceConnectSummary {
-                dataplane: d.clone(),
-                services: *n,
-                runs: of.len(),
-                connects_per_sec_min: cps.iter().copied().fold(f64::INFINITY, f64::min),
-                connects_per_sec_max: cps.iter().copied().fold(0.0, f64::max),
-                connects_per_sec: median(&mut cps),
-                connect_p50_us: median(&mut p50),
-                connect_p99_us: median(&mut p99),
-                program_ms: median(&mut prog),
-            }
+            summary_of(d, *n, &of)
         })
         .collect();
     let mut ratios = Vec::new();
     let find = |d: &str, n: usize| summary.iter().find(|s| s.dataplane == d && s.services == n);
+    // Dataplanes with services, and their service counts; the ceilings
+    // (services 0) apart.
     let mut dataplanes: Vec<&str> = Vec::new();
     let mut counts: Vec<usize> = Vec::new();
-    for (d, n) in &keys {
+    for (d, n) in keys.iter().filter(|(_, n)| *n > 0) {
         if !dataplanes.contains(&d.as_str()) {
             dataplanes.push(d);
         }
@@ -430,6 +451,13 @@ pub fn summarise_services(samples: Vec<ServiceConnectSample>) -> ServiceConnectR
         against_services: b.services,
         connects_per_sec: a.connects_per_sec / b.connects_per_sec.max(1e-9),
         connect_p50: a.connect_p50_us / b.connect_p50_us.max(1e-9),
+        connects_per_sec_p50_cycle: a.connects_per_sec_p50_cycle
+            / b.connects_per_sec_p50_cycle.max(1e-9),
+        parallel_connects_per_sec: if b.parallel_connects_per_sec > 0.0 {
+            a.parallel_connects_per_sec / b.parallel_connects_per_sec
+        } else {
+            0.0
+        },
     };
     if let (Some(&few), Some(&many)) = (counts.first(), counts.last())
         && few != many
@@ -449,6 +477,11 @@ pub fn summarise_services(samples: Vec<ServiceConnectSample>) -> ServiceConnectR
             }
         }
     }
+    if let Some(ceiling) = summary.iter().find(|s| s.services == 0) {
+        for s in summary.iter().filter(|s| !std::ptr::eq(*s, ceiling)) {
+            ratios.push(ratio(s, ceiling));
+        }
+    }
     ServiceConnectReport {
         samples,
         summary,
@@ -456,22 +489,29 @@ pub fn summarise_services(samples: Vec<ServiceConnectSample>) -> ServiceConnectR
     }
 }
 
-/// Runs `runs` rounds; each round measures every dataplane at every
-/// number of services, interleaved so that load from elsewhere spreads
-/// over all of them. `progress` sees each sample.
+/// Runs `runs` rounds; each round measures every dataplane with services
+/// at every number of services, and every ceiling once, interleaved so
+/// that load from elsewhere spreads over all of them. `progress` sees
+/// each sample.
 pub fn run_service_connect_benchmark(
     tag: &str,
     dataplanes: &[ServiceDataplane],
     service_counts: &[usize],
     runs: usize,
+    parallel_clients: usize,
     options: &TrafficOptions,
     progress: &mut dyn FnMut(&ServiceConnectSample),
 ) -> Result<ServiceConnectReport, ConformanceError> {
     let mut samples = Vec::new();
     for _ in 0..runs.max(1) {
+        for d in dataplanes.iter().filter(|d| !d.has_services()) {
+            let s = measure_services(tag, d, 0, parallel_clients, options)?;
+            progress(&s);
+            samples.push(s);
+        }
         for &n in service_counts {
-            for d in dataplanes {
-                let s = measure_services(tag, d, n, options)?;
+            for d in dataplanes.iter().filter(|d| d.has_services()) {
+                let s = measure_services(tag, d, n, parallel_clients, options)?;
                 progress(&s);
                 samples.push(s);
             }
@@ -483,37 +523,6 @@ pub fn run_service_connect_benchmark(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kube_proxy_rules_have_its_shape() {
-        let rules = kube_proxy_rules(3);
-        assert!(rules.starts_with("*nat\n:KUBE-SERVICES - [0:0]\n"));
-        assert!(rules.ends_with("COMMIT\n"));
-        // One KUBE-SERVICES rule per service, ten backends for the others,
-        // one for the tested one (the middle one).
-        assert_eq!(
-            rules
-                .lines()
-                .filter(|l| l.starts_with("-A KUBE-SERVICES -d "))
-                .count(),
-            3
-        );
-        assert_eq!(rules.lines().filter(|l| l.contains("-j DNAT")).count(), 21);
-        assert!(rules.contains(&format!("--to-destination {SERVER_IP}:{CONNECT_PORT}")));
-        assert!(
-            rules.contains("-m statistic --mode random --probability 0.10000000000 -j KUBE-SEP-")
-        );
-        assert!(
-            rules.contains("-m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-")
-        );
-        // Chains are declared before use, each once.
-        let declared: Vec<&str> = rules.lines().filter(|l| l.starts_with(':')).collect();
-        let mut unique = declared.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        assert_eq!(declared.len(), unique.len());
-        assert_eq!(declared.len(), 4 + 3 + 21);
-    }
 
     #[test]
     fn the_tested_service_goes_to_the_server() {
@@ -552,8 +561,15 @@ mod tests {
                 mean_us: p50,
                 max_us: p50,
             },
+            cycle: LatencyStats::default(),
+            connects_per_sec_p50_cycle: cps * 0.9,
+            parallel_clients: 2,
+            parallel_connects_per_sec: cps * 1.5,
+            parallel_connect: LatencyStats::default(),
+            load_average: [1.0, 1.0, 1.0],
         };
         let report = summarise_services(vec![
+            sample("none", 0, 18000.0, 40.0),
             sample("bpf", 10, 9000.0, 100.0),
             sample("kp", 10, 8000.0, 110.0),
             sample("bpf", 10000, 8800.0, 102.0),
@@ -561,8 +577,8 @@ mod tests {
             sample("bpf", 10000, 9200.0, 98.0),
             sample("kp", 10000, 2200.0, 450.0),
         ]);
-        assert_eq!(report.summary.len(), 4);
-        let bpf_many = &report.summary[2];
+        assert_eq!(report.summary.len(), 5);
+        let bpf_many = &report.summary[3];
         assert_eq!(
             (bpf_many.dataplane.as_str(), bpf_many.services),
             ("bpf", 10000)
@@ -575,6 +591,23 @@ mod tests {
             .find(|r| r.dataplane == "bpf" && r.against == "kp" && r.services == 10000)
             .unwrap();
         assert!((vs_kp.connects_per_sec - 9000.0 / 2100.0).abs() < 1e-9);
+        assert!((vs_kp.parallel_connects_per_sec - 9000.0 / 2100.0).abs() < 1e-9);
+        assert_eq!(bpf_many.parallel_connects_per_sec, 13500.0);
+        assert_eq!(bpf_many.connects_per_sec_p50_cycle, 8100.0);
+        assert_eq!(bpf_many.connects_per_sec_p50_cycle_max, 9200.0 * 0.9);
+        // The ceiling is no dataplane of the comparisons, only their bound.
+        assert!(
+            !report
+                .ratios
+                .iter()
+                .any(|r| r.dataplane == "none" || (r.against == "none" && r.services == 0))
+        );
+        let of_ceiling = report
+            .ratios
+            .iter()
+            .find(|r| r.dataplane == "bpf" && r.against == "none" && r.services == 10000)
+            .unwrap();
+        assert!((of_ceiling.connects_per_sec - 0.5).abs() < 1e-9);
         let flat = report
             .ratios
             .iter()
