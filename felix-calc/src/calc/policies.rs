@@ -106,11 +106,22 @@ impl CalcGraph {
                 s
             }
         };
-        // Local endpoints it applied to see its new order, types or rules.
-        let before: Vec<u32> = self.policies.index.matching(slot).collect();
-        for i in before {
-            self.mark_local_dirty(i);
+        // The local endpoints it applies to name it by id: a change to its
+        // rules alone changes none of them (its rendering changes). One
+        // that places it differently in their tiers changes them all.
+        let placed_as_before = self
+            .policies
+            .inputs
+            .get(&id)
+            .is_some_and(|old| same_placement(old, &p));
+        if !placed_as_before {
+            let before: Vec<u32> = self.policies.index.matching(slot).collect();
+            for i in before {
+                self.mark_local_dirty(i);
+            }
         }
+        // A changed selector marks the local endpoints whose match changed
+        // (an unchanged one leaves the index as it is).
         let expr = Self::policy_expr(&p);
         let mut changes = std::mem::take(&mut self.changes);
         self.policies
@@ -449,4 +460,35 @@ impl CalcGraph {
         }
         (changed_policies, changed_profiles)
     }
+}
+
+/// Whether two versions of one policy apply to the same local endpoints
+/// (given the same selector matches) in the same place of their tiers:
+/// everything but the selector (the index reports what its change
+/// changes) and the rules (which only its rendering holds) is the same.
+/// Destructured field by field, so a new field must be placed here.
+fn same_placement(a: &PolicyInput, b: &PolicyInput) -> bool {
+    let PolicyInput {
+        id,
+        namespace,
+        order,
+        selector: _,
+        namespace_selector,
+        service_account_selector,
+        types,
+        ingress: _,
+        egress: _,
+        pre_dnat,
+        do_not_track,
+        apply_on_forward,
+    } = a;
+    *id == b.id
+        && *namespace == b.namespace
+        && *order == b.order
+        && *namespace_selector == b.namespace_selector
+        && *service_account_selector == b.service_account_selector
+        && *types == b.types
+        && *pre_dnat == b.pre_dnat
+        && *do_not_track == b.do_not_track
+        && *apply_on_forward == b.apply_on_forward
 }
