@@ -32,6 +32,9 @@ const SELECTORS: [&str; 6] = [
 
 const NS_SELECTORS: [&str; 2] = ["team == 'x'", "all()"];
 
+/// Over the service account's name (`all()`: has an account).
+const SA_SELECTORS: [&str; 2] = ["projectcalico.org/name == 'sa0'", "all()"];
+
 /// Rule lists; `PEER` is `source` for ingress, `destination` for egress.
 const RULES: [&str; 6] = [
     "",
@@ -66,6 +69,7 @@ struct Pol {
     types: usize,
     ingress: usize,
     egress: usize,
+    sa_selector: Option<usize>,
     /// Global policies only.
     ns_selector: Option<usize>,
     /// Global policies only: 0 normal, 1 applyOnForward, 2 preDNAT,
@@ -80,6 +84,7 @@ struct Ep {
     ns: usize,
     app: usize,
     role: Option<usize>,
+    account: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,10 +110,12 @@ enum Op {
     Tier(usize, usize),
     Types(usize, usize),
     NsSelector(usize, Option<usize>),
+    SaSelector(usize, Option<usize>),
     Flags(usize, usize),
     TogglePolicy(usize),
     EndpointLabels(usize, usize, Option<usize>),
     EndpointLocal(usize, bool),
+    EndpointAccount(usize, Option<usize>),
     ToggleEndpoint(usize),
     HostLabels(usize, usize),
     ToggleHost(usize),
@@ -124,10 +131,12 @@ impl Model {
             Op::Tier(p, t) => self.pols[p].tier = t,
             Op::Types(p, t) => self.pols[p].types = t,
             Op::NsSelector(p, s) => self.pols[p].ns_selector = s,
+            Op::SaSelector(p, s) => self.pols[p].sa_selector = s,
             Op::Flags(p, f) => self.pols[p].flags = f,
             Op::TogglePolicy(p) => self.pols[p].present ^= true,
             Op::EndpointLabels(e, app, role) => (self.eps[e].app, self.eps[e].role) = (app, role),
             Op::EndpointLocal(e, l) => self.eps[e].local = l,
+            Op::EndpointAccount(e, a) => self.eps[e].account = a,
             Op::ToggleEndpoint(e) => self.eps[e].present ^= true,
             Op::HostLabels(h, app) => self.heps[h].app = app,
             Op::ToggleHost(h) => self.heps[h].present ^= true,
@@ -152,12 +161,13 @@ impl Model {
             if let Some(r) = e.role {
                 labels += &format!(", role: {}", ["x", "y"][r]);
             }
-            s += &super::tests::wep_in(
-                &format!("e{i}"),
-                ns,
-                node,
-                &format!("10.0.0.{}", i + 1),
-                &labels,
+            let account = e
+                .account
+                .map(|a| format!("  serviceAccountName: sa{a}\n"))
+                .unwrap_or_default();
+            s += &format!(
+                "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: e{i}\n  namespace: {ns}\n  labels: {{{labels}}}\nspec:\n  node: {node}\n  interfaceName: cali-e{i}\n  ipNetworks: [10.0.0.{}/32]\n  profiles: [kns.{ns}]\n{account}---\n",
+                i + 1
             );
         }
         for (i, h) in self.heps.iter().enumerate().filter(|(_, h)| h.present) {
@@ -192,6 +202,9 @@ impl Model {
             );
             if let Some(o) = p.order {
                 s += &format!("  order: {o}\n");
+            }
+            if let Some(a) = p.sa_selector {
+                s += &format!("  serviceAccountSelector: \"{}\"\n", SA_SELECTORS[a]);
             }
             let pre_dnat = global && p.flags == 2;
             if global {
@@ -239,11 +252,23 @@ fn pol() -> impl Strategy<Value = Pol> {
         0..TYPES.len(),
         0..RULES.len(),
         0..RULES.len(),
+        prop::option::of(0..SA_SELECTORS.len()),
         prop::option::of(0..NS_SELECTORS.len()),
         0..4usize,
     )
         .prop_map(
-            |(present, tier, order, selector, types, ingress, egress, ns_selector, flags)| Pol {
+            |(
+                present,
+                tier,
+                order,
+                selector,
+                types,
+                ingress,
+                egress,
+                sa_selector,
+                ns_selector,
+                flags,
+            )| Pol {
                 present: present || tier == 0,
                 tier,
                 order,
@@ -251,6 +276,7 @@ fn pol() -> impl Strategy<Value = Pol> {
                 types,
                 ingress,
                 egress,
+                sa_selector,
                 ns_selector,
                 flags,
             },
@@ -267,6 +293,7 @@ fn model() -> impl Strategy<Value = Model> {
                 0..2usize,
                 0..3usize,
                 prop::option::of(0..2usize),
+                prop::option::of(0..2usize),
             ),
             ENDPOINTS,
         ),
@@ -277,12 +304,13 @@ fn model() -> impl Strategy<Value = Model> {
             pols,
             eps: eps
                 .into_iter()
-                .map(|(present, local, ns, app, role)| Ep {
+                .map(|(present, local, ns, app, role, account)| Ep {
                     present: present || local,
                     local,
                     ns,
                     app,
                     role,
+                    account,
                 })
                 .collect(),
             heps: heps
@@ -313,10 +341,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (g.clone(), prop::option::of(0..NS_SELECTORS.len()))
             .prop_map(|(p, s)| Op::NsSelector(p, s)),
         2 => (g, 0..4usize).prop_map(|(p, f)| Op::Flags(p, f)),
+        1 => (p.clone(), prop::option::of(0..SA_SELECTORS.len()))
+            .prop_map(|(p, s)| Op::SaSelector(p, s)),
         1 => p.prop_map(Op::TogglePolicy),
         2 => (e.clone(), 0..3usize, prop::option::of(0..2usize))
             .prop_map(|(e, a, r)| Op::EndpointLabels(e, a, r)),
         1 => (e.clone(), any::<bool>()).prop_map(|(e, l)| Op::EndpointLocal(e, l)),
+        1 => (e.clone(), prop::option::of(0..2usize)).prop_map(|(e, a)| Op::EndpointAccount(e, a)),
         1 => e.prop_map(Op::ToggleEndpoint),
         1 => (0..HOST_ENDPOINTS, 0..3usize).prop_map(|(h, a)| Op::HostLabels(h, a)),
         1 => (0..HOST_ENDPOINTS).prop_map(Op::ToggleHost),
@@ -386,6 +417,7 @@ fn model_of(yaml_ops: &[Op]) -> Model {
         types: 0,
         ingress: 1,
         egress: 0,
+        sa_selector: None,
         ns_selector: None,
         flags: 0,
     };
@@ -395,6 +427,7 @@ fn model_of(yaml_ops: &[Op]) -> Model {
         ns: 0,
         app: 0,
         role: Some(0),
+        account: Some(0),
     };
     let mut m = Model {
         pols: vec![pol(0), pol(1), pol(0), pol(0), pol(0), pol(0)],
@@ -420,8 +453,9 @@ fn model_of(yaml_ops: &[Op]) -> Model {
 }
 
 /// The local endpoints a change of `before` to `after` marks for
-/// recomputation, and the batch it gives.
-fn marked(before: &[Op], after: &[Op]) -> (usize, Vec<dp::Operation>) {
+/// recomputation, those it marks for their tiers alone, and the batch it
+/// gives.
+fn marked(before: &[Op], after: &[Op]) -> (usize, usize, Vec<dp::Operation>) {
     let mut g = CalcGraph::new(NODE);
     let from = model_of(before).yaml();
     let _ = g.apply(puts(&from));
@@ -436,9 +470,10 @@ fn marked(before: &[Op], after: &[Op]) -> (usize, Vec<dp::Operation>) {
         } else {
             0
         };
+    let retiered = g.policies.retiered_locals.len();
     let ready = g.ready();
     g.advance(&ready);
-    (dirty, ready.ops)
+    (dirty, retiered, ready.ops)
 }
 
 use manul_dataplane_api as dp;
@@ -447,8 +482,8 @@ use manul_dataplane_api as dp;
 fn a_rules_only_change_leaves_the_local_endpoints_clean() {
     // Without explicit types, the types follow which rules are present:
     // the egress rules stay absent.
-    let (dirty, ops) = marked(&[], &[Op::Rules(0, 2, 0)]);
-    assert_eq!(dirty, 0, "{ops:#?}");
+    let (dirty, retiered, ops) = marked(&[], &[Op::Rules(0, 2, 0)]);
+    assert_eq!((dirty, retiered), (0, 0), "{ops:#?}");
     // The policy and its new sets change; no endpoint does.
     assert!(
         ops.iter()
@@ -469,23 +504,33 @@ fn a_selector_change_marks_only_the_endpoints_whose_match_changed() {
     // `app == 'a'` matches the three local workload endpoints and the
     // host endpoint; `has(role)` neither the one whose role is gone nor
     // the host endpoint (no `role`).
-    let (dirty, _) = marked(
+    let (dirty, retiered, _) = marked(
         &[Op::EndpointLabels(1, 0, None), Op::Selector(0, 1)],
         &[Op::EndpointLabels(1, 0, None), Op::Selector(0, 3)],
     );
-    assert_eq!(dirty, 2);
+    assert_eq!((dirty, retiered), (2, 0));
 }
 
 #[test]
 fn placement_changes_mark_the_endpoints_the_policy_applies_to() {
-    // Three local workload endpoints and one host endpoint use p0.
+    // Three local workload endpoints and one host endpoint use p0. A new
+    // order or types keeps which of them it applies to: their tiers are
+    // built again, what they use is not recomputed.
+    for change in [Op::Order(0, Some(2)), Op::Types(0, 3)] {
+        let (dirty, retiered, ops) = marked(&[], std::slice::from_ref(&change));
+        assert_eq!((dirty, retiered), (0, 4), "{change:?}");
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, dp::Operation::WorkloadEndpointUpdate(_))),
+            "{change:?}: {ops:#?}"
+        );
+    }
     for change in [
-        Op::Order(0, Some(2)),
-        Op::Types(0, 3),
         Op::NsSelector(0, Some(1)),
+        Op::SaSelector(0, Some(0)),
         Op::Flags(0, 1),
     ] {
-        let (dirty, _) = marked(&[], std::slice::from_ref(&change));
-        assert_eq!(dirty, 4, "{change:?}");
+        let (dirty, retiered, _) = marked(&[], std::slice::from_ref(&change));
+        assert_eq!((dirty, retiered), (4, 0), "{change:?}");
     }
 }
