@@ -408,7 +408,8 @@ impl CalcGraph {
     }
 
     /// Recomputes what the local endpoints this batch touched use; returns
-    /// them, each with its id while it is still a local endpoint.
+    /// them, and those whose tiers alone must be built again, each with
+    /// its id while it is still a local endpoint.
     pub(super) fn recompute_dirty_locals(&mut self) -> Vec<(Item, Option<u32>)> {
         if std::mem::take(&mut self.policies.all_locals_dirty) {
             let locals: Vec<Item> = self
