@@ -342,3 +342,6 @@ mod golden;
 
 #[cfg(test)]
 mod host_tests;
+
+#[cfg(test)]
+mod incremental_tests;

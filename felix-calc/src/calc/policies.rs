@@ -47,6 +47,9 @@ pub(super) struct Policies {
     pub(super) dirty: BTreeSet<dp::PolicyId>,
     pub(super) dirty_profiles: BTreeSet<String>,
     pub(super) dirty_locals: BTreeSet<Item>,
+    /// Local endpoints whose policies are the same but whose tiers must
+    /// be built again (a policy they use changed its order or types).
+    pub(super) retiered_locals: BTreeSet<Item>,
     pub(super) all_locals_dirty: bool,
 }
 
@@ -106,11 +109,25 @@ impl CalcGraph {
                 s
             }
         };
-        // Local endpoints it applied to see its new order, types or rules.
-        let before: Vec<u32> = self.policies.index.matching(slot).collect();
-        for i in before {
-            self.mark_local_dirty(i);
+        // The local endpoints it applies to name it by id: a change to its
+        // rules alone changes none of them (its rendering changes); a new
+        // order or types reorders their tiers; anything else may change
+        // which of them it applies to.
+        let moved = match self.policies.inputs.get(&id) {
+            Some(old) => moved(old, &p),
+            None => Moved::Matches,
+        };
+        if moved != Moved::Nothing {
+            let before: Vec<u32> = self.policies.index.matching(slot).collect();
+            for i in before {
+                match moved {
+                    Moved::Tiers => self.mark_local_retiered(i),
+                    _ => self.mark_local_dirty(i),
+                }
+            }
         }
+        // A changed selector marks the local endpoints whose match changed
+        // (an unchanged one leaves the index as it is).
         let expr = Self::policy_expr(&p);
         let mut changes = std::mem::take(&mut self.changes);
         self.policies
@@ -132,6 +149,13 @@ impl CalcGraph {
     pub(super) fn mark_local_dirty(&mut self, id: u32) {
         if let Some(local) = self.policies.locals.get(&id) {
             self.policies.dirty_locals.insert(local.item.clone());
+        }
+    }
+
+    /// Local endpoint `id` uses the same policies, in a new order.
+    fn mark_local_retiered(&mut self, id: u32) {
+        if let Some(local) = self.policies.locals.get(&id) {
+            self.policies.retiered_locals.insert(local.item.clone());
         }
     }
 
@@ -384,7 +408,8 @@ impl CalcGraph {
     }
 
     /// Recomputes what the local endpoints this batch touched use; returns
-    /// them, each with its id while it is still a local endpoint.
+    /// them, and those whose tiers alone must be built again, each with
+    /// its id while it is still a local endpoint.
     pub(super) fn recompute_dirty_locals(&mut self) -> Vec<(Item, Option<u32>)> {
         if std::mem::take(&mut self.policies.all_locals_dirty) {
             let locals: Vec<Item> = self
@@ -397,6 +422,10 @@ impl CalcGraph {
         }
         // Local endpoints: what they use now.
         let dirty_locals = std::mem::take(&mut self.policies.dirty_locals);
+        let retiered: Vec<Item> = std::mem::take(&mut self.policies.retiered_locals)
+            .into_iter()
+            .filter(|item| !dirty_locals.contains(item))
+            .collect();
         let mut live_locals = Vec::new();
         for item in dirty_locals {
             match self.items.ids.get(&item) {
@@ -406,6 +435,15 @@ impl CalcGraph {
                     live_locals.push((item, Some(id)));
                 }
                 _ => live_locals.push((item, None)),
+            }
+        }
+        // Those that use the same policies only emit their tiers again.
+        for item in retiered {
+            if let Some(id) = self.items.ids.get(&item)
+                && self.policies.locals.contains_key(id)
+            {
+                let id = *id;
+                live_locals.push((item, Some(id)));
             }
         }
         live_locals
@@ -448,5 +486,51 @@ impl CalcGraph {
             }
         }
         (changed_policies, changed_profiles)
+    }
+}
+
+/// What a policy's change changes for the local endpoints its selector
+/// matched before (the index reports those a new selector adds or drops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moved {
+    /// Only its rules: endpoints name it by id, only its rendering changes.
+    Nothing,
+    /// Its order or types: the same endpoints use it, their tiers change.
+    Tiers,
+    /// Which endpoints it applies to may change (namespace, namespace or
+    /// service-account selector, the host-policy flags).
+    Matches,
+}
+
+/// How policy `a` changing into `b` (same id) moves it. Destructured field
+/// by field, so a new field must be placed here.
+fn moved(a: &PolicyInput, b: &PolicyInput) -> Moved {
+    let PolicyInput {
+        id,
+        namespace,
+        order,
+        selector: _,
+        namespace_selector,
+        service_account_selector,
+        types,
+        ingress: _,
+        egress: _,
+        pre_dnat,
+        do_not_track,
+        apply_on_forward,
+    } = a;
+    if *id != b.id
+        || *namespace != b.namespace
+        || *namespace_selector != b.namespace_selector
+        || *service_account_selector != b.service_account_selector
+        || *pre_dnat != b.pre_dnat
+        || *do_not_track != b.do_not_track
+        || *apply_on_forward != b.apply_on_forward
+    {
+        Moved::Matches
+    } else if *order != b.order || *types != b.types {
+        Moved::Tiers
+    } else {
+        Moved::Nothing
     }
 }
