@@ -75,6 +75,8 @@ impl ListenerMetrics {
 /// The connection slots of one listener.
 #[derive(Debug, Clone)]
 pub struct Slots {
+    /// The listener's name in the metrics and logs.
+    name: &'static str,
     free: Arc<Semaphore>,
     max: usize,
     open: Gauge,
@@ -125,6 +127,7 @@ impl Slots {
     pub fn new(listener: &'static str, max: usize, metrics: &ListenerMetrics) -> Slots {
         let label = ListenerLabel { listener };
         Slots {
+            name: listener,
             free: Arc::new(Semaphore::new(max.max(1))),
             max: max.max(1),
             open: metrics.connections.get_or_create(&label).clone(),
@@ -152,6 +155,7 @@ impl Slots {
                 self.full.inc();
                 if !self.waiting.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
+                        listener = self.name,
                         max = self.max,
                         "a listener holds its most connections; waiting for one to close before accepting more"
                     );
@@ -176,9 +180,10 @@ impl Slots {
         use std::sync::atomic::Ordering;
         self.accept_errors.inc();
         if self.failing.swap(true, Ordering::Relaxed) {
-            tracing::debug!("accept failed again: {error}");
+            tracing::debug!(listener = self.name, "accept failed again: {error}");
         } else {
             tracing::warn!(
+                listener = self.name,
                 "accept failed: {error}; retrying every 50 ms (counted in typha_listener_accept_errors_total)"
             );
         }
@@ -188,7 +193,7 @@ impl Slots {
     pub fn accepted(&self) {
         use std::sync::atomic::Ordering;
         if self.failing.swap(false, Ordering::Relaxed) {
-            tracing::info!("accepting again after failed accepts");
+            tracing::info!(listener = self.name, "accepting again after failed accepts");
         }
     }
 }
