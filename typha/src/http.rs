@@ -17,8 +17,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::listener::MetricsListener;
 use crate::listener::slots::Slots;
+use crate::listener::{MetricsListener, MetricsTlsListener};
 use crate::node::Node;
 
 #[derive(Clone)]
@@ -61,8 +61,9 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 /// Serves the endpoints on `addr` (over HTTPS with `tls`); returns the
-/// bound address. Over HTTP, at most `slots` connections at once, each
-/// closed once idle (`crate::listener::MetricsListener`).
+/// bound address. Over HTTP or HTTPS, at most `slots` connections at once,
+/// each closed once idle, with a descriptor in reserve for when the
+/// process runs out (`crate::listener::metrics`).
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
@@ -79,7 +80,7 @@ pub async fn serve(
         .with_state(AppState { registry, node });
     let task = match tls {
         Some(config) => {
-            let listener = manul_tls::https::HttpsListener::new(listener, config)?;
+            let listener = MetricsTlsListener::new(listener, config, slots)?;
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!("metrics server failed: {e}");
@@ -87,7 +88,7 @@ pub async fn serve(
             })
         }
         None => tokio::spawn(async move {
-            let listener = MetricsListener { listener, slots };
+            let listener = MetricsListener::new(listener, slots);
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("metrics server failed: {e}");
             }

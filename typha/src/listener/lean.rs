@@ -53,7 +53,7 @@ pub fn serve(
                 () = &mut stopped => return,
                 accepted = async {
                     let free = slots.acquire().await;
-                    let accepted = super::accept(&listener).await;
+                    let accepted = super::accept(&listener, &slots).await;
                     (free.open(), accepted)
                 } => accepted,
             };

@@ -22,11 +22,15 @@
 //! - **At most `max_connections` connections per listener** (4096, and
 //!   never more than the listener's share of the descriptor limit:
 //!   [`slots`]): with none free the listener waits before accepting. The
-//!   metrics listener holds at most [`slots::METRICS_CONNECTIONS`], each
-//!   closed after [`METRICS_IDLE`] without a request ([`Idle`]), so
-//!   `/readyz` answers whatever the gRPC listeners hold.
-//! - An `accept` that fails (out of file descriptors) waits 50 ms before
-//!   the next, instead of spinning.
+//!   metrics listener ([`metrics`], HTTP or HTTPS) holds at most
+//!   [`slots::METRICS_CONNECTIONS`], each closed after [`METRICS_IDLE`]
+//!   without a request ([`Idle`]), so `/readyz` answers whatever the gRPC
+//!   listeners hold.
+//! - An `accept` that fails (out of file descriptors) waits
+//!   [`ACCEPT_BACKOFF`] (50 ms) before the next, instead of spinning, and
+//!   is counted (`typha_listener_accept_errors_total`). The metrics
+//!   listener keeps one descriptor in reserve for that case ([`spare`]):
+//!   `/readyz` answers even when every other descriptor is taken.
 //!
 //! The sync listener of the lean transport ([`lean`]) keeps the same
 //! slots, accept backoff and handshake timeout (for its hello frame).
@@ -37,7 +41,11 @@
 
 pub mod kill;
 pub mod lean;
+pub mod metrics;
 pub mod slots;
+pub mod spare;
+
+pub use self::metrics::{Idle, METRICS_IDLE, MetricsListener, MetricsTlsListener};
 
 use std::future::Future as _;
 use std::io;
@@ -111,7 +119,7 @@ pub fn incoming(
         let connections = connections.clone();
         async move {
             let free = slots.acquire().await;
-            let (tcp, _) = accept(&listener).await;
+            let (tcp, _) = accept(&listener, &slots).await;
             let slot = free.open();
             // The builder's `tcp_nodelay` only reaches listeners tonic
             // binds itself: without it, Nagle plus delayed ACKs hold each
@@ -149,7 +157,7 @@ pub fn tls_incoming(
                 () = tx.closed() => return,
                 a = async {
                     let free = slots.acquire().await;
-                    let accepted = accept(&listener).await;
+                    let accepted = accept(&listener, &slots).await;
                     (free.open(), accepted)
                 } => a,
             };
@@ -173,109 +181,28 @@ pub fn tls_incoming(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// The next connection of `listener`; a failing accept (out of file
-/// descriptors) is retried after 50 ms instead of at once.
-pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, std::net::SocketAddr) {
+/// How long an accept loop waits after a failed accept (out of file
+/// descriptors: the connection stays in the backlog and the listener
+/// stays readable, so retrying at once would spin).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The next connection of `listener`, whose failing accepts are counted
+/// in `slots` and retried after [`ACCEPT_BACKOFF`] instead of at once.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    slots: &Slots,
+) -> (TcpStream, std::net::SocketAddr) {
     loop {
         match listener.accept().await {
-            Ok(accepted) => return accepted,
+            Ok(accepted) => {
+                slots.accepted();
+                return accepted;
+            }
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                slots.accept_failed(&e);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
-    }
-}
-
-/// How long a metrics connection may go without a request.
-pub const METRICS_IDLE: Duration = Duration::from_secs(10);
-
-/// The metrics listener: at most `slots` connections, each closed after
-/// [`METRICS_IDLE`] without a request.
-#[derive(Debug)]
-pub struct MetricsListener {
-    pub listener: TcpListener,
-    pub slots: Slots,
-}
-
-impl axum::serve::Listener for MetricsListener {
-    type Io = Idle<TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let free = self.slots.acquire().await;
-        let (tcp, addr) = accept(&self.listener).await;
-        let slot = free.open();
-        (Idle::new(tcp, METRICS_IDLE, Some(slot)), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.listener.local_addr()
-    }
-}
-
-/// A connection whose reads fail once it has sent nothing for `idle`,
-/// which ends it; it holds its listener's slot until dropped.
-#[derive(Debug)]
-pub struct Idle<IO> {
-    inner: IO,
-    idle: Duration,
-    deadline: Pin<Box<Sleep>>,
-    _slot: Option<Slot>,
-}
-
-impl<IO> Idle<IO> {
-    pub fn new(inner: IO, idle: Duration, slot: Option<Slot>) -> Idle<IO> {
-        Idle {
-            inner,
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
-            _slot: slot,
-        }
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Idle<IO> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        match &result {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                let next = tokio::time::Instant::now() + this.idle;
-                this.deadline.as_mut().reset(next);
-            }
-            Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no request within the idle timeout",
-                )));
-            }
-            _ => {}
-        }
-        result
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Idle<IO> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -13,9 +13,12 @@
 //! (listeners that share slots, the client and sync listeners, each hold
 //! one so).
 //!
-//! Metrics: `typha_listener_connections{listener}` (open connections) and
+//! Metrics: `typha_listener_connections{listener}` (open connections),
 //! `typha_listener_full_total{listener}` (times a listener had to wait for
-//! a free slot before accepting).
+//! a free slot before accepting) and
+//! `typha_listener_accept_errors_total{listener}` (accepts that failed,
+//! such as for want of a file descriptor; each failure is followed by a
+//! 50 ms wait, so this grows by at most 20 a second per listener).
 
 use std::sync::Arc;
 
@@ -44,6 +47,7 @@ struct ListenerLabel {
 pub struct ListenerMetrics {
     connections: Family<ListenerLabel, Gauge>,
     full: Family<ListenerLabel, Counter>,
+    accept_errors: Family<ListenerLabel, Counter>,
 }
 
 impl ListenerMetrics {
@@ -59,6 +63,11 @@ impl ListenerMetrics {
             "Times a listener had no free connection slot and waited before accepting",
             m.full.clone(),
         );
+        registry.register(
+            "typha_listener_accept_errors",
+            "Accepts that failed on each listener (out of file descriptors and the like)",
+            m.accept_errors.clone(),
+        );
         m
     }
 }
@@ -66,12 +75,17 @@ impl ListenerMetrics {
 /// The connection slots of one listener.
 #[derive(Debug, Clone)]
 pub struct Slots {
+    /// The listener's name in the metrics and logs.
+    name: &'static str,
     free: Arc<Semaphore>,
     max: usize,
     open: Gauge,
     full: Counter,
+    accept_errors: Counter,
     /// Whether the listener is known full (logged once per episode).
     waiting: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether its accepts are failing (logged once per episode).
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A free slot taken by an accept loop before it accepts: not yet a
@@ -113,11 +127,14 @@ impl Slots {
     pub fn new(listener: &'static str, max: usize, metrics: &ListenerMetrics) -> Slots {
         let label = ListenerLabel { listener };
         Slots {
+            name: listener,
             free: Arc::new(Semaphore::new(max.max(1))),
             max: max.max(1),
             open: metrics.connections.get_or_create(&label).clone(),
             full: metrics.full.get_or_create(&label).clone(),
+            accept_errors: metrics.accept_errors.get_or_create(&label).clone(),
             waiting: Arc::default(),
+            failing: Arc::default(),
         }
     }
 
@@ -138,6 +155,7 @@ impl Slots {
                 self.full.inc();
                 if !self.waiting.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
+                        listener = self.name,
                         max = self.max,
                         "a listener holds its most connections; waiting for one to close before accepting more"
                     );
@@ -152,6 +170,30 @@ impl Slots {
         Free {
             permit,
             open: self.open.clone(),
+        }
+    }
+}
+
+impl Slots {
+    /// Counts a failed accept; the first of a run of them is logged.
+    pub fn accept_failed(&self, error: &std::io::Error) {
+        use std::sync::atomic::Ordering;
+        self.accept_errors.inc();
+        if self.failing.swap(true, Ordering::Relaxed) {
+            tracing::debug!(listener = self.name, "accept failed again: {error}");
+        } else {
+            tracing::warn!(
+                listener = self.name,
+                "accept failed: {error}; retrying every 50 ms (counted in typha_listener_accept_errors_total)"
+            );
+        }
+    }
+
+    /// An accept succeeded: the next failure is logged again.
+    pub fn accepted(&self) {
+        use std::sync::atomic::Ordering;
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(listener = self.name, "accepting again after failed accepts");
         }
     }
 }
