@@ -51,6 +51,7 @@ mod maps;
 pub mod model;
 mod plan;
 mod program;
+pub mod resize;
 mod services;
 pub mod space;
 #[cfg(test)]
@@ -60,7 +61,8 @@ mod write;
 pub use conntrack::{ConntrackEntry, ConntrackTimeouts, GcStats};
 pub use ctlb::{CGROUP_MOUNT_POINT, CtlbConfig, CtlbCounters, cgroup2_mount};
 pub use driver::{
-    BpfConfig, BpfDriver, ExternalServiceMode, KernelCounters, LoadedPrograms, TestRunOutcome,
+    BpfConfig, BpfDriver, ExternalServiceMode, KernelCounters, LoadedPrograms, MAX_MAP_SIZE,
+    ServiceMapSizes, TestRunOutcome, check_map_size,
 };
 pub use error::BpfError;
 pub use events::{FlowCounters, FlowLogInterval, PolicyCounts};

@@ -45,7 +45,10 @@ mod counters;
 mod flows;
 mod interfaces;
 
-pub use config::{BpfConfig, ExternalServiceMode, is_workload_interface};
+pub use config::{
+    BpfConfig, ExternalServiceMode, MAX_MAP_SIZE, ServiceMapSizes, check_map_size,
+    is_workload_interface,
+};
 pub use counters::{KernelCounters, TestRunOutcome};
 pub(crate) use flows::labels;
 
@@ -100,20 +103,22 @@ pub struct LoadedPrograms {
 struct LoadKey {
     pin_root: std::path::PathBuf,
     node: String,
-    conntrack_capacity: u32,
-    addr_capacity: Option<u32>,
+    /// Every sized map and its size.
+    sizes: Vec<(&'static str, u32)>,
+    /// The connect-time load balancer's affinity maps' size.
+    affinity: u32,
     no_conntrack: bool,
 }
 
 impl LoadKey {
-    fn of(config: &BpfConfig) -> LoadKey {
-        LoadKey {
+    fn of(config: &BpfConfig) -> Result<LoadKey, BpfError> {
+        Ok(LoadKey {
             pin_root: config.pin_root.clone(),
             node: config.node.clone(),
-            conntrack_capacity: config.conntrack_capacity,
-            addr_capacity: config.addr_capacity,
+            sizes: config.map_sizes()?,
+            affinity: config.service_map_sizes.affinity,
             no_conntrack: config.benchmark_no_conntrack,
-        }
+        })
     }
 }
 
@@ -131,20 +136,17 @@ impl BpfDriver {
     /// maps pinned there (see [`LoadedPrograms`]).
     pub fn load(config: &BpfConfig) -> Result<LoadedPrograms, BpfError> {
         let started = std::time::Instant::now();
+        let key = LoadKey::of(config)?;
         loader::ensure_bpffs(&config.pin_root)?;
         let dirs = PinDirs::create(&config.pin_root, &config.node)?;
-        let (ebpf, programs, events) = loader::load(
-            &dirs,
-            config.conntrack_capacity,
-            config.addr_capacity,
-            config.benchmark_no_conntrack,
-        )?;
+        let (ebpf, programs, events) =
+            loader::load(&dirs, &key.sizes, config.benchmark_no_conntrack)?;
         Ok(LoadedPrograms {
             dirs,
             ebpf,
             programs,
             events,
-            key: LoadKey::of(config),
+            key,
             took: started.elapsed(),
         })
     }
@@ -157,7 +159,7 @@ impl BpfDriver {
     /// [`Operation::InSync`].
     pub fn start(config: BpfConfig, loaded: LoadedPrograms) -> Result<Self, BpfError> {
         let started = std::time::Instant::now();
-        let loaded = if loaded.key == LoadKey::of(&config) {
+        let loaded = if loaded.key == LoadKey::of(&config)? {
             loaded
         } else {
             tracing::info!("the eBPF programs were loaded for other settings; loading them again");
@@ -177,7 +179,11 @@ impl BpfDriver {
         let services = crate::services::Services::new(&mut ebpf, config.maglev_capacity)?;
         // After the TC object: it adopts the service maps that one pinned.
         let ctlb = match &config.connect_time_lb {
-            Some(c) => Some(crate::ctlb::ConnectTimeLb::start(&dirs, c)?),
+            Some(c) => Some(crate::ctlb::ConnectTimeLb::start(
+                &dirs,
+                c,
+                config.service_map_sizes,
+            )?),
             None => {
                 crate::ctlb::ConnectTimeLb::remove_links(&dirs);
                 None
