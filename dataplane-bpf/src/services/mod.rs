@@ -16,6 +16,7 @@ use manul_dataplane_api::{Operation, Service, ServiceKey};
 use crate::error::BpfError;
 use maps::ServiceMaps;
 use plan::diff::{self, Counts, Delta, Scope};
+use plan::early;
 use plan::index::Index;
 use plan::{Programmed, SourceRange};
 
@@ -165,7 +166,8 @@ impl Services {
     }
 
     /// Makes a plan's writes: source ranges first, a capacity check, the
-    /// map writes in order, then the ranges no longer named, and the
+    /// deletions of what leaves ([`early`]), the other map writes in
+    /// order, then the ranges no longer named, and the
     /// clean-up after backends that went away.
     fn sync(&mut self, planned: Planned) -> Result<(), BpfError> {
         let Planned {
@@ -176,12 +178,17 @@ impl Services {
         } = planned;
         self.maps.add_source_ranges(&ranges_added)?;
         let counts = self.counts.after(&self.programmed, &delta);
-        if !writes.is_empty() {
+        // What leaves goes first, so that the peak is what stays plus
+        // what comes; a sync whose peak still does not fit writes nothing.
+        let (early, writes) = early::split(writes, &self.programmed);
+        if !early.is_empty() || !writes.is_empty() {
             self.maps.check(&counts.peak(&writes))?;
-            if let Err(e) = self.maps.write(&writes) {
-                self.programmed = self.maps.read();
-                self.counts = Counts::of(&self.programmed);
-                return Err(e);
+            for w in [&early, &writes] {
+                if let Err(e) = self.maps.write(w) {
+                    self.programmed = self.maps.read();
+                    self.counts = Counts::of(&self.programmed);
+                    return Err(e);
+                }
             }
         }
         self.programmed.apply(delta);
