@@ -56,6 +56,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BpfError + '_ {
     }
 }
 
+/// `sizes` with each map already pinned in `dir` at its pinned size.
+pub fn pinned_sizes(dir: &Path, sizes: &[(&'static str, u32)]) -> Vec<(&'static str, u32)> {
+    sizes
+        .iter()
+        .map(|&(name, n)| (name, max_entries(&dir.join(name)).unwrap_or(n)))
+        .collect()
+}
+
 /// Before loading: sets aside every map of `sizes` pinned in `dir` at
 /// another size than asked (and known to [`copy`]). A map set aside by a
 /// run that stopped before copying it back is copied from again, unless

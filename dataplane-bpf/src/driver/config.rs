@@ -145,11 +145,14 @@ pub enum ExternalServiceMode {
 }
 
 impl BpfConfig {
+    /// The conntrack map's default size.
+    pub const DEFAULT_CONNTRACK_CAPACITY: u32 = 512 * 1024;
+
     pub fn new(node: impl Into<String>) -> Self {
         Self {
             node: node.into(),
             pin_root: PathBuf::from("/sys/fs/bpf/manul"),
-            conntrack_capacity: 512 * 1024,
+            conntrack_capacity: Self::DEFAULT_CONNTRACK_CAPACITY,
             addr_capacity: None,
             service_map_sizes: ServiceMapSizes::default(),
             conntrack_timeouts: ConntrackTimeouts::default(),

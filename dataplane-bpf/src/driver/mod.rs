@@ -105,8 +105,6 @@ struct LoadKey {
     node: String,
     /// Every sized map and its size.
     sizes: Vec<(&'static str, u32)>,
-    /// The connect-time load balancer's affinity maps' size.
-    affinity: u32,
     no_conntrack: bool,
 }
 
@@ -116,7 +114,6 @@ impl LoadKey {
             pin_root: config.pin_root.clone(),
             node: config.node.clone(),
             sizes: config.map_sizes()?,
-            affinity: config.service_map_sizes.affinity,
             no_conntrack: config.benchmark_no_conntrack,
         })
     }
@@ -135,8 +132,23 @@ impl BpfDriver {
     /// creates the node's pin directories and loads the programs with the
     /// maps pinned there (see [`LoadedPrograms`]).
     pub fn load(config: &BpfConfig) -> Result<LoadedPrograms, BpfError> {
+        Self::load_with(config, LoadKey::of(config)?)
+    }
+
+    /// [`BpfDriver::load`] before the configuration is known in full
+    /// (Felix's early load, while it reads the datastore): each map already
+    /// pinned keeps its size, so no map is created anew for sizes the
+    /// datastore may not ask for; [`BpfDriver::start`] loads again when
+    /// the configuration's sizes differ.
+    pub fn preload(config: &BpfConfig) -> Result<LoadedPrograms, BpfError> {
+        let mut key = LoadKey::of(config)?;
+        let maps = config.pin_root.join(&config.node).join("maps");
+        key.sizes = crate::resize::pinned_sizes(&maps, &key.sizes);
+        Self::load_with(config, key)
+    }
+
+    fn load_with(config: &BpfConfig, key: LoadKey) -> Result<LoadedPrograms, BpfError> {
         let started = std::time::Instant::now();
-        let key = LoadKey::of(config)?;
         loader::ensure_bpffs(&config.pin_root)?;
         let dirs = PinDirs::create(&config.pin_root, &config.node)?;
         let (ebpf, programs, events) =
@@ -409,6 +421,12 @@ impl Driver for BpfDriver {
             reset: k.service_reset,
             affinity_entries: self.services.affinity_entries() as u64,
         })
+    }
+
+    /// The service maps' entries and capacities (the written maps' entries
+    /// as this run programmed them, the affinity maps' walked).
+    fn map_usage(&self) -> Vec<manul_dataplane_api::MapUsage> {
+        self.services.usage()
     }
 
     /// Starts and denials from the flow events, updates and ends from the

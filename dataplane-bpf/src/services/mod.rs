@@ -68,6 +68,11 @@ impl Services {
         self.maps.affinity_entries()
     }
 
+    /// Each service map's entries and capacity.
+    pub fn usage(&self) -> Vec<manul_dataplane_api::MapUsage> {
+        self.maps.usage(&self.counts)
+    }
+
     /// Brings the maps to `services` when the batch names a service or
     /// brings the state in sync: only the named services' entries while
     /// this run's plan is what the maps hold, else the whole state. On an
