@@ -459,3 +459,51 @@ fn map_sizes_of_zero_or_beyond_the_limit_are_refused_naming_the_setting() {
     let err = BpfDriver::load(&config).expect_err("refused").to_string();
     assert!(err.contains("bpfMapSizeNATBackend"), "{err}");
 }
+
+#[test]
+fn the_early_load_keeps_the_pinned_sizes_and_start_resizes_to_the_configured_ones() {
+    if !privileges().expect("privileges: CI=true needs root") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let setup = setup("pre");
+    let topo = setup.topo.as_ref().unwrap();
+    let (a, b) = (topo.pod("ns/a").unwrap(), topo.pod("ns/b").unwrap());
+    let sizes = Arc::new(Mutex::new(small(8)));
+    let ctx = NodeContext {
+        node: setup.pins.clone(),
+    };
+    let driver = DriverThread::start(&topo.node, ctx.clone(), factory(setup.pins.clone(), sizes))
+        .expect("driver");
+    driver
+        .apply(whole_state(&[a, b], b, &[0, 1]))
+        .expect("two services");
+    drop(driver);
+
+    // Felix's early load, with the sizes it knows before the datastore's
+    // (here 16 frontends): the pinned map keeps its 8; then `start` with
+    // the configuration (16) loads again and creates the map anew.
+    let seen = Arc::new(Mutex::new(None));
+    let pins = setup.pins.clone();
+    let seen_in = seen.clone();
+    let early: Arc<Factory> = Arc::new(move |_: &NodeContext| {
+        let mut config = BpfConfig::new(&pins);
+        config.pin_root = PathBuf::from(PIN_ROOT);
+        (config.service_map_sizes, config.conntrack_capacity) = small(16);
+        let loaded = BpfDriver::preload(&config).map_err(|e| chain(&e))?;
+        *seen_in.lock().unwrap() = Some(max_entries(&pins, "manul_svc_fe"));
+        BpfDriver::start(config, loaded)
+            .map(|d| Box::new(d) as Box<dyn Driver>)
+            .map_err(|e| chain(&e))
+    });
+    let driver = DriverThread::start(&topo.node, ctx, early).expect("driver");
+    assert_eq!(*seen.lock().unwrap(), Some(8), "the early load resized");
+    assert_eq!(max_entries(&setup.pins, "manul_svc_fe"), 16);
+    assert_eq!(frontends(&setup.pins), expected(&[0, 1]), "copied");
+    assert!(reaches(a, 0) && reaches(a, 1), "served before the resync");
+    driver
+        .apply(whole_state(&[a, b], b, &[0, 1, 2, 3, 4, 5]))
+        .expect("six services in 16 entries");
+    assert!(reaches(a, 5));
+    drop(driver);
+}
