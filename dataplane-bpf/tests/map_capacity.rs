@@ -111,7 +111,7 @@ fn service(i: u8, b: &Pod) -> Service {
             protocol: 6,
             port: 80,
             node_port: None,
-            local_backends: vec![backend.clone()],
+            local_backends: vec![backend],
             backends: vec![backend],
         }],
     }
