@@ -170,9 +170,10 @@ impl Services {
         planned
     }
 
-    /// Makes a plan's writes: source ranges first, a capacity check, the
-    /// deletions of what leaves ([`early`]), the other map writes in
-    /// order, then the ranges no longer named, and the
+    /// Makes a plan's writes: source ranges first, a capacity check (when
+    /// the writes in their order do not fit, the deletions of what leaves
+    /// go first, [`early`], and the check is of the rest), the map writes
+    /// in order, then the ranges no longer named, and the
     /// clean-up after backends that went away.
     fn sync(&mut self, planned: Planned) -> Result<(), BpfError> {
         let Planned {
@@ -183,9 +184,14 @@ impl Services {
         } = planned;
         self.maps.add_source_ranges(&ranges_added)?;
         let counts = self.counts.after(&self.programmed, &delta);
-        // What leaves goes first, so that the peak is what stays plus
-        // what comes; a sync whose peak still does not fit writes nothing.
-        let (early, writes) = early::split(writes, &self.programmed);
+        // When the sync does not fit as ordered, what leaves goes first,
+        // so that the peak is what stays plus what comes (the split walks
+        // every programmed frontend: only then); a sync whose peak still
+        // does not fit writes nothing.
+        let (early, writes) = match self.maps.check(&counts.peak(&writes)) {
+            Ok(()) => (plan::Writes::default(), writes),
+            Err(_) => early::split(writes, &self.programmed),
+        };
         if !early.is_empty() || !writes.is_empty() {
             self.maps.check(&counts.peak(&writes))?;
             for w in [&early, &writes] {

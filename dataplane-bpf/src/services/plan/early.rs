@@ -4,7 +4,9 @@
 //! frontends no longer wanted (they leave either way, and no frontend
 //! that stays depends on them), then the backend lists and Maglev tables
 //! that no frontend names once those are gone and no new frontend entry
-//! names either. Everything else keeps its order ([`Writes`]).
+//! names either. Everything else keeps its order ([`Writes`]). Used only
+//! when a sync in its usual order would not fit: it walks every
+//! programmed frontend.
 
 use std::collections::BTreeSet;
 
