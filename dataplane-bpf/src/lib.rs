@@ -22,7 +22,10 @@
 //! - `services` turns the desired services into frontend and backend map
 //!   entries (a pure plan, then ordered writes); the programs translate a
 //!   pod's connections to a service (TCP, UDP and SCTP, IPv4 and IPv6)
-//!   before policy, so policy sees the real endpoints.
+//!   before policy, so policy sees the real endpoints. A sync that would
+//!   overflow a service map is refused whole (the previous state stays).
+//! - [`resize`] creates a pinned map anew when the configuration gives it
+//!   another size (conntrack, the service maps), its entries copied.
 //! - `ctlb` is connect-time load balancing (`bpf/manul_ctlb.c`, an object
 //!   of its own, loaded only when configured): cgroup programs give sockets
 //!   their backend at `connect`/`sendmsg` from the same maps, for pods and

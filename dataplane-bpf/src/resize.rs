@@ -65,7 +65,7 @@ pub fn pinned_sizes(dir: &Path, sizes: &[(&'static str, u32)]) -> Vec<(&'static 
 }
 
 /// Before loading: sets aside every map of `sizes` pinned in `dir` at
-/// another size than asked (and known to [`copy`]). A map set aside by a
+/// another size than asked (and whose entries it knows how to copy). A map set aside by a
 /// run that stopped before copying it back is copied from again, unless
 /// its pin was created anew at a wrong size again (then the older copy is
 /// dropped).
