@@ -9,9 +9,10 @@
 mod common;
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
-use common::{Cleanup, cni, conf, have_root, in_netns, seed, typha, vars};
+use common::{Cleanup, Run, cni, conf, have_root, in_netns, seed, typha, vars};
 use ipnet::IpNet;
 use manul_client::Client;
 use manul_client::ipam::Ipam;
@@ -24,6 +25,42 @@ fn wep_key() -> ResourceKey {
         kind: Kind::WorkloadEndpoint,
         namespace: Some("production".into()),
         name: "api".into(),
+    }
+}
+
+/// Pod production/api, as `CNI_ARGS` name it.
+const API: Option<(&str, &str)> = Some(("production", "api"));
+
+/// Runs the plugin's `command` on container `id` of pod production/api in
+/// `netns`, configured with `conf`.
+async fn api(command: &str, id: &str, netns: Option<&Path>, conf: &str) -> Run {
+    cni(vars(command, id, netns, API), conf.to_string()).await
+}
+
+/// A test's node and pod namespaces (removed even on failure) and its
+/// scratch directory.
+struct Namespaces {
+    cleanup: Cleanup,
+    node: NetNs,
+    pod: NetNs,
+    dir: tempfile::TempDir,
+}
+
+impl Namespaces {
+    /// Creates them for `test`, named after `tag`; none without root.
+    fn create(test: &str, tag: &str) -> Option<Namespaces> {
+        if !have_root(test) {
+            return None;
+        }
+        let cleanup = Cleanup::new(tag);
+        let node = NetNs::create(&cleanup.name("node")).unwrap();
+        let pod = NetNs::create(&cleanup.name("pod")).unwrap();
+        Some(Namespaces {
+            cleanup,
+            node,
+            pod,
+            dir: tempfile::tempdir().unwrap(),
+        })
     }
 }
 
@@ -47,13 +84,15 @@ async fn assert_nothing_left(node: &NetNs, client: &Client, handle: &str) {
 
 #[test]
 fn add_check_del_against_real_namespaces() {
-    if !have_root("add_check_del_against_real_namespaces") {
+    let Some(Namespaces {
+        cleanup,
+        node,
+        pod,
+        dir,
+    }) = Namespaces::create("add_check_del_against_real_namespaces", "mc")
+    else {
         return;
-    }
-    let cleanup = Cleanup::new("mc");
-    let node = NetNs::create(&cleanup.name("node")).unwrap();
-    let pod = NetNs::create(&cleanup.name("pod")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    };
     in_netns(&node, async {
         let (typha, addr) = typha(&dir.path().join("typha")).await;
         let client = seed(&addr).await;
@@ -62,11 +101,7 @@ fn add_check_del_against_real_namespaces() {
         let pod_path = pod.path().to_path_buf();
         let host_if = workload_interface_name("production", "api");
 
-        let add = cni(
-            vars("ADD", id, Some(&pod_path), Some(("production", "api"))),
-            conf.clone(),
-        )
-        .await;
+        let add = api("ADD", id, Some(&pod_path), &conf).await;
         assert!(add.ok, "{add:?}");
         let result = add.json();
         assert_eq!(result["cniVersion"], "1.0.0");
@@ -166,46 +201,25 @@ fn add_check_del_against_real_namespaces() {
         let ipam = Ipam::new(client.clone());
         assert_eq!(ipam.addresses_of(id).await.unwrap(), vec![ip]);
 
-        let check = cni(
-            vars("CHECK", id, Some(&pod_path), Some(("production", "api"))),
-            conf.clone(),
-        )
-        .await;
+        let check = api("CHECK", id, Some(&pod_path), &conf).await;
         assert!(check.ok, "{check:?}");
         assert!(check.stdout.trim().is_empty(), "{check:?}");
 
         // DEL twice; the second finds nothing and succeeds. The runtime
         // may have lost the netns: DEL needs none.
         for round in 0..2 {
-            let del = cni(
-                vars("DEL", id, None, Some(("production", "api"))),
-                conf.clone(),
-            )
-            .await;
+            let del = api("DEL", id, None, &conf).await;
             assert!(del.ok, "DEL {round}: {del:?}");
         }
         assert_nothing_left(&node, &client, id).await;
         assert!(!link_exists(&pod, "eth0").unwrap());
 
-        let check = cni(
-            vars("CHECK", id, Some(&pod_path), Some(("production", "api"))),
-            conf.clone(),
-        )
-        .await;
+        let check = api("CHECK", id, Some(&pod_path), &conf).await;
         assert!(!check.ok);
         assert_eq!(check.json()["code"], 104, "{check:?}");
 
         // The released address is handed out again.
-        let again = cni(
-            vars(
-                "ADD",
-                "c0ffee02",
-                Some(&pod_path),
-                Some(("production", "api")),
-            ),
-            conf.clone(),
-        )
-        .await;
+        let again = api("ADD", "c0ffee02", Some(&pod_path), &conf).await;
         assert!(again.ok, "{again:?}");
         assert_eq!(again.json()["ips"][0]["address"], "10.65.0.1/32");
         // A DEL without CNI_ARGS finds the pod through the endpoint.
@@ -218,13 +232,16 @@ fn add_check_del_against_real_namespaces() {
 
 #[test]
 fn failed_adds_leave_nothing_behind() {
-    if !have_root("failed_adds_leave_nothing_behind") {
+    // The guard is held to the end: the namespaces are removed on return.
+    let Some(Namespaces {
+        cleanup: _cleanup,
+        node,
+        pod,
+        dir,
+    }) = Namespaces::create("failed_adds_leave_nothing_behind", "mf")
+    else {
         return;
-    }
-    let cleanup = Cleanup::new("mf");
-    let node = NetNs::create(&cleanup.name("node")).unwrap();
-    let pod = NetNs::create(&cleanup.name("pod")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    };
     in_netns(&node, async {
         let (typha, addr) = typha(&dir.path().join("typha")).await;
         let client = seed(&addr).await;
@@ -258,11 +275,7 @@ fn failed_adds_leave_nothing_behind() {
 
         // A netns that does not exist.
         let missing = dir.path().join("no-such-netns");
-        let add = cni(
-            vars("ADD", "dead02", Some(&missing), Some(("production", "api"))),
-            conf0.clone(),
-        )
-        .await;
+        let add = api("ADD", "dead02", Some(&missing), &conf0).await;
         assert!(!add.ok, "{add:?}");
         assert_eq!(add.json()["code"], 3, "{add:?}");
         assert_nothing_left(&node, &client, "dead02").await;
@@ -271,16 +284,7 @@ fn failed_adds_leave_nothing_behind() {
         // undoes the endpoint, the veth and the address.
         let status = dir.path().join("status");
         let conf_wait = conf(&addr, 300, &status);
-        let add = cni(
-            vars(
-                "ADD",
-                "dead03",
-                Some(&pod_path),
-                Some(("production", "api")),
-            ),
-            conf_wait.clone(),
-        )
-        .await;
+        let add = api("ADD", "dead03", Some(&pod_path), &conf_wait).await;
         assert!(!add.ok, "{add:?}");
         assert_eq!(add.json()["code"], 103, "{add:?}");
         assert_nothing_left(&node, &client, "dead03").await;
@@ -309,28 +313,10 @@ fn failed_adds_leave_nothing_behind() {
             })
         };
         let conf_wait = conf(&addr, 5000, &status);
-        let add = cni(
-            vars(
-                "ADD",
-                "live04",
-                Some(&pod_path),
-                Some(("production", "api")),
-            ),
-            conf_wait.clone(),
-        )
-        .await;
+        let add = api("ADD", "live04", Some(&pod_path), &conf_wait).await;
         assert!(add.ok, "{add:?}");
         felix.await.unwrap();
-        let del = cni(
-            vars(
-                "DEL",
-                "live04",
-                Some(&pod_path),
-                Some(("production", "api")),
-            ),
-            conf_wait,
-        )
-        .await;
+        let del = api("DEL", "live04", Some(&pod_path), &conf_wait).await;
         assert!(del.ok, "{del:?}");
         assert_nothing_left(&node, &client, "live04").await;
         typha.shutdown().await;

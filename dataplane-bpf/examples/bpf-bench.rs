@@ -32,7 +32,9 @@
 //! (every `ServiceUpdate` and `InSync` in one `apply`, into a fresh
 //! driver) and `--changes` single backend changes (one `ServiceUpdate`
 //! each), `--runs` times, until `apply` returns (the kernel maps hold
-//! them; services are map data, no program is loaded for them).
+//! them; services are map data, no program is loaded for them); then a
+//! restart: the driver dropped, a new one built over the same pins, and
+//! the same services (with their changes) told again in one `apply`.
 //!
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- services [--services 10000] [--backends 10] [--changes 50] [--runs 3]`
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- flows [--runs 6]`
@@ -273,7 +275,9 @@ fn bench_service(i: usize, backends: usize, generation: u32) -> manul_dataplane_
 
 /// Service programming: the snapshot (every `ServiceUpdate` and `InSync`
 /// in one `apply`) into a fresh driver, then one backend change at a
-/// time, each until `apply` returns (the maps hold it).
+/// time, each until `apply` returns (the maps hold it), then the resync
+/// of a restarted driver (a new one over the same pins) with the same
+/// services.
 fn services_mode() {
     let services: usize = flag("--services")
         .and_then(|s| s.parse().ok())
@@ -293,6 +297,7 @@ fn services_mode() {
     ops.push(Operation::InSync);
     let mut snapshot = Vec::new();
     let mut change = Vec::new();
+    let mut restart = Vec::new();
     let mut nodes = Vec::new();
     for run in 0..runs.max(1) {
         let tag = unique_prefix("bs");
@@ -302,10 +307,11 @@ fn services_mode() {
         ns.run(|| {
             let mut config = BpfConfig::new(&node);
             config.pin_root = PathBuf::from(PIN_ROOT);
-            let mut driver = BpfDriver::new(config).expect("load");
+            let mut driver = BpfDriver::new(config.clone()).expect("load");
             let t = Instant::now();
             driver.apply(&ops).expect("the snapshot");
             snapshot.push(t.elapsed().as_secs_f64() * 1e3);
+            let mut now = ops.clone();
             for k in 0..changes {
                 let i = (k * 7919 + run) % services;
                 let op = Operation::ServiceUpdate(bench_service(
@@ -318,7 +324,13 @@ fn services_mode() {
                     .apply(std::slice::from_ref(&op))
                     .expect("a backend change");
                 change.push(t.elapsed().as_secs_f64() * 1e3);
+                now[i] = op;
             }
+            drop(driver);
+            let mut driver = BpfDriver::new(config).expect("restart");
+            let t = Instant::now();
+            driver.apply(&now).expect("the resync after a restart");
+            restart.push(t.elapsed().as_secs_f64() * 1e3);
         })
         .expect("run in the namespace");
         drop(ns);
@@ -326,6 +338,8 @@ fn services_mode() {
     }
     let mut sorted_snapshot = snapshot.clone();
     sorted_snapshot.sort_by(f64::total_cmp);
+    let mut sorted_restart = restart.clone();
+    sorted_restart.sort_by(f64::total_cmp);
     change.sort_by(f64::total_cmp);
     let report = serde_json::json!({
         "bench": "dataplane-bpf services",
@@ -338,6 +352,8 @@ fn services_mode() {
         "backend_change_ms_p50": percentile(&change, 0.5),
         "backend_change_ms_p99": percentile(&change, 0.99),
         "backend_change_ms_max": change.last().copied().unwrap_or_default(),
+        "restart_resync_ms_runs": restart,
+        "restart_resync_ms_median": percentile(&sorted_restart, 0.5),
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }

@@ -110,18 +110,7 @@ pub fn cases() -> Vec<Case> {
         },
         Case {
             name: "selector, scoped to the policy's namespace",
-            policies: r#"
-apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata: {name: frontend-to-api, namespace: production}
-spec:
-  selector: app == 'api'
-  ingress:
-  - action: Allow
-    protocol: TCP
-    source: {selector: app == 'frontend'}
-    destination: {ports: [8080]}
-"#,
+            policies: FRONTEND_TO_API,
             expect: vec![
                 allow(FE, API, HTTP),
                 deny(OTHER, API, HTTP),
@@ -357,7 +346,8 @@ spec:
     ]
 }
 
-/// The policy the connection-tracking and restart checks run under.
+/// frontend may reach api on TCP 8080: the selector case, and the policy
+/// the connection-tracking and restart checks run under.
 pub const FRONTEND_TO_API: &str = r#"
 apiVersion: projectcalico.org/v3
 kind: NetworkPolicy

@@ -191,6 +191,19 @@ fn tcp(from: &NetNs, to: Ipv4Addr, port: u16) -> bool {
         .reached()
 }
 
+impl Topology {
+    /// Whether the client reaches the host's TCP `port`.
+    fn to_host(&self, port: u16) -> bool {
+        tcp(&self.client, HOST, port)
+    }
+
+    /// Whether the client reaches the server's TCP `port`, forwarded by
+    /// the host.
+    fn through_host(&self, port: u16) -> bool {
+        tcp(&self.client, SERVER, port)
+    }
+}
+
 fn udp(from: &NetNs, to: Ipv4Addr, port: u16) -> bool {
     manul_netns::udp_probe(from, SocketAddr::new(IpAddr::V4(to), port), WAIT)
         .unwrap()
@@ -210,7 +223,7 @@ fn expect(cases: &[(&str, bool, bool)]) {
 fn normal_policy_guards_the_host_forward_policy_the_traffic_through_it() {
     let Some(t) = topology("iphn") else { return };
     // Before any host endpoint, everything gets through.
-    assert!(tcp(&t.client, HOST, 8081));
+    assert!(t.to_host(8081));
     let mut eth0 = hep("node1-eth0", "eth0");
     eth0.tiers = tier(&["host"], &["host"]);
     eth0.forward_tiers = tier(&["forward"], &[]);
@@ -234,21 +247,13 @@ fn normal_policy_guards_the_host_forward_policy_the_traffic_through_it() {
         ],
     );
     expect(&[
-        (
-            "failsafe TCP 22 to the host",
-            true,
-            tcp(&t.client, HOST, 22),
-        ),
-        (
-            "allowed TCP 10250 to the host",
-            true,
-            tcp(&t.client, HOST, 10250),
-        ),
-        ("TCP 8081 to the host", false, tcp(&t.client, HOST, 8081)),
+        ("failsafe TCP 22 to the host", true, t.to_host(22)),
+        ("allowed TCP 10250 to the host", true, t.to_host(10250)),
+        ("TCP 8081 to the host", false, t.to_host(8081)),
         // Normal policy does not apply to forwarded traffic...
-        ("forwarded TCP 8081", true, tcp(&t.client, SERVER, 8081)),
+        ("forwarded TCP 8081", true, t.through_host(8081)),
         // ...forward (applyOnForward) policy does.
-        ("forwarded TCP 9999", false, tcp(&t.client, SERVER, 9999)),
+        ("forwarded TCP 9999", false, t.through_host(9999)),
     ]);
     // The host's own connections out through eth0 (egress allowed): the
     // client refuses it (nothing listens there), so the SYN left.
@@ -285,7 +290,7 @@ fn untracked_policy_needs_both_directions_and_skips_normal_policy() {
             false,
             udp(&t.client, HOST, 5353),
         ),
-        ("failsafe TCP 22", true, tcp(&t.client, HOST, 22)),
+        ("failsafe TCP 22", true, t.to_host(22)),
     ]);
     eth0.untracked_tiers = tier(&["raw"], &["raw"]);
     program(
@@ -305,12 +310,8 @@ fn untracked_policy_needs_both_directions_and_skips_normal_policy() {
             true,
             udp(&t.client, HOST, 5353),
         ),
-        (
-            "TCP 8081 (normal policy)",
-            false,
-            tcp(&t.client, HOST, 8081),
-        ),
-        ("failsafe TCP 22", true, tcp(&t.client, HOST, 22)),
+        ("TCP 8081 (normal policy)", false, t.to_host(8081)),
+        ("failsafe TCP 22", true, t.to_host(22)),
     ]);
 }
 
@@ -331,7 +332,7 @@ fn pre_dnat_policy_sees_the_address_before_dnat_and_failsafe_comes_first() {
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         })
         .unwrap();
-    expect(&[("NodePort-style DNAT", true, tcp(&t.client, HOST, 30080))]);
+    expect(&[("NodePort-style DNAT", true, t.to_host(30080))]);
     let mut eth0 = hep("node1-eth0", "eth0");
     // Normal policy allows 10250 and 30080 in; pre-DNAT policy denies
     // 30080 (before DNAT, so it sees that port), allows 8081 (so normal
@@ -364,30 +365,18 @@ fn pre_dnat_policy_sees_the_address_before_dnat_and_failsafe_comes_first() {
         ],
     );
     expect(&[
-        (
-            "pre-DNAT deny of the NodePort",
-            false,
-            tcp(&t.client, HOST, 30080),
-        ),
+        ("pre-DNAT deny of the NodePort", false, t.to_host(30080)),
         (
             "pre-DNAT allow, normal policy skipped",
             true,
-            tcp(&t.client, HOST, 8081),
+            t.to_host(8081),
         ),
-        ("both allow", true, tcp(&t.client, HOST, 10250)),
-        (
-            "failsafe before pre-DNAT deny",
-            true,
-            tcp(&t.client, HOST, 22),
-        ),
-        (
-            "pre-DNAT deny of the rest",
-            false,
-            tcp(&t.client, HOST, 9999),
-        ),
+        ("both allow", true, t.to_host(10250)),
+        ("failsafe before pre-DNAT deny", true, t.to_host(22)),
+        ("pre-DNAT deny of the rest", false, t.to_host(9999)),
         // Forwarded traffic to the server directly is not pre-DNAT denied
         // on 8081 (allowed) and has no forward policy.
-        ("forwarded TCP 8081", true, tcp(&t.client, SERVER, 8081)),
+        ("forwarded TCP 8081", true, t.through_host(8081)),
     ]);
 }
 
@@ -418,28 +407,16 @@ fn the_all_interfaces_endpoint_covers_every_interface_no_named_one_does() {
         ],
     );
     expect(&[
-        (
-            "eth0 (all interfaces): TCP 10250",
-            true,
-            tcp(&t.client, HOST, 10250),
-        ),
-        (
-            "eth0 (all interfaces): TCP 8081",
-            false,
-            tcp(&t.client, HOST, 8081),
-        ),
-        (
-            "eth0 (all interfaces): failsafe 22",
-            true,
-            tcp(&t.client, HOST, 22),
-        ),
+        ("eth0 (all interfaces): TCP 10250", true, t.to_host(10250)),
+        ("eth0 (all interfaces): TCP 8081", false, t.to_host(8081)),
+        ("eth0 (all interfaces): failsafe 22", true, t.to_host(22)),
         (
             "eth1 (named, allow-all): TCP 8081",
             true,
             tcp(&t.server, v4(10, 1, 0, 1), 8081),
         ),
         // No forward policy on either: forwarded traffic is not policed.
-        ("forwarded TCP 8081", true, tcp(&t.client, SERVER, 8081)),
+        ("forwarded TCP 8081", true, t.through_host(8081)),
         // Loopback is one of the host's interfaces: no egress policy.
         (
             "loopback TCP 8081",

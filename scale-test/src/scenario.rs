@@ -758,4 +758,4 @@ pub(crate) fn settle(c: &LocalCluster, revision: u64) -> Result<()> {
 
 #[cfg(test)]
 #[path = "scenario_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -1,3 +1,4 @@
+use crate::scenario::tests::assert_all_refused;
 use crate::scenario::{Outcome, Scenario};
 
 use super::*;
@@ -111,10 +112,7 @@ fn bad_steps_are_rejected_with_a_reason() {
             "unknown field `hold`",
         ),
     ];
-    for (text, want) in cases {
-        let err = format!("{:#}", Scenario::parse(&text).unwrap_err());
-        assert!(err.contains(want), "{want:?} not in {err:?}");
-    }
+    assert_all_refused(cases);
 }
 
 #[test]

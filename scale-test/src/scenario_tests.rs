@@ -34,6 +34,15 @@ fn a_good_scenario_parses_into_checks() {
     assert_eq!((c.repeat, c.reach, c.source), (1, Reach::Any, None));
 }
 
+/// Asserts that each case's scenario text is refused with an error
+/// containing its reason.
+pub(crate) fn assert_all_refused(cases: impl IntoIterator<Item = (String, &'static str)>) {
+    for (text, want) in cases {
+        let err = format!("{:#}", Scenario::parse(&text).unwrap_err());
+        assert!(err.contains(want), "{want:?} not in {err:?}");
+    }
+}
+
 #[test]
 fn bad_scenarios_are_rejected_with_a_reason() {
     let cases = [
@@ -84,10 +93,7 @@ fn bad_scenarios_are_rejected_with_a_reason() {
             "unknown variant `TCP`",
         ),
     ];
-    for (text, want) in cases {
-        let err = format!("{:#}", Scenario::parse(&text).unwrap_err());
-        assert!(err.contains(want), "{want:?} not in {err:?}");
-    }
+    assert_all_refused(cases);
 }
 
 fn row(from: &str, to: &str, expected: Verdict, actual: Verdict, note: &str) -> ResultRow {
@@ -229,10 +235,7 @@ fn bad_service_scenarios_are_rejected_with_a_reason() {
             "repeat is 1..=100",
         ),
     ];
-    for (text, want) in cases {
-        let err = format!("{:#}", Scenario::parse(&text).unwrap_err());
-        assert!(err.contains(want), "{want:?} not in {err:?}");
-    }
+    assert_all_refused(cases);
 }
 
 #[test]

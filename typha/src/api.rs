@@ -344,6 +344,21 @@ impl ResourcesService {
             .map_err(|_| Status::internal("state lock poisoned"))
     }
 
+    /// The audit trail of a write of `verb` by `request`'s caller, and
+    /// the origin recorded with it (`sent` is the one a forwarding
+    /// replica passed on).
+    fn begin_write<T>(
+        &self,
+        request: &Request<T>,
+        verb: Verb,
+        sent: Option<&Origin>,
+    ) -> (Trail, Origin) {
+        let caller = self.auth.caller(request);
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let origin = origin_of(&caller, verb, forwarded, sent);
+        (self.auth.trail(caller, verb, forwarded), origin)
+    }
+
     async fn apply_as(
         &self,
         request: Request<ApplyRequest>,
@@ -642,15 +657,8 @@ impl Resources for ResourcesService {
         &self,
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
-        let caller = self.auth.caller(&request);
-        let forwarded = request.metadata().contains_key(FORWARDED);
-        let origin = origin_of(
-            &caller,
-            Verb::Apply,
-            forwarded,
-            request.get_ref().origin.as_ref(),
-        );
-        let mut trail = self.auth.trail(caller, Verb::Apply, forwarded);
+        let sent = request.get_ref().origin.as_ref();
+        let (mut trail, origin) = self.begin_write(&request, Verb::Apply, sent);
         let result = self.apply_as(request, &mut trail, origin).await;
         trail.finish(result.as_ref().map(|r| r.get_ref().revision));
         result
@@ -661,15 +669,8 @@ impl Resources for ResourcesService {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let caller = self.auth.caller(&request);
-        let forwarded = request.metadata().contains_key(FORWARDED);
-        let origin = origin_of(
-            &caller,
-            Verb::Delete,
-            forwarded,
-            request.get_ref().origin.as_ref(),
-        );
-        let mut trail = self.auth.trail(caller, Verb::Delete, forwarded);
+        let sent = request.get_ref().origin.as_ref();
+        let (mut trail, origin) = self.begin_write(&request, Verb::Delete, sent);
         let result = self.delete_as(request, &mut trail, origin).await;
         trail.finish(result.as_ref().map(|r| r.get_ref().revision));
         result

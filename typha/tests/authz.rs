@@ -12,48 +12,18 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use manul_proto::v1::cluster_client::ClusterClient;
 use manul_proto::v1::resources_client::ResourcesClient;
 use manul_proto::v1::sync_client::SyncClient;
 use manul_proto::v1::{
-    ApplyItem, ApplyRequest, AuditEvent, AuditRequest, DeleteRequest, ListRequest,
-    ReplicaStatusRequest, ResourceKey, SyncRequest,
+    ApplyItem, ApplyRequest, AuditEvent, AuditRequest, DeleteRequest, ResourceKey, SyncRequest,
 };
-use manul_tls::Expected;
-use manul_tls::client::ClientSettings;
 use manul_tls::connect::Transport;
 use manul_tls::dev::{self, DevCa, Leaf, write_atomic, write_pair};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
 
-/// Loopback ports below 32768 that nothing listens on now.
-fn low_ports(n: usize) -> Vec<u16> {
-    let base = (std::process::id() + 1_777) % 4_000;
-    let mut out = Vec::new();
-    let mut k = 0u32;
-    while out.len() < n {
-        let p = 23_000 + ((base + k * 13) % 9_000) as u16;
-        k += 1;
-        if !out.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            out.push(p);
-        }
-    }
-    out
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use common::tls_replicas::{TlsReplicas, agreed_leader, channel};
 
 /// A CA and the certificates of the test's identities in `dir`.
 fn certificates(dir: &Path) {
@@ -93,44 +63,9 @@ fn certificates(dir: &Path) {
     }
 }
 
+/// The transport of `who`'s certificate in `certs`, expecting Typha.
 fn transport(certs: &Path, who: &str) -> Transport {
-    let settings = ClientSettings {
-        ca_file: certs.join("ca.crt"),
-        cert_file: certs.join(format!("{who}.crt")),
-        key_file: certs.join(format!("{who}.key")),
-        server: Expected::new([dev::TYPHA_CN.to_string()], [], "test").unwrap(),
-    };
-    Transport::Tls(settings.config().unwrap())
-}
-
-async fn channel(addr: &str, t: &Transport) -> Channel {
-    let e = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2));
-    t.connect(e).await.unwrap()
-}
-
-async fn agreed_leader(peers: &[String], admin: &Transport) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut leaders = Vec::new();
-        for p in peers {
-            let e = Endpoint::from_shared(format!("http://{p}")).unwrap();
-            let leader = match admin.connect(e).await {
-                Ok(ch) => ClusterClient::new(ch)
-                    .replica(ReplicaStatusRequest::default())
-                    .await
-                    .map_or(0, |s| s.into_inner().leader_id),
-                Err(_) => 0,
-            };
-            leaders.push(leader);
-        }
-        if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
-            return leaders[0];
-        }
-        assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::tls_typha::transport(certs, who, dev::TYPHA_CN)
 }
 
 fn endpoint(name: &str, node: &str) -> String {
@@ -200,47 +135,23 @@ async fn writes_are_authorized_by_identity_and_audited() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let ports = low_ports(9);
-    let client: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
-    let peer: Vec<String> = (0..3)
-        .map(|i| format!("127.0.0.1:{}", ports[3 + i]))
-        .collect();
-    let metrics: Vec<String> = (0..3)
-        .map(|i| format!("127.0.0.1:{}", ports[6 + i]))
-        .collect();
-    let peers = (0..3)
-        .map(|i| format!("{}={}", i + 1, peer[i]))
-        .collect::<Vec<_>>()
-        .join(",");
     let audit = |i: usize| tmp.path().join(format!("audit-{}.log", i + 1));
-    let mut procs = Procs(Vec::new());
-    for i in 0..3 {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_typha"));
-        cmd.args(["--node-id", &(i + 1).to_string()])
-            .args(["--listen", &client[i], "--peer-listen", &peer[i]])
-            .args(["--metrics", &metrics[i], "--metrics-tls-server-cert"])
-            .arg("--data-dir")
-            .arg(tmp.path().join(format!("r{}", i + 1)))
-            .args(["--peers", &peers]);
-        let child = common::tls_typha::tls_server_args(&mut cmd, &certs)
+    let replicas = TlsReplicas::start(tmp.path(), &certs, |i, cmd| {
+        cmd.arg("--metrics-tls-server-cert")
             .args(["--client-cn", "manul-felix,manul-cni"])
             .args(["--client-uri-san", "spiffe://manul/reader"])
             .args(["--read-only-uri-san", "spiffe://manul/reader"])
             .arg("--audit-log")
-            .arg(audit(i))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        procs.0.push(child);
-    }
+            .arg(audit(i));
+    });
+    let (client, peer, metrics) = (&replicas.client, &replicas.peer, &replicas.metrics);
     let admin_t = transport(&certs, "admin");
-    let leader = agreed_leader(&peer, &admin_t).await;
+    let leader = agreed_leader(peer, &admin_t).await;
     let f = (0..3).find(|i| *i as u64 + 1 != leader).unwrap();
     let api = |who: &str| {
         let t = transport(&certs, who);
         let addr = client[f].clone();
-        async move { ResourcesClient::new(channel(&addr, &t).await) }
+        async move { ResourcesClient::new(channel(&addr, &t).await.unwrap()) }
     };
     let mut admin = api("admin").await;
     let mut cni = api("cni-n1").await;
@@ -398,29 +309,16 @@ async fn writes_are_authorized_by_identity_and_audited() {
             "it is node n2's status; a Felix identity writes its own node's status only"
         )
     );
-    let listed = reader
-        .list(ListRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    assert!(common::names(&mut reader).await.iter().any(|n| n == "db"));
     assert!(
-        listed
-            .entries
+        common::names(&mut felix)
+            .await
             .iter()
-            .any(|e| e.key.as_ref().unwrap().name == "db")
+            .any(|n| n == "10-65-0-0-26")
     );
-    let listed = felix
-        .list(ListRequest::default())
+    let felix_ch = channel(&client[f], &transport(&certs, "felix-n1"))
         .await
-        .unwrap()
-        .into_inner();
-    assert!(
-        listed
-            .entries
-            .iter()
-            .any(|e| e.key.as_ref().unwrap().name == "10-65-0-0-26")
-    );
-    let felix_ch = channel(&client[f], &transport(&certs, "felix-n1")).await;
+        .unwrap();
     let mut stream = SyncClient::new(felix_ch)
         .sync(SyncRequest {
             node_name: "n1".into(),
@@ -486,7 +384,7 @@ async fn writes_are_authorized_by_identity_and_audited() {
         .unwrap()
         .into_inner()
         .revision;
-    replicated_audit(&certs, &client, f, revision, promoted, started).await;
+    replicated_audit(&certs, client, f, revision, promoted, started).await;
 }
 
 /// `(identity, verb, action, kind, namespace/name)` of every change.
@@ -523,7 +421,7 @@ async fn replicated_audit(
     let reader_t = transport(certs, "reader");
     let mut answers = Vec::new();
     for (i, addr) in client.iter().enumerate().filter(|(i, _)| *i != written) {
-        let mut api = ResourcesClient::new(channel(addr, &reader_t).await);
+        let mut api = ResourcesClient::new(channel(addr, &reader_t).await.unwrap());
         let all = api
             .audit(AuditRequest::default())
             .await
@@ -601,7 +499,7 @@ async fn replicated_audit(
 
     // Filters, on another replica than the one written to.
     let other = answers[1].0;
-    let mut api = ResourcesClient::new(channel(&client[other], &reader_t).await);
+    let mut api = ResourcesClient::new(channel(&client[other], &reader_t).await.unwrap());
     let ask = |r: AuditRequest| {
         let mut api = api.clone();
         async move { changes(&api.audit(r).await.unwrap().into_inner().events) }

@@ -14,7 +14,8 @@ use aya::maps::{HashMap, LpmTrie, Map, MapData};
 use super::clean::{self, V4, V6};
 use super::plan::diff::{Counts, Peak};
 use super::plan::{
-    BackendAddr, Frontend, FrontendEntry, Programmed, SourceRange, TableInfo, Writes,
+    BackendAddr, Frontend, FrontendEntry, Programmed, SourceRange, TableInfo, Writes, slot_addr,
+    slot_digest,
 };
 use crate::abi;
 use crate::error::BpfError;
@@ -169,16 +170,8 @@ fn entry_of(v: &abi::manul_svc_fe_value) -> FrontendEntry {
 /// A backend as 16 address bytes (IPv4 in the first 4, zeros after):
 /// every Maglev slot's value.
 pub fn be6_value(b: &BackendAddr) -> abi::manul_svc_be6_value {
-    let addr = match b.addr {
-        IpAddr::V4(a) => {
-            let mut out = [0u8; 16];
-            out[..4].copy_from_slice(&a.octets());
-            out
-        }
-        IpAddr::V6(a) => a.octets(),
-    };
     abi::manul_svc_be6_value {
-        addr,
+        addr: slot_addr(b.addr),
         port: b.port.to_be(),
         pad: 0,
     }
@@ -323,7 +316,8 @@ impl ServiceMaps {
     }
 
     /// What the maps hold (an earlier run's entries, or after a failed
-    /// write): every frontend adopted, no list with a known service.
+    /// write): every frontend adopted, no list with a known service (the
+    /// plan gives each back to the desired list whose frontends name it).
     pub fn read(&self) -> Programmed {
         let mut p = Programmed::default();
         for (k, v) in self.fe.iter().flatten() {
@@ -345,13 +339,25 @@ impl ServiceMaps {
             p.adopted.insert(f);
         }
         // A table's size is its highest slot plus one (a table cut short
-        // by a failed write is deleted all the same).
-        for k in self.mag.keys().flatten() {
+        // by a failed write is deleted all the same); its digest is the
+        // sum of its slots', kept only when no slot below the size is
+        // missing.
+        let mut slots: BTreeMap<u32, (u64, u32)> = BTreeMap::new();
+        for (k, v) in self.mag.iter().flatten() {
             let t = p.tables.entry(k.table).or_insert(TableInfo {
                 size: 0,
                 built: None,
+                digest: None,
             });
             t.size = t.size.max(k.slot.saturating_add(1));
+            let (sum, n) = slots.entry(k.table).or_default();
+            *sum = sum.wrapping_add(slot_digest(k.slot, v.addr, u16::from_be(v.port)));
+            *n = n.saturating_add(1);
+        }
+        for (id, (sum, n)) in slots {
+            if let Some(t) = p.tables.get_mut(&id) {
+                t.digest = (n == t.size).then_some(sum);
+            }
         }
         p.next_table = p.tables.keys().max().map_or(1, |m| m.saturating_add(1));
         let mut lists: BTreeMap<u32, BTreeMap<u32, BackendAddr>> = BTreeMap::new();
@@ -367,7 +373,15 @@ impl ServiceMaps {
                 .or_default()
                 .insert(k.index, backend6_of(v.addr, v.port));
         }
-        p.next_id = lists.keys().max().map_or(1, |m| m.saturating_add(1));
+        // Past every id a frontend names too: a list without backends
+        // has no entry of its own.
+        let named = p.frontends.values().map(|e| e.id);
+        p.next_id = lists
+            .keys()
+            .copied()
+            .chain(named)
+            .max()
+            .map_or(1, |m| m.saturating_add(1));
         p.lists = lists
             .into_iter()
             .map(|(id, l)| (id, l.into_values().collect()))

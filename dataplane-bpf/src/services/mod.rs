@@ -49,7 +49,9 @@ struct Planned {
 
 impl Services {
     /// Takes the service maps out of a loaded object and adopts what an
-    /// earlier run left in them (kept until the state is in sync).
+    /// earlier run left in them (kept until the state is in sync; the
+    /// first plan gives its lists back to the services whose frontends
+    /// name them, so their connections survive).
     pub fn new(ebpf: &mut Ebpf, maglev_capacity: usize) -> Result<Self, BpfError> {
         let maps = ServiceMaps::take(ebpf)?;
         let programmed = maps.read();

@@ -3,13 +3,16 @@
 //! the whole state ([`desired`]) or kept up to date service by service
 //! ([`index`]), and the diff from what is programmed to the writes that
 //! reach it ([`diff`]), in an order where no frontend ever points at an
-//! incomplete backend list. A service change diffs only the keys it
+//! incomplete backend list. An earlier run's lists are taken over by the
+//! desired lists whose frontends name them ([`recover`]), so a restart
+//! keeps list ids and established connections. A service change diffs only the keys it
 //! touched; the same diff over every key is the whole plan ([`plan`]).
 
 pub mod diff;
 pub mod early;
 pub mod index;
 pub mod part;
+pub mod recover;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -78,13 +81,48 @@ pub struct FrontendEntry {
     pub maglev_size: u32,
 }
 
-/// A Maglev table in the maps: its size, and (when this run wrote it) the
-/// list it was built for and from which backends. An earlier run's tables
-/// are known by id and size only, and replaced by new ones.
+/// A Maglev table in the maps: its size, and (when this run wrote it, or
+/// took it over) the list it was built for and from which backends. An
+/// earlier run's tables are known by id, size and [`slot_digest`] sum,
+/// and replaced by new ones unless a list taken over names one whose
+/// slots are those its backends give ([`recover`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableInfo {
     pub size: u32,
     pub built: Option<(u32, Vec<BackendAddr>)>,
+    /// An earlier run's table as read back: the wrapping sum of its
+    /// slots' [`slot_digest`]s (None when a slot below its size is
+    /// missing, or it was not read back).
+    pub digest: Option<u64>,
+}
+
+/// The digest of one Maglev slot: its index and backend as the map holds
+/// it (the address as 16 bytes, an IPv4 one in the first 4, and the
+/// port). Summed over a table's slots, in any order.
+pub fn slot_digest(slot: u32, addr: [u8; 16], port: u16) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (slot, addr, port).hash(&mut h);
+    h.finish()
+}
+
+/// A backend's address as a Maglev slot holds it.
+pub fn slot_addr(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(a) => {
+            let mut out = [0u8; 16];
+            out[..4].copy_from_slice(&a.octets());
+            out
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The [`slot_digest`] sum of a table with `slots`.
+pub fn table_digest(slots: &[BackendAddr]) -> u64 {
+    (0u32..).zip(slots).fold(0u64, |acc, (i, b)| {
+        acc.wrapping_add(slot_digest(i, slot_addr(b.addr), b.port))
+    })
 }
 
 /// What a desired port frontend asks for: its list, the affinity
@@ -270,8 +308,9 @@ impl Desired {
 pub struct Programmed {
     pub frontends: BTreeMap<Frontend, FrontendEntry>,
     pub lists: BTreeMap<u32, Vec<BackendAddr>>,
-    /// The list id of each desired list (an earlier run's lists have
-    /// none: they are replaced by new ones).
+    /// The list id of each desired list. An earlier run's lists have
+    /// none until a desired list takes one over ([`recover`]: the one
+    /// its frontends name); the others are replaced by new ones.
     pub ids: BTreeMap<ListKey, u32>,
     pub next_id: u32,
     /// Frontends an earlier run left and this run has not been told about
@@ -327,5 +366,7 @@ pub fn plan(desired: &Desired, programmed: &Programmed, in_sync: bool) -> (Write
 
 #[cfg(test)]
 mod incremental_tests;
+#[cfg(test)]
+mod restart_tests;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 
 pub mod connections;
 pub mod kube_api;
+pub mod tls_replicas;
 pub mod tls_typha;
 
 use std::net::TcpListener;
@@ -372,10 +373,14 @@ impl Cluster {
 
     /// Lists every resource name on replica `i`.
     pub async fn names(&self, i: usize) -> Vec<String> {
-        let mut c = self.resources(i).await;
-        let r = c.list(ListRequest::default()).await.unwrap().into_inner();
-        r.entries.into_iter().map(|e| e.key.unwrap().name).collect()
+        names(&mut self.resources(i).await).await
     }
+}
+
+/// Lists every resource name `api` reads.
+pub async fn names(api: &mut ResourcesClient<Channel>) -> Vec<String> {
+    let r = api.list(ListRequest::default()).await.unwrap().into_inner();
+    r.entries.into_iter().map(|e| e.key.unwrap().name).collect()
 }
 
 pub fn set_yaml(name: &str) -> String {

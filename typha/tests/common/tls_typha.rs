@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use manul_tls::Expected;
+use manul_tls::client::ClientSettings;
+use manul_tls::connect::Transport;
+
 use super::connections::metric_at;
 use super::free_port;
 
@@ -37,14 +41,20 @@ pub fn dev_certs(certs: &Path) {
 }
 
 /// The transport of `node1`'s Felix, with the certificates in `certs`.
-pub fn felix_tls(certs: &Path) -> manul_tls::connect::Transport {
-    let settings = manul_tls::client::ClientSettings {
+pub fn felix_tls(certs: &Path) -> Transport {
+    transport(certs, "felix-node1", "manul-typha")
+}
+
+/// The transport of the client whose certificate and key are `who.crt`
+/// and `who.key` in `certs`, expecting a Typha named `typha_cn`.
+pub fn transport(certs: &Path, who: &str, typha_cn: &str) -> Transport {
+    let settings = ClientSettings {
         ca_file: certs.join("ca.crt"),
-        cert_file: certs.join("felix-node1.crt"),
-        key_file: certs.join("felix-node1.key"),
-        server: manul_tls::Expected::new(["manul-typha".to_string()], [], "test").unwrap(),
+        cert_file: certs.join(format!("{who}.crt")),
+        key_file: certs.join(format!("{who}.key")),
+        server: Expected::new([typha_cn.to_string()], [], "test").unwrap(),
     };
-    manul_tls::connect::Transport::Tls(settings.config().unwrap())
+    Transport::Tls(settings.config().unwrap())
 }
 
 /// A `typha` process serving over TLS; killed when dropped.

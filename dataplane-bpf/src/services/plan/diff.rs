@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use manul_dataplane_api::{Backend, MaglevTable};
 
 use super::index::{Touched, first_list};
+use super::recover::recover;
 use super::{
     BackendAddr, Desired, Frontend, FrontendEntry, ListKey, Programmed, TableInfo, Wanted, Writes,
 };
@@ -191,13 +192,17 @@ impl Programmed {
 
 /// The writes from `programmed` to `desired` over `scope`, and the
 /// changes they make. `in_sync`: what an earlier run left and nobody
-/// asked for again is removed.
+/// asked for again is removed. A desired list first takes over the
+/// earlier run's list its frontends name ([`recover`]).
 pub fn diff(
     desired: &Desired,
     programmed: &Programmed,
     scope: Scope<'_>,
     in_sync: bool,
 ) -> (Writes, Delta) {
+    // An earlier run's lists that desired ones take over keep their ids.
+    let recovered = recover(desired, programmed, in_sync);
+    let programmed: &Programmed = &recovered;
     let mut w = Writes::default();
     let mut next = Delta {
         next_id: programmed.next_id.max(1),
@@ -358,6 +363,26 @@ fn maglev_table(
         next.tables.insert(*tid, Some(t.clone()));
         return (*tid, t.size);
     }
+    let slots = table_slots(list, desired.maglev_capacity);
+    let mut tid = next.next_table;
+    while programmed.tables.contains_key(&tid) || next.tables.contains_key(&tid) {
+        tid = tid.checked_add(1).unwrap_or(1);
+    }
+    next.next_table = tid.checked_add(1).unwrap_or(1);
+    let size = slots.len() as u32;
+    let info = TableInfo {
+        size,
+        built,
+        digest: None,
+    };
+    next.tables.insert(tid, Some(info));
+    w.tables.push((tid, slots));
+    (tid, size)
+}
+
+/// Each slot's backend in the Maglev table of `list` sized for at least
+/// `capacity` backends (dataplane-api's table).
+pub fn table_slots(list: &[BackendAddr], capacity: usize) -> Vec<BackendAddr> {
     let backends: Vec<Backend> = list
         .iter()
         .map(|b| Backend {
@@ -367,8 +392,8 @@ fn maglev_table(
             ready: true,
         })
         .collect();
-    let table = MaglevTable::with_capacity(&backends, desired.maglev_capacity);
-    let slots: Vec<BackendAddr> = table
+    let table = MaglevTable::with_capacity(&backends, capacity);
+    table
         .slots()
         .iter()
         .filter_map(|i| table.backends().get(*i as usize))
@@ -376,16 +401,7 @@ fn maglev_table(
             addr: b.ip,
             port: b.port,
         })
-        .collect();
-    let mut tid = next.next_table;
-    while programmed.tables.contains_key(&tid) || next.tables.contains_key(&tid) {
-        tid = tid.checked_add(1).unwrap_or(1);
-    }
-    next.next_table = tid.checked_add(1).unwrap_or(1);
-    let size = slots.len() as u32;
-    next.tables.insert(tid, Some(TableInfo { size, built }));
-    w.tables.push((tid, slots));
-    (tid, size)
+        .collect()
 }
 
 /// How many entries each service map holds at a sync's peak (after its

@@ -494,7 +494,7 @@ fn sctp_is_programmed_where_the_backends_keep_the_port() {
 }
 
 #[test]
-fn an_earlier_runs_frontends_stay_until_in_sync_and_get_new_lists() {
+fn an_earlier_runs_frontends_stay_until_in_sync_and_keep_their_lists() {
     // What the maps hold after a restart: read back, every frontend adopted.
     let (_, before) = step(
         &services(vec![
@@ -507,13 +507,15 @@ fn an_earlier_runs_frontends_stay_until_in_sync_and_get_new_lists() {
     let adopted = read_back(&before);
     let web = services(vec![service("web", [10, 96, 0, 10], &[2, 3])]);
     let (w, during) = step(&web, &adopted, false);
-    // web moves to a fresh list; "gone" is kept until in sync.
+    // web takes its list back (nothing written); "gone" is kept until in
+    // sync.
     let old_id = adopted.frontends[&fe([10, 96, 0, 10], 80)].id;
     let new_id = during.frontends[&fe([10, 96, 0, 10], 80)].id;
-    assert_ne!(old_id, new_id);
-    assert!(w.frontend_deletes.is_empty());
+    assert_eq!(old_id, new_id);
+    assert!(w.is_empty(), "{w:?}");
+    assert!(w.gone.is_empty());
     assert!(during.frontends.contains_key(&fe([10, 96, 0, 12], 80)));
-    assert!(!during.lists.contains_key(&old_id));
+    assert_eq!(during.lists.len(), 2);
     let (w, after) = step(&web, &during, true);
     assert_eq!(
         w.frontend_deletes,
@@ -526,21 +528,39 @@ fn an_earlier_runs_frontends_stay_until_in_sync_and_get_new_lists() {
     assert_eq!(after.lists.len(), 1);
 }
 
-/// What the maps hold as a restarted driver reads them back.
+/// What the maps hold as a restarted driver reads them back (a list
+/// without backends has no entry).
 pub(super) fn read_back(p: &Programmed) -> Programmed {
     Programmed {
         frontends: p.frontends.clone(),
-        lists: p.lists.clone(),
+        lists: p
+            .lists
+            .iter()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(id, l)| (*id, l.clone()))
+            .collect(),
         ids: BTreeMap::new(),
-        next_id: p.lists.keys().max().map_or(1, |m| m + 1),
+        next_id: p
+            .lists
+            .keys()
+            .copied()
+            .chain(p.frontends.values().map(|e| e.id))
+            .max()
+            .map_or(1, |m| m + 1),
         adopted: p.frontends.keys().copied().collect(),
         tables: p
             .tables
             .iter()
             .map(|(id, t)| {
+                // The slots are the table this run built (capacity 0).
+                let digest = t
+                    .built
+                    .as_ref()
+                    .map(|(_, list)| table_digest(&diff::table_slots(list, 0)));
                 let info = TableInfo {
                     size: t.size,
                     built: None,
+                    digest,
                 };
                 (*id, info)
             })
@@ -694,7 +714,7 @@ fn maglev_tables_serve_external_frontends_only_and_are_replaced_whole() {
 }
 
 #[test]
-fn an_earlier_runs_tables_stay_until_in_sync_then_go() {
+fn an_earlier_runs_tables_stay_until_in_sync_and_are_kept_where_their_slots_match() {
     let svcs = services(vec![maglev_service(&[2, 3])]);
     let (_, first) = step(&svcs, &Programmed::default(), true);
     let old = first.frontends[&fe([192, 0, 2, 9], 80)].maglev;
@@ -703,12 +723,26 @@ fn an_earlier_runs_tables_stay_until_in_sync_then_go() {
     let (w, during) = step(&BTreeMap::new(), &adopted, false);
     assert!(w.table_deletes.is_empty());
     assert!(during.tables.contains_key(&old));
-    // The state again: a fresh table, the earlier run's deleted.
+    // The state again: the table holds what the backends give, so it is
+    // kept (nothing written).
     let (w, after) = step(&svcs, &during, true);
-    let new = after.frontends[&fe([192, 0, 2, 9], 80)].maglev;
-    assert_ne!(new, old);
-    assert_eq!(w.table_deletes.len(), 1);
-    assert_eq!(w.table_deletes[0].0, old);
+    assert_eq!(after.frontends[&fe([192, 0, 2, 9], 80)].maglev, old);
+    assert!(w.is_empty(), "{w:?}");
+    // A table whose slots are not what the backends give (another
+    // capacity, a slot changed or missing) is replaced: a fresh table,
+    // the earlier run's deleted once no frontend names it.
+    for digest in [None, Some(1)] {
+        let mut adopted = read_back(&first);
+        if let Some(t) = adopted.tables.get_mut(&old) {
+            t.digest = digest;
+        }
+        let (w, after) = step(&svcs, &adopted, true);
+        let new = after.frontends[&fe([192, 0, 2, 9], 80)].maglev;
+        assert_ne!(new, old);
+        assert_eq!(w.table_deletes.len(), 1);
+        assert_eq!(w.table_deletes[0].0, old);
+        assert!(w.gone.is_empty(), "the list is kept: {:?}", w.gone);
+    }
 }
 
 #[test]
