@@ -4,7 +4,8 @@
 //! pinned at another size is set aside (its pin renamed to `NAME-resized`),
 //! loading creates it anew at the configured size, and its entries are
 //! copied into the new map (as many as fit: a smaller hash map refuses the
-//! rest, a smaller LRU map forgets its oldest) before the old pin is
+//! rest, a smaller LRU map evicts as it fills: which entries stay is
+//! arbitrary) before the old pin is
 //! removed. The programs an earlier run attached keep the old maps until
 //! the new programs replace them in their links, so the old map's entries
 //! stay in force until then. It refuses to resize a map whose type it does
