@@ -125,6 +125,14 @@ pub trait Driver: Send {
         None
     }
 
+    /// How full the driver's sized service maps are (the eBPF driver's
+    /// frontend, backend, Maglev and affinity maps), one entry a map;
+    /// empty for drivers without such maps. Felix exports them as
+    /// metrics.
+    fn map_usage(&self) -> Vec<MapUsage> {
+        Vec::new()
+    }
+
     /// The flow observations made since the last call, oldest first, for
     /// drivers that see connections (see [`crate::flows`]). A driver keeps a
     /// bounded queue and counts what it had to drop
@@ -146,6 +154,18 @@ pub struct ConntrackUsage {
     /// Live entries when last counted.
     pub entries: u64,
     /// The most entries the table holds.
+    pub capacity: u64,
+}
+
+/// Entries in one of a driver's sized maps and its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapUsage {
+    /// The map's name (`manul_svc_fe`, ...).
+    pub map: &'static str,
+    /// Entries the driver holds in it (as it programmed them, or as the
+    /// kernel counts them for maps the programs write).
+    pub entries: u64,
+    /// The most entries it holds.
     pub capacity: u64,
 }
 
@@ -201,6 +221,10 @@ impl<D: Driver + ?Sized> Driver for Box<D> {
 
     fn service_counters(&self) -> Option<ServiceCounters> {
         (**self).service_counters()
+    }
+
+    fn map_usage(&self) -> Vec<MapUsage> {
+        (**self).map_usage()
     }
 
     fn take_flows(&mut self) -> Vec<FlowObservation> {

@@ -33,7 +33,8 @@ pub mod testutil;
 
 pub use desired::{DesiredState, IpSet, ServiceKey};
 pub use driver::{
-    ConntrackUsage, ContractViolation, Driver, DriverError, PolicyCounter, ServiceCounters, chain,
+    ConntrackUsage, ContractViolation, Driver, DriverError, MapUsage, PolicyCounter,
+    ServiceCounters, chain,
 };
 pub use flows::{FlowCounts, FlowObservation, FlowPhase, FlowQueue, FlowTuple, Reporter};
 pub use frontends::{Frontend, FrontendKind, ServiceFrontends, protocol_name};

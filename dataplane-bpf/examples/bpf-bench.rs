@@ -44,6 +44,12 @@
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- flows [--runs 6]`
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- ipv6 [--runs 5]`
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- svc-path [--calls 5000]`
+//!
+//! With `resize` it measures a restart with bigger maps: the load that
+//! creates them anew and copies a full node's entries, beside the same on
+//! an empty node (see `bpf-bench/resize.rs`).
+//!
+//! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- resize [--services 10000] [--backends 10] [--conntrack 200000] [--runs 3]`
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -51,6 +57,8 @@
 mod flows;
 #[path = "bpf-bench/ipv6.rs"]
 mod ipv6;
+#[path = "bpf-bench/resize.rs"]
+mod resize;
 #[path = "bpf-bench/svc_path.rs"]
 mod svc_path;
 
@@ -376,6 +384,10 @@ fn main() {
     }
     if std::env::args().nth(1).as_deref() == Some("svc-path") {
         svc_path::run();
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("resize") {
+        resize::run();
         return;
     }
     let runs: usize = flag("--runs").and_then(|s| s.parse().ok()).unwrap_or(5);

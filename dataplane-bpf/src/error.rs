@@ -72,6 +72,13 @@ pub enum BpfError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A map size of 0 or beyond the largest accepted.
+    #[error("invalid configuration: {setting} is {value} entries; a map holds 1 to {max}")]
+    MapSize {
+        setting: &'static str,
+        value: u32,
+        max: u32,
+    },
 }
 
 impl BpfError {

@@ -22,7 +22,10 @@
 //! - `services` turns the desired services into frontend and backend map
 //!   entries (a pure plan, then ordered writes); the programs translate a
 //!   pod's connections to a service (TCP, UDP and SCTP, IPv4 and IPv6)
-//!   before policy, so policy sees the real endpoints.
+//!   before policy, so policy sees the real endpoints. A sync that would
+//!   overflow a service map is refused whole (the previous state stays).
+//! - [`resize`] creates a pinned map anew when the configuration gives it
+//!   another size (conntrack, the service maps), its entries copied.
 //! - `ctlb` is connect-time load balancing (`bpf/manul_ctlb.c`, an object
 //!   of its own, loaded only when configured): cgroup programs give sockets
 //!   their backend at `connect`/`sendmsg` from the same maps, for pods and
@@ -51,6 +54,7 @@ mod maps;
 pub mod model;
 mod plan;
 mod program;
+pub mod resize;
 mod services;
 pub mod space;
 #[cfg(test)]
@@ -60,7 +64,8 @@ mod write;
 pub use conntrack::{ConntrackEntry, ConntrackTimeouts, GcStats};
 pub use ctlb::{CGROUP_MOUNT_POINT, CtlbConfig, CtlbCounters, cgroup2_mount};
 pub use driver::{
-    BpfConfig, BpfDriver, ExternalServiceMode, KernelCounters, LoadedPrograms, TestRunOutcome,
+    BpfConfig, BpfDriver, ExternalServiceMode, KernelCounters, LoadedPrograms, MAX_MAP_SIZE,
+    ServiceMapSizes, TestRunOutcome, check_map_size,
 };
 pub use error::BpfError;
 pub use events::{FlowCounters, FlowLogInterval, PolicyCounts};

@@ -175,27 +175,35 @@ impl Programs {
 /// digest of both) and use exactly the maps pinned now; otherwise both
 /// through the verifier, then pinned under the new digest (other digests'
 /// pins are removed; the kernel frees such a program once no link holds
-/// it).
+/// it). `sizes`: each sized map and its size ([`crate::BpfConfig::map_sizes`]);
+/// a pinned map of another size is created anew at it, its entries copied
+/// over ([`crate::resize`]).
 pub fn load(
     dirs: &PinDirs,
-    conntrack_capacity: u32,
-    addr_capacity: Option<u32>,
+    sizes: &[(&'static str, u32)],
     no_ct_create: bool,
 ) -> Result<(Ebpf, Programs, Map), BpfError> {
     let flag: u32 = u32::from(no_ct_create);
     let mut loader = EbpfLoader::new();
     loader
         .default_map_pin_directory(&dirs.maps)
-        .map_max_entries("manul_ct", conntrack_capacity)
         .override_global("manul_no_ct_create", &flag, true);
-    if let Some(n) = addr_capacity {
-        loader.map_max_entries("manul_addr", n);
+    for (name, n) in sizes {
+        loader.map_max_entries(name, *n);
     }
-    let mut ebpf = loader.load(OBJECT).map_err(|source| BpfError::Load {
-        pin_dir: dirs.maps.clone(),
-        source: Box::new(source),
-    })?;
-    let digest = digest(conntrack_capacity, addr_capacity, no_ct_create);
+    let aside = crate::resize::set_aside(&dirs.maps, sizes)?;
+    let mut ebpf = match loader.load(OBJECT) {
+        Ok(ebpf) => ebpf,
+        Err(source) => {
+            crate::resize::restore(aside);
+            return Err(BpfError::Load {
+                pin_dir: dirs.maps.clone(),
+                source: Box::new(source),
+            });
+        }
+    };
+    crate::resize::copy_back(aside)?;
+    let digest = digest(sizes, no_ct_create);
     match adopt(dirs, &ebpf, &digest) {
         Ok((programs, events)) => return Ok((ebpf, programs, events)),
         Err(why) => tracing::info!(%why, "loading the programs (verifier)"),
@@ -210,11 +218,14 @@ pub fn load(
 
 /// What the programs are loaded from: the object and the settings that
 /// change what the kernel holds (map sizes, the conntrack flag).
-fn digest(conntrack_capacity: u32, addr_capacity: Option<u32>, no_ct_create: bool) -> String {
+fn digest(sizes: &[(&'static str, u32)], no_ct_create: bool) -> String {
     let mut h = Sha256::new();
     h.update(OBJECT);
-    h.update(conntrack_capacity.to_le_bytes());
-    h.update(addr_capacity.map_or(0, |n| u64::from(n) + 1).to_le_bytes());
+    for (name, n) in sizes {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(n.to_le_bytes());
+    }
     h.update([u8::from(no_ct_create)]);
     h.finalize()[..12]
         .iter()

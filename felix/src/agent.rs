@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::calc::{CalcGraph, Ready, Update};
 use crate::flows::FlowPipeline;
-use crate::metrics::{DataplaneLabels, FelixMetrics, PolicyFlowLabels, resync};
+use crate::metrics::{DataplaneLabels, FelixMetrics, MapLabels, PolicyFlowLabels, resync};
 use crate::resync::{BatchAction, DriverSync};
 use crate::routes::{RouteCalc, RouteProgrammer};
 use crate::status::StatusReporter;
@@ -186,6 +186,22 @@ fn export_conntrack(driver: &dyn Driver, metrics: &FelixMetrics) {
             .set(gauge(u.entries));
         metrics
             .conntrack_capacity
+            .get_or_create(&labels)
+            .set(gauge(u.capacity));
+    }
+}
+
+/// Sets the per-map gauges of a driver with sized service maps.
+fn export_map_usage(driver: &dyn Driver, metrics: &FelixMetrics) {
+    let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    for u in driver.map_usage() {
+        let labels = MapLabels { map: u.map.into() };
+        metrics
+            .bpf_map_entries
+            .get_or_create(&labels)
+            .set(gauge(u.entries));
+        metrics
+            .bpf_map_capacity
             .get_or_create(&labels)
             .set(gauge(u.capacity));
     }
@@ -447,6 +463,7 @@ pub async fn run(
             _ = counters.tick() => {
                 flows.export(dataplane.driver.as_ref(), &metrics);
                 export_conntrack(dataplane.driver.as_ref(), &metrics);
+                export_map_usage(dataplane.driver.as_ref(), &metrics);
                 if let Some(s) = &services {
                     s.observe_counters(dataplane.driver.service_counters());
                 }
@@ -738,6 +755,41 @@ mod tests {
         fn conntrack_usage(&self) -> Option<manul_dataplane_api::ConntrackUsage> {
             self.0
         }
+        fn map_usage(&self) -> Vec<manul_dataplane_api::MapUsage> {
+            self.0
+                .map(|_| manul_dataplane_api::MapUsage {
+                    map: "manul_svc_fe",
+                    entries: 9,
+                    capacity: 65536,
+                })
+                .into_iter()
+                .collect()
+        }
+    }
+
+    #[test]
+    fn map_gauges_name_each_map_for_drivers_with_service_maps() {
+        let mut registry = Registry::default();
+        let metrics = FelixMetrics::register(&mut registry);
+        export_map_usage(&Tracking(None), &metrics);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("felix_bpf_map_entries{"), "{text}");
+        let usage = manul_dataplane_api::ConntrackUsage {
+            entries: 0,
+            capacity: 1,
+        };
+        export_map_usage(&Tracking(Some(usage)), &metrics);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("felix_bpf_map_entries{map=\"manul_svc_fe\"} 9"),
+            "{text}"
+        );
+        assert!(
+            text.contains("felix_bpf_map_capacity{map=\"manul_svc_fe\"} 65536"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -374,14 +374,28 @@ type Built = (
 /// until the dataplane is in sync, as before.
 fn preload_bpf(
     args: &Args,
+    local: &FelixConfig,
 ) -> Option<tokio::task::JoinHandle<Result<manul_dataplane_bpf::LoadedPrograms, String>>> {
     if args.dataplane != Dataplane::Bpf {
         return None;
     }
-    let config = manul_dataplane_bpf::BpfConfig::new(bpf_pin_name(args));
+    let mut config = manul_dataplane_bpf::BpfConfig::new(bpf_pin_name(args));
+    // Maps pinned already keep their size until the datastore's are known.
+    set_map_sizes(&mut config, local);
     Some(tokio::task::spawn_blocking(move || {
-        manul_dataplane_bpf::BpfDriver::load(&config).map_err(|e| chain(&e))
+        manul_dataplane_bpf::BpfDriver::preload(&config).map_err(|e| chain(&e))
     }))
+}
+
+/// The map sizes of `config` (`bpfMapSize*`); a change needs a restart,
+/// which creates the pinned maps anew at the new sizes.
+fn set_map_sizes(bpf: &mut manul_dataplane_bpf::BpfConfig, config: &FelixConfig) {
+    bpf.conntrack_capacity = config.bpf_map_size_conntrack.value;
+    bpf.service_map_sizes = manul_dataplane_bpf::ServiceMapSizes {
+        frontend: config.bpf_map_size_nat_frontend.value,
+        backend: config.bpf_map_size_nat_backend.value,
+        affinity: config.bpf_map_size_nat_affinity.value,
+    };
 }
 
 fn bpf_pin_name(args: &Args) -> String {
@@ -439,6 +453,7 @@ fn driver(
                 config.default_endpoint_to_host_action.value == EndpointToHostAction::Drop;
             bpf.failsafe = bpf_failsafe(config);
             bpf.maglev_capacity = usize::from(config.bpf_maglev_max_endpoints_per_service.value);
+            set_map_sizes(&mut bpf, config);
             bpf.external_service_mode = match config.bpf_external_service_mode.value {
                 BpfExternalServiceMode::Tunnel => manul_dataplane_bpf::ExternalServiceMode::Snat,
                 BpfExternalServiceMode::Dsr => manul_dataplane_bpf::ExternalServiceMode::Dsr,
@@ -623,7 +638,7 @@ async fn run(args: Args, log: LogHandle, started: std::time::Instant) -> Outcome
     let preload = if args.print_config {
         None
     } else {
-        preload_bpf(&args)
+        preload_bpf(&args, &local)
     };
     if let Err(e) =
         configure::load(&args.typha, &args.node, &transport, &mut inputs, deadline).await

@@ -42,12 +42,21 @@ pub struct DataplaneLabels {
     pub dataplane: String,
 }
 
+/// Labels of the per-map gauges: the map's name (`manul_svc_fe`, ...).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct FelixMetrics {
     pub policy_flows: Family<PolicyFlowLabels, Counter>,
     /// Series only for drivers that keep their own conntrack table.
     pub conntrack_entries: Family<DataplaneLabels, Gauge>,
     pub conntrack_capacity: Family<DataplaneLabels, Gauge>,
+    /// Series only for drivers with sized service maps (eBPF).
+    pub bpf_map_entries: Family<MapLabels, Gauge>,
+    pub bpf_map_capacity: Family<MapLabels, Gauge>,
     pub calc_graph_update_time: Histogram,
     pub dataplane_apply_time: Histogram,
     pub dataplane_failures: Counter,
@@ -82,6 +91,8 @@ impl Default for FelixMetrics {
             policy_flows: Family::default(),
             conntrack_entries: Family::default(),
             conntrack_capacity: Family::default(),
+            bpf_map_entries: Family::default(),
+            bpf_map_capacity: Family::default(),
             calc_graph_update_time: h(),
             dataplane_apply_time: h(),
             dataplane_failures: Counter::default(),
@@ -176,6 +187,16 @@ impl FelixMetrics {
             "felix_conntrack_capacity",
             "Entries the dataplane's own conntrack table holds at most (dataplanes with one: bpf)",
             m.conntrack_capacity.clone(),
+        );
+        registry.register(
+            "felix_bpf_map_entries",
+            "Entries of each eBPF service map (frontends, backends, Maglev slots, affinity), per map",
+            m.bpf_map_entries.clone(),
+        );
+        registry.register(
+            "felix_bpf_map_capacity",
+            "Entries each eBPF service map holds at most (bpfMapSizeNAT*), per map",
+            m.bpf_map_capacity.clone(),
         );
         registry.register(
             "felix_int_dataplane_repairs",

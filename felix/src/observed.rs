@@ -85,6 +85,10 @@ impl<O: BatchObserver> Driver for Observed<O> {
         self.inner.service_counters()
     }
 
+    fn map_usage(&self) -> Vec<manul_dataplane_api::MapUsage> {
+        self.inner.map_usage()
+    }
+
     fn take_flows(&mut self) -> Vec<FlowObservation> {
         self.inner.take_flows()
     }

@@ -294,6 +294,16 @@ const OTHER_ERRORS: &[(&str, &str, &str)] = &[
         "not a duration",
     ),
     (
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n  bpfMapSizeNATFrontend: 0\n",
+        "spec.bpfMapSizeNATFrontend",
+        "0 is out of range 1-67108864",
+    ),
+    (
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n  bpfMapSizeConntrack: 4000000000\n",
+        "spec.bpfMapSizeConntrack",
+        "4000000000 is out of range 1-67108864",
+    ),
+    (
         "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n  bpfEnabledd: true\n",
         "spec",
         "unknown field `bpfEnabledd`",

@@ -96,8 +96,8 @@ const HOST_PORTS: &str = "Manul does not implement hostPort";
 const MULTI_INTERFACE: &str = "extra pod interfaces (Multus) are not supported";
 const STATUS: &str = "Felix reports no status to the datastore; it writes a file per \
      programmed endpoint under its `--status-dir`";
-const MAP_SIZES: &str = "the eBPF dataplane sizes its maps itself; a pinned map keeps the \
-     size it was created with";
+const MAP_SIZES: &str = "the eBPF dataplane sizes its policy maps itself (only conntrack and \
+     the service maps take a configured size)";
 const POD_SETUP: &str = "Manul's CNI plugin sets pods up its own way (see its configuration)";
 
 const fn felix(field: &'static str, reason: &'static str) -> NotActedOn {
@@ -134,7 +134,6 @@ pub const NOT_ACTED_ON: &[NotActedOn] = &[
     felix("spec.ipsetsRefreshInterval", TIMERS),
     felix("spec.reportingInterval", STATUS),
     felix("spec.endpointStatusPathPrefix", STATUS),
-    felix("spec.bpfMapSizeConntrack", MAP_SIZES),
     felix("spec.bpfMapSizeIPSets", MAP_SIZES),
     felix("spec.iptablesBackend", DRIVER),
     felix("spec.xdpRefreshInterval", TIMERS),
@@ -232,9 +231,6 @@ pub const NOT_ACTED_ON: &[NotActedOn] = &[
     felix("spec.bpfKubeProxyMinSyncPeriod", SERVICES),
     felix("spec.bpfKubeProxyHealthzPort", SERVICES),
     felix("spec.bpfPSNATPorts", SERVICES),
-    felix("spec.bpfMapSizeNATFrontend", SERVICES),
-    felix("spec.bpfMapSizeNATBackend", SERVICES),
-    felix("spec.bpfMapSizeNATAffinity", SERVICES),
     felix("spec.bpfMapSizeRoute", BPF),
     felix("spec.bpfMapSizePerCpuConntrack", BPF),
     felix("spec.bpfMapSizeConntrackScaling", BPF),

@@ -131,8 +131,14 @@ fn boxed<E: std::error::Error + Send + Sync + 'static>(
 impl ConnectTimeLb {
     /// Loads the programs (their maps pinned beside the TC programs', the
     /// service maps adopted from them: load those first) and attaches the
-    /// cgroup programs, replacing an earlier run's links.
-    pub fn start(dirs: &PinDirs, config: &CtlbConfig) -> Result<Self, BpfError> {
+    /// cgroup programs, replacing an earlier run's links. `sizes`: the
+    /// service maps' sizes (its affinity maps take `affinity`; a pinned one
+    /// of another size is created anew, see [`crate::resize`]).
+    pub fn start(
+        dirs: &PinDirs,
+        config: &CtlbConfig,
+        sizes: crate::driver::ServiceMapSizes,
+    ) -> Result<Self, BpfError> {
         let cgroup = cgroup::resolve(config.cgroup.as_deref())?;
         let btf = Btf::from_sys_fs().ok();
         let kfunc = btf.as_ref().and_then(|b| {
@@ -147,14 +153,35 @@ impl ConnectTimeLb {
         }
         let (buf, start) = object::aligned(&patched);
         let udp = u32::from(config.udp);
-        let mut ebpf = EbpfLoader::new()
+        // The service maps are the TC object's pins (adopted whatever
+        // this declares); named all the same so that both agree.
+        let sized = [
+            ("manul_svc_fe", sizes.frontend),
+            ("manul_svc_fe6", sizes.frontend),
+            ("manul_svc_be", sizes.backend),
+            ("manul_svc_be6", sizes.backend),
+            ("manul_ctlb_aff", sizes.affinity),
+            ("manul_ctlb_aff6", sizes.affinity),
+        ];
+        let mut loader = EbpfLoader::new();
+        loader
             .default_map_pin_directory(&dirs.maps)
-            .override_global("manul_ctlb_udp", &udp, true)
-            .load(&buf[start..start + patched.len()])
-            .map_err(|source| BpfError::Load {
-                pin_dir: dirs.maps.clone(),
-                source: Box::new(source),
-            })?;
+            .override_global("manul_ctlb_udp", &udp, true);
+        for (name, n) in sized {
+            loader.map_max_entries(name, n);
+        }
+        let aside = crate::resize::set_aside(&dirs.maps, &sized[4..])?;
+        let mut ebpf = match loader.load(&buf[start..start + patched.len()]) {
+            Ok(ebpf) => ebpf,
+            Err(source) => {
+                crate::resize::restore(aside);
+                return Err(BpfError::Load {
+                    pin_dir: dirs.maps.clone(),
+                    source: Box::new(source),
+                });
+            }
+        };
+        crate::resize::copy_back(aside)?;
         for (name, _) in CGROUP_PROGRAMS {
             program(&mut ebpf, name)?
                 .load()

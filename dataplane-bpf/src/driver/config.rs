@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::conntrack::ConntrackTimeouts;
+use crate::error::BpfError;
 
 /// How to run the eBPF dataplane on one node.
 #[derive(Debug, Clone)]
@@ -12,13 +13,21 @@ pub struct BpfConfig {
     pub node: String,
     /// Default `/sys/fs/bpf/manul` (bpffs is mounted there if absent).
     pub pin_root: PathBuf,
-    /// Conntrack entries (LRU). Fixed when the pinned map is first created.
+    /// Conntrack entries (LRU; Felix's `bpfMapSizeConntrack`). A pinned
+    /// map of another size is created again at this size when the driver
+    /// loads, its entries copied over (see [`crate::resize`]).
     pub conntrack_capacity: u32,
     /// Entries of `manul_addr` (every prefix and IP-set member the tables'
-    /// address spaces hold); `None`: the program's size (1 Mi). Fixed when
-    /// the pinned map is first created. A batch that would overflow it is
-    /// refused (the map is full) and the driver fails closed.
+    /// address spaces hold); `None`: the program's size (1 Mi). A pinned
+    /// map of another size is created again, as for conntrack. A batch that
+    /// would overflow it is refused (the map is full) and the driver fails
+    /// closed.
     pub addr_capacity: Option<u32>,
+    /// The service maps' sizes (Felix's `bpfMapSizeNATFrontend`,
+    /// `bpfMapSizeNATBackend`, `bpfMapSizeNATAffinity`). A pinned map of
+    /// another size is created again, as for conntrack; a sync that would
+    /// overflow one is refused and the driver fails closed.
+    pub service_map_sizes: ServiceMapSizes,
     pub conntrack_timeouts: ConntrackTimeouts,
     /// How often the background thread collects expired conntrack entries.
     pub gc_interval: Duration,
@@ -73,6 +82,52 @@ pub struct BpfConfig {
     pub external_service_mode: ExternalServiceMode,
 }
 
+/// The service maps' sizes; each applies to the map of both families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServiceMapSizes {
+    /// `manul_svc_fe`, `manul_svc_fe6`: one entry per (address, port,
+    /// protocol) a Service answers on (ClusterIP, each node port address,
+    /// external and load-balancer IPs). Calico's `bpfMapSizeNATFrontend`.
+    pub frontend: u32,
+    /// `manul_svc_be`, `manul_svc_be6`: one entry per backend of each
+    /// frontend's list. Calico's `bpfMapSizeNATBackend`.
+    pub backend: u32,
+    /// `manul_svc_aff`, `manul_svc_aff6` (and the connect-time load
+    /// balancer's `manul_ctlb_aff`, `manul_ctlb_aff6`): one entry per
+    /// (client, frontend) under session affinity, made by the programs
+    /// (LRU: the oldest client is forgotten when full). Calico's
+    /// `bpfMapSizeNATAffinity`.
+    pub affinity: u32,
+}
+
+impl Default for ServiceMapSizes {
+    /// The sizes the object declares (`manul_svc_maps.h`, `manul_tc.c`).
+    fn default() -> Self {
+        Self {
+            frontend: 65536,
+            backend: 1 << 20,
+            affinity: 65536,
+        }
+    }
+}
+
+/// The largest size any sized map accepts: beyond it the kernel would be
+/// asked for gigabytes of map memory, a typo rather than a cluster.
+pub const MAX_MAP_SIZE: u32 = 1 << 26;
+
+/// The sizes a configuration gives its maps, checked: each must be 1 to
+/// [`MAX_MAP_SIZE`] entries.
+pub fn check_map_size(setting: &'static str, value: u32) -> Result<u32, BpfError> {
+    if value == 0 || value > MAX_MAP_SIZE {
+        return Err(BpfError::MapSize {
+            setting,
+            value,
+            max: MAX_MAP_SIZE,
+        });
+    }
+    Ok(value)
+}
+
 /// How external traffic under `externalTrafficPolicy: Cluster` reaches its
 /// backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,12 +145,16 @@ pub enum ExternalServiceMode {
 }
 
 impl BpfConfig {
+    /// The conntrack map's default size.
+    pub const DEFAULT_CONNTRACK_CAPACITY: u32 = 512 * 1024;
+
     pub fn new(node: impl Into<String>) -> Self {
         Self {
             node: node.into(),
             pin_root: PathBuf::from("/sys/fs/bpf/manul"),
-            conntrack_capacity: 512 * 1024,
+            conntrack_capacity: Self::DEFAULT_CONNTRACK_CAPACITY,
             addr_capacity: None,
+            service_map_sizes: ServiceMapSizes::default(),
             conntrack_timeouts: ConntrackTimeouts::default(),
             gc_interval: Duration::from_secs(10),
             flow_update_interval: None,
@@ -115,6 +174,46 @@ impl BpfConfig {
 }
 
 impl BpfConfig {
+    /// Checks the map sizes (each 1 to [`MAX_MAP_SIZE`]).
+    pub fn validate(&self) -> Result<(), BpfError> {
+        self.map_sizes().map(|_| ())
+    }
+
+    /// Every map whose size the configuration sets, with that size (the
+    /// TC object's maps), checked.
+    pub fn map_sizes(&self) -> Result<Vec<(&'static str, u32)>, BpfError> {
+        let s = self.service_map_sizes;
+        let ct = check_map_size(
+            "conntrack_capacity (bpfMapSizeConntrack)",
+            self.conntrack_capacity,
+        )?;
+        let fe = check_map_size(
+            "service_map_sizes.frontend (bpfMapSizeNATFrontend)",
+            s.frontend,
+        )?;
+        let be = check_map_size(
+            "service_map_sizes.backend (bpfMapSizeNATBackend)",
+            s.backend,
+        )?;
+        let aff = check_map_size(
+            "service_map_sizes.affinity (bpfMapSizeNATAffinity)",
+            s.affinity,
+        )?;
+        let mut out = vec![
+            ("manul_ct", ct),
+            ("manul_svc_fe", fe),
+            ("manul_svc_fe6", fe),
+            ("manul_svc_be", be),
+            ("manul_svc_be6", be),
+            ("manul_svc_aff", aff),
+            ("manul_svc_aff6", aff),
+        ];
+        if let Some(n) = self.addr_capacity {
+            out.push(("manul_addr", check_map_size("addr_capacity", n)?));
+        }
+        Ok(out)
+    }
+
     /// How often the conntrack scan runs: `gc_interval`, or the flow
     /// update interval when that is shorter (never below 100 ms).
     pub fn scan_interval(&self) -> Duration {

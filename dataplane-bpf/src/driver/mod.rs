@@ -45,7 +45,10 @@ mod counters;
 mod flows;
 mod interfaces;
 
-pub use config::{BpfConfig, ExternalServiceMode, is_workload_interface};
+pub use config::{
+    BpfConfig, ExternalServiceMode, MAX_MAP_SIZE, ServiceMapSizes, check_map_size,
+    is_workload_interface,
+};
 pub use counters::{KernelCounters, TestRunOutcome};
 pub(crate) use flows::labels;
 
@@ -100,20 +103,19 @@ pub struct LoadedPrograms {
 struct LoadKey {
     pin_root: std::path::PathBuf,
     node: String,
-    conntrack_capacity: u32,
-    addr_capacity: Option<u32>,
+    /// Every sized map and its size.
+    sizes: Vec<(&'static str, u32)>,
     no_conntrack: bool,
 }
 
 impl LoadKey {
-    fn of(config: &BpfConfig) -> LoadKey {
-        LoadKey {
+    fn of(config: &BpfConfig) -> Result<LoadKey, BpfError> {
+        Ok(LoadKey {
             pin_root: config.pin_root.clone(),
             node: config.node.clone(),
-            conntrack_capacity: config.conntrack_capacity,
-            addr_capacity: config.addr_capacity,
+            sizes: config.map_sizes()?,
             no_conntrack: config.benchmark_no_conntrack,
-        }
+        })
     }
 }
 
@@ -130,21 +132,33 @@ impl BpfDriver {
     /// creates the node's pin directories and loads the programs with the
     /// maps pinned there (see [`LoadedPrograms`]).
     pub fn load(config: &BpfConfig) -> Result<LoadedPrograms, BpfError> {
+        Self::load_with(config, LoadKey::of(config)?)
+    }
+
+    /// [`BpfDriver::load`] before the configuration is known in full
+    /// (Felix's early load, while it reads the datastore): each map already
+    /// pinned keeps its size, so no map is created anew for sizes the
+    /// datastore may not ask for; [`BpfDriver::start`] loads again when
+    /// the configuration's sizes differ.
+    pub fn preload(config: &BpfConfig) -> Result<LoadedPrograms, BpfError> {
+        let mut key = LoadKey::of(config)?;
+        let maps = config.pin_root.join(&config.node).join("maps");
+        key.sizes = crate::resize::pinned_sizes(&maps, &key.sizes);
+        Self::load_with(config, key)
+    }
+
+    fn load_with(config: &BpfConfig, key: LoadKey) -> Result<LoadedPrograms, BpfError> {
         let started = std::time::Instant::now();
         loader::ensure_bpffs(&config.pin_root)?;
         let dirs = PinDirs::create(&config.pin_root, &config.node)?;
-        let (ebpf, programs, events) = loader::load(
-            &dirs,
-            config.conntrack_capacity,
-            config.addr_capacity,
-            config.benchmark_no_conntrack,
-        )?;
+        let (ebpf, programs, events) =
+            loader::load(&dirs, &key.sizes, config.benchmark_no_conntrack)?;
         Ok(LoadedPrograms {
             dirs,
             ebpf,
             programs,
             events,
-            key: LoadKey::of(config),
+            key,
             took: started.elapsed(),
         })
     }
@@ -157,7 +171,7 @@ impl BpfDriver {
     /// [`Operation::InSync`].
     pub fn start(config: BpfConfig, loaded: LoadedPrograms) -> Result<Self, BpfError> {
         let started = std::time::Instant::now();
-        let loaded = if loaded.key == LoadKey::of(&config) {
+        let loaded = if loaded.key == LoadKey::of(&config)? {
             loaded
         } else {
             tracing::info!("the eBPF programs were loaded for other settings; loading them again");
@@ -177,7 +191,11 @@ impl BpfDriver {
         let services = crate::services::Services::new(&mut ebpf, config.maglev_capacity)?;
         // After the TC object: it adopts the service maps that one pinned.
         let ctlb = match &config.connect_time_lb {
-            Some(c) => Some(crate::ctlb::ConnectTimeLb::start(&dirs, c)?),
+            Some(c) => Some(crate::ctlb::ConnectTimeLb::start(
+                &dirs,
+                c,
+                config.service_map_sizes,
+            )?),
             None => {
                 crate::ctlb::ConnectTimeLb::remove_links(&dirs);
                 None
@@ -403,6 +421,12 @@ impl Driver for BpfDriver {
             reset: k.service_reset,
             affinity_entries: self.services.affinity_entries() as u64,
         })
+    }
+
+    /// The service maps' entries and capacities (the written maps' entries
+    /// as this run programmed them, the affinity maps' walked).
+    fn map_usage(&self) -> Vec<manul_dataplane_api::MapUsage> {
+        self.services.usage()
     }
 
     /// Starts and denials from the flow events, updates and ends from the

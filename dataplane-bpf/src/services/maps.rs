@@ -12,13 +12,14 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
 
 use super::clean::{self, V4, V6};
-use super::plan::diff::Peak;
+use super::plan::diff::{Counts, Peak};
 use super::plan::{
     BackendAddr, Frontend, FrontendEntry, Programmed, SourceRange, TableInfo, Writes, slot_addr,
     slot_digest,
 };
 use crate::abi;
 use crate::error::BpfError;
+use manul_dataplane_api::MapUsage;
 
 pub(super) type Hash<K, V> = HashMap<MapData, K, V>;
 
@@ -45,6 +46,8 @@ pub struct ServiceMaps {
     mag_capacity: usize,
     fe6_capacity: usize,
     be6_capacity: usize,
+    aff_capacity: usize,
+    aff6_capacity: usize,
 }
 
 impl std::fmt::Debug for ServiceMaps {
@@ -201,13 +204,13 @@ impl ServiceMaps {
         let (fe, fe_capacity) = take(ebpf, "manul_svc_fe")?;
         let (be, be_capacity) = take(ebpf, "manul_svc_be")?;
         let (nat, _) = take(ebpf, "manul_nat")?;
-        let (aff, _) = take(ebpf, "manul_svc_aff")?;
+        let (aff, aff_capacity) = take(ebpf, "manul_svc_aff")?;
         let (ifs, _) = take(ebpf, "manul_svc_if")?;
         let (mag, mag_capacity) = take(ebpf, "manul_svc_mag")?;
         let (fe6, fe6_capacity) = take(ebpf, "manul_svc_fe6")?;
         let (be6, be6_capacity) = take(ebpf, "manul_svc_be6")?;
         let (nat6, _) = take(ebpf, "manul_nat6")?;
-        let (aff6, _) = take(ebpf, "manul_svc_aff6")?;
+        let (aff6, aff6_capacity) = take(ebpf, "manul_svc_aff6")?;
         let src = take_trie(ebpf, "manul_svc_src")?;
         let src6 = take_trie(ebpf, "manul_svc_src6")?;
         Ok(Self {
@@ -228,6 +231,8 @@ impl ServiceMaps {
             mag_capacity,
             fe6_capacity,
             be6_capacity,
+            aff_capacity,
+            aff6_capacity,
         })
     }
 
@@ -481,6 +486,34 @@ impl ServiceMaps {
     /// The session affinity maps' entries (one key walk, no values read).
     pub fn affinity_entries(&self) -> usize {
         self.aff.keys().flatten().count() + self.aff6.keys().flatten().count()
+    }
+
+    /// Each sized map's entries and capacity: the written maps' entries
+    /// from `held` (what the maps hold as this run knows them), the
+    /// affinity maps' (written by the programs) walked.
+    pub fn usage(&self, held: &Counts) -> Vec<MapUsage> {
+        let u = |map, entries: usize, capacity: usize| MapUsage {
+            map,
+            entries: entries as u64,
+            capacity: capacity as u64,
+        };
+        vec![
+            u("manul_svc_fe", held.fe, self.fe_capacity),
+            u("manul_svc_fe6", held.fe6, self.fe6_capacity),
+            u("manul_svc_be", held.be, self.be_capacity),
+            u("manul_svc_be6", held.be6, self.be6_capacity),
+            u("manul_svc_mag", held.mag, self.mag_capacity),
+            u(
+                "manul_svc_aff",
+                self.aff.keys().flatten().count(),
+                self.aff_capacity,
+            ),
+            u(
+                "manul_svc_aff6",
+                self.aff6.keys().flatten().count(),
+                self.aff6_capacity,
+            ),
+        ]
     }
 
     /// Forgets what clients had of backends that went away, in both

@@ -16,6 +16,7 @@ use manul_dataplane_api::{Operation, Service, ServiceKey};
 use crate::error::BpfError;
 use maps::ServiceMaps;
 use plan::diff::{self, Counts, Delta, Scope};
+use plan::early;
 use plan::index::Index;
 use plan::{Programmed, SourceRange};
 
@@ -67,6 +68,11 @@ impl Services {
     /// The session affinity map's entries.
     pub fn affinity_entries(&self) -> usize {
         self.maps.affinity_entries()
+    }
+
+    /// Each service map's entries and capacity.
+    pub fn usage(&self) -> Vec<manul_dataplane_api::MapUsage> {
+        self.maps.usage(&self.counts)
     }
 
     /// Brings the maps to `services` when the batch names a service or
@@ -166,8 +172,10 @@ impl Services {
         planned
     }
 
-    /// Makes a plan's writes: source ranges first, a capacity check, the
-    /// map writes in order, then the ranges no longer named, and the
+    /// Makes a plan's writes: source ranges first, a capacity check (when
+    /// the writes in their order do not fit, the deletions of what leaves
+    /// go first, [`early`], and the check is of the rest), the map writes
+    /// in order, then the ranges no longer named, and the
     /// clean-up after backends that went away.
     fn sync(&mut self, planned: Planned) -> Result<(), BpfError> {
         let Planned {
@@ -178,12 +186,22 @@ impl Services {
         } = planned;
         self.maps.add_source_ranges(&ranges_added)?;
         let counts = self.counts.after(&self.programmed, &delta);
-        if !writes.is_empty() {
+        // When the sync does not fit as ordered, what leaves goes first,
+        // so that the peak is what stays plus what comes (the split walks
+        // every programmed frontend: only then); a sync whose peak still
+        // does not fit writes nothing.
+        let (early, writes) = match self.maps.check(&counts.peak(&writes)) {
+            Ok(()) => (plan::Writes::default(), writes),
+            Err(_) => early::split(writes, &self.programmed),
+        };
+        if !early.is_empty() || !writes.is_empty() {
             self.maps.check(&counts.peak(&writes))?;
-            if let Err(e) = self.maps.write(&writes) {
-                self.programmed = self.maps.read();
-                self.counts = Counts::of(&self.programmed);
-                return Err(e);
+            for w in [&early, &writes] {
+                if let Err(e) = self.maps.write(w) {
+                    self.programmed = self.maps.read();
+                    self.counts = Counts::of(&self.programmed);
+                    return Err(e);
+                }
             }
         }
         self.programmed.apply(delta);

@@ -9,6 +9,7 @@
 //! touched; the same diff over every key is the whole plan ([`plan`]).
 
 pub mod diff;
+pub mod early;
 pub mod index;
 pub mod part;
 pub mod recover;

@@ -513,6 +513,31 @@ settings! {
         100,
         |s| s.bpf_maglev_max_endpoints_per_service.filter(|n| (1..=3000).contains(n)),
         parse::maglev_endpoints, Restart;
+    /// eBPF: entries of the service frontend maps (`manul_svc_fe`, and
+    /// `manul_svc_fe6` alike): one per address, port and protocol a
+    /// Service answers on. A sync that would overflow it is refused (what
+    /// was programmed stays, Felix is not ready) until the cluster fits.
+    bpf_map_size_nat_frontend: u32 = "bpfMapSizeNATFrontend",
+        manul_dataplane_bpf::ServiceMapSizes::default().frontend,
+        |s| s.bpf_map_size_nat_frontend.filter(|n| parse::map_size(&n.to_string()).is_ok()),
+        parse::map_size, Restart;
+    /// eBPF: entries of the service backend maps (`manul_svc_be`,
+    /// `manul_svc_be6`): one per backend of each frontend's list.
+    bpf_map_size_nat_backend: u32 = "bpfMapSizeNATBackend",
+        manul_dataplane_bpf::ServiceMapSizes::default().backend,
+        |s| s.bpf_map_size_nat_backend.filter(|n| parse::map_size(&n.to_string()).is_ok()),
+        parse::map_size, Restart;
+    /// eBPF: entries of the session affinity maps (LRU: the oldest client
+    /// is forgotten when full).
+    bpf_map_size_nat_affinity: u32 = "bpfMapSizeNATAffinity",
+        manul_dataplane_bpf::ServiceMapSizes::default().affinity,
+        |s| s.bpf_map_size_nat_affinity.filter(|n| parse::map_size(&n.to_string()).is_ok()),
+        parse::map_size, Restart;
+    /// eBPF: entries of the conntrack map (LRU).
+    bpf_map_size_conntrack: u32 = "bpfMapSizeConntrack",
+        manul_dataplane_bpf::BpfConfig::DEFAULT_CONNTRACK_CAPACITY,
+        |s| s.bpf_map_size_conntrack.filter(|n| parse::map_size(&n.to_string()).is_ok()),
+        parse::map_size, Restart;
 }
 
 impl FelixConfig {

@@ -202,6 +202,19 @@ pub fn mtu(text: &str) -> Result<u32, String> {
     }
 }
 
+/// An eBPF map size (`bpfMapSize*`): 1 to `MAX_MAP_SIZE` entries.
+pub fn map_size(text: &str) -> Result<u32, String> {
+    let max = manul_dataplane_bpf::MAX_MAP_SIZE;
+    match text.parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        Ok(0) => Err("a map of 0 entries holds nothing (1 or more)".into()),
+        Ok(n) => Err(format!(
+            "{n} entries is beyond the most a map may hold, {max}"
+        )),
+        Err(_) => Err(format!("not a number of entries (1-{max})")),
+    }
+}
+
 /// `bpfMaglevMaxEndpointsPerService`: 1-3000, as Calico accepts.
 pub fn maglev_endpoints(text: &str) -> Result<u16, String> {
     match text.parse::<u16>() {

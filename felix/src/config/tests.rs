@@ -92,6 +92,16 @@ const CASES: &[Case] = &[
         source: Source::Environment,
     },
     Case {
+        what: "a service map size from the datastore",
+        global: "bpfMapSizeNATFrontend: 200000",
+        node: "",
+        env: &[],
+        flags: &[],
+        setting: "bpfMapSizeNATFrontend",
+        value: "200000",
+        source: Source::DatastoreGlobal,
+    },
+    Case {
         what: "the variable's name is matched in any case",
         global: "",
         node: "",
@@ -301,6 +311,17 @@ fn malformed_local_values_are_errors_naming_their_origin() {
             "PROTOCOL:[NET:]PORT",
         ),
         ("FELIX_IPTABLESREFRESHINTERVAL", "soon", "soon"),
+        ("FELIX_BPFMAPSIZENATFRONTEND", "0", "holds nothing"),
+        (
+            "FELIX_BPFMAPSIZENATBACKEND",
+            "100000000",
+            "beyond the most a map may hold",
+        ),
+        (
+            "FELIX_BPFMAPSIZECONNTRACK",
+            "lots",
+            "not a number of entries",
+        ),
         (
             "FELIX_DEFAULTENDPOINTTOHOSTACTION",
             "allow",

@@ -15,6 +15,9 @@ fn one_of(value: &str, accepted: &[&str]) -> Result<(), String> {
     }
 }
 
+/// The most entries a sized eBPF map may be given.
+const MAX_BPF_MAP_SIZE: i64 = 1 << 26;
+
 fn range(value: i64, min: i64, max: i64) -> Result<(), String> {
     if (min..=max).contains(&value) {
         Ok(())
@@ -150,6 +153,18 @@ pub(super) fn configuration(v: &mut Validator, name: &str, s: &FelixConfiguratio
     ] {
         if let Some(n) = value {
             v.check(at(field), range(n.into(), 1, 3000));
+        }
+    }
+    // The eBPF maps Manul sizes from these: 1 entry to 64 Mi (beyond, the
+    // kernel would be asked for gigabytes; `manul_dataplane_bpf::MAX_MAP_SIZE`).
+    for (field, value) in [
+        ("bpfMapSizeNATFrontend", s.bpf_map_size_nat_frontend),
+        ("bpfMapSizeNATBackend", s.bpf_map_size_nat_backend),
+        ("bpfMapSizeNATAffinity", s.bpf_map_size_nat_affinity),
+        ("bpfMapSizeConntrack", s.bpf_map_size_conntrack),
+    ] {
+        if let Some(n) = value {
+            v.check(at(field), range(n.into(), 1, MAX_BPF_MAP_SIZE));
         }
     }
     if let Some(n) = s.bpf_map_size_conntrack_cleanup_queue {
