@@ -157,11 +157,13 @@ fn grpc(shared: &Shared, n: usize, runs: usize) -> Vec<f64> {
         panic!("no free loopback port in 17000..17100");
     });
     let addr = listener.local_addr().unwrap();
+    // Served as the aggregator serves plaintext: Nagle off on each
+    // accepted connection (`manul_flows::listen`).
     server_rt.spawn(
         tonic::transport::Server::builder()
             .add_service(ingest)
             .add_service(query)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(manul_flows::listen::incoming(listener)),
     );
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

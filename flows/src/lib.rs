@@ -20,6 +20,7 @@ pub mod graph;
 pub mod ingest;
 pub mod intern;
 pub mod json;
+pub mod listen;
 pub mod server;
 pub mod store;
 pub mod tls;

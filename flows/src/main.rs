@@ -105,10 +105,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         None => {
             router
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stop,
-                )
+                .serve_with_incoming_shutdown(manul_flows::listen::incoming(listener), stop)
                 .await
         }
     }
