@@ -17,8 +17,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::listener::HttpLimits;
 use crate::listener::slots::Slots;
-use crate::listener::{MetricsListener, MetricsTlsListener};
 use crate::node::Node;
 
 #[derive(Clone)]
@@ -63,7 +63,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 /// Serves the endpoints on `addr` (over HTTPS with `tls`); returns the
 /// bound address. Over HTTP or HTTPS, at most `slots` connections at once,
 /// each closed once idle, with a descriptor in reserve for when the
-/// process runs out (`crate::listener::metrics`).
+/// process runs out (`manul_listen::http`).
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
@@ -78,21 +78,11 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { registry, node });
-    let task = match tls {
-        Some(config) => {
-            let listener = MetricsTlsListener::new(listener, config, slots)?;
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!("metrics server failed: {e}");
-                }
-            })
+    let task = tokio::spawn(async move {
+        let limits = HttpLimits::default();
+        if let Err(e) = manul_listen::http::serve(listener, app, tls, slots, limits).await {
+            tracing::error!("metrics server failed: {e}");
         }
-        None => tokio::spawn(async move {
-            let listener = MetricsListener::new(listener, slots);
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("metrics server failed: {e}");
-            }
-        }),
-    };
+    });
     Ok((bound, task))
 }

@@ -346,6 +346,7 @@ async fn main() -> ExitCode {
             max_streams: args.max_streams_per_connection,
             max_connections: usize::try_from(args.max_connections_per_listener)
                 .unwrap_or(usize::MAX),
+            ..ConnectionLimits::default()
         },
         write_limits: WriteLimits {
             max_request_bytes: usize::try_from(args.max_request_mib * 1024 * 1024)

@@ -258,7 +258,8 @@ pub async fn start(mut config: TyphaConfig) -> Result<Running, ServerError> {
     let kube_metrics = crate::kube::metrics::KubeMetrics::register(&mut registry);
     let threatfeed_metrics = crate::threatfeed::metrics::ThreatFeedMetrics::register(&mut registry);
     let authz_metrics = crate::audit::AuthzMetrics::register(&mut registry);
-    let listener_metrics = ListenerMetrics::register(&mut registry);
+    let listener_metrics =
+        ListenerMetrics::register(&mut registry, crate::listener::METRICS_PREFIX);
     let audit = match &config.audit_log {
         Some(path) => crate::audit::Audit::open(path, authz_metrics).await?,
         None => crate::audit::Audit::disabled(authz_metrics),

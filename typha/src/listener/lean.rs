@@ -5,8 +5,8 @@
 //! uses one listener or the other; with none free the listener waits
 //! before accepting), an accept that fails (out of file descriptors)
 //! retried after 50 ms, the TLS handshake within
-//! `manul_tls::accept::HANDSHAKE_TIMEOUT` (10 s), then the hello within
-//! [`super::ConnectionLimits::handshake`]. Each connection's handshakes
+//! [`super::ConnectionLimits::tls_handshake`] (10 s), then the hello
+//! within [`super::ConnectionLimits::handshake`]. Each connection's handshakes
 //! run in its own task, so a silent one holds up no one else. With TLS it
 //! uses the client listener's rustls configuration (its certificate and
 //! its client-certificate checks) with the application protocol
@@ -20,8 +20,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use manul_listen::accept::accept;
+use manul_listen::slots::{Slot, Slots};
+
 use super::ConnectionLimits;
-use super::slots::{Slot, Slots};
 use crate::fanout::{Fanout, serve_lean_connection};
 
 /// The client listener's TLS configuration with the lean transport's
@@ -53,7 +55,7 @@ pub fn serve(
                 () = &mut stopped => return,
                 accepted = async {
                     let free = slots.acquire().await;
-                    let accepted = super::accept(&listener, &slots).await;
+                    let accepted = accept(&listener, &slots).await;
                     (free.open(), accepted)
                 } => accepted,
             };
@@ -86,7 +88,7 @@ async fn connection(
         drop(slot);
         return;
     };
-    let timeout = manul_tls::accept::HANDSHAKE_TIMEOUT;
+    let timeout = limits.tls_handshake;
     match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => serve_lean_connection(fanout, tls, peer, limits.handshake).await,
         Ok(Err(e)) => tracing::warn!(%peer, "lean sync TLS handshake refused: {e}"),

@@ -3,20 +3,22 @@
 //! until it closes, and a listener with no free slot stops accepting (the
 //! kernel's backlog holds newcomers) instead of accepting and failing.
 //! Each gRPC listener's share is also bounded by the process's
-//! RLIMIT_NOFILE, less [`RESERVED_FDS`] for the store, Raft's peers and the
-//! metrics listener, so the metrics listener (`/readyz`) and the store
-//! still get descriptors when a flood fills the gRPC listeners.
+//! RLIMIT_NOFILE, less [`RESERVED_FDS`] for everything else the process
+//! opens (a store, peers, the HTTP listeners), so the HTTP listener
+//! (`/readyz`) still gets descriptors when a flood fills the gRPC
+//! listeners.
 //!
 //! An accept loop takes the slot of its next connection before it
 //! accepts it, so a full listener leaves newcomers in the kernel's backlog:
 //! while it waits, that slot is neither free nor counted as a connection
-//! (listeners that share slots, the client and sync listeners, each hold
-//! one so).
+//! (listeners that share slots, such as Typha's client and sync listeners,
+//! each hold one so).
 //!
-//! Metrics: `typha_listener_connections{listener}` (open connections),
-//! `typha_listener_full_total{listener}` (times a listener had to wait for
-//! a free slot before accepting) and
-//! `typha_listener_accept_errors_total{listener}` (accepts that failed,
+//! Metrics, named after the process (`PREFIX` is `typha`, `felix` or
+//! `flows`): `PREFIX_listener_connections{listener}` (open connections),
+//! `PREFIX_listener_full_total{listener}` (times a listener had to wait
+//! for a free slot before accepting) and
+//! `PREFIX_listener_accept_errors_total{listener}` (accepts that failed,
 //! such as for want of a file descriptor; each failure is followed by a
 //! 50 ms wait, so this grows by at most 20 a second per listener).
 
@@ -29,12 +31,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Descriptors kept out of the gRPC listeners' shares: the store's files,
-/// connections to peers and to the Kubernetes API, the metrics listener's
+/// Descriptors kept out of the gRPC listeners' shares: a store's files,
+/// connections to peers and to the Kubernetes API, the HTTP listeners'
 /// connections, logs.
 pub const RESERVED_FDS: u64 = 128;
 
-/// Connections the metrics listener holds at once.
+/// Connections an HTTP (metrics, health) listener holds at once, unless
+/// configured otherwise.
 pub const METRICS_CONNECTIONS: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -45,26 +48,34 @@ struct ListenerLabel {
 /// The listeners' metrics.
 #[derive(Debug, Clone, Default)]
 pub struct ListenerMetrics {
+    /// The accept errors' metric name, for the log.
+    accept_errors_name: String,
     connections: Family<ListenerLabel, Gauge>,
     full: Family<ListenerLabel, Counter>,
     accept_errors: Family<ListenerLabel, Counter>,
 }
 
 impl ListenerMetrics {
-    pub fn register(registry: &mut Registry) -> ListenerMetrics {
-        let m = ListenerMetrics::default();
+    /// Registers `PREFIX_listener_connections`,
+    /// `PREFIX_listener_full_total` and
+    /// `PREFIX_listener_accept_errors_total` in `registry`.
+    pub fn register(registry: &mut Registry, prefix: &str) -> ListenerMetrics {
+        let m = ListenerMetrics {
+            accept_errors_name: format!("{prefix}_listener_accept_errors_total"),
+            ..ListenerMetrics::default()
+        };
         registry.register(
-            "typha_listener_connections",
+            format!("{prefix}_listener_connections"),
             "Connections open on each listener",
             m.connections.clone(),
         );
         registry.register(
-            "typha_listener_full",
+            format!("{prefix}_listener_full"),
             "Times a listener had no free connection slot and waited before accepting",
             m.full.clone(),
         );
         registry.register(
-            "typha_listener_accept_errors",
+            format!("{prefix}_listener_accept_errors"),
             "Accepts that failed on each listener (out of file descriptors and the like)",
             m.accept_errors.clone(),
         );
@@ -82,6 +93,8 @@ pub struct Slots {
     open: Gauge,
     full: Counter,
     accept_errors: Counter,
+    /// The accept errors' metric name, for the log.
+    accept_errors_name: Arc<str>,
     /// Whether the listener is known full (logged once per episode).
     waiting: Arc<std::sync::atomic::AtomicBool>,
     /// Whether its accepts are failing (logged once per episode).
@@ -89,7 +102,7 @@ pub struct Slots {
 }
 
 /// A free slot taken by an accept loop before it accepts: not yet a
-/// connection (not counted in `typha_listener_connections`), but no other
+/// connection (not counted in `PREFIX_listener_connections`), but no other
 /// connection can have it.
 #[derive(Debug)]
 pub struct Free {
@@ -133,6 +146,7 @@ impl Slots {
             open: metrics.connections.get_or_create(&label).clone(),
             full: metrics.full.get_or_create(&label).clone(),
             accept_errors: metrics.accept_errors.get_or_create(&label).clone(),
+            accept_errors_name: Arc::from(metrics.accept_errors_name.as_str()),
             waiting: Arc::default(),
             failing: Arc::default(),
         }
@@ -184,7 +198,8 @@ impl Slots {
         } else {
             tracing::warn!(
                 listener = self.name,
-                "accept failed: {error}; retrying every 50 ms (counted in typha_listener_accept_errors_total)"
+                "accept failed: {error}; retrying every 50 ms (counted in {})",
+                self.accept_errors_name
             );
         }
     }

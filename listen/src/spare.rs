@@ -1,19 +1,19 @@
-//! A file descriptor held in reserve for the metrics listener, so that
-//! `/readyz`, `/healthz` and `/metrics` still answer when the process is
-//! out of descriptors.
+//! A file descriptor held in reserve for an HTTP listener, so that its
+//! health and metrics endpoints (`/readyz`, `/healthz`, `/metrics`) still
+//! answer when the process is out of descriptors.
 //!
 //! The listeners' slots keep connections below the descriptor limit
-//! (`slots::share`), but descriptors can still run out: a limit lowered
-//! after the start, or the store, peers and logs using more than
-//! `slots::RESERVED_FDS`. Then every `accept` fails with EMFILE, and a
-//! probe's connection would wait in the kernel's backlog until something
-//! else closes. So the metrics listener keeps one descriptor open on
-//! `/dev/null`: when an accept fails for want of a descriptor, it closes
-//! that one and accepts again at once, and the connection it gets gives
-//! the descriptor back (the reserve is opened again) when it closes. One
-//! probe at a time is served so; others wait for it. Another thread may
-//! take the freed descriptor first; then the listener waits 50 ms like the
-//! others and opens its reserve again once it can.
+//! ([`crate::slots::share`]), but descriptors can still run out: a limit
+//! lowered after the start, or the rest of the process using more than
+//! [`crate::slots::RESERVED_FDS`]. Then every `accept` fails with EMFILE,
+//! and a probe's connection would wait in the kernel's backlog until
+//! something else closes. So the HTTP listener keeps one descriptor open
+//! on `/dev/null`: when an accept fails for want of a descriptor, it
+//! closes that one and accepts again at once, and the connection it gets
+//! gives the descriptor back (the reserve is opened again) when it closes.
+//! One probe at a time is served so; others wait for it. Another thread
+//! may take the freed descriptor first; then the listener waits 50 ms like
+//! the others and opens its reserve again once it can.
 
 use std::fs::File;
 use std::io;
@@ -45,7 +45,7 @@ impl Spare {
         };
         if !spare.restore() {
             tracing::warn!(
-                "cannot open /dev/null to hold a descriptor in reserve: the metrics listener has none when the process runs out"
+                "cannot open /dev/null to hold a descriptor in reserve: the HTTP listener has none when the process runs out"
             );
         }
         Arc::new(spare)
