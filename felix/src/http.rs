@@ -11,6 +11,16 @@
 //! health checks. With `--metrics-tls-cert`/`--metrics-tls-key` every one
 //! of them is HTTPS (`manul_tls::https`: the certificate reloads when its
 //! files change; no client certificate is asked for).
+//!
+//! Every listener is held to [`Limits`] (`manul_listen::http`): at most
+//! `--metrics-max-connections` connections at once (32; past them the
+//! listener waits before accepting), each closed after
+//! `--metrics-idle-timeout-secs` without a request (10) and when its TLS
+//! handshake or a request's head takes longer than
+//! `--metrics-handshake-timeout-secs` (10); a failed accept waits 50 ms
+//! and is counted in `felix_listener_accept_errors_total{listener}`, and
+//! each listener keeps a descriptor in reserve so that its probes are
+//! answered when Felix is out of file descriptors.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +30,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use manul_listen::{HttpLimits, ListenerMetrics};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -123,13 +134,50 @@ async fn services(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-/// Serves `endpoints` on `addr`, over HTTPS with `tls`; returns the bound
-/// address.
+/// The prefix of Felix's listener metrics
+/// (`felix_listener_accept_errors_total` and the like).
+pub const METRICS_PREFIX: &str = "felix";
+
+/// What a listener's connections may hold, and where it is counted.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The listener's name in the metrics (`listener` label).
+    pub name: &'static str,
+    pub http: HttpLimits,
+    /// Registered with [`METRICS_PREFIX`]: `felix_listener_*`.
+    pub metrics: ListenerMetrics,
+}
+
+impl Limits {
+    /// The default limits, counted in metrics nobody registered.
+    pub fn unregistered(name: &'static str) -> Limits {
+        Limits {
+            name,
+            http: HttpLimits::default(),
+            metrics: ListenerMetrics::default(),
+        }
+    }
+}
+
+/// Serves `endpoints` on `addr`, over HTTPS with `tls`, within the default
+/// limits; returns the bound address.
 pub async fn serve_with(
     addr: SocketAddr,
     endpoints: Endpoints,
     state: HttpState,
     tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<SocketAddr> {
+    serve_limited(addr, endpoints, state, tls, Limits::unregistered("metrics")).await
+}
+
+/// Serves `endpoints` on `addr`, over HTTPS with `tls`, within `limits`;
+/// returns the bound address.
+pub async fn serve_limited(
+    addr: SocketAddr,
+    endpoints: Endpoints,
+    state: HttpState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -150,23 +198,13 @@ pub async fn serve_with(
             .route("/services", get(services));
     }
     let app = app.with_state(state);
-    match tls {
-        Some(config) => {
-            let listener = manul_tls::https::HttpsListener::new(listener, config)?;
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(%bound, "HTTPS server failed: {e}");
-                }
-            });
+    let slots = limits.http.slots(limits.name, &limits.metrics);
+    let https = tls.is_some();
+    tokio::spawn(async move {
+        if let Err(e) = manul_listen::http::serve(listener, app, tls, slots, limits.http).await {
+            tracing::error!(%bound, https, "HTTP server failed: {e}");
         }
-        None => {
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(%bound, "HTTP server failed: {e}");
-                }
-            });
-        }
-    }
+    });
     Ok(bound)
 }
 

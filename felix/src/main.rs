@@ -37,7 +37,7 @@ use manul_felix::agent::{self, AgentOptions, AgentStatus};
 use manul_felix::calc::CalcGraph;
 use manul_felix::config::{self, FelixConfig, Inputs, View};
 use manul_felix::configure::{self, Live};
-use manul_felix::http::{Endpoints, HttpState};
+use manul_felix::http::{Endpoints, HttpState, Limits};
 use manul_felix::metrics::FelixMetrics;
 use manul_felix::routes::{RouteCalc, RouteProgrammer};
 use manul_felix::status::StatusReporter;
@@ -145,6 +145,21 @@ struct Args {
     /// The metrics certificate's private key, PEM.
     #[arg(long, env = "FELIX_METRICSTLSKEY")]
     metrics_tls_key: Option<PathBuf>,
+    /// Connections each HTTP listener (--metrics, Prometheus, health)
+    /// holds at once; past them it waits before accepting.
+    #[arg(long, env = "FELIX_METRICSMAXCONNECTIONS", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    metrics_max_connections: u64,
+    /// Close an HTTP listener's connection after this many seconds without
+    /// a request.
+    #[arg(long, env = "FELIX_METRICSIDLETIMEOUTSECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    metrics_idle_timeout_secs: u64,
+    /// Close an HTTP listener's connection whose TLS handshake, or a
+    /// request's head, takes longer than this many seconds.
+    #[arg(long, env = "FELIX_METRICSHANDSHAKETIMEOUTSECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    metrics_handshake_timeout_secs: u64,
     /// Log format: text or json. RUST_LOG, when set, overrides
     /// `logSeverityScreen`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
@@ -722,6 +737,19 @@ async fn run(args: Args, log: LogHandle, started: std::time::Instant) -> Outcome
     let mut registry = Registry::default();
     let metrics = FelixMetrics::register(&mut registry);
     services.register_metrics(&mut registry);
+    let listener_metrics =
+        manul_listen::ListenerMetrics::register(&mut registry, manul_felix::http::METRICS_PREFIX);
+    let http_limits = manul_listen::HttpLimits {
+        max_connections: usize::try_from(args.metrics_max_connections).unwrap_or(usize::MAX),
+        idle: Duration::from_secs(args.metrics_idle_timeout_secs),
+        handshake: Duration::from_secs(args.metrics_handshake_timeout_secs),
+        streaming: false,
+    };
+    let limits = |name| Limits {
+        name,
+        http: http_limits,
+        metrics: listener_metrics.clone(),
+    };
     let registry = Arc::new(registry);
     let (status_tx, status_rx) = watch::channel(AgentStatus::default());
     let mut view = View::new(&args.node, &run_id(), &config, &inputs);
@@ -734,8 +762,14 @@ async fn run(args: Args, log: LogHandle, started: std::time::Instant) -> Outcome
         config: Some(view_rx),
         services: Some(services.clone()),
     };
-    match manul_felix::http::serve_with(args.metrics, Endpoints::ALL, state.clone(), https.clone())
-        .await
+    match manul_felix::http::serve_limited(
+        args.metrics,
+        Endpoints::ALL,
+        state.clone(),
+        https.clone(),
+        limits("metrics"),
+    )
+    .await
     {
         Ok(addr) => tracing::info!(%addr, "serving metrics, health, /config and /services"),
         Err(e) => return fail(1, format!("cannot listen on {}: {e}", args.metrics)),
@@ -753,6 +787,7 @@ async fn run(args: Args, log: LogHandle, started: std::time::Instant) -> Outcome
                 config: false,
             },
             "Prometheus metrics",
+            "prometheus",
         ),
         (
             config.health_enabled.value,
@@ -764,18 +799,23 @@ async fn run(args: Args, log: LogHandle, started: std::time::Instant) -> Outcome
                 config: false,
             },
             "health checks",
+            "health",
         ),
     ];
-    for (enabled, host, port, endpoints, what) in listeners {
+    for (enabled, host, port, endpoints, what, name) in listeners {
         if !enabled {
             continue;
         }
         let served = match listen_addr(host, port) {
-            Ok(addr) => {
-                manul_felix::http::serve_with(addr, endpoints, state.clone(), https.clone())
-                    .await
-                    .map_err(|e| format!("{addr}: {e}"))
-            }
+            Ok(addr) => manul_felix::http::serve_limited(
+                addr,
+                endpoints,
+                state.clone(),
+                https.clone(),
+                limits(name),
+            )
+            .await
+            .map_err(|e| format!("{addr}: {e}")),
             Err(e) => Err(e),
         };
         match served {

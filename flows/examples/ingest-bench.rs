@@ -157,13 +157,23 @@ fn grpc(shared: &Shared, n: usize, runs: usize) -> Vec<f64> {
         panic!("no free loopback port in 17000..17100");
     });
     let addr = listener.local_addr().unwrap();
-    // Served as the aggregator serves plaintext: Nagle off on each
-    // accepted connection (`manul_flows::listen`).
+    // Served as the aggregator serves plaintext: its default limits, Nagle
+    // off on each accepted connection (`manul_flows::listen`).
+    let listeners = manul_flows::listen::Listeners::new(
+        &manul_flows::listen::ListenArgs::default(),
+        manul_listen::slots::nofile(),
+    );
     server_rt.spawn(
-        tonic::transport::Server::builder()
+        listeners
+            .grpc
+            .builder()
             .add_service(ingest)
             .add_service(query)
-            .serve_with_incoming(manul_flows::listen::incoming(listener)),
+            .serve_with_incoming(manul_flows::listen::incoming(
+                listener,
+                listeners.grpc,
+                listeners.grpc_slots,
+            )),
     );
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

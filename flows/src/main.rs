@@ -39,6 +39,8 @@ struct Args {
     no_ui: bool,
     #[command(flatten)]
     tls: manul_flows::tls::TlsArgs,
+    #[command(flatten)]
+    limits: manul_flows::listen::ListenArgs,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -70,6 +72,8 @@ async fn main() -> anyhow::Result<ExitCode> {
     }
     tokio::spawn(shared.clone().expire_every(Duration::from_secs(10)));
     let (ingest, query) = shared.services();
+    let listeners =
+        manul_flows::listen::Listeners::new(&args.limits, manul_listen::slots::nofile());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -79,8 +83,15 @@ async fn main() -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {} (--ui-listen)", args.ui_listen))?;
         tracing::info!(listen = %args.ui_listen, https = ui_tls.is_some(), "web UI serving");
         let shared = shared.clone();
+        let (limits, slots, registry) = (
+            listeners.web,
+            listeners.web_slots.clone(),
+            listeners.registry.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = manul_flows::web::serve(ui, shared, ui_tls).await {
+            let served =
+                manul_flows::web::serve_limited(ui, shared, ui_tls, limits, slots, registry).await;
+            if let Err(e) = served {
                 tracing::error!("the web UI stopped: {e}");
             }
         });
@@ -94,19 +105,20 @@ async fn main() -> anyhow::Result<ExitCode> {
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let router = tonic::transport::Server::builder()
+    let router = listeners
+        .grpc
+        .builder()
         .add_service(ingest)
         .add_service(query);
+    let (limits, slots) = (listeners.grpc, listeners.grpc_slots);
     match tls {
         Some(t) => {
-            router
-                .serve_with_incoming_shutdown(manul_tls::accept::incoming(listener, t.config), stop)
-                .await
+            let incoming = manul_listen::tls_incoming(listener, t.config, limits, slots);
+            router.serve_with_incoming_shutdown(incoming, stop).await
         }
         None => {
-            router
-                .serve_with_incoming_shutdown(manul_flows::listen::incoming(listener), stop)
-                .await
+            let incoming = manul_flows::listen::incoming(listener, limits, slots);
+            router.serve_with_incoming_shutdown(incoming, stop).await
         }
     }
     .context("the gRPC server failed")?;

@@ -14,20 +14,33 @@
 //!   matching record stored from now on (a `lagged` event when this
 //!   follower fell behind and records were skipped).
 //!
+//! - `GET /healthz`: `ok` while the process serves (a probe's endpoint);
+//!   `GET /metrics`: the aggregator's metrics (its listeners', see
+//!   [`crate::listen`]), OpenMetrics or the text format (`manul_metrics`).
+//!
 //! FILTERS are those of the gRPC `FlowFilter` ([`query`]); a bad one is a
 //! 400 naming it. The API reads only: it cannot write or delete records.
+//! The listener is held to [`crate::listen`]'s limits
+//! (`manul_listen::http`): so many connections, each closed when idle or
+//! slow, a descriptor in reserve for `/healthz`; a follow stream sends a
+//! keep-alive comment every half idle timeout (at most every 15 s), so an
+//! open one is never idle.
 
 pub mod query;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use manul_listen::{HttpLimits, ListenerMetrics};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::BroadcastStream;
@@ -63,6 +76,36 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/graph", get(graph))
         .route("/api/follow", get(follow))
         .with_state(shared)
+}
+
+/// How often a follow stream sends a keep-alive comment.
+#[derive(Debug, Clone, Copy)]
+struct FollowKeepAlive(Duration);
+
+/// The keep-alive of follow streams on a listener closing connections
+/// idle for `idle`: half of it, at most 15 s, at least 100 ms.
+fn keep_alive(idle: Duration) -> Duration {
+    (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(15))
+}
+
+/// The UI's routes, `/healthz` and `/metrics` (of `registry`), follow
+/// streams kept alive for a listener that closes connections idle for
+/// `idle`.
+pub fn app(shared: Shared, registry: Arc<Registry>, idle: Duration) -> Router {
+    let probes = Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route(
+            "/metrics",
+            get(
+                |State(r): State<Arc<Registry>>, headers: axum::http::HeaderMap| async move {
+                    manul_metrics::page(&r, &headers)
+                },
+            ),
+        )
+        .with_state(registry);
+    router(shared)
+        .merge(probes)
+        .layer(Extension(FollowKeepAlive(keep_alive(idle))))
 }
 
 fn secured(mut r: Response) -> Response {
@@ -141,7 +184,12 @@ async fn graph(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Respons
     }
 }
 
-async fn follow(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Response {
+async fn follow(
+    State(shared): State<Shared>,
+    every: Option<Extension<FollowKeepAlive>>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let every = every.map_or(Duration::from_secs(15), |Extension(FollowKeepAlive(d))| d);
     let (_, f) = match parsed(raw) {
         Ok(p) => p,
         Err(e) => return bad_request(e),
@@ -159,24 +207,36 @@ async fn follow(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Respon
     });
     secured(
         Sse::new(events)
-            .keep_alive(KeepAlive::default())
+            .keep_alive(KeepAlive::default().interval(every))
             .into_response(),
     )
 }
 
-/// Serves the UI on `listener` (over HTTPS with `tls`) until the process
-/// ends.
+/// Serves the UI on `listener` (over HTTPS with `tls`) within the default
+/// limits until the process ends.
 pub async fn serve(
     listener: TcpListener,
     shared: Shared,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
-    let app = router(shared);
-    match tls {
-        Some(config) => {
-            let listener = manul_tls::https::HttpsListener::new(listener, config)?;
-            axum::serve(listener, app).await
-        }
-        None => axum::serve(listener, app).await,
-    }
+    let mut registry = Registry::default();
+    let metrics = ListenerMetrics::register(&mut registry, crate::listen::METRICS_PREFIX);
+    let limits = crate::listen::ListenArgs::default().web();
+    let slots = limits.slots("web", &metrics);
+    serve_limited(listener, shared, tls, limits, slots, Arc::new(registry)).await
+}
+
+/// Serves the UI on `listener` (over HTTPS with `tls`) within `limits`,
+/// its connections holding `slots`, `/metrics` showing `registry`, until
+/// the process ends.
+pub async fn serve_limited(
+    listener: TcpListener,
+    shared: Shared,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: HttpLimits,
+    slots: manul_listen::Slots,
+    registry: Arc<Registry>,
+) -> std::io::Result<()> {
+    let app = app(shared, registry, limits.idle);
+    manul_listen::http::serve(listener, app, tls, slots, limits).await
 }
