@@ -21,6 +21,8 @@
 //!   request-head deadline ([`idle`]), and a descriptor in reserve
 //!   ([`spare`]) for when the process runs out.
 //! - [`kill`]: closing one client's connection from a service.
+//! - `testing` (feature `testing`): hostile clients for other crates'
+//!   tests (silent connections, a slow-loris, descriptor exhaustion).
 //!
 //! It refuses to serve anything itself (the routes and services are the
 //! caller's), to define metrics beyond the listeners' own, and to accept
@@ -33,6 +35,8 @@ pub mod idle;
 pub mod kill;
 pub mod slots;
 pub mod spare;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use accept::ACCEPT_BACKOFF;
 pub use grpc::{ConnectionLimits, Guarded, incoming, tls_incoming};
