@@ -49,6 +49,7 @@ NOT_IN_SCHEMAS_GROUPS = ("projectcalico.org/", "operator.tigera.io/")
 # Where each binary's flags are declared, and where metrics are registered.
 FLAG_SOURCES = {"typha": "typha/src/main.rs", "felix": "felix/src/main.rs"}
 METRIC_SOURCES = ["felix/src", "typha/src"]
+LISTENER_METRICS = "listen/src/slots.rs"
 
 RULES = "deploy/prometheus/manul-rules.yaml"
 PROMETHEUS_RULE = "deploy/kubernetes/monitoring/prometheusrule.yaml"
@@ -235,6 +236,14 @@ def check_against_code(rendered):
     for d in METRIC_SOURCES:
         for f in (ROOT / d).rglob("*.rs"):
             registered |= set(re.findall(r'register\(\s*"((?:felix|typha)_\w+)"', f.read_text()))
+    # manul-listen registers the listeners' families under each process's
+    # prefix (`format!("{prefix}_listener_...")`, `ListenerMetrics::register`).
+    listener_families = re.findall(
+        r'format!\("\{prefix\}_(\w+)"\)', (ROOT / LISTENER_METRICS).read_text()
+    )
+    if not listener_families:
+        error(f"{LISTENER_METRICS} registers no listener metric family")
+    registered |= {f"{p}_{family}" for p in ("felix", "typha") for family in listener_families}
     exported = set()
     for name in registered:
         exported |= {name, name + "_total", name + "_bucket", name + "_sum", name + "_count"}
