@@ -266,7 +266,8 @@ mod tests {
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        idle.read(&mut buf).await.unwrap();
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".len();
+        assert_eq!(idle.read(&mut buf).await.unwrap(), head);
         // Past the head's 3 s, within the idle 10 s: still open.
         let read = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
         assert!(read.is_err(), "{read:?}");

@@ -89,10 +89,9 @@ pub fn slow_loris(port: u16, every: Duration, give_up: Duration) -> JoinHandle<O
                 return Some(started.elapsed());
             }
             let mut buf = [0u8; 64];
-            match tokio::time::timeout(every, socket.read(&mut buf)).await {
-                // Closed (or reset) by the server.
-                Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
-                Ok(Ok(_)) | Err(_) => {}
+            // Closed (or reset) by the server; else the next byte.
+            if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(every, socket.read(&mut buf)).await {
+                return Some(started.elapsed());
             }
             if started.elapsed() > give_up {
                 return None;
