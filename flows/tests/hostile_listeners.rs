@@ -13,7 +13,10 @@
 //!   listener): the gRPC accept loop backs off (at most one failed accept
 //!   per 50 ms, under a tenth of a core), `/healthz` and `/metrics` answer
 //!   within a second on the UI listener's reserved descriptor, and once
-//!   the flood closes a gRPC `List` succeeds again.
+//!   the flood closes a gRPC `List` succeeds again;
+//! - a follow stream (`/api/follow`) with a 1 s idle timeout: its
+//!   keep-alive comments keep it open for 3 s, while a silent connection
+//!   beside it is closed after 1 s.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
@@ -236,4 +239,44 @@ async fn out_of_descriptors_the_aggregator_backs_off_answers_health_and_recovers
         );
     }
     probe(flows.ui, "after the flood").await;
+}
+
+/// A follow stream is no idle connection: its keep-alive comments (every
+/// half idle timeout) keep it open past the idle timeout, while a silent
+/// connection beside it is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_stream_outlives_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let flows = start(&["--ui-idle-timeout-secs", "1"]).await;
+    let mut follow = TcpStream::connect(("127.0.0.1", flows.ui)).await.unwrap();
+    follow
+        .write_all(b"GET /api/follow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let idle = silent(flows.ui, 1).await;
+    let opened = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while opened.elapsed() < Duration::from_secs(3) {
+        match tokio::time::timeout(Duration::from_millis(200), follow.read(&mut buf)).await {
+            Ok(Ok(0)) => panic!("the follow stream closed after {:?}", opened.elapsed()),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => panic!("the follow stream failed after {:?}: {e}", opened.elapsed()),
+            Err(_) => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let comments = text.lines().filter(|l| l.starts_with(':')).count();
+    assert!(
+        comments >= 4,
+        "{comments} keep-alive comments in 3 s: {text}"
+    );
+    closed_between(
+        "silent beside the follow stream",
+        idle,
+        Duration::from_millis(900),
+        Duration::from_secs(2),
+    )
+    .await;
 }
