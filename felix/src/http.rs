@@ -282,6 +282,72 @@ mod tests {
         assert_eq!(get("/readyz").await.unwrap().0, 503);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_https_silent_handshakes_are_closed_and_the_slots_held() {
+        use manul_listen::testing::{closed_between, silent};
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = manul_tls::dev::DevCa::new("test CA", 1).unwrap();
+        manul_tls::dev::write_atomic(&dir.path().join("ca.crt"), &ca.cert_pem(), 0o644).unwrap();
+        let leaf = manul_tls::dev::Leaf {
+            common_name: "felix-metrics".into(),
+            ips: vec!["127.0.0.1".parse().unwrap()],
+            server: true,
+            days: 1,
+            ..Default::default()
+        };
+        let (cert, key) =
+            manul_tls::dev::write_pair(dir.path(), "metrics", &ca.issue(&leaf).unwrap()).unwrap();
+        let tls = manul_tls::https::HttpsSettings {
+            cert_file: cert,
+            key_file: key,
+        }
+        .config()
+        .unwrap();
+        let mut registry = Registry::default();
+        let metrics = ListenerMetrics::register(&mut registry, METRICS_PREFIX);
+        let (_tx, status) = watch::channel(AgentStatus::default());
+        let state = HttpState {
+            registry: Arc::new(registry),
+            status,
+            config: None,
+            services: None,
+        };
+        let limits = Limits {
+            name: "health",
+            http: HttpLimits {
+                max_connections: 2,
+                idle: Duration::from_secs(5),
+                handshake: Duration::from_millis(500),
+                streaming: false,
+            },
+            metrics,
+        };
+        let addr = serve_limited(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Endpoints::ALL,
+            state,
+            Some(tls),
+            limits,
+        )
+        .await
+        .unwrap();
+        // Two fill the slots and are closed at the handshake timeout; the
+        // third waits in the backlog, then is closed as late again.
+        let mut flood = silent(addr.port(), 3).await;
+        let ca_file = dir.path().join("ca.crt");
+        let asked = std::time::Instant::now();
+        let probe = tokio::spawn(async move {
+            manul_tls::https::get(addr, "127.0.0.1", &ca_file, "/healthz").await
+        });
+        let past = flood.split_off(2);
+        let ms = Duration::from_millis;
+        closed_between("in the slots", flood, ms(400), ms(1500)).await;
+        closed_between("in the backlog", past, ms(900), ms(2500)).await;
+        assert_eq!(probe.await.unwrap().unwrap(), (200, "ok\n".to_string()));
+        assert!(asked.elapsed() < Duration::from_secs(3));
+    }
+
     #[tokio::test]
     async fn services_lists_the_programmed_frontends_and_backends_as_json() {
         use manul_dataplane_api::testutil::service;
