@@ -367,7 +367,9 @@ static __always_inline int svc6_set_next(struct __sk_buff *skb, __u16 payload_le
  * DSR header: it has no extension headers of its own (the header goes
  * right after the IPv6 header), and the route from the client to the
  * backend takes it grown by MANUL_DSR6_HDR_LEN bytes (the FIB's MTU
- * check; a GSO packet's segments are what is sent). */
+ * check; a GSO packet's segments are what is sent: only UDP datagrams
+ * and TCP's SYN, never GSO, are asked, hence the 8 bytes of a UDP
+ * header). */
 static __always_inline int svc6_dsr_fits(struct __sk_buff *skb, const struct pkt *p,
 					 struct svc6_scratch *s)
 {
