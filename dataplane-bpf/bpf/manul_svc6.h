@@ -364,19 +364,21 @@ static __always_inline int svc6_set_next(struct __sk_buff *skb, __u16 payload_le
 }
 
 /* Whether a packet of a DSR connection to the backend s->be can carry the
- * DSR header: it has no extension headers of its own (the header goes
- * right after the IPv6 header), and the route from the client to the
- * backend takes it grown by MANUL_DSR6_HDR_LEN bytes (the FIB's MTU
- * check; a GSO packet's segments are what is sent: only UDP datagrams
- * and TCP's SYN, never GSO, are asked, hence the 8 bytes of a UDP
- * header). */
+ * DSR header: TCP or UDP (the backend's node takes it off those only; an
+ * SCTP connection is masqueraded instead), with no extension headers of
+ * its own (the header goes right after the IPv6 header), and the route
+ * from the client to the backend takes it grown by MANUL_DSR6_HDR_LEN
+ * bytes (the FIB's MTU check; a GSO packet's segments are what is sent:
+ * only UDP datagrams and TCP's SYN, never GSO, are asked, hence the 8
+ * bytes of a UDP header). */
 static __always_inline int svc6_dsr_fits(struct __sk_buff *skb, const struct pkt *p,
 					 struct svc6_scratch *s)
 {
 	struct bpf_fib_lookup *f;
 	__u32 len;
 
-	if (p->l4_off != ETH_HLEN + sizeof(struct ipv6hdr))
+	if ((p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) ||
+	    p->l4_off != ETH_HLEN + sizeof(struct ipv6hdr))
 		return 0;
 	len = skb->gso_size ? sizeof(struct ipv6hdr) + 8 + skb->gso_size
 			    : skb->len - ETH_HLEN;
