@@ -60,8 +60,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use manul_dataplane_api::{Backend, DesiredState, Service, ServiceKey, ServicePort, TrafficPolicy};
+use manul_dataplane_api::{Backend, DesiredState, Service, ServicePort, TrafficPolicy};
 
+use super::service_claims::{Claims, Frontend};
 use super::service_pick::{self, PICK_CHAINS, Pick};
 use super::{NftConfig, Rules, SetDef, with_comment, with_id};
 use crate::element::{Element, Value, Verb};
@@ -105,8 +106,9 @@ impl Fam {
 
 /// The verdict maps, per family: `svc-ips`, `svc-nodeports`, `noep-ips`,
 /// `noep-nodeports`, `svc-fw`.
-const TRIPLE_MAPS: [&str; 5] = ["svc-ips", "svc-xpod", "svc-xnode", "noep-ips", "svc-fw"];
-const PORT_MAPS: [&str; 4] = ["svc-nodeports", "np-xpod", "np-xnode", "noep-nodeports"];
+pub(super) const TRIPLE_MAPS: [&str; 5] =
+    ["svc-ips", "svc-xpod", "svc-xnode", "noep-ips", "svc-fw"];
+pub(super) const PORT_MAPS: [&str; 4] = ["svc-nodeports", "np-xpod", "np-xnode", "noep-nodeports"];
 
 fn proto_name(p: u8) -> String {
     match p {
@@ -377,11 +379,19 @@ pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
             Element::key(vec![Value::Addr(*ip)]),
         );
     }
+    // The frontends claimed so far: a service's first claim on a
+    // frontend has it (see `service_claims`).
+    let mut claimed = BTreeSet::new();
     for v6 in families {
         let f = Fam { v6 };
         firewall(svc, f, &mut chains, &mut sets);
         for port in svc.ports.iter().filter(|p| translatable(p.protocol)) {
-            service_port(svc, port, f, config, &mut chains, &mut sets);
+            let out = Out {
+                chains: &mut chains,
+                sets: &mut sets,
+                claimed: &mut claimed,
+            };
+            service_port(svc, port, f, config, out);
         }
     }
     let mut elements = Vec::new();
@@ -407,46 +417,6 @@ pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
     }
 }
 
-/// Who claims each key of the shared sets and maps: per `(set, key)`, the
-/// services that want it and the element each would write. The first
-/// service in key order has it (see [`add`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Claims {
-    by_key: BTreeMap<(String, Vec<Value>), BTreeMap<ServiceKey, Element>>,
-}
-
-impl Claims {
-    /// The element that holds `(set, key)`, if any service claims it.
-    pub fn holder(&self, set: &str, key: &[Value]) -> Option<&Element> {
-        self.by_key
-            .get(&(set.to_string(), key.to_vec()))
-            .and_then(|m| m.values().next())
-    }
-
-    /// Records `service`'s claims.
-    pub fn insert(&mut self, service: &ServiceKey, objects: &ServiceObjects) {
-        for (set, element) in &objects.elements {
-            self.by_key
-                .entry((set.clone(), element.key.clone()))
-                .or_default()
-                .insert(service.clone(), element.clone());
-        }
-    }
-
-    /// Forgets `service`'s claims.
-    pub fn remove(&mut self, service: &ServiceKey, objects: &ServiceObjects) {
-        for (set, element) in &objects.elements {
-            let k = (set.clone(), element.key.clone());
-            if let Some(m) = self.by_key.get_mut(&k) {
-                m.remove(service);
-                if m.is_empty() {
-                    self.by_key.remove(&k);
-                }
-            }
-        }
-    }
-}
-
 /// Renders every service into `chains` and `sets` (which already hold the
 /// empty maps of [`empty_maps`]); returns who claims what.
 pub(super) fn render(
@@ -459,15 +429,15 @@ pub(super) fn render(
     for (key, svc) in &state.services {
         let objects = render_service(svc, config);
         claims.insert(key, &objects);
-        // The pick chains are chains, not a set of the table.
-        for (set, element) in objects.elements {
-            if set != PICK_CHAINS {
-                add(sets, &set, element);
-            }
-        }
         chains.extend(objects.chains);
         chains.extend(objects.shared_chains);
         sets.extend(objects.sets);
+    }
+    for (set, element) in claims.programmed() {
+        // The pick chains are chains, not a set of the table.
+        if set != PICK_CHAINS {
+            add(sets, set, element.clone());
+        }
     }
     claims
 }
@@ -548,18 +518,37 @@ fn of_family(backends: &[Backend], f: Fam) -> Vec<Backend> {
 
 /// One service port in one family: its map entries, and the pick chains
 /// they name (services without affinity), or its chains (with affinity).
-fn service_port(
-    svc: &Service,
-    port: &ServicePort,
-    f: Fam,
-    config: &NftConfig,
-    chains: &mut BTreeMap<String, Rules>,
-    sets: &mut BTreeMap<String, SetDef>,
-) {
+fn service_port(svc: &Service, port: &ServicePort, f: Fam, config: &NftConfig, out: Out<'_>) {
     if svc.affinity_timeout_seconds.is_some() {
-        service_port_chains(svc, port, f, config, chains, sets);
+        service_port_chains(svc, port, f, config, out);
     } else {
-        service_port_data(svc, port, f, chains, sets);
+        service_port_data(svc, port, f, out);
+    }
+}
+
+/// Where a service port's rendering goes: its chains, its sets and shared
+/// map entries, and the frontends the service claimed before it.
+struct Out<'a> {
+    chains: &'a mut BTreeMap<String, Rules>,
+    sets: &'a mut BTreeMap<String, SetDef>,
+    claimed: &'a mut BTreeSet<Frontend>,
+}
+
+/// The frontend of `ip` and `port`.
+fn address_frontend(ip: &IpAddr, port: &ServicePort) -> Frontend {
+    Frontend::Address {
+        addr: *ip,
+        proto: port.protocol,
+        port: port.port,
+    }
+}
+
+/// The frontend of `port`'s node port `np` in family `f`.
+fn node_port_frontend(f: Fam, port: &ServicePort, np: u16) -> Frontend {
+    Frontend::NodePort {
+        v6: f.v6,
+        proto: port.protocol,
+        port: np,
     }
 }
 
@@ -607,13 +596,12 @@ fn frontend(
 }
 
 /// One service port in one family, as data (see `service_pick`).
-fn service_port_data(
-    svc: &Service,
-    port: &ServicePort,
-    f: Fam,
-    chains: &mut BTreeMap<String, Rules>,
-    sets: &mut BTreeMap<String, SetDef>,
-) {
+fn service_port_data(svc: &Service, port: &ServicePort, f: Fam, out: Out<'_>) {
+    let Out {
+        chains,
+        sets,
+        claimed,
+    } = out;
     let cluster = of_family(&port.backends, f);
     let local = of_family(&port.local_backends, f);
     let internal_local = svc.internal_traffic == TrafficPolicy::Local;
@@ -621,6 +609,9 @@ fn service_port_data(
 
     let internal = if internal_local { &local } else { &cluster };
     for ip in svc.cluster_ips.iter().filter(|ip| Fam::of(ip) == f) {
+        if !claimed.insert(address_frontend(ip, port)) {
+            continue;
+        }
         if internal.is_empty() {
             add(sets, &f.map("noep-ips"), reject(triple(ip, port)));
         } else {
@@ -643,10 +634,12 @@ fn service_port_data(
     let ext_backends = if external_local { &local } else { &cluster };
     let mut externals: Vec<(bool, Vec<Value>)> = svc
         .external_addresses()
-        .filter(|ip| Fam::of(ip) == f)
+        .filter(|ip| Fam::of(ip) == f && claimed.insert(address_frontend(ip, port)))
         .map(|ip| (false, triple(ip, port)))
         .collect();
-    if let Some(np) = port.node_port {
+    if let Some(np) = port.node_port
+        && claimed.insert(node_port_frontend(f, port, np))
+    {
         externals.push((true, node_port_key(port.protocol, np)));
     }
     for (node_port, k) in externals {
@@ -719,21 +712,34 @@ fn service_port_chains(
     port: &ServicePort,
     f: Fam,
     config: &NftConfig,
-    chains: &mut BTreeMap<String, Rules>,
-    sets: &mut BTreeMap<String, SetDef>,
+    out: Out<'_>,
 ) {
+    let Out {
+        chains,
+        sets,
+        claimed,
+    } = out;
     let body = port_body(svc, port);
     let cluster = of_family(&port.backends, f);
     let local = of_family(&port.local_backends, f);
-    let cluster_ips: Vec<&IpAddr> = svc
+    let all_cluster_ips: Vec<&IpAddr> = svc
         .cluster_ips
         .iter()
         .filter(|ip| Fam::of(ip) == f)
         .collect();
+    // The frontends this port claims first.
+    let cluster_ips: Vec<&IpAddr> = all_cluster_ips
+        .iter()
+        .copied()
+        .filter(|ip| claimed.insert(address_frontend(ip, port)))
+        .collect();
     let external: Vec<&IpAddr> = svc
         .external_addresses()
-        .filter(|ip| Fam::of(ip) == f)
+        .filter(|ip| Fam::of(ip) == f && claimed.insert(address_frontend(ip, port)))
         .collect();
+    let node_port = port
+        .node_port
+        .filter(|np| claimed.insert(node_port_frontend(f, port, *np)));
     let internal_local = svc.internal_traffic == TrafficPolicy::Local;
     let external_local = svc.external_traffic == TrafficPolicy::Local;
     let reject_rule = format!("goto {REJECT}");
@@ -741,7 +747,7 @@ fn service_port_chains(
     // The backend chains the traffic kinds use.
     let cluster_chain = names::service_object(ServiceObject::Cluster, f.v6, &body);
     let local_chain = names::service_object(ServiceObject::Local, f.v6, &body);
-    let internal_ips: &[&IpAddr] = &cluster_ips;
+    let internal_ips: &[&IpAddr] = &all_cluster_ips;
     let mut need_cluster = false;
     let mut need_local = false;
 
@@ -768,7 +774,7 @@ fn service_port_chains(
 
     // External traffic: external and load-balancer IPs, node ports.
     let ext_backends = if external_local { &local } else { &cluster };
-    let has_external = !external.is_empty() || port.node_port.is_some();
+    let has_external = !external.is_empty() || node_port.is_some();
     if has_external {
         let ext_chain = names::service_object(ServiceObject::External, f.v6, &body);
         let mut used = false;
@@ -784,7 +790,7 @@ fn service_port_chains(
                 used = true;
             }
         }
-        if let Some(np) = port.node_port {
+        if let Some(np) = node_port {
             let k = node_port_key(port.protocol, np);
             if ext_backends.is_empty() {
                 add(sets, &f.map("noep-nodeports"), reject(k));
