@@ -11,7 +11,7 @@ use manul_dataplane_api::{Backend, Service, ServiceKey, ServicePort, TrafficPoli
 use super::*;
 use crate::names::ServiceObject;
 
-fn backend(addr: &str, port: u16, local: bool) -> Backend {
+pub(super) fn backend(addr: &str, port: u16, local: bool) -> Backend {
     Backend {
         ip: ip(addr),
         port,
@@ -82,7 +82,7 @@ fn gone() -> Service {
     s
 }
 
-fn with(services: &[Service]) -> DesiredState {
+pub(super) fn with(services: &[Service]) -> DesiredState {
     let mut s = DesiredState::default();
     for svc in services {
         s.services
@@ -602,8 +602,16 @@ fn cluster_ips_no_port_matched_are_rejected_after_dnat() {
 /// rendered on their own, and checks every step against rendering the
 /// whole state and diffing it: the same script, the same table after.
 fn check_changes_match_whole_render(steps: &[Vec<(&str, Option<Service>)>]) {
+    check_steps(with(&[web(), edge(), gone()]), steps);
+}
+
+/// [`check_changes_match_whole_render`] from `state` (services in
+/// namespace `prod`); returns the state after the last step.
+pub(super) fn check_steps(
+    mut state: DesiredState,
+    steps: &[Vec<(&str, Option<Service>)>],
+) -> DesiredState {
     let config = NftConfig::default();
-    let mut state = with(&[web(), edge(), gone()]);
     let (mut programmed, mut claims) = render_indexed(&state, &config);
     for (n, step) in steps.iter().enumerate() {
         let before = state.clone();
@@ -634,6 +642,7 @@ fn check_changes_match_whole_render(steps: &[Vec<(&str, Option<Service>)>]) {
         assert_eq!(programmed, whole, "step {n}");
         assert_eq!(claims, whole_claims, "step {n}");
     }
+    state
 }
 
 #[test]
