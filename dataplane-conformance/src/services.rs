@@ -91,6 +91,9 @@ use manul_netns::{
 
 use crate::{ConformanceError, DriverThread, Factory, NodeContext};
 
+mod contested;
+pub use contested::{PAIRS, Pair, contested_operations, contested_services, run_contested_cases};
+
 /// The Kubernetes namespace of every pod and service.
 pub const NAMESPACE: &str = "svc";
 /// The port every pod's who-am-I server listens on (TCP).

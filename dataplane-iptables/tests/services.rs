@@ -9,7 +9,9 @@ use std::process::Command;
 use manul_dataplane_api::Driver;
 use manul_dataplane_conformance::driver_thread::chain;
 use manul_dataplane_conformance::privileges;
-use manul_dataplane_conformance::services::{run_dual_stack_cases, run_service_cases};
+use manul_dataplane_conformance::services::{
+    run_contested_cases, run_dual_stack_cases, run_service_cases,
+};
 use manul_dataplane_iptables::{Nft, NftDriver};
 
 #[test]
@@ -33,6 +35,23 @@ fn dual_stack_cases() {
     }
     let factory = common::nft_factory();
     match run_dual_stack_cases("s6", factory) {
+        Ok(report) => println!("{}", report.table()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Services contesting an external IP and a node port, one under
+/// `externalTrafficPolicy: Cluster` and one under `Local` (or without
+/// backends): the first keeps every frontend for every source, with its
+/// own source-address semantics; removed, the other takes them.
+#[test]
+fn contested_frontend_cases() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let factory = common::nft_factory();
+    match run_contested_cases("sc", factory) {
         Ok(report) => println!("{}", report.table()),
         Err(e) => panic!("{e}"),
     }
