@@ -59,6 +59,12 @@
 //! from that family's backends; an IPv6 port without backends is refused
 //! at once; IPv6 hairpin.
 //!
+//! [`run_contested_cases`] is a third call, in its own namespaces:
+//! services contesting an external IP and a node port under different
+//! traffic policies (or without backends); the first by name keeps every
+//! frontend, for the external client (with its own source-address
+//! semantics) and for pods, and the others take them when it goes.
+//!
 //! It refuses to touch anything outside the namespaces it
 //! creates; they are removed when the run ends, also on failure. Needs
 //! root.

@@ -53,8 +53,9 @@
 //! load-balancer addresses): a single-stack service gets no node port in
 //! the other family. Ports of protocols other than TCP, UDP and SCTP are
 //! not rendered. When two services claim the same address, protocol and
-//! port (or node port), the first in namespace/name order has it, so a
-//! conflict never fails the transaction.
+//! port (or node port), the first in namespace/name order has every entry
+//! of it, in every map, as on eBPF (`service_claims`), so a conflict never
+//! fails the transaction nor mixes two services' entries.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
