@@ -655,6 +655,25 @@ fn shared_contested_frontend_cases() {
     }
 }
 
+/// The shared `Local` traffic policy cases: the local backend only;
+/// dropped when every backend is elsewhere. Every case must pass.
+#[test]
+fn shared_local_policy_cases() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let (factory, nodes) = recording_factory();
+    let result = manul_dataplane_conformance::services::run_local_policy_cases("slb", factory);
+    for node in nodes.lock().unwrap().iter() {
+        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
+    }
+    match result {
+        Ok(report) => println!("{}", report.table()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// The shared service cases (`manul_dataplane_conformance::services`)
 /// against the eBPF driver: every case passes but those of [`NOT_YET`].
 #[test]

@@ -10,7 +10,7 @@ use manul_dataplane_api::Driver;
 use manul_dataplane_conformance::driver_thread::chain;
 use manul_dataplane_conformance::privileges;
 use manul_dataplane_conformance::services::{
-    run_contested_cases, run_dual_stack_cases, run_service_cases,
+    run_contested_cases, run_dual_stack_cases, run_local_policy_cases, run_service_cases,
 };
 use manul_dataplane_iptables::{Nft, NftDriver};
 
@@ -52,6 +52,21 @@ fn contested_frontend_cases() {
     }
     let factory = common::nft_factory();
     match run_contested_cases("sc", factory) {
+        Ok(report) => println!("{}", report.table()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `Local` traffic policies with backends on other nodes: the local
+/// backend only; dropped when every backend is elsewhere.
+#[test]
+fn local_policy_cases() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let factory = common::nft_factory();
+    match run_local_policy_cases("sl", factory) {
         Ok(report) => println!("{}", report.table()),
         Err(e) => panic!("{e}"),
     }

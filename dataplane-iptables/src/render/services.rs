@@ -34,7 +34,9 @@
 //!   (kube-proxy's local-traffic detection by interface prefix);
 //! - `mnl-noep-ips4` and `mnl-noep-nodeports4`: a port whose backends for
 //!   that traffic are none is rejected at once (TCP reset, ICMP port
-//!   unreachable), in filter chains before DNAT;
+//!   unreachable), in filter chains before DNAT; under a `Local` policy
+//!   whose backends are all on other nodes it is dropped instead
+//!   (`mnl-svc-no-local`), as kube-proxy and the eBPF dataplane do;
 //! - `mnl-svc-fw4`: a load-balancer IP with source ranges jumps to its
 //!   service's firewall chain (`mnl-fw4-`), which drops other sources;
 //! - `mnl-cluster-ips4`: every cluster IP; a new connection still
@@ -79,6 +81,8 @@ pub const MARK_FOR_MASQ: &str = "mnl-mark-masq";
 pub const MASQ_NON_POD: &str = "mnl-masq-non-pod";
 pub const MASQUERADING: &str = "mnl-masquerading";
 pub const REJECT: &str = "mnl-svc-reject";
+/// A `Local` traffic policy's port whose backends are all on other nodes.
+pub const NO_LOCAL: &str = "mnl-svc-no-local";
 
 /// An address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +221,10 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
                 "masquerade fully-random".to_string(),
             ],
         ),
+    );
+    out.insert(
+        NO_LOCAL.to_string(),
+        rules(NO_LOCAL, vec!["drop".to_string()]),
     );
     out.insert(
         REJECT.to_string(),
@@ -358,6 +366,17 @@ fn node_port_key(protocol: u8, node_port: u16) -> Vec<Value> {
 /// The element sending `key` to the reject chain.
 fn reject(key: Vec<Value>) -> Element {
     Element::verdict(key, Verb::Goto, REJECT)
+}
+
+/// The element for `key` when the traffic's backends are none: dropped
+/// under a `Local` policy while the port has backends on other nodes
+/// (`cluster`), else rejected.
+fn no_backends(key: Vec<Value>, local: bool, cluster: &[Backend]) -> Element {
+    if local && !cluster.is_empty() {
+        Element::verdict(key, Verb::Goto, NO_LOCAL)
+    } else {
+        reject(key)
+    }
 }
 
 /// Renders one service on its own; [`render`] merges the services, and
@@ -614,7 +633,8 @@ fn service_port_data(svc: &Service, port: &ServicePort, f: Fam, out: Out<'_>) {
             continue;
         }
         if internal.is_empty() {
-            add(sets, &f.map("noep-ips"), reject(triple(ip, port)));
+            let e = no_backends(triple(ip, port), internal_local, &cluster);
+            add(sets, &f.map("noep-ips"), e);
         } else {
             let k = triple(ip, port);
             let map = f.map("svc-ips");
@@ -650,7 +670,7 @@ fn service_port_data(svc: &Service, port: &ServicePort, f: Fam, out: Out<'_>) {
             ("svc-ips", "svc-xpod", "svc-xnode", "noep-ips")
         };
         if ext_backends.is_empty() {
-            add(sets, &f.map(noep), reject(k));
+            add(sets, &f.map(noep), no_backends(k, external_local, &cluster));
         } else if external_local {
             let (main, xpod, xnode) = (f.map(main), f.map(xpod), f.map(xnode));
             frontend(
@@ -756,7 +776,8 @@ fn service_port_chains(
     let internal = if internal_local { &local } else { &cluster };
     for ip in &cluster_ips {
         if internal.is_empty() {
-            add(sets, &f.map("noep-ips"), reject(triple(ip, port)));
+            let e = no_backends(triple(ip, port), internal_local, &cluster);
+            add(sets, &f.map("noep-ips"), e);
         } else {
             let target = if internal_local {
                 need_local = true;
@@ -781,7 +802,8 @@ fn service_port_chains(
         let mut used = false;
         for ip in &external {
             if ext_backends.is_empty() {
-                add(sets, &f.map("noep-ips"), reject(triple(ip, port)));
+                let e = no_backends(triple(ip, port), external_local, &cluster);
+                add(sets, &f.map("noep-ips"), e);
             } else {
                 add(
                     sets,
@@ -794,7 +816,8 @@ fn service_port_chains(
         if let Some(np) = node_port {
             let k = node_port_key(port.protocol, np);
             if ext_backends.is_empty() {
-                add(sets, &f.map("noep-nodeports"), reject(k));
+                let e = no_backends(k, external_local, &cluster);
+                add(sets, &f.map("noep-nodeports"), e);
             } else {
                 add(
                     sets,

@@ -287,18 +287,38 @@ fn local_policies_use_local_backends() {
         texts(&rs, "mnl-pick4-loc-1")[0],
         "meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @mnl-be4-tcp"
     );
-    // No local backend: external traffic is rejected, cluster traffic not.
+    // No local backend while there are some elsewhere: external traffic
+    // is dropped (as kube-proxy does), cluster traffic not.
     let mut none = edge.clone();
     none.ports[0].local_backends.clear();
     let rs = render(&with(&[none.clone()]));
     assert!(
         elements(&rs, "mnl-noep-ips4")
-            .contains(&"198.51.100.10 . 6 . 443 : goto mnl-svc-reject".to_string())
+            .contains(&"198.51.100.10 . 6 . 443 : goto mnl-svc-no-local".to_string())
     );
     assert!(
         elements(&rs, "mnl-noep-nodeports4")
+            .contains(&"6 . 30443 : goto mnl-svc-no-local".to_string())
+    );
+    assert_eq!(texts(&rs, "mnl-svc-no-local"), ["drop"]);
+    // No backend at all: rejected.
+    let mut nothing = none.clone();
+    nothing.ports[0].backends.clear();
+    let rs2 = render(&with(&[nothing.clone()]));
+    assert!(
+        elements(&rs2, "mnl-noep-nodeports4")
             .contains(&"6 . 30443 : goto mnl-svc-reject".to_string())
     );
+    // internalTrafficPolicy Local without a local backend: the cluster IP
+    // is dropped while there are backends elsewhere, else rejected.
+    for (svc, verdict) in [(&none, "mnl-svc-no-local"), (&nothing, "mnl-svc-reject")] {
+        let mut internal = svc.clone();
+        internal.internal_traffic = TrafficPolicy::Local;
+        assert!(
+            elements(&render(&with(&[internal])), "mnl-noep-ips4")
+                .contains(&format!("10.96.0.20 . 6 . 443 : goto {verdict}"))
+        );
+    }
     assert!(
         elements(&rs, "mnl-svc-ips4")
             .contains(&"10.96.0.20 . 6 . 443 : goto mnl-pick4-cip-2".to_string())
@@ -361,17 +381,18 @@ fn affinity_services_keep_chains_with_local_policies() {
             .collect::<Vec<_>>(),
         vec!["ip saddr { 203.0.113.0/24 } return", "drop"]
     );
-    // No local backend: external traffic is rejected, cluster traffic not.
+    // No local backend while there are some elsewhere: external traffic
+    // is dropped, cluster traffic not.
     let mut none = edge();
     none.ports[0].local_backends.clear();
     let rs = render(&with(&[none.clone()]));
     assert!(
         elements(&rs, "mnl-noep-ips4")
-            .contains(&"198.51.100.10 . 6 . 443 : goto mnl-svc-reject".to_string())
+            .contains(&"198.51.100.10 . 6 . 443 : goto mnl-svc-no-local".to_string())
     );
     assert!(
         elements(&rs, "mnl-noep-nodeports4")
-            .contains(&"6 . 30443 : goto mnl-svc-reject".to_string())
+            .contains(&"6 . 30443 : goto mnl-svc-no-local".to_string())
     );
     assert!(elements(&rs, "mnl-svc-ips4").contains(&format!("10.96.0.20 . 6 . 443 : goto {svc}")));
     // internalTrafficPolicy Local: the cluster IP goes to the local chain.
