@@ -103,7 +103,9 @@ use crate::{ConformanceError, DriverThread, Factory, NodeContext};
 
 mod contested;
 mod local_policy;
-pub use contested::{PAIRS, Pair, contested_operations, contested_services, run_contested_cases};
+pub use contested::{
+    PAIRS, Pair, RANGED_LB_IP, contested_operations, contested_services, run_contested_cases,
+};
 pub use local_policy::{
     EXTERNAL_ELSEWHERE_EXT_IP, EXTERNAL_ELSEWHERE_IP, EXTERNAL_ELSEWHERE_NODE_PORT,
     INTERNAL_ELSEWHERE_IP, INTERNAL_LOCAL_IP, INTERNAL_NONE_IP, local_policy_operations,

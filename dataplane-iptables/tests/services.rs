@@ -174,12 +174,28 @@ fn every_kind_of_service_change_is_accepted_by_the_kernel() {
             assert_eq!(d.refresh().expect("refresh"), Refresh::Clean, "{what}");
         }
         // Another service claiming the same address, port and node port
-        // does not fail the transaction.
+        // does not fail the transaction; its source ranges are merged
+        // with the first's for the address (203.0.112.0/23 replaces the
+        // first's 203.0.113.0/24 in the set, in one transaction).
         let mut twin = svc.clone();
         twin.name = "twin".into();
+        twin.load_balancer_source_ranges = vec![
+            "203.0.112.0/24".parse().unwrap(),
+            "198.18.0.0/15".parse().unwrap(),
+        ];
         d.apply(&[Operation::ServiceUpdate(twin)])
             .unwrap_or_else(|e| panic!("conflicting service: {}", chain(&e)));
         assert_eq!(d.refresh().expect("refresh"), Refresh::Clean, "conflict");
+        let listing = Command::new("nft")
+            .args(["list", "set", "inet", "manul", "mnl-lb-src4"])
+            .output()
+            .expect("nft list set");
+        let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+        assert!(
+            listing.contains("198.51.100.10 . 203.0.112.0/23")
+                && listing.contains("198.51.100.10 . 198.18.0.0/15"),
+            "{listing}"
+        );
         d.apply(&[Operation::ServiceRemove {
             namespace: "prod".into(),
             name: "twin".into(),

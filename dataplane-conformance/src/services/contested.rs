@@ -10,18 +10,21 @@
 //! the keepers are removed the other services take every frontend, and
 //! when they come back they keep them again.
 //!
-//! The pairs are [`PAIRS`].
+//! The pairs are [`PAIRS`], and a load-balancer IP ([`RANGED_LB_IP`])
+//! whose source ranges, per address as on eBPF, are the union of its
+//! services' (the keeper has none, the other allows the external client
+//! only): a pod is dropped whoever keeps it.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use manul_dataplane_api::{Operation, Service, TrafficPolicy};
-use manul_netns::NetNs;
+use manul_netns::{IpNet, NetNs};
 
 use super::{
-    EXTERNAL_IP, NAMESPACE, NODE_IP, Net, Outcome, REFUSED_WITHIN, SERVICE_PORT, ServiceReport,
-    TCP_PORT, WAIT, ask_tcp, backend_name, base_operations, finish, pod_ip, port, service, sock,
-    start,
+    EXTERNAL_IP, NAMESPACE, NODE_IP, Net, Outcome, REFUSED_WITHIN, SERVICE_PORT, SILENCE,
+    ServiceReport, TCP_PORT, WAIT, ask_tcp, backend_name, base_operations, finish, pod_ip, port,
+    service, sock, start,
 };
 use crate::{ConformanceError, Factory};
 
@@ -91,14 +94,42 @@ fn contender(i: usize, pair: &Pair, keeper: bool) -> Service {
     s
 }
 
+/// The load-balancer IP `rg-a` (`Cluster`, `web-a`, no source ranges)
+/// keeps from `rg-b` (`Local`, `web-c`, source range: the external
+/// client): the ranges are per address, the union of both services', so
+/// only the external client reaches it, whoever keeps it.
+pub const RANGED_LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 30);
+
+/// The services of the ranged load-balancer IP: `rg-a` or `rg-b`.
+fn ranged(keeper: bool) -> Service {
+    let (name, n, policy, backend) = if keeper {
+        ("rg-a", 60, TrafficPolicy::Cluster, "web-a")
+    } else {
+        ("rg-b", 61, TrafficPolicy::Local, "web-c")
+    };
+    let mut s = service(
+        name,
+        Ipv4Addr::new(10, 96, 0, n),
+        vec![port(6, None, &[backend], TCP_PORT)],
+    );
+    s.load_balancer_ips = vec![IpAddr::V4(RANGED_LB_IP)];
+    s.external_traffic = policy;
+    if !keeper {
+        s.load_balancer_source_ranges = vec![IpNet::from(IpAddr::V4(EXTERNAL_IP))];
+    }
+    s
+}
+
 /// The keepers (`*-a`) and the others (`*-b`).
 pub fn contested_services() -> (Vec<Service>, Vec<Service>) {
     let side = |keeper: bool| {
-        PAIRS
+        let mut out: Vec<Service> = PAIRS
             .iter()
             .enumerate()
             .map(|(i, p)| contender(i, p, keeper))
-            .collect()
+            .collect();
+        out.push(ranged(keeper));
+        out
     };
     (side(true), side(false))
 }
@@ -202,6 +233,23 @@ fn probe_all(
         let from_pod = &case("external IP from a pod");
         expect(report, from_pod, pod, pod_ip("client"), ip, inside)?;
     }
+    // The ranged load-balancer IP: the external client only.
+    let (backend, local) = if keepers {
+        ("web-a", false)
+    } else {
+        ("web-c", true)
+    };
+    let lb = (RANGED_LB_IP, SERVICE_PORT);
+    let case = |probe: &str| format!("contested {stage}: rg {probe}");
+    let ext = &net.external;
+    let want = Want::From(backend, Some(local));
+    expect(report, &case("in range"), ext, EXTERNAL_IP, lb, want)?;
+    let outside = ask_tcp(pod, sock(lb.0, lb.1), SILENCE)?;
+    report.check(
+        &case("pod out of range dropped"),
+        outside == Outcome::Silent,
+        format!("{outside:?}"),
+    );
     Ok(())
 }
 
@@ -246,11 +294,12 @@ mod tests {
         use manul_dataplane_api::{Driver as _, NullDriver};
         let mut null = NullDriver::new();
         null.apply(&contested_operations()).expect("contract");
-        assert_eq!(null.state().services.len(), 2 * PAIRS.len());
+        assert_eq!(null.state().services.len(), 2 * PAIRS.len() + 2);
         let (keepers, others) = contested_services();
         for (a, b) in keepers.iter().zip(&others) {
             assert!(a.name < b.name, "{} keeps", a.name);
             assert_eq!(a.external_ips, b.external_ips);
+            assert_eq!(a.load_balancer_ips, b.load_balancer_ips);
             assert_eq!(a.ports[0].node_port, b.ports[0].node_port);
             assert_ne!(a.cluster_ips, b.cluster_ips);
         }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use manul_dataplane_api::{Service, ServiceKey};
 
-use super::service_claims::{Claims, Entries, Frontend, frontend_of};
+use super::service_claims::{Claims, Entries, Frontend, RangeKey, frontend_of, range_of};
 use super::service_pick::PICK_CHAINS;
 use super::services::{ServiceObjects, render_service};
 use super::{NftConfig, Ruleset, SetDef};
@@ -52,9 +52,14 @@ pub fn render_changes(
     // holder (see `service_claims`).
     let mut touched: BTreeSet<(String, Vec<Value>)> = BTreeSet::new();
     let mut frontends: BTreeSet<Frontend> = BTreeSet::new();
+    let mut ranges: BTreeSet<RangeKey> = BTreeSet::new();
     for (_, before, after) in &rendered {
         for objects in [before, after].into_iter().flatten() {
             for (set, element) in &objects.elements {
+                if let Some((k, _)) = range_of(set, &element.key) {
+                    ranges.insert(k);
+                    continue;
+                }
                 match frontend_of(set, &element.key) {
                     Some(f) => {
                         frontends.insert(f);
@@ -70,6 +75,7 @@ pub fn render_changes(
         .iter()
         .map(|(set, key)| claims.holder(set, key).cloned())
         .collect();
+    let ranges_before: Vec<Entries> = ranges.iter().map(|k| claims.range_entries(k)).collect();
     let keepers_before: Vec<Option<Entries>> = frontends
         .iter()
         .map(|f| claims.keeper(f).map(|(_, entries)| entries.clone()))
@@ -137,6 +143,19 @@ pub fn render_changes(
             &pairs(&before),
             &pairs(after),
         );
+    }
+    // A load-balancer address's ranges: the old union out, the new in.
+    for (k, before) in ranges.iter().zip(ranges_before) {
+        let after = claims.range_entries(k);
+        if before != after {
+            entry_change(
+                &mut change,
+                programmed,
+                &[&k.0],
+                &pairs(&before),
+                &pairs(&after),
+            );
+        }
     }
     change
 }

@@ -6,8 +6,8 @@
 //! map: the verdict maps for other sources (`mnl-svc-ips4`,
 //! `mnl-svc-nodeports4`), for pods and the node (`mnl-svc-xpod4`,
 //! `mnl-svc-xnode4` and their node-port twins), the reject maps
-//! (`mnl-noep-…`), the load-balancer firewall map (`mnl-svc-fw4`) and the
-//! backend maps (`mnl-be4-tcp`, `mnl-npbe4-tcp`, …). A service that loses
+//! (`mnl-noep-…`) and the backend maps (`mnl-be4-tcp`, `mnl-npbe4-tcp`,
+//! …). A service that loses
 //! a frontend writes none of its entries, so an `externalTrafficPolicy:
 //! Local` loser cannot keep the pod or node entries of a `Cluster`
 //! keeper's frontend, a keeper without backends (a reject entry) is not
@@ -17,17 +17,23 @@
 //! cluster IP), as on eBPF.
 //!
 //! Entries of plain sets (cluster IPs, hairpin pairs, the pick chains in
-//! use) are not frontends: any claimant writes the same element, which
-//! stays while one service claims it.
+//! use, the load-balancer addresses with source ranges) are not
+//! frontends: any claimant writes the same element, which stays while one
+//! service claims it. A load-balancer address's source ranges are, as on
+//! eBPF, per address and the union of every service's that names it
+//! (`mnl-lb-src4` holds `address . range`, aggregated: the kernel refuses
+//! overlapping ranges in one set).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::LazyLock;
+
+use ipnet::IpNet;
 
 use manul_dataplane_api::ServiceKey;
 
 use super::service_pick;
-use super::services::{PORT_MAPS, ServiceObjects, TRIPLE_MAPS};
+use super::services::{LB_SOURCES, PORT_MAPS, ServiceObjects, TRIPLE_MAPS};
 use crate::element::{Element, Value};
 
 /// A frontend services may contest.
@@ -106,6 +112,27 @@ pub fn frontend_of(set: &str, key: &[Value]) -> Option<Frontend> {
 /// sorted.
 pub type Entries = Vec<(String, Element)>;
 
+/// A load-balancer address in a source-range set: `(set, address)`.
+pub type RangeKey = (String, IpAddr);
+
+/// The source-range sets.
+fn range_sets() -> &'static BTreeSet<String> {
+    static SETS: LazyLock<BTreeSet<String>> =
+        LazyLock::new(|| ["4", "6"].map(|n| format!("mnl-{LB_SOURCES}{n}")).into());
+    &SETS
+}
+
+/// The address and range of an element of a source-range set.
+pub fn range_of(set: &str, key: &[Value]) -> Option<(RangeKey, IpNet)> {
+    if !range_sets().contains(set) {
+        return None;
+    }
+    match key {
+        [Value::Addr(addr), Value::Net(net)] => Some(((set.to_string(), *addr), *net)),
+        _ => None,
+    }
+}
+
 /// Who claims each frontend and each plain set element: the services that
 /// want it and what each would write. The first service in key order has
 /// it.
@@ -113,6 +140,7 @@ pub type Entries = Vec<(String, Element)>;
 pub struct Claims {
     by_key: BTreeMap<(String, Vec<Value>), BTreeMap<ServiceKey, Element>>,
     by_frontend: BTreeMap<Frontend, BTreeMap<ServiceKey, Entries>>,
+    ranges: BTreeMap<RangeKey, BTreeMap<ServiceKey, Vec<IpNet>>>,
 }
 
 impl Claims {
@@ -129,10 +157,31 @@ impl Claims {
         self.by_frontend.get(frontend).and_then(|m| m.iter().next())
     }
 
+    /// The elements of a load-balancer address's source ranges: the
+    /// union of every claimant's, aggregated.
+    pub fn range_entries(&self, k: &RangeKey) -> Entries {
+        let Some(m) = self.ranges.get(k) else {
+            return Vec::new();
+        };
+        let nets: Vec<IpNet> = m.values().flatten().copied().collect();
+        IpNet::aggregate(&nets)
+            .into_iter()
+            .map(|n| {
+                let e = Element::key(vec![Value::Addr(k.1), Value::Net(n)]);
+                (k.0.clone(), e)
+            })
+            .collect()
+    }
+
     /// Records `service`'s claims.
     pub fn insert(&mut self, service: &ServiceKey, objects: &ServiceObjects) {
         let mut frontends: BTreeMap<Frontend, Entries> = BTreeMap::new();
         for (set, element) in &objects.elements {
+            if let Some((k, net)) = range_of(set, &element.key) {
+                let nets = self.ranges.entry(k).or_default();
+                nets.entry(service.clone()).or_default().push(net);
+                continue;
+            }
             match frontend_of(set, &element.key) {
                 Some(f) => frontends
                     .entry(f)
@@ -158,6 +207,15 @@ impl Claims {
     /// Forgets `service`'s claims.
     pub fn remove(&mut self, service: &ServiceKey, objects: &ServiceObjects) {
         for (set, element) in &objects.elements {
+            if let Some((k, _)) = range_of(set, &element.key) {
+                if let Some(m) = self.ranges.get_mut(&k) {
+                    m.remove(service);
+                    if m.is_empty() {
+                        self.ranges.remove(&k);
+                    }
+                }
+                continue;
+            }
             if let Some(f) = frontend_of(set, &element.key) {
                 if let Some(m) = self.by_frontend.get_mut(&f) {
                     m.remove(service);
@@ -177,18 +235,20 @@ impl Claims {
         }
     }
 
-    /// Every element the claims program: each plain set element once, and
-    /// each frontend's keeper's entries.
-    pub fn programmed(&self) -> impl Iterator<Item = (&String, &Element)> {
+    /// Every element the claims program: each plain set element once,
+    /// each frontend's keeper's entries, and each load-balancer address's
+    /// source ranges.
+    pub fn programmed(&self) -> impl Iterator<Item = (String, Element)> + '_ {
         let plain = self
             .by_key
             .iter()
-            .filter_map(|((set, _), m)| Some((set, m.values().next()?)));
+            .filter_map(|((set, _), m)| Some((set.clone(), m.values().next()?.clone())));
         let kept = self
             .by_frontend
             .values()
             .filter_map(|m| m.values().next())
-            .flat_map(|entries| entries.iter().map(|(s, e)| (s, e)));
-        plain.chain(kept)
+            .flat_map(|entries| entries.iter().cloned());
+        let ranges = self.ranges.keys().flat_map(|k| self.range_entries(k));
+        plain.chain(kept).chain(ranges)
     }
 }

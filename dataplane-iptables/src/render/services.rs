@@ -37,8 +37,10 @@
 //!   unreachable), in filter chains before DNAT; under a `Local` policy
 //!   whose backends are all on other nodes it is dropped instead
 //!   (`mnl-svc-no-local`), as kube-proxy and the eBPF dataplane do;
-//! - `mnl-svc-fw4`: a load-balancer IP with source ranges jumps to its
-//!   service's firewall chain (`mnl-fw4-`), which drops other sources;
+//! - `mnl-lb-ranged4` and `mnl-lb-src4`: a new connection to a
+//!   load-balancer IP with source ranges from a source none of them holds
+//!   is dropped; as on eBPF, per address (every port), the ranges being
+//!   the union of every service's naming the address (`service_claims`);
 //! - `mnl-cluster-ips4`: every cluster IP; a new connection still
 //!   addressed to one after DNAT (a port or protocol the service does not
 //!   have) is rejected, in filter chains just after DNAT.
@@ -62,7 +64,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ipnet::IpNet;
 use manul_dataplane_api::{Backend, DesiredState, Service, ServicePort, TrafficPolicy};
 
 use super::service_claims::{Claims, Frontend};
@@ -109,10 +110,9 @@ impl Fam {
     }
 }
 
-/// The verdict maps, per family: `svc-ips`, `svc-nodeports`, `noep-ips`,
-/// `noep-nodeports`, `svc-fw`.
-pub(super) const TRIPLE_MAPS: [&str; 5] =
-    ["svc-ips", "svc-xpod", "svc-xnode", "noep-ips", "svc-fw"];
+/// The verdict maps, per family, by address (`svc-ips`, ...) and by node
+/// port (`svc-nodeports`, ...).
+pub(super) const TRIPLE_MAPS: [&str; 4] = ["svc-ips", "svc-xpod", "svc-xnode", "noep-ips"];
 pub(super) const PORT_MAPS: [&str; 4] = ["svc-nodeports", "np-xpod", "np-xnode", "noep-nodeports"];
 
 fn proto_name(p: u8) -> String {
@@ -169,9 +169,11 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
             "fib daddr type local {kw} daddr != {lo} meta l4proto . th dport vmap @{}",
             f.map("svc-nodeports")
         ));
+        // Load-balancer source ranges, per address as on eBPF.
         filter.push(format!(
-            "{kw} daddr . meta l4proto . th dport vmap @{}",
-            f.map("svc-fw")
+            "{kw} daddr @{} {kw} daddr . {kw} saddr != @{} drop",
+            f.map(LB_RANGED),
+            f.map(LB_SOURCES)
         ));
         filter.push(format!(
             "{kw} daddr . meta l4proto . th dport vmap @{}",
@@ -239,10 +241,41 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
     out
 }
 
-/// The empty verdict maps, and the empty sets of cluster IPs.
+/// The load-balancer addresses with source ranges (`mnl-lb-ranged4`), and
+/// their ranges (`mnl-lb-src4`: `address . range`, the union of the ranges
+/// of every service naming the address, see `service_claims`).
+pub(super) const LB_RANGED: &str = "lb-ranged";
+pub(super) const LB_SOURCES: &str = "lb-src";
+
+/// The empty verdict maps, and the empty sets of cluster IPs and of
+/// load-balancer source ranges.
 pub(super) fn empty_maps() -> BTreeMap<String, SetDef> {
     let mut out = BTreeMap::new();
     for f in Fam::BOTH {
+        out.insert(
+            f.map(LB_RANGED),
+            SetDef {
+                type_: f.addr_type(),
+                interval: false,
+                timeout: None,
+                comment: "load-balancer addresses with source ranges".into(),
+                elements: BTreeSet::new(),
+            },
+        );
+        out.insert(
+            f.map(LB_SOURCES),
+            SetDef {
+                type_: if f.v6 {
+                    "typeof ip6 daddr . ip6 saddr"
+                } else {
+                    "typeof ip daddr . ip saddr"
+                },
+                interval: true,
+                timeout: None,
+                comment: "load-balancer address . source range".into(),
+                elements: BTreeSet::new(),
+            },
+        );
         out.insert(
             f.map("cluster-ips"),
             SetDef {
@@ -335,7 +368,7 @@ fn translatable(protocol: u8) -> bool {
 }
 
 /// One service's objects: its own chains and sets (backend, external,
-/// firewall chains, affinity sets), and the elements it claims in the
+/// affinity sets), and the elements it claims in the
 /// shared sets and maps (cluster IPs, map entries), in no particular order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceObjects {
@@ -404,7 +437,7 @@ pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
     let mut claimed = BTreeSet::new();
     for v6 in families {
         let f = Fam { v6 };
-        firewall(svc, f, &mut chains, &mut sets);
+        source_ranges(svc, f, &mut sets);
         for port in svc.ports.iter().filter(|p| translatable(p.protocol)) {
             let out = Out {
                 chains: &mut chains,
@@ -456,64 +489,31 @@ pub(super) fn render(
     for (set, element) in claims.programmed() {
         // The pick chains are chains, not a set of the table.
         if set != PICK_CHAINS {
-            add(sets, set, element.clone());
+            add(sets, &set, element);
         }
     }
     claims
 }
 
-/// A load-balancer IP's source ranges: a chain that drops other sources,
-/// and the map entries that reach it.
-fn firewall(
-    svc: &Service,
-    f: Fam,
-    chains: &mut BTreeMap<String, Rules>,
-    sets: &mut BTreeMap<String, SetDef>,
-) {
-    let lb: Vec<&IpAddr> = svc
-        .load_balancer_ips
-        .iter()
-        .filter(|ip| Fam::of(ip) == f)
-        .collect();
-    if svc.load_balancer_source_ranges.is_empty() || lb.is_empty() {
+/// A load-balancer IP's source ranges: the address in `mnl-lb-ranged4`,
+/// and `address . range` for each range of its family (none: every
+/// source is dropped), which `service_claims` merges with other services'
+/// ranges for the address.
+fn source_ranges(svc: &Service, f: Fam, sets: &mut BTreeMap<String, SetDef>) {
+    if svc.load_balancer_source_ranges.is_empty() {
         return;
     }
-    let chain = names::service_object(
-        ServiceObject::Firewall,
-        f.v6,
-        &format!("{}/{}", svc.namespace, svc.name),
-    );
-    let ranges: Vec<IpNet> = svc
-        .load_balancer_source_ranges
-        .iter()
-        .copied()
-        .filter(|n| n.addr().is_ipv6() == f.v6)
-        .collect();
-    let mut rules = Vec::new();
-    if !ranges.is_empty() {
-        let list: Vec<String> = IpNet::aggregate(&ranges)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        rules.push(with_id(
-            &chain,
-            "source in loadBalancerSourceRanges",
-            &format!("{} saddr {{ {} }} return", f.kw(), list.join(", ")),
-        ));
-    }
-    rules.push(with_id(
-        &chain,
-        "source not in loadBalancerSourceRanges",
-        "drop",
-    ));
-    chains.insert(chain.clone(), rules);
-    for ip in lb {
-        for port in svc.ports.iter().filter(|p| translatable(p.protocol)) {
-            add(
-                sets,
-                &f.map("svc-fw"),
-                Element::verdict(triple(ip, port), Verb::Jump, chain.clone()),
-            );
+    for ip in svc.load_balancer_ips.iter().filter(|ip| Fam::of(ip) == f) {
+        add(
+            sets,
+            &f.map(LB_RANGED),
+            Element::key(vec![Value::Addr(*ip)]),
+        );
+        for range in &svc.load_balancer_source_ranges {
+            if range.addr().is_ipv6() == f.v6 {
+                let e = Element::key(vec![Value::Addr(*ip), Value::Net(range.trunc())]);
+                add(sets, &f.map(LB_SOURCES), e);
+            }
         }
     }
 }

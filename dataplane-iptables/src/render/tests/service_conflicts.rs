@@ -327,3 +327,75 @@ fn the_next_service_takes_every_entry_when_the_keeper_goes() {
         assert_eq!(by_frontend(&render(&state)), alone, "{what}");
     }
 }
+
+/// `prod/NAME` with load-balancer IP 198.51.100.80 and `ranges`.
+fn balanced(name: &str, cip: &str, ranges: &[&str]) -> Service {
+    let mut s = cluster(name, cip);
+    s.load_balancer_ips = vec![ip("198.51.100.80")];
+    s.load_balancer_source_ranges = ranges.iter().map(|r| r.parse().unwrap()).collect();
+    s
+}
+
+fn lb_sets(rs: &Ruleset) -> (Vec<String>, Vec<String>) {
+    let of = |name: &str| {
+        rs.sets[name]
+            .elements
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    (of("mnl-lb-ranged4"), of("mnl-lb-src4"))
+}
+
+#[test]
+fn source_ranges_are_per_address_the_union_of_every_service_naming_it() {
+    // As on eBPF: both services' ranges guard the address (every port),
+    // whoever keeps its frontends; overlapping ranges are merged (the
+    // kernel refuses overlaps in one set), an IPv6 range left out.
+    let a = balanced("a", "10.96.0.50", &["203.0.113.0/25", "10.1.0.0/16"]);
+    let b = balanced(
+        "b",
+        "10.96.0.51",
+        &["203.0.113.128/25", "10.0.0.0/8", "fd00::/8"],
+    );
+    let (ranged, src) = lb_sets(&render(&with(&[a.clone(), b.clone()])));
+    assert_eq!(ranged, ["198.51.100.80"]);
+    assert_eq!(
+        src,
+        [
+            "198.51.100.80 . 10.0.0.0/8",
+            "198.51.100.80 . 203.0.113.0/24"
+        ]
+    );
+    // A keeper without ranges does not open the address to every source.
+    let open = balanced("a", "10.96.0.50", &[]);
+    let (ranged, src) = lb_sets(&render(&with(&[open.clone(), b.clone()])));
+    assert_eq!(ranged, ["198.51.100.80"]);
+    assert_eq!(
+        src,
+        [
+            "198.51.100.80 . 10.0.0.0/8",
+            "198.51.100.80 . 203.0.113.128/25"
+        ]
+    );
+    // Ranges of the other family only: the address drops every source.
+    let v6 = balanced("c", "10.96.0.52", &["fd00::/8"]);
+    let (ranged, src) = lb_sets(&render(&with(&[v6])));
+    assert_eq!(ranged, ["198.51.100.80"]);
+    assert!(src.is_empty());
+    // Incrementally, the union follows each change.
+    let mut narrower = b.clone();
+    narrower.load_balancer_source_ranges = vec!["203.0.113.128/26".parse().unwrap()];
+    let state = check_steps(
+        with(&[a.clone(), b.clone()]),
+        &[
+            vec![("b", Some(narrower))],
+            vec![("a", Some(open))],
+            vec![("b", None)],
+            vec![("b", Some(b)), ("a", Some(a))],
+            vec![("a", None), ("b", None)],
+        ],
+    );
+    let (ranged, src) = lb_sets(&render(&state));
+    assert!(ranged.is_empty() && src.is_empty());
+}

@@ -369,17 +369,15 @@ fn affinity_services_keep_chains_with_local_policies() {
         );
     }
     // Source ranges guard the load-balancer IP only.
-    let fw = obj(ServiceObject::Firewall, false, "prod/edge");
+    assert_eq!(elements(&rs, "mnl-lb-ranged4"), vec!["198.51.100.10"]);
     assert_eq!(
-        elements(&rs, "mnl-svc-fw4"),
-        vec![format!("198.51.100.10 . 6 . 443 : jump {fw}")]
+        elements(&rs, "mnl-lb-src4"),
+        vec!["198.51.100.10 . 203.0.113.0/24"]
     );
-    assert_eq!(
-        rs.chains[&fw]
+    assert!(
+        rs.chains["mnl-svc-filter"]
             .iter()
-            .map(|r| r.text.as_str())
-            .collect::<Vec<_>>(),
-        vec!["ip saddr { 203.0.113.0/24 } return", "drop"]
+            .any(|r| r.text == "ip daddr @mnl-lb-ranged4 ip daddr . ip saddr != @mnl-lb-src4 drop")
     );
     // No local backend while there are some elsewhere: external traffic
     // is dropped, cluster traffic not.
