@@ -54,8 +54,9 @@
 //! postrouting, after policy.
 //!
 //! A service's families are those of its cluster IPs (and external and
-//! load-balancer addresses): a single-stack service gets no node port in
-//! the other family. Ports of protocols other than TCP, UDP and SCTP are
+//! load-balancer addresses); its node ports are open in the families of
+//! its cluster IPs (IPv4 for a service without any), as on eBPF: a
+//! single-stack service gets no node port in the other family. Ports of protocols other than TCP, UDP and SCTP are
 //! not rendered. When two services claim the same address, protocol and
 //! port (or node port), the first in namespace/name order has every entry
 //! of it, in every map, as on eBPF (`service_claims`), so a conflict never
@@ -419,12 +420,19 @@ pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
     // Own sets (affinity), and the shared ones this service claims
     // elements of, created as it does (`add`).
     let mut sets = BTreeMap::new();
-    let families: BTreeSet<bool> = svc
+    let mut families: BTreeSet<bool> = svc
         .cluster_ips
         .iter()
         .chain(svc.external_addresses())
         .map(IpAddr::is_ipv6)
         .collect();
+    if svc.ports.iter().any(|p| p.node_port.is_some()) {
+        families.extend(
+            [false, true]
+                .into_iter()
+                .filter(|v6| node_port_family(svc, *v6)),
+        );
+    }
     for ip in &svc.cluster_ips {
         add(
             &mut sets,
@@ -554,6 +562,15 @@ struct Out<'a> {
     claimed: &'a mut BTreeSet<Frontend>,
 }
 
+/// Whether `svc`'s node ports are open in family `v6`: the families of its
+/// cluster IPs (IPv4 for a service without any), as on eBPF.
+fn node_port_family(svc: &Service, v6: bool) -> bool {
+    if svc.cluster_ips.is_empty() {
+        return !v6;
+    }
+    svc.cluster_ips.iter().any(|ip| ip.is_ipv6() == v6)
+}
+
 /// The frontend of `ip` and `port`.
 fn address_frontend(ip: &IpAddr, port: &ServicePort) -> Frontend {
     Frontend::Address {
@@ -659,6 +676,7 @@ fn service_port_data(svc: &Service, port: &ServicePort, f: Fam, out: Out<'_>) {
         .map(|ip| (false, triple(ip, port)))
         .collect();
     if let Some(np) = port.node_port
+        && node_port_family(svc, f.v6)
         && claimed.insert(node_port_frontend(f, port, np))
     {
         externals.push((true, node_port_key(port.protocol, np)));
@@ -758,9 +776,9 @@ fn service_port_chains(
         .external_addresses()
         .filter(|ip| Fam::of(ip) == f && claimed.insert(address_frontend(ip, port)))
         .collect();
-    let node_port = port
-        .node_port
-        .filter(|np| claimed.insert(node_port_frontend(f, port, *np)));
+    let node_port = port.node_port.filter(|np| {
+        node_port_family(svc, f.v6) && claimed.insert(node_port_frontend(f, port, *np))
+    });
     let internal_local = svc.internal_traffic == TrafficPolicy::Local;
     let external_local = svc.external_traffic == TrafficPolicy::Local;
     let reject_rule = format!("goto {REJECT}");

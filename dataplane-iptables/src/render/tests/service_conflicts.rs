@@ -399,3 +399,38 @@ fn source_ranges_are_per_address_the_union_of_every_service_naming_it() {
     let (ranged, src) = lb_sets(&render(&state));
     assert!(ranged.is_empty() && src.is_empty());
 }
+
+#[test]
+fn an_ipv6_only_service_leaves_the_ipv4_node_port_to_an_ipv4_one() {
+    // As on eBPF: node ports are open in the families of the cluster IPs,
+    // so the IPv6-only `a` (first by name) has the IPv6 node port only.
+    let mut v6 = local("a", "10.96.0.50");
+    v6.cluster_ips = vec![ip("fd00:96::50")];
+    v6.external_ips.clear();
+    v6.ports[0].backends = vec![backend("fd00:65::4", 8080, true)];
+    v6.ports[0].local_backends = v6.ports[0].backends.clone();
+    let v4 = cluster("b", "10.96.0.51");
+    let state = with(&[v6.clone(), v4]);
+    assert!(check_keepers(&state).is_empty(), "nothing contested");
+    let rs = render(&state);
+    let np = |map: &str| -> Vec<String> {
+        rs.sets[map]
+            .elements
+            .iter()
+            .map(ToString::to_string)
+            .filter(|e| e.starts_with(&format!("6 . {NODE_PORT} ")))
+            .collect()
+    };
+    assert_eq!(
+        np("mnl-svc-nodeports4"),
+        [format!("6 . {NODE_PORT} : goto mnl-pick4-npext-2")]
+    );
+    assert_eq!(
+        np("mnl-svc-nodeports6"),
+        [format!("6 . {NODE_PORT} : goto mnl-pick6-nploc-1")]
+    );
+    // Alone, it has no IPv4 node port either.
+    let alone = render(&with(&[v6]));
+    assert!(alone.sets["mnl-svc-nodeports4"].elements.is_empty());
+    assert!(alone.sets["mnl-noep-nodeports4"].elements.is_empty());
+}
