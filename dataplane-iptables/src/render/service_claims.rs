@@ -175,23 +175,27 @@ impl Claims {
 
     /// Records `service`'s claims.
     pub fn insert(&mut self, service: &ServiceKey, objects: &ServiceObjects) {
+        self.insert_elements(service, objects.elements.clone());
+    }
+
+    /// Records `service`'s claims: `elements`, its [`ServiceObjects`]'
+    /// shared set and map elements.
+    pub fn insert_elements(&mut self, service: &ServiceKey, elements: Vec<(String, Element)>) {
         let mut frontends: BTreeMap<Frontend, Entries> = BTreeMap::new();
-        for (set, element) in &objects.elements {
-            if let Some((k, net)) = range_of(set, &element.key) {
+        for (set, element) in elements {
+            if let Some((k, net)) = range_of(&set, &element.key) {
                 let nets = self.ranges.entry(k).or_default();
                 nets.entry(service.clone()).or_default().push(net);
                 continue;
             }
-            match frontend_of(set, &element.key) {
-                Some(f) => frontends
-                    .entry(f)
-                    .or_default()
-                    .push((set.clone(), element.clone())),
+            match frontend_of(&set, &element.key) {
+                Some(f) => frontends.entry(f).or_default().push((set, element)),
                 None => {
+                    let key = (set, element.key.clone());
                     self.by_key
-                        .entry((set.clone(), element.key.clone()))
+                        .entry(key)
                         .or_default()
-                        .insert(service.clone(), element.clone());
+                        .insert(service.clone(), element);
                 }
             }
         }

@@ -489,10 +489,10 @@ pub(super) fn render(
     let mut claims = Claims::default();
     for (key, svc) in &state.services {
         let objects = render_service(svc, config);
-        claims.insert(key, &objects);
         chains.extend(objects.chains);
         chains.extend(objects.shared_chains);
         sets.extend(objects.sets);
+        claims.insert_elements(key, objects.elements);
     }
     for (set, element) in claims.programmed() {
         // The pick chains are chains, not a set of the table.
