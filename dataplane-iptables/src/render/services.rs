@@ -321,9 +321,9 @@ pub(super) fn empty_maps() -> BTreeMap<String, SetDef> {
 }
 
 /// Adds `entry` (`KEY : VERDICT`) to `map` unless the map has that key
-/// already: two services claiming one address and port (external IPs are
-/// not checked for uniqueness by Kubernetes) must not make the whole
-/// transaction fail; the first service in key order keeps it.
+/// already (a map holds one verdict per key, or the transaction fails).
+/// Which service writes a contested frontend's entries is decided before
+/// (`service_claims`); within one service its first claim has them.
 ///
 /// A shared set or map a service's own rendering does not hold yet is
 /// created for its elements (see [`render_service`]).

@@ -35,7 +35,12 @@ fn check_keepers(state: &DesiredState) -> BTreeSet<Frontend> {
     let alone: Vec<(String, BTreeMap<Frontend, BTreeSet<String>>)> = state
         .services
         .values()
-        .map(|s| (s.name.clone(), by_frontend(&render(&with(&[s.clone()])))))
+        .map(|s| {
+            (
+                s.name.clone(),
+                by_frontend(&render(&with(std::slice::from_ref(s)))),
+            )
+        })
         .collect();
     let mut contested = BTreeSet::new();
     let all: BTreeSet<Frontend> = alone.iter().flat_map(|(_, m)| m.keys().copied()).collect();
