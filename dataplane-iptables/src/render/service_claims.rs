@@ -7,12 +7,13 @@
 //! `mnl-svc-nodeports4`), for pods and the node (`mnl-svc-xpod4`,
 //! `mnl-svc-xnode4` and their node-port twins), the reject maps
 //! (`mnl-noep-…`) and the backend maps (`mnl-be4-tcp`, `mnl-npbe4-tcp`,
-//! …). A service that loses
-//! a frontend writes none of its entries, so an `externalTrafficPolicy:
-//! Local` loser cannot keep the pod or node entries of a `Cluster`
-//! keeper's frontend, a keeper without backends (a reject entry) is not
-//! overridden by a loser's translation, and the keeper's pick chain never
-//! indexes a loser's backends. Within one service, its first claim on a
+//! …). A service that loses a frontend writes none of its entries, so an
+//! `externalTrafficPolicy: Local` loser cannot keep the pod or node
+//! entries of a `Cluster` keeper's frontend, a loser without backends
+//! cannot reject the keeper's traffic (the reject maps are looked up
+//! before DNAT), a loser's translation never serves a keeper without
+//! backends, and the keeper's pick chain never indexes a loser's
+//! backends. Within one service, its first claim on a
 //! frontend has it (a cluster IP listed again as an external IP stays a
 //! cluster IP), as on eBPF.
 //!
