@@ -28,7 +28,8 @@
  * leave.
  *
  * ext_route, ext_forward and SNAT_ALLOC serve both families: IPv6
- * (manul_svc6.h) masquerades the same way (DSR is IPv4's).
+ * (manul_svc6.h) masquerades the same way; its DSR carries the frontend
+ * in a Destination Options header instead (MANUL_DSR6_*).
  */
 #ifndef MANUL_SVC_EXT_H
 #define MANUL_SVC_EXT_H
