@@ -156,6 +156,11 @@ struct Cli {
     /// (`service-handshakes`).
     #[arg(long, default_value_t = 5_000, global = true)]
     latency_handshakes: usize,
+    /// Handshakes per slice of the median-slice rate
+    /// (`service-handshakes`): short enough that most slices run without
+    /// the scheduler taking the CPU away on a loaded machine.
+    #[arg(long, default_value_t = 10, global = true)]
+    slice: usize,
 }
 
 #[derive(Debug, Clone, Copy, Subcommand)]
@@ -663,11 +668,13 @@ fn service_dataplanes() -> (
     (dataplanes, bpf_nodes)
 }
 
-/// Removes the eBPF driver's pins of every node it was started for.
+/// Removes the eBPF driver's pins of every node it was started for (its
+/// maps: each node's would stay in kernel memory until then), and forgets
+/// those nodes. Called after every measurement, whose driver has stopped.
 fn purge_bpf_nodes(nodes: &std::sync::Mutex<Vec<String>>) {
-    if let Ok(nodes) = nodes.lock() {
-        for node in nodes.iter() {
-            if let Err(e) = manul_dataplane_bpf::BpfDriver::purge_node(BPF_PIN_ROOT.as_ref(), node)
+    if let Ok(mut nodes) = nodes.lock() {
+        for node in nodes.drain(..) {
+            if let Err(e) = manul_dataplane_bpf::BpfDriver::purge_node(BPF_PIN_ROOT.as_ref(), &node)
             {
                 eprintln!("removing the eBPF pins of {node}: {}", chain(&e));
             }
@@ -715,6 +722,7 @@ fn main() -> Result<()> {
                     s.program_ms,
                     s.load_average[0],
                 );
+                purge_bpf_nodes(&bpf_nodes);
             },
         );
         purge_bpf_nodes(&bpf_nodes);
@@ -728,6 +736,7 @@ fn main() -> Result<()> {
             handshakes: cli.handshakes,
             latency: cli.latency_handshakes,
             window: cli.window,
+            slice: cli.slice,
             ..traffic::HandshakeOptions::default()
         };
         let report = traffic::run_service_handshake_benchmark(
@@ -753,6 +762,7 @@ fn main() -> Result<()> {
                     s.program_ms,
                     s.load_average[0],
                 );
+                purge_bpf_nodes(&bpf_nodes);
             },
         );
         purge_bpf_nodes(&bpf_nodes);

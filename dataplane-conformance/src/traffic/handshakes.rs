@@ -85,7 +85,7 @@ impl Default for HandshakeOptions {
             latency: 5_000,
             handshakes: 50_000,
             window: 64,
-            slice: 50,
+            slice: 10,
             timeout_ms: 200,
         }
     }
