@@ -150,7 +150,7 @@ struct Cli {
     #[arg(long, default_value_t = 50_000, global = true)]
     handshakes: usize,
     /// SYNs outstanding at once (`service-handshakes`).
-    #[arg(long, default_value_t = 64, global = true)]
+    #[arg(long, default_value_t = 8, global = true)]
     window: usize,
     /// Handshakes timed one at a time for the latency
     /// (`service-handshakes`).
@@ -159,7 +159,7 @@ struct Cli {
     /// Handshakes per slice of the median-slice rate
     /// (`service-handshakes`): short enough that most slices run without
     /// the scheduler taking the CPU away on a loaded machine.
-    #[arg(long, default_value_t = 10, global = true)]
+    #[arg(long, default_value_t = 8, global = true)]
     slice: usize,
 }
 

@@ -19,8 +19,8 @@ pub struct HandshakeSample {
     pub program_ms: f64,
     /// SYN-ACKs received from the target over the rate phase's wall time.
     pub handshakes_per_sec: f64,
-    /// `slice` handshakes over the median time of `slice` consecutive
-    /// ones: the rate with the time other processes took left out.
+    /// One over the median time per handshake of the slices (see
+    /// [`Slices`]): the rate with the time other processes took left out.
     pub handshakes_per_sec_p50_slice: f64,
     /// The rate phase: SYNs sent, SYN-ACKs from the target, SYNs that got
     /// no answer within the timeout, resets from the target.
@@ -44,48 +44,55 @@ pub struct HandshakeSample {
     pub load_average: [f64; 3],
 }
 
-/// Timestamps of a run of handshakes, every `slice`-th answer marked.
+/// Timestamps of a run of handshakes, taken at the end of the sending
+/// loop's rounds (a round sends up to a window of SYNs, whose handshakes
+/// run inside `sendto`, then reads the answers): a slice closes at the
+/// first round end with at least `slice` answers since the last one. A
+/// slice timed inside a round would time the reading alone.
 #[derive(Debug, Clone)]
 pub struct Slices {
     slice: usize,
-    started: Instant,
-    marks: Vec<Instant>,
+    last: (Instant, usize),
+    closed: Vec<(Duration, usize)>,
 }
 
 impl Slices {
     pub fn new(slice: usize, started: Instant) -> Slices {
         Slices {
             slice: slice.max(1),
-            started,
-            marks: Vec::new(),
+            last: (started, 0),
+            closed: Vec::new(),
         }
     }
 
-    /// Records the `answered`-th answer, at `now`.
-    pub fn answered(&mut self, answered: usize, now: Instant) {
-        if answered > 0 && answered.is_multiple_of(self.slice) {
-            self.marks.push(now);
+    /// A round ended at `now` with `answered` answers in all so far.
+    pub fn round_end(&mut self, answered: usize, now: Instant) {
+        let (at, before) = self.last;
+        let n = answered.saturating_sub(before);
+        if n >= self.slice {
+            self.closed.push((now.saturating_duration_since(at), n));
+            self.last = (now, answered);
         }
     }
 
-    /// The time each whole slice took.
-    pub fn durations(&self) -> Vec<Duration> {
-        let mut prev = self.started;
-        self.marks
+    /// Each closed slice's time per handshake.
+    pub fn per_handshake(&self) -> Vec<Duration> {
+        self.closed
             .iter()
-            .map(|&m| {
-                let d = m.saturating_duration_since(prev);
-                prev = m;
-                d
-            })
+            .map(|&(d, n)| d / u32::try_from(n).unwrap_or(u32::MAX).max(1))
             .collect()
     }
 
-    /// `slice` over the median slice time (0 without a whole slice).
+    /// One over the median time per handshake of the slices (0 without a
+    /// closed slice).
     pub fn median_rate(&self) -> f64 {
-        let mut secs: Vec<f64> = self.durations().iter().map(Duration::as_secs_f64).collect();
+        let mut secs: Vec<f64> = self
+            .per_handshake()
+            .iter()
+            .map(Duration::as_secs_f64)
+            .collect();
         let m = median(&mut secs);
-        if m > 0.0 { self.slice as f64 / m } else { 0.0 }
+        if m > 0.0 { 1.0 / m } else { 0.0 }
     }
 }
 
@@ -252,27 +259,24 @@ mod tests {
     #[test]
     fn the_median_slice_leaves_a_stall_out() {
         let t0 = Instant::now();
-        let mut s = Slices::new(100, t0);
+        let mut s = Slices::new(8, t0);
         let mut now = t0;
-        let mut answered = 0;
-        // Five slices of 100 answers: 10 ms each, but one stalled 1 s.
-        for k in 0..5 {
-            for _ in 0..100 {
-                answered += 1;
-                if answered % 100 == 0 {
-                    now += Duration::from_millis(if k == 2 { 1000 } else { 10 });
-                }
-                s.answered(answered, now);
-            }
+        // Rounds of 8 answers taking 80 µs (10 µs a handshake); the third
+        // stalled for 1 ms.
+        for k in 1..=5 {
+            now += Duration::from_micros(if k == 3 { 1080 } else { 80 });
+            s.round_end(8 * k, now);
         }
-        let d = s.durations();
+        let d = s.per_handshake();
         assert_eq!(d.len(), 5);
-        assert_eq!(d[2], Duration::from_secs(1));
-        assert!((s.median_rate() - 10_000.0).abs() < 1e-6);
-        // A partial slice is not a slice.
-        let mut short = Slices::new(100, t0);
-        short.answered(99, t0 + Duration::from_millis(1));
+        assert_eq!(d[2], Duration::from_micros(135));
+        assert!((s.median_rate() - 100_000.0).abs() < 1e-6);
+        // Rounds with fewer answers than a slice add up into one.
+        let mut short = Slices::new(8, t0);
+        short.round_end(5, t0 + Duration::from_micros(50));
         assert_eq!(short.median_rate(), 0.0);
+        short.round_end(10, t0 + Duration::from_micros(200));
+        assert_eq!(short.per_handshake(), [Duration::from_micros(20)]);
     }
 
     fn sample(d: &str, n: usize, rate: f64, p50: f64, lost: usize) -> HandshakeSample {

@@ -30,8 +30,14 @@
 //! 3. the latency: `latency` handshakes one at a time, from the SYN's
 //!    `sendto` to the SYN-ACK read;
 //! 4. the rate: `handshakes` handshakes with `window` SYNs outstanding,
-//!    the rate over the wall time and from the median slice of `slice`
-//!    handshakes; a SYN unanswered after `timeout` counts as lost.
+//!    the rate over the wall time and from the median slice (rounds of
+//!    the sending loop with at least `slice` answers, see [`Slices`]: one
+//!    over their median time per handshake, which leaves out the slices
+//!    in which another process had the CPU); a SYN unanswered after
+//!    `timeout` counts as lost. The handshakes of a SYN run inside its
+//!    `sendto` (the veths hand packets on in the sender's softirq), so
+//!    the window overlaps little more than the reading of answers with
+//!    the sending.
 //!
 //! Every SYN of a measurement has its own source port ([`PortPlan`]), so
 //! a measurement sends at most [`MAX_FLOWS`] of them: fewer flows than the
@@ -72,7 +78,8 @@ pub struct HandshakeOptions {
     /// Timed with `window` outstanding.
     pub handshakes: usize,
     pub window: usize,
-    /// Handshakes per slice of the median-slice rate.
+    /// Handshakes per slice of the median-slice rate (at least; see
+    /// [`Slices`]).
     pub slice: usize,
     /// After this long without an answer a SYN counts as lost.
     pub timeout_ms: u64,
@@ -84,8 +91,8 @@ impl Default for HandshakeOptions {
             warmup: 2_000,
             latency: 5_000,
             handshakes: 50_000,
-            window: 64,
-            slice: 10,
+            window: 8,
+            slice: 8,
             timeout_ms: 200,
         }
     }
@@ -249,11 +256,13 @@ fn windowed(
                 0 => {
                     w.answered += 1;
                     last = Instant::now();
-                    slices.answered(w.answered, last);
                 }
                 1 => w.resets += 1,
                 _ => w.strangers += 1,
             }
+        }
+        if got {
+            slices.round_end(w.answered, Instant::now());
         }
         if !got && (outstanding >= window || next >= n) {
             raw.wait(Duration::from_millis(1))?;
