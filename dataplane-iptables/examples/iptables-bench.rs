@@ -25,6 +25,14 @@
 //!   sequentially, then `--parallel-clients` at once; beside them the
 //!   harness's ceiling, the same loops straight to the server pod's IP
 //!   with no dataplane and through the eBPF driver without services.
+//! - `service-handshakes`: the same dataplanes and services, counted as
+//!   new-connection handshakes from a raw socket in the client pod (SYN
+//!   from a new source port each, the server's SYN-ACK back from the
+//!   cluster IP, the client kernel's RST), `--window` outstanding: a
+//!   harness whose own cost per connection is small, so the figure is
+//!   what each dataplane spends per new connection
+//!   (`traffic::run_service_handshake_benchmark`); with the SYN to
+//!   SYN-ACK latency one at a time.
 //! - `flows`: the per-packet cost with flow observations off and on, side
 //!   by side in one run (`iptables-bench/flows.rs`): established round
 //!   trips (a TCP_RR loop), new connections and throughput, with the
@@ -44,6 +52,7 @@
 //! target/release/examples/iptables-bench            # both
 //! target/release/examples/iptables-bench traffic --runs 3
 //! target/release/examples/iptables-bench services --services 10000 --backends 10
+//! target/release/examples/iptables-bench service-handshakes --runs 5
 //! target/release/examples/iptables-bench flows --runs 5
 //! ```
 
@@ -136,6 +145,22 @@ struct Cli {
     /// `service-connections` (0: sequential only).
     #[arg(long, default_value_t = 2, global = true)]
     parallel_clients: usize,
+    /// Timed handshakes per measurement, `window` outstanding
+    /// (`service-handshakes`).
+    #[arg(long, default_value_t = 50_000, global = true)]
+    handshakes: usize,
+    /// SYNs outstanding at once (`service-handshakes`).
+    #[arg(long, default_value_t = 8, global = true)]
+    window: usize,
+    /// Handshakes timed one at a time for the latency
+    /// (`service-handshakes`).
+    #[arg(long, default_value_t = 5_000, global = true)]
+    latency_handshakes: usize,
+    /// Handshakes per slice of the median-slice rate
+    /// (`service-handshakes`): short enough that most slices run without
+    /// the scheduler taking the CPU away on a loaded machine.
+    #[arg(long, default_value_t = 8, global = true)]
+    slice: usize,
 }
 
 #[derive(Debug, Clone, Copy, Subcommand)]
@@ -149,6 +174,10 @@ enum Cmd {
     /// New connections through a ClusterIP with 10 and 10,000 services,
     /// against kube-proxy's iptables mode for the same services.
     ServiceConnections,
+    /// New-connection handshakes (SYN, SYN-ACK, RST) through a ClusterIP
+    /// with 10 and 10,000 services, from a raw socket: the same
+    /// dataplanes with a harness of small fixed cost.
+    ServiceHandshakes,
     /// Per-packet cost with flow observations off and on, side by side.
     Flows,
 }
@@ -580,7 +609,77 @@ struct Output {
     services: Option<services::Report>,
     #[serde(skip_serializing_if = "Option::is_none")]
     service_connections: Option<traffic::ServiceConnectReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_handshakes: Option<HandshakeRun>,
     flows: Option<flows::Report>,
+}
+
+/// `service-handshakes`: its options and figures.
+#[derive(Debug, Serialize)]
+struct HandshakeRun {
+    options: traffic::HandshakeOptions,
+    report: traffic::HandshakeReport,
+}
+
+/// The dataplanes of `service-connections` and `service-handshakes`, in
+/// their order (the ceilings, the eBPF driver, this driver, kube-proxy
+/// last as the baseline), and the nodes the eBPF driver was started for.
+fn service_dataplanes() -> (
+    Vec<traffic::ServiceDataplane>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let nft: Arc<Factory> = Arc::new(|_ctx| {
+        NftDriver::new(Nft::default())
+            .map(|d| Box::new(d) as Box<dyn Driver>)
+            .map_err(|e| chain(&e))
+    });
+    // The eBPF driver's real TC programs, services as map data; its pins
+    // under their own root, removed at the end.
+    let bpf_nodes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let seen = bpf_nodes.clone();
+    let bpf: Arc<Factory> = Arc::new(move |ctx| {
+        if let Ok(mut nodes) = seen.lock() {
+            nodes.push(ctx.node.clone());
+        }
+        let mut config = manul_dataplane_bpf::BpfConfig::new(&ctx.node);
+        config.pin_root = BPF_PIN_ROOT.into();
+        manul_dataplane_bpf::BpfDriver::new(config)
+            .map(|d| Box::new(d) as Box<dyn Driver>)
+            .map_err(|e| chain(&e))
+    });
+    let dataplanes = vec![
+        traffic::ServiceDataplane::None,
+        traffic::ServiceDataplane::DriverNoServices {
+            name: "ebpf-no-services".into(),
+            factory: bpf.clone(),
+        },
+        traffic::ServiceDataplane::Driver {
+            name: "ebpf".into(),
+            factory: bpf,
+        },
+        traffic::ServiceDataplane::Driver {
+            name: "nftables".into(),
+            factory: nft,
+        },
+        traffic::ServiceDataplane::KubeProxyIptables {
+            program: "iptables-legacy-restore".into(),
+        },
+    ];
+    (dataplanes, bpf_nodes)
+}
+
+/// Removes the eBPF driver's pins of every node it was started for (its
+/// maps: each node's would stay in kernel memory until then), and forgets
+/// those nodes. Called after every measurement, whose driver has stopped.
+fn purge_bpf_nodes(nodes: &std::sync::Mutex<Vec<String>>) {
+    if let Ok(mut nodes) = nodes.lock() {
+        for node in nodes.drain(..) {
+            if let Err(e) = manul_dataplane_bpf::BpfDriver::purge_node(BPF_PIN_ROOT.as_ref(), &node)
+            {
+                eprintln!("removing the eBPF pins of {node}: {}", chain(&e));
+            }
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -592,46 +691,12 @@ fn main() -> Result<()> {
         None => (true, true),
         Some(Cmd::Programming) => (true, false),
         Some(Cmd::Traffic) => (false, true),
-        Some(Cmd::Services | Cmd::ServiceConnections | Cmd::Flows) => (false, false),
+        Some(Cmd::Services | Cmd::ServiceConnections | Cmd::ServiceHandshakes | Cmd::Flows) => {
+            (false, false)
+        }
     };
     let service_connections = if matches!(cli.command, Some(Cmd::ServiceConnections)) {
-        let nft: Arc<Factory> = Arc::new(|_ctx| {
-            NftDriver::new(Nft::default())
-                .map(|d| Box::new(d) as Box<dyn Driver>)
-                .map_err(|e| chain(&e))
-        });
-        // The eBPF driver's real TC programs, services as map data; its
-        // pins under their own root, removed at the end.
-        let bpf_nodes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-        let seen = bpf_nodes.clone();
-        let bpf: Arc<Factory> = Arc::new(move |ctx| {
-            if let Ok(mut nodes) = seen.lock() {
-                nodes.push(ctx.node.clone());
-            }
-            let mut config = manul_dataplane_bpf::BpfConfig::new(&ctx.node);
-            config.pin_root = BPF_PIN_ROOT.into();
-            manul_dataplane_bpf::BpfDriver::new(config)
-                .map(|d| Box::new(d) as Box<dyn Driver>)
-                .map_err(|e| chain(&e))
-        });
-        let dataplanes = [
-            traffic::ServiceDataplane::None,
-            traffic::ServiceDataplane::DriverNoServices {
-                name: "ebpf-no-services".into(),
-                factory: bpf.clone(),
-            },
-            traffic::ServiceDataplane::Driver {
-                name: "ebpf".into(),
-                factory: bpf,
-            },
-            traffic::ServiceDataplane::Driver {
-                name: "nftables".into(),
-                factory: nft,
-            },
-            traffic::ServiceDataplane::KubeProxyIptables {
-                program: "iptables-legacy-restore".into(),
-            },
-        ];
+        let (dataplanes, bpf_nodes) = service_dataplanes();
         let options = TrafficOptions {
             connects: cli.connects,
             ..TrafficOptions::default()
@@ -657,21 +722,54 @@ fn main() -> Result<()> {
                     s.program_ms,
                     s.load_average[0],
                 );
+                purge_bpf_nodes(&bpf_nodes);
             },
         );
-        if let Ok(nodes) = bpf_nodes.lock() {
-            for node in nodes.iter() {
-                if let Err(e) =
-                    manul_dataplane_bpf::BpfDriver::purge_node(BPF_PIN_ROOT.as_ref(), node)
-                {
-                    eprintln!(
-                        "service-connections: removing the pins of {node}: {}",
-                        chain(&e)
-                    );
-                }
-            }
-        }
+        purge_bpf_nodes(&bpf_nodes);
         Some(report.map_err(|e| anyhow::anyhow!(chain(&e)))?)
+    } else {
+        None
+    };
+    let service_handshakes = if matches!(cli.command, Some(Cmd::ServiceHandshakes)) {
+        let (dataplanes, bpf_nodes) = service_dataplanes();
+        let options = traffic::HandshakeOptions {
+            handshakes: cli.handshakes,
+            latency: cli.latency_handshakes,
+            window: cli.window,
+            slice: cli.slice,
+            ..traffic::HandshakeOptions::default()
+        };
+        let report = traffic::run_service_handshake_benchmark(
+            "sh",
+            &dataplanes,
+            &[10, 10_000],
+            cli.runs,
+            &options,
+            &mut |s| {
+                eprintln!(
+                    "service-handshakes: {} {} services: {:.0} handshakes/s from the median slice ({:.0} over the wall time; {} of {} answered, {} lost); SYN to SYN-ACK p50 {:.1} us, p99 {:.1} us; denied port: {}; nf_conntrack entries {:?}; programmed in {:.0} ms; load {:.2}",
+                    s.dataplane,
+                    s.services,
+                    s.handshakes_per_sec_p50_slice,
+                    s.handshakes_per_sec,
+                    s.answered,
+                    s.sent,
+                    s.lost,
+                    s.latency.p50_us,
+                    s.latency.p99_us,
+                    s.denied_port,
+                    s.nf_conntrack_entries,
+                    s.program_ms,
+                    s.load_average[0],
+                );
+                purge_bpf_nodes(&bpf_nodes);
+            },
+        );
+        purge_bpf_nodes(&bpf_nodes);
+        Some(HandshakeRun {
+            options,
+            report: report.map_err(|e| anyhow::anyhow!(chain(&e)))?,
+        })
     } else {
         None
     };
@@ -702,6 +800,7 @@ fn main() -> Result<()> {
         traffic,
         services,
         service_connections,
+        service_handshakes,
         flows,
     };
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -48,12 +48,15 @@
 //! # Ok::<(), manul_dataplane_conformance::ConformanceError>(())
 //! ```
 
+mod handshake_stats;
+mod handshakes;
 mod kube_proxy;
 mod load;
 mod measure;
 mod policy;
 mod services;
 mod stats;
+mod syn;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -62,6 +65,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ConformanceError, Factory};
 
+pub use handshake_stats::{
+    HandshakeRatio, HandshakeReport, HandshakeSample, HandshakeSummary, summarise_handshakes,
+};
+pub use handshakes::{
+    HandshakeOptions, MAX_FLOWS, measure_handshakes, run_service_handshake_benchmark,
+};
 pub use measure::measure;
 pub use policy::{ALLOWED_PORTS, bench_operations, server_policy_id, server_rule};
 pub use services::{

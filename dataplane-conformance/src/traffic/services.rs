@@ -177,7 +177,7 @@ pub fn service_operations(services: usize) -> Vec<Operation> {
         .collect()
 }
 
-fn load_average() -> [f64; 3] {
+pub(super) fn load_average() -> [f64; 3] {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut f = text
         .split_whitespace()
@@ -187,6 +187,44 @@ fn load_average() -> [f64; 3] {
         f.next().unwrap_or(f64::NAN),
         f.next().unwrap_or(f64::NAN),
     ]
+}
+
+/// Programs `services` services through `dataplane` into `node` (named
+/// `prefix`): a driver with the pods, their policy and the services (or
+/// no service for [`ServiceDataplane::DriverNoServices`]), kube-proxy's
+/// tables, or nothing for [`ServiceDataplane::None`]. Returns the running
+/// driver, if any, and how long programming took in ms.
+pub(super) fn program(
+    node: &NetNs,
+    prefix: &str,
+    dataplane: &ServiceDataplane,
+    services: usize,
+) -> Result<(Option<DriverThread>, f64), ConformanceError> {
+    let started = Instant::now();
+    let driver = match dataplane {
+        ServiceDataplane::Driver { factory, .. }
+        | ServiceDataplane::DriverNoServices { factory, .. } => {
+            let driver = DriverThread::start(
+                node,
+                NodeContext {
+                    node: prefix.to_string(),
+                },
+                Arc::clone(factory),
+            )?;
+            let mut ops = bench_operations(0);
+            let in_sync = ops.pop();
+            ops.extend(service_operations(services));
+            ops.extend(in_sync);
+            driver.apply(ops)?;
+            Some(driver)
+        }
+        ServiceDataplane::KubeProxyIptables { program } => {
+            iptables_restore(node, program, &kube_proxy_rules(services))?;
+            None
+        }
+        ServiceDataplane::None => None,
+    };
+    Ok((driver, started.elapsed().as_secs_f64() * 1e3))
 }
 
 /// The namespaces, listener and driver of one measurement; field order
@@ -237,30 +275,8 @@ pub fn measure_services(
         _server: server,
         node,
     };
-    let started = Instant::now();
-    match dataplane {
-        ServiceDataplane::Driver { factory, .. }
-        | ServiceDataplane::DriverNoServices { factory, .. } => {
-            let driver = DriverThread::start(
-                &bench.node,
-                NodeContext {
-                    node: prefix.clone(),
-                },
-                Arc::clone(factory),
-            )?;
-            let mut ops = bench_operations(0);
-            let in_sync = ops.pop();
-            ops.extend(service_operations(services));
-            ops.extend(in_sync);
-            driver.apply(ops)?;
-            bench.driver = Some(driver);
-        }
-        ServiceDataplane::KubeProxyIptables { program } => {
-            iptables_restore(&bench.node, program, &kube_proxy_rules(services))?;
-        }
-        ServiceDataplane::None => {}
-    }
-    let program_ms = started.elapsed().as_secs_f64() * 1e3;
+    let (driver, program_ms) = program(&bench.node, &prefix, dataplane, services)?;
+    bench.driver = driver;
 
     let target = if services == 0 {
         SocketAddr::new(IpAddr::V4(SERVER_IP), CONNECT_PORT)
@@ -365,7 +381,7 @@ pub struct ServiceConnectReport {
     pub ratios: Vec<ServiceConnectRatio>,
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(super) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         return 0.0;
