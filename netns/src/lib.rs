@@ -30,6 +30,7 @@
 //! Sockets created on a thread inside a namespace stay bound to that
 //! namespace, so the servers here are served from ordinary threads.
 
+mod device;
 mod error;
 mod held;
 mod link;
@@ -39,6 +40,7 @@ mod pod;
 mod probe;
 pub mod testing;
 
+pub use device::{create_device_veth, link_index_mac, sync_device_routes};
 pub use error::{NetnsError, Result};
 pub use held::{HeldAnswer, HeldUdp, open_udp};
 pub use ipnet::IpNet;

@@ -1,0 +1,230 @@
+//! The host's service device: how host-networked processes reach
+//! services without connect-time load balancing (`bpf/manul_svc_host.h`
+//! says what the programs do there).
+//!
+//! The driver creates a veth pair of its own, [`HOST_SERVICE_DEVICE`]
+//! (with the MAC [`HOST_SERVICE_MAC`], how it knows the device is its
+//! own, and ARP off) and [`HOST_SERVICE_PEER`],
+//! attaches both programs to it, names it in `manul_meta`, and keeps one
+//! host route (`CLUSTER_IP/32 dev manul-svc scope link`) per IPv4 cluster
+//! IP of the desired services, so a host process's packet to a cluster
+//! IP leaves through it. Routes are written only when the set of cluster
+//! IPs changes (an EndpointSlice change writes none), all in one netlink
+//! session. The device, and with it its routes, is removed when the
+//! setting is off at start and by [`BpfDriver::purge_node`]; it outlives
+//! a restart (the links are pinned), so host connections do too.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use manul_dataplane_api::Operation;
+use manul_netns::NetNs;
+
+use super::BpfDriver;
+use crate::abi;
+use crate::error::BpfError;
+
+/// The device's name (not a workload prefix; never a host endpoint's).
+pub const HOST_SERVICE_DEVICE: &str = "manul-svc";
+/// The other end of its veth pair (nothing reaches it: the programs
+/// redirect or drop every packet sent to the device).
+pub const HOST_SERVICE_PEER: &str = "manul-svc-p";
+
+/// The device's MAC address (`manul_maps.h`'s `MANUL_HOST_SVC_MAC_*`): a
+/// reply the programs redirect into the device carries it as its
+/// destination, so the host takes it as its own.
+pub const HOST_SERVICE_MAC: [u8; 6] = {
+    let hi = (abi::MANUL_HOST_SVC_MAC_HI as u16).to_be_bytes();
+    let lo = (abi::MANUL_HOST_SVC_MAC_LO as u32).to_be_bytes();
+    [hi[0], hi[1], lo[0], lo[1], lo[2], lo[3]]
+};
+
+/// The device as this run keeps it.
+#[derive(Debug)]
+pub(super) struct HostServiceDevice {
+    pub(super) ifindex: u32,
+    /// The routes through it, as last written.
+    routed: BTreeSet<IpNet>,
+    /// Whether the routes must be read back and rewritten whole (at
+    /// start, and after a failed write).
+    stale: bool,
+}
+
+/// The calling thread's network namespace (the driver's).
+fn own_ns() -> Result<NetNs, BpfError> {
+    NetNs::from_path(std::path::Path::new("/proc/thread-self/ns/net")).map_err(|source| {
+        BpfError::HostDevice {
+            device: HOST_SERVICE_DEVICE,
+            what: "open the driver's network namespace",
+            source,
+        }
+    })
+}
+
+fn device_error(what: &'static str) -> impl FnOnce(manul_netns::NetnsError) -> BpfError {
+    move |source| BpfError::HostDevice {
+        device: HOST_SERVICE_DEVICE,
+        what,
+        source,
+    }
+}
+
+/// Creates the device (or adopts the one an earlier run left) and
+/// returns its index. An interface of that name that is not Manul's
+/// (another MAC) is an error: it is never taken over.
+pub(super) fn ensure_device() -> Result<u32, BpfError> {
+    let ns = own_ns()?;
+    manul_netns::create_device_veth(
+        &ns,
+        HOST_SERVICE_DEVICE,
+        HOST_SERVICE_PEER,
+        HOST_SERVICE_MAC,
+    )
+    .map_err(device_error("create"))?;
+    match manul_netns::link_index_mac(&ns, HOST_SERVICE_DEVICE)
+        .map_err(device_error("read back"))?
+    {
+        Some((ifindex, Some(mac))) if mac == HOST_SERVICE_MAC => {
+            manul_netns::link_up(&ns, HOST_SERVICE_DEVICE).map_err(device_error("set up"))?;
+            Ok(ifindex)
+        }
+        _ => Err(BpfError::Config(format!(
+            "an interface named {HOST_SERVICE_DEVICE} exists and is not Manul's (its MAC is not {})",
+            mac_text(HOST_SERVICE_MAC)
+        ))),
+    }
+}
+
+/// Removes the device (its peer and routes go with it) from the calling thread's
+/// namespace if it is there and Manul's.
+pub(super) fn remove_device() -> Result<(), BpfError> {
+    let ns = own_ns()?;
+    if let Some((_, Some(mac))) =
+        manul_netns::link_index_mac(&ns, HOST_SERVICE_DEVICE).map_err(device_error("read"))?
+        && mac == HOST_SERVICE_MAC
+    {
+        manul_netns::delete_link(&ns, HOST_SERVICE_DEVICE).map_err(device_error("delete"))?;
+    }
+    Ok(())
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The routes the desired services need: each IPv4 cluster IP as a host
+/// route (pure).
+pub(super) fn cluster_ip_routes<'a>(
+    services: impl IntoIterator<Item = &'a manul_dataplane_api::Service>,
+) -> BTreeSet<IpNet> {
+    services
+        .into_iter()
+        .flat_map(|s| s.cluster_ips.iter())
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(IpNet::from(IpAddr::V4(*v4))),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+impl HostServiceDevice {
+    pub(super) fn new(ifindex: u32) -> Self {
+        Self {
+            ifindex,
+            routed: BTreeSet::new(),
+            stale: true,
+        }
+    }
+
+    /// Makes the device's routes `want`, writing only when they differ
+    /// from what was last written (or after a start or a failed write,
+    /// when the kernel's are read back).
+    pub(super) fn sync_routes(&mut self, want: BTreeSet<IpNet>) -> Result<(), BpfError> {
+        if !self.stale && want == self.routed {
+            return Ok(());
+        }
+        let ns = own_ns()?;
+        self.stale = true;
+        let (added, deleted) = manul_netns::sync_device_routes(&ns, self.ifindex, &want)
+            .map_err(device_error("write the cluster IPs' routes"))?;
+        tracing::debug!(added, deleted, "host service device routes");
+        self.routed = want;
+        self.stale = false;
+        Ok(())
+    }
+}
+
+impl BpfDriver {
+    /// At start: the device made and its programs attached (setting on),
+    /// or an earlier run's removed (off).
+    pub(super) fn start_host_service_device(&mut self) -> Result<(), BpfError> {
+        if !self.config.host_service_nat {
+            self.maps.store_host_service_if(0)?;
+            return remove_device();
+        }
+        let ifindex = ensure_device()?;
+        self.attach(HOST_SERVICE_DEVICE.to_owned(), ifindex)?;
+        self.maps.store_host_service_if(ifindex)?;
+        self.host_device = Some(HostServiceDevice::new(ifindex));
+        Ok(())
+    }
+
+    /// After a batch that touched services: the cluster IPs' routes.
+    pub(super) fn sync_host_service_routes(&mut self, batch: &[Operation]) -> Result<(), BpfError> {
+        let Some(device) = self.host_device.as_mut() else {
+            return Ok(());
+        };
+        let touched = batch.iter().any(|op| {
+            matches!(
+                op,
+                Operation::InSync | Operation::ServiceUpdate(_) | Operation::ServiceRemove { .. }
+            )
+        });
+        if !touched && !device.stale {
+            return Ok(());
+        }
+        device.sync_routes(cluster_ip_routes(self.desired.state().services.values()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use manul_dataplane_api::Service;
+    use std::net::Ipv6Addr;
+
+    #[test]
+    fn the_mac_is_the_programs_and_locally_administered() {
+        assert_eq!(HOST_SERVICE_MAC, [0x0e, 0x6d, 0x6e, 0x6c, 0x73, 0x76]);
+        assert_eq!(
+            HOST_SERVICE_MAC[0] & 0b11,
+            0b10,
+            "unicast, locally administered"
+        );
+    }
+
+    #[test]
+    fn every_ipv4_cluster_ip_is_routed_once() {
+        let a = Service::cluster_ip(
+            "ns",
+            "a",
+            vec![
+                IpAddr::V4([10, 96, 0, 1].into()),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ],
+            vec![],
+        );
+        let b = Service::cluster_ip("ns", "b", vec![IpAddr::V4([10, 96, 0, 1].into())], vec![]);
+        let c = Service::cluster_ip("ns", "c", vec![IpAddr::V4([10, 96, 0, 2].into())], vec![]);
+        let routes = cluster_ip_routes([&a, &b, &c]);
+        let want: BTreeSet<IpNet> = ["10.96.0.1/32", "10.96.0.2/32"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(routes, want);
+    }
+}
