@@ -10,7 +10,9 @@
 //! - Links, addresses and routes ([`create_veth`], [`add_address`],
 //!   [`add_route`], [`create_bridge`], ...) over rtnetlink, and the
 //!   Calico-style pod plumbing ([`plumb_pod`], dual stack with
-//!   [`plumb_pod_ips`]).
+//!   [`plumb_pod_ips`]), and a dataplane's own device with its
+//!   host routes ([`create_device_veth`], [`sync_device_routes`], one
+//!   netlink session for any number of routes).
 //! - Probes run from inside a namespace with a timeout ([`tcp_connect`],
 //!   [`udp_probe`], [`ping`]) and small servers listening inside one
 //!   ([`TcpServer`], [`UdpEcho`]).
