@@ -30,6 +30,9 @@
 /* svc_in's `host` for a packet of the host itself on its service device. */
 #define SVC_FROM_HOST 2
 
+/* Loopback's ifindex in every network namespace. */
+#define MANUL_LOOPBACK_IFINDEX 1
+
 /* The host's service device, or 0. */
 static __always_inline __u32 host_svc_ifindex(void)
 {
@@ -56,17 +59,15 @@ static __always_inline void svc_host_reply(struct manul_nat_key *key, struct svc
 	n->port = nv->port;
 }
 
-/* After the backend's policy allowed the reply: its source back to the
- * frontend, and into the host through its service device. */
-static __always_inline int svc_host_reverse(struct __sk_buff *skb, const struct pkt *p,
-					    const struct svc_nat *n)
+/* Hands a packet for the host (a reply, a refusal) in through the
+ * device's ingress, addressed to the device's MAC, so the host takes it
+ * as its own and from the interface its route to the cluster IP names. */
+static __always_inline int svc_host_deliver(struct __sk_buff *skb)
 {
 	__u32 ifindex = host_svc_ifindex();
 	__u16 hi = bpf_htons(MANUL_HOST_SVC_MAC_HI);
 	__u32 lo = bpf_htonl(MANUL_HOST_SVC_MAC_LO);
 
-	if (rewrite(skb, p, 1, addr4(p->src), n->addr, p->sport, n->port))
-		return TC_ACT_SHOT;
 	/* No device (being removed): the host takes it from here. */
 	if (!ifindex)
 		return TC_ACT_OK;
@@ -75,30 +76,47 @@ static __always_inline int svc_host_reverse(struct __sk_buff *skb, const struct 
 	return bpf_redirect(ifindex, BPF_F_INGRESS);
 }
 
+/* After the backend's policy allowed the reply: its source back to the
+ * frontend, and into the host through its service device. */
+static __always_inline int svc_host_reverse(struct __sk_buff *skb, const struct pkt *p,
+					    const struct svc_nat *n)
+{
+	if (rewrite(skb, p, 1, addr4(p->src), n->addr, p->sport, n->port))
+		return TC_ACT_SHOT;
+	return svc_host_deliver(skb);
+}
+
 static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct svc_nat *n,
 				  __u64 now, int host);
 
-/* The host's service device (p, n: the caller's, zeroed). Egress: a host
- * packet to a cluster IP, translated and sent to its backend, or refused;
- * anything else dropped. Ingress: what the programs redirected into it
- * for the host, passed. */
+/* The host's service device, or loopback (p, n: the caller's, zeroed).
+ * Egress: a host packet to a cluster IP, or on loopback to a node port on
+ * one of the node's own addresses, translated and sent to its backend,
+ * or refused; anything else dropped on the device, passed on loopback.
+ * Ingress: what the programs redirected into the device for the host,
+ * and loopback's own traffic, passed. */
 static __always_inline int svc_host_dev(struct __sk_buff *skb, __u8 hook, struct pkt *p,
 					struct svc_nat *n)
 {
+	int lo = skb->ifindex == MANUL_LOOPBACK_IFINDEX;
+	int pass = lo ? TC_ACT_OK : TC_ACT_SHOT;
 	__u32 frontend;
 	int rc;
 
-	if (hook != MANUL_HOOK_EGRESS)
+	if (hook != MANUL_HOOK_EGRESS || (lo && !host_svc_ifindex()))
 		return TC_ACT_OK;
 	if (parse(skb, p) != 0 || p->version != 4 || !svc_proto(p->proto))
-		return TC_ACT_SHOT;
+		return pass;
 	frontend = addr4(p->dst);
+	/* 127.0.0.0/8 stays loopback's own. */
+	if (lo && (p->dst[0] == 127 || p->src[0] == 127))
+		return TC_ACT_OK;
 	rc = svc_in(skb, p, n, bpf_ktime_get_ns(), SVC_FROM_HOST);
 	if (rc >= 0)
 		return rc;
 	/* Not translated: no service there (any more). */
 	if (addr4(p->dst) == frontend)
-		return TC_ACT_SHOT;
+		return pass;
 	return ext_forward(skb, 4, p->src, p->dst, p->sport, p->dport, p->proto);
 }
 

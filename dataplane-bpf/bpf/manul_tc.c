@@ -1003,6 +1003,8 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, i
 			   ((__u32)old_port << 16) | new_port);
 }
 
+static __always_inline int svc_host_deliver(struct __sk_buff *skb);
+
 /* Swaps the frame's MAC addresses and hands it to the pod behind the
  * interface (the peer of the host-side veth), past routing; on a host
  * interface (`host`), sends it back out of the interface it came in by;
@@ -1020,8 +1022,10 @@ static __always_inline int back_to_pod(struct __sk_buff *skb, int host)
 	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	if (host == 2)
+		return svc_host_deliver(skb);
 	if (host)
-		return bpf_redirect(skb->ifindex, host == 2 ? BPF_F_INGRESS : 0);
+		return bpf_redirect(skb->ifindex, 0);
 	return bpf_redirect_peer(skb->ifindex, 0);
 }
 
@@ -1407,7 +1411,10 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 			v->flags = MANUL_NAT_FROM_HOST;
 		v->addr = be.addr;
 		v->port = be.port;
-		if (host && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER) && svc_ext_new(skb, p, &be, v, now))
+		/* A host process's own node port: not masqueraded (it is the
+		 * node already; its reply comes back through HOST_REV). */
+		if (host == 1 && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER) &&
+		    svc_ext_new(skb, p, &be, v, now))
 			return TC_ACT_SHOT;
 		if (bpf_map_update_elem(&manul_nat, &key, v, BPF_ANY))
 			return TC_ACT_SHOT;
@@ -1541,7 +1548,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	count(MANUL_CNT_PACKETS);
 	ep = bpf_map_lookup_elem(&manul_ep, &ifindex);
 	if (!ep) {
-		if (ifindex == host_svc_ifindex())
+		if (ifindex == MANUL_LOOPBACK_IFINDEX || ifindex == host_svc_ifindex())
 			return svc_host_dev(skb, hook, &p, &n);
 		if (bpf_map_lookup_elem(&manul_svc_if, &ifindex))
 			return svc_host(skb, hook);

@@ -587,12 +587,8 @@ fn cluster_ips_with_real_packets() {
     drop(driver);
 }
 
-/// The shared cases the eBPF dataplane does not pass yet, and why: a
-/// host process's packet to its own node's node port goes through
-/// loopback, which the programs do not translate at (without
-/// connect-time load balancing, which `tests/ctlb.rs` turns on: there it
-/// passes).
-const NOT_YET: &[&str] = &["host process: its own node port"];
+/// The shared cases the eBPF dataplane does not pass yet, and why (none).
+const NOT_YET: &[&str] = &[];
 
 /// An eBPF driver factory pinning under [`PIN_ROOT`], and the nodes it
 /// made drivers for (whose pins the test removes).

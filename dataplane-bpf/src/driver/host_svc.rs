@@ -40,6 +40,11 @@ pub const HOST_SERVICE_MAC: [u8; 6] = {
     [hi[0], hi[1], lo[0], lo[1], lo[2], lo[3]]
 };
 
+/// Loopback's index in every network namespace: the programs are
+/// attached there too, for a host process's connection to its own node's
+/// node port (they pass everything else).
+const LOOPBACK_IFINDEX: u32 = 1;
+
 /// The device as this run keeps it.
 #[derive(Debug)]
 pub(super) struct HostServiceDevice {
@@ -163,12 +168,26 @@ impl BpfDriver {
     /// or an earlier run's removed (off).
     pub(super) fn start_host_service_device(&mut self) -> Result<(), BpfError> {
         if !self.config.host_service_nat {
+            // With the slot 0 the programs pass everything on loopback.
             self.maps.store_host_service_if(0)?;
+            self.detach(LOOPBACK_IFINDEX);
+            if let Some(ix) = super::interfaces::by_name().get(HOST_SERVICE_DEVICE) {
+                self.detach(*ix);
+            }
             return remove_device();
         }
         let ifindex = ensure_device()?;
+        // A reply to a host process's connection to its own node port
+        // has one of the node's addresses as its source.
+        own_ns()?
+            .set_sysctl(
+                &format!("net.ipv4.conf.{HOST_SERVICE_DEVICE}.accept_local"),
+                "1",
+            )
+            .map_err(device_error("accept local sources"))?;
         self.attach(HOST_SERVICE_DEVICE.to_owned(), ifindex)?;
         self.maps.store_host_service_if(ifindex)?;
+        self.attach("lo".to_owned(), LOOPBACK_IFINDEX)?;
         self.host_device = Some(HostServiceDevice::new(ifindex));
         Ok(())
     }

@@ -40,7 +40,7 @@ impl BpfDriver {
         Ok(())
     }
 
-    fn detach(&mut self, ifindex: u32) {
+    pub(super) fn detach(&mut self, ifindex: u32) {
         for hook in Hook::BOTH {
             loader::unpin(&self.dirs.link(ifindex, hook));
         }
