@@ -23,6 +23,14 @@
  * filter holds). Anything else sent to the device is dropped (it is
  * routed there only for cluster IPs); packets arriving on its ingress
  * (those redirected replies) pass.
+ *
+ * A host process's packet to its own node's node port goes through
+ * loopback: the programs are attached there too, and the same step on
+ * its egress translates a node port on one of the node's own addresses
+ * (never masqueraded) and sends it on; its reply comes back through the
+ * device as above (the driver sets accept_local there: the reply's
+ * source is the node's address). Everything else on loopback passes,
+ * and all of it while no device is named.
  */
 #ifndef MANUL_SVC_HOST_H
 #define MANUL_SVC_HOST_H

@@ -10,7 +10,12 @@
 //! IP of the desired services, so a host process's packet to a cluster
 //! IP leaves through it. Routes are written only when the set of cluster
 //! IPs changes (an EndpointSlice change writes none), all in one netlink
-//! session. The device, and with it its routes, is removed when the
+//! session. A host process's packet to its own node's node port goes
+//! through loopback instead, so the programs are attached to `lo` too
+//! (they pass everything there but such packets), and `accept_local` is
+//! set on the device (the reply, redirected into it, has one of the
+//! node's addresses as its source). The device, and with it its routes,
+//! is removed when the
 //! setting is off at start and by [`BpfDriver::purge_node`]; it outlives
 //! a restart (the links are pinned), so host connections do too.
 
