@@ -78,7 +78,7 @@ pub enum BpfError {
         device: &'static str,
         what: &'static str,
         #[source]
-        source: manul_netns::NetnsError,
+        source: Box<manul_netns::NetnsError>,
     },
     /// A map size of 0 or beyond the largest accepted.
     #[error("invalid configuration: {setting} is {value} entries; a map holds 1 to {max}")]

@@ -41,7 +41,7 @@ pub const HOST_SERVICE_PEER: &str = "manul-svc-p";
 /// destination, so the host takes it as its own.
 pub const HOST_SERVICE_MAC: [u8; 6] = {
     let hi = (abi::MANUL_HOST_SVC_MAC_HI as u16).to_be_bytes();
-    let lo = (abi::MANUL_HOST_SVC_MAC_LO as u32).to_be_bytes();
+    let lo = abi::MANUL_HOST_SVC_MAC_LO.to_be_bytes();
     [hi[0], hi[1], lo[0], lo[1], lo[2], lo[3]]
 };
 
@@ -67,7 +67,7 @@ fn own_ns() -> Result<NetNs, BpfError> {
         BpfError::HostDevice {
             device: HOST_SERVICE_DEVICE,
             what: "open the driver's network namespace",
-            source,
+            source: Box::new(source),
         }
     })
 }
@@ -76,7 +76,7 @@ fn device_error(what: &'static str) -> impl FnOnce(manul_netns::NetnsError) -> B
     move |source| BpfError::HostDevice {
         device: HOST_SERVICE_DEVICE,
         what,
-        source,
+        source: Box::new(source),
     }
 }
 
