@@ -19,7 +19,7 @@
 //! setting is off at start and by [`BpfDriver::purge_node`]; it outlives
 //! a restart (the links are pinned), so host connections do too.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -50,12 +50,22 @@ pub const HOST_SERVICE_MAC: [u8; 6] = {
 /// node port (they pass everything else).
 const LOOPBACK_IFINDEX: u32 = 1;
 
+/// A service's name.
+type ServiceKey = (String, String);
+
 /// The device as this run keeps it.
 #[derive(Debug)]
 pub(super) struct HostServiceDevice {
     pub(super) ifindex: u32,
     /// The routes through it, as last written.
     routed: BTreeSet<IpNet>,
+    /// Each service's IPv4 cluster IPs, and how many services claim each
+    /// (kept batch by batch, so a batch costs what it names, not the
+    /// number of services).
+    claims: HashMap<ServiceKey, BTreeSet<IpNet>>,
+    counts: BTreeMap<IpNet, usize>,
+    /// A cluster IP appeared or went since the routes were written.
+    changed: bool,
     /// Whether the routes must be read back and rewritten whole (at
     /// start, and after a failed write).
     stale: bool,
@@ -146,7 +156,49 @@ impl HostServiceDevice {
         Self {
             ifindex,
             routed: BTreeSet::new(),
+            claims: HashMap::new(),
+            counts: BTreeMap::new(),
+            changed: true,
             stale: true,
+        }
+    }
+
+    /// Service `key` now claims `ips` (empty: removed).
+    fn claim(&mut self, key: ServiceKey, ips: BTreeSet<IpNet>) {
+        let old = if ips.is_empty() {
+            self.claims.remove(&key).unwrap_or_default()
+        } else {
+            self.claims.insert(key, ips.clone()).unwrap_or_default()
+        };
+        for ip in old.difference(&ips) {
+            if let Some(n) = self.counts.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.counts.remove(ip);
+                    self.changed = true;
+                }
+            }
+        }
+        for ip in ips.difference(&old) {
+            let n = self.counts.entry(*ip).or_insert(0);
+            *n += 1;
+            self.changed |= *n == 1;
+        }
+    }
+
+    /// The claims of the whole desired state.
+    fn rebuild<'a>(
+        &mut self,
+        services: impl IntoIterator<Item = &'a manul_dataplane_api::Service>,
+    ) {
+        self.claims.clear();
+        self.counts.clear();
+        self.changed = true;
+        for s in services {
+            self.claim(
+                (s.namespace.clone(), s.name.clone()),
+                cluster_ip_routes([s]),
+            );
         }
     }
 
@@ -164,6 +216,7 @@ impl HostServiceDevice {
         tracing::debug!(added, deleted, "host service device routes");
         self.routed = want;
         self.stale = false;
+        self.changed = false;
         Ok(())
     }
 }
@@ -211,7 +264,27 @@ impl BpfDriver {
         if !touched && !device.stale {
             return Ok(());
         }
-        device.sync_routes(cluster_ip_routes(self.desired.state().services.values()))
+        if device.stale || batch.iter().any(|op| matches!(op, Operation::InSync)) {
+            device.rebuild(self.desired.state().services.values());
+        } else {
+            for op in batch {
+                match op {
+                    Operation::ServiceUpdate(s) => device.claim(
+                        (s.namespace.clone(), s.name.clone()),
+                        cluster_ip_routes([s]),
+                    ),
+                    Operation::ServiceRemove { namespace, name } => {
+                        device.claim((namespace.clone(), name.clone()), BTreeSet::new())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !device.changed && !device.stale {
+            return Ok(());
+        }
+        let want: BTreeSet<IpNet> = device.counts.keys().copied().collect();
+        device.sync_routes(want)
     }
 }
 
@@ -229,6 +302,25 @@ mod tests {
             0b10,
             "unicast, locally administered"
         );
+    }
+
+    #[test]
+    fn claims_follow_services_and_a_shared_cluster_ip_stays_while_claimed() {
+        let ip = |d: u8| IpNet::from(IpAddr::V4([10, 96, 0, d].into()));
+        let key = |n: &str| ("ns".to_string(), n.to_string());
+        let mut d = HostServiceDevice::new(7);
+        d.claim(key("a"), BTreeSet::from([ip(1)]));
+        d.claim(key("b"), BTreeSet::from([ip(1), ip(2)]));
+        assert!(d.changed);
+        d.changed = false;
+        d.claim(key("a"), BTreeSet::new());
+        assert!(!d.changed, "10.96.0.1 is still b's");
+        d.claim(key("b"), BTreeSet::from([ip(2)]));
+        assert!(d.changed);
+        assert_eq!(d.counts.keys().copied().collect::<Vec<_>>(), vec![ip(2)]);
+        d.changed = false;
+        d.claim(key("b"), BTreeSet::from([ip(2)]));
+        assert!(!d.changed, "the same claim again");
     }
 
     #[test]
