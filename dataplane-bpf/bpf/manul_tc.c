@@ -1022,7 +1022,7 @@ static __always_inline int back_to_pod(struct __sk_buff *skb, int host)
 	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
-	if (host == 2)
+	if (host == 2) /* SVC_FROM_HOST */
 		return svc_host_deliver(skb);
 	if (host)
 		return bpf_redirect(skb->ifindex, 0);
@@ -1400,7 +1400,7 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 			return reject(skb, p, host);
 		}
 		if (p->proto == IPPROTO_SCTP &&
-		    (be.port != p->dport || (host && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER)))) {
+		    (be.port != p->dport || (host == 1 && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER)))) {
 			/* SCTP's CRC32c covers the ports. */
 			count(MANUL_CNT_SVC_UNTRANSLATABLE);
 			return TC_ACT_SHOT;
