@@ -163,6 +163,9 @@ enum manul_meta_slot {
 	/* enum manul_ext_mode: how external connections reach a backend on
 	 * another node. */
 	MANUL_META_EXT_MODE = 2,
+	/* The ifindex of the host's service device (manul_svc_host.h), 0:
+	 * none. */
+	MANUL_META_HOST_SVC_IF = 3,
 	MANUL_META_MAX = 4,
 };
 
@@ -444,6 +447,10 @@ enum manul_nat_dir {
 	 * to the frontend by the connection's REV entry where it leaves the
 	 * node). */
 	MANUL_NAT_SNAT_REV = 3,
+	/* (backend, host address) as the reply to a connection of a
+	 * host-networked process leaves the backend -> the frontend its
+	 * source is translated back to (manul_svc_host.h). */
+	MANUL_NAT_HOST_REV = 4,
 };
 
 /* manul_nat_value.flags */
@@ -459,6 +466,15 @@ enum manul_nat_dir {
  * TCP's SYN, every UDP datagram); REV: written by the backend's node from
  * that option. */
 #define MANUL_NAT_DSR 0x08
+/* FWD: a connection of a host-networked process, sent through the host's
+ * service device; its reverse entry is MANUL_NAT_HOST_REV. */
+#define MANUL_NAT_FROM_HOST 0x80
+
+/* The host's service device (manul_svc_host.h): the MAC
+ * address the driver gives it (0e:6d:6e:6c:73:76), which a reply
+ * redirected into it carries as its destination. */
+#define MANUL_HOST_SVC_MAC_HI 0x0e6d
+#define MANUL_HOST_SVC_MAC_LO 0x6e6c7376
 
 /* manul_nat (LRU hash): the service NAT's conntrack. A connection has a
  * forward entry (the backend it was given: it keeps it whatever happens

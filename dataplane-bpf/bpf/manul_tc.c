@@ -879,6 +879,9 @@ enum svc_after {
 	/* A local backend's reply to a masqueraded external connection:
 	 * destination back to the client (manul_svc_ext.h). */
 	SVC_SNAT_REV = 4,
+	/* A backend's reply to a host process: source back to the frontend,
+	 * into the host through its service device (manul_svc_host.h). */
+	SVC_HOST_REV = 5,
 };
 
 struct svc_nat {
@@ -1000,9 +1003,13 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, i
 			   ((__u32)old_port << 16) | new_port);
 }
 
+static __always_inline int svc_host_deliver(struct __sk_buff *skb);
+
 /* Swaps the frame's MAC addresses and hands it to the pod behind the
  * interface (the peer of the host-side veth), past routing; on a host
- * interface (`host`), sends it back out of the interface it came in by. */
+ * interface (`host`), sends it back out of the interface it came in by;
+ * on the host's service device (SVC_FROM_HOST, manul_svc_host.h), into
+ * the host through its ingress. */
 static __always_inline int back_to_pod(struct __sk_buff *skb, int host)
 {
 	void *data = (void *)(long)skb->data;
@@ -1015,6 +1022,8 @@ static __always_inline int back_to_pod(struct __sk_buff *skb, int host)
 	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	if (host == 2) /* SVC_FROM_HOST */
+		return svc_host_deliver(skb);
 	if (host)
 		return bpf_redirect(skb->ifindex, 0);
 	return bpf_redirect_peer(skb->ifindex, 0);
@@ -1260,6 +1269,7 @@ static __always_inline int svc_pick(const struct manul_svc_fe_value *fe, const s
 
 #include "manul_svc_ext.h"
 #include "manul_svc6.h"
+#include "manul_svc_host.h"
 
 /* A packet from a pod, before policy, or (`host`) one arriving at a host
  * interface that the programs carry for service NAT only. Returns -1 to
@@ -1341,9 +1351,12 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 			return reject(skb, p, host);
 		}
 	} else {
-		/* A node port, on the node's own addresses only. */
-		if (!host)
+		/* A pod's packet to no service: a reply to a host process? */
+		if (!host) {
+			svc_host_reply(&key, n);
 			return -1;
+		}
+		/* A node port, on the node's own addresses only. */
 		fk.addr = 0;
 		fe = bpf_map_lookup_elem(&manul_svc_fe, &fk);
 		if (!fe || !to_local_host(skb, p))
@@ -1387,16 +1400,21 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 			return reject(skb, p, host);
 		}
 		if (p->proto == IPPROTO_SCTP &&
-		    (be.port != p->dport || (host && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER)))) {
+		    (be.port != p->dport || (host == 1 && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER)))) {
 			/* SCTP's CRC32c covers the ports. */
 			count(MANUL_CNT_SVC_UNTRANSLATABLE);
 			return TC_ACT_SHOT;
 		}
 		hairpin = !host && be.addr == src;
 		v->flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
+		if (host == SVC_FROM_HOST)
+			v->flags = MANUL_NAT_FROM_HOST;
 		v->addr = be.addr;
 		v->port = be.port;
-		if (host && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER) && svc_ext_new(skb, p, &be, v, now))
+		/* A host process's own node port: not masqueraded (it is the
+		 * node already; its reply comes back through HOST_REV). */
+		if (host == 1 && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER) &&
+		    svc_ext_new(skb, p, &be, v, now))
 			return TC_ACT_SHOT;
 		if (bpf_map_update_elem(&manul_nat, &key, v, BPF_ANY))
 			return TC_ACT_SHOT;
@@ -1404,7 +1422,7 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 		key.dst = hairpin ? bpf_htonl(MANUL_HAIRPIN_SNAT_V4) : src;
 		key.sport = be.port;
 		key.dport = p->sport;
-		key.dir = MANUL_NAT_REV;
+		key.dir = host == SVC_FROM_HOST ? MANUL_NAT_HOST_REV : MANUL_NAT_REV;
 		v->addr = dst;
 		v->port = p->dport;
 		/* DSR: the backend's node writes the reverse entry. */
@@ -1468,6 +1486,8 @@ static __always_inline int svc_after(struct __sk_buff *skb, const struct pkt *p,
 
 	if (n->after == SVC_NONE)
 		return TC_ACT_OK;
+	if (n->after == SVC_HOST_REV)
+		return svc_host_reverse(skb, p, n);
 	if (p->version == 6)
 		return svc6_after(skb, p, n);
 	src = addr4(p->src);
@@ -1528,6 +1548,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	count(MANUL_CNT_PACKETS);
 	ep = bpf_map_lookup_elem(&manul_ep, &ifindex);
 	if (!ep) {
+		if (ifindex == MANUL_LOOPBACK_IFINDEX || ifindex == host_svc_ifindex())
+			return svc_host_dev(skb, hook, &p, &n);
 		if (bpf_map_lookup_elem(&manul_svc_if, &ifindex))
 			return svc_host(skb, hook);
 		count(MANUL_CNT_NO_ENDPOINT);

@@ -40,7 +40,9 @@
 //! restart: the driver dropped, a new one built over the same pins, and
 //! the same services (with their changes) told again in one `apply`.
 //!
-//! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- services [--services 10000] [--backends 10] [--changes 50] [--runs 3]`
+//! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- services [--services 10000] [--backends 10] [--changes 50] [--runs 3] [--host-service-nat on|off]`
+//! (`--host-service-nat off`: without the host's service device, whose
+//! route per cluster IP the snapshot writes too)
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- flows [--runs 6]`
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- ipv6 [--runs 5]`
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- svc-path [--calls 5000]`
@@ -294,6 +296,12 @@ fn services_mode() {
         .unwrap_or(10);
     let changes: usize = flag("--changes").and_then(|s| s.parse().ok()).unwrap_or(50);
     let runs: usize = flag("--runs").and_then(|s| s.parse().ok()).unwrap_or(3);
+    // The host's service device (a route per cluster IP), on by default.
+    let host_service_nat = match flag("--host-service-nat").as_deref() {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => panic!("--host-service-nat takes on or off, not {other}"),
+    };
     assert!(
         services > 0 && backends > 0 && changes > 0,
         "counts must be positive"
@@ -314,6 +322,7 @@ fn services_mode() {
         ns.run(|| {
             let mut config = BpfConfig::new(&node);
             config.pin_root = PathBuf::from(PIN_ROOT);
+            config.host_service_nat = host_service_nat;
             let mut driver = BpfDriver::new(config.clone()).expect("load");
             let t = Instant::now();
             driver.apply(&ops).expect("the snapshot");
@@ -352,6 +361,7 @@ fn services_mode() {
         "bench": "dataplane-bpf services",
         "services": services,
         "backends_per_service": backends,
+        "host_service_nat": host_service_nat,
         "runs": runs,
         "snapshot_ms_runs": snapshot,
         "snapshot_ms_median": percentile(&sorted_snapshot, 0.5),

@@ -72,6 +72,14 @@ pub enum BpfError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The host's service device or its routes (`driver/host_svc.rs`).
+    #[error("host service device {device}: {what}")]
+    HostDevice {
+        device: &'static str,
+        what: &'static str,
+        #[source]
+        source: Box<manul_netns::NetnsError>,
+    },
     /// A map size of 0 or beyond the largest accepted.
     #[error("invalid configuration: {setting} is {value} entries; a map holds 1 to {max}")]
     MapSize {

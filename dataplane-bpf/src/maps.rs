@@ -399,6 +399,13 @@ impl Maps {
             .map_err(|e| BpfError::map("manul_meta", "store the external service mode", e))
     }
 
+    /// Names the host's service device to the programs (0: none).
+    pub fn store_host_service_if(&mut self, ifindex: u32) -> Result<(), BpfError> {
+        self.meta
+            .set(abi::MANUL_META_HOST_SVC_IF, u64::from(ifindex), 0)
+            .map_err(|e| BpfError::map("manul_meta", "store the host service device", e))
+    }
+
     /// Replaces the failsafe ports: `(outbound, protocol, port)`.
     pub fn store_failsafe(&mut self, ports: &[(bool, u8, u16)]) -> Result<(), BpfError> {
         let key = |(outbound, proto, port): (bool, u8, u16)| abi::manul_failsafe_key {

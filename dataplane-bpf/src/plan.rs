@@ -212,6 +212,8 @@ pub fn plans(
         }
         for name in interfaces {
             if name == "lo"
+                || name == crate::driver::HOST_SERVICE_DEVICE
+                || name == crate::driver::HOST_SERVICE_PEER
                 || crate::driver::is_workload_interface(workload_prefixes, name)
                 || !taken.insert(name.as_str())
             {

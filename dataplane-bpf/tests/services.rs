@@ -587,16 +587,8 @@ fn cluster_ips_with_real_packets() {
     drop(driver);
 }
 
-/// The shared cases the eBPF dataplane does not pass yet, and why: host
-/// processes' traffic passes no interface the programs translate at
-/// (without connect-time load balancing, which `tests/ctlb.rs` turns on:
-/// there these cases pass).
-const NOT_YET: &[&str] = &[
-    "host process: cluster IP",
-    "host process: its own node port",
-    "host process: no endpoints refused at once",
-    "host process: udp-only service",
-];
+/// The shared cases the eBPF dataplane does not pass yet, and why (none).
+const NOT_YET: &[&str] = &[];
 
 /// An eBPF driver factory pinning under [`PIN_ROOT`], and the nodes it
 /// made drivers for (whose pins the test removes).

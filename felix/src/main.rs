@@ -474,6 +474,8 @@ fn driver(
                 BpfExternalServiceMode::Dsr => manul_dataplane_bpf::ExternalServiceMode::Dsr,
             };
             bpf.connect_time_lb = connect_time_lb(config);
+            bpf.host_service_nat =
+                config.bpf_host_networked_nat_without_ctlb.value == manul_model::v3::OnOff::Enabled;
             match preloaded {
                 Some(loaded) => manul_dataplane_bpf::BpfDriver::start(bpf, loaded),
                 None => manul_dataplane_bpf::BpfDriver::new(bpf),

@@ -68,8 +68,6 @@ const SERVICES: &str = "Manul programs Services on both dataplanes from the Serv
      EndpointSlices alone; it does not read this setting";
 const CTLB_DEPRECATED: &str = "Calico's deprecated switch; Manul reads \
      `bpfConnectTimeLoadBalancing` only";
-const CTLB_ONLY: &str = "host-networked processes reach services through connect-time load \
-     balancing only (`bpfConnectTimeLoadBalancing`)";
 const BPF: &str = "Manul's eBPF programs, maps and conntrack are its own; only `bpfEnabled` \
      chooses them";
 const XDP: &str = "Manul attaches no XDP programs and has no sidecar acceleration";
@@ -224,7 +222,6 @@ pub const NOT_ACTED_ON: &[NotActedOn] = &[
     felix("spec.bpfDataIfacePattern", INTERFACES),
     felix("spec.bpfL3IfacePattern", INTERFACES),
     felix("spec.bpfConnectTimeLoadBalancingEnabled", CTLB_DEPRECATED),
-    felix("spec.bpfHostNetworkedNATWithoutCTLB", CTLB_ONLY),
     felix("spec.bpfDSROptoutCIDRs", SERVICES),
     felix("spec.bpfExtToServiceConnmark", SERVICES),
     felix("spec.bpfKubeProxyIptablesCleanupEnabled", SERVICES),

@@ -10,7 +10,9 @@
 //! - Links, addresses and routes ([`create_veth`], [`add_address`],
 //!   [`add_route`], [`create_bridge`], ...) over rtnetlink, and the
 //!   Calico-style pod plumbing ([`plumb_pod`], dual stack with
-//!   [`plumb_pod_ips`]).
+//!   [`plumb_pod_ips`]), and a dataplane's own device with its
+//!   host routes ([`create_device_veth`], [`sync_device_routes`], one
+//!   netlink session for any number of routes).
 //! - Probes run from inside a namespace with a timeout ([`tcp_connect`],
 //!   [`udp_probe`], [`ping`]) and small servers listening inside one
 //!   ([`TcpServer`], [`UdpEcho`]).
@@ -30,6 +32,7 @@
 //! Sockets created on a thread inside a namespace stay bound to that
 //! namespace, so the servers here are served from ordinary threads.
 
+mod device;
 mod error;
 mod held;
 mod link;
@@ -39,6 +42,7 @@ mod pod;
 mod probe;
 pub mod testing;
 
+pub use device::{create_device_veth, link_index_mac, sync_device_routes};
 pub use error::{NetnsError, Result};
 pub use held::{HeldAnswer, HeldUdp, open_udp};
 pub use ipnet::IpNet;

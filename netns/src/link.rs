@@ -665,7 +665,7 @@ fn route_info(route: &RouteMessage, names: &HashMap<u32, String>) -> Option<Rout
     })
 }
 
-fn route_ip(addr: &RouteAddress) -> Option<IpAddr> {
+pub(crate) fn route_ip(addr: &RouteAddress) -> Option<IpAddr> {
     match addr {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),

@@ -80,6 +80,13 @@ pub struct BpfConfig {
     /// another node (Felix's `bpfExternalServiceMode`). Default
     /// [`ExternalServiceMode::Snat`].
     pub external_service_mode: ExternalServiceMode,
+    /// Host-networked processes reach IPv4 cluster IPs through the host's
+    /// service device, which the driver creates, routes every cluster IP
+    /// to and translates at (Felix's `bpfHostNetworkedNATWithoutCTLB`,
+    /// `Enabled` by default; see `driver/host_svc.rs`). Off: an earlier
+    /// run's device is removed, and host processes reach services only
+    /// with connect-time load balancing.
+    pub host_service_nat: bool,
 }
 
 /// The service maps' sizes; each applies to the map of both families.
@@ -170,6 +177,7 @@ impl BpfConfig {
             benchmark_no_conntrack: false,
             external_service_mode: ExternalServiceMode::Snat,
             connect_time_lb: None,
+            host_service_nat: true,
         }
     }
 }

@@ -29,7 +29,7 @@ impl BpfDriver {
         }
     }
 
-    fn attach(&mut self, interface: String, ifindex: u32) -> Result<(), BpfError> {
+    pub(super) fn attach(&mut self, interface: String, ifindex: u32) -> Result<(), BpfError> {
         if self.attached.contains(&ifindex) {
             return Ok(());
         }
@@ -40,7 +40,7 @@ impl BpfDriver {
         Ok(())
     }
 
-    fn detach(&mut self, ifindex: u32) {
+    pub(super) fn detach(&mut self, ifindex: u32) {
         for hook in Hook::BOTH {
             loader::unpin(&self.dirs.link(ifindex, hook));
         }
@@ -108,6 +108,8 @@ impl BpfDriver {
                 .into_iter()
                 .filter(|(_, name)| {
                     name != "lo"
+                        && name != super::HOST_SERVICE_DEVICE
+                        && name != super::HOST_SERVICE_PEER
                         && !is_workload_interface(&self.config.workload_prefixes, name)
                         && !state
                             .workload_endpoints

@@ -43,6 +43,7 @@ use crate::program::{self, Env};
 mod config;
 mod counters;
 mod flows;
+mod host_svc;
 mod interfaces;
 
 pub use config::{
@@ -51,6 +52,7 @@ pub use config::{
 };
 pub use counters::{KernelCounters, TestRunOutcome};
 pub(crate) use flows::labels;
+pub use host_svc::{HOST_SERVICE_DEVICE, HOST_SERVICE_MAC, HOST_SERVICE_PEER};
 
 /// The eBPF dataplane driver. It acts in the network namespace of the
 /// thread that calls it.
@@ -75,6 +77,8 @@ pub struct BpfDriver {
     service_only: std::collections::BTreeSet<u32>,
     /// Connect-time load balancing, when configured.
     ctlb: Option<crate::ctlb::ConnectTimeLb>,
+    /// The host's service device, when `host_service_nat` is on.
+    host_device: Option<host_svc::HostServiceDevice>,
 }
 
 /// The programs loaded into the kernel (past the verifier) with the
@@ -250,12 +254,14 @@ impl BpfDriver {
             services,
             service_only: std::collections::BTreeSet::new(),
             ctlb,
+            host_device: None,
         };
         // An earlier run's service-only interfaces: their links are
         // adopted below, and removed with their entries if no service
         // needs them any more.
         driver.service_only = driver.services.interfaces();
         driver.adopt_links();
+        driver.start_host_service_device()?;
         tracing::info!(
             load_ms,
             adopted,
@@ -322,9 +328,12 @@ impl BpfDriver {
         self.ledger.tables.len()
     }
 
-    /// Removes every pin of a node (maps and links): its dataplane state
-    /// ends. For tests and decommissioning; the driver must not be running.
+    /// Removes every pin of a node (maps and links) and, in the calling
+    /// thread's network namespace, the host's service device if it is
+    /// there and Manul's: the node's dataplane state ends. For tests and
+    /// decommissioning; the driver must not be running.
     pub fn purge_node(pin_root: &Path, node: &str) -> std::io::Result<()> {
+        host_svc::remove_device().map_err(std::io::Error::other)?;
         let dir = pin_root.join(node);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -370,6 +379,9 @@ impl Driver for BpfDriver {
             errors.push(e);
         }
         if let Err(e) = self.connect_time_lb(batch) {
+            errors.push(e);
+        }
+        if let Err(e) = self.sync_host_service_routes(batch) {
             errors.push(e);
         }
         errors.extend(self.settle_attachments(&outcome.attach, &outcome.detach));

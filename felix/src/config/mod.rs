@@ -233,6 +233,12 @@ impl Render for BpfExternalServiceMode {
     }
 }
 
+impl Render for manul_model::v3::OnOff {
+    fn render(&self) -> String {
+        self.as_str().to_string()
+    }
+}
+
 impl Render for BpfConnectTimeLoadBalancing {
     fn render(&self) -> String {
         self.as_str().to_string()
@@ -403,6 +409,15 @@ settings! {
         "bpfConnectTimeLoadBalancing",
         BpfConnectTimeLoadBalancing::Disabled, |s| s.bpf_connect_time_load_balancing,
         parse::connect_time_lb, Restart;
+    /// eBPF: host-networked processes reach IPv4 cluster IPs through a
+    /// device of the driver's own (`manul-svc`), routed to and translated
+    /// at, without connect-time load balancing (`Enabled`, the default, as
+    /// Calico's); `Disabled`: the device is removed, and host processes
+    /// reach services only with connect-time load balancing.
+    bpf_host_networked_nat_without_ctlb: manul_model::v3::OnOff =
+        "bpfHostNetworkedNATWithoutCTLB",
+        manul_model::v3::OnOff::Enabled, |s| s.bpf_host_networked_nat_without_ctlb,
+        parse::on_off, Restart;
     /// Local only: Felix programs Services on either dataplane (true, the
     /// default) or leaves them all to kube-proxy (false, while a cluster
     /// migrates from kube-proxy): no Service is programmed, those an

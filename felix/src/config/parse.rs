@@ -145,6 +145,16 @@ pub fn external_service_mode(
     }
 }
 
+/// Enabled or Disabled, any case.
+pub fn on_off(text: &str) -> Result<manul_model::v3::OnOff, String> {
+    use manul_model::v3::OnOff;
+    match text.to_ascii_lowercase().as_str() {
+        "enabled" => Ok(OnOff::Enabled),
+        "disabled" => Ok(OnOff::Disabled),
+        _ => Err("neither Enabled nor Disabled".into()),
+    }
+}
+
 /// TCP, Enabled or Disabled, any case.
 pub fn connect_time_lb(text: &str) -> Result<BpfConnectTimeLoadBalancing, String> {
     match text.to_ascii_lowercase().as_str() {

@@ -152,6 +152,16 @@ const CASES: &[Case] = &[
         source: Source::Environment,
     },
     Case {
+        what: "the host service device setting in any case from the environment",
+        global: "bpfHostNetworkedNATWithoutCTLB: Enabled",
+        node: "",
+        env: &[("FELIX_BPFHOSTNETWORKEDNATWITHOUTCTLB", "disabled")],
+        flags: &[],
+        setting: "bpfHostNetworkedNATWithoutCTLB",
+        value: "Disabled",
+        source: Source::Environment,
+    },
+    Case {
         what: "environment intervals are seconds",
         global: "iptablesRefreshInterval: 30s",
         node: "",
@@ -326,6 +336,11 @@ fn malformed_local_values_are_errors_naming_their_origin() {
             "FELIX_DEFAULTENDPOINTTOHOSTACTION",
             "allow",
             "Drop, Return or Accept",
+        ),
+        (
+            "FELIX_BPFHOSTNETWORKEDNATWITHOUTCTLB",
+            "sometimes",
+            "neither Enabled nor Disabled",
         ),
     ];
     for (var, value, reason) in cases {

@@ -1,0 +1,253 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+//! The host's service device (`manul-svc`, `bpf/manul_svc_host.h`) with
+//! real sockets, in a node namespace with one pod: the driver creates the
+//! veth pair and routes each IPv4 cluster IP through it (exactly the
+//! desired ones, following service changes, IPv6 cluster IPs left out),
+//! a host process reaches a cluster IP and its own node port, a
+//! restart keeps the device and the routes, loopback's own traffic
+//! passes while the programs are attached there; with the setting off a
+//! start removes the pair, its routes and the loopback links (loopback
+//! still carries traffic), and `purge_node` removes what a run left.
+//! Everything (namespaces, pins) is removed at the end, also on failure.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use manul_dataplane_api::{
+    Backend, Driver, EndpointId, Match, Operation, Policy, Service, ServicePort, WorkloadEndpoint,
+};
+use manul_dataplane_bpf::{BpfConfig, BpfDriver, HOST_SERVICE_DEVICE};
+use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
+use manul_dataplane_conformance::topology::{Pod, Topology};
+use manul_dataplane_conformance::{Factory, NodeContext, privileges};
+use manul_netns::{NetNs, ProbeOutcome, TcpServer, tcp_connect, unique_prefix};
+
+mod rules;
+
+use rules::allow;
+
+const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const FIRST: Ipv4Addr = Ipv4Addr::new(10, 96, 9, 9);
+const SECOND: Ipv4Addr = Ipv4Addr::new(10, 96, 9, 10);
+const NODE_PORT: u16 = 30090;
+/// A listener of the node's own on loopback.
+const LOOPBACK_PORT: u16 = 7100;
+const WAIT: Duration = Duration::from_secs(2);
+
+/// The node and its pod, and the pins.
+struct Setup {
+    topo: Option<Topology>,
+    pins: String,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        drop(self.topo.take());
+        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.pins);
+    }
+}
+
+fn factory(pins: String, on: bool) -> Arc<Factory> {
+    Arc::new(move |_: &NodeContext| {
+        let mut config = BpfConfig::new(&pins);
+        config.pin_root = PathBuf::from(PIN_ROOT);
+        config.host_service_nat = on;
+        BpfDriver::new(config)
+            .map(|d| Box::new(d) as Box<dyn Driver>)
+            .map_err(|e| chain(&e))
+    })
+}
+
+fn service(name: &str, ips: Vec<IpAddr>, pod: &Pod) -> Service {
+    let be = vec![Backend {
+        ip: IpAddr::V4(pod.ip),
+        port: 8080,
+        local: true,
+        ready: true,
+    }];
+    Service::cluster_ip(
+        "ns",
+        name,
+        ips,
+        vec![ServicePort {
+            name: "http".into(),
+            protocol: 6,
+            port: 80,
+            node_port: Some(NODE_PORT),
+            local_backends: be.clone(),
+            backends: be,
+        }],
+    )
+}
+
+fn base(pod: &Pod) -> Vec<Operation> {
+    vec![
+        Operation::ProfileUpdate {
+            id: "allow".into(),
+            profile: Policy {
+                inbound: vec![allow("allow/in", Match::default())],
+                outbound: vec![allow("allow/out", Match::default())],
+            },
+        },
+        Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
+            id: EndpointId {
+                namespace: "ns".into(),
+                name: pod.name.clone(),
+            },
+            interface_name: pod.interface.clone(),
+            nets: vec![IpNet::new(pod.ip.into(), 32).unwrap()],
+            mac: None,
+            tiers: vec![],
+            profiles: vec!["allow".into()],
+        }),
+    ]
+}
+
+/// The main table's routes through the device.
+fn device_routes(node: &NetNs) -> BTreeSet<IpNet> {
+    manul_netns::list_routes(node)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.dev.as_deref() == Some(HOST_SERVICE_DEVICE))
+        .map(|r| r.dst)
+        .collect()
+}
+
+fn host(ip: Ipv4Addr) -> IpNet {
+    IpNet::from(IpAddr::V4(ip))
+}
+
+fn connect(node: &NetNs, ip: Ipv4Addr, port: u16) -> ProbeOutcome {
+    tcp_connect(node, SocketAddr::new(ip.into(), port), WAIT).unwrap()
+}
+
+#[test]
+fn the_host_service_device_follows_the_cluster_ips_and_goes_with_the_setting() {
+    if !privileges().expect("privileges: CI=true needs root") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let prefix = unique_prefix("hs");
+    let mut setup = Setup {
+        topo: Some(Topology::new(&prefix).expect("node")),
+        pins: prefix.clone(),
+    };
+    let topo = setup.topo.as_mut().unwrap();
+    topo.add_pod("ns", "b", Ipv4Addr::new(10, 69, 0, 2))
+        .expect("pod");
+    let topo = setup.topo.as_ref().unwrap();
+    let node = &topo.node;
+    let pod = topo.pod("ns/b").unwrap();
+    // The node's own address, on a link of its own.
+    manul_netns::create_veth(node, "ext0", node, "ext1").unwrap();
+    manul_netns::add_address(node, "ext0", IpNet::new(NODE_IP.into(), 24).unwrap()).unwrap();
+    manul_netns::link_up(node, "ext0").unwrap();
+    manul_netns::link_up(node, "ext1").unwrap();
+    let _own = TcpServer::start(
+        node,
+        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), LOOPBACK_PORT),
+    )
+    .expect("a loopback listener");
+    let ctx = NodeContext {
+        node: prefix.clone(),
+    };
+
+    let driver =
+        DriverThread::start(node, ctx.clone(), factory(prefix.clone(), true)).expect("driver");
+    let mut ops = base(pod);
+    let dual = service(
+        "first",
+        vec![
+            IpAddr::V4(FIRST),
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 9)),
+        ],
+        pod,
+    );
+    ops.push(Operation::ServiceUpdate(dual));
+    ops.push(Operation::InSync);
+    driver.apply(ops.clone()).expect("apply");
+    assert!(manul_netns::link_exists(node, HOST_SERVICE_DEVICE).unwrap());
+    assert!(manul_netns::link_exists(node, "manul-svc-p").unwrap());
+    assert_eq!(
+        manul_netns::link_mac(node, HOST_SERVICE_DEVICE).unwrap(),
+        manul_dataplane_bpf::HOST_SERVICE_MAC
+    );
+    assert_eq!(
+        node.get_sysctl("net.ipv4.conf.manul-svc.accept_local")
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(device_routes(node), BTreeSet::from([host(FIRST)]));
+    assert_eq!(connect(node, FIRST, 80), ProbeOutcome::Connected);
+    assert_eq!(connect(node, NODE_IP, NODE_PORT), ProbeOutcome::Connected);
+    assert_eq!(
+        connect(node, Ipv4Addr::LOCALHOST, LOOPBACK_PORT),
+        ProbeOutcome::Connected,
+        "loopback's own traffic"
+    );
+
+    // The cluster IP changes: the routes follow; the old one is gone.
+    driver
+        .apply(vec![
+            Operation::ServiceRemove {
+                namespace: "ns".into(),
+                name: "first".into(),
+            },
+            Operation::ServiceUpdate(service("second", vec![IpAddr::V4(SECOND)], pod)),
+        ])
+        .expect("change");
+    assert_eq!(device_routes(node), BTreeSet::from([host(SECOND)]));
+    assert_eq!(connect(node, SECOND, 80), ProbeOutcome::Connected);
+    assert_ne!(connect(node, FIRST, 80), ProbeOutcome::Connected);
+
+    // A restart keeps the device and its routes.
+    driver.restart().expect("restart");
+    assert_eq!(device_routes(node), BTreeSet::from([host(SECOND)]));
+    assert_eq!(connect(node, SECOND, 80), ProbeOutcome::Connected);
+    drop(driver);
+
+    // Off: a start removes the pair, its routes and the loopback links.
+    let off = DriverThread::start(node, ctx.clone(), factory(prefix.clone(), false))
+        .expect("driver, setting off");
+    let mut ops = base(pod);
+    ops.push(Operation::ServiceUpdate(service(
+        "second",
+        vec![IpAddr::V4(SECOND)],
+        pod,
+    )));
+    ops.push(Operation::InSync);
+    off.apply(ops.clone()).expect("apply, setting off");
+    assert!(!manul_netns::link_exists(node, HOST_SERVICE_DEVICE).unwrap());
+    assert!(!manul_netns::link_exists(node, "manul-svc-p").unwrap());
+    assert!(device_routes(node).is_empty());
+    assert_ne!(connect(node, SECOND, 80), ProbeOutcome::Connected);
+    assert_eq!(
+        connect(node, Ipv4Addr::LOCALHOST, LOOPBACK_PORT),
+        ProbeOutcome::Connected,
+        "loopback after the setting went off"
+    );
+    drop(off);
+
+    // On again, then purged (from inside the node's namespace).
+    let on = DriverThread::start(node, ctx, factory(prefix.clone(), true)).expect("driver");
+    on.apply(ops).expect("apply");
+    assert_eq!(connect(node, SECOND, 80), ProbeOutcome::Connected);
+    drop(on);
+    let pins = prefix.clone();
+    node.run(move || BpfDriver::purge_node(PIN_ROOT.as_ref(), &pins))
+        .unwrap()
+        .expect("purge");
+    assert!(!manul_netns::link_exists(node, HOST_SERVICE_DEVICE).unwrap());
+    assert_eq!(
+        connect(node, Ipv4Addr::LOCALHOST, LOOPBACK_PORT),
+        ProbeOutcome::Connected,
+        "loopback after the purge"
+    );
+    drop(setup);
+}
