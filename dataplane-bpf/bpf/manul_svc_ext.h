@@ -20,7 +20,9 @@
  * the option off where the packet arrives, writes the connection's REV
  * entry from it and answers the client directly, its source translated
  * back to the frontend as it leaves. A local backend is reached as under
- * the Local policy (no translation of the source).
+ * the Local policy (no translation of the source). SCTP to a backend on
+ * another node is dropped in this mode (MANUL_CNT_SVC_UNTRANSLATABLE):
+ * none of its packets would carry the option.
  *
  * The source is never rewritten to one of the node's own addresses before
  * routing (the kernel drops a packet arriving with a local source): only
@@ -142,6 +144,12 @@ __attribute__((noinline)) int svc_ext_new(struct __sk_buff *skb, const struct pk
 		return -1;
 	if (ext_mode() == MANUL_EXT_DSR) {
 		if (where == EXT_REMOTE) {
+			/* The option rides on TCP's SYN and every UDP
+			 * datagram; SCTP has no such packet. */
+			if (p->proto == IPPROTO_SCTP) {
+				count(MANUL_CNT_SVC_UNTRANSLATABLE);
+				return -1;
+			}
 			/* The option goes after a plain 20-byte header. */
 			if (p->l4_off != ETH_HLEN + sizeof(struct iphdr))
 				return -1;
