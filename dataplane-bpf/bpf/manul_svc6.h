@@ -591,10 +591,8 @@ static __attribute__((noinline)) int svc6_translate(struct __sk_buff *skb, struc
 
 	if (!s || !p || !n)
 		return TC_ACT_SHOT;
-	if (svc6_rewrite(skb, p, s, 0, p->dst, s->be.addr, p->dport, s->be.port)) {
-		count(MANUL_CNT_SVC_UNTRANSLATABLE);
+	if (svc6_rewrite(skb, p, s, 0, p->dst, s->be.addr, p->dport, s->be.port))
 		return TC_ACT_SHOT;
-	}
 	if (host && (s->v.flags & MANUL_NAT_SNAT)) {
 		if (svc6_rewrite(skb, p, s, 1, p->src, s->v.snat_addr, p->sport, s->v.snat_port))
 			return TC_ACT_SHOT;
