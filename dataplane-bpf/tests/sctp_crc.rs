@@ -4,10 +4,11 @@
 //! rewrite (`bpf/manul_sctp.h`), checked in Rust against the `crc32c`
 //! crate: a reference of the same algorithm (the difference of the first
 //! 4 bytes times x^(8L) modulo the Castagnoli polynomial, x^(8L) the
-//! product of the constants x^(8·2^k) for the bits of L), its constants
-//! equal to the ones the C header ships, and for random SCTP packets of
-//! any length and random port changes the patched checksum equal to a
-//! full recomputation. Needs no privileges.
+//! product of x^(8·(L mod 256)) and x^(8·256·(L div 256)) from two
+//! tables), the tables equal to the ones the C header ships (and to
+//! square-and-multiply over the bits of the length), and for random SCTP
+//! packets of any length and random port changes the patched checksum
+//! equal to a full recomputation. Needs no privileges.
 
 use proptest::prelude::*;
 
@@ -27,7 +28,7 @@ fn mul(a: u32, mut b: u32) -> u32 {
 }
 
 /// x^(8·2^k) mod P for k = 0..16, computed by squaring x.
-fn table() -> [u32; 16] {
+fn powers() -> [u32; 16] {
     let mut x2n = 1u32 << 30; // x^1
     let mut squares = Vec::new();
     for _ in 0..19 {
@@ -37,12 +38,35 @@ fn table() -> [u32; 16] {
     std::array::from_fn(|k| squares[k + 3])
 }
 
-/// x^(8n) mod P for n < 65536, as `sctp_crc_x8n`.
-fn x8n(n: u32) -> u32 {
-    let t = table();
+/// x^(8n) mod P for n < 65536 by square-and-multiply over the bits of n
+/// (as zlib's crc32_combine shifts).
+fn x8n_by_squares(n: u32) -> u32 {
+    let t = powers();
     (0..16)
         .filter(|k| n & (1 << k) != 0)
         .fold(ONE, |r, k| mul(r, t[k]))
+}
+
+/// The header's tables: x^(8i) and x^(8·256i) for i = 0..256.
+fn tables() -> &'static (Vec<u32>, Vec<u32>) {
+    static TABLES: std::sync::OnceLock<(Vec<u32>, Vec<u32>)> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        (
+            (0..256).map(x8n_by_squares).collect(),
+            (0..256).map(|i| x8n_by_squares(256 * i)).collect(),
+        )
+    })
+}
+
+/// x^(8n) mod P for n < 65536 from the tables, as `sctp_crc_x8n`.
+fn x8n(n: u32) -> u32 {
+    let (lo, hi) = tables();
+    let lo = lo[(n & 0xff) as usize];
+    if n >> 8 == 0 {
+        lo
+    } else {
+        mul(lo, hi[((n >> 8) & 0xff) as usize])
+    }
 }
 
 /// The CRC32c field after the first 4 bytes of an `len`-byte SCTP packet
@@ -58,10 +82,27 @@ fn crc_of(packet: &[u8]) -> u32 {
     crc32c::crc32c(&copy)
 }
 
+/// The values of `static const __u32 NAME[256] = { ... };` in the header.
+fn shipped_table(header: &str, name: &str) -> Vec<u32> {
+    let start = header
+        .find(&format!("{name}[256] = {{"))
+        .unwrap_or_else(|| panic!("{name} not defined"));
+    let body = &header[start..];
+    let body = &body[body.find('{').unwrap() + 1..body.find("};").unwrap()];
+    body.split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| u32::from_str_radix(v.trim_start_matches("0x"), 16).unwrap())
+        .collect()
+}
+
 #[test]
-fn the_headers_constants_are_the_powers_of_x() {
+fn the_headers_tables_are_the_powers_of_x() {
     let header = include_str!("../bpf/manul_sctp.h");
-    let shipped = |name: &str| -> u32 {
+    let (lo, hi) = tables();
+    assert_eq!(&shipped_table(header, "sctp_x8_lo"), lo);
+    assert_eq!(&shipped_table(header, "sctp_x8_hi"), hi);
+    let define = |name: &str| -> u32 {
         let line = header
             .lines()
             .find(|l| l.split_whitespace().nth(1) == Some(name))
@@ -69,15 +110,18 @@ fn the_headers_constants_are_the_powers_of_x() {
         let hex = line.split_whitespace().nth(2).unwrap();
         u32::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap()
     };
-    for (k, want) in table().into_iter().enumerate() {
-        assert_eq!(
-            shipped(&format!("MANUL_CRC32C_X8_{k}")),
-            want,
-            "x^(8*2^{k})"
-        );
+    assert_eq!(define("MANUL_CRC32C_POLY"), POLY);
+    assert_eq!(define("MANUL_CRC32C_ONE"), ONE);
+    // The tables' product is square-and-multiply's power for every
+    // length an IP header can give.
+    for n in 0..65536u32 {
+        let from_tables = if n >> 8 == 0 {
+            lo[n as usize & 0xff]
+        } else {
+            mul(lo[n as usize & 0xff], hi[n as usize >> 8])
+        };
+        assert_eq!(from_tables, x8n_by_squares(n), "{n}");
     }
-    assert_eq!(shipped("MANUL_CRC32C_POLY"), POLY);
-    assert_eq!(shipped("MANUL_CRC32C_ONE"), ONE);
 }
 
 #[test]
