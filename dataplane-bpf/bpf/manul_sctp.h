@@ -36,8 +36,6 @@
 
 /* The Castagnoli polynomial, reflected (bit 31 is x^0). */
 #define MANUL_CRC32C_POLY 0x82f63b78
-/* The polynomial 1, reflected. */
-#define MANUL_CRC32C_ONE 0x80000000
 /* The SCTP common header: ports, verification tag, checksum. */
 #define MANUL_SCTP_HDR_LEN 12
 #define MANUL_SCTP_CSUM_OFF 8
