@@ -847,10 +847,9 @@ fn sctp_seen(frame: &[u8]) -> SctpSeen {
     }
 }
 
-/// A dual-stack SCTP service on port 80 whose backend (pod b, both
-/// families) listens on 8080, and pod a, open both ways.
-fn sctp_service_and_pod() -> Vec<Operation> {
-    let backends: Vec<manul_dataplane_api::Backend> = ["10.0.0.2", "fd00::2"]
+/// A dual-stack SCTP service on port 80 whose backends listen on 8080.
+fn sctp_service(name: &str, vips: [&str; 2], backends: [&str; 2]) -> Operation {
+    let backends: Vec<manul_dataplane_api::Backend> = backends
         .iter()
         .map(|b| manul_dataplane_api::Backend {
             ip: ip(b),
@@ -861,8 +860,8 @@ fn sctp_service_and_pod() -> Vec<Operation> {
         .collect();
     let mut svc = manul_dataplane_api::Service::cluster_ip(
         "ns",
-        "assoc",
-        vec![ip("10.96.0.60"), ip("fd00:96::60")],
+        name,
+        vips.iter().map(|v| ip(v)).collect(),
         vec![manul_dataplane_api::ServicePort {
             name: "sctp".into(),
             protocol: SCTP,
@@ -873,6 +872,12 @@ fn sctp_service_and_pod() -> Vec<Operation> {
         }],
     );
     svc.affinity_timeout_seconds = None;
+    Operation::ServiceUpdate(svc)
+}
+
+/// Pod a, open both ways; "assoc", an SCTP service backed by pod b
+/// (10.0.0.2, fd00::2), and "self", one backed by pod a itself.
+fn sctp_service_and_pod() -> Vec<Operation> {
     let open = |id: &str| Rule {
         id: id.into(),
         action: Action::Allow,
@@ -903,7 +908,16 @@ fn sctp_service_and_pod() -> Vec<Operation> {
             tiers: vec![],
             profiles: vec!["open".into()],
         }),
-        Operation::ServiceUpdate(svc),
+        sctp_service(
+            "assoc",
+            ["10.96.0.60", "fd00:96::60"],
+            ["10.0.0.2", "fd00::2"],
+        ),
+        sctp_service(
+            "self",
+            ["10.96.0.63", "fd00:96::63"],
+            ["10.0.0.1", "fd00::1"],
+        ),
         Operation::InSync,
     ]
 }
@@ -913,8 +927,9 @@ fn sctp_service_and_pod() -> Vec<Operation> {
 /// patched, and the answer's source port rewritten back, for SCTP packets
 /// of several lengths (a bare common header, odd lengths, one in a
 /// padded frame, one past IPv6 extension headers), each checked against
-/// the `crc32c` crate; the rest of the packet untouched. A fragment with
-/// more to come, whose CRC covers bytes not in it, is dropped.
+/// the `crc32c` crate; the rest of the packet untouched; the same for a
+/// pod reaching a service it backs (hairpin). A fragment with more to
+/// come, whose CRC covers bytes not in it, is dropped.
 #[test]
 fn sctp_port_translation_patches_the_crc32c() {
     let Some(sb) = Sandbox::new("bc") else { return };
@@ -973,6 +988,41 @@ fn sctp_port_translation_patches_the_crc32c() {
                 }
             }
             assert_eq!(d.kernel_counters().service_untranslatable, 0);
+
+            // Hairpin: pod a reaching the service it backs, on another
+            // port. Its INIT comes back to it from the hairpin address,
+            // its answer goes back to it from the ClusterIP.
+            for (client, vip, hairpin) in [
+                (ip("10.0.0.1"), ip("10.96.0.63"), ip("169.254.1.2")),
+                (ip("fd00::1"), ip("fd00:96::63"), ip("fd6d:6e6c::2")),
+            ] {
+                let out = d
+                    .test_run(
+                        Hook::Ingress,
+                        a,
+                        &sctp_frame(client, 30_500, vip, 80, 100, 0),
+                        1,
+                    )
+                    .expect("BPF_PROG_TEST_RUN");
+                assert_ne!(out.verdict, DROP, "{vip}");
+                let got = sctp_seen(&out.frame);
+                assert_eq!(
+                    (got.src, got.dst, got.sport, got.dport, got.crc_holds),
+                    (hairpin, client, 30_500, 8080, true),
+                    "{vip}: the hairpin INIT as pod a gets it"
+                );
+                let answer = sctp_frame(client, 8080, hairpin, 30_500, 100, 0);
+                let out = d
+                    .test_run(Hook::Ingress, a, &answer, 1)
+                    .expect("BPF_PROG_TEST_RUN");
+                assert_ne!(out.verdict, DROP, "{vip}");
+                let got = sctp_seen(&out.frame);
+                assert_eq!(
+                    (got.src, got.dst, got.sport, got.dport, got.crc_holds),
+                    (vip, client, 80, 30_500, true),
+                    "{vip}: the hairpin answer as pod a gets it"
+                );
+            }
 
             // First fragments with more to come: the CRC covers the
             // fragments after them. Dropped and counted, over both
