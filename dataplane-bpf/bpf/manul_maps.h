@@ -146,9 +146,9 @@ enum manul_counter {
 	/* New external connections dropped because no masquerade port was
 	 * free. */
 	MANUL_CNT_SVC_SNAT_FULL = 20,
-	/* SCTP the program cannot translate, dropped: a new connection
-	 * that would be sent with DSR, a fragment (with more to come) whose
-	 * port would change (its CRC32c covers bytes not in it). */
+	/* SCTP the program cannot translate, dropped: a fragment (with
+	 * more to come) whose port would change (its CRC32c covers bytes
+	 * not in it). */
 	MANUL_CNT_SVC_UNTRANSLATABLE = 21,
 	MANUL_CNT_MAX = 22,
 };
@@ -389,7 +389,8 @@ struct manul_svc_fe_value {
 /* On a port entry of a node port, an external or a load-balancer IP under
  * externalTrafficPolicy Cluster: a new connection arriving at a host
  * interface is masqueraded to the node's address, or, in DSR mode, sent
- * to a backend on another node with the frontend in an IP option. */
+ * to a backend on another node with the frontend in an IPv4 option or an
+ * IPv6 destination option. */
 #define MANUL_SVC_FE_EXT_CLUSTER 0x08
 /* On a port entry whose list (a Local traffic policy's) is empty while the
  * service has backends on other nodes: new connections are dropped, not
@@ -454,8 +455,9 @@ enum manul_nat_dir {
 /* FWD: the client's source is masqueraded (snat_addr, snat_port). */
 #define MANUL_NAT_SNAT 0x04
 /* FWD: direct server return to a backend on another node (its packets
- * carry the frontend in an IP option: TCP's SYN, every UDP datagram);
- * REV: written by the backend's node from that option. */
+ * carry the frontend in an IPv4 option or an IPv6 destination option:
+ * TCP's SYN, every UDP datagram); REV: written by the backend's node from
+ * that option. */
 #define MANUL_NAT_DSR 0x08
 
 /* manul_nat (LRU hash): the service NAT's conntrack. A connection has a
@@ -529,9 +531,9 @@ enum manul_ext_mode {
 	 * (kube-proxy's behaviour; Calico's bpfExternalServiceMode Tunnel). */
 	MANUL_EXT_SNAT = 0,
 	/* Direct server return: the client's address is kept, the frontend
-	 * travels in an IPv4 option (MANUL_DSR_OPT_*) to the backend's node,
-	 * which answers the client itself. IPv4 only: IPv6 connections are
-	 * masqueraded as under MANUL_EXT_SNAT. */
+	 * travels to the backend's node, which answers the client itself: in
+	 * an IPv4 option (MANUL_DSR_OPT_*), or over IPv6 in a Destination
+	 * Options header (MANUL_DSR6_*). */
 	MANUL_EXT_DSR = 1,
 };
 
@@ -545,6 +547,19 @@ enum manul_ext_mode {
  * order). */
 #define MANUL_DSR_OPT_TYPE 0x9e
 #define MANUL_DSR_OPT_LEN 8
+
+/* The IPv6 DSR header: a Destination Options header (next header 60, RFC
+ * 8200 section 4.6) of MANUL_DSR6_HDR_LEN bytes right after the IPv6
+ * header, its next header the L4 protocol, its length field 2 ((2 + 1) x
+ * 8 bytes), holding one option: type 0x1e (RFC 4727's experimental type
+ * whose two high bits, 00, tell a node that does not know it to skip it,
+ * and whose change bit is 0: not rewritten en route), data length 18:
+ * the frontend's address (16 bytes) and port (network order), then two
+ * Pad1 bytes. */
+#define MANUL_DSR6_HDR_LEN 24
+#define MANUL_DSR6_HDR_EXT_LEN 2
+#define MANUL_DSR6_OPT_TYPE 0x1e
+#define MANUL_DSR6_OPT_LEN 18
 
 /*
  * Services over IPv6 (manul_svc6.h), on workload and host interfaces:

@@ -13,17 +13,21 @@
  * MANUL_HAIRPIN_SNAT_V6. On host interfaces carried for service NAT:
  * node ports (frontend ::, to the node's own addresses), external and
  * load-balancer addresses (with their source ranges), under the Local
- * policy (local backends, client kept) or Cluster (the client
- * masqueraded to the node's address toward the backend and a port of
- * MANUL_SNAT_PORT_MIN..MAX, as manul_svc_ext.h does for IPv4; DSR is
- * IPv4's only, so IPv6 is masqueraded in either mode).
+ * policy (local backends, client kept) or Cluster: in SNAT mode the
+ * client masqueraded to the node's address toward the backend and a port
+ * of MANUL_SNAT_PORT_MIN..MAX, as manul_svc_ext.h does for IPv4; in DSR
+ * mode a backend on another node gets the client's own address and the
+ * frontend in a Destination Options header (MANUL_DSR6_*: TCP's SYN,
+ * every UDP datagram that fits its route with it), which the backend's
+ * node takes off where the packet arrives, writing the connection's REV
+ * entry from it, so it answers the client directly from the frontend.
  *
  * IPv6 has no header checksum: a rewrite patches the TCP or UDP checksum
  * by the difference of the 16-byte addresses (pseudo header) and of the
  * ports; SCTP's CRC32c has no pseudo header, so its addresses are just
- * stored, and a port change patches it (manul_sctp.h). Extension
- * headers are not walked (a packet with one is not a TCP, UDP or SCTP
- * one here).
+ * stored, and a port change patches it (manul_sctp.h). The parser
+ * skips extension headers to the L4 header (p->l4_off); the DSR header
+ * is added only to a packet that has none of its own.
  *
  * Everything large lives in a per-CPU map value, not on the stack: the
  * verifier's 512 bytes span the calling program and classify's chain.
@@ -96,6 +100,8 @@ struct svc6_scratch {
 	__u8 frontend[16];
 	/* The node's address toward a new external connection's backend. */
 	__u8 node[16];
+	/* The DSR header being added or read (MANUL_DSR6_*). */
+	__u8 dsr[MANUL_DSR6_HDR_LEN];
 };
 
 struct {
@@ -348,10 +354,130 @@ __attribute__((noinline)) int svc6_snat_alloc(struct manul_nat6_key *k,
 	return SNAT_ALLOC(manul_nat6, k, v);
 }
 
-/* svc_ext_new for IPv6 (always a masquerade: DSR is IPv4's), with the
- * backend in s->be and the forward entry in s->v: sets s->v's
- * MANUL_NAT_SNAT, masquerade address and port, and writes the SNAT_REV
- * entry. Returns 0, or -1 to drop. */
+/* Writes the IPv6 header's payload length (network order) and next
+ * header, keeping skb->csum in step (BPF_F_RECOMPUTE_CSUM). */
+static __always_inline int svc6_set_next(struct __sk_buff *skb, __u16 payload_len, __u8 next)
+{
+	if (bpf_skb_store_bytes(skb, ETH_HLEN + 4, &payload_len, 2, BPF_F_RECOMPUTE_CSUM))
+		return -1;
+	return bpf_skb_store_bytes(skb, ETH_HLEN + 6, &next, 1, BPF_F_RECOMPUTE_CSUM) ? -1 : 0;
+}
+
+/* Whether a packet of a DSR connection to the backend s->be can carry the
+ * DSR header: TCP or UDP (the backend's node takes it off those only; an
+ * SCTP connection is masqueraded instead), with no extension headers of
+ * its own (the header goes right after the IPv6 header), and the route
+ * from the client to the backend takes it grown by MANUL_DSR6_HDR_LEN
+ * bytes (the FIB's MTU check; a GSO packet's segments are what is sent:
+ * only UDP datagrams and TCP's SYN, never GSO, are asked, hence the 8
+ * bytes of a UDP header). */
+static __always_inline int svc6_dsr_fits(struct __sk_buff *skb, const struct pkt *p,
+					 struct svc6_scratch *s)
+{
+	struct bpf_fib_lookup *f;
+	__u32 len;
+
+	if ((p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) ||
+	    p->l4_off != ETH_HLEN + sizeof(struct ipv6hdr))
+		return 0;
+	len = skb->gso_size ? sizeof(struct ipv6hdr) + 8 + skb->gso_size
+			    : skb->len - ETH_HLEN;
+	if (len > 0xffff - MANUL_DSR6_HDR_LEN)
+		return 0;
+	f = fib_query(skb, 6, p->proto, p->src, s->be.addr, p->sport, s->be.port);
+	if (!f)
+		return 0;
+	f->tot_len = len + MANUL_DSR6_HDR_LEN;
+	return bpf_fib_lookup(skb, f, sizeof(*f), BPF_FIB_LOOKUP_SKIP_NEIGH) ==
+	       BPF_FIB_LKUP_RET_SUCCESS;
+}
+
+/* Puts the DSR header (the frontend: the packet's destination and port as
+ * the client sent it, p->dst and p->dport) right after the IPv6 header.
+ * The L4 checksum stays valid: its pseudo header has the final
+ * destination and the L4 length, neither of which changes. */
+static __always_inline int svc6_dsr_add(struct __sk_buff *skb, const struct pkt *p,
+					struct svc6_scratch *s)
+{
+	__u8 *h = s->dsr;
+	__u16 len;
+
+	__builtin_memset(h, 0, MANUL_DSR6_HDR_LEN);
+	h[0] = p->proto;
+	h[1] = MANUL_DSR6_HDR_EXT_LEN;
+	h[2] = MANUL_DSR6_OPT_TYPE;
+	h[3] = MANUL_DSR6_OPT_LEN;
+	addr6_copy(h + 4, p->dst);
+	__builtin_memcpy(h + 20, &p->dport, 2);
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 4, &len, 2))
+		return -1;
+	if (bpf_skb_adjust_room(skb, MANUL_DSR6_HDR_LEN, BPF_ADJ_ROOM_NET, 0))
+		return -1;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(struct ipv6hdr), h, MANUL_DSR6_HDR_LEN,
+				BPF_F_RECOMPUTE_CSUM))
+		return -1;
+	return svc6_set_next(skb, bpf_htons(bpf_ntohs(len) + MANUL_DSR6_HDR_LEN),
+			     MANUL_NEXTHDR_DEST);
+}
+
+/* The backend's node: a TCP or UDP packet arriving at a host interface
+ * whose only extension header is the DSR header gets the connection's
+ * REV entry (backend, client -> the frontend it names) written, so the
+ * backend's replies leave this node from the frontend straight to the
+ * client, and the header taken off (p->l4_off following), so the pod
+ * sees a plain packet from the client. 1 when it did so, 0 when the
+ * packet has no DSR header (left as it is), -1 to drop. The header is
+ * trusted from any sender, as the IPv4 option is. */
+static __always_inline int svc6_dsr_take(struct __sk_buff *skb, struct pkt *p,
+					 struct svc6_scratch *s, __u64 now)
+{
+	__u8 *h = s->dsr;
+	__u16 len;
+	__u8 next;
+
+	if ((p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) ||
+	    p->l4_off != ETH_HLEN + sizeof(struct ipv6hdr) + MANUL_DSR6_HDR_LEN)
+		return 0;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &next, 1) || next != MANUL_NEXTHDR_DEST)
+		return 0;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(struct ipv6hdr), h, MANUL_DSR6_HDR_LEN))
+		return 0;
+	if (h[0] != p->proto || h[1] != MANUL_DSR6_HDR_EXT_LEN || h[2] != MANUL_DSR6_OPT_TYPE ||
+	    h[3] != MANUL_DSR6_OPT_LEN)
+		return 0;
+	__builtin_memset(&s->rkey, 0, sizeof(s->rkey));
+	addr6_copy(s->rkey.src, p->dst);
+	addr6_copy(s->rkey.dst, p->src);
+	s->rkey.sport = p->dport;
+	s->rkey.dport = p->sport;
+	s->rkey.proto = p->proto;
+	s->rkey.dir = MANUL_NAT_REV;
+	__builtin_memset(&s->rv, 0, sizeof(s->rv));
+	s->rv.created_ns = now;
+	s->rv.last_seen_ns = now;
+	s->rv.flags = MANUL_NAT_DSR;
+	addr6_copy(s->rv.addr, h + 4);
+	__builtin_memcpy(&s->rv.port, h + 20, 2);
+	if (bpf_map_update_elem(&manul_nat6, &s->rkey, &s->rv, BPF_ANY))
+		return -1;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 4, &len, 2))
+		return -1;
+	if (bpf_skb_adjust_room(skb, -MANUL_DSR6_HDR_LEN, BPF_ADJ_ROOM_NET, 0))
+		return -1;
+	if (svc6_set_next(skb, bpf_htons(bpf_ntohs(len) - MANUL_DSR6_HDR_LEN), p->proto))
+		return -1;
+	p->l4_off -= MANUL_DSR6_HDR_LEN;
+	return 1;
+}
+
+/* svc_ext_new for IPv6, with the backend in s->be and the forward entry
+ * in s->v. In DSR mode: a local backend gets nothing (the client kept,
+ * as under Local); one on another node MANUL_NAT_DSR, when the first
+ * packet can carry the DSR header (svc6_dsr_fits; else the connection is
+ * masqueraded, so that its replies still come from the frontend). In
+ * SNAT mode, or instead of DSR: sets s->v's MANUL_NAT_SNAT, masquerade
+ * address and port, and writes the SNAT_REV entry. Returns 0, or -1 to
+ * drop. */
 static __always_inline int svc6_ext_new(struct __sk_buff *skb, const struct pkt *p,
 					struct svc6_scratch *s, __u64 now)
 {
@@ -359,6 +485,15 @@ static __always_inline int svc6_ext_new(struct __sk_buff *skb, const struct pkt 
 
 	if (where < 0)
 		return -1;
+	if (ext_mode() == MANUL_EXT_DSR) {
+		if (where == EXT_LOCAL)
+			return 0;
+		if (svc6_dsr_fits(skb, p, s)) {
+			s->v.flags |= MANUL_NAT_DSR;
+			count(MANUL_CNT_SVC_DSR);
+			return 0;
+		}
+	}
 	if (where == EXT_LOCAL && addr6_eq(s->node, s->be.addr))
 		return 0; /* the host itself: nothing to masquerade */
 	__builtin_memset(&s->rkey, 0, sizeof(s->rkey));
@@ -448,6 +583,10 @@ static __attribute__((noinline)) int svc6_in(struct __sk_buff *skb, struct pkt *
 		return TC_ACT_SHOT;
 	if (!svc_proto(p->proto))
 		return -1;
+	/* Direct server return from another node: the header names the
+	 * frontend. */
+	if (host && svc6_dsr_take(skb, p, s, now) < 0)
+		return TC_ACT_SHOT;
 	__builtin_memset(&s->key, 0, sizeof(s->key));
 	__builtin_memset(&s->fk, 0, sizeof(s->fk));
 	addr6_copy(s->key.src, p->src);
@@ -569,7 +708,9 @@ static __attribute__((noinline)) int svc6_new(struct __sk_buff *skb, struct pkt 
 	s->key.dir = MANUL_NAT_REV;
 	addr6_copy(s->v.addr, p->dst);
 	s->v.port = p->dport;
-	if (bpf_map_update_elem(&manul_nat6, &s->key, &s->v, BPF_ANY))
+	/* DSR: the backend's node writes the reverse entry. */
+	if (!(s->v.flags & MANUL_NAT_DSR) &&
+	    bpf_map_update_elem(&manul_nat6, &s->key, &s->v, BPF_ANY))
 		return TC_ACT_SHOT;
 	/* The forward entry again, for svc6_translate. */
 	addr6_copy(s->v.addr, s->be.addr);
@@ -580,10 +721,32 @@ static __attribute__((noinline)) int svc6_new(struct __sk_buff *skb, struct pkt 
 	return SVC6_TRANSLATE;
 }
 
+/* A DSR connection's packet at the host interface it arrived at (its
+ * backend s->be on another node): the destination translated, the DSR
+ * header added to TCP's SYN and to every UDP datagram that fits its route
+ * with it (a datagram that does not goes without: the flow's first one
+ * did, so the backend's node holds the REV entry), then sent on toward
+ * the backend with the client's own source. */
+static __always_inline int svc6_dsr_send(struct __sk_buff *skb, const struct pkt *p,
+					 struct svc6_scratch *s)
+{
+	int add = (p->proto == IPPROTO_UDP || (p->tcp_flags & 0x12) == 0x02) &&
+		  svc6_dsr_fits(skb, p, s);
+
+	if (svc6_rewrite(skb, p, s, 0, p->dst, s->be.addr, p->dport, s->be.port)) {
+		count(MANUL_CNT_SVC_UNTRANSLATABLE);
+		return TC_ACT_SHOT;
+	}
+	if (add && svc6_dsr_add(skb, p, s))
+		return TC_ACT_SHOT;
+	return ext_forward(skb, 6, p->src, s->be.addr, p->sport, s->be.port, p->proto);
+}
+
 /* A connection's packet to its backend (s->be, its forward entry in
  * s->v): the destination translated; a masqueraded one's source too,
- * then sent on past the kernel's input path (as svc_ext_send). -1 to go
- * on with *p describing the translated packet, or a TC verdict. */
+ * then sent on past the kernel's input path (as svc_ext_send), a DSR
+ * one's with its header (svc6_dsr_send). -1 to go on with *p describing
+ * the translated packet, or a TC verdict. */
 static __attribute__((noinline)) int svc6_translate(struct __sk_buff *skb, struct pkt *p,
 						    struct svc_nat *n, int host)
 {
@@ -591,6 +754,8 @@ static __attribute__((noinline)) int svc6_translate(struct __sk_buff *skb, struc
 
 	if (!s || !p || !n)
 		return TC_ACT_SHOT;
+	if (host && (s->v.flags & MANUL_NAT_DSR))
+		return svc6_dsr_send(skb, p, s);
 	if (svc6_rewrite(skb, p, s, 0, p->dst, s->be.addr, p->dport, s->be.port))
 		return TC_ACT_SHOT;
 	if (host && (s->v.flags & MANUL_NAT_SNAT)) {

@@ -21,8 +21,8 @@
  * entry from it and answers the client directly, its source translated
  * back to the frontend as it leaves. A local backend is reached as under
  * the Local policy (no translation of the source). SCTP to a backend on
- * another node is dropped in this mode (MANUL_CNT_SVC_UNTRANSLATABLE):
- * none of its packets would carry the option.
+ * another node is masqueraded in this mode, as in SNAT mode: none of its
+ * packets would carry the option.
  *
  * The source is never rewritten to one of the node's own addresses before
  * routing (the kernel drops a packet arriving with a local source): only
@@ -30,7 +30,8 @@
  * leave.
  *
  * ext_route, ext_forward and SNAT_ALLOC serve both families: IPv6
- * (manul_svc6.h) masquerades the same way (DSR is IPv4's).
+ * (manul_svc6.h) masquerades the same way; its DSR carries the frontend
+ * in a Destination Options header instead (MANUL_DSR6_*).
  */
 #ifndef MANUL_SVC_EXT_H
 #define MANUL_SVC_EXT_H
@@ -142,14 +143,11 @@ __attribute__((noinline)) int svc_ext_new(struct __sk_buff *skb, const struct pk
 	where = ext_route(skb, 4, p, p->src, &be->addr, be->port, &node_addr);
 	if (where < 0)
 		return -1;
-	if (ext_mode() == MANUL_EXT_DSR) {
+	/* The DSR option rides on TCP's SYN and every UDP datagram, which
+	 * SCTP has no equivalent of: SCTP to another node is masqueraded
+	 * (as IPv6's is). */
+	if (ext_mode() == MANUL_EXT_DSR && (where == EXT_LOCAL || p->proto != IPPROTO_SCTP)) {
 		if (where == EXT_REMOTE) {
-			/* The option rides on TCP's SYN and every UDP
-			 * datagram; SCTP has no such packet. */
-			if (p->proto == IPPROTO_SCTP) {
-				count(MANUL_CNT_SVC_UNTRANSLATABLE);
-				return -1;
-			}
 			/* The option goes after a plain 20-byte header. */
 			if (p->l4_off != ETH_HLEN + sizeof(struct iphdr))
 				return -1;

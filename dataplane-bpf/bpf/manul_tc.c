@@ -856,9 +856,10 @@ static __always_inline int svc_proto(__u8 proto)
  * header): an address rewrite leaves it valid, a port rewrite (a
  * targetPort, a masquerade port, and back) patches it (manul_sctp.h).
  * SCTP is never sent with DSR (its option rides on TCP's SYN and on
- * every UDP datagram): such a connection is dropped
- * (MANUL_CNT_SVC_UNTRANSLATABLE), never let through to the service
- * address.
+ * every UDP datagram): in DSR mode it is masqueraded toward another
+ * node. A fragment whose port would change (its CRC covers bytes not
+ * in it) is dropped (MANUL_CNT_SVC_UNTRANSLATABLE), never let through
+ * to the service address.
  */
 
 #define IP4_CSUM_OFF (ETH_HLEN + 10)

@@ -12,17 +12,20 @@
 //! the second node's interface: its MAC, the first node's address). A
 //! `Local` node port without a local backend drops (the connection times
 //! out, it is not refused); UDP works both ways. The network is dual
-//! stack: the same node ports over IPv6 (Local keeps the client, Cluster
-//! masquerades to the node's IPv6 address, to a local and to a remote
-//! backend, in either mode), and IPv6 load-balancer addresses whose
-//! source ranges allow the client, or refuse it. SCTP node ports over
-//! both families (raw sockets: the kernel needs no SCTP stack): `Local`
-//! kept, `Cluster` masqueraded to a backend on another port, every packet
-//! with a valid CRC32c where it arrives; in DSR mode IPv4 SCTP to the
-//! other node dropped. Every namespace and pin is removed at the end,
-//! also on failure.
+//! stack: the same node ports over IPv6 (Local keeps the client; Cluster
+//! masquerades to the node's IPv6 address in SNAT mode, to a local and to
+//! a remote backend, and in DSR mode keeps the client, the frontend
+//! carried to the backend's node in a Destination Options header that
+//! node takes off before the pod sees the packet), and IPv6
+//! load-balancer addresses whose source ranges allow the client, or
+//! refuse it. SCTP node ports over both families (raw sockets: the kernel
+//! needs no SCTP stack): `Local` kept, `Cluster` masqueraded to a backend
+//! on another port (in DSR mode too: no SCTP packet carries the DSR
+//! option or header), every packet with a valid CRC32c where it arrives.
+//! Every namespace and pin is removed at the end, also on failure.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,8 +41,9 @@ use manul_dataplane_bpf::{BpfConfig, BpfDriver, ExternalServiceMode};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
 use manul_dataplane_conformance::{Factory, NodeContext, privileges};
 use manul_netns::{
-    NetNs, ProbeOutcome, Route, TcpServer, add_address, create_bridge, create_veth, link_mac,
-    link_up, plumb_pod_ips, replace_route, set_master, tcp_connect, tcp_peer, unique_prefix,
+    NetNs, ProbeOutcome, Route, TCP_BANNER, TcpServer, add_address, create_bridge, create_veth,
+    link_mac, link_up, plumb_pod_ips, replace_route, set_master, tcp_connect, tcp_peer,
+    unique_prefix,
 };
 
 mod raw;
@@ -131,20 +135,44 @@ fn udp_who(ns: &NetNs, dst: SocketAddr) -> Option<IpAddr> {
 /// Asks the UDP who server behind `dst` from `from`: the client address
 /// it saw and its own.
 fn udp_ask(ns: &NetNs, from: SocketAddr, dst: SocketAddr) -> Option<(IpAddr, IpAddr)> {
+    udp_ask_sized(ns, from, dst, &[3])
+        .into_iter()
+        .next()
+        .flatten()
+}
+
+/// Asks the UDP who server behind `dst` from `from` over one connected
+/// socket (one flow), once per datagram size in `sizes` (bytes of
+/// payload): what each answer said (the client address the server saw
+/// and its own), in order.
+fn udp_ask_sized(
+    ns: &NetNs,
+    from: SocketAddr,
+    dst: SocketAddr,
+    sizes: &[usize],
+) -> Vec<Option<(IpAddr, IpAddr)>> {
+    let sizes = sizes.to_vec();
     ns.run(move || {
-        let s = UdpSocket::bind(from).ok()?;
-        s.connect(dst).ok()?;
-        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-        for _ in 0..3 {
-            s.send(b"who").ok()?;
-            let mut buf = [0u8; 96];
-            if let Ok(n) = s.recv(&mut buf) {
-                let text = std::str::from_utf8(&buf[..n]).ok()?;
-                let (client, server) = text.split_once(' ')?;
-                return Some((client.parse().ok()?, server.parse().ok()?));
-            }
-        }
-        None
+        let Ok(s) = UdpSocket::bind(from).and_then(|s| s.connect(dst).map(|()| s)) else {
+            return vec![None; sizes.len()];
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        sizes
+            .iter()
+            .map(|&size| {
+                let ask = vec![b'w'; size];
+                for _ in 0..3 {
+                    s.send(&ask).ok()?;
+                    let mut buf = [0u8; 96];
+                    if let Ok(n) = s.recv(&mut buf) {
+                        let text = std::str::from_utf8(&buf[..n]).ok()?;
+                        let (client, server) = text.split_once(' ')?;
+                        return Some((client.parse().ok()?, server.parse().ok()?));
+                    }
+                }
+                None
+            })
+            .collect()
     })
     .unwrap()
 }
@@ -564,32 +592,45 @@ fn local_policy_checks(c: &Cluster) {
     }
 }
 
-/// IPv6 external traffic under `Cluster`, in either mode (DSR is IPv4's):
-/// masqueraded to the node's IPv6 address toward a backend on the other
-/// node (the reply returns through the node) and toward a local one; UDP
-/// too. IPv6 load-balancer addresses: the one whose source ranges hold
-/// the client serves it (`Local`, the client kept), the other drops it.
-fn ipv6_checks(c: &Cluster) {
-    let node1_mac = link_mac(c.ns(N1), "eth0").unwrap();
+/// IPv6 external traffic under `Cluster`. In SNAT mode masqueraded to the
+/// node's IPv6 address toward a backend on the other node (the reply
+/// returns through the node) and toward a local one; UDP too. In DSR
+/// mode the backend, local or on the other node, sees the client, and a
+/// remote backend's node answers the client itself. IPv6 load-balancer
+/// addresses: the one whose source ranges hold the client serves it
+/// (`Local`, the client kept), the other drops it.
+fn ipv6_checks(c: &Cluster, mode: ExternalServiceMode) {
+    let dsr = mode == ExternalServiceMode::Dsr;
+    let client = IpAddr::V6(CLIENT_6);
+    let (via1, via2) = if dsr {
+        (client, client)
+    } else {
+        (IpAddr::V6(NODE1_6), IpAddr::V6(NODE2_6))
+    };
+    let answering = link_mac(c.ns(if dsr { N2 } else { N1 }), "eth0").unwrap();
     for (peer, backend) in seen(c, NODE1_6, REMOTE) {
-        assert_eq!(peer, IpAddr::V6(NODE1_6), "masqueraded to node 1's address");
+        assert_eq!(peer, via1, "{mode:?}: the source the remote backend saw");
         assert_eq!(backend, SocketAddr::new(POD2_6.into(), TCP_PORT));
     }
     let (probe, mac) = probe_with_syn_ack(c.ns(CL), SocketAddr::new(NODE1_6.into(), REMOTE));
     assert_eq!(probe.outcome, ProbeOutcome::Connected);
-    assert_eq!(mac, Some(node1_mac), "the SYN-ACK came back through node 1");
+    assert_eq!(
+        mac,
+        Some(answering),
+        "{mode:?}: the SYN-ACK's interface (SNAT: node 1's; DSR: node 2's)"
+    );
     for (peer, backend) in seen(c, NODE1_6, HERE) {
-        assert_eq!(peer, IpAddr::V6(NODE1_6));
+        assert_eq!(peer, via1, "{mode:?}: the source a local backend saw");
         assert_eq!(backend, SocketAddr::new(POD1_6.into(), TCP_PORT));
     }
     for (peer, backend) in seen(c, NODE2_6, HERE) {
-        assert_eq!(peer, IpAddr::V6(NODE2_6), "masqueraded to node 2's address");
+        assert_eq!(peer, via2, "{mode:?}: node 2 to node 1's pod");
         assert_eq!(backend, SocketAddr::new(POD1_6.into(), TCP_PORT));
     }
     assert_eq!(
         udp_who(c.ns(CL), SocketAddr::new(NODE1_6.into(), REMOTE_UDP)),
-        Some(IpAddr::V6(NODE1_6)),
-        "udp over IPv6 through node 1, masqueraded"
+        Some(via1),
+        "{mode:?}: udp over IPv6 through node 1"
     );
     for (peer, backend) in seen(c, LB_ALLOWED, 80) {
         assert_eq!(
@@ -658,7 +699,7 @@ fn node_port_to_another_node_masquerades_in_snat_mode() {
     );
 
     local_policy_checks(&c);
-    ipv6_checks(&c);
+    ipv6_checks(&c, ExternalServiceMode::Snat);
 }
 
 #[test]
@@ -700,8 +741,158 @@ fn node_port_to_another_node_keeps_the_client_in_dsr_mode() {
     );
 
     local_policy_checks(&c);
-    ipv6_checks(&c);
-    sctp_checks(&c, true);
+    ipv6_checks(&c, ExternalServiceMode::Dsr);
+    sctp_checks(&c);
+}
+
+/// The IPv6 DSR header in a frame: the TCP SYN from `src` to `dst` whose
+/// only extension header is a Destination Options header (24 bytes: next
+/// header TCP, length 2, option 0x1e of 18 bytes, then two Pad1), and the
+/// frontend it names.
+fn dsr6_header_of(f: &[u8], src: Ipv6Addr, dst: SocketAddr) -> Option<SocketAddr> {
+    let ip = f.get(14..)?;
+    if f.get(12..14)? != [0x86, 0xdd] || *ip.get(6)? != 60 {
+        return None;
+    }
+    let (s, d): ([u8; 16], [u8; 16]) = (
+        ip.get(8..24)?.try_into().ok()?,
+        ip.get(24..40)?.try_into().ok()?,
+    );
+    let h = ip.get(40..64)?;
+    let tcp = ip.get(64..84)?;
+    let to = SocketAddr::new(IpAddr::from(d), u16::from_be_bytes([tcp[2], tcp[3]]));
+    let syn = tcp[13] & 0x12 == 0x02;
+    if Ipv6Addr::from(s) != src
+        || to != dst
+        || !syn
+        || h[..4] != [6, 2, 0x1e, 18]
+        || h[22..] != [0, 0]
+    {
+        return None;
+    }
+    let fe: [u8; 16] = h[4..20].try_into().ok()?;
+    Some(SocketAddr::new(
+        IpAddr::from(fe),
+        u16::from_be_bytes([h[20], h[21]]),
+    ))
+}
+
+/// The TCP SYN from `src` to `dst` in a frame, as a pod gets it: whether
+/// TCP follows the IPv6 header directly (no extension header left).
+fn plain_syn6(f: &[u8], src: Ipv6Addr, dst: SocketAddr) -> Option<bool> {
+    let ip = f.get(14..)?;
+    if f.get(12..14)? != [0x86, 0xdd] {
+        return None;
+    }
+    let (s, d): ([u8; 16], [u8; 16]) = (
+        ip.get(8..24)?.try_into().ok()?,
+        ip.get(24..40)?.try_into().ok()?,
+    );
+    if Ipv6Addr::from(s) != src || Ipv6Addr::from(d) != dst.ip() {
+        return None;
+    }
+    let next = *ip.get(6)?;
+    // With a header still there, the TCP header is 24 bytes further.
+    let tcp = ip.get(if next == 6 { 40 } else { 64 }..)?;
+    let syn = tcp.get(13)? & 0x12 == 0x02;
+    (syn && u16::from_be_bytes([tcp[2], tcp[3]]) == dst.port()).then_some(next == 6)
+}
+
+/// A TCP connection from the client to `dst` carrying data both ways:
+/// the server's banner, then `rounds` chunks of 4 KiB written and echoed
+/// back whole (every segment after the SYN goes without the DSR header).
+fn echoes(ns: &NetNs, dst: SocketAddr, rounds: usize) -> bool {
+    ns.run(move || {
+        let mut s = TcpStream::connect_timeout(&dst, WAIT).ok()?;
+        s.set_read_timeout(Some(WAIT)).ok()?;
+        let mut banner = vec![0u8; TCP_BANNER.len()];
+        s.read_exact(&mut banner).ok()?;
+        if banner != TCP_BANNER {
+            return None;
+        }
+        for round in 0..rounds {
+            let chunk: Vec<u8> = (0..4096).map(|i| (i * 7 + round) as u8).collect();
+            s.write_all(&chunk).ok()?;
+            let mut back = vec![0u8; chunk.len()];
+            s.read_exact(&mut back).ok()?;
+            if back != chunk {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .unwrap()
+    .is_some()
+}
+
+/// IPv6 direct server return, on the wire: the SYN leaves node 1 for the
+/// pod on node 2 with the client's own address and a Destination Options
+/// header naming the frontend (node 1's address and node port); the pod
+/// gets it without the header, from the client; the SYN-ACK reaches the
+/// client from node 2's interface with the frontend as its source; the
+/// connection then carries data both ways. UDP: every datagram of a
+/// flow answered from the frontend, the backend seeing the client, a
+/// full-size one too (sent without the header, which would not fit the
+/// route, once the flow's first datagram carried it); a flow whose first
+/// datagram is full-size is masqueraded instead (the header would not
+/// fit), and still answered.
+#[test]
+fn ipv6_node_port_to_another_node_carries_the_frontend_in_a_destination_option() {
+    if !privileges().expect("privileges: CI=true needs root") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let c = build("x6", ExternalServiceMode::Dsr);
+    let _servers = servers(&c);
+    let node2_mac = link_mac(c.ns(N2), "eth0").unwrap();
+    let frontend = SocketAddr::new(NODE1_6.into(), REMOTE);
+    let backend = SocketAddr::new(POD2_6.into(), TCP_PORT);
+
+    let on_node2 = raw::capture_socket(c.ns(N2));
+    let in_pod = raw::capture_socket(c.ns(P2));
+    let (probe, mac) = probe_with_syn_ack(c.ns(CL), frontend);
+    assert_eq!(probe.outcome, ProbeOutcome::Connected);
+    let (peer, local) = probe.seen.expect("the server answered");
+    assert_eq!(peer.ip(), IpAddr::V6(CLIENT_6), "the pod saw the client");
+    assert_eq!(local, backend);
+    assert_eq!(
+        mac,
+        Some(node2_mac),
+        "the SYN-ACK came from node 2's interface"
+    );
+    assert_eq!(
+        raw::capture(&on_node2, Duration::from_secs(1), |f| dsr6_header_of(
+            f, CLIENT_6, backend
+        )),
+        Some(frontend),
+        "node 2 got the SYN with the DSR header naming the frontend"
+    );
+    assert_eq!(
+        raw::capture(&in_pod, Duration::from_secs(1), |f| plain_syn6(
+            f, CLIENT_6, backend
+        )),
+        Some(true),
+        "the pod got the SYN from the client with no extension header"
+    );
+
+    assert!(echoes(c.ns(CL), frontend, 64), "data both ways over DSR");
+
+    let udp = SocketAddr::new(NODE1_6.into(), REMOTE_UDP);
+    let client = IpAddr::V6(CLIENT_6);
+    let pod2 = IpAddr::V6(POD2_6);
+    // 1452 bytes of payload: a 1500-byte packet, the route's MTU.
+    let full = 1500 - 40 - 8;
+    let from = |port| SocketAddr::new(CLIENT_6.into(), port);
+    assert_eq!(
+        udp_ask_sized(c.ns(CL), from(22_001), udp, &[3, 100, full, 3]),
+        vec![Some((client, pod2)); 4],
+        "a flow's datagrams, small and full-size, keep the client and are answered"
+    );
+    assert_eq!(
+        udp_ask_sized(c.ns(CL), from(22_002), udp, &[full, 3]),
+        vec![Some((IpAddr::V6(NODE1_6), pod2)); 2],
+        "a flow whose first datagram cannot carry the header is masqueraded"
+    );
 }
 
 /// SCTP node ports: `Local` with its backend on node 1 listening on the
@@ -806,10 +997,9 @@ fn sctp_through_node(
 /// listening on another port has the client masqueraded to node 1's
 /// address and a port of the masquerade range, the destination port
 /// translated, and the answer translated back to the node port: every
-/// packet with a valid CRC32c where it arrives. In DSR mode, IPv4 SCTP to
-/// the other node is dropped (no packet of it would carry the option),
-/// IPv6 is masqueraded as in SNAT mode.
-fn sctp_checks(c: &Cluster, dsr: bool) {
+/// packet with a valid CRC32c where it arrives. The same in DSR mode (no
+/// SCTP packet would carry the DSR option or header: masqueraded).
+fn sctp_checks(c: &Cluster) {
     for (n, driver) in (1u8..).zip(&c.drivers) {
         let on = |ip: Ipv4Addr| (ip == POD1) == (n == 1);
         driver
@@ -849,12 +1039,8 @@ fn sctp_checks(c: &Cluster, dsr: bool) {
             }),
             "sctp to a Local node port on {node}"
         );
-        let remote = sctp_through_node(c, P2, node, SCTP_REMOTE, sport + 1);
-        if dsr && node.is_ipv4() {
-            assert_eq!(remote, None, "sctp with DSR reached the backend");
-            continue;
-        }
-        let remote = remote.unwrap_or_else(|| panic!("sctp to {node}:{SCTP_REMOTE} lost"));
+        let remote = sctp_through_node(c, P2, node, SCTP_REMOTE, sport + 1)
+            .unwrap_or_else(|| panic!("sctp to {node}:{SCTP_REMOTE} lost"));
         let (src, from_port, dport, held) = remote.at_backend;
         assert_eq!(
             (src, dport, held),
@@ -878,5 +1064,5 @@ fn sctp_node_ports_translate_ports_and_masquerade() {
         return;
     }
     let c = build("xp", ExternalServiceMode::Snat);
-    sctp_checks(&c, false);
+    sctp_checks(&c);
 }

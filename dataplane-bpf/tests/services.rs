@@ -634,6 +634,46 @@ fn shared_dual_stack_cases() {
     }
 }
 
+/// The shared contested-frontend cases: services contesting an external
+/// IP and a node port under different traffic policies (or without
+/// backends); the first keeps every frontend, the other takes them when
+/// it goes. Every case must pass.
+#[test]
+fn shared_contested_frontend_cases() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let (factory, nodes) = recording_factory();
+    let result = manul_dataplane_conformance::services::run_contested_cases("scb", factory);
+    for node in nodes.lock().unwrap().iter() {
+        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
+    }
+    match result {
+        Ok(report) => println!("{}", report.table()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The shared `Local` traffic policy cases: the local backend only;
+/// dropped when every backend is elsewhere. Every case must pass.
+#[test]
+fn shared_local_policy_cases() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let (factory, nodes) = recording_factory();
+    let result = manul_dataplane_conformance::services::run_local_policy_cases("slb", factory);
+    for node in nodes.lock().unwrap().iter() {
+        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
+    }
+    match result {
+        Ok(report) => println!("{}", report.table()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// The shared service cases (`manul_dataplane_conformance::services`)
 /// against the eBPF driver: every case passes but those of [`NOT_YET`].
 #[test]

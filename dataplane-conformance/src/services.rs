@@ -59,6 +59,16 @@
 //! from that family's backends; an IPv6 port without backends is refused
 //! at once; IPv6 hairpin.
 //!
+//! [`run_contested_cases`] is a third call, in its own namespaces:
+//! services contesting an external IP and a node port under different
+//! traffic policies (or without backends); the first by name keeps every
+//! frontend, for the external client (with its own source-address
+//! semantics) and for pods, and the others take them when it goes.
+//!
+//! [`run_local_policy_cases`] is a fourth: `Local` traffic policies with
+//! backends on other nodes (internal: the local backend only; every
+//! backend elsewhere: dropped, none at all: refused; external: dropped).
+//!
 //! It refuses to touch anything outside the namespaces it
 //! creates; they are removed when the run ends, also on failure. Needs
 //! root.
@@ -90,6 +100,17 @@ use manul_netns::{
 };
 
 use crate::{ConformanceError, DriverThread, Factory, NodeContext};
+
+mod contested;
+mod local_policy;
+pub use contested::{
+    PAIRS, Pair, RANGED_LB_IP, contested_operations, contested_services, run_contested_cases,
+};
+pub use local_policy::{
+    EXTERNAL_ELSEWHERE_EXT_IP, EXTERNAL_ELSEWHERE_IP, EXTERNAL_ELSEWHERE_NODE_PORT,
+    INTERNAL_ELSEWHERE_IP, INTERNAL_LOCAL_IP, INTERNAL_NONE_IP, local_policy_operations,
+    local_policy_services, run_local_policy_cases,
+};
 
 /// The Kubernetes namespace of every pod and service.
 pub const NAMESPACE: &str = "svc";

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use crate::flows::Flows;
 use crate::nft::{Nft, NftError, Observed};
-use crate::render::services::Claims;
+use crate::render::service_claims::Claims;
 use crate::render::{self, NftConfig, Ruleset, service_change};
 use crate::{elements, full_write, netlink, script};
 

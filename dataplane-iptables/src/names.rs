@@ -147,8 +147,6 @@ pub enum ServiceObject {
     /// A service port's chain for external traffic: node ports, external
     /// and load-balancer IPs (`mnl-ext4-`).
     External,
-    /// A service's chain checking load-balancer source ranges (`mnl-fw4-`).
-    Firewall,
     /// One backend's DNAT chain (`mnl-sep4-`).
     Backend,
     /// One backend's session-affinity set (`mnl-aff4-`).
@@ -163,7 +161,6 @@ pub fn service_object(kind: ServiceObject, v6: bool, body: &str) -> String {
         ServiceObject::Cluster => "svc",
         ServiceObject::Local => "svl",
         ServiceObject::External => "ext",
-        ServiceObject::Firewall => "fw",
         ServiceObject::Backend => "sep",
         ServiceObject::Affinity => "aff",
     };

@@ -9,7 +9,9 @@ use std::process::Command;
 use manul_dataplane_api::Driver;
 use manul_dataplane_conformance::driver_thread::chain;
 use manul_dataplane_conformance::privileges;
-use manul_dataplane_conformance::services::{run_dual_stack_cases, run_service_cases};
+use manul_dataplane_conformance::services::{
+    run_contested_cases, run_dual_stack_cases, run_local_policy_cases, run_service_cases,
+};
 use manul_dataplane_iptables::{Nft, NftDriver};
 
 #[test]
@@ -33,6 +35,38 @@ fn dual_stack_cases() {
     }
     let factory = common::nft_factory();
     match run_dual_stack_cases("s6", factory) {
+        Ok(report) => println!("{}", report.table()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Services contesting an external IP and a node port, one under
+/// `externalTrafficPolicy: Cluster` and one under `Local` (or without
+/// backends): the first keeps every frontend for every source, with its
+/// own source-address semantics; removed, the other takes them.
+#[test]
+fn contested_frontend_cases() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let factory = common::nft_factory();
+    match run_contested_cases("sc", factory) {
+        Ok(report) => println!("{}", report.table()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `Local` traffic policies with backends on other nodes: the local
+/// backend only; dropped when every backend is elsewhere.
+#[test]
+fn local_policy_cases() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let factory = common::nft_factory();
+    match run_local_policy_cases("sl", factory) {
         Ok(report) => println!("{}", report.table()),
         Err(e) => panic!("{e}"),
     }
@@ -140,12 +174,28 @@ fn every_kind_of_service_change_is_accepted_by_the_kernel() {
             assert_eq!(d.refresh().expect("refresh"), Refresh::Clean, "{what}");
         }
         // Another service claiming the same address, port and node port
-        // does not fail the transaction.
+        // does not fail the transaction; its source ranges are merged
+        // with the first's for the address (203.0.112.0/23 replaces the
+        // first's 203.0.113.0/24 in the set, in one transaction).
         let mut twin = svc.clone();
         twin.name = "twin".into();
+        twin.load_balancer_source_ranges = vec![
+            "203.0.112.0/24".parse().unwrap(),
+            "198.18.0.0/15".parse().unwrap(),
+        ];
         d.apply(&[Operation::ServiceUpdate(twin)])
             .unwrap_or_else(|e| panic!("conflicting service: {}", chain(&e)));
         assert_eq!(d.refresh().expect("refresh"), Refresh::Clean, "conflict");
+        let listing = Command::new("nft")
+            .args(["list", "set", "inet", "manul", "mnl-lb-src4"])
+            .output()
+            .expect("nft list set");
+        let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+        assert!(
+            listing.contains("198.51.100.10 . 203.0.112.0/23")
+                && listing.contains("198.51.100.10 . 198.18.0.0/15"),
+            "{listing}"
+        );
         d.apply(&[Operation::ServiceRemove {
             namespace: "prod".into(),
             name: "twin".into(),

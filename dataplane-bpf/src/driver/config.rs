@@ -139,8 +139,9 @@ pub enum ExternalServiceMode {
     #[default]
     Snat,
     /// Direct server return: a backend on another node gets the client's
-    /// own address and the frontend in an IP option, and its node answers
-    /// the client directly; a local backend sees the client too (`DSR`).
+    /// own address and the frontend in an IPv4 option or an IPv6
+    /// Destination Options header, and its node answers the client
+    /// directly; a local backend sees the client too (`DSR`).
     Dsr,
 }
 

@@ -66,9 +66,9 @@ pub struct KernelCounters {
     /// New external connections dropped because no masquerade port was
     /// free.
     pub service_snat_full: u64,
-    /// SCTP the programs cannot translate, dropped: a new connection that
-    /// would be sent with DSR, a fragment (with more to come) whose port
-    /// would change (its CRC32c covers bytes not in it).
+    /// SCTP the programs cannot translate, dropped: a fragment (with more
+    /// to come) whose port would change (its CRC32c covers bytes not in
+    /// it).
     pub service_untranslatable: u64,
 }
 

@@ -29,6 +29,7 @@ pub mod config;
 mod host;
 pub mod rule;
 pub mod service_change;
+pub mod service_claims;
 pub mod service_pick;
 pub mod services;
 
@@ -587,7 +588,10 @@ pub fn render_with(state: &DesiredState, config: &NftConfig) -> Ruleset {
 
 /// [`render_with`], and who claims which service map entries (what the
 /// driver needs to render one service's change on its own).
-pub fn render_indexed(state: &DesiredState, config: &NftConfig) -> (Ruleset, services::Claims) {
+pub fn render_indexed(
+    state: &DesiredState,
+    config: &NftConfig,
+) -> (Ruleset, service_claims::Claims) {
     let mut rs = Ruleset {
         base: base_chains(config),
         ..Ruleset::default()

@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use manul_dataplane_api::{Service, ServiceKey};
 
+use super::service_claims::{Claims, Entries, Frontend, RangeKey, frontend_of, range_of};
 use super::service_pick::PICK_CHAINS;
-use super::services::{Claims, ServiceObjects, render_service};
+use super::services::{ServiceObjects, render_service};
 use super::{NftConfig, Ruleset, SetDef};
 use crate::element::{Element, Value};
 
@@ -47,17 +48,37 @@ pub fn render_changes(
             )
         })
         .collect();
+    // Plain set elements and frontends the change may give to another
+    // holder (see `service_claims`).
     let mut touched: BTreeSet<(String, Vec<Value>)> = BTreeSet::new();
+    let mut frontends: BTreeSet<Frontend> = BTreeSet::new();
+    let mut ranges: BTreeSet<RangeKey> = BTreeSet::new();
     for (_, before, after) in &rendered {
         for objects in [before, after].into_iter().flatten() {
             for (set, element) in &objects.elements {
-                touched.insert((set.clone(), element.key.clone()));
+                if let Some((k, _)) = range_of(set, &element.key) {
+                    ranges.insert(k);
+                    continue;
+                }
+                match frontend_of(set, &element.key) {
+                    Some(f) => {
+                        frontends.insert(f);
+                    }
+                    None => {
+                        touched.insert((set.clone(), element.key.clone()));
+                    }
+                }
             }
         }
     }
     let holders_before: Vec<Option<Element>> = touched
         .iter()
         .map(|(set, key)| claims.holder(set, key).cloned())
+        .collect();
+    let ranges_before: Vec<Entries> = ranges.iter().map(|k| claims.range_entries(k)).collect();
+    let keepers_before: Vec<Option<Entries>> = frontends
+        .iter()
+        .map(|f| claims.keeper(f).map(|(_, entries)| entries.clone()))
         .collect();
     let mut pick_chains = BTreeMap::new();
     for (_, before, after) in &rendered {
@@ -100,24 +121,81 @@ pub fn render_changes(
             }
             continue;
         }
-        let Some(def) = programmed.sets.get(set) else {
+        let before: Vec<(&String, &Element)> = before.iter().map(|e| (set, e)).collect();
+        let after: Vec<(&String, &Element)> = after.iter().map(|e| (set, *e)).collect();
+        entry_change(&mut change, programmed, &[set], &before, &after);
+    }
+    // A frontend whose keeper's entries changed: the old entries out, the
+    // new ones in, whichever maps they are in.
+    for (f, before) in frontends.iter().zip(keepers_before) {
+        let after = claims.keeper(f).map(|(_, entries)| entries);
+        if before.as_ref() == after {
+            continue;
+        }
+        let before = before.unwrap_or_default();
+        let after: &[(String, Element)] = after.map_or(&[], Vec::as_slice);
+        let sets: BTreeSet<&String> = before.iter().chain(after).map(|(s, _)| s).collect();
+        let sets: Vec<&String> = sets.into_iter().collect();
+        entry_change(
+            &mut change,
+            programmed,
+            &sets,
+            &pairs(&before),
+            &pairs(after),
+        );
+    }
+    // A load-balancer address's ranges: the old union out, the new in.
+    for (k, before) in ranges.iter().zip(ranges_before) {
+        let after = claims.range_entries(k);
+        if before != after {
+            entry_change(
+                &mut change,
+                programmed,
+                &[&k.0],
+                &pairs(&before),
+                &pairs(&after),
+            );
+        }
+    }
+    change
+}
+
+fn pairs(entries: &[(String, Element)]) -> Vec<(&String, &Element)> {
+    entries.iter().map(|(s, e)| (s, e)).collect()
+}
+
+/// Adds to `change` the elements `before` (to remove) and `after` (to
+/// write) of the shared `sets`, each declared in both parts as
+/// `programmed` declares it.
+fn entry_change(
+    change: &mut ServiceChange,
+    programmed: &Ruleset,
+    sets: &[&String],
+    before: &[(&String, &Element)],
+    after: &[(&String, &Element)],
+) {
+    for set in sets {
+        let Some(def) = programmed.sets.get(*set) else {
             continue;
         };
-        for (part, element) in [(&mut change.old, before.as_ref()), (&mut change.new, after)] {
+        for part in [&mut change.old, &mut change.new] {
             // Not `def.clone()`: that would copy every element of the map.
-            let entry = part.sets.entry(set.clone()).or_insert_with(|| SetDef {
+            part.sets.entry((*set).clone()).or_insert_with(|| SetDef {
                 type_: def.type_,
                 interval: def.interval,
                 timeout: def.timeout,
                 comment: def.comment.clone(),
                 elements: BTreeSet::new(),
             });
-            if let Some(e) = element {
-                entry.elements.insert(e.clone());
+        }
+    }
+    for (part, entries) in [(&mut change.old, before), (&mut change.new, after)] {
+        for (set, e) in entries {
+            if let Some(def) = part.sets.get_mut(*set) {
+                def.elements.insert((*e).clone());
             }
         }
     }
-    change
 }
 
 /// Folds a written change into `programmed`.

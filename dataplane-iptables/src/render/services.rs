@@ -34,9 +34,13 @@
 //!   (kube-proxy's local-traffic detection by interface prefix);
 //! - `mnl-noep-ips4` and `mnl-noep-nodeports4`: a port whose backends for
 //!   that traffic are none is rejected at once (TCP reset, ICMP port
-//!   unreachable), in filter chains before DNAT;
-//! - `mnl-svc-fw4`: a load-balancer IP with source ranges jumps to its
-//!   service's firewall chain (`mnl-fw4-`), which drops other sources;
+//!   unreachable), in filter chains before DNAT; under a `Local` policy
+//!   whose backends are all on other nodes it is dropped instead
+//!   (`mnl-svc-no-local`), as kube-proxy and the eBPF dataplane do;
+//! - `mnl-lb-ranged4` and `mnl-lb-src4`: a new connection to a
+//!   load-balancer IP with source ranges from a source none of them holds
+//!   is dropped; as on eBPF, per address (every port), the ranges being
+//!   the union of every service's naming the address (`service_claims`);
 //! - `mnl-cluster-ips4`: every cluster IP; a new connection still
 //!   addressed to one after DNAT (a port or protocol the service does not
 //!   have) is rejected, in filter chains just after DNAT.
@@ -50,18 +54,20 @@
 //! postrouting, after policy.
 //!
 //! A service's families are those of its cluster IPs (and external and
-//! load-balancer addresses): a single-stack service gets no node port in
-//! the other family. Ports of protocols other than TCP, UDP and SCTP are
+//! load-balancer addresses); its node ports are open in the families of
+//! its cluster IPs (IPv4 for a service without any), as on eBPF: a
+//! single-stack service gets no node port in the other family. Ports of protocols other than TCP, UDP and SCTP are
 //! not rendered. When two services claim the same address, protocol and
-//! port (or node port), the first in namespace/name order has it, so a
-//! conflict never fails the transaction.
+//! port (or node port), the first in namespace/name order has every entry
+//! of it, in every map, as on eBPF (`service_claims`), so a conflict never
+//! fails the transaction nor mixes two services' entries.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ipnet::IpNet;
-use manul_dataplane_api::{Backend, DesiredState, Service, ServiceKey, ServicePort, TrafficPolicy};
+use manul_dataplane_api::{Backend, DesiredState, Service, ServicePort, TrafficPolicy};
 
+use super::service_claims::{Claims, Frontend};
 use super::service_pick::{self, PICK_CHAINS, Pick};
 use super::{NftConfig, Rules, SetDef, with_comment, with_id};
 use crate::element::{Element, Value, Verb};
@@ -77,6 +83,8 @@ pub const MARK_FOR_MASQ: &str = "mnl-mark-masq";
 pub const MASQ_NON_POD: &str = "mnl-masq-non-pod";
 pub const MASQUERADING: &str = "mnl-masquerading";
 pub const REJECT: &str = "mnl-svc-reject";
+/// A `Local` traffic policy's port whose backends are all on other nodes.
+pub const NO_LOCAL: &str = "mnl-svc-no-local";
 
 /// An address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,10 +111,10 @@ impl Fam {
     }
 }
 
-/// The verdict maps, per family: `svc-ips`, `svc-nodeports`, `noep-ips`,
-/// `noep-nodeports`, `svc-fw`.
-const TRIPLE_MAPS: [&str; 5] = ["svc-ips", "svc-xpod", "svc-xnode", "noep-ips", "svc-fw"];
-const PORT_MAPS: [&str; 4] = ["svc-nodeports", "np-xpod", "np-xnode", "noep-nodeports"];
+/// The verdict maps, per family, by address (`svc-ips`, ...) and by node
+/// port (`svc-nodeports`, ...).
+pub(super) const TRIPLE_MAPS: [&str; 4] = ["svc-ips", "svc-xpod", "svc-xnode", "noep-ips"];
+pub(super) const PORT_MAPS: [&str; 4] = ["svc-nodeports", "np-xpod", "np-xnode", "noep-nodeports"];
 
 fn proto_name(p: u8) -> String {
     match p {
@@ -162,9 +170,11 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
             "fib daddr type local {kw} daddr != {lo} meta l4proto . th dport vmap @{}",
             f.map("svc-nodeports")
         ));
+        // Load-balancer source ranges, per address as on eBPF.
         filter.push(format!(
-            "{kw} daddr . meta l4proto . th dport vmap @{}",
-            f.map("svc-fw")
+            "{kw} daddr @{} {kw} daddr . {kw} saddr != @{} drop",
+            f.map(LB_RANGED),
+            f.map(LB_SOURCES)
         ));
         filter.push(format!(
             "{kw} daddr . meta l4proto . th dport vmap @{}",
@@ -216,6 +226,10 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
         ),
     );
     out.insert(
+        NO_LOCAL.to_string(),
+        rules(NO_LOCAL, vec!["drop".to_string()]),
+    );
+    out.insert(
         REJECT.to_string(),
         rules(
             REJECT,
@@ -228,10 +242,41 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
     out
 }
 
-/// The empty verdict maps, and the empty sets of cluster IPs.
+/// The load-balancer addresses with source ranges (`mnl-lb-ranged4`), and
+/// their ranges (`mnl-lb-src4`: `address . range`, the union of the ranges
+/// of every service naming the address, see `service_claims`).
+pub(super) const LB_RANGED: &str = "lb-ranged";
+pub(super) const LB_SOURCES: &str = "lb-src";
+
+/// The empty verdict maps, and the empty sets of cluster IPs and of
+/// load-balancer source ranges.
 pub(super) fn empty_maps() -> BTreeMap<String, SetDef> {
     let mut out = BTreeMap::new();
     for f in Fam::BOTH {
+        out.insert(
+            f.map(LB_RANGED),
+            SetDef {
+                type_: f.addr_type(),
+                interval: false,
+                timeout: None,
+                comment: "load-balancer addresses with source ranges".into(),
+                elements: BTreeSet::new(),
+            },
+        );
+        out.insert(
+            f.map(LB_SOURCES),
+            SetDef {
+                type_: if f.v6 {
+                    "typeof ip6 daddr . ip6 saddr"
+                } else {
+                    "typeof ip daddr . ip saddr"
+                },
+                interval: true,
+                timeout: None,
+                comment: "load-balancer address . source range".into(),
+                elements: BTreeSet::new(),
+            },
+        );
         out.insert(
             f.map("cluster-ips"),
             SetDef {
@@ -276,9 +321,9 @@ pub(super) fn empty_maps() -> BTreeMap<String, SetDef> {
 }
 
 /// Adds `entry` (`KEY : VERDICT`) to `map` unless the map has that key
-/// already: two services claiming one address and port (external IPs are
-/// not checked for uniqueness by Kubernetes) must not make the whole
-/// transaction fail; the first service in key order keeps it.
+/// already (a map holds one verdict per key, or the transaction fails).
+/// Which service writes a contested frontend's entries is decided before
+/// (`service_claims`); within one service its first claim has them.
 ///
 /// A shared set or map a service's own rendering does not hold yet is
 /// created for its elements (see [`render_service`]).
@@ -324,7 +369,7 @@ fn translatable(protocol: u8) -> bool {
 }
 
 /// One service's objects: its own chains and sets (backend, external,
-/// firewall chains, affinity sets), and the elements it claims in the
+/// affinity sets), and the elements it claims in the
 /// shared sets and maps (cluster IPs, map entries), in no particular order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceObjects {
@@ -357,6 +402,17 @@ fn reject(key: Vec<Value>) -> Element {
     Element::verdict(key, Verb::Goto, REJECT)
 }
 
+/// The element for `key` when the traffic's backends are none: dropped
+/// under a `Local` policy while the port has backends on other nodes
+/// (`cluster`), else rejected.
+fn no_backends(key: Vec<Value>, local: bool, cluster: &[Backend]) -> Element {
+    if local && !cluster.is_empty() {
+        Element::verdict(key, Verb::Goto, NO_LOCAL)
+    } else {
+        reject(key)
+    }
+}
+
 /// Renders one service on its own; [`render`] merges the services, and
 /// the driver renders only the services a batch changed.
 pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
@@ -364,12 +420,19 @@ pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
     // Own sets (affinity), and the shared ones this service claims
     // elements of, created as it does (`add`).
     let mut sets = BTreeMap::new();
-    let families: BTreeSet<bool> = svc
+    let mut families: BTreeSet<bool> = svc
         .cluster_ips
         .iter()
         .chain(svc.external_addresses())
         .map(IpAddr::is_ipv6)
         .collect();
+    if svc.ports.iter().any(|p| p.node_port.is_some()) {
+        families.extend(
+            [false, true]
+                .into_iter()
+                .filter(|v6| node_port_family(svc, *v6)),
+        );
+    }
     for ip in &svc.cluster_ips {
         add(
             &mut sets,
@@ -377,11 +440,19 @@ pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
             Element::key(vec![Value::Addr(*ip)]),
         );
     }
+    // The frontends claimed so far: a service's first claim on a
+    // frontend has it (see `service_claims`).
+    let mut claimed = BTreeSet::new();
     for v6 in families {
         let f = Fam { v6 };
-        firewall(svc, f, &mut chains, &mut sets);
+        source_ranges(svc, f, &mut sets);
         for port in svc.ports.iter().filter(|p| translatable(p.protocol)) {
-            service_port(svc, port, f, config, &mut chains, &mut sets);
+            let out = Out {
+                chains: &mut chains,
+                sets: &mut sets,
+                claimed: &mut claimed,
+            };
+            service_port(svc, port, f, config, out);
         }
     }
     let mut elements = Vec::new();
@@ -407,46 +478,6 @@ pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
     }
 }
 
-/// Who claims each key of the shared sets and maps: per `(set, key)`, the
-/// services that want it and the element each would write. The first
-/// service in key order has it (see [`add`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Claims {
-    by_key: BTreeMap<(String, Vec<Value>), BTreeMap<ServiceKey, Element>>,
-}
-
-impl Claims {
-    /// The element that holds `(set, key)`, if any service claims it.
-    pub fn holder(&self, set: &str, key: &[Value]) -> Option<&Element> {
-        self.by_key
-            .get(&(set.to_string(), key.to_vec()))
-            .and_then(|m| m.values().next())
-    }
-
-    /// Records `service`'s claims.
-    pub fn insert(&mut self, service: &ServiceKey, objects: &ServiceObjects) {
-        for (set, element) in &objects.elements {
-            self.by_key
-                .entry((set.clone(), element.key.clone()))
-                .or_default()
-                .insert(service.clone(), element.clone());
-        }
-    }
-
-    /// Forgets `service`'s claims.
-    pub fn remove(&mut self, service: &ServiceKey, objects: &ServiceObjects) {
-        for (set, element) in &objects.elements {
-            let k = (set.clone(), element.key.clone());
-            if let Some(m) = self.by_key.get_mut(&k) {
-                m.remove(service);
-                if m.is_empty() {
-                    self.by_key.remove(&k);
-                }
-            }
-        }
-    }
-}
-
 /// Renders every service into `chains` and `sets` (which already hold the
 /// empty maps of [`empty_maps`]); returns who claims what.
 pub(super) fn render(
@@ -458,72 +489,39 @@ pub(super) fn render(
     let mut claims = Claims::default();
     for (key, svc) in &state.services {
         let objects = render_service(svc, config);
-        claims.insert(key, &objects);
-        // The pick chains are chains, not a set of the table.
-        for (set, element) in objects.elements {
-            if set != PICK_CHAINS {
-                add(sets, &set, element);
-            }
-        }
         chains.extend(objects.chains);
         chains.extend(objects.shared_chains);
         sets.extend(objects.sets);
+        claims.insert_elements(key, objects.elements);
+    }
+    for (set, element) in claims.programmed() {
+        // The pick chains are chains, not a set of the table.
+        if set != PICK_CHAINS {
+            add(sets, &set, element);
+        }
     }
     claims
 }
 
-/// A load-balancer IP's source ranges: a chain that drops other sources,
-/// and the map entries that reach it.
-fn firewall(
-    svc: &Service,
-    f: Fam,
-    chains: &mut BTreeMap<String, Rules>,
-    sets: &mut BTreeMap<String, SetDef>,
-) {
-    let lb: Vec<&IpAddr> = svc
-        .load_balancer_ips
-        .iter()
-        .filter(|ip| Fam::of(ip) == f)
-        .collect();
-    if svc.load_balancer_source_ranges.is_empty() || lb.is_empty() {
+/// A load-balancer IP's source ranges: the address in `mnl-lb-ranged4`,
+/// and `address . range` for each range of its family (none: every
+/// source is dropped), which `service_claims` merges with other services'
+/// ranges for the address.
+fn source_ranges(svc: &Service, f: Fam, sets: &mut BTreeMap<String, SetDef>) {
+    if svc.load_balancer_source_ranges.is_empty() {
         return;
     }
-    let chain = names::service_object(
-        ServiceObject::Firewall,
-        f.v6,
-        &format!("{}/{}", svc.namespace, svc.name),
-    );
-    let ranges: Vec<IpNet> = svc
-        .load_balancer_source_ranges
-        .iter()
-        .copied()
-        .filter(|n| n.addr().is_ipv6() == f.v6)
-        .collect();
-    let mut rules = Vec::new();
-    if !ranges.is_empty() {
-        let list: Vec<String> = IpNet::aggregate(&ranges)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        rules.push(with_id(
-            &chain,
-            "source in loadBalancerSourceRanges",
-            &format!("{} saddr {{ {} }} return", f.kw(), list.join(", ")),
-        ));
-    }
-    rules.push(with_id(
-        &chain,
-        "source not in loadBalancerSourceRanges",
-        "drop",
-    ));
-    chains.insert(chain.clone(), rules);
-    for ip in lb {
-        for port in svc.ports.iter().filter(|p| translatable(p.protocol)) {
-            add(
-                sets,
-                &f.map("svc-fw"),
-                Element::verdict(triple(ip, port), Verb::Jump, chain.clone()),
-            );
+    for ip in svc.load_balancer_ips.iter().filter(|ip| Fam::of(ip) == f) {
+        add(
+            sets,
+            &f.map(LB_RANGED),
+            Element::key(vec![Value::Addr(*ip)]),
+        );
+        for range in &svc.load_balancer_source_ranges {
+            if range.addr().is_ipv6() == f.v6 {
+                let e = Element::key(vec![Value::Addr(*ip), Value::Net(range.trunc())]);
+                add(sets, &f.map(LB_SOURCES), e);
+            }
         }
     }
 }
@@ -548,18 +546,46 @@ fn of_family(backends: &[Backend], f: Fam) -> Vec<Backend> {
 
 /// One service port in one family: its map entries, and the pick chains
 /// they name (services without affinity), or its chains (with affinity).
-fn service_port(
-    svc: &Service,
-    port: &ServicePort,
-    f: Fam,
-    config: &NftConfig,
-    chains: &mut BTreeMap<String, Rules>,
-    sets: &mut BTreeMap<String, SetDef>,
-) {
+fn service_port(svc: &Service, port: &ServicePort, f: Fam, config: &NftConfig, out: Out<'_>) {
     if svc.affinity_timeout_seconds.is_some() {
-        service_port_chains(svc, port, f, config, chains, sets);
+        service_port_chains(svc, port, f, config, out);
     } else {
-        service_port_data(svc, port, f, chains, sets);
+        service_port_data(svc, port, f, out);
+    }
+}
+
+/// Where a service port's rendering goes: its chains, its sets and shared
+/// map entries, and the frontends the service claimed before it.
+struct Out<'a> {
+    chains: &'a mut BTreeMap<String, Rules>,
+    sets: &'a mut BTreeMap<String, SetDef>,
+    claimed: &'a mut BTreeSet<Frontend>,
+}
+
+/// Whether `svc`'s node ports are open in family `v6`: the families of its
+/// cluster IPs (IPv4 for a service without any), as on eBPF.
+fn node_port_family(svc: &Service, v6: bool) -> bool {
+    if svc.cluster_ips.is_empty() {
+        return !v6;
+    }
+    svc.cluster_ips.iter().any(|ip| ip.is_ipv6() == v6)
+}
+
+/// The frontend of `ip` and `port`.
+fn address_frontend(ip: &IpAddr, port: &ServicePort) -> Frontend {
+    Frontend::Address {
+        addr: *ip,
+        proto: port.protocol,
+        port: port.port,
+    }
+}
+
+/// The frontend of `port`'s node port `np` in family `f`.
+fn node_port_frontend(f: Fam, port: &ServicePort, np: u16) -> Frontend {
+    Frontend::NodePort {
+        v6: f.v6,
+        proto: port.protocol,
+        port: np,
     }
 }
 
@@ -607,13 +633,12 @@ fn frontend(
 }
 
 /// One service port in one family, as data (see `service_pick`).
-fn service_port_data(
-    svc: &Service,
-    port: &ServicePort,
-    f: Fam,
-    chains: &mut BTreeMap<String, Rules>,
-    sets: &mut BTreeMap<String, SetDef>,
-) {
+fn service_port_data(svc: &Service, port: &ServicePort, f: Fam, out: Out<'_>) {
+    let Out {
+        chains,
+        sets,
+        claimed,
+    } = out;
     let cluster = of_family(&port.backends, f);
     let local = of_family(&port.local_backends, f);
     let internal_local = svc.internal_traffic == TrafficPolicy::Local;
@@ -621,8 +646,12 @@ fn service_port_data(
 
     let internal = if internal_local { &local } else { &cluster };
     for ip in svc.cluster_ips.iter().filter(|ip| Fam::of(ip) == f) {
+        if !claimed.insert(address_frontend(ip, port)) {
+            continue;
+        }
         if internal.is_empty() {
-            add(sets, &f.map("noep-ips"), reject(triple(ip, port)));
+            let e = no_backends(triple(ip, port), internal_local, &cluster);
+            add(sets, &f.map("noep-ips"), e);
         } else {
             let k = triple(ip, port);
             let map = f.map("svc-ips");
@@ -643,10 +672,13 @@ fn service_port_data(
     let ext_backends = if external_local { &local } else { &cluster };
     let mut externals: Vec<(bool, Vec<Value>)> = svc
         .external_addresses()
-        .filter(|ip| Fam::of(ip) == f)
+        .filter(|ip| Fam::of(ip) == f && claimed.insert(address_frontend(ip, port)))
         .map(|ip| (false, triple(ip, port)))
         .collect();
-    if let Some(np) = port.node_port {
+    if let Some(np) = port.node_port
+        && node_port_family(svc, f.v6)
+        && claimed.insert(node_port_frontend(f, port, np))
+    {
         externals.push((true, node_port_key(port.protocol, np)));
     }
     for (node_port, k) in externals {
@@ -656,7 +688,7 @@ fn service_port_data(
             ("svc-ips", "svc-xpod", "svc-xnode", "noep-ips")
         };
         if ext_backends.is_empty() {
-            add(sets, &f.map(noep), reject(k));
+            add(sets, &f.map(noep), no_backends(k, external_local, &cluster));
         } else if external_local {
             let (main, xpod, xnode) = (f.map(main), f.map(xpod), f.map(xnode));
             frontend(
@@ -719,21 +751,34 @@ fn service_port_chains(
     port: &ServicePort,
     f: Fam,
     config: &NftConfig,
-    chains: &mut BTreeMap<String, Rules>,
-    sets: &mut BTreeMap<String, SetDef>,
+    out: Out<'_>,
 ) {
+    let Out {
+        chains,
+        sets,
+        claimed,
+    } = out;
     let body = port_body(svc, port);
     let cluster = of_family(&port.backends, f);
     let local = of_family(&port.local_backends, f);
-    let cluster_ips: Vec<&IpAddr> = svc
+    let all_cluster_ips: Vec<&IpAddr> = svc
         .cluster_ips
         .iter()
         .filter(|ip| Fam::of(ip) == f)
         .collect();
+    // The frontends this port claims first.
+    let cluster_ips: Vec<&IpAddr> = all_cluster_ips
+        .iter()
+        .copied()
+        .filter(|ip| claimed.insert(address_frontend(ip, port)))
+        .collect();
     let external: Vec<&IpAddr> = svc
         .external_addresses()
-        .filter(|ip| Fam::of(ip) == f)
+        .filter(|ip| Fam::of(ip) == f && claimed.insert(address_frontend(ip, port)))
         .collect();
+    let node_port = port.node_port.filter(|np| {
+        node_port_family(svc, f.v6) && claimed.insert(node_port_frontend(f, port, *np))
+    });
     let internal_local = svc.internal_traffic == TrafficPolicy::Local;
     let external_local = svc.external_traffic == TrafficPolicy::Local;
     let reject_rule = format!("goto {REJECT}");
@@ -741,7 +786,7 @@ fn service_port_chains(
     // The backend chains the traffic kinds use.
     let cluster_chain = names::service_object(ServiceObject::Cluster, f.v6, &body);
     let local_chain = names::service_object(ServiceObject::Local, f.v6, &body);
-    let internal_ips: &[&IpAddr] = &cluster_ips;
+    let internal_ips: &[&IpAddr] = &all_cluster_ips;
     let mut need_cluster = false;
     let mut need_local = false;
 
@@ -749,7 +794,8 @@ fn service_port_chains(
     let internal = if internal_local { &local } else { &cluster };
     for ip in &cluster_ips {
         if internal.is_empty() {
-            add(sets, &f.map("noep-ips"), reject(triple(ip, port)));
+            let e = no_backends(triple(ip, port), internal_local, &cluster);
+            add(sets, &f.map("noep-ips"), e);
         } else {
             let target = if internal_local {
                 need_local = true;
@@ -768,13 +814,14 @@ fn service_port_chains(
 
     // External traffic: external and load-balancer IPs, node ports.
     let ext_backends = if external_local { &local } else { &cluster };
-    let has_external = !external.is_empty() || port.node_port.is_some();
+    let has_external = !external.is_empty() || node_port.is_some();
     if has_external {
         let ext_chain = names::service_object(ServiceObject::External, f.v6, &body);
         let mut used = false;
         for ip in &external {
             if ext_backends.is_empty() {
-                add(sets, &f.map("noep-ips"), reject(triple(ip, port)));
+                let e = no_backends(triple(ip, port), external_local, &cluster);
+                add(sets, &f.map("noep-ips"), e);
             } else {
                 add(
                     sets,
@@ -784,10 +831,11 @@ fn service_port_chains(
                 used = true;
             }
         }
-        if let Some(np) = port.node_port {
+        if let Some(np) = node_port {
             let k = node_port_key(port.protocol, np);
             if ext_backends.is_empty() {
-                add(sets, &f.map("noep-nodeports"), reject(k));
+                let e = no_backends(k, external_local, &cluster);
+                add(sets, &f.map("noep-nodeports"), e);
             } else {
                 add(
                     sets,

@@ -79,8 +79,9 @@ fn frontend_flags(port: &ServicePort, policy: TrafficPolicy, external: bool, ipv
 
 /// The part of service `key`: a cluster IP uses the internal traffic
 /// policy's list, an external or load-balancer address the external
-/// one's, a node port (address 0.0.0.0, and :: for a service with an
-/// IPv6 cluster IP) the external one's too; and the service addresses
+/// one's, a node port (address 0.0.0.0 for a service with an IPv4
+/// cluster IP or none, :: for one with an IPv6 cluster IP) the external
+/// one's too; and the service addresses
 /// (not 0.0.0.0 or ::: a node port has no address entry). Each
 /// frontend's list holds its family's backends (SCTP's too, on any port:
 /// the programs patch its CRC32c for a port rewrite).
@@ -111,7 +112,10 @@ pub fn part(key: &ServiceKey, svc: &Service) -> Part {
             }
         }
     }
+    // Node ports are open in the families of the cluster IPs (IPv4 for a
+    // service without any), as on nftables.
     let ipv6_node_port = svc.cluster_ips.iter().any(IpAddr::is_ipv6);
+    let ipv4_node_port = svc.cluster_ips.is_empty() || svc.cluster_ips.iter().any(IpAddr::is_ipv4);
     for port in &svc.ports {
         if ![PROTO_TCP, PROTO_UDP, PROTO_SCTP].contains(&port.protocol) {
             p.items.push(Item::Skipped(Skipped::Protocol {
@@ -124,7 +128,7 @@ pub fn part(key: &ServiceKey, svc: &Service) -> Part {
         // program looks up only for packets to the node's own addresses
         // arriving at a host interface.
         let unspecified = [
-            Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            ipv4_node_port.then_some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             ipv6_node_port.then_some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
         ];
         let node_port = port.node_port.into_iter().flat_map(|p| {

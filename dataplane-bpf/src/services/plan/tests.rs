@@ -428,6 +428,28 @@ fn a_single_stack_ipv4_service_has_no_ipv6_node_port() {
     assert!(d.frontends.keys().all(|f| f.addr.is_ipv4()));
 }
 
+/// An IPv6-only service gets no IPv4 node port (as on nftables), so it
+/// does not take an IPv4 service's node port.
+#[test]
+fn a_single_stack_ipv6_service_has_no_ipv4_node_port() {
+    let mut v6 = service("a-v6", [10, 96, 0, 10], &[2]);
+    v6.cluster_ips = vec![IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 10))];
+    v6.ports[0].node_port = Some(30080);
+    let mut v4 = service("b-v4", [10, 96, 0, 11], &[3]);
+    v4.ports[0].node_port = Some(30080);
+    let d = desired(&services(vec![v6, v4]));
+    let node4 = Frontend {
+        addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        port: 30080,
+        proto: PROTO_TCP,
+    };
+    assert_eq!(d.frontends[&node4].list.service.1, "b-v4");
+    assert!(d.frontends.contains_key(&Frontend {
+        addr: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ..node4
+    }));
+}
+
 #[test]
 fn an_ipv6_cluster_ip_gets_its_familys_backends_in_a_list_of_its_own() {
     let ip6 = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 10);

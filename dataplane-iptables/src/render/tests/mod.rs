@@ -375,4 +375,5 @@ fn failsafe_ports_come_from_the_configuration() {
 }
 
 mod host;
+mod service_conflicts;
 mod services;

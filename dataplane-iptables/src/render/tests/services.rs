@@ -11,7 +11,7 @@ use manul_dataplane_api::{Backend, Service, ServiceKey, ServicePort, TrafficPoli
 use super::*;
 use crate::names::ServiceObject;
 
-fn backend(addr: &str, port: u16, local: bool) -> Backend {
+pub(super) fn backend(addr: &str, port: u16, local: bool) -> Backend {
     Backend {
         ip: ip(addr),
         port,
@@ -82,7 +82,7 @@ fn gone() -> Service {
     s
 }
 
-fn with(services: &[Service]) -> DesiredState {
+pub(super) fn with(services: &[Service]) -> DesiredState {
     let mut s = DesiredState::default();
     for svc in services {
         s.services
@@ -287,18 +287,38 @@ fn local_policies_use_local_backends() {
         texts(&rs, "mnl-pick4-loc-1")[0],
         "meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @mnl-be4-tcp"
     );
-    // No local backend: external traffic is rejected, cluster traffic not.
+    // No local backend while there are some elsewhere: external traffic
+    // is dropped (as kube-proxy does), cluster traffic not.
     let mut none = edge.clone();
     none.ports[0].local_backends.clear();
     let rs = render(&with(&[none.clone()]));
     assert!(
         elements(&rs, "mnl-noep-ips4")
-            .contains(&"198.51.100.10 . 6 . 443 : goto mnl-svc-reject".to_string())
+            .contains(&"198.51.100.10 . 6 . 443 : goto mnl-svc-no-local".to_string())
     );
     assert!(
         elements(&rs, "mnl-noep-nodeports4")
+            .contains(&"6 . 30443 : goto mnl-svc-no-local".to_string())
+    );
+    assert_eq!(texts(&rs, "mnl-svc-no-local"), ["drop"]);
+    // No backend at all: rejected.
+    let mut nothing = none.clone();
+    nothing.ports[0].backends.clear();
+    let rs2 = render(&with(&[nothing.clone()]));
+    assert!(
+        elements(&rs2, "mnl-noep-nodeports4")
             .contains(&"6 . 30443 : goto mnl-svc-reject".to_string())
     );
+    // internalTrafficPolicy Local without a local backend: the cluster IP
+    // is dropped while there are backends elsewhere, else rejected.
+    for (svc, verdict) in [(&none, "mnl-svc-no-local"), (&nothing, "mnl-svc-reject")] {
+        let mut internal = svc.clone();
+        internal.internal_traffic = TrafficPolicy::Local;
+        assert!(
+            elements(&render(&with(&[internal])), "mnl-noep-ips4")
+                .contains(&format!("10.96.0.20 . 6 . 443 : goto {verdict}"))
+        );
+    }
     assert!(
         elements(&rs, "mnl-svc-ips4")
             .contains(&"10.96.0.20 . 6 . 443 : goto mnl-pick4-cip-2".to_string())
@@ -349,29 +369,28 @@ fn affinity_services_keep_chains_with_local_policies() {
         );
     }
     // Source ranges guard the load-balancer IP only.
-    let fw = obj(ServiceObject::Firewall, false, "prod/edge");
+    assert_eq!(elements(&rs, "mnl-lb-ranged4"), vec!["198.51.100.10"]);
     assert_eq!(
-        elements(&rs, "mnl-svc-fw4"),
-        vec![format!("198.51.100.10 . 6 . 443 : jump {fw}")]
+        elements(&rs, "mnl-lb-src4"),
+        vec!["198.51.100.10 . 203.0.113.0/24"]
     );
-    assert_eq!(
-        rs.chains[&fw]
+    assert!(
+        rs.chains["mnl-svc-filter"]
             .iter()
-            .map(|r| r.text.as_str())
-            .collect::<Vec<_>>(),
-        vec!["ip saddr { 203.0.113.0/24 } return", "drop"]
+            .any(|r| r.text == "ip daddr @mnl-lb-ranged4 ip daddr . ip saddr != @mnl-lb-src4 drop")
     );
-    // No local backend: external traffic is rejected, cluster traffic not.
+    // No local backend while there are some elsewhere: external traffic
+    // is dropped, cluster traffic not.
     let mut none = edge();
     none.ports[0].local_backends.clear();
     let rs = render(&with(&[none.clone()]));
     assert!(
         elements(&rs, "mnl-noep-ips4")
-            .contains(&"198.51.100.10 . 6 . 443 : goto mnl-svc-reject".to_string())
+            .contains(&"198.51.100.10 . 6 . 443 : goto mnl-svc-no-local".to_string())
     );
     assert!(
         elements(&rs, "mnl-noep-nodeports4")
-            .contains(&"6 . 30443 : goto mnl-svc-reject".to_string())
+            .contains(&"6 . 30443 : goto mnl-svc-no-local".to_string())
     );
     assert!(elements(&rs, "mnl-svc-ips4").contains(&format!("10.96.0.20 . 6 . 443 : goto {svc}")));
     // internalTrafficPolicy Local: the cluster IP goes to the local chain.
@@ -602,8 +621,16 @@ fn cluster_ips_no_port_matched_are_rejected_after_dnat() {
 /// rendered on their own, and checks every step against rendering the
 /// whole state and diffing it: the same script, the same table after.
 fn check_changes_match_whole_render(steps: &[Vec<(&str, Option<Service>)>]) {
+    check_steps(with(&[web(), edge(), gone()]), steps);
+}
+
+/// [`check_changes_match_whole_render`] from `state` (services in
+/// namespace `prod`); returns the state after the last step.
+pub(super) fn check_steps(
+    mut state: DesiredState,
+    steps: &[Vec<(&str, Option<Service>)>],
+) -> DesiredState {
     let config = NftConfig::default();
-    let mut state = with(&[web(), edge(), gone()]);
     let (mut programmed, mut claims) = render_indexed(&state, &config);
     for (n, step) in steps.iter().enumerate() {
         let before = state.clone();
@@ -634,6 +661,7 @@ fn check_changes_match_whole_render(steps: &[Vec<(&str, Option<Service>)>]) {
         assert_eq!(programmed, whole, "step {n}");
         assert_eq!(claims, whole_claims, "step {n}");
     }
+    state
 }
 
 #[test]
