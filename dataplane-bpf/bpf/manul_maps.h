@@ -146,9 +146,9 @@ enum manul_counter {
 	/* New external connections dropped because no masquerade port was
 	 * free. */
 	MANUL_CNT_SVC_SNAT_FULL = 20,
-	/* New connections to a frontend the program cannot translate
-	 * (SCTP whose port would change: its CRC32c covers the ports; SCTP
-	 * to be masqueraded or sent with DSR), dropped. */
+	/* SCTP the program cannot translate, dropped: a fragment (with
+	 * more to come) whose port would change (its CRC32c covers bytes
+	 * not in it). */
 	MANUL_CNT_SVC_UNTRANSLATABLE = 21,
 	MANUL_CNT_MAX = 22,
 };

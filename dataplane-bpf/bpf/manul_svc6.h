@@ -25,9 +25,9 @@
  * IPv6 has no header checksum: a rewrite patches the TCP or UDP checksum
  * by the difference of the 16-byte addresses (pseudo header) and of the
  * ports; SCTP's CRC32c has no pseudo header, so its addresses are just
- * stored, and a port change (which the CRC covers) is refused. The
- * parser skips extension headers to the L4 header (p->l4_off); the DSR
- * header is added only to a packet that has none of its own.
+ * stored, and a port change patches it (manul_sctp.h). The parser
+ * skips extension headers to the L4 header (p->l4_off); the DSR header
+ * is added only to a packet that has none of its own.
  *
  * Everything large lives in a per-CPU map value, not on the stack: the
  * verifier's 512 bytes span the calling program and classify's chain.
@@ -151,7 +151,7 @@ static __always_inline void svc6_hairpin(__u8 *out)
 
 /* Rewrites the source or destination address and port of an IPv6 TCP,
  * UDP or SCTP packet, patching its checksum by the differences. -1: the
- * packet cannot be rewritten (an SCTP port change), dropped. */
+ * packet cannot be rewritten (an SCTP fragment's port), dropped. */
 static __always_inline int svc6_rewrite(struct __sk_buff *skb, const struct pkt *p,
 					struct svc6_scratch *s, int is_src, const __u8 *old_addr,
 					const __u8 *new_addr, __u16 old_port, __u16 new_port)
@@ -161,7 +161,7 @@ static __always_inline int svc6_rewrite(struct __sk_buff *skb, const struct pkt 
 	addr6_copy(s->from, old_addr);
 	addr6_copy(s->to, new_addr);
 	if (p->proto == IPPROTO_SCTP) {
-		if (old_port != new_port)
+		if (sctp_rewrite_port(skb, p, is_src, old_port, new_port))
 			return -1;
 		if (!addr6_eq(s->from, s->to) &&
 		    bpf_skb_store_bytes(skb, is_src ? IP6_SRC_OFF : IP6_DST_OFF, s->to, 16, 0))
@@ -686,12 +686,6 @@ static __attribute__((noinline)) int svc6_new(struct __sk_buff *skb, struct pkt 
 		count(MANUL_CNT_SVC_REJECT);
 		return SVC6_REFUSE;
 	}
-	if (p->proto == IPPROTO_SCTP &&
-	    (s->be.port != p->dport || (host && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER)))) {
-		/* SCTP's CRC32c covers the ports. */
-		count(MANUL_CNT_SVC_UNTRANSLATABLE);
-		return TC_ACT_SHOT;
-	}
 	hairpin = !host && addr6_eq(s->be.addr, p->src);
 	__builtin_memset(&s->v, 0, sizeof(s->v));
 	s->v.created_ns = now;
@@ -762,10 +756,8 @@ static __attribute__((noinline)) int svc6_translate(struct __sk_buff *skb, struc
 		return TC_ACT_SHOT;
 	if (host && (s->v.flags & MANUL_NAT_DSR))
 		return svc6_dsr_send(skb, p, s);
-	if (svc6_rewrite(skb, p, s, 0, p->dst, s->be.addr, p->dport, s->be.port)) {
-		count(MANUL_CNT_SVC_UNTRANSLATABLE);
+	if (svc6_rewrite(skb, p, s, 0, p->dst, s->be.addr, p->dport, s->be.port))
 		return TC_ACT_SHOT;
-	}
 	if (host && (s->v.flags & MANUL_NAT_SNAT)) {
 		if (svc6_rewrite(skb, p, s, 1, p->src, s->v.snat_addr, p->sport, s->v.snat_port))
 			return TC_ACT_SHOT;

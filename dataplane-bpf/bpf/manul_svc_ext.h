@@ -20,7 +20,9 @@
  * the option off where the packet arrives, writes the connection's REV
  * entry from it and answers the client directly, its source translated
  * back to the frontend as it leaves. A local backend is reached as under
- * the Local policy (no translation of the source).
+ * the Local policy (no translation of the source). SCTP to a backend on
+ * another node is masqueraded in this mode, as in SNAT mode: none of its
+ * packets would carry the option.
  *
  * The source is never rewritten to one of the node's own addresses before
  * routing (the kernel drops a packet arriving with a local source): only
@@ -141,7 +143,10 @@ __attribute__((noinline)) int svc_ext_new(struct __sk_buff *skb, const struct pk
 	where = ext_route(skb, 4, p, p->src, &be->addr, be->port, &node_addr);
 	if (where < 0)
 		return -1;
-	if (ext_mode() == MANUL_EXT_DSR) {
+	/* The DSR option rides on TCP's SYN and every UDP datagram, which
+	 * SCTP has no equivalent of: SCTP to another node is masqueraded
+	 * (as IPv6's is). */
+	if (ext_mode() == MANUL_EXT_DSR && (where == EXT_LOCAL || p->proto != IPPROTO_SCTP)) {
 		if (where == EXT_REMOTE) {
 			/* The option goes after a plain 20-byte header. */
 			if (p->l4_off != ETH_HLEN + sizeof(struct iphdr))

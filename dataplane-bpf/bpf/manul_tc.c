@@ -197,7 +197,10 @@ struct pkt {
 	__u8 icmp_type;
 	__u8 icmp_code;
 	__u8 tcp_flags;
-	__u8 pad[3];
+	/* 1: a first fragment with more to come (a checksum over the L4
+	 * packet covers bytes that are not here). */
+	__u8 frag;
+	__u8 pad[2];
 	__u32 l4_off; /* from the start of the frame */
 	__u16 sport; /* network order */
 	__u16 dport; /* network order */
@@ -255,6 +258,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		/* Non-first fragments carry no L4 header: ports stay 0. */
 		if (ip->frag_off & bpf_htons(0x1fff))
 			return 0;
+		p->frag = !!(ip->frag_off & bpf_htons(0x2000));
 		l4 = (void *)ip + ip->ihl * 4;
 		p->l4_off = sizeof(*eth) + ip->ihl * 4;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
@@ -288,6 +292,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 					p->proto = h[0];
 					return 0;
 				}
+				p->frag = h[3] & 1;
 				hlen = 8;
 			} else {
 				hlen = ((__u32)h[1] + 1) * 8;
@@ -832,6 +837,8 @@ static __always_inline int svc_proto(__u8 proto)
 	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
 }
 
+#include "manul_sctp.h"
+
 /*
  * Services (kube-proxy replacement), IPv4 TCP, UDP and SCTP, on workload
  * interfaces (IPv6: manul_svc6.h). From a pod (the ingress hook), before policy: a packet to a
@@ -846,12 +853,13 @@ static __always_inline int svc_proto(__u8 proto)
  * its own interface.
  *
  * SCTP's checksum is a CRC32c over the SCTP packet only (no pseudo
- * header), which the checksum helpers cannot patch: an address rewrite
- * leaves it valid, a port rewrite would not. So SCTP is translated only
- * where the port stays (a backend's targetPort equal to the service
- * port) and never masqueraded or sent with DSR (a new port, an IP
- * option); anything else is dropped (MANUL_CNT_SVC_UNTRANSLATABLE), never
- * let through to the service address.
+ * header): an address rewrite leaves it valid, a port rewrite (a
+ * targetPort, a masquerade port, and back) patches it (manul_sctp.h).
+ * SCTP is never sent with DSR (its option rides on TCP's SYN and on
+ * every UDP datagram): in DSR mode it is masqueraded toward another
+ * node. A fragment whose port would change (its CRC covers bytes not
+ * in it) is dropped (MANUL_CNT_SVC_UNTRANSLATABLE), never let through
+ * to the service address.
  */
 
 #define IP4_CSUM_OFF (ETH_HLEN + 10)
@@ -956,7 +964,7 @@ static __always_inline int rewrite_port(struct __sk_buff *skb, const struct pkt 
 }
 
 /* Rewrites the source or destination address and port of an IPv4 TCP,
- * UDP or SCTP packet, with its checksums (-1 for an SCTP port change). `addrs`: the old address in the high
+ * UDP or SCTP packet, with its checksums (-1: not rewritten). `addrs`: the old address in the high
  * half, the new in the low; `ports` likewise (all network order). A
  * global function: each call costs the caller no stack (the verifier's
  * 512-byte limit spans the caller and classify). */
@@ -966,8 +974,8 @@ static __always_inline int rewrite_here(struct __sk_buff *skb, const struct pkt 
 {
 	if (p->proto == IPPROTO_SCTP) {
 		/* No pseudo header in SCTP's CRC: the address needs the IP
-		 * header checksum only; the ports the CRC covers stay. */
-		if (old_port != new_port)
+		 * header checksum only; a port its CRC32c patched. */
+		if (sctp_rewrite_port(skb, p, is_src, old_port, new_port))
 			return -1;
 		if (old_addr != new_addr &&
 		    (bpf_l3_csum_replace(skb, IP4_CSUM_OFF, old_addr, new_addr, 4) ||
@@ -1398,12 +1406,6 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 			}
 			count(MANUL_CNT_SVC_REJECT);
 			return reject(skb, p, host);
-		}
-		if (p->proto == IPPROTO_SCTP &&
-		    (be.port != p->dport || (host == 1 && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER)))) {
-			/* SCTP's CRC32c covers the ports. */
-			count(MANUL_CNT_SVC_UNTRANSLATABLE);
-			return TC_ACT_SHOT;
 		}
 		hairpin = !host && be.addr == src;
 		v->flags = hairpin ? MANUL_NAT_HAIRPIN : 0;

@@ -47,6 +47,12 @@
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- ipv6 [--runs 5]`
 //! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- svc-path [--calls 5000]`
 //!
+//! With `sctp-patch` it measures what patching SCTP's CRC32c for a port
+//! rewrite costs a packet, beside the same flow without a port change
+//! (`BPF_PROG_TEST_RUN`, one run per call; see `bpf-bench/sctp_patch.rs`).
+//!
+//! `cargo run --release -p manul-dataplane-bpf --example bpf-bench -- sctp-patch [--calls 5000]`
+//!
 //! With `resize` it measures a restart with bigger maps: the load that
 //! creates them anew and copies a full node's entries, beside the same on
 //! an empty node (see `bpf-bench/resize.rs`).
@@ -61,6 +67,8 @@ mod flows;
 mod ipv6;
 #[path = "bpf-bench/resize.rs"]
 mod resize;
+#[path = "bpf-bench/sctp_patch.rs"]
+mod sctp_patch;
 #[path = "bpf-bench/svc_path.rs"]
 mod svc_path;
 
@@ -394,6 +402,10 @@ fn main() {
     }
     if std::env::args().nth(1).as_deref() == Some("svc-path") {
         svc_path::run();
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("sctp-patch") {
+        sctp_patch::run();
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("resize") {

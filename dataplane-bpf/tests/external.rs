@@ -18,8 +18,11 @@
 //! carried to the backend's node in a Destination Options header that
 //! node takes off before the pod sees the packet), and IPv6
 //! load-balancer addresses whose source ranges allow the client, or
-//! refuse it. Every namespace and pin is removed at the end, also on
-//! failure.
+//! refuse it. SCTP node ports over both families (raw sockets: the kernel
+//! needs no SCTP stack): `Local` kept, `Cluster` masqueraded to a backend
+//! on another port (in DSR mode too: no SCTP packet carries the DSR
+//! option or header), every packet with a valid CRC32c where it arrives.
+//! Every namespace and pin is removed at the end, also on failure.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
@@ -739,6 +742,7 @@ fn node_port_to_another_node_keeps_the_client_in_dsr_mode() {
 
     local_policy_checks(&c);
     ipv6_checks(&c, ExternalServiceMode::Dsr);
+    sctp_checks(&c);
 }
 
 /// The IPv6 DSR header in a frame: the TCP SYN from `src` to `dst` whose
@@ -891,17 +895,21 @@ fn ipv6_node_port_to_another_node_carries_the_frontend_in_a_destination_option()
     );
 }
 
-/// SCTP node ports whose backends listen on the node port: `Local` with
-/// its backend on node 1, `Cluster` to the pod on node 2.
+/// SCTP node ports: `Local` with its backend on node 1 listening on the
+/// node port, `Cluster` to the pod on node 2 listening on another port.
 const SCTP_HERE: u16 = 31001;
 const SCTP_REMOTE: u16 = 31002;
+/// The port the `Cluster` SCTP node port's backend listens on.
+const SCTP_TARGET: u16 = 9000;
+/// The masquerade's port range (`MANUL_SNAT_PORT_MIN..=MAX`).
+const SNAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 
-/// An SCTP node port `port` whose backend listens on the same port (its
-/// cluster IP's port 80 is another one, so that frontend is left out).
+/// An SCTP node port `port` whose backend listens on `target`.
 fn sctp_node_port(
     name: &str,
     cluster_ip: Ipv4Addr,
     port: u16,
+    target: u16,
     policy: TrafficPolicy,
     backend: Ipv4Addr,
     local: bool,
@@ -909,49 +917,60 @@ fn sctp_node_port(
     let mut svc = node_port(name, cluster_ip, 132, port, policy, backend, local);
     for p in &mut svc.ports {
         for b in p.backends.iter_mut().chain(p.local_backends.iter_mut()) {
-            b.port = port;
+            b.port = target;
         }
     }
     svc
 }
 
+/// What one SCTP exchange through a node showed: the INIT as the backend
+/// got it (source, source port, destination port, whether its CRC32c
+/// held) and the answer as the client got it (source, source port,
+/// CRC32c held; None: no answer).
+#[derive(Debug, PartialEq, Eq)]
+struct SctpSeen {
+    at_backend: (IpAddr, u16, u16, bool),
+    answer: Option<(IpAddr, u16, bool)>,
+}
+
 /// Sends an SCTP INIT from the client (source port `sport`) to
-/// `node:port`; the pod in `backend_ns` answers what it gets. Returns
-/// what it got (source, destination port, whether the CRC32c held) and
-/// the answer as the client got it (source, source port, CRC32c held).
-#[allow(clippy::type_complexity)]
+/// `node:port`; the pod in `backend_ns` answers what it gets. None: the
+/// pod got nothing within a second.
 fn sctp_through_node(
     c: &Cluster,
     backend_ns: usize,
-    node: Ipv4Addr,
+    node: IpAddr,
     port: u16,
     sport: u16,
-) -> Option<((IpAddr, u16, bool), Option<(IpAddr, u16, bool)>)> {
+) -> Option<SctpSeen> {
     use nix::sys::socket::SockProtocol;
+    let v6 = node.is_ipv6();
     let tag = 0x5c00_0000 | u32::from(sport);
-    let backend = raw::raw_socket(c.ns(backend_ns), false, SockProtocol::Sctp);
-    let client = raw::raw_socket(c.ns(CL), false, SockProtocol::Sctp);
-    raw::send_to(
-        &client,
-        &raw::sctp_packet(sport, port, 0, 1, tag),
-        node.into(),
-    );
+    let backend = raw::raw_socket(c.ns(backend_ns), v6, SockProtocol::Sctp);
+    let client = raw::raw_socket(c.ns(CL), v6, SockProtocol::Sctp);
+    raw::send_to(&client, &raw::sctp_packet(sport, port, 0, 1, tag), node);
     let deadline = Instant::now() + Duration::from_secs(1);
-    let (src, dport, held) = loop {
+    let (src, from_port, dport, held) = loop {
         if Instant::now() > deadline {
             return None;
         }
-        let Some((src, l4)) = raw::receive(&backend, false) else {
+        let Some((src, l4)) = raw::receive(&backend, v6) else {
             continue;
         };
         if l4.len() >= 32 && l4[12] == 1 && l4[16..20] == tag.to_be_bytes() {
-            break (src, u16::from_be_bytes([l4[2], l4[3]]), raw::crc_holds(&l4));
+            let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
+            break (src, port(0), port(2), raw::crc_holds(&l4));
         }
     };
-    raw::send_to(&backend, &raw::sctp_packet(dport, sport, tag, 2, tag), src);
+    raw::send_to(
+        &backend,
+        &raw::sctp_packet(dport, from_port, tag, 2, tag),
+        src,
+    );
+    let at_backend = (src, from_port, dport, held);
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
-        let Some((from, l4)) = raw::receive(&client, false) else {
+        let Some((from, l4)) = raw::receive(&client, v6) else {
             continue;
         };
         if l4.len() >= 32 && l4[12] == 2 && l4[4..8] == tag.to_be_bytes() {
@@ -960,23 +979,27 @@ fn sctp_through_node(
                 u16::from_be_bytes([l4[0], l4[1]]),
                 raw::crc_holds(&l4),
             );
-            return Some(((src, dport, held), Some(answer)));
+            return Some(SctpSeen {
+                at_backend,
+                answer: Some(answer),
+            });
         }
     }
-    Some(((src, dport, held), None))
+    Some(SctpSeen {
+        at_backend,
+        answer: None,
+    })
 }
 
-/// SCTP at a host interface: a `Local` node port keeps the client's
-/// address and the port, both ways, with the CRC32c intact; a `Cluster`
-/// one would need the client masqueraded to a new port, which SCTP's
-/// checksum forbids: dropped at the node, never delivered.
-#[test]
-fn sctp_node_ports_translate_addresses_only() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
-        return;
-    }
-    let c = build("xp", ExternalServiceMode::Snat);
+/// SCTP at host interfaces, over both families, the services given to
+/// both nodes first: a `Local` node port keeps the client's address and
+/// the port, both ways; a `Cluster` one to a backend on the other node
+/// listening on another port has the client masqueraded to node 1's
+/// address and a port of the masquerade range, the destination port
+/// translated, and the answer translated back to the node port: every
+/// packet with a valid CRC32c where it arrives. The same in DSR mode (no
+/// SCTP packet would carry the DSR option or header: masqueraded).
+fn sctp_checks(c: &Cluster) {
     for (n, driver) in (1u8..).zip(&c.drivers) {
         let on = |ip: Ipv4Addr| (ip == POD1) == (n == 1);
         driver
@@ -984,6 +1007,7 @@ fn sctp_node_ports_translate_addresses_only() {
                 Operation::ServiceUpdate(sctp_node_port(
                     "sctp-here",
                     Ipv4Addr::new(10, 96, 0, 5),
+                    SCTP_HERE,
                     SCTP_HERE,
                     TrafficPolicy::Local,
                     POD1,
@@ -993,6 +1017,7 @@ fn sctp_node_ports_translate_addresses_only() {
                     "sctp-remote",
                     Ipv4Addr::new(10, 96, 0, 6),
                     SCTP_REMOTE,
+                    SCTP_TARGET,
                     TrafficPolicy::Cluster,
                     POD2,
                     on(POD2),
@@ -1000,17 +1025,44 @@ fn sctp_node_ports_translate_addresses_only() {
             ])
             .expect("apply");
     }
-    assert_eq!(
-        sctp_through_node(&c, P1, NODE1, SCTP_HERE, 40_001),
-        Some((
-            (IpAddr::V4(CLIENT), SCTP_HERE, true),
-            Some((IpAddr::V4(NODE1), SCTP_HERE, true))
-        )),
-        "sctp to a Local node port: (what the backend got, the answer the client got)"
-    );
-    assert_eq!(
-        sctp_through_node(&c, P2, NODE1, SCTP_REMOTE, 40_002),
-        None,
-        "sctp that would need masquerading reached the backend"
-    );
+    let families = [
+        (IpAddr::V4(NODE1), IpAddr::V4(CLIENT)),
+        (IpAddr::V6(NODE1_6), IpAddr::V6(CLIENT_6)),
+    ];
+    for (i, (node, client)) in families.into_iter().enumerate() {
+        let sport = 40_001 + 10 * i as u16;
+        assert_eq!(
+            sctp_through_node(c, P1, node, SCTP_HERE, sport),
+            Some(SctpSeen {
+                at_backend: (client, sport, SCTP_HERE, true),
+                answer: Some((node, SCTP_HERE, true)),
+            }),
+            "sctp to a Local node port on {node}"
+        );
+        let remote = sctp_through_node(c, P2, node, SCTP_REMOTE, sport + 1)
+            .unwrap_or_else(|| panic!("sctp to {node}:{SCTP_REMOTE} lost"));
+        let (src, from_port, dport, held) = remote.at_backend;
+        assert_eq!(
+            (src, dport, held),
+            (node, SCTP_TARGET, true),
+            "sctp masqueraded to the backend's port: {remote:?}"
+        );
+        assert!(SNAT_PORTS.contains(&from_port), "{remote:?}");
+        assert_eq!(
+            remote.answer,
+            Some((node, SCTP_REMOTE, true)),
+            "the answer through node 1"
+        );
+    }
+}
+
+/// SCTP at host interfaces in SNAT mode (see `sctp_checks`).
+#[test]
+fn sctp_node_ports_translate_ports_and_masquerade() {
+    if !privileges().expect("privileges: CI=true needs root") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let c = build("xp", ExternalServiceMode::Snat);
+    sctp_checks(&c);
 }

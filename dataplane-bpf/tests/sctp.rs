@@ -13,10 +13,12 @@
 //! protocol reaching the backends over both families; every backend
 //! reached over SCTP; the backends' policy judging the real client (a
 //! client it does not allow reaches none); an SCTP port whose backends
-//! listen on another port (which the programs cannot translate: SCTP's
-//! checksum covers the ports) refused by the ClusterIP with an ICMP port
-//! unreachable and never delivered. Everything (namespaces, pins) is
-//! removed at the end, also on failure.
+//! listen on another port (SCTP's checksum covers the ports, so the
+//! programs patch it): the INIT arrives at the backend's port and the
+//! answer comes back from the ClusterIP's, each with a valid CRC32c; a
+//! port no service has at the ClusterIP refused with an ICMP port
+//! unreachable. Everything (namespaces, pins) is removed at the end, also
+//! on failure.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -50,6 +52,8 @@ const PROTO_SCTP: u8 = 132;
 const PORT: u16 = 9000;
 /// The port the `moved` service's backends listen on.
 const OTHER_PORT: u16 = 9001;
+/// A port no service has at the ClusterIPs.
+const NO_PORT: u16 = 9002;
 
 /// (name, IPv4, IPv6) of the pods.
 const PODS: [(&str, [u8; 4], u16); 4] = [
@@ -425,16 +429,40 @@ fn sctp_tcp_and_udp_on_one_port_over_both_families() {
             "{family}: c passed the backends' policy"
         );
 
-        // Backends on another port: not translatable, refused by the
-        // ClusterIP, and no backend gets the packet.
+        // Backends on another port: the INIT arrives at the backend's
+        // port, the answer comes back from the ClusterIP's port, each
+        // with its CRC32c patched; every backend reached.
+        let mut reached = BTreeSet::new();
+        for sport in 22_000..22_040 {
+            let x = sctp_exchange(&setup, a, moved, PORT, sport)
+                .unwrap_or_else(|| panic!("{family}: sctp from port {sport} reached no backend"));
+            assert_eq!(
+                (x.backend_port, x.client_seen, x.crc_at_backend),
+                (OTHER_PORT, a.ip(v6), true),
+                "{family}: the INIT as the backend on another port got it"
+            );
+            assert_eq!(
+                x.answer,
+                Some((moved, PORT, true)),
+                "{family}: the answer from the backend on another port"
+            );
+            reached.insert(x.backend);
+            if reached == backends && sport >= 22_004 {
+                break;
+            }
+        }
+        assert_eq!(reached, backends, "{family}: every backend on another port");
+
+        // A port no service has at the ClusterIP: refused at once, and
+        // no backend gets the packet.
         assert!(
-            sctp_refused(a, moved, PORT, 22_000),
-            "{family}: sctp to a port the programs cannot translate"
+            sctp_refused(a, moved, NO_PORT, 22_100),
+            "{family}: sctp to a port no service has"
         );
         assert_eq!(
-            sctp_exchange(&setup, a, moved, PORT, 22_001),
+            sctp_exchange(&setup, a, moved, NO_PORT, 22_101),
             None,
-            "{family}: an untranslatable sctp packet was delivered"
+            "{family}: sctp to a port no service has was delivered"
         );
     }
 }

@@ -3,8 +3,10 @@
 //! The loaded programs run with `BPF_PROG_TEST_RUN` against their real
 //! maps: verdicts for allowed, denied, established and unknown-interface
 //! traffic, IPv6 (past its extension headers), a policy change, map-capacity errors, flow events, GC,
-//! flow observations, a restart, the service counters, and a new
-//! connection on a reset-marked connection's ports. Each test runs in a network namespace it creates (veth pairs
+//! flow observations, a restart, the service counters, a new
+//! connection on a reset-marked connection's ports, and SCTP port
+//! translation (its CRC32c patched, checked against the `crc32c` crate,
+//! for packets of several lengths). Each test runs in a network namespace it creates (veth pairs
 //! there give the programs real ifindexes) with its own pin directory, both
 //! removed at the end, also on failure.
 
@@ -752,6 +754,292 @@ fn a_syn_on_a_reset_connections_ports_opens_a_new_connection() {
             assert_eq!(send(&mut d, 40001, ACK), ip("10.0.0.3"));
             let c = d.service_counters().expect("the eBPF driver counts");
             assert_eq!((c.reset, c.translated), (1, 3));
+        })
+        .expect("run in the namespace");
+}
+
+/// SCTP's IP protocol number.
+const SCTP: u8 = 132;
+
+/// An SCTP frame from `src:sport` to `dst:dport`: an IPv4 or IPv6 header
+/// and an SCTP packet of `len` bytes (the common header, then bytes that
+/// count up) with its CRC32c, followed by `pad` zero bytes of Ethernet
+/// padding the IP header does not count.
+fn sctp_frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, len: usize, pad: usize) -> Vec<u8> {
+    let mut sctp = Vec::with_capacity(len);
+    sctp.extend(sport.to_be_bytes());
+    sctp.extend(dport.to_be_bytes());
+    sctp.extend(0x1234_5678u32.to_be_bytes());
+    sctp.extend([0; 4]);
+    sctp.extend((12..len).map(|i| (i * 31 + len) as u8));
+    let crc = crc32c::crc32c(&sctp);
+    sctp[8..12].copy_from_slice(&crc.to_le_bytes());
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend([0x08, 0x00, 0x45, 0]);
+            f.extend(u16::try_from(20 + len).unwrap().to_be_bytes());
+            f.extend([0, 1, 0x40, 0, 64, SCTP, 0, 0]);
+            f.extend(s.octets());
+            f.extend(d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+            f.extend(u16::try_from(len).unwrap().to_be_bytes());
+            f.extend([SCTP, 64]);
+            f.extend(s.octets());
+            f.extend(d.octets());
+        }
+        _ => panic!("one family"),
+    }
+    f.extend(sctp);
+    f.extend(vec![0; pad]);
+    f
+}
+
+/// An SCTP frame's addresses, ports, its SCTP packet (as long as its IP
+/// header says, past IPv6 extension headers) and whether its CRC32c
+/// holds.
+#[derive(Debug)]
+struct SctpSeen {
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    packet: Vec<u8>,
+    crc_holds: bool,
+}
+
+fn sctp_seen(frame: &[u8]) -> SctpSeen {
+    let (src, dst, l4, end) = match frame[12..14] {
+        [0x08, 0x00] => {
+            let ihl = usize::from(frame[14] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+            let src = <[u8; 4]>::try_from(&frame[26..30]).unwrap();
+            let dst = <[u8; 4]>::try_from(&frame[30..34]).unwrap();
+            (IpAddr::from(src), IpAddr::from(dst), 14 + ihl, 14 + total)
+        }
+        [0x86, 0xdd] => {
+            let payload = usize::from(u16::from_be_bytes([frame[18], frame[19]]));
+            let src = <[u8; 16]>::try_from(&frame[22..38]).unwrap();
+            let dst = <[u8; 16]>::try_from(&frame[38..54]).unwrap();
+            // Extension headers (hop-by-hop, destination options: length
+            // in 8-byte units past the first 8).
+            let (mut next, mut at) = (frame[20], 54);
+            while next != SCTP {
+                next = frame[at];
+                at += (usize::from(frame[at + 1]) + 1) * 8;
+            }
+            (IpAddr::from(src), IpAddr::from(dst), at, 54 + payload)
+        }
+        _ => panic!("not IP: {frame:?}"),
+    };
+    let packet = frame[l4..end].to_vec();
+    let mut zeroed = packet.clone();
+    zeroed[8..12].fill(0);
+    SctpSeen {
+        src,
+        dst,
+        sport: u16::from_be_bytes([packet[0], packet[1]]),
+        dport: u16::from_be_bytes([packet[2], packet[3]]),
+        crc_holds: packet[8..12] == crc32c::crc32c(&zeroed).to_le_bytes(),
+        packet,
+    }
+}
+
+/// A dual-stack SCTP service on port 80 whose backends listen on 8080.
+fn sctp_service(name: &str, vips: [&str; 2], backends: [&str; 2]) -> Operation {
+    let backends: Vec<manul_dataplane_api::Backend> = backends
+        .iter()
+        .map(|b| manul_dataplane_api::Backend {
+            ip: ip(b),
+            port: 8080,
+            local: true,
+            ready: true,
+        })
+        .collect();
+    let mut svc = manul_dataplane_api::Service::cluster_ip(
+        "ns",
+        name,
+        vips.iter().map(|v| ip(v)).collect(),
+        vec![manul_dataplane_api::ServicePort {
+            name: "sctp".into(),
+            protocol: SCTP,
+            port: 80,
+            node_port: None,
+            local_backends: backends.clone(),
+            backends,
+        }],
+    );
+    svc.affinity_timeout_seconds = None;
+    Operation::ServiceUpdate(svc)
+}
+
+/// Pod a, open both ways; "assoc", an SCTP service backed by pod b
+/// (10.0.0.2, fd00::2), and "self", one backed by pod a itself.
+fn sctp_service_and_pod() -> Vec<Operation> {
+    let open = |id: &str| Rule {
+        id: id.into(),
+        action: Action::Allow,
+        ip_version: None,
+        protocol: None,
+        not_protocol: None,
+        icmp: None,
+        not_icmp: None,
+        src: Match::default(),
+        dst: Match::default(),
+    };
+    vec![
+        Operation::ProfileUpdate {
+            id: "open".into(),
+            profile: Policy {
+                inbound: vec![open("open/in")],
+                outbound: vec![open("open/out")],
+            },
+        },
+        Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
+            id: EndpointId {
+                namespace: "ns".into(),
+                name: "a".into(),
+            },
+            interface_name: "mnla".into(),
+            nets: vec![net("10.0.0.1/32"), net("fd00::1/128")],
+            mac: None,
+            tiers: vec![],
+            profiles: vec!["open".into()],
+        }),
+        sctp_service(
+            "assoc",
+            ["10.96.0.60", "fd00:96::60"],
+            ["10.0.0.2", "fd00::2"],
+        ),
+        sctp_service(
+            "self",
+            ["10.96.0.63", "fd00:96::63"],
+            ["10.0.0.1", "fd00::1"],
+        ),
+        Operation::InSync,
+    ]
+}
+
+/// SCTP through a ClusterIP whose backend listens on another port, over
+/// both families: the INIT's destination port rewritten with its CRC32c
+/// patched, and the answer's source port rewritten back, for SCTP packets
+/// of several lengths (a bare common header, odd lengths, one in a
+/// padded frame, one past IPv6 extension headers), each checked against
+/// the `crc32c` crate; the rest of the packet untouched; the same for a
+/// pod reaching a service it backs (hairpin). A fragment with more to
+/// come, whose CRC covers bytes not in it, is dropped.
+#[test]
+fn sctp_port_translation_patches_the_crc32c() {
+    let Some(sb) = Sandbox::new("bc") else { return };
+    let a = sb.index("mnla");
+    let config = sb.config();
+    sb.ns()
+        .run(move || {
+            let mut d = BpfDriver::new(config).expect("load the programs");
+            d.apply(&sctp_service_and_pod()).expect("apply");
+            let lengths = [12usize, 13, 16, 33, 64, 255, 256, 1000, 1452, 3000];
+            let mut sport = 30_000;
+            for (client, vip, backend) in [
+                (ip("10.0.0.1"), ip("10.96.0.60"), ip("10.0.0.2")),
+                (ip("fd00::1"), ip("fd00:96::60"), ip("fd00::2")),
+            ] {
+                for (len, pad, ext) in lengths
+                    .iter()
+                    .map(|&l| (l, 0, false))
+                    .chain([(12, 14, false), (40, 0, true)])
+                {
+                    if ext && vip.is_ipv4() {
+                        continue;
+                    }
+                    sport += 1;
+                    let case = format!("{vip}, {len} bytes, pad {pad}, ext {ext}");
+                    let mut init = sctp_frame(client, sport, vip, 80, len, pad);
+                    if ext {
+                        init = with_ext(&init, &[hop_by_hop(), dest_options()]);
+                    }
+                    let sent = sctp_seen(&init);
+                    let out = d
+                        .test_run(Hook::Ingress, a, &init, 1)
+                        .expect("BPF_PROG_TEST_RUN");
+                    assert_eq!(out.verdict, PASS, "{case}");
+                    let got = sctp_seen(&out.frame);
+                    assert_eq!(
+                        (got.src, got.dst, got.sport, got.dport, got.crc_holds),
+                        (client, backend, sport, 8080, true),
+                        "{case}: the INIT as it leaves for the backend"
+                    );
+                    assert_eq!(got.packet[4..8], sent.packet[4..8], "{case}");
+                    assert_eq!(got.packet[12..], sent.packet[12..], "{case}");
+
+                    // The backend's answer, to pod a: from the ClusterIP.
+                    let answer = sctp_frame(backend, 8080, client, sport, len, pad);
+                    let out = d
+                        .test_run(Hook::Egress, a, &answer, 1)
+                        .expect("BPF_PROG_TEST_RUN");
+                    assert_eq!(out.verdict, PASS, "{case}");
+                    let got = sctp_seen(&out.frame);
+                    assert_eq!(
+                        (got.src, got.dst, got.sport, got.dport, got.crc_holds),
+                        (vip, client, 80, sport, true),
+                        "{case}: the answer as pod a gets it"
+                    );
+                }
+            }
+            assert_eq!(d.kernel_counters().service_untranslatable, 0);
+
+            // Hairpin: pod a reaching the service it backs, on another
+            // port. Its INIT comes back to it from the hairpin address,
+            // its answer goes back to it from the ClusterIP.
+            for (client, vip, hairpin) in [
+                (ip("10.0.0.1"), ip("10.96.0.63"), ip("169.254.1.2")),
+                (ip("fd00::1"), ip("fd00:96::63"), ip("fd6d:6e6c::2")),
+            ] {
+                let out = d
+                    .test_run(
+                        Hook::Ingress,
+                        a,
+                        &sctp_frame(client, 30_500, vip, 80, 100, 0),
+                        1,
+                    )
+                    .expect("BPF_PROG_TEST_RUN");
+                assert_ne!(out.verdict, DROP, "{vip}");
+                let got = sctp_seen(&out.frame);
+                assert_eq!(
+                    (got.src, got.dst, got.sport, got.dport, got.crc_holds),
+                    (hairpin, client, 30_500, 8080, true),
+                    "{vip}: the hairpin INIT as pod a gets it"
+                );
+                let answer = sctp_frame(client, 8080, hairpin, 30_500, 100, 0);
+                let out = d
+                    .test_run(Hook::Ingress, a, &answer, 1)
+                    .expect("BPF_PROG_TEST_RUN");
+                assert_ne!(out.verdict, DROP, "{vip}");
+                let got = sctp_seen(&out.frame);
+                assert_eq!(
+                    (got.src, got.dst, got.sport, got.dport, got.crc_holds),
+                    (vip, client, 80, 30_500, true),
+                    "{vip}: the hairpin answer as pod a gets it"
+                );
+            }
+
+            // First fragments with more to come: the CRC covers the
+            // fragments after them. Dropped and counted, over both
+            // families.
+            let mut v4 = sctp_frame(ip("10.0.0.1"), 31_000, ip("10.96.0.60"), 80, 64, 0);
+            v4[20] = 0x20; // more fragments, offset 0
+            let v6 = with_ext(
+                &sctp_frame(ip("fd00::1"), 31_001, ip("fd00:96::60"), 80, 64, 0),
+                &[fragment(0)],
+            );
+            for f in [v4, v6] {
+                let out = d
+                    .test_run(Hook::Ingress, a, &f, 1)
+                    .expect("BPF_PROG_TEST_RUN");
+                assert_eq!(out.verdict, DROP);
+            }
+            assert_eq!(d.kernel_counters().service_untranslatable, 2);
         })
         .expect("run in the namespace");
 }

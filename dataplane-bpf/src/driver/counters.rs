@@ -66,8 +66,9 @@ pub struct KernelCounters {
     /// New external connections dropped because no masquerade port was
     /// free.
     pub service_snat_full: u64,
-    /// New connections to a frontend the programs cannot translate (SCTP
-    /// whose port would change, or to be masqueraded), dropped.
+    /// SCTP the programs cannot translate, dropped: a fragment (with more
+    /// to come) whose port would change (its CRC32c covers bytes not in
+    /// it).
     pub service_untranslatable: u64,
 }
 

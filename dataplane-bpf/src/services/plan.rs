@@ -172,14 +172,6 @@ pub struct Desired {
 pub enum Skipped {
     /// Protocols other than TCP, UDP and SCTP.
     Protocol { service: ServiceKey, proto: u8 },
-    /// An SCTP frontend with a backend on another port: SCTP's CRC32c
-    /// covers the ports and cannot be patched, so the programs translate
-    /// SCTP addresses only. Left out, so a cluster IP refuses it.
-    SctpPort {
-        service: ServiceKey,
-        frontend: Frontend,
-        target: u16,
-    },
     /// Two services claim one frontend: the first by name keeps it.
     Conflict {
         frontend: Frontend,
@@ -195,16 +187,6 @@ impl fmt::Display for Skipped {
                 f,
                 "service {}/{}: protocol {proto} not programmed (TCP, UDP and SCTP only)",
                 service.0, service.1
-            ),
-            Skipped::SctpPort {
-                service,
-                frontend,
-                target,
-            } => write!(
-                f,
-                "service {}/{}: SCTP frontend {}:{} not programmed: a backend listens on port \
-                 {target} (SCTP's checksum covers the ports; only addresses are translated)",
-                service.0, service.1, frontend.addr, frontend.port
             ),
             Skipped::Conflict {
                 frontend,

@@ -83,9 +83,8 @@ fn frontend_flags(port: &ServicePort, policy: TrafficPolicy, external: bool, ipv
 /// cluster IP or none, :: for one with an IPv6 cluster IP) the external
 /// one's too; and the service addresses
 /// (not 0.0.0.0 or ::: a node port has no address entry). Each
-/// frontend's list holds its family's backends; an SCTP frontend whose
-/// backends listen on another port is left out (see
-/// [`Skipped::SctpPort`]).
+/// frontend's list holds its family's backends (SCTP's too, on any port:
+/// the programs patch its CRC32c for a port rewrite).
 pub fn part(key: &ServiceKey, svc: &Service) -> Part {
     let mut p = Part::default();
     // (address, policy, external)
@@ -157,16 +156,6 @@ pub fn part(key: &ServiceKey, svc: &Service) -> Part {
                 proto: port.protocol,
             };
             let backends = family_backends(port.backends_for(policy), ipv6);
-            if port.protocol == PROTO_SCTP
-                && let Some(b) = backends.iter().find(|b| b.port != number)
-            {
-                p.items.push(Item::Skipped(Skipped::SctpPort {
-                    service: key.clone(),
-                    frontend,
-                    target: b.port,
-                }));
-                continue;
-            }
             let list = ListKey {
                 service: key.clone(),
                 port_name: port.name.clone(),
