@@ -1258,6 +1258,7 @@ static __always_inline int svc_pick(const struct manul_svc_fe_value *fe, const s
 	return 0;
 }
 
+#include "manul_dsr_trust.h"
 #include "manul_svc_ext.h"
 #include "manul_svc6.h"
 

@@ -69,9 +69,18 @@ pub struct KernelCounters {
     /// New connections to a frontend the programs cannot translate (SCTP
     /// whose port would change, or to be masqueraded), dropped.
     pub service_untranslatable: u64,
+    /// Packets carrying the DSR option or IPv6 DSR header from a source
+    /// that is not another cluster node, dropped.
+    pub dsr_untrusted: u64,
 }
 
 impl BpfDriver {
+    /// The other nodes' addresses the programs take a DSR option or header
+    /// from (`manul_dsr_node`).
+    pub fn dsr_nodes(&self) -> std::collections::BTreeSet<std::net::IpAddr> {
+        self.services.dsr_nodes()
+    }
+
     pub fn kernel_counters(&self) -> KernelCounters {
         let c = self.maps.counters();
         let at = |i: u32| c.get(i as usize).copied().unwrap_or(0);
@@ -97,6 +106,7 @@ impl BpfDriver {
             service_local_dropped: at(abi::MANUL_CNT_SVC_LOCAL_DROP),
             service_snat_full: at(abi::MANUL_CNT_SVC_SNAT_FULL),
             service_untranslatable: at(abi::MANUL_CNT_SVC_UNTRANSLATABLE),
+            dsr_untrusted: at(abi::MANUL_CNT_DSR_UNTRUSTED),
         }
     }
 
