@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use manul_dataplane_api::{
-    Backend, Driver, EndpointId, Operation, Policy, Service, ServicePort, TrafficPolicy,
-    WorkloadEndpoint,
+    Backend, Driver, EndpointId, HostEndpoint, Operation, Policy, Service, ServicePort,
+    TrafficPolicy, WorkloadEndpoint,
 };
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, ExternalServiceMode};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
@@ -1199,5 +1199,69 @@ fn forged_dsr_frontends_are_dropped_and_a_removed_node_is_not_believed() {
         .expect("apply");
     for fe in via_node1 {
         assert!(udp_who(c.ns(CL), fe).is_some(), "{fe}: believed again");
+    }
+}
+
+/// On a host endpoint's interface (no service translation there) the
+/// backend's node handles the DSR option and header the same way: from
+/// node 1 they are taken off, the pod sees the client and its replies
+/// leave from the frontend, both families; a client's forged one is
+/// dropped.
+#[test]
+fn a_host_endpoints_interface_takes_dsr_off_under_the_same_rule() {
+    if !privileges().expect("privileges: CI=true needs root") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let c = build("xh", ExternalServiceMode::Dsr);
+    let _servers = servers(&c);
+    c.drivers[1]
+        .apply(vec![Operation::HostEndpointUpdate(HostEndpoint {
+            id: "n2-eth0".into(),
+            interface_name: "eth0".into(),
+            expected_ips: vec![],
+            tiers: vec![],
+            pre_dnat_tiers: vec![],
+            untracked_tiers: vec![],
+            forward_tiers: vec![],
+            profiles: vec!["allow".into()],
+        })])
+        .expect("apply");
+    let route = |to: &str, via: IpAddr| Route::to(to.parse().unwrap()).via(via);
+    replace_route(c.ns(CL), &route("10.70.2.0/24", NODE2.into())).unwrap();
+    replace_route(c.ns(CL), &route("fd00:70:2::/64", NODE2_6.into())).unwrap();
+
+    for (peer, backend) in seen(&c, NODE1, REMOTE) {
+        assert_eq!(peer, IpAddr::V4(CLIENT), "the pod saw the client");
+        assert_eq!(backend, SocketAddr::new(POD2.into(), TCP_PORT));
+    }
+    for node in [IpAddr::V4(NODE1), IpAddr::V6(NODE1_6)] {
+        let client = if node.is_ipv4() {
+            IpAddr::V4(CLIENT)
+        } else {
+            IpAddr::V6(CLIENT_6)
+        };
+        assert_eq!(
+            udp_who(c.ns(CL), SocketAddr::new(node, REMOTE_UDP)),
+            Some(client),
+            "{node}: UDP over DSR, answered from the frontend"
+        );
+        assert!(
+            echoes(c.ns(CL), SocketAddr::new(node, REMOTE), 8),
+            "{node}: TCP over DSR"
+        );
+    }
+    for (pod, fe) in [
+        (
+            SocketAddr::new(POD2.into(), UDP_PORT),
+            SocketAddr::new(Ipv4Addr::new(192, 168, 77, 50).into(), REMOTE_UDP),
+        ),
+        (
+            SocketAddr::new(POD2_6.into(), UDP_PORT),
+            SocketAddr::new(CLIENT_6.into(), 53),
+        ),
+    ] {
+        assert_eq!(answer_to_forged(&c, pod, None), Some(pod.ip()));
+        assert_eq!(answer_to_forged(&c, pod, Some(fe)), None, "{fe}: dropped");
     }
 }
