@@ -181,9 +181,10 @@ pub struct ServiceCounters {
     pub hairpin: u64,
     /// Packets of TCP connections whose backend was removed, reset.
     pub reset: u64,
-    /// Packets carrying a direct server return option or header from a
-    /// source that is not another cluster node, dropped (a forged
-    /// frontend).
+    /// Packets carrying a direct server return option or header naming a
+    /// frontend no other node sends (not a node port at another cluster
+    /// node's address, nor an external address's), dropped: a forged
+    /// frontend.
     pub dsr_untrusted_dropped: u64,
     /// Entries in the session affinity map.
     pub affinity_entries: u64,

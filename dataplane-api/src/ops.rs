@@ -350,10 +350,10 @@ pub enum Operation {
         name: String,
     },
     /// The addresses of the cluster's other nodes, replacing those given
-    /// before: the only sources a driver believes a direct server return
-    /// option or header from (the frontend it names becomes the source of
-    /// a backend's replies). Felix sends it whenever a node joins, leaves
-    /// or changes its addresses.
+    /// before: the only addresses of a node port a direct server return
+    /// option or header may name for a driver to believe it (the frontend
+    /// it names becomes the source of a backend's replies). Felix sends it
+    /// whenever a node joins, leaves or changes its addresses.
     NodeAddresses {
         addresses: Vec<IpAddr>,
     },

@@ -181,7 +181,7 @@ impl Collector for ServiceMetrics {
             ),
             (
                 "felix_service_dsr_untrusted_drops",
-                "Packets carrying a direct server return option or header from a source that is not another cluster node, dropped",
+                "Packets carrying a direct server return option or header naming a frontend no other node sends, dropped (forged)",
                 c.dsr_untrusted_dropped,
             ),
         ];

@@ -69,8 +69,8 @@ pub struct KernelCounters {
     /// New connections to a frontend the programs cannot translate (SCTP
     /// whose port would change, or to be masqueraded), dropped.
     pub service_untranslatable: u64,
-    /// Packets carrying the DSR option or IPv6 DSR header from a source
-    /// that is not another cluster node, dropped.
+    /// Packets carrying the DSR option or IPv6 DSR header naming a
+    /// frontend no other node sends, dropped.
     pub dsr_untrusted: u64,
 }
 
