@@ -181,6 +181,11 @@ pub struct ServiceCounters {
     pub hairpin: u64,
     /// Packets of TCP connections whose backend was removed, reset.
     pub reset: u64,
+    /// Packets carrying a direct server return option or header naming a
+    /// frontend no other node sends (not a node port at another cluster
+    /// node's address, nor an external address's), dropped: a forged
+    /// frontend.
+    pub dsr_untrusted_dropped: u64,
     /// Entries in the session affinity map.
     pub affinity_entries: u64,
 }
@@ -434,6 +439,7 @@ impl Operation {
             Operation::HostEndpointRemove { .. } => "HostEndpointRemove",
             Operation::ServiceUpdate(_) => "ServiceUpdate",
             Operation::ServiceRemove { .. } => "ServiceRemove",
+            Operation::NodeAddresses { .. } => "NodeAddresses",
             Operation::InSync => "InSync",
         }
     }

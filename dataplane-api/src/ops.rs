@@ -349,6 +349,14 @@ pub enum Operation {
         namespace: String,
         name: String,
     },
+    /// The addresses of the cluster's other nodes, replacing those given
+    /// before: the only addresses of a node port a direct server return
+    /// option or header may name for a driver to believe it (the frontend
+    /// it names becomes the source of a backend's replies). Felix sends it
+    /// whenever a node joins, leaves or changes its addresses.
+    NodeAddresses {
+        addresses: Vec<IpAddr>,
+    },
     /// Felix has the whole cluster state: the driver may now remove what it
     /// found from an earlier run and was not told about again.
     InSync,

@@ -150,7 +150,12 @@ enum manul_counter {
 	 * more to come) whose port would change (its CRC32c covers bytes
 	 * not in it). */
 	MANUL_CNT_SVC_UNTRANSLATABLE = 21,
-	MANUL_CNT_MAX = 22,
+	/* Packets arriving with the DSR option or IPv6 DSR header naming a
+	 * frontend no other node sends (not an external Cluster frontend here,
+	 * or a node port at an address that is not another cluster node's,
+	 * manul_dsr_node), dropped: a forged frontend. */
+	MANUL_CNT_DSR_UNTRUSTED = 22,
+	MANUL_CNT_MAX = 23,
 };
 
 /* manul_meta array index. */
@@ -576,6 +581,17 @@ enum manul_ext_mode {
 #define MANUL_DSR6_HDR_EXT_LEN 2
 #define MANUL_DSR6_OPT_TYPE 0x1e
 #define MANUL_DSR6_OPT_LEN 18
+
+/* manul_dsr_node (hash, key -> 1): the other cluster nodes' addresses, the
+ * only addresses of a node port a DSR option or header may name (see
+ * manul_dsr_trust.h; a packet naming another frontend is dropped and
+ * counted, MANUL_CNT_DSR_UNTRUSTED). IPv6 addresses as they are, IPv4
+ * ones IPv4-mapped (::ffff:a.b.c.d). Written by the driver from the
+ * desired state's node addresses: a node joining or leaving is a map
+ * write. */
+struct manul_dsr_node_key {
+	__u8 addr[16];
+};
 
 /*
  * Services over IPv6 (manul_svc6.h), on workload and host interfaces:

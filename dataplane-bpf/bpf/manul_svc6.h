@@ -426,8 +426,9 @@ static __always_inline int svc6_dsr_add(struct __sk_buff *skb, const struct pkt 
  * backend's replies leave this node from the frontend straight to the
  * client, and the header taken off (p->l4_off following), so the pod
  * sees a plain packet from the client. 1 when it did so, 0 when the
- * packet has no DSR header (left as it is), -1 to drop. The header is
- * trusted from any sender, as the IPv4 option is. */
+ * packet has no DSR header (left as it is), -1 to drop: also when the
+ * frontend it names is not one another node could have sent, as for the
+ * IPv4 option (dsr_trusted, manul_dsr_trust.h). */
 static __always_inline int svc6_dsr_take(struct __sk_buff *skb, struct pkt *p,
 					 struct svc6_scratch *s, __u64 now)
 {
@@ -458,6 +459,8 @@ static __always_inline int svc6_dsr_take(struct __sk_buff *skb, struct pkt *p,
 	s->rv.flags = MANUL_NAT_DSR;
 	addr6_copy(s->rv.addr, h + 4);
 	__builtin_memcpy(&s->rv.port, h + 20, 2);
+	if (!dsr_trusted(p, s->rv.addr, s->rv.port))
+		return -1;
 	if (bpf_map_update_elem(&manul_nat6, &s->rkey, &s->rv, BPF_ANY))
 		return -1;
 	if (bpf_skb_load_bytes(skb, ETH_HLEN + 4, &len, 2))

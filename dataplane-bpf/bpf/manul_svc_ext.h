@@ -275,7 +275,8 @@ static __always_inline int dsr_add_option(struct __sk_buff *skb, __u32 fe_addr, 
  * written from it, so the backend's replies leave this node from the
  * frontend, and the option is taken off. Returns 1 when it did so (the
  * packet must be parsed again), 0 when the packet has no such option, -1
- * to drop. The option is trusted from any sender, as Cilium's is. */
+ * to drop: also when the frontend it names is not one another node could
+ * have sent (dsr_trusted, manul_dsr_trust.h). */
 static __always_inline int dsr_take_option(struct __sk_buff *skb, const struct pkt *p, __u64 now)
 {
 	void *data = (void *)(long)skb->data;
@@ -308,6 +309,8 @@ static __always_inline int dsr_take_option(struct __sk_buff *skb, const struct p
 	v->flags = MANUL_NAT_DSR;
 	__builtin_memcpy(&v->port, opt + 2, 2);
 	__builtin_memcpy(&v->addr, opt + 4, 4);
+	if (!dsr_trusted(p, (const __u8 *)&v->addr, v->port))
+		return -1;
 	__builtin_memcpy(&key.src, p->dst, 4);
 	__builtin_memcpy(&key.dst, p->src, 4);
 	if (bpf_map_update_elem(&manul_nat, &key, v, BPF_ANY))

@@ -1275,6 +1275,7 @@ static __always_inline int svc_pick(const struct manul_svc_fe_value *fe, const s
 	return 0;
 }
 
+#include "manul_dsr_trust.h"
 #include "manul_svc_ext.h"
 #include "manul_svc6.h"
 #include "manul_svc_host.h"
@@ -1499,6 +1500,72 @@ static __always_inline int svc_after(struct __sk_buff *skb, const struct pkt *p,
 #undef REWRITE4
 }
 
+/* A packet arriving at a host endpoint's interface (which translates no
+ * service) with the DSR option or header: believed, taken off and the
+ * connection's REV entry written, or dropped and counted, as on an
+ * interface carried for service NAT (dsr_trusted). 1 when it was taken
+ * off (parse the packet again), 0 when there is none, -1 to drop. */
+static __attribute__((noinline)) int dsr_host_in(struct __sk_buff *skb, struct pkt *p, __u64 now)
+{
+	struct svc6_scratch *s;
+
+	if (!skb || !p)
+		return -1;
+	if (p->version == 4)
+		return dsr_take_option(skb, p, now);
+	s = svc6_scratch();
+	if (p->version != 6 || !s)
+		return 0;
+	return svc6_dsr_take(skb, p, s, now);
+}
+
+/* A packet leaving a host endpoint's interface: a backend's reply on a
+ * connection whose REV entry a DSR option or header wrote (MANUL_NAT_DSR)
+ * gets its source back to the frontend after policy (n->after); nothing
+ * else is translated there. */
+static __attribute__((noinline)) int dsr_host_reply(const struct pkt *p, struct svc_nat *n)
+{
+	struct manul_nat_key key = {};
+	struct manul_nat_value *nv;
+	struct svc6_scratch *s;
+	struct manul_nat6_value *nv6;
+
+	if (!p || !n || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
+		return 0;
+	if (p->version == 4) {
+		__builtin_memcpy(&key.src, p->src, 4);
+		__builtin_memcpy(&key.dst, p->dst, 4);
+		key.sport = p->sport;
+		key.dport = p->dport;
+		key.proto = p->proto;
+		key.dir = MANUL_NAT_REV;
+		nv = bpf_map_lookup_elem(&manul_nat, &key);
+		if (!nv || !(nv->flags & MANUL_NAT_DSR))
+			return 0;
+		n->after = SVC_REVERSE;
+		n->addr = nv->addr;
+		n->port = nv->port;
+		return 0;
+	}
+	s = svc6_scratch();
+	if (p->version != 6 || !s)
+		return 0;
+	__builtin_memset(&s->key, 0, sizeof(s->key));
+	addr6_copy(s->key.src, p->src);
+	addr6_copy(s->key.dst, p->dst);
+	s->key.sport = p->sport;
+	s->key.dport = p->dport;
+	s->key.proto = p->proto;
+	s->key.dir = MANUL_NAT_REV;
+	nv6 = bpf_map_lookup_elem(&manul_nat6, &s->key);
+	if (!nv6 || !(nv6->flags & MANUL_NAT_DSR))
+		return 0;
+	n->after = SVC_REVERSE;
+	addr6_copy(s->frontend, nv6->addr);
+	n->port = nv6->port;
+	return 0;
+}
+
 /* A host interface the programs carry for service NAT only (in
  * manul_svc_if, without an endpoint entry): arriving packets to a
  * frontend are translated to their backend, leaving replies translated
@@ -1577,6 +1644,19 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	}
 	now = bpf_ktime_get_ns();
 	if (host) {
+		/* Direct server return from another node. */
+		if (hook == MANUL_HOOK_INGRESS) {
+			rc = dsr_host_in(skb, &p, now);
+			if (rc < 0)
+				return TC_ACT_SHOT;
+			if (rc > 0) {
+				__builtin_memset(&p, 0, sizeof(p));
+				if (parse(skb, &p) != 0)
+					return TC_ACT_SHOT;
+			}
+		} else {
+			dsr_host_reply(&p, &n);
+		}
 		rc = untracked(ep, hook, &p);
 		if (rc >= 0)
 			return rc;

@@ -46,6 +46,8 @@ unsafe impl aya::Pod for manul_failsafe_key {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_svc_fe_key {}
 // SAFETY: as above.
+unsafe impl aya::Pod for manul_dsr_node_key {}
+// SAFETY: as above.
 unsafe impl aya::Pod for manul_svc_fe_value {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_svc_be_key {}

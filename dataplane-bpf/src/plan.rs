@@ -50,7 +50,9 @@ impl Touched {
                 Operation::HostEndpointRemove { id } => {
                     t.hosts.insert(id.clone());
                 }
-                Operation::ServiceUpdate(_) | Operation::ServiceRemove { .. } => {}
+                Operation::ServiceUpdate(_)
+                | Operation::ServiceRemove { .. }
+                | Operation::NodeAddresses { .. } => {}
                 Operation::InSync => t.in_sync = true,
             }
         }

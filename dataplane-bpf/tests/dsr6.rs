@@ -17,8 +17,13 @@
 //! node: a packet arriving with the header loses it (the checksum still
 //! valid) and the backend's reply leaves with the frontend as its
 //! source; a Destination Options header of another kind passes untouched.
+//! The backend's node believes the header (and the IPv4 option) only when
+//! the frontend it names is a node port at an address of a node its
+//! driver was told of, or an external address's port: any other is
+//! dropped and counted, with no reverse entry written, and a node taken
+//! out of the set is no longer believed.
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use ipnet::IpNet;
@@ -40,9 +45,14 @@ const CLIENT: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x100);
 /// A pod on the other node (its prefix routed there).
 const POD: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x70, 2, 0, 0, 0, 0, 0x10);
 const NODE_PORT: u16 = 30080;
+/// The other node's and a pod's IPv4 addresses, for the IPv4 option.
+const OTHER4: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+const POD4: Ipv4Addr = Ipv4Addr::new(10, 70, 2, 10);
+const CLIENT4: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
 const UDP_NODE_PORT: u16 = 30082;
 const TARGET: u16 = 8080;
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const IP6: usize = 14;
 const L4: usize = IP6 + 40;
@@ -110,6 +120,13 @@ fn node_port(name: &str, last: u16, protocol: u8, node_port: u16) -> Operation {
             backends,
         }],
     ))
+}
+
+/// The other node, the only one this node's driver knows.
+fn other_node() -> Operation {
+    Operation::NodeAddresses {
+        addresses: vec![OTHER.into(), OTHER4.into()],
+    }
 }
 
 /// The TCP or UDP checksum of an IPv6 frame's L4 packet at `l4`
@@ -275,8 +292,13 @@ fn the_backends_node_takes_the_header_off_and_answers_from_the_frontend() {
         let mut d = BpfDriver::new(config).expect("load the programs");
         // Any node port makes the host interfaces carried for service
         // NAT.
-        d.apply(&[node_port("tcp", 1, 6, NODE_PORT), Operation::InSync])
-            .expect("apply");
+        d.apply(&[
+            node_port("tcp", 1, 6, NODE_PORT),
+            node_port("udp", 2, 17, NODE_PORT),
+            other_node(),
+            Operation::InSync,
+        ])
+        .expect("apply");
         // From a client of another node's node port (fd00:77::2), to a
         // pod here (in this sandbox the pod's prefix is not routed here,
         // which the programs do not look at).
@@ -318,6 +340,150 @@ fn the_backends_node_takes_the_header_off_and_answers_from_the_frontend() {
         );
         let (verdict, out) = run(&mut d, Hook::Egress, eth0, &reply);
         assert_eq!((verdict, &out), (TC_ACT_OK, &reply));
+    })
+    .expect("run in the namespace");
+}
+
+/// An IPv4 node port `node_port` (`protocol`) under `Cluster` whose one
+/// backend is the pod on the other node.
+fn node_port4(name: &str, protocol: u8, node_port: u16) -> Operation {
+    let backends = vec![Backend {
+        ip: POD4.into(),
+        port: TARGET,
+        local: false,
+        ready: true,
+    }];
+    Operation::ServiceUpdate(Service::cluster_ip(
+        "ns",
+        name,
+        vec![Ipv4Addr::new(10, 96, 0, 9).into()],
+        vec![ServicePort {
+            name: "p".into(),
+            protocol,
+            port: 80,
+            node_port: Some(node_port),
+            local_backends: vec![],
+            backends,
+        }],
+    ))
+}
+
+/// An IPv4 frame's header checksum made right.
+fn ip4_checksummed(mut f: Vec<u8>) -> Vec<u8> {
+    let len = usize::from(f[14] & 0x0f) * 4;
+    f[24..26].copy_from_slice(&[0, 0]);
+    let sum = raw::internet_checksum(&[&f[14..14 + len]]);
+    f[24..26].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+/// IPv4 frame `f` with the DSR option naming `fe`:`port` after its
+/// header.
+fn with_option(f: &[u8], fe: Ipv4Addr, port: u16) -> Vec<u8> {
+    let mut out = f[..34].to_vec();
+    out.extend([0x9e, 8]);
+    out.extend(port.to_be_bytes());
+    out.extend(fe.octets());
+    out.extend(&f[34..]);
+    out[14] = 0x47;
+    let total = u16::from_be_bytes([out[16], out[17]]) + 8;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    ip4_checksummed(out)
+}
+
+/// The backend's node believes a DSR option or header only when the
+/// frontend it names is one another node sends: a node port at an address
+/// of a node the driver was told of, with this protocol and port. Any
+/// other (an address of the sender's choice, a node's address with a port
+/// that is no node port, a node no longer in the set) drops the packet,
+/// counted, and writes no reverse entry (the reply leaves as it is).
+#[test]
+fn the_backends_node_drops_a_frontend_no_node_sends() {
+    let Some(sb) = sandbox("d6u") else { return };
+    let ns = sb.ns.as_ref().expect("namespace");
+    let eth0 = link_index(ns, "eth0").unwrap();
+    let mut config = BpfConfig::new(&sb.node);
+    config.pin_root = PathBuf::from(PIN_ROOT);
+    config.external_service_mode = ExternalServiceMode::Dsr;
+    ns.run(move || {
+        let mut d = BpfDriver::new(config).expect("load the programs");
+        d.apply(&[
+            node_port("udp", 2, 17, NODE_PORT),
+            node_port4("udp4", 17, NODE_PORT),
+            other_node(),
+            Operation::InSync,
+        ])
+        .expect("apply");
+        assert_eq!(
+            d.dsr_nodes(),
+            [OTHER.into(), OTHER4.into()].into_iter().collect(),
+            "the node set is in the map"
+        );
+        let untrusted = |d: &BpfDriver| d.kernel_counters().dsr_untrusted;
+        let mut sport = 41000;
+        let mut dropped = |d: &mut BpfDriver, fe: Ipv6Addr, port: u16| {
+            sport += 1;
+            let p = Packet::udp(CLIENT.into(), sport, POD.into(), TARGET);
+            let before = untrusted(d);
+            let f = checked(&p, 0, &[(60, dsr_header(0, fe, port))]);
+            let (verdict, _) = run(d, Hook::Ingress, eth0, &f);
+            assert_eq!(verdict, TC_ACT_SHOT, "{fe} port {port}: dropped");
+            assert_eq!(untrusted(d), before + 1, "{fe} port {port}: counted");
+            let reply = checked(
+                &Packet::udp(POD.into(), TARGET, CLIENT.into(), sport),
+                0,
+                &[],
+            );
+            let (verdict, out) = run(d, Hook::Egress, eth0, &reply);
+            assert_eq!(
+                (verdict, &out),
+                (TC_ACT_OK, &reply),
+                "{fe} port {port}: the reply leaves from the pod"
+            );
+        };
+        // A client naming an address of its own choice, or a node's
+        // address with a port that is no node port of this protocol.
+        dropped(&mut d, CLIENT, NODE_PORT);
+        dropped(&mut d, OTHER, NODE_PORT + 1);
+        dropped(&mut d, NODE, NODE_PORT);
+        // The real one is believed...
+        let p = Packet::udp(CLIENT.into(), 42000, POD.into(), TARGET);
+        let f = checked(&p, 0, &[(60, dsr_header(0, OTHER, NODE_PORT))]);
+        let (verdict, out) = run(&mut d, Hook::Ingress, eth0, &f);
+        assert_eq!((verdict, out), (TC_ACT_OK, checked(&p, 0, &[])));
+        // ...until the node leaves the set: one map write, no load.
+        d.apply(&[Operation::NodeAddresses {
+            addresses: vec![OTHER4.into()],
+        }])
+        .expect("apply");
+        assert_eq!(d.dsr_nodes(), [OTHER4.into()].into_iter().collect());
+        dropped(&mut d, OTHER, NODE_PORT);
+
+        // IPv4: the option naming the other node's node port is taken
+        // off; one naming an address of the client's choice drops.
+        let p = Packet::udp(CLIENT4.into(), 43000, POD4.into(), TARGET);
+        let plain = ip4_checksummed(frame(&p, 0));
+        let (verdict, out) = run(
+            &mut d,
+            Hook::Ingress,
+            eth0,
+            &with_option(&plain, OTHER4, NODE_PORT),
+        );
+        assert_eq!((verdict, &out), (TC_ACT_OK, &plain), "the option taken off");
+        let before = untrusted(&d);
+        let p = Packet::udp(CLIENT4.into(), 43001, POD4.into(), TARGET);
+        let plain = ip4_checksummed(frame(&p, 0));
+        for (fe, port) in [
+            (CLIENT4, NODE_PORT),
+            (OTHER4, NODE_PORT + 1),
+            (Ipv4Addr::new(10, 96, 0, 9), 80),
+        ] {
+            let (verdict, _) = run(&mut d, Hook::Ingress, eth0, &with_option(&plain, fe, port));
+            assert_eq!(verdict, TC_ACT_SHOT, "{fe}:{port}: dropped");
+        }
+        assert_eq!(untrusted(&d), before + 3, "each counted");
+        let c = d.service_counters().expect("the eBPF driver counts");
+        assert_eq!(c.dsr_untrusted_dropped, untrusted(&d), "exported");
     })
     .expect("run in the namespace");
 }

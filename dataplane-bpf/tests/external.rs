@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use manul_dataplane_api::{
-    Backend, Driver, EndpointId, Operation, Policy, Service, ServicePort, TrafficPolicy,
-    WorkloadEndpoint,
+    Backend, Driver, EndpointId, HostEndpoint, Operation, Policy, Service, ServicePort,
+    TrafficPolicy, WorkloadEndpoint,
 };
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, ExternalServiceMode};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
@@ -398,8 +398,22 @@ fn operations(n: u8, pod_if: &str, pod: Ipv4Addr) -> Vec<Operation> {
             "fd00:1234::/64",
             n,
         )),
+        node_addresses(if n == 1 { &[2] } else { &[1] }),
         Operation::InSync,
     ]
+}
+
+/// The addresses of nodes `nodes` (1, 2), both families: the other nodes
+/// a node's driver believes a DSR option or header of.
+fn node_addresses(nodes: &[u8]) -> Operation {
+    let addresses = nodes
+        .iter()
+        .flat_map(|n| match n {
+            1 => [IpAddr::V4(NODE1), IpAddr::V6(NODE1_6)],
+            _ => [IpAddr::V4(NODE2), IpAddr::V6(NODE2_6)],
+        })
+        .collect();
+    Operation::NodeAddresses { addresses }
 }
 
 /// The namespaces (deleted with it), the drivers and the pins.
@@ -1065,4 +1079,241 @@ fn sctp_node_ports_translate_ports_and_masquerade() {
     }
     let c = build("xp", ExternalServiceMode::Snat);
     sctp_checks(&c);
+}
+
+/// A UDP datagram from `src` to `dst` as an IPv4 raw socket with
+/// `IPPROTO_RAW` sends it (the kernel fills in the length and header
+/// checksum), with the DSR option naming `frontend` when there is one.
+fn udp4_packet(src: SocketAddr, dst: SocketAddr, frontend: Option<SocketAddr>) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+        panic!("IPv4 addresses");
+    };
+    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    p.extend(s.octets());
+    p.extend(d.octets());
+    if let Some(fe) = frontend {
+        let IpAddr::V4(a) = fe.ip() else {
+            panic!("an IPv4 frontend");
+        };
+        p[0] = 0x47;
+        p.extend([0x9e, 8]);
+        p.extend(fe.port().to_be_bytes());
+        p.extend(a.octets());
+    }
+    p.extend(src.port().to_be_bytes());
+    p.extend(dst.port().to_be_bytes());
+    p.extend(9u16.to_be_bytes());
+    p.extend([0, 0, b'w']);
+    p
+}
+
+/// The same over IPv6 (`IPPROTO_RAW` implies the header included), the
+/// DSR header a Destination Options header of 24 bytes.
+fn udp6_packet(src: SocketAddr, dst: SocketAddr, frontend: Option<SocketAddr>) -> Vec<u8> {
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (src.ip(), dst.ip()) else {
+        panic!("IPv6 addresses");
+    };
+    let mut ext = vec![];
+    if let Some(fe) = frontend {
+        let IpAddr::V6(a) = fe.ip() else {
+            panic!("an IPv6 frontend");
+        };
+        ext.extend([17, 2, 0x1e, 18]);
+        ext.extend(a.octets());
+        ext.extend(fe.port().to_be_bytes());
+        ext.extend([0, 0]);
+    }
+    let mut udp = vec![];
+    udp.extend(src.port().to_be_bytes());
+    udp.extend(dst.port().to_be_bytes());
+    udp.extend(9u16.to_be_bytes());
+    udp.extend([0, 0, b'w']);
+    let pseudo_len = (udp.len() as u32).to_be_bytes();
+    let sum =
+        raw::internet_checksum(&[&s.octets(), &d.octets(), &pseudo_len, &[0, 0, 0, 17], &udp]);
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    let next = if ext.is_empty() { 17 } else { 60 };
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend(((ext.len() + udp.len()) as u16).to_be_bytes());
+    p.extend([next, 64]);
+    p.extend(s.octets());
+    p.extend(d.octets());
+    p.extend(ext);
+    p.extend(udp);
+    p
+}
+
+/// Sends a UDP datagram from the client straight to `dst` (a pod),
+/// carrying the DSR option or header naming `frontend` when there is
+/// one, and gives the source of the answer the client got, if any.
+fn answer_to_forged(c: &Cluster, dst: SocketAddr, frontend: Option<SocketAddr>) -> Option<IpAddr> {
+    let v6 = dst.is_ipv6();
+    let (client, sport) = if v6 {
+        (IpAddr::V6(CLIENT_6), 23_001)
+    } else {
+        (IpAddr::V4(CLIENT), 23_002)
+    };
+    let src = SocketAddr::new(client, sport);
+    let packet = if v6 {
+        udp6_packet(src, dst, frontend)
+    } else {
+        udp4_packet(src, dst, frontend)
+    };
+    let raw = raw::raw_socket(c.ns(CL), v6, nix::sys::socket::SockProtocol::Raw);
+    c.ns(CL)
+        .run(move || {
+            let answers = UdpSocket::bind(src).unwrap();
+            answers
+                .set_read_timeout(Some(Duration::from_millis(700)))
+                .unwrap();
+            raw::send_to(&raw, &packet, dst.ip());
+            let mut buf = [0u8; 64];
+            answers.recv_from(&mut buf).ok().map(|(_, from)| from.ip())
+        })
+        .unwrap()
+}
+
+/// The backend's node believes a DSR option or header only when the
+/// frontend it names is one another node sends: a client that sends one
+/// straight to a pod, naming an address of its choice (or a cluster IP),
+/// gets no answer (node 2 drops it), where the same datagram without it
+/// is answered by the pod; the real path through node 1 works; and once
+/// node 2 is told node 1 is no longer a node, node 1's DSR connections
+/// are dropped there, until it is told again.
+#[test]
+fn forged_dsr_frontends_are_dropped_and_a_removed_node_is_not_believed() {
+    if !privileges().expect("privileges: CI=true needs root") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let c = build("xf", ExternalServiceMode::Dsr);
+    let _servers = servers(&c);
+    let route = |to: &str, via: IpAddr| Route::to(to.parse().unwrap()).via(via);
+    replace_route(c.ns(CL), &route("10.70.2.0/24", NODE2.into())).unwrap();
+    replace_route(c.ns(CL), &route("fd00:70:2::/64", NODE2_6.into())).unwrap();
+
+    for (pod, forged) in [
+        (
+            SocketAddr::new(POD2.into(), UDP_PORT),
+            [
+                // An address of the client's choice, the node port's
+                // port; a cluster IP and port (not external).
+                SocketAddr::new(Ipv4Addr::new(192, 168, 77, 50).into(), REMOTE_UDP),
+                SocketAddr::new(Ipv4Addr::new(10, 96, 0, 3).into(), 53),
+            ],
+        ),
+        (
+            SocketAddr::new(POD2_6.into(), UDP_PORT),
+            [
+                SocketAddr::new(
+                    "fd00:77::50".parse::<Ipv6Addr>().unwrap().into(),
+                    REMOTE_UDP,
+                ),
+                SocketAddr::new(CLIENT_6.into(), 53),
+            ],
+        ),
+    ] {
+        assert_eq!(
+            answer_to_forged(&c, pod, None),
+            Some(pod.ip()),
+            "{pod}: a datagram without the option is answered by the pod"
+        );
+        for fe in forged {
+            assert_eq!(
+                answer_to_forged(&c, pod, Some(fe)),
+                None,
+                "{pod}: a datagram naming {fe} is dropped, not answered from it"
+            );
+        }
+    }
+
+    // The real thing, both families, through node 1.
+    let via_node1 = [
+        SocketAddr::new(NODE1.into(), REMOTE_UDP),
+        SocketAddr::new(NODE1_6.into(), REMOTE_UDP),
+    ];
+    for fe in via_node1 {
+        assert!(udp_who(c.ns(CL), fe).is_some(), "{fe}: DSR through node 1");
+    }
+    // Node 2 no longer counts node 1 as a node: its DSR is dropped.
+    c.drivers[1]
+        .apply(vec![node_addresses(&[])])
+        .expect("apply");
+    for fe in via_node1 {
+        assert_eq!(udp_who(c.ns(CL), fe), None, "{fe}: node 1 not believed");
+        assert!(
+            times_out(&c, SocketAddr::new(fe.ip(), REMOTE)),
+            "{fe}: a TCP connection through node 1 is dropped at node 2"
+        );
+    }
+    c.drivers[1]
+        .apply(vec![node_addresses(&[1])])
+        .expect("apply");
+    for fe in via_node1 {
+        assert!(udp_who(c.ns(CL), fe).is_some(), "{fe}: believed again");
+    }
+}
+
+/// On a host endpoint's interface (no service translation there) the
+/// backend's node handles the DSR option and header the same way: from
+/// node 1 they are taken off, the pod sees the client and its replies
+/// leave from the frontend, both families; a client's forged one is
+/// dropped.
+#[test]
+fn a_host_endpoints_interface_takes_dsr_off_under_the_same_rule() {
+    if !privileges().expect("privileges: CI=true needs root") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let c = build("xh", ExternalServiceMode::Dsr);
+    let _servers = servers(&c);
+    c.drivers[1]
+        .apply(vec![Operation::HostEndpointUpdate(HostEndpoint {
+            id: "n2-eth0".into(),
+            interface_name: "eth0".into(),
+            expected_ips: vec![],
+            tiers: vec![],
+            pre_dnat_tiers: vec![],
+            untracked_tiers: vec![],
+            forward_tiers: vec![],
+            profiles: vec!["allow".into()],
+        })])
+        .expect("apply");
+    let route = |to: &str, via: IpAddr| Route::to(to.parse().unwrap()).via(via);
+    replace_route(c.ns(CL), &route("10.70.2.0/24", NODE2.into())).unwrap();
+    replace_route(c.ns(CL), &route("fd00:70:2::/64", NODE2_6.into())).unwrap();
+
+    for (peer, backend) in seen(&c, NODE1, REMOTE) {
+        assert_eq!(peer, IpAddr::V4(CLIENT), "the pod saw the client");
+        assert_eq!(backend, SocketAddr::new(POD2.into(), TCP_PORT));
+    }
+    for node in [IpAddr::V4(NODE1), IpAddr::V6(NODE1_6)] {
+        let client = if node.is_ipv4() {
+            IpAddr::V4(CLIENT)
+        } else {
+            IpAddr::V6(CLIENT_6)
+        };
+        assert_eq!(
+            udp_who(c.ns(CL), SocketAddr::new(node, REMOTE_UDP)),
+            Some(client),
+            "{node}: UDP over DSR, answered from the frontend"
+        );
+        assert!(
+            echoes(c.ns(CL), SocketAddr::new(node, REMOTE), 8),
+            "{node}: TCP over DSR"
+        );
+    }
+    for (pod, fe) in [
+        (
+            SocketAddr::new(POD2.into(), UDP_PORT),
+            SocketAddr::new(Ipv4Addr::new(192, 168, 77, 50).into(), REMOTE_UDP),
+        ),
+        (
+            SocketAddr::new(POD2_6.into(), UDP_PORT),
+            SocketAddr::new(CLIENT_6.into(), 53),
+        ),
+    ] {
+        assert_eq!(answer_to_forged(&c, pod, None), Some(pod.ip()));
+        assert_eq!(answer_to_forged(&c, pod, Some(fe)), None, "{fe}: dropped");
+    }
 }

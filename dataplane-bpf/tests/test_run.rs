@@ -700,6 +700,7 @@ fn service_counters_count_translations_misses_hairpins_and_affinity() {
                     rejected_no_backend: 1,
                     hairpin: 1,
                     reset: 0,
+                    dsr_untrusted_dropped: 0,
                     affinity_entries: 1,
                 }
             );

@@ -17,7 +17,9 @@
 //! driver that counts service NAT (eBPF), the totals the agent last read:
 //! `felix_service_nat_connections`, `felix_service_no_backend_rejects`
 //! (NAT misses), `felix_service_hairpin_connections`,
-//! `felix_service_backend_resets`, and `felix_service_affinity_entries`.
+//! `felix_service_backend_resets`, `felix_service_dsr_untrusted_drops`
+//! (forged direct server return options, dropped) and
+//! `felix_service_affinity_entries`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -176,6 +178,11 @@ impl Collector for ServiceMetrics {
                 "felix_service_backend_resets",
                 "Packets of TCP connections whose backend was removed, answered with a reset",
                 c.reset,
+            ),
+            (
+                "felix_service_dsr_untrusted_drops",
+                "Packets carrying a direct server return option or header naming a frontend no other node sends, dropped (forged)",
+                c.dsr_untrusted_dropped,
             ),
         ];
         for (name, help, value) in totals {

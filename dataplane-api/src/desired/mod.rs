@@ -76,13 +76,17 @@ pub struct DesiredState {
     pub host_endpoints: BTreeMap<String, HostEndpoint>,
     #[serde(with = "entries")]
     pub services: BTreeMap<ServiceKey, Service>,
+    /// The cluster's other nodes' addresses ([`Operation::NodeAddresses`]).
+    #[serde(default)]
+    pub node_addresses: BTreeSet<IpAddr>,
     pub in_sync: bool,
 }
 
 impl DesiredState {
     /// The operations that build this state from nothing, in contract
     /// order: IP sets, policies, profiles, workload endpoints, host
-    /// endpoints, services, then `InSync` if the state is in sync. This is
+    /// endpoints, services, the other nodes' addresses (when there are
+    /// any), then `InSync` if the state is in sync. This is
     /// also what a resync sends.
     pub fn operations(&self) -> Vec<Operation> {
         let mut ops = Vec::with_capacity(
@@ -130,6 +134,11 @@ impl DesiredState {
                 .values()
                 .map(|svc| Operation::ServiceUpdate(svc.clone())),
         );
+        if !self.node_addresses.is_empty() {
+            ops.push(Operation::NodeAddresses {
+                addresses: self.node_addresses.iter().copied().collect(),
+            });
+        }
         if self.in_sync {
             ops.push(Operation::InSync);
         }

@@ -266,6 +266,23 @@ impl NullDriver {
     }
 
     /// `InSync`: the driver is in sync, and what is still stale goes.
+    /// Replaces the other nodes' addresses (fresh again after a restart).
+    pub(super) fn node_addresses_op(
+        &mut self,
+        addresses: &[std::net::IpAddr],
+        undo: &mut Vec<Undo>,
+    ) -> Applied {
+        if self.stale.remove(&Item::NodeAddresses) {
+            undo.push(Undo::Restale(Item::NodeAddresses));
+        }
+        let old = std::mem::replace(
+            &mut self.state.node_addresses,
+            addresses.iter().copied().collect(),
+        );
+        undo.push(Undo::NodeAddresses(old));
+        Ok(())
+    }
+
     pub(super) fn in_sync_op(&mut self, undo: &mut Vec<Undo>) -> Applied {
         undo.push(Undo::InSync(self.state.in_sync));
         self.state.in_sync = true;

@@ -219,6 +219,7 @@ impl NullDriver {
             Operation::ServiceRemove { namespace, name } => {
                 self.service_remove(namespace, name, undo)
             }
+            Operation::NodeAddresses { addresses } => self.node_addresses_op(addresses, undo),
             Operation::InSync => self.in_sync_op(undo),
         }
     }

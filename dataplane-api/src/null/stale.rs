@@ -17,6 +17,9 @@ pub(super) enum Item {
     Policy(PolicyId),
     Profile(String),
     IpSet(IpSetId),
+    /// The other nodes' addresses, which `InSync` clears when they were
+    /// not sent again.
+    NodeAddresses,
 }
 
 impl NullDriver {
@@ -34,6 +37,7 @@ impl NullDriver {
             .chain(s.policies.keys().cloned().map(Item::Policy))
             .chain(s.profiles.keys().cloned().map(Item::Profile))
             .chain(s.ip_sets.keys().cloned().map(Item::IpSet))
+            .chain((!s.node_addresses.is_empty()).then_some(Item::NodeAddresses))
             .collect();
         self.state.in_sync = false;
     }
@@ -89,6 +93,10 @@ impl NullDriver {
                     }
                     let old = self.state.ip_sets.remove(&id);
                     undo.push(Undo::IpSet(id, old));
+                }
+                Item::NodeAddresses => {
+                    let old = std::mem::take(&mut self.state.node_addresses);
+                    undo.push(Undo::NodeAddresses(old));
                 }
             }
         }

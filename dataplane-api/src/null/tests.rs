@@ -1,6 +1,8 @@
 use proptest::prelude::*;
 
 use super::*;
+use std::net::IpAddr;
+
 use crate::ops::{Action, IpSetKind, IpSetMember};
 use crate::testutil::*;
 
@@ -23,7 +25,8 @@ fn rejected(driver: &mut NullDriver, batch: &[Operation]) -> (usize, ContractVio
         + before.profiles.len()
         + before.workload_endpoints.len()
         + before.host_endpoints.len()
-        + before.services.len();
+        + before.services.len()
+        + usize::from(!before.node_addresses.is_empty());
     assert_eq!(driver.stale_count(), items, "everything is stale");
     let message = error.to_string();
     match error {
@@ -843,4 +846,43 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn node_addresses_are_replaced_restored_on_refusal_and_swept_when_not_sent_again() {
+    let a: IpAddr = "192.168.0.2".parse().unwrap();
+    let b: IpAddr = "fd00::2".parse().unwrap();
+    let nodes = |addresses: &[IpAddr]| Operation::NodeAddresses {
+        addresses: addresses.to_vec(),
+    };
+    let mut driver = NullDriver::new();
+    driver.apply(&[nodes(&[a, b])]).expect("apply");
+    assert_eq!(driver.state().node_addresses, [a, b].into_iter().collect());
+    driver.apply(&[nodes(&[b])]).expect("apply");
+    assert_eq!(driver.state().node_addresses, [b].into_iter().collect());
+    // A refused batch leaves them as they were.
+    rejected(
+        &mut driver,
+        &[nodes(&[a]), Operation::IpSetRemove { id: "nope".into() }],
+    );
+    assert_eq!(driver.state().node_addresses, [b].into_iter().collect());
+    // The resync sends them again; the desired state sends them before
+    // InSync.
+    driver
+        .apply(&[nodes(&[b]), Operation::InSync])
+        .expect("resync");
+    let ops = driver.state().operations();
+    assert_eq!(ops[ops.len() - 2..], [nodes(&[b]), Operation::InSync]);
+
+    // After a restart they stay until InSync, which removes them unless
+    // they were sent again.
+    let mut restarted = NullDriver::from_state(driver.state().clone()).expect("valid");
+    assert_eq!(restarted.state().node_addresses, [b].into_iter().collect());
+    restarted.apply(&[Operation::InSync]).expect("in sync");
+    assert!(restarted.state().node_addresses.is_empty(), "swept");
+    let mut restarted = NullDriver::from_state(driver.into_state()).expect("valid");
+    restarted
+        .apply(&[nodes(&[a]), Operation::InSync])
+        .expect("in sync");
+    assert_eq!(restarted.state().node_addresses, [a].into_iter().collect());
 }

@@ -23,6 +23,7 @@ pub(super) enum Undo {
     Workload(EndpointId, Option<WorkloadEndpoint>),
     Host(String, Option<HostEndpoint>),
     Service(ServiceKey, Option<Service>),
+    NodeAddresses(std::collections::BTreeSet<std::net::IpAddr>),
     InSync(bool),
     Restale(Item),
 }
@@ -67,6 +68,7 @@ impl NullDriver {
                         self.state.services.remove(&key);
                     }
                 },
+                Undo::NodeAddresses(old) => self.state.node_addresses = old,
                 Undo::InSync(in_sync) => self.state.in_sync = in_sync,
                 Undo::Restale(item) => {
                     self.stale.insert(item);

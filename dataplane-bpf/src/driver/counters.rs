@@ -70,9 +70,18 @@ pub struct KernelCounters {
     /// to come) whose port would change (its CRC32c covers bytes not in
     /// it).
     pub service_untranslatable: u64,
+    /// Packets carrying the DSR option or IPv6 DSR header naming a
+    /// frontend no other node sends, dropped.
+    pub dsr_untrusted: u64,
 }
 
 impl BpfDriver {
+    /// The other nodes' addresses the programs take a DSR option or header
+    /// from (`manul_dsr_node`).
+    pub fn dsr_nodes(&self) -> std::collections::BTreeSet<std::net::IpAddr> {
+        self.services.dsr_nodes()
+    }
+
     pub fn kernel_counters(&self) -> KernelCounters {
         let c = self.maps.counters();
         let at = |i: u32| c.get(i as usize).copied().unwrap_or(0);
@@ -98,6 +107,7 @@ impl BpfDriver {
             service_local_dropped: at(abi::MANUL_CNT_SVC_LOCAL_DROP),
             service_snat_full: at(abi::MANUL_CNT_SVC_SNAT_FULL),
             service_untranslatable: at(abi::MANUL_CNT_SVC_UNTRANSLATABLE),
+            dsr_untrusted: at(abi::MANUL_CNT_DSR_UNTRUSTED),
         }
     }
 

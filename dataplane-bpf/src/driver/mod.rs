@@ -378,6 +378,15 @@ impl Driver for BpfDriver {
         if let Err(e) = self.services.apply(batch, &self.desired.state().services) {
             errors.push(e);
         }
+        if batch
+            .iter()
+            .any(|op| matches!(op, Operation::NodeAddresses { .. } | Operation::InSync))
+            && let Err(e) = self
+                .services
+                .set_dsr_nodes(&self.desired.state().node_addresses)
+        {
+            errors.push(e);
+        }
         if let Err(e) = self.connect_time_lb(batch) {
             errors.push(e);
         }
@@ -431,6 +440,7 @@ impl Driver for BpfDriver {
             rejected_no_backend: k.service_rejected,
             hairpin: k.service_hairpin,
             reset: k.service_reset,
+            dsr_untrusted_dropped: k.dsr_untrusted,
             affinity_entries: self.services.affinity_entries() as u64,
         })
     }

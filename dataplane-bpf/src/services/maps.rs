@@ -31,6 +31,9 @@ pub struct ServiceMaps {
     aff: Hash<abi::manul_svc_aff_key, abi::manul_svc_aff_value>,
     /// Host interfaces carried for service NAT only (ifindex -> 1).
     ifs: Hash<u32, u32>,
+    /// The other nodes' addresses, the only sources of a DSR option or
+    /// header the programs honour (IPv4 ones IPv4-mapped) -> 1.
+    dsr_nodes: Hash<abi::manul_dsr_node_key, u32>,
     /// Load-balancer addresses' source ranges, IPv4 and IPv6.
     src: LpmTrie<MapData, abi::manul_svc_src_data, u32>,
     src6: LpmTrie<MapData, abi::manul_svc_src6_data, u32>,
@@ -73,6 +76,15 @@ fn take<K: aya::Pod, V: aya::Pod>(
         .try_into()
         .map_err(|e| BpfError::map(name, "unexpected map type", e))?;
     Ok((map, capacity))
+}
+
+/// A `manul_dsr_node` key: IPv6 as it is, IPv4 IPv4-mapped.
+pub(super) fn dsr_node_key(a: IpAddr) -> abi::manul_dsr_node_key {
+    let v6 = match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    abi::manul_dsr_node_key { addr: v6.octets() }
 }
 
 /// Addresses and ports are in network order in the maps.
@@ -206,6 +218,7 @@ impl ServiceMaps {
         let (nat, _) = take(ebpf, "manul_nat")?;
         let (aff, aff_capacity) = take(ebpf, "manul_svc_aff")?;
         let (ifs, _) = take(ebpf, "manul_svc_if")?;
+        let (dsr_nodes, _) = take(ebpf, "manul_dsr_node")?;
         let (mag, mag_capacity) = take(ebpf, "manul_svc_mag")?;
         let (fe6, fe6_capacity) = take(ebpf, "manul_svc_fe6")?;
         let (be6, be6_capacity) = take(ebpf, "manul_svc_be6")?;
@@ -219,6 +232,7 @@ impl ServiceMaps {
             nat,
             aff,
             ifs,
+            dsr_nodes,
             src,
             src6,
             mag,
@@ -259,6 +273,37 @@ impl ServiceMaps {
             self.ifs
                 .remove(&ix)
                 .map_err(|e| BpfError::map("manul_svc_if", format!("remove interface {ix}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// The other nodes' addresses `manul_dsr_node` holds.
+    pub fn dsr_nodes(&self) -> BTreeSet<IpAddr> {
+        self.dsr_nodes
+            .keys()
+            .flatten()
+            .map(|k| Ipv6Addr::from(k.addr).to_canonical())
+            .collect()
+    }
+
+    /// Makes `manul_dsr_node` hold exactly `want`: new addresses first,
+    /// then the others deleted (a node that left is no longer believed
+    /// once this returns).
+    pub fn set_dsr_nodes(&mut self, want: &BTreeSet<IpAddr>) -> Result<(), BpfError> {
+        for a in want {
+            self.dsr_nodes
+                .insert(dsr_node_key(*a), 1, 0)
+                .map_err(|e| BpfError::map("manul_dsr_node", format!("add node {a}"), e))?;
+        }
+        let stale: Vec<IpAddr> = self
+            .dsr_nodes()
+            .into_iter()
+            .filter(|a| !want.contains(a))
+            .collect();
+        for a in stale {
+            self.dsr_nodes
+                .remove(&dsr_node_key(a))
+                .map_err(|e| BpfError::map("manul_dsr_node", format!("remove node {a}"), e))?;
         }
         Ok(())
     }

@@ -117,6 +117,17 @@ impl Services {
         self.maps.interfaces()
     }
 
+    /// Makes the trusted DSR senders exactly `nodes` (the other nodes'
+    /// addresses).
+    pub fn set_dsr_nodes(&mut self, nodes: &BTreeSet<std::net::IpAddr>) -> Result<(), BpfError> {
+        self.maps.set_dsr_nodes(nodes)
+    }
+
+    /// The addresses the programs take a DSR option or header from.
+    pub fn dsr_nodes(&self) -> BTreeSet<std::net::IpAddr> {
+        self.maps.dsr_nodes()
+    }
+
     /// Sets the host interfaces the programs carry for service NAT only.
     pub fn set_interfaces(
         &mut self,

@@ -22,6 +22,8 @@ pub(super) struct Emitted {
     pub(super) workloads: BTreeMap<dp::EndpointId, dp::WorkloadEndpoint>,
     pub(super) hosts: BTreeMap<String, dp::HostEndpoint>,
     pub(super) services: BTreeMap<(String, String), dp::Service>,
+    /// The other nodes' addresses.
+    pub(super) node_addresses: BTreeSet<std::net::IpAddr>,
 }
 
 impl CalcGraph {
@@ -41,11 +43,24 @@ impl CalcGraph {
         let mut removals = Vec::new();
         self.emit_endpoints(locals, &mut ops, &mut removals);
         self.emit_services(&mut ops, &mut removals);
+        self.emit_node_addresses(&mut ops);
         // 4. Removals, in reverse dependency order.
         ops.extend(removals);
         self.emit_policy_removals(policies, profiles, &mut ops);
         self.release_unused_sets(&mut ops);
         ops
+    }
+
+    /// The other nodes' addresses, when they changed (a node joined, left
+    /// or changed its addresses).
+    fn emit_node_addresses(&mut self, ops: &mut Vec<dp::Operation>) {
+        let now: BTreeSet<std::net::IpAddr> = self.nodes.values().flatten().copied().collect();
+        if now != self.emitted.node_addresses {
+            ops.push(dp::Operation::NodeAddresses {
+                addresses: now.iter().copied().collect(),
+            });
+            self.emitted.node_addresses = now;
+        }
     }
 
     fn emit_policies(

@@ -1,6 +1,7 @@
 //! The calculation graph's view of cluster state: what each resource
 //! contributes, reduced to what policy computation needs.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -52,6 +53,30 @@ impl EndpointInput {
     pub fn is_host(&self) -> bool {
         self.namespace.is_none()
     }
+}
+
+/// A Node's addresses: its BGP IPv4 and IPv6 addresses and the addresses
+/// it lists (`spec.addresses`, with or without a prefix length); none that
+/// is unspecified or loopback. What the cluster's other nodes send direct
+/// server return from.
+pub fn node_addresses(r: &Resource) -> BTreeSet<IpAddr> {
+    let Resource::Node(n) = r else {
+        return BTreeSet::new();
+    };
+    let bgp = n.spec.bgp.iter().flat_map(|b| {
+        [&b.ipv4_address, &b.ipv6_address]
+            .into_iter()
+            .flatten()
+            .map(|c| c.0.addr())
+    });
+    let listed = n
+        .spec
+        .addresses
+        .iter()
+        .filter_map(|a| a.address.split('/').next()?.trim().parse::<IpAddr>().ok());
+    bgp.chain(listed)
+        .filter(|a| !a.is_unspecified() && !a.is_loopback())
+        .collect()
 }
 
 /// A NetworkSet or GlobalNetworkSet.

@@ -116,6 +116,9 @@ pub struct CalcGraph {
     /// (namespace, Service name) → the names of its slices.
     slices_by_service: BTreeMap<(String, String), BTreeSet<String>>,
     dirty_services: BTreeSet<(String, String)>,
+    /// The other nodes' addresses, by node name (this node's are not
+    /// kept).
+    nodes: BTreeMap<String, BTreeSet<std::net::IpAddr>>,
     /// How a Service without Calico's external-traffic-strategy
     /// annotation balances its external traffic.
     default_balancing: manul_dataplane_api::Balancing,
@@ -158,6 +161,7 @@ impl CalcGraph {
             slices: BTreeMap::new(),
             slices_by_service: BTreeMap::new(),
             dirty_services: BTreeSet::new(),
+            nodes: BTreeMap::new(),
             default_balancing: manul_dataplane_api::Balancing::Random,
             proxy_services: true,
             items: Items::default(),
@@ -315,6 +319,18 @@ impl CalcGraph {
                     self.slices.insert(key, slice);
                 }
             }
+            Kind::Node => {
+                let addresses = u
+                    .value
+                    .as_ref()
+                    .map(inputs::node_addresses)
+                    .unwrap_or_default();
+                if u.key.name == self.node || addresses.is_empty() {
+                    self.nodes.remove(&u.key.name);
+                } else {
+                    self.nodes.insert(u.key.name, addresses);
+                }
+            }
             Kind::NetworkSet | Kind::GlobalNetworkSet => {
                 let input = match u.value {
                     Some(Resource::NetworkSet(o)) | Some(Resource::GlobalNetworkSet(o)) => {
@@ -342,6 +358,9 @@ mod golden;
 
 #[cfg(test)]
 mod host_tests;
+
+#[cfg(test)]
+mod node_tests;
 
 #[cfg(test)]
 mod incremental_tests;

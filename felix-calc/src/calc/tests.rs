@@ -69,6 +69,7 @@ fn kinds(ops: &[dp::Operation]) -> Vec<&'static str> {
             dp::Operation::HostEndpointRemove { .. } => "hep-",
             dp::Operation::ServiceUpdate(_) => "svc+",
             dp::Operation::ServiceRemove { .. } => "svc-",
+            dp::Operation::NodeAddresses { .. } => "nodes",
             dp::Operation::InSync => "in-sync",
         })
         .collect()

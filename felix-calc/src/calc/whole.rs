@@ -7,7 +7,8 @@ use super::CalcGraph;
 impl CalcGraph {
     /// Every operation a driver with nothing needs to hold what the graph
     /// last emitted, in contract order (IP sets, policies, profiles,
-    /// workload endpoints, host endpoints, services), without `InSync`:
+    /// workload endpoints, host endpoints, services, the other nodes'
+    /// addresses when there are any), without `InSync`:
     /// what a resync sends after a failed batch, the same state that the
     /// batches emitted since start-up built. It reads what was emitted, so
     /// call it between [`CalcGraph::apply`] calls (as every call leaves
@@ -70,6 +71,11 @@ impl CalcGraph {
                 .values()
                 .map(|s| dp::Operation::ServiceUpdate(s.clone())),
         );
+        if !e.node_addresses.is_empty() {
+            ops.push(dp::Operation::NodeAddresses {
+                addresses: e.node_addresses.iter().copied().collect(),
+            });
+        }
         ops
     }
 }

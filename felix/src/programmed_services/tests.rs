@@ -105,6 +105,7 @@ fn service_nat_totals_are_exported_only_from_drivers_that_count_them() {
         rejected_no_backend: 3,
         hairpin: 2,
         reset: 1,
+        dsr_untrusted_dropped: 4,
         affinity_entries: 5,
     }));
     let text = encode();
@@ -113,6 +114,7 @@ fn service_nat_totals_are_exported_only_from_drivers_that_count_them() {
         "felix_service_no_backend_rejects_total 3",
         "felix_service_hairpin_connections_total 2",
         "felix_service_backend_resets_total 1",
+        "felix_service_dsr_untrusted_drops_total 4",
         "felix_service_affinity_entries 5",
         "# HELP felix_service_no_backend_rejects ",
     ] {
