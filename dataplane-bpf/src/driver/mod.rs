@@ -212,7 +212,7 @@ impl BpfDriver {
         let nat_map = |name: &str| {
             MapData::from_pin(dirs.maps.join(name))
                 .ok()
-                .map(|d| Map::LruHashMap(d))
+                .map(Map::LruHashMap)
         };
         let nat = NatMaps {
             v4: nat_map("manul_nat").and_then(|m| BpfHashMap::try_from(m).ok()),
