@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::ops::{Backend, Balancing, Service, TrafficPolicy};
+use crate::ops::{Backend, Balancing, Service, ServicePort, TrafficPolicy};
 
 /// What kind of address a frontend is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -149,10 +149,73 @@ impl Service {
     }
 }
 
+/// The Service and port a connection to the frontend `addr`:`port` over
+/// `protocol` came through, as a flow record names it: a ClusterIP,
+/// external or load-balancer IP with the service port; else a node port
+/// (open on every address of the node, so taken only when `addr` is no
+/// Service's address).
+pub fn service_at<'a>(
+    services: impl IntoIterator<Item = &'a Service> + Clone,
+    addr: IpAddr,
+    port: u16,
+    protocol: u8,
+) -> Option<(&'a Service, &'a ServicePort)> {
+    let addressed = |s: &&'a Service| {
+        s.cluster_ips.contains(&addr) || s.external_addresses().any(|a| *a == addr)
+    };
+    let by_address = services
+        .clone()
+        .into_iter()
+        .filter(addressed)
+        .find_map(|s| {
+            s.ports
+                .iter()
+                .find(|p| p.port == port && p.protocol == protocol)
+                .map(|p| (s, p))
+        });
+    if by_address.is_some() || services.clone().into_iter().any(|s| addressed(&s)) {
+        return by_address;
+    }
+    services.into_iter().find_map(|s| {
+        s.ports
+            .iter()
+            .find(|p| p.node_port == Some(port) && p.protocol == protocol)
+            .map(|p| (s, p))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::{ip, service};
+
+    #[test]
+    fn a_frontend_names_its_service_port_in_either_family_and_by_node_port() {
+        let mut web = service("default", "web");
+        web.cluster_ips.push(ip("fd00::10"));
+        web.external_ips = vec![ip("2001:db8::7")];
+        web.ports[0].node_port = Some(30080);
+        let mut dns = service("kube-system", "dns");
+        dns.cluster_ips = vec![ip("fd00::53")];
+        dns.ports[0].protocol = 17;
+        dns.ports[0].port = 53;
+        let all = [web.clone(), dns.clone()];
+        let named = |addr: &str, port, proto| {
+            service_at(&all, ip(addr), port, proto).map(|(s, p)| (s.name.clone(), p.port))
+        };
+        assert_eq!(named("10.96.0.10", 80, 6), Some(("web".into(), 80)));
+        assert_eq!(named("fd00::10", 80, 6), Some(("web".into(), 80)));
+        assert_eq!(named("2001:db8::7", 80, 6), Some(("web".into(), 80)));
+        assert_eq!(named("fd00::53", 53, 17), Some(("dns".into(), 53)));
+        // A node port on any node address names the service port.
+        assert_eq!(named("fd00:192::1", 30080, 6), Some(("web".into(), 80)));
+        assert_eq!(named("192.168.1.5", 30080, 6), Some(("web".into(), 80)));
+        // Wrong protocol, port, or a service address on a node port's number.
+        assert_eq!(named("fd00::53", 53, 6), None);
+        assert_eq!(named("fd00::10", 81, 6), None);
+        assert_eq!(named("fd00::53", 30080, 6), None);
+        assert_eq!(named("192.168.1.5", 30080, 17), None);
+    }
 
     #[test]
     fn each_address_and_node_port_is_a_frontend_with_its_policys_backends() {

@@ -37,7 +37,7 @@ pub use driver::{
     ServiceCounters, chain,
 };
 pub use flows::{FlowCounts, FlowObservation, FlowPhase, FlowQueue, FlowTuple, Reporter};
-pub use frontends::{Frontend, FrontendKind, ServiceFrontends, protocol_name};
+pub use frontends::{Frontend, FrontendKind, ServiceFrontends, protocol_name, service_at};
 pub use maglev::MaglevTable;
 pub use null::NullDriver;
 pub use ops::*;

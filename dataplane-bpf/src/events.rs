@@ -259,6 +259,24 @@ pub struct ReaderConfig {
 /// The service NAT's conntrack, read for the frontend of a translated
 /// connection.
 pub type NatMap = BpfHashMap<MapData, abi::manul_nat_key, abi::manul_nat_value>;
+/// The IPv6 service NAT's conntrack (`manul_nat6`).
+pub type NatMap6 = BpfHashMap<MapData, abi::manul_nat6_key, abi::manul_nat6_value>;
+
+/// Both families' service NAT maps (either absent when not pinned).
+#[derive(Default)]
+pub struct NatMaps {
+    pub v4: Option<NatMap>,
+    pub v6: Option<NatMap6>,
+}
+
+impl std::fmt::Debug for NatMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatMaps")
+            .field("v4", &self.v4.is_some())
+            .field("v6", &self.v6.is_some())
+            .finish()
+    }
+}
 
 /// The background thread: drains the ring buffer, aggregates, writes the
 /// flow log each interval, and collects expired conntrack entries.
@@ -273,7 +291,7 @@ impl Reader {
     pub fn start(
         mut ring: RingBuf<MapData>,
         mut ct: Option<BpfHashMap<MapData, abi::manul_ct_key, abi::manul_ct_value>>,
-        nat: Option<NatMap>,
+        nat: NatMaps,
         shared: Arc<Mutex<Shared>>,
         config: ReaderConfig,
     ) -> std::io::Result<Self> {
@@ -294,7 +312,7 @@ impl Reader {
                         &mut ring,
                         &shared,
                         config.observe.then_some(&mut tracker),
-                        nat.as_ref(),
+                        &nat,
                     );
                     let flushing = flush2.load(Ordering::Acquire);
                     if stopping
@@ -375,7 +393,7 @@ fn drain(
     ring: &mut RingBuf<MapData>,
     shared: &Mutex<Shared>,
     mut tracker: Option<&mut Tracker>,
-    nat: Option<&NatMap>,
+    nat: &NatMaps,
 ) {
     let mut raw = Vec::new();
     while let Some(item) = ring.next() {
@@ -404,7 +422,7 @@ fn drain(
             continue;
         };
         let frontend = if ev.allowed {
-            nat.and_then(|m| service_frontend(m, &ev))
+            service_frontend(nat, &ev)
         } else {
             None
         };
@@ -420,24 +438,88 @@ fn drain(
     }
 }
 
-/// The frontend a translated connection's client addressed: the service
-/// NAT's reverse entry for (backend, client).
-fn service_frontend(nat: &NatMap, ev: &FlowEvent) -> Option<(IpAddr, u16)> {
-    let (IpAddr::V4(src), IpAddr::V4(dst)) = (ev.src, ev.dst) else {
-        return None;
+/// The frontend a translated connection's client addressed, from the
+/// service NAT of the event's family: the reverse entry for (backend,
+/// client); for a masqueraded connection (the backend sees a node
+/// address) the client first, from the masquerade's reverse entry.
+fn service_frontend(nat: &NatMaps, ev: &FlowEvent) -> Option<(IpAddr, u16)> {
+    match (ev.src, ev.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let m = nat.v4.as_ref()?;
+            frontend_via(ev, src.octets(), dst.octets(), |k| {
+                let key = abi::manul_nat_key {
+                    src: u32::from_ne_bytes(k.src),
+                    dst: u32::from_ne_bytes(k.dst),
+                    sport: k.sport.to_be(),
+                    dport: k.dport.to_be(),
+                    proto: ev.protocol,
+                    dir: k.dir,
+                    pad: 0,
+                };
+                let v = m.get(&key, 0).ok()?;
+                Some((v.addr.to_ne_bytes(), u16::from_be(v.port)))
+            })
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let m = nat.v6.as_ref()?;
+            frontend_via(ev, src.octets(), dst.octets(), |k| {
+                let key = abi::manul_nat6_key {
+                    src: k.src,
+                    dst: k.dst,
+                    sport: k.sport.to_be(),
+                    dport: k.dport.to_be(),
+                    proto: ev.protocol,
+                    dir: k.dir,
+                    pad: 0,
+                };
+                let v = m.get(&key, 0).ok()?;
+                Some((v.addr, u16::from_be(v.port)))
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A NAT key of either family, ports in host order.
+struct NatLookup<A> {
+    src: A,
+    dst: A,
+    sport: u16,
+    dport: u16,
+    dir: u8,
+}
+
+/// The lookups of [`service_frontend`], generic over the address bytes:
+/// `get` reads one entry's address and port (host order).
+fn frontend_via<A>(
+    ev: &FlowEvent,
+    client: A,
+    backend: A,
+    get: impl Fn(NatLookup<A>) -> Option<(A, u16)>,
+) -> Option<(IpAddr, u16)>
+where
+    A: Copy + Into<IpAddr>,
+{
+    let rev = |client: A, client_port: u16| {
+        get(NatLookup {
+            src: backend,
+            dst: client,
+            sport: ev.dst_port,
+            dport: client_port,
+            dir: abi::MANUL_NAT_REV as u8,
+        })
     };
-    let key = abi::manul_nat_key {
-        src: u32::from_ne_bytes(dst.octets()),
-        dst: u32::from_ne_bytes(src.octets()),
-        sport: ev.dst_port.to_be(),
-        dport: ev.src_port.to_be(),
-        proto: ev.protocol,
-        dir: abi::MANUL_NAT_REV as u8,
-        pad: 0,
-    };
-    let v = nat.get(&key, 0).ok()?;
-    let addr = IpAddr::from(v.addr.to_ne_bytes());
-    Some((addr, u16::from_be(v.port)))
+    let found = rev(client, ev.src_port).or_else(|| {
+        let (orig, orig_port) = get(NatLookup {
+            src: backend,
+            dst: client,
+            sport: ev.dst_port,
+            dport: ev.src_port,
+            dir: abi::MANUL_NAT_SNAT_REV as u8,
+        })?;
+        rev(orig, orig_port)
+    })?;
+    Some((found.0.into(), found.1))
 }
 
 fn unix_ms() -> u64 {

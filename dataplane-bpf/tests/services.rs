@@ -626,6 +626,38 @@ fn shared_dual_stack_cases() {
     }
 }
 
+/// The shared flow cases: TCP and UDP through a ClusterIP, an external IP
+/// and a node port of each family, each observed with the backend pod as
+/// destination and the frontend that names the Service (flow
+/// observations are on by default; updates every 200 ms).
+#[test]
+fn shared_flow_cases() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let nodes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let seen = nodes.clone();
+    let factory: Arc<Factory> = Arc::new(move |ctx: &NodeContext| {
+        seen.lock().unwrap().push(ctx.node.clone());
+        let mut config = BpfConfig::new(&ctx.node);
+        config.pin_root = PathBuf::from(PIN_ROOT);
+        config.flow_observations = true;
+        config.flow_update_interval = Some(Duration::from_millis(200));
+        BpfDriver::new(config)
+            .map(|d| Box::new(d) as Box<dyn Driver>)
+            .map_err(|e| chain(&e))
+    });
+    let result = manul_dataplane_conformance::services::run_flow_cases("sfb", factory);
+    for node in nodes.lock().unwrap().iter() {
+        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
+    }
+    match result {
+        Ok(report) => println!("{}", report.table()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// The shared contested-frontend cases: services contesting an external
 /// IP and a node port under different traffic policies (or without
 /// backends); the first keeps every frontend, the other takes them when

@@ -4,7 +4,7 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use manul_dataplane_api::{Driver, Operation};
+use manul_dataplane_api::{Driver, FlowObservation, Operation};
 use manul_netns::NetNs;
 
 use crate::ConformanceError;
@@ -24,6 +24,8 @@ enum Request {
     Apply(Vec<Operation>, mpsc::Sender<Result<(), String>>),
     /// Drop the driver (the process "dies") and build a new one.
     Restart(mpsc::Sender<Result<(), String>>),
+    /// The driver's flow observations since the last call.
+    TakeFlows(mpsc::Sender<Vec<FlowObservation>>),
 }
 
 /// The handle to the driver's thread. Dropping it stops the thread.
@@ -38,6 +40,7 @@ impl std::fmt::Debug for Request {
         match self {
             Request::Apply(ops, _) => write!(f, "Apply({} ops)", ops.len()),
             Request::Restart(_) => write!(f, "Restart"),
+            Request::TakeFlows(_) => write!(f, "TakeFlows"),
         }
     }
 }
@@ -74,6 +77,9 @@ impl DriverThread {
                     match request {
                         Request::Apply(ops, reply) => {
                             let _ = reply.send(driver.apply(&ops).map_err(|e| chain(&e)));
+                        }
+                        Request::TakeFlows(reply) => {
+                            let _ = reply.send(driver.take_flows());
                         }
                         Request::Restart(reply) => {
                             drop(driver);
@@ -127,6 +133,20 @@ impl DriverThread {
             return Ok(());
         }
         self.call(|reply| Request::Apply(ops, reply))
+    }
+
+    /// The driver's flow observations since the last call
+    /// (`Driver::take_flows`).
+    pub fn take_flows(&self) -> Result<Vec<FlowObservation>, ConformanceError> {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        self.tx
+            .as_ref()
+            .ok_or_else(|| ConformanceError::Driver("the driver thread is stopped".into()))?
+            .send(Request::TakeFlows(reply_tx))
+            .map_err(|_| ConformanceError::Driver("the driver thread died".into()))?;
+        reply_rx
+            .recv()
+            .map_err(|_| ConformanceError::Driver("the driver thread died".into()))
     }
 
     /// Drops the driver and builds a new one, as a restarting agent does.

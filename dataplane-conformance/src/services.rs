@@ -69,6 +69,11 @@
 //! backends on other nodes (internal: the local backend only; every
 //! backend elsewhere: dropped, none at all: refused; external: dropped).
 //!
+//! [`run_flow_cases`] is a fifth, for drivers with flow observations on:
+//! TCP and UDP through a ClusterIP, an external IP and a node port of
+//! each family, each flow observed with the backend pod as destination
+//! and the frontend that names the Service.
+//!
 //! It refuses to touch anything outside the namespaces it
 //! creates; they are removed when the run ends, also on failure. Needs
 //! root.
@@ -102,9 +107,14 @@ use manul_netns::{
 use crate::{ConformanceError, DriverThread, Factory, NodeContext};
 
 mod contested;
+mod flows;
 mod local_policy;
 pub use contested::{
     PAIRS, Pair, RANGED_LB_IP, contested_operations, contested_services, run_contested_cases,
+};
+pub use flows::{
+    FLOWS, FLOWS_EXT_IP, FLOWS_EXT_IP6, FLOWS_IP, FLOWS_IP6, FLOWS_NODE_PORT, flow_operations,
+    flow_services, run_flow_cases,
 };
 pub use local_policy::{
     EXTERNAL_ELSEWHERE_EXT_IP, EXTERNAL_ELSEWHERE_IP, EXTERNAL_ELSEWHERE_NODE_PORT,

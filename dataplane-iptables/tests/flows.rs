@@ -1,11 +1,13 @@
 //! Flow observations on the kernel: two pods on a node (network namespaces
 //! the test creates), the driver with flows on, real connections allowed
 //! and denied; the observations name the right deciding rules, endpoints
-//! and counts.
+//! and counts; then the shared flow cases through services of both
+//! families.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use manul_dataplane_api::testutil::{eid, pid, rule};
@@ -14,7 +16,8 @@ use manul_dataplane_api::{
     Action, Driver, FlowObservation, FlowPhase, IpSetKind, IpSetMember, Match, Operation, Policy,
     PortRange, Reporter, TierPolicies, WorkloadEndpoint,
 };
-use manul_dataplane_conformance::privileges;
+use manul_dataplane_conformance::driver_thread::chain;
+use manul_dataplane_conformance::{Factory, privileges};
 use manul_dataplane_iptables::{FlowLog, Nft, NftConfig, NftDriver};
 use manul_model::names::workload_interface_name;
 use manul_netns::{NetNs, TcpServer, open_connection, plumb_pod, tcp_connect};
@@ -274,5 +277,33 @@ fn allowed_and_denied_connections_are_observed_with_their_rules_and_counts() {
             find(&obs, FlowPhase::Start, Reporter::Destination, p).is_none(),
             "a denied connection to {p} started"
         );
+    }
+}
+
+/// The shared flow cases (`manul_dataplane_conformance::services`) with
+/// flows on: TCP and UDP through a ClusterIP, an external IP and a node
+/// port of each family, each observed with the backend pod as destination
+/// and the frontend that names the Service.
+#[test]
+fn flows_through_services_name_their_frontend() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let factory: Arc<Factory> = Arc::new(|_ctx| {
+        let config = NftConfig {
+            flows: Some(FlowLog {
+                group: 21,
+                update_interval: Duration::ZERO,
+            }),
+            ..NftConfig::default()
+        };
+        NftDriver::with_config(Nft::default(), config)
+            .map(|d| Box::new(d) as Box<dyn Driver>)
+            .map_err(|e| chain(&e))
+    });
+    match manul_dataplane_conformance::services::run_flow_cases("sf", factory) {
+        Ok(report) => println!("{}", report.table()),
+        Err(e) => panic!("{e}"),
     }
 }

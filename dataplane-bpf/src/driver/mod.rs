@@ -34,7 +34,7 @@ use manul_dataplane_api::{
 };
 
 use crate::error::BpfError;
-use crate::events::{self, FlowLogInterval, Reader, ReaderConfig, Shared};
+use crate::events::{self, FlowLogInterval, NatMaps, Reader, ReaderConfig, Shared};
 use crate::ledger::Ledger;
 use crate::loader::{self, PinDirs};
 use crate::maps::Maps;
@@ -213,9 +213,15 @@ impl BpfDriver {
         let gc_ct = MapData::from_pin(dirs.maps.join("manul_ct"))
             .ok()
             .and_then(|d| BpfHashMap::try_from(Map::HashMap(d)).ok());
-        let nat = MapData::from_pin(dirs.maps.join("manul_nat"))
-            .ok()
-            .and_then(|d| BpfHashMap::try_from(Map::LruHashMap(d)).ok());
+        let nat_map = |name: &str| {
+            MapData::from_pin(dirs.maps.join(name))
+                .ok()
+                .map(Map::LruHashMap)
+        };
+        let nat = NatMaps {
+            v4: nat_map("manul_nat").and_then(|m| BpfHashMap::try_from(m).ok()),
+            v6: nat_map("manul_nat6").and_then(|m| BpfHashMap::try_from(m).ok()),
+        };
         let shared = Arc::new(Mutex::new(Shared {
             flows: FlowQueue::new(config.flow_queue_capacity),
             ..Shared::default()

@@ -131,15 +131,8 @@ impl FlowPipeline {
         let pending = self.pending.pending(obs);
         self.stats.pending_errors = self.pending.errors;
         let service = obs.service_frontend.and_then(|(addr, port)| {
-            state.services.values().find_map(|s| {
-                let has_addr =
-                    s.cluster_ips.contains(&addr) || s.external_addresses().any(|a| *a == addr);
-                (has_addr
-                    && s.ports
-                        .iter()
-                        .any(|p| p.port == port && p.protocol == obs.tuple.protocol))
-                .then(|| (s.namespace.clone(), s.name.clone(), port))
-            })
+            manul_dataplane_api::service_at(state.services.values(), addr, port, obs.tuple.protocol)
+                .map(|(s, p)| (s.namespace.clone(), s.name.clone(), p.port))
         });
         // The endpoint whose policy judged the flow is the reporting side's.
         let reporting = |side: Reporter| obs.endpoint.as_ref().filter(|_| obs.reporter == side);

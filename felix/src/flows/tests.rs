@@ -488,3 +488,25 @@ fn a_staged_delete_and_a_tier_end_in_the_pending_trace() {
         vec![("EndOfTier", "", "default", None, "deny")]
     );
 }
+
+#[test]
+fn a_service_frontend_of_either_family_or_a_node_port_names_the_service() {
+    let mut p = pipeline();
+    let mut svc = manul_dataplane_api::testutil::service("prod", "db");
+    svc.cluster_ips.push(ip("fd00::10"));
+    svc.external_ips = vec![ip("2001:db8::7")];
+    svc.ports[0].port = 5432;
+    svc.ports[0].node_port = Some(30432);
+    p.applied(&[Operation::ServiceUpdate(svc)]);
+    let mut named = |frontend: (&str, u16)| {
+        let mut o = obs(FlowPhase::Start, WEB1, 40000, 5432, true, counts(1));
+        o.service_frontend = Some((ip(frontend.0), frontend.1));
+        p.enrich(&o).service
+    };
+    let db = Some(("prod".to_owned(), "db".to_owned(), 5432));
+    assert_eq!(named(("10.96.0.10", 5432)), db);
+    assert_eq!(named(("fd00::10", 5432)), db);
+    assert_eq!(named(("2001:db8::7", 5432)), db);
+    assert_eq!(named(("fd00:192::1", 30432)), db);
+    assert_eq!(named(("fd00::10", 30432)), None);
+}
