@@ -117,6 +117,14 @@ struct Args {
     /// Non-matching rules before the allowing one.
     #[arg(long, default_value_t = 10)]
     rules: usize,
+    /// Records the exporter alone streams to the aggregator in the
+    /// export phase, per run (0: no export phase).
+    #[arg(long, default_value_t = 100_000)]
+    export_records: usize,
+    /// Records per interval handed to the exporter in the export phase
+    /// (a node with that many distinct records per interval).
+    #[arg(long, default_value_t = 10_000)]
+    export_interval_records: usize,
     /// Let the kernel choose each connection's source port (they repeat:
     /// some connections reuse a tuple still in conntrack and are no new
     /// flow) instead of a new port per connection.
@@ -173,6 +181,8 @@ struct Sample {
     window_s: f64,
     /// The 1-minute load average at the measurement's start.
     load_average: f64,
+    /// Some of the records the aggregator received (as it lists them).
+    received: Vec<FlowRecord>,
 }
 
 impl Sample {
@@ -453,6 +463,11 @@ impl Aggregator {
                 .serve_with_incoming(manul_flows::listen::incoming(listener)),
         );
         Aggregator { shared, runtime }
+    }
+
+    /// Up to `n` of the records the store holds, as it lists them.
+    fn records(&self, n: usize) -> Vec<FlowRecord> {
+        self.shared.store().list(&manul_flows::Filter::default(), n)
     }
 
     /// What the store holds.
@@ -775,6 +790,10 @@ fn measure(args: &Args, on: bool) -> Sample {
         .as_ref()
         .map(Aggregator::delivered)
         .unwrap_or_default();
+    let received = aggregator
+        .as_ref()
+        .map(|a| a.records(64))
+        .unwrap_or_default();
     if let Some(e) = exporter {
         let st = *e.status.borrow();
         delivered.sent_batches = st.sent_batches;
@@ -800,7 +819,116 @@ fn measure(args: &Args, on: bool) -> Sample {
         delivered,
         window_s,
         load_average,
+        received,
     }
+}
+
+/// One run of the export phase.
+#[derive(Debug)]
+struct ExportRun {
+    records: u64,
+    delivered: u64,
+    duplicates: u64,
+    acknowledged_all: bool,
+    wall_s: f64,
+    cpu_ns: HashMap<String, u64>,
+    load_average: f64,
+}
+
+impl ExportRun {
+    fn us_per_record(&self, thread: &str) -> f64 {
+        self.cpu_ns.get(thread).copied().unwrap_or(0) as f64 / 1e3 / self.records.max(1) as f64
+    }
+
+    fn ok(&self) -> bool {
+        self.delivered == self.records && self.duplicates == 0 && self.acknowledged_all
+    }
+}
+
+/// The exporter alone at a record rate the two-pod load cannot produce:
+/// `--export-records` records shaped as the pipeline made them
+/// (`templates`, each copy another source workload, so the aggregator
+/// interns new names as it would from many pods), handed to Felix's
+/// exporter `--export-interval-records` at a time as fast as its channel
+/// takes them, streamed to the aggregator in a fresh namespace; its CPU
+/// and the aggregator's until the last batch is acknowledged. Building
+/// the records (the pipeline's work) is not counted.
+fn export_phase(args: &Args, templates: &[FlowRecord]) -> ExportRun {
+    let load_average = load_average();
+    let prefix = unique_prefix("fx");
+    let ns = NetNs::create(&format!("{prefix}-n")).expect("a namespace");
+    let mut intervals: Vec<Vec<FlowRecord>> = Vec::new();
+    let per = args.export_interval_records.max(1);
+    for first in (0..args.export_records).step_by(per) {
+        let n = per.min(args.export_records - first);
+        intervals.push(
+            (first..first + n)
+                .map(|i| {
+                    let mut r = templates[i % templates.len()].clone();
+                    if let Some(src) = r.src.as_mut() {
+                        src.workload = format!("client-{}-*", i % 2_000);
+                    }
+                    r
+                })
+                .collect(),
+        );
+    }
+    let batches: u64 = intervals
+        .iter()
+        .map(|v| v.len().div_ceil(BATCH_RECORDS) as u64)
+        .sum();
+    let aggregator = Aggregator::start(&ns);
+    let exporter = Exporter::start(&ns, &prefix);
+    exporter
+        .wait(Duration::from_secs(10), |st| st.connected)
+        .unwrap_or_else(|e| panic!("the exporter never reached the aggregator: {e}"));
+    let names = [EXPORT_THREAD, AGGREGATOR_THREAD];
+    let before = thread_cpu(&names);
+    let started = Instant::now();
+    for v in intervals {
+        exporter
+            .sink
+            .blocking_send(v)
+            .expect("the exporter takes records");
+    }
+    let acked = exporter.wait(Duration::from_secs(120), |st| {
+        st.acknowledged >= batches && st.unacknowledged == 0
+    });
+    let wall_s = started.elapsed().as_secs_f64();
+    let after = thread_cpu(&names);
+    let d = aggregator.delivered();
+    exporter.stop();
+    aggregator.runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(ns);
+    if let Err(e) = &acked {
+        eprintln!("flows-cpu: export phase: {e}");
+    }
+    ExportRun {
+        records: args.export_records as u64,
+        delivered: d.records,
+        duplicates: d.duplicates,
+        acknowledged_all: acked.is_ok(),
+        wall_s,
+        cpu_ns: cpu_between(&before, &after),
+        load_average,
+    }
+}
+
+fn export_report(args: &Args, runs: &[ExportRun]) -> Value {
+    let per = |f: &dyn Fn(&ExportRun) -> f64| figure(runs.iter().map(f).collect());
+    json!({
+        "records": args.export_records,
+        "interval_records": args.export_interval_records,
+        "batch_records": BATCH_RECORDS,
+        "export_cpu_us_per_record": per(&|r| r.us_per_record(EXPORT_THREAD)),
+        "export_cpu_ms_per_1000_records": per(&|r| r.us_per_record(EXPORT_THREAD)),
+        "aggregator_cpu_us_per_record": per(&|r| r.us_per_record(AGGREGATOR_THREAD)),
+        "aggregator_cpu_ms_per_1000_records": per(&|r| r.us_per_record(AGGREGATOR_THREAD)),
+        "records_per_s": per(&|r| r.records as f64 / r.wall_s.max(f64::MIN_POSITIVE)),
+        "load_average": per(&|r| r.load_average),
+        "delivered_records": per(&|r| r.delivered as f64),
+        "every_record_delivered": runs.iter().all(ExportRun::ok),
+    })
 }
 
 /// Median, range and every run.
@@ -920,9 +1048,31 @@ fn main() -> std::process::ExitCode {
             samples.push(s);
         }
     }
+    let templates: Vec<FlowRecord> = samples
+        .iter()
+        .flat_map(|s| s.received.iter().cloned())
+        .collect();
+    let mut export_runs = Vec::new();
+    if args.export_records > 0 && !templates.is_empty() {
+        for _ in 0..args.runs.max(1) {
+            let r = export_phase(&args, &templates);
+            eprintln!(
+                "flows-cpu: export phase: {} records ({:.0}/s, load {:.1}), exporter {:.2} µs per record, aggregator {:.2} µs per record, {} delivered{}",
+                r.records,
+                r.records as f64 / r.wall_s,
+                r.load_average,
+                r.us_per_record(EXPORT_THREAD),
+                r.us_per_record(AGGREGATOR_THREAD),
+                r.delivered,
+                if r.ok() { "" } else { ", NOT ALL DELIVERED" },
+            );
+            export_runs.push(r);
+        }
+    }
     let off: Vec<&Sample> = samples.iter().filter(|s| !s.records_on).collect();
     let on: Vec<&Sample> = samples.iter().filter(|s| s.records_on).collect();
-    let delivered = samples.iter().all(Sample::all_delivered);
+    let delivered =
+        samples.iter().all(Sample::all_delivered) && export_runs.iter().all(ExportRun::ok);
     let (off, on) = (side(&off), side(&on));
     let m = |v: &Value| {
         v["felix_cpu_ms_per_1000_connections"]["median"]
@@ -947,6 +1097,7 @@ fn main() -> std::process::ExitCode {
         "off": off,
         "on": on,
         "records_cost_ms_per_1000_connections": m(&on) - m(&off),
+        "export_phase": (!export_runs.is_empty()).then(|| export_report(&args, &export_runs)),
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     if delivered {
