@@ -179,6 +179,8 @@ struct Sample {
     delivered: Delivered,
     /// Seconds from the load's start to the end of the CPU window.
     window_s: f64,
+    /// Seconds of load.
+    load_s: f64,
     /// The 1-minute load average at the measurement's start.
     load_average: f64,
     /// Some of the records the aggregator received (as it lists them).
@@ -818,6 +820,7 @@ fn measure(args: &Args, on: bool) -> Sample {
         counts,
         delivered,
         window_s,
+        load_s: took.as_secs_f64(),
         load_average,
         received,
     }
@@ -994,7 +997,7 @@ fn side(samples: &[&Sample]) -> Value {
             "delivered_flows_completed_src": per(&d(|d| d.completed_src)),
             "delivered_flows_completed_dst": per(&d(|d| d.completed_dst)),
             "delivered_flows_per_s": per(&|s| {
-                s.delivered.started_src as f64 / s.window_s.max(f64::MIN_POSITIVE)
+                s.delivered.started_src as f64 / s.load_s.max(f64::MIN_POSITIVE)
             }),
             "exported_batches": per(&d(|d| d.sent_batches)),
             "acknowledged_batches": per(&d(|d| d.acknowledged)),
