@@ -190,12 +190,25 @@ impl Encoder for PushEncoder {
     type Error = tonic::Status;
 
     fn encode(&mut self, item: Push, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        // Room for the whole message at once: grown as it is written, the
+        // buffer (tonic's, 8 KiB) is copied at every doubling and a batch
+        // of 2,000 records (about 700 KB) lands on pages the kernel zeroes
+        // anew each time.
+        dst.reserve(item.encoded_len());
         item.encode(dst);
         Ok(())
     }
 }
 
 impl Push {
+    /// The bytes [`Push::encode`] writes.
+    fn encoded_len(&self) -> usize {
+        match self {
+            Push::Hello(h) => prost::encoding::message::encoded_len(HELLO_FIELD, h),
+            Push::Batch(b) => prost::encoding::message::encoded_len(BATCH_FIELD, &**b),
+        }
+    }
+
     /// Writes the `PushRequest` this stands for.
     fn encode(&self, dst: &mut impl bytes::BufMut) {
         match self {
@@ -426,6 +439,7 @@ mod tests {
             ours.encode(&mut buf);
             let expected = PushRequest { msg: Some(theirs) }.encode_to_vec();
             assert_eq!(&buf[..], &expected[..]);
+            assert_eq!(ours.encoded_len(), expected.len());
         }
     }
 
