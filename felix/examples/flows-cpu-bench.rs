@@ -458,11 +458,23 @@ impl Aggregator {
         };
         runtime.spawn(shared.clone().expire_every(Duration::from_secs(10)));
         let (ingest, query) = shared.services();
+        // Served as the aggregator serves plaintext: its default limits,
+        // Nagle off on each accepted connection.
+        let listeners = manul_flows::listen::Listeners::new(
+            &manul_flows::listen::ListenArgs::default(),
+            manul_listen::slots::nofile(),
+        );
         runtime.spawn(
-            tonic::transport::Server::builder()
+            listeners
+                .grpc
+                .builder()
                 .add_service(ingest)
                 .add_service(query)
-                .serve_with_incoming(manul_flows::listen::incoming(listener)),
+                .serve_with_incoming(manul_flows::listen::incoming(
+                    listener,
+                    listeners.grpc,
+                    listeners.grpc_slots,
+                )),
         );
         Aggregator { shared, runtime }
     }
