@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use manul_client::Client;
+use manul_client::Cluster;
 use manul_local_cluster::LocalCluster;
 use manul_proto::v1::ReplicaStatus;
 use nix::sys::signal::Signal;
@@ -42,9 +42,9 @@ pub const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 /// listeners. Only the answering replica's view (the `Replica` call), not
 /// the cluster status, which asks every member in turn and, while one is
 /// cut off, waits a second for it.
-pub async fn statuses(peers: &[Client]) -> Vec<Option<ReplicaStatus>> {
+pub async fn statuses(peers: &[Cluster]) -> Vec<Option<ReplicaStatus>> {
     let asks = peers.iter().map(|p| async move {
-        match tokio::time::timeout(STATUS_TIMEOUT, p.cluster(None).replica()).await {
+        match tokio::time::timeout(STATUS_TIMEOUT, p.replica()).await {
             Ok(Ok(s)) => Some(s),
             _ => None,
         }

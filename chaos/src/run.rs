@@ -645,7 +645,8 @@ fn statuses_of(
     rt: &tokio::runtime::Runtime,
     peers: &[Client],
 ) -> Vec<Option<manul_proto::v1::ReplicaStatus>> {
-    let peers = peers.to_vec();
+    // The administrator's certificate is the credential: no peer token.
+    let peers: Vec<manul_client::Cluster> = peers.iter().map(|p| p.cluster(None)).collect();
     setup::on(rt, async move { faults::statuses(&peers).await }).unwrap_or_default()
 }
 
