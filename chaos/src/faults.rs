@@ -1,15 +1,16 @@
 //! Injecting one planned fault into the cluster and healing it, and
-//! finding the Raft leader (each replica's own status on its peer
-//! listener).
+//! reading each replica's own status on its peer listener (whom a leader
+//! or follower fault aims at comes from them, see `leadership.rs`).
 
 use std::time::Duration;
 
-use manul_client::Client;
+use manul_client::Cluster;
 use manul_local_cluster::LocalCluster;
 use manul_proto::v1::ReplicaStatus;
 use nix::sys::signal::Signal;
 
 use crate::ChaosError;
+use crate::leadership::Agreed;
 use crate::schedule::{FaultKind, Planned};
 use crate::setup::{REPLICAS, SLOW, SLOW_DISK_REPLICA, SMALL_DISK_REPLICA};
 
@@ -32,62 +33,85 @@ pub struct Active {
     pub undo: Undo,
 }
 
-/// Each replica's own status (`None` where it did not answer within a
-/// second), through clients on the peer listeners.
-pub async fn statuses(peers: &[Client]) -> Vec<Option<ReplicaStatus>> {
-    let mut out = Vec::new();
-    for p in peers {
-        let status = tokio::time::timeout(Duration::from_secs(1), p.cluster(None).status()).await;
-        out.push(match status {
-            Ok(Ok(s)) => s.replicas.into_iter().next(),
+/// How long one replica's status may take: its own view needs no peer,
+/// so only a dead or stopped replica takes this long.
+pub const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Each replica's own status (`None` where it did not answer within
+/// [`STATUS_TIMEOUT`]), asked of all at once through clients on the peer
+/// listeners. Only the answering replica's view (the `Replica` call), not
+/// the cluster status, which asks every member in turn and, while one is
+/// cut off, waits a second for it.
+pub async fn statuses(peers: &[Cluster]) -> Vec<Option<ReplicaStatus>> {
+    let asks = peers.iter().map(|p| async move {
+        match tokio::time::timeout(STATUS_TIMEOUT, p.replica()).await {
+            Ok(Ok(s)) => Some(s),
             _ => None,
-        });
+        }
+    });
+    futures::future::join_all(asks).await
+}
+
+/// The newest revision any answering replica has applied: what every
+/// Felix must reach after a heal. Only committed entries are applied, so
+/// no replica, not even a cut-off old leader, is ahead of what the leader
+/// has committed; a replica that lags is behind it.
+pub fn newest_applied(statuses: &[Option<ReplicaStatus>]) -> Option<u64> {
+    statuses.iter().flatten().map(|s| s.applied_revision).max()
+}
+
+/// Whether `kind` aims at the leader or at a follower, so that its target
+/// depends on who leads.
+pub fn needs_leader(kind: FaultKind) -> bool {
+    matches!(
+        kind,
+        FaultKind::KillLeader
+            | FaultKind::KillFollower
+            | FaultKind::PartitionLeader
+            | FaultKind::PartitionFollower
+    )
+}
+
+/// The replica a leader or follower fault aims at, from the agreed leader
+/// (`node` picks one of the followers), and its role; `None` for a fault
+/// that does not aim at a replica by role.
+pub fn replica_target(
+    kind: FaultKind,
+    node: usize,
+    leader: usize,
+) -> Option<(usize, &'static str)> {
+    let follower = (leader + 1 + node % (REPLICAS - 1)) % REPLICAS;
+    match kind {
+        FaultKind::KillLeader | FaultKind::PartitionLeader => Some((leader, "leader")),
+        FaultKind::KillFollower | FaultKind::PartitionFollower => Some((follower, "follower")),
+        _ => None,
     }
-    out
 }
 
-/// The replica (0-based) that says it leads, at the highest term.
-pub fn leader(statuses: &[Option<ReplicaStatus>]) -> Option<usize> {
-    statuses
-        .iter()
-        .enumerate()
-        .filter_map(|(k, s)| {
-            s.as_ref()
-                .filter(|s| s.role == "leader")
-                .map(|s| (k, s.term))
-        })
-        .max_by_key(|(_, term)| *term)
-        .map(|(k, _)| k)
-}
-
-/// Starts `planned` on the cluster; `leader` is the current leader, if
-/// known (a leader fault without one picks replica 0).
+/// Starts `planned` on the cluster; `agreed` is the leadership every
+/// answering replica agreed on just before, which a leader or follower
+/// fault needs (without it such a fault is refused, never aimed at a
+/// guess).
 pub fn inject(
     c: &mut LocalCluster,
     planned: Planned,
-    leader: Option<usize>,
+    agreed: Option<Agreed>,
 ) -> Result<Active, ChaosError> {
     let nodes = c.nodes().len().max(1);
     let node = planned.node % nodes;
-    let lead = leader.unwrap_or(0);
-    let follower = (lead + 1 + planned.node % (REPLICAS - 1)) % REPLICAS;
     let others = |k: usize| -> Vec<usize> { (0..REPLICAS).filter(|&o| o != k).collect() };
+    let aimed = || -> Result<usize, ChaosError> {
+        let leader = agreed.ok_or(ChaosError::NoAgreedLeader)?.leader;
+        Ok(replica_target(planned.kind, planned.node, leader).map_or(leader, |(k, _)| k))
+    };
     let (target, undo) = match planned.kind {
         FaultKind::KillLeader | FaultKind::KillFollower => {
-            let k = if planned.kind == FaultKind::KillLeader {
-                lead
-            } else {
-                follower
-            };
+            let k = aimed()?;
             c.kill_typha(k)?;
             (format!("typha-{}", k + 1), Undo::RestartTypha(k))
         }
         FaultKind::PartitionLeader | FaultKind::PartitionFollower => {
-            let k = if planned.kind == FaultKind::PartitionLeader {
-                lead
-            } else {
-                follower
-            };
+            let k = aimed()?;
             c.partition_typha(k, &others(k))?;
             (format!("typha-{}", k + 1), Undo::Heal)
         }
@@ -133,19 +157,50 @@ pub fn heal(c: &mut LocalCluster, active: &Active) -> Result<(), ChaosError> {
 mod tests {
     use super::*;
 
-    fn status(role: &str, term: u64) -> Option<ReplicaStatus> {
+    fn applied(rev: u64) -> Option<ReplicaStatus> {
         Some(ReplicaStatus {
-            role: role.into(),
-            term,
+            applied_revision: rev,
             ..ReplicaStatus::default()
         })
     }
 
     #[test]
-    fn the_leader_is_the_one_at_the_highest_term() {
-        // A cut-off old leader still says it leads, at an older term.
-        let s = [status("leader", 2), None, status("leader", 3)];
-        assert_eq!(leader(&s), Some(2));
-        assert_eq!(leader(&[status("follower", 3), None]), None);
+    fn the_convergence_target_is_the_newest_applied_revision() {
+        // A cut-off old leader (7) and a lagging follower (9) beside the
+        // new leader (12).
+        assert_eq!(
+            newest_applied(&[applied(7), applied(12), applied(9)]),
+            Some(12)
+        );
+        assert_eq!(newest_applied(&[None, applied(3), None]), Some(3));
+        assert_eq!(newest_applied(&[None, None, None]), None);
+    }
+
+    #[test]
+    fn leader_faults_hit_the_leader_and_follower_faults_never_do() {
+        for leader in 0..REPLICAS {
+            for node in 0..4 {
+                let l = replica_target(FaultKind::PartitionLeader, node, leader);
+                assert_eq!(l, Some((leader, "leader")));
+                assert_eq!(replica_target(FaultKind::KillLeader, node, leader), l);
+                let (f, role) = replica_target(FaultKind::PartitionFollower, node, leader).unwrap();
+                assert_ne!(f, leader, "leader {leader}, node {node}");
+                assert!(f < REPLICAS);
+                assert_eq!(role, "follower");
+                assert_eq!(
+                    replica_target(FaultKind::KillFollower, node, leader),
+                    Some((f, "follower"))
+                );
+            }
+            // Both followers get picked, by the planned node.
+            let picked: std::collections::BTreeSet<usize> = (0..4)
+                .filter_map(|n| replica_target(FaultKind::KillFollower, n, leader))
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(picked.len(), REPLICAS - 1);
+        }
+        assert_eq!(replica_target(FaultKind::StopFelix, 0, 1), None);
+        assert!(needs_leader(FaultKind::PartitionFollower));
+        assert!(!needs_leader(FaultKind::SlowDisk));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::Report;
+use crate::report::{Report, TargetChoice};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -25,7 +25,12 @@ fn x(t: f64, end: f64) -> f64 {
 /// orange: an allowed pair failed).
 fn timeline(r: &Report) -> String {
     let end = r.seconds;
-    let mut targets: Vec<&str> = r.faults.iter().map(|f| f.target.as_str()).collect();
+    let mut targets: Vec<&str> = r
+        .faults
+        .iter()
+        .filter(|f| f.injected)
+        .map(|f| f.target.as_str())
+        .collect();
     targets.sort_unstable();
     targets.dedup();
     let rows = targets.len() as f64;
@@ -42,14 +47,25 @@ fn timeline(r: &Report) -> String {
             y + 8.0,
             y + 8.0
         );
-        for f in r.faults.iter().filter(|f| f.target == *target) {
+        for f in r
+            .faults
+            .iter()
+            .filter(|f| f.injected && f.target == *target)
+        {
             let x0 = x(f.start, end);
             let x1 = x(f.healed.unwrap_or(end), end).max(x0 + 3.0);
+            let role = f
+                .choice
+                .as_ref()
+                .and_then(|c| c.role.as_deref())
+                .map(|r| format!(" (the {r})"))
+                .unwrap_or_default();
             let _ = write!(
                 s,
-                r##"<rect x="{x0:.1}" y="{y}" width="{:.1}" height="16" fill="#7a5cc7"><title>{} {:.1}-{:.1} s, Felix converged in {}</title></rect>"##,
+                r##"<rect x="{x0:.1}" y="{y}" width="{:.1}" height="16" fill="#7a5cc7"><title>{}{} {:.1}-{:.1} s, Felix converged in {}</title></rect>"##,
                 x1 - x0,
                 esc(&f.kind),
+                esc(&role),
                 f.start,
                 f.healed.unwrap_or(end),
                 f.felix_convergence
@@ -170,14 +186,19 @@ pub fn render(r: &Report) -> String {
     }
     s.push_str("</table><h2>Timeline</h2>");
     s.push_str(&timeline(r));
-    s.push_str("<h2>Faults and convergence</h2><table><tr><th>fault</th><th>target</th><th>start (s)</th><th>healed (s)</th><th>Felix at the leader's revision (s)</th><th>allowed pairs again (s)</th></tr>");
+    s.push_str("<h2>Faults and convergence</h2><table><tr><th>fault</th><th>target</th><th>chosen from (each replica: role, leader id, term, commit, applied)</th><th>start (s)</th><th>healed (s)</th><th>Felix at the leader's revision (s)</th><th>allowed pairs again (s)</th></tr>");
     let secs = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into());
     for f in &r.faults {
         let _ = write!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&f.kind),
-            esc(&f.target),
+            if f.injected {
+                esc(&f.target)
+            } else {
+                "<span class=bad>not injected</span>".into()
+            },
+            f.choice.as_ref().map(choice).unwrap_or_default(),
             f.start,
             secs(f.healed),
             secs(f.felix_convergence),
@@ -252,6 +273,45 @@ pub fn render(r: &Report) -> String {
     s
 }
 
+/// How a target was chosen: the agreed view and the target's role in it
+/// (or why there was none), then each replica's status.
+fn choice(c: &TargetChoice) -> String {
+    let mut s = match (&c.leader, c.term, &c.role) {
+        (Some(leader), Some(term), Some(role)) => format!(
+            "{} leader {} at term {term}, agreed after {:.2} s",
+            if role == "leader" {
+                "the"
+            } else {
+                "a follower of the"
+            },
+            esc(leader),
+            c.waited
+        ),
+        _ => format!(
+            "<span class=bad>no agreed leader after {:.2} s</span>: {}",
+            c.waited,
+            esc(c.not_settled.as_deref().unwrap_or(""))
+        ),
+    };
+    for st in &c.statuses {
+        if st.answered {
+            let _ = write!(
+                s,
+                "<br>{}: {}, {}, {}, {}, {}",
+                esc(&st.replica),
+                esc(&st.role),
+                st.leader_id,
+                st.term,
+                st.commit_index,
+                st.applied_revision
+            );
+        } else {
+            let _ = write!(s, "<br>{}: no answer", esc(&st.replica));
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,14 +327,63 @@ mod tests {
             seconds: 60.0,
             ok: false,
             invariants: vec![Invariant::new("probe <x>", &["bad".into()], String::new())],
-            faults: vec![FaultRecord {
-                kind: "kill-leader".into(),
-                target: "typha-1".into(),
-                start: 5.0,
-                healed: Some(9.0),
-                felix_convergence: Some(0.4),
-                allowed_recovery: Some(0.0),
-            }],
+            faults: vec![
+                FaultRecord {
+                    kind: "kill-leader".into(),
+                    target: "typha-1".into(),
+                    injected: true,
+                    choice: Some(TargetChoice {
+                        waited: 0.3,
+                        polls: 4,
+                        settled: true,
+                        not_settled: None,
+                        leader: Some("typha-1".into()),
+                        term: Some(7),
+                        role: Some("leader".into()),
+                        statuses: vec![
+                            SeenStatus {
+                                replica: "typha-1".into(),
+                                answered: true,
+                                id: 1,
+                                role: "leader".into(),
+                                leader_id: 1,
+                                term: 7,
+                                commit_index: 120,
+                                applied_revision: 118,
+                            },
+                            SeenStatus {
+                                replica: "typha-2".into(),
+                                ..SeenStatus::default()
+                            },
+                        ],
+                    }),
+                    start: 5.0,
+                    healed: Some(9.0),
+                    convergence_target: Some(118),
+                    felix_convergence: Some(0.4),
+                    allowed_recovery: Some(0.0),
+                },
+                FaultRecord {
+                    kind: "partition-follower".into(),
+                    target: String::new(),
+                    injected: false,
+                    choice: Some(TargetChoice {
+                        waited: 5.0,
+                        polls: 40,
+                        settled: false,
+                        not_settled: Some("typha-3 (candidate) knows no leader".into()),
+                        leader: None,
+                        term: None,
+                        role: None,
+                        statuses: vec![],
+                    }),
+                    start: 20.0,
+                    healed: None,
+                    convergence_target: None,
+                    felix_convergence: None,
+                    allowed_recovery: None,
+                },
+            ],
             events: vec![],
             probes: ProbeSummary::default(),
             history: HistorySummary::default(),
@@ -289,6 +398,16 @@ mod tests {
         };
         let page = render(&r);
         assert!(page.contains("probe &lt;x&gt;"));
+        assert!(page.contains("the leader typha-1 at term 7, agreed after 0.30 s"));
+        assert!(page.contains("<br>typha-1: leader, 1, 7, 120, 118<br>typha-2: no answer"));
+        assert!(page.contains("not injected"));
+        assert!(
+            page.contains(
+                "no agreed leader after 5.00 s</span>: typha-3 (candidate) knows no leader"
+            )
+        );
+        // The fault that was not injected has no bar.
+        assert_eq!(page.matches("fill=\"#7a5cc7\"").count(), 1);
         assert!(page.contains("VIOLATED"));
         assert!(page.contains("<svg") && page.contains("polyline"));
         assert!(!page.contains("<script"));

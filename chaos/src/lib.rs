@@ -24,6 +24,7 @@ pub mod faults;
 pub mod html;
 pub mod invariants;
 pub mod kv;
+pub mod leadership;
 pub mod linearizability;
 pub mod minimal;
 pub mod probes;
@@ -47,6 +48,8 @@ pub enum ChaosError {
     Netns(#[from] manul_netns::NetnsError),
     #[error("setting up the run: {0}")]
     Setup(String),
+    #[error("the replicas agree on no leader to aim the fault at")]
+    NoAgreedLeader,
     #[error("{}", path.display())]
     Io {
         path: PathBuf,

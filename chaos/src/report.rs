@@ -10,19 +10,91 @@ use crate::ChaosError;
 use crate::invariants::Invariant;
 use crate::probes::ProbeResult;
 
-/// One injected fault.
+/// One planned fault: injected, or (a leader or follower fault whose
+/// replicas agreed on no leader in time) not.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FaultRecord {
     pub kind: String,
+    /// What it hit ("typha-2", "felix-node1"); empty when not injected.
     pub target: String,
+    pub injected: bool,
+    /// For a leader or follower fault: how its target was chosen.
+    pub choice: Option<TargetChoice>,
     /// Seconds since the start of the run.
     pub start: f64,
     pub healed: Option<f64>,
+    /// The revision every Felix had to reach: the newest any replica had
+    /// applied just after the heal.
+    pub convergence_target: Option<u64>,
     /// Seconds from the heal until every Felix had the leader's revision
     /// at the heal (`None`: not within the bound).
     pub felix_convergence: Option<f64>,
     /// Seconds from the heal until every allowed pair connected again.
     pub allowed_recovery: Option<f64>,
+}
+
+/// One replica's own status as read before a target was chosen (`answered`
+/// false: it did not answer in time, and the rest is zero).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SeenStatus {
+    /// "typha-1" ...
+    pub replica: String,
+    pub answered: bool,
+    /// Its Raft id.
+    pub id: u64,
+    pub role: String,
+    /// The Raft id of the leader it sees (0: none).
+    pub leader_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_revision: u64,
+}
+
+impl SeenStatus {
+    pub fn of(statuses: &[Option<manul_proto::v1::ReplicaStatus>]) -> Vec<SeenStatus> {
+        statuses
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let replica = format!("typha-{}", k + 1);
+                match s {
+                    Some(s) => SeenStatus {
+                        replica,
+                        answered: true,
+                        id: s.id,
+                        role: s.role.clone(),
+                        leader_id: s.leader_id,
+                        term: s.term,
+                        commit_index: s.commit_index,
+                        applied_revision: s.applied_revision,
+                    },
+                    None => SeenStatus {
+                        replica,
+                        ..SeenStatus::default()
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+/// How a leader or follower fault's target was chosen: from the replicas'
+/// statuses once every answering one agreed on the leader and term.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TargetChoice {
+    /// Seconds spent polling until the replicas agreed (or gave up).
+    pub waited: f64,
+    pub polls: u32,
+    pub settled: bool,
+    /// Why they did not agree (at the last poll), when they did not.
+    pub not_settled: Option<String>,
+    /// The agreed leader ("typha-2") and term.
+    pub leader: Option<String>,
+    pub term: Option<u64>,
+    /// The target's role in that view: "leader" or "follower".
+    pub role: Option<String>,
+    /// The statuses of the last poll, which the choice was made from.
+    pub statuses: Vec<SeenStatus>,
 }
 
 /// Something that happened (a fault, a crash, a churn error).

@@ -16,6 +16,7 @@ use crate::ChaosError;
 use crate::faults::{self, Active};
 use crate::invariants::{self, Final, Invariant};
 use crate::kv;
+use crate::leadership::{self, Agreed};
 use crate::probes::{self, Probes};
 use crate::report::*;
 use crate::schedule::{self, Planned, SETTLE};
@@ -267,8 +268,8 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
     let mut pending: std::collections::VecDeque<Planned> =
         config.schedule.iter().copied().collect();
     let mut active: Option<(Active, usize)> = None;
-    // After a heal: the fault's index, the heal time, the revision to reach.
-    let mut converging: Option<(usize, f64, u64)> = None;
+    // After a heal: the fault's index, the revision to reach, the watcher.
+    let mut converging: Option<(usize, u64, Convergence)> = None;
     let mut churn_pods: std::collections::VecDeque<String> = Default::default();
     let (mut pod_n, mut policy_n) = (0u64, 0u64);
     let (mut next_pod, mut next_policy, mut next_sample) = (0.0, 0.0, 0.0);
@@ -285,17 +286,59 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
             && pending.front().is_some_and(|p| p.at.as_secs_f64() <= t)
             && let Some(p) = pending.pop_front()
         {
-            {
-                let statuses = statuses_of(&rt, &peer_clients);
-                let leader = faults::leader(&statuses);
-                match faults::inject(&mut c, p, leader) {
+            // A leader or follower fault waits until every answering
+            // replica agrees on one leader at one term, and aims at that
+            // view: right after a heal they can still disagree, and a
+            // target picked then can be the wrong replica.
+            let (agreed, choice) = if faults::needs_leader(p.kind) {
+                let (agreed, choice) =
+                    await_leadership(&rt, &peer_clients, p, LEADERSHIP_WAIT, &mut run);
+                (agreed, Some(choice))
+            } else {
+                (None, None)
+            };
+            match (&choice, agreed) {
+                (Some(choice), None) => {
+                    run.event(format!(
+                        "cannot inject {}: the replicas agreed on no leader within {:.0} s ({})",
+                        p.kind.name(),
+                        LEADERSHIP_WAIT.as_secs_f64(),
+                        choice.not_settled.as_deref().unwrap_or("")
+                    ));
+                    let t = run.t();
+                    run.faults.push(FaultRecord {
+                        kind: p.kind.name().into(),
+                        target: String::new(),
+                        injected: false,
+                        choice: Some(choice.clone()),
+                        start: t,
+                        healed: None,
+                        convergence_target: None,
+                        felix_convergence: None,
+                        allowed_recovery: None,
+                    });
+                }
+                _ => match faults::inject(&mut c, p, agreed) {
                     Ok(a) => {
-                        run.event(format!("inject {} on {}", p.kind.name(), a.target));
+                        let how = match (&choice, agreed) {
+                            (Some(ch), Some(ag)) => format!(
+                                " ({}; leader typha-{} at term {}, agreed after {:.2} s)",
+                                ch.role.as_deref().unwrap_or(""),
+                                ag.leader + 1,
+                                ag.term,
+                                ch.waited
+                            ),
+                            _ => String::new(),
+                        };
+                        run.event(format!("inject {} on {}{how}", p.kind.name(), a.target));
                         run.faults.push(FaultRecord {
                             kind: p.kind.name().into(),
                             target: a.target.clone(),
+                            injected: true,
+                            choice,
                             start: run.t(),
                             healed: None,
+                            convergence_target: None,
                             felix_convergence: None,
                             allowed_recovery: None,
                         });
@@ -303,7 +346,7 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
                         active = Some((a, index));
                     }
                     Err(e) => run.event(format!("cannot inject {}: {e}", p.kind.name())),
-                }
+                },
             }
         }
         if let Some((a, index)) = &active {
@@ -313,38 +356,49 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
                 if let Err(e) = faults::heal(&mut c, &a) {
                     run.event(format!("cannot heal {}: {e}", a.planned.kind.name()));
                 }
+                let healed_at = Instant::now();
                 let healed = run.t();
                 run.faults[index].healed = Some(healed);
                 run.event(format!("healed {} on {}", a.planned.kind.name(), a.target));
+                // What every Felix must reach: the newest revision a
+                // replica applied at the heal (read at once: each replica's
+                // own view, asked of all together).
                 let statuses = statuses_of(&rt, &peer_clients);
-                let target = faults::leader(&statuses)
-                    .and_then(|l| statuses[l].as_ref().map(|s| s.applied_revision))
-                    .unwrap_or_else(|| {
-                        statuses
-                            .iter()
-                            .flatten()
-                            .map(|s| s.applied_revision)
-                            .max()
-                            .unwrap_or(0)
-                    });
-                converging = Some((index, healed, target));
+                let target = faults::newest_applied(&statuses).unwrap_or_else(|| {
+                    run.event(
+                        "no replica answered just after the heal; Felix must reach the watched streams' revision"
+                            .into(),
+                    );
+                    watched
+                        .iter()
+                        .filter_map(|w| w.check.lock().ok().map(|c| c.revision))
+                        .max()
+                        .unwrap_or(0)
+                });
+                run.faults[index].convergence_target = Some(target);
+                // Watched on a thread of its own, so that a main loop held
+                // up (a churn write waiting for a leader, a pod's CNI
+                // plugin) does not delay the measurement.
+                match watch_convergence(&c, target, healed_at) {
+                    Ok(w) => converging = Some((index, target, w)),
+                    Err(e) => run.event(format!("cannot watch Felix convergence: {e}")),
+                }
                 active = None;
             }
         }
         // Felix convergence after the last heal.
-        if let Some((index, healed, target)) = converging {
-            let all = c
-                .nodes()
-                .iter()
-                .all(|n| c.felix_revision(n).is_ok_and(|r| r >= target));
-            if all {
-                run.faults[index].felix_convergence = Some(run.t() - healed);
-                converging = None;
-            } else if run.t() - healed > 15.0 {
-                run.event(format!(
-                    "Felix did not reach revision {target} within 15 s of the heal"
-                ));
-                converging = None;
+        if converging
+            .as_ref()
+            .is_some_and(|(_, _, w)| w.thread.is_finished())
+            && let Some((index, target, w)) = converging.take()
+        {
+            match w.thread.join() {
+                Ok(Some(s)) => run.faults[index].felix_convergence = Some(s),
+                Ok(None) => run.event(format!(
+                    "Felix did not reach revision {target} within {:.0} s of the heal",
+                    CONVERGENCE_BOUND.as_secs_f64()
+                )),
+                Err(_) => run.event("the convergence watcher failed".into()),
             }
         }
         // Processes that died on their own are recorded and restarted.
@@ -443,6 +497,9 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    if let Some((_, _, w)) = converging.take() {
+        w.stop.store(true, Ordering::Relaxed);
+    }
     // Heal whatever is still going on.
     if let Some((a, index)) = active.take() {
         let _ = faults::heal(&mut c, &a);
@@ -470,12 +527,126 @@ pub fn run(config: &RunConfig) -> Result<Report, ChaosError> {
     )
 }
 
+/// How long a leader or follower fault waits for the replicas to agree on
+/// who leads before it is given up.
+pub const LEADERSHIP_WAIT: Duration = Duration::from_secs(5);
+
+/// How often the replicas' statuses are read while waiting.
+const LEADERSHIP_POLL: Duration = Duration::from_millis(100);
+
+/// How long after a heal convergence is watched for.
+pub const CONVERGENCE_BOUND: Duration = Duration::from_secs(15);
+
+/// Polls the replicas' statuses until every answering one agrees on one
+/// leader at one term (see `leadership::agreed`) or `bound` runs out;
+/// returns the agreed view, if any, and how the choice for `planned` was
+/// made.
+fn await_leadership(
+    rt: &tokio::runtime::Runtime,
+    peers: &[Client],
+    planned: Planned,
+    bound: Duration,
+    run: &mut Run,
+) -> (Option<Agreed>, TargetChoice) {
+    let begin = Instant::now();
+    let mut polls = 0;
+    loop {
+        let statuses = statuses_of(rt, peers);
+        polls += 1;
+        let view = leadership::agreed(&statuses);
+        let waited = begin.elapsed();
+        if view.is_ok() || waited >= bound {
+            let seen = SeenStatus::of(&statuses);
+            return match view {
+                Ok(agreed) => {
+                    let role = faults::replica_target(planned.kind, planned.node, agreed.leader)
+                        .map(|(_, role)| role.to_string());
+                    (
+                        Some(agreed),
+                        TargetChoice {
+                            waited: waited.as_secs_f64(),
+                            polls,
+                            settled: true,
+                            not_settled: None,
+                            leader: Some(format!("typha-{}", agreed.leader + 1)),
+                            term: Some(agreed.term),
+                            role,
+                            statuses: seen,
+                        },
+                    )
+                }
+                Err(why) => {
+                    run.event(format!(
+                        "leadership not settled after {:.2} s: {why}",
+                        waited.as_secs_f64()
+                    ));
+                    (
+                        None,
+                        TargetChoice {
+                            waited: waited.as_secs_f64(),
+                            polls,
+                            settled: false,
+                            not_settled: Some(why.to_string()),
+                            leader: None,
+                            term: None,
+                            role: None,
+                            statuses: seen,
+                        },
+                    )
+                }
+            };
+        }
+        std::thread::sleep(LEADERSHIP_POLL);
+    }
+}
+
+/// A watcher of Felix convergence after a heal.
+struct Convergence {
+    /// Seconds from the heal until every Felix first reported the target
+    /// revision; `None` when the bound ran out (or the run stopped it).
+    thread: std::thread::JoinHandle<Option<f64>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// How often the convergence watcher reads every Felix's revision.
+const CONVERGENCE_POLL: Duration = Duration::from_millis(50);
+
+/// Starts watching every node's Felix (its `/readyz`, from inside the
+/// node's namespace) until each reports `target` or more, timed from
+/// `healed`, for at most [`CONVERGENCE_BOUND`].
+fn watch_convergence(
+    c: &LocalCluster,
+    target: u64,
+    healed: Instant,
+) -> Result<Convergence, ChaosError> {
+    let namespaces = c
+        .nodes()
+        .iter()
+        .map(|n| manul_netns::NetNs::open(n.netns.name()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let halt = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while healed.elapsed() < CONVERGENCE_BOUND && !halt.load(Ordering::Relaxed) {
+            if namespaces.iter().all(|ns| {
+                manul_local_cluster::cluster::felix_revision_in(ns).is_some_and(|r| r >= target)
+            }) {
+                return Some(healed.elapsed().as_secs_f64());
+            }
+            std::thread::sleep(CONVERGENCE_POLL);
+        }
+        None
+    });
+    Ok(Convergence { thread, stop })
+}
+
 /// Every replica's own status, from the control plane.
 fn statuses_of(
     rt: &tokio::runtime::Runtime,
     peers: &[Client],
 ) -> Vec<Option<manul_proto::v1::ReplicaStatus>> {
-    let peers = peers.to_vec();
+    // The administrator's certificate is the credential: no peer token.
+    let peers: Vec<manul_client::Cluster> = peers.iter().map(|p| p.cluster(None)).collect();
     setup::on(rt, async move { faults::statuses(&peers).await }).unwrap_or_default()
 }
 
@@ -738,6 +909,35 @@ fn finish(
         "every Felix at the leader's revision and allowed pairs working within 2 s of each heal",
         &slow,
         format!("slowest Felix convergence {worst:.2} s"),
+    ));
+    // Leadership settled before each leader or follower fault.
+    let unsettled: Vec<String> = run
+        .faults
+        .iter()
+        .filter_map(|f| {
+            let c = f.choice.as_ref().filter(|c| !c.settled)?;
+            Some(format!(
+                "{} at {:.1} s: {}",
+                f.kind,
+                f.start,
+                c.not_settled.as_deref().unwrap_or("")
+            ))
+        })
+        .collect();
+    let chosen = run.faults.iter().filter(|f| f.choice.is_some()).count();
+    invariants.push(Invariant::new(
+        &format!(
+            "the replicas agreed on one leader at one term before each leader or follower fault (within {:.0} s)",
+            LEADERSHIP_WAIT.as_secs_f64()
+        ),
+        &unsettled,
+        format!(
+            "{chosen} leader or follower faults; longest wait {:.2} s",
+            run.faults
+                .iter()
+                .filter_map(|f| f.choice.as_ref().map(|c| c.waited))
+                .fold(0.0, f64::max)
+        ),
     ));
     let probes = ProbeSummary::of(
         &results,

@@ -69,6 +69,19 @@ impl Cluster {
             .await
     }
 
+    /// The answering replica's own view only (role, term, the leader it
+    /// follows, commit and applied revisions, state hash), without asking
+    /// the other members as [`Cluster::status`] does: it answers at once
+    /// even while a peer is unreachable.
+    pub async fn replica(&self) -> Result<pb::ReplicaStatus, ClientError> {
+        self.client
+            .call_on(|channel| {
+                let mut api = self.api(channel);
+                async move { api.replica(pb::ReplicaStatusRequest::default()).await }
+            })
+            .await
+    }
+
     /// Adds a replica as a non-voting learner; returns the members.
     pub async fn add_learner(
         &self,

@@ -15,6 +15,7 @@ mod typha;
 
 use flows::FlowsState;
 pub use flows::{FLOWS_PORT, FLOWS_UI_PORT, FlowsConfig};
+pub use nodes::felix_revision_in;
 pub use pods::{PodInfo, PodSpec};
 pub use slow_disk::{SlowDisk, Throttle};
 pub use typha::parse;

@@ -36,6 +36,20 @@ fn http_status(ns: &NetNs, addr: SocketAddr, path: &str) -> Option<u16> {
     http_get(ns, addr, path).map(|(code, _)| code)
 }
 
+/// The revision the Felix of the node namespace `ns` reports on its
+/// `/readyz` (0 when the body names none; `None` when it does not answer):
+/// what [`LocalCluster::felix_revision`] reads, for a watcher on a thread
+/// of its own holding the namespace (`NetNs::open` of the node's name).
+pub fn felix_revision_in(ns: &NetNs) -> Option<u64> {
+    let (_, body) = http_get(ns, FELIX_METRICS, "/readyz")?;
+    Some(
+        body.split_whitespace()
+            .last()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
 const FELIX_METRICS: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), FELIX_METRICS_PORT);
 impl LocalCluster {
@@ -213,18 +227,11 @@ impl LocalCluster {
     /// The datastore revision a node's Felix has applied to its dataplane
     /// (0 before its first sync).
     pub fn felix_revision(&self, node: &Node) -> Result<u64, ClusterError> {
-        let (_, body) = http_get(&node.netns, FELIX_METRICS, "/readyz").ok_or_else(|| {
-            ClusterError::NotReady {
-                what: format!("felix on {}", node.name),
-                secs: 0,
-                log: tail(&node.log),
-            }
-        })?;
-        Ok(body
-            .split_whitespace()
-            .last()
-            .and_then(|w| w.parse().ok())
-            .unwrap_or(0))
+        felix_revision_in(&node.netns).ok_or_else(|| ClusterError::NotReady {
+            what: format!("felix on {}", node.name),
+            secs: 0,
+            log: tail(&node.log),
+        })
     }
 
     pub fn nodes(&self) -> &[Node] {
