@@ -34,33 +34,41 @@ struct {
 static __attribute__((noinline)) int dsr_trusted(const struct pkt *p, const __u8 *fe,
 						 __u16 port)
 {
-	struct manul_dsr_node_key nk = {};
+	/* One key at a time, in one slot: the frame stays within the
+	 * verifier's budget for the deepest chain (handle, svc6_in, this). */
+	union {
+		struct manul_dsr_node_key node;
+		struct manul_svc_fe_key fe4;
+		struct manul_svc_fe6_key fe6;
+	} k;
 	struct manul_svc_fe_value *v = 0;
 	int node;
 
 	if (!p || !fe)
 		return 0;
+	__builtin_memset(&k, 0, sizeof(k));
 	if (p->version == 4) {
-		nk.addr[10] = 0xff;
-		nk.addr[11] = 0xff;
-		__builtin_memcpy(&nk.addr[12], fe, 4);
+		k.node.addr[10] = 0xff;
+		k.node.addr[11] = 0xff;
+		__builtin_memcpy(&k.node.addr[12], fe, 4);
 	} else {
-		__builtin_memcpy(nk.addr, fe, 16);
+		__builtin_memcpy(k.node.addr, fe, 16);
 	}
-	node = bpf_map_lookup_elem(&manul_dsr_node, &nk) != 0;
+	node = bpf_map_lookup_elem(&manul_dsr_node, &k.node) != 0;
+	__builtin_memset(&k, 0, sizeof(k));
 	if (p->version == 4) {
-		struct manul_svc_fe_key k = { .port = port, .proto = p->proto };
-
+		k.fe4.port = port;
+		k.fe4.proto = p->proto;
 		/* A node port's entry has address 0. */
 		if (!node)
-			__builtin_memcpy(&k.addr, fe, 4);
-		v = bpf_map_lookup_elem(&manul_svc_fe, &k);
+			__builtin_memcpy(&k.fe4.addr, fe, 4);
+		v = bpf_map_lookup_elem(&manul_svc_fe, &k.fe4);
 	} else {
-		struct manul_svc_fe6_key k = { .port = port, .proto = p->proto };
-
+		k.fe6.port = port;
+		k.fe6.proto = p->proto;
 		if (!node)
-			__builtin_memcpy(k.addr, fe, 16);
-		v = bpf_map_lookup_elem(&manul_svc_fe6, &k);
+			__builtin_memcpy(k.fe6.addr, fe, 16);
+		v = bpf_map_lookup_elem(&manul_svc_fe6, &k.fe6);
 	}
 	if (v && (v->flags & MANUL_SVC_FE_EXT_CLUSTER))
 		return 1;
