@@ -9,7 +9,8 @@
 //! and a probe's connection would wait in the kernel's backlog until
 //! something else closes. So the HTTP listener keeps one descriptor in
 //! reserve (at first open on `/dev/null`): when an accept fails for want
-//! of a descriptor, it closes that one and accepts again at once, on the
+//! of a descriptor and a connection waits in the backlog
+//! ([`connection_waiting`]), it closes that one and accepts again at once, on the
 //! same thread with nothing in between ([`Spare::release`], then the
 //! accept), and the connection it gets is a [`SpareStream`]. When that
 //! connection ends, its socket is shut down and its descriptor kept as
@@ -20,8 +21,12 @@
 //! One window remains: between closing the reserve and the accept (two
 //! system calls in a row on one thread; Linux cannot accept into a given
 //! descriptor), another thread's `accept` or `open` may take the freed
-//! descriptor. Then the reserve is gone until a descriptor frees and the
-//! listener, retrying every 50 ms like the others, opens `/dev/null` again.
+//! descriptor; the window is a few microseconds, longer only when the
+//! thread is preempted right there. Then the reserve is gone until a
+//! descriptor frees and the listener, retrying every 50 ms like the
+//! others, opens `/dev/null` again. (Were the waiting connection gone
+//! before the accept, the reserve is opened again at once, with the same
+//! window.)
 
 use std::fs::File;
 use std::io;
