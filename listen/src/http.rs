@@ -88,13 +88,11 @@ pub async fn serve(
 /// and retried after [`ACCEPT_BACKOFF`]; when it failed for want of a
 /// descriptor and the reserve is held, the reserve is closed and one more
 /// accept tried at once (nothing in between: no await, no log), the
-/// connection then holding the reserve's [`Lent`]. Linux takes the
-/// descriptor before it looks for a connection, so EMFILE also comes with
-/// an empty backlog: the reserve is closed only when a connection waits
-/// ([`spare::connection_waiting`]), and otherwise the listener looks
-/// again after the back-off (a probe waits up to [`ACCEPT_BACKOFF`]). The
-/// accept on the reserve does not wait either: were the connection gone
-/// meanwhile, the reserve is opened again at once.
+/// connection then holding the reserve's [`Lent`]. That accept does not wait: Linux takes the descriptor before
+/// it looks for a connection, so EMFILE also comes with an empty backlog
+/// (the listener stays readable until an accept would block), and the
+/// reserve must not stay closed while nobody is connecting, or another
+/// listener takes its descriptor.
 async fn accept_reserved(
     listener: &TcpListener,
     slots: &Slots,
@@ -109,18 +107,16 @@ async fn accept_reserved(
             }
             Err(e) => e,
         };
-        let out = spare::out_of_descriptors(&error);
-        if out && !spare::connection_waiting(listener) {
-            // Nobody connecting: closing the reserve would only free its
-            // descriptor for another thread; look again after the back-off.
-        } else if out && let Some((fd, lent)) = spare.release() {
+        if spare::out_of_descriptors(&error)
+            && let Some((fd, lent)) = spare.release()
+        {
             drop(fd);
             let accepted = listener.accept().now_or_never();
             tracing::debug!("reserved descriptor closed for an accept");
             match accepted {
                 Some(Ok((tcp, addr))) => return (tcp, addr, Some(lent)),
-                // The connection went away meanwhile: the reserve is
-                // opened again at once and the listener waits for the next.
+                // Nobody waiting: the reserve is opened again at once and
+                // the listener waits for the next connection.
                 None => {
                     drop(lent);
                     continue;

@@ -31,12 +31,11 @@
 use std::fs::File;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -193,19 +192,6 @@ impl AsyncWrite for SpareStream {
             Ok(tcp) => Pin::new(tcp).poll_shutdown(cx),
             Err(e) => Poll::Ready(Err(e)),
         }
-    }
-}
-
-/// Whether a connection waits in `listener`'s backlog now (asked of the
-/// kernel without a descriptor; when it cannot be asked, yes).
-pub fn connection_waiting(listener: &impl AsFd) -> bool {
-    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-    match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(0) => false,
-        Ok(_) => fds[0]
-            .revents()
-            .is_none_or(|r| r.contains(PollFlags::POLLIN)),
-        Err(_) => true,
     }
 }
 
