@@ -9,8 +9,7 @@
 //! and a probe's connection would wait in the kernel's backlog until
 //! something else closes. So the HTTP listener keeps one descriptor in
 //! reserve (at first open on `/dev/null`): when an accept fails for want
-//! of a descriptor and a connection waits in the backlog
-//! ([`connection_waiting`]), it closes that one and accepts again at once, on the
+//! of a descriptor, it closes that one and accepts again at once, on the
 //! same thread with nothing in between ([`Spare::release`], then the
 //! accept), and the connection it gets is a [`SpareStream`]. When that
 //! connection ends, its socket is shut down and its descriptor kept as
@@ -24,9 +23,10 @@
 //! descriptor; the window is a few microseconds, longer only when the
 //! thread is preempted right there. Then the reserve is gone until a
 //! descriptor frees and the listener, retrying every 50 ms like the
-//! others, opens `/dev/null` again. (Were the waiting connection gone
-//! before the accept, the reserve is opened again at once, with the same
-//! window.)
+//! others, opens `/dev/null` again. The same window comes when nobody is
+//! connecting (Linux takes the descriptor before it looks at the backlog,
+//! so EMFILE comes then too): the accept on the reserve finds nothing and
+//! `/dev/null` is opened again at once.
 
 use std::fs::File;
 use std::io;
