@@ -23,7 +23,7 @@ use tokio_rustls::server::TlsStream;
 use crate::accept::ACCEPT_BACKOFF;
 use crate::idle::Idle;
 use crate::slots::{ListenerMetrics, METRICS_CONNECTIONS, Slot, Slots};
-use crate::spare::{self, Lent, Spare};
+use crate::spare::{self, Lent, Spare, SpareStream};
 
 /// How long an HTTP connection may go without a request, unless configured
 /// otherwise.
@@ -61,10 +61,8 @@ impl HttpLimits {
         Slots::new(listener, self.max_connections, metrics)
     }
 
-    fn wrap<IO>(&self, io: IO, slot: Slot, lent: Option<Lent>) -> Idle<IO> {
-        Idle::new(io, self.idle, self.handshake, Some(slot))
-            .counting_writes(self.streaming)
-            .lending(lent)
+    fn wrap<IO>(&self, io: IO, slot: Slot) -> Idle<IO> {
+        Idle::new(io, self.idle, self.handshake, Some(slot)).counting_writes(self.streaming)
     }
 }
 
@@ -89,8 +87,8 @@ pub async fn serve(
 /// The next connection of an HTTP listener. A failed accept is counted
 /// and retried after [`ACCEPT_BACKOFF`]; when it failed for want of a
 /// descriptor and the reserve is held, the reserve is closed and one more
-/// accept tried at once, the connection then holding the reserve's
-/// [`Lent`]. That accept does not wait: Linux takes the descriptor before
+/// accept tried at once (nothing in between: no await, no log), the
+/// connection then holding the reserve's [`Lent`]. That accept does not wait: Linux takes the descriptor before
 /// it looks for a connection, so EMFILE also comes with an empty backlog
 /// (the listener stays readable until an accept would block), and the
 /// reserve must not stay closed while nobody is connecting, or another
@@ -110,9 +108,12 @@ async fn accept_reserved(
             Err(e) => e,
         };
         if spare::out_of_descriptors(&error)
-            && let Some(lent) = spare.release()
+            && let Some((fd, lent)) = spare.release()
         {
-            match listener.accept().now_or_never() {
+            drop(fd);
+            let accepted = listener.accept().now_or_never();
+            tracing::debug!("reserved descriptor closed for an accept");
+            match accepted {
                 Some(Ok((tcp, addr))) => return (tcp, addr, Some(lent)),
                 // Nobody waiting: the reserve is opened again at once and
                 // the listener waits for the next connection.
@@ -156,14 +157,14 @@ impl HttpListener {
 }
 
 impl axum::serve::Listener for HttpListener {
-    type Io = Idle<TcpStream>;
+    type Io = Idle<SpareStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let free = self.slots.acquire().await;
         let (tcp, addr, lent) = accept_reserved(&self.listener, &self.slots, &self.spare).await;
         let slot = free.open();
-        (self.limits.wrap(tcp, slot, lent), addr)
+        (self.limits.wrap(SpareStream::new(tcp, lent), slot), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -171,7 +172,7 @@ impl axum::serve::Listener for HttpListener {
     }
 }
 
-type Accepted = (Idle<TlsStream<TcpStream>>, SocketAddr);
+type Accepted = (Idle<TlsStream<SpareStream>>, SocketAddr);
 
 /// An HTTPS listener: one task accepts (within the slots, with the
 /// reserve), each TLS handshake runs in its own task within
@@ -225,9 +226,10 @@ async fn handshake(
     tx: mpsc::Sender<Accepted>,
 ) {
     let timeout = limits.handshake;
+    let tcp = SpareStream::new(tcp, lent);
     match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
-            let _ = tx.send((limits.wrap(tls, slot, lent), peer)).await;
+            let _ = tx.send((limits.wrap(tls, slot), peer)).await;
         }
         Ok(Err(e)) => tracing::warn!(%peer, "HTTPS handshake refused: {e}"),
         Err(_) => tracing::warn!(%peer, ?timeout, "HTTPS handshake timed out"),
@@ -235,7 +237,7 @@ async fn handshake(
 }
 
 impl axum::serve::Listener for HttpTlsListener {
-    type Io = Idle<TlsStream<TcpStream>>;
+    type Io = Idle<TlsStream<SpareStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -21,7 +21,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::slots::Slot;
-use crate::spare::Lent;
 
 /// Where a connection is in its current request's head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,12 +66,10 @@ impl Head {
 
 /// A connection whose reads fail once it has been idle for `idle`, or a
 /// request head has been arriving for longer than `head`; it holds its
-/// listener's slot (and the reserve's descriptor, when it was accepted on
-/// it) until dropped, after its own socket closes.
+/// listener's slot until dropped, after its own socket closes.
 #[derive(Debug)]
 pub struct Idle<IO> {
-    // Dropped first: the socket closes before the slot and the reserve
-    // are given back.
+    // Dropped first: the socket closes before the slot is given back.
     inner: IO,
     idle: Duration,
     head_limit: Duration,
@@ -83,7 +80,6 @@ pub struct Idle<IO> {
     head: Head,
     deadline: Pin<Box<Sleep>>,
     _slot: Option<Slot>,
-    _lent: Option<Lent>,
 }
 
 impl<IO> Idle<IO> {
@@ -100,19 +96,12 @@ impl<IO> Idle<IO> {
             head: Head::Between,
             deadline: Box::pin(tokio::time::sleep_until(now + idle)),
             _slot: slot,
-            _lent: None,
         }
     }
 
     /// Writes count as activity (for responses that stream).
     pub fn counting_writes(mut self, writes: bool) -> Idle<IO> {
         self.writes = writes;
-        self
-    }
-
-    /// This connection was accepted on the reserve's descriptor.
-    pub fn lending(mut self, lent: Option<Lent>) -> Idle<IO> {
-        self._lent = lent;
         self
     }
 
