@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Felix, port};
-use manul_listen::testing::{closed_between, http_get, metric, silent, slow_loris, wait_metric_eq};
+use manul_listen::testing::{flood_while_probing, http_get, metric, slow_loris, wait_metric_eq};
 use manul_typha::server::{TyphaConfig, start};
 
 const SLOTS: usize = 4;
@@ -64,32 +64,7 @@ async fn felix_listeners_close_idle_and_slow_connections_and_answer_probes_meanw
     }
 
     // The health listener under a flood of silent connections.
-    let mut flood = silent(health, SLOTS + PAST).await;
-    let asked = Instant::now();
-    let probe = tokio::spawn(async move { (http_get(health, "/liveness").await, asked.elapsed()) });
-    let past = flood.split_off(SLOTS);
-    let early = IDLE - Duration::from_millis(100);
-    closed_between(
-        "in the slots",
-        flood,
-        early,
-        IDLE + Duration::from_millis(1500),
-    )
-    .await;
-    let (answer, took) = probe.await.unwrap();
-    eprintln!("/liveness during the flood answered after {took:?}");
-    assert_eq!(answer, Some((200, "ok\n".into())));
-    assert!(
-        took < IDLE + Duration::from_secs(2),
-        "/liveness answered after {took:?}, not when the first slots freed"
-    );
-    closed_between(
-        "in the backlog",
-        past,
-        2 * IDLE - Duration::from_millis(100),
-        2 * IDLE + Duration::from_secs(2),
-    )
-    .await;
+    flood_while_probing(health, "/liveness", SLOTS, PAST, IDLE).await;
     let full = metric(metrics, "felix_listener_full_total{listener=\"health\"}").await;
     assert!(full.unwrap() >= 1.0, "{full:?}");
     wait_metric_eq(

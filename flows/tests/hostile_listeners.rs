@@ -23,8 +23,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use manul_listen::testing::{
-    closed_between, cpu_time, http_get, lower_nofile, metric, silent, slow_loris, used_below,
-    wait_metric_eq,
+    closed_between, cpu_time, flood_while_probing, http_get, lower_nofile, metric, silent,
+    slow_loris, used_below, wait_metric_eq,
 };
 use manul_proto::flows::ListRequest;
 use manul_proto::flows::flows_client::FlowsClient;
@@ -111,32 +111,7 @@ async fn the_web_listener_closes_slow_and_idle_connections_and_answers_health_me
 
     // Silent connections: the slots' closed after the idle timeout, the
     // others idle as long once accepted.
-    let mut flood = silent(ui, SLOTS + PAST).await;
-    let asked = Instant::now();
-    let probe = tokio::spawn(async move { (http_get(ui, "/healthz").await, asked.elapsed()) });
-    let past = flood.split_off(SLOTS);
-    let early = IDLE - Duration::from_millis(100);
-    closed_between(
-        "in the slots",
-        flood,
-        early,
-        IDLE + Duration::from_millis(1500),
-    )
-    .await;
-    let (answer, took) = probe.await.unwrap();
-    eprintln!("/healthz during the flood answered after {took:?}");
-    assert_eq!(answer, Some((200, "ok\n".into())));
-    assert!(
-        took < IDLE + Duration::from_secs(2),
-        "/healthz answered after {took:?}, not when the first slots freed"
-    );
-    closed_between(
-        "in the backlog",
-        past,
-        2 * IDLE - Duration::from_millis(100),
-        2 * IDLE + Duration::from_secs(2),
-    )
-    .await;
+    flood_while_probing(ui, "/healthz", SLOTS, PAST, IDLE).await;
 
     let full = metric(ui, "flows_listener_full_total{listener=\"web\"}").await;
     assert!(full.unwrap() >= 1.0, "{full:?}");

@@ -1,8 +1,10 @@
 //! Hostile clients for other crates' tests (feature `testing`): silent
-//! connections, a slow-loris, plain HTTP GETs and metric reads on
+//! connections (and a flood of them against a listener's slots while a
+//! probe is asked), unfinished TLS handshakes, a slow-loris, plain HTTP GETs and metric reads on
 //! loopback, and a process's descriptors and CPU time from `/proc`. Real
 //! sockets only; they return what happened and leave the judging to the
-//! test, except [`closed_between`], which is the judgement they share.
+//! test, except [`closed_between`] and [`flood_while_probing`], which are
+//! the judgements they share.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -99,6 +101,58 @@ pub fn slow_loris(port: u16, every: Duration, give_up: Duration) -> JoinHandle<O
         }
         None
     })
+}
+
+/// `n` connections to `addr` that never finish a TLS handshake: every
+/// other one sends the first bytes of a ClientHello, the others nothing;
+/// each read until the server closes it ([`until_closed`]).
+pub async fn no_tls_handshakes(addr: &str, n: usize) -> Vec<JoinHandle<Duration>> {
+    let mut out = Vec::new();
+    for k in 0..n {
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        if k % 2 == 1 {
+            socket.write_all(&[0x16, 0x03, 0x01, 0x00]).await.unwrap();
+        }
+        out.push(until_closed(socket));
+    }
+    out
+}
+
+/// A flood of `slots + past` silent connections ([`silent`]) to loopback
+/// `port` of a listener with `slots` connection slots and the idle
+/// timeout `idle`, with `path` asked meanwhile: checks that the
+/// connections in the slots are closed at the idle timeout, that `path`
+/// is answered `200 ok` once the first slots free, and that the `past`
+/// connections, waiting in the backlog, are closed one idle timeout after
+/// their accept.
+pub async fn flood_while_probing(port: u16, path: &str, slots: usize, past: usize, idle: Duration) {
+    let mut flood = silent(port, slots + past).await;
+    let asked = Instant::now();
+    let probe_path = path.to_string();
+    let probe = tokio::spawn(async move { (http_get(port, &probe_path).await, asked.elapsed()) });
+    let past = flood.split_off(slots);
+    let early = idle - Duration::from_millis(100);
+    closed_between(
+        "in the slots",
+        flood,
+        early,
+        idle + Duration::from_millis(1500),
+    )
+    .await;
+    let (answer, took) = probe.await.unwrap();
+    eprintln!("{path} during the flood answered after {took:?}");
+    assert_eq!(answer, Some((200, "ok\n".into())));
+    assert!(
+        took < idle + Duration::from_secs(2),
+        "{path} answered after {took:?}, not when the first slots freed"
+    );
+    closed_between(
+        "in the backlog",
+        past,
+        2 * idle - Duration::from_millis(100),
+        2 * idle + Duration::from_secs(2),
+    )
+    .await;
 }
 
 /// Checks that every connection of `tasks` ([`until_closed`]) was closed

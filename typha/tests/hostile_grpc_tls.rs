@@ -12,8 +12,8 @@ mod common;
 use std::time::Duration;
 
 use common::SERIAL;
-use common::connections::{closed_between, no_tls_handshakes, until_closed, wait_metric_eq};
 use common::tls_typha::{TlsTypha, felix_tls};
+use manul_listen::testing::{closed_between, no_tls_handshakes, until_closed, wait_metric_eq};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_tls_connections_count_from_their_accept_until_closed() {

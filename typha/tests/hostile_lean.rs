@@ -23,9 +23,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::connections::{closed_between, no_tls_handshakes, until_closed, wait_metric_eq};
 use common::tls_typha::{TlsTypha, felix_tls};
 use common::{Cluster, SERIAL};
+use manul_listen::testing::{closed_between, no_tls_handshakes, until_closed, wait_metric_eq};
 use manul_proto::frame::{self, FrameReader};
 use manul_proto::v1::sync_message::Message;
 use manul_proto::v1::{StreamEnd, SyncMessage, SyncRequest};

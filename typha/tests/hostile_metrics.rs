@@ -15,9 +15,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::connections::{closed_between, no_tls_handshakes, until_closed, wait_metric_eq};
 use common::{Cluster, SERIAL};
-use tokio::net::TcpStream;
+use manul_listen::testing::{closed_between, http_get, no_tls_handshakes, silent, wait_metric_eq};
 
 /// The metrics listener's slots (`listener::slots::METRICS_CONNECTIONS`).
 const SLOTS: usize = 32;
@@ -71,18 +70,8 @@ async fn the_metrics_listener_holds_its_slots_and_closes_idle_connections() {
     let _serial = SERIAL.lock().await;
     let c = Cluster::start(1, 10_000).await;
     let port = c.replicas[0].metrics_port;
-    let mut silent = Vec::new();
-    for _ in 0..SLOTS + PAST {
-        let socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        silent.push(until_closed(socket));
-    }
-    let probe = async move {
-        let text = common::connections::http_get(port, "/readyz")
-            .await
-            .expect("/readyz answers");
-        let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (code, text)
-    };
+    let silent = silent(port, SLOTS + PAST).await;
+    let probe = async move { http_get(port, "/readyz").await.expect("/readyz answers") };
     first_the_slots_then_the_backlog("HTTP", silent, probe).await;
     assert!(c.metric(0, FULL).await.unwrap() >= 1.0);
     // Only the scrape itself is open now.

@@ -2,7 +2,6 @@
 //! Every process is killed when the cluster is dropped, even on failure.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-pub mod connections;
 pub mod kube_api;
 pub mod tls_replicas;
 pub mod tls_typha;
@@ -336,14 +335,11 @@ impl Cluster {
 
     /// GET `path` on replica `i`'s metrics listener: status code and body.
     pub async fn http(&self, i: usize, path: &str) -> Option<(u16, String)> {
-        let text = connections::http_get(self.replicas[i].metrics_port, path).await?;
-        let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-        Some((code, body))
+        manul_listen::testing::http_get(self.replicas[i].metrics_port, path).await
     }
 
     pub async fn metric(&self, i: usize, name: &str) -> Option<f64> {
-        connections::metric_at(self.replicas[i].metrics_port, name).await
+        manul_listen::testing::metric(self.replicas[i].metrics_port, name).await
     }
 
     /// A line of replica `i`'s `/proc/PID/status` in KiB, such as `VmHWM`

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use manul_listen::testing::metric;
 use manul_tls::Expected;
 use manul_tls::client::ClientSettings;
 use manul_tls::connect::Transport;
 
-use super::connections::metric_at;
 use super::free_port;
 
 /// Adds the flags that make `cmd`'s `typha` serve with the CA, server
@@ -112,7 +112,7 @@ impl TlsTypha {
             sync_port,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
-        while metric_at(metrics_port, "typha_serving").await != Some(1.0) {
+        while metric(metrics_port, "typha_serving").await != Some(1.0) {
             assert!(Instant::now() < deadline, "typha does not serve");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
