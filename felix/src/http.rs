@@ -236,11 +236,12 @@ pub async fn serve(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn metrics_and_health_are_served_over_https() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A server TLS configuration for 127.0.0.1 (`felix-metrics`), issued
+    /// by a new development CA whose certificate is written to `ca.crt` in
+    /// `dir`.
+    fn dev_tls(dir: &std::path::Path) -> Arc<rustls::ServerConfig> {
         let ca = manul_tls::dev::DevCa::new("test CA", 1).unwrap();
-        manul_tls::dev::write_atomic(&dir.path().join("ca.crt"), &ca.cert_pem(), 0o644).unwrap();
+        manul_tls::dev::write_atomic(&dir.join("ca.crt"), &ca.cert_pem(), 0o644).unwrap();
         let leaf = manul_tls::dev::Leaf {
             common_name: "felix-metrics".into(),
             ips: vec!["127.0.0.1".parse().unwrap()],
@@ -249,13 +250,19 @@ mod tests {
             ..Default::default()
         };
         let (cert, key) =
-            manul_tls::dev::write_pair(dir.path(), "metrics", &ca.issue(&leaf).unwrap()).unwrap();
-        let tls = manul_tls::https::HttpsSettings {
+            manul_tls::dev::write_pair(dir, "metrics", &ca.issue(&leaf).unwrap()).unwrap();
+        manul_tls::https::HttpsSettings {
             cert_file: cert,
             key_file: key,
         }
         .config()
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn metrics_and_health_are_served_over_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dev_tls(dir.path());
         let mut registry = Registry::default();
         crate::metrics::FelixMetrics::register(&mut registry);
         let (_tx, status) = watch::channel(AgentStatus::default());
@@ -287,23 +294,7 @@ mod tests {
         use manul_listen::testing::{closed_between, silent};
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
-        let ca = manul_tls::dev::DevCa::new("test CA", 1).unwrap();
-        manul_tls::dev::write_atomic(&dir.path().join("ca.crt"), &ca.cert_pem(), 0o644).unwrap();
-        let leaf = manul_tls::dev::Leaf {
-            common_name: "felix-metrics".into(),
-            ips: vec!["127.0.0.1".parse().unwrap()],
-            server: true,
-            days: 1,
-            ..Default::default()
-        };
-        let (cert, key) =
-            manul_tls::dev::write_pair(dir.path(), "metrics", &ca.issue(&leaf).unwrap()).unwrap();
-        let tls = manul_tls::https::HttpsSettings {
-            cert_file: cert,
-            key_file: key,
-        }
-        .config()
-        .unwrap();
+        let tls = dev_tls(dir.path());
         let mut registry = Registry::default();
         let metrics = ListenerMetrics::register(&mut registry, METRICS_PREFIX);
         let (_tx, status) = watch::channel(AgentStatus::default());
