@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::LatencyStats;
-use super::services::median;
+use super::stats::{Configuration, comparisons, median, summarise_each};
 
 /// One measurement of one configuration in fresh namespaces.
 #[derive(Debug, Clone, Serialize)]
@@ -194,61 +194,33 @@ fn ratio(a: &HandshakeSummary, b: &HandshakeSummary) -> HandshakeRatio {
 /// each against `baseline` at the same number of services; each
 /// configuration against the first ceiling (services 0).
 pub fn summarise_handshakes(samples: Vec<HandshakeSample>, baseline: &str) -> HandshakeReport {
-    let mut keys: Vec<(String, usize)> = Vec::new();
-    for s in &samples {
-        let k = (s.dataplane.clone(), s.services);
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
-    let summary: Vec<HandshakeSummary> = keys
-        .iter()
-        .map(|(d, n)| {
-            let of: Vec<&HandshakeSample> = samples
-                .iter()
-                .filter(|s| &s.dataplane == d && s.services == *n)
-                .collect();
-            summary_of(d, *n, &of)
-        })
+    let summary = summarise_each(&samples, summary_of);
+    let ratios = comparisons(&summary, Some(baseline))
+        .into_iter()
+        .map(|(a, b)| ratio(a, b))
         .collect();
-    let find = |d: &str, n: usize| summary.iter().find(|s| s.dataplane == d && s.services == n);
-    let mut dataplanes: Vec<&str> = Vec::new();
-    let mut counts: Vec<usize> = Vec::new();
-    for (d, n) in keys.iter().filter(|(_, n)| *n > 0) {
-        if !dataplanes.contains(&d.as_str()) {
-            dataplanes.push(d);
-        }
-        if !counts.contains(n) {
-            counts.push(*n);
-        }
-    }
-    counts.sort_unstable();
-    let mut ratios = Vec::new();
-    if let (Some(&few), Some(&many)) = (counts.first(), counts.last())
-        && few != many
-    {
-        for d in &dataplanes {
-            if let (Some(a), Some(b)) = (find(d, many), find(d, few)) {
-                ratios.push(ratio(a, b));
-            }
-        }
-    }
-    for n in &counts {
-        for d in dataplanes.iter().filter(|d| **d != baseline) {
-            if let (Some(a), Some(b)) = (find(d, *n), find(baseline, *n)) {
-                ratios.push(ratio(a, b));
-            }
-        }
-    }
-    if let Some(ceiling) = summary.iter().find(|s| s.services == 0) {
-        for s in summary.iter().filter(|s| !std::ptr::eq(*s, ceiling)) {
-            ratios.push(ratio(s, ceiling));
-        }
-    }
     HandshakeReport {
         samples,
         summary,
         ratios,
+    }
+}
+
+impl Configuration for HandshakeSample {
+    fn dataplane(&self) -> &str {
+        &self.dataplane
+    }
+    fn services(&self) -> usize {
+        self.services
+    }
+}
+
+impl Configuration for HandshakeSummary {
+    fn dataplane(&self) -> &str {
+        &self.dataplane
+    }
+    fn services(&self) -> usize {
+        self.services
     }
 }
 

@@ -43,6 +43,7 @@ use super::kube_proxy::iptables_restore;
 pub use super::kube_proxy::{CLUSTER_CIDR, kube_proxy_rules};
 use super::load::{ConnectSink, parallel_connect_loop};
 use super::measure::build;
+use super::stats::{Configuration, comparisons, median, summarise_each};
 use super::{CONNECT_PORT, LatencyStats, SERVER_IP, TrafficOptions, bench_operations, setup};
 use crate::{ConformanceError, DriverThread, Factory, NodeContext};
 
@@ -381,19 +382,6 @@ pub struct ServiceConnectReport {
     pub ratios: Vec<ServiceConnectRatio>,
 }
 
-pub(super) fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return 0.0;
-    }
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
 fn summary_of(d: &str, n: usize, of: &[&ServiceConnectSample]) -> ServiceConnectSummary {
     let col = |f: &dyn Fn(&ServiceConnectSample) -> f64| -> Vec<f64> {
         of.iter().map(|s| f(s)).collect()
@@ -428,38 +416,7 @@ fn summary_of(d: &str, n: usize, of: &[&ServiceConnectSample]) -> ServiceConnect
 
 /// Medians per configuration, and the ratios.
 pub fn summarise_services(samples: Vec<ServiceConnectSample>) -> ServiceConnectReport {
-    let mut keys: Vec<(String, usize)> = Vec::new();
-    for s in &samples {
-        let k = (s.dataplane.clone(), s.services);
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
-    let summary: Vec<ServiceConnectSummary> = keys
-        .iter()
-        .map(|(d, n)| {
-            let of: Vec<&ServiceConnectSample> = samples
-                .iter()
-                .filter(|s| &s.dataplane == d && s.services == *n)
-                .collect();
-            summary_of(d, *n, &of)
-        })
-        .collect();
-    let mut ratios = Vec::new();
-    let find = |d: &str, n: usize| summary.iter().find(|s| s.dataplane == d && s.services == n);
-    // Dataplanes with services, and their service counts; the ceilings
-    // (services 0) apart.
-    let mut dataplanes: Vec<&str> = Vec::new();
-    let mut counts: Vec<usize> = Vec::new();
-    for (d, n) in keys.iter().filter(|(_, n)| *n > 0) {
-        if !dataplanes.contains(&d.as_str()) {
-            dataplanes.push(d);
-        }
-        if !counts.contains(n) {
-            counts.push(*n);
-        }
-    }
-    counts.sort_unstable();
+    let summary = summarise_each(&samples, summary_of);
     let ratio = |a: &ServiceConnectSummary, b: &ServiceConnectSummary| ServiceConnectRatio {
         dataplane: a.dataplane.clone(),
         against: b.dataplane.clone(),
@@ -475,33 +432,32 @@ pub fn summarise_services(samples: Vec<ServiceConnectSample>) -> ServiceConnectR
             0.0
         },
     };
-    if let (Some(&few), Some(&many)) = (counts.first(), counts.last())
-        && few != many
-    {
-        for d in &dataplanes {
-            if let (Some(a), Some(b)) = (find(d, many), find(d, few)) {
-                ratios.push(ratio(a, b));
-            }
-        }
-    }
-    if let Some(baseline) = dataplanes.last() {
-        for n in &counts {
-            for d in &dataplanes[..dataplanes.len() - 1] {
-                if let (Some(a), Some(b)) = (find(d, *n), find(baseline, *n)) {
-                    ratios.push(ratio(a, b));
-                }
-            }
-        }
-    }
-    if let Some(ceiling) = summary.iter().find(|s| s.services == 0) {
-        for s in summary.iter().filter(|s| !std::ptr::eq(*s, ceiling)) {
-            ratios.push(ratio(s, ceiling));
-        }
-    }
+    let ratios = comparisons(&summary, None)
+        .into_iter()
+        .map(|(a, b)| ratio(a, b))
+        .collect();
     ServiceConnectReport {
         samples,
         summary,
         ratios,
+    }
+}
+
+impl Configuration for ServiceConnectSample {
+    fn dataplane(&self) -> &str {
+        &self.dataplane
+    }
+    fn services(&self) -> usize {
+        self.services
+    }
+}
+
+impl Configuration for ServiceConnectSummary {
+    fn dataplane(&self) -> &str {
+        &self.dataplane
+    }
+    fn services(&self) -> usize {
+        self.services
     }
 }
 

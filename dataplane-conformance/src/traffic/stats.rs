@@ -1,6 +1,8 @@
 //! The figures: latency percentiles of one series, one measurement's
 //! sample, and the medians of repeated runs with their ratios to the
-//! baseline and to the fewest rules.
+//! baseline and to the fewest rules; for the services and handshake
+//! benchmarks, the samples summarised per configuration (a dataplane and
+//! a number of services) and the pairs of configurations they compare.
 
 use std::time::Duration;
 
@@ -119,7 +121,8 @@ pub struct TrafficReport {
     pub samples: Vec<TrafficSample>,
 }
 
-fn median(values: &mut [f64]) -> f64 {
+/// The median of `values` (sorted in place); 0 when there are none.
+pub(super) fn median(values: &mut [f64]) -> f64 {
     if values.is_empty() {
         return 0.0;
     }
@@ -130,6 +133,91 @@ fn median(values: &mut [f64]) -> f64 {
     } else {
         (values[mid - 1] + values[mid]) / 2.0
     }
+}
+
+/// A measured configuration: a dataplane with a number of services (0
+/// for the ceiling, no dataplane in the way).
+pub(super) trait Configuration {
+    fn dataplane(&self) -> &str;
+    fn services(&self) -> usize;
+}
+
+/// `summary_of` each configuration's samples, in the order the
+/// configurations are first seen.
+pub(super) fn summarise_each<S: Configuration, T>(
+    samples: &[S],
+    summary_of: impl Fn(&str, usize, &[&S]) -> T,
+) -> Vec<T> {
+    let mut keys: Vec<(&str, usize)> = Vec::new();
+    for s in samples {
+        let k = (s.dataplane(), s.services());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.iter()
+        .map(|&(d, n)| {
+            let of: Vec<&S> = samples
+                .iter()
+                .filter(|s| s.dataplane() == d && s.services() == n)
+                .collect();
+            summary_of(d, n, &of)
+        })
+        .collect()
+}
+
+/// The pairs of summaries to compare, each as (this, against): each
+/// dataplane with services at its most services against its fewest; each
+/// other dataplane against `baseline` (none: the last dataplane with
+/// services) at the same number of services; each configuration against
+/// the first ceiling (services 0).
+pub(super) fn comparisons<'a, S: Configuration>(
+    summary: &'a [S],
+    baseline: Option<&str>,
+) -> Vec<(&'a S, &'a S)> {
+    let find = |d: &str, n: usize| {
+        summary
+            .iter()
+            .find(|s| s.dataplane() == d && s.services() == n)
+    };
+    // Dataplanes with services, and their service counts; the ceilings
+    // (services 0) apart.
+    let mut dataplanes: Vec<&str> = Vec::new();
+    let mut counts: Vec<usize> = Vec::new();
+    for s in summary.iter().filter(|s| s.services() > 0) {
+        if !dataplanes.contains(&s.dataplane()) {
+            dataplanes.push(s.dataplane());
+        }
+        if !counts.contains(&s.services()) {
+            counts.push(s.services());
+        }
+    }
+    counts.sort_unstable();
+    let mut pairs = Vec::new();
+    if let (Some(&few), Some(&many)) = (counts.first(), counts.last())
+        && few != many
+    {
+        for d in &dataplanes {
+            if let (Some(a), Some(b)) = (find(d, many), find(d, few)) {
+                pairs.push((a, b));
+            }
+        }
+    }
+    if let Some(baseline) = baseline.or(dataplanes.last().copied()) {
+        for n in &counts {
+            for d in dataplanes.iter().filter(|d| **d != baseline) {
+                if let (Some(a), Some(b)) = (find(d, *n), find(baseline, *n)) {
+                    pairs.push((a, b));
+                }
+            }
+        }
+    }
+    if let Some(ceiling) = summary.iter().find(|s| s.services() == 0) {
+        for s in summary.iter().filter(|s| !std::ptr::eq(*s, ceiling)) {
+            pairs.push((s, ceiling));
+        }
+    }
+    pairs
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
