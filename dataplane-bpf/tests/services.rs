@@ -29,6 +29,7 @@ use manul_dataplane_api::{
 };
 use manul_dataplane_bpf::{BpfConfig, BpfDriver};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
+use manul_dataplane_conformance::services::{self, ServiceReport};
 use manul_dataplane_conformance::topology::{Pod, Topology};
 use manul_dataplane_conformance::{ConformanceError, Factory, NodeContext, privileges};
 use manul_netns::{NetNs, ProbeOutcome, open_connection, tcp_connect, udp_probe, unique_prefix};
@@ -587,23 +588,38 @@ fn cluster_ips_with_real_packets() {
     drop(driver);
 }
 
-/// The shared cases the eBPF dataplane does not pass yet, and why (none).
-const NOT_YET: &[&str] = &[];
+/// A shared case runner of `manul_dataplane_conformance` (its name tag
+/// and an eBPF driver factory: its report, or the cases that failed).
+type SharedCases = fn(&str, Arc<Factory>) -> Result<ServiceReport, ConformanceError>;
 
-/// An eBPF driver factory pinning under [`PIN_ROOT`], and the nodes it
-/// made drivers for (whose pins the test removes).
-fn recording_factory() -> (Arc<Factory>, Arc<std::sync::Mutex<Vec<String>>>) {
+/// Runs shared cases against eBPF drivers pinning under [`PIN_ROOT`]
+/// (`configure` adjusts each node's configuration), removes the pins of
+/// every node it made a driver for, and fails on any failed case.
+fn run_shared(tag: &str, run: SharedCases, configure: fn(&mut BpfConfig)) {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
     let nodes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let seen = nodes.clone();
     let factory: Arc<Factory> = Arc::new(move |ctx: &NodeContext| {
         seen.lock().unwrap().push(ctx.node.clone());
         let mut config = BpfConfig::new(&ctx.node);
         config.pin_root = PathBuf::from(PIN_ROOT);
+        configure(&mut config);
         BpfDriver::new(config)
             .map(|d| Box::new(d) as Box<dyn Driver>)
             .map_err(|e| chain(&e))
     });
-    (factory, nodes)
+    let result = run(tag, factory);
+    for node in nodes.lock().unwrap().iter() {
+        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
+    }
+    match result {
+        Ok(report) => println!("{}", report.table()),
+        Err(ConformanceError::Mismatch(failed)) => panic!("failed: {failed:#?}"),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// The shared dual-stack cases: a service with an IPv4 and an IPv6
@@ -611,51 +627,19 @@ fn recording_factory() -> (Arc<Factory>, Arc<std::sync::Mutex<Vec<String>>>) {
 /// refused at once, IPv6 hairpin. Every case must pass.
 #[test]
 fn shared_dual_stack_cases() {
-    if !privileges().expect("privileges") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
-        return;
-    }
-    let (factory, nodes) = recording_factory();
-    let result = manul_dataplane_conformance::services::run_dual_stack_cases("s6b", factory);
-    for node in nodes.lock().unwrap().iter() {
-        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
-    }
-    match result {
-        Ok(report) => println!("{}", report.table()),
-        Err(e) => panic!("{e}"),
-    }
+    run_shared("s6b", services::run_dual_stack_cases, |_| {});
 }
 
 /// The shared flow cases: TCP and UDP through a ClusterIP, an external IP
 /// and a node port of each family, each observed with the backend pod as
 /// destination and the frontend that names the Service (flow
-/// observations are on by default; updates every 200 ms).
+/// observations on; updates every 200 ms).
 #[test]
 fn shared_flow_cases() {
-    if !privileges().expect("privileges") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
-        return;
-    }
-    let nodes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let seen = nodes.clone();
-    let factory: Arc<Factory> = Arc::new(move |ctx: &NodeContext| {
-        seen.lock().unwrap().push(ctx.node.clone());
-        let mut config = BpfConfig::new(&ctx.node);
-        config.pin_root = PathBuf::from(PIN_ROOT);
+    run_shared("sfb", services::run_flow_cases, |config| {
         config.flow_observations = true;
         config.flow_update_interval = Some(Duration::from_millis(200));
-        BpfDriver::new(config)
-            .map(|d| Box::new(d) as Box<dyn Driver>)
-            .map_err(|e| chain(&e))
     });
-    let result = manul_dataplane_conformance::services::run_flow_cases("sfb", factory);
-    for node in nodes.lock().unwrap().iter() {
-        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
-    }
-    match result {
-        Ok(report) => println!("{}", report.table()),
-        Err(e) => panic!("{e}"),
-    }
 }
 
 /// The shared contested-frontend cases: services contesting an external
@@ -664,68 +648,22 @@ fn shared_flow_cases() {
 /// it goes. Every case must pass.
 #[test]
 fn shared_contested_frontend_cases() {
-    if !privileges().expect("privileges") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
-        return;
-    }
-    let (factory, nodes) = recording_factory();
-    let result = manul_dataplane_conformance::services::run_contested_cases("scb", factory);
-    for node in nodes.lock().unwrap().iter() {
-        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
-    }
-    match result {
-        Ok(report) => println!("{}", report.table()),
-        Err(e) => panic!("{e}"),
-    }
+    run_shared("scb", services::run_contested_cases, |_| {});
 }
 
 /// The shared `Local` traffic policy cases: the local backend only;
 /// dropped when every backend is elsewhere. Every case must pass.
 #[test]
 fn shared_local_policy_cases() {
-    if !privileges().expect("privileges") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
-        return;
-    }
-    let (factory, nodes) = recording_factory();
-    let result = manul_dataplane_conformance::services::run_local_policy_cases("slb", factory);
-    for node in nodes.lock().unwrap().iter() {
-        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
-    }
-    match result {
-        Ok(report) => println!("{}", report.table()),
-        Err(e) => panic!("{e}"),
-    }
+    run_shared("slb", services::run_local_policy_cases, |_| {});
 }
 
-/// The shared service cases (`manul_dataplane_conformance::services`)
-/// against the eBPF driver: every case passes but those of [`NOT_YET`].
+/// The shared service cases (`manul_dataplane_conformance::services`),
+/// host processes included (through `manul-svc` and loopback). Every case
+/// must pass.
 #[test]
 fn shared_service_cases() {
-    if !privileges().expect("privileges") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
-        return;
-    }
-    let (factory, nodes) = recording_factory();
-    let result = manul_dataplane_conformance::services::run_service_cases("svb", factory);
-    for node in nodes.lock().unwrap().iter() {
-        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
-    }
-    match result {
-        Ok(report) => println!("{}", report.table()),
-        Err(ConformanceError::Mismatch(failed)) => {
-            let unexpected: Vec<&String> = failed
-                .iter()
-                .filter(|f| {
-                    !NOT_YET
-                        .iter()
-                        .any(|case| f.starts_with(&format!("[{case}]")))
-                })
-                .collect();
-            assert!(unexpected.is_empty(), "failed: {unexpected:#?}");
-        }
-        Err(e) => panic!("{e}"),
-    }
+    run_shared("svb", services::run_service_cases, |_| {});
 }
 
 /// The external IP of the Maglev case's Service.
