@@ -213,9 +213,7 @@ pub fn plans(
             continue;
         }
         for name in interfaces {
-            if name == "lo"
-                || name == crate::driver::HOST_SERVICE_DEVICE
-                || name == crate::driver::HOST_SERVICE_PEER
+            if crate::driver::is_own_or_loopback(name)
                 || crate::driver::is_workload_interface(workload_prefixes, name)
                 || !taken.insert(name.as_str())
             {

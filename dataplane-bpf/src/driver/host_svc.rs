@@ -36,6 +36,13 @@ pub const HOST_SERVICE_DEVICE: &str = "manul-svc";
 /// redirect or drop every packet sent to the device).
 pub const HOST_SERVICE_PEER: &str = "manul-svc-p";
 
+/// Whether `name` is loopback or the service device's pair: interfaces
+/// that are never a host interface to attach as one (loopback and the
+/// device get the programs of their own, the peer none).
+pub fn is_own_or_loopback(name: &str) -> bool {
+    name == "lo" || name == HOST_SERVICE_DEVICE || name == HOST_SERVICE_PEER
+}
+
 /// The device's MAC address (`manul_maps.h`'s `MANUL_HOST_SVC_MAC_*`): a
 /// reply the programs redirect into the device carries it as its
 /// destination, so the host takes it as its own.

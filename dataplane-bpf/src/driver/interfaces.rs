@@ -107,9 +107,7 @@ impl BpfDriver {
             interfaces()
                 .into_iter()
                 .filter(|(_, name)| {
-                    name != "lo"
-                        && name != super::HOST_SERVICE_DEVICE
-                        && name != super::HOST_SERVICE_PEER
+                    !super::host_svc::is_own_or_loopback(name)
                         && !is_workload_interface(&self.config.workload_prefixes, name)
                         && !state
                             .workload_endpoints

@@ -52,7 +52,7 @@ pub use config::{
 };
 pub use counters::{KernelCounters, TestRunOutcome};
 pub(crate) use flows::labels;
-pub use host_svc::{HOST_SERVICE_DEVICE, HOST_SERVICE_MAC, HOST_SERVICE_PEER};
+pub use host_svc::{HOST_SERVICE_DEVICE, HOST_SERVICE_MAC, HOST_SERVICE_PEER, is_own_or_loopback};
 
 /// The eBPF dataplane driver. It acts in the network namespace of the
 /// thread that calls it.
