@@ -61,9 +61,34 @@ async fn until<T>(
     }
 }
 
+/// Sends `sig` to replica `k`; after SIGSTOP, waits until every thread of
+/// it is stopped (the signal is delivered to each thread as it next runs,
+/// so a reply could still leave just after `kill` returns).
 fn signal(r: &Replicas, k: usize, sig: Signal) {
     let pid = r.replicas[k].pid().unwrap();
     kill(Pid::from_raw(pid as i32), sig).unwrap();
+    if sig != Signal::SIGSTOP {
+        return;
+    }
+    let stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .all(|task| {
+                let stat =
+                    std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
+                // The state follows the command name's closing parenthesis.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+            })
+    };
+    let begin = Instant::now();
+    while !stopped() {
+        assert!(
+            begin.elapsed() < Duration::from_secs(5),
+            "replica {k} not stopped"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
