@@ -6,6 +6,14 @@
 //! resume replication. Every call carries the cluster's peer token, over
 //! mutual TLS when the replica has it.
 //!
+//! A call has a deadline sized to its batch (`batch_deadline`), and a
+//! failed call drops the connection: the next batch dials afresh. A peer
+//! cut off by a partition (packets dropped, not refused) would otherwise
+//! hold its queue behind one call for the whole request timeout, and after
+//! the heal the old connection recovers only at TCP's next backed-off
+//! retransmission: a healed replica could hear no heartbeat for ten
+//! seconds and more.
+//!
 //! Receiving: a batch is decoded whole before any of it is stepped, so a
 //! corrupt batch changes nothing; every message must name the batch's
 //! sender. The Raft thread then judges each message (`guard::admit`). A
@@ -37,6 +45,19 @@ use crate::peer_auth::PeerToken;
 pub const MAX_PEER_MESSAGE: usize = 1024 * 1024 * 1024;
 const QUEUE: usize = 4096;
 const BATCH: usize = 256;
+/// Every call's deadline starts here: a heartbeat's round trip never needs
+/// more, and a call to a peer that stopped answering is given up after
+/// about one election timeout (ten 100 ms ticks).
+const CALL_BASE: Duration = Duration::from_secs(1);
+/// ... plus this long per MiB in the batch (an append of large entries or
+/// a snapshot at 16 MiB/s at the least, a loaded replica's pace).
+const CALL_PER_MIB: Duration = Duration::from_millis(64);
+
+/// How long a call carrying `bytes` of Raft messages may take.
+fn batch_deadline(bytes: usize) -> Duration {
+    let mib = bytes.div_ceil(1024 * 1024);
+    CALL_BASE + CALL_PER_MIB.saturating_mul(u32::try_from(mib).unwrap_or(u32::MAX))
+}
 
 pub(super) struct Transport {
     id: u64,
@@ -94,7 +115,6 @@ fn channel(
 ) -> Result<Channel, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(10))
         .tcp_nodelay(true);
     Ok(dial.connect_lazy(endpoint))
 }
@@ -157,11 +177,13 @@ async fn peer_loop(
             .ok()
             .and_then(|a| a.get(&from).cloned())
             .unwrap_or_default();
+        let bytes: usize = messages.iter().map(Bytes::len).sum();
         let mut request = tonic::Request::new(RaftBatch {
             messages,
             from,
             from_address,
         });
+        request.set_timeout(batch_deadline(bytes));
         if let Some(t) = &token {
             t.attach(&mut request);
         }
@@ -170,6 +192,10 @@ async fn peer_loop(
         if let Err(e) = result {
             debug!(to, %addr, "cannot reach peer: {}", e.message());
             let _ = node_tx.send(Msg::Unreachable(to));
+            // A fresh connection for the next batch: the old one may sit
+            // in TCP's retransmission back-off long after the peer is
+            // reachable again.
+            client = None;
         }
         if has_snapshot {
             let _ = node_tx.send(Msg::SnapshotDone { to, ok });
@@ -227,5 +253,24 @@ impl Peer for PeerService {
                 .map_err(|e| Status::unavailable(e.to_string()))?;
         }
         Ok(Response::new(RaftAck {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_is_given_time_for_its_size() {
+        let cases = [
+            (0, Duration::from_secs(1)),
+            (300, Duration::from_secs(1) + CALL_PER_MIB),
+            (1024 * 1024, Duration::from_secs(1) + CALL_PER_MIB),
+            (60 * 1024 * 1024, Duration::from_millis(1000 + 60 * 64)),
+            (MAX_PEER_MESSAGE, Duration::from_millis(1000 + 1024 * 64)),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(batch_deadline(bytes), want, "{bytes} bytes");
+        }
     }
 }
