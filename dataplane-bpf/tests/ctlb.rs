@@ -38,7 +38,7 @@ use manul_dataplane_api::{
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, CtlbConfig, cgroup2_mount};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
 use manul_dataplane_conformance::topology::{Pod, Topology};
-use manul_dataplane_conformance::{ConformanceError, Factory, NodeContext, privileges};
+use manul_dataplane_conformance::{Factory, NodeContext, privileges};
 use manul_netns::{NetNs, unique_prefix};
 
 mod ctlb6;
@@ -57,11 +57,6 @@ const DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 53);
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 66, 255, 1);
 const DNS_PORT: u16 = 53;
 const HOLD_PORT: u16 = 80;
-
-/// The shared cases the eBPF dataplane does not pass yet with
-/// connect-time load balancing on: a node port under `Cluster` is not
-/// masqueraded.
-const NOT_YET: &[&str] = &["node port, Cluster: masqueraded"];
 
 /// This process in a cgroup of its own; moved back and the cgroup removed
 /// on drop.
@@ -485,18 +480,7 @@ fn connect_time_load_balancing() {
     }
     match result {
         Ok(report) => println!("{}", report.table()),
-        Err(ConformanceError::Mismatch(failed)) => {
-            let unexpected: Vec<&String> = failed
-                .iter()
-                .filter(|f| {
-                    !NOT_YET
-                        .iter()
-                        .any(|case| f.starts_with(&format!("[{case}]")))
-                })
-                .collect();
-            assert!(unexpected.is_empty(), "failed: {unexpected:#?}");
-        }
-        Err(e) => panic!("{e}"),
+        Err(e) => panic!("service cases: {e}"),
     }
     match dual {
         Ok(report) => println!("{}", report.table()),
