@@ -24,16 +24,20 @@
 use std::fs;
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use ipnet::IpNet;
 use manul_dataplane_api::{
     Backend, Balancing, Driver, EndpointId, Operation, Policy, Service, ServicePort, TrafficPolicy,
     WorkloadEndpoint,
+};
+use manul_dataplane_bpf::abi::{
+    MANUL_CTLB_CNT_TRANSLATED, MANUL_CTLB_NETNS_NODE, MANUL_CTLB_NETNS_POD,
 };
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, CtlbConfig, cgroup2_mount};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
@@ -284,6 +288,89 @@ struct Before {
     host_tcp: TcpStream,
 }
 
+/// How many connects and datagrams the programs translated (their
+/// pinned counters, summed over CPUs).
+fn translated(maps: &Path) -> u64 {
+    let data = MapData::from_pin(maps.join("manul_ctlb_cnt")).unwrap();
+    let counters = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(data)).unwrap();
+    counters
+        .get(&MANUL_CTLB_CNT_TRANSLATED, 0)
+        .unwrap()
+        .iter()
+        .sum()
+}
+
+/// Connects a UDP socket (IPv4 and IPv6, the IPv4-mapped address) in
+/// `ns` to the DNS ClusterIP, whatever the outcome (without translation
+/// the namespace may have no route to it).
+fn try_connect(ns: &NetNs) {
+    ns.run(|| {
+        for dst in [
+            SocketAddr::new(IpAddr::V4(DNS), DNS_PORT),
+            SocketAddr::new(IpAddr::V6(DNS.to_ipv6_mapped()), DNS_PORT),
+        ] {
+            let s = UdpSocket::bind(any_of(dst)).unwrap();
+            let _ = s.connect(dst);
+        }
+    })
+    .unwrap();
+}
+
+/// Only the node's and its pods' namespaces are translated: a namespace
+/// in the same cgroup that is neither (`stranger`) is not, nor, with
+/// `manul_ctlb_netns` emptied, is the node's own (fail closed: the packet
+/// path has it); written back, the node's is again.
+fn served_namespaces_only(topo: &Topology, stranger: &NetNs, maps: &Path) {
+    let before = translated(maps);
+    try_connect(&topo.node);
+    assert_eq!(
+        translated(maps),
+        before + 2,
+        "the node's namespace is served"
+    );
+    let client = &topo.pod("ns/client").unwrap().netns;
+    try_connect(client);
+    assert_eq!(translated(maps), before + 4, "a pod's namespace is served");
+    try_connect(stranger);
+    assert_eq!(
+        translated(maps),
+        before + 4,
+        "a namespace that is neither the node's nor a pod's is not translated"
+    );
+
+    let data = MapData::from_pin(maps.join("manul_ctlb_netns")).unwrap();
+    let mut served = HashMap::<_, u64, u32>::try_from(Map::HashMap(data)).unwrap();
+    let entries: Vec<(u64, u32)> = served.iter().map(Result::unwrap).collect();
+    let kinds: Vec<u32> = entries.iter().map(|(_, k)| *k).collect();
+    assert_eq!(
+        (
+            kinds
+                .iter()
+                .filter(|k| **k == MANUL_CTLB_NETNS_NODE)
+                .count(),
+            kinds.iter().filter(|k| **k == MANUL_CTLB_NETNS_POD).count()
+        ),
+        (1, topo.pods.len()),
+        "the node and each pod served, nothing else: {entries:?}"
+    );
+    for (cookie, _) in &entries {
+        served.remove(cookie).unwrap();
+    }
+    try_connect(&topo.node);
+    try_connect(client);
+    let emptied = translated(maps);
+    for (cookie, kind) in &entries {
+        served.insert(cookie, kind, 0).unwrap();
+    }
+    assert_eq!(
+        emptied,
+        before + 4,
+        "an empty manul_ctlb_netns translates nothing"
+    );
+    try_connect(&topo.node);
+    assert_eq!(translated(maps), before + 6, "served again once written");
+}
+
 fn dns_moves(topo: &Topology, driver: &DriverThread) {
     let pod = |n: &str| topo.pod(&format!("ns/{n}")).unwrap();
     let (a, b, client) = (pod("dns-a"), pod("dns-b"), pod("client"));
@@ -411,6 +498,11 @@ fn connect_time_load_balancing() {
         IpNet::new(IpAddr::V4(NODE_IP), 32).unwrap(),
     )
     .expect("node address");
+    // A namespace in the test's cgroup that is neither the node's nor a
+    // pod's, joined to the node (before the driver looks for pods) by a veth that is no workload interface.
+    let stranger = NetNs::create(&format!("{prefix}-x")).expect("stranger namespace");
+    manul_netns::create_veth(&topo.node, &format!("{prefix}x"), &stranger, "eth0")
+        .expect("stranger's veth");
     let servers: Vec<Servers> = ["dns-a", "dns-b"]
         .iter()
         .map(|n| Servers::start(topo.pod(&format!("ns/{n}")).unwrap()))
@@ -446,9 +538,12 @@ fn connect_time_load_balancing() {
     )));
     ops.push(Operation::InSync);
     driver.apply(ops).expect("program");
+    let maps = PathBuf::from(PIN_ROOT).join(&prefix).join("maps");
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        served_namespaces_only(&topo, &stranger, &maps);
         dns_moves(&topo, &driver);
     }));
+    drop(stranger);
     drop(driver);
     drop(servers);
     drop(topo);
