@@ -7,7 +7,10 @@
 //! programs. This binary holds one test, so nothing else runs in that
 //! cgroup meanwhile.
 //!
-//! Checked, in a node namespace (not the root one) with pods: a
+//! Checked, in a node namespace (not the root one) with pods: only the
+//! node's and the pods' namespaces are translated, not a namespace of the
+//! same cgroup joined to the node by a veth that is no workload
+//! interface, and nothing once `manul_ctlb_netns` is emptied; a
 //! host-networked process reaches a ClusterIP over TCP and UDP, and
 //! `getpeername` and `recvfrom` answer with the service address; a
 //! connected UDP socket (a host process's and a pod's), and an
@@ -17,9 +20,10 @@
 //! backend; the same for IPv6 sockets and IPv6 services, with a node
 //! port, session affinity and refusals besides (`ctlb6/`); then the
 //! shared service cases
-//! (`manul_dataplane_conformance::services`), where the host-process
-//! cases the TC programs alone cannot pass now pass too, and the shared
-//! dual-stack cases.
+//! (`manul_dataplane_conformance::services`), every one: the host-process
+//! cases the TC programs alone cannot pass, and the external client's
+//! (its namespace in this cgroup too, but no pod's) through the TC
+//! programs' node-port path; and the shared dual-stack cases.
 
 use std::fs;
 use std::io::{ErrorKind, Read as _, Write as _};
