@@ -6,8 +6,15 @@
  * the packets leave with the backend's address and no per-packet NAT is
  * needed. They read the TC programs' service maps (manul_svc_fe,
  * manul_svc_be; pinned by name, adopted from manul_tc.o, which is loaded
- * first) and apply to every socket of the cgroup they are attached to:
- * pods and host-networked processes alike.
+ * first) and apply to the sockets of the cgroup they are attached to
+ * that live in a network namespace the node serves (manul_ctlb_netns: the
+ * node's own, for host-networked processes, and its pods'); a socket of
+ * any other namespace in the cgroup (a container of its own network that
+ * is no pod of this node, a test's client) is left alone and its packets
+ * take the TC programs' path (a node port from outside: the node-port
+ * path, masqueraded under externalTrafficPolicy Cluster). An empty
+ * manul_ctlb_netns translates nothing (the TC programs handle every
+ * service packet).
  *
  * - connect4: a frontend (cluster, external or load-balancer IP and port,
  *   or a node port on one of the node's addresses, manul_ctlb_local) gets a
@@ -89,6 +96,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } manul_ctlb_local SEC(".maps");
 
+/* The namespaces served (manul_ctlb.h): netns cookie -> MANUL_CTLB_NETNS_*. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_ctlb_netns SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -112,6 +129,15 @@ static __always_inline void count(__u32 idx)
 
 	if (c)
 		*c += 1;
+}
+
+/* Whether the socket lives in a namespace the node serves: only those
+ * are translated (getpeername and recvmsg answer for whatever was). */
+static __always_inline int serves(struct bpf_sock_addr *ctx)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+
+	return bpf_map_lookup_elem(&manul_ctlb_netns, &netns) != 0;
 }
 
 /* The socket's protocol, or 0 when the programs leave it alone. */
@@ -283,7 +309,7 @@ int manul_ctlb_connect4(struct bpf_sock_addr *ctx)
 {
 	__u8 proto = proto_of(ctx);
 
-	if (!proto)
+	if (!proto || !serves(ctx))
 		return 1;
 	return translate(ctx, proto, MANUL_CTLB_CONNECTED);
 }
@@ -291,7 +317,7 @@ int manul_ctlb_connect4(struct bpf_sock_addr *ctx)
 SEC("cgroup/sendmsg4")
 int manul_ctlb_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	if (proto_of(ctx) != IPPROTO_UDP)
+	if (proto_of(ctx) != IPPROTO_UDP || !serves(ctx))
 		return 1;
 	return translate(ctx, IPPROTO_UDP, 0);
 }

@@ -57,6 +57,16 @@ struct manul_ctlb_aff_key {
 	__u32 pad;
 };
 
+/* manul_ctlb_netns (hash): the network namespaces whose sockets the
+ * programs translate, by namespace cookie (bpf_get_netns_cookie,
+ * SO_NETNS_COOKIE) -> MANUL_CTLB_NETNS_*. Written by the driver: the
+ * node's own namespace (host processes) and its pods' (the namespaces at
+ * the far end of its workload interfaces). A socket of any other
+ * namespace that shares the cgroup is left to the packet path; an empty
+ * map translates nothing. */
+#define MANUL_CTLB_NETNS_NODE 1
+#define MANUL_CTLB_NETNS_POD 2
+
 /* manul_ctlb_kill (hash): socket cookie -> the backend it must still be
  * connected to for the socket iterators to destroy it. Filled by the
  * driver when a backend leaves its list, emptied by the iterators. */

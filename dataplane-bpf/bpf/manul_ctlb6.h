@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Part of manul_ctlb.c (included once, after the IPv4 functions, whose
- * proto_of, refuse, count, translate4 and untranslate4 it uses):
+ * proto_of, serves, refuse, count, translate4 and untranslate4 it
+ * uses):
  * connect-time load balancing of IPv6 sockets, with the IPv4 semantics
  * over the IPv6 service maps (manul_svc_fe6, manul_svc_be6) and maps of
  * its own (manul_ctlb.h).
  *
- * - connect6 / sendmsg6: an IPv6 frontend (cluster, external or
+ * - connect6 / sendmsg6 (a socket of a namespace the node serves,
+ *   manul_ctlb_netns, as for IPv4): an IPv6 frontend (cluster, external or
  *   load-balancer address and port, or a node port, frontend ::, on one of
  *   the node's own IPv6 addresses, manul_ctlb_local6) gets a backend: the
  *   namespace's affinity entry while it holds, else one at random; no
@@ -266,7 +268,7 @@ int manul_ctlb_connect6(struct bpf_sock_addr *ctx)
 {
 	__u8 proto = proto_of(ctx);
 
-	if (!proto)
+	if (!proto || !serves(ctx))
 		return 1;
 	return translate6(ctx, proto, MANUL_CTLB_CONNECTED);
 }
@@ -274,7 +276,7 @@ int manul_ctlb_connect6(struct bpf_sock_addr *ctx)
 SEC("cgroup/sendmsg6")
 int manul_ctlb_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	if (proto_of(ctx) != IPPROTO_UDP)
+	if (proto_of(ctx) != IPPROTO_UDP || !serves(ctx))
 		return 1;
 	return translate6(ctx, IPPROTO_UDP, 0);
 }

@@ -80,6 +80,14 @@ pub enum BpfError {
         #[source]
         source: Box<manul_netns::NetnsError>,
     },
+    /// Which network namespaces connect-time load balancing serves
+    /// (`ctlb/netns.rs`).
+    #[error("connect-time load balancing: {what}")]
+    CtlbNamespaces {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A map size of 0 or beyond the largest accepted.
     #[error("invalid configuration: {setting} is {value} entries; a map holds 1 to {max}")]
     MapSize {

@@ -12,7 +12,8 @@
 //!   Calico-style pod plumbing ([`plumb_pod`], dual stack with
 //!   [`plumb_pod_ips`]), and a dataplane's own device with its
 //!   host routes ([`create_device_veth`], [`sync_device_routes`], one
-//!   netlink session for any number of routes).
+//!   netlink session for any number of routes), and which namespaces sit
+//!   at the far end of a namespace's veths ([`link_peer_namespaces`]).
 //! - Probes run from inside a namespace with a timeout ([`tcp_connect`],
 //!   [`udp_probe`], [`ping`]) and small servers listening inside one
 //!   ([`TcpServer`], [`UdpEcho`]).
@@ -37,6 +38,7 @@ mod error;
 mod held;
 mod link;
 mod ns;
+mod nsid;
 mod peer;
 mod pod;
 mod probe;
@@ -53,6 +55,7 @@ pub use link::{
     set_mtu,
 };
 pub use ns::{NETNS_RUN_DIR, NetNs, cleanup_prefix, unique_prefix};
+pub use nsid::link_peer_namespaces;
 pub use peer::{PEER_QUERY, PeerProbe, tcp_peer};
 pub use pod::{
     CALICO_GATEWAY_V4, CALICO_GATEWAY_V6, CALICO_HOST_MAC, PodLink, plumb_pod, plumb_pod_ips,

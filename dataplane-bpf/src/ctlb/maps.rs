@@ -1,6 +1,7 @@
 //! The connect-time load balancer's own maps, both families (keys and
 //! values in `bpf/manul_ctlb.h`), and what the driver does to them: the
-//! node's addresses for node ports, and, when backends leave their lists,
+//! node's addresses for node ports, the network namespaces whose sockets
+//! are translated, and, when backends leave their lists,
 //! the namespaces' affinity to them forgotten, the connected sockets
 //! given them listed for the iterators, and what `getpeername` and
 //! `recvmsg` answered for them dropped.
@@ -29,6 +30,7 @@ pub struct CtlbMaps {
     aff6: HashMap<MapData, abi::manul_ctlb_aff_key, abi::manul_svc_aff6_value>,
     kill6: HashMap<MapData, u64, abi::manul_ctlb_kill6_value>,
     local6: HashMap<MapData, abi::manul_ctlb_local6_key, u32>,
+    netns: HashMap<MapData, u64, u32>,
 }
 
 fn take<K: aya::Pod, V: aya::Pod>(
@@ -119,6 +121,7 @@ impl CtlbMaps {
             aff6: take(ebpf, "manul_ctlb_aff6")?,
             kill6: take(ebpf, "manul_ctlb_kill6")?,
             local6: take(ebpf, "manul_ctlb_local6")?,
+            netns: take(ebpf, "manul_ctlb_netns")?,
         })
     }
 
@@ -140,6 +143,33 @@ impl CtlbMaps {
             })
             .collect();
         sync_set(&mut self.local6, "manul_ctlb_local6", &want6)
+    }
+
+    /// Adds one namespace to those served (`manul_ctlb_netns`), leaving
+    /// the others.
+    pub fn serve(&mut self, cookie: u64, kind: u32) -> Result<(), BpfError> {
+        self.netns
+            .insert(cookie, kind, 0)
+            .map_err(|e| BpfError::map("manul_ctlb_netns", format!("add namespace {cookie}"), e))
+    }
+
+    /// Makes `manul_ctlb_netns` hold exactly `want` (cookie → kind):
+    /// additions first, so a namespace served before and after is never
+    /// missing.
+    pub fn set_served(&mut self, want: &BTreeMap<u64, u32>) -> Result<(), BpfError> {
+        for (cookie, kind) in want {
+            self.serve(*cookie, *kind)?;
+        }
+        let stale: Vec<u64> = self
+            .netns
+            .keys()
+            .flatten()
+            .filter(|k| !want.contains_key(k))
+            .collect();
+        for k in stale {
+            let _ = self.netns.remove(&k);
+        }
+        Ok(())
     }
 
     /// Forgets the namespaces' affinity to the backends that left.

@@ -20,7 +20,21 @@
 //! - `maps.rs`: the programs' own maps, both families, and what the
 //!   driver keeps in them;
 //! - `cgroup.rs`: which cgroup the programs attach to;
-//! - `netns.rs`: the namespaces a socket may live in.
+//! - `netns.rs`: the namespaces a socket may live in, their cookies, and
+//!   which are the pods'.
+//!
+//! The programs translate only the sockets of the network namespaces the
+//! node serves (`manul_ctlb_netns`, by namespace cookie): the driver's own
+//! (the node's: host-networked processes), written before the programs
+//! are attached, and its pods' (the namespaces at the far end of its
+//! workload interfaces), written by [`ConnectTimeLb::serve_pods`] when the
+//! workload interfaces change. A process of another namespace that
+//! shares the cgroup (a container with a network of its own that is no
+//! pod of this node) is left to the packet path, as traffic from another
+//! machine is: its connect to a node port takes the node-port path. An
+//! empty map (before the first write, or after it was lost) translates
+//! nothing: every service packet is then the TC programs' to translate,
+//! as without connect-time load balancing.
 //!
 //! The programs are attached with pinned links
 //! (`PIN_ROOT/NODE/links/ctlb_*`; other programs of the cgroup keep
@@ -32,6 +46,7 @@ mod maps;
 mod netns;
 mod object;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Read as _;
 use std::net::IpAddr;
@@ -107,6 +122,11 @@ pub struct ConnectTimeLb {
     /// Whether the iterators loaded (the kernel has `bpf_sock_destroy`).
     reaping: bool,
     cgroup: PathBuf,
+    /// The cookie of the driver's (the node's) network namespace.
+    node_netns: u64,
+    /// The workload interfaces (name, index) the pods' namespaces were
+    /// last found for.
+    served_for: Option<BTreeSet<(String, u32)>>,
 }
 
 impl std::fmt::Debug for ConnectTimeLb {
@@ -210,6 +230,10 @@ impl ConnectTimeLb {
                 false
             }
         };
+        let node_netns = netns::cookie_here().map_err(|e| BpfError::CtlbNamespaces {
+            what: "read the node's network namespace cookie (SO_NETNS_COOKIE, Linux 5.14+)",
+            source: Box::new(e),
+        })?;
         let mut lb = Self {
             maps: CtlbMaps::take(&mut ebpf)?,
             counters: ebpf
@@ -220,7 +244,13 @@ impl ConnectTimeLb {
             ebpf,
             reaping,
             cgroup,
+            node_netns,
+            served_for: None,
         };
+        // Host processes are served from the first translated connect;
+        // pods' namespaces an earlier run wrote stay until the first
+        // serve_pods.
+        lb.maps.serve(node_netns, abi::MANUL_CTLB_NETNS_NODE)?;
         lb.attach(dirs)?;
         tracing::info!(
             cgroup = %lb.cgroup.display(),
@@ -295,6 +325,35 @@ impl ConnectTimeLb {
             .unwrap_or_default();
         let (v4, v6) = node_addresses(addrs);
         self.maps.set_local(&v4, &v6)
+    }
+
+    /// Makes the namespaces served the node's own and its pods': those at
+    /// the far end of `workloads` (the node's workload interfaces that
+    /// exist, name and index), when these changed since the last call.
+    /// On an error the namespaces served stay as they were (a pod's not
+    /// yet served is left to the packet path) and the next call looks
+    /// again.
+    pub fn serve_pods(&mut self, workloads: BTreeSet<(String, u32)>) -> Result<(), BpfError> {
+        if self.served_for.as_ref() == Some(&workloads) {
+            return Ok(());
+        }
+        let names: BTreeSet<String> = workloads.iter().map(|(n, _)| n.clone()).collect();
+        let pods = netns::pod_cookies(&names).map_err(|e| BpfError::CtlbNamespaces {
+            what: "find the pods' network namespaces",
+            source: Box::new(e),
+        })?;
+        let mut want = BTreeMap::from([(self.node_netns, abi::MANUL_CTLB_NETNS_NODE)]);
+        for cookie in pods {
+            want.entry(cookie).or_insert(abi::MANUL_CTLB_NETNS_POD);
+        }
+        self.maps.set_served(&want)?;
+        tracing::debug!(
+            workload_interfaces = workloads.len(),
+            pod_namespaces = want.len() - 1,
+            "connect-time load balancing serves the node's and its pods' namespaces"
+        );
+        self.served_for = Some(workloads);
+        Ok(())
     }
 
     /// After backends left their lists (`gone`: list id → backends):

@@ -5,8 +5,16 @@
 //! node's: host-networked processes), then every namespace bound under
 //! `/run/netns` (where container runtimes and `ip netns` keep pods'),
 //! then every process's, each once.
+//!
+//! It also tells which namespaces the programs serve (`manul_ctlb_netns`):
+//! a namespace is known to them by its cookie, which a socket opened in it
+//! answers (`SO_NETNS_COOKIE`, Linux 5.14+; the programs read the same
+//! with `bpf_get_netns_cookie`). The served ones are the driver's own (the
+//! node's: host-networked processes) and its pods', the namespaces at the
+//! far end of the node's workload interfaces (veth peers, by the id the
+//! node's namespace has for each).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -71,4 +79,58 @@ pub fn visit_each(paths: &[PathBuf], mut visit: impl FnMut() -> bool + Send) -> 
         .join()
         .unwrap_or(0)
     })
+}
+
+/// `SO_NETNS_COOKIE` (Linux's `asm-generic/socket.h`: 71 on every
+/// architecture Manul builds for).
+const SO_NETNS_COOKIE: nix::libc::c_int = 71;
+
+use nix::libc;
+use nix::{getsockopt_impl, sockopt_impl};
+
+sockopt_impl!(
+    /// The cookie of the network namespace a socket lives in.
+    NetnsCookie,
+    GetOnly,
+    nix::libc::SOL_SOCKET,
+    SO_NETNS_COOKIE,
+    u64
+);
+
+/// The cookie of the calling thread's network namespace.
+pub fn cookie_here() -> std::io::Result<u64> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, getsockopt, socket};
+    let s = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    Ok(getsockopt(&s, NetnsCookie)?)
+}
+
+/// The cookies of the namespaces `paths` name (each entered on a thread of
+/// its own); one that cannot be entered (gone meanwhile) is left out.
+pub fn cookies_of(paths: &[PathBuf]) -> BTreeSet<u64> {
+    let mut cookies = BTreeSet::new();
+    visit_each(paths, || {
+        if let Ok(c) = cookie_here() {
+            cookies.insert(c);
+        }
+        true
+    });
+    cookies
+}
+
+/// The namespaces at the far end of the calling thread's namespace's
+/// links named in `workloads` (its pods): their cookies.
+pub fn pod_cookies(workloads: &BTreeSet<String>) -> Result<BTreeSet<u64>, manul_netns::NetnsError> {
+    if workloads.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let here = manul_netns::NetNs::from_path(Path::new("/proc/thread-self/ns/net"))?;
+    // The candidates but the caller's own (the first).
+    let others: Vec<PathBuf> = candidates().into_iter().skip(1).collect();
+    let pods = manul_netns::link_peer_namespaces(&here, workloads, &others)?;
+    Ok(cookies_of(&pods))
 }

@@ -283,12 +283,29 @@ impl BpfDriver {
     }
 
     /// After a batch's services are in the maps: the node's addresses for
-    /// node ports, and the sockets of backends that left destroyed.
-    fn connect_time_lb(&mut self, batch: &[Operation]) -> Result<(), BpfError> {
+    /// node ports, the pods' namespaces (those at the far end of the
+    /// workload interfaces in `interfaces`: an endpoint's, or
+    /// workload-prefixed), and the sockets of backends that left
+    /// destroyed.
+    fn connect_time_lb(
+        &mut self,
+        batch: &[Operation],
+        interfaces: &std::collections::BTreeMap<String, u32>,
+    ) -> Result<(), BpfError> {
         let gone = self.services.take_gone();
         let Some(ctlb) = self.ctlb.as_mut() else {
             return Ok(());
         };
+        let endpoints = &self.desired.state().workload_endpoints;
+        let workloads = interfaces
+            .iter()
+            .filter(|(name, _)| {
+                is_workload_interface(&self.config.workload_prefixes, name)
+                    || endpoints.values().any(|ep| &ep.interface_name == *name)
+            })
+            .map(|(name, ix)| (name.clone(), *ix))
+            .collect();
+        let pods = ctlb.serve_pods(workloads);
         let touched = batch.iter().any(|op| {
             matches!(
                 op,
@@ -299,7 +316,7 @@ impl BpfDriver {
             ctlb.set_local_addresses()?;
         }
         ctlb.reap(&gone);
-        Ok(())
+        pods
     }
 
     /// The desired state as recorded (and enforced).
@@ -393,7 +410,7 @@ impl Driver for BpfDriver {
         {
             errors.push(e);
         }
-        if let Err(e) = self.connect_time_lb(batch) {
+        if let Err(e) = self.connect_time_lb(batch, &interfaces) {
             errors.push(e);
         }
         if let Err(e) = self.sync_host_service_routes(batch) {
