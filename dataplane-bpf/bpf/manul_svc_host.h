@@ -35,9 +35,6 @@
 #ifndef MANUL_SVC_HOST_H
 #define MANUL_SVC_HOST_H
 
-/* svc_in's `host` for a packet of the host itself on its service device. */
-#define SVC_FROM_HOST 2
-
 /* Loopback's ifindex in every network namespace. */
 #define MANUL_LOOPBACK_IFINDEX 1
 
@@ -113,7 +110,9 @@ static __always_inline int svc_host_dev(struct __sk_buff *skb, __u8 hook, struct
 
 	if (hook != MANUL_HOOK_EGRESS || (lo && !host_svc_ifindex()))
 		return TC_ACT_OK;
-	if (parse(skb, p) != 0 || p->version != 4 || !svc_proto(p->proto))
+	/* IPv6 on the device only: loopback's stays its own. */
+	if (parse(skb, p) != 0 || (p->version != 4 && (lo || p->version != 6)) ||
+	    !svc_proto(p->proto))
 		return pass;
 	frontend = addr4(p->dst);
 	/* 127.0.0.0/8 stays loopback's own. */
@@ -122,8 +121,9 @@ static __always_inline int svc_host_dev(struct __sk_buff *skb, __u8 hook, struct
 	rc = svc_in(skb, p, n, bpf_ktime_get_ns(), SVC_FROM_HOST);
 	if (rc >= 0)
 		return rc;
-	/* Not translated: no service there (any more). */
-	if (addr4(p->dst) == frontend)
+	/* Not translated: no service there (any more). IPv6's translation
+	 * sent the packet on itself (svc6_translate). */
+	if (p->version != 4 || addr4(p->dst) == frontend)
 		return pass;
 	return ext_forward(skb, 4, p->src, p->dst, p->sport, p->dport, p->proto);
 }
