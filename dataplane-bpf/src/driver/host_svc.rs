@@ -25,7 +25,6 @@
 //! pinned), so host connections do too.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 use manul_dataplane_api::Operation;
@@ -326,7 +325,7 @@ impl BpfDriver {
 mod tests {
     use super::*;
     use manul_dataplane_api::Service;
-    use std::net::Ipv6Addr;
+    use std::net::{IpAddr, Ipv6Addr};
 
     #[test]
     fn the_mac_is_the_programs_and_locally_administered() {
