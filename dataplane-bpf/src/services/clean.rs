@@ -109,7 +109,12 @@ impl Family for V6 {
             sport: v.port,
             dport: k.sport,
             proto: k.proto,
-            dir: abi::MANUL_NAT_REV as u8,
+            // A host process's reply entry (bpf/manul_svc_host.h).
+            dir: if v.flags & abi::MANUL_NAT_FROM_HOST != 0 {
+                abi::MANUL_NAT_HOST_REV as u8
+            } else {
+                abi::MANUL_NAT_REV as u8
+            },
             pad: 0,
         }];
         if v.flags & abi::MANUL_NAT_SNAT != 0 {
