@@ -541,7 +541,14 @@ pub fn ask_udp(
             other => other?,
         }
         socket.set_read_timeout(Some(timeout))?;
-        socket.send(b"who")?;
+        // A host process's datagram rejected on the output hook (the
+        // nftables dataplane, as kube-proxy) fails at send (EPERM).
+        match socket.send(b"who") {
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                return Ok(Outcome::Refused(started.elapsed()));
+            }
+            other => other?,
+        };
         let mut buf = [0u8; 256];
         match socket.recv(&mut buf) {
             Ok(n) => Ok(String::from_utf8_lossy(&buf[..n])
