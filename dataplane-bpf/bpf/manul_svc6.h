@@ -10,7 +10,12 @@
  * source back after policy; a frontend without backends, or a cluster
  * IP's unknown port, refuses at once (TCP RST, ICMPv6 port unreachable);
  * a pod reaching a service it backs gets its connection from
- * MANUL_HAIRPIN_SNAT_V6. On host interfaces carried for service NAT:
+ * MANUL_HAIRPIN_SNAT_V6. On the host's service device (SVC_FROM_HOST,
+ * manul_svc_host.h): a host process's connection, as a pod's but with
+ * its reverse entry as MANUL_NAT_HOST_REV, sent on by the FIB from
+ * svc6_translate; its reply, found on the backend's interface, goes back
+ * into the host through the device (svc6_after). On host interfaces
+ * carried for service NAT:
  * node ports (frontend ::, to the node's own addresses), external and
  * load-balancer addresses (with their source ranges), under the Local
  * policy (local backends, client kept) or Cluster: in SNAT mode the
