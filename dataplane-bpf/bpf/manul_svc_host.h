@@ -93,6 +93,14 @@ static __always_inline int svc_host_reverse(struct __sk_buff *skb, const struct 
 	return svc_host_deliver(skb);
 }
 
+/* Whether an IPv6 address is ::1. */
+static __always_inline int svc6_loopback(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return !(w[0] | w[1] | w[2]) && w[3] == bpf_htonl(1);
+}
+
 static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct svc_nat *n,
 				  __u64 now, int host);
 
@@ -113,13 +121,12 @@ static __always_inline int svc_host_dev(struct __sk_buff *skb, __u8 hook, struct
 
 	if (hook != MANUL_HOOK_EGRESS || (lo && !host_svc_ifindex()))
 		return TC_ACT_OK;
-	/* IPv6 on the device only: loopback's stays its own. */
-	if (parse(skb, p) != 0 || (p->version != 4 && (lo || p->version != 6)) ||
-	    !svc_proto(p->proto))
+	if (parse(skb, p) != 0 || (p->version != 4 && p->version != 6) || !svc_proto(p->proto))
 		return pass;
 	frontend = addr4(p->dst);
-	/* 127.0.0.0/8 stays loopback's own. */
-	if (lo && (p->dst[0] == 127 || p->src[0] == 127))
+	/* 127.0.0.0/8 and ::1 stay loopback's own. */
+	if (lo && (p->version == 4 ? p->dst[0] == 127 || p->src[0] == 127
+				   : svc6_loopback(p->dst) || svc6_loopback(p->src)))
 		return TC_ACT_OK;
 	rc = svc_in(skb, p, n, bpf_ktime_get_ns(), SVC_FROM_HOST);
 	if (rc >= 0)

@@ -167,6 +167,11 @@ fn the_host_service_device_follows_the_cluster_ips_and_goes_with_the_setting() {
         SocketAddr::new(Ipv4Addr::LOCALHOST.into(), LOOPBACK_PORT),
     )
     .expect("a loopback listener");
+    let _own6 = TcpServer::start(
+        node,
+        SocketAddr::new(Ipv6Addr::LOCALHOST.into(), LOOPBACK_PORT),
+    )
+    .expect("an IPv6 loopback listener");
     let ctx = NodeContext {
         node: prefix.clone(),
     };
@@ -199,6 +204,16 @@ fn the_host_service_device_follows_the_cluster_ips_and_goes_with_the_setting() {
         connect(node, Ipv4Addr::LOCALHOST, LOOPBACK_PORT),
         ProbeOutcome::Connected,
         "loopback's own traffic"
+    );
+    assert_eq!(
+        tcp_connect(
+            node,
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), LOOPBACK_PORT),
+            WAIT
+        )
+        .unwrap(),
+        ProbeOutcome::Connected,
+        "loopback's own IPv6 traffic"
     );
 
     // The cluster IP changes: the routes follow; the old one is gone.

@@ -59,8 +59,9 @@
 //! from that family's backends; an IPv6 port without backends is refused
 //! at once; IPv6 hairpin; and host processes (as kube-proxy's output
 //! hook translates for them): an IPv6 ClusterIP over TCP and UDP, an IPv6
-//! port without backends refused at once (TCP and UDP), and the service's
-//! external IP of each family.
+//! port without backends refused at once (TCP and UDP), the service's
+//! external IP of each family, and its node port on the node's own IPv6
+//! address.
 //!
 //! [`run_contested_cases`] is a third call, in its own namespaces:
 //! services contesting an external IP and a node port under different
@@ -207,6 +208,8 @@ pub const UDP_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x43);
 /// The dual-stack service's external IPs (`Cluster` policy).
 pub const DUAL_EXT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 40);
 pub const DUAL_EXT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x51, 0, 0, 0, 0, 0x40);
+/// The dual-stack service's node port (`Cluster` policy).
+pub const DUAL_NODE_PORT: u16 = 30090;
 
 fn pod_ip(name: &str) -> Ipv4Addr {
     PODS.iter()
@@ -378,7 +381,7 @@ fn base_operations(dual_stack: bool) -> Vec<Operation> {
 }
 
 /// The dual-stack cases' services: `dual` (an IPv4 and an IPv6
-/// ClusterIP and an external IP of each family, `web-a` and `web-b` in
+/// ClusterIP, an external IP of each family and a node port, `web-a` and `web-b` in
 /// both families), `empty6` (IPv6, no backends, TCP and UDP), `self6`
 /// (IPv6, `web-a` only) and `udp6` (IPv6, UDP only, `web-b`).
 pub fn dual_stack_services() -> Vec<Service> {
@@ -408,6 +411,7 @@ pub fn dual_stack_services() -> Vec<Service> {
     let mut dual = service("dual", DUAL_IP, vec![port6(both(&["web-a", "web-b"]))]);
     dual.cluster_ips.push(IpAddr::V6(DUAL_IP6));
     dual.external_ips = vec![IpAddr::V4(DUAL_EXT_IP), IpAddr::V6(DUAL_EXT_IP6)];
+    dual.ports[0].node_port = Some(DUAL_NODE_PORT);
     let mut empty = service("empty6", DUAL_IP, vec![port6(vec![]), udp6(vec![])]);
     empty.cluster_ips = vec![IpAddr::V6(EMPTY_IP6)];
     let mut hairpin = service("self6", DUAL_IP, vec![port6(both(&["web-a"]))]);
@@ -1107,8 +1111,9 @@ pub fn run_dual_stack_cases(
 /// Host processes (the node namespace's own sockets) reaching the
 /// dual-stack services: an IPv6 ClusterIP over TCP (every connection
 /// answered by an IPv6 backend) and over UDP, an IPv6 port without
-/// backends refused at once over TCP and UDP, and the external IP of each
-/// family (as kube-proxy's output hook translates for host processes).
+/// backends refused at once over TCP and UDP, the external IP of each
+/// family and the node's own IPv6 node port (as kube-proxy's output hook
+/// translates for host processes).
 fn run_dual_stack_host_cases(
     net: &Net,
     report: &mut ServiceReport,
@@ -1154,13 +1159,26 @@ fn run_dual_stack_host_cases(
         matches!(udp, Outcome::Refused(d) if d < REFUSED_WITHIN),
         format!("{udp:?}"),
     );
-    for (family, dst, backends) in [
-        ("IPv4", sock(DUAL_EXT_IP, SERVICE_PORT), backends4),
-        ("IPv6", v6(DUAL_EXT_IP6), backends6),
+    for (case, dst, backends) in [
+        (
+            "host process: IPv4 external IP",
+            sock(DUAL_EXT_IP, SERVICE_PORT),
+            backends4,
+        ),
+        (
+            "host process: IPv6 external IP",
+            v6(DUAL_EXT_IP6),
+            backends6,
+        ),
+        (
+            "host process: its own IPv6 node port",
+            SocketAddr::new(IpAddr::V6(NODE_IP6), DUAL_NODE_PORT),
+            backends6,
+        ),
     ] {
         let ext = ask_tcp(&net.node, dst, WAIT)?;
         report.check(
-            &format!("host process: {family} external IP"),
+            case,
             ext.answer().is_some_and(|a| {
                 backends.contains(&a.backend.ip()) && a.backend.port() == TCP_PORT
             }),
