@@ -30,9 +30,10 @@
  * loopback: the programs are attached there too, and the same step on
  * its egress translates a node port on one of the node's own addresses
  * (never masqueraded) and sends it on; its reply comes back through the
- * device as above (the driver sets accept_local there: the reply's
- * source is the node's address). Everything else on loopback passes
- * (IPv6 all of it), and all of it while no device is named.
+ * device as above (the reply's source is the node's address: the
+ * driver sets IPv4's accept_local there; IPv6 needs nothing). Everything else on loopback passes
+ * (127.0.0.0/8 and ::1 always), and all of it while no device is
+ * named.
  */
 #ifndef MANUL_SVC_HOST_H
 #define MANUL_SVC_HOST_H
@@ -106,7 +107,7 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 
 /* The host's service device, or loopback (p, n: the caller's, zeroed).
  * Egress: a host packet (either family) to a service address, or on
- * loopback (IPv4) to a node port on one of the node's own addresses,
+ * loopback to a node port on one of the node's own addresses,
  * translated and sent to its backend, or refused; anything else dropped
  * on the device, passed on loopback.
  * Ingress: what the programs redirected into the device for the host,

@@ -16,7 +16,7 @@
 //! Routes are written only when the set of addresses changes (an
 //! EndpointSlice change writes none), all in one netlink session. A host
 //! process's packet to its own node's node port goes through loopback
-//! instead (IPv4 only), so the programs are attached to `lo` too (they
+//! instead (either family), so the programs are attached to `lo` too (they
 //! pass everything there but such packets), and `accept_local` is set on
 //! the device (the reply, redirected into it, has one of the node's
 //! addresses as its source). The device, and with it its routes, is
