@@ -10,7 +10,12 @@
  * source back after policy; a frontend without backends, or a cluster
  * IP's unknown port, refuses at once (TCP RST, ICMPv6 port unreachable);
  * a pod reaching a service it backs gets its connection from
- * MANUL_HAIRPIN_SNAT_V6. On host interfaces carried for service NAT:
+ * MANUL_HAIRPIN_SNAT_V6. On the host's service device (SVC_FROM_HOST,
+ * manul_svc_host.h): a host process's connection, as a pod's but with
+ * its reverse entry as MANUL_NAT_HOST_REV, sent on by the FIB from
+ * svc6_translate; its reply, found on the backend's interface, goes back
+ * into the host through the device (svc6_after). On host interfaces
+ * carried for service NAT:
  * node ports (frontend ::, to the node's own addresses), external and
  * load-balancer addresses (with their source ranges), under the Local
  * policy (local backends, client kept) or Cluster: in SNAT mode the
@@ -588,7 +593,7 @@ static __attribute__((noinline)) int svc6_in(struct __sk_buff *skb, struct pkt *
 		return -1;
 	/* Direct server return from another node: the header names the
 	 * frontend. */
-	if (host && svc6_dsr_take(skb, p, s, now) < 0)
+	if (host == 1 && svc6_dsr_take(skb, p, s, now) < 0)
 		return TC_ACT_SHOT;
 	__builtin_memset(&s->key, 0, sizeof(s->key));
 	__builtin_memset(&s->fk, 0, sizeof(s->fk));
@@ -637,9 +642,19 @@ static __attribute__((noinline)) int svc6_in(struct __sk_buff *skb, struct pkt *
 			return SVC6_REFUSE;
 		}
 	} else {
-		/* A node port (::), on the node's own addresses only. */
-		if (!host)
+		/* A pod's packet to no service: a reply to a host process
+		 * (manul_svc_host.h)? */
+		if (!host) {
+			s->key.dir = MANUL_NAT_HOST_REV;
+			nv = bpf_map_lookup_elem(&manul_nat6, &s->key);
+			if (nv) {
+				n->after = SVC_HOST_REV;
+				addr6_copy(s->frontend, nv->addr);
+				n->port = nv->port;
+			}
 			return -1;
+		}
+		/* A node port (::), on the node's own addresses only. */
 		__builtin_memset(s->fk.addr, 0, sizeof(s->fk.addr));
 		fe = bpf_map_lookup_elem(&manul_svc_fe6, &s->fk);
 		if (!fe || !to_local_host(skb, p))
@@ -695,9 +710,13 @@ static __attribute__((noinline)) int svc6_new(struct __sk_buff *skb, struct pkt 
 	s->v.last_seen_ns = now;
 	s->v.id = fe->id;
 	s->v.flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
+	if (host == SVC_FROM_HOST)
+		s->v.flags = MANUL_NAT_FROM_HOST;
 	addr6_copy(s->v.addr, s->be.addr);
 	s->v.port = s->be.port;
-	if (host && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER) && svc6_ext_new(skb, p, s, now))
+	/* A host process's connection is not masqueraded: its source is
+	 * the node's already (its reply comes back through HOST_REV). */
+	if (host == 1 && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER) && svc6_ext_new(skb, p, s, now))
 		return TC_ACT_SHOT;
 	if (bpf_map_update_elem(&manul_nat6, &s->key, &s->v, BPF_ANY))
 		return TC_ACT_SHOT;
@@ -708,7 +727,7 @@ static __attribute__((noinline)) int svc6_new(struct __sk_buff *skb, struct pkt 
 		addr6_copy(s->key.dst, p->src);
 	s->key.sport = s->be.port;
 	s->key.dport = p->sport;
-	s->key.dir = MANUL_NAT_REV;
+	s->key.dir = host == SVC_FROM_HOST ? MANUL_NAT_HOST_REV : MANUL_NAT_REV;
 	addr6_copy(s->v.addr, p->dst);
 	s->v.port = p->dport;
 	/* DSR: the backend's node writes the reverse entry. */
@@ -761,6 +780,10 @@ static __attribute__((noinline)) int svc6_translate(struct __sk_buff *skb, struc
 		return svc6_dsr_send(skb, p, s);
 	if (svc6_rewrite(skb, p, s, 0, p->dst, s->be.addr, p->dport, s->be.port))
 		return TC_ACT_SHOT;
+	/* A host process's packet (manul_svc_host.h): on to the backend as
+	 * the FIB routes it. */
+	if (host == SVC_FROM_HOST)
+		return ext_forward(skb, 6, p->src, s->be.addr, p->sport, s->be.port, p->proto);
 	if (host && (s->v.flags & MANUL_NAT_SNAT)) {
 		if (svc6_rewrite(skb, p, s, 1, p->src, s->v.snat_addr, p->sport, s->v.snat_port))
 			return TC_ACT_SHOT;
@@ -808,6 +831,13 @@ static __attribute__((noinline)) int svc6_after(struct __sk_buff *skb, const str
 	if (!s || !p || !n)
 		return TC_ACT_SHOT;
 	svc6_hairpin(s->snat);
+	if (n->after == SVC_HOST_REV) {
+		/* A backend's reply to a host process: source back to the
+		 * frontend, into the host through its service device. */
+		if (svc6_rewrite(skb, p, s, 1, p->src, s->frontend, p->sport, n->port))
+			return TC_ACT_SHOT;
+		return svc_host_deliver(skb);
+	}
 #define REWRITE6(is_src, old, new, old_port, new_port)                                           \
 	svc6_rewrite(skb, p, s, is_src, old, new, old_port, new_port)
 	SVC_AFTER(REWRITE6, p->src, p->dst, s->frontend, s->snat)

@@ -4,39 +4,39 @@
  * before svc_in): host-networked processes reaching services without
  * connect-time load balancing.
  *
- * A host process's packet to a cluster IP passes no interface the
+ * A host process's packet to a service address passes no interface the
  * programs translate at: it leaves by whatever route the host has. So the
- * driver creates a dummy device of its own (the host's service device,
+ * driver creates a veth device of its own (the host's service device,
  * manul_meta[MANUL_META_HOST_SVC_IF], MAC MANUL_HOST_SVC_MAC_*) and routes
- * every IPv4 cluster IP to it; the programs are attached there. On its
- * egress hook, a host packet to a frontend gets its backend as a pod's
- * does (svc_in with SVC_FROM_HOST: the same forward entry, the reverse
- * one written as MANUL_NAT_HOST_REV) and is sent on to the backend as
- * the FIB routes it (bpf_redirect_neigh); a frontend without backends, or
- * a port the cluster IP does not have, is refused with a RST or an ICMP
- * port unreachable handed back into the host through the device's
- * ingress. The backend's reply arrives at its own workload interface,
- * whose ingress finds the MANUL_NAT_HOST_REV entry: after the backend's
- * egress policy the source goes back to the frontend and the reply is
- * redirected into the device's ingress, so the host receives it from the
- * interface its route to the cluster IP names (a strict reverse-path
- * filter holds). Anything else sent to the device is dropped (it is
- * routed there only for cluster IPs); packets arriving on its ingress
- * (those redirected replies) pass.
+ * every cluster, external and load-balancer IP of both families to it;
+ * the programs are attached there. On its egress hook, a host packet to a
+ * frontend gets its backend as a pod's does (svc_in with SVC_FROM_HOST,
+ * for IPv6 svc6_in and its steps in manul_svc6.h: the same forward entry,
+ * the reverse one written as MANUL_NAT_HOST_REV, never masqueraded) and
+ * is sent on to the backend as the FIB routes it (bpf_redirect_neigh); a
+ * frontend without backends, or a port the cluster IP does not have, is
+ * refused with a RST or an ICMP (ICMPv6) port unreachable handed back
+ * into the host through the device's ingress. The backend's reply
+ * arrives at its own workload interface, whose ingress finds the
+ * MANUL_NAT_HOST_REV entry: after the backend's egress policy the source
+ * goes back to the frontend and the reply is redirected into the
+ * device's ingress, so the host receives it from the interface its route
+ * to the service address names (a strict reverse-path filter holds).
+ * Anything else sent to the device is dropped (it is routed there only
+ * for service addresses); packets arriving on its ingress (those
+ * redirected replies) pass.
  *
  * A host process's packet to its own node's node port goes through
  * loopback: the programs are attached there too, and the same step on
  * its egress translates a node port on one of the node's own addresses
  * (never masqueraded) and sends it on; its reply comes back through the
- * device as above (the driver sets accept_local there: the reply's
- * source is the node's address). Everything else on loopback passes,
- * and all of it while no device is named.
+ * device as above (the reply's source is the node's address: the
+ * driver sets IPv4's accept_local there; IPv6 needs nothing). Everything else on loopback passes
+ * (127.0.0.0/8 and ::1 always), and all of it while no device is
+ * named.
  */
 #ifndef MANUL_SVC_HOST_H
 #define MANUL_SVC_HOST_H
-
-/* svc_in's `host` for a packet of the host itself on its service device. */
-#define SVC_FROM_HOST 2
 
 /* Loopback's ifindex in every network namespace. */
 #define MANUL_LOOPBACK_IFINDEX 1
@@ -94,13 +94,22 @@ static __always_inline int svc_host_reverse(struct __sk_buff *skb, const struct 
 	return svc_host_deliver(skb);
 }
 
+/* Whether an IPv6 address is ::1. */
+static __always_inline int svc6_loopback(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return !(w[0] | w[1] | w[2]) && w[3] == bpf_htonl(1);
+}
+
 static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct svc_nat *n,
 				  __u64 now, int host);
 
 /* The host's service device, or loopback (p, n: the caller's, zeroed).
- * Egress: a host packet to a cluster IP, or on loopback to a node port on
- * one of the node's own addresses, translated and sent to its backend,
- * or refused; anything else dropped on the device, passed on loopback.
+ * Egress: a host packet (either family) to a service address, or on
+ * loopback to a node port on one of the node's own addresses,
+ * translated and sent to its backend, or refused; anything else dropped
+ * on the device, passed on loopback.
  * Ingress: what the programs redirected into the device for the host,
  * and loopback's own traffic, passed. */
 static __always_inline int svc_host_dev(struct __sk_buff *skb, __u8 hook, struct pkt *p,
@@ -113,17 +122,19 @@ static __always_inline int svc_host_dev(struct __sk_buff *skb, __u8 hook, struct
 
 	if (hook != MANUL_HOOK_EGRESS || (lo && !host_svc_ifindex()))
 		return TC_ACT_OK;
-	if (parse(skb, p) != 0 || p->version != 4 || !svc_proto(p->proto))
+	if (parse(skb, p) != 0 || (p->version != 4 && p->version != 6) || !svc_proto(p->proto))
 		return pass;
 	frontend = addr4(p->dst);
-	/* 127.0.0.0/8 stays loopback's own. */
-	if (lo && (p->dst[0] == 127 || p->src[0] == 127))
+	/* 127.0.0.0/8 and ::1 stay loopback's own. */
+	if (lo && (p->version == 4 ? p->dst[0] == 127 || p->src[0] == 127
+				   : svc6_loopback(p->dst) || svc6_loopback(p->src)))
 		return TC_ACT_OK;
 	rc = svc_in(skb, p, n, bpf_ktime_get_ns(), SVC_FROM_HOST);
 	if (rc >= 0)
 		return rc;
-	/* Not translated: no service there (any more). */
-	if (addr4(p->dst) == frontend)
+	/* Not translated: no service there (any more). IPv6's translation
+	 * sent the packet on itself (svc6_translate). */
+	if (p->version != 4 || addr4(p->dst) == frontend)
 		return pass;
 	return ext_forward(skb, 4, p->src, p->dst, p->sport, p->dport, p->proto);
 }

@@ -892,6 +892,10 @@ enum svc_after {
 	SVC_HOST_REV = 5,
 };
 
+/* svc_in's `host` for a packet of the host itself on its service device
+ * (manul_svc_host.h); 1 is a host interface carried for service NAT. */
+#define SVC_FROM_HOST 2
+
 struct svc_nat {
 	/* the frontend (SVC_REVERSE, SVC_HAIRPIN_REV), the client
 	 * (SVC_SNAT_REV) */
@@ -1030,7 +1034,7 @@ static __always_inline int back_to_pod(struct __sk_buff *skb, int host)
 	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
-	if (host == 2) /* SVC_FROM_HOST */
+	if (host == SVC_FROM_HOST)
 		return svc_host_deliver(skb);
 	if (host)
 		return bpf_redirect(skb->ifindex, 0);
@@ -1489,10 +1493,10 @@ static __always_inline int svc_after(struct __sk_buff *skb, const struct pkt *p,
 
 	if (n->after == SVC_NONE)
 		return TC_ACT_OK;
-	if (n->after == SVC_HOST_REV)
-		return svc_host_reverse(skb, p, n);
 	if (p->version == 6)
 		return svc6_after(skb, p, n);
+	if (n->after == SVC_HOST_REV)
+		return svc_host_reverse(skb, p, n);
 	src = addr4(p->src);
 #define REWRITE4(is_src, old, new, old_port, new_port)                                           \
 	rewrite(skb, p, is_src, old, new, old_port, new_port)

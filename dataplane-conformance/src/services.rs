@@ -57,7 +57,11 @@
 //! that program IPv6 services: the pods also get IPv6 addresses, and a
 //! service with an IPv4 and an IPv6 ClusterIP is reached over each family
 //! from that family's backends; an IPv6 port without backends is refused
-//! at once; IPv6 hairpin.
+//! at once; IPv6 hairpin; and host processes (as kube-proxy's output
+//! hook translates for them): an IPv6 ClusterIP over TCP and UDP, an IPv6
+//! port without backends refused at once (TCP and UDP), the service's
+//! external IP of each family, and its node port on the node's own IPv6
+//! address.
 //!
 //! [`run_contested_cases`] is a third call, in its own namespaces:
 //! services contesting an external IP and a node port under different
@@ -199,6 +203,13 @@ pub const DUAL_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
 pub const DUAL_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x40);
 pub const EMPTY_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x41);
 pub const SELF_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x42);
+/// An IPv6 ClusterIP with a UDP port only (`web-b`).
+pub const UDP_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x43);
+/// The dual-stack service's external IPs (`Cluster` policy).
+pub const DUAL_EXT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 40);
+pub const DUAL_EXT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x51, 0, 0, 0, 0, 0x40);
+/// The dual-stack service's node port (`Cluster` policy).
+pub const DUAL_NODE_PORT: u16 = 30090;
 
 fn pod_ip(name: &str) -> Ipv4Addr {
     PODS.iter()
@@ -370,8 +381,9 @@ fn base_operations(dual_stack: bool) -> Vec<Operation> {
 }
 
 /// The dual-stack cases' services: `dual` (an IPv4 and an IPv6
-/// ClusterIP, `web-a` and `web-b` in both families), `empty6` (IPv6, no
-/// backends) and `self6` (IPv6, `web-a` only).
+/// ClusterIP, an external IP of each family and a node port, `web-a` and `web-b` in
+/// both families), `empty6` (IPv6, no backends, TCP and UDP), `self6`
+/// (IPv6, `web-a` only) and `udp6` (IPv6, UDP only, `web-b`).
 pub fn dual_stack_services() -> Vec<Service> {
     let both = |names: &[&str]| -> Vec<Backend> {
         let mut out: Vec<Backend> = names.iter().map(|n| backend(n, TCP_PORT)).collect();
@@ -391,13 +403,31 @@ pub fn dual_stack_services() -> Vec<Service> {
         local_backends: backends.clone(),
         backends,
     };
+    let udp6 = |backends: Vec<Backend>| ServicePort {
+        name: "dns".into(),
+        protocol: 17,
+        ..port6(backends)
+    };
     let mut dual = service("dual", DUAL_IP, vec![port6(both(&["web-a", "web-b"]))]);
     dual.cluster_ips.push(IpAddr::V6(DUAL_IP6));
-    let mut empty = service("empty6", DUAL_IP, vec![port6(vec![])]);
+    dual.external_ips = vec![IpAddr::V4(DUAL_EXT_IP), IpAddr::V6(DUAL_EXT_IP6)];
+    dual.ports[0].node_port = Some(DUAL_NODE_PORT);
+    let mut empty = service("empty6", DUAL_IP, vec![port6(vec![]), udp6(vec![])]);
     empty.cluster_ips = vec![IpAddr::V6(EMPTY_IP6)];
     let mut hairpin = service("self6", DUAL_IP, vec![port6(both(&["web-a"]))]);
     hairpin.cluster_ips = vec![IpAddr::V6(SELF_IP6)];
-    vec![dual, empty, hairpin]
+    let mut dns = service(
+        "udp6",
+        DUAL_IP,
+        vec![udp6(vec![Backend {
+            ip: IpAddr::V6(pod_ip6("web-b")),
+            port: UDP_PORT,
+            local: true,
+            ready: true,
+        }])],
+    );
+    dns.cluster_ips = vec![IpAddr::V6(UDP_IP6)];
+    vec![dual, empty, hairpin, dns]
 }
 
 /// Everything the dual-stack cases program, ending with
@@ -515,7 +545,14 @@ pub fn ask_udp(
             other => other?,
         }
         socket.set_read_timeout(Some(timeout))?;
-        socket.send(b"who")?;
+        // A host process's datagram rejected on the output hook (the
+        // nftables dataplane, as kube-proxy) fails at send (EPERM).
+        match socket.send(b"who") {
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                return Ok(Outcome::Refused(started.elapsed()));
+            }
+            other => other?,
+        };
         let mut buf = [0u8; 256];
         match socket.recv(&mut buf) {
             Ok(n) => Ok(String::from_utf8_lossy(&buf[..n])
@@ -1067,7 +1104,88 @@ pub fn run_dual_stack_cases(
             .is_some_and(|a| a.backend == SocketAddr::new(IpAddr::V6(pod_ip6("web-a")), TCP_PORT)),
         format!("{hairpin:?}"),
     );
+    run_dual_stack_host_cases(&net, &mut report)?;
     finish(report)
+}
+
+/// Host processes (the node namespace's own sockets) reaching the
+/// dual-stack services: an IPv6 ClusterIP over TCP (every connection
+/// answered by an IPv6 backend) and over UDP, an IPv6 port without
+/// backends refused at once over TCP and UDP, the external IP of each
+/// family and the node's own IPv6 node port (as kube-proxy's output hook
+/// translates for host processes).
+fn run_dual_stack_host_cases(
+    net: &Net,
+    report: &mut ServiceReport,
+) -> Result<(), ConformanceError> {
+    let v6 = |ip: Ipv6Addr| SocketAddr::new(IpAddr::V6(ip), SERVICE_PORT);
+    let backends6 = [IpAddr::V6(pod_ip6("web-a")), IpAddr::V6(pod_ip6("web-b"))];
+    let backends4 = [IpAddr::V4(pod_ip("web-a")), IpAddr::V4(pod_ip("web-b"))];
+    let mut seen = std::collections::BTreeSet::new();
+    let mut wrong = Vec::new();
+    let mut silent = 0;
+    for _ in 0..12 {
+        match ask_tcp(&net.node, v6(DUAL_IP6), WAIT)?.answer() {
+            Some(a) => {
+                seen.insert(a.backend.ip());
+                if !backends6.contains(&a.backend.ip()) || a.backend.port() != TCP_PORT {
+                    wrong.push(a);
+                }
+            }
+            None => silent += 1,
+        }
+    }
+    report.check(
+        "host process: IPv6 cluster IP",
+        !seen.is_empty() && wrong.is_empty() && silent == 0,
+        format!("backends {seen:?}, unexpected {wrong:?}, {silent} unanswered"),
+    );
+    let udp = ask_udp(&net.node, v6(UDP_IP6), WAIT)?;
+    report.check(
+        "host process: IPv6 udp-only service",
+        udp.answer()
+            .is_some_and(|a| a.backend == SocketAddr::new(IpAddr::V6(pod_ip6("web-b")), UDP_PORT)),
+        format!("{udp:?}"),
+    );
+    let tcp = ask_tcp(&net.node, v6(EMPTY_IP6), WAIT)?;
+    report.check(
+        "host process: IPv6 no endpoints tcp refused at once",
+        matches!(tcp, Outcome::Refused(d) if d < REFUSED_WITHIN),
+        format!("{tcp:?}"),
+    );
+    let udp = ask_udp(&net.node, v6(EMPTY_IP6), WAIT)?;
+    report.check(
+        "host process: IPv6 no endpoints udp refused",
+        matches!(udp, Outcome::Refused(d) if d < REFUSED_WITHIN),
+        format!("{udp:?}"),
+    );
+    for (case, dst, backends) in [
+        (
+            "host process: IPv4 external IP",
+            sock(DUAL_EXT_IP, SERVICE_PORT),
+            backends4,
+        ),
+        (
+            "host process: IPv6 external IP",
+            v6(DUAL_EXT_IP6),
+            backends6,
+        ),
+        (
+            "host process: its own IPv6 node port",
+            SocketAddr::new(IpAddr::V6(NODE_IP6), DUAL_NODE_PORT),
+            backends6,
+        ),
+    ] {
+        let ext = ask_tcp(&net.node, dst, WAIT)?;
+        report.check(
+            case,
+            ext.answer().is_some_and(|a| {
+                backends.contains(&a.backend.ip()) && a.backend.port() == TCP_PORT
+            }),
+            format!("{ext:?}"),
+        );
+    }
+    Ok(())
 }
 
 fn finish(report: ServiceReport) -> Result<ServiceReport, ConformanceError> {

@@ -80,9 +80,9 @@ pub struct BpfConfig {
     /// another node (Felix's `bpfExternalServiceMode`). Default
     /// [`ExternalServiceMode::Snat`].
     pub external_service_mode: ExternalServiceMode,
-    /// Host-networked processes reach IPv4 cluster IPs through the host's
-    /// service device, which the driver creates, routes every cluster IP
-    /// to and translates at (Felix's `bpfHostNetworkedNATWithoutCTLB`,
+    /// Host-networked processes reach cluster, external and load-balancer
+    /// IPs of both families through the host's service device, which the
+    /// driver creates, routes every such address to and translates at (Felix's `bpfHostNetworkedNATWithoutCTLB`,
     /// `Enabled` by default; see `driver/host_svc.rs`). Off: an earlier
     /// run's device is removed, and host processes reach services only
     /// with connect-time load balancing.

@@ -6,21 +6,25 @@
 //! (with the MAC [`HOST_SERVICE_MAC`], how it knows the device is its
 //! own, and ARP off) and [`HOST_SERVICE_PEER`],
 //! attaches both programs to it, names it in `manul_meta`, and keeps one
-//! host route (`CLUSTER_IP/32 dev manul-svc scope link`) per IPv4 cluster
-//! IP of the desired services, so a host process's packet to a cluster
-//! IP leaves through it. Routes are written only when the set of cluster
-//! IPs changes (an EndpointSlice change writes none), all in one netlink
-//! session. A host process's packet to its own node's node port goes
-//! through loopback instead, so the programs are attached to `lo` too
-//! (they pass everything there but such packets), and `accept_local` is
-//! set on the device (the reply, redirected into it, has one of the
-//! node's addresses as its source). The device, and with it its routes,
-//! is removed when the
-//! setting is off at start and by [`BpfDriver::purge_node`]; it outlives
-//! a restart (the links are pinned), so host connections do too.
+//! host route (`IP/32` or `IP/128 dev manul-svc scope link`) per cluster
+//! IP, external IP and load-balancer ingress IP of the desired services,
+//! both families (as kube-proxy's OUTPUT chain translates all three for
+//! host processes), so a host process's packet to any of them leaves
+//! through it. IPv6 routes only when the device has IPv6 (the kernel's,
+//! and `disable_ipv6` cleared on the device); without it the IPv6
+//! addresses keep whatever route the host has, and are not translated.
+//! Routes are written only when the set of addresses changes (an
+//! EndpointSlice change writes none), all in one netlink session. A host
+//! process's packet to its own node's node port goes through loopback
+//! instead (either family), so the programs are attached to `lo` too (they
+//! pass everything there but such packets), and `accept_local` is set on
+//! the device (the reply, redirected into it, has one of the node's
+//! addresses as its source). The device, and with it its routes, is
+//! removed when the setting is off at start and by
+//! [`BpfDriver::purge_node`]; it outlives a restart (the links are
+//! pinned), so host connections do too.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 use manul_dataplane_api::Operation;
@@ -66,12 +70,14 @@ pub(super) struct HostServiceDevice {
     pub(super) ifindex: u32,
     /// The routes through it, as last written.
     routed: BTreeSet<IpNet>,
-    /// Each service's IPv4 cluster IPs, and how many services claim each
+    /// Whether IPv6 addresses are routed through the device.
+    ipv6: bool,
+    /// Each service's routed addresses, and how many services claim each
     /// (kept batch by batch, so a batch costs what it names, not the
     /// number of services).
     claims: HashMap<ServiceKey, BTreeSet<IpNet>>,
     counts: BTreeMap<IpNet, usize>,
-    /// A cluster IP appeared or went since the routes were written.
+    /// An address appeared or went since the routes were written.
     changed: bool,
     /// Whether the routes must be read back and rewritten whole (at
     /// start, and after a failed write).
@@ -143,25 +149,46 @@ fn mac_text(mac: [u8; 6]) -> String {
         .join(":")
 }
 
-/// The routes the desired services need: each IPv4 cluster IP as a host
-/// route (pure).
-pub(super) fn cluster_ip_routes<'a>(
+/// The routes the desired services need (pure): each cluster IP,
+/// external IP and load-balancer ingress IP as a host route, IPv6 ones
+/// only with `ipv6`. Addresses no route may carry off the host
+/// (unspecified, loopback, multicast) are left out.
+pub(super) fn service_routes<'a>(
     services: impl IntoIterator<Item = &'a manul_dataplane_api::Service>,
+    ipv6: bool,
 ) -> BTreeSet<IpNet> {
     services
         .into_iter()
-        .flat_map(|s| s.cluster_ips.iter())
-        .filter_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(IpNet::from(IpAddr::V4(*v4))),
-            IpAddr::V6(_) => None,
+        .flat_map(|s| {
+            s.cluster_ips
+                .iter()
+                .chain(&s.external_ips)
+                .chain(&s.load_balancer_ips)
         })
+        .filter(|ip| !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast()))
+        .filter(|ip| ipv6 || ip.is_ipv4())
+        .map(|ip| IpNet::from(*ip))
         .collect()
 }
 
+/// Gives the device IPv6 when the kernel has it (`disable_ipv6` cleared
+/// on the device alone): whether IPv6 addresses can be routed through it.
+fn device_ipv6(ns: &NetNs) -> bool {
+    let key = format!("net.ipv6.conf.{HOST_SERVICE_DEVICE}.disable_ipv6");
+    match ns.set_sysctl(&key, "0") {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "no IPv6 on the host service device: host processes' IPv6 service traffic is not translated");
+            false
+        }
+    }
+}
+
 impl HostServiceDevice {
-    pub(super) fn new(ifindex: u32) -> Self {
+    pub(super) fn new(ifindex: u32, ipv6: bool) -> Self {
         Self {
             ifindex,
+            ipv6,
             routed: BTreeSet::new(),
             claims: HashMap::new(),
             counts: BTreeMap::new(),
@@ -202,10 +229,8 @@ impl HostServiceDevice {
         self.counts.clear();
         self.changed = true;
         for s in services {
-            self.claim(
-                (s.namespace.clone(), s.name.clone()),
-                cluster_ip_routes([s]),
-            );
+            let ips = service_routes([s], self.ipv6);
+            self.claim((s.namespace.clone(), s.name.clone()), ips);
         }
     }
 
@@ -219,7 +244,7 @@ impl HostServiceDevice {
         let ns = own_ns()?;
         self.stale = true;
         let (added, deleted) = manul_netns::sync_device_routes(&ns, self.ifindex, &want)
-            .map_err(device_error("write the cluster IPs' routes"))?;
+            .map_err(device_error("write the service addresses' routes"))?;
         tracing::debug!(added, deleted, "host service device routes");
         self.routed = want;
         self.stale = false;
@@ -242,22 +267,23 @@ impl BpfDriver {
             return remove_device();
         }
         let ifindex = ensure_device()?;
+        let ns = own_ns()?;
+        let ipv6 = device_ipv6(&ns);
         // A reply to a host process's connection to its own node port
         // has one of the node's addresses as its source.
-        own_ns()?
-            .set_sysctl(
-                &format!("net.ipv4.conf.{HOST_SERVICE_DEVICE}.accept_local"),
-                "1",
-            )
-            .map_err(device_error("accept local sources"))?;
+        ns.set_sysctl(
+            &format!("net.ipv4.conf.{HOST_SERVICE_DEVICE}.accept_local"),
+            "1",
+        )
+        .map_err(device_error("accept local sources"))?;
         self.attach(HOST_SERVICE_DEVICE.to_owned(), ifindex)?;
         self.maps.store_host_service_if(ifindex)?;
         self.attach("lo".to_owned(), LOOPBACK_IFINDEX)?;
-        self.host_device = Some(HostServiceDevice::new(ifindex));
+        self.host_device = Some(HostServiceDevice::new(ifindex, ipv6));
         Ok(())
     }
 
-    /// After a batch that touched services: the cluster IPs' routes.
+    /// After a batch that touched services: the service addresses' routes.
     pub(super) fn sync_host_service_routes(&mut self, batch: &[Operation]) -> Result<(), BpfError> {
         let Some(device) = self.host_device.as_mut() else {
             return Ok(());
@@ -276,10 +302,10 @@ impl BpfDriver {
         } else {
             for op in batch {
                 match op {
-                    Operation::ServiceUpdate(s) => device.claim(
-                        (s.namespace.clone(), s.name.clone()),
-                        cluster_ip_routes([s]),
-                    ),
+                    Operation::ServiceUpdate(s) => {
+                        let ips = service_routes([s], device.ipv6);
+                        device.claim((s.namespace.clone(), s.name.clone()), ips)
+                    }
                     Operation::ServiceRemove { namespace, name } => {
                         device.claim((namespace.clone(), name.clone()), BTreeSet::new())
                     }
@@ -299,7 +325,7 @@ impl BpfDriver {
 mod tests {
     use super::*;
     use manul_dataplane_api::Service;
-    use std::net::Ipv6Addr;
+    use std::net::{IpAddr, Ipv6Addr};
 
     #[test]
     fn the_mac_is_the_programs_and_locally_administered() {
@@ -315,7 +341,7 @@ mod tests {
     fn claims_follow_services_and_a_shared_cluster_ip_stays_while_claimed() {
         let ip = |d: u8| IpNet::from(IpAddr::V4([10, 96, 0, d].into()));
         let key = |n: &str| ("ns".to_string(), n.to_string());
-        let mut d = HostServiceDevice::new(7);
+        let mut d = HostServiceDevice::new(7, true);
         d.claim(key("a"), BTreeSet::from([ip(1)]));
         d.claim(key("b"), BTreeSet::from([ip(1), ip(2)]));
         assert!(d.changed);
@@ -331,23 +357,37 @@ mod tests {
     }
 
     #[test]
-    fn every_ipv4_cluster_ip_is_routed_once() {
-        let a = Service::cluster_ip(
-            "ns",
-            "a",
-            vec![
-                IpAddr::V4([10, 96, 0, 1].into()),
-                IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ],
-            vec![],
+    fn every_service_address_is_routed_once_and_ipv6_only_with_ipv6() {
+        let v4 = |d: u8| IpAddr::V4([10, 96, 0, d].into());
+        let v6 = |d: u16| IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, d));
+        let mut a = Service::cluster_ip("ns", "a", vec![v4(1), v6(1)], vec![]);
+        a.external_ips = vec![v4(9), v6(9), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+        a.load_balancer_ips = vec![v4(8), IpAddr::V4([0, 0, 0, 0].into())];
+        let b = Service::cluster_ip("ns", "b", vec![v4(1)], vec![]);
+        let mut c = Service::cluster_ip("ns", "c", vec![v4(2)], vec![]);
+        c.load_balancer_ips = vec![v6(8), IpAddr::V4([224, 0, 0, 1].into())];
+        let set =
+            |v: &[&str]| -> BTreeSet<IpNet> { v.iter().map(|s| s.parse().unwrap()).collect() };
+        assert_eq!(
+            service_routes([&a, &b, &c], true),
+            set(&[
+                "10.96.0.1/32",
+                "10.96.0.2/32",
+                "10.96.0.8/32",
+                "10.96.0.9/32",
+                "fd00::1/128",
+                "fd00::8/128",
+                "fd00::9/128",
+            ])
         );
-        let b = Service::cluster_ip("ns", "b", vec![IpAddr::V4([10, 96, 0, 1].into())], vec![]);
-        let c = Service::cluster_ip("ns", "c", vec![IpAddr::V4([10, 96, 0, 2].into())], vec![]);
-        let routes = cluster_ip_routes([&a, &b, &c]);
-        let want: BTreeSet<IpNet> = ["10.96.0.1/32", "10.96.0.2/32"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
-        assert_eq!(routes, want);
+        assert_eq!(
+            service_routes([&a, &b, &c], false),
+            set(&[
+                "10.96.0.1/32",
+                "10.96.0.2/32",
+                "10.96.0.8/32",
+                "10.96.0.9/32"
+            ])
+        );
     }
 }

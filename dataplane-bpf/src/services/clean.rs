@@ -109,7 +109,12 @@ impl Family for V6 {
             sport: v.port,
             dport: k.sport,
             proto: k.proto,
-            dir: abi::MANUL_NAT_REV as u8,
+            // A host process's reply entry (bpf/manul_svc_host.h).
+            dir: if v.flags & abi::MANUL_NAT_FROM_HOST != 0 {
+                abi::MANUL_NAT_HOST_REV as u8
+            } else {
+                abi::MANUL_NAT_REV as u8
+            },
             pad: 0,
         }];
         if v.flags & abi::MANUL_NAT_SNAT != 0 {
@@ -177,4 +182,61 @@ pub fn clean<F: Family>(
         removed += usize::from(nat.insert(k, v, 2).is_ok());
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_processs_flow_forgets_its_host_reply_entry_in_either_family() {
+        for (flags, dir) in [
+            (abi::MANUL_NAT_FROM_HOST, abi::MANUL_NAT_HOST_REV),
+            (0, abi::MANUL_NAT_REV),
+        ] {
+            let k4 = abi::manul_nat_key {
+                src: 0x0a00_0001,
+                dst: 0x0a60_0001,
+                sport: 4000,
+                dport: 80,
+                proto: PROTO_UDP,
+                dir: abi::MANUL_NAT_FWD as u8,
+                ..Default::default()
+            };
+            let v4 = abi::manul_nat_value {
+                addr: 0x0a43_0014,
+                port: 8080,
+                flags: flags as _,
+                ..Default::default()
+            };
+            let rev4 = V4::others(&k4, &v4);
+            assert_eq!(rev4.len(), 1);
+            assert_eq!(
+                (rev4[0].dir, rev4[0].src, rev4[0].dst),
+                (dir as u8, v4.addr, k4.src)
+            );
+            let k6 = abi::manul_nat6_key {
+                src: [1; 16],
+                dst: [2; 16],
+                sport: 4000,
+                dport: 80,
+                proto: PROTO_UDP,
+                dir: abi::MANUL_NAT_FWD as u8,
+                ..Default::default()
+            };
+            let v6 = abi::manul_nat6_value {
+                addr: [3; 16],
+                port: 8080,
+                flags: flags as _,
+                ..Default::default()
+            };
+            let rev6 = V6::others(&k6, &v6);
+            assert_eq!(rev6.len(), 1);
+            assert_eq!(
+                (rev6[0].dir, rev6[0].src, rev6[0].dst),
+                (dir as u8, v6.addr, k6.src)
+            );
+            assert_eq!((rev6[0].sport, rev6[0].dport), (8080, 4000));
+        }
+    }
 }
