@@ -346,6 +346,26 @@ struct manul_event {
 };
 
 /*
+ * skb->mark bits the TC programs own; every other bit is left as it is
+ * (kube-proxy's 0x4000 and 0x8000, the nftables dataplane's
+ * 0x00010000-0x00040000 are outside the mask).
+ *
+ * MANUL_MARK_SVC_FWD: a workload's ingress program (a packet from the
+ * pod) translated the packet to its service backend, forward. Such a
+ * packet is never a backend's reply to a client, so the destination
+ * workload's egress program skips the reverse-translation lookup
+ * (svc_to_pod). It grants nothing: policy and conntrack run at the
+ * egress as on every packet, and a false mark could only leave a reply
+ * untranslated. The ingress program clears the mask on every packet from
+ * a workload before anything else (the kernel also clears skb->mark when
+ * a packet crosses from the pod's network namespace into the host's), so
+ * only the program sets it; the egress believes it only on a forwarded
+ * packet (skb->ingress_ifindex set).
+ */
+#define MANUL_MARK_SVC_FWD 0x00080000
+#define MANUL_MARK_MASK 0x00080000
+
+/*
  * Services (kube-proxy replacement), IPv4. Addresses and ports in these
  * maps are in network byte order, as in the packet. A service change is
  * writes to manul_svc_fe and manul_svc_be, never a program load.

@@ -794,6 +794,8 @@ static __attribute__((noinline)) int svc6_translate(struct __sk_buff *skb, struc
 	p->dport = s->be.port;
 	if (s->v.flags & MANUL_NAT_HAIRPIN)
 		n->after = SVC_HAIRPIN_FWD;
+	else if (!host)
+		skb->mark |= MANUL_MARK_SVC_FWD;
 	return -1;
 }
 

@@ -1453,6 +1453,8 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 	p->dport = be.port;
 	if (hairpin)
 		n->after = SVC_HAIRPIN_FWD;
+	else if (!host)
+		skb->mark |= MANUL_MARK_SVC_FWD;
 	return -1;
 }
 
@@ -1665,10 +1667,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		if (rc >= 0)
 			return rc;
 	} else if (hook == MANUL_HOOK_INGRESS) {
+		/* Only this program sets its mark bits on a pod's packet. */
+		skb->mark &= ~MANUL_MARK_MASK;
 		rc = svc_in(skb, &p, &n, now, 0);
 		if (rc >= 0)
 			return rc;
-	} else {
+	} else if (!(skb->mark & MANUL_MARK_SVC_FWD) || !skb->ingress_ifindex) {
+		/* Not translated forward by a pod's ingress program here: it
+		 * may be a backend's reply. */
 		svc_to_pod(&p, &n);
 	}
 

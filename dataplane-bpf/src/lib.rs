@@ -65,7 +65,7 @@ pub use conntrack::{ConntrackEntry, ConntrackTimeouts, GcStats};
 pub use ctlb::{CGROUP_MOUNT_POINT, CtlbConfig, CtlbCounters, cgroup2_mount};
 pub use driver::{
     BpfConfig, BpfDriver, ExternalServiceMode, HOST_SERVICE_DEVICE, HOST_SERVICE_MAC,
-    HOST_SERVICE_PEER, KernelCounters, LoadedPrograms, MAX_MAP_SIZE, ServiceMapSizes,
+    HOST_SERVICE_PEER, KernelCounters, LoadedPrograms, MAX_MAP_SIZE, ServiceMapSizes, SkbMeta,
     TestRunOutcome, check_map_size,
 };
 pub use error::BpfError;

@@ -20,7 +20,7 @@ use manul_dataplane_api::{
     PolicyId, PortRange, Reporter, Rule, TierPolicies, WorkloadEndpoint,
 };
 use manul_dataplane_bpf::frames::{ACK, SYN, dest_options, fragment, frame, hop_by_hop, with_ext};
-use manul_dataplane_bpf::{BpfConfig, BpfDriver, Hook};
+use manul_dataplane_bpf::{BpfConfig, BpfDriver, Hook, SkbMeta};
 use manul_dataplane_conformance::privileges;
 use manul_netns::{NetNs, create_veth, link_index, unique_prefix};
 
@@ -755,6 +755,123 @@ fn a_syn_on_a_reset_connections_ports_opens_a_new_connection() {
             assert_eq!(send(&mut d, 40001, ACK), ip("10.0.0.3"));
             let c = d.service_counters().expect("the eBPF driver counts");
             assert_eq!((c.reset, c.translated), (1, 3));
+        })
+        .expect("run in the namespace");
+}
+
+/// An IPv4 frame's source address and port (TCP or UDP).
+fn source(frame: &[u8]) -> (IpAddr, u16) {
+    assert_eq!(frame[12..14], [0x08, 0x00], "an IPv4 frame");
+    let addr = IpAddr::from(<[u8; 4]>::try_from(&frame[26..30]).expect("an IPv4 header"));
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let port = u16::from_be_bytes([frame[14 + ihl], frame[15 + ihl]]);
+    (addr, port)
+}
+
+#[test]
+fn the_service_mark_is_the_programs_own_and_only_skips_the_reverse_lookup() {
+    let Some(sb) = Sandbox::new("bm") else { return };
+    let a = sb.index("mnla");
+    let config = sb.config();
+    sb.ns()
+        .run(move || {
+            let mut d = BpfDriver::new(config).expect("load the programs");
+            d.apply(&[
+                web_policy(Action::Allow),
+                pod_a(0),
+                svc("web", "10.96.0.50", &["10.0.0.2"], None),
+                Operation::InSync,
+            ])
+            .expect("apply");
+            let mark = manul_dataplane_bpf::abi::MANUL_MARK_SVC_FWD;
+            let kube_masq = 0x4000;
+            let ingress = |d: &mut BpfDriver, p: Packet, meta: SkbMeta| {
+                d.test_run_skb(Hook::Ingress, a, &frame(&p, SYN), meta)
+                    .expect("BPF_PROG_TEST_RUN")
+            };
+            // Pod a's packet to the service (the host-side veth's
+            // ingress): translated forward and marked, other bits kept.
+            let syn = Packet::tcp(ip("10.0.0.1"), 80, ip("10.96.0.50"), 80);
+            let out = ingress(
+                &mut d,
+                syn,
+                SkbMeta {
+                    mark: kube_masq,
+                    ingress_ifindex: a,
+                },
+            );
+            assert_eq!(destination(&out.frame), ip("10.0.0.2"));
+            assert_eq!(out.mark, kube_masq | mark);
+            // A pod's packet arriving with the bit set (as if the pod had
+            // set it) loses it: only the program sets it.
+            let direct = Packet::tcp(ip("10.0.0.1"), 81, ip("10.0.0.3"), 80);
+            let out = ingress(
+                &mut d,
+                direct,
+                SkbMeta {
+                    mark: kube_masq | mark,
+                    ingress_ifindex: a,
+                },
+            );
+            assert_eq!(out.mark, kube_masq);
+
+            // The backend's reply to pod a (the host-side veth's egress),
+            // allowed by a's inbound policy (port 80 from 10.0.0.0/24): its
+            // source goes back to the frontend ...
+            let reply = Packet::tcp(ip("10.0.0.2"), 8080, ip("10.0.0.1"), 80);
+            let egress = |d: &mut BpfDriver, meta: SkbMeta| {
+                d.test_run_skb(Hook::Egress, a, &frame(&reply, SYN | ACK), meta)
+                    .expect("BPF_PROG_TEST_RUN")
+            };
+            let out = egress(&mut d, SkbMeta::default());
+            assert_eq!(out.verdict, PASS);
+            assert_eq!(source(&out.frame), (ip("10.96.0.50"), 80));
+            // ... also when the host sent it with the bit (the egress
+            // believes it only on a forwarded packet) ...
+            let out = egress(
+                &mut d,
+                SkbMeta {
+                    mark,
+                    ingress_ifindex: 0,
+                },
+            );
+            assert_eq!(source(&out.frame), (ip("10.96.0.50"), 80));
+            // ... while a forwarded packet carrying the bit skips the
+            // reverse lookup: what a false mark could do is leave a reply
+            // untranslated, never let it past policy or conntrack (it is
+            // judged and counted as the same flow's reply).
+            let before = d.conntrack();
+            let out = egress(
+                &mut d,
+                SkbMeta {
+                    mark,
+                    ingress_ifindex: a,
+                },
+            );
+            assert_eq!(out.verdict, PASS);
+            assert_eq!(source(&out.frame), (ip("10.0.0.2"), 8080));
+            let packets = |ct: &[manul_dataplane_bpf::ConntrackEntry]| {
+                ct.iter()
+                    .filter(|e| e.ifindex == a)
+                    .map(|e| e.packets_orig + e.packets_reply)
+                    .sum::<u64>()
+            };
+            assert_eq!(packets(&d.conntrack()), packets(&before) + 1);
+            // A reply the pod's inbound policy denies (port 81) is dropped
+            // whatever the mark says.
+            let denied = Packet::tcp(ip("10.0.0.2"), 8080, ip("10.0.0.1"), 81);
+            let out = d
+                .test_run_skb(
+                    Hook::Egress,
+                    a,
+                    &frame(&denied, SYN | ACK),
+                    SkbMeta {
+                        mark,
+                        ingress_ifindex: a,
+                    },
+                )
+                .expect("BPF_PROG_TEST_RUN");
+            assert_eq!(out.verdict, DROP);
         })
         .expect("run in the namespace");
 }

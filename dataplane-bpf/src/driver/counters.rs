@@ -20,6 +20,19 @@ pub struct TestRunOutcome {
     /// The frame as the program left it (translated, or turned into a
     /// refusal).
     pub frame: Vec<u8>,
+    /// The packet's `skb->mark` as the program left it.
+    pub mark: u32,
+}
+
+/// What a packet carries besides its frame, for
+/// [`BpfDriver::test_run_skb`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SkbMeta {
+    /// `skb->mark`.
+    pub mark: u32,
+    /// `skb->ingress_ifindex`: the interface the packet entered the host
+    /// by (0: sent by the host).
+    pub ingress_ifindex: u32,
 }
 
 impl TestRunOutcome {
@@ -122,7 +135,31 @@ impl BpfDriver {
         frame: &[u8],
         repeat: u32,
     ) -> Result<TestRunOutcome, BpfError> {
-        let ctx = skb_context(ifindex);
+        self.run_skb(hook, ifindex, frame, SkbMeta::default(), repeat)
+    }
+
+    /// [`Self::test_run`] once, on a packet carrying `meta` (its mark, the
+    /// interface it entered the host by).
+    pub fn test_run_skb(
+        &mut self,
+        hook: Hook,
+        ifindex: u32,
+        frame: &[u8],
+        meta: SkbMeta,
+    ) -> Result<TestRunOutcome, BpfError> {
+        self.run_skb(hook, ifindex, frame, meta, 1)
+    }
+
+    fn run_skb(
+        &mut self,
+        hook: Hook,
+        ifindex: u32,
+        frame: &[u8],
+        meta: SkbMeta,
+        repeat: u32,
+    ) -> Result<TestRunOutcome, BpfError> {
+        let ctx = skb_context(ifindex, meta);
+        let mut ctx_out = vec![0u8; ctx.len()];
         let mut out = vec![0u8; frame.len() + 256];
         let prog = self.programs.get(hook);
         let r = prog
@@ -130,6 +167,7 @@ impl BpfDriver {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
                 ctx_in: Some(&ctx),
+                ctx_out: Some(&mut ctx_out),
                 repeat: repeat.max(1),
                 ..TestRunOptions::default()
             })
@@ -139,13 +177,30 @@ impl BpfDriver {
             verdict: r.return_value,
             duration: r.duration,
             frame: out,
+            mark: skb_field(&ctx_out, std::mem::offset_of!(abi::__sk_buff, mark)),
         })
     }
 }
-/// A `struct __sk_buff` context with only `ifindex` set.
-fn skb_context(ifindex: u32) -> Vec<u8> {
+
+/// A `struct __sk_buff` context with `ifindex` and `meta` set.
+fn skb_context(ifindex: u32, meta: SkbMeta) -> Vec<u8> {
     let mut ctx = vec![0u8; std::mem::size_of::<abi::__sk_buff>()];
-    let at = std::mem::offset_of!(abi::__sk_buff, ifindex);
-    ctx[at..at + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    for (at, value) in [
+        (std::mem::offset_of!(abi::__sk_buff, ifindex), ifindex),
+        (std::mem::offset_of!(abi::__sk_buff, mark), meta.mark),
+        (
+            std::mem::offset_of!(abi::__sk_buff, ingress_ifindex),
+            meta.ingress_ifindex,
+        ),
+    ] {
+        ctx[at..at + 4].copy_from_slice(&value.to_ne_bytes());
+    }
     ctx
+}
+
+/// A `u32` field of a `struct __sk_buff` context (0 if short).
+fn skb_field(ctx: &[u8], at: usize) -> u32 {
+    ctx.get(at..at + 4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_ne_bytes)
 }

@@ -50,7 +50,7 @@ pub use config::{
     BpfConfig, ExternalServiceMode, MAX_MAP_SIZE, ServiceMapSizes, check_map_size,
     is_workload_interface,
 };
-pub use counters::{KernelCounters, TestRunOutcome};
+pub use counters::{KernelCounters, SkbMeta, TestRunOutcome};
 pub(crate) use flows::labels;
 pub use host_svc::{HOST_SERVICE_DEVICE, HOST_SERVICE_MAC, HOST_SERVICE_PEER, is_own_or_loopback};
 
