@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use ipnet::IpNet;
 
@@ -137,11 +137,15 @@ pub fn range_of(set: &str, key: &[Value]) -> Option<(RangeKey, IpNet)> {
 /// Who claims each frontend and each plain set element: the services that
 /// want it and what each would write. The first service in key order has
 /// it.
+///
+/// A service's key is shared by all its claims (`Arc`): recording a
+/// service costs its claims' map insertions, not a copy of its namespace
+/// and name per element.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claims {
-    by_key: BTreeMap<(String, Vec<Value>), BTreeMap<ServiceKey, Element>>,
-    by_frontend: BTreeMap<Frontend, BTreeMap<ServiceKey, Entries>>,
-    ranges: BTreeMap<RangeKey, BTreeMap<ServiceKey, Vec<IpNet>>>,
+    by_key: BTreeMap<(String, Vec<Value>), BTreeMap<Arc<ServiceKey>, Element>>,
+    by_frontend: BTreeMap<Frontend, BTreeMap<Arc<ServiceKey>, Entries>>,
+    ranges: BTreeMap<RangeKey, BTreeMap<Arc<ServiceKey>, Vec<IpNet>>>,
 }
 
 impl Claims {
@@ -155,22 +159,30 @@ impl Claims {
 
     /// The service that has `frontend`, and its entries.
     pub fn keeper(&self, frontend: &Frontend) -> Option<(&ServiceKey, &Entries)> {
-        self.by_frontend.get(frontend).and_then(|m| m.iter().next())
+        self.by_frontend
+            .get(frontend)
+            .and_then(|m| m.iter().next())
+            .map(|(k, entries)| (k.as_ref(), entries))
     }
 
     /// The elements of a load-balancer address's source ranges: the
     /// union of every claimant's, aggregated.
     pub fn range_entries(&self, k: &RangeKey) -> Entries {
+        self.range_elements(k)
+            .into_iter()
+            .map(|e| (k.0.clone(), e))
+            .collect()
+    }
+
+    /// [`Claims::range_entries`] without the set's name.
+    fn range_elements(&self, k: &RangeKey) -> Vec<Element> {
         let Some(m) = self.ranges.get(k) else {
             return Vec::new();
         };
         let nets: Vec<IpNet> = m.values().flatten().copied().collect();
         IpNet::aggregate(&nets)
             .into_iter()
-            .map(|n| {
-                let e = Element::key(vec![Value::Addr(k.1), Value::Net(n)]);
-                (k.0.clone(), e)
-            })
+            .map(|n| Element::key(vec![Value::Addr(k.1), Value::Net(n)]))
             .collect()
     }
 
@@ -182,11 +194,12 @@ impl Claims {
     /// Records `service`'s claims: `elements`, its [`ServiceObjects`]'
     /// shared set and map elements.
     pub fn insert_elements(&mut self, service: &ServiceKey, elements: Vec<(String, Element)>) {
+        let service = Arc::new(service.clone());
         let mut frontends: BTreeMap<Frontend, Entries> = BTreeMap::new();
         for (set, element) in elements {
             if let Some((k, net)) = range_of(&set, &element.key) {
                 let nets = self.ranges.entry(k).or_default();
-                nets.entry(service.clone()).or_default().push(net);
+                nets.entry(Arc::clone(&service)).or_default().push(net);
                 continue;
             }
             match frontend_of(&set, &element.key) {
@@ -196,7 +209,7 @@ impl Claims {
                     self.by_key
                         .entry(key)
                         .or_default()
-                        .insert(service.clone(), element);
+                        .insert(Arc::clone(&service), element);
                 }
             }
         }
@@ -205,7 +218,7 @@ impl Claims {
             self.by_frontend
                 .entry(f)
                 .or_default()
-                .insert(service.clone(), entries);
+                .insert(Arc::clone(&service), entries);
         }
     }
 
@@ -242,18 +255,22 @@ impl Claims {
 
     /// Every element the claims program: each plain set element once,
     /// each frontend's keeper's entries, and each load-balancer address's
-    /// source ranges.
-    pub fn programmed(&self) -> impl Iterator<Item = (String, Element)> + '_ {
+    /// source ranges; each element once, with the name of its set.
+    pub fn programmed(&self) -> impl Iterator<Item = (&str, Element)> + '_ {
         let plain = self
             .by_key
             .iter()
-            .filter_map(|((set, _), m)| Some((set.clone(), m.values().next()?.clone())));
+            .filter_map(|((set, _), m)| Some((set.as_str(), m.values().next()?.clone())));
         let kept = self
             .by_frontend
             .values()
             .filter_map(|m| m.values().next())
-            .flat_map(|entries| entries.iter().cloned());
-        let ranges = self.ranges.keys().flat_map(|k| self.range_entries(k));
+            .flat_map(|entries| entries.iter().map(|(set, e)| (set.as_str(), e.clone())));
+        let ranges = self.ranges.keys().flat_map(|k| {
+            self.range_elements(k)
+                .into_iter()
+                .map(move |e| (k.0.as_str(), e))
+        });
         plain.chain(kept).chain(ranges)
     }
 }
