@@ -258,6 +258,11 @@ impl NftDriver {
     }
 }
 
+/// Whether `svc` has a UDP port (whose flows `stale_udp` may clear).
+fn has_udp(svc: &Service) -> bool {
+    svc.ports.iter().any(|p| p.protocol == 17)
+}
+
 /// The phases of a netlink write of a table (or of its changes) rendered
 /// in `render`.
 fn phases(render: Duration, w: &full_write::Written) -> Phases {
@@ -577,11 +582,20 @@ impl Driver for NftDriver {
     /// batches are held, and the resync's `InSync` replaces the whole table
     /// in one transaction.
     fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
-        self.udp_dirty |= batch.iter().any(|op| {
-            matches!(
-                op,
-                Operation::ServiceUpdate(_) | Operation::ServiceRemove { .. } | Operation::InSync
-            )
+        // Only a change of a service with a UDP port, before or after it,
+        // can leave UDP entries stale: the clearing walks every service,
+        // which a TCP backend change should not pay.
+        let services = &self.contract.state().services;
+        let had_udp = |namespace: &str, name: &str| {
+            services
+                .get(&(namespace.to_string(), name.to_string()))
+                .is_some_and(has_udp)
+        };
+        self.udp_dirty |= batch.iter().any(|op| match op {
+            Operation::ServiceUpdate(svc) => has_udp(svc) || had_udp(&svc.namespace, &svc.name),
+            Operation::ServiceRemove { namespace, name } => had_udp(namespace, name),
+            Operation::InSync => true,
+            _ => false,
         });
         let result = self.apply_batch(batch);
         if result.is_ok() {

@@ -327,7 +327,7 @@ pub(super) fn empty_maps() -> BTreeMap<String, SetDef> {
 ///
 /// A shared set or map a service's own rendering does not hold yet is
 /// created for its elements (see [`render_service`]).
-fn add(sets: &mut BTreeMap<String, SetDef>, map: &str, entry: Element) {
+pub(super) fn add(sets: &mut BTreeMap<String, SetDef>, map: &str, entry: Element) {
     if !sets.contains_key(map) {
         if !shared_names().contains(map) {
             return;
@@ -512,7 +512,7 @@ pub(super) fn render(
 /// [`add`] for each of `elements`, in their order (the first element of
 /// a key has it), as one merge: sorted by key, then taken in bulk into an
 /// empty set, else one by one.
-fn merge(sets: &mut BTreeMap<String, SetDef>, map: &str, mut elements: Vec<Element>) {
+pub(super) fn merge(sets: &mut BTreeMap<String, SetDef>, map: &str, mut elements: Vec<Element>) {
     // Stable: of one key's elements, the first stays first.
     elements.sort_by(|a, b| a.key.cmp(&b.key));
     let empty = sets.get(map).is_some_and(|d| d.elements.is_empty());
