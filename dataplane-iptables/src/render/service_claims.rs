@@ -140,10 +140,11 @@ pub fn range_of(set: &str, key: &[Value]) -> Option<(RangeKey, IpNet)> {
 ///
 /// A service's key is shared by all its claims (`Arc`): recording a
 /// service costs its claims' map insertions, not a copy of its namespace
-/// and name per element.
+/// and name per element. Plain elements are kept per set, then per key,
+/// so a search compares a set's name a few times, not at every step.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claims {
-    by_key: BTreeMap<(String, Vec<Value>), BTreeMap<Arc<ServiceKey>, Element>>,
+    by_key: BTreeMap<String, BTreeMap<Vec<Value>, BTreeMap<Arc<ServiceKey>, Element>>>,
     by_frontend: BTreeMap<Frontend, BTreeMap<Arc<ServiceKey>, Entries>>,
     ranges: BTreeMap<RangeKey, BTreeMap<Arc<ServiceKey>, Vec<IpNet>>>,
 }
@@ -153,7 +154,8 @@ impl Claims {
     /// service claims it.
     pub fn holder(&self, set: &str, key: &[Value]) -> Option<&Element> {
         self.by_key
-            .get(&(set.to_string(), key.to_vec()))
+            .get(set)
+            .and_then(|m| m.get(key))
             .and_then(|m| m.values().next())
     }
 
@@ -205,9 +207,10 @@ impl Claims {
             match frontend_of(&set, &element.key) {
                 Some(f) => frontends.entry(f).or_default().push((set, element)),
                 None => {
-                    let key = (set, element.key.clone());
                     self.by_key
-                        .entry(key)
+                        .entry(set)
+                        .or_default()
+                        .entry(element.key.clone())
                         .or_default()
                         .insert(Arc::clone(&service), element);
                 }
@@ -243,11 +246,15 @@ impl Claims {
                 }
                 continue;
             }
-            let k = (set.clone(), element.key.clone());
-            if let Some(m) = self.by_key.get_mut(&k) {
-                m.remove(service);
-                if m.is_empty() {
-                    self.by_key.remove(&k);
+            if let Some(keys) = self.by_key.get_mut(set) {
+                if let Some(m) = keys.get_mut(&element.key) {
+                    m.remove(service);
+                    if m.is_empty() {
+                        keys.remove(&element.key);
+                    }
+                }
+                if keys.is_empty() {
+                    self.by_key.remove(set);
                 }
             }
         }
@@ -257,10 +264,10 @@ impl Claims {
     /// each frontend's keeper's entries, and each load-balancer address's
     /// source ranges; each element once, with the name of its set.
     pub fn programmed(&self) -> impl Iterator<Item = (&str, Element)> + '_ {
-        let plain = self
-            .by_key
-            .iter()
-            .filter_map(|((set, _), m)| Some((set.as_str(), m.values().next()?.clone())));
+        let plain = self.by_key.iter().flat_map(|(set, keys)| {
+            keys.values()
+                .filter_map(|m| Some((set.as_str(), m.values().next()?.clone())))
+        });
         let kept = self
             .by_frontend
             .values()
