@@ -144,10 +144,14 @@ pub fn range_of(set: &str, key: &[Value]) -> Option<(RangeKey, IpNet)> {
 /// so a search compares a set's name a few times, not at every step.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claims {
-    by_key: BTreeMap<String, BTreeMap<Vec<Value>, BTreeMap<Arc<ServiceKey>, Element>>>,
-    by_frontend: BTreeMap<Frontend, BTreeMap<Arc<ServiceKey>, Entries>>,
-    ranges: BTreeMap<RangeKey, BTreeMap<Arc<ServiceKey>, Vec<IpNet>>>,
+    by_key: BTreeMap<String, BTreeMap<Vec<Value>, Claimants<Element>>>,
+    by_frontend: BTreeMap<Frontend, Claimants<Entries>>,
+    ranges: BTreeMap<RangeKey, Claimants<Vec<IpNet>>>,
 }
+
+/// The services claiming one thing, in key order, and what each would
+/// write.
+type Claimants<T> = BTreeMap<Arc<ServiceKey>, T>;
 
 impl Claims {
     /// The element that holds plain set element `(set, key)`, if any
