@@ -258,11 +258,6 @@ impl NftDriver {
     }
 }
 
-/// Whether `svc` has a UDP port (whose flows `stale_udp` may clear).
-fn has_udp(svc: &Service) -> bool {
-    svc.ports.iter().any(|p| p.protocol == 17)
-}
-
 /// The phases of a netlink write of a table (or of its changes) rendered
 /// in `render`.
 fn phases(render: Duration, w: &full_write::Written) -> Phases {
@@ -582,21 +577,10 @@ impl Driver for NftDriver {
     /// batches are held, and the resync's `InSync` replaces the whole table
     /// in one transaction.
     fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
-        // Only a change of a service with a UDP port, before or after it,
-        // can leave UDP entries stale: the clearing walks every service,
-        // which a TCP backend change should not pay.
-        let services = &self.contract.state().services;
-        let had_udp = |namespace: &str, name: &str| {
-            services
-                .get(&(namespace.to_string(), name.to_string()))
-                .is_some_and(has_udp)
-        };
-        self.udp_dirty |= batch.iter().any(|op| match op {
-            Operation::ServiceUpdate(svc) => has_udp(svc) || had_udp(&svc.namespace, &svc.name),
-            Operation::ServiceRemove { namespace, name } => had_udp(namespace, name),
-            Operation::InSync => true,
-            _ => false,
-        });
+        // Only a change of a service with a UDP port can leave UDP entries
+        // stale: the clearing walks every service, which a TCP backend
+        // change should not pay.
+        self.udp_dirty |= crate::stale_udp::touched(&self.contract.state().services, batch);
         let result = self.apply_batch(batch);
         if result.is_ok() {
             self.clear_stale_udp();
