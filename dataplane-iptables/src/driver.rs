@@ -178,8 +178,8 @@ impl NftDriver {
 
     /// Writes the whole table in one transaction: as one netlink batch
     /// (`full_write.rs`), or through `nft -f` when that writer cannot
-    /// express the table. Returns what the netlink batch sent, `None` when it went through
-    /// `nft -f`.
+    /// express the table. Returns what the netlink batch sent, `None`
+    /// when it went through `nft -f`.
     fn write_full(&mut self, rs: Ruleset) -> Result<Option<full_write::Written>, DriverError> {
         self.programmed = None;
         let mut sent = None;
