@@ -46,6 +46,27 @@ pub struct WriteTiming {
     pub script_bytes: usize,
     /// Whether it was written over netlink rather than through `nft`.
     pub netlink: bool,
+    /// The same time by phase, for the writes that go over netlink.
+    pub phases: Phases,
+}
+
+/// Where a write's time went, phase by phase (zero for a phase the write
+/// did not go through); `prepare` and `nft` of [`WriteTiming`] split the
+/// same time in two.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// Rendering: the whole state, or only the changed services.
+    pub render: Duration,
+    /// Finding what to write: diffing with what the table holds, or
+    /// splitting the table into the structure and the elements.
+    pub diff: Duration,
+    /// `nft --check` compiling the structure (or the changes' script),
+    /// and reading its messages back.
+    pub compile: Duration,
+    /// Encoding the elements into the netlink batch.
+    pub encode: Duration,
+    /// The kernel taking and committing the batch.
+    pub kernel: Duration,
 }
 
 /// What a refresh found.
@@ -157,13 +178,16 @@ impl NftDriver {
 
     /// Writes the whole table in one transaction: as one netlink batch
     /// (`full_write.rs`), or through `nft -f` when that writer cannot
-    /// express the table.
-    fn write_full(&mut self, rs: Ruleset) -> Result<(), DriverError> {
+    /// express the table. Returns what the netlink batch sent, `None`
+    /// when it went through `nft -f`.
+    fn write_full(&mut self, rs: Ruleset) -> Result<Option<full_write::Written>, DriverError> {
         self.programmed = None;
+        let mut sent = None;
         match full_write::write(&self.nft, &mut self.writer, &rs, self.seq) {
             Ok(written) => {
                 self.seq = self.seq.wrapping_add(written.messages as u32 + 2);
                 self.stats.netlink_full_writes += 1;
+                sent = Some(written);
             }
             Err(e) if e.fall_back() => {
                 debug!(
@@ -184,7 +208,7 @@ impl NftDriver {
         }
         self.stats.full_writes += 1;
         self.programmed = Some(rs);
-        Ok(())
+        Ok(sent)
     }
 
     /// Compares the kernel's table with what was written and rewrites it if
@@ -230,6 +254,18 @@ impl NftDriver {
                 t = crate::names::TABLE
             ))
             .map_err(|e| dataplane("deleting the table", e))
+    }
+}
+
+/// The phases of a netlink write of a table (or of its changes) rendered
+/// in `render`.
+fn phases(render: Duration, w: &full_write::Written) -> Phases {
+    Phases {
+        render,
+        diff: w.diff,
+        compile: w.compile,
+        encode: w.encode,
+        kernel: w.kernel,
     }
 }
 
@@ -340,12 +376,13 @@ impl NftDriver {
         match self.programmed.take() {
             None => {
                 let prepare = started.elapsed();
-                self.write_full(new)?;
+                let written = self.write_full(new)?;
                 self.last_write = WriteTiming {
                     prepare,
                     nft: started.elapsed() - prepare,
-                    script_bytes: 0,
-                    netlink: false,
+                    script_bytes: written.map_or(0, |w| w.bytes),
+                    netlink: written.is_some(),
+                    phases: written.map_or_else(Phases::default, |w| phases(prepare, &w)),
                 };
             }
             Some(old) => {
@@ -402,15 +439,23 @@ impl NftDriver {
             .collect();
         let change =
             service_change::render_changes(&programmed, &mut self.claims, &changes, &self.config);
+        let render = started.elapsed();
         // Element changes alone (a backend moved, a service added or
         // removed whose pick chains exist) go over netlink: `nft` would
         // list the table first.
-        let batch = script::element_changes(&programmed, &change.old, &change.new)
-            .map(|sets| elements::batch(&sets, self.seq));
+        let sets = script::element_changes(&programmed, &change.old, &change.new);
+        let diff = started.elapsed() - render;
+        let batch = sets.map(|sets| elements::batch(&sets, self.seq));
         match batch {
             Some(Ok(batch)) => {
                 self.seq = self.seq.wrapping_add(batch.acked.len() as u32 + 2);
-                self.write_netlink(&batch, started)?;
+                let phases = Phases {
+                    render,
+                    diff,
+                    encode: started.elapsed() - render - diff,
+                    ..Phases::default()
+                };
+                self.write_netlink(&batch, started, phases)?;
             }
             other => {
                 if let Some(Err(e)) = other {
@@ -427,10 +472,12 @@ impl NftDriver {
     }
 
     /// Writes an element batch over netlink (nothing when it is empty).
+    /// `phases`: those before the kernel's.
     fn write_netlink(
         &mut self,
         batch: &elements::Batch,
         started: Instant,
+        phases: Phases,
     ) -> Result<(), DriverError> {
         if batch.acked.is_empty() {
             return Ok(());
@@ -441,11 +488,16 @@ impl NftDriver {
             .map_err(|e| dataplane("writing changes", e))?;
         self.stats.incremental_writes += 1;
         self.stats.netlink_writes += 1;
+        let nft = started.elapsed() - prepare;
         self.last_write = WriteTiming {
             prepare,
-            nft: started.elapsed() - prepare,
+            nft,
             script_bytes: batch.bytes.len(),
             netlink: true,
+            phases: Phases {
+                kernel: nft,
+                ..phases
+            },
         };
         Ok(())
     }
@@ -472,6 +524,7 @@ impl NftDriver {
                         nft: started.elapsed() - prepare,
                         script_bytes: written.bytes,
                         netlink: true,
+                        phases: phases(prepare, &written),
                     };
                 }
                 return Ok(());
@@ -507,6 +560,7 @@ impl NftDriver {
             nft: started.elapsed() - prepare,
             script_bytes: script.len(),
             netlink: false,
+            phases: Phases::default(),
         };
         Ok(())
     }
@@ -522,12 +576,10 @@ impl Driver for NftDriver {
     /// batches are held, and the resync's `InSync` replaces the whole table
     /// in one transaction.
     fn apply(&mut self, batch: &[Operation]) -> Result<(), DriverError> {
-        self.udp_dirty |= batch.iter().any(|op| {
-            matches!(
-                op,
-                Operation::ServiceUpdate(_) | Operation::ServiceRemove { .. } | Operation::InSync
-            )
-        });
+        // Only a change of a service with a UDP port can leave UDP entries
+        // stale: the clearing walks every service, which a TCP backend
+        // change should not pay.
+        self.udp_dirty |= crate::stale_udp::touched(&self.contract.state().services, batch);
         let result = self.apply_batch(batch);
         if result.is_ok() {
             self.clear_stale_udp();

@@ -53,10 +53,16 @@ pub struct Written {
     /// The batch's messages (acknowledged each).
     pub messages: usize,
     pub bytes: usize,
+    /// Splitting the table into the script `nft` compiles and the
+    /// elements encoded here (of a change: diffing the old table with the
+    /// new).
+    pub diff: Duration,
     /// `nft` compiling the structure, and reading its dump.
     pub compile: Duration,
-    /// Encoding the elements and the kernel applying the batch.
-    pub send: Duration,
+    /// Encoding the elements into the batch.
+    pub encode: Duration,
+    /// The kernel taking and committing the batch.
+    pub kernel: Duration,
 }
 
 /// Writes `rs` as the whole table, in one transaction whose messages are
@@ -69,10 +75,11 @@ pub fn write(
 ) -> Result<Written, FullWriteError> {
     let started = Instant::now();
     let (structure, changes) = script::full_split(rs);
+    let diff = started.elapsed();
     let dump = nft.compile(&structure).map_err(FullWriteError::Compile)?;
     let first = compiled::parse(&dump).map_err(FullWriteError::Dump)?;
-    let compile = started.elapsed();
-    send(writer, &[], &first, &changes, seq, started, compile)
+    let compile = started.elapsed() - diff;
+    send(writer, &[], &first, &changes, seq, diff, compile)
 }
 
 /// Writes the changes from `old` to `new` (the table holds `old`) in one
@@ -91,6 +98,7 @@ pub fn write_incremental(
     let Some(split) = script::incremental_split(old, new) else {
         return Ok(None);
     };
+    let diff = started.elapsed();
     let first = if split.script.is_empty() {
         Vec::new()
     } else {
@@ -99,14 +107,14 @@ pub fn write_incremental(
             .map_err(FullWriteError::Compile)?;
         compiled::parse(&dump).map_err(FullWriteError::Dump)?
     };
-    let compile = started.elapsed();
+    let compile = started.elapsed() - diff;
     send(
         writer,
         &split.deletes,
         &first,
         &split.adds,
         seq,
-        started,
+        diff,
         compile,
     )
     .map(Some)
@@ -118,18 +126,22 @@ fn send(
     first: &[compiled::Message],
     after: &[elements::SetChange<'_>],
     seq: u32,
-    started: Instant,
+    diff: Duration,
     compile: Duration,
 ) -> Result<Written, FullWriteError> {
+    let started = Instant::now();
     let batch =
         elements::batch_around(before, first, after, seq).map_err(FullWriteError::Elements)?;
+    let encode = started.elapsed();
     if !batch.acked.is_empty() {
         writer.apply(&batch).map_err(FullWriteError::Kernel)?;
     }
     Ok(Written {
         messages: batch.acked.len(),
         bytes: batch.bytes.len(),
+        diff,
         compile,
-        send: started.elapsed() - compile,
+        encode,
+        kernel: started.elapsed() - encode,
     })
 }

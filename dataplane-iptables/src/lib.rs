@@ -71,7 +71,7 @@ pub mod render;
 pub mod script;
 pub mod stale_udp;
 
-pub use driver::{NftDriver, NftStats, Refresh, WriteTiming};
+pub use driver::{NftDriver, NftStats, Phases, Refresh, WriteTiming};
 pub use flows::FlowLog;
 pub use nft::{Nft, NftError};
 pub use render::{EndpointToHost, Failsafe, NftConfig};

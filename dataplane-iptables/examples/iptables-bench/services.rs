@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use manul_dataplane_api::{Backend, Driver, Operation, Service, ServicePort};
 use manul_dataplane_conformance::driver_thread::chain;
-use manul_dataplane_iptables::{Nft, NftDriver, NftStats, names, render, script};
+use manul_dataplane_iptables::{Nft, NftDriver, NftStats, Phases, names, render, script};
 use manul_netns::NetNs;
 use serde::Serialize;
 
@@ -29,6 +29,8 @@ pub struct Report {
     /// Of the last snapshot: preparing the script (render) and `nft`.
     snapshot_prepare_ms: f64,
     snapshot_nft_ms: f64,
+    /// Of every snapshot, phase by phase (see `Phases`): which one grew.
+    snapshot_phases: PhaseStats,
     /// One `ServiceUpdate` replacing one backend of one service.
     backend_change: Stats,
     /// How many of them the driver wrote over netlink (element changes)
@@ -38,6 +40,8 @@ pub struct Report {
     /// applying it.
     backend_change_prepare: Stats,
     backend_change_nft: Stats,
+    /// Of each change, phase by phase.
+    backend_change_phases: PhaseStats,
     /// The bytes of the batch (or script) one change writes (last change).
     backend_change_script_bytes: usize,
     /// The same changes written the way every batch other than a service
@@ -61,6 +65,31 @@ pub struct Report {
     netlink_socket_per_batch: Stats,
     netlink_kept_socket: Stats,
     stats_after: Counters,
+}
+
+/// The driver's write phases (`Phases`) over several writes.
+#[derive(Debug, Serialize)]
+struct PhaseStats {
+    render: Stats,
+    diff: Stats,
+    compile: Stats,
+    encode: Stats,
+    kernel: Stats,
+}
+
+impl PhaseStats {
+    fn of(all: &[Phases]) -> PhaseStats {
+        let each = |f: fn(&Phases) -> std::time::Duration| {
+            Stats::of(all.iter().map(|p| f(p).as_secs_f64() * 1e3).collect())
+        };
+        PhaseStats {
+            render: each(|p| p.render),
+            diff: each(|p| p.diff),
+            compile: each(|p| p.compile),
+            encode: each(|p| p.encode),
+            kernel: each(|p| p.kernel),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -177,6 +206,7 @@ pub fn run(cli: &Cli) -> Result<Report> {
     let ops = snapshot(cli);
     let reps = cli.full_repetitions.max(1);
     let mut snapshot_times = Vec::new();
+    let mut snapshot_phases = Vec::new();
     for r in 0..reps {
         let ns = NetNs::create(&format!("{}-s", manul_netns::unique_prefix("ib")))
             .context("creating a namespace")?;
@@ -188,8 +218,17 @@ pub fn run(cli: &Cli) -> Result<Report> {
                 driver.apply(&ops).map_err(driver_err)?;
                 let took = ms(started);
                 let split = driver.last_write();
-                eprintln!("services: snapshot in {took:.0} ms ({split:?})");
+                let p = split.phases;
+                eprintln!(
+                    "services: snapshot in {took:.0} ms: render {:.0}, diff {:.0}, compile {:.0}, encode {:.0}, kernel {:.0} ms",
+                    p.render.as_secs_f64() * 1e3,
+                    p.diff.as_secs_f64() * 1e3,
+                    p.compile.as_secs_f64() * 1e3,
+                    p.encode.as_secs_f64() * 1e3,
+                    p.kernel.as_secs_f64() * 1e3,
+                );
                 snapshot_times.push(took);
+                snapshot_phases.push(split.phases);
                 if !last {
                     return Ok(None);
                 }
@@ -199,6 +238,7 @@ pub fn run(cli: &Cli) -> Result<Report> {
         drop(ns);
         if let Some(mut report) = result {
             report.snapshot_apply = Stats::of(snapshot_times);
+            report.snapshot_phases = PhaseStats::of(&snapshot_phases);
             return Ok(report);
         }
     }
@@ -213,6 +253,7 @@ fn measure(
     let mut change = Vec::new();
     let mut prepare = Vec::new();
     let mut nft_time = Vec::new();
+    let mut phases = Vec::new();
     let mut script_bytes = 0;
     let mut netlink = 0;
     for k in 0..cli.changes {
@@ -228,6 +269,7 @@ fn measure(
         let split = driver.last_write();
         prepare.push(split.prepare.as_secs_f64() * 1e3);
         nft_time.push(split.nft.as_secs_f64() * 1e3);
+        phases.push(split.phases);
         script_bytes = split.script_bytes;
         netlink += usize::from(split.netlink);
     }
@@ -316,10 +358,12 @@ fn measure(
         snapshot_apply: Stats::of(Vec::new()),
         snapshot_prepare_ms: split.prepare.as_secs_f64() * 1e3,
         snapshot_nft_ms: split.nft.as_secs_f64() * 1e3,
+        snapshot_phases: PhaseStats::of(&[]),
         backend_change: Stats::of(change),
         backend_change_netlink: netlink,
         backend_change_prepare: Stats::of(prepare),
         backend_change_nft: Stats::of(nft_time),
+        backend_change_phases: PhaseStats::of(&phases),
         backend_change_script_bytes: script_bytes,
         whole_state_change: Stats::of(whole_change),
         whole_state_change_prepare: Stats::of(whole_prepare),

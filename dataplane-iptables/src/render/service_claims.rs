@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use ipnet::IpNet;
 
@@ -137,40 +137,58 @@ pub fn range_of(set: &str, key: &[Value]) -> Option<(RangeKey, IpNet)> {
 /// Who claims each frontend and each plain set element: the services that
 /// want it and what each would write. The first service in key order has
 /// it.
+///
+/// A service's key is shared by all its claims (`Arc`): recording a
+/// service costs its claims' map insertions, not a copy of its namespace
+/// and name per element. Plain elements are kept per set, then per key,
+/// so a search compares a set's name a few times, not at every step.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claims {
-    by_key: BTreeMap<(String, Vec<Value>), BTreeMap<ServiceKey, Element>>,
-    by_frontend: BTreeMap<Frontend, BTreeMap<ServiceKey, Entries>>,
-    ranges: BTreeMap<RangeKey, BTreeMap<ServiceKey, Vec<IpNet>>>,
+    by_key: BTreeMap<String, BTreeMap<Vec<Value>, Claimants<Element>>>,
+    by_frontend: BTreeMap<Frontend, Claimants<Entries>>,
+    ranges: BTreeMap<RangeKey, Claimants<Vec<IpNet>>>,
 }
+
+/// The services claiming one thing, in key order, and what each would
+/// write.
+type Claimants<T> = BTreeMap<Arc<ServiceKey>, T>;
 
 impl Claims {
     /// The element that holds plain set element `(set, key)`, if any
     /// service claims it.
     pub fn holder(&self, set: &str, key: &[Value]) -> Option<&Element> {
         self.by_key
-            .get(&(set.to_string(), key.to_vec()))
+            .get(set)
+            .and_then(|m| m.get(key))
             .and_then(|m| m.values().next())
     }
 
     /// The service that has `frontend`, and its entries.
     pub fn keeper(&self, frontend: &Frontend) -> Option<(&ServiceKey, &Entries)> {
-        self.by_frontend.get(frontend).and_then(|m| m.iter().next())
+        self.by_frontend
+            .get(frontend)
+            .and_then(|m| m.iter().next())
+            .map(|(k, entries)| (k.as_ref(), entries))
     }
 
     /// The elements of a load-balancer address's source ranges: the
     /// union of every claimant's, aggregated.
     pub fn range_entries(&self, k: &RangeKey) -> Entries {
+        self.range_elements(k)
+            .into_iter()
+            .map(|e| (k.0.clone(), e))
+            .collect()
+    }
+
+    /// [`Claims::range_entries`] without the set's name.
+    fn range_elements(&self, k: &RangeKey) -> Vec<Element> {
         let Some(m) = self.ranges.get(k) else {
             return Vec::new();
         };
         let nets: Vec<IpNet> = m.values().flatten().copied().collect();
         IpNet::aggregate(&nets)
             .into_iter()
-            .map(|n| {
-                let e = Element::key(vec![Value::Addr(k.1), Value::Net(n)]);
-                (k.0.clone(), e)
-            })
+            .map(|n| Element::key(vec![Value::Addr(k.1), Value::Net(n)]))
             .collect()
     }
 
@@ -182,21 +200,23 @@ impl Claims {
     /// Records `service`'s claims: `elements`, its [`ServiceObjects`]'
     /// shared set and map elements.
     pub fn insert_elements(&mut self, service: &ServiceKey, elements: Vec<(String, Element)>) {
+        let service = Arc::new(service.clone());
         let mut frontends: BTreeMap<Frontend, Entries> = BTreeMap::new();
         for (set, element) in elements {
             if let Some((k, net)) = range_of(&set, &element.key) {
                 let nets = self.ranges.entry(k).or_default();
-                nets.entry(service.clone()).or_default().push(net);
+                nets.entry(Arc::clone(&service)).or_default().push(net);
                 continue;
             }
             match frontend_of(&set, &element.key) {
                 Some(f) => frontends.entry(f).or_default().push((set, element)),
                 None => {
-                    let key = (set, element.key.clone());
                     self.by_key
-                        .entry(key)
+                        .entry(set)
                         .or_default()
-                        .insert(service.clone(), element);
+                        .entry(element.key.clone())
+                        .or_default()
+                        .insert(Arc::clone(&service), element);
                 }
             }
         }
@@ -205,7 +225,7 @@ impl Claims {
             self.by_frontend
                 .entry(f)
                 .or_default()
-                .insert(service.clone(), entries);
+                .insert(Arc::clone(&service), entries);
         }
     }
 
@@ -230,11 +250,15 @@ impl Claims {
                 }
                 continue;
             }
-            let k = (set.clone(), element.key.clone());
-            if let Some(m) = self.by_key.get_mut(&k) {
-                m.remove(service);
-                if m.is_empty() {
-                    self.by_key.remove(&k);
+            if let Some(keys) = self.by_key.get_mut(set) {
+                if let Some(m) = keys.get_mut(&element.key) {
+                    m.remove(service);
+                    if m.is_empty() {
+                        keys.remove(&element.key);
+                    }
+                }
+                if keys.is_empty() {
+                    self.by_key.remove(set);
                 }
             }
         }
@@ -242,18 +266,22 @@ impl Claims {
 
     /// Every element the claims program: each plain set element once,
     /// each frontend's keeper's entries, and each load-balancer address's
-    /// source ranges.
-    pub fn programmed(&self) -> impl Iterator<Item = (String, Element)> + '_ {
-        let plain = self
-            .by_key
-            .iter()
-            .filter_map(|((set, _), m)| Some((set.clone(), m.values().next()?.clone())));
+    /// source ranges; each element once, with the name of its set.
+    pub fn programmed(&self) -> impl Iterator<Item = (&str, Element)> + '_ {
+        let plain = self.by_key.iter().flat_map(|(set, keys)| {
+            keys.values()
+                .filter_map(|m| Some((set.as_str(), m.values().next()?.clone())))
+        });
         let kept = self
             .by_frontend
             .values()
             .filter_map(|m| m.values().next())
-            .flat_map(|entries| entries.iter().cloned());
-        let ranges = self.ranges.keys().flat_map(|k| self.range_entries(k));
+            .flat_map(|entries| entries.iter().map(|(set, e)| (set.as_str(), e.clone())));
+        let ranges = self.ranges.keys().flat_map(|k| {
+            self.range_elements(k)
+                .into_iter()
+                .map(move |e| (k.0.as_str(), e))
+        });
         plain.chain(kept).chain(ranges)
     }
 }

@@ -327,7 +327,7 @@ pub(super) fn empty_maps() -> BTreeMap<String, SetDef> {
 ///
 /// A shared set or map a service's own rendering does not hold yet is
 /// created for its elements (see [`render_service`]).
-fn add(sets: &mut BTreeMap<String, SetDef>, map: &str, entry: Element) {
+pub(super) fn add(sets: &mut BTreeMap<String, SetDef>, map: &str, entry: Element) {
     if !sets.contains_key(map) {
         if !shared_names().contains(map) {
             return;
@@ -494,13 +494,39 @@ pub(super) fn render(
         sets.extend(objects.sets);
         claims.insert_elements(key, objects.elements);
     }
+    // Gathered per set, then merged a set at a time in key order: one
+    // pass per set rather than two searches of a large map per element.
+    let mut gathered: BTreeMap<&str, Vec<Element>> = BTreeMap::new();
     for (set, element) in claims.programmed() {
         // The pick chains are chains, not a set of the table.
         if set != PICK_CHAINS {
-            add(sets, &set, element);
+            gathered.entry(set).or_default().push(element);
         }
     }
+    for (set, elements) in gathered {
+        merge(sets, set, elements);
+    }
     claims
+}
+
+/// [`add`] for each of `elements`, in their order (the first element of
+/// a key has it), as one merge: sorted by key, then taken in bulk into an
+/// empty set, else one by one.
+pub(super) fn merge(sets: &mut BTreeMap<String, SetDef>, map: &str, mut elements: Vec<Element>) {
+    // Stable: of one key's elements, the first stays first.
+    elements.sort_by(|a, b| a.key.cmp(&b.key));
+    let empty = sets.get(map).is_some_and(|d| d.elements.is_empty());
+    if !empty {
+        for e in elements {
+            add(sets, map, e);
+        }
+        return;
+    }
+    // A map holds one verdict per key; a set's elements are keys alone.
+    elements.dedup_by(|later, first| later.key == first.key);
+    if let Some(def) = sets.get_mut(map) {
+        def.elements = elements.into_iter().collect();
+    }
 }
 
 /// A load-balancer IP's source ranges: the address in `mnl-lb-ranged4`,

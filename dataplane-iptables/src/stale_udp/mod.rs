@@ -23,11 +23,31 @@ pub mod netlink;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
-use manul_dataplane_api::{FlowTuple, Service, ServiceKey};
+use manul_dataplane_api::{FlowTuple, Operation, Service, ServiceKey};
 
 use crate::flows::CtEntry;
 
 const UDP: u8 = 17;
+
+/// Whether `batch`, applied to `services` (the state before it), can
+/// leave UDP entries stale: it changes or removes a service with a UDP
+/// port before or after the change, or it is a sync (`InSync`). A batch
+/// of TCP services alone cannot, and does not pay for walking every
+/// service.
+pub fn touched(services: &BTreeMap<ServiceKey, Service>, batch: &[Operation]) -> bool {
+    let has_udp = |svc: &Service| svc.ports.iter().any(|p| p.protocol == UDP);
+    let had_udp = |namespace: &str, name: &str| {
+        services
+            .get(&(namespace.to_string(), name.to_string()))
+            .is_some_and(has_udp)
+    };
+    batch.iter().any(|op| match op {
+        Operation::ServiceUpdate(svc) => has_udp(svc) || had_udp(&svc.namespace, &svc.name),
+        Operation::ServiceRemove { namespace, name } => had_udp(namespace, name),
+        Operation::InSync => true,
+        _ => false,
+    })
+}
 
 /// The UDP frontends of the services and the backend addresses each
 /// keeps.

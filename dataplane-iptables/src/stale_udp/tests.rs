@@ -91,3 +91,32 @@ fn tcp_other_ports_and_other_addresses_are_left_alone() {
     assert!(tcp.is_empty());
     assert!(stale(&tcp, &[entry(6, vip(), 53, ip(1))]).is_empty());
 }
+
+#[test]
+fn only_batches_changing_a_udp_service_or_syncing_call_for_clearing() {
+    let udp = services(UDP, vec![backend(2)]);
+    let tcp = services(6, vec![backend(2)]);
+    let the = |s: &BTreeMap<ServiceKey, Service>| s.values().next().cloned().unwrap();
+    let remove = Operation::ServiceRemove {
+        namespace: "ns".into(),
+        name: "dns".into(),
+    };
+    let other = Service::cluster_ip("ns", "web", vec![vip()], Vec::new());
+    // A TCP service changed, removed or added: nothing can turn stale.
+    assert!(!touched(&tcp, &[Operation::ServiceUpdate(the(&tcp))]));
+    assert!(!touched(&tcp, std::slice::from_ref(&remove)));
+    assert!(!touched(&udp, &[Operation::ServiceUpdate(other)]));
+    assert!(!touched(
+        &BTreeMap::new(),
+        &[Operation::ServiceUpdate(the(&tcp))]
+    ));
+    // A UDP service changed, added, removed, or turned TCP; a sync.
+    assert!(touched(&udp, &[Operation::ServiceUpdate(the(&udp))]));
+    assert!(touched(
+        &BTreeMap::new(),
+        &[Operation::ServiceUpdate(the(&udp))]
+    ));
+    assert!(touched(&udp, std::slice::from_ref(&remove)));
+    assert!(touched(&udp, &[Operation::ServiceUpdate(the(&tcp))]));
+    assert!(touched(&tcp, &[Operation::InSync]));
+}

@@ -791,3 +791,62 @@ fn encoded_elements_match_the_golden_encoding() {
         path.display()
     );
 }
+
+/// The whole render merges the claimed elements a set at a time
+/// (`services::merge`): it must keep what adding them one by one in the
+/// same order keeps (of one map key, the first element; a set's elements
+/// once each), into an empty map and into one holding elements already.
+#[test]
+fn merging_a_set_at_a_time_keeps_what_adding_one_by_one_keeps() {
+    use crate::element::{Element, Value, Verb};
+    let key = |n: u16| {
+        vec![
+            Value::Addr(ip("10.96.0.1")),
+            Value::Proto(6),
+            Value::Port(n),
+        ]
+    };
+    let map = "mnl-svc-ips4";
+    let set = "mnl-cluster-ips4";
+    // Keys out of order, some twice with other verdicts.
+    let entries: Vec<Element> = [(9, "a"), (3, "b"), (9, "c"), (1, "d"), (3, "e"), (5, "f")]
+        .into_iter()
+        .map(|(port, chain)| Element::verdict(key(port), Verb::Goto, chain))
+        .collect();
+    let members: Vec<Element> = ["10.96.0.3", "10.96.0.1", "10.96.0.3"]
+        .into_iter()
+        .map(|a| Element::key(vec![Value::Addr(ip(a))]))
+        .collect();
+    for held in [None, Some(Element::verdict(key(3), Verb::Goto, "held"))] {
+        let mut start = crate::render::services::empty_maps();
+        if let Some(e) = &held {
+            crate::render::services::add(&mut start, map, e.clone());
+        }
+        let mut one_by_one = start.clone();
+        for e in entries.clone() {
+            crate::render::services::add(&mut one_by_one, map, e);
+        }
+        for e in members.clone() {
+            crate::render::services::add(&mut one_by_one, set, e);
+        }
+        let mut merged = start;
+        crate::render::services::merge(&mut merged, map, entries.clone());
+        crate::render::services::merge(&mut merged, set, members.clone());
+        assert_eq!(merged, one_by_one, "held: {held:?}");
+        let kept: Vec<String> = merged[map]
+            .elements
+            .iter()
+            .filter_map(|e| match &e.data {
+                Some(crate::element::Data::Verdict(_, chain)) => Some(chain.clone()),
+                _ => None,
+            })
+            .collect();
+        let expected = if held.is_some() {
+            ["d", "held", "f", "a"]
+        } else {
+            ["d", "b", "f", "a"]
+        };
+        assert_eq!(kept, expected);
+        assert_eq!(merged[set].elements.len(), 2);
+    }
+}
