@@ -226,16 +226,19 @@ pub fn run_flow_cases(tag: &str, factory: Arc<Factory>) -> Result<ServiceReport,
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let of_flow: Vec<String> = seen
-            .iter()
-            .filter(|o| of_flow(o, &case, answer.peer))
-            .map(|o| format!("{:?} {} {:?}", o.phase, o.tuple.src, o.service_frontend))
-            .collect();
+        // Distinct observations only: updates repeat every interval.
+        let mut observed: Vec<String> = Vec::new();
+        for o in seen.iter().filter(|o| of_flow(o, &case, answer.peer)) {
+            let line = format!("{:?} {} {:?}", o.phase, o.tuple.src, o.service_frontend);
+            if !observed.contains(&line) {
+                observed.push(line);
+            }
+        }
         report.check(
             &case.name,
             found,
             format!(
-                "from {} to {} via {}: observations {of_flow:?}",
+                "from {} to {} via {}: observations {observed:?}",
                 answer.peer, case.backend, case.frontend
             ),
         );
