@@ -75,8 +75,8 @@
 //!
 //! [`run_flow_cases`] is a fifth, for drivers with flow observations on:
 //! TCP and UDP through a ClusterIP, an external IP and a node port of
-//! each family, each flow observed with the backend pod as destination
-//! and the frontend that names the Service.
+//! each family, each flow's `Start` observed with the backend pod as
+//! destination and the frontend that names the Service.
 //!
 //! It refuses to touch anything outside the namespaces it
 //! creates; they are removed when the run ends, also on failure. Needs

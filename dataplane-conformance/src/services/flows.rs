@@ -10,17 +10,19 @@
 //! frontend and each protocol, one connection (TCP) or one exchange of
 //! datagrams (UDP) goes through it (from the `client` pod to the
 //! ClusterIP; from the external client to the external IP and the node
-//! port on the node's address); then some observation of that flow must
-//! have the backend pod as destination (its address and target port),
-//! the source the backend saw, the frontend that was addressed, and that
-//! frontend must name the Service's namespace, name and port.
+//! port on the node's address); then the flow's `Start` observation (the
+//! first a driver makes of a connection, so a record of a short
+//! connection names its Service too) must have the backend pod as
+//! destination (its address and target port), the source the backend saw
+//! or the client's own, the frontend that was addressed, and that frontend
+//! must name the Service's namespace, name and port.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use manul_dataplane_api::{
-    Backend, FlowObservation, Operation, Service, ServicePort, TrafficPolicy, service_at,
+    Backend, FlowObservation, FlowPhase, Operation, Service, ServicePort, TrafficPolicy, service_at,
 };
 use manul_netns::NetNs;
 
@@ -156,11 +158,12 @@ fn of_flow(obs: &FlowObservation, case: &Case, peer: IpAddr) -> bool {
         && obs.tuple.dst == case.backend.ip()
 }
 
-/// Whether `obs` is the case's flow with the backend as destination,
+/// Whether `obs` is the case's `Start` with the backend as destination,
 /// naming the Service.
 fn names_the_service(obs: &FlowObservation, case: &Case, peer: IpAddr) -> bool {
     let services = flow_services();
-    of_flow(obs, case, peer)
+    obs.phase == FlowPhase::Start
+        && of_flow(obs, case, peer)
         && obs.tuple.dst_port == case.backend.port()
         && obs.service_frontend == Some((case.frontend.ip(), case.frontend.port()))
         && obs
@@ -175,8 +178,8 @@ fn names_the_service(obs: &FlowObservation, case: &Case, peer: IpAddr) -> bool {
 /// `manul_netns::unique_prefix(tag)`, starts the driver `factory` builds
 /// (with flow observations on, updates frequent) and programs
 /// [`flow_operations`]; then each family, frontend kind and protocol:
-/// the flow is answered by `web-a`, and an observation names its frontend
-/// and Service with the backend as destination. The external client
+/// the flow is answered by `web-a`, and its `Start` observation names its
+/// frontend and Service with the backend as destination. The external client
 /// reaches the external IPs and node port from outside the node.
 pub fn run_flow_cases(tag: &str, factory: Arc<Factory>) -> Result<ServiceReport, ConformanceError> {
     let net = start(tag, true, factory, flow_operations())?;
@@ -223,16 +226,19 @@ pub fn run_flow_cases(tag: &str, factory: Arc<Factory>) -> Result<ServiceReport,
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let of_flow: Vec<String> = seen
-            .iter()
-            .filter(|o| of_flow(o, &case, answer.peer))
-            .map(|o| format!("{:?} {} {:?}", o.phase, o.tuple.src, o.service_frontend))
-            .collect();
+        // Distinct observations only: updates repeat every interval.
+        let mut observed: Vec<String> = Vec::new();
+        for o in seen.iter().filter(|o| of_flow(o, &case, answer.peer)) {
+            let line = format!("{:?} {} {:?}", o.phase, o.tuple.src, o.service_frontend);
+            if !observed.contains(&line) {
+                observed.push(line);
+            }
+        }
         report.check(
             &case.name,
             found,
             format!(
-                "from {} to {} via {}: observations {of_flow:?}",
+                "from {} to {} via {}: observations {observed:?}",
                 answer.peer, case.backend, case.frontend
             ),
         );

@@ -7,19 +7,26 @@
 //!   related packets are accepted before them), so an allowing rule logs
 //!   once per connection and side (`Start`) and a denying one once per
 //!   dropped packet (folded into `Denied` bursts). Established packets pay
-//!   nothing.
+//!   nothing. Each record carries its packet's conntrack entry ([`ct`]),
+//!   whose original destination is the Service frontend a translated
+//!   connection came through (the packet itself is logged after DNAT), so
+//!   a `Start` names it as the eBPF dataplane's does; on a kernel that
+//!   cannot attach entries to records, conntrack's new-connection events
+//!   of translated connections give it instead ([`netlink`]).
 //! - **conntrack**: destroy events and periodic dumps, with accounting
 //!   (`nf_conntrack_acct`, turned on in the driver's namespace), give the
 //!   followed connections' packets and bytes each way (`Update`), their
 //!   service frontend, and their `End`.
 //!
-//! `packet.rs` and `track.rs` are pure (time passed in); `netlink.rs` is the
+//! `packet.rs`, `ct.rs` and `track.rs` are pure (time passed in);
+//! `netlink.rs` is the
 //! I/O, through `netlink-packet-netfilter`. What it refuses: untracked
 //! (`doNotTrack`) policy is not logged (it judges every packet, so logging
 //! it would cost per packet), nor are drops of traffic on unknown workload
-//! interfaces (no endpoint, no rule). A `Start` carries no service frontend
-//! (the packet was already translated); later observations do.
+//! interfaces (no endpoint, no rule). A `Denied` burst carries no Service
+//! frontend.
 
+pub mod ct;
 pub mod netlink;
 pub mod packet;
 pub mod prefix;
@@ -120,7 +127,16 @@ impl Flows {
         // Interface indexes are reused: names are looked up afresh each
         // time.
         self.names.clear();
-        for event in self.sockets.drain() {
+        let events = self.sockets.drain();
+        // A connection's new-connection event and its log records may
+        // come in either order within a batch.
+        self.tracker.expire_translated(now);
+        for event in &events {
+            if let Event::Translated(entry) = event {
+                self.tracker.translated(entry, now);
+            }
+        }
+        for event in events {
             match event {
                 Event::Log(raw) => {
                     let record = LogRecord {
@@ -128,10 +144,12 @@ impl Flows {
                         in_if: self.name(raw.in_ifindex),
                         out_if: self.name(raw.out_ifindex),
                         packet: raw.packet,
+                        frontend: raw.frontend,
                     };
                     self.tracker.log(&record, &index, now);
                 }
                 Event::Destroyed(entry) => self.tracker.destroyed(&entry, now),
+                Event::Translated(_) => {}
             }
         }
         self.tracker.flush_denied(now);

@@ -3,6 +3,17 @@
 //! `netlink-packet-netfilter`. Sockets are opened in the calling thread's
 //! network namespace and keep it whichever thread reads them.
 //!
+//! The group is asked to attach each logged packet's conntrack entry
+//! (`NFULNL_CFG_F_CONNTRACK`: `NFULA_CT`, read by [`super::ct`]), so a
+//! connection's start names the Service frontend it came through although
+//! the packet is logged after DNAT. That needs `nf_conntrack_netlink`
+//! (which the kernel loads itself on the request where it is a module)
+//! built with `CONFIG_NETFILTER_NETLINK_GLUE_CT`; a kernel without it
+//! refuses the flag (`EOPNOTSUPP`), which is logged as a warning once,
+//! and conntrack's new-connection events of translated connections are
+//! read instead ([`Event::Translated`]). Every other failure to set the
+//! group up is an error.
+//!
 //! One reader thread waits on the nflog socket and the conntrack event
 //! socket and queues what they bring, bounded: the kernel's socket buffers
 //! stay drained between Felix's calls to `take_flows`. Dumps run on the
@@ -25,7 +36,7 @@ use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple, Tuple,
 };
 use netlink_packet_netfilter::nflog::{
-    ConfigCmd, ConfigMode, ConfigNla, PacketNla, Timeout, ULogMessage, config_request,
+    ConfigCmd, ConfigFlags, ConfigMode, ConfigNla, PacketNla, Timeout, ULogMessage, config_request,
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
@@ -33,6 +44,7 @@ use netlink_packet_netfilter::{
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use tracing::{debug, warn};
 
+use super::ct::{self, NFULA_CT, NFULA_CT_INFO};
 use super::packet::{self, PacketInfo};
 use super::track::CtEntry;
 
@@ -43,6 +55,12 @@ pub enum FlowSocketError {
     Open(#[source] std::io::Error),
     #[error("binding nflog group {group}")]
     Bind {
+        group: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("asking nflog group {group} for the packets' conntrack entries")]
+    Conntrack {
         group: u16,
         #[source]
         source: std::io::Error,
@@ -62,6 +80,9 @@ pub struct RawLog {
     pub in_ifindex: Option<u32>,
     pub out_ifindex: Option<u32>,
     pub packet: PacketInfo,
+    /// The Service frontend the packet's connection came through, from
+    /// the conntrack entry the record carries.
+    pub frontend: Option<(IpAddr, u16)>,
 }
 
 /// What the reader thread queues.
@@ -69,10 +90,15 @@ pub struct RawLog {
 pub enum Event {
     Log(RawLog),
     Destroyed(CtEntry),
+    /// A new translated connection (conntrack's new-connection events,
+    /// read only where log records carry no conntrack entry).
+    Translated(CtEntry),
 }
 
 /// Conntrack's multicast group of destroyed entries (`NFNLGRP_CONNTRACK_DESTROY`).
 const GROUP_CT_DESTROY: u32 = 3;
+/// Conntrack's multicast group of new entries (`NFNLGRP_CONNTRACK_NEW`).
+const GROUP_CT_NEW: u32 = 1;
 /// Conntrack's TCP states of a connection that is over.
 const TCP_TIME_WAIT: u8 = 7;
 const TCP_CLOSE: u8 = 8;
@@ -138,7 +164,9 @@ fn request(socket: &Socket, msg: NetlinkMessage<NetfilterMessage>) -> std::io::R
     Ok(())
 }
 
-fn bind_nflog(group: u16) -> Result<Socket, FlowSocketError> {
+/// Binds nflog `group`; with it whether its records carry their packets'
+/// conntrack entries.
+fn bind_nflog(group: u16) -> Result<(Socket, bool), FlowSocketError> {
     let mut socket = Socket::new(NETLINK_NETFILTER).map_err(FlowSocketError::Open)?;
     socket.bind_auto().map_err(FlowSocketError::Open)?;
     let bind_err = |source| FlowSocketError::Bind { group, source };
@@ -169,42 +197,90 @@ fn bind_nflog(group: u16) -> Result<Socket, FlowSocketError> {
         ),
     )
     .map_err(bind_err)?;
+    // Its own request, so that a kernel refusing it still logs.
+    let with_ct = match request(
+        &socket,
+        config_request(
+            NetfilterProtoFamily::Unspec,
+            group,
+            vec![ConfigNla::Flags(ConfigFlags::CONNTRACK)],
+        ),
+    ) {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(nix::libc::EOPNOTSUPP) => {
+            warn!(
+                "nflog group {group}: this kernel cannot attach conntrack entries to log records \
+                 (nf_conntrack_netlink with CONFIG_NETFILTER_NETLINK_GLUE_CT); a connection's \
+                 start finds its Service frontend in conntrack's new-connection events instead"
+            );
+            false
+        }
+        Err(source) => return Err(FlowSocketError::Conntrack { group, source }),
+    };
     socket.set_non_blocking(true).map_err(bind_err)?;
-    Ok(socket)
+    Ok((socket, with_ct))
 }
 
-fn subscribe_destroy() -> Result<Socket, FlowSocketError> {
+/// Subscribes to conntrack's destroy events, and to its new-connection
+/// events with `new`.
+fn subscribe_events(new: bool) -> Result<Socket, FlowSocketError> {
     let mut socket = Socket::new(NETLINK_NETFILTER).map_err(FlowSocketError::Open)?;
     socket.bind_auto().map_err(FlowSocketError::Subscribe)?;
     let _ = socket.set_rx_buf_sz(RCVBUF);
     socket
         .add_membership(GROUP_CT_DESTROY)
         .map_err(FlowSocketError::Subscribe)?;
+    if new {
+        socket
+            .add_membership(GROUP_CT_NEW)
+            .map_err(FlowSocketError::Subscribe)?;
+    }
     socket
         .set_non_blocking(true)
         .map_err(FlowSocketError::Subscribe)?;
     Ok(socket)
 }
 
-fn log_of(nlas: &[PacketNla]) -> Option<RawLog> {
+/// The value of an attribute the crate leaves undecoded.
+fn value_of(nla: &impl Nla) -> Vec<u8> {
+    let mut value = vec![0u8; nla.value_len()];
+    nla.emit_value(&mut value);
+    value
+}
+
+/// The record of one nflog message's attributes; `None` without a prefix
+/// or a packet. A conntrack entry that does not parse leaves the record
+/// without a frontend.
+pub fn log_of(nlas: &[PacketNla]) -> Option<RawLog> {
     let mut prefix = None;
     let mut in_ifindex = None;
     let mut out_ifindex = None;
     let mut payload = None;
+    let (mut entry, mut info) = (None, None);
     for nla in nlas {
         match nla {
             PacketNla::Prefix(p) => prefix = Some(p.to_string_lossy().into_owned()),
             PacketNla::IfIndexInDev(i) => in_ifindex = Some(*i),
             PacketNla::IfIndexOutDev(i) => out_ifindex = Some(*i),
             PacketNla::Payload(p) => payload = Some(p),
+            PacketNla::Other(nla) if nla.kind() & NLA_TYPE_MASK == NFULA_CT => {
+                entry = ct::parse_ct(&value_of(nla))
+                    .inspect_err(|e| debug!("a log record's conntrack entry: {e}"))
+                    .ok();
+            }
+            PacketNla::Other(nla) if nla.kind() & NLA_TYPE_MASK == NFULA_CT_INFO => {
+                info = ct::parse_ct_info(&value_of(nla)).ok();
+            }
             _ => {}
         }
     }
+    let packet = packet::parse(payload?)?;
     Some(RawLog {
         prefix: prefix?,
         in_ifindex,
         out_ifindex,
-        packet: packet::parse(payload?)?,
+        frontend: entry.and_then(|e| ct::frontend_of(&e, info, &packet.tuple)),
+        packet,
     })
 }
 
@@ -243,8 +319,7 @@ fn tuple_of(parts: &[Tuple]) -> Option<(IpAddr, IpAddr, u8, u16, u16)> {
 
 /// Packets and bytes of a `CTA_COUNTERS_*` attribute.
 fn counters(nla: &impl Nla) -> Option<(u64, u64)> {
-    let mut value = vec![0u8; nla.value_len()];
-    nla.emit_value(&mut value);
+    let value = value_of(nla);
     let (mut packets, mut bytes) = (None, None);
     for inner in NlasIterator::new(&value[..]) {
         let inner: NlaBuffer<&[u8]> = inner.ok()?;
@@ -327,17 +402,19 @@ pub struct FlowSockets {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     dump: Socket,
+    with_ct: bool,
 }
 
 /// Events queued at most before the reader drops (and counts) more.
 const QUEUE: usize = 262_144;
 
 impl FlowSockets {
-    /// Binds nflog `group` and subscribes to conntrack's destroy events in
-    /// this thread's network namespace, and starts the reader.
+    /// Binds nflog `group` and subscribes to conntrack's destroy events
+    /// (and new-connection events where log records carry no conntrack
+    /// entry) in this thread's network namespace, and starts the reader.
     pub fn open(group: u16) -> Result<FlowSockets, FlowSocketError> {
-        let nflog = bind_nflog(group)?;
-        let events = subscribe_destroy()?;
+        let (nflog, with_ct) = bind_nflog(group)?;
+        let events = subscribe_events(!with_ct)?;
         let mut dump = Socket::new(NETLINK_NETFILTER).map_err(FlowSocketError::Open)?;
         dump.bind_auto().map_err(FlowSocketError::Open)?;
         let shared = Arc::new(Shared::default());
@@ -350,7 +427,14 @@ impl FlowSockets {
             shared,
             thread: Some(thread),
             dump,
+            with_ct,
         })
+    }
+
+    /// Whether log records carry their packets' conntrack entries (else
+    /// translated connections come as [`Event::Translated`]).
+    pub fn conntrack_in_log(&self) -> bool {
+        self.with_ct
     }
 
     /// Everything queued since the last call.
@@ -412,6 +496,13 @@ fn read_socket(socket: &Socket, buf: &mut [u8], shared: &Shared, batch: &mut Vec
                             }
                             NetfilterMessageInner::Conntrack(ConntrackMessage::Delete(attrs)) => {
                                 batch.extend(entry_of(&attrs).map(Event::Destroyed));
+                            }
+                            NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) => {
+                                batch.extend(
+                                    entry_of(&attrs)
+                                        .filter(|e| e.frontend().is_some())
+                                        .map(Event::Translated),
+                                );
                             }
                             _ => {}
                         }

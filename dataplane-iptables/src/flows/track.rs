@@ -3,8 +3,10 @@
 //!
 //! - A log record of an allowing decider is a connection's `Start` on one
 //!   side (the policy only sees a connection's first packet: established
-//!   packets are accepted before it). The connection is then followed
-//!   under its tuple as policy saw it.
+//!   packets are accepted before it), with the Service frontend its
+//!   conntrack entry names (carried by the record, or else by a recent
+//!   new-connection event of the same tuple, [`Tracker::translated`]).
+//!   The connection is then followed under its tuple as policy saw it.
 //! - A log record of a denying decider joins a burst: one `Denied`
 //!   observation per tuple, side and decider, with its packets and bytes,
 //!   at each [`Tracker::flush_denied`].
@@ -34,6 +36,9 @@ pub struct LogRecord {
     pub in_if: Option<String>,
     pub out_if: Option<String>,
     pub packet: PacketInfo,
+    /// The Service frontend the connection came through, when the record
+    /// carried its conntrack entry and it was translated.
+    pub frontend: Option<(IpAddr, u16)>,
 }
 
 /// One conntrack entry: its original direction, who answers (after
@@ -104,6 +109,10 @@ pub struct Limits {
     /// How long a connection never seen in a dump is kept (a connection
     /// whose first packet another side dropped is never confirmed).
     pub grace_ms: u64,
+    /// Frontends of new translated connections kept for their log
+    /// records at most, and for how long.
+    pub translated: usize,
+    pub translated_ms: u64,
 }
 
 impl Default for Limits {
@@ -112,6 +121,8 @@ impl Default for Limits {
             queue: 65_536,
             connections: 262_144,
             grace_ms: 2_000,
+            translated: 65_536,
+            translated_ms: 10_000,
         }
     }
 }
@@ -122,6 +133,9 @@ pub struct Tracker {
     limits: Limits,
     live: HashMap<FlowTuple, Live>,
     denied: HashMap<BurstKey, Burst>,
+    /// Frontends of new translated connections by their tuple as policy
+    /// sees it, with when they came.
+    translated: HashMap<FlowTuple, ((IpAddr, u16), u64)>,
     out: VecDeque<FlowObservation>,
     dropped: u64,
     /// Log records whose prefix the index did not know.
@@ -155,6 +169,32 @@ impl Tracker {
         self.live.len()
     }
 
+    /// A new translated connection at `now_ms` (a conntrack event): its
+    /// frontend, for its log records that carry none. Kept
+    /// `Limits::translated_ms`; what does not fit is counted as dropped.
+    pub fn translated(&mut self, entry: &CtEntry, now_ms: u64) {
+        let Some(frontend) = entry.frontend() else {
+            return;
+        };
+        if self.translated.len() >= self.limits.translated {
+            self.expire_translated(now_ms);
+        }
+        if self.translated.len() >= self.limits.translated {
+            self.dropped += 1;
+            return;
+        }
+        self.translated
+            .insert(entry.policy_tuple(), (frontend, now_ms));
+    }
+
+    /// Forgets frontends of new connections older than
+    /// `Limits::translated_ms`.
+    pub fn expire_translated(&mut self, now_ms: u64) {
+        let keep = self.limits.translated_ms;
+        self.translated
+            .retain(|_, (_, at)| at.saturating_add(keep) > now_ms);
+    }
+
     /// One log record at `now_ms`.
     pub fn log(&mut self, record: &LogRecord, index: &FlowIndex, now_ms: u64) {
         let Some((inbound, hash)) = parse_prefix(&record.prefix) else {
@@ -185,6 +225,9 @@ impl Tracker {
             endpoint: endpoint.clone(),
             decider: decider.clone(),
         };
+        let frontend = record
+            .frontend
+            .or_else(|| self.translated.get(&tuple).map(|(f, _)| *f));
         let counts = FlowCounts {
             packets_forward: 1,
             bytes_forward: record.packet.length,
@@ -199,6 +242,7 @@ impl Tracker {
                     live.sides.retain(|s| s.reporter != reporter);
                 }
                 live.sides.push(side);
+                live.frontend = live.frontend.or(frontend);
             }
             None if full => self.dropped += 1,
             None => {
@@ -206,7 +250,7 @@ impl Tracker {
                     tuple,
                     Live {
                         sides: vec![side],
-                        frontend: None,
+                        frontend,
                         counts,
                         started_ms: now_ms,
                         seen: false,
@@ -218,7 +262,7 @@ impl Tracker {
             phase: FlowPhase::Start,
             time_unix_ms: now_ms,
             tuple,
-            service_frontend: None,
+            service_frontend: frontend,
             reporter,
             endpoint,
             allowed: true,

@@ -79,6 +79,7 @@ fn record(inbound: bool, d: &Decider, tuple: FlowTuple) -> LogRecord {
         in_if: Some("caliclient".into()),
         out_if: Some("caliserver".into()),
         packet: PacketInfo { tuple, length: 60 },
+        frontend: None,
     }
 }
 
@@ -235,4 +236,74 @@ fn unknown_prefixes_and_a_full_queue_are_counted() {
     t.log(&record(true, &allow_rule(), tcp(2, 80)), &index, 0);
     assert_eq!(t.dropped(), 1);
     assert_eq!(t.take().len(), 1);
+}
+
+/// The conntrack entry of `backend` reached through the frontend
+/// 10.96.0.10:8080.
+fn via_frontend(backend: FlowTuple) -> CtEntry {
+    CtEntry {
+        orig: FlowTuple {
+            dst: ip("10.96.0.10"),
+            dst_port: 8080,
+            ..backend
+        },
+        reply_src: backend.dst,
+        reply_src_port: backend.dst_port,
+        counts: None,
+        closed: false,
+    }
+}
+
+#[test]
+fn a_start_names_the_frontend_its_record_or_a_new_connection_event_gave() {
+    let index = index();
+    let frontend = Some((ip("10.96.0.10"), 8080));
+    let mut t = Tracker::new(Limits {
+        translated: 2,
+        ..Limits::default()
+    });
+    // The record carried its conntrack entry: both sides name it.
+    let carried = tcp(40010, 80);
+    let mut out = record(false, &profile_rule(), carried);
+    out.frontend = frontend;
+    t.log(&out, &index, 1_000);
+    let mut inbound = record(true, &allow_rule(), carried);
+    inbound.frontend = frontend;
+    t.log(&inbound, &index, 1_000);
+    // Records without one: a new-connection event of the same tuple
+    // names it for both sides, one of another tuple does not.
+    let evented = tcp(40011, 80);
+    t.translated(&via_frontend(evented), 2_000);
+    t.translated(&via_frontend(tcp(40012, 81)), 2_000);
+    t.log(&record(false, &profile_rule(), evented), &index, 2_005);
+    t.log(&record(true, &allow_rule(), evented), &index, 2_005);
+    t.log(&record(true, &allow_rule(), tcp(40013, 80)), &index, 2_005);
+    // Untranslated entries are not kept; a full map counts what it drops
+    // until its entries expire.
+    t.translated(&entry(tcp(40014, 80), FlowCounts::default()), 2_010);
+    t.translated(&via_frontend(tcp(40015, 80)), 2_010);
+    assert_eq!(t.dropped(), 1);
+    t.translated(&via_frontend(tcp(40015, 80)), 12_000);
+    assert_eq!(t.dropped(), 1);
+    t.log(&record(true, &allow_rule(), tcp(40015, 80)), &index, 12_001);
+    let starts: Vec<(u16, Option<(IpAddr, u16)>)> = t
+        .take()
+        .iter()
+        .map(|o| (o.tuple.src_port, o.service_frontend))
+        .collect();
+    assert_eq!(
+        starts,
+        vec![
+            (40010, frontend),
+            (40010, frontend),
+            (40011, frontend),
+            (40011, frontend),
+            (40013, None),
+            (40015, frontend),
+        ]
+    );
+    // Expired entries go.
+    t.expire_translated(30_000);
+    t.log(&record(true, &allow_rule(), tcp(40015, 80)), &index, 30_001);
+    assert_eq!(t.take()[0].service_frontend, None);
 }
