@@ -147,6 +147,11 @@ struct FelixCounts {
     dropped_observations: u64,
     /// Intervals the exporter could not take (its channel full).
     refused_intervals: u64,
+    /// The programs' counters at the end: new flows allowed (one per
+    /// connection and interface it crossed) and flow events the ring
+    /// buffer had no room for.
+    kernel_new_allowed: u64,
+    kernel_events_lost: u64,
 }
 
 /// What the aggregator holds at the end of a measurement.
@@ -409,6 +414,9 @@ fn felix_thread(
                 counts.trace_mismatches = p.stats.trace_mismatches;
             }
             counts.dropped_observations = driver.flows_dropped();
+            let k = driver.kernel_counters();
+            counts.kernel_new_allowed = k.new_allowed;
+            counts.kernel_events_lost = k.events_lost;
             counts
         })
 }
@@ -977,6 +985,8 @@ fn side(samples: &[&Sample]) -> Value {
         "record_batches": per(&|s| s.counts.record_batches as f64),
         "trace_mismatches": per(&|s| s.counts.trace_mismatches as f64),
         "dropped_observations": per(&|s| s.counts.dropped_observations as f64),
+        "kernel_new_flows_allowed": per(&|s| s.counts.kernel_new_allowed as f64),
+        "kernel_events_lost": per(&|s| s.counts.kernel_events_lost as f64),
     });
     if samples.iter().any(|s| s.records_on)
         && let Some(o) = out.as_object_mut()
@@ -1037,7 +1047,7 @@ fn main() -> std::process::ExitCode {
         for on in order {
             let s = measure(&args, on);
             eprintln!(
-                "flows-cpu: records {:3}: {} connections ({:.0}/s, {} failed), load {:.1}, Felix {:.1} ms CPU ({:.1} export), {:.2} ms per 1,000, {} observations, {} records; aggregator {:.1} ms CPU, {} records, {}/{} flows started (src/dst) of {}/{}{}",
+                "flows-cpu: records {:3}: {} connections ({:.0}/s, {} failed), load {:.1}, Felix {:.1} ms CPU ({:.1} export), {:.2} ms per 1,000, {} observations, {} records, {} new flows in the kernel, {} events lost; aggregator {:.1} ms CPU, {} records, {}/{} flows started (src/dst) of {}/{}{}",
                 if on { "on" } else { "off" },
                 s.connections,
                 s.achieved_rate,
@@ -1048,6 +1058,8 @@ fn main() -> std::process::ExitCode {
                 s.cpu_ms_per_1000(),
                 s.counts.observations,
                 s.counts.records,
+                s.counts.kernel_new_allowed,
+                s.counts.kernel_events_lost,
                 s.thread_ns(AGGREGATOR_THREAD) as f64 / 1e6,
                 s.delivered.records,
                 s.delivered.started_src,
