@@ -740,4 +740,55 @@ mod tests {
         assert_eq!(labels.name(0), "");
         assert_eq!(labels.name(99), "(unknown)");
     }
+
+    #[test]
+    fn counters_count_per_policy_id_and_name_when_read() {
+        let mut labels = Labels::default();
+        let web = labels.intern("default/web");
+        let db = labels.intern("default/db");
+        assert_eq!(labels.intern("default/web"), web);
+        // (policy id, allowed)
+        let events = [
+            (web, true),
+            (web, true),
+            (db, false),
+            (0, false),
+            (web, false),
+        ];
+        let mut counts = Counts::default();
+        for (policy, allowed) in events {
+            counts.event(policy, allowed);
+        }
+        let snap = counts.snapshot(&labels);
+        assert_eq!(snap.events, 5);
+        let want = [
+            (
+                "",
+                PolicyCounts {
+                    allowed: 0,
+                    denied: 1,
+                },
+            ),
+            (
+                "default/db",
+                PolicyCounts {
+                    allowed: 0,
+                    denied: 1,
+                },
+            ),
+            (
+                "default/web",
+                PolicyCounts {
+                    allowed: 2,
+                    denied: 1,
+                },
+            ),
+        ];
+        let got: Vec<_> = snap
+            .per_policy
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(got, want);
+    }
 }
