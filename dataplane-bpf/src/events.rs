@@ -383,7 +383,7 @@ impl Reader {
                             conntrack::monotonic_now(),
                             |k, v, expired| {
                                 visited += 1;
-                                if visited % SCAN_DRAIN_EVERY == 0 {
+                                if visited.is_multiple_of(SCAN_DRAIN_EVERY) {
                                     drain(
                                         &mut ring,
                                         &shared,
