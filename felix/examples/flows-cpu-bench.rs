@@ -152,6 +152,8 @@ struct FelixCounts {
     /// buffer had no room for.
     kernel_new_allowed: u64,
     kernel_events_lost: u64,
+    /// Starts the driver's conntrack scans recovered (their event lost).
+    starts_recovered: u64,
 }
 
 /// What the aggregator holds at the end of a measurement.
@@ -417,6 +419,7 @@ fn felix_thread(
             let k = driver.kernel_counters();
             counts.kernel_new_allowed = k.new_allowed;
             counts.kernel_events_lost = k.events_lost;
+            counts.starts_recovered = driver.flow_counters().starts_recovered;
             counts
         })
 }
@@ -987,6 +990,7 @@ fn side(samples: &[&Sample]) -> Value {
         "dropped_observations": per(&|s| s.counts.dropped_observations as f64),
         "kernel_new_flows_allowed": per(&|s| s.counts.kernel_new_allowed as f64),
         "kernel_events_lost": per(&|s| s.counts.kernel_events_lost as f64),
+        "starts_recovered": per(&|s| s.counts.starts_recovered as f64),
     });
     if samples.iter().any(|s| s.records_on)
         && let Some(o) = out.as_object_mut()
@@ -1047,7 +1051,7 @@ fn main() -> std::process::ExitCode {
         for on in order {
             let s = measure(&args, on);
             eprintln!(
-                "flows-cpu: records {:3}: {} connections ({:.0}/s, {} failed), load {:.1}, Felix {:.1} ms CPU ({:.1} export), {:.2} ms per 1,000, {} observations, {} records, {} new flows in the kernel, {} events lost; aggregator {:.1} ms CPU, {} records, {}/{} flows started (src/dst) of {}/{}{}",
+                "flows-cpu: records {:3}: {} connections ({:.0}/s, {} failed), load {:.1}, Felix {:.1} ms CPU ({:.1} export), {:.2} ms per 1,000, {} observations, {} records, {} new flows in the kernel, {} events lost, {} starts recovered; aggregator {:.1} ms CPU, {} records, {}/{} flows started (src/dst) of {}/{}{}",
                 if on { "on" } else { "off" },
                 s.connections,
                 s.achieved_rate,
@@ -1060,6 +1064,7 @@ fn main() -> std::process::ExitCode {
                 s.counts.records,
                 s.counts.kernel_new_allowed,
                 s.counts.kernel_events_lost,
+                s.counts.starts_recovered,
                 s.thread_ns(AGGREGATOR_THREAD) as f64 / 1e6,
                 s.delivered.records,
                 s.delivered.started_src,
