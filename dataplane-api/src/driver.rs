@@ -146,6 +146,15 @@ pub trait Driver: Send {
     fn flows_dropped(&self) -> u64 {
         0
     }
+
+    /// Flow events the kernel could not hand over (the eBPF driver's ring
+    /// buffer full), since the driver's maps were created: their flows are
+    /// missing from the per-policy counters and the flow log, and from the
+    /// observations unless a conntrack scan recovered their start. 0 for
+    /// drivers without such events.
+    fn flow_events_lost(&self) -> u64 {
+        0
+    }
 }
 
 /// Entries in a driver's connection-tracking table and its capacity.
@@ -238,6 +247,10 @@ impl<D: Driver + ?Sized> Driver for Box<D> {
 
     fn flows_dropped(&self) -> u64 {
         (**self).flows_dropped()
+    }
+
+    fn flow_events_lost(&self) -> u64 {
+        (**self).flow_events_lost()
     }
 }
 

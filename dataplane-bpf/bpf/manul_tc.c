@@ -167,9 +167,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } manul_svc_src SEC(".maps");
 
+/* Flow events: 88 bytes each with the ring's header, so 4 MiB hold about
+ * 47,000, a node's 10,000 new connections a second (two events each when
+ * both ends are local) for over two seconds of the reader not running.
+ * A full ring loses the event (MANUL_CNT_EVENTS_LOST); the conntrack
+ * scans recover an allowed connection's start. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, 1 << 22);
 } manul_events SEC(".maps");
 
 /* Per-CPU scratch for the rule bitmap being computed (keeps the stack

@@ -26,12 +26,15 @@ use crate::abi;
 use crate::conntrack::{self, ConntrackTimeouts};
 use crate::flow_track::{self, Resolver, Tracker};
 use crate::keys::addr_from;
+use crate::service_backends::ServiceBackends;
 
-/// Numeric ids for label strings; 0 is the empty label.
+/// Numeric ids for label strings; 0 is the empty label. Ids are never
+/// reused, so an id kept by an aggregate is resolved to its name when the
+/// aggregate is read, not per event.
 #[derive(Debug, Default)]
 pub struct Labels {
-    ids: HashMap<String, u32>,
-    names: Vec<String>,
+    ids: HashMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
 }
 
 impl Labels {
@@ -42,19 +45,17 @@ impl Labels {
         if let Some(&id) = self.ids.get(s) {
             return id;
         }
-        self.names.push(s.to_owned());
+        let name: Arc<str> = Arc::from(s);
+        self.names.push(name.clone());
         let id = self.names.len() as u32;
-        self.ids.insert(s.to_owned(), id);
+        self.ids.insert(name, id);
         id
     }
 
     pub fn name(&self, id: u32) -> &str {
         match id.checked_sub(1) {
             None => "",
-            Some(i) => self
-                .names
-                .get(i as usize)
-                .map_or("(unknown)", String::as_str),
+            Some(i) => self.names.get(i as usize).map_or("(unknown)", |n| n),
         }
     }
 }
@@ -71,14 +72,17 @@ pub struct FlowEvent {
     pub dst: IpAddr,
     pub src_port: u16,
     pub dst_port: u16,
-    /// The deciding policy (`TIER/NAME`), `profile:NAME`, `TIER/(tier
-    /// default)` or `(no match)`.
-    pub policy: String,
-    pub rule: String,
+    /// The label id of the deciding policy (`TIER/NAME`), `profile:NAME`,
+    /// `TIER/(tier default)` or `(no match)`; see [`Labels::name`].
+    pub policy: u32,
+    /// The label id of the deciding rule.
+    pub rule: u32,
 }
 
 impl FlowEvent {
-    pub fn decode(e: &abi::manul_event, labels: &Labels) -> Self {
+    /// The event's fields; its labels stay ids (resolved by whoever
+    /// reads an aggregate, once per aggregate).
+    pub fn decode(e: &abi::manul_event) -> Self {
         let reason = match u32::from(e.reason) {
             abi::MANUL_REASON_POLICY => "policy",
             abi::MANUL_REASON_NO_ENDPOINT => "no endpoint",
@@ -102,8 +106,8 @@ impl FlowEvent {
             dst: addr_from(e.version, &e.dst),
             src_port: e.sport,
             dst_port: e.dport,
-            policy: labels.name(e.policy).to_owned(),
-            rule: labels.name(e.rule).to_owned(),
+            policy: e.policy,
+            rule: e.rule,
         }
     }
 }
@@ -127,19 +131,12 @@ pub struct FlowRecord {
     pub count: u64,
 }
 
-type FlowKey = (
-    u32,
-    &'static str,
-    IpAddr,
-    IpAddr,
-    u8,
-    u16,
-    bool,
-    String,
-    String,
-);
+/// Interface, hook, source, destination, protocol, destination port,
+/// allowed, policy and rule label ids.
+type FlowKey = (u32, &'static str, IpAddr, IpAddr, u8, u16, bool, u32, u32);
 
-/// Aggregates events per interval (no I/O).
+/// Aggregates events per interval (no I/O); label ids are resolved to
+/// names when the interval is drained.
 #[derive(Debug, Default)]
 pub struct Aggregator {
     flows: BTreeMap<FlowKey, u64>,
@@ -148,20 +145,12 @@ pub struct Aggregator {
 impl Aggregator {
     pub fn add(&mut self, e: &FlowEvent) {
         let key = (
-            e.ifindex,
-            e.hook,
-            e.src,
-            e.dst,
-            e.protocol,
-            e.dst_port,
-            e.allowed,
-            e.policy.clone(),
-            e.rule.clone(),
+            e.ifindex, e.hook, e.src, e.dst, e.protocol, e.dst_port, e.allowed, e.policy, e.rule,
         );
         *self.flows.entry(key).or_default() += 1;
     }
 
-    pub fn drain(&mut self, end_time: u64) -> Vec<FlowRecord> {
+    pub fn drain(&mut self, end_time: u64, labels: &Labels) -> Vec<FlowRecord> {
         std::mem::take(&mut self.flows)
             .into_iter()
             .map(
@@ -175,8 +164,8 @@ impl Aggregator {
                         protocol,
                         dst_port,
                         action: if allowed { "allow" } else { "deny" },
-                        policy,
-                        rule,
+                        policy: labels.name(policy).to_owned(),
+                        rule: labels.name(rule).to_owned(),
                         count,
                     }
                 },
@@ -198,13 +187,55 @@ pub struct FlowCounters {
     pub per_policy: BTreeMap<String, PolicyCounts>,
     pub events: u64,
     pub flow_log_errors: u64,
+    /// Allowed connections whose start event was lost (the ring buffer
+    /// full) and whose start a conntrack scan recovered.
+    pub starts_recovered: u64,
+}
+
+/// The flow counters as the reader thread keeps them: per policy label
+/// id, named when read ([`Counts::snapshot`]).
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub per_policy: HashMap<u32, PolicyCounts>,
+    pub events: u64,
+    pub flow_log_errors: u64,
+    pub starts_recovered: u64,
+}
+
+impl Counts {
+    /// Counts one event of the policy with label id `policy`.
+    pub fn event(&mut self, policy: u32, allowed: bool) {
+        self.events += 1;
+        let c = self.per_policy.entry(policy).or_default();
+        if allowed {
+            c.allowed += 1;
+        } else {
+            c.denied += 1;
+        }
+    }
+
+    /// The counters with policy names.
+    pub fn snapshot(&self, labels: &Labels) -> FlowCounters {
+        let mut per_policy: BTreeMap<String, PolicyCounts> = BTreeMap::new();
+        for (id, c) in &self.per_policy {
+            let named = per_policy.entry(labels.name(*id).to_owned()).or_default();
+            named.allowed += c.allowed;
+            named.denied += c.denied;
+        }
+        FlowCounters {
+            per_policy,
+            events: self.events,
+            flow_log_errors: self.flow_log_errors,
+            starts_recovered: self.starts_recovered,
+        }
+    }
 }
 
 /// State shared between the driver and the reader thread.
 #[derive(Debug, Default)]
 pub struct Shared {
     pub labels: Labels,
-    pub counters: FlowCounters,
+    pub counters: Counts,
     pub aggregator: Aggregator,
     /// Live conntrack entries after the last garbage collection (`None`
     /// before the first one).
@@ -213,6 +244,8 @@ pub struct Shared {
     pub resolver: Resolver,
     /// Flow observations until `Driver::take_flows` drains them.
     pub flows: FlowQueue,
+    /// Which destinations may be a service backend (the NAT lookups).
+    pub backends: ServiceBackends,
 }
 
 pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -278,6 +311,14 @@ impl std::fmt::Debug for NatMaps {
     }
 }
 
+/// The rule map (`manul_rule`), read for the rule of a connection whose
+/// start event was lost.
+pub type RuleMap = BpfHashMap<MapData, abi::manul_rule_key, abi::manul_rule_value>;
+
+/// Conntrack entries a scan visits between two drains of the ring buffer
+/// (a scan of a full table takes long enough to fill it otherwise).
+const SCAN_DRAIN_EVERY: u64 = 2_048;
+
 /// The background thread: drains the ring buffer, aggregates, writes the
 /// flow log each interval, and collects expired conntrack entries.
 #[derive(Debug)]
@@ -292,6 +333,7 @@ impl Reader {
         mut ring: RingBuf<MapData>,
         mut ct: Option<BpfHashMap<MapData, abi::manul_ct_key, abi::manul_ct_value>>,
         nat: NatMaps,
+        rules: Option<RuleMap>,
         shared: Arc<Mutex<Shared>>,
         config: ReaderConfig,
     ) -> std::io::Result<Self> {
@@ -305,9 +347,12 @@ impl Reader {
                 // The first collection runs at once, so the number of
                 // conntrack entries is known from the start.
                 let mut last_gc: Option<Instant> = None;
-                let mut tracker = Tracker::new(config.tracked_flows);
+                let mut tracker = Tracker::new(config.tracked_flows, monotonic_ns());
                 loop {
                     let stopping = stop2.load(Ordering::Acquire);
+                    // Every event submitted before this instant is read by
+                    // the drain below.
+                    let horizon_ns = monotonic_ns();
                     drain(
                         &mut ring,
                         &shared,
@@ -327,17 +372,45 @@ impl Reader {
                         && last_gc.is_none_or(|t| t.elapsed() >= config.gc_interval)
                     {
                         let now_ms = unix_ms();
+                        let offset_ms = now_ms.saturating_sub(monotonic_ms());
                         let mut seen = Vec::new();
+                        let mut visited = 0u64;
+                        let mut recovered = 0u64;
                         tracker.begin_scan();
                         let result = conntrack::gc_visit(
                             ct,
                             &config.timeouts,
                             conntrack::monotonic_now(),
                             |k, v, expired| {
-                                if config.observe {
-                                    let (key, counts) = flow_track::entry_flow(k, v);
-                                    seen.extend(tracker.visit(&key, counts, expired, now_ms));
+                                visited += 1;
+                                if visited.is_multiple_of(SCAN_DRAIN_EVERY) {
+                                    drain(
+                                        &mut ring,
+                                        &shared,
+                                        config.observe.then_some(&mut tracker),
+                                        &nat,
+                                    );
                                 }
+                                if !config.observe {
+                                    return;
+                                }
+                                let (key, counts) = flow_track::entry_flow(k, v);
+                                let allowed = u32::from(v.state) == abi::MANUL_CT_ALLOWED;
+                                if tracker.lost_start(&key, allowed, v.created_ns, horizon_ns)
+                                    && let Some(start) = recover_start(
+                                        &shared,
+                                        rules.as_ref(),
+                                        &nat,
+                                        key,
+                                        v,
+                                        offset_ms,
+                                    )
+                                {
+                                    tracker.started(key, &start, v.created_ns);
+                                    seen.push(start);
+                                    recovered += 1;
+                                }
+                                seen.extend(tracker.visit(&key, counts, expired, now_ms));
                             },
                         );
                         match result {
@@ -346,6 +419,7 @@ impl Reader {
                                 let live = stats.scanned.saturating_sub(stats.removed);
                                 let mut s = lock(&shared);
                                 s.conntrack_entries = Some(live as u64);
+                                s.counters.starts_recovered += recovered;
                                 for obs in seen {
                                     s.flows.push(obs);
                                 }
@@ -409,19 +483,15 @@ fn drain(
     let mut s = lock(shared);
     let mut observed = Vec::with_capacity(raw.len());
     for e in &raw {
-        let ev = FlowEvent::decode(e, &s.labels);
-        s.counters.events += 1;
-        let c = s.counters.per_policy.entry(ev.policy.clone()).or_default();
-        if ev.allowed {
-            c.allowed += 1;
-        } else {
-            c.denied += 1;
-        }
+        let ev = FlowEvent::decode(e);
+        s.counters.event(ev.policy, ev.allowed);
         s.aggregator.add(&ev);
         let Some(tracker) = tracker.as_deref_mut() else {
             continue;
         };
-        let frontend = if ev.allowed {
+        // Only a connection to a service backend can have been translated:
+        // the NAT lookups (system calls) are made for those alone.
+        let frontend = if ev.allowed && s.backends.may_be_translated(ev.dst, ev.dst_port) {
             service_frontend(nat, &ev)
         } else {
             None
@@ -429,13 +499,70 @@ fn drain(
         let time = (e.ts_ns / 1_000_000).saturating_add(offset_ms);
         let (key, obs) = s.resolver.observe(e, &s.labels, time, frontend);
         if ev.allowed {
-            tracker.started(key, &obs);
+            tracker.started(key, &obs, e.ts_ns);
         }
         observed.push((key, obs));
     }
     for obs in flow_track::fold_denials(observed) {
         s.flows.push(obs);
     }
+}
+
+/// The `Start` of a connection whose start event was lost, from its
+/// conntrack entry and the rule at the entry's table and index (`None`
+/// when that rule is gone, or the entry is not a workload's: see
+/// [`Resolver::recovered_start`](flow_track::Resolver::recovered_start)).
+fn recover_start(
+    shared: &Mutex<Shared>,
+    rules: Option<&RuleMap>,
+    nat: &NatMaps,
+    key: flow_track::FlowKey,
+    v: &abi::manul_ct_value,
+    offset_ms: u64,
+) -> Option<FlowObservation> {
+    let rule = rules?
+        .get(
+            &abi::manul_rule_key {
+                table: v.table,
+                index: v.rule_index,
+            },
+            0,
+        )
+        .ok()?;
+    let t = key.tuple;
+    let ev = FlowEvent {
+        ifindex: key.ifindex,
+        hook: if u32::from(v.hook) == abi::MANUL_HOOK_INGRESS {
+            "ingress"
+        } else {
+            "egress"
+        },
+        allowed: true,
+        reason: "policy",
+        protocol: t.protocol,
+        src: t.src,
+        dst: t.dst,
+        src_port: t.src_port,
+        dst_port: t.dst_port,
+        policy: rule.policy,
+        rule: rule.rule,
+    };
+    let translated = lock(shared).backends.may_be_translated(t.dst, t.dst_port);
+    let frontend = if translated {
+        service_frontend(nat, &ev)
+    } else {
+        None
+    };
+    let time = (v.created_ns / 1_000_000).saturating_add(offset_ms);
+    let s = lock(shared);
+    s.resolver.recovered_start(
+        key,
+        v.hook,
+        (rule.policy, rule.rule),
+        &s.labels,
+        time,
+        frontend,
+    )
 }
 
 /// The frontend a translated connection's client addressed, from the
@@ -522,7 +649,7 @@ where
     Some((found.0.into(), found.1))
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -530,6 +657,10 @@ fn unix_ms() -> u64 {
 
 fn monotonic_ms() -> u64 {
     u64::try_from(conntrack::monotonic_now().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn monotonic_ns() -> u64 {
+    u64::try_from(conntrack::monotonic_now().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The observations made since the last call.
@@ -541,7 +672,11 @@ fn write_log(shared: &Mutex<Shared>, path: Option<&PathBuf>) {
     let end = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let records = lock(shared).aggregator.drain(end);
+    let records = {
+        let mut s = lock(shared);
+        let s = &mut *s;
+        s.aggregator.drain(end, &s.labels)
+    };
     let Some(path) = path else { return };
     if records.is_empty() {
         return;
@@ -586,8 +721,8 @@ mod tests {
             rule: r,
             ..Default::default()
         };
-        let ev = FlowEvent::decode(&e, &labels);
-        assert_eq!(ev.policy, "default/allow-web");
+        let ev = FlowEvent::decode(&e);
+        assert_eq!(labels.name(ev.policy), "default/allow-web");
         assert_eq!(ev.src.to_string(), "10.0.0.1");
         let mut agg = Aggregator::default();
         agg.add(&ev);
@@ -595,12 +730,65 @@ mod tests {
             src_port: 40001,
             ..ev.clone()
         });
-        let records = agg.drain(7);
+        let records = agg.drain(7, &labels);
         assert_eq!(records.len(), 1);
+        assert_eq!(records[0].policy, "default/allow-web");
+        assert_eq!(records[0].rule, "default/allow-web/inbound/0");
         assert_eq!(records[0].count, 2);
         assert_eq!(records[0].action, "allow");
-        assert!(agg.drain(8).is_empty());
+        assert!(agg.drain(8, &labels).is_empty());
         assert_eq!(labels.name(0), "");
         assert_eq!(labels.name(99), "(unknown)");
+    }
+
+    #[test]
+    fn counters_count_per_policy_id_and_name_when_read() {
+        let mut labels = Labels::default();
+        let web = labels.intern("default/web");
+        let db = labels.intern("default/db");
+        assert_eq!(labels.intern("default/web"), web);
+        // (policy id, allowed)
+        let events = [
+            (web, true),
+            (web, true),
+            (db, false),
+            (0, false),
+            (web, false),
+        ];
+        let mut counts = Counts::default();
+        for (policy, allowed) in events {
+            counts.event(policy, allowed);
+        }
+        let snap = counts.snapshot(&labels);
+        assert_eq!(snap.events, 5);
+        let want = [
+            (
+                "",
+                PolicyCounts {
+                    allowed: 0,
+                    denied: 1,
+                },
+            ),
+            (
+                "default/db",
+                PolicyCounts {
+                    allowed: 0,
+                    denied: 1,
+                },
+            ),
+            (
+                "default/web",
+                PolicyCounts {
+                    allowed: 2,
+                    denied: 1,
+                },
+            ),
+        ];
+        let got: Vec<_> = snap
+            .per_policy
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(got, want);
     }
 }

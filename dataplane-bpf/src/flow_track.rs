@@ -4,7 +4,10 @@
 //! through the conntrack table's scans (the garbage collection's), which
 //! give an `Update` with the counters when they moved and an `End` with the
 //! totals when the entry expired or is gone (evicted by the LRU, or the
-//! program replaced). Denials of one 5-tuple on one interface within one
+//! program replaced). An allowed connection whose start event was lost
+//! (the ring buffer full) is not lost: the scan that finds its entry
+//! unfollowed makes its `Start` from the entry ([`Tracker::lost_start`],
+//! [`Resolver::recovered_start`]) and follows it from there. Denials of one 5-tuple on one interface within one
 //! drain of the ring buffer are folded into one observation (a burst).
 //!
 //! The kernel's per-packet work is unchanged by this: the counters are the
@@ -67,15 +70,21 @@ pub struct Resolver {
 impl Resolver {
     /// The deciding rule of an event, as [`Decider`] names it.
     pub fn decider(&self, e: &abi::manul_event, labels: &Labels) -> Decider {
-        match u32::from(e.reason) {
+        self.decider_of(u32::from(e.reason), e.policy, e.rule, labels)
+    }
+
+    /// The decider of a `reason` (`MANUL_REASON_*`) and the policy and
+    /// rule label ids.
+    fn decider_of(&self, reason: u32, policy: u32, rule: u32, labels: &Labels) -> Decider {
+        match reason {
             abi::MANUL_REASON_POLICY | abi::MANUL_REASON_TO_HOST => {}
             abi::MANUL_REASON_FAILSAFE | abi::MANUL_REASON_FORWARD_UNPOLICED => {
                 return Decider::NotAnEndpoint;
             }
             _ => return Decider::NoMatch,
         }
-        let rule_id = labels.name(e.rule).to_owned();
-        match self.owners.get(&e.policy) {
+        let rule_id = labels.name(rule).to_owned();
+        match self.owners.get(&policy) {
             Some(SlotOwner::Policy(p)) => Decider::Rule {
                 policy: Some(p.clone()),
                 profile: None,
@@ -100,8 +109,71 @@ impl Resolver {
         service_frontend: Option<(IpAddr, u16)>,
     ) -> (FlowKey, FlowObservation) {
         let allowed = u32::from(e.verdict) == abi::MANUL_VERDICT_ALLOW;
-        let ingress = u32::from(e.hook) == abi::MANUL_HOOK_INGRESS;
-        let iface = self.interfaces.get(&e.ifindex);
+        let key = FlowKey {
+            ifindex: e.ifindex,
+            tuple: FlowTuple {
+                protocol: e.proto,
+                src: addr_from(e.version, &e.src),
+                src_port: e.sport,
+                dst: addr_from(e.version, &e.dst),
+                dst_port: e.dport,
+            },
+        };
+        let obs = self.observation(
+            key,
+            u32::from(e.hook) == abi::MANUL_HOOK_INGRESS,
+            allowed,
+            self.decider(e, labels),
+            time_unix_ms,
+            service_frontend,
+        );
+        (key, obs)
+    }
+
+    /// The `Start` of an allowed connection whose start event was lost,
+    /// from its conntrack entry: the hook that created it and the policy
+    /// and rule label ids of the rule at its table and index
+    /// (`manul_rule`). Only on a workload's interface, where an allowed
+    /// new flow is always a policy rule's (a host endpoint's may be a
+    /// failsafe port's or forwarded unpoliced, which the entry does not
+    /// tell): `None` elsewhere.
+    pub fn recovered_start(
+        &self,
+        key: FlowKey,
+        hook: u8,
+        (policy, rule): (u32, u32),
+        labels: &Labels,
+        time_unix_ms: u64,
+        service_frontend: Option<(IpAddr, u16)>,
+    ) -> Option<FlowObservation> {
+        if !matches!(
+            self.interfaces.get(&key.ifindex),
+            Some(Interface::Workload(_))
+        ) {
+            return None;
+        }
+        let decider = self.decider_of(abi::MANUL_REASON_POLICY, policy, rule, labels);
+        Some(self.observation(
+            key,
+            u32::from(hook) == abi::MANUL_HOOK_INGRESS,
+            true,
+            decider,
+            time_unix_ms,
+            service_frontend,
+        ))
+    }
+
+    /// A `Start` (allowed) or `Denied` observation of one packet.
+    fn observation(
+        &self,
+        key: FlowKey,
+        ingress: bool,
+        allowed: bool,
+        decider: Decider,
+        time_unix_ms: u64,
+        service_frontend: Option<(IpAddr, u16)>,
+    ) -> FlowObservation {
+        let iface = self.interfaces.get(&key.ifindex);
         // A workload's host-side ingress hook sees what the pod sends; a
         // host interface's sees what arrives at the host.
         let reporter = match (iface, ingress) {
@@ -110,21 +182,14 @@ impl Resolver {
             }
             _ => Reporter::Source,
         };
-        let tuple = FlowTuple {
-            protocol: e.proto,
-            src: addr_from(e.version, &e.src),
-            src_port: e.sport,
-            dst: addr_from(e.version, &e.dst),
-            dst_port: e.dport,
-        };
-        let obs = FlowObservation {
+        FlowObservation {
             phase: if allowed {
                 FlowPhase::Start
             } else {
                 FlowPhase::Denied
             },
             time_unix_ms,
-            tuple,
+            tuple: key.tuple,
             service_frontend,
             reporter,
             endpoint: match iface {
@@ -132,19 +197,12 @@ impl Resolver {
                 _ => None,
             },
             allowed,
-            decider: self.decider(e, labels),
+            decider,
             counts: FlowCounts {
                 packets_forward: 1,
                 ..FlowCounts::default()
             },
-        };
-        (
-            FlowKey {
-                ifindex: e.ifindex,
-                tuple,
-            },
-            obs,
-        )
+        }
     }
 }
 
@@ -189,15 +247,26 @@ pub struct Tracker {
     scan: u64,
     /// Starts not followed because the tracker was full.
     pub untracked: u64,
+    /// CLOCK_MONOTONIC nanoseconds when the tracker started: older
+    /// connections are not its to recover.
+    since_ns: u64,
+    /// The latest start (its event's time) not followed because the
+    /// tracker was full: connections up to it were reported at their
+    /// start, so none is recovered.
+    refused_ns: u64,
 }
 
 impl Tracker {
-    pub fn new(capacity: usize) -> Tracker {
+    /// A tracker following at most `capacity` connections, started at
+    /// `since_ns` (CLOCK_MONOTONIC).
+    pub fn new(capacity: usize, since_ns: u64) -> Tracker {
         Tracker {
             live: HashMap::new(),
             capacity,
             scan: 0,
             untracked: 0,
+            since_ns,
+            refused_ns: 0,
         }
     }
 
@@ -210,10 +279,12 @@ impl Tracker {
         self.live.is_empty()
     }
 
-    /// Follows an allowed connection from its `Start` observation.
-    pub fn started(&mut self, key: FlowKey, start: &FlowObservation) {
+    /// Follows an allowed connection from its `Start` observation, made
+    /// at `at_ns` (CLOCK_MONOTONIC).
+    pub fn started(&mut self, key: FlowKey, start: &FlowObservation, at_ns: u64) {
         if self.live.len() >= self.capacity && !self.live.contains_key(&key) {
             self.untracked += 1;
+            self.refused_ns = self.refused_ns.max(at_ns);
             return;
         }
         self.live.insert(
@@ -224,6 +295,26 @@ impl Tracker {
                 seen: self.scan,
             },
         );
+    }
+
+    /// Whether a conntrack entry (`allowed`, created at `created_ns`) is
+    /// a connection whose start event was lost: not followed, created
+    /// after the tracker started and after the last start it refused,
+    /// and before `horizon_ns`, the time the ring buffer's last complete
+    /// drain began (a later entry's event may still be in the ring).
+    pub fn lost_start(
+        &self,
+        key: &FlowKey,
+        allowed: bool,
+        created_ns: u64,
+        horizon_ns: u64,
+    ) -> bool {
+        allowed
+            && created_ns >= self.since_ns
+            && created_ns < horizon_ns
+            && created_ns > self.refused_ns
+            && self.live.len() < self.capacity
+            && !self.live.contains_key(key)
     }
 
     /// Starts a scan of the conntrack table.

@@ -55,6 +55,7 @@ pub mod model;
 mod plan;
 mod program;
 pub mod resize;
+pub mod service_backends;
 mod services;
 pub mod space;
 #[cfg(test)]

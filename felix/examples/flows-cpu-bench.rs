@@ -33,9 +33,11 @@
 //! aggregator's: its runtime threads (`manul-flows`: decoding, storing,
 //! acknowledging). The window runs from the start of the load until
 //! `--flow-interval` plus two seconds after its end (so the last
-//! connections' ends are scanned and taken), then the agent stops taking
-//! observations and the window closes once the aggregator acknowledged
-//! every batch the exporter was handed. The load's threads and the kernel
+//! connections' ends are scanned and taken), then the agent hands over
+//! the interval open at that moment and stops taking observations (the
+//! starts it never handed over are counted: `unhanded_starts`), and the
+//! window closes once the aggregator acknowledged every batch the
+//! exporter was handed. The load's threads and the kernel
 //! work they cause (the programs run in the sender's softirq) are not
 //! counted: that is the per-packet cost, measured by `bpf-bench flows`.
 //! Loopback TCP delivers in the sender's context, so the kernel's receive
@@ -147,6 +149,16 @@ struct FelixCounts {
     dropped_observations: u64,
     /// Intervals the exporter could not take (its channel full).
     refused_intervals: u64,
+    /// The programs' counters at the end: new flows allowed (one per
+    /// connection and interface it crossed) and flow events the ring
+    /// buffer had no room for.
+    kernel_new_allowed: u64,
+    kernel_events_lost: u64,
+    /// Starts the driver's conntrack scans recovered (their event lost).
+    starts_recovered: u64,
+    /// Starts (both sides) made but never handed over: queued or in the
+    /// open interval when the agent stopped.
+    unhanded_starts: u64,
 }
 
 /// What the aggregator holds at the end of a measurement.
@@ -306,8 +318,12 @@ fn endpoint_updates(node: &str) -> Vec<Update> {
 struct Control {
     /// End the thread.
     stop: AtomicBool,
-    /// Stop taking observations (the CPU window is closing).
+    /// Stop taking observations once the interval open now is handed
+    /// over (the CPU window is closing).
     quiet: AtomicBool,
+    /// Set by the agent: the interval open when `quiet` was set is handed
+    /// over, and no more observations are taken.
+    closed: AtomicBool,
     /// Batches handed to the exporter so far (an interval of more than
     /// `BATCH_RECORDS` records is several).
     handed_batches: AtomicU64,
@@ -370,15 +386,22 @@ fn felix_thread(
                     continue;
                 }
                 next += Duration::from_secs(1);
-                if control.quiet.load(Ordering::Acquire) {
+                let quiet = control.quiet.load(Ordering::Acquire);
+                if control.closed.load(Ordering::Acquire) {
                     continue;
                 }
                 let (Some(p), Some(sink)) = (pipeline.as_mut(), sink.as_ref()) else {
+                    control.closed.store(quiet, Ordering::Release);
                     continue;
                 };
                 let Some(records) = p.poll(&mut driver, unix_now()) else {
                     continue;
                 };
+                // The interval open at the quiet request is closed: the
+                // flows started before it are all in records handed over.
+                if quiet {
+                    control.closed.store(true, Ordering::Release);
+                }
                 if records.is_empty() {
                     continue;
                 }
@@ -404,11 +427,29 @@ fn felix_thread(
                     Err(_) => counts.refused_intervals += 1,
                 }
             }
-            if let Some(p) = &pipeline {
+            if let Some(p) = pipeline.as_mut() {
+                // What the window left out: the observations still queued
+                // and the interval still open.
+                let left = driver.take_flows();
+                counts.unhanded_starts = left
+                    .iter()
+                    .filter(|o| o.phase == manul_dataplane_api::FlowPhase::Start)
+                    .count() as u64;
+                p.observe(left);
+                counts.unhanded_starts += p
+                    .flush_if_due(u64::MAX)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| r.flows_started)
+                    .sum::<u64>();
                 counts.observations = p.stats.observations;
                 counts.trace_mismatches = p.stats.trace_mismatches;
             }
             counts.dropped_observations = driver.flows_dropped();
+            let k = driver.kernel_counters();
+            counts.kernel_new_allowed = k.new_allowed;
+            counts.kernel_events_lost = k.events_lost;
+            counts.starts_recovered = driver.flow_counters().starts_recovered;
             counts
         })
 }
@@ -741,6 +782,7 @@ fn measure(args: &Args, on: bool) -> Sample {
     let control = Arc::new(Control {
         stop: AtomicBool::new(false),
         quiet: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
         handed_batches: AtomicU64::new(0),
     });
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -786,7 +828,13 @@ fn measure(args: &Args, on: bool) -> Sample {
         // No more intervals; the window closes once everything handed to
         // the exporter is acknowledged.
         control.quiet.store(true, Ordering::Release);
-        std::thread::sleep(Duration::from_millis(100));
+        let closing = Instant::now() + Duration::from_secs(args.flow_interval + 5);
+        while !control.closed.load(Ordering::Acquire) {
+            if Instant::now() > closing {
+                return Err("the agent never closed its last interval".to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         if let Some(e) = &exporter {
             let handed = control.handed_batches.load(Ordering::Acquire);
             e.wait(Duration::from_secs(10), |st| {
@@ -977,6 +1025,10 @@ fn side(samples: &[&Sample]) -> Value {
         "record_batches": per(&|s| s.counts.record_batches as f64),
         "trace_mismatches": per(&|s| s.counts.trace_mismatches as f64),
         "dropped_observations": per(&|s| s.counts.dropped_observations as f64),
+        "kernel_new_flows_allowed": per(&|s| s.counts.kernel_new_allowed as f64),
+        "kernel_events_lost": per(&|s| s.counts.kernel_events_lost as f64),
+        "starts_recovered": per(&|s| s.counts.starts_recovered as f64),
+        "unhanded_starts": per(&|s| s.counts.unhanded_starts as f64),
     });
     if samples.iter().any(|s| s.records_on)
         && let Some(o) = out.as_object_mut()
@@ -1037,7 +1089,7 @@ fn main() -> std::process::ExitCode {
         for on in order {
             let s = measure(&args, on);
             eprintln!(
-                "flows-cpu: records {:3}: {} connections ({:.0}/s, {} failed), load {:.1}, Felix {:.1} ms CPU ({:.1} export), {:.2} ms per 1,000, {} observations, {} records; aggregator {:.1} ms CPU, {} records, {}/{} flows started (src/dst) of {}/{}{}",
+                "flows-cpu: records {:3}: {} connections ({:.0}/s, {} failed), load {:.1}, Felix {:.1} ms CPU ({:.1} export), {:.2} ms per 1,000, {} observations, {} records, {} new flows in the kernel, {} events lost, {} starts recovered, {} starts not handed over; aggregator {:.1} ms CPU, {} records, {}/{} flows started (src/dst) of {}/{}{}",
                 if on { "on" } else { "off" },
                 s.connections,
                 s.achieved_rate,
@@ -1048,6 +1100,10 @@ fn main() -> std::process::ExitCode {
                 s.cpu_ms_per_1000(),
                 s.counts.observations,
                 s.counts.records,
+                s.counts.kernel_new_allowed,
+                s.counts.kernel_events_lost,
+                s.counts.starts_recovered,
+                s.counts.unhanded_starts,
                 s.thread_ns(AGGREGATOR_THREAD) as f64 / 1e6,
                 s.delivered.records,
                 s.delivered.started_src,
@@ -1105,7 +1161,7 @@ fn main() -> std::process::ExitCode {
         "runs": args.runs,
         "source_ports": if args.kernel_source_ports { "the kernel's" } else { "one per connection" },
         "export": format!("felix's exporter over TCP to the flow aggregator at {AGGREGATOR} (node namespace)"),
-        "cpu_window": "load start until flow_interval + 2 s after its end, then until every batch handed to the exporter is acknowledged",
+        "cpu_window": "load start until flow_interval + 2 s after its end, then until the interval open then is handed to the exporter and every batch handed is acknowledged",
         "load_average_start": load_start,
         "load_average_end": load_average(),
         "every_record_delivered": delivered,

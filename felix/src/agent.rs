@@ -152,6 +152,9 @@ struct FlowTotals {
 
 impl FlowTotals {
     fn export(&mut self, driver: &dyn Driver, metrics: &FelixMetrics) {
+        metrics
+            .flow_events_lost
+            .set(i64::try_from(driver.flow_events_lost()).unwrap_or(i64::MAX));
         for c in driver.policy_counters() {
             for (allowed, total) in [(true, c.allowed), (false, c.denied)] {
                 let last = self.seen.entry((c.policy.clone(), allowed)).or_insert(0);

@@ -80,6 +80,7 @@ pub struct FelixMetrics {
     pub flow_observations: Counter,
     pub flow_trace_mismatches: Counter,
     pub flow_observations_dropped: Gauge,
+    pub flow_events_lost: Gauge,
     pub flow_records: Counter,
     pub flow_records_dropped: Counter,
 }
@@ -113,6 +114,7 @@ impl Default for FelixMetrics {
             flow_observations: Counter::default(),
             flow_trace_mismatches: Counter::default(),
             flow_observations_dropped: Gauge::default(),
+            flow_events_lost: Gauge::default(),
             flow_records: Counter::default(),
             flow_records_dropped: Counter::default(),
         }
@@ -162,6 +164,11 @@ impl FelixMetrics {
             "felix_flow_observations_dropped",
             "Flow observations the driver dropped because its queue was full, since it started",
             m.flow_observations_dropped.clone(),
+        );
+        registry.register(
+            "felix_flow_events_lost",
+            "Flow events the kernel could not hand to the driver (its event ring full), since the driver's maps were created",
+            m.flow_events_lost.clone(),
         );
         registry.register(
             "felix_flow_records",

@@ -96,6 +96,10 @@ impl<O: BatchObserver> Driver for Observed<O> {
     fn flows_dropped(&self) -> u64 {
         self.inner.flows_dropped()
     }
+
+    fn flow_events_lost(&self) -> u64 {
+        self.inner.flow_events_lost()
+    }
 }
 
 #[cfg(test)]

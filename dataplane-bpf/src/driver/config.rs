@@ -6,6 +6,13 @@ use std::time::Duration;
 use crate::conntrack::ConntrackTimeouts;
 use crate::error::BpfError;
 
+/// The eBPF driver's default flow queue: twice the API's default, since
+/// Felix takes it once a second and in that second a node with 10,000
+/// new connections a second (both ends local) makes 20,000 starts, and a
+/// conntrack scan one update or end for every connection it follows
+/// (over 65,536 in all, measured by `flows-cpu-bench`).
+pub const FLOW_QUEUE_CAPACITY: usize = 2 * manul_dataplane_api::FlowQueue::DEFAULT_CAPACITY;
+
 /// How to run the eBPF dataplane on one node.
 #[derive(Debug, Clone)]
 pub struct BpfConfig {
@@ -46,6 +53,7 @@ pub struct BpfConfig {
     pub flow_log_interval: Duration,
     /// Flow observations kept until Felix takes them
     /// (`Driver::take_flows`); beyond it they are dropped and counted.
+    /// Default [`FLOW_QUEUE_CAPACITY`].
     pub flow_queue_capacity: usize,
     /// Interfaces whose names start with one of these prefixes are workload
     /// interfaces (Felix's `interfacePrefix`): the driver attaches to them
@@ -169,7 +177,7 @@ impl BpfConfig {
             flow_observations: true,
             flow_log: None,
             flow_log_interval: Duration::from_secs(10),
-            flow_queue_capacity: manul_dataplane_api::FlowQueue::DEFAULT_CAPACITY,
+            flow_queue_capacity: FLOW_QUEUE_CAPACITY,
             workload_prefixes: vec!["mnl".to_owned()],
             endpoint_to_host_drop: false,
             failsafe: Vec::new(),

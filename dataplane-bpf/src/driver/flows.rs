@@ -30,7 +30,8 @@ impl BpfDriver {
 
     /// Per-policy allow and deny counts from flow events so far.
     pub fn flow_counters(&self) -> FlowCounters {
-        events::lock(&self.shared).counters.clone()
+        let s = events::lock(&self.shared);
+        s.counters.snapshot(&s.labels)
     }
 
     /// A handle that changes how often the flow log is written, while the
@@ -66,12 +67,11 @@ impl BpfDriver {
 
     /// The flow-event counters per deciding policy, in name order.
     pub(super) fn policy_counter_list(&self) -> Vec<PolicyCounter> {
-        events::lock(&self.shared)
-            .counters
+        self.flow_counters()
             .per_policy
-            .iter()
+            .into_iter()
             .map(|(policy, c)| PolicyCounter {
-                policy: policy.clone(),
+                policy,
                 allowed: c.allowed,
                 denied: c.denied,
             })

@@ -39,6 +39,7 @@ use crate::ledger::Ledger;
 use crate::loader::{self, PinDirs};
 use crate::maps::Maps;
 use crate::program::{self, Env};
+use crate::service_backends::ServiceBackends;
 
 mod config;
 mod counters;
@@ -222,15 +223,23 @@ impl BpfDriver {
             v4: nat_map("manul_nat").and_then(|m| BpfHashMap::try_from(m).ok()),
             v6: nat_map("manul_nat6").and_then(|m| BpfHashMap::try_from(m).ok()),
         };
+        let mut backends = ServiceBackends::default();
+        // What an earlier run left in the service maps.
+        backends.set(services.backends(), events::unix_ms());
         let shared = Arc::new(Mutex::new(Shared {
             flows: FlowQueue::new(config.flow_queue_capacity),
+            backends,
             ..Shared::default()
         }));
         let flow_log_interval = FlowLogInterval::new(config.flow_log_interval);
+        let rules = MapData::from_pin(dirs.maps.join("manul_rule"))
+            .ok()
+            .and_then(|d| BpfHashMap::try_from(Map::HashMap(d)).ok());
         let reader = Reader::start(
             ring,
             gc_ct,
             nat,
+            rules,
             shared.clone(),
             ReaderConfig {
                 flow_log: config.flow_log.clone(),
@@ -397,9 +406,26 @@ impl Driver for BpfDriver {
         self.record_interfaces();
         let mut errors = outcome.soft_errors;
         // Services do not depend on endpoints: synced whatever an
-        // endpoint's soft error.
+        // endpoint's soft error. While their maps are written the flow
+        // events look every connection's frontend up; then only those to
+        // a backend the maps name.
+        let services_named = batch.iter().any(|op| {
+            matches!(
+                op,
+                Operation::ServiceUpdate(_) | Operation::ServiceRemove { .. } | Operation::InSync
+            )
+        });
+        if services_named {
+            events::lock(&self.shared).backends.begin_change();
+        }
         if let Err(e) = self.services.apply(batch, &self.desired.state().services) {
             errors.push(e);
+        }
+        if services_named {
+            let backends: Vec<_> = self.services.backends().collect();
+            events::lock(&self.shared)
+                .backends
+                .set(backends, events::unix_ms());
         }
         if batch
             .iter()
@@ -482,5 +508,10 @@ impl Driver for BpfDriver {
 
     fn flows_dropped(&self) -> u64 {
         events::lock(&self.shared).flows.dropped()
+    }
+
+    /// The programs' count of events the ring buffer had no room for.
+    fn flow_events_lost(&self) -> u64 {
+        self.kernel_counters().events_lost
     }
 }

@@ -77,8 +77,8 @@ fn a_followed_connection_updates_when_it_moves_and_ends_once() {
     let mut labels = Labels::default();
     let r = resolver(&mut labels);
     let (key, start) = r.observe(&event(true, abi::MANUL_HOOK_EGRESS, 1), &labels, 1, None);
-    let mut t = Tracker::new(10);
-    t.started(key, &start);
+    let mut t = Tracker::new(10, 0);
+    t.started(key, &start, 1);
 
     t.begin_scan();
     let u = t.visit(&key, counts(3), false, 2).expect("moved");
@@ -109,9 +109,9 @@ fn a_connection_missing_from_a_scan_ends_with_its_last_counters() {
     let r = resolver(&mut labels);
     let (k1, s1) = r.observe(&event(true, abi::MANUL_HOOK_EGRESS, 1), &labels, 1, None);
     let (k2, s2) = r.observe(&event(true, abi::MANUL_HOOK_EGRESS, 2), &labels, 1, None);
-    let mut t = Tracker::new(10);
-    t.started(k1, &s1);
-    t.started(k2, &s2);
+    let mut t = Tracker::new(10, 0);
+    t.started(k1, &s1, 1);
+    t.started(k2, &s2, 1);
     t.begin_scan();
     t.visit(&k1, counts(2), false, 2);
     t.visit(&k2, counts(5), false, 2);
@@ -128,10 +128,10 @@ fn a_connection_missing_from_a_scan_ends_with_its_last_counters() {
 fn the_tracker_is_bounded() {
     let mut labels = Labels::default();
     let r = resolver(&mut labels);
-    let mut t = Tracker::new(2);
+    let mut t = Tracker::new(2, 0);
     for port in 1..=4 {
         let (k, s) = r.observe(&event(true, abi::MANUL_HOOK_EGRESS, port), &labels, 1, None);
-        t.started(k, &s);
+        t.started(k, &s, 1);
     }
     assert_eq!((t.len(), t.untracked), (2, 2));
 }
@@ -170,4 +170,94 @@ fn denials_of_one_tuple_fold_into_a_burst() {
             (FlowPhase::Start, 1, 1)
         ]
     );
+}
+
+#[test]
+fn which_unfollowed_entries_are_lost_starts() {
+    let mut labels = Labels::default();
+    let r = resolver(&mut labels);
+    let key = |port| r.observe(&event(true, abi::MANUL_HOOK_EGRESS, port), &labels, 1, None);
+    // A tracker started at 100 ns, following port 1 (started at 150),
+    // full at two connections once port 2 is followed, port 3 refused at
+    // 300; the scan's horizon is 1,000.
+    let mut t = Tracker::new(2, 100);
+    let (k1, s1) = key(1);
+    t.started(k1, &s1, 150);
+    let (k9, _) = key(9);
+    // (key, allowed, created, want)
+    let before_full: Vec<(FlowKey, bool, u64, bool)> = vec![
+        (k9, true, 500, true),
+        (k1, true, 150, false),   // followed
+        (k9, false, 500, false),  // denied
+        (k9, true, 50, false),    // older than the tracker
+        (k9, true, 1_000, false), // its event may still be in the ring
+        (k9, true, 999, true),
+    ];
+    for (i, (k, allowed, created, want)) in before_full.into_iter().enumerate() {
+        assert_eq!(t.lost_start(&k, allowed, created, 1_000), want, "case {i}");
+    }
+    let (k2, s2) = key(2);
+    t.started(k2, &s2, 200);
+    let (k3, s3) = key(3);
+    t.started(k3, &s3, 300);
+    assert_eq!(t.untracked, 1);
+    // Full: nothing is recovered.
+    assert!(!t.lost_start(&k9, true, 500, 1_000));
+    // Room again (port 2 gone): port 3 was reported at its start, so
+    // nothing created up to its refusal is recovered; later ones are.
+    t.begin_scan();
+    t.visit(&k1, counts(1), false, 5);
+    t.end_scan(5);
+    let after_refusal: Vec<(FlowKey, u64, bool)> =
+        vec![(k3, 300, false), (k9, 250, false), (k9, 301, true)];
+    for (i, (k, created, want)) in after_refusal.into_iter().enumerate() {
+        assert_eq!(t.lost_start(&k, true, created, 1_000), want, "case {i}");
+    }
+}
+
+#[test]
+fn a_recovered_start_is_the_rule_of_its_entry_on_a_workload_only() {
+    let mut labels = Labels::default();
+    let mut r = resolver(&mut labels);
+    r.interfaces.insert(8, Interface::Host);
+    let policy = labels.intern("default/ns/allow-web");
+    let rule = labels.intern("default/ns/allow-web/inbound/0");
+    let (key, from_event) = {
+        let mut e = event(true, abi::MANUL_HOOK_EGRESS, 40000);
+        e.policy = policy;
+        e.rule = rule;
+        r.observe(&e, &labels, 5, None)
+    };
+    let frontend = Some((IpAddr::from([10, 96, 0, 1]), 80));
+    let recovered = r
+        .recovered_start(
+            key,
+            abi::MANUL_HOOK_EGRESS as u8,
+            (policy, rule),
+            &labels,
+            5,
+            frontend,
+        )
+        .expect("a workload's connection");
+    assert_eq!(
+        recovered,
+        FlowObservation {
+            service_frontend: frontend,
+            ..from_event
+        }
+    );
+    // (interface, want a start)
+    let cases = [(7, true), (8, false), (99, false)];
+    for (ifindex, want) in cases {
+        let k = FlowKey { ifindex, ..key };
+        let got = r.recovered_start(
+            k,
+            abi::MANUL_HOOK_INGRESS as u8,
+            (policy, rule),
+            &labels,
+            5,
+            None,
+        );
+        assert_eq!(got.is_some(), want, "interface {ifindex}");
+    }
 }

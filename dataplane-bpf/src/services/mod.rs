@@ -107,6 +107,15 @@ impl Services {
         synced
     }
 
+    /// Every backend (address and port) the backend lists name.
+    pub fn backends(&self) -> impl Iterator<Item = (std::net::IpAddr, u16)> + '_ {
+        self.programmed
+            .lists
+            .values()
+            .flatten()
+            .map(|b| (b.addr, b.port))
+    }
+
     /// The backends that left their lists since the last call.
     pub fn take_gone(&mut self) -> BTreeMap<u32, BTreeSet<plan::BackendAddr>> {
         std::mem::take(&mut self.gone)
