@@ -27,6 +27,7 @@
 //! frontend.
 
 pub mod ct;
+pub mod ct_filter;
 pub mod netlink;
 pub mod packet;
 pub mod prefix;

@@ -11,7 +11,8 @@
 //! built with `CONFIG_NETFILTER_NETLINK_GLUE_CT`; a kernel without it
 //! refuses the flag (`EOPNOTSUPP`), which is logged as a warning once,
 //! and conntrack's new-connection events of translated connections are
-//! read instead ([`Event::Translated`]). Every other failure to set the
+//! read instead ([`Event::Translated`]; a socket filter, [`super::ct_filter`],
+//! drops the untranslated ones in the kernel). Every other failure to set the
 //! group up is an error.
 //!
 //! One reader thread waits on the nflog socket and the conntrack event
@@ -231,6 +232,9 @@ fn subscribe_events(new: bool) -> Result<Socket, FlowSocketError> {
         .add_membership(GROUP_CT_DESTROY)
         .map_err(FlowSocketError::Subscribe)?;
     if new {
+        // Only translated new entries are wanted: the rest are dropped in
+        // the kernel, before they are queued to the socket.
+        super::ct_filter::attach(&socket).map_err(FlowSocketError::Subscribe)?;
         socket
             .add_membership(GROUP_CT_NEW)
             .map_err(FlowSocketError::Subscribe)?;
