@@ -143,6 +143,19 @@ static __always_inline void addr6_copy(void *dst, const void *src)
 	d[3] = x[3];
 }
 
+/* The packet's own tuple as a manul_nat6 key (direction dir) in the
+ * scratch's key. */
+static __always_inline void nat6_key_of(struct svc6_scratch *s, const struct pkt *p, __u8 dir)
+{
+	__builtin_memset(&s->key, 0, sizeof(s->key));
+	addr6_copy(s->key.src, p->src);
+	addr6_copy(s->key.dst, p->dst);
+	s->key.sport = p->sport;
+	s->key.dport = p->dport;
+	s->key.proto = p->proto;
+	s->key.dir = dir;
+}
+
 /* MANUL_HAIRPIN_SNAT_V6 into `out`. */
 static __always_inline void svc6_hairpin(__u8 *out)
 {
@@ -595,13 +608,8 @@ static __attribute__((noinline)) int svc6_in(struct __sk_buff *skb, struct pkt *
 	 * frontend. */
 	if (host == 1 && svc6_dsr_take(skb, p, s, now) < 0)
 		return TC_ACT_SHOT;
-	__builtin_memset(&s->key, 0, sizeof(s->key));
 	__builtin_memset(&s->fk, 0, sizeof(s->fk));
-	addr6_copy(s->key.src, p->src);
-	addr6_copy(s->key.dst, p->dst);
-	s->key.sport = p->sport;
-	s->key.dport = p->dport;
-	s->key.proto = p->proto;
+	nat6_key_of(s, p, 0);
 	/* A reply to a masqueraded external connection. */
 	rc = svc6_snat_reply(skb, p, n, s, host, now);
 	if (rc < 0)
@@ -807,13 +815,7 @@ static __attribute__((noinline)) int svc6_to_pod(const struct pkt *p, struct svc
 
 	if (!s || !p || !n || !svc_proto(p->proto))
 		return 0;
-	__builtin_memset(&s->key, 0, sizeof(s->key));
-	addr6_copy(s->key.src, p->src);
-	addr6_copy(s->key.dst, p->dst);
-	s->key.sport = p->sport;
-	s->key.dport = p->dport;
-	s->key.proto = p->proto;
-	s->key.dir = MANUL_NAT_REV;
+	nat6_key_of(s, p, MANUL_NAT_REV);
 	nv = bpf_map_lookup_elem(&manul_nat6, &s->key);
 	if (!nv || (nv->flags & MANUL_NAT_HAIRPIN))
 		return 0;

@@ -1561,13 +1561,7 @@ static __attribute__((noinline)) int dsr_host_reply(const struct pkt *p, struct 
 	s = svc6_scratch();
 	if (p->version != 6 || !s)
 		return 0;
-	__builtin_memset(&s->key, 0, sizeof(s->key));
-	addr6_copy(s->key.src, p->src);
-	addr6_copy(s->key.dst, p->dst);
-	s->key.sport = p->sport;
-	s->key.dport = p->dport;
-	s->key.proto = p->proto;
-	s->key.dir = MANUL_NAT_REV;
+	nat6_key_of(s, p, MANUL_NAT_REV);
 	nv6 = bpf_map_lookup_elem(&manul_nat6, &s->key);
 	if (!nv6 || !(nv6->flags & MANUL_NAT_DSR))
 		return 0;
