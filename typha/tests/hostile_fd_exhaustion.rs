@@ -38,16 +38,7 @@ const FLOOD: usize = 64;
 
 const ACCEPT_ERRORS: &str = "typha_listener_accept_errors_total{listener=\"client\"}";
 
-/// How many of the descriptor numbers below `limit` the process has in
-/// use: at `limit`, every new descriptor fails with EMFILE. (It may also
-/// hold some above the limit, inherited or opened before it was lowered.)
-fn used_below(pid: u32, limit: u64) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .filter(|fd| *fd < limit)
-        .count() as u64
-}
+use manul_listen::testing::used_below;
 
 /// Waits up to 1 s until every descriptor number below `limit` is in use
 /// (a connection just answered may take a moment to close and give the
@@ -146,30 +137,7 @@ async fn out_of_descriptors_typha_backs_off_answers_probes_and_recovers() {
         "the client listener counts its connections"
     );
 
-    let (mut soft, mut hard) = (0, 0);
-    rlimit::prlimit(
-        pid as i32,
-        rlimit::Resource::NOFILE,
-        None,
-        Some((&mut soft, &mut hard)),
-    )
-    .unwrap();
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count() as u64;
-    let limit = open + FREE;
-    assert!(
-        limit < soft,
-        "typha started with {soft} descriptors and has {open} open"
-    );
-    rlimit::prlimit(
-        pid as i32,
-        rlimit::Resource::NOFILE,
-        Some((limit, hard)),
-        None,
-    )
-    .unwrap();
-    eprintln!("RLIMIT_NOFILE {soft} lowered to {limit}");
+    let limit = manul_listen::testing::lower_nofile(pid, FREE);
 
     for round in ["first", "second"] {
         let flood = exhaust(&c, pid, limit).await;

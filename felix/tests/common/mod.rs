@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use manul_proto::v1::resources_client::ResourcesClient;
 use manul_proto::v1::{ApplyItem, ApplyRequest};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A running `felix`, killed when dropped.
 pub struct Felix(pub Child);
@@ -34,19 +33,7 @@ pub fn port() -> u16 {
 }
 
 /// GET `path` on a loopback port: the status code and the body.
-pub async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.ok()?;
-    let code = raw.split_whitespace().nth(1)?.parse().ok()?;
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
-}
+pub use manul_listen::testing::http_get as get;
 
 /// A client of Typha's API once `typha` leads (it is a single voter).
 pub async fn api_client(
