@@ -176,6 +176,12 @@ impl NftDriver {
         self.last_write
     }
 
+    /// With flows on, where a connection's start finds its Service
+    /// frontend on this kernel; `None` with flows off.
+    pub fn flow_frontend_source(&self) -> Option<crate::flows::FrontendSource> {
+        self.flows.as_ref().map(Flows::frontend_source)
+    }
+
     /// Writes the whole table in one transaction: as one netlink batch
     /// (`full_write.rs`), or through `nft -f` when that writer cannot
     /// express the table. Returns what the netlink batch sent, `None`

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use manul_dataplane_api::{DesiredState, FlowObservation};
 use tracing::warn;
 
-pub use netlink::{Event, FlowSocketError, FlowSockets};
+pub use netlink::{Event, FlowSocketError, FlowSockets, FrontendSource};
 pub use prefix::FlowIndex;
 pub use track::{CtEntry, Limits, LogRecord, Tracker};
 
@@ -168,6 +168,12 @@ impl Flows {
         }
         self.index = Some(index);
         self.tracker.take()
+    }
+
+    /// Where a connection's start finds its Service frontend (fixed at
+    /// open: what the kernel offers).
+    pub fn frontend_source(&self) -> FrontendSource {
+        self.sockets.frontend_source()
     }
 
     /// Observations and events dropped since the start.
