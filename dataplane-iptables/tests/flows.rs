@@ -170,6 +170,10 @@ fn allowed_and_denied_connections_are_observed_with_their_rules_and_counts() {
             };
             let mut driver = NftDriver::with_config(Nft::default(), config).expect("driver");
             check_frontend_source(driver.flow_frontend_source());
+            // Whatever was loaded before the driver started (on a fresh
+            // kernel, not even conntrack), its table is written: counters
+            // are on.
+            assert_eq!(driver.flow_accounting(), Some(true));
             driver.apply(&operations()).expect("apply");
             let mut held = open_connection(
                 &client,
