@@ -159,6 +159,9 @@ impl NftDriver {
                 &driver.config,
             ))?;
         }
+        if let Some(flows) = &mut driver.flows {
+            flows.state_changed();
+        }
         Ok(driver)
     }
 
@@ -174,6 +177,18 @@ impl NftDriver {
     /// Where the time of the last batch that wrote something went.
     pub fn last_write(&self) -> WriteTiming {
         self.last_write
+    }
+
+    /// With flows on, where a connection's start finds its Service
+    /// frontend on this kernel; `None` with flows off.
+    pub fn flow_frontend_source(&self) -> Option<crate::flows::FrontendSource> {
+        self.flows.as_ref().map(Flows::frontend_source)
+    }
+
+    /// With flows on, whether conntrack accounting is on in the driver's
+    /// namespace (flows carry counters); `None` with flows off.
+    pub fn flow_accounting(&self) -> Option<bool> {
+        self.flows.as_ref().map(Flows::accounting)
     }
 
     /// Writes the whole table in one transaction: as one netlink batch

@@ -72,6 +72,6 @@ pub mod script;
 pub mod stale_udp;
 
 pub use driver::{NftDriver, NftStats, Phases, Refresh, WriteTiming};
-pub use flows::FlowLog;
+pub use flows::{FlowLog, FrontendSource};
 pub use nft::{Nft, NftError};
 pub use render::{EndpointToHost, Failsafe, NftConfig};

@@ -3,11 +3,18 @@
 //! and denied; the observations name the right deciding rules, endpoints
 //! and counts; then the shared flow cases through services of both
 //! families.
+//!
+//! Each says where the driver found a connection's Service frontend on
+//! this kernel: the log records' conntrack entries (`NFULA_CT`) or, on a
+//! kernel without `CONFIG_NETFILTER_NETLINK_GLUE_CT`, conntrack's
+//! new-connection events. With `MANUL_REQUIRE_GLUE_CT=1` (set where the
+//! kernel is known to have it, as `scripts/kernel-vm.sh` does) the
+//! second is a failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use manul_dataplane_api::testutil::{eid, pid, rule};
@@ -18,7 +25,7 @@ use manul_dataplane_api::{
 };
 use manul_dataplane_conformance::driver_thread::chain;
 use manul_dataplane_conformance::{Factory, privileges};
-use manul_dataplane_iptables::{FlowLog, Nft, NftConfig, NftDriver};
+use manul_dataplane_iptables::{FlowLog, FrontendSource, Nft, NftConfig, NftDriver};
 use manul_model::names::workload_interface_name;
 use manul_netns::{NetNs, TcpServer, open_connection, plumb_pod, tcp_connect};
 
@@ -96,6 +103,21 @@ fn operations() -> Vec<Operation> {
     ]
 }
 
+/// Says which source the driver used and, with `MANUL_REQUIRE_GLUE_CT=1`,
+/// fails unless it was the log records' own conntrack entries.
+fn check_frontend_source(source: Option<FrontendSource>) {
+    let source = source.expect("flows are on: the driver has a frontend source");
+    eprintln!("frontend source: {source:?}");
+    if std::env::var("MANUL_REQUIRE_GLUE_CT").as_deref() == Ok("1") {
+        assert_eq!(
+            source,
+            FrontendSource::LogRecords,
+            "MANUL_REQUIRE_GLUE_CT=1 but the kernel refused to attach conntrack entries \
+             to log records (NFULA_CT): the new-connection events were used instead"
+        );
+    }
+}
+
 fn server_rule(index: usize) -> Decider {
     Decider::Rule {
         policy: Some(pid("default", "flows/server")),
@@ -147,6 +169,11 @@ fn allowed_and_denied_connections_are_observed_with_their_rules_and_counts() {
                 ..NftConfig::default()
             };
             let mut driver = NftDriver::with_config(Nft::default(), config).expect("driver");
+            check_frontend_source(driver.flow_frontend_source());
+            // Whatever was loaded before the driver started (on a fresh
+            // kernel, not even conntrack), its table is written: counters
+            // are on.
+            assert_eq!(driver.flow_accounting(), Some(true));
             driver.apply(&operations()).expect("apply");
             let mut held = open_connection(
                 &client,
@@ -290,7 +317,10 @@ fn flows_through_services_name_their_frontend() {
         eprintln!("skipped: needs root (set CI=true to make this a failure)");
         return;
     }
-    let factory: Arc<Factory> = Arc::new(|_ctx| {
+    // Every driver the cases start says where it finds frontends.
+    let sources: Arc<Mutex<Vec<Option<FrontendSource>>>> = Arc::default();
+    let seen = Arc::clone(&sources);
+    let factory: Arc<Factory> = Arc::new(move |_ctx| {
         let config = NftConfig {
             flows: Some(FlowLog {
                 group: 21,
@@ -298,12 +328,17 @@ fn flows_through_services_name_their_frontend() {
             }),
             ..NftConfig::default()
         };
-        NftDriver::with_config(Nft::default(), config)
-            .map(|d| Box::new(d) as Box<dyn Driver>)
-            .map_err(|e| chain(&e))
+        let driver = NftDriver::with_config(Nft::default(), config).map_err(|e| chain(&e))?;
+        seen.lock().unwrap().push(driver.flow_frontend_source());
+        Ok(Box::new(driver) as Box<dyn Driver>)
     });
     match manul_dataplane_conformance::services::run_flow_cases("sf", factory) {
         Ok(report) => println!("{}", report.table()),
         Err(e) => panic!("{e}"),
+    }
+    let sources = sources.lock().unwrap().clone();
+    assert!(!sources.is_empty(), "no driver was started");
+    for source in sources {
+        check_frontend_source(source);
     }
 }

@@ -37,9 +37,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use manul_dataplane_api::{DesiredState, FlowObservation};
-use tracing::warn;
+use tracing::{debug, warn};
 
-pub use netlink::{Event, FlowSocketError, FlowSockets};
+pub use netlink::{Event, FlowSocketError, FlowSockets, FrontendSource};
 pub use prefix::FlowIndex;
 pub use track::{CtEntry, Limits, LogRecord, Tracker};
 
@@ -75,6 +75,23 @@ pub struct Flows {
     index: Option<FlowIndex>,
     last_dump: Option<Instant>,
     names: HashMap<u32, String>,
+    acct: Acct,
+}
+
+/// Whether conntrack accounting is on in the driver's namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acct {
+    On,
+    /// Not yet: conntrack was not loaded (its sysctls are missing until
+    /// it is); tried again at each take.
+    Pending {
+        warned: bool,
+    },
+}
+
+/// Turns conntrack accounting on in this thread's namespace.
+fn turn_acct_on() -> std::io::Result<()> {
+    std::fs::write(ACCT, "1")
 }
 
 fn now_ms() -> u64 {
@@ -88,24 +105,53 @@ impl Flows {
     /// conntrack accounting on there (connections that exist already stay
     /// without counters).
     pub fn open(config: FlowLog) -> Result<Flows, FlowSocketError> {
-        // nf_conntrack is loaded by the table's `ct` rules; the sysctl is
-        // missing before it is.
-        if let Err(e) = std::fs::write(ACCT, "1") {
-            warn!("turning on {ACCT}: {e}; flows will carry no counters");
-        }
+        let sockets = FlowSockets::open(config.group)?;
+        // The sysctl is missing until nf_conntrack is loaded: the sockets
+        // load it where they can (the group's conntrack flag, the
+        // subscription, the latter without waiting), the table's `ct`
+        // rules do at the latest. Until it works, each take tries again.
+        let acct = match turn_acct_on() {
+            Ok(()) => Acct::On,
+            Err(e) => {
+                debug!("turning on {ACCT}: {e}; trying again at the next take");
+                Acct::Pending { warned: false }
+            }
+        };
         Ok(Flows {
             config,
-            sockets: FlowSockets::open(config.group)?,
+            sockets,
             tracker: Tracker::new(Limits::default()),
             index: None,
             last_dump: None,
             names: HashMap::new(),
+            acct,
         })
     }
 
-    /// The desired state changed: the index is rebuilt at the next take.
+    /// Whether conntrack accounting is on (connections counted since).
+    pub fn accounting(&self) -> bool {
+        self.acct == Acct::On
+    }
+
+    fn retry_acct(&mut self) {
+        if let Acct::Pending { warned } = self.acct {
+            match turn_acct_on() {
+                Ok(()) => self.acct = Acct::On,
+                Err(e) if !warned => {
+                    warn!("turning on {ACCT}: {e}; flows carry no counters until it works");
+                    self.acct = Acct::Pending { warned: true };
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The table was written (the desired state may have changed): the
+    /// index is rebuilt at the next take, and accounting, if still off,
+    /// is tried again (the table's `ct` rules load conntrack).
     pub fn state_changed(&mut self) {
         self.index = None;
+        self.retry_acct();
     }
 
     fn name(&mut self, index: Option<u32>) -> Option<String> {
@@ -123,6 +169,7 @@ impl Flows {
 
     /// The observations since the last call (see the module doc).
     pub fn take(&mut self, state: &DesiredState) -> Vec<FlowObservation> {
+        self.retry_acct();
         let now = now_ms();
         let index = self.index.take().unwrap_or_else(|| FlowIndex::build(state));
         // Interface indexes are reused: names are looked up afresh each
@@ -168,6 +215,12 @@ impl Flows {
         }
         self.index = Some(index);
         self.tracker.take()
+    }
+
+    /// Where a connection's start finds its Service frontend (fixed at
+    /// open: what the kernel offers).
+    pub fn frontend_source(&self) -> FrontendSource {
+        self.sockets.frontend_source()
     }
 
     /// Observations and events dropped since the start.

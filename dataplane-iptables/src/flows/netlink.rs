@@ -86,6 +86,18 @@ pub struct RawLog {
     pub frontend: Option<(IpAddr, u16)>,
 }
 
+/// Where a connection's start finds the Service frontend it came
+/// through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontendSource {
+    /// Each log record's own conntrack entry (`NFULA_CT`): the kernel
+    /// attaches it (`CONFIG_NETFILTER_NETLINK_GLUE_CT`).
+    LogRecords,
+    /// Conntrack's new-connection events of translated connections
+    /// ([`Event::Translated`]): the kernel refused to attach entries.
+    NewEvents,
+}
+
 /// What the reader thread queues.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -435,10 +447,14 @@ impl FlowSockets {
         })
     }
 
-    /// Whether log records carry their packets' conntrack entries (else
-    /// translated connections come as [`Event::Translated`]).
-    pub fn conntrack_in_log(&self) -> bool {
-        self.with_ct
+    /// Where a connection's start finds its Service frontend: the log
+    /// records' conntrack entries, or else the new-connection events.
+    pub fn frontend_source(&self) -> FrontendSource {
+        if self.with_ct {
+            FrontendSource::LogRecords
+        } else {
+            FrontendSource::NewEvents
+        }
     }
 
     /// Everything queued since the last call.
