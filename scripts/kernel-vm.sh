@@ -24,7 +24,8 @@
 # report, or the kernel lacks what the tests need. Results are in
 # target/kernel-vm/out/ (console log, test output, bench JSON).
 #
-# Other settings: MANUL_VM_MEMORY (MiB, default 3072), MANUL_VM_CPUS
+# Other settings: MANUL_VM_SCOPE (cargo's package selection for the
+# test build, default -p manul-dataplane-iptables), MANUL_VM_MEMORY (MiB, default 3072), MANUL_VM_CPUS
 # (default 2), MANUL_VM_TIMEOUT (seconds, default 5400), MANUL_VM_PROFILE
 # (cargo profile of the bench, default dev).
 set -euo pipefail
@@ -98,11 +99,17 @@ done
 # --- the test binaries ----------------------------------------------------------
 if [ $# -eq 0 ]; then
     echo "== building the flow tests and iptables-bench"
-    flows_test=$(cargo test -p manul-dataplane-iptables --test flows --no-run --message-format=json |
-        jq -r 'select(.reason == "compiler-artifact" and .target.name == "flows" and .executable != null) | .executable')
-    bench=$(cargo build -p manul-dataplane-iptables --example iptables-bench --profile "$profile" --message-format=json |
-        jq -r 'select(.reason == "compiler-artifact" and .target.name == "iptables-bench" and .executable != null) | .executable')
-    if [ ! -x "$flows_test" ] || [ ! -x "$bench" ]; then
+    # After the whole suite (MANUL_VM_SCOPE=--workspace, as the test
+    # command sets it) the workspace's build already holds the test: the
+    # same feature set finds it without building anything again.
+    flows_test=$(cargo test ${MANUL_VM_SCOPE:--p manul-dataplane-iptables} --test flows --no-run --message-format=json |
+        jq -r 'select(.reason == "compiler-artifact" and (.package_id | contains("dataplane-iptables")) and .target.name == "flows" and .executable != null) | .executable')
+    bench=true
+    if [ "$bench_runs" -gt 0 ]; then
+        bench=$(cargo build -p manul-dataplane-iptables --example iptables-bench --profile "$profile" --message-format=json |
+            jq -r 'select(.reason == "compiler-artifact" and .target.name == "iptables-bench" and .executable != null) | .executable')
+    fi
+    if [ ! -x "$flows_test" ] || { [ "$bench_runs" -gt 0 ] && [ ! -x "$bench" ]; }; then
         echo "kernel-vm.sh: the build gave no binaries" >&2
         exit 1
     fi
