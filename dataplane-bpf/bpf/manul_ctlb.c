@@ -227,6 +227,16 @@ static __always_inline int translate4(struct bpf_sock_addr *ctx, __u32 *addr, __
 		if (!fe)
 			return 1;
 	}
+	/* Every socket here is the node's or one of its pods': inside the
+	 * cluster, so a Local external frontend's in-cluster twin. */
+	if (fe->flags & MANUL_SVC_FE_IN_CLUSTER) {
+		struct manul_svc_fe_value *in;
+
+		fk.scope = MANUL_SVC_FE_SCOPE_IN_CLUSTER;
+		in = bpf_map_lookup_elem(&manul_svc_fe, &fk);
+		if (in)
+			fe = in;
+	}
 	if (pick(ctx, fe, &be))
 		return refuse();
 	{
