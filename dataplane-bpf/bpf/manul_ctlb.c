@@ -237,8 +237,10 @@ static __always_inline int translate4(struct bpf_sock_addr *ctx, __u32 *addr, __
 		if (in)
 			fe = in;
 	}
+	/* A Local policy with no backend here: left to the packet path,
+	 * which drops it (a connect cannot be dropped), as source ranges. */
 	if (pick(ctx, fe, &be))
-		return refuse();
+		return (fe->flags & MANUL_SVC_FE_DROP_EMPTY) ? 1 : refuse();
 	{
 		struct manul_ctlb_sock_key sk = {
 			.cookie = bpf_get_socket_cookie(ctx),

@@ -249,8 +249,10 @@ static __always_inline int translate6(struct bpf_sock_addr *ctx, __u8 proto, __u
 		/* The frontend the socket asked for is the node's address. */
 		__builtin_memcpy(fk.addr, lk.addr, 16);
 	}
+	/* A Local policy with no backend here: left to the packet path,
+	 * which drops it (a connect cannot be dropped), as source ranges. */
 	if (pick6(ctx, fe, &be))
-		return refuse();
+		return (fe->flags & MANUL_SVC_FE_DROP_EMPTY) ? 1 : refuse();
 	remember6(ctx, proto, flags, &fk, fe->id, &be);
 	user_ip6_set(ctx, be.addr);
 	ctx->user_port = (__u32)be.port;
