@@ -227,8 +227,20 @@ static __always_inline int translate4(struct bpf_sock_addr *ctx, __u32 *addr, __
 		if (!fe)
 			return 1;
 	}
+	/* Every socket here is the node's or one of its pods': inside the
+	 * cluster, so a Local external frontend's in-cluster twin. */
+	if (fe->flags & MANUL_SVC_FE_IN_CLUSTER) {
+		struct manul_svc_fe_value *in;
+
+		fk.scope = MANUL_SVC_FE_SCOPE_IN_CLUSTER;
+		in = bpf_map_lookup_elem(&manul_svc_fe, &fk);
+		if (in)
+			fe = in;
+	}
+	/* A Local policy with no backend here: left to the packet path,
+	 * which drops it (a connect cannot be dropped), as source ranges. */
 	if (pick(ctx, fe, &be))
-		return refuse();
+		return (fe->flags & MANUL_SVC_FE_DROP_EMPTY) ? 1 : refuse();
 	{
 		struct manul_ctlb_sock_key sk = {
 			.cookie = bpf_get_socket_cookie(ctx),

@@ -197,6 +197,21 @@ static __always_inline void untranslate_mapped(struct bpf_sock_addr *ctx, __u8 p
 	}
 }
 
+/* A Local external frontend's in-cluster twin when it has one (every
+ * socket here is inside the cluster), else `fe`; `fk`: fe's key. */
+static __always_inline struct manul_svc_fe_value *in_cluster6(struct manul_svc_fe_value *fe,
+							       struct manul_svc_fe6_key *fk)
+{
+	struct manul_svc_fe_value *in;
+
+	if (!(fe->flags & MANUL_SVC_FE_IN_CLUSTER))
+		return fe;
+	fk->scope = MANUL_SVC_FE_SCOPE_IN_CLUSTER;
+	in = bpf_map_lookup_elem(&manul_svc_fe6, fk);
+	fk->scope = 0;
+	return in ? in : fe;
+}
+
 /* As translate, for ctx->user_ip6/user_port. */
 static __always_inline int translate6(struct bpf_sock_addr *ctx, __u8 proto, __u16 flags)
 {
@@ -220,6 +235,7 @@ static __always_inline int translate6(struct bpf_sock_addr *ctx, __u8 proto, __u
 		fe = bpf_map_lookup_elem(&manul_svc_fe6, &fk);
 		if (!fe)
 			return reject_unknown ? refuse() : 1;
+		fe = in_cluster6(fe, &fk);
 	} else {
 		/* A node port (::), on the node's own addresses only. */
 		__builtin_memcpy(lk.addr, fk.addr, 16);
@@ -229,11 +245,14 @@ static __always_inline int translate6(struct bpf_sock_addr *ctx, __u8 proto, __u
 		fe = bpf_map_lookup_elem(&manul_svc_fe6, &fk);
 		if (!fe)
 			return 1;
+		fe = in_cluster6(fe, &fk);
 		/* The frontend the socket asked for is the node's address. */
 		__builtin_memcpy(fk.addr, lk.addr, 16);
 	}
+	/* A Local policy with no backend here: left to the packet path,
+	 * which drops it (a connect cannot be dropped), as source ranges. */
 	if (pick6(ctx, fe, &be))
-		return refuse();
+		return (fe->flags & MANUL_SVC_FE_DROP_EMPTY) ? 1 : refuse();
 	remember6(ctx, proto, flags, &fk, fe->id, &be);
 	user_ip6_set(ctx, be.addr);
 	ctx->user_port = (__u32)be.port;

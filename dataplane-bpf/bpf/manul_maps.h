@@ -389,7 +389,9 @@ struct manul_svc_fe_key {
 	__u32 addr;
 	__u16 port;
 	__u8 proto;
-	__u8 pad;
+	/* MANUL_SVC_FE_SCOPE_*: 0, or the in-cluster twin of a port entry
+	 * that has MANUL_SVC_FE_IN_CLUSTER. */
+	__u8 scope;
 };
 
 struct manul_svc_fe_value {
@@ -424,6 +426,17 @@ struct manul_svc_fe_value {
  * service has backends on other nodes: new connections are dropped, not
  * refused. */
 #define MANUL_SVC_FE_DROP_EMPTY 0x10
+/* On a port entry of a node port, an external or a load-balancer IP under
+ * externalTrafficPolicy Local: a new connection from inside the cluster
+ * (a pod of this node at its interface, or the node itself: its service
+ * device, loopback, its sockets under connect-time load balancing) takes
+ * the entry's in-cluster twin instead (same key, scope
+ * MANUL_SVC_FE_SCOPE_IN_CLUSTER: every ready backend, as kube-proxy's
+ * short-circuit to the cluster chain); without a twin, the entry itself. */
+#define MANUL_SVC_FE_IN_CLUSTER 0x20
+
+/* manul_svc_fe_key.scope */
+#define MANUL_SVC_FE_SCOPE_IN_CLUSTER 1
 
 /* manul_svc_src (LPM trie): (load-balancer address, client prefix) -> 1:
  * the address's loadBalancerSourceRanges (IPv4). The address is always
@@ -634,7 +647,7 @@ struct manul_svc_fe6_key {
 	__u8 addr[16];
 	__u16 port;
 	__u8 proto;
-	__u8 pad;
+	__u8 scope; /* as manul_svc_fe_key's */
 };
 
 /* manul_nat6 (LRU hash): as manul_nat. */

@@ -659,10 +659,11 @@ static __attribute__((noinline)) int svc6_in(struct __sk_buff *skb, struct pkt *
 				n->after = SVC_HOST_REV;
 				addr6_copy(s->frontend, nv->addr);
 				n->port = nv->port;
+				return -1;
 			}
-			return -1;
 		}
-		/* A node port (::), on the node's own addresses only. */
+		/* A node port (::), on the node's own addresses only (a
+		 * pod's too, as IPv4's). */
 		__builtin_memset(s->fk.addr, 0, sizeof(s->fk.addr));
 		fe = bpf_map_lookup_elem(&manul_svc_fe6, &s->fk);
 		if (!fe || !to_local_host(skb, p))
@@ -703,6 +704,17 @@ static __attribute__((noinline)) int svc6_new(struct __sk_buff *skb, struct pkt 
 	fe = bpf_map_lookup_elem(&manul_svc_fe6, &s->fk);
 	if (!fe)
 		return TC_ACT_SHOT;
+	/* From inside the cluster to a Local external frontend: its
+	 * in-cluster twin (every ready backend), as IPv4's svc_in. */
+	if (host != 1 && (fe->flags & MANUL_SVC_FE_IN_CLUSTER)) {
+		struct manul_svc_fe_value *in;
+
+		s->fk.scope = MANUL_SVC_FE_SCOPE_IN_CLUSTER;
+		in = bpf_map_lookup_elem(&manul_svc_fe6, &s->fk);
+		s->fk.scope = 0;
+		if (in)
+			fe = in;
+	}
 	if (svc6_pick(fe, p, s, now)) {
 		if (fe->flags & MANUL_SVC_FE_DROP_EMPTY) {
 			/* Local policy, no backend here: dropped. */

@@ -1372,9 +1372,11 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 		/* A pod's packet to no service: a reply to a host process? */
 		if (!host) {
 			svc_host_reply(&key, n);
-			return -1;
+			if (n->after)
+				return -1;
 		}
-		/* A node port, on the node's own addresses only. */
+		/* A node port, on the node's own addresses only (a pod's
+		 * too: kube-proxy translates them in prerouting). */
 		fk.addr = 0;
 		fe = bpf_map_lookup_elem(&manul_svc_fe, &fk);
 		if (!fe || !to_local_host(skb, p))
@@ -1403,6 +1405,16 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 
 		if (!v)
 			return TC_ACT_SHOT;
+		/* From inside the cluster (a pod here, the node itself) to
+		 * a Local external frontend: every ready backend. */
+		if (host != 1 && (fe->flags & MANUL_SVC_FE_IN_CLUSTER)) {
+			struct manul_svc_fe_value *in;
+
+			fk.scope = MANUL_SVC_FE_SCOPE_IN_CLUSTER;
+			in = bpf_map_lookup_elem(&manul_svc_fe, &fk);
+			if (in)
+				fe = in;
+		}
 		__builtin_memset(v, 0, sizeof(*v));
 		v->created_ns = now;
 		v->last_seen_ns = now;

@@ -573,7 +573,10 @@ fn connect_time_load_balancing() {
     });
     let result = manul_dataplane_conformance::services::run_service_cases("cs", factory.clone());
     // The shared dual-stack cases, every one of which must pass.
-    let dual = manul_dataplane_conformance::services::run_dual_stack_cases("c2", factory);
+    let dual = manul_dataplane_conformance::services::run_dual_stack_cases("c2", factory.clone());
+    // The shared Local traffic policy cases: a pod's and a host process's
+    // sockets to a Local service's external frontends take every backend.
+    let local = manul_dataplane_conformance::services::run_local_policy_cases("cl", factory);
     for node in nodes.lock().unwrap().iter() {
         BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
     }
@@ -584,6 +587,10 @@ fn connect_time_load_balancing() {
     match dual {
         Ok(report) => println!("{}", report.table()),
         Err(e) => panic!("dual-stack cases: {e}"),
+    }
+    match local {
+        Ok(report) => println!("{}", report.table()),
+        Err(e) => panic!("local policy cases: {e}"),
     }
     drop(cgroup);
 }

@@ -310,7 +310,7 @@ fn a_write_the_kernel_refuses_mid_sync_is_retried_from_the_whole_state() {
             addr: u32::from_ne_bytes(Ipv4Addr::new(10, 96, 9, last).octets()),
             port: 80u16.to_be(),
             proto: 6,
-            pad: 0,
+            scope: 0,
         };
         let value = manul_svc_fe_value {
             id: 999,

@@ -121,9 +121,10 @@ pub use flows::{
     flow_services, run_flow_cases,
 };
 pub use local_policy::{
-    EXTERNAL_ELSEWHERE_EXT_IP, EXTERNAL_ELSEWHERE_IP, EXTERNAL_ELSEWHERE_NODE_PORT,
-    INTERNAL_ELSEWHERE_IP, INTERNAL_LOCAL_IP, INTERNAL_NONE_IP, local_policy_operations,
-    local_policy_services, run_local_policy_cases,
+    EXTERNAL_ELSEWHERE_EXT_IP, EXTERNAL_ELSEWHERE_IP, EXTERNAL_ELSEWHERE_LB_IP,
+    EXTERNAL_ELSEWHERE_NODE_PORT, EXTERNAL_SPLIT_EXT_IP, EXTERNAL_SPLIT_IP, EXTERNAL_SPLIT_LB_IP,
+    EXTERNAL_SPLIT_NODE_PORT, INTERNAL_ELSEWHERE_IP, INTERNAL_LOCAL_IP, INTERNAL_NONE_IP,
+    local_policy_operations, local_policy_services, run_local_policy_cases,
 };
 
 /// The Kubernetes namespace of every pod and service.
@@ -486,7 +487,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn answer(self) -> Option<Answer> {
+    pub(crate) fn answer(self) -> Option<Answer> {
         match self {
             Outcome::Answered(a) => Some(a),
             _ => None,

@@ -160,11 +160,14 @@ fn every_kind_of_service_change_is_accepted_by_the_kernel() {
                 assert!(out.status.success(), "{what}: {out:?}");
                 filled += 1;
             }
-            // Affinity with backends to pick from: sets to fill.
+            // Affinity with backends to pick from: sets to fill (with
+            // no local backend, the cluster backends that pods and the
+            // node itself still reach through the external chain).
             let with_sets = [
                 "affinity on",
                 "affinity timeout changed",
                 "Local policies, source ranges",
+                "no local backends",
             ];
             assert_eq!(
                 filled > 0,

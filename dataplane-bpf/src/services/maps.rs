@@ -108,13 +108,21 @@ fn fe_key(f: &Frontend) -> FeKey {
             addr: net_addr(a),
             port: f.port.to_be(),
             proto: f.proto,
-            pad: 0,
+            scope: if f.in_cluster {
+                abi::MANUL_SVC_FE_SCOPE_IN_CLUSTER as u8
+            } else {
+                0
+            },
         }),
         IpAddr::V6(a) => FeKey::V6(abi::manul_svc_fe6_key {
             addr: a.octets(),
             port: f.port.to_be(),
             proto: f.proto,
-            pad: 0,
+            scope: if f.in_cluster {
+                abi::MANUL_SVC_FE_SCOPE_IN_CLUSTER as u8
+            } else {
+                0
+            },
         }),
     }
 }
@@ -370,6 +378,7 @@ impl ServiceMaps {
                 addr: IpAddr::V4(host_addr(k.addr)),
                 port: u16::from_be(k.port),
                 proto: k.proto,
+                in_cluster: k.scope == abi::MANUL_SVC_FE_SCOPE_IN_CLUSTER as u8,
             };
             p.frontends.insert(f, entry_of(&v));
             p.adopted.insert(f);
@@ -379,6 +388,7 @@ impl ServiceMaps {
                 addr: IpAddr::V6(Ipv6Addr::from(k.addr)),
                 port: u16::from_be(k.port),
                 proto: k.proto,
+                in_cluster: k.scope == abi::MANUL_SVC_FE_SCOPE_IN_CLUSTER as u8,
             };
             p.frontends.insert(f, entry_of(&v));
             p.adopted.insert(f);

@@ -32,6 +32,10 @@ pub struct Frontend {
     pub addr: IpAddr,
     pub port: u16,
     pub proto: u8,
+    /// The in-cluster twin of a port frontend under
+    /// `externalTrafficPolicy: Local` (`MANUL_SVC_FE_SCOPE_IN_CLUSTER` in
+    /// the key): what a pod of this node or the node itself gets there.
+    pub in_cluster: bool,
 }
 
 impl Frontend {
@@ -40,6 +44,16 @@ impl Frontend {
             addr,
             port: 0,
             proto: 0,
+            in_cluster: false,
+        }
+    }
+
+    /// The port frontend an in-cluster twin belongs to (itself for any
+    /// other).
+    pub fn primary(&self) -> Self {
+        Self {
+            in_cluster: false,
+            ..*self
         }
     }
 
@@ -135,7 +149,8 @@ pub struct Wanted {
     /// `Cluster` policy: masqueraded or sent with DSR from a host
     /// interface), `MANUL_SVC_FE_DROP_EMPTY` (a `Local` list with no
     /// backend here while the service has some elsewhere: dropped, not
-    /// refused).
+    /// refused), `MANUL_SVC_FE_IN_CLUSTER` (an external frontend under
+    /// the `Local` policy: pods and the node take its in-cluster twin).
     pub flags: u32,
 }
 
@@ -249,6 +264,12 @@ impl Desired {
                 }
                 part::Item::Claim(c) => c,
             };
+            if c.frontend.in_cluster {
+                if self.keeps_twin(key, c) {
+                    self.take(c);
+                }
+                continue;
+            }
             if self.frontends.contains_key(&c.frontend) {
                 self.skipped.extend(self.conflict(key, c));
                 continue;
@@ -273,9 +294,25 @@ impl Desired {
         self.frontends.insert(c.frontend, c.wanted.clone());
     }
 
+    /// Whether service `key` takes its in-cluster claim `c`: only when
+    /// its own `Local` claim keeps the port frontend `c` is the twin of
+    /// (so a contested frontend's entries are its keeper's alone).
+    fn keeps_twin(&self, key: &ServiceKey, c: &part::Claim) -> bool {
+        !self.frontends.contains_key(&c.frontend)
+            && self.frontends.get(&c.frontend.primary()).is_some_and(|w| {
+                w.list.service == *key
+                    && w.list.local
+                    && w.flags & crate::abi::MANUL_SVC_FE_IN_CLUSTER != 0
+            })
+    }
+
     /// Service `key`'s claim `c` left out: its frontend is another
     /// service's, or this one's for another list.
     fn conflict(&self, key: &ServiceKey, c: &part::Claim) -> Option<Skipped> {
+        // A twin is its port frontend's: that one's conflict is reported.
+        if c.frontend.in_cluster {
+            return None;
+        }
         let kept = &self.frontends.get(&c.frontend)?.list;
         (kept.service != *key || *kept != c.wanted.list).then(|| Skipped::Conflict {
             frontend: c.frontend,

@@ -9,8 +9,18 @@
 //!   (kube-proxy's semantics: no local endpoint while the service has
 //!   some is a drop), and with no backend at all it refuses at once;
 //! - `externalTrafficPolicy: Local` with every backend elsewhere: the
-//!   external client's connections to the node port and the external IP
-//!   are dropped, while the cluster IP (`Cluster` internally) answers.
+//!   external client's connections to the node port, the external IP and
+//!   the load-balancer IP are dropped, while the cluster IP (`Cluster`
+//!   internally) answers;
+//! - the same service from inside the cluster, kube-proxy's
+//!   short-circuit: a pod and a host process reaching its external IP,
+//!   load-balancer IP and node port get every ready backend (`web-b`
+//!   answers), the pod with its own address, the host process with the
+//!   node's (kube-proxy masquerades the node's traffic there; its source
+//!   is the node's already);
+//! - `externalTrafficPolicy: Local` with `web-a` here and `web-b`
+//!   elsewhere: the external client gets `web-a` only, with its own
+//!   address, on every external frontend, while a pod gets both.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -34,6 +44,15 @@ pub const INTERNAL_NONE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 62);
 pub const EXTERNAL_ELSEWHERE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 63);
 pub const EXTERNAL_ELSEWHERE_EXT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
 pub const EXTERNAL_ELSEWHERE_NODE_PORT: u16 = 30095;
+pub const EXTERNAL_ELSEWHERE_LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 60);
+/// `externalTrafficPolicy: Local` with `web-a` here and `web-b`
+/// elsewhere: its cluster IP, external IP, load-balancer IP and node port.
+pub const EXTERNAL_SPLIT_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 64);
+pub const EXTERNAL_SPLIT_EXT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 31);
+pub const EXTERNAL_SPLIT_LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 61);
+pub const EXTERNAL_SPLIT_NODE_PORT: u16 = 30096;
+/// Connections per probe where a backend's absence is checked.
+const TRIES: usize = 12;
 
 fn pod_backend(name: &str, local: bool) -> Backend {
     Backend {
@@ -66,22 +85,42 @@ pub fn local_policy_services() -> Vec<Service> {
         s.internal_traffic = TrafficPolicy::Local;
         s
     };
-    let mut external = service(
-        "etp-elsewhere",
-        EXTERNAL_ELSEWHERE_IP,
-        vec![split_port(
-            Some(EXTERNAL_ELSEWHERE_NODE_PORT),
-            &[],
-            &["web-b"],
-        )],
-    );
-    external.external_traffic = TrafficPolicy::Local;
-    external.external_ips = vec![IpAddr::V4(EXTERNAL_ELSEWHERE_EXT_IP)];
+    let external = |name: &str, ips: [Ipv4Addr; 3], node_port: u16, here: &[&str]| {
+        let [cluster, ext, lb] = ips;
+        let mut s = service(
+            name,
+            cluster,
+            vec![split_port(Some(node_port), here, &["web-b"])],
+        );
+        s.external_traffic = TrafficPolicy::Local;
+        s.external_ips = vec![IpAddr::V4(ext)];
+        s.load_balancer_ips = vec![IpAddr::V4(lb)];
+        s
+    };
     vec![
         internal("itp-local", INTERNAL_LOCAL_IP, &["web-a"], &["web-b"]),
         internal("itp-elsewhere", INTERNAL_ELSEWHERE_IP, &[], &["web-b"]),
         internal("itp-none", INTERNAL_NONE_IP, &[], &[]),
-        external,
+        external(
+            "etp-elsewhere",
+            [
+                EXTERNAL_ELSEWHERE_IP,
+                EXTERNAL_ELSEWHERE_EXT_IP,
+                EXTERNAL_ELSEWHERE_LB_IP,
+            ],
+            EXTERNAL_ELSEWHERE_NODE_PORT,
+            &[],
+        ),
+        external(
+            "etp-split",
+            [
+                EXTERNAL_SPLIT_IP,
+                EXTERNAL_SPLIT_EXT_IP,
+                EXTERNAL_SPLIT_LB_IP,
+            ],
+            EXTERNAL_SPLIT_NODE_PORT,
+            &["web-a"],
+        ),
     ]
 }
 
@@ -136,10 +175,15 @@ pub fn run_local_policy_cases(
         matches!(none, Outcome::Refused(d) if d < REFUSED_WITHIN),
         format!("{none:?}"),
     );
-    for (case, dst) in [
+    let elsewhere = [
         ("node port", sock(NODE_IP, EXTERNAL_ELSEWHERE_NODE_PORT)),
         ("external IP", sock(EXTERNAL_ELSEWHERE_EXT_IP, SERVICE_PORT)),
-    ] {
+        (
+            "load-balancer IP",
+            sock(EXTERNAL_ELSEWHERE_LB_IP, SERVICE_PORT),
+        ),
+    ];
+    for (case, dst) in elsewhere {
         let got = ask_tcp(&net.external, dst, SILENCE)?;
         report.check(
             &format!("externalTrafficPolicy Local: backends elsewhere only, {case} dropped"),
@@ -155,7 +199,63 @@ pub fn run_local_policy_cases(
             .is_some_and(|a| backend_name(a.backend.ip()) == "web-b"),
         format!("{cluster:?}"),
     );
+    // kube-proxy's short-circuit: from inside the cluster, every ready
+    // backend; a pod keeps its address, the node's traffic comes from
+    // the node.
+    for (who, from, peer) in [
+        ("pod", client, IpAddr::V4(pod_ip("client"))),
+        ("host process", &net.node, IpAddr::V4(NODE_IP)),
+    ] {
+        for (case, dst) in elsewhere {
+            let got = ask_tcp(from, dst, WAIT)?;
+            report.check(
+                &format!("externalTrafficPolicy Local: {who} to the {case}, a remote backend"),
+                got.answer()
+                    .is_some_and(|a| backend_name(a.backend.ip()) == "web-b" && a.peer == peer),
+                format!("{dst}: {got:?} (want web-b, seeing {peer})"),
+            );
+        }
+    }
+    let split = [
+        ("node port", sock(NODE_IP, EXTERNAL_SPLIT_NODE_PORT)),
+        ("external IP", sock(EXTERNAL_SPLIT_EXT_IP, SERVICE_PORT)),
+        ("load-balancer IP", sock(EXTERNAL_SPLIT_LB_IP, SERVICE_PORT)),
+    ];
+    for (case, dst) in split {
+        let seen = answers(&net.external, dst)?;
+        report.check(
+            &format!("externalTrafficPolicy Local: external client to the {case}, local only"),
+            seen.iter().all(|a| {
+                a.is_some_and(|a| {
+                    backend_name(a.backend.ip()) == "web-a" && a.peer == IpAddr::V4(EXTERNAL_IP)
+                })
+            }),
+            format!("{dst}: {seen:?} (want web-a seeing {EXTERNAL_IP})"),
+        );
+        let seen = answers(client, dst)?;
+        let names: std::collections::BTreeSet<String> = seen
+            .iter()
+            .flatten()
+            .map(|a| backend_name(a.backend.ip()))
+            .collect();
+        report.check(
+            &format!("externalTrafficPolicy Local: pod to the {case}, every backend"),
+            names.iter().eq(["web-a", "web-b"]) && seen.iter().all(Option::is_some),
+            format!("{dst}: {seen:?}"),
+        );
+    }
     finish(report)
+}
+
+/// [`TRIES`] connections from `ns` to `dst`: each one's answer (`None`:
+/// refused or silent).
+fn answers(
+    ns: &manul_netns::NetNs,
+    dst: std::net::SocketAddr,
+) -> Result<Vec<Option<super::Answer>>, ConformanceError> {
+    (0..TRIES)
+        .map(|_| Ok(ask_tcp(ns, dst, WAIT)?.answer()))
+        .collect()
 }
 
 #[cfg(test)]

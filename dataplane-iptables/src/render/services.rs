@@ -36,7 +36,11 @@
 //!   that traffic are none is rejected at once (TCP reset, ICMP port
 //!   unreachable), in filter chains before DNAT; under a `Local` policy
 //!   whose backends are all on other nodes it is dropped instead
-//!   (`mnl-svc-no-local`), as kube-proxy and the eBPF dataplane do;
+//!   (`mnl-svc-no-local`), as kube-proxy and the eBPF dataplane do; for
+//!   an external frontend only from outside the cluster
+//!   (`mnl-svc-no-local-ext` lets pods and the node itself through to
+//!   `mnl-svc-xpod4`/`-xnode4` or the external chain: kube-proxy's
+//!   short-circuit, whose drop is after DNAT);
 //! - `mnl-lb-ranged4` and `mnl-lb-src4`: a new connection to a
 //!   load-balancer IP with source ranges from a source none of them holds
 //!   is dropped; as on eBPF, per address (every port), the ranges being
@@ -85,6 +89,9 @@ pub const MASQUERADING: &str = "mnl-masquerading";
 pub const REJECT: &str = "mnl-svc-reject";
 /// A `Local` traffic policy's port whose backends are all on other nodes.
 pub const NO_LOCAL: &str = "mnl-svc-no-local";
+/// As [`NO_LOCAL`] for an external frontend: the drop is for traffic from
+/// outside the cluster only.
+pub const NO_LOCAL_EXT: &str = "mnl-svc-no-local-ext";
 
 /// An address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +236,18 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
         NO_LOCAL.to_string(),
         rules(NO_LOCAL, vec!["drop".to_string()]),
     );
+    // External frontends: only traffic from outside the cluster; pods and
+    // the node itself reach the backends elsewhere (kube-proxy's
+    // short-circuit, through `mnl-svc-xpod4`/`-xnode4` or the external
+    // chain).
+    let mut no_local_ext: Vec<String> = config
+        .workload_prefixes
+        .iter()
+        .map(|p| format!("iifname \"{p}*\" return"))
+        .collect();
+    no_local_ext.push("fib saddr type local return".to_string());
+    no_local_ext.push("drop".to_string());
+    out.insert(NO_LOCAL_EXT.to_string(), rules(NO_LOCAL_EXT, no_local_ext));
     out.insert(
         REJECT.to_string(),
         rules(
@@ -408,6 +427,17 @@ fn reject(key: Vec<Value>) -> Element {
 fn no_backends(key: Vec<Value>, local: bool, cluster: &[Backend]) -> Element {
     if local && !cluster.is_empty() {
         Element::verdict(key, Verb::Goto, NO_LOCAL)
+    } else {
+        reject(key)
+    }
+}
+
+/// [`no_backends`] for an external frontend (a node port, an external or
+/// load-balancer address): under `Local` the drop spares pods and the
+/// node itself ([`NO_LOCAL_EXT`]).
+fn no_external_backends(key: Vec<Value>, local: bool, cluster: &[Backend]) -> Element {
+    if local && !cluster.is_empty() {
+        Element::verdict(key, Verb::Goto, NO_LOCAL_EXT)
     } else {
         reject(key)
     }
@@ -713,45 +743,49 @@ fn service_port_data(svc: &Service, port: &ServicePort, f: Fam, out: Out<'_>) {
         } else {
             ("svc-ips", "svc-xpod", "svc-xnode", "noep-ips")
         };
-        if ext_backends.is_empty() {
-            add(sets, &f.map(noep), no_backends(k, external_local, &cluster));
-        } else if external_local {
+        if external_local && !cluster.is_empty() {
+            // Pods and the node reach every backend, also with none here
+            // (the external client's drop, `mnl-svc-no-local-ext`, lets them
+            // through).
             let (main, xpod, xnode) = (f.map(main), f.map(xpod), f.map(xnode));
-            frontend(
-                sets,
-                chains,
-                f,
-                node_port,
-                &main,
-                &k,
-                port.protocol,
-                Pick::Local,
-                &local,
-            );
-            if !cluster.is_empty() {
-                frontend(
+            if local.is_empty() {
+                add(
                     sets,
-                    chains,
-                    f,
-                    node_port,
-                    &xpod,
-                    &k,
-                    port.protocol,
-                    Pick::LocalFromPod,
-                    &cluster,
+                    &f.map(noep),
+                    no_external_backends(k.clone(), true, &cluster),
                 );
+            } else {
                 frontend(
                     sets,
                     chains,
                     f,
                     node_port,
-                    &xnode,
+                    &main,
                     &k,
                     port.protocol,
-                    Pick::LocalFromNode,
+                    Pick::Local,
+                    &local,
+                );
+            }
+            for (map, pick) in [(&xpod, Pick::LocalFromPod), (&xnode, Pick::LocalFromNode)] {
+                frontend(
+                    sets,
+                    chains,
+                    f,
+                    node_port,
+                    map,
+                    &k,
+                    port.protocol,
+                    pick,
                     &cluster,
                 );
             }
+        } else if ext_backends.is_empty() {
+            add(
+                sets,
+                &f.map(noep),
+                no_external_backends(k, external_local, &cluster),
+            );
         } else {
             let main = f.map(main);
             frontend(
@@ -844,11 +878,16 @@ fn service_port_chains(
     if has_external {
         let ext_chain = names::service_object(ServiceObject::External, f.v6, &body);
         let mut used = false;
+        // Under `Local` with every backend elsewhere, pods and the node
+        // still reach them through the external chain (the external
+        // client is dropped before DNAT, `mnl-svc-no-local-ext`).
+        let short_circuit = external_local && !cluster.is_empty();
         for ip in &external {
             if ext_backends.is_empty() {
-                let e = no_backends(triple(ip, port), external_local, &cluster);
+                let e = no_external_backends(triple(ip, port), external_local, &cluster);
                 add(sets, &f.map("noep-ips"), e);
-            } else {
+            }
+            if !ext_backends.is_empty() || short_circuit {
                 add(
                     sets,
                     &f.map("svc-ips"),
@@ -860,9 +899,10 @@ fn service_port_chains(
         if let Some(np) = node_port {
             let k = node_port_key(port.protocol, np);
             if ext_backends.is_empty() {
-                let e = no_backends(k, external_local, &cluster);
+                let e = no_external_backends(k.clone(), external_local, &cluster);
                 add(sets, &f.map("noep-nodeports"), e);
-            } else {
+            }
+            if !ext_backends.is_empty() || short_circuit {
                 add(
                     sets,
                     &f.map("svc-nodeports"),

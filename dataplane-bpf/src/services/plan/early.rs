@@ -72,6 +72,7 @@ mod tests {
             addr: IpAddr::V4(Ipv4Addr::new(10, 96, 0, last)),
             port,
             proto: 6,
+            in_cluster: false,
         }
     }
 

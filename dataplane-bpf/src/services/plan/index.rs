@@ -233,6 +233,14 @@ impl Index {
             }
             let Some(p) = self.parts.get(s) else { continue };
             for c in p.claims() {
+                // An in-cluster twin follows its port frontend's keeper
+                // (decided just before it: a part lists the twin after).
+                if c.frontend.in_cluster {
+                    if d.keeps_twin(s, c) {
+                        d.take(c);
+                    }
+                    continue;
+                }
                 let first = self.claimants.get(&c.frontend).and_then(BTreeSet::first);
                 if first != Some(s) || d.frontends.contains_key(&c.frontend) {
                     continue;

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::abi::{
     MANUL_SVC_FE_ADDRESS, MANUL_SVC_FE_DROP_EMPTY, MANUL_SVC_FE_EXT_CLUSTER,
-    MANUL_SVC_FE_REJECT_UNKNOWN, MANUL_SVC_FE_SOURCE_RANGES,
+    MANUL_SVC_FE_IN_CLUSTER, MANUL_SVC_FE_REJECT_UNKNOWN, MANUL_SVC_FE_SOURCE_RANGES,
 };
 
 /// A service's claim on a port frontend.
@@ -68,11 +68,14 @@ fn frontend_flags(port: &ServicePort, policy: TrafficPolicy, external: bool, ipv
         TrafficPolicy::Local => {
             let here = family_backends(&port.local_backends, ipv6).is_empty();
             let anywhere = family_backends(&port.backends, ipv6).is_empty();
-            if here && !anywhere {
+            let drop = if here && !anywhere {
                 MANUL_SVC_FE_DROP_EMPTY
             } else {
                 0
-            }
+            };
+            // kube-proxy's short-circuit: pods and the node itself reach
+            // every ready backend of an external frontend.
+            drop | if external { MANUL_SVC_FE_IN_CLUSTER } else { 0 }
         }
     }
 }
@@ -154,6 +157,7 @@ pub fn part(key: &ServiceKey, svc: &Service) -> Part {
                 addr,
                 port: number,
                 proto: port.protocol,
+                in_cluster: false,
             };
             let backends = family_backends(port.backends_for(policy), ipv6);
             let list = ListKey {
@@ -164,16 +168,40 @@ pub fn part(key: &ServiceKey, svc: &Service) -> Part {
                 local: policy == TrafficPolicy::Local,
                 ipv6,
             };
+            let affinity_s = svc.affinity_timeout_seconds.unwrap_or(0);
+            let maglev = external && svc.balancing == Balancing::Maglev;
             p.items.push(Item::Claim(Claim {
                 frontend,
                 wanted: Wanted {
-                    list,
-                    affinity_s: svc.affinity_timeout_seconds.unwrap_or(0),
+                    list: list.clone(),
+                    affinity_s,
                     flags: frontend_flags(port, policy, external, ipv6),
                 },
                 backends,
-                maglev: external && svc.balancing == Balancing::Maglev,
+                maglev,
             }));
+            // Its in-cluster twin, right after it: the `Cluster` list
+            // (the cluster IP's under `internalTrafficPolicy: Cluster`),
+            // neither masqueraded nor sent with DSR (a pod keeps its
+            // address, the node's is its own).
+            if external && policy == TrafficPolicy::Local {
+                p.items.push(Item::Claim(Claim {
+                    frontend: Frontend {
+                        in_cluster: true,
+                        ..frontend
+                    },
+                    wanted: Wanted {
+                        list: ListKey {
+                            local: false,
+                            ..list
+                        },
+                        affinity_s,
+                        flags: frontend_flags(port, TrafficPolicy::Cluster, false, ipv6),
+                    },
+                    backends: family_backends(port.backends_for(TrafficPolicy::Cluster), ipv6),
+                    maglev,
+                }));
+            }
         }
     }
     p

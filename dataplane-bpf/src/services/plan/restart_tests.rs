@@ -182,6 +182,7 @@ fn a_list_a_kept_frontend_names_is_replaced() {
         addr: IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)),
         port: 80,
         proto: PROTO_TCP,
+        in_cluster: false,
     };
     assert_ne!(during.frontends[&cluster].id, old[0]);
     let (w, _) = step(&svcs(&[2], false), &during, true);

@@ -46,6 +46,7 @@ pub(super) fn fe(ip: [u8; 4], port: u16) -> Frontend {
         addr: IpAddr::V4(ip.into()),
         port,
         proto: PROTO_TCP,
+        in_cluster: false,
     }
 }
 
@@ -268,7 +269,7 @@ fn a_node_port_is_a_frontend_on_address_zero_with_the_external_list() {
 
 #[test]
 fn external_frontends_under_cluster_are_flagged_for_masquerade_or_dsr() {
-    use crate::abi::{MANUL_SVC_FE_DROP_EMPTY, MANUL_SVC_FE_EXT_CLUSTER};
+    use crate::abi::{MANUL_SVC_FE_DROP_EMPTY, MANUL_SVC_FE_EXT_CLUSTER, MANUL_SVC_FE_IN_CLUSTER};
     let mut svc = service("web", [10, 96, 0, 10], &[2, 3]);
     svc.ports[0].node_port = Some(30080);
     svc.external_ips = vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))];
@@ -284,21 +285,123 @@ fn external_frontends_under_cluster_are_flagged_for_masquerade_or_dsr() {
     // A cluster IP is never masqueraded here.
     assert_eq!(p.frontends[&fe([10, 96, 0, 10], 80)].flags, 0);
 
-    // Local: no flag while this node has a backend; with none here but
-    // some elsewhere, new connections drop; with none anywhere, refused.
+    // Local: only the in-cluster flag while this node has a backend;
+    // with none here but some elsewhere, new connections drop; with none
+    // anywhere, refused.
     svc.external_traffic = TrafficPolicy::Local;
     let (_, p) = step(&services(vec![svc.clone()]), &Programmed::default(), true);
-    assert_eq!(p.frontends[&fe([0, 0, 0, 0], 30080)].flags, 0);
+    assert_eq!(
+        p.frontends[&fe([0, 0, 0, 0], 30080)].flags,
+        MANUL_SVC_FE_IN_CLUSTER
+    );
     svc.ports[0].local_backends.clear();
     let (_, p) = step(&services(vec![svc.clone()]), &Programmed::default(), true);
     let node_port = p.frontends[&fe([0, 0, 0, 0], 30080)];
     assert_eq!(
         (node_port.count, node_port.flags),
-        (0, MANUL_SVC_FE_DROP_EMPTY)
+        (0, MANUL_SVC_FE_DROP_EMPTY | MANUL_SVC_FE_IN_CLUSTER)
     );
     svc.ports[0].backends.clear();
     let (_, p) = step(&services(vec![svc]), &Programmed::default(), true);
-    assert_eq!(p.frontends[&fe([0, 0, 0, 0], 30080)].flags, 0);
+    assert_eq!(
+        p.frontends[&fe([0, 0, 0, 0], 30080)].flags,
+        MANUL_SVC_FE_IN_CLUSTER
+    );
+}
+
+fn twin(f: Frontend) -> Frontend {
+    Frontend {
+        in_cluster: true,
+        ..f
+    }
+}
+
+/// kube-proxy's short-circuit, as map data: every external frontend of a
+/// `Local` service (node port, external and load-balancer address) has an
+/// in-cluster twin with the `Cluster` list (the cluster IP's), never
+/// masqueraded; a `Cluster` service has none, nor does a cluster IP.
+#[test]
+fn local_external_frontends_have_an_in_cluster_twin_with_every_backend() {
+    use crate::abi::{MANUL_SVC_FE_DROP_EMPTY, MANUL_SVC_FE_IN_CLUSTER};
+    let mut svc = service("web", [10, 96, 0, 10], &[2, 3]);
+    svc.ports[0].node_port = Some(30080);
+    svc.external_ips = vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))];
+    svc.load_balancer_ips = vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))];
+    let (_, cluster) = step(&services(vec![svc.clone()]), &Programmed::default(), true);
+    assert!(cluster.frontends.keys().all(|f| !f.in_cluster));
+
+    // Every backend elsewhere: the port entries drop, their twins answer.
+    svc.external_traffic = TrafficPolicy::Local;
+    svc.ports[0].local_backends.clear();
+    let d = desired(&services(vec![svc.clone()]));
+    let cluster_ip = &d.frontends[&fe([10, 96, 0, 10], 80)];
+    assert!(!cluster_ip.list.local);
+    assert!(!d.frontends.contains_key(&twin(fe([10, 96, 0, 10], 80))));
+    for external in [
+        fe([0, 0, 0, 0], 30080),
+        fe([192, 0, 2, 1], 80),
+        fe([192, 0, 2, 9], 80),
+    ] {
+        let w = &d.frontends[&external];
+        assert!(w.list.local);
+        assert_eq!(w.flags, MANUL_SVC_FE_DROP_EMPTY | MANUL_SVC_FE_IN_CLUSTER);
+        let t = &d.frontends[&twin(external)];
+        assert_eq!(t.list, cluster_ip.list, "{external:?}");
+        assert_eq!(t.flags, 0, "{external:?}");
+        assert_eq!(d.lists[&t.list].len(), 2);
+    }
+    // Written to the map under their own key, sharing the cluster list.
+    let (_, p) = step(&services(vec![svc]), &Programmed::default(), true);
+    let twin_entry = p.frontends[&twin(fe([192, 0, 2, 1], 80))];
+    let cluster_entry = p.frontends[&fe([10, 96, 0, 10], 80)];
+    assert_eq!(
+        (twin_entry.id, twin_entry.count),
+        (cluster_entry.id, cluster_entry.count)
+    );
+}
+
+/// A contested external frontend's twin is its keeper's: a `Local` loser
+/// writes none while a `Cluster` service keeps the frontend, and takes it
+/// with the frontend when the keeper goes (incrementally as over the
+/// whole state).
+#[test]
+fn an_in_cluster_twin_follows_its_frontends_keeper() {
+    let ext = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let mut keeper = service("a-cluster", [10, 96, 0, 10], &[2]);
+    keeper.external_ips = vec![ext];
+    let mut local = service("b-local", [10, 96, 0, 11], &[3]);
+    local.external_ips = vec![ext];
+    local.external_traffic = TrafficPolicy::Local;
+    local.ports[0].local_backends.clear();
+    let both = services(vec![keeper.clone(), local.clone()]);
+    let d = desired(&both);
+    assert_eq!(
+        d.frontends[&fe([192, 0, 2, 1], 80)].list.service.1,
+        "a-cluster"
+    );
+    assert!(!d.frontends.contains_key(&twin(fe([192, 0, 2, 1], 80))));
+
+    let maps = |d: &Desired| (d.frontends.clone(), d.lists.clone());
+    let mut ix = super::index::Index::new(&both, 0);
+    assert_eq!(maps(ix.desired()), maps(&d));
+    let gone = (keeper.namespace.clone(), keeper.name.clone());
+    let change = ix.update([(&gone, None)]);
+    assert!(
+        change
+            .touched
+            .frontends
+            .contains(&twin(fe([192, 0, 2, 1], 80)))
+    );
+    let only_local = desired(&services(vec![local.clone()]));
+    assert_eq!(maps(ix.desired()), maps(&only_local));
+    let t = &only_local.frontends[&twin(fe([192, 0, 2, 1], 80))];
+    assert_eq!(t.list.service.1, "b-local");
+    assert!(!t.list.local);
+
+    // The keeper back: the twin goes with the frontend.
+    let back = (keeper.namespace.clone(), keeper.name.clone());
+    ix.update([(&back, Some(&keeper))]);
+    assert_eq!(maps(ix.desired()), maps(&d));
 }
 
 #[test]
@@ -392,15 +495,32 @@ fn ipv6_node_ports_external_and_load_balancer_addresses_are_frontends() {
         addr,
         port,
         proto: PROTO_TCP,
+        in_cluster: false,
     };
     let node6 = &d.frontends[&at(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 30080)];
     assert!(node6.list.ipv6 && node6.list.local);
-    // Local, and the only IPv6 backend is elsewhere: dropped, not refused.
-    assert_eq!(node6.flags, crate::abi::MANUL_SVC_FE_DROP_EMPTY);
+    // Local, and the only IPv6 backend is elsewhere: dropped, not refused
+    // (from outside; pods and the node take the twin, with it).
+    assert_eq!(
+        node6.flags,
+        crate::abi::MANUL_SVC_FE_DROP_EMPTY | crate::abi::MANUL_SVC_FE_IN_CLUSTER
+    );
     assert!(d.lists[&node6.list].is_empty());
+    let twin6 = &d.frontends[&twin(at(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 30080))];
+    assert_eq!(
+        d.lists[&twin6.list],
+        vec![BackendAddr {
+            addr: IpAddr::V6(b6),
+            port: 8080
+        }]
+    );
     for addr in [ext6, lb6] {
         let w = &d.frontends[&at(IpAddr::V6(addr), 80)];
         assert_eq!(w.list, node6.list);
+        assert_eq!(
+            d.frontends[&twin(at(IpAddr::V6(addr), 80))].list,
+            twin6.list
+        );
     }
     // The IPv4 node port is still there, with the IPv4 list.
     assert!(!d.frontends[&fe([0, 0, 0, 0], 30080)].list.ipv6);
@@ -442,6 +562,7 @@ fn a_single_stack_ipv6_service_has_no_ipv4_node_port() {
         addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         port: 30080,
         proto: PROTO_TCP,
+        in_cluster: false,
     };
     assert_eq!(d.frontends[&node4].list.service.1, "b-v4");
     assert!(d.frontends.contains_key(&Frontend {
@@ -469,6 +590,7 @@ fn an_ipv6_cluster_ip_gets_its_familys_backends_in_a_list_of_its_own() {
         addr: IpAddr::V6(ip6),
         port: 80,
         proto: PROTO_TCP,
+        in_cluster: false,
     };
     let l4 = &d.frontends[&fe([10, 96, 0, 10], 80)].list;
     let l6 = &d.frontends[&f6].list;
@@ -508,6 +630,7 @@ fn sctp_is_programmed_whatever_port_the_backends_listen_on() {
             addr: IpAddr::V4(Ipv4Addr::new(10, 96, 0, 20)),
             port,
             proto: PROTO_SCTP,
+            in_cluster: false,
         };
         let backends: Vec<u16> = d.lists[&d.frontends[&f].list]
             .iter()

@@ -288,19 +288,61 @@ fn local_policies_use_local_backends() {
         "meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @mnl-be4-tcp"
     );
     // No local backend while there are some elsewhere: external traffic
-    // is dropped (as kube-proxy does), cluster traffic not.
+    // from outside the cluster is dropped (as kube-proxy does), cluster
+    // traffic not, and pods and the node itself still reach the backends
+    // elsewhere (kube-proxy's short-circuit).
     let mut none = edge.clone();
     none.ports[0].local_backends.clear();
     let rs = render(&with(&[none.clone()]));
     assert!(
         elements(&rs, "mnl-noep-ips4")
-            .contains(&"198.51.100.10 . 6 . 443 : goto mnl-svc-no-local".to_string())
+            .contains(&"198.51.100.10 . 6 . 443 : goto mnl-svc-no-local-ext".to_string())
     );
     assert!(
         elements(&rs, "mnl-noep-nodeports4")
-            .contains(&"6 . 30443 : goto mnl-svc-no-local".to_string())
+            .contains(&"6 . 30443 : goto mnl-svc-no-local-ext".to_string())
     );
     assert_eq!(texts(&rs, "mnl-svc-no-local"), ["drop"]);
+    assert_eq!(
+        texts(&rs, "mnl-svc-no-local-ext"),
+        [
+            "iifname \"mnl*\" return",
+            "fib saddr type local return",
+            "drop"
+        ]
+    );
+    assert!(
+        !elements(&rs, "mnl-svc-ips4")
+            .iter()
+            .any(|e| e.starts_with("198.51.100.10 "))
+    );
+    for (map, e) in [
+        (
+            "mnl-svc-xpod4",
+            "198.51.100.10 . 6 . 443 : goto mnl-pick4-pod-2",
+        ),
+        (
+            "mnl-svc-xnode4",
+            "198.51.100.10 . 6 . 443 : goto mnl-pick4-node-2",
+        ),
+        ("mnl-np-xpod4", "6 . 30443 : goto mnl-pick4-nppod-2"),
+        ("mnl-np-xnode4", "6 . 30443 : goto mnl-pick4-npnode-2"),
+    ] {
+        assert!(
+            elements(&rs, map).contains(&e.to_string()),
+            "{map}: {:?}",
+            elements(&rs, map)
+        );
+    }
+    // With affinity, through the external chain.
+    let mut sticky = none.clone();
+    sticky.affinity_timeout_seconds = Some(60);
+    let rs3 = render(&with(&[sticky]));
+    assert!(
+        elements(&rs3, "mnl-svc-ips4")
+            .iter()
+            .any(|e| e.starts_with("198.51.100.10 . 6 . 443 : goto mnl-ext4-"))
+    );
     // No backend at all: rejected.
     let mut nothing = none.clone();
     nothing.ports[0].backends.clear();
@@ -386,13 +428,24 @@ fn affinity_services_keep_chains_with_local_policies() {
     let rs = render(&with(&[none.clone()]));
     assert!(
         elements(&rs, "mnl-noep-ips4")
-            .contains(&"198.51.100.10 . 6 . 443 : goto mnl-svc-no-local".to_string())
+            .contains(&"198.51.100.10 . 6 . 443 : goto mnl-svc-no-local-ext".to_string())
     );
     assert!(
         elements(&rs, "mnl-noep-nodeports4")
-            .contains(&"6 . 30443 : goto mnl-svc-no-local".to_string())
+            .contains(&"6 . 30443 : goto mnl-svc-no-local-ext".to_string())
     );
     assert!(elements(&rs, "mnl-svc-ips4").contains(&format!("10.96.0.20 . 6 . 443 : goto {svc}")));
+    // Pods and the node itself still reach the backends elsewhere,
+    // through the external chain.
+    assert!(
+        elements(&rs, "mnl-svc-ips4").contains(&format!("198.51.100.10 . 6 . 443 : goto {ext}"))
+    );
+    assert!(elements(&rs, "mnl-svc-nodeports4").contains(&format!("6 . 30443 : goto {ext}")));
+    assert!(
+        rs.chains[&ext]
+            .iter()
+            .any(|r| r.text == format!("iifname \"mnl*\" goto {svc}"))
+    );
     // internalTrafficPolicy Local: the cluster IP goes to the local chain.
     none.internal_traffic = TrafficPolicy::Local;
     none.ports[0].local_backends = vec![backend("10.65.0.7", 8443, true)];
