@@ -9,10 +9,11 @@
 //! ICMP packet are judged there and never delivered), both interfaces
 //! keep their own conntrack entries and the destination its flow record,
 //! a packet with a spoofed source never takes it, and with the switch
-//! off every packet is routed by the host. Everything (namespaces, pins)
+//! off every packet is routed by the host; IPv6 takes it too, its hop
+//! limit decremented. Everything (namespaces, pins)
 //! is removed at the end, also on failure.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,10 @@ use manul_dataplane_api::{
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, KernelCounters};
 use manul_dataplane_conformance::privileges;
 use manul_dataplane_conformance::topology::{Pod, Topology};
-use manul_netns::{ProbeOutcome, link_index, link_mac, tcp_connect, unique_prefix};
+use manul_model::names::workload_interface_name;
+use manul_netns::{
+    NetNs, ProbeOutcome, TcpServer, link_index, link_mac, plumb_pod_ips, tcp_connect, unique_prefix,
+};
 use nix::sys::socket::SockProtocol;
 
 mod raw;
@@ -275,4 +279,99 @@ fn pods_of_one_node_are_delivered_past_the_host_and_judged_on_the_way() {
             );
         })
         .expect("run in the node namespace");
+}
+
+/// Two dual-stack pods of one node (and their node), removed on drop,
+/// pods first.
+struct DualStack {
+    pods: Vec<NetNs>,
+    node: Option<NetNs>,
+    pins: String,
+}
+
+impl Drop for DualStack {
+    fn drop(&mut self) {
+        self.pods.clear();
+        self.node.take();
+        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.pins);
+    }
+}
+
+#[test]
+fn ipv6_between_pods_of_one_node_is_delivered_with_its_hop_limit_decremented() {
+    if !privileges().expect("privileges: CI=true needs root") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let prefix = unique_prefix("p6");
+    let mut s = DualStack {
+        pods: Vec::new(),
+        node: Some(NetNs::create(&format!("{prefix}-node")).expect("node")),
+        pins: prefix.clone(),
+    };
+    let node = s.node.as_ref().unwrap();
+    let v6 = |d: u16| Ipv6Addr::new(0xfd00, 0x67, 0, 0, 0, 0, 0, d);
+    let mut ops = vec![Operation::ProfileUpdate {
+        id: "allow".into(),
+        profile: Policy {
+            inbound: vec![allow("allow/in", Match::default())],
+            outbound: vec![allow("allow/out", Match::default())],
+        },
+    }];
+    let mut hosts = Vec::new();
+    for (name, d) in [("a", 2u8), ("b", 3u8)] {
+        let ns = NetNs::create(&format!("{prefix}-{name}")).expect("pod namespace");
+        let interface = workload_interface_name("ns", name);
+        let ips = [
+            IpAddr::V4(Ipv4Addr::new(10, 68, 0, d)),
+            IpAddr::V6(v6(u16::from(d))),
+        ];
+        let link = plumb_pod_ips(node, &ns, &interface, "eth0", &ips).expect("plumb");
+        hosts.push(link);
+        ops.push(Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
+            id: EndpointId {
+                namespace: "ns".into(),
+                name: name.into(),
+            },
+            interface_name: interface,
+            nets: ips.iter().map(|ip| IpNet::from(*ip)).collect(),
+            mac: None,
+            tiers: vec![],
+            profiles: vec!["allow".into()],
+        }));
+        s.pods.push(ns);
+    }
+    ops.push(Operation::InSync);
+    let (a, b) = (&s.pods[0], &s.pods[1]);
+    let server = SocketAddr::new(IpAddr::V6(v6(3)), PORT);
+    let _listener = TcpServer::start(b, server).expect("server");
+    let b_mac = hosts[1].pod_mac;
+    let mut config = BpfConfig::new(&prefix);
+    config.pin_root = PathBuf::from(PIN_ROOT);
+    node.run(move || {
+        let mut d = BpfDriver::new(config).expect("load the programs");
+        d.apply(&ops).expect("apply");
+        let connect = || tcp_connect(a, server, WAIT).unwrap();
+        // The host resolves both pods' neighbours on the routed first.
+        assert_eq!(connect(), ProbeOutcome::Connected, "warm-up");
+        let capture = raw::capture_socket(b);
+        let (before, after) = delta(&d, || {
+            assert_eq!(connect(), ProbeOutcome::Connected, "A reaches B over IPv6");
+        });
+        let delivered = after.peer_delivered - before.peer_delivered;
+        assert!(delivered >= 3, "SYN, SYN-ACK and ACK at least: {delivered}");
+        assert_eq!(after.peer_judged - before.peer_judged, delivered);
+        let syn = raw::capture(&capture, Duration::from_secs(1), |f| {
+            let ip = f.get(14..54)?;
+            let tcp = f.get(54..74)?;
+            let syn = f[12..14] == [0x86, 0xdd]
+                && ip[6] == 6
+                && u16::from_be_bytes([tcp[2], tcp[3]]) == PORT
+                && tcp[13] & 0x12 == 0x02;
+            syn.then(|| (f[0..6].to_vec(), f[6..12].to_vec(), ip[7]))
+        })
+        .expect("B captures the SYN");
+        assert_eq!(syn, (b_mac.to_vec(), HOST_MAC.to_vec(), 63));
+    })
+    .expect("run in the node namespace");
 }
