@@ -155,7 +155,14 @@ enum manul_counter {
 	 * or a node port at an address that is not another cluster node's,
 	 * manul_dsr_node), dropped: a forged frontend. */
 	MANUL_CNT_DSR_UNTRUSTED = 22,
-	MANUL_CNT_MAX = 23,
+	/* Packets between two workloads of this node judged by the
+	 * destination's egress logic in the source's program run
+	 * (manul_peer.h), whatever its verdict. */
+	MANUL_CNT_PEER_JUDGED = 23,
+	/* Of those, the ones it allowed, delivered straight into the
+	 * destination pod: the host's routing skipped. */
+	MANUL_CNT_PEER_DELIVERED = 24,
+	MANUL_CNT_MAX = 25,
 };
 
 /* manul_meta array index. */
@@ -171,7 +178,11 @@ enum manul_meta_slot {
 	/* The ifindex of the host's service device (manul_svc_host.h), 0:
 	 * none. */
 	MANUL_META_HOST_SVC_IF = 3,
-	MANUL_META_MAX = 4,
+	/* 1: deliver a packet between two workloads of this node straight
+	 * into the destination pod (manul_peer.h); otherwise (0, or a map
+	 * pinned before the slot existed) the host routes it. */
+	MANUL_META_PEER_DELIVERY = 4,
+	MANUL_META_MAX = 5,
 };
 
 struct manul_bitmap {

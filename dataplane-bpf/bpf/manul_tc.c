@@ -1617,9 +1617,31 @@ static __always_inline int svc_host(struct __sk_buff *skb, __u8 hook)
 	return rc >= 0 ? rc : TC_ACT_OK;
 }
 
+#include "manul_peer.h"
+
+/* The verdict on a packet its interface's program allowed (`verdict`,
+ * after the service NAT's last step): on a workload's ingress, a packet
+ * for another workload of this node goes on to that workload's egress
+ * logic and straight into its pod (manul_peer.h); on the egress hook, run
+ * for such a packet, it is delivered. */
+static __always_inline int allowed_out(struct __sk_buff *skb, const struct pkt *p, __u8 hook,
+				       int host, int verdict)
+{
+	if (hook == MANUL_HOOK_EGRESS)
+		return peer_finish(skb, p, verdict);
+	if (host || verdict != TC_ACT_OK || !peer_arm(skb, p))
+		return verdict;
+	bpf_tail_call(skb, &manul_peer_prog, 0);
+	peer_disarm();
+	return verdict;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 {
-	__u32 ifindex = skb->ifindex;
+	/* The destination's egress run for a packet delivered into its pod
+	 * (manul_peer.h) judges as that interface. */
+	__u32 peer = hook == MANUL_HOOK_EGRESS ? peer_take() : 0;
+	__u32 ifindex = peer ? peer : skb->ifindex;
 	struct manul_ep_value *ep;
 	struct pkt p = {};
 	struct manul_ct_key k = {};
@@ -1701,7 +1723,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 			__sync_fetch_and_add(&ct->packets[dir], 1);
 			__sync_fetch_and_add(&ct->bytes[dir], p.len);
 			ct->tcp_flags |= tcp_bits(&p, dir == 0);
-			return svc_after(skb, &p, &n);
+			return allowed_out(skb, &p, hook, host, svc_after(skb, &p, &n));
 		}
 		if (ct->state == MANUL_CT_DENIED && ct->table == generation) {
 			count(MANUL_CNT_DENIED_CACHED);
@@ -1750,7 +1772,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		     rc, rc == MANUL_REASON_POLICY ? &d : 0);
 		if (allowed) {
 			count(MANUL_CNT_NEW_ALLOWED);
-			return svc_after(skb, &p, &n);
+			return allowed_out(skb, &p, hook, host, svc_after(skb, &p, &n));
 		}
 		count(MANUL_CNT_NEW_DENIED);
 		return TC_ACT_SHOT;

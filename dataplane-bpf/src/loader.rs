@@ -6,7 +6,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Map, MapData};
+use aya::maps::{Map, MapData, ProgramArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -205,15 +205,39 @@ pub fn load(
     crate::resize::copy_back(aside)?;
     let digest = digest(sizes, no_ct_create);
     match adopt(dirs, &ebpf, &digest) {
-        Ok((programs, events)) => return Ok((ebpf, programs, events)),
+        Ok((programs, events)) => {
+            link_peer_program(&mut ebpf, &programs)?;
+            return Ok((ebpf, programs, events));
+        }
         Err(why) => tracing::info!(%why, "loading the programs (verifier)"),
     }
     load_programs(&mut ebpf)?;
     let programs = pin_programs(dirs, &mut ebpf, &digest)?;
+    link_peer_program(&mut ebpf, &programs)?;
     let events = ebpf
         .take_map("manul_events")
         .ok_or(BpfError::Missing("manul_events"))?;
     Ok((ebpf, programs, events))
+}
+
+/// Names the egress program to the ingress program's tail call
+/// (`manul_peer_prog[0]`, pinned with the other maps): a packet between two
+/// workloads of this node is judged by the destination's egress logic and
+/// delivered into its pod (`bpf/manul_peer.h`). Written after every load
+/// or adoption, so the entry is always the egress program in use.
+fn link_peer_program(ebpf: &mut Ebpf, programs: &Programs) -> Result<(), BpfError> {
+    let map = ebpf
+        .map_mut("manul_peer_prog")
+        .ok_or(BpfError::Missing("manul_peer_prog"))?;
+    let mut array = ProgramArray::try_from(map)
+        .map_err(|e| BpfError::map("manul_peer_prog", "unexpected map type", e))?;
+    let fd = programs
+        .egress
+        .fd()
+        .map_err(|e| BpfError::program(Hook::Egress.program(), "its descriptor", e))?;
+    array
+        .set(0, fd, 0)
+        .map_err(|e| BpfError::map("manul_peer_prog", "store the egress program", e))
 }
 
 /// What the programs are loaded from: the object and the settings that

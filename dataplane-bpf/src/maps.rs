@@ -385,6 +385,15 @@ impl Maps {
             .map_err(|e| BpfError::map("manul_meta", "store the endpoint-to-host action", e))
     }
 
+    /// Whether a packet between two workloads of this node is delivered
+    /// straight into the destination pod once both interfaces' logic
+    /// allowed it (`bpf/manul_peer.h`), rather than routed by the host.
+    pub fn store_peer_delivery(&mut self, on: bool) -> Result<(), BpfError> {
+        self.meta
+            .set(abi::MANUL_META_PEER_DELIVERY, u64::from(on), 0)
+            .map_err(|e| BpfError::map("manul_meta", "store the peer delivery switch", e))
+    }
+
     /// How external traffic reaches a backend on another node.
     pub fn store_external_mode(
         &mut self,

@@ -95,6 +95,19 @@ pub struct BpfConfig {
     /// run's device is removed, and host processes reach services only
     /// with connect-time load balancing.
     pub host_service_nat: bool,
+    /// A packet between two workloads of this node, once the source's
+    /// ingress program allowed it, is judged by the destination's egress
+    /// logic in the same run and delivered straight into the destination
+    /// pod (`bpf_redirect_peer`), skipping the host's routing, its
+    /// netfilter hooks and a second program run (Cilium's BPF host
+    /// routing; see `bpf/manul_peer.h`). Only a packet whose source is
+    /// routed back out of the interface it came in by (never a spoofed
+    /// source), whose destination the FIB routes to another workload's
+    /// interface with a resolved neighbour, and whose TTL allows
+    /// forwarding takes it; anything else is routed. Default on; off is
+    /// Cilium's `bpf.hostLegacyRouting`: every such packet routed by the
+    /// host.
+    pub peer_delivery: bool,
 }
 
 /// The service maps' sizes; each applies to the map of both families.
@@ -186,6 +199,7 @@ impl BpfConfig {
             external_service_mode: ExternalServiceMode::Snat,
             connect_time_lb: None,
             host_service_nat: true,
+            peer_delivery: true,
         }
     }
 }

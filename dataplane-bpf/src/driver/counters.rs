@@ -86,6 +86,14 @@ pub struct KernelCounters {
     /// Packets carrying the DSR option or IPv6 DSR header naming a
     /// frontend no other node sends, dropped.
     pub dsr_untrusted: u64,
+    /// Packets between two workloads of this node judged by the
+    /// destination's egress logic in the source's program run
+    /// ([`BpfConfig::peer_delivery`](crate::BpfConfig)), whatever its
+    /// verdict.
+    pub peer_judged: u64,
+    /// Of those, the ones it allowed, delivered straight into the
+    /// destination pod.
+    pub peer_delivered: u64,
 }
 
 impl BpfDriver {
@@ -121,6 +129,8 @@ impl BpfDriver {
             service_snat_full: at(abi::MANUL_CNT_SVC_SNAT_FULL),
             service_untranslatable: at(abi::MANUL_CNT_SVC_UNTRANSLATABLE),
             dsr_untrusted: at(abi::MANUL_CNT_DSR_UNTRUSTED),
+            peer_judged: at(abi::MANUL_CNT_PEER_JUDGED),
+            peer_delivered: at(abi::MANUL_CNT_PEER_DELIVERED),
         }
     }
 

@@ -207,6 +207,7 @@ impl BpfDriver {
             }
         };
         maps.store_to_host_drop(config.endpoint_to_host_drop)?;
+        maps.store_peer_delivery(config.peer_delivery)?;
         maps.store_failsafe(&config.failsafe)?;
         maps.store_external_mode(config.external_service_mode)?;
         let ring = RingBuf::try_from(events)
