@@ -30,7 +30,7 @@ fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> NftError {
 /// Sets a socket buffer's size with a `*FORCE` option (root may go past
 /// `net.core.[rw]mem_max`); no safe wrapper in the dependencies sets it.
 #[allow(unsafe_code)]
-fn buffer(socket: &Socket, option: libc::c_int, size: usize) -> std::io::Result<()> {
+pub(crate) fn buffer(socket: &Socket, option: libc::c_int, size: usize) -> std::io::Result<()> {
     let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
     // SAFETY: the descriptor is the socket's, open for the call; the
     // option value is a c_int that lives across it, its size given.

@@ -13,7 +13,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -136,13 +138,9 @@ fn find(
         .find(|o| o.phase == phase && o.reporter == reporter && o.tuple.dst_port == dst_port)
 }
 
-#[test]
-fn allowed_and_denied_connections_are_observed_with_their_rules_and_counts() {
-    if !privileges().expect("privileges") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
-        return;
-    }
-    let prefix = manul_netns::unique_prefix("fl");
+/// A node namespace with the client and server pods plumbed in.
+fn pods(tag: &str) -> (NetNs, NetNs, NetNs) {
+    let prefix = manul_netns::unique_prefix(tag);
     let node = NetNs::create(&format!("{prefix}-n")).expect("node");
     let client = NetNs::create(&format!("{prefix}-c")).expect("client");
     let server = NetNs::create(&format!("{prefix}-s")).expect("server");
@@ -156,6 +154,16 @@ fn allowed_and_denied_connections_are_observed_with_their_rules_and_counts() {
         )
         .expect("plumb");
     }
+    (node, client, server)
+}
+
+#[test]
+fn allowed_and_denied_connections_are_observed_with_their_rules_and_counts() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let (node, client, server) = pods("fl");
     let _echo =
         TcpServer::start(&server, SocketAddr::new(IpAddr::V4(SERVER), ALLOWED)).expect("echo");
     const ROUNDTRIPS: u64 = 20;
@@ -340,5 +348,136 @@ fn flows_through_services_name_their_frontend() {
     assert!(!sources.is_empty(), "no driver was started");
     for source in sources {
         check_frontend_source(source);
+    }
+}
+
+/// How late a connection's start is at most: nflog's flush timeout and
+/// the reader's drain interval (10 ms each) and this test's polling, with
+/// room for a loaded machine.
+const START_BOUND: Duration = Duration::from_millis(100);
+
+/// When the server's starts were first taken, and which connections
+/// ended, by client port.
+#[derive(Default)]
+struct Seen {
+    starts: HashMap<u16, Instant>,
+    ends: HashSet<u16>,
+}
+
+impl Seen {
+    fn take(&mut self, driver: &mut NftDriver) {
+        let now = Instant::now();
+        for o in driver.take_flows() {
+            if o.reporter != Reporter::Destination || o.tuple.dst_port != ALLOWED {
+                continue;
+            }
+            match o.phase {
+                FlowPhase::Start => {
+                    self.starts.entry(o.tuple.src_port).or_insert(now);
+                }
+                FlowPhase::End => {
+                    self.ends.insert(o.tuple.src_port);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Connections keep coming (the reader drains on its interval rather than
+/// waiting on the sockets), then one comes after a pause (the reader
+/// waits again): every connection's start and end is observed, each start
+/// within [`START_BOUND`] of its handshake, nothing dropped.
+#[test]
+fn starts_come_promptly_while_connections_keep_coming_and_after_a_pause() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let (node, client, server) = pods("fp");
+    let _echo =
+        TcpServer::start(&server, SocketAddr::new(IpAddr::V4(SERVER), ALLOWED)).expect("echo");
+    let dst = SocketAddr::new(IpAddr::V4(SERVER), ALLOWED);
+    // One connection: its client port and when its handshake was done.
+    let connect = || {
+        let held = open_connection(&client, dst, Duration::from_secs(2)).expect("connect");
+        let port = held.local_addr().expect("local address").port();
+        (port, Instant::now())
+    };
+    let (busy, paused, seen, dropped) = node
+        .run(|| {
+            let config = NftConfig {
+                flows: Some(FlowLog::default()),
+                ..NftConfig::default()
+            };
+            let mut driver = NftDriver::with_config(Nft::default(), config).expect("driver");
+            driver.apply(&operations()).expect("apply");
+            let mut seen = Seen::default();
+            let stop = AtomicBool::new(false);
+            let busy = std::thread::scope(|s| {
+                let load = s.spawn(|| {
+                    let mut made = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        made.push(connect());
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    made
+                });
+                let until = Instant::now() + Duration::from_millis(1500);
+                while Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(2));
+                    seen.take(&mut driver);
+                }
+                stop.store(true, Ordering::Relaxed);
+                load.join().expect("the connecting thread")
+            });
+            // The last connections' starts, still polled as often.
+            let until = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < until && busy.iter().any(|(p, _)| !seen.starts.contains_key(p)) {
+                std::thread::sleep(Duration::from_millis(2));
+                seen.take(&mut driver);
+            }
+            // The reader goes back to waiting on its sockets.
+            std::thread::sleep(Duration::from_millis(500));
+            seen.take(&mut driver);
+            let paused = connect();
+            let until = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < until && !seen.starts.contains_key(&paused.0) {
+                std::thread::sleep(Duration::from_millis(2));
+                seen.take(&mut driver);
+            }
+            // Every connection ends (each closed as it was made).
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until
+                && busy
+                    .iter()
+                    .chain([&paused])
+                    .any(|(p, _)| !seen.ends.contains(p))
+            {
+                std::thread::sleep(Duration::from_millis(50));
+                seen.take(&mut driver);
+            }
+            (busy, paused, seen, driver.flows_dropped())
+        })
+        .expect("run in the node");
+    assert!(busy.len() >= 100, "only {} connections", busy.len());
+    assert_eq!(dropped, 0);
+    let late = |(port, made): &(u16, Instant)| {
+        let at = seen
+            .starts
+            .get(port)
+            .unwrap_or_else(|| panic!("no start for port {port}"));
+        at.saturating_duration_since(*made)
+    };
+    let worst = busy.iter().map(late).max().expect("connections");
+    eprintln!(
+        "{} connections while busy: latest start {worst:?}; after a pause {:?}",
+        busy.len(),
+        late(&paused)
+    );
+    assert!(worst <= START_BOUND, "a start came {worst:?} late");
+    assert!(late(&paused) <= START_BOUND, "{:?}", late(&paused));
+    for (port, _) in busy.iter().chain([&paused]) {
+        assert!(seen.ends.contains(port), "no end for port {port}");
     }
 }

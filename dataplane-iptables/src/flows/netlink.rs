@@ -15,10 +15,16 @@
 //! drops the untranslated ones in the kernel). Every other failure to set the
 //! group up is an error.
 //!
-//! One reader thread waits on the nflog socket and the conntrack event
+//! One reader thread reads the nflog socket and the conntrack event
 //! socket and queues what they bring, bounded: the kernel's socket buffers
-//! stay drained between Felix's calls to `take_flows`. Dumps run on the
-//! caller's thread.
+//! stay drained between Felix's calls to `take_flows`. While messages
+//! come it reads every [`DRAIN_INTERVAL`] instead of waiting on the
+//! sockets: a socket nobody waits on takes a message without waking a
+//! thread, so a busy node pays no wake-up (an inter-processor interrupt,
+//! a context switch) per new connection, log batch or destroyed entry.
+//! An interval that brings nothing puts it back to waiting on the
+//! sockets, so an idle node has no timer. Dumps run on the caller's
+//! thread.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -123,11 +129,29 @@ const CTA_COUNTERS_BYTES: u16 = 2;
 /// Bytes of each packet nflog copies: enough for IPv6 with extension
 /// headers and the ports.
 const COPY_RANGE: u32 = 128;
-/// The socket buffers asked for (the kernel caps them at `rmem_max`).
+/// The receive buffers: forced past `net.core.rmem_max` where the process
+/// may (else capped there). They hold what comes in one
+/// [`DRAIN_INTERVAL`]: at 50,000 new connections a second, 500
+/// connections' destroy events and log records, well under 1 MiB.
 const RCVBUF: usize = 4 << 20;
+/// How long the reader leaves the sockets to fill while messages come: a
+/// record is queued at most this long after the kernel sent it (nflog's
+/// flush timeout, [`FLUSH_TIMEOUT`], comes before).
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// nflog's flush timeout: how long a record may wait in the kernel for
+/// more to share its message.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_millis(10);
 
 fn io(e: impl Into<std::io::Error>) -> std::io::Error {
     e.into()
+}
+
+/// Sizes a socket's receive buffer to [`RCVBUF`], past `rmem_max` where
+/// the process may.
+fn receive_buffer(socket: &Socket) {
+    if crate::netlink::buffer(socket, nix::libc::SO_RCVBUFFORCE, RCVBUF).is_err() {
+        let _ = socket.set_rx_buf_sz(RCVBUF);
+    }
 }
 
 pub(crate) fn send(
@@ -183,7 +207,7 @@ fn bind_nflog(group: u16) -> Result<(Socket, bool), FlowSocketError> {
     let mut socket = Socket::new(NETLINK_NETFILTER).map_err(FlowSocketError::Open)?;
     socket.bind_auto().map_err(FlowSocketError::Open)?;
     let bind_err = |source| FlowSocketError::Bind { group, source };
-    let _ = socket.set_rx_buf_sz(RCVBUF);
+    receive_buffer(&socket);
     // An earlier run's binding of the group is gone with its socket; an
     // unbind first makes a half-closed one of this process go too.
     let _ = request(
@@ -205,7 +229,7 @@ fn bind_nflog(group: u16) -> Result<(Socket, bool), FlowSocketError> {
                 ConfigNla::QThresh(64),
                 // Batches of up to 64 records, each at most 10 ms late
                 // (the kernel's default waits a second).
-                Timeout::from(Duration::from_millis(10)).into(),
+                Timeout::from(FLUSH_TIMEOUT).into(),
             ],
         ),
     )
@@ -239,7 +263,7 @@ fn bind_nflog(group: u16) -> Result<(Socket, bool), FlowSocketError> {
 fn subscribe_events(new: bool) -> Result<Socket, FlowSocketError> {
     let mut socket = Socket::new(NETLINK_NETFILTER).map_err(FlowSocketError::Open)?;
     socket.bind_auto().map_err(FlowSocketError::Subscribe)?;
-    let _ = socket.set_rx_buf_sz(RCVBUF);
+    receive_buffer(&socket);
     socket
         .add_membership(GROUP_CT_DESTROY)
         .map_err(FlowSocketError::Subscribe)?;
@@ -502,11 +526,18 @@ fn push(shared: &Shared, batch: &mut Vec<Event>) {
 }
 
 /// Reads one socket until it would block; `false` when it failed for
-/// another reason than an overrun.
-fn read_socket(socket: &Socket, buf: &mut [u8], shared: &Shared, batch: &mut Vec<Event>) -> bool {
+/// another reason than an overrun. Counts the messages read into `read`.
+fn read_socket(
+    socket: &Socket,
+    buf: &mut [u8],
+    shared: &Shared,
+    batch: &mut Vec<Event>,
+    read: &mut usize,
+) -> bool {
     loop {
         match socket.recv(&mut &mut buf[..], 0) {
             Ok(n) => {
+                *read += 1;
                 for m in messages(&buf[..n]) {
                     if let NetlinkPayload::InnerMessage(NetfilterMessage { inner, .. }) = m.payload
                     {
@@ -542,30 +573,43 @@ fn read_socket(socket: &Socket, buf: &mut [u8], shared: &Shared, batch: &mut Vec
     }
 }
 
-fn read_loop(nflog: &Socket, events: &Socket, shared: &Shared) {
+/// Waits until a socket is readable (or 200 ms passed, to see `stop`);
+/// `false` when waiting failed.
+fn wait(nflog: &Socket, events: &Socket) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [
+        PollFd::new(nflog.as_fd(), PollFlags::POLLIN),
+        PollFd::new(events.as_fd(), PollFlags::POLLIN),
+    ];
+    match poll(&mut fds, PollTimeout::from(200u16)) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => true,
+        Err(e) => {
+            warn!("waiting for flow events: {e}");
+            false
+        }
+    }
+}
+
+fn read_loop(nflog: &Socket, events: &Socket, shared: &Shared) {
     let mut buf = vec![0u8; 1 << 18];
     let mut batch = Vec::new();
+    // Whether the last read brought messages: then the next comes after
+    // a sleep, not a wait on the sockets (see the module doc).
+    let mut busy = false;
     while !shared.stop.load(Ordering::Relaxed) {
-        let mut fds = [
-            PollFd::new(nflog.as_fd(), PollFlags::POLLIN),
-            PollFd::new(events.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::from(200u16)) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => {
-                warn!("waiting for flow events: {e}");
-                return;
-            }
+        if busy {
+            std::thread::sleep(DRAIN_INTERVAL);
+        } else if !wait(nflog, events) {
+            return;
         }
-        let ok = read_socket(nflog, &mut buf, shared, &mut batch)
-            && read_socket(events, &mut buf, shared, &mut batch);
+        let mut read = 0;
+        let ok = read_socket(nflog, &mut buf, shared, &mut batch, &mut read)
+            && read_socket(events, &mut buf, shared, &mut batch, &mut read);
         push(shared, &mut batch);
         if !ok {
             return;
         }
+        busy = read > 0;
     }
 }
 
