@@ -476,6 +476,8 @@ fn driver(
             bpf.connect_time_lb = connect_time_lb(config);
             bpf.host_service_nat =
                 config.bpf_host_networked_nat_without_ctlb.value == manul_model::v3::OnOff::Enabled;
+            bpf.peer_delivery =
+                config.bpf_redirect_to_peer.value == manul_model::v3::OnOff::Enabled;
             match preloaded {
                 Some(loaded) => manul_dataplane_bpf::BpfDriver::start(bpf, loaded),
                 None => manul_dataplane_bpf::BpfDriver::new(bpf),

@@ -244,7 +244,6 @@ pub const NOT_ACTED_ON: &[NotActedOn] = &[
     felix("spec.istioAmbientMode", PLATFORM),
     felix("spec.istioDSCPMark", PLATFORM),
     felix("spec.flowLogsPolicyEvaluationMode", FLOWS),
-    felix("spec.bpfRedirectToPeer", BPF),
     felix("spec.bpfAttachType", BPF),
     felix("spec.flowLogsCollectorDebugTrace", FLOWS),
     felix("spec.flowLogsGoldmaneServer", FLOWS),

@@ -418,6 +418,16 @@ settings! {
         "bpfHostNetworkedNATWithoutCTLB",
         manul_model::v3::OnOff::Enabled, |s| s.bpf_host_networked_nat_without_ctlb,
         parse::on_off, Restart;
+    /// eBPF: a packet between two pods of this node, once the destination
+    /// pod's own checks (policy, conntrack, reverse translation) allow it,
+    /// goes straight into that pod (`bpf_redirect_peer`) instead of
+    /// through the host's routing (`Enabled`, the default); `Disabled`:
+    /// routed, as before (host tools such as tcpdump on the host-side
+    /// veth see such packets only then).
+    bpf_redirect_to_peer: manul_model::v3::OnOff =
+        "bpfRedirectToPeer",
+        manul_model::v3::OnOff::Enabled, |s| s.bpf_redirect_to_peer,
+        parse::on_off, Restart;
     /// Local only: Felix programs Services on either dataplane (true, the
     /// default) or leaves them all to kube-proxy (false, while a cluster
     /// migrates from kube-proxy): no Service is programmed, those an

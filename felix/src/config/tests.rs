@@ -162,6 +162,16 @@ const CASES: &[Case] = &[
         source: Source::Environment,
     },
     Case {
+        what: "direct delivery between local pods turned off in a node's configuration",
+        global: "bpfRedirectToPeer: Enabled",
+        node: "bpfRedirectToPeer: Disabled",
+        env: &[],
+        flags: &[],
+        setting: "bpfRedirectToPeer",
+        value: "Disabled",
+        source: Source::DatastorePerHost,
+    },
+    Case {
         what: "environment intervals are seconds",
         global: "iptablesRefreshInterval: 30s",
         node: "",
