@@ -27,16 +27,18 @@ fn a_load_balancer_ip_is_its_own_source_when_a_node_address_of_its_family_is_in_
         // Family by family: an IPv6 node address in an IPv6 range makes
         // the IPv6 load-balancer IP its own source, not the IPv4 one.
         (&["10.0.0.0/24", "fd00::/64"], &["fd00::1"], &[lb6]),
-        (&["10.0.0.0/24", "fd00::/64"], &["10.0.0.1", "fd00::1"], &[lb4, lb6]),
+        (
+            &["10.0.0.0/24", "fd00::/64"],
+            &["10.0.0.1", "fd00::1"],
+            &[lb4, lb6],
+        ),
         (&["fd00::/64"], &["10.0.0.1"], &[]),
     ];
     for (ranges, local, want) in cases {
         let mut svc = Service::cluster_ip("ns", "lb", ips(&["10.96.0.1"]), Vec::new());
         svc.load_balancer_ips = ips(&[lb4, lb6]);
-        svc.load_balancer_source_ranges = ranges
-            .iter()
-            .map(|r| r.parse().expect("range"))
-            .collect();
+        svc.load_balancer_source_ranges =
+            ranges.iter().map(|r| r.parse().expect("range")).collect();
         let local: BTreeSet<IpAddr> = ips(local).into_iter().collect();
         let got: Vec<IpAddr> = svc.self_sourced_load_balancer_ips(&local).collect();
         assert_eq!(got, ips(want), "ranges {ranges:?}, node {local:?}");

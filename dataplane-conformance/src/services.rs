@@ -301,11 +301,7 @@ pub fn services() -> Vec<Service> {
     local.load_balancer_ips = vec![IpAddr::V4(LB_IP)];
     local.load_balancer_source_ranges = vec![host(EXTERNAL_IP)];
     let vip = |name: &str, cluster_ip: Ipv4Addr, lb: Ipv4Addr, ranges: Vec<IpNet>| {
-        let mut s = service(
-            name,
-            cluster_ip,
-            vec![port(6, None, &["web-b"], TCP_PORT)],
-        );
+        let mut s = service(name, cluster_ip, vec![port(6, None, &["web-b"], TCP_PORT)]);
         s.load_balancer_ips = vec![IpAddr::V4(lb)];
         s.load_balancer_source_ranges = ranges;
         s

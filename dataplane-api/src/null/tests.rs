@@ -903,7 +903,10 @@ fn this_nodes_addresses_are_replaced_restored_on_refusal_resent_and_swept() {
     // A refused batch leaves them as they were.
     rejected(
         &mut driver,
-        &[nodes(&[], &[]), Operation::IpSetRemove { id: "nope".into() }],
+        &[
+            nodes(&[], &[]),
+            Operation::IpSetRemove { id: "nope".into() },
+        ],
     );
     assert_eq!(driver.state().local_addresses, [own].into_iter().collect());
     // With no other node, this node's addresses alone are still sent.
@@ -918,5 +921,8 @@ fn this_nodes_addresses_are_replaced_restored_on_refusal_resent_and_swept() {
     restarted
         .apply(&[nodes(&[], &[own]), Operation::InSync])
         .expect("in sync");
-    assert_eq!(restarted.state().local_addresses, [own].into_iter().collect());
+    assert_eq!(
+        restarted.state().local_addresses,
+        [own].into_iter().collect()
+    );
 }

@@ -110,8 +110,7 @@ impl Services {
                 services
                     .iter()
                     .filter(|(_, s)| {
-                        !s.load_balancer_source_ranges.is_empty()
-                            && !s.load_balancer_ips.is_empty()
+                        !s.load_balancer_source_ranges.is_empty() && !s.load_balancer_ips.is_empty()
                     })
                     .map(|(k, _)| k.clone()),
             );

@@ -79,7 +79,12 @@ fn other_nodes_addresses_follow_nodes_joining_changing_and_leaving() {
             node("node3", "{addresses: [{address: '192.168.220.13/24'}]}")
         ),
         vec![with_local(
-            &["192.168.220.12", "fd00:220::12", "10.0.0.2", "192.168.220.13"],
+            &[
+                "192.168.220.12",
+                "fd00:220::12",
+                "10.0.0.2",
+                "192.168.220.13"
+            ],
             &["192.168.220.21"]
         )],
         "a node joins"

@@ -329,20 +329,29 @@ fn this_nodes_addresses_changing_replans_the_ranged_services_only_their_own_pref
     let outside: BTreeSet<IpAddr> = ["10.0.1.1".parse().unwrap()].into_iter().collect();
     let inside: BTreeSet<IpAddr> = ["10.0.0.1".parse().unwrap()].into_iter().collect();
     let mut index = Index::new(&all, 0, &outside);
-    assert_eq!(maps_of(index.desired()), maps_of(&desired_with(&all, &outside)));
+    assert_eq!(
+        maps_of(index.desired()),
+        maps_of(&desired_with(&all, &outside))
+    );
     // The node moves into the range: the ranged service, planned again,
     // adds the address's own prefix and nothing else.
     index.set_local(&inside);
     let k = key("ranged");
     let change = index.update([(&k, all.get(&k))]);
-    assert_eq!(maps_of(index.desired()), maps_of(&desired_with(&all, &inside)));
+    assert_eq!(
+        maps_of(index.desired()),
+        maps_of(&desired_with(&all, &inside))
+    );
     let own = (lb, ipnet::IpNet::from(lb));
     assert_eq!(change.ranges_added, [own].into_iter().collect());
     assert!(change.ranges_removed.is_empty());
     // And out again: removed.
     index.set_local(&outside);
     let change = index.update([(&k, all.get(&k))]);
-    assert_eq!(maps_of(index.desired()), maps_of(&desired_with(&all, &outside)));
+    assert_eq!(
+        maps_of(index.desired()),
+        maps_of(&desired_with(&all, &outside))
+    );
     assert_eq!(change.ranges_removed, [own].into_iter().collect());
     assert!(change.ranges_added.is_empty());
 }

@@ -448,7 +448,8 @@ fn a_load_balancer_ip_is_its_own_source_when_this_node_is_in_its_ranges() {
         s
     };
     // (ranges, this node's addresses, the IPv4 and IPv6 source elements)
-    let cases: &[(&[&str], &[&str], &[&str], &[&str])] = &[
+    type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+    let cases: &[Case<'_>] = &[
         (
             &["203.0.113.0/24"],
             &["10.0.0.1"],
