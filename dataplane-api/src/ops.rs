@@ -1,5 +1,6 @@
 //! Operations and the values they carry.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -292,6 +293,28 @@ impl Service {
     pub fn external_addresses(&self) -> impl Iterator<Item = &IpAddr> {
         self.external_ips.iter().chain(&self.load_balancer_ips)
     }
+
+    /// The load-balancer IPs that are allowed sources of themselves, as
+    /// kube-proxy has it: with source ranges, when one of this node's
+    /// addresses `local` (of the IP's family) lies in one of the ranges.
+    /// A VIP-like load balancer's IP is often a local address of the
+    /// node, and a connection from the node to it then has it as source.
+    pub fn self_sourced_load_balancer_ips<'a>(
+        &'a self,
+        local: &'a BTreeSet<IpAddr>,
+    ) -> impl Iterator<Item = IpAddr> + 'a {
+        let node_in_ranges = move |v6: bool| {
+            local.iter().filter(|a| a.is_ipv6() == v6).any(|a| {
+                self.load_balancer_source_ranges
+                    .iter()
+                    .any(|r| r.contains(a))
+            })
+        };
+        self.load_balancer_ips
+            .iter()
+            .copied()
+            .filter(move |ip| node_in_ranges(ip.is_ipv6()))
+    }
 }
 
 impl ServicePort {
@@ -354,10 +377,21 @@ pub enum Operation {
     /// option or header may name for a driver to believe it (the frontend
     /// it names becomes the source of a backend's replies). Felix sends it
     /// whenever a node joins, leaves or changes its addresses.
+    ///
+    /// `local`: this node's own addresses (its Node resource's), replacing
+    /// those given before. A load-balancer IP whose service's source
+    /// ranges hold one of them (same family) is an allowed source of
+    /// itself ([`Service::self_sourced_load_balancer_ips`]).
     NodeAddresses {
         addresses: Vec<IpAddr>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        local: Vec<IpAddr>,
     },
     /// Felix has the whole cluster state: the driver may now remove what it
     /// found from an earlier run and was not told about again.
     InSync,
 }
+
+#[cfg(test)]
+#[path = "ops_tests.rs"]
+mod tests;

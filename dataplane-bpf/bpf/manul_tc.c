@@ -1346,6 +1346,15 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 	fe = bpf_map_lookup_elem(&manul_svc_fe, &fk);
 	fk.port = p->dport;
 	fk.proto = p->proto;
+	/* A pod's packet to no service, or to a load-balancer address with
+	 * source ranges (a host process's connection from a VIP assigned on
+	 * the node, which its ranges allow: the reply is to that address):
+	 * a reply to a host process? */
+	if (!host && (!fe || (fe->flags & MANUL_SVC_FE_SOURCE_RANGES))) {
+		svc_host_reply(&key, n);
+		if (n->after)
+			return -1;
+	}
 	if (fe) {
 		if (fe->flags & MANUL_SVC_FE_SOURCE_RANGES) {
 			struct manul_svc_src_key sk = {
@@ -1369,12 +1378,6 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 			return reject(skb, p, host);
 		}
 	} else {
-		/* A pod's packet to no service: a reply to a host process? */
-		if (!host) {
-			svc_host_reply(&key, n);
-			if (n->after)
-				return -1;
-		}
 		/* A node port, on the node's own addresses only (a pod's
 		 * too: kube-proxy translates them in prerouting). */
 		fk.addr = 0;

@@ -126,6 +126,7 @@ fn node_port(name: &str, last: u16, protocol: u8, node_port: u16) -> Operation {
 fn other_node() -> Operation {
     Operation::NodeAddresses {
         addresses: vec![OTHER.into(), OTHER4.into()],
+        local: Vec::new(),
     }
 }
 
@@ -454,6 +455,7 @@ fn the_backends_node_drops_a_frontend_no_node_sends() {
         // ...until the node leaves the set: one map write, no load.
         d.apply(&[Operation::NodeAddresses {
             addresses: vec![OTHER4.into()],
+            local: Vec::new(),
         }])
         .expect("apply");
         assert_eq!(d.dsr_nodes(), [OTHER4.into()].into_iter().collect());

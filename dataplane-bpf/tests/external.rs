@@ -413,7 +413,10 @@ fn node_addresses(nodes: &[u8]) -> Operation {
             _ => [IpAddr::V4(NODE2), IpAddr::V6(NODE2_6)],
         })
         .collect();
-    Operation::NodeAddresses { addresses }
+    Operation::NodeAddresses {
+        addresses,
+        local: Vec::new(),
+    }
 }
 
 /// The namespaces (deleted with it), the drivers and the pins.

@@ -49,8 +49,15 @@
 //!   without backends;
 //! - `load-balancer source ranges`: a load-balancer IP whose source range
 //!   holds only the external client answers it and drops a pod;
+//! - `load-balancer VIP on the node`: two load-balancer IPs assigned on
+//!   the node itself, so a host process's connection to one has it as its
+//!   source (as with a VIP-like load balancer); the one whose ranges hold
+//!   the node's own address ([`NODE_IP`], sent as this node's address with
+//!   [`Operation::NodeAddresses`]) answers it, as kube-proxy allows, the
+//!   other drops it;
 //! - then incremental changes (`update`, `remove`: one service's backends
-//!   change, another service goes) and a driver restart with the whole
+//!   change, another service goes; `node address`: the node's address
+//!   leaves the ranges, and its VIP is dropped) and a driver restart with the whole
 //!   state again (`resync`), after which everything answers as before.
 //!
 //! [`run_dual_stack_cases`] is the IPv6 half, a separate call for drivers
@@ -175,6 +182,15 @@ pub const WEB_NODE_PORT: u16 = 30080;
 pub const LOCAL_NODE_PORT: u16 = 30081;
 /// The `local` service's load-balancer IP, open to [`EXTERNAL_IP`] only.
 pub const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The `vip-in` service's load-balancer IP, assigned on the node; its
+/// ranges hold [`NODE_IP`].
+pub const VIP_IN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+/// The `vip-out` service's load-balancer IP, assigned on the node; its
+/// ranges hold only [`EXTERNAL_IP`].
+pub const VIP_OUT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
+/// The ClusterIPs of `vip-in` and `vip-out`.
+pub const VIP_IN_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 17);
+pub const VIP_OUT_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 18);
 /// The affinity timeout of the `sticky` service.
 pub const AFFINITY_SECONDS: u32 = 600;
 /// The profile every pod carries (allow all, both ways).
@@ -284,6 +300,16 @@ pub fn services() -> Vec<Service> {
     local.external_traffic = TrafficPolicy::Local;
     local.load_balancer_ips = vec![IpAddr::V4(LB_IP)];
     local.load_balancer_source_ranges = vec![host(EXTERNAL_IP)];
+    let vip = |name: &str, cluster_ip: Ipv4Addr, lb: Ipv4Addr, ranges: Vec<IpNet>| {
+        let mut s = service(name, cluster_ip, vec![port(6, None, &["web-b"], TCP_PORT)]);
+        s.load_balancer_ips = vec![IpAddr::V4(lb)];
+        s.load_balancer_source_ranges = ranges;
+        s
+    };
+    // The node's network holds the node's address.
+    let node_net = IpNet::new(IpAddr::V4(NODE_IP), 24)
+        .map(|n| n.trunc())
+        .unwrap_or_else(|_| host(NODE_IP));
     vec![
         service(
             "web",
@@ -307,7 +333,23 @@ pub fn services() -> Vec<Service> {
         local,
         service("self", SELF_IP, vec![port(6, None, &["web-a"], TCP_PORT)]),
         service("dns", DNS_IP, vec![port(17, None, &["web-b"], UDP_PORT)]),
+        vip("vip-in", VIP_IN_CLUSTER_IP, VIP_IN_IP, vec![node_net]),
+        vip(
+            "vip-out",
+            VIP_OUT_CLUSTER_IP,
+            VIP_OUT_IP,
+            vec![host(EXTERNAL_IP)],
+        ),
     ]
+}
+
+/// This node's own address as Felix sends it: [`NODE_IP`] (no other
+/// node).
+pub fn node_addresses(local: Ipv4Addr) -> Operation {
+    Operation::NodeAddresses {
+        addresses: Vec::new(),
+        local: vec![IpAddr::V4(local)],
+    }
 }
 
 /// Everything the cases program, in contract order, ending with
@@ -315,6 +357,7 @@ pub fn services() -> Vec<Service> {
 pub fn service_operations() -> Vec<Operation> {
     let mut ops = base_operations(false);
     ops.extend(services().into_iter().map(Operation::ServiceUpdate));
+    ops.push(node_addresses(NODE_IP));
     ops.push(Operation::InSync);
     ops
 }
@@ -1030,6 +1073,25 @@ fn run_cases(net: &Net, report: &mut ServiceReport) -> Result<(), ConformanceErr
         outside == Outcome::Silent,
         format!("{outside:?}"),
     );
+
+    // VIPs assigned on the node: a host process's connection to one has
+    // it as its source.
+    for vip in [VIP_IN_IP, VIP_OUT_IP] {
+        add_address(&net.node, NODE_EXT_IF, host(vip)).map_err(setup("VIP on the node"))?;
+    }
+    let own = ask_tcp(&net.node, sock(VIP_IN_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "load-balancer VIP on the node: node in range",
+        own.answer()
+            .is_some_and(|a| a.backend == sock(pod_ip("web-b"), TCP_PORT)),
+        format!("{own:?}"),
+    );
+    let other = ask_tcp(&net.node, sock(VIP_OUT_IP, SERVICE_PORT), SILENCE)?;
+    report.check(
+        "load-balancer VIP on the node: node out of range dropped",
+        other == Outcome::Silent,
+        format!("{other:?}"),
+    );
     Ok(())
 }
 
@@ -1261,6 +1323,15 @@ fn run_changes(net: &Net, report: &mut ServiceReport) -> Result<(), ConformanceE
         removed.answer().is_none(),
         format!("{removed:?}"),
     );
+    // The node's address moves out of `vip-in`'s ranges: its VIP no
+    // longer takes the node's own connections.
+    driver.apply(vec![node_addresses(Ipv4Addr::new(203, 0, 113, 1))])?;
+    let moved = ask_tcp(&net.node, sock(VIP_IN_IP, SERVICE_PORT), SILENCE)?;
+    report.check(
+        "node address: out of range, its VIP dropped",
+        moved == Outcome::Silent,
+        format!("{moved:?}"),
+    );
 
     driver.restart()?;
     driver.apply(service_operations())?;
@@ -1282,6 +1353,13 @@ fn run_changes(net: &Net, report: &mut ServiceReport) -> Result<(), ConformanceE
         "resync: no endpoints still refused at once",
         matches!(empty, Outcome::Refused(d) if d < REFUSED_WITHIN),
         format!("{empty:?}"),
+    );
+    let own = ask_tcp(&net.node, sock(VIP_IN_IP, SERVICE_PORT), WAIT)?;
+    report.check(
+        "resync: the node's VIP in range answers again",
+        own.answer()
+            .is_some_and(|a| a.backend == sock(pod_ip("web-b"), TCP_PORT)),
+        format!("{own:?}"),
     );
     Ok(())
 }

@@ -452,8 +452,13 @@ impl NftDriver {
             .iter()
             .map(|(k, old)| (k, old.as_ref(), state.services.get(k)))
             .collect();
-        let change =
-            service_change::render_changes(&programmed, &mut self.claims, &changes, &self.config);
+        let change = service_change::render_changes(
+            &programmed,
+            &mut self.claims,
+            &changes,
+            &self.config,
+            &state.local_addresses,
+        );
         let render = started.elapsed();
         // Element changes alone (a backend moved, a service added or
         // removed whose pick chains exist) go over netlink: `nft` would

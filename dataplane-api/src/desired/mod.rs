@@ -79,13 +79,16 @@ pub struct DesiredState {
     /// The cluster's other nodes' addresses ([`Operation::NodeAddresses`]).
     #[serde(default)]
     pub node_addresses: BTreeSet<IpAddr>,
+    /// This node's own addresses (`local` of [`Operation::NodeAddresses`]).
+    #[serde(default)]
+    pub local_addresses: BTreeSet<IpAddr>,
     pub in_sync: bool,
 }
 
 impl DesiredState {
     /// The operations that build this state from nothing, in contract
     /// order: IP sets, policies, profiles, workload endpoints, host
-    /// endpoints, services, the other nodes' addresses (when there are
+    /// endpoints, services, the nodes' addresses (when there are
     /// any), then `InSync` if the state is in sync. This is
     /// also what a resync sends.
     pub fn operations(&self) -> Vec<Operation> {
@@ -134,9 +137,10 @@ impl DesiredState {
                 .values()
                 .map(|svc| Operation::ServiceUpdate(svc.clone())),
         );
-        if !self.node_addresses.is_empty() {
+        if !self.node_addresses.is_empty() || !self.local_addresses.is_empty() {
             ops.push(Operation::NodeAddresses {
                 addresses: self.node_addresses.iter().copied().collect(),
+                local: self.local_addresses.iter().copied().collect(),
             });
         }
         if self.in_sync {

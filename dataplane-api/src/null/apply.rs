@@ -266,10 +266,11 @@ impl NullDriver {
     }
 
     /// `InSync`: the driver is in sync, and what is still stale goes.
-    /// Replaces the other nodes' addresses (fresh again after a restart).
+    /// Replaces the other nodes' addresses and this node's (fresh again after a restart).
     pub(super) fn node_addresses_op(
         &mut self,
         addresses: &[std::net::IpAddr],
+        local: &[std::net::IpAddr],
         undo: &mut Vec<Undo>,
     ) -> Applied {
         if self.stale.remove(&Item::NodeAddresses) {
@@ -279,7 +280,11 @@ impl NullDriver {
             &mut self.state.node_addresses,
             addresses.iter().copied().collect(),
         );
-        undo.push(Undo::NodeAddresses(old));
+        let old_local = std::mem::replace(
+            &mut self.state.local_addresses,
+            local.iter().copied().collect(),
+        );
+        undo.push(Undo::NodeAddresses(old, old_local));
         Ok(())
     }
 

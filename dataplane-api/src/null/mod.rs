@@ -219,7 +219,9 @@ impl NullDriver {
             Operation::ServiceRemove { namespace, name } => {
                 self.service_remove(namespace, name, undo)
             }
-            Operation::NodeAddresses { addresses } => self.node_addresses_op(addresses, undo),
+            Operation::NodeAddresses { addresses, local } => {
+                self.node_addresses_op(addresses, local, undo)
+            }
             Operation::InSync => self.in_sync_op(undo),
         }
     }

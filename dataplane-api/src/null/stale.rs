@@ -17,7 +17,7 @@ pub(super) enum Item {
     Policy(PolicyId),
     Profile(String),
     IpSet(IpSetId),
-    /// The other nodes' addresses, which `InSync` clears when they were
+    /// The nodes' addresses (others' and this one's), which `InSync` clears when they were
     /// not sent again.
     NodeAddresses,
 }
@@ -37,7 +37,10 @@ impl NullDriver {
             .chain(s.policies.keys().cloned().map(Item::Policy))
             .chain(s.profiles.keys().cloned().map(Item::Profile))
             .chain(s.ip_sets.keys().cloned().map(Item::IpSet))
-            .chain((!s.node_addresses.is_empty()).then_some(Item::NodeAddresses))
+            .chain(
+                (!s.node_addresses.is_empty() || !s.local_addresses.is_empty())
+                    .then_some(Item::NodeAddresses),
+            )
             .collect();
         self.state.in_sync = false;
     }
@@ -96,7 +99,8 @@ impl NullDriver {
                 }
                 Item::NodeAddresses => {
                     let old = std::mem::take(&mut self.state.node_addresses);
-                    undo.push(Undo::NodeAddresses(old));
+                    let local = std::mem::take(&mut self.state.local_addresses);
+                    undo.push(Undo::NodeAddresses(old, local));
                 }
             }
         }

@@ -26,7 +26,7 @@ fn rejected(driver: &mut NullDriver, batch: &[Operation]) -> (usize, ContractVio
         + before.workload_endpoints.len()
         + before.host_endpoints.len()
         + before.services.len()
-        + usize::from(!before.node_addresses.is_empty());
+        + usize::from(!before.node_addresses.is_empty() || !before.local_addresses.is_empty());
     assert_eq!(driver.stale_count(), items, "everything is stale");
     let message = error.to_string();
     match error {
@@ -854,6 +854,7 @@ fn node_addresses_are_replaced_restored_on_refusal_and_swept_when_not_sent_again
     let b: IpAddr = "fd00::2".parse().unwrap();
     let nodes = |addresses: &[IpAddr]| Operation::NodeAddresses {
         addresses: addresses.to_vec(),
+        local: Vec::new(),
     };
     let mut driver = NullDriver::new();
     driver.apply(&[nodes(&[a, b])]).expect("apply");
@@ -885,4 +886,43 @@ fn node_addresses_are_replaced_restored_on_refusal_and_swept_when_not_sent_again
         .apply(&[nodes(&[a]), Operation::InSync])
         .expect("in sync");
     assert_eq!(restarted.state().node_addresses, [a].into_iter().collect());
+}
+
+#[test]
+fn this_nodes_addresses_are_replaced_restored_on_refusal_resent_and_swept() {
+    let own: IpAddr = "192.168.0.1".parse().unwrap();
+    let other: IpAddr = "192.168.0.2".parse().unwrap();
+    let nodes = |addresses: &[IpAddr], local: &[IpAddr]| Operation::NodeAddresses {
+        addresses: addresses.to_vec(),
+        local: local.to_vec(),
+    };
+    let mut driver = NullDriver::new();
+    driver.apply(&[nodes(&[other], &[own])]).expect("apply");
+    assert_eq!(driver.state().local_addresses, [own].into_iter().collect());
+    assert_eq!(driver.state().node_addresses, [other].into_iter().collect());
+    // A refused batch leaves them as they were.
+    rejected(
+        &mut driver,
+        &[
+            nodes(&[], &[]),
+            Operation::IpSetRemove { id: "nope".into() },
+        ],
+    );
+    assert_eq!(driver.state().local_addresses, [own].into_iter().collect());
+    // With no other node, this node's addresses alone are still sent.
+    driver.apply(&[nodes(&[], &[own])]).expect("apply");
+    assert_eq!(driver.state().operations(), [nodes(&[], &[own])]);
+    // After a restart they stay until InSync, which removes them unless
+    // they were sent again.
+    let mut restarted = NullDriver::from_state(driver.state().clone()).expect("valid");
+    restarted.apply(&[Operation::InSync]).expect("in sync");
+    assert!(restarted.state().local_addresses.is_empty(), "swept");
+    let mut restarted = NullDriver::from_state(driver.into_state()).expect("valid");
+    restarted
+        .apply(&[nodes(&[], &[own]), Operation::InSync])
+        .expect("in sync");
+    assert_eq!(
+        restarted.state().local_addresses,
+        [own].into_iter().collect()
+    );
 }

@@ -23,7 +23,11 @@ pub(super) enum Undo {
     Workload(EndpointId, Option<WorkloadEndpoint>),
     Host(String, Option<HostEndpoint>),
     Service(ServiceKey, Option<Service>),
-    NodeAddresses(std::collections::BTreeSet<std::net::IpAddr>),
+    /// The other nodes' addresses and this node's.
+    NodeAddresses(
+        std::collections::BTreeSet<std::net::IpAddr>,
+        std::collections::BTreeSet<std::net::IpAddr>,
+    ),
     InSync(bool),
     Restale(Item),
 }
@@ -68,7 +72,10 @@ impl NullDriver {
                         self.state.services.remove(&key);
                     }
                 },
-                Undo::NodeAddresses(old) => self.state.node_addresses = old,
+                Undo::NodeAddresses(old, local) => {
+                    self.state.node_addresses = old;
+                    self.state.local_addresses = local;
+                }
                 Undo::InSync(in_sync) => self.state.in_sync = in_sync,
                 Undo::Restale(item) => {
                     self.stale.insert(item);

@@ -419,7 +419,11 @@ impl Driver for BpfDriver {
         if services_named {
             events::lock(&self.shared).backends.begin_change();
         }
-        if let Err(e) = self.services.apply(batch, &self.desired.state().services) {
+        let state = self.desired.state();
+        if let Err(e) = self
+            .services
+            .apply(batch, &state.services, &state.local_addresses)
+        {
             errors.push(e);
         }
         if services_named {

@@ -80,13 +80,19 @@ impl Services {
     /// this run's plan is what the maps hold, else the whole state. On an
     /// error the next sync plans the whole state again (after a failed
     /// write, from what the maps are read back to hold).
+    ///
+    /// `local`: this node's addresses. When they changed since the last
+    /// plan, every service with load-balancer source ranges is planned
+    /// again (a load-balancer IP may now be, or no longer be, an allowed
+    /// source of itself).
     pub fn apply(
         &mut self,
         batch: &[Operation],
         services: &BTreeMap<ServiceKey, Service>,
+        local: &BTreeSet<std::net::IpAddr>,
     ) -> Result<(), BpfError> {
         let in_sync = batch.iter().any(|op| matches!(op, Operation::InSync));
-        let named: BTreeSet<ServiceKey> = batch
+        let mut named: BTreeSet<ServiceKey> = batch
             .iter()
             .filter_map(|op| match op {
                 Operation::ServiceUpdate(s) => Some((s.namespace.clone(), s.name.clone())),
@@ -96,10 +102,23 @@ impl Services {
                 _ => None,
             })
             .collect();
+        if let Some(index) = self.index.as_mut()
+            && index.local() != local
+        {
+            index.set_local(local);
+            named.extend(
+                services
+                    .iter()
+                    .filter(|(_, s)| {
+                        !s.load_balancer_source_ranges.is_empty() && !s.load_balancer_ips.is_empty()
+                    })
+                    .map(|(k, _)| k.clone()),
+            );
+        }
         if !in_sync && named.is_empty() {
             return Ok(());
         }
-        let planned = self.plan(services, &named, in_sync);
+        let planned = self.plan(services, &named, in_sync, local);
         let synced = self.sync(planned);
         if synced.is_err() {
             self.index = None;
@@ -152,6 +171,7 @@ impl Services {
         services: &BTreeMap<ServiceKey, Service>,
         named: &BTreeSet<ServiceKey>,
         in_sync: bool,
+        local: &BTreeSet<std::net::IpAddr>,
     ) -> Planned {
         if let Some(index) = self.index.as_mut()
             && !in_sync
@@ -168,7 +188,7 @@ impl Services {
                 ranges_removed: change.ranges_removed,
             };
         }
-        let mut index = Index::new(services, self.maglev_capacity);
+        let mut index = Index::new(services, self.maglev_capacity, local);
         log_skipped(&index.take_skipped());
         let desired = index.desired();
         let (writes, delta) = diff::diff(desired, &self.programmed, Scope::All, in_sync);

@@ -244,9 +244,18 @@ pub(crate) fn family_backends(
 /// [`index::Index`] keeps up to date.
 #[cfg(test)]
 pub fn desired(services: &BTreeMap<ServiceKey, manul_dataplane_api::Service>) -> Desired {
+    desired_with(services, &BTreeSet::new())
+}
+
+/// [`desired`] with this node's addresses `local`.
+#[cfg(test)]
+pub fn desired_with(
+    services: &BTreeMap<ServiceKey, manul_dataplane_api::Service>,
+    local: &BTreeSet<IpAddr>,
+) -> Desired {
     let mut d = Desired::default();
     for (key, svc) in services {
-        d.add(key, &part::part(key, svc));
+        d.add(key, &part::part(key, svc, local));
     }
     d
 }

@@ -29,7 +29,9 @@ pub struct ServiceChange {
 }
 
 /// Renders `changes` against `programmed` (the table as written) and
-/// `claims` (who claims which shared keys in it), and updates `claims`.
+/// `claims` (who claims which shared keys in it), and updates `claims`;
+/// `local`: this node's addresses, as the table was rendered with (a
+/// batch that changes them renders the whole state).
 /// After a failed write, `claims` no longer matches the kernel: rebuild it
 /// with the whole state ([`super::render_indexed`]).
 pub fn render_changes(
@@ -37,14 +39,15 @@ pub fn render_changes(
     claims: &mut Claims,
     changes: &[Change<'_>],
     config: &NftConfig,
+    local: &BTreeSet<std::net::IpAddr>,
 ) -> ServiceChange {
     let rendered: Vec<(&ServiceKey, Option<ServiceObjects>, Option<ServiceObjects>)> = changes
         .iter()
         .map(|(key, before, after)| {
             (
                 *key,
-                before.map(|s| render_service(s, config)),
-                after.map(|s| render_service(s, config)),
+                before.map(|s| render_service(s, config, local)),
+                after.map(|s| render_service(s, config, local)),
             )
         })
         .collect();

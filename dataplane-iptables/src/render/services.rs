@@ -444,8 +444,13 @@ fn no_external_backends(key: Vec<Value>, local: bool, cluster: &[Backend]) -> El
 }
 
 /// Renders one service on its own; [`render`] merges the services, and
-/// the driver renders only the services a batch changed.
-pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
+/// the driver renders only the services a batch changed. `local`: this
+/// node's addresses (for the load-balancer source ranges).
+pub fn render_service(
+    svc: &Service,
+    config: &NftConfig,
+    local: &BTreeSet<IpAddr>,
+) -> ServiceObjects {
     let mut chains = BTreeMap::new();
     // Own sets (affinity), and the shared ones this service claims
     // elements of, created as it does (`add`).
@@ -475,7 +480,7 @@ pub fn render_service(svc: &Service, config: &NftConfig) -> ServiceObjects {
     let mut claimed = BTreeSet::new();
     for v6 in families {
         let f = Fam { v6 };
-        source_ranges(svc, f, &mut sets);
+        source_ranges(svc, f, local, &mut sets);
         for port in svc.ports.iter().filter(|p| translatable(p.protocol)) {
             let out = Out {
                 chains: &mut chains,
@@ -518,7 +523,7 @@ pub(super) fn render(
 ) -> Claims {
     let mut claims = Claims::default();
     for (key, svc) in &state.services {
-        let objects = render_service(svc, config);
+        let objects = render_service(svc, config, &state.local_addresses);
         chains.extend(objects.chains);
         chains.extend(objects.shared_chains);
         sets.extend(objects.sets);
@@ -562,8 +567,16 @@ pub(super) fn merge(sets: &mut BTreeMap<String, SetDef>, map: &str, mut elements
 /// A load-balancer IP's source ranges: the address in `mnl-lb-ranged4`,
 /// and `address . range` for each range of its family (none: every
 /// source is dropped), which `service_claims` merges with other services'
-/// ranges for the address.
-fn source_ranges(svc: &Service, f: Fam, sets: &mut BTreeMap<String, SetDef>) {
+/// ranges for the address. When one of this node's addresses `local`
+/// lies in a range, also `address . address/32` (`/128`): a connection
+/// from the node to a VIP assigned on it has the VIP as its source
+/// (kube-proxy's exception).
+fn source_ranges(
+    svc: &Service,
+    f: Fam,
+    local: &BTreeSet<IpAddr>,
+    sets: &mut BTreeMap<String, SetDef>,
+) {
     if svc.load_balancer_source_ranges.is_empty() {
         return;
     }
@@ -579,6 +592,13 @@ fn source_ranges(svc: &Service, f: Fam, sets: &mut BTreeMap<String, SetDef>) {
                 add(sets, &f.map(LB_SOURCES), e);
             }
         }
+    }
+    for ip in svc
+        .self_sourced_load_balancer_ips(local)
+        .filter(|ip| Fam::of(ip) == f)
+    {
+        let e = Element::key(vec![Value::Addr(ip), Value::Net(ipnet::IpNet::from(ip))]);
+        add(sets, &f.map(LB_SOURCES), e);
     }
 }
 

@@ -24,6 +24,8 @@ pub(super) struct Emitted {
     pub(super) services: BTreeMap<(String, String), dp::Service>,
     /// The other nodes' addresses.
     pub(super) node_addresses: BTreeSet<std::net::IpAddr>,
+    /// This node's own addresses.
+    pub(super) local_addresses: BTreeSet<std::net::IpAddr>,
 }
 
 impl CalcGraph {
@@ -51,15 +53,18 @@ impl CalcGraph {
         ops
     }
 
-    /// The other nodes' addresses, when they changed (a node joined, left
-    /// or changed its addresses).
+    /// The other nodes' addresses and this node's own, when they changed
+    /// (a node joined, left or changed its addresses).
     fn emit_node_addresses(&mut self, ops: &mut Vec<dp::Operation>) {
         let now: BTreeSet<std::net::IpAddr> = self.nodes.values().flatten().copied().collect();
-        if now != self.emitted.node_addresses {
+        if now != self.emitted.node_addresses || self.own_addresses != self.emitted.local_addresses
+        {
             ops.push(dp::Operation::NodeAddresses {
                 addresses: now.iter().copied().collect(),
+                local: self.own_addresses.iter().copied().collect(),
             });
             self.emitted.node_addresses = now;
+            self.emitted.local_addresses = self.own_addresses.clone();
         }
     }
 

@@ -117,8 +117,11 @@ pub struct CalcGraph {
     slices_by_service: BTreeMap<(String, String), BTreeSet<String>>,
     dirty_services: BTreeSet<(String, String)>,
     /// The other nodes' addresses, by node name (this node's are not
-    /// kept).
+    /// kept here).
     nodes: BTreeMap<String, BTreeSet<std::net::IpAddr>>,
+    /// This node's own addresses (its Node resource's, by the name Felix
+    /// runs as).
+    own_addresses: BTreeSet<std::net::IpAddr>,
     /// How a Service without Calico's external-traffic-strategy
     /// annotation balances its external traffic.
     default_balancing: manul_dataplane_api::Balancing,
@@ -162,6 +165,7 @@ impl CalcGraph {
             slices_by_service: BTreeMap::new(),
             dirty_services: BTreeSet::new(),
             nodes: BTreeMap::new(),
+            own_addresses: BTreeSet::new(),
             default_balancing: manul_dataplane_api::Balancing::Random,
             proxy_services: true,
             items: Items::default(),
@@ -325,7 +329,9 @@ impl CalcGraph {
                     .as_ref()
                     .map(inputs::node_addresses)
                     .unwrap_or_default();
-                if u.key.name == self.node || addresses.is_empty() {
+                if u.key.name == self.node {
+                    self.own_addresses = addresses;
+                } else if addresses.is_empty() {
                     self.nodes.remove(&u.key.name);
                 } else {
                     self.nodes.insert(u.key.name, addresses);

@@ -1,5 +1,6 @@
-//! The other nodes' addresses: emitted when a node joins, leaves or
-//! changes them, never this node's own, and in the whole state.
+//! The nodes' addresses: the other nodes' and this node's own (apart),
+//! emitted when a node joins, leaves or changes them, and in the whole
+//! state.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -17,9 +18,17 @@ fn node(name: &str, spec: &str) -> Vec<Update> {
 }
 
 fn addresses(list: &[&str]) -> Operation {
-    let set: BTreeSet<IpAddr> = list.iter().map(|a| a.parse().unwrap()).collect();
+    with_local(list, &["192.168.220.11"])
+}
+
+fn with_local(list: &[&str], local: &[&str]) -> Operation {
+    let set = |l: &[&str]| -> Vec<IpAddr> {
+        let s: BTreeSet<IpAddr> = l.iter().map(|a| a.parse().unwrap()).collect();
+        s.into_iter().collect()
+    };
     Operation::NodeAddresses {
-        addresses: set.into_iter().collect(),
+        addresses: set(list),
+        local: set(local),
     }
 }
 
@@ -46,7 +55,7 @@ fn other_nodes_addresses_follow_nodes_joining_changing_and_leaving() {
     assert_eq!(
         step(&mut g, joined),
         vec![addresses(&["192.168.220.12", "fd00:220::12", "10.0.0.2"])],
-        "node 2's addresses, every kind, no loopback; never this node's own"
+        "node 2's addresses, every kind, no loopback; this node's own apart"
     );
     assert_eq!(
         step(&mut g, node("node2", node2)),
@@ -58,20 +67,26 @@ fn other_nodes_addresses_follow_nodes_joining_changing_and_leaving() {
             &mut g,
             node("node1", "{bgp: {ipv4Address: 192.168.220.21/24}}")
         ),
-        vec![],
-        "this node's own changes are not sent"
+        vec![with_local(
+            &["192.168.220.12", "fd00:220::12", "10.0.0.2"],
+            &["192.168.220.21"]
+        )],
+        "this node's own change is sent as its own, the others unchanged"
     );
     assert_eq!(
         step(
             &mut g,
             node("node3", "{addresses: [{address: '192.168.220.13/24'}]}")
         ),
-        vec![addresses(&[
-            "192.168.220.12",
-            "fd00:220::12",
-            "10.0.0.2",
-            "192.168.220.13"
-        ])],
+        vec![with_local(
+            &[
+                "192.168.220.12",
+                "fd00:220::12",
+                "10.0.0.2",
+                "192.168.220.13"
+            ],
+            &["192.168.220.21"]
+        )],
         "a node joins"
     );
     let gone = Update {
@@ -84,7 +99,7 @@ fn other_nodes_addresses_follow_nodes_joining_changing_and_leaving() {
     };
     assert_eq!(
         step(&mut g, vec![gone]),
-        vec![addresses(&["192.168.220.13"])],
+        vec![with_local(&["192.168.220.13"], &["192.168.220.21"])],
         "a node leaves"
     );
 
@@ -99,4 +114,26 @@ fn other_nodes_addresses_follow_nodes_joining_changing_and_leaving() {
         fresh.state().node_addresses,
         ["192.168.220.13".parse().unwrap()].into_iter().collect()
     );
+    assert_eq!(
+        fresh.state().local_addresses,
+        ["192.168.220.21".parse().unwrap()].into_iter().collect()
+    );
+}
+
+#[test]
+fn this_nodes_addresses_are_sent_alone_without_other_nodes_and_cleared_when_it_goes() {
+    let mut g = CalcGraph::new("node1");
+    let ops = node_ops(g.apply(node("node1", "{addresses: [{address: 10.0.0.1}]}")));
+    assert_eq!(ops, vec![with_local(&[], &["10.0.0.1"])]);
+    assert_eq!(g.whole_state(), vec![with_local(&[], &["10.0.0.1"])]);
+    let gone = Update {
+        key: ResourceKey {
+            kind: Kind::Node,
+            namespace: None,
+            name: "node1".into(),
+        },
+        value: None,
+    };
+    assert_eq!(node_ops(g.apply(vec![gone])), vec![with_local(&[], &[])]);
+    assert!(g.whole_state().is_empty());
 }

@@ -7,7 +7,7 @@ use super::CalcGraph;
 impl CalcGraph {
     /// Every operation a driver with nothing needs to hold what the graph
     /// last emitted, in contract order (IP sets, policies, profiles,
-    /// workload endpoints, host endpoints, services, the other nodes'
+    /// workload endpoints, host endpoints, services, the nodes'
     /// addresses when there are any), without `InSync`:
     /// what a resync sends after a failed batch, the same state that the
     /// batches emitted since start-up built. It reads what was emitted, so
@@ -71,9 +71,10 @@ impl CalcGraph {
                 .values()
                 .map(|s| dp::Operation::ServiceUpdate(s.clone())),
         );
-        if !e.node_addresses.is_empty() {
+        if !e.node_addresses.is_empty() || !e.local_addresses.is_empty() {
             ops.push(dp::Operation::NodeAddresses {
                 addresses: e.node_addresses.iter().copied().collect(),
+                local: e.local_addresses.iter().copied().collect(),
             });
         }
         ops

@@ -170,7 +170,7 @@ fn each_change_touches_only_its_services_and_writes_what_the_whole_plan_writes()
         let before = services(case.before);
         let after = services(case.after);
         let (_, programmed) = step(&before, &Programmed::default(), true);
-        let mut index = Index::new(&before, 0);
+        let mut index = Index::new(&before, 0, &BTreeSet::new());
         let (change, w, _) = incremental(&mut index, &programmed, &before, &after);
         let touched: BTreeSet<ServiceKey> = case.touched.iter().map(|n| key(n)).collect();
         assert_eq!(change.touched.services, touched, "{}", case.what);
@@ -189,7 +189,7 @@ fn a_moved_backend_is_reported_gone_and_its_maglev_table_replaced() {
     let before = services(vec![maglev_service(&[2, 3, 4])]);
     let after = services(vec![maglev_service(&[2, 3, 5])]);
     let (_, programmed) = step(&before, &Programmed::default(), true);
-    let mut index = Index::new(&before, 0);
+    let mut index = Index::new(&before, 0, &BTreeSet::new());
     let (_, w, next) = incremental(&mut index, &programmed, &before, &after);
     let old = programmed.frontends[&fe([192, 0, 2, 9], 80)];
     let new = next.frontends[&fe([192, 0, 2, 9], 80)];
@@ -205,7 +205,7 @@ fn a_moved_backend_is_reported_gone_and_its_maglev_table_replaced() {
 fn a_service_named_twice_in_one_change_is_planned_once() {
     let before = services(vec![at("a", 1, &[2])]);
     let after = services(vec![at("a", 1, &[3])]);
-    let mut index = Index::new(&before, 0);
+    let mut index = Index::new(&before, 0, &BTreeSet::new());
     let k = key("a");
     let change = index.update([(&k, after.get(&k)), (&k, after.get(&k))]);
     assert_eq!(change.touched.services, BTreeSet::from([k]));
@@ -302,7 +302,7 @@ mod any_state {
             let mut shapes = first;
             let mut before = of(&shapes);
             let (_, mut programmed) = step(&before, &Programmed::default(), true);
-            let mut index = Index::new(&before, 0);
+            let mut index = Index::new(&before, 0, &BTreeSet::new());
             for edits in steps {
                 for (i, shape) in edits {
                     shapes[i] = shape;
@@ -316,4 +316,42 @@ mod any_state {
             }
         }
     }
+}
+
+#[test]
+fn this_nodes_addresses_changing_replans_the_ranged_services_only_their_own_prefix() {
+    let lb: IpAddr = "192.0.2.9".parse().unwrap();
+    let mut ranged = at("ranged", 10, &[2]);
+    ranged.load_balancer_ips = vec![lb];
+    ranged.load_balancer_source_ranges = vec!["10.0.0.0/24".parse().unwrap()];
+    let plain = at("plain", 11, &[4]);
+    let all = services(vec![ranged, plain]);
+    let outside: BTreeSet<IpAddr> = ["10.0.1.1".parse().unwrap()].into_iter().collect();
+    let inside: BTreeSet<IpAddr> = ["10.0.0.1".parse().unwrap()].into_iter().collect();
+    let mut index = Index::new(&all, 0, &outside);
+    assert_eq!(
+        maps_of(index.desired()),
+        maps_of(&desired_with(&all, &outside))
+    );
+    // The node moves into the range: the ranged service, planned again,
+    // adds the address's own prefix and nothing else.
+    index.set_local(&inside);
+    let k = key("ranged");
+    let change = index.update([(&k, all.get(&k))]);
+    assert_eq!(
+        maps_of(index.desired()),
+        maps_of(&desired_with(&all, &inside))
+    );
+    let own = (lb, ipnet::IpNet::from(lb));
+    assert_eq!(change.ranges_added, [own].into_iter().collect());
+    assert!(change.ranges_removed.is_empty());
+    // And out again: removed.
+    index.set_local(&outside);
+    let change = index.update([(&k, all.get(&k))]);
+    assert_eq!(
+        maps_of(index.desired()),
+        maps_of(&desired_with(&all, &outside))
+    );
+    assert_eq!(change.ranges_removed, [own].into_iter().collect());
+    assert!(change.ranges_added.is_empty());
 }

@@ -46,6 +46,8 @@ pub struct Index {
     claimants: BTreeMap<Frontend, BTreeSet<ServiceKey>>,
     address_users: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
     range_users: BTreeMap<SourceRange, BTreeSet<ServiceKey>>,
+    /// This node's addresses, which the parts were computed with.
+    local: BTreeSet<IpAddr>,
 }
 
 /// The smallest list key of `service`: its lists start there.
@@ -80,12 +82,20 @@ fn enroll<T: Ord + Copy>(
 }
 
 impl Index {
-    /// The index of `services`, Maglev tables sized for `maglev_capacity`.
-    pub fn new(services: &BTreeMap<ServiceKey, Service>, maglev_capacity: usize) -> Self {
-        let mut ix = Index::default();
+    /// The index of `services`, Maglev tables sized for `maglev_capacity`,
+    /// with this node's addresses `local`.
+    pub fn new(
+        services: &BTreeMap<ServiceKey, Service>,
+        maglev_capacity: usize,
+        local: &BTreeSet<IpAddr>,
+    ) -> Self {
+        let mut ix = Index {
+            local: local.clone(),
+            ..Index::default()
+        };
         ix.desired.maglev_capacity = maglev_capacity;
         for (key, svc) in services {
-            let p = part(key, svc);
+            let p = part(key, svc, local);
             ix.desired.add(key, &p);
             ix.enroll(key, &p, true);
             ix.parts.insert(key.clone(), p);
@@ -95,6 +105,18 @@ impl Index {
 
     pub fn desired(&self) -> &Desired {
         &self.desired
+    }
+
+    /// This node's addresses the parts are computed with.
+    pub fn local(&self) -> &BTreeSet<IpAddr> {
+        &self.local
+    }
+
+    /// Takes this node's addresses as now `local`: the next
+    /// [`Index::update`] computes the parts it is given with them. The
+    /// caller names every service with source ranges in that update.
+    pub fn set_local(&mut self, local: &BTreeSet<IpAddr>) {
+        self.local = local.clone();
     }
 
     /// What the services leave out, once (for the log).
@@ -139,7 +161,7 @@ impl Index {
                 continue;
             }
             let old = self.parts.remove(key);
-            let new = svc.map(|s| part(key, s));
+            let new = svc.map(|s| part(key, s, &self.local));
             for (p, add) in [(&old, false), (&new, true)] {
                 let Some(p) = p else { continue };
                 self.enroll(key, p, add);

@@ -3,7 +3,8 @@
 //! address entries' flags and the source ranges it asks for. Which
 //! service keeps a frontend two claim is decided when parts are put
 //! together ([`super::Desired::add`]), so a part depends on its service
-//! alone and is recomputed only when that service changes.
+//! (and this node's addresses, for the source ranges) alone and is
+//! recomputed only when that service (or they) change.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -43,7 +44,8 @@ pub struct Part {
     pub items: Vec<Item>,
     /// The flags this service asks of each of its addresses' entries.
     pub addresses: BTreeMap<IpAddr, u32>,
-    /// Its load-balancer addresses' source ranges.
+    /// Its load-balancer addresses' source ranges (with an address's own
+    /// host prefix when it is its own allowed source).
     pub source_ranges: BTreeSet<SourceRange>,
 }
 
@@ -88,7 +90,12 @@ fn frontend_flags(port: &ServicePort, policy: TrafficPolicy, external: bool, ipv
 /// (not 0.0.0.0 or ::: a node port has no address entry). Each
 /// frontend's list holds its family's backends (SCTP's too, on any port:
 /// the programs patch its CRC32c for a port rewrite).
-pub fn part(key: &ServiceKey, svc: &Service) -> Part {
+///
+/// `local`: this node's addresses. A load-balancer IP whose service's
+/// ranges hold one of them (of its family) is an allowed source of itself
+/// (a VIP assigned on the node, connected to from the node), as with
+/// kube-proxy: its own host prefix joins its ranges.
+pub fn part(key: &ServiceKey, svc: &Service, local: &BTreeSet<IpAddr>) -> Part {
     let mut p = Part::default();
     // (address, policy, external)
     let mut frontends: Vec<(IpAddr, TrafficPolicy, bool)> = svc
@@ -114,6 +121,9 @@ pub fn part(key: &ServiceKey, svc: &Service) -> Part {
                 p.source_ranges.insert((*ip, range.trunc()));
             }
         }
+    }
+    for ip in svc.self_sourced_load_balancer_ips(local) {
+        p.source_ranges.insert((ip, ipnet::IpNet::from(ip)));
     }
     // Node ports are open in the families of the cluster IPs (IPv4 for a
     // service without any), as on nftables.

@@ -382,7 +382,7 @@ fn an_in_cluster_twin_follows_its_frontends_keeper() {
     assert!(!d.frontends.contains_key(&twin(fe([192, 0, 2, 1], 80))));
 
     let maps = |d: &Desired| (d.frontends.clone(), d.lists.clone());
-    let mut ix = super::index::Index::new(&both, 0);
+    let mut ix = super::index::Index::new(&both, 0, &BTreeSet::new());
     assert_eq!(maps(ix.desired()), maps(&d));
     let gone = (keeper.namespace.clone(), keeper.name.clone());
     let change = ix.update([(&gone, None)]);
@@ -902,4 +902,43 @@ fn a_capacity_pins_the_table_size() {
         p.frontends[&fe([192, 0, 2, 9], 80)].maglev_size,
         manul_dataplane_api::maglev::table_size(100)
     );
+}
+
+#[test]
+fn a_load_balancer_ip_is_its_own_source_when_this_node_is_in_its_ranges() {
+    let lb4: IpAddr = "192.0.2.9".parse().unwrap();
+    let lb6: IpAddr = "2001:db8:9::9".parse().unwrap();
+    let r4: ipnet::IpNet = "10.0.0.0/24".parse().unwrap();
+    let r6: ipnet::IpNet = "fd00::/64".parse().unwrap();
+    let own = |ip: IpAddr| (ip, ipnet::IpNet::from(ip));
+    // (ranges, this node's addresses, the source ranges wanted)
+    let cases: Vec<(Vec<ipnet::IpNet>, Vec<&str>, Vec<SourceRange>)> = vec![
+        // The node outside every range: the ranges alone.
+        (vec![r4], vec!["10.0.1.1"], vec![(lb4, r4)]),
+        (vec![r4], vec![], vec![(lb4, r4)]),
+        // Inside: the address's own host prefix joins them.
+        (vec![r4], vec!["10.0.0.1"], vec![(lb4, r4), own(lb4)]),
+        // Per family: an IPv6 node address opens the IPv6 address only.
+        (
+            vec![r4, r6],
+            vec!["10.0.1.1", "fd00::1"],
+            vec![(lb4, r4), (lb6, r6), own(lb6)],
+        ),
+        (
+            vec![r4, r6],
+            vec!["10.0.0.1", "fd00::1"],
+            vec![(lb4, r4), own(lb4), (lb6, r6), own(lb6)],
+        ),
+        // No ranges: no entry at all (every source is allowed).
+        (vec![], vec!["10.0.0.1"], vec![]),
+    ];
+    for (ranges, local, want) in cases {
+        let mut svc = service("web", [10, 96, 0, 10], &[2]);
+        svc.load_balancer_ips = vec![lb4, lb6];
+        svc.load_balancer_source_ranges = ranges.clone();
+        let local: BTreeSet<IpAddr> = local.iter().map(|a| a.parse().unwrap()).collect();
+        let d = desired_with(&services(vec![svc]), &local);
+        let want: BTreeSet<SourceRange> = want.into_iter().collect();
+        assert_eq!(d.source_ranges, want, "ranges {ranges:?}, node {local:?}");
+    }
 }

@@ -439,3 +439,74 @@ fn an_ipv6_only_service_leaves_the_ipv4_node_port_to_an_ipv4_one() {
     assert!(alone.sets["mnl-svc-nodeports4"].elements.is_empty());
     assert!(alone.sets["mnl-noep-nodeports4"].elements.is_empty());
 }
+
+#[test]
+fn a_load_balancer_ip_is_its_own_source_when_this_node_is_in_its_ranges() {
+    let ranged = |ranges: &[&str]| {
+        let mut s = balanced("a", "10.96.0.50", ranges);
+        s.load_balancer_ips.push(ip("2001:db8::80"));
+        s
+    };
+    // (ranges, this node's addresses, the IPv4 and IPv6 source elements)
+    type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+    let cases: &[Case<'_>] = &[
+        (
+            &["203.0.113.0/24"],
+            &["10.0.0.1"],
+            &["198.51.100.80 . 203.0.113.0/24"],
+            &[],
+        ),
+        (
+            &["203.0.113.0/24"],
+            &["203.0.113.7"],
+            &[
+                "198.51.100.80 . 198.51.100.80/32",
+                "198.51.100.80 . 203.0.113.0/24",
+            ],
+            &[],
+        ),
+        // Family by family: an IPv6 node address in an IPv6 range opens
+        // the IPv6 load-balancer IP to itself only.
+        (
+            &["203.0.113.0/24", "fd00::/64"],
+            &["10.0.0.1", "fd00::1"],
+            &["198.51.100.80 . 203.0.113.0/24"],
+            &[
+                "2001:db8::80 . 2001:db8::80/128",
+                "2001:db8::80 . fd00::/64",
+            ],
+        ),
+        // No node address known: the ranges alone.
+        (
+            &["203.0.113.0/24"],
+            &[],
+            &["198.51.100.80 . 203.0.113.0/24"],
+            &[],
+        ),
+    ];
+    for (ranges, local, want4, want6) in cases {
+        let mut state = with(&[ranged(ranges)]);
+        state.local_addresses = local.iter().map(|a| ip(a)).collect();
+        let rs = render(&state);
+        let of = |name: &str| -> Vec<String> {
+            rs.sets[name]
+                .elements
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(of("mnl-lb-src4"), *want4, "{ranges:?} {local:?}");
+        assert_eq!(of("mnl-lb-src6"), *want6, "{ranges:?} {local:?}");
+    }
+    // Incrementally with this node in range, as the whole render.
+    let mut state = with(&[]);
+    state.local_addresses = [ip("203.0.113.7")].into_iter().collect();
+    check_steps(
+        state,
+        &[
+            vec![("a", Some(ranged(&["203.0.113.0/24"])))],
+            vec![("a", Some(ranged(&["203.0.114.0/24"])))],
+            vec![("a", None)],
+        ],
+    );
+}

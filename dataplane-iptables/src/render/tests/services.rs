@@ -509,7 +509,13 @@ fn a_service_update_changes_only_that_service() {
         let (programmed, mut claims) = render_indexed(&state, &config);
         let before = web();
         let changes: Vec<service_change::Change<'_>> = vec![(&key, Some(&before), Some(web2))];
-        let change = service_change::render_changes(&programmed, &mut claims, &changes, &config);
+        let change = service_change::render_changes(
+            &programmed,
+            &mut claims,
+            &changes,
+            &config,
+            &Default::default(),
+        );
         (programmed, change)
     };
     // One backend replaced: elements alone, of the maps that hold it.
@@ -702,7 +708,13 @@ pub(super) fn check_steps(
             .iter()
             .map(|k| (k, before.services.get(k), state.services.get(k)))
             .collect();
-        let change = service_change::render_changes(&programmed, &mut claims, &changes, &config);
+        let change = service_change::render_changes(
+            &programmed,
+            &mut claims,
+            &changes,
+            &config,
+            &state.local_addresses,
+        );
         let script = crate::script::incremental(&change.old, &change.new);
         let (whole, whole_claims) = render_indexed(&state, &config);
         assert_eq!(
