@@ -25,6 +25,7 @@
 #define MANUL_ADDR_KEY_BASE_BITS 64
 #define MANUL_PORT_KEY_BASE_BITS 48
 #define MANUL_PROTO_KEY_BASE_BITS 32
+#define MANUL_SRC_KEY_BASE_BITS 64
 
 enum manul_side {
 	MANUL_SIDE_SRC = 0,
@@ -162,7 +163,10 @@ enum manul_counter {
 	/* Of those, the ones it allowed, delivered straight into the
 	 * destination pod: the host's routing skipped. */
 	MANUL_CNT_PEER_DELIVERED = 24,
-	MANUL_CNT_MAX = 25,
+	/* Packets from a pod whose source is none of its endpoint's
+	 * addresses (manul_src), dropped at its interface. */
+	MANUL_CNT_SPOOFED = 25,
+	MANUL_CNT_MAX = 26,
 };
 
 /* manul_meta array index. */
@@ -203,6 +207,22 @@ struct manul_ep_value {
 	/* Host endpoints: [hook][enum manul_stage]; 0 = no such policy. */
 	__u32 stage_table[2][MANUL_STAGE_MAX];
 	__u32 stage_space[2][MANUL_STAGE_MAX];
+};
+
+/* manul_src (LPM trie): (workload interface, version, address prefix) ->
+ * 1: the sources a pod may send from, its endpoint's networks. Written
+ * before the interface's manul_ep entry, removed after it. IPv4 addresses
+ * use the first 4 bytes of addr. */
+struct manul_src_data {
+	__u32 ifindex; /* always inside the prefix, with version and pad */
+	__u8 version;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+
+struct manul_src_key {
+	__u32 prefixlen;
+	struct manul_src_data data;
 };
 
 /* manul_failsafe: (direction, protocol, port) -> 1: new flows to this port

@@ -56,6 +56,15 @@ struct {
 } manul_addr SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__type(key, struct manul_src_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} manul_src SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);
 	__type(key, struct manul_class_key);
@@ -195,6 +204,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct manul_ct_value);
 } manul_ct_scratch SEC(".maps");
+
+/* Per-CPU scratch for a manul_src lookup key. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct manul_src_key);
+} manul_src_scratch SEC(".maps");
 
 struct pkt {
 	__u8 version;
@@ -642,6 +659,26 @@ static __always_inline int is_neighbour_discovery(const struct pkt *p)
 {
 	return p->version == 6 && p->proto == IPPROTO_ICMPV6 && p->icmp_type >= 133 &&
 	       p->icmp_type <= 137;
+}
+
+/* Whether a packet from a workload's pod, as the pod sent it (before any
+ * translation here), has one of its endpoint's addresses as source
+ * (manul_src); fails closed. */
+static __always_inline int source_owned(__u32 ifindex, const struct pkt *p)
+{
+	__u32 zero = 0;
+	struct manul_src_key *k = bpf_map_lookup_elem(&manul_src_scratch, &zero);
+
+	if (!k)
+		return 0;
+	k->prefixlen = MANUL_SRC_KEY_BASE_BITS + (p->version == 4 ? 32 : 128);
+	k->data.ifindex = ifindex;
+	k->data.version = p->version;
+	k->data.pad[0] = 0;
+	k->data.pad[1] = 0;
+	k->data.pad[2] = 0;
+	__builtin_memcpy(k->data.addr, p->src, 16);
+	return bpf_map_lookup_elem(&manul_src, k) != 0;
 }
 
 /* Whether the endpoint-to-host action drops a workload's traffic to its
@@ -1683,6 +1720,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	if (is_neighbour_discovery(&p)) {
 		count(MANUL_CNT_ND_ALLOWED);
 		return TC_ACT_OK;
+	}
+	/* From a pod: its source must be its own (anti-spoofing), checked
+	 * before the service NAT rewrites anything. */
+	if (!host && hook == MANUL_HOOK_INGRESS && !source_owned(ifindex, &p)) {
+		count(MANUL_CNT_SPOOFED);
+		return TC_ACT_SHOT;
 	}
 	now = bpf_ktime_get_ns();
 	if (host) {

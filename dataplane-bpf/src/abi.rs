@@ -24,6 +24,8 @@ unsafe impl aya::Pod for manul_ep_value {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_addr_data {}
 // SAFETY: as above.
+unsafe impl aya::Pod for manul_src_data {}
+// SAFETY: as above.
 unsafe impl aya::Pod for manul_class_key {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_port_data {}

@@ -329,6 +329,7 @@ fn flips(
             spaces,
             stage_tables,
             stage_spaces,
+            sources: p.sources.clone(),
         };
         let previous = ledger.endpoints.get(key);
         if let Some(old_ix) = previous.and_then(|o| o.ifindex)
@@ -352,6 +353,7 @@ fn flips(
                         stage_table: stage_tables,
                         stage_space: stage_spaces,
                     },
+                    sources: p.sources.clone(),
                     endpoint: key.clone(),
                 });
             }

@@ -51,6 +51,20 @@ pub fn addr_key(space: u32, side: u8, entry: &IpEntry) -> (u32, abi::manul_addr_
     }
 }
 
+/// A `manul_src` key: one of a workload interface's own networks.
+pub fn src_key(ifindex: u32, net: &ipnet::IpNet) -> (u32, abi::manul_src_data) {
+    let (version, addr) = addr_bytes(net.network());
+    (
+        abi::MANUL_SRC_KEY_BASE_BITS + u32::from(net.prefix_len()),
+        abi::manul_src_data {
+            ifindex,
+            version,
+            addr,
+            ..Default::default()
+        },
+    )
+}
+
 pub fn class_key(table: u32, side: u8, class: u32) -> abi::manul_class_key {
     abi::manul_class_key {
         table,
@@ -139,6 +153,20 @@ pub fn rule_value(slot: &Slot, policy: u32, rule: u32) -> abi::manul_rule_value 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_key_covers_the_interface_version_and_network() {
+        let net: ipnet::IpNet = "10.1.2.3/32".parse().unwrap();
+        let (len, data) = src_key(9, &net);
+        assert_eq!(len, 64 + 32);
+        assert_eq!((data.ifindex, data.version), (9, 4));
+        assert_eq!(&data.addr[..4], &[10, 1, 2, 3]);
+        assert_eq!(&data.addr[4..], &[0; 12]);
+        let net: ipnet::IpNet = "fd00::1:5/112".parse().unwrap();
+        let (len, data) = src_key(9, &net);
+        assert_eq!((len, data.version), (64 + 112, 6));
+        assert_eq!(data.addr[15], 0, "the network, host bits cleared");
+    }
 
     #[test]
     fn keys_cover_the_fixed_fields_and_the_prefix() {

@@ -34,6 +34,8 @@ pub struct Programmed {
     /// Host endpoints: by hook, then as [`crate::plan::STAGES`]; 0 = none.
     pub stage_tables: [[u32; 3]; 2],
     pub stage_spaces: [[u32; 3]; 2],
+    /// Workloads: the sources written to `manul_src` for its interface.
+    pub sources: Vec<ipnet::IpNet>,
 }
 
 impl Programmed {

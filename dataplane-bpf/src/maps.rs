@@ -4,7 +4,8 @@
 
 use aya::Ebpf;
 use aya::maps::lpm_trie::Key;
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
+use ipnet::IpNet;
 
 use crate::abi;
 use crate::bitmap::Bitmap;
@@ -29,6 +30,7 @@ pub struct Maps {
     np: HashMap<MapData, abi::manul_np_key, abi::manul_bitmap>,
     rule: HashMap<MapData, abi::manul_rule_key, abi::manul_rule_value>,
     failsafe: HashMap<MapData, abi::manul_failsafe_key, u8>,
+    src: LpmTrie<MapData, abi::manul_src_data, u8>,
     /// Entries the tables of this run hold in each table map (capacity
     /// checks; entries adopted from an earlier run are counted at start).
     pub used: TableCounts,
@@ -156,6 +158,7 @@ impl Maps {
             np: np_map.try_into().map_err(conv("manul_np"))?,
             rule: rule_map.try_into().map_err(conv("manul_rule"))?,
             failsafe: typed!(ebpf, "manul_failsafe"),
+            src: typed!(ebpf, "manul_src"),
             used: TableCounts::default(),
             capacity,
         };
@@ -329,6 +332,36 @@ impl Maps {
         if self.addr.remove(&Key::new(len, data)).is_ok() {
             self.used.addr = self.used.addr.saturating_sub(1);
         }
+    }
+
+    /// Makes an interface's `manul_src` entries exactly `sources`: the new
+    /// ones first, then the interface's others (found by scanning, so those
+    /// an earlier run left go too).
+    pub fn set_sources(&mut self, ifindex: u32, sources: &[IpNet]) -> Result<(), MapError> {
+        let wanted: Vec<(u32, abi::manul_src_data)> = sources
+            .iter()
+            .map(|net| keys::src_key(ifindex, net))
+            .collect();
+        for &(len, data) in &wanted {
+            self.src.insert(&Key::new(len, data), 1, 0)?;
+        }
+        let stale: Vec<Key<abi::manul_src_data>> = self
+            .src
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                k.data().ifindex == ifindex && !wanted.contains(&(k.prefix_len(), k.data()))
+            })
+            .collect();
+        for key in stale {
+            match self.src.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Deletes every entry of a table or space for which `dead` holds, by
@@ -510,8 +543,11 @@ impl MapWriter for Maps {
         &mut self,
         ifindex: u32,
         value: abi::manul_ep_value,
+        sources: &[IpNet],
         endpoint: &EndpointKey,
     ) -> Result<(), BpfError> {
+        self.set_sources(ifindex, sources)
+            .map_err(|e| BpfError::map("manul_src", format!("program {endpoint}"), e))?;
         self.ep
             .insert(ifindex, value, 0)
             .map_err(|e| BpfError::map("manul_ep", format!("program {endpoint}"), e))
@@ -519,18 +555,24 @@ impl MapWriter for Maps {
 
     fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), BpfError> {
         match self.ep.remove(&ifindex) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) =>
-            {
-                Ok(())
+                if e.io_error.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) => {}
+            Err(e) => {
+                return Err(BpfError::map(
+                    "manul_ep",
+                    format!("remove the entry of interface {ifindex}"),
+                    e,
+                ));
             }
-            Err(e) => Err(BpfError::map(
-                "manul_ep",
-                format!("remove the entry of interface {ifindex}"),
-                e,
-            )),
         }
+        self.set_sources(ifindex, &[]).map_err(|e| {
+            BpfError::map(
+                "manul_src",
+                format!("remove the entries of interface {ifindex}"),
+                e,
+            )
+        })
     }
 
     fn endpoint_ifindexes(&self) -> Vec<u32> {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use ipnet::IpNet;
 use manul_dataplane_api::{
     DesiredState, EndpointId, HostEndpoint, IpSet, Operation, Policy, PolicyId, Rule,
     WorkloadEndpoint,
@@ -123,6 +124,9 @@ pub struct EndpointPlan {
     /// Host endpoints only: by hook, then as [`STAGES`]; `None` where the
     /// endpoint has no such policy.
     pub stages: [[Option<TableSpec>; 3]; 2],
+    /// Workloads only: the sources its pod may send from (its networks);
+    /// anything else from the pod is dropped. Empty for host endpoints.
+    pub sources: Vec<IpNet>,
 }
 
 impl EndpointPlan {
@@ -136,6 +140,7 @@ impl EndpointPlan {
                 TableSpec::new(Direction::Inbound, &ep.tiers, &ep.profiles),
             ],
             stages: Default::default(),
+            sources: ep.nets.clone(),
         }
     }
 
@@ -162,6 +167,7 @@ impl EndpointPlan {
                 TableSpec::new(Direction::Outbound, &ep.tiers, &ep.profiles),
             ],
             stages: [stages(Direction::Inbound), stages(Direction::Outbound)],
+            sources: Vec::new(),
         }
     }
 

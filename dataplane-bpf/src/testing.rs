@@ -22,6 +22,8 @@ pub struct FakeMaps {
     /// (space, side, entry) -> class.
     pub addrs: BTreeMap<(u32, u8, IpEntry), u32>,
     pub endpoints: BTreeMap<u32, abi::manul_ep_value>,
+    /// ifindex -> the sources its pod may send from (`manul_src`).
+    pub sources: BTreeMap<u32, Vec<ipnet::IpNet>>,
     pub next_table_id: u32,
     pub capacity: TableCounts,
     writes: usize,
@@ -54,6 +56,7 @@ impl FakeMaps {
             classes: BTreeMap::new(),
             addrs: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            sources: BTreeMap::new(),
             next_table_id: 0,
             capacity,
             writes: 0,
@@ -267,8 +270,11 @@ impl MapWriter for FakeMaps {
         &mut self,
         ifindex: u32,
         value: abi::manul_ep_value,
+        sources: &[ipnet::IpNet],
         _endpoint: &EndpointKey,
     ) -> Result<(), BpfError> {
+        self.write("manul_src")?;
+        self.sources.insert(ifindex, sources.to_vec());
         self.write("manul_ep")?;
         self.endpoints.insert(ifindex, value);
         Ok(())
@@ -276,6 +282,7 @@ impl MapWriter for FakeMaps {
 
     fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), BpfError> {
         self.endpoints.remove(&ifindex);
+        self.sources.remove(&ifindex);
         Ok(())
     }
 

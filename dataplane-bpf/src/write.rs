@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use ipnet::IpNet;
+
 use crate::abi;
 use crate::bitmap::Bitmap;
 use crate::compile::{CompiledTable, IpEntry};
@@ -51,10 +53,12 @@ pub enum MapOp {
         side: u8,
         entry: IpEntry,
     },
-    /// An endpoint's `manul_ep` entry: its tables and spaces, in one update.
+    /// An endpoint's `manul_ep` entry: its tables and spaces, in one update;
+    /// first its interface's `manul_src` entries are made `sources`.
     SetEndpoint {
         ifindex: u32,
         value: abi::manul_ep_value,
+        sources: Vec<IpNet>,
         endpoint: EndpointKey,
     },
     RemoveEndpoint {
@@ -94,13 +98,17 @@ pub trait MapWriter {
         new: bool,
     ) -> Result<(), BpfError>;
     fn delete_addr(&mut self, space: u32, side: u8, entry: &IpEntry);
+    /// Makes the interface's `manul_src` entries `sources` (adding before
+    /// removing), then writes its `manul_ep` entry.
     fn set_endpoint(
         &mut self,
         ifindex: u32,
         value: abi::manul_ep_value,
+        sources: &[IpNet],
         endpoint: &EndpointKey,
     ) -> Result<(), BpfError>;
-    /// Removes an endpoint's entry; a missing one is not an error.
+    /// Removes an endpoint's entry, then its interface's `manul_src`
+    /// entries; a missing one is not an error.
     fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), BpfError>;
     /// The interfaces with an endpoint entry.
     fn endpoint_ifindexes(&self) -> Vec<u32>;
@@ -143,8 +151,9 @@ pub fn run(maps: &mut impl MapWriter, op: &MapOp) -> Result<(), BpfError> {
         MapOp::SetEndpoint {
             ifindex,
             value,
+            sources,
             endpoint,
-        } => maps.set_endpoint(*ifindex, *value, endpoint),
+        } => maps.set_endpoint(*ifindex, *value, sources, endpoint),
         MapOp::RemoveEndpoint { ifindex } => maps.remove_endpoint(*ifindex),
     }
 }

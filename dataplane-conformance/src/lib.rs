@@ -10,7 +10,8 @@
 //! expected matrix ([`cases`]) *and* with the reference evaluator (the null
 //! driver's verdict), so the expectations themselves are checked.
 //!
-//! Beyond the per-rule cases it checks connection tracking (an established
+//! Beyond the per-rule cases it checks source spoofing ([`spoof`]: a pod
+//! sending as another pod is not judged as it), connection tracking (an established
 //! connection survives a policy that denies new ones), a driver restart
 //! with no dropped packet on an open connection, and fail-closed handling
 //! of interfaces the driver was never told about. (That a failed batch is
@@ -27,6 +28,7 @@ pub mod cases;
 pub mod cluster;
 pub mod driver_thread;
 pub mod services;
+pub mod spoof;
 pub mod topology;
 pub mod traffic;
 
@@ -274,6 +276,12 @@ pub fn run_behaviour_matrix(tag: &str, factory: Arc<Factory>) -> Result<Report, 
         h.set_policies(case.policies)?;
         h.check(case.name, &case.expect)?;
     }
+
+    // Source spoofing: a pod's packets carrying another pod's address are
+    // dropped at its interface, whatever the destination's policy says.
+    h.set_policies(spoof::FRONTEND_ONLY)?;
+    let spoofed = spoof::check(&h.topo)?;
+    h.failures.extend(spoofed);
 
     // Connection tracking: an open connection outlives a policy that
     // denies new ones; new ones are judged by the new policy.

@@ -42,6 +42,7 @@ mod nsid;
 mod peer;
 mod pod;
 mod probe;
+mod spoof;
 pub mod testing;
 
 pub use device::{create_device_veth, link_index_mac, sync_device_routes};
@@ -65,3 +66,4 @@ pub use probe::{
     HeldConnection, ProbeOutcome, TCP_BANNER, TcpServer, UdpEcho, open_connection, ping,
     tcp_connect, udp_probe,
 };
+pub use spoof::spoofed_udp_arrives;

@@ -94,6 +94,9 @@ pub struct KernelCounters {
     /// Of those, the ones it allowed, delivered straight into the
     /// destination pod.
     pub peer_delivered: u64,
+    /// Packets from a pod whose source was none of its endpoint's
+    /// addresses, dropped at its interface.
+    pub spoofed: u64,
 }
 
 impl BpfDriver {
@@ -131,6 +134,7 @@ impl BpfDriver {
             dsr_untrusted: at(abi::MANUL_CNT_DSR_UNTRUSTED),
             peer_judged: at(abi::MANUL_CNT_PEER_JUDGED),
             peer_delivered: at(abi::MANUL_CNT_PEER_DELIVERED),
+            spoofed: at(abi::MANUL_CNT_SPOOFED),
         }
     }
 

@@ -218,8 +218,9 @@ fn fail_each_write(batch: &[Operation], may_lose: &[u32]) {
                         .map(|t| t.as_ref().map(|t| t.table.clone()))
                         .collect()
                 };
-                let flip_failed =
-                    manul_dataplane_api::chain(&outcome.soft_errors[0]).contains("manul_ep");
+                // An endpoint's sources are written as part of its flip.
+                let chain = manul_dataplane_api::chain(&outcome.soft_errors[0]);
+                let flip_failed = chain.contains("manul_ep") || chain.contains("manul_src");
                 for (ix, v) in &node.maps.view() {
                     if flip_failed && v.tables.iter().any(Option::is_none) {
                         continue;
@@ -472,4 +473,31 @@ fn a_set_change_is_planned_as_its_entries_only() {
     };
     assert!(spaces.contains(space) && gone == space);
     assert!(p.flip.is_empty() && p.retire.is_empty() && p.unused.is_empty());
+}
+
+#[test]
+fn a_workloads_sources_follow_its_addresses_and_go_with_it() {
+    let mut node = Node::new(FakeMaps::roomy());
+    node.apply(&initial()).expect("initial");
+    let nets = |v: &[&str]| -> Vec<ipnet::IpNet> {
+        v.iter()
+            .map(|n| manul_dataplane_api::testutil::net(n))
+            .collect()
+    };
+    assert_eq!(node.maps.sources.get(&A), Some(&nets(&["10.0.0.1/32"])));
+    // Only the address changes: the entry is rewritten, sources first.
+    let Operation::WorkloadEndpointUpdate(mut moved) = endpoint("a", "web") else {
+        unreachable!("an endpoint update");
+    };
+    moved.nets = nets(&["10.0.0.7/32", "fd00::7/128"]);
+    node.apply(&[Operation::WorkloadEndpointUpdate(moved.clone())])
+        .expect("move");
+    assert_eq!(
+        node.maps.sources.get(&A),
+        Some(&nets(&["10.0.0.7/32", "fd00::7/128"]))
+    );
+    node.apply(&[Operation::WorkloadEndpointRemove { id: moved.id }])
+        .expect("remove");
+    assert_eq!(node.maps.sources.get(&A), None);
+    assert!(!node.maps.endpoints.contains_key(&A));
 }
