@@ -6,10 +6,10 @@
 //!
 //! Each says where the driver found a connection's Service frontend on
 //! this kernel: the log records' conntrack entries (`NFULA_CT`) or, on a
-//! kernel without `CONFIG_NETFILTER_NETLINK_GLUE_CT`, conntrack's
-//! new-connection events. With `MANUL_REQUIRE_GLUE_CT=1` (set where the
-//! kernel is known to have it, as `scripts/kernel-vm.sh` does) the
-//! second is a failure.
+//! kernel without `CONFIG_NETFILTER_NETLINK_GLUE_CT`, the log of each
+//! translated connection's first packet before DNAT. With
+//! `MANUL_REQUIRE_GLUE_CT=1` (set where the kernel is known to have it,
+//! as `scripts/kernel-vm.sh` does) the second is a failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -115,7 +115,7 @@ fn check_frontend_source(source: Option<FrontendSource>) {
             source,
             FrontendSource::LogRecords,
             "MANUL_REQUIRE_GLUE_CT=1 but the kernel refused to attach conntrack entries \
-             to log records (NFULA_CT): the new-connection events were used instead"
+             to log records (NFULA_CT): the log before DNAT was used instead"
         );
     }
 }
