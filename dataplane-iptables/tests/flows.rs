@@ -345,7 +345,7 @@ fn hairpin_operations() -> Vec<Operation> {
                 protocol: 6,
                 port: 80,
                 node_port: None,
-                backends: vec![backend.clone()],
+                backends: vec![backend],
                 local_backends: vec![backend],
             }],
         )),

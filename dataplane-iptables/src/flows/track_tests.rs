@@ -16,7 +16,7 @@ fn web() -> Operation {
         ready: true,
     };
     svc.ports[0].port = 8080;
-    svc.ports[0].backends = vec![backend.clone()];
+    svc.ports[0].backends = vec![backend];
     svc.ports[0].local_backends = vec![backend];
     Operation::ServiceUpdate(svc)
 }
@@ -314,7 +314,8 @@ fn a_start_names_the_frontend_its_record_or_the_log_before_dnat_gave() {
     t.log(&frontend_record(tcp(40015, 80)), &index, 12_000);
     assert_eq!(t.dropped(), 1);
     t.log(&record(true, &allow_rule(), tcp(40015, 80)), &index, 12_001);
-    let starts: Vec<(u8, u16, u16, Option<(IpAddr, u16)>)> = t
+    type Start = (u8, u16, u16, Option<(IpAddr, u16)>);
+    let starts: Vec<Start> = t
         .take()
         .iter()
         .map(|o| {
