@@ -14,7 +14,7 @@
 #     CI=true: the allowed and denied connections (first, on the kernel as
 #     booted: no netfilter module loaded yet), and the shared flow cases
 #     through Services of both families, each failing if the driver fell
-#     back to conntrack's new-connection events;
+#     back to the log of a connection's first packet before DNAT;
 #   - `iptables-bench flows --runs N` (MANUL_VM_BENCH_RUNS, default 3; 0
 #     skips it): flows off and on side by side. Under emulation (TCG, when
 #     the CPU offers no virtualisation) only its ratios mean anything.

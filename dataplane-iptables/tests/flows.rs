@@ -6,10 +6,10 @@
 //!
 //! Each says where the driver found a connection's Service frontend on
 //! this kernel: the log records' conntrack entries (`NFULA_CT`) or, on a
-//! kernel without `CONFIG_NETFILTER_NETLINK_GLUE_CT`, conntrack's
-//! new-connection events. With `MANUL_REQUIRE_GLUE_CT=1` (set where the
-//! kernel is known to have it, as `scripts/kernel-vm.sh` does) the
-//! second is a failure.
+//! kernel without `CONFIG_NETFILTER_NETLINK_GLUE_CT`, the log of each
+//! translated connection's first packet before DNAT. With
+//! `MANUL_REQUIRE_GLUE_CT=1` (set where the kernel is known to have it,
+//! as `scripts/kernel-vm.sh` does) the second is a failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -115,7 +115,7 @@ fn check_frontend_source(source: Option<FrontendSource>) {
             source,
             FrontendSource::LogRecords,
             "MANUL_REQUIRE_GLUE_CT=1 but the kernel refused to attach conntrack entries \
-             to log records (NFULA_CT): the new-connection events were used instead"
+             to log records (NFULA_CT): the log before DNAT was used instead"
         );
     }
 }
@@ -313,6 +313,132 @@ fn allowed_and_denied_connections_are_observed_with_their_rules_and_counts() {
             "a denied connection to {p} started"
         );
     }
+}
+
+/// The cluster IP of [`hairpin_operations`]' Service.
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 77);
+
+/// [`operations`], the server allowed as a source too, and a Service
+/// (`CLUSTER_IP`:80) whose one backend is the server's allowed port.
+fn hairpin_operations() -> Vec<Operation> {
+    let mut ops = operations();
+    let in_sync = ops.pop();
+    assert_eq!(in_sync, Some(Operation::InSync));
+    let backend = manul_dataplane_api::Backend {
+        ip: IpAddr::V4(SERVER),
+        port: ALLOWED,
+        local: true,
+        ready: true,
+    };
+    ops.extend([
+        Operation::IpSetDelta {
+            id: "sel:client".into(),
+            added: vec![IpSetMember::Net(format!("{SERVER}/32").parse().unwrap())],
+            removed: vec![],
+        },
+        Operation::ServiceUpdate(manul_dataplane_api::Service::cluster_ip(
+            "flows",
+            "server",
+            vec![IpAddr::V4(CLUSTER_IP)],
+            vec![manul_dataplane_api::ServicePort {
+                name: "http".into(),
+                protocol: 6,
+                port: 80,
+                node_port: None,
+                backends: vec![backend],
+                local_backends: vec![backend],
+            }],
+        )),
+        Operation::InSync,
+    ]);
+    ops
+}
+
+/// Through a cluster IP from another pod and from the backend itself
+/// (hairpin: masqueraded in postrouting, after policy logged it), each
+/// side's start names the frontend; a connection straight to the backend
+/// from the other pod names none.
+#[test]
+fn hairpin_and_direct_connections_name_the_frontend_only_when_dialled() {
+    if !privileges().expect("privileges") {
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        return;
+    }
+    let (node, client, server) = pods("fh");
+    let _echo =
+        TcpServer::start(&server, SocketAddr::new(IpAddr::V4(SERVER), ALLOWED)).expect("echo");
+    let frontend = SocketAddr::new(IpAddr::V4(CLUSTER_IP), 80);
+    let direct = SocketAddr::new(IpAddr::V4(SERVER), ALLOWED);
+    let obs = node
+        .run(|| {
+            let config = NftConfig {
+                flows: Some(FlowLog {
+                    group: 22,
+                    update_interval: Duration::from_secs(60),
+                }),
+                ..NftConfig::default()
+            };
+            // Hairpin traffic is masqueraded to a node address: the node
+            // gets one.
+            let status = std::process::Command::new("ip")
+                .args(["addr", "add", "192.0.2.1/32", "dev", "lo"])
+                .status();
+            assert!(status.expect("ip").success(), "a node address");
+            let mut driver = NftDriver::with_config(Nft::default(), config).expect("driver");
+            check_frontend_source(driver.flow_frontend_source());
+            driver.apply(&hairpin_operations()).expect("apply");
+            let mut obs = Vec::new();
+            for (from, to) in [(&client, frontend), (&server, frontend), (&client, direct)] {
+                let mut c = open_connection(from, to, Duration::from_secs(2))
+                    .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+                assert!(c.roundtrip(Duration::from_secs(2)).expect("roundtrip"));
+                c.close();
+            }
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+                obs.extend(driver.take_flows());
+                let starts = obs.iter().filter(|o| o.phase == FlowPhase::Start).count();
+                if starts >= 6 {
+                    break;
+                }
+            }
+            assert_eq!(driver.flows_dropped(), 0);
+            obs
+        })
+        .expect("run in the node");
+    let starts: Vec<&FlowObservation> =
+        obs.iter().filter(|o| o.phase == FlowPhase::Start).collect();
+    for o in &starts {
+        eprintln!("{}", serde_json::to_string(o).unwrap());
+    }
+    let named = Some((IpAddr::V4(CLUSTER_IP), 80));
+    // Each connection by its client and side, in the order made: both
+    // sides of each, the service's two first.
+    let mut seen = Vec::new();
+    for o in &starts {
+        assert_eq!(o.tuple.dst, IpAddr::V4(SERVER), "{o:?}");
+        assert_eq!(o.tuple.dst_port, ALLOWED, "{o:?}");
+        let key = (o.tuple.src, o.tuple.src_port);
+        if !seen.contains(&key) {
+            seen.push(key);
+        }
+    }
+    assert_eq!(seen.len(), 3, "{starts:?}");
+    for (n, key) in seen.iter().enumerate() {
+        let sides: Vec<&&FlowObservation> = starts
+            .iter()
+            .filter(|o| (o.tuple.src, o.tuple.src_port) == *key)
+            .collect();
+        let reporters: HashSet<Reporter> = sides.iter().map(|o| o.reporter).collect();
+        assert_eq!(reporters.len(), 2, "connection {n}: {sides:?}");
+        let want = if n < 2 { named } else { None };
+        for o in sides {
+            assert_eq!(o.service_frontend, want, "connection {n}: {o:?}");
+        }
+    }
+    assert_eq!(seen[0].0, IpAddr::V4(CLIENT));
+    assert_eq!(seen[1].0, IpAddr::V4(SERVER));
 }
 
 /// The shared flow cases (`manul_dataplane_conformance::services`) with

@@ -11,8 +11,10 @@
 //!   whose original destination is the Service frontend a translated
 //!   connection came through (the packet itself is logged after DNAT), so
 //!   a `Start` names it as the eBPF dataplane's does; on a kernel that
-//!   cannot attach entries to records, conntrack's new-connection events
-//!   of translated connections give it instead ([`netlink`]).
+//!   cannot attach entries to records, the record of the connection's
+//!   first packet gives it: every chain that picks a Service backend logs
+//!   it before DNAT ([`prefix::FRONTEND`]), so its destination is the
+//!   frontend ([`track`]).
 //! - **conntrack**: destroy events and periodic dumps, with accounting
 //!   (`nf_conntrack_acct`, turned on in the driver's namespace), give the
 //!   followed connections' packets and bytes each way (`Update`), their
@@ -27,7 +29,6 @@
 //! frontend.
 
 pub mod ct;
-pub mod ct_filter;
 pub mod netlink;
 pub mod packet;
 pub mod prefix;
@@ -176,14 +177,9 @@ impl Flows {
         // time.
         self.names.clear();
         let events = self.sockets.drain();
-        // A connection's new-connection event and its log records may
-        // come in either order within a batch.
-        self.tracker.expire_translated(now);
-        for event in &events {
-            if let Event::Translated(entry) = event {
-                self.tracker.translated(entry, now);
-            }
-        }
+        // A connection's frontend record comes before its policy records
+        // (one group, in hook order).
+        self.tracker.expire_frontends(now);
         for event in events {
             match event {
                 Event::Log(raw) => {
@@ -197,7 +193,6 @@ impl Flows {
                     self.tracker.log(&record, &index, now);
                 }
                 Event::Destroyed(entry) => self.tracker.destroyed(&entry, now),
-                Event::Translated(_) => {}
             }
         }
         self.tracker.flush_denied(now);

@@ -9,11 +9,11 @@
 //! the packet is logged after DNAT. That needs `nf_conntrack_netlink`
 //! (which the kernel loads itself on the request where it is a module)
 //! built with `CONFIG_NETFILTER_NETLINK_GLUE_CT`; a kernel without it
-//! refuses the flag (`EOPNOTSUPP`), which is logged as a warning once,
-//! and conntrack's new-connection events of translated connections are
-//! read instead ([`Event::Translated`]; a socket filter, [`super::ct_filter`],
-//! drops the untranslated ones in the kernel). Every other failure to set the
-//! group up is an error.
+//! refuses the flag (`EOPNOTSUPP`), which is logged once, and the
+//! frontend comes from the record of the connection's first packet that
+//! every chain picking a Service backend logs before DNAT
+//! ([`super::prefix::FRONTEND`], rendered on every kernel). Every other
+//! failure to set the group up is an error.
 //!
 //! One reader thread reads the nflog socket and the conntrack event
 //! socket and queues what they bring, bounded: the kernel's socket buffers
@@ -99,9 +99,10 @@ pub enum FrontendSource {
     /// Each log record's own conntrack entry (`NFULA_CT`): the kernel
     /// attaches it (`CONFIG_NETFILTER_NETLINK_GLUE_CT`).
     LogRecords,
-    /// Conntrack's new-connection events of translated connections
-    /// ([`Event::Translated`]): the kernel refused to attach entries.
-    NewEvents,
+    /// The log record of the connection's first packet before DNAT
+    /// ([`super::prefix::FRONTEND`]): the kernel refused to attach
+    /// entries.
+    ServiceLog,
 }
 
 /// What the reader thread queues.
@@ -109,15 +110,10 @@ pub enum FrontendSource {
 pub enum Event {
     Log(RawLog),
     Destroyed(CtEntry),
-    /// A new translated connection (conntrack's new-connection events,
-    /// read only where log records carry no conntrack entry).
-    Translated(CtEntry),
 }
 
 /// Conntrack's multicast group of destroyed entries (`NFNLGRP_CONNTRACK_DESTROY`).
 const GROUP_CT_DESTROY: u32 = 3;
-/// Conntrack's multicast group of new entries (`NFNLGRP_CONNTRACK_NEW`).
-const GROUP_CT_NEW: u32 = 1;
 /// Conntrack's TCP states of a connection that is over.
 const TCP_TIME_WAIT: u8 = 7;
 const TCP_CLOSE: u8 = 8;
@@ -248,7 +244,7 @@ fn bind_nflog(group: u16) -> Result<(Socket, bool), FlowSocketError> {
             warn!(
                 "nflog group {group}: this kernel cannot attach conntrack entries to log records \
                  (nf_conntrack_netlink with CONFIG_NETFILTER_NETLINK_GLUE_CT); a connection's \
-                 start finds its Service frontend in conntrack's new-connection events instead"
+                 start finds its Service frontend in the log of its first packet before DNAT"
             );
             false
         }
@@ -258,23 +254,14 @@ fn bind_nflog(group: u16) -> Result<(Socket, bool), FlowSocketError> {
     Ok((socket, with_ct))
 }
 
-/// Subscribes to conntrack's destroy events, and to its new-connection
-/// events with `new`.
-fn subscribe_events(new: bool) -> Result<Socket, FlowSocketError> {
+/// Subscribes to conntrack's destroy events.
+fn subscribe_events() -> Result<Socket, FlowSocketError> {
     let mut socket = Socket::new(NETLINK_NETFILTER).map_err(FlowSocketError::Open)?;
     socket.bind_auto().map_err(FlowSocketError::Subscribe)?;
     receive_buffer(&socket);
     socket
         .add_membership(GROUP_CT_DESTROY)
         .map_err(FlowSocketError::Subscribe)?;
-    if new {
-        // Only translated new entries are wanted: the rest are dropped in
-        // the kernel, before they are queued to the socket.
-        super::ct_filter::attach(&socket).map_err(FlowSocketError::Subscribe)?;
-        socket
-            .add_membership(GROUP_CT_NEW)
-            .map_err(FlowSocketError::Subscribe)?;
-    }
     socket
         .set_non_blocking(true)
         .map_err(FlowSocketError::Subscribe)?;
@@ -450,11 +437,10 @@ const QUEUE: usize = 262_144;
 
 impl FlowSockets {
     /// Binds nflog `group` and subscribes to conntrack's destroy events
-    /// (and new-connection events where log records carry no conntrack
-    /// entry) in this thread's network namespace, and starts the reader.
+    /// in this thread's network namespace, and starts the reader.
     pub fn open(group: u16) -> Result<FlowSockets, FlowSocketError> {
         let (nflog, with_ct) = bind_nflog(group)?;
-        let events = subscribe_events(!with_ct)?;
+        let events = subscribe_events()?;
         let mut dump = Socket::new(NETLINK_NETFILTER).map_err(FlowSocketError::Open)?;
         dump.bind_auto().map_err(FlowSocketError::Open)?;
         let shared = Arc::new(Shared::default());
@@ -472,12 +458,12 @@ impl FlowSockets {
     }
 
     /// Where a connection's start finds its Service frontend: the log
-    /// records' conntrack entries, or else the new-connection events.
+    /// records' conntrack entries, or else the log before DNAT.
     pub fn frontend_source(&self) -> FrontendSource {
         if self.with_ct {
             FrontendSource::LogRecords
         } else {
-            FrontendSource::NewEvents
+            FrontendSource::ServiceLog
         }
     }
 
@@ -547,13 +533,6 @@ fn read_socket(
                             }
                             NetfilterMessageInner::Conntrack(ConntrackMessage::Delete(attrs)) => {
                                 batch.extend(entry_of(&attrs).map(Event::Destroyed));
-                            }
-                            NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) => {
-                                batch.extend(
-                                    entry_of(&attrs)
-                                        .filter(|e| e.frontend().is_some())
-                                        .map(Event::Translated),
-                                );
                             }
                             _ => {}
                         }

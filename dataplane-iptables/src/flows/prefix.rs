@@ -9,7 +9,8 @@
 //! needs no allocation state and an incremental write never renumbers.
 //! [`FlowIndex`] maps a prefix back from the desired state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 
 use manul_dataplane_api::verdict::Decider;
 use manul_dataplane_api::{Action, DesiredState, EndpointId, Policy, TierPolicies};
@@ -50,6 +51,17 @@ pub fn log_statement(group: u16, inbound: bool, decider: &Decider) -> String {
     format!("log group {group} prefix \"{}\"", prefix(inbound, decider))
 }
 
+/// The prefix of a translated connection's first packet, logged before
+/// destination NAT (at the top of every chain that picks a Service's
+/// backend): the packet's destination is the frontend the client dialled.
+pub const FRONTEND: &str = "mnl:s";
+
+/// The nft statement that logs a translated connection's first packet,
+/// before DNAT, to `group` ([`FRONTEND`]).
+pub fn frontend_log_statement(group: u16) -> String {
+    format!("log group {group} prefix \"{FRONTEND}\"")
+}
+
 /// A prefix read back: the direction (inbound?) and the decider's hash.
 /// `None` for a prefix this driver did not write.
 pub fn parse_prefix(prefix: &str) -> Option<(bool, &str)> {
@@ -71,6 +83,8 @@ pub struct FlowIndex {
     /// Each decider by hash, with whether it allows.
     deciders: HashMap<String, (Decider, bool)>,
     interfaces: HashMap<String, EndpointId>,
+    /// Every Service backend: protocol, address and port.
+    backends: HashSet<(u8, IpAddr, u16)>,
 }
 
 fn add_rules(index: &mut FlowIndex, policy: &Policy, owner: impl Fn(&str) -> Decider) {
@@ -121,10 +135,22 @@ impl FlowIndex {
             add_tiers(&mut index, &hep.tiers);
             add_tiers(&mut index, &hep.forward_tiers);
         }
+        for svc in state.services.values() {
+            for port in &svc.ports {
+                for b in port.backends.iter().chain(&port.local_backends) {
+                    index.backends.insert((port.protocol, b.ip, b.port));
+                }
+            }
+        }
         index
             .deciders
             .insert(decider_hash(&Decider::NoMatch), (Decider::NoMatch, false));
         index
+    }
+
+    /// Whether a Service of the state has this backend.
+    pub fn is_backend(&self, protocol: u8, ip: IpAddr, port: u16) -> bool {
+        self.backends.contains(&(protocol, ip, port))
     }
 
     /// The decider a hash names and whether it allows, if the state has
@@ -160,6 +186,7 @@ mod tests {
         assert_eq!(parse_prefix(&p), Some((true, decider_hash(&d).as_str())));
         let o = prefix(false, &Decider::NoMatch);
         assert_eq!(parse_prefix(&o).map(|(i, _)| i), Some(false));
+        assert_eq!(parse_prefix(FRONTEND), None);
         for bad in [
             "manul x: ",
             "mnl:x:0011223344556677",

@@ -4,9 +4,12 @@
 //! - A log record of an allowing decider is a connection's `Start` on one
 //!   side (the policy only sees a connection's first packet: established
 //!   packets are accepted before it), with the Service frontend its
-//!   conntrack entry names (carried by the record, or else by a recent
-//!   new-connection event of the same tuple, [`Tracker::translated`]).
-//!   The connection is then followed under its tuple as policy saw it.
+//!   conntrack entry names (carried by the record), or else the one the
+//!   connection's first packet was logged with before DNAT (a record with
+//!   the prefix [`FRONTEND`], [`Tracker::frontend_logged`]), matched by
+//!   protocol, client address and port, the policy record's destination
+//!   one of the state's backends. The connection is then followed under
+//!   its tuple as policy saw it.
 //! - A log record of a denying decider joins a burst: one `Denied`
 //!   observation per tuple, side and decider, with its packets and bytes,
 //!   at each [`Tracker::flush_denied`].
@@ -26,7 +29,7 @@ use manul_dataplane_api::{
 };
 
 use super::packet::PacketInfo;
-use super::prefix::{FlowIndex, parse_prefix};
+use super::prefix::{FRONTEND, FlowIndex, parse_prefix};
 
 /// One nflog record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +94,9 @@ struct Live {
     seen: bool,
 }
 
+/// A connection's protocol, client address and client port.
+type Client = (u8, IpAddr, u16);
+
 type BurstKey = (FlowTuple, Reporter, Option<EndpointId>, Decider);
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -109,10 +115,10 @@ pub struct Limits {
     /// How long a connection never seen in a dump is kept (a connection
     /// whose first packet another side dropped is never confirmed).
     pub grace_ms: u64,
-    /// Frontends of new translated connections kept for their log
-    /// records at most, and for how long.
-    pub translated: usize,
-    pub translated_ms: u64,
+    /// Frontends of new translated connections (logged before DNAT) kept
+    /// for their policy records at most, and for how long.
+    pub frontends: usize,
+    pub frontends_ms: u64,
 }
 
 impl Default for Limits {
@@ -121,8 +127,8 @@ impl Default for Limits {
             queue: 65_536,
             connections: 262_144,
             grace_ms: 2_000,
-            translated: 65_536,
-            translated_ms: 10_000,
+            frontends: 65_536,
+            frontends_ms: 10_000,
         }
     }
 }
@@ -133,9 +139,10 @@ pub struct Tracker {
     limits: Limits,
     live: HashMap<FlowTuple, Live>,
     denied: HashMap<BurstKey, Burst>,
-    /// Frontends of new translated connections by their tuple as policy
-    /// sees it, with when they came.
-    translated: HashMap<FlowTuple, ((IpAddr, u16), u64)>,
+    /// Frontends of new translated connections by protocol, client
+    /// address and port (what DNAT leaves and policy sees before SNAT),
+    /// with when they came.
+    frontends: HashMap<Client, ((IpAddr, u16), u64)>,
     out: VecDeque<FlowObservation>,
     dropped: u64,
     /// Log records whose prefix the index did not know.
@@ -169,34 +176,51 @@ impl Tracker {
         self.live.len()
     }
 
-    /// A new translated connection at `now_ms` (a conntrack event): its
-    /// frontend, for its log records that carry none. Kept
-    /// `Limits::translated_ms`; what does not fit is counted as dropped.
-    pub fn translated(&mut self, entry: &CtEntry, now_ms: u64) {
-        let Some(frontend) = entry.frontend() else {
-            return;
-        };
-        if self.translated.len() >= self.limits.translated {
-            self.expire_translated(now_ms);
+    /// A translated connection's first packet at `now_ms`, logged before
+    /// DNAT: its destination is the frontend, for the connection's policy
+    /// records that carry none (they follow it in the same group). Kept
+    /// `Limits::frontends_ms` (a newer connection from the same client
+    /// address and port replaces it); what does not fit is counted as
+    /// dropped.
+    pub fn frontend_logged(&mut self, packet: &PacketInfo, now_ms: u64) {
+        let t = packet.tuple;
+        let key = (t.protocol, t.src, t.src_port);
+        if self.frontends.len() >= self.limits.frontends && !self.frontends.contains_key(&key) {
+            self.expire_frontends(now_ms);
+            if self.frontends.len() >= self.limits.frontends {
+                self.dropped += 1;
+                return;
+            }
         }
-        if self.translated.len() >= self.limits.translated {
-            self.dropped += 1;
-            return;
-        }
-        self.translated
-            .insert(entry.policy_tuple(), (frontend, now_ms));
+        self.frontends.insert(key, ((t.dst, t.dst_port), now_ms));
     }
 
-    /// Forgets frontends of new connections older than
-    /// `Limits::translated_ms`.
-    pub fn expire_translated(&mut self, now_ms: u64) {
-        let keep = self.limits.translated_ms;
-        self.translated
+    /// Forgets logged frontends older than `Limits::frontends_ms`.
+    pub fn expire_frontends(&mut self, now_ms: u64) {
+        let keep = self.limits.frontends_ms;
+        self.frontends
             .retain(|_, (_, at)| at.saturating_add(keep) > now_ms);
+    }
+
+    /// The logged frontend of a policy record's connection: the same
+    /// protocol, client address and port, a destination translated to
+    /// one of the state's backends.
+    fn logged_frontend(&self, tuple: &FlowTuple, index: &FlowIndex) -> Option<(IpAddr, u16)> {
+        let (frontend, _) = self
+            .frontends
+            .get(&(tuple.protocol, tuple.src, tuple.src_port))?;
+        let translated = *frontend != (tuple.dst, tuple.dst_port)
+            && frontend.0.is_ipv4() == tuple.dst.is_ipv4()
+            && index.is_backend(tuple.protocol, tuple.dst, tuple.dst_port);
+        translated.then_some(*frontend)
     }
 
     /// One log record at `now_ms`.
     pub fn log(&mut self, record: &LogRecord, index: &FlowIndex, now_ms: u64) {
+        if record.prefix == FRONTEND {
+            self.frontend_logged(&record.packet, now_ms);
+            return;
+        }
         let Some((inbound, hash)) = parse_prefix(&record.prefix) else {
             return;
         };
@@ -227,7 +251,7 @@ impl Tracker {
         };
         let frontend = record
             .frontend
-            .or_else(|| self.translated.get(&tuple).map(|(f, _)| *f));
+            .or_else(|| self.logged_frontend(&tuple, index));
         let counts = FlowCounts {
             packets_forward: 1,
             bytes_forward: record.packet.length,

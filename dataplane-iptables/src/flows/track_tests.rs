@@ -1,15 +1,31 @@
 use manul_dataplane_api::testutil::{
-    allow_all_profile, eid, ip, pid, policy_update, rule, tier, wep,
+    allow_all_profile, eid, ip, pid, policy_update, rule, service, tier, wep,
 };
-use manul_dataplane_api::{Action, Driver, NullDriver, Operation};
+use manul_dataplane_api::{Action, Backend, Driver, NullDriver, Operation};
 
 use super::*;
 use crate::flows::prefix::prefix;
+
+/// A Service (10.96.0.10:8080) whose one backend is the server's port 80.
+fn web() -> Operation {
+    let mut svc = service("ns", "web");
+    let backend = Backend {
+        ip: ip("10.0.0.2"),
+        port: 80,
+        local: true,
+        ready: true,
+    };
+    svc.ports[0].port = 8080;
+    svc.ports[0].backends = vec![backend];
+    svc.ports[0].local_backends = vec![backend];
+    Operation::ServiceUpdate(svc)
+}
 
 fn index() -> FlowIndex {
     let p = pid("default", "ns/p");
     let mut null = NullDriver::new();
     null.apply(&[
+        web(),
         allow_all_profile("kns.ns"),
         policy_update(
             p.clone(),
@@ -238,28 +254,31 @@ fn unknown_prefixes_and_a_full_queue_are_counted() {
     assert_eq!(t.take().len(), 1);
 }
 
-/// The conntrack entry of `backend` reached through the frontend
-/// 10.96.0.10:8080.
-fn via_frontend(backend: FlowTuple) -> CtEntry {
-    CtEntry {
-        orig: FlowTuple {
-            dst: ip("10.96.0.10"),
-            dst_port: 8080,
-            ..backend
+/// The record of a translated connection's first packet, logged before
+/// DNAT: `backend`'s client to the frontend 10.96.0.10:8080.
+fn frontend_record(backend: FlowTuple) -> LogRecord {
+    LogRecord {
+        prefix: FRONTEND.into(),
+        in_if: Some("caliclient".into()),
+        out_if: None,
+        packet: PacketInfo {
+            tuple: FlowTuple {
+                dst: ip("10.96.0.10"),
+                dst_port: 8080,
+                ..backend
+            },
+            length: 60,
         },
-        reply_src: backend.dst,
-        reply_src_port: backend.dst_port,
-        counts: None,
-        closed: false,
+        frontend: None,
     }
 }
 
 #[test]
-fn a_start_names_the_frontend_its_record_or_a_new_connection_event_gave() {
+fn a_start_names_the_frontend_its_record_or_the_log_before_dnat_gave() {
     let index = index();
     let frontend = Some((ip("10.96.0.10"), 8080));
     let mut t = Tracker::new(Limits {
-        translated: 2,
+        frontends: 2,
         ..Limits::default()
     });
     // The record carried its conntrack entry: both sides name it.
@@ -270,40 +289,59 @@ fn a_start_names_the_frontend_its_record_or_a_new_connection_event_gave() {
     let mut inbound = record(true, &allow_rule(), carried);
     inbound.frontend = frontend;
     t.log(&inbound, &index, 1_000);
-    // Records without one: a new-connection event of the same tuple
-    // names it for both sides, one of another tuple does not.
-    let evented = tcp(40011, 80);
-    t.translated(&via_frontend(evented), 2_000);
-    t.translated(&via_frontend(tcp(40012, 81)), 2_000);
-    t.log(&record(false, &profile_rule(), evented), &index, 2_005);
-    t.log(&record(true, &allow_rule(), evented), &index, 2_005);
+    // Records without one: the log before DNAT of the same protocol,
+    // client address and port names it for both sides, and is no start
+    // itself; one of another client port does not, nor does one whose
+    // policy records' destination is not a backend (the same client port
+    // to elsewhere), nor one of another protocol.
+    let logged = tcp(40011, 80);
+    t.log(&frontend_record(logged), &index, 2_000);
+    t.log(&frontend_record(tcp(40012, 80)), &index, 2_000);
+    t.log(&record(false, &profile_rule(), logged), &index, 2_005);
+    t.log(&record(true, &allow_rule(), logged), &index, 2_005);
     t.log(&record(true, &allow_rule(), tcp(40013, 80)), &index, 2_005);
-    // Untranslated entries are not kept; a full map counts what it drops
-    // until its entries expire.
-    t.translated(&entry(tcp(40014, 80), FlowCounts::default()), 2_010);
-    t.translated(&via_frontend(tcp(40015, 80)), 2_010);
+    t.log(&record(true, &allow_rule(), tcp(40012, 81)), &index, 2_005);
+    let mut udp = tcp(40011, 80);
+    udp.protocol = 17;
+    t.log(&record(true, &allow_rule(), udp), &index, 2_005);
+    assert_eq!(t.unknown, 0);
+    // A full map counts what it drops until its entries expire; a newer
+    // connection from a client port already kept replaces it.
+    t.log(&frontend_record(tcp(40015, 80)), &index, 2_010);
     assert_eq!(t.dropped(), 1);
-    t.translated(&via_frontend(tcp(40015, 80)), 12_000);
+    t.log(&frontend_record(logged), &index, 2_010);
+    assert_eq!(t.dropped(), 1);
+    t.log(&frontend_record(tcp(40015, 80)), &index, 12_000);
     assert_eq!(t.dropped(), 1);
     t.log(&record(true, &allow_rule(), tcp(40015, 80)), &index, 12_001);
-    let starts: Vec<(u16, Option<(IpAddr, u16)>)> = t
+    type Start = (u8, u16, u16, Option<(IpAddr, u16)>);
+    let starts: Vec<Start> = t
         .take()
         .iter()
-        .map(|o| (o.tuple.src_port, o.service_frontend))
+        .map(|o| {
+            (
+                o.tuple.protocol,
+                o.tuple.src_port,
+                o.tuple.dst_port,
+                o.service_frontend,
+            )
+        })
         .collect();
     assert_eq!(
         starts,
         vec![
-            (40010, frontend),
-            (40010, frontend),
-            (40011, frontend),
-            (40011, frontend),
-            (40013, None),
-            (40015, frontend),
+            (6, 40010, 80, frontend),
+            (6, 40010, 80, frontend),
+            (6, 40011, 80, frontend),
+            (6, 40011, 80, frontend),
+            (6, 40013, 80, None),
+            (6, 40012, 81, None),
+            (17, 40011, 80, None),
+            (6, 40015, 80, frontend),
         ]
     );
     // Expired entries go.
-    t.expire_translated(30_000);
+    t.expire_frontends(30_000);
     t.log(&record(true, &allow_rule(), tcp(40015, 80)), &index, 30_001);
     assert_eq!(t.take()[0].service_frontend, None);
 }

@@ -36,6 +36,7 @@ use manul_dataplane_api::Backend;
 
 use super::{Rules, SetDef, with_comment};
 use crate::element::{Element, Value};
+use crate::flows::prefix;
 use crate::names::MARK_MASQ;
 
 /// The pseudo-set under which services claim the pick chains they use.
@@ -113,11 +114,16 @@ pub fn chain_name(pick: Pick, v6: bool, node_port: bool, n: usize) -> String {
     )
 }
 
-/// The pick chain's rules.
-pub fn chain_rules(pick: Pick, v6: bool, node_port: bool, n: usize) -> Rules {
+/// The pick chain's rules; with flows on (`log`, the nflog group) first
+/// the log of the connection's first packet before DNAT, whose
+/// destination is the frontend (`flows::prefix::FRONTEND`).
+pub fn chain_rules(pick: Pick, v6: bool, node_port: bool, n: usize, log: Option<u16>) -> Rules {
     let name = chain_name(pick, v6, node_port, n);
     let kw = if v6 { "ip6" } else { "ip" };
-    let mut rules = Vec::new();
+    let mut rules: Vec<String> = log
+        .map(prefix::frontend_log_statement)
+        .into_iter()
+        .collect();
     match pick {
         Pick::ClusterIp => rules.push(format!("jump {}", super::services::MASQ_NON_POD)),
         Pick::External | Pick::LocalFromNode => {

@@ -75,6 +75,7 @@ use super::service_claims::{Claims, Frontend};
 use super::service_pick::{self, PICK_CHAINS, Pick};
 use super::{NftConfig, Rules, SetDef, with_comment, with_id};
 use crate::element::{Element, Value, Verb};
+use crate::flows::prefix;
 use crate::names::{self, MARK_MASQ, ServiceObject};
 
 /// The fixed chains.
@@ -486,6 +487,7 @@ pub fn render_service(
                 chains: &mut chains,
                 sets: &mut sets,
                 claimed: &mut claimed,
+                log: config.flows.map(|l| l.group),
             };
             service_port(svc, port, f, config, out);
         }
@@ -636,6 +638,9 @@ struct Out<'a> {
     chains: &'a mut BTreeMap<String, Rules>,
     sets: &'a mut BTreeMap<String, SetDef>,
     claimed: &'a mut BTreeSet<Frontend>,
+    /// The nflog group of flow observations (flows on): chains that pick
+    /// a backend log the connection's first packet before DNAT.
+    log: Option<u16>,
 }
 
 /// Whether `svc`'s node ports are open in family `v6`: the families of its
@@ -671,6 +676,7 @@ fn node_port_frontend(f: Fam, port: &ServicePort, np: u16) -> Frontend {
 fn frontend(
     sets: &mut BTreeMap<String, SetDef>,
     chains: &mut BTreeMap<String, Rules>,
+    log: Option<u16>,
     f: Fam,
     node_port: bool,
     verdict_map: &str,
@@ -689,7 +695,7 @@ fn frontend(
     if !chains.contains_key(&chain) {
         chains.insert(
             chain.clone(),
-            service_pick::chain_rules(pick, f.v6, node_port, n),
+            service_pick::chain_rules(pick, f.v6, node_port, n, log),
         );
     }
     add(sets, PICK_CHAINS, Element::key(vec![Value::Chain(chain)]));
@@ -714,6 +720,7 @@ fn service_port_data(svc: &Service, port: &ServicePort, f: Fam, out: Out<'_>) {
         chains,
         sets,
         claimed,
+        log,
     } = out;
     let cluster = of_family(&port.backends, f);
     let local = of_family(&port.local_backends, f);
@@ -734,6 +741,7 @@ fn service_port_data(svc: &Service, port: &ServicePort, f: Fam, out: Out<'_>) {
             frontend(
                 sets,
                 chains,
+                log,
                 f,
                 false,
                 &map,
@@ -778,6 +786,7 @@ fn service_port_data(svc: &Service, port: &ServicePort, f: Fam, out: Out<'_>) {
                 frontend(
                     sets,
                     chains,
+                    log,
                     f,
                     node_port,
                     &main,
@@ -791,6 +800,7 @@ fn service_port_data(svc: &Service, port: &ServicePort, f: Fam, out: Out<'_>) {
                 frontend(
                     sets,
                     chains,
+                    log,
                     f,
                     node_port,
                     map,
@@ -811,6 +821,7 @@ fn service_port_data(svc: &Service, port: &ServicePort, f: Fam, out: Out<'_>) {
             frontend(
                 sets,
                 chains,
+                log,
                 f,
                 node_port,
                 &main,
@@ -837,6 +848,7 @@ fn service_port_chains(
         chains,
         sets,
         claimed,
+        log,
     } = out;
     let body = port_body(svc, port);
     let cluster = of_family(&port.backends, f);
@@ -1001,6 +1013,7 @@ fn service_port_chains(
             &cluster_chain,
             &cluster,
             &masq_ips(!internal_local),
+            log,
             chains,
             sets,
         );
@@ -1014,6 +1027,7 @@ fn service_port_chains(
             &local_chain,
             &local,
             &masq_ips(internal_local),
+            log,
             chains,
             sets,
         );
@@ -1021,7 +1035,9 @@ fn service_port_chains(
 }
 
 /// A chain picking one of `backends` (non-empty), and each backend's
-/// chain. Traffic to one of `cluster_ips` that did not come from a pod is
+/// chain. With flows on (`log`, the nflog group) it first logs the
+/// connection's first packet before DNAT (`flows::prefix::FRONTEND`).
+/// Traffic to one of `cluster_ips` that did not come from a pod is
 /// marked for masquerade first.
 #[allow(clippy::too_many_arguments)]
 fn picker(
@@ -1032,10 +1048,18 @@ fn picker(
     chain: &str,
     backends: &[Backend],
     cluster_ips: &[&IpAddr],
+    log: Option<u16>,
     chains: &mut BTreeMap<String, Rules>,
     sets: &mut BTreeMap<String, SetDef>,
 ) {
     let mut rules = Vec::new();
+    if let Some(group) = log {
+        rules.push(with_id(
+            chain,
+            "frontend logged",
+            &prefix::frontend_log_statement(group),
+        ));
+    }
     if !cluster_ips.is_empty() {
         let list: Vec<String> = cluster_ips.iter().map(ToString::to_string).collect();
         rules.push(with_id(

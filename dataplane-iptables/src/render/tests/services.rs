@@ -686,10 +686,19 @@ fn check_changes_match_whole_render(steps: &[Vec<(&str, Option<Service>)>]) {
 /// [`check_changes_match_whole_render`] from `state` (services in
 /// namespace `prod`); returns the state after the last step.
 pub(super) fn check_steps(
+    state: DesiredState,
+    steps: &[Vec<(&str, Option<Service>)>],
+) -> DesiredState {
+    check_steps_with(&NftConfig::default(), state, steps)
+}
+
+/// [`check_steps`] under `config`.
+fn check_steps_with(
+    config: &NftConfig,
     mut state: DesiredState,
     steps: &[Vec<(&str, Option<Service>)>],
 ) -> DesiredState {
-    let config = NftConfig::default();
+    let config = config.clone();
     let (mut programmed, mut claims) = render_indexed(&state, &config);
     for (n, step) in steps.iter().enumerate() {
         let before = state.clone();
@@ -754,7 +763,7 @@ fn service_changes_rendered_alone_match_the_whole_render() {
         s.ports[0].node_port = Some(30080);
         s
     };
-    check_changes_match_whole_render(&[
+    let steps = [
         vec![("web", Some(web2))],
         vec![("edge", Some(edge2)), ("gone", Some(revived))],
         vec![("z-rival", Some(rival("z-rival")))],
@@ -763,7 +772,73 @@ fn service_changes_rendered_alone_match_the_whole_render() {
         vec![("b-rival", None)],
         vec![("edge", Some(edge())), ("gone", Some(gone()))],
         vec![("web", None), ("z-rival", None)],
-    ]);
+    ];
+    check_changes_match_whole_render(&steps);
+    // With flows on, the chains that pick a backend log first.
+    check_steps_with(&flows_on(), with(&[web(), edge(), gone()]), &steps);
+}
+
+fn flows_on() -> NftConfig {
+    NftConfig {
+        flows: Some(crate::flows::FlowLog::default()),
+        ..NftConfig::default()
+    }
+}
+
+/// With flows on, every chain that picks a backend (the shared pick
+/// chains, an affinity service's backend chains) logs the connection's
+/// first packet before anything else, before DNAT; with flows off none
+/// does.
+#[test]
+fn chains_picking_a_backend_log_the_frontend_first_with_flows_on() {
+    let mut sticky = edge();
+    sticky.affinity_timeout_seconds = Some(60);
+    let state = with(&[web(), sticky, gone()]);
+    let log = crate::flows::prefix::frontend_log_statement(crate::flows::FlowLog::default().group);
+    let on = render_indexed(&state, &flows_on()).0;
+    let off = render_indexed(&state, &NftConfig::default()).0;
+    let picking = |rs: &Ruleset| -> Vec<String> {
+        rs.chains
+            .iter()
+            .filter(|(_, rules)| rules.iter().any(|r| r.text.contains("numgen random")))
+            .map(|(name, _)| name.clone())
+            .collect()
+    };
+    let chains = picking(&on);
+    assert!(
+        chains
+            .iter()
+            .any(|c| c.starts_with(service_pick::PICK_PREFIX)),
+        "{chains:?}"
+    );
+    assert!(
+        chains
+            .iter()
+            .any(|c| !c.starts_with(service_pick::PICK_PREFIX)),
+        "{chains:?}"
+    );
+    assert_eq!(chains, picking(&off));
+    for chain in &chains {
+        assert_eq!(on.chains[chain][0].text, log, "{chain}");
+        assert_eq!(
+            on.chains[chain].len(),
+            off.chains[chain].len() + 1,
+            "{chain}"
+        );
+    }
+    let logging: Vec<&String> = on
+        .chains
+        .iter()
+        .filter(|(_, rules)| rules.iter().any(|r| r.text.contains("mnl:s")))
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(logging, chains.iter().collect::<Vec<_>>());
+    assert!(
+        off.chains
+            .values()
+            .flatten()
+            .all(|r| !r.text.contains("mnl:s"))
+    );
 }
 
 /// [`cluster`], a service like [`edge`] without affinity (its
