@@ -12,8 +12,10 @@
 # tmpfs overlay) and no network device. Inside, as root:
 #   - dataplane-iptables' tests/flows.rs with MANUL_REQUIRE_GLUE_CT=1 and
 #     CI=true: the allowed and denied connections (first, on the kernel as
-#     booted: no netfilter module loaded yet), and the shared flow cases
-#     through Services of both families, each failing if the driver fell
+#     booted: no netfilter module loaded yet), then the others but the
+#     promptness under a steady stream (too fast for an emulator): the
+#     shared flow cases through Services of both families and the
+#     hairpin, each failing if the driver fell
 #     back to the log of a connection's first packet before DNAT;
 #   - `iptables-bench flows --runs N` (MANUL_VM_BENCH_RUNS, default 3; 0
 #     skips it): flows off and on side by side. Under emulation (TCG, when
@@ -136,11 +138,15 @@ else
 # No module is loaded beforehand: the kernel loads each on demand, as on a
 # fresh node. The first test runs on the kernel as booted (the driver's
 # start loads what it needs: nothing may depend on its being there
-# before), the second after it.
+# before), the others after it. Not run here: the promptness of starts
+# under a steady stream (it needs 100 connections in 1.5 s, more than an
+# emulated machine makes; what it checks, the reader's drain interval,
+# is the same on every kernel).
 first=allowed_and_denied_connections_are_observed_with_their_rules_and_counts
+prompt=starts_come_promptly_while_connections_keep_coming_and_after_a_pause
 t0=\$(date +%s)
 for run in first rest; do
-    if [ \$run = first ]; then filter=(--exact \$first); else filter=(--skip \$first); fi
+    if [ \$run = first ]; then filter=(--exact \$first); else filter=(--skip \$first --skip \$prompt); fi
     echo "== flow tests (tests/flows.rs, \${filter[*]}), MANUL_REQUIRE_GLUE_CT=1"
     $flows_test --test-threads=1 --nocapture "\${filter[@]}" >"\$out/flows-test-\$run.log" 2>&1
     rc=\$?
