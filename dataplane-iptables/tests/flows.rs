@@ -482,6 +482,11 @@ fn flows_through_services_name_their_frontend() {
 /// room for a loaded machine.
 const START_BOUND: Duration = Duration::from_millis(100);
 
+/// How often [`starts_come_promptly_while_connections_keep_coming_and_after_a_pause`]'s
+/// driver dumps conntrack: connections end at a dump, and the test waits
+/// for every end.
+const DUMP_INTERVAL: Duration = Duration::from_millis(200);
+
 /// When the server's starts were first taken, and which connections
 /// ended, by client port.
 #[derive(Default)]
@@ -511,9 +516,11 @@ impl Seen {
 }
 
 /// Connections keep coming (the reader drains on its interval rather than
-/// waiting on the sockets), then one comes after a pause (the reader
+/// waiting on the socket), then one comes after a pause (the reader
 /// waits again): every connection's start and end is observed, each start
-/// within [`START_BOUND`] of its handshake, nothing dropped.
+/// within [`START_BOUND`] of its handshake, nothing dropped. Ends come
+/// from the conntrack dumps ([`DUMP_INTERVAL`] here), each connection
+/// closed (time-wait) when one reads it.
 #[test]
 fn starts_come_promptly_while_connections_keep_coming_and_after_a_pause() {
     if !privileges().expect("privileges") {
@@ -533,7 +540,10 @@ fn starts_come_promptly_while_connections_keep_coming_and_after_a_pause() {
     let (busy, paused, seen, dropped) = node
         .run(|| {
             let config = NftConfig {
-                flows: Some(FlowLog::default()),
+                flows: Some(FlowLog {
+                    update_interval: DUMP_INTERVAL,
+                    ..FlowLog::default()
+                }),
                 ..NftConfig::default()
             };
             let mut driver = NftDriver::with_config(Nft::default(), config).expect("driver");

@@ -15,10 +15,12 @@
 //!   first packet gives it: every chain that picks a Service backend logs
 //!   it before DNAT ([`prefix::FRONTEND`]), so its destination is the
 //!   frontend ([`track`]).
-//! - **conntrack**: destroy events and periodic dumps, with accounting
-//!   (`nf_conntrack_acct`, turned on in the driver's namespace), give the
-//!   followed connections' packets and bytes each way (`Update`), their
-//!   service frontend, and their `End`.
+//! - **conntrack**: periodic dumps (every [`FlowLog::update_interval`]),
+//!   with accounting (`nf_conntrack_acct`, turned on in the driver's
+//!   namespace), give the followed connections' packets and bytes each
+//!   way (`Update`), their service frontend, and their `End` (closed, or
+//!   gone from the table: [`track`]). No conntrack events are subscribed
+//!   to: ctnetlink would build each one in the packet path.
 //!
 //! `packet.rs`, `ct.rs` and `track.rs` are pure (time passed in);
 //! `netlink.rs` is the
@@ -40,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use manul_dataplane_api::{DesiredState, FlowObservation};
 use tracing::{debug, warn};
 
-pub use netlink::{Event, FlowSocketError, FlowSockets, FrontendSource};
+pub use netlink::{FlowSocketError, FlowSockets, FrontendSource, RawLog};
 pub use prefix::FlowIndex;
 pub use track::{CtEntry, Limits, LogRecord, Tracker};
 
@@ -50,7 +52,8 @@ pub struct FlowLog {
     /// The nflog group of this node's driver.
     pub group: u16,
     /// How often live connections' counters are read (a conntrack dump at
-    /// the first `take_flows` after this much time).
+    /// the first `take_flows` after this much time); connections end at a
+    /// dump, so an `End` comes up to this much late.
     pub update_interval: Duration,
 }
 
@@ -108,9 +111,9 @@ impl Flows {
     pub fn open(config: FlowLog) -> Result<Flows, FlowSocketError> {
         let sockets = FlowSockets::open(config.group)?;
         // The sysctl is missing until nf_conntrack is loaded: the sockets
-        // load it where they can (the group's conntrack flag, the
-        // subscription, the latter without waiting), the table's `ct`
-        // rules do at the latest. Until it works, each take tries again.
+        // load it where they can (the group's conntrack flag), the
+        // table's `ct` rules do at the latest. Until it works, each take
+        // tries again.
         let acct = match turn_acct_on() {
             Ok(()) => Acct::On,
             Err(e) => {
@@ -176,24 +179,19 @@ impl Flows {
         // Interface indexes are reused: names are looked up afresh each
         // time.
         self.names.clear();
-        let events = self.sockets.drain();
+        let records = self.sockets.drain();
         // A connection's frontend record comes before its policy records
         // (one group, in hook order).
         self.tracker.expire_frontends(now);
-        for event in events {
-            match event {
-                Event::Log(raw) => {
-                    let record = LogRecord {
-                        prefix: raw.prefix,
-                        in_if: self.name(raw.in_ifindex),
-                        out_if: self.name(raw.out_ifindex),
-                        packet: raw.packet,
-                        frontend: raw.frontend,
-                    };
-                    self.tracker.log(&record, &index, now);
-                }
-                Event::Destroyed(entry) => self.tracker.destroyed(&entry, now),
-            }
+        for raw in records {
+            let record = LogRecord {
+                prefix: raw.prefix,
+                in_if: self.name(raw.in_ifindex),
+                out_if: self.name(raw.out_ifindex),
+                packet: raw.packet,
+                frontend: raw.frontend,
+            };
+            self.tracker.log(&record, &index, now);
         }
         self.tracker.flush_denied(now);
         let due = self

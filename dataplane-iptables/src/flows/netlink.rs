@@ -1,5 +1,5 @@
 //! The kernel side of flow observations: an nflog group and conntrack
-//! (destroy events and dumps) over `NETLINK_NETFILTER`, through
+//! dumps over `NETLINK_NETFILTER`, through
 //! `netlink-packet-netfilter`. Sockets are opened in the calling thread's
 //! network namespace and keep it whichever thread reads them.
 //!
@@ -15,16 +15,20 @@
 //! ([`super::prefix::FRONTEND`], rendered on every kernel). Every other
 //! failure to set the group up is an error.
 //!
-//! One reader thread reads the nflog socket and the conntrack event
-//! socket and queues what they bring, bounded: the kernel's socket buffers
-//! stay drained between Felix's calls to `take_flows`. While messages
-//! come it reads every [`DRAIN_INTERVAL`] instead of waiting on the
-//! sockets: a socket nobody waits on takes a message without waking a
-//! thread, so a busy node pays no wake-up (an inter-processor interrupt,
-//! a context switch) per new connection, log batch or destroyed entry.
-//! An interval that brings nothing puts it back to waiting on the
-//! sockets, so an idle node has no timer. Dumps run on the caller's
-//! thread.
+//! No conntrack events are subscribed to: ctnetlink builds an event's
+//! message in the packet path (a destroy event in the softirq that
+//! deletes the entry, often the next connection's), so connections end
+//! from the periodic dumps instead ([`super::track`]).
+//!
+//! One reader thread reads the nflog socket and queues what it brings,
+//! bounded: the kernel's socket buffer stays drained between Felix's
+//! calls to `take_flows`. While messages come it reads every
+//! [`DRAIN_INTERVAL`] instead of waiting on the socket: a socket nobody
+//! waits on takes a message without waking a thread, so a busy node pays
+//! no wake-up (an inter-processor interrupt, a context switch) per new
+//! connection or log batch. An interval that brings nothing puts it back
+//! to waiting on the socket, so an idle node has no timer. Dumps run on
+//! the caller's thread.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -72,8 +76,6 @@ pub enum FlowSocketError {
         #[source]
         source: std::io::Error,
     },
-    #[error("subscribing to conntrack events")]
-    Subscribe(#[source] std::io::Error),
     #[error("dumping the conntrack table")]
     Dump(#[source] std::io::Error),
     #[error("starting the flow reader thread")]
@@ -105,15 +107,6 @@ pub enum FrontendSource {
     ServiceLog,
 }
 
-/// What the reader thread queues.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    Log(RawLog),
-    Destroyed(CtEntry),
-}
-
-/// Conntrack's multicast group of destroyed entries (`NFNLGRP_CONNTRACK_DESTROY`).
-const GROUP_CT_DESTROY: u32 = 3;
 /// Conntrack's TCP states of a connection that is over.
 const TCP_TIME_WAIT: u8 = 7;
 const TCP_CLOSE: u8 = 8;
@@ -128,7 +121,7 @@ const COPY_RANGE: u32 = 128;
 /// The receive buffers: forced past `net.core.rmem_max` where the process
 /// may (else capped there). They hold what comes in one
 /// [`DRAIN_INTERVAL`]: at 50,000 new connections a second, 500
-/// connections' destroy events and log records, well under 1 MiB.
+/// connections' log records, well under 1 MiB.
 const RCVBUF: usize = 4 << 20;
 /// How long the reader leaves the sockets to fill while messages come: a
 /// record is queued at most this long after the kernel sent it (nflog's
@@ -252,20 +245,6 @@ fn bind_nflog(group: u16) -> Result<(Socket, bool), FlowSocketError> {
     };
     socket.set_non_blocking(true).map_err(bind_err)?;
     Ok((socket, with_ct))
-}
-
-/// Subscribes to conntrack's destroy events.
-fn subscribe_events() -> Result<Socket, FlowSocketError> {
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(FlowSocketError::Open)?;
-    socket.bind_auto().map_err(FlowSocketError::Subscribe)?;
-    receive_buffer(&socket);
-    socket
-        .add_membership(GROUP_CT_DESTROY)
-        .map_err(FlowSocketError::Subscribe)?;
-    socket
-        .set_non_blocking(true)
-        .map_err(FlowSocketError::Subscribe)?;
-    Ok(socket)
 }
 
 /// The value of an attribute the crate leaves undecoded.
@@ -418,7 +397,7 @@ pub fn entry_of(attributes: &[ConntrackAttribute]) -> Option<CtEntry> {
 /// The bounded queue between the reader thread and the driver.
 #[derive(Debug, Default)]
 struct Shared {
-    queue: Mutex<VecDeque<Event>>,
+    queue: Mutex<VecDeque<RawLog>>,
     dropped: AtomicU64,
     stop: AtomicBool,
 }
@@ -432,22 +411,21 @@ pub struct FlowSockets {
     with_ct: bool,
 }
 
-/// Events queued at most before the reader drops (and counts) more.
+/// Records queued at most before the reader drops (and counts) more.
 const QUEUE: usize = 262_144;
 
 impl FlowSockets {
-    /// Binds nflog `group` and subscribes to conntrack's destroy events
-    /// in this thread's network namespace, and starts the reader.
+    /// Binds nflog `group` in this thread's network namespace and starts
+    /// the reader.
     pub fn open(group: u16) -> Result<FlowSockets, FlowSocketError> {
         let (nflog, with_ct) = bind_nflog(group)?;
-        let events = subscribe_events()?;
         let mut dump = Socket::new(NETLINK_NETFILTER).map_err(FlowSocketError::Open)?;
         dump.bind_auto().map_err(FlowSocketError::Open)?;
         let shared = Arc::new(Shared::default());
         let reader = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("nft-flows".into())
-            .spawn(move || read_loop(&nflog, &events, &reader))
+            .spawn(move || read_loop(&nflog, &reader))
             .map_err(FlowSocketError::Thread)?;
         Ok(FlowSockets {
             shared,
@@ -468,7 +446,7 @@ impl FlowSockets {
     }
 
     /// Everything queued since the last call.
-    pub fn drain(&self) -> Vec<Event> {
+    pub fn drain(&self) -> Vec<RawLog> {
         let mut q = self
             .shared
             .queue
@@ -477,7 +455,7 @@ impl FlowSockets {
         q.drain(..).collect()
     }
 
-    /// Events dropped: the queue was full, or a socket's buffer overran.
+    /// Records dropped: the queue was full, or the socket's buffer overran.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
@@ -497,7 +475,7 @@ impl Drop for FlowSockets {
     }
 }
 
-fn push(shared: &Shared, batch: &mut Vec<Event>) {
+fn push(shared: &Shared, batch: &mut Vec<RawLog>) {
     if batch.is_empty() {
         return;
     }
@@ -511,13 +489,13 @@ fn push(shared: &Shared, batch: &mut Vec<Event>) {
     }
 }
 
-/// Reads one socket until it would block; `false` when it failed for
+/// Reads the socket until it would block; `false` when it failed for
 /// another reason than an overrun. Counts the messages read into `read`.
 fn read_socket(
     socket: &Socket,
     buf: &mut [u8],
     shared: &Shared,
-    batch: &mut Vec<Event>,
+    batch: &mut Vec<RawLog>,
     read: &mut usize,
 ) -> bool {
     loop {
@@ -525,17 +503,12 @@ fn read_socket(
             Ok(n) => {
                 *read += 1;
                 for m in messages(&buf[..n]) {
-                    if let NetlinkPayload::InnerMessage(NetfilterMessage { inner, .. }) = m.payload
+                    if let NetlinkPayload::InnerMessage(NetfilterMessage {
+                        inner: NetfilterMessageInner::ULog(ULogMessage::Packet(nlas)),
+                        ..
+                    }) = m.payload
                     {
-                        match inner {
-                            NetfilterMessageInner::ULog(ULogMessage::Packet(nlas)) => {
-                                batch.extend(log_of(&nlas).map(Event::Log));
-                            }
-                            NetfilterMessageInner::Conntrack(ConntrackMessage::Delete(attrs)) => {
-                                batch.extend(entry_of(&attrs).map(Event::Destroyed));
-                            }
-                            _ => {}
-                        }
+                        batch.extend(log_of(&nlas));
                     }
                 }
             }
@@ -552,14 +525,11 @@ fn read_socket(
     }
 }
 
-/// Waits until a socket is readable (or 200 ms passed, to see `stop`);
+/// Waits until the socket is readable (or 200 ms passed, to see `stop`);
 /// `false` when waiting failed.
-fn wait(nflog: &Socket, events: &Socket) -> bool {
+fn wait(nflog: &Socket) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let mut fds = [
-        PollFd::new(nflog.as_fd(), PollFlags::POLLIN),
-        PollFd::new(events.as_fd(), PollFlags::POLLIN),
-    ];
+    let mut fds = [PollFd::new(nflog.as_fd(), PollFlags::POLLIN)];
     match poll(&mut fds, PollTimeout::from(200u16)) {
         Ok(_) | Err(nix::errno::Errno::EINTR) => true,
         Err(e) => {
@@ -569,21 +539,20 @@ fn wait(nflog: &Socket, events: &Socket) -> bool {
     }
 }
 
-fn read_loop(nflog: &Socket, events: &Socket, shared: &Shared) {
+fn read_loop(nflog: &Socket, shared: &Shared) {
     let mut buf = vec![0u8; 1 << 18];
     let mut batch = Vec::new();
     // Whether the last read brought messages: then the next comes after
-    // a sleep, not a wait on the sockets (see the module doc).
+    // a sleep, not a wait on the socket (see the module doc).
     let mut busy = false;
     while !shared.stop.load(Ordering::Relaxed) {
         if busy {
             std::thread::sleep(DRAIN_INTERVAL);
-        } else if !wait(nflog, events) {
+        } else if !wait(nflog) {
             return;
         }
         let mut read = 0;
-        let ok = read_socket(nflog, &mut buf, shared, &mut batch, &mut read)
-            && read_socket(events, &mut buf, shared, &mut batch, &mut read);
+        let ok = read_socket(nflog, &mut buf, shared, &mut batch, &mut read);
         push(shared, &mut batch);
         if !ok {
             return;

@@ -14,9 +14,14 @@
 //!   observation per tuple, side and decider, with its packets and bytes,
 //!   at each [`Tracker::flush_denied`].
 //! - A conntrack dump gives each followed connection's counters (`Update`)
-//!   and its service frontend; a followed connection missing from a dump
-//!   (after a grace period, for one not yet confirmed) or reported
-//!   destroyed `End`s with its last counters.
+//!   and its service frontend, and its `End`: a TCP entry in time-wait or
+//!   close carries its final counters (the kernel keeps it 120 s and
+//!   10 s); a connection seen in an earlier dump and missing from this
+//!   one ends with the counters of the last dump it was in; one never
+//!   seen in a dump (gone before it, or never confirmed) ends once
+//!   missing past a grace period, with its start's counts (its first
+//!   packet). No destroy events are read: an `End` comes at the first
+//!   dump after the close.
 //!
 //! Queued observations are bounded; what does not fit is counted.
 
@@ -54,8 +59,9 @@ pub struct CtEntry {
     pub reply_src: IpAddr,
     pub reply_src_port: u16,
     pub counts: Option<FlowCounts>,
-    /// A TCP connection that is over (time-wait or closed): the kernel
-    /// keeps the entry a while, but its counters are final.
+    /// A TCP connection that is over (time-wait or close): the kernel
+    /// keeps the entry a while, but its counters are final. Other closing
+    /// states (fin-wait, close-wait, last-ack) still expect a packet.
     pub closed: bool,
 }
 
@@ -316,16 +322,6 @@ impl Tracker {
         live.frontend = entry.frontend();
         if let Some(c) = entry.counts {
             live.counts = c;
-        }
-    }
-
-    /// A connection the kernel reports destroyed: its `End`, with the
-    /// final counters.
-    pub fn destroyed(&mut self, entry: &CtEntry, now_ms: u64) {
-        let tuple = entry.policy_tuple();
-        if let Some(mut live) = self.live.remove(&tuple) {
-            Self::note(&mut live, entry);
-            self.emit(FlowPhase::End, tuple, &live, now_ms);
         }
     }
 

@@ -137,16 +137,20 @@ fn a_connection_between_two_local_pods_starts_updates_and_ends_on_both_sides() {
         bytes_reverse: 900,
     };
     t.dump(&[entry(flow, counts)], 2_000);
-    t.destroyed(
-        &entry(
+    // Closed (time-wait): its final counters, once.
+    let closed = CtEntry {
+        closed: true,
+        ..entry(
             flow,
             FlowCounts {
                 packets_forward: 7,
                 ..counts
             },
-        ),
-        3_000,
-    );
+        )
+    };
+    t.dump(&[closed], 3_000);
+    t.dump(&[closed], 4_000);
+    t.dump(&[], 5_000);
     let obs = t.take();
     let client = Some("client".to_string());
     let server = Some("server".to_string());
@@ -235,6 +239,44 @@ fn connections_missing_from_dumps_end_after_grace_and_service_frontends_show() {
     assert_eq!(phases, vec![Start, End, Start, Update, End]);
     assert_eq!(obs[3].service_frontend, Some((ip("10.96.0.10"), 8080)));
     assert_eq!(obs[4].service_frontend, Some((ip("10.96.0.10"), 8080)));
+}
+
+/// Without destroy events: a connection seen in a dump and gone from the
+/// next ends with the last dump's counters; one in a closing state that
+/// still expects a packet (last-ack) goes on; one opened and gone between
+/// two dumps ends after the grace period with its first packet's counts.
+#[test]
+fn vanished_connections_end_with_the_last_counters_seen() {
+    let index = index();
+    let mut t = Tracker::new(Limits::default());
+    let seen = tcp(40010, 80);
+    let between = tcp(40011, 80);
+    t.log(&record(true, &allow_rule(), seen), &index, 1_000);
+    let counts = FlowCounts {
+        packets_forward: 9,
+        bytes_forward: 700,
+        packets_reverse: 8,
+        bytes_reverse: 1_200,
+    };
+    // Last-ack: not `closed` (the final ack is still to come).
+    t.dump(&[entry(seen, counts)], 2_000);
+    t.log(&record(true, &allow_rule(), between), &index, 2_500);
+    t.dump(&[], 3_000);
+    assert_eq!(t.live(), 1, "the one never seen is within its grace");
+    t.dump(&[], 5_000);
+    assert_eq!(t.live(), 0);
+    let obs = t.take();
+    let ends: Vec<(u16, u64, FlowCounts)> = obs
+        .iter()
+        .filter(|o| o.phase == FlowPhase::End)
+        .map(|o| (o.tuple.src_port, o.time_unix_ms, o.counts))
+        .collect();
+    let first = FlowCounts {
+        packets_forward: 1,
+        bytes_forward: 60,
+        ..FlowCounts::default()
+    };
+    assert_eq!(ends, vec![(40010, 3_000, counts), (40011, 5_000, first)]);
 }
 
 #[test]
