@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -165,13 +165,19 @@ pub fn run_one(
                 .map(|p| p.netns.name().to_string())
         })
         .collect::<Result<_, _>>()?;
-    let warm = open(&denied[0])?;
-    if probe::time_to_first_block(&warm, targets[0].0, Instant::now(), Duration::from_secs(20))
-        .is_none()
-    {
-        return Err(ClusterError::Invalid(
-            "the standing policy was never enforced".into(),
-        ));
+    // On every node: each node's Felix applies the policy on its own, so
+    // one blocked pair says nothing about the others.
+    for (i, d) in denied.iter().enumerate() {
+        let ns = open(d)?;
+        for (j, (t, _)) in targets.iter().enumerate() {
+            if probe::time_to_first_block(&ns, *t, Instant::now(), Duration::from_secs(20))
+                .is_none()
+            {
+                return Err(ClusterError::Invalid(format!(
+                    "the standing policy was never enforced: denied-{i} still reaches target-{j} after 20 s"
+                )));
+            }
+        }
     }
 
     let start = Instant::now();
@@ -192,21 +198,32 @@ pub fn run_one(
     // Denied pairs must stay denied the whole time.
     let stop = Arc::new(AtomicBool::new(false));
     let unexpected = Arc::new(AtomicU64::new(0));
+    let allowed_pairs = Arc::new(Mutex::new(Vec::<String>::new()));
     let checker = {
-        let (stop, unexpected) = (stop.clone(), unexpected.clone());
-        let pairs: Vec<(String, SocketAddr)> = denied
+        let (stop, unexpected, allowed_pairs) =
+            (stop.clone(), unexpected.clone(), allowed_pairs.clone());
+        let pairs: Vec<(String, String, SocketAddr)> = denied
             .iter()
-            .flat_map(|d| targets.iter().map(move |(t, _)| (d.clone(), *t)))
+            .enumerate()
+            .flat_map(|(i, d)| {
+                targets.iter().enumerate().map(move |(j, (t, _))| {
+                    (d.clone(), format!("denied-{i} reached target-{j}"), *t)
+                })
+            })
             .collect();
         std::thread::spawn(move || {
-            let handles: Vec<(NetNs, SocketAddr)> = pairs
-                .iter()
-                .filter_map(|(d, t)| NetNs::open(d).ok().map(|n| (n, *t)))
+            let handles: Vec<(NetNs, String, SocketAddr)> = pairs
+                .into_iter()
+                .filter_map(|(d, what, t)| NetNs::open(&d).ok().map(|n| (n, what, t)))
                 .collect();
             while !stop.load(Ordering::Relaxed) {
-                for (ns, t) in &handles {
+                for (ns, what, t) in &handles {
                     if probe::connects(ns, *t, Duration::from_millis(50)) {
                         unexpected.fetch_add(1, Ordering::Relaxed);
+                        let at = start.elapsed().as_secs_f64();
+                        if let Ok(mut seen) = allowed_pairs.lock() {
+                            seen.push(format!("unexpected allow: {what} at {at:.3} s"));
+                        }
                     }
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -337,6 +354,11 @@ pub fn run_one(
     stop.store(true, Ordering::Relaxed);
     let _ = checker.join();
     result.unexpected_allows = unexpected.load(Ordering::Relaxed);
+    if let Ok(seen) = allowed_pairs.lock() {
+        for message in seen.iter().take(10) {
+            result.failure_messages.push(message.clone());
+        }
+    }
     result.duration_s = start.elapsed().as_secs_f64();
     result.resources = sampler.stop();
     result.ttfp.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));

@@ -76,7 +76,8 @@ pub struct DataplaneRun {
     pub unexpected_allows: u64,
     /// Pods whose probe never succeeded, CNI errors, and the like.
     pub failures: u64,
-    /// The first few failures' messages.
+    /// The first few failures' messages, then the first few unexpected
+    /// allows' (which pair, when).
     pub failure_messages: Vec<String>,
     pub pods_created: u64,
     pub pods_deleted: u64,
