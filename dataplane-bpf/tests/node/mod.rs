@@ -16,7 +16,7 @@ use manul_dataplane_bpf::{BpfConfig, BpfDriver};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
 use manul_dataplane_conformance::topology::{Pod, Topology};
 use manul_dataplane_conformance::{Factory, NodeContext, privileges};
-use manul_netns::{NetNs, PodLink, plumb_pod_ips, unique_prefix};
+use manul_netns::{NetNs, PodLink, link_index, plumb_pod_ips, unique_prefix};
 
 /// Where the tests pin, each node in a directory of its own.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
@@ -105,6 +105,11 @@ impl Sandbox {
     /// [`config`] for this node.
     pub fn config(&self) -> BpfConfig {
         config(self.pins.name())
+    }
+
+    /// The index of interface `name` in the namespace.
+    pub fn index(&self, name: &str) -> u32 {
+        link_index(&self.ns, name).expect("ifindex")
     }
 }
 
