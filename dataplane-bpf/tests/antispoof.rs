@@ -80,7 +80,7 @@ fn a_pod_sending_as_another_pod_is_dropped_and_counted() {
     }
     ops.push(Operation::InSync);
     let (a, b, c) = (&s.pods[0].netns, &s.pods[1].netns, &s.pods[2].netns);
-    let config = s.config();
+    let config = s.pins.config();
     let node = &s.node;
     node.run(move || {
         let mut d = BpfDriver::new(config).expect("load the programs");

@@ -429,7 +429,7 @@ fn the_early_load_keeps_the_pinned_sizes_and_start_resizes_to_the_configured_one
             .map(|d| Box::new(d) as Box<dyn Driver>)
             .map_err(|e| chain(&e))
     });
-    let driver = DriverThread::start(setup.ns(), setup.context(), early).expect("driver");
+    let driver = DriverThread::start(setup.ns(), setup.pins.context(), early).expect("driver");
     assert_eq!(*seen.lock().unwrap(), Some(8), "the early load resized");
     assert_eq!(max_entries(setup.name(), "manul_svc_fe"), 16);
     assert_eq!(frontends(setup.name()), expected(&[0, 1]), "copied");

@@ -103,7 +103,7 @@ fn pods_of_one_node_are_delivered_past_the_host_and_judged_on_the_way() {
     let host_b = link_index(setup.ns(), &b.interface).unwrap();
     let host_a = link_index(setup.ns(), &a.interface).unwrap();
     let b_mac = link_mac(&b.netns, "eth0").unwrap();
-    let config = setup.config();
+    let config = setup.pins.config();
     let ops = operations(a, b, c);
 
     setup
@@ -252,7 +252,7 @@ fn ipv6_between_pods_of_one_node_is_delivered_with_its_hop_limit_decremented() {
     let server = SocketAddr::new(IpAddr::V6(v6(3)), PORT);
     let _listener = TcpServer::start(b, server).expect("server");
     let b_mac = s.pods[1].link.pod_mac;
-    let config = s.config();
+    let config = s.pins.config();
     let node = &s.node;
     node.run(move || {
         let mut d = BpfDriver::new(config).expect("load the programs");

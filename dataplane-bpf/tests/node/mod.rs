@@ -73,6 +73,27 @@ impl Pins {
     pub fn purge(&self) -> std::io::Result<()> {
         BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.0)
     }
+
+    /// The node's context for a driver thread.
+    pub fn context(&self) -> NodeContext {
+        NodeContext {
+            node: self.0.clone(),
+        }
+    }
+
+    /// [`config`] for this node.
+    pub fn config(&self) -> BpfConfig {
+        config(&self.0)
+    }
+
+    /// A driver thread for this node in `ns` ([`factory`]).
+    pub fn driver(
+        &self,
+        ns: &NetNs,
+        configure: impl Fn(&mut BpfConfig) + Send + Sync + 'static,
+    ) -> DriverThread {
+        DriverThread::start(ns, self.context(), factory(&self.0, configure)).expect("driver")
+    }
 }
 
 impl Drop for Pins {
@@ -104,7 +125,7 @@ impl Sandbox {
 
     /// [`config`] for this node.
     pub fn config(&self) -> BpfConfig {
-        config(self.pins.name())
+        self.pins.config()
     }
 
     /// The index of interface `name` in the namespace.
@@ -149,24 +170,12 @@ impl Node {
         self.topo.pod(&format!("ns/{name}")).expect("pod")
     }
 
-    pub fn context(&self) -> NodeContext {
-        NodeContext {
-            node: self.name().to_string(),
-        }
-    }
-
-    /// [`config`] for this node.
-    pub fn config(&self) -> BpfConfig {
-        config(self.name())
-    }
-
-    /// A driver thread in the node's namespace ([`factory`]).
+    /// A driver thread in the node's namespace ([`Pins::driver`]).
     pub fn driver(
         &self,
         configure: impl Fn(&mut BpfConfig) + Send + Sync + 'static,
     ) -> DriverThread {
-        DriverThread::start(self.ns(), self.context(), factory(self.name(), configure))
-            .expect("driver")
+        self.pins.driver(self.ns(), configure)
     }
 }
 
@@ -181,35 +190,29 @@ pub struct DualPod {
 }
 
 impl DualPod {
+    /// The pod's first address of one family.
+    pub fn ip(&self, v6: bool) -> IpAddr {
+        *self
+            .ips
+            .iter()
+            .find(|ip| ip.is_ipv6() == v6)
+            .expect("an address of the family")
+    }
+
     /// The pod's first IPv4 address.
     pub fn v4(&self) -> Ipv4Addr {
-        self.ips
-            .iter()
-            .find_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            })
-            .expect("an IPv4 address")
+        let IpAddr::V4(ip) = self.ip(false) else {
+            panic!("not IPv4")
+        };
+        ip
     }
 
     /// The pod's first IPv6 address.
     pub fn v6(&self) -> Ipv6Addr {
-        self.ips
-            .iter()
-            .find_map(|ip| match ip {
-                IpAddr::V6(v6) => Some(*v6),
-                IpAddr::V4(_) => None,
-            })
-            .expect("an IPv6 address")
-    }
-
-    /// Its first address of one family.
-    pub fn ip(&self, v6: bool) -> IpAddr {
-        if v6 {
-            self.v6().into()
-        } else {
-            self.v4().into()
-        }
+        let IpAddr::V6(ip) = self.ip(true) else {
+            panic!("not IPv6")
+        };
+        ip
     }
 }
 
@@ -259,24 +262,12 @@ impl DualNode {
         self.pods.iter().find(|p| p.name == name).expect("pod")
     }
 
-    pub fn context(&self) -> NodeContext {
-        NodeContext {
-            node: self.name().to_string(),
-        }
-    }
-
-    /// [`config`] for this node.
-    pub fn config(&self) -> BpfConfig {
-        config(self.name())
-    }
-
-    /// A driver thread in the node's namespace ([`factory`]).
+    /// A driver thread in the node's namespace ([`Pins::driver`]).
     pub fn driver(
         &self,
         configure: impl Fn(&mut BpfConfig) + Send + Sync + 'static,
     ) -> DriverThread {
-        DriverThread::start(&self.node, self.context(), factory(self.name(), configure))
-            .expect("driver")
+        self.pins.driver(&self.node, configure)
     }
 }
 
