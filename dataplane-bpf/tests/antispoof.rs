@@ -9,38 +9,22 @@
 //! removed at the end, also on failure.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use manul_dataplane_api::{Driver, EndpointId, Match, Operation, Policy, WorkloadEndpoint};
-use manul_dataplane_bpf::{BpfConfig, BpfDriver};
-use manul_dataplane_conformance::privileges;
+use manul_dataplane_api::{Driver, Match, Operation};
+use manul_dataplane_bpf::BpfDriver;
 use manul_model::names::workload_interface_name;
-use manul_netns::{NetNs, plumb_pod_ips, spoofed_udp_arrives, unique_prefix};
+use manul_netns::{NetNs, spoofed_udp_arrives};
 
+mod node;
 mod rules;
 
-use rules::{allow, guard, pid};
+use node::DualNode;
+use rules::{allow_profile, backend_policy};
 
-const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 const WAIT: Duration = Duration::from_millis(400);
 const PORT: u16 = 5400;
-
-/// Pods and their node, removed on drop, pods first.
-struct Node {
-    pods: Vec<NetNs>,
-    node: Option<NetNs>,
-    pins: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.pods.clear();
-        self.node.take();
-        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.pins);
-    }
-}
 
 fn v4(d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 69, 0, d))
@@ -51,18 +35,8 @@ fn v6(d: u8) -> IpAddr {
 }
 
 fn endpoint(name: &str, ips: &[IpAddr], guarded: bool) -> Operation {
-    let (tiers, profiles) = guard(guarded);
-    Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
-        id: EndpointId {
-            namespace: "ns".into(),
-            name: name.into(),
-        },
-        interface_name: workload_interface_name("ns", name),
-        nets: ips.iter().map(|ip| IpNet::from(*ip)).collect(),
-        mac: None,
-        tiers,
-        profiles,
-    })
+    let interface = workload_interface_name("ns", name);
+    rules::endpoint("ns", name, &interface, ips, guarded)
 }
 
 /// Sends a datagram from `from` with source `src`; whether it arrived at
@@ -84,61 +58,30 @@ fn send(d: &BpfDriver, from: &NetNs, src: IpAddr, to: &NetNs, dst: IpAddr) -> (b
 
 #[test]
 fn a_pod_sending_as_another_pod_is_dropped_and_counted() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
-    let prefix = unique_prefix("as");
-    let mut s = Node {
-        pods: Vec::new(),
-        node: Some(NetNs::create(&format!("{prefix}-node")).expect("node")),
-        pins: prefix.clone(),
-    };
-    let node = s.node.as_ref().unwrap();
+    let mut s = DualNode::new("as");
     // a and c are open; b admits only a (both of its addresses).
     let only_a = Match {
         nets: vec![IpNet::from(v4(2)), IpNet::from(v6(2))],
         ..Match::default()
     };
-    let mut ops = vec![
-        Operation::PolicyUpdate {
-            id: pid("backend"),
-            policy: Policy {
-                inbound: vec![allow("backend/in", only_a)],
-                outbound: vec![allow("backend/out", Match::default())],
-            },
-        },
-        Operation::ProfileUpdate {
-            id: "allow".into(),
-            profile: Policy {
-                inbound: vec![allow("allow/in", Match::default())],
-                outbound: vec![allow("allow/out", Match::default())],
-            },
-        },
-    ];
+    let mut ops = vec![backend_policy(only_a), allow_profile()];
     // c gets a second IPv4 address in its namespace: its endpoint moves
     // to it later.
     for (name, d) in [("a", 2u8), ("b", 3), ("c", 4)] {
-        let ns = NetNs::create(&format!("{prefix}-{name}")).expect("pod namespace");
         let mut ips = vec![v4(d), v6(d)];
         if name == "c" {
             ips.push(v4(14));
         }
-        plumb_pod_ips(
-            node,
-            &ns,
-            &workload_interface_name("ns", name),
-            "eth0",
-            &ips,
-        )
-        .expect("plumb");
+        s.add_pod(name, &workload_interface_name("ns", name), &ips);
         ops.push(endpoint(name, &[v4(d), v6(d)], name == "b"));
-        s.pods.push(ns);
     }
     ops.push(Operation::InSync);
-    let (a, b, c) = (&s.pods[0], &s.pods[1], &s.pods[2]);
-    let mut config = BpfConfig::new(&prefix);
-    config.pin_root = PathBuf::from(PIN_ROOT);
+    let (a, b, c) = (&s.pods[0].netns, &s.pods[1].netns, &s.pods[2].netns);
+    let config = s.pins.config();
+    let node = &s.node;
     node.run(move || {
         let mut d = BpfDriver::new(config).expect("load the programs");
         d.apply(&ops).expect("apply");

@@ -36,25 +36,22 @@ use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use ipnet::IpNet;
-use manul_dataplane_api::{
-    Backend, Balancing, Driver, EndpointId, Operation, Policy, Service, ServicePort, TrafficPolicy,
-    WorkloadEndpoint,
-};
+use manul_dataplane_api::{Backend, Balancing, Operation, Service, ServicePort, TrafficPolicy};
 use manul_dataplane_bpf::abi::{
     MANUL_CTLB_CNT_TRANSLATED, MANUL_CTLB_NETNS_NODE, MANUL_CTLB_NETNS_POD,
 };
-use manul_dataplane_bpf::{BpfConfig, BpfDriver, CtlbConfig, cgroup2_mount};
-use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
+use manul_dataplane_bpf::{CtlbConfig, cgroup2_mount};
+use manul_dataplane_conformance::driver_thread::DriverThread;
 use manul_dataplane_conformance::topology::{Pod, Topology};
-use manul_dataplane_conformance::{Factory, NodeContext, privileges};
-use manul_netns::{NetNs, unique_prefix};
+use manul_netns::NetNs;
 
 mod ctlb6;
+mod node;
 mod rules;
 
-use rules::allow_all;
+use node::{Node, PIN_ROOT, SharedNodes};
+use rules::{allow_profile, pod_endpoint};
 
-const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 /// The "who" servers' ports on the backends, and the port that holds TCP
 /// connections open.
 const WHO_UDP: u16 = 7001;
@@ -169,20 +166,6 @@ impl Drop for Servers {
             let _ = t.join();
         }
     }
-}
-
-fn endpoint(pod: &Pod) -> Operation {
-    Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
-        id: EndpointId {
-            namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
-        },
-        interface_name: pod.interface.clone(),
-        nets: vec![IpNet::new(pod.ip.into(), 32).unwrap()],
-        mac: None,
-        tiers: vec![],
-        profiles: vec!["allow".into()],
-    })
 }
 
 fn dns_service(backend: &Pod) -> Service {
@@ -478,8 +461,7 @@ fn dns_moves(topo: &Topology, driver: &DriverThread) {
 
 #[test]
 fn connect_time_load_balancing() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
     let cgroup = OwnCgroup::enter();
@@ -489,12 +471,10 @@ fn connect_time_load_balancing() {
     };
 
     // The DNS server that moves.
-    let prefix = unique_prefix("cl");
-    let mut topo = Topology::new(&prefix).expect("node");
-    for (name, d) in [("dns-a", 2), ("dns-b", 3), ("client", 4)] {
-        topo.add_pod("ns", name, Ipv4Addr::new(10, 66, 0, d))
-            .expect("pod");
-    }
+    let pods = [("dns-a", 2), ("dns-b", 3), ("client", 4)]
+        .map(|(name, d)| (name, Ipv4Addr::new(10, 66, 0, d)));
+    let setup = Node::new("cl", &pods);
+    let (prefix, topo) = (setup.name(), &setup.topo);
     // The node's own address (host processes send from it).
     manul_netns::add_address(
         &topo.node,
@@ -511,75 +491,36 @@ fn connect_time_load_balancing() {
         .iter()
         .map(|n| Servers::start(topo.pod(&format!("ns/{n}")).unwrap()))
         .collect();
-    let pins = prefix.clone();
     let config = ctlb.clone();
-    let factory: Arc<Factory> = Arc::new(move |_: &NodeContext| {
-        let mut c = BpfConfig::new(&pins);
-        c.pin_root = PathBuf::from(PIN_ROOT);
-        c.connect_time_lb = Some(config.clone());
-        BpfDriver::new(c)
-            .map(|d| Box::new(d) as Box<dyn Driver>)
-            .map_err(|e| chain(&e))
-    });
-    let driver = DriverThread::start(
-        &topo.node,
-        NodeContext {
-            node: prefix.clone(),
-        },
-        factory,
-    )
-    .expect("driver");
-    let mut ops = vec![Operation::ProfileUpdate {
-        id: "allow".into(),
-        profile: Policy {
-            inbound: vec![allow_all("allow/in")],
-            outbound: vec![allow_all("allow/out")],
-        },
-    }];
-    ops.extend(topo.pods.values().map(endpoint));
+    let driver = setup.driver(move |c| c.connect_time_lb = Some(config.clone()));
+    let mut ops = vec![allow_profile()];
+    ops.extend(topo.pods.values().map(|p| pod_endpoint(p, false)));
     ops.push(Operation::ServiceUpdate(dns_service(
         topo.pod("ns/dns-a").unwrap(),
     )));
     ops.push(Operation::InSync);
     driver.apply(ops).expect("program");
-    let maps = PathBuf::from(PIN_ROOT).join(&prefix).join("maps");
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        served_namespaces_only(&topo, &stranger, &maps);
-        dns_moves(&topo, &driver);
-    }));
+    let maps = PathBuf::from(PIN_ROOT).join(prefix).join("maps");
+    served_namespaces_only(topo, &stranger, &maps);
+    dns_moves(topo, &driver);
     drop(stranger);
     drop(driver);
     drop(servers);
-    drop(topo);
-    let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &prefix);
-    if let Err(p) = outcome {
-        std::panic::resume_unwind(p);
-    }
+    drop(setup);
 
     // The same over IPv6, and more: a node port, affinity, refusals.
     ctlb6::ipv6_services(&ctlb);
 
     // The shared service cases, host processes included.
-    let nodes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let seen = nodes.clone();
-    let factory: Arc<Factory> = Arc::new(move |ctx: &NodeContext| {
-        seen.lock().unwrap().push(ctx.node.clone());
-        let mut config = BpfConfig::new(&ctx.node);
-        config.pin_root = PathBuf::from(PIN_ROOT);
-        config.connect_time_lb = Some(ctlb.clone());
-        BpfDriver::new(config)
-            .map(|d| Box::new(d) as Box<dyn Driver>)
-            .map_err(|e| chain(&e))
-    });
+    let nodes = SharedNodes::default();
+    let factory = nodes.factory(move |config| config.connect_time_lb = Some(ctlb.clone()));
     let result = manul_dataplane_conformance::services::run_service_cases("cs", factory.clone());
     // The shared dual-stack cases, every one of which must pass.
     let dual = manul_dataplane_conformance::services::run_dual_stack_cases("c2", factory.clone());
     // The shared Local traffic policy cases: a pod's and a host process's
     // sockets to a Local service's external frontends take every backend.
     let local = manul_dataplane_conformance::services::run_local_policy_cases("cl", factory);
-    for node in nodes.lock().unwrap().iter() {
-        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
-    }
+    nodes.purge();
     match result {
         Ok(report) => println!("{}", report.table()),
         Err(e) => panic!("service cases: {e}"),

@@ -24,20 +24,18 @@
 //! out of the set is no longer believed.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
 
 use ipnet::IpNet;
 use manul_dataplane_api::{Backend, Driver, Operation, Packet, Service, ServicePort};
 use manul_dataplane_bpf::frames::{ACK, SYN, dest_options, frame, with_ext};
-use manul_dataplane_bpf::{BpfConfig, BpfDriver, ExternalServiceMode, Hook};
-use manul_dataplane_conformance::privileges;
-use manul_netns::{
-    NetNs, Route, add_address, create_veth, link_index, link_up, replace_route, unique_prefix,
-};
+use manul_dataplane_bpf::{BpfDriver, ExternalServiceMode, Hook};
+use manul_netns::{Route, add_address, create_veth, link_index, link_up, replace_route};
 
+mod node;
 mod raw;
 
-const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
+use node::Sandbox;
+
 /// This node's address, the other node, a client on their network.
 const NODE: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 1);
 const OTHER: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2);
@@ -57,32 +55,11 @@ const TC_ACT_REDIRECT: u32 = 7;
 const IP6: usize = 14;
 const L4: usize = IP6 + 40;
 
-/// A namespace and a pin directory, removed on drop.
-struct Sandbox {
-    ns: Option<NetNs>,
-    node: String,
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        drop(self.ns.take());
-        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.node);
-    }
-}
-
 /// The node: `eth0` on the nodes' network (its peer `peer0` stands for
 /// the wire), the other node's pod prefix routed over it, forwarding on.
 fn sandbox(tag: &str) -> Option<Sandbox> {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
-        return None;
-    }
-    let node = unique_prefix(tag);
-    let sb = Sandbox {
-        ns: Some(NetNs::create(&node).expect("create a network namespace")),
-        node,
-    };
-    let ns = sb.ns.as_ref().expect("namespace");
+    let sb = Sandbox::new(tag)?;
+    let ns = &sb.ns;
     for key in ["all", "default"] {
         ns.set_sysctl(&format!("net.ipv6.conf.{key}.accept_dad"), "0")
             .unwrap();
@@ -209,10 +186,9 @@ fn run(d: &mut BpfDriver, hook: Hook, ifindex: u32, f: &[u8]) -> (u32, Vec<u8>) 
 #[test]
 fn the_client_side_node_adds_the_header_to_the_first_packet_only() {
     let Some(sb) = sandbox("d6s") else { return };
-    let ns = sb.ns.as_ref().expect("namespace");
+    let ns = &sb.ns;
     let eth0 = link_index(ns, "eth0").unwrap();
-    let mut config = BpfConfig::new(&sb.node);
-    config.pin_root = PathBuf::from(PIN_ROOT);
+    let mut config = sb.config();
     config.external_service_mode = ExternalServiceMode::Dsr;
     ns.run(move || {
         let mut d = BpfDriver::new(config).expect("load the programs");
@@ -284,10 +260,9 @@ fn the_client_side_node_adds_the_header_to_the_first_packet_only() {
 #[test]
 fn the_backends_node_takes_the_header_off_and_answers_from_the_frontend() {
     let Some(sb) = sandbox("d6r") else { return };
-    let ns = sb.ns.as_ref().expect("namespace");
+    let ns = &sb.ns;
     let eth0 = link_index(ns, "eth0").unwrap();
-    let mut config = BpfConfig::new(&sb.node);
-    config.pin_root = PathBuf::from(PIN_ROOT);
+    let mut config = sb.config();
     config.external_service_mode = ExternalServiceMode::Dsr;
     ns.run(move || {
         let mut d = BpfDriver::new(config).expect("load the programs");
@@ -401,10 +376,9 @@ fn with_option(f: &[u8], fe: Ipv4Addr, port: u16) -> Vec<u8> {
 #[test]
 fn the_backends_node_drops_a_frontend_no_node_sends() {
     let Some(sb) = sandbox("d6u") else { return };
-    let ns = sb.ns.as_ref().expect("namespace");
+    let ns = &sb.ns;
     let eth0 = link_index(ns, "eth0").unwrap();
-    let mut config = BpfConfig::new(&sb.node);
-    config.pin_root = PathBuf::from(PIN_ROOT);
+    let mut config = sb.config();
     config.external_service_mode = ExternalServiceMode::Dsr;
     ns.run(move || {
         let mut d = BpfDriver::new(config).expect("load the programs");

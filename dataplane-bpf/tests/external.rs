@@ -26,32 +26,29 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use manul_dataplane_api::{
-    Backend, Driver, EndpointId, HostEndpoint, Operation, Policy, Service, ServicePort,
-    TrafficPolicy, WorkloadEndpoint,
-};
-use manul_dataplane_bpf::{BpfConfig, BpfDriver, ExternalServiceMode};
-use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
-use manul_dataplane_conformance::{Factory, NodeContext, privileges};
+use manul_dataplane_api::{Backend, HostEndpoint, Operation, Service, ServicePort, TrafficPolicy};
+use manul_dataplane_bpf::ExternalServiceMode;
+use manul_dataplane_conformance::NodeContext;
+use manul_dataplane_conformance::driver_thread::DriverThread;
 use manul_netns::{
     NetNs, ProbeOutcome, Route, TCP_BANNER, TcpServer, add_address, create_bridge, create_veth,
     link_mac, link_up, plumb_pod_ips, replace_route, set_master, tcp_connect, tcp_peer,
     unique_prefix,
 };
 
+mod node;
 mod raw;
 mod rules;
 
-use rules::allow_all;
+use node::Pins;
+use rules::{allow_profile, endpoint};
 
-const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 const NODE1: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 const NODE2: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
@@ -324,27 +321,14 @@ fn maglev_predicted() -> Vec<IpAddr> {
 fn operations(n: u8, pod_if: &str, pod: Ipv4Addr) -> Vec<Operation> {
     let on = |ip: Ipv4Addr| (ip == POD1) == (n == 1);
     vec![
-        Operation::ProfileUpdate {
-            id: "allow".into(),
-            profile: Policy {
-                inbound: vec![allow_all("allow/in")],
-                outbound: vec![allow_all("allow/out")],
-            },
-        },
-        Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
-            id: EndpointId {
-                namespace: "ns".into(),
-                name: format!("pod{n}"),
-            },
-            interface_name: pod_if.into(),
-            nets: vec![
-                IpNet::new(pod.into(), 32).unwrap(),
-                IpNet::new(six(pod).into(), 128).unwrap(),
-            ],
-            mac: None,
-            tiers: vec![],
-            profiles: vec!["allow".into()],
-        }),
+        allow_profile(),
+        endpoint(
+            "ns",
+            &format!("pod{n}"),
+            pod_if,
+            &[pod.into(), six(pod).into()],
+            false,
+        ),
         Operation::ServiceUpdate(node_port(
             "remote",
             Ipv4Addr::new(10, 96, 0, 1),
@@ -419,21 +403,12 @@ fn node_addresses(nodes: &[u8]) -> Operation {
     }
 }
 
-/// The namespaces (deleted with it), the drivers and the pins.
+/// The drivers, the namespaces and the nodes' pins; dropped in that
+/// order.
 struct Cluster {
-    prefix: String,
     drivers: Vec<DriverThread>,
     namespaces: Vec<NetNs>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.drivers.clear();
-        self.namespaces.clear();
-        for n in ["n1", "n2"] {
-            let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &format!("{}-{n}", self.prefix));
-        }
-    }
+    pins: Vec<Pins>,
 }
 
 impl Cluster {
@@ -454,9 +429,9 @@ const P2: usize = 5;
 fn build(tag: &str, mode: ExternalServiceMode) -> Cluster {
     let prefix = unique_prefix(tag);
     let mut c = Cluster {
-        prefix: prefix.clone(),
         drivers: vec![],
         namespaces: vec![],
+        pins: ["n1", "n2"].map(|n| Pins(format!("{prefix}-{n}"))).into(),
     };
     for name in ["ul", "n1", "n2", "cl", "p1", "p2"] {
         let ns = NetNs::create(&format!("{prefix}-{name}")).expect("namespace");
@@ -510,23 +485,10 @@ fn build(tag: &str, mode: ExternalServiceMode) -> Cluster {
     replace_route(c.ns(CL), &route("fd00:99::/64", NODE1_6.into())).unwrap();
 
     for (i, n, pod_if, pod) in [(N1, 1u8, "mnlp1", POD1), (N2, 2u8, "mnlp2", POD2)] {
-        let pins = format!("{prefix}-n{n}");
-        let factory: Arc<Factory> = Arc::new(move |_: &NodeContext| {
-            let mut config = BpfConfig::new(&pins);
-            config.pin_root = PathBuf::from(PIN_ROOT);
-            config.external_service_mode = mode;
-            BpfDriver::new(config)
-                .map(|d| Box::new(d) as Box<dyn Driver>)
-                .map_err(|e| chain(&e))
-        });
-        let driver = DriverThread::start(
-            c.ns(i),
-            NodeContext {
-                node: format!("{prefix}-n{n}"),
-            },
-            factory,
-        )
-        .expect("driver");
+        let pins = c.pins[usize::from(n) - 1].name().to_string();
+        let factory = node::factory(&pins, move |config| config.external_service_mode = mode);
+        let driver =
+            DriverThread::start(c.ns(i), NodeContext { node: pins }, factory).expect("driver");
         driver.apply(operations(n, pod_if, pod)).expect("apply");
         c.drivers.push(driver);
     }
@@ -679,8 +641,7 @@ fn ipv6_checks(c: &Cluster, mode: ExternalServiceMode) {
 
 #[test]
 fn node_port_to_another_node_masquerades_in_snat_mode() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
     let c = build("xs", ExternalServiceMode::Snat);
@@ -721,8 +682,7 @@ fn node_port_to_another_node_masquerades_in_snat_mode() {
 
 #[test]
 fn node_port_to_another_node_keeps_the_client_in_dsr_mode() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
     let c = build("xd", ExternalServiceMode::Dsr);
@@ -855,8 +815,7 @@ fn echoes(ns: &NetNs, dst: SocketAddr, rounds: usize) -> bool {
 /// fit), and still answered.
 #[test]
 fn ipv6_node_port_to_another_node_carries_the_frontend_in_a_destination_option() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
     let c = build("x6", ExternalServiceMode::Dsr);
@@ -1076,8 +1035,7 @@ fn sctp_checks(c: &Cluster) {
 /// SCTP at host interfaces in SNAT mode (see `sctp_checks`).
 #[test]
 fn sctp_node_ports_translate_ports_and_masquerade() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
     let c = build("xp", ExternalServiceMode::Snat);
@@ -1185,8 +1143,7 @@ fn answer_to_forged(c: &Cluster, dst: SocketAddr, frontend: Option<SocketAddr>) 
 /// are dropped there, until it is told again.
 #[test]
 fn forged_dsr_frontends_are_dropped_and_a_removed_node_is_not_believed() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
     let c = build("xf", ExternalServiceMode::Dsr);
@@ -1264,8 +1221,7 @@ fn forged_dsr_frontends_are_dropped_and_a_removed_node_is_not_believed() {
 /// dropped.
 #[test]
 fn a_host_endpoints_interface_takes_dsr_off_under_the_same_rule() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
     let c = build("xh", ExternalServiceMode::Dsr);

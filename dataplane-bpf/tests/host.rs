@@ -10,26 +10,24 @@
 //! (namespaces, pins) is removed at the end, also on failure.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use manul_dataplane_api::{
-    Action, Driver, EndpointId, HostEndpoint, Match, Operation, Policy, PortRange, Rule,
-    TierPolicies, WorkloadEndpoint,
+    Action, Driver, HostEndpoint, Match, Operation, Policy, PortRange, Rule, TierPolicies,
 };
 use manul_dataplane_bpf::{BpfConfig, BpfDriver};
-use manul_dataplane_conformance::privileges;
 use manul_netns::{
     NetNs, Route, TcpServer, add_address, add_route, create_veth, link_index, link_up,
     plumb_pod_ips, tcp_connect, unique_prefix,
 };
 
+mod node;
 mod rules;
 
-use rules::{allow_all, pid};
+use node::Pins;
+use rules::{allow_profile, endpoint, pid};
 
-const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
 const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 20);
 const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 2);
@@ -39,18 +37,18 @@ const POD_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x65, 0, 0, 0, 0, 0, 2);
 /// A failsafe port of this test's configuration.
 const FAILSAFE: u16 = 2222;
 
-/// The namespaces and the pin directory, removed on drop.
+/// The namespaces and the pin directory; dropped pod first, then the
+/// outside, the node, the pins.
 struct Topology {
-    node: Option<NetNs>,
-    outside: Option<NetNs>,
-    pod: Option<NetNs>,
-    pins: String,
+    pod: NetNs,
+    outside: NetNs,
+    node: NetNs,
+    pins: Pins,
 }
 
 impl Topology {
     fn new() -> Option<Self> {
-        if !privileges().expect("privileges: CI=true needs root") {
-            eprintln!("skipped: needs root (set CI=true to make this a failure)");
+        if !node::root() {
             return None;
         }
         let prefix = unique_prefix("bh");
@@ -90,39 +88,29 @@ impl Topology {
             add_route(&outside, &Route::to(to.parse().unwrap()).via(via)).unwrap();
         }
         Some(Self {
-            node: Some(node),
-            outside: Some(outside),
-            pod: Some(pod),
-            pins: prefix,
+            pod,
+            outside,
+            node,
+            pins: Pins(prefix),
         })
     }
 
     fn node(&self) -> &NetNs {
-        self.node.as_ref().expect("node")
+        &self.node
     }
 
     fn outside(&self) -> &NetNs {
-        self.outside.as_ref().expect("outside")
+        &self.outside
     }
 
     fn pod(&self) -> &NetNs {
-        self.pod.as_ref().expect("pod")
+        &self.pod
     }
 
     fn config(&self) -> BpfConfig {
-        let mut c = BpfConfig::new(&self.pins);
-        c.pin_root = PathBuf::from(PIN_ROOT);
+        let mut c = node::config(self.pins.name());
         c.failsafe = vec![(false, 6, FAILSAFE)];
         c
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        drop(self.pod.take());
-        drop(self.outside.take());
-        drop(self.node.take());
-        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.pins);
     }
 }
 
@@ -218,27 +206,8 @@ fn state() -> Vec<Operation> {
             vec![tcp("forward/0", Action::Allow, &[80], false)],
             vec![],
         ),
-        Operation::ProfileUpdate {
-            id: "allow".into(),
-            profile: Policy {
-                inbound: vec![allow_all("allow/in")],
-                outbound: vec![allow_all("allow/out")],
-            },
-        },
-        Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
-            id: EndpointId {
-                namespace: "ns".into(),
-                name: "p".into(),
-            },
-            interface_name: "mnlp".into(),
-            nets: vec![
-                IpNet::new(POD_IP.into(), 32).unwrap(),
-                IpNet::new(POD_IP6.into(), 128).unwrap(),
-            ],
-            mac: None,
-            tiers: vec![],
-            profiles: vec!["allow".into()],
-        }),
+        allow_profile(),
+        endpoint("ns", "p", "mnlp", &[POD_IP.into(), POD_IP6.into()], false),
         Operation::HostEndpointUpdate(host_endpoint("all", "*", true)),
         Operation::InSync,
     ]

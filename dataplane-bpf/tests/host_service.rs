@@ -16,25 +16,21 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use manul_dataplane_api::{
-    Backend, Driver, EndpointId, Match, Operation, Policy, Service, ServicePort, WorkloadEndpoint,
-};
+use manul_dataplane_api::{Backend, Operation, Service, ServicePort};
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, HOST_SERVICE_DEVICE};
-use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
-use manul_dataplane_conformance::topology::{Pod, Topology};
-use manul_dataplane_conformance::{Factory, NodeContext, privileges};
-use manul_netns::{NetNs, ProbeOutcome, TcpServer, open_connection, tcp_connect, unique_prefix};
+use manul_dataplane_conformance::topology::Pod;
+use manul_model::names::workload_interface_name;
+use manul_netns::{NetNs, ProbeOutcome, TcpServer, open_connection, tcp_connect};
 
+mod node;
 mod rules;
 
-use rules::allow;
+use node::{DualNode, Node, PIN_ROOT};
+use rules::{allow_profile, endpoint, pod_endpoint};
 
-const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const FIRST: Ipv4Addr = Ipv4Addr::new(10, 96, 9, 9);
 const SECOND: Ipv4Addr = Ipv4Addr::new(10, 96, 9, 10);
@@ -46,28 +42,9 @@ const NODE_PORT: u16 = 30090;
 const LOOPBACK_PORT: u16 = 7100;
 const WAIT: Duration = Duration::from_secs(2);
 
-/// The node and its pod, and the pins.
-struct Setup {
-    topo: Option<Topology>,
-    pins: String,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        drop(self.topo.take());
-        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.pins);
-    }
-}
-
-fn factory(pins: String, on: bool) -> Arc<Factory> {
-    Arc::new(move |_: &NodeContext| {
-        let mut config = BpfConfig::new(&pins);
-        config.pin_root = PathBuf::from(PIN_ROOT);
-        config.host_service_nat = on;
-        BpfDriver::new(config)
-            .map(|d| Box::new(d) as Box<dyn Driver>)
-            .map_err(|e| chain(&e))
-    })
+/// The host service device's setting.
+fn nat(on: bool) -> impl Fn(&mut BpfConfig) + Send + Sync + 'static {
+    move |config| config.host_service_nat = on
 }
 
 fn service(name: &str, ips: Vec<IpAddr>, pod: &Pod) -> Service {
@@ -100,26 +77,7 @@ fn second(pod: &Pod) -> Service {
 }
 
 fn base(pod: &Pod) -> Vec<Operation> {
-    vec![
-        Operation::ProfileUpdate {
-            id: "allow".into(),
-            profile: Policy {
-                inbound: vec![allow("allow/in", Match::default())],
-                outbound: vec![allow("allow/out", Match::default())],
-            },
-        },
-        Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
-            id: EndpointId {
-                namespace: "ns".into(),
-                name: pod.name.clone(),
-            },
-            interface_name: pod.interface.clone(),
-            nets: vec![IpNet::new(pod.ip.into(), 32).unwrap()],
-            mac: None,
-            tiers: vec![],
-            profiles: vec!["allow".into()],
-        }),
-    ]
+    vec![allow_profile(), pod_endpoint(pod, false)]
 }
 
 /// The main table's routes through the device.
@@ -142,21 +100,12 @@ fn connect(node: &NetNs, ip: Ipv4Addr, port: u16) -> ProbeOutcome {
 
 #[test]
 fn the_host_service_device_follows_the_cluster_ips_and_goes_with_the_setting() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
-    let prefix = unique_prefix("hs");
-    let mut setup = Setup {
-        topo: Some(Topology::new(&prefix).expect("node")),
-        pins: prefix.clone(),
-    };
-    let topo = setup.topo.as_mut().unwrap();
-    topo.add_pod("ns", "b", Ipv4Addr::new(10, 69, 0, 2))
-        .expect("pod");
-    let topo = setup.topo.as_ref().unwrap();
-    let node = &topo.node;
-    let pod = topo.pod("ns/b").unwrap();
+    let setup = Node::new("hs", &[("b", Ipv4Addr::new(10, 69, 0, 2))]);
+    let node = setup.ns();
+    let pod = setup.pod("b");
     // The node's own address, on a link of its own.
     manul_netns::create_veth(node, "ext0", node, "ext1").unwrap();
     manul_netns::add_address(node, "ext0", IpNet::new(NODE_IP.into(), 24).unwrap()).unwrap();
@@ -172,12 +121,8 @@ fn the_host_service_device_follows_the_cluster_ips_and_goes_with_the_setting() {
         SocketAddr::new(Ipv6Addr::LOCALHOST.into(), LOOPBACK_PORT),
     )
     .expect("an IPv6 loopback listener");
-    let ctx = NodeContext {
-        node: prefix.clone(),
-    };
 
-    let driver =
-        DriverThread::start(node, ctx.clone(), factory(prefix.clone(), true)).expect("driver");
+    let driver = setup.driver(nat(true));
     let mut ops = base(pod);
     let dual = service("first", vec![IpAddr::V4(FIRST), IpAddr::V6(FIRST6)], pod);
     ops.push(Operation::ServiceUpdate(dual));
@@ -244,8 +189,7 @@ fn the_host_service_device_follows_the_cluster_ips_and_goes_with_the_setting() {
     drop(driver);
 
     // Off: a start removes the pair, its routes and the loopback links.
-    let off = DriverThread::start(node, ctx.clone(), factory(prefix.clone(), false))
-        .expect("driver, setting off");
+    let off = setup.driver(nat(false));
     let mut ops = base(pod);
     ops.push(Operation::ServiceUpdate(second(pod)));
     ops.push(Operation::InSync);
@@ -262,11 +206,11 @@ fn the_host_service_device_follows_the_cluster_ips_and_goes_with_the_setting() {
     drop(off);
 
     // On again, then purged (from inside the node's namespace).
-    let on = DriverThread::start(node, ctx, factory(prefix.clone(), true)).expect("driver");
+    let on = setup.driver(nat(true));
     on.apply(ops).expect("apply");
     assert_eq!(connect(node, SECOND, 80), ProbeOutcome::Connected);
     drop(on);
-    let pins = prefix.clone();
+    let pins = setup.name().to_string();
     node.run(move || BpfDriver::purge_node(PIN_ROOT.as_ref(), &pins))
         .unwrap()
         .expect("purge");
@@ -324,16 +268,11 @@ fn held6(names: &[&str]) -> Operation {
 
 #[test]
 fn an_ipv6_host_connection_is_reset_when_its_backend_goes() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
-    let prefix = unique_prefix("h6");
-    let setup = Setup {
-        topo: Some(Topology::new(&prefix).expect("node")),
-        pins: prefix.clone(),
-    };
-    let node = &setup.topo.as_ref().unwrap().node;
+    let mut setup = DualNode::new("h6");
+    let node = &setup.node;
     // The node's own IPv6 address (host processes send from it).
     node.set_sysctl("net.ipv6.conf.default.accept_dad", "0")
         .unwrap();
@@ -341,51 +280,22 @@ fn an_ipv6_host_connection_is_reset_when_its_backend_goes() {
     manul_netns::add_address(node, "ext0", IpNet::new(NODE_IP6.into(), 64).unwrap()).unwrap();
     manul_netns::link_up(node, "ext0").unwrap();
     manul_netns::link_up(node, "ext1").unwrap();
-    let mut ops = vec![Operation::ProfileUpdate {
-        id: "allow".into(),
-        profile: Policy {
-            inbound: vec![allow("allow/in", Match::default())],
-            outbound: vec![allow("allow/out", Match::default())],
-        },
-    }];
+    let mut ops = vec![allow_profile()];
     // Pods and their echo servers (removed before the node).
-    let mut pods = Vec::new();
-    for (i, (name, ip, ip6)) in BACKENDS6.iter().enumerate() {
-        let ns = NetNs::create(&format!("{prefix}-{i}")).expect("pod namespace");
-        let interface = manul_model::names::workload_interface_name("ns", name);
-        manul_netns::plumb_pod_ips(
-            node,
-            &ns,
-            &interface,
-            "eth0",
-            &[IpAddr::V4(*ip), IpAddr::V6(*ip6)],
-        )
-        .expect("pod plumbing");
+    let mut servers = Vec::new();
+    for (name, ip, ip6) in BACKENDS6 {
+        let interface = workload_interface_name("ns", name);
+        let ips = [IpAddr::V4(ip), IpAddr::V6(ip6)];
+        let pod = setup.add_pod(name, &interface, &ips);
         let server =
-            TcpServer::start(&ns, SocketAddr::new(IpAddr::V6(*ip6), 8080)).expect("server");
-        ops.push(Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
-            id: EndpointId {
-                namespace: "ns".into(),
-                name: (*name).into(),
-            },
-            interface_name: interface,
-            nets: vec![IpNet::from(IpAddr::V4(*ip)), IpNet::from(IpAddr::V6(*ip6))],
-            mac: None,
-            tiers: vec![],
-            profiles: vec!["allow".into()],
-        }));
-        pods.push((server, ns));
+            TcpServer::start(&pod.netns, SocketAddr::new(IpAddr::V6(ip6), 8080)).expect("server");
+        ops.push(endpoint("ns", name, &interface, &ips, false));
+        servers.push(server);
     }
     ops.push(held6(&["b1"]));
     ops.push(Operation::InSync);
-    let driver = DriverThread::start(
-        node,
-        NodeContext {
-            node: prefix.clone(),
-        },
-        factory(prefix.clone(), true),
-    )
-    .expect("driver");
+    let node = &setup.node;
+    let driver = setup.driver(nat(true));
     driver.apply(ops).expect("apply");
     let to = SocketAddr::new(IpAddr::V6(HELD6), 80);
     let mut held =
@@ -412,12 +322,12 @@ fn an_ipv6_host_connection_is_reset_when_its_backend_goes() {
         started.elapsed()
     );
     held.close();
-    assert_eq!(pods[1].0.accepted(), 0, "b2 has had no connection yet");
+    assert_eq!(servers[1].accepted(), 0, "b2 has had no connection yet");
     let mut again = open_connection(node, to, WAIT).expect("a new host connection");
     assert!(again.roundtrip(WAIT).unwrap());
-    assert_eq!(pods[1].0.accepted(), 1, "the new connection went to b2");
+    assert_eq!(servers[1].accepted(), 1, "the new connection went to b2");
     again.close();
     drop(driver);
-    drop(pods);
+    drop(servers);
     drop(setup);
 }

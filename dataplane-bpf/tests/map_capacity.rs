@@ -20,65 +20,43 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData};
-use ipnet::IpNet;
 use manul_dataplane_api::{
-    Backend, Balancing, Driver, EndpointId, Match, Operation, Policy, Service, ServicePort,
-    TrafficPolicy, WorkloadEndpoint,
+    Backend, Balancing, Driver, Operation, Service, ServicePort, TrafficPolicy,
 };
 use manul_dataplane_bpf::abi::{manul_svc_fe_key, manul_svc_fe_value};
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, ServiceMapSizes};
 use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
-use manul_dataplane_conformance::topology::{Pod, Topology};
-use manul_dataplane_conformance::{Factory, NodeContext, privileges};
-use manul_netns::{ProbeOutcome, tcp_connect, unique_prefix};
+use manul_dataplane_conformance::topology::Pod;
+use manul_dataplane_conformance::{Factory, NodeContext};
+use manul_netns::{ProbeOutcome, tcp_connect};
 
+mod node;
 mod rules;
 
-use rules::allow;
+use node::{Node, PIN_ROOT};
+use rules::{allow_profile, pod_endpoint};
 
-const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 /// Every pod of the topology listens here.
 const TARGET: u16 = 8080;
 
-/// The node and its pods (namespaces dropped with it) and the pins.
-struct Setup {
-    topo: Option<Topology>,
-    pins: String,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        drop(self.topo.take());
-        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.pins);
-    }
-}
-
 /// A node with a client pod `a` and a backend pod `b`.
-fn setup(tag: &str) -> Setup {
-    let prefix = unique_prefix(tag);
-    let mut topo = Topology::new(&prefix).expect("node");
-    topo.add_pod("ns", "a", Ipv4Addr::new(10, 66, 0, 2))
-        .expect("pod a");
-    topo.add_pod("ns", "b", Ipv4Addr::new(10, 66, 0, 3))
-        .expect("pod b");
-    Setup {
-        topo: Some(topo),
-        pins: prefix,
-    }
+fn setup(tag: &str) -> Node {
+    Node::new(
+        tag,
+        &[
+            ("a", Ipv4Addr::new(10, 66, 0, 2)),
+            ("b", Ipv4Addr::new(10, 66, 0, 3)),
+        ],
+    )
 }
 
-/// A driver factory whose sizes the test changes between restarts.
-fn factory(pins: String, sizes: Arc<Mutex<(ServiceMapSizes, u32)>>) -> Arc<Factory> {
-    Arc::new(move |_: &NodeContext| {
-        let mut config = BpfConfig::new(&pins);
-        config.pin_root = PathBuf::from(PIN_ROOT);
+/// Sizes the test changes between restarts.
+fn sized(sizes: Arc<Mutex<(ServiceMapSizes, u32)>>) -> impl Fn(&mut BpfConfig) + Send + Sync {
+    move |config| {
         let (service, conntrack) = *sizes.lock().unwrap();
         config.service_map_sizes = service;
         config.conntrack_capacity = conntrack;
-        BpfDriver::new(config)
-            .map(|d| Box::new(d) as Box<dyn Driver>)
-            .map_err(|e| chain(&e))
-    })
+    }
 }
 
 fn cluster_ip(i: u8) -> Ipv4Addr {
@@ -117,31 +95,11 @@ fn service(i: u8, b: &Pod) -> Service {
     }
 }
 
-fn endpoint(pod: &Pod) -> Operation {
-    Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
-        id: EndpointId {
-            namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
-        },
-        interface_name: pod.interface.clone(),
-        nets: vec![IpNet::new(pod.ip.into(), 32).unwrap()],
-        mac: None,
-        tiers: vec![],
-        profiles: vec!["allow".into()],
-    })
-}
-
 /// The whole state with services `ids`, then `InSync`: what Felix sends
 /// at start and after every refused batch.
 fn whole_state(pods: &[&Pod], b: &Pod, ids: &[u8]) -> Vec<Operation> {
-    let mut ops = vec![Operation::ProfileUpdate {
-        id: "allow".into(),
-        profile: Policy {
-            inbound: vec![allow("allow/in", Match::default())],
-            outbound: vec![allow("allow/out", Match::default())],
-        },
-    }];
-    ops.extend(pods.iter().map(|p| endpoint(p)));
+    let mut ops = vec![allow_profile()];
+    ops.extend(pods.iter().map(|p| pod_endpoint(p, false)));
     ops.extend(ids.iter().map(|i| Operation::ServiceUpdate(service(*i, b))));
     ops.push(Operation::InSync);
     ops
@@ -206,29 +164,23 @@ fn small(frontend: u32) -> (ServiceMapSizes, u32) {
 
 #[test]
 fn a_full_service_map_refuses_the_sync_names_the_map_and_converges_when_the_cluster_shrinks() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
     let setup = setup("cap");
-    let topo = setup.topo.as_ref().unwrap();
-    let (a, b) = (topo.pod("ns/a").unwrap(), topo.pod("ns/b").unwrap());
+    let (a, b) = (setup.pod("a"), setup.pod("b"));
     let sizes = Arc::new(Mutex::new(small(8)));
-    let ctx = NodeContext {
-        node: setup.pins.clone(),
-    };
-    let driver =
-        DriverThread::start(&topo.node, ctx, factory(setup.pins.clone(), sizes)).expect("driver");
-    assert_eq!(max_entries(&setup.pins, "manul_svc_fe"), 8);
-    assert_eq!(max_entries(&setup.pins, "manul_svc_be"), 64);
-    assert_eq!(max_entries(&setup.pins, "manul_svc_aff"), 64);
-    assert_eq!(max_entries(&setup.pins, "manul_ct"), 4096);
+    let driver = setup.driver(sized(sizes));
+    assert_eq!(max_entries(setup.name(), "manul_svc_fe"), 8);
+    assert_eq!(max_entries(setup.name(), "manul_svc_be"), 64);
+    assert_eq!(max_entries(setup.name(), "manul_svc_aff"), 64);
+    assert_eq!(max_entries(setup.name(), "manul_ct"), 4096);
 
     // Four services take the 8 frontend entries exactly.
     driver
         .apply(whole_state(&[a, b], b, &[0, 1, 2, 3]))
         .expect("four services fit");
-    assert_eq!(frontends(&setup.pins), expected(&[0, 1, 2, 3]));
+    assert_eq!(frontends(setup.name()), expected(&[0, 1, 2, 3]));
     assert!(reaches(a, 0) && reaches(a, 3), "the four answer");
 
     // Two more do not fit: the batch is refused, naming the map and the
@@ -244,7 +196,7 @@ fn a_full_service_map_refuses_the_sync_names_the_map_and_converges_when_the_clus
             .contains("map manul_svc_fe would need 12 entries, but holds at most 8"),
         "{err}"
     );
-    assert_eq!(frontends(&setup.pins), expected(&[0, 1, 2, 3]));
+    assert_eq!(frontends(setup.name()), expected(&[0, 1, 2, 3]));
     assert!(reaches(a, 0) && reaches(a, 3), "the four still answer");
     assert!(!reaches(a, 4), "a service that did not fit is not served");
 
@@ -261,7 +213,7 @@ fn a_full_service_map_refuses_the_sync_names_the_map_and_converges_when_the_clus
     driver
         .apply(whole_state(&[a, b], b, &[2, 3, 4, 5]))
         .expect("the shrunk cluster converges without a restart");
-    assert_eq!(frontends(&setup.pins), expected(&[2, 3, 4, 5]));
+    assert_eq!(frontends(setup.name()), expected(&[2, 3, 4, 5]));
     for i in [2, 3, 4, 5] {
         assert!(reaches(a, i), "s{i} answers after converging");
     }
@@ -275,36 +227,30 @@ fn a_full_service_map_refuses_the_sync_names_the_map_and_converges_when_the_clus
     });
     more.push(Operation::ServiceUpdate(service(6, b)));
     driver.apply(more).expect("one out, one in");
-    assert_eq!(frontends(&setup.pins), expected(&[3, 4, 5, 6]));
+    assert_eq!(frontends(setup.name()), expected(&[3, 4, 5, 6]));
     assert!(reaches(a, 6));
     drop(driver);
 }
 
 #[test]
 fn a_write_the_kernel_refuses_mid_sync_is_retried_from_the_whole_state() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
     let setup = setup("wrf");
-    let topo = setup.topo.as_ref().unwrap();
-    let (a, b) = (topo.pod("ns/a").unwrap(), topo.pod("ns/b").unwrap());
+    let (a, b) = (setup.pod("a"), setup.pod("b"));
     let sizes = Arc::new(Mutex::new(small(8)));
-    let ctx = NodeContext {
-        node: setup.pins.clone(),
-    };
-    let driver =
-        DriverThread::start(&topo.node, ctx, factory(setup.pins.clone(), sizes)).expect("driver");
+    let driver = setup.driver(sized(sizes));
     driver
         .apply(whole_state(&[a, b], b, &[0, 1, 2]))
         .expect("three services");
-    assert_eq!(frontends(&setup.pins), expected(&[0, 1, 2]));
+    assert_eq!(frontends(setup.name()), expected(&[0, 1, 2]));
 
     // Two entries appear in the map behind the driver's back (another
     // writer of the pinned map): it is full, which the driver's own count
     // (6 of 8) cannot know, so the capacity check passes and the kernel
     // refuses the write itself.
-    let mut fe = fe_map(&setup.pins);
+    let mut fe = fe_map(setup.name());
     for last in [200u8, 201] {
         let key = manul_svc_fe_key {
             addr: u32::from_ne_bytes(Ipv4Addr::new(10, 96, 9, last).octets()),
@@ -346,7 +292,7 @@ fn a_write_the_kernel_refuses_mid_sync_is_retried_from_the_whole_state() {
     driver
         .apply(whole_state(&[a, b], b, &[0, 1, 2, 3]))
         .expect("the resync converges");
-    assert_eq!(frontends(&setup.pins), expected(&[0, 1, 2, 3]));
+    assert_eq!(frontends(setup.name()), expected(&[0, 1, 2, 3]));
     for i in 0..4 {
         assert!(reaches(a, i), "s{i} answers after the resync");
     }
@@ -355,19 +301,13 @@ fn a_write_the_kernel_refuses_mid_sync_is_retried_from_the_whole_state() {
 
 #[test]
 fn a_restart_with_other_sizes_creates_the_maps_anew_with_their_entries() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
     let setup = setup("rsz");
-    let topo = setup.topo.as_ref().unwrap();
-    let (a, b) = (topo.pod("ns/a").unwrap(), topo.pod("ns/b").unwrap());
+    let (a, b) = (setup.pod("a"), setup.pod("b"));
     let sizes = Arc::new(Mutex::new(small(8)));
-    let ctx = NodeContext {
-        node: setup.pins.clone(),
-    };
-    let driver = DriverThread::start(&topo.node, ctx, factory(setup.pins.clone(), sizes.clone()))
-        .expect("driver");
+    let driver = setup.driver(sized(sizes.clone()));
     let state = whole_state(&[a, b], b, &[0, 1, 2, 3]);
     driver.apply(state.clone()).expect("four services");
     assert!(reaches(a, 0) && reaches(a, 3));
@@ -380,7 +320,7 @@ fn a_restart_with_other_sizes_creates_the_maps_anew_with_their_entries() {
         > = HashMap::try_from(Map::HashMap(data)).expect("manul_ct");
         map.keys().count()
     };
-    let tracked = ct(&setup.pins);
+    let tracked = ct(setup.name());
     assert!(tracked > 0, "the connections are tracked");
 
     // Bigger maps: created anew at the new sizes, the entries copied, so
@@ -394,17 +334,17 @@ fn a_restart_with_other_sizes_creates_the_maps_anew_with_their_entries() {
         8192,
     );
     driver.restart().expect("restart with other sizes");
-    assert_eq!(max_entries(&setup.pins, "manul_svc_fe"), 32);
-    assert_eq!(max_entries(&setup.pins, "manul_svc_fe6"), 32);
-    assert_eq!(max_entries(&setup.pins, "manul_svc_be"), 128);
-    assert_eq!(max_entries(&setup.pins, "manul_svc_aff"), 256);
-    assert_eq!(max_entries(&setup.pins, "manul_ct"), 8192);
+    assert_eq!(max_entries(setup.name(), "manul_svc_fe"), 32);
+    assert_eq!(max_entries(setup.name(), "manul_svc_fe6"), 32);
+    assert_eq!(max_entries(setup.name(), "manul_svc_be"), 128);
+    assert_eq!(max_entries(setup.name(), "manul_svc_aff"), 256);
+    assert_eq!(max_entries(setup.name(), "manul_ct"), 8192);
     assert!(
-        !pin(&setup.pins, "manul_svc_fe-resized").exists(),
+        !pin(setup.name(), "manul_svc_fe-resized").exists(),
         "the old map's pin is removed"
     );
-    assert_eq!(frontends(&setup.pins), expected(&[0, 1, 2, 3]), "copied");
-    assert!(ct(&setup.pins) >= tracked, "conntrack copied");
+    assert_eq!(frontends(setup.name()), expected(&[0, 1, 2, 3]), "copied");
+    assert!(ct(setup.name()) >= tracked, "conntrack copied");
     assert!(reaches(a, 0) && reaches(a, 3), "served before the resync");
     driver.apply(state.clone()).expect("resync");
     // The new room is there: eight more services fit.
@@ -421,8 +361,8 @@ fn a_restart_with_other_sizes_creates_the_maps_anew_with_their_entries() {
     // the resync is refused naming the map until the cluster fits.
     *sizes.lock().unwrap() = small(8);
     driver.restart().expect("restart with a smaller map");
-    assert_eq!(max_entries(&setup.pins, "manul_svc_fe"), 8);
-    assert_eq!(frontends(&setup.pins).len(), 8, "as many as fit");
+    assert_eq!(max_entries(setup.name(), "manul_svc_fe"), 8);
+    assert_eq!(frontends(setup.name()).len(), 8, "as many as fit");
     let err = driver
         .apply(whole_state(
             &[a, b],
@@ -434,7 +374,7 @@ fn a_restart_with_other_sizes_creates_the_maps_anew_with_their_entries() {
     driver
         .apply(whole_state(&[a, b], b, &[0, 1, 2, 3]))
         .expect("the cluster shrunk to fit");
-    assert_eq!(frontends(&setup.pins), expected(&[0, 1, 2, 3]));
+    assert_eq!(frontends(setup.name()), expected(&[0, 1, 2, 3]));
     assert!(reaches(a, 0) && reaches(a, 3));
     drop(driver);
 }
@@ -462,19 +402,13 @@ fn map_sizes_of_zero_or_beyond_the_limit_are_refused_naming_the_setting() {
 
 #[test]
 fn the_early_load_keeps_the_pinned_sizes_and_start_resizes_to_the_configured_ones() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
     let setup = setup("pre");
-    let topo = setup.topo.as_ref().unwrap();
-    let (a, b) = (topo.pod("ns/a").unwrap(), topo.pod("ns/b").unwrap());
+    let (a, b) = (setup.pod("a"), setup.pod("b"));
     let sizes = Arc::new(Mutex::new(small(8)));
-    let ctx = NodeContext {
-        node: setup.pins.clone(),
-    };
-    let driver = DriverThread::start(&topo.node, ctx.clone(), factory(setup.pins.clone(), sizes))
-        .expect("driver");
+    let driver = setup.driver(sized(sizes));
     driver
         .apply(whole_state(&[a, b], b, &[0, 1]))
         .expect("two services");
@@ -484,11 +418,10 @@ fn the_early_load_keeps_the_pinned_sizes_and_start_resizes_to_the_configured_one
     // (here 16 frontends): the pinned map keeps its 8; then `start` with
     // the configuration (16) loads again and creates the map anew.
     let seen = Arc::new(Mutex::new(None));
-    let pins = setup.pins.clone();
+    let pins = setup.name().to_string();
     let seen_in = seen.clone();
     let early: Arc<Factory> = Arc::new(move |_: &NodeContext| {
-        let mut config = BpfConfig::new(&pins);
-        config.pin_root = PathBuf::from(PIN_ROOT);
+        let mut config = node::config(&pins);
         (config.service_map_sizes, config.conntrack_capacity) = small(16);
         let loaded = BpfDriver::preload(&config).map_err(|e| chain(&e))?;
         *seen_in.lock().unwrap() = Some(max_entries(&pins, "manul_svc_fe"));
@@ -496,10 +429,10 @@ fn the_early_load_keeps_the_pinned_sizes_and_start_resizes_to_the_configured_one
             .map(|d| Box::new(d) as Box<dyn Driver>)
             .map_err(|e| chain(&e))
     });
-    let driver = DriverThread::start(&topo.node, ctx, early).expect("driver");
+    let driver = DriverThread::start(setup.ns(), setup.pins.context(), early).expect("driver");
     assert_eq!(*seen.lock().unwrap(), Some(8), "the early load resized");
-    assert_eq!(max_entries(&setup.pins, "manul_svc_fe"), 16);
-    assert_eq!(frontends(&setup.pins), expected(&[0, 1]), "copied");
+    assert_eq!(max_entries(setup.name(), "manul_svc_fe"), 16);
+    assert_eq!(frontends(setup.name()), expected(&[0, 1]), "copied");
     assert!(reaches(a, 0) && reaches(a, 1), "served before the resync");
     driver
         .apply(whole_state(&[a, b], b, &[0, 1, 2, 3, 4, 5]))

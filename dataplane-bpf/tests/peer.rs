@@ -14,57 +14,28 @@
 //! is removed at the end, also on failure.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use manul_dataplane_api::{
-    Driver, EndpointId, Match, Operation, Policy, Reporter, WorkloadEndpoint,
-};
-use manul_dataplane_bpf::{BpfConfig, BpfDriver, KernelCounters};
-use manul_dataplane_conformance::privileges;
-use manul_dataplane_conformance::topology::{Pod, Topology};
+use manul_dataplane_api::{Driver, EndpointId, Match, Operation, Reporter};
+use manul_dataplane_bpf::{BpfDriver, KernelCounters};
+use manul_dataplane_conformance::topology::Pod;
 use manul_model::names::workload_interface_name;
-use manul_netns::{
-    NetNs, ProbeOutcome, TcpServer, link_index, link_mac, plumb_pod_ips, tcp_connect, unique_prefix,
-};
+use manul_netns::{ProbeOutcome, TcpServer, link_index, link_mac, tcp_connect};
 use nix::sys::socket::SockProtocol;
 
+mod node;
 mod raw;
 mod rules;
 
+use node::{DualNode, Node};
 use raw::internet_checksum;
-use rules::{allow, pid};
+use rules::{allow_profile, backend_policy, endpoint, pod_endpoint};
 
-const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 const PORT: u16 = 8080;
 const WAIT: Duration = Duration::from_millis(400);
 /// The host side's MAC of every pod's veth (Calico's).
 const HOST_MAC: [u8; 6] = [0xee; 6];
-
-struct Setup {
-    topo: Option<Topology>,
-    pins: String,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        drop(self.topo.take());
-        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.pins);
-    }
-}
-
-fn endpoint(pod: &Pod, guarded: bool) -> Operation {
-    let (tiers, profiles) = rules::guard(guarded);
-    Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
-        id: id(pod),
-        interface_name: pod.interface.clone(),
-        nets: vec![IpNet::new(pod.ip.into(), 32).unwrap()],
-        mac: None,
-        tiers,
-        profiles,
-    })
-}
 
 fn id(pod: &Pod) -> EndpointId {
     EndpointId {
@@ -80,23 +51,11 @@ fn operations(a: &Pod, b: &Pod, c: &Pod) -> Vec<Operation> {
         ..Match::default()
     };
     vec![
-        Operation::PolicyUpdate {
-            id: pid("backend"),
-            policy: Policy {
-                inbound: vec![allow("backend/in", only_a)],
-                outbound: vec![allow("backend/out", Match::default())],
-            },
-        },
-        Operation::ProfileUpdate {
-            id: "allow".into(),
-            profile: Policy {
-                inbound: vec![allow("allow/in", Match::default())],
-                outbound: vec![allow("allow/out", Match::default())],
-            },
-        },
-        endpoint(a, false),
-        endpoint(b, true),
-        endpoint(c, false),
+        backend_policy(only_a),
+        allow_profile(),
+        pod_endpoint(a, false),
+        pod_endpoint(b, true),
+        pod_endpoint(c, false),
         Operation::InSync,
     ]
 }
@@ -135,31 +94,20 @@ fn delta(d: &BpfDriver, f: impl FnOnce()) -> (KernelCounters, KernelCounters) {
 
 #[test]
 fn pods_of_one_node_are_delivered_past_the_host_and_judged_on_the_way() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
-    let prefix = unique_prefix("pr");
-    let mut setup = Setup {
-        topo: Some(Topology::new(&prefix).expect("node")),
-        pins: prefix.clone(),
-    };
-    let topo = setup.topo.as_mut().unwrap();
-    for (name, d) in [("a", 2), ("b", 3), ("c", 4)] {
-        topo.add_pod("ns", name, Ipv4Addr::new(10, 67, 0, d))
-            .expect("pod");
-    }
-    let topo = setup.topo.as_ref().unwrap();
-    let pod = |n: &str| topo.pod(&format!("ns/{n}")).unwrap();
-    let (a, b, c) = (pod("a"), pod("b"), pod("c"));
-    let host_b = link_index(&topo.node, &b.interface).unwrap();
-    let host_a = link_index(&topo.node, &a.interface).unwrap();
+    let v4 = |d| Ipv4Addr::new(10, 67, 0, d);
+    let setup = Node::new("pr", &[("a", v4(2)), ("b", v4(3)), ("c", v4(4))]);
+    let (a, b, c) = (setup.pod("a"), setup.pod("b"), setup.pod("c"));
+    let host_b = link_index(setup.ns(), &b.interface).unwrap();
+    let host_a = link_index(setup.ns(), &a.interface).unwrap();
     let b_mac = link_mac(&b.netns, "eth0").unwrap();
-    let mut config = BpfConfig::new(&prefix);
-    config.pin_root = PathBuf::from(PIN_ROOT);
+    let config = setup.pins.config();
     let ops = operations(a, b, c);
 
-    topo.node
+    setup
+        .ns()
         .run(move || {
             let mut d = BpfDriver::new(config.clone()).expect("load the programs");
             d.apply(&ops).expect("apply");
@@ -282,73 +230,30 @@ fn pods_of_one_node_are_delivered_past_the_host_and_judged_on_the_way() {
         .expect("run in the node namespace");
 }
 
-/// Two dual-stack pods of one node (and their node), removed on drop,
-/// pods first.
-struct DualStack {
-    pods: Vec<NetNs>,
-    node: Option<NetNs>,
-    pins: String,
-}
-
-impl Drop for DualStack {
-    fn drop(&mut self) {
-        self.pods.clear();
-        self.node.take();
-        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.pins);
-    }
-}
-
 #[test]
 fn ipv6_between_pods_of_one_node_is_delivered_with_its_hop_limit_decremented() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
-    let prefix = unique_prefix("p6");
-    let mut s = DualStack {
-        pods: Vec::new(),
-        node: Some(NetNs::create(&format!("{prefix}-node")).expect("node")),
-        pins: prefix.clone(),
-    };
-    let node = s.node.as_ref().unwrap();
+    let mut s = DualNode::new("p6");
     let v6 = |d: u16| Ipv6Addr::new(0xfd00, 0x67, 0, 0, 0, 0, 0, d);
-    let mut ops = vec![Operation::ProfileUpdate {
-        id: "allow".into(),
-        profile: Policy {
-            inbound: vec![allow("allow/in", Match::default())],
-            outbound: vec![allow("allow/out", Match::default())],
-        },
-    }];
-    let mut hosts = Vec::new();
+    let mut ops = vec![allow_profile()];
     for (name, d) in [("a", 2u8), ("b", 3u8)] {
-        let ns = NetNs::create(&format!("{prefix}-{name}")).expect("pod namespace");
-        let interface = workload_interface_name("ns", name);
         let ips = [
             IpAddr::V4(Ipv4Addr::new(10, 68, 0, d)),
             IpAddr::V6(v6(u16::from(d))),
         ];
-        let link = plumb_pod_ips(node, &ns, &interface, "eth0", &ips).expect("plumb");
-        hosts.push(link);
-        ops.push(Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
-            id: EndpointId {
-                namespace: "ns".into(),
-                name: name.into(),
-            },
-            interface_name: interface,
-            nets: ips.iter().map(|ip| IpNet::from(*ip)).collect(),
-            mac: None,
-            tiers: vec![],
-            profiles: vec!["allow".into()],
-        }));
-        s.pods.push(ns);
+        let interface = workload_interface_name("ns", name);
+        s.add_pod(name, &interface, &ips);
+        ops.push(endpoint("ns", name, &interface, &ips, false));
     }
     ops.push(Operation::InSync);
-    let (a, b) = (&s.pods[0], &s.pods[1]);
+    let (a, b) = (&s.pods[0].netns, &s.pods[1].netns);
     let server = SocketAddr::new(IpAddr::V6(v6(3)), PORT);
     let _listener = TcpServer::start(b, server).expect("server");
-    let b_mac = hosts[1].pod_mac;
-    let mut config = BpfConfig::new(&prefix);
-    config.pin_root = PathBuf::from(PIN_ROOT);
+    let b_mac = s.pods[1].link.pod_mac;
+    let config = s.pins.config();
+    let node = &s.node;
     node.run(move || {
         let mut d = BpfDriver::new(config).expect("load the programs");
         d.apply(&ops).expect("apply");

@@ -23,28 +23,21 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use manul_dataplane_api::{
-    Backend, Driver, EndpointId, Match, Operation, Policy, Service, ServicePort, WorkloadEndpoint,
-};
-use manul_dataplane_bpf::{BpfConfig, BpfDriver};
-use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
-use manul_dataplane_conformance::{Factory, NodeContext, privileges};
-use manul_netns::{
-    NetNs, ProbeOutcome, TcpServer, UdpEcho, plumb_pod_ips, tcp_connect, udp_probe, unique_prefix,
-};
+use manul_dataplane_api::{Backend, Match, Operation, Service, ServicePort};
+use manul_dataplane_conformance::driver_thread::DriverThread;
+use manul_netns::{ProbeOutcome, TcpServer, UdpEcho, tcp_connect, udp_probe};
 use nix::sys::socket::SockProtocol;
+use node::{DualNode, DualPod as Pod};
 use raw::{crc_holds, raw_socket, receive, sctp_packet, send_to};
-use rules::{allow, pid};
+use rules::{allow_profile, backend_policy};
 
+mod node;
 mod raw;
 mod rules;
 
-const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 const PROTO_SCTP: u8 = 132;
@@ -76,43 +69,17 @@ fn ip6(d: u16) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x66, 0, 0, 0, 0, 0, d)
 }
 
-/// A pod: its name, addresses and namespace.
-struct Pod {
-    name: &'static str,
-    v4: Ipv4Addr,
-    v6: Ipv6Addr,
-    netns: NetNs,
-}
-
-impl Pod {
-    fn ip(&self, v6: bool) -> IpAddr {
-        if v6 { self.v6.into() } else { self.v4.into() }
-    }
-}
-
-/// The node, its pods and the driver; dropped driver first, then the
-/// namespaces, then the pins.
+/// The node, its pods' servers and the driver; dropped driver first, then
+/// the servers, then the namespaces, then the pins.
 struct Setup {
     driver: Option<DriverThread>,
     servers: Vec<(TcpServer, UdpEcho)>,
-    pods: Vec<Pod>,
-    node: Option<NetNs>,
-    pins: String,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        drop(self.driver.take());
-        self.servers.clear();
-        self.pods.clear();
-        drop(self.node.take());
-        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.pins);
-    }
+    net: DualNode,
 }
 
 impl Setup {
     fn pod(&self, name: &str) -> &Pod {
-        self.pods.iter().find(|p| p.name == name).unwrap()
+        self.net.pod(name)
     }
 }
 
@@ -121,7 +88,7 @@ impl Setup {
 struct Exchange {
     /// The backend that got the INIT, the port it got it on, the client
     /// address it saw, and whether the CRC32c held there.
-    backend: &'static str,
+    backend: String,
     backend_port: u16,
     client_seen: IpAddr,
     crc_at_backend: bool,
@@ -142,11 +109,17 @@ fn sctp_exchange(
 ) -> Option<Exchange> {
     let v6 = frontend.is_ipv6();
     let tag = 0x4d00_0000 | u32::from(sport);
-    let backends: Vec<(&'static str, OwnedFd)> = setup
+    let backends: Vec<(&str, OwnedFd)> = setup
+        .net
         .pods
         .iter()
         .filter(|p| p.name.starts_with('b'))
-        .map(|p| (p.name, raw_socket(&p.netns, v6, SockProtocol::Sctp)))
+        .map(|p| {
+            (
+                p.name.as_str(),
+                raw_socket(&p.netns, v6, SockProtocol::Sctp),
+            )
+        })
         .collect();
     let out = raw_socket(&client.netns, v6, SockProtocol::Sctp);
     send_to(&out, &sctp_packet(sport, port, 0, 1, tag), frontend);
@@ -163,7 +136,7 @@ fn sctp_exchange(
             let answer = sctp_packet(dport, sport, tag, 2, tag ^ 0xffff);
             send_to(fd, &answer, src);
             return Some(Exchange {
-                backend: name,
+                backend: name.to_string(),
                 backend_port: dport,
                 client_seen: src,
                 crc_at_backend: crc_holds(&l4),
@@ -223,21 +196,7 @@ fn sctp_refused(client: &Pod, frontend: IpAddr, port: u16, sport: u16) -> bool {
 }
 
 fn endpoint(pod: &Pod, backend: bool) -> Operation {
-    let (tiers, profiles) = rules::guard(backend);
-    Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
-        id: EndpointId {
-            namespace: "ns".into(),
-            name: pod.name.into(),
-        },
-        interface_name: host_if(pod.name),
-        nets: vec![
-            IpNet::new(pod.v4.into(), 32).unwrap(),
-            IpNet::new(pod.v6.into(), 128).unwrap(),
-        ],
-        mac: None,
-        tiers,
-        profiles,
-    })
+    rules::endpoint("ns", &pod.name, &pod.interface, &pod.ips, backend)
 }
 
 /// A port of `protocol` to the backends b1 and b2 (both families) on
@@ -274,89 +233,44 @@ fn service(name: &str, ips: [IpAddr; 2], ports: Vec<ServicePort>) -> Service {
 
 #[test]
 fn sctp_tcp_and_udp_on_one_port_over_both_families() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
-    let prefix = unique_prefix("sc");
     let mut setup = Setup {
         driver: None,
         servers: Vec::new(),
-        pods: Vec::new(),
-        node: Some(NetNs::create(&format!("{prefix}-node")).expect("node")),
-        pins: prefix.clone(),
+        net: DualNode::new("sc"),
     };
-    for (i, (name, v4, d6)) in PODS.iter().enumerate() {
-        let netns = NetNs::create(&format!("{prefix}-{i}")).expect("pod namespace");
-        let (v4, v6) = (Ipv4Addr::from(*v4), ip6(*d6));
-        plumb_pod_ips(
-            setup.node.as_ref().unwrap(),
-            &netns,
-            &host_if(name),
-            "eth0",
-            &[v4.into(), v6.into()],
-        )
-        .expect("pod plumbing");
+    for (name, v4, d6) in PODS {
+        let (v4, v6) = (Ipv4Addr::from(v4), ip6(d6));
+        let pod = setup
+            .net
+            .add_pod(name, &host_if(name), &[v4.into(), v6.into()]);
         if name.starts_with('b') {
             for ip in [IpAddr::V4(v4), IpAddr::V6(v6)] {
                 let at = SocketAddr::new(ip, PORT);
                 setup.servers.push((
-                    TcpServer::start(&netns, at).expect("tcp server"),
-                    UdpEcho::start(&netns, at).expect("udp echo"),
+                    TcpServer::start(&pod.netns, at).expect("tcp server"),
+                    UdpEcho::start(&pod.netns, at).expect("udp echo"),
                 ));
             }
         }
-        setup.pods.push(Pod {
-            name,
-            v4,
-            v6,
-            netns,
-        });
     }
 
-    let pins = prefix.clone();
-    let factory: Arc<Factory> = Arc::new(move |_: &NodeContext| {
-        let mut config = BpfConfig::new(&pins);
-        config.pin_root = PathBuf::from(PIN_ROOT);
-        BpfDriver::new(config)
-            .map(|d| Box::new(d) as Box<dyn Driver>)
-            .map_err(|e| chain(&e))
-    });
-    let driver = DriverThread::start(
-        setup.node.as_ref().unwrap(),
-        NodeContext {
-            node: prefix.clone(),
-        },
-        factory,
-    )
-    .expect("driver");
+    let driver = setup.net.driver(|_| {});
     // The backends accept client A only.
     let a = setup.pod("a");
     let only_a = Match {
         nets: vec![
-            IpNet::new(a.v4.into(), 32).unwrap(),
-            IpNet::new(a.v6.into(), 128).unwrap(),
+            IpNet::new(a.v4().into(), 32).unwrap(),
+            IpNet::new(a.v6().into(), 128).unwrap(),
         ],
         ..Match::default()
     };
-    let mut ops = vec![
-        Operation::PolicyUpdate {
-            id: pid("backend"),
-            policy: Policy {
-                inbound: vec![allow("backend/in", only_a)],
-                outbound: vec![allow("backend/out", Match::default())],
-            },
-        },
-        Operation::ProfileUpdate {
-            id: "allow".into(),
-            profile: Policy {
-                inbound: vec![allow("allow/in", Match::default())],
-                outbound: vec![allow("allow/out", Match::default())],
-            },
-        },
-    ];
+    let mut ops = vec![backend_policy(only_a), allow_profile()];
     ops.extend(
         setup
+            .net
             .pods
             .iter()
             .map(|p| endpoint(p, p.name.starts_with('b'))),
@@ -380,7 +294,7 @@ fn sctp_tcp_and_udp_on_one_port_over_both_families() {
     setup.driver = Some(driver);
 
     let (a, c) = (setup.pod("a"), setup.pod("c"));
-    let backends: BTreeSet<&str> = ["b1", "b2"].into();
+    let backends: BTreeSet<String> = ["b1", "b2"].map(String::from).into();
     for (family, frontend, moved) in [
         ("IPv4", IpAddr::V4(ASSOC), IpAddr::V4(MOVED)),
         ("IPv6", IpAddr::V6(ASSOC6), IpAddr::V6(MOVED6)),

@@ -15,29 +15,24 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData};
-use ipnet::IpNet;
 use manul_dataplane_api::{
-    Backend, Balancing, Driver, EndpointId, Match, Operation, Policy, Service, ServicePort,
-    TrafficPolicy, WorkloadEndpoint,
+    Backend, Balancing, Match, Operation, Service, ServicePort, TrafficPolicy,
 };
-use manul_dataplane_bpf::{BpfConfig, BpfDriver};
-use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
-use manul_dataplane_conformance::topology::{Pod, Topology};
-use manul_dataplane_conformance::{Factory, NodeContext, privileges};
-use manul_netns::unique_prefix;
+use manul_dataplane_conformance::topology::Pod;
 
+mod node;
 mod rules;
 
-use rules::{allow, pid};
+use node::{Node, PIN_ROOT};
+use rules::{allow_profile, backend_policy, pod_endpoint};
 
-const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 /// The cluster IP of the service under test, and its port (TCP and UDP).
 const KEPT: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 const PORT: u16 = 80;
@@ -215,21 +210,6 @@ fn sticky(pod: &Pod) -> Ipv4Addr {
     reached.into_iter().next().unwrap()
 }
 
-fn endpoint(pod: &Pod, backend: bool) -> Operation {
-    let (tiers, profiles) = rules::guard(backend);
-    Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
-        id: EndpointId {
-            namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
-        },
-        interface_name: pod.interface.clone(),
-        nets: vec![IpNet::new(pod.ip.into(), 32).unwrap()],
-        mac: None,
-        tiers,
-        profiles,
-    })
-}
-
 /// The service at [`KEPT`] (and [`EXTERNAL`], by Maglev), TCP and UDP,
 /// with `backends`; and the one at [`STICKY`] with session affinity.
 fn services(backends: &[&Pod]) -> [Service; 2] {
@@ -280,39 +260,14 @@ fn services(backends: &[&Pod]) -> [Service; 2] {
 /// endpoints, the service, in sync.
 fn snapshot(client: &Pod, all: &[&Pod], backends: &[&Pod]) -> Vec<Operation> {
     let mut ops = vec![
-        Operation::PolicyUpdate {
-            id: pid("backend"),
-            policy: Policy {
-                inbound: vec![allow("backend/in", Match::default())],
-                outbound: vec![allow("backend/out", Match::default())],
-            },
-        },
-        Operation::ProfileUpdate {
-            id: "allow".into(),
-            profile: Policy {
-                inbound: vec![allow("allow/in", Match::default())],
-                outbound: vec![allow("allow/out", Match::default())],
-            },
-        },
-        endpoint(client, false),
+        backend_policy(Match::default()),
+        allow_profile(),
+        pod_endpoint(client, false),
     ];
-    ops.extend(all.iter().map(|b| endpoint(b, true)));
+    ops.extend(all.iter().map(|b| pod_endpoint(b, true)));
     ops.extend(services(backends).into_iter().map(Operation::ServiceUpdate));
     ops.push(Operation::InSync);
     ops
-}
-
-/// The node and its pods (namespaces dropped with it) and the pins.
-struct Setup {
-    topo: Option<Topology>,
-    pins: String,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        drop(self.topo.take());
-        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.pins);
-    }
 }
 
 /// What the pinned service maps hold: frontends, backends and Maglev
@@ -396,46 +351,21 @@ fn one_per_backend(client: &Pod, backends: &[&Pod]) -> Vec<Held> {
 
 #[test]
 fn established_connections_survive_a_restart() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
-    let prefix = unique_prefix("rs");
-    let mut setup = Setup {
-        topo: Some(Topology::new(&prefix).expect("node")),
-        pins: prefix.clone(),
-    };
-    let topo = setup.topo.as_mut().unwrap();
-    for (name, d) in [("a", 2), ("b1", 11), ("b2", 12)] {
-        topo.add_pod("ns", name, Ipv4Addr::new(10, 67, 0, d))
-            .expect("pod");
-    }
-    let topo = setup.topo.as_ref().unwrap();
-    let pod = |n: &str| topo.pod(&format!("ns/{n}")).unwrap();
-    let a = pod("a");
-    let backends = [pod("b1"), pod("b2")];
+    let pods =
+        [("a", 2), ("b1", 11), ("b2", 12)].map(|(name, d)| (name, Ipv4Addr::new(10, 67, 0, d)));
+    let setup = Node::new("rs", &pods);
+    let a = setup.pod("a");
+    let backends = [setup.pod("b1"), setup.pod("b2")];
     let _echo: Vec<NamedEcho> = backends.iter().map(|p| NamedEcho::start(p)).collect();
 
-    let pins = prefix.clone();
-    let factory: Arc<Factory> = Arc::new(move |_: &NodeContext| {
-        let mut config = BpfConfig::new(&pins);
-        config.pin_root = PathBuf::from(PIN_ROOT);
-        BpfDriver::new(config)
-            .map(|d| Box::new(d) as Box<dyn Driver>)
-            .map_err(|e| chain(&e))
-    });
-    let driver = DriverThread::start(
-        &topo.node,
-        NodeContext {
-            node: prefix.clone(),
-        },
-        factory,
-    )
-    .expect("driver");
+    let driver = setup.driver(|_| {});
     let both = snapshot(a, &backends, &backends);
     driver.apply(both.clone()).expect("apply");
 
-    let programmed = pinned(&prefix);
+    let programmed = pinned(setup.name());
     assert!(!programmed.mag.is_empty(), "no Maglev table");
     let mut held = one_per_backend(a, &backends);
     for h in &mut held {
@@ -474,7 +404,7 @@ fn established_connections_survive_a_restart() {
             );
         }
     }
-    let now = pinned(&prefix);
+    let now = pinned(setup.name());
     assert!(
         now == programmed,
         "the service maps changed across a restart with the same services: \

@@ -16,7 +16,6 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -24,23 +23,22 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use manul_dataplane_api::{
-    Backend, Balancing, Driver, EndpointId, Match, Operation, Policy, Service, ServicePort,
-    TrafficPolicy, WorkloadEndpoint,
+    Backend, Balancing, Match, Operation, Service, ServicePort, TrafficPolicy,
 };
-use manul_dataplane_bpf::{BpfConfig, BpfDriver};
-use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
+use manul_dataplane_bpf::BpfConfig;
 use manul_dataplane_conformance::services::{self, ServiceReport};
-use manul_dataplane_conformance::topology::{Pod, Topology};
-use manul_dataplane_conformance::{ConformanceError, Factory, NodeContext, privileges};
-use manul_netns::{NetNs, ProbeOutcome, open_connection, tcp_connect, udp_probe, unique_prefix};
+use manul_dataplane_conformance::topology::Pod;
+use manul_dataplane_conformance::{ConformanceError, Factory};
+use manul_netns::{NetNs, ProbeOutcome, open_connection, tcp_connect, udp_probe};
 
+mod node;
 mod raw;
 mod rules;
 
+use node::{Node, SharedNodes};
 use raw::internet_checksum;
-use rules::{allow, pid};
+use rules::{allow_profile, backend_policy, pod_endpoint};
 
-const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
 /// The "who" servers' ports on every pod.
 const WHO_TCP: u16 = 7000;
 const WHO_UDP: u16 = 7001;
@@ -222,21 +220,6 @@ fn full_checksum_datagram(
     })
 }
 
-fn endpoint(pod: &Pod, backend: bool) -> Operation {
-    let (tiers, profiles) = rules::guard(backend);
-    Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
-        id: EndpointId {
-            namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
-        },
-        interface_name: pod.interface.clone(),
-        nets: vec![IpNet::new(pod.ip.into(), 32).unwrap()],
-        mac: None,
-        tiers,
-        profiles,
-    })
-}
-
 fn service(name: &str, ip: Ipv4Addr, ports: Vec<ServicePort>, affinity: Option<u32>) -> Service {
     Service {
         namespace: "ns".into(),
@@ -274,37 +257,15 @@ fn port(name: &str, protocol: u8, port: u16, target: u16, backends: &[&Pod]) -> 
     }
 }
 
-/// The node and its pods (namespaces dropped with it) and the pins.
-struct Setup {
-    topo: Option<Topology>,
-    pins: String,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        drop(self.topo.take());
-        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.pins);
-    }
-}
-
 #[test]
 fn cluster_ips_with_real_packets() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
-    let prefix = unique_prefix("sv");
-    let mut setup = Setup {
-        topo: Some(Topology::new(&prefix).expect("node")),
-        pins: prefix.clone(),
-    };
-    let topo = setup.topo.as_mut().unwrap();
-    for (name, d) in [("a", 2), ("c", 3), ("b1", 11), ("b2", 12), ("b3", 13)] {
-        topo.add_pod("ns", name, Ipv4Addr::new(10, 65, 0, d))
-            .expect("pod");
-    }
-    let topo = setup.topo.as_ref().unwrap();
-    let pod = |n: &str| topo.pod(&format!("ns/{n}")).unwrap();
+    let pods = [("a", 2), ("c", 3), ("b1", 11), ("b2", 12), ("b3", 13)]
+        .map(|(name, d)| (name, Ipv4Addr::new(10, 65, 0, d)));
+    let setup = Node::new("sv", &pods);
+    let pod = |n: &str| setup.pod(n);
     let (a, c) = (pod("a"), pod("c"));
     let backends = [pod("b1"), pod("b2"), pod("b3")];
     let _who: Vec<Who> = [a, c]
@@ -313,22 +274,7 @@ fn cluster_ips_with_real_packets() {
         .map(|p| Who::start(p))
         .collect();
 
-    let pins = prefix.clone();
-    let factory: Arc<Factory> = Arc::new(move |_: &NodeContext| {
-        let mut config = BpfConfig::new(&pins);
-        config.pin_root = PathBuf::from(PIN_ROOT);
-        BpfDriver::new(config)
-            .map(|d| Box::new(d) as Box<dyn Driver>)
-            .map_err(|e| chain(&e))
-    });
-    let driver = DriverThread::start(
-        &topo.node,
-        NodeContext {
-            node: prefix.clone(),
-        },
-        factory,
-    )
-    .expect("driver");
+    let driver = setup.driver(|_| {});
 
     // Backends accept only client A. (A hairpinned connection is judged
     // by the pod's egress policy only: it never leaves the pod's
@@ -347,24 +293,12 @@ fn cluster_ips_with_real_packets() {
         None,
     );
     let mut ops = vec![
-        Operation::PolicyUpdate {
-            id: pid("backend"),
-            policy: Policy {
-                inbound: vec![allow("backend/in", only_a)],
-                outbound: vec![allow("backend/out", Match::default())],
-            },
-        },
-        Operation::ProfileUpdate {
-            id: "allow".into(),
-            profile: Policy {
-                inbound: vec![allow("allow/in", Match::default())],
-                outbound: vec![allow("allow/out", Match::default())],
-            },
-        },
-        endpoint(a, false),
-        endpoint(c, false),
+        backend_policy(only_a),
+        allow_profile(),
+        pod_endpoint(a, false),
+        pod_endpoint(c, false),
     ];
-    ops.extend(backends.iter().map(|b| endpoint(b, true)));
+    ops.extend(backends.iter().map(|b| pod_endpoint(b, true)));
     ops.push(Operation::ServiceUpdate(web.clone()));
     ops.push(Operation::ServiceUpdate(service(
         "empty",
@@ -592,29 +526,17 @@ fn cluster_ips_with_real_packets() {
 /// and an eBPF driver factory: its report, or the cases that failed).
 type SharedCases = fn(&str, Arc<Factory>) -> Result<ServiceReport, ConformanceError>;
 
-/// Runs shared cases against eBPF drivers pinning under [`PIN_ROOT`]
-/// (`configure` adjusts each node's configuration), removes the pins of
-/// every node it made a driver for, and fails on any failed case.
+/// Runs shared cases against eBPF drivers pinning under
+/// [`node::PIN_ROOT`] (`configure` adjusts each node's configuration),
+/// removes the pins of every node it made a driver for, and fails on any
+/// failed case.
 fn run_shared(tag: &str, run: SharedCases, configure: fn(&mut BpfConfig)) {
-    if !privileges().expect("privileges") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
-    let nodes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let seen = nodes.clone();
-    let factory: Arc<Factory> = Arc::new(move |ctx: &NodeContext| {
-        seen.lock().unwrap().push(ctx.node.clone());
-        let mut config = BpfConfig::new(&ctx.node);
-        config.pin_root = PathBuf::from(PIN_ROOT);
-        configure(&mut config);
-        BpfDriver::new(config)
-            .map(|d| Box::new(d) as Box<dyn Driver>)
-            .map_err(|e| chain(&e))
-    });
-    let result = run(tag, factory);
-    for node in nodes.lock().unwrap().iter() {
-        BpfDriver::purge_node(PIN_ROOT.as_ref(), node).expect("remove the test's pins");
-    }
+    let nodes = SharedNodes::default();
+    let result = run(tag, nodes.factory(configure));
+    nodes.purge();
     match result {
         Ok(report) => println!("{}", report.table()),
         Err(ConformanceError::Mismatch(failed)) => panic!("failed: {failed:#?}"),
@@ -739,25 +661,23 @@ fn maglev_predicted(backends: &[&Pod]) -> Vec<Ipv4Addr> {
 /// only a small fraction of the surviving backends' flows.
 #[test]
 fn maglev_external_ip_with_real_packets() {
-    if !privileges().expect("privileges: CI=true needs root") {
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    if !node::root() {
         return;
     }
-    let prefix = unique_prefix("mg");
-    let mut setup = Setup {
-        topo: Some(Topology::new(&prefix).expect("node")),
-        pins: prefix.clone(),
-    };
-    let topo = setup.topo.as_mut().unwrap();
-    for i in 0..10u8 {
-        topo.add_pod("ns", &format!("m{i}"), Ipv4Addr::new(10, 66, 0, 20 + i))
-            .expect("pod");
-    }
-    let topo = setup.topo.as_ref().unwrap();
-    let ext = NetNs::create(&format!("{prefix}-ext")).expect("external namespace");
-    manul_netns::create_veth(&topo.node, "ext0", &ext, "eth0").expect("external veth");
+    let names: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    let pods: Vec<(&str, Ipv4Addr)> = (0..10u8)
+        .map(|i| {
+            (
+                names[usize::from(i)].as_str(),
+                Ipv4Addr::new(10, 66, 0, 20 + i),
+            )
+        })
+        .collect();
+    let setup = Node::new("mg", &pods);
+    let ext = NetNs::create(&format!("{}-ext", setup.name())).expect("external namespace");
+    manul_netns::create_veth(setup.ns(), "ext0", &ext, "eth0").expect("external veth");
     for (ns, ifname, ip) in [
-        (&topo.node, "ext0", MAGLEV_NODE),
+        (setup.ns(), "ext0", MAGLEV_NODE),
         (&ext, "eth0", MAGLEV_CLIENT),
     ] {
         manul_netns::add_address(ns, ifname, IpNet::new(ip.into(), 24).unwrap()).unwrap();
@@ -768,38 +688,17 @@ fn maglev_external_ip_with_real_packets() {
         &manul_netns::Route::to(IpNet::V4(Default::default())).via(MAGLEV_NODE.into()),
     )
     .expect("external default route");
-    let pods: Vec<&Pod> = (0..10)
-        .map(|i| topo.pod(&format!("ns/m{i}")).unwrap())
-        .collect();
+    let pods: Vec<&Pod> = names.iter().map(|n| setup.pod(n)).collect();
     let _who: Vec<Who> = pods.iter().map(|p| Who::start(p)).collect();
 
-    let factory = |pins: String| -> Arc<Factory> {
-        Arc::new(move |_: &NodeContext| {
-            let mut config = BpfConfig::new(&pins);
-            config.pin_root = PathBuf::from(PIN_ROOT);
-            BpfDriver::new(config)
-                .map(|d| Box::new(d) as Box<dyn Driver>)
-                .map_err(|e| chain(&e))
-        })
-    };
     let ops = |backends: &[&Pod]| {
-        let mut ops = vec![Operation::ProfileUpdate {
-            id: "allow".into(),
-            profile: Policy {
-                inbound: vec![allow("allow/in", Match::default())],
-                outbound: vec![allow("allow/out", Match::default())],
-            },
-        }];
-        ops.extend(pods.iter().map(|p| endpoint(p, false)));
+        let mut ops = vec![allow_profile()];
+        ops.extend(pods.iter().map(|p| pod_endpoint(p, false)));
         ops.push(Operation::ServiceUpdate(maglev_service(backends)));
         ops.push(Operation::InSync);
         ops
     };
-    let ctx = NodeContext {
-        node: prefix.clone(),
-    };
-    let driver =
-        DriverThread::start(&topo.node, ctx.clone(), factory(prefix.clone())).expect("driver");
+    let driver = setup.driver(|_| {});
     driver.apply(ops(&pods)).expect("apply");
 
     // Every flow lands where the table says, spread over all backends.
@@ -830,8 +729,8 @@ fn maglev_external_ip_with_real_packets() {
     drop(driver);
 
     // A fresh node (no NAT entries) with the nine: the new table decides.
-    BpfDriver::purge_node(PIN_ROOT.as_ref(), &prefix).expect("purge");
-    let driver = DriverThread::start(&topo.node, ctx, factory(prefix.clone())).expect("driver");
+    setup.pins.purge().expect("purge");
+    let driver = setup.driver(|_| {});
     driver.apply(ops(&nine)).expect("apply the nine");
     let fresh: Vec<Ipv4Addr> = maglev_round(&ext)
         .into_iter()

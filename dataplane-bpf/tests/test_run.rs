@@ -11,7 +11,6 @@
 //! removed at the end, also on failure.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -21,52 +20,36 @@ use manul_dataplane_api::{
 };
 use manul_dataplane_bpf::frames::{ACK, SYN, dest_options, fragment, frame, hop_by_hop, with_ext};
 use manul_dataplane_bpf::{BpfConfig, BpfDriver, Hook, SkbMeta};
-use manul_dataplane_conformance::privileges;
-use manul_netns::{NetNs, create_veth, link_index, unique_prefix};
+use manul_netns::{NetNs, create_veth};
 
-const PIN_ROOT: &str = "/sys/fs/bpf/manul-test";
+mod node;
 
-/// A namespace and a pin directory for one test, removed on drop.
-struct Sandbox {
-    ns: Option<NetNs>,
-    node: String,
-}
+/// A node for one test with two workload interfaces and another, each a
+/// veth pair in its namespace ([`node::Sandbox`]).
+struct Sandbox(node::Sandbox);
 
 impl Sandbox {
     /// None when not root (and CI is not set).
     fn new(tag: &str) -> Option<Self> {
-        if !privileges().expect("privileges: CI=true needs root") {
-            eprintln!("skipped: needs root (set CI=true to make this a failure)");
-            return None;
-        }
-        let node = unique_prefix(tag);
-        let ns = NetNs::create(&node).expect("create a network namespace");
+        let sb = node::Sandbox::new(tag)?;
         for (a, b) in [("mnla", "peera"), ("mnlb", "peerb"), ("other0", "peero")] {
-            create_veth(&ns, a, &ns, b).expect("create a veth pair");
+            create_veth(&sb.ns, a, &sb.ns, b).expect("create a veth pair");
         }
-        Some(Self { ns: Some(ns), node })
+        Some(Self(sb))
     }
 
     fn ns(&self) -> &NetNs {
-        self.ns.as_ref().expect("namespace")
+        &self.0.ns
     }
 
     fn index(&self, name: &str) -> u32 {
-        link_index(self.ns(), name).expect("ifindex")
+        self.0.index(name)
     }
 
     fn config(&self) -> BpfConfig {
-        let mut c = BpfConfig::new(&self.node);
-        c.pin_root = PathBuf::from(PIN_ROOT);
+        let mut c = self.0.config();
         c.flow_log_interval = Duration::from_millis(50);
         c
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        drop(self.ns.take());
-        let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &self.node);
     }
 }
 

@@ -17,24 +17,17 @@
 
 use std::io::{ErrorKind, Read as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use manul_dataplane_api::{
-    Backend, Balancing, Driver, EndpointId, Operation, Policy, Service, ServicePort, TrafficPolicy,
-    WorkloadEndpoint,
-};
-use manul_dataplane_bpf::{BpfConfig, BpfDriver, CtlbConfig};
-use manul_dataplane_conformance::driver_thread::{DriverThread, chain};
-use manul_dataplane_conformance::{Factory, NodeContext};
-use manul_netns::{NetNs, plumb_pod_ips, unique_prefix};
+use manul_dataplane_api::{Backend, Balancing, Operation, Service, ServicePort, TrafficPolicy};
+use manul_dataplane_bpf::CtlbConfig;
+use manul_dataplane_conformance::driver_thread::DriverThread;
+use manul_netns::NetNs;
 
-use crate::rules::allow_all;
-use crate::{
-    HOLD_TCP, PIN_ROOT, Servers, WHO_TCP, WHO_UDP, any_of, ask, connected_udp, who_tcp, who_udp,
-};
+use crate::node::{DualNode, DualPod};
+use crate::rules::{self, allow_profile};
+use crate::{HOLD_TCP, Servers, WHO_TCP, WHO_UDP, any_of, ask, connected_udp, who_tcp, who_udp};
 
 /// The service addresses: `dns` (moves), `sticky` (affinity), `spread`
 /// (the same backends without affinity), `empty` (no backends).
@@ -51,76 +44,23 @@ const HOLD_PORT: u16 = 80;
 const WEB_PORT: u16 = 80;
 const NODE_PORT: u16 = 30053;
 
-/// A dual-stack pod.
-struct Pod6 {
-    name: &'static str,
-    ip4: Ipv4Addr,
-    ip6: Ipv6Addr,
-    interface: String,
-    netns: NetNs,
-}
-
-/// The namespaces; dropped pods first, then the node.
-struct Net6 {
-    pods: Vec<Pod6>,
-    node: NetNs,
-}
-
-impl Net6 {
-    fn build(prefix: &str) -> Net6 {
-        let node = NetNs::create(&format!("{prefix}-node")).expect("node namespace");
-        let mut net = Net6 {
-            pods: Vec::new(),
-            node,
-        };
-        manul_netns::add_address(&net.node, "lo", IpNet::from(IpAddr::V6(NODE_IP6)))
-            .expect("node address");
-        for (i, name) in ["web-a", "web-b", "client"].into_iter().enumerate() {
-            let n = u8::try_from(i).unwrap() + 2;
-            let ip4 = Ipv4Addr::new(10, 66, 1, n);
-            let ip6 = Ipv6Addr::new(0xfd00, 0x66, 0, 0, 0, 0, 0, u16::from(n));
-            let netns = NetNs::create(&format!("{prefix}-{i}")).expect("pod namespace");
-            // The driver's workload prefix, `mnl`.
-            let interface = format!("mnl6{name}");
-            plumb_pod_ips(
-                &net.node,
-                &netns,
-                &interface,
-                "eth0",
-                &[IpAddr::V4(ip4), IpAddr::V6(ip6)],
-            )
-            .expect("pod plumbing");
-            net.pods.push(Pod6 {
-                name,
-                ip4,
-                ip6,
-                interface,
-                netns,
-            });
-        }
-        net
+/// The node, with an IPv6 address of its own, and its dual-stack pods.
+fn build() -> DualNode {
+    let mut net = DualNode::new("c6");
+    manul_netns::add_address(&net.node, "lo", IpNet::from(IpAddr::V6(NODE_IP6)))
+        .expect("node address");
+    for (n, name) in (2u8..).zip(["web-a", "web-b", "client"]) {
+        let ip4 = Ipv4Addr::new(10, 66, 1, n);
+        let ip6 = Ipv6Addr::new(0xfd00, 0x66, 0, 0, 0, 0, 0, u16::from(n));
+        // The driver's workload prefix, `mnl`.
+        let interface = format!("mnl6{name}");
+        net.add_pod(name, &interface, &[IpAddr::V4(ip4), IpAddr::V6(ip6)]);
     }
-
-    fn pod(&self, name: &str) -> &Pod6 {
-        self.pods.iter().find(|p| p.name == name).unwrap()
-    }
+    net
 }
 
-fn endpoint(pod: &Pod6) -> Operation {
-    Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
-        id: EndpointId {
-            namespace: "ns6".into(),
-            name: pod.name.into(),
-        },
-        interface_name: pod.interface.clone(),
-        nets: vec![
-            IpNet::from(IpAddr::V4(pod.ip4)),
-            IpNet::from(IpAddr::V6(pod.ip6)),
-        ],
-        mac: None,
-        tiers: vec![],
-        profiles: vec!["allow".into()],
-    })
+fn endpoint(pod: &DualPod) -> Operation {
+    rules::endpoint("ns6", &pod.name, &pod.interface, &pod.ips, false)
 }
 
 /// A port of a service: (name, protocol, port, target, node port).
@@ -188,11 +128,11 @@ fn dns_service(backend: Ipv6Addr) -> Service {
     dns
 }
 
-fn services(net: &Net6) -> Vec<Service> {
-    let both = [net.pod("web-a").ip6, net.pod("web-b").ip6];
+fn services(net: &DualNode) -> Vec<Service> {
+    let both = [net.pod("web-a").v6(), net.pod("web-b").v6()];
     let web: &[PortSpec] = &[("web", 6, WEB_PORT, WHO_TCP, None)];
     vec![
-        dns_service(net.pod("web-a").ip6),
+        dns_service(net.pod("web-a").v6()),
         service6("sticky", STICKY6, &both, Some(600), web),
         service6("spread", SPREAD6, &both, None, web),
         service6(
@@ -228,9 +168,9 @@ fn refused(ns: &NetNs, tcp: SocketAddr, udp: SocketAddr) -> (ErrorKind, ErrorKin
     .unwrap()
 }
 
-fn reach(net: &Net6) {
+fn reach(net: &DualNode) {
     let (a, client) = (net.pod("web-a"), net.pod("client"));
-    let a_ip = IpAddr::V6(a.ip6);
+    let a_ip = IpAddr::V6(a.v6());
     let dns = SocketAddr::new(IpAddr::V6(DNS6), DNS_PORT);
     for (who, ns) in [("host process", &net.node), ("pod", &client.netns)] {
         assert_eq!(
@@ -258,10 +198,10 @@ fn reach(net: &Net6) {
     );
 }
 
-fn affinity(net: &Net6) {
+fn affinity(net: &DualNode) {
     let backends = [
-        IpAddr::V6(net.pod("web-a").ip6),
-        IpAddr::V6(net.pod("web-b").ip6),
+        IpAddr::V6(net.pod("web-a").v6()),
+        IpAddr::V6(net.pod("web-b").v6()),
     ];
     let sticky = SocketAddr::new(IpAddr::V6(STICKY6), WEB_PORT);
     let spread = SocketAddr::new(IpAddr::V6(SPREAD6), WEB_PORT);
@@ -283,7 +223,7 @@ fn affinity(net: &Net6) {
     }
 }
 
-fn refusals(net: &Net6) {
+fn refusals(net: &DualNode) {
     let empty_tcp = SocketAddr::new(IpAddr::V6(EMPTY6), WEB_PORT);
     let empty_udp = SocketAddr::new(IpAddr::V6(EMPTY6), DNS_PORT);
     // A port the ClusterIP does not have.
@@ -318,7 +258,7 @@ struct Before {
     pod_tcp: TcpStream,
 }
 
-fn dns_moves(net: &Net6, driver: &DriverThread) {
+fn dns_moves(net: &DualNode, driver: &DriverThread) {
     let (a, b, client) = (net.pod("web-a"), net.pod("web-b"), net.pod("client"));
     let dns = SocketAddr::new(IpAddr::V6(DNS6), DNS_PORT);
     let hold = SocketAddr::new(IpAddr::V6(DNS6), HOLD_PORT);
@@ -336,7 +276,7 @@ fn dns_moves(net: &Net6, driver: &DriverThread) {
         pod_tcp: held(&client.netns),
     };
     for (who, s) in [("host", &before.host_udp), ("pod", &before.pod_udp)] {
-        assert_eq!(ask(s), Ok(IpAddr::V6(a.ip6)), "{who}: connected UDP");
+        assert_eq!(ask(s), Ok(IpAddr::V6(a.v6())), "{who}: connected UDP");
         assert_eq!(s.peer_addr().unwrap(), dns, "{who}: getpeername");
     }
     for (who, s) in [("host", &before.host_tcp), ("pod", &before.pod_tcp)] {
@@ -345,7 +285,7 @@ fn dns_moves(net: &Net6, driver: &DriverThread) {
 
     // The DNS server moves: web-a (still running) leaves the list.
     let mut moved = services(net);
-    moved[0] = dns_service(b.ip6);
+    moved[0] = dns_service(b.v6());
     driver
         .apply(moved.into_iter().map(Operation::ServiceUpdate).collect())
         .expect("move the backend");
@@ -365,7 +305,7 @@ fn dns_moves(net: &Net6, driver: &DriverThread) {
         }
         assert_eq!(
             again,
-            Ok(IpAddr::V6(b.ip6)),
+            Ok(IpAddr::V6(b.v6())),
             "{who}: after connecting again"
         );
     }
@@ -379,60 +319,31 @@ fn dns_moves(net: &Net6, driver: &DriverThread) {
         );
     }
     // New connections reach the new backend.
-    assert_eq!(who_tcp(&net.node, dns), (dns, IpAddr::V6(b.ip6)));
+    assert_eq!(who_tcp(&net.node, dns), (dns, IpAddr::V6(b.v6())));
 }
 
 /// The IPv6 scenario with connect-time load balancing `ctlb`, in
 /// namespaces of its own; everything removed at the end, also on failure.
 pub fn ipv6_services(ctlb: &CtlbConfig) {
-    let prefix = unique_prefix("c6");
-    let net = Net6::build(&prefix);
+    let net = build();
     let servers: Vec<Servers> = net
         .pods
         .iter()
         .filter(|p| p.name != "client")
-        .map(|p| Servers::start_at(&p.netns, IpAddr::V6(p.ip6)))
+        .map(|p| Servers::start_at(&p.netns, IpAddr::V6(p.v6())))
         .collect();
-    let pins = prefix.clone();
     let config = ctlb.clone();
-    let factory: Arc<Factory> = Arc::new(move |_: &NodeContext| {
-        let mut c = BpfConfig::new(&pins);
-        c.pin_root = PathBuf::from(PIN_ROOT);
-        c.connect_time_lb = Some(config.clone());
-        BpfDriver::new(c)
-            .map(|d| Box::new(d) as Box<dyn Driver>)
-            .map_err(|e| chain(&e))
-    });
-    let driver = DriverThread::start(
-        &net.node,
-        NodeContext {
-            node: prefix.clone(),
-        },
-        factory,
-    )
-    .expect("driver");
-    let mut ops = vec![Operation::ProfileUpdate {
-        id: "allow".into(),
-        profile: Policy {
-            inbound: vec![allow_all("allow/in")],
-            outbound: vec![allow_all("allow/out")],
-        },
-    }];
+    let driver = net.driver(move |c| c.connect_time_lb = Some(config.clone()));
+    let mut ops = vec![allow_profile()];
     ops.extend(net.pods.iter().map(endpoint));
     ops.extend(services(&net).into_iter().map(Operation::ServiceUpdate));
     ops.push(Operation::InSync);
     driver.apply(ops).expect("program");
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        reach(&net);
-        affinity(&net);
-        refusals(&net);
-        dns_moves(&net, &driver);
-    }));
+    reach(&net);
+    affinity(&net);
+    refusals(&net);
+    dns_moves(&net, &driver);
     drop(driver);
     drop(servers);
     drop(net);
-    let _ = BpfDriver::purge_node(PIN_ROOT.as_ref(), &prefix);
-    if let Err(p) = outcome {
-        std::panic::resume_unwind(p);
-    }
 }

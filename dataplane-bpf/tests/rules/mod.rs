@@ -1,8 +1,15 @@
-//! Policy pieces the tests share: policy ids in the default tier, and
-//! allow rules.
+//! Policy pieces the tests share: policy ids in the default tier, allow
+//! rules, the open "allow" profile and the guarding "backend" policy, and
+//! workload endpoints under one or the other.
 #![allow(dead_code)]
 
-use manul_dataplane_api::{Action, Match, PolicyId, Rule, TierPolicies};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use manul_dataplane_api::{
+    Action, EndpointId, Match, Operation, Policy, PolicyId, Rule, TierPolicies, WorkloadEndpoint,
+};
+use manul_dataplane_conformance::topology::Pod;
 
 /// A policy of the default tier.
 pub fn pid(name: &str) -> PolicyId {
@@ -47,4 +54,61 @@ pub fn guard(backend: bool) -> (Vec<TierPolicies>, Vec<String>) {
     } else {
         (vec![], vec!["allow".into()])
     }
+}
+
+/// The "allow" profile: everything in and everything out.
+pub fn allow_profile() -> Operation {
+    Operation::ProfileUpdate {
+        id: "allow".into(),
+        profile: Policy {
+            inbound: vec![allow_all("allow/in")],
+            outbound: vec![allow_all("allow/out")],
+        },
+    }
+}
+
+/// The "backend" policy (see [`guard`]): in from `from` only, everything
+/// out.
+pub fn backend_policy(from: Match) -> Operation {
+    Operation::PolicyUpdate {
+        id: pid("backend"),
+        policy: Policy {
+            inbound: vec![allow("backend/in", from)],
+            outbound: vec![allow("backend/out", Match::default())],
+        },
+    }
+}
+
+/// Workload endpoint `namespace/name` at `interface` with `ips` (each a
+/// host prefix), a guarded backend or open (see [`guard`]).
+pub fn endpoint(
+    namespace: &str,
+    name: &str,
+    interface: &str,
+    ips: &[IpAddr],
+    backend: bool,
+) -> Operation {
+    let (tiers, profiles) = guard(backend);
+    Operation::WorkloadEndpointUpdate(WorkloadEndpoint {
+        id: EndpointId {
+            namespace: namespace.into(),
+            name: name.into(),
+        },
+        interface_name: interface.into(),
+        nets: ips.iter().map(|ip| IpNet::from(*ip)).collect(),
+        mac: None,
+        tiers,
+        profiles,
+    })
+}
+
+/// [`endpoint`] of a conformance topology's pod.
+pub fn pod_endpoint(pod: &Pod, backend: bool) -> Operation {
+    endpoint(
+        &pod.namespace,
+        &pod.name,
+        &pod.interface,
+        &[IpAddr::V4(pod.ip)],
+        backend,
+    )
 }
