@@ -586,6 +586,8 @@ static __always_inline int svc6_tracked_reply(struct __sk_buff *skb, const struc
 	__u8 dir = s->key.dir;
 	struct manul_nat6_value *nv;
 
+	if (tcp_syn_only(p))
+		return 0;
 	s->key.dir = MANUL_NAT_HOST_REV;
 	nv = bpf_map_lookup_elem(&manul_nat6, &s->key);
 	s->key.dir = dir;

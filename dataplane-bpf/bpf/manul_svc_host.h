@@ -76,12 +76,15 @@ static __always_inline void svc_host_reply(struct manul_nat_key *key, struct svc
  * pod's interface allowed it: the reply goes as it is). 1 when it is;
  * `key` (the packet's tuple) keeps its direction. New connections to the
  * address are judged as before: only a connection opened toward the pod
- * has such entries. */
+ * has such entries, and TCP's SYN without ACK, which opens one, is never
+ * a reply (nor pays the two lookups). */
 static __always_inline int svc_tracked_reply(struct __sk_buff *skb, const struct pkt *p,
 					     struct manul_nat_key *key, struct svc_nat *n)
 {
 	__u8 dir = key->dir;
 
+	if (tcp_syn_only(p))
+		return 0;
 	svc_host_reply(key, n);
 	key->dir = dir;
 	return n->after || ct_reply(skb, p);
