@@ -8,8 +8,8 @@
 //! a VIP whose service has source ranges (the node's address in them or
 //! not) and for one without, and for an external IP. A new connection to
 //! the same addresses must still be translated and source-range-checked:
-//! a pod is dropped at the ranged VIP, translated at the open one, and so
-//! is the external client.
+//! a pod (also the one the host reached from the VIPs) is dropped at the
+//! ranged VIP, translated at the open one, and so is the external client.
 //!
 //! The IPv4 half runs in [`super::run_service_cases`] (its `vip-in` and
 //! `vip-out` services and [`vip_open_service`]), the IPv6 half in
@@ -202,13 +202,21 @@ fn run(net: &Net, report: &mut ServiceReport, f: &Family) -> Result<(), Conforma
     }
     // New connections to the same addresses: translated and
     // source-range-checked as before.
+    // `web-a` too, whose interface tracks the host's connections from the
+    // VIPs: their entries are no way in.
     let client = net.pod("client")?;
-    let dropped = ask_tcp(client, SocketAddr::new(f.ranged, SERVICE_PORT), SILENCE)?;
-    report.check(
-        &format!("{family} VIP as source, then a pod to a ranged VIP: dropped"),
-        dropped == Outcome::Silent,
-        format!("{dropped:?}"),
-    );
+    for name in ["client", "web-a"] {
+        let dropped = ask_tcp(
+            net.pod(name)?,
+            SocketAddr::new(f.ranged, SERVICE_PORT),
+            SILENCE,
+        )?;
+        report.check(
+            &format!("{family} VIP as source, then {name} to a ranged VIP: dropped"),
+            dropped == Outcome::Silent,
+            format!("{dropped:?}"),
+        );
+    }
     // (A dataplane may masquerade either: kube-proxy does.)
     for (who, ns) in [("a pod", client), ("the external client", &net.external)] {
         let open = ask_tcp(ns, SocketAddr::new(f.open, SERVICE_PORT), WAIT)?;
