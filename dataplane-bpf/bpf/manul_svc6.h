@@ -578,6 +578,28 @@ static __always_inline int svc6_source_allowed(const struct manul_svc_fe_value *
 	return bpf_map_lookup_elem(&manul_svc_src6, &s->sk) != 0;
 }
 
+/* svc_tracked_reply for IPv6 (s->key: the packet's tuple, whose
+ * direction it keeps). */
+static __always_inline int svc6_tracked_reply(struct __sk_buff *skb, const struct pkt *p,
+					      struct svc_nat *n, struct svc6_scratch *s)
+{
+	__u8 dir = s->key.dir;
+	struct manul_nat6_value *nv;
+
+	if (tcp_syn_only(p))
+		return 0;
+	s->key.dir = MANUL_NAT_HOST_REV;
+	nv = bpf_map_lookup_elem(&manul_nat6, &s->key);
+	s->key.dir = dir;
+	if (nv) {
+		n->after = SVC_HOST_REV;
+		addr6_copy(s->frontend, nv->addr);
+		n->port = nv->port;
+		return 1;
+	}
+	return ct_reply(skb, p);
+}
+
 /* svc6_in's answers besides -1 and a TC verdict: refuse the packet
  * (svc6_refuse), pick a new connection's backend (svc6_new), translate
  * to the connection's backend in s->be (svc6_translate). svc_in calls
@@ -635,15 +657,23 @@ static __attribute__((noinline)) int svc6_in(struct __sk_buff *skb, struct pkt *
 	fe = bpf_map_lookup_elem(&manul_svc_fe6, &s->fk);
 	s->fk.port = p->dport;
 	s->fk.proto = p->proto;
+	/* As IPv4's: a pod's packet to a frontend address is first the
+	 * reply of a connection the node tracks from that address, wherever
+	 * it would otherwise be dropped, refused or taken as new. */
 	if (fe) {
 		if (!svc6_source_allowed(fe, p, s)) {
+			if (!host && svc6_tracked_reply(skb, p, n, s))
+				return -1;
 			count(MANUL_CNT_SVC_SOURCE_DENIED);
 			return TC_ACT_SHOT;
 		}
 		reject_unknown = fe->flags & MANUL_SVC_FE_REJECT_UNKNOWN;
 		fe = bpf_map_lookup_elem(&manul_svc_fe6, &s->fk);
 		if (!fe) {
-			/* A cluster IP's port or protocol no service has. */
+			/* Not a port of the frontend's (a reply?), or a
+			 * cluster IP's port or protocol no service has. */
+			if (!host && svc6_tracked_reply(skb, p, n, s))
+				return -1;
 			if (!reject_unknown)
 				return -1;
 			count(MANUL_CNT_SVC_REJECT);
@@ -677,9 +707,10 @@ static __attribute__((noinline)) int svc6_in(struct __sk_buff *skb, struct pkt *
 		count(MANUL_CNT_SVC_RESET);
 		return SVC6_REFUSE;
 	}
-	/* A reset-marked entry met by a SYN: a new connection replaces it. */
+	/* A reset-marked entry met by a SYN: a new connection replaces it,
+	 * unless the packet is the reply of a connection the node tracks. */
 	if (!nv || (nv->flags & MANUL_NAT_RESET) || !nat_current(nv->last_seen_ns, p, now))
-		return SVC6_NEW;
+		return !host && svc6_tracked_reply(skb, p, n, s) ? -1 : SVC6_NEW;
 	nv->last_seen_ns = now;
 	/* The connection's forward entry (its backend, the masquerade it
 	 * has). */

@@ -67,6 +67,29 @@ static __always_inline void svc_host_reply(struct manul_nat_key *key, struct svc
 	n->port = nv->port;
 }
 
+/* A pod's packet to a frontend address that would be dropped, refused
+ * or taken as a new connection to it: first, as conntrack finds a
+ * packet's connection before any DNAT, is it the reply of one the node
+ * tracks from that address (a VIP or external IP assigned on the node, a
+ * host process's source)? Its connection to a service (the reply gets
+ * the frontend back: SVC_HOST_REV in n->after), or to the pod itself (the
+ * pod's interface allowed it: the reply goes as it is). 1 when it is;
+ * `key` (the packet's tuple) keeps its direction. New connections to the
+ * address are judged as before: only a connection opened toward the pod
+ * has such entries, and TCP's SYN without ACK, which opens one, is never
+ * a reply (nor pays the two lookups). */
+static __always_inline int svc_tracked_reply(struct __sk_buff *skb, const struct pkt *p,
+					     struct manul_nat_key *key, struct svc_nat *n)
+{
+	__u8 dir = key->dir;
+
+	if (tcp_syn_only(p))
+		return 0;
+	svc_host_reply(key, n);
+	key->dir = dir;
+	return n->after || ct_reply(skb, p);
+}
+
 /* Hands a packet for the host (a reply, a refusal) in through the
  * device's ingress, addressed to the device's MAC, so the host takes it
  * as its own and from the interface its route to the cluster IP names. */

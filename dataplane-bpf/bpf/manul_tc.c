@@ -205,6 +205,15 @@ struct {
 	__type(value, struct manul_ct_value);
 } manul_ct_scratch SEC(".maps");
 
+/* Per-CPU scratch for a conntrack key looked up beside handle()'s own
+ * (ct_reply). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct manul_ct_key);
+} manul_ct_key_scratch SEC(".maps");
+
 /* Per-CPU scratch for a manul_src lookup key. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -599,6 +608,25 @@ static __always_inline int ct_key(struct manul_ct_key *k, __u32 ifindex, const s
 		k->port_b = p->sport;
 	}
 	return src_first;
+}
+
+/* Whether the packet (either family) goes the reply way of a connection
+ * its interface's conntrack allowed: one its other side opened. Conntrack before any translation, as netfilter's: a pod's
+ * packet to a frontend address may be the reply of a host process's
+ * connection from that address (a VIP assigned on the node) to the pod. */
+static __attribute__((noinline)) int ct_reply(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u32 zero = 0;
+	struct manul_ct_key *k = bpf_map_lookup_elem(&manul_ct_key_scratch, &zero);
+	struct manul_ct_value *ct;
+	int fwd;
+
+	if (!k || !skb || !p)
+		return 0;
+	__builtin_memset(k, 0, sizeof(*k));
+	fwd = ct_key(k, skb->ifindex, p);
+	ct = bpf_map_lookup_elem(&manul_ct, k);
+	return ct && ct->state == MANUL_CT_ALLOWED && fwd != ct->orig_is_a;
 }
 
 static __always_inline __u8 tcp_bits(const struct pkt *p, int fwd)
@@ -1383,15 +1411,10 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 	fe = bpf_map_lookup_elem(&manul_svc_fe, &fk);
 	fk.port = p->dport;
 	fk.proto = p->proto;
-	/* A pod's packet to no service, or to a load-balancer address with
-	 * source ranges (a host process's connection from a VIP assigned on
-	 * the node, which its ranges allow: the reply is to that address):
-	 * a reply to a host process? */
-	if (!host && (!fe || (fe->flags & MANUL_SVC_FE_SOURCE_RANGES))) {
-		svc_host_reply(&key, n);
-		if (n->after)
-			return -1;
-	}
+	/* A pod's packet to a frontend address is first the reply of a
+	 * connection the node tracks from that address (svc_tracked_reply),
+	 * wherever it would otherwise be dropped, refused or taken as a new
+	 * connection: an established connection's packets pay nothing. */
 	if (fe) {
 		if (fe->flags & MANUL_SVC_FE_SOURCE_RANGES) {
 			struct manul_svc_src_key sk = {
@@ -1400,6 +1423,8 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 			};
 
 			if (!bpf_map_lookup_elem(&manul_svc_src, &sk)) {
+				if (!host && svc_tracked_reply(skb, p, &key, n))
+					return -1;
 				count(MANUL_CNT_SVC_SOURCE_DENIED);
 				return TC_ACT_SHOT;
 			}
@@ -1408,13 +1433,23 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 		fk.addr = dst;
 		fe = bpf_map_lookup_elem(&manul_svc_fe, &fk);
 		if (!fe) {
-			/* A cluster IP's port or protocol no service has. */
+			/* Not a port of the frontend's (the reply of a
+			 * host process's connection from a VIP?), or a
+			 * cluster IP's port or protocol no service has. */
+			if (!host && svc_tracked_reply(skb, p, &key, n))
+				return -1;
 			if (!reject_unknown)
 				return -1;
 			count(MANUL_CNT_SVC_REJECT);
 			return reject(skb, p, host);
 		}
 	} else {
+		/* A pod's packet to no service: a reply to a host process? */
+		if (!host) {
+			svc_host_reply(&key, n);
+			if (n->after)
+				return -1;
+		}
 		/* A node port, on the node's own addresses only (a pod's
 		 * too: kube-proxy translates them in prerouting). */
 		fk.addr = 0;
@@ -1441,8 +1476,13 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 		/* Built in per-CPU scratch: the stack is the verifier's
 		 * scarcest resource here. */
 		__u32 slot = 0;
-		struct manul_nat_value *v = bpf_map_lookup_elem(&manul_nat_scratch, &slot);
+		struct manul_nat_value *v;
 
+		/* No connection of the frontend's: the reply of one the
+		 * node tracks, before a new one? */
+		if (!host && svc_tracked_reply(skb, p, &key, n))
+			return -1;
+		v = bpf_map_lookup_elem(&manul_nat_scratch, &slot);
 		if (!v)
 			return TC_ACT_SHOT;
 		/* From inside the cluster (a pod here, the node itself) to

@@ -55,6 +55,12 @@
 //!   the node's own address ([`NODE_IP`], sent as this node's address with
 //!   [`Operation::NodeAddresses`]) answers it, as kube-proxy allows, the
 //!   other drops it;
+//! - `VIP as source` (`services/vip_source.rs`): a host process bound to
+//!   a frontend address assigned on the node (`vip-in`'s, `vip-out`'s,
+//!   and `vip-open`'s load-balancer IP without ranges and external IP)
+//!   reaches a ClusterIP and a pod directly over TCP and UDP, the replies
+//!   being addressed to that frontend; new connections to the same
+//!   addresses are still dropped by the ranges or translated;
 //! - then incremental changes (`update`, `remove`: one service's backends
 //!   change, another service goes; `node address`: the node's address
 //!   leaves the ranges, and its VIP is dropped) and a driver restart with the whole
@@ -68,7 +74,8 @@
 //! hook translates for them): an IPv6 ClusterIP over TCP and UDP, an IPv6
 //! port without backends refused at once (TCP and UDP), the service's
 //! external IP of each family, and its node port on the node's own IPv6
-//! address.
+//! address; and `VIP as source` over IPv6 (a load-balancer IP with
+//! ranges and one without).
 //!
 //! [`run_contested_cases`] is a third call, in its own namespaces:
 //! services contesting an external IP and a node port under different
@@ -120,6 +127,7 @@ use crate::{ConformanceError, DriverThread, Factory, NodeContext};
 mod contested;
 mod flows;
 mod local_policy;
+mod vip_source;
 pub use contested::{
     PAIRS, Pair, RANGED_LB_IP, contested_operations, contested_services, run_contested_cases,
 };
@@ -132,6 +140,10 @@ pub use local_policy::{
     EXTERNAL_ELSEWHERE_NODE_PORT, EXTERNAL_SPLIT_EXT_IP, EXTERNAL_SPLIT_IP, EXTERNAL_SPLIT_LB_IP,
     EXTERNAL_SPLIT_NODE_PORT, INTERNAL_ELSEWHERE_IP, INTERNAL_LOCAL_IP, INTERNAL_NONE_IP,
     local_policy_operations, local_policy_services, run_local_policy_cases,
+};
+pub use vip_source::{
+    VIP_OPEN_CLUSTER_IP, VIP_OPEN_EXT_IP, VIP_OPEN_IP, VIP6_OPEN_CLUSTER_IP, VIP6_OPEN_IP,
+    VIP6_RANGED_CLUSTER_IP, VIP6_RANGED_IP, vip_open_service, vip6_services,
 };
 
 /// The Kubernetes namespace of every pod and service.
@@ -340,6 +352,7 @@ pub fn services() -> Vec<Service> {
             VIP_OUT_IP,
             vec![host(EXTERNAL_IP)],
         ),
+        vip_open_service(),
     ]
 }
 
@@ -471,7 +484,9 @@ pub fn dual_stack_services() -> Vec<Service> {
         }])],
     );
     dns.cluster_ips = vec![IpAddr::V6(UDP_IP6)];
-    vec![dual, empty, hairpin, dns]
+    let mut all = vec![dual, empty, hairpin, dns];
+    all.extend(vip6_services());
+    all
 }
 
 /// Everything the dual-stack cases program, ending with
@@ -545,9 +560,24 @@ pub fn ask_tcp(
     dst: SocketAddr,
     timeout: Duration,
 ) -> Result<Outcome, ConformanceError> {
+    ask_tcp_from(ns, None, dst, timeout)
+}
+
+/// [`ask_tcp`] from the source address `from` (bound before connecting)
+/// when given.
+pub fn ask_tcp_from(
+    ns: &NetNs,
+    from: Option<IpAddr>,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<Outcome, ConformanceError> {
     ns.run(move || {
         let started = Instant::now();
-        let mut stream = match TcpStream::connect_timeout(&dst, timeout) {
+        let connected = match from {
+            None => TcpStream::connect_timeout(&dst, timeout),
+            Some(src) => connect_from(src, dst, timeout),
+        };
+        let mut stream = match connected {
             Ok(s) => s,
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                 return Outcome::Refused(started.elapsed());
@@ -567,9 +597,31 @@ pub fn ask_tcp(
     .map_err(setup("tcp probe"))
 }
 
+/// A TCP socket bound to `src` (any port) connected to `dst`.
+fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(dst),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.bind(&SocketAddr::new(src, 0).into())?;
+    socket.connect_timeout(&dst.into(), timeout)?;
+    Ok(socket.into())
+}
+
 /// A UDP datagram from `ns` to `dst` and its answer.
 pub fn ask_udp(
     ns: &NetNs,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<Outcome, ConformanceError> {
+    ask_udp_from(ns, None, dst, timeout)
+}
+
+/// [`ask_udp`] from the source address `from` when given.
+pub fn ask_udp_from(
+    ns: &NetNs,
+    from: Option<IpAddr>,
     dst: SocketAddr,
     timeout: Duration,
 ) -> Result<Outcome, ConformanceError> {
@@ -580,7 +632,7 @@ pub fn ask_udp(
         } else {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         };
-        let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
+        let socket = UdpSocket::bind(SocketAddr::new(from.unwrap_or(any), 0))?;
         // Connect-time load balancing refuses at connect.
         match socket.connect(dst) {
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
@@ -1092,7 +1144,7 @@ fn run_cases(net: &Net, report: &mut ServiceReport) -> Result<(), ConformanceErr
         other == Outcome::Silent,
         format!("{other:?}"),
     );
-    Ok(())
+    vip_source::run_v4(net, report)
 }
 
 /// The dual-stack cases, in their own namespaces (pods with an IPv4 and
@@ -1168,6 +1220,7 @@ pub fn run_dual_stack_cases(
         format!("{hairpin:?}"),
     );
     run_dual_stack_host_cases(&net, &mut report)?;
+    vip_source::run_v6(&net, &mut report)?;
     finish(report)
 }
 
