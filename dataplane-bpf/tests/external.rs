@@ -416,6 +416,7 @@ fn node_addresses(nodes: &[u8]) -> Operation {
     Operation::NodeAddresses {
         addresses,
         local: Vec::new(),
+        pools: Vec::new(),
     }
 }
 

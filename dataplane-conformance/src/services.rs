@@ -349,6 +349,7 @@ pub fn node_addresses(local: Ipv4Addr) -> Operation {
     Operation::NodeAddresses {
         addresses: Vec::new(),
         local: vec![IpAddr::V4(local)],
+        pools: Vec::new(),
     }
 }
 
