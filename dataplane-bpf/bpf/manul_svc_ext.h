@@ -143,6 +143,10 @@ __attribute__((noinline)) int svc_ext_new(struct __sk_buff *skb, const struct pk
 	where = ext_route(skb, 4, p, p->src, &be->addr, be->port, &node_addr);
 	if (where < 0)
 		return -1;
+	/* A pod of another node to a backend here keeps its address: the
+	 * reply leaves through this node, whose REV entry translates it. */
+	if (where == EXT_LOCAL && (fwd->flags & MANUL_NAT_POOL))
+		return 0;
 	/* The DSR option rides on TCP's SYN and every UDP datagram, which
 	 * SCTP has no equivalent of: SCTP to another node is masqueraded
 	 * (as IPv6's is). */
