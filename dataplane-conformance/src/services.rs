@@ -130,8 +130,9 @@ pub use flows::{
 pub use local_policy::{
     EXTERNAL_ELSEWHERE_EXT_IP, EXTERNAL_ELSEWHERE_IP, EXTERNAL_ELSEWHERE_LB_IP,
     EXTERNAL_ELSEWHERE_NODE_PORT, EXTERNAL_SPLIT_EXT_IP, EXTERNAL_SPLIT_IP, EXTERNAL_SPLIT_LB_IP,
-    EXTERNAL_SPLIT_NODE_PORT, INTERNAL_ELSEWHERE_IP, INTERNAL_LOCAL_IP, INTERNAL_NONE_IP,
-    local_policy_operations, local_policy_services, run_local_policy_cases,
+    EXTERNAL_SPLIT_NODE_PORT, FAR_BACKEND_IP, INTERNAL_ELSEWHERE_IP, INTERNAL_LOCAL_IP,
+    INTERNAL_NONE_IP, POOL_LB_IP, POOL_NODE_PORT, REMOTE_POD_IP, local_policy_operations,
+    local_policy_services, run_local_policy_cases,
 };
 
 /// The Kubernetes namespace of every pod and service.
@@ -565,6 +566,43 @@ pub fn ask_tcp(
             Err(_) => Outcome::Silent,
         }
     })
+    .map_err(setup("tcp probe"))
+}
+
+/// [`ask_tcp`] from the source address `src` (one of `ns`'s own).
+pub fn ask_tcp_from(
+    ns: &NetNs,
+    src: IpAddr,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<Outcome, ConformanceError> {
+    ns.run(move || -> io::Result<Outcome> {
+        let started = Instant::now();
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(dst),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.bind(&SocketAddr::new(src, 0).into())?;
+        match socket.connect_timeout(&dst.into(), timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                return Ok(Outcome::Refused(started.elapsed()));
+            }
+            Err(_) => return Ok(Outcome::Silent),
+        }
+        let mut stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(timeout))?;
+        let mut text = String::new();
+        Ok(match stream.read_to_string(&mut text) {
+            Ok(_) => text
+                .parse()
+                .map(Outcome::Answered)
+                .unwrap_or(Outcome::Silent),
+            Err(_) => Outcome::Silent,
+        })
+    })
+    .map_err(setup("tcp probe"))?
     .map_err(setup("tcp probe"))
 }
 
