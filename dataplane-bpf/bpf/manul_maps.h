@@ -459,8 +459,9 @@ struct manul_svc_fe_value {
 #define MANUL_SVC_FE_DROP_EMPTY 0x10
 /* On a port entry of a node port, an external or a load-balancer IP under
  * externalTrafficPolicy Local: a new connection from inside the cluster
- * (a pod of this node at its interface, or the node itself: its service
- * device, loopback, its sockets under connect-time load balancing) takes
+ * (a pod of this node at its interface, the node itself: its service
+ * device, loopback, its sockets under connect-time load balancing; or a
+ * pod of another node, a manul_pool source at a host interface) takes
  * the entry's in-cluster twin instead (same key, scope
  * MANUL_SVC_FE_SCOPE_IN_CLUSTER: every ready backend, as kube-proxy's
  * short-circuit to the cluster chain); without a twin, the entry itself. */
