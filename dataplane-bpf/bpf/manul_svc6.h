@@ -509,7 +509,8 @@ static __always_inline int svc6_ext_new(struct __sk_buff *skb, const struct pkt 
 	/* A pod of another node to a backend here keeps its address. */
 	if (where == EXT_LOCAL && (s->v.flags & MANUL_NAT_POOL))
 		return 0;
-	if (ext_mode() == MANUL_EXT_DSR) {
+	/* A backend that is the client: masqueraded (see svc_ext_new). */
+	if (ext_mode() == MANUL_EXT_DSR && !addr6_eq(s->be.addr, p->src)) {
 		if (where == EXT_LOCAL)
 			return 0;
 		if (svc6_dsr_fits(skb, p, s)) {

@@ -149,8 +149,11 @@ __attribute__((noinline)) int svc_ext_new(struct __sk_buff *skb, const struct pk
 		return 0;
 	/* The DSR option rides on TCP's SYN and every UDP datagram, which
 	 * SCTP has no equivalent of: SCTP to another node is masqueraded
-	 * (as IPv6's is). */
-	if (ext_mode() == MANUL_EXT_DSR && (where == EXT_LOCAL || p->proto != IPPROTO_SCTP)) {
+	 * (as IPv6's is). So is a connection whose backend is its client
+	 * (a pod of another node reaching a node port of its own service):
+	 * a packet from its own address would not be taken in. */
+	if (ext_mode() == MANUL_EXT_DSR && (where == EXT_LOCAL || p->proto != IPPROTO_SCTP) &&
+	    be->addr != addr4(p->src)) {
 		if (where == EXT_REMOTE) {
 			/* The option goes after a plain 20-byte header. */
 			if (p->l4_off != ETH_HLEN + sizeof(struct iphdr))
