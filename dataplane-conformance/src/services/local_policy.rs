@@ -34,9 +34,10 @@
 //!   backend's address: kubernetes/kubernetes#74383; here the pod's
 //!   namespace would even drop the packet from its own address); with
 //!   every backend elsewhere it is let through (the external client is
-//!   dropped).
+//!   dropped); over IPv6 too, to a node port ([`REMOTE_POD_IP6`],
+//!   [`FAR_BACKEND_IP6`]: the topology is dual stack).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use manul_dataplane_api::{Backend, Operation, Service, ServicePort, TrafficPolicy};
@@ -77,8 +78,19 @@ pub const POOL_NODE_PORT: u16 = 30097;
 pub const REMOTE_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 68, 0, 5);
 /// A backend on another node (served in the external namespace).
 pub const FAR_BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 68, 0, 20);
+/// The same over IPv6: a `Local` service with an IPv6 cluster IP, `web-a`
+/// here and [`FAR_BACKEND_IP6`] elsewhere, and its node port.
+pub const POOL_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x65);
+pub const POOL6_NODE_PORT: u16 = 30098;
+pub const REMOTE_POD_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x68, 0, 0, 0, 0, 0, 5);
+pub const FAR_BACKEND_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x68, 0, 0, 0, 0, 0, 0x20);
 /// The cluster's IP pools: this node's pods' and the other nodes'.
-const POOLS: [&str; 2] = ["10.67.0.0/16", "10.68.0.0/16"];
+const POOLS: [&str; 4] = [
+    "10.67.0.0/16",
+    "10.68.0.0/16",
+    "fd00:67::/64",
+    "fd00:68::/64",
+];
 /// Connections per probe where a backend's absence is checked.
 const TRIES: usize = 12;
 
@@ -156,6 +168,30 @@ pub fn local_policy_services() -> Vec<Service> {
             s.ports[0].backends = vec![pod_backend("web-a", true), far];
             s
         },
+        {
+            let backend = |ip: Ipv6Addr, local: bool| Backend {
+                ip: IpAddr::V6(ip),
+                port: TCP_PORT,
+                local,
+                ready: true,
+            };
+            let here = backend(super::pod_ip6("web-a"), true);
+            let mut s = Service::cluster_ip(
+                super::NAMESPACE,
+                "etp-pool6",
+                vec![IpAddr::V6(POOL_IP6)],
+                vec![ServicePort {
+                    name: "http".into(),
+                    protocol: 6,
+                    port: SERVICE_PORT,
+                    node_port: Some(POOL6_NODE_PORT),
+                    backends: vec![here.clone(), backend(FAR_BACKEND_IP6, false)],
+                    local_backends: vec![here],
+                }],
+            );
+            s.external_traffic = TrafficPolicy::Local;
+            s
+        },
         external(
             "etp-split",
             [
@@ -171,7 +207,7 @@ pub fn local_policy_services() -> Vec<Service> {
 
 /// Everything these cases program, ending with `InSync`.
 pub fn local_policy_operations() -> Vec<Operation> {
-    let mut ops = base_operations(false);
+    let mut ops = base_operations(true);
     ops.extend(
         local_policy_services()
             .into_iter()
@@ -192,7 +228,7 @@ pub fn run_local_policy_cases(
     tag: &str,
     factory: Arc<Factory>,
 ) -> Result<ServiceReport, ConformanceError> {
-    let net = start(tag, false, factory, local_policy_operations())?;
+    let net = start(tag, true, factory, local_policy_operations())?;
     let mut report = ServiceReport::default();
     let client = net.pod("client")?;
     let mut seen = std::collections::BTreeMap::<String, usize>::new();
@@ -302,19 +338,47 @@ pub fn run_local_policy_cases(
 /// load-balancer IP (see the module's description).
 fn remote_pod(net: &super::Net, report: &mut ServiceReport) -> Result<(), ConformanceError> {
     let ext = &net.external;
-    for ip in [REMOTE_POD_IP, FAR_BACKEND_IP] {
-        let host = manul_netns::IpNet::new(IpAddr::V4(ip), 32)
+    let v4 = |a: Ipv4Addr| IpAddr::V4(a);
+    let v6 = |a: Ipv6Addr| IpAddr::V6(a);
+    for (ip, len) in [
+        (v4(REMOTE_POD_IP), 32),
+        (v4(FAR_BACKEND_IP), 32),
+        (v6(REMOTE_POD_IP6), 128),
+        (v6(FAR_BACKEND_IP6), 128),
+    ] {
+        let host = manul_netns::IpNet::new(ip, len)
             .map_err(|e| ConformanceError::Setup(format!("remote pod address: {e}")))?;
         manul_netns::add_address(ext, "eth0", host)
             .map_err(|e| ConformanceError::Setup(format!("remote pod address: {e}")))?;
     }
-    let _far = super::WhoAmI::start(ext, IpAddr::V4(FAR_BACKEND_IP))?;
-    let pod = IpAddr::V4(REMOTE_POD_IP);
-    let node = IpAddr::V4(NODE_IP);
-    let far = IpAddr::V4(FAR_BACKEND_IP);
-    for (case, dst) in [
-        ("node port", sock(NODE_IP, POOL_NODE_PORT)),
-        ("load-balancer IP", sock(POOL_LB_IP, SERVICE_PORT)),
+    let _far = super::WhoAmI::start(ext, v4(FAR_BACKEND_IP))?;
+    let _far6 = super::WhoAmI::start(ext, v6(FAR_BACKEND_IP6))?;
+    let six = std::net::SocketAddr::new(v6(super::NODE_IP6), POOL6_NODE_PORT);
+    for (case, dst, pod, node, far, here) in [
+        (
+            "node port",
+            sock(NODE_IP, POOL_NODE_PORT),
+            v4(REMOTE_POD_IP),
+            v4(NODE_IP),
+            v4(FAR_BACKEND_IP),
+            v4(pod_ip("web-a")),
+        ),
+        (
+            "load-balancer IP",
+            sock(POOL_LB_IP, SERVICE_PORT),
+            v4(REMOTE_POD_IP),
+            v4(NODE_IP),
+            v4(FAR_BACKEND_IP),
+            v4(pod_ip("web-a")),
+        ),
+        (
+            "IPv6 node port",
+            six,
+            v6(REMOTE_POD_IP6),
+            v6(super::NODE_IP6),
+            v6(FAR_BACKEND_IP6),
+            v6(super::pod_ip6("web-a")),
+        ),
     ] {
         let seen = (0..TRIES)
             .map(|_| Ok(ask_tcp_from(ext, pod, dst, WAIT)?.answer()))
@@ -322,7 +386,7 @@ fn remote_pod(net: &super::Net, report: &mut ServiceReport) -> Result<(), Confor
         let here = seen
             .iter()
             .flatten()
-            .filter(|a| backend_name(a.backend.ip()) == "web-a")
+            .filter(|a| a.backend.ip() == here)
             .collect::<Vec<_>>();
         let there = seen
             .iter()
@@ -349,6 +413,7 @@ fn remote_pod(net: &super::Net, report: &mut ServiceReport) -> Result<(), Confor
             format!("{dst} from {pod}: {far} saw {there:?} (want {node})"),
         );
     }
+    let pod = v4(REMOTE_POD_IP);
     let dst = sock(NODE_IP, EXTERNAL_ELSEWHERE_NODE_PORT);
     let got = ask_tcp_from(ext, pod, dst, WAIT)?;
     report.check(
