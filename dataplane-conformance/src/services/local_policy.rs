@@ -185,7 +185,7 @@ pub fn local_policy_services() -> Vec<Service> {
                     protocol: 6,
                     port: SERVICE_PORT,
                     node_port: Some(POOL6_NODE_PORT),
-                    backends: vec![here.clone(), backend(FAR_BACKEND_IP6, false)],
+                    backends: vec![here, backend(FAR_BACKEND_IP6, false)],
                     local_backends: vec![here],
                 }],
             );
