@@ -43,9 +43,15 @@ pub fn chain(v6: bool) -> String {
 }
 
 /// The rule of `mnl-services` sending a pool source to [`chain`] (after
-/// this node's pods and the node itself).
-pub(super) fn dispatch(v6: bool) -> String {
-    format!("{} saddr @{} jump {}", kw(v6), set(v6), chain(v6))
+/// this node's pods and the node itself). With one workload prefix (the
+/// usual case) this node's pods, whose addresses are in a pool too, do
+/// not even take the jump.
+pub(super) fn dispatch(config: &NftConfig, v6: bool) -> String {
+    let not_pod = match config.workload_prefixes.as_slice() {
+        [one] => format!("iifname != \"{one}*\" "),
+        _ => String::new(),
+    };
+    format!("{not_pod}{} saddr @{} jump {}", kw(v6), set(v6), chain(v6))
 }
 
 /// The rule of an external chain (a service with session affinity)

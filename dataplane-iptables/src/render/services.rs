@@ -162,7 +162,7 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
             f.map("svc-xnode")
         ));
         // Pods of other nodes (`service_pools`).
-        services.push(service_pools::dispatch(f.v6));
+        services.push(service_pools::dispatch(config, f.v6));
         services.push(format!(
             "{kw} daddr . meta l4proto . th dport vmap @{}",
             f.map("svc-ips")

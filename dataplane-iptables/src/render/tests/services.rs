@@ -1033,12 +1033,12 @@ fn pool_sources_reach_local_external_frontends_masqueraded_off_node() {
             .position(|r| r == t)
             .unwrap_or_else(|| panic!("{t} in {services:?}"))
     };
-    let pool = at("ip saddr @mnl-pools4 jump mnl-svc-xpool4");
+    let pool = at("iifname != \"mnl*\" ip saddr @mnl-pools4 jump mnl-svc-xpool4");
     assert!(
         at("fib saddr type local ip daddr . meta l4proto . th dport vmap @mnl-svc-xnode4") < pool
     );
     assert!(pool < at("ip daddr . meta l4proto . th dport vmap @mnl-svc-ips4"));
-    assert!(at("ip6 saddr @mnl-pools6 jump mnl-svc-xpool6") > 0);
+    assert!(at("iifname != \"mnl*\" ip6 saddr @mnl-pools6 jump mnl-svc-xpool6") > 0);
     assert_eq!(
         texts(&rs, "mnl-svc-xpool4"),
         [
@@ -1063,13 +1063,36 @@ fn pool_sources_reach_local_external_frontends_masqueraded_off_node() {
         .position(|r| r == "meta mark & 0x00080000 != 0 jump mnl-masq-off-node")
         .expect("jump");
     assert_eq!(masq[jump + 1], "meta mark & 0x00040000 == 0 return");
+    // With several workload prefixes every one of them returns in the
+    // chain (this node's pods take the jump).
+    let config = NftConfig {
+        workload_prefixes: vec!["cali".into(), "tap".into()],
+        ..NftConfig::default()
+    };
+    let rs = render_with(&state, &config);
+    assert!(
+        texts(&rs, "mnl-services")
+            .contains(&"ip saddr @mnl-pools4 jump mnl-svc-xpool4".to_string())
+    );
+    assert_eq!(
+        texts(&rs, "mnl-svc-xpool4")[..3],
+        [
+            "iifname \"cali*\" return",
+            "iifname \"tap*\" return",
+            "fib saddr type local return",
+        ]
+    );
+    assert_eq!(
+        texts(&rs, "mnl-masq-off-node")[1..3],
+        ["oifname \"cali*\" return", "oifname \"tap*\" return"]
+    );
     // Without pools the sets are empty and the rules stay (no source
     // matches them).
     let rs = render(&with(&[edge()]));
     assert!(elements(&rs, "mnl-pools4").is_empty());
     assert!(
         texts(&rs, "mnl-services")
-            .contains(&"ip saddr @mnl-pools4 jump mnl-svc-xpool4".to_string())
+            .contains(&"iifname != \"mnl*\" ip saddr @mnl-pools4 jump mnl-svc-xpool4".to_string())
     );
 }
 
