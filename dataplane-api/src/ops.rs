@@ -382,10 +382,20 @@ pub enum Operation {
     /// those given before. A load-balancer IP whose service's source
     /// ranges hold one of them (same family) is an allowed source of
     /// itself ([`Service::self_sourced_load_balancer_ips`]).
+    ///
+    /// `pools`: the CIDRs of the cluster's IP pools (every `IPPool`,
+    /// disabled ones too: their pods keep their addresses), replacing
+    /// those given before. A source in one of them is a pod of the
+    /// cluster: reaching an `externalTrafficPolicy: Local` external
+    /// frontend of this node it gets every ready backend, as kube-proxy's
+    /// `ClusterCIDR` local-traffic detection gives it
+    /// ([`Service::external_traffic`]).
     NodeAddresses {
         addresses: Vec<IpAddr>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         local: Vec<IpAddr>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pools: Vec<IpNet>,
     },
     /// Felix has the whole cluster state: the driver may now remove what it
     /// found from an earlier run and was not told about again.

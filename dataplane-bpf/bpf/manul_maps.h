@@ -459,8 +459,9 @@ struct manul_svc_fe_value {
 #define MANUL_SVC_FE_DROP_EMPTY 0x10
 /* On a port entry of a node port, an external or a load-balancer IP under
  * externalTrafficPolicy Local: a new connection from inside the cluster
- * (a pod of this node at its interface, or the node itself: its service
- * device, loopback, its sockets under connect-time load balancing) takes
+ * (a pod of this node at its interface, the node itself: its service
+ * device, loopback, its sockets under connect-time load balancing; or a
+ * pod of another node, a manul_pool source at a host interface) takes
  * the entry's in-cluster twin instead (same key, scope
  * MANUL_SVC_FE_SCOPE_IN_CLUSTER: every ready backend, as kube-proxy's
  * short-circuit to the cluster chain); without a twin, the entry itself. */
@@ -468,6 +469,26 @@ struct manul_svc_fe_value {
 
 /* manul_svc_fe_key.scope */
 #define MANUL_SVC_FE_SCOPE_IN_CLUSTER 1
+
+/* manul_pool (LPM trie): the cluster's IP pools (every IPPool's CIDR) ->
+ * 1. IPv6 prefixes as they are, IPv4 ones IPv4-mapped (::ffff:a.b.c.d,
+ * prefixlen 96 + the pool's length). A new connection arriving at a host
+ * interface from a source in a pool (a pod of another node) to a port
+ * entry with MANUL_SVC_FE_IN_CLUSTER is from inside the cluster too, as
+ * kube-proxy's ClusterCIDR local-traffic detection has it: it takes the
+ * in-cluster twin, keeps its address to a backend on this node and is
+ * sent to one elsewhere as externalTrafficPolicy Cluster's traffic is
+ * (masqueraded, or DSR), so the reply comes back through this node
+ * (MANUL_NAT_POOL). Written by the driver from the desired state's pools:
+ * map data, no program reload. */
+struct manul_pool_data {
+	__u8 addr[16];
+};
+
+struct manul_pool_key {
+	__u32 prefixlen;
+	struct manul_pool_data data;
+};
 
 /* manul_svc_src (LPM trie): (load-balancer address, client prefix) -> 1:
  * the address's loadBalancerSourceRanges (IPv4). The address is always
@@ -535,6 +556,11 @@ enum manul_nat_dir {
  * TCP's SYN, every UDP datagram); REV: written by the backend's node from
  * that option. */
 #define MANUL_NAT_DSR 0x08
+/* FWD: a new connection from a pod of another node (a source in
+ * manul_pool, arriving at a host interface) to a Local external frontend:
+ * not masqueraded to a backend on this node (the reply leaves through
+ * this node anyway), masqueraded or sent with DSR to one elsewhere. */
+#define MANUL_NAT_POOL 0x10
 /* FWD: a connection of a host-networked process, sent through the host's
  * service device; its reverse entry is MANUL_NAT_HOST_REV. */
 #define MANUL_NAT_FROM_HOST 0x80

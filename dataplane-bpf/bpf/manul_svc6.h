@@ -506,7 +506,11 @@ static __always_inline int svc6_ext_new(struct __sk_buff *skb, const struct pkt 
 
 	if (where < 0)
 		return -1;
-	if (ext_mode() == MANUL_EXT_DSR) {
+	/* A pod of another node to a backend here keeps its address. */
+	if (where == EXT_LOCAL && (s->v.flags & MANUL_NAT_POOL))
+		return 0;
+	/* A backend that is the client: masqueraded (see svc_ext_new). */
+	if (ext_mode() == MANUL_EXT_DSR && !addr6_eq(s->be.addr, p->src)) {
 		if (where == EXT_LOCAL)
 			return 0;
 		if (svc6_dsr_fits(skb, p, s)) {
@@ -728,7 +732,7 @@ static __attribute__((noinline)) int svc6_new(struct __sk_buff *skb, struct pkt 
 {
 	struct svc6_scratch *s = svc6_scratch();
 	struct manul_svc_fe_value *fe;
-	int hairpin;
+	int hairpin, pool;
 
 	if (!s || !p)
 		return TC_ACT_SHOT;
@@ -737,7 +741,8 @@ static __attribute__((noinline)) int svc6_new(struct __sk_buff *skb, struct pkt 
 		return TC_ACT_SHOT;
 	/* From inside the cluster to a Local external frontend: its
 	 * in-cluster twin (every ready backend), as IPv4's svc_in. */
-	if (host != 1 && (fe->flags & MANUL_SVC_FE_IN_CLUSTER)) {
+	pool = 0;
+	if ((fe->flags & MANUL_SVC_FE_IN_CLUSTER) && (host != 1 || from_pool(p))) {
 		struct manul_svc_fe_value *in;
 
 		s->fk.scope = MANUL_SVC_FE_SCOPE_IN_CLUSTER;
@@ -745,6 +750,7 @@ static __attribute__((noinline)) int svc6_new(struct __sk_buff *skb, struct pkt 
 		s->fk.scope = 0;
 		if (in)
 			fe = in;
+		pool = host == 1;
 	}
 	if (svc6_pick(fe, p, s, now)) {
 		if (fe->flags & MANUL_SVC_FE_DROP_EMPTY) {
@@ -763,11 +769,15 @@ static __attribute__((noinline)) int svc6_new(struct __sk_buff *skb, struct pkt 
 	s->v.flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
 	if (host == SVC_FROM_HOST)
 		s->v.flags = MANUL_NAT_FROM_HOST;
+	if (pool)
+		s->v.flags = MANUL_NAT_POOL;
 	addr6_copy(s->v.addr, s->be.addr);
 	s->v.port = s->be.port;
 	/* A host process's connection is not masqueraded: its source is
-	 * the node's already (its reply comes back through HOST_REV). */
-	if (host == 1 && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER) && svc6_ext_new(skb, p, s, now))
+	 * the node's already (its reply comes back through HOST_REV). A pod
+	 * of another node: as Cluster's, to a backend elsewhere only. */
+	if (host == 1 && ((fe->flags & MANUL_SVC_FE_EXT_CLUSTER) || pool) &&
+	    svc6_ext_new(skb, p, s, now))
 		return TC_ACT_SHOT;
 	if (bpf_map_update_elem(&manul_nat6, &s->key, &s->v, BPF_ANY))
 		return TC_ACT_SHOT;

@@ -143,10 +143,17 @@ __attribute__((noinline)) int svc_ext_new(struct __sk_buff *skb, const struct pk
 	where = ext_route(skb, 4, p, p->src, &be->addr, be->port, &node_addr);
 	if (where < 0)
 		return -1;
+	/* A pod of another node to a backend here keeps its address: the
+	 * reply leaves through this node, whose REV entry translates it. */
+	if (where == EXT_LOCAL && (fwd->flags & MANUL_NAT_POOL))
+		return 0;
 	/* The DSR option rides on TCP's SYN and every UDP datagram, which
 	 * SCTP has no equivalent of: SCTP to another node is masqueraded
-	 * (as IPv6's is). */
-	if (ext_mode() == MANUL_EXT_DSR && (where == EXT_LOCAL || p->proto != IPPROTO_SCTP)) {
+	 * (as IPv6's is). So is a connection whose backend is its client
+	 * (a pod of another node reaching a node port of its own service):
+	 * a packet from its own address would not be taken in. */
+	if (ext_mode() == MANUL_EXT_DSR && (where == EXT_LOCAL || p->proto != IPPROTO_SCTP) &&
+	    be->addr != addr4(p->src)) {
 		if (where == EXT_REMOTE) {
 			/* The option goes after a plain 20-byte header. */
 			if (p->l4_off != ETH_HLEN + sizeof(struct iphdr))

@@ -1350,6 +1350,7 @@ static __always_inline int svc_pick(const struct manul_svc_fe_value *fe, const s
 }
 
 #include "manul_dsr_trust.h"
+#include "manul_pool.h"
 #include "manul_svc_ext.h"
 #include "manul_svc6.h"
 #include "manul_svc_host.h"
@@ -1485,17 +1486,20 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 		v = bpf_map_lookup_elem(&manul_nat_scratch, &slot);
 		if (!v)
 			return TC_ACT_SHOT;
-		/* From inside the cluster (a pod here, the node itself) to
-		 * a Local external frontend: every ready backend. */
-		if (host != 1 && (fe->flags & MANUL_SVC_FE_IN_CLUSTER)) {
+		__builtin_memset(v, 0, sizeof(*v));
+		/* From inside the cluster (a pod here, the node itself, a
+		 * pod of another node at a host interface) to a Local
+		 * external frontend: every ready backend. */
+		if ((fe->flags & MANUL_SVC_FE_IN_CLUSTER) && (host != 1 || from_pool(p))) {
 			struct manul_svc_fe_value *in;
 
 			fk.scope = MANUL_SVC_FE_SCOPE_IN_CLUSTER;
 			in = bpf_map_lookup_elem(&manul_svc_fe, &fk);
 			if (in)
 				fe = in;
+			if (host == 1)
+				v->flags = MANUL_NAT_POOL;
 		}
-		__builtin_memset(v, 0, sizeof(*v));
 		v->created_ns = now;
 		v->last_seen_ns = now;
 		v->id = fe->id;
@@ -1510,14 +1514,18 @@ static __always_inline int svc_in(struct __sk_buff *skb, struct pkt *p, struct s
 			return reject(skb, p, host);
 		}
 		hairpin = !host && be.addr == src;
-		v->flags = hairpin ? MANUL_NAT_HAIRPIN : 0;
+		if (hairpin)
+			v->flags = MANUL_NAT_HAIRPIN;
 		if (host == SVC_FROM_HOST)
 			v->flags = MANUL_NAT_FROM_HOST;
 		v->addr = be.addr;
 		v->port = be.port;
 		/* A host process's own node port: not masqueraded (it is the
-		 * node already; its reply comes back through HOST_REV). */
-		if (host == 1 && (fe->flags & MANUL_SVC_FE_EXT_CLUSTER) &&
+		 * node already; its reply comes back through HOST_REV). A pod
+		 * of another node: as Cluster's, but to a backend elsewhere
+		 * only. */
+		if (host == 1 &&
+		    ((fe->flags & MANUL_SVC_FE_EXT_CLUSTER) || (v->flags & MANUL_NAT_POOL)) &&
 		    svc_ext_new(skb, p, &be, v, now))
 			return TC_ACT_SHOT;
 		if (bpf_map_update_elem(&manul_nat, &key, v, BPF_ANY))

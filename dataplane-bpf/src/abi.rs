@@ -65,6 +65,8 @@ unsafe impl aya::Pod for manul_svc_aff_key {}
 unsafe impl aya::Pod for manul_svc_aff_value {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_svc_src_data {}
+// SAFETY: as above (16 plain bytes).
+unsafe impl aya::Pod for manul_pool_data {}
 // SAFETY: as above.
 unsafe impl aya::Pod for manul_svc_src6_data {}
 // SAFETY: as above.

@@ -104,6 +104,7 @@ fn other_node() -> Operation {
     Operation::NodeAddresses {
         addresses: vec![OTHER.into(), OTHER4.into()],
         local: Vec::new(),
+        pools: Vec::new(),
     }
 }
 
@@ -430,6 +431,7 @@ fn the_backends_node_drops_a_frontend_no_node_sends() {
         d.apply(&[Operation::NodeAddresses {
             addresses: vec![OTHER4.into()],
             local: Vec::new(),
+            pools: Vec::new(),
         }])
         .expect("apply");
         assert_eq!(d.dsr_nodes(), [OTHER4.into()].into_iter().collect());

@@ -22,6 +22,12 @@
 //! needs no SCTP stack): `Local` kept, `Cluster` masqueraded to a backend
 //! on another port (in DSR mode too: no SCTP packet carries the DSR
 //! option or header), every packet with a valid CRC32c where it arrives.
+//! A pod of node 2 reaching node 1's `Local` node port (a source in the
+//! cluster's IP pools: from inside the cluster) gets both backends, both
+//! families, in both modes: node 1's sees the pod's own address, node
+//! 2's (the client pod itself here) sees node 1's, masqueraded so the
+//! reply comes back through node 1 (in DSR mode too: a backend that is
+//! the client is never sent the client's own address).
 //! Every namespace and pin is removed at the end, also on failure.
 
 use std::io::{Read, Write};
@@ -76,6 +82,10 @@ const REMOTE_UDP: u16 = 30082;
 const HERE: u16 = 30083;
 /// A UDP node port picking by Maglev between both pods (`Cluster`).
 const MAGLEV: u16 = 30084;
+/// A `Local` node port with a backend on each node.
+const LOCAL_BOTH: u16 = 30085;
+/// The cluster's IP pools (both nodes' pods).
+const POOLS: [&str; 2] = ["10.70.0.0/16", "fd00:70::/32"];
 /// The client ports of the Maglev flows.
 const MAGLEV_PORTS: std::ops::Range<u16> = 21_000..21_060;
 const WAIT: Duration = Duration::from_secs(2);
@@ -274,6 +284,25 @@ fn load_balancer(name: &str, cluster_ip: Ipv4Addr, lb: Ipv6Addr, ranges: &str, n
     svc
 }
 
+/// A `Local` TCP node port to both pods, on node `n`.
+fn local_both(n: u8) -> Service {
+    let mut svc = node_port(
+        "local-both",
+        Ipv4Addr::new(10, 96, 0, 10),
+        6,
+        LOCAL_BOTH,
+        TrafficPolicy::Local,
+        POD2,
+        n == 2,
+    );
+    let pod1 = node_port("", POD1, 6, 0, TrafficPolicy::Local, POD1, n == 1);
+    for (p, q) in svc.ports.iter_mut().zip(pod1.ports) {
+        p.backends.extend(q.backends);
+        p.local_backends.extend(q.local_backends);
+    }
+    svc
+}
+
 /// A UDP node port to both pods that picks by Maglev.
 fn maglev_service(n: u8) -> Service {
     let mut svc = node_port(
@@ -366,6 +395,7 @@ fn operations(n: u8, pod_if: &str, pod: Ipv4Addr) -> Vec<Operation> {
             on(POD1),
         )),
         Operation::ServiceUpdate(maglev_service(n)),
+        Operation::ServiceUpdate(local_both(n)),
         // The client's /120 is allowed at one address, and only a
         // range without it at the other.
         Operation::ServiceUpdate(load_balancer(
@@ -400,6 +430,7 @@ fn node_addresses(nodes: &[u8]) -> Operation {
     Operation::NodeAddresses {
         addresses,
         local: Vec::new(),
+        pools: POOLS.iter().map(|p| p.parse().unwrap()).collect(),
     }
 }
 
@@ -568,6 +599,28 @@ fn local_policy_checks(c: &Cluster) {
             assert_eq!(peer, client, "Local keeps the client's address");
             assert_eq!(backend, SocketAddr::new(pod2, TCP_PORT));
         }
+    }
+    pool_checks(c);
+}
+
+/// A pod of node 2 reaching node 1's `Local` node port: both backends;
+/// node 1's sees the pod, node 2's (the pod itself) node 1's address.
+fn pool_checks(c: &Cluster) {
+    for (node1, pod1, pod2) in [
+        (IpAddr::V4(NODE1), IpAddr::V4(POD1), IpAddr::V4(POD2)),
+        (IpAddr::V6(NODE1_6), IpAddr::V6(POD1_6), IpAddr::V6(POD2_6)),
+    ] {
+        let dst = SocketAddr::new(node1, LOCAL_BOTH);
+        let mut backends = std::collections::BTreeSet::new();
+        for _ in 0..16 {
+            let p = tcp_peer(c.ns(P2), dst, WAIT).unwrap();
+            assert_eq!(p.outcome, ProbeOutcome::Connected, "pod 2 to {dst}");
+            let (peer, backend) = p.seen.expect("the server answered");
+            let want = if backend.ip() == pod1 { pod2 } else { node1 };
+            assert_eq!(peer.ip(), want, "pod 2 to {dst}, answered by {backend}");
+            backends.insert(backend.ip());
+        }
+        assert_eq!(backends, [pod1, pod2].into_iter().collect(), "{dst}");
     }
 }
 

@@ -138,7 +138,8 @@ pub use flows::{
 pub use local_policy::{
     EXTERNAL_ELSEWHERE_EXT_IP, EXTERNAL_ELSEWHERE_IP, EXTERNAL_ELSEWHERE_LB_IP,
     EXTERNAL_ELSEWHERE_NODE_PORT, EXTERNAL_SPLIT_EXT_IP, EXTERNAL_SPLIT_IP, EXTERNAL_SPLIT_LB_IP,
-    EXTERNAL_SPLIT_NODE_PORT, INTERNAL_ELSEWHERE_IP, INTERNAL_LOCAL_IP, INTERNAL_NONE_IP,
+    EXTERNAL_SPLIT_NODE_PORT, FAR_BACKEND_IP, INTERNAL_ELSEWHERE_IP, INTERNAL_LOCAL_IP,
+    INTERNAL_NONE_IP, POOL_LB_IP, POOL_NODE_PORT, POOL6_NODE_PORT, REMOTE_POD_IP, REMOTE_POD_IP6,
     local_policy_operations, local_policy_services, run_local_policy_cases,
 };
 pub use vip_source::{
@@ -362,6 +363,7 @@ pub fn node_addresses(local: Ipv4Addr) -> Operation {
     Operation::NodeAddresses {
         addresses: Vec::new(),
         local: vec![IpAddr::V4(local)],
+        pools: Vec::new(),
     }
 }
 

@@ -15,6 +15,12 @@ pub const MARK_PASS: u32 = 0x0002_0000;
 /// `mark-for-masquerade`, on a bit of its own).
 pub const MARK_MASQ: u32 = 0x0004_0000;
 
+/// Mark bit of a packet to masquerade in postrouting only when it leaves
+/// through no workload interface: a pod of another node reaching an
+/// `externalTrafficPolicy: Local` external frontend (a backend here sees
+/// the pod; one elsewhere sees this node, so its reply comes back here).
+pub const MARK_MASQ_OFF_NODE: u32 = 0x0008_0000;
+
 /// Longest name this driver uses (the kernel allows 255 bytes).
 const MAX_NAME: usize = 200;
 

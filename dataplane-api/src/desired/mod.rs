@@ -82,6 +82,9 @@ pub struct DesiredState {
     /// This node's own addresses (`local` of [`Operation::NodeAddresses`]).
     #[serde(default)]
     pub local_addresses: BTreeSet<IpAddr>,
+    /// The cluster's IP pools (`pools` of [`Operation::NodeAddresses`]).
+    #[serde(default)]
+    pub pools: BTreeSet<ipnet::IpNet>,
     pub in_sync: bool,
 }
 
@@ -137,10 +140,14 @@ impl DesiredState {
                 .values()
                 .map(|svc| Operation::ServiceUpdate(svc.clone())),
         );
-        if !self.node_addresses.is_empty() || !self.local_addresses.is_empty() {
+        if !self.node_addresses.is_empty()
+            || !self.local_addresses.is_empty()
+            || !self.pools.is_empty()
+        {
             ops.push(Operation::NodeAddresses {
                 addresses: self.node_addresses.iter().copied().collect(),
                 local: self.local_addresses.iter().copied().collect(),
+                pools: self.pools.iter().copied().collect(),
             });
         }
         if self.in_sync {

@@ -271,6 +271,7 @@ impl NullDriver {
         &mut self,
         addresses: &[std::net::IpAddr],
         local: &[std::net::IpAddr],
+        pools: &[ipnet::IpNet],
         undo: &mut Vec<Undo>,
     ) -> Applied {
         if self.stale.remove(&Item::NodeAddresses) {
@@ -284,7 +285,8 @@ impl NullDriver {
             &mut self.state.local_addresses,
             local.iter().copied().collect(),
         );
-        undo.push(Undo::NodeAddresses(old, old_local));
+        let old_pools = std::mem::replace(&mut self.state.pools, pools.iter().copied().collect());
+        undo.push(Undo::NodeAddresses(old, old_local, old_pools));
         Ok(())
     }
 

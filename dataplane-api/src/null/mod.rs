@@ -219,9 +219,11 @@ impl NullDriver {
             Operation::ServiceRemove { namespace, name } => {
                 self.service_remove(namespace, name, undo)
             }
-            Operation::NodeAddresses { addresses, local } => {
-                self.node_addresses_op(addresses, local, undo)
-            }
+            Operation::NodeAddresses {
+                addresses,
+                local,
+                pools,
+            } => self.node_addresses_op(addresses, local, pools, undo),
             Operation::InSync => self.in_sync_op(undo),
         }
     }

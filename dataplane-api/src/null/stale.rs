@@ -38,8 +38,10 @@ impl NullDriver {
             .chain(s.profiles.keys().cloned().map(Item::Profile))
             .chain(s.ip_sets.keys().cloned().map(Item::IpSet))
             .chain(
-                (!s.node_addresses.is_empty() || !s.local_addresses.is_empty())
-                    .then_some(Item::NodeAddresses),
+                (!s.node_addresses.is_empty()
+                    || !s.local_addresses.is_empty()
+                    || !s.pools.is_empty())
+                .then_some(Item::NodeAddresses),
             )
             .collect();
         self.state.in_sync = false;
@@ -100,7 +102,8 @@ impl NullDriver {
                 Item::NodeAddresses => {
                     let old = std::mem::take(&mut self.state.node_addresses);
                     let local = std::mem::take(&mut self.state.local_addresses);
-                    undo.push(Undo::NodeAddresses(old, local));
+                    let pools = std::mem::take(&mut self.state.pools);
+                    undo.push(Undo::NodeAddresses(old, local, pools));
                 }
             }
         }

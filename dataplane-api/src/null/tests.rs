@@ -26,7 +26,11 @@ fn rejected(driver: &mut NullDriver, batch: &[Operation]) -> (usize, ContractVio
         + before.workload_endpoints.len()
         + before.host_endpoints.len()
         + before.services.len()
-        + usize::from(!before.node_addresses.is_empty() || !before.local_addresses.is_empty());
+        + usize::from(
+            !before.node_addresses.is_empty()
+                || !before.local_addresses.is_empty()
+                || !before.pools.is_empty(),
+        );
     assert_eq!(driver.stale_count(), items, "everything is stale");
     let message = error.to_string();
     match error {
@@ -855,6 +859,7 @@ fn node_addresses_are_replaced_restored_on_refusal_and_swept_when_not_sent_again
     let nodes = |addresses: &[IpAddr]| Operation::NodeAddresses {
         addresses: addresses.to_vec(),
         local: Vec::new(),
+        pools: Vec::new(),
     };
     let mut driver = NullDriver::new();
     driver.apply(&[nodes(&[a, b])]).expect("apply");
@@ -895,6 +900,7 @@ fn this_nodes_addresses_are_replaced_restored_on_refusal_resent_and_swept() {
     let nodes = |addresses: &[IpAddr], local: &[IpAddr]| Operation::NodeAddresses {
         addresses: addresses.to_vec(),
         local: local.to_vec(),
+        pools: Vec::new(),
     };
     let mut driver = NullDriver::new();
     driver.apply(&[nodes(&[other], &[own])]).expect("apply");
@@ -925,4 +931,37 @@ fn this_nodes_addresses_are_replaced_restored_on_refusal_resent_and_swept() {
         restarted.state().local_addresses,
         [own].into_iter().collect()
     );
+}
+
+#[test]
+fn ip_pools_are_replaced_restored_on_refusal_resent_and_swept() {
+    let pool: ipnet::IpNet = "10.65.0.0/16".parse().unwrap();
+    let pool6: ipnet::IpNet = "fd00:65::/64".parse().unwrap();
+    let nodes = |pools: &[ipnet::IpNet]| Operation::NodeAddresses {
+        addresses: Vec::new(),
+        local: Vec::new(),
+        pools: pools.to_vec(),
+    };
+    let mut driver = NullDriver::new();
+    driver.apply(&[nodes(&[pool, pool6])]).expect("apply");
+    assert_eq!(driver.state().pools, [pool, pool6].into_iter().collect());
+    // A refused batch leaves them as they were.
+    rejected(
+        &mut driver,
+        &[nodes(&[]), Operation::IpSetRemove { id: "nope".into() }],
+    );
+    assert_eq!(driver.state().pools, [pool, pool6].into_iter().collect());
+    // With no node address, the pools alone are still sent.
+    driver.apply(&[nodes(&[pool])]).expect("apply");
+    assert_eq!(driver.state().operations(), [nodes(&[pool])]);
+    // After a restart they stay until InSync, which removes them unless
+    // they were sent again.
+    let mut restarted = NullDriver::from_state(driver.state().clone()).expect("valid");
+    restarted.apply(&[Operation::InSync]).expect("in sync");
+    assert!(restarted.state().pools.is_empty(), "swept");
+    let mut restarted = NullDriver::from_state(driver.into_state()).expect("valid");
+    restarted
+        .apply(&[nodes(&[pool6]), Operation::InSync])
+        .expect("in sync");
+    assert_eq!(restarted.state().pools, [pool6].into_iter().collect());
 }

@@ -23,10 +23,11 @@ pub(super) enum Undo {
     Workload(EndpointId, Option<WorkloadEndpoint>),
     Host(String, Option<HostEndpoint>),
     Service(ServiceKey, Option<Service>),
-    /// The other nodes' addresses and this node's.
+    /// The other nodes' addresses, this node's and the IP pools.
     NodeAddresses(
         std::collections::BTreeSet<std::net::IpAddr>,
         std::collections::BTreeSet<std::net::IpAddr>,
+        std::collections::BTreeSet<ipnet::IpNet>,
     ),
     InSync(bool),
     Restale(Item),
@@ -72,9 +73,10 @@ impl NullDriver {
                         self.state.services.remove(&key);
                     }
                 },
-                Undo::NodeAddresses(old, local) => {
+                Undo::NodeAddresses(old, local, pools) => {
                     self.state.node_addresses = old;
                     self.state.local_addresses = local;
+                    self.state.pools = pools;
                 }
                 Undo::InSync(in_sync) => self.state.in_sync = in_sync,
                 Undo::Restale(item) => {

@@ -106,6 +106,11 @@ impl BpfDriver {
         self.services.dsr_nodes()
     }
 
+    /// The cluster's IP pools the programs hold (`manul_pool`).
+    pub fn pools(&self) -> std::collections::BTreeSet<ipnet::IpNet> {
+        self.services.pools()
+    }
+
     pub fn kernel_counters(&self) -> KernelCounters {
         let c = self.maps.counters();
         let at = |i: u32| c.get(i as usize).copied().unwrap_or(0);

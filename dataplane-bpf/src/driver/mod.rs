@@ -435,11 +435,14 @@ impl Driver for BpfDriver {
         if batch
             .iter()
             .any(|op| matches!(op, Operation::NodeAddresses { .. } | Operation::InSync))
-            && let Err(e) = self
-                .services
-                .set_dsr_nodes(&self.desired.state().node_addresses)
         {
-            errors.push(e);
+            let state = self.desired.state();
+            if let Err(e) = self.services.set_dsr_nodes(&state.node_addresses) {
+                errors.push(e);
+            }
+            if let Err(e) = self.services.set_pools(&state.pools) {
+                errors.push(e);
+            }
         }
         if let Err(e) = self.connect_time_lb(batch, &interfaces) {
             errors.push(e);

@@ -7,6 +7,7 @@
 mod clean;
 pub mod maps;
 pub mod plan;
+mod pools;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,6 +25,8 @@ use plan::{Programmed, SourceRange};
 #[derive(Debug)]
 pub struct Services {
     maps: ServiceMaps,
+    /// The cluster's IP pools (`manul_pool`).
+    pools: pools::Pools,
     programmed: Programmed,
     /// What `programmed` holds of each map.
     counts: Counts,
@@ -54,9 +57,11 @@ impl Services {
     /// name them, so their connections survive).
     pub fn new(ebpf: &mut Ebpf, maglev_capacity: usize) -> Result<Self, BpfError> {
         let maps = ServiceMaps::take(ebpf)?;
+        let pools = pools::Pools::take(ebpf)?;
         let programmed = maps.read();
         Ok(Self {
             maps,
+            pools,
             counts: Counts::of(&programmed),
             programmed,
             index: None,
@@ -149,6 +154,17 @@ impl Services {
     /// addresses).
     pub fn set_dsr_nodes(&mut self, nodes: &BTreeSet<std::net::IpAddr>) -> Result<(), BpfError> {
         self.maps.set_dsr_nodes(nodes)
+    }
+
+    /// Makes the cluster's IP pools exactly `pools` (new ones before old
+    /// ones go).
+    pub fn set_pools(&mut self, pools: &BTreeSet<ipnet::IpNet>) -> Result<(), BpfError> {
+        self.pools.set(pools)
+    }
+
+    /// The IP pools the programs hold.
+    pub fn pools(&self) -> BTreeSet<ipnet::IpNet> {
+        self.pools.get()
     }
 
     /// The addresses the programs take a DSR option or header from.

@@ -21,15 +21,31 @@
 //! - `externalTrafficPolicy: Local` with `web-a` here and `web-b`
 //!   elsewhere: the external client gets `web-a` only, with its own
 //!   address, on every external frontend, while a pod gets both.
+//! - a pod of another node (kube-proxy's `ClusterCIDR` detection: a
+//!   source in the cluster's IP pools, [`REMOTE_POD_IP`], which the
+//!   external namespace holds as the other nodes' pods would, routed to
+//!   it as a routed underlay routes a node's pod block) reaching a
+//!   `Local` service's node port and load-balancer IP: every backend, a
+//!   backend on this node (`web-a`, and `web-b` reported elsewhere but
+//!   plumbed here) seeing the pod's own address, one on another node
+//!   ([`FAR_BACKEND_IP`], served in the external namespace too) seeing
+//!   the node's, so its reply comes back through the node and is
+//!   translated (unmasqueraded, it would go straight to the pod with the
+//!   backend's address: kubernetes/kubernetes#74383; here the pod's
+//!   namespace would even drop the packet from its own address); with
+//!   every backend elsewhere it is let through (the external client is
+//!   dropped); over IPv6 too, to a node port ([`REMOTE_POD_IP6`],
+//!   [`FAR_BACKEND_IP6`]: the topology is dual stack).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use manul_dataplane_api::{Backend, Operation, Service, ServicePort, TrafficPolicy};
 
 use super::{
     EXTERNAL_IP, NODE_IP, Outcome, REFUSED_WITHIN, SERVICE_PORT, SILENCE, ServiceReport, TCP_PORT,
-    WAIT, ask_tcp, backend_name, base_operations, finish, pod_ip, service, sock, start,
+    WAIT, ask_tcp, ask_tcp_from, backend_name, base_operations, finish, pod_ip, service, sock,
+    start,
 };
 use crate::{ConformanceError, Factory};
 
@@ -51,6 +67,30 @@ pub const EXTERNAL_SPLIT_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 64);
 pub const EXTERNAL_SPLIT_EXT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 31);
 pub const EXTERNAL_SPLIT_LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 61);
 pub const EXTERNAL_SPLIT_NODE_PORT: u16 = 30096;
+/// `externalTrafficPolicy: Local` with `web-a` here and a backend on
+/// another node, [`FAR_BACKEND_IP`]: its cluster IP, load-balancer IP and
+/// node port.
+pub const POOL_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 65);
+pub const POOL_LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 62);
+pub const POOL_NODE_PORT: u16 = 30097;
+/// A pod of another node (in the external namespace, which the node
+/// routes the pool's other addresses to).
+pub const REMOTE_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 68, 0, 5);
+/// A backend on another node (served in the external namespace).
+pub const FAR_BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 68, 0, 20);
+/// The same over IPv6: a `Local` service with an IPv6 cluster IP, `web-a`
+/// here and [`FAR_BACKEND_IP6`] elsewhere, and its node port.
+pub const POOL_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x65);
+pub const POOL6_NODE_PORT: u16 = 30098;
+pub const REMOTE_POD_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x68, 0, 0, 0, 0, 0, 5);
+pub const FAR_BACKEND_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x68, 0, 0, 0, 0, 0, 0x20);
+/// The cluster's IP pools: this node's pods' and the other nodes'.
+const POOLS: [&str; 4] = [
+    "10.67.0.0/16",
+    "10.68.0.0/16",
+    "fd00:67::/64",
+    "fd00:68::/64",
+];
 /// Connections per probe where a backend's absence is checked.
 const TRIES: usize = 12;
 
@@ -111,6 +151,47 @@ pub fn local_policy_services() -> Vec<Service> {
             EXTERNAL_ELSEWHERE_NODE_PORT,
             &[],
         ),
+        {
+            let mut s = external(
+                "etp-pool",
+                [POOL_IP, EXTERNAL_SPLIT_EXT_IP, POOL_LB_IP],
+                POOL_NODE_PORT,
+                &["web-a"],
+            );
+            s.external_ips.clear();
+            let far = Backend {
+                ip: IpAddr::V4(FAR_BACKEND_IP),
+                port: TCP_PORT,
+                local: false,
+                ready: true,
+            };
+            s.ports[0].backends = vec![pod_backend("web-a", true), far];
+            s
+        },
+        {
+            let backend = |ip: Ipv6Addr, local: bool| Backend {
+                ip: IpAddr::V6(ip),
+                port: TCP_PORT,
+                local,
+                ready: true,
+            };
+            let here = backend(super::pod_ip6("web-a"), true);
+            let mut s = Service::cluster_ip(
+                super::NAMESPACE,
+                "etp-pool6",
+                vec![IpAddr::V6(POOL_IP6)],
+                vec![ServicePort {
+                    name: "http".into(),
+                    protocol: 6,
+                    port: SERVICE_PORT,
+                    node_port: Some(POOL6_NODE_PORT),
+                    backends: vec![here, backend(FAR_BACKEND_IP6, false)],
+                    local_backends: vec![here],
+                }],
+            );
+            s.external_traffic = TrafficPolicy::Local;
+            s
+        },
         external(
             "etp-split",
             [
@@ -126,12 +207,17 @@ pub fn local_policy_services() -> Vec<Service> {
 
 /// Everything these cases program, ending with `InSync`.
 pub fn local_policy_operations() -> Vec<Operation> {
-    let mut ops = base_operations(false);
+    let mut ops = base_operations(true);
     ops.extend(
         local_policy_services()
             .into_iter()
             .map(Operation::ServiceUpdate),
     );
+    ops.push(Operation::NodeAddresses {
+        addresses: Vec::new(),
+        local: Vec::new(),
+        pools: POOLS.iter().filter_map(|p| p.parse().ok()).collect(),
+    });
     ops.push(Operation::InSync);
     ops
 }
@@ -142,7 +228,7 @@ pub fn run_local_policy_cases(
     tag: &str,
     factory: Arc<Factory>,
 ) -> Result<ServiceReport, ConformanceError> {
-    let net = start(tag, false, factory, local_policy_operations())?;
+    let net = start(tag, true, factory, local_policy_operations())?;
     let mut report = ServiceReport::default();
     let client = net.pod("client")?;
     let mut seen = std::collections::BTreeMap::<String, usize>::new();
@@ -244,7 +330,111 @@ pub fn run_local_policy_cases(
             format!("{dst}: {seen:?}"),
         );
     }
+    remote_pod(&net, &mut report)?;
     finish(report)
+}
+
+/// A pod of another node reaching `Local` services' node ports and
+/// load-balancer IP (see the module's description).
+fn remote_pod(net: &super::Net, report: &mut ServiceReport) -> Result<(), ConformanceError> {
+    let ext = &net.external;
+    let v4 = |a: Ipv4Addr| IpAddr::V4(a);
+    let v6 = |a: Ipv6Addr| IpAddr::V6(a);
+    for (ip, len) in [
+        (v4(REMOTE_POD_IP), 32),
+        (v4(FAR_BACKEND_IP), 32),
+        (v6(REMOTE_POD_IP6), 128),
+        (v6(FAR_BACKEND_IP6), 128),
+    ] {
+        let host = manul_netns::IpNet::new(ip, len)
+            .map_err(|e| ConformanceError::Setup(format!("remote pod address: {e}")))?;
+        manul_netns::add_address(ext, "eth0", host)
+            .map_err(|e| ConformanceError::Setup(format!("remote pod address: {e}")))?;
+    }
+    let _far = super::WhoAmI::start(ext, v4(FAR_BACKEND_IP))?;
+    let _far6 = super::WhoAmI::start(ext, v6(FAR_BACKEND_IP6))?;
+    let six = std::net::SocketAddr::new(v6(super::NODE_IP6), POOL6_NODE_PORT);
+    for (case, dst, pod, node, far, here) in [
+        (
+            "node port",
+            sock(NODE_IP, POOL_NODE_PORT),
+            v4(REMOTE_POD_IP),
+            v4(NODE_IP),
+            v4(FAR_BACKEND_IP),
+            v4(pod_ip("web-a")),
+        ),
+        (
+            "load-balancer IP",
+            sock(POOL_LB_IP, SERVICE_PORT),
+            v4(REMOTE_POD_IP),
+            v4(NODE_IP),
+            v4(FAR_BACKEND_IP),
+            v4(pod_ip("web-a")),
+        ),
+        (
+            "IPv6 node port",
+            six,
+            v6(REMOTE_POD_IP6),
+            v6(super::NODE_IP6),
+            v6(FAR_BACKEND_IP6),
+            v6(super::pod_ip6("web-a")),
+        ),
+    ] {
+        let seen = (0..TRIES)
+            .map(|_| Ok(ask_tcp_from(ext, Some(pod), dst, WAIT)?.answer()))
+            .collect::<Result<Vec<_>, ConformanceError>>()?;
+        let here = seen
+            .iter()
+            .flatten()
+            .filter(|a| a.backend.ip() == here)
+            .collect::<Vec<_>>();
+        let there = seen
+            .iter()
+            .flatten()
+            .filter(|a| a.backend.ip() == far)
+            .collect::<Vec<_>>();
+        report.check(
+            &format!(
+                "externalTrafficPolicy Local: another node's pod to the {case}, every backend"
+            ),
+            seen.iter().all(Option::is_some) && !here.is_empty() && !there.is_empty(),
+            format!("{dst} from {pod}: {seen:?}"),
+        );
+        report.check(
+            &format!(
+                "externalTrafficPolicy Local: another node's pod to the {case}, its address here"
+            ),
+            !here.is_empty() && here.iter().all(|a| a.peer == pod),
+            format!("{dst} from {pod}: web-a saw {here:?} (want {pod})"),
+        );
+        report.check(
+            &format!("externalTrafficPolicy Local: another node's pod to the {case}, the node's elsewhere"),
+            !there.is_empty() && there.iter().all(|a| a.peer == node),
+            format!("{dst} from {pod}: {far} saw {there:?} (want {node})"),
+        );
+    }
+    let pod = v4(REMOTE_POD_IP);
+    let dst = sock(NODE_IP, EXTERNAL_ELSEWHERE_NODE_PORT);
+    let got = ask_tcp_from(ext, Some(pod), dst, WAIT)?;
+    report.check(
+        "externalTrafficPolicy Local: another node's pod to a node port with backends elsewhere only",
+        got.answer()
+            .is_some_and(|a| backend_name(a.backend.ip()) == "web-b" && a.peer == pod),
+        format!("{dst} from {pod}: {got:?} (want web-b seeing {pod})"),
+    );
+    // The external client (no pool address) still gets the local backend
+    // only.
+    let seen = answers(ext, sock(NODE_IP, POOL_NODE_PORT))?;
+    report.check(
+        "externalTrafficPolicy Local: external client beside pools, local only",
+        seen.iter().all(|a| {
+            a.is_some_and(|a| {
+                backend_name(a.backend.ip()) == "web-a" && a.peer == IpAddr::V4(EXTERNAL_IP)
+            })
+        }),
+        format!("{seen:?}"),
+    );
+    Ok(())
 }
 
 /// [`TRIES`] connections from `ns` to `dst`: each one's answer (`None`:
@@ -267,6 +457,7 @@ mod tests {
         use manul_dataplane_api::{Driver as _, NullDriver};
         let mut null = NullDriver::new();
         null.apply(&local_policy_operations()).expect("contract");
+        assert_eq!(null.state().pools.len(), POOLS.len());
         assert_eq!(null.state().services.len(), local_policy_services().len());
     }
 }

@@ -31,6 +31,7 @@ pub mod rule;
 pub mod service_change;
 pub mod service_claims;
 pub mod service_pick;
+pub mod service_pools;
 pub mod services;
 
 use std::collections::{BTreeMap, BTreeSet};

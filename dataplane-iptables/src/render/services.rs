@@ -73,6 +73,7 @@ use manul_dataplane_api::{Backend, DesiredState, Service, ServicePort, TrafficPo
 
 use super::service_claims::{Claims, Frontend};
 use super::service_pick::{self, PICK_CHAINS, Pick};
+use super::service_pools;
 use super::{NftConfig, Rules, SetDef, with_comment, with_id};
 use crate::element::{Element, Value, Verb};
 use crate::flows::prefix;
@@ -160,6 +161,8 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
             "fib saddr type local {kw} daddr . meta l4proto . th dport vmap @{}",
             f.map("svc-xnode")
         ));
+        // Pods of other nodes (`service_pools`).
+        services.push(service_pools::dispatch(config, f.v6));
         services.push(format!(
             "{kw} daddr . meta l4proto . th dport vmap @{}",
             f.map("svc-ips")
@@ -227,6 +230,7 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
             vec![
                 service_pick::hairpin_rule(false),
                 service_pick::hairpin_rule(true),
+                service_pools::masquerading_rule(),
                 format!("meta mark & {MARK_MASQ:#010x} == 0 return"),
                 format!("meta mark set meta mark & {:#010x}", !MARK_MASQ),
                 "masquerade fully-random".to_string(),
@@ -247,8 +251,10 @@ pub(super) fn fixed_chains(config: &NftConfig) -> BTreeMap<String, Rules> {
         .map(|p| format!("iifname \"{p}*\" return"))
         .collect();
     no_local_ext.push("fib saddr type local return".to_string());
+    no_local_ext.extend(service_pools::no_local_ext_rules());
     no_local_ext.push("drop".to_string());
     out.insert(NO_LOCAL_EXT.to_string(), rules(NO_LOCAL_EXT, no_local_ext));
+    out.extend(service_pools::fixed_chains(config));
     out.insert(
         REJECT.to_string(),
         rules(
@@ -271,7 +277,7 @@ pub(super) const LB_SOURCES: &str = "lb-src";
 /// The empty verdict maps, and the empty sets of cluster IPs and of
 /// load-balancer source ranges.
 pub(super) fn empty_maps() -> BTreeMap<String, SetDef> {
-    let mut out = BTreeMap::new();
+    let mut out = service_pools::empty_sets();
     for f in Fam::BOTH {
         out.insert(
             f.map(LB_RANGED),
@@ -543,6 +549,7 @@ pub(super) fn render(
     for (set, elements) in gathered {
         merge(sets, set, elements);
     }
+    service_pools::fill(&state.pools, sets);
     claims
 }
 
@@ -967,6 +974,11 @@ fn service_port_chains(
                         &ext_chain,
                         "node traffic to the cluster backends",
                         &format!("fib saddr type local goto {cluster_chain}"),
+                    ));
+                    rules.push(with_id(
+                        &ext_chain,
+                        "pods of other nodes to the cluster backends",
+                        &service_pools::ext_chain_rule(f.v6, &cluster_chain),
                     ));
                     need_cluster = true;
                 }

@@ -26,6 +26,8 @@ pub(super) struct Emitted {
     pub(super) node_addresses: BTreeSet<std::net::IpAddr>,
     /// This node's own addresses.
     pub(super) local_addresses: BTreeSet<std::net::IpAddr>,
+    /// The IP pools' CIDRs.
+    pub(super) pools: BTreeSet<ipnet::IpNet>,
 }
 
 impl CalcGraph {
@@ -53,18 +55,24 @@ impl CalcGraph {
         ops
     }
 
-    /// The other nodes' addresses and this node's own, when they changed
-    /// (a node joined, left or changed its addresses).
+    /// The other nodes' addresses, this node's own and the IP pools, when
+    /// they changed (a node joined, left or changed its addresses; a pool
+    /// was added, removed or changed its CIDR).
     fn emit_node_addresses(&mut self, ops: &mut Vec<dp::Operation>) {
         let now: BTreeSet<std::net::IpAddr> = self.nodes.values().flatten().copied().collect();
-        if now != self.emitted.node_addresses || self.own_addresses != self.emitted.local_addresses
+        let pools: BTreeSet<ipnet::IpNet> = self.pools.values().copied().collect();
+        if now != self.emitted.node_addresses
+            || self.own_addresses != self.emitted.local_addresses
+            || pools != self.emitted.pools
         {
             ops.push(dp::Operation::NodeAddresses {
                 addresses: now.iter().copied().collect(),
                 local: self.own_addresses.iter().copied().collect(),
+                pools: pools.iter().copied().collect(),
             });
             self.emitted.node_addresses = now;
             self.emitted.local_addresses = self.own_addresses.clone();
+            self.emitted.pools = pools;
         }
     }
 

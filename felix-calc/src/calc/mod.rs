@@ -122,6 +122,9 @@ pub struct CalcGraph {
     /// This node's own addresses (its Node resource's, by the name Felix
     /// runs as).
     own_addresses: BTreeSet<std::net::IpAddr>,
+    /// The CIDR of each IP pool, by pool name (disabled pools too: their
+    /// pods keep their addresses).
+    pools: BTreeMap<String, ipnet::IpNet>,
     /// How a Service without Calico's external-traffic-strategy
     /// annotation balances its external traffic.
     default_balancing: manul_dataplane_api::Balancing,
@@ -166,6 +169,7 @@ impl CalcGraph {
             dirty_services: BTreeSet::new(),
             nodes: BTreeMap::new(),
             own_addresses: BTreeSet::new(),
+            pools: BTreeMap::new(),
             default_balancing: manul_dataplane_api::Balancing::Random,
             proxy_services: true,
             items: Items::default(),
@@ -336,6 +340,16 @@ impl CalcGraph {
                 } else {
                     self.nodes.insert(u.key.name, addresses);
                 }
+            }
+            Kind::IpPool => {
+                let cidr = match &u.value {
+                    Some(Resource::IpPool(p)) => p.spec.cidr.as_ref().map(|c| c.net()),
+                    _ => None,
+                };
+                match cidr {
+                    Some(cidr) => self.pools.insert(u.key.name, cidr),
+                    None => self.pools.remove(&u.key.name),
+                };
             }
             Kind::NetworkSet | Kind::GlobalNetworkSet => {
                 let input = match u.value {

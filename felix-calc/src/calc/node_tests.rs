@@ -29,6 +29,7 @@ fn with_local(list: &[&str], local: &[&str]) -> Operation {
     Operation::NodeAddresses {
         addresses: set(list),
         local: set(local),
+        pools: Vec::new(),
     }
 }
 
@@ -136,4 +137,74 @@ fn this_nodes_addresses_are_sent_alone_without_other_nodes_and_cleared_when_it_g
     };
     assert_eq!(node_ops(g.apply(vec![gone])), vec![with_local(&[], &[])]);
     assert!(g.whole_state().is_empty());
+}
+
+fn pool(name: &str, spec: &str) -> Vec<Update> {
+    puts(&format!(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+    ))
+}
+
+fn pools_op(pools: &[&str]) -> Operation {
+    let set: BTreeSet<ipnet::IpNet> = pools.iter().map(|p| p.parse().unwrap()).collect();
+    Operation::NodeAddresses {
+        addresses: Vec::new(),
+        local: Vec::new(),
+        pools: set.into_iter().collect(),
+    }
+}
+
+#[test]
+fn ip_pools_follow_pools_added_changed_disabled_and_removed() {
+    let mut g = CalcGraph::new("node1");
+    let mut driver = NullDriver::new();
+    let mut step = |g: &mut CalcGraph, updates: Vec<Update>| {
+        let ops = g.apply(updates);
+        driver.apply(&ops).unwrap();
+        node_ops(ops)
+    };
+    assert_eq!(
+        step(&mut g, pool("default-ipv4", "{cidr: 10.65.0.0/16}")),
+        vec![pools_op(&["10.65.0.0/16"])],
+        "a pool"
+    );
+    assert_eq!(
+        step(&mut g, pool("v6", "{cidr: 'fd00:65::/64', disabled: true}")),
+        vec![pools_op(&["10.65.0.0/16", "fd00:65::/64"])],
+        "a disabled pool counts: its pods keep their addresses"
+    );
+    assert_eq!(
+        step(&mut g, pool("v6", "{cidr: 'fd00:65::/64'}")),
+        vec![],
+        "enabled again, same CIDR: nothing"
+    );
+    assert_eq!(
+        step(&mut g, pool("default-ipv4", "{cidr: 10.66.0.0/16}")),
+        vec![pools_op(&["10.66.0.0/16", "fd00:65::/64"])],
+        "a pool's CIDR changes"
+    );
+    let gone = Update {
+        key: ResourceKey {
+            kind: Kind::IpPool,
+            namespace: None,
+            name: "v6".into(),
+        },
+        value: None,
+    };
+    assert_eq!(
+        step(&mut g, vec![gone]),
+        vec![pools_op(&["10.66.0.0/16"])],
+        "a pool goes"
+    );
+    // The whole state holds them too.
+    let mut ops = g.whole_state();
+    ops.push(Operation::InSync);
+    let mut fresh = NullDriver::new();
+    fresh.apply(&ops).unwrap();
+    driver.apply(&[Operation::InSync]).unwrap();
+    assert_eq!(fresh.state(), driver.state());
+    assert_eq!(
+        fresh.state().pools,
+        ["10.66.0.0/16".parse().unwrap()].into_iter().collect()
+    );
 }

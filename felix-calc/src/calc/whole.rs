@@ -71,10 +71,11 @@ impl CalcGraph {
                 .values()
                 .map(|s| dp::Operation::ServiceUpdate(s.clone())),
         );
-        if !e.node_addresses.is_empty() || !e.local_addresses.is_empty() {
+        if !e.node_addresses.is_empty() || !e.local_addresses.is_empty() || !e.pools.is_empty() {
             ops.push(dp::Operation::NodeAddresses {
                 addresses: e.node_addresses.iter().copied().collect(),
                 local: e.local_addresses.iter().copied().collect(),
+                pools: e.pools.iter().copied().collect(),
             });
         }
         ops

@@ -92,7 +92,12 @@ pub(super) fn with(services: &[Service]) -> DesiredState {
 }
 
 fn cluster() -> DesiredState {
-    with(&[web(), edge(), gone()])
+    let mut s = with(&[web(), edge(), gone()]);
+    s.pools = ["10.65.0.0/16", "fd00:65::/64"]
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    s
 }
 
 fn elements(rs: &Ruleset, map: &str) -> Vec<String> {
@@ -308,6 +313,8 @@ fn local_policies_use_local_backends() {
         [
             "iifname \"mnl*\" return",
             "fib saddr type local return",
+            "ip saddr @mnl-pools4 return",
+            "ip6 saddr @mnl-pools6 return",
             "drop"
         ]
     );
@@ -398,6 +405,8 @@ fn affinity_services_keep_chains_with_local_policies() {
             format!("iifname \"mnl*\" goto {svc}").as_str(),
             "fib saddr type local jump mnl-mark-masq",
             format!("fib saddr type local goto {svc}").as_str(),
+            format!("ip saddr @mnl-pools4 meta mark set meta mark | 0x00080000 goto {svc}")
+                .as_str(),
             format!("goto {svl}").as_str(),
         ]
     );
@@ -989,4 +998,115 @@ fn merging_a_set_at_a_time_keeps_what_adding_one_by_one_keeps() {
         assert_eq!(kept, expected);
         assert_eq!(merged[set].elements.len(), 2);
     }
+}
+
+/// Pods of other nodes (sources in the cluster's IP pools, arriving at no
+/// workload interface) reach a `Local` external frontend as this node's
+/// pods do, marked to be masqueraded when they leave through no workload
+/// interface (a backend elsewhere).
+#[test]
+fn pool_sources_reach_local_external_frontends_masqueraded_off_node() {
+    let mut state = with(&[edge()]);
+    state.pools = [
+        "10.65.0.0/17",
+        "10.65.128.0/17",
+        "10.65.1.0/24",
+        "10.70.0.0/16",
+        "fd00:65::/64",
+    ]
+    .iter()
+    .map(|p| p.parse().unwrap())
+    .collect();
+    let rs = render(&state);
+    // Aggregated: an interval set refuses overlapping elements.
+    assert_eq!(
+        elements(&rs, "mnl-pools4"),
+        ["10.65.0.0/16", "10.70.0.0/16"]
+    );
+    assert_eq!(elements(&rs, "mnl-pools6"), ["fd00:65::/64"]);
+    // Looked up after this node's pods and the node itself, before the
+    // frontends' own maps.
+    let services = texts(&rs, "mnl-services");
+    let at = |t: &str| {
+        services
+            .iter()
+            .position(|r| r == t)
+            .unwrap_or_else(|| panic!("{t} in {services:?}"))
+    };
+    let pool = at("iifname != \"mnl*\" ip saddr @mnl-pools4 jump mnl-svc-xpool4");
+    assert!(
+        at("fib saddr type local ip daddr . meta l4proto . th dport vmap @mnl-svc-xnode4") < pool
+    );
+    assert!(pool < at("ip daddr . meta l4proto . th dport vmap @mnl-svc-ips4"));
+    assert!(at("iifname != \"mnl*\" ip6 saddr @mnl-pools6 jump mnl-svc-xpool6") > 0);
+    assert_eq!(
+        texts(&rs, "mnl-svc-xpool4"),
+        [
+            "iifname \"mnl*\" return",
+            "fib saddr type local return",
+            "meta mark set meta mark | 0x00080000 ip daddr . meta l4proto . th dport vmap @mnl-svc-xpod4",
+            "fib daddr type local ip daddr != 127.0.0.0/8 meta mark set meta mark | 0x00080000 meta l4proto . th dport vmap @mnl-np-xpod4",
+            "meta mark set meta mark & 0xfff7ffff",
+        ]
+    );
+    assert_eq!(
+        texts(&rs, "mnl-masq-off-node"),
+        [
+            "meta mark set meta mark & 0xfff7ffff",
+            "oifname \"mnl*\" return",
+            "masquerade fully-random",
+        ]
+    );
+    let masq = texts(&rs, "mnl-masquerading");
+    let jump = masq
+        .iter()
+        .position(|r| r == "meta mark & 0x00080000 != 0 jump mnl-masq-off-node")
+        .expect("jump");
+    assert_eq!(masq[jump + 1], "meta mark & 0x00040000 == 0 return");
+    // With several workload prefixes every one of them returns in the
+    // chain (this node's pods take the jump).
+    let config = NftConfig {
+        workload_prefixes: vec!["cali".into(), "tap".into()],
+        ..NftConfig::default()
+    };
+    let rs = render_with(&state, &config);
+    assert!(
+        texts(&rs, "mnl-services")
+            .contains(&"ip saddr @mnl-pools4 jump mnl-svc-xpool4".to_string())
+    );
+    assert_eq!(
+        texts(&rs, "mnl-svc-xpool4")[..3],
+        [
+            "iifname \"cali*\" return",
+            "iifname \"tap*\" return",
+            "fib saddr type local return",
+        ]
+    );
+    assert_eq!(
+        texts(&rs, "mnl-masq-off-node")[1..3],
+        ["oifname \"cali*\" return", "oifname \"tap*\" return"]
+    );
+    // Without pools the sets are empty and the rules stay (no source
+    // matches them).
+    let rs = render(&with(&[edge()]));
+    assert!(elements(&rs, "mnl-pools4").is_empty());
+    assert!(
+        texts(&rs, "mnl-services")
+            .contains(&"iifname != \"mnl*\" ip saddr @mnl-pools4 jump mnl-svc-xpool4".to_string())
+    );
+}
+
+/// A change of the pools renders the whole state (it comes with the
+/// nodes' addresses); services changed alone after it keep the pool sets
+/// as the whole render has them.
+#[test]
+fn service_changes_keep_the_pools() {
+    let mut edge2 = edge();
+    edge2.ports[0].local_backends.clear();
+    let state = check_steps(
+        cluster(),
+        &[vec![("edge", Some(edge2))], vec![("edge", None)]],
+    );
+    let rs = render(&state);
+    assert_eq!(elements(&rs, "mnl-pools4"), ["10.65.0.0/16"]);
 }
