@@ -39,6 +39,18 @@ fn node_ops(ops: Vec<Operation>) -> Vec<Operation> {
         .collect()
 }
 
+/// The whole state, applied to a fresh driver, leaves what the steps left
+/// in `driver`; the fresh driver, to look into.
+fn whole_state_as_stepped(g: &CalcGraph, driver: &mut NullDriver) -> NullDriver {
+    let mut ops = g.whole_state();
+    ops.push(Operation::InSync);
+    let mut fresh = NullDriver::new();
+    fresh.apply(&ops).unwrap();
+    driver.apply(&[Operation::InSync]).unwrap();
+    assert_eq!(fresh.state(), driver.state());
+    fresh
+}
+
 #[test]
 fn other_nodes_addresses_follow_nodes_joining_changing_and_leaving() {
     let mut g = CalcGraph::new("node1");
@@ -105,12 +117,7 @@ fn other_nodes_addresses_follow_nodes_joining_changing_and_leaving() {
     );
 
     // The whole state holds them too.
-    let mut ops = g.whole_state();
-    ops.push(Operation::InSync);
-    let mut fresh = NullDriver::new();
-    fresh.apply(&ops).unwrap();
-    driver.apply(&[Operation::InSync]).unwrap();
-    assert_eq!(fresh.state(), driver.state());
+    let fresh = whole_state_as_stepped(&g, &mut driver);
     assert_eq!(
         fresh.state().node_addresses,
         ["192.168.220.13".parse().unwrap()].into_iter().collect()
@@ -197,12 +204,7 @@ fn ip_pools_follow_pools_added_changed_disabled_and_removed() {
         "a pool goes"
     );
     // The whole state holds them too.
-    let mut ops = g.whole_state();
-    ops.push(Operation::InSync);
-    let mut fresh = NullDriver::new();
-    fresh.apply(&ops).unwrap();
-    driver.apply(&[Operation::InSync]).unwrap();
-    assert_eq!(fresh.state(), driver.state());
+    let fresh = whole_state_as_stepped(&g, &mut driver);
     assert_eq!(
         fresh.state().pools,
         ["10.66.0.0/16".parse().unwrap()].into_iter().collect()
