@@ -773,6 +773,16 @@ impl Net {
             add_address(ns, ifname, net24).map_err(setup("external address"))?;
             link_up(ns, ifname).map_err(setup("external link"))
         };
+        if dual_stack {
+            // Before the links come up: a link-local address made while
+            // DAD is on stays tentative for a second or two, and until it
+            // is not the node sends no neighbour solicitation for a
+            // packet it forwards (a pod's reply to the external side).
+            for (ns, ifname) in [(&net.node, NODE_EXT_IF), (&net.external, "eth0")] {
+                ns.set_sysctl(&format!("net.ipv6.conf.{ifname}.accept_dad"), "0")
+                    .map_err(setup("external IPv6"))?;
+            }
+        }
         link(&net.node, NODE_EXT_IF, NODE_IP)?;
         link(&net.external, "eth0", EXTERNAL_IP)?;
         replace_route(
@@ -793,8 +803,6 @@ impl Net {
                 (&net.node, NODE_EXT_IF, NODE_IP6, EXTERNAL_IP6),
                 (&net.external, "eth0", EXTERNAL_IP6, NODE_IP6),
             ] {
-                ns.set_sysctl(&format!("net.ipv6.conf.{ifname}.accept_dad"), "0")
-                    .map_err(setup("external IPv6"))?;
                 let net64 = IpNet::new(IpAddr::V6(ip), 64).map_err(setup("external IPv6"))?;
                 add_address(ns, ifname, net64).map_err(setup("external IPv6"))?;
                 replace_route(
