@@ -66,14 +66,17 @@ impl Pools {
         Ok(Pools(map))
     }
 
-    /// The pools the map holds.
-    pub fn get(&self) -> BTreeSet<IpNet> {
+    /// The prefixes the map holds, as keyed.
+    fn held(&self) -> impl Iterator<Item = Ipv6Net> + '_ {
         self.0
             .keys()
             .flatten()
             .filter_map(|k| Ipv6Net::new(Ipv6Addr::from(k.data().addr), k.prefix_len() as u8).ok())
-            .map(unmapped)
-            .collect()
+    }
+
+    /// The pools the map holds.
+    pub fn get(&self) -> BTreeSet<IpNet> {
+        self.held().map(unmapped).collect()
     }
 
     /// Makes the map hold exactly `want`: new pools first, then the
@@ -86,13 +89,7 @@ impl Pools {
                 .insert(&key(*net), 1, 0)
                 .map_err(|e| BpfError::map(MAP, format!("add pool {}", unmapped(*net)), e))?;
         }
-        let held: Vec<Ipv6Net> = self
-            .0
-            .keys()
-            .flatten()
-            .filter_map(|k| Ipv6Net::new(Ipv6Addr::from(k.data().addr), k.prefix_len() as u8).ok())
-            .filter(|n| !want.contains(n))
-            .collect();
+        let held: Vec<Ipv6Net> = self.held().filter(|n| !want.contains(n)).collect();
         for net in held {
             self.0
                 .remove(&key(net))
