@@ -611,9 +611,10 @@ static __always_inline int ct_key(struct manul_ct_key *k, __u32 ifindex, const s
 }
 
 /* Whether the packet (either family) goes the reply way of a connection
- * its interface's conntrack allowed: one its other side opened. Conntrack before any translation, as netfilter's: a pod's
- * packet to a frontend address may be the reply of a host process's
- * connection from that address (a VIP assigned on the node) to the pod. */
+ * its interface's conntrack allowed: one its other side opened.
+ * Conntrack before any translation, as netfilter's: a pod's packet to a
+ * frontend address may be the reply of a host process's connection from
+ * that address (a VIP assigned on the node) to the pod. */
 static __attribute__((noinline)) int ct_reply(struct __sk_buff *skb, const struct pkt *p)
 {
 	__u32 zero = 0;
